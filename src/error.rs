@@ -1,0 +1,310 @@
+//! One error type for all of lwtun.
+//!
+//! Every [`Error`] says which operation failed and on what object, carries the kernel's own words
+//! where it gave any (netlink's extended-ack text, the verifier log's last lines), and sorts itself
+//! into an [`ErrorKind`] that callers match on instead of parsing messages.
+
+use std::fmt;
+use std::io;
+
+/// The broad class of an [`Error`], for callers that react differently to each.
+///
+/// # Examples
+///
+/// ```
+/// use lwtun::{Error, ErrorKind};
+///
+/// let e = Error::invalid_input("add route", "xmit headroom 300 is above the kernel's limit of 256");
+/// assert_eq!(e.kind(), ErrorKind::InvalidInput);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The object (interface, route, map entry, namespace) does not exist.
+    NotFound,
+    /// The object exists already (for example a route added twice without replace).
+    Exists,
+    /// The caller lacks a capability; the error names it.
+    Permission,
+    /// The kernel (or this machine) lacks a feature; the error names it and the first kernel
+    /// version that has it, where known.
+    Unsupported,
+    /// The caller's input was refused, by lwtun before any system call or by the kernel.
+    InvalidInput,
+    /// The kernel refused for another reason; see the message and errno.
+    Kernel,
+    /// A system call or I/O failure outside netlink (files, sockets, threads).
+    Io,
+}
+
+/// What went wrong, beneath the operation and the object.
+#[derive(Debug)]
+enum Cause {
+    /// The kernel answered a netlink request with an error.
+    Netlink { errno: i32, ext_ack: Option<String> },
+    /// A libbpf call (load, attach, map operation) failed.
+    Bpf(libbpf_rs::Error),
+    /// An I/O failure.
+    Io(io::Error),
+    /// A feature the kernel lacks.
+    Unsupported {
+        feature: String,
+        since: Option<&'static str>,
+    },
+    /// A missing capability.
+    Permission { capability: &'static str },
+    /// Any other reason, said in words.
+    Message(String),
+}
+
+/// The error type of every fallible lwtun operation.
+///
+/// Its `Display` reads as one sentence a user can act on, for example:
+/// `add route 10.1.0.0/16 dev veth0: Invalid argument (errno 22); kernel: "Unknown device"`.
+///
+/// # Examples
+///
+/// ```
+/// use lwtun::{Error, ErrorKind};
+///
+/// let e = Error::unsupported("create ipip device", "ipip tunnel devices (CONFIG_NET_IPIP)", None);
+/// assert_eq!(e.kind(), ErrorKind::Unsupported);
+/// assert!(e.to_string().contains("CONFIG_NET_IPIP"));
+/// ```
+#[derive(Debug, thiserror::Error)]
+pub struct Error {
+    kind: ErrorKind,
+    op: String,
+    object: Option<String>,
+    cause: Cause,
+}
+
+/// The result type of lwtun operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    fn new(kind: ErrorKind, op: impl Into<String>, cause: Cause) -> Self {
+        Error {
+            kind,
+            op: op.into(),
+            object: None,
+            cause,
+        }
+    }
+
+    /// The caller's input was refused before anything was sent to the kernel.
+    pub fn invalid_input(op: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidInput, op, Cause::Message(reason.into()))
+    }
+
+    /// The named object does not exist.
+    pub fn not_found(op: impl Into<String>, what: impl Into<String>) -> Self {
+        Self::new(
+            ErrorKind::NotFound,
+            op,
+            Cause::Message(format!("{} not found", what.into())),
+        )
+    }
+
+    /// The kernel lacks `feature`; `since` is the first kernel version that has it, where known.
+    pub fn unsupported(
+        op: impl Into<String>,
+        feature: impl Into<String>,
+        since: Option<&'static str>,
+    ) -> Self {
+        Self::new(
+            ErrorKind::Unsupported,
+            op,
+            Cause::Unsupported {
+                feature: feature.into(),
+                since,
+            },
+        )
+    }
+
+    /// The caller lacks `capability` (for example `CAP_NET_ADMIN`).
+    pub fn permission(op: impl Into<String>, capability: &'static str) -> Self {
+        Self::new(ErrorKind::Permission, op, Cause::Permission { capability })
+    }
+
+    /// Any other failure of the given kind, said in words.
+    pub fn other(kind: ErrorKind, op: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(kind, op, Cause::Message(message.into()))
+    }
+
+    /// The kernel answered a netlink request with `errno` (positive) and optionally an
+    /// extended-ack message. The kind follows the errno.
+    pub fn netlink(op: impl Into<String>, errno: i32, ext_ack: Option<String>) -> Self {
+        Self::new(kind_of_errno(errno), op, Cause::Netlink { errno, ext_ack })
+    }
+
+    /// An I/O failure; the kind follows the errno where there is one.
+    pub fn io(op: impl Into<String>, err: io::Error) -> Self {
+        let kind = match err.raw_os_error() {
+            Some(errno) => match kind_of_errno(errno) {
+                ErrorKind::Kernel => ErrorKind::Io,
+                k => k,
+            },
+            None => match err.kind() {
+                io::ErrorKind::NotFound => ErrorKind::NotFound,
+                io::ErrorKind::PermissionDenied => ErrorKind::Permission,
+                io::ErrorKind::AlreadyExists => ErrorKind::Exists,
+                io::ErrorKind::InvalidInput => ErrorKind::InvalidInput,
+                _ => ErrorKind::Io,
+            },
+        };
+        Self::new(kind, op, Cause::Io(err))
+    }
+
+    /// A libbpf failure (load, verify, attach, map access).
+    pub fn bpf(op: impl Into<String>, err: libbpf_rs::Error) -> Self {
+        let kind = match err.kind() {
+            libbpf_rs::ErrorKind::NotFound => ErrorKind::NotFound,
+            libbpf_rs::ErrorKind::PermissionDenied => ErrorKind::Permission,
+            libbpf_rs::ErrorKind::AlreadyExists => ErrorKind::Exists,
+            libbpf_rs::ErrorKind::InvalidInput | libbpf_rs::ErrorKind::InvalidData => {
+                ErrorKind::InvalidInput
+            }
+            libbpf_rs::ErrorKind::Unsupported => ErrorKind::Unsupported,
+            _ => ErrorKind::Kernel,
+        };
+        Self::new(kind, op, Cause::Bpf(err))
+    }
+
+    /// Names the object the operation was about (an interface, a route, a map key).
+    #[must_use]
+    pub fn with_object(mut self, object: impl Into<String>) -> Self {
+        self.object = Some(object.into());
+        self
+    }
+
+    /// The class of this error.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The operation that failed, such as `add route`.
+    pub fn operation(&self) -> &str {
+        &self.op
+    }
+
+    /// The object the operation was about, where known.
+    pub fn object(&self) -> Option<&str> {
+        self.object.as_deref()
+    }
+
+    /// The errno the kernel answered with, where it answered with one.
+    pub fn errno(&self) -> Option<i32> {
+        match &self.cause {
+            Cause::Netlink { errno, .. } => Some(*errno),
+            Cause::Io(e) => e.raw_os_error(),
+            _ => None,
+        }
+    }
+
+    /// The kernel's extended-ack text for a failed netlink request, where it gave one.
+    pub fn ext_ack(&self) -> Option<&str> {
+        match &self.cause {
+            Cause::Netlink { ext_ack, .. } => ext_ack.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.op)?;
+        if let Some(object) = &self.object {
+            write!(f, " {object}")?;
+        }
+        f.write_str(": ")?;
+        match &self.cause {
+            Cause::Netlink { errno, ext_ack } => {
+                write!(f, "{} (errno {errno})", io::Error::from_raw_os_error(*errno))?;
+                if let Some(msg) = ext_ack {
+                    write!(f, "; kernel: \"{msg}\"")?;
+                }
+                if *errno == libc::EPERM || *errno == libc::EACCES {
+                    f.write_str("; run as root or with CAP_NET_ADMIN")?;
+                }
+                Ok(())
+            }
+            Cause::Bpf(e) => {
+                write!(f, "{e}")?;
+                if self.kind == ErrorKind::Permission {
+                    f.write_str("; loading BPF programs needs CAP_BPF (and CAP_NET_ADMIN for networking programs)")?;
+                }
+                Ok(())
+            }
+            Cause::Io(e) => write!(f, "{e}"),
+            Cause::Unsupported { feature, since } => {
+                write!(f, "this kernel does not support {feature}")?;
+                if let Some(v) = since {
+                    write!(f, " (available since Linux {v})")?;
+                }
+                Ok(())
+            }
+            Cause::Permission { capability } => {
+                write!(f, "permission denied: needs {capability} (run as root or grant it)")
+            }
+            Cause::Message(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Sorts a (positive) errno into an [`ErrorKind`].
+pub(crate) fn kind_of_errno(errno: i32) -> ErrorKind {
+    match errno {
+        libc::ENOENT | libc::ENODEV | libc::ESRCH | libc::ENXIO | libc::EADDRNOTAVAIL => {
+            ErrorKind::NotFound
+        }
+        libc::EEXIST | libc::EBUSY => ErrorKind::Exists,
+        libc::EPERM | libc::EACCES => ErrorKind::Permission,
+        libc::EOPNOTSUPP | libc::EAFNOSUPPORT | libc::EPROTONOSUPPORT | libc::ENOSYS => {
+            ErrorKind::Unsupported
+        }
+        libc::EINVAL | libc::ERANGE | libc::E2BIG | libc::ENAMETOOLONG => ErrorKind::InvalidInput,
+        _ => ErrorKind::Kernel,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn netlink_errors_carry_errno_kind_and_ext_ack() {
+        let e = Error::netlink("add route", libc::EEXIST, Some("File exists".into()))
+            .with_object("10.0.0.0/8");
+        assert_eq!(e.kind(), ErrorKind::Exists);
+        assert_eq!(e.errno(), Some(libc::EEXIST));
+        assert_eq!(e.ext_ack(), Some("File exists"));
+        let text = e.to_string();
+        assert!(text.starts_with("add route 10.0.0.0/8: "), "{text}");
+        assert!(text.contains("kernel: \"File exists\""), "{text}");
+    }
+
+    #[test]
+    fn permission_errors_name_what_to_do() {
+        let e = Error::netlink("add link", libc::EPERM, None);
+        assert_eq!(e.kind(), ErrorKind::Permission);
+        assert!(e.to_string().contains("CAP_NET_ADMIN"));
+        let e = Error::permission("load program", "CAP_BPF");
+        assert!(e.to_string().contains("needs CAP_BPF"));
+    }
+
+    #[test]
+    fn unsupported_names_feature_and_version() {
+        let e = Error::unsupported("attach", "tcx", Some("6.6"));
+        assert_eq!(e.kind(), ErrorKind::Unsupported);
+        assert!(e.to_string().contains("tcx (available since Linux 6.6)"));
+    }
+
+    #[test]
+    fn io_errors_sort_by_errno() {
+        let e = Error::io("open", io::Error::from_raw_os_error(libc::ENOENT));
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        let e = Error::io("read", io::Error::from_raw_os_error(libc::EIO));
+        assert_eq!(e.kind(), ErrorKind::Io);
+    }
+}

@@ -1,0 +1,436 @@
+//! Synchronous rtnetlink, over neli, in the calling thread's network namespace.
+//!
+//! [`Netlink`] is one `NETLINK_ROUTE` socket with extended ACKs on. Message bodies are neli's
+//! typed structs (`Rtmsg`, `Ifinfomsg`, `Ifaddrmsg`) and attribute buffers; this module frames
+//! them, matches every answer to its request by sequence number and turns kernel errors into
+//! [`Error`](crate::Error)s that carry the extended-ack text.
+//!
+//! The domain modules build on it: [`link`], [`addr`] and [`route`] (with the LWT BPF encap and a
+//! pipelined [`route::RouteBatch`]).
+//!
+//! A socket belongs to the namespace it was opened in, whatever thread later uses it: open it
+//! inside [`crate::netns::NetNs::run`] to work in another namespace.
+
+pub mod addr;
+pub mod attr;
+pub mod link;
+pub mod route;
+
+use std::io::Cursor;
+use std::os::fd::AsRawFd;
+
+use neli::consts::nl::{NlType, NlmF};
+use neli::consts::socket::{Msg, NlFamily};
+use neli::nl::{NlPayload, NlmsghdrBuilder};
+use neli::socket::NlSocket;
+use neli::utils::Groups;
+use neli::{FromBytesWithInput, Size, ToBytes};
+
+use crate::error::{Error, ErrorKind, Result};
+
+const NLMSG_HDRLEN: usize = 16;
+const NLMSG_ERROR: u16 = libc::NLMSG_ERROR as u16;
+const NLMSG_DONE: u16 = libc::NLMSG_DONE as u16;
+const NLMSG_NOOP: u16 = libc::NLMSG_NOOP as u16;
+const NETLINK_CAP_ACK: libc::c_int = 10;
+const NLMSGERR_ATTR_MSG: u16 = 1;
+/// Requests sent in one `sendmsg` by the pipelined path, before their ACKs are read.
+pub(crate) const PIPELINE_WINDOW: usize = 256;
+const RECV_BUF: usize = 1 << 20;
+
+/// One rtnetlink socket.
+///
+/// # Examples
+///
+/// ```no_run
+/// use lwtun::netlink::Netlink;
+///
+/// let mut nl = Netlink::open()?;
+/// for link in nl.links()? {
+///     println!("{} {}", link.index, link.name);
+/// }
+/// # Ok::<(), lwtun::Error>(())
+/// ```
+pub struct Netlink {
+    sock: NlSocket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for Netlink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Netlink")
+            .field("fd", &self.sock.as_raw_fd())
+            .finish()
+    }
+}
+
+/// One parsed answer from the kernel: a payload (for dumps) or the result of an ACKed request.
+enum Answer<'a> {
+    Payload { ty: u16, body: &'a [u8] },
+    Ack { seq: u32, result: Result<(), (i32, Option<String>)> },
+    Done,
+}
+
+impl Netlink {
+    /// Opens a `NETLINK_ROUTE` socket in the calling thread's network namespace, with extended
+    /// ACKs and capped ACKs (errors do not echo the whole request) turned on.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Io`] when the socket cannot be made (for example out of file descriptors).
+    pub fn open() -> Result<Self> {
+        let op = "open rtnetlink socket";
+        let sock = NlSocket::connect(NlFamily::Route, None, Groups::empty())
+            .map_err(|e| Error::io(op, e))?;
+        sock.block().map_err(|e| Error::io(op, e))?;
+        sock.enable_ext_ack(true).map_err(|e| Error::io(op, e))?;
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt reads `one` for its size; the fd is a live netlink socket.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_NETLINK,
+                NETLINK_CAP_ACK,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        // Large dumps and pipelined batches need room; SO_RCVBUFFORCE works with CAP_NET_ADMIN,
+        // SO_RCVBUF (capped by rmem_max) otherwise.
+        let size: libc::c_int = 8 << 20;
+        for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+            // SAFETY: as above.
+            let rc = unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&size as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if rc == 0 {
+                break;
+            }
+        }
+        Ok(Netlink {
+            sock,
+            seq: 0,
+            buf: vec![0; RECV_BUF],
+        })
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        if self.seq == 0 {
+            self.seq = 1;
+        }
+        self.seq
+    }
+
+    /// Appends one framed request to `out` and returns its sequence number.
+    pub(crate) fn encode<T, P>(&mut self, out: &mut Vec<u8>, ty: T, flags: NlmF, body: P) -> u32
+    where
+        T: NlType,
+        P: Size + ToBytes,
+    {
+        let seq = self.next_seq();
+        encode_message(out, ty, flags | NlmF::REQUEST, seq, body);
+        seq
+    }
+
+    fn send(&self, op: &str, bytes: &[u8]) -> Result<()> {
+        let sent = self
+            .sock
+            .send(bytes, Msg::empty())
+            .map_err(|e| Error::io(op.to_string(), e))?;
+        if sent != bytes.len() {
+            return Err(Error::other(
+                ErrorKind::Io,
+                op.to_string(),
+                format!("short netlink send: {sent} of {} bytes", bytes.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Receives one datagram and calls `each` for every message in it; stops early when `each`
+    /// returns `false`.
+    fn recv_each(&mut self, op: &str, mut each: impl FnMut(Answer<'_>) -> bool) -> Result<()> {
+        let n = loop {
+            match self.sock.recv(&mut self.buf[..], Msg::empty()) {
+                Ok((n, _)) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io(op.to_string(), e)),
+            }
+        };
+        for msg in split_messages(&self.buf[..n]) {
+            if !each(msg) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one request with `NLM_F_ACK` and waits for its answer.
+    ///
+    /// `op` and `object` name what is being done, for the error.
+    pub(crate) fn request<T, P>(
+        &mut self,
+        op: &str,
+        object: &dyn std::fmt::Display,
+        ty: T,
+        flags: NlmF,
+        body: P,
+    ) -> Result<()>
+    where
+        T: NlType,
+        P: Size + ToBytes,
+    {
+        let mut out = Vec::with_capacity(256);
+        let seq = self.encode(&mut out, ty, flags | NlmF::ACK, body);
+        self.send(op, &out)?;
+        let mut result = None;
+        while result.is_none() {
+            self.recv_each(op, |a| {
+                if let Answer::Ack { seq: s, result: r } = a {
+                    if s == seq {
+                        result = Some(r);
+                        return false;
+                    }
+                }
+                true
+            })?;
+        }
+        match result {
+            Some(Ok(())) => Ok(()),
+            Some(Err((errno, ext_ack))) => {
+                Err(Error::netlink(op.to_string(), errno, ext_ack).with_object(object.to_string()))
+            }
+            None => unreachable!("loop ends only with a result"),
+        }
+    }
+
+    /// Sends a dump request and decodes every answer with `decode`, which sees the message type
+    /// and body and may skip a message by returning `None`.
+    pub(crate) fn dump<T, P, R>(
+        &mut self,
+        op: &str,
+        ty: T,
+        body: P,
+        mut decode: impl FnMut(u16, &[u8]) -> Result<Option<R>>,
+    ) -> Result<Vec<R>>
+    where
+        T: NlType,
+        P: Size + ToBytes,
+    {
+        let mut out = Vec::with_capacity(64);
+        self.encode(&mut out, ty, NlmF::DUMP, body);
+        self.send(op, &out)?;
+        let mut items = Vec::new();
+        let mut done = false;
+        let mut failure: Option<Error> = None;
+        while !done {
+            self.recv_each(op, |a| {
+                match a {
+                    Answer::Payload { ty, body } => match decode(ty, body) {
+                        Ok(Some(item)) => items.push(item),
+                        Ok(None) => {}
+                        Err(e) => {
+                            failure.get_or_insert(e);
+                        }
+                    },
+                    Answer::Done => done = true,
+                    Answer::Ack { result: Err((errno, ext)), .. } => {
+                        failure.get_or_insert(Error::netlink(op.to_string(), errno, ext));
+                        done = true;
+                    }
+                    Answer::Ack { .. } => {}
+                }
+                !done
+            })?;
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(items),
+        }
+    }
+
+    /// Sends already framed requests (each with `NLM_F_ACK`), up to [`PIPELINE_WINDOW`] per
+    /// `sendmsg`, and collects every answer. `seqs[i]` is the sequence number of request `i`;
+    /// the result has one entry per request, in order: `None` for success, or the errno and
+    /// extended-ack text.
+    pub(crate) fn pipeline(
+        &mut self,
+        op: &str,
+        frames: &[(u32, std::ops::Range<usize>)],
+        bytes: &[u8],
+    ) -> Result<Vec<Option<(i32, Option<String>)>>> {
+        let mut results: Vec<Option<Option<(i32, Option<String>)>>> = vec![None; frames.len()];
+        let base_seq = frames.first().map(|f| f.0).unwrap_or(0);
+        for (chunk_index, chunk) in frames.chunks(PIPELINE_WINDOW).enumerate() {
+            let start = chunk[0].1.start;
+            let end = chunk[chunk.len() - 1].1.end;
+            self.send(op, &bytes[start..end])?;
+            let mut pending = chunk.len();
+            while pending > 0 {
+                self.recv_each(op, |a| {
+                    if let Answer::Ack { seq, result } = a {
+                        let i = seq.wrapping_sub(base_seq) as usize;
+                        let lo = chunk_index * PIPELINE_WINDOW;
+                        if i >= lo && i < lo + chunk.len() && results[i].is_none() {
+                            results[i] = Some(result.err());
+                            pending -= 1;
+                        }
+                    }
+                    true
+                })?;
+            }
+        }
+        Ok(results.into_iter().map(|r| r.unwrap_or(None)).collect())
+    }
+}
+
+/// Frames one netlink message into `out`.
+pub(crate) fn encode_message<T, P>(out: &mut Vec<u8>, ty: T, flags: NlmF, seq: u32, body: P)
+where
+    T: NlType,
+    P: Size + ToBytes,
+{
+    let msg = NlmsghdrBuilder::default()
+        .nl_type(ty)
+        .nl_flags(flags)
+        .nl_seq(seq)
+        .nl_pid(0)
+        .nl_payload(NlPayload::Payload(body))
+        .build()
+        .expect("every field of the header is set");
+    let start = out.len();
+    out.resize(start + msg.padded_size(), 0);
+    let mut cursor = Cursor::new(&mut out[start..]);
+    msg.to_bytes(&mut cursor)
+        .expect("the buffer was sized by padded_size");
+}
+
+/// Decodes a message body with neli's typed parser.
+pub(crate) fn decode_body<R>(op: &str, body: &[u8]) -> Result<R>
+where
+    R: FromBytesWithInput<Input = usize>,
+{
+    R::from_bytes_with_input(&mut Cursor::new(body), body.len()).map_err(|e| {
+        Error::other(
+            ErrorKind::Kernel,
+            op.to_string(),
+            format!("undecodable netlink message: {e}"),
+        )
+    })
+}
+
+/// Splits a received datagram into messages. Malformed trailing bytes end the walk.
+fn split_messages(mut data: &[u8]) -> impl Iterator<Item = Answer<'_>> {
+    std::iter::from_fn(move || loop {
+        if data.len() < NLMSG_HDRLEN {
+            return None;
+        }
+        let len = u32::from_ne_bytes(data[0..4].try_into().unwrap()) as usize;
+        if len < NLMSG_HDRLEN || len > data.len() {
+            return None;
+        }
+        let ty = u16::from_ne_bytes(data[4..6].try_into().unwrap());
+        let flags = u16::from_ne_bytes(data[6..8].try_into().unwrap());
+        let seq = u32::from_ne_bytes(data[8..12].try_into().unwrap());
+        let msg = &data[..len];
+        data = &data[align4(len).min(data.len())..];
+        let body = &msg[NLMSG_HDRLEN..];
+        match ty {
+            NLMSG_NOOP => continue,
+            NLMSG_DONE => return Some(Answer::Done),
+            NLMSG_ERROR => return Some(parse_error(seq, flags, body)),
+            _ => return Some(Answer::Payload { ty, body }),
+        }
+    })
+}
+
+/// Parses an `NLMSG_ERROR` body: errno, the (capped or full) original header, then the
+/// extended-ack attributes when `NLM_F_ACK_TLVS` is set.
+fn parse_error(seq: u32, flags: u16, body: &[u8]) -> Answer<'_> {
+    if body.len() < 4 {
+        return Answer::Ack {
+            seq,
+            result: Err((libc::EPROTO, None)),
+        };
+    }
+    let code = i32::from_ne_bytes(body[0..4].try_into().unwrap());
+    let mut ext_ack = None;
+    if flags & NlmF::ACK_TLVS.bits() != 0 && body.len() >= 4 + NLMSG_HDRLEN {
+        let orig_len = u32::from_ne_bytes(body[4..8].try_into().unwrap()) as usize;
+        let skip = if flags & NlmF::CAPPED.bits() != 0 || code == 0 {
+            NLMSG_HDRLEN
+        } else {
+            align4(orig_len)
+        };
+        if let Some(tlvs) = body.get(4 + skip..) {
+            ext_ack = attr::iter(tlvs)
+                .find(|(t, _)| *t == NLMSGERR_ATTR_MSG)
+                .map(|(_, v)| attr::cstr(v));
+        }
+    }
+    Answer::Ack {
+        seq,
+        result: if code == 0 {
+            Ok(())
+        } else {
+            Err((-code, ext_ack))
+        },
+    }
+}
+
+pub(crate) const fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_error_with_ext_ack_from_capped_ack() {
+        // NLMSG_ERROR, flags CAPPED|ACK_TLVS, seq 7: errno -19, capped header, MSG "Unknown device".
+        let mut b = Vec::new();
+        let msg = b"Unknown device\0";
+        let tlv_len = 4 + msg.len();
+        let total = 16 + 4 + 16 + align4(tlv_len);
+        b.extend_from_slice(&(total as u32).to_ne_bytes());
+        b.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        b.extend_from_slice(&((NlmF::CAPPED | NlmF::ACK_TLVS).bits()).to_ne_bytes());
+        b.extend_from_slice(&7u32.to_ne_bytes());
+        b.extend_from_slice(&0u32.to_ne_bytes());
+        b.extend_from_slice(&(-19i32).to_ne_bytes());
+        b.extend_from_slice(&[0u8; 16]);
+        b.extend_from_slice(&(tlv_len as u16).to_ne_bytes());
+        b.extend_from_slice(&1u16.to_ne_bytes());
+        b.extend_from_slice(msg);
+        b.resize(total, 0);
+        let answers: Vec<_> = split_messages(&b).collect();
+        assert_eq!(answers.len(), 1);
+        match &answers[0] {
+            Answer::Ack { seq, result } => {
+                assert_eq!(*seq, 7);
+                assert_eq!(
+                    result.as_ref().unwrap_err(),
+                    &(19, Some("Unknown device".to_string()))
+                );
+            }
+            _ => panic!("expected an ack"),
+        }
+    }
+
+    #[test]
+    fn truncated_datagrams_end_the_walk() {
+        assert_eq!(split_messages(&[1, 2, 3]).count(), 0);
+        let mut b = vec![0u8; 16];
+        b[0..4].copy_from_slice(&64u32.to_ne_bytes()); // claims more than there is
+        assert_eq!(split_messages(&b).count(), 0);
+    }
+}

@@ -1,0 +1,1 @@
+//! Cached probes of kernel features.
