@@ -306,11 +306,10 @@ where
         .nl_payload(NlPayload::Payload(body))
         .build()
         .expect("every field of the header is set");
-    let start = out.len();
-    out.resize(start + msg.padded_size(), 0);
-    let mut cursor = Cursor::new(&mut out[start..]);
+    let mut cursor = Cursor::new(Vec::with_capacity(msg.padded_size()));
     msg.to_bytes(&mut cursor)
-        .expect("the buffer was sized by padded_size");
+        .expect("writing into a Vec cannot fail");
+    out.extend_from_slice(cursor.get_ref());
 }
 
 /// Decodes a message body with neli's typed parser.
