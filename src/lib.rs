@@ -38,6 +38,7 @@
 #![deny(missing_docs)]
 #![warn(unsafe_op_in_unsafe_fn)]
 
+mod abi;
 pub mod error;
 pub mod netlink;
 pub mod netns;
