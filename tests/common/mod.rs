@@ -3,8 +3,12 @@
 
 /// Whether privileged tests must fail instead of skipping (CI=true or LWTUN_REQUIRE_PRIV=1).
 pub fn privileges_required() -> bool {
-    std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false)
-        || std::env::var("LWTUN_REQUIRE_PRIV").map(|v| v == "1").unwrap_or(false)
+    std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false)
+        || std::env::var("LWTUN_REQUIRE_PRIV")
+            .map(|v| v == "1")
+            .unwrap_or(false)
 }
 
 /// Returns true when the test may run. Without root it prints why the test is skipped and
@@ -15,7 +19,9 @@ pub fn privileged(test: &str) -> bool {
     if euid == 0 {
         return true;
     }
-    let why = format!("{test}: needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for namespaces); euid is {euid}");
+    let why = format!(
+        "{test}: needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for namespaces); euid is {euid}"
+    );
     if privileges_required() {
         panic!("{why}, and CI=true/LWTUN_REQUIRE_PRIV=1 forbids skipping");
     }

@@ -1,0 +1,343 @@
+//! `lwtun::netns` against the real kernel: namespaces that `ip netns` sees, code run inside them,
+//! sysctls per namespace, and cleanup on drop, delete and panic.
+
+mod common;
+
+use std::process::Command;
+
+use lwtun::netns::NetNs;
+use lwtun::{Error, ErrorKind};
+
+fn ip_netns_list() -> String {
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("run ip netns list");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn listed(name: &str) -> bool {
+    ip_netns_list()
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(name))
+}
+
+/// The inode of the thread's network namespace, as `/proc/thread-self/ns/net` names it.
+fn current_netns() -> String {
+    std::fs::read_link("/proc/thread-self/ns/net")
+        .expect("read ns link")
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn create_is_listed_by_ip_and_removed_on_drop() {
+    if !common::privileged("create_is_listed_by_ip_and_removed_on_drop") {
+        return;
+    }
+    let ns = NetNs::create_unique("lwt-ns").expect("create");
+    let name = ns.name().to_string();
+    assert!(ns.is_owned());
+    assert_eq!(ns.path(), std::path::Path::new("/run/netns").join(&name));
+    assert!(
+        listed(&name),
+        "ip netns list lacks {name}: {}",
+        ip_netns_list()
+    );
+    assert!(NetNs::list().unwrap().contains(&name));
+    drop(ns);
+    assert!(!listed(&name), "{name} still listed after drop");
+    assert!(!std::path::Path::new("/run/netns").join(&name).exists());
+}
+
+#[test]
+fn create_twice_is_exists_and_open_does_not_own() {
+    if !common::privileged("create_twice_is_exists_and_open_does_not_own") {
+        return;
+    }
+    let ns = NetNs::create_unique("lwt-ns").expect("create");
+    let e = NetNs::create(ns.name()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Exists, "{e}");
+    // The failed create must not have removed the existing one.
+    assert!(listed(ns.name()));
+
+    let opened = NetNs::open(ns.name()).expect("open");
+    assert!(!opened.is_owned());
+    drop(opened);
+    assert!(listed(ns.name()), "dropping an opened namespace removed it");
+
+    let e = NetNs::open("lwt-ns-does-not-exist").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+}
+
+#[test]
+fn unique_names_differ_and_carry_the_pid() {
+    if !common::privileged("unique_names_differ_and_carry_the_pid") {
+        return;
+    }
+    let a = NetNs::create_unique("lwt-u").unwrap();
+    let b = NetNs::create_unique("lwt-u").unwrap();
+    assert_ne!(a.name(), b.name());
+    let pid = std::process::id().to_string();
+    for ns in [&a, &b] {
+        let parts: Vec<&str> = ns.name().rsplitn(3, '-').collect();
+        assert_eq!(parts[1], pid, "{}", ns.name());
+    }
+}
+
+#[test]
+fn run_enters_the_namespace_and_leaves_the_caller_alone() {
+    if !common::privileged("run_enters_the_namespace_and_leaves_the_caller_alone") {
+        return;
+    }
+    let ns = NetNs::create_unique("lwt-ns").unwrap();
+    let before = current_netns();
+    let inside = ns.run(|| Ok(current_netns())).unwrap();
+    assert_ne!(inside, before);
+    assert_eq!(current_netns(), before, "the caller's namespace changed");
+    // The same namespace every time, and the one nsenter enters.
+    assert_eq!(ns.run(|| Ok(current_netns())).unwrap(), inside);
+    let out = ns
+        .command("readlink")
+        .arg("/proc/self/ns/net")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), inside);
+    // Threads spawned inside start inside.
+    let nested = ns
+        .run(|| Ok(std::thread::spawn(current_netns).join().unwrap()))
+        .unwrap();
+    assert_eq!(nested, inside);
+    // Borrowing from the caller works.
+    let mut seen = Vec::new();
+    ns.run(|| {
+        seen.push(1);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(seen, [1]);
+    // /sys/fs/bpf stays visible (no mount namespace change), when it is mounted on the host.
+    if std::path::Path::new("/sys/fs/bpf").read_dir().is_ok() {
+        assert!(ns
+            .run(|| Ok(std::path::Path::new("/sys/fs/bpf").read_dir().is_ok()))
+            .unwrap());
+        let out = ns
+            .command("stat")
+            .args(["-f", "-c", "%T", "/sys/fs/bpf"])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "bpf_fs");
+    }
+}
+
+#[test]
+fn run_turns_panics_and_errors_into_errors() {
+    if !common::privileged("run_turns_panics_and_errors_into_errors") {
+        return;
+    }
+    let ns = NetNs::create_unique("lwt-ns").unwrap();
+    let e = ns
+        .run(|| -> lwtun::Result<()> { panic!("boom in the namespace") })
+        .unwrap_err();
+    assert!(e.to_string().contains("boom in the namespace"), "{e}");
+    let e = ns
+        .run(|| -> lwtun::Result<()> { Err(Error::invalid_input("mine", "closure error")) })
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    assert_eq!(e.operation(), "mine");
+    // The namespace is still usable afterwards.
+    assert!(ns.run(|| Ok(true)).unwrap());
+}
+
+#[test]
+fn two_namespaces_have_separate_loopbacks() {
+    if !common::privileged("two_namespaces_have_separate_loopbacks") {
+        return;
+    }
+    let a = NetNs::create_unique("lwt-ns").unwrap();
+    let b = NetNs::create_unique("lwt-ns").unwrap();
+    let up = |ns: &NetNs| {
+        let st = ns
+            .command("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    up(&a);
+    // A listener on a's loopback: reachable from a, not from b (whose loopback is down and
+    // separate), nor from the host.
+    let listener = a
+        .run(|| std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io("bind", e)))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let timeout = std::time::Duration::from_secs(2);
+    let from_a = a
+        .run(|| Ok(std::net::TcpStream::connect_timeout(&addr, timeout).is_ok()))
+        .unwrap();
+    assert!(from_a, "connect inside a failed");
+    up(&b);
+    let from_b = b
+        .run(|| Ok(std::net::TcpStream::connect_timeout(&addr, timeout).is_ok()))
+        .unwrap();
+    assert!(!from_b, "b reached a listener on a's loopback");
+    // `ip link` inside each shows only its own devices: a fresh namespace has just lo.
+    for ns in [&a, &b] {
+        let out = ns
+            .command("ip")
+            .args(["-o", "link", "show"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains(": lo:"), "{text}");
+    }
+}
+
+#[test]
+fn drop_on_panic_removes_the_namespace() {
+    if !common::privileged("drop_on_panic_removes_the_namespace") {
+        return;
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let joined = std::thread::spawn(move || {
+        let ns = NetNs::create_unique("lwt-panic").unwrap();
+        tx.send(ns.name().to_string()).unwrap();
+        assert!(listed(ns.name()));
+        panic!("test panics while owning {}", ns.name());
+    })
+    .join();
+    assert!(joined.is_err(), "the thread should have panicked");
+    let name = rx.recv().unwrap();
+    assert!(!listed(&name), "{name} survived the panic");
+}
+
+#[test]
+fn delete_reports_and_persist_keeps() {
+    if !common::privileged("delete_reports_and_persist_keeps") {
+        return;
+    }
+    let ns = NetNs::create_unique("lwt-ns").unwrap();
+    let name = ns.name().to_string();
+    ns.delete().expect("delete");
+    assert!(!listed(&name));
+    // Deleting again (through open) is NotFound.
+    assert_eq!(NetNs::open(&name).unwrap_err().kind(), ErrorKind::NotFound);
+
+    let ns = NetNs::create_unique("lwt-ns").unwrap();
+    let name = ns.name().to_string();
+    ns.persist();
+    assert!(listed(&name), "persisted namespace was removed");
+    // It is a real namespace still: iproute2 can enter it, and lwtun can adopt and delete it.
+    let st = Command::new("ip")
+        .args(["netns", "exec", &name, "true"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    NetNs::open(&name).unwrap().delete().unwrap();
+    assert!(!listed(&name));
+}
+
+#[test]
+fn namespace_made_by_iproute2_can_be_opened_and_used() {
+    if !common::privileged("namespace_made_by_iproute2_can_be_opened_and_used") {
+        return;
+    }
+    let name = format!("lwt-ip-{}", std::process::id());
+    let st = Command::new("ip")
+        .args(["netns", "add", &name])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // Remove it whatever happens below.
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = Command::new("ip")
+                .args(["netns", "delete", &self.0])
+                .status();
+        }
+    }
+    let _cleanup = Cleanup(name.clone());
+    let ns = NetNs::open(&name).unwrap();
+    let id = ns.run(|| Ok(current_netns())).unwrap();
+    assert_ne!(id, current_netns());
+    // A plain file under /run/netns with nothing mounted is not a namespace.
+    let fake = format!("lwt-fake-{}", std::process::id());
+    let fake_path = std::path::Path::new("/run/netns").join(&fake);
+    std::fs::write(&fake_path, b"").unwrap();
+    let e = NetNs::open(&fake).unwrap_err();
+    std::fs::remove_file(&fake_path).unwrap();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+}
+
+#[test]
+fn sysctls_are_per_namespace_and_never_the_hosts() {
+    if !common::privileged("sysctls_are_per_namespace_and_never_the_hosts") {
+        return;
+    }
+    let host_before = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
+    let a = NetNs::create_unique("lwt-ns").unwrap();
+    let b = NetNs::create_unique("lwt-ns").unwrap();
+    let flip = if a.sysctl("net.ipv4.ip_forward").unwrap() == "1" {
+        "0"
+    } else {
+        "1"
+    };
+    a.set_sysctl("net.ipv4.ip_forward", flip).unwrap();
+    assert_eq!(a.sysctl("net.ipv4.ip_forward").unwrap(), flip);
+    assert_ne!(
+        b.sysctl("net.ipv4.ip_forward").unwrap(),
+        flip,
+        "b saw a's value"
+    );
+    // What sysctl(8) inside the namespace reads agrees.
+    let out = a
+        .command("cat")
+        .arg("/proc/sys/net/ipv4/ip_forward")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), flip);
+    a.set_sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
+    assert_eq!(a.sysctl("net/ipv6/conf/all/forwarding").unwrap(), "1");
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(),
+        host_before,
+        "the host's sysctl changed"
+    );
+    // Refused before anything is written.
+    assert_eq!(
+        a.set_sysctl("kernel.panic", "0").unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+    assert_eq!(
+        a.set_sysctl("net.ipv4.no_such_key", "1")
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
+}
+
+#[test]
+fn fd_keeps_a_deleted_namespace_alive() {
+    if !common::privileged("fd_keeps_a_deleted_namespace_alive") {
+        return;
+    }
+    let ns = NetNs::create_unique("lwt-ns").unwrap();
+    let id = ns.run(|| Ok(current_netns())).unwrap();
+    let fd = ns.fd().unwrap();
+    ns.delete().unwrap();
+    // setns through the held fd still works: the namespace outlives its name.
+    let again = std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: fd is an open namespace file; setns changes only this thread.
+        let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        current_netns()
+    })
+    .join()
+    .unwrap();
+    assert_eq!(again, id);
+}
