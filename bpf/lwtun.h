@@ -80,4 +80,57 @@ LWTUN_ASSERT_SIZE(struct lwtun_ip_addr, 16);
 #define LWTUN_FIB_NOT_IP 11
 #define LWTUN_FIB_SLOTS 12
 
+/* ---- tc/lwt tunnel redirect (bpf/tc_redirect.bpf.c <-> src/tunnel_redirect.rs) ---- */
+
+/* LPM trie keys: an inner destination prefix. Addresses are in network byte order. */
+struct lwtun_redirect_key4 {
+	__u32 prefixlen;
+	__u8 addr[4];
+};
+LWTUN_ASSERT_SIZE(struct lwtun_redirect_key4, 8);
+
+struct lwtun_redirect_key6 {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+LWTUN_ASSERT_SIZE(struct lwtun_redirect_key6, 20);
+
+/* lwtun_redirect_rule.flags */
+#define LWTUN_REDIRECT_INGRESS (1U << 0)   /* redirect to the device's ingress, not its egress */
+#define LWTUN_REDIRECT_REMOTE_V6 (1U << 1) /* remote (and local) are IPv6 */
+#define LWTUN_REDIRECT_L2 (1U << 2)        /* the device carries Ethernet frames: write the MACs */
+#define LWTUN_REDIRECT_LOCAL (1U << 3)     /* local holds the outer source address */
+
+/* What to do with a packet whose inner destination matched: the tunnel key to set
+ * (bpf_skb_set_tunnel_key) and the collect_md device to redirect to. */
+struct lwtun_redirect_rule {
+	__u32 ifindex;      /* the collect_md tunnel device */
+	__u32 flags;        /* LWTUN_REDIRECT_* */
+	__u32 key_flags;    /* bpf_skb_set_tunnel_key flags: BPF_F_ZERO_CSUM_TX, _DONT_FRAGMENT, ... */
+	__u32 tunnel_id;    /* key / VNI */
+	__u8 remote[16];    /* outer destination, network byte order (IPv4 in the first 4 bytes) */
+	__u8 local[16];     /* outer source when LWTUN_REDIRECT_LOCAL, else chosen by the route */
+	__u32 label;        /* IPv6 outer flow label */
+	__u8 tos;
+	__u8 ttl;           /* 0: the device's default */
+	__u8 inner_dst[6];  /* LWTUN_REDIRECT_L2: destination MAC of the inner frame */
+	__u8 inner_src[6];  /* LWTUN_REDIRECT_L2: source MAC of the inner frame */
+	__u8 pad[2];
+	__u32 slot;         /* index of this rule's counters in rule_stats */
+};
+LWTUN_ASSERT_SIZE(struct lwtun_redirect_rule, 72);
+
+/* Per-rule counters, one copy per CPU. */
+struct lwtun_redirect_stats {
+	__u64 packets;  /* redirected */
+	__u64 bytes;
+	__u64 errors;   /* matched but dropped: the tunnel key or the redirect was refused */
+};
+LWTUN_ASSERT_SIZE(struct lwtun_redirect_stats, 24);
+
+/* Slots of the family's event counters (per CPU). */
+#define LWTUN_REDIRECT_EV_MISS 0    /* IP packet with no matching rule: passed on */
+#define LWTUN_REDIRECT_EV_NOT_IP 1  /* not IPv4/IPv6 (or truncated): passed on */
+#define LWTUN_REDIRECT_EV_MAX 2
+
 #endif /* LWTUN_H */
