@@ -15,6 +15,7 @@ pub mod addr;
 pub mod attr;
 pub mod link;
 pub mod route;
+pub mod tc;
 
 use std::io::Cursor;
 use std::os::fd::AsRawFd;
@@ -119,6 +120,65 @@ impl Netlink {
             seq: 0,
             buf: vec![0; RECV_BUF],
         })
+    }
+
+    /// Opens a socket in the network namespace `netns` (an fd of `/run/netns/NAME` or
+    /// `/proc/PID/ns/net`) without moving the calling thread: a short-lived thread enters the
+    /// namespace and opens it, and the socket stays bound to that namespace.
+    ///
+    /// # Errors
+    ///
+    /// Permission without CAP_SYS_ADMIN (needed by setns); InvalidInput when `netns` is not a
+    /// network namespace.
+    pub fn open_in(netns: std::os::fd::BorrowedFd<'_>) -> Result<Self> {
+        let fd = netns
+            .try_clone_to_owned()
+            .map_err(|e| Error::io("open rtnetlink socket in namespace", e))?;
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                // SAFETY: setns on this thread only; the fd is a live namespace fd.
+                if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(Error::io(
+                        "enter network namespace",
+                        std::io::Error::last_os_error(),
+                    ));
+                }
+                Netlink::open()
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(Error::other(ErrorKind::Io, "open rtnetlink socket", "thread panicked"))
+            })
+        })
+    }
+
+    /// The network namespace this socket works in, as an fd (`SIOCGSKNS`).
+    ///
+    /// # Errors
+    ///
+    /// Permission without CAP_NET_ADMIN over the namespace.
+    pub fn netns(&self) -> Result<std::os::fd::OwnedFd> {
+        const SIOCGSKNS: libc::c_ulong = 0x894C;
+        // SAFETY: SIOCGSKNS takes no argument and returns a new fd or -1.
+        let fd = unsafe { libc::ioctl(self.sock.as_raw_fd(), SIOCGSKNS as _) };
+        if fd < 0 {
+            return Err(Error::io(
+                "find the socket's network namespace",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: the kernel returned a fresh fd that nothing else owns.
+        Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+    }
+
+    /// A second, independent socket in the same network namespace.
+    ///
+    /// # Errors
+    ///
+    /// As [`Netlink::netns`] and [`Netlink::open_in`].
+    pub fn try_clone(&self) -> Result<Self> {
+        let ns = self.netns()?;
+        Self::open_in(std::os::fd::AsFd::as_fd(&ns))
     }
 
     fn next_seq(&mut self) -> u32 {
