@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * lwt_count: one program per LWT hook (lwt_in, lwt_out, lwt_xmit) that counts the packets and bytes
+ * lwt_count: one program per LWT hook (lwt_in, lwt_out, lwt_xmit, lwt_seg6local) that counts the packets and bytes
  * a route sends through it and lets them continue (BPF_OK). The smallest useful LWT program: it
  * shows which hooks a route's traffic crosses, and it is what lwtun's route tests attach.
  */
@@ -42,6 +42,13 @@ SEC("lwt_xmit")
 int count_xmit(struct __sk_buff *skb)
 {
 	return count(skb, LWTUN_HOOK_XMIT);
+}
+
+/* seg6local End.BPF: BPF_OK continues with the End behaviour (next segment). */
+SEC("lwt_seg6local")
+int count_seg6local(struct __sk_buff *skb)
+{
+	return count(skb, LWTUN_HOOK_SEG6LOCAL);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -28,11 +28,12 @@ struct lwtun_counter {
 };
 LWTUN_ASSERT_SIZE(struct lwtun_counter, 16);
 
-/* Indexes of the per-hook counters of an LWT program family (lwt_count.bpf.c). */
+/* Indexes of the per-hook counters of the lwt_count program family. */
 #define LWTUN_HOOK_IN 0
 #define LWTUN_HOOK_OUT 1
 #define LWTUN_HOOK_XMIT 2
-#define LWTUN_HOOK_MAX 3
+#define LWTUN_HOOK_SEG6LOCAL 3
+#define LWTUN_HOOK_MAX 4
 
 /* ---- XDP (bpf/xdp_*.bpf.c <-> src/xdp/) ---- */
 

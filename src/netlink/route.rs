@@ -1,0 +1,938 @@
+//! Routes over rtnetlink: add, replace, delete, dump and pipelined batches, IPv4 and IPv6, with
+//! the LWT BPF encap (`RTA_ENCAP_TYPE` = `LWTUNNEL_ENCAP_BPF`) and seg6local `End.BPF`.
+//!
+//! A [`Route`] is what one `RTM_NEWROUTE` carries. Attributes lwtun does not model are kept in
+//! [`Route::extra`] and other encap types in [`Encap::Other`], so a dump never drops information.
+//!
+//! This layer knows program fds and names, not BPF objects: [`crate::route::LwtRoute`] is the
+//! domain type that owns programs and removes its route on drop.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::os::fd::RawFd;
+
+use ipnetwork::IpNetwork;
+use neli::consts::nl::NlmF;
+use neli::consts::rtnl::{RtAddrFamily, RtScope, RtTable, Rta, Rtm, RtmF, Rtn, Rtprot};
+use neli::rtnl::{Rtattr, RtattrBuilder, Rtmsg, RtmsgBuilder};
+use neli::types::{Buffer, RtBuffer};
+
+use super::attr::{self, Nest};
+use super::{decode_body, Netlink};
+use crate::error::{Error, Result};
+
+/// `RTPROT_BOOT`, what `ip route add` uses when no `proto` is given.
+pub const RTPROT_BOOT: u8 = 3;
+/// `RTPROT_STATIC`.
+pub const RTPROT_STATIC: u8 = 4;
+/// The main routing table.
+pub const RT_TABLE_MAIN: u32 = 254;
+/// The local routing table (local and broadcast addresses).
+pub const RT_TABLE_LOCAL: u32 = 255;
+/// `RT_SCOPE_UNIVERSE`: a route via a gateway.
+pub const RT_SCOPE_UNIVERSE: u8 = 0;
+/// `RT_SCOPE_LINK`: a directly attached destination.
+pub const RT_SCOPE_LINK: u8 = 253;
+/// `RTN_UNICAST`.
+pub const RTN_UNICAST: u8 = 1;
+
+/// `LWTUNNEL_ENCAP_BPF`.
+pub const LWTUNNEL_ENCAP_BPF: u16 = 6;
+/// `LWTUNNEL_ENCAP_SEG6_LOCAL`.
+pub const LWTUNNEL_ENCAP_SEG6_LOCAL: u16 = 7;
+const LWT_BPF_IN: u16 = 1;
+const LWT_BPF_OUT: u16 = 2;
+const LWT_BPF_XMIT: u16 = 3;
+const LWT_BPF_XMIT_HEADROOM: u16 = 4;
+const LWT_BPF_PROG_FD: u16 = 1;
+const LWT_BPF_PROG_NAME: u16 = 2;
+const SEG6_LOCAL_ACTION: u16 = 1;
+const SEG6_LOCAL_BPF: u16 = 8;
+const SEG6_LOCAL_ACTION_END_BPF: u32 = 15;
+const RTA_ENCAP: u16 = libc::RTA_ENCAP;
+const RTA_ENCAP_TYPE: u16 = libc::RTA_ENCAP_TYPE;
+
+/// The kernel's limit on `LWT_BPF_XMIT_HEADROOM` (`LWT_BPF_MAX_HEADROOM`).
+pub const MAX_XMIT_HEADROOM: u32 = 256;
+/// The kernel's limit on a program name in an LWT encap, NUL included (`MAX_PROG_NAME`).
+pub const MAX_PROG_NAME: usize = 256;
+
+/// A BPF program as a route names it: the name the kernel stores and reports in dumps, and, when
+/// installing, the fd of the program.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ProgRef {
+    /// The name stored with the route (`LWT_BPF_PROG_NAME`). The kernel compares encaps by this
+    /// name only: two different programs must never share one.
+    pub name: String,
+    /// The program's fd; needed to install, absent in dumps.
+    pub fd: Option<RawFd>,
+}
+
+impl ProgRef {
+    /// A program to install, by fd and name.
+    pub fn new(fd: RawFd, name: impl Into<String>) -> Self {
+        ProgRef {
+            name: name.into(),
+            fd: Some(fd),
+        }
+    }
+}
+
+/// The LWT BPF encap of a route: a program per hook, and the xmit headroom.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct BpfEncap {
+    /// `lwt_in`: runs on packets the route receives (input path).
+    pub input: Option<ProgRef>,
+    /// `lwt_out`: runs on locally generated packets before the output path.
+    pub output: Option<ProgRef>,
+    /// `lwt_xmit`: runs just before the packet is handed to the neighbour layer.
+    pub xmit: Option<ProgRef>,
+    /// Bytes of headroom the xmit program may push (at most [`MAX_XMIT_HEADROOM`]); also
+    /// subtracted from the path MTU. Not reported by dumps.
+    pub headroom: Option<u32>,
+}
+
+/// A route's lightweight-tunnel encap.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Encap {
+    /// `encap bpf`: BPF programs at the LWT hooks.
+    Bpf(BpfEncap),
+    /// `encap seg6local action End.BPF endpoint ...`: an SRv6 End.BPF program (IPv6 only).
+    Seg6LocalBpf(ProgRef),
+    /// Another encap type (mpls, ip, seg6, ...), kept as the raw `RTA_ENCAP` payload.
+    Other {
+        /// `RTA_ENCAP_TYPE`.
+        kind: u16,
+        /// The `RTA_ENCAP` payload, as the kernel sent it.
+        data: Vec<u8>,
+    },
+}
+
+/// A route attribute lwtun does not model, kept as it came.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RawAttr {
+    /// The attribute type (`RTA_*`).
+    pub kind: u16,
+    /// Its payload.
+    pub data: Vec<u8>,
+}
+
+/// One route, as `RTM_NEWROUTE` carries it.
+///
+/// # Examples
+///
+/// ```
+/// use lwtun::netlink::route::{Route, Encap, BpfEncap, ProgRef};
+///
+/// let mut route = Route::new("10.1.0.0/16".parse().unwrap());
+/// route.oif = Some(2);
+/// route.encap = Some(Encap::Bpf(BpfEncap {
+///     xmit: Some(ProgRef::new(7, "lwtun:count_xmit:42")),
+///     headroom: Some(20),
+///     ..Default::default()
+/// }));
+/// assert!(route.validate().is_ok());
+/// assert_eq!(route.to_string(), "10.1.0.0/16 dev#2 encap bpf xmit lwtun:count_xmit:42 headroom 20");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Route {
+    /// The destination prefix; its family is the route's family.
+    pub dst: IpNetwork,
+    /// Routing table (default [`RT_TABLE_MAIN`]).
+    pub table: u32,
+    /// Routing protocol (`RTPROT_*`; default [`RTPROT_BOOT`] like iproute2).
+    pub protocol: u8,
+    /// Scope; `None` picks like iproute2 (link without a gateway, universe with one).
+    pub scope: Option<u8>,
+    /// Route type (`RTN_*`; default [`RTN_UNICAST`]).
+    pub kind: u8,
+    /// TOS selector.
+    pub tos: u8,
+    /// `rtm_flags`, as the kernel reported them (ignored when installing).
+    pub flags: u32,
+    /// Metric (`RTA_PRIORITY`).
+    pub metric: Option<u32>,
+    /// Output interface index (`RTA_OIF`).
+    pub oif: Option<u32>,
+    /// Gateway (`RTA_GATEWAY`), of the route's family.
+    pub gateway: Option<IpAddr>,
+    /// Preferred source (`RTA_PREFSRC`), of the route's family.
+    pub prefsrc: Option<IpAddr>,
+    /// The lightweight-tunnel encap.
+    pub encap: Option<Encap>,
+    /// Attributes lwtun does not model, kept from dumps (not sent when installing).
+    pub extra: Vec<RawAttr>,
+}
+
+impl Route {
+    /// A unicast route to `dst` in the main table, protocol boot, no device yet.
+    pub fn new(dst: IpNetwork) -> Self {
+        Route {
+            dst,
+            table: RT_TABLE_MAIN,
+            protocol: RTPROT_BOOT,
+            scope: None,
+            kind: RTN_UNICAST,
+            tos: 0,
+            flags: 0,
+            metric: None,
+            oif: None,
+            gateway: None,
+            prefsrc: None,
+            encap: None,
+            extra: Vec::new(),
+        }
+    }
+
+    /// The scope this route is installed with.
+    pub fn effective_scope(&self) -> u8 {
+        self.scope.unwrap_or(if self.gateway.is_some() {
+            RT_SCOPE_UNIVERSE
+        } else {
+            RT_SCOPE_LINK
+        })
+    }
+
+    /// The LWT BPF encap, if the route has one.
+    pub fn bpf_encap(&self) -> Option<&BpfEncap> {
+        match &self.encap {
+            Some(Encap::Bpf(b)) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// Checks everything the kernel would refuse, before anything is sent: families agree,
+    /// the prefix is canonical, programs have fds and names within limits, headroom within limit.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput), saying what is wrong.
+    pub fn validate(&self) -> Result<()> {
+        let op = "validate route";
+        let bad = |why: String| Err(Error::invalid_input(op, why).with_object(self.dst.to_string()));
+        if self.dst.network() != self.dst.ip() {
+            return bad(format!(
+                "prefix has host bits set: write {}/{}",
+                self.dst.network(),
+                self.dst.prefix()
+            ));
+        }
+        for (what, addr) in [("gateway", self.gateway), ("prefsrc", self.prefsrc)] {
+            if let Some(a) = addr {
+                if a.is_ipv4() != self.dst.is_ipv4() {
+                    return bad(format!(
+                        "{what} {a} is not of the destination's family ({})",
+                        if self.dst.is_ipv4() { "IPv4" } else { "IPv6" }
+                    ));
+                }
+            }
+        }
+        match &self.encap {
+            Some(Encap::Bpf(b)) => {
+                if b.input.is_none() && b.output.is_none() && b.xmit.is_none() {
+                    return bad("a bpf encap needs a program on at least one hook".into());
+                }
+                for (hook, p) in [("in", &b.input), ("out", &b.output), ("xmit", &b.xmit)] {
+                    if let Some(p) = p {
+                        check_prog(p, hook).or_else(bad)?;
+                    }
+                }
+                if let Some(h) = b.headroom {
+                    if h > MAX_XMIT_HEADROOM {
+                        return bad(format!(
+                            "xmit headroom {h} is above the kernel's limit of {MAX_XMIT_HEADROOM}"
+                        ));
+                    }
+                    if b.xmit.is_none() {
+                        return bad("xmit headroom without an xmit program".into());
+                    }
+                }
+            }
+            Some(Encap::Seg6LocalBpf(p)) => {
+                if self.dst.is_ipv4() {
+                    return bad("seg6local End.BPF routes are IPv6 only".into());
+                }
+                check_prog(p, "End.BPF").or_else(bad)?;
+            }
+            Some(Encap::Other { .. }) | None => {}
+        }
+        Ok(())
+    }
+
+    fn family(&self) -> RtAddrFamily {
+        if self.dst.is_ipv4() {
+            RtAddrFamily::Inet
+        } else {
+            RtAddrFamily::Inet6
+        }
+    }
+
+    /// The `Rtmsg` for installing this route, attributes in iproute2's order
+    /// (dst, encap, encap type, metric, gateway, prefsrc, oif, table > 255).
+    pub(crate) fn to_rtmsg(&self) -> Result<Rtmsg> {
+        self.validate()?;
+        let mut attrs = RtBuffer::new();
+        attrs.push(rtattr(Rta::Dst, ip_bytes(self.dst.ip())));
+        if let Some(encap) = &self.encap {
+            let (kind, payload) = encode_encap(encap);
+            attrs.push(rtattr(Rta::UnrecognizedConst(RTA_ENCAP | attr::NLA_F_NESTED), payload));
+            attrs.push(rtattr(Rta::EncapType, kind.to_ne_bytes().to_vec()));
+        }
+        if let Some(m) = self.metric {
+            attrs.push(rtattr(Rta::Priority, m.to_ne_bytes().to_vec()));
+        }
+        if let Some(gw) = self.gateway {
+            attrs.push(rtattr(Rta::Gateway, ip_bytes(gw)));
+        }
+        if let Some(src) = self.prefsrc {
+            attrs.push(rtattr(Rta::Prefsrc, ip_bytes(src)));
+        }
+        if let Some(oif) = self.oif {
+            attrs.push(rtattr(Rta::Oif, oif.to_ne_bytes().to_vec()));
+        }
+        if self.table > 255 {
+            attrs.push(rtattr(Rta::Table, self.table.to_ne_bytes().to_vec()));
+        }
+        Ok(self.header(self.effective_scope(), attrs))
+    }
+
+    /// The `Rtmsg` for deleting this route: it selects by destination, table, tos, protocol,
+    /// metric and device, not by encap.
+    pub(crate) fn to_delete_rtmsg(&self) -> Rtmsg {
+        let mut attrs = RtBuffer::new();
+        attrs.push(rtattr(Rta::Dst, ip_bytes(self.dst.ip())));
+        if let Some(m) = self.metric {
+            attrs.push(rtattr(Rta::Priority, m.to_ne_bytes().to_vec()));
+        }
+        if let Some(oif) = self.oif {
+            attrs.push(rtattr(Rta::Oif, oif.to_ne_bytes().to_vec()));
+        }
+        if self.table > 255 {
+            attrs.push(rtattr(Rta::Table, self.table.to_ne_bytes().to_vec()));
+        }
+        // RT_SCOPE_NOWHERE: match any scope, as iproute2 does for deletes.
+        self.header(255, attrs)
+    }
+
+    fn header(&self, scope: u8, attrs: RtBuffer<Rta, Buffer>) -> Rtmsg {
+        let table = if self.table > 255 { 0 } else { self.table as u8 };
+        RtmsgBuilder::default()
+            .rtm_family(self.family())
+            .rtm_dst_len(self.dst.prefix())
+            .rtm_src_len(0)
+            .rtm_tos(self.tos)
+            .rtm_table(RtTable::from(table))
+            .rtm_protocol(Rtprot::from(self.protocol))
+            .rtm_scope(RtScope::from(scope))
+            .rtm_type(Rtn::from(self.kind))
+            .rtattrs(attrs)
+            .build()
+            .expect("every field of Rtmsg is set")
+    }
+
+    /// Decodes a route from an `RTM_NEWROUTE` body (a dump answer). `None` for families other
+    /// than IPv4 and IPv6.
+    pub fn decode(body: &[u8]) -> Result<Option<Route>> {
+        let msg: Rtmsg = decode_body("decode route", body)?;
+        Self::from_rtmsg(&msg)
+    }
+
+    fn from_rtmsg(msg: &Rtmsg) -> Result<Option<Route>> {
+        let v4 = match msg.rtm_family() {
+            RtAddrFamily::Inet => true,
+            RtAddrFamily::Inet6 => false,
+            _ => return Ok(None),
+        };
+        let bad = |why: &str| Error::other(crate::ErrorKind::Kernel, "decode route", why.to_string());
+        let unspecified = if v4 {
+            IpAddr::from([0u8; 4])
+        } else {
+            IpAddr::from([0u8; 16])
+        };
+        let mut route = Route::new(IpNetwork::new(unspecified, 0).expect("prefix 0 is valid"));
+        route.table = u8::from(*msg.rtm_table()) as u32;
+        route.protocol = u8::from(*msg.rtm_protocol());
+        route.scope = Some(u8::from(*msg.rtm_scope()));
+        route.kind = u8::from(*msg.rtm_type());
+        route.tos = *msg.rtm_tos();
+        route.flags = u32::from(*msg.rtm_flags());
+        let mut dst = if v4 {
+            IpAddr::from([0u8; 4])
+        } else {
+            IpAddr::from([0u8; 16])
+        };
+        let mut encap_type = None;
+        let mut encap_data = None;
+        for a in msg.rtattrs().iter() {
+            let kind = u16::from(*a.rta_type()) & attr::NLA_TYPE_MASK;
+            let data = a.rta_payload().as_ref();
+            match kind {
+                libc::RTA_DST => dst = ip_of(data, v4).ok_or_else(|| bad("bad RTA_DST"))?,
+                libc::RTA_TABLE => {
+                    route.table = attr::u32_of(data).ok_or_else(|| bad("bad RTA_TABLE"))?
+                }
+                libc::RTA_PRIORITY => route.metric = attr::u32_of(data),
+                libc::RTA_OIF => route.oif = attr::u32_of(data),
+                libc::RTA_GATEWAY => route.gateway = ip_of(data, v4),
+                libc::RTA_PREFSRC => route.prefsrc = ip_of(data, v4),
+                RTA_ENCAP_TYPE if data.len() == 2 => {
+                    encap_type = Some(u16::from_ne_bytes([data[0], data[1]]))
+                }
+                RTA_ENCAP => encap_data = Some(data.to_vec()),
+                _ => route.extra.push(RawAttr {
+                    kind,
+                    data: data.to_vec(),
+                }),
+            }
+        }
+        route.dst = IpNetwork::new(dst, *msg.rtm_dst_len()).map_err(|_| bad("bad prefix length"))?;
+        if let (Some(kind), Some(data)) = (encap_type, encap_data) {
+            route.encap = Some(decode_encap(kind, data));
+        }
+        Ok(Some(route))
+    }
+}
+
+impl fmt::Display for Route {
+    /// Roughly `ip route show`'s words: `10.1.0.0/16 via 10.0.0.1 dev#2 table 100 metric 7
+    /// encap bpf xmit NAME headroom 20`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.dst)?;
+        if let Some(gw) = self.gateway {
+            write!(f, " via {gw}")?;
+        }
+        if let Some(oif) = self.oif {
+            write!(f, " dev#{oif}")?;
+        }
+        if self.table != RT_TABLE_MAIN {
+            write!(f, " table {}", self.table)?;
+        }
+        if let Some(m) = self.metric {
+            write!(f, " metric {m}")?;
+        }
+        match &self.encap {
+            Some(Encap::Bpf(b)) => {
+                f.write_str(" encap bpf")?;
+                for (hook, p) in [("in", &b.input), ("out", &b.output), ("xmit", &b.xmit)] {
+                    if let Some(p) = p {
+                        write!(f, " {hook} {}", p.name)?;
+                    }
+                }
+                if let Some(h) = b.headroom {
+                    write!(f, " headroom {h}")?;
+                }
+            }
+            Some(Encap::Seg6LocalBpf(p)) => write!(f, " encap seg6local End.BPF {}", p.name)?,
+            Some(Encap::Other { kind, .. }) => write!(f, " encap type {kind}")?,
+            None => {}
+        }
+        Ok(())
+    }
+}
+
+fn check_prog(p: &ProgRef, hook: &str) -> std::result::Result<(), String> {
+    if p.name.is_empty() {
+        return Err(format!("the {hook} program has no name; the kernel requires one"));
+    }
+    if p.name.len() + 1 > MAX_PROG_NAME {
+        return Err(format!(
+            "the {hook} program's name is {} bytes; the kernel takes at most {}",
+            p.name.len(),
+            MAX_PROG_NAME - 1
+        ));
+    }
+    if p.name.contains('\0') {
+        return Err(format!("the {hook} program's name contains a NUL byte"));
+    }
+    if p.fd.is_none() {
+        return Err(format!("the {hook} program has no fd: a route is installed by program fd"));
+    }
+    Ok(())
+}
+
+fn encode_prog(n: &mut Nest, ty: u16, p: &ProgRef) {
+    let at = n.begin(ty);
+    n.u32(LWT_BPF_PROG_FD, p.fd.unwrap_or(-1) as u32);
+    n.str(LWT_BPF_PROG_NAME, &p.name);
+    n.end(at);
+}
+
+/// The `RTA_ENCAP_TYPE` and `RTA_ENCAP` payload of an encap.
+fn encode_encap(encap: &Encap) -> (u16, Vec<u8>) {
+    let mut n = Nest::new();
+    match encap {
+        Encap::Bpf(b) => {
+            for (ty, p) in [(LWT_BPF_IN, &b.input), (LWT_BPF_OUT, &b.output), (LWT_BPF_XMIT, &b.xmit)] {
+                if let Some(p) = p {
+                    encode_prog(&mut n, ty, p);
+                }
+            }
+            if let Some(h) = b.headroom {
+                n.u32(LWT_BPF_XMIT_HEADROOM, h);
+            }
+            (LWTUNNEL_ENCAP_BPF, n.into_bytes())
+        }
+        Encap::Seg6LocalBpf(p) => {
+            n.u32(SEG6_LOCAL_ACTION, SEG6_LOCAL_ACTION_END_BPF);
+            encode_prog(&mut n, SEG6_LOCAL_BPF, p);
+            (LWTUNNEL_ENCAP_SEG6_LOCAL, n.into_bytes())
+        }
+        Encap::Other { kind, data } => (*kind, data.clone()),
+    }
+}
+
+fn decode_prog(data: &[u8]) -> ProgRef {
+    ProgRef {
+        name: attr::find(data, LWT_BPF_PROG_NAME)
+            .map(attr::cstr)
+            .unwrap_or_default(),
+        fd: None,
+    }
+}
+
+fn decode_encap(kind: u16, data: Vec<u8>) -> Encap {
+    match kind {
+        LWTUNNEL_ENCAP_BPF => {
+            let mut b = BpfEncap::default();
+            for (ty, v) in attr::iter(&data) {
+                match ty {
+                    LWT_BPF_IN => b.input = Some(decode_prog(v)),
+                    LWT_BPF_OUT => b.output = Some(decode_prog(v)),
+                    LWT_BPF_XMIT => b.xmit = Some(decode_prog(v)),
+                    LWT_BPF_XMIT_HEADROOM => b.headroom = attr::u32_of(v),
+                    _ => {}
+                }
+            }
+            Encap::Bpf(b)
+        }
+        LWTUNNEL_ENCAP_SEG6_LOCAL
+            if attr::find(&data, SEG6_LOCAL_ACTION).and_then(attr::u32_of)
+                == Some(SEG6_LOCAL_ACTION_END_BPF) =>
+        {
+            match attr::find(&data, SEG6_LOCAL_BPF) {
+                Some(v) => Encap::Seg6LocalBpf(decode_prog(v)),
+                None => Encap::Other { kind, data },
+            }
+        }
+        _ => Encap::Other { kind, data },
+    }
+}
+
+fn rtattr(kind: Rta, payload: Vec<u8>) -> Rtattr<Rta, Buffer> {
+    RtattrBuilder::default()
+        .rta_type(kind)
+        .rta_payload(Buffer::from(payload))
+        .build()
+        .expect("type and payload are set")
+}
+
+fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+fn ip_of(data: &[u8], v4: bool) -> Option<IpAddr> {
+    match (v4, data.len()) {
+        (true, 4) => Some(IpAddr::from(<[u8; 4]>::try_from(data).ok()?)),
+        (false, 16) => Some(IpAddr::from(<[u8; 16]>::try_from(data).ok()?)),
+        _ => None,
+    }
+}
+
+/// Which routes a dump returns.
+///
+/// # Examples
+///
+/// ```
+/// use lwtun::netlink::route::RouteFilter;
+///
+/// // IPv4 routes of table 100 with a BPF encap.
+/// let f = RouteFilter { ipv4: true, ipv6: false, table: Some(100), bpf_only: true, ..Default::default() };
+/// # let _ = f;
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteFilter {
+    /// Include IPv4 routes.
+    pub ipv4: bool,
+    /// Include IPv6 routes.
+    pub ipv6: bool,
+    /// Only this table (`None`: every table but the local one).
+    pub table: Option<u32>,
+    /// Only routes of this protocol.
+    pub protocol: Option<u8>,
+    /// Only routes whose encap is LWT BPF or seg6local End.BPF.
+    pub bpf_only: bool,
+}
+
+impl RouteFilter {
+    /// IPv4 and IPv6 routes of every table but the local one.
+    pub fn all() -> Self {
+        RouteFilter {
+            ipv4: true,
+            ipv6: true,
+            ..Default::default()
+        }
+    }
+
+    fn keeps(&self, r: &Route) -> bool {
+        let fam = if r.dst.is_ipv4() { self.ipv4 } else { self.ipv6 };
+        let table = match self.table {
+            Some(t) => r.table == t,
+            None => r.table != RT_TABLE_LOCAL,
+        };
+        let bpf = !self.bpf_only
+            || matches!(r.encap, Some(Encap::Bpf(_)) | Some(Encap::Seg6LocalBpf(_)));
+        fam && table && bpf && self.protocol.is_none_or(|p| p == r.protocol)
+    }
+}
+
+/// What a [`RouteBatch`] item does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchOp {
+    /// Add; fails if the route exists.
+    Add,
+    /// Add or replace.
+    Replace,
+    /// Delete.
+    Delete,
+}
+
+/// Many route changes sent pipelined: up to 256 requests per `sendmsg`, their ACKs read
+/// afterwards, every failure reported by index.
+///
+/// # Examples
+///
+/// ```no_run
+/// use lwtun::netlink::{Netlink, route::{Route, RouteBatch}};
+///
+/// let mut nl = Netlink::open()?;
+/// let mut batch = RouteBatch::new();
+/// for i in 0..1000u32 {
+///     let mut r = Route::new(format!("10.{}.{}.0/24", i / 256, i % 256).parse().unwrap());
+///     r.oif = Some(2);
+///     batch.add(r);
+/// }
+/// let report = nl.apply_batch(&batch)?;
+/// assert!(report.is_complete(), "{report}");
+/// # Ok::<(), lwtun::Error>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct RouteBatch {
+    items: Vec<(BatchOp, Route)>,
+}
+
+impl RouteBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Queues an add.
+    pub fn add(&mut self, route: Route) -> &mut Self {
+        self.items.push((BatchOp::Add, route));
+        self
+    }
+
+    /// Queues an add-or-replace.
+    pub fn replace(&mut self, route: Route) -> &mut Self {
+        self.items.push((BatchOp::Replace, route));
+        self
+    }
+
+    /// Queues a delete.
+    pub fn delete(&mut self, route: Route) -> &mut Self {
+        self.items.push((BatchOp::Delete, route));
+        self
+    }
+
+    /// The queued items, in order.
+    pub fn items(&self) -> &[(BatchOp, Route)] {
+        &self.items
+    }
+
+    /// How many items are queued.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+/// The outcome of [`Netlink::apply_batch`]: which items failed, and why.
+#[derive(Debug, Default)]
+pub struct BatchReport {
+    /// Items the kernel applied.
+    pub applied: usize,
+    /// Failed items: their index in the batch and the error.
+    pub failures: Vec<(usize, Error)>,
+}
+
+impl BatchReport {
+    /// Whether every item was applied.
+    pub fn is_complete(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    /// Turns a partial outcome into an error naming the first failure and the count.
+    pub fn into_result(self) -> Result<usize> {
+        match self.failures.into_iter().next() {
+            None => Ok(self.applied),
+            Some((i, e)) => Err(Error::other(
+                e.kind(),
+                "apply route batch",
+                format!("item {i} failed: {e} ({} applied)", self.applied),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for BatchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} applied, {} failed", self.applied, self.failures.len())?;
+        for (i, e) in self.failures.iter().take(5) {
+            write!(f, "; #{i}: {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Netlink {
+    /// Adds a route; fails with [`ErrorKind::Exists`](crate::ErrorKind::Exists) if it is there.
+    ///
+    /// # Errors
+    ///
+    /// InvalidInput for a route [`Route::validate`] refuses (nothing is sent); the kernel's
+    /// error otherwise (NotFound for an unknown device, Exists, InvalidInput with its ext-ack
+    /// text, Unsupported where the kernel lacks LWT BPF).
+    pub fn add_route(&mut self, route: &Route) -> Result<()> {
+        let msg = route.to_rtmsg()?;
+        self.request("add route", route, Rtm::Newroute, NlmF::CREATE | NlmF::EXCL, msg)
+    }
+
+    /// Adds a route, or replaces the one with the same destination, table, tos and metric.
+    pub fn replace_route(&mut self, route: &Route) -> Result<()> {
+        let msg = route.to_rtmsg()?;
+        self.request("replace route", route, Rtm::Newroute, NlmF::CREATE | NlmF::REPLACE, msg)
+    }
+
+    /// Deletes the route matching `route`'s destination, table, tos, protocol, metric and device.
+    pub fn delete_route(&mut self, route: &Route) -> Result<()> {
+        let msg = route.to_delete_rtmsg();
+        self.request("delete route", route, Rtm::Delroute, NlmF::empty(), msg)
+    }
+
+    /// Dumps the routes `filter` selects.
+    pub fn routes(&mut self, filter: &RouteFilter) -> Result<Vec<Route>> {
+        let mut all = Vec::new();
+        for (want, family) in [(filter.ipv4, RtAddrFamily::Inet), (filter.ipv6, RtAddrFamily::Inet6)] {
+            if !want {
+                continue;
+            }
+            let req = RtmsgBuilder::default()
+                .rtm_family(family)
+                .rtm_dst_len(0)
+                .rtm_src_len(0)
+                .rtm_tos(0)
+                .rtm_table(RtTable::Unspec)
+                .rtm_protocol(Rtprot::Unspec)
+                .rtm_scope(RtScope::Universe)
+                .rtm_type(Rtn::Unspec)
+                .rtm_flags(RtmF::empty())
+                .build()
+                .expect("every field of Rtmsg is set");
+            let routes = self.dump("dump routes", Rtm::Getroute, req, |ty, body| {
+                if ty != libc::RTM_NEWROUTE {
+                    return Ok(None);
+                }
+                Ok(Route::decode(body)?.filter(|r| filter.keeps(r)))
+            })?;
+            all.extend(routes);
+        }
+        Ok(all)
+    }
+
+    /// Applies a batch, pipelined. Every item is attempted; the report lists each failure by
+    /// index. Items are independent: a failure does not undo the others (see
+    /// [`Netlink::apply_batch_atomic`] for all-or-nothing).
+    ///
+    /// # Errors
+    ///
+    /// Only when the socket itself fails (then nothing more is known of the items after the
+    /// last answered one) or an item is refused by [`Route::validate`] before anything is sent.
+    pub fn apply_batch(&mut self, batch: &RouteBatch) -> Result<BatchReport> {
+        // Validate and encode everything before the first send: invalid input never half-applies.
+        let mut bytes = Vec::with_capacity(batch.len() * 112);
+        let mut frames = Vec::with_capacity(batch.len());
+        for (i, (op, route)) in batch.items.iter().enumerate() {
+            let start = bytes.len();
+            let seq = match op {
+                BatchOp::Add | BatchOp::Replace => {
+                    let flags = if *op == BatchOp::Add {
+                        NlmF::CREATE | NlmF::EXCL
+                    } else {
+                        NlmF::CREATE | NlmF::REPLACE
+                    };
+                    let msg = route.to_rtmsg().map_err(|e| {
+                        Error::invalid_input("apply route batch", format!("item {i}: {e}"))
+                    })?;
+                    self.encode(&mut bytes, Rtm::Newroute, flags | NlmF::ACK, msg)
+                }
+                BatchOp::Delete => {
+                    let msg = route.to_delete_rtmsg();
+                    self.encode(&mut bytes, Rtm::Delroute, NlmF::ACK, msg)
+                }
+            };
+            frames.push((seq, start..bytes.len()));
+        }
+        let answers = self.pipeline("apply route batch", &frames, &bytes)?;
+        let mut report = BatchReport::default();
+        for (i, answer) in answers.into_iter().enumerate() {
+            match answer {
+                None => report.applied += 1,
+                Some((errno, ext)) => {
+                    let (op, route) = &batch.items[i];
+                    let what = match op {
+                        BatchOp::Add => "add route",
+                        BatchOp::Replace => "replace route",
+                        BatchOp::Delete => "delete route",
+                    };
+                    report
+                        .failures
+                        .push((i, Error::netlink(what, errno, ext).with_object(route.to_string())));
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Applies a batch of adds and deletes all or nothing: if any item fails, the items that
+    /// were applied are undone (added routes deleted, deleted routes added back) and the first
+    /// failure is returned with the count of failures.
+    ///
+    /// Replaces cannot be undone without the old route, so a batch holding one is refused.
+    ///
+    /// # Errors
+    ///
+    /// The first failure, with its index; InvalidInput for a batch with replaces.
+    pub fn apply_batch_atomic(&mut self, batch: &RouteBatch) -> Result<usize> {
+        if batch.items.iter().any(|(op, _)| *op == BatchOp::Replace) {
+            return Err(Error::invalid_input(
+                "apply route batch atomically",
+                "a replace cannot be undone without the old route: use apply_batch",
+            ));
+        }
+        let report = self.apply_batch(batch)?;
+        if report.is_complete() {
+            return Ok(report.applied);
+        }
+        let failed: std::collections::HashSet<usize> =
+            report.failures.iter().map(|(i, _)| *i).collect();
+        let mut undo = RouteBatch::new();
+        for (i, (op, route)) in batch.items.iter().enumerate().rev() {
+            if failed.contains(&i) {
+                continue;
+            }
+            match op {
+                BatchOp::Add => undo.delete(route.clone()),
+                _ => undo.add(route.clone()),
+            };
+        }
+        let undo_report = self.apply_batch(&undo)?;
+        let (i, first) = report.failures.into_iter().next().expect("not complete");
+        let mut msg = format!(
+            "item {i} failed: {first}; {} of {} items failed, the {} applied were undone",
+            failed.len(),
+            batch.len(),
+            undo.len()
+        );
+        if !undo_report.is_complete() {
+            msg.push_str(&format!("; undoing failed too: {undo_report}"));
+        }
+        Err(Error::other(first.kind(), "apply route batch atomically", msg))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn xmit_route() -> Route {
+        let mut r = Route::new("10.1.0.0/16".parse().unwrap());
+        r.oif = Some(3);
+        r.encap = Some(Encap::Bpf(BpfEncap {
+            xmit: Some(ProgRef::new(8, "prog")),
+            headroom: Some(20),
+            ..Default::default()
+        }));
+        r
+    }
+
+    #[test]
+    fn validate_refuses_what_the_kernel_would() {
+        let mut r = xmit_route();
+        assert!(r.validate().is_ok());
+        if let Some(Encap::Bpf(b)) = &mut r.encap {
+            b.headroom = Some(257);
+        }
+        assert_eq!(r.validate().unwrap_err().kind(), crate::ErrorKind::InvalidInput);
+
+        let mut r = xmit_route();
+        r.gateway = Some("2001:db8::1".parse().unwrap());
+        let e = r.validate().unwrap_err();
+        assert!(e.to_string().contains("not of the destination's family"), "{e}");
+
+        let mut r = xmit_route();
+        if let Some(Encap::Bpf(b)) = &mut r.encap {
+            b.xmit.as_mut().unwrap().name.clear();
+        }
+        assert!(r.validate().unwrap_err().to_string().contains("no name"));
+
+        let mut r = xmit_route();
+        r.dst = "10.1.2.3/16".parse().unwrap();
+        assert!(r.validate().unwrap_err().to_string().contains("host bits"));
+
+        let mut r = xmit_route();
+        r.encap = Some(Encap::Bpf(BpfEncap::default()));
+        assert!(r.validate().is_err());
+
+        let mut r = xmit_route();
+        r.encap = Some(Encap::Seg6LocalBpf(ProgRef::new(3, "x")));
+        assert!(r.validate().unwrap_err().to_string().contains("IPv6 only"));
+    }
+
+    #[test]
+    fn encap_round_trips_through_bytes() {
+        let e = Encap::Bpf(BpfEncap {
+            input: Some(ProgRef::new(5, "a")),
+            output: None,
+            xmit: Some(ProgRef::new(6, "b")),
+            headroom: Some(40),
+        });
+        let (kind, data) = encode_encap(&e);
+        assert_eq!(kind, LWTUNNEL_ENCAP_BPF);
+        let back = decode_encap(kind, data);
+        let Encap::Bpf(b) = back else { panic!("not bpf") };
+        assert_eq!(b.input.unwrap().name, "a");
+        assert_eq!(b.xmit.unwrap().name, "b");
+        assert_eq!(b.headroom, Some(40));
+        assert!(b.output.is_none());
+
+        let (kind, data) = encode_encap(&Encap::Seg6LocalBpf(ProgRef::new(5, "end")));
+        assert_eq!(kind, LWTUNNEL_ENCAP_SEG6_LOCAL);
+        assert_eq!(
+            decode_encap(kind, data),
+            Encap::Seg6LocalBpf(ProgRef { name: "end".into(), fd: None })
+        );
+        // Unknown encap types are kept whole.
+        assert_eq!(
+            decode_encap(1, vec![1, 2, 3, 4]),
+            Encap::Other { kind: 1, data: vec![1, 2, 3, 4] }
+        );
+    }
+}

@@ -1,0 +1,415 @@
+//! Owned BPF programs for the LWT hooks, and the names routes give them.
+//!
+//! The kernel stores only a *name* with an LWT route (no fd, no id), compares routes' encaps by
+//! that name alone, and lets two routes whose programs share a name share one fib entry: a route
+//! installed with a different program under an existing name silently runs the old one. So every
+//! program lwtun installs is named `lwtun:<program>:<id>` ([`route_name`]), unique per loaded
+//! program, and a dumped route's name leads back to the program ([`LwtProgram::from_route_name`]).
+//!
+//! Program families (one `bpf/NAME.bpf.c` each) are loaded into an owned `libbpf_rs::Object`; no
+//! skeleton lifetime reaches a public type. [`LwtCounter`] is the smallest family: a counting
+//! program per hook.
+
+use std::ffi::CStr;
+use std::fmt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use libbpf_rs::libbpf_sys;
+use libbpf_rs::{MapCore, Object, ObjectBuilder};
+
+use crate::abi;
+use crate::error::{Error, ErrorKind, Result};
+use crate::netlink::route::ProgRef;
+use crate::skel::lwt_count::types::lwtun_counter;
+
+/// Prefix of every route program name lwtun gives.
+pub const ROUTE_NAME_PREFIX: &str = "lwtun:";
+
+/// The lightweight-tunnel hooks a route can run programs at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Hook {
+    /// `lwt_in`: packets the route delivers on input (after the input route lookup).
+    In,
+    /// `lwt_out`: locally generated packets, before the output path.
+    Out,
+    /// `lwt_xmit`: packets about to be transmitted; may push headers and redirect.
+    Xmit,
+    /// seg6local `End.BPF`: an SRv6 endpoint function (IPv6 routes).
+    Seg6Local,
+}
+
+impl Hook {
+    /// The three LWT BPF hooks of an `encap bpf` route.
+    pub const LWT: [Hook; 3] = [Hook::In, Hook::Out, Hook::Xmit];
+
+    /// The BPF program type a program must have to run at this hook.
+    pub fn program_type(self) -> libbpf_rs::ProgramType {
+        match self {
+            Hook::In => libbpf_rs::ProgramType::LwtIn,
+            Hook::Out => libbpf_rs::ProgramType::LwtOut,
+            Hook::Xmit => libbpf_rs::ProgramType::LwtXmit,
+            Hook::Seg6Local => libbpf_rs::ProgramType::LwtSeg6local,
+        }
+    }
+
+    fn of_type(raw: u32) -> Option<Hook> {
+        match raw {
+            libbpf_sys::BPF_PROG_TYPE_LWT_IN => Some(Hook::In),
+            libbpf_sys::BPF_PROG_TYPE_LWT_OUT => Some(Hook::Out),
+            libbpf_sys::BPF_PROG_TYPE_LWT_XMIT => Some(Hook::Xmit),
+            libbpf_sys::BPF_PROG_TYPE_LWT_SEG6LOCAL => Some(Hook::Seg6Local),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Hook::In => "lwt_in",
+            Hook::Out => "lwt_out",
+            Hook::Xmit => "lwt_xmit",
+            Hook::Seg6Local => "lwt_seg6local",
+        })
+    }
+}
+
+/// The name lwtun gives a route's program: `lwtun:<program name>:<program id>`.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(lwtun::program::route_name("count_xmit", 42), "lwtun:count_xmit:42");
+/// assert_eq!(lwtun::program::id_of_route_name("lwtun:count_xmit:42"), Some(42));
+/// assert_eq!(lwtun::program::id_of_route_name("f.o:[xmit]"), None);
+/// ```
+pub fn route_name(program: &str, id: u32) -> String {
+    format!("{ROUTE_NAME_PREFIX}{program}:{id}")
+}
+
+/// The program id in a name made by [`route_name`]; `None` for other names (iproute2's
+/// `file.o:[section]`, for example).
+pub fn id_of_route_name(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(ROUTE_NAME_PREFIX)?;
+    rest.rsplit_once(':')?.1.parse().ok()
+}
+
+/// The kernel's facts about a loaded program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramInfo {
+    /// Program id, unique while the program is loaded.
+    pub id: u32,
+    /// The kernel's name for it (at most 15 bytes).
+    pub name: String,
+    /// `BPF_PROG_TYPE_*`.
+    pub prog_type: u32,
+}
+
+/// Reads a program's id, name and type from its fd.
+///
+/// # Errors
+///
+/// The kernel's error (for example EINVAL when `fd` is not a BPF program).
+pub fn program_info(fd: BorrowedFd<'_>) -> Result<ProgramInfo> {
+    let mut info = libbpf_sys::bpf_prog_info::default();
+    let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
+    // SAFETY: info is a valid, zeroed bpf_prog_info of `len` bytes; the fd is borrowed for the call.
+    let rc = unsafe {
+        libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len)
+    };
+    if rc != 0 {
+        return Err(Error::io(
+            "read program info",
+            std::io::Error::from_raw_os_error(-rc),
+        ));
+    }
+    // SAFETY: the kernel NUL-terminates the name within its 16 bytes.
+    let name = unsafe { CStr::from_ptr(info.name.as_ptr()) }
+        .to_string_lossy()
+        .into_owned();
+    Ok(ProgramInfo {
+        id: info.id,
+        name,
+        prog_type: info.type_,
+    })
+}
+
+/// A loaded program of an LWT hook type, owned by fd (the program stays loaded while this value
+/// or any route or link using it lives).
+///
+/// # Examples
+///
+/// ```no_run
+/// use lwtun::program::{LwtCounter, LwtProgram, Hook};
+///
+/// let family = LwtCounter::load()?;
+/// let prog = family.program(Hook::Xmit);
+/// assert_eq!(prog.hook(), Hook::Xmit);
+/// // What a route dump reports leads back to the program:
+/// let again = LwtProgram::from_route_name(prog.route_name())?;
+/// assert_eq!(again.id(), prog.id());
+/// # Ok::<(), lwtun::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct LwtProgram {
+    fd: OwnedFd,
+    info: ProgramInfo,
+    hook: Hook,
+    route_name: String,
+}
+
+impl LwtProgram {
+    /// Takes a program fd; its type must be an LWT type (`lwt_in`, `lwt_out`, `lwt_xmit`,
+    /// `lwt_seg6local`).
+    ///
+    /// # Errors
+    ///
+    /// InvalidInput when the fd is not an LWT program.
+    pub fn from_fd(fd: OwnedFd) -> Result<Self> {
+        let info = program_info(fd.as_fd())?;
+        let hook = Hook::of_type(info.prog_type).ok_or_else(|| {
+            Error::invalid_input(
+                "take LWT program",
+                format!(
+                    "program {} (id {}) has type {}, not an LWT type",
+                    info.name, info.id, info.prog_type
+                ),
+            )
+        })?;
+        let route_name = route_name(&info.name, info.id);
+        Ok(LwtProgram {
+            fd,
+            info,
+            hook,
+            route_name,
+        })
+    }
+
+    /// Opens a loaded program by id.
+    ///
+    /// # Errors
+    ///
+    /// NotFound when no program has that id; Permission without CAP_SYS_ADMIN/CAP_BPF.
+    pub fn from_id(id: u32) -> Result<Self> {
+        let fd = libbpf_rs::Program::fd_from_id(id).map_err(|e| {
+            Error::bpf("open program by id", e).with_object(format!("id {id}"))
+        })?;
+        Self::from_fd(fd)
+    }
+
+    /// Opens the program a dumped route names, when lwtun named it ([`route_name`]).
+    ///
+    /// # Errors
+    ///
+    /// InvalidInput for a name lwtun did not make; NotFound when the program is gone.
+    pub fn from_route_name(name: &str) -> Result<Self> {
+        let id = id_of_route_name(name).ok_or_else(|| {
+            Error::invalid_input(
+                "open program by route name",
+                format!("'{name}' is not a name lwtun gave (lwtun:<program>:<id>)"),
+            )
+        })?;
+        let p = Self::from_id(id)?;
+        if p.route_name != name {
+            return Err(Error::not_found(
+                "open program by route name",
+                format!("program '{name}' (id {id} now belongs to '{}')", p.route_name),
+            ));
+        }
+        Ok(p)
+    }
+
+    /// A second owner of the same program.
+    ///
+    /// # Errors
+    ///
+    /// Io when the fd cannot be duplicated (out of file descriptors).
+    pub fn try_clone(&self) -> Result<Self> {
+        Ok(LwtProgram {
+            fd: self
+                .fd
+                .try_clone()
+                .map_err(|e| Error::io("duplicate program fd", e))?,
+            info: self.info.clone(),
+            hook: self.hook,
+            route_name: self.route_name.clone(),
+        })
+    }
+
+    /// The program id.
+    pub fn id(&self) -> u32 {
+        self.info.id
+    }
+
+    /// The kernel's name for the program.
+    pub fn name(&self) -> &str {
+        &self.info.name
+    }
+
+    /// The hook the program's type fits.
+    pub fn hook(&self) -> Hook {
+        self.hook
+    }
+
+    /// The unique name routes carry for this program.
+    pub fn route_name(&self) -> &str {
+        &self.route_name
+    }
+
+    /// The program as the netlink layer names it (fd + route name).
+    pub fn prog_ref(&self) -> ProgRef {
+        ProgRef::new(self.fd.as_raw_fd(), self.route_name.clone())
+    }
+}
+
+impl AsFd for LwtProgram {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Loads an embedded BPF object (a `crate::skel::NAME::OBJECT`) into an owned object.
+pub(crate) fn load_object(name: &str, bytes: &'static [u8]) -> Result<Object> {
+    let op = format!("load BPF object {name}");
+    let open = ObjectBuilder::default()
+        .name(name)
+        .map_err(|e| Error::bpf(op.clone(), e))?
+        .open_memory(bytes)
+        .map_err(|e| Error::bpf(op.clone(), e))?;
+    open.load().map_err(|e| {
+        let err = Error::bpf(op.clone(), e);
+        if err.kind() == ErrorKind::Permission {
+            Error::permission(op, "CAP_BPF and CAP_NET_ADMIN")
+        } else {
+            err
+        }
+    })
+}
+
+/// Takes program `name` out of a loaded object as an [`LwtProgram`].
+pub(crate) fn lwt_program(object: &Object, name: &str) -> Result<LwtProgram> {
+    let prog = object
+        .progs()
+        .find(|p| p.name() == name)
+        .ok_or_else(|| Error::not_found("find program", format!("program {name} in object")))?;
+    let fd = prog
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| Error::io("duplicate program fd", e))?;
+    LwtProgram::from_fd(fd)
+}
+
+/// A packet and byte count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Counter {
+    /// Packets.
+    pub packets: u64,
+    /// Bytes (as the hook saw them: from the network header at LWT hooks).
+    pub bytes: u64,
+}
+
+impl std::ops::Add for Counter {
+    type Output = Counter;
+    fn add(self, o: Counter) -> Counter {
+        Counter {
+            packets: self.packets + o.packets,
+            bytes: self.bytes + o.bytes,
+        }
+    }
+}
+
+/// Sums a per-CPU array entry of `struct lwtun_counter`.
+pub(crate) fn sum_percpu(map: &dyn MapCore, index: u32, op: &str) -> Result<Counter> {
+    let values = map
+        .lookup_percpu(&index.to_ne_bytes(), libbpf_rs::MapFlags::ANY)
+        .map_err(|e| Error::bpf(op.to_string(), e))?
+        .unwrap_or_default();
+    let mut total = Counter::default();
+    for v in values {
+        let c: lwtun_counter = abi::from_bytes(&v).ok_or_else(|| {
+            Error::other(
+                ErrorKind::Kernel,
+                op.to_string(),
+                format!("counter value of {} bytes, expected 16", v.len()),
+            )
+        })?;
+        total = total
+            + Counter {
+                packets: c.packets,
+                bytes: c.bytes,
+            };
+    }
+    Ok(total)
+}
+
+/// The `lwt_count` family: one program per LWT hook (and one for seg6local End.BPF) that counts packets and bytes and lets them
+/// pass (`BPF_OK`). Attach it to see which hooks a route's traffic crosses.
+///
+/// # Examples
+///
+/// ```no_run
+/// use lwtun::program::{LwtCounter, Hook};
+///
+/// let counter = LwtCounter::load()?;
+/// let c = counter.counter(Hook::Xmit)?;
+/// println!("{} packets, {} bytes", c.packets, c.bytes);
+/// # Ok::<(), lwtun::Error>(())
+/// ```
+pub struct LwtCounter {
+    object: Object,
+    programs: [LwtProgram; 4],
+}
+
+impl fmt::Debug for LwtCounter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LwtCounter")
+            .field("programs", &self.programs)
+            .finish()
+    }
+}
+
+impl LwtCounter {
+    /// Loads the family (verifies the three programs).
+    ///
+    /// # Errors
+    ///
+    /// Permission without CAP_BPF; the verifier's error otherwise.
+    pub fn load() -> Result<Self> {
+        let object = load_object("lwt_count", crate::skel::lwt_count::OBJECT)?;
+        let programs = [
+            lwt_program(&object, "count_in")?,
+            lwt_program(&object, "count_out")?,
+            lwt_program(&object, "count_xmit")?,
+            lwt_program(&object, "count_seg6local")?,
+        ];
+        Ok(LwtCounter { object, programs })
+    }
+
+    /// The counting program for `hook`.
+    pub fn program(&self, hook: Hook) -> &LwtProgram {
+        &self.programs[Self::index(hook)]
+    }
+
+    fn index(hook: Hook) -> usize {
+        match hook {
+            Hook::In => 0,
+            Hook::Out => 1,
+            Hook::Xmit => 2,
+            Hook::Seg6Local => 3,
+        }
+    }
+
+    /// Packets and bytes counted at `hook`, summed over CPUs.
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error reading the map.
+    pub fn counter(&self, hook: Hook) -> Result<Counter> {
+        let map = self
+            .object
+            .maps()
+            .find(|m| m.name() == "hook_counters")
+            .ok_or_else(|| Error::not_found("read counters", "map hook_counters"))?;
+        sum_percpu(&map, Self::index(hook) as u32, "read hook counters")
+    }
+}

@@ -1,0 +1,347 @@
+//! LWT BPF routes: a prefix whose packets run BPF programs at the `lwt_in`, `lwt_out` and
+//! `lwt_xmit` hooks (or a seg6local `End.BPF` function), installed as one RAII value.
+//!
+//! [`LwtRoute`] gathers the whole route (destination, device or gateway, table, metric, one
+//! program per hook, xmit headroom) and installs it in one `RTM_NEWROUTE` carrying one
+//! `RTA_ENCAP`. The [`InstalledRoute`] it returns removes the route when dropped, unless
+//! [`InstalledRoute::persist`] is called; it also keeps the programs loaded.
+//!
+//! Every route lwtun installs carries the protocol [`RTPROT_LWTUN`] and program names made by
+//! [`crate::program::route_name`], so [`lwt_routes`] finds them again, [`program_of`] maps a
+//! dumped route back to its programs, and [`remove_leftovers`] cleans up after a crashed process.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+
+use crate::error::{Error, Result};
+use crate::netlink::route::{BpfEncap, Encap, Route, RouteBatch, RouteFilter};
+use crate::netlink::Netlink;
+use crate::program::LwtProgram;
+
+pub use crate::program::Hook;
+
+/// The route protocol lwtun tags its routes with (`ip route show proto 76`).
+pub const RTPROT_LWTUN: u8 = 76;
+
+/// A route to install, with its programs.
+///
+/// # Examples
+///
+/// ```no_run
+/// use lwtun::{netlink::Netlink, program::LwtCounter, route::{Hook, LwtRoute}};
+///
+/// let counter = LwtCounter::load()?;
+/// let mut nl = Netlink::open()?;
+/// let dev = nl.link_by_name("veth0")?;
+/// let installed = LwtRoute::new("10.20.0.0/16".parse().unwrap())
+///     .device(dev.index)
+///     .program(Hook::In, counter.program(Hook::In))
+///     .program(Hook::Xmit, counter.program(Hook::Xmit))
+///     .headroom(24)
+///     .install(&mut nl)?;
+/// println!("installed {installed}");
+/// // Dropping `installed` deletes the route; `installed.persist()` keeps it.
+/// # Ok::<(), lwtun::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct LwtRoute {
+    route: Route,
+    programs: Vec<(Hook, Result<LwtProgram>)>,
+}
+
+impl LwtRoute {
+    /// A route to `dst` in the main table, tagged [`RTPROT_LWTUN`], with no device or programs yet.
+    pub fn new(dst: IpNetwork) -> Self {
+        let mut route = Route::new(dst);
+        route.protocol = RTPROT_LWTUN;
+        LwtRoute {
+            route,
+            programs: Vec::new(),
+        }
+    }
+
+    /// The output device, by interface index.
+    pub fn device(mut self, ifindex: u32) -> Self {
+        self.route.oif = Some(ifindex);
+        self
+    }
+
+    /// A gateway, of the destination's family.
+    pub fn via(mut self, gateway: IpAddr) -> Self {
+        self.route.gateway = Some(gateway);
+        self
+    }
+
+    /// The routing table (default main, 254).
+    pub fn table(mut self, table: u32) -> Self {
+        self.route.table = table;
+        self
+    }
+
+    /// The metric.
+    pub fn metric(mut self, metric: u32) -> Self {
+        self.route.metric = Some(metric);
+        self
+    }
+
+    /// The preferred source address.
+    pub fn source(mut self, src: IpAddr) -> Self {
+        self.route.prefsrc = Some(src);
+        self
+    }
+
+    /// Runs `program` at `hook`. The route keeps its own reference to the program. The
+    /// program's type must fit the hook; [`Hook::Seg6Local`] makes a seg6local `End.BPF` route
+    /// and excludes the three LWT hooks.
+    pub fn program(mut self, hook: Hook, program: &LwtProgram) -> Self {
+        self.programs.retain(|(h, _)| *h != hook);
+        self.programs.push((hook, program.try_clone()));
+        self
+    }
+
+    /// Bytes the xmit program may push in front of the packet (at most 256); subtracted from the
+    /// path MTU so that encapsulated packets still fit. Set it to at least the encap length.
+    pub fn headroom(mut self, bytes: u32) -> Self {
+        let mut b = self.route.bpf_encap().cloned().unwrap_or_default();
+        b.headroom = Some(bytes);
+        self.route.encap = Some(Encap::Bpf(b));
+        self
+    }
+
+    /// The route as it stands now (programs are added at install).
+    pub fn spec(&self) -> &Route {
+        &self.route
+    }
+
+    /// Checks the programs against their hooks and builds the netlink route.
+    fn build(self) -> Result<(Route, Vec<LwtProgram>)> {
+        let op = "build LWT route";
+        let LwtRoute { mut route, programs } = self;
+        let headroom = route.bpf_encap().and_then(|b| b.headroom);
+        let mut bpf = BpfEncap {
+            headroom,
+            ..Default::default()
+        };
+        let mut seg6 = None;
+        let mut owned = Vec::new();
+        for (hook, program) in programs {
+            let program = program?;
+            if program.hook() != hook {
+                return Err(Error::invalid_input(
+                    op,
+                    format!(
+                        "program {} is of type {}, but the {hook} hook runs only {hook} programs",
+                        program.name(),
+                        program.hook()
+                    ),
+                )
+                .with_object(route.dst.to_string()));
+            }
+            let r = Some(program.prog_ref());
+            match hook {
+                Hook::In => bpf.input = r,
+                Hook::Out => bpf.output = r,
+                Hook::Xmit => bpf.xmit = r,
+                Hook::Seg6Local => seg6 = r,
+            }
+            owned.push(program);
+        }
+        let has_lwt = bpf.input.is_some() || bpf.output.is_some() || bpf.xmit.is_some();
+        route.encap = match (seg6, has_lwt) {
+            (Some(_), true) => {
+                return Err(Error::invalid_input(
+                    op,
+                    "a route is either seg6local End.BPF or LWT BPF (in/out/xmit), not both",
+                )
+                .with_object(route.dst.to_string()))
+            }
+            (Some(p), false) if headroom.is_none() => Some(Encap::Seg6LocalBpf(p)),
+            (Some(_), false) => {
+                return Err(Error::invalid_input(op, "headroom applies to xmit programs only")
+                    .with_object(route.dst.to_string()))
+            }
+            (None, _) => Some(Encap::Bpf(bpf)),
+        };
+        route.validate()?;
+        Ok((route, owned))
+    }
+
+    /// Installs the route; fails with Exists if one with the same destination, table, tos and
+    /// metric is there.
+    ///
+    /// # Errors
+    ///
+    /// InvalidInput (nothing sent) for a program whose type does not fit its hook, a missing
+    /// program, headroom above 256, mixed families; then the kernel's error (NotFound for an
+    /// unknown device, Exists, ...). Nothing is left installed on error.
+    pub fn install(self, nl: &mut Netlink) -> Result<InstalledRoute> {
+        let (route, programs) = self.build()?;
+        let owner = nl.try_clone()?;
+        nl.add_route(&route)?;
+        Ok(InstalledRoute::new(owner, route, programs))
+    }
+
+    /// Installs the route, replacing one with the same destination, table, tos and metric
+    /// (the replaced route is not restored when the handle drops: the route is deleted).
+    ///
+    /// # Errors
+    ///
+    /// As [`LwtRoute::install`], but never Exists.
+    pub fn replace(self, nl: &mut Netlink) -> Result<InstalledRoute> {
+        let (route, programs) = self.build()?;
+        let owner = nl.try_clone()?;
+        nl.replace_route(&route)?;
+        Ok(InstalledRoute::new(owner, route, programs))
+    }
+}
+
+/// A route lwtun installed. Dropping it deletes the route (best effort, errors ignored; use
+/// [`InstalledRoute::remove`] to see them) unless [`InstalledRoute::persist`] was called.
+///
+/// It owns a netlink socket in the namespace the route was installed in, and references to its
+/// programs, which stay loaded while the handle lives. A persisted route keeps its programs
+/// loaded in the kernel by itself.
+#[must_use = "dropping an InstalledRoute deletes the route; call persist() to keep it"]
+pub struct InstalledRoute {
+    nl: Netlink,
+    route: Route,
+    programs: Vec<LwtProgram>,
+    armed: bool,
+}
+
+impl InstalledRoute {
+    fn new(nl: Netlink, route: Route, programs: Vec<LwtProgram>) -> Self {
+        InstalledRoute {
+            nl,
+            route,
+            programs,
+            armed: true,
+        }
+    }
+
+    /// The route as installed.
+    pub fn route(&self) -> &Route {
+        &self.route
+    }
+
+    /// The programs the route runs.
+    pub fn programs(&self) -> &[LwtProgram] {
+        &self.programs
+    }
+
+    /// Swaps the program at `hook` for `program` atomically (one replace): packets see either
+    /// the old program or the new one, never neither.
+    ///
+    /// # Errors
+    ///
+    /// As [`LwtRoute::install`]; on error the old program stays in place.
+    pub fn set_program(&mut self, hook: Hook, program: &LwtProgram) -> Result<()> {
+        let mut next = LwtRoute {
+            route: self.route.clone(),
+            programs: self
+                .programs
+                .iter()
+                .map(|p| (p.hook(), p.try_clone()))
+                .collect(),
+        };
+        next.route.encap = self.route.bpf_encap().map(|b| {
+            Encap::Bpf(BpfEncap {
+                headroom: b.headroom,
+                ..Default::default()
+            })
+        });
+        next = next.program(hook, program);
+        let (route, programs) = next.build()?;
+        self.nl.replace_route(&route)?;
+        self.route = route;
+        self.programs = programs;
+        Ok(())
+    }
+
+    /// Keeps the route after this value is gone, and returns it.
+    pub fn persist(mut self) -> Route {
+        self.armed = false;
+        self.route.clone()
+    }
+
+    /// Deletes the route now.
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error (NotFound if someone else deleted it).
+    pub fn remove(mut self) -> Result<()> {
+        self.armed = false;
+        self.nl.delete_route(&self.route)
+    }
+}
+
+impl Drop for InstalledRoute {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.nl.delete_route(&self.route);
+        }
+    }
+}
+
+impl fmt::Display for InstalledRoute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.route.fmt(f)
+    }
+}
+
+impl fmt::Debug for InstalledRoute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InstalledRoute")
+            .field("route", &self.route)
+            .field("programs", &self.programs)
+            .field("armed", &self.armed)
+            .finish()
+    }
+}
+
+/// Every route with an LWT BPF or seg6local End.BPF encap, IPv4 and IPv6, in every table but
+/// the local one, whoever made it (lwtun or iproute2).
+///
+/// # Errors
+///
+/// The kernel's error for the dump.
+pub fn lwt_routes(nl: &mut Netlink) -> Result<Vec<Route>> {
+    nl.routes(&RouteFilter {
+        bpf_only: true,
+        ..RouteFilter::all()
+    })
+}
+
+/// The program a dumped route runs at `hook`, when lwtun named it: `None` when the route has
+/// no program there; an error when the name is not lwtun's (iproute2's `file.o:[sec]` names
+/// do not lead to a program) or the program is gone.
+pub fn program_of(route: &Route, hook: Hook) -> Option<Result<LwtProgram>> {
+    let name = match (&route.encap, hook) {
+        (Some(Encap::Bpf(b)), Hook::In) => b.input.as_ref(),
+        (Some(Encap::Bpf(b)), Hook::Out) => b.output.as_ref(),
+        (Some(Encap::Bpf(b)), Hook::Xmit) => b.xmit.as_ref(),
+        (Some(Encap::Seg6LocalBpf(p)), Hook::Seg6Local) => Some(p),
+        _ => None,
+    }?;
+    Some(LwtProgram::from_route_name(&name.name))
+}
+
+/// Deletes every route tagged [`RTPROT_LWTUN`] (leftovers of a process that persisted routes or
+/// crashed), in one batch, and returns how many were deleted.
+///
+/// # Errors
+///
+/// The dump's error, or the batch's first failure.
+pub fn remove_leftovers(nl: &mut Netlink) -> Result<usize> {
+    let routes = nl.routes(&RouteFilter {
+        protocol: Some(RTPROT_LWTUN),
+        ..RouteFilter::all()
+    })?;
+    let mut batch = RouteBatch::new();
+    for r in routes {
+        batch.delete(r);
+    }
+    nl.apply_batch(&batch)?.into_result()
+}
