@@ -268,12 +268,15 @@ impl Route {
         }
     }
 
-    /// The `Rtmsg` for installing this route, attributes in iproute2's order
-    /// (dst, encap, encap type, metric, gateway, prefsrc, oif, table > 255).
+    /// The `Rtmsg` for installing this route, attributes in the order iproute2 sends them
+    /// (dst, gateway, encap, encap type, metric, prefsrc, table above 255, oif).
     pub(crate) fn to_rtmsg(&self) -> Result<Rtmsg> {
         self.validate()?;
         let mut attrs = RtBuffer::new();
         attrs.push(rtattr(Rta::Dst, ip_bytes(self.dst.ip())));
+        if let Some(gw) = self.gateway {
+            attrs.push(rtattr(Rta::Gateway, ip_bytes(gw)));
+        }
         if let Some(encap) = &self.encap {
             let (kind, payload) = encode_encap(encap);
             attrs.push(rtattr(Rta::UnrecognizedConst(RTA_ENCAP | attr::NLA_F_NESTED), payload));
@@ -282,19 +285,44 @@ impl Route {
         if let Some(m) = self.metric {
             attrs.push(rtattr(Rta::Priority, m.to_ne_bytes().to_vec()));
         }
-        if let Some(gw) = self.gateway {
-            attrs.push(rtattr(Rta::Gateway, ip_bytes(gw)));
-        }
         if let Some(src) = self.prefsrc {
             attrs.push(rtattr(Rta::Prefsrc, ip_bytes(src)));
-        }
-        if let Some(oif) = self.oif {
-            attrs.push(rtattr(Rta::Oif, oif.to_ne_bytes().to_vec()));
         }
         if self.table > 255 {
             attrs.push(rtattr(Rta::Table, self.table.to_ne_bytes().to_vec()));
         }
+        if let Some(oif) = self.oif {
+            attrs.push(rtattr(Rta::Oif, oif.to_ne_bytes().to_vec()));
+        }
         Ok(self.header(self.effective_scope(), attrs))
+    }
+
+    /// The complete netlink message lwtun sends for `op` on this route, with sequence number
+    /// `seq` and `NLM_F_ACK`: what [`Netlink::add_route`], [`Netlink::replace_route`] and
+    /// [`Netlink::delete_route`] send, for tools that write their own netlink batches and for
+    /// golden-byte tests.
+    ///
+    /// # Errors
+    ///
+    /// InvalidInput for a route [`Route::validate`] refuses (adds and replaces).
+    pub fn to_request(&self, op: BatchOp, seq: u32) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(128);
+        match op {
+            BatchOp::Add | BatchOp::Replace => {
+                let flags = if op == BatchOp::Add {
+                    NlmF::CREATE | NlmF::EXCL
+                } else {
+                    NlmF::CREATE | NlmF::REPLACE
+                };
+                let msg = self.to_rtmsg()?;
+                super::encode_message(&mut out, Rtm::Newroute, flags | NlmF::REQUEST | NlmF::ACK, seq, msg);
+            }
+            BatchOp::Delete => {
+                let msg = self.to_delete_rtmsg();
+                super::encode_message(&mut out, Rtm::Delroute, NlmF::REQUEST | NlmF::ACK, seq, msg);
+            }
+        }
+        Ok(out)
     }
 
     /// The `Rtmsg` for deleting this route: it selects by destination, table, tos, protocol,
