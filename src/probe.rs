@@ -1,1 +1,804 @@
-//! Cached probes of kernel features.
+//! Cached probes of the kernel features lwtun builds on, and the capability check.
+//!
+//! Every probe asks the running kernel, never its version string: it loads a tiny program,
+//! installs a route or a link in a throwaway network namespace, or runs the map operation, and
+//! reads the answer. A missing feature is an [`ErrorKind::Unsupported`] error that names it and
+//! the first kernel version that has it. Answers (supported or not) are cached for the life of
+//! the process; a probe that could not decide (for example for lack of privileges) is not
+//! cached and is asked again next time.
+//!
+//! | probe | feature | since |
+//! |---|---|---|
+//! | [`lwt_routes`] | routes with `encap bpf` (`CONFIG_LWTUNNEL_BPF`) | 4.10 |
+//! | [`lwt_encap_ip`] | `bpf_lwt_push_encap(BPF_LWT_ENCAP_IP)` in `lwt_xmit` | 5.3 |
+//! | [`xdp_link`] | XDP attached through a `bpf_link` | 5.9 |
+//! | [`lpm_batch`] | batch update/lookup on `BPF_MAP_TYPE_LPM_TRIE` | 5.13 |
+//! | [`tcx`] | tcx (`BPF_TCX_INGRESS`/`EGRESS` links) | 6.6 |
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use lwtun::probe;
+//!
+//! probe::require_caps("install routes")?;
+//! probe::lwt_routes()?;                       // Unsupported error naming CONFIG_LWTUNNEL_BPF
+//! println!("{}", probe::Features::detect());
+//! # Ok::<(), lwtun::Error>(())
+//! ```
+
+use std::ffi::CStr;
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::OnceLock;
+
+use libbpf_rs::libbpf_sys as sys;
+use libbpf_rs::ProgramType;
+use neli::consts::nl::NlmF;
+use neli::consts::rtnl::{RtAddrFamily, RtScope, RtTable, Rta, Rtm, RtmF, Rtn, Rtprot};
+use neli::rtnl::{RtattrBuilder, RtmsgBuilder};
+use neli::types::{Buffer, RtBuffer};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::netlink::attr::Nest;
+use crate::netlink::Netlink;
+
+/// A kernel feature lwtun can probe for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Feature {
+    /// Routes whose packets run BPF programs at `lwt_in`/`lwt_out`/`lwt_xmit`.
+    #[doc(alias = "CONFIG_LWTUNNEL_BPF")]
+    LwtRoutes,
+    /// `bpf_lwt_push_encap` with `BPF_LWT_ENCAP_IP` from `lwt_xmit` programs.
+    #[doc(alias = "BPF_LWT_ENCAP_IP")]
+    LwtEncapIp,
+    /// XDP programs attached through a `bpf_link` (`BPF_LINK_CREATE` with `BPF_XDP`).
+    XdpLink,
+    /// `BPF_MAP_UPDATE_BATCH`/`BPF_MAP_LOOKUP_BATCH` on LPM trie maps.
+    LpmBatch,
+    /// tcx, the link-based tc attach points (`BPF_TCX_INGRESS`, `BPF_TCX_EGRESS`).
+    Tcx,
+}
+
+impl Feature {
+    /// Every feature, in the order [`Features`] prints them.
+    pub const ALL: [Feature; 5] = [
+        Feature::LwtRoutes,
+        Feature::LwtEncapIp,
+        Feature::XdpLink,
+        Feature::LpmBatch,
+        Feature::Tcx,
+    ];
+
+    /// What the feature is, in the words an error uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Feature::LwtRoutes => "LWT BPF routes (CONFIG_LWTUNNEL_BPF)",
+            Feature::LwtEncapIp => "bpf_lwt_push_encap with BPF_LWT_ENCAP_IP in lwt_xmit",
+            Feature::XdpLink => "XDP bpf_link attachments",
+            Feature::LpmBatch => "batch operations on LPM trie maps",
+            Feature::Tcx => "tcx (BPF_TCX_INGRESS/BPF_TCX_EGRESS links)",
+        }
+    }
+
+    /// The first mainline kernel version that has the feature.
+    pub fn since(self) -> &'static str {
+        match self {
+            Feature::LwtRoutes => "4.10",
+            Feature::LwtEncapIp => "5.3",
+            Feature::XdpLink => "5.9",
+            Feature::LpmBatch => "5.13",
+            Feature::Tcx => "6.6",
+        }
+    }
+
+    /// Probes (or answers from the cache) whether the running kernel has the feature.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Unsupported`] naming the feature when it is absent; another kind when the
+    /// probe itself failed (for example [`ErrorKind::Permission`]), which is not cached.
+    pub fn check(self) -> Result<()> {
+        let cell = &CACHE[self as usize];
+        if let Some(known) = cell.get() {
+            return known.to_result(self);
+        }
+        match run_probe(self) {
+            Ok(supported) => {
+                let known = if supported { Known::Yes } else { Known::No };
+                let _ = cell.set(known);
+                known.to_result(self)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn op(self) -> &'static str {
+        match self {
+            Feature::LwtRoutes => "probe LWT BPF routes",
+            Feature::LwtEncapIp => "probe BPF_LWT_ENCAP_IP",
+            Feature::XdpLink => "probe XDP links",
+            Feature::LpmBatch => "probe LPM trie batch operations",
+            Feature::Tcx => "probe tcx",
+        }
+    }
+}
+
+impl fmt::Display for Feature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Known {
+    Yes,
+    No,
+}
+
+impl Known {
+    fn to_result(self, feature: Feature) -> Result<()> {
+        match self {
+            Known::Yes => Ok(()),
+            Known::No => Err(Error::unsupported(
+                feature.op(),
+                feature.name(),
+                Some(feature.since()),
+            )),
+        }
+    }
+}
+
+static CACHE: [OnceLock<Known>; 5] = [
+    OnceLock::new(),
+    OnceLock::new(),
+    OnceLock::new(),
+    OnceLock::new(),
+    OnceLock::new(),
+];
+
+/// LWT BPF routes (`ip route ... encap bpf`), Linux 4.10. Probed by loading an `lwt_xmit`
+/// program and installing a route that runs it, in a throwaway network namespace.
+///
+/// # Errors
+///
+/// [`ErrorKind::Unsupported`] when absent; see [`Feature::check`].
+pub fn lwt_routes() -> Result<()> {
+    Feature::LwtRoutes.check()
+}
+
+/// `bpf_lwt_push_encap(skb, BPF_LWT_ENCAP_IP, ...)` from `lwt_xmit` programs, Linux 5.3.
+/// Probed by verifying an `lwt_xmit` program that calls the helper (before 5.3 the helper is
+/// not available to `lwt_xmit`).
+///
+/// # Errors
+///
+/// [`ErrorKind::Unsupported`] when absent; see [`Feature::check`].
+#[doc(alias = "bpf_lwt_push_encap")]
+pub fn lwt_encap_ip() -> Result<()> {
+    Feature::LwtEncapIp.check()
+}
+
+/// tcx attach points, Linux 6.6. Probed by attaching a `tc` program through a
+/// `BPF_TCX_INGRESS` link to the loopback of a throwaway network namespace.
+///
+/// # Errors
+///
+/// [`ErrorKind::Unsupported`] when absent; see [`Feature::check`].
+pub fn tcx() -> Result<()> {
+    Feature::Tcx.check()
+}
+
+/// XDP links, Linux 5.9. Probed by attaching an XDP program through a `BPF_XDP` link to the
+/// loopback (generic XDP) of a throwaway network namespace.
+///
+/// # Errors
+///
+/// [`ErrorKind::Unsupported`] when absent; see [`Feature::check`].
+pub fn xdp_link() -> Result<()> {
+    Feature::XdpLink.check()
+}
+
+/// Batch update and lookup on LPM trie maps, Linux 5.13. Probed by writing two prefixes into
+/// a new trie with one `BPF_MAP_UPDATE_BATCH` and reading them back with
+/// `BPF_MAP_LOOKUP_BATCH`.
+///
+/// # Errors
+///
+/// [`ErrorKind::Unsupported`] when absent; see [`Feature::check`].
+#[doc(alias = "BPF_MAP_UPDATE_BATCH")]
+pub fn lpm_batch() -> Result<()> {
+    Feature::LpmBatch.check()
+}
+
+/// Whether a probe found a feature, for printing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Support {
+    /// The kernel has it.
+    Yes,
+    /// The kernel lacks it.
+    No,
+    /// The probe could not decide; the reason.
+    Unknown(String),
+}
+
+/// Every probe's answer, for printing (`lwtun` examples print it at start).
+///
+/// # Examples
+///
+/// ```no_run
+/// let features = lwtun::probe::Features::detect();
+/// print!("{features}");
+/// if features.tcx != lwtun::probe::Support::Yes {
+///     eprintln!("falling back to clsact");
+/// }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Features {
+    /// [`lwt_routes`].
+    pub lwt_routes: Support,
+    /// [`lwt_encap_ip`].
+    pub lwt_encap_ip: Support,
+    /// [`xdp_link`].
+    pub xdp_link: Support,
+    /// [`lpm_batch`].
+    pub lpm_batch: Support,
+    /// [`tcx`].
+    pub tcx: Support,
+}
+
+impl Features {
+    /// Runs (or reads from the cache) every probe.
+    pub fn detect() -> Features {
+        let get = |f: Feature| match f.check() {
+            Ok(()) => Support::Yes,
+            Err(e) if e.kind() == ErrorKind::Unsupported => Support::No,
+            Err(e) => Support::Unknown(e.to_string()),
+        };
+        Features {
+            lwt_routes: get(Feature::LwtRoutes),
+            lwt_encap_ip: get(Feature::LwtEncapIp),
+            xdp_link: get(Feature::XdpLink),
+            lpm_batch: get(Feature::LpmBatch),
+            tcx: get(Feature::Tcx),
+        }
+    }
+
+    /// The answer for one feature.
+    pub fn get(&self, feature: Feature) -> &Support {
+        match feature {
+            Feature::LwtRoutes => &self.lwt_routes,
+            Feature::LwtEncapIp => &self.lwt_encap_ip,
+            Feature::XdpLink => &self.xdp_link,
+            Feature::LpmBatch => &self.lpm_batch,
+            Feature::Tcx => &self.tcx,
+        }
+    }
+}
+
+impl fmt::Display for Features {
+    /// One line per feature: `yes`/`no`/`unknown`, the feature and its first kernel version.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for feature in Feature::ALL {
+            let (word, why) = match self.get(feature) {
+                Support::Yes => ("yes", String::new()),
+                Support::No => ("no", String::new()),
+                Support::Unknown(why) => ("unknown", format!(": {why}")),
+            };
+            writeln!(
+                f,
+                "{word:<8} {} (Linux {}){why}",
+                feature.name(),
+                feature.since()
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A Linux capability lwtun's operations need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Capability {
+    /// `CAP_NET_ADMIN` (12): routes, links, tc, XDP.
+    NetAdmin,
+    /// `CAP_SYS_ADMIN` (21): namespaces, mounts; stands in for `CAP_BPF` before Linux 5.8.
+    SysAdmin,
+    /// `CAP_BPF` (39, Linux 5.8): loading programs, creating maps.
+    Bpf,
+}
+
+impl Capability {
+    /// The capability's name, such as `CAP_BPF`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Capability::NetAdmin => "CAP_NET_ADMIN",
+            Capability::SysAdmin => "CAP_SYS_ADMIN",
+            Capability::Bpf => "CAP_BPF",
+        }
+    }
+
+    fn bit(self) -> u32 {
+        match self {
+            Capability::NetAdmin => 12,
+            Capability::SysAdmin => 21,
+            Capability::Bpf => 39,
+        }
+    }
+
+    /// Whether the calling thread has the capability in its effective set.
+    ///
+    /// # Errors
+    ///
+    /// The failed `capget` call.
+    pub fn is_effective(self) -> Result<bool> {
+        let set = effective_caps()?;
+        Ok(set & (1u64 << self.bit()) != 0)
+    }
+}
+
+/// The calling thread's effective capability set, as a bit mask (bit N is capability N).
+fn effective_caps() -> Result<u64> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    let mut header = Header {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0, // the calling thread
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget with a v3 header writes two Data records, which `data` holds.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &mut header as *mut Header,
+            data.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(Error::io("read capabilities", io::Error::last_os_error()));
+    }
+    Ok(u64::from(data[0].effective) | (u64::from(data[1].effective) << 32))
+}
+
+/// Checks that the calling thread may do what lwtun does: `CAP_NET_ADMIN`, and `CAP_BPF` (or
+/// `CAP_SYS_ADMIN`, which covers it, and is all kernels before 5.8 know).
+///
+/// # Errors
+///
+/// [`ErrorKind::Permission`] naming the first missing capability, with `op` as the operation.
+///
+/// # Examples
+///
+/// ```no_run
+/// lwtun::probe::require_caps("install LWT routes")?;
+/// # Ok::<(), lwtun::Error>(())
+/// ```
+pub fn require_caps(op: &str) -> Result<()> {
+    let set = effective_caps()?;
+    let has = |c: Capability| set & (1u64 << c.bit()) != 0;
+    if !has(Capability::Bpf) && !has(Capability::SysAdmin) {
+        return Err(Error::permission(op, Capability::Bpf.name()));
+    }
+    if !has(Capability::NetAdmin) {
+        return Err(Error::permission(op, Capability::NetAdmin.name()));
+    }
+    Ok(())
+}
+
+// ---- the probes themselves ----
+
+/// `Ok(true)` supported, `Ok(false)` absent, `Err` could not tell.
+fn run_probe(feature: Feature) -> Result<bool> {
+    let op = feature.op();
+    match feature {
+        Feature::LwtRoutes => probe_lwt_routes(op),
+        Feature::LwtEncapIp => {
+            if !prog_type_supported(op, ProgramType::LwtXmit)? {
+                return Ok(false);
+            }
+            ProgramType::LwtXmit
+                .is_helper_supported(sys::BPF_FUNC_lwt_push_encap)
+                .map_err(|e| Error::bpf(op, e))
+        }
+        Feature::XdpLink => probe_link(op, sys::BPF_PROG_TYPE_XDP, XDP_PASS, sys::BPF_XDP),
+        Feature::Tcx => probe_link(
+            op,
+            sys::BPF_PROG_TYPE_SCHED_CLS,
+            TCX_NEXT,
+            sys::BPF_TCX_INGRESS,
+        ),
+        Feature::LpmBatch => probe_lpm_batch(op),
+    }
+}
+
+const XDP_PASS: i32 = 2;
+const TCX_NEXT: i32 = -1;
+const LWTUNNEL_ENCAP_BPF: u16 = 6;
+const LWT_BPF_XMIT: u16 = 3;
+const LWT_BPF_PROG_FD: u16 = 1;
+const LWT_BPF_PROG_NAME: u16 = 2;
+/// Linux's internal "operation not supported" (not in libc), which BPF map batch ops return.
+const ENOTSUPP: i32 = 524;
+
+fn prog_type_supported(op: &str, ty: ProgramType) -> Result<bool> {
+    ty.is_supported().map_err(|e| Error::bpf(op, e))
+}
+
+/// Loads `r0 = ret; exit` as a program of type `ty`.
+fn load_trivial(op: &str, ty: sys::bpf_prog_type, ret: i32) -> Result<OwnedFd> {
+    let insn = |code: u8, imm: i32| sys::bpf_insn {
+        code,
+        _bitfield_align_1: [],
+        _bitfield_1: sys::bpf_insn::new_bitfield_1(0, 0),
+        off: 0,
+        imm,
+    };
+    // BPF_ALU64 | BPF_MOV | BPF_K into r0, then BPF_JMP | BPF_EXIT.
+    let insns = [insn(0xb7, ret), insn(0x95, 0)];
+    let name: &CStr = c"lwtun_probe";
+    let license: &CStr = c"GPL";
+    // SAFETY: the pointers are valid for the call; insns holds insns.len() instructions; null
+    // opts means defaults.
+    let fd = unsafe {
+        sys::bpf_prog_load(
+            ty,
+            name.as_ptr(),
+            license.as_ptr(),
+            insns.as_ptr(),
+            insns.len() as _,
+            std::ptr::null_mut(),
+        )
+    };
+    owned_fd(op, fd)
+}
+
+/// Turns libbpf's `fd or -errno` into an owned fd or an error.
+fn owned_fd(op: &str, fd: i32) -> Result<OwnedFd> {
+    if fd < 0 {
+        return Err(Error::io(op, io::Error::from_raw_os_error(-fd)));
+    }
+    // SAFETY: libbpf returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether an errno from an attach or map call means "the kernel does not know this".
+fn means_unsupported(errno: Option<i32>) -> bool {
+    matches!(
+        errno,
+        Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) | Some(ENOTSUPP) | Some(libc::E2BIG)
+    )
+}
+
+/// Runs `f` on a thread in a new, unnamed network namespace with its loopback up. The
+/// namespace (and whatever `f` made in it) goes away with the thread.
+fn in_scratch_netns<T: Send>(op: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    std::thread::scope(|scope| {
+        let handle = std::thread::Builder::new()
+            .name("lwtun-probe".into())
+            .spawn_scoped(scope, move || -> Result<T> {
+                // SAFETY: unshare changes only this thread, which ends after `f`.
+                if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                    return Err(Error::io(
+                        format!("{op}: create a scratch network namespace"),
+                        io::Error::last_os_error(),
+                    ));
+                }
+                set_loopback_up(op)?;
+                f()
+            })
+            .map_err(|e| Error::io(op, e))?;
+        handle
+            .join()
+            .unwrap_or_else(|_| Err(Error::other(ErrorKind::Io, op, "the probe thread panicked")))
+    })
+}
+
+/// `ip link set lo up` in the calling thread's namespace, through `SIOCSIFFLAGS`.
+fn set_loopback_up(op: &str) -> Result<()> {
+    // SAFETY: plain socket call.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(Error::io(op, io::Error::last_os_error()));
+    }
+    // SAFETY: socket returned a new descriptor that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain data; zeroed is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: req names a device; the flags field of the union is the one SIOC[GS]IFFLAGS use.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) != 0 {
+            return Err(Error::io(op, io::Error::last_os_error()).with_object("lo"));
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) != 0 {
+            return Err(Error::io(op, io::Error::last_os_error()).with_object("lo"));
+        }
+    }
+    Ok(())
+}
+
+fn probe_link(
+    op: &str,
+    prog_type: sys::bpf_prog_type,
+    ret: i32,
+    attach: sys::bpf_attach_type,
+) -> Result<bool> {
+    let prog = match load_trivial(op, prog_type, ret) {
+        Ok(p) => p,
+        Err(e) if means_unsupported(e.errno()) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    link_loopback(op, &prog, attach)
+}
+
+/// Attaches `prog` to the loopback of a scratch namespace through a `bpf_link`.
+fn link_loopback(op: &str, prog: &OwnedFd, attach: sys::bpf_attach_type) -> Result<bool> {
+    in_scratch_netns(op, || {
+        const LOOPBACK_IFINDEX: i32 = 1;
+        // SAFETY: prog is an open program fd; null opts means defaults.
+        let fd = unsafe {
+            sys::bpf_link_create(prog.as_raw_fd(), LOOPBACK_IFINDEX, attach, std::ptr::null())
+        };
+        match owned_fd(op, fd) {
+            // Closing the link detaches the program; the namespace goes with the thread.
+            Ok(_link) => Ok(true),
+            Err(e) if means_unsupported(e.errno()) => Ok(false),
+            Err(e) => Err(e),
+        }
+    })
+}
+
+fn probe_lwt_routes(op: &str) -> Result<bool> {
+    for ty in [
+        ProgramType::LwtIn,
+        ProgramType::LwtOut,
+        ProgramType::LwtXmit,
+    ] {
+        if !prog_type_supported(op, ty)? {
+            return Ok(false);
+        }
+    }
+    let prog = load_trivial(op, sys::BPF_PROG_TYPE_LWT_XMIT, 0)?;
+    add_lwt_route(op, &prog)
+}
+
+/// Installs `192.0.2.0/24 dev lo encap bpf xmit fd PROG` in a scratch namespace.
+fn add_lwt_route(op: &str, prog: &OwnedFd) -> Result<bool> {
+    in_scratch_netns(op, || {
+        let mut nl = Netlink::open()?;
+        let mut encap = Nest::new();
+        let xmit = encap.begin(LWT_BPF_XMIT);
+        encap.u32(LWT_BPF_PROG_FD, prog.as_raw_fd() as u32);
+        encap.str(LWT_BPF_PROG_NAME, "lwtun:probe");
+        encap.end(xmit);
+        let attr = |ty: Rta, payload: Vec<u8>| {
+            RtattrBuilder::default()
+                .rta_type(ty)
+                .rta_payload(Buffer::from(payload))
+                .build()
+                .map_err(|e| Error::other(ErrorKind::Io, op, e.to_string()))
+        };
+        let mut attrs = RtBuffer::new();
+        // 192.0.2.0/24 (TEST-NET-1) via the scratch namespace's loopback.
+        attrs.push(attr(Rta::Dst, vec![192, 0, 2, 0])?);
+        attrs.push(attr(Rta::Oif, 1u32.to_ne_bytes().to_vec())?);
+        attrs.push(attr(
+            Rta::EncapType,
+            LWTUNNEL_ENCAP_BPF.to_ne_bytes().to_vec(),
+        )?);
+        attrs.push(attr(Rta::Encap, encap.into_bytes())?);
+        let msg = RtmsgBuilder::default()
+            .rtm_family(RtAddrFamily::Inet)
+            .rtm_dst_len(24)
+            .rtm_src_len(0)
+            .rtm_tos(0)
+            .rtm_table(RtTable::Main)
+            .rtm_protocol(Rtprot::Boot)
+            .rtm_scope(RtScope::Link)
+            .rtm_type(Rtn::Unicast)
+            .rtm_flags(RtmF::empty())
+            .rtattrs(attrs)
+            .build()
+            .map_err(|e| Error::other(ErrorKind::Io, op, e.to_string()))?;
+        match nl.request(
+            op,
+            &"192.0.2.0/24 dev lo encap bpf xmit",
+            Rtm::Newroute,
+            NlmF::CREATE | NlmF::EXCL,
+            msg,
+        ) {
+            Ok(()) => Ok(true),
+            // lwtunnel_valid_encap_type(): no BPF encap compiled in.
+            Err(e) if e.kind() == ErrorKind::Unsupported => Ok(false),
+            Err(e) => Err(e),
+        }
+    })
+}
+
+fn probe_lpm_batch(op: &str) -> Result<bool> {
+    #[repr(C)]
+    #[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+    struct Key {
+        prefixlen: u32,
+        addr: [u8; 4],
+    }
+    let opts = sys::bpf_map_create_opts {
+        sz: std::mem::size_of::<sys::bpf_map_create_opts>() as _,
+        map_flags: sys::BPF_F_NO_PREALLOC,
+        ..Default::default()
+    };
+    let name: &CStr = c"lwtun_probe";
+    // SAFETY: name and opts are valid for the call.
+    let fd = unsafe {
+        sys::bpf_map_create(
+            sys::BPF_MAP_TYPE_LPM_TRIE,
+            name.as_ptr(),
+            std::mem::size_of::<Key>() as u32,
+            4,
+            8,
+            &opts,
+        )
+    };
+    let map = match owned_fd(op, fd) {
+        Ok(m) => m,
+        Err(e) if means_unsupported(e.errno()) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let keys = [
+        Key {
+            prefixlen: 24,
+            addr: [10, 1, 2, 0],
+        },
+        Key {
+            prefixlen: 16,
+            addr: [10, 1, 0, 0],
+        },
+    ];
+    let values: [u32; 2] = [7, 9];
+    let mut count = keys.len() as u32;
+    // SAFETY: keys and values hold `count` entries of the map's key and value sizes.
+    let rc = unsafe {
+        sys::bpf_map_update_batch(
+            map.as_raw_fd(),
+            keys.as_ptr().cast(),
+            values.as_ptr().cast(),
+            &mut count,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::from_raw_os_error(-rc);
+        return if means_unsupported(e.raw_os_error()) {
+            Ok(false)
+        } else {
+            Err(Error::io(op, e))
+        };
+    }
+    let mut out_keys = [Key::default(); 4];
+    let mut out_values = [0u32; 4];
+    let mut out_batch = Key::default();
+    let mut count = out_keys.len() as u32;
+    // SAFETY: the out buffers hold `count` keys and values; out_batch holds one key.
+    let rc = unsafe {
+        sys::bpf_map_lookup_batch(
+            map.as_raw_fd(),
+            std::ptr::null_mut(),
+            (&mut out_batch as *mut Key).cast(),
+            out_keys.as_mut_ptr().cast(),
+            out_values.as_mut_ptr().cast(),
+            &mut count,
+            std::ptr::null(),
+        )
+    };
+    // ENOENT: the walk reached the end, which with room for 4 and 2 entries it must.
+    if rc != 0 && -rc != libc::ENOENT {
+        let e = io::Error::from_raw_os_error(-rc);
+        return if means_unsupported(e.raw_os_error()) {
+            Ok(false)
+        } else {
+            Err(Error::io(op, e))
+        };
+    }
+    let mut got: Vec<(Key, u32)> = out_keys
+        .iter()
+        .copied()
+        .zip(out_values.iter().copied())
+        .take(count as usize)
+        .collect();
+    got.sort_by_key(|(k, _)| k.prefixlen);
+    if got != [(keys[1], 9), (keys[0], 7)] {
+        return Err(Error::other(
+            ErrorKind::Kernel,
+            op,
+            format!("a batch lookup returned {got:?} after a batch update of two prefixes"),
+        ));
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsupported_errors_name_feature_and_version() {
+        for f in Feature::ALL {
+            let e = Known::No.to_result(f).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Unsupported);
+            let text = e.to_string();
+            assert!(text.contains(f.name()), "{text}");
+            assert!(
+                text.contains(&format!("since Linux {}", f.since())),
+                "{text}"
+            );
+        }
+    }
+
+    fn root(test: &str) -> bool {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !root {
+            eprintln!("SKIPPED {test}: needs root");
+        }
+        root
+    }
+
+    /// The route probe reaches the kernel: a program of the wrong type is refused by it (and
+    /// that refusal is an error, not "unsupported").
+    #[test]
+    fn lwt_route_probe_is_answered_by_the_kernel() {
+        if !root("lwt_route_probe_is_answered_by_the_kernel") {
+            return;
+        }
+        let xmit = load_trivial("t", sys::BPF_PROG_TYPE_LWT_XMIT, 0).unwrap();
+        assert!(add_lwt_route("t", &xmit).unwrap());
+        let xdp = load_trivial("t", sys::BPF_PROG_TYPE_XDP, XDP_PASS).unwrap();
+        let e = add_lwt_route("t", &xdp).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    }
+
+    /// The link probes tell an attach type the kernel refuses apart from one it takes.
+    #[test]
+    fn link_probe_says_no_to_a_refused_attach() {
+        if !root("link_probe_says_no_to_a_refused_attach") {
+            return;
+        }
+        let xdp = load_trivial("t", sys::BPF_PROG_TYPE_XDP, XDP_PASS).unwrap();
+        assert!(link_loopback("t", &xdp, sys::BPF_XDP).unwrap());
+        assert!(!link_loopback("t", &xdp, sys::BPF_TCX_INGRESS).unwrap());
+        let tc = load_trivial("t", sys::BPF_PROG_TYPE_SCHED_CLS, TCX_NEXT).unwrap();
+        assert!(link_loopback("t", &tc, sys::BPF_TCX_EGRESS).unwrap());
+        assert!(!link_loopback("t", &tc, sys::BPF_XDP).unwrap());
+    }
+
+    #[test]
+    fn features_print_one_line_each() {
+        let f = Features {
+            lwt_routes: Support::Yes,
+            lwt_encap_ip: Support::No,
+            xdp_link: Support::Unknown("needs CAP_BPF".into()),
+            lpm_batch: Support::Yes,
+            tcx: Support::Yes,
+        };
+        let text = f.to_string();
+        assert_eq!(text.lines().count(), Feature::ALL.len(), "{text}");
+        assert!(text.contains("no       bpf_lwt_push_encap"), "{text}");
+        assert!(
+            text.contains("unknown  XDP bpf_link attachments (Linux 5.9): needs CAP_BPF"),
+            "{text}"
+        );
+    }
+}
