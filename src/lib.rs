@@ -45,6 +45,7 @@ pub mod netns;
 pub mod probe;
 pub mod program;
 pub mod route;
+pub mod tc;
 
 /// The libbpf-cargo skeletons of `bpf/*.bpf.c`, one module each. Their `types` modules hold the
 /// Rust side of `bpf/lwtun.h`; their `OBJECT` constants the compiled objects.

@@ -1,0 +1,706 @@
+//! tc programs: attach a `sched_cls` program to a device's ingress or egress, list what is
+//! attached, detach on drop.
+//!
+//! Two kernel mechanisms run tc programs, and [`TcAttach`] speaks both:
+//!
+//! ```text
+//!  packet ──► tcx programs (bpf_link, Linux 6.6+) ──TCX_NEXT──► clsact cls_bpf filters ──► stack
+//!             ordered first/last                               ordered by priority, handle
+//! ```
+//!
+//! - **tcx** ([`TcMode::Tcx`]): a `bpf_link` per program; the kernel detaches it when the link's
+//!   last file descriptor closes, so a crashed process leaves nothing behind.
+//! - **clsact** ([`TcMode::Clsact`]): the `clsact` qdisc plus a direct-action `cls_bpf` filter at a
+//!   priority and handle, as `tc filter add dev X ingress prio P handle H bpf da` makes. A filter
+//!   stays until someone deletes it; lwtun names its filters `lwtun:<program>` so leftovers can
+//!   be found with [`attached`].
+//!
+//! [`TcMode::Auto`] (the default) picks tcx where the kernel has it ([`tcx_supported`], probed
+//! once) and clsact otherwise; asking for a priority, handle or replace asks for clsact.
+//!
+//! Everything here works in the calling thread's network namespace: attach inside
+//! [`NetNs::run`](crate::netns::NetNs::run) to attach in another one. The returned
+//! [`TcAttachment`] remembers its namespace and can be dropped from any thread.
+
+use std::fmt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::OnceLock;
+
+use libbpf_rs::libbpf_sys;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::netlink::tc::{BpfFilter, CLSACT_EGRESS, CLSACT_INGRESS};
+use crate::netlink::Netlink;
+use crate::program::{program_info, ProgramInfo};
+
+/// The prefix of the names lwtun gives its cls_bpf filters.
+pub const FILTER_NAME_PREFIX: &str = "lwtun:";
+
+/// Which way the packets a program sees are going.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TcDirection {
+    /// Packets the device receives.
+    Ingress,
+    /// Packets the device sends.
+    Egress,
+}
+
+impl TcDirection {
+    fn clsact_parent(self) -> u32 {
+        match self {
+            TcDirection::Ingress => CLSACT_INGRESS,
+            TcDirection::Egress => CLSACT_EGRESS,
+        }
+    }
+
+    fn tcx_attach_type(self) -> libbpf_sys::bpf_attach_type {
+        match self {
+            TcDirection::Ingress => libbpf_sys::BPF_TCX_INGRESS,
+            TcDirection::Egress => libbpf_sys::BPF_TCX_EGRESS,
+        }
+    }
+}
+
+impl fmt::Display for TcDirection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TcDirection::Ingress => "ingress",
+            TcDirection::Egress => "egress",
+        })
+    }
+}
+
+/// The attach mechanism.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum TcMode {
+    /// tcx where the kernel has it, clsact otherwise (clsact also when a priority, handle or
+    /// replace is asked for).
+    #[default]
+    Auto,
+    /// A tcx `bpf_link` (Linux 6.6+).
+    Tcx,
+    /// The clsact qdisc and a direct-action cls_bpf filter.
+    Clsact,
+}
+
+/// Where a tcx program goes among the programs already attached to the same hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum TcxOrder {
+    /// After every program already there.
+    #[default]
+    Last,
+    /// Before every program already there.
+    First,
+}
+
+/// Whether this kernel has tcx (`BPF_TCX_INGRESS`/`BPF_TCX_EGRESS`, Linux 6.6). Probed once per
+/// process by querying the loopback device's tcx hook.
+pub fn tcx_supported() -> bool {
+    static PROBE: OnceLock<bool> = OnceLock::new();
+    *PROBE.get_or_init(|| {
+        let mut opts = libbpf_sys::bpf_prog_query_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_prog_query_opts>() as _,
+            ..Default::default()
+        };
+        // SAFETY: opts is a valid, sized bpf_prog_query_opts without id arrays (count 0).
+        let rc = unsafe { libbpf_sys::bpf_prog_query_opts(1, libbpf_sys::BPF_TCX_INGRESS, &mut opts) };
+        rc == 0
+    })
+}
+
+fn prog_info(op: &str, fd: BorrowedFd<'_>) -> Result<ProgramInfo> {
+    program_info(fd).map_err(|e| {
+        Error::other(e.kind(), op, e.to_string())
+            .with_object("the program's file descriptor (is it a BPF program?)")
+    })
+}
+
+fn program_name_by_id(id: u32) -> Option<String> {
+    let fd = libbpf_rs::Program::fd_from_id(id).ok()?;
+    prog_info("program info", fd.as_fd()).ok().map(|i| i.name)
+}
+
+/// How to attach a tc program: device, direction, mechanism and order.
+///
+/// # Examples
+///
+/// ```no_run
+/// use lwtun::tc::{TcAttach, TcDirection, TcMode};
+/// # fn program() -> std::os::fd::OwnedFd { unimplemented!() }
+///
+/// let prog = program(); // any loaded sched_cls program (a skeleton's program, a ProgramHandle)
+/// let attachment = TcAttach::new(3, TcDirection::Ingress)
+///     .mode(TcMode::Clsact)
+///     .priority(10)
+///     .attach(&prog)?;
+/// println!("{attachment}");
+/// // dropping `attachment` detaches the program again
+/// # Ok::<(), lwtun::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct TcAttach {
+    ifindex: u32,
+    direction: TcDirection,
+    mode: TcMode,
+    priority: Option<u16>,
+    handle: Option<u32>,
+    replace: bool,
+    order: TcxOrder,
+}
+
+impl TcAttach {
+    /// Attach to `ifindex` (in the calling thread's namespace) in `direction`.
+    pub fn new(ifindex: u32, direction: TcDirection) -> Self {
+        TcAttach {
+            ifindex,
+            direction,
+            mode: TcMode::Auto,
+            priority: None,
+            handle: None,
+            replace: false,
+            order: TcxOrder::Last,
+        }
+    }
+
+    /// Forces a mechanism (default [`TcMode::Auto`]).
+    pub fn mode(mut self, mode: TcMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// clsact: the filter priority, 1..=65535, lower runs first. Default: after every filter
+    /// already on the hook.
+    pub fn priority(mut self, priority: u16) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// clsact: the filter handle (default 1).
+    pub fn handle(mut self, handle: u32) -> Self {
+        self.handle = Some(handle);
+        self
+    }
+
+    /// clsact: take over a filter already at this priority and handle (its program is
+    /// replaced) instead of failing with [`ErrorKind::Exists`]. The attachment then owns that
+    /// filter and deletes it on drop.
+    pub fn replace(mut self, replace: bool) -> Self {
+        self.replace = replace;
+        self
+    }
+
+    /// tcx: where the program goes among those already attached (default last).
+    pub fn order(mut self, order: TcxOrder) -> Self {
+        self.order = order;
+        self
+    }
+
+    fn wants_clsact(&self) -> bool {
+        self.priority.is_some() || self.handle.is_some() || self.replace
+    }
+
+    /// The mechanism [`attach`](Self::attach) will use on this kernel.
+    pub fn resolved_mode(&self) -> TcMode {
+        match self.mode {
+            TcMode::Auto if self.wants_clsact() || !tcx_supported() => TcMode::Clsact,
+            TcMode::Auto => TcMode::Tcx,
+            m => m,
+        }
+    }
+
+    /// Attaches `program` (a loaded `sched_cls` program) and returns the handle that detaches it.
+    ///
+    /// # Errors
+    ///
+    /// - [`ErrorKind::InvalidInput`]: the fd is not a `sched_cls` program; priority 0; a clsact
+    ///   option (priority, handle, replace) with [`TcMode::Tcx`].
+    /// - [`ErrorKind::Unsupported`]: [`TcMode::Tcx`] on a kernel without tcx.
+    /// - [`ErrorKind::Exists`]: a clsact filter is already at that priority and handle.
+    /// - [`ErrorKind::NotFound`]: no such interface.
+    pub fn attach(&self, program: impl AsFd) -> Result<TcAttachment> {
+        let op = "attach tc program";
+        let object = || format!("ifindex {} {}", self.ifindex, self.direction);
+        let fd = program.as_fd();
+        let info = prog_info(op, fd)?;
+        if info.prog_type != libbpf_sys::BPF_PROG_TYPE_SCHED_CLS {
+            return Err(Error::invalid_input(
+                op,
+                format!(
+                    "program {} has type {}, not sched_cls (SEC(\"tc\"))",
+                    info.name, info.prog_type
+                ),
+            )
+            .with_object(object()));
+        }
+        if self.priority == Some(0) {
+            return Err(Error::invalid_input(
+                op,
+                "priority 0 asks the kernel to choose one lwtun could not find again; use 1..=65535",
+            )
+            .with_object(object()));
+        }
+        match self.mode {
+            TcMode::Tcx if self.wants_clsact() => {
+                return Err(Error::invalid_input(
+                    op,
+                    "priority, handle and replace are clsact settings; tcx orders programs with \
+                     order(), and TcAttachment::replace_program swaps a program",
+                )
+                .with_object(object()))
+            }
+            TcMode::Tcx if !tcx_supported() => {
+                return Err(Error::unsupported(op, "tcx (BPF_TCX_INGRESS/EGRESS links)", Some("6.6"))
+                    .with_object(object()))
+            }
+            _ => {}
+        }
+        match self.resolved_mode() {
+            TcMode::Tcx => self.attach_tcx(fd, info),
+            _ => self.attach_clsact(fd, info),
+        }
+        .map_err(|e| {
+            if e.object().is_some() {
+                e
+            } else {
+                e.with_object(object())
+            }
+        })
+    }
+
+    fn attach_tcx(&self, fd: BorrowedFd<'_>, info: ProgramInfo) -> Result<TcAttachment> {
+        let mut opts = libbpf_sys::bpf_link_create_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_link_create_opts>() as _,
+            ..Default::default()
+        };
+        opts.flags = match self.order {
+            TcxOrder::Last => libbpf_sys::BPF_F_AFTER,
+            TcxOrder::First => libbpf_sys::BPF_F_BEFORE,
+        };
+        // SAFETY: opts is sized and zeroed except flags (relative fd/id 0 = all programs);
+        // fd is an open program.
+        let rc = unsafe {
+            libbpf_sys::bpf_link_create(
+                fd.as_raw_fd(),
+                self.ifindex as i32,
+                self.direction.tcx_attach_type(),
+                &opts,
+            )
+        };
+        if rc < 0 {
+            return Err(Error::io(
+                "attach tcx link",
+                std::io::Error::from_raw_os_error(-rc),
+            ));
+        }
+        // SAFETY: rc is a new file descriptor that nothing else owns.
+        let link = unsafe { OwnedFd::from_raw_fd(rc) };
+        Ok(TcAttachment {
+            ifindex: self.ifindex,
+            direction: self.direction,
+            program_id: info.id,
+            program_name: info.name,
+            state: State::Tcx { link },
+        })
+    }
+
+    fn attach_clsact(&self, fd: BorrowedFd<'_>, info: ProgramInfo) -> Result<TcAttachment> {
+        let mut nl = Netlink::open()?;
+        let parent = self.direction.clsact_parent();
+        let created_qdisc = nl.add_clsact(self.ifindex)?;
+        let result = (|| {
+            let priority = match self.priority {
+                Some(p) => p,
+                None => next_priority(&nl.bpf_filters(self.ifindex, parent)?),
+            };
+            let handle = self.handle.unwrap_or(1);
+            let name = format!("{FILTER_NAME_PREFIX}{}", info.name);
+            nl.add_bpf_filter(
+                self.ifindex,
+                parent,
+                priority,
+                handle,
+                fd,
+                &name,
+                self.replace,
+            )
+            .map_err(|e| {
+                if e.kind() == ErrorKind::Exists {
+                    Error::other(
+                        ErrorKind::Exists,
+                        "add tc filter",
+                        format!(
+                            "a filter is already at priority {priority} handle {handle:#x}; \
+                             choose another priority or set replace(true)"
+                        ),
+                    )
+                } else {
+                    e
+                }
+            })?;
+            Ok((priority, handle))
+        })();
+        match result {
+            Ok((priority, handle)) => Ok(TcAttachment {
+                ifindex: self.ifindex,
+                direction: self.direction,
+                program_id: info.id,
+                program_name: info.name,
+                state: State::Clsact {
+                    nl,
+                    priority,
+                    handle,
+                    created_qdisc,
+                },
+            }),
+            Err(e) => {
+                if created_qdisc {
+                    let _ = nl.del_clsact(self.ifindex);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The priority after every filter in `existing` (1 on an empty hook); the first free one when
+/// the last priority is taken.
+fn next_priority(existing: &[BpfFilter]) -> u16 {
+    match existing.iter().map(|f| f.priority).max() {
+        None => 1,
+        Some(u16::MAX) => (1..u16::MAX)
+            .find(|p| existing.iter().all(|f| f.priority != *p))
+            .unwrap_or(u16::MAX),
+        Some(max) => max + 1,
+    }
+}
+
+enum State {
+    Tcx {
+        link: OwnedFd,
+    },
+    Clsact {
+        nl: Netlink,
+        priority: u16,
+        handle: u32,
+        created_qdisc: bool,
+    },
+    Detached,
+}
+
+/// An attached tc program. Dropping it detaches the program (also while a panic unwinds).
+///
+/// - tcx: the link's file descriptor is closed, which detaches it; a process that dies
+///   detaches its tcx programs with it.
+/// - clsact: the cls_bpf filter is deleted if it still runs this attachment's program, and the
+///   clsact qdisc too when this attachment added it and no filter is left on it. A process
+///   killed with `SIGKILL` leaves the filter (named `lwtun:<program>`) in place.
+#[must_use = "dropping a TcAttachment detaches the program"]
+pub struct TcAttachment {
+    ifindex: u32,
+    direction: TcDirection,
+    program_id: u32,
+    program_name: String,
+    state: State,
+}
+
+impl fmt::Debug for TcAttachment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TcAttachment({self})")
+    }
+}
+
+impl fmt::Display for TcAttachment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (id {}) on ifindex {} {}",
+            self.program_name, self.program_id, self.ifindex, self.direction
+        )?;
+        match &self.state {
+            State::Tcx { .. } => write!(f, " via tcx"),
+            State::Clsact {
+                priority, handle, ..
+            } => write!(f, " via clsact prio {priority} handle {handle:#x}"),
+            State::Detached => write!(f, " (detached)"),
+        }
+    }
+}
+
+impl TcAttachment {
+    /// The mechanism in use: [`TcMode::Tcx`] or [`TcMode::Clsact`].
+    pub fn mode(&self) -> TcMode {
+        match self.state {
+            State::Tcx { .. } => TcMode::Tcx,
+            _ => TcMode::Clsact,
+        }
+    }
+
+    /// The interface index.
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// The direction.
+    pub fn direction(&self) -> TcDirection {
+        self.direction
+    }
+
+    /// The kernel id of the attached program.
+    pub fn program_id(&self) -> u32 {
+        self.program_id
+    }
+
+    /// clsact: the filter's priority.
+    pub fn priority(&self) -> Option<u16> {
+        match self.state {
+            State::Clsact { priority, .. } => Some(priority),
+            _ => None,
+        }
+    }
+
+    /// clsact: the filter's handle.
+    pub fn handle(&self) -> Option<u32> {
+        match self.state {
+            State::Clsact { handle, .. } => Some(handle),
+            _ => None,
+        }
+    }
+
+    /// Swaps in another `sched_cls` program in place, atomically: no packet sees neither
+    /// (tcx: `bpf_link_update`; clsact: the filter is changed at its priority and handle).
+    pub fn replace_program(&mut self, program: impl AsFd) -> Result<()> {
+        let op = "replace tc program";
+        let fd = program.as_fd();
+        let info = prog_info(op, fd)?;
+        if info.prog_type != libbpf_sys::BPF_PROG_TYPE_SCHED_CLS {
+            return Err(Error::invalid_input(
+                op,
+                format!("program {} is not sched_cls", info.name),
+            ));
+        }
+        match &mut self.state {
+            State::Tcx { link } => {
+                // SAFETY: both fds are open; a null opts pointer means no flags.
+                let rc = unsafe {
+                    libbpf_sys::bpf_link_update(
+                        link.as_raw_fd(),
+                        fd.as_raw_fd(),
+                        std::ptr::null(),
+                    )
+                };
+                if rc < 0 {
+                    return Err(Error::io(op, std::io::Error::from_raw_os_error(-rc)));
+                }
+            }
+            State::Clsact {
+                nl,
+                priority,
+                handle,
+                ..
+            } => {
+                let name = format!("{FILTER_NAME_PREFIX}{}", info.name);
+                nl.add_bpf_filter(
+                    self.ifindex,
+                    self.direction.clsact_parent(),
+                    *priority,
+                    *handle,
+                    fd,
+                    &name,
+                    true,
+                )?;
+            }
+            State::Detached => {
+                return Err(Error::invalid_input(op, "the attachment is detached"));
+            }
+        }
+        self.program_id = info.id;
+        self.program_name = info.name;
+        Ok(())
+    }
+
+    /// Detaches now and reports failures (drop does the same but cannot report them).
+    pub fn detach(mut self) -> Result<()> {
+        self.detach_inner()
+    }
+
+    fn detach_inner(&mut self) -> Result<()> {
+        match std::mem::replace(&mut self.state, State::Detached) {
+            State::Tcx { link } => {
+                drop(link);
+                Ok(())
+            }
+            State::Clsact {
+                mut nl,
+                priority,
+                handle,
+                created_qdisc,
+            } => {
+                let parent = self.direction.clsact_parent();
+                let filters = nl.bpf_filters(self.ifindex, parent)?;
+                let ours = filters.iter().any(|f| {
+                    f.priority == priority
+                        && f.handle == handle
+                        && f.program_id == Some(self.program_id)
+                });
+                if ours {
+                    nl.del_bpf_filter(self.ifindex, parent, priority, handle)?;
+                }
+                if created_qdisc
+                    && nl.bpf_filters(self.ifindex, CLSACT_INGRESS)?.is_empty()
+                    && nl.bpf_filters(self.ifindex, CLSACT_EGRESS)?.is_empty()
+                {
+                    match nl.del_clsact(self.ifindex) {
+                        Err(e) if e.kind() != ErrorKind::NotFound && e.kind() != ErrorKind::InvalidInput => {
+                            return Err(e)
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(())
+            }
+            State::Detached => Ok(()),
+        }
+    }
+}
+
+impl Drop for TcAttachment {
+    fn drop(&mut self) {
+        // An interface that is gone took its filters with it; nothing else can be done here.
+        let _ = self.detach_inner();
+    }
+}
+
+/// One program attached to a device's tc hook, as [`attached`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcProgramInfo {
+    /// [`TcMode::Tcx`] or [`TcMode::Clsact`].
+    pub mode: TcMode,
+    /// The hook.
+    pub direction: TcDirection,
+    /// The program's kernel id.
+    pub program_id: u32,
+    /// The program's name (up to 15 characters, as the kernel keeps it), where it could be read.
+    pub program_name: Option<String>,
+    /// tcx: the link's kernel id (`None` for programs attached without a link).
+    pub link_id: Option<u32>,
+    /// clsact: the filter (priority, handle, name).
+    pub filter: Option<BpfFilter>,
+}
+
+/// Lists the programs on `ifindex`'s `direction` hook in the order they run: tcx programs
+/// first, then clsact filters by priority. Works in the calling thread's namespace.
+///
+/// # Examples
+///
+/// ```no_run
+/// use lwtun::tc::{attached, TcDirection};
+///
+/// for p in attached(2, TcDirection::Ingress)? {
+///     println!("{:?} id {} {:?}", p.mode, p.program_id, p.program_name);
+/// }
+/// # Ok::<(), lwtun::Error>(())
+/// ```
+pub fn attached(ifindex: u32, direction: TcDirection) -> Result<Vec<TcProgramInfo>> {
+    let mut out = Vec::new();
+    if tcx_supported() {
+        let (progs, links) = tcx_query(ifindex, direction)?;
+        for (i, id) in progs.iter().enumerate() {
+            out.push(TcProgramInfo {
+                mode: TcMode::Tcx,
+                direction,
+                program_id: *id,
+                program_name: program_name_by_id(*id),
+                link_id: links.get(i).copied().filter(|l| *l != 0),
+                filter: None,
+            });
+        }
+    }
+    let mut nl = Netlink::open()?;
+    let mut filters = nl.bpf_filters(ifindex, direction.clsact_parent())?;
+    filters.sort_by_key(|f| (f.chain, f.priority, f.handle));
+    for f in filters {
+        let id = f.program_id.unwrap_or(0);
+        out.push(TcProgramInfo {
+            mode: TcMode::Clsact,
+            direction,
+            program_id: id,
+            program_name: program_name_by_id(id),
+            link_id: None,
+            filter: Some(f),
+        });
+    }
+    Ok(out)
+}
+
+fn tcx_query(ifindex: u32, direction: TcDirection) -> Result<(Vec<u32>, Vec<u32>)> {
+    let mut cap = 64usize;
+    loop {
+        let mut progs = vec![0u32; cap];
+        let mut links = vec![0u32; cap];
+        let mut opts = libbpf_sys::bpf_prog_query_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_prog_query_opts>() as _,
+            prog_ids: progs.as_mut_ptr(),
+            link_ids: links.as_mut_ptr(),
+            ..Default::default()
+        };
+        opts.__bindgen_anon_1.count = cap as u32;
+        // SAFETY: prog_ids and link_ids point at `cap` writable u32s, as count says.
+        let rc = unsafe {
+            libbpf_sys::bpf_prog_query_opts(
+                ifindex as i32,
+                direction.tcx_attach_type(),
+                &mut opts,
+            )
+        };
+        // SAFETY: the kernel wrote the count (a plain u32 in either union member).
+        let count = unsafe { opts.__bindgen_anon_1.count } as usize;
+        if rc == -libc::ENOSPC || count > cap {
+            cap = count.max(cap * 2);
+            continue;
+        }
+        if rc < 0 {
+            return Err(Error::io(
+                "query tcx programs",
+                std::io::Error::from_raw_os_error(-rc),
+            )
+            .with_object(format!("ifindex {ifindex} {direction}")));
+        }
+        progs.truncate(count);
+        links.truncate(count);
+        return Ok((progs, links));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter(priority: u16) -> BpfFilter {
+        BpfFilter {
+            ifindex: 1,
+            parent: CLSACT_INGRESS,
+            priority,
+            protocol: 3,
+            handle: 1,
+            chain: 0,
+            name: String::new(),
+            program_id: None,
+            direct_action: true,
+        }
+    }
+
+    #[test]
+    fn default_priority_goes_after_the_last_filter() {
+        assert_eq!(next_priority(&[]), 1);
+        assert_eq!(next_priority(&[filter(1), filter(5)]), 6);
+        assert_eq!(next_priority(&[filter(1), filter(u16::MAX)]), 2);
+    }
+
+    #[test]
+    fn clsact_settings_select_clsact_in_auto_mode() {
+        let a = TcAttach::new(1, TcDirection::Ingress).priority(3);
+        assert_eq!(a.resolved_mode(), TcMode::Clsact);
+        let a = TcAttach::new(1, TcDirection::Ingress).mode(TcMode::Clsact);
+        assert_eq!(a.resolved_mode(), TcMode::Clsact);
+    }
+}
