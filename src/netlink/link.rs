@@ -516,10 +516,12 @@ pub(crate) fn xdp_request(
             "XdpFlags::REPLACE goes with an expected program: use Netlink::replace_xdp_fd",
         ));
     }
-    if fd < 0 && flags.intersects(XdpFlags::UPDATE_IF_NOEXIST | XdpFlags::REPLACE) {
+    // Detaching with UPDATE_IF_NOEXIST is what iproute2 sends (`ip link set dev X xdp off`
+    // has flags 1|mode); the kernel ignores it there. REPLACE would need an expected program.
+    if fd < 0 && flags.contains(XdpFlags::REPLACE) {
         return Err(Error::invalid_input(
             op,
-            "detaching takes only a mode flag, not UPDATE_IF_NOEXIST or REPLACE",
+            "detaching takes a mode flag, not REPLACE",
         ));
     }
     let mut xdp = Nest::new();
@@ -998,8 +1000,9 @@ impl Netlink {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::NotFound`] for an unknown index; [`ErrorKind::InvalidInput`] for flags other
-    /// than one mode.
+    /// [`ErrorKind::NotFound`] for an unknown index; [`ErrorKind::InvalidInput`] for more than
+    /// one mode flag or [`XdpFlags::REPLACE`] (`UPDATE_IF_NOEXIST` is accepted and ignored, as
+    /// iproute2 sends it).
     pub fn clear_xdp(&mut self, index: u32, flags: XdpFlags) -> Result<()> {
         let req = xdp_request(index, -1, None, flags)?;
         self.link_request("detach XDP", &Index(index), req)
@@ -1116,7 +1119,8 @@ mod tests {
         );
         assert!(xdp_request(1, 3, None, XdpFlags::REPLACE).is_err());
         assert!(xdp_request(1, 3, Some(4), XdpFlags::empty()).is_err());
-        assert!(xdp_request(1, -1, None, XdpFlags::UPDATE_IF_NOEXIST).is_err());
+        assert!(xdp_request(1, -1, Some(3), XdpFlags::REPLACE).is_err());
+        assert!(xdp_request(1, -1, None, XdpFlags::UPDATE_IF_NOEXIST).is_ok());
         assert!(xdp_request(1, 3, Some(4), XdpFlags::REPLACE | XdpFlags::SKB_MODE).is_ok());
     }
 
