@@ -220,7 +220,7 @@ impl fmt::Display for Error {
         f.write_str(": ")?;
         match &self.cause {
             Cause::Netlink { errno, ext_ack } => {
-                write!(f, "{} (errno {errno})", io::Error::from_raw_os_error(*errno))?;
+                write!(f, "{} (errno {errno})", strerror(*errno))?;
                 if let Some(msg) = ext_ack {
                     write!(f, "; kernel: \"{msg}\"")?;
                 }
@@ -249,6 +249,15 @@ impl fmt::Display for Error {
             }
             Cause::Message(m) => f.write_str(m),
         }
+    }
+}
+
+/// The C library's text for `errno`, without std's " (os error N)" suffix.
+fn strerror(errno: i32) -> String {
+    let text = io::Error::from_raw_os_error(errno).to_string();
+    match text.rfind(" (os error") {
+        Some(at) => text[..at].to_string(),
+        None => text,
     }
 }
 
