@@ -47,6 +47,7 @@ pub mod program;
 pub mod route;
 pub mod tc;
 pub mod tunnel_redirect;
+pub mod xdp;
 
 /// The libbpf-cargo skeletons of `bpf/*.bpf.c`, one module each. Their `types` modules hold the
 /// Rust side of `bpf/lwtun.h`; their `OBJECT` constants the compiled objects.

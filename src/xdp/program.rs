@@ -1,0 +1,273 @@
+//! Loaded XDP programs as owned values, and BPF_PROG_TEST_RUN on them.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use libbpf_rs::{MapCore, MapHandle, Object, ObjectBuilder};
+
+use super::XdpAction;
+use crate::error::{Error, ErrorKind, Result};
+
+/// One loaded XDP program, owned: it stays loaded while this value (or a clone, or an attachment
+/// of it) exists. Families such as [`XdpRouter`](super::XdpRouter) hand these out.
+///
+/// # Examples
+///
+/// ```no_run
+/// use lwtun::xdp::{XdpPass, XdpAction};
+///
+/// let pass = XdpPass::load()?;
+/// let out = pass.program().test_run(&[0u8; 64])?;
+/// assert_eq!(out.action, XdpAction::Pass);
+/// # Ok::<(), lwtun::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct XdpProgram {
+    fd: Arc<OwnedFd>,
+    name: String,
+    id: u32,
+}
+
+/// What [`XdpProgram::test_run`] returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestRunOutput {
+    /// The program's verdict.
+    pub action: XdpAction,
+    /// The frame as the program left it.
+    pub data: Vec<u8>,
+    /// Average time of one run, as the kernel measured it.
+    pub duration: Duration,
+}
+
+/// Settings of a live-frames run ([`XdpProgram::run_live`]).
+#[derive(Clone, Copy, Debug)]
+pub struct LiveFrames {
+    /// The interface the frames appear to arrive on (in the calling thread's namespace). Frames
+    /// the program returns `XDP_TX` for leave through it; `XDP_REDIRECT` sends them where the
+    /// program redirected them; `XDP_PASS` hands them to that interface's stack.
+    pub ifindex: u32,
+    /// How many frames to inject.
+    pub repeat: u32,
+    /// Frames per batch (0: the kernel's default, 64).
+    pub batch_size: u32,
+}
+
+const XDP_MD_SIZE: usize = 24;
+const TEST_RUN_HEADROOM: usize = 256;
+
+impl XdpProgram {
+    pub(crate) fn from_fd(op: &str, fd: BorrowedFd<'_>, name: &str) -> Result<Self> {
+        let owned = fd
+            .try_clone_to_owned()
+            .map_err(|e| Error::io(op.to_string(), e))?;
+        let id = prog_id(op, owned.as_fd())?;
+        Ok(XdpProgram {
+            fd: Arc::new(owned),
+            name: name.to_string(),
+            id,
+        })
+    }
+
+    /// The program's name in the object (as `bpftool prog` shows it, cut to 15 characters).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The kernel's id of the program (`bpftool prog show id ID`).
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Runs the program once on `frame` with BPF_PROG_TEST_RUN (ingress device: the namespace's
+    /// loopback) and returns its verdict and the frame it left. Nothing is transmitted: an
+    /// `XDP_TX` or `XDP_REDIRECT` verdict is only reported.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for a frame shorter than 14 bytes (the kernel refuses it),
+    /// [`ErrorKind::Permission`](crate::ErrorKind::Permission) without CAP_BPF.
+    pub fn test_run(&self, frame: &[u8]) -> Result<TestRunOutput> {
+        self.test_run_repeat(frame, 1, None)
+    }
+
+    /// Like [`test_run`](Self::test_run), `repeat` times in a row (for timing), optionally with a
+    /// given ingress interface (in the calling thread's namespace).
+    ///
+    /// # Errors
+    ///
+    /// As [`test_run`](Self::test_run); [`ErrorKind::NotFound`](crate::ErrorKind::NotFound) for an unknown `ingress_ifindex`.
+    pub fn test_run_repeat(
+        &self,
+        frame: &[u8],
+        repeat: u32,
+        ingress_ifindex: Option<u32>,
+    ) -> Result<TestRunOutput> {
+        let op = "run XDP program (BPF_PROG_TEST_RUN)";
+        if frame.len() < 14 {
+            return Err(Error::invalid_input(
+                op,
+                format!("a frame has at least an Ethernet header (14 bytes), got {}", frame.len()),
+            ));
+        }
+        let mut out = vec![0u8; frame.len() + TEST_RUN_HEADROOM];
+        let mut ctx = [0u8; XDP_MD_SIZE];
+        if let Some(ifindex) = ingress_ifindex {
+            ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+            ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+        }
+        // SAFETY: zeroed is a valid bpf_test_run_opts; sz is set below.
+        let mut opts: libbpf_sys::bpf_test_run_opts = unsafe { std::mem::zeroed() };
+        opts.sz = std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as _;
+        opts.data_in = frame.as_ptr().cast();
+        opts.data_size_in = frame.len() as u32;
+        opts.data_out = out.as_mut_ptr().cast();
+        opts.data_size_out = out.len() as u32;
+        if ingress_ifindex.is_some() {
+            opts.ctx_in = ctx.as_ptr().cast();
+            opts.ctx_size_in = ctx.len() as u32;
+        }
+        opts.repeat = repeat.max(1) as i32;
+        // SAFETY: every pointer in opts points into live buffers of the sizes given.
+        let rc = unsafe {
+            libbpf_sys::bpf_prog_test_run_opts(self.fd.as_raw_fd(), &mut opts)
+        };
+        if rc < 0 {
+            return Err(errno_error(op, -rc).with_object(self.name.clone()));
+        }
+        out.truncate(opts.data_size_out as usize);
+        Ok(TestRunOutput {
+            action: XdpAction::from_code(opts.retval),
+            data: out,
+            duration: Duration::from_nanos(opts.duration as u64),
+        })
+    }
+
+    /// Injects `frame` as real traffic with BPF_F_TEST_XDP_LIVE_FRAMES: the program runs on each
+    /// copy and its verdict is carried out (transmit, redirect, pass to the stack), which makes the
+    /// program a traffic generator. Returns the kernel's measured time per frame.
+    ///
+    /// # Minimum kernel version
+    ///
+    /// 5.18.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) on kernels without live frames; [`ErrorKind::NotFound`](crate::ErrorKind::NotFound) when
+    /// `ifindex` is not in the calling thread's namespace.
+    pub fn run_live(&self, frame: &[u8], live: LiveFrames) -> Result<Duration> {
+        let op = "inject live XDP frames (BPF_F_TEST_XDP_LIVE_FRAMES)";
+        if frame.len() < 14 {
+            return Err(Error::invalid_input(op, "a frame has at least an Ethernet header"));
+        }
+        let mut ctx = [0u8; XDP_MD_SIZE];
+        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&live.ifindex.to_ne_bytes());
+        // SAFETY: as in test_run.
+        let mut opts: libbpf_sys::bpf_test_run_opts = unsafe { std::mem::zeroed() };
+        opts.sz = std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as _;
+        opts.data_in = frame.as_ptr().cast();
+        opts.data_size_in = frame.len() as u32;
+        opts.ctx_in = ctx.as_ptr().cast();
+        opts.ctx_size_in = ctx.len() as u32;
+        opts.repeat = live.repeat.max(1) as i32;
+        opts.flags = libbpf_sys::BPF_F_TEST_XDP_LIVE_FRAMES;
+        opts.batch_size = live.batch_size;
+        // SAFETY: the pointers point into live buffers of the sizes given.
+        let rc = unsafe {
+            libbpf_sys::bpf_prog_test_run_opts(self.fd.as_raw_fd(), &mut opts)
+        };
+        if rc < 0 {
+            return Err(errno_error(op, -rc)
+                .with_object(format!("{} on ifindex {}", self.name, live.ifindex)));
+        }
+        Ok(Duration::from_nanos(opts.duration as u64))
+    }
+}
+
+impl AsFd for XdpProgram {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// The kernel id of a program fd.
+pub(crate) fn prog_id(op: &str, fd: BorrowedFd<'_>) -> Result<u32> {
+    // SAFETY: zeroed bpf_prog_info is valid; the kernel fills at most `len` bytes.
+    let mut info: libbpf_sys::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
+    // SAFETY: info and len are live; fd is a program fd.
+    let rc = unsafe {
+        libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len)
+    };
+    if rc < 0 {
+        return Err(errno_error(op, -rc));
+    }
+    Ok(info.id)
+}
+
+/// An error from a raw libbpf / bpf(2) call that returned `-errno`.
+pub(crate) fn errno_error(op: &str, errno: i32) -> Error {
+    Error::io(op.to_string(), std::io::Error::from_raw_os_error(errno))
+}
+
+/// A program family's object, loaded, with its programs and maps taken out as owned fds (the
+/// object itself is closed: the fds keep everything alive).
+pub(crate) struct Loaded {
+    obj: Object,
+    family: &'static str,
+}
+
+impl Loaded {
+    pub(crate) fn load(family: &'static str, object: &[u8]) -> Result<Self> {
+        let op = format!("load XDP program family {family}");
+        let open = ObjectBuilder::default()
+            .open_memory(object)
+            .map_err(|e| Error::bpf(op.clone(), e))?;
+        let obj = open.load().map_err(|e| Error::bpf(op, e))?;
+        Ok(Loaded { obj, family })
+    }
+
+    pub(crate) fn program(&self, name: &str) -> Result<XdpProgram> {
+        let op = format!("take program {name} from {}", self.family);
+        let prog = self
+            .obj
+            .progs()
+            .find(|p| p.name() == name)
+            .ok_or_else(|| Error::not_found(op.clone(), format!("program {name}")))?;
+        XdpProgram::from_fd(&op, prog.as_fd(), name)
+    }
+
+    pub(crate) fn map(&self, name: &str) -> Result<MapHandle> {
+        let op = format!("take map {name} from {}", self.family);
+        let map = self
+            .obj
+            .maps()
+            .find(|m| m.name() == name)
+            .ok_or_else(|| Error::not_found(op.clone(), format!("map {name}")))?;
+        MapHandle::try_from(&map).map_err(|e| Error::bpf(op, e))
+    }
+}
+
+/// Checks a map's key and value sizes once, when a typed wrapper is made.
+pub(crate) fn check_sizes(op: &str, map: &MapHandle, key: u32, value: u32) -> Result<()> {
+    if map.key_size() != key || map.value_size() != value {
+        return Err(Error::other(
+            ErrorKind::InvalidInput,
+            op.to_string(),
+            format!(
+                "map {:?} has key/value sizes {}/{}, expected {key}/{value} (mismatched BPF object?)",
+                map.name(),
+                map.key_size(),
+                map.value_size()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Wraps a raw fd returned by a bpf(2) call.
+pub(crate) fn owned_fd(fd: i32) -> OwnedFd {
+    // SAFETY: callers pass a fresh fd that nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}

@@ -1,0 +1,225 @@
+//! L2 forwarding with a MAC rewrite table (`bpf/xdp_redirect.bpf.c`).
+
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
+
+use super::attach::{XdpAttachment, XdpOptions};
+use super::devmap::DevMap;
+use super::pass::XdpPass;
+use super::program::{check_sizes, Loaded, XdpProgram};
+use super::stats::StatsMap;
+use crate::abi::{self, Pod};
+use crate::error::{Error, Result};
+use crate::netns::NetNs;
+use crate::skel::xdp_redirect::types::{lwtun_mac, lwtun_xdp_redirect};
+
+// SAFETY: 6 + 2 bytes, no padding (asserted in lwtun.h).
+unsafe impl Pod for lwtun_mac {}
+// SAFETY: u32 + 12 bytes, no padding (asserted in lwtun.h).
+unsafe impl Pod for lwtun_xdp_redirect {}
+
+/// A MAC address.
+pub type MacAddr = [u8; 6];
+
+/// What happens to a frame whose destination MAC matches a rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RedirectRule {
+    /// The port (key of [`XdpRedirect::ports`]) the frame leaves through.
+    pub port: u32,
+    /// The destination MAC written into the frame.
+    pub dst: MacAddr,
+    /// The source MAC written into the frame (usually the egress device's).
+    pub src: MacAddr,
+}
+
+/// XDP L2 forwarding (the XDP tutorial's redirect assignment, for any number of ports): a frame
+/// whose destination MAC has a rule gets the rule's MACs and is redirected through a
+/// `BPF_MAP_TYPE_DEVMAP` port; every other frame goes to the stack untouched.
+///
+/// # Examples
+///
+/// ```no_run
+/// use lwtun::xdp::{RedirectRule, XdpOptions, XdpRedirect};
+///
+/// let mut fwd = XdpRedirect::load()?;
+/// fwd.ports().set(1, 8, None)?;                         // port 1: out of ifindex 8
+/// fwd.set_rule([2, 0, 0, 0, 0, 0xb], RedirectRule {
+///     port: 1, dst: [2, 0, 0, 0, 0, 0xb], src: [2, 0, 0, 0, 0, 0x8],
+/// })?;
+/// let att = fwd.attach(7, XdpOptions::default())?;      // frames arriving on ifindex 7
+/// # drop(att);
+/// # Ok::<(), lwtun::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct XdpRedirect {
+    program: XdpProgram,
+    egress: XdpProgram,
+    ports: DevMap,
+    rules: MapHandle,
+    stats: StatsMap,
+    pass: Option<XdpPass>,
+    receivers: Vec<XdpAttachment>,
+}
+
+impl XdpRedirect {
+    /// Loads the programs and maps.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Permission`](crate::ErrorKind::Permission) without CAP_BPF.
+    pub fn load() -> Result<Self> {
+        let obj = Loaded::load("xdp_redirect", crate::skel::xdp_redirect::OBJECT)?;
+        let rules = obj.map("redirect_rules")?;
+        check_sizes("open redirect rules", &rules, 8, 16)?;
+        Ok(XdpRedirect {
+            program: obj.program("xdp_redirect")?,
+            egress: obj.program("xdp_egress")?,
+            ports: DevMap::from_handle(obj.map("ports")?)?,
+            rules,
+            stats: StatsMap::new(obj.map("xdp_stats")?)?,
+            pass: None,
+            receivers: Vec::new(),
+        })
+    }
+
+    /// The ingress program (`xdp_redirect`).
+    pub fn program(&self) -> &XdpProgram {
+        &self.program
+    }
+
+    /// The per-port program (`xdp_egress`, a devmap program): give it to
+    /// [`DevMap::set`] to count what leaves a port ([`Stage::Egress`](super::Stage::Egress)).
+    pub fn egress_program(&self) -> &XdpProgram {
+        &self.egress
+    }
+
+    /// The egress ports (`BPF_MAP_TYPE_DEVMAP`, keys 0..64).
+    pub fn ports(&self) -> &DevMap {
+        &self.ports
+    }
+
+    /// The counters of both programs.
+    pub fn stats(&self) -> &StatsMap {
+        &self.stats
+    }
+
+    /// Attaches the ingress program to `ifindex` in the calling thread's namespace.
+    ///
+    /// # Errors
+    ///
+    /// As [`XdpAttachment::attach`].
+    pub fn attach(&self, ifindex: u32, options: XdpOptions) -> Result<XdpAttachment> {
+        XdpAttachment::attach(&self.program, ifindex, options)
+    }
+
+    /// Sets port `port` to `ifindex` and, when the egress device is a veth whose other end
+    /// `peer_name` sits in `netns`, attaches a pass program there (kept while this value lives)
+    /// so the veth accepts redirected frames.
+    ///
+    /// # Errors
+    ///
+    /// As [`DevMap::set`] and [`XdpPass::attach_receiver`]; on failure the port is left empty.
+    pub fn set_port_with_receiver(
+        &mut self,
+        port: u32,
+        ifindex: u32,
+        netns: &NetNs,
+        peer_name: &str,
+    ) -> Result<()> {
+        if self.pass.is_none() {
+            self.pass = Some(XdpPass::load()?);
+        }
+        let pass = self.pass.as_ref().expect("loaded above");
+        let receiver = pass.attach_receiver(netns, peer_name)?;
+        self.ports.set(port, ifindex, None)?;
+        self.receivers.extend(receiver);
+        Ok(())
+    }
+
+    /// Sets the rule for frames whose destination MAC is `match_dst`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for a port outside the
+    /// devmap; [`ErrorKind::Kernel`](crate::ErrorKind::Kernel) when the table (4096 rules) is full.
+    pub fn set_rule(&self, match_dst: MacAddr, rule: RedirectRule) -> Result<()> {
+        let op = "set XDP redirect rule";
+        if rule.port >= self.ports.capacity() {
+            return Err(Error::invalid_input(
+                op,
+                format!("port {} is outside 0..{}", rule.port, self.ports.capacity()),
+            ));
+        }
+        let value = lwtun_xdp_redirect {
+            port: rule.port,
+            dst: rule.dst,
+            src: rule.src,
+        };
+        self.rules
+            .update(abi::as_bytes(&key(match_dst)), abi::as_bytes(&value), MapFlags::ANY)
+            .map_err(|e| Error::bpf(op, e).with_object(fmt_mac(&match_dst)))
+    }
+
+    /// The rule for `match_dst`, if any.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Kernel`](crate::ErrorKind::Kernel) when the table cannot be read.
+    pub fn rule(&self, match_dst: MacAddr) -> Result<Option<RedirectRule>> {
+        let op = "read XDP redirect rule";
+        let v = self
+            .rules
+            .lookup(abi::as_bytes(&key(match_dst)), MapFlags::ANY)
+            .map_err(|e| Error::bpf(op, e))?;
+        Ok(v.and_then(|b| abi::from_bytes::<lwtun_xdp_redirect>(&b)).map(|v| RedirectRule {
+            port: v.port,
+            dst: v.dst,
+            src: v.src,
+        }))
+    }
+
+    /// Removes the rule for `match_dst`; returns whether there was one.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Kernel`](crate::ErrorKind::Kernel) when the table cannot be changed.
+    pub fn remove_rule(&self, match_dst: MacAddr) -> Result<bool> {
+        match self.rules.delete(abi::as_bytes(&key(match_dst))) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::bpf("remove XDP redirect rule", e)),
+        }
+    }
+
+    /// Every rule, by matched destination MAC.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Kernel`](crate::ErrorKind::Kernel) when the table cannot be read.
+    pub fn rules(&self) -> Result<Vec<(MacAddr, RedirectRule)>> {
+        let mut out = Vec::new();
+        for k in self.rules.keys() {
+            let Some(k) = abi::from_bytes::<lwtun_mac>(&k) else {
+                continue;
+            };
+            if let Some(rule) = self.rule(k.addr)? {
+                out.push((k.addr, rule));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn key(mac: MacAddr) -> lwtun_mac {
+    lwtun_mac {
+        addr: mac,
+        pad: [0; 2],
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub(crate) fn fmt_mac(m: &MacAddr) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
+}

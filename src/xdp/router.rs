@@ -1,0 +1,190 @@
+//! IPv4 and IPv6 forwarding in XDP with the kernel's FIB (`bpf/xdp_router.bpf.c`).
+
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
+
+use super::attach::{XdpAttachment, XdpOptions};
+use super::devmap::DevMap;
+use super::pass::XdpPass;
+use super::program::{check_sizes, Loaded, XdpProgram};
+use super::stats::StatsMap;
+use crate::error::{Error, Result};
+use crate::netns::NetNs;
+
+/// How many frames got each outcome of the router's FIB lookup, summed over the CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FibStats {
+    /// `BPF_FIB_LKUP_RET_SUCCESS`: forwarded (when the egress device is a port) .
+    pub success: u64,
+    /// `BLACKHOLE`: dropped.
+    pub blackhole: u64,
+    /// `UNREACHABLE`: passed to the stack, which sends the ICMP error.
+    pub unreachable: u64,
+    /// `PROHIBIT`: passed to the stack, which sends the ICMP error.
+    pub prohibit: u64,
+    /// `NOT_FWDED`: local or broadcast destinations, passed.
+    pub not_forwarded: u64,
+    /// `FWD_DISABLED`: forwarding off on the ingress device, passed.
+    pub forwarding_disabled: u64,
+    /// `UNSUPP_LWT`: the route has LWT state (encap), passed.
+    pub unsupported_lwt: u64,
+    /// `NO_NEIGH`: passed so the stack resolves the neighbour.
+    pub no_neighbour: u64,
+    /// `FRAG_NEEDED`: larger than the egress MTU, passed.
+    pub frag_needed: u64,
+    /// `NO_SRC_ADDR` and codes this program does not know, passed.
+    pub other: u64,
+    /// TTL or hop limit at most 1: passed (the stack sends time exceeded).
+    pub ttl_expired: u64,
+    /// Not IPv4/IPv6, VLAN-tagged or malformed: passed.
+    pub not_ip: u64,
+}
+
+/// An XDP router: `bpf_fib_lookup` for IPv4 and IPv6, TTL / hop-limit decrement with an
+/// incremental checksum update, MAC rewrite and redirect through a `BPF_MAP_TYPE_DEVMAP_HASH` of
+/// ports; every lookup result the fast path cannot finish goes to the stack (see [`FibStats`]).
+///
+/// Attach it to every interface that receives traffic to forward, add every interface that
+/// forwarded traffic may leave through as a port, and enable forwarding in the namespace
+/// (`net.ipv4.ip_forward`, `net.ipv6.conf.all.forwarding`): `bpf_fib_lookup` honours it.
+///
+/// # Examples
+///
+/// ```no_run
+/// use lwtun::xdp::{XdpOptions, XdpRouter};
+///
+/// let router = XdpRouter::load()?;
+/// let mut atts = Vec::new();
+/// for ifindex in [7, 8] {
+///     router.add_port(ifindex)?;
+///     atts.push(router.attach(ifindex, XdpOptions::default())?);
+/// }
+/// println!("{:?}", router.fib_stats()?);
+/// # Ok::<(), lwtun::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct XdpRouter {
+    program: XdpProgram,
+    ports: DevMap,
+    fib: MapHandle,
+    stats: StatsMap,
+    pass: Option<XdpPass>,
+    receivers: Vec<XdpAttachment>,
+}
+
+impl XdpRouter {
+    /// Loads the program and maps.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Permission`](crate::ErrorKind::Permission) without CAP_BPF.
+    pub fn load() -> Result<Self> {
+        let obj = Loaded::load("xdp_router", crate::skel::xdp_router::OBJECT)?;
+        let fib = obj.map("fib_results")?;
+        check_sizes("open fib results", &fib, 4, 8)?;
+        Ok(XdpRouter {
+            program: obj.program("xdp_router")?,
+            ports: DevMap::from_handle(obj.map("ports")?)?,
+            fib,
+            stats: StatsMap::new(obj.map("xdp_stats")?)?,
+            pass: None,
+            receivers: Vec::new(),
+        })
+    }
+
+    /// The program (`xdp_router`).
+    pub fn program(&self) -> &XdpProgram {
+        &self.program
+    }
+
+    /// The ports, keyed by ifindex.
+    pub fn ports(&self) -> &DevMap {
+        &self.ports
+    }
+
+    /// The per-action counters.
+    pub fn stats(&self) -> &StatsMap {
+        &self.stats
+    }
+
+    /// Lets forwarded frames leave through `ifindex` on the fast path.
+    ///
+    /// # Errors
+    ///
+    /// As [`DevMap::set`].
+    pub fn add_port(&self, ifindex: u32) -> Result<()> {
+        self.ports.set(ifindex, ifindex, None)
+    }
+
+    /// [`add_port`](Self::add_port) for a veth whose other end `peer_name` is in `netns`, and
+    /// puts a pass program on that end (kept while the router lives) so it accepts redirected
+    /// frames, unless it runs an XDP program already.
+    ///
+    /// # Errors
+    ///
+    /// As [`add_port`](Self::add_port) and [`XdpPass::attach_receiver`]; nothing is left
+    /// half-done on failure.
+    pub fn add_port_with_receiver(&mut self, ifindex: u32, netns: &NetNs, peer_name: &str) -> Result<()> {
+        if self.pass.is_none() {
+            self.pass = Some(XdpPass::load()?);
+        }
+        let pass = self.pass.as_ref().expect("loaded above");
+        let receiver = pass.attach_receiver(netns, peer_name)?;
+        self.add_port(ifindex)?;
+        self.receivers.extend(receiver);
+        Ok(())
+    }
+
+    /// Takes `ifindex` off the fast path; returns whether it was a port.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Kernel`](crate::ErrorKind::Kernel) when the map cannot be changed.
+    pub fn remove_port(&self, ifindex: u32) -> Result<bool> {
+        self.ports.remove(ifindex)
+    }
+
+    /// Attaches the router to `ifindex` (in the calling thread's namespace).
+    ///
+    /// # Errors
+    ///
+    /// As [`XdpAttachment::attach`].
+    pub fn attach(&self, ifindex: u32, options: XdpOptions) -> Result<XdpAttachment> {
+        XdpAttachment::attach(&self.program, ifindex, options)
+    }
+
+    /// Outcomes of the FIB lookups so far.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Kernel`](crate::ErrorKind::Kernel) when the map cannot be read.
+    pub fn fib_stats(&self) -> Result<FibStats> {
+        let op = "read XDP router FIB results";
+        let mut slots = [0u64; 12];
+        for (i, slot) in slots.iter_mut().enumerate() {
+            let per_cpu = self
+                .fib
+                .lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY)
+                .map_err(|e| Error::bpf(op, e))?
+                .unwrap_or_default();
+            *slot = per_cpu
+                .iter()
+                .filter_map(|b| b.get(..8).and_then(|b| b.try_into().ok()))
+                .map(u64::from_ne_bytes)
+                .sum();
+        }
+        Ok(FibStats {
+            success: slots[0],
+            blackhole: slots[1],
+            unreachable: slots[2],
+            prohibit: slots[3],
+            not_forwarded: slots[4],
+            forwarding_disabled: slots[5],
+            unsupported_lwt: slots[6],
+            no_neighbour: slots[7],
+            frag_needed: slots[8],
+            other: slots[9],
+            ttl_expired: slots[10],
+            not_ip: slots[11],
+        })
+    }
+}

@@ -1,0 +1,181 @@
+//! Per-CPU, per-action packet and byte counters of lwtun's XDP programs (the tutorial's
+//! `xdp_stats`), summed in user space, with rates over an interval.
+
+use std::time::{Duration, Instant};
+
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
+
+use super::program::check_sizes;
+use super::XdpAction;
+use crate::abi::{self, Pod};
+use crate::error::{Error, ErrorKind, Result};
+use crate::skel::xdp_pass::types::lwtun_xdp_stats;
+
+// SAFETY: `struct lwtun_xdp_stats` is five pairs of u64 (80 bytes, asserted in lwtun.h).
+unsafe impl Pod for lwtun_xdp_stats {}
+
+/// Where in a family a program runs: on the interface it is attached to, or as the per-port
+/// program of a devmap after a redirect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// The program attached to an interface (`LWTUN_XDP_STAGE_INGRESS`).
+    Ingress,
+    /// The devmap per-port program (`LWTUN_XDP_STAGE_EGRESS`).
+    Egress,
+}
+
+/// Packets and bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    /// Packets counted.
+    pub packets: u64,
+    /// Bytes counted (frame length as the program saw it).
+    pub bytes: u64,
+}
+
+/// Counters per XDP action, summed over all CPUs, at one moment.
+///
+/// # Examples
+///
+/// ```no_run
+/// use lwtun::xdp::{XdpPass, XdpAction, Stage};
+///
+/// let pass = XdpPass::load()?;
+/// let before = pass.stats().snapshot(Stage::Ingress)?;
+/// std::thread::sleep(std::time::Duration::from_secs(1));
+/// let now = pass.stats().snapshot(Stage::Ingress)?;
+/// let rates = now.rates_since(&before);
+/// println!("pass: {:.0} pps", rates.get(XdpAction::Pass).packets_per_sec);
+/// # Ok::<(), lwtun::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct XdpStats {
+    /// When the counters were read.
+    pub taken_at: Instant,
+    counters: [Counter; 5],
+}
+
+/// Packet and bit rates of one action.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Rate {
+    /// Packets per second.
+    pub packets_per_sec: f64,
+    /// Bits per second (frame bytes × 8).
+    pub bits_per_sec: f64,
+}
+
+/// Rates per action between two [`XdpStats`].
+#[derive(Clone, Copy, Debug)]
+pub struct XdpRates {
+    /// The time between the two snapshots.
+    pub interval: Duration,
+    rates: [Rate; 5],
+}
+
+impl XdpStats {
+    /// The counters of one action.
+    pub fn get(&self, action: XdpAction) -> Counter {
+        self.counters[action.code() as usize]
+    }
+
+    /// All actions summed.
+    pub fn total(&self) -> Counter {
+        self.counters.iter().fold(Counter::default(), |a, c| Counter {
+            packets: a.packets + c.packets,
+            bytes: a.bytes + c.bytes,
+        })
+    }
+
+    /// Counters counted since `earlier` (saturating, in case the map was reset in between).
+    pub fn since(&self, earlier: &XdpStats) -> XdpStats {
+        let mut counters = [Counter::default(); 5];
+        for (i, c) in counters.iter_mut().enumerate() {
+            c.packets = self.counters[i].packets.saturating_sub(earlier.counters[i].packets);
+            c.bytes = self.counters[i].bytes.saturating_sub(earlier.counters[i].bytes);
+        }
+        XdpStats {
+            taken_at: self.taken_at,
+            counters,
+        }
+    }
+
+    /// Rates per action over the interval from `earlier` to this snapshot.
+    pub fn rates_since(&self, earlier: &XdpStats) -> XdpRates {
+        let interval = self.taken_at.saturating_duration_since(earlier.taken_at);
+        let secs = interval.as_secs_f64();
+        let diff = self.since(earlier);
+        let mut rates = [Rate::default(); 5];
+        if secs > 0.0 {
+            for (r, c) in rates.iter_mut().zip(diff.counters.iter()) {
+                r.packets_per_sec = c.packets as f64 / secs;
+                r.bits_per_sec = c.bytes as f64 * 8.0 / secs;
+            }
+        }
+        XdpRates { interval, rates }
+    }
+}
+
+impl std::fmt::Display for XdpStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for a in XdpAction::ALL {
+            let c = self.get(a);
+            writeln!(f, "{:<13} {:>12} pkts {:>15} bytes", a.to_string(), c.packets, c.bytes)?;
+        }
+        Ok(())
+    }
+}
+
+impl XdpRates {
+    /// The rates of one action.
+    pub fn get(&self, action: XdpAction) -> Rate {
+        self.rates[action.code() as usize]
+    }
+}
+
+/// A family's `xdp_stats` map (BPF_MAP_TYPE_PERCPU_ARRAY of `struct lwtun_xdp_stats`).
+#[derive(Debug)]
+#[doc(alias = "xdp_stats")]
+pub struct StatsMap {
+    map: MapHandle,
+}
+
+impl StatsMap {
+    pub(crate) fn new(map: MapHandle) -> Result<Self> {
+        check_sizes("open XDP stats map", &map, 4, std::mem::size_of::<lwtun_xdp_stats>() as u32)?;
+        Ok(StatsMap { map })
+    }
+
+    /// Reads the counters of `stage` from every CPU and sums them.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Kernel`](crate::ErrorKind::Kernel) when the map cannot be read.
+    pub fn snapshot(&self, stage: Stage) -> Result<XdpStats> {
+        let op = "read XDP stats";
+        let key = match stage {
+            Stage::Ingress => 0u32,
+            Stage::Egress => 1u32,
+        };
+        let per_cpu = self
+            .map
+            .lookup_percpu(&key.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|e| Error::bpf(op, e))?
+            .ok_or_else(|| Error::not_found(op, "stats slot"))?;
+        let mut counters = [Counter::default(); 5];
+        for bytes in per_cpu {
+            let size = std::mem::size_of::<lwtun_xdp_stats>();
+            let v: lwtun_xdp_stats = abi::from_bytes(bytes.get(..size).unwrap_or(&[]))
+                .ok_or_else(|| {
+                    Error::other(ErrorKind::Kernel, op, "per-CPU value shorter than lwtun_xdp_stats")
+                })?;
+            for (c, a) in counters.iter_mut().zip(v.action.iter()) {
+                c.packets += a.packets;
+                c.bytes += a.bytes;
+            }
+        }
+        Ok(XdpStats {
+            taken_at: Instant::now(),
+            counters,
+        })
+    }
+}
