@@ -239,14 +239,30 @@ impl TunnelKind {
         }
     }
 
-    /// The feature named in an Unsupported error, and the first kernel with its collect_md mode.
-    fn feature(self) -> (&'static str, &'static str) {
+    /// The feature named in an Unsupported error, and the first kernel with its collect_md
+    /// mode where that is certain.
+    fn feature(self) -> (&'static str, Option<&'static str>) {
         match self {
-            TunnelKind::Gre => ("gre tunnel devices (CONFIG_NET_IPGRE)", "4.3"),
-            TunnelKind::Ip6Gre => ("ip6gre tunnel devices (CONFIG_IPV6_GRE)", "4.12"),
-            TunnelKind::Ipip => ("ipip tunnel devices (CONFIG_NET_IPIP)", "4.9"),
-            TunnelKind::Ip6Tnl => ("ip6tnl tunnel devices (CONFIG_IPV6_TUNNEL)", "4.9"),
-            TunnelKind::Vxlan => ("vxlan devices (CONFIG_VXLAN)", "4.3"),
+            TunnelKind::Gre => (
+                "collect_md (external) gre tunnel devices (CONFIG_NET_IPGRE)",
+                Some("4.3"),
+            ),
+            TunnelKind::Ip6Gre => (
+                "collect_md (external) ip6gre tunnel devices (CONFIG_IPV6_GRE)",
+                None,
+            ),
+            TunnelKind::Ipip => (
+                "collect_md (external) ipip tunnel devices (CONFIG_NET_IPIP)",
+                Some("4.9"),
+            ),
+            TunnelKind::Ip6Tnl => (
+                "collect_md (external) ip6tnl tunnel devices (CONFIG_IPV6_TUNNEL)",
+                Some("4.9"),
+            ),
+            TunnelKind::Vxlan => (
+                "collect_md (external) vxlan devices (CONFIG_VXLAN)",
+                Some("4.3"),
+            ),
         }
     }
 
@@ -883,7 +899,7 @@ impl Netlink {
     ///
     /// # Minimum kernel version
     ///
-    /// 4.12, with `CONFIG_IPV6_GRE`.
+    /// 4.10 or so (collect_md ip6gre), with `CONFIG_IPV6_GRE`.
     ///
     /// # Errors
     ///
@@ -934,8 +950,7 @@ impl Netlink {
             // the kind.
             if e.errno() == Some(libc::EOPNOTSUPP) {
                 let (feature, since) = kind.feature();
-                Error::unsupported(op.as_str(), feature, Some(since))
-                    .with_object(object.to_string())
+                Error::unsupported(op.as_str(), feature, since).with_object(object.to_string())
             } else {
                 e
             }
