@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole check: set-up, format, lints, then every test (unit, golden bytes, privileged
+# end-to-end tests in their own network namespaces, doc tests).
+# As root every privileged test runs; with CI=true or LWTUN_REQUIRE_PRIV=1 a privileged test that
+# cannot run fails instead of skipping.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+cargo test --lib --bins --tests --examples
+cargo test --doc
