@@ -54,16 +54,21 @@ fn veth_pair_request_matches_iproute2() {
 }
 
 #[test]
-fn veth_peer_namespace_goes_inside_the_peer() {
-    // No iproute2 recording (its `netns` argument names the namespace by path); the fd follows
-    // the peer's IFLA_IFNAME inside VETH_INFO_PEER, as `ip link add v0 type veth peer name v1
-    // netns NS` lays it out.
-    let msg = link::wire::veth("v0", "v1", Some(9)).unwrap();
-    let without = link::wire::veth("v0", "v1", None).unwrap();
-    assert_eq!(msg.len(), without.len() + 8);
-    assert_eq!(&msg[msg.len() - 8..], &[8, 0, 28, 0, 9, 0, 0, 0]);
-    // Lengths of IFLA_LINKINFO, IFLA_INFO_DATA and VETH_INFO_PEER grew by 8 too.
-    assert_eq!(u16::from_ne_bytes([msg[40], msg[41]]), 44 + 8);
+fn veth_with_peer_in_another_namespace_matches_iproute2() {
+    // ip link add v0 type veth peer name v1 netns NSB   (iproute2 opened /run/netns/NSB as fd 4
+    // and put IFLA_NET_NS_FD before the peer's IFLA_IFNAME)
+    let iproute2 = "5c000000100005067474026b00000000 00000000000000000000000000000000
+                    0700030076300000 34001200 0800010076657468 28000200 24000100
+                    00000000000000000000000000000000 08001c0004000000 0700030076310000";
+    assert_same(link::wire::veth("v0", "v1", Some(4)).unwrap(), iproute2);
+}
+
+#[test]
+fn move_to_namespace_request_matches_iproute2() {
+    // ip link set dev m1 netns NSB   (m1 had index 3; the namespace file was fd 4)
+    let iproute2 = "28000000100005007474026b00000000 0000000003000000 0000000000000000
+                    08001c0004000000";
+    assert_same(link::wire::move_to_netns(3, 4).unwrap(), iproute2);
 }
 
 #[test]
@@ -76,6 +81,35 @@ fn vxlan_external_request_matches_iproute2() {
         link::wire::vxlan_external("vx0", &VxlanOptions::default()).unwrap(),
         iproute2,
     );
+}
+
+#[test]
+fn vxlan_options_match_iproute2() {
+    // ip link add vx1 type vxlan external local 10.9.9.9 ttl 33 learning dstport 4790
+    let v4 = "64000000100005067474026b00000000 00000000000000000000000000000000
+              0800030076783100 3c001200 0900010076786c616e000000 2c000200
+              0500190001000000 0500050021000000 080004000a090909 0500070001000000
+              06000f0012b60000";
+    let opts = VxlanOptions {
+        port: 4790,
+        local: Some("10.9.9.9".parse().unwrap()),
+        learning: true,
+        ttl: Some(33),
+    };
+    assert_same(link::wire::vxlan_external("vx1", &opts).unwrap(), v4);
+    // ip link add vx2 type vxlan external local fd00::1 ttl 33 dstport 4791
+    let v6 = "70000000100005067474026b00000000 00000000000000000000000000000000
+              0800030076783200 48001200 0900010076786c616e000000 38000200
+              0500190001000000 0500050021000000
+              14001100fd000000000000000000000000000001 0500070000000000
+              06000f0012b70000";
+    let opts = VxlanOptions {
+        port: 4791,
+        local: Some("fd00::1".parse().unwrap()),
+        learning: false,
+        ttl: Some(33),
+    };
+    assert_same(link::wire::vxlan_external("vx2", &opts).unwrap(), v6);
 }
 
 #[test]

@@ -395,11 +395,12 @@ pub(crate) fn veth_request(name: &str, peer: &str, peer_netns: Option<i32>) -> R
         ));
     }
     // VETH_INFO_PEER holds a struct ifinfomsg (all zero) followed by the peer's attributes.
+    // iproute2's order: the namespace fd, then the name.
     let mut peer_attrs = Nest::new();
-    peer_attrs.put(Ifla::Ifname.into(), &cstring(peer));
     if let Some(fd) = peer_netns {
         peer_attrs.u32(IFLA_NET_NS_FD, fd as u32);
     }
+    peer_attrs.put(Ifla::Ifname.into(), &cstring(peer));
     let mut peer_value = vec![0u8; IFINFOMSG_LEN];
     peer_value.extend_from_slice(peer_attrs.bytes());
     let mut data = Nest::new();
@@ -425,9 +426,13 @@ pub(crate) fn vxlan_request(name: &str, opts: &VxlanOptions) -> Result<LinkReque
             ));
         }
     }
-    // iproute2's order: collect_md, the options given, learning, port.
+    // iproute2's order, whatever the order of its arguments: collect_md, ttl, local, learning,
+    // port.
     let mut data = Nest::new();
     data.u8(IFLA_VXLAN_COLLECT_METADATA, 1);
+    if let Some(ttl) = opts.ttl {
+        data.u8(IFLA_VXLAN_TTL, ttl);
+    }
     match opts.local {
         Some(IpAddr::V4(a)) => {
             data.put(IFLA_VXLAN_LOCAL, &a.octets());
@@ -436,9 +441,6 @@ pub(crate) fn vxlan_request(name: &str, opts: &VxlanOptions) -> Result<LinkReque
             data.put(IFLA_VXLAN_LOCAL6, &a.octets());
         }
         None => {}
-    }
-    if let Some(ttl) = opts.ttl {
-        data.u8(IFLA_VXLAN_TTL, ttl);
     }
     data.u8(IFLA_VXLAN_LEARNING, opts.learning as u8);
     data.put(IFLA_VXLAN_PORT, &opts.port.to_be_bytes());
@@ -1071,6 +1073,11 @@ pub mod wire {
         Ok(delete_request(index)?.to_bytes(0))
     }
 
+    /// The framed `ip link set dev INDEX netns FD` request.
+    pub fn move_to_netns(index: u32, netns_fd: i32) -> Result<Vec<u8>> {
+        Ok(move_request(index, netns_fd)?.to_bytes(0))
+    }
+
     /// The framed XDP attach/detach request.
     pub fn xdp(index: u32, fd: i32, expected: Option<i32>, flags: XdpFlags) -> Result<Vec<u8>> {
         Ok(xdp_request(index, fd, expected, flags)?.to_bytes(0))
@@ -1196,8 +1203,8 @@ mod tests {
             types,
             vec![
                 IFLA_VXLAN_COLLECT_METADATA,
-                IFLA_VXLAN_LOCAL6,
                 IFLA_VXLAN_TTL,
+                IFLA_VXLAN_LOCAL6,
                 IFLA_VXLAN_LEARNING,
                 IFLA_VXLAN_PORT
             ]
