@@ -27,6 +27,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::OnceLock;
 
 use libbpf_rs::libbpf_sys;
+use libbpf_rs::MapCore;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::netlink::tc::{BpfFilter, CLSACT_EGRESS, CLSACT_INGRESS};
@@ -668,6 +669,108 @@ fn tcx_query(ifindex: u32, direction: TcDirection) -> Result<(Vec<u32>, Vec<u32>
         progs.truncate(count);
         links.truncate(count);
         return Ok((progs, links));
+    }
+}
+
+/// The verdict a [`TcCounter`] returns for every packet it counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum TcVerdict {
+    /// `TC_ACT_UNSPEC` / `TCX_NEXT`: hand the packet to the next program (pass if none).
+    #[default]
+    Next,
+    /// `TC_ACT_OK` / `TCX_PASS`: pass the packet, skipping later programs.
+    Pass,
+    /// `TC_ACT_SHOT` / `TCX_DROP`: drop the packet.
+    Drop,
+}
+
+impl TcVerdict {
+    fn code(self) -> i32 {
+        match self {
+            TcVerdict::Next => -1,
+            TcVerdict::Pass => 0,
+            TcVerdict::Drop => 2,
+        }
+    }
+}
+
+/// The `tc_count` program family: a `sched_cls` program that counts packets and bytes and
+/// returns a settable [`TcVerdict`]. It shows which hook, direction and order traffic crosses.
+///
+/// # Examples
+///
+/// ```no_run
+/// use lwtun::tc::{TcAttach, TcCounter, TcDirection, TcVerdict};
+///
+/// let counter = TcCounter::load()?;
+/// let _a = TcAttach::new(2, TcDirection::Egress).attach(counter.program())?;
+/// counter.set_verdict(TcVerdict::Drop)?;           // now the device sends nothing
+/// println!("{:?}", counter.counter()?);
+/// # Ok::<(), lwtun::Error>(())
+/// ```
+pub struct TcCounter {
+    object: libbpf_rs::Object,
+    prog: OwnedFd,
+}
+
+impl fmt::Debug for TcCounter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcCounter").field("prog", &self.prog).finish()
+    }
+}
+
+impl TcCounter {
+    /// Loads the program and its maps.
+    ///
+    /// # Errors
+    ///
+    /// Permission without CAP_BPF; the verifier's error otherwise.
+    pub fn load() -> Result<Self> {
+        let object = crate::program::load_object("tc_count", crate::skel::tc_count::OBJECT)?;
+        let prog = object
+            .progs()
+            .find(|p| p.name() == "count_tc")
+            .ok_or_else(|| Error::not_found("load tc counter", "program count_tc"))?
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| Error::io("duplicate program fd", e))?;
+        Ok(TcCounter { object, prog })
+    }
+
+    /// The program, for [`TcAttach::attach`].
+    pub fn program(&self) -> BorrowedFd<'_> {
+        self.prog.as_fd()
+    }
+
+    fn map(&self, name: &str) -> Result<libbpf_rs::Map<'_>> {
+        self.object
+            .maps()
+            .find(|m| m.name() == name)
+            .ok_or_else(|| Error::not_found("find map", format!("map {name} in tc_count")))
+    }
+
+    /// Packets and bytes counted (from the Ethernet header), summed over CPUs.
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error reading the map.
+    pub fn counter(&self) -> Result<crate::program::Counter> {
+        crate::program::sum_percpu(&self.map("tc_counter")?, 0, "read tc counter")
+    }
+
+    /// Sets the verdict returned from now on.
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error writing the map.
+    pub fn set_verdict(&self, verdict: TcVerdict) -> Result<()> {
+        self.map("verdict")?
+            .update(
+                &0u32.to_ne_bytes(),
+                &verdict.code().to_ne_bytes(),
+                libbpf_rs::MapFlags::ANY,
+            )
+            .map_err(|e| Error::bpf("set tc verdict", e))
     }
 }
 
