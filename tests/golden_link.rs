@@ -177,6 +177,18 @@ fn add_address_requests_match_iproute2() {
         addr::wire::add(1, net, &AddressOptions::default()).unwrap(),
         v4,
     );
+    // ip addr add 10.0.0.1/24 brd + dev lo
+    let brd = "30000000140005064772026b00000000 02180000 01000000
+               08000200 0a000001 08000100 0a000001 08000400 0a0000ff";
+    let opts = AddressOptions {
+        broadcast: true,
+        ..Default::default()
+    };
+    assert_same(addr::wire::add(1, net, &opts).unwrap(), brd);
+    // ip addr del 10.0.0.1/24 dev lo
+    let del = "28000000150005004772026b00000000 02180000 01000000
+               08000200 0a000001 08000100 0a000001";
+    assert_same(addr::wire::delete(1, net).unwrap(), del);
     // ip addr add 2001:db8::1/64 dev lo nodad
     let v6 = "40000000140005064772026b00000000 0a400200 01000000
               14000200 20010db8000000000000000000000001
@@ -273,6 +285,7 @@ fn decodes_a_kernel_address_answer() {
         IpNetwork::new(Ipv4Addr::new(10, 0, 0, 1).into(), 24).unwrap()
     );
     assert_eq!(a.peer, None);
+    assert_eq!(a.broadcast, None);
     assert_eq!(a.scope, 0);
     assert_eq!(a.flags, 0x80); // IFA_F_PERMANENT
     assert_eq!(a.label.as_deref(), Some("v0"));

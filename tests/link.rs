@@ -76,7 +76,12 @@ fn pair(prefix: &str) -> Pair {
     let a0 = nla.link_by_name("a0").unwrap();
     let b0 = nlb.link_by_name("b0").unwrap();
     let nodad = AddressOptions::nodad();
-    nla.add_address(a0.index, net("10.77.0.1/24")).unwrap();
+    let brd = AddressOptions {
+        broadcast: true,
+        ..Default::default()
+    };
+    nla.add_address_with(a0.index, net("10.77.0.1/24"), &brd)
+        .unwrap();
     nla.add_address_with(a0.index, net("fd77::1/64"), &nodad)
         .unwrap();
     nlb.add_address(b0.index, net("10.77.0.2/24")).unwrap();
@@ -145,7 +150,16 @@ fn veth_across_namespaces_carries_ping_both_ways_v4_and_v6() {
         .unwrap();
     assert_ne!(v6.flags & libc::IFA_F_NODAD, 0);
     let shown = ip(&a, &["addr", "show", "dev", "a0"]);
-    assert!(shown.contains("inet 10.77.0.1/24"), "{shown}");
+    assert!(
+        shown.contains("inet 10.77.0.1/24 brd 10.77.0.255"),
+        "{shown}"
+    );
+    let v4 = addrs
+        .iter()
+        .find(|x| x.network == net("10.77.0.1/24"))
+        .unwrap();
+    assert_eq!(v4.broadcast, Some("10.77.0.255".parse().unwrap()));
+    assert_eq!(v4.label.as_deref(), Some("a0"));
     assert!(shown.contains("inet6 fd77::1/64"), "{shown}");
     assert!(
         nla.addresses(None).unwrap().len() > addrs.len(),

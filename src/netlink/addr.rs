@@ -57,6 +57,8 @@ pub struct Address {
     /// The peer address of a point-to-point address (`IFA_ADDRESS` when it differs from
     /// `IFA_LOCAL`).
     pub peer: Option<IpAddr>,
+    /// The IPv4 broadcast address (`IFA_BROADCAST`), where one is set.
+    pub broadcast: Option<IpAddr>,
     /// The scope (`RT_SCOPE_*`: 0 global, 253 link, 254 host).
     pub scope: u8,
     /// The `IFA_F_*` flags (`IFA_FLAGS` when present, which holds all 32 bits).
@@ -95,12 +97,18 @@ pub struct AddressOptions {
     /// Skip IPv6 duplicate address detection (`nodad`, `IFA_F_NODAD`), so the address is usable
     /// at once instead of after a second or more. Ignored by IPv4.
     pub nodad: bool,
+    /// Set the IPv4 broadcast address derived from the prefix (`brd +`), for prefixes up to
+    /// /30. Ignored by IPv6.
+    pub broadcast: bool,
 }
 
 impl AddressOptions {
     /// Options with [`AddressOptions::nodad`] set.
     pub fn nodad() -> Self {
-        AddressOptions { nodad: true }
+        AddressOptions {
+            nodad: true,
+            ..Default::default()
+        }
     }
 }
 
@@ -149,9 +157,13 @@ pub(crate) fn address_body(
         flags |= IfaF::NODAD;
     }
     let bytes = ip_bytes(ip);
-    let attrs: RtBuffer<Ifa, Buffer> = [rta(Ifa::Local, &bytes), rta(Ifa::Address, &bytes)]
-        .into_iter()
-        .collect();
+    let mut attrs = vec![rta(Ifa::Local, &bytes), rta(Ifa::Address, &bytes)];
+    if let IpNetwork::V4(v4) = network {
+        if options.broadcast && v4.prefix() <= 30 {
+            attrs.push(rta(Ifa::Broadcast, &v4.broadcast().octets()));
+        }
+    }
+    let attrs: RtBuffer<Ifa, Buffer> = attrs.into_iter().collect();
     Ok(IfaddrmsgBuilder::default()
         .ifa_family(family)
         .ifa_prefixlen(network.prefix())
@@ -183,6 +195,7 @@ pub(crate) fn decode_address(body: &[u8]) -> Result<Option<Address>> {
     let mut local = None;
     let mut address = None;
     let mut label = None;
+    let mut broadcast = None;
     let mut flags = u32::from(msg.ifa_flags().bits());
     let mut attributes = Vec::new();
     for a in msg.rtattrs().iter() {
@@ -192,6 +205,7 @@ pub(crate) fn decode_address(body: &[u8]) -> Result<Option<Address>> {
             Ifa::Local => local = ip_of(v),
             Ifa::Address => address = ip_of(v),
             Ifa::Label => label = Some(attr::cstr(v)),
+            Ifa::Broadcast => broadcast = ip_of(v),
             Ifa::Flags => flags = attr::u32_of(v).unwrap_or(flags),
             _ => attributes.push(RawAttribute {
                 kind: ty,
@@ -215,6 +229,7 @@ pub(crate) fn decode_address(body: &[u8]) -> Result<Option<Address>> {
         index: *msg.ifa_index(),
         network,
         peer: address.filter(|a| local.is_some() && Some(*a) != local),
+        broadcast,
         scope: u8::from(*msg.ifa_scope()),
         flags,
         label,
@@ -303,6 +318,14 @@ pub mod wire {
             0,
             body,
         );
+        Ok(out)
+    }
+
+    /// The framed `ip addr del NETWORK dev INDEX` request, sequence 0.
+    pub fn delete(index: u32, network: IpNetwork) -> Result<Vec<u8>> {
+        let body = address_body("delete address", index, network, &AddressOptions::default())?;
+        let mut out = Vec::new();
+        encode_message(&mut out, Rtm::Deladdr, NlmF::REQUEST | NlmF::ACK, 0, body);
         Ok(out)
     }
 
