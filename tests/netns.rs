@@ -4,6 +4,7 @@
 mod common;
 
 use std::process::Command;
+use std::time::Duration;
 
 use lwtun::netns::NetNs;
 use lwtun::{Error, ErrorKind};
@@ -340,4 +341,107 @@ fn fd_keeps_a_deleted_namespace_alive() {
     .join()
     .unwrap();
     assert_eq!(again, id);
+}
+
+// ---- the shared harness (tests/common) on real topologies ----
+
+#[test]
+fn harness_two_hosts_ping_v4_and_v6() {
+    if !common::privileged("harness_two_hosts_ping_v4_and_v6") {
+        return;
+    }
+    let net = common::two_hosts();
+    let p = common::ping(net.ns(0), net.v4(1).into(), 3);
+    assert_eq!((p.transmitted, p.received), (3, 3), "{}", p.output);
+    let p = common::ping(net.ns(1), net.v6(0).into(), 2);
+    assert_eq!(p.received, 2, "{}", p.output);
+    // The devices are where the harness says, with the addresses it says.
+    let show = common::ip(net.ns(0), &["-o", "addr", "show", "dev", "to1"]);
+    assert!(show.contains("10.77.0.1/24"), "{show}");
+    assert!(show.contains("fd77::1/64"), "{show}");
+    assert!(net.ifindex(1, "to0") > 1);
+    // An address nobody has: no replies, and ping says so.
+    let p = common::ping(net.ns(0), "10.77.0.99".parse().unwrap(), 1);
+    assert_eq!(p.received, 0, "{}", p.output);
+}
+
+#[test]
+fn harness_line_routes_end_to_end_and_unrouted_does_not() {
+    if !common::privileged("harness_line_routes_end_to_end_and_unrouted_does_not") {
+        return;
+    }
+    let net = common::line(3);
+    let p = common::ping(net.ns(0), net.v4(2).into(), 2);
+    assert_eq!(p.received, 2, "{}", p.output);
+    let p = common::ping(net.ns(2), net.v6(0).into(), 2);
+    assert_eq!(p.received, 2, "{}", p.output);
+    assert_eq!(net.ns(1).sysctl("net.ipv4.ip_forward").unwrap(), "1");
+    let names: Vec<String> = net.ns.iter().map(|n| n.name().to_string()).collect();
+
+    let bare = common::line_unrouted(3);
+    let p = common::ping(bare.ns(0), bare.v4(2).into(), 1);
+    assert_eq!(p.received, 0, "{}", p.output);
+    let p = common::ping(bare.ns(0), bare.v4(1).into(), 1);
+    assert_eq!(p.received, 1, "{}", p.output);
+
+    drop(net);
+    let listed = NetNs::list().unwrap();
+    for n in names {
+        assert!(!listed.contains(&n), "{n} left behind");
+    }
+}
+
+#[test]
+fn harness_tcp_stream_counts_intact_bytes() {
+    if !common::privileged("harness_tcp_stream_counts_intact_bytes") {
+        return;
+    }
+    let net = common::two_hosts();
+    let bytes = 8 << 20;
+    let t = common::tcp_stream(net.ns(1), net.ns(0), net.v4(1).into(), bytes);
+    assert!(t.complete(), "{t:?}");
+    assert_eq!(t.intact, bytes);
+    let t = common::tcp_stream(net.ns(0), net.ns(1), net.v6(0).into(), 100_000);
+    assert!(t.complete(), "{t:?}");
+    // A path that drops everything: the client cannot connect, and the report says so.
+    common::ip(net.ns(0), &["route", "add", "blackhole", "10.99.0.0/16"]);
+    common::ip(net.ns(1), &["addr", "add", "10.99.0.1/32", "dev", "lo"]);
+    let t = common::tcp_stream(net.ns(1), net.ns(0), "10.99.0.1".parse().unwrap(), 1000);
+    assert!(!t.complete(), "{t:?}");
+    assert_eq!(t.received, 0);
+    assert!(t.error.is_some());
+}
+
+#[test]
+fn harness_udp_count_and_tcpdump_see_real_packets() {
+    if !common::privileged("harness_udp_count_and_tcpdump_see_real_packets") {
+        return;
+    }
+    let net = common::two_hosts();
+    let n = common::udp_count(net.ns(1), net.ns(0), net.v4(1).into(), 200, 512);
+    assert_eq!(n, 200);
+
+    let (lines, ping) =
+        common::tcpdump(net.ns(1), "to0", "icmp", 4, Duration::from_secs(3), || {
+            common::ping(net.ns(0), net.v4(1).into(), 2)
+        });
+    assert_eq!(ping.received, 2, "{}", ping.output);
+    let requests = lines
+        .iter()
+        .filter(|l| l.contains("ICMP echo request"))
+        .count();
+    let replies = lines
+        .iter()
+        .filter(|l| l.contains("ICMP echo reply"))
+        .count();
+    assert_eq!((requests, replies), (2, 2), "{lines:#?}");
+    assert!(lines[0].contains("10.77.0.1 > 10.77.0.2"), "{lines:#?}");
+
+    // A filter that matches nothing returns nothing, within the bound.
+    let cap = common::Capture::start(net.ns(1), "to0", "udp port 9", 1);
+    let _ = common::ping(net.ns(0), net.v4(1).into(), 1);
+    let started = std::time::Instant::now();
+    let lines = cap.finish(Duration::from_millis(500));
+    assert!(lines.is_empty(), "{lines:#?}");
+    assert!(started.elapsed() < Duration::from_secs(4));
 }
