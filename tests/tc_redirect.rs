@@ -1,0 +1,531 @@
+//! TunnelRedirect: the redirect programs' lookup under BPF_PROG_TEST_RUN, then the seed scenario
+//! (samples/bpf tc_l2_redirect) in namespaces with a VXLAN external device: ping and TCP both
+//! ways, VNI and outer addresses on the underlay, rules changed at run time, bpftool's view of
+//! the pinned maps, refused targets, and the lwt_xmit variant through a route.
+//!
+//! ```text
+//!  ns A (client)            ns R (router)                               ns B (server)
+//!  a0 10.77.0.1 ──veth── r0 10.77.0.2  [tc ingress: redirect_tc]
+//!                                 │ 10.200.0.0/16 → vx0, VNI 42, remote 192.168.77.2
+//!                           vx0 (vxlan external) r1 192.168.77.1 ──veth── b0 192.168.77.2
+//!                                                                        vxb (vxlan id 42)
+//!                                                                        10.200.0.7, 10.201.0.7
+//! ```
+
+mod common;
+
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::Duration;
+
+use lwtun::netlink::Netlink;
+use lwtun::netns::NetNs;
+use lwtun::program::Hook;
+use lwtun::route::LwtRoute;
+use lwtun::tc::{TcAttach, TcDirection};
+use lwtun::tunnel_redirect::{RedirectRule, TunnelKey, TunnelRedirect};
+use lwtun::ErrorKind;
+
+const VX0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xa0, 0x01];
+const VXB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xb0, 0x01];
+const VX0_MAC_S: &str = "02:00:00:00:a0:01";
+const VXB_MAC_S: &str = "02:00:00:00:b0:01";
+
+fn ipaddr(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// BPF_PROG_TEST_RUN
+// ---------------------------------------------------------------------------------------------
+
+/// Runs `prog` once on `data`; returns the verdict and the packet as the program left it.
+fn test_run(prog: BorrowedFd<'_>, data: &[u8]) -> (i32, Vec<u8>) {
+    let mut out = vec![0u8; data.len() + 256];
+    let mut opts = libbpf_sys::bpf_test_run_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as _,
+        data_in: data.as_ptr().cast(),
+        data_size_in: data.len() as u32,
+        data_out: out.as_mut_ptr().cast(),
+        data_size_out: out.len() as u32,
+        repeat: 1,
+        ..Default::default()
+    };
+    // SAFETY: data_in/data_out point at buffers of the sizes given; the fd is an open program.
+    let rc = unsafe { libbpf_sys::bpf_prog_test_run_opts(prog.as_raw_fd(), &mut opts) };
+    assert_eq!(rc, 0, "BPF_PROG_TEST_RUN failed: {}", std::io::Error::from_raw_os_error(-rc));
+    out.truncate(opts.data_size_out as usize);
+    (opts.retval as i32, out)
+}
+
+fn ipv4_frame(dst: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0x02, 0, 0, 0, 0, 0xaa, 0x08, 0x00];
+    let mut ip = vec![0x45, 0, 0, 28, 0, 1, 0, 0, 64, 17, 0, 0, 10, 77, 0, 1];
+    ip.extend_from_slice(&dst);
+    ip.extend_from_slice(&[0x30, 0x39, 0x30, 0x39, 0, 8, 0, 0]); // UDP 12345 -> 12345
+    f.extend_from_slice(&ip);
+    f
+}
+
+fn ipv6_frame(dst: [u8; 16]) -> Vec<u8> {
+    let mut f = vec![0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0x02, 0, 0, 0, 0, 0xaa, 0x86, 0xdd];
+    f.extend_from_slice(&[0x60, 0, 0, 0, 0, 8, 17, 64]);
+    f.extend_from_slice(&"fd77::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&[0x30, 0x39, 0x30, 0x39, 0, 8, 0, 0]);
+    f
+}
+
+/// A namespace with one collect_md VXLAN device (`vx0`) to point rules at.
+fn vxlan_ns() -> (NetNs, u32) {
+    let ns = common::netns("rdt");
+    common::ip(&ns, &["link", "add", "vx0", "address", VX0_MAC_S, "type", "vxlan", "external", "dstport", "4789"]);
+    let idx = ns.run(|| Ok(Netlink::open()?.link_by_name("vx0")?.index)).unwrap();
+    (ns, idx)
+}
+
+#[test]
+fn test_run_tc_lookup_redirects_rewrites_macs_and_counts() {
+    if !common::privileged("test_run_tc_lookup_redirects_rewrites_macs_and_counts") {
+        return;
+    }
+    let (ns, vx0) = vxlan_ns();
+    let mut nl = ns.run(Netlink::open).unwrap();
+    let mut redirect = TunnelRedirect::load().unwrap();
+    let wide: ipnetwork::IpNetwork = "10.200.0.0/16".parse().unwrap();
+    let narrow: ipnetwork::IpNetwork = "10.200.9.0/24".parse().unwrap();
+    let v6: ipnetwork::IpNetwork = "fd77:200::/64".parse().unwrap();
+    let key = TunnelKey::new(ipaddr("192.168.77.2"), 42);
+    redirect
+        .set_rule(&mut nl, RedirectRule::new(wide, vx0, key).inner_dst_mac(VXB_MAC))
+        .unwrap();
+    redirect
+        .set_rule(
+            &mut nl,
+            RedirectRule::new(narrow, vx0, TunnelKey::new(ipaddr("192.168.77.3"), 43))
+                .inner_dst_mac([2, 0, 0, 0, 0xc0, 1])
+                .to_ingress(),
+        )
+        .unwrap();
+    redirect
+        .set_rule(&mut nl, RedirectRule::new(v6, vx0, key).inner_dst_mac(VXB_MAC))
+        .unwrap();
+
+    // A hit: TC_ACT_REDIRECT, MACs rewritten (destination from the rule, source = vx0's).
+    let (rc, out) = test_run(redirect.tc_program(), &ipv4_frame([10, 200, 0, 7]));
+    assert_eq!(rc, 7, "TC_ACT_REDIRECT");
+    assert_eq!(&out[0..6], &VXB_MAC);
+    assert_eq!(&out[6..12], &VX0_MAC);
+    assert_eq!(&out[12..], &ipv4_frame([10, 200, 0, 7])[12..], "the IP packet is untouched");
+    // The longest prefix wins.
+    let (rc, out) = test_run(redirect.tc_program(), &ipv4_frame([10, 200, 9, 1]));
+    assert_eq!(rc, 7);
+    assert_eq!(&out[0..6], &[2, 0, 0, 0, 0xc0, 1]);
+    // IPv6.
+    let mut d6 = [0u8; 16];
+    d6[..2].copy_from_slice(&[0xfd, 0x77]);
+    d6[2..4].copy_from_slice(&[0x02, 0x00]);
+    d6[15] = 7;
+    let (rc, _) = test_run(redirect.tc_program(), &ipv6_frame(d6));
+    assert_eq!(rc, 7);
+    // A miss and a non-IP frame are handed on (TC_ACT_UNSPEC) untouched.
+    let miss = ipv4_frame([10, 99, 0, 1]);
+    let (rc, out) = test_run(redirect.tc_program(), &miss);
+    assert_eq!(rc, -1);
+    assert_eq!(out, miss);
+    let mut arp = ipv4_frame([10, 200, 0, 7]);
+    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    let (rc, _) = test_run(redirect.tc_program(), &arp);
+    assert_eq!(rc, -1);
+
+    let s = redirect.rule_stats(wide).unwrap();
+    assert_eq!((s.packets, s.errors), (1, 0));
+    assert_eq!(s.bytes, ipv4_frame([0; 4]).len() as u64);
+    assert_eq!(redirect.rule_stats(narrow).unwrap().packets, 1);
+    assert_eq!(redirect.rule_stats(v6).unwrap().packets, 1);
+    let ev = redirect.events().unwrap();
+    assert_eq!((ev.missed.packets, ev.not_ip.packets), (1, 1));
+
+    // Removing a rule sends its packets back to the stack; the wider rule takes over.
+    redirect.remove_rule(narrow).unwrap();
+    let (_, out) = test_run(redirect.tc_program(), &ipv4_frame([10, 200, 9, 1]));
+    assert_eq!(&out[0..6], &VXB_MAC);
+    assert_eq!(redirect.remove_rule(narrow).unwrap_err().kind(), ErrorKind::NotFound);
+}
+
+#[test]
+fn test_run_lwt_xmit_pushes_an_ethernet_header_for_vxlan() {
+    if !common::privileged("test_run_lwt_xmit_pushes_an_ethernet_header_for_vxlan") {
+        return;
+    }
+    // This program never calls bpf_lwt_push_encap, so BPF_PROG_TEST_RUN is safe for it.
+    let (ns, vx0) = vxlan_ns();
+    let mut nl = ns.run(Netlink::open).unwrap();
+    let mut redirect = TunnelRedirect::load().unwrap();
+    let prefix = "10.201.0.0/24".parse().unwrap();
+    redirect
+        .set_rule(
+            &mut nl,
+            RedirectRule::new(prefix, vx0, TunnelKey::new(ipaddr("192.168.77.2"), 42))
+                .inner_dst_mac(VXB_MAC),
+        )
+        .unwrap();
+    let frame = ipv4_frame([10, 201, 0, 7]);
+    let (rc, out) = test_run(redirect.lwt_program().as_fd_for_test(), &frame);
+    assert_eq!(rc, 7, "BPF_REDIRECT");
+    // test_run prepends 14 zero bytes for an L3 program; after them, the pushed header.
+    let pushed = &out[14..];
+    assert_eq!(&pushed[0..6], &VXB_MAC);
+    assert_eq!(&pushed[6..12], &VX0_MAC);
+    assert_eq!(&pushed[12..14], &[0x08, 0x00]);
+    assert_eq!(&pushed[14..], &frame[14..]);
+    let (rc, _) = test_run(redirect.lwt_program().as_fd_for_test(), &ipv4_frame([10, 9, 9, 9]));
+    assert_eq!(rc, 0, "BPF_OK for a miss");
+    assert_eq!(redirect.rule_stats(prefix).unwrap().packets, 1);
+}
+
+/// `LwtProgram` is `AsFd`; this names the borrow for the helper above.
+trait AsFdForTest {
+    fn as_fd_for_test(&self) -> BorrowedFd<'_>;
+}
+
+impl<T: std::os::fd::AsFd> AsFdForTest for T {
+    fn as_fd_for_test(&self) -> BorrowedFd<'_> {
+        self.as_fd()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The seed scenario
+// ---------------------------------------------------------------------------------------------
+
+struct Seed {
+    a: NetNs,
+    r: NetNs,
+    b: NetNs,
+    r0: u32,
+    vx0: u32,
+}
+
+fn seed() -> Seed {
+    let a = common::netns("rda");
+    let r = common::netns("rdr");
+    let b = common::netns("rdb");
+    let ip = common::ip;
+    ip(&a, &["link", "add", "a0", "mtu", "1450", "type", "veth", "peer", "name", "r0", "mtu", "1450", "netns", r.name()]);
+    ip(&a, &["addr", "add", "10.77.0.1/24", "dev", "a0"]);
+    ip(&a, &["addr", "add", "fd77::1/64", "dev", "a0", "nodad"]);
+    ip(&a, &["link", "set", "a0", "up"]);
+    ip(&a, &["route", "add", "10.200.0.0/16", "via", "10.77.0.2"]);
+    ip(&a, &["route", "add", "10.201.0.0/16", "via", "10.77.0.2"]);
+    ip(&a, &["route", "add", "fd77:200::/64", "via", "fd77::2"]);
+
+    ip(&r, &["addr", "add", "10.77.0.2/24", "dev", "r0"]);
+    ip(&r, &["addr", "add", "fd77::2/64", "dev", "r0", "nodad"]);
+    ip(&r, &["link", "set", "r0", "up"]);
+    ip(&r, &["link", "add", "r1", "type", "veth", "peer", "name", "b0", "netns", b.name()]);
+    ip(&r, &["addr", "add", "192.168.77.1/24", "dev", "r1"]);
+    ip(&r, &["link", "set", "r1", "up"]);
+    ip(&r, &["link", "add", "vx0", "address", VX0_MAC_S, "type", "vxlan", "external", "dstport", "4789"]);
+    ip(&r, &["link", "set", "vx0", "up"]);
+    r.set_sysctl("net.ipv4.ip_forward", "1").unwrap();
+    r.set_sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
+
+    ip(&b, &["addr", "add", "192.168.77.2/24", "dev", "b0"]);
+    ip(&b, &["link", "set", "b0", "up"]);
+    ip(&b, &["link", "add", "vxb", "address", VXB_MAC_S, "type", "vxlan", "id", "42", "remote", "192.168.77.1", "local", "192.168.77.2", "dstport", "4789"]);
+    ip(&b, &["addr", "add", "10.200.0.7/24", "dev", "vxb"]);
+    ip(&b, &["addr", "add", "10.201.0.7/24", "dev", "vxb"]);
+    ip(&b, &["addr", "add", "fd77:200::7/64", "dev", "vxb", "nodad"]);
+    ip(&b, &["link", "set", "vxb", "up"]);
+    ip(&b, &["neigh", "add", "10.200.0.254", "lladdr", VX0_MAC_S, "dev", "vxb", "nud", "permanent"]);
+    ip(&b, &["route", "add", "10.77.0.0/24", "via", "10.200.0.254"]);
+    ip(&b, &["neigh", "add", "fd77:200::fe", "lladdr", VX0_MAC_S, "dev", "vxb", "nud", "permanent"]);
+    ip(&b, &["route", "add", "fd77::/64", "via", "fd77:200::fe"]);
+
+    let (r0, vx0) = r
+        .run(|| {
+            let mut nl = Netlink::open()?;
+            Ok((nl.link_by_name("r0")?.index, nl.link_by_name("vx0")?.index))
+        })
+        .unwrap();
+    Seed { a, r, b, r0, vx0 }
+}
+
+/// A unique bpffs folder for this test's pins, removed on drop.
+struct PinDir(std::path::PathBuf);
+
+impl PinDir {
+    fn new(tag: &str) -> PinDir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        PinDir(format!("/sys/fs/bpf/lwtun-test-{tag}-{}-{n}", std::process::id()).into())
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn vxlan_rule(seed: &Seed, prefix: &str, vni: u32) -> RedirectRule {
+    RedirectRule::new(
+        prefix.parse().unwrap(),
+        seed.vx0,
+        TunnelKey::new(ipaddr("192.168.77.2"), vni).ttl(33),
+    )
+    .inner_dst_mac(VXB_MAC)
+}
+
+#[test]
+fn seed_scenario_ping_tcp_both_ways_through_vxlan() {
+    if !common::privileged("seed_scenario_ping_tcp_both_ways_through_vxlan") {
+        return;
+    }
+    let s = seed();
+    let pins = PinDir::new("seed");
+    let mut nl = s.r.run(Netlink::open).unwrap();
+    let mut redirect = TunnelRedirect::builder().pin(&pins.0).load().unwrap();
+    redirect.set_rule(&mut nl, vxlan_rule(&s, "10.200.0.0/16", 42)).unwrap();
+    redirect.set_rule(&mut nl, vxlan_rule(&s, "fd77:200::/64", 42)).unwrap();
+
+    // Before the program is attached, the router has no route to the virtual IP.
+    assert_eq!(common::ping(&s.a, ipaddr("10.200.0.7"), 1).received, 0);
+
+    let r0 = s.r0;
+    let _tc = s
+        .r
+        .run(|| TcAttach::new(r0, TcDirection::Ingress).attach(redirect.tc_program()))
+        .unwrap();
+
+    // The underlay shows VXLAN with VNI 42 between the outer addresses, with the rule's TTL.
+    let (lines, p) = common::tcpdump(&s.b, "b0", "udp port 4789", 6, Duration::from_secs(3), || {
+        common::ping(&s.a, ipaddr("10.200.0.7"), 3)
+    });
+    assert_eq!(p.received, 3, "{}", p.output);
+    let outbound: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("192.168.77.1.") && l.contains("> 192.168.77.2.4789"))
+        .collect();
+    assert!(!outbound.is_empty(), "no encapsulated packets toward B: {lines:?}");
+    assert!(outbound.iter().all(|l| l.contains("vni 42")), "{lines:?}");
+    let verbose = common::Capture::start_with(&s.b, "b0", "udp port 4789 and src host 192.168.77.1", 1, &["-v"]);
+    common::ping(&s.a, ipaddr("10.200.0.7"), 1);
+    let v = verbose.finish(Duration::from_secs(3));
+    assert!(v.iter().any(|l| l.contains("ttl 33")), "outer TTL from the tunnel key: {v:?}");
+
+    // IPv6 inside the IPv4 underlay.
+    let p = common::ping(&s.a, ipaddr("fd77:200::7"), 3);
+    assert_eq!(p.received, 3, "{}", p.output);
+
+    // TCP both ways: A → the virtual IP, and B → A (whose answers take the redirect).
+    let t = common::tcp_stream(&s.b, &s.a, ipaddr("10.200.0.7"), 4_000_000);
+    assert!(t.complete(), "A→B: {t:?}");
+    let t = common::tcp_stream(&s.a, &s.b, ipaddr("10.77.0.1"), 4_000_000);
+    assert!(t.complete(), "B→A: {t:?}");
+    let t = common::tcp_stream(&s.b, &s.a, ipaddr("fd77:200::7"), 1_000_000);
+    assert!(t.complete(), "A→B over IPv6: {t:?}");
+
+    let st = redirect.rule_stats("10.200.0.0/16".parse().unwrap()).unwrap();
+    // A→B's 4 MB plus B→A's ACKs. veth hands GSO packets across unsegmented, so about a
+    // hundred skbs carry the data.
+    assert!(st.packets > 100 && st.bytes > 4_000_000, "{st:?}");
+    assert_eq!(st.errors, 0);
+    assert!(redirect.rule_stats("fd77:200::/64".parse().unwrap()).unwrap().bytes > 1_000_000);
+}
+
+#[test]
+fn rules_change_at_run_time() {
+    if !common::privileged("rules_change_at_run_time") {
+        return;
+    }
+    let s = seed();
+    let mut nl = s.r.run(Netlink::open).unwrap();
+    let mut redirect = TunnelRedirect::load().unwrap();
+    let prefix: ipnetwork::IpNetwork = "10.200.0.0/16".parse().unwrap();
+    redirect.set_rule(&mut nl, vxlan_rule(&s, "10.200.0.0/16", 42)).unwrap();
+    let r0 = s.r0;
+    let _tc = s
+        .r
+        .run(|| TcAttach::new(r0, TcDirection::Ingress).attach(redirect.tc_program()))
+        .unwrap();
+    assert_eq!(common::ping(&s.a, ipaddr("10.200.0.7"), 2).received, 2);
+    let before = redirect.rule_stats(prefix).unwrap();
+
+    // VNI 43: B has no device for it, so nothing comes back; the underlay shows the new VNI.
+    redirect.set_rule(&mut nl, vxlan_rule(&s, "10.200.0.0/16", 43)).unwrap();
+    let (lines, p) = common::tcpdump(&s.b, "b0", "udp port 4789", 2, Duration::from_secs(3), || {
+        common::ping(&s.a, ipaddr("10.200.0.7"), 2)
+    });
+    assert_eq!(p.received, 0, "{}", p.output);
+    assert!(lines.iter().any(|l| l.contains("vni 43")), "{lines:?}");
+    // The counters carried over the change.
+    assert!(redirect.rule_stats(prefix).unwrap().packets >= before.packets + 2);
+
+    // Back to 42: traffic flows again.
+    redirect.set_rule(&mut nl, vxlan_rule(&s, "10.200.0.0/16", 42)).unwrap();
+    assert_eq!(common::ping(&s.a, ipaddr("10.200.0.7"), 2).received, 2);
+
+    // Without the rule the router's stack sees the packets: it has no route, nothing arrives.
+    redirect.remove_rule(prefix).unwrap();
+    assert_eq!(common::ping(&s.a, ipaddr("10.200.0.7"), 2).received, 0);
+    assert!(redirect.events().unwrap().missed.packets >= 2);
+}
+
+#[test]
+fn pinned_maps_read_by_bpftool_and_adopted() {
+    if !common::privileged("pinned_maps_read_by_bpftool_and_adopted") {
+        return;
+    }
+    let s = seed();
+    let pins = PinDir::new("bpftool");
+    let mut nl = s.r.run(Netlink::open).unwrap();
+    let mut redirect = TunnelRedirect::builder().pin(&pins.0).load().unwrap();
+    redirect.set_rule(&mut nl, vxlan_rule(&s, "10.200.0.0/16", 42)).unwrap();
+
+    let path = pins.0.join("rules_v4");
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    // BTF gives bpftool the field names of struct lwtun_redirect_rule and its key.
+    for needle in ["\"formatted\"", "\"prefixlen\":16", "\"tunnel_id\":42", "\"ttl\":33", "\"ifindex\":"] {
+        assert!(text.contains(needle), "{needle} missing in bpftool's dump: {text}");
+    }
+    assert!(text.contains(&format!("\"ifindex\":{}", s.vx0)), "{text}");
+    for name in ["rules_v6", "rule_stats", "events", "redirect_tc", "redirect_lwt_xmit"] {
+        assert!(pins.0.join(name).exists(), "{name} not pinned");
+    }
+
+    // A second family at the same folder adopts the rules (and keeps them working).
+    redirect.keep_pinned();
+    drop(redirect);
+    let adopted = TunnelRedirect::builder().pin(&pins.0).load().unwrap();
+    assert_eq!(adopted.rules(), vec![vxlan_rule(&s, "10.200.0.0/16", 42).inner_src_mac(VX0_MAC)]);
+    let r0 = s.r0;
+    let _tc = s
+        .r
+        .run(|| TcAttach::new(r0, TcDirection::Ingress).attach(adopted.tc_program()))
+        .unwrap();
+    assert_eq!(common::ping(&s.a, ipaddr("10.200.0.7"), 2).received, 2);
+    drop(_tc);
+    drop(adopted);
+    assert!(!pins.0.join("rules_v4").exists(), "pins removed on drop");
+}
+
+#[test]
+fn refuses_targets_that_are_not_collect_md_tunnels() {
+    if !common::privileged("refuses_targets_that_are_not_collect_md_tunnels") {
+        return;
+    }
+    let s = seed();
+    let mut nl = s.r.run(Netlink::open).unwrap();
+    let mut redirect = TunnelRedirect::load().unwrap();
+    let key = TunnelKey::new(ipaddr("192.168.77.2"), 42);
+    let prefix = "10.200.0.0/16".parse().unwrap();
+    // A veth.
+    let e = redirect
+        .set_rule(&mut nl, RedirectRule::new(prefix, s.r0, key).inner_dst_mac(VXB_MAC))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert!(e.to_string().contains("not a tunnel device"), "{e}");
+    // A VXLAN device without `external`.
+    common::ip(&s.r, &["link", "add", "vxplain", "type", "vxlan", "id", "7", "remote", "192.168.77.2", "dstport", "4790"]);
+    let plain = s.r.run(|| Ok(Netlink::open()?.link_by_name("vxplain")?.index)).unwrap();
+    let e = redirect
+        .set_rule(&mut nl, RedirectRule::new(prefix, plain, key).inner_dst_mac(VXB_MAC))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert!(e.to_string().contains("without collect_md"), "{e}");
+    // An Ethernet-carrying tunnel without an inner MAC.
+    let e = redirect
+        .set_rule(&mut nl, RedirectRule::new(prefix, s.vx0, key))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    // An unknown device.
+    let e = redirect
+        .set_rule(&mut nl, RedirectRule::new(prefix, 999_999, key).inner_dst_mac(VXB_MAC))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    assert!(redirect.rules().is_empty(), "no refused rule was kept");
+}
+
+#[test]
+fn gre_and_ipip_external_targets() {
+    if !common::privileged("gre_and_ipip_external_targets") {
+        return;
+    }
+    let s = seed();
+    let mut nl = s.r.run(Netlink::open).unwrap();
+    let created = s.r.run(|| {
+        let mut nl = Netlink::open()?;
+        Ok((nl.add_gre_external("gre01"), nl.add_ipip_external("ipip01")))
+    });
+    let (gre, ipip) = created.unwrap();
+    let mut redirect = TunnelRedirect::load().unwrap();
+    for (kind, result, name) in [("gre", gre, "gre01"), ("ipip", ipip, "ipip01")] {
+        match result {
+            Err(e) if e.kind() == ErrorKind::Unsupported => {
+                eprintln!("SKIPPED {kind} external target: {e}");
+            }
+            Err(e) => panic!("create {kind} external: {e}"),
+            Ok(()) => {
+                let idx = s.r.run(|| Ok(Netlink::open()?.link_by_name(name)?.index)).unwrap();
+                // L3 tunnels need no inner MAC; an IPv6 remote does not suit them.
+                let rule = RedirectRule::new(
+                    "10.200.0.0/16".parse().unwrap(),
+                    idx,
+                    TunnelKey::new(ipaddr("192.168.77.2"), 42),
+                );
+                redirect.set_rule(&mut nl, rule).unwrap();
+                let v6 = RedirectRule { key: TunnelKey::new(ipaddr("fd78::2"), 42), ..rule };
+                assert_eq!(redirect.set_rule(&mut nl, v6).unwrap_err().kind(), ErrorKind::InvalidInput);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The lwt_xmit variant
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn lwt_xmit_route_redirects_into_vxlan_with_per_destination_keys() {
+    if !common::privileged("lwt_xmit_route_redirects_into_vxlan_with_per_destination_keys") {
+        return;
+    }
+    let s = seed();
+    let mut nl = s.r.run(Netlink::open).unwrap();
+    let mut redirect = TunnelRedirect::load().unwrap();
+    // Two destinations behind one route, with different keys: .7 reaches B's VNI 42, .8 is
+    // sent with VNI 44 (B has no device for it).
+    let host7: ipnetwork::IpNetwork = "10.201.0.7/32".parse().unwrap();
+    let host8: ipnetwork::IpNetwork = "10.201.0.8/32".parse().unwrap();
+    redirect.set_rule(&mut nl, vxlan_rule(&s, "10.201.0.7/32", 42)).unwrap();
+    redirect.set_rule(&mut nl, vxlan_rule(&s, "10.201.0.8/32", 44)).unwrap();
+    let _route = LwtRoute::new("10.201.0.0/24".parse().unwrap())
+        .device(s.vx0)
+        .program(Hook::Xmit, redirect.lwt_program())
+        .install(&mut nl)
+        .unwrap();
+    let shown = common::ip(&s.r, &["route", "show", "10.201.0.0/24"]);
+    assert!(shown.contains("encap bpf xmit") && shown.contains("dev vx0"), "{shown}");
+
+    let outbound = "udp port 4789 and src host 192.168.77.1";
+    let (lines, p) = common::tcpdump(&s.b, "b0", outbound, 3, Duration::from_secs(3), || {
+        let p = common::ping(&s.a, ipaddr("10.201.0.7"), 2);
+        common::ping(&s.a, ipaddr("10.201.0.8"), 1);
+        p
+    });
+    assert_eq!(p.received, 2, "{}", p.output);
+    assert!(lines.iter().any(|l| l.contains("vni 42")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("vni 44")), "{lines:?}");
+    let t = common::tcp_stream(&s.b, &s.a, ipaddr("10.201.0.7"), 4_000_000);
+    assert!(t.complete(), "{t:?}");
+    assert!(redirect.rule_stats(host7).unwrap().bytes > 4_000_000);
+    assert_eq!(redirect.rule_stats(host8).unwrap().packets, 1);
+}
