@@ -102,7 +102,12 @@ fn main() {
                 let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
                 for i in start..(start + IP_BATCH_CHUNK).min(n) {
                     if verb == "add" {
-                        writeln!(f, "route add {} encap bpf xmit pinned {pin} dev d0 table 101", addr(i)).unwrap();
+                        writeln!(
+                            f,
+                            "route add {} encap bpf xmit pinned {pin} dev d0 table 101",
+                            addr(i)
+                        )
+                        .unwrap();
                     } else {
                         writeln!(f, "route del {} dev d0 table 101", addr(i)).unwrap();
                     }
@@ -120,14 +125,22 @@ fn main() {
                 .arg(f)
                 .output()
                 .expect("run ip -batch");
-            assert!(out.status.success(), "ip -batch: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "ip -batch: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         t.elapsed().as_secs_f64()
     };
     let add_files = write_files("add");
     let del_files = write_files("del");
     let ip_add = run_ip(&add_files);
-    assert_eq!(nl.routes(&table(101)).unwrap().len(), n, "ip -batch installed them all");
+    assert_eq!(
+        nl.routes(&table(101)).unwrap().len(),
+        n,
+        "ip -batch installed them all"
+    );
     let ip_del = run_ip(&del_files);
     assert!(nl.routes(&table(101)).unwrap().is_empty());
     std::fs::remove_dir_all(&dir).unwrap();

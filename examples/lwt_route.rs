@@ -59,7 +59,14 @@ fn run() -> Result<()> {
     nl(&a)?.add_veth("a-r", "r-a", Some(r.fd()?.as_fd()))?;
     nl(&r)?.add_veth("r-b", "b-r", Some(b.fd()?.as_fd()))?;
     for (ns, cmds) in [
-        (&a, &["link set lo up", "link set a-r up", "addr add 10.80.1.1/24 dev a-r"][..]),
+        (
+            &a,
+            &[
+                "link set lo up",
+                "link set a-r up",
+                "addr add 10.80.1.1/24 dev a-r",
+            ][..],
+        ),
         (
             &r,
             &[
@@ -86,7 +93,12 @@ fn run() -> Result<()> {
         }
     }
     r.set_sysctl("net.ipv4.ip_forward", "1")?;
-    println!("   {} (10.80.1.1) ── {} ── {} (10.80.2.1, service 10.90.0.1)", a.name(), r.name(), b.name());
+    println!(
+        "   {} (10.80.1.1) ── {} ── {} (10.80.2.1, service 10.90.0.1)",
+        a.name(),
+        r.name(),
+        b.name()
+    );
 
     println!("== loading the lwt_count programs and installing LWT routes to 10.90.0.0/24");
     let on_a = LwtCounter::load()?;
@@ -121,8 +133,12 @@ fn run() -> Result<()> {
         println!("   {summary}");
     }
 
-    println!("== TCP: {} MiB from host-a to 10.90.0.1:5201", STREAM_BYTES >> 20);
-    let listener = b.run(|| TcpListener::bind("10.90.0.1:5201").map_err(|e| Error::io("bind", e)))?;
+    println!(
+        "== TCP: {} MiB from host-a to 10.90.0.1:5201",
+        STREAM_BYTES >> 20
+    );
+    let listener =
+        b.run(|| TcpListener::bind("10.90.0.1:5201").map_err(|e| Error::io("bind", e)))?;
     let server = std::thread::spawn(move || -> std::io::Result<usize> {
         let (mut s, _) = listener.accept()?;
         let mut buf = vec![0u8; 64 << 10];
@@ -157,7 +173,10 @@ fn run() -> Result<()> {
     );
 
     println!("== the routes as lwtun lists them (program names lead back to program ids)");
-    println!("   {:<6} {:<16} {:<6} {:<28} {:>6} {:>9} {:>10}", "host", "dst", "hook", "program", "id", "packets", "bytes");
+    println!(
+        "   {:<6} {:<16} {:<6} {:<28} {:>6} {:>9} {:>10}",
+        "host", "dst", "hook", "program", "id", "packets", "bytes"
+    );
     for (host, nl, counter) in [("host-a", &mut nla, &on_a), ("router", &mut nlr, &on_r)] {
         for route in lwt_routes(nl)? {
             for hook in Hook::LWT {
@@ -185,9 +204,16 @@ fn run() -> Result<()> {
     println!("== removing routes and namespaces");
     drop(route_a);
     drop(route_r);
-    let names = [a.name().to_string(), r.name().to_string(), b.name().to_string()];
+    let names = [
+        a.name().to_string(),
+        r.name().to_string(),
+        b.name().to_string(),
+    ];
     drop((a, r, b));
-    let still: Vec<String> = NetNs::list()?.into_iter().filter(|n| names.contains(n)).collect();
+    let still: Vec<String> = NetNs::list()?
+        .into_iter()
+        .filter(|n| names.contains(n))
+        .collect();
     if still.is_empty() {
         println!("   done: nothing left behind");
     } else {

@@ -36,7 +36,9 @@ pub(crate) fn from_bytes<T: Pod>(bytes: &[u8]) -> Option<T> {
 /// The bytes of a `T`.
 pub(crate) fn as_bytes<T: Pod>(value: &T) -> &[u8] {
     // SAFETY: T: Pod has no uninitialised padding; the slice covers exactly the value.
-    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+    unsafe {
+        std::slice::from_raw_parts((value as *const T).cast::<u8>(), std::mem::size_of::<T>())
+    }
 }
 
 #[cfg(test)]
@@ -46,7 +48,10 @@ mod tests {
 
     #[test]
     fn counter_round_trips_and_checks_size() {
-        let c = lwtun_counter { packets: 3, bytes: 300 };
+        let c = lwtun_counter {
+            packets: 3,
+            bytes: 300,
+        };
         let b = as_bytes(&c).to_vec();
         assert_eq!(b.len(), 16);
         let back: lwtun_counter = from_bytes(&b).unwrap();

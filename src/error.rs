@@ -245,7 +245,10 @@ impl fmt::Display for Error {
                 Ok(())
             }
             Cause::Permission { capability } => {
-                write!(f, "permission denied: needs {capability} (run as root or grant it)")
+                write!(
+                    f,
+                    "permission denied: needs {capability} (run as root or grant it)"
+                )
             }
             Cause::Message(m) => f.write_str(m),
         }

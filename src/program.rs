@@ -114,9 +114,7 @@ pub fn program_info(fd: BorrowedFd<'_>) -> Result<ProgramInfo> {
     let mut info = libbpf_sys::bpf_prog_info::default();
     let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
     // SAFETY: info is a valid, zeroed bpf_prog_info of `len` bytes; the fd is borrowed for the call.
-    let rc = unsafe {
-        libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len)
-    };
+    let rc = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) };
     if rc != 0 {
         return Err(Error::io(
             "read program info",
@@ -191,9 +189,8 @@ impl LwtProgram {
     ///
     /// NotFound when no program has that id; Permission without CAP_SYS_ADMIN/CAP_BPF.
     pub fn from_id(id: u32) -> Result<Self> {
-        let fd = libbpf_rs::Program::fd_from_id(id).map_err(|e| {
-            Error::bpf("open program by id", e).with_object(format!("id {id}"))
-        })?;
+        let fd = libbpf_rs::Program::fd_from_id(id)
+            .map_err(|e| Error::bpf("open program by id", e).with_object(format!("id {id}")))?;
         Self::from_fd(fd)
     }
 
@@ -213,7 +210,10 @@ impl LwtProgram {
         if p.route_name != name {
             return Err(Error::not_found(
                 "open program by route name",
-                format!("program '{name}' (id {id} now belongs to '{}')", p.route_name),
+                format!(
+                    "program '{name}' (id {id} now belongs to '{}')",
+                    p.route_name
+                ),
             ));
         }
         Ok(p)

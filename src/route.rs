@@ -118,7 +118,10 @@ impl LwtRoute {
     /// Checks the programs against their hooks and builds the netlink route.
     fn build(self) -> Result<(Route, Vec<LwtProgram>)> {
         let op = "build LWT route";
-        let LwtRoute { mut route, programs } = self;
+        let LwtRoute {
+            mut route,
+            programs,
+        } = self;
         let headroom = route.bpf_encap().and_then(|b| b.headroom);
         let mut bpf = BpfEncap {
             headroom,
@@ -159,8 +162,10 @@ impl LwtRoute {
             }
             (Some(p), false) if headroom.is_none() => Some(Encap::Seg6LocalBpf(p)),
             (Some(_), false) => {
-                return Err(Error::invalid_input(op, "headroom applies to xmit programs only")
-                    .with_object(route.dst.to_string()))
+                return Err(
+                    Error::invalid_input(op, "headroom applies to xmit programs only")
+                        .with_object(route.dst.to_string()),
+                )
             }
             (None, _) => Some(Encap::Bpf(bpf)),
         };

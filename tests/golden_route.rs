@@ -136,7 +136,10 @@ fn kernel_dump_of_an_iproute2_xmit_route_decodes() {
         }))
     );
     assert!(r.extra.is_empty(), "{:?}", r.extra);
-    assert_eq!(r.to_string(), format!("10.1.0.0/16 dev#3 encap bpf xmit {NAME}"));
+    assert_eq!(
+        r.to_string(),
+        format!("10.1.0.0/16 dev#3 encap bpf xmit {NAME}")
+    );
 }
 
 #[test]

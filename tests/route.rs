@@ -7,9 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use lwtun::netlink::route::{
-    BatchOp, BpfEncap, Encap, ProgRef, Route, RouteBatch, RouteFilter,
-};
+use lwtun::netlink::route::{BatchOp, BpfEncap, Encap, ProgRef, Route, RouteBatch, RouteFilter};
 use lwtun::netlink::Netlink;
 use lwtun::netns::NetNs;
 use lwtun::program::LwtCounter;
@@ -48,9 +46,11 @@ impl Line {
         let bfd = b.fd().unwrap();
         let cfd = c.fd().unwrap();
         let mut nl = Netlink::open_in(std::os::fd::AsFd::as_fd(&a.fd().unwrap())).unwrap();
-        nl.add_veth("ab", "ba", Some(std::os::fd::AsFd::as_fd(&bfd))).unwrap();
+        nl.add_veth("ab", "ba", Some(std::os::fd::AsFd::as_fd(&bfd)))
+            .unwrap();
         let mut nlb = Netlink::open_in(std::os::fd::AsFd::as_fd(&bfd)).unwrap();
-        nlb.add_veth("bc", "cb", Some(std::os::fd::AsFd::as_fd(&cfd))).unwrap();
+        nlb.add_veth("bc", "cb", Some(std::os::fd::AsFd::as_fd(&cfd)))
+            .unwrap();
         for (ns, cmds) in [
             (
                 &a,
@@ -168,11 +168,24 @@ fn programs_run_at_each_hook_v4_and_v6_and_show_in_iproute2() {
         );
     }
 
-    assert_eq!(line.ping(&line.a, "10.62.0.1", 3), 3, "IPv4 ping through the LWT routes");
-    assert_eq!(line.ping(&line.a, "fd62::1", 3), 3, "IPv6 ping through the LWT routes");
+    assert_eq!(
+        line.ping(&line.a, "10.62.0.1", 3),
+        3,
+        "IPv4 ping through the LWT routes"
+    );
+    assert_eq!(
+        line.ping(&line.a, "fd62::1", 3),
+        3,
+        "IPv6 ping through the LWT routes"
+    );
     // Six echo requests crossed A's out and xmit hooks and B's in and xmit hooks; the
     // replies take plain routes.
-    for (family, hook) in [(&at_a, Hook::Out), (&at_a, Hook::Xmit), (&at_b, Hook::In), (&at_b, Hook::Xmit)] {
+    for (family, hook) in [
+        (&at_a, Hook::Out),
+        (&at_a, Hook::Xmit),
+        (&at_b, Hook::In),
+        (&at_b, Hook::Xmit),
+    ] {
         let c = family.counter(hook).unwrap();
         assert_eq!(c.packets, 6, "{hook} packets");
         // 3 x (20 + 64) + 3 x (40 + 64) bytes from the network header on.
@@ -201,13 +214,19 @@ fn programs_run_at_each_hook_v4_and_v6_and_show_in_iproute2() {
         at_a.program(Hook::Out).route_name(),
         at_a.program(Hook::Xmit).route_name()
     );
-    assert!(shown.contains(&expect), "ip shows: {shown}\nexpected: {expect}");
+    assert!(
+        shown.contains(&expect),
+        "ip shows: {shown}\nexpected: {expect}"
+    );
     assert!(shown.contains("proto 76"), "{shown}");
     let shown6 = ip(&line.a, "-6 -d route show fd62::/64");
     assert!(shown6.contains(&expect), "{shown6}");
     let shown_b = ip(&line.b, "-d route show 10.62.0.0/24");
     assert!(
-        shown_b.contains(&format!("encap bpf in {}", at_b.program(Hook::In).route_name())),
+        shown_b.contains(&format!(
+            "encap bpf in {}",
+            at_b.program(Hook::In).route_name()
+        )),
         "{shown_b}"
     );
 
@@ -215,7 +234,10 @@ fn programs_run_at_each_hook_v4_and_v6_and_show_in_iproute2() {
     drop(installed);
     assert!(lwt_routes(&mut nla).unwrap().is_empty());
     assert!(lwt_routes(&mut nlb).unwrap().is_empty());
-    assert!(!ip(&line.a, "route show").contains("encap"), "route left behind");
+    assert!(
+        !ip(&line.a, "route show").contains("encap"),
+        "route left behind"
+    );
     drop(line.c);
 }
 
@@ -282,10 +304,18 @@ fn replace_swaps_the_program_and_delete_removes() {
     let show = || ip(&ns, "-d route show 10.71.0.0/24");
     assert!(show().contains(first.program(Hook::Xmit).route_name()));
 
-    route.set_program(Hook::Xmit, second.program(Hook::Xmit)).unwrap();
+    route
+        .set_program(Hook::Xmit, second.program(Hook::Xmit))
+        .unwrap();
     let now = show();
-    assert!(now.contains(second.program(Hook::Xmit).route_name()), "{now}");
-    assert!(!now.contains(first.program(Hook::Xmit).route_name()), "{now}");
+    assert!(
+        now.contains(second.program(Hook::Xmit).route_name()),
+        "{now}"
+    );
+    assert!(
+        !now.contains(first.program(Hook::Xmit).route_name()),
+        "{now}"
+    );
     assert_eq!(now.lines().count(), 1, "replaced, not added: {now}");
 
     // Replacing a whole route through LwtRoute::replace takes the same slot.
@@ -322,13 +352,19 @@ fn seg6local_end_bpf_route_installs_and_reads_back() {
         .unwrap();
     let shown = ip(&ns, "-6 -d route show fc00:1::1");
     assert!(
-        shown.contains(&format!("seg6local action End.BPF endpoint {}", end.route_name())),
+        shown.contains(&format!(
+            "seg6local action End.BPF endpoint {}",
+            end.route_name()
+        )),
         "{shown}"
     );
     let routes = lwt_routes(&mut nl).unwrap();
     assert_eq!(routes.len(), 1);
     assert_eq!(
-        program_of(&routes[0], Hook::Seg6Local).unwrap().unwrap().id(),
+        program_of(&routes[0], Hook::Seg6Local)
+            .unwrap()
+            .unwrap()
+            .id(),
         end.id()
     );
     // An LWT program cannot be an End.BPF function, nor mixed with one.
@@ -354,7 +390,11 @@ fn batch_of_10k_routes_installs_dumps_and_deletes() {
     let progs = LwtCounter::load().unwrap();
     let xmit = progs.program(Hook::Xmit);
     let route = |i: u32| {
-        let mut r = Route::new(format!("10.{}.{}.0/24", 100 + i / 256, i % 256).parse().unwrap());
+        let mut r = Route::new(
+            format!("10.{}.{}.0/24", 100 + i / 256, i % 256)
+                .parse()
+                .unwrap(),
+        );
         r.oif = Some(d0);
         r.table = 300;
         r.encap = Some(Encap::Bpf(BpfEncap {
@@ -374,8 +414,15 @@ fn batch_of_10k_routes_installs_dumps_and_deletes() {
     batch.add(bad);
     let report = nl.apply_batch(&batch).unwrap();
     assert_eq!(report.applied, 10_000, "{report}");
-    let failed: Vec<(usize, ErrorKind)> = report.failures.iter().map(|(i, e)| (*i, e.kind())).collect();
-    assert_eq!(failed, vec![(10_000, ErrorKind::Exists), (10_001, ErrorKind::NotFound)]);
+    let failed: Vec<(usize, ErrorKind)> = report
+        .failures
+        .iter()
+        .map(|(i, e)| (*i, e.kind()))
+        .collect();
+    assert_eq!(
+        failed,
+        vec![(10_000, ErrorKind::Exists), (10_001, ErrorKind::NotFound)]
+    );
     let table = RouteFilter {
         table: Some(300),
         ..RouteFilter::all()
@@ -393,7 +440,11 @@ fn batch_of_10k_routes_installs_dumps_and_deletes() {
     let e = nl.apply_batch_atomic(&atomic).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Exists, "{e}");
     assert!(e.to_string().contains("item 100"), "{e}");
-    assert_eq!(nl.routes(&table).unwrap().len(), 10_000, "the 100 applied were undone");
+    assert_eq!(
+        nl.routes(&table).unwrap().len(),
+        10_000,
+        "the 100 applied were undone"
+    );
 
     let mut delete = RouteBatch::new();
     for i in 0..10_000 {
@@ -432,7 +483,11 @@ fn refusals_have_the_right_kind_and_leave_nothing() {
     let mut cases: Vec<(&str, ErrorKind, lwtun::Error)> = Vec::new();
 
     // Headroom above the kernel's 256.
-    let e = lwt().program(Hook::Xmit, xmit).headroom(300).install(&mut nl).unwrap_err();
+    let e = lwt()
+        .program(Hook::Xmit, xmit)
+        .headroom(300)
+        .install(&mut nl)
+        .unwrap_err();
     cases.push(("headroom 300", ErrorKind::InvalidInput, e));
     // The kernel refuses it too, when asked directly (lwtun's check bypassed by hand).
     let mut r = raw();
@@ -443,7 +498,10 @@ fn refusals_have_the_right_kind_and_leave_nothing() {
     nl.delete_route(&r).unwrap();
 
     // A program of the wrong type for the hook: refused by lwtun...
-    let e = lwt().program(Hook::Xmit, progs.program(Hook::In)).install(&mut nl).unwrap_err();
+    let e = lwt()
+        .program(Hook::Xmit, progs.program(Hook::In))
+        .install(&mut nl)
+        .unwrap_err();
     cases.push(("lwt_in program at xmit", ErrorKind::InvalidInput, e));
     // ...and by the kernel, when the check is bypassed.
     let mut r = raw();
@@ -483,7 +541,10 @@ fn refusals_have_the_right_kind_and_leave_nothing() {
 
     // Duplicate add.
     let kept = lwt().program(Hook::Xmit, xmit).install(&mut nl).unwrap();
-    let e = lwt().program(Hook::Xmit, xmit).install(&mut nl).unwrap_err();
+    let e = lwt()
+        .program(Hook::Xmit, xmit)
+        .install(&mut nl)
+        .unwrap_err();
     cases.push(("duplicate add", ErrorKind::Exists, e));
 
     for (what, kind, e) in &cases {

@@ -68,8 +68,14 @@ impl std::fmt::Debug for Netlink {
 
 /// One parsed answer from the kernel: a payload (for dumps) or the result of an ACKed request.
 enum Answer<'a> {
-    Payload { ty: u16, body: &'a [u8] },
-    Ack { seq: u32, result: Result<(), (i32, Option<String>)> },
+    Payload {
+        ty: u16,
+        body: &'a [u8],
+    },
+    Ack {
+        seq: u32,
+        result: Result<(), (i32, Option<String>)>,
+    },
     Done,
 }
 
@@ -147,7 +153,11 @@ impl Netlink {
             })
             .join()
             .unwrap_or_else(|_| {
-                Err(Error::other(ErrorKind::Io, "open rtnetlink socket", "thread panicked"))
+                Err(Error::other(
+                    ErrorKind::Io,
+                    "open rtnetlink socket",
+                    "thread panicked",
+                ))
             })
         })
     }
@@ -302,7 +312,10 @@ impl Netlink {
                         }
                     },
                     Answer::Done => done = true,
-                    Answer::Ack { result: Err((errno, ext)), .. } => {
+                    Answer::Ack {
+                        result: Err((errno, ext)),
+                        ..
+                    } => {
                         failure.get_or_insert(Error::netlink(op.to_string(), errno, ext));
                         done = true;
                     }
@@ -317,39 +330,54 @@ impl Netlink {
         }
     }
 
-    /// Sends already framed requests (each with `NLM_F_ACK`), up to [`PIPELINE_WINDOW`] per
-    /// `sendmsg`, and collects every answer. `seqs[i]` is the sequence number of request `i`;
-    /// the result has one entry per request, in order: `None` for success, or the errno and
-    /// extended-ack text.
+    /// Sends already framed requests, [`PIPELINE_WINDOW`] per `sendmsg`, and collects the
+    /// answers. Only the last request of each window carries `NLM_F_ACK` (see
+    /// [`pipeline_wants_ack`]): rtnetlink handles a window inside `sendmsg`, in order, and
+    /// answers every *failed* request whether or not it asked for an ACK, so the last request's
+    /// ACK is a barrier after which every failure of the window has arrived. One `recvmsg` per
+    /// window instead of one per request.
+    ///
+    /// `frames[i]` is request `i`'s sequence number and byte range in `bytes`. The result has
+    /// one entry per request, in order: `None` for success, or the errno and extended-ack text.
     pub(crate) fn pipeline(
         &mut self,
         op: &str,
         frames: &[(u32, std::ops::Range<usize>)],
         bytes: &[u8],
-    ) -> Result<Vec<Option<(i32, Option<String>)>>> {
-        let mut results: Vec<Option<Option<(i32, Option<String>)>>> = vec![None; frames.len()];
+    ) -> Result<Vec<Failure>> {
+        let mut results: Vec<Failure> = vec![None; frames.len()];
         let base_seq = frames.first().map(|f| f.0).unwrap_or(0);
         for (chunk_index, chunk) in frames.chunks(PIPELINE_WINDOW).enumerate() {
             let start = chunk[0].1.start;
             let end = chunk[chunk.len() - 1].1.end;
+            let barrier = chunk[chunk.len() - 1].0;
             self.send(op, &bytes[start..end])?;
-            let mut pending = chunk.len();
-            while pending > 0 {
+            let lo = chunk_index * PIPELINE_WINDOW;
+            let mut done = false;
+            while !done {
                 self.recv_each(op, |a| {
                     if let Answer::Ack { seq, result } = a {
                         let i = seq.wrapping_sub(base_seq) as usize;
-                        let lo = chunk_index * PIPELINE_WINDOW;
-                        if i >= lo && i < lo + chunk.len() && results[i].is_none() {
-                            results[i] = Some(result.err());
-                            pending -= 1;
+                        if i >= lo && i < lo + chunk.len() {
+                            results[i] = result.err();
                         }
+                        done |= seq == barrier;
                     }
                     true
                 })?;
             }
         }
-        Ok(results.into_iter().map(|r| r.unwrap_or(None)).collect())
+        Ok(results)
     }
+}
+
+/// What a pipelined request's answer says: `None` for success, or the errno and extended-ack
+/// text of its failure.
+pub(crate) type Failure = Option<(i32, Option<String>)>;
+
+/// Whether request `i` of `n` in a pipeline carries `NLM_F_ACK`: only the last of each window.
+pub(crate) fn pipeline_wants_ack(i: usize, n: usize) -> bool {
+    (i + 1) % PIPELINE_WINDOW == 0 || i + 1 == n
 }
 
 /// Frames one netlink message into `out`.

@@ -210,7 +210,8 @@ impl Route {
     /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput), saying what is wrong.
     pub fn validate(&self) -> Result<()> {
         let op = "validate route";
-        let bad = |why: String| Err(Error::invalid_input(op, why).with_object(self.dst.to_string()));
+        let bad =
+            |why: String| Err(Error::invalid_input(op, why).with_object(self.dst.to_string()));
         if self.dst.network() != self.dst.ip() {
             return bad(format!(
                 "prefix has host bits set: write {}/{}",
@@ -279,7 +280,10 @@ impl Route {
         }
         if let Some(encap) = &self.encap {
             let (kind, payload) = encode_encap(encap);
-            attrs.push(rtattr(Rta::UnrecognizedConst(RTA_ENCAP | attr::NLA_F_NESTED), payload));
+            attrs.push(rtattr(
+                Rta::UnrecognizedConst(RTA_ENCAP | attr::NLA_F_NESTED),
+                payload,
+            ));
             attrs.push(rtattr(Rta::EncapType, kind.to_ne_bytes().to_vec()));
         }
         if let Some(m) = self.metric {
@@ -315,7 +319,13 @@ impl Route {
                     NlmF::CREATE | NlmF::REPLACE
                 };
                 let msg = self.to_rtmsg()?;
-                super::encode_message(&mut out, Rtm::Newroute, flags | NlmF::REQUEST | NlmF::ACK, seq, msg);
+                super::encode_message(
+                    &mut out,
+                    Rtm::Newroute,
+                    flags | NlmF::REQUEST | NlmF::ACK,
+                    seq,
+                    msg,
+                );
             }
             BatchOp::Delete => {
                 let msg = self.to_delete_rtmsg();
@@ -344,7 +354,11 @@ impl Route {
     }
 
     fn header(&self, scope: u8, attrs: RtBuffer<Rta, Buffer>) -> Rtmsg {
-        let table = if self.table > 255 { 0 } else { self.table as u8 };
+        let table = if self.table > 255 {
+            0
+        } else {
+            self.table as u8
+        };
         RtmsgBuilder::default()
             .rtm_family(self.family())
             .rtm_dst_len(self.dst.prefix())
@@ -372,7 +386,8 @@ impl Route {
             RtAddrFamily::Inet6 => false,
             _ => return Ok(None),
         };
-        let bad = |why: &str| Error::other(crate::ErrorKind::Kernel, "decode route", why.to_string());
+        let bad =
+            |why: &str| Error::other(crate::ErrorKind::Kernel, "decode route", why.to_string());
         let unspecified = if v4 {
             IpAddr::from([0u8; 4])
         } else {
@@ -414,7 +429,8 @@ impl Route {
                 }),
             }
         }
-        route.dst = IpNetwork::new(dst, *msg.rtm_dst_len()).map_err(|_| bad("bad prefix length"))?;
+        route.dst =
+            IpNetwork::new(dst, *msg.rtm_dst_len()).map_err(|_| bad("bad prefix length"))?;
         if let (Some(kind), Some(data)) = (encap_type, encap_data) {
             route.encap = Some(decode_encap(kind, data));
         }
@@ -461,7 +477,9 @@ impl fmt::Display for Route {
 
 fn check_prog(p: &ProgRef, hook: &str) -> std::result::Result<(), String> {
     if p.name.is_empty() {
-        return Err(format!("the {hook} program has no name; the kernel requires one"));
+        return Err(format!(
+            "the {hook} program has no name; the kernel requires one"
+        ));
     }
     if p.name.len() + 1 > MAX_PROG_NAME {
         return Err(format!(
@@ -474,7 +492,9 @@ fn check_prog(p: &ProgRef, hook: &str) -> std::result::Result<(), String> {
         return Err(format!("the {hook} program's name contains a NUL byte"));
     }
     if p.fd.is_none() {
-        return Err(format!("the {hook} program has no fd: a route is installed by program fd"));
+        return Err(format!(
+            "the {hook} program has no fd: a route is installed by program fd"
+        ));
     }
     Ok(())
 }
@@ -491,7 +511,11 @@ fn encode_encap(encap: &Encap) -> (u16, Vec<u8>) {
     let mut n = Nest::new();
     match encap {
         Encap::Bpf(b) => {
-            for (ty, p) in [(LWT_BPF_IN, &b.input), (LWT_BPF_OUT, &b.output), (LWT_BPF_XMIT, &b.xmit)] {
+            for (ty, p) in [
+                (LWT_BPF_IN, &b.input),
+                (LWT_BPF_OUT, &b.output),
+                (LWT_BPF_XMIT, &b.xmit),
+            ] {
                 if let Some(p) = p {
                     encode_prog(&mut n, ty, p);
                 }
@@ -606,13 +630,17 @@ impl RouteFilter {
     }
 
     fn keeps(&self, r: &Route) -> bool {
-        let fam = if r.dst.is_ipv4() { self.ipv4 } else { self.ipv6 };
+        let fam = if r.dst.is_ipv4() {
+            self.ipv4
+        } else {
+            self.ipv6
+        };
         let table = match self.table {
             Some(t) => r.table == t,
             None => r.table != RT_TABLE_LOCAL,
         };
-        let bpf = !self.bpf_only
-            || matches!(r.encap, Some(Encap::Bpf(_)) | Some(Encap::Seg6LocalBpf(_)));
+        let bpf =
+            !self.bpf_only || matches!(r.encap, Some(Encap::Bpf(_)) | Some(Encap::Seg6LocalBpf(_)));
         fam && table && bpf && self.protocol.is_none_or(|p| p == r.protocol)
     }
 }
@@ -628,8 +656,8 @@ pub enum BatchOp {
     Delete,
 }
 
-/// Many route changes sent pipelined: up to 256 requests per `sendmsg`, their ACKs read
-/// afterwards, every failure reported by index.
+/// Many route changes sent pipelined: up to 256 requests per `sendmsg`, one ACK per window,
+/// every failure reported by index.
 ///
 /// # Examples
 ///
@@ -722,7 +750,12 @@ impl BatchReport {
 
 impl fmt::Display for BatchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} applied, {} failed", self.applied, self.failures.len())?;
+        write!(
+            f,
+            "{} applied, {} failed",
+            self.applied,
+            self.failures.len()
+        )?;
         for (i, e) in self.failures.iter().take(5) {
             write!(f, "; #{i}: {e}")?;
         }
@@ -740,13 +773,25 @@ impl Netlink {
     /// text, Unsupported where the kernel lacks LWT BPF).
     pub fn add_route(&mut self, route: &Route) -> Result<()> {
         let msg = route.to_rtmsg()?;
-        self.request("add route", route, Rtm::Newroute, NlmF::CREATE | NlmF::EXCL, msg)
+        self.request(
+            "add route",
+            route,
+            Rtm::Newroute,
+            NlmF::CREATE | NlmF::EXCL,
+            msg,
+        )
     }
 
     /// Adds a route, or replaces the one with the same destination, table, tos and metric.
     pub fn replace_route(&mut self, route: &Route) -> Result<()> {
         let msg = route.to_rtmsg()?;
-        self.request("replace route", route, Rtm::Newroute, NlmF::CREATE | NlmF::REPLACE, msg)
+        self.request(
+            "replace route",
+            route,
+            Rtm::Newroute,
+            NlmF::CREATE | NlmF::REPLACE,
+            msg,
+        )
     }
 
     /// Deletes the route matching `route`'s destination, table, tos, protocol, metric and device.
@@ -758,7 +803,10 @@ impl Netlink {
     /// Dumps the routes `filter` selects.
     pub fn routes(&mut self, filter: &RouteFilter) -> Result<Vec<Route>> {
         let mut all = Vec::new();
-        for (want, family) in [(filter.ipv4, RtAddrFamily::Inet), (filter.ipv6, RtAddrFamily::Inet6)] {
+        for (want, family) in [
+            (filter.ipv4, RtAddrFamily::Inet),
+            (filter.ipv6, RtAddrFamily::Inet6),
+        ] {
             if !want {
                 continue;
             }
@@ -797,8 +845,14 @@ impl Netlink {
         // Validate and encode everything before the first send: invalid input never half-applies.
         let mut bytes = Vec::with_capacity(batch.len() * 112);
         let mut frames = Vec::with_capacity(batch.len());
+        let n = batch.len();
         for (i, (op, route)) in batch.items.iter().enumerate() {
             let start = bytes.len();
+            let ack = if super::pipeline_wants_ack(i, n) {
+                NlmF::ACK
+            } else {
+                NlmF::empty()
+            };
             let seq = match op {
                 BatchOp::Add | BatchOp::Replace => {
                     let flags = if *op == BatchOp::Add {
@@ -809,11 +863,11 @@ impl Netlink {
                     let msg = route.to_rtmsg().map_err(|e| {
                         Error::invalid_input("apply route batch", format!("item {i}: {e}"))
                     })?;
-                    self.encode(&mut bytes, Rtm::Newroute, flags | NlmF::ACK, msg)
+                    self.encode(&mut bytes, Rtm::Newroute, flags | ack, msg)
                 }
                 BatchOp::Delete => {
                     let msg = route.to_delete_rtmsg();
-                    self.encode(&mut bytes, Rtm::Delroute, NlmF::ACK, msg)
+                    self.encode(&mut bytes, Rtm::Delroute, ack, msg)
                 }
             };
             frames.push((seq, start..bytes.len()));
@@ -830,9 +884,10 @@ impl Netlink {
                         BatchOp::Replace => "replace route",
                         BatchOp::Delete => "delete route",
                     };
-                    report
-                        .failures
-                        .push((i, Error::netlink(what, errno, ext).with_object(route.to_string())));
+                    report.failures.push((
+                        i,
+                        Error::netlink(what, errno, ext).with_object(route.to_string()),
+                    ));
                 }
             }
         }
@@ -882,7 +937,11 @@ impl Netlink {
         if !undo_report.is_complete() {
             msg.push_str(&format!("; undoing failed too: {undo_report}"));
         }
-        Err(Error::other(first.kind(), "apply route batch atomically", msg))
+        Err(Error::other(
+            first.kind(),
+            "apply route batch atomically",
+            msg,
+        ))
     }
 }
 
@@ -908,12 +967,18 @@ mod tests {
         if let Some(Encap::Bpf(b)) = &mut r.encap {
             b.headroom = Some(257);
         }
-        assert_eq!(r.validate().unwrap_err().kind(), crate::ErrorKind::InvalidInput);
+        assert_eq!(
+            r.validate().unwrap_err().kind(),
+            crate::ErrorKind::InvalidInput
+        );
 
         let mut r = xmit_route();
         r.gateway = Some("2001:db8::1".parse().unwrap());
         let e = r.validate().unwrap_err();
-        assert!(e.to_string().contains("not of the destination's family"), "{e}");
+        assert!(
+            e.to_string().contains("not of the destination's family"),
+            "{e}"
+        );
 
         let mut r = xmit_route();
         if let Some(Encap::Bpf(b)) = &mut r.encap {
@@ -945,7 +1010,9 @@ mod tests {
         let (kind, data) = encode_encap(&e);
         assert_eq!(kind, LWTUNNEL_ENCAP_BPF);
         let back = decode_encap(kind, data);
-        let Encap::Bpf(b) = back else { panic!("not bpf") };
+        let Encap::Bpf(b) = back else {
+            panic!("not bpf")
+        };
         assert_eq!(b.input.unwrap().name, "a");
         assert_eq!(b.xmit.unwrap().name, "b");
         assert_eq!(b.headroom, Some(40));
@@ -955,12 +1022,18 @@ mod tests {
         assert_eq!(kind, LWTUNNEL_ENCAP_SEG6_LOCAL);
         assert_eq!(
             decode_encap(kind, data),
-            Encap::Seg6LocalBpf(ProgRef { name: "end".into(), fd: None })
+            Encap::Seg6LocalBpf(ProgRef {
+                name: "end".into(),
+                fd: None
+            })
         );
         // Unknown encap types are kept whole.
         assert_eq!(
             decode_encap(1, vec![1, 2, 3, 4]),
-            Encap::Other { kind: 1, data: vec![1, 2, 3, 4] }
+            Encap::Other {
+                kind: 1,
+                data: vec![1, 2, 3, 4]
+            }
         );
     }
 }
