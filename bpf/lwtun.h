@@ -134,4 +134,12 @@ LWTUN_ASSERT_SIZE(struct lwtun_redirect_stats, 24);
 #define LWTUN_REDIRECT_EV_NOT_IP 1  /* not IPv4/IPv6 (or truncated): passed on */
 #define LWTUN_REDIRECT_EV_MAX 2
 
+/* ---- LWT tunnels (bpf/lwt_encap.bpf.c <-> src/peer.rs, bpf/tc_decap.bpf.c <-> src/decap.rs) ---- */
+
+/* The encapsulations lwtun pushes (lwt_encap) and strips (tc_decap). The outer header is IPv4 or
+ * IPv6 either way; these name what follows it. */
+#define LWTUN_ENCAP_IPIP 1 /* the inner packet directly: next header 4 (IPv4) or 41 (IPv6) */
+#define LWTUN_ENCAP_GRE 2  /* GRE (RFC 2784/2890), optional key and checksum, protocol 47 */
+#define LWTUN_ENCAP_UDP 3  /* FOU: UDP then the inner packet, destination port per peer */
+
 #endif /* LWTUN_H */
