@@ -104,7 +104,8 @@ pub fn tcx_supported() -> bool {
             ..Default::default()
         };
         // SAFETY: opts is a valid, sized bpf_prog_query_opts without id arrays (count 0).
-        let rc = unsafe { libbpf_sys::bpf_prog_query_opts(1, libbpf_sys::BPF_TCX_INGRESS, &mut opts) };
+        let rc =
+            unsafe { libbpf_sys::bpf_prog_query_opts(1, libbpf_sys::BPF_TCX_INGRESS, &mut opts) };
         rc == 0
     })
 }
@@ -250,8 +251,12 @@ impl TcAttach {
                 .with_object(object()))
             }
             TcMode::Tcx if !tcx_supported() => {
-                return Err(Error::unsupported(op, "tcx (BPF_TCX_INGRESS/EGRESS links)", Some("6.6"))
-                    .with_object(object()))
+                return Err(Error::unsupported(
+                    op,
+                    "tcx (BPF_TCX_INGRESS/EGRESS links)",
+                    Some("6.6"),
+                )
+                .with_object(object()))
             }
             _ => {}
         }
@@ -483,11 +488,7 @@ impl TcAttachment {
             State::Tcx { link } => {
                 // SAFETY: both fds are open; a null opts pointer means no flags.
                 let rc = unsafe {
-                    libbpf_sys::bpf_link_update(
-                        link.as_raw_fd(),
-                        fd.as_raw_fd(),
-                        std::ptr::null(),
-                    )
+                    libbpf_sys::bpf_link_update(link.as_raw_fd(), fd.as_raw_fd(), std::ptr::null())
                 };
                 if rc < 0 {
                     return Err(Error::io(op, std::io::Error::from_raw_os_error(-rc)));
@@ -551,7 +552,10 @@ impl TcAttachment {
                     && nl.bpf_filters(self.ifindex, CLSACT_EGRESS)?.is_empty()
                 {
                     match nl.del_clsact(self.ifindex) {
-                        Err(e) if e.kind() != ErrorKind::NotFound && e.kind() != ErrorKind::InvalidInput => {
+                        Err(e)
+                            if e.kind() != ErrorKind::NotFound
+                                && e.kind() != ErrorKind::InvalidInput =>
+                        {
                             return Err(e)
                         }
                         _ => {}
@@ -647,11 +651,7 @@ fn tcx_query(ifindex: u32, direction: TcDirection) -> Result<(Vec<u32>, Vec<u32>
         opts.__bindgen_anon_1.count = cap as u32;
         // SAFETY: prog_ids and link_ids point at `cap` writable u32s, as count says.
         let rc = unsafe {
-            libbpf_sys::bpf_prog_query_opts(
-                ifindex as i32,
-                direction.tcx_attach_type(),
-                &mut opts,
-            )
+            libbpf_sys::bpf_prog_query_opts(ifindex as i32, direction.tcx_attach_type(), &mut opts)
         };
         // SAFETY: the kernel wrote the count (a plain u32 in either union member).
         let count = unsafe { opts.__bindgen_anon_1.count } as usize;
@@ -660,11 +660,10 @@ fn tcx_query(ifindex: u32, direction: TcDirection) -> Result<(Vec<u32>, Vec<u32>
             continue;
         }
         if rc < 0 {
-            return Err(Error::io(
-                "query tcx programs",
-                std::io::Error::from_raw_os_error(-rc),
-            )
-            .with_object(format!("ifindex {ifindex} {direction}")));
+            return Err(
+                Error::io("query tcx programs", std::io::Error::from_raw_os_error(-rc))
+                    .with_object(format!("ifindex {ifindex} {direction}")),
+            );
         }
         progs.truncate(count);
         links.truncate(count);
@@ -715,7 +714,9 @@ pub struct TcCounter {
 
 impl fmt::Debug for TcCounter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TcCounter").field("prog", &self.prog).finish()
+        f.debug_struct("TcCounter")
+            .field("prog", &self.prog)
+            .finish()
     }
 }
 

@@ -341,9 +341,7 @@ impl TunnelRedirectBuilder {
                 keep: false,
             }),
         };
-        if let Err(e) = family.pin_all(adopted) {
-            return Err(e);
-        }
+        family.pin_all(adopted)?;
         if adopted {
             family.adopt_rules()?;
         }
@@ -352,10 +350,9 @@ impl TunnelRedirectBuilder {
 }
 
 fn program_fd(object: &Object, name: &str) -> Result<OwnedFd> {
-    let prog = object
-        .progs()
-        .find(|p| p.name() == name)
-        .ok_or_else(|| Error::not_found("find program", format!("program {name} in tc_redirect")))?;
+    let prog = object.progs().find(|p| p.name() == name).ok_or_else(|| {
+        Error::not_found("find program", format!("program {name} in tc_redirect"))
+    })?;
     prog.as_fd()
         .try_clone_to_owned()
         .map_err(|e| Error::io("duplicate program fd", e))
@@ -494,7 +491,9 @@ impl TunnelRedirect {
         let existing = self.rules.get(&rule.prefix).map(|i| i.slot);
         let slot = match existing {
             Some(s) => s,
-            None => self.take_slot().map_err(|e| e.with_object(object.clone()))?,
+            None => self
+                .take_slot()
+                .map_err(|e| e.with_object(object.clone()))?,
         };
         let value = encode_rule(&rule, target.l2, slot);
         let result = (|| {
@@ -524,11 +523,10 @@ impl TunnelRedirect {
     /// NotFound when no rule has that prefix.
     pub fn remove_rule(&mut self, prefix: IpNetwork) -> Result<()> {
         let prefix = normalize(prefix);
-        let installed = self
-            .rules
-            .get(&prefix)
-            .copied()
-            .ok_or_else(|| Error::not_found("remove redirect rule", format!("rule {prefix}")))?;
+        let installed =
+            self.rules.get(&prefix).copied().ok_or_else(|| {
+                Error::not_found("remove redirect rule", format!("rule {prefix}"))
+            })?;
         let (name, key) = key_bytes(&prefix);
         self.map(name)?
             .delete(&key)
@@ -601,7 +599,8 @@ impl TunnelRedirect {
     fn zero_stats(&self, slot: u32) -> Result<()> {
         let map = self.map("rule_stats")?;
         let zero = abi::as_bytes(&lwtun_redirect_stats::default()).to_vec();
-        let values = vec![zero; libbpf_rs::num_possible_cpus().map_err(|e| Error::bpf("count CPUs", e))?];
+        let values =
+            vec![zero; libbpf_rs::num_possible_cpus().map_err(|e| Error::bpf("count CPUs", e))?];
         map.update_percpu(&slot.to_ne_bytes(), &values, MapFlags::ANY)
             .map_err(|e| Error::bpf("reset rule counters", e))
     }
@@ -829,32 +828,50 @@ fn collect_md_target(link: &Link) -> Result<Target> {
 
 fn check_rule(rule: &RedirectRule, target: &Target) -> Result<()> {
     let op = "check redirect rule";
-    let v6_only = matches!(target.kind.as_str(), "ip6gre" | "ip6gretap" | "ip6erspan" | "ip6tnl");
-    let v4_only = matches!(target.kind.as_str(), "gre" | "gretap" | "erspan" | "ipip" | "sit");
+    let v6_only = matches!(
+        target.kind.as_str(),
+        "ip6gre" | "ip6gretap" | "ip6erspan" | "ip6tnl"
+    );
+    let v4_only = matches!(
+        target.kind.as_str(),
+        "gre" | "gretap" | "erspan" | "ipip" | "sit"
+    );
     if v6_only && rule.key.remote.is_ipv4() {
         return Err(Error::invalid_input(
             op,
-            format!("a {} device needs an IPv6 remote, not {}", target.kind, rule.key.remote),
+            format!(
+                "a {} device needs an IPv6 remote, not {}",
+                target.kind, rule.key.remote
+            ),
         ));
     }
     if v4_only && rule.key.remote.is_ipv6() {
         return Err(Error::invalid_input(
             op,
-            format!("a {} device needs an IPv4 remote, not {}", target.kind, rule.key.remote),
+            format!(
+                "a {} device needs an IPv4 remote, not {}",
+                target.kind, rule.key.remote
+            ),
         ));
     }
     if let Some(local) = rule.key.local {
         if local.is_ipv4() != rule.key.remote.is_ipv4() {
             return Err(Error::invalid_input(
                 op,
-                format!("local {local} and remote {} are of different families", rule.key.remote),
+                format!(
+                    "local {local} and remote {} are of different families",
+                    rule.key.remote
+                ),
             ));
         }
     }
     if rule.key.flow_label > 0xF_FFFF {
         return Err(Error::invalid_input(
             op,
-            format!("flow label {:#x} has more than 20 bits", rule.key.flow_label),
+            format!(
+                "flow label {:#x} has more than 20 bits",
+                rule.key.flow_label
+            ),
         ));
     }
     if target.l2 && rule.inner_dst_mac.is_none() {
@@ -928,11 +945,25 @@ mod tests {
     fn l2_targets_need_an_inner_mac_and_families_must_fit() {
         let key = TunnelKey::new("192.0.2.2".parse().unwrap(), 7);
         let rule = RedirectRule::new("10.0.0.0/8".parse().unwrap(), 5, key);
-        let vx = Target { kind: "vxlan".into(), l2: true, mac: None };
-        assert!(check_rule(&rule, &vx).unwrap_err().to_string().contains("inner_dst_mac"));
+        let vx = Target {
+            kind: "vxlan".into(),
+            l2: true,
+            mac: None,
+        };
+        assert!(check_rule(&rule, &vx)
+            .unwrap_err()
+            .to_string()
+            .contains("inner_dst_mac"));
         assert!(check_rule(&rule.inner_dst_mac([2; 6]), &vx).is_ok());
-        let ip6 = Target { kind: "ip6tnl".into(), l2: false, mac: None };
-        assert_eq!(check_rule(&rule, &ip6).unwrap_err().kind(), ErrorKind::InvalidInput);
+        let ip6 = Target {
+            kind: "ip6tnl".into(),
+            l2: false,
+            mac: None,
+        };
+        assert_eq!(
+            check_rule(&rule, &ip6).unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
     }
 
     #[test]

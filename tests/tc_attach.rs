@@ -5,12 +5,16 @@ mod common;
 
 use lwtun::program::{Hook, LwtCounter};
 use lwtun::tc::{
-    attached, tcx_supported, TcAttach, TcCounter, TcDirection, TcMode, TcVerdict,
-    TcxOrder,
+    attached, tcx_supported, TcAttach, TcCounter, TcDirection, TcMode, TcVerdict, TcxOrder,
 };
 use lwtun::ErrorKind;
 
-fn listed(net: &common::Line, i: usize, dev: &str, dir: TcDirection) -> Vec<lwtun::tc::TcProgramInfo> {
+fn listed(
+    net: &common::Line,
+    i: usize,
+    dev: &str,
+    dir: TcDirection,
+) -> Vec<lwtun::tc::TcProgramInfo> {
     let ifindex = net.ifindex(i, dev);
     net.ns(i).run(|| attached(ifindex, dir)).unwrap()
 }
@@ -50,8 +54,16 @@ fn clsact_ingress_counts_pings_lists_and_detaches() {
     assert_eq!(f.name, "lwtun:count_tc");
     assert_eq!(list[0].program_id, a.program_id());
     assert_eq!(list[0].program_name.as_deref(), Some("count_tc"));
-    let tc = common::run_in(net.ns(1), "tc", &["filter", "show", "dev", "to0", "ingress"]).unwrap();
-    assert!(tc.contains("lwtun:count_tc") && tc.contains("direct-action") && tc.contains("pref 7"), "{tc}");
+    let tc = common::run_in(
+        net.ns(1),
+        "tc",
+        &["filter", "show", "dev", "to0", "ingress"],
+    )
+    .unwrap();
+    assert!(
+        tc.contains("lwtun:count_tc") && tc.contains("direct-action") && tc.contains("pref 7"),
+        "{tc}"
+    );
     assert!(listed(&net, 1, "to0", TcDirection::Egress).is_empty());
 
     a.detach().unwrap();
@@ -62,7 +74,11 @@ fn clsact_ingress_counts_pings_lists_and_detaches() {
     let before = counter.counter().unwrap();
     let p = common::ping(net.ns(0), net.v4(1).into(), 2);
     assert_eq!(p.received, 2, "{}", p.output);
-    assert_eq!(counter.counter().unwrap(), before, "detached program still counts");
+    assert_eq!(
+        counter.counter().unwrap(),
+        before,
+        "detached program still counts"
+    );
 }
 
 #[test]
@@ -74,7 +90,11 @@ fn clsact_priority_orders_filters_and_drop_on_panic_detaches() {
     let first = TcCounter::load().unwrap();
     let second = TcCounter::load().unwrap();
     let ifindex = net.ifindex(1, "to0");
-    let how = |p| TcAttach::new(ifindex, TcDirection::Egress).mode(TcMode::Clsact).priority(p);
+    let how = |p| {
+        TcAttach::new(ifindex, TcDirection::Egress)
+            .mode(TcMode::Clsact)
+            .priority(p)
+    };
     let a1 = net.ns(1).run(|| how(1).attach(first.program())).unwrap();
     let a2 = net.ns(1).run(|| how(2).attach(second.program())).unwrap();
 
@@ -92,7 +112,10 @@ fn clsact_priority_orders_filters_and_drop_on_panic_detaches() {
     assert_eq!(second.counter().unwrap(), seen);
 
     // The same priority and handle again is refused, unless replace is asked for.
-    let e = net.ns(1).run(|| how(1).attach(second.program())).unwrap_err();
+    let e = net
+        .ns(1)
+        .run(|| how(1).attach(second.program()))
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Exists, "{e}");
 
     // Dropping the handles (here by unwinding from a panic) detaches both.
@@ -115,9 +138,16 @@ fn clsact_replace_takes_over_and_replace_program_swaps() {
     let old = TcCounter::load().unwrap();
     let new = TcCounter::load().unwrap();
     let ifindex = net.ifindex(1, "to0");
-    let how = || TcAttach::new(ifindex, TcDirection::Ingress).mode(TcMode::Clsact).priority(5);
+    let how = || {
+        TcAttach::new(ifindex, TcDirection::Ingress)
+            .mode(TcMode::Clsact)
+            .priority(5)
+    };
     let a = net.ns(1).run(|| how().attach(old.program())).unwrap();
-    let mut b = net.ns(1).run(|| how().replace(true).attach(new.program())).unwrap();
+    let mut b = net
+        .ns(1)
+        .run(|| how().replace(true).attach(new.program()))
+        .unwrap();
     let list = listed(&net, 1, "to0", TcDirection::Ingress);
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(list[0].program_id, b.program_id());
@@ -142,7 +172,9 @@ fn tcx_ingress_and_egress_order_and_detach() {
         return;
     }
     if !tcx_supported() {
-        eprintln!("SKIPPED tcx_ingress_and_egress_order_and_detach: this kernel has no tcx (Linux 6.6+)");
+        eprintln!(
+            "SKIPPED tcx_ingress_and_egress_order_and_detach: this kernel has no tcx (Linux 6.6+)"
+        );
         return;
     }
     let net = common::two_hosts();
@@ -177,8 +209,14 @@ fn tcx_ingress_and_egress_order_and_detach() {
         .unwrap();
     let list = listed(&net, 1, "to0", TcDirection::Ingress);
     let ids: Vec<u32> = list.iter().map(|p| p.program_id).collect();
-    assert_eq!(ids, vec![a_front.program_id(), a_in.program_id()], "{list:?}");
-    assert!(list.iter().all(|p| p.mode == TcMode::Tcx && p.link_id.is_some()));
+    assert_eq!(
+        ids,
+        vec![a_front.program_id(), a_in.program_id()],
+        "{list:?}"
+    );
+    assert!(list
+        .iter()
+        .all(|p| p.mode == TcMode::Tcx && p.link_id.is_some()));
     front.set_verdict(TcVerdict::Drop).unwrap();
     let seen = ing.counter().unwrap();
     let p = common::ping(net.ns(0), net.v4(1).into(), 2);
@@ -228,7 +266,11 @@ fn refuses_wrong_programs_and_settings() {
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
     let e = net
         .ns(1)
-        .run(|| TcAttach::new(ifindex, TcDirection::Ingress).priority(0).attach(counter.program()))
+        .run(|| {
+            TcAttach::new(ifindex, TcDirection::Ingress)
+                .priority(0)
+                .attach(counter.program())
+        })
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
     let e = net

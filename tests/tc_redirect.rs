@@ -53,13 +53,20 @@ fn test_run(prog: BorrowedFd<'_>, data: &[u8]) -> (i32, Vec<u8>) {
     };
     // SAFETY: data_in/data_out point at buffers of the sizes given; the fd is an open program.
     let rc = unsafe { libbpf_sys::bpf_prog_test_run_opts(prog.as_raw_fd(), &mut opts) };
-    assert_eq!(rc, 0, "BPF_PROG_TEST_RUN failed: {}", std::io::Error::from_raw_os_error(-rc));
+    assert_eq!(
+        rc,
+        0,
+        "BPF_PROG_TEST_RUN failed: {}",
+        std::io::Error::from_raw_os_error(-rc)
+    );
     out.truncate(opts.data_size_out as usize);
     (opts.retval as i32, out)
 }
 
 fn ipv4_frame(dst: [u8; 4]) -> Vec<u8> {
-    let mut f = vec![0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0x02, 0, 0, 0, 0, 0xaa, 0x08, 0x00];
+    let mut f = vec![
+        0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0x02, 0, 0, 0, 0, 0xaa, 0x08, 0x00,
+    ];
     let mut ip = vec![0x45, 0, 0, 28, 0, 1, 0, 0, 64, 17, 0, 0, 10, 77, 0, 1];
     ip.extend_from_slice(&dst);
     ip.extend_from_slice(&[0x30, 0x39, 0x30, 0x39, 0, 8, 0, 0]); // UDP 12345 -> 12345
@@ -68,7 +75,9 @@ fn ipv4_frame(dst: [u8; 4]) -> Vec<u8> {
 }
 
 fn ipv6_frame(dst: [u8; 16]) -> Vec<u8> {
-    let mut f = vec![0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0x02, 0, 0, 0, 0, 0xaa, 0x86, 0xdd];
+    let mut f = vec![
+        0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0x02, 0, 0, 0, 0, 0xaa, 0x86, 0xdd,
+    ];
     f.extend_from_slice(&[0x60, 0, 0, 0, 0, 8, 17, 64]);
     f.extend_from_slice(&"fd77::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
     f.extend_from_slice(&dst);
@@ -79,8 +88,16 @@ fn ipv6_frame(dst: [u8; 16]) -> Vec<u8> {
 /// A namespace with one collect_md VXLAN device (`vx0`) to point rules at.
 fn vxlan_ns() -> (NetNs, u32) {
     let ns = common::netns("rdt");
-    common::ip(&ns, &["link", "add", "vx0", "address", VX0_MAC_S, "type", "vxlan", "external", "dstport", "4789"]);
-    let idx = ns.run(|| Ok(Netlink::open()?.link_by_name("vx0")?.index)).unwrap();
+    common::ip(
+        &ns,
+        &[
+            "link", "add", "vx0", "address", VX0_MAC_S, "type", "vxlan", "external", "dstport",
+            "4789",
+        ],
+    );
+    let idx = ns
+        .run(|| Ok(Netlink::open()?.link_by_name("vx0")?.index))
+        .unwrap();
     (ns, idx)
 }
 
@@ -97,7 +114,10 @@ fn test_run_tc_lookup_redirects_rewrites_macs_and_counts() {
     let v6: ipnetwork::IpNetwork = "fd77:200::/64".parse().unwrap();
     let key = TunnelKey::new(ipaddr("192.168.77.2"), 42);
     redirect
-        .set_rule(&mut nl, RedirectRule::new(wide, vx0, key).inner_dst_mac(VXB_MAC))
+        .set_rule(
+            &mut nl,
+            RedirectRule::new(wide, vx0, key).inner_dst_mac(VXB_MAC),
+        )
         .unwrap();
     redirect
         .set_rule(
@@ -108,7 +128,10 @@ fn test_run_tc_lookup_redirects_rewrites_macs_and_counts() {
         )
         .unwrap();
     redirect
-        .set_rule(&mut nl, RedirectRule::new(v6, vx0, key).inner_dst_mac(VXB_MAC))
+        .set_rule(
+            &mut nl,
+            RedirectRule::new(v6, vx0, key).inner_dst_mac(VXB_MAC),
+        )
         .unwrap();
 
     // A hit: TC_ACT_REDIRECT, MACs rewritten (destination from the rule, source = vx0's).
@@ -116,7 +139,11 @@ fn test_run_tc_lookup_redirects_rewrites_macs_and_counts() {
     assert_eq!(rc, 7, "TC_ACT_REDIRECT");
     assert_eq!(&out[0..6], &VXB_MAC);
     assert_eq!(&out[6..12], &VX0_MAC);
-    assert_eq!(&out[12..], &ipv4_frame([10, 200, 0, 7])[12..], "the IP packet is untouched");
+    assert_eq!(
+        &out[12..],
+        &ipv4_frame([10, 200, 0, 7])[12..],
+        "the IP packet is untouched"
+    );
     // The longest prefix wins.
     let (rc, out) = test_run(redirect.tc_program(), &ipv4_frame([10, 200, 9, 1]));
     assert_eq!(rc, 7);
@@ -150,7 +177,10 @@ fn test_run_tc_lookup_redirects_rewrites_macs_and_counts() {
     redirect.remove_rule(narrow).unwrap();
     let (_, out) = test_run(redirect.tc_program(), &ipv4_frame([10, 200, 9, 1]));
     assert_eq!(&out[0..6], &VXB_MAC);
-    assert_eq!(redirect.remove_rule(narrow).unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        redirect.remove_rule(narrow).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
 }
 
 #[test]
@@ -179,7 +209,10 @@ fn test_run_lwt_xmit_pushes_an_ethernet_header_for_vxlan() {
     assert_eq!(&pushed[6..12], &VX0_MAC);
     assert_eq!(&pushed[12..14], &[0x08, 0x00]);
     assert_eq!(&pushed[14..], &frame[14..]);
-    let (rc, _) = test_run(redirect.lwt_program().as_fd_for_test(), &ipv4_frame([10, 9, 9, 9]));
+    let (rc, _) = test_run(
+        redirect.lwt_program().as_fd_for_test(),
+        &ipv4_frame([10, 9, 9, 9]),
+    );
     assert_eq!(rc, 0, "BPF_OK for a miss");
     assert_eq!(redirect.rule_stats(prefix).unwrap().packets, 1);
 }
@@ -212,7 +245,25 @@ fn seed() -> Seed {
     let r = common::netns("rdr");
     let b = common::netns("rdb");
     let ip = common::ip;
-    ip(&a, &["link", "add", "a0", "mtu", "1450", "type", "veth", "peer", "name", "r0", "mtu", "1450", "netns", r.name()]);
+    ip(
+        &a,
+        &[
+            "link",
+            "add",
+            "a0",
+            "mtu",
+            "1450",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "r0",
+            "mtu",
+            "1450",
+            "netns",
+            r.name(),
+        ],
+    );
     ip(&a, &["addr", "add", "10.77.0.1/24", "dev", "a0"]);
     ip(&a, &["addr", "add", "fd77::1/64", "dev", "a0", "nodad"]);
     ip(&a, &["link", "set", "a0", "up"]);
@@ -223,24 +274,92 @@ fn seed() -> Seed {
     ip(&r, &["addr", "add", "10.77.0.2/24", "dev", "r0"]);
     ip(&r, &["addr", "add", "fd77::2/64", "dev", "r0", "nodad"]);
     ip(&r, &["link", "set", "r0", "up"]);
-    ip(&r, &["link", "add", "r1", "type", "veth", "peer", "name", "b0", "netns", b.name()]);
+    ip(
+        &r,
+        &[
+            "link",
+            "add",
+            "r1",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "b0",
+            "netns",
+            b.name(),
+        ],
+    );
     ip(&r, &["addr", "add", "192.168.77.1/24", "dev", "r1"]);
     ip(&r, &["link", "set", "r1", "up"]);
-    ip(&r, &["link", "add", "vx0", "address", VX0_MAC_S, "type", "vxlan", "external", "dstport", "4789"]);
+    ip(
+        &r,
+        &[
+            "link", "add", "vx0", "address", VX0_MAC_S, "type", "vxlan", "external", "dstport",
+            "4789",
+        ],
+    );
     ip(&r, &["link", "set", "vx0", "up"]);
     r.set_sysctl("net.ipv4.ip_forward", "1").unwrap();
     r.set_sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
 
     ip(&b, &["addr", "add", "192.168.77.2/24", "dev", "b0"]);
     ip(&b, &["link", "set", "b0", "up"]);
-    ip(&b, &["link", "add", "vxb", "address", VXB_MAC_S, "type", "vxlan", "id", "42", "remote", "192.168.77.1", "local", "192.168.77.2", "dstport", "4789"]);
+    ip(
+        &b,
+        &[
+            "link",
+            "add",
+            "vxb",
+            "address",
+            VXB_MAC_S,
+            "type",
+            "vxlan",
+            "id",
+            "42",
+            "remote",
+            "192.168.77.1",
+            "local",
+            "192.168.77.2",
+            "dstport",
+            "4789",
+        ],
+    );
     ip(&b, &["addr", "add", "10.200.0.7/24", "dev", "vxb"]);
     ip(&b, &["addr", "add", "10.201.0.7/24", "dev", "vxb"]);
-    ip(&b, &["addr", "add", "fd77:200::7/64", "dev", "vxb", "nodad"]);
+    ip(
+        &b,
+        &["addr", "add", "fd77:200::7/64", "dev", "vxb", "nodad"],
+    );
     ip(&b, &["link", "set", "vxb", "up"]);
-    ip(&b, &["neigh", "add", "10.200.0.254", "lladdr", VX0_MAC_S, "dev", "vxb", "nud", "permanent"]);
+    ip(
+        &b,
+        &[
+            "neigh",
+            "add",
+            "10.200.0.254",
+            "lladdr",
+            VX0_MAC_S,
+            "dev",
+            "vxb",
+            "nud",
+            "permanent",
+        ],
+    );
     ip(&b, &["route", "add", "10.77.0.0/24", "via", "10.200.0.254"]);
-    ip(&b, &["neigh", "add", "fd77:200::fe", "lladdr", VX0_MAC_S, "dev", "vxb", "nud", "permanent"]);
+    ip(
+        &b,
+        &[
+            "neigh",
+            "add",
+            "fd77:200::fe",
+            "lladdr",
+            VX0_MAC_S,
+            "dev",
+            "vxb",
+            "nud",
+            "permanent",
+        ],
+    );
     ip(&b, &["route", "add", "fd77::/64", "via", "fd77:200::fe"]);
 
     let (r0, vx0) = r
@@ -287,33 +406,53 @@ fn seed_scenario_ping_tcp_both_ways_through_vxlan() {
     let pins = PinDir::new("seed");
     let mut nl = s.r.run(Netlink::open).unwrap();
     let mut redirect = TunnelRedirect::builder().pin(&pins.0).load().unwrap();
-    redirect.set_rule(&mut nl, vxlan_rule(&s, "10.200.0.0/16", 42)).unwrap();
-    redirect.set_rule(&mut nl, vxlan_rule(&s, "fd77:200::/64", 42)).unwrap();
+    redirect
+        .set_rule(&mut nl, vxlan_rule(&s, "10.200.0.0/16", 42))
+        .unwrap();
+    redirect
+        .set_rule(&mut nl, vxlan_rule(&s, "fd77:200::/64", 42))
+        .unwrap();
 
     // Before the program is attached, the router has no route to the virtual IP.
     assert_eq!(common::ping(&s.a, ipaddr("10.200.0.7"), 1).received, 0);
 
     let r0 = s.r0;
-    let _tc = s
-        .r
-        .run(|| TcAttach::new(r0, TcDirection::Ingress).attach(redirect.tc_program()))
-        .unwrap();
+    let _tc =
+        s.r.run(|| TcAttach::new(r0, TcDirection::Ingress).attach(redirect.tc_program()))
+            .unwrap();
 
     // The underlay shows VXLAN with VNI 42 between the outer addresses, with the rule's TTL.
-    let (lines, p) = common::tcpdump(&s.b, "b0", "udp port 4789", 6, Duration::from_secs(3), || {
-        common::ping(&s.a, ipaddr("10.200.0.7"), 3)
-    });
+    let (lines, p) = common::tcpdump(
+        &s.b,
+        "b0",
+        "udp port 4789",
+        6,
+        Duration::from_secs(3),
+        || common::ping(&s.a, ipaddr("10.200.0.7"), 3),
+    );
     assert_eq!(p.received, 3, "{}", p.output);
     let outbound: Vec<&String> = lines
         .iter()
         .filter(|l| l.contains("192.168.77.1.") && l.contains("> 192.168.77.2.4789"))
         .collect();
-    assert!(!outbound.is_empty(), "no encapsulated packets toward B: {lines:?}");
+    assert!(
+        !outbound.is_empty(),
+        "no encapsulated packets toward B: {lines:?}"
+    );
     assert!(outbound.iter().all(|l| l.contains("vni 42")), "{lines:?}");
-    let verbose = common::Capture::start_with(&s.b, "b0", "udp port 4789 and src host 192.168.77.1", 1, &["-v"]);
+    let verbose = common::Capture::start_with(
+        &s.b,
+        "b0",
+        "udp port 4789 and src host 192.168.77.1",
+        1,
+        &["-v"],
+    );
     common::ping(&s.a, ipaddr("10.200.0.7"), 1);
     let v = verbose.finish(Duration::from_secs(3));
-    assert!(v.iter().any(|l| l.contains("ttl 33")), "outer TTL from the tunnel key: {v:?}");
+    assert!(
+        v.iter().any(|l| l.contains("ttl 33")),
+        "outer TTL from the tunnel key: {v:?}"
+    );
 
     // IPv6 inside the IPv4 underlay.
     let p = common::ping(&s.a, ipaddr("fd77:200::7"), 3);
@@ -327,12 +466,20 @@ fn seed_scenario_ping_tcp_both_ways_through_vxlan() {
     let t = common::tcp_stream(&s.b, &s.a, ipaddr("fd77:200::7"), 1_000_000);
     assert!(t.complete(), "A→B over IPv6: {t:?}");
 
-    let st = redirect.rule_stats("10.200.0.0/16".parse().unwrap()).unwrap();
+    let st = redirect
+        .rule_stats("10.200.0.0/16".parse().unwrap())
+        .unwrap();
     // A→B's 4 MB plus B→A's ACKs. veth hands GSO packets across unsegmented, so about a
     // hundred skbs carry the data.
     assert!(st.packets > 100 && st.bytes > 4_000_000, "{st:?}");
     assert_eq!(st.errors, 0);
-    assert!(redirect.rule_stats("fd77:200::/64".parse().unwrap()).unwrap().bytes > 1_000_000);
+    assert!(
+        redirect
+            .rule_stats("fd77:200::/64".parse().unwrap())
+            .unwrap()
+            .bytes
+            > 1_000_000
+    );
 }
 
 #[test]
@@ -344,27 +491,37 @@ fn rules_change_at_run_time() {
     let mut nl = s.r.run(Netlink::open).unwrap();
     let mut redirect = TunnelRedirect::load().unwrap();
     let prefix: ipnetwork::IpNetwork = "10.200.0.0/16".parse().unwrap();
-    redirect.set_rule(&mut nl, vxlan_rule(&s, "10.200.0.0/16", 42)).unwrap();
-    let r0 = s.r0;
-    let _tc = s
-        .r
-        .run(|| TcAttach::new(r0, TcDirection::Ingress).attach(redirect.tc_program()))
+    redirect
+        .set_rule(&mut nl, vxlan_rule(&s, "10.200.0.0/16", 42))
         .unwrap();
+    let r0 = s.r0;
+    let _tc =
+        s.r.run(|| TcAttach::new(r0, TcDirection::Ingress).attach(redirect.tc_program()))
+            .unwrap();
     assert_eq!(common::ping(&s.a, ipaddr("10.200.0.7"), 2).received, 2);
     let before = redirect.rule_stats(prefix).unwrap();
 
     // VNI 43: B has no device for it, so nothing comes back; the underlay shows the new VNI.
-    redirect.set_rule(&mut nl, vxlan_rule(&s, "10.200.0.0/16", 43)).unwrap();
-    let (lines, p) = common::tcpdump(&s.b, "b0", "udp port 4789", 2, Duration::from_secs(3), || {
-        common::ping(&s.a, ipaddr("10.200.0.7"), 2)
-    });
+    redirect
+        .set_rule(&mut nl, vxlan_rule(&s, "10.200.0.0/16", 43))
+        .unwrap();
+    let (lines, p) = common::tcpdump(
+        &s.b,
+        "b0",
+        "udp port 4789",
+        2,
+        Duration::from_secs(3),
+        || common::ping(&s.a, ipaddr("10.200.0.7"), 2),
+    );
     assert_eq!(p.received, 0, "{}", p.output);
     assert!(lines.iter().any(|l| l.contains("vni 43")), "{lines:?}");
     // The counters carried over the change.
     assert!(redirect.rule_stats(prefix).unwrap().packets >= before.packets + 2);
 
     // Back to 42: traffic flows again.
-    redirect.set_rule(&mut nl, vxlan_rule(&s, "10.200.0.0/16", 42)).unwrap();
+    redirect
+        .set_rule(&mut nl, vxlan_rule(&s, "10.200.0.0/16", 42))
+        .unwrap();
     assert_eq!(common::ping(&s.a, ipaddr("10.200.0.7"), 2).received, 2);
 
     // Without the rule the router's stack sees the packets: it has no route, nothing arrives.
@@ -382,7 +539,9 @@ fn pinned_maps_read_by_bpftool_and_adopted() {
     let pins = PinDir::new("bpftool");
     let mut nl = s.r.run(Netlink::open).unwrap();
     let mut redirect = TunnelRedirect::builder().pin(&pins.0).load().unwrap();
-    redirect.set_rule(&mut nl, vxlan_rule(&s, "10.200.0.0/16", 42)).unwrap();
+    redirect
+        .set_rule(&mut nl, vxlan_rule(&s, "10.200.0.0/16", 42))
+        .unwrap();
 
     let path = pins.0.join("rules_v4");
     let out = std::process::Command::new("bpftool")
@@ -390,14 +549,33 @@ fn pinned_maps_read_by_bpftool_and_adopted() {
         .arg(&path)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     // BTF gives bpftool the field names of struct lwtun_redirect_rule and its key.
-    for needle in ["\"formatted\"", "\"prefixlen\":16", "\"tunnel_id\":42", "\"ttl\":33", "\"ifindex\":"] {
-        assert!(text.contains(needle), "{needle} missing in bpftool's dump: {text}");
+    for needle in [
+        "\"formatted\"",
+        "\"prefixlen\":16",
+        "\"tunnel_id\":42",
+        "\"ttl\":33",
+        "\"ifindex\":",
+    ] {
+        assert!(
+            text.contains(needle),
+            "{needle} missing in bpftool's dump: {text}"
+        );
     }
     assert!(text.contains(&format!("\"ifindex\":{}", s.vx0)), "{text}");
-    for name in ["rules_v6", "rule_stats", "events", "redirect_tc", "redirect_lwt_xmit"] {
+    for name in [
+        "rules_v6",
+        "rule_stats",
+        "events",
+        "redirect_tc",
+        "redirect_lwt_xmit",
+    ] {
         assert!(pins.0.join(name).exists(), "{name} not pinned");
     }
 
@@ -405,12 +583,14 @@ fn pinned_maps_read_by_bpftool_and_adopted() {
     redirect.keep_pinned();
     drop(redirect);
     let adopted = TunnelRedirect::builder().pin(&pins.0).load().unwrap();
-    assert_eq!(adopted.rules(), vec![vxlan_rule(&s, "10.200.0.0/16", 42).inner_src_mac(VX0_MAC)]);
+    assert_eq!(
+        adopted.rules(),
+        vec![vxlan_rule(&s, "10.200.0.0/16", 42).inner_src_mac(VX0_MAC)]
+    );
     let r0 = s.r0;
-    let _tc = s
-        .r
-        .run(|| TcAttach::new(r0, TcDirection::Ingress).attach(adopted.tc_program()))
-        .unwrap();
+    let _tc =
+        s.r.run(|| TcAttach::new(r0, TcDirection::Ingress).attach(adopted.tc_program()))
+            .unwrap();
     assert_eq!(common::ping(&s.a, ipaddr("10.200.0.7"), 2).received, 2);
     drop(_tc);
     drop(adopted);
@@ -429,15 +609,38 @@ fn refuses_targets_that_are_not_collect_md_tunnels() {
     let prefix = "10.200.0.0/16".parse().unwrap();
     // A veth.
     let e = redirect
-        .set_rule(&mut nl, RedirectRule::new(prefix, s.r0, key).inner_dst_mac(VXB_MAC))
+        .set_rule(
+            &mut nl,
+            RedirectRule::new(prefix, s.r0, key).inner_dst_mac(VXB_MAC),
+        )
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
     assert!(e.to_string().contains("not a tunnel device"), "{e}");
     // A VXLAN device without `external`.
-    common::ip(&s.r, &["link", "add", "vxplain", "type", "vxlan", "id", "7", "remote", "192.168.77.2", "dstport", "4790"]);
-    let plain = s.r.run(|| Ok(Netlink::open()?.link_by_name("vxplain")?.index)).unwrap();
+    common::ip(
+        &s.r,
+        &[
+            "link",
+            "add",
+            "vxplain",
+            "type",
+            "vxlan",
+            "id",
+            "7",
+            "remote",
+            "192.168.77.2",
+            "dstport",
+            "4790",
+        ],
+    );
+    let plain =
+        s.r.run(|| Ok(Netlink::open()?.link_by_name("vxplain")?.index))
+            .unwrap();
     let e = redirect
-        .set_rule(&mut nl, RedirectRule::new(prefix, plain, key).inner_dst_mac(VXB_MAC))
+        .set_rule(
+            &mut nl,
+            RedirectRule::new(prefix, plain, key).inner_dst_mac(VXB_MAC),
+        )
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
     assert!(e.to_string().contains("without collect_md"), "{e}");
@@ -448,7 +651,10 @@ fn refuses_targets_that_are_not_collect_md_tunnels() {
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
     // An unknown device.
     let e = redirect
-        .set_rule(&mut nl, RedirectRule::new(prefix, 999_999, key).inner_dst_mac(VXB_MAC))
+        .set_rule(
+            &mut nl,
+            RedirectRule::new(prefix, 999_999, key).inner_dst_mac(VXB_MAC),
+        )
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
     assert!(redirect.rules().is_empty(), "no refused rule was kept");
@@ -474,7 +680,9 @@ fn gre_and_ipip_external_targets() {
             }
             Err(e) => panic!("create {kind} external: {e}"),
             Ok(()) => {
-                let idx = s.r.run(|| Ok(Netlink::open()?.link_by_name(name)?.index)).unwrap();
+                let idx =
+                    s.r.run(|| Ok(Netlink::open()?.link_by_name(name)?.index))
+                        .unwrap();
                 // L3 tunnels need no inner MAC; an IPv6 remote does not suit them.
                 let rule = RedirectRule::new(
                     "10.200.0.0/16".parse().unwrap(),
@@ -482,8 +690,14 @@ fn gre_and_ipip_external_targets() {
                     TunnelKey::new(ipaddr("192.168.77.2"), 42),
                 );
                 redirect.set_rule(&mut nl, rule).unwrap();
-                let v6 = RedirectRule { key: TunnelKey::new(ipaddr("fd78::2"), 42), ..rule };
-                assert_eq!(redirect.set_rule(&mut nl, v6).unwrap_err().kind(), ErrorKind::InvalidInput);
+                let v6 = RedirectRule {
+                    key: TunnelKey::new(ipaddr("fd78::2"), 42),
+                    ..rule
+                };
+                assert_eq!(
+                    redirect.set_rule(&mut nl, v6).unwrap_err().kind(),
+                    ErrorKind::InvalidInput
+                );
             }
         }
     }
@@ -505,15 +719,22 @@ fn lwt_xmit_route_redirects_into_vxlan_with_per_destination_keys() {
     // sent with VNI 44 (B has no device for it).
     let host7: ipnetwork::IpNetwork = "10.201.0.7/32".parse().unwrap();
     let host8: ipnetwork::IpNetwork = "10.201.0.8/32".parse().unwrap();
-    redirect.set_rule(&mut nl, vxlan_rule(&s, "10.201.0.7/32", 42)).unwrap();
-    redirect.set_rule(&mut nl, vxlan_rule(&s, "10.201.0.8/32", 44)).unwrap();
+    redirect
+        .set_rule(&mut nl, vxlan_rule(&s, "10.201.0.7/32", 42))
+        .unwrap();
+    redirect
+        .set_rule(&mut nl, vxlan_rule(&s, "10.201.0.8/32", 44))
+        .unwrap();
     let _route = LwtRoute::new("10.201.0.0/24".parse().unwrap())
         .device(s.vx0)
         .program(Hook::Xmit, redirect.lwt_program())
         .install(&mut nl)
         .unwrap();
     let shown = common::ip(&s.r, &["route", "show", "10.201.0.0/24"]);
-    assert!(shown.contains("encap bpf xmit") && shown.contains("dev vx0"), "{shown}");
+    assert!(
+        shown.contains("encap bpf xmit") && shown.contains("dev vx0"),
+        "{shown}"
+    );
 
     let outbound = "udp port 4789 and src host 192.168.77.1";
     let (lines, p) = common::tcpdump(&s.b, "b0", outbound, 3, Duration::from_secs(3), || {

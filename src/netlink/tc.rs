@@ -236,7 +236,11 @@ fn parse_tc(body: &[u8]) -> Option<(TcHeader, &[u8])> {
 }
 
 fn decode_filter(hdr: TcHeader, attrs: &[u8]) -> Option<BpfFilter> {
-    if attr::find(attrs, Tca::Kind.into()).map(attr::cstr).as_deref() != Some("bpf") {
+    if attr::find(attrs, Tca::Kind.into())
+        .map(attr::cstr)
+        .as_deref()
+        != Some("bpf")
+    {
         return None;
     }
     // The first message of a dump describes the classifier instance itself (handle 0).
