@@ -586,6 +586,35 @@ mod tests {
         }
     }
 
+    /// Descriptors of network namespaces this process holds (`net:[INODE]` links).
+    fn netns_fds() -> usize {
+        fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+            .filter(|t| t.to_string_lossy().starts_with("net:["))
+            .count()
+    }
+
+    #[test]
+    fn create_run_and_drop_leak_no_descriptors() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED create_run_and_drop_leak_no_descriptors: needs root");
+            return;
+        }
+        let before = netns_fds();
+        for _ in 0..10 {
+            let ns = NetNs::create_unique("lwt-fd").unwrap();
+            for _ in 0..5 {
+                ns.run(|| Ok(())).unwrap();
+            }
+            let _ = ns.run(|| -> Result<()> { panic!("in closure") });
+            ns.set_sysctl("net.ipv4.ip_forward", "1").unwrap();
+            drop(ns.fd().unwrap());
+        }
+        assert_eq!(netns_fds(), before);
+    }
+
     #[test]
     fn command_uses_nsenter_not_ip_netns_exec() {
         let ns = NetNs {

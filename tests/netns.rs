@@ -445,3 +445,94 @@ fn harness_udp_count_and_tcpdump_see_real_packets() {
     assert!(lines.is_empty(), "{lines:#?}");
     assert!(started.elapsed() < Duration::from_secs(4));
 }
+
+/// NetNs::fd is what lwtun's own netlink takes to create a veth whose peer lands in another
+/// namespace; Netlink sockets opened in `run` stay in their namespace.
+#[test]
+fn lwtun_netlink_builds_a_link_between_namespaces() {
+    if !common::privileged("lwtun_netlink_builds_a_link_between_namespaces") {
+        return;
+    }
+    use lwtun::netlink::{addr::AddressOptions, Netlink};
+    use std::os::fd::AsFd;
+    let a = common::netns("nla");
+    let b = common::netns("nlb");
+    let b_fd = b.fd().unwrap();
+    let mut nl_a = a.run(Netlink::open).unwrap();
+    let mut nl_b = b.run(Netlink::open).unwrap();
+    // Used from this thread, the sockets still act in their own namespaces.
+    nl_a.add_veth("xa", "xb", Some(b_fd.as_fd())).unwrap();
+    assert_eq!(
+        nl_a.link_by_name("xb").unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    let xa = nl_a.link_by_name("xa").unwrap();
+    let xb = nl_b.link_by_name("xb").unwrap();
+    for (nl, link, net) in [
+        (&mut nl_a, &xa, "10.88.0.1/24"),
+        (&mut nl_b, &xb, "10.88.0.2/24"),
+    ] {
+        nl.add_address_with(link.index, net.parse().unwrap(), &AddressOptions::nodad())
+            .unwrap();
+        nl.set_link_up(link.index, true).unwrap();
+    }
+    common::wait_oper_up(&a, &["xa".to_string()]);
+    common::wait_oper_up(&b, &["xb".to_string()]);
+    let p = common::ping(&a, "10.88.0.2".parse().unwrap(), 2);
+    assert_eq!(p.received, 2, "{}", p.output);
+    // The host never saw either end.
+    let host = Command::new("ip").args(["-o", "link"]).output().unwrap();
+    let host = String::from_utf8_lossy(&host.stdout);
+    assert!(!host.contains(" xa@") && !host.contains(" xb@"), "{host}");
+}
+
+/// A test that panics mid-way leaves neither namespaces nor tcpdump processes behind.
+#[test]
+fn harness_cleans_up_on_panic() {
+    if !common::privileged("harness_cleans_up_on_panic") {
+        return;
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let result = std::thread::spawn(move || {
+        let net = common::line(3);
+        let cap = common::Capture::start(net.ns(1), "to0", "icmp", 100);
+        let names: Vec<String> = net.ns.iter().map(|n| n.name().to_string()).collect();
+        let pid = tcpdump_pid(net.ns(1).name());
+        tx.send((names, pid)).unwrap();
+        let _keep = (&net, &cap);
+        panic!("a test fails while its topology and capture are live");
+    })
+    .join();
+    assert!(result.is_err());
+    let (names, pid) = rx.recv().unwrap();
+    let listed = NetNs::list().unwrap();
+    for n in &names {
+        assert!(!listed.contains(n), "{n} survived the panic");
+    }
+    let pid = pid.expect("tcpdump was running");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "tcpdump {pid} survived the panic"
+    );
+}
+
+/// The pid of our tcpdump child running in namespace `ns` (its cmdline has no namespace, so
+/// match the child of this process by its network namespace link).
+fn tcpdump_pid(ns: &str) -> Option<u32> {
+    let target = std::fs::metadata(format!("/run/netns/{ns}")).ok()?;
+    use std::os::unix::fs::MetadataExt;
+    for entry in std::fs::read_dir("/proc").ok()? {
+        let entry = entry.ok()?;
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let Ok(ns_meta) = std::fs::metadata(format!("/proc/{pid}/ns/net")) else {
+            continue;
+        };
+        if comm.trim() == "tcpdump" && ns_meta.ino() == target.ino() {
+            return Some(pid);
+        }
+    }
+    None
+}
