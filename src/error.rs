@@ -20,7 +20,7 @@ use std::io;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorKind {
-    /// The object (interface, route, map entry, namespace) does not exist.
+    /// The object (interface, route, map entry, namespace, a gateway's network) does not exist.
     NotFound,
     /// The object exists already (for example a route added twice without replace).
     Exists,
@@ -267,9 +267,13 @@ fn strerror(errno: i32) -> String {
 /// Sorts a (positive) errno into an [`ErrorKind`].
 pub(crate) fn kind_of_errno(errno: i32) -> ErrorKind {
     match errno {
-        libc::ENOENT | libc::ENODEV | libc::ESRCH | libc::ENXIO | libc::EADDRNOTAVAIL => {
-            ErrorKind::NotFound
-        }
+        libc::ENOENT
+        | libc::ENODEV
+        | libc::ESRCH
+        | libc::ENXIO
+        | libc::EADDRNOTAVAIL
+        | libc::ENETUNREACH
+        | libc::EHOSTUNREACH => ErrorKind::NotFound,
         libc::EEXIST | libc::EBUSY => ErrorKind::Exists,
         libc::EPERM | libc::EACCES => ErrorKind::Permission,
         libc::EOPNOTSUPP | libc::EAFNOSUPPORT | libc::EPROTONOSUPPORT | libc::ENOSYS => {

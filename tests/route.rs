@@ -539,6 +539,20 @@ fn refusals_have_the_right_kind_and_leave_nothing() {
     let e = lwt().install(&mut nl).unwrap_err();
     cases.push(("no program", ErrorKind::InvalidInput, e));
 
+    // The kernel's own words arrive with its errors (extended ACK).
+    let e = lwt()
+        .via("10.99.99.99".parse().unwrap())
+        .program(Hook::Xmit, xmit)
+        .install(&mut nl)
+        .unwrap_err();
+    assert_eq!(e.ext_ack(), Some("Nexthop has invalid gateway"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("kernel: \"Nexthop has invalid gateway\""),
+        "{e}"
+    );
+    cases.push(("unreachable gateway", ErrorKind::NotFound, e));
+
     // Duplicate add.
     let kept = lwt().program(Hook::Xmit, xmit).install(&mut nl).unwrap();
     let e = lwt()
