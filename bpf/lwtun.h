@@ -142,4 +142,69 @@ LWTUN_ASSERT_SIZE(struct lwtun_redirect_stats, 24);
 #define LWTUN_ENCAP_GRE 2  /* GRE (RFC 2784/2890), optional key and checksum, protocol 47 */
 #define LWTUN_ENCAP_UDP 3  /* FOU: UDP then the inner packet, destination port per peer */
 
+/* Peer table keys (LPM trie): an inner destination prefix, address in network byte order. The decap
+ * family may reuse them for its known-peer check (prefix 32/128 of an outer source). */
+struct lwtun_peer_key4 {
+	__u32 prefixlen;
+	__u8 addr[4];
+};
+LWTUN_ASSERT_SIZE(struct lwtun_peer_key4, 8);
+
+struct lwtun_peer_key6 {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+LWTUN_ASSERT_SIZE(struct lwtun_peer_key6, 20);
+
+/* lwtun_peer.flags */
+#define LWTUN_PEER_OUTER_V6 (1U << 0)    /* remote and local are IPv6 */
+#define LWTUN_PEER_GRE_KEY (1U << 1)     /* GRE: carry the key field */
+#define LWTUN_PEER_GRE_CSUM (1U << 2)    /* GRE: carry and fill the checksum field */
+#define LWTUN_PEER_TTL_INHERIT (1U << 3) /* outer TTL/hop limit = inner one (ttl field ignored) */
+#define LWTUN_PEER_TOS_INHERIT (1U << 4) /* outer TOS/traffic class = inner one (tos ignored) */
+
+/* What the encap pushes for an inner destination that matched a peer prefix. */
+struct lwtun_peer {
+	__u8 remote[16];   /* outer destination (IPv4 in the first 4 bytes), network byte order */
+	__u8 local[16];    /* outer source, same layout */
+	__u8 kind;         /* LWTUN_ENCAP_* */
+	__u8 flags;        /* LWTUN_PEER_* */
+	__u8 ttl;          /* outer TTL / hop limit unless inherited */
+	__u8 tos;          /* outer TOS / traffic class unless inherited */
+	__u32 gre_key;     /* GRE key, network byte order (LWTUN_PEER_GRE_KEY) */
+	__u16 udp_dport;   /* UDP: destination port, network byte order */
+	__u16 pad;
+	__u32 slot;        /* index of this peer's counters in peer_stats */
+};
+LWTUN_ASSERT_SIZE(struct lwtun_peer, 48);
+
+/* Per-peer counters, one copy per CPU. */
+struct lwtun_peer_stats {
+	__u64 packets; /* encapsulated */
+	__u64 bytes;   /* inner bytes encapsulated */
+	__u64 errors;  /* matched but not sent: the encap was refused or the packet was malformed */
+};
+LWTUN_ASSERT_SIZE(struct lwtun_peer_stats, 24);
+
+/* What the encap does with a packet whose inner destination matches no peer. */
+#define LWTUN_MISS_DROP 0 /* drop it (the default) and count it */
+#define LWTUN_MISS_PASS 1 /* send it on unencapsulated and count it */
+
+/* The encap family's configuration (one entry, index 0). */
+struct lwtun_encap_config {
+	__u32 magic;    /* LWTUN_MAGIC */
+	__u32 version;  /* LWTUN_ABI_VERSION */
+	__u32 miss_v4;  /* LWTUN_MISS_* for inner IPv4 */
+	__u32 miss_v6;  /* LWTUN_MISS_* for inner IPv6 */
+};
+LWTUN_ASSERT_SIZE(struct lwtun_encap_config, 16);
+
+/* Slots of the encap family's event counters (per CPU). */
+#define LWTUN_ENCAP_EV_MISS_DROP_V4 0
+#define LWTUN_ENCAP_EV_MISS_DROP_V6 1
+#define LWTUN_ENCAP_EV_MISS_PASS_V4 2
+#define LWTUN_ENCAP_EV_MISS_PASS_V6 3
+#define LWTUN_ENCAP_EV_NOT_IP 4      /* not IPv4/IPv6 or truncated: dropped */
+#define LWTUN_ENCAP_EV_MAX 5
+
 #endif /* LWTUN_H */
