@@ -32,7 +32,7 @@
 //!     .device(dev.index)
 //!     .program(Hook::Xmit, counter.program(Hook::Xmit))
 //!     .install(&mut nl)?;                                 // removed again when `route` drops
-//! println!("{}", route.spec());
+//! println!("{route}");
 //! # Ok::<(), lwtun::Error>(())
 //! ```
 #![deny(missing_docs)]
