@@ -51,7 +51,12 @@ pub fn privileged(test: &str) -> bool {
     if privileges_required() {
         panic!("{why}, and CI=true/LWTUN_REQUIRE_PRIV=1 forbids skipping");
     }
-    eprintln!("SKIPPED {why}");
+    // Straight to the stderr handle: libtest captures `eprintln!` in passing tests, which
+    // would hide the skip.
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("SKIPPED {why}\n").as_bytes(),
+    );
     false
 }
 
