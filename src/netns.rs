@@ -48,6 +48,9 @@ pub const NETNS_RUN_DIR: &str = "/run/netns";
 /// `statfs` magic of nsfs, the file system namespace files live on.
 const NSFS_MAGIC: i64 = 0x6e73_6673;
 
+/// `NS_GET_NSTYPE` (`_IO(0xb7, 0x3)`), Linux 4.11.
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+
 /// Serialises this process's changes to the `/run/netns` mount.
 static RUN_DIR_LOCK: Mutex<()> = Mutex::new(());
 /// Counter for [`NetNs::create_unique`] names.
@@ -139,7 +142,15 @@ impl NetNs {
                 if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
                     return Err(io::Error::last_os_error());
                 }
-                let source = c"/proc/thread-self/ns/net";
+                // /proc/thread-self appeared in Linux 3.17; the task path works everywhere.
+                // SAFETY: gettid has no preconditions.
+                let tid = unsafe { libc::gettid() };
+                let source = if Path::new("/proc/thread-self/ns/net").exists() {
+                    c"/proc/thread-self/ns/net".to_owned()
+                } else {
+                    CString::new(format!("/proc/self/task/{tid}/ns/net"))
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?
+                };
                 // SAFETY: both paths are valid NUL-terminated strings; fstype and data are unused
                 // for a bind mount and may be null.
                 let rc = unsafe {
@@ -224,11 +235,16 @@ impl NetNs {
             return Err(Error::io(op, io::Error::last_os_error()).with_object(name));
         }
         #[allow(clippy::unnecessary_cast)] // f_type's width differs between libcs
-        if st.f_type as i64 != NSFS_MAGIC {
+        // SAFETY: NS_GET_NSTYPE takes no argument and returns the namespace type.
+        let nstype = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_NSTYPE) };
+        // (ENOTTY before Linux 4.11: then nsfs is all we can check.)
+        let other_type = nstype >= 0 && nstype != libc::CLONE_NEWNET;
+        if st.f_type as i64 != NSFS_MAGIC || other_type {
             return Err(Error::not_found(
                 op,
                 format!(
-                    "a network namespace at {} (the file exists but nothing is mounted on it)",
+                    "a network namespace at {} (the file exists, but what is mounted there, if \
+                     anything, is not a network namespace)",
                     ns.path.display()
                 ),
             )

@@ -272,6 +272,28 @@ fn namespace_made_by_iproute2_can_be_opened_and_used() {
     let e = NetNs::open(&fake).unwrap_err();
     std::fs::remove_file(&fake_path).unwrap();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+
+    // Another kind of namespace mounted there (a UTS namespace) is not a network namespace.
+    let uts = format!("lwt-uts-{}", std::process::id());
+    let uts_path = std::path::Path::new("/run/netns").join(&uts);
+    std::fs::write(&uts_path, b"").unwrap();
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _unmount = Unmount(uts_path.clone());
+    let st = Command::new("mount")
+        .args(["--bind", "/proc/self/ns/uts"])
+        .arg(&uts_path)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let e = NetNs::open(&uts).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    assert!(e.to_string().contains("not a network namespace"), "{e}");
 }
 
 #[test]
