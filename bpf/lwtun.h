@@ -207,4 +207,40 @@ LWTUN_ASSERT_SIZE(struct lwtun_encap_config, 16);
 #define LWTUN_ENCAP_EV_NOT_IP 4      /* not IPv4/IPv6 or truncated: dropped */
 #define LWTUN_ENCAP_EV_MAX 5
 
+/* ---- tc decap (bpf/tc_decap.bpf.c <-> src/decap.rs); peers keyed by lwtun_peer_key4/6 ---- */
+
+/* A known peer (outer source prefix) the decap accepts tunnel packets from. */
+#define LWTUN_DECAP_PEER_GRE_KEY (1U << 0) /* GRE packets from this peer must carry gre_key */
+struct lwtun_decap_peer {
+	__u32 flags;   /* LWTUN_DECAP_PEER_* */
+	__u32 gre_key; /* network byte order */
+};
+LWTUN_ASSERT_SIZE(struct lwtun_decap_peer, 8);
+
+/* lwtun_decap_config.flags */
+#define LWTUN_DECAP_KEY_TO_MARK (1U << 0) /* write a GRE packet's key to skb->mark */
+
+/* The decap family's configuration (one entry, index 0). */
+struct lwtun_decap_config {
+	__u32 magic;   /* LWTUN_MAGIC */
+	__u32 version; /* LWTUN_ABI_VERSION */
+	__u32 flags;   /* LWTUN_DECAP_* */
+	__u32 pad;
+};
+LWTUN_ASSERT_SIZE(struct lwtun_decap_config, 16);
+
+/* Slots of the decap family's counters (per CPU, packets and outer bytes). */
+#define LWTUN_DECAP_EV_IPIP 0         /* decapsulated IP-in-IP (4 or 41) */
+#define LWTUN_DECAP_EV_GRE 1          /* decapsulated GRE */
+#define LWTUN_DECAP_EV_UDP 2          /* decapsulated UDP (FOU) */
+#define LWTUN_DECAP_EV_UNKNOWN_PEER 3 /* tunnel packet from a source not in the peer table: dropped */
+#define LWTUN_DECAP_EV_MALFORMED 4    /* truncated or inconsistent headers: dropped */
+#define LWTUN_DECAP_EV_NOT_FOR_US 5   /* not a tunnel packet to a local endpoint: passed */
+#define LWTUN_DECAP_EV_FRAGMENT 6     /* outer header fragmented: dropped */
+#define LWTUN_DECAP_EV_BAD_CSUM 7     /* outer IPv4 header or GRE checksum wrong: dropped */
+#define LWTUN_DECAP_EV_KEY_MISMATCH 8 /* GRE key missing or not the peer's: dropped */
+#define LWTUN_DECAP_EV_UNSUPPORTED 9  /* what lwtun never sends (GRE version/flags, extension headers): dropped */
+#define LWTUN_DECAP_EV_ERROR 10       /* the kernel refused to strip the header: dropped */
+#define LWTUN_DECAP_EV_MAX 11
+
 #endif /* LWTUN_H */
