@@ -615,7 +615,11 @@ mod tests {
     fn create_run_and_drop_leak_no_descriptors() {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIPPED create_run_and_drop_leak_no_descriptors: needs root");
+            // Not eprintln!: libtest would capture it in a passing test.
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                "SKIPPED create_run_and_drop_leak_no_descriptors: needs root\n".as_bytes(),
+            );
             return;
         }
         let before = netns_fds();

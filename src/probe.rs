@@ -7,6 +7,10 @@
 //! the process; a probe that could not decide (for example for lack of privileges) is not
 //! cached and is asked again next time.
 //!
+//! Probing needs what lwtun itself needs: `CAP_BPF` (or `CAP_SYS_ADMIN`) and `CAP_NET_ADMIN`
+//! ([`require_caps`]), and `CAP_SYS_ADMIN` for the throwaway namespaces of the route and link
+//! probes. Without them a probe returns [`ErrorKind::Permission`], never "unsupported".
+//!
 //! | probe | feature | since |
 //! |---|---|---|
 //! | [`lwt_routes`] | routes with `encap bpf` (`CONFIG_LWTUNNEL_BPF`) | 4.10 |
@@ -400,6 +404,9 @@ pub fn require_caps(op: &str) -> Result<()> {
 /// `Ok(true)` supported, `Ok(false)` absent, `Err` could not tell.
 fn run_probe(feature: Feature) -> Result<bool> {
     let op = feature.op();
+    // Without privileges every load fails, and libbpf's probes read that as "unsupported":
+    // refuse to probe (and so to cache an answer) instead.
+    require_caps(op)?;
     match feature {
         Feature::LwtRoutes => probe_lwt_routes(op),
         Feature::LwtEncapIp => {
@@ -430,8 +437,14 @@ const LWT_BPF_PROG_NAME: u16 = 2;
 /// Linux's internal "operation not supported" (not in libc), which BPF map batch ops return.
 const ENOTSUPP: i32 = 524;
 
+/// Whether the kernel loads a trivial program of type `ty`. Unlike libbpf's probe, a refusal
+/// for lack of privileges is an error, not "unsupported".
 fn prog_type_supported(op: &str, ty: ProgramType) -> Result<bool> {
-    ty.is_supported().map_err(|e| Error::bpf(op, e))
+    match load_trivial(op, ty as sys::bpf_prog_type, 0) {
+        Ok(_) => Ok(true),
+        Err(e) if e.errno() == Some(libc::EINVAL) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Loads `r0 = ret; exit` as a program of type `ty`.
@@ -751,7 +764,11 @@ mod tests {
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
         if !root {
-            eprintln!("SKIPPED {test}: needs root");
+            // Not eprintln!: libtest would capture it in a passing test.
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                format!("SKIPPED {test}: needs root\n").as_bytes(),
+            );
         }
         root
     }
@@ -782,6 +799,48 @@ mod tests {
         let tc = load_trivial("t", sys::BPF_PROG_TYPE_SCHED_CLS, TCX_NEXT).unwrap();
         assert!(link_loopback("t", &tc, sys::BPF_TCX_EGRESS).unwrap());
         assert!(!link_loopback("t", &tc, sys::BPF_XDP).unwrap());
+    }
+
+    /// Without privileges a probe is an error, never a cached "unsupported" (libbpf's own
+    /// prog-type probe reads EPERM as "not supported").
+    #[test]
+    fn probes_without_privileges_are_errors_not_answers() {
+        if !root("probes_without_privileges_are_errors_not_answers") {
+            return;
+        }
+        std::thread::spawn(|| {
+            // Lower this thread's effective set to nothing (credentials are per thread).
+            #[repr(C)]
+            struct Header {
+                version: u32,
+                pid: i32,
+            }
+            let mut h = Header {
+                version: 0x2008_0522,
+                pid: 0,
+            };
+            let mut d = [[0u32; 3]; 2];
+            // SAFETY: v3 header and two (effective, permitted, inheritable) records.
+            let rc =
+                unsafe { libc::syscall(libc::SYS_capget, &mut h as *mut Header, d.as_mut_ptr()) };
+            assert_eq!(rc, 0);
+            d[0][0] = 0;
+            d[1][0] = 0;
+            // SAFETY: as above; lowering the effective set is always allowed.
+            let rc = unsafe { libc::syscall(libc::SYS_capset, &mut h as *mut Header, d.as_ptr()) };
+            assert_eq!(rc, 0);
+            for f in Feature::ALL {
+                let e = run_probe(f).unwrap_err();
+                assert_eq!(e.kind(), ErrorKind::Permission, "{f}: {e}");
+            }
+            let e = prog_type_supported("t", ProgramType::LwtXmit).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Permission, "{e}");
+        })
+        .join()
+        .unwrap();
+        for f in Feature::ALL {
+            assert!(run_probe(f).unwrap(), "{f}");
+        }
     }
 
     #[test]
