@@ -21,6 +21,15 @@
 //! needs the inner destination MAC. Anything else is [`ErrorKind::InvalidInput`] before a packet
 //! is touched.
 //!
+//! # MTU
+//!
+//! A redirected packet skips the stack's MTU checks and is encapsulated as it is. VXLAN adds 50
+//! bytes over IPv4 and 70 over IPv6 (inner Ethernet 14, VXLAN 8, UDP 8, outer IP 20/40): an
+//! IPv4 outer header without [`TunnelKeyFlags::DONT_FRAGMENT`] is fragmented when the result is
+//! too big for the underlay, an IPv6 one is dropped (seen on Linux 6.18: TCP stalls while ping
+//! works). Give the senders an MTU that leaves room for the encapsulation (for example 1430 on a
+//! 1500-byte IPv6 underlay), or give the LWT route an `mtu` metric.
+//!
 //! The maps (`rules_v4`, `rules_v6`: LPM tries of `struct lwtun_redirect_rule`; `rule_stats`:
 //! per-rule counters; `events`) carry BTF, so `bpftool map dump pinned FOLDER/rules_v4` shows
 //! field names. [`TunnelRedirectBuilder::pin`] pins maps and programs under a caller-named bpffs

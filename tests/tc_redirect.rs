@@ -750,3 +750,112 @@ fn lwt_xmit_route_redirects_into_vxlan_with_per_destination_keys() {
     assert!(redirect.rule_stats(host7).unwrap().bytes > 4_000_000);
     assert_eq!(redirect.rule_stats(host8).unwrap().packets, 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Other directions and families
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn redirect_to_the_tunnel_devices_ingress() {
+    if !common::privileged("redirect_to_the_tunnel_devices_ingress") {
+        return;
+    }
+    // Packets for 10.210.0.1 (a router address) are handed to vx0's ingress with a tunnel key,
+    // as if vx0 had decapsulated them: a tc counter on vx0 ingress sees them, the router answers.
+    let s = seed();
+    common::ip(&s.r, &["addr", "add", "10.210.0.1/32", "dev", "lo"]);
+    common::ip(&s.a, &["route", "add", "10.210.0.0/16", "via", "10.77.0.2"]);
+    let mut nl = s.r.run(Netlink::open).unwrap();
+    let mut redirect = TunnelRedirect::load().unwrap();
+    let rule = RedirectRule::new(
+        "10.210.0.1/32".parse().unwrap(),
+        s.vx0,
+        TunnelKey::new(ipaddr("192.168.77.2"), 42),
+    )
+    .inner_dst_mac(VX0_MAC)
+    .to_ingress();
+    redirect.set_rule(&mut nl, rule).unwrap();
+    let counter = lwtun::tc::TcCounter::load().unwrap();
+    let (r0, vx0) = (s.r0, s.vx0);
+    let (_tc, _count) =
+        s.r.run(|| {
+            let a = TcAttach::new(r0, TcDirection::Ingress).attach(redirect.tc_program())?;
+            let b = TcAttach::new(vx0, TcDirection::Ingress).attach(counter.program())?;
+            Ok((a, b))
+        })
+        .unwrap();
+    let p = common::ping(&s.a, ipaddr("10.210.0.1"), 3);
+    assert_eq!(p.received, 3, "{}", p.output);
+    assert!(
+        counter.counter().unwrap().packets >= 3,
+        "vx0 ingress saw nothing"
+    );
+    assert_eq!(redirect.rule_stats(rule.prefix).unwrap().packets, 3);
+}
+
+#[test]
+fn ipv6_underlay_remote() {
+    if !common::privileged("ipv6_underlay_remote") {
+        return;
+    }
+    let s = seed();
+    // A redirect skips the stack's MTU handling and an IPv6 outer header is never fragmented on
+    // the way: inner packets must leave room for 70 bytes of VXLAN-over-IPv6 (1430 + 70 = 1500).
+    common::ip(&s.a, &["link", "set", "a0", "mtu", "1430"]);
+    common::ip(&s.r, &["addr", "add", "fd78::1/64", "dev", "r1", "nodad"]);
+    common::ip(&s.b, &["addr", "add", "fd78::2/64", "dev", "b0", "nodad"]);
+    common::ip(
+        &s.b,
+        &[
+            "link",
+            "add",
+            "vxb6",
+            "address",
+            "02:00:00:00:b6:01",
+            "type",
+            "vxlan",
+            "id",
+            "46",
+            "remote",
+            "fd78::1",
+            "local",
+            "fd78::2",
+            "dstport",
+            "4789",
+        ],
+    );
+    common::ip(&s.b, &["addr", "add", "10.203.0.7/24", "dev", "vxb6"]);
+    common::ip(&s.b, &["link", "set", "vxb6", "up"]);
+    common::ip(&s.a, &["route", "add", "10.203.0.0/16", "via", "10.77.0.2"]);
+    let mut nl = s.r.run(Netlink::open).unwrap();
+    let mut redirect = TunnelRedirect::load().unwrap();
+    let rule = RedirectRule::new(
+        "10.203.0.0/16".parse().unwrap(),
+        s.vx0,
+        TunnelKey::new(ipaddr("fd78::2"), 46).ttl(20),
+    )
+    .inner_dst_mac([0x02, 0, 0, 0, 0xb6, 0x01]);
+    redirect.set_rule(&mut nl, rule).unwrap();
+    let r0 = s.r0;
+    let _tc =
+        s.r.run(|| TcAttach::new(r0, TcDirection::Ingress).attach(redirect.tc_program()))
+            .unwrap();
+    // Replies come back over the IPv4 tunnel (B's route to 10.77.0.0/24 is via vxb).
+    let (lines, p) = common::tcpdump(
+        &s.b,
+        "b0",
+        "ip6 and udp port 4789",
+        2,
+        Duration::from_secs(3),
+        || common::ping(&s.a, ipaddr("10.203.0.7"), 2),
+    );
+    assert_eq!(p.received, 2, "{}", p.output);
+    assert!(
+        lines.iter().any(|l| l.contains("fd78::1.")
+            && l.contains("> fd78::2.4789")
+            && l.contains("vni 46")),
+        "{lines:?}"
+    );
+    let t = common::tcp_stream(&s.b, &s.a, ipaddr("10.203.0.7"), 2_000_000);
+    assert!(t.complete(), "{t:?}");
+}
