@@ -558,3 +558,48 @@ fn tcpdump_pid(ns: &str) -> Option<u32> {
     }
     None
 }
+
+/// Parallel tests create namespaces at the same time: names never collide, every one is a
+/// distinct namespace, and all are gone afterwards.
+#[test]
+fn concurrent_creation_gives_distinct_namespaces() {
+    if !common::privileged("concurrent_creation_gives_distinct_namespaces") {
+        return;
+    }
+    let per_thread = 5;
+    let threads: Vec<_> = (0..6)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let made: Vec<NetNs> = (0..per_thread)
+                    .map(|_| NetNs::create_unique("lwt-par").unwrap())
+                    .collect();
+                let ids: Vec<(String, String)> = made
+                    .iter()
+                    .map(|ns| {
+                        (
+                            ns.name().to_string(),
+                            ns.run(|| Ok(current_netns())).unwrap(),
+                        )
+                    })
+                    .collect();
+                // Returned alive: namespace inode numbers are reused once freed.
+                (made, ids)
+            })
+        })
+        .collect();
+    let mut alive = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    let mut ids = std::collections::HashSet::new();
+    for t in threads {
+        let (made, pairs) = t.join().unwrap();
+        alive.extend(made);
+        for (name, id) in pairs {
+            assert!(names.insert(name.clone()), "name {name} given twice");
+            assert!(ids.insert(id.clone()), "namespace {id} shared");
+        }
+    }
+    drop(alive);
+    assert_eq!(names.len(), 6 * per_thread);
+    let listed = NetNs::list().unwrap();
+    assert!(names.iter().all(|n| !listed.contains(n)), "leftovers");
+}
