@@ -17,6 +17,7 @@
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
+#include <stddef.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "lwtun.h"
@@ -123,7 +124,11 @@ static __always_inline long set_key(struct __sk_buff *skb, const struct lwtun_re
 			key.local_ipv4 = bpf_ntohl(a);
 		}
 	}
-	return bpf_skb_set_tunnel_key(skb, &key, sizeof(key), flags);
+	/* Without a local address, pass the pre-6.0 layout (up to local_ipv4), which every kernel
+	 * since 4.x accepts; the full size only when the outer source is set. */
+	if (r->flags & LWTUN_REDIRECT_LOCAL)
+		return bpf_skb_set_tunnel_key(skb, &key, sizeof(key), flags);
+	return bpf_skb_set_tunnel_key(skb, &key, offsetof(struct bpf_tunnel_key, local_ipv4), flags);
 }
 
 static __always_inline struct lwtun_redirect_stats *stats_of(const struct lwtun_redirect_rule *r)

@@ -832,7 +832,9 @@ fn ipv6_underlay_remote() {
     let rule = RedirectRule::new(
         "10.203.0.0/16".parse().unwrap(),
         s.vx0,
-        TunnelKey::new(ipaddr("fd78::2"), 46).ttl(20),
+        TunnelKey::new(ipaddr("fd78::2"), 46)
+            .local(ipaddr("fd78::1"))
+            .ttl(20),
     )
     .inner_dst_mac([0x02, 0, 0, 0, 0xb6, 0x01]);
     redirect.set_rule(&mut nl, rule).unwrap();
