@@ -272,6 +272,50 @@ impl NetNs {
         Ok(names)
     }
 
+    /// Removes namespaces left behind by dead processes: names `PREFIX…-PID-N` (as
+    /// [`create_unique`](NetNs::create_unique) makes them) whose PID no longer runs. Returns
+    /// the names removed.
+    ///
+    /// A process that dies without unwinding (`SIGKILL`, `panic = "abort"`) leaves its owned
+    /// namespaces in place; this finds them by the pid in their names. Pids are those of this
+    /// process's pid namespace: do not share `/run/netns` prefixes with containers.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidInput`] for an empty prefix; the first failed removal (the others
+    /// are still attempted).
+    pub fn remove_stale(prefix: &str) -> Result<Vec<String>> {
+        let op = "remove stale network namespaces";
+        if prefix.is_empty() {
+            return Err(Error::invalid_input(op, "the name prefix is empty"));
+        }
+        let mut removed = Vec::new();
+        let mut first_error = None;
+        for name in NetNs::list()? {
+            let Some(rest) = name.strip_prefix(prefix) else {
+                continue;
+            };
+            let mut parts = rest.rsplitn(3, '-');
+            let (Some(n), Some(pid)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+            if !numeric(n) || !numeric(pid) || Path::new("/proc").join(pid).exists() {
+                continue;
+            }
+            match remove(&name, &Path::new(NETNS_RUN_DIR).join(&name)) {
+                Ok(()) => removed.push(name),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(removed),
+        }
+    }
+
     /// The namespace's name, as `ip netns` shows it.
     pub fn name(&self) -> &str {
         &self.name

@@ -603,3 +603,35 @@ fn concurrent_creation_gives_distinct_namespaces() {
     let listed = NetNs::list().unwrap();
     assert!(names.iter().all(|n| !listed.contains(n)), "leftovers");
 }
+
+/// Namespaces of dead processes (no destructor ran) are found by the pid in their name.
+#[test]
+fn remove_stale_removes_only_dead_owners() {
+    if !common::privileged("remove_stale_removes_only_dead_owners") {
+        return;
+    }
+    // A pid that runs no process: a child that has exited and been reaped.
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let stale = format!("lwt-stale-x-{dead}-0");
+    let live = format!("lwt-stale-x-{}-99", std::process::id());
+    let other = format!("lwt-stale-x-{dead}"); // not PID-N: not ours to judge
+    let mut made = Vec::new();
+    for name in [&stale, &live, &other] {
+        if let Ok(old) = NetNs::open(name) {
+            old.delete().unwrap();
+        }
+        made.push(NetNs::create(name).unwrap());
+    }
+    let [s, l, o] = <[NetNs; 3]>::try_from(made).unwrap();
+    s.persist(); // as if its process had been killed
+    let removed = NetNs::remove_stale("lwt-stale-x-").unwrap();
+    assert_eq!(removed, vec![stale.clone()]);
+    assert!(!listed(&stale));
+    assert!(listed(l.name()) && listed(o.name()));
+    assert_eq!(
+        NetNs::remove_stale("").unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+}

@@ -72,6 +72,18 @@ pub fn privileged(test: &str) -> bool {
 /// forwarded pings fail for 2 s, counted as Ip6InNoRoutes... then work). Test links are
 /// private veths, so DAD protects nothing.
 pub fn netns(prefix: &str) -> NetNs {
+    // Once per test binary: remove what killed earlier runs left (names carry their pid).
+    static SWEEP: std::sync::Once = std::sync::Once::new();
+    SWEEP.call_once(|| {
+        if let Ok(removed) = NetNs::remove_stale("lwt-") {
+            for name in removed {
+                let _ = std::io::Write::write_all(
+                    &mut std::io::stderr(),
+                    format!("removed stale namespace {name}\n").as_bytes(),
+                );
+            }
+        }
+    });
     let ns = NetNs::create_unique(&format!("lwt-{prefix}"))
         .unwrap_or_else(|e| panic!("create namespace lwt-{prefix}: {e}"));
     for key in [
