@@ -520,6 +520,48 @@ impl TcAttachment {
         Ok(())
     }
 
+    /// Leaves the program attached after this value is gone.
+    ///
+    /// - clsact: the filter stays until someone deletes it (`tc filter del`, or
+    ///   [`remove_leftovers`], which finds it by its `lwtun:` name); `link_pin` must be `None`.
+    /// - tcx: a link lives only while a file descriptor or a bpffs pin holds it, so `link_pin`
+    ///   names the pin to create (`bpftool link show` lists it; removing the pin file detaches).
+    ///
+    /// # Errors
+    ///
+    /// InvalidInput for a tcx attachment without a pin path or a clsact one with one; the
+    /// kernel's error when pinning fails (the attachment is detached then, as on drop).
+    pub fn persist(mut self, link_pin: Option<&std::path::Path>) -> Result<()> {
+        let op = "persist tc attachment";
+        match (&self.state, link_pin) {
+            (State::Clsact { .. }, None) => {
+                self.state = State::Detached;
+                Ok(())
+            }
+            (State::Tcx { link }, Some(path)) => {
+                let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+                    .map_err(|_| Error::invalid_input(op, "the pin path contains a NUL byte"))?;
+                // SAFETY: an open link fd and a NUL-terminated path.
+                let rc = unsafe { libbpf_sys::bpf_obj_pin(link.as_raw_fd(), c.as_ptr()) };
+                if rc < 0 {
+                    return Err(Error::io(op, std::io::Error::from_raw_os_error(-rc))
+                        .with_object(path.display().to_string()));
+                }
+                self.state = State::Detached;
+                Ok(())
+            }
+            (State::Tcx { .. }, None) => Err(Error::invalid_input(
+                op,
+                "a tcx link is detached when its last fd closes: give a bpffs path to pin it at",
+            )),
+            (State::Clsact { .. }, Some(_)) => Err(Error::invalid_input(
+                op,
+                "a clsact filter needs no pin; pass None",
+            )),
+            (State::Detached, _) => Err(Error::invalid_input(op, "the attachment is detached")),
+        }
+    }
+
     /// Detaches now and reports failures (drop does the same but cannot report them).
     pub fn detach(mut self) -> Result<()> {
         self.detach_inner()
@@ -573,6 +615,28 @@ impl Drop for TcAttachment {
         // An interface that is gone took its filters with it; nothing else can be done here.
         let _ = self.detach_inner();
     }
+}
+
+/// Deletes the clsact filters lwtun left on `ifindex` (named `lwtun:...`, from a process that
+/// crashed or [persisted](TcAttachment::persist) them), on both hooks, in the calling thread's
+/// namespace. Returns how many were deleted. Filters of other tools are left alone; tcx links
+/// need no clean-up (they go with their last fd or pin).
+///
+/// # Errors
+///
+/// The kernel's error listing or deleting filters.
+pub fn remove_leftovers(ifindex: u32) -> Result<usize> {
+    let mut nl = Netlink::open()?;
+    let mut removed = 0;
+    for parent in [CLSACT_INGRESS, CLSACT_EGRESS] {
+        for f in nl.bpf_filters(ifindex, parent)? {
+            if f.name.starts_with(FILTER_NAME_PREFIX) {
+                nl.del_bpf_filter(ifindex, parent, f.priority, f.handle)?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// One program attached to a device's tc hook, as [`attached`] reports it.

@@ -285,3 +285,80 @@ fn refuses_wrong_programs_and_settings() {
     // Nothing was left behind by the failures.
     assert!(listed(&net, 1, "to0", TcDirection::Ingress).is_empty());
 }
+
+#[test]
+fn persisted_attachments_outlive_their_handles() {
+    if !common::privileged("persisted_attachments_outlive_their_handles") {
+        return;
+    }
+    let net = common::two_hosts();
+    let counter = TcCounter::load().unwrap();
+    let ifindex = net.ifindex(1, "to0");
+    // clsact: the filter stays, and remove_leftovers finds it by its name.
+    let a = net
+        .ns(1)
+        .run(|| {
+            TcAttach::new(ifindex, TcDirection::Ingress)
+                .mode(TcMode::Clsact)
+                .attach(counter.program())
+        })
+        .unwrap();
+    a.persist(None).unwrap();
+    assert_eq!(listed(&net, 1, "to0", TcDirection::Ingress).len(), 1);
+    assert_eq!(
+        net.ns(1)
+            .run(|| lwtun::tc::remove_leftovers(ifindex))
+            .unwrap(),
+        1
+    );
+    assert!(listed(&net, 1, "to0", TcDirection::Ingress).is_empty());
+
+    if !tcx_supported() {
+        return;
+    }
+    // tcx: persisting needs a pin; the program runs until the pin is removed.
+    let pin =
+        std::path::PathBuf::from(format!("/sys/fs/bpf/lwtun-test-tcx-{}", std::process::id()));
+    struct Unpin(std::path::PathBuf);
+    impl Drop for Unpin {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _unpin = Unpin(pin.clone());
+    let a = net
+        .ns(1)
+        .run(|| {
+            TcAttach::new(ifindex, TcDirection::Ingress)
+                .mode(TcMode::Tcx)
+                .attach(counter.program())
+        })
+        .unwrap();
+    let a2 = net
+        .ns(1)
+        .run(|| {
+            TcAttach::new(ifindex, TcDirection::Egress)
+                .mode(TcMode::Tcx)
+                .attach(counter.program())
+        })
+        .unwrap();
+    assert_eq!(
+        a2.persist(None).unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+    a.persist(Some(&pin)).unwrap();
+    let before = counter.counter().unwrap();
+    common::ping(net.ns(0), net.v4(1).into(), 2);
+    assert!(counter.counter().unwrap().packets >= before.packets + 2);
+    assert_eq!(listed(&net, 1, "to0", TcDirection::Ingress).len(), 1);
+    std::fs::remove_file(&pin).unwrap();
+    // The link goes once nothing holds it (the kernel frees it after an RCU grace period).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while !listed(&net, 1, "to0", TcDirection::Ingress).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tcx link outlived its pin"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
