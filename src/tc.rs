@@ -140,6 +140,9 @@ fn program_name_by_id(id: u32) -> Option<String> {
 /// # Ok::<(), lwtun::Error>(())
 /// ```
 #[derive(Debug, Clone)]
+#[doc(alias = "tcx")]
+#[doc(alias = "clsact")]
+#[doc(alias = "cls_bpf")]
 pub struct TcAttach {
     ifindex: u32,
     direction: TcDirection,
@@ -211,6 +214,10 @@ impl TcAttach {
     }
 
     /// Attaches `program` (a loaded `sched_cls` program) and returns the handle that detaches it.
+    ///
+    /// # Minimum kernel version
+    ///
+    /// clsact with direct-action cls_bpf: 4.5; tcx: 6.6.
     ///
     /// # Errors
     ///

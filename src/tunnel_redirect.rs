@@ -402,6 +402,13 @@ struct Installed {
 /// println!("{:?}", redirect.rule_stats("10.9.0.0/16".parse().unwrap())?);
 /// # Ok::<(), lwtun::Error>(())
 /// ```
+///
+/// # Minimum kernel version
+///
+/// 4.11 (LPM tries, `bpf_skb_set_tunnel_key` and `bpf_redirect` from tc and lwt_xmit); an outer
+/// source address ([`TunnelKey::local`]) needs 6.0; [`TunnelKeyFlags::NO_TUNNEL_KEY`] 6.2.
+#[doc(alias = "bpf_skb_set_tunnel_key")]
+#[doc(alias = "tc_l2_redirect")]
 pub struct TunnelRedirect {
     object: Object,
     tc_fd: OwnedFd,
