@@ -350,9 +350,21 @@ impl TunnelRedirectBuilder {
                 keep: false,
             }),
         };
-        family.pin_all(adopted)?;
-        if adopted {
-            family.adopt_rules()?;
+        let setup = family.pin_all(adopted).and_then(|()| {
+            if adopted {
+                // Adopted maps keep the size their creator gave them.
+                family.capacity = family.map("rule_stats")?.max_entries();
+                family.adopt_rules()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = setup {
+            if adopted {
+                // A failed adoption leaves the previous owner's pins as they were.
+                family.keep_pinned();
+            }
+            return Err(e);
         }
         Ok(family)
     }
@@ -467,6 +479,11 @@ impl TunnelRedirect {
         if let Some(p) = &mut self.pin {
             p.keep = true;
         }
+    }
+
+    /// How many rules the maps hold (IPv4 and IPv6 together share the counter slots).
+    pub fn capacity(&self) -> u32 {
+        self.capacity
     }
 
     /// The rules set, by prefix.

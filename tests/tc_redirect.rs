@@ -582,7 +582,13 @@ fn pinned_maps_read_by_bpftool_and_adopted() {
     // A second family at the same folder adopts the rules (and keeps them working).
     redirect.keep_pinned();
     drop(redirect);
-    let adopted = TunnelRedirect::builder().pin(&pins.0).load().unwrap();
+    // The adopted maps keep their size, whatever capacity the adopter asked for.
+    let adopted = TunnelRedirect::builder()
+        .capacity(16)
+        .pin(&pins.0)
+        .load()
+        .unwrap();
+    assert_eq!(adopted.capacity(), lwtun::tunnel_redirect::DEFAULT_CAPACITY);
     assert_eq!(
         adopted.rules(),
         vec![vxlan_rule(&s, "10.200.0.0/16", 42).inner_src_mac(VX0_MAC)]
