@@ -42,10 +42,12 @@ mod abi;
 pub mod error;
 pub mod netlink;
 pub mod netns;
+pub mod peer;
 pub mod probe;
 pub mod program;
 pub mod route;
 pub mod tc;
+pub mod tunnel;
 pub mod tunnel_redirect;
 pub mod xdp;
 

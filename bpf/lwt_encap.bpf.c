@@ -1,0 +1,371 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * lwt_encap: push a tunnel header chosen by the inner destination (the LWT tunnel data plane).
+ *
+ * A route such as 10.20.0.0/16 runs encap_xmit (lwt_xmit) or encap_in (lwt_in). The program looks
+ * the inner destination up in an LPM peer table (peers_v4 / peers_v6), builds the outer header of the
+ * peer's encapsulation and pushes it with bpf_lwt_push_encap(BPF_LWT_ENCAP_IP), then returns
+ * BPF_LWT_REROUTE so the stack routes the packet again, now by its outer destination:
+ *
+ *   inner IPv4/IPv6 ──► peers_vN (LPM) ──► [outer IPv4|IPv6][GRE (+key) | UDP | -][inner packet]
+ *
+ * Encapsulations: IP-in-IP (next header 4 or 41), GRE (RFC 2784/2890, optional key) and UDP (FOU,
+ * source port from the flow hash). Outer TTL/TOS fixed per peer or inherited from the inner packet.
+ * The outer IPv4 header carries DF; the route's headroom makes the path MTU right.
+ *
+ * A miss follows the table's policy (config): drop (default) or pass unencapsulated; both counted.
+ *
+ * ## TCP GSO over IP-in-IP (inner IPv4)
+ * bpf_lwt_push_encap marks a TCP GSO packet for segmentation by the outer next header
+ * (handle_gso_encap() in net/core/lwt_bpf.c). On Linux 6.18 that switch names `IPPROTO_IP` (0)
+ * where IPPROTO_IPIP (4) belongs, so an IPv4-in-IPv4/IPv6 header refuses every GSO packet
+ * (-EPROTONOSUPPORT): TCP stalls. The switch does accept next header 0 and then sets the right GSO
+ * type (SKB_GSO_IPXIP4 / SKB_GSO_IPXIP6). So for a GSO packet with an inner IPv4 header encap_xmit
+ * pushes the outer header with next header 0 (a placeholder), and ipip_gso_fixup, a tc egress
+ * program on the underlay device, writes 4 there (fixing the IPv4 header checksum) before the
+ * device segments the packet (segmentation happens after tc egress, in validate_xmit_skb). The
+ * placeholder is unambiguous: protocol 0 is not used in IPv4, and an IPv6 packet with next header 0
+ * (hop-by-hop) followed by a byte 0x45..0x4f cannot be a TCP GSO packet. Non-GSO packets get 4
+ * directly. Inner IPv6 (next header 41) needs nothing: the kernel matches IPPROTO_IPV6.
+ *
+ * Counters: peer_stats (per peer slot, per CPU: packets, inner bytes, errors) and events (misses,
+ * non-IP). Packets are wire packets: a GSO packet counts its segments.
+ */
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "lwtun.h"
+#include "parse.h"
+
+/* Peer capacity; user space sets max_entries before loading. */
+#define PEERS_MAX 1024
+
+#define GRE_FLAG_CSUM 0x8000
+#define GRE_FLAG_KEY 0x2000
+#define IPPROTO_GRE_ 47
+#define IPPROTO_IPIP_ 4
+#define IPPROTO_IPV6_ 41
+#define IPPROTO_UDP_ 17
+#define IP_DF_ 0x4000
+/* Outer header room: IPv6 (40) + GRE with key and checksum (12). */
+#define HDR_MAX 64
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, PEERS_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lwtun_peer_key4);
+	__type(value, struct lwtun_peer);
+} peers_v4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, PEERS_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lwtun_peer_key6);
+	__type(value, struct lwtun_peer);
+} peers_v6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PEERS_MAX);
+	__type(key, __u32);
+	__type(value, struct lwtun_peer_stats);
+} peer_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LWTUN_ENCAP_EV_MAX);
+	__type(key, __u32);
+	__type(value, struct lwtun_counter);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lwtun_encap_config);
+} config SEC(".maps");
+
+struct gre_hdr {
+	__be16 flags;
+	__be16 protocol;
+};
+
+struct udp_hdr {
+	__be16 source;
+	__be16 dest;
+	__be16 len;
+	__be16 check;
+};
+
+/* What the inner packet says about itself. */
+struct inner {
+	__u8 v6;
+	__u8 ttl;
+	__u8 tos;
+};
+
+static __always_inline void count_event(__u32 ev, __u32 len)
+{
+	struct lwtun_counter *c = bpf_map_lookup_elem(&events, &ev);
+
+	if (c) {
+		c->packets++;
+		c->bytes += len;
+	}
+}
+
+static __always_inline __u32 wire_packets(struct __sk_buff *skb)
+{
+	__u32 segs = skb->gso_segs;
+
+	return segs ? segs : 1;
+}
+
+/* The peer for the inner packet at data, or NULL; fills *in. Returns -1 (via *bad) when the inner
+ * header is unreadable or not IP. */
+static __always_inline struct lwtun_peer *lookup(struct __sk_buff *skb, struct inner *in, int *bad)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct hdr_cursor nh = { .pos = data };
+
+	*bad = 0;
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct lwtun_peer_key4 k = { .prefixlen = 32 };
+		struct iphdr *iph;
+
+		if (parse_iphdr(&nh, data_end, &iph) < 0) {
+			*bad = 1;
+			return NULL;
+		}
+		in->v6 = 0;
+		in->ttl = iph->ttl;
+		in->tos = iph->tos;
+		__builtin_memcpy(k.addr, &iph->daddr, 4);
+		return bpf_map_lookup_elem(&peers_v4, &k);
+	}
+	if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct lwtun_peer_key6 k = { .prefixlen = 128 };
+		struct ipv6hdr *ip6h;
+
+		if (parse_ip6hdr(&nh, data_end, &ip6h) < 0) {
+			*bad = 1;
+			return NULL;
+		}
+		in->v6 = 1;
+		in->ttl = ip6h->hop_limit;
+		in->tos = (ip6h->priority << 4) | (ip6h->flow_lbl[0] >> 4);
+		__builtin_memcpy(k.addr, &ip6h->daddr, 16);
+		return bpf_map_lookup_elem(&peers_v6, &k);
+	}
+	*bad = 1;
+	return NULL;
+}
+
+/* BPF_OK (pass) or BPF_DROP for a miss, as the table's policy says; counted. */
+static __always_inline int miss(struct __sk_buff *skb, __u8 v6)
+{
+	__u32 zero = 0;
+	struct lwtun_encap_config *cfg = bpf_map_lookup_elem(&config, &zero);
+	__u32 policy = LWTUN_MISS_DROP;
+
+	if (cfg)
+		policy = v6 ? cfg->miss_v6 : cfg->miss_v4;
+	if (policy == LWTUN_MISS_PASS) {
+		count_event(v6 ? LWTUN_ENCAP_EV_MISS_PASS_V6 : LWTUN_ENCAP_EV_MISS_PASS_V4, skb->len);
+		return BPF_OK;
+	}
+	count_event(v6 ? LWTUN_ENCAP_EV_MISS_DROP_V6 : LWTUN_ENCAP_EV_MISS_DROP_V4, skb->len);
+	return BPF_DROP;
+}
+
+/*
+ * Writes the outer header for peer p into hdr and returns its length (0 when the peer is
+ * malformed). `gso_placeholder` asks for next header 0 instead of 4 (see the file comment).
+ */
+static __always_inline __u32 build(struct __sk_buff *skb, const struct lwtun_peer *p,
+				   const struct inner *in, __u8 *hdr, int gso_placeholder)
+{
+	__u32 ip_len = (p->flags & LWTUN_PEER_OUTER_V6) ? 40 : 20;
+	__u32 l4_len = 0;
+	__u8 next, ttl, tos;
+	__u32 total;
+
+	ttl = (p->flags & LWTUN_PEER_TTL_INHERIT) ? in->ttl : p->ttl;
+	tos = (p->flags & LWTUN_PEER_TOS_INHERIT) ? in->tos : p->tos;
+	if (!ttl)
+		ttl = 64;
+
+	switch (p->kind) {
+	case LWTUN_ENCAP_IPIP:
+		next = in->v6 ? IPPROTO_IPV6_ : (gso_placeholder ? 0 : IPPROTO_IPIP_);
+		break;
+	case LWTUN_ENCAP_GRE: {
+		struct gre_hdr *g = (void *)(hdr + ip_len);
+		__u16 flags = 0;
+
+		next = IPPROTO_GRE_;
+		l4_len = 4;
+		g->protocol = in->v6 ? bpf_htons(ETH_P_IPV6) : bpf_htons(ETH_P_IP);
+		if (p->flags & LWTUN_PEER_GRE_KEY) {
+			flags |= GRE_FLAG_KEY;
+			__builtin_memcpy(hdr + ip_len + 4, &p->gre_key, 4);
+			l4_len += 4;
+		}
+		g->flags = bpf_htons(flags);
+		break;
+	}
+	case LWTUN_ENCAP_UDP: {
+		struct udp_hdr *u = (void *)(hdr + ip_len);
+		__u32 hash = bpf_get_hash_recalc(skb);
+
+		next = IPPROTO_UDP_;
+		l4_len = 8;
+		/* Ephemeral range 49152..65535 from the flow hash, as the kernel's udp_flow_src_port. */
+		u->source = bpf_htons(0xc000 | ((hash ^ (hash >> 16)) & 0x3fff));
+		u->dest = p->udp_dport;
+		u->len = bpf_htons((__u16)(skb->len + 8));
+		u->check = 0; /* RFC 6935 zero checksum; the decap accepts it */
+		break;
+	}
+	default:
+		return 0;
+	}
+
+	total = ip_len + l4_len;
+	if (p->flags & LWTUN_PEER_OUTER_V6) {
+		struct ipv6hdr *o = (void *)hdr;
+
+		o->version = 6;
+		o->priority = tos >> 4;
+		o->flow_lbl[0] = (tos & 0xf) << 4;
+		o->payload_len = bpf_htons((__u16)(skb->len + l4_len));
+		o->nexthdr = next;
+		o->hop_limit = ttl;
+		__builtin_memcpy(&o->saddr, p->local, 16);
+		__builtin_memcpy(&o->daddr, p->remote, 16);
+	} else {
+		struct iphdr *o = (void *)hdr;
+
+		o->version = 4;
+		o->ihl = 5;
+		o->tos = tos;
+		o->tot_len = bpf_htons((__u16)(skb->len + total));
+		o->id = 0;
+		o->frag_off = bpf_htons(IP_DF_);
+		o->ttl = ttl;
+		o->protocol = next;
+		o->check = 0; /* bpf_lwt_push_encap fills it in */
+		__builtin_memcpy(&o->saddr, p->local, 4);
+		__builtin_memcpy(&o->daddr, p->remote, 4);
+	}
+	return total;
+}
+
+static __always_inline int encap(struct __sk_buff *skb)
+{
+	__u8 hdr[HDR_MAX] = {};
+	struct lwtun_peer_stats *st;
+	struct lwtun_peer *pp, p;
+	struct inner in = {};
+	__u32 len, slot, pkts, bytes;
+	int bad;
+
+	pp = lookup(skb, &in, &bad);
+	if (!pp) {
+		if (bad) {
+			count_event(LWTUN_ENCAP_EV_NOT_IP, skb->len);
+			return BPF_DROP;
+		}
+		return miss(skb, in.v6);
+	}
+	p = *pp; /* a copy: user space may rewrite the entry meanwhile */
+	slot = p.slot;
+	st = bpf_map_lookup_elem(&peer_stats, &slot);
+	pkts = wire_packets(skb);
+	bytes = skb->len;
+
+	len = build(skb, &p, &in, hdr, !in.v6 && skb->gso_size);
+	if (len < 20 || len > HDR_MAX)
+		goto err;
+	if (bpf_lwt_push_encap(skb, BPF_LWT_ENCAP_IP, hdr, len))
+		goto err;
+	if (st) {
+		st->packets += pkts;
+		st->bytes += bytes;
+	}
+	return BPF_LWT_REROUTE;
+err:
+	if (st)
+		st->errors += pkts;
+	return BPF_DROP;
+}
+
+SEC("lwt_xmit")
+int encap_xmit(struct __sk_buff *skb)
+{
+	return encap(skb);
+}
+
+SEC("lwt_in")
+int encap_in(struct __sk_buff *skb)
+{
+	return encap(skb);
+}
+
+/*
+ * tc egress on the underlay: turn the GSO placeholder (next header 0 over an inner IPv4 packet, see
+ * the file comment) into IPPROTO_IPIP before the device segments the packet. Everything else passes
+ * untouched.
+ */
+SEC("tc")
+int ipip_gso_fixup(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct hdr_cursor nh = { .pos = data };
+	struct ethhdr *eth;
+	__u8 ipip = IPPROTO_IPIP_;
+	int proto;
+
+	if (!skb->gso_size)
+		return TC_ACT_OK;
+	proto = parse_ethhdr(&nh, data_end, &eth);
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *iph;
+		__u8 *inner;
+		__u32 off;
+
+		if (parse_iphdr(&nh, data_end, &iph) < 0)
+			return TC_ACT_OK;
+		inner = nh.pos;
+		if (iph->protocol != 0 || (void *)(inner + 1) > data_end || (*inner >> 4) != 4)
+			return TC_ACT_OK;
+		off = (void *)&iph->protocol - data;
+		/* The checksum covers protocol in the 16-bit word (ttl, protocol). */
+		bpf_l3_csum_replace(skb, (void *)&iph->check - data, 0, bpf_htons(IPPROTO_IPIP_), 2);
+		bpf_skb_store_bytes(skb, off, &ipip, 1, 0);
+		return TC_ACT_OK;
+	}
+	if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6h;
+		__u8 *inner;
+		__u32 off;
+
+		if (parse_ip6hdr(&nh, data_end, &ip6h) < 0)
+			return TC_ACT_OK;
+		inner = nh.pos;
+		if (ip6h->nexthdr != 0 || (void *)(inner + 1) > data_end || (*inner >> 4) != 4 ||
+		    (*inner & 0xf) < 5)
+			return TC_ACT_OK;
+		off = (void *)&ip6h->nexthdr - data;
+		bpf_skb_store_bytes(skb, off, &ipip, 1, 0);
+		return TC_ACT_OK;
+	}
+	return TC_ACT_OK;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

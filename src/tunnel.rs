@@ -1,0 +1,317 @@
+//! The LWT tunnel data plane: [`Tunnel`] owns the loaded encap programs, their [`PeerTable`], the
+//! routes that steer into them and the fix-up on the underlay.
+//!
+//! ```text
+//!  host A                                   underlay                            host B
+//!  packet to 10.20.1.2
+//!   └► route 10.20.0.0/16 encap bpf xmit encap_xmit (LwtRoute, headroom = encap length)
+//!        └► PeerTable LPM: 10.20.0.0/16 → GRE to 192.0.2.2
+//!             └► bpf_lwt_push_encap([IPv4 192.0.2.1→192.0.2.2][GRE][packet]), BPF_LWT_REROUTE
+//!                  └► route to 192.0.2.2 ─► underlay device ── tc egress ipip_gso_fixup ──► B
+//! ```
+//!
+//! The receiving side strips the header with the BPF decap at tc ingress (`crate::decap`), so no
+//! kernel tunnel device (ipip/gre modules) is needed at either end.
+//!
+//! # TCP over IP-in-IP on Linux 6.18
+//!
+//! `bpf_lwt_push_encap` hands a TCP GSO packet to segmentation by its outer next header
+//! (`handle_gso_encap()` in `net/core/lwt_bpf.c`), and that switch lists `IPPROTO_IP` (0) where
+//! `IPPROTO_IPIP` (4) belongs: an outer header announcing IPv4-in-IP is refused for every GSO
+//! packet and TCP stalls. The same switch *does* accept next header 0, and then marks the packet
+//! `SKB_GSO_IPXIP4`/`SKB_GSO_IPXIP6`, the right segmentation for IP-in-IP. So the encap program
+//! pushes GSO packets with an inner IPv4 header with next header 0, and `ipip_gso_fixup`, a tc
+//! egress program on the underlay device, writes 4 there (and fixes the IPv4 header checksum)
+//! before the device segments the packet: segmentation runs after tc egress, so every segment
+//! leaves with protocol 4 and full-size TCP flows at full speed. [`Tunnel::attach_underlay`]
+//! attaches the fix-up; a tunnel whose IP-in-IP peers' traffic leaves by a device without it
+//! sends GSO packets with next header 0, which a receiver drops. Non-GSO packets and inner IPv6
+//! (next header 41, which the kernel matches) need no fix-up.
+
+use std::fmt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use ipnetwork::IpNetwork;
+use libbpf_rs::{MapCore, Object, ObjectBuilder};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::netlink::Netlink;
+use crate::netns::NetNs;
+use crate::peer::{MissPolicy, PeerTable};
+use crate::program::{lwt_program, Hook, LwtProgram};
+use crate::route::{InstalledRoute, LwtRoute};
+use crate::tc::{TcAttach, TcAttachment, TcDirection};
+
+/// Peers per table (IPv4 and IPv6 each) unless the builder says otherwise.
+pub const DEFAULT_CAPACITY: u32 = 4096;
+/// The largest headroom an LWT route takes (`LWT_BPF_MAX_HEADROOM`).
+pub const MAX_HEADROOM: u32 = 256;
+/// The headroom of a route when the table has no peers yet: an IPv6 outer header with a keyed
+/// GRE header (the longest header lwtun pushes).
+pub const WORST_CASE_ENCAP: u32 = 48;
+
+/// Options of a [`Tunnel`]: capacity and miss policies.
+#[derive(Debug, Clone)]
+pub struct TunnelBuilder {
+    capacity: u32,
+    miss_v4: MissPolicy,
+    miss_v6: MissPolicy,
+}
+
+impl Default for TunnelBuilder {
+    fn default() -> Self {
+        TunnelBuilder {
+            capacity: DEFAULT_CAPACITY,
+            miss_v4: MissPolicy::Drop,
+            miss_v6: MissPolicy::Drop,
+        }
+    }
+}
+
+impl TunnelBuilder {
+    /// Peers each table (IPv4, IPv6) can hold. The tries allocate per entry, so a large
+    /// capacity costs nothing until it is used.
+    pub fn capacity(mut self, peers: u32) -> Self {
+        self.capacity = peers;
+        self
+    }
+
+    /// The miss policy of both tables (default [`MissPolicy::Drop`]).
+    pub fn miss_policy(mut self, policy: MissPolicy) -> Self {
+        self.miss_v4 = policy;
+        self.miss_v6 = policy;
+        self
+    }
+
+    /// Loads the programs (verifies them) and creates the tables.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidInput`] for capacity 0 or above 2^30; Permission without
+    /// CAP_BPF/CAP_NET_ADMIN; the verifier's error otherwise.
+    pub fn load(self) -> Result<Tunnel> {
+        let op = "load tunnel";
+        if self.capacity == 0 || self.capacity > 1 << 30 {
+            return Err(Error::invalid_input(
+                op,
+                format!("capacity {} (1..=2^30 peers)", self.capacity),
+            ));
+        }
+        let mut open = ObjectBuilder::default()
+            .name("lwt_encap")
+            .map_err(|e| Error::bpf(op, e))?
+            .open_memory(crate::skel::lwt_encap::OBJECT)
+            .map_err(|e| Error::bpf(op, e))?;
+        for mut map in open.maps_mut() {
+            let entries = match map.name().to_str() {
+                Some("peers_v4") | Some("peers_v6") => self.capacity,
+                Some("peer_stats") => self.capacity * 2,
+                _ => continue,
+            };
+            map.set_max_entries(entries)
+                .map_err(|e| Error::bpf(op, e))?;
+        }
+        let object = open.load().map_err(|e| {
+            let err = Error::bpf(op, e);
+            if err.kind() == ErrorKind::Permission {
+                Error::permission(op, "CAP_BPF and CAP_NET_ADMIN")
+            } else {
+                err
+            }
+        })?;
+        let xmit = lwt_program(&object, "encap_xmit")?;
+        let input = lwt_program(&object, "encap_in")?;
+        let fixup = object
+            .progs()
+            .find(|p| p.name() == "ipip_gso_fixup")
+            .ok_or_else(|| Error::not_found(op, "program ipip_gso_fixup in object"))?
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| Error::io("duplicate program fd", e))?;
+        let mut peers = PeerTable::new(&object, self.capacity)?;
+        peers.set_miss_policy(false, self.miss_v4)?;
+        peers.set_miss_policy(true, self.miss_v6)?;
+        Ok(Tunnel {
+            routes: Vec::new(),
+            fixups: Vec::new(),
+            peers,
+            xmit,
+            input,
+            fixup,
+            object,
+        })
+    }
+}
+
+/// A loaded LWT tunnel data plane: the encap programs (`lwt_xmit` and `lwt_in`), the peer
+/// tables, the routes installed through [`Tunnel::steer`] and the underlay fix-ups attached with
+/// [`Tunnel::attach_underlay`]. Dropping it removes the routes, detaches the fix-ups and
+/// unloads the programs, in that order.
+///
+/// # Examples
+///
+/// ```no_run
+/// use lwtun::netlink::Netlink;
+/// use lwtun::peer::{Encap, EncapPeer};
+/// use lwtun::tunnel::Tunnel;
+///
+/// let mut nl = Netlink::open()?;
+/// let underlay = nl.link_by_name("eth0")?.index;
+/// let mut tunnel = Tunnel::load()?;
+/// tunnel.peers_mut().insert(
+///     "10.20.0.0/16".parse().unwrap(),
+///     EncapPeer::new("192.0.2.2".parse().unwrap(), "192.0.2.1".parse().unwrap(), Encap::Gre { key: None }),
+/// )?;
+/// let route = tunnel.route("10.20.0.0/16".parse().unwrap()).device(underlay);
+/// tunnel.steer(&mut nl, route)?;
+/// tunnel.attach_underlay(underlay, None)?;
+/// // packets to 10.20.0.0/16 now leave GRE-encapsulated to 192.0.2.2
+/// # Ok::<(), lwtun::Error>(())
+/// ```
+pub struct Tunnel {
+    // Field order is drop order: routes first, then the fix-ups, then maps and programs.
+    routes: Vec<InstalledRoute>,
+    fixups: Vec<TcAttachment>,
+    peers: PeerTable,
+    xmit: LwtProgram,
+    input: LwtProgram,
+    fixup: OwnedFd,
+    object: Object,
+}
+
+impl fmt::Debug for Tunnel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tunnel")
+            .field("peers", &self.peers)
+            .field("routes", &self.routes)
+            .field("fixups", &self.fixups)
+            .field("xmit", &self.xmit)
+            .finish()
+    }
+}
+
+impl Tunnel {
+    /// Options: capacity, miss policy.
+    pub fn builder() -> TunnelBuilder {
+        TunnelBuilder::default()
+    }
+
+    /// Loads a tunnel with default options ([`DEFAULT_CAPACITY`] peers per table, misses
+    /// dropped).
+    ///
+    /// # Errors
+    ///
+    /// As [`TunnelBuilder::load`].
+    pub fn load() -> Result<Self> {
+        Self::builder().load()
+    }
+
+    /// The peer tables.
+    pub fn peers(&self) -> &PeerTable {
+        &self.peers
+    }
+
+    /// The peer tables, to change peers (at any time: packets see each change at once).
+    pub fn peers_mut(&mut self) -> &mut PeerTable {
+        &mut self.peers
+    }
+
+    /// The `lwt_xmit` encap program (for routes of locally sent and forwarded packets).
+    pub fn xmit_program(&self) -> &LwtProgram {
+        &self.xmit
+    }
+
+    /// The `lwt_in` encap program (for input routes: packets encapsulated as they arrive, before
+    /// forwarding).
+    pub fn input_program(&self) -> &LwtProgram {
+        &self.input
+    }
+
+    /// The tc program that finishes IP-in-IP GSO packets (see the module docs).
+    pub fn fixup_program(&self) -> BorrowedFd<'_> {
+        self.fixup.as_fd()
+    }
+
+    /// The headroom a route into this tunnel needs: the longest encap of the current peers, or
+    /// [`WORST_CASE_ENCAP`] while there are none.
+    pub fn headroom(&self) -> u32 {
+        self.peers.max_encap_len().unwrap_or(WORST_CASE_ENCAP)
+    }
+
+    /// A route for `prefix` whose packets the `lwt_xmit` encap program handles, with
+    /// [`Tunnel::headroom`] set. Add the device (and gateway) and pass it to [`Tunnel::steer`],
+    /// or install it yourself.
+    pub fn route(&self, prefix: IpNetwork) -> LwtRoute {
+        LwtRoute::new(prefix)
+            .program(Hook::Xmit, &self.xmit)
+            .headroom(self.headroom())
+    }
+
+    /// Installs `route` (from [`Tunnel::route`]) through `nl` and keeps it: it is removed when
+    /// the tunnel drops, or with [`Tunnel::remove_routes`].
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error installing the route.
+    pub fn steer(&mut self, nl: &mut Netlink, route: LwtRoute) -> Result<()> {
+        let installed = route.install(nl)?;
+        self.routes.push(installed);
+        Ok(())
+    }
+
+    /// The routes installed with [`Tunnel::steer`].
+    pub fn routes(&self) -> &[InstalledRoute] {
+        &self.routes
+    }
+
+    /// Removes the routes installed with [`Tunnel::steer`].
+    ///
+    /// # Errors
+    ///
+    /// The first error removing one; the others are still removed.
+    pub fn remove_routes(&mut self) -> Result<()> {
+        let mut first = Ok(());
+        for r in self.routes.drain(..) {
+            if let Err(e) = r.remove() {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+
+    /// Attaches the IP-in-IP GSO fix-up at tc egress of the underlay device `ifindex`, inside
+    /// `netns` (or the calling thread's namespace). Kept until the tunnel drops.
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error attaching the program.
+    pub fn attach_underlay(&mut self, ifindex: u32, netns: Option<&NetNs>) -> Result<()> {
+        let fd = self.fixup.as_fd();
+        let attach = TcAttach::new(ifindex, TcDirection::Egress);
+        let attachment = match netns {
+            Some(ns) => ns.run(|| attach.attach(fd))?,
+            None => attach.attach(fd)?,
+        };
+        self.fixups.push(attachment);
+        Ok(())
+    }
+
+    /// The fix-ups attached with [`Tunnel::attach_underlay`].
+    pub fn underlay_fixups(&self) -> &[TcAttachment] {
+        &self.fixups
+    }
+
+    /// Map names and ids of the tables (for `bpftool map dump id N`).
+    pub fn map_ids(&self) -> Vec<(String, u32)> {
+        self.object
+            .maps()
+            .filter_map(|m| {
+                let name = m.name().to_str()?.to_string();
+                let info = m.info().ok()?;
+                Some((name, info.info.id))
+            })
+            .collect()
+    }
+}
