@@ -86,6 +86,32 @@ fn kind_attr(kind: &str) -> neli::rtnl::Rtattr<Tca, Buffer> {
     rtattr(Tca::Kind, v)
 }
 
+/// The body of `tc qdisc add/del dev X clsact`.
+fn clsact_body(ifindex: u32) -> Tcmsg {
+    let mut attrs = RtBuffer::new();
+    attrs.push(kind_attr("clsact"));
+    tcmsg(ifindex, TC_H_CLSACT & 0xFFFF_0000, TC_H_CLSACT, 0, attrs)
+}
+
+/// The body of `tc filter add dev X PARENT prio P handle H bpf da fd FD name NAME`.
+fn bpf_filter_body(
+    ifindex: u32,
+    parent: u32,
+    priority: u16,
+    handle: u32,
+    fd: u32,
+    name: &str,
+) -> Tcmsg {
+    let mut opts = Nest::new();
+    opts.u32(TCA_BPF_FD, fd);
+    opts.str(TCA_BPF_NAME, name);
+    opts.u32(TCA_BPF_FLAGS, TCA_BPF_FLAG_ACT_DIRECT);
+    let mut attrs = RtBuffer::new();
+    attrs.push(kind_attr("bpf"));
+    attrs.push(rtattr(Tca::Options, opts.into_bytes()));
+    tcmsg(ifindex, handle, parent, filter_info(priority), attrs)
+}
+
 /// `tcm_info` of a filter: priority in the upper 16 bits, protocol (network order) in the lower.
 fn filter_info(priority: u16) -> u32 {
     ((priority as u32) << 16) | ETH_P_ALL.to_be() as u32
@@ -100,9 +126,7 @@ impl Netlink {
     /// [`ErrorKind::NotFound`] for an unknown interface; [`ErrorKind::Exists`] when another
     /// qdisc occupies the ingress/clsact slot.
     pub fn add_clsact(&mut self, ifindex: u32) -> Result<bool> {
-        let mut attrs = RtBuffer::new();
-        attrs.push(kind_attr("clsact"));
-        let body = tcmsg(ifindex, TC_H_CLSACT & 0xFFFF_0000, TC_H_CLSACT, 0, attrs);
+        let body = clsact_body(ifindex);
         let object = format!("clsact on ifindex {ifindex}");
         match self.request(
             "add qdisc",
@@ -134,9 +158,7 @@ impl Netlink {
 
     /// Removes the `clsact` qdisc of `ifindex`, and with it every filter on its hooks.
     pub fn del_clsact(&mut self, ifindex: u32) -> Result<()> {
-        let mut attrs = RtBuffer::new();
-        attrs.push(kind_attr("clsact"));
-        let body = tcmsg(ifindex, TC_H_CLSACT & 0xFFFF_0000, TC_H_CLSACT, 0, attrs);
+        let body = clsact_body(ifindex);
         let object = format!("clsact on ifindex {ifindex}");
         self.request("delete qdisc", &object, Rtm::Delqdisc, NlmF::empty(), body)
     }
@@ -156,14 +178,14 @@ impl Netlink {
         name: &str,
         replace: bool,
     ) -> Result<()> {
-        let mut opts = Nest::new();
-        opts.u32(TCA_BPF_FD, program.as_raw_fd() as u32);
-        opts.str(TCA_BPF_NAME, name);
-        opts.u32(TCA_BPF_FLAGS, TCA_BPF_FLAG_ACT_DIRECT);
-        let mut attrs = RtBuffer::new();
-        attrs.push(kind_attr("bpf"));
-        attrs.push(rtattr(Tca::Options, opts.into_bytes()));
-        let body = tcmsg(ifindex, handle, parent, filter_info(priority), attrs);
+        let body = bpf_filter_body(
+            ifindex,
+            parent,
+            priority,
+            handle,
+            program.as_raw_fd() as u32,
+            name,
+        );
         let flags = if replace {
             NlmF::CREATE
         } else {
@@ -285,6 +307,33 @@ mod tests {
         let info = filter_info(1);
         assert_eq!(info >> 16, 1);
         assert_eq!(u16::from_be((info & 0xFFFF) as u16), ETH_P_ALL);
+    }
+
+    fn bytes_of(body: Tcmsg) -> Vec<u8> {
+        use neli::ToBytes;
+        let mut c = std::io::Cursor::new(Vec::new());
+        body.to_bytes(&mut c).unwrap();
+        c.into_inner()
+    }
+
+    #[test]
+    fn clsact_request_matches_iproute2() {
+        // `tc qdisc add dev d0 clsact` (iproute2 6.1, ifindex 3), body captured with strace.
+        let golden = b"\x00\x00\x00\x00\x03\x00\x00\x00\x00\x00\xff\xff\xf1\xff\xff\xff\
+                       \x00\x00\x00\x00\x0b\x00\x01\x00clsact\x00\x00";
+        assert_eq!(bytes_of(clsact_body(3)), golden.to_vec());
+    }
+
+    #[test]
+    fn bpf_filter_request_matches_iproute2() {
+        // `tc filter add dev d1 ingress prio 1 handle 1 bpf da obj tc_count.bpf.o sec tc`
+        // (iproute2 6.1, ifindex 2, program fd 9), body captured with strace.
+        let golden = b"\x00\x00\x00\x00\x02\x00\x00\x00\x01\x00\x00\x00\xf2\xff\xff\xff\
+                       \x00\x03\x01\x00\x08\x00\x01\x00bpf\x00\x2c\x00\x02\x00\
+                       \x08\x00\x06\x00\x09\x00\x00\x00\x18\x00\x07\x00tc_count.bpf.o:[tc]\x00\
+                       \x08\x00\x08\x00\x01\x00\x00\x00";
+        let body = bpf_filter_body(2, CLSACT_INGRESS, 1, 1, 9, "tc_count.bpf.o:[tc]");
+        assert_eq!(bytes_of(body), golden.to_vec());
     }
 
     #[test]
