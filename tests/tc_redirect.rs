@@ -800,6 +800,25 @@ fn lwt_xmit_route_redirects_into_vxlan_with_per_destination_keys() {
     assert!(t.complete(), "{t:?}");
     assert!(redirect.rule_stats(host7).unwrap().bytes > 4_000_000);
     assert_eq!(redirect.rule_stats(host8).unwrap().packets, 1);
+
+    // IPv6 inside: an IPv6 route whose program pushes an Ethernet header with EtherType 86dd.
+    common::ip(
+        &s.b,
+        &["addr", "add", "fd77:201::7/64", "dev", "vxb", "nodad"],
+    );
+    common::ip(&s.a, &["route", "add", "fd77:201::/64", "via", "fd77::2"]);
+    redirect
+        .set_rule(&mut nl, vxlan_rule(&s, "fd77:201::/64", 42))
+        .unwrap();
+    let _route6 = LwtRoute::new("fd77:201::/64".parse().unwrap())
+        .device(s.vx0)
+        .program(Hook::Xmit, redirect.lwt_program())
+        .install(&mut nl)
+        .unwrap();
+    let p = common::ping(&s.a, ipaddr("fd77:201::7"), 3);
+    assert_eq!(p.received, 3, "{}", p.output);
+    let t = common::tcp_stream(&s.b, &s.a, ipaddr("fd77:201::7"), 1_000_000);
+    assert!(t.complete(), "{t:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
