@@ -1,0 +1,598 @@
+//! Decapsulation of lwtun's tunnels in BPF at tc ingress: [`Decap`].
+//!
+//! Kernels without the ipip, gre and fou modules (this project's CI among them) cannot terminate
+//! IP-in-IP, GRE or FOU tunnels. [`Decap`] loads `bpf/tc_decap.bpf.c`, attaches it at tc ingress
+//! of the underlay device(s) (tcx where present, clsact otherwise, through
+//! [`crate::tc::TcAttach`]) and strips the outer header of every encapsulation lwtun sends:
+//!
+//! ```text
+//!  underlay ──► Eth | outer IPv4/IPv6 | [GRE | UDP] | inner IP ──► tc_decap ──► Eth | inner IP ──► stack
+//!                     to a local endpoint?  (else passed untouched)
+//!                     from a known peer?    (else dropped, counted as unknown_peer)
+//! ```
+//!
+//! - **Local endpoints** ([`Decap::add_local`]): the outer destinations decapsulated for; every
+//!   other packet passes untouched (counted as `not_for_us`).
+//! - **Known peers** ([`Decap::add_peer`]): outer source prefixes accepted; a tunnel packet from
+//!   anyone else is dropped and counted. A peer may require a GRE key.
+//! - **UDP ports** ([`Decap::add_udp_port`]): the destination ports carrying FOU (UDP directly
+//!   followed by the inner IPv4 or IPv6 packet).
+//!
+//! What is refused, and why, is written at the top of `bpf/tc_decap.bpf.c` and counted per reason
+//! in [`DecapCounters`]. In short: outer fragments are dropped (lwtun's encap sets DF and the
+//! route headroom, so a fragment means a broken path MTU), GRE must be version 0 with at most the
+//! checksum and key flags, a GRE checksum is verified, IPv6 extension headers on tunnel packets
+//! are refused.
+//!
+//! The inner packet continues up the stack from tc ingress (`TC_ACT_OK`): the kernel reads the
+//! (rewritten) protocol after the tc hook, so the inner packet enters `ip_rcv`/`ipv6_rcv` on the
+//! underlay device and is delivered locally or forwarded by the routing table, with the stack's own
+//! checks. Outer IPv4 with inner IPv6 and the reverse work too (Linux 6.3's
+//! `BPF_F_ADJ_ROOM_DECAP_L3_*` flags fix `skb->protocol`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv6Addr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
+
+use ipnetwork::IpNetwork;
+use libbpf_rs::libbpf_sys;
+use libbpf_rs::{MapCore, MapFlags, Object};
+
+use crate::abi::{self, Pod};
+use crate::error::{Error, ErrorKind, Result};
+use crate::program::{load_object, sum_percpu, Counter};
+use crate::skel::tc_decap::types::{
+    lwtun_decap_config, lwtun_decap_peer, lwtun_ip_addr, lwtun_peer_key4, lwtun_peer_key6,
+};
+use crate::tc::{TcAttach, TcAttachment, TcDirection};
+
+// SAFETY: `struct lwtun_ip_addr` is [u8; 16] (asserted in lwtun.h).
+unsafe impl Pod for lwtun_ip_addr {}
+// SAFETY: `struct lwtun_peer_key4` is u32 + [u8; 4] (8 bytes, asserted).
+unsafe impl Pod for lwtun_peer_key4 {}
+// SAFETY: `struct lwtun_peer_key6` is u32 + [u8; 16] (20 bytes, asserted).
+unsafe impl Pod for lwtun_peer_key6 {}
+// SAFETY: `struct lwtun_decap_peer` is two u32s (8 bytes, asserted).
+unsafe impl Pod for lwtun_decap_peer {}
+// SAFETY: `struct lwtun_decap_config` is four u32s (16 bytes, asserted).
+unsafe impl Pod for lwtun_decap_config {}
+
+const MAGIC: u32 = 0x4c57_544e;
+const ABI_VERSION: u32 = 1;
+const PEER_GRE_KEY: u32 = 1 << 0;
+const KEY_TO_MARK: u32 = 1 << 0;
+const PROGRAM: &str = "decap_tc";
+const BASELINE: &str = "pass_tc";
+
+/// Counter slots, in the order of `LWTUN_DECAP_EV_*` in `bpf/lwtun.h`.
+const EVENTS: usize = 11;
+
+/// Packets (and their outer bytes, Ethernet header included) per decap verdict, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DecapCounters {
+    /// IP-in-IP (protocol 4 or 41) decapsulated.
+    pub ipip: Counter,
+    /// GRE decapsulated.
+    pub gre: Counter,
+    /// UDP (FOU) decapsulated.
+    pub udp: Counter,
+    /// Tunnel packets to a local endpoint from a source that is no known peer: dropped.
+    pub unknown_peer: Counter,
+    /// Truncated or inconsistent headers: dropped.
+    pub malformed: Counter,
+    /// Not a tunnel packet to a local endpoint: passed on untouched.
+    pub not_for_us: Counter,
+    /// Tunnel packets whose outer header is a fragment: dropped.
+    pub fragment: Counter,
+    /// Wrong outer IPv4 header checksum or GRE checksum: dropped.
+    pub bad_checksum: Counter,
+    /// GRE key missing or different from the one the peer must use: dropped.
+    pub key_mismatch: Counter,
+    /// What lwtun never sends (GRE version 1, routing, sequence numbers, other GRE protocol
+    /// types; outer IPv6 extension headers): dropped.
+    pub unsupported: Counter,
+    /// The kernel refused to remove the header (`bpf_skb_adjust_room` failed): dropped.
+    pub error: Counter,
+}
+
+impl DecapCounters {
+    /// Packets decapsulated, all kinds.
+    pub fn decapsulated(&self) -> u64 {
+        self.ipip.packets + self.gre.packets + self.udp.packets
+    }
+
+    /// Packets dropped, all reasons.
+    pub fn dropped(&self) -> u64 {
+        self.unknown_peer.packets
+            + self.malformed.packets
+            + self.fragment.packets
+            + self.bad_checksum.packets
+            + self.key_mismatch.packets
+            + self.unsupported.packets
+            + self.error.packets
+    }
+}
+
+/// A known peer: the outer source prefix tunnel packets may come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecapPeer {
+    /// Outer source prefix (a single peer is a /32 or /128).
+    pub prefix: IpNetwork,
+    /// GRE packets from this peer must carry this key; `None` accepts any key or none.
+    pub gre_key: Option<u32>,
+}
+
+impl DecapPeer {
+    /// A peer with no key requirement.
+    pub fn new(prefix: IpNetwork) -> Self {
+        DecapPeer {
+            prefix: normalize(prefix),
+            gre_key: None,
+        }
+    }
+
+    /// A single address.
+    pub fn host(addr: IpAddr) -> Self {
+        let len = if addr.is_ipv4() { 32 } else { 128 };
+        Self::new(IpNetwork::new(addr, len).expect("full-length prefix is valid"))
+    }
+
+    /// Requires GRE packets from this peer to carry `key`.
+    pub fn gre_key(mut self, key: u32) -> Self {
+        self.gre_key = Some(key);
+        self
+    }
+}
+
+/// The result of one [`test_run`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestRun {
+    /// The program's return value (`TC_ACT_OK` 0, `TC_ACT_SHOT` 2, ...).
+    pub retval: i32,
+    /// The packet after the program (with its Ethernet header).
+    pub data: Vec<u8>,
+    /// The kernel's mean time per run.
+    pub duration: Duration,
+}
+
+/// `TC_ACT_OK`: the packet goes on.
+pub const TC_ACT_OK: i32 = 0;
+/// `TC_ACT_SHOT`: the packet is dropped.
+pub const TC_ACT_SHOT: i32 = 2;
+
+/// Runs a `sched_cls` program on `frame` (an Ethernet frame) with BPF_PROG_TEST_RUN, `repeat`
+/// times, and returns the verdict, the packet after the last run and the mean time per run.
+///
+/// # Errors
+///
+/// InvalidInput for a frame shorter than an Ethernet header; the kernel's error otherwise.
+///
+/// # Examples
+///
+/// ```no_run
+/// use lwtun::decap::{test_run, Decap};
+///
+/// let decap = Decap::load()?;
+/// let frame = [0u8; 64];
+/// let run = test_run(decap.program(), &frame, 1)?;
+/// println!("verdict {} after {:?}", run.retval, run.duration);
+/// # Ok::<(), lwtun::Error>(())
+/// ```
+pub fn test_run(program: impl AsFd, frame: &[u8], repeat: u32) -> Result<TestRun> {
+    let op = "run tc program (BPF_PROG_TEST_RUN)";
+    if frame.len() < 14 {
+        return Err(Error::invalid_input(
+            op,
+            format!(
+                "a frame has at least an Ethernet header (14 bytes), got {}",
+                frame.len()
+            ),
+        ));
+    }
+    let mut out = vec![0u8; frame.len() + 512];
+    // SAFETY: zeroed is a valid bpf_test_run_opts; sz is set below.
+    let mut opts: libbpf_sys::bpf_test_run_opts = unsafe { std::mem::zeroed() };
+    opts.sz = std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as _;
+    opts.data_in = frame.as_ptr().cast();
+    opts.data_size_in = frame.len() as u32;
+    opts.data_out = out.as_mut_ptr().cast();
+    opts.data_size_out = out.len() as u32;
+    opts.repeat = repeat.max(1) as i32;
+    // SAFETY: every pointer in opts points into live buffers of the sizes given.
+    let rc = unsafe { libbpf_sys::bpf_prog_test_run_opts(program.as_fd().as_raw_fd(), &mut opts) };
+    if rc < 0 {
+        return Err(Error::io(op, std::io::Error::from_raw_os_error(-rc)));
+    }
+    out.truncate(opts.data_size_out as usize);
+    Ok(TestRun {
+        retval: opts.retval as i32,
+        data: out,
+        duration: Duration::from_nanos(opts.duration as u64),
+    })
+}
+
+/// The decap program family: the program, its tables (local endpoints, known peers, UDP ports)
+/// and its attachments. Dropping it detaches the program from every device it was attached to.
+///
+/// # Examples
+///
+/// ```no_run
+/// use lwtun::decap::{Decap, DecapPeer};
+///
+/// let mut decap = Decap::load()?;
+/// decap.add_local("192.0.2.1".parse().unwrap())?;                 // our underlay address
+/// decap.add_peer(DecapPeer::host("192.0.2.2".parse().unwrap()))?;  // the other end
+/// decap.add_udp_port(5555)?;                                       // FOU
+/// decap.attach(2)?;                                                // tc ingress of ifindex 2
+/// println!("{:?}", decap.counters()?);
+/// # Ok::<(), lwtun::Error>(())
+/// ```
+pub struct Decap {
+    attachments: BTreeMap<u32, TcAttachment>,
+    prog: OwnedFd,
+    baseline: OwnedFd,
+    object: Object,
+    flags: u32,
+}
+
+impl fmt::Debug for Decap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Decap")
+            .field("attached", &self.attachments.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+fn program_fd(object: &Object, name: &str) -> Result<OwnedFd> {
+    let prog = object
+        .progs()
+        .find(|p| p.name() == name)
+        .ok_or_else(|| Error::not_found("find program", format!("program {name} in tc_decap")))?;
+    prog.as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| Error::io("duplicate program fd", e))
+}
+
+fn normalize(prefix: IpNetwork) -> IpNetwork {
+    IpNetwork::new(prefix.network(), prefix.prefix()).unwrap_or(prefix)
+}
+
+fn addr_key(addr: IpAddr) -> lwtun_ip_addr {
+    let v6 = match addr {
+        IpAddr::V4(a) => a.to_ipv6_mapped(),
+        IpAddr::V6(a) => a,
+    };
+    lwtun_ip_addr { addr: v6.octets() }
+}
+
+fn peer_key(prefix: &IpNetwork) -> (&'static str, Vec<u8>) {
+    match prefix {
+        IpNetwork::V4(n) => (
+            "peers_v4",
+            abi::as_bytes(&lwtun_peer_key4 {
+                prefixlen: n.prefix() as u32,
+                addr: n.network().octets(),
+            })
+            .to_vec(),
+        ),
+        IpNetwork::V6(n) => (
+            "peers_v6",
+            abi::as_bytes(&lwtun_peer_key6 {
+                prefixlen: n.prefix() as u32,
+                addr: n.network().octets(),
+            })
+            .to_vec(),
+        ),
+    }
+}
+
+impl Decap {
+    /// Loads the program and its maps (empty tables: nothing is decapsulated yet).
+    ///
+    /// # Minimum kernel version
+    ///
+    /// 6.3 (`BPF_F_ADJ_ROOM_DECAP_L3_*`); `bpf_loop` needs 5.17.
+    ///
+    /// # Errors
+    ///
+    /// Permission without CAP_BPF and CAP_NET_ADMIN; the verifier's error otherwise.
+    pub fn load() -> Result<Self> {
+        let object = load_object("tc_decap", crate::skel::tc_decap::OBJECT)?;
+        let prog = program_fd(&object, PROGRAM)?;
+        let baseline = program_fd(&object, BASELINE)?;
+        let decap = Decap {
+            attachments: BTreeMap::new(),
+            prog,
+            baseline,
+            object,
+            flags: 0,
+        };
+        decap.write_config()?;
+        Ok(decap)
+    }
+
+    fn map(&self, name: &str) -> Result<libbpf_rs::Map<'_>> {
+        self.object
+            .maps()
+            .find(|m| m.name() == name)
+            .ok_or_else(|| Error::not_found("find map", format!("map {name} in tc_decap")))
+    }
+
+    fn write_config(&self) -> Result<()> {
+        let cfg = lwtun_decap_config {
+            magic: MAGIC,
+            version: ABI_VERSION,
+            flags: self.flags,
+            pad: 0,
+        };
+        self.map("config")?
+            .update(&0u32.to_ne_bytes(), abi::as_bytes(&cfg), MapFlags::ANY)
+            .map_err(|e| Error::bpf("write decap config", e))
+    }
+
+    /// The decap program, for [`TcAttach`] with options of your own.
+    pub fn program(&self) -> BorrowedFd<'_> {
+        self.prog.as_fd()
+    }
+
+    /// A tc program of the same object that passes every packet and does nothing else: the
+    /// baseline `benches/decap.rs` measures the decap cost against.
+    pub fn baseline_program(&self) -> BorrowedFd<'_> {
+        self.baseline.as_fd()
+    }
+
+    /// Decapsulates packets addressed to `addr` (a local underlay address).
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error (for example E2BIG when 256 endpoints are set).
+    pub fn add_local(&mut self, addr: IpAddr) -> Result<()> {
+        self.map("locals")?
+            .update(
+                abi::as_bytes(&addr_key(addr)),
+                &0u32.to_ne_bytes(),
+                MapFlags::ANY,
+            )
+            .map_err(|e| Error::bpf("add local tunnel endpoint", e).with_object(addr.to_string()))
+    }
+
+    /// Stops decapsulating for `addr`.
+    ///
+    /// # Errors
+    ///
+    /// NotFound when `addr` is not a local endpoint.
+    pub fn remove_local(&mut self, addr: IpAddr) -> Result<()> {
+        self.map("locals")?
+            .delete(abi::as_bytes(&addr_key(addr)))
+            .map_err(|e| {
+                Error::other(
+                    ErrorKind::NotFound,
+                    "remove local tunnel endpoint",
+                    e.to_string(),
+                )
+                .with_object(addr.to_string())
+            })
+    }
+
+    /// The local endpoints, as the kernel's map holds them.
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error reading the map.
+    pub fn locals(&self) -> Result<Vec<IpAddr>> {
+        let mut out: Vec<IpAddr> = self
+            .map("locals")?
+            .keys()
+            .filter_map(|k| abi::from_bytes::<lwtun_ip_addr>(&k))
+            .map(|k| {
+                let a = Ipv6Addr::from(k.addr);
+                match a.to_ipv4_mapped() {
+                    Some(v4) => IpAddr::V4(v4),
+                    None => IpAddr::V6(a),
+                }
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Accepts tunnel packets whose outer source is in `peer.prefix` (replacing an entry for the
+    /// same prefix).
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error (the tables hold 65536 prefixes per family).
+    pub fn add_peer(&mut self, peer: DecapPeer) -> Result<()> {
+        let prefix = normalize(peer.prefix);
+        let (map, key) = peer_key(&prefix);
+        let value = lwtun_decap_peer {
+            flags: if peer.gre_key.is_some() {
+                PEER_GRE_KEY
+            } else {
+                0
+            },
+            gre_key: peer.gre_key.unwrap_or(0).to_be(),
+        };
+        self.map(map)?
+            .update(&key, abi::as_bytes(&value), MapFlags::ANY)
+            .map_err(|e| Error::bpf("add decap peer", e).with_object(prefix.to_string()))
+    }
+
+    /// Stops accepting tunnel packets from `prefix`.
+    ///
+    /// # Errors
+    ///
+    /// NotFound when the prefix is not a known peer.
+    pub fn remove_peer(&mut self, prefix: IpNetwork) -> Result<()> {
+        let prefix = normalize(prefix);
+        let (map, key) = peer_key(&prefix);
+        self.map(map)?.delete(&key).map_err(|e| {
+            Error::other(ErrorKind::NotFound, "remove decap peer", e.to_string())
+                .with_object(prefix.to_string())
+        })
+    }
+
+    /// The known peers.
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error reading the maps.
+    pub fn peers(&self) -> Result<Vec<DecapPeer>> {
+        let mut out = Vec::new();
+        for name in ["peers_v4", "peers_v6"] {
+            let map = self.map(name)?;
+            for key in map.keys() {
+                let Some(v) = map
+                    .lookup(&key, MapFlags::ANY)
+                    .map_err(|e| Error::bpf("read decap peers", e))?
+                    .and_then(|v| abi::from_bytes::<lwtun_decap_peer>(&v))
+                else {
+                    continue;
+                };
+                let prefix = if let Some(k) = abi::from_bytes::<lwtun_peer_key4>(&key) {
+                    IpNetwork::new(IpAddr::from(k.addr), k.prefixlen as u8)
+                } else if let Some(k) = abi::from_bytes::<lwtun_peer_key6>(&key) {
+                    IpNetwork::new(IpAddr::from(k.addr), k.prefixlen as u8)
+                } else {
+                    continue;
+                };
+                let Ok(prefix) = prefix else { continue };
+                out.push(DecapPeer {
+                    prefix,
+                    gre_key: (v.flags & PEER_GRE_KEY != 0).then(|| u32::from_be(v.gre_key)),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Decapsulates UDP packets to `port` as FOU (the inner IPv4/IPv6 packet right after the UDP
+    /// header; the family is read from its version nibble).
+    ///
+    /// # Errors
+    ///
+    /// InvalidInput for port 0; the kernel's error (64 ports at most).
+    pub fn add_udp_port(&mut self, port: u16) -> Result<()> {
+        if port == 0 {
+            return Err(Error::invalid_input(
+                "add decap UDP port",
+                "port 0 is not a destination port",
+            ));
+        }
+        self.map("udp_ports")?
+            .update(
+                &port.to_be().to_ne_bytes(),
+                &0u32.to_ne_bytes(),
+                MapFlags::ANY,
+            )
+            .map_err(|e| Error::bpf("add decap UDP port", e).with_object(port.to_string()))
+    }
+
+    /// Stops decapsulating UDP to `port`.
+    ///
+    /// # Errors
+    ///
+    /// NotFound when the port was not added.
+    pub fn remove_udp_port(&mut self, port: u16) -> Result<()> {
+        self.map("udp_ports")?
+            .delete(&port.to_be().to_ne_bytes())
+            .map_err(|e| {
+                Error::other(ErrorKind::NotFound, "remove decap UDP port", e.to_string())
+                    .with_object(port.to_string())
+            })
+    }
+
+    /// Writes a decapsulated GRE packet's key to `skb->mark` (for policy routing or firewall
+    /// rules per key). Off by default.
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error writing the config map.
+    pub fn set_key_to_mark(&mut self, on: bool) -> Result<()> {
+        self.flags = if on {
+            self.flags | KEY_TO_MARK
+        } else {
+            self.flags & !KEY_TO_MARK
+        };
+        self.write_config()
+    }
+
+    /// Attaches the program at tc ingress of `ifindex` (in the calling thread's network
+    /// namespace; tcx where present, clsact otherwise). It stays attached until
+    /// [`detach`](Self::detach) or until this value drops.
+    ///
+    /// # Errors
+    ///
+    /// Exists when this family is already attached to `ifindex`; the errors of
+    /// [`TcAttach::attach`] otherwise.
+    pub fn attach(&mut self, ifindex: u32) -> Result<()> {
+        if self.attachments.contains_key(&ifindex) {
+            return Err(Error::other(
+                ErrorKind::Exists,
+                "attach decap",
+                format!("already attached to ifindex {ifindex}"),
+            ));
+        }
+        let a = TcAttach::new(ifindex, TcDirection::Ingress).attach(self.prog.as_fd())?;
+        self.attachments.insert(ifindex, a);
+        Ok(())
+    }
+
+    /// Detaches the program from `ifindex`.
+    ///
+    /// # Errors
+    ///
+    /// NotFound when it is not attached there; the kernel's error detaching.
+    pub fn detach(&mut self, ifindex: u32) -> Result<()> {
+        match self.attachments.remove(&ifindex) {
+            Some(a) => a.detach(),
+            None => Err(Error::not_found(
+                "detach decap",
+                format!("an attachment to ifindex {ifindex}"),
+            )),
+        }
+    }
+
+    /// The interfaces the program is attached to.
+    pub fn attached(&self) -> Vec<u32> {
+        self.attachments.keys().copied().collect()
+    }
+
+    /// The per-verdict counters, summed over CPUs.
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error reading the map.
+    pub fn counters(&self) -> Result<DecapCounters> {
+        let map = self.map("counters")?;
+        let mut c = [Counter::default(); EVENTS];
+        for (i, slot) in c.iter_mut().enumerate() {
+            *slot = sum_percpu(&map, i as u32, "read decap counters")?;
+        }
+        Ok(DecapCounters {
+            ipip: c[0],
+            gre: c[1],
+            udp: c[2],
+            unknown_peer: c[3],
+            malformed: c[4],
+            not_for_us: c[5],
+            fragment: c[6],
+            bad_checksum: c[7],
+            key_mismatch: c[8],
+            unsupported: c[9],
+            error: c[10],
+        })
+    }
+
+    /// Runs the decap program on `frame` with BPF_PROG_TEST_RUN (see [`test_run`]); counters
+    /// count it like a real packet.
+    ///
+    /// # Errors
+    ///
+    /// As [`test_run`].
+    pub fn test_run(&self, frame: &[u8]) -> Result<TestRun> {
+        test_run(self.prog.as_fd(), frame, 1)
+    }
+}
