@@ -243,4 +243,76 @@ LWTUN_ASSERT_SIZE(struct lwtun_decap_config, 16);
 #define LWTUN_DECAP_EV_ERROR 10       /* the kernel refused to strip the header: dropped */
 #define LWTUN_DECAP_EV_MAX 11
 
+/* ---- program chains and capture (bpf/chain*.bpf.c, bpf/capture.bpf.c <-> src/chain/, src/capture/) ---- */
+
+/* Stage slots of a chain's prog array. Slot LWTUN_CHAIN_SLOTS of the next table is the head. */
+#define LWTUN_CHAIN_SLOTS 32
+#define LWTUN_CHAIN_HEAD LWTUN_CHAIN_SLOTS
+#define LWTUN_CHAIN_END 0xffffffffU
+
+/* Every chain object (entry, stages, capture) carries this in its .rodata as `lwtun_chain_abi`;
+ * user space reads it from the object before loading and refuses a mismatch. */
+struct lwtun_chain_abi {
+	__u32 magic;   /* LWTUN_MAGIC */
+	__u32 version; /* LWTUN_ABI_VERSION */
+	__u32 slots;   /* LWTUN_CHAIN_SLOTS */
+	__u32 pad;
+};
+LWTUN_ASSERT_SIZE(struct lwtun_chain_abi, 16);
+
+/* A chain's configuration (one entry, index 0), written by user space. */
+struct lwtun_chain_config {
+	__u32 magic;   /* LWTUN_MAGIC: the entry passes packets through unchanged until it is set */
+	__u32 version; /* LWTUN_ABI_VERSION */
+	__s32 verdict; /* returned when the chain ends with no stage deciding (empty chain) */
+	__u32 pad;
+};
+LWTUN_ASSERT_SIZE(struct lwtun_chain_config, 16);
+
+/* Per-CPU state of the packet walking the chain (a chain runs to its end on one CPU, with BH
+ * disabled, so one slot per CPU is enough). */
+struct lwtun_chain_cursor {
+	__u32 slot;    /* slot running now (LWTUN_CHAIN_HEAD before the first stage) */
+	__u32 depth;   /* stages entered so far (1 for the first) */
+	__s32 verdict; /* at the exit hook: the chain's verdict */
+	__u32 hook;    /* LWTUN_CHAIN_HOOK_* of the entry */
+};
+LWTUN_ASSERT_SIZE(struct lwtun_chain_cursor, 16);
+
+#define LWTUN_CHAIN_HOOK_XDP 0
+#define LWTUN_CHAIN_HOOK_TC 1
+#define LWTUN_CHAIN_HOOK_LWT_IN 2
+#define LWTUN_CHAIN_HOOK_LWT_OUT 3
+#define LWTUN_CHAIN_HOOK_LWT_XMIT 4
+
+/* chain_stages: what the test stage saw in one slot. */
+struct lwtun_chain_stage_stats {
+	__u64 packets;
+	__u64 bytes;
+	__u64 depth_sum; /* sum of the depths it ran at: packets * position when the order is stable */
+};
+LWTUN_ASSERT_SIZE(struct lwtun_chain_stage_stats, 24);
+
+/* chain_stages: what the test stage does in one slot: go on (end 0) or end the chain. */
+struct lwtun_chain_stage_verdict {
+	__u32 end;     /* 1: end the chain with `verdict` */
+	__s32 verdict;
+};
+LWTUN_ASSERT_SIZE(struct lwtun_chain_stage_verdict, 8);
+
+/* capture: one ring buffer record, a fixed header then `caplen` bytes of the packet (from the
+ * Ethernet header at XDP and tc, from the IP header at the LWT hooks). */
+#define LWTUN_CAPTURE_MAX 1536
+struct lwtun_capture_meta {
+	__u64 timestamp_ns; /* bpf_ktime_get_ns (CLOCK_MONOTONIC) */
+	__u32 ifindex;      /* the device the packet is on (ingress device at XDP) */
+	__u32 len;          /* the packet's length */
+	__u32 caplen;       /* bytes that follow the header */
+	__u32 hook;         /* LWTUN_CHAIN_HOOK_* */
+	__s32 verdict;      /* the chain's verdict */
+	__u16 protocol;     /* skb->protocol (network byte order); 0 at XDP */
+	__u16 pad;
+};
+LWTUN_ASSERT_SIZE(struct lwtun_capture_meta, 32);
+
 #endif /* LWTUN_H */
