@@ -1,17 +1,21 @@
-//! Into a VXLAN tunnel three ways, in one run: lwtun's tc redirect, lwtun's lwt_xmit redirect
-//! (a route), and the kernel's own VXLAN route as the peer. UDP 64-byte packets per second and
-//! TCP throughput, each as a ratio to the peer.
+//! Into a tunnel four ways, in one run: lwtun's tc redirect and lwt_xmit redirect into a VXLAN
+//! external device, lwtun's own LWT encap (`Tunnel`, GRE key 42 pushed by `bpf_lwt_push_encap`),
+//! and the kernel's own VXLAN route as the peer. UDP 64-byte packets per second and TCP
+//! throughput, each as a ratio to the peer.
 //!
 //! ```text
 //!  client a0 ──veth── r0 router ──────────────────── r1 ──veth── b0 server
 //!                     10.200/16: tc ingress redirect_tc → vx0 (external), VNI 42
 //!                     10.201/16: route dev vx0 encap bpf xmit redirect_lwt_xmit → vx0, VNI 42
 //!                     10.202/16: route via vxr (plain vxlan id 42, port 4790)      [the peer]
+//!                     10.206/16: route dev r1 encap bpf xmit encap_xmit (GRE key 42)
 //! ```
 //!
 //! The UDP sender in the client sends 64-byte datagrams with `sendmmsg` (64 per call) for a fixed
-//! time; the rate is what the server's VXLAN device received (`IFLA_STATS64` rx_packets), so
-//! drops anywhere count against the path. TCP streams a fixed amount and times it to the
+//! time; the rate is what arrived on the server's underlay device `b0` (`IFLA_STATS64`
+//! rx_packets), so drops anywhere count against the path. The server has no GRE device (this
+//! kernel has none), so the LWT encap row has no TCP figure: its packets are counted on arrival
+//! and dropped. TCP streams a fixed amount and times it to the
 //! receiver's end of stream. The tc program is attached only while its own path is measured.
 //!
 //! Run as root: `cargo bench --bench tc` (`LWTUN_BENCH_SECS` per UDP run, default 2;
@@ -24,9 +28,11 @@ use std::time::{Duration, Instant};
 
 use lwtun::netlink::Netlink;
 use lwtun::netns::NetNs;
+use lwtun::peer::{Encap, EncapPeer};
 use lwtun::program::Hook;
 use lwtun::route::LwtRoute;
 use lwtun::tc::{TcAttach, TcDirection};
+use lwtun::tunnel::Tunnel;
 use lwtun::tunnel_redirect::{RedirectRule, TunnelKey, TunnelRedirect};
 
 const VX0_MAC: &str = "02:00:00:00:a0:01";
@@ -67,7 +73,12 @@ fn topology() -> Topology {
     );
     ip(&a, "addr add 10.77.0.1/24 dev a0");
     ip(&a, "link set a0 up");
-    for net in ["10.200.0.0/16", "10.201.0.0/16", "10.202.0.0/16"] {
+    for net in [
+        "10.200.0.0/16",
+        "10.201.0.0/16",
+        "10.202.0.0/16",
+        "10.206.0.0/16",
+    ] {
         ip(&a, &format!("route add {net} via 10.77.0.2"));
     }
     ip(&r, "addr add 10.77.0.2/24 dev r0");
@@ -123,12 +134,14 @@ fn rx_packets(ns: &NetNs, dev: &str) -> u64 {
 }
 
 /// Sends 64-byte UDP datagrams from `a` to `dst` for `secs`; returns packets per second that
-/// arrived at `rx_dev` in `b`.
-fn udp_pps(t: &Topology, dst: IpAddr, rx_dev: &str, secs: f64) -> f64 {
+/// arrived on the server's underlay device.
+fn udp_pps(t: &Topology, dst: IpAddr, secs: f64) -> f64 {
+    let rx_dev = "b0";
     // A bound socket that is never read: full-buffer drops, not ICMP port-unreachable replies.
+    // (The GRE row's destination is no address of the server: its packets end at b0.)
     let _sink =
         t.b.run(|| UdpSocket::bind((dst, 9000)).map_err(|e| lwtun::Error::io("bind", e)))
-            .unwrap();
+            .ok();
     let before = rx_packets(&t.b, rx_dev);
     let sent =
         t.a.run(|| {
@@ -260,12 +273,12 @@ fn main() {
 
     let mut rows = Vec::new();
     eprintln!("kernel vxlan route (peer):");
-    let peer_pps = udp_pps(&t, peer, "vxb2", secs);
+    let peer_pps = udp_pps(&t, peer, secs);
     let peer_tcp = tcp_gbps(&t, peer, tcp_bytes);
     rows.push(("kernel vxlan route (peer)", peer_pps, peer_tcp));
 
     eprintln!("lwtun lwt_xmit redirect:");
-    let lwt_pps = udp_pps(&t, lwt, "vxb", secs);
+    let lwt_pps = udp_pps(&t, lwt, secs);
     let lwt_tcp = tcp_gbps(&t, lwt, tcp_bytes);
     rows.push(("lwtun lwt_xmit redirect", lwt_pps, lwt_tcp));
 
@@ -274,10 +287,31 @@ fn main() {
         t.r.run(|| TcAttach::new(r0, TcDirection::Ingress).attach(via_tc.tc_program()))
             .unwrap();
     tcp_gbps(&t, tc, 1 << 20);
-    let tc_pps = udp_pps(&t, tc, "vxb", secs);
+    let tc_pps = udp_pps(&t, tc, secs);
     let tc_tcp = tcp_gbps(&t, tc, tcp_bytes);
     drop(attachment);
     rows.push(("lwtun tc redirect", tc_pps, tc_tcp));
+
+    eprintln!("lwtun LWT encap (GRE key 42):");
+    let mut tunnel = Tunnel::load().unwrap();
+    let r1 = nl.link_by_name("r1").unwrap().index;
+    tunnel
+        .peers_mut()
+        .insert(
+            "10.206.0.0/16".parse().unwrap(),
+            EncapPeer::new(
+                "192.168.77.2".parse().unwrap(),
+                "192.168.77.1".parse().unwrap(),
+                Encap::Gre { key: Some(42) },
+            ),
+        )
+        .unwrap();
+    let route = tunnel.route("10.206.0.0/16".parse().unwrap()).device(r1);
+    tunnel.steer(&mut nl, route).unwrap();
+    let encap: IpAddr = "10.206.0.7".parse().unwrap();
+    let encap_pps = udp_pps(&t, encap, secs);
+    rows.push(("lwtun LWT encap (GRE)", encap_pps, f64::NAN));
+    drop(tunnel);
 
     println!();
     println!(
@@ -285,11 +319,12 @@ fn main() {
         "path", "UDP64 pps", "ratio", "TCP Gbit/s", "ratio"
     );
     for (name, pps, gbps) in rows {
-        println!(
-            "{name:<28} {pps:>12.0} {:>8.2} {gbps:>10.2} {:>8.2}",
-            pps / peer_pps,
-            gbps / peer_tcp
-        );
+        let tcp = if gbps.is_nan() {
+            format!("{:>10} {:>8}", "n/a", "")
+        } else {
+            format!("{gbps:>10.2} {:>8.2}", gbps / peer_tcp)
+        };
+        println!("{name:<28} {pps:>12.0} {:>8.2} {tcp}", pps / peer_pps);
     }
     let st = via_tc.rule_stats("10.200.0.0/16".parse().unwrap()).unwrap();
     let sl = via_lwt
