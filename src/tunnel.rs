@@ -24,9 +24,11 @@
 //! egress program on the underlay device, writes 4 there (and fixes the IPv4 header checksum)
 //! before the device segments the packet: segmentation runs after tc egress, so every segment
 //! leaves with protocol 4 and full-size TCP flows at full speed. [`Tunnel::attach_underlay`]
-//! attaches the fix-up; a tunnel whose IP-in-IP peers' traffic leaves by a device without it
-//! sends GSO packets with next header 0, which a receiver drops. Non-GSO packets and inner IPv6
-//! (next header 41, which the kernel matches) need no fix-up.
+//! attaches the fix-up. Where IP-in-IP traffic leaves by a device without it, the device cannot
+//! segment a packet with next header 0 (there is no offload for protocol 0) and drops it, so TCP
+//! stalls as it would without the work-around, but nothing malformed reaches the wire
+//! (`tests/tunnel_peers.rs` shows both). Non-GSO packets and inner IPv6 (next header 41, which the
+//! kernel matches) need no fix-up.
 
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
