@@ -300,6 +300,17 @@ struct lwtun_chain_stage_verdict {
 };
 LWTUN_ASSERT_SIZE(struct lwtun_chain_stage_verdict, 8);
 
+/* chain_table: an entry of a forwarding table (inner map of an ARRAY_OF_MAPS, keyed by the IPv4
+ * destination in network byte order). The stage counts hits per tag and goes on; a miss ends the
+ * chain with the drop verdict. */
+#define LWTUN_TABLE_TAGS 64
+#define LWTUN_TABLE_TAG_MISS 0
+struct lwtun_table_entry {
+	__u32 tag; /* 1..63: the counter slot of this entry's hits */
+	__u32 pad;
+};
+LWTUN_ASSERT_SIZE(struct lwtun_table_entry, 8);
+
 /* capture: one ring buffer record, a fixed header then `caplen` bytes of the packet (from the
  * Ethernet header at XDP and tc, from the IP header at the LWT hooks). */
 #define LWTUN_CAPTURE_MAX 1536

@@ -48,6 +48,7 @@ pub mod peer;
 pub mod probe;
 pub mod program;
 pub mod route;
+pub mod table;
 pub mod tc;
 pub mod tunnel;
 pub mod tunnel_redirect;

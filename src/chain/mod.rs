@@ -17,6 +17,8 @@
 
 mod prog_chain;
 mod stage;
+mod table_stage;
 
 pub use prog_chain::{ChainHook, ProgChain, StageId, StageInfo};
 pub use stage::{CountingStage, StageStats};
+pub use table_stage::{ForwardTable, TableStage, TABLE_TAGS};
