@@ -82,6 +82,8 @@ struct Endpoint {
     _nl: Netlink,
 }
 
+// One endpoint's whole configuration, each argument named by its position in the doc above.
+#[allow(clippy::too_many_arguments)]
 fn endpoint(
     ns: &NetNs,
     dev: u32,
