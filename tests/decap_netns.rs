@@ -436,3 +436,71 @@ fn send_raw_here(proto: u8, dst: IpAddr, payload: &[u8]) {
     };
     assert_eq!(n as usize, payload.len());
 }
+
+#[test]
+fn decapsulated_packets_are_forwarded() {
+    if !common::privileged("decapsulated_packets_are_forwarded") {
+        return;
+    }
+    // ns 0 (peer) ── ns 1 (decap, forwarding) ── ns 2 (host behind the tunnel endpoint)
+    let net = common::line(3);
+    let (peer, router, host) = (net.ns(0), net.ns(1), net.ns(2));
+    common::ip(
+        peer,
+        &["addr", "add", &format!("{}/32", ov4(0)), "dev", "lo"],
+    );
+    // the inner source must route back through the tunnel side for rp_filter
+    common::ip(
+        router,
+        &[
+            "route",
+            "add",
+            &format!("{}/32", ov4(0)),
+            "via",
+            &net.v4(0).to_string(),
+        ],
+    );
+    let mut d = Decap::load().unwrap();
+    d.add_local(net.v4_towards(1, 0).into()).unwrap();
+    d.add_local(net.v6_towards(1, 0).into()).unwrap();
+    d.add_peer(DecapPeer::host(net.v4(0).into())).unwrap();
+    d.add_peer(DecapPeer::host(net.v6(0).into())).unwrap();
+    let ifindex = net.ifindex(1, "to0");
+    router.run(|| d.attach(ifindex)).unwrap();
+
+    let (h4, h6) = (net.v4(2), net.v6(2));
+    let (s4, s6) = host
+        .run(|| {
+            let s4 = UdpSocket::bind(SocketAddr::new(h4.into(), APP_PORT)).unwrap();
+            let s6 = UdpSocket::bind(SocketAddr::new(h6.into(), APP_PORT)).unwrap();
+            for s in [&s4, &s6] {
+                s.set_read_timeout(Some(Duration::from_millis(1500)))
+                    .unwrap();
+            }
+            Ok((s4, s6))
+        })
+        .unwrap();
+    let endpoint4: IpAddr = net.v4_towards(1, 0).into();
+    let endpoint6: IpAddr = net.v6_towards(1, 0).into();
+    let i4 = inner_udp4(ov4(0), h4, 4242, APP_PORT, b"forwarded v4");
+    let i6 = inner_udp6(net.v6(0), h6, 4242, APP_PORT, b"forwarded v6");
+    send_raw(peer, IPPROTO_IPIP, None, endpoint4, &i4);
+    send_raw(
+        peer,
+        IPPROTO_GRE,
+        None,
+        endpoint6,
+        &gre(0x86dd, None, true, &i6),
+    );
+    let mut buf = [0u8; 256];
+    let (n, _) = s4
+        .recv_from(&mut buf)
+        .unwrap_or_else(|e| panic!("v4: {e}; {:?}", d.counters().unwrap()));
+    assert_eq!(&buf[..n], b"forwarded v4");
+    let (n, _) = s6
+        .recv_from(&mut buf)
+        .unwrap_or_else(|e| panic!("v6: {e}; {:?}", d.counters().unwrap()));
+    assert_eq!(&buf[..n], b"forwarded v6");
+    let c = d.counters().unwrap();
+    assert_eq!((c.ipip.packets, c.gre.packets), (1, 1), "{c:?}");
+}
