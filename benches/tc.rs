@@ -18,6 +18,9 @@
 //! and dropped. TCP streams a fixed amount and times it to the
 //! receiver's end of stream. The tc program is attached only while its own path is measured.
 //!
+//! A second table times the programs alone with BPF_PROG_TEST_RUN (the kernel's average over a
+//! million runs), against `tc_count` as the floor.
+//!
 //! Run as root: `cargo bench --bench tc` (`LWTUN_BENCH_SECS` per UDP run, default 2;
 //! `LWTUN_BENCH_TCP_MB`, default 512).
 
@@ -334,4 +337,52 @@ fn main() {
         "redirect counters: tc {} packets / {} errors; lwt_xmit {} packets / {} errors",
         st.packets, st.errors, sl.packets, sl.errors
     );
+
+    // The programs alone: BPF_PROG_TEST_RUN's average run time over many runs of one frame,
+    // against tc_count (a per-CPU counter bump) as the floor.
+    let runs = 1_000_000;
+    let counter = lwtun::tc::TcCounter::load().unwrap();
+    let hit = frame([10, 200, 0, 7]);
+    let miss = frame([10, 99, 0, 7]);
+    let floor = run_ns(counter.program(), &hit, runs);
+    println!();
+    println!(
+        "{:<40} {:>8} {:>8}",
+        "program (BPF_PROG_TEST_RUN)", "ns/pkt", "ratio"
+    );
+    for (name, fd, data) in [
+        ("tc_count (floor)", counter.program(), &hit),
+        ("redirect_tc, rule hit", via_tc.tc_program(), &hit),
+        ("redirect_tc, miss", via_tc.tc_program(), &miss),
+    ] {
+        let ns = run_ns(fd, data, runs);
+        println!("{name:<40} {ns:>8.1} {:>8.2}", ns / floor);
+    }
+}
+
+/// An Ethernet + IPv4 + UDP frame to `dst`.
+fn frame(dst: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![
+        0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 2, 0, 0, 0, 0, 0xaa, 0x08, 0x00,
+    ];
+    f.extend_from_slice(&[0x45, 0, 0, 92, 0, 1, 0, 0, 64, 17, 0, 0, 10, 77, 0, 1]);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&[0x30, 0x39, 0x23, 0x28, 0, 72, 0, 0]);
+    f.resize(14 + 92, 0x5a);
+    f
+}
+
+/// Average run time of `prog` on `data` in nanoseconds, as the kernel measures it.
+fn run_ns(prog: std::os::fd::BorrowedFd<'_>, data: &[u8], repeat: i32) -> f64 {
+    let mut opts = libbpf_sys::bpf_test_run_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as _,
+        data_in: data.as_ptr().cast(),
+        data_size_in: data.len() as u32,
+        repeat,
+        ..Default::default()
+    };
+    // SAFETY: data_in points at data.len() readable bytes; no output buffers are given.
+    let rc = unsafe { libbpf_sys::bpf_prog_test_run_opts(prog.as_raw_fd(), &mut opts) };
+    assert_eq!(rc, 0, "BPF_PROG_TEST_RUN");
+    opts.duration as f64
 }
