@@ -5,8 +5,8 @@
  * - xdp_pass: hands every frame to the stack. Attach it on a veth peer that receives XDP_REDIRECTed
  *   frames: veth accepts redirected frames (ndo_xdp_xmit) only while its peer runs an XDP program.
  * - xdp_drop: drops every frame (a sink that counts what arrives, for benchmarks).
- * - xdp_tx: sends every frame back out the interface it came in on (a reflector; with
- *   BPF_F_TEST_XDP_LIVE_FRAMES it makes test_run a traffic generator).
+ * - xdp_tx: sends every frame back out the interface it came in on (a reflector).
+ * - xdp_nop: XDP_PASS without counting: the floor of BPF_PROG_TEST_RUN cost measurements.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -28,6 +28,12 @@ SEC("xdp")
 int xdp_tx(struct xdp_md *ctx)
 {
 	return xdp_stats_record(ctx, LWTUN_XDP_STAGE_INGRESS, XDP_TX);
+}
+
+SEC("xdp")
+int xdp_nop(struct xdp_md *ctx)
+{
+	return XDP_PASS;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

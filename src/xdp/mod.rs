@@ -8,6 +8,7 @@
 //!  XdpRedirect  xdp_redirect + xdp_egress, DevMap (array)   L2 forwarding with a MAC rewrite table
 //!  XdpRouter    xdp_router, DevMap (hash, by ifindex)       bpf_fib_lookup IPv4/IPv6 router
 //!  IcmpEcho     xdp_echo                                    XDP_TX ping responder (v4 and v6)
+//!  TrafficGen   xdp_gen                                     live-frames traffic generator
 //!        │
 //!        │ .program() -> &XdpProgram ── test_run / run_live (BPF_PROG_TEST_RUN, live frames)
 //!        ▼
@@ -36,6 +37,7 @@ mod program;
 mod redirect;
 mod router;
 mod stats;
+mod traffic;
 
 pub use attach::{AttachVia, XdpAttachment, XdpMode, XdpOptions, XdpQuery};
 pub use devmap::{DevMap, DevMapKind, EgressPort};
@@ -45,6 +47,7 @@ pub use program::{LiveFrames, TestRunOutput, XdpProgram};
 pub use redirect::{MacAddr, RedirectRule, XdpRedirect};
 pub use router::{FibStats, XdpRouter};
 pub use stats::{Counter, Rate, Stage, StatsMap, XdpRates, XdpStats};
+pub use traffic::{TrafficGen, TEMPLATE_LEN};
 
 /// An XDP verdict.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -29,6 +29,7 @@ pub struct XdpPass {
     pass: XdpProgram,
     drop: XdpProgram,
     tx: XdpProgram,
+    nop: XdpProgram,
     stats: StatsMap,
 }
 
@@ -44,6 +45,7 @@ impl XdpPass {
             pass: obj.program("xdp_pass")?,
             drop: obj.program("xdp_drop")?,
             tx: obj.program("xdp_tx")?,
+            nop: obj.program("xdp_nop")?,
             stats: StatsMap::new(obj.map("xdp_stats")?)?,
         })
     }
@@ -63,7 +65,12 @@ impl XdpPass {
         &self.tx
     }
 
-    /// The counters of all three programs.
+    /// `xdp_nop`: `XDP_PASS` without counting, the floor of cost measurements.
+    pub fn nop_program(&self) -> &XdpProgram {
+        &self.nop
+    }
+
+    /// The counters of the pass, drop and tx programs.
     pub fn stats(&self) -> &StatsMap {
         &self.stats
     }
