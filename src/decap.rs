@@ -153,9 +153,17 @@ pub struct TestRun {
     pub retval: i32,
     /// The packet after the program (with its Ethernet header).
     pub data: Vec<u8>,
+    /// `skb->mark` after the program (see [`Decap::set_key_to_mark`]).
+    pub mark: u32,
     /// The kernel's mean time per run.
     pub duration: Duration,
 }
+
+/// Bytes handed to and read back from BPF_PROG_TEST_RUN as `struct __sk_buff`: more than the
+/// struct has (192 bytes on 6.18) and all zero, which the kernel accepts as a context with no
+/// field set; it writes the struct back, so a shorter output buffer would be refused (ENOSPC).
+const SKB_CTX_LEN: usize = 256;
+const SKB_MARK_OFFSET: usize = 8;
 
 /// `TC_ACT_OK`: the packet goes on.
 pub const TC_ACT_OK: i32 = 0;
@@ -199,6 +207,12 @@ pub fn test_run(program: impl AsFd, frame: &[u8], repeat: u32) -> Result<TestRun
     opts.data_size_in = frame.len() as u32;
     opts.data_out = out.as_mut_ptr().cast();
     opts.data_size_out = out.len() as u32;
+    let ctx_in = [0u8; SKB_CTX_LEN];
+    let mut ctx_out = [0u8; SKB_CTX_LEN];
+    opts.ctx_in = ctx_in.as_ptr().cast();
+    opts.ctx_size_in = SKB_CTX_LEN as u32;
+    opts.ctx_out = ctx_out.as_mut_ptr().cast();
+    opts.ctx_size_out = SKB_CTX_LEN as u32;
     opts.repeat = repeat.max(1) as i32;
     // SAFETY: every pointer in opts points into live buffers of the sizes given.
     let rc = unsafe { libbpf_sys::bpf_prog_test_run_opts(program.as_fd().as_raw_fd(), &mut opts) };
@@ -209,6 +223,11 @@ pub fn test_run(program: impl AsFd, frame: &[u8], repeat: u32) -> Result<TestRun
     Ok(TestRun {
         retval: opts.retval as i32,
         data: out,
+        mark: u32::from_ne_bytes(
+            ctx_out[SKB_MARK_OFFSET..SKB_MARK_OFFSET + 4]
+                .try_into()
+                .expect("4 bytes"),
+        ),
         duration: Duration::from_nanos(opts.duration as u64),
     })
 }

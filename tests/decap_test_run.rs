@@ -664,3 +664,30 @@ fn tables_round_trip_and_refuse_nonsense() {
     run(&d, "FOU port removed", &u, TC_ACT_OK, "not_for_us");
     assert!(Decap::load().unwrap().test_run(&[0u8; 10]).is_err());
 }
+
+#[test]
+fn gre_key_to_mark() {
+    if !common::privileged("gre_key_to_mark") {
+        return;
+    }
+    let mut d = decap();
+    let i4 = inner4();
+    let keyed = outer4(
+        PEER4,
+        LOCAL4,
+        IPPROTO_GRE,
+        &gre(0x0800, Some(4242), false, &i4),
+    );
+    let keyless = outer4(PEER4, LOCAL4, IPPROTO_GRE, &gre(0x0800, None, false, &i4));
+    assert_eq!(d.test_run(&keyed).unwrap().mark, 0, "off by default");
+    d.set_key_to_mark(true).unwrap();
+    let r = d.test_run(&keyed).unwrap();
+    assert_eq!(
+        (r.retval, r.mark),
+        (TC_ACT_OK, 4242),
+        "the key becomes the mark"
+    );
+    assert_eq!(d.test_run(&keyless).unwrap().mark, 0, "no key, no mark");
+    d.set_key_to_mark(false).unwrap();
+    assert_eq!(d.test_run(&keyed).unwrap().mark, 0, "off again");
+}
