@@ -221,7 +221,7 @@ impl TcAttach {
     ///
     /// # Errors
     ///
-    /// - [`ErrorKind::InvalidInput`]: the fd is not a `sched_cls` program; priority 0; a clsact
+    /// - [`ErrorKind::InvalidInput`]: the fd is not a `sched_cls` program; priority or handle 0; a clsact
     ///   option (priority, handle, replace) with [`TcMode::Tcx`].
     /// - [`ErrorKind::Unsupported`]: [`TcMode::Tcx`] on a kernel without tcx.
     /// - [`ErrorKind::Exists`]: a clsact filter is already at that priority and handle.
@@ -238,6 +238,14 @@ impl TcAttach {
                     "program {} has type {}, not sched_cls (SEC(\"tc\"))",
                     info.name, info.prog_type
                 ),
+            )
+            .with_object(object()));
+        }
+        if self.handle == Some(0) {
+            return Err(Error::invalid_input(
+                op,
+                "handle 0 asks the kernel to choose one, and deleting by handle 0 would remove \
+                 every filter at the priority; use a handle from 1",
             )
             .with_object(object()));
         }

@@ -278,6 +278,15 @@ fn refuses_wrong_programs_and_settings() {
     let e = net
         .ns(1)
         .run(|| {
+            TcAttach::new(ifindex, TcDirection::Ingress)
+                .handle(0)
+                .attach(counter.program())
+        })
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    let e = net
+        .ns(1)
+        .run(|| {
             TcAttach::new(999_999, TcDirection::Ingress)
                 .mode(TcMode::Clsact)
                 .attach(counter.program())
