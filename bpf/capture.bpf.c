@@ -49,9 +49,9 @@ static __always_inline struct lwtun_capture_record *reserve(void)
 	return rec;
 }
 
-static __always_inline __u32 clamp(__u32 len)
+static __always_inline __u64 clamp(__u64 len)
 {
-	__u32 cap = snaplen;
+	__u64 cap = snaplen;
 
 	if (cap > LWTUN_CAPTURE_MAX)
 		cap = LWTUN_CAPTURE_MAX;
@@ -65,7 +65,7 @@ static __always_inline int capture_skb(struct __sk_buff *skb, int fallback)
 	struct lwtun_chain_cursor *cur = lwtun_chain_cursor();
 	int verdict = cur ? cur->verdict : fallback;
 	struct lwtun_capture_record *rec = reserve();
-	__u32 caplen;
+	__u64 caplen;
 
 	if (!rec)
 		return verdict;
@@ -77,7 +77,8 @@ static __always_inline int capture_skb(struct __sk_buff *skb, int fallback)
 	rec->meta.verdict = verdict;
 	rec->meta.protocol = skb->protocol;
 	rec->meta.pad = 0;
-	if (caplen == 0 || caplen > LWTUN_CAPTURE_MAX ||
+	/* The verifier wants the length it checked in the very register passed: keep it 64-bit. */
+	if (caplen < 1 || caplen > LWTUN_CAPTURE_MAX ||
 	    bpf_skb_load_bytes(skb, 0, rec->data, caplen) < 0)
 		caplen = 0;
 	rec->meta.caplen = caplen;
@@ -92,7 +93,7 @@ int capture_xdp(struct xdp_md *ctx)
 	int verdict = cur ? cur->verdict : XDP_PASS;
 	struct lwtun_capture_record *rec = reserve();
 	__u32 len = bpf_xdp_get_buff_len(ctx);
-	__u32 caplen;
+	__u64 caplen;
 
 	if (!rec)
 		return verdict;
@@ -104,7 +105,7 @@ int capture_xdp(struct xdp_md *ctx)
 	rec->meta.verdict = verdict;
 	rec->meta.protocol = 0;
 	rec->meta.pad = 0;
-	if (caplen == 0 || caplen > LWTUN_CAPTURE_MAX ||
+	if (caplen < 1 || caplen > LWTUN_CAPTURE_MAX ||
 	    bpf_xdp_load_bytes(ctx, 0, rec->data, caplen) < 0)
 		caplen = 0;
 	rec->meta.caplen = caplen;

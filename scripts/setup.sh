@@ -3,7 +3,7 @@
 # Safe to run again: it installs only what is missing. Needs root (apt-get, mount).
 set -euo pipefail
 
-packages=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc iproute2 iputils-ping tcpdump bpftool iperf3 util-linux procps strace)
+packages=(clang llvm libelf-dev zlib1g-dev libpcap-dev pkg-config make gcc iproute2 iputils-ping tcpdump bpftool iperf3 util-linux procps strace)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -39,6 +39,7 @@
 #![warn(unsafe_op_in_unsafe_fn)]
 
 mod abi;
+pub mod capture;
 pub mod chain;
 pub mod decap;
 pub mod error;

@@ -1,0 +1,386 @@
+//! Packet capture at a chain's exit hook (xdpcap's idea, at XDP, tc and the LWT hooks), to pcap or
+//! pcapng files, a tcpdump-syntax filter and a terminal view.
+//!
+//! ```text
+//!  chain stages ──▶ exit hook ──(attached: capture program)──▶ ring buffer ──▶ Capture::poll
+//!                      │                                                  │
+//!                      └──(detached: empty slot, one failed tail call)    ├─▶ Filter (libpcap)
+//!                                                                         ├─▶ CaptureWriter (pcap/pcapng)
+//!                                                                         └─▶ Packet::summary / dump
+//! ```
+//!
+//! Every lwtun chain exits through its exit hook ([`ProgChain::set_exit`]); the capture program
+//! copies each packet (up to the snap length) and its metadata (hook, interface, verdict, time)
+//! into a ring buffer and returns the chain's verdict unchanged. Packets at the LWT hooks start at
+//! the IP header and are written with link type RAW (101); XDP and tc packets with ETHERNET (1).
+//!
+//! The filter is compiled by libpcap (`pcap_compile`, the `pcap` crate) and run in user space on
+//! each record: the BPF side stays one fixed, verified program, a filter change needs no reload,
+//! and the expression means exactly what it means to tcpdump. The price is that every packet
+//! crosses the ring buffer, filtered or not.
+
+mod decode;
+mod filter;
+mod writer;
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::fmt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::rc::Rc;
+use std::time::{Duration, SystemTime};
+
+use libbpf_rs::{MapCore, Object, RingBuffer, RingBufferBuilder};
+
+use crate::chain::{ChainHook, ProgChain};
+use crate::error::{Error, ErrorKind, Result};
+use crate::skel::capture::types::lwtun_capture_meta;
+
+pub use filter::Filter;
+pub use writer::{CaptureFormat, CaptureWriter, LinkType};
+
+/// Largest snap length (`LWTUN_CAPTURE_MAX`).
+pub const MAX_SNAPLEN: u32 = 1536;
+
+/// Options of a [`Capture`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CaptureOptions {
+    /// Bytes kept of each packet (at most [`MAX_SNAPLEN`]).
+    pub snaplen: u32,
+}
+
+impl Default for CaptureOptions {
+    fn default() -> Self {
+        CaptureOptions {
+            snaplen: MAX_SNAPLEN,
+        }
+    }
+}
+
+/// One captured packet with its metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Packet {
+    /// When the capture program saw it (wall clock, converted from the kernel's monotonic clock).
+    pub time: SystemTime,
+    /// The hook it was captured at.
+    pub hook: ChainHook,
+    /// The interface index (the ingress device at XDP; the skb's device at tc and LWT).
+    pub ifindex: u32,
+    /// The chain's verdict for it (the hook's return code).
+    pub verdict: i32,
+    /// The packet's full length.
+    pub len: u32,
+    /// `skb->protocol` (EtherType) in host order; 0 at XDP.
+    pub protocol: u16,
+    /// The captured bytes (from the IP header at the LWT hooks, the Ethernet header otherwise).
+    pub data: Vec<u8>,
+}
+
+impl Packet {
+    /// The pcap link type of the packet's bytes.
+    pub fn link_type(&self) -> LinkType {
+        LinkType::of(self.hook)
+    }
+
+    /// One line, tcpdump-like: time, hook, interface, verdict and the decoded headers.
+    pub fn summary(&self) -> String {
+        decode::summary(self)
+    }
+
+    /// A layer-by-layer dump with every header field and a hex dump of the bytes.
+    pub fn dump(&self) -> String {
+        decode::dump(self)
+    }
+}
+
+/// A capture program at a chain's exit hook, and the ring buffer it fills.
+///
+/// [`Capture::attach`] loads it and attaches it; [`Capture::detach`] (or dropping the chain's exit
+/// with [`ProgChain::clear_exit`]) takes it off, after which the chain pays one failed tail call.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use lwtun::capture::{Capture, CaptureFormat, CaptureOptions, CaptureWriter, Filter};
+/// use lwtun::chain::{ChainHook, ProgChain};
+///
+/// let mut chain = ProgChain::new(ChainHook::LwtXmit)?;
+/// // ... give chain.lwt_entry()? to a route ...
+/// let mut capture = Capture::attach(&mut chain, CaptureOptions::default())?;
+/// let filter = Filter::compile("icmp", capture.link_type())?;
+/// let file = std::fs::File::create("/tmp/out.pcap").unwrap();
+/// let mut out = CaptureWriter::new(file, CaptureFormat::Pcap, capture.link_type(), 1536)?;
+/// for p in capture.poll(Duration::from_secs(1))? {
+///     if filter.matches(&p) {
+///         println!("{}", p.summary());
+///         out.write(&p)?;
+///     }
+/// }
+/// capture.detach(&mut chain)?;
+/// # Ok::<(), lwtun::Error>(())
+/// ```
+pub struct Capture {
+    ring: RingBuffer<'static>,
+    queue: Rc<RefCell<VecDeque<std::result::Result<Packet, String>>>>,
+    program: OwnedFd,
+    object: Object,
+    hook: ChainHook,
+}
+
+impl fmt::Debug for Capture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Capture")
+            .field("hook", &self.hook)
+            .field("program", &self.program)
+            .finish()
+    }
+}
+
+impl Capture {
+    /// Loads a capture program for `chain` (not attached yet: see [`Capture::attach`]).
+    ///
+    /// # Errors
+    ///
+    /// InvalidInput for a snap length of 0 or above [`MAX_SNAPLEN`]; Permission without CAP_BPF.
+    pub fn load(chain: &ProgChain, options: CaptureOptions) -> Result<Self> {
+        if options.snaplen == 0 || options.snaplen > MAX_SNAPLEN {
+            return Err(Error::invalid_input(
+                "load capture",
+                format!("snap length {}: use 1..={MAX_SNAPLEN}", options.snaplen),
+            ));
+        }
+        let snap_offset = std::mem::offset_of!(crate::skel::capture::types::rodata, snaplen);
+        let object = chain.open_member(
+            "capture",
+            crate::skel::capture::OBJECT,
+            std::mem::offset_of!(crate::skel::capture::types::rodata, lwtun_chain_abi),
+            |open| {
+                let mut rodata = open
+                    .maps_mut()
+                    .find(|m| m.name().to_string_lossy().ends_with(".rodata"))
+                    .ok_or_else(|| Error::not_found("load capture", "its .rodata"))?;
+                let mut bytes = rodata
+                    .initial_value()
+                    .ok_or_else(|| Error::not_found("load capture", "the .rodata value"))?
+                    .to_vec();
+                bytes[snap_offset..snap_offset + 4].copy_from_slice(&options.snaplen.to_ne_bytes());
+                rodata
+                    .set_initial_value(&bytes)
+                    .map_err(|e| Error::bpf("set capture snap length", e))
+            },
+        )?;
+        let hook = chain.hook();
+        let program = chain.member_program(&object, &format!("capture_{hook}"))?;
+        let queue = Rc::new(RefCell::new(VecDeque::new()));
+        let clock = ClockOffset::now();
+        let ring = {
+            let map = object
+                .maps()
+                .find(|m| m.name().to_str() == Some("capture_ring"))
+                .ok_or_else(|| Error::not_found("load capture", "map capture_ring"))?;
+            let sink = Rc::clone(&queue);
+            let mut builder = RingBufferBuilder::new();
+            builder
+                .add(&map, move |bytes: &[u8]| {
+                    sink.borrow_mut().push_back(parse_record(bytes, clock));
+                    0
+                })
+                .map_err(|e| Error::bpf("open capture ring", e))?;
+            builder
+                .build()
+                .map_err(|e| Error::bpf("open capture ring", e))?
+        };
+        Ok(Capture {
+            ring,
+            queue,
+            program,
+            object,
+            hook,
+        })
+    }
+
+    /// Loads a capture program and attaches it at `chain`'s exit hook.
+    ///
+    /// # Errors
+    ///
+    /// As [`Capture::load`] and [`ProgChain::set_exit`].
+    pub fn attach(chain: &mut ProgChain, options: CaptureOptions) -> Result<Self> {
+        let capture = Self::load(chain, options)?;
+        chain.set_exit(capture.program())?;
+        Ok(capture)
+    }
+
+    /// Takes the capture program off `chain`'s exit hook (when it is the one there). Packets
+    /// already in the ring can still be polled.
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error.
+    pub fn detach(&self, chain: &mut ProgChain) -> Result<()> {
+        let ours = crate::program::program_info(self.program.as_fd())?.id;
+        if chain.exit().map(|p| p.id) == Some(ours) {
+            chain.clear_exit()?;
+        }
+        Ok(())
+    }
+
+    /// The capture program, for [`ProgChain::set_exit`].
+    pub fn program(&self) -> BorrowedFd<'_> {
+        self.program.as_fd()
+    }
+
+    /// The hook the capture is for.
+    pub fn hook(&self) -> ChainHook {
+        self.hook
+    }
+
+    /// The link type of the captured bytes.
+    pub fn link_type(&self) -> LinkType {
+        LinkType::of(self.hook)
+    }
+
+    /// Waits up to `timeout` for packets and returns those the ring buffer holds (possibly
+    /// none).
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error polling; Kernel for a malformed record.
+    pub fn poll(&mut self, timeout: Duration) -> Result<Vec<Packet>> {
+        self.ring
+            .poll(timeout)
+            .map_err(|e| Error::bpf("poll capture ring", e))?;
+        self.drain()
+    }
+
+    /// Returns what the ring buffer holds now, without waiting.
+    ///
+    /// # Errors
+    ///
+    /// As [`Capture::poll`].
+    pub fn drain(&mut self) -> Result<Vec<Packet>> {
+        self.ring
+            .consume()
+            .map_err(|e| Error::bpf("read capture ring", e))?;
+        self.queue
+            .borrow_mut()
+            .drain(..)
+            .map(|r| r.map_err(|m| Error::other(ErrorKind::Kernel, "read capture record", m)))
+            .collect()
+    }
+
+    /// Records lost because the ring buffer was full (the reader fell behind).
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error reading the counter.
+    pub fn lost(&self) -> Result<u64> {
+        let map = self
+            .object
+            .maps()
+            .find(|m| m.name().to_str() == Some("capture_lost"))
+            .ok_or_else(|| Error::not_found("read capture losses", "map capture_lost"))?;
+        let values = map
+            .lookup_percpu(&0u32.to_ne_bytes(), libbpf_rs::MapFlags::ANY)
+            .map_err(|e| Error::bpf("read capture losses", e))?
+            .unwrap_or_default();
+        Ok(values
+            .iter()
+            .filter_map(|v| v.get(..8))
+            .map(|b| u64::from_ne_bytes(b.try_into().expect("8 bytes")))
+            .sum())
+    }
+}
+
+/// Wall clock minus monotonic clock, to date records stamped with bpf_ktime_get_ns.
+#[derive(Debug, Clone, Copy)]
+struct ClockOffset {
+    wall: SystemTime,
+    mono_ns: u64,
+}
+
+impl ClockOffset {
+    fn now() -> Self {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: ts is a valid timespec for the call to fill.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        ClockOffset {
+            wall: SystemTime::now(),
+            mono_ns: ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64,
+        }
+    }
+
+    fn wall(&self, mono_ns: u64) -> SystemTime {
+        if mono_ns >= self.mono_ns {
+            self.wall + Duration::from_nanos(mono_ns - self.mono_ns)
+        } else {
+            self.wall - Duration::from_nanos(self.mono_ns - mono_ns)
+        }
+    }
+}
+
+fn parse_record(bytes: &[u8], clock: ClockOffset) -> std::result::Result<Packet, String> {
+    let head = std::mem::size_of::<lwtun_capture_meta>();
+    if bytes.len() < head {
+        return Err(format!("record of {} bytes, header is {head}", bytes.len()));
+    }
+    let u32_at = |o: usize| u32::from_ne_bytes(bytes[o..o + 4].try_into().expect("4"));
+    let timestamp = u64::from_ne_bytes(bytes[0..8].try_into().expect("8"));
+    let (ifindex, len, caplen, hook, verdict) = (
+        u32_at(8),
+        u32_at(12),
+        u32_at(16),
+        u32_at(20),
+        u32_at(24) as i32,
+    );
+    let protocol = u16::from_be_bytes([bytes[28], bytes[29]]);
+    let hook = ChainHook::from_code(hook).ok_or_else(|| format!("unknown hook code {hook}"))?;
+    let data = bytes
+        .get(head..head + caplen as usize)
+        .ok_or_else(|| format!("caplen {caplen} beyond the record"))?
+        .to_vec();
+    Ok(Packet {
+        time: clock.wall(timestamp),
+        hook,
+        ifindex,
+        verdict,
+        len,
+        protocol,
+        data,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_parse_and_malformed_ones_are_refused() {
+        let clock = ClockOffset::now();
+        let mut rec = vec![0u8; 32];
+        rec[0..8].copy_from_slice(&(clock.mono_ns + 1_000).to_ne_bytes());
+        rec[8..12].copy_from_slice(&7u32.to_ne_bytes());
+        rec[12..16].copy_from_slice(&84u32.to_ne_bytes());
+        rec[16..20].copy_from_slice(&4u32.to_ne_bytes());
+        rec[20..24].copy_from_slice(&4u32.to_ne_bytes());
+        rec[24..28].copy_from_slice(&0i32.to_ne_bytes());
+        rec[28..30].copy_from_slice(&0x0800u16.to_be_bytes());
+        rec.extend_from_slice(&[0x45, 0, 0, 84]);
+        let p = parse_record(&rec, clock).unwrap();
+        assert_eq!(p.hook, ChainHook::LwtXmit);
+        assert_eq!((p.ifindex, p.len, p.protocol), (7, 84, 0x0800));
+        assert_eq!(p.data, vec![0x45, 0, 0, 84]);
+        assert_eq!(p.link_type(), LinkType::Raw);
+        assert_eq!(p.time, clock.wall + Duration::from_micros(1));
+        assert!(parse_record(&rec[..20], clock).is_err());
+        assert!(
+            parse_record(&rec[..33], clock).is_err(),
+            "caplen past the end"
+        );
+        rec[20] = 9;
+        assert!(parse_record(&rec, clock).is_err(), "unknown hook");
+    }
+}
