@@ -373,3 +373,50 @@ fn persisted_attachments_outlive_their_handles() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+#[test]
+fn tcx_runs_before_clsact_and_listing_shows_that_order() {
+    if !common::privileged("tcx_runs_before_clsact_and_listing_shows_that_order") {
+        return;
+    }
+    if !tcx_supported() {
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            b"SKIPPED tcx_runs_before_clsact_and_listing_shows_that_order: no tcx (Linux 6.6+)\n",
+        );
+        return;
+    }
+    let net = common::two_hosts();
+    let first = TcCounter::load().unwrap();
+    let later = TcCounter::load().unwrap();
+    let ifindex = net.ifindex(1, "to0");
+    let (cls, tcx) = net
+        .ns(1)
+        .run(|| {
+            let c = TcAttach::new(ifindex, TcDirection::Ingress)
+                .mode(TcMode::Clsact)
+                .attach(later.program())?;
+            let t = TcAttach::new(ifindex, TcDirection::Ingress)
+                .mode(TcMode::Tcx)
+                .attach(first.program())?;
+            Ok((c, t))
+        })
+        .unwrap();
+    let list = listed(&net, 1, "to0", TcDirection::Ingress);
+    let order: Vec<(TcMode, u32)> = list.iter().map(|p| (p.mode, p.program_id)).collect();
+    assert_eq!(
+        order,
+        vec![
+            (TcMode::Tcx, tcx.program_id()),
+            (TcMode::Clsact, cls.program_id())
+        ]
+    );
+    // Both run (tcx hands on with TCX_NEXT) ...
+    assert_eq!(common::ping(net.ns(0), net.v4(1).into(), 2).received, 2);
+    assert!(later.counter().unwrap().packets >= 2);
+    // ... and a tcx drop keeps the packet from the clsact filter.
+    first.set_verdict(TcVerdict::Drop).unwrap();
+    let seen = later.counter().unwrap();
+    assert_eq!(common::ping(net.ns(0), net.v4(1).into(), 2).received, 0);
+    assert_eq!(later.counter().unwrap(), seen);
+}
