@@ -241,7 +241,8 @@ LWTUN_ASSERT_SIZE(struct lwtun_decap_config, 16);
 #define LWTUN_DECAP_EV_KEY_MISMATCH 8 /* GRE key missing or not the peer's: dropped */
 #define LWTUN_DECAP_EV_UNSUPPORTED 9  /* what lwtun never sends (GRE version/flags, extension headers): dropped */
 #define LWTUN_DECAP_EV_ERROR 10       /* the kernel refused to strip the header: dropped */
-#define LWTUN_DECAP_EV_MAX 11
+#define LWTUN_DECAP_EV_ECN 11         /* outer CE on a not-ECT inner packet: dropped (RFC 6040) */
+#define LWTUN_DECAP_EV_MAX 12
 
 /* ---- program chains and capture (bpf/chain*.bpf.c, bpf/capture.bpf.c <-> src/chain/, src/capture/) ---- */
 

@@ -26,6 +26,7 @@
  *      (not for GSO aggregates, whose checksums the segmentation writes);
  *      the peer's key when the peer asks for one                  else KEY_MISMATCH (dropped)
  *   9. the inner header is whole and of the announced family      else MALFORMED (dropped)
+ *  10. ECN (RFC 6040): outer CE turns an ECT inner packet CE      a not-ECT one: ECN (dropped)
  * The outer UDP checksum is not verified: the inner packet's own checksums are, by the stack.
  *
  * After the strip the program returns TC_ACT_OK: the skb continues through the receive path,
@@ -139,6 +140,8 @@ struct outer {
 	__u8 frag;    /* 0: not a fragment, 1: first fragment, 2: later fragment */
 	__u8 ext;     /* IPv6 extension headers (other than a fragment header) were present */
 	__u8 v6;
+	__u8 ecn;     /* the outer ECN field */
+	__u8 pad[3];
 };
 
 struct csum_ctx {
@@ -261,6 +264,7 @@ int decap_tc(struct __sk_buff *skb)
 		o.l4off = sizeof(*eth) + hlen;
 		o.ip_end = sizeof(*eth) + tot;
 		o.proto = iph->protocol;
+		o.ecn = iph->tos & 3;
 		if (iph->frag_off & bpf_htons(IP_OFFSET))
 			o.frag = 2;
 		else if (iph->frag_off & bpf_htons(IP_MF))
@@ -285,6 +289,7 @@ int decap_tc(struct __sk_buff *skb)
 		if (!bpf_map_lookup_elem(&locals, &local))
 			return PASS(LWTUN_DECAP_EV_NOT_FOR_US);
 		o.v6 = 1;
+		o.ecn = (((__u8 *)ip6h)[1] >> 4) & 3;
 		o.ip_end = off + bpf_ntohs(ip6h->payload_len);
 		__builtin_memcpy(pk.addr, &ip6h->saddr, 16);
 		peer = bpf_map_lookup_elem(&peers_v6, &pk);
@@ -435,6 +440,32 @@ int decap_tc(struct __sk_buff *skb)
 	 * Segments of the old size are always valid, only up to the header length smaller. (Seen
 	 * with GRO'd packets by other BPF decapsulators; local delivery here measured the same
 	 * either way.) */
+	/* RFC 6040 (as the kernel's tunnels): congestion the outer header met is kept. Outer CE
+	 * marks an ECT inner packet CE; a not-ECT inner packet cannot carry it and is dropped. */
+	if (o.ecn == 3) {
+		if (inner_v6) {
+			__u8 *b = data + inner_off;
+
+			if ((void *)(b + 2) > data_end)
+				return DROP(LWTUN_DECAP_EV_MALFORMED);
+			if (((b[1] >> 4) & 3) == 0)
+				return DROP(LWTUN_DECAP_EV_ECN);
+			b[1] |= 0x30;
+		} else {
+			struct iphdr *ii = data + inner_off;
+			__be16 old_word, new_word;
+
+			if ((void *)(ii + 1) > data_end)
+				return DROP(LWTUN_DECAP_EV_MALFORMED);
+			if ((ii->tos & 3) == 0)
+				return DROP(LWTUN_DECAP_EV_ECN);
+			old_word = *(__be16 *)ii;
+			ii->tos |= 3;
+			new_word = *(__be16 *)ii;
+			csum_replace2(&ii->check, old_word, new_word);
+		}
+	}
+
 	flags = (inner_v6 ? DECAP_L3_IPV6 : DECAP_L3_IPV4) | BPF_F_ADJ_ROOM_FIXED_GSO;
 	if (bpf_skb_adjust_room(skb, -(__s32)(inner_off - sizeof(struct ethhdr)), BPF_ADJ_ROOM_MAC,
 				flags))

@@ -22,7 +22,8 @@
 //! in [`DecapCounters`]. In short: outer fragments are dropped (lwtun's encap sets DF and the
 //! route headroom, so a fragment means a broken path MTU), GRE must be version 0 with at most the
 //! checksum and key flags, a GRE checksum is verified, IPv6 extension headers on tunnel packets
-//! are refused.
+//! are refused. ECN follows RFC 6040 as the kernel's own tunnels do: an outer CE mark is copied
+//! to an ECN-capable inner packet, and a not-ECN-capable inner packet under an outer CE is dropped.
 //!
 //! The inner packet continues up the stack from tc ingress (`TC_ACT_OK`): the kernel reads the
 //! (rewritten) protocol after the tc hook, so the inner packet enters `ip_rcv`/`ipv6_rcv` on the
@@ -67,7 +68,7 @@ const PROGRAM: &str = "decap_tc";
 const BASELINE: &str = "pass_tc";
 
 /// Counter slots, in the order of `LWTUN_DECAP_EV_*` in `bpf/lwtun.h`.
-const EVENTS: usize = 11;
+const EVENTS: usize = 12;
 
 /// Packets (and their outer bytes, Ethernet header included) per decap verdict, summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -95,6 +96,10 @@ pub struct DecapCounters {
     pub unsupported: Counter,
     /// The kernel refused to remove the header (`bpf_skb_adjust_room` failed): dropped.
     pub error: Counter,
+    /// The outer header was marked CE (congestion experienced) but the inner packet is not
+    /// ECN-capable: dropped, as RFC 6040 and the kernel's own tunnels do. (An ECN-capable inner
+    /// packet is marked CE instead.)
+    pub ecn: Counter,
 }
 
 impl DecapCounters {
@@ -112,6 +117,7 @@ impl DecapCounters {
             + self.key_mismatch.packets
             + self.unsupported.packets
             + self.error.packets
+            + self.ecn.packets
     }
 }
 
@@ -602,6 +608,7 @@ impl Decap {
             key_mismatch: c[8],
             unsupported: c[9],
             error: c[10],
+            ecn: c[11],
         })
     }
 

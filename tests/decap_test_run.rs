@@ -62,7 +62,7 @@ fn decap() -> Decap {
     d
 }
 
-const NAMES: [&str; 11] = [
+const NAMES: [&str; 12] = [
     "ipip",
     "gre",
     "udp",
@@ -74,9 +74,10 @@ const NAMES: [&str; 11] = [
     "key_mismatch",
     "unsupported",
     "error",
+    "ecn",
 ];
 
-fn packets(c: &DecapCounters) -> [u64; 11] {
+fn packets(c: &DecapCounters) -> [u64; 12] {
     [
         c.ipip.packets,
         c.gre.packets,
@@ -89,6 +90,7 @@ fn packets(c: &DecapCounters) -> [u64; 11] {
         c.key_mismatch.packets,
         c.unsupported.packets,
         c.error.packets,
+        c.ecn.packets,
     ]
 }
 
@@ -102,11 +104,15 @@ fn run(d: &Decap, what: &str, frame: &[u8], verdict: i32, counter: &str) -> Vec<
     let after = d.counters().unwrap();
     assert_eq!(out.retval, verdict, "{what}: verdict");
     let (b, a) = (packets(&before), packets(&after));
-    let moved: Vec<&str> = (0..11)
+    let moved: Vec<&str> = (0..12)
         .filter(|i| a[*i] != b[*i])
         .map(|i| NAMES[i])
         .collect();
-    assert_eq!(moved, vec![counter], "{what}: counters that moved");
+    assert_eq!(
+        moved,
+        vec![counter],
+        "{what}: counters that moved ({b:?} -> {a:?})"
+    );
     let i = NAMES.iter().position(|n| *n == counter).unwrap();
     assert_eq!(a[i] - b[i], 1, "{what}: {counter} packets");
     out.data
@@ -690,4 +696,78 @@ fn gre_key_to_mark() {
     assert_eq!(d.test_run(&keyless).unwrap().mark, 0, "no key, no mark");
     d.set_key_to_mark(false).unwrap();
     assert_eq!(d.test_run(&keyed).unwrap().mark, 0, "off again");
+}
+
+/// Sets the ECN bits of an IPv4 header (fixing its checksum) or an IPv6 header.
+fn set_ecn(ip: &mut [u8], ecn: u8) {
+    if ip[0] >> 4 == 4 {
+        ip[1] = (ip[1] & !3) | ecn;
+        fix_ipv4_checksum(ip);
+    } else {
+        ip[1] = (ip[1] & !0x30) | (ecn << 4);
+    }
+}
+
+#[test]
+fn ecn_congestion_is_kept_rfc6040() {
+    if !common::privileged("ecn_congestion_is_kept_rfc6040") {
+        return;
+    }
+    let d = decap();
+    for inner_v6 in [false, true] {
+        for outer_v6 in [false, true] {
+            let what = format!("outer v6 {outer_v6}, inner v6 {inner_v6}");
+            let base = if inner_v6 { inner6() } else { inner4() };
+            let proto = if inner_v6 { IPPROTO_IPV6 } else { IPPROTO_IPIP };
+            let frame = |outer_ecn: u8, inner_ecn: u8| {
+                let mut inner = base.clone();
+                set_ecn(&mut inner, inner_ecn);
+                let mut f = if outer_v6 {
+                    outer6(peer6(), local6(), proto, &inner)
+                } else {
+                    outer4(PEER4, LOCAL4, proto, &inner)
+                };
+                set_ecn(&mut f[14..], outer_ecn);
+                (f, inner)
+            };
+            // outer CE, inner ECT(0) -> inner CE (with a valid IPv4 checksum)
+            let (f, _) = frame(3, 2);
+            let (_, want) = frame(3, 3);
+            let out = run(
+                &d,
+                &format!("{what}: CE over ECT(0)"),
+                &f,
+                TC_ACT_OK,
+                "ipip",
+            );
+            assert_eq!(&out[14..], &want[..], "{what}: inner marked CE");
+            // outer CE, inner ECT(1) -> CE
+            let (f, _) = frame(3, 1);
+            let out = run(
+                &d,
+                &format!("{what}: CE over ECT(1)"),
+                &f,
+                TC_ACT_OK,
+                "ipip",
+            );
+            assert_eq!(&out[14..], &want[..], "{what}: inner marked CE");
+            // outer CE, inner not-ECT -> dropped
+            let (f, _) = frame(3, 0);
+            run(
+                &d,
+                &format!("{what}: CE over not-ECT"),
+                &f,
+                TC_ACT_SHOT,
+                "ecn",
+            );
+            // outer ECT(0), inner ECT(1) -> unchanged
+            let (f, inner) = frame(2, 1);
+            let out = run(&d, &format!("{what}: ECT over ECT"), &f, TC_ACT_OK, "ipip");
+            assert_eq!(&out[14..], &inner[..], "{what}: inner untouched");
+            // outer not-ECT, inner CE -> unchanged
+            let (f, inner) = frame(0, 3);
+            let out = run(&d, &format!("{what}: inner CE kept"), &f, TC_ACT_OK, "ipip");
+            assert_eq!(&out[14..], &inner[..], "{what}: inner untouched");
+        }
+    }
 }
