@@ -18,7 +18,7 @@
 //! The table lives in a loaded [`Tunnel`](crate::tunnel::Tunnel); get it with
 //! [`Tunnel::peers_mut`](crate::tunnel::Tunnel::peers_mut).
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -331,7 +331,7 @@ pub struct PeerTable {
     events: MapHandle,
     config: MapHandle,
     capacity: u32,
-    peers: BTreeMap<IpNetwork, (EncapPeer, u32)>,
+    peers: HashMap<IpNetwork, (EncapPeer, u32)>,
     free_slots: Vec<u32>,
     next_slot: u32,
     count_v4: u32,
@@ -353,17 +353,23 @@ fn normalize(prefix: IpNetwork) -> IpNetwork {
 }
 
 fn key_bytes(prefix: &IpNetwork) -> Vec<u8> {
+    let mut v = Vec::with_capacity(20);
+    put_key(&mut v, prefix);
+    v
+}
+
+/// Appends the LPM key of `prefix` (`struct lwtun_peer_key4`/`key6`) to `out`, without
+/// allocating.
+fn put_key(out: &mut Vec<u8>, prefix: &IpNetwork) {
     match prefix {
-        IpNetwork::V4(n) => abi::as_bytes(&lwtun_peer_key4 {
+        IpNetwork::V4(n) => out.extend_from_slice(abi::as_bytes(&lwtun_peer_key4 {
             prefixlen: u32::from(n.prefix()),
             addr: n.network().octets(),
-        })
-        .to_vec(),
-        IpNetwork::V6(n) => abi::as_bytes(&lwtun_peer_key6 {
+        })),
+        IpNetwork::V6(n) => out.extend_from_slice(abi::as_bytes(&lwtun_peer_key6 {
             prefixlen: u32::from(n.prefix()),
             addr: n.network().octets(),
-        })
-        .to_vec(),
+        })),
     }
 }
 
@@ -384,7 +390,7 @@ impl PeerTable {
             events: handle("events")?,
             config: handle("config")?,
             capacity,
-            peers: BTreeMap::new(),
+            peers: HashMap::new(),
             free_slots: Vec::new(),
             next_slot: 0,
             count_v4: 0,
@@ -488,7 +494,10 @@ impl PeerTable {
 
     /// Every peer, IPv4 prefixes first, in prefix order.
     pub fn iter(&self) -> impl Iterator<Item = (IpNetwork, &EncapPeer)> + '_ {
-        self.peers.iter().map(|(n, (p, _))| (*n, p))
+        let mut all: Vec<(IpNetwork, &EncapPeer)> =
+            self.peers.iter().map(|(n, (p, _))| (*n, p)).collect();
+        all.sort_unstable_by_key(|(n, _)| *n);
+        all.into_iter()
     }
 
     /// The largest [`EncapPeer::encap_len`] of the peers, or `None` for an empty table.
@@ -652,23 +661,32 @@ impl PeerTable {
     /// case the peers of the batch that were written are removed again.
     pub fn insert_batch(&mut self, peers: &[(IpNetwork, EncapPeer)]) -> Result<()> {
         let op = "insert tunnel peers (batch)";
-        let mut seen = std::collections::BTreeSet::new();
         let (mut n4, mut n6) = (0u32, 0u32);
+        let mut sorted: Vec<IpNetwork> = Vec::with_capacity(peers.len());
         for (prefix, peer) in peers {
             let prefix = normalize(*prefix);
             peer.validate()?;
-            if self.peers.contains_key(&prefix) || !seen.insert(prefix) {
+            if self.peers.contains_key(&prefix) {
                 return Err(Error::invalid_input(
                     op,
-                    format!("{prefix} is in the table or twice in the batch"),
+                    format!("{prefix} has a peer already"),
                 ));
             }
+            sorted.push(prefix);
             if prefix.is_ipv4() {
                 n4 += 1;
             } else {
                 n6 += 1;
             }
         }
+        sorted.sort_unstable();
+        if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+            return Err(Error::invalid_input(
+                op,
+                format!("{} is twice in the batch", w[0]),
+            ));
+        }
+        drop(sorted);
         self.check_room(&"0.0.0.0/0".parse().unwrap(), n4, op)?;
         self.check_room(&"::/0".parse().unwrap(), n6, op)?;
 
@@ -692,9 +710,13 @@ impl PeerTable {
         }
         let mut written: Vec<IpNetwork> = Vec::new();
         for v6 in [false, true] {
-            let (mut keys, mut values, mut count) = (Vec::new(), Vec::new(), 0u32);
+            let n = if v6 { n6 } else { n4 } as usize;
+            let key_len = if v6 { 20 } else { 8 };
+            let mut keys = Vec::with_capacity(n * key_len);
+            let mut values = Vec::with_capacity(n * std::mem::size_of::<lwtun_peer>());
+            let mut count = 0u32;
             for (prefix, peer, slot) in assigned.iter().filter(|(p, _, _)| p.is_ipv6() == v6) {
-                keys.extend_from_slice(&key_bytes(prefix));
+                put_key(&mut keys, prefix);
                 values.extend_from_slice(abi::as_bytes(&peer.to_abi(*slot)));
                 count += 1;
             }
@@ -722,6 +744,7 @@ impl PeerTable {
                     .map(|(p, _, _)| *p),
             );
         }
+        self.peers.reserve(assigned.len());
         for (prefix, peer, slot) in assigned {
             self.peers.insert(prefix, (peer, slot));
         }
