@@ -35,14 +35,16 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 use libbpf_rs::libbpf_sys;
-use libbpf_rs::{MapCore, MapFlags, Object};
+use libbpf_rs::{MapCore, MapFlags, Object, ObjectBuilder};
 
 use crate::abi::{self, Pod};
 use crate::error::{Error, ErrorKind, Result};
+use crate::netns::NetNs;
 use crate::program::{load_object, sum_percpu, Counter};
 use crate::skel::tc_decap::types::{
     lwtun_decap_config, lwtun_decap_peer, lwtun_ip_addr, lwtun_peer_key4, lwtun_peer_key6,
@@ -260,6 +262,42 @@ pub struct Decap {
     baseline: OwnedFd,
     object: Object,
     flags: u32,
+    pin: Option<PinState>,
+}
+
+/// The maps a pin folder holds (the per-CPU checksum scratch space is not state).
+const PINNED_MAPS: [&str; 6] = [
+    "locals",
+    "peers_v4",
+    "peers_v6",
+    "udp_ports",
+    "config",
+    "counters",
+];
+
+#[derive(Debug)]
+struct PinState {
+    folder: PathBuf,
+    created_folder: bool,
+    keep: bool,
+}
+
+impl Drop for Decap {
+    fn drop(&mut self) {
+        // Detach first (the attachments drop with the struct anyway; this keeps the order
+        // explicit), then remove the pins unless they are to outlive this value.
+        self.attachments.clear();
+        let Some(pin) = &self.pin else { return };
+        if pin.keep {
+            return;
+        }
+        for name in PINNED_MAPS.iter().chain(std::iter::once(&PROGRAM)) {
+            let _ = std::fs::remove_file(pin.folder.join(name));
+        }
+        if pin.created_folder {
+            let _ = std::fs::remove_dir(&pin.folder);
+        }
+    }
 }
 
 impl fmt::Debug for Decap {
@@ -333,9 +371,166 @@ impl Decap {
             baseline,
             object,
             flags: 0,
+            pin: None,
         };
         decap.write_config()?;
         Ok(decap)
+    }
+
+    /// Loads the family with its tables pinned under `folder` (on bpffs), or, when a previous
+    /// [`Decap`] left its pins there ([`Decap::keep_pinned`]), adopts them: the local endpoints,
+    /// peers, UDP ports, settings and counters found there are this value's from then on, and
+    /// the program pin is replaced by this process's program. Without `keep_pinned` the pins
+    /// are removed when this value drops.
+    ///
+    /// Attachments are not adopted: attach again (a tcx attachment ends with its process; a
+    /// clsact filter stays until removed).
+    ///
+    /// # Errors
+    ///
+    /// As [`Decap::load`]; InvalidInput when the folder's pins come from an object of another
+    /// ABI version; the kernel's error when the folder is not on bpffs.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use lwtun::decap::Decap;
+    ///
+    /// let mut decap = Decap::load_pinned("/sys/fs/bpf/lwtun-decap")?;
+    /// decap.add_local("192.0.2.1".parse().unwrap())?;
+    /// decap.keep_pinned();                    // a later process adopts the tables
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    pub fn load_pinned(folder: impl Into<PathBuf>) -> Result<Self> {
+        let op = "load pinned decap";
+        let folder = folder.into();
+        let mut created_folder = false;
+        if !folder.exists() {
+            std::fs::create_dir_all(&folder)
+                .map_err(|e| Error::io(op, e).with_object(folder.display().to_string()))?;
+            created_folder = true;
+        }
+        let adopted = folder.join(PINNED_MAPS[0]).exists();
+        let result = (|| {
+            let mut open = ObjectBuilder::default()
+                .name("tc_decap")
+                .map_err(|e| Error::bpf(op, e))?
+                .open_memory(crate::skel::tc_decap::OBJECT)
+                .map_err(|e| Error::bpf(op, e))?;
+            if adopted {
+                for mut map in open.maps_mut() {
+                    let name = map.name().to_string_lossy().into_owned();
+                    if PINNED_MAPS.contains(&name.as_str()) {
+                        let path = folder.join(&name);
+                        map.reuse_pinned_map(&path).map_err(|e| {
+                            Error::bpf("adopt pinned decap map", e)
+                                .with_object(path.display().to_string())
+                        })?;
+                    }
+                }
+            }
+            let object = open.load().map_err(|e| {
+                let err = Error::bpf(op, e);
+                if err.kind() == ErrorKind::Permission {
+                    Error::permission(op, "CAP_BPF and CAP_NET_ADMIN")
+                } else {
+                    err
+                }
+            })?;
+            let prog = program_fd(&object, PROGRAM)?;
+            let baseline = program_fd(&object, BASELINE)?;
+            let mut decap = Decap {
+                attachments: BTreeMap::new(),
+                prog,
+                baseline,
+                object,
+                flags: 0,
+                pin: Some(PinState {
+                    folder: folder.clone(),
+                    created_folder,
+                    keep: false,
+                }),
+            };
+            if adopted {
+                let cfg = decap
+                    .map("config")?
+                    .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+                    .map_err(|e| Error::bpf(op, e))?
+                    .and_then(|v| abi::from_bytes::<lwtun_decap_config>(&v))
+                    .unwrap_or_default();
+                if cfg.magic != MAGIC || cfg.version != ABI_VERSION {
+                    // not ours: leave the folder as it was
+                    decap.keep_pinned();
+                    return Err(Error::invalid_input(
+                        op,
+                        format!(
+                            "the pinned config has magic {:#x} version {}, this lwtun writes \
+                             {MAGIC:#x} version {ABI_VERSION}; remove the folder or use another",
+                            cfg.magic, cfg.version
+                        ),
+                    )
+                    .with_object(folder.display().to_string()));
+                }
+                decap.flags = cfg.flags;
+            } else {
+                decap.write_config()?;
+            }
+            decap.pin_all(adopted)?;
+            Ok(decap)
+        })();
+        if result.is_err() && created_folder {
+            let _ = std::fs::remove_dir(&folder);
+        }
+        result
+    }
+
+    fn pin_all(&mut self, adopted: bool) -> Result<()> {
+        let Some(pin) = &self.pin else { return Ok(()) };
+        let folder = pin.folder.clone();
+        let op = "pin decap";
+        if !adopted {
+            for mut map in self.object.maps_mut() {
+                let name = map.name().to_string_lossy().into_owned();
+                if PINNED_MAPS.contains(&name.as_str()) {
+                    let path = folder.join(&name);
+                    map.pin(&path)
+                        .map_err(|e| Error::bpf(op, e).with_object(path.display().to_string()))?;
+                }
+            }
+        }
+        for mut prog in self.object.progs_mut() {
+            if prog.name() != PROGRAM {
+                continue;
+            }
+            let path = folder.join(PROGRAM);
+            // A previous owner's program pin is replaced by this process's program.
+            let _ = std::fs::remove_file(&path);
+            prog.pin(&path)
+                .map_err(|e| Error::bpf(op, e).with_object(path.display().to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Leaves the pins in place when this value drops, for a later [`Decap::load_pinned`] (or
+    /// `bpftool map dump pinned FOLDER/counters`). No effect without a pin folder.
+    pub fn keep_pinned(&mut self) {
+        if let Some(p) = &mut self.pin {
+            p.keep = true;
+        }
+    }
+
+    /// The pin folder, if any.
+    pub fn pin_folder(&self) -> Option<&Path> {
+        self.pin.as_ref().map(|p| p.folder.as_path())
+    }
+
+    /// As [`Decap::attach`], inside `netns` (the calling thread's namespace does not change).
+    ///
+    /// # Errors
+    ///
+    /// As [`Decap::attach`]; an error entering the namespace.
+    pub fn attach_in(&mut self, netns: &NetNs, ifindex: u32) -> Result<()> {
+        netns.run(|| self.attach(ifindex))
     }
 
     fn map(&self, name: &str) -> Result<libbpf_rs::Map<'_>> {

@@ -771,3 +771,102 @@ fn ecn_congestion_is_kept_rfc6040() {
         }
     }
 }
+
+/// Removes a bpffs folder and what is pinned in it, also when the test panics.
+struct PinDir(std::path::PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(&self.0) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn pinned_tables_are_adopted_by_a_later_load() {
+    if !common::privileged("pinned_tables_are_adopted_by_a_later_load") {
+        return;
+    }
+    let dir = PinDir(format!("/sys/fs/bpf/lwtun-decap-test-{}", std::process::id()).into());
+    let i4 = inner4();
+    let keyed = outer4(
+        PEER4,
+        LOCAL4,
+        IPPROTO_GRE,
+        &gre(0x0800, Some(5), false, &i4),
+    );
+    {
+        let mut d = Decap::load_pinned(&dir.0).unwrap();
+        d.add_local(LOCAL4.into()).unwrap();
+        d.add_peer(DecapPeer::host(PEER4.into())).unwrap();
+        d.add_udp_port(PORT).unwrap();
+        d.set_key_to_mark(true).unwrap();
+        run(&d, "first owner", &keyed, TC_ACT_OK, "gre");
+        d.keep_pinned();
+    }
+    for name in [
+        "locals",
+        "peers_v4",
+        "peers_v6",
+        "udp_ports",
+        "config",
+        "counters",
+        "decap_tc",
+    ] {
+        assert!(dir.0.join(name).exists(), "{name} pinned");
+    }
+    // bpftool sees the counters with their BTF field names.
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(dir.0.join("counters"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("\"packets\""),
+        "{text}"
+    );
+
+    let d = Decap::load_pinned(&dir.0).unwrap();
+    assert_eq!(d.locals().unwrap(), vec![std::net::IpAddr::from(LOCAL4)]);
+    assert_eq!(d.peers().unwrap(), vec![DecapPeer::host(PEER4.into())]);
+    assert_eq!(d.counters().unwrap().gre.packets, 1, "counters adopted");
+    let r = d.test_run(&keyed).unwrap();
+    assert_eq!(
+        (r.retval, r.mark),
+        (TC_ACT_OK, 5),
+        "tables and settings adopted"
+    );
+    let u = outer4(PEER4, LOCAL4, IPPROTO_UDP, &udp(1, PORT, &i4));
+    run(&d, "adopted FOU port", &u, TC_ACT_OK, "udp");
+    drop(d);
+    // The pins go; the folder stays, as this owner did not create it.
+    assert_eq!(
+        std::fs::read_dir(&dir.0).unwrap().count(),
+        0,
+        "pins removed without keep_pinned"
+    );
+
+    // A folder whose config is not this ABI's is refused and left alone.
+    let mut d = Decap::load_pinned(&dir.0).unwrap();
+    d.keep_pinned();
+    drop(d);
+    let st = std::process::Command::new("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(dir.0.join("config"))
+        .args(["key", "0", "0", "0", "0", "value"])
+        .args(["0"; 16])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let e = Decap::load_pinned(&dir.0).unwrap_err();
+    assert_eq!(e.kind(), lwtun::ErrorKind::InvalidInput, "{e}");
+    assert!(
+        dir.0.join("config").exists(),
+        "a refused folder is left as it was"
+    );
+}
