@@ -181,7 +181,14 @@ fn setup() -> Setup {
         common::ip(ns, &["addr", "add", &format!("{}/32", ov4(i)), "dev", "lo"]);
         common::ip(
             ns,
-            &["addr", "add", &format!("{}/128", ov6(i)), "dev", "lo"],
+            &[
+                "addr",
+                "add",
+                &format!("{}/128", ov6(i)),
+                "dev",
+                "lo",
+                "nodad",
+            ],
         );
         let other = 1 - i;
         common::ip(
