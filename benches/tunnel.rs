@@ -1,0 +1,333 @@
+//! Tunnel throughput, in one run: plain routing vs lwtun GRE, IP-in-IP and UDP encap (with the BPF
+//! decap) vs the kernel's seg6 encap (End.DX4 decap) vs a VXLAN collect_md device
+//! (`encap ip id 42`), each between two fresh namespaces joined by a veth pair:
+//!
+//! ```text
+//!  A (inner 10.70.0.1) ── a-b ═══ veth 10.80.0.0/24, fd80::/64 ═══ b-a ── B (service 10.90.0.1)
+//! ```
+//!
+//! For each mode: TCP goodput of one stream A→B for 2 s, and UDP 64-byte datagrams per second
+//! received by B while A sends for 1 s; both as ratios to plain routing measured in the same run.
+//! Both ends run the tunnel (B's ACKs go back through it too).
+//!
+//! Run as root: `cargo bench --bench tunnel` (`LWTUN_BENCH_SECS=N` for longer runs).
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lwtun::decap::{Decap, DecapPeer};
+use lwtun::netlink::Netlink;
+use lwtun::netns::NetNs;
+use lwtun::peer::{Encap, EncapPeer};
+use lwtun::tunnel::Tunnel;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Plain,
+    Lwtun(Encap),
+    Seg6,
+    Vxlan,
+}
+
+fn name(m: Mode) -> String {
+    match m {
+        Mode::Plain => "plain routing".into(),
+        Mode::Lwtun(e) => format!("lwtun {e}"),
+        Mode::Seg6 => "seg6 encap (End.DX4)".into(),
+        Mode::Vxlan => "vxlan collect_md".into(),
+    }
+}
+
+fn ip(ns: &NetNs, args: &str) -> String {
+    let out = ns
+        .command("ip")
+        .args(args.split_whitespace())
+        .output()
+        .expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn addr(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn mac(ns: &NetNs, dev: &str) -> String {
+    let out = ip(ns, &format!("-o link show {dev}"));
+    out.split("link/ether ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("a MAC")
+        .to_string()
+}
+
+/// What keeps a mode's data plane alive.
+struct Side {
+    _tunnel: Option<Tunnel>,
+    _decap: Option<Decap>,
+    _nl: Option<Netlink>,
+}
+
+struct Pair {
+    a: NetNs,
+    b: NetNs,
+    _sides: Vec<Side>,
+}
+
+fn pair(mode: Mode) -> Pair {
+    let a = NetNs::create_unique("bt-a").unwrap();
+    let b = NetNs::create_unique("bt-b").unwrap();
+    Netlink::open_in(a.fd().unwrap().as_fd())
+        .unwrap()
+        .add_veth("a-b", "b-a", Some(b.fd().unwrap().as_fd()))
+        .unwrap();
+    let ends = [
+        (&a, "a-b", "10.80.0.1", "fd80::1", "10.70.0.1"),
+        (&b, "b-a", "10.80.0.2", "fd80::2", "10.90.0.1"),
+    ];
+    for (ns, dev, v4, v6, inner) in ends {
+        for cmd in [
+            "link set lo up".to_string(),
+            format!("link set {dev} up"),
+            format!("addr add {v4}/24 dev {dev}"),
+            format!("-6 addr add {v6}/64 dev {dev} nodad"),
+            format!("addr add {inner}/32 dev lo"),
+        ] {
+            ip(ns, &cmd);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut sides = Vec::new();
+    // (ns, dev, local outer v4, remote outer v4, local v6, remote v6, remote inner prefix, own inner)
+    let specs = [
+        (
+            &a,
+            "a-b",
+            "10.80.0.1",
+            "10.80.0.2",
+            "fd80::1",
+            "fd80::2",
+            "10.90.0.0/24",
+            "10.70.0.1",
+        ),
+        (
+            &b,
+            "b-a",
+            "10.80.0.2",
+            "10.80.0.1",
+            "fd80::2",
+            "fd80::1",
+            "10.70.0.0/24",
+            "10.90.0.1",
+        ),
+    ];
+    for (i, (ns, dev, l4, r4, l6, r6, prefix, own)) in specs.into_iter().enumerate() {
+        match mode {
+            Mode::Plain => {
+                ip(ns, &format!("route add {prefix} via {r4} src {own}"));
+            }
+            Mode::Lwtun(encap) => {
+                let mut nl = Netlink::open_in(ns.fd().unwrap().as_fd()).unwrap();
+                let ifindex = nl.link_by_name(dev).unwrap().index;
+                let mut t = Tunnel::load().unwrap();
+                t.peers_mut()
+                    .insert(
+                        prefix.parse().unwrap(),
+                        EncapPeer::new(addr(r4), addr(l4), encap),
+                    )
+                    .unwrap();
+                let route = t
+                    .route(prefix.parse().unwrap())
+                    .device(ifindex)
+                    .source(addr(own));
+                t.steer(&mut nl, route).unwrap();
+                t.attach_underlay(ifindex, Some(ns)).unwrap();
+                let mut d = Decap::load().unwrap();
+                d.add_local(addr(l4)).unwrap();
+                d.add_peer(DecapPeer::host(addr(r4))).unwrap();
+                if let Encap::Udp { port } = encap {
+                    d.add_udp_port(port).unwrap();
+                }
+                ns.run(|| d.attach(ifindex)).unwrap();
+                sides.push(Side {
+                    _tunnel: Some(t),
+                    _decap: Some(d),
+                    _nl: Some(nl),
+                });
+            }
+            Mode::Seg6 => {
+                // Each end decapsulates at its own segment fdff::N with End.DX4 to its service.
+                ns.set_sysctl("net.ipv6.conf.all.seg6_enabled", "1")
+                    .unwrap();
+                ns.set_sysctl(&format!("net.ipv6.conf.{dev}.seg6_enabled"), "1")
+                    .unwrap();
+                let me = i + 1;
+                let other = 2 - i;
+                let _ = l6;
+                ip(
+                    ns,
+                    &format!(
+                        "-6 route add fdff::{me}/128 encap seg6local action End.DX4 nh4 {own} dev {dev}"
+                    ),
+                );
+                ip(ns, &format!("-6 route add fdff::{other}/128 via {r6}"));
+                ip(
+                    ns,
+                    &format!(
+                        "route add {prefix} encap seg6 mode encap segs fdff::{other} dev {dev} src {own}"
+                    ),
+                );
+            }
+            Mode::Vxlan => {
+                ip(ns, "link add vx0 type vxlan external dstport 4789");
+                ip(ns, "link set vx0 up");
+                let _ = (l4, l6, r6);
+                sides.push(Side {
+                    _tunnel: None,
+                    _decap: None,
+                    _nl: None,
+                });
+            }
+        }
+    }
+    if mode == Mode::Vxlan {
+        let (ma, mb) = (mac(&a, "vx0"), mac(&b, "vx0"));
+        ip(
+            &a,
+            "route add 10.90.0.0/24 encap ip id 42 dst 10.80.0.2 dev vx0 src 10.70.0.1",
+        );
+        ip(&a, &format!("neigh add 10.90.0.1 lladdr {mb} dev vx0"));
+        ip(
+            &b,
+            "route add 10.70.0.0/24 encap ip id 42 dst 10.80.0.1 dev vx0 src 10.90.0.1",
+        );
+        ip(&b, &format!("neigh add 10.70.0.1 lladdr {ma} dev vx0"));
+    }
+    Pair {
+        a,
+        b,
+        _sides: sides,
+    }
+}
+
+/// TCP goodput A→B in bit/s over `secs`.
+fn tcp(p: &Pair, secs: f64) -> f64 {
+    let target = SocketAddr::new(addr("10.90.0.1"), 5201);
+    let listener =
+        p.b.run(|| TcpListener::bind(target).map_err(|e| lwtun::Error::io("bind", e)))
+            .unwrap();
+    let reader = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 256 << 10];
+        let (mut total, start) = (0usize, Instant::now());
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+        (total, start.elapsed().as_secs_f64())
+    });
+    let mut c =
+        p.a.run(|| {
+            TcpStream::connect_timeout(&target, Duration::from_secs(3))
+                .map_err(|e| lwtun::Error::io("connect", e))
+        })
+        .unwrap();
+    let chunk = vec![0x5au8; 256 << 10];
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < secs {
+        c.write_all(&chunk).unwrap();
+    }
+    drop(c);
+    let (bytes, elapsed) = reader.join().unwrap();
+    bytes as f64 * 8.0 / elapsed
+}
+
+/// 64-byte UDP datagrams per second B receives while A sends for `secs`.
+fn udp(p: &Pair, secs: f64) -> f64 {
+    let target = SocketAddr::new(addr("10.90.0.1"), 5301);
+    let rx =
+        p.b.run(|| UdpSocket::bind(target).map_err(|e| lwtun::Error::io("bind", e)))
+            .unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = Arc::clone(&stop);
+    let counter = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        let mut n = 0u64;
+        loop {
+            match rx.recv(&mut buf) {
+                Ok(_) => n += 1,
+                Err(_) if stop2.load(Ordering::Relaxed) => return n,
+                Err(_) => {}
+            }
+        }
+    });
+    let tx =
+        p.a.run(|| {
+            let s = UdpSocket::bind("10.70.0.1:0").map_err(|e| lwtun::Error::io("bind", e))?;
+            s.connect(target)
+                .map_err(|e| lwtun::Error::io("connect", e))?;
+            Ok(s)
+        })
+        .unwrap();
+    let payload = [0u8; 64 - 28];
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < secs {
+        let _ = tx.send(&payload);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    counter.join().unwrap() as f64 / elapsed
+}
+
+fn main() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("tunnel bench: SKIPPED, needs root (namespaces, BPF, routes)");
+        return;
+    }
+    let secs: f64 = std::env::var("LWTUN_BENCH_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2.0);
+    let modes = [
+        Mode::Plain,
+        Mode::Lwtun(Encap::Gre { key: None }),
+        Mode::Lwtun(Encap::Ipip),
+        Mode::Lwtun(Encap::Udp { port: 5555 }),
+        Mode::Seg6,
+        Mode::Vxlan,
+    ];
+    println!(
+        "{:<24} {:>12} {:>8} {:>14} {:>8}",
+        "mode", "TCP Mbit/s", "ratio", "UDP64 pkt/s", "ratio"
+    );
+    let mut base = (0.0, 0.0);
+    for mode in modes {
+        let p = pair(mode);
+        let t = tcp(&p, secs);
+        let u = udp(&p, secs / 2.0);
+        if mode == Mode::Plain {
+            base = (t, u);
+        }
+        println!(
+            "{:<24} {:>12.0} {:>8.2} {:>14.0} {:>8.2}",
+            name(mode),
+            t / 1e6,
+            t / base.0,
+            u,
+            u / base.1
+        );
+    }
+}
