@@ -247,7 +247,16 @@ fn every_encap_reaches_the_application() {
     );
 
     let d = load_decap(&s);
-    // (name, outer protocol or None for FOU, outer v6, inner v6, payload builder)
+    // What crosses the decap side's underlay: the encapsulated packets, as tcpdump shows them
+    // (AF_PACKET taps see a packet before tc ingress strips it).
+    let cap = common::Capture::start(
+        s.net.ns(1),
+        "to0",
+        "ip proto 4 or ip proto 41 or ip proto 47 or ip6 proto 4 or ip6 proto 41 or \
+         ip6 proto 47 or udp dst port 5555",
+        12,
+    );
+    // (name, outer protocol or None for FOU, outer v6, inner v6)
     let cases: Vec<(&str, Option<u8>, bool, bool)> = vec![
         ("ipip 4in4", Some(IPPROTO_IPIP), false, false),
         ("ipip 6in4", Some(IPPROTO_IPV6), false, true),
@@ -298,6 +307,17 @@ fn every_encap_reaches_the_application() {
         };
         assert_eq!(from, SocketAddr::new(src, 4242), "{what}: inner source");
     }
+    let lines = cap.finish(Duration::from_secs(3));
+    assert_eq!(lines.len(), 12, "{lines:#?}");
+    let count = |needle: &str| lines.iter().filter(|l| l.contains(needle)).count();
+    assert_eq!(count("GREv0"), 4, "{lines:#?}");
+    assert_eq!(count(".5555:"), 4, "{lines:#?}");
+    assert_eq!(
+        count(&format!("{} > {}: IP", s.net.v4(0), s.net.v4(1)))
+            + count(&format!("{} > {}: IP", s.net.v6(0), s.net.v6(1))),
+        4,
+        "IP-in-IP: {lines:#?}"
+    );
     let c = d.counters().unwrap();
     assert_eq!(
         (c.ipip.packets, c.gre.packets, c.udp.packets),
