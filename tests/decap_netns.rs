@@ -531,3 +531,74 @@ fn decapsulated_packets_are_forwarded() {
     let c = d.counters().unwrap();
     assert_eq!((c.ipip.packets, c.gre.packets), (1, 1), "{c:?}");
 }
+
+#[test]
+fn tcp_through_lwtun_encap_is_decapsulated_and_forwarded() {
+    if !common::privileged("tcp_through_lwtun_encap_is_decapsulated_and_forwarded") {
+        return;
+    }
+    use lwtun::netlink::Netlink;
+    use lwtun::peer::{Encap, EncapPeer};
+    use lwtun::tunnel::Tunnel;
+    use std::os::fd::AsFd;
+
+    // ns 0 (lwtun encap) ══tunnel══ ns 1 (decap, forwards) ── ns 2 (TCP server)
+    let net = common::line(3);
+    let (a, r, h) = (net.ns(0), net.ns(1), net.ns(2));
+    let server: IpAddr = net.v4(2).into();
+    common::ip(a, &["addr", "add", &format!("{}/32", ov4(0)), "dev", "lo"]);
+    let back = format!("{}/32", ov4(0));
+    common::ip(
+        h,
+        &[
+            "route",
+            "add",
+            &back,
+            "via",
+            &net.v4_towards(1, 2).to_string(),
+        ],
+    );
+    common::ip(r, &["route", "add", &back, "via", &net.v4(0).to_string()]);
+
+    let mut d = Decap::load().unwrap();
+    d.add_local(net.v4_towards(1, 0).into()).unwrap();
+    d.add_peer(DecapPeer::host(net.v4(0).into())).unwrap();
+    d.add_udp_port(PORT).unwrap();
+    d.attach_in(r, net.ifindex(1, "to0")).unwrap();
+
+    let underlay = net.ifindex(0, "to1");
+    let mut nl = Netlink::open_in(a.fd().unwrap().as_fd()).unwrap();
+    let mut tunnel = Tunnel::load().unwrap();
+    let prefix = format!("{server}/32").parse().unwrap();
+    let route = tunnel
+        .route(prefix)
+        .device(underlay)
+        .source(ov4(0).into())
+        .headroom(48);
+    tunnel.steer(&mut nl, route).unwrap();
+    tunnel.attach_underlay(underlay, Some(a)).unwrap();
+
+    for encap in [
+        Encap::Ipip,
+        Encap::Gre { key: None },
+        Encap::Udp { port: PORT },
+    ] {
+        let peer = EncapPeer::new(net.v4_towards(1, 0).into(), net.v4(0).into(), encap);
+        tunnel.peers_mut().replace(prefix, peer).unwrap();
+        let before = d.counters().unwrap();
+        let t = common::tcp_stream(h, a, server, 4 << 20);
+        assert!(
+            t.complete(),
+            "{encap:?}: {t:?}; {:?}",
+            d.counters().unwrap()
+        );
+        let after = d.counters().unwrap();
+        let moved = match encap {
+            Encap::Ipip => after.ipip.packets - before.ipip.packets,
+            Encap::Gre { .. } => after.gre.packets - before.gre.packets,
+            Encap::Udp { .. } => after.udp.packets - before.udp.packets,
+        };
+        assert!(moved > 0, "{encap:?}: decapsulated {moved}; {after:?}");
+        assert_eq!(after.dropped(), 0, "{encap:?}: {after:?}");
+    }
+}
