@@ -21,7 +21,9 @@
  *   TTL / hop limit <= 1         XDP_PASS (the stack sends time exceeded)
  *   not IP, VLAN-tagged, broken  XDP_PASS
  *
- * `fib_results` counts the outcomes per return code (LWTUN_FIB_*), per CPU.
+ * `fib_results` counts the outcomes per return code (LWTUN_FIB_*), per CPU. `router_fib_flags[0]`
+ * holds the bpf_fib_lookup flags user space chose: 0 (full lookup through the FIB rules, like the
+ * stack) or BPF_FIB_LOOKUP_DIRECT (the main table only, skipping `ip rule`: faster).
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -46,6 +48,13 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } fib_results SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} router_fib_flags SEC(".maps");
 
 static __always_inline void count_fib(__u32 slot)
 {
@@ -125,7 +134,11 @@ int xdp_router(struct xdp_md *ctx)
 	}
 	fib.ifindex = ctx->ingress_ifindex;
 
-	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	{
+		__u32 zero = 0, *flags = bpf_map_lookup_elem(&router_fib_flags, &zero);
+
+		rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), flags ? (*flags & BPF_FIB_LOOKUP_DIRECT) : 0);
+	}
 	count_fib(rc < 0 ? LWTUN_FIB_RESULTS - 1 : (__u32)rc);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
 		return verdict(ctx, rc < 0 ? XDP_PASS : fib_fallback(rc));

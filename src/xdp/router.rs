@@ -66,6 +66,7 @@ pub struct XdpRouter {
     program: XdpProgram,
     ports: DevMap,
     fib: MapHandle,
+    fib_flags: MapHandle,
     stats: StatsMap,
     pass: Option<XdpPass>,
     receivers: Vec<XdpAttachment>,
@@ -81,10 +82,13 @@ impl XdpRouter {
         let obj = Loaded::load("xdp_router", crate::skel::xdp_router::OBJECT)?;
         let fib = obj.map("fib_results")?;
         check_sizes("open fib results", &fib, 4, 8)?;
+        let fib_flags = obj.map("router_fib_flags")?;
+        check_sizes("open fib flags", &fib_flags, 4, 4)?;
         Ok(XdpRouter {
             program: obj.program("xdp_router")?,
             ports: DevMap::from_handle(obj.map("ports")?)?,
             fib,
+            fib_flags,
             stats: StatsMap::new(obj.map("xdp_stats")?)?,
             pass: None,
             receivers: Vec::new(),
@@ -150,6 +154,35 @@ impl XdpRouter {
     /// As [`XdpAttachment::attach`].
     pub fn attach(&self, ifindex: u32, options: XdpOptions) -> Result<XdpAttachment> {
         XdpAttachment::attach(&self.program, ifindex, options)
+    }
+
+    /// Chooses how the FIB is asked: `false` (the default) goes through the policy rules
+    /// (`ip rule`) exactly like the stack; `true` looks up the main table directly
+    /// (`BPF_FIB_LOOKUP_DIRECT`), which is faster but ignores every rule, so use it only where
+    /// the namespace has the default rules.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Kernel`](crate::ErrorKind::Kernel) when the setting cannot be written.
+    pub fn set_direct_lookup(&self, direct: bool) -> Result<()> {
+        let flags: u32 = if direct { libbpf_sys::BPF_FIB_LOOKUP_DIRECT } else { 0 };
+        self.fib_flags
+            .update(&0u32.to_ne_bytes(), &flags.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|e| Error::bpf("set XDP router lookup mode", e))
+    }
+
+    /// Whether lookups skip the policy rules ([`set_direct_lookup`](Self::set_direct_lookup)).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Kernel`](crate::ErrorKind::Kernel) when the setting cannot be read.
+    pub fn direct_lookup(&self) -> Result<bool> {
+        let v = self
+            .fib_flags
+            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|e| Error::bpf("read XDP router lookup mode", e))?
+            .unwrap_or_default();
+        Ok(v.get(..4).map(|b| u32::from_ne_bytes(b.try_into().unwrap())).unwrap_or(0) != 0)
     }
 
     /// Outcomes of the FIB lookups so far.
