@@ -234,12 +234,15 @@ int decap_tc(struct __sk_buff *skb)
 	int inner_v6 = 0;
 	__u64 flags;
 
-	if (skb->len > PULL_LEN)
-		bpf_skb_pull_data(skb, PULL_LEN);
-	else
-		bpf_skb_pull_data(skb, skb->len);
+	/* Headers in the linear part (a no-op for most packets: only a short linear part is
+	 * pulled, which may copy). */
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
+	if (data_end - data < (pkt_len < PULL_LEN ? pkt_len : PULL_LEN)) {
+		bpf_skb_pull_data(skb, pkt_len < PULL_LEN ? pkt_len : PULL_LEN);
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+	}
 	eth = data;
 	if ((void *)(eth + 1) > data_end)
 		return DROP(LWTUN_DECAP_EV_MALFORMED);
