@@ -327,4 +327,14 @@ struct lwtun_capture_meta {
 };
 LWTUN_ASSERT_SIZE(struct lwtun_capture_meta, 32);
 
+/* encap_preview (a test_run-safe tc entry point of lwt_encap): the outer header the encap would
+ * push for a frame, without pushing it. One entry, index 0. */
+#define LWTUN_ENCAP_HDR_MAX 64
+struct lwtun_encap_preview {
+	__u32 len;   /* header length; 0 when the frame matched no peer or was not IP */
+	__u32 slot;  /* the matched peer's counter slot */
+	__u8 hdr[LWTUN_ENCAP_HDR_MAX];
+};
+LWTUN_ASSERT_SIZE(struct lwtun_encap_preview, 72);
+
 #endif /* LWTUN_H */
