@@ -49,7 +49,7 @@
 #define IPPROTO_UDP_ 17
 #define IP_DF_ 0x4000
 /* Outer header room: IPv6 (40) + GRE with key and checksum (12). */
-#define HDR_MAX 64
+#define HDR_MAX LWTUN_ENCAP_HDR_MAX
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -88,6 +88,14 @@ struct {
 	__type(value, struct lwtun_encap_config);
 } config SEC(".maps");
 
+/* Not per CPU: a test_run may move between CPUs; the verdict says whether the entry is fresh. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lwtun_encap_preview);
+} preview SEC(".maps");
+
 struct gre_hdr {
 	__be16 flags;
 	__be16 protocol;
@@ -124,13 +132,14 @@ static __always_inline __u32 wire_packets(struct __sk_buff *skb)
 	return segs ? segs : 1;
 }
 
-/* The peer for the inner packet at data, or NULL; fills *in. Returns -1 (via *bad) when the inner
- * header is unreadable or not IP. */
-static __always_inline struct lwtun_peer *lookup(struct __sk_buff *skb, struct inner *in, int *bad)
+/* The peer for the inner packet `off` bytes into the packet (0 at LWT hooks, ETH_HLEN at tc), or
+ * NULL; fills *in. Sets *bad when the inner header is unreadable or not IP. */
+static __always_inline struct lwtun_peer *lookup(struct __sk_buff *skb, __u32 off, struct inner *in,
+						 int *bad)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
-	struct hdr_cursor nh = { .pos = data };
+	struct hdr_cursor nh = { .pos = data + off };
 
 	*bad = 0;
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
@@ -187,7 +196,8 @@ static __always_inline int miss(struct __sk_buff *skb, __u8 v6)
  * malformed). `gso_placeholder` asks for next header 0 instead of 4 (see the file comment).
  */
 static __always_inline __u32 build(struct __sk_buff *skb, const struct lwtun_peer *p,
-				   const struct inner *in, __u8 *hdr, int gso_placeholder)
+				   const struct inner *in, __u8 *hdr, int gso_placeholder,
+				   __u32 inner_len)
 {
 	__u32 ip_len = (p->flags & LWTUN_PEER_OUTER_V6) ? 40 : 20;
 	__u32 l4_len = 0;
@@ -227,7 +237,7 @@ static __always_inline __u32 build(struct __sk_buff *skb, const struct lwtun_pee
 		/* Ephemeral range 49152..65535 from the flow hash, as the kernel's udp_flow_src_port. */
 		u->source = bpf_htons(0xc000 | ((hash ^ (hash >> 16)) & 0x3fff));
 		u->dest = p->udp_dport;
-		u->len = bpf_htons((__u16)(skb->len + 8));
+		u->len = bpf_htons((__u16)(inner_len + 8));
 		u->check = 0; /* RFC 6935 zero checksum; the decap accepts it */
 		break;
 	}
@@ -242,7 +252,7 @@ static __always_inline __u32 build(struct __sk_buff *skb, const struct lwtun_pee
 		o->version = 6;
 		o->priority = tos >> 4;
 		o->flow_lbl[0] = (tos & 0xf) << 4;
-		o->payload_len = bpf_htons((__u16)(skb->len + l4_len));
+		o->payload_len = bpf_htons((__u16)(inner_len + l4_len));
 		o->nexthdr = next;
 		o->hop_limit = ttl;
 		__builtin_memcpy(&o->saddr, p->local, 16);
@@ -253,7 +263,7 @@ static __always_inline __u32 build(struct __sk_buff *skb, const struct lwtun_pee
 		o->version = 4;
 		o->ihl = 5;
 		o->tos = tos;
-		o->tot_len = bpf_htons((__u16)(skb->len + total));
+		o->tot_len = bpf_htons((__u16)(inner_len + total));
 		o->id = 0;
 		o->frag_off = bpf_htons(IP_DF_);
 		o->ttl = ttl;
@@ -274,7 +284,7 @@ static __always_inline int encap(struct __sk_buff *skb)
 	__u32 len, slot, pkts, bytes;
 	int bad;
 
-	pp = lookup(skb, &in, &bad);
+	pp = lookup(skb, 0, &in, &bad);
 	if (!pp) {
 		if (bad) {
 			count_event(LWTUN_ENCAP_EV_NOT_IP, skb->len);
@@ -288,7 +298,7 @@ static __always_inline int encap(struct __sk_buff *skb)
 	pkts = wire_packets(skb);
 	bytes = skb->len;
 
-	len = build(skb, &p, &in, hdr, !in.v6 && skb->gso_size);
+	len = build(skb, &p, &in, hdr, !in.v6 && skb->gso_size, skb->len);
 	if (len < 20 || len > HDR_MAX)
 		goto err;
 	if (bpf_lwt_push_encap(skb, BPF_LWT_ENCAP_IP, hdr, len))
@@ -314,6 +324,41 @@ SEC("lwt_in")
 int encap_in(struct __sk_buff *skb)
 {
 	return encap(skb);
+}
+
+/*
+ * A test_run-safe twin of encap_xmit for tc (the frame starts at the Ethernet header): looks the
+ * inner destination up and builds the outer header exactly as encap_xmit would, but stores it in
+ * `preview` instead of pushing it (bpf_lwt_push_encap must never run under BPF_PROG_TEST_RUN).
+ * TC_ACT_OK when a peer matched, TC_ACT_SHOT otherwise. Counts nothing.
+ */
+SEC("tc")
+int encap_preview(struct __sk_buff *skb)
+{
+	struct lwtun_encap_preview *pv;
+	struct lwtun_peer *pp, p;
+	struct inner in = {};
+	__u32 zero = 0, len;
+	int bad;
+
+	pv = bpf_map_lookup_elem(&preview, &zero);
+	if (!pv)
+		return TC_ACT_SHOT;
+	pv->len = 0;
+	pv->slot = 0;
+	__builtin_memset(pv->hdr, 0, sizeof(pv->hdr));
+	if (skb->len < ETH_HLEN)
+		return TC_ACT_SHOT;
+	pp = lookup(skb, ETH_HLEN, &in, &bad);
+	if (!pp)
+		return TC_ACT_SHOT;
+	p = *pp;
+	len = build(skb, &p, &in, pv->hdr, 0, skb->len - ETH_HLEN);
+	if (len < 20 || len > HDR_MAX)
+		return TC_ACT_SHOT;
+	pv->len = len;
+	pv->slot = p.slot;
+	return TC_ACT_OK;
 }
 
 /*

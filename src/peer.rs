@@ -42,6 +42,8 @@ unsafe impl Pod for lwtun_peer {}
 unsafe impl Pod for lwtun_peer_stats {}
 // SAFETY: `struct lwtun_encap_config` is four u32s (16 bytes, asserted).
 unsafe impl Pod for lwtun_encap_config {}
+// SAFETY: `struct lwtun_encap_preview` is two u32s and a byte array (72 bytes, asserted).
+unsafe impl Pod for crate::skel::lwt_encap::types::lwtun_encap_preview {}
 
 const KIND_IPIP: u8 = 1;
 const KIND_GRE: u8 = 2;

@@ -123,13 +123,17 @@ impl TunnelBuilder {
         })?;
         let xmit = lwt_program(&object, "encap_xmit")?;
         let input = lwt_program(&object, "encap_in")?;
-        let fixup = object
-            .progs()
-            .find(|p| p.name() == "ipip_gso_fixup")
-            .ok_or_else(|| Error::not_found(op, "program ipip_gso_fixup in object"))?
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|e| Error::io("duplicate program fd", e))?;
+        let fd_of = |name: &str| -> Result<OwnedFd> {
+            object
+                .progs()
+                .find(|p| p.name() == name)
+                .ok_or_else(|| Error::not_found(op, format!("program {name} in object")))?
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| Error::io("duplicate program fd", e))
+        };
+        let fixup = fd_of("ipip_gso_fixup")?;
+        let preview = fd_of("encap_preview")?;
         let mut peers = PeerTable::new(&object, self.capacity)?;
         peers.set_miss_policy(false, self.miss_v4)?;
         peers.set_miss_policy(true, self.miss_v6)?;
@@ -140,6 +144,7 @@ impl TunnelBuilder {
             xmit,
             input,
             fixup,
+            preview,
             object,
         })
     }
@@ -178,6 +183,7 @@ pub struct Tunnel {
     xmit: LwtProgram,
     input: LwtProgram,
     fixup: OwnedFd,
+    preview: OwnedFd,
     object: Object,
 }
 
@@ -232,6 +238,44 @@ impl Tunnel {
     /// The tc program that finishes IP-in-IP GSO packets (see the module docs).
     pub fn fixup_program(&self) -> BorrowedFd<'_> {
         self.fixup.as_fd()
+    }
+
+    /// The test_run-safe twin of the encap program (`sched_cls`, frames start at the Ethernet
+    /// header): it builds the outer header the encap would push and stores it instead of pushing
+    /// it. [`Tunnel::preview`] runs it; benchmarks time it with BPF_PROG_TEST_RUN.
+    pub fn preview_program(&self) -> BorrowedFd<'_> {
+        self.preview.as_fd()
+    }
+
+    /// The outer header the encap would push for `frame` (an Ethernet frame carrying the inner
+    /// IPv4 or IPv6 packet), computed by the data plane's own code under BPF_PROG_TEST_RUN;
+    /// `None` when the frame matches no peer or is not IP. The encap program itself never runs
+    /// under test_run (`bpf_lwt_push_encap` needs a routed packet).
+    ///
+    /// # Errors
+    ///
+    /// InvalidInput for a frame shorter than an Ethernet header; the kernel's error otherwise.
+    pub fn preview(&self, frame: &[u8]) -> Result<Option<Vec<u8>>> {
+        let op = "preview encap";
+        let run = crate::decap::test_run(self.preview.as_fd(), frame, 1)?;
+        if run.retval != 0 {
+            return Ok(None);
+        }
+        let map = self
+            .object
+            .maps()
+            .find(|m| m.name() == "preview")
+            .ok_or_else(|| Error::not_found(op, "map preview"))?;
+        let bytes = map
+            .lookup(&0u32.to_ne_bytes(), libbpf_rs::MapFlags::ANY)
+            .map_err(|e| Error::bpf(op, e))?
+            .unwrap_or_default();
+        let v: crate::skel::lwt_encap::types::lwtun_encap_preview = crate::abi::from_bytes(&bytes)
+            .ok_or_else(|| {
+                Error::other(ErrorKind::Kernel, op, "preview entry of the wrong size")
+            })?;
+        let len = (v.len as usize).min(v.hdr.len());
+        Ok(Some(v.hdr[..len].to_vec()))
     }
 
     /// The headroom a route into this tunnel needs: the longest encap of the current peers, or
