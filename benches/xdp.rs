@@ -26,12 +26,22 @@ use lwtun::xdp::{
 
 fn ip(ns: &NetNs, args: &[&str]) -> String {
     let out = ns.command("ip").args(args).output().expect("run ip");
-    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn ifindex(ns: &NetNs, dev: &str) -> u32 {
-    ip(ns, &["-o", "link", "show", "dev", dev]).split(':').next().unwrap().trim().parse().unwrap()
+    ip(ns, &["-o", "link", "show", "dev", dev])
+        .split(':')
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 fn mac(ns: &NetNs, dev: &str) -> [u8; 6] {
@@ -45,11 +55,17 @@ fn mac(ns: &NetNs, dev: &str) -> [u8; 6] {
 }
 
 fn mac_str(m: &[u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn csum(data: &[u8]) -> u16 {
-    let mut acc: u32 = data.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32).sum();
+    let mut acc: u32 = data
+        .chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
+        .sum();
     while acc >> 16 != 0 {
         acc = (acc & 0xffff) + (acc >> 16);
     }
@@ -74,7 +90,10 @@ fn udp_frame(dst_mac: [u8; 6], src_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr) -
 }
 
 fn env_u32(key: &str, default: u32) -> u32 {
-    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 struct Topology {
@@ -89,7 +108,21 @@ const G_V4: Ipv4Addr = Ipv4Addr::new(10, 66, 0, 1);
 const S_V4: Ipv4Addr = Ipv4Addr::new(10, 66, 1, 2);
 
 fn veth(a: &NetNs, a_dev: &str, b: &NetNs, b_dev: &str) {
-    ip(a, &["link", "add", a_dev, "type", "veth", "peer", "name", b_dev, "netns", b.name()]);
+    ip(
+        a,
+        &[
+            "link",
+            "add",
+            a_dev,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            b_dev,
+            "netns",
+            b.name(),
+        ],
+    );
     ip(a, &["link", "set", a_dev, "up"]);
     ip(b, &["link", "set", b_dev, "up"]);
 }
@@ -99,7 +132,13 @@ fn direct() -> Topology {
     let s = NetNs::create_unique("lwt-bx-s").unwrap();
     veth(&g, "gen", &s, "sink");
     let frame = udp_frame(mac(&s, "sink"), mac(&g, "gen"), G_V4, S_V4);
-    Topology { gen_ifindex: ifindex(&g, "gen"), g, r: None, s, frame }
+    Topology {
+        gen_ifindex: ifindex(&g, "gen"),
+        g,
+        r: None,
+        s,
+        frame,
+    }
 }
 
 fn forward() -> Topology {
@@ -110,30 +149,69 @@ fn forward() -> Topology {
     veth(&r, "rout", &s, "sink");
     ip(&r, &["addr", "add", "10.66.0.254/24", "dev", "rin"]);
     ip(&r, &["addr", "add", "10.66.1.1/24", "dev", "rout"]);
-    ip(&r, &["neigh", "add", &S_V4.to_string(), "lladdr", &mac_str(&mac(&s, "sink")), "dev", "rout"]);
+    ip(
+        &r,
+        &[
+            "neigh",
+            "add",
+            &S_V4.to_string(),
+            "lladdr",
+            &mac_str(&mac(&s, "sink")),
+            "dev",
+            "rout",
+        ],
+    );
     r.set_sysctl("net.ipv4.ip_forward", "1").unwrap();
     let frame = udp_frame(mac(&r, "rin"), mac(&g, "gen"), G_V4, S_V4);
-    Topology { gen_ifindex: ifindex(&g, "gen"), g, r: Some(r), s, frame }
+    Topology {
+        gen_ifindex: ifindex(&g, "gen"),
+        g,
+        r: Some(r),
+        s,
+        frame,
+    }
 }
 
 fn native() -> XdpOptions {
-    XdpOptions { mode: XdpMode::Native, ..Default::default() }
+    XdpOptions {
+        mode: XdpMode::Native,
+        ..Default::default()
+    }
 }
 
 /// Injects `frames` live frames from G and returns (delivered per second, delivered fraction).
 fn blast(t: &Topology, gen: &TrafficGen, sink: &XdpPass, frames: u32) -> (f64, f64) {
-    let before = sink.stats().snapshot(Stage::Ingress).unwrap().get(XdpAction::Drop).packets;
-    let live = LiveFrames { ifindex: t.gen_ifindex, repeat: frames, batch_size: 64 };
+    let before = sink
+        .stats()
+        .snapshot(Stage::Ingress)
+        .unwrap()
+        .get(XdpAction::Drop)
+        .packets;
+    let live = LiveFrames {
+        ifindex: t.gen_ifindex,
+        repeat: frames,
+        batch_size: 64,
+    };
     let elapsed = t.g.run(|| gen.send(&t.frame, live)).unwrap();
     std::thread::sleep(Duration::from_millis(50));
-    let after = sink.stats().snapshot(Stage::Ingress).unwrap().get(XdpAction::Drop).packets;
+    let after = sink
+        .stats()
+        .snapshot(Stage::Ingress)
+        .unwrap()
+        .get(XdpAction::Drop)
+        .packets;
     let got = after - before;
-    (got as f64 / elapsed.as_secs_f64(), got as f64 / frames as f64)
+    (
+        got as f64 / elapsed.as_secs_f64(),
+        got as f64 / frames as f64,
+    )
 }
 
 fn best(t: &Topology, gen: &TrafficGen, sink: &XdpPass, frames: u32, rounds: u32) -> (f64, f64) {
     let _ = blast(t, gen, sink, frames / 10); // warm up (neighbours, caches)
-    (0..rounds).map(|_| blast(t, gen, sink, frames)).fold((0.0, 0.0), |a, b| if b.0 > a.0 { b } else { a })
+    (0..rounds)
+        .map(|_| blast(t, gen, sink, frames))
+        .fold((0.0, 0.0), |a, b| if b.0 > a.0 { b } else { a })
 }
 
 /// Kernel-measured time per run. BPF_PROG_TEST_RUN repeats on the same buffer, so a program that
@@ -141,7 +219,15 @@ fn best(t: &Topology, gen: &TrafficGen, sink: &XdpPass, frames: u32, rounds: u32
 /// time). Programs whose rewrite is idempotent run 1M repeats in one call; the router runs 4000
 /// calls of 250 repeats on a fresh copy with TTL 255, and is compared with the no-op floor
 /// measured the same way.
-fn cost(name: &str, prog: &XdpProgram, ns: &NetNs, frame: &[u8], ingress: u32, want: XdpAction, calls: u32) -> f64 {
+fn cost(
+    name: &str,
+    prog: &XdpProgram,
+    ns: &NetNs,
+    frame: &[u8],
+    ingress: u32,
+    want: XdpAction,
+    calls: u32,
+) -> f64 {
     let mut frame = frame.to_vec();
     frame[22] = 255; // TTL
     frame[24..26].copy_from_slice(&[0, 0]);
@@ -187,37 +273,115 @@ fn main() {
         router.add_port(rout)?;
         fwd.ports().set(0, rout, None)?;
         // The second rule matches the rewritten frame, so repeated test runs stay on the path.
-        fwd.set_rule(s_mac, RedirectRule { port: 0, dst: s_mac, src: rout_mac })?;
-        fwd.set_rule(mac(r, "rin"), RedirectRule { port: 0, dst: s_mac, src: rout_mac })
+        fwd.set_rule(
+            s_mac,
+            RedirectRule {
+                port: 0,
+                dst: s_mac,
+                src: rout_mac,
+            },
+        )?;
+        fwd.set_rule(
+            mac(r, "rin"),
+            RedirectRule {
+                port: 0,
+                dst: s_mac,
+                src: rout_mac,
+            },
+        )
     })
     .unwrap();
     println!("XDP program cost (BPF_PROG_TEST_RUN, 64-byte UDP frame, 1M runs, kernel-timed):");
-    let floor = cost("xdp_nop (test_run floor)", gen.nop_program(), r, &t.frame, rin, XdpAction::Pass, 1);
-    cost("xdp_pass (per-action stats only)", gen.program(), r, &t.frame, rin, XdpAction::Pass, 1);
-    let fwd_ns = cost("xdp_redirect: devmap forward + MAC rewrite", fwd.program(), r, &t.frame, rin, XdpAction::Redirect, 1);
-    let floor_250 = cost("xdp_nop (test_run floor)", gen.nop_program(), r, &t.frame, rin, XdpAction::Pass, 4000);
-    let rt_ns = cost("xdp_router: fib lookup + TTL + devmap", router.program(), r, &t.frame, rin, XdpAction::Redirect, 4000);
+    let floor = cost(
+        "xdp_nop (test_run floor)",
+        gen.nop_program(),
+        r,
+        &t.frame,
+        rin,
+        XdpAction::Pass,
+        1,
+    );
+    cost(
+        "xdp_pass (per-action stats only)",
+        gen.program(),
+        r,
+        &t.frame,
+        rin,
+        XdpAction::Pass,
+        1,
+    );
+    let fwd_ns = cost(
+        "xdp_redirect: devmap forward + MAC rewrite",
+        fwd.program(),
+        r,
+        &t.frame,
+        rin,
+        XdpAction::Redirect,
+        1,
+    );
+    let floor_250 = cost(
+        "xdp_nop (test_run floor)",
+        gen.nop_program(),
+        r,
+        &t.frame,
+        rin,
+        XdpAction::Pass,
+        4000,
+    );
+    let rt_ns = cost(
+        "xdp_router: fib lookup + TTL + devmap",
+        router.program(),
+        r,
+        &t.frame,
+        rin,
+        XdpAction::Redirect,
+        4000,
+    );
     println!(
         "  devmap forward with MAC rewrite: {fwd_ns:.1} ns, {:.1} ns above the floor (goal <= 60 ns: {})",
         fwd_ns - floor,
         if fwd_ns <= 60.0 { "met" } else { "NOT met" }
     );
-    println!("  router: {rt_ns:.1} ns, {:.1} ns above the floor", rt_ns - floor_250);
+    println!(
+        "  router: {rt_ns:.1} ns, {:.1} ns above the floor",
+        rt_ns - floor_250
+    );
     router.set_direct_lookup(true).unwrap();
-    let rtd_ns = cost("xdp_router, BPF_FIB_LOOKUP_DIRECT", router.program(), r, &t.frame, rin, XdpAction::Redirect, 4000);
-    println!("  router with direct lookup: {rtd_ns:.1} ns, {:.1} ns above the floor", rtd_ns - floor_250);
+    let rtd_ns = cost(
+        "xdp_router, BPF_FIB_LOOKUP_DIRECT",
+        router.program(),
+        r,
+        &t.frame,
+        rin,
+        XdpAction::Redirect,
+        4000,
+    );
+    println!(
+        "  router with direct lookup: {rtd_ns:.1} ns, {:.1} ns above the floor",
+        rtd_ns - floor_250
+    );
     router.set_direct_lookup(false).unwrap();
 
     // ---- live frames ----
-    println!("\nLive frames (BPF_F_TEST_XDP_LIVE_FRAMES, {frames} x 64 B per round, best of {rounds}):");
+    println!(
+        "\nLive frames (BPF_F_TEST_XDP_LIVE_FRAMES, {frames} x 64 B per round, best of {rounds}):"
+    );
     let d = direct();
-    let sink_d = d.s.run(|| XdpAttachment::attach(sink.drop_program(), ifindex(&d.s, "sink"), native())).unwrap();
+    let sink_d =
+        d.s.run(|| XdpAttachment::attach(sink.drop_program(), ifindex(&d.s, "sink"), native()))
+            .unwrap();
     let gen_d = d.g.run(|| gen.attach(d.gen_ifindex, native())).unwrap();
     let (one_hop, frac) = best(&d, &traffic, &sink, frames, rounds);
-    println!("  one hop   G -> S                       {:>7.3} Mpps  ({:.1}% delivered)", one_hop / 1e6, frac * 100.0);
+    println!(
+        "  one hop   G -> S                       {:>7.3} Mpps  ({:.1}% delivered)",
+        one_hop / 1e6,
+        frac * 100.0
+    );
     drop((sink_d, gen_d, d));
 
-    let sink_f = t.s.run(|| XdpAttachment::attach(sink.drop_program(), ifindex(&t.s, "sink"), native())).unwrap();
+    let sink_f =
+        t.s.run(|| XdpAttachment::attach(sink.drop_program(), ifindex(&t.s, "sink"), native()))
+            .unwrap();
     let gen_f = t.g.run(|| gen.attach(t.gen_ifindex, native())).unwrap();
     let mut results = Vec::new();
     for (name, prog, direct) in [
@@ -227,7 +391,9 @@ fn main() {
         ("kernel forwarding (xdp_pass on rin)", gen.program(), false),
     ] {
         router.set_direct_lookup(direct).unwrap();
-        let att = r.run(|| XdpAttachment::attach(prog, rin, native())).unwrap();
+        let att = r
+            .run(|| XdpAttachment::attach(prog, rin, native()))
+            .unwrap();
         let (rate, frac) = best(&t, &traffic, &sink, frames, rounds);
         drop(att);
         println!(
@@ -238,11 +404,19 @@ fn main() {
         );
         results.push(rate);
     }
-    for (name, rate) in [("XDP router", results[0]), ("XDP router, direct", results[1]), ("XDP redirect", results[2])] {
+    for (name, rate) in [
+        ("XDP router", results[0]),
+        ("XDP router, direct", results[1]),
+        ("XDP redirect", results[2]),
+    ] {
         println!(
             "  {name} vs one hop: {:.2} (goal >= 0.6: {}); vs kernel forwarding: {:.2}x",
             rate / one_hop,
-            if rate / one_hop >= 0.6 { "met" } else { "NOT met" },
+            if rate / one_hop >= 0.6 {
+                "met"
+            } else {
+                "NOT met"
+            },
             rate / results[3]
         );
     }

@@ -29,7 +29,10 @@ fn mac(ns: &NetNs, dev: &str) -> [u8; 6] {
 }
 
 fn mac_str(m: &[u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// A counter from `/proc/net/snmp` (or snmp6) as seen inside `ns`, e.g. ("Ip", "ForwDatagrams").
@@ -46,10 +49,16 @@ fn snmp(ns: &NetNs, group: &str, field: &str) -> u64 {
             .unwrap_or_else(|| panic!("no {key}"));
     }
     let out = common::run_in(ns, "cat", &["/proc/net/snmp"]).unwrap();
-    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with(&format!("{group}:"))).collect();
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with(&format!("{group}:")))
+        .collect();
     let names: Vec<&str> = lines[0].split_whitespace().collect();
     let values: Vec<&str> = lines[1].split_whitespace().collect();
-    let i = names.iter().position(|n| *n == field).unwrap_or_else(|| panic!("no {group}:{field}"));
+    let i = names
+        .iter()
+        .position(|n| *n == field)
+        .unwrap_or_else(|| panic!("no {group}:{field}"));
     values[i].parse().unwrap()
 }
 
@@ -73,8 +82,15 @@ fn tx_checksum_off(ns: &NetNs, dev: &str) {
     }
     let dev = dev.to_string();
     ns.run(move || {
-        let mut value = EthtoolValue { cmd: ETHTOOL_STXCSUM, data: 0 };
-        let mut req = IfReq { name: [0; 16], data: &mut value, _pad: [0; 16] };
+        let mut value = EthtoolValue {
+            cmd: ETHTOOL_STXCSUM,
+            data: 0,
+        };
+        let mut req = IfReq {
+            name: [0; 16],
+            data: &mut value,
+            _pad: [0; 16],
+        };
         req.name[..dev.len()].copy_from_slice(dev.as_bytes());
         // SAFETY: plain socket and ioctl calls on live buffers; the fd is closed below.
         unsafe {
@@ -91,7 +107,10 @@ fn tx_checksum_off(ns: &NetNs, dev: &str) {
 }
 
 fn native() -> XdpOptions {
-    XdpOptions { mode: XdpMode::Native, ..Default::default() }
+    XdpOptions {
+        mode: XdpMode::Native,
+        ..Default::default()
+    }
 }
 
 /// A star around namespace R: inner hosts A and B on ports `pa` and `pb`, outer host C on `pc`.
@@ -102,7 +121,21 @@ fn star() -> (NetNs, NetNs, NetNs, NetNs) {
     let r = netns("xr");
     let hosts: Vec<NetNs> = ["xa", "xb", "xc"].iter().map(|p| netns(p)).collect();
     for (dev, h) in ["pa", "pb", "pc"].iter().zip(&hosts) {
-        ip(&r, &["link", "add", dev, "type", "veth", "peer", "name", "r", "netns", h.name()]);
+        ip(
+            &r,
+            &[
+                "link",
+                "add",
+                dev,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "r",
+                "netns",
+                h.name(),
+            ],
+        );
         ip(&r, &["link", "set", dev, "up"]);
         ip(h, &["link", "set", "r", "up"]);
     }
@@ -122,10 +155,37 @@ fn star() -> (NetNs, NetNs, NetNs, NetNs) {
     }
     ip(c, &["route", "add", "10.1.0.0/24", "via", "10.9.0.1"]);
     let (a_mac, b_mac) = (mac(a, "r"), mac(b, "r"));
-    ip(a, &["neigh", "add", "10.1.0.2", "lladdr", &mac_str(&b_mac), "dev", "r"]);
-    ip(b, &["neigh", "add", "10.1.0.1", "lladdr", &mac_str(&a_mac), "dev", "r"]);
+    ip(
+        a,
+        &[
+            "neigh",
+            "add",
+            "10.1.0.2",
+            "lladdr",
+            &mac_str(&b_mac),
+            "dev",
+            "r",
+        ],
+    );
+    ip(
+        b,
+        &[
+            "neigh",
+            "add",
+            "10.1.0.1",
+            "lladdr",
+            &mac_str(&a_mac),
+            "dev",
+            "r",
+        ],
+    );
     let mut it = hosts.into_iter();
-    (r, it.next().unwrap(), it.next().unwrap(), it.next().unwrap())
+    (
+        r,
+        it.next().unwrap(),
+        it.next().unwrap(),
+        it.next().unwrap(),
+    )
 }
 
 #[test]
@@ -146,12 +206,29 @@ fn redirect_forwards_inner_to_inner_and_passes_inner_to_outer() {
             fwd.set_port_with_receiver(0, ra, &a, "r")?;
             fwd.set_port_with_receiver(1, rb, &b, "r")?;
             fwd.ports().set(1, rb, Some(fwd.egress_program()))?;
-            fwd.set_rule(b_mac, RedirectRule { port: 1, dst: b_mac, src: rb_mac })?;
-            fwd.set_rule(a_mac, RedirectRule { port: 0, dst: a_mac, src: ra_mac })?;
+            fwd.set_rule(
+                b_mac,
+                RedirectRule {
+                    port: 1,
+                    dst: b_mac,
+                    src: rb_mac,
+                },
+            )?;
+            fwd.set_rule(
+                a_mac,
+                RedirectRule {
+                    port: 0,
+                    dst: a_mac,
+                    src: ra_mac,
+                },
+            )?;
             Ok(vec![fwd.attach(ra, native())?, fwd.attach(rb, native())?])
         })
         .unwrap();
-    assert!(ip(&a, &["link", "show", "dev", "r"]).contains("xdp"), "receiver attached on A");
+    assert!(
+        ip(&a, &["link", "show", "dev", "r"]).contains("xdp"),
+        "receiver attached on A"
+    );
 
     let forw0 = snmp(&r, "Ip", "ForwDatagrams");
     let s0 = fwd.stats().snapshot(Stage::Ingress).unwrap();
@@ -161,10 +238,20 @@ fn redirect_forwards_inner_to_inner_and_passes_inner_to_outer() {
     assert!(t.complete(), "A -> B TCP: {t:?}");
     let s1 = fwd.stats().snapshot(Stage::Ingress).unwrap();
     let d = s1.since(&s0);
-    assert!(d.get(XdpAction::Redirect).packets >= 10, "requests and replies redirected: {d}");
-    assert_eq!(snmp(&r, "Ip", "ForwDatagrams"), forw0, "R's stack forwarded nothing between A and B");
+    assert!(
+        d.get(XdpAction::Redirect).packets >= 10,
+        "requests and replies redirected: {d}"
+    );
+    assert_eq!(
+        snmp(&r, "Ip", "ForwDatagrams"),
+        forw0,
+        "R's stack forwarded nothing between A and B"
+    );
     let egress = fwd.stats().snapshot(Stage::Egress).unwrap();
-    assert!(egress.get(XdpAction::Pass).packets >= 5, "port b's program saw the frames: {egress}");
+    assert!(
+        egress.get(XdpAction::Pass).packets >= 5,
+        "port b's program saw the frames: {egress}"
+    );
 
     // Inner to outer: no rule for R's MAC, so the frames pass to R's stack, which forwards.
     let p = ping(&a, IpAddr::V4(Ipv4Addr::new(10, 9, 0, 2)), 3);
@@ -172,7 +259,10 @@ fn redirect_forwards_inner_to_inner_and_passes_inner_to_outer() {
     let d = fwd.stats().snapshot(Stage::Ingress).unwrap().since(&s1);
     assert_eq!(d.get(XdpAction::Redirect).packets, 0, "{d}");
     assert!(d.get(XdpAction::Pass).packets >= 3, "{d}");
-    assert!(snmp(&r, "Ip", "ForwDatagrams") >= forw0 + 6, "R forwarded A <-> C");
+    assert!(
+        snmp(&r, "Ip", "ForwDatagrams") >= forw0 + 6,
+        "R forwarded A <-> C"
+    );
     drop(atts);
     drop((a, b, c));
 }
@@ -192,7 +282,10 @@ fn router_forwards_ping_and_tcp_v4_and_v6() {
         .run(|| {
             router.add_port_with_receiver(to0, left, "to1")?;
             router.add_port_with_receiver(to2, right, "to1")?;
-            Ok(vec![router.attach(to0, native())?, router.attach(to2, native())?])
+            Ok(vec![
+                router.attach(to0, native())?,
+                router.attach(to2, native())?,
+            ])
         })
         .unwrap();
 
@@ -212,14 +305,30 @@ fn router_forwards_ping_and_tcp_v4_and_v6() {
     // take the fast path, so the stack forwarded at most a handful.
     let stack4 = snmp(mid, "Ip", "ForwDatagrams") - forw0;
     let stack6 = snmp(mid, "Ip6", "OutForwDatagrams") - forw6_0;
-    assert!(stack4 + stack6 <= fib.no_neighbour + 4, "stack forwarded {stack4}+{stack6}; {fib:?}");
+    assert!(
+        stack4 + stack6 <= fib.no_neighbour + 4,
+        "stack forwarded {stack4}+{stack6}; {fib:?}"
+    );
 
     // TTL 1 goes to the stack, which answers time exceeded: traceroute-like ping.
     let excd0 = snmp(mid, "Icmp", "OutTimeExcds");
     let p = common::ping_with(left, IpAddr::V4(l.v4(2)), 1, &["-t", "1"]);
     assert_eq!(p.received, 0, "{}", p.output);
-    assert_eq!(snmp(mid, "Icmp", "OutTimeExcds"), excd0 + 1, "the router's stack sent time exceeded");
+    assert_eq!(
+        snmp(mid, "Icmp", "OutTimeExcds"),
+        excd0 + 1,
+        "the router's stack sent time exceeded"
+    );
     assert!(router.fib_stats().unwrap().ttl_expired >= 1);
+
+    // Direct lookups (main table, no ip rules) forward the same way.
+    router.set_direct_lookup(true).unwrap();
+    assert!(router.direct_lookup().unwrap());
+    let before = router.fib_stats().unwrap().success;
+    let p = ping(left, IpAddr::V6(l.v6(2)), 3);
+    assert_eq!(p.received, 3, "{}", p.output);
+    assert!(router.fib_stats().unwrap().success >= before + 6);
+    router.set_direct_lookup(false).unwrap();
 
     // Taking a port away sends that direction through the stack again; traffic still flows.
     mid.run(|| router.remove_port(to2).map(|_| ())).unwrap();
@@ -227,7 +336,10 @@ fn router_forwards_ping_and_tcp_v4_and_v6() {
     let p = ping(left, IpAddr::V4(l.v4(2)), 3);
     assert_eq!(p.received, 3, "{}", p.output);
     let d = router.stats().snapshot(Stage::Ingress).unwrap().since(&r0);
-    assert!(d.get(XdpAction::Pass).packets >= 3, "requests to the removed port pass: {d}");
+    assert!(
+        d.get(XdpAction::Pass).packets >= 3,
+        "requests to the removed port pass: {d}"
+    );
     drop(atts);
 }
 
@@ -255,8 +367,16 @@ fn echo_answers_ping_in_xdp_and_the_stack_stays_silent() {
     }
     let s = echo.stats().snapshot(Stage::Ingress).unwrap();
     assert_eq!(s.get(XdpAction::Tx).packets, 10, "{s}");
-    assert_eq!(snmp(server, "Icmp", "InEchos"), in4, "the server's stack saw no IPv4 echo");
-    assert_eq!(snmp(server, "Icmp6", "InEchos"), in6, "the server's stack saw no IPv6 echo");
+    assert_eq!(
+        snmp(server, "Icmp", "InEchos"),
+        in4,
+        "the server's stack saw no IPv4 echo"
+    );
+    assert_eq!(
+        snmp(server, "Icmp6", "InEchos"),
+        in6,
+        "the server's stack saw no IPv6 echo"
+    );
 
     // Without the responder the stack answers again (and counts it).
     att.detach().unwrap();
@@ -291,18 +411,31 @@ fn attach_modes_query_replace_detach_and_pin() {
         assert!(XdpAttachment::query(ifx)?.is_empty(), "dropping detaches");
 
         // Generic mode through netlink, replaced with XDP_FLAGS_REPLACE, detached explicitly.
-        let opts = XdpOptions { mode: XdpMode::Generic, via: AttachVia::Netlink };
+        let opts = XdpOptions {
+            mode: XdpMode::Generic,
+            via: AttachVia::Netlink,
+        };
         let mut att = XdpAttachment::attach(pass.program(), ifx, opts)?;
         assert_eq!(att.via(), AttachVia::Netlink);
         let q = XdpAttachment::query(ifx)?;
         assert_eq!((q.generic, q.native), (Some(pid), None));
         att.replace(pass.tx_program())?;
-        assert_eq!(XdpAttachment::query(ifx)?.generic, Some(pass.tx_program().id()));
+        assert_eq!(
+            XdpAttachment::query(ifx)?.generic,
+            Some(pass.tx_program().id())
+        );
         att.detach()?;
         assert!(XdpAttachment::query(ifx)?.is_empty());
 
         // A persisted netlink attachment outlives its handle until detach_interface.
-        let att = XdpAttachment::attach(pass.program(), ifx, XdpOptions { via: AttachVia::Netlink, ..native() })?;
+        let att = XdpAttachment::attach(
+            pass.program(),
+            ifx,
+            XdpOptions {
+                via: AttachVia::Netlink,
+                ..native()
+            },
+        )?;
         att.persist()?;
         assert_eq!(XdpAttachment::query(ifx)?.native, Some(pid));
         XdpAttachment::detach_interface(ifx, XdpMode::Auto)?;
@@ -312,10 +445,15 @@ fn attach_modes_query_replace_detach_and_pin() {
     .unwrap();
 
     // A pinned link stays attached after the handle is gone, until detach_pinned.
-    let pin = std::path::PathBuf::from(format!("/sys/fs/bpf/lwtun-test-xdp-{}", std::process::id()));
+    let pin =
+        std::path::PathBuf::from(format!("/sys/fs/bpf/lwtun-test-xdp-{}", std::process::id()));
     let _ = std::fs::remove_file(&pin);
-    ns.run(|| XdpAttachment::attach(pass.program(), ifx, native())?.pin(&pin)).unwrap();
-    assert!(ip(ns, &["link", "show", "dev", "to1"]).contains("xdp"), "still attached after pin");
+    ns.run(|| XdpAttachment::attach(pass.program(), ifx, native())?.pin(&pin))
+        .unwrap();
+    assert!(
+        ip(ns, &["link", "show", "dev", "to1"]).contains("xdp"),
+        "still attached after pin"
+    );
     XdpAttachment::detach_pinned(&pin).unwrap();
     assert!(!pin.exists());
     assert!(ns.run(|| XdpAttachment::query(ifx)).unwrap().is_empty());
@@ -332,7 +470,10 @@ fn live_frames_through_tx_reach_the_peer() {
     let gen = XdpPass::load().unwrap();
     let sink = XdpPass::load().unwrap();
     let (g, s) = (l.ifindex(0, "to1"), l.ifindex(1, "to0"));
-    let sink_att = l.ns(1).run(|| XdpAttachment::attach(sink.drop_program(), s, native())).unwrap();
+    let sink_att = l
+        .ns(1)
+        .run(|| XdpAttachment::attach(sink.drop_program(), s, native()))
+        .unwrap();
     // The generating side needs an XDP program on its own device to transmit from it.
     let gen_att = l.ns(0).run(|| gen.attach(g, native())).unwrap();
     let frame = {
@@ -342,14 +483,118 @@ fn live_frames_through_tx_reach_the_peer() {
         f[12..14].copy_from_slice(&0x88b5u16.to_be_bytes()); // local experimental EtherType
         f
     };
-    let live = lwtun::xdp::LiveFrames { ifindex: g, repeat: 10_000, batch_size: 0 };
-    l.ns(0).run(|| gen.tx_program().run_live(&frame, live)).unwrap();
+    let live = lwtun::xdp::LiveFrames {
+        ifindex: g,
+        repeat: 10_000,
+        batch_size: 0,
+    };
+    l.ns(0)
+        .run(|| gen.tx_program().run_live(&frame, live))
+        .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(100));
     // The sink also drops what ns 0's own stack sends meanwhile (IPv6 ND/MLD): a few frames.
-    let got = sink.stats().snapshot(Stage::Ingress).unwrap().get(XdpAction::Drop);
+    let got = sink
+        .stats()
+        .snapshot(Stage::Ingress)
+        .unwrap()
+        .get(XdpAction::Drop);
     assert!((10_000..10_020).contains(&got.packets), "{got:?}");
     assert!(got.bytes >= 640_000, "{got:?}");
-    let sent = gen.stats().snapshot(Stage::Ingress).unwrap().get(XdpAction::Tx);
+    let sent = gen
+        .stats()
+        .snapshot(Stage::Ingress)
+        .unwrap()
+        .get(XdpAction::Tx);
     assert_eq!(sent.packets, 10_000);
     drop((sink_att, gen_att));
+}
+
+/// A 64-byte Ethernet + IPv4 + UDP frame with a valid header checksum and TTL 64.
+fn udp_frame(dst_mac: [u8; 6], src_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let mut iph = vec![0x45, 0, 0, 50, 0, 1, 0x40, 0, 64, 17, 0, 0];
+    iph.extend_from_slice(&src.octets());
+    iph.extend_from_slice(&dst.octets());
+    let mut acc: u32 = iph
+        .chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]) as u32)
+        .sum();
+    while acc >> 16 != 0 {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    iph[10..12].copy_from_slice(&(!(acc as u16)).to_be_bytes());
+    f.extend_from_slice(&iph);
+    f.extend_from_slice(&[0x30, 0x39, 0x30, 0x3a, 0, 30, 0, 0]);
+    f.resize(64, 0xab);
+    f
+}
+
+#[test]
+fn traffic_gen_through_the_router_arrives_whole() {
+    if !common::privileged("traffic_gen_through_the_router_arrives_whole") {
+        return;
+    }
+    // Live frames through the XDP router: the router decrements the TTL in the very page the
+    // generator recycles, so without the generator's template rewrite the TTL would run down
+    // and frames would fall to the stack as expired. Every frame must arrive, none expire.
+    let l = line(3);
+    let (gen_ns, mid, sink_ns) = (l.ns(0), l.ns(1), l.ns(2));
+    let p = ping(mid, IpAddr::V4(l.v4(2)), 1); // resolve the router's neighbour first
+    assert_eq!(p.received, 1, "{}", p.output);
+    let router = XdpRouter::load().unwrap();
+    let (to0, to2) = (l.ifindex(1, "to0"), l.ifindex(1, "to2"));
+    let r_att = mid
+        .run(|| {
+            router.add_port(to2)?;
+            router.attach(to0, native())
+        })
+        .unwrap();
+    let sink = XdpPass::load().unwrap();
+    let sink_att = sink_ns
+        .run(|| XdpAttachment::attach(sink.drop_program(), l.ifindex(2, "to1"), native()))
+        .unwrap();
+    let own = XdpPass::load().unwrap();
+    let g = l.ifindex(0, "to1");
+    let own_att = gen_ns.run(|| own.attach(g, native())).unwrap();
+
+    let gen = lwtun::xdp::TrafficGen::load().unwrap();
+    let frame = udp_frame(mac(mid, "to0"), mac(gen_ns, "to1"), l.v4(0), l.v4(2));
+    let short = gen_ns.run(|| {
+        gen.send(
+            &frame[..60],
+            lwtun::xdp::LiveFrames {
+                ifindex: g,
+                repeat: 1,
+                batch_size: 0,
+            },
+        )
+    });
+    assert_eq!(short.unwrap_err().kind(), lwtun::ErrorKind::InvalidInput);
+    let live = lwtun::xdp::LiveFrames {
+        ifindex: g,
+        repeat: 50_000,
+        batch_size: 64,
+    };
+    gen_ns.run(|| gen.send(&frame, live)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+
+    let sent = gen
+        .stats()
+        .snapshot(Stage::Ingress)
+        .unwrap()
+        .get(XdpAction::Tx);
+    assert_eq!(sent.packets, 50_000);
+    let fib = router.fib_stats().unwrap();
+    assert_eq!(fib.ttl_expired, 0, "{fib:?}");
+    assert!(fib.success >= 50_000, "{fib:?}");
+    let got = sink
+        .stats()
+        .snapshot(Stage::Ingress)
+        .unwrap()
+        .get(XdpAction::Drop);
+    assert!((50_000..50_050).contains(&got.packets), "{got:?}");
+    drop((r_att, sink_att, own_att));
 }

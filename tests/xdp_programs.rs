@@ -21,7 +21,11 @@ const V6_ECHO: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 
 fn sum16(data: &[u8], mut acc: u32) -> u32 {
     for chunk in data.chunks(2) {
-        let w = if chunk.len() == 2 { u16::from_be_bytes([chunk[0], chunk[1]]) } else { u16::from_be_bytes([chunk[0], 0]) };
+        let w = if chunk.len() == 2 {
+            u16::from_be_bytes([chunk[0], chunk[1]])
+        } else {
+            u16::from_be_bytes([chunk[0], 0])
+        };
         acc += w as u32;
     }
     acc
@@ -100,11 +104,27 @@ fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, hop: u8, payload: &[u8]) -> Vec<
 }
 
 fn ping4(dst: Ipv4Addr) -> Vec<u8> {
-    eth(R_MAC, A_MAC, 0x0800, &ipv4(V4_A, dst, 1, 63, 0, &icmp(8, b"lwtun ping payload")))
+    eth(
+        R_MAC,
+        A_MAC,
+        0x0800,
+        &ipv4(V4_A, dst, 1, 63, 0, &icmp(8, b"lwtun ping payload")),
+    )
 }
 
 fn ping6(dst: Ipv6Addr) -> Vec<u8> {
-    eth(R_MAC, A_MAC, 0x86dd, &ipv6(V6_A, dst, 58, 63, &icmp6(V6_A, dst, 128, b"lwtun ping6 payload")))
+    eth(
+        R_MAC,
+        A_MAC,
+        0x86dd,
+        &ipv6(
+            V6_A,
+            dst,
+            58,
+            63,
+            &icmp6(V6_A, dst, 128, b"lwtun ping6 payload"),
+        ),
+    )
 }
 
 // ---- echo -----------------------------------------------------------------------------------
@@ -133,10 +153,18 @@ fn echo_answers_ipv4_ping_with_valid_checksums() {
     assert_eq!(&ip[12..16], &V4_ECHO.octets(), "source is the echo address");
     assert_eq!(&ip[16..20], &V4_A.octets());
     assert_eq!(ip[8], 64, "TTL reset to 64");
-    assert_eq!(fold(sum16(ip, 0)), 0, "IPv4 header checksum valid after the TTL change");
+    assert_eq!(
+        fold(sum16(ip, 0)),
+        0,
+        "IPv4 header checksum valid after the TTL change"
+    );
     let icmp = &d[34..];
     assert_eq!(icmp[0], 0, "echo reply");
-    assert_eq!(fold(sum16(icmp, 0)), 0, "ICMP checksum valid after the type change");
+    assert_eq!(
+        fold(sum16(icmp, 0)),
+        0,
+        "ICMP checksum valid after the type change"
+    );
     assert_eq!(&icmp[4..], &frame[38..], "id, sequence and payload kept");
 
     let s = echo.stats().snapshot(Stage::Ingress).unwrap();
@@ -161,7 +189,11 @@ fn echo_answers_ipv6_ping_with_valid_checksum() {
     assert_eq!(ip6[7], 64);
     let icmp = &d[54..];
     assert_eq!(icmp[0], 129, "echo reply");
-    assert_eq!(fold(sum16(icmp, v6_pseudo(V6_ECHO, V6_A, icmp.len(), 58))), 0, "ICMPv6 checksum valid");
+    assert_eq!(
+        fold(sum16(icmp, v6_pseudo(V6_ECHO, V6_A, icmp.len(), 58))),
+        0,
+        "ICMPv6 checksum valid"
+    );
 }
 
 #[test]
@@ -182,7 +214,10 @@ fn echo_keeps_vlan_tag_and_address_set_is_typed() {
     assert_eq!(addrs, vec![IpAddr::V4(V4_ECHO), IpAddr::V6(V6_ECHO)]);
     assert!(echo.remove_address(IpAddr::V4(V4_ECHO)).unwrap());
     assert!(!echo.remove_address(IpAddr::V4(V4_ECHO)).unwrap());
-    assert_eq!(echo.program().test_run(&ping4(V4_ECHO)).unwrap().action, XdpAction::Pass);
+    assert_eq!(
+        echo.program().test_run(&ping4(V4_ECHO)).unwrap().action,
+        XdpAction::Pass
+    );
     let err = echo.add_address("224.0.0.1".parse().unwrap()).unwrap_err();
     assert_eq!(err.kind(), lwtun::ErrorKind::InvalidInput);
 }
@@ -212,36 +247,213 @@ fn malformed_frames_get_the_right_action() {
     let hop_by_hop = ipv6(V6_A, V6_ECHO, 0, 64, &[58, 0, 1, 4, 0, 0, 0, 0]);
 
     let cases: Vec<(&str, &lwtun::xdp::XdpProgram, Vec<u8>, XdpAction)> = vec![
-        ("echo: Ethernet header only", echo.program(), eth(R_MAC, A_MAC, 0x0800, &[]), pass),
-        ("echo: IPv4 header cut at 10 bytes", echo.program(), eth(R_MAC, A_MAC, 0x0800, &good4[..10]), pass),
-        ("echo: IPv4 IHL 4", echo.program(), eth(R_MAC, A_MAC, 0x0800, &ihl4), pass),
-        ("echo: IPv4 IHL 15 beyond the frame", echo.program(), eth(R_MAC, A_MAC, 0x0800, &ihl15), pass),
-        ("echo: IPv4 total length below the header", echo.program(), eth(R_MAC, A_MAC, 0x0800, &short_totlen), pass),
-        ("echo: version 6 under EtherType IPv4", echo.program(), eth(R_MAC, A_MAC, 0x0800, &ipver6_in_v4), pass),
-        ("echo: ICMP header cut at 4 bytes", echo.program(), eth(R_MAC, A_MAC, 0x0800, &good4[..24]), pass),
-        ("echo: fragment (MF set)", echo.program(), eth(R_MAC, A_MAC, 0x0800, &ipv4(V4_A, V4_ECHO, 1, 64, 0x2000, &icmp(8, b"x"))), pass),
-        ("echo: non-first fragment", echo.program(), eth(R_MAC, A_MAC, 0x0800, &ipv4(V4_A, V4_ECHO, 1, 64, 0x0010, &icmp(8, b"x"))), pass),
-        ("echo: echo to a foreign address", echo.program(), ping4(Ipv4Addr::new(10, 1, 0, 99)), pass),
-        ("echo: echo reply, not request", echo.program(), eth(R_MAC, A_MAC, 0x0800, &ipv4(V4_A, V4_ECHO, 1, 64, 0, &icmp(0, b"x"))), pass),
-        ("echo: echo request with code 1", echo.program(), eth(R_MAC, A_MAC, 0x0800, &ipv4(V4_A, V4_ECHO, 1, 64, 0, &code1)), pass),
-        ("echo: UDP to the echo address", echo.program(), eth(R_MAC, A_MAC, 0x0800, &ipv4(V4_A, V4_ECHO, 17, 64, 0, &[0; 16])), pass),
-        ("echo: IPv6 header cut at 30 bytes", echo.program(), eth(R_MAC, A_MAC, 0x86dd, &ping6(V6_ECHO)[14..44]), pass),
-        ("echo: IPv6 hop-by-hop before ICMPv6", echo.program(), eth(R_MAC, A_MAC, 0x86dd, &hop_by_hop), pass),
-        ("echo: ICMPv6 neighbour solicitation", echo.program(), eth(R_MAC, A_MAC, 0x86dd, &ipv6(V6_A, V6_ECHO, 58, 255, &icmp6(V6_A, V6_ECHO, 135, &[0; 16]))), pass),
-        ("echo: three VLAN tags", echo.program(), eth(R_MAC, A_MAC, 0x88a8, &vlan(1, 0x8100, &vlan(2, 0x8100, &vlan(3, 0x0800, &good4)))), pass),
-        ("echo: VLAN tag cut short", echo.program(), eth(R_MAC, A_MAC, 0x8100, &[0, 1]), pass),
-        ("echo: ARP", echo.program(), eth([0xff; 6], A_MAC, 0x0806, &[0; 28]), pass),
-        ("router: IPv4 TTL 1", router.program(), eth(R_MAC, A_MAC, 0x0800, &ipv4(V4_A, V4_ECHO, 1, 1, 0, &icmp(8, b"x"))), pass),
-        ("router: IPv4 TTL 0", router.program(), eth(R_MAC, A_MAC, 0x0800, &ipv4(V4_A, V4_ECHO, 1, 0, 0, &icmp(8, b"x"))), pass),
-        ("router: IPv6 hop limit 1", router.program(), eth(R_MAC, A_MAC, 0x86dd, &ipv6(V6_A, V6_ECHO, 58, 1, &icmp6(V6_A, V6_ECHO, 128, b"x"))), pass),
-        ("router: IPv4 IHL 4", router.program(), eth(R_MAC, A_MAC, 0x0800, &ihl4), pass),
-        ("router: VLAN-tagged IPv4", router.program(), eth(R_MAC, A_MAC, 0x8100, &vlan(5, 0x0800, &good4)), pass),
-        ("router: ARP", router.program(), eth([0xff; 6], A_MAC, 0x0806, &[0; 28]), pass),
-        ("redirect: no rule for the destination MAC", fwd.program(), eth(B_MAC, A_MAC, 0x0800, &good4), pass),
+        (
+            "echo: Ethernet header only",
+            echo.program(),
+            eth(R_MAC, A_MAC, 0x0800, &[]),
+            pass,
+        ),
+        (
+            "echo: IPv4 header cut at 10 bytes",
+            echo.program(),
+            eth(R_MAC, A_MAC, 0x0800, &good4[..10]),
+            pass,
+        ),
+        (
+            "echo: IPv4 IHL 4",
+            echo.program(),
+            eth(R_MAC, A_MAC, 0x0800, &ihl4),
+            pass,
+        ),
+        (
+            "echo: IPv4 IHL 15 beyond the frame",
+            echo.program(),
+            eth(R_MAC, A_MAC, 0x0800, &ihl15),
+            pass,
+        ),
+        (
+            "echo: IPv4 total length below the header",
+            echo.program(),
+            eth(R_MAC, A_MAC, 0x0800, &short_totlen),
+            pass,
+        ),
+        (
+            "echo: version 6 under EtherType IPv4",
+            echo.program(),
+            eth(R_MAC, A_MAC, 0x0800, &ipver6_in_v4),
+            pass,
+        ),
+        (
+            "echo: ICMP header cut at 4 bytes",
+            echo.program(),
+            eth(R_MAC, A_MAC, 0x0800, &good4[..24]),
+            pass,
+        ),
+        (
+            "echo: fragment (MF set)",
+            echo.program(),
+            eth(
+                R_MAC,
+                A_MAC,
+                0x0800,
+                &ipv4(V4_A, V4_ECHO, 1, 64, 0x2000, &icmp(8, b"x")),
+            ),
+            pass,
+        ),
+        (
+            "echo: non-first fragment",
+            echo.program(),
+            eth(
+                R_MAC,
+                A_MAC,
+                0x0800,
+                &ipv4(V4_A, V4_ECHO, 1, 64, 0x0010, &icmp(8, b"x")),
+            ),
+            pass,
+        ),
+        (
+            "echo: echo to a foreign address",
+            echo.program(),
+            ping4(Ipv4Addr::new(10, 1, 0, 99)),
+            pass,
+        ),
+        (
+            "echo: echo reply, not request",
+            echo.program(),
+            eth(
+                R_MAC,
+                A_MAC,
+                0x0800,
+                &ipv4(V4_A, V4_ECHO, 1, 64, 0, &icmp(0, b"x")),
+            ),
+            pass,
+        ),
+        (
+            "echo: echo request with code 1",
+            echo.program(),
+            eth(R_MAC, A_MAC, 0x0800, &ipv4(V4_A, V4_ECHO, 1, 64, 0, &code1)),
+            pass,
+        ),
+        (
+            "echo: UDP to the echo address",
+            echo.program(),
+            eth(
+                R_MAC,
+                A_MAC,
+                0x0800,
+                &ipv4(V4_A, V4_ECHO, 17, 64, 0, &[0; 16]),
+            ),
+            pass,
+        ),
+        (
+            "echo: IPv6 header cut at 30 bytes",
+            echo.program(),
+            eth(R_MAC, A_MAC, 0x86dd, &ping6(V6_ECHO)[14..44]),
+            pass,
+        ),
+        (
+            "echo: IPv6 hop-by-hop before ICMPv6",
+            echo.program(),
+            eth(R_MAC, A_MAC, 0x86dd, &hop_by_hop),
+            pass,
+        ),
+        (
+            "echo: ICMPv6 neighbour solicitation",
+            echo.program(),
+            eth(
+                R_MAC,
+                A_MAC,
+                0x86dd,
+                &ipv6(V6_A, V6_ECHO, 58, 255, &icmp6(V6_A, V6_ECHO, 135, &[0; 16])),
+            ),
+            pass,
+        ),
+        (
+            "echo: three VLAN tags",
+            echo.program(),
+            eth(
+                R_MAC,
+                A_MAC,
+                0x88a8,
+                &vlan(1, 0x8100, &vlan(2, 0x8100, &vlan(3, 0x0800, &good4))),
+            ),
+            pass,
+        ),
+        (
+            "echo: VLAN tag cut short",
+            echo.program(),
+            eth(R_MAC, A_MAC, 0x8100, &[0, 1]),
+            pass,
+        ),
+        (
+            "echo: ARP",
+            echo.program(),
+            eth([0xff; 6], A_MAC, 0x0806, &[0; 28]),
+            pass,
+        ),
+        (
+            "router: IPv4 TTL 1",
+            router.program(),
+            eth(
+                R_MAC,
+                A_MAC,
+                0x0800,
+                &ipv4(V4_A, V4_ECHO, 1, 1, 0, &icmp(8, b"x")),
+            ),
+            pass,
+        ),
+        (
+            "router: IPv4 TTL 0",
+            router.program(),
+            eth(
+                R_MAC,
+                A_MAC,
+                0x0800,
+                &ipv4(V4_A, V4_ECHO, 1, 0, 0, &icmp(8, b"x")),
+            ),
+            pass,
+        ),
+        (
+            "router: IPv6 hop limit 1",
+            router.program(),
+            eth(
+                R_MAC,
+                A_MAC,
+                0x86dd,
+                &ipv6(V6_A, V6_ECHO, 58, 1, &icmp6(V6_A, V6_ECHO, 128, b"x")),
+            ),
+            pass,
+        ),
+        (
+            "router: IPv4 IHL 4",
+            router.program(),
+            eth(R_MAC, A_MAC, 0x0800, &ihl4),
+            pass,
+        ),
+        (
+            "router: VLAN-tagged IPv4",
+            router.program(),
+            eth(R_MAC, A_MAC, 0x8100, &vlan(5, 0x0800, &good4)),
+            pass,
+        ),
+        (
+            "router: ARP",
+            router.program(),
+            eth([0xff; 6], A_MAC, 0x0806, &[0; 28]),
+            pass,
+        ),
+        (
+            "redirect: no rule for the destination MAC",
+            fwd.program(),
+            eth(B_MAC, A_MAC, 0x0800, &good4),
+            pass,
+        ),
     ];
     assert!(cases.len() >= 15);
     for (what, prog, frame, want) in &cases {
-        let out = prog.test_run(frame).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let out = prog
+            .test_run(frame)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(out.action, *want, "{what}");
         assert_eq!(&out.data, frame, "{what}: frame must be left untouched");
     }
@@ -273,31 +485,52 @@ fn redirect_rewrites_macs_only_when_the_port_exists() {
         return;
     }
     let fwd = XdpRedirect::load().unwrap();
-    let rule = RedirectRule { port: 3, dst: B_MAC, src: R_MAC };
+    let rule = RedirectRule {
+        port: 3,
+        dst: B_MAC,
+        src: R_MAC,
+    };
     fwd.set_rule(B_MAC, rule).unwrap();
     assert_eq!(fwd.rule(B_MAC).unwrap(), Some(rule));
     assert_eq!(fwd.rules().unwrap(), vec![(B_MAC, rule)]);
-    let frame = eth(B_MAC, A_MAC, 0x0800, &ipv4(V4_A, V4_ECHO, 17, 64, 0, &[0; 20]));
+    let frame = eth(
+        B_MAC,
+        A_MAC,
+        0x0800,
+        &ipv4(V4_A, V4_ECHO, 17, 64, 0, &[0; 20]),
+    );
 
     // Port 3 is empty: the miss action is XDP_PASS and the frame is not modified.
     let out = fwd.program().test_run(&frame).unwrap();
     assert_eq!(out.action, XdpAction::Pass);
     assert_eq!(out.data, frame);
 
-    fwd.ports().set(3, 1, None).unwrap(); // loopback of the test's namespace
-    let out = fwd.program().test_run(&frame).unwrap();
+    let ns = common::netns("xrd");
+    ns.run(|| fwd.ports().set(3, 1, None)).unwrap(); // that namespace's loopback
+    let out = ns.run(|| fwd.program().test_run(&frame)).unwrap();
     assert_eq!(out.action, XdpAction::Redirect);
     assert_eq!(&out.data[0..6], &B_MAC);
     assert_eq!(&out.data[6..12], &R_MAC);
     assert_eq!(&out.data[12..], &frame[12..]);
     let s = fwd.stats().snapshot(Stage::Ingress).unwrap();
-    assert_eq!((s.get(XdpAction::Pass).packets, s.get(XdpAction::Redirect).packets), (1, 1));
+    assert_eq!(
+        (
+            s.get(XdpAction::Pass).packets,
+            s.get(XdpAction::Redirect).packets
+        ),
+        (1, 1)
+    );
     assert_eq!(s.total().bytes, 2 * frame.len() as u64);
 
     assert!(fwd.remove_rule(B_MAC).unwrap());
     assert!(!fwd.remove_rule(B_MAC).unwrap());
-    assert_eq!(fwd.program().test_run(&frame).unwrap().action, XdpAction::Pass);
-    let err = fwd.set_rule(A_MAC, RedirectRule { port: 64, ..rule }).unwrap_err();
+    assert_eq!(
+        fwd.program().test_run(&frame).unwrap().action,
+        XdpAction::Pass
+    );
+    let err = fwd
+        .set_rule(A_MAC, RedirectRule { port: 64, ..rule })
+        .unwrap_err();
     assert_eq!(err.kind(), lwtun::ErrorKind::InvalidInput);
 }
 
@@ -306,32 +539,44 @@ fn devmaps_set_get_remove_with_and_without_programs() {
     if !common::privileged("devmaps_set_get_remove_with_and_without_programs") {
         return;
     }
-    let fwd = XdpRedirect::load().unwrap();
-    let ports = fwd.ports();
-    assert_eq!(ports.kind(), DevMapKind::Array);
-    assert_eq!(ports.get(5).unwrap(), None);
-    ports.set(5, 1, Some(fwd.egress_program())).unwrap();
-    let p = ports.get(5).unwrap().unwrap();
-    assert_eq!(p.ifindex, 1);
-    assert_eq!(p.program_id, Some(fwd.egress_program().id()));
-    ports.set(6, 1, None).unwrap();
-    assert_eq!(ports.get(6).unwrap().unwrap().program_id, None);
-    let mut all = ports.ports().unwrap();
-    all.sort_by_key(|p| p.0);
-    assert_eq!(all.iter().map(|p| p.0).collect::<Vec<_>>(), vec![5, 6]);
-    assert!(ports.remove(5).unwrap());
-    assert!(!ports.remove(5).unwrap());
-    assert_eq!(ports.get(64).unwrap_err().kind(), lwtun::ErrorKind::InvalidInput);
-    // An ingress (non-devmap) program is refused as a per-port program.
-    assert!(ports.set(7, 1, Some(fwd.program())).is_err());
-    assert_eq!(ports.get(7).unwrap(), None);
+    // Devmap entries name devices of the namespace the update is made in: a fresh one here.
+    let ns = common::netns("xdm");
+    ns.run(|| {
+        let fwd = XdpRedirect::load().unwrap();
+        let ports = fwd.ports();
+        assert_eq!(ports.kind(), DevMapKind::Array);
+        assert_eq!(ports.get(5).unwrap(), None);
+        ports.set(5, 1, Some(fwd.egress_program())).unwrap();
+        let p = ports.get(5).unwrap().unwrap();
+        assert_eq!(p.ifindex, 1);
+        assert_eq!(p.program_id, Some(fwd.egress_program().id()));
+        ports.set(6, 1, None).unwrap();
+        assert_eq!(ports.get(6).unwrap().unwrap().program_id, None);
+        let mut all = ports.ports().unwrap();
+        all.sort_by_key(|p| p.0);
+        assert_eq!(all.iter().map(|p| p.0).collect::<Vec<_>>(), vec![5, 6]);
+        assert!(ports.remove(5).unwrap());
+        assert!(!ports.remove(5).unwrap());
+        assert_eq!(
+            ports.get(64).unwrap_err().kind(),
+            lwtun::ErrorKind::InvalidInput
+        );
+        // An ingress (non-devmap) program is refused as a per-port program.
+        assert!(ports.set(7, 1, Some(fwd.program())).is_err());
+        assert_eq!(ports.get(7).unwrap(), None);
 
-    let hash = DevMap::create(DevMapKind::Hash, 8).unwrap();
-    hash.set(100_000, 1, None).unwrap();
-    assert_eq!(hash.get(100_000).unwrap().unwrap().ifindex, 1);
-    assert!(hash.remove(100_000).unwrap());
-    assert_eq!(hash.get(100_000).unwrap(), None);
-    assert_eq!(DevMap::create(DevMapKind::Array, 0).unwrap_err().kind(), lwtun::ErrorKind::InvalidInput);
+        let hash = DevMap::create(DevMapKind::Hash, 8).unwrap();
+        hash.set(100_000, 1, None).unwrap();
+        assert_eq!(hash.get(100_000).unwrap().unwrap().ifindex, 1);
+        assert!(hash.remove(100_000).unwrap());
+        assert_eq!(hash.get(100_000).unwrap(), None);
+        assert_eq!(
+            DevMap::create(DevMapKind::Array, 0).unwrap_err().kind(),
+            lwtun::ErrorKind::InvalidInput
+        );
+        Ok(())
+    })
+    .unwrap();
 }
 
 #[test]
@@ -339,16 +584,31 @@ fn router_test_run_counts_fib_outcome() {
     if !common::privileged("router_test_run_counts_fib_outcome") {
         return;
     }
-    // test_run's ingress device is the loopback of this test's namespace, where forwarding is
-    // whatever the host has: the lookup must not succeed into a port (there is none), so the
-    // frame goes to the stack unmodified whatever the FIB says.
+    // test_run's ingress device is the loopback of the namespace the run happens in: a fresh one
+    // here, with forwarding off, so the lookup answers FWD_DISABLED and the frame goes to the
+    // stack unmodified.
+    let ns = common::netns("xrt");
     let router = XdpRouter::load().unwrap();
-    let frame = eth(R_MAC, A_MAC, 0x0800, &ipv4(V4_A, Ipv4Addr::new(192, 0, 2, 1), 17, 64, 0, &[0; 20]));
-    let out = router.program().test_run(&frame).unwrap();
+    let frame = eth(
+        R_MAC,
+        A_MAC,
+        0x0800,
+        &ipv4(V4_A, Ipv4Addr::new(192, 0, 2, 1), 17, 64, 0, &[0; 20]),
+    );
+    let out = ns.run(|| router.program().test_run(&frame)).unwrap();
     assert_eq!(out.action, XdpAction::Pass);
     assert_eq!(out.data, frame);
     let fib = router.fib_stats().unwrap();
-    let looked_up = fib.success + fib.blackhole + fib.unreachable + fib.prohibit + fib.not_forwarded
-        + fib.forwarding_disabled + fib.unsupported_lwt + fib.no_neighbour + fib.frag_needed + fib.other;
+    assert_eq!(fib.forwarding_disabled, 1, "{fib:?}");
+    let looked_up = fib.success
+        + fib.blackhole
+        + fib.unreachable
+        + fib.prohibit
+        + fib.not_forwarded
+        + fib.forwarding_disabled
+        + fib.unsupported_lwt
+        + fib.no_neighbour
+        + fib.frag_needed
+        + fib.other;
     assert_eq!(looked_up, 1, "{fib:?}");
 }

@@ -136,9 +136,16 @@ impl XdpAttachment {
     /// kernel before 5.9 when [`AttachVia::Link`] is asked for.
     pub fn attach(program: &XdpProgram, ifindex: u32, options: XdpOptions) -> Result<Self> {
         let op = "attach XDP program";
-        let object = format!("{} (id {}) on ifindex {ifindex}", program.name(), program.id());
+        let object = format!(
+            "{} (id {}) on ifindex {ifindex}",
+            program.name(),
+            program.id()
+        );
         if ifindex == 0 || ifindex > i32::MAX as u32 {
-            return Err(Error::invalid_input(op, format!("ifindex {ifindex} is no device")));
+            return Err(Error::invalid_input(
+                op,
+                format!("ifindex {ifindex} is no device"),
+            ));
         }
         let flags = options.mode.flags();
         if options.via != AttachVia::Netlink {
@@ -165,7 +172,8 @@ impl XdpAttachment {
             }
             let errno = -fd;
             // Kernels without XDP links answer EINVAL (unknown attach type) for BPF_LINK_CREATE.
-            let no_links = errno == libc::EINVAL && options.via == AttachVia::Auto && !has_xdp_links();
+            let no_links =
+                errno == libc::EINVAL && options.via == AttachVia::Auto && !has_xdp_links();
             if !no_links {
                 return Err(attach_error(op, errno, options.mode).with_object(object));
             }
@@ -243,7 +251,9 @@ impl XdpAttachment {
                     )
                 }
             }
-            Handle::Released => return Err(Error::invalid_input(op, "attachment already released")),
+            Handle::Released => {
+                return Err(Error::invalid_input(op, "attachment already released"))
+            }
         };
         if rc < 0 {
             return Err(attach_error(op, -rc, self.mode).with_object(object));
@@ -325,7 +335,9 @@ impl XdpAttachment {
                 let rc = unsafe { libbpf_sys::bpf_link_detach(fd.as_raw_fd()) };
                 drop(fd);
                 if rc < 0 && -rc != libc::ENOLINK {
-                    return Err(errno_error(op, -rc).with_object(format!("ifindex {}", self.ifindex)));
+                    return Err(
+                        errno_error(op, -rc).with_object(format!("ifindex {}", self.ifindex))
+                    );
                 }
                 Ok(())
             }
@@ -350,7 +362,9 @@ impl XdpAttachment {
                     )
                 };
                 if rc < 0 && -rc != libc::ENODEV {
-                    return Err(errno_error(op, -rc).with_object(format!("ifindex {}", self.ifindex)));
+                    return Err(
+                        errno_error(op, -rc).with_object(format!("ifindex {}", self.ifindex))
+                    );
                 }
                 Ok(())
             }
@@ -445,7 +459,8 @@ impl XdpAttachment {
         };
         for m in modes {
             // SAFETY: null opts are allowed.
-            let rc = unsafe { libbpf_sys::bpf_xdp_detach(ifindex as i32, m.flags(), std::ptr::null()) };
+            let rc =
+                unsafe { libbpf_sys::bpf_xdp_detach(ifindex as i32, m.flags(), std::ptr::null()) };
             if rc < 0 {
                 return Err(errno_error(op, -rc).with_object(format!("ifindex {ifindex}")));
             }
@@ -476,11 +491,9 @@ fn prog_fd_by_id(op: &str, id: u32) -> Result<OwnedFd> {
 
 fn attach_error(op: &str, errno: i32, mode: XdpMode) -> Error {
     match errno {
-        libc::EOPNOTSUPP if mode == XdpMode::Native => Error::unsupported(
-            op,
-            "native XDP on this driver (use XdpMode::Generic)",
-            None,
-        ),
+        libc::EOPNOTSUPP if mode == XdpMode::Native => {
+            Error::unsupported(op, "native XDP on this driver (use XdpMode::Generic)", None)
+        }
         libc::EBUSY | libc::EEXIST => Error::other(
             ErrorKind::Exists,
             op,
@@ -497,9 +510,8 @@ fn has_xdp_links() -> bool {
     static PROBE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *PROBE.get_or_init(|| {
         // SAFETY: an invalid fd makes the kernel fail the call early without side effects.
-        let rc = unsafe {
-            libbpf_sys::bpf_link_create(-1, 1, libbpf_sys::BPF_XDP, std::ptr::null())
-        };
+        let rc =
+            unsafe { libbpf_sys::bpf_link_create(-1, 1, libbpf_sys::BPF_XDP, std::ptr::null()) };
         rc != -libc::EINVAL
     })
 }

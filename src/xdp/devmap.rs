@@ -82,7 +82,10 @@ impl DevMap {
             MapType::Devmap => DevMapKind::Array,
             MapType::DevmapHash => DevMapKind::Hash,
             other => {
-                return Err(Error::invalid_input(op, format!("map type {other:?} is not a devmap")))
+                return Err(Error::invalid_input(
+                    op,
+                    format!("map type {other:?} is not a devmap"),
+                ))
             }
         };
         check_sizes(op, &map, 4, 8)?;
@@ -103,7 +106,10 @@ impl DevMap {
         if self.kind == DevMapKind::Array && key >= self.map.max_entries() {
             return Err(Error::invalid_input(
                 op,
-                format!("port {key} is outside the devmap's 0..{}", self.map.max_entries()),
+                format!(
+                    "port {key} is outside the devmap's 0..{}",
+                    self.map.max_entries()
+                ),
             ));
         }
         Ok(())
@@ -205,7 +211,13 @@ mod tests {
         let mut v = [0u8; 8];
         assert_eq!(decode_port(&v), None);
         v[..4].copy_from_slice(&5u32.to_ne_bytes());
-        assert_eq!(decode_port(&v), Some(EgressPort { ifindex: 5, program_id: None }));
+        assert_eq!(
+            decode_port(&v),
+            Some(EgressPort {
+                ifindex: 5,
+                program_id: None
+            })
+        );
         v[4..].copy_from_slice(&9u32.to_ne_bytes());
         assert_eq!(decode_port(&v).unwrap().program_id, Some(9));
     }

@@ -79,7 +79,10 @@ impl IcmpEcho {
             || addr.is_multicast()
             || matches!(addr, IpAddr::V4(a) if a.is_broadcast());
         if bad {
-            return Err(Error::invalid_input(op, format!("{addr} is not a unicast address")));
+            return Err(Error::invalid_input(
+                op,
+                format!("{addr} is not a unicast address"),
+            ));
         }
         self.addrs
             .update(&key(addr), &1u32.to_ne_bytes(), MapFlags::ANY)

@@ -28,6 +28,23 @@
 //! program; `xdp_pass` will do). [`XdpPass::attach_receiver`] puts one there, and
 //! [`XdpRouter::add_port_with_receiver`] / [`XdpRedirect::set_port_with_receiver`] do it for you
 //! when you ask. Generic-mode XDP has no such need but is slower.
+//!
+//! # Veth and checksum offload
+//!
+//! A local stack sending TCP or UDP over a veth leaves the L4 checksum to the "hardware"
+//! (`CHECKSUM_PARTIAL`). XDP sees the frame with that checksum unfinished, and a frame it
+//! redirects to another device carries it to the receiver, which drops it: ping works, TCP does
+//! not. Real NICs finish checksums on transmit, so this bites only when the senders are
+//! namespaces on veths (tests, demos): turn transmit checksum offload off on the senders' veths
+//! (`ethtool -K DEV tx off`). Frames the router passes to the stack are not affected.
+//!
+//! # Live frames
+//!
+//! [`TrafficGen`] (and [`XdpProgram::run_live`]) inject frames with
+//! `BPF_F_TEST_XDP_LIVE_FRAMES`. Live frames recycle their pages without re-initialising them
+//! and a veth hands the same page to its peer, so a change made downstream (a TTL decrement)
+//! comes back in later frames; `TrafficGen` rewrites the headers of every frame from its
+//! template for that reason.
 
 mod attach;
 mod devmap;

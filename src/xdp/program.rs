@@ -107,7 +107,10 @@ impl XdpProgram {
         if frame.len() < 14 {
             return Err(Error::invalid_input(
                 op,
-                format!("a frame has at least an Ethernet header (14 bytes), got {}", frame.len()),
+                format!(
+                    "a frame has at least an Ethernet header (14 bytes), got {}",
+                    frame.len()
+                ),
             ));
         }
         let mut out = vec![0u8; frame.len() + TEST_RUN_HEADROOM];
@@ -129,9 +132,7 @@ impl XdpProgram {
         }
         opts.repeat = repeat.max(1) as i32;
         // SAFETY: every pointer in opts points into live buffers of the sizes given.
-        let rc = unsafe {
-            libbpf_sys::bpf_prog_test_run_opts(self.fd.as_raw_fd(), &mut opts)
-        };
+        let rc = unsafe { libbpf_sys::bpf_prog_test_run_opts(self.fd.as_raw_fd(), &mut opts) };
         if rc < 0 {
             return Err(errno_error(op, -rc).with_object(self.name.clone()));
         }
@@ -158,7 +159,10 @@ impl XdpProgram {
     pub fn run_live(&self, frame: &[u8], live: LiveFrames) -> Result<Duration> {
         let op = "inject live XDP frames (BPF_F_TEST_XDP_LIVE_FRAMES)";
         if frame.len() < 14 {
-            return Err(Error::invalid_input(op, "a frame has at least an Ethernet header"));
+            return Err(Error::invalid_input(
+                op,
+                "a frame has at least an Ethernet header",
+            ));
         }
         let mut ctx = [0u8; XDP_MD_SIZE];
         ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
@@ -174,9 +178,7 @@ impl XdpProgram {
         opts.flags = libbpf_sys::BPF_F_TEST_XDP_LIVE_FRAMES;
         opts.batch_size = live.batch_size;
         // SAFETY: the pointers point into live buffers of the sizes given.
-        let rc = unsafe {
-            libbpf_sys::bpf_prog_test_run_opts(self.fd.as_raw_fd(), &mut opts)
-        };
+        let rc = unsafe { libbpf_sys::bpf_prog_test_run_opts(self.fd.as_raw_fd(), &mut opts) };
         if rc < 0 {
             return Err(errno_error(op, -rc)
                 .with_object(format!("{} on ifindex {}", self.name, live.ifindex)));
@@ -197,9 +199,7 @@ pub(crate) fn prog_id(op: &str, fd: BorrowedFd<'_>) -> Result<u32> {
     let mut info: libbpf_sys::bpf_prog_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
     // SAFETY: info and len are live; fd is a program fd.
-    let rc = unsafe {
-        libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len)
-    };
+    let rc = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) };
     if rc < 0 {
         return Err(errno_error(op, -rc));
     }

@@ -155,7 +155,11 @@ impl XdpRedirect {
             src: rule.src,
         };
         self.rules
-            .update(abi::as_bytes(&key(match_dst)), abi::as_bytes(&value), MapFlags::ANY)
+            .update(
+                abi::as_bytes(&key(match_dst)),
+                abi::as_bytes(&value),
+                MapFlags::ANY,
+            )
             .map_err(|e| Error::bpf(op, e).with_object(fmt_mac(&match_dst)))
     }
 
@@ -170,11 +174,12 @@ impl XdpRedirect {
             .rules
             .lookup(abi::as_bytes(&key(match_dst)), MapFlags::ANY)
             .map_err(|e| Error::bpf(op, e))?;
-        Ok(v.and_then(|b| abi::from_bytes::<lwtun_xdp_redirect>(&b)).map(|v| RedirectRule {
-            port: v.port,
-            dst: v.dst,
-            src: v.src,
-        }))
+        Ok(v.and_then(|b| abi::from_bytes::<lwtun_xdp_redirect>(&b))
+            .map(|v| RedirectRule {
+                port: v.port,
+                dst: v.dst,
+                src: v.src,
+            }))
     }
 
     /// Removes the rule for `match_dst`; returns whether there was one.

@@ -127,7 +127,12 @@ impl XdpRouter {
     ///
     /// As [`add_port`](Self::add_port) and [`XdpPass::attach_receiver`]; nothing is left
     /// half-done on failure.
-    pub fn add_port_with_receiver(&mut self, ifindex: u32, netns: &NetNs, peer_name: &str) -> Result<()> {
+    pub fn add_port_with_receiver(
+        &mut self,
+        ifindex: u32,
+        netns: &NetNs,
+        peer_name: &str,
+    ) -> Result<()> {
         if self.pass.is_none() {
             self.pass = Some(XdpPass::load()?);
         }
@@ -165,7 +170,11 @@ impl XdpRouter {
     ///
     /// [`ErrorKind::Kernel`](crate::ErrorKind::Kernel) when the setting cannot be written.
     pub fn set_direct_lookup(&self, direct: bool) -> Result<()> {
-        let flags: u32 = if direct { libbpf_sys::BPF_FIB_LOOKUP_DIRECT } else { 0 };
+        let flags: u32 = if direct {
+            libbpf_sys::BPF_FIB_LOOKUP_DIRECT
+        } else {
+            0
+        };
         self.fib_flags
             .update(&0u32.to_ne_bytes(), &flags.to_ne_bytes(), MapFlags::ANY)
             .map_err(|e| Error::bpf("set XDP router lookup mode", e))
@@ -182,7 +191,10 @@ impl XdpRouter {
             .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
             .map_err(|e| Error::bpf("read XDP router lookup mode", e))?
             .unwrap_or_default();
-        Ok(v.get(..4).map(|b| u32::from_ne_bytes(b.try_into().unwrap())).unwrap_or(0) != 0)
+        Ok(v.get(..4)
+            .map(|b| u32::from_ne_bytes(b.try_into().unwrap()))
+            .unwrap_or(0)
+            != 0)
     }
 
     /// Outcomes of the FIB lookups so far.

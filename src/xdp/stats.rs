@@ -80,18 +80,24 @@ impl XdpStats {
 
     /// All actions summed.
     pub fn total(&self) -> Counter {
-        self.counters.iter().fold(Counter::default(), |a, c| Counter {
-            packets: a.packets + c.packets,
-            bytes: a.bytes + c.bytes,
-        })
+        self.counters
+            .iter()
+            .fold(Counter::default(), |a, c| Counter {
+                packets: a.packets + c.packets,
+                bytes: a.bytes + c.bytes,
+            })
     }
 
     /// Counters counted since `earlier` (saturating, in case the map was reset in between).
     pub fn since(&self, earlier: &XdpStats) -> XdpStats {
         let mut counters = [Counter::default(); 5];
         for (i, c) in counters.iter_mut().enumerate() {
-            c.packets = self.counters[i].packets.saturating_sub(earlier.counters[i].packets);
-            c.bytes = self.counters[i].bytes.saturating_sub(earlier.counters[i].bytes);
+            c.packets = self.counters[i]
+                .packets
+                .saturating_sub(earlier.counters[i].packets);
+            c.bytes = self.counters[i]
+                .bytes
+                .saturating_sub(earlier.counters[i].bytes);
         }
         XdpStats {
             taken_at: self.taken_at,
@@ -119,7 +125,13 @@ impl std::fmt::Display for XdpStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for a in XdpAction::ALL {
             let c = self.get(a);
-            writeln!(f, "{:<13} {:>12} pkts {:>15} bytes", a.to_string(), c.packets, c.bytes)?;
+            writeln!(
+                f,
+                "{:<13} {:>12} pkts {:>15} bytes",
+                a.to_string(),
+                c.packets,
+                c.bytes
+            )?;
         }
         Ok(())
     }
@@ -141,7 +153,12 @@ pub struct StatsMap {
 
 impl StatsMap {
     pub(crate) fn new(map: MapHandle) -> Result<Self> {
-        check_sizes("open XDP stats map", &map, 4, std::mem::size_of::<lwtun_xdp_stats>() as u32)?;
+        check_sizes(
+            "open XDP stats map",
+            &map,
+            4,
+            std::mem::size_of::<lwtun_xdp_stats>() as u32,
+        )?;
         Ok(StatsMap { map })
     }
 
@@ -164,9 +181,13 @@ impl StatsMap {
         let mut counters = [Counter::default(); 5];
         for bytes in per_cpu {
             let size = std::mem::size_of::<lwtun_xdp_stats>();
-            let v: lwtun_xdp_stats = abi::from_bytes(bytes.get(..size).unwrap_or(&[]))
-                .ok_or_else(|| {
-                    Error::other(ErrorKind::Kernel, op, "per-CPU value shorter than lwtun_xdp_stats")
+            let v: lwtun_xdp_stats =
+                abi::from_bytes(bytes.get(..size).unwrap_or(&[])).ok_or_else(|| {
+                    Error::other(
+                        ErrorKind::Kernel,
+                        op,
+                        "per-CPU value shorter than lwtun_xdp_stats",
+                    )
                 })?;
             for (c, a) in counters.iter_mut().zip(v.action.iter()) {
                 c.packets += a.packets;

@@ -83,7 +83,10 @@ impl TrafficGen {
         if frame.len() < TEMPLATE_LEN {
             return Err(Error::invalid_input(
                 op,
-                format!("frames have at least {TEMPLATE_LEN} bytes, got {}", frame.len()),
+                format!(
+                    "frames have at least {TEMPLATE_LEN} bytes, got {}",
+                    frame.len()
+                ),
             ));
         }
         self.template
