@@ -218,7 +218,8 @@ struct lwtun_decap_peer {
 LWTUN_ASSERT_SIZE(struct lwtun_decap_peer, 8);
 
 /* lwtun_decap_config.flags */
-#define LWTUN_DECAP_KEY_TO_MARK (1U << 0) /* write a GRE packet's key to skb->mark */
+#define LWTUN_DECAP_KEY_TO_MARK (1U << 0)    /* write a GRE packet's key to skb->mark */
+#define LWTUN_DECAP_NO_GRE_CSUM (1U << 1)    /* do not verify GRE checksums */
 
 /* The decap family's configuration (one entry, index 0). */
 struct lwtun_decap_config {
@@ -311,6 +312,25 @@ struct lwtun_table_entry {
 	__u32 pad;
 };
 LWTUN_ASSERT_SIZE(struct lwtun_table_entry, 8);
+
+/* ---- dispatcher (bpf/dispatch*.bpf.c <-> src/chain/dispatcher.rs) ---- */
+
+/* Programs one dispatcher runs (stub functions replaced by freplace programs). */
+#define LWTUN_DISPATCH_SLOTS 8
+/* What an empty stub returns: not a verdict of any hook, so the root goes on. */
+#define LWTUN_DISPATCH_EMPTY 31
+
+/* The dispatcher's configuration (one entry, index 0). A slot's program's verdict v lets the next
+ * slot run when bit v of its continue mask is set (verdicts 0..30); otherwise the root returns v.
+ * Negative verdicts (tc's TC_ACT_UNSPEC, -1) use bit 30. */
+struct lwtun_dispatch_config {
+	__u32 magic;   /* LWTUN_MAGIC: until it is set, the root passes every packet */
+	__u32 version; /* LWTUN_ABI_VERSION */
+	__s32 verdict; /* returned when every slot went on (or all are empty) */
+	__u32 pad;
+	__u32 continue_mask[LWTUN_DISPATCH_SLOTS];
+};
+LWTUN_ASSERT_SIZE(struct lwtun_dispatch_config, 48);
 
 /* capture: one ring buffer record, a fixed header then `caplen` bytes of the packet (from the
  * Ethernet header at XDP and tc, from the IP header at the LWT hooks). */

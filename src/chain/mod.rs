@@ -15,10 +15,12 @@
 //! the capture program) go on with `lwtun_chain_next()`; any other program of the chain's type can
 //! be a stage too, and ends the chain with its own verdict.
 
+mod dispatcher;
 mod prog_chain;
 mod stage;
 mod table_stage;
 
+pub use dispatcher::{member_counter, set_member_verdict, Dispatcher, MemberId, DISPATCH_SLOTS};
 pub use prog_chain::{ChainHook, ProgChain, StageId, StageInfo};
 pub use stage::{CountingStage, StageStats};
 pub use table_stage::{ForwardTable, TableStage, TABLE_TAGS};
