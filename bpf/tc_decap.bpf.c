@@ -23,7 +23,10 @@
  *      lwtun never sends them)                                    else UNSUPPORTED (dropped);
  *      protocol type 0x0800 or 0x86DD                             else UNSUPPORTED (dropped);
  *      checksum (C) verified over GRE header and payload          else BAD_CSUM (dropped)
- *      (not for GSO aggregates, whose checksums the segmentation writes);
+ *      (not for GSO aggregates, whose checksums the segmentation writes; not when the config
+ *      says LWTUN_DECAP_NO_GRE_CSUM: a packet built on this machine with checksum offload and
+ *      looped through a veth may arrive with its inner checksum still partial, and then the
+ *      GRE checksum, computed for the finished packet, does not match the bytes);
  *      the peer's key when the peer asks for one                  else KEY_MISMATCH (dropped)
  *   9. the inner header is whole and of the announced family      else MALFORMED (dropped)
  *  10. ECN (RFC 6040): outer CE turns an ECT inner packet CE      a not-ECT one: ECN (dropped)
@@ -372,6 +375,7 @@ int decap_tc(struct __sk_buff *skb)
 	/* 8. GRE */
 	if (ev == LWTUN_DECAP_EV_GRE) {
 		__be16 *g = data + o.l4off;
+		struct lwtun_decap_config *cfg;
 		__u16 gflags, gproto;
 		__u32 key = 0, has_key;
 
@@ -403,17 +407,15 @@ int decap_tc(struct __sk_buff *skb)
 				return DROP(LWTUN_DECAP_EV_MALFORMED);
 			key = *k;
 		}
+		cfg = bpf_map_lookup_elem(&config, &zero);
 		if ((gflags & GRE_CSUM) && !skb->gso_size &&
+		    !(cfg && (cfg->flags & LWTUN_DECAP_NO_GRE_CSUM)) &&
 		    !range_csum_ok(skb, o.l4off, o.ip_end))
 			return DROP(LWTUN_DECAP_EV_BAD_CSUM);
 		if ((peer->flags & LWTUN_DECAP_PEER_GRE_KEY) && (!has_key || key != peer->gre_key))
 			return DROP(LWTUN_DECAP_EV_KEY_MISMATCH);
-		if (has_key) {
-			struct lwtun_decap_config *cfg = bpf_map_lookup_elem(&config, &zero);
-
-			if (cfg && (cfg->flags & LWTUN_DECAP_KEY_TO_MARK))
-				skb->mark = bpf_ntohl(key);
-		}
+		if (has_key && cfg && (cfg->flags & LWTUN_DECAP_KEY_TO_MARK))
+			skb->mark = bpf_ntohl(key);
 		/* the checksum walk may have moved the packet: reload */
 		data = (void *)(long)skb->data;
 		data_end = (void *)(long)skb->data_end;

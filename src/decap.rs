@@ -66,6 +66,7 @@ const MAGIC: u32 = 0x4c57_544e;
 const ABI_VERSION: u32 = 1;
 const PEER_GRE_KEY: u32 = 1 << 0;
 const KEY_TO_MARK: u32 = 1 << 0;
+const NO_GRE_CSUM: u32 = 1 << 1;
 const PROGRAM: &str = "decap_tc";
 const BASELINE: &str = "pass_tc";
 
@@ -735,6 +736,24 @@ impl Decap {
             self.flags | KEY_TO_MARK
         } else {
             self.flags & !KEY_TO_MARK
+        };
+        self.write_config()
+    }
+
+    /// Whether GRE checksums are verified (the default; a packet with a wrong one is dropped
+    /// and counted as `bad_checksum`). Turn it off for GRE senders on the same machine that
+    /// use checksum offload through a veth: their packets can arrive with the inner checksum
+    /// still partial, which makes the GRE checksum look wrong. The inner packet's own
+    /// checksums are verified by the stack either way.
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error writing the config map.
+    pub fn set_verify_gre_checksum(&mut self, on: bool) -> Result<()> {
+        self.flags = if on {
+            self.flags & !NO_GRE_CSUM
+        } else {
+            self.flags | NO_GRE_CSUM
         };
         self.write_config()
     }

@@ -870,3 +870,21 @@ fn pinned_tables_are_adopted_by_a_later_load() {
         "a refused folder is left as it was"
     );
 }
+
+#[test]
+fn gre_checksum_verification_can_be_turned_off() {
+    if !common::privileged("gre_checksum_verification_can_be_turned_off") {
+        return;
+    }
+    let mut d = decap();
+    let i4 = inner4();
+    let mut g = gre(0x0800, None, true, &i4);
+    g[4] ^= 0xff;
+    let bad = outer4(PEER4, LOCAL4, IPPROTO_GRE, &g);
+    run(&d, "verified", &bad, TC_ACT_SHOT, "bad_checksum");
+    d.set_verify_gre_checksum(false).unwrap();
+    let out = run(&d, "not verified", &bad, TC_ACT_OK, "gre");
+    expect_inner("not verified", &out, &i4, 0x0800);
+    d.set_verify_gre_checksum(true).unwrap();
+    run(&d, "verified again", &bad, TC_ACT_SHOT, "bad_checksum");
+}
