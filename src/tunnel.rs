@@ -230,7 +230,9 @@ impl Tunnel {
     }
 
     /// The `lwt_in` encap program (for input routes: packets encapsulated as they arrive, before
-    /// forwarding).
+    /// forwarding). After the encap the kernel routes the packet again as input, with this
+    /// host's address as its outer source: IPv4 input routing drops that as a martian unless
+    /// `net.ipv4.conf.<ingress device or all>.accept_local` is 1.
     pub fn input_program(&self) -> &LwtProgram {
         &self.input
     }

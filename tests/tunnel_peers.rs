@@ -371,3 +371,58 @@ fn ipip_tcp_needs_the_underlay_fixup() {
     let t = common::tcp_stream(line.ns(1), line.ns(0), addr("10.20.0.2"), 4 << 20);
     assert!(t.complete(), "with the fix-up: {t:?}");
 }
+
+/// lwt_in: a router encapsulates forwarded traffic as it arrives (an input route running
+/// `encap_in`, as the kernel selftests' "in" route does), and the far end decapsulates it.
+/// client (ns 0) — router R (ns 1, input route 10.20.0.0/16 → encap_in, GRE to ns 2) — B (ns 2).
+#[test]
+fn input_route_encapsulates_forwarded_traffic() {
+    if !common::privileged("input_route_encapsulates_forwarded_traffic") {
+        return;
+    }
+    let line = common::line(3);
+    common::ip(line.ns(2), &["link", "set", "lo", "up"]);
+    common::ip(line.ns(2), &["addr", "add", "10.20.0.2/32", "dev", "lo"]);
+    common::ip(
+        line.ns(0),
+        &["route", "add", "10.20.0.0/16", "via", "10.77.0.2"],
+    );
+    // B answers the client directly over the underlay (its line routes know 10.77.0.0/24).
+    let mut t = Tunnel::load().unwrap();
+    t.peers_mut()
+        .insert(
+            net("10.20.0.0/16"),
+            EncapPeer::new(
+                addr("10.77.1.2"),
+                addr("10.77.1.1"),
+                Encap::Gre { key: None },
+            ),
+        )
+        .unwrap();
+    // After an encap at lwt_in the kernel routes the packet again as *input* (BPF_LWT_REROUTE):
+    // its outer source is R's own address, which input routing rejects as martian unless the
+    // receiving device accepts local sources.
+    line.ns(1)
+        .set_sysctl("net.ipv4.conf.all.accept_local", "1")
+        .unwrap();
+    let mut nl = Netlink::open_in(line.ns(1).fd().unwrap().as_fd()).unwrap();
+    let route = lwtun::route::LwtRoute::new(net("10.20.0.0/16"))
+        .device(line.ifindex(1, "to2"))
+        .program(lwtun::route::Hook::In, t.input_program());
+    t.steer(&mut nl, route).unwrap();
+    let mut d = Decap::load().unwrap();
+    d.add_local(addr("10.77.1.2")).unwrap();
+    d.add_peer(DecapPeer::host(addr("10.77.1.1"))).unwrap();
+    let b_dev = line.ifindex(2, "to1");
+    inside(line.ns(2), || d.attach(b_dev)).unwrap();
+    let cap = common::Capture::start(line.ns(2), "to1", "ip proto 47", 3);
+    let p = common::ping(line.ns(0), addr("10.20.0.2"), 3);
+    assert_eq!(p.received, 3, "{}", p.output);
+    assert_eq!(
+        cap.finish(Duration::from_secs(2)).len(),
+        3,
+        "GRE on B's underlay"
+    );
+    assert_eq!(t.peers().stats(net("10.20.0.0/16")).unwrap().packets, 3);
+    assert_eq!(d.counters().unwrap().decapsulated(), 3);
+}
