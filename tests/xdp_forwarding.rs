@@ -410,6 +410,18 @@ fn attach_modes_query_replace_detach_and_pin() {
         drop(att);
         assert!(XdpAttachment::query(ifx)?.is_empty(), "dropping detaches");
 
+        // Generic mode through a bpf_link.
+        let generic = XdpOptions {
+            mode: XdpMode::Generic,
+            ..Default::default()
+        };
+        let att = XdpAttachment::attach(pass.program(), ifx, generic)?;
+        assert_eq!(att.via(), AttachVia::Link);
+        let q = XdpAttachment::query(ifx)?;
+        assert_eq!((q.generic, q.native), (Some(pid), None));
+        att.detach()?;
+        assert!(XdpAttachment::query(ifx)?.is_empty());
+
         // Generic mode through netlink, replaced with XDP_FLAGS_REPLACE, detached explicitly.
         let opts = XdpOptions {
             mode: XdpMode::Generic,

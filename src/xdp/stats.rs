@@ -200,3 +200,54 @@ impl StatsMap {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(at: Instant, pass: (u64, u64), redirect: (u64, u64)) -> XdpStats {
+        let mut counters = [Counter::default(); 5];
+        counters[2] = Counter {
+            packets: pass.0,
+            bytes: pass.1,
+        };
+        counters[4] = Counter {
+            packets: redirect.0,
+            bytes: redirect.1,
+        };
+        XdpStats {
+            taken_at: at,
+            counters,
+        }
+    }
+
+    #[test]
+    fn rates_and_differences() {
+        let t0 = Instant::now();
+        let a = snap(t0, (10, 1000), (0, 0));
+        let b = snap(t0 + Duration::from_secs(2), (30, 3000), (100, 6400));
+        let d = b.since(&a);
+        assert_eq!(
+            d.get(XdpAction::Pass),
+            Counter {
+                packets: 20,
+                bytes: 2000
+            }
+        );
+        assert_eq!(
+            b.total(),
+            Counter {
+                packets: 130,
+                bytes: 9400
+            }
+        );
+        let r = b.rates_since(&a);
+        assert_eq!(r.interval, Duration::from_secs(2));
+        assert_eq!(r.get(XdpAction::Pass).packets_per_sec, 10.0);
+        assert_eq!(r.get(XdpAction::Redirect).bits_per_sec, 6400.0 * 8.0 / 2.0);
+        // A reset map (counters going down) gives zero, not a wrap-around.
+        assert_eq!(a.since(&b).get(XdpAction::Redirect).packets, 0);
+        // No time between snapshots: no rates rather than infinities.
+        assert_eq!(a.rates_since(&a).get(XdpAction::Pass).packets_per_sec, 0.0);
+    }
+}
