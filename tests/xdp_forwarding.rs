@@ -398,6 +398,11 @@ fn attach_modes_query_replace_detach_and_pin() {
     let (pid, did) = (pass.program().id(), pass.drop_program().id());
     ns.run(|| {
         assert!(XdpAttachment::query(ifx)?.is_empty());
+        // Refusals: loopback has no native XDP; an unknown interface is not found.
+        let err = XdpAttachment::attach(pass.program(), 1, native()).unwrap_err();
+        assert_eq!(err.kind(), lwtun::ErrorKind::Unsupported, "{err}");
+        let err = XdpAttachment::attach(pass.program(), 999_999, native()).unwrap_err();
+        assert_eq!(err.kind(), lwtun::ErrorKind::NotFound, "{err}");
         // Native through a bpf_link, then replaced atomically, then a second attach refused.
         let mut att = XdpAttachment::attach(pass.program(), ifx, native())?;
         assert_eq!(att.via(), AttachVia::Link);

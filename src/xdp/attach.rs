@@ -171,9 +171,10 @@ impl XdpAttachment {
                 });
             }
             let errno = -fd;
-            // Kernels without XDP links answer EINVAL (unknown attach type) for BPF_LINK_CREATE.
-            let no_links =
-                errno == libc::EINVAL && options.via == AttachVia::Auto && !has_xdp_links();
+            // Kernels before 5.9 have no XDP links and answer EINVAL for BPF_LINK_CREATE with
+            // BPF_XDP: fall back to netlink then (a genuinely invalid request fails there too,
+            // with netlink's own error).
+            let no_links = errno == libc::EINVAL && options.via == AttachVia::Auto;
             if !no_links {
                 return Err(attach_error(op, errno, options.mode).with_object(object));
             }
@@ -502,16 +503,4 @@ fn attach_error(op: &str, errno: i32, mode: XdpMode) -> Error {
         ),
         e => errno_error(op, e),
     }
-}
-
-/// Whether the kernel has XDP bpf_links (5.9+): BPF_LINK_CREATE of an XDP program on loopback
-/// with an invalid program fd answers EBADF when the attach type is known.
-fn has_xdp_links() -> bool {
-    static PROBE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *PROBE.get_or_init(|| {
-        // SAFETY: an invalid fd makes the kernel fail the call early without side effects.
-        let rc =
-            unsafe { libbpf_sys::bpf_link_create(-1, 1, libbpf_sys::BPF_XDP, std::ptr::null()) };
-        rc != -libc::EINVAL
-    })
 }
