@@ -155,6 +155,31 @@ fn raw_insert(n: u32) -> f64 {
     start.elapsed().as_secs_f64()
 }
 
+/// An Ethernet frame carrying an IPv4 packet to peer `i`'s address.
+fn frame_to(i: u32) -> Vec<u8> {
+    let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+    f.extend_from_slice(&[0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 30, 0, 1]);
+    f.extend_from_slice(&(0x0a00_0000u32 | i).to_be_bytes());
+    f.extend_from_slice(&[0x12, 0x34, 0x56, 0x78, 0, 8, 0, 0]);
+    f
+}
+
+const REPEAT: u32 = 200_000;
+
+/// Mean ns per run of encap_preview (the encap's lookup and header code) on a frame to peer `i`.
+fn lookup_ns(t: &Tunnel, i: u32) -> f64 {
+    let run = lwtun::decap::test_run(t.preview_program(), &frame_to(i), REPEAT).expect("test_run");
+    assert_eq!(run.retval, 0, "the frame matches a peer");
+    run.duration.as_nanos() as f64
+}
+
+/// Mean ns per run of the decap family's pass-only tc program: the test_run floor.
+fn baseline_ns() -> f64 {
+    let d = lwtun::decap::Decap::load().expect("load decap");
+    let run = lwtun::decap::test_run(d.baseline_program(), &frame_to(0), REPEAT).expect("test_run");
+    run.duration.as_nanos() as f64
+}
+
 fn main() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -172,6 +197,7 @@ fn main() {
         "{:>9} {:>14} {:>14} {:>8} {:>16} {:>16} {:>14}",
         "peers", "lwtun/s", "bpftool/s", "ratio", "kernel B/peer", "user B/peer", "raw batch/s"
     );
+    let mut lookup_costs = Vec::new();
     for n in sizes {
         let batch = peers(n);
         let rss0 = rss_kib();
@@ -182,6 +208,7 @@ fn main() {
         let rss1 = rss_kib();
         assert_eq!(t.peers().len(), n as usize);
         let kernel = memlock(map_id(&t, "peers_v4")) + memlock(map_id(&t, "peer_stats")) / 2;
+        lookup_costs.push((n, lookup_ns(&t, n / 2)));
         let user = (rss1.saturating_sub(rss0)) * 1024;
         drop(t);
         let bt = bpftool_insert(n);
@@ -198,4 +225,17 @@ fn main() {
         );
     }
     println!("(kernel B/peer: LPM trie memlock plus the peer's share of the per-CPU counters)");
+    let one = {
+        let mut t = Tunnel::load().expect("load tunnel");
+        t.peers_mut().insert_batch(&peers(1)).expect("insert");
+        lookup_ns(&t, 0)
+    };
+    let base = baseline_ns();
+    println!(
+        "lookup + header build per packet (encap_preview via BPF_PROG_TEST_RUN, pass-only tc program {base:.1} ns):"
+    );
+    println!("   1 peer: {one:.1} ns");
+    for (n, ns) in lookup_costs {
+        println!("   {n} peers: {ns:.1} ns");
+    }
 }
