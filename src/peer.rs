@@ -255,6 +255,45 @@ impl EncapPeer {
     }
 }
 
+impl EncapPeer {
+    /// Decodes a peer the data plane holds (an adopted table); `None` for an unknown kind.
+    fn from_abi(v: &lwtun_peer) -> Option<EncapPeer> {
+        let addr = |b: &[u8; 16]| -> IpAddr {
+            if v.flags & FLAG_OUTER_V6 != 0 {
+                IpAddr::from(*b)
+            } else {
+                IpAddr::from([b[0], b[1], b[2], b[3]])
+            }
+        };
+        let encap = match v.kind {
+            KIND_IPIP => Encap::Ipip,
+            KIND_GRE => Encap::Gre {
+                key: (v.flags & FLAG_GRE_KEY != 0)
+                    .then(|| u32::from_be_bytes(v.gre_key.to_ne_bytes())),
+            },
+            KIND_UDP => Encap::Udp {
+                port: u16::from_be_bytes(v.udp_dport.to_ne_bytes()),
+            },
+            _ => return None,
+        };
+        Some(EncapPeer {
+            remote: addr(&v.remote),
+            local: addr(&v.local),
+            encap,
+            ttl: if v.flags & FLAG_TTL_INHERIT != 0 {
+                OuterField::Inherit
+            } else {
+                OuterField::Fixed(v.ttl)
+            },
+            tos: if v.flags & FLAG_TOS_INHERIT != 0 {
+                OuterField::Inherit
+            } else {
+                OuterField::Fixed(v.tos)
+            },
+        })
+    }
+}
+
 impl fmt::Display for EncapPeer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {} -> {}", self.encap, self.local, self.remote)
@@ -377,7 +416,7 @@ fn put_key(out: &mut Vec<u8>, prefix: &IpNetwork) {
 
 impl PeerTable {
     /// Wraps the maps of a loaded encap object (crate-internal: [`crate::tunnel::Tunnel`] does).
-    pub(crate) fn new(object: &libbpf_rs::Object, capacity: u32) -> Result<Self> {
+    pub(crate) fn new(object: &libbpf_rs::Object, capacity: u32, adopt: bool) -> Result<Self> {
         let handle = |name: &str| -> Result<MapHandle> {
             let map = object
                 .maps()
@@ -385,7 +424,7 @@ impl PeerTable {
                 .ok_or_else(|| Error::not_found("open peer table", format!("map {name}")))?;
             MapHandle::try_from(&map).map_err(|e| Error::bpf("open peer table", e))
         };
-        let table = PeerTable {
+        let mut table = PeerTable {
             v4: handle("peers_v4")?,
             v6: handle("peers_v6")?,
             stats: handle("peer_stats")?,
@@ -398,8 +437,72 @@ impl PeerTable {
             count_v4: 0,
             count_v6: 0,
         };
-        table.write_config(MissPolicy::Drop, MissPolicy::Drop)?;
+        if adopt && table.read_config()?.magic == LWTUN_MAGIC {
+            table.adopt()?;
+        } else {
+            table.write_config(MissPolicy::Drop, MissPolicy::Drop)?;
+        }
         Ok(table)
+    }
+
+    /// Reads back the peers of adopted (pinned) tables into the table's copy.
+    fn adopt(&mut self) -> Result<()> {
+        let op = "adopt pinned peer table";
+        let cfg = self.read_config()?;
+        if cfg.version != LWTUN_ABI_VERSION {
+            return Err(Error::other(
+                ErrorKind::InvalidInput,
+                op,
+                format!(
+                    "pinned tables have ABI version {}, this lwtun speaks {LWTUN_ABI_VERSION}: remove the pins",
+                    cfg.version
+                ),
+            ));
+        }
+        let mut used = std::collections::HashSet::new();
+        let mut found = Vec::new();
+        for v6 in [false, true] {
+            let map = if v6 { &self.v6 } else { &self.v4 };
+            for key in map.keys() {
+                let Some(value) = map
+                    .lookup(&key, MapFlags::ANY)
+                    .map_err(|e| Error::bpf(op, e))?
+                else {
+                    continue; // removed meanwhile
+                };
+                let v: lwtun_peer = abi::from_bytes(&value).ok_or_else(|| {
+                    Error::other(ErrorKind::Kernel, op, "peer value of the wrong size")
+                })?;
+                let prefix = if v6 {
+                    let k: lwtun_peer_key6 = abi::from_bytes(&key).ok_or_else(|| {
+                        Error::other(ErrorKind::Kernel, op, "IPv6 key of the wrong size")
+                    })?;
+                    IpNetwork::new(IpAddr::from(k.addr), k.prefixlen as u8)
+                } else {
+                    let k: lwtun_peer_key4 = abi::from_bytes(&key).ok_or_else(|| {
+                        Error::other(ErrorKind::Kernel, op, "IPv4 key of the wrong size")
+                    })?;
+                    IpNetwork::new(IpAddr::from(k.addr), k.prefixlen as u8)
+                }
+                .map_err(|e| Error::other(ErrorKind::Kernel, op, e.to_string()))?;
+                let peer = EncapPeer::from_abi(&v).ok_or_else(|| {
+                    Error::other(
+                        ErrorKind::Kernel,
+                        op,
+                        format!("{prefix}: unknown encap kind {}", v.kind),
+                    )
+                })?;
+                used.insert(v.slot);
+                found.push((prefix, peer, v.slot));
+            }
+        }
+        for (prefix, peer, slot) in found {
+            self.peers.insert(prefix, (peer, slot));
+            *self.count_of(&prefix) += 1;
+        }
+        self.next_slot = used.iter().max().map_or(0, |m| m + 1);
+        self.free_slots = (0..self.next_slot).filter(|s| !used.contains(s)).collect();
+        Ok(())
     }
 
     fn write_config(&self, v4: MissPolicy, v6: MissPolicy) -> Result<()> {

@@ -32,6 +32,7 @@
 
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
 
 use ipnetwork::IpNetwork;
 use libbpf_rs::{MapCore, Object, ObjectBuilder};
@@ -56,16 +57,18 @@ pub const WORST_CASE_ENCAP: u32 = 48;
 #[derive(Debug, Clone)]
 pub struct TunnelBuilder {
     capacity: u32,
-    miss_v4: MissPolicy,
-    miss_v6: MissPolicy,
+    miss_v4: Option<MissPolicy>,
+    miss_v6: Option<MissPolicy>,
+    pin: Option<PathBuf>,
 }
 
 impl Default for TunnelBuilder {
     fn default() -> Self {
         TunnelBuilder {
             capacity: DEFAULT_CAPACITY,
-            miss_v4: MissPolicy::Drop,
-            miss_v6: MissPolicy::Drop,
+            miss_v4: None,
+            miss_v6: None,
+            pin: None,
         }
     }
 }
@@ -78,10 +81,21 @@ impl TunnelBuilder {
         self
     }
 
-    /// The miss policy of both tables (default [`MissPolicy::Drop`]).
+    /// The miss policy of both tables (default [`MissPolicy::Drop`]; adopted tables keep theirs
+    /// unless this is set).
     pub fn miss_policy(mut self, policy: MissPolicy) -> Self {
-        self.miss_v4 = policy;
-        self.miss_v6 = policy;
+        self.miss_v4 = Some(policy);
+        self.miss_v6 = Some(policy);
+        self
+    }
+
+    /// Pins the tables (`peers_v4`, `peers_v6`, `peer_stats`, `events`, `config`) under `folder`
+    /// on a bpffs mount, so `bpftool map dump pinned FOLDER/peers_v4` shows them and a later
+    /// process can adopt them: when the folder holds pins already, the tunnel reuses those maps
+    /// with their peers, counters, policies and capacity. The pins are removed when the tunnel
+    /// drops unless [`Tunnel::keep_pinned`] was called.
+    pub fn pin(mut self, folder: impl Into<PathBuf>) -> Self {
+        self.pin = Some(folder.into());
         self
     }
 
@@ -104,16 +118,41 @@ impl TunnelBuilder {
             .map_err(|e| Error::bpf(op, e))?
             .open_memory(crate::skel::lwt_encap::OBJECT)
             .map_err(|e| Error::bpf(op, e))?;
-        for mut map in open.maps_mut() {
-            let entries = match map.name().to_str() {
-                Some("peers_v4") | Some("peers_v6") => self.capacity,
-                Some("peer_stats") => self.capacity * 2,
-                _ => continue,
-            };
-            map.set_max_entries(entries)
-                .map_err(|e| Error::bpf(op, e))?;
+        let mut capacity = self.capacity;
+        let mut adopted = false;
+        if let Some(folder) = &self.pin {
+            std::fs::create_dir_all(folder)
+                .map_err(|e| Error::io(op, e).with_object(folder.display().to_string()))?;
+            let existing = folder.join("peers_v4");
+            if existing.exists() {
+                let m = libbpf_rs::MapHandle::from_pinned_path(&existing)
+                    .map_err(|e| Error::bpf("adopt pinned peer table", e))?;
+                capacity = m.max_entries();
+                adopted = true;
+            }
         }
-        let object = open.load().map_err(|e| {
+        for mut map in open.maps_mut() {
+            let Some(name) = map.name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let entries = match name.as_str() {
+                "peers_v4" | "peers_v6" => Some(capacity),
+                "peer_stats" => Some(capacity * 2),
+                _ => None,
+            };
+            if let Some(entries) = entries {
+                map.set_max_entries(entries)
+                    .map_err(|e| Error::bpf(op, e))?;
+            }
+            if let Some(folder) = &self.pin {
+                let path = folder.join(&name);
+                if PINNED_MAPS.contains(&name.as_str()) && path.exists() {
+                    map.reuse_pinned_map(&path)
+                        .map_err(|e| Error::bpf("adopt pinned map", e).with_object(name))?;
+                }
+            }
+        }
+        let mut object = open.load().map_err(|e| {
             let err = Error::bpf(op, e);
             if err.kind() == ErrorKind::Permission {
                 Error::permission(op, "CAP_BPF and CAP_NET_ADMIN")
@@ -134,10 +173,41 @@ impl TunnelBuilder {
         };
         let fixup = fd_of("ipip_gso_fixup")?;
         let preview = fd_of("encap_preview")?;
-        let mut peers = PeerTable::new(&object, self.capacity)?;
-        peers.set_miss_policy(false, self.miss_v4)?;
-        peers.set_miss_policy(true, self.miss_v6)?;
+        let mut peers = PeerTable::new(&object, capacity, adopted)?;
+        if let Some(p) = self.miss_v4 {
+            peers.set_miss_policy(false, p)?;
+        }
+        if let Some(p) = self.miss_v6 {
+            peers.set_miss_policy(true, p)?;
+        }
+        let mut pinned = Vec::new();
+        if let Some(folder) = &self.pin {
+            for name in PINNED_MAPS {
+                let path = folder.join(name);
+                if path.exists() {
+                    continue; // reused
+                }
+                let mut map = object
+                    .maps_mut()
+                    .find(|m| m.name() == name)
+                    .ok_or_else(|| Error::not_found(op, format!("map {name}")))?;
+                if let Err(e) = map.pin(&path) {
+                    for p in &pinned {
+                        let _ = std::fs::remove_file(p);
+                    }
+                    return Err(
+                        Error::bpf("pin tunnel map", e).with_object(path.display().to_string())
+                    );
+                }
+                pinned.push(path);
+            }
+        }
         Ok(Tunnel {
+            pin: self.pin.map(|folder| PinState {
+                folder,
+                keep: false,
+            }),
+            adopted,
             routes: Vec::new(),
             fixups: Vec::new(),
             peers,
@@ -177,6 +247,8 @@ impl TunnelBuilder {
 /// ```
 pub struct Tunnel {
     // Field order is drop order: routes first, then the fix-ups, then maps and programs.
+    pin: Option<PinState>,
+    adopted: bool,
     routes: Vec<InstalledRoute>,
     fixups: Vec<TcAttachment>,
     peers: PeerTable,
@@ -185,6 +257,28 @@ pub struct Tunnel {
     fixup: OwnedFd,
     preview: OwnedFd,
     object: Object,
+}
+
+/// The maps a pinned tunnel shares with later processes.
+const PINNED_MAPS: [&str; 5] = ["peers_v4", "peers_v6", "peer_stats", "events", "config"];
+
+#[derive(Debug)]
+struct PinState {
+    folder: PathBuf,
+    keep: bool,
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        if let Some(pin) = &self.pin {
+            if !pin.keep {
+                for name in PINNED_MAPS {
+                    let _ = std::fs::remove_file(pin.folder.join(name));
+                }
+                let _ = std::fs::remove_dir(&pin.folder);
+            }
+        }
+    }
 }
 
 impl fmt::Debug for Tunnel {
@@ -212,6 +306,24 @@ impl Tunnel {
     /// As [`TunnelBuilder::load`].
     pub fn load() -> Result<Self> {
         Self::builder().load()
+    }
+
+    /// Leaves the pins in place when the tunnel drops, for a later process to adopt (its routes
+    /// and fix-ups are still removed: the later process installs its own).
+    pub fn keep_pinned(&mut self) {
+        if let Some(p) = &mut self.pin {
+            p.keep = true;
+        }
+    }
+
+    /// The pin folder, when pinned.
+    pub fn pin_folder(&self) -> Option<&Path> {
+        self.pin.as_ref().map(|p| p.folder.as_path())
+    }
+
+    /// Whether the tables were adopted from pins (see [`TunnelBuilder::pin`]).
+    pub fn adopted(&self) -> bool {
+        self.adopted
     }
 
     /// The peer tables.

@@ -379,3 +379,108 @@ fn bpftool_elements(id: u32) -> usize {
         .matches("\"formatted\"")
         .count()
 }
+
+/// Pinned tables outlive their tunnel with `keep_pinned` and a later tunnel adopts them: the same
+/// peers (and kinds, keys, TTL/TOS modes), policies, capacity and counter slots; bpftool reads
+/// the pins; the adopting tunnel removes the pins when it drops.
+#[test]
+fn pinned_tables_are_adopted() {
+    if !common::privileged("pinned_tables_are_adopted") {
+        return;
+    }
+    let folder = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/lwtun-test-tunnel-{}",
+        std::process::id()
+    ));
+    let local: IpAddr = "192.0.2.1".parse().unwrap();
+    let v6local: IpAddr = "2001:db8::1".parse().unwrap();
+    let peers = [
+        (
+            "10.1.0.0/16",
+            EncapPeer::new(
+                "192.0.2.2".parse().unwrap(),
+                local,
+                Encap::Gre { key: Some(9) },
+            )
+            .ttl(7),
+        ),
+        (
+            "10.2.0.0/24",
+            EncapPeer::new("192.0.2.3".parse().unwrap(), local, Encap::Ipip).inherit_tos(),
+        ),
+        (
+            "fd20::/16",
+            EncapPeer::new(
+                "2001:db8::2".parse().unwrap(),
+                v6local,
+                Encap::Udp { port: 7777 },
+            )
+            .inherit_ttl(),
+        ),
+    ];
+    let mut first = Tunnel::builder().capacity(64).pin(&folder).load().unwrap();
+    assert!(!first.adopted());
+    for (p, peer) in &peers {
+        first.peers_mut().insert(p.parse().unwrap(), *peer).unwrap();
+    }
+    first
+        .peers_mut()
+        .remove("10.1.0.0/16".parse().unwrap())
+        .unwrap();
+    first
+        .peers_mut()
+        .insert("10.1.0.0/16".parse().unwrap(), peers[0].1)
+        .unwrap();
+    first
+        .peers_mut()
+        .set_miss_policy(true, MissPolicy::Pass)
+        .unwrap();
+    first.keep_pinned();
+    drop(first);
+    let dump = common_bpftool(&folder.join("peers_v4"));
+    assert!(
+        dump.contains("\"gre_key\""),
+        "bpftool shows field names: {dump}"
+    );
+
+    let mut second = Tunnel::builder()
+        .capacity(9999)
+        .pin(&folder)
+        .load()
+        .unwrap();
+    assert!(second.adopted());
+    assert_eq!(second.peers().capacity(), 64, "the pinned capacity wins");
+    assert_eq!(second.peers().len(), 3);
+    for (p, peer) in &peers {
+        assert_eq!(second.peers().get(p.parse().unwrap()), Some(peer), "{p}");
+    }
+    assert_eq!(second.peers().miss_policy(true).unwrap(), MissPolicy::Pass);
+    assert_eq!(second.peers().miss_policy(false).unwrap(), MissPolicy::Drop);
+    // New peers take free counter slots without clashing with the adopted ones.
+    second
+        .peers_mut()
+        .insert("10.3.0.0/16".parse().unwrap(), peers[1].1)
+        .unwrap();
+    let frame = {
+        let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+        f.extend_from_slice(&[0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 30, 0, 1]);
+        f.extend_from_slice(&[10, 1, 2, 3, 0, 1, 0, 2, 0, 8, 0, 0]);
+        f
+    };
+    let h = second
+        .preview(&frame)
+        .unwrap()
+        .expect("the adopted peer answers");
+    assert_eq!((h[8], h[9]), (7, 47), "TTL 7, GRE");
+    drop(second);
+    assert!(!folder.exists(), "pins removed with the adopting tunnel");
+}
+
+fn common_bpftool(pin: &std::path::Path) -> String {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(pin)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -292,7 +292,10 @@ fn frames_that_match_nothing() {
         ("IHL 4", eth(0x0800, &ihl4)),
         ("version 5 in an IPv4 frame", eth(0x0800, &v5)),
         ("total length below the header", eth(0x0800, &short_total)),
-        ("IPv4 header in an IPv6 frame", eth(0x86dd, &[&good4[..], &[0u8; 20]].concat())),
+        (
+            "IPv4 header in an IPv6 frame",
+            eth(0x86dd, &[&good4[..], &[0u8; 20]].concat()),
+        ),
         ("IPv6 header in an IPv4 frame", eth(0x0800, &good6)),
         ("no peer (IPv4)", frame4([172, 16, 0, 1])),
         (
