@@ -122,6 +122,28 @@ fn stages_run_in_the_callers_order_and_verdicts_end_the_chain() {
     );
     assert_eq!(counter.counter(Hook::Xmit).unwrap().packets, 3, "e removed");
 
+    // Moving a stage: c first, then a, then b.
+    let c = chain.move_to(c, 0).unwrap();
+    assert_eq!(
+        chain.stages().iter().map(|s| s.id).collect::<Vec<_>>(),
+        vec![c, a, b]
+    );
+    let before: Vec<StageStats> = [c, a, b]
+        .iter()
+        .map(|&i| stages.stats(i).unwrap())
+        .collect();
+    let p = ping(&net, 2);
+    assert_eq!(p.received, 2, "{}", p.output);
+    for (pos, (&id, old)) in [c, a, b].iter().zip(&before).enumerate() {
+        let s = stages.stats(id).unwrap();
+        assert_eq!(
+            (s.packets - old.packets, s.depth_sum - old.depth_sum),
+            (2, 2 * (pos as u64 + 1)),
+            "{id} at position {}",
+            pos + 1
+        );
+    }
+
     // Refusals.
     let err = chain.remove(d).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");

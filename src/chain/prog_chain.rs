@@ -121,9 +121,10 @@ impl fmt::Display for ChainHook {
     }
 }
 
-/// A stage of a chain: the prog array slot it occupies (stable while it stays in the chain).
+/// A stage of a chain: the prog array slot it occupies (stable while it stays in the chain) and
+/// a serial number, so the id of a removed stage never names a later stage in the same slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct StageId(pub(crate) u32);
+pub struct StageId(pub(crate) u32, u64);
 
 impl StageId {
     /// The prog array slot.
@@ -134,7 +135,7 @@ impl StageId {
 
 impl fmt::Display for StageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "stage {}", self.0)
+        write!(f, "stage {} (#{})", self.0, self.1)
     }
 }
 
@@ -150,6 +151,7 @@ pub struct StageInfo {
 struct Stage {
     fd: OwnedFd,
     info: ProgramInfo,
+    serial: u64,
 }
 
 /// Programs of one type joined by tail calls, in the order the caller sets.
@@ -185,6 +187,7 @@ pub struct ProgChain {
     slots: Vec<Option<Stage>>,
     order: Vec<u32>,
     exit: Option<Stage>,
+    serial: u64,
 }
 
 impl fmt::Debug for ProgChain {
@@ -231,6 +234,7 @@ impl ProgChain {
             slots: (0..SLOTS).map(|_| None).collect(),
             order: Vec::new(),
             exit: None,
+            serial: 0,
         };
         chain.write_next(HEAD, END)?;
         chain.write_config(hook.pass_verdict())?;
@@ -304,7 +308,9 @@ impl ProgChain {
         let slot = self.slots.iter().position(Option::is_none).ok_or_else(|| {
             Error::invalid_input(op, format!("the chain is full ({SLOTS} stages)"))
         })? as u32;
-        let stage = self.stage_of(op, program.as_fd())?;
+        let mut stage = self.stage_of(op, program.as_fd())?;
+        self.serial += 1;
+        stage.serial = self.serial;
         let prev = self.before(position);
         let succ = self.order.get(position).copied().unwrap_or(END);
         // The stage first, then its link onward, then the link to it: a packet sees the chain
@@ -318,9 +324,10 @@ impl ProgChain {
             let _ = self.write_prog(slot, None);
             return Err(e);
         }
+        let id = StageId(slot, stage.serial);
         self.slots[slot as usize] = Some(stage);
         self.order.insert(position, slot);
-        Ok(StageId(slot))
+        Ok(id)
     }
 
     /// Takes a stage out of the chain; packets go from the stage before it straight to the one
@@ -351,7 +358,8 @@ impl ProgChain {
     pub fn replace(&mut self, id: StageId, program: impl AsFd) -> Result<()> {
         let op = "replace chain stage";
         self.position(id, op)?;
-        let stage = self.stage_of(op, program.as_fd())?;
+        let mut stage = self.stage_of(op, program.as_fd())?;
+        stage.serial = id.1;
         self.write_prog(id.0, Some(stage.fd.as_fd()))?;
         self.slots[id.0 as usize] = Some(stage);
         Ok(())
@@ -380,13 +388,14 @@ impl ProgChain {
     pub fn stages(&self) -> Vec<StageInfo> {
         self.order
             .iter()
-            .map(|&slot| StageInfo {
-                id: StageId(slot),
-                program: self.slots[slot as usize]
+            .map(|&slot| {
+                let stage = self.slots[slot as usize]
                     .as_ref()
-                    .expect("ordered slot holds a stage")
-                    .info
-                    .clone(),
+                    .expect("ordered slot holds a stage");
+                StageInfo {
+                    id: StageId(slot, stage.serial),
+                    program: stage.info.clone(),
+                }
             })
             .collect()
     }
@@ -495,13 +504,19 @@ impl ProgChain {
         let fd = fd
             .try_clone_to_owned()
             .map_err(|e| Error::io("duplicate program fd", e))?;
-        Ok(Stage { fd, info })
+        Ok(Stage {
+            fd,
+            info,
+            serial: 0,
+        })
     }
 
     fn position(&self, id: StageId, op: &str) -> Result<usize> {
         self.order
             .iter()
-            .position(|&s| s == id.0)
+            .position(|&s| {
+                s == id.0 && self.slots[s as usize].as_ref().map(|st| st.serial) == Some(id.1)
+            })
             .ok_or_else(|| Error::not_found(op.to_string(), format!("{id} in the chain")))
     }
 
