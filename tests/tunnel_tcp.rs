@@ -199,6 +199,14 @@ fn matrix(encaps: &[Encap]) {
                 assert_eq!(after[1] - before[1], 3, "{what}: B's peer counter");
 
                 for (client, server) in [(0, 1), (1, 0)] {
+                    let prefix: IpNetwork = if inner_v6 {
+                        PREFIX6[server]
+                    } else {
+                        PREFIX4[server]
+                    }
+                    .parse()
+                    .unwrap();
+                    let bytes_before = p.hosts[client].tunnel.peers().stats(prefix).unwrap().bytes;
                     let t0 = Instant::now();
                     let t = common::tcp_stream(
                         p.net.ns(server),
@@ -207,6 +215,13 @@ fn matrix(encaps: &[Encap]) {
                         TCP_BYTES,
                     );
                     assert!(t.complete(), "{what}: TCP {client}->{server}: {t:?}");
+                    // Every byte of the stream went through the sender's peer (plus headers).
+                    let carried =
+                        p.hosts[client].tunnel.peers().stats(prefix).unwrap().bytes - bytes_before;
+                    assert!(
+                        carried >= TCP_BYTES as u64 && carried < TCP_BYTES as u64 * 11 / 10,
+                        "{what}: the peer counted {carried} bytes for a {TCP_BYTES}-byte stream"
+                    );
                     let mbit = (TCP_BYTES as f64 * 8.0) / t0.elapsed().as_secs_f64() / 1e6;
                     println!(
                         "{what}: TCP {client}->{server}: 16 MB in {:?} ({mbit:.0} Mbit/s)",
