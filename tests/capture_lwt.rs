@@ -165,3 +165,59 @@ fn pings_through_an_lwt_route_are_captured_to_files_tcpdump_reads() {
     assert!(Capture::load(&chain, CaptureOptions { snaplen: 0 }).is_err());
     assert!(Capture::load(&chain, CaptureOptions { snaplen: 1537 }).is_err());
 }
+
+#[test]
+fn ipv6_pings_are_captured_as_raw_ipv6() {
+    if !common::privileged("ipv6_pings_are_captured_as_raw_ipv6") {
+        return;
+    }
+    let mut chain = ProgChain::new(ChainHook::LwtXmit).unwrap();
+    let net = common::two_hosts();
+    let mut nl = Netlink::open_in(net.ns(0).fd().unwrap().as_fd()).unwrap();
+    let dev = nl.link_by_name("to1").unwrap().index;
+    let _route = LwtRoute::new(format!("{}/128", net.v6(1)).parse().unwrap())
+        .device(dev)
+        .program(Hook::Xmit, &chain.lwt_entry().unwrap())
+        .install(&mut nl)
+        .unwrap();
+    let mut capture = Capture::attach(&mut chain, CaptureOptions::default()).unwrap();
+    let p = common::ping(net.ns(0), net.v6(1).into(), 2);
+    assert_eq!(p.received, 2, "{}", p.output);
+    let packets = collect(&mut capture, 2);
+    let filter = Filter::compile("icmp6 and ip6[40] == 128", LinkType::Raw).unwrap();
+    let echo: Vec<&Packet> = packets.iter().filter(|p| filter.matches(p)).collect();
+    assert_eq!(
+        echo.len(),
+        2,
+        "{:?}",
+        packets.iter().map(Packet::summary).collect::<Vec<_>>()
+    );
+    for p in &echo {
+        assert_eq!(p.protocol, 0x86dd);
+        assert_eq!(p.data[0] >> 4, 6);
+    }
+    let path = std::env::temp_dir().join(format!("lwtun-v6-{}.pcap", std::process::id()));
+    let mut w = CaptureWriter::new(
+        std::fs::File::create(&path).unwrap(),
+        CaptureFormat::Pcap,
+        LinkType::Raw,
+        1536,
+    )
+    .unwrap();
+    for p in &echo {
+        w.write(p).unwrap();
+    }
+    drop(w.into_inner());
+    let text = tcpdump_read(&path);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(
+        text.matches(&format!(
+            "IP6 {} > {}: ICMP6, echo request",
+            net.v6(0),
+            net.v6(1)
+        ))
+        .count(),
+        2,
+        "{text}"
+    );
+}
