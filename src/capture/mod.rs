@@ -97,6 +97,8 @@ impl Packet {
 ///
 /// [`Capture::attach`] loads it and attaches it; [`Capture::detach`] (or dropping the chain's exit
 /// with [`ProgChain::clear_exit`]) takes it off, after which the chain pays one failed tail call.
+/// A `Capture` is not `Send`: poll it from the thread that loaded it. Records are lost (counted
+/// by [`Capture::lost`]) when the 4 MiB ring fills faster than it is polled.
 ///
 /// # Examples
 ///

@@ -166,6 +166,11 @@ struct Stage {
 /// When the chain ends (the last chain-aware stage went on, or the chain is empty), packets leave
 /// through the exit hook, where [`set_exit`](Self::set_exit) attaches a program such as a capture.
 ///
+/// Lifetime: dropping the chain closes its prog arrays, and the kernel clears a prog array's
+/// entries when its last user-space reference goes away, so a hook still running the entry
+/// (a route, a tc or XDP attachment that outlives the chain) then passes every packet with the
+/// chain's verdict. Keep the chain as long as its hook.
+///
 /// # Examples
 ///
 /// ```no_run
