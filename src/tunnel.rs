@@ -401,6 +401,11 @@ impl Tunnel {
     /// A route for `prefix` whose packets the `lwt_xmit` encap program handles, with
     /// [`Tunnel::headroom`] set. Add the device (and gateway) and pass it to [`Tunnel::steer`],
     /// or install it yourself.
+    ///
+    /// The headroom is fixed when the route is installed, and the kernel subtracts it from the
+    /// path MTU. Peers added later with a longer encapsulation (an IPv6 outer header after IPv4
+    /// ones, a GRE key) need the route installed again, or a route made with
+    /// `.headroom(WORST_CASE_ENCAP)` from the start.
     pub fn route(&self, prefix: IpNetwork) -> LwtRoute {
         LwtRoute::new(prefix)
             .program(Hook::Xmit, &self.xmit)
