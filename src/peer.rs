@@ -938,3 +938,77 @@ impl PeerTable {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_round_trip_through_the_abi() {
+        let v4 = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let peers = [
+            EncapPeer::new(v4("192.0.2.2"), v4("192.0.2.1"), Encap::Ipip),
+            EncapPeer::new(v4("192.0.2.2"), v4("192.0.2.1"), Encap::Gre { key: None }).ttl(3),
+            EncapPeer::new(
+                v4("2001:db8::2"),
+                v4("2001:db8::1"),
+                Encap::Gre {
+                    key: Some(0x0102_0304),
+                },
+            )
+            .inherit_ttl()
+            .tos(0x28),
+            EncapPeer::new(
+                v4("2001:db8::2"),
+                v4("2001:db8::1"),
+                Encap::Udp { port: 0x1234 },
+            )
+            .inherit_tos(),
+        ];
+        for (slot, p) in peers.iter().enumerate() {
+            let abi = p.to_abi(slot as u32);
+            assert_eq!(abi.slot, slot as u32);
+            assert_eq!(EncapPeer::from_abi(&abi), Some(*p), "{p}");
+        }
+        // Network byte order on the wire side.
+        let gre = peers[2].to_abi(0);
+        assert_eq!(gre.gre_key.to_ne_bytes(), [1, 2, 3, 4]);
+        let udp = peers[3].to_abi(0);
+        assert_eq!(udp.udp_dport.to_ne_bytes(), [0x12, 0x34]);
+        assert_eq!(
+            abi::as_bytes(&gre).len(),
+            48,
+            "struct lwtun_peer is 48 bytes"
+        );
+    }
+
+    #[test]
+    fn validation_and_lengths() {
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let six: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(EncapPeer::new(b, a, Encap::Ipip).encap_len(), 20);
+        assert_eq!(
+            EncapPeer::new(six, six, Encap::Gre { key: Some(1) }).encap_len(),
+            48
+        );
+        assert_eq!(
+            EncapPeer::new(b, six, Encap::Ipip)
+                .validate()
+                .unwrap_err()
+                .kind(),
+            ErrorKind::InvalidInput
+        );
+        let any: IpAddr = "0.0.0.0".parse().unwrap();
+        assert!(EncapPeer::new(any, a, Encap::Ipip).validate().is_err());
+        let mcast: IpAddr = "224.0.0.1".parse().unwrap();
+        assert!(EncapPeer::new(mcast, a, Encap::Ipip).validate().is_err());
+        assert!(EncapPeer::new(b, a, Encap::Udp { port: 0 })
+            .validate()
+            .is_err());
+        assert_eq!(
+            normalize("10.1.2.3/16".parse().unwrap()),
+            "10.1.0.0/16".parse().unwrap()
+        );
+    }
+}
