@@ -205,7 +205,8 @@ static __always_inline __u32 build(struct __sk_buff *skb, const struct lwtun_pee
 	__u32 total;
 
 	ttl = (p->flags & LWTUN_PEER_TTL_INHERIT) ? in->ttl : p->ttl;
-	tos = (p->flags & LWTUN_PEER_TOS_INHERIT) ? in->tos : p->tos;
+	/* A fixed TOS keeps the inner ECN bits (RFC 6040 normal mode: the encapsulator copies ECN). */
+	tos = (p->flags & LWTUN_PEER_TOS_INHERIT) ? in->tos : ((p->tos & ~0x3) | (in->tos & 0x3));
 	if (!ttl)
 		ttl = 64;
 

@@ -165,7 +165,8 @@ impl EncapPeer {
         self
     }
 
-    /// A fixed outer TOS / traffic class.
+    /// A fixed outer TOS / traffic class (its DSCP; the ECN bits are copied from the inner
+    /// packet, RFC 6040 normal mode).
     pub fn tos(mut self, tos: u8) -> Self {
         self.tos = OuterField::Fixed(tos);
         self

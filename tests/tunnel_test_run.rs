@@ -224,12 +224,19 @@ fn ttl_and_tos_fixed_or_inherited() {
             .preview(&eth(0x86dd, &inner6(D6, 17, 0xb8)))
             .unwrap()
             .unwrap();
+        // A fixed TOS still carries the inner ECN bits (RFC 6040): ECT(1) here.
+        let h6e = t
+            .preview(&eth(0x86dd, &inner6(D6, 17, 0xb9)))
+            .unwrap()
+            .unwrap();
         if outer_v6 {
             ipv6_checks(&h, 28, 47, 17, 0xb8);
             ipv6_checks(&h6, 48, 47, 9, 0x20);
+            ipv6_checks(&h6e, 48, 47, 9, 0x21);
         } else {
             ipv4_checks(&h, 28, 47, 17, 0xb8);
             ipv4_checks(&h6, 48, 47, 9, 0x20);
+            ipv4_checks(&h6e, 48, 47, 9, 0x21);
         }
     }
 }
