@@ -207,13 +207,6 @@ fn blast(t: &Topology, gen: &TrafficGen, sink: &XdpPass, frames: u32) -> (f64, f
     )
 }
 
-fn best(t: &Topology, gen: &TrafficGen, sink: &XdpPass, frames: u32, rounds: u32) -> (f64, f64) {
-    let _ = blast(t, gen, sink, frames / 10); // warm up (neighbours, caches)
-    (0..rounds)
-        .map(|_| blast(t, gen, sink, frames))
-        .fold((0.0, 0.0), |a, b| if b.0 > a.0 { b } else { a })
-}
-
 /// Kernel-measured time per run. BPF_PROG_TEST_RUN repeats on the same buffer, so a program that
 /// rewrites the frame sees its own output on the next repeat (the router decrements the TTL each
 /// time). Programs whose rewrite is idempotent run 1M repeats in one call; the router runs 4000
@@ -366,43 +359,71 @@ fn main() {
     println!(
         "\nLive frames (BPF_F_TEST_XDP_LIVE_FRAMES, {frames} x 64 B per round, best of {rounds}):"
     );
+    // Both topologies stand at once and every round measures every case in turn, so a burst of
+    // load from elsewhere hits all cases alike; the best round of each case counts.
     let d = direct();
     let sink_d =
         d.s.run(|| XdpAttachment::attach(sink.drop_program(), ifindex(&d.s, "sink"), native()))
             .unwrap();
     let gen_d = d.g.run(|| gen.attach(d.gen_ifindex, native())).unwrap();
-    let (one_hop, frac) = best(&d, &traffic, &sink, frames, rounds);
-    println!(
-        "  one hop   G -> S                       {:>7.3} Mpps  ({:.1}% delivered)",
-        one_hop / 1e6,
-        frac * 100.0
-    );
-    drop((sink_d, gen_d, d));
-
     let sink_f =
         t.s.run(|| XdpAttachment::attach(sink.drop_program(), ifindex(&t.s, "sink"), native()))
             .unwrap();
     let gen_f = t.g.run(|| gen.attach(t.gen_ifindex, native())).unwrap();
+    let cases = [
+        ("XDP router (fib + devmap)", Some(router.program()), false),
+        (
+            "XDP router, direct fib lookup",
+            Some(router.program()),
+            true,
+        ),
+        (
+            "XDP redirect (MAC table + devmap)",
+            Some(fwd.program()),
+            false,
+        ),
+        (
+            "kernel forwarding (xdp_pass on rin)",
+            Some(gen.program()),
+            false,
+        ),
+    ];
+    let _ = blast(&d, &traffic, &sink, frames / 10); // warm up
+    let mut one = (0.0f64, 0.0f64);
+    let mut best_of = vec![(0.0f64, 0.0f64); cases.len()];
+    for _ in 0..rounds {
+        let m = blast(&d, &traffic, &sink, frames);
+        if m.0 > one.0 {
+            one = m;
+        }
+        for (i, (_, prog, direct)) in cases.iter().enumerate() {
+            router.set_direct_lookup(*direct).unwrap();
+            let att = r
+                .run(|| XdpAttachment::attach(prog.unwrap(), rin, native()))
+                .unwrap();
+            let _ = blast(&t, &traffic, &sink, frames / 20); // neighbours, caches
+            let m = blast(&t, &traffic, &sink, frames);
+            drop(att);
+            if m.0 > best_of[i].0 {
+                best_of[i] = m;
+            }
+        }
+    }
+    let one_hop = one.0;
+    println!(
+        "  one hop   G -> S                       {:>7.3} Mpps  ({:.1}% delivered)",
+        one_hop / 1e6,
+        one.1 * 100.0
+    );
     let mut results = Vec::new();
-    for (name, prog, direct) in [
-        ("XDP router (fib + devmap)", router.program(), false),
-        ("XDP router, direct fib lookup", router.program(), true),
-        ("XDP redirect (MAC table + devmap)", fwd.program(), false),
-        ("kernel forwarding (xdp_pass on rin)", gen.program(), false),
-    ] {
-        router.set_direct_lookup(direct).unwrap();
-        let att = r
-            .run(|| XdpAttachment::attach(prog, rin, native()))
-            .unwrap();
-        let (rate, frac) = best(&t, &traffic, &sink, frames, rounds);
-        drop(att);
+    for ((name, _, _), (rate, frac)) in cases.iter().zip(&best_of) {
         println!(
             "  G -> R -> S via {name:<36} {:>7.3} Mpps  ({:.1}% delivered)  {:.2} of one hop",
             rate / 1e6,
             frac * 100.0,
             rate / one_hop
         );
-        results.push(rate);
+        results.push(*rate);
     }
     for (name, rate) in [
         ("XDP router", results[0]),
@@ -422,5 +443,5 @@ fn main() {
     }
     let fib = router.fib_stats().unwrap();
     println!("  router fib results: {fib:?}");
-    drop((sink_f, gen_f, t));
+    drop((sink_f, gen_f, t, sink_d, gen_d, d));
 }
