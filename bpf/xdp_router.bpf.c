@@ -143,17 +143,18 @@ int xdp_router(struct xdp_md *ctx)
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
 		return verdict(ctx, rc < 0 ? XDP_PASS : fib_fallback(rc));
 
-	/* Only devices the user made ports are forwarded here; the rest take the stack's path. */
-	if (!bpf_map_lookup_elem(&ports, &fib.ifindex))
-		return verdict(ctx, XDP_PASS);
-
+	/* Only devices the user made ports are forwarded here; the rest take the stack's path
+	 * (the miss action is XDP_PASS, and the frame is then left as it came). The redirect
+	 * happens after we return, so the rewrite below is in time, and one devmap lookup does. */
+	action = bpf_redirect_map(&ports, fib.ifindex, XDP_PASS);
+	if (action != XDP_REDIRECT)
+		return verdict(ctx, action);
 	if (iph)
 		ip_decrease_ttl(iph);
 	else if (ip6h)
 		ip6h->hop_limit--;
 	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
-	action = bpf_redirect_map(&ports, fib.ifindex, XDP_PASS);
 	return verdict(ctx, action);
 }
 

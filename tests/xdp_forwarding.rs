@@ -605,7 +605,9 @@ fn traffic_gen_through_the_router_arrives_whole() {
         .get(XdpAction::Tx);
     assert_eq!(sent.packets, 50_000);
     let fib = router.fib_stats().unwrap();
-    assert_eq!(fib.ttl_expired, 0, "{fib:?}");
+    // ns 0's own stack may send an IPv6 MLD report (hop limit 1) meanwhile; a run-down TTL
+    // would show as thousands.
+    assert!(fib.ttl_expired <= 5, "{fib:?}");
     assert!(fib.success >= 50_000, "{fib:?}");
     let got = sink
         .stats()
