@@ -612,3 +612,198 @@ fn router_test_run_counts_fib_outcome() {
         + fib.other;
     assert_eq!(looked_up, 1, "{fib:?}");
 }
+
+#[test]
+fn router_rewrites_ttl_checksum_and_macs_on_success() {
+    if !common::privileged("router_rewrites_ttl_checksum_and_macs_on_success") {
+        return;
+    }
+    // A namespace with two veths, forwarding on, and permanent neighbours behind `out0`: the
+    // lookup succeeds and the router must decrement TTL / hop limit (IPv4 checksum still valid)
+    // and write the neighbour's and the egress device's MACs.
+    let ns = common::netns("xrs");
+    let peer = common::netns("xrp");
+    for (dev, p) in [("in0", "p0"), ("out0", "p1")] {
+        common::ip(
+            &ns,
+            &[
+                "link",
+                "add",
+                dev,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                p,
+                "netns",
+                peer.name(),
+            ],
+        );
+        common::ip(&ns, &["link", "set", dev, "up"]);
+    }
+    common::ip(&ns, &["addr", "add", "10.1.0.254/24", "dev", "in0"]);
+    common::ip(
+        &ns,
+        &["-6", "addr", "add", "fd00::fe/64", "dev", "in0", "nodad"],
+    );
+    common::ip(&ns, &["addr", "add", "10.2.0.1/24", "dev", "out0"]);
+    common::ip(
+        &ns,
+        &["-6", "addr", "add", "fd02::1/64", "dev", "out0", "nodad"],
+    );
+    let nb_mac = "02:00:00:00:00:99";
+    common::ip(
+        &ns,
+        &[
+            "neigh",
+            "add",
+            "10.2.0.2",
+            "lladdr",
+            nb_mac,
+            "dev",
+            "out0",
+            "nud",
+            "permanent",
+        ],
+    );
+    common::ip(
+        &ns,
+        &[
+            "-6",
+            "neigh",
+            "add",
+            "fd02::2",
+            "lladdr",
+            nb_mac,
+            "dev",
+            "out0",
+            "nud",
+            "permanent",
+        ],
+    );
+    ns.set_sysctl("net.ipv4.ip_forward", "1").unwrap();
+    ns.set_sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
+    let idx = |dev: &str| -> u32 {
+        common::ip(&ns, &["-o", "link", "show", "dev", dev])
+            .split(':')
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (in0, out0) = (idx("in0"), idx("out0"));
+    let out_mac = {
+        let o = common::ip(&ns, &["-o", "link", "show", "dev", "out0"]);
+        let s = o.split("link/ether ").nth(1).unwrap()[..17].to_string();
+        let mut m = [0u8; 6];
+        for (i, p) in s.split(':').enumerate() {
+            m[i] = u8::from_str_radix(p, 16).unwrap();
+        }
+        m
+    };
+    let router = XdpRouter::load().unwrap();
+    ns.run(|| router.add_port(out0)).unwrap();
+
+    let v4 = eth(
+        R_MAC,
+        A_MAC,
+        0x0800,
+        &ipv4(V4_A, Ipv4Addr::new(10, 2, 0, 2), 17, 64, 0, &[7; 20]),
+    );
+    let out = ns
+        .run(|| router.program().test_run_repeat(&v4, 1, Some(in0)))
+        .unwrap();
+    assert_eq!(
+        out.action,
+        XdpAction::Redirect,
+        "{:?}",
+        router.fib_stats().unwrap()
+    );
+    assert_eq!(&out.data[0..6], &[2, 0, 0, 0, 0, 0x99]);
+    assert_eq!(&out.data[6..12], &out_mac);
+    assert_eq!(out.data[22], 63, "TTL decremented");
+    assert_eq!(
+        fold(sum16(&out.data[14..34], 0)),
+        0,
+        "IPv4 checksum still valid"
+    );
+    assert_eq!(&out.data[34..], &v4[34..]);
+
+    let dst6: Ipv6Addr = "fd02::2".parse().unwrap();
+    let v6 = eth(
+        R_MAC,
+        A_MAC,
+        0x86dd,
+        &ipv6(V6_A, dst6, 58, 64, &icmp6(V6_A, dst6, 128, b"x")),
+    );
+    let out = ns
+        .run(|| router.program().test_run_repeat(&v6, 1, Some(in0)))
+        .unwrap();
+    assert_eq!(
+        out.action,
+        XdpAction::Redirect,
+        "{:?}",
+        router.fib_stats().unwrap()
+    );
+    assert_eq!(&out.data[0..6], &[2, 0, 0, 0, 0, 0x99]);
+    assert_eq!(out.data[21], 63, "hop limit decremented");
+
+    // No neighbour: passed to the stack untouched, counted as NO_NEIGH.
+    let v4_nn = eth(
+        R_MAC,
+        A_MAC,
+        0x0800,
+        &ipv4(V4_A, Ipv4Addr::new(10, 2, 0, 3), 17, 64, 0, &[7; 20]),
+    );
+    let out = ns
+        .run(|| router.program().test_run_repeat(&v4_nn, 1, Some(in0)))
+        .unwrap();
+    assert_eq!(out.action, XdpAction::Pass);
+    assert_eq!(out.data, v4_nn);
+    // Blackhole route: dropped.
+    common::ip(&ns, &["route", "add", "blackhole", "10.3.0.0/24"]);
+    let v4_bh = eth(
+        R_MAC,
+        A_MAC,
+        0x0800,
+        &ipv4(V4_A, Ipv4Addr::new(10, 3, 0, 1), 17, 64, 0, &[7; 20]),
+    );
+    let out = ns
+        .run(|| router.program().test_run_repeat(&v4_bh, 1, Some(in0)))
+        .unwrap();
+    assert_eq!(out.action, XdpAction::Drop);
+    // Unreachable route: passed so the stack answers with the ICMP error.
+    common::ip(&ns, &["route", "add", "unreachable", "10.4.0.0/24"]);
+    let v4_un = eth(
+        R_MAC,
+        A_MAC,
+        0x0800,
+        &ipv4(V4_A, Ipv4Addr::new(10, 4, 0, 1), 17, 64, 0, &[7; 20]),
+    );
+    let out = ns
+        .run(|| router.program().test_run_repeat(&v4_un, 1, Some(in0)))
+        .unwrap();
+    assert_eq!(out.action, XdpAction::Pass);
+    // Egress not a port: passed untouched.
+    ns.run(|| router.remove_port(out0)).unwrap();
+    let out = ns
+        .run(|| router.program().test_run_repeat(&v4, 1, Some(in0)))
+        .unwrap();
+    assert_eq!(out.action, XdpAction::Pass);
+    assert_eq!(out.data, v4);
+    // Forwarding off on the ingress device: FWD_DISABLED, passed.
+    ns.set_sysctl("net.ipv4.conf.in0.forwarding", "0").unwrap();
+    let out = ns
+        .run(|| router.program().test_run_repeat(&v4, 1, Some(in0)))
+        .unwrap();
+    assert_eq!(out.action, XdpAction::Pass);
+
+    let fib = router.fib_stats().unwrap();
+    assert_eq!(fib.success, 3, "{fib:?}");
+    assert_eq!(fib.no_neighbour, 1, "{fib:?}");
+    assert_eq!(fib.blackhole, 1, "{fib:?}");
+    assert_eq!(fib.unreachable, 1, "{fib:?}");
+    assert_eq!(fib.forwarding_disabled, 1, "{fib:?}");
+    drop(peer);
+}
