@@ -465,7 +465,10 @@ fn harness_udp_count_and_tcpdump_see_real_packets() {
     let started = std::time::Instant::now();
     let lines = cap.finish(Duration::from_millis(500));
     assert!(lines.is_empty(), "{lines:#?}");
-    assert!(started.elapsed() < Duration::from_secs(30), "the capture outlived its bound");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the capture outlived its bound"
+    );
 }
 
 /// NetNs::fd is what lwtun's own netlink takes to create a veth whose peer lands in another
