@@ -430,14 +430,7 @@ impl Decap {
                     }
                 }
             }
-            let object = open.load().map_err(|e| {
-                let err = Error::bpf(op, e);
-                if err.kind() == ErrorKind::Permission {
-                    Error::permission(op, "CAP_BPF and CAP_NET_ADMIN")
-                } else {
-                    err
-                }
-            })?;
+            let object = crate::program::load_opened(open, op)?;
             let prog = program_fd(&object, PROGRAM)?;
             let baseline = program_fd(&object, BASELINE)?;
             let mut decap = Decap {

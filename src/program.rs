@@ -276,8 +276,13 @@ pub(crate) fn load_object(name: &str, bytes: &'static [u8]) -> Result<Object> {
         .map_err(|e| Error::bpf(op.clone(), e))?
         .open_memory(bytes)
         .map_err(|e| Error::bpf(op.clone(), e))?;
+    crate::program::load_opened(open, &op)
+}
+
+/// Loads (verifies) an opened object; a permission failure names the capabilities it needs.
+pub(crate) fn load_opened(open: libbpf_rs::OpenObject, op: &str) -> Result<Object> {
     open.load().map_err(|e| {
-        let err = Error::bpf(op.clone(), e);
+        let err = Error::bpf(op, e);
         if err.kind() == ErrorKind::Permission {
             Error::permission(op, "CAP_BPF and CAP_NET_ADMIN")
         } else {

@@ -152,14 +152,7 @@ impl TunnelBuilder {
                 }
             }
         }
-        let mut object = open.load().map_err(|e| {
-            let err = Error::bpf(op, e);
-            if err.kind() == ErrorKind::Permission {
-                Error::permission(op, "CAP_BPF and CAP_NET_ADMIN")
-            } else {
-                err
-            }
-        })?;
+        let mut object = crate::program::load_opened(open, op)?;
         let xmit = lwt_program(&object, "encap_xmit")?;
         let input = lwt_program(&object, "encap_in")?;
         let fd_of = |name: &str| -> Result<OwnedFd> {

@@ -326,14 +326,7 @@ impl TunnelRedirectBuilder {
                 }
             }
         }
-        let object = open.load().map_err(|e| {
-            let err = Error::bpf(op, e);
-            if err.kind() == ErrorKind::Permission {
-                Error::permission(op, "CAP_BPF and CAP_NET_ADMIN")
-            } else {
-                err
-            }
-        })?;
+        let object = crate::program::load_opened(open, op)?;
         let tc_fd = program_fd(&object, PROGRAMS[0])?;
         let lwt = LwtProgram::from_fd(program_fd(&object, PROGRAMS[1])?)?;
         let mut family = TunnelRedirect {

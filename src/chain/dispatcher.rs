@@ -139,14 +139,7 @@ impl Dispatcher {
             let ours = p.prog_type() == hook.program_type();
             p.set_autoload(ours);
         }
-        let object = open.load().map_err(|e| {
-            let err = Error::bpf(op, e);
-            if err.kind() == ErrorKind::Permission {
-                Error::permission(op, "CAP_BPF and CAP_NET_ADMIN")
-            } else {
-                err
-            }
-        })?;
+        let object = crate::program::load_opened(open, op)?;
         let name = format!("dispatch_{hook}");
         let entry = object
             .progs()

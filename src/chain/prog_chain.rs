@@ -595,14 +595,7 @@ fn open_object(name: &str, bytes: &'static [u8]) -> Result<OpenObject> {
 
 fn load(open: OpenObject, name: &str) -> Result<Object> {
     let op = format!("load BPF object {name}");
-    open.load().map_err(|e| {
-        let err = Error::bpf(op.clone(), e);
-        if err.kind() == ErrorKind::Permission {
-            Error::permission(op, "CAP_BPF and CAP_NET_ADMIN")
-        } else {
-            err
-        }
-    })
+    crate::program::load_opened(open, &op)
 }
 
 /// Loads only the programs of `hook`'s type: a prog array takes programs of one type.
