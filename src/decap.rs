@@ -309,16 +309,6 @@ impl fmt::Debug for Decap {
     }
 }
 
-fn program_fd(object: &Object, name: &str) -> Result<OwnedFd> {
-    let prog = object
-        .progs()
-        .find(|p| p.name() == name)
-        .ok_or_else(|| Error::not_found("find program", format!("program {name} in tc_decap")))?;
-    prog.as_fd()
-        .try_clone_to_owned()
-        .map_err(|e| Error::io("duplicate program fd", e))
-}
-
 fn normalize(prefix: IpNetwork) -> IpNetwork {
     IpNetwork::new(prefix.network(), prefix.prefix()).unwrap_or(prefix)
 }
@@ -364,8 +354,8 @@ impl Decap {
     /// Permission without CAP_BPF and CAP_NET_ADMIN; the verifier's error otherwise.
     pub fn load() -> Result<Self> {
         let object = load_object("tc_decap", crate::skel::tc_decap::OBJECT)?;
-        let prog = program_fd(&object, PROGRAM)?;
-        let baseline = program_fd(&object, BASELINE)?;
+        let prog = crate::program::program_fd(&object, PROGRAM)?;
+        let baseline = crate::program::program_fd(&object, BASELINE)?;
         let decap = Decap {
             attachments: BTreeMap::new(),
             prog,
@@ -431,8 +421,8 @@ impl Decap {
                 }
             }
             let object = crate::program::load_opened(open, op)?;
-            let prog = program_fd(&object, PROGRAM)?;
-            let baseline = program_fd(&object, BASELINE)?;
+            let prog = crate::program::program_fd(&object, PROGRAM)?;
+            let baseline = crate::program::program_fd(&object, BASELINE)?;
             let mut decap = Decap {
                 attachments: BTreeMap::new(),
                 prog,

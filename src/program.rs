@@ -291,17 +291,20 @@ pub(crate) fn load_opened(open: libbpf_rs::OpenObject, op: &str) -> Result<Objec
     })
 }
 
-/// Takes program `name` out of a loaded object as an [`LwtProgram`].
-pub(crate) fn lwt_program(object: &Object, name: &str) -> Result<LwtProgram> {
-    let prog = object
+/// An owned fd of program `name` in a loaded object (it keeps the program loaded on its own).
+pub(crate) fn program_fd(object: &Object, name: &str) -> Result<OwnedFd> {
+    object
         .progs()
         .find(|p| p.name() == name)
-        .ok_or_else(|| Error::not_found("find program", format!("program {name} in object")))?;
-    let fd = prog
+        .ok_or_else(|| Error::not_found("find program", format!("program {name} in object")))?
         .as_fd()
         .try_clone_to_owned()
-        .map_err(|e| Error::io("duplicate program fd", e))?;
-    LwtProgram::from_fd(fd)
+        .map_err(|e| Error::io("duplicate program fd", e))
+}
+
+/// Takes program `name` out of a loaded object as an [`LwtProgram`].
+pub(crate) fn lwt_program(object: &Object, name: &str) -> Result<LwtProgram> {
+    LwtProgram::from_fd(program_fd(object, name)?)
 }
 
 /// A packet and byte count.

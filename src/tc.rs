@@ -807,13 +807,7 @@ impl TcCounter {
     /// Permission without CAP_BPF; the verifier's error otherwise.
     pub fn load() -> Result<Self> {
         let object = crate::program::load_object("tc_count", crate::skel::tc_count::OBJECT)?;
-        let prog = object
-            .progs()
-            .find(|p| p.name() == "count_tc")
-            .ok_or_else(|| Error::not_found("load tc counter", "program count_tc"))?
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|e| Error::io("duplicate program fd", e))?;
+        let prog = crate::program::program_fd(&object, "count_tc")?;
         Ok(TcCounter { object, prog })
     }
 

@@ -155,17 +155,8 @@ impl TunnelBuilder {
         let mut object = crate::program::load_opened(open, op)?;
         let xmit = lwt_program(&object, "encap_xmit")?;
         let input = lwt_program(&object, "encap_in")?;
-        let fd_of = |name: &str| -> Result<OwnedFd> {
-            object
-                .progs()
-                .find(|p| p.name() == name)
-                .ok_or_else(|| Error::not_found(op, format!("program {name} in object")))?
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(|e| Error::io("duplicate program fd", e))
-        };
-        let fixup = fd_of("ipip_gso_fixup")?;
-        let preview = fd_of("encap_preview")?;
+        let fixup = crate::program::program_fd(&object, "ipip_gso_fixup")?;
+        let preview = crate::program::program_fd(&object, "encap_preview")?;
         let mut peers = PeerTable::new(&object, capacity, adopted)?;
         if let Some(p) = self.miss_v4 {
             peers.set_miss_policy(false, p)?;

@@ -327,8 +327,8 @@ impl TunnelRedirectBuilder {
             }
         }
         let object = crate::program::load_opened(open, op)?;
-        let tc_fd = program_fd(&object, PROGRAMS[0])?;
-        let lwt = LwtProgram::from_fd(program_fd(&object, PROGRAMS[1])?)?;
+        let tc_fd = crate::program::program_fd(&object, PROGRAMS[0])?;
+        let lwt = LwtProgram::from_fd(crate::program::program_fd(&object, PROGRAMS[1])?)?;
         let mut family = TunnelRedirect {
             object,
             tc_fd,
@@ -361,15 +361,6 @@ impl TunnelRedirectBuilder {
         }
         Ok(family)
     }
-}
-
-fn program_fd(object: &Object, name: &str) -> Result<OwnedFd> {
-    let prog = object.progs().find(|p| p.name() == name).ok_or_else(|| {
-        Error::not_found("find program", format!("program {name} in tc_redirect"))
-    })?;
-    prog.as_fd()
-        .try_clone_to_owned()
-        .map_err(|e| Error::io("duplicate program fd", e))
 }
 
 #[derive(Debug)]

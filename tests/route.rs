@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use lwtun::netlink::route::{BatchOp, BpfEncap, Encap, ProgRef, Route, RouteBatch, RouteFilter};
 use lwtun::netlink::Netlink;
 use lwtun::netns::NetNs;
@@ -14,20 +12,9 @@ use lwtun::program::LwtCounter;
 use lwtun::route::{lwt_routes, program_of, Hook, LwtRoute, RTPROT_LWTUN};
 use lwtun::ErrorKind;
 
-/// Runs a command, panicking with its output when it fails; returns stdout.
-fn sh(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
+/// `ip` with its arguments as one string, through the harness.
 fn ip(ns: &NetNs, args: &str) -> String {
-    sh(ns.command("ip").args(args.split_whitespace()))
+    common::ip(ns, &args.split_whitespace().collect::<Vec<_>>())
 }
 
 /// A line of three hosts: A (10.61.1.1, fd61:1::1) — B (forwards) — C (10.61.2.2, fd61:2::2),

@@ -141,13 +141,7 @@ impl Dispatcher {
         }
         let object = crate::program::load_opened(open, op)?;
         let name = format!("dispatch_{hook}");
-        let entry = object
-            .progs()
-            .find(|p| p.name().to_str() == Some(name.as_str()))
-            .ok_or_else(|| Error::not_found(op, name.clone()))?
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|e| Error::io("duplicate program fd", e))?;
+        let entry = crate::program::program_fd(&object, &name)?;
         let entry_info = program_info(entry.as_fd())?;
         let d = Dispatcher {
             hook,

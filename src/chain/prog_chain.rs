@@ -222,14 +222,7 @@ impl ProgChain {
         )?;
         select_programs(&mut open, hook);
         let object = load(open, "chain")?;
-        let prog = object
-            .progs()
-            .find(|p| p.name() == hook.entry_name())
-            .ok_or_else(|| Error::not_found("load chain", hook.entry_name().to_string()))?;
-        let entry = prog
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|e| Error::io("duplicate program fd", e))?;
+        let entry = crate::program::program_fd(&object, hook.entry_name())?;
         let entry_info = program_info(entry.as_fd())?;
         let chain = ProgChain {
             hook,
