@@ -34,12 +34,11 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnetwork::IpNetwork;
-use libbpf_rs::libbpf_sys;
 use libbpf_rs::{MapCore, MapFlags, Object, ObjectBuilder};
 
 use crate::abi::{self, Pod};
@@ -199,45 +198,30 @@ pub const TC_ACT_SHOT: i32 = 2;
 /// ```
 pub fn test_run(program: impl AsFd, frame: &[u8], repeat: u32) -> Result<TestRun> {
     let op = "run tc program (BPF_PROG_TEST_RUN)";
-    if frame.len() < 14 {
-        return Err(Error::invalid_input(
-            op,
-            format!(
-                "a frame has at least an Ethernet header (14 bytes), got {}",
-                frame.len()
-            ),
-        ));
-    }
-    let mut out = vec![0u8; frame.len() + 512];
-    // SAFETY: zeroed is a valid bpf_test_run_opts; sz is set below.
-    let mut opts: libbpf_sys::bpf_test_run_opts = unsafe { std::mem::zeroed() };
-    opts.sz = std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as _;
-    opts.data_in = frame.as_ptr().cast();
-    opts.data_size_in = frame.len() as u32;
-    opts.data_out = out.as_mut_ptr().cast();
-    opts.data_size_out = out.len() as u32;
+    crate::program::check_frame(op, frame)?;
     let ctx_in = [0u8; SKB_CTX_LEN];
     let mut ctx_out = [0u8; SKB_CTX_LEN];
-    opts.ctx_in = ctx_in.as_ptr().cast();
-    opts.ctx_size_in = SKB_CTX_LEN as u32;
-    opts.ctx_out = ctx_out.as_mut_ptr().cast();
-    opts.ctx_size_out = SKB_CTX_LEN as u32;
-    opts.repeat = repeat.max(1) as i32;
-    // SAFETY: every pointer in opts points into live buffers of the sizes given.
-    let rc = unsafe { libbpf_sys::bpf_prog_test_run_opts(program.as_fd().as_raw_fd(), &mut opts) };
-    if rc < 0 {
-        return Err(Error::io(op, std::io::Error::from_raw_os_error(-rc)));
-    }
-    out.truncate(opts.data_size_out as usize);
+    let run = crate::program::test_run_raw(
+        program.as_fd(),
+        crate::program::TestRunArgs {
+            data: frame,
+            out_room: Some(512),
+            ctx_in: Some(&ctx_in),
+            ctx_out: Some(&mut ctx_out),
+            repeat,
+            ..Default::default()
+        },
+    )
+    .map_err(|errno| Error::io(op, std::io::Error::from_raw_os_error(errno)))?;
     Ok(TestRun {
-        retval: opts.retval as i32,
-        data: out,
+        retval: run.retval as i32,
+        data: run.data,
         mark: u32::from_ne_bytes(
             ctx_out[SKB_MARK_OFFSET..SKB_MARK_OFFSET + 4]
                 .try_into()
                 .expect("4 bytes"),
         ),
-        duration: Duration::from_nanos(opts.duration as u64),
+        duration: run.duration,
     })
 }
 

@@ -279,6 +279,88 @@ pub(crate) fn load_object(name: &str, bytes: &'static [u8]) -> Result<Object> {
     crate::program::load_opened(open, &op)
 }
 
+/// What `BPF_PROG_TEST_RUN` takes besides the program.
+#[derive(Default)]
+pub(crate) struct TestRunArgs<'a> {
+    /// The packet.
+    pub data: &'a [u8],
+    /// Room for the output packet beyond `data.len()`; `None` asks for no output packet.
+    pub out_room: Option<usize>,
+    /// The context (`struct __sk_buff`, `struct xdp_md`) to start from.
+    pub ctx_in: Option<&'a [u8]>,
+    /// Where the context is written back.
+    pub ctx_out: Option<&'a mut [u8]>,
+    /// Runs in a row (at least 1).
+    pub repeat: u32,
+    /// `BPF_F_TEST_*` flags.
+    pub flags: u32,
+    /// Frames per batch with `BPF_F_TEST_XDP_LIVE_FRAMES`.
+    pub batch_size: u32,
+}
+
+/// What `BPF_PROG_TEST_RUN` gave back.
+pub(crate) struct TestRunRaw {
+    /// The program's return value.
+    pub retval: u32,
+    /// The output packet (empty when none was asked for).
+    pub data: Vec<u8>,
+    /// The kernel's mean time per run.
+    pub duration: std::time::Duration,
+}
+
+/// Refuses a frame shorter than an Ethernet header, which the kernel refuses too.
+pub(crate) fn check_frame(op: &str, frame: &[u8]) -> Result<()> {
+    if frame.len() < 14 {
+        return Err(Error::invalid_input(
+            op,
+            format!(
+                "a frame has at least an Ethernet header (14 bytes), got {}",
+                frame.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs `BPF_PROG_TEST_RUN` on `fd`; a failure is the positive errno, for the caller to word.
+pub(crate) fn test_run_raw(
+    fd: BorrowedFd<'_>,
+    args: TestRunArgs<'_>,
+) -> std::result::Result<TestRunRaw, i32> {
+    let mut out = vec![0u8; args.out_room.map_or(0, |room| args.data.len() + room)];
+    // SAFETY: zeroed is a valid bpf_test_run_opts; sz is set below.
+    let mut opts: libbpf_sys::bpf_test_run_opts = unsafe { std::mem::zeroed() };
+    opts.sz = std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as _;
+    opts.data_in = args.data.as_ptr().cast();
+    opts.data_size_in = args.data.len() as u32;
+    if args.out_room.is_some() {
+        opts.data_out = out.as_mut_ptr().cast();
+        opts.data_size_out = out.len() as u32;
+    }
+    if let Some(ctx) = args.ctx_in {
+        opts.ctx_in = ctx.as_ptr().cast();
+        opts.ctx_size_in = ctx.len() as u32;
+    }
+    if let Some(ctx) = args.ctx_out {
+        opts.ctx_out = ctx.as_mut_ptr().cast();
+        opts.ctx_size_out = ctx.len() as u32;
+    }
+    opts.repeat = args.repeat.max(1) as i32;
+    opts.flags = args.flags;
+    opts.batch_size = args.batch_size;
+    // SAFETY: every pointer in opts points into a live buffer of the size given, for the call.
+    let rc = unsafe { libbpf_sys::bpf_prog_test_run_opts(fd.as_raw_fd(), &mut opts) };
+    if rc < 0 {
+        return Err(-rc);
+    }
+    out.truncate(opts.data_size_out as usize);
+    Ok(TestRunRaw {
+        retval: opts.retval,
+        data: out,
+        duration: std::time::Duration::from_nanos(opts.duration as u64),
+    })
+}
+
 /// Loads (verifies) an opened object; a permission failure names the capabilities it needs.
 pub(crate) fn load_opened(open: libbpf_rs::OpenObject, op: &str) -> Result<Object> {
     open.load().map_err(|e| {

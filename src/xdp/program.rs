@@ -1,6 +1,6 @@
 //! Loaded XDP programs as owned values, and BPF_PROG_TEST_RUN on them.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,7 +61,7 @@ impl XdpProgram {
         let owned = fd
             .try_clone_to_owned()
             .map_err(|e| Error::io(op.to_string(), e))?;
-        let id = prog_id(op, owned.as_fd())?;
+        let id = crate::program::program_info(owned.as_fd())?.id;
         Ok(XdpProgram {
             fd: Arc::new(owned),
             name: name.to_string(),
@@ -104,43 +104,27 @@ impl XdpProgram {
         ingress_ifindex: Option<u32>,
     ) -> Result<TestRunOutput> {
         let op = "run XDP program (BPF_PROG_TEST_RUN)";
-        if frame.len() < 14 {
-            return Err(Error::invalid_input(
-                op,
-                format!(
-                    "a frame has at least an Ethernet header (14 bytes), got {}",
-                    frame.len()
-                ),
-            ));
-        }
-        let mut out = vec![0u8; frame.len() + TEST_RUN_HEADROOM];
+        crate::program::check_frame(op, frame)?;
         let mut ctx = [0u8; XDP_MD_SIZE];
         if let Some(ifindex) = ingress_ifindex {
             ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
             ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
         }
-        // SAFETY: zeroed is a valid bpf_test_run_opts; sz is set below.
-        let mut opts: libbpf_sys::bpf_test_run_opts = unsafe { std::mem::zeroed() };
-        opts.sz = std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as _;
-        opts.data_in = frame.as_ptr().cast();
-        opts.data_size_in = frame.len() as u32;
-        opts.data_out = out.as_mut_ptr().cast();
-        opts.data_size_out = out.len() as u32;
-        if ingress_ifindex.is_some() {
-            opts.ctx_in = ctx.as_ptr().cast();
-            opts.ctx_size_in = ctx.len() as u32;
-        }
-        opts.repeat = repeat.max(1) as i32;
-        // SAFETY: every pointer in opts points into live buffers of the sizes given.
-        let rc = unsafe { libbpf_sys::bpf_prog_test_run_opts(self.fd.as_raw_fd(), &mut opts) };
-        if rc < 0 {
-            return Err(errno_error(op, -rc).with_object(self.name.clone()));
-        }
-        out.truncate(opts.data_size_out as usize);
+        let run = crate::program::test_run_raw(
+            self.fd.as_fd(),
+            crate::program::TestRunArgs {
+                data: frame,
+                out_room: Some(TEST_RUN_HEADROOM),
+                ctx_in: ingress_ifindex.map(|_| &ctx[..]),
+                repeat,
+                ..Default::default()
+            },
+        )
+        .map_err(|errno| errno_error(op, errno).with_object(self.name.clone()))?;
         Ok(TestRunOutput {
-            action: XdpAction::from_code(opts.retval),
-            data: out,
-            duration: Duration::from_nanos(opts.duration as u64),
+            action: XdpAction::from_code(run.retval),
+            data: run.data,
+            duration: run.duration,
         })
     }
 
@@ -158,32 +142,25 @@ impl XdpProgram {
     /// `ifindex` is not in the calling thread's namespace.
     pub fn run_live(&self, frame: &[u8], live: LiveFrames) -> Result<Duration> {
         let op = "inject live XDP frames (BPF_F_TEST_XDP_LIVE_FRAMES)";
-        if frame.len() < 14 {
-            return Err(Error::invalid_input(
-                op,
-                "a frame has at least an Ethernet header",
-            ));
-        }
+        crate::program::check_frame(op, frame)?;
         let mut ctx = [0u8; XDP_MD_SIZE];
         ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
         ctx[12..16].copy_from_slice(&live.ifindex.to_ne_bytes());
-        // SAFETY: as in test_run.
-        let mut opts: libbpf_sys::bpf_test_run_opts = unsafe { std::mem::zeroed() };
-        opts.sz = std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as _;
-        opts.data_in = frame.as_ptr().cast();
-        opts.data_size_in = frame.len() as u32;
-        opts.ctx_in = ctx.as_ptr().cast();
-        opts.ctx_size_in = ctx.len() as u32;
-        opts.repeat = live.repeat.max(1) as i32;
-        opts.flags = libbpf_sys::BPF_F_TEST_XDP_LIVE_FRAMES;
-        opts.batch_size = live.batch_size;
-        // SAFETY: the pointers point into live buffers of the sizes given.
-        let rc = unsafe { libbpf_sys::bpf_prog_test_run_opts(self.fd.as_raw_fd(), &mut opts) };
-        if rc < 0 {
-            return Err(errno_error(op, -rc)
-                .with_object(format!("{} on ifindex {}", self.name, live.ifindex)));
-        }
-        Ok(Duration::from_nanos(opts.duration as u64))
+        let run = crate::program::test_run_raw(
+            self.fd.as_fd(),
+            crate::program::TestRunArgs {
+                data: frame,
+                ctx_in: Some(&ctx),
+                repeat: live.repeat,
+                flags: libbpf_sys::BPF_F_TEST_XDP_LIVE_FRAMES,
+                batch_size: live.batch_size,
+                ..Default::default()
+            },
+        )
+        .map_err(|errno| {
+            errno_error(op, errno).with_object(format!("{} on ifindex {}", self.name, live.ifindex))
+        })?;
+        Ok(run.duration)
     }
 }
 
@@ -191,19 +168,6 @@ impl AsFd for XdpProgram {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
-}
-
-/// The kernel id of a program fd.
-pub(crate) fn prog_id(op: &str, fd: BorrowedFd<'_>) -> Result<u32> {
-    // SAFETY: zeroed bpf_prog_info is valid; the kernel fills at most `len` bytes.
-    let mut info: libbpf_sys::bpf_prog_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
-    // SAFETY: info and len are live; fd is a program fd.
-    let rc = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) };
-    if rc < 0 {
-        return Err(errno_error(op, -rc));
-    }
-    Ok(info.id)
 }
 
 /// An error from a raw libbpf / bpf(2) call that returned `-errno`.
