@@ -43,19 +43,7 @@ fn main() {
 }
 
 fn cmd(ns: &NetNs, program: &str, args: &[&str]) -> Result<String> {
-    let out = ns
-        .command(program)
-        .args(args)
-        .output()
-        .map_err(|e| Error::io(format!("run {program}"), e))?;
-    if !out.status.success() {
-        return Err(Error::other(
-            ErrorKind::Kernel,
-            format!("{program} {}", args.join(" ")),
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    ns.output(program, args)
 }
 
 fn ip(ns: &NetNs, args: &str) -> Result<String> {

@@ -42,19 +42,7 @@ fn main() {
 }
 
 fn ip(ns: &NetNs, args: &str) -> Result<String> {
-    let out = ns
-        .command("ip")
-        .args(args.split_whitespace())
-        .output()
-        .map_err(|e| Error::io("run ip", e))?;
-    if !out.status.success() {
-        return Err(Error::other(
-            ErrorKind::Kernel,
-            format!("ip {args}"),
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    ns.output("ip", args.split_whitespace())
 }
 
 fn nl(ns: &NetNs) -> Result<Netlink> {

@@ -133,18 +133,7 @@ fn watch(router: &XdpRouter, interval: f64, seconds: Option<f64>) -> lwtun::Resu
 }
 
 fn ip(ns: &NetNs, args: &[&str]) -> lwtun::Result<()> {
-    let out = ns
-        .command("ip")
-        .args(args)
-        .output()
-        .map_err(|e| lwtun::Error::io("run ip", e))?;
-    if !out.status.success() {
-        return Err(lwtun::Error::invalid_input(
-            format!("ip {}", args.join(" ")),
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ));
-    }
-    Ok(())
+    ns.output("ip", args).map(drop)
 }
 
 /// left (10.88.0.1) ── (10.88.0.2) router (10.88.1.1) ── (10.88.1.2) right

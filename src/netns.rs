@@ -413,6 +413,52 @@ impl NetNs {
         cmd
     }
 
+    /// Runs `program args...` inside this namespace (as [`NetNs::command`] does) and returns its
+    /// standard output.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Io`] when the program cannot be started; [`ErrorKind::Kernel`] when it exits
+    /// with a failure, carrying the command line and its standard error (for `ip`, the kernel's
+    /// refusal).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use lwtun::netns::NetNs;
+    ///
+    /// let ns = NetNs::create_unique("out")?;
+    /// ns.output("ip", ["link", "set", "lo", "up"])?;
+    /// println!("{}", ns.output("ip", ["addr", "show", "lo"])?);
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    pub fn output<I, S>(&self, program: &str, args: I) -> Result<String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let args: Vec<std::ffi::OsString> =
+            args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        let line = std::iter::once(program.to_string())
+            .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let out = self
+            .command(program)
+            .args(&args)
+            .output()
+            .map_err(|e| Error::io(format!("run {program}"), e).with_object(&self.name))?;
+        if !out.status.success() {
+            return Err(Error::other(
+                ErrorKind::Kernel,
+                line,
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            )
+            .with_object(&self.name));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Sets the sysctl `key` (for example `net.ipv4.ip_forward` or
     /// `net.ipv6.conf.all.forwarding`) to `value` inside this namespace.
     ///
