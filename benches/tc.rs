@@ -305,7 +305,10 @@ fn main() {
             EncapPeer::new(
                 "192.168.77.2".parse().unwrap(),
                 "192.168.77.1".parse().unwrap(),
-                Encap::Gre { key: Some(42) },
+                Encap::Gre {
+                    key: Some(42),
+                    checksum: false,
+                },
             ),
         )
         .unwrap();

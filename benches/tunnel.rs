@@ -1,6 +1,6 @@
-//! Tunnel throughput, in one run: plain routing vs lwtun GRE, IP-in-IP and UDP encap (with the BPF
-//! decap) vs the kernel's seg6 encap (End.DX4 decap) vs a VXLAN collect_md device
-//! (`encap ip id 42`), each between two fresh namespaces joined by a veth pair:
+//! Tunnel throughput, in one run: plain routing vs lwtun GRE (without and with checksum), IP-in-IP
+//! and UDP encap (with the BPF decap) vs the kernel's seg6 encap (End.DX4 decap) vs a VXLAN
+//! collect_md device (`encap ip id 42`), each between two fresh namespaces joined by a veth pair:
 //!
 //! ```text
 //!  A (inner 10.70.0.1) ── a-b ═══ veth 10.80.0.0/24, fd80::/64 ═══ b-a ── B (service 10.90.0.1)
@@ -304,7 +304,14 @@ fn main() {
         .unwrap_or(1.0);
     let modes = [
         Mode::Plain,
-        Mode::Lwtun(Encap::Gre { key: None }),
+        Mode::Lwtun(Encap::Gre {
+            key: None,
+            checksum: false,
+        }),
+        Mode::Lwtun(Encap::Gre {
+            key: None,
+            checksum: true,
+        }),
         Mode::Lwtun(Encap::Ipip),
         Mode::Lwtun(Encap::Udp { port: 5555 }),
         Mode::Seg6,

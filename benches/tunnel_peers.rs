@@ -24,7 +24,14 @@ fn peers(n: u32) -> Vec<(IpNetwork, EncapPeer)> {
             let remote = IpAddr::from([192, 0, 2, (i % 250 + 2) as u8]);
             (
                 prefix(i),
-                EncapPeer::new(remote, local, Encap::Gre { key: Some(i) }),
+                EncapPeer::new(
+                    remote,
+                    local,
+                    Encap::Gre {
+                        key: Some(i),
+                        checksum: false,
+                    },
+                ),
             )
         })
         .collect()

@@ -7,11 +7,20 @@
  * peer's encapsulation and pushes it with bpf_lwt_push_encap(BPF_LWT_ENCAP_IP), then returns
  * BPF_LWT_REROUTE so the stack routes the packet again, now by its outer destination:
  *
- *   inner IPv4/IPv6 ──► peers_vN (LPM) ──► [outer IPv4|IPv6][GRE (+key) | UDP | -][inner packet]
+ *   inner IPv4/IPv6 ──► peers_vN (LPM) ──► [outer IPv4|IPv6][GRE (+csum, +key) | UDP | -][inner]
  *
- * Encapsulations: IP-in-IP (next header 4 or 41), GRE (RFC 2784/2890, optional key) and UDP (FOU,
- * source port from the flow hash). Outer TTL/TOS fixed per peer or inherited from the inner packet.
- * The outer IPv4 header carries DF; the route's headroom makes the path MTU right.
+ * Encapsulations: IP-in-IP (next header 4 or 41), GRE (RFC 2784/2890, optional checksum and key)
+ * and UDP (FOU, source port from the flow hash). Outer TTL/TOS fixed per peer or inherited from the
+ * inner packet. The outer IPv4 header carries DF; the route's headroom makes the path MTU right.
+ *
+ * ## GRE checksum
+ * The GRE checksum covers the inner packet, whose transport checksum a locally sent packet has not
+ * got yet at lwt_xmit (CHECKSUM_PARTIAL: the device or skb_checksum_help() finishes it later).
+ * gre_csum() therefore sums the inner packet as it will be once finished: IP header plus the
+ * complement of the pseudo-header sum, for TCP, UDP and ICMP (csum.h), which is also right for a
+ * forwarded packet whose checksum is already final; any other packet is summed byte by byte. A GSO
+ * packet keeps 0 there: bpf_lwt_push_encap marks it SKB_GSO_GRE_CSUM and the segmentation writes
+ * each segment's checksum, as for the kernel's own GRE devices.
  *
  * A miss follows the table's policy (config): drop (default) or pass unencapsulated; both counted.
  *
@@ -37,6 +46,7 @@
 #include <bpf/bpf_endian.h>
 #include "lwtun.h"
 #include "parse.h"
+#include "csum.h"
 
 /* Peer capacity; user space sets max_entries before loading. */
 #define PEERS_MAX 1024
@@ -221,9 +231,14 @@ static __always_inline __u32 build(struct __sk_buff *skb, const struct lwtun_pee
 		next = IPPROTO_GRE_;
 		l4_len = 4;
 		g->protocol = in->v6 ? bpf_htons(ETH_P_IPV6) : bpf_htons(ETH_P_IP);
+		if (p->flags & LWTUN_PEER_GRE_CSUM) {
+			/* checksum and reserved1 stay 0 here: gre_csum() or the segmentation fills it */
+			flags |= GRE_FLAG_CSUM;
+			l4_len += 4;
+		}
 		if (p->flags & LWTUN_PEER_GRE_KEY) {
 			flags |= GRE_FLAG_KEY;
-			__builtin_memcpy(hdr + ip_len + 4, &p->gre_key, 4);
+			__builtin_memcpy(hdr + ip_len + l4_len, &p->gre_key, 4);
 			l4_len += 4;
 		}
 		g->flags = bpf_htons(flags);
@@ -276,6 +291,35 @@ static __always_inline __u32 build(struct __sk_buff *skb, const struct lwtun_pee
 	return total;
 }
 
+/*
+ * Fills the GRE checksum (RFC 2784) of the header in hdr (outer IP header of ip_len bytes, then GRE
+ * up to len) for the inner packet [off, end) of skb. Returns 0, or -1 when the packet could not be
+ * read. The inner packet's sum comes from its headers when csum.h's shortcut applies (and is then
+ * right for a CHECKSUM_PARTIAL packet too, whose transport checksum is finished after this hook),
+ * otherwise from every byte. Not for GSO packets: handle_gso_encap() marks them SKB_GSO_GRE_CSUM
+ * and the segmentation writes each segment's checksum.
+ */
+static __always_inline int gre_csum(struct __sk_buff *skb, __u8 *hdr, __u32 ip_len, __u32 len,
+				    __u32 off, __u32 end)
+{
+	__s64 inner, gre;
+
+	if (ip_len > 40 || len > HDR_MAX || len < ip_len + 8)
+		return -1;
+	inner = csum_inner_final(skb, off, end, 0);
+	if (inner < 0)
+		inner = csum_range(skb, off, end);
+	if (inner < 0)
+		return -1;
+	/* the GRE header is 8 or 12 bytes: bpf_csum_diff wants a multiple of 4 */
+	gre = bpf_csum_diff(0, 0, (__be32 *)(hdr + ip_len), len - ip_len == 12 ? 12 : 8,
+			    (__u32)csum_fold64(inner));
+	if (gre < 0)
+		return -1;
+	*(__u16 *)(hdr + ip_len + 4) = (__u16)~csum_fold64(gre);
+	return 0;
+}
+
 static __always_inline int encap(struct __sk_buff *skb)
 {
 	__u8 hdr[HDR_MAX] = {};
@@ -301,6 +345,9 @@ static __always_inline int encap(struct __sk_buff *skb)
 
 	len = build(skb, &p, &in, hdr, !in.v6 && skb->gso_size, skb->len);
 	if (len < 20 || len > HDR_MAX)
+		goto err;
+	if (p.kind == LWTUN_ENCAP_GRE && (p.flags & LWTUN_PEER_GRE_CSUM) && !skb->gso_size &&
+	    gre_csum(skb, hdr, (p.flags & LWTUN_PEER_OUTER_V6) ? 40 : 20, len, 0, skb->len))
 		goto err;
 	if (bpf_lwt_push_encap(skb, BPF_LWT_ENCAP_IP, hdr, len))
 		goto err;
@@ -356,6 +403,10 @@ int encap_preview(struct __sk_buff *skb)
 	p = *pp;
 	len = build(skb, &p, &in, pv->hdr, 0, skb->len - ETH_HLEN);
 	if (len < 20 || len > HDR_MAX)
+		return TC_ACT_SHOT;
+	if (p.kind == LWTUN_ENCAP_GRE && (p.flags & LWTUN_PEER_GRE_CSUM) &&
+	    gre_csum(skb, pv->hdr, (p.flags & LWTUN_PEER_OUTER_V6) ? 40 : 20, len, ETH_HLEN,
+		     skb->len))
 		return TC_ACT_SHOT;
 	pv->len = len;
 	pv->slot = p.slot;

@@ -24,9 +24,9 @@
  *      protocol type 0x0800 or 0x86DD                             else UNSUPPORTED (dropped);
  *      checksum (C) verified over GRE header and payload          else BAD_CSUM (dropped)
  *      (not for GSO aggregates, whose checksums the segmentation writes; not when the config
- *      says LWTUN_DECAP_NO_GRE_CSUM: a packet built on this machine with checksum offload and
- *      looped through a veth may arrive with its inner checksum still partial, and then the
- *      GRE checksum, computed for the finished packet, does not match the bytes);
+ *      says LWTUN_DECAP_NO_GRE_CSUM). A packet built on this machine with checksum offload and
+ *      looped through a veth may arrive with its inner checksum still partial; gre_csum_ok()
+ *      then checks the GRE checksum against the finished inner packet (csum.h);
  *      the peer's key when the peer asks for one                  else KEY_MISMATCH (dropped)
  *   9. the inner header is whole and of the announced family      else MALFORMED (dropped)
  *  10. ECN (RFC 6040): outer CE turns an ECT inner packet CE      a not-ECT one: ECN (dropped)
@@ -45,6 +45,7 @@
 #include <linux/pkt_cls.h>
 #include <linux/udp.h>
 #include "parse.h"
+#include "csum.h"
 #include "lwtun.h"
 
 /* Linux 6.3 flags of bpf_skb_adjust_room, newer than the UAPI headers this builds against. */
@@ -62,7 +63,6 @@
 /* Bytes of headers kept linear before parsing: Ethernet, IPv6 with 4 extension headers, GRE
  * with checksum and key, an inner IPv6 header. */
 #define PULL_LEN 256
-#define CSUM_CHUNK 256
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -109,18 +109,6 @@ struct {
 	__type(value, struct lwtun_counter);
 } counters SEC(".maps");
 
-/* Scratch space for the GRE checksum, one per CPU. */
-struct csum_buf {
-	__u32 w[CSUM_CHUNK / 4 + 1];
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct csum_buf);
-} csum_scratch SEC(".maps");
-
 static __always_inline int verdict(__u32 ev, __u32 len, int act)
 {
 	struct lwtun_counter *c = bpf_map_lookup_elem(&counters, &ev);
@@ -147,62 +135,30 @@ struct outer {
 	__u8 pad[3];
 };
 
-struct csum_ctx {
-	struct __sk_buff *skb;
-	__u32 off;
-	__u32 end;
-	__s64 sum;
-};
-
-/* bpf_loop callback: adds one chunk of [off, end) to the one's-complement sum. */
-static long csum_chunk(__u64 index, void *arg)
+/* Whether the GRE checksum of the packet is right: over GRE header and payload [gre_off, end),
+ * whose inner packet starts at inner_off. First over the bytes. When that fails and the inner
+ * packet is TCP or UDP whose checksum field holds exactly what CHECKSUM_PARTIAL leaves there (a
+ * packet sent on this machine with checksum offload and looped through a veth: its transport
+ * checksum was never finished), over the GRE header plus the inner packet's sum once finished
+ * (csum.h). The GRE checksum then vouches for the headers only, so the stack is made to verify
+ * the inner checksum itself where it would otherwise trust it (BPF_CSUM_LEVEL_RESET; a
+ * CHECKSUM_PARTIAL packet stays trusted, as it never was on a wire). A packet damaged on the
+ * way still fails: its checksum field is final, not the partial pattern. */
+static __always_inline int gre_csum_ok(struct __sk_buff *skb, __u32 gre_off, __u32 inner_off,
+				       __u32 end)
 {
-	struct csum_ctx *ctx = arg;
-	__u32 zero = 0, len, size4;
-	struct csum_buf *buf;
+	__s64 hdr, inner, all = csum_range(skb, gre_off, end);
 
-	if (ctx->off >= ctx->end)
+	if (all >= 0 && csum_fold64(all) == 0xffff)
 		return 1;
-	len = ctx->end - ctx->off;
-	if (len > CSUM_CHUNK)
-		len = CSUM_CHUNK;
-	/* keep the compiler from folding the bounds into a form the verifier cannot follow */
-	asm volatile("" : "+r"(len));
-	len &= 0x1ff;
-	if (len < 1 || len > CSUM_CHUNK)
-		return 1;
-	buf = bpf_map_lookup_elem(&csum_scratch, &zero);
-	if (!buf) {
-		ctx->sum = -1;
-		return 1;
-	}
-	/* zero the last word so the bytes after `len` pad with zeros (RFC 1071) */
-	buf->w[((len - 1) / 4) & (CSUM_CHUNK / 4 - 1)] = 0;
-	if (bpf_skb_load_bytes(ctx->skb, ctx->off, buf, len) < 0) {
-		ctx->sum = -1;
-		return 1;
-	}
-	size4 = (len + 3) & ~3U;
-	if (size4 > CSUM_CHUNK)
-		return 1;
-	ctx->sum = bpf_csum_diff(0, 0, (__be32 *)buf, size4, (__u32)ctx->sum);
-	if (ctx->sum < 0)
-		return 1;
-	ctx->off += len;
-	return 0;
-}
-
-/* Whether the one's-complement sum over [off, end) of the packet is 0xffff (a valid checksum). */
-static __always_inline int range_csum_ok(struct __sk_buff *skb, __u32 off, __u32 end)
-{
-	struct csum_ctx ctx = { .skb = skb, .off = off, .end = end, .sum = 0 };
-
-	if (end <= off)
+	if (inner_off <= gre_off)
 		return 0;
-	bpf_loop((end - off + CSUM_CHUNK - 1) / CSUM_CHUNK, csum_chunk, &ctx, 0);
-	if (ctx.sum < 0 || ctx.off != end)
+	inner = csum_inner_final(skb, inner_off, end, 1);
+	hdr = csum_range(skb, gre_off, inner_off);
+	if (inner < 0 || hdr < 0 || csum_fold64((__u64)hdr + (__u64)inner) != 0xffff)
 		return 0;
-	return csum_fold_partial((__u32)ctx.sum) == 0xffff;
+	bpf_csum_level(skb, BPF_CSUM_LEVEL_RESET);
+	return 1;
 }
 
 /* IPv4 header checksum over ihl words, straight from the packet. */
@@ -410,7 +366,7 @@ int decap_tc(struct __sk_buff *skb)
 		cfg = bpf_map_lookup_elem(&config, &zero);
 		if ((gflags & GRE_CSUM) && !skb->gso_size &&
 		    !(cfg && (cfg->flags & LWTUN_DECAP_NO_GRE_CSUM)) &&
-		    !range_csum_ok(skb, o.l4off, o.ip_end))
+		    !gre_csum_ok(skb, o.l4off, o.l4off + tun_len, o.ip_end))
 			return DROP(LWTUN_DECAP_EV_BAD_CSUM);
 		if ((peer->flags & LWTUN_DECAP_PEER_GRE_KEY) && (!has_key || key != peer->gre_key))
 			return DROP(LWTUN_DECAP_EV_KEY_MISMATCH);

@@ -224,7 +224,14 @@ fn run() -> Result<()> {
         &[
             (
                 "10.90.1.0/24",
-                EncapPeer::new(b4, a4, Encap::Gre { key: Some(42) }),
+                EncapPeer::new(
+                    b4,
+                    a4,
+                    Encap::Gre {
+                        key: Some(42),
+                        checksum: true,
+                    },
+                ),
             ),
             ("10.90.2.0/24", EncapPeer::new(b4, a4, Encap::Ipip)),
             (
@@ -243,11 +250,25 @@ fn run() -> Result<()> {
         &[
             (
                 "10.70.0.0/24",
-                EncapPeer::new(a4, b4, Encap::Gre { key: None }),
+                EncapPeer::new(
+                    a4,
+                    b4,
+                    Encap::Gre {
+                        key: None,
+                        checksum: false,
+                    },
+                ),
             ),
             (
                 "fd70::/64",
-                EncapPeer::new(a6, b6, Encap::Gre { key: None }),
+                EncapPeer::new(
+                    a6,
+                    b6,
+                    Encap::Gre {
+                        key: None,
+                        checksum: false,
+                    },
+                ),
             ),
         ],
         "10.90.1.1",

@@ -21,7 +21,8 @@
 //! What is refused, and why, is written at the top of `bpf/tc_decap.bpf.c` and counted per reason
 //! in [`DecapCounters`]. In short: outer fragments are dropped (lwtun's encap sets DF and the
 //! route headroom, so a fragment means a broken path MTU), GRE must be version 0 with at most the
-//! checksum and key flags, a GRE checksum is verified, IPv6 extension headers on tunnel packets
+//! checksum and key flags, a GRE checksum is verified (also for locally sent packets whose inner
+//! checksum is still partial: see [`Decap::set_verify_gre_checksum`]), IPv6 extension headers on tunnel packets
 //! are refused. ECN follows RFC 6040 as the kernel's own tunnels do: an outer CE mark is copied
 //! to an ECN-capable inner packet, and a not-ECN-capable inner packet under an outer CE is dropped.
 //!
@@ -708,10 +709,12 @@ impl Decap {
     }
 
     /// Whether GRE checksums are verified (the default; a packet with a wrong one is dropped
-    /// and counted as `bad_checksum`). Turn it off for GRE senders on the same machine that
-    /// use checksum offload through a veth: their packets can arrive with the inner checksum
-    /// still partial, which makes the GRE checksum look wrong. The inner packet's own
-    /// checksums are verified by the stack either way.
+    /// and counted as `bad_checksum`). A packet sent on the same machine with checksum offload
+    /// through a veth arrives with its inner checksum still partial; for TCP, UDP and ICMP the
+    /// decap then checks the GRE checksum against the finished inner packet and has the stack
+    /// verify the inner checksum itself (`bpf/csum.h`), so such senders need no exception.
+    /// Turning verification off saves the per-packet sum; the inner packet's own checksums are
+    /// verified by the stack either way.
     ///
     /// # Errors
     ///

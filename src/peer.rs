@@ -50,6 +50,7 @@ const KIND_GRE: u8 = 2;
 const KIND_UDP: u8 = 3;
 const FLAG_OUTER_V6: u8 = 1 << 0;
 const FLAG_GRE_KEY: u8 = 1 << 1;
+const FLAG_GRE_CSUM: u8 = 1 << 2;
 const FLAG_TTL_INHERIT: u8 = 1 << 3;
 const FLAG_TOS_INHERIT: u8 = 1 << 4;
 const LWTUN_MAGIC: u32 = 0x4c57_544e;
@@ -65,10 +66,20 @@ const EV_NOT_IP: u32 = 4;
 pub enum Encap {
     /// IP-in-IP: the inner packet directly (protocol 4 for inner IPv4, 41 for inner IPv6).
     Ipip,
-    /// GRE (protocol 47, RFC 2784), with the RFC 2890 key field when `key` is set.
+    /// GRE (protocol 47, RFC 2784), with the RFC 2890 key field when `key` is set and the
+    /// checksum field when `checksum` is.
+    ///
+    /// The checksum covers the GRE header and the inner packet. lwtun fills it for every packet,
+    /// locally sent ones included, whose transport checksum the device finishes only after the
+    /// LWT hook: for TCP, UDP and ICMP it is computed for the finished packet from the headers,
+    /// for anything else from every byte, and for GSO packets the segmentation writes it per
+    /// segment (see `bpf/lwt_encap.bpf.c`). It costs a per-packet sum, so leave it off unless the
+    /// path or the far end wants it.
     Gre {
         /// The GRE key, if any.
         key: Option<u32>,
+        /// Whether packets carry a GRE checksum.
+        checksum: bool,
     },
     /// UDP (FOU): a UDP header to `port`, source port from the flow hash (ECMP entropy), zero
     /// UDP checksum (RFC 6935).
@@ -83,8 +94,9 @@ impl Encap {
     pub fn header_len(&self) -> u32 {
         match self {
             Encap::Ipip => 0,
-            Encap::Gre { key: None } => 4,
-            Encap::Gre { key: Some(_) } => 8,
+            Encap::Gre { key, checksum } => {
+                4 + if key.is_some() { 4 } else { 0 } + if *checksum { 4 } else { 0 }
+            }
             Encap::Udp { .. } => 8,
         }
     }
@@ -94,8 +106,16 @@ impl fmt::Display for Encap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Encap::Ipip => write!(f, "ipip"),
-            Encap::Gre { key: None } => write!(f, "gre"),
-            Encap::Gre { key: Some(k) } => write!(f, "gre key {k}"),
+            Encap::Gre { key, checksum } => {
+                write!(f, "gre")?;
+                if *checksum {
+                    write!(f, " csum")?;
+                }
+                if let Some(k) = key {
+                    write!(f, " key {k}")?;
+                }
+                Ok(())
+            }
             Encap::Udp { port } => write!(f, "udp {port}"),
         }
     }
@@ -120,7 +140,7 @@ pub enum OuterField {
 /// let peer = EncapPeer::new(
 ///     "192.0.2.2".parse().unwrap(),
 ///     "192.0.2.1".parse().unwrap(),
-///     Encap::Gre { key: Some(7) },
+///     Encap::Gre { key: Some(7), checksum: false },
 /// )
 /// .inherit_tos()
 /// .ttl(32);
@@ -232,8 +252,11 @@ impl EncapPeer {
         }
         match self.encap {
             Encap::Ipip => v.kind = KIND_IPIP,
-            Encap::Gre { key } => {
+            Encap::Gre { key, checksum } => {
                 v.kind = KIND_GRE;
+                if checksum {
+                    v.flags |= FLAG_GRE_CSUM;
+                }
                 if let Some(k) = key {
                     v.flags |= FLAG_GRE_KEY;
                     v.gre_key = u32::from_ne_bytes(k.to_be_bytes());
@@ -271,6 +294,7 @@ impl EncapPeer {
             KIND_GRE => Encap::Gre {
                 key: (v.flags & FLAG_GRE_KEY != 0)
                     .then(|| u32::from_be_bytes(v.gre_key.to_ne_bytes())),
+                checksum: v.flags & FLAG_GRE_CSUM != 0,
             },
             KIND_UDP => Encap::Udp {
                 port: u16::from_be_bytes(v.udp_dport.to_ne_bytes()),
@@ -949,12 +973,21 @@ mod tests {
         let v4 = |s: &str| -> IpAddr { s.parse().unwrap() };
         let peers = [
             EncapPeer::new(v4("192.0.2.2"), v4("192.0.2.1"), Encap::Ipip),
-            EncapPeer::new(v4("192.0.2.2"), v4("192.0.2.1"), Encap::Gre { key: None }).ttl(3),
+            EncapPeer::new(
+                v4("192.0.2.2"),
+                v4("192.0.2.1"),
+                Encap::Gre {
+                    key: None,
+                    checksum: false,
+                },
+            )
+            .ttl(3),
             EncapPeer::new(
                 v4("2001:db8::2"),
                 v4("2001:db8::1"),
                 Encap::Gre {
                     key: Some(0x0102_0304),
+                    checksum: true,
                 },
             )
             .inherit_ttl()
@@ -990,7 +1023,15 @@ mod tests {
         let six: IpAddr = "2001:db8::1".parse().unwrap();
         assert_eq!(EncapPeer::new(b, a, Encap::Ipip).encap_len(), 20);
         assert_eq!(
-            EncapPeer::new(six, six, Encap::Gre { key: Some(1) }).encap_len(),
+            EncapPeer::new(
+                six,
+                six,
+                Encap::Gre {
+                    key: Some(1),
+                    checksum: false
+                }
+            )
+            .encap_len(),
             48
         );
         assert_eq!(

@@ -221,7 +221,7 @@ impl TunnelBuilder {
 /// let mut tunnel = Tunnel::load()?;
 /// tunnel.peers_mut().insert(
 ///     "10.20.0.0/16".parse().unwrap(),
-///     EncapPeer::new("192.0.2.2".parse().unwrap(), "192.0.2.1".parse().unwrap(), Encap::Gre { key: None }),
+///     EncapPeer::new("192.0.2.2".parse().unwrap(), "192.0.2.1".parse().unwrap(), Encap::Gre { key: None, checksum: false }),
 /// )?;
 /// let route = tunnel.route("10.20.0.0/16".parse().unwrap()).device(underlay);
 /// tunnel.steer(&mut nl, route)?;

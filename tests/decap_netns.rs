@@ -580,7 +580,10 @@ fn tcp_through_lwtun_encap_is_decapsulated_and_forwarded() {
 
     for encap in [
         Encap::Ipip,
-        Encap::Gre { key: None },
+        Encap::Gre {
+            key: None,
+            checksum: false,
+        },
         Encap::Udp { port: PORT },
     ] {
         let peer = EncapPeer::new(net.v4_towards(1, 0).into(), net.v4(0).into(), encap);

@@ -888,3 +888,71 @@ fn gre_checksum_verification_can_be_turned_off() {
     d.set_verify_gre_checksum(true).unwrap();
     run(&d, "verified again", &bad, TC_ACT_SHOT, "bad_checksum");
 }
+
+/// `inner` (an IPv4 or IPv6 UDP packet with a final checksum) as a locally sent packet leaves it
+/// with checksum offload: the UDP checksum field holds the pseudo-header sum, folded, not
+/// inverted (CHECKSUM_PARTIAL).
+fn with_partial_udp_checksum(inner: &[u8]) -> Vec<u8> {
+    let mut p = inner.to_vec();
+    let v6 = p[0] >> 4 == 6;
+    let (l4, mut pseudo) = if v6 {
+        (40, p[8..40].to_vec())
+    } else {
+        (20, p[12..20].to_vec())
+    };
+    let len = p.len() - l4;
+    if v6 {
+        pseudo.extend_from_slice(&(len as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, IPPROTO_UDP]);
+    } else {
+        pseudo.extend_from_slice(&[0, IPPROTO_UDP]);
+        pseudo.extend_from_slice(&(len as u16).to_be_bytes());
+    }
+    let partial = sum16(&pseudo, 0) as u16;
+    p[l4 + 6..l4 + 8].copy_from_slice(&partial.to_be_bytes());
+    p
+}
+
+/// A GRE checksum computed for the finished inner packet is accepted while the inner checksum is
+/// still partial (a sender on this machine with offload, through a veth), for IPv4 and IPv6; the
+/// same packet damaged on the way (a final checksum that is wrong, or a wrong GRE checksum) is not.
+#[test]
+fn gre_checksum_of_a_packet_with_a_partial_inner_checksum() {
+    if !common::privileged("gre_checksum_of_a_packet_with_a_partial_inner_checksum") {
+        return;
+    }
+    let d = decap();
+    for (inner, ethertype) in [(inner4(), 0x0800u16), (inner6(), 0x86dd)] {
+        let what = format!("inner {ethertype:#06x}");
+        // The GRE checksum of the finished packet, the inner bytes as a partial sender has them.
+        let finished = gre(ethertype, None, true, &inner);
+        let partial = with_partial_udp_checksum(&inner);
+        assert_ne!(
+            partial, inner,
+            "{what}: the partial checksum differs from the final one"
+        );
+        let mut g = finished[..8].to_vec();
+        g.extend_from_slice(&partial);
+        let frame = |g: &[u8]| {
+            if ethertype == 0x0800 {
+                outer4(PEER4, LOCAL4, IPPROTO_GRE, g)
+            } else {
+                outer6(peer6(), local6(), IPPROTO_GRE, g)
+            }
+        };
+        let out = run(&d, &what, &frame(&g), TC_ACT_OK, "gre");
+        expect_inner(&what, &out, &partial, ethertype);
+
+        // Damaged payload under a final (now wrong) checksum: the bytes do not add up, and the
+        // checksum field is not the partial pattern either.
+        let mut damaged = finished.clone();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 0x10;
+        run(&d, &what, &frame(&damaged), TC_ACT_SHOT, "bad_checksum");
+
+        // Partial inner checksum, but a GRE checksum that is wrong for the finished packet.
+        let mut wrong = g.clone();
+        wrong[4] ^= 0x01;
+        run(&d, &what, &frame(&wrong), TC_ACT_SHOT, "bad_checksum");
+    }
+}

@@ -165,7 +165,10 @@ fn gre_4in4_on_the_wire() {
         return;
     }
     encap_on_the_wire(
-        Encap::Gre { key: None },
+        Encap::Gre {
+            key: None,
+            checksum: false,
+        },
         false,
         false,
         "ip proto 47",
@@ -179,7 +182,10 @@ fn gre_key_6in6_on_the_wire() {
         return;
     }
     encap_on_the_wire(
-        Encap::Gre { key: Some(0x1234) },
+        Encap::Gre {
+            key: Some(0x1234),
+            checksum: false,
+        },
         true,
         true,
         "ip6 proto 47",
@@ -343,7 +349,14 @@ fn batch_insert_and_remove() {
             let remote = IpAddr::from([192, 0, 2, (i % 250 + 2) as u8]);
             (
                 prefix,
-                EncapPeer::new(remote, local, Encap::Gre { key: Some(i) }),
+                EncapPeer::new(
+                    remote,
+                    local,
+                    Encap::Gre {
+                        key: Some(i),
+                        checksum: false,
+                    },
+                ),
             )
         })
         .collect();
@@ -400,7 +413,10 @@ fn pinned_tables_are_adopted() {
             EncapPeer::new(
                 "192.0.2.2".parse().unwrap(),
                 local,
-                Encap::Gre { key: Some(9) },
+                Encap::Gre {
+                    key: Some(9),
+                    checksum: false,
+                },
             )
             .ttl(7),
         ),

@@ -142,7 +142,10 @@ fn replaced_peer_moves_a_steady_flow_without_loss() {
         common::ip(line.ns(i), &["link", "set", "lo", "up"]);
         common::ip(line.ns(i), &["addr", "add", a, "dev", "lo"]);
     }
-    let gre = Encap::Gre { key: Some(5) };
+    let gre = Encap::Gre {
+        key: Some(5),
+        checksum: false,
+    };
     let mut a = endpoint(
         line.ns(0),
         line.ifindex(0, "to1"),
@@ -253,7 +256,10 @@ fn path_mtu_counts_the_encap() {
         "10.77.0.2",
         "10.77.1.2",
         "10.77.1.1",
-        Encap::Gre { key: None },
+        Encap::Gre {
+            key: None,
+            checksum: false,
+        },
         &[],
     );
     r.tunnel
@@ -263,7 +269,10 @@ fn path_mtu_counts_the_encap() {
             EncapPeer::new(
                 addr("10.77.1.2"),
                 addr("10.77.1.1"),
-                Encap::Gre { key: None },
+                Encap::Gre {
+                    key: None,
+                    checksum: false,
+                },
             ),
         )
         .unwrap();
@@ -395,7 +404,10 @@ fn input_route_encapsulates_forwarded_traffic() {
             EncapPeer::new(
                 addr("10.77.1.2"),
                 addr("10.77.1.1"),
-                Encap::Gre { key: None },
+                Encap::Gre {
+                    key: None,
+                    checksum: false,
+                },
             ),
         )
         .unwrap();

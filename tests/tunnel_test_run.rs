@@ -5,6 +5,7 @@
 //! replaced and removed peers; and frames that must match nothing.
 
 mod common;
+mod decap_common;
 
 use std::net::IpAddr;
 
@@ -109,9 +110,21 @@ fn every_encap_family_and_inner_family_byte_by_byte() {
     }
     let encaps = [
         Encap::Ipip,
-        Encap::Gre { key: None },
+        Encap::Gre {
+            key: None,
+            checksum: false,
+        },
         Encap::Gre {
             key: Some(0xdead_beef),
+            checksum: false,
+        },
+        Encap::Gre {
+            key: None,
+            checksum: true,
+        },
+        Encap::Gre {
+            key: Some(0xdead_beef),
+            checksum: true,
         },
         Encap::Udp { port: 5555 },
     ];
@@ -146,15 +159,27 @@ fn every_encap_family_and_inner_family_byte_by_byte() {
                 let ethertype: u16 = if inner_v6 { 0x86dd } else { 0x0800 };
                 match encap {
                     Encap::Ipip => assert!(l4.is_empty(), "{what}"),
-                    Encap::Gre { key } => {
+                    Encap::Gre { key, checksum } => {
                         let flags = u16::from_be_bytes([l4[0], l4[1]]);
                         assert_eq!(u16::from_be_bytes([l4[2], l4[3]]), ethertype, "{what}");
-                        match key {
-                            Some(k) => {
-                                assert_eq!(flags, 0x2000, "{what}: K bit, version 0");
-                                assert_eq!(u32::from_be_bytes([l4[4], l4[5], l4[6], l4[7]]), k);
-                            }
-                            None => assert_eq!(flags, 0, "{what}: no flags, version 0"),
+                        let c_bit = if checksum { 0x8000 } else { 0 };
+                        let k_bit = if key.is_some() { 0x2000 } else { 0 };
+                        assert_eq!(flags, c_bit | k_bit, "{what}: C and K bits, version 0");
+                        let key_at = if checksum { 8 } else { 4 };
+                        if let Some(k) = key {
+                            let b = &l4[key_at..key_at + 4];
+                            assert_eq!(u32::from_be_bytes([b[0], b[1], b[2], b[3]]), k);
+                        }
+                        if checksum {
+                            assert_eq!(&l4[6..8], &[0, 0], "{what}: reserved1");
+                            // RFC 2784: GRE header and payload sum to 0xffff.
+                            let mut covered = l4.to_vec();
+                            covered.extend_from_slice(&frame[14..]);
+                            assert_eq!(
+                                decap_common::sum16(&covered, 0),
+                                0xffff,
+                                "{what}: checksum"
+                            );
                         }
                     }
                     Encap::Udp { port } => {
@@ -206,7 +231,13 @@ fn ttl_and_tos_fixed_or_inherited() {
     }
     for outer_v6 in [false, true] {
         let mut t = Tunnel::load().unwrap();
-        let p = peer(outer_v6, Encap::Gre { key: None });
+        let p = peer(
+            outer_v6,
+            Encap::Gre {
+                key: None,
+                checksum: false,
+            },
+        );
         t.peers_mut()
             .insert(
                 "10.20.0.0/16".parse().unwrap(),
@@ -247,8 +278,20 @@ fn longest_prefix_wins_and_changes_apply() {
         return;
     }
     let mut t = Tunnel::load().unwrap();
-    let wide = peer(false, Encap::Gre { key: Some(1) });
-    let narrow = peer(false, Encap::Gre { key: Some(2) });
+    let wide = peer(
+        false,
+        Encap::Gre {
+            key: Some(1),
+            checksum: false,
+        },
+    );
+    let narrow = peer(
+        false,
+        Encap::Gre {
+            key: Some(2),
+            checksum: false,
+        },
+    );
     t.peers_mut()
         .insert("10.0.0.0/8".parse().unwrap(), wide)
         .unwrap();
@@ -266,7 +309,13 @@ fn longest_prefix_wins_and_changes_apply() {
     t.peers_mut()
         .replace(
             "10.20.0.0/24".parse().unwrap(),
-            peer(false, Encap::Gre { key: Some(3) }),
+            peer(
+                false,
+                Encap::Gre {
+                    key: Some(3),
+                    checksum: false,
+                },
+            ),
         )
         .unwrap();
     assert_eq!(key(&t, [10, 20, 0, 9]), Some(3));
@@ -281,7 +330,13 @@ fn frames_that_match_nothing() {
     if !common::privileged("frames_that_match_nothing") {
         return;
     }
-    let t = tunnel_with(false, Encap::Gre { key: None });
+    let t = tunnel_with(
+        false,
+        Encap::Gre {
+            key: None,
+            checksum: false,
+        },
+    );
     let good4 = inner4(D4, 61, 0);
     let good6 = inner6(D6, 61, 0);
     let mut ihl4 = good4.clone();
@@ -323,4 +378,139 @@ fn frames_that_match_nothing() {
         t.preview(&[0u8; 10]).is_err(),
         "shorter than Ethernet: refused"
     );
+}
+
+/// Writes the TCP/UDP checksum of an IPv4/IPv6 packet without extension headers or options:
+/// final (`partial` false) or as CHECKSUM_PARTIAL leaves it (the folded pseudo-header sum).
+fn set_l4_checksum(p: &mut [u8], partial: bool) {
+    let v6 = p[0] >> 4 == 6;
+    let (l4, proto, mut pseudo) = if v6 {
+        (40, p[6], p[8..40].to_vec())
+    } else {
+        (20, p[9], p[12..20].to_vec())
+    };
+    let len = p.len() - l4;
+    if v6 {
+        pseudo.extend_from_slice(&(len as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, proto]);
+    } else {
+        pseudo.extend_from_slice(&[0, proto]);
+        pseudo.extend_from_slice(&(len as u16).to_be_bytes());
+    }
+    let at = l4 + if proto == 6 { 16 } else { 6 };
+    p[at..at + 2].copy_from_slice(&[0, 0]);
+    let ph = decap_common::sum16(&pseudo, 0);
+    let value = if partial {
+        ph as u16
+    } else {
+        !(decap_common::sum16(&p[l4..], ph) as u16)
+    };
+    p[at..at + 2].copy_from_slice(&value.to_be_bytes());
+}
+
+/// A TCP segment (20-byte header, ACK|PSH) with `payload`, checksum 0.
+fn tcp(payload: &[u8]) -> Vec<u8> {
+    let mut t = vec![
+        0x9c, 0x40, 0x1f, 0x90, 0, 0, 0, 1, 0, 0, 0, 1, 0x50, 0x18, 0xff, 0xff,
+    ];
+    t.extend_from_slice(&[0, 0, 0, 0]);
+    t.extend_from_slice(payload);
+    t
+}
+
+/// The GRE checksum the encap computes is right for the packet as it leaves the host, through
+/// both of its paths: from the headers (TCP/UDP/ICMP, also while the transport checksum is still
+/// partial) and byte by byte (UDP without checksum, fragments, IPv4 options, IPv6 extension
+/// headers, other protocols, odd lengths, several 256-byte chunks).
+#[test]
+fn gre_checksum_is_right_for_the_finished_packet() {
+    if !common::privileged("gre_checksum_is_right_for_the_finished_packet") {
+        return;
+    }
+    use decap_common::{ipv4_header, ipv6_header};
+    let src4: std::net::Ipv4Addr = "10.30.0.1".parse().unwrap();
+    let dst4 = std::net::Ipv4Addr::from(D4);
+    let src6: std::net::Ipv6Addr = "fd30::1".parse().unwrap();
+    let dst6 = std::net::Ipv6Addr::from(D6);
+    let long: Vec<u8> = (0..1361u32).map(|i| (i * 7 + 3) as u8).collect();
+    let with4 = |proto: u8, l4: &[u8], options: &[u8]| {
+        let mut p = ipv4_header(src4, dst4, proto, l4.len(), options);
+        p.extend_from_slice(l4);
+        p
+    };
+    let with6 = |next: u8, l4: &[u8]| {
+        let mut p = ipv6_header(src6, dst6, next, l4.len());
+        p.extend_from_slice(l4);
+        p
+    };
+    // (what, packet as it leaves the host, packet as lwt_xmit sees it)
+    let mut cases: Vec<(&str, Vec<u8>, Vec<u8>)> = Vec::new();
+    for (what, mut p) in [
+        ("TCP v4", with4(6, &tcp(&long), &[])),
+        ("TCP v6", with6(6, &tcp(&long[..999]))),
+        (
+            "UDP v4",
+            with4(17, &decap_common::udp(1, 2, &long[..77]), &[]),
+        ),
+        ("UDP v6", with6(17, &decap_common::udp(1, 2, &long[..300]))),
+    ] {
+        set_l4_checksum(&mut p, false);
+        let mut partial = p.clone();
+        set_l4_checksum(&mut partial, true);
+        assert_ne!(p, partial);
+        cases.push((what, p.clone(), p.clone()));
+        let partial_what = match what {
+            "TCP v4" => "TCP v4, partial checksum",
+            "TCP v6" => "TCP v6, partial checksum",
+            "UDP v4" => "UDP v4, partial checksum",
+            _ => "UDP v6, partial checksum",
+        };
+        cases.push((partial_what, p, partial));
+    }
+    let mut icmp = vec![8, 0, 0, 0, 0, 1, 0, 1];
+    icmp.extend_from_slice(&long[..56]);
+    let c = decap_common::checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut frag = with4(6, &tcp(&long[..400]), &[]);
+    frag[6] = 0x20; // MF: a first fragment, whose TCP checksum covers more than it carries
+    decap_common::fix_ipv4_checksum(&mut frag);
+    let mut hop_by_hop = vec![17, 0, 1, 4, 0, 0, 0, 0];
+    hop_by_hop.extend_from_slice(&decap_common::udp(1, 2, &long[..33]));
+    for (what, p) in [
+        ("ICMP v4", with4(1, &icmp, &[])),
+        (
+            "UDP v4 without checksum, odd",
+            with4(17, &decap_common::udp(1, 2, &long[..1001]), &[]),
+        ),
+        ("IPv4 fragment", frag),
+        ("IPv4 options", with4(6, &tcp(&long[..64]), &[1, 1, 1, 0])),
+        ("IPv6 hop-by-hop", with6(0, &hop_by_hop)),
+        ("GRE in GRE", with4(47, &long[..555], &[])),
+    ] {
+        cases.push((what, p.clone(), p));
+    }
+    let encap = Encap::Gre {
+        key: Some(5),
+        checksum: true,
+    };
+    for outer_v6 in [false, true] {
+        let t = tunnel_with(outer_v6, encap);
+        for (what, finished, seen) in &cases {
+            let ethertype = if seen[0] >> 4 == 6 { 0x86dd } else { 0x0800 };
+            let h = t
+                .preview(&eth(ethertype, seen))
+                .unwrap()
+                .unwrap_or_else(|| panic!("{what}: no match"));
+            let gre = &h[if outer_v6 { 40 } else { 20 }..];
+            assert_eq!(gre.len(), 12, "{what}: checksum and key");
+            let mut covered = gre.to_vec();
+            covered.extend_from_slice(finished);
+            assert_eq!(
+                decap_common::sum16(&covered, 0),
+                0xffff,
+                "{what} (outer v6 {outer_v6}): GRE checksum {:#06x}",
+                u16::from_be_bytes([gre[4], gre[5]])
+            );
+        }
+    }
 }

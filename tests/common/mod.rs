@@ -864,3 +864,47 @@ pub fn tcpdump<R>(
     let r = traffic();
     (cap.finish(timeout), r)
 }
+
+/// Turns transmit checksum offload off on `dev`: a local stack sending over a veth leaves TCP
+/// and UDP checksums to "hardware" (CHECKSUM_PARTIAL), and a frame that XDP redirects to another
+/// device carries that unfinished checksum to the receiver, which drops it. Real NICs finish the
+/// checksum on transmit; test hosts on veths must do it in software.
+/// (`ethtool -K DEV tx off`, done with the SIOCETHTOOL ioctl: ethtool may not be installed.)
+pub fn tx_checksum_off(ns: &NetNs, dev: &str) {
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        data: *mut EthtoolValue,
+        _pad: [u8; 16],
+    }
+    let dev = dev.to_string();
+    ns.run(move || {
+        let mut value = EthtoolValue {
+            cmd: ETHTOOL_STXCSUM,
+            data: 0,
+        };
+        let mut req = IfReq {
+            name: [0; 16],
+            data: &mut value,
+            _pad: [0; 16],
+        };
+        req.name[..dev.len()].copy_from_slice(dev.as_bytes());
+        // SAFETY: plain socket and ioctl calls on live buffers; the fd is closed below.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+            assert!(fd >= 0);
+            let rc = libc::ioctl(fd, libc::SIOCETHTOOL, &mut req as *mut IfReq);
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            assert_eq!(rc, 0, "ETHTOOL_STXCSUM on {dev}: {err}");
+        }
+        Ok(())
+    })
+    .unwrap();
+}
