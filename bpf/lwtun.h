@@ -313,24 +313,56 @@ struct lwtun_table_entry {
 };
 LWTUN_ASSERT_SIZE(struct lwtun_table_entry, 8);
 
-/* ---- dispatcher (bpf/dispatch*.bpf.c <-> src/chain/dispatcher.rs) ---- */
+/* ---- dispatcher (bpf/dispatch.h, bpf/dispatch*.bpf.c <-> src/chain/dispatcher.rs) ---- */
 
-/* Programs one dispatcher runs (stub functions replaced by freplace programs). */
+/* Member slots of one dispatcher (a prog array of this size; slots run in ascending order). */
 #define LWTUN_DISPATCH_SLOTS 8
-/* What an empty stub returns: not a verdict of any hook, so the root goes on. */
-#define LWTUN_DISPATCH_EMPTY 31
+/* The dispatcher's own ABI version (its maps and structs below), checked with LWTUN_MAGIC. */
+#define LWTUN_DISPATCH_VERSION 2
 
-/* The dispatcher's configuration (one entry, index 0). A slot's program's verdict v lets the next
- * slot run when bit v of its continue mask is set (verdicts 0..30); otherwise the root returns v.
- * Negative verdicts (tc's TC_ACT_UNSPEC, -1) use bit 30. */
+/* Every dispatch-aware object (the root and its members) carries this in its .rodata as
+ * `lwtun_dispatch_abi`; user space reads it before loading and refuses a mismatch. */
+struct lwtun_dispatch_abi {
+	__u32 magic;   /* LWTUN_MAGIC */
+	__u32 version; /* LWTUN_DISPATCH_VERSION */
+	__u32 slots;   /* LWTUN_DISPATCH_SLOTS */
+	__u32 pad;
+};
+LWTUN_ASSERT_SIZE(struct lwtun_dispatch_abi, 16);
+
+/* Bits of a continue mask: verdict v (0..29) is bit v; -1 (tc's TC_ACT_UNSPEC) is bit 30 and
+ * BPF_LWT_REROUTE (128) bit 31. Other verdicts always end the run. */
+#define LWTUN_DISPATCH_BIT_UNSPEC 30
+#define LWTUN_DISPATCH_BIT_REROUTE 31
+
+/* The dispatcher's configuration (one entry, index 0), written by user space. A member in slot s
+ * that returns verdict v lets the next non-empty slot run when v's bit is set in
+ * continue_mask[s]; otherwise v is the packet's verdict. */
 struct lwtun_dispatch_config {
 	__u32 magic;   /* LWTUN_MAGIC: until it is set, the root passes every packet */
-	__u32 version; /* LWTUN_ABI_VERSION */
-	__s32 verdict; /* returned when every slot went on (or all are empty) */
+	__u32 version; /* LWTUN_DISPATCH_VERSION */
+	__s32 verdict; /* returned when every member went on (or none is attached) */
 	__u32 pad;
 	__u32 continue_mask[LWTUN_DISPATCH_SLOTS];
 };
 LWTUN_ASSERT_SIZE(struct lwtun_dispatch_config, 48);
+
+/* Per-CPU state of the packet running through the dispatcher (the run goes to its end on one
+ * CPU with BH disabled, so one entry per CPU is enough). */
+struct lwtun_dispatch_cursor {
+	__u32 slot;  /* the slot running now */
+	__u32 depth; /* members entered so far (1 in the first) */
+};
+LWTUN_ASSERT_SIZE(struct lwtun_dispatch_cursor, 8);
+
+/* dispatch_member: what a counting member saw (one entry, summed over CPUs). */
+struct lwtun_dispatch_member_stats {
+	__u64 packets;
+	__u64 bytes;
+	__u64 depth_sum; /* sum of the positions (1 = first member) it ran at */
+	__u64 slot_sum;  /* sum of the slots it ran in */
+};
+LWTUN_ASSERT_SIZE(struct lwtun_dispatch_member_stats, 32);
 
 /* capture: one ring buffer record, a fixed header then `caplen` bytes of the packet (from the
  * Ethernet header at XDP and tc, from the IP header at the LWT hooks). */

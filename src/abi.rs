@@ -23,6 +23,10 @@ unsafe impl Pod for u32 {}
 unsafe impl Pod for u64 {}
 // SAFETY: `struct lwtun_counter` is two u64s (16 bytes, asserted in lwtun.h).
 unsafe impl Pod for crate::skel::lwt_count::types::lwtun_counter {}
+// SAFETY: `struct lwtun_dispatch_config` is 32-bit integers and an array of them (48 bytes).
+unsafe impl Pod for crate::skel::dispatch::types::lwtun_dispatch_config {}
+// SAFETY: `struct lwtun_dispatch_member_stats` is four u64s (32 bytes).
+unsafe impl Pod for crate::skel::dispatch_member::types::lwtun_dispatch_member_stats {}
 
 /// Reads a `T` from exactly `size_of::<T>()` bytes; `None` on a size mismatch.
 pub(crate) fn from_bytes<T: Pod>(bytes: &[u8]) -> Option<T> {

@@ -1,52 +1,111 @@
-//! [`Dispatcher`]: one root program per hook that runs independent programs in order, each
-//! verdict deciding whether the next runs (libxdp's design, for XDP, tc and the LWT hooks).
+//! [`Dispatcher`]: one root program per hook that runs independent programs in slot order, each
+//! verdict deciding whether the next runs, for the XDP, tc and LWT hooks.
 //!
-//! Why freplace and not tail calls: a tail call never returns, so a program reached by one decides
-//! alone what happens next; only programs written for a chain ([`super::ProgChain`]) can go on.
-//! A dispatcher must run programs that know nothing of it and look at their verdicts. The root
-//! calls one stub function per slot; a member is loaded as `BPF_PROG_TYPE_EXT` (freplace) against
-//! a stub and returns to the root like a function, which then applies the slot's continue mask.
-//! Attaching or detaching a freplace link swaps one stub's code atomically while the root stays
-//! attached, so members come and go under traffic without a packet lost.
+//! ```text
+//!  hook ──▶ root ──tail call──▶ slot 0 member ──verdict in slot 0's continue set?──▶ slot 3 member ──▶ …
+//!             │                      │ no: the verdict is the packet's                         │
+//!             └── no member: the dispatcher's verdict                after the last slot: the dispatcher's verdict
+//! ```
+//!
+//! # Why tail calls, not freplace
+//!
+//! libxdp's dispatcher calls one stub function per slot and loads each member as a
+//! `BPF_PROG_TYPE_EXT` (freplace) program that replaces a stub and returns to the root. On kernels
+//! in lockdown integrity mode (`CONFIG_LOCK_DOWN_KERNEL_FORCE_INTEGRITY`, as on this project's
+//! test machines) every EXT load fails with EPERM although all capabilities are present, so that
+//! design cannot run there. This dispatcher uses only tail calls, which work wherever BPF does:
+//! the root tail-calls the first member; a member built on `bpf/dispatch.h`
+//! (`LWTUN_DISPATCH_MEMBER`) computes its verdict and then, through `lwtun_dispatch_continue()`,
+//! either returns it (the verdict is not in its slot's continue set) or tail-calls the next
+//! member. A tail call never returns, so the member itself carries the dispatch step: a member must
+//! be dispatch-aware to let later members run. Any other program of the hook's type can still be
+//! a member ([`attach_program`](Dispatcher::attach_program), or [`attach`](Dispatcher::attach)
+//! with an object not built on the header): it ends the run with its own verdict.
+//!
+//! Members sit in the slots of a prog array. Empty slots are skipped, so attaching, detaching or
+//! replacing a member is one prog array write: each packet sees the dispatcher with or without
+//! it, and none is lost.
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::fmt;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
-use libbpf_rs::{AsRawLibbpf, MapCore, MapFlags, Object, ProgramType};
+use libbpf_rs::btf::types::{DataSec, Var};
+use libbpf_rs::btf::Btf;
+use libbpf_rs::{AsRawLibbpf, MapCore, MapFlags, Object, ObjectBuilder, OpenObject};
 
-use super::prog_chain::{check_abi_words, ChainHook, ABI_VERSION, MAGIC};
+use super::prog_chain::{ChainHook, MAGIC};
+use crate::abi;
 use crate::error::{Error, ErrorKind, Result};
 use crate::program::{program_info, LwtProgram, ProgramInfo};
+use crate::skel::dispatch::types::lwtun_dispatch_config;
+use crate::skel::dispatch_member::types::lwtun_dispatch_member_stats;
 
-/// Slots of a dispatcher (`LWTUN_DISPATCH_SLOTS`).
+/// Member slots of a dispatcher (`LWTUN_DISPATCH_SLOTS`).
 pub const DISPATCH_SLOTS: u32 = 8;
+/// `LWTUN_DISPATCH_VERSION`: the dispatcher's maps and structs.
+pub const DISPATCH_VERSION: u32 = 2;
+/// The name of the ABI variable in a dispatch-aware object's `.rodata`.
+const ABI_VAR: &str = "lwtun_dispatch_abi";
+/// The maps a dispatch-aware member shares with the root (declared in `bpf/dispatch.h`).
+const SHARED_MAPS: [&str; 3] = ["dispatch_progs", "dispatch_config", "dispatch_cursor"];
 
-/// A dispatcher slot holding a member (slots run in ascending order).
+/// A member of a dispatcher: the slot it occupies and a serial number, so the id of a detached
+/// member never names a later member in the same slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MemberId(u32);
+pub struct MemberId(u32, u64);
 
 impl MemberId {
-    /// The slot (0 runs first).
+    /// The slot (slots run in ascending order, 0 first).
     pub fn slot(self) -> u32 {
         self.0
     }
 }
 
-struct Member {
-    object: Object,
-    link: OwnedFd,
-    info: ProgramInfo,
+impl fmt::Display for MemberId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "member in slot {} (#{})", self.0, self.1)
+    }
 }
 
-/// A root program that runs up to 8 independent programs in slot order.
+/// A member as [`Dispatcher::members`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// The member.
+    pub id: MemberId,
+    /// The kernel's facts about its program.
+    pub program: ProgramInfo,
+    /// The verdicts that let the next member run (empty for a member that is not
+    /// dispatch-aware: it always ends the run).
+    pub continue_on: Vec<i32>,
+    /// Whether the program is built on `bpf/dispatch.h` (it goes on to the next member).
+    pub dispatch_aware: bool,
+}
+
+struct Member {
+    /// The member's own object, when the dispatcher loaded it (to read its maps).
+    object: Option<Object>,
+    /// Keeps the program loaded while it is in the slot.
+    _program: OwnedFd,
+    info: MemberInfo,
+}
+
+/// A root program that runs up to 8 programs in slot order at one hook; each member's verdict
+/// decides, through the continue set it was attached with, whether the next member runs.
 ///
-/// Members are programs of the hook's type in a BPF object (for example a `crate::skel::*::OBJECT`),
-/// reloaded as freplace programs against one of the root's stubs. A member's verdict `v` lets the
-/// next slot run when `v` is among the verdicts it was attached with (`continue_on`); otherwise
-/// the root returns `v`. When every member went on, the root returns the dispatcher's verdict
-/// (the hook's pass verdict unless [`set_verdict`](Self::set_verdict) changed it).
+/// Members are programs of the hook's type. Dispatch-aware members come from BPF objects built on
+/// `bpf/dispatch.h` ([`attach`](Self::attach) loads them so they share the root's maps); their
+/// verdict `v` lets the next non-empty slot run when `v` is in their `continue_on` set, and
+/// otherwise `v` is the packet's verdict. After the last member the packet gets the dispatcher's
+/// verdict (the hook's pass verdict unless [`set_verdict`](Self::set_verdict) changed it). A
+/// program not built on the header can be a member too, and ends the run with its own verdict.
+///
+/// Attach, detach and replace change the running dispatcher atomically (one prog array write
+/// each): no packet is lost while members come and go.
+///
+/// Lifetime: the dispatcher owns the root, its prog array and every member program. Dropping it
+/// closes the prog array, whose entries the kernel then clears, so a hook still running the root
+/// passes every packet with the dispatcher's verdict. Keep the dispatcher as long as its hook.
 ///
 /// # Examples
 ///
@@ -58,7 +117,7 @@ struct Member {
 /// // XDP_PASS (2) goes on to the next slot; any other verdict is final.
 /// let first = d.attach(0, lwtun::skel::dispatch_member::OBJECT, "member_xdp", &[2])?;
 /// let second = d.attach(1, lwtun::skel::dispatch_member::OBJECT, "member_xdp", &[2])?;
-/// d.detach(first)?; // the stub returns: slot 0 is skipped from the next packet on
+/// d.detach(first)?; // slot 0 is skipped from the next packet on
 /// # let _ = second;
 /// # Ok::<(), lwtun::Error>(())
 /// ```
@@ -70,6 +129,7 @@ pub struct Dispatcher {
     members: BTreeMap<u32, Member>,
     masks: [u32; DISPATCH_SLOTS as usize],
     verdict: i32,
+    serial: u64,
 }
 
 impl fmt::Debug for Dispatcher {
@@ -77,71 +137,39 @@ impl fmt::Debug for Dispatcher {
         f.debug_struct("Dispatcher")
             .field("hook", &self.hook)
             .field("entry", &self.entry_info)
-            .field(
-                "members",
-                &self
-                    .members
-                    .iter()
-                    .map(|(s, m)| (s, &m.info))
-                    .collect::<Vec<_>>(),
-            )
+            .field("verdict", &self.verdict)
+            .field("members", &self.members())
             .finish()
     }
 }
 
-fn stub_prefix(hook: ChainHook) -> &'static str {
-    match hook {
-        ChainHook::Xdp => "xdp",
-        _ => "skb",
-    }
-}
-
 impl Dispatcher {
-    /// Loads an empty dispatcher for `hook` (it passes every packet until members come).
+    /// Loads an empty dispatcher for `hook`: it passes every packet with the hook's pass verdict
+    /// until members come.
     ///
     /// # Errors
     ///
-    /// Permission without CAP_BPF; Kernel on an ABI mismatch.
+    /// Permission without CAP_BPF; InvalidInput when the embedded root object's ABI does not
+    /// match this library (a build problem).
     pub fn new(hook: ChainHook) -> Result<Self> {
         let op = "load dispatcher";
-        let mut open = libbpf_rs::ObjectBuilder::default()
-            .name("dispatch")
-            .map_err(|e| Error::bpf(op, e))?
-            .open_memory(crate::skel::dispatch::OBJECT)
-            .map_err(|e| Error::bpf(op, e))?;
-        {
-            let offset =
-                std::mem::offset_of!(crate::skel::dispatch::types::rodata, lwtun_dispatch_abi);
-            let rodata = open
-                .maps()
-                .find(|m| m.name().to_string_lossy().ends_with(".rodata"))
-                .and_then(|m| m.initial_value().map(<[u8]>::to_vec))
-                .unwrap_or_default();
-            let word = |i: usize| {
-                rodata
-                    .get(offset + i * 4..offset + i * 4 + 4)
-                    .map(|b| u32::from_ne_bytes(b.try_into().expect("4")))
-                    .unwrap_or(0)
-            };
-            check_abi_words("check dispatcher ABI", word(0), word(1), 32).and_then(|()| {
-                if word(2) == DISPATCH_SLOTS {
-                    Ok(())
-                } else {
-                    Err(Error::other(
-                        ErrorKind::Kernel,
-                        "check dispatcher ABI",
-                        format!("{} slots, expected {DISPATCH_SLOTS}", word(2)),
-                    ))
-                }
-            })?;
+        let mut open = open_object(op, "dispatch", crate::skel::dispatch::OBJECT)?;
+        match read_abi(op, &open)? {
+            Some(words) => check_abi_words(op, "dispatch", words)?,
+            None => {
+                return Err(Error::other(
+                    ErrorKind::Kernel,
+                    op,
+                    format!("the root object has no {ABI_VAR}"),
+                ))
+            }
         }
         for mut p in open.progs_mut() {
             let ours = p.prog_type() == hook.program_type();
             p.set_autoload(ours);
         }
         let object = crate::program::load_opened(open, op)?;
-        let name = format!("dispatch_{hook}");
-        let entry = crate::program::program_fd(&object, &name)?;
+        let entry = crate::program::program_fd(&object, &format!("dispatch_{hook}"))?;
         let entry_info = program_info(entry.as_fd())?;
         let d = Dispatcher {
             hook,
@@ -151,6 +179,7 @@ impl Dispatcher {
             members: BTreeMap::new(),
             masks: [0; DISPATCH_SLOTS as usize],
             verdict: hook.pass_verdict(),
+            serial: 0,
         };
         d.write_config()?;
         Ok(d)
@@ -161,12 +190,18 @@ impl Dispatcher {
         self.hook
     }
 
-    /// The root program: attach it at the hook.
+    /// The root program: attach it at the hook (an XDP or tc attach; for a route, see
+    /// [`lwt_entry`](Self::lwt_entry)).
     pub fn entry(&self) -> BorrowedFd<'_> {
         self.entry.as_fd()
     }
 
-    /// The root as an LWT program, for a route.
+    /// The kernel's facts about the root program.
+    pub fn entry_info(&self) -> &ProgramInfo {
+        &self.entry_info
+    }
+
+    /// The root as an LWT program, to give a route ([`crate::route::LwtRoute::program`]).
     ///
     /// # Errors
     ///
@@ -179,211 +214,478 @@ impl Dispatcher {
         )
     }
 
-    /// Sets the verdict returned when every member went on.
-    ///
-    /// # Errors
-    ///
-    /// The kernel's error.
-    pub fn set_verdict(&mut self, verdict: i32) -> Result<()> {
-        self.verdict = verdict;
-        self.write_config()
+    /// The verdict a packet gets after the last member went on (or with no member).
+    pub fn verdict(&self) -> i32 {
+        self.verdict
     }
 
-    /// Loads program `program` of `object` as a freplace program into `slot` (0..8, run in
-    /// ascending order) while the dispatcher runs. `continue_on` lists the verdicts that let the
-    /// next slot run (-1, tc's TC_ACT_UNSPEC, allowed; other negative values are not).
+    /// Sets the verdict a packet gets after the last member went on (or with no member).
     ///
     /// # Errors
     ///
-    /// InvalidInput for a slot out of range or taken, a verdict that cannot go on, or a program
-    /// not of the hook's type; the verifier's or kernel's error otherwise (nothing changed then).
+    /// The kernel's error updating the config map (the verdict is unchanged then).
+    pub fn set_verdict(&mut self, verdict: i32) -> Result<()> {
+        let old = std::mem::replace(&mut self.verdict, verdict);
+        self.write_config().inspect_err(|_| self.verdict = old)
+    }
+
+    /// Loads program `program` of the BPF object `object` and puts it into `slot` (0..8, run in
+    /// ascending order) while the dispatcher runs.
+    ///
+    /// When the object is built on `bpf/dispatch.h` (it carries `lwtun_dispatch_abi`), it is loaded
+    /// sharing the root's maps, and `continue_on` lists the member's verdicts that let the next
+    /// member run (any verdict 0..=29, -1 for tc's TC_ACT_UNSPEC, 128 for BPF_LWT_REROUTE).
+    /// Otherwise the program ends the run with its own verdict, and `continue_on` must be empty.
+    /// Only `program` is loaded from the object, as its own instance (its maps are its own).
+    ///
+    /// # Errors
+    ///
+    /// InvalidInput for a slot out of range, a verdict that cannot go on, a program not of the
+    /// hook's type, a continue set for a program that is not dispatch-aware, or an object built
+    /// against another dispatcher ABI (magic, version or slot count); Exists when the slot is
+    /// taken; NotFound when the object has no program `program`; the verifier's or kernel's
+    /// error otherwise. Nothing changes when it fails.
     pub fn attach(
         &mut self,
         slot: u32,
-        object: &'static [u8],
+        object: &[u8],
         program: &str,
         continue_on: &[i32],
     ) -> Result<MemberId> {
         let op = "attach dispatcher member";
-        if slot >= DISPATCH_SLOTS {
-            return Err(Error::invalid_input(
-                op,
-                format!("slot {slot}: use 0..{DISPATCH_SLOTS}"),
-            ));
-        }
-        if self.members.contains_key(&slot) {
-            return Err(Error::invalid_input(
-                op,
-                format!("slot {slot} is taken: detach its member first"),
-            ));
-        }
-        let mut mask = 0u32;
-        for &v in continue_on {
-            let bit = match v {
-                -1 => 30,
-                0..=30 => v as u32,
-                _ => {
-                    return Err(Error::invalid_input(
-                        op,
-                        format!("verdict {v} cannot go on (0..=30 or -1)"),
-                    ))
-                }
-            };
-            mask |= 1 << bit;
-        }
-        let stub = format!("{}_slot{slot}", stub_prefix(self.hook));
-        let mut open = libbpf_rs::ObjectBuilder::default()
-            .open_memory(object)
-            .map_err(|e| Error::bpf(op, e))?;
-        let mut found = false;
-        for mut p in open.progs_mut() {
-            let ours = p.name().to_str() == Some(program);
-            if ours {
-                if p.prog_type() != self.hook.program_type() {
-                    return Err(Error::invalid_input(
-                        op,
-                        format!(
-                            "program {program} is {:?}, the dispatcher runs {:?}",
-                            p.prog_type(),
-                            self.hook.program_type()
-                        ),
-                    ));
-                }
-                p.set_prog_type(ProgramType::Ext);
-                p.set_attach_target(self.entry.as_raw_fd(), Some(stub.clone()))
-                    .map_err(|e| Error::bpf(op, e))?;
-                found = true;
-            }
-            p.set_autoload(ours);
-        }
-        if !found {
-            return Err(Error::not_found(
-                op,
-                format!("program {program} in the object"),
-            ));
-        }
-        let loaded = open.load().map_err(|e| {
-            let err = Error::bpf(op, e);
-            if err.kind() == ErrorKind::Permission {
-                // The root loaded with the same privileges, so this is the kernel refusing
-                // extension programs (seen on this project's Linux 6.18 VM, which forces lockdown
-                // integrity mode, while fentry programs still load).
-                Error::unsupported(
-                    op,
-                    "BPF_PROG_TYPE_EXT (freplace) programs: the kernel answers EPERM",
-                    None,
-                )
-            } else {
-                err
-            }
-        })?;
-        let prog = loaded
-            .progs()
-            .find(|p| p.name().to_str() == Some(program))
-            .ok_or_else(|| Error::not_found(op, program.to_string()))?;
-        let info = program_info(prog.as_fd())?;
-        // The mask first: the member's verdicts are judged right from its first packet.
-        self.masks[slot as usize] = mask;
-        self.write_config()?;
-        let name = CString::new(stub).expect("no NUL in a stub name");
-        // SAFETY: prog is a loaded program of `loaded`, the target fd is our root, the name is a
-        // valid C string; libbpf returns NULL (errno set) or a link we own.
-        let link = unsafe {
-            libbpf_rs::libbpf_sys::bpf_program__attach_freplace(
-                prog.as_libbpf_object().as_ptr(),
-                self.entry.as_raw_fd(),
-                name.as_ptr(),
-            )
-        };
-        if link.is_null() {
-            let err = std::io::Error::last_os_error();
-            self.masks[slot as usize] = 0;
-            let _ = self.write_config();
-            return Err(Error::io(op, err).with_object(format!("{program} at slot {slot}")));
-        }
-        // Keep the kernel link by a duplicated fd, then free libbpf's wrapper without detaching.
-        // SAFETY: link is a valid bpf_link from libbpf.
-        let fd = unsafe { libbpf_rs::libbpf_sys::bpf_link__fd(link) };
-        // SAFETY: fcntl on a valid fd.
-        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-        // SAFETY: disconnect makes destroy free the wrapper and close its fd without detaching.
-        unsafe {
-            libbpf_rs::libbpf_sys::bpf_link__disconnect(link);
-            libbpf_rs::libbpf_sys::bpf_link__destroy(link);
-        }
-        if dup < 0 {
-            return Err(Error::io(op, std::io::Error::last_os_error()));
-        }
-        // SAFETY: dup is a new fd we own.
-        let link = unsafe { OwnedFd::from_raw_fd(dup) };
-        self.members.insert(
-            slot,
-            Member {
-                object: loaded,
-                link,
-                info,
-            },
-        );
-        Ok(MemberId(slot))
+        self.free_slot(op, slot)?;
+        let mask = continue_mask(op, continue_on)?;
+        let (object, fd, aware) = self.load_member(op, object, program, continue_on)?;
+        self.install(op, slot, Some(object), fd, aware, mask, continue_on)
     }
 
-    /// Detaches a member: its stub returns to "empty" at once, and the slot is skipped.
+    /// Puts an already loaded program of the hook's type into `slot`. The dispatcher cannot make
+    /// it share its maps, so it runs as a member that is not dispatch-aware: it ends the run with
+    /// its own verdict. The dispatcher keeps its own reference to the program.
     ///
     /// # Errors
     ///
-    /// NotFound when the slot is empty.
+    /// As [`attach`](Self::attach).
+    pub fn attach_program(&mut self, slot: u32, program: impl AsFd) -> Result<MemberId> {
+        let op = "attach dispatcher member";
+        self.free_slot(op, slot)?;
+        let fd = self.own_program(op, program.as_fd())?;
+        self.install(op, slot, None, fd, false, 0, &[])
+    }
+
+    /// Replaces the member `id` with program `program` of `object` (as [`attach`](Self::attach)
+    /// loads it) in one prog array write: each packet runs the old member or the new one. The
+    /// continue set is written just before the swap, so a packet passing in between may judge
+    /// the old member's verdict by the new set.
+    ///
+    /// # Errors
+    ///
+    /// NotFound when `id` is not a member; otherwise as [`attach`](Self::attach). The old member
+    /// stays when it fails.
+    pub fn replace(
+        &mut self,
+        id: MemberId,
+        object: &[u8],
+        program: &str,
+        continue_on: &[i32],
+    ) -> Result<MemberId> {
+        let op = "replace dispatcher member";
+        self.member(op, id)?;
+        let mask = continue_mask(op, continue_on)?;
+        let (object, fd, aware) = self.load_member(op, object, program, continue_on)?;
+        let old = self.members.remove(&id.0).expect("checked above");
+        let old_mask = self.masks[id.0 as usize];
+        match self.install(op, id.0, Some(object), fd, aware, mask, continue_on) {
+            Ok(new) => Ok(new),
+            Err(e) => {
+                self.masks[id.0 as usize] = old_mask;
+                let _ = self.write_config();
+                self.members.insert(id.0, old);
+                Err(e)
+            }
+        }
+    }
+
+    /// Detaches a member: its slot is empty from the next packet on and skipped, and the program
+    /// is released.
+    ///
+    /// # Errors
+    ///
+    /// NotFound when `id` is not a member; the kernel's error otherwise (the member stays then).
     pub fn detach(&mut self, id: MemberId) -> Result<()> {
-        let member = self.members.remove(&id.0).ok_or_else(|| {
+        let op = "detach dispatcher member";
+        self.member(op, id)?;
+        self.write_prog(op, id.0, None)?;
+        // The slot's continue mask stays: a packet still inside the member on another CPU goes on
+        // as it would have. The next member attached to the slot writes its own.
+        self.members.remove(&id.0);
+        Ok(())
+    }
+
+    /// The members in slot order (the order packets run them).
+    pub fn members(&self) -> Vec<MemberInfo> {
+        self.members.values().map(|m| m.info.clone()).collect()
+    }
+
+    /// The loaded object of a member the dispatcher loaded (to read its maps); `None` for an
+    /// unknown id or a program given by [`attach_program`](Self::attach_program).
+    pub fn member_object(&self, id: MemberId) -> Option<&Object> {
+        self.members
+            .get(&id.0)
+            .filter(|m| m.info.id == id)
+            .and_then(|m| m.object.as_ref())
+    }
+
+    fn member(&self, op: &str, id: MemberId) -> Result<&Member> {
+        self.members
+            .get(&id.0)
+            .filter(|m| m.info.id == id)
+            .ok_or_else(|| Error::not_found(op.to_string(), format!("{id} of the dispatcher")))
+    }
+
+    fn free_slot(&self, op: &str, slot: u32) -> Result<()> {
+        if slot >= DISPATCH_SLOTS {
+            return Err(Error::invalid_input(
+                op.to_string(),
+                format!("slot {slot}: a dispatcher has slots 0..{DISPATCH_SLOTS}"),
+            ));
+        }
+        if let Some(m) = self.members.get(&slot) {
+            return Err(Error::other(
+                ErrorKind::Exists,
+                op.to_string(),
+                format!(
+                    "slot {slot} holds program {} (id {}): detach or replace it",
+                    m.info.program.name, m.info.program.id
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Opens `bytes`, checks its ABI, makes a dispatch-aware object share the root's maps, and
+    /// loads only `program`.
+    fn load_member(
+        &self,
+        op: &str,
+        bytes: &[u8],
+        program: &str,
+        continue_on: &[i32],
+    ) -> Result<(Object, OwnedFd, bool)> {
+        let mut open = open_object(op, "dispatch_member", bytes)?;
+        let mut found = None;
+        let mut names = Vec::new();
+        for mut p in open.progs_mut() {
+            let name = p.name().to_string_lossy().into_owned();
+            let ours = name == program;
+            if ours {
+                found = Some(p.prog_type());
+            }
+            p.set_autoload(ours);
+            names.push(name);
+        }
+        let ty = found.ok_or_else(|| {
             Error::not_found(
-                "detach dispatcher member",
-                format!("a member in slot {}", id.0),
+                op.to_string(),
+                format!(
+                    "program {program} in the object (it has: {})",
+                    names.join(", ")
+                ),
             )
         })?;
-        drop(member.link); // closing the last link fd detaches the freplace program
-        drop(member.object);
-        self.masks[id.0 as usize] = 0;
-        self.write_config()
+        if ty != self.hook.program_type() {
+            return Err(Error::invalid_input(
+                op.to_string(),
+                format!(
+                    "program {program} is {ty:?}, a {} dispatcher runs {:?} programs",
+                    self.hook,
+                    self.hook.program_type()
+                ),
+            ));
+        }
+        let aware = match read_abi(op, &open)? {
+            Some(words) => {
+                check_abi_words(op, program, words)?;
+                true
+            }
+            None => false,
+        };
+        if aware {
+            for shared in SHARED_MAPS {
+                let ours = self.map(shared)?;
+                let mut theirs = open
+                    .maps_mut()
+                    .find(|m| m.name().to_str() == Some(shared))
+                    .ok_or_else(|| {
+                        Error::invalid_input(
+                            op.to_string(),
+                            format!(
+                                "the object carries {ABI_VAR} but no map {shared}: build it on \
+                                 bpf/dispatch.h"
+                            ),
+                        )
+                    })?;
+                theirs
+                    .reuse_fd(ours.as_fd())
+                    .map_err(|e| Error::bpf(format!("{op}: share {shared}"), e))?;
+            }
+        } else if !continue_on.is_empty() {
+            return Err(Error::invalid_input(
+                op.to_string(),
+                format!(
+                    "program {program} is not dispatch-aware (its object has no {ABI_VAR}): it \
+                     ends the run with its own verdict, so its continue set must be empty"
+                ),
+            ));
+        }
+        let object = crate::program::load_opened(open, op)?;
+        let fd = crate::program::program_fd(&object, program)?;
+        Ok((object, fd, aware))
     }
 
-    /// The members by slot, with the kernel's facts about their programs.
-    pub fn members(&self) -> Vec<(MemberId, ProgramInfo)> {
-        self.members
-            .iter()
-            .map(|(&s, m)| (MemberId(s), m.info.clone()))
-            .collect()
+    fn own_program(&self, op: &str, fd: BorrowedFd<'_>) -> Result<OwnedFd> {
+        let info = program_info(fd)?;
+        let want = self.hook.program_type() as u32;
+        if info.prog_type != want {
+            return Err(Error::invalid_input(
+                op.to_string(),
+                format!(
+                    "program {} (id {}) has type {}, a {} dispatcher runs type {want}",
+                    info.name, info.id, info.prog_type, self.hook
+                ),
+            ));
+        }
+        fd.try_clone_to_owned()
+            .map_err(|e| Error::io("duplicate program fd", e))
     }
 
-    /// The loaded object of a member (to read its maps).
-    pub fn member_object(&self, id: MemberId) -> Option<&Object> {
-        self.members.get(&id.0).map(|m| &m.object)
+    /// Writes the slot's continue mask, then the program into the slot; undoes the mask when the
+    /// program write fails.
+    #[allow(clippy::too_many_arguments)]
+    fn install(
+        &mut self,
+        op: &str,
+        slot: u32,
+        object: Option<Object>,
+        fd: OwnedFd,
+        aware: bool,
+        mask: u32,
+        continue_on: &[i32],
+    ) -> Result<MemberId> {
+        let program = program_info(fd.as_fd())?;
+        let old_mask = self.masks[slot as usize];
+        self.masks[slot as usize] = mask;
+        if let Err(e) = self.write_config() {
+            self.masks[slot as usize] = old_mask;
+            return Err(e);
+        }
+        if let Err(e) = self.write_prog(op, slot, Some(fd.as_fd())) {
+            self.masks[slot as usize] = old_mask;
+            let _ = self.write_config();
+            return Err(e);
+        }
+        self.serial += 1;
+        let id = MemberId(slot, self.serial);
+        let mut continue_on = continue_on.to_vec();
+        continue_on.sort_unstable();
+        continue_on.dedup();
+        self.members.insert(
+            slot,
+            Member {
+                object,
+                _program: fd,
+                info: MemberInfo {
+                    id,
+                    program,
+                    continue_on,
+                    dispatch_aware: aware,
+                },
+            },
+        );
+        Ok(id)
+    }
+
+    fn map(&self, name: &str) -> Result<libbpf_rs::Map<'_>> {
+        self.object
+            .maps()
+            .find(|m| m.name().to_str() == Some(name))
+            .ok_or_else(|| Error::not_found("find dispatcher map", name.to_string()))
+    }
+
+    fn write_prog(&self, op: &str, slot: u32, fd: Option<BorrowedFd<'_>>) -> Result<()> {
+        let map = self.map("dispatch_progs")?;
+        match fd {
+            Some(fd) => map
+                .update(
+                    &slot.to_ne_bytes(),
+                    &(fd.as_raw_fd() as u32).to_ne_bytes(),
+                    MapFlags::ANY,
+                )
+                .map_err(|e| Error::bpf(op.to_string(), e)),
+            None => match map.delete(&slot.to_ne_bytes()) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(Error::bpf(op.to_string(), e)),
+            },
+        }
     }
 
     fn write_config(&self) -> Result<()> {
-        let mut bytes = Vec::with_capacity(48);
-        for w in [MAGIC, ABI_VERSION, self.verdict as u32, 0] {
-            bytes.extend_from_slice(&w.to_ne_bytes());
-        }
-        for m in self.masks {
-            bytes.extend_from_slice(&m.to_ne_bytes());
-        }
-        let map = self
-            .object
-            .maps()
-            .find(|m| m.name().to_str() == Some("dispatch_config"))
-            .ok_or_else(|| Error::not_found("write dispatcher config", "map dispatch_config"))?;
-        map.update(&0u32.to_ne_bytes(), &bytes, MapFlags::ANY)
+        let cfg = lwtun_dispatch_config {
+            magic: MAGIC,
+            version: DISPATCH_VERSION,
+            verdict: self.verdict,
+            pad: 0,
+            continue_mask: self.masks,
+        };
+        self.map("dispatch_config")?
+            .update(&0u32.to_ne_bytes(), abi::as_bytes(&cfg), MapFlags::ANY)
             .map_err(|e| Error::bpf("write dispatcher config", e))
     }
 }
 
-/// Packets and bytes a `dispatch_member` instance counted, and its verdict switch: helpers for
-/// members loaded from `crate::skel::dispatch_member::OBJECT`.
-pub fn member_counter(object: &Object) -> Result<crate::program::Counter> {
+/// The continue-mask bit of a verdict (`lwtun_dispatch_bit()` in `bpf/dispatch.h`).
+fn verdict_bit(verdict: i32) -> Option<u32> {
+    match verdict {
+        0..=29 => Some(verdict as u32),
+        -1 => Some(30),
+        128 => Some(31),
+        _ => None,
+    }
+}
+
+fn continue_mask(op: &str, continue_on: &[i32]) -> Result<u32> {
+    continue_on.iter().try_fold(0u32, |mask, &v| {
+        verdict_bit(v).map(|bit| mask | 1 << bit).ok_or_else(|| {
+            Error::invalid_input(
+                op.to_string(),
+                format!("verdict {v} cannot go on: use 0..=29, -1 (TC_ACT_UNSPEC) or 128 (BPF_LWT_REROUTE)"),
+            )
+        })
+    })
+}
+
+fn open_object(op: &str, name: &str, bytes: &[u8]) -> Result<OpenObject> {
+    ObjectBuilder::default()
+        .name(name)
+        .map_err(|e| Error::bpf(op.to_string(), e))?
+        .open_memory(bytes)
+        .map_err(|e| Error::bpf(op.to_string(), e))
+}
+
+/// The four words of the object's `lwtun_dispatch_abi`, found through the object's BTF;
+/// `None` when the object has no such variable (it is not dispatch-aware).
+fn read_abi(op: &str, open: &OpenObject) -> Result<Option<[u32; 4]>> {
+    // SAFETY: the pointer is the open object's, valid while `open` is borrowed.
+    let btf = Btf::from_bpf_object(unsafe { open.as_libbpf_object().as_ref() })
+        .map_err(|e| Error::bpf(op.to_string(), e))?;
+    let Some(btf) = btf else {
+        return Ok(None);
+    };
+    let Some(rodata) = btf.type_by_name::<DataSec<'_>>(".rodata") else {
+        return Ok(None);
+    };
+    let Some(offset) = rodata.iter().find_map(|v| {
+        let var = btf.type_by_id::<Var<'_>>(v.ty)?;
+        (var.name()?.to_str()? == ABI_VAR).then_some(v.offset as usize)
+    }) else {
+        return Ok(None);
+    };
+    let bytes = open
+        .maps()
+        .find(|m| m.name().to_string_lossy().ends_with(".rodata"))
+        .and_then(|m| m.initial_value().map(<[u8]>::to_vec))
+        .ok_or_else(|| {
+            Error::invalid_input(op.to_string(), format!("{ABI_VAR} but no .rodata map"))
+        })?;
+    let field = bytes.get(offset..offset + 16).ok_or_else(|| {
+        Error::invalid_input(op.to_string(), format!("{ABI_VAR} lies outside .rodata"))
+    })?;
+    let word = |i: usize| u32::from_ne_bytes(field[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
+    Ok(Some([word(0), word(1), word(2), word(3)]))
+}
+
+/// The ABI check proper: magic, dispatcher version and slot count must be this library's.
+fn check_abi_words(op: &str, what: &str, [magic, version, slots, _]: [u32; 4]) -> Result<()> {
+    if magic != MAGIC {
+        return Err(Error::invalid_input(
+            op.to_string(),
+            format!(
+                "{what}: magic {magic:#x}, expected {MAGIC:#x}: not an lwtun dispatcher object"
+            ),
+        ));
+    }
+    if version != DISPATCH_VERSION || slots != DISPATCH_SLOTS {
+        return Err(Error::invalid_input(
+            op.to_string(),
+            format!(
+                "{what}: dispatcher ABI version {version} with {slots} slots, this library speaks \
+                 version {DISPATCH_VERSION} with {DISPATCH_SLOTS}: rebuild the object against \
+                 this lwtun's bpf/dispatch.h"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What a counting member (`crate::skel::dispatch_member::OBJECT`) saw, summed over the CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemberStats {
+    /// Packets that ran the member.
+    pub packets: u64,
+    /// Their bytes (from the hook's start of packet).
+    pub bytes: u64,
+    /// Sum of the positions (1 = first member of the run) it ran at.
+    pub depth_sum: u64,
+    /// Sum of the slots it ran in.
+    pub slot_sum: u64,
+}
+
+impl MemberStats {
+    /// The member's mean position in the runs it took part in (1 = first), `None` before any
+    /// packet: its place in the order while the members did not change.
+    pub fn position(&self) -> Option<f64> {
+        (self.packets > 0).then(|| self.depth_sum as f64 / self.packets as f64)
+    }
+
+    /// What changed since `earlier` (counters only grow).
+    pub fn since(&self, earlier: &MemberStats) -> MemberStats {
+        MemberStats {
+            packets: self.packets - earlier.packets,
+            bytes: self.bytes - earlier.bytes,
+            depth_sum: self.depth_sum - earlier.depth_sum,
+            slot_sum: self.slot_sum - earlier.slot_sum,
+        }
+    }
+}
+
+/// What a `dispatch_member` instance (loaded by [`Dispatcher::attach`] from
+/// `crate::skel::dispatch_member::OBJECT`) counted.
+///
+/// # Errors
+///
+/// NotFound when the object is not a dispatch_member; the kernel's error otherwise.
+pub fn member_stats(object: &Object) -> Result<MemberStats> {
+    let op = "read dispatcher member counters";
     let map = object
         .maps()
-        .find(|m| m.name().to_str() == Some("member_count"))
-        .ok_or_else(|| Error::not_found("read member counter", "map member_count"))?;
-    crate::program::sum_percpu(&map, 0, "read member counter")
+        .find(|m| m.name().to_str() == Some("member_stats"))
+        .ok_or_else(|| Error::not_found(op, "map member_stats"))?;
+    let values = map
+        .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
+        .map_err(|e| Error::bpf(op, e))?
+        .unwrap_or_default();
+    let mut total = MemberStats::default();
+    for v in values {
+        let s: lwtun_dispatch_member_stats = abi::from_bytes(&v).ok_or_else(|| {
+            Error::other(ErrorKind::Kernel, op, format!("value of {} bytes", v.len()))
+        })?;
+        total.packets += s.packets;
+        total.bytes += s.bytes;
+        total.depth_sum += s.depth_sum;
+        total.slot_sum += s.slot_sum;
+    }
+    Ok(total)
 }
 
 /// Sets the verdict a `dispatch_member` instance returns (`None`: the hook's pass verdict).
@@ -392,11 +694,11 @@ pub fn member_counter(object: &Object) -> Result<crate::program::Counter> {
 ///
 /// NotFound when the object is not a dispatch_member; the kernel's error otherwise.
 pub fn set_member_verdict(object: &Object, verdict: Option<i32>) -> Result<()> {
+    let op = "set member verdict";
     let map = object
         .maps()
         .find(|m| m.name().to_str() == Some("member_verdict"))
-        .ok_or_else(|| Error::not_found("set member verdict", "map member_verdict"))?;
-    let op = "set member verdict";
+        .ok_or_else(|| Error::not_found(op, "map member_verdict"))?;
     map.update(
         &1u32.to_ne_bytes(),
         &verdict.unwrap_or(0).to_ne_bytes(),
@@ -409,4 +711,51 @@ pub fn set_member_verdict(object: &Object, verdict: Option<i32>) -> Result<()> {
         MapFlags::ANY,
     )
     .map_err(|e| Error::bpf(op, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdict_bits_match_the_header() {
+        assert_eq!(continue_mask("t", &[]).unwrap(), 0);
+        assert_eq!(continue_mask("t", &[0, 2]).unwrap(), 0b101);
+        assert_eq!(continue_mask("t", &[-1]).unwrap(), 1 << 30);
+        assert_eq!(continue_mask("t", &[128]).unwrap(), 1 << 31);
+        for bad in [-2, 30, 31, 127, 129] {
+            let e = continue_mask("t", &[bad]).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidInput, "{bad}");
+        }
+    }
+
+    #[test]
+    fn abi_is_found_in_aware_objects_only() {
+        for (name, bytes) in [
+            ("dispatch", crate::skel::dispatch::OBJECT),
+            ("dispatch_member", crate::skel::dispatch_member::OBJECT),
+        ] {
+            let open = open_object("t", name, bytes).unwrap();
+            let words = read_abi("t", &open).unwrap().expect(name);
+            check_abi_words("t", name, words).unwrap();
+        }
+        let open = open_object("t", "lwt_count", crate::skel::lwt_count::OBJECT).unwrap();
+        assert_eq!(read_abi("t", &open).unwrap(), None);
+    }
+
+    #[test]
+    fn abi_check_refuses_mismatches() {
+        let ok = [MAGIC, DISPATCH_VERSION, DISPATCH_SLOTS, 0];
+        assert!(check_abi_words("t", "x", ok).is_ok());
+        let e =
+            check_abi_words("t", "x", [0xdead, DISPATCH_VERSION, DISPATCH_SLOTS, 0]).unwrap_err();
+        assert!(
+            e.to_string().contains("not an lwtun dispatcher object"),
+            "{e}"
+        );
+        let e = check_abi_words("t", "x", [MAGIC, 1, DISPATCH_SLOTS, 0]).unwrap_err();
+        assert!(e.to_string().contains("rebuild"), "{e}");
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(check_abi_words("t", "x", [MAGIC, DISPATCH_VERSION, 16, 0]).is_err());
+    }
 }
