@@ -98,21 +98,32 @@ static __always_inline int lwtun_dispatch_from(void *ctx, struct lwtun_dispatch_
 	return verdict;
 }
 
-/* Where a member's verdict takes the packet: `return lwtun_dispatch_continue(ctx, verdict);`. */
-static __always_inline int lwtun_dispatch_continue(void *ctx, int verdict)
+/* Where a member's verdict takes the packet. `slot` and `depth` are the cursor's values when the
+ * member started: a run nested inside the member's body on the same CPU (a bpf_clone_redirect
+ * into a device that runs the same dispatcher) leaves the outer run intact. */
+static __always_inline int lwtun_dispatch_go_on(void *ctx, struct lwtun_dispatch_cursor *cur,
+						__u32 slot, __u32 depth, int verdict)
 {
-	struct lwtun_dispatch_cursor *cur = lwtun_dispatch_cursor();
 	struct lwtun_dispatch_config *cfg = lwtun_dispatch_config();
-	__u32 slot;
 
-	if (!cur || !cfg)
-		return verdict;
-	slot = cur->slot;
-	if (slot >= LWTUN_DISPATCH_SLOTS)
+	if (!cur || !cfg || slot >= LWTUN_DISPATCH_SLOTS)
 		return verdict;
 	if (!(cfg->continue_mask[slot] & lwtun_dispatch_bit(verdict)))
 		return verdict;
+	cur->depth = depth;
 	return lwtun_dispatch_from(ctx, cur, slot, cfg->verdict);
+}
+
+/* For members written without LWTUN_DISPATCH_MEMBER: `return lwtun_dispatch_continue(ctx, v);`
+ * at the end of the program (the cursor is read there, so nothing in between may start another
+ * run of the same dispatcher on this CPU). */
+static __always_inline int lwtun_dispatch_continue(void *ctx, int verdict)
+{
+	struct lwtun_dispatch_cursor *cur = lwtun_dispatch_cursor();
+
+	if (!cur)
+		return verdict;
+	return lwtun_dispatch_go_on(ctx, cur, cur->slot, cur->depth, verdict);
 }
 
 /* The slot the running member sits in, and its position in this packet's run (1 = first). */
@@ -133,14 +144,19 @@ static __always_inline void lwtun_dispatch_position(__u32 *slot, __u32 *depth)
  *		return is_bad(ctx) ? XDP_DROP : XDP_PASS;
  *	}
  *
- * The program runs the body, then lwtun_dispatch_continue() with its verdict.
+ * The program notes its slot and position, runs the body, then goes on or ends the run as the
+ * verdict and the slot's continue mask say.
  */
-#define LWTUN_DISPATCH_MEMBER(section, name, ctx_type)                         \
-	static __always_inline int name##_verdict(ctx_type *ctx);              \
-	SEC(section) int name(ctx_type *ctx)                                   \
-	{                                                                      \
-		return lwtun_dispatch_continue(ctx, name##_verdict(ctx));      \
-	}                                                                      \
+#define LWTUN_DISPATCH_MEMBER(section, name, ctx_type)                              \
+	static __always_inline int name##_verdict(ctx_type *ctx);                   \
+	SEC(section) int name(ctx_type *ctx)                                        \
+	{                                                                           \
+		struct lwtun_dispatch_cursor *cur = lwtun_dispatch_cursor();        \
+		__u32 slot = cur ? cur->slot : LWTUN_DISPATCH_SLOTS;                \
+		__u32 depth = cur ? cur->depth : 0;                                 \
+		int verdict = name##_verdict(ctx);                                  \
+		return lwtun_dispatch_go_on(ctx, cur, slot, depth, verdict);        \
+	}                                                                           \
 	static __always_inline int name##_verdict(ctx_type *ctx)
 
 #endif /* LWTUN_DISPATCH_H */

@@ -313,6 +313,7 @@ fn members_come_and_go_under_a_steady_flow_without_loss() {
     const COUNT: u32 = 400;
     let ns0 = net.ns(0);
     let target = net.v4(1).to_string();
+    let mut middle = 0u64; // what the members that came and went counted
     let (out, rounds) = std::thread::scope(|s| {
         let flow = s.spawn(|| {
             ns0.command("ping")
@@ -343,6 +344,7 @@ fn members_come_and_go_under_a_steady_flow_without_loss() {
                 .attach(slot + 1, MEMBER, "member_lwt_xmit", &[BPF_OK])
                 .unwrap();
             std::thread::sleep(Duration::from_millis(2));
+            middle += stats(&d, id).packets + stats(&d, other).packets;
             d.detach(id).unwrap();
             d.detach(other).unwrap();
             rounds += 1;
@@ -351,6 +353,10 @@ fn members_come_and_go_under_a_steady_flow_without_loss() {
     });
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(rounds >= 10, "only {rounds} rounds of changes");
+    assert!(
+        middle > 0,
+        "the members that came and went ran for some of the pings"
+    );
     assert!(
         text.contains(&format!("{COUNT} packets transmitted, {COUNT} received")),
         "no packet lost over {rounds} rounds of insert/replace/remove:\n{text}"
@@ -478,4 +484,51 @@ fn refusals_leave_the_dispatcher_as_it_was() {
         let other = Dispatcher::new(hook).unwrap();
         assert_eq!(other.entry_info().prog_type, hook.program_type() as u32);
     }
+}
+
+#[test]
+fn tc_verdicts_by_test_run() {
+    if !common::privileged("tc_verdicts_by_test_run") {
+        return;
+    }
+    // BPF_PROG_TEST_RUN of the tc root on one frame: which verdict the dispatcher returns for
+    // members' verdicts and continue sets (TC_ACT_UNSPEC is -1, bit 30 of a mask).
+    let mut d = Dispatcher::new(ChainHook::Tc).unwrap();
+    let frame = {
+        let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+        f.extend_from_slice(&[
+            0x45, 0, 0, 20, 0, 1, 0x40, 0, 64, 1, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ]);
+        f
+    };
+    let run = |d: &Dispatcher| lwtun::decap::test_run(d.entry(), &frame, 1).unwrap().retval;
+    assert_eq!(run(&d), TC_ACT_UNSPEC, "no member: the hook's pass verdict");
+    d.set_verdict(TC_ACT_SHOT).unwrap();
+    assert_eq!(run(&d), TC_ACT_SHOT, "no member: the dispatcher's verdict");
+
+    let a = d.attach(2, MEMBER, "member_tc", &[TC_ACT_UNSPEC]).unwrap();
+    let b = d.attach(6, MEMBER, "member_tc", &[TC_ACT_OK]).unwrap();
+    let obj = |id| d.member_object(id).unwrap();
+    // a: UNSPEC goes on; b: UNSPEC is not in its set, so it is the verdict.
+    assert_eq!(run(&d), TC_ACT_UNSPEC);
+    assert_eq!((stats(&d, a).packets, stats(&d, b).packets), (1, 1));
+    // b: OK goes on, to the end: the dispatcher's verdict.
+    set_member_verdict(obj(b), Some(TC_ACT_OK)).unwrap();
+    assert_eq!(run(&d), TC_ACT_SHOT);
+    // a: 7 (TC_ACT_REDIRECT) is not in a's set: the run ends with it, b is not reached.
+    set_member_verdict(obj(a), Some(7)).unwrap();
+    assert_eq!(run(&d), 7);
+    assert_eq!((stats(&d, a).packets, stats(&d, b).packets), (3, 2));
+    // A verdict outside every mask's range (99) ends the run too.
+    set_member_verdict(obj(a), Some(99)).unwrap();
+    assert_eq!(run(&d), 99);
+    set_member_verdict(obj(a), None).unwrap();
+    d.set_verdict(TC_ACT_OK).unwrap();
+    assert_eq!(run(&d), TC_ACT_OK);
+    let s = stats(&d, b);
+    assert_eq!(
+        (s.packets, s.depth_sum),
+        (3, 3 * 2),
+        "b ran second, twice before and now"
+    );
 }
