@@ -52,21 +52,43 @@ fn run(prog: BorrowedFd<'_>, data: &[u8], repeat: u32) -> f64 {
     opts.duration as f64
 }
 
-/// Median over rounds of the mean ns per packet; `between` runs after every batch.
-fn measure(prog: BorrowedFd<'_>, mut between: impl FnMut()) -> f64 {
-    let data = frame();
-    let mut rounds: Vec<f64> = (0..ROUNDS)
-        .map(|_| {
-            let mut total = 0.0;
-            for _ in 0..BATCHES {
-                total += run(prog, &data, BATCH);
-                between();
-            }
-            total / f64::from(BATCHES)
-        })
-        .collect();
-    rounds.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    rounds[ROUNDS / 2]
+/// One measured case: a program, and what runs after each of its batches.
+struct Case<'a> {
+    name: String,
+    prog: BorrowedFd<'a>,
+    between: Box<dyn FnMut() + 'a>,
+    rounds: Vec<f64>,
+}
+
+impl<'a> Case<'a> {
+    fn new(name: impl Into<String>, prog: BorrowedFd<'a>) -> Self {
+        Case::with(name, prog, || {})
+    }
+
+    fn with(name: impl Into<String>, prog: BorrowedFd<'a>, between: impl FnMut() + 'a) -> Self {
+        Case {
+            name: name.into(),
+            prog,
+            between: Box::new(between),
+            rounds: Vec::new(),
+        }
+    }
+
+    /// One round: the mean ns per packet over BATCHES batches.
+    fn round(&mut self, data: &[u8]) {
+        let mut total = 0.0;
+        for _ in 0..BATCHES {
+            total += run(self.prog, data, BATCH);
+            (self.between)();
+        }
+        self.rounds.push(total / f64::from(BATCHES));
+    }
+
+    fn median(&self) -> f64 {
+        let mut r = self.rounds.clone();
+        r.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        r[r.len() / 2]
+    }
 }
 
 fn main() {
@@ -75,62 +97,83 @@ fn main() {
         eprintln!("chain bench: SKIPPED, needs root (BPF)");
         return;
     }
-    let mut rows: Vec<(String, f64)> = Vec::new();
     let peer = TcCounter::load().unwrap();
-    let peer_ns = measure(peer.program(), || {});
-    rows.push(("peer: TcCounter alone".into(), peer_ns));
 
-    // Capture hook, detached and attached.
-    let mut chain = ProgChain::new(ChainHook::Tc).unwrap();
-    rows.push((
-        "chain, 0 stages, capture detached".into(),
-        measure(chain.entry(), || {}),
-    ));
-    let mut capture = Capture::attach(&mut chain, CaptureOptions::default()).unwrap();
-    let mut captured = 0usize;
-    let attached = measure(chain.entry(), || captured += capture.drain().unwrap().len());
-    assert_eq!(capture.lost().unwrap(), 0, "the ring kept up");
-    rows.push((
-        format!("chain, 0 stages, capture attached ({captured} rec)"),
-        attached,
-    ));
-    capture.detach(&mut chain).unwrap();
-    drop(capture);
+    // Capture hook, detached and attached (each on its own empty chain).
+    let detached = ProgChain::new(ChainHook::Tc).unwrap();
+    let mut attached = ProgChain::new(ChainHook::Tc).unwrap();
+    let capture =
+        std::cell::RefCell::new(Capture::attach(&mut attached, CaptureOptions::default()).unwrap());
+    let captured = std::cell::Cell::new(0usize);
 
     // Tail-call chains of 1, 4 and 8 counting stages.
-    let stages = CountingStage::load(&chain).unwrap();
-    let mut n = 0;
-    for want in [1, 4, 8] {
-        while n < want {
-            chain.push(stages.program()).unwrap();
-            n += 1;
-        }
-        rows.push((
-            format!("ProgChain, {want} stages (tail calls)"),
-            measure(chain.entry(), || {}),
-        ));
-    }
+    let chains: Vec<(usize, ProgChain, CountingStage)> = [1, 4, 8]
+        .into_iter()
+        .map(|n| {
+            let mut chain = ProgChain::new(ChainHook::Tc).unwrap();
+            let stages = CountingStage::load(&chain).unwrap();
+            for _ in 0..n {
+                chain.push(stages.program()).unwrap();
+            }
+            (n, chain, stages)
+        })
+        .collect();
 
-    // The tail-call Dispatcher: its root alone, then 1, 4, 8 dispatch-aware counting members
-    // (each its own loaded instance; TC_ACT_UNSPEC goes on).
-    let mut d = Dispatcher::new(ChainHook::Tc).unwrap();
-    rows.push(("Dispatcher, no member".into(), measure(d.entry(), || {})));
-    let mut slot = 0;
-    for want in [1, 4, 8] {
-        while slot < want {
+    // Dispatchers: no member, then 1, 4, 8 dispatch-aware counting members (TC_ACT_UNSPEC goes
+    // on), and 2 members in slots 0 and 7 (six empty slots skipped).
+    let dispatcher = |slots: &[u32]| {
+        let mut d = Dispatcher::new(ChainHook::Tc).unwrap();
+        for &slot in slots {
             d.attach(slot, MEMBER, "member_tc", &[-1]).unwrap();
-            slot += 1;
         }
-        rows.push((
-            format!("Dispatcher, {want} members (tail calls)"),
-            measure(d.entry(), || {}),
-        ));
+        d
+    };
+    let dispatchers: Vec<(String, Dispatcher)> = [
+        ("Dispatcher, no member", vec![]),
+        ("Dispatcher, 1 member", vec![0]),
+        ("Dispatcher, 4 members", vec![0, 1, 2, 3]),
+        ("Dispatcher, 8 members", (0..8).collect()),
+        ("Dispatcher, 2 members in slots 0, 7", vec![0, 7]),
+    ]
+    .into_iter()
+    .map(|(name, slots)| (name.to_string(), dispatcher(&slots)))
+    .collect();
+
+    let mut cases = vec![
+        Case::new("peer: TcCounter alone", peer.program()),
+        Case::new("chain, 0 stages, capture detached", detached.entry()),
+        Case::with(
+            "chain, 0 stages, capture attached",
+            attached.entry(),
+            || captured.set(captured.get() + capture.borrow_mut().drain().unwrap().len()),
+        ),
+    ];
+    for (n, chain, _) in &chains {
+        cases.push(Case::new(format!("ProgChain, {n} stages"), chain.entry()));
+    }
+    for (name, d) in &dispatchers {
+        cases.push(Case::new(name.clone(), d.entry()));
     }
 
-    println!();
-    println!("chain machinery, BPF_PROG_TEST_RUN of a 98-byte tc frame, median of {ROUNDS} x {BATCHES} x {BATCH} runs");
-    println!("{:<46} {:>8} {:>8}", "program", "ns/pkt", "x peer");
-    for (name, ns) in &rows {
-        println!("{name:<46} {ns:>8.1} {:>8.2}", ns / peer_ns);
+    // Rounds interleave the cases, so a burst of load from elsewhere hits them all alike.
+    let data = frame();
+    for _ in 0..ROUNDS {
+        for case in cases.iter_mut() {
+            case.round(&data);
+        }
     }
+    assert_eq!(capture.borrow().lost().unwrap(), 0, "the ring kept up");
+
+    let peer_ns = cases[0].median();
+    println!();
+    println!(
+        "chain machinery, BPF_PROG_TEST_RUN of a 98-byte tc frame, median of {ROUNDS} rounds \
+         (interleaved) of {BATCHES} x {BATCH} runs"
+    );
+    println!("{:<46} {:>8} {:>8}", "program", "ns/pkt", "x peer");
+    for case in &cases {
+        let ns = case.median();
+        println!("{:<46} {ns:>8.1} {:>8.2}", case.name, ns / peer_ns);
+    }
+    println!("({} packets captured)", captured.get());
 }

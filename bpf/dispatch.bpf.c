@@ -14,8 +14,7 @@ static __always_inline int dispatch_start(void *ctx, int fallback)
 
 	if (!cur || !cfg)
 		return fallback;
-	cur->depth = 0;
-	return lwtun_dispatch_from(ctx, cur, -1, cfg->verdict);
+	return lwtun_dispatch_from(ctx, cur, -1, 1, cfg->verdict);
 }
 
 SEC("xdp")

@@ -79,17 +79,15 @@ static __always_inline __u32 lwtun_dispatch_bit(int verdict)
 }
 
 /* Tail-calls the first non-empty slot after `after` (-1: from the start); returns `verdict`
- * when there is none. */
+ * when there is none. Every tail call site has a constant slot, so the JIT emits direct jumps
+ * (patched when the prog array changes) instead of an indirect, retpolined one. */
 static __always_inline int lwtun_dispatch_from(void *ctx, struct lwtun_dispatch_cursor *cur,
-					       int after, int verdict)
+					       int after, __u32 depth, int verdict)
 {
-	__u32 depth = cur->depth + 1;
-
-	for (int i = 0; i < LWTUN_DISPATCH_SLOTS; i++) {
-		int slot = after + 1 + i;
-
-		if (slot >= LWTUN_DISPATCH_SLOTS)
-			break;
+#pragma unroll
+	for (int slot = 0; slot < LWTUN_DISPATCH_SLOTS; slot++) {
+		if (slot <= after)
+			continue;
 		cur->slot = slot;
 		cur->depth = depth;
 		bpf_tail_call(ctx, &dispatch_progs, slot);
@@ -110,8 +108,7 @@ static __always_inline int lwtun_dispatch_go_on(void *ctx, struct lwtun_dispatch
 		return verdict;
 	if (!(cfg->continue_mask[slot] & lwtun_dispatch_bit(verdict)))
 		return verdict;
-	cur->depth = depth;
-	return lwtun_dispatch_from(ctx, cur, slot, cfg->verdict);
+	return lwtun_dispatch_from(ctx, cur, slot, depth + 1, cfg->verdict);
 }
 
 /* For members written without LWTUN_DISPATCH_MEMBER: `return lwtun_dispatch_continue(ctx, v);`
