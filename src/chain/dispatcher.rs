@@ -309,6 +309,11 @@ impl Dispatcher {
     /// Detaches a member: its slot is empty from the next packet on and skipped, and the program
     /// is released.
     ///
+    /// Emptying a slot is slower than filling it: the JIT jumps straight to each slot's program
+    /// from every member before it and from the root, and the kernel waits for an RCU grace period
+    /// per such jump it takes out (measured on this project's VM: 40 ms with no other member,
+    /// 120 ms with 7 others). Attaching and replacing take about 1 ms.
+    ///
     /// # Errors
     ///
     /// NotFound when `id` is not a member; the kernel's error otherwise (the member stays then).
