@@ -11,7 +11,8 @@
 //! run. Both ends run the tunnel (B's ACKs go back through it too). The modes take turns over 5
 //! rounds and the medians are reported, so that load from elsewhere falls on all modes alike.
 //!
-//! Run as root: `cargo bench --bench tunnel` (`LWTUN_BENCH_SECS`, `LWTUN_BENCH_ROUNDS`).
+//! Run as root: `cargo bench --bench tunnel` (`LWTUN_BENCH_SECS`, `LWTUN_BENCH_ROUNDS`, and
+//! `LWTUN_BENCH_MODES`: a comma-separated list of mode names to run besides plain routing).
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -317,6 +318,14 @@ fn main() {
         Mode::Seg6,
         Mode::Vxlan,
     ];
+    // LWTUN_BENCH_MODES="lwtun gre,lwtun ipip" keeps those modes (by name) and plain routing.
+    let modes: Vec<Mode> = match std::env::var("LWTUN_BENCH_MODES") {
+        Ok(keep) => modes
+            .into_iter()
+            .filter(|&m| m == Mode::Plain || keep.split(',').any(|k| k.trim() == name(m)))
+            .collect(),
+        Err(_) => modes.to_vec(),
+    };
     let rounds: usize = std::env::var("LWTUN_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
