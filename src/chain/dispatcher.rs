@@ -10,10 +10,10 @@
 //! # Why tail calls, not freplace
 //!
 //! libxdp's dispatcher calls one stub function per slot and loads each member as a
-//! `BPF_PROG_TYPE_EXT` (freplace) program that replaces a stub and returns to the root. On kernels
-//! in lockdown integrity mode (`CONFIG_LOCK_DOWN_KERNEL_FORCE_INTEGRITY`, as on this project's
-//! test machines) every EXT load fails with EPERM although all capabilities are present, so that
-//! design cannot run there. This dispatcher uses only tail calls, which work wherever BPF does:
+//! `BPF_PROG_TYPE_EXT` (freplace) program that replaces a stub and returns to the root. On this
+//! project's test machines (Linux 6.18 built with `CONFIG_LOCK_DOWN_KERNEL_FORCE_INTEGRITY`) every
+//! EXT load fails with EPERM although every capability check passes (traced) and fentry programs
+//! load; lockdown is the likely cause, not a proven one. That design cannot run there. This dispatcher uses only tail calls, which work wherever BPF does:
 //! the root tail-calls the first member; a member built on `bpf/dispatch.h`
 //! (`LWTUN_DISPATCH_MEMBER`) computes its verdict and then, through `lwtun_dispatch_continue()`,
 //! either returns it (the verdict is not in its slot's continue set) or tail-calls the next
