@@ -380,34 +380,6 @@ fn frames_that_match_nothing() {
     );
 }
 
-/// Writes the TCP/UDP checksum of an IPv4/IPv6 packet without extension headers or options:
-/// final (`partial` false) or as CHECKSUM_PARTIAL leaves it (the folded pseudo-header sum).
-fn set_l4_checksum(p: &mut [u8], partial: bool) {
-    let v6 = p[0] >> 4 == 6;
-    let (l4, proto, mut pseudo) = if v6 {
-        (40, p[6], p[8..40].to_vec())
-    } else {
-        (20, p[9], p[12..20].to_vec())
-    };
-    let len = p.len() - l4;
-    if v6 {
-        pseudo.extend_from_slice(&(len as u32).to_be_bytes());
-        pseudo.extend_from_slice(&[0, 0, 0, proto]);
-    } else {
-        pseudo.extend_from_slice(&[0, proto]);
-        pseudo.extend_from_slice(&(len as u16).to_be_bytes());
-    }
-    let at = l4 + if proto == 6 { 16 } else { 6 };
-    p[at..at + 2].copy_from_slice(&[0, 0]);
-    let ph = decap_common::sum16(&pseudo, 0);
-    let value = if partial {
-        ph as u16
-    } else {
-        !(decap_common::sum16(&p[l4..], ph) as u16)
-    };
-    p[at..at + 2].copy_from_slice(&value.to_be_bytes());
-}
-
 /// A TCP segment (20-byte header, ACK|PSH) with `payload`, checksum 0.
 fn tcp(payload: &[u8]) -> Vec<u8> {
     let mut t = vec![
@@ -454,9 +426,9 @@ fn gre_checksum_is_right_for_the_finished_packet() {
         ),
         ("UDP v6", with6(17, &decap_common::udp(1, 2, &long[..300]))),
     ] {
-        set_l4_checksum(&mut p, false);
+        decap_common::set_l4_checksum(&mut p, false);
         let mut partial = p.clone();
-        set_l4_checksum(&mut partial, true);
+        decap_common::set_l4_checksum(&mut partial, true);
         assert_ne!(p, partial);
         cases.push((what, p.clone(), p.clone()));
         let partial_what = match what {

@@ -62,50 +62,6 @@ fn snmp(ns: &NetNs, group: &str, field: &str) -> u64 {
     values[i].parse().unwrap()
 }
 
-/// Turns transmit checksum offload off on `dev`: a local stack sending over a veth leaves TCP
-/// and UDP checksums to "hardware" (CHECKSUM_PARTIAL), and a frame that XDP redirects to another
-/// device carries that unfinished checksum to the receiver, which drops it. Real NICs finish the
-/// checksum on transmit; test hosts on veths must do it in software.
-/// (`ethtool -K DEV tx off`, done with the SIOCETHTOOL ioctl: ethtool may not be installed.)
-fn tx_checksum_off(ns: &NetNs, dev: &str) {
-    const ETHTOOL_STXCSUM: u32 = 0x17;
-    #[repr(C)]
-    struct EthtoolValue {
-        cmd: u32,
-        data: u32,
-    }
-    #[repr(C)]
-    struct IfReq {
-        name: [u8; 16],
-        data: *mut EthtoolValue,
-        _pad: [u8; 16],
-    }
-    let dev = dev.to_string();
-    ns.run(move || {
-        let mut value = EthtoolValue {
-            cmd: ETHTOOL_STXCSUM,
-            data: 0,
-        };
-        let mut req = IfReq {
-            name: [0; 16],
-            data: &mut value,
-            _pad: [0; 16],
-        };
-        req.name[..dev.len()].copy_from_slice(dev.as_bytes());
-        // SAFETY: plain socket and ioctl calls on live buffers; the fd is closed below.
-        unsafe {
-            let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
-            assert!(fd >= 0);
-            let rc = libc::ioctl(fd, libc::SIOCETHTOOL, &mut req as *mut IfReq);
-            let err = std::io::Error::last_os_error();
-            libc::close(fd);
-            assert_eq!(rc, 0, "ETHTOOL_STXCSUM on {dev}: {err}");
-        }
-        Ok(())
-    })
-    .unwrap();
-}
-
 fn native() -> XdpOptions {
     XdpOptions {
         mode: XdpMode::Native,
@@ -141,7 +97,7 @@ fn star() -> (NetNs, NetNs, NetNs, NetNs) {
     }
     let (a, b, c) = (&hosts[0], &hosts[1], &hosts[2]);
     for h in [a, b] {
-        tx_checksum_off(h, "r");
+        common::tx_checksum_off(h, "r");
     }
     r.set_sysctl("net.ipv4.ip_forward", "1").unwrap();
     ip(&r, &["addr", "add", "10.1.0.254/24", "dev", "pa"]);
@@ -274,8 +230,8 @@ fn router_forwards_ping_and_tcp_v4_and_v6() {
     }
     let l = line(3);
     let (left, mid, right) = (l.ns(0), l.ns(1), l.ns(2));
-    tx_checksum_off(left, "to1");
-    tx_checksum_off(right, "to1");
+    common::tx_checksum_off(left, "to1");
+    common::tx_checksum_off(right, "to1");
     let mut router = XdpRouter::load().unwrap();
     let (to0, to2) = (l.ifindex(1, "to0"), l.ifindex(1, "to2"));
     let atts = mid

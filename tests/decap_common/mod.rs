@@ -175,3 +175,31 @@ pub fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     u.extend_from_slice(payload);
     u
 }
+
+/// Writes the TCP/UDP checksum of an IPv4/IPv6 packet without extension headers or options:
+/// final (`partial` false) or as CHECKSUM_PARTIAL leaves it (the folded pseudo-header sum).
+pub fn set_l4_checksum(p: &mut [u8], partial: bool) {
+    let v6 = p[0] >> 4 == 6;
+    let (l4, proto, mut pseudo) = if v6 {
+        (40, p[6], p[8..40].to_vec())
+    } else {
+        (20, p[9], p[12..20].to_vec())
+    };
+    let len = p.len() - l4;
+    if v6 {
+        pseudo.extend_from_slice(&(len as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, proto]);
+    } else {
+        pseudo.extend_from_slice(&[0, proto]);
+        pseudo.extend_from_slice(&(len as u16).to_be_bytes());
+    }
+    let at = l4 + if proto == 6 { 16 } else { 6 };
+    p[at..at + 2].copy_from_slice(&[0, 0]);
+    let ph = sum16(&pseudo, 0);
+    let value = if partial {
+        ph as u16
+    } else {
+        !(sum16(&p[l4..], ph) as u16)
+    };
+    p[at..at + 2].copy_from_slice(&value.to_be_bytes());
+}
