@@ -179,16 +179,13 @@ fn lwt_xmit_members_run_in_slot_order_and_verdicts_decide() {
     assert_eq!(ping(1).received, 1);
 }
 
-#[test]
-fn xdp_members_run_in_order_and_a_drop_stops_the_run() {
-    if !common::privileged("xdp_members_run_in_order_and_a_drop_stops_the_run") {
-        return;
-    }
+/// Two hosts and an XDP dispatcher attached natively to host 1's veth (the namespace takes the
+/// attachment with it).
+fn xdp_dispatcher() -> (common::Line, Dispatcher) {
     let net = common::two_hosts();
-    let mut d = Dispatcher::new(ChainHook::Xdp).unwrap();
+    let d = Dispatcher::new(ChainHook::Xdp).unwrap();
     let ifindex = net.ifindex(1, "to0");
     let entry = d.entry().try_clone_to_owned().unwrap();
-    // Native XDP on ns 1's veth; the namespace takes the attachment with it.
     net.ns(1)
         .run(|| {
             libbpf_rs::Xdp::new(entry.as_fd())
@@ -196,6 +193,15 @@ fn xdp_members_run_in_order_and_a_drop_stops_the_run() {
                 .map_err(|e| lwtun::Error::bpf("attach xdp", e))
         })
         .unwrap();
+    (net, d)
+}
+
+#[test]
+fn xdp_members_run_in_order_and_a_drop_stops_the_run() {
+    if !common::privileged("xdp_members_run_in_order_and_a_drop_stops_the_run") {
+        return;
+    }
+    let (net, mut d) = xdp_dispatcher();
     let ping = |n| common::ping(net.ns(0), net.v4(1).into(), n);
     let a = d.attach(1, MEMBER, "member_xdp", &[XDP_PASS]).unwrap();
     let b = d.attach(2, MEMBER, "member_xdp", &[XDP_PASS]).unwrap();
@@ -392,17 +398,7 @@ fn xdp_members_come_and_go_under_a_steady_flow_without_loss() {
     if !common::privileged("xdp_members_come_and_go_under_a_steady_flow_without_loss") {
         return;
     }
-    let net = common::two_hosts();
-    let mut d = Dispatcher::new(ChainHook::Xdp).unwrap();
-    let ifindex = net.ifindex(1, "to0");
-    let entry = d.entry().try_clone_to_owned().unwrap();
-    net.ns(1)
-        .run(|| {
-            libbpf_rs::Xdp::new(entry.as_fd())
-                .attach(ifindex as i32, libbpf_rs::XdpFlags::DRV_MODE)
-                .map_err(|e| lwtun::Error::bpf("attach xdp", e))
-        })
-        .unwrap();
+    let (net, mut d) = xdp_dispatcher();
     let (f, l) = flow_with_changes(&mut d, &net, "member_xdp", &[XDP_PASS]);
     // ARP may cross the hook too: every frame ran both, at least the requests.
     assert_eq!(f.packets, l.packets);
