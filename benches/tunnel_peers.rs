@@ -1,15 +1,31 @@
-//! Peer table inserts: lwtun's `PeerTable::insert_batch` (one `BPF_MAP_UPDATE_BATCH` per table)
-//! vs `bpftool batch` (one `map update` command per peer), in one run, for 100k and 1M IPv4
-//! peers, and the memory a peer costs at 1M (kernel: the LPM trie's and the counters' memlock as
-//! bpftool reports it; user space: the process's resident-set growth for the table's copy).
+//! Peer table inserts and removals, 100k and 1M IPv4 peers, every way at once in one run:
 //!
-//! Run as root: `cargo bench --bench tunnel_peers` (`LWTUN_BENCH_PEERS=N` for one size N).
+//! - `lwtun batch`: `PeerTable::insert_batch` (sorted, chunked `BPF_MAP_UPDATE_BATCH`, its
+//!   default worker threads), from input in prefix order and from shuffled input, and with one
+//!   worker (`set_batch_workers(1)`);
+//! - `raw kernel`: one `BPF_MAP_UPDATE_BATCH` of prebuilt key and value arrays into the same
+//!   table (the floor lwtun's user space adds to), in prefix order on one and on two threads
+//!   (two contiguous halves), and shuffled on one;
+//! - `bpftool batch`: one `map update` command per peer from a batch file;
+//! - `insert loop`: `PeerTable::insert` per peer (one `BPF_MAP_UPDATE_ELEM` each);
+//! - removals: `PeerTable::remove_batch` vs one raw `BPF_MAP_DELETE_BATCH`.
+//!
+//! The cases take turns over several rounds (this machine's load swings single runs by 2x) and
+//! the medians are reported, with rates relative to bpftool and to the raw one-thread floor.
+//! Then the memory a peer costs at 1M (kernel: measured as the growth of slab and per-CPU memory
+//! from loading an empty tunnel to holding 1M peers, and as the maps' memlock that bpftool
+//! shows; user space: the process's resident-set growth for the table's copy), and the
+//! per-packet cost of the encap's lookup at those sizes (BPF_PROG_TEST_RUN).
+//!
+//! Run as root: `cargo bench --bench tunnel_peers`. `LWTUN_BENCH_PEERS=N` for one size N,
+//! `LWTUN_BENCH_ROUNDS=R` for R rounds (default 5), `LWTUN_BENCH_CASE=NAME` for one case.
 
 use std::io::Write;
 use std::net::IpAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ipnetwork::IpNetwork;
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use lwtun::peer::{Encap, EncapPeer};
 use lwtun::tunnel::Tunnel;
 
@@ -17,24 +33,59 @@ fn prefix(i: u32) -> IpNetwork {
     IpNetwork::new(IpAddr::from((0x0a00_0000 | i).to_be_bytes()), 32).unwrap()
 }
 
+fn peer(i: u32) -> EncapPeer {
+    let remote = IpAddr::from([192, 0, 2, (i % 250 + 2) as u8]);
+    EncapPeer::new(
+        remote,
+        "192.0.2.1".parse().unwrap(),
+        Encap::Gre {
+            key: Some(i),
+            checksum: false,
+        },
+    )
+}
+
+/// `n` peers for 10.0.0.0/32 upwards, in prefix order.
 fn peers(n: u32) -> Vec<(IpNetwork, EncapPeer)> {
-    let local: IpAddr = "192.0.2.1".parse().unwrap();
-    (0..n)
-        .map(|i| {
-            let remote = IpAddr::from([192, 0, 2, (i % 250 + 2) as u8]);
-            (
-                prefix(i),
-                EncapPeer::new(
-                    remote,
-                    local,
-                    Encap::Gre {
-                        key: Some(i),
-                        checksum: false,
-                    },
-                ),
-            )
-        })
-        .collect()
+    (0..n).map(|i| (prefix(i), peer(i))).collect()
+}
+
+/// A fixed pseudo-random permutation of `0..n`.
+fn shuffled(n: u32) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..n).collect();
+    let mut s = 0x9e37_79b9_7f4a_7c15u64;
+    for i in (1..order.len()).rev() {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        order.swap(i, (s % (i as u64 + 1)) as usize);
+    }
+    order
+}
+
+/// The key and value bytes of peer `i` as the encap's maps hold them (the value as the
+/// skeleton's generated type lays it out).
+fn raw_entry(i: u32) -> ([u8; 8], Vec<u8>) {
+    let mut v = lwtun::skel::lwt_encap::types::lwtun_peer::default();
+    v.remote[..4].copy_from_slice(&[192, 0, 2, (i % 250 + 2) as u8]);
+    v.local[..4].copy_from_slice(&[192, 0, 2, 1]);
+    v.kind = 2;
+    v.flags = 1 << 1;
+    v.ttl = 64;
+    v.gre_key = u32::from_ne_bytes(i.to_be_bytes());
+    v.slot = i;
+    // SAFETY: lwtun_peer is a repr(C) struct of integers with explicit padding (48 bytes).
+    let vb = unsafe {
+        std::slice::from_raw_parts(
+            (&v as *const lwtun::skel::lwt_encap::types::lwtun_peer).cast::<u8>(),
+            std::mem::size_of_val(&v),
+        )
+    }
+    .to_vec();
+    let mut k = [0u8; 8];
+    k[..4].copy_from_slice(&32u32.to_ne_bytes());
+    k[4..].copy_from_slice(&(0x0a00_0000u32 | i).to_be_bytes());
+    (k, vb)
 }
 
 fn map_id(t: &Tunnel, name: &str) -> u32 {
@@ -43,6 +94,10 @@ fn map_id(t: &Tunnel, name: &str) -> u32 {
         .find(|(n, _)| n == name)
         .map(|(_, id)| id)
         .expect("map present")
+}
+
+fn peers_v4(t: &Tunnel) -> MapHandle {
+    MapHandle::from_map_id(map_id(t, "peers_v4")).expect("open peers_v4")
 }
 
 /// bytes_memlock of map `id`, as bpftool reports it.
@@ -64,18 +119,24 @@ fn memlock(id: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+/// A field of /proc/self/status or /proc/meminfo, in KiB.
+fn kib(file: &str, field: &str) -> u64 {
+    std::fs::read_to_string(file)
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))?
+                .find(|l| l.starts_with(field))?
                 .split_whitespace()
                 .nth(1)?
                 .parse()
                 .ok()
         })
         .unwrap_or(0)
+}
+
+/// The kernel's slab and per-CPU memory, in bytes (what BPF map elements come from).
+fn kernel_memory() -> u64 {
+    (kib("/proc/meminfo", "Slab:") + kib("/proc/meminfo", "Percpu:")) * 1024
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -86,80 +147,236 @@ fn hex(bytes: &[u8]) -> String {
         .join(" ")
 }
 
-/// Inserts the same peers with `bpftool batch file` into a fresh tunnel's IPv4 table; seconds.
-fn bpftool_insert(n: u32) -> f64 {
-    let t = Tunnel::builder().capacity(n).load().expect("load tunnel");
-    let id = map_id(&t, "peers_v4");
-    let path = std::env::temp_dir().join(format!("lwtun-bench-peers-{}.batch", std::process::id()));
-    {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
-        // The value bytes as the skeleton's generated type lays them out.
-        let local = [192u8, 0, 2, 1];
-        for i in 0..n {
-            let mut v = lwtun::skel::lwt_encap::types::lwtun_peer::default();
-            v.remote[..4].copy_from_slice(&[192, 0, 2, (i % 250 + 2) as u8]);
-            v.local[..4].copy_from_slice(&local);
-            v.kind = 2;
-            v.flags = 1 << 1;
-            v.ttl = 64;
-            v.gre_key = u32::from_ne_bytes(i.to_be_bytes());
-            v.slot = i;
-            // SAFETY: lwtun_peer is a repr(C) struct of integers with explicit padding (48 bytes).
-            let vb = unsafe {
-                std::slice::from_raw_parts(
-                    (&v as *const lwtun::skel::lwt_encap::types::lwtun_peer).cast::<u8>(),
-                    std::mem::size_of_val(&v),
-                )
-            };
-            let mut k = [0u8; 8];
-            k[..4].copy_from_slice(&32u32.to_ne_bytes());
-            k[4..].copy_from_slice(&(0x0a00_0000u32 | i).to_be_bytes());
-            writeln!(
-                f,
-                "map update id {id} key hex {} value hex {}",
-                hex(&k),
-                hex(vb)
-            )
-            .unwrap();
-        }
-    }
+/// Seconds `f` takes.
+fn time(f: impl FnOnce()) -> f64 {
     let start = Instant::now();
-    let out = std::process::Command::new("bpftool")
-        .args(["batch", "file"])
-        .arg(&path)
-        .output()
-        .expect("run bpftool");
-    let secs = start.elapsed().as_secs_f64();
-    let _ = std::fs::remove_file(&path);
-    assert!(
-        out.status.success(),
-        "bpftool batch: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    secs
+    f();
+    start.elapsed().as_secs_f64()
 }
 
-/// The kernel's share alone: one BPF_MAP_UPDATE_BATCH of prepared bytes into a fresh table.
-fn raw_insert(n: u32) -> f64 {
-    use libbpf_rs::MapCore;
-    let t = Tunnel::builder().capacity(n).load().expect("load tunnel");
-    let map = libbpf_rs::MapHandle::from_map_id(map_id(&t, "peers_v4")).unwrap();
-    let mut keys = Vec::with_capacity(n as usize * 8);
-    let values = vec![0u8; n as usize * 48];
+fn tunnel(n: u32) -> Tunnel {
+    Tunnel::builder().capacity(n).load().expect("load tunnel")
+}
+
+/// Drops a filled table and gives the kernel time to free it (the trie is freed by a worker
+/// after the last reference goes, which would otherwise run during the next case).
+fn settle<T>(filled: T, n: u32) {
+    drop(filled);
+    std::thread::sleep(Duration::from_millis(50 + u64::from(n / 2000)));
+}
+
+/// The cases of one size; each returns seconds for `n` inserts (removals).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Case {
+    Lwtun,
+    LwtunShuffled,
+    LwtunOneWorker,
+    RawOneThread,
+    RawTwoThreads,
+    RawShuffled,
+    Bpftool,
+    InsertLoop,
+    LwtunRemove,
+    RawRemove,
+}
+
+const CASES: [(Case, &str); 10] = [
+    (Case::Lwtun, "lwtun insert_batch"),
+    (Case::LwtunShuffled, "lwtun insert_batch, shuffled input"),
+    (Case::LwtunOneWorker, "lwtun insert_batch, 1 worker"),
+    (Case::RawOneThread, "raw kernel batch, 1 thread (floor)"),
+    (Case::RawTwoThreads, "raw kernel batch, 2 threads"),
+    (Case::RawShuffled, "raw kernel batch, shuffled order"),
+    (Case::Bpftool, "bpftool batch"),
+    (Case::InsertLoop, "lwtun insert per peer"),
+    (Case::LwtunRemove, "lwtun remove_batch"),
+    (Case::RawRemove, "raw kernel delete batch"),
+];
+
+struct Inputs {
+    sorted: Vec<(IpNetwork, EncapPeer)>,
+    shuffled: Vec<(IpNetwork, EncapPeer)>,
+    keys: Vec<u8>,
+    values: Vec<u8>,
+    shuffled_keys: Vec<u8>,
+    shuffled_values: Vec<u8>,
+    batch_file: std::path::PathBuf,
+}
+
+fn inputs(n: u32) -> Inputs {
+    let sorted = peers(n);
+    let order = shuffled(n);
+    let shuffled_peers = order.iter().map(|&i| sorted[i as usize]).collect();
+    let (mut keys, mut values) = (Vec::new(), Vec::new());
     for i in 0..n {
-        keys.extend_from_slice(&32u32.to_ne_bytes());
-        keys.extend_from_slice(&(0x0a00_0000u32 | i).to_be_bytes());
+        let (k, v) = raw_entry(i);
+        keys.extend_from_slice(&k);
+        values.extend_from_slice(&v);
     }
-    let start = Instant::now();
-    map.update_batch(
-        &keys,
-        &values,
-        n,
-        libbpf_rs::MapFlags::ANY,
-        libbpf_rs::MapFlags::ANY,
-    )
-    .unwrap();
-    start.elapsed().as_secs_f64()
+    let (mut shuffled_keys, mut shuffled_values) = (Vec::new(), Vec::new());
+    for &i in &order {
+        let (k, v) = raw_entry(i);
+        shuffled_keys.extend_from_slice(&k);
+        shuffled_values.extend_from_slice(&v);
+    }
+    let batch_file = std::env::temp_dir().join(format!(
+        "lwtun-bench-peers-{}-{n}.batch",
+        std::process::id()
+    ));
+    Inputs {
+        sorted,
+        shuffled: shuffled_peers,
+        keys,
+        values,
+        shuffled_keys,
+        shuffled_values,
+        batch_file,
+    }
+}
+
+fn raw_update(map: &MapHandle, keys: &[u8], values: &[u8]) {
+    let n = (keys.len() / 8) as u32;
+    map.update_batch(keys, values, n, MapFlags::ANY, MapFlags::ANY)
+        .expect("raw batch update");
+}
+
+/// Runs `case` once for `n` peers; seconds.
+fn run_case(case: Case, n: u32, inp: &Inputs) -> f64 {
+    match case {
+        Case::Lwtun | Case::LwtunShuffled | Case::LwtunOneWorker => {
+            let mut t = tunnel(n);
+            let batch = if case == Case::LwtunShuffled {
+                &inp.shuffled
+            } else {
+                &inp.sorted
+            };
+            if case == Case::LwtunOneWorker {
+                t.peers_mut().set_batch_workers(1);
+            }
+            let secs = time(|| t.peers_mut().insert_batch(batch).expect("batch insert"));
+            assert_eq!(t.peers().len(), n as usize);
+            settle(t, n);
+            secs
+        }
+        Case::LwtunRemove => {
+            let mut t = tunnel(n);
+            t.peers_mut()
+                .insert_batch(&inp.sorted)
+                .expect("batch insert");
+            let prefixes: Vec<IpNetwork> = inp.shuffled.iter().map(|(p, _)| *p).collect();
+            let secs = time(|| t.peers_mut().remove_batch(&prefixes).expect("batch remove"));
+            assert!(t.peers().is_empty());
+            settle(t, n);
+            secs
+        }
+        Case::RawOneThread | Case::RawShuffled | Case::RawRemove => {
+            let t = tunnel(n);
+            let map = peers_v4(&t);
+            let secs = match case {
+                Case::RawOneThread => time(|| raw_update(&map, &inp.keys, &inp.values)),
+                Case::RawShuffled => {
+                    time(|| raw_update(&map, &inp.shuffled_keys, &inp.shuffled_values))
+                }
+                _ => {
+                    raw_update(&map, &inp.keys, &inp.values);
+                    time(|| {
+                        map.delete_batch(&inp.keys, n, MapFlags::ANY, MapFlags::ANY)
+                            .expect("raw batch delete")
+                    })
+                }
+            };
+            settle((map, t), n);
+            secs
+        }
+        Case::RawTwoThreads => {
+            let t = tunnel(n);
+            let map = peers_v4(&t);
+            let half = n as usize / 2;
+            let secs = time(|| {
+                std::thread::scope(|s| {
+                    s.spawn(|| raw_update(&map, &inp.keys[half * 8..], &inp.values[half * 48..]));
+                    raw_update(&map, &inp.keys[..half * 8], &inp.values[..half * 48]);
+                })
+            });
+            settle((map, t), n);
+            secs
+        }
+        Case::Bpftool => {
+            let t = tunnel(n);
+            let id = map_id(&t, "peers_v4");
+            {
+                let mut f =
+                    std::io::BufWriter::new(std::fs::File::create(&inp.batch_file).unwrap());
+                for i in 0..n {
+                    let (k, v) = raw_entry(i);
+                    writeln!(
+                        f,
+                        "map update id {id} key hex {} value hex {}",
+                        hex(&k),
+                        hex(&v)
+                    )
+                    .unwrap();
+                }
+            }
+            let start = Instant::now();
+            let out = std::process::Command::new("bpftool")
+                .args(["batch", "file"])
+                .arg(&inp.batch_file)
+                .output()
+                .expect("run bpftool");
+            let secs = start.elapsed().as_secs_f64();
+            let _ = std::fs::remove_file(&inp.batch_file);
+            assert!(
+                out.status.success(),
+                "bpftool batch: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            settle(t, n);
+            secs
+        }
+        Case::InsertLoop => {
+            let mut t = tunnel(n);
+            let secs = time(|| {
+                let peers = t.peers_mut();
+                for (p, e) in &inp.sorted {
+                    peers.insert(*p, *e).expect("insert");
+                }
+            });
+            settle(t, n);
+            secs
+        }
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Memory per peer at `n` peers: (kernel measured, of it the trie, kernel memlock, user space),
+/// bytes.
+fn memory_per_peer(n: u32, inp: &Inputs) -> (f64, f64, f64, f64) {
+    std::thread::sleep(Duration::from_millis(500));
+    let k0 = kernel_memory();
+    let mut t = tunnel(n);
+    let k_empty = kernel_memory();
+    let rss0 = kib("/proc/self/status", "VmRSS:");
+    t.peers_mut()
+        .insert_batch(&inp.sorted)
+        .expect("batch insert");
+    let rss1 = kib("/proc/self/status", "VmRSS:");
+    std::thread::sleep(Duration::from_millis(200));
+    let k1 = kernel_memory();
+    let memlock = memlock(map_id(&t, "peers_v4")) + memlock(map_id(&t, "peer_stats")) / 2;
+    let per = |b: u64| b as f64 / f64::from(n);
+    let out = (
+        per(k1.saturating_sub(k0)),
+        per(k1.saturating_sub(k_empty)),
+        per(memlock),
+        per(rss1.saturating_sub(rss0) * 1024),
+    );
+    settle(t, n);
+    out
 }
 
 /// An Ethernet frame carrying an IPv4 packet to peer `i`'s address.
@@ -193,45 +410,85 @@ fn main() {
         eprintln!("tunnel_peers bench: SKIPPED, needs root (BPF maps)");
         return;
     }
-    let sizes: Vec<u32> = match std::env::var("LWTUN_BENCH_PEERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
+    let sizes: Vec<u32> = match env("LWTUN_BENCH_PEERS") {
         Some(n) => vec![n],
         None => vec![100_000, 1_000_000],
     };
+    let rounds = env("LWTUN_BENCH_ROUNDS").unwrap_or(5).max(1);
+    // One case only, by its name (for profiling).
+    let only = std::env::var("LWTUN_BENCH_CASE").ok();
+    let workers = tunnel(1).peers().batch_workers();
     println!(
-        "{:>9} {:>14} {:>14} {:>8} {:>16} {:>16} {:>14}",
-        "peers", "lwtun/s", "bpftool/s", "ratio", "kernel B/peer", "user B/peer", "raw batch/s"
+        "peer inserts: median of {rounds} rounds (cases take turns), lwtun batch workers: {workers}"
     );
     let mut lookup_costs = Vec::new();
-    for n in sizes {
-        let batch = peers(n);
-        let rss0 = rss_kib();
-        let mut t = Tunnel::builder().capacity(n).load().expect("load tunnel");
-        let start = Instant::now();
-        t.peers_mut().insert_batch(&batch).expect("batch insert");
-        let lw = start.elapsed().as_secs_f64();
-        let rss1 = rss_kib();
-        assert_eq!(t.peers().len(), n as usize);
-        let kernel = memlock(map_id(&t, "peers_v4")) + memlock(map_id(&t, "peer_stats")) / 2;
-        lookup_costs.push((n, lookup_ns(&t, n / 2)));
-        let user = (rss1.saturating_sub(rss0)) * 1024;
-        drop(t);
-        let bt = bpftool_insert(n);
-        let raw = raw_insert(n);
+    let mut memory = None;
+    for &n in &sizes {
+        let inp = inputs(n);
+        if only.is_none() && n == *sizes.iter().max().unwrap() {
+            memory = Some((n, memory_per_peer(n, &inp)));
+        }
+        let mut secs: Vec<Vec<f64>> = vec![Vec::new(); CASES.len()];
+        for _ in 0..rounds {
+            for (i, &(case, name)) in CASES.iter().enumerate() {
+                if only.as_deref().is_some_and(|o| o != name) {
+                    secs[i].push(f64::NAN);
+                    continue;
+                }
+                secs[i].push(run_case(case, n, &inp));
+            }
+        }
+        if only.is_some() {
+            for (i, &(_, name)) in CASES.iter().enumerate() {
+                if !secs[i][0].is_nan() {
+                    let rates: Vec<u64> =
+                        secs[i].iter().map(|s| (f64::from(n) / s) as u64).collect();
+                    println!("{n} {name}: {rates:?} per second");
+                }
+            }
+            continue;
+        }
+        let rate: Vec<f64> = secs.iter_mut().map(|s| f64::from(n) / median(s)).collect();
+        let of = |c: Case| rate[CASES.iter().position(|&(k, _)| k == c).unwrap()];
+        let (bpftool, floor) = (of(Case::Bpftool), of(Case::RawOneThread));
         println!(
-            "{:>9} {:>14.0} {:>14.0} {:>8.1} {:>16.1} {:>16.1} {:>14.0}",
-            n,
-            n as f64 / lw,
-            n as f64 / bt,
-            bt / lw,
-            kernel as f64 / n as f64,
-            user as f64 / n as f64,
-            n as f64 / raw
+            "\n{n} peers            {:>12} {:>12} {:>10} {:>12}",
+            "per second", "min..max k/s", "x bpftool", "x raw floor"
+        );
+        for (i, &(_, name)) in CASES.iter().enumerate() {
+            let lo = f64::from(n) / secs[i].last().unwrap() / 1e3;
+            let hi = f64::from(n) / secs[i][0] / 1e3;
+            println!(
+                "  {name:<36} {:>12.0} {:>5.0}..{:<6.0} {:>10.1} {:>12.2}",
+                rate[i],
+                lo,
+                hi,
+                rate[i] / bpftool,
+                rate[i] / floor
+            );
+        }
+        println!(
+            "  goal 1M/s and 12x bpftool: lwtun {:.2}M/s, {:.1}x bpftool; raw one-thread floor {:.2}M/s ({:.1}x bpftool)",
+            of(Case::Lwtun) / 1e6,
+            of(Case::Lwtun) / bpftool,
+            floor / 1e6,
+            floor / bpftool
+        );
+        let mut t = tunnel(n);
+        t.peers_mut()
+            .insert_batch(&inp.sorted)
+            .expect("batch insert");
+        lookup_costs.push((n, lookup_ns(&t, n / 2)));
+        settle(t, n);
+    }
+    if let Some((n, (measured, trie, memlock, user))) = memory {
+        println!(
+            "\nmemory per peer at {n}: kernel {measured:.0} B measured (slab + per-CPU growth from \
+             before the load; {trie:.0} B of it while inserting: trie nodes), {memlock:.0} B by the \
+             maps' memlock; user space {user:.0} B (the table's copy)"
         );
     }
-    println!("(kernel B/peer: LPM trie memlock plus the peer's share of the per-CPU counters)");
     let one = {
         let mut t = Tunnel::load().expect("load tunnel");
         t.peers_mut().insert_batch(&peers(1)).expect("insert");
@@ -239,7 +496,7 @@ fn main() {
     };
     let base = baseline_ns();
     println!(
-        "lookup + header build per packet (encap_preview via BPF_PROG_TEST_RUN, pass-only tc program {base:.1} ns):"
+        "\nlookup + header build per packet (encap_preview via BPF_PROG_TEST_RUN, pass-only tc program {base:.1} ns):"
     );
     println!("   1 peer: {one:.1} ns");
     for (n, ns) in lookup_costs {

@@ -370,9 +370,9 @@ fn batch_insert_and_remove() {
         .unwrap()
         .1;
     assert_eq!(bpftool_elements(id), 10_000);
-    // A duplicate in a batch is refused before anything is written.
+    // A prefix that has a peer already is refused before anything is written.
     let err = tunnel.peers_mut().insert_batch(&batch[..2]).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert_eq!(err.kind(), ErrorKind::Exists, "{err}");
     assert_eq!(tunnel.peers().len(), 10_000);
     let prefixes: Vec<_> = batch.iter().map(|(p, _)| *p).take(5_000).collect();
     tunnel.peers_mut().remove_batch(&prefixes).unwrap();

@@ -4,7 +4,10 @@
 //! - a DF packet bigger than the path MTU minus the encap gets ICMP fragmentation-needed (IPv4)
 //!   or packet-too-big (IPv6) from the tunnel router, and one that fits is encapsulated;
 //! - IP-in-IP TCP with an inner IPv4 header needs the underlay fix-up (without it the kernel's
-//!   GSO path refuses the packets and the stream stalls), which is what `Tunnel` attaches.
+//!   GSO path refuses the packets and the stream stalls), which is what `Tunnel` attaches;
+//! - batch inserts and removals: peers from a large shuffled batch carry traffic, removing them
+//!   falls back to the shorter prefix; the input order does not change the table; a batch the
+//!   kernel refuses midway (insert or removal) leaves the table as it was.
 
 mod common;
 
@@ -13,11 +16,13 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Duration;
 
 use ipnetwork::IpNetwork;
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use lwtun::decap::{Decap, DecapPeer};
 use lwtun::netlink::Netlink;
 use lwtun::netns::NetNs;
 use lwtun::peer::{Encap, EncapPeer};
 use lwtun::tunnel::Tunnel;
+use lwtun::ErrorKind;
 
 /// Runs `f` with the calling thread inside `ns`, then returns the thread to its namespace.
 fn inside<T>(ns: &NetNs, f: impl FnOnce() -> T) -> T {
@@ -437,4 +442,406 @@ fn input_route_encapsulates_forwarded_traffic() {
     );
     assert_eq!(t.peers().stats(net("10.20.0.0/16")).unwrap().packets, 3);
     assert_eq!(d.counters().unwrap().decapsulated(), 3);
+}
+
+/// A fixed pseudo-random permutation of `items`.
+fn shuffle<T>(items: &mut [T]) {
+    let mut s = 0x2545_f491_4f6c_dd1du64;
+    for i in (1..items.len()).rev() {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        items.swap(i, (s % (i as u64 + 1)) as usize);
+    }
+}
+
+/// A handle on one of a tunnel's maps, opened by id (as another process, bpftool, would).
+fn table_map(t: &Tunnel, name: &str) -> MapHandle {
+    let id = t.map_ids().into_iter().find(|(n, _)| n == name).unwrap().1;
+    MapHandle::from_map_id(id).unwrap()
+}
+
+/// Every key and value a map holds, sorted.
+fn dump(map: &MapHandle) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut all: Vec<_> = map
+        .keys()
+        .map(|k| {
+            let v = map.lookup(&k, MapFlags::ANY).unwrap().unwrap();
+            (k, v)
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+/// The LPM key bytes of an IPv4 prefix (`struct lwtun_peer_key4`).
+fn key4(prefix: &str) -> Vec<u8> {
+    let n: ipnetwork::Ipv4Network = prefix.parse().unwrap();
+    let mut k = u32::from(n.prefix()).to_ne_bytes().to_vec();
+    k.extend_from_slice(&n.network().octets());
+    k
+}
+
+/// A GRE-keyed peer per prefix: key `i` for the `i`th.
+fn keyed(prefixes: &[IpNetwork]) -> Vec<(IpNetwork, EncapPeer)> {
+    prefixes
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let (remote, local) = if i % 3 == 0 {
+                (addr("2001:db8::2"), addr("2001:db8::1"))
+            } else {
+                (addr("192.0.2.2"), addr("192.0.2.1"))
+            };
+            let peer = EncapPeer::new(
+                remote,
+                local,
+                Encap::Gre {
+                    key: Some(i as u32),
+                    checksum: false,
+                },
+            );
+            (*p, peer)
+        })
+        .collect()
+}
+
+/// IPv4 and IPv6 prefixes nested at several lengths: 40,000 IPv4 (enough for two batch workers)
+/// and 3,000 IPv6.
+fn nested_prefixes() -> Vec<IpNetwork> {
+    let norm = |a: IpAddr, len: u8| {
+        let n = IpNetwork::new(a, len).unwrap();
+        IpNetwork::new(n.network(), len).unwrap()
+    };
+    let mut v4 = vec![norm(addr("0.0.0.0"), 0)];
+    for a in 0..16u8 {
+        v4.push(norm(IpAddr::from([10, a, 0, 0]), 16));
+        v4.push(norm(IpAddr::from([10, a, 0, 0]), 20));
+    }
+    for i in 0..50_000u32 {
+        let len = [32, 32, 28, 24][(i % 4) as usize];
+        v4.push(norm(
+            IpAddr::from((0x0a00_0000 | (i << 4)).to_be_bytes()),
+            len,
+        ));
+    }
+    v4.sort();
+    v4.dedup();
+    v4.truncate(40_000);
+    let mut v6 = Vec::new();
+    for i in 0..3_000u32 {
+        let len = [128, 64, 48][(i % 3) as usize];
+        let mut o = [0u8; 16];
+        o[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        o[4..8].copy_from_slice(&(i << 8).to_be_bytes());
+        o[15] = 1;
+        v6.push(norm(IpAddr::from(o), len));
+    }
+    v6.sort();
+    v6.dedup();
+    v4.extend(v6);
+    v4
+}
+
+/// The GRE key the data plane puts on a packet to `dst` (its own lookup and header code, run by
+/// BPF_PROG_TEST_RUN), or `None` on a miss.
+fn preview_key(t: &Tunnel, dst: IpAddr) -> Option<u32> {
+    let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1];
+    match dst {
+        IpAddr::V4(d) => {
+            f.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+            f.extend_from_slice(&[10, 30, 0, 1]);
+            f.extend_from_slice(&d.octets());
+        }
+        IpAddr::V6(d) => {
+            f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, 8, 17, 64]);
+            f.extend_from_slice(&[
+                0x20, 0x01, 0x0d, 0xb8, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+            ]);
+            f.extend_from_slice(&d.octets());
+        }
+    }
+    f.extend_from_slice(&[0x12, 0x34, 0x56, 0x78, 0, 8, 0, 0]);
+    let h = t.preview(&f).unwrap()?;
+    // The GRE key follows the outer IP header and the 4 GRE bytes (flags, protocol).
+    let ip_len = if h[0] >> 4 == 6 { 40 } else { 20 };
+    Some(u32::from_be_bytes(
+        h[ip_len + 4..ip_len + 8].try_into().unwrap(),
+    ))
+}
+
+/// The same peers inserted in prefix order, shuffled, and shuffled with one worker give the same
+/// kernel tables byte for byte (slots included), the same copy in the table, and the data plane
+/// finds the longest prefix for addresses across the batch.
+#[test]
+fn batch_insert_in_any_order_gives_the_same_table() {
+    if !common::privileged("batch_insert_in_any_order_gives_the_same_table") {
+        return;
+    }
+    let prefixes = nested_prefixes();
+    let sorted = keyed(&prefixes);
+    let mut shuffled = sorted.clone();
+    shuffle(&mut shuffled);
+    let load = |batch: &[(IpNetwork, EncapPeer)], workers: usize| {
+        let mut t = Tunnel::builder().capacity(50_000).load().unwrap();
+        t.peers_mut().set_batch_workers(workers);
+        t.peers_mut().insert_batch(batch).unwrap();
+        t
+    };
+    let a = load(&sorted, 2);
+    let b = load(&shuffled, 2);
+    let c = load(&shuffled, 1);
+    assert_eq!(a.peers().len(), sorted.len());
+    for name in ["peers_v4", "peers_v6"] {
+        let da = dump(&table_map(&a, name));
+        assert_eq!(
+            da.len(),
+            sorted
+                .iter()
+                .filter(|(p, _)| p.is_ipv6() == (name == "peers_v6"))
+                .count()
+        );
+        assert!(
+            da == dump(&table_map(&b, name)),
+            "{name}: shuffled input differs"
+        );
+        assert!(
+            da == dump(&table_map(&c, name)),
+            "{name}: one worker differs"
+        );
+    }
+    let listed: Vec<_> = a.peers().iter().map(|(p, e)| (p, *e)).collect();
+    assert_eq!(
+        listed,
+        b.peers().iter().map(|(p, e)| (p, *e)).collect::<Vec<_>>()
+    );
+    assert_eq!(listed, sorted, "iter lists the peers in prefix order");
+
+    // Longest prefix match, checked against a plain scan of the batch.
+    let expect = |dst: IpAddr| {
+        sorted
+            .iter()
+            .enumerate()
+            .filter(|(_, (p, _))| p.contains(dst))
+            .max_by_key(|(_, (p, _))| p.prefix())
+            .map(|(i, _)| i as u32)
+    };
+    let mut probes: Vec<IpAddr> = (0..400u32)
+        .map(|i| IpAddr::from((0x0a00_0000 | (i * 1601) << 2).to_be_bytes()))
+        .collect();
+    probes.extend([addr("10.15.255.255"), addr("11.0.0.1"), addr("2001:db8::1")]);
+    probes.extend((0..100u32).map(|i| {
+        let mut o = [0u8; 16];
+        o[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        o[4..8].copy_from_slice(&((i * 29) << 8).to_be_bytes());
+        o[15] = (i % 3) as u8;
+        IpAddr::from(o)
+    }));
+    for dst in probes {
+        let want = expect(dst);
+        assert_eq!(preview_key(&a, dst), want, "{dst} (sorted input)");
+        assert_eq!(preview_key(&b, dst), want, "{dst} (shuffled input)");
+        assert_eq!(
+            a.peers().lookup(dst).map(|(p, _)| p),
+            want.map(|i| sorted[i as usize].0),
+            "{dst}: the table's own lookup"
+        );
+    }
+}
+
+/// A batch the kernel refuses midway: the IPv4 trie holds entries the table does not know
+/// (written behind its back), so it fills up partway through a batch the table thought fits.
+/// Every peer of the batch that was written is removed again (on both workers' ranges), the
+/// foreign entries stay, and once there is room the same batch goes in.
+#[test]
+fn batch_insert_refused_midway_leaves_the_table_as_before() {
+    if !common::privileged("batch_insert_refused_midway_leaves_the_table_as_before") {
+        return;
+    }
+    let mut t = Tunnel::builder().capacity(100_000).load().unwrap();
+    let host = |a: u8, i: u32| {
+        IpNetwork::new(
+            IpAddr::from([a, (i >> 16) as u8, (i >> 8) as u8, i as u8]),
+            32,
+        )
+        .unwrap()
+    };
+    let first: Vec<_> = (0..50_000).map(|i| host(10, i)).collect();
+    t.peers_mut().insert_batch(&keyed(&first)).unwrap();
+    let v4 = table_map(&t, "peers_v4");
+    let value = vec![0u8; 48];
+    for i in 0..30_000u32 {
+        let k = key4(&host(11, i).to_string());
+        v4.update(&k, &value, MapFlags::NO_EXIST).unwrap();
+    }
+    let before = dump(&v4);
+    assert_eq!(before.len(), 80_000);
+
+    let second: Vec<_> = (0..40_000).map(|i| host(12, i)).collect();
+    let mut batch = keyed(&second);
+    shuffle(&mut batch);
+    let err = t.peers_mut().insert_batch(&batch).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Kernel, "{err}");
+    assert!(err.to_string().contains("No space left"), "{err}");
+    let refused = err.object().expect("the error names the refused prefix");
+    assert!(refused.starts_with("12."), "{err}");
+    assert_eq!(t.peers().len(), 50_000);
+    assert!(dump(&v4) == before, "the kernel's table is as before");
+    assert_eq!(preview_key(&t, addr("12.0.0.5")), None);
+
+    // Room again: the same batch goes in, its peers with zeroed counters.
+    for i in 0..30_000u32 {
+        v4.delete(&key4(&host(11, i).to_string())).unwrap();
+    }
+    t.peers_mut().insert_batch(&batch).unwrap();
+    assert_eq!(t.peers().len(), 90_000);
+    assert_eq!(dump(&v4).len(), 90_000);
+    assert!(preview_key(&t, addr("12.0.0.5")).is_some());
+    assert_eq!(t.peers().stats(host(12, 5)).unwrap().packets, 0);
+}
+
+/// A batch removal the kernel refuses midway (one entry was deleted behind the table's back):
+/// the peers it had removed are written back, so the kernel holds what it held before.
+#[test]
+fn batch_remove_refused_midway_writes_back() {
+    if !common::privileged("batch_remove_refused_midway_writes_back") {
+        return;
+    }
+    let mut t = Tunnel::builder().capacity(50_000).load().unwrap();
+    let prefixes: Vec<IpNetwork> = (0..40_000u32)
+        .map(|i| IpNetwork::new(IpAddr::from((0x0a00_0000 | i).to_be_bytes()), 32).unwrap())
+        .collect();
+    t.peers_mut().insert_batch(&keyed(&prefixes)).unwrap();
+    let v4 = table_map(&t, "peers_v4");
+    // Past the middle: both workers' ranges have removed peers when the kernel refuses.
+    v4.delete(&key4("10.0.117.48/32")).unwrap();
+    let before = dump(&v4);
+    let err = t.peers_mut().remove_batch(&prefixes).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert_eq!(err.object(), Some("10.0.117.48/32"), "{err}");
+    assert_eq!(t.peers().len(), 40_000);
+    assert!(
+        dump(&v4) == before,
+        "the removed peers are back, values and slots alike"
+    );
+
+    // Checked before anything is removed: a prefix without a peer, a prefix twice.
+    let err = t
+        .peers_mut()
+        .remove_batch(&[prefixes[0], net("10.99.0.0/16")])
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    let err = t
+        .peers_mut()
+        .remove_batch(&[prefixes[0], prefixes[0]])
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(dump(&v4) == before);
+}
+
+/// Errors found before anything is written: an invalid peer (named by its prefix), a prefix
+/// twice, a full table.
+#[test]
+fn batch_insert_checks_everything_first() {
+    if !common::privileged("batch_insert_checks_everything_first") {
+        return;
+    }
+    let mut t = Tunnel::builder().capacity(1_000).load().unwrap();
+    let good = keyed(&[net("10.1.0.0/16"), net("10.2.0.0/16")]);
+    let mixed = EncapPeer::new(addr("192.0.2.2"), addr("2001:db8::1"), Encap::Ipip);
+    let mut batch = good.clone();
+    batch.push((net("10.3.0.0/16"), mixed));
+    let err = t.peers_mut().insert_batch(&batch).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert_eq!(err.object(), Some("10.3.0.0/16"), "{err}");
+    let mut batch = good.clone();
+    batch.push((net("10.1.7.7/16"), good[0].1));
+    let err = t.peers_mut().insert_batch(&batch).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("10.1.0.0/16 is twice"), "{err}");
+    let many: Vec<IpNetwork> = (0..1_001u32)
+        .map(|i| IpNetwork::new(IpAddr::from((0x0b00_0000 | i).to_be_bytes()), 32).unwrap())
+        .collect();
+    let err = t.peers_mut().insert_batch(&keyed(&many)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(t.peers().is_empty());
+    assert!(dump(&table_map(&t, "peers_v4")).is_empty());
+    assert!(dump(&table_map(&t, "peers_v6")).is_empty());
+}
+
+/// A (ns 0) — B (ns 1). A's tunnel gets 40,000 host peers in one shuffled batch (two workers'
+/// ranges), among them 10.20.0.2/32 to B, under a 10.20.0.0/16 that leads to B too: pings to
+/// 10.20.0.2 are answered and count on the /32. After a batch removal of the host peers they
+/// count on the /16.
+#[test]
+fn batch_peers_carry_traffic_and_removal_falls_back() {
+    if !common::privileged("batch_peers_carry_traffic_and_removal_falls_back") {
+        return;
+    }
+    let line = common::line(2);
+    for (i, a) in [(0, "10.30.0.1/32"), (1, "10.20.0.2/32")] {
+        common::ip(line.ns(i), &["link", "set", "lo", "up"]);
+        common::ip(line.ns(i), &["addr", "add", a, "dev", "lo"]);
+    }
+    let gre = Encap::Gre {
+        key: Some(9),
+        checksum: false,
+    };
+    let to_b = EncapPeer::new(addr("10.77.0.2"), addr("10.77.0.1"), gre);
+    let decoy = EncapPeer::new(addr("10.77.0.3"), addr("10.77.0.1"), gre);
+    let mut a = Tunnel::builder().capacity(50_000).load().unwrap();
+    let hosts: Vec<IpNetwork> = (0..40_000u32)
+        .map(|i| IpNetwork::new(IpAddr::from((0x0a14_0000 | i).to_be_bytes()), 32).unwrap())
+        .collect();
+    let mut batch: Vec<_> = hosts
+        .iter()
+        .map(|p| {
+            (
+                *p,
+                if p.ip() == addr("10.20.0.2") {
+                    to_b
+                } else {
+                    decoy
+                },
+            )
+        })
+        .collect();
+    batch.push((net("10.20.0.0/16"), to_b));
+    shuffle(&mut batch);
+    a.peers_mut().insert_batch(&batch).unwrap();
+    let mut nl = Netlink::open_in(line.ns(0).fd().unwrap().as_fd()).unwrap();
+    let route = a
+        .route(net("10.20.0.0/16"))
+        .device(line.ifindex(0, "to1"))
+        .source(addr("10.30.0.1"));
+    a.steer(&mut nl, route).unwrap();
+    a.attach_underlay(line.ifindex(0, "to1"), Some(line.ns(0)))
+        .unwrap();
+    let _b = endpoint(
+        line.ns(1),
+        line.ifindex(1, "to0"),
+        "10.30.0.0/16",
+        "10.20.0.2",
+        "10.77.0.1",
+        "10.77.0.2",
+        gre,
+        &["10.77.0.1"],
+    );
+    let mut decap = Decap::load().unwrap();
+    decap.add_local(addr("10.77.0.1")).unwrap();
+    decap.add_peer(DecapPeer::host(addr("10.77.0.2"))).unwrap();
+    let a_dev = line.ifindex(0, "to1");
+    inside(line.ns(0), || decap.attach(a_dev)).unwrap();
+
+    let p = common::ping_with(line.ns(0), addr("10.20.0.2"), 3, &["-I", "10.30.0.1"]);
+    assert_eq!(p.received, 3, "{}", p.output);
+    assert_eq!(a.peers().stats(net("10.20.0.2/32")).unwrap().packets, 3);
+    assert_eq!(a.peers().stats(net("10.20.0.0/16")).unwrap().packets, 0);
+
+    a.peers_mut().remove_batch(&hosts).unwrap();
+    assert_eq!(a.peers().len(), 1);
+    let p = common::ping_with(line.ns(0), addr("10.20.0.2"), 3, &["-I", "10.30.0.1"]);
+    assert_eq!(p.received, 3, "{}", p.output);
+    assert_eq!(a.peers().stats(net("10.20.0.0/16")).unwrap().packets, 3);
+    assert_eq!(decap.counters().unwrap().decapsulated(), 6, "six replies");
 }
