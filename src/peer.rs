@@ -718,12 +718,30 @@ fn rewrite<F: Family>(fd: RawFd, batch: &[(F::Key, u32)], shares: &[Share], valu
     }
 }
 
-/// The value the table holds for `prefix`, from the table's copy.
-fn peer_abi(peers: &BTreeMap<IpNetwork, (EncapPeer, u32)>, prefix: &IpNetwork) -> lwtun_peer {
-    peers
-        .get(prefix)
-        .map(|&(p, slot)| p.to_abi(slot))
-        .unwrap_or_default()
+/// Takes the entries of `gone` (in the table's order, every one in the table) out of the
+/// table's copy and returns them in that order.
+fn take_out(
+    peers: &mut BTreeMap<IpNetwork, (EncapPeer, u32)>,
+    gone: impl Iterator<Item = IpNetwork>,
+    count: usize,
+) -> Vec<(IpNetwork, (EncapPeer, u32))> {
+    let mut out = Vec::with_capacity(count);
+    if count >= peers.len() / 8 {
+        // One ordered pass: `gone` is in the map's order.
+        let mut next = gone.peekable();
+        peers.retain(|prefix, v| {
+            while next.next_if(|g| g < prefix).is_some() {}
+            if next.next_if(|g| g == prefix).is_some() {
+                out.push((*prefix, *v));
+                false
+            } else {
+                true
+            }
+        });
+    } else {
+        out.extend(gone.filter_map(|g| peers.remove(&g).map(|v| (g, v))));
+    }
+    out
 }
 
 /// Zeroes the per-CPU counters of `slots`, one `BPF_MAP_UPDATE_BATCH` per chunk.
@@ -1188,34 +1206,49 @@ impl PeerTable {
         let fd4 = self.v4.as_fd().as_raw_fd();
         let fd6 = self.v6.as_fd().as_raw_fd();
         let workers = self.batch_workers;
-        let written = write_all::<V4>(fd4, &v4, &value4, workers, op).and_then(|()| {
-            write_all::<V6>(fd6, &v6, &value6, workers, op).inspect_err(|_| {
-                delete_present::<V4>(fd4, &v4);
-            })
+        let entries = || {
+            let (s4, s6) = slots.split_at(v4.len());
+            v4.iter()
+                .zip(s4)
+                .map(|(&(key, i), &slot)| (V4::prefix(key), (peers[i as usize].1, slot)))
+                .chain(
+                    v6.iter()
+                        .zip(s6)
+                        .map(|(&(key, i), &slot)| (V6::prefix(key), (peers[i as usize].1, slot))),
+                )
+        };
+        // The table's copy of a batch that is large next to the table is built on a thread of
+        // its own while the kernel writes (a sorted map of 1M peers takes a tenth of the
+        // kernel's time), then moved or merged in; a small batch is inserted after.
+        let aside = peers.len() >= self.peers.len() / 8;
+        let (written, built) = std::thread::scope(|scope| {
+            let builder = aside.then(|| {
+                std::thread::Builder::new()
+                    .name("lwtun-peers".into())
+                    .spawn_scoped(scope, || entries().collect::<BTreeMap<_, _>>())
+            });
+            let written = write_all::<V4>(fd4, &v4, &value4, workers, op).and_then(|()| {
+                write_all::<V6>(fd6, &v6, &value6, workers, op).inspect_err(|_| {
+                    delete_present::<V4>(fd4, &v4);
+                })
+            });
+            let built = match builder {
+                Some(Ok(t)) => Some(t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
+                // No thread to be had: built here.
+                Some(Err(_)) if written.is_ok() => Some(entries().collect()),
+                _ => None,
+            };
+            (written, built)
         });
         if let Err(e) = written {
             self.release_slots(slots);
             return Err(e);
         }
-
-        let (s4, s6) = slots.split_at(v4.len());
-        let entries = v4
-            .iter()
-            .zip(s4)
-            .map(|(&(key, i), &slot)| (V4::prefix(key), (peers[i as usize].1, slot)))
-            .chain(
-                v6.iter()
-                    .zip(s6)
-                    .map(|(&(key, i), &slot)| (V6::prefix(key), (peers[i as usize].1, slot))),
-            );
-        if self.peers.is_empty() {
-            self.peers = entries.collect();
-        } else if peers.len() >= self.peers.len() / 8 {
+        match built {
+            Some(new) if self.peers.is_empty() => self.peers = new,
             // Merging two sorted maps is linear; inserting one by one is not.
-            let mut new: BTreeMap<_, _> = entries.collect();
-            self.peers.append(&mut new);
-        } else {
-            self.peers.extend(entries);
+            Some(mut new) => self.peers.append(&mut new),
+            None => self.peers.extend(entries()),
         }
         self.count_v4 += v4.len() as u32;
         self.count_v6 += v6.len() as u32;
@@ -1235,19 +1268,38 @@ impl PeerTable {
                 format!("{} is twice in the batch", F::prefix(w[0].0)),
             ));
         }
-        if !self.peers.is_empty() {
-            if let Some(&(k, _)) = keys
-                .iter()
-                .find(|&&(k, _)| self.peers.contains_key(&F::prefix(k)))
-            {
-                return Err(Error::other(
-                    ErrorKind::Exists,
-                    op,
-                    format!("{} has a peer already: replace it instead", F::prefix(k)),
-                ));
-            }
+        if let Some(k) = self.first_key::<F>(keys, true) {
+            return Err(Error::other(
+                ErrorKind::Exists,
+                op,
+                format!("{} has a peer already: replace it instead", F::prefix(k)),
+            ));
         }
         self.check_room(F::V6, keys.len(), op)
+    }
+
+    /// The first of the sorted `keys` that is (`present`) or is not in the table.
+    fn first_key<F: Family>(&self, keys: &[(F::Key, u32)], present: bool) -> Option<F::Key> {
+        let &(first, _) = keys.first()?;
+        if keys.len() >= self.peers.len() / 8 {
+            // One ordered pass over the table instead of a search per key.
+            let mut table = self
+                .peers
+                .range(F::prefix(first)..)
+                .map(|(p, _)| p)
+                .peekable();
+            keys.iter()
+                .find(|&&(k, _)| {
+                    let p = F::prefix(k);
+                    while table.next_if(|q| **q < p).is_some() {}
+                    table.next_if(|q| **q == p).is_some() == present
+                })
+                .map(|&(k, _)| k)
+        } else {
+            keys.iter()
+                .find(|&&(k, _)| self.peers.contains_key(&F::prefix(k)) == present)
+                .map(|&(k, _)| k)
+        }
     }
 
     /// Removes many peers with `BPF_MAP_DELETE_BATCH`, in table order, in chunks, by up to
@@ -1278,49 +1330,46 @@ impl PeerTable {
         self.check_present::<V4>(&mut v4, op)?;
         self.check_present::<V6>(&mut v6, op)?;
 
-        let peers = &self.peers;
-        // Only to write back what was removed when the kernel refuses part of the batch.
-        let value4 = |_: usize, i: u32| peer_abi(peers, &normalize(prefixes[i as usize]));
-        let value6 = value4;
         let fd4 = self.v4.as_fd().as_raw_fd();
         let fd6 = self.v6.as_fd().as_raw_fd();
         let workers = self.batch_workers;
-        let mut shares4 = run::<V4>(fd4, &v4, None, workers);
-        if let Some(e) = first_error::<V4>(&v4, &mut shares4, op) {
-            rewrite::<V4>(fd4, &v4, &shares4, &value4);
-            return Err(e);
-        }
-        let mut shares6 = run::<V6>(fd6, &v6, None, workers);
-        if let Some(e) = first_error::<V6>(&v6, &mut shares6, op) {
+        let gone = || {
+            v4.iter()
+                .map(|&(k, _)| V4::prefix(k))
+                .chain(v6.iter().map(|&(k, _)| V6::prefix(k)))
+        };
+        // The table's copy gives up the peers on a thread of its own while the kernel deletes
+        // them (they come back if the kernel refuses part of the batch).
+        let table = &mut self.peers;
+        let (shares4, shares6, error, taken) = std::thread::scope(|scope| {
+            let taker = std::thread::Builder::new()
+                .name("lwtun-peers".into())
+                .spawn_scoped(scope, || take_out(table, gone(), prefixes.len()));
+            let mut shares4 = run::<V4>(fd4, &v4, None, workers);
+            let mut error = first_error::<V4>(&v4, &mut shares4, op);
+            let mut shares6 = Vec::new();
+            if error.is_none() {
+                shares6 = run::<V6>(fd6, &v6, None, workers);
+                error = first_error::<V6>(&v6, &mut shares6, op);
+            }
+            let taken = taker
+                .ok()
+                .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+            (shares4, shares6, error, taken)
+        });
+        // No thread to be had: taken out here.
+        let taken = taken.unwrap_or_else(|| take_out(&mut self.peers, gone(), prefixes.len()));
+        if let Some(e) = error {
+            let (t4, t6) = taken.split_at(v4.len());
+            let value4 = |k: usize, _: u32| t4[k].1 .0.to_abi(t4[k].1 .1);
+            let value6 = |k: usize, _: u32| t6[k].1 .0.to_abi(t6[k].1 .1);
             rewrite::<V6>(fd6, &v6, &shares6, &value6);
             rewrite::<V4>(fd4, &v4, &shares4, &value4);
+            self.peers.extend(taken);
             return Err(e);
         }
-
-        let mut gone: Vec<IpNetwork> = Vec::with_capacity(prefixes.len());
-        gone.extend(v4.iter().map(|&(k, _)| V4::prefix(k)));
-        gone.extend(v6.iter().map(|&(k, _)| V6::prefix(k)));
-        let mut freed = Vec::with_capacity(gone.len());
-        if gone.len() >= self.peers.len() / 8 {
-            // One ordered pass: `gone` is in the map's order.
-            let mut next = gone.iter().peekable();
-            self.peers.retain(|prefix, (_, slot)| {
-                while next.next_if(|g| *g < prefix).is_some() {}
-                if next.next_if(|g| *g == prefix).is_some() {
-                    freed.push(*slot);
-                    false
-                } else {
-                    true
-                }
-            });
-        } else {
-            for prefix in &gone {
-                if let Some((_, slot)) = self.peers.remove(prefix) {
-                    freed.push(slot);
-                }
-            }
-        }
-        self.free_slots.extend(freed);
+        self.free_slots
+            .extend(taken.iter().map(|(_, (_, slot))| *slot));
         self.count_v4 -= v4.len() as u32;
         self.count_v6 -= v6.len() as u32;
         Ok(())
@@ -1336,10 +1385,7 @@ impl PeerTable {
                 format!("{} is twice in the batch", F::prefix(w[0].0)),
             ));
         }
-        if let Some(&(k, _)) = keys
-            .iter()
-            .find(|&&(k, _)| !self.peers.contains_key(&F::prefix(k)))
-        {
+        if let Some(k) = self.first_key::<F>(keys, false) {
             return Err(Error::not_found(op, format!("peer for {}", F::prefix(k))));
         }
         Ok(())

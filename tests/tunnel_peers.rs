@@ -698,6 +698,23 @@ fn batch_insert_refused_midway_leaves_the_table_as_before() {
     assert_eq!(dump(&v4).len(), 90_000);
     assert!(preview_key(&t, addr("12.0.0.5")).is_some());
     assert_eq!(t.peers().stats(host(12, 5)).unwrap().packets, 0);
+
+    // A small batch into the large table (inserted one by one into the table's copy), and out.
+    let small: Vec<_> = (0..10).map(|i| host(13, i)).collect();
+    t.peers_mut().insert_batch(&keyed(&small)).unwrap();
+    assert_eq!(t.peers().len(), 90_010);
+    assert_eq!(preview_key(&t, addr("13.0.0.9")), Some(9));
+    assert_eq!(
+        t.peers().lookup(addr("13.0.0.9")).map(|(p, _)| p),
+        Some(host(13, 9))
+    );
+    t.peers_mut().remove_batch(&small[..5]).unwrap();
+    assert_eq!(t.peers().len(), 90_005);
+    assert_eq!(dump(&v4).len(), 90_005);
+    assert_eq!(preview_key(&t, addr("13.0.0.4")), None);
+    assert_eq!(preview_key(&t, addr("13.0.0.5")), Some(5));
+    assert!(t.peers().get(host(13, 4)).is_none());
+    assert!(t.peers().get(host(13, 5)).is_some());
 }
 
 /// A batch removal the kernel refuses midway (one entry was deleted behind the table's back):
