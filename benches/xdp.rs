@@ -2,20 +2,38 @@
 //! (BPF_F_TEST_XDP_LIVE_FRAMES) through veth → forwarder → veth, compared in the same run with
 //! the one-hop direct case and with kernel forwarding.
 //!
-//! Run as root: `cargo bench --bench xdp`. Set `LWTUN_BENCH_FRAMES` (default 2,000,000 per
-//! round) and `LWTUN_BENCH_ROUNDS` (default 3; the best round counts).
+//! Run as root: `cargo bench --bench xdp`. Settings (environment):
+//! - `LWTUN_BENCH_FRAMES`: live frames per measurement (default 2,000,000);
+//! - `LWTUN_BENCH_ROUNDS`: repetitions of every measurement (default 5; medians are reported);
+//! - `LWTUN_BENCH_PART`: `cost`, `live` or `all` (default);
+//! - `LWTUN_BENCH_BATCH`: live-frames batch size (default 64, the kernel's; at most 256);
+//! - `LWTUN_BENCH_ONLY`: measure only the live cases whose name contains this text (the one hop
+//!   is always measured), e.g. to profile one with `perf record -a -g`.
 //!
-//! Topologies (namespaces made here, removed at the end):
+//! Topologies (namespaces made here, removed at the end), one frame for all (64-byte IPv4/UDP):
 //!
 //! ```text
-//!  direct:   [G] gen ──── sink [S]                         xdp_gen live frames → xdp_drop
+//!  one hop:  [G] gen ──── sink [S]                         xdp_gen live frames → xdp_drop
 //!  forward:  [G] gen ──── rin [R] rout ──── sink [S]       R runs, on rin, one of:
-//!              xdp_router (bpf_fib_lookup + devmap), xdp_redirect (MAC table + devmap),
+//!              xdp_router (bpf_fib_lookup + devmap), xdp_router with its route cache,
+//!              xdp_redirect (MAC table + devmap),
 //!              xdp_pass (the kernel's IPv4 forwarding does the work)
 //! ```
-//! The rate is what the sink counted divided by the time the generator ran.
+//!
+//! CPU placement (this matters more than anything on a small machine): the generator thread is
+//! pinned to CPU 0 in every case, and every case is measured in two placements:
+//! - one CPU: every receive runs in the generator's softirq on CPU 0, so the rate is the inverse
+//!   of the whole path's CPU cost (generator + hop + sink);
+//! - two CPUs: the first veth that receives (sink in one hop, rin when forwarding) polls in a
+//!   threaded NAPI kthread pinned to CPU 1, and what it forwards is received in CPU 1's softirq:
+//!   the generator is one pipeline stage, the hop under test (plus the sink) the other, as with
+//!   a router that has a CPU of its own.
+//!
+//! The rate is what the sink counted divided by the time the generator ran. Cases take turns
+//! within each round, so a burst of load from elsewhere hits all alike.
 
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use lwtun::netns::NetNs;
@@ -100,9 +118,37 @@ struct Topology {
     g: NetNs,
     r: Option<NetNs>,
     s: NetNs,
+    /// Device names (unique per run: NAPI kthreads are named after them, machine-wide).
+    names: Names,
     gen_ifindex: u32,
     frame: Vec<u8>,
 }
+
+#[derive(Clone)]
+struct Names {
+    gen: String,
+    rin: String,
+    rout: String,
+    sink: String,
+}
+
+fn names() -> Names {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let tag = format!(
+        "{}{}",
+        std::process::id() % 100_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    Names {
+        gen: format!("bg{tag}"),
+        rin: format!("bi{tag}"),
+        rout: format!("bo{tag}"),
+        sink: format!("bs{tag}"),
+    }
+}
+
+/// The route cache's maximum age in the cached router cases.
+const CACHE_AGE: Duration = Duration::from_millis(50);
 
 const G_V4: Ipv4Addr = Ipv4Addr::new(10, 66, 0, 1);
 const S_V4: Ipv4Addr = Ipv4Addr::new(10, 66, 1, 2);
@@ -128,27 +174,30 @@ fn veth(a: &NetNs, a_dev: &str, b: &NetNs, b_dev: &str) {
 }
 
 fn direct() -> Topology {
+    let n = names();
     let g = NetNs::create_unique("lwt-bx-g").unwrap();
     let s = NetNs::create_unique("lwt-bx-s").unwrap();
-    veth(&g, "gen", &s, "sink");
-    let frame = udp_frame(mac(&s, "sink"), mac(&g, "gen"), G_V4, S_V4);
+    veth(&g, &n.gen, &s, &n.sink);
+    let frame = udp_frame(mac(&s, &n.sink), mac(&g, &n.gen), G_V4, S_V4);
     Topology {
-        gen_ifindex: ifindex(&g, "gen"),
+        gen_ifindex: ifindex(&g, &n.gen),
         g,
         r: None,
         s,
+        names: n,
         frame,
     }
 }
 
 fn forward() -> Topology {
+    let n = names();
     let g = NetNs::create_unique("lwt-bx-g").unwrap();
     let r = NetNs::create_unique("lwt-bx-r").unwrap();
     let s = NetNs::create_unique("lwt-bx-s").unwrap();
-    veth(&g, "gen", &r, "rin");
-    veth(&r, "rout", &s, "sink");
-    ip(&r, &["addr", "add", "10.66.0.254/24", "dev", "rin"]);
-    ip(&r, &["addr", "add", "10.66.1.1/24", "dev", "rout"]);
+    veth(&g, &n.gen, &r, &n.rin);
+    veth(&r, &n.rout, &s, &n.sink);
+    ip(&r, &["addr", "add", "10.66.0.254/24", "dev", &n.rin]);
+    ip(&r, &["addr", "add", "10.66.1.1/24", "dev", &n.rout]);
     ip(
         &r,
         &[
@@ -156,18 +205,19 @@ fn forward() -> Topology {
             "add",
             &S_V4.to_string(),
             "lladdr",
-            &mac_str(&mac(&s, "sink")),
+            &mac_str(&mac(&s, &n.sink)),
             "dev",
-            "rout",
+            &n.rout,
         ],
     );
     r.set_sysctl("net.ipv4.ip_forward", "1").unwrap();
-    let frame = udp_frame(mac(&r, "rin"), mac(&g, "gen"), G_V4, S_V4);
+    let frame = udp_frame(mac(&r, &n.rin), mac(&g, &n.gen), G_V4, S_V4);
     Topology {
-        gen_ifindex: ifindex(&g, "gen"),
+        gen_ifindex: ifindex(&g, &n.gen),
         g,
         r: Some(r),
         s,
+        names: n,
         frame,
     }
 }
@@ -179,39 +229,117 @@ fn native() -> XdpOptions {
     }
 }
 
-/// Injects `frames` live frames from G and returns (delivered per second, delivered fraction).
-fn blast(t: &Topology, gen: &TrafficGen, sink: &XdpPass, frames: u32) -> (f64, f64) {
-    let before = sink
-        .stats()
-        .snapshot(Stage::Ingress)
-        .unwrap()
-        .get(XdpAction::Drop)
-        .packets;
+/// Pins the calling thread (`pid` 0) or task `pid` to `cpu`.
+fn pin(pid: i32, cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET writes inside it; sched_setaffinity reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let rc = libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(
+            rc,
+            0,
+            "pin {pid} to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Makes `dev` in `ns` poll in a NAPI kthread (it must run XDP already: veth has NAPI only
+/// then) and pins that kthread to `cpu`.
+fn threaded_napi(ns: &NetNs, dev: &str, cpu: usize) {
+    // `ip netns exec` mounts the namespace's own /sys, where `dev` is visible.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns.name(), "sh", "-c"])
+        .arg(format!("echo 1 > /sys/class/net/{dev}/threaded"))
+        .output()
+        .expect("run ip netns exec");
+    assert!(
+        out.status.success(),
+        "threaded NAPI on {dev}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let prefix = format!("napi/{dev}-");
+    let mut found = 0;
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        if comm.trim_end().starts_with(&prefix) {
+            pin(pid, cpu);
+            found += 1;
+        }
+    }
+    assert!(found > 0, "no NAPI kthread {prefix}*");
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Placement {
+    OneCpu,
+    TwoCpus,
+}
+
+impl Placement {
+    fn label(self) -> &'static str {
+        match self {
+            Placement::OneCpu => "one CPU (generator, hop and sink on CPU 0)",
+            Placement::TwoCpus => "two CPUs (generator on CPU 0; hop and sink on CPU 1)",
+        }
+    }
+}
+
+/// Injects `frames` live frames from G (the sending thread pinned to CPU 0) and returns
+/// (delivered per second, delivered fraction).
+fn blast(t: &Topology, gen: &TrafficGen, sink: &XdpPass, frames: u32, batch: u32) -> (f64, f64) {
+    let count = || {
+        sink.stats()
+            .snapshot(Stage::Ingress)
+            .unwrap()
+            .get(XdpAction::Drop)
+            .packets
+    };
+    let before = count();
     let live = LiveFrames {
         ifindex: t.gen_ifindex,
         repeat: frames,
-        batch_size: 64,
+        batch_size: batch,
     };
-    let elapsed = t.g.run(|| gen.send(&t.frame, live)).unwrap();
-    std::thread::sleep(Duration::from_millis(50));
-    let after = sink
-        .stats()
-        .snapshot(Stage::Ingress)
-        .unwrap()
-        .get(XdpAction::Drop)
-        .packets;
-    let got = after - before;
+    let elapsed =
+        t.g.run(|| {
+            pin(0, 0);
+            gen.send(&t.frame, live)
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let got = count() - before;
     (
         got as f64 / elapsed.as_secs_f64(),
         got as f64 / frames as f64,
     )
 }
 
-/// Kernel-measured time per run. BPF_PROG_TEST_RUN repeats on the same buffer, so a program that
-/// rewrites the frame sees its own output on the next repeat (the router decrements the TTL each
-/// time). Programs whose rewrite is idempotent run 1M repeats in one call; the router runs 4000
-/// calls of 250 repeats on a fresh copy with TTL 255, and is compared with the no-op floor
-/// measured the same way.
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Kernel-measured time per run: the median over `rounds` measurements. BPF_PROG_TEST_RUN repeats
+/// on the same buffer, so a program that rewrites the frame sees its own output on the next
+/// repeat (the router decrements the TTL each time). Programs whose rewrite is idempotent run
+/// 200k repeats per measurement in one call; the router runs 40 calls of 250 repeats on a fresh
+/// copy with TTL 255 (each call costs ~20 ms of XDP dispatcher update, so not more), and is
+/// compared with the no-op floor measured the same way.
+#[allow(clippy::too_many_arguments)]
 fn cost(
     name: &str,
     prog: &XdpProgram,
@@ -220,27 +348,64 @@ fn cost(
     ingress: u32,
     want: XdpAction,
     calls: u32,
+    rounds: u32,
 ) -> f64 {
     let mut frame = frame.to_vec();
     frame[22] = 255; // TTL
     frame[24..26].copy_from_slice(&[0, 0]);
     let c = csum(&frame[14..34]);
     frame[24..26].copy_from_slice(&c.to_be_bytes());
-    let repeat = 1_000_000 / calls;
-    let total = ns
+    let repeat = if calls == 1 { 200_000 } else { 250 };
+    let samples = ns
         .run(|| {
-            let mut total = Duration::ZERO;
-            for _ in 0..calls {
-                let out = prog.test_run_repeat(&frame, repeat, Some(ingress))?;
-                assert_eq!(out.action, want, "{name}");
-                total += out.duration;
+            pin(0, 0);
+            let mut samples = Vec::new();
+            for _ in 0..rounds {
+                let mut total = Duration::ZERO;
+                for _ in 0..calls {
+                    let out = prog.test_run_repeat(&frame, repeat, Some(ingress))?;
+                    assert_eq!(out.action, want, "{name}");
+                    total += out.duration;
+                }
+                samples.push(total.as_nanos() as f64 / calls as f64);
             }
-            Ok(total)
+            Ok(samples)
         })
         .unwrap();
-    let ns_per = total.as_nanos() as f64 / calls as f64;
-    println!("  {name:<48} {ns_per:>6.1} ns/frame  ({want}, {calls} x {repeat})");
+    let ns_per = median(&samples);
+    let (lo, hi) = samples
+        .iter()
+        .fold((f64::MAX, 0.0f64), |(l, h), &x| (l.min(x), h.max(x)));
+    println!(
+        "  {name:<46} {ns_per:>6.1} ns/frame  (min {lo:.1}, max {hi:.1}; {want}, {rounds} x {calls} x {repeat})"
+    );
     ns_per
+}
+
+/// Turns threaded NAPI on `dev` on (kthread pinned to CPU 1) or off.
+fn placement_napi(ns: &NetNs, dev: &str, placement: Placement) {
+    match placement {
+        Placement::TwoCpus => threaded_napi(ns, dev, 1),
+        Placement::OneCpu => {
+            let out = std::process::Command::new("ip")
+                .args(["netns", "exec", ns.name(), "sh", "-c"])
+                .arg(format!("echo 0 > /sys/class/net/{dev}/threaded"))
+                .output()
+                .expect("run ip netns exec");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+/// One forwarding case: the program on rin and how to configure it before a measurement.
+struct Case<'a> {
+    name: &'static str,
+    program: &'a XdpProgram,
+    setup: Box<dyn Fn() + 'a>,
 }
 
 fn main() {
@@ -250,16 +415,18 @@ fn main() {
         return;
     }
     let frames = env_u32("LWTUN_BENCH_FRAMES", 2_000_000);
-    let rounds = env_u32("LWTUN_BENCH_ROUNDS", 3);
+    let rounds = env_u32("LWTUN_BENCH_ROUNDS", 5).max(1);
+    let batch = env_u32("LWTUN_BENCH_BATCH", 64);
+    let part = std::env::var("LWTUN_BENCH_PART").unwrap_or_else(|_| "all".into());
     let gen = XdpPass::load().unwrap(); // the generating device's own XDP program, and the floor
     let sink = XdpPass::load().unwrap();
     let traffic = TrafficGen::load().unwrap();
 
-    // ---- program cost (BPF_PROG_TEST_RUN, 1M repeats, kernel-measured) ----
     let t = forward();
+    let n = t.names.clone();
     let r = t.r.as_ref().unwrap();
-    let (rin, rout) = (ifindex(r, "rin"), ifindex(r, "rout"));
-    let (s_mac, rout_mac) = (mac(&t.s, "sink"), mac(r, "rout"));
+    let (rin, rout) = (ifindex(r, &n.rin), ifindex(r, &n.rout));
+    let (s_mac, rout_mac) = (mac(&t.s, &n.sink), mac(r, &n.rout));
     let router = XdpRouter::load().unwrap();
     let fwd = XdpRedirect::load().unwrap();
     r.run(|| {
@@ -275,7 +442,7 @@ fn main() {
             },
         )?;
         fwd.set_rule(
-            mac(r, "rin"),
+            mac(r, &n.rin),
             RedirectRule {
                 port: 0,
                 dst: s_mac,
@@ -284,164 +451,187 @@ fn main() {
         )
     })
     .unwrap();
-    println!("XDP program cost (BPF_PROG_TEST_RUN, 64-byte UDP frame, 1M runs, kernel-timed):");
-    let floor = cost(
-        "xdp_nop (test_run floor)",
-        gen.nop_program(),
-        r,
-        &t.frame,
-        rin,
-        XdpAction::Pass,
-        1,
-    );
-    cost(
-        "xdp_pass (per-action stats only)",
-        gen.program(),
-        r,
-        &t.frame,
-        rin,
-        XdpAction::Pass,
-        1,
-    );
-    let fwd_ns = cost(
-        "xdp_redirect: devmap forward + MAC rewrite",
-        fwd.program(),
-        r,
-        &t.frame,
-        rin,
-        XdpAction::Redirect,
-        1,
-    );
-    let floor_250 = cost(
-        "xdp_nop (test_run floor)",
-        gen.nop_program(),
-        r,
-        &t.frame,
-        rin,
-        XdpAction::Pass,
-        4000,
-    );
-    let rt_ns = cost(
-        "xdp_router: fib lookup + TTL + devmap",
-        router.program(),
-        r,
-        &t.frame,
-        rin,
-        XdpAction::Redirect,
-        4000,
-    );
-    println!(
-        "  devmap forward with MAC rewrite: {fwd_ns:.1} ns, {:.1} ns above the floor (goal <= 60 ns: {})",
-        fwd_ns - floor,
-        if fwd_ns <= 60.0 { "met" } else { "NOT met" }
-    );
-    println!(
-        "  router: {rt_ns:.1} ns, {:.1} ns above the floor",
-        rt_ns - floor_250
-    );
-    router.set_direct_lookup(true).unwrap();
-    let rtd_ns = cost(
-        "xdp_router, BPF_FIB_LOOKUP_DIRECT",
-        router.program(),
-        r,
-        &t.frame,
-        rin,
-        XdpAction::Redirect,
-        4000,
-    );
-    println!(
-        "  router with direct lookup: {rtd_ns:.1} ns, {:.1} ns above the floor",
-        rtd_ns - floor_250
-    );
-    router.set_direct_lookup(false).unwrap();
+
+    if part == "all" || part == "cost" {
+        println!(
+            "XDP program cost (BPF_PROG_TEST_RUN, 64-byte UDP frame, kernel-timed, median of {rounds}):"
+        );
+        let c = |name, prog, want, calls| cost(name, prog, r, &t.frame, rin, want, calls, rounds);
+        let floor = c(
+            "xdp_nop (test_run floor)",
+            gen.nop_program(),
+            XdpAction::Pass,
+            1,
+        );
+        c(
+            "xdp_pass (per-action stats only)",
+            gen.program(),
+            XdpAction::Pass,
+            1,
+        );
+        let fwd_ns = c(
+            "xdp_redirect: devmap forward + MAC rewrite",
+            fwd.program(),
+            XdpAction::Redirect,
+            1,
+        );
+        let floor_250 = c(
+            "xdp_nop (test_run floor)",
+            gen.nop_program(),
+            XdpAction::Pass,
+            40,
+        );
+        let rt_ns = c(
+            "xdp_router: fib lookup + TTL + devmap",
+            router.program(),
+            XdpAction::Redirect,
+            40,
+        );
+        router.set_direct_lookup(true).unwrap();
+        let rtd_ns = c(
+            "xdp_router, BPF_FIB_LOOKUP_DIRECT",
+            router.program(),
+            XdpAction::Redirect,
+            40,
+        );
+        router.set_direct_lookup(false).unwrap();
+        router.set_route_cache(Some(CACHE_AGE)).unwrap();
+        let rtc_ns = c(
+            "xdp_router, route cache hit",
+            router.program(),
+            XdpAction::Redirect,
+            40,
+        );
+        router.set_route_cache(None).unwrap();
+        println!(
+            "  devmap forward with MAC rewrite: {fwd_ns:.1} ns, {:.1} ns above the floor (goal <= 60 ns: {})",
+            fwd_ns - floor,
+            if fwd_ns <= 60.0 { "met" } else { "NOT met" }
+        );
+        println!(
+            "  router: {rt_ns:.1} ns ({:.1} above the floor); direct lookup {rtd_ns:.1} ns ({:.1} above)",
+            rt_ns - floor_250,
+            rtd_ns - floor_250,
+        );
+        println!(
+            "  router from the route cache: {rtc_ns:.1} ns ({:.1} above the floor)",
+            rtc_ns - floor_250
+        );
+    }
+    if part != "all" && part != "live" {
+        return;
+    }
 
     // ---- live frames ----
     println!(
-        "\nLive frames (BPF_F_TEST_XDP_LIVE_FRAMES, {frames} x 64 B per round, best of {rounds}):"
+        "\nLive frames (BPF_F_TEST_XDP_LIVE_FRAMES, {frames} x 64 B per measurement, batch {}, median of {rounds}):",
+        if batch == 0 { 64 } else { batch }
     );
-    // Both topologies stand at once and every round measures every case in turn, so a burst of
-    // load from elsewhere hits all cases alike; the best round of each case counts.
     let d = direct();
-    let sink_d =
-        d.s.run(|| XdpAttachment::attach(sink.drop_program(), ifindex(&d.s, "sink"), native()))
+    let dn = d.names.clone();
+    let _sink_d =
+        d.s.run(|| XdpAttachment::attach(sink.drop_program(), ifindex(&d.s, &dn.sink), native()))
             .unwrap();
-    let gen_d = d.g.run(|| gen.attach(d.gen_ifindex, native())).unwrap();
-    let sink_f =
-        t.s.run(|| XdpAttachment::attach(sink.drop_program(), ifindex(&t.s, "sink"), native()))
+    let _gen_d = d.g.run(|| gen.attach(d.gen_ifindex, native())).unwrap();
+    let _sink_f =
+        t.s.run(|| XdpAttachment::attach(sink.drop_program(), ifindex(&t.s, &n.sink), native()))
             .unwrap();
-    let gen_f = t.g.run(|| gen.attach(t.gen_ifindex, native())).unwrap();
+    let _gen_f = t.g.run(|| gen.attach(t.gen_ifindex, native())).unwrap();
+    let mut on_rin = r
+        .run(|| XdpAttachment::attach(router.program(), rin, native()))
+        .unwrap();
     let cases = [
-        ("XDP router (fib + devmap)", Some(router.program()), false),
-        (
-            "XDP router, direct fib lookup",
-            Some(router.program()),
-            true,
-        ),
-        (
-            "XDP redirect (MAC table + devmap)",
-            Some(fwd.program()),
-            false,
-        ),
-        (
-            "kernel forwarding (xdp_pass on rin)",
-            Some(gen.program()),
-            false,
-        ),
+        Case {
+            name: "XDP router (fib + devmap)",
+            program: router.program(),
+            setup: Box::new(|| {
+                router.set_direct_lookup(false).unwrap();
+                router.set_route_cache(None).unwrap();
+            }),
+        },
+        Case {
+            name: "XDP router, direct fib lookup",
+            program: router.program(),
+            setup: Box::new(|| router.set_direct_lookup(true).unwrap()),
+        },
+        Case {
+            name: "XDP router + route cache (50 ms)",
+            program: router.program(),
+            setup: Box::new(|| {
+                router.set_direct_lookup(false).unwrap();
+                router.set_route_cache(Some(CACHE_AGE)).unwrap();
+            }),
+        },
+        Case {
+            name: "XDP redirect (MAC table + devmap)",
+            program: fwd.program(),
+            setup: Box::new(|| ()),
+        },
+        Case {
+            name: "kernel forwarding (xdp_pass on rin)",
+            program: gen.program(),
+            setup: Box::new(|| ()),
+        },
     ];
-    let _ = blast(&d, &traffic, &sink, frames / 10); // warm up
-    let mut one = (0.0f64, 0.0f64);
-    let mut best_of = vec![(0.0f64, 0.0f64); cases.len()];
+    let only = std::env::var("LWTUN_BENCH_ONLY").unwrap_or_default();
+    let cases: Vec<Case> = cases
+        .into_iter()
+        .filter(|c| c.name.contains(&only))
+        .collect();
+    let placements = [Placement::OneCpu, Placement::TwoCpus];
+    // [placement][0 = one hop, 1.. = cases][round] = (rate, delivered)
+    let mut got = vec![vec![Vec::new(); cases.len() + 1]; placements.len()];
+    let _ = blast(&d, &traffic, &sink, frames / 10, batch); // warm up
     for _ in 0..rounds {
-        let m = blast(&d, &traffic, &sink, frames);
-        if m.0 > one.0 {
-            one = m;
-        }
-        for (i, (_, prog, direct)) in cases.iter().enumerate() {
-            router.set_direct_lookup(*direct).unwrap();
-            let att = r
-                .run(|| XdpAttachment::attach(prog.unwrap(), rin, native()))
-                .unwrap();
-            let _ = blast(&t, &traffic, &sink, frames / 20); // neighbours, caches
-            let m = blast(&t, &traffic, &sink, frames);
-            drop(att);
-            if m.0 > best_of[i].0 {
-                best_of[i] = m;
+        for (p, &placement) in placements.iter().enumerate() {
+            placement_napi(&d.s, &dn.sink, placement);
+            placement_napi(r, &n.rin, placement);
+            got[p][0].push(blast(&d, &traffic, &sink, frames, batch));
+            for (i, case) in cases.iter().enumerate() {
+                (case.setup)();
+                r.run(|| on_rin.replace(case.program)).unwrap();
+                let _ = blast(&t, &traffic, &sink, frames / 20, batch); // neighbours, caches
+                got[p][i + 1].push(blast(&t, &traffic, &sink, frames, batch));
             }
         }
     }
-    let one_hop = one.0;
-    println!(
-        "  one hop   G -> S                       {:>7.3} Mpps  ({:.1}% delivered)",
-        one_hop / 1e6,
-        one.1 * 100.0
-    );
-    let mut results = Vec::new();
-    for ((name, _, _), (rate, frac)) in cases.iter().zip(&best_of) {
+    router.set_direct_lookup(false).unwrap();
+    for (p, placement) in placements.iter().enumerate() {
+        let med = |i: usize| {
+            let rates: Vec<f64> = got[p][i].iter().map(|m| m.0).collect();
+            let fracs: Vec<f64> = got[p][i].iter().map(|m| m.1).collect();
+            (median(&rates), median(&fracs), rates)
+        };
+        let (one_hop, one_frac, one_all) = med(0);
+        let kernel = cases
+            .iter()
+            .position(|c| c.name.starts_with("kernel"))
+            .map_or(f64::NAN, |i| med(i + 1).0);
+        println!("  {}:", placement.label());
+        let spread = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{:.2}", x / 1e6))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
         println!(
-            "  G -> R -> S via {name:<36} {:>7.3} Mpps  ({:.1}% delivered)  {:.2} of one hop",
-            rate / 1e6,
-            frac * 100.0,
-            rate / one_hop
+            "    one hop   G -> S                       {:>6.3} Mpps  ({:5.1}% delivered)                [{}]",
+            one_hop / 1e6,
+            one_frac * 100.0,
+            spread(&one_all)
         );
-        results.push(*rate);
+        for (i, case) in cases.iter().enumerate() {
+            let (rate, frac, all) = med(i + 1);
+            println!(
+                "    G -> R -> S via {:<36} {:>6.3} Mpps  ({:5.1}% delivered)  {:.2} of one hop, {:>5.2}x kernel  [{}]",
+                case.name,
+                rate / 1e6,
+                frac * 100.0,
+                rate / one_hop,
+                rate / kernel,
+                spread(&all)
+            );
+        }
     }
-    for (name, rate) in [
-        ("XDP router", results[0]),
-        ("XDP router, direct", results[1]),
-        ("XDP redirect", results[2]),
-    ] {
-        println!(
-            "  {name} vs one hop: {:.2} (goal >= 0.6: {}); vs kernel forwarding: {:.2}x",
-            rate / one_hop,
-            if rate / one_hop >= 0.6 {
-                "met"
-            } else {
-                "NOT met"
-            },
-            rate / results[3]
-        );
-    }
-    let fib = router.fib_stats().unwrap();
-    println!("  router fib results: {fib:?}");
-    drop((sink_f, gen_f, t, sink_d, gen_d, d));
+    println!("  router fib results: {:?}", router.fib_stats().unwrap());
 }

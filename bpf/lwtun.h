@@ -68,6 +68,20 @@ struct lwtun_xdp_redirect {
 };
 LWTUN_ASSERT_SIZE(struct lwtun_xdp_redirect, 16);
 
+/* xdp_redirect: one slot of the per-CPU, direct-mapped cache in front of the rule table. A slot
+ * is valid while `gen` equals the table's generation (`rule_gen`, bumped by user space after
+ * every rule change; 0 turns the cache off). `port` LWTUN_XDP_NO_RULE caches "no rule". */
+struct lwtun_xdp_rule_slot {
+	__u32 gen;
+	__u32 port;
+	__u8 mac[6];    /* the destination MAC looked up */
+	__u8 dst[6];
+	__u8 src[6];
+	__u8 pad[6];
+};
+LWTUN_ASSERT_SIZE(struct lwtun_xdp_rule_slot, 32);
+#define LWTUN_XDP_NO_RULE 0xffffffffu
+
 /* xdp_echo: an address the responder answers for (IPv4 as ::ffff:a.b.c.d, IPv6 as is). */
 struct lwtun_ip_addr {
 	__u8 addr[16];
@@ -79,7 +93,38 @@ LWTUN_ASSERT_SIZE(struct lwtun_ip_addr, 16);
 #define LWTUN_FIB_RESULTS 10
 #define LWTUN_FIB_TTL_EXPIRED 10
 #define LWTUN_FIB_NOT_IP 11
-#define LWTUN_FIB_SLOTS 12
+/* Frames forwarded from the route cache (also counted as SUCCESS). */
+#define LWTUN_FIB_CACHE_HIT 12
+#define LWTUN_FIB_SLOTS 13
+
+/* xdp_router: the route cache's settings (array of one). The cache is on while `gen` and
+ * `max_age_ns` are both non-zero; user space bumps `gen` to drop every cached route. */
+struct lwtun_xdp_route_cache_cfg {
+	__u32 gen;
+	__u32 pad;
+	__u64 max_age_ns;
+};
+LWTUN_ASSERT_SIZE(struct lwtun_xdp_route_cache_cfg, 16);
+
+/* xdp_router: one successful bpf_fib_lookup, cached per CPU in a direct-mapped slot chosen by
+ * the flow. Every input of the lookup is part of the key (ingress device, family, L4 protocol,
+ * TOS / IPv6 flow info, addresses); the slot is valid while `gen` is the configuration's and for
+ * `max_age_ns` after `filled_ns` (bpf_ktime_get_coarse_ns). IPv4 addresses sit in src[0]/dst[0]. */
+struct lwtun_xdp_route_slot {
+	__u64 filled_ns;
+	__u32 gen;
+	__u32 ifindex;      /* ingress */
+	__u32 src[4];
+	__u32 dst[4];
+	__u32 flowinfo;     /* IPv4: TOS; IPv6: traffic class and flow label as in the header */
+	__u32 egress;       /* egress ifindex from the lookup */
+	__u16 mtu;          /* the lookup's MTU (bpf_fib_lookup mtu_result) */
+	__u8 family;
+	__u8 proto;
+	__u8 smac[6];
+	__u8 dmac[6];
+};
+LWTUN_ASSERT_SIZE(struct lwtun_xdp_route_slot, 72);
 
 /* ---- tc/lwt tunnel redirect (bpf/tc_redirect.bpf.c <-> src/tunnel_redirect.rs) ---- */
 

@@ -21,6 +21,15 @@
  *   TTL / hop limit <= 1         XDP_PASS (the stack sends time exceeded)
  *   not IP, VLAN-tagged, broken  XDP_PASS
  *
+ * Route cache (off unless user space turns it on in `route_cache_cfg`): successful lookups are
+ * remembered per CPU in a direct-mapped table (`route_cache`, ROUTE_CACHE_SLOTS slots chosen by
+ * the flow). A frame whose every lookup input (ingress device, family, L4 protocol, TOS / flow
+ * info, source and destination) matches a slot filled under the current generation less than
+ * `max_age_ns` ago, and whose length fits the cached MTU, is forwarded from the slot without
+ * bpf_fib_lookup (counted as SUCCESS and as LWTUN_FIB_CACHE_HIT). Route, rule and neighbour
+ * changes reach the fast path within `max_age_ns` at the latest, or at once when user space
+ * bumps the generation. Only SUCCESS is cached: every other outcome is looked up each time.
+ *
  * `fib_results` counts the outcomes per return code (LWTUN_FIB_*), per CPU. `router_fib_flags[0]`
  * holds the bpf_fib_lookup flags user space chose: 0 (full lookup through the FIB rules, like the
  * stack) or BPF_FIB_LOOKUP_DIRECT (the main table only, skipping `ip rule`: faster).
@@ -34,6 +43,7 @@
 #define AF_INET6 10
 #define IPV6_FLOWINFO_MASK bpf_htonl(0x0FFFFFFF)
 #define ROUTER_PORTS 256
+#define ROUTE_CACHE_SLOTS 1024
 
 struct {
 	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
@@ -55,6 +65,20 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } router_fib_flags SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lwtun_xdp_route_cache_cfg);
+} route_cache_cfg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, ROUTE_CACHE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct lwtun_xdp_route_slot);
+} route_cache SEC(".maps");
 
 static __always_inline void count_fib(__u32 slot)
 {
@@ -80,17 +104,33 @@ static __always_inline __u32 fib_fallback(int rc)
 	return XDP_PASS;
 }
 
+/* Whether `slot` holds the lookup for this frame's key. */
+static __always_inline int slot_matches(const struct lwtun_xdp_route_slot *slot,
+					const struct lwtun_xdp_route_slot *key)
+{
+	return slot->ifindex == key->ifindex && slot->family == key->family &&
+	       slot->proto == key->proto && slot->flowinfo == key->flowinfo &&
+	       slot->dst[0] == key->dst[0] && slot->src[0] == key->src[0] &&
+	       slot->dst[1] == key->dst[1] && slot->src[1] == key->src[1] &&
+	       slot->dst[2] == key->dst[2] && slot->src[2] == key->src[2] &&
+	       slot->dst[3] == key->dst[3] && slot->src[3] == key->src[3];
+}
+
 SEC("xdp")
 int xdp_router(struct xdp_md *ctx)
 {
 	void *data_end = (void *)(long)ctx->data_end;
 	void *data = (void *)(long)ctx->data;
-	struct bpf_fib_lookup fib = {};
+	struct lwtun_xdp_route_slot key = {}, *slot = NULL;
+	struct lwtun_xdp_route_cache_cfg *cfg;
+	struct bpf_fib_lookup fib;
 	struct ethhdr *eth = data;
 	struct hdr_cursor nh = { .pos = data };
 	struct ipv6hdr *ip6h = NULL;
 	struct iphdr *iph = NULL;
-	__u32 action;
+	__u32 zero = 0, action, egress, gen = 0, idx;
+	__u16 tot_len;
+	__u64 now = 0;
 	int rc;
 
 	if ((void *)(eth + 1) > data_end) {
@@ -107,12 +147,12 @@ int xdp_router(struct xdp_md *ctx)
 			count_fib(LWTUN_FIB_TTL_EXPIRED);
 			return verdict(ctx, XDP_PASS);
 		}
-		fib.family = AF_INET;
-		fib.tos = iph->tos;
-		fib.l4_protocol = iph->protocol;
-		fib.tot_len = bpf_ntohs(iph->tot_len);
-		fib.ipv4_src = iph->saddr;
-		fib.ipv4_dst = iph->daddr;
+		key.family = AF_INET;
+		key.flowinfo = iph->tos;
+		key.proto = iph->protocol;
+		key.src[0] = iph->saddr;
+		key.dst[0] = iph->daddr;
+		tot_len = bpf_ntohs(iph->tot_len);
 	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
 		if (parse_ip6hdr(&nh, data_end, &ip6h) < 0) {
 			count_fib(LWTUN_FIB_NOT_IP);
@@ -122,39 +162,84 @@ int xdp_router(struct xdp_md *ctx)
 			count_fib(LWTUN_FIB_TTL_EXPIRED);
 			return verdict(ctx, XDP_PASS);
 		}
-		fib.family = AF_INET6;
-		fib.flowinfo = *(__be32 *)ip6h & IPV6_FLOWINFO_MASK;
-		fib.l4_protocol = ip6h->nexthdr;
-		fib.tot_len = bpf_ntohs(ip6h->payload_len);
-		__builtin_memcpy(fib.ipv6_src, &ip6h->saddr, sizeof(fib.ipv6_src));
-		__builtin_memcpy(fib.ipv6_dst, &ip6h->daddr, sizeof(fib.ipv6_dst));
+		key.family = AF_INET6;
+		key.flowinfo = *(__be32 *)ip6h & IPV6_FLOWINFO_MASK;
+		key.proto = ip6h->nexthdr;
+		__builtin_memcpy(key.src, &ip6h->saddr, sizeof(key.src));
+		__builtin_memcpy(key.dst, &ip6h->daddr, sizeof(key.dst));
+		tot_len = bpf_ntohs(ip6h->payload_len);
 	} else {
 		count_fib(LWTUN_FIB_NOT_IP);
 		return verdict(ctx, XDP_PASS);
 	}
-	fib.ifindex = ctx->ingress_ifindex;
+	key.ifindex = ctx->ingress_ifindex;
 
+	cfg = bpf_map_lookup_elem(&route_cache_cfg, &zero);
+	if (cfg && cfg->gen && cfg->max_age_ns) {
+		gen = cfg->gen;
+		idx = key.dst[3] ^ key.src[3] ^ key.dst[0] ^ key.src[0] ^ key.ifindex;
+		idx = (idx ^ (idx >> 10) ^ (idx >> 20) ^ (idx >> 30)) & (ROUTE_CACHE_SLOTS - 1);
+		slot = bpf_map_lookup_elem(&route_cache, &idx);
+		now = bpf_ktime_get_coarse_ns();
+		if (slot && slot->gen == gen && now - slot->filled_ns < cfg->max_age_ns &&
+		    tot_len <= slot->mtu && slot_matches(slot, &key)) {
+			egress = slot->egress;
+			__builtin_memcpy(key.smac, slot->smac, ETH_ALEN);
+			__builtin_memcpy(key.dmac, slot->dmac, ETH_ALEN);
+			count_fib(LWTUN_FIB_CACHE_HIT);
+			count_fib(BPF_FIB_LKUP_RET_SUCCESS);
+			goto forward;
+		}
+	}
+
+	__builtin_memset(&fib, 0, sizeof(fib));
+	fib.family = key.family;
+	fib.l4_protocol = key.proto;
+	fib.tot_len = tot_len;
+	fib.ifindex = key.ifindex;
+	if (iph) {
+		fib.tos = iph->tos;
+		fib.ipv4_src = key.src[0];
+		fib.ipv4_dst = key.dst[0];
+	} else {
+		fib.flowinfo = key.flowinfo;
+		__builtin_memcpy(fib.ipv6_src, key.src, sizeof(fib.ipv6_src));
+		__builtin_memcpy(fib.ipv6_dst, key.dst, sizeof(fib.ipv6_dst));
+	}
 	{
-		__u32 zero = 0, *flags = bpf_map_lookup_elem(&router_fib_flags, &zero);
+		__u32 *flags = bpf_map_lookup_elem(&router_fib_flags, &zero);
 
 		rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), flags ? (*flags & BPF_FIB_LOOKUP_DIRECT) : 0);
 	}
 	count_fib(rc < 0 ? LWTUN_FIB_RESULTS - 1 : (__u32)rc);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
 		return verdict(ctx, rc < 0 ? XDP_PASS : fib_fallback(rc));
+	egress = fib.ifindex;
+	__builtin_memcpy(key.smac, fib.smac, ETH_ALEN);
+	__builtin_memcpy(key.dmac, fib.dmac, ETH_ALEN);
+	if (slot) {
+		/* The generation was read before the lookup: a fill racing with a flush is tagged
+		 * with the old generation and never used. */
+		key.filled_ns = now;
+		key.gen = gen;
+		key.egress = egress;
+		key.mtu = fib.mtu_result;
+		*slot = key;
+	}
 
+forward:
 	/* Only devices the user made ports are forwarded here; the rest take the stack's path
 	 * (the miss action is XDP_PASS, and the frame is then left as it came). The redirect
 	 * happens after we return, so the rewrite below is in time, and one devmap lookup does. */
-	action = bpf_redirect_map(&ports, fib.ifindex, XDP_PASS);
+	action = bpf_redirect_map(&ports, egress, XDP_PASS);
 	if (action != XDP_REDIRECT)
 		return verdict(ctx, action);
 	if (iph)
 		ip_decrease_ttl(iph);
 	else if (ip6h)
 		ip6h->hop_limit--;
-	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, key.dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, key.smac, ETH_ALEN);
 	return verdict(ctx, action);
 }
 

@@ -286,6 +286,33 @@ fn router_forwards_ping_and_tcp_v4_and_v6() {
     assert!(router.fib_stats().unwrap().success >= before + 6);
     router.set_direct_lookup(false).unwrap();
 
+    // With the route cache on, flows after their first packet (per CPU) skip the lookup, and
+    // ping and TCP work as before.
+    router
+        .set_route_cache(Some(std::time::Duration::from_secs(1)))
+        .unwrap();
+    let before = router.fib_stats().unwrap();
+    for dst in [IpAddr::V4(l.v4(2)), IpAddr::V6(l.v6(2))] {
+        let p = ping(left, dst, 3);
+        assert_eq!(
+            p.received, 3,
+            "ping {dst} with the route cache: {}",
+            p.output
+        );
+        let t = tcp_stream(right, left, dst, 4 << 20);
+        assert!(t.complete(), "TCP to {dst} with the route cache: {t:?}");
+    }
+    let fib = router.fib_stats().unwrap();
+    let (hits, success) = (
+        fib.cache_hits - before.cache_hits,
+        fib.success - before.success,
+    );
+    assert!(
+        hits >= 100 && hits * 10 >= success * 9,
+        "{hits} hits of {success}: {fib:?}"
+    );
+    router.set_route_cache(None).unwrap();
+
     // Taking a port away sends that direction through the stack again; traffic still flows.
     mid.run(|| router.remove_port(to2).map(|_| ())).unwrap();
     let r0 = router.stats().snapshot(Stage::Ingress).unwrap();
@@ -571,5 +598,28 @@ fn traffic_gen_through_the_router_arrives_whole() {
         .unwrap()
         .get(XdpAction::Drop);
     assert!((50_000..50_050).contains(&got.packets), "{got:?}");
+
+    // The same burst through the route cache: one lookup per CPU, then hits; all arrive.
+    router
+        .set_route_cache(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let before = router.fib_stats().unwrap();
+    gen_ns.run(|| gen.send(&frame, live)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let fib = router.fib_stats().unwrap();
+    let cpus = std::thread::available_parallelism().map_or(64, |n| n.get() as u64);
+    assert!(
+        fib.cache_hits - before.cache_hits >= 50_000 - cpus,
+        "{before:?} -> {fib:?}"
+    );
+    let got2 = sink
+        .stats()
+        .snapshot(Stage::Ingress)
+        .unwrap()
+        .get(XdpAction::Drop);
+    assert!(
+        (50_000..50_050).contains(&(got2.packets - got.packets)),
+        "{got:?} -> {got2:?}"
+    );
     drop((r_att, sink_att, own_att));
 }

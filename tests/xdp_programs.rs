@@ -4,6 +4,7 @@
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
 
 use lwtun::xdp::{
     DevMap, DevMapKind, IcmpEcho, RedirectRule, Stage, XdpAction, XdpPass, XdpRedirect, XdpRouter,
@@ -805,5 +806,269 @@ fn router_rewrites_ttl_checksum_and_macs_on_success() {
     assert_eq!(fib.blackhole, 1, "{fib:?}");
     assert_eq!(fib.unreachable, 1, "{fib:?}");
     assert_eq!(fib.forwarding_disabled, 1, "{fib:?}");
+    drop(peer);
+}
+
+// ---- caches -----------------------------------------------------------------------------------
+
+/// Pins the calling thread to one CPU: the programs' caches are per CPU, so only runs on one CPU
+/// show whether a cached entry is reused after a change.
+fn pin_to_one_cpu() {
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET writes inside it; sched_getcpu and
+    // sched_setaffinity have no other preconditions.
+    unsafe {
+        let cpu = libc::sched_getcpu().max(0) as usize;
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+}
+
+#[test]
+fn redirect_rule_changes_apply_to_the_next_frame_despite_the_rule_cache() {
+    if !common::privileged("redirect_rule_changes_apply_to_the_next_frame_despite_the_rule_cache") {
+        return;
+    }
+    // 02:00:00:00:01:0a falls into the same cache slot as B_MAC (02:00:00:00:00:0b).
+    const C_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x0a];
+    const R2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+    let ns = common::netns("xrc");
+    let fwd = XdpRedirect::load().unwrap();
+    let payload = ipv4(V4_A, V4_ECHO, 17, 64, 0, &[0; 20]);
+    let to_b = eth(B_MAC, A_MAC, 0x0800, &payload);
+    let to_c = eth(C_MAC, A_MAC, 0x0800, &payload);
+    ns.run(|| {
+        pin_to_one_cpu();
+        fwd.ports().set(3, 1, None)?; // that namespace's loopback
+        let macs = |frame: &[u8]| -> lwtun::Result<(XdpAction, Vec<u8>)> {
+            let out = fwd.program().test_run(frame)?;
+            Ok((out.action, out.data[0..12].to_vec()))
+        };
+        let want = |dst: [u8; 6], src: [u8; 6]| [dst, src].concat();
+        fwd.set_rule(
+            B_MAC,
+            RedirectRule {
+                port: 3,
+                dst: B_MAC,
+                src: R_MAC,
+            },
+        )?;
+        for _ in 0..3 {
+            // The first run fills the CPU's slot, the next ones take the rule from it.
+            assert_eq!(macs(&to_b)?, (XdpAction::Redirect, want(B_MAC, R_MAC)));
+        }
+        // A changed rule applies to the very next frame.
+        fwd.set_rule(
+            B_MAC,
+            RedirectRule {
+                port: 3,
+                dst: A_MAC,
+                src: R2_MAC,
+            },
+        )?;
+        assert_eq!(macs(&to_b)?, (XdpAction::Redirect, want(A_MAC, R2_MAC)));
+        // So does a removed one, and "no rule" cached is dropped when a rule appears.
+        assert!(fwd.remove_rule(B_MAC)?);
+        assert_eq!(fwd.program().test_run(&to_b)?.action, XdpAction::Pass);
+        assert_eq!(fwd.program().test_run(&to_b)?.data, to_b);
+        fwd.set_rule(
+            B_MAC,
+            RedirectRule {
+                port: 3,
+                dst: B_MAC,
+                src: R_MAC,
+            },
+        )?;
+        assert_eq!(macs(&to_b)?, (XdpAction::Redirect, want(B_MAC, R_MAC)));
+        // Two MACs sharing a slot each get their own rule, alternately.
+        fwd.set_rule(
+            C_MAC,
+            RedirectRule {
+                port: 3,
+                dst: C_MAC,
+                src: R2_MAC,
+            },
+        )?;
+        for _ in 0..2 {
+            assert_eq!(macs(&to_c)?, (XdpAction::Redirect, want(C_MAC, R2_MAC)));
+            assert_eq!(macs(&to_b)?, (XdpAction::Redirect, want(B_MAC, R_MAC)));
+        }
+        Ok(())
+    })
+    .unwrap();
+    let s = fwd.stats().snapshot(Stage::Ingress).unwrap();
+    assert_eq!(
+        (
+            s.get(XdpAction::Redirect).packets,
+            s.get(XdpAction::Pass).packets
+        ),
+        (9, 2)
+    );
+}
+
+/// A router namespace: `in0` (10.1.0.254/24, fd00::fe/64) and `out0` (10.2.0.1/24, fd02::1/64)
+/// with a permanent neighbour 10.2.0.2 / fd02::2 at `nb_mac`, forwarding on. Returns the
+/// namespace, the veth peers' namespace and the ifindexes of in0 and out0.
+fn router_namespace(
+    prefix: &str,
+    nb_mac: &str,
+) -> (lwtun::netns::NetNs, lwtun::netns::NetNs, u32, u32) {
+    let ns = common::netns(prefix);
+    let peer = common::netns(&format!("{prefix}p"));
+    for (dev, p) in [("in0", "p0"), ("out0", "p1")] {
+        common::ip(
+            &ns,
+            &[
+                "link",
+                "add",
+                dev,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                p,
+                "netns",
+                peer.name(),
+            ],
+        );
+        common::ip(&ns, &["link", "set", dev, "up"]);
+    }
+    common::ip(&ns, &["addr", "add", "10.1.0.254/24", "dev", "in0"]);
+    common::ip(&ns, &["addr", "add", "10.2.0.1/24", "dev", "out0"]);
+    common::ip(
+        &ns,
+        &[
+            "neigh",
+            "add",
+            "10.2.0.2",
+            "lladdr",
+            nb_mac,
+            "dev",
+            "out0",
+            "nud",
+            "permanent",
+        ],
+    );
+    ns.set_sysctl("net.ipv4.ip_forward", "1").unwrap();
+    let idx = |dev: &str| -> u32 {
+        common::ip(&ns, &["-o", "link", "show", "dev", dev])
+            .split(':')
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (in0, out0) = (idx("in0"), idx("out0"));
+    (ns, peer, in0, out0)
+}
+
+#[test]
+fn router_route_cache_hits_ages_out_and_flushes() {
+    if !common::privileged("router_route_cache_hits_ages_out_and_flushes") {
+        return;
+    }
+    let (ns, peer, in0, out0) = router_namespace("xrq", "02:00:00:00:00:99");
+    let router = XdpRouter::load().unwrap();
+    assert_eq!(router.route_cache().unwrap(), None);
+    for bad in [Duration::ZERO, Duration::from_secs(61)] {
+        assert_eq!(
+            router.set_route_cache(Some(bad)).unwrap_err().kind(),
+            lwtun::ErrorKind::InvalidInput
+        );
+    }
+    ns.run(|| router.add_port(out0)).unwrap();
+    let dst = Ipv4Addr::new(10, 2, 0, 2);
+    let v4 = eth(R_MAC, A_MAC, 0x0800, &ipv4(V4_A, dst, 17, 64, 0, &[7; 20]));
+    let nb = |last: u8| [2, 0, 0, 0, 0, last];
+    let set_nb = |mac: &str| {
+        common::ip(
+            &ns,
+            &[
+                "neigh",
+                "replace",
+                "10.2.0.2",
+                "lladdr",
+                mac,
+                "dev",
+                "out0",
+                "nud",
+                "permanent",
+            ],
+        )
+    };
+    ns.run(|| {
+        pin_to_one_cpu();
+        let run = |frame: &[u8]| -> lwtun::Result<(XdpAction, [u8; 6], u64)> {
+            let out = router.program().test_run_repeat(frame, 1, Some(in0))?;
+            let hits = router.fib_stats()?.cache_hits;
+            Ok((out.action, out.data[0..6].try_into().unwrap(), hits))
+        };
+        // Off by default: every frame is looked up.
+        assert_eq!(run(&v4)?, (XdpAction::Redirect, nb(0x99), 0));
+        assert_eq!(run(&v4)?, (XdpAction::Redirect, nb(0x99), 0));
+
+        // On, with a long age: the first frame fills the slot, the next ones hit it.
+        router.set_route_cache(Some(Duration::from_secs(30)))?;
+        assert_eq!(router.route_cache()?, Some(Duration::from_secs(30)));
+        assert_eq!(run(&v4)?, (XdpAction::Redirect, nb(0x99), 0));
+        assert_eq!(run(&v4)?, (XdpAction::Redirect, nb(0x99), 1));
+        let out = router.program().test_run_repeat(&v4, 1, Some(in0))?;
+        assert_eq!(out.data[22], 63, "TTL decremented on a hit too");
+        assert_eq!(fold(sum16(&out.data[14..34], 0)), 0, "IPv4 checksum valid");
+        // The kernel does not tell XDP about neighbour changes: within the age the cached MAC
+        // stays (documented), a flush takes the new one at once.
+        set_nb("02:00:00:00:00:98");
+        assert_eq!(run(&v4)?, (XdpAction::Redirect, nb(0x99), 3));
+        router.flush_route_cache()?;
+        assert_eq!(run(&v4)?, (XdpAction::Redirect, nb(0x98), 3));
+        assert_eq!(run(&v4)?, (XdpAction::Redirect, nb(0x98), 4));
+
+        // A frame longer than the cached MTU is looked up (FRAG_NEEDED, passed), not forwarded.
+        let mut big = v4.clone();
+        big[16..18].copy_from_slice(&3000u16.to_be_bytes());
+        let before = router.fib_stats()?;
+        assert_eq!(run(&big)?.0, XdpAction::Pass);
+        let after = router.fib_stats()?;
+        assert_eq!(after.frag_needed, before.frag_needed + 1);
+        assert_eq!(after.cache_hits, before.cache_hits);
+        // TTL 1 still goes to the stack, whatever is cached for the flow.
+        let ttl1 = eth(R_MAC, A_MAC, 0x0800, &ipv4(V4_A, dst, 17, 1, 0, &[7; 20]));
+        assert_eq!(run(&ttl1)?.0, XdpAction::Pass);
+        // Another source is another flow: its first frame is looked up.
+        let other = eth(
+            R_MAC,
+            A_MAC,
+            0x0800,
+            &ipv4(Ipv4Addr::new(10, 1, 0, 7), dst, 17, 64, 0, &[7; 20]),
+        );
+        let hits = router.fib_stats()?.cache_hits;
+        assert_eq!(run(&other)?, (XdpAction::Redirect, nb(0x98), hits));
+
+        // Changing the lookup mode drops the cache.
+        router.set_direct_lookup(true)?;
+        assert_eq!(run(&v4)?, (XdpAction::Redirect, nb(0x98), hits));
+        router.set_direct_lookup(false)?;
+
+        // A short age: a change reaches the flow once its slot is older than the age.
+        router.set_route_cache(Some(Duration::from_millis(40)))?;
+        assert_eq!(run(&v4)?.1, nb(0x98));
+        set_nb("02:00:00:00:00:97");
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(run(&v4)?.1, nb(0x97));
+
+        // Off again: a change applies to the next frame.
+        router.set_route_cache(None)?;
+        assert_eq!(router.route_cache()?, None);
+        set_nb("02:00:00:00:00:96");
+        assert_eq!(run(&v4)?.1, nb(0x96));
+        Ok(())
+    })
+    .unwrap();
+    let fib = router.fib_stats().unwrap();
+    assert!(fib.success >= fib.cache_hits, "{fib:?}");
     drop(peer);
 }

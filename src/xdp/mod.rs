@@ -62,7 +62,7 @@ pub use echo::IcmpEcho;
 pub use pass::XdpPass;
 pub use program::{LiveFrames, TestRunOutput, XdpProgram};
 pub use redirect::{MacAddr, RedirectRule, XdpRedirect};
-pub use router::{FibStats, XdpRouter};
+pub use router::{FibStats, XdpRouter, ROUTE_CACHE_MAX_AGE_LIMIT};
 pub use stats::{Counter, Rate, Stage, StatsMap, XdpRates, XdpStats};
 pub use traffic::{TrafficGen, TEMPLATE_LEN};
 

@@ -35,6 +35,15 @@ pub struct RedirectRule {
 /// whose destination MAC has a rule gets the rule's MACs and is redirected through a
 /// `BPF_MAP_TYPE_DEVMAP` port; every other frame goes to the stack untouched.
 ///
+/// # Rule cache
+///
+/// The rules live in a hash table (up to 4096); in front of it every CPU keeps a small
+/// direct-mapped cache of the destination MACs it has seen (256 slots, "no rule" included), which
+/// halves the program's cost on a hit. [`set_rule`](Self::set_rule) and
+/// [`remove_rule`](Self::remove_rule) invalidate every CPU's cache before they return, so a change
+/// applies to the next frame (a frame being processed at that moment may still take the old
+/// rule, as it could with the table alone).
+///
 /// # Examples
 ///
 /// ```no_run
@@ -55,6 +64,7 @@ pub struct XdpRedirect {
     egress: XdpProgram,
     ports: DevMap,
     rules: MapHandle,
+    rule_gen: MapHandle,
     stats: StatsMap,
     pass: Option<XdpPass>,
     receivers: Vec<XdpAttachment>,
@@ -70,15 +80,42 @@ impl XdpRedirect {
         let obj = Loaded::load("xdp_redirect", crate::skel::xdp_redirect::OBJECT)?;
         let rules = obj.map("redirect_rules")?;
         check_sizes("open redirect rules", &rules, 8, 16)?;
-        Ok(XdpRedirect {
+        let rule_gen = obj.map("rule_gen")?;
+        check_sizes("open redirect rule generation", &rule_gen, 4, 4)?;
+        let fwd = XdpRedirect {
             program: obj.program("xdp_redirect")?,
             egress: obj.program("xdp_egress")?,
             ports: DevMap::from_handle(obj.map("ports")?)?,
             rules,
+            rule_gen,
             stats: StatsMap::new(obj.map("xdp_stats")?)?,
             pass: None,
             receivers: Vec::new(),
-        })
+        };
+        fwd.invalidate_cache("load XDP redirect")?; // generation 0 -> 1: the cache is on
+        Ok(fwd)
+    }
+
+    /// Moves the rule generation on (never to 0, which turns the cache off): every CPU's cached
+    /// rules stop matching.
+    fn invalidate_cache(&self, op: &str) -> Result<()> {
+        let zero = 0u32.to_ne_bytes();
+        let gen = self
+            .rule_gen
+            .lookup(&zero, MapFlags::ANY)
+            .map_err(|e| Error::bpf(op.to_string(), e))?
+            .and_then(|v| {
+                v.get(..4)
+                    .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+            })
+            .unwrap_or(0);
+        let next = match gen.wrapping_add(1) {
+            0 => 1,
+            n => n,
+        };
+        self.rule_gen
+            .update(&zero, &next.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|e| Error::bpf(op.to_string(), e))
     }
 
     /// The ingress program (`xdp_redirect`).
@@ -160,7 +197,8 @@ impl XdpRedirect {
                 abi::as_bytes(&value),
                 MapFlags::ANY,
             )
-            .map_err(|e| Error::bpf(op, e).with_object(fmt_mac(&match_dst)))
+            .map_err(|e| Error::bpf(op, e).with_object(fmt_mac(&match_dst)))?;
+        self.invalidate_cache(op)
     }
 
     /// The rule for `match_dst`, if any.
@@ -189,7 +227,10 @@ impl XdpRedirect {
     /// [`ErrorKind::Kernel`](crate::ErrorKind::Kernel) when the table cannot be changed.
     pub fn remove_rule(&self, match_dst: MacAddr) -> Result<bool> {
         match self.rules.delete(abi::as_bytes(&key(match_dst))) {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                self.invalidate_cache("remove XDP redirect rule")?;
+                Ok(true)
+            }
             Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(Error::bpf("remove XDP redirect rule", e)),
         }
