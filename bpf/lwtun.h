@@ -93,38 +93,44 @@ LWTUN_ASSERT_SIZE(struct lwtun_ip_addr, 16);
 #define LWTUN_FIB_RESULTS 10
 #define LWTUN_FIB_TTL_EXPIRED 10
 #define LWTUN_FIB_NOT_IP 11
-/* Frames forwarded from the route cache (also counted as SUCCESS). */
+/* Frames forwarded from the route cache (user space adds them to SUCCESS). */
 #define LWTUN_FIB_CACHE_HIT 12
 #define LWTUN_FIB_SLOTS 13
 
 /* xdp_router: the route cache's settings (array of one). The cache is on while `gen` and
- * `max_age_ns` are both non-zero; user space bumps `gen` to drop every cached route. */
+ * `max_age_ns` are both non-zero; user space bumps `gen` to drop every cached route and writes
+ * `max_age_ticks` 0, which the program then sets to the age in jiffies (it knows CONFIG_HZ). */
 struct lwtun_xdp_route_cache_cfg {
 	__u32 gen;
 	__u32 pad;
 	__u64 max_age_ns;
+	__u64 max_age_ticks;
 };
-LWTUN_ASSERT_SIZE(struct lwtun_xdp_route_cache_cfg, 16);
+LWTUN_ASSERT_SIZE(struct lwtun_xdp_route_cache_cfg, 24);
 
 /* xdp_router: one successful bpf_fib_lookup, cached per CPU in a direct-mapped slot chosen by
  * the flow. Every input of the lookup is part of the key (ingress device, family, L4 protocol,
  * TOS / IPv6 flow info, addresses); the slot is valid while `gen` is the configuration's and for
- * `max_age_ns` after `filled_ns` (bpf_ktime_get_coarse_ns). IPv4 addresses sit in src[0]/dst[0]. */
+ * the configured age after `filled` (jiffies; bpf_ktime_get_coarse_ns where CONFIG_HZ is unknown).
+ * IPv4 addresses sit in src[0]/dst[0].
+ * Bytes 8..56 (generation and key) are compared as 64-bit words, so `pad` stays zero. */
 struct lwtun_xdp_route_slot {
-	__u64 filled_ns;
+	__u64 filled;       /* jiffies, or ns where CONFIG_HZ is unknown */
 	__u32 gen;
 	__u32 ifindex;      /* ingress */
-	__u32 src[4];
-	__u32 dst[4];
 	__u32 flowinfo;     /* IPv4: TOS; IPv6: traffic class and flow label as in the header */
-	__u32 egress;       /* egress ifindex from the lookup */
-	__u16 mtu;          /* the lookup's MTU (bpf_fib_lookup mtu_result) */
 	__u8 family;
 	__u8 proto;
+	__u8 pad[2];
+	__u32 src[4];
+	__u32 dst[4];
+	__u32 egress;       /* egress ifindex from the lookup */
+	__u16 mtu;          /* the lookup's MTU (bpf_fib_lookup mtu_result) */
 	__u8 smac[6];
 	__u8 dmac[6];
+	__u8 pad2[6];
 };
-LWTUN_ASSERT_SIZE(struct lwtun_xdp_route_slot, 72);
+LWTUN_ASSERT_SIZE(struct lwtun_xdp_route_slot, 80);
 
 /* ---- tc/lwt tunnel redirect (bpf/tc_redirect.bpf.c <-> src/tunnel_redirect.rs) ---- */
 

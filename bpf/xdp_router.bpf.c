@@ -25,10 +25,11 @@
  * remembered per CPU in a direct-mapped table (`route_cache`, ROUTE_CACHE_SLOTS slots chosen by
  * the flow). A frame whose every lookup input (ingress device, family, L4 protocol, TOS / flow
  * info, source and destination) matches a slot filled under the current generation less than
- * `max_age_ns` ago, and whose length fits the cached MTU, is forwarded from the slot without
- * bpf_fib_lookup (counted as SUCCESS and as LWTUN_FIB_CACHE_HIT). Route, rule and neighbour
- * changes reach the fast path within `max_age_ns` at the latest, or at once when user space
- * bumps the generation. Only SUCCESS is cached: every other outcome is looked up each time.
+ * the maximum age ago, and whose length fits the cached MTU, is forwarded from the slot without
+ * bpf_fib_lookup (counted as LWTUN_FIB_CACHE_HIT, which user space adds to SUCCESS). The age is
+ * counted in jiffies where CONFIG_HZ is known (rounded down to whole ticks, at least one). Route,
+ * rule and neighbour changes reach cached flows within the maximum age, or at once when user
+ * space bumps the generation. Only SUCCESS is cached: every other outcome is looked up each time.
  *
  * `fib_results` counts the outcomes per return code (LWTUN_FIB_*), per CPU. `router_fib_flags[0]`
  * holds the bpf_fib_lookup flags user space chose: 0 (full lookup through the FIB rules, like the
@@ -80,6 +81,33 @@ struct {
 	__type(value, struct lwtun_xdp_route_slot);
 } route_cache SEC(".maps");
 
+/* The kernel's tick rate, from its configuration (0 where libbpf cannot read it). */
+extern const unsigned int CONFIG_HZ __kconfig __weak;
+
+/* The cache's clock: jiffies (an inlined load) where the tick rate is known, since
+ * bpf_ktime_get_coarse_ns is a helper call that costs ~18 ns here; else coarse nanoseconds. */
+static __always_inline __u64 cache_now(void)
+{
+	return CONFIG_HZ ? bpf_jiffies64() : bpf_ktime_get_coarse_ns();
+}
+
+/* The configured age in cache_now() units; in ticks it is rounded down, and at least one. */
+static __always_inline __u64 cache_max_age(struct lwtun_xdp_route_cache_cfg *cfg)
+{
+	__u64 ticks;
+
+	if (!CONFIG_HZ)
+		return cfg->max_age_ns;
+	ticks = cfg->max_age_ticks;
+	if (!ticks) {
+		ticks = cfg->max_age_ns * CONFIG_HZ / 1000000000ULL;
+		if (!ticks)
+			ticks = 1;
+		cfg->max_age_ticks = ticks;
+	}
+	return ticks;
+}
+
 static __always_inline void count_fib(__u32 slot)
 {
 	__u64 *n;
@@ -104,16 +132,15 @@ static __always_inline __u32 fib_fallback(int rc)
 	return XDP_PASS;
 }
 
-/* Whether `slot` holds the lookup for this frame's key. */
+/* Whether `slot` holds the lookup for this frame's key under the same generation: bytes 8..56
+ * (generation, ingress device, flow info, family, protocol, addresses) as 64-bit words. */
 static __always_inline int slot_matches(const struct lwtun_xdp_route_slot *slot,
 					const struct lwtun_xdp_route_slot *key)
 {
-	return slot->ifindex == key->ifindex && slot->family == key->family &&
-	       slot->proto == key->proto && slot->flowinfo == key->flowinfo &&
-	       slot->dst[0] == key->dst[0] && slot->src[0] == key->src[0] &&
-	       slot->dst[1] == key->dst[1] && slot->src[1] == key->src[1] &&
-	       slot->dst[2] == key->dst[2] && slot->src[2] == key->src[2] &&
-	       slot->dst[3] == key->dst[3] && slot->src[3] == key->src[3];
+	const __u64 *a = (const __u64 *)&slot->gen, *b = (const __u64 *)&key->gen;
+
+	return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) |
+		(a[5] ^ b[5])) == 0;
 }
 
 SEC("xdp")
@@ -128,7 +155,7 @@ int xdp_router(struct xdp_md *ctx)
 	struct hdr_cursor nh = { .pos = data };
 	struct ipv6hdr *ip6h = NULL;
 	struct iphdr *iph = NULL;
-	__u32 zero = 0, action, egress, gen = 0, idx;
+	__u32 zero = 0, action, egress, idx;
 	__u16 tot_len;
 	__u64 now = 0;
 	int rc;
@@ -176,18 +203,18 @@ int xdp_router(struct xdp_md *ctx)
 
 	cfg = bpf_map_lookup_elem(&route_cache_cfg, &zero);
 	if (cfg && cfg->gen && cfg->max_age_ns) {
-		gen = cfg->gen;
+		key.gen = cfg->gen;
 		idx = key.dst[3] ^ key.src[3] ^ key.dst[0] ^ key.src[0] ^ key.ifindex;
 		idx = (idx ^ (idx >> 10) ^ (idx >> 20) ^ (idx >> 30)) & (ROUTE_CACHE_SLOTS - 1);
 		slot = bpf_map_lookup_elem(&route_cache, &idx);
-		now = bpf_ktime_get_coarse_ns();
-		if (slot && slot->gen == gen && now - slot->filled_ns < cfg->max_age_ns &&
-		    tot_len <= slot->mtu && slot_matches(slot, &key)) {
+		now = cache_now();
+		if (slot && slot_matches(slot, &key) && now - slot->filled < cache_max_age(cfg) &&
+		    tot_len <= slot->mtu) {
 			egress = slot->egress;
 			__builtin_memcpy(key.smac, slot->smac, ETH_ALEN);
 			__builtin_memcpy(key.dmac, slot->dmac, ETH_ALEN);
+			/* Counted as a hit only; user space adds hits to SUCCESS. */
 			count_fib(LWTUN_FIB_CACHE_HIT);
-			count_fib(BPF_FIB_LKUP_RET_SUCCESS);
 			goto forward;
 		}
 	}
@@ -220,8 +247,7 @@ int xdp_router(struct xdp_md *ctx)
 	if (slot) {
 		/* The generation was read before the lookup: a fill racing with a flush is tagged
 		 * with the old generation and never used. */
-		key.filled_ns = now;
-		key.gen = gen;
+		key.filled = now;
 		key.egress = egress;
 		key.mtu = fib.mtu_result;
 		*slot = key;

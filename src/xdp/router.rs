@@ -65,8 +65,8 @@ pub struct FibStats {
 /// [`set_route_cache`](Self::set_route_cache) every CPU remembers successful lookups (1024
 /// direct-mapped slots) keyed by every input of the lookup: ingress device, family, L4 protocol,
 /// TOS or IPv6 flow info, source and destination. A frame that matches is forwarded from the slot
-/// (about 4x cheaper) if the slot is younger than the chosen maximum age and the frame fits the
-/// cached MTU. The kernel does not tell XDP programs when routes, rules or neighbours change, so a
+/// (about 4x cheaper) if the slot is younger than the chosen maximum age (counted in kernel ticks,
+/// rounded down, at least one: 4 ms at `CONFIG_HZ=250`) and the frame fits the cached MTU. The kernel does not tell XDP programs when routes, rules or neighbours change, so a
 /// change reaches cached flows only when their slot ages out, at most `max_age` later, or at once
 /// after [`flush_route_cache`](Self::flush_route_cache) (which a program that changes routes
 /// itself should call). Until then frames of a cached flow keep the old egress device and MACs.
@@ -297,6 +297,7 @@ impl XdpRouter {
     ) -> Result<()> {
         let mut cfg = self.read_cache_cfg(op)?;
         change(&mut cfg);
+        cfg.max_age_ticks = 0; // the program converts the age to ticks again
         cfg.r#gen = match cfg.r#gen.wrapping_add(1) {
             0 => 1,
             n => n,
@@ -344,7 +345,7 @@ impl XdpRouter {
                 .sum();
         }
         Ok(FibStats {
-            success: slots[0],
+            success: slots[0] + slots[12],
             blackhole: slots[1],
             unreachable: slots[2],
             prohibit: slots[3],
