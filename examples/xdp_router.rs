@@ -1,14 +1,17 @@
 //! An XDP router with live statistics (the XDP tutorial's xdp_stats, for lwtun's router).
 //!
 //! ```text
-//! xdp_router IFACE...  [--generic] [--direct] [--interval SECS] [--seconds N]
-//! xdp_router --demo    [--seconds N]
+//! xdp_router IFACE...  [--generic] [--direct] [--route-cache MS] [--interval SECS] [--seconds N]
+//! xdp_router --demo    [--route-cache MS] [--seconds N]
 //! ```
 //!
 //! With interface names, attaches lwtun's `bpf_fib_lookup` router to each of them (in the current
 //! namespace), makes each a port, and prints per-action packet and bit rates plus the FIB lookup
 //! outcomes every interval until Ctrl-C (or `--seconds`). Forwarding must be enabled
 //! (`sysctl net.ipv4.ip_forward=1`, `net.ipv6.conf.all.forwarding=1`).
+//!
+//! `--route-cache MS` turns on the router's route cache with that maximum age (see
+//! `XdpRouter::set_route_cache`); the FIB line then shows the cache hits among the successes.
 //!
 //! `--demo` builds three namespaces `left ── router ── right` (removed at exit), routes a ping
 //! flood through the router and shows the counters move. Run as root.
@@ -24,6 +27,7 @@ struct Args {
     ifaces: Vec<String>,
     generic: bool,
     direct: bool,
+    route_cache: Option<Duration>,
     interval: f64,
     seconds: Option<f64>,
     demo: bool,
@@ -34,6 +38,7 @@ fn parse_args() -> Result<Args, String> {
         ifaces: vec![],
         generic: false,
         direct: false,
+        route_cache: None,
         interval: 1.0,
         seconds: None,
         demo: false,
@@ -44,6 +49,14 @@ fn parse_args() -> Result<Args, String> {
             "--generic" => a.generic = true,
             "--direct" => a.direct = true,
             "--demo" => a.demo = true,
+            "--route-cache" => {
+                let ms: u64 = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|v: &u64| *v > 0)
+                    .ok_or("--route-cache needs a positive number of milliseconds")?;
+                a.route_cache = Some(Duration::from_millis(ms));
+            }
             "--interval" | "--seconds" => {
                 let v: f64 = it
                     .next()
@@ -80,7 +93,7 @@ fn ifindex(name: &str) -> lwtun::Result<u32> {
 fn print_fib(now: &FibStats, before: &FibStats) {
     println!(
         "  fib: success {} no_neigh {} not_fwded {} fwd_disabled {} unsupp_lwt {} frag_needed {} \
-         blackhole {} unreachable {} prohibit {} ttl_expired {} not_ip {} other {}",
+         blackhole {} unreachable {} prohibit {} ttl_expired {} not_ip {} other {} (cache hits {})",
         now.success - before.success,
         now.no_neighbour - before.no_neighbour,
         now.not_forwarded - before.not_forwarded,
@@ -93,6 +106,7 @@ fn print_fib(now: &FibStats, before: &FibStats) {
         now.ttl_expired - before.ttl_expired,
         now.not_ip - before.not_ip,
         now.other - before.other,
+        now.cache_hits - before.cache_hits,
     );
 }
 
@@ -178,6 +192,7 @@ fn demo(args: &Args) -> lwtun::Result<()> {
 
     let mut router = XdpRouter::load()?;
     router.set_direct_lookup(args.direct)?;
+    router.set_route_cache(args.route_cache)?;
     let atts = mid.run(|| {
         let (l, r) = (ifindex("left")?, ifindex("right")?);
         router.add_port_with_receiver(l, &left, "eth0")?;
@@ -215,7 +230,7 @@ fn main() {
             if !e.is_empty() {
                 eprintln!("xdp_router: {e}");
             }
-            eprintln!("usage: xdp_router IFACE... [--generic] [--direct] [--interval SECS] [--seconds N]\n       xdp_router --demo [--seconds N]");
+            eprintln!("usage: xdp_router IFACE... [--generic] [--direct] [--route-cache MS] [--interval SECS] [--seconds N]\n       xdp_router --demo [--route-cache MS] [--seconds N]");
             std::process::exit(2);
         }
     };
@@ -225,6 +240,7 @@ fn main() {
         (|| {
             let router = XdpRouter::load()?;
             router.set_direct_lookup(args.direct)?;
+            router.set_route_cache(args.route_cache)?;
             let mode = if args.generic {
                 XdpMode::Generic
             } else {
