@@ -493,20 +493,23 @@ impl Family for V4 {
 }
 
 impl V6 {
-    fn key(n: &Ipv6Network) -> (u128, u8) {
-        (u128::from(n.network()), n.prefix())
+    /// The address as two halves (a 24-byte key where `(u128, u8)` would take 32).
+    fn key(n: &Ipv6Network) -> (u64, u64, u8) {
+        let a = u128::from(n.network());
+        ((a >> 64) as u64, a as u64, n.prefix())
     }
 }
 
 impl Family for V6 {
-    type Key = (u128, u8);
+    type Key = (u64, u64, u8);
     const V6: bool = true;
-    fn put(out: &mut Vec<u8>, (addr, len): (u128, u8)) {
+    fn put(out: &mut Vec<u8>, (hi, lo, len): (u64, u64, u8)) {
         out.extend_from_slice(&u32::from(len).to_ne_bytes());
-        out.extend_from_slice(&addr.to_be_bytes());
+        out.extend_from_slice(&hi.to_be_bytes());
+        out.extend_from_slice(&lo.to_be_bytes());
     }
-    fn prefix((addr, len): (u128, u8)) -> IpNetwork {
-        let addr = Ipv6Addr::from(addr);
+    fn prefix((hi, lo, len): (u64, u64, u8)) -> IpNetwork {
+        let addr = Ipv6Addr::from((u128::from(hi) << 64) | u128::from(lo));
         Ipv6Network::new(addr, len)
             .map_or_else(|_| IpNetwork::from(IpAddr::V6(addr)), IpNetwork::V6)
     }
@@ -1179,6 +1182,9 @@ impl PeerTable {
     /// ```
     pub fn insert_batch(&mut self, peers: &[(IpNetwork, EncapPeer)]) -> Result<()> {
         let op = "insert tunnel peers (batch)";
+        if peers.is_empty() {
+            return Ok(());
+        }
         if u32::try_from(peers.len()).is_err() {
             return Err(Error::invalid_input(
                 op,
@@ -1187,7 +1193,7 @@ impl PeerTable {
         }
         let n4 = peers.iter().filter(|(p, _)| p.is_ipv4()).count();
         let mut v4: Vec<(u64, u32)> = Vec::with_capacity(n4);
-        let mut v6: Vec<((u128, u8), u32)> = Vec::with_capacity(peers.len() - n4);
+        let mut v6: Vec<((u64, u64, u8), u32)> = Vec::with_capacity(peers.len() - n4);
         for (i, (prefix, peer)) in peers.iter().enumerate() {
             peer.validate()
                 .map_err(|e| e.with_object(prefix.to_string()))?;
@@ -1313,6 +1319,9 @@ impl PeerTable {
     /// before.
     pub fn remove_batch(&mut self, prefixes: &[IpNetwork]) -> Result<()> {
         let op = "remove tunnel peers (batch)";
+        if prefixes.is_empty() {
+            return Ok(());
+        }
         if u32::try_from(prefixes.len()).is_err() {
             return Err(Error::invalid_input(
                 op,
@@ -1320,7 +1329,7 @@ impl PeerTable {
             ));
         }
         let mut v4: Vec<(u64, u32)> = Vec::new();
-        let mut v6: Vec<((u128, u8), u32)> = Vec::new();
+        let mut v6: Vec<((u64, u64, u8), u32)> = Vec::new();
         for (i, prefix) in prefixes.iter().enumerate() {
             match prefix {
                 IpNetwork::V4(n) => v4.push((V4::key(n), i as u32)),

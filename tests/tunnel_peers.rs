@@ -764,6 +764,8 @@ fn batch_insert_checks_everything_first() {
         return;
     }
     let mut t = Tunnel::builder().capacity(1_000).load().unwrap();
+    t.peers_mut().insert_batch(&[]).unwrap();
+    t.peers_mut().remove_batch(&[]).unwrap();
     let good = keyed(&[net("10.1.0.0/16"), net("10.2.0.0/16")]);
     let mixed = EncapPeer::new(addr("192.0.2.2"), addr("2001:db8::1"), Encap::Ipip);
     let mut batch = good.clone();
