@@ -147,11 +147,34 @@ fn hex(bytes: &[u8]) -> String {
         .join(" ")
 }
 
-/// Seconds `f` takes.
-fn time(f: impl FnOnce()) -> f64 {
-    let start = Instant::now();
+/// CPU seconds (user and system) this process (`libc::RUSAGE_SELF`: every thread) or its
+/// waited-for children (`libc::RUSAGE_CHILDREN`) have used.
+fn cpu_seconds(who: libc::c_int) -> f64 {
+    // SAFETY: getrusage fills the struct it is given; all-zero is a valid rusage.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `u` is a valid rusage.
+    unsafe { libc::getrusage(who, &mut u) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// Wall-clock and CPU seconds of one case. CPU time counts every thread's (spinning on the trie's
+/// lock included) and does not grow when other processes take the CPUs, so it shows a path's
+/// cost on this loaded, shared machine where the wall clock swings.
+#[derive(Clone, Copy)]
+struct Timing {
+    wall: f64,
+    cpu: f64,
+}
+
+/// How long `f` takes.
+fn time(f: impl FnOnce()) -> Timing {
+    let (cpu, start) = (cpu_seconds(libc::RUSAGE_SELF), Instant::now());
     f();
-    start.elapsed().as_secs_f64()
+    Timing {
+        wall: start.elapsed().as_secs_f64(),
+        cpu: cpu_seconds(libc::RUSAGE_SELF) - cpu,
+    }
 }
 
 fn tunnel(n: u32) -> Tunnel {
@@ -240,8 +263,8 @@ fn raw_update(map: &MapHandle, keys: &[u8], values: &[u8]) {
         .expect("raw batch update");
 }
 
-/// Runs `case` once for `n` peers; seconds.
-fn run_case(case: Case, n: u32, inp: &Inputs) -> f64 {
+/// Runs `case` once for `n` peers.
+fn run_case(case: Case, n: u32, inp: &Inputs) -> Timing {
     match case {
         Case::Lwtun | Case::LwtunShuffled | Case::LwtunOneWorker => {
             let mut t = tunnel(n);
@@ -318,13 +341,16 @@ fn run_case(case: Case, n: u32, inp: &Inputs) -> f64 {
                     .unwrap();
                 }
             }
-            let start = Instant::now();
+            let (cpu, start) = (cpu_seconds(libc::RUSAGE_CHILDREN), Instant::now());
             let out = std::process::Command::new("bpftool")
                 .args(["batch", "file"])
                 .arg(&inp.batch_file)
                 .output()
                 .expect("run bpftool");
-            let secs = start.elapsed().as_secs_f64();
+            let secs = Timing {
+                wall: start.elapsed().as_secs_f64(),
+                cpu: cpu_seconds(libc::RUSAGE_CHILDREN) - cpu,
+            };
             let _ = std::fs::remove_file(&inp.batch_file);
             assert!(
                 out.status.success(),
@@ -349,6 +375,9 @@ fn run_case(case: Case, n: u32, inp: &Inputs) -> f64 {
 }
 
 fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
 }
@@ -429,49 +458,68 @@ fn main() {
         if only.is_none() && n == *sizes.iter().max().unwrap() {
             memory = Some((n, memory_per_peer(n, &inp)));
         }
-        let mut secs: Vec<Vec<f64>> = vec![Vec::new(); CASES.len()];
+        let mut runs: Vec<Vec<Timing>> = vec![Vec::new(); CASES.len()];
         for _ in 0..rounds {
             for (i, &(case, name)) in CASES.iter().enumerate() {
-                if only.as_deref().is_some_and(|o| o != name) {
-                    secs[i].push(f64::NAN);
-                    continue;
+                if only.as_deref().is_none_or(|o| o == name) {
+                    runs[i].push(run_case(case, n, &inp));
                 }
-                secs[i].push(run_case(case, n, &inp));
             }
         }
         if only.is_some() {
             for (i, &(_, name)) in CASES.iter().enumerate() {
-                if !secs[i][0].is_nan() {
-                    let rates: Vec<u64> =
-                        secs[i].iter().map(|s| (f64::from(n) / s) as u64).collect();
-                    println!("{n} {name}: {rates:?} per second");
+                if !runs[i].is_empty() {
+                    let rates: Vec<(u64, u64)> = runs[i]
+                        .iter()
+                        .map(|t| {
+                            (
+                                (f64::from(n) / t.wall) as u64,
+                                (f64::from(n) / t.cpu) as u64,
+                            )
+                        })
+                        .collect();
+                    println!("{n} {name}: {rates:?} per second (wall, CPU)");
                 }
             }
             continue;
         }
-        let rate: Vec<f64> = secs.iter_mut().map(|s| f64::from(n) / median(s)).collect();
-        let of = |c: Case| rate[CASES.iter().position(|&(k, _)| k == c).unwrap()];
-        let (bpftool, floor) = (of(Case::Bpftool), of(Case::RawOneThread));
+        // Median rates by the wall clock and per CPU second.
+        let wall: Vec<Vec<f64>> = runs
+            .iter()
+            .map(|r| r.iter().map(|t| f64::from(n) / t.wall).collect())
+            .collect();
+        let rate: Vec<f64> = wall.iter().map(|r| median(&mut r.clone())).collect();
+        let cpu: Vec<f64> = runs
+            .iter()
+            .map(|r| median(&mut r.iter().map(|t| f64::from(n) / t.cpu).collect::<Vec<_>>()))
+            .collect();
+        let of = |c: Case| CASES.iter().position(|&(k, _)| k == c).unwrap();
+        let (bpftool, floor) = (rate[of(Case::Bpftool)], rate[of(Case::RawOneThread)]);
+        let (bpftool_cpu, floor_cpu) = (cpu[of(Case::Bpftool)], cpu[of(Case::RawOneThread)]);
         println!(
-            "\n{n} peers            {:>12} {:>12} {:>10} {:>12}",
-            "per second", "min..max k/s", "x bpftool", "x raw floor"
+            "\n{n} peers                        {:>10} {:>13} {:>9} {:>7} | {:>10} {:>9} {:>7}",
+            "wall /s", "min..max k/s", "x bpftool", "x floor", "per CPU-s", "x bpftool", "x floor"
         );
         for (i, &(_, name)) in CASES.iter().enumerate() {
-            let lo = f64::from(n) / secs[i].last().unwrap() / 1e3;
-            let hi = f64::from(n) / secs[i][0] / 1e3;
+            let mut w = wall[i].clone();
+            w.sort_by(|a, b| a.partial_cmp(b).unwrap());
             println!(
-                "  {name:<36} {:>12.0} {:>5.0}..{:<6.0} {:>10.1} {:>12.2}",
+                "  {name:<36} {:>10.0} {:>6.0}..{:<6.0} {:>9.1} {:>7.2} | {:>10.0} {:>9.1} {:>7.2}",
                 rate[i],
-                lo,
-                hi,
+                w[0] / 1e3,
+                w[w.len() - 1] / 1e3,
                 rate[i] / bpftool,
-                rate[i] / floor
+                rate[i] / floor,
+                cpu[i],
+                cpu[i] / bpftool_cpu,
+                cpu[i] / floor_cpu
             );
         }
+        let lw = of(Case::Lwtun);
         println!(
             "  goal 1M/s and 12x bpftool: lwtun {:.2}M/s, {:.1}x bpftool; raw one-thread floor {:.2}M/s ({:.1}x bpftool)",
-            of(Case::Lwtun) / 1e6,
-            of(Case::Lwtun) / bpftool,
+            rate[lw] / 1e6,
+            rate[lw] / bpftool,
             floor / 1e6,
             floor / bpftool
         );
