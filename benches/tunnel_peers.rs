@@ -11,7 +11,9 @@
 //! - removals: `PeerTable::remove_batch` vs one raw `BPF_MAP_DELETE_BATCH`.
 //!
 //! The cases take turns over several rounds (this machine's load swings single runs by 2x) and
-//! the medians are reported, with rates relative to bpftool and to the raw one-thread floor.
+//! the medians are reported, with rates relative to bpftool and to the raw one-thread floor, by
+//! the wall clock and per CPU-second (user plus system time of every thread: what a path costs,
+//! whatever else runs; for the parallel cases it shows the price of their speed).
 //! Then the memory a peer costs at 1M (kernel: measured as the growth of slab and per-CPU memory
 //! from loading an empty tunnel to holding 1M peers, and as the maps' memlock that bpftool
 //! shows; user space: the process's resident-set growth for the table's copy), and the
