@@ -97,7 +97,9 @@ impl XdpRedirect {
     }
 
     /// Moves the rule generation on (never to 0, which turns the cache off): every CPU's cached
-    /// rules stop matching.
+    /// rules stop matching. Two threads calling this at once may both write the same next value,
+    /// and that suffices: each changed the table before reading the generation, so no CPU can
+    /// have tagged a rule older than their changes with the value they write.
     fn invalidate_cache(&self, op: &str) -> Result<()> {
         let zero = 0u32.to_ne_bytes();
         let gen = self

@@ -99,6 +99,8 @@ pub struct XdpRouter {
     fib: MapHandle,
     fib_flags: MapHandle,
     cache_cfg: MapHandle,
+    /// Serialises read-modify-writes of `cache_cfg` (a flush must not undo a new age).
+    cache_cfg_lock: std::sync::Mutex<()>,
     stats: StatsMap,
     pass: Option<XdpPass>,
     receivers: Vec<XdpAttachment>,
@@ -129,6 +131,7 @@ impl XdpRouter {
             fib,
             fib_flags,
             cache_cfg,
+            cache_cfg_lock: std::sync::Mutex::new(()),
             stats: StatsMap::new(obj.map("xdp_stats")?)?,
             pass: None,
             receivers: Vec::new(),
@@ -299,6 +302,12 @@ impl XdpRouter {
         op: &str,
         change: impl FnOnce(&mut lwtun_xdp_route_cache_cfg),
     ) -> Result<()> {
+        // A poisoned lock only means another thread panicked between read and write: the map
+        // holds a complete value either way.
+        let _guard = self
+            .cache_cfg_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut cfg = self.read_cache_cfg(op)?;
         change(&mut cfg);
         cfg.max_age_ticks = 0; // the program converts the age to ticks again
