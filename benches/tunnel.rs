@@ -10,9 +10,13 @@
 //! received by B while A sends for 0.5 s; both as ratios to plain routing measured in the same
 //! run. Both ends run the tunnel (B's ACKs go back through it too). The modes take turns over 5
 //! rounds and the medians are reported, so that load from elsewhere falls on all modes alike.
+//! Beside the UDP rate: the sending thread's CPU time per datagram (`tx ns/pkt`, with the veth
+//! receive softirq that runs on the same CPU, decap included), and plain routing's figure over
+//! it as a ratio: a cost figure that load from other processes hardly moves.
 //!
-//! Run as root: `cargo bench --bench tunnel` (`LWTUN_BENCH_SECS`, `LWTUN_BENCH_ROUNDS`, and
-//! `LWTUN_BENCH_MODES`: a comma-separated list of mode names to run besides plain routing).
+//! Run as root: `cargo bench --bench tunnel` (`LWTUN_BENCH_SECS`, `LWTUN_BENCH_ROUNDS`,
+//! `LWTUN_BENCH_MODES`: a comma-separated list of mode names to run besides plain routing, and
+//! `LWTUN_BENCH_UDP_ONLY=1` to skip the TCP streams, e.g. under `perf record`).
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -254,14 +258,46 @@ fn tcp(p: &Pair, secs: f64) -> f64 {
     bytes as f64 * 8.0 / elapsed
 }
 
-/// 64-byte UDP datagrams per second B receives while A sends for `secs`.
-fn udp(p: &Pair, secs: f64) -> f64 {
+/// The calling thread's CPU time in ns (CLOCK_THREAD_CPUTIME_ID).
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec for clock_gettime to write.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// 64-byte UDP datagrams per second B receives while A sends for `secs`, and the sending
+/// thread's CPU time per datagram sent in ns. The second figure hardly depends on load from
+/// elsewhere: it is CPU time, not wall time. It covers the send path (socket, routing, the LWT
+/// program, encap, reroute, the veth) and, as this kernel has no IRQ time accounting, the veth
+/// receive softirq that runs on the sender's CPU (tc ingress decap, ip_rcv, the UDP socket
+/// enqueue); not the receiver's recv() calls.
+fn udp(p: &Pair, secs: f64) -> (f64, f64) {
     let target = SocketAddr::new(addr("10.90.0.1"), 5301);
     let rx =
         p.b.run(|| UdpSocket::bind(target).map_err(|e| lwtun::Error::io("bind", e)))
             .unwrap();
-    rx.set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
+    // The receiver never sleeps on the socket: it drains it without blocking and naps when it
+    // is empty. A receiver blocked in recv() must be woken for the next datagram, and that
+    // wake-up (an IPI to the other CPU, microseconds in a VM) is paid by the sender's softirq:
+    // a slower sender lets the receiver fall asleep more often, so each wake-up taxes it again
+    // and magnifies any difference between modes. With no sleeper, the socket wakes nobody.
+    rx.set_nonblocking(true).unwrap();
+    let rcvbuf: libc::c_int = 16 << 20;
+    // SAFETY: a valid socket and a c_int option value of the given size.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&rx),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            &rcvbuf as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = Arc::clone(&stop);
     let counter = std::thread::spawn(move || {
@@ -270,8 +306,9 @@ fn udp(p: &Pair, secs: f64) -> f64 {
         loop {
             match rx.recv(&mut buf) {
                 Ok(_) => n += 1,
+                // empty: the sender's last datagrams are in once it has stopped
                 Err(_) if stop2.load(Ordering::Relaxed) => return n,
-                Err(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_micros(200)),
             }
         }
     });
@@ -284,13 +321,24 @@ fn udp(p: &Pair, secs: f64) -> f64 {
         })
         .unwrap();
     let payload = [0u8; 64 - 28];
+    let mut sent = 0u64;
     let start = Instant::now();
+    let cpu0 = thread_cpu_ns();
     while start.elapsed().as_secs_f64() < secs {
-        let _ = tx.send(&payload);
+        // 64 sends between clock reads keep the clock's cost out of the per-packet figure
+        for _ in 0..64 {
+            if tx.send(&payload).is_ok() {
+                sent += 1;
+            }
+        }
     }
+    let cpu = thread_cpu_ns() - cpu0;
     let elapsed = start.elapsed().as_secs_f64();
+    // datagrams still in the veth backlog reach the socket within a few ms
+    std::thread::sleep(Duration::from_millis(20));
     stop.store(true, Ordering::Relaxed);
-    counter.join().unwrap() as f64 / elapsed
+    let received = counter.join().unwrap() as f64;
+    (received / elapsed, cpu as f64 / sent.max(1) as f64)
 }
 
 fn main() {
@@ -326,6 +374,7 @@ fn main() {
             .collect(),
         Err(_) => modes.to_vec(),
     };
+    let udp_only = std::env::var("LWTUN_BENCH_UDP_ONLY").is_ok_and(|v| v == "1");
     let rounds: usize = std::env::var("LWTUN_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -335,6 +384,7 @@ fn main() {
     let pairs: Vec<Pair> = modes.iter().map(|&m| pair(m)).collect();
     let mut tcp_runs = vec![Vec::new(); modes.len()];
     let mut udp_runs = vec![Vec::new(); modes.len()];
+    let mut cpu_runs = vec![Vec::new(); modes.len()];
     for round in 0..rounds {
         for k in 0..modes.len() {
             // Alternate the order between rounds.
@@ -343,30 +393,40 @@ fn main() {
             } else {
                 modes.len() - 1 - k
             };
-            tcp_runs[i].push(tcp(&pairs[i], secs));
-            udp_runs[i].push(udp(&pairs[i], secs / 2.0));
+            tcp_runs[i].push(if udp_only { 1.0 } else { tcp(&pairs[i], secs) });
+            let (pps, ns) = udp(&pairs[i], secs / 2.0);
+            udp_runs[i].push(pps);
+            cpu_runs[i].push(ns);
         }
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
         v[v.len() / 2]
     };
-    let results: Vec<(f64, f64)> = (0..modes.len())
-        .map(|i| (median(&mut tcp_runs[i]), median(&mut udp_runs[i])))
+    let results: Vec<(f64, f64, f64)> = (0..modes.len())
+        .map(|i| {
+            (
+                median(&mut tcp_runs[i]),
+                median(&mut udp_runs[i]),
+                median(&mut cpu_runs[i]),
+            )
+        })
         .collect();
     let base = results[0];
     println!(
-        "{:<24} {:>12} {:>8} {:>14} {:>8}   (medians of {rounds} interleaved rounds of {secs} s)",
-        "mode", "TCP Mbit/s", "ratio", "UDP64 pkt/s", "ratio"
+        "{:<24} {:>12} {:>8} {:>14} {:>8} {:>10} {:>8}   (medians of {rounds} interleaved rounds of {secs} s)",
+        "mode", "TCP Mbit/s", "ratio", "UDP64 pkt/s", "ratio", "tx ns/pkt", "ratio"
     );
-    for (mode, (t, u)) in modes.iter().zip(results) {
+    for (mode, (t, u, c)) in modes.iter().zip(results) {
         println!(
-            "{:<24} {:>12.0} {:>8.2} {:>14.0} {:>8.2}",
+            "{:<24} {:>12.0} {:>8.2} {:>14.0} {:>8.2} {:>10.0} {:>8.2}",
             name(*mode),
             t / 1e6,
             t / base.0,
             u,
-            u / base.1
+            u / base.1,
+            c,
+            base.2 / c
         );
     }
 }
