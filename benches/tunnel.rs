@@ -6,6 +6,9 @@
 //!  A (inner 10.70.0.1) ── a-b ═══ veth 10.80.0.0/24, fd80::/64 ═══ b-a ── B (service 10.90.0.1)
 //! ```
 //!
+//! The lwtun modes run with the default second route lookup after the encap and, marked
+//! `direct`, with `TunnelBuilder::direct` (the outer packet takes the inner route's next hop).
+//!
 //! For each mode: TCP goodput of one stream A→B for 1 s, and UDP 64-byte datagrams per second
 //! received by B while A sends for 0.5 s; both as ratios to plain routing measured in the same
 //! run. Both ends run the tunnel (B's ACKs go back through it too). The modes take turns over 5
@@ -16,7 +19,8 @@
 //!
 //! Run as root: `cargo bench --bench tunnel` (`LWTUN_BENCH_SECS`, `LWTUN_BENCH_ROUNDS`,
 //! `LWTUN_BENCH_MODES`: a comma-separated list of mode names to run besides plain routing, and
-//! `LWTUN_BENCH_UDP_ONLY=1` to skip the TCP streams, e.g. under `perf record`).
+//! `LWTUN_BENCH_UDP_ONLY=1` to skip the TCP streams and `LWTUN_BENCH_NO_PLAIN=1` to leave plain
+//! routing out, e.g. to profile one mode under `perf record`).
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -34,7 +38,8 @@ use lwtun::tunnel::Tunnel;
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
     Plain,
-    Lwtun(Encap),
+    /// The encap, and whether the tunnel is loaded with `TunnelBuilder::direct`.
+    Lwtun(Encap, bool),
     Seg6,
     Vxlan,
 }
@@ -42,7 +47,8 @@ enum Mode {
 fn name(m: Mode) -> String {
     match m {
         Mode::Plain => "plain routing".into(),
-        Mode::Lwtun(e) => format!("lwtun {e}"),
+        Mode::Lwtun(e, false) => format!("lwtun {e}"),
+        Mode::Lwtun(e, true) => format!("lwtun {e} direct"),
         Mode::Seg6 => "seg6 encap (End.DX4)".into(),
         Mode::Vxlan => "vxlan collect_md".into(),
     }
@@ -140,10 +146,10 @@ fn pair(mode: Mode) -> Pair {
             Mode::Plain => {
                 ip(ns, &format!("route add {prefix} via {r4} src {own}"));
             }
-            Mode::Lwtun(encap) => {
+            Mode::Lwtun(encap, direct) => {
                 let mut nl = Netlink::open_in(ns.fd().unwrap().as_fd()).unwrap();
                 let ifindex = nl.link_by_name(dev).unwrap().index;
-                let mut t = Tunnel::load().unwrap();
+                let mut t = Tunnel::builder().direct(direct).load().unwrap();
                 t.peers_mut()
                     .insert(
                         prefix.parse().unwrap(),
@@ -351,26 +357,37 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1.0);
+    let gre = Encap::Gre {
+        key: None,
+        checksum: false,
+    };
+    let gre_csum = Encap::Gre {
+        key: None,
+        checksum: true,
+    };
+    let udp_encap = Encap::Udp { port: 5555 };
     let modes = [
         Mode::Plain,
-        Mode::Lwtun(Encap::Gre {
-            key: None,
-            checksum: false,
-        }),
-        Mode::Lwtun(Encap::Gre {
-            key: None,
-            checksum: true,
-        }),
-        Mode::Lwtun(Encap::Ipip),
-        Mode::Lwtun(Encap::Udp { port: 5555 }),
+        Mode::Lwtun(gre, false),
+        Mode::Lwtun(gre_csum, false),
+        Mode::Lwtun(Encap::Ipip, false),
+        Mode::Lwtun(udp_encap, false),
+        Mode::Lwtun(gre, true),
+        Mode::Lwtun(Encap::Ipip, true),
+        Mode::Lwtun(udp_encap, true),
         Mode::Seg6,
         Mode::Vxlan,
     ];
-    // LWTUN_BENCH_MODES="lwtun gre,lwtun ipip" keeps those modes (by name) and plain routing.
+    // LWTUN_BENCH_MODES="lwtun gre,lwtun ipip" keeps those modes (by name) and plain routing;
+    // LWTUN_BENCH_NO_PLAIN=1 leaves plain routing out (a profile of one mode alone; the ratios
+    // are then to the first mode).
+    let no_plain = std::env::var("LWTUN_BENCH_NO_PLAIN").is_ok_and(|v| v == "1");
     let modes: Vec<Mode> = match std::env::var("LWTUN_BENCH_MODES") {
         Ok(keep) => modes
             .into_iter()
-            .filter(|&m| m == Mode::Plain || keep.split(',').any(|k| k.trim() == name(m)))
+            .filter(|&m| {
+                (m == Mode::Plain && !no_plain) || keep.split(',').any(|k| k.trim() == name(m))
+            })
             .collect(),
         Err(_) => modes.to_vec(),
     };

@@ -67,7 +67,8 @@ fn ip(table: [&str; 2], side: usize) -> IpAddr {
     table[side].parse().unwrap()
 }
 
-fn pair() -> Pair {
+/// Both hosts' tunnels, loaded with `TunnelBuilder::direct(direct)`.
+fn pair(direct: bool) -> Pair {
     let net = common::two_hosts();
     let mut hosts = Vec::new();
     for side in 0..2 {
@@ -91,7 +92,7 @@ fn pair() -> Pair {
         let dev = if side == 0 { "to1" } else { "to0" };
         let underlay = net.ifindex(side, dev);
         let mut nl = Netlink::open_in(ns.fd().unwrap().as_fd()).unwrap();
-        let mut tunnel = Tunnel::load().unwrap();
+        let mut tunnel = Tunnel::builder().direct(direct).load().unwrap();
         let other = 1 - side;
         for (prefix, src) in [
             (PREFIX4[other], INNER4[side]),
@@ -166,9 +167,9 @@ fn outer_filter(encap: Encap, outer_v6: bool, inner_v6: bool) -> String {
 }
 
 /// Every encap x outer x inner: ping and 16 MB of TCP both ways, outer headers on the wire,
-/// counters.
-fn matrix(encaps: &[Encap]) {
-    let mut p = pair();
+/// counters. Returns the pair for more checks.
+fn matrix(encaps: &[Encap], direct: bool) -> Pair {
+    let mut p = pair(direct);
     for &encap in encaps {
         for outer_v6 in [false, true] {
             p.set_peers(encap, outer_v6);
@@ -245,6 +246,7 @@ fn matrix(encaps: &[Encap]) {
         assert!(c.decapsulated() > 0, "{c:?}");
         assert_eq!(c.bad_checksum.packets, 0, "{c:?}");
     }
+    p
 }
 
 #[test]
@@ -252,7 +254,7 @@ fn ipip_every_family_ping_and_tcp() {
     if !common::privileged("ipip_every_family_ping_and_tcp") {
         return;
     }
-    matrix(&[Encap::Ipip]);
+    matrix(&[Encap::Ipip], false);
 }
 
 #[test]
@@ -260,16 +262,19 @@ fn gre_every_family_ping_and_tcp() {
     if !common::privileged("gre_every_family_ping_and_tcp") {
         return;
     }
-    matrix(&[
-        Encap::Gre {
-            key: None,
-            checksum: false,
-        },
-        Encap::Gre {
-            key: Some(99),
-            checksum: false,
-        },
-    ]);
+    matrix(
+        &[
+            Encap::Gre {
+                key: None,
+                checksum: false,
+            },
+            Encap::Gre {
+                key: Some(99),
+                checksum: false,
+            },
+        ],
+        false,
+    );
 }
 
 /// GRE with checksum (and key) under default offloads: locally sent TCP leaves lwt_xmit with its
@@ -280,10 +285,78 @@ fn gre_checksum_every_family_ping_and_tcp() {
     if !common::privileged("gre_checksum_every_family_ping_and_tcp") {
         return;
     }
-    matrix(&[Encap::Gre {
-        key: Some(7),
-        checksum: true,
-    }]);
+    matrix(
+        &[Encap::Gre {
+            key: Some(7),
+            checksum: true,
+        }],
+        false,
+    );
+}
+
+/// Tunnels loaded with `TunnelBuilder::direct`: the whole matrix (IPv4 in IPv4 leaves by the
+/// inner route's next hop, the other combinations are routed again), then proof that the direct
+/// path skips the outer route lookup: with the outer destinations blackholed in A's routing
+/// table, GRE 4in4 still gets through while 6in4, 6in6 and 4in6 (rerouted) do not.
+#[test]
+fn direct_every_encap_and_family_ping_and_tcp() {
+    if !common::privileged("direct_every_encap_and_family_ping_and_tcp") {
+        return;
+    }
+    let gre = Encap::Gre {
+        key: None,
+        checksum: false,
+    };
+    let mut p = matrix(&[Encap::Ipip, gre, Encap::Udp { port: FOU_PORT }], true);
+    let a = p.net.ns(0);
+    common::ip(
+        a,
+        &["route", "add", "blackhole", &format!("{}/32", OUTER4[1])],
+    );
+    common::ip(
+        a,
+        &[
+            "-6",
+            "route",
+            "add",
+            "blackhole",
+            &format!("{}/128", OUTER6[1]),
+        ],
+    );
+    let ping = |p: &Pair, table: [&str; 2]| {
+        common::ping_with(
+            p.net.ns(0),
+            table[1].parse().unwrap(),
+            3,
+            &["-I", table[0], "-i", "0.1", "-W", "1"],
+        )
+    };
+    p.set_peers(gre, false);
+    let r = ping(&p, INNER4);
+    assert_eq!(
+        r.received, 3,
+        "GRE 4in4 direct past a blackholed outer route\n{}",
+        r.output
+    );
+    let r = ping(&p, INNER6);
+    assert_eq!(
+        r.received, 0,
+        "GRE 6in4 is rerouted into the blackhole\n{}",
+        r.output
+    );
+    p.set_peers(gre, true);
+    let r = ping(&p, INNER6);
+    assert_eq!(
+        r.received, 0,
+        "GRE 6in6 is rerouted into the blackhole\n{}",
+        r.output
+    );
+    let r = ping(&p, INNER4);
+    assert_eq!(
+        r.received, 0,
+        "GRE 4in6 is rerouted into the blackhole\n{}",
+        r.output
+    );
 }
 
 /// The packets `tcpdump -xx` printed: one byte vector per packet, from the Ethernet header.
@@ -316,7 +389,7 @@ fn gre_checksums_on_the_wire_are_right() {
     if !common::privileged("gre_checksums_on_the_wire_are_right") {
         return;
     }
-    let mut p = pair();
+    let mut p = pair(false);
     common::tx_checksum_off(p.net.ns(0), "to1");
     common::tx_checksum_off(p.net.ns(1), "to0");
     let encap = Encap::Gre {
@@ -416,5 +489,5 @@ fn udp_every_family_ping_and_tcp() {
     if !common::privileged("udp_every_family_ping_and_tcp") {
         return;
     }
-    matrix(&[Encap::Udp { port: FOU_PORT }]);
+    matrix(&[Encap::Udp { port: FOU_PORT }], false);
 }
