@@ -87,11 +87,13 @@ struct {
 	__type(value, struct lwtun_decap_peer);
 } peers_v6 SEC(".maps");
 
-/* UDP destination ports (network byte order) carrying FOU. */
+/* UDP destination ports carrying FOU: the entry at the port number (host order) is 1. An
+ * array, not a hash: its lookup is inlined by the JIT instead of hashing the key (a hash
+ * lookup measured ~55 ns per packet here); 256 KiB. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 64);
-	__type(key, __u16);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
 	__type(value, __u32);
 } udp_ports SEC(".maps");
 
@@ -302,12 +304,15 @@ int decap_tc(struct __sk_buff *skb)
 		break;
 	case IPPROTO_UDP: {
 		struct udphdr *uh = data + o.l4off;
+		__u32 port, *fou;
 
 		if (o.frag == 2)
 			return PASS(LWTUN_DECAP_EV_NOT_FOR_US);
 		if ((void *)(uh + 1) > data_end)
 			return DROP(LWTUN_DECAP_EV_MALFORMED);
-		if (!bpf_map_lookup_elem(&udp_ports, &uh->dest))
+		port = bpf_ntohs(uh->dest);
+		fou = bpf_map_lookup_elem(&udp_ports, &port);
+		if (!fou || !*fou)
 			return PASS(LWTUN_DECAP_EV_NOT_FOR_US);
 		if (!o.frag && bpf_ntohs(uh->len) != o.ip_end - o.l4off)
 			return DROP(LWTUN_DECAP_EV_MALFORMED);

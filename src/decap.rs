@@ -662,7 +662,7 @@ impl Decap {
     ///
     /// # Errors
     ///
-    /// InvalidInput for port 0; the kernel's error (64 ports at most).
+    /// InvalidInput for port 0; the kernel's error otherwise.
     pub fn add_udp_port(&mut self, port: u16) -> Result<()> {
         if port == 0 {
             return Err(Error::invalid_input(
@@ -670,10 +670,11 @@ impl Decap {
                 "port 0 is not a destination port",
             ));
         }
+        // An array indexed by the port number (host order): 1 = FOU.
         self.map("udp_ports")?
             .update(
-                &port.to_be().to_ne_bytes(),
-                &0u32.to_ne_bytes(),
+                &u32::from(port).to_ne_bytes(),
+                &1u32.to_ne_bytes(),
                 MapFlags::ANY,
             )
             .map_err(|e| Error::bpf("add decap UDP port", e).with_object(port.to_string()))
@@ -685,12 +686,18 @@ impl Decap {
     ///
     /// NotFound when the port was not added.
     pub fn remove_udp_port(&mut self, port: u16) -> Result<()> {
-        self.map("udp_ports")?
-            .delete(&port.to_be().to_ne_bytes())
-            .map_err(|e| {
-                Error::other(ErrorKind::NotFound, "remove decap UDP port", e.to_string())
-                    .with_object(port.to_string())
-            })
+        let op = "remove decap UDP port";
+        let map = self.map("udp_ports")?;
+        let key = u32::from(port).to_ne_bytes();
+        let set = map
+            .lookup(&key, MapFlags::ANY)
+            .map_err(|e| Error::bpf(op, e).with_object(port.to_string()))?
+            .is_some_and(|v| v.iter().any(|&b| b != 0));
+        if !set {
+            return Err(Error::not_found(op, format!("UDP port {port}")));
+        }
+        map.update(&key, &0u32.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|e| Error::bpf(op, e).with_object(port.to_string()))
     }
 
     /// Writes a decapsulated GRE packet's key to `skb->mark` (for policy routing or firewall
