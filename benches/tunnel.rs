@@ -19,7 +19,9 @@
 //!
 //! Run as root: `cargo bench --bench tunnel` (`LWTUN_BENCH_SECS`, `LWTUN_BENCH_ROUNDS`,
 //! `LWTUN_BENCH_MODES`: a comma-separated list of mode names to run besides plain routing, and
-//! `LWTUN_BENCH_UDP_ONLY=1` to skip the TCP streams and `LWTUN_BENCH_NO_PLAIN=1` to leave plain
+//! `LWTUN_BENCH_UNCONNECTED=1` to send the UDP datagrams from an unconnected socket (sendto: a
+//! route lookup per datagram, and no socket hash on the packet), `LWTUN_BENCH_UDP_ONLY=1` to
+//! skip the TCP streams and `LWTUN_BENCH_NO_PLAIN=1` to leave plain
 //! routing out, e.g. to profile one mode under `perf record`).
 
 use std::io::{Read, Write};
@@ -318,11 +320,14 @@ fn udp(p: &Pair, secs: f64) -> (f64, f64) {
             }
         }
     });
+    let unconnected = std::env::var("LWTUN_BENCH_UNCONNECTED").is_ok_and(|v| v == "1");
     let tx =
         p.a.run(|| {
             let s = UdpSocket::bind("10.70.0.1:0").map_err(|e| lwtun::Error::io("bind", e))?;
-            s.connect(target)
-                .map_err(|e| lwtun::Error::io("connect", e))?;
+            if !unconnected {
+                s.connect(target)
+                    .map_err(|e| lwtun::Error::io("connect", e))?;
+            }
             Ok(s)
         })
         .unwrap();
@@ -333,7 +338,12 @@ fn udp(p: &Pair, secs: f64) -> (f64, f64) {
     while start.elapsed().as_secs_f64() < secs {
         // 64 sends between clock reads keep the clock's cost out of the per-packet figure
         for _ in 0..64 {
-            if tx.send(&payload).is_ok() {
+            let r = if unconnected {
+                tx.send_to(&payload, target)
+            } else {
+                tx.send(&payload)
+            };
+            if r.is_ok() {
                 sent += 1;
             }
         }

@@ -10,7 +10,8 @@
  *   inner IPv4/IPv6 ──► peers_vN (LPM) ──► [outer IPv4|IPv6][GRE (+csum, +key) | UDP | -][inner]
  *
  * Encapsulations: IP-in-IP (next header 4 or 41), GRE (RFC 2784/2890, optional checksum and key)
- * and UDP (FOU, source port from the flow hash). Outer TTL/TOS fixed per peer or inherited from the
+ * and UDP (FOU, source port from a hash of the inner addresses, protocol and ports: flow_hash).
+ * Outer TTL/TOS fixed per peer or inherited from the
  * inner packet. The outer IPv4 header carries DF; the route's headroom makes the path MTU right.
  *
  * ## GRE checksum
@@ -123,7 +124,43 @@ struct inner {
 	__u8 v6;
 	__u8 ttl;
 	__u8 tos;
+	__u32 hash; /* flow hash of the inner addresses, protocol and ports (flow_hash) */
 };
+
+/* murmur3's finaliser: every input bit moves about half of the output bits. */
+static __always_inline __u32 mix32(__u32 h)
+{
+	h ^= h >> 16;
+	h *= 0x85ebca6b;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35;
+	h ^= h >> 16;
+	return h;
+}
+
+/*
+ * The inner flow's hash for the UDP source port, from headers lookup() has already parsed: the
+ * addresses (`a` words of each), the protocol, and for TCP/UDP (not a later fragment) the two
+ * ports at `l4`. One flow always gets one value, whatever skb->hash holds. It replaces
+ * bpf_get_hash_recalc(), which runs the flow dissector for every packet of an unconnected
+ * socket or a forwarded packet without a hash (a connected socket's skb carries sk_txhash).
+ */
+static __always_inline __u32 flow_hash(const __u32 *src, const __u32 *dst, int words, __u8 proto,
+				       const void *l4, int ports, void *data_end)
+{
+	__u32 h = proto;
+	int i;
+
+#pragma unroll
+	for (i = 0; i < 4; i++) {
+		if (i >= words)
+			break;
+		h = mix32(h ^ src[i]) ^ dst[i];
+	}
+	if (ports && (proto == IPPROTO_TCP || proto == IPPROTO_UDP) && l4 + 4 <= data_end)
+		h ^= *(const __u32 *)l4 * 0x9e3779b1;
+	return mix32(h);
+}
 
 static __always_inline void count_event(__u32 ev, __u32 len)
 {
@@ -163,6 +200,8 @@ static __always_inline struct lwtun_peer *lookup(struct __sk_buff *skb, __u32 of
 		in->v6 = 0;
 		in->ttl = iph->ttl;
 		in->tos = iph->tos;
+		in->hash = flow_hash(&iph->saddr, &iph->daddr, 1, iph->protocol, nh.pos,
+				     !ip_is_fragment(iph), data_end);
 		__builtin_memcpy(k.addr, &iph->daddr, 4);
 		return bpf_map_lookup_elem(&peers_v4, &k);
 	}
@@ -177,6 +216,9 @@ static __always_inline struct lwtun_peer *lookup(struct __sk_buff *skb, __u32 of
 		in->v6 = 1;
 		in->ttl = ip6h->hop_limit;
 		in->tos = (ip6h->priority << 4) | (ip6h->flow_lbl[0] >> 4);
+		/* ports only right after the fixed header (no extension headers parsed here) */
+		in->hash = flow_hash((__u32 *)&ip6h->saddr, (__u32 *)&ip6h->daddr, 4, ip6h->nexthdr,
+				     nh.pos, 1, data_end);
 		__builtin_memcpy(k.addr, &ip6h->daddr, 16);
 		return bpf_map_lookup_elem(&peers_v6, &k);
 	}
@@ -246,7 +288,7 @@ static __always_inline __u32 build(struct __sk_buff *skb, const struct lwtun_pee
 	}
 	case LWTUN_ENCAP_UDP: {
 		struct udp_hdr *u = (void *)(hdr + ip_len);
-		__u32 hash = bpf_get_hash_recalc(skb);
+		__u32 hash = in->hash;
 
 		next = IPPROTO_UDP_;
 		l4_len = 8;

@@ -222,6 +222,32 @@ fn udp_source_port_follows_the_flow() {
         ports.len() > 20,
         "flows spread over source ports: {ports:?}"
     );
+    // IPv6 inner packets: the ports count too (the hash is the encap's own, from the inner
+    // addresses, protocol and ports, not the skb's).
+    let ports6: std::collections::BTreeSet<u16> = (1..=40u8)
+        .map(|i| {
+            let mut f = frame6(D6);
+            f[14 + 40 + 1] = i; // low byte of the inner UDP source port
+            sport(&f)
+        })
+        .collect();
+    assert!(
+        ports6.len() > 20,
+        "IPv6 flows spread over source ports: {ports6:?}"
+    );
+    // A later IPv4 fragment carries no ports: what sits there does not move the hash.
+    let later_fragment = |b: u8| {
+        let mut f = frame4(D4);
+        f[14 + 6] = 0x00;
+        f[14 + 7] = 0x10; // fragment offset 16 bytes
+        f[14 + 20] = b;
+        sport(&f)
+    };
+    assert_eq!(
+        later_fragment(1),
+        later_fragment(2),
+        "a later fragment's payload is not a port"
+    );
 }
 
 #[test]
