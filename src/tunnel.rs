@@ -13,6 +13,10 @@
 //! The receiving side strips the header with the BPF decap at tc ingress (`crate::decap`), so no
 //! kernel tunnel device (ipip/gre modules) is needed at either end.
 //!
+//! After the encap the kernel routes the packet again by its outer destination
+//! (`BPF_LWT_REROUTE`). A tunnel built with [`TunnelBuilder::direct`] skips that second lookup
+//! for IPv4 in IPv4: the outer packet leaves by the inner route's own next hop.
+//!
 //! # TCP over IP-in-IP on Linux 6.18
 //!
 //! `bpf_lwt_push_encap` hands a TCP GSO packet to segmentation by its outer next header
