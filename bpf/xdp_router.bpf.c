@@ -143,6 +143,32 @@ static __always_inline int slot_matches(const struct lwtun_xdp_route_slot *slot,
 		(a[5] ^ b[5])) == 0;
 }
 
+/* Redirects the frame through the port `egress` with the TTL / hop limit decremented and the
+ * MACs rewritten; a device that is not a port leaves the frame untouched for the stack. The
+ * redirect happens after we return, so the rewrite after bpf_redirect_map is in time. */
+static __always_inline __u32 forward(struct xdp_md *ctx, struct ethhdr *eth, struct iphdr *iph,
+				     struct ipv6hdr *ip6h, __u32 egress, const __u8 *smac,
+				     const __u8 *dmac)
+{
+	__u32 action = bpf_redirect_map(&ports, egress, XDP_PASS);
+
+	if (action != XDP_REDIRECT)
+		return verdict(ctx, action);
+	if (iph)
+		ip_decrease_ttl(iph);
+	else if (ip6h)
+		ip6h->hop_limit--;
+	__builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, smac, ETH_ALEN);
+	return verdict(ctx, action);
+}
+
+/* The slot index of a flow (IPv4 addresses are in word 0, the other words are zero). */
+static __always_inline __u32 slot_index(__u32 x)
+{
+	return (x ^ (x >> 10) ^ (x >> 20) ^ (x >> 30)) & (ROUTE_CACHE_SLOTS - 1);
+}
+
 SEC("xdp")
 int xdp_router(struct xdp_md *ctx)
 {
@@ -155,7 +181,7 @@ int xdp_router(struct xdp_md *ctx)
 	struct hdr_cursor nh = { .pos = data };
 	struct ipv6hdr *ip6h = NULL;
 	struct iphdr *iph = NULL;
-	__u32 zero = 0, action, egress, idx;
+	__u32 zero = 0, idx;
 	__u16 tot_len;
 	__u64 now = 0;
 	int rc;
@@ -174,6 +200,33 @@ int xdp_router(struct xdp_md *ctx)
 			count_fib(LWTUN_FIB_TTL_EXPIRED);
 			return verdict(ctx, XDP_PASS);
 		}
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+		/* IPv4 cache probe, straight from the header: the slot's words 8..56 as this CPU
+		 * lays them out (generation | ingress << 32, tos | family << 32 | protocol << 40,
+		 * source, 0, destination, 0). A miss falls through to the general path. */
+		cfg = bpf_map_lookup_elem(&route_cache_cfg, &zero);
+		if (cfg && cfg->gen && cfg->max_age_ns) {
+			__u32 in = ctx->ingress_ifindex, saddr = iph->saddr, daddr = iph->daddr;
+
+			idx = slot_index(saddr ^ daddr ^ in);
+			slot = bpf_map_lookup_elem(&route_cache, &idx);
+			if (slot) {
+				const __u64 *w = (const __u64 *)&slot->gen;
+				__u64 w0 = cfg->gen | (__u64)in << 32;
+				__u64 w1 = iph->tos | (__u64)AF_INET << 32 | (__u64)iph->protocol << 40;
+
+				if (((w[0] ^ w0) | (w[1] ^ w1) | (w[2] ^ saddr) | w[3] | (w[4] ^ daddr) |
+				     w[5]) == 0 &&
+				    cache_now() - slot->filled < cache_max_age(cfg) &&
+				    bpf_ntohs(iph->tot_len) <= slot->mtu) {
+					count_fib(LWTUN_FIB_CACHE_HIT);
+					return forward(ctx, eth, iph, NULL, slot->egress, slot->smac,
+						       slot->dmac);
+				}
+			}
+			slot = NULL;
+		}
+#endif
 		key.family = AF_INET;
 		key.flowinfo = iph->tos;
 		key.proto = iph->protocol;
@@ -204,18 +257,14 @@ int xdp_router(struct xdp_md *ctx)
 	cfg = bpf_map_lookup_elem(&route_cache_cfg, &zero);
 	if (cfg && cfg->gen && cfg->max_age_ns) {
 		key.gen = cfg->gen;
-		idx = key.dst[3] ^ key.src[3] ^ key.dst[0] ^ key.src[0] ^ key.ifindex;
-		idx = (idx ^ (idx >> 10) ^ (idx >> 20) ^ (idx >> 30)) & (ROUTE_CACHE_SLOTS - 1);
+		idx = slot_index(key.dst[3] ^ key.src[3] ^ key.dst[0] ^ key.src[0] ^ key.ifindex);
 		slot = bpf_map_lookup_elem(&route_cache, &idx);
 		now = cache_now();
 		if (slot && slot_matches(slot, &key) && now - slot->filled < cache_max_age(cfg) &&
 		    tot_len <= slot->mtu) {
-			egress = slot->egress;
-			__builtin_memcpy(key.smac, slot->smac, ETH_ALEN);
-			__builtin_memcpy(key.dmac, slot->dmac, ETH_ALEN);
 			/* Counted as a hit only; user space adds hits to SUCCESS. */
 			count_fib(LWTUN_FIB_CACHE_HIT);
-			goto forward;
+			return forward(ctx, eth, iph, ip6h, slot->egress, slot->smac, slot->dmac);
 		}
 	}
 
@@ -241,32 +290,18 @@ int xdp_router(struct xdp_md *ctx)
 	count_fib(rc < 0 ? LWTUN_FIB_RESULTS - 1 : (__u32)rc);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
 		return verdict(ctx, rc < 0 ? XDP_PASS : fib_fallback(rc));
-	egress = fib.ifindex;
-	__builtin_memcpy(key.smac, fib.smac, ETH_ALEN);
-	__builtin_memcpy(key.dmac, fib.dmac, ETH_ALEN);
 	if (slot) {
 		/* The generation was read before the lookup: a fill racing with a flush is tagged
 		 * with the old generation and never used. */
 		key.filled = now;
-		key.egress = egress;
+		key.egress = fib.ifindex;
 		key.mtu = fib.mtu_result;
+		__builtin_memcpy(key.smac, fib.smac, ETH_ALEN);
+		__builtin_memcpy(key.dmac, fib.dmac, ETH_ALEN);
 		*slot = key;
 	}
-
-forward:
-	/* Only devices the user made ports are forwarded here; the rest take the stack's path
-	 * (the miss action is XDP_PASS, and the frame is then left as it came). The redirect
-	 * happens after we return, so the rewrite below is in time, and one devmap lookup does. */
-	action = bpf_redirect_map(&ports, egress, XDP_PASS);
-	if (action != XDP_REDIRECT)
-		return verdict(ctx, action);
-	if (iph)
-		ip_decrease_ttl(iph);
-	else if (ip6h)
-		ip6h->hop_limit--;
-	__builtin_memcpy(eth->h_dest, key.dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, key.smac, ETH_ALEN);
-	return verdict(ctx, action);
+	/* Only devices the user made ports are forwarded here; the rest take the stack's path. */
+	return forward(ctx, eth, iph, ip6h, fib.ifindex, fib.smac, fib.dmac);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
