@@ -952,6 +952,30 @@ fn router_namespace(
             "permanent",
         ],
     );
+    common::ip(
+        &ns,
+        &["-6", "addr", "add", "fd00::fe/64", "dev", "in0", "nodad"],
+    );
+    common::ip(
+        &ns,
+        &["-6", "addr", "add", "fd02::1/64", "dev", "out0", "nodad"],
+    );
+    common::ip(
+        &ns,
+        &[
+            "-6",
+            "neigh",
+            "add",
+            "fd02::2",
+            "lladdr",
+            nb_mac,
+            "dev",
+            "out0",
+            "nud",
+            "permanent",
+        ],
+    );
+    ns.set_sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
     ns.set_sysctl("net.ipv4.ip_forward", "1").unwrap();
     let idx = |dev: &str| -> u32 {
         common::ip(&ns, &["-o", "link", "show", "dev", dev])
@@ -1059,6 +1083,27 @@ fn router_route_cache_hits_ages_out_and_flushes() {
         set_nb("02:00:00:00:00:97");
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(run(&v4)?.1, nb(0x97));
+
+        // IPv6 flows are cached the same way (hop limit decremented on a hit too).
+        let dst6: Ipv6Addr = "fd02::2".parse().unwrap();
+        let v6 = eth(
+            R_MAC,
+            A_MAC,
+            0x86dd,
+            &ipv6(V6_A, dst6, 58, 64, &icmp6(V6_A, dst6, 128, b"x")),
+        );
+        let hits = router.fib_stats()?.cache_hits;
+        let first = run(&v6)?;
+        assert_eq!(
+            first,
+            (XdpAction::Redirect, nb(0x99), hits),
+            "{:?}",
+            router.fib_stats()?
+        );
+        let out = router.program().test_run_repeat(&v6, 1, Some(in0))?;
+        assert_eq!(out.action, XdpAction::Redirect);
+        assert_eq!(out.data[21], 63, "hop limit decremented on a hit");
+        assert_eq!(router.fib_stats()?.cache_hits, hits + 1);
 
         // Off again: a change applies to the next frame.
         router.set_route_cache(None)?;
