@@ -864,3 +864,67 @@ fn batch_peers_carry_traffic_and_removal_falls_back() {
     assert_eq!(a.peers().stats(net("10.20.0.0/16")).unwrap().packets, 3);
     assert_eq!(decap.counters().unwrap().decapsulated(), 6, "six replies");
 }
+
+/// Counter slots an adopted table hands out start at zero, also the ones above every slot in
+/// use: the process before may have used and freed them, leaving counts behind in the pinned
+/// counters (written here directly, as traffic would have).
+#[test]
+fn adopted_table_hands_out_zeroed_counters() {
+    if !common::privileged("adopted_table_hands_out_zeroed_counters") {
+        return;
+    }
+    let folder = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/lwtun-test-peers-{}",
+        std::process::id()
+    ));
+    let hosts: Vec<IpNetwork> = (0..10u32)
+        .map(|i| IpNetwork::new(IpAddr::from((0x0a00_0000 | i).to_be_bytes()), 32).unwrap())
+        .collect();
+    let mut first = Tunnel::builder().capacity(64).pin(&folder).load().unwrap();
+    first.peers_mut().insert_batch(&keyed(&hosts)).unwrap();
+    let stats = table_map(&first, "peer_stats");
+    let cpus = libbpf_rs::num_possible_cpus().unwrap();
+    let mut counts = vec![0u8; 24];
+    counts[..8].copy_from_slice(&7u64.to_ne_bytes());
+    for slot in 0..10u32 {
+        stats
+            .update_percpu(
+                &slot.to_ne_bytes(),
+                &vec![counts.clone(); cpus],
+                MapFlags::ANY,
+            )
+            .unwrap();
+    }
+    assert_eq!(
+        first.peers().stats(hosts[9]).unwrap().packets,
+        7 * cpus as u64
+    );
+    // The upper half goes: its slots are the highest in use.
+    first.peers_mut().remove_batch(&hosts[5..]).unwrap();
+    first.keep_pinned();
+    drop(first);
+
+    let mut second = Tunnel::builder().pin(&folder).load().unwrap();
+    assert!(second.adopted());
+    assert_eq!(second.peers().len(), 5);
+    assert_eq!(
+        second.peers().stats(hosts[0]).unwrap().packets,
+        7 * cpus as u64,
+        "adopted peers keep their counts"
+    );
+    let new: Vec<IpNetwork> = (0..4u32)
+        .map(|i| IpNetwork::new(IpAddr::from((0x0b00_0000 | i).to_be_bytes()), 32).unwrap())
+        .collect();
+    second.peers_mut().insert_batch(&keyed(&new[..3])).unwrap();
+    second
+        .peers_mut()
+        .insert(new[3], keyed(&new[3..])[0].1)
+        .unwrap();
+    for p in &new {
+        assert_eq!(
+            second.peers().stats(*p).unwrap(),
+            lwtun::peer::PeerStats::default(),
+            "{p} starts at zero"
+        );
+    }
+}
