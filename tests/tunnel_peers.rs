@@ -7,7 +7,8 @@
 //!   GSO path refuses the packets and the stream stalls), which is what `Tunnel` attaches;
 //! - batch inserts and removals: peers from a large shuffled batch carry traffic, removing them
 //!   falls back to the shorter prefix; the input order does not change the table; a batch the
-//!   kernel refuses midway (insert or removal) leaves the table as it was.
+//!   kernel refuses midway (insert or removal) leaves the table as it was; an adopted table
+//!   hands out counter slots at zero.
 
 mod common;
 
