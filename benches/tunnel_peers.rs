@@ -22,7 +22,7 @@
 //! What the kernel's LPM insert costs depend on (measured here, 1M IPv4 keys, 48-byte values,
 //! 6.18, medians of 5): keys per batch call (1: 0.55M/s, 16: 0.78M/s, 128 and up: 0.82-0.86M/s,
 //! flat to 1M per call); order (shuffled keys take 1.9x as long as sorted ones, for /32s, /24s,
-//! mixed /16-/32 and keys spread over the whole space alike; descending is as cheap as
+//! mixed /16-/32 and keys spread over the whole space alike; descending is about as cheap as
 //! ascending); prefix lengths little (mixed /16-/32 sorted is the cheapest); CPUs (two threads
 //! on halves of the sorted keys reach 1.9M/s when both CPUs are free, nothing when another
 //! process holds one). Map flags offer nothing: an LPM trie must be `BPF_F_NO_PREALLOC`, and
