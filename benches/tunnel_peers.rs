@@ -194,11 +194,22 @@ fn tunnel(n: u32) -> Tunnel {
     Tunnel::builder().capacity(n).load().expect("load tunnel")
 }
 
-/// Drops a filled table and gives the kernel time to free it (the trie is freed by a worker
-/// after the last reference goes, which would otherwise run during the next case).
+/// Drops a filled table and waits until the kernel has freed it: a kernel worker frees the trie
+/// after the last reference goes, node by node, for most of a second at 1M peers, and would
+/// otherwise hold a CPU during the next case (the two-thread cases then gain nothing). Done when
+/// the kernel's slab and per-CPU memory stop shrinking.
 fn settle<T>(filled: T, n: u32) {
     drop(filled);
-    std::thread::sleep(Duration::from_millis(50 + u64::from(n / 2000)));
+    let start = Instant::now();
+    let mut last = kernel_memory();
+    loop {
+        std::thread::sleep(Duration::from_millis(20 + u64::from(n / 20_000)));
+        let now = kernel_memory();
+        if last.saturating_sub(now) < 256 * 1024 || start.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+        last = now;
+    }
 }
 
 /// The cases of one size; each returns seconds for `n` inserts (removals).
