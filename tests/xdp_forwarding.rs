@@ -6,27 +6,12 @@ mod common;
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use common::{ip, line, netns, ping, tcp_stream, two_hosts};
+use common::{ifindex, ip, line, mac, netns, ping, tcp_stream, two_hosts};
 use lwtun::netns::NetNs;
 use lwtun::xdp::{
     AttachVia, IcmpEcho, RedirectRule, Stage, XdpAction, XdpAttachment, XdpMode, XdpOptions,
     XdpPass, XdpRedirect, XdpRouter,
 };
-
-fn ifindex(ns: &NetNs, dev: &str) -> u32 {
-    let out = ip(ns, &["-o", "link", "show", "dev", dev]);
-    out.split(':').next().unwrap().trim().parse().unwrap()
-}
-
-fn mac(ns: &NetNs, dev: &str) -> [u8; 6] {
-    let out = ip(ns, &["-o", "link", "show", "dev", dev]);
-    let s = out.split("link/ether ").nth(1).expect("an Ethernet device");
-    let mut m = [0u8; 6];
-    for (i, part) in s[..17].split(':').enumerate() {
-        m[i] = u8::from_str_radix(part, 16).unwrap();
-    }
-    m
-}
 
 fn mac_str(m: &[u8; 6]) -> String {
     m.iter()

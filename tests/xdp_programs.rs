@@ -622,87 +622,9 @@ fn router_rewrites_ttl_checksum_and_macs_on_success() {
     // A namespace with two veths, forwarding on, and permanent neighbours behind `out0`: the
     // lookup succeeds and the router must decrement TTL / hop limit (IPv4 checksum still valid)
     // and write the neighbour's and the egress device's MACs.
-    let ns = common::netns("xrs");
-    let peer = common::netns("xrp");
-    for (dev, p) in [("in0", "p0"), ("out0", "p1")] {
-        common::ip(
-            &ns,
-            &[
-                "link",
-                "add",
-                dev,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                p,
-                "netns",
-                peer.name(),
-            ],
-        );
-        common::ip(&ns, &["link", "set", dev, "up"]);
-    }
-    common::ip(&ns, &["addr", "add", "10.1.0.254/24", "dev", "in0"]);
-    common::ip(
-        &ns,
-        &["-6", "addr", "add", "fd00::fe/64", "dev", "in0", "nodad"],
-    );
-    common::ip(&ns, &["addr", "add", "10.2.0.1/24", "dev", "out0"]);
-    common::ip(
-        &ns,
-        &["-6", "addr", "add", "fd02::1/64", "dev", "out0", "nodad"],
-    );
     let nb_mac = "02:00:00:00:00:99";
-    common::ip(
-        &ns,
-        &[
-            "neigh",
-            "add",
-            "10.2.0.2",
-            "lladdr",
-            nb_mac,
-            "dev",
-            "out0",
-            "nud",
-            "permanent",
-        ],
-    );
-    common::ip(
-        &ns,
-        &[
-            "-6",
-            "neigh",
-            "add",
-            "fd02::2",
-            "lladdr",
-            nb_mac,
-            "dev",
-            "out0",
-            "nud",
-            "permanent",
-        ],
-    );
-    ns.set_sysctl("net.ipv4.ip_forward", "1").unwrap();
-    ns.set_sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
-    let idx = |dev: &str| -> u32 {
-        common::ip(&ns, &["-o", "link", "show", "dev", dev])
-            .split(':')
-            .next()
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    let (in0, out0) = (idx("in0"), idx("out0"));
-    let out_mac = {
-        let o = common::ip(&ns, &["-o", "link", "show", "dev", "out0"]);
-        let s = o.split("link/ether ").nth(1).unwrap()[..17].to_string();
-        let mut m = [0u8; 6];
-        for (i, p) in s.split(':').enumerate() {
-            m[i] = u8::from_str_radix(p, 16).unwrap();
-        }
-        m
-    };
+    let (ns, peer, in0, out0) = router_namespace("xrs", nb_mac);
+    let out_mac = common::mac(&ns, "out0");
     let router = XdpRouter::load().unwrap();
     ns.run(|| router.add_port(out0)).unwrap();
 
@@ -977,16 +899,7 @@ fn router_namespace(
     );
     ns.set_sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
     ns.set_sysctl("net.ipv4.ip_forward", "1").unwrap();
-    let idx = |dev: &str| -> u32 {
-        common::ip(&ns, &["-o", "link", "show", "dev", dev])
-            .split(':')
-            .next()
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    let (in0, out0) = (idx("in0"), idx("out0"));
+    let (in0, out0) = (common::ifindex(&ns, "in0"), common::ifindex(&ns, "out0"));
     (ns, peer, in0, out0)
 }
 

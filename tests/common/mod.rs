@@ -103,6 +103,30 @@ pub fn ip(ns: &NetNs, args: &[&str]) -> String {
     try_ip(ns, args).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The interface index of device `dev` inside `ns`, as `ip link` shows it.
+pub fn ifindex(ns: &NetNs, dev: &str) -> u32 {
+    // Not /sys/class/net: sysfs shows the namespace that mounted it, not the caller's.
+    let out = ip(ns, &["-o", "link", "show", "dev", dev]);
+    out.split(':')
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no ifindex in {out:?}"))
+}
+
+/// The Ethernet address of device `dev` inside `ns`, as `ip link` shows it.
+pub fn mac(ns: &NetNs, dev: &str) -> [u8; 6] {
+    let out = ip(ns, &["-o", "link", "show", "dev", dev]);
+    let s = out
+        .split("link/ether ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{dev} is not an Ethernet device: {out:?}"));
+    let mut m = [0u8; 6];
+    for (i, part) in s[..17].split(':').enumerate() {
+        m[i] = u8::from_str_radix(part, 16).unwrap();
+    }
+    m
+}
+
 /// Runs `ip ARGS` inside `ns`; `Err` carries the command and its stderr.
 pub fn try_ip(ns: &NetNs, args: &[&str]) -> Result<String, String> {
     run_in(ns, "ip", args)
@@ -234,12 +258,7 @@ impl Line {
 
     /// The interface index of device `dev` inside namespace `i`.
     pub fn ifindex(&self, i: usize, dev: &str) -> u32 {
-        // Not /sys/class/net: sysfs shows the namespace that mounted it, not the caller's.
-        let out = ip(&self.ns[i], &["-o", "link", "show", "dev", dev]);
-        out.split(':')
-            .next()
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no ifindex in {out:?}"))
+        ifindex(&self.ns[i], dev)
     }
 }
 
