@@ -23,7 +23,7 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
@@ -525,18 +525,66 @@ impl Family for V6 {
 /// caller's input.
 type ValueFn<'a> = dyn Fn(usize, u32) -> lwtun_peer + Sync + 'a;
 
-/// What one worker did: the entries `start..start + done` of the batch were applied, and
-/// `error` stopped it.
+/// What a worker did with a contiguous part of the batch: the entries `start..start + done`
+/// were applied, and `error` stopped it.
 struct Share {
     start: usize,
     done: usize,
     error: Option<io::Error>,
 }
 
+/// The chunks of one worker's range of a batch that nobody has taken yet: its owner takes them
+/// from the front (in table order), a worker done with its own range takes them from the back.
+struct Range {
+    start: usize,
+    len: usize,
+    /// The next chunk from the front (high half) and one past the next from the back (low
+    /// half).
+    left: AtomicU64,
+}
+
+impl Range {
+    fn new(start: usize, len: usize) -> Self {
+        Range {
+            start,
+            len,
+            left: AtomicU64::new(len.div_ceil(BATCH_CHUNK) as u64),
+        }
+    }
+
+    /// Takes the first (`front`) or the last chunk not yet taken, as its entries of the batch.
+    fn take(&self, front: bool) -> Option<std::ops::Range<usize>> {
+        let mut now = self.left.load(Ordering::Relaxed);
+        loop {
+            let (first, end) = (now >> 32, now & 0xffff_ffff);
+            if first >= end {
+                return None;
+            }
+            let (chunk, next) = if front {
+                (first, ((first + 1) << 32) | end)
+            } else {
+                (end - 1, (first << 32) | (end - 1))
+            };
+            match self
+                .left
+                .compare_exchange_weak(now, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => {
+                    let from = chunk as usize * BATCH_CHUNK;
+                    let to = (from + BATCH_CHUNK).min(self.len);
+                    return Some(self.start + from..self.start + to);
+                }
+                Err(seen) => now = seen,
+            }
+        }
+    }
+}
+
 /// Applies a sorted batch to the table `fd`: writes each entry with the value `value` gives,
 /// or deletes it when `value` is `None`. Contiguous ranges go to up to `workers` threads (the
-/// calling one included); each encodes chunks of [`BATCH_CHUNK`] entries into buffers of its
-/// own, one syscall per chunk, and all stop at the first error.
+/// calling one included); each writes its range in chunks of [`BATCH_CHUNK`] entries, one
+/// syscall per chunk, then takes chunks from the back of ranges others have not finished (so
+/// that all finish together, whatever else the CPUs run); all stop at the first error.
 fn run<F: Family>(
     fd: RawFd,
     batch: &[(F::Key, u32)],
@@ -546,77 +594,116 @@ fn run<F: Family>(
     let ways = workers.min(batch.len() / MIN_PER_WORKER).max(1);
     let stop = AtomicBool::new(false);
     if ways == 1 {
-        return vec![run_range::<F>(fd, batch, 0, value, &stop)];
+        return work::<F>(fd, batch, &[Range::new(0, batch.len())], 0, value, &stop);
     }
     let per = batch.len().div_ceil(ways);
-    let range = |start: usize| &batch[start..(start + per).min(batch.len())];
+    let ranges: Vec<Range> = (0..batch.len())
+        .step_by(per)
+        .map(|start| Range::new(start, per.min(batch.len() - start)))
+        .collect();
     std::thread::scope(|scope| {
-        let stop = &stop;
-        let mut threads = Vec::new();
-        let mut here = vec![0];
-        for start in (per..batch.len()).step_by(per) {
-            let part = range(start);
-            match std::thread::Builder::new()
-                .name("lwtun-peers".into())
-                .spawn_scoped(scope, move || run_range::<F>(fd, part, start, value, stop))
-            {
-                Ok(t) => threads.push(t),
-                // No thread to be had: this one does that range too.
-                Err(_) => here.push(start),
-            }
-        }
-        let mut shares: Vec<Share> = here
-            .into_iter()
-            .map(|start| run_range::<F>(fd, range(start), start, value, stop))
+        let (stop, ranges) = (&stop, &ranges[..]);
+        // A range whose thread cannot be had is taken over by the others.
+        let threads: Vec<_> = (1..ranges.len())
+            .filter_map(|me| {
+                std::thread::Builder::new()
+                    .name("lwtun-peers".into())
+                    .spawn_scoped(scope, move || work::<F>(fd, batch, ranges, me, value, stop))
+                    .ok()
+            })
             .collect();
+        let mut shares = work::<F>(fd, batch, ranges, 0, value, stop);
         for t in threads {
-            shares.push(t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+            shares.extend(t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
         }
         shares
     })
 }
 
-/// One worker's range of a batch (entries `start..` of it), in chunks.
-fn run_range<F: Family>(
+/// One worker of [`run`]: the chunks of range `me` from the front, then those of the others
+/// from the back, until none is left or a worker fails. What it applied, as contiguous parts.
+fn work<F: Family>(
     fd: RawFd,
-    range: &[(F::Key, u32)],
-    start: usize,
+    batch: &[(F::Key, u32)],
+    ranges: &[Range],
+    me: usize,
     value: Option<&ValueFn<'_>>,
     stop: &AtomicBool,
-) -> Share {
-    let chunk = BATCH_CHUNK.min(range.len());
-    let mut keys = Vec::with_capacity(chunk * std::mem::size_of::<lwtun_peer_key6>());
-    let mut values = Vec::with_capacity(match value {
-        Some(_) => chunk * std::mem::size_of::<lwtun_peer>(),
-        None => 0,
-    });
-    let mut done = 0;
-    for part in range.chunks(BATCH_CHUNK) {
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
-        keys.clear();
-        values.clear();
-        for (j, &(key, i)) in part.iter().enumerate() {
-            F::put(&mut keys, key);
-            if let Some(value) = value {
-                values.extend_from_slice(abi::as_bytes(&value(start + done + j, i)));
+) -> Vec<Share> {
+    let entries = ranges.iter().map(|r| r.len).sum();
+    let mut buffers = Buffers::new(entries, value.is_some());
+    let mut shares: Vec<Share> = Vec::new();
+    let n = ranges.len();
+    let order = std::iter::once((me, true)).chain((1..n).map(|d| ((me + d) % n, false)));
+    for (range, front) in order {
+        while let Some(chunk) = ranges[range].take(front) {
+            if stop.load(Ordering::Relaxed) {
+                return shares;
+            }
+            let (start, len) = (chunk.start, chunk.len());
+            let (done, error) = match buffers.apply::<F>(fd, &batch[chunk], start, value) {
+                Ok(()) => (len, None),
+                Err((applied, e)) => {
+                    stop.store(true, Ordering::Relaxed);
+                    (applied, Some(e))
+                }
+            };
+            let failed = error.is_some();
+            match shares.last_mut() {
+                Some(last) if last.error.is_none() && last.start + last.done == start => {
+                    last.done += done;
+                    last.error = error;
+                }
+                _ => shares.push(Share { start, done, error }),
+            }
+            if failed {
+                return shares;
             }
         }
-        if let Err((applied, e)) = batch_call(fd, &keys, value.map(|_| &values[..]), part.len()) {
-            stop.store(true, Ordering::Relaxed);
-            return Share {
-                start,
-                done: done + applied,
-                error: Some(e),
-            };
-        }
-        done += part.len();
     }
-    Share {
-        start,
-        done,
-        error: None,
+    shares
+}
+
+/// A worker's key and value buffers, reused from chunk to chunk.
+struct Buffers {
+    keys: Vec<u8>,
+    values: Vec<u8>,
+}
+
+impl Buffers {
+    /// Buffers for chunks of up to `entries` entries, with `values` or keys only.
+    fn new(entries: usize, values: bool) -> Self {
+        let chunk = BATCH_CHUNK.min(entries);
+        Buffers {
+            keys: Vec::with_capacity(chunk * std::mem::size_of::<lwtun_peer_key6>()),
+            values: Vec::with_capacity(if values {
+                chunk * std::mem::size_of::<lwtun_peer>()
+            } else {
+                0
+            }),
+        }
+    }
+
+    /// Encodes `part` (at most [`BATCH_CHUNK`] entries, the first of them entry `first` of
+    /// the batch) and applies it in one syscall; on error, how many entries the kernel applied
+    /// and the error.
+    fn apply<F: Family>(
+        &mut self,
+        fd: RawFd,
+        part: &[(F::Key, u32)],
+        first: usize,
+        value: Option<&ValueFn<'_>>,
+    ) -> std::result::Result<(), (usize, io::Error)> {
+        self.keys.clear();
+        self.values.clear();
+        for (j, &(key, i)) in part.iter().enumerate() {
+            F::put(&mut self.keys, key);
+            if let Some(value) = value {
+                self.values
+                    .extend_from_slice(abi::as_bytes(&value(first + j, i)));
+            }
+        }
+        batch_call(fd, &self.keys, value.map(|_| &self.values[..]), part.len())
     }
 }
 
@@ -717,13 +804,8 @@ fn delete_present<F: Family>(fd: RawFd, batch: &[(F::Key, u32)]) {
 /// Writes back what each share of a refused batch removal had removed.
 fn rewrite<F: Family>(fd: RawFd, batch: &[(F::Key, u32)], shares: &[Share], value: &ValueFn<'_>) {
     for s in shares {
-        let _ = run_range::<F>(
-            fd,
-            &batch[s.start..s.start + s.done],
-            s.start,
-            Some(value),
-            &AtomicBool::new(false),
-        );
+        let part = [Range::new(s.start, s.done)];
+        let _ = work::<F>(fd, batch, &part, 0, Some(value), &AtomicBool::new(false));
     }
 }
 
@@ -1187,8 +1269,9 @@ impl PeerTable {
     /// table order (by prefix: the kernel's LPM trie takes sorted keys about twice as fast as
     /// shuffled ones), in chunks encoded into reused buffers, and split into contiguous ranges
     /// written by up to [`PeerTable::batch_workers`] threads at once (the trie's inserts run
-    /// in parallel on several CPUs). Counter slots are given in table order too, so the same
-    /// peers inserted into an empty table in any order give the same table.
+    /// in parallel on several CPUs); a thread done with its range takes chunks from the end of
+    /// another's, so that all finish together. Counter slots are given in table order too, so
+    /// the same peers inserted into an empty table in any order give the same table.
     ///
     /// # Errors
     ///
@@ -1568,6 +1651,39 @@ mod tests {
             48,
             "struct lwtun_peer is 48 bytes"
         );
+    }
+
+    #[test]
+    fn range_chunks_are_taken_once_from_either_end() {
+        let len = 3 * BATCH_CHUNK + 5;
+        let r = Range::new(100, len);
+        assert_eq!(r.take(true), Some(100..100 + BATCH_CHUNK));
+        assert_eq!(r.take(false), Some(100 + 3 * BATCH_CHUNK..100 + len));
+        assert_eq!(
+            r.take(false),
+            Some(100 + 2 * BATCH_CHUNK..100 + 3 * BATCH_CHUNK)
+        );
+        assert_eq!(r.take(true), Some(100 + BATCH_CHUNK..100 + 2 * BATCH_CHUNK));
+        assert_eq!(r.take(true), None);
+        assert_eq!(r.take(false), None);
+        assert_eq!(Range::new(0, 0).take(true), None);
+
+        // An owner from the front and two others from the back, at once: every entry once.
+        let len = 1000 * BATCH_CHUNK + 17;
+        let r = Range::new(7, len);
+        let mut taken: Vec<std::ops::Range<usize>> = std::thread::scope(|s| {
+            let r = &r;
+            let side =
+                |front| s.spawn(move || std::iter::from_fn(|| r.take(front)).collect::<Vec<_>>());
+            let all = [side(true), side(false), side(false)];
+            all.into_iter()
+                .flat_map(|t| t.join().unwrap_or_default())
+                .collect()
+        });
+        taken.sort_by_key(|c| c.start);
+        assert_eq!(taken.first().map(|c| c.start), Some(7));
+        assert_eq!(taken.last().map(|c| c.end), Some(7 + len));
+        assert!(taken.windows(2).all(|w| w[0].end == w[1].start));
     }
 
     #[test]
