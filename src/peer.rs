@@ -521,6 +521,74 @@ impl Family for V6 {
     }
 }
 
+/// The IPv4 and the IPv6 keys of a batch, each with the entry's index in the caller's input.
+type Keys = (Vec<(u64, u32)>, Vec<((u64, u64, u8), u32)>);
+
+/// The keys of the `n` prefixes `prefix` gives (it may refuse one), each table's sorted.
+/// A large batch is done in two halves on two threads, merged after; the error is the first
+/// refused entry's, as one pass would find.
+fn sorted_keys(
+    n: usize,
+    workers: usize,
+    prefix: &(dyn Fn(usize) -> Result<IpNetwork> + Sync),
+) -> Result<Keys> {
+    let part = |range: std::ops::Range<usize>| -> Result<Keys> {
+        // Room for all in the IPv4 table (pages not written to cost nothing).
+        let (mut v4, mut v6) = (Vec::with_capacity(range.len()), Vec::new());
+        for i in range {
+            match prefix(i)? {
+                IpNetwork::V4(p) => v4.push((V4::key(&p), i as u32)),
+                IpNetwork::V6(p) => v6.push((V6::key(&p), i as u32)),
+            }
+        }
+        v4.sort_unstable_by_key(|&(k, _)| k);
+        v6.sort_unstable_by_key(|&(k, _)| k);
+        Ok((v4, v6))
+    };
+    if workers < 2 || n < 2 * MIN_PER_WORKER {
+        return part(0..n);
+    }
+    let (first, second) = std::thread::scope(|scope| {
+        let other = std::thread::Builder::new()
+            .name("lwtun-peers".into())
+            .spawn_scoped(scope, || part(n / 2..n));
+        let first = part(0..n / 2);
+        let second = match other {
+            Ok(t) => t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            Err(_) => part(n / 2..n),
+        };
+        (first, second)
+    });
+    let ((a4, a6), (b4, b6)) = (first?, second?);
+    Ok((merge(a4, b4), merge(a6, b6)))
+}
+
+/// Two sorted key lists as one.
+fn merge<K: Ord + Copy>(mut a: Vec<(K, u32)>, b: Vec<(K, u32)>) -> Vec<(K, u32)> {
+    match (a.last(), b.first()) {
+        (Some(&(last, _)), Some(&(first, _))) if last >= first => {}
+        // Input in order, or one side empty: one after the other.
+        _ => {
+            a.extend(b);
+            return a;
+        }
+    }
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while let (Some(&x), Some(&y)) = (a.get(i), b.get(j)) {
+        if x.0 <= y.0 {
+            out.push(x);
+            i += 1;
+        } else {
+            out.push(y);
+            j += 1;
+        }
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+    out
+}
+
 /// The value of a batch entry: from its position in the sorted batch and its index in the
 /// caller's input.
 type ValueFn<'a> = dyn Fn(usize, u32) -> lwtun_peer + Sync + 'a;
@@ -1312,19 +1380,14 @@ impl PeerTable {
                 "more than 2^32 peers in one batch",
             ));
         }
-        let n4 = peers.iter().filter(|(p, _)| p.is_ipv4()).count();
-        let mut v4: Vec<(u64, u32)> = Vec::with_capacity(n4);
-        let mut v6: Vec<((u64, u64, u8), u32)> = Vec::with_capacity(peers.len() - n4);
-        for (i, (prefix, peer)) in peers.iter().enumerate() {
+        let (v4, v6) = sorted_keys(peers.len(), self.batch_workers, &|i| {
+            let (prefix, peer) = &peers[i];
             peer.validate()
                 .map_err(|e| e.with_object(prefix.to_string()))?;
-            match prefix {
-                IpNetwork::V4(n) => v4.push((V4::key(n), i as u32)),
-                IpNetwork::V6(n) => v6.push((V6::key(n), i as u32)),
-            }
-        }
-        self.check_new::<V4>(&mut v4, op)?;
-        self.check_new::<V6>(&mut v6, op)?;
+            Ok(*prefix)
+        })?;
+        self.check_new::<V4>(&v4, op)?;
+        self.check_new::<V6>(&v6, op)?;
 
         let slots = self.take_slots(peers.len(), op)?;
         let (s4, s6) = slots.split_at(v4.len());
@@ -1400,11 +1463,10 @@ impl PeerTable {
 
     /// Sorts the keys of a batch of new peers into table order and checks them: distinct, not
     /// in the table, room for them.
-    fn check_new<F: Family>(&self, keys: &mut [(F::Key, u32)], op: &str) -> Result<()> {
+    fn check_new<F: Family>(&self, keys: &[(F::Key, u32)], op: &str) -> Result<()> {
         if keys.is_empty() {
             return Ok(());
         }
-        keys.sort_unstable_by_key(|&(k, _)| k);
         if let Some(w) = keys.windows(2).find(|w| w[0].0 == w[1].0) {
             return Err(Error::invalid_input(
                 op,
@@ -1465,16 +1527,9 @@ impl PeerTable {
                 "more than 2^32 peers in one batch",
             ));
         }
-        let mut v4: Vec<(u64, u32)> = Vec::new();
-        let mut v6: Vec<((u64, u64, u8), u32)> = Vec::new();
-        for (i, prefix) in prefixes.iter().enumerate() {
-            match prefix {
-                IpNetwork::V4(n) => v4.push((V4::key(n), i as u32)),
-                IpNetwork::V6(n) => v6.push((V6::key(n), i as u32)),
-            }
-        }
-        self.check_present::<V4>(&mut v4, op)?;
-        self.check_present::<V6>(&mut v6, op)?;
+        let (v4, v6) = sorted_keys(prefixes.len(), self.batch_workers, &|i| Ok(prefixes[i]))?;
+        self.check_present::<V4>(&v4, op)?;
+        self.check_present::<V6>(&v6, op)?;
 
         let fd4 = self.v4.as_fd().as_raw_fd();
         let fd6 = self.v6.as_fd().as_raw_fd();
@@ -1527,8 +1582,7 @@ impl PeerTable {
 
     /// Sorts the keys of a batch of peers to remove into table order and checks them: distinct,
     /// each in the table.
-    fn check_present<F: Family>(&self, keys: &mut [(F::Key, u32)], op: &str) -> Result<()> {
-        keys.sort_unstable_by_key(|&(k, _)| k);
+    fn check_present<F: Family>(&self, keys: &[(F::Key, u32)], op: &str) -> Result<()> {
         if let Some(w) = keys.windows(2).find(|w| w[0].0 == w[1].0) {
             return Err(Error::invalid_input(
                 op,
@@ -1651,6 +1705,52 @@ mod tests {
             48,
             "struct lwtun_peer is 48 bytes"
         );
+    }
+
+    #[test]
+    fn batch_keys_sort_alike_on_one_and_two_threads() {
+        assert_eq!(
+            merge(vec![(1u64, 0), (4, 1)], vec![(2, 2), (3, 3), (5, 4)]),
+            { vec![(1, 0), (2, 2), (3, 3), (4, 1), (5, 4)] }
+        );
+        assert_eq!(merge(vec![(1u64, 0)], vec![(1, 1)]), vec![(1, 0), (1, 1)]);
+        assert_eq!(merge(vec![], vec![(1u64, 0)]), vec![(1, 0)]);
+        assert_eq!(merge(vec![(2u64, 0)], vec![]), vec![(2, 0)]);
+
+        // Shuffled IPv4 and IPv6 prefixes, enough for two halves.
+        let n = 5 * MIN_PER_WORKER;
+        let prefixes: Vec<IpNetwork> = (0..n as u32)
+            .map(|i| {
+                // A permutation of 0..n (7919 is prime to n).
+                let i = (u64::from(i) * 7919 % n as u64) as u32;
+                if i % 3 == 0 {
+                    IpNetwork::new(IpAddr::from((u128::from(i) << 64).to_be_bytes()), 64)
+                } else {
+                    IpNetwork::new(IpAddr::from(i.to_be_bytes()), 32)
+                }
+                .unwrap()
+            })
+            .collect();
+        let get = |i: usize| Ok(prefixes[i]);
+        let one = sorted_keys(n, 1, &get).unwrap();
+        let two = sorted_keys(n, 2, &get).unwrap();
+        assert!(one == two, "one and two threads differ");
+        assert_eq!(one.0.len() + one.1.len(), n);
+        assert!(one.0.windows(2).all(|w| w[0].0 < w[1].0));
+        assert!(one.1.windows(2).all(|w| w[0].0 < w[1].0));
+
+        // A prefix in both halves: side by side, for the check that follows to find.
+        let twice = |i: usize| Ok(prefixes[if i == n - 1 { 0 } else { i }]);
+        let (v4, v6) = sorted_keys(n, 2, &twice).unwrap();
+        assert!(v4.windows(2).any(|w| w[0].0 == w[1].0) || v6.windows(2).any(|w| w[0].0 == w[1].0));
+
+        // Refused entries in both halves: the first one's error, as one pass gives.
+        let refuse = |i: usize| match i {
+            7 | 70_000 => Err(Error::invalid_input("test", format!("entry {i}"))),
+            _ => Ok(prefixes[i]),
+        };
+        let err = sorted_keys(n, 2, &refuse).unwrap_err();
+        assert!(err.to_string().contains("entry 7"), "{err}");
     }
 
     #[test]
