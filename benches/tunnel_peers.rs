@@ -31,7 +31,8 @@
 //! any value of 32 to 48 bytes (slabinfo).
 //!
 //! Run as root: `cargo bench --bench tunnel_peers`. `LWTUN_BENCH_PEERS=N` for one size N,
-//! `LWTUN_BENCH_ROUNDS=R` for R rounds (default 5), `LWTUN_BENCH_CASE=NAME` for one case.
+//! `LWTUN_BENCH_ROUNDS=R` for R rounds (default 5), `LWTUN_BENCH_CASE=NAME` for one case
+//! (`NAME|NAME` for several, taking turns: an A/B against the raw floor in the same minutes).
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -469,7 +470,7 @@ fn main() {
         None => vec![100_000, 1_000_000],
     };
     let rounds = env("LWTUN_BENCH_ROUNDS").unwrap_or(5).max(1);
-    // One case only, by its name (for profiling).
+    // Only the cases named (for profiling and A/B runs), separated by '|'.
     let only = std::env::var("LWTUN_BENCH_CASE").ok();
     let workers = tunnel(1).peers().batch_workers();
     println!(
@@ -485,7 +486,10 @@ fn main() {
         let mut runs: Vec<Vec<Timing>> = vec![Vec::new(); CASES.len()];
         for _ in 0..rounds {
             for (i, &(case, name)) in CASES.iter().enumerate() {
-                if only.as_deref().is_none_or(|o| o == name) {
+                if only
+                    .as_deref()
+                    .is_none_or(|o| o.split('|').any(|o| o == name))
+                {
                     runs[i].push(run_case(case, n, &inp));
                 }
             }
