@@ -543,13 +543,20 @@ fn main() {
                 cpu[i] / floor_cpu
             );
         }
-        let lw = of(Case::Lwtun);
+        let (lw, two) = (of(Case::Lwtun), rate[of(Case::RawTwoThreads)]);
         println!(
             "  goal 1M/s and 12x bpftool: lwtun {:.2}M/s, {:.1}x bpftool; raw one-thread floor {:.2}M/s ({:.1}x bpftool)",
             rate[lw] / 1e6,
             rate[lw] / bpftool,
             floor / 1e6,
             floor / bpftool
+        );
+        // What lwtun's threads can reach on this machine: the kernel's own rate on as many CPUs.
+        println!(
+            "  lwtun / raw kernel batch on 2 threads: {:.2} ({:.2}M/s, {:.1}x bpftool)",
+            rate[lw] / two,
+            two / 1e6,
+            two / bpftool
         );
         let mut t = tunnel(n);
         t.peers_mut()
