@@ -8,5 +8,7 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
+# the API docs build without a warning (broken or redundant intra-doc links, bad HTML)
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
 cargo test --lib --bins --tests --examples
 cargo test --doc

@@ -3,7 +3,7 @@
 //! [`Netlink`] is one `NETLINK_ROUTE` socket with extended ACKs on. Message bodies are neli's
 //! typed structs (`Rtmsg`, `Ifinfomsg`, `Ifaddrmsg`) and attribute buffers; this module frames
 //! them, matches every answer to its request by sequence number and turns kernel errors into
-//! [`Error`](crate::Error)s that carry the extended-ack text.
+//! [`Error`]s that carry the extended-ack text.
 //!
 //! The domain modules build on it: [`link`], [`addr`] and [`route`] (with the LWT BPF encap and a
 //! pipelined [`route::RouteBatch`]).
