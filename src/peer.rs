@@ -1461,8 +1461,8 @@ impl PeerTable {
         Ok(())
     }
 
-    /// Sorts the keys of a batch of new peers into table order and checks them: distinct, not
-    /// in the table, room for them.
+    /// Checks the keys of a batch of new peers (in table order, as [`sorted_keys`] gives them):
+    /// distinct, not in the table, room for them.
     fn check_new<F: Family>(&self, keys: &[(F::Key, u32)], op: &str) -> Result<()> {
         if keys.is_empty() {
             return Ok(());
@@ -1580,8 +1580,8 @@ impl PeerTable {
         Ok(())
     }
 
-    /// Sorts the keys of a batch of peers to remove into table order and checks them: distinct,
-    /// each in the table.
+    /// Checks the keys of a batch of peers to remove (in table order, as [`sorted_keys`] gives
+    /// them): distinct, each in the table.
     fn check_present<F: Family>(&self, keys: &[(F::Key, u32)], op: &str) -> Result<()> {
         if let Some(w) = keys.windows(2).find(|w| w[0].0 == w[1].0) {
             return Err(Error::invalid_input(
