@@ -464,6 +464,25 @@ fn default_batch_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
+/// Runs `f` on a thread of its own in `scope`, or gives `None` when no thread can be had (the
+/// caller then does the work itself).
+fn spawn_helper<'scope, T: Send + 'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    f: impl FnOnce() -> T + Send + 'scope,
+) -> Option<std::thread::ScopedJoinHandle<'scope, T>> {
+    std::thread::Builder::new()
+        .name("lwtun-peers".into())
+        .spawn_scoped(scope, f)
+        .ok()
+}
+
+/// What a thread of [`spawn_helper`] returned; its panic, if it panicked, goes on here.
+fn join_helper<T>(thread: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    thread
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
 /// One of the two LPM tables: its key as one integer that orders prefixes as [`IpNetwork`]
 /// does (address, then length), and the `struct lwtun_peer_key4`/`key6` bytes of that key.
 trait Family {
@@ -549,13 +568,11 @@ fn sorted_keys(
         return part(0..n);
     }
     let (first, second) = std::thread::scope(|scope| {
-        let other = std::thread::Builder::new()
-            .name("lwtun-peers".into())
-            .spawn_scoped(scope, || part(n / 2..n));
+        let other = spawn_helper(scope, || part(n / 2..n));
         let first = part(0..n / 2);
         let second = match other {
-            Ok(t) => t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
-            Err(_) => part(n / 2..n),
+            Some(t) => join_helper(t),
+            None => part(n / 2..n),
         };
         (first, second)
     });
@@ -674,15 +691,12 @@ fn run<F: Family>(
         // A range whose thread cannot be had is taken over by the others.
         let threads: Vec<_> = (1..ranges.len())
             .filter_map(|me| {
-                std::thread::Builder::new()
-                    .name("lwtun-peers".into())
-                    .spawn_scoped(scope, move || work::<F>(fd, batch, ranges, me, value, stop))
-                    .ok()
+                spawn_helper(scope, move || work::<F>(fd, batch, ranges, me, value, stop))
             })
             .collect();
         let mut shares = work::<F>(fd, batch, ranges, 0, value, stop);
         for t in threads {
-            shares.extend(t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+            shares.extend(join_helper(t));
         }
         shares
     })
@@ -1421,13 +1435,10 @@ impl PeerTable {
         let (written, built) = std::thread::scope(|scope| {
             let builder = aside
                 .then(|| {
-                    std::thread::Builder::new()
-                        .name("lwtun-peers".into())
-                        .spawn_scoped(scope, move || {
-                            place(slot_peers);
-                            entries().collect::<BTreeMap<_, _>>()
-                        })
-                        .ok()
+                    spawn_helper(scope, move || {
+                        place(slot_peers);
+                        entries().collect::<BTreeMap<_, _>>()
+                    })
                 })
                 .flatten();
             let written = write_all::<V4>(fd4, &v4, &value4, workers, op).and_then(|()| {
@@ -1435,7 +1446,7 @@ impl PeerTable {
                     delete_present::<V4>(fd4, &v4);
                 })
             });
-            let built = builder.map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+            let built = builder.map(join_helper);
             (written, built)
         });
         if let Err(e) = written {
@@ -1543,9 +1554,7 @@ impl PeerTable {
         // them (they come back if the kernel refuses part of the batch).
         let table = &mut self.peers;
         let (shares4, shares6, error, taken) = std::thread::scope(|scope| {
-            let taker = std::thread::Builder::new()
-                .name("lwtun-peers".into())
-                .spawn_scoped(scope, || take_out(table, gone(), prefixes.len()));
+            let taker = spawn_helper(scope, || take_out(table, gone(), prefixes.len()));
             let mut shares4 = run::<V4>(fd4, &v4, None, workers);
             let mut error = first_error::<V4>(&v4, &mut shares4, op);
             let mut shares6 = Vec::new();
@@ -1553,9 +1562,7 @@ impl PeerTable {
                 shares6 = run::<V6>(fd6, &v6, None, workers);
                 error = first_error::<V6>(&v6, &mut shares6, op);
             }
-            let taken = taker
-                .ok()
-                .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+            let taken = taker.map(join_helper);
             (shares4, shares6, error, taken)
         });
         // No thread to be had: taken out here.
