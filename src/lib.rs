@@ -42,6 +42,7 @@ mod abi;
 pub mod capture;
 pub mod chain;
 pub mod decap;
+pub mod device;
 pub mod error;
 pub mod netlink;
 pub mod netns;

@@ -32,13 +32,13 @@
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, ErrorKind, Result};
 
@@ -84,6 +84,9 @@ pub struct NetNs {
     name: String,
     path: PathBuf,
     owned: bool,
+    /// For namespaces without a name ([`NetNs::current`], [`NetNs::of_fd`]): the descriptor that
+    /// keeps the namespace alive and that `path` (`/proc/PID/fd/N`) points at.
+    held: Option<Arc<OwnedFd>>,
 }
 
 impl NetNs {
@@ -132,6 +135,7 @@ impl NetNs {
             name: name.to_string(),
             path,
             owned: true,
+            held: None,
         };
         let target = c_path(op, &ns.path)?;
         let made = std::thread::Builder::new()
@@ -220,6 +224,7 @@ impl NetNs {
             name: name.to_string(),
             path: Path::new(NETNS_RUN_DIR).join(name),
             owned: false,
+            held: None,
         };
         let fd = ns.fd().map_err(|e| {
             if e.kind() == ErrorKind::NotFound {
@@ -251,6 +256,137 @@ impl NetNs {
             .with_object(name));
         }
         Ok(ns)
+    }
+
+    /// The network namespace the calling thread is in now (for a program that was not moved,
+    /// the host's), as a value the rest of the API takes like a named one. It does not own the
+    /// namespace and keeps it alive while it lives, also after the thread has moved or ended.
+    ///
+    /// Its [`name`](NetNs::name) is `net:[INODE]`, as `/proc/PID/ns/net` reads; its
+    /// [`path`](NetNs::path) is `/proc/PID/fd/N`, this process's descriptor of it.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Io`] when `/proc` is not mounted or no descriptor is free.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use lwtun::netns::NetNs;
+    ///
+    /// let host = NetNs::current()?;
+    /// let lo = host.device("lo")?;               // a device bound to the host's namespace
+    /// assert_eq!(lo.index(), 1);
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    pub fn current() -> Result<NetNs> {
+        let op = "open the calling thread's network namespace";
+        let file = File::open(thread_netns_path()).map_err(|e| Error::io(op, e))?;
+        NetNs::of_fd(OwnedFd::from(file))
+    }
+
+    /// A namespace given by a descriptor (of `/run/netns/NAME`, `/proc/PID/ns/net`, or from
+    /// [`Netlink::netns`](crate::netlink::Netlink::netns)). The value holds the descriptor and
+    /// does not own the namespace.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidInput`] when `fd` is not a network namespace.
+    pub fn of_fd(fd: OwnedFd) -> Result<NetNs> {
+        let op = "use network namespace descriptor";
+        let id = NetNsId::of(fd.as_fd()).map_err(|e| Error::other(e.kind(), op, e.to_string()))?;
+        // SAFETY: NS_GET_NSTYPE takes no argument and returns the namespace type.
+        let nstype = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_NSTYPE) };
+        if nstype >= 0 && nstype != libc::CLONE_NEWNET {
+            return Err(Error::invalid_input(
+                op,
+                "the descriptor is a namespace, but not a network namespace",
+            ));
+        }
+        let path = PathBuf::from(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            fd.as_raw_fd()
+        ));
+        Ok(NetNs {
+            name: id.to_string(),
+            path,
+            owned: false,
+            held: Some(Arc::new(fd)),
+        })
+    }
+
+    /// The namespace's identity (its nsfs inode), which tells whether two values, a
+    /// [`Device`](crate::device::Device) or a [`Netlink`](crate::netlink::Netlink) socket are
+    /// in the same namespace.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotFound`] if the namespace file is gone.
+    pub fn id(&self) -> Result<NetNsId> {
+        match &self.held {
+            Some(fd) => NetNsId::of(fd.as_fd()),
+            None => NetNsId::of(self.fd()?.as_fd()),
+        }
+        .map_err(|e| e.with_object(&self.name))
+    }
+
+    /// The device `name` in this namespace, as a value that remembers the namespace: every
+    /// call that takes a [`Device`](crate::device::Device) resolves its index here, whatever
+    /// namespace the calling thread is in.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotFound`] naming the device and the namespace when there is no such
+    /// device; [`ErrorKind::InvalidInput`] for a name longer than 15 bytes or with `/`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use lwtun::netns::NetNs;
+    ///
+    /// let ns = NetNs::create_unique("dev")?;
+    /// let lo = ns.device("lo")?;
+    /// println!("{lo}");                          // lo (ifindex 1, netns dev-4242-0)
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    pub fn device(&self, name: &str) -> Result<crate::device::Device> {
+        crate::device::Device::lookup(self, name)
+    }
+
+    /// The device with interface index `index` in this namespace.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotFound`] when no device has that index here.
+    pub fn device_by_index(&self, index: u32) -> Result<crate::device::Device> {
+        crate::device::Device::lookup_index(self, index)
+    }
+
+    /// The descriptor a namespace without a name holds.
+    pub(crate) fn held(&self) -> Option<Arc<OwnedFd>> {
+        self.held.clone()
+    }
+
+    /// Runs `f` on the calling thread after moving the thread into this namespace, and moves
+    /// it back afterwards (also when `f` panics). Cheaper than [`NetNs::run`] (two `setns`
+    /// calls, no thread), for short calls that resolve an interface index or open a socket.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Permission`] without `CAP_SYS_ADMIN`; the closure's own error.
+    pub fn enter<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        match &self.held {
+            Some(fd) => enter(fd.as_fd(), f),
+            None => enter(self.fd()?.as_fd(), f),
+        }
+        .map_err(|e| {
+            if e.object().is_some() {
+                e
+            } else {
+                e.with_object(&self.name)
+            }
+        })
     }
 
     /// Lists the names under `/run/netns` (what `ip netns list` shows), sorted.
@@ -338,6 +474,11 @@ impl NetNs {
     ///
     /// [`ErrorKind::NotFound`] if the namespace file is gone.
     pub fn fd(&self) -> Result<OwnedFd> {
+        if let Some(fd) = &self.held {
+            return fd
+                .try_clone()
+                .map_err(|e| Error::io("open network namespace", e).with_object(&self.name));
+        }
         File::open(&self.path)
             .map(OwnedFd::from)
             .map_err(|e| Error::io("open network namespace", e).with_object(&self.name))
@@ -656,6 +797,115 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// The identity of a network namespace: the device and inode of its nsfs file, as
+/// `/proc/PID/ns/net` shows them (`net:[4026531840]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NetNsId {
+    dev: u64,
+    ino: u64,
+}
+
+impl NetNsId {
+    /// The identity of the namespace `fd` refers to.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidInput`] when `fd` is not a namespace file.
+    pub fn of(fd: BorrowedFd<'_>) -> Result<NetNsId> {
+        let op = "identify network namespace";
+        // SAFETY: stat is plain data; zeroed is a valid value.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fd is open; st is a valid, writable stat.
+        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+            return Err(Error::io(op, io::Error::last_os_error()));
+        }
+        // SAFETY: as above, for statfs.
+        let mut sf: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: fd is open; sf is a valid, writable statfs.
+        if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut sf) } != 0 {
+            return Err(Error::io(op, io::Error::last_os_error()));
+        }
+        #[allow(clippy::unnecessary_cast)] // f_type's width differs between libcs
+        if sf.f_type as i64 != NSFS_MAGIC {
+            return Err(Error::invalid_input(
+                op,
+                "the descriptor is not a namespace file (nsfs)",
+            ));
+        }
+        Ok(NetNsId {
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+        })
+    }
+
+    /// The calling thread's namespace.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Io`] when `/proc` is not mounted.
+    pub fn current() -> Result<NetNsId> {
+        let file = File::open(thread_netns_path())
+            .map_err(|e| Error::io("identify network namespace", e))?;
+        NetNsId::of(file.as_fd())
+    }
+
+    /// The namespace's inode number, as `ip netns identify` and `lsns` match it.
+    pub fn inode(&self) -> u64 {
+        self.ino
+    }
+}
+
+impl std::fmt::Display for NetNsId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "net:[{}]", self.ino)
+    }
+}
+
+/// `/proc/thread-self/ns/net` (Linux 3.17) or the task path on older kernels.
+fn thread_netns_path() -> PathBuf {
+    let modern = Path::new("/proc/thread-self/ns/net");
+    if modern.exists() {
+        return modern.to_path_buf();
+    }
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    PathBuf::from(format!("/proc/self/task/{tid}/ns/net"))
+}
+
+/// Runs `f` with the calling thread moved into the namespace `target`, and moves it back
+/// afterwards, also while a panic unwinds. Does nothing extra when the thread is there already.
+pub(crate) fn enter<T>(target: BorrowedFd<'_>, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let op = "enter network namespace";
+    let home = File::open(thread_netns_path()).map_err(|e| Error::io(op, e))?;
+    if NetNsId::of(home.as_fd())? == NetNsId::of(target)? {
+        return f();
+    }
+    // SAFETY: setns only changes the calling thread's network namespace; `target` is open.
+    if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err(if e.raw_os_error() == Some(libc::EPERM) {
+            Error::permission(op, "CAP_SYS_ADMIN")
+        } else {
+            Error::io(op, e)
+        });
+    }
+    /// Moves the thread home when dropped.
+    struct Home(File);
+    impl Drop for Home {
+        fn drop(&mut self) {
+            // SAFETY: as above; the thread entered the other namespace with the same rights.
+            if unsafe { libc::setns(self.0.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                // A thread left in another namespace would send later calls there silently:
+                // stopping is the only safe outcome (it cannot happen with the rights the first
+                // setns needed).
+                std::process::abort();
+            }
+        }
+    }
+    let _home = Home(home);
+    f()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -731,6 +981,7 @@ mod tests {
             name: "x".into(),
             path: PathBuf::from("/run/netns/x"),
             owned: false,
+            held: None,
         };
         let cmd = ns.command("ip");
         assert_eq!(cmd.get_program(), "nsenter");

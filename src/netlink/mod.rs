@@ -56,6 +56,8 @@ pub struct Netlink {
     sock: NlSocket,
     seq: u32,
     buf: Vec<u8>,
+    /// The namespace the socket works in, found once when first asked.
+    netns_id: std::cell::OnceCell<crate::netns::NetNsId>,
 }
 
 impl std::fmt::Debug for Netlink {
@@ -125,41 +127,100 @@ impl Netlink {
             sock,
             seq: 0,
             buf: vec![0; RECV_BUF],
+            netns_id: std::cell::OnceCell::new(),
         })
     }
 
-    /// Opens a socket in the network namespace `netns` (an fd of `/run/netns/NAME` or
-    /// `/proc/PID/ns/net`) without moving the calling thread: a short-lived thread enters the
-    /// namespace and opens it, and the socket stays bound to that namespace.
+    /// Opens a socket in the network namespace `netns` without moving the calling thread for
+    /// longer than the `socket` call: the socket stays bound to that namespace, whichever
+    /// thread uses it later.
     ///
     /// # Errors
     ///
-    /// Permission without CAP_SYS_ADMIN (needed by setns); InvalidInput when `netns` is not a
-    /// network namespace.
-    pub fn open_in(netns: std::os::fd::BorrowedFd<'_>) -> Result<Self> {
+    /// [`ErrorKind::Permission`] without `CAP_SYS_ADMIN` (needed by `setns`);
+    /// [`ErrorKind::NotFound`] when the namespace is gone.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use lwtun::{netlink::Netlink, netns::NetNs};
+    ///
+    /// let ns = NetNs::create_unique("nl")?;
+    /// let mut nl = Netlink::open_in(&ns)?;
+    /// let lo = nl.device("lo")?;                 // a Device bound to `ns`
+    /// assert!(lo.is_in(&ns)?);
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    pub fn open_in(netns: &crate::netns::NetNs) -> Result<Self> {
+        netns.enter(Netlink::open)
+    }
+
+    /// Opens a socket in the namespace a descriptor refers to (of `/run/netns/NAME` or
+    /// `/proc/PID/ns/net`).
+    ///
+    /// # Errors
+    ///
+    /// As [`Netlink::open_in`]; [`ErrorKind::InvalidInput`] when `netns` is not a network
+    /// namespace.
+    #[deprecated(
+        since = "0.2.0",
+        note = "use Netlink::open_in(&NetNs); NetNs::of_fd wraps a descriptor"
+    )]
+    pub fn open_in_fd(netns: std::os::fd::BorrowedFd<'_>) -> Result<Self> {
         let fd = netns
             .try_clone_to_owned()
             .map_err(|e| Error::io("open rtnetlink socket in namespace", e))?;
-        std::thread::scope(|s| {
-            s.spawn(move || {
-                // SAFETY: setns on this thread only; the fd is a live namespace fd.
-                if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(Error::io(
-                        "enter network namespace",
-                        std::io::Error::last_os_error(),
-                    ));
-                }
-                Netlink::open()
-            })
-            .join()
-            .unwrap_or_else(|_| {
-                Err(Error::other(
-                    ErrorKind::Io,
-                    "open rtnetlink socket",
-                    "thread panicked",
-                ))
-            })
-        })
+        Netlink::open_in(&crate::netns::NetNs::of_fd(fd)?)
+    }
+
+    /// The identity of the namespace this socket works in.
+    ///
+    /// # Errors
+    ///
+    /// As [`Netlink::netns`].
+    pub fn netns_id(&self) -> Result<crate::netns::NetNsId> {
+        if let Some(id) = self.netns_id.get() {
+            return Ok(*id);
+        }
+        let fd = self.netns()?;
+        let id = crate::netns::NetNsId::of(std::os::fd::AsFd::as_fd(&fd))?;
+        Ok(*self.netns_id.get_or_init(|| id))
+    }
+
+    /// The device `name` in this socket's namespace, bound to that namespace.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotFound`] when there is no such device.
+    pub fn device(&mut self, name: &str) -> Result<crate::device::Device> {
+        let link = self.link_by_name(name)?;
+        crate::device::Device::from_link(&link, crate::netns::NetNs::of_fd(self.netns()?)?)
+    }
+
+    /// The device with index `index` in this socket's namespace.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotFound`] when no device has that index.
+    pub fn device_by_index(&mut self, index: u32) -> Result<crate::device::Device> {
+        let link = self.link_by_index(index)?;
+        crate::device::Device::from_link(&link, crate::netns::NetNs::of_fd(self.netns()?)?)
+    }
+
+    /// Fails unless `device` is in this socket's namespace: an index sent here names a device
+    /// of this namespace, so a device from another would silently be a different one.
+    pub(crate) fn check_device(&self, op: &str, device: &crate::device::Device) -> Result<()> {
+        if self.netns_id()? == device.netns_id() {
+            return Ok(());
+        }
+        Err(Error::invalid_input(
+            op,
+            format!(
+                "{device} is not in this netlink socket's network namespace ({}); open the \
+                 socket with Netlink::open_in(device.netns()) or device.netlink()",
+                self.netns_id()?
+            ),
+        ))
     }
 
     /// The network namespace this socket works in, as an fd (`SIOCGSKNS`).
@@ -187,8 +248,12 @@ impl Netlink {
     ///
     /// As [`Netlink::netns`] and [`Netlink::open_in`].
     pub fn try_clone(&self) -> Result<Self> {
-        let ns = self.netns()?;
-        Self::open_in(std::os::fd::AsFd::as_fd(&ns))
+        let ns = crate::netns::NetNs::of_fd(self.netns()?)?;
+        let nl = Self::open_in(&ns)?;
+        if let Some(id) = self.netns_id.get() {
+            let _ = nl.netns_id.set(*id);
+        }
+        Ok(nl)
     }
 
     fn next_seq(&mut self) -> u32 {
