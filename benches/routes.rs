@@ -42,7 +42,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
     let ns = NetNs::create_unique("bench-rt").expect("namespace");
-    let mut nl = Netlink::open_in(ns.fd().unwrap().as_fd()).unwrap();
+    let mut nl = Netlink::open_in(&ns).unwrap();
     nl.add_veth("d0", "d1", None).unwrap();
     let d0 = nl.link_by_name("d0").unwrap().index;
     let d1 = nl.link_by_name("d1").unwrap().index;

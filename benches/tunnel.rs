@@ -99,7 +99,7 @@ struct Pair {
 fn pair(mode: Mode) -> Pair {
     let a = NetNs::create_unique("bt-a").unwrap();
     let b = NetNs::create_unique("bt-b").unwrap();
-    Netlink::open_in(a.fd().unwrap().as_fd())
+    Netlink::open_in(&a)
         .unwrap()
         .add_veth("a-b", "b-a", Some(b.fd().unwrap().as_fd()))
         .unwrap();
@@ -149,7 +149,7 @@ fn pair(mode: Mode) -> Pair {
                 ip(ns, &format!("route add {prefix} via {r4} src {own}"));
             }
             Mode::Lwtun(encap, direct) => {
-                let mut nl = Netlink::open_in(ns.fd().unwrap().as_fd()).unwrap();
+                let mut nl = Netlink::open_in(ns).unwrap();
                 let ifindex = nl.link_by_name(dev).unwrap().index;
                 let mut t = Tunnel::builder().direct(direct).load().unwrap();
                 t.peers_mut()

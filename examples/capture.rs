@@ -128,7 +128,7 @@ fn run(args: Args) -> Result<()> {
         (None, None) => return Err(Error::invalid_input("capture", "--dev IFACE is required")),
     };
     let mut nl = match ns {
-        Some(ns) => Netlink::open_in(ns.fd()?.as_fd())?,
+        Some(ns) => Netlink::open_in(ns)?,
         None => Netlink::open()?,
     };
     let ifindex = nl.link_by_name(&dev)?.index;
@@ -257,7 +257,7 @@ impl Demo {
     fn new() -> Result<Self> {
         let a = NetNs::create_unique("lwt-capture-a")?;
         let b = NetNs::create_unique("lwt-capture-b")?;
-        let mut nl = Netlink::open_in(a.fd()?.as_fd())?;
+        let mut nl = Netlink::open_in(&a)?;
         nl.add_veth("to-b", "to-a", Some(b.fd()?.as_fd()))?;
         let sh = |ns: &NetNs, cmd: &str| -> Result<()> {
             let st = ns

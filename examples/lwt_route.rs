@@ -36,7 +36,7 @@ fn ip(ns: &NetNs, args: &str) -> Result<String> {
 }
 
 fn nl(ns: &NetNs) -> Result<Netlink> {
-    Netlink::open_in(ns.fd()?.as_fd())
+    Netlink::open_in(ns)
 }
 
 fn run() -> Result<()> {

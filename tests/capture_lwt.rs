@@ -5,7 +5,6 @@
 mod common;
 
 use std::net::UdpSocket;
-use std::os::fd::AsFd;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -51,7 +50,7 @@ fn pings_through_an_lwt_route_are_captured_to_files_tcpdump_reads() {
     let stage = CountingStage::load(&chain).unwrap();
     let id = chain.push(stage.program()).unwrap();
     let net = common::two_hosts();
-    let mut nl = Netlink::open_in(net.ns(0).fd().unwrap().as_fd()).unwrap();
+    let mut nl = Netlink::open_in(net.ns(0)).unwrap();
     let dev = nl.link_by_name("to1").unwrap().index;
     let _route = LwtRoute::new(format!("{}/32", net.v4(1)).parse().unwrap())
         .device(dev)
@@ -173,7 +172,7 @@ fn ipv6_pings_are_captured_as_raw_ipv6() {
     }
     let mut chain = ProgChain::new(ChainHook::LwtXmit).unwrap();
     let net = common::two_hosts();
-    let mut nl = Netlink::open_in(net.ns(0).fd().unwrap().as_fd()).unwrap();
+    let mut nl = Netlink::open_in(net.ns(0)).unwrap();
     let dev = nl.link_by_name("to1").unwrap().index;
     let _route = LwtRoute::new(format!("{}/128", net.v6(1)).parse().unwrap())
         .device(dev)

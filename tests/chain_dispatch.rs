@@ -30,7 +30,7 @@ const TC_ACT_SHOT: i32 = 2;
 /// Two hosts; in ns 0 the route to ns 1's address runs the dispatcher's root at xmit.
 fn routed(d: &Dispatcher) -> (common::Line, InstalledRoute) {
     let net = common::two_hosts();
-    let mut nl = Netlink::open_in(net.ns(0).fd().unwrap().as_fd()).unwrap();
+    let mut nl = Netlink::open_in(net.ns(0)).unwrap();
     let dev = nl.link_by_name("to1").unwrap().index;
     let route = LwtRoute::new(format!("{}/32", net.v4(1)).parse().unwrap())
         .device(dev)

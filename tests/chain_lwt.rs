@@ -4,7 +4,6 @@
 //! with no packet lost.
 mod common;
 
-use std::os::fd::AsFd;
 use std::time::Duration;
 
 use lwtun::chain::{ChainHook, CountingStage, ProgChain, StageStats};
@@ -16,7 +15,7 @@ use lwtun::ErrorKind;
 /// Two hosts; in ns 0 the route to ns 1's address runs `chain`'s entry at xmit.
 fn routed(chain: &ProgChain) -> (common::Line, InstalledRoute) {
     let net = common::two_hosts();
-    let mut nl = Netlink::open_in(net.ns(0).fd().unwrap().as_fd()).unwrap();
+    let mut nl = Netlink::open_in(net.ns(0)).unwrap();
     let dev = nl.link_by_name("to1").unwrap().index;
     let route = LwtRoute::new(format!("{}/32", net.v4(1)).parse().unwrap())
         .device(dev)

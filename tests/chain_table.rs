@@ -24,7 +24,7 @@ fn forwarding_table_swaps_whole_under_traffic_without_loss() {
     let stage = TableStage::load(&chain).unwrap();
     chain.push(stage.program()).unwrap();
     let net = common::two_hosts();
-    let mut nl = Netlink::open_in(net.ns(0).fd().unwrap().as_fd()).unwrap();
+    let mut nl = Netlink::open_in(net.ns(0)).unwrap();
     let dev = nl.link_by_name("to1").unwrap().index;
     let _route = LwtRoute::new(format!("{}/32", net.v4(1)).parse().unwrap())
         .device(dev)

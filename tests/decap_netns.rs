@@ -540,7 +540,6 @@ fn tcp_through_lwtun_encap_is_decapsulated_and_forwarded() {
     use lwtun::netlink::Netlink;
     use lwtun::peer::{Encap, EncapPeer};
     use lwtun::tunnel::Tunnel;
-    use std::os::fd::AsFd;
 
     // ns 0 (lwtun encap) ══tunnel══ ns 1 (decap, forwards) ── ns 2 (TCP server)
     let net = common::line(3);
@@ -567,7 +566,7 @@ fn tcp_through_lwtun_encap_is_decapsulated_and_forwarded() {
     d.attach_in(r, net.ifindex(1, "to0")).unwrap();
 
     let underlay = net.ifindex(0, "to1");
-    let mut nl = Netlink::open_in(a.fd().unwrap().as_fd()).unwrap();
+    let mut nl = Netlink::open_in(a).unwrap();
     let mut tunnel = Tunnel::load().unwrap();
     let prefix = format!("{server}/32").parse().unwrap();
     let route = tunnel

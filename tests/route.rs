@@ -32,10 +32,10 @@ impl Line {
         let c = NetNs::create_unique(&format!("rt{tag}c")).unwrap();
         let bfd = b.fd().unwrap();
         let cfd = c.fd().unwrap();
-        let mut nl = Netlink::open_in(std::os::fd::AsFd::as_fd(&a.fd().unwrap())).unwrap();
+        let mut nl = Netlink::open_in(&a).unwrap();
         nl.add_veth("ab", "ba", Some(std::os::fd::AsFd::as_fd(&bfd)))
             .unwrap();
-        let mut nlb = Netlink::open_in(std::os::fd::AsFd::as_fd(&bfd)).unwrap();
+        let mut nlb = Netlink::open_in(&b).unwrap();
         nlb.add_veth("bc", "cb", Some(std::os::fd::AsFd::as_fd(&cfd)))
             .unwrap();
         for (ns, cmds) in [
@@ -86,7 +86,7 @@ impl Line {
     }
 
     fn nl(ns: &NetNs) -> Netlink {
-        Netlink::open_in(std::os::fd::AsFd::as_fd(&ns.fd().unwrap())).unwrap()
+        Netlink::open_in(ns).unwrap()
     }
 
     fn ping(&self, from: &NetNs, to: &str, count: u32) -> u32 {

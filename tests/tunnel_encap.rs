@@ -11,7 +11,6 @@
 mod common;
 
 use std::net::IpAddr;
-use std::os::fd::AsFd;
 use std::time::Duration;
 
 use common::Capture;
@@ -61,7 +60,7 @@ fn setup() -> Setup {
             &["-6", "addr", "add", &format!("{v6}/128"), "dev", "lo"],
         );
     }
-    let nl = Netlink::open_in(net.ns(0).fd().unwrap().as_fd()).unwrap();
+    let nl = Netlink::open_in(net.ns(0)).unwrap();
     let underlay = net.ifindex(0, "to1");
     let tunnel = Tunnel::load().unwrap();
     Setup {

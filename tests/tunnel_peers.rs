@@ -13,7 +13,7 @@
 mod common;
 
 use std::net::IpAddr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
 
 use ipnetwork::IpNetwork;
@@ -100,7 +100,7 @@ fn endpoint(
     encap: Encap,
     from: &[&str],
 ) -> Endpoint {
-    let mut nl = Netlink::open_in(ns.fd().unwrap().as_fd()).unwrap();
+    let mut nl = Netlink::open_in(ns).unwrap();
     let mut tunnel = Tunnel::load().unwrap();
     tunnel
         .peers_mut()
@@ -282,7 +282,7 @@ fn path_mtu_counts_the_encap() {
             ),
         )
         .unwrap();
-    let mut nl = Netlink::open_in(line.ns(1).fd().unwrap().as_fd()).unwrap();
+    let mut nl = Netlink::open_in(line.ns(1)).unwrap();
     let route6 = r
         .tunnel
         .route(net("fd20::/16"))
@@ -327,7 +327,7 @@ fn ipip_tcp_needs_the_underlay_fixup() {
     }
     let mk =
         |ns: &NetNs, dev: u32, prefix: &str, src: &str, remote: &str, local: &str, fix: bool| {
-            let mut nl = Netlink::open_in(ns.fd().unwrap().as_fd()).unwrap();
+            let mut nl = Netlink::open_in(ns).unwrap();
             let mut t = Tunnel::load().unwrap();
             t.peers_mut()
                 .insert(
@@ -423,7 +423,7 @@ fn input_route_encapsulates_forwarded_traffic() {
     line.ns(1)
         .set_sysctl("net.ipv4.conf.all.accept_local", "1")
         .unwrap();
-    let mut nl = Netlink::open_in(line.ns(1).fd().unwrap().as_fd()).unwrap();
+    let mut nl = Netlink::open_in(line.ns(1)).unwrap();
     let route = lwtun::route::LwtRoute::new(net("10.20.0.0/16"))
         .device(line.ifindex(1, "to2"))
         .program(lwtun::route::Hook::In, t.input_program());
@@ -829,7 +829,7 @@ fn batch_peers_carry_traffic_and_removal_falls_back() {
     batch.push((net("10.20.0.0/16"), to_b));
     shuffle(&mut batch);
     a.peers_mut().insert_batch(&batch).unwrap();
-    let mut nl = Netlink::open_in(line.ns(0).fd().unwrap().as_fd()).unwrap();
+    let mut nl = Netlink::open_in(line.ns(0)).unwrap();
     let route = a
         .route(net("10.20.0.0/16"))
         .device(line.ifindex(0, "to1"))

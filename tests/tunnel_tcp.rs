@@ -12,7 +12,7 @@
 mod common;
 
 use std::net::IpAddr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use common::Capture;
@@ -91,7 +91,7 @@ fn pair(direct: bool) -> Pair {
         );
         let dev = if side == 0 { "to1" } else { "to0" };
         let underlay = net.ifindex(side, dev);
-        let mut nl = Netlink::open_in(ns.fd().unwrap().as_fd()).unwrap();
+        let mut nl = Netlink::open_in(ns).unwrap();
         let mut tunnel = Tunnel::builder().direct(direct).load().unwrap();
         let other = 1 - side;
         for (prefix, src) in [
