@@ -32,7 +32,6 @@
 //! checks. Outer IPv4 with inner IPv6 and the reverse work too (Linux 6.3's
 //! `BPF_F_ADJ_ROOM_DECAP_L3_*` flags fix `skb->protocol`).
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -43,6 +42,7 @@ use ipnetwork::IpNetwork;
 use libbpf_rs::{MapCore, MapFlags, Object, ObjectBuilder};
 
 use crate::abi::{self, Pod};
+use crate::device::Device;
 use crate::error::{Error, ErrorKind, Result};
 use crate::netns::NetNs;
 use crate::program::{load_object, sum_percpu, Counter};
@@ -243,7 +243,7 @@ pub fn test_run(program: impl AsFd, frame: &[u8], repeat: u32) -> Result<TestRun
 /// # Ok::<(), lwtun::Error>(())
 /// ```
 pub struct Decap {
-    attachments: BTreeMap<u32, TcAttachment>,
+    attachments: Vec<TcAttachment>,
     prog: OwnedFd,
     baseline: OwnedFd,
     object: Object,
@@ -289,7 +289,7 @@ impl Drop for Decap {
 impl fmt::Debug for Decap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Decap")
-            .field("attached", &self.attachments.keys().collect::<Vec<_>>())
+            .field("attached", &self.attached())
             .finish()
     }
 }
@@ -342,7 +342,7 @@ impl Decap {
         let prog = crate::program::program_fd(&object, PROGRAM)?;
         let baseline = crate::program::program_fd(&object, BASELINE)?;
         let decap = Decap {
-            attachments: BTreeMap::new(),
+            attachments: Vec::new(),
             prog,
             baseline,
             object,
@@ -409,7 +409,7 @@ impl Decap {
             let prog = crate::program::program_fd(&object, PROGRAM)?;
             let baseline = crate::program::program_fd(&object, BASELINE)?;
             let mut decap = Decap {
-                attachments: BTreeMap::new(),
+                attachments: Vec::new(),
                 prog,
                 baseline,
                 object,
@@ -493,13 +493,17 @@ impl Decap {
         self.pin.as_ref().map(|p| p.folder.as_path())
     }
 
-    /// As [`Decap::attach`], inside `netns` (the calling thread's namespace does not change).
+    /// As [`Decap::attach`], for the device with index `ifindex` in `netns`.
     ///
     /// # Errors
     ///
-    /// As [`Decap::attach`]; an error entering the namespace.
+    /// As [`Decap::attach`]; NotFound when `netns` has no such device.
+    #[deprecated(
+        since = "0.2.0",
+        note = "use Decap::attach(&netns.device(NAME)?): a Device carries its namespace"
+    )]
     pub fn attach_in(&mut self, netns: &NetNs, ifindex: u32) -> Result<()> {
-        netns.run(|| self.attach(ifindex))
+        self.attach(&netns.device_by_index(ifindex)?)
     }
 
     fn map(&self, name: &str) -> Result<libbpf_rs::Map<'_>> {
@@ -743,37 +747,37 @@ impl Decap {
     ///
     /// Exists when this family is already attached to `ifindex`; the errors of
     /// [`TcAttach::attach`] otherwise.
-    pub fn attach(&mut self, ifindex: u32) -> Result<()> {
-        if self.attachments.contains_key(&ifindex) {
+    pub fn attach(&mut self, device: &Device) -> Result<()> {
+        if self.attachments.iter().any(|a| a.device() == device) {
             return Err(Error::other(
                 ErrorKind::Exists,
                 "attach decap",
-                format!("already attached to ifindex {ifindex}"),
+                format!("already attached to {device}"),
             ));
         }
-        let a = TcAttach::new(ifindex, TcDirection::Ingress).attach(self.prog.as_fd())?;
-        self.attachments.insert(ifindex, a);
+        let a = TcAttach::new(device, TcDirection::Ingress).attach(self.prog.as_fd())?;
+        self.attachments.push(a);
         Ok(())
     }
 
-    /// Detaches the program from `ifindex`.
+    /// Detaches the program from `device`.
     ///
     /// # Errors
     ///
     /// NotFound when it is not attached there; the kernel's error detaching.
-    pub fn detach(&mut self, ifindex: u32) -> Result<()> {
-        match self.attachments.remove(&ifindex) {
-            Some(a) => a.detach(),
+    pub fn detach(&mut self, device: &Device) -> Result<()> {
+        match self.attachments.iter().position(|a| a.device() == device) {
+            Some(i) => self.attachments.remove(i).detach(),
             None => Err(Error::not_found(
                 "detach decap",
-                format!("an attachment to ifindex {ifindex}"),
+                format!("an attachment to {device}"),
             )),
         }
     }
 
-    /// The interfaces the program is attached to.
-    pub fn attached(&self) -> Vec<u32> {
-        self.attachments.keys().copied().collect()
+    /// The devices the program is attached to.
+    pub fn attached(&self) -> Vec<Device> {
+        self.attachments.iter().map(|a| a.device().clone()).collect()
     }
 
     /// The per-verdict counters, summed over CPUs.

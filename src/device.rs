@@ -198,18 +198,6 @@ impl Device {
     pub fn netns_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
-
-    /// Fails with [`ErrorKind::InvalidInput`] unless `self` and `other` share a namespace;
-    /// `what` says what needs them together.
-    pub(crate) fn same_netns(&self, other: &Device, op: &str, what: &str) -> Result<()> {
-        if self.id == other.id {
-            return Ok(());
-        }
-        Err(Error::invalid_input(
-            op,
-            format!("{self} and {other} are in different network namespaces; {what}"),
-        ))
-    }
 }
 
 impl PartialEq for Device {

@@ -15,6 +15,9 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
+use std::os::fd::AsFd;
+
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::netlink::route::{BpfEncap, Encap, Route, RouteBatch, RouteFilter};
 use crate::netlink::Netlink;
@@ -34,9 +37,9 @@ pub const RTPROT_LWTUN: u8 = 76;
 ///
 /// let counter = LwtCounter::load()?;
 /// let mut nl = Netlink::open()?;
-/// let dev = nl.link_by_name("veth0")?;
+/// let dev = nl.device("veth0")?;
 /// let installed = LwtRoute::new("10.20.0.0/16".parse().unwrap())
-///     .device(dev.index)
+///     .device(&dev)
 ///     .program(Hook::In, counter.program(Hook::In))
 ///     .program(Hook::Xmit, counter.program(Hook::Xmit))
 ///     .headroom(24)
@@ -48,6 +51,7 @@ pub const RTPROT_LWTUN: u8 = 76;
 #[derive(Debug)]
 pub struct LwtRoute {
     route: Route,
+    device: Option<Device>,
     programs: Vec<(Hook, Result<LwtProgram>)>,
 }
 
@@ -58,14 +62,23 @@ impl LwtRoute {
         route.protocol = RTPROT_LWTUN;
         LwtRoute {
             route,
+            device: None,
             programs: Vec::new(),
         }
     }
 
-    /// The output device, by interface index.
-    pub fn device(mut self, ifindex: u32) -> Self {
-        self.route.oif = Some(ifindex);
+    /// The output device. The route must be installed through a [`Netlink`] socket in the
+    /// device's namespace ([`Device::netlink`], [`Netlink::open_in`]); another fails at
+    /// install instead of naming an unrelated device of the same index.
+    pub fn device(mut self, device: &Device) -> Self {
+        self.route.oif = Some(device.index());
+        self.device = Some(device.clone());
         self
+    }
+
+    /// The output device as set with [`LwtRoute::device`].
+    pub fn output_device(&self) -> Option<&Device> {
+        self.device.as_ref()
     }
 
     /// A gateway, of the destination's family.
@@ -92,12 +105,19 @@ impl LwtRoute {
         self
     }
 
-    /// Runs `program` at `hook`. The route keeps its own reference to the program. The
-    /// program's type must fit the hook; [`Hook::Seg6Local`] makes a seg6local `End.BPF` route
-    /// and excludes the three LWT hooks.
-    pub fn program(mut self, hook: Hook, program: &LwtProgram) -> Self {
+    /// Runs `program` at `hook`: an [`LwtProgram`], a [`ProgChain`](crate::chain::ProgChain)'s
+    /// or [`Dispatcher`](crate::chain::Dispatcher)'s entry, or any loaded LWT program fd. The
+    /// route keeps its own reference to the program. The program's type must fit the hook
+    /// (checked at install); [`Hook::Seg6Local`] makes a seg6local `End.BPF` route and excludes
+    /// the three LWT hooks.
+    pub fn program(mut self, hook: Hook, program: impl AsFd) -> Self {
         self.programs.retain(|(h, _)| *h != hook);
-        self.programs.push((hook, program.try_clone()));
+        let taken = program
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| Error::io("take LWT program", e))
+            .and_then(LwtProgram::from_fd);
+        self.programs.push((hook, taken));
         self
     }
 
@@ -115,12 +135,22 @@ impl LwtRoute {
         &self.route
     }
 
+    fn check_device(&self, nl: &Netlink) -> Result<()> {
+        match &self.device {
+            Some(d) => nl
+                .check_device("install LWT route", d)
+                .map_err(|e| e.with_object(self.route.dst.to_string())),
+            None => Ok(()),
+        }
+    }
+
     /// Checks the programs against their hooks and builds the netlink route.
     fn build(self) -> Result<(Route, Vec<LwtProgram>)> {
         let op = "build LWT route";
         let LwtRoute {
             mut route,
             programs,
+            ..
         } = self;
         let headroom = route.bpf_encap().and_then(|b| b.headroom);
         let mut bpf = BpfEncap {
@@ -182,6 +212,7 @@ impl LwtRoute {
     /// program, headroom above 256, mixed families; then the kernel's error (NotFound for an
     /// unknown device, Exists, ...). Nothing is left installed on error.
     pub fn install(self, nl: &mut Netlink) -> Result<InstalledRoute> {
+        self.check_device(nl)?;
         let (route, programs) = self.build()?;
         let owner = nl.try_clone()?;
         nl.add_route(&route)?;
@@ -195,6 +226,7 @@ impl LwtRoute {
     ///
     /// As [`LwtRoute::install`], but never Exists.
     pub fn replace(self, nl: &mut Netlink) -> Result<InstalledRoute> {
+        self.check_device(nl)?;
         let (route, programs) = self.build()?;
         let owner = nl.try_clone()?;
         nl.replace_route(&route)?;
@@ -242,9 +274,10 @@ impl InstalledRoute {
     /// # Errors
     ///
     /// As [`LwtRoute::install`]; on error the old program stays in place.
-    pub fn set_program(&mut self, hook: Hook, program: &LwtProgram) -> Result<()> {
+    pub fn set_program(&mut self, hook: Hook, program: impl AsFd) -> Result<()> {
         let mut next = LwtRoute {
             route: self.route.clone(),
+            device: None,
             programs: self
                 .programs
                 .iter()

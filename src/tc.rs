@@ -29,6 +29,7 @@ use std::sync::OnceLock;
 use libbpf_rs::libbpf_sys;
 use libbpf_rs::MapCore;
 
+use crate::device::Device;
 use crate::error::{Error, ErrorKind, Result};
 use crate::netlink::tc::{BpfFilter, CLSACT_EGRESS, CLSACT_INGRESS};
 use crate::netlink::Netlink;
@@ -127,11 +128,13 @@ fn program_name_by_id(id: u32) -> Option<String> {
 /// # Examples
 ///
 /// ```no_run
-/// use lwtun::tc::{TcAttach, TcDirection, TcMode};
+/// use lwtun::{netns::NetNs, tc::{TcAttach, TcDirection, TcMode}};
 /// # fn program() -> std::os::fd::OwnedFd { unimplemented!() }
 ///
 /// let prog = program(); // any loaded sched_cls program (a skeleton's program, a ProgramHandle)
-/// let attachment = TcAttach::new(3, TcDirection::Ingress)
+/// let ns = NetNs::open("lab")?;
+/// let veth0 = ns.device("veth0")?;      // the device remembers its namespace
+/// let attachment = TcAttach::new(&veth0, TcDirection::Ingress)
 ///     .mode(TcMode::Clsact)
 ///     .priority(10)
 ///     .attach(&prog)?;
@@ -144,6 +147,7 @@ fn program_name_by_id(id: u32) -> Option<String> {
 #[doc(alias = "clsact")]
 #[doc(alias = "cls_bpf")]
 pub struct TcAttach {
+    device: Device,
     ifindex: u32,
     direction: TcDirection,
     mode: TcMode,
@@ -154,10 +158,12 @@ pub struct TcAttach {
 }
 
 impl TcAttach {
-    /// Attach to `ifindex` (in the calling thread's namespace) in `direction`.
-    pub fn new(ifindex: u32, direction: TcDirection) -> Self {
+    /// Attach to `device` (in its own namespace, whichever namespace the calling thread is in)
+    /// in `direction`.
+    pub fn new(device: &Device, direction: TcDirection) -> Self {
         TcAttach {
-            ifindex,
+            device: device.clone(),
+            ifindex: device.index(),
             direction,
             mode: TcMode::Auto,
             priority: None,
@@ -227,9 +233,14 @@ impl TcAttach {
     /// - [`ErrorKind::Exists`]: a clsact filter is already at that priority and handle.
     /// - [`ErrorKind::NotFound`]: no such interface.
     pub fn attach(&self, program: impl AsFd) -> Result<TcAttachment> {
-        let op = "attach tc program";
-        let object = || format!("ifindex {} {}", self.ifindex, self.direction);
         let fd = program.as_fd();
+        self.device.enter(|| self.attach_here(fd))
+    }
+
+    /// [`attach`](Self::attach), with the thread in the device's namespace.
+    fn attach_here(&self, fd: BorrowedFd<'_>) -> Result<TcAttachment> {
+        let op = "attach tc program";
+        let object = || format!("{} {}", self.device, self.direction);
         let info = prog_info(op, fd)?;
         if info.prog_type != libbpf_sys::BPF_PROG_TYPE_SCHED_CLS {
             return Err(Error::invalid_input(
@@ -316,6 +327,7 @@ impl TcAttach {
         // SAFETY: rc is a new file descriptor that nothing else owns.
         let link = unsafe { OwnedFd::from_raw_fd(rc) };
         Ok(TcAttachment {
+            device: self.device.clone(),
             ifindex: self.ifindex,
             direction: self.direction,
             program_id: info.id,
@@ -362,6 +374,7 @@ impl TcAttach {
         })();
         match result {
             Ok((priority, handle)) => Ok(TcAttachment {
+                device: self.device.clone(),
                 ifindex: self.ifindex,
                 direction: self.direction,
                 program_id: info.id,
@@ -417,6 +430,7 @@ enum State {
 ///   killed with `SIGKILL` leaves the filter (named `lwtun:<program>`) in place.
 #[must_use = "dropping a TcAttachment detaches the program"]
 pub struct TcAttachment {
+    device: Device,
     ifindex: u32,
     direction: TcDirection,
     program_id: u32,
@@ -434,8 +448,8 @@ impl fmt::Display for TcAttachment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} (id {}) on ifindex {} {}",
-            self.program_name, self.program_id, self.ifindex, self.direction
+            "{} (id {}) on {} {}",
+            self.program_name, self.program_id, self.device, self.direction
         )?;
         match &self.state {
             State::Tcx { .. } => write!(f, " via tcx"),
@@ -456,9 +470,14 @@ impl TcAttachment {
         }
     }
 
-    /// The interface index.
+    /// The interface index (in [`TcAttachment::device`]'s namespace).
     pub fn ifindex(&self) -> u32 {
         self.ifindex
+    }
+
+    /// The device the program is attached to.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// The direction.
@@ -632,16 +651,17 @@ impl Drop for TcAttachment {
     }
 }
 
-/// Deletes the clsact filters lwtun left on `ifindex` (named `lwtun:...`, from a process that
-/// crashed or [persisted](TcAttachment::persist) them), on both hooks, in the calling thread's
-/// namespace. Returns how many were deleted. Filters of other tools are left alone; tcx links
+/// Deletes the clsact filters lwtun left on `device` (named `lwtun:...`, from a process that
+/// crashed or [persisted](TcAttachment::persist) them), on both hooks. Returns how many were
+/// deleted. Filters of other tools are left alone; tcx links
 /// need no clean-up (they go with their last fd or pin).
 ///
 /// # Errors
 ///
 /// The kernel's error listing or deleting filters.
-pub fn remove_leftovers(ifindex: u32) -> Result<usize> {
-    let mut nl = Netlink::open()?;
+pub fn remove_leftovers(device: &Device) -> Result<usize> {
+    let ifindex = device.index();
+    let mut nl = device.netlink()?;
     let mut removed = 0;
     for parent in [CLSACT_INGRESS, CLSACT_EGRESS] {
         for f in nl.bpf_filters(ifindex, parent)? {
@@ -671,20 +691,25 @@ pub struct TcProgramInfo {
     pub filter: Option<BpfFilter>,
 }
 
-/// Lists the programs on `ifindex`'s `direction` hook in the order they run: tcx programs
-/// first, then clsact filters by priority. Works in the calling thread's namespace.
+/// Lists the programs on `device`'s `direction` hook in the order they run: tcx programs
+/// first, then clsact filters by priority.
 ///
 /// # Examples
 ///
 /// ```no_run
-/// use lwtun::tc::{attached, TcDirection};
+/// use lwtun::{netns::NetNs, tc::{attached, TcDirection}};
 ///
-/// for p in attached(2, TcDirection::Ingress)? {
+/// let eth0 = NetNs::current()?.device("eth0")?;
+/// for p in attached(&eth0, TcDirection::Ingress)? {
 ///     println!("{:?} id {} {:?}", p.mode, p.program_id, p.program_name);
 /// }
 /// # Ok::<(), lwtun::Error>(())
 /// ```
-pub fn attached(ifindex: u32, direction: TcDirection) -> Result<Vec<TcProgramInfo>> {
+pub fn attached(device: &Device, direction: TcDirection) -> Result<Vec<TcProgramInfo>> {
+    device.enter(|| attached_here(device.index(), direction))
+}
+
+fn attached_here(ifindex: u32, direction: TcDirection) -> Result<Vec<TcProgramInfo>> {
     let mut out = Vec::new();
     if tcx_supported() {
         let (progs, links) = tcx_query(ifindex, direction)?;

@@ -49,15 +49,16 @@
 //! sender's CPU time per datagram for every mode); [`TunnelBuilder::direct`] removes the lookup.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use ipnetwork::IpNetwork;
 use libbpf_rs::{MapCore, Object, ObjectBuilder};
 
+use crate::device::Device;
 use crate::error::{Error, ErrorKind, Result};
 use crate::netlink::Netlink;
-use crate::netns::NetNs;
 use crate::peer::{MissPolicy, PeerTable};
 use crate::program::{lwt_program, Hook, LwtProgram};
 use crate::route::{InstalledRoute, LwtRoute};
@@ -79,6 +80,8 @@ pub struct TunnelBuilder {
     miss_v6: Option<MissPolicy>,
     pin: Option<PathBuf>,
     direct: bool,
+    sources: Vec<IpAddr>,
+    forward_only: bool,
 }
 
 impl Default for TunnelBuilder {
@@ -89,6 +92,8 @@ impl Default for TunnelBuilder {
             miss_v6: None,
             pin: None,
             direct: false,
+            sources: Vec::new(),
+            forward_only: false,
         }
     }
 }
@@ -140,6 +145,26 @@ impl TunnelBuilder {
     /// packet. Only the `lwt_xmit` program changes; `lwt_in` always reroutes.
     pub fn direct(mut self, direct: bool) -> Self {
         self.direct = direct;
+        self
+    }
+
+    /// This host's inner address of `source`'s family (call once for IPv4 and once for IPv6):
+    /// [`Tunnel::route`] makes routes that use it as their preferred source, so locally sent
+    /// packets, and the replies to them, carry the inner address and come back through the
+    /// tunnel. Without it a locally sent packet takes the route device's (underlay) address,
+    /// and the far side's answer does not come back through the tunnel.
+    pub fn source(mut self, source: IpAddr) -> Self {
+        self.sources.retain(|s| s.is_ipv4() != source.is_ipv4());
+        self.sources.push(source);
+        self
+    }
+
+    /// The tunnel only carries forwarded traffic (a gateway encapsulating for hosts behind
+    /// it): [`Tunnel::steer`] then takes routes without a preferred source. Default `false`:
+    /// a route without a source of its family is refused, since locally sent packets would
+    /// carry the underlay address.
+    pub fn forward_only(mut self, forward_only: bool) -> Self {
+        self.forward_only = forward_only;
         self
     }
 
@@ -252,6 +277,8 @@ impl TunnelBuilder {
                 keep: false,
             }),
             adopted,
+            sources: self.sources,
+            forward_only: self.forward_only,
             routes: Vec::new(),
             fixups: Vec::new(),
             peers,
@@ -293,6 +320,8 @@ pub struct Tunnel {
     // Field order is drop order: routes first, then the fix-ups, then maps and programs.
     pin: Option<PinState>,
     adopted: bool,
+    sources: Vec<IpAddr>,
+    forward_only: bool,
     routes: Vec<InstalledRoute>,
     fixups: Vec<TcAttachment>,
     peers: PeerTable,
@@ -452,22 +481,67 @@ impl Tunnel {
     /// path MTU. Peers added later with a longer encapsulation (an IPv6 outer header after IPv4
     /// ones, a GRE key) need the route installed again, or a route made with
     /// `.headroom(WORST_CASE_ENCAP)` from the start.
+    ///
+    /// The route takes the [source](TunnelBuilder::source) of its family as its preferred
+    /// source, unless `.source(..)` is set on it afterwards.
     pub fn route(&self, prefix: IpNetwork) -> LwtRoute {
-        LwtRoute::new(prefix)
+        let route = LwtRoute::new(prefix)
             .program(Hook::Xmit, &self.xmit)
-            .headroom(self.headroom())
+            .headroom(self.headroom());
+        match self.sources.iter().find(|s| s.is_ipv4() == prefix.is_ipv4()) {
+            Some(src) => route.source(*src),
+            None => route,
+        }
     }
 
     /// Installs `route` (from [`Tunnel::route`]) through `nl` and keeps it: it is removed when
     /// the tunnel drops, or with [`Tunnel::remove_routes`].
     ///
+    /// For an IPv4 prefix it also attaches the IP-in-IP GSO fix-up (see the
+    /// [module docs](self)) to the route's device, where encapsulated packets leave when the
+    /// underlay is reached through that device (always so with [`TunnelBuilder::direct`]).
+    /// Where the underlay leaves by another device, add it with [`Tunnel::attach_underlay`].
+    ///
     /// # Errors
     ///
-    /// The kernel's error installing the route.
+    /// [`ErrorKind::InvalidInput`] for a route without a preferred source on a tunnel that has
+    /// no [source](TunnelBuilder::source) of its family and is not
+    /// [forward-only](TunnelBuilder::forward_only); the kernel's error attaching the fix-up or
+    /// installing the route. On error nothing is left attached or installed.
     pub fn steer(&mut self, nl: &mut Netlink, route: LwtRoute) -> Result<()> {
-        let installed = route.install(nl)?;
-        self.routes.push(installed);
-        Ok(())
+        let op = "steer route into tunnel";
+        let dst = route.spec().dst;
+        if route.spec().prefsrc.is_none() && !self.forward_only {
+            let family = if dst.is_ipv4() { "IPv4" } else { "IPv6" };
+            return Err(Error::invalid_input(
+                op,
+                format!(
+                    "the route has no preferred source, so packets this host sends to {dst} \
+                     would carry its underlay address and the answers would not come back \
+                     through the tunnel; give the tunnel this host's inner {family} address \
+                     with TunnelBuilder::source, set .source(..) on the route, or build the \
+                     tunnel with TunnelBuilder::forward_only(true) if it only forwards"
+                ),
+            )
+            .with_object(dst.to_string()));
+        }
+        let fixed = self.fixups.len();
+        if dst.is_ipv4() {
+            if let Some(device) = route.output_device().cloned() {
+                self.attach_underlay(&device)
+                    .map_err(|e| e.with_object(format!("GSO fix-up for {dst} on {device}")))?;
+            }
+        }
+        match route.install(nl) {
+            Ok(installed) => {
+                self.routes.push(installed);
+                Ok(())
+            }
+            Err(e) => {
+                self.fixups.truncate(fixed);
+                Err(e)
+            }
+        }
     }
 
     /// The routes installed with [`Tunnel::steer`].
@@ -492,19 +566,19 @@ impl Tunnel {
         first
     }
 
-    /// Attaches the IP-in-IP GSO fix-up at tc egress of the underlay device `ifindex`, inside
-    /// `netns` (or the calling thread's namespace). Kept until the tunnel drops.
+    /// Attaches the IP-in-IP GSO fix-up at tc egress of the underlay device `device` (in the
+    /// device's namespace). Kept until the tunnel drops. Attaching it again to a device that
+    /// has it is a no-op. [`Tunnel::steer`] does this for the route's own device; call it for
+    /// an underlay device the routes do not name.
     ///
     /// # Errors
     ///
     /// The kernel's error attaching the program.
-    pub fn attach_underlay(&mut self, ifindex: u32, netns: Option<&NetNs>) -> Result<()> {
-        let fd = self.fixup.as_fd();
-        let attach = TcAttach::new(ifindex, TcDirection::Egress);
-        let attachment = match netns {
-            Some(ns) => ns.run(|| attach.attach(fd))?,
-            None => attach.attach(fd)?,
-        };
+    pub fn attach_underlay(&mut self, device: &Device) -> Result<()> {
+        if self.fixups.iter().any(|f| f.device() == device) {
+            return Ok(());
+        }
+        let attachment = TcAttach::new(device, TcDirection::Egress).attach(self.fixup.as_fd())?;
         self.fixups.push(attachment);
         Ok(())
     }

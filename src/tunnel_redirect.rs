@@ -45,6 +45,8 @@ use ipnetwork::IpNetwork;
 use libbpf_rs::{MapCore, MapFlags, Object, ObjectBuilder};
 
 use crate::abi::{self, Pod};
+use crate::device::Device;
+use crate::netns::NetNsId;
 use crate::error::{Error, ErrorKind, Result};
 use crate::netlink::link::Link;
 use crate::netlink::{attr, Netlink};
@@ -170,23 +172,29 @@ impl TunnelKey {
 ///
 /// # Examples
 ///
-/// ```
-/// use lwtun::tunnel_redirect::{RedirectRule, TunnelKey};
+/// ```no_run
+/// use lwtun::{netns::NetNs, tunnel_redirect::{RedirectRule, TunnelKey}};
 ///
+/// let vx0 = NetNs::open("lab")?.device("vx0")?;     // a vxlan external device
 /// let rule = RedirectRule::new(
 ///     "10.9.0.0/16".parse().unwrap(),
-///     4,                                            // ifindex of a vxlan external device
+///     &vx0,
 ///     TunnelKey::new("192.0.2.2".parse().unwrap(), 42),
 /// )
 /// .inner_dst_mac([0x02, 0, 0, 0, 0, 0x42]);
 /// assert!(!rule.ingress);
+/// # Ok::<(), lwtun::Error>(())
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy)]
 pub struct RedirectRule {
     /// The inner destination prefix (host bits are cleared when the rule is set).
     pub prefix: IpNetwork,
-    /// The ifindex of the collect_md tunnel device.
+    /// The ifindex of the collect_md tunnel device (in the namespace of the [`Device`] the
+    /// rule was made with).
     pub device: u32,
+    /// The device's namespace, checked against the netlink socket of
+    /// [`TunnelRedirect::set_rule`]; `None` for rules read back from the kernel.
+    netns: Option<NetNsId>,
     /// The tunnel key.
     pub key: TunnelKey,
     /// Redirect to the device's ingress (as if received by it) instead of its egress.
@@ -200,10 +208,18 @@ pub struct RedirectRule {
 
 impl RedirectRule {
     /// A rule sending `prefix` into `device` (egress) with `key`.
-    pub fn new(prefix: IpNetwork, device: u32, key: TunnelKey) -> Self {
+    pub fn new(prefix: IpNetwork, device: &Device, key: TunnelKey) -> Self {
+        let mut rule = RedirectRule::with_index(prefix, device.index(), key);
+        rule.netns = Some(device.netns_id());
+        rule
+    }
+
+    /// A rule by bare interface index, for rules read back from the kernel and unit tests.
+    fn with_index(prefix: IpNetwork, device: u32, key: TunnelKey) -> Self {
         RedirectRule {
             prefix,
             device,
+            netns: None,
             key,
             ingress: false,
             inner_dst_mac: None,
@@ -227,6 +243,32 @@ impl RedirectRule {
     pub fn inner_src_mac(mut self, mac: [u8; 6]) -> Self {
         self.inner_src_mac = Some(mac);
         self
+    }
+}
+
+impl PartialEq for RedirectRule {
+    /// Rules are equal when they send the same prefix the same way (the namespace a rule was
+    /// made in is not part of what the kernel holds).
+    fn eq(&self, other: &Self) -> bool {
+        self.prefix == other.prefix
+            && self.device == other.device
+            && self.key == other.key
+            && self.ingress == other.ingress
+            && self.inner_dst_mac == other.inner_dst_mac
+            && self.inner_src_mac == other.inner_src_mac
+    }
+}
+
+impl Eq for RedirectRule {}
+
+impl std::hash::Hash for RedirectRule {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.prefix.hash(state);
+        self.device.hash(state);
+        self.key.hash(state);
+        self.ingress.hash(state);
+        self.inner_dst_mac.hash(state);
+        self.inner_src_mac.hash(state);
     }
 }
 
@@ -386,15 +428,15 @@ struct Installed {
 /// use lwtun::tunnel_redirect::{RedirectRule, TunnelKey, TunnelRedirect};
 ///
 /// let mut nl = Netlink::open()?;
-/// let vx = nl.link_by_name("vx0")?;               // ip link add vx0 type vxlan external
-/// let veth = nl.link_by_name("veth0")?;
+/// let vx = nl.device("vx0")?;                     // ip link add vx0 type vxlan external
+/// let veth = nl.device("veth0")?;
 /// let mut redirect = TunnelRedirect::builder().pin("/sys/fs/bpf/lwtun-demo").load()?;
 /// redirect.set_rule(&mut nl, RedirectRule::new(
 ///     "10.9.0.0/16".parse().unwrap(),
-///     vx.index,
+///     &vx,
 ///     TunnelKey::new("192.0.2.2".parse().unwrap(), 42),
 /// ).inner_dst_mac([0x02, 0, 0, 0, 0, 0x42]))?;
-/// let _tc = TcAttach::new(veth.index, TcDirection::Ingress).attach(redirect.tc_program())?;
+/// let _tc = TcAttach::new(&veth, TcDirection::Ingress).attach(redirect.tc_program())?;
 /// println!("{:?}", redirect.rule_stats("10.9.0.0/16".parse().unwrap())?);
 /// # Ok::<(), lwtun::Error>(())
 /// ```
@@ -497,6 +539,20 @@ impl TunnelRedirect {
         let mut rule = rule;
         rule.prefix = normalize(rule.prefix);
         let object = rule.prefix.to_string();
+        if let Some(id) = rule.netns {
+            if nl.netns_id()? != id {
+                return Err(Error::invalid_input(
+                    "set redirect rule",
+                    format!(
+                        "the rule's device (ifindex {}) is in namespace {id}, the netlink socket in \
+                         {}; open it with Netlink::open_in(device.netns())",
+                        rule.device,
+                        nl.netns_id()?
+                    ),
+                )
+                .with_object(object));
+            }
+        }
         let link = nl
             .link_by_index(rule.device)
             .map_err(|e| e.with_object(format!("{object} → ifindex {}", rule.device)))?;
@@ -782,6 +838,7 @@ fn decode_rule(key: &[u8], r: &lwtun_redirect_rule) -> Option<RedirectRule> {
     Some(RedirectRule {
         prefix,
         device: r.ifindex,
+        netns: None,
         key: TunnelKey {
             remote: addr(r.remote),
             local: (r.flags & RULE_LOCAL != 0).then(|| addr(r.local)),
@@ -961,7 +1018,7 @@ mod tests {
     #[test]
     fn l2_targets_need_an_inner_mac_and_families_must_fit() {
         let key = TunnelKey::new("192.0.2.2".parse().unwrap(), 7);
-        let rule = RedirectRule::new("10.0.0.0/8".parse().unwrap(), 5, key);
+        let rule = RedirectRule::with_index("10.0.0.0/8".parse().unwrap(), 5, key);
         let vx = Target {
             kind: "vxlan".into(),
             l2: true,
@@ -991,7 +1048,7 @@ mod tests {
             .tos(0x10)
             .flow_label(0x12345)
             .flags(TunnelKeyFlags::ZERO_CSUM_TX);
-        let rule = RedirectRule::new("fd00:1::/64".parse().unwrap(), 9, key)
+        let rule = RedirectRule::with_index("fd00:1::/64".parse().unwrap(), 9, key)
             .inner_dst_mac([2, 0, 0, 0, 0, 1])
             .inner_src_mac([2, 0, 0, 0, 0, 2]);
         let value = encode_rule(&rule, true, 3);
@@ -1001,7 +1058,7 @@ mod tests {
         assert_eq!(map, "rules_v6");
         assert_eq!(decode_rule(&k, &value), Some(rule));
 
-        let v4 = RedirectRule::new(
+        let v4 = RedirectRule::with_index(
             normalize("10.1.2.3/16".parse().unwrap()),
             4,
             TunnelKey::new("192.0.2.2".parse().unwrap(), 1),

@@ -14,6 +14,7 @@
 pub mod addr;
 pub mod attr;
 pub mod link;
+pub mod netdev;
 pub mod route;
 pub mod tc;
 

@@ -4,8 +4,10 @@ use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 
-use super::program::{errno_error, owned_fd, XdpProgram};
+use super::program::{errno_error, owned_fd};
+use crate::device::Device;
 use crate::error::{Error, ErrorKind, Result};
+use crate::program::{program_info, ProgramInfo};
 
 /// Where the program runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -93,21 +95,22 @@ enum Handle {
 /// # Examples
 ///
 /// ```no_run
-/// use lwtun::xdp::{XdpAttachment, XdpMode, XdpOptions, XdpPass};
+/// use lwtun::{netns::NetNs, xdp::{XdpAttachment, XdpMode, XdpOptions, XdpPass}};
 ///
 /// let pass = XdpPass::load()?;
-/// let ifindex = 7;
-/// let mut att = XdpAttachment::attach(pass.program(), ifindex, XdpOptions {
+/// let veth0 = NetNs::open("lab")?.device("veth0")?;
+/// let mut att = XdpAttachment::attach(pass.program(), &veth0, XdpOptions {
 ///     mode: XdpMode::Native,
 ///     ..Default::default()
 /// })?;
-/// assert_eq!(XdpAttachment::query(ifindex)?.native, Some(pass.program().id()));
+/// assert_eq!(XdpAttachment::query(&veth0)?.native, Some(pass.program().id()));
 /// att.replace(pass.drop_program())?;     // atomic: no frame sees an empty hook
 /// att.detach()?;
 /// # Ok::<(), lwtun::Error>(())
 /// ```
 #[must_use = "dropping an XdpAttachment detaches the program"]
 pub struct XdpAttachment {
+    device: Device,
     ifindex: u32,
     mode: XdpMode,
     program_id: u32,
@@ -117,7 +120,7 @@ pub struct XdpAttachment {
 impl std::fmt::Debug for XdpAttachment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("XdpAttachment")
-            .field("ifindex", &self.ifindex)
+            .field("device", &self.device)
             .field("mode", &self.mode)
             .field("program_id", &self.program_id)
             .field("via", &self.via())
@@ -126,27 +129,32 @@ impl std::fmt::Debug for XdpAttachment {
 }
 
 impl XdpAttachment {
-    /// Attaches `program` to interface `ifindex` (in the calling thread's namespace).
+    /// Attaches `program` (any loaded XDP program: an [`XdpProgram`](super::XdpProgram), a
+    /// [`ProgChain`](crate::chain::ProgChain)'s or [`Dispatcher`](crate::chain::Dispatcher)'s
+    /// entry, a skeleton's program) to `device`, in the device's namespace.
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Exists`](crate::ErrorKind::Exists) when a program is attached already (replace it through its own
-    /// attachment, or detach it first); [`ErrorKind::NotFound`](crate::ErrorKind::NotFound) for an unknown ifindex;
-    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) for native mode on a driver without XDP, or a bpf_link on a
+    /// [`ErrorKind::InvalidInput`] when `program` is not an XDP program;
+    /// [`ErrorKind::Exists`] when a program is attached already (replace it through its own
+    /// attachment, or detach it first); [`ErrorKind::NotFound`] when the device is gone;
+    /// [`ErrorKind::Unsupported`] for native mode on a driver without XDP, or a bpf_link on a
     /// kernel before 5.9 when [`AttachVia::Link`] is asked for.
-    pub fn attach(program: &XdpProgram, ifindex: u32, options: XdpOptions) -> Result<Self> {
+    pub fn attach(program: impl AsFd, device: &Device, options: XdpOptions) -> Result<Self> {
         let op = "attach XDP program";
-        let object = format!(
-            "{} (id {}) on ifindex {ifindex}",
-            program.name(),
-            program.id()
-        );
-        if ifindex == 0 || ifindex > i32::MAX as u32 {
-            return Err(Error::invalid_input(
-                op,
-                format!("ifindex {ifindex} is no device"),
-            ));
-        }
+        let info = xdp_info(op, program.as_fd())?;
+        device.enter(|| Self::attach_here(program.as_fd(), &info, device, options))
+    }
+
+    fn attach_here(
+        program: std::os::fd::BorrowedFd<'_>,
+        info: &ProgramInfo,
+        device: &Device,
+        options: XdpOptions,
+    ) -> Result<Self> {
+        let op = "attach XDP program";
+        let ifindex = device.index();
+        let object = format!("{} (id {}) on {device}", info.name, info.id);
         let flags = options.mode.flags();
         if options.via != AttachVia::Netlink {
             // SAFETY: zeroed opts with sz set are the defaults; flags select the mode.
@@ -156,7 +164,7 @@ impl XdpAttachment {
             // SAFETY: program fd is live; opts outlives the call.
             let fd = unsafe {
                 libbpf_sys::bpf_link_create(
-                    program.as_fd().as_raw_fd(),
+                    program.as_raw_fd(),
                     ifindex as i32,
                     libbpf_sys::BPF_XDP,
                     &opts,
@@ -164,9 +172,10 @@ impl XdpAttachment {
             };
             if fd >= 0 {
                 return Ok(XdpAttachment {
+                    device: device.clone(),
                     ifindex,
                     mode: options.mode,
-                    program_id: program.id(),
+                    program_id: info.id,
                     handle: Handle::Link(owned_fd(fd)),
                 });
             }
@@ -184,7 +193,7 @@ impl XdpAttachment {
         let rc = unsafe {
             libbpf_sys::bpf_xdp_attach(
                 ifindex as i32,
-                program.as_fd().as_raw_fd(),
+                program.as_raw_fd(),
                 flags,
                 std::ptr::null(),
             )
@@ -193,9 +202,10 @@ impl XdpAttachment {
             return Err(attach_error(op, -rc, options.mode).with_object(object));
         }
         Ok(XdpAttachment {
+            device: device.clone(),
             ifindex,
             mode: options.mode,
-            program_id: program.id(),
+            program_id: info.id,
             handle: Handle::Netlink {
                 flags: options.mode.flags(),
             },
@@ -209,16 +219,24 @@ impl XdpAttachment {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Exists`](crate::ErrorKind::Exists) / [`ErrorKind::NotFound`](crate::ErrorKind::NotFound) when the attached program is no longer the
+    /// [`ErrorKind::Exists`] / [`ErrorKind::NotFound`] when the attached program is no longer the
     /// one this attachment put there; the attachment then keeps its old state.
-    pub fn replace(&mut self, program: &XdpProgram) -> Result<()> {
+    pub fn replace(&mut self, program: impl AsFd) -> Result<()> {
+        let op = "replace XDP program";
+        let info = xdp_info(op, program.as_fd())?;
+        let device = self.device.clone();
+        device.enter(|| self.replace_here(program.as_fd(), &info))
+    }
+
+    fn replace_here(
+        &mut self,
+        program: std::os::fd::BorrowedFd<'_>,
+        info: &ProgramInfo,
+    ) -> Result<()> {
         let op = "replace XDP program";
         let object = format!(
-            "id {} -> {} (id {}) on ifindex {}",
-            self.program_id,
-            program.name(),
-            program.id(),
-            self.ifindex
+            "id {} -> {} (id {}) on {}",
+            self.program_id, info.name, info.id, self.device
         );
         let old = prog_fd_by_id(op, self.program_id)?;
         let rc = match &self.handle {
@@ -232,7 +250,7 @@ impl XdpAttachment {
                 unsafe {
                     libbpf_sys::bpf_link_update(
                         link.as_raw_fd(),
-                        program.as_fd().as_raw_fd(),
+                        program.as_raw_fd(),
                         &opts,
                     )
                 }
@@ -246,7 +264,7 @@ impl XdpAttachment {
                 unsafe {
                     libbpf_sys::bpf_xdp_attach(
                         self.ifindex as i32,
-                        program.as_fd().as_raw_fd(),
+                        program.as_raw_fd(),
                         flags | libbpf_sys::XDP_FLAGS_REPLACE,
                         &opts,
                     )
@@ -259,13 +277,18 @@ impl XdpAttachment {
         if rc < 0 {
             return Err(attach_error(op, -rc, self.mode).with_object(object));
         }
-        self.program_id = program.id();
+        self.program_id = info.id;
         Ok(())
     }
 
-    /// The interface.
+    /// The interface index (in the device's namespace).
     pub fn ifindex(&self) -> u32 {
         self.ifindex
+    }
+
+    /// The device the program is attached to.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// The mode asked for.
@@ -286,12 +309,18 @@ impl XdpAttachment {
         }
     }
 
-    /// What is attached to `ifindex` (in the calling thread's namespace), per mode.
+    /// What is attached to `device`, per mode.
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::NotFound`](crate::ErrorKind::NotFound) for an unknown ifindex.
-    pub fn query(ifindex: u32) -> Result<XdpQuery> {
+    /// [`ErrorKind::NotFound`] when the device is gone.
+    pub fn query(device: &Device) -> Result<XdpQuery> {
+        device
+            .enter(|| Self::query_here(device.index()))
+            .map_err(|e| e.with_object(device.to_string()))
+    }
+
+    fn query_here(ifindex: u32) -> Result<XdpQuery> {
         let op = "query XDP programs";
         // SAFETY: zeroed opts with sz set; the kernel fills them.
         let mut opts: libbpf_sys::bpf_xdp_query_opts = unsafe { std::mem::zeroed() };
@@ -323,12 +352,17 @@ impl XdpAttachment {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::NotFound`](crate::ErrorKind::NotFound) when the interface is gone (the program went with it).
+    /// [`ErrorKind::NotFound`] when the interface is gone (the program went with it).
     pub fn detach(mut self) -> Result<()> {
         self.detach_inner()
     }
 
     fn detach_inner(&mut self) -> Result<()> {
+        let device = self.device.clone();
+        device.enter(|| self.detach_here())
+    }
+
+    fn detach_here(&mut self) -> Result<()> {
         let op = "detach XDP program";
         match std::mem::replace(&mut self.handle, Handle::Released) {
             Handle::Link(fd) => {
@@ -337,7 +371,7 @@ impl XdpAttachment {
                 drop(fd);
                 if rc < 0 && -rc != libc::ENOLINK {
                     return Err(
-                        errno_error(op, -rc).with_object(format!("ifindex {}", self.ifindex))
+                        errno_error(op, -rc).with_object(self.device.to_string())
                     );
                 }
                 Ok(())
@@ -364,7 +398,7 @@ impl XdpAttachment {
                 };
                 if rc < 0 && -rc != libc::ENODEV {
                     return Err(
-                        errno_error(op, -rc).with_object(format!("ifindex {}", self.ifindex))
+                        errno_error(op, -rc).with_object(self.device.to_string())
                     );
                 }
                 Ok(())
@@ -378,7 +412,7 @@ impl XdpAttachment {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for a bpf_link attachment, which ends with its last fd: use
+    /// [`ErrorKind::InvalidInput`] for a bpf_link attachment, which ends with its last fd: use
     /// [`pin`](Self::pin) for those. The attachment is then detached as it is dropped.
     pub fn persist(mut self) -> Result<()> {
         match self.handle {
@@ -398,8 +432,8 @@ impl XdpAttachment {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for a netlink attachment (use [`persist`](Self::persist)),
-    /// [`ErrorKind::Exists`](crate::ErrorKind::Exists) when `path` exists, [`ErrorKind::NotFound`](crate::ErrorKind::NotFound) when its folder does not.
+    /// [`ErrorKind::InvalidInput`] for a netlink attachment (use [`persist`](Self::persist)),
+    /// [`ErrorKind::Exists`] when `path` exists, [`ErrorKind::NotFound`] when its folder does not.
     pub fn pin(mut self, path: impl AsRef<Path>) -> Result<()> {
         let op = "pin XDP link";
         let path = path.as_ref();
@@ -424,7 +458,7 @@ impl XdpAttachment {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::NotFound`](crate::ErrorKind::NotFound) when nothing is pinned there.
+    /// [`ErrorKind::NotFound`] when nothing is pinned there.
     pub fn detach_pinned(path: impl AsRef<Path>) -> Result<()> {
         let op = "detach pinned XDP link";
         let path = path.as_ref();
@@ -443,13 +477,19 @@ impl XdpAttachment {
         std::fs::remove_file(path).map_err(|e| Error::io(op, e))
     }
 
-    /// Detaches whatever netlink-attached program runs on `ifindex` in `mode` (`Auto`: native and
+    /// Detaches whatever netlink-attached program runs on `device` in `mode` (`Auto`: native and
     /// generic). For cleaning up persisted attachments; bpf_link attachments are not affected.
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::NotFound`](crate::ErrorKind::NotFound) for an unknown ifindex.
-    pub fn detach_interface(ifindex: u32, mode: XdpMode) -> Result<()> {
+    /// [`ErrorKind::NotFound`] when the device is gone.
+    pub fn detach_interface(device: &Device, mode: XdpMode) -> Result<()> {
+        device
+            .enter(|| Self::detach_interface_here(device.index(), mode))
+            .map_err(|e| e.with_object(device.to_string()))
+    }
+
+    fn detach_interface_here(ifindex: u32, mode: XdpMode) -> Result<()> {
         let op = "detach XDP programs from interface";
         let modes: &[XdpMode] = match mode {
             XdpMode::Auto => &[XdpMode::Native, XdpMode::Generic],
@@ -474,6 +514,21 @@ impl Drop for XdpAttachment {
     fn drop(&mut self) {
         let _ = self.detach_inner();
     }
+}
+
+/// The program's info, or InvalidInput when it is not an XDP program.
+fn xdp_info(op: &str, fd: std::os::fd::BorrowedFd<'_>) -> Result<ProgramInfo> {
+    let info = program_info(fd)?;
+    if info.prog_type != libbpf_sys::BPF_PROG_TYPE_XDP {
+        return Err(Error::invalid_input(
+            op,
+            format!(
+                "program {} (id {}) has type {}, not xdp (SEC(\"xdp\"))",
+                info.name, info.id, info.prog_type
+            ),
+        ));
+    }
+    Ok(info)
 }
 
 fn cpath(op: &str, path: &Path) -> Result<CString> {

@@ -3,7 +3,9 @@
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 
 use super::program::{check_sizes, XdpProgram};
-use crate::error::{Error, Result};
+use crate::device::Device;
+use crate::error::{Error, ErrorKind, Result};
+use crate::netlink::netdev::{xdp_features, XdpFeatures};
 use std::os::fd::{AsFd, AsRawFd};
 
 /// Which kind of device map.
@@ -37,11 +39,12 @@ pub struct EgressPort {
 /// # Examples
 ///
 /// ```no_run
-/// use lwtun::xdp::XdpRedirect;
+/// use lwtun::{netns::NetNs, xdp::XdpRedirect};
 ///
 /// let fwd = XdpRedirect::load()?;
-/// fwd.ports().set(0, 7, None)?;            // port 0 sends out of ifindex 7
-/// assert_eq!(fwd.ports().get(0)?.unwrap().ifindex, 7);
+/// let out = NetNs::open("router")?.device("veth1")?;
+/// fwd.ports().set(0, &out, None)?;         // port 0 sends out of veth1 in `router`
+/// assert_eq!(fwd.ports().get(0)?.unwrap().ifindex, out.index());
 /// fwd.ports().remove(0)?;
 /// # Ok::<(), lwtun::Error>(())
 /// ```
@@ -115,26 +118,39 @@ impl DevMap {
         Ok(())
     }
 
-    /// Sets port `key` to send out of `ifindex`, running `program` (if any) on each frame first.
+    /// Sets port `key` to send out of `device`, running `program` (if any) on each frame first.
+    ///
+    /// The kernel resolves the device's index in the namespace of the thread that writes the
+    /// map, so the write happens in `device`'s namespace: a [`Device`] from a test or router
+    /// namespace lands on that device, not on the host's device of the same index.
+    ///
+    /// A device that would drop every redirected frame is refused: where the kernel reports
+    /// XDP features (Linux 6.3), the device must have `ndo-xmit`. A veth gets it while its
+    /// peer runs an XDP program (or has GRO on); attach one first, for example with
+    /// [`XdpPass::attach_receiver`](super::XdpPass::attach_receiver).
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for a key outside an array devmap or a program that is not a
-    /// devmap program; [`ErrorKind::NotFound`](crate::ErrorKind::NotFound) for an unknown ifindex; [`ErrorKind::Kernel`](crate::ErrorKind::Kernel) when
-    /// the device cannot transmit XDP frames.
-    pub fn set(&self, key: u32, ifindex: u32, program: Option<&XdpProgram>) -> Result<()> {
+    /// [`ErrorKind::InvalidInput`] for a key outside an array devmap, a program that is not a
+    /// devmap program, or a device that cannot take redirected frames;
+    /// [`ErrorKind::NotFound`] when the device is gone.
+    pub fn set(&self, key: u32, device: &Device, program: Option<&XdpProgram>) -> Result<()> {
         let op = "set devmap port";
         self.check_key(op, key)?;
-        if ifindex == 0 {
-            return Err(Error::invalid_input(op, "ifindex 0 is no device"));
-        }
-        let mut value = [0u8; 8];
-        value[..4].copy_from_slice(&ifindex.to_ne_bytes());
-        let fd = program.map(|p| p.as_fd().as_raw_fd()).unwrap_or(-1);
-        value[4..].copy_from_slice(&fd.to_ne_bytes());
-        self.map
-            .update(&key.to_ne_bytes(), &value, MapFlags::ANY)
-            .map_err(|e| Error::bpf(op, e).with_object(format!("port {key} -> ifindex {ifindex}")))
+        let ifindex = device.index();
+        let object = || format!("port {key} -> {device}");
+        device
+            .enter(|| {
+                check_receives(op, ifindex)?;
+                let mut value = [0u8; 8];
+                value[..4].copy_from_slice(&ifindex.to_ne_bytes());
+                let fd = program.map(|p| p.as_fd().as_raw_fd()).unwrap_or(-1);
+                value[4..].copy_from_slice(&fd.to_ne_bytes());
+                self.map
+                    .update(&key.to_ne_bytes(), &value, MapFlags::ANY)
+                    .map_err(|e| Error::bpf(op, e))
+            })
+            .map_err(|e| e.with_object(object()))
     }
 
     /// The port at `key`, or `None` when it is empty.
@@ -187,6 +203,25 @@ impl DevMap {
             }
         }
         Ok(out)
+    }
+}
+
+/// Fails when the kernel says device `ifindex` (in the calling thread's namespace) cannot
+/// take redirected frames.
+fn check_receives(op: &str, ifindex: u32) -> Result<()> {
+    match xdp_features(ifindex) {
+        Ok(Some(f)) if !f.contains(XdpFeatures::NDO_XMIT) => Err(Error::invalid_input(
+            op,
+            format!(
+                "the device cannot take redirected XDP frames (its XDP features are {f:?}, \
+                 without NDO_XMIT), so every frame sent to this port would be dropped; for a \
+                 veth, attach an XDP program to its peer first (XdpPass::attach_receiver) or \
+                 turn GRO on there"
+            ),
+        )),
+        Err(e) if e.kind() == ErrorKind::NotFound => Err(e),
+        // Older kernels, or no netdev family: nothing can be told.
+        _ => Ok(()),
     }
 }
 

@@ -5,8 +5,10 @@ use std::net::{IpAddr, Ipv6Addr};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use super::attach::{XdpAttachment, XdpOptions};
+use super::pass::Receivers;
 use super::program::{check_sizes, Loaded, XdpProgram};
 use super::stats::StatsMap;
+use crate::device::Device;
 use crate::error::{Error, Result};
 
 /// Answers ICMP and ICMPv6 echo requests for its configured addresses in XDP (`XDP_TX`): the
@@ -21,7 +23,14 @@ use crate::error::{Error, Result};
 /// let echo = IcmpEcho::load()?;
 /// echo.add_address("10.0.0.1".parse().unwrap())?;
 /// echo.add_address("fd00::1".parse().unwrap())?;
-/// let att = echo.attach(7, XdpOptions::default())?;
+/// let ns = lwtun::netns::NetNs::open("lab")?;
+/// // replies leave through veth0 with XDP_TX; its other end, eth0 in "peer", gets a pass
+/// // program so that a veth takes them
+/// let att = echo.attach_with_receiver(
+///     &ns.device("veth0")?,
+///     &lwtun::netns::NetNs::open("peer")?.device("eth0")?,
+///     XdpOptions::default(),
+/// )?;
 /// # drop(att);
 /// # Ok::<(), lwtun::Error>(())
 /// ```
@@ -30,6 +39,7 @@ pub struct IcmpEcho {
     program: XdpProgram,
     addrs: MapHandle,
     stats: StatsMap,
+    receivers: Receivers,
 }
 
 fn key(addr: IpAddr) -> [u8; 16] {
@@ -53,6 +63,7 @@ impl IcmpEcho {
             program: obj.program("xdp_echo")?,
             addrs,
             stats: StatsMap::new(obj.map("xdp_stats")?)?,
+            receivers: Receivers::default(),
         })
     }
 
@@ -117,12 +128,32 @@ impl IcmpEcho {
             .collect()
     }
 
-    /// Attaches the responder to `ifindex` (in the calling thread's namespace).
+    /// Attaches the responder to `device`.
+    ///
+    /// On a veth, replies sent with `XDP_TX` reach the other end only while that end runs an
+    /// XDP program: use [`attach_with_receiver`](Self::attach_with_receiver) there.
     ///
     /// # Errors
     ///
     /// As [`XdpAttachment::attach`].
-    pub fn attach(&self, ifindex: u32, options: XdpOptions) -> Result<XdpAttachment> {
-        XdpAttachment::attach(&self.program, ifindex, options)
+    pub fn attach(&self, device: &Device, options: XdpOptions) -> Result<XdpAttachment> {
+        XdpAttachment::attach(&self.program, device, options)
+    }
+
+    /// Attaches the responder to `device` after putting a pass program on `receiver`, the
+    /// veth at its other end (kept while this value lives), so the replies are taken there.
+    ///
+    /// # Errors
+    ///
+    /// As [`attach`](Self::attach) and
+    /// [`XdpPass::attach_receiver`](super::XdpPass::attach_receiver).
+    pub fn attach_with_receiver(
+        &self,
+        device: &Device,
+        receiver: &Device,
+        options: XdpOptions,
+    ) -> Result<XdpAttachment> {
+        self.receivers.ensure(receiver)?;
+        self.attach(device, options)
     }
 }

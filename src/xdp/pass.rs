@@ -3,8 +3,9 @@
 use super::attach::{XdpAttachment, XdpMode, XdpOptions};
 use super::program::{Loaded, XdpProgram};
 use super::stats::StatsMap;
-use crate::error::{Error, Result};
-use crate::netns::NetNs;
+use crate::device::Device;
+use crate::error::Result;
+use std::sync::Mutex;
 
 /// The smallest XDP programs, with statistics: `xdp_pass` (everything to the stack), `xdp_drop`
 /// (a counting sink) and `xdp_tx` (a reflector; with live frames a traffic generator).
@@ -18,7 +19,8 @@ use crate::netns::NetNs;
 /// use lwtun::xdp::{XdpPass, XdpOptions, Stage, XdpAction};
 ///
 /// let pass = XdpPass::load()?;
-/// let att = pass.attach(7, XdpOptions::default())?;
+/// let veth0 = lwtun::netns::NetNs::open("lab")?.device("veth0")?;
+/// let att = pass.attach(&veth0, XdpOptions::default())?;
 /// let stats = pass.stats().snapshot(Stage::Ingress)?;
 /// println!("{} frames passed", stats.get(XdpAction::Pass).packets);
 /// # drop(att);
@@ -75,46 +77,60 @@ impl XdpPass {
         &self.stats
     }
 
-    /// Attaches `xdp_pass` to `ifindex` in the calling thread's namespace.
+    /// Attaches `xdp_pass` to `device`.
     ///
     /// # Errors
     ///
     /// As [`XdpAttachment::attach`].
-    pub fn attach(&self, ifindex: u32, options: XdpOptions) -> Result<XdpAttachment> {
-        XdpAttachment::attach(&self.pass, ifindex, options)
+    pub fn attach(&self, device: &Device, options: XdpOptions) -> Result<XdpAttachment> {
+        XdpAttachment::attach(&self.pass, device, options)
     }
 
-    /// Makes the veth end `peer_name` in `netns` able to receive frames redirected into its peer:
-    /// attaches `xdp_pass` to it in native mode, unless an XDP program is there already (then
-    /// `None`: that program receives the frames).
+    /// Makes the veth `peer` able to receive frames redirected into its other end: attaches
+    /// `xdp_pass` to it in native mode, unless an XDP program is there already (then `None`:
+    /// that program receives the frames).
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::NotFound`](crate::ErrorKind::NotFound) when `peer_name` is not in `netns`.
-    pub fn attach_receiver(&self, netns: &NetNs, peer_name: &str) -> Result<Option<XdpAttachment>> {
-        let op = "attach XDP receiver on veth peer";
-        let name = peer_name.to_string();
-        netns.run(move || {
-            let ifindex = ifindex_of(op, &name)?;
-            if !XdpAttachment::query(ifindex)?.is_empty() {
-                return Ok(None);
-            }
-            let opts = XdpOptions {
-                mode: XdpMode::Native,
-                ..Default::default()
-            };
-            self.attach(ifindex, opts).map(Some)
-        })
+    /// [`ErrorKind::NotFound`](crate::ErrorKind::NotFound) when `peer` is gone; the errors of
+    /// [`XdpAttachment::attach`].
+    pub fn attach_receiver(&self, peer: &Device) -> Result<Option<XdpAttachment>> {
+        if !XdpAttachment::query(peer)?.is_empty() {
+            return Ok(None);
+        }
+        let opts = XdpOptions {
+            mode: XdpMode::Native,
+            ..Default::default()
+        };
+        self.attach(peer, opts).map(Some)
     }
 }
 
-/// The index of interface `name` in the calling thread's namespace.
-pub(crate) fn ifindex_of(op: &str, name: &str) -> Result<u32> {
-    let c = std::ffi::CString::new(name).map_err(|_| Error::invalid_input(op, "NUL in name"))?;
-    // SAFETY: c is NUL-terminated.
-    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if index == 0 {
-        return Err(Error::not_found(op, format!("interface {name}")));
+/// The pass programs a forwarding family puts on the veth peers of its ports
+/// (`*_with_receiver`), kept while the family lives. Shared by the families so that their
+/// setters can all take `&self`.
+#[derive(Debug, Default)]
+pub(crate) struct Receivers {
+    pass: Mutex<Option<XdpPass>>,
+    attached: Mutex<Vec<XdpAttachment>>,
+}
+
+impl Receivers {
+    /// Puts `xdp_pass` on `peer` unless it runs an XDP program already (ours or another).
+    pub(crate) fn ensure(&self, peer: &Device) -> Result<()> {
+        let mut pass = self.pass.lock().unwrap_or_else(|p| p.into_inner());
+        if pass.is_none() {
+            *pass = Some(XdpPass::load()?);
+        }
+        let Some(pass) = pass.as_ref() else {
+            return Ok(());
+        };
+        if let Some(att) = pass.attach_receiver(peer)? {
+            self.attached
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(att);
+        }
+        Ok(())
     }
-    Ok(index)
 }

@@ -41,12 +41,12 @@ pub struct TestRunOutput {
 }
 
 /// Settings of a live-frames run ([`XdpProgram::run_live`]).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct LiveFrames {
-    /// The interface the frames appear to arrive on (in the calling thread's namespace). Frames
-    /// the program returns `XDP_TX` for leave through it; `XDP_REDIRECT` sends them where the
-    /// program redirected them; `XDP_PASS` hands them to that interface's stack.
-    pub ifindex: u32,
+    /// The device the frames appear to arrive on. Frames the program returns `XDP_TX` for
+    /// leave through it; `XDP_REDIRECT` sends them where the program redirected them;
+    /// `XDP_PASS` hands them to that device's stack.
+    pub device: crate::device::Device,
     /// How many frames to inject.
     pub repeat: u32,
     /// Frames per batch (0: the kernel's default, 64).
@@ -92,12 +92,25 @@ impl XdpProgram {
     }
 
     /// Like [`test_run`](Self::test_run), `repeat` times in a row (for timing), optionally with a
-    /// given ingress interface (in the calling thread's namespace).
+    /// given ingress device.
     ///
     /// # Errors
     ///
-    /// As [`test_run`](Self::test_run); [`ErrorKind::NotFound`](crate::ErrorKind::NotFound) for an unknown `ingress_ifindex`.
+    /// As [`test_run`](Self::test_run); [`ErrorKind::NotFound`](crate::ErrorKind::NotFound)
+    /// when `ingress` is gone.
     pub fn test_run_repeat(
+        &self,
+        frame: &[u8],
+        repeat: u32,
+        ingress: Option<&crate::device::Device>,
+    ) -> Result<TestRunOutput> {
+        match ingress {
+            Some(d) => d.enter(|| self.test_run_here(frame, repeat, Some(d.index()))),
+            None => self.test_run_here(frame, repeat, None),
+        }
+    }
+
+    fn test_run_here(
         &self,
         frame: &[u8],
         repeat: u32,
@@ -138,14 +151,18 @@ impl XdpProgram {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) on kernels without live frames; [`ErrorKind::NotFound`](crate::ErrorKind::NotFound) when
-    /// `ifindex` is not in the calling thread's namespace.
-    pub fn run_live(&self, frame: &[u8], live: LiveFrames) -> Result<Duration> {
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) on kernels without live
+    /// frames; [`ErrorKind::NotFound`](crate::ErrorKind::NotFound) when the device is gone.
+    pub fn run_live(&self, frame: &[u8], live: &LiveFrames) -> Result<Duration> {
+        live.device.enter(|| self.run_live_here(frame, live))
+    }
+
+    fn run_live_here(&self, frame: &[u8], live: &LiveFrames) -> Result<Duration> {
         let op = "inject live XDP frames (BPF_F_TEST_XDP_LIVE_FRAMES)";
         crate::program::check_frame(op, frame)?;
         let mut ctx = [0u8; XDP_MD_SIZE];
         ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-        ctx[12..16].copy_from_slice(&live.ifindex.to_ne_bytes());
+        ctx[12..16].copy_from_slice(&live.device.index().to_ne_bytes());
         let run = crate::program::test_run_raw(
             self.fd.as_fd(),
             crate::program::TestRunArgs {
@@ -158,7 +175,7 @@ impl XdpProgram {
             },
         )
         .map_err(|errno| {
-            errno_error(op, errno).with_object(format!("{} on ifindex {}", self.name, live.ifindex))
+            errno_error(op, errno).with_object(format!("{} on {}", self.name, live.device))
         })?;
         Ok(run.duration)
     }

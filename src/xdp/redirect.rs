@@ -4,12 +4,12 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use super::attach::{XdpAttachment, XdpOptions};
 use super::devmap::DevMap;
-use super::pass::XdpPass;
+use super::pass::Receivers;
 use super::program::{check_sizes, Loaded, XdpProgram};
 use super::stats::StatsMap;
 use crate::abi::{self, Pod};
+use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::netns::NetNs;
 use crate::skel::xdp_redirect::types::{lwtun_mac, lwtun_xdp_redirect};
 
 // SAFETY: 6 + 2 bytes, no padding (asserted in lwtun.h).
@@ -20,15 +20,16 @@ unsafe impl Pod for lwtun_xdp_redirect {}
 /// A MAC address.
 pub type MacAddr = [u8; 6];
 
-/// What happens to a frame whose destination MAC matches a rule.
+/// What happens to a frame whose destination MAC matches a rule (the matched MAC is the key
+/// of [`XdpRedirect::set_rule`], not a field here).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RedirectRule {
     /// The port (key of [`XdpRedirect::ports`]) the frame leaves through.
     pub port: u32,
-    /// The destination MAC written into the frame.
-    pub dst: MacAddr,
-    /// The source MAC written into the frame (usually the egress device's).
-    pub src: MacAddr,
+    /// The destination MAC the frame gets before it leaves (the next hop's).
+    pub rewrite_dst: MacAddr,
+    /// The source MAC the frame gets before it leaves (usually the egress device's).
+    pub rewrite_src: MacAddr,
 }
 
 /// XDP L2 forwarding (the XDP tutorial's redirect assignment, for any number of ports): a frame
@@ -49,12 +50,14 @@ pub struct RedirectRule {
 /// ```no_run
 /// use lwtun::xdp::{RedirectRule, XdpOptions, XdpRedirect};
 ///
-/// let mut fwd = XdpRedirect::load()?;
-/// fwd.ports().set(1, 8, None)?;                         // port 1: out of ifindex 8
+/// let ns = lwtun::netns::NetNs::open("switch")?;
+/// let fwd = XdpRedirect::load()?;
+/// // port 1: out of veth1, whose other end (in namespace "b") gets a pass program
+/// fwd.set_port_with_receiver(1, &ns.device("veth1")?, &lwtun::netns::NetNs::open("b")?.device("eth0")?)?;
 /// fwd.set_rule([2, 0, 0, 0, 0, 0xb], RedirectRule {
-///     port: 1, dst: [2, 0, 0, 0, 0, 0xb], src: [2, 0, 0, 0, 0, 0x8],
+///     port: 1, rewrite_dst: [2, 0, 0, 0, 0, 0xb], rewrite_src: [2, 0, 0, 0, 0, 0x8],
 /// })?;
-/// let att = fwd.attach(7, XdpOptions::default())?;      // frames arriving on ifindex 7
+/// let att = fwd.attach(&ns.device("veth0")?, XdpOptions::default())?; // frames arriving there
 /// # drop(att);
 /// # Ok::<(), lwtun::Error>(())
 /// ```
@@ -66,8 +69,7 @@ pub struct XdpRedirect {
     rules: MapHandle,
     rule_gen: MapHandle,
     stats: StatsMap,
-    pass: Option<XdpPass>,
-    receivers: Vec<XdpAttachment>,
+    receivers: Receivers,
 }
 
 impl XdpRedirect {
@@ -89,8 +91,7 @@ impl XdpRedirect {
             rules,
             rule_gen,
             stats: StatsMap::new(obj.map("xdp_stats")?)?,
-            pass: None,
-            receivers: Vec::new(),
+            receivers: Receivers::default(),
         };
         fwd.invalidate_cache("load XDP redirect")?; // generation 0 -> 1: the cache is on
         Ok(fwd)
@@ -141,37 +142,26 @@ impl XdpRedirect {
         &self.stats
     }
 
-    /// Attaches the ingress program to `ifindex` in the calling thread's namespace.
+    /// Attaches the ingress program to `device`.
     ///
     /// # Errors
     ///
     /// As [`XdpAttachment::attach`].
-    pub fn attach(&self, ifindex: u32, options: XdpOptions) -> Result<XdpAttachment> {
-        XdpAttachment::attach(&self.program, ifindex, options)
+    pub fn attach(&self, device: &Device, options: XdpOptions) -> Result<XdpAttachment> {
+        XdpAttachment::attach(&self.program, device, options)
     }
 
-    /// Sets port `port` to `ifindex` and, when the egress device is a veth whose other end
-    /// `peer_name` sits in `netns`, attaches a pass program there (kept while this value lives)
-    /// so the veth accepts redirected frames.
+    /// Sets port `port` to `device` after putting a pass program on `receiver`, the veth at
+    /// the other end of `device` (kept while this value lives), so the veth accepts redirected
+    /// frames. A receiver that runs an XDP program already is left as it is.
     ///
     /// # Errors
     ///
-    /// As [`DevMap::set`] and [`XdpPass::attach_receiver`]; on failure the port is left empty.
-    pub fn set_port_with_receiver(
-        &mut self,
-        port: u32,
-        ifindex: u32,
-        netns: &NetNs,
-        peer_name: &str,
-    ) -> Result<()> {
-        if self.pass.is_none() {
-            self.pass = Some(XdpPass::load()?);
-        }
-        let pass = self.pass.as_ref().expect("loaded above");
-        let receiver = pass.attach_receiver(netns, peer_name)?;
-        self.ports.set(port, ifindex, None)?;
-        self.receivers.extend(receiver);
-        Ok(())
+    /// As [`DevMap::set`] and [`XdpPass::attach_receiver`](super::XdpPass::attach_receiver);
+    /// on failure the port is left as it was.
+    pub fn set_port_with_receiver(&self, port: u32, device: &Device, receiver: &Device) -> Result<()> {
+        self.receivers.ensure(receiver)?;
+        self.ports.set(port, device, None)
     }
 
     /// Sets the rule for frames whose destination MAC is `match_dst`.
@@ -190,8 +180,8 @@ impl XdpRedirect {
         }
         let value = lwtun_xdp_redirect {
             port: rule.port,
-            dst: rule.dst,
-            src: rule.src,
+            dst: rule.rewrite_dst,
+            src: rule.rewrite_src,
         };
         self.rules
             .update(
@@ -217,8 +207,8 @@ impl XdpRedirect {
         Ok(v.and_then(|b| abi::from_bytes::<lwtun_xdp_redirect>(&b))
             .map(|v| RedirectRule {
                 port: v.port,
-                dst: v.dst,
-                src: v.src,
+                rewrite_dst: v.dst,
+                rewrite_src: v.src,
             }))
     }
 

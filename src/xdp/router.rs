@@ -6,12 +6,13 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use super::attach::{XdpAttachment, XdpOptions};
 use super::devmap::DevMap;
-use super::pass::XdpPass;
+use super::pass::Receivers;
 use super::program::{check_sizes, Loaded, XdpProgram};
 use super::stats::StatsMap;
 use crate::abi::{self, Pod};
+use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::netns::NetNs;
+use crate::netns::NetNsId;
 use crate::skel::xdp_router::types::lwtun_xdp_route_cache_cfg;
 
 // SAFETY: u32 + u32 + u64, no padding (asserted in lwtun.h).
@@ -82,12 +83,14 @@ pub struct FibStats {
 /// use std::time::Duration;
 /// use lwtun::xdp::{XdpOptions, XdpRouter};
 ///
+/// let ns = lwtun::netns::NetNs::open("router")?;
 /// let router = XdpRouter::load()?;
 /// router.set_route_cache(Some(Duration::from_millis(100)))?; // optional: see "Route cache"
 /// let mut atts = Vec::new();
-/// for ifindex in [7, 8] {
-///     router.add_port(ifindex)?;
-///     atts.push(router.attach(ifindex, XdpOptions::default())?);
+/// for name in ["veth0", "veth1"] {
+///     let dev = ns.device(name)?;
+///     router.add_port(&dev)?;          // every port and attachment in one namespace
+///     atts.push(router.attach(&dev, XdpOptions::default())?);
 /// }
 /// println!("{:?}", router.fib_stats()?);
 /// # Ok::<(), lwtun::Error>(())
@@ -102,8 +105,10 @@ pub struct XdpRouter {
     /// Serialises read-modify-writes of `cache_cfg` (a flush must not undo a new age).
     cache_cfg_lock: std::sync::Mutex<()>,
     stats: StatsMap,
-    pass: Option<XdpPass>,
-    receivers: Vec<XdpAttachment>,
+    receivers: Receivers,
+    /// The namespace of the first port or attachment: the FIB the program asks returns
+    /// indexes of the namespace it runs in, so every port must be there.
+    netns: std::sync::Mutex<Option<NetNsId>>,
 }
 
 impl XdpRouter {
@@ -133,8 +138,8 @@ impl XdpRouter {
             cache_cfg,
             cache_cfg_lock: std::sync::Mutex::new(()),
             stats: StatsMap::new(obj.map("xdp_stats")?)?,
-            pass: None,
-            receivers: Vec::new(),
+            receivers: Receivers::default(),
+            netns: std::sync::Mutex::new(None),
         })
     }
 
@@ -153,55 +158,70 @@ impl XdpRouter {
         &self.stats
     }
 
-    /// Lets forwarded frames leave through `ifindex` on the fast path.
+    /// Binds the router to `device`'s namespace, or fails when it is bound to another one.
+    fn check_netns(&self, op: &str, device: &Device) -> Result<()> {
+        let mut bound = self.netns.lock().unwrap_or_else(|p| p.into_inner());
+        match *bound {
+            None => {
+                *bound = Some(device.netns_id());
+                Ok(())
+            }
+            Some(id) if id == device.netns_id() => Ok(()),
+            Some(id) => Err(Error::invalid_input(
+                op,
+                format!(
+                    "the router's ports and attachments are in namespace {id}: the FIB lookup \
+                     answers with interface indexes of the namespace the router runs in, so a \
+                     port from another namespace would send frames to an unrelated device"
+                ),
+            )
+            .with_object(device.to_string())),
+        }
+    }
+
+    /// Lets forwarded frames leave through `device` on the fast path (keyed by its index).
     ///
     /// # Errors
     ///
-    /// As [`DevMap::set`].
-    pub fn add_port(&self, ifindex: u32) -> Result<()> {
-        self.ports.set(ifindex, ifindex, None)
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for a device in another
+    /// namespace than the router's other ports and attachments; as [`DevMap::set`].
+    pub fn add_port(&self, device: &Device) -> Result<()> {
+        self.check_netns("add router port", device)?;
+        self.ports.set(device.index(), device, None)
     }
 
-    /// [`add_port`](Self::add_port) for a veth whose other end `peer_name` is in `netns`, and
-    /// puts a pass program on that end (kept while the router lives) so it accepts redirected
+    /// [`add_port`](Self::add_port) for a veth whose other end is `receiver`, after putting a
+    /// pass program on `receiver` (kept while the router lives) so it accepts redirected
     /// frames, unless it runs an XDP program already.
     ///
     /// # Errors
     ///
-    /// As [`add_port`](Self::add_port) and [`XdpPass::attach_receiver`]; nothing is left
-    /// half-done on failure.
-    pub fn add_port_with_receiver(
-        &mut self,
-        ifindex: u32,
-        netns: &NetNs,
-        peer_name: &str,
-    ) -> Result<()> {
-        if self.pass.is_none() {
-            self.pass = Some(XdpPass::load()?);
-        }
-        let pass = self.pass.as_ref().expect("loaded above");
-        let receiver = pass.attach_receiver(netns, peer_name)?;
-        self.add_port(ifindex)?;
-        self.receivers.extend(receiver);
-        Ok(())
+    /// As [`add_port`](Self::add_port) and
+    /// [`XdpPass::attach_receiver`](super::XdpPass::attach_receiver).
+    pub fn add_port_with_receiver(&self, device: &Device, receiver: &Device) -> Result<()> {
+        self.check_netns("add router port", device)?;
+        self.receivers.ensure(receiver)?;
+        self.add_port(device)
     }
 
-    /// Takes `ifindex` off the fast path; returns whether it was a port.
+    /// Takes `device` off the fast path; returns whether it was a port.
     ///
     /// # Errors
     ///
     /// [`ErrorKind::Kernel`](crate::ErrorKind::Kernel) when the map cannot be changed.
-    pub fn remove_port(&self, ifindex: u32) -> Result<bool> {
-        self.ports.remove(ifindex)
+    pub fn remove_port(&self, device: &Device) -> Result<bool> {
+        self.ports.remove(device.index())
     }
 
-    /// Attaches the router to `ifindex` (in the calling thread's namespace).
+    /// Attaches the router to `device`.
     ///
     /// # Errors
     ///
-    /// As [`XdpAttachment::attach`].
-    pub fn attach(&self, ifindex: u32, options: XdpOptions) -> Result<XdpAttachment> {
-        XdpAttachment::attach(&self.program, ifindex, options)
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for a device in another
+    /// namespace than the router's ports; as [`XdpAttachment::attach`].
+    pub fn attach(&self, device: &Device, options: XdpOptions) -> Result<XdpAttachment> {
+        self.check_netns("attach XDP router", device)?;
+        XdpAttachment::attach(&self.program, device, options)
     }
 
     /// Chooses how the FIB is asked: `false` (the default) goes through the policy rules

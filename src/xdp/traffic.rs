@@ -33,7 +33,8 @@ pub const TEMPLATE_LEN: usize = 64;
 ///
 /// let gen = TrafficGen::load()?;
 /// let frame = vec![0u8; 64]; // Ethernet + IP + UDP, built by you
-/// let took = gen.send(&frame, LiveFrames { ifindex: 7, repeat: 1_000_000, batch_size: 64 })?;
+/// let device = lwtun::netns::NetNs::open("lab")?.device("veth0")?;
+/// let took = gen.send(&frame, &LiveFrames { device, repeat: 1_000_000, batch_size: 64 })?;
 /// println!("{:.2} Mpps offered", 1e6 / took.as_secs_f64() / 1e6);
 /// # Ok::<(), lwtun::Error>(())
 /// ```
@@ -78,7 +79,7 @@ impl TrafficGen {
     ///
     /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for frames shorter than
     /// [`TEMPLATE_LEN`]; otherwise as [`XdpProgram::run_live`].
-    pub fn send(&self, frame: &[u8], live: LiveFrames) -> Result<Duration> {
+    pub fn send(&self, frame: &[u8], live: &LiveFrames) -> Result<Duration> {
         let op = "generate live XDP frames";
         if frame.len() < TEMPLATE_LEN {
             return Err(Error::invalid_input(
