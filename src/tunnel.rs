@@ -82,6 +82,7 @@ pub struct TunnelBuilder {
     direct: bool,
     sources: Vec<IpAddr>,
     forward_only: bool,
+    auto_fixup: bool,
 }
 
 impl Default for TunnelBuilder {
@@ -94,6 +95,7 @@ impl Default for TunnelBuilder {
             direct: false,
             sources: Vec::new(),
             forward_only: false,
+            auto_fixup: true,
         }
     }
 }
@@ -165,6 +167,14 @@ impl TunnelBuilder {
     /// carry the underlay address.
     pub fn forward_only(mut self, forward_only: bool) -> Self {
         self.forward_only = forward_only;
+        self
+    }
+
+    /// Whether [`Tunnel::steer`] attaches the IP-in-IP GSO fix-up to the device of each IPv4
+    /// route (default `true`). Turn it off only to manage the fix-up yourself with
+    /// [`Tunnel::attach_underlay`] (or to watch TCP stall without it).
+    pub fn auto_underlay_fixup(mut self, on: bool) -> Self {
+        self.auto_fixup = on;
         self
     }
 
@@ -279,6 +289,7 @@ impl TunnelBuilder {
             adopted,
             sources: self.sources,
             forward_only: self.forward_only,
+            auto_fixup: self.auto_fixup,
             routes: Vec::new(),
             fixups: Vec::new(),
             peers,
@@ -322,6 +333,7 @@ pub struct Tunnel {
     adopted: bool,
     sources: Vec<IpAddr>,
     forward_only: bool,
+    auto_fixup: bool,
     routes: Vec<InstalledRoute>,
     fixups: Vec<TcAttachment>,
     peers: PeerTable,
@@ -526,7 +538,7 @@ impl Tunnel {
             .with_object(dst.to_string()));
         }
         let fixed = self.fixups.len();
-        if dst.is_ipv4() {
+        if dst.is_ipv4() && self.auto_fixup {
             if let Some(device) = route.output_device().cloned() {
                 self.attach_underlay(&device)
                     .map_err(|e| e.with_object(format!("GSO fix-up for {dst} on {device}")))?;

@@ -51,9 +51,9 @@ fn pings_through_an_lwt_route_are_captured_to_files_tcpdump_reads() {
     let id = chain.push(stage.program()).unwrap();
     let net = common::two_hosts();
     let mut nl = Netlink::open_in(net.ns(0)).unwrap();
-    let dev = nl.link_by_name("to1").unwrap().index;
+    let dev = nl.device("to1").unwrap();
     let _route = LwtRoute::new(format!("{}/32", net.v4(1)).parse().unwrap())
-        .device(dev)
+        .device(&dev)
         .program(Hook::Xmit, &chain.lwt_entry().unwrap())
         .install(&mut nl)
         .unwrap();
@@ -78,7 +78,7 @@ fn pings_through_an_lwt_route_are_captured_to_files_tcpdump_reads() {
     assert_eq!(capture.lost().unwrap(), 0);
     for p in &packets {
         assert_eq!(p.hook, ChainHook::LwtXmit);
-        assert_eq!(p.ifindex, dev, "the route's device");
+        assert_eq!(p.ifindex, dev.index(), "the route's device");
         assert_eq!(p.verdict, 0, "BPF_OK");
         assert_eq!(p.protocol, 0x0800);
         assert_eq!(p.data.len() as u32, p.len);
@@ -173,9 +173,9 @@ fn ipv6_pings_are_captured_as_raw_ipv6() {
     let mut chain = ProgChain::new(ChainHook::LwtXmit).unwrap();
     let net = common::two_hosts();
     let mut nl = Netlink::open_in(net.ns(0)).unwrap();
-    let dev = nl.link_by_name("to1").unwrap().index;
+    let dev = nl.device("to1").unwrap();
     let _route = LwtRoute::new(format!("{}/128", net.v6(1)).parse().unwrap())
-        .device(dev)
+        .device(&dev)
         .program(Hook::Xmit, &chain.lwt_entry().unwrap())
         .install(&mut nl)
         .unwrap();

@@ -3,7 +3,6 @@
 //! addresses and ICMP between the right addresses; an Ethernet filter keeps only matches.
 mod common;
 
-use std::os::fd::AsFd;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -12,6 +11,7 @@ use lwtun::capture::{
 };
 use lwtun::chain::{ChainHook, CountingStage, ProgChain};
 use lwtun::tc::{TcAttach, TcDirection};
+use lwtun::xdp::{XdpAttachment, XdpMode, XdpOptions};
 
 fn collect(capture: &mut Capture, want: usize) -> Vec<Packet> {
     let mut got = Vec::new();
@@ -74,10 +74,11 @@ fn tc_ingress_capture_shows_ethernet_and_icmp() {
     let mut chain = ProgChain::new(ChainHook::Tc).unwrap();
     let stage = CountingStage::load(&chain).unwrap();
     let id = chain.push(stage.program()).unwrap();
-    let ifindex = net.ifindex(1, "to0");
+    let dev = net.device(1, "to0");
+    let ifindex = dev.index();
     let attachment = net
         .ns(1)
-        .run(|| TcAttach::new(ifindex, TcDirection::Ingress).attach(chain.entry()))
+        .run(|| TcAttach::new(&dev, TcDirection::Ingress).attach(chain.entry()))
         .unwrap();
     let mut capture = Capture::attach(&mut chain, CaptureOptions::default()).unwrap();
     assert_eq!(capture.link_type(), LinkType::Ethernet);
@@ -132,15 +133,18 @@ fn xdp_capture_records_the_verdict() {
     }
     let net = common::two_hosts();
     let mut chain = ProgChain::new(ChainHook::Xdp).unwrap();
-    let ifindex = net.ifindex(1, "to0");
-    let entry = chain.entry().try_clone_to_owned().unwrap();
-    let xdp = libbpf_rs::Xdp::new(entry.as_fd());
-    net.ns(1)
-        .run(|| {
-            xdp.attach(ifindex as i32, libbpf_rs::XdpFlags::DRV_MODE)
-                .map_err(|e| lwtun::Error::bpf("attach xdp", e))
-        })
-        .unwrap();
+    let dev = net.device(1, "to0");
+    let ifindex = dev.index();
+    // A chain's entry attaches through the same call as every other XDP program.
+    let att = XdpAttachment::attach(
+        chain.entry(),
+        &dev,
+        XdpOptions {
+            mode: XdpMode::Native,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let mut capture = Capture::attach(&mut chain, CaptureOptions::default()).unwrap();
     let p = common::ping(net.ns(0), net.v4(1).into(), 2);
     assert_eq!(p.received, 2, "{}", p.output);
@@ -174,10 +178,5 @@ fn xdp_capture_records_the_verdict() {
         .filter(|p| icmp.matches(p))
         .all(|p| p.verdict == 1));
     assert!(dropped.iter().filter(|p| icmp.matches(p)).count() >= 2);
-    net.ns(1)
-        .run(|| {
-            xdp.detach(ifindex as i32, libbpf_rs::XdpFlags::DRV_MODE)
-                .map_err(|e| lwtun::Error::bpf("detach xdp", e))
-        })
-        .unwrap();
+    att.detach().unwrap();
 }

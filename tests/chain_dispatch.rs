@@ -6,7 +6,6 @@
 //! as it was.
 mod common;
 
-use std::os::fd::AsFd;
 use std::time::Duration;
 
 use lwtun::chain::{
@@ -17,6 +16,7 @@ use lwtun::program::{Hook, LwtCounter};
 use lwtun::route::{InstalledRoute, LwtRoute};
 use lwtun::skel::dispatch_member::OBJECT as MEMBER;
 use lwtun::tc::{TcAttach, TcCounter, TcDirection};
+use lwtun::xdp::{XdpAttachment, XdpMode, XdpOptions};
 use lwtun::ErrorKind;
 
 const BPF_OK: i32 = 0;
@@ -31,9 +31,9 @@ const TC_ACT_SHOT: i32 = 2;
 fn routed(d: &Dispatcher) -> (common::Line, InstalledRoute) {
     let net = common::two_hosts();
     let mut nl = Netlink::open_in(net.ns(0)).unwrap();
-    let dev = nl.link_by_name("to1").unwrap().index;
+    let dev = nl.device("to1").unwrap();
     let route = LwtRoute::new(format!("{}/32", net.v4(1)).parse().unwrap())
-        .device(dev)
+        .device(&dev)
         .program(Hook::Xmit, &d.lwt_entry().unwrap())
         .install(&mut nl)
         .unwrap();
@@ -181,19 +181,16 @@ fn lwt_xmit_members_run_in_slot_order_and_verdicts_decide() {
 
 /// Two hosts and an XDP dispatcher attached natively to host 1's veth (the namespace takes the
 /// attachment with it).
-fn xdp_dispatcher() -> (common::Line, Dispatcher) {
+fn xdp_dispatcher() -> (common::Line, Dispatcher, XdpAttachment) {
     let net = common::two_hosts();
     let d = Dispatcher::new(ChainHook::Xdp).unwrap();
-    let ifindex = net.ifindex(1, "to0");
-    let entry = d.entry().try_clone_to_owned().unwrap();
-    net.ns(1)
-        .run(|| {
-            libbpf_rs::Xdp::new(entry.as_fd())
-                .attach(ifindex as i32, libbpf_rs::XdpFlags::DRV_MODE)
-                .map_err(|e| lwtun::Error::bpf("attach xdp", e))
-        })
-        .unwrap();
-    (net, d)
+    // The dispatcher's entry attaches through the same call as every other XDP program.
+    let native = XdpOptions {
+        mode: XdpMode::Native,
+        ..Default::default()
+    };
+    let att = XdpAttachment::attach(d.entry(), &net.device(1, "to0"), native).unwrap();
+    (net, d, att)
 }
 
 #[test]
@@ -201,7 +198,7 @@ fn xdp_members_run_in_order_and_a_drop_stops_the_run() {
     if !common::privileged("xdp_members_run_in_order_and_a_drop_stops_the_run") {
         return;
     }
-    let (net, mut d) = xdp_dispatcher();
+    let (net, mut d, _att) = xdp_dispatcher();
     let ping = |n| common::ping(net.ns(0), net.v4(1).into(), n);
     let a = d.attach(1, MEMBER, "member_xdp", &[XDP_PASS]).unwrap();
     let b = d.attach(2, MEMBER, "member_xdp", &[XDP_PASS]).unwrap();
@@ -258,10 +255,10 @@ fn tc_members_run_in_order_and_a_shot_stops_the_run() {
     }
     let net = common::two_hosts();
     let mut d = Dispatcher::new(ChainHook::Tc).unwrap();
-    let ifindex = net.ifindex(1, "to0");
+    let dev = net.device(1, "to0");
     let _attachment = net
         .ns(1)
-        .run(|| TcAttach::new(ifindex, TcDirection::Ingress).attach(d.entry()))
+        .run(|| TcAttach::new(&dev, TcDirection::Ingress).attach(d.entry()))
         .unwrap();
     let ping = |n| common::ping(net.ns(0), net.v4(1).into(), n);
     let go_on = [TC_ACT_UNSPEC, TC_ACT_OK];
@@ -398,7 +395,7 @@ fn xdp_members_come_and_go_under_a_steady_flow_without_loss() {
     if !common::privileged("xdp_members_come_and_go_under_a_steady_flow_without_loss") {
         return;
     }
-    let (net, mut d) = xdp_dispatcher();
+    let (net, mut d, _att) = xdp_dispatcher();
     let (f, l) = flow_with_changes(&mut d, &net, "member_xdp", &[XDP_PASS]);
     // ARP may cross the hook too: every frame ran both, at least the requests.
     assert_eq!(f.packets, l.packets);

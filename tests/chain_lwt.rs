@@ -16,9 +16,9 @@ use lwtun::ErrorKind;
 fn routed(chain: &ProgChain) -> (common::Line, InstalledRoute) {
     let net = common::two_hosts();
     let mut nl = Netlink::open_in(net.ns(0)).unwrap();
-    let dev = nl.link_by_name("to1").unwrap().index;
+    let dev = nl.device("to1").unwrap();
     let route = LwtRoute::new(format!("{}/32", net.v4(1)).parse().unwrap())
-        .device(dev)
+        .device(&dev)
         .program(Hook::Xmit, &chain.lwt_entry().unwrap())
         .install(&mut nl)
         .unwrap();

@@ -225,8 +225,7 @@ fn load_decap(s: &Setup) -> Decap {
         .unwrap();
     d.add_peer(DecapPeer::host(s.net.v6(0).into())).unwrap();
     d.add_udp_port(PORT).unwrap();
-    let ifindex = s.net.ifindex(1, "to0");
-    s.net.ns(1).run(|| d.attach(ifindex)).unwrap();
+    d.attach(&s.net.device(1, "to0")).unwrap();
     d
 }
 
@@ -381,7 +380,7 @@ fn unknown_peer_and_wrong_key_are_dropped_and_counted() {
 
     // Detaching stops the decap: the known peer's packets are no longer delivered.
     let mut d = d;
-    d.detach(s.net.ifindex(1, "to0")).unwrap();
+    d.detach(&s.net.device(1, "to0")).unwrap();
     send_raw(peer, IPPROTO_IPIP, None, u4, &inner(false, b"after detach"));
     assert!(s.app.recv(false).is_none(), "delivered after detach");
 }
@@ -492,8 +491,7 @@ fn decapsulated_packets_are_forwarded() {
     d.add_local(net.v6_towards(1, 0).into()).unwrap();
     d.add_peer(DecapPeer::host(net.v4(0).into())).unwrap();
     d.add_peer(DecapPeer::host(net.v6(0).into())).unwrap();
-    let ifindex = net.ifindex(1, "to0");
-    router.run(|| d.attach(ifindex)).unwrap();
+    d.attach(&net.device(1, "to0")).unwrap();
 
     let (h4, h6) = (net.v4(2), net.v6(2));
     let (s4, s6) = host
@@ -563,19 +561,18 @@ fn tcp_through_lwtun_encap_is_decapsulated_and_forwarded() {
     d.add_local(net.v4_towards(1, 0).into()).unwrap();
     d.add_peer(DecapPeer::host(net.v4(0).into())).unwrap();
     d.add_udp_port(PORT).unwrap();
-    d.attach_in(r, net.ifindex(1, "to0")).unwrap();
+    d.attach(&net.device(1, "to0")).unwrap();
 
-    let underlay = net.ifindex(0, "to1");
+    let underlay = net.device(0, "to1");
     let mut nl = Netlink::open_in(a).unwrap();
     let mut tunnel = Tunnel::load().unwrap();
     let prefix = format!("{server}/32").parse().unwrap();
     let route = tunnel
         .route(prefix)
-        .device(underlay)
+        .device(&underlay)
         .source(ov4(0).into())
         .headroom(48);
     tunnel.steer(&mut nl, route).unwrap();
-    tunnel.attach_underlay(underlay, Some(a)).unwrap();
 
     for encap in [
         Encap::Ipip,

@@ -126,8 +126,8 @@ fn programs_run_at_each_hook_v4_and_v6_and_show_in_iproute2() {
     let at_b = LwtCounter::load().unwrap(); // B's in + xmit
     let mut nla = Line::nl(&line.a);
     let mut nlb = Line::nl(&line.b);
-    let ab = nla.link_by_name("ab").unwrap().index;
-    let bc = nlb.link_by_name("bc").unwrap().index;
+    let ab = nla.device("ab").unwrap();
+    let bc = nlb.device("bc").unwrap();
 
     let mut installed = Vec::new();
     for (dst, gw_a, gw_b) in [
@@ -136,7 +136,7 @@ fn programs_run_at_each_hook_v4_and_v6_and_show_in_iproute2() {
     ] {
         installed.push(
             LwtRoute::new(dst.parse().unwrap())
-                .device(ab)
+                .device(&ab)
                 .via(gw_a.parse().unwrap())
                 .program(Hook::Out, at_a.program(Hook::Out))
                 .program(Hook::Xmit, at_a.program(Hook::Xmit))
@@ -146,7 +146,7 @@ fn programs_run_at_each_hook_v4_and_v6_and_show_in_iproute2() {
         );
         installed.push(
             LwtRoute::new(dst.parse().unwrap())
-                .device(bc)
+                .device(&bc)
                 .via(gw_b.parse().unwrap())
                 .program(Hook::In, at_b.program(Hook::In))
                 .program(Hook::Xmit, at_b.program(Hook::Xmit))
@@ -186,7 +186,7 @@ fn programs_run_at_each_hook_v4_and_v6_and_show_in_iproute2() {
     assert_eq!(routes.len(), 2, "{routes:?}");
     for r in &routes {
         assert_eq!(r.protocol, RTPROT_LWTUN);
-        assert_eq!(r.oif, Some(ab));
+        assert_eq!(r.oif, Some(ab.index()));
         let out = program_of(r, Hook::Out).unwrap().unwrap();
         assert_eq!(out.id(), at_a.program(Hook::Out).id());
         let xmit = program_of(r, Hook::Xmit).unwrap().unwrap();
@@ -279,7 +279,7 @@ fn iproute2_made_route_is_decoded() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
     let mut nl = Line::nl(&ns);
-    let d0 = nl.link_by_name("d0").unwrap().index;
+    let d0 = nl.device("d0").unwrap();
     let routes = nl
         .routes(&RouteFilter {
             table: Some(77),
@@ -289,7 +289,7 @@ fn iproute2_made_route_is_decoded() {
     assert_eq!(routes.len(), 1, "{routes:?}");
     let r = &routes[0];
     assert_eq!(r.dst, "10.70.0.0/16".parse().unwrap());
-    assert_eq!((r.table, r.metric, r.oif), (77, Some(9), Some(d0)));
+    assert_eq!((r.table, r.metric, r.oif), (77, Some(9), Some(d0.index())));
     let b = r.bpf_encap().expect("bpf encap");
     assert_eq!(b.input.as_ref().unwrap().name, "lwt_count.bpf.o:[lwt_in]");
     assert_eq!(b.xmit.as_ref().unwrap().name, "lwt_count.bpf.o:[lwt_xmit]");
@@ -310,11 +310,11 @@ fn replace_swaps_the_program_and_delete_removes() {
     let ns = NetNs::create_unique("rtrep").unwrap();
     with_device(&ns);
     let mut nl = Line::nl(&ns);
-    let d0 = nl.link_by_name("d0").unwrap().index;
+    let d0 = nl.device("d0").unwrap();
     let first = LwtCounter::load().unwrap();
     let second = LwtCounter::load().unwrap();
     let mut route = LwtRoute::new("10.71.0.0/24".parse().unwrap())
-        .device(d0)
+        .device(&d0)
         .program(Hook::Xmit, first.program(Hook::Xmit))
         .install(&mut nl)
         .unwrap();
@@ -337,7 +337,7 @@ fn replace_swaps_the_program_and_delete_removes() {
 
     // Replacing a whole route through LwtRoute::replace takes the same slot.
     let again = LwtRoute::new("10.71.0.0/24".parse().unwrap())
-        .device(d0)
+        .device(&d0)
         .program(Hook::Xmit, first.program(Hook::Xmit))
         .replace(&mut nl)
         .unwrap();
@@ -359,11 +359,11 @@ fn seg6local_end_bpf_route_installs_and_reads_back() {
     let ns = NetNs::create_unique("rtseg").unwrap();
     with_device(&ns);
     let mut nl = Line::nl(&ns);
-    let d0 = nl.link_by_name("d0").unwrap().index;
+    let d0 = nl.device("d0").unwrap();
     let progs = LwtCounter::load().unwrap();
     let end = progs.program(Hook::Seg6Local);
     let route = LwtRoute::new("fc00:1::1/128".parse().unwrap())
-        .device(d0)
+        .device(&d0)
         .program(Hook::Seg6Local, end)
         .install(&mut nl)
         .unwrap();
@@ -386,7 +386,7 @@ fn seg6local_end_bpf_route_installs_and_reads_back() {
     );
     // An LWT program cannot be an End.BPF function, nor mixed with one.
     let e = LwtRoute::new("fc00:1::2/128".parse().unwrap())
-        .device(d0)
+        .device(&d0)
         .program(Hook::Seg6Local, progs.program(Hook::Xmit))
         .install(&mut nl)
         .unwrap_err();
@@ -403,7 +403,7 @@ fn batch_of_10k_routes_installs_dumps_and_deletes() {
     let ns = NetNs::create_unique("rtbat").unwrap();
     with_device(&ns);
     let mut nl = Line::nl(&ns);
-    let d0 = nl.link_by_name("d0").unwrap().index;
+    let d0 = nl.device("d0").unwrap();
     let progs = LwtCounter::load().unwrap();
     let xmit = progs.program(Hook::Xmit);
     let route = |i: u32| {
@@ -412,7 +412,7 @@ fn batch_of_10k_routes_installs_dumps_and_deletes() {
                 .parse()
                 .unwrap(),
         );
-        r.oif = Some(d0);
+        r.oif = Some(d0.index());
         r.table = 300;
         r.encap = Some(Encap::Bpf(BpfEncap {
             xmit: Some(xmit.prog_ref()),
@@ -482,15 +482,15 @@ fn refusals_have_the_right_kind_and_leave_nothing() {
     with_device(&ns);
     ip(&ns, "addr add 10.72.0.1/24 dev d0");
     let mut nl = Line::nl(&ns);
-    let d0 = nl.link_by_name("d0").unwrap().index;
+    let d0 = nl.device("d0").unwrap();
     let progs = LwtCounter::load().unwrap();
     let xmit = progs.program(Hook::Xmit);
     let before = nl.routes(&RouteFilter::all()).unwrap();
 
-    let lwt = || LwtRoute::new("10.73.0.0/24".parse().unwrap()).device(d0);
+    let lwt = || LwtRoute::new("10.73.0.0/24".parse().unwrap()).device(&d0);
     let raw = || {
         let mut r = Route::new("10.73.0.0/24".parse().unwrap());
-        r.oif = Some(d0);
+        r.oif = Some(d0.index());
         r.encap = Some(Encap::Bpf(BpfEncap {
             xmit: Some(xmit.prog_ref()),
             ..Default::default()
@@ -528,13 +528,27 @@ fn refusals_have_the_right_kind_and_leave_nothing() {
     let e = nl.add_route(&r).unwrap_err();
     cases.push(("kernel: lwt_in program at xmit", ErrorKind::InvalidInput, e));
 
-    // Unknown device.
+    // A device that is gone since it was looked up.
+    nl.add_veth("gone0", "gone1", None).unwrap();
+    let gone = nl.device("gone0").unwrap();
+    nl.delete_link(gone.index()).unwrap();
     let e = LwtRoute::new("10.73.0.0/24".parse().unwrap())
-        .device(987_654)
+        .device(&gone)
         .program(Hook::Xmit, xmit)
         .install(&mut nl)
         .unwrap_err();
-    cases.push(("unknown device", ErrorKind::NotFound, e));
+    cases.push(("deleted device", ErrorKind::NotFound, e));
+
+    // A device of another namespace (the host's loopback has index 1 here too): refused
+    // before anything is sent, instead of routing through this namespace's device 1.
+    let host_lo = lwtun::netns::NetNs::current().unwrap().device("lo").unwrap();
+    let e = LwtRoute::new("10.73.0.0/24".parse().unwrap())
+        .device(&host_lo)
+        .program(Hook::Xmit, xmit)
+        .install(&mut nl)
+        .unwrap_err();
+    assert!(e.to_string().contains("not in this netlink socket's network namespace"), "{e}");
+    cases.push(("device of another namespace", ErrorKind::InvalidInput, e));
 
     // Family mismatch: an IPv6 gateway for an IPv4 route.
     let e = lwt()

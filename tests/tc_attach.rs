@@ -15,8 +15,7 @@ fn listed(
     dev: &str,
     dir: TcDirection,
 ) -> Vec<lwtun::tc::TcProgramInfo> {
-    let ifindex = net.ifindex(i, dev);
-    net.ns(i).run(|| attached(ifindex, dir)).unwrap()
+    attached(&net.device(i, dev), dir).unwrap()
 }
 
 #[test]
@@ -26,11 +25,11 @@ fn clsact_ingress_counts_pings_lists_and_detaches() {
     }
     let net = common::two_hosts();
     let counter = TcCounter::load().unwrap();
-    let ifindex = net.ifindex(1, "to0");
+    let dev = net.device(1, "to0");
     let a = net
         .ns(1)
         .run(|| {
-            TcAttach::new(ifindex, TcDirection::Ingress)
+            TcAttach::new(&dev, TcDirection::Ingress)
                 .mode(TcMode::Clsact)
                 .priority(7)
                 .handle(3)
@@ -89,9 +88,9 @@ fn clsact_priority_orders_filters_and_drop_on_panic_detaches() {
     let net = common::two_hosts();
     let first = TcCounter::load().unwrap();
     let second = TcCounter::load().unwrap();
-    let ifindex = net.ifindex(1, "to0");
+    let dev = net.device(1, "to0");
     let how = |p| {
-        TcAttach::new(ifindex, TcDirection::Egress)
+        TcAttach::new(&dev, TcDirection::Egress)
             .mode(TcMode::Clsact)
             .priority(p)
     };
@@ -137,9 +136,9 @@ fn clsact_replace_takes_over_and_replace_program_swaps() {
     let net = common::two_hosts();
     let old = TcCounter::load().unwrap();
     let new = TcCounter::load().unwrap();
-    let ifindex = net.ifindex(1, "to0");
+    let dev = net.device(1, "to0");
     let how = || {
-        TcAttach::new(ifindex, TcDirection::Ingress)
+        TcAttach::new(&dev, TcDirection::Ingress)
             .mode(TcMode::Clsact)
             .priority(5)
     };
@@ -183,12 +182,12 @@ fn tcx_ingress_and_egress_order_and_detach() {
     let ing = TcCounter::load().unwrap();
     let eg = TcCounter::load().unwrap();
     let front = TcCounter::load().unwrap();
-    let ifindex = net.ifindex(1, "to0");
+    let dev = net.device(1, "to0");
     let (a_in, a_eg) = net
         .ns(1)
         .run(|| {
-            let a = TcAttach::new(ifindex, TcDirection::Ingress).attach(ing.program())?;
-            let b = TcAttach::new(ifindex, TcDirection::Egress)
+            let a = TcAttach::new(&dev, TcDirection::Ingress).attach(ing.program())?;
+            let b = TcAttach::new(&dev, TcDirection::Egress)
                 .mode(TcMode::Tcx)
                 .attach(eg.program())?;
             Ok((a, b))
@@ -204,7 +203,7 @@ fn tcx_ingress_and_egress_order_and_detach() {
     let a_front = net
         .ns(1)
         .run(|| {
-            TcAttach::new(ifindex, TcDirection::Ingress)
+            TcAttach::new(&dev, TcDirection::Ingress)
                 .order(TcxOrder::First)
                 .attach(front.program())
         })
@@ -246,11 +245,11 @@ fn refuses_wrong_programs_and_settings() {
         return;
     }
     let net = common::two_hosts();
-    let ifindex = net.ifindex(1, "to0");
+    let dev = net.device(1, "to0");
     let lwt = LwtCounter::load().unwrap();
     let e = net
         .ns(1)
-        .run(|| TcAttach::new(ifindex, TcDirection::Ingress).attach(lwt.program(Hook::Xmit)))
+        .run(|| TcAttach::new(&dev, TcDirection::Ingress).attach(lwt.program(Hook::Xmit)))
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
     assert!(e.to_string().contains("not sched_cls"), "{e}");
@@ -259,7 +258,7 @@ fn refuses_wrong_programs_and_settings() {
     let e = net
         .ns(1)
         .run(|| {
-            TcAttach::new(ifindex, TcDirection::Ingress)
+            TcAttach::new(&dev, TcDirection::Ingress)
                 .mode(TcMode::Tcx)
                 .priority(3)
                 .attach(counter.program())
@@ -269,7 +268,7 @@ fn refuses_wrong_programs_and_settings() {
     let e = net
         .ns(1)
         .run(|| {
-            TcAttach::new(ifindex, TcDirection::Ingress)
+            TcAttach::new(&dev, TcDirection::Ingress)
                 .priority(0)
                 .attach(counter.program())
         })
@@ -278,19 +277,19 @@ fn refuses_wrong_programs_and_settings() {
     let e = net
         .ns(1)
         .run(|| {
-            TcAttach::new(ifindex, TcDirection::Ingress)
+            TcAttach::new(&dev, TcDirection::Ingress)
                 .handle(0)
                 .attach(counter.program())
         })
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
-    let e = net
-        .ns(1)
-        .run(|| {
-            TcAttach::new(999_999, TcDirection::Ingress)
-                .mode(TcMode::Clsact)
-                .attach(counter.program())
-        })
+    // A device deleted after it was looked up.
+    common::ip(net.ns(1), &["link", "add", "gone0", "type", "dummy"]);
+    let gone = net.device(1, "gone0");
+    common::ip(net.ns(1), &["link", "del", "gone0"]);
+    let e = TcAttach::new(&gone, TcDirection::Ingress)
+        .mode(TcMode::Clsact)
+        .attach(counter.program())
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
     // Nothing was left behind by the failures.
@@ -304,12 +303,12 @@ fn persisted_attachments_outlive_their_handles() {
     }
     let net = common::two_hosts();
     let counter = TcCounter::load().unwrap();
-    let ifindex = net.ifindex(1, "to0");
+    let dev = net.device(1, "to0");
     // clsact: the filter stays, and remove_leftovers finds it by its name.
     let a = net
         .ns(1)
         .run(|| {
-            TcAttach::new(ifindex, TcDirection::Ingress)
+            TcAttach::new(&dev, TcDirection::Ingress)
                 .mode(TcMode::Clsact)
                 .attach(counter.program())
         })
@@ -318,7 +317,7 @@ fn persisted_attachments_outlive_their_handles() {
     assert_eq!(listed(&net, 1, "to0", TcDirection::Ingress).len(), 1);
     assert_eq!(
         net.ns(1)
-            .run(|| lwtun::tc::remove_leftovers(ifindex))
+            .run(|| lwtun::tc::remove_leftovers(&dev))
             .unwrap(),
         1
     );
@@ -340,7 +339,7 @@ fn persisted_attachments_outlive_their_handles() {
     let a = net
         .ns(1)
         .run(|| {
-            TcAttach::new(ifindex, TcDirection::Ingress)
+            TcAttach::new(&dev, TcDirection::Ingress)
                 .mode(TcMode::Tcx)
                 .attach(counter.program())
         })
@@ -348,7 +347,7 @@ fn persisted_attachments_outlive_their_handles() {
     let a2 = net
         .ns(1)
         .run(|| {
-            TcAttach::new(ifindex, TcDirection::Egress)
+            TcAttach::new(&dev, TcDirection::Egress)
                 .mode(TcMode::Tcx)
                 .attach(counter.program())
         })
@@ -389,14 +388,14 @@ fn tcx_runs_before_clsact_and_listing_shows_that_order() {
     let net = common::two_hosts();
     let first = TcCounter::load().unwrap();
     let later = TcCounter::load().unwrap();
-    let ifindex = net.ifindex(1, "to0");
+    let dev = net.device(1, "to0");
     let (cls, tcx) = net
         .ns(1)
         .run(|| {
-            let c = TcAttach::new(ifindex, TcDirection::Ingress)
+            let c = TcAttach::new(&dev, TcDirection::Ingress)
                 .mode(TcMode::Clsact)
                 .attach(later.program())?;
-            let t = TcAttach::new(ifindex, TcDirection::Ingress)
+            let t = TcAttach::new(&dev, TcDirection::Ingress)
                 .mode(TcMode::Tcx)
                 .attach(first.program())?;
             Ok((c, t))

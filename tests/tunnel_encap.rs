@@ -28,7 +28,7 @@ struct Setup {
     net: common::Line,
     nl: Netlink,
     tunnel: Tunnel,
-    underlay: u32,
+    underlay: lwtun::device::Device,
 }
 
 fn a_outer(v6: bool) -> IpAddr {
@@ -61,7 +61,7 @@ fn setup() -> Setup {
         );
     }
     let nl = Netlink::open_in(net.ns(0)).unwrap();
-    let underlay = net.ifindex(0, "to1");
+    let underlay = net.device(0, "to1");
     let tunnel = Tunnel::load().unwrap();
     Setup {
         net,
@@ -78,7 +78,7 @@ impl Setup {
             let route = self
                 .tunnel
                 .route(prefix.parse().unwrap())
-                .device(self.underlay)
+                .device(&self.underlay)
                 .source(src.parse().unwrap());
             self.tunnel.steer(&mut self.nl, route).unwrap();
         }
@@ -119,9 +119,6 @@ fn encap_on_the_wire(encap: Encap, outer_v6: bool, inner_v6: bool, filter: &str,
         .insert(b_prefix(inner_v6), peer)
         .unwrap();
     s.steer();
-    s.tunnel
-        .attach_underlay(s.underlay, Some(s.net.ns(0)))
-        .unwrap();
     let cap = Capture::start_with(s.net.ns(1), "to0", filter, 4, &["-v"]);
     let _ = s.ping(inner_v6, 4); // no decap in B: the requests are what we look at
     let lines = cap.finish(Duration::from_secs(3));
@@ -274,9 +271,6 @@ fn routes_and_fixups_go_with_the_tunnel() {
     }
     let mut s = setup();
     s.steer();
-    s.tunnel
-        .attach_underlay(s.underlay, Some(s.net.ns(0)))
-        .unwrap();
     let shown = common::ip(s.net.ns(0), &["route", "show", "10.20.0.0/16"]);
     assert!(shown.contains("encap bpf xmit"), "{shown}");
     assert_eq!(s.tunnel.headroom(), 48, "no peers yet: the worst case");

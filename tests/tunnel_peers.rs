@@ -13,7 +13,6 @@
 mod common;
 
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
 
 use ipnetwork::IpNetwork;
@@ -24,26 +23,6 @@ use lwtun::netns::NetNs;
 use lwtun::peer::{Encap, EncapPeer};
 use lwtun::tunnel::Tunnel;
 use lwtun::ErrorKind;
-
-/// Runs `f` with the calling thread inside `ns`, then returns the thread to its namespace.
-fn inside<T>(ns: &NetNs, f: impl FnOnce() -> T) -> T {
-    let home: OwnedFd = std::fs::File::open("/proc/thread-self/ns/net")
-        .unwrap()
-        .into();
-    let target = ns.fd().unwrap();
-    // SAFETY: setns on this thread with namespace fds we hold open.
-    assert_eq!(
-        unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) },
-        0
-    );
-    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    // SAFETY: as above, back to where the thread was.
-    assert_eq!(
-        unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) },
-        0
-    );
-    out.unwrap_or_else(|p| std::panic::resume_unwind(p))
-}
 
 fn addr(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -92,7 +71,7 @@ struct Endpoint {
 #[allow(clippy::too_many_arguments)]
 fn endpoint(
     ns: &NetNs,
-    dev: u32,
+    dev: &lwtun::device::Device,
     prefix: &str,
     src: &str,
     remote: &str,
@@ -111,7 +90,6 @@ fn endpoint(
         .unwrap();
     let route = tunnel.route(net(prefix)).device(dev).source(addr(src));
     tunnel.steer(&mut nl, route).unwrap();
-    tunnel.attach_underlay(dev, Some(ns)).unwrap();
     let decap = if from.is_empty() {
         None
     } else {
@@ -120,7 +98,7 @@ fn endpoint(
         for f in from {
             d.add_peer(DecapPeer::host(addr(f))).unwrap();
         }
-        inside(ns, || d.attach(dev)).unwrap();
+        d.attach(dev).unwrap();
         Some(d)
     };
     Endpoint {
@@ -154,7 +132,7 @@ fn replaced_peer_moves_a_steady_flow_without_loss() {
     };
     let mut a = endpoint(
         line.ns(0),
-        line.ifindex(0, "to1"),
+        &line.device(0, "to1"),
         "10.20.0.0/16",
         "10.30.0.1",
         "10.77.0.2",
@@ -164,7 +142,7 @@ fn replaced_peer_moves_a_steady_flow_without_loss() {
     );
     let b = endpoint(
         line.ns(1),
-        line.ifindex(1, "to0"),
+        &line.device(1, "to0"),
         "10.30.0.0/16",
         "10.20.0.2",
         "10.77.0.1",
@@ -174,7 +152,7 @@ fn replaced_peer_moves_a_steady_flow_without_loss() {
     );
     let c = endpoint(
         line.ns(2),
-        line.ifindex(2, "to1"),
+        &line.device(2, "to1"),
         "10.30.0.0/16",
         "10.20.0.2",
         "10.77.0.1",
@@ -257,7 +235,7 @@ fn path_mtu_counts_the_encap() {
     );
     let mut r = endpoint(
         line.ns(1),
-        line.ifindex(1, "to2"),
+        &line.device(1, "to2"),
         "10.20.0.0/16",
         "10.77.0.2",
         "10.77.1.2",
@@ -286,7 +264,8 @@ fn path_mtu_counts_the_encap() {
     let route6 = r
         .tunnel
         .route(net("fd20::/16"))
-        .device(line.ifindex(1, "to2"));
+        .device(&line.device(1, "to2"))
+        .source(line.v6(1).into());
     r.tunnel.steer(&mut nl, route6).unwrap();
     assert_eq!(r.tunnel.headroom(), 24);
 
@@ -326,9 +305,11 @@ fn ipip_tcp_needs_the_underlay_fixup() {
         common::ip(line.ns(i), &["addr", "add", a, "dev", "lo"]);
     }
     let mk =
-        |ns: &NetNs, dev: u32, prefix: &str, src: &str, remote: &str, local: &str, fix: bool| {
+        |ns: &NetNs, dev: &lwtun::device::Device, prefix: &str, src: &str, remote: &str, local: &str, fix: bool| {
             let mut nl = Netlink::open_in(ns).unwrap();
-            let mut t = Tunnel::load().unwrap();
+            // The fix-up is attached where the route goes unless turned off: this test shows
+            // what happens without it.
+            let mut t = Tunnel::builder().auto_underlay_fixup(fix).load().unwrap();
             t.peers_mut()
                 .insert(
                     net(prefix),
@@ -337,21 +318,18 @@ fn ipip_tcp_needs_the_underlay_fixup() {
                 .unwrap();
             let route = t.route(net(prefix)).device(dev).source(addr(src));
             t.steer(&mut nl, route).unwrap();
-            if fix {
-                t.attach_underlay(dev, Some(ns)).unwrap();
-            }
             let mut d = Decap::load().unwrap();
             d.add_local(addr(local)).unwrap();
             d.add_peer(DecapPeer::host(addr(remote))).unwrap();
-            inside(ns, || d.attach(dev)).unwrap();
+            d.attach(dev).unwrap();
             (t, d, nl)
         };
-    let a_dev = line.ifindex(0, "to1");
-    let b_dev = line.ifindex(1, "to0");
+    let a_dev = line.device(0, "to1");
+    let b_dev = line.device(1, "to0");
     // A sends without the fix-up, B (the receiver's ACKs are small, not GSO) with it.
     let mut a = mk(
         line.ns(0),
-        a_dev,
+        &a_dev,
         "10.20.0.0/16",
         "10.30.0.1",
         "10.77.0.2",
@@ -360,7 +338,7 @@ fn ipip_tcp_needs_the_underlay_fixup() {
     );
     let _b = mk(
         line.ns(1),
-        b_dev,
+        &b_dev,
         "10.30.0.0/16",
         "10.20.0.2",
         "10.77.0.1",
@@ -382,7 +360,7 @@ fn ipip_tcp_needs_the_underlay_fixup() {
         cap.finish(Duration::from_secs(1)).is_empty(),
         "placeholder packets leaked"
     );
-    a.0.attach_underlay(a_dev, Some(line.ns(0))).unwrap();
+    a.0.attach_underlay(&a_dev).unwrap();
     let t = common::tcp_stream(line.ns(1), line.ns(0), addr("10.20.0.2"), 4 << 20);
     assert!(t.complete(), "with the fix-up: {t:?}");
 }
@@ -403,7 +381,8 @@ fn input_route_encapsulates_forwarded_traffic() {
         &["route", "add", "10.20.0.0/16", "via", "10.77.0.2"],
     );
     // B answers the client directly over the underlay (its line routes know 10.77.0.0/24).
-    let mut t = Tunnel::load().unwrap();
+    // R only forwards: its route needs no preferred source.
+    let mut t = Tunnel::builder().forward_only(true).load().unwrap();
     t.peers_mut()
         .insert(
             net("10.20.0.0/16"),
@@ -425,14 +404,13 @@ fn input_route_encapsulates_forwarded_traffic() {
         .unwrap();
     let mut nl = Netlink::open_in(line.ns(1)).unwrap();
     let route = lwtun::route::LwtRoute::new(net("10.20.0.0/16"))
-        .device(line.ifindex(1, "to2"))
+        .device(&line.device(1, "to2"))
         .program(lwtun::route::Hook::In, t.input_program());
     t.steer(&mut nl, route).unwrap();
     let mut d = Decap::load().unwrap();
     d.add_local(addr("10.77.1.2")).unwrap();
     d.add_peer(DecapPeer::host(addr("10.77.1.1"))).unwrap();
-    let b_dev = line.ifindex(2, "to1");
-    inside(line.ns(2), || d.attach(b_dev)).unwrap();
+    d.attach(&line.device(2, "to1")).unwrap();
     let cap = common::Capture::start(line.ns(2), "to1", "ip proto 47", 3);
     let p = common::ping(line.ns(0), addr("10.20.0.2"), 3);
     assert_eq!(p.received, 3, "{}", p.output);
@@ -832,14 +810,12 @@ fn batch_peers_carry_traffic_and_removal_falls_back() {
     let mut nl = Netlink::open_in(line.ns(0)).unwrap();
     let route = a
         .route(net("10.20.0.0/16"))
-        .device(line.ifindex(0, "to1"))
+        .device(&line.device(0, "to1"))
         .source(addr("10.30.0.1"));
     a.steer(&mut nl, route).unwrap();
-    a.attach_underlay(line.ifindex(0, "to1"), Some(line.ns(0)))
-        .unwrap();
     let _b = endpoint(
         line.ns(1),
-        line.ifindex(1, "to0"),
+        &line.device(1, "to0"),
         "10.30.0.0/16",
         "10.20.0.2",
         "10.77.0.1",
@@ -850,8 +826,7 @@ fn batch_peers_carry_traffic_and_removal_falls_back() {
     let mut decap = Decap::load().unwrap();
     decap.add_local(addr("10.77.0.1")).unwrap();
     decap.add_peer(DecapPeer::host(addr("10.77.0.2"))).unwrap();
-    let a_dev = line.ifindex(0, "to1");
-    inside(line.ns(0), || decap.attach(a_dev)).unwrap();
+    decap.attach(&line.device(0, "to1")).unwrap();
 
     let p = common::ping_with(line.ns(0), addr("10.20.0.2"), 3, &["-I", "10.30.0.1"]);
     assert_eq!(p.received, 3, "{}", p.output);

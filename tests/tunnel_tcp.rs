@@ -32,26 +32,6 @@ const OUTER6: [&str; 2] = ["fd77::1", "fd77::2"];
 const FOU_PORT: u16 = 5555;
 const TCP_BYTES: usize = 16 << 20;
 
-/// Runs `f` with the calling thread inside `ns`, then returns the thread to its namespace.
-fn inside<T>(ns: &NetNs, f: impl FnOnce() -> T) -> T {
-    let home: OwnedFd = std::fs::File::open("/proc/thread-self/ns/net")
-        .unwrap()
-        .into();
-    let target = ns.fd().unwrap();
-    // SAFETY: setns on this thread with namespace fds we hold open.
-    assert_eq!(
-        unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) },
-        0
-    );
-    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    // SAFETY: as above, back to where the thread was.
-    assert_eq!(
-        unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) },
-        0
-    );
-    out.unwrap_or_else(|p| std::panic::resume_unwind(p))
-}
-
 struct Host {
     tunnel: Tunnel,
     decap: Decap,
@@ -90,7 +70,7 @@ fn pair(direct: bool) -> Pair {
             ],
         );
         let dev = if side == 0 { "to1" } else { "to0" };
-        let underlay = net.ifindex(side, dev);
+        let underlay = net.device(side, dev);
         let mut nl = Netlink::open_in(ns).unwrap();
         let mut tunnel = Tunnel::builder().direct(direct).load().unwrap();
         let other = 1 - side;
@@ -100,19 +80,18 @@ fn pair(direct: bool) -> Pair {
         ] {
             let route = tunnel
                 .route(prefix.parse().unwrap())
-                .device(underlay)
+                .device(&underlay)
                 .source(src.parse().unwrap())
                 .headroom(48);
             tunnel.steer(&mut nl, route).unwrap();
         }
-        tunnel.attach_underlay(underlay, Some(ns)).unwrap();
         let mut decap = Decap::load().unwrap();
         decap.add_local(ip(OUTER4, side)).unwrap();
         decap.add_local(ip(OUTER6, side)).unwrap();
         decap.add_peer(DecapPeer::host(ip(OUTER4, other))).unwrap();
         decap.add_peer(DecapPeer::host(ip(OUTER6, other))).unwrap();
         decap.add_udp_port(FOU_PORT).unwrap();
-        inside(ns, || decap.attach(underlay)).unwrap();
+        decap.attach(&underlay).unwrap();
         hosts.push(Host {
             tunnel,
             decap,

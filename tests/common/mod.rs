@@ -113,6 +113,12 @@ pub fn ifindex(ns: &NetNs, dev: &str) -> u32 {
         .unwrap_or_else(|| panic!("no ifindex in {out:?}"))
 }
 
+/// Device `dev` inside `ns`, bound to that namespace.
+pub fn device(ns: &NetNs, dev: &str) -> lwtun::device::Device {
+    ns.device(dev)
+        .unwrap_or_else(|e| panic!("device {dev} in {}: {e}", ns.name()))
+}
+
 /// The Ethernet address of device `dev` inside `ns`, as `ip link` shows it.
 pub fn mac(ns: &NetNs, dev: &str) -> [u8; 6] {
     let out = ip(ns, &["-o", "link", "show", "dev", dev]);
@@ -259,6 +265,11 @@ impl Line {
     /// The interface index of device `dev` inside namespace `i`.
     pub fn ifindex(&self, i: usize, dev: &str) -> u32 {
         ifindex(&self.ns[i], dev)
+    }
+
+    /// Device `dev` inside namespace `i`.
+    pub fn device(&self, i: usize, dev: &str) -> lwtun::device::Device {
+        device(&self.ns[i], dev)
     }
 }
 
