@@ -194,7 +194,7 @@ pub struct RedirectRule {
     pub device: u32,
     /// The device's namespace, checked against the netlink socket of
     /// [`TunnelRedirect::set_rule`]; `None` for rules read back from the kernel.
-    netns: Option<NetNsId>,
+    pub netns: Option<NetNsId>,
     /// The tunnel key.
     pub key: TunnelKey,
     /// Redirect to the device's ingress (as if received by it) instead of its egress.

@@ -19,6 +19,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Duration;
 
 use lwtun::netlink::Netlink;
+use lwtun::device::Device;
 use lwtun::netns::NetNs;
 use lwtun::program::Hook;
 use lwtun::route::LwtRoute;
@@ -94,7 +95,7 @@ fn ipv6_frame(dst: [u8; 16]) -> Vec<u8> {
 }
 
 /// A namespace with one collect_md VXLAN device (`vx0`) to point rules at.
-fn vxlan_ns() -> (NetNs, u32) {
+fn vxlan_ns() -> (NetNs, Device) {
     let ns = common::netns("rdt");
     common::ip(
         &ns,
@@ -103,10 +104,8 @@ fn vxlan_ns() -> (NetNs, u32) {
             "4789",
         ],
     );
-    let idx = ns
-        .run(|| Ok(Netlink::open()?.link_by_name("vx0")?.index))
-        .unwrap();
-    (ns, idx)
+    let vx0 = common::device(&ns, "vx0");
+    (ns, vx0)
 }
 
 #[test]
@@ -124,13 +123,13 @@ fn test_run_tc_lookup_redirects_rewrites_macs_and_counts() {
     redirect
         .set_rule(
             &mut nl,
-            RedirectRule::new(wide, vx0, key).inner_dst_mac(VXB_MAC),
+            RedirectRule::new(wide, &vx0, key).inner_dst_mac(VXB_MAC),
         )
         .unwrap();
     redirect
         .set_rule(
             &mut nl,
-            RedirectRule::new(narrow, vx0, TunnelKey::new(ipaddr("192.168.77.3"), 43))
+            RedirectRule::new(narrow, &vx0, TunnelKey::new(ipaddr("192.168.77.3"), 43))
                 .inner_dst_mac([2, 0, 0, 0, 0xc0, 1])
                 .to_ingress(),
         )
@@ -138,7 +137,7 @@ fn test_run_tc_lookup_redirects_rewrites_macs_and_counts() {
     redirect
         .set_rule(
             &mut nl,
-            RedirectRule::new(v6, vx0, key).inner_dst_mac(VXB_MAC),
+            RedirectRule::new(v6, &vx0, key).inner_dst_mac(VXB_MAC),
         )
         .unwrap();
 
@@ -204,7 +203,7 @@ fn test_run_lwt_xmit_pushes_an_ethernet_header_for_vxlan() {
     redirect
         .set_rule(
             &mut nl,
-            RedirectRule::new(prefix, vx0, TunnelKey::new(ipaddr("192.168.77.2"), 42))
+            RedirectRule::new(prefix, &vx0, TunnelKey::new(ipaddr("192.168.77.2"), 42))
                 .inner_dst_mac(VXB_MAC),
         )
         .unwrap();
@@ -244,8 +243,8 @@ struct Seed {
     a: NetNs,
     r: NetNs,
     b: NetNs,
-    r0: u32,
-    vx0: u32,
+    r0: Device,
+    vx0: Device,
 }
 
 fn seed() -> Seed {
@@ -370,12 +369,7 @@ fn seed() -> Seed {
     );
     ip(&b, &["route", "add", "fd77::/64", "via", "fd77:200::fe"]);
 
-    let (r0, vx0) = r
-        .run(|| {
-            let mut nl = Netlink::open()?;
-            Ok((nl.link_by_name("r0")?.index, nl.link_by_name("vx0")?.index))
-        })
-        .unwrap();
+    let (r0, vx0) = (common::device(&r, "r0"), common::device(&r, "vx0"));
     Seed { a, r, b, r0, vx0 }
 }
 
@@ -399,7 +393,7 @@ impl Drop for PinDir {
 fn vxlan_rule(seed: &Seed, prefix: &str, vni: u32) -> RedirectRule {
     RedirectRule::new(
         prefix.parse().unwrap(),
-        seed.vx0,
+        &seed.vx0,
         TunnelKey::new(ipaddr("192.168.77.2"), vni).ttl(33),
     )
     .inner_dst_mac(VXB_MAC)
@@ -424,9 +418,9 @@ fn seed_scenario_ping_tcp_both_ways_through_vxlan() {
     // Before the program is attached, the router has no route to the virtual IP.
     assert_eq!(common::ping(&s.a, ipaddr("10.200.0.7"), 1).received, 0);
 
-    let r0 = s.r0;
+    let r0 = s.r0.clone();
     let _tc =
-        s.r.run(|| TcAttach::new(r0, TcDirection::Ingress).attach(redirect.tc_program()))
+        s.r.run(|| TcAttach::new(&r0, TcDirection::Ingress).attach(redirect.tc_program()))
             .unwrap();
 
     // The underlay shows VXLAN with VNI 42 between the outer addresses, with the rule's TTL.
@@ -502,9 +496,9 @@ fn rules_change_at_run_time() {
     redirect
         .set_rule(&mut nl, vxlan_rule(&s, "10.200.0.0/16", 42))
         .unwrap();
-    let r0 = s.r0;
+    let r0 = s.r0.clone();
     let _tc =
-        s.r.run(|| TcAttach::new(r0, TcDirection::Ingress).attach(redirect.tc_program()))
+        s.r.run(|| TcAttach::new(&r0, TcDirection::Ingress).attach(redirect.tc_program()))
             .unwrap();
     assert_eq!(common::ping(&s.a, ipaddr("10.200.0.7"), 2).received, 2);
     let before = redirect.rule_stats(prefix).unwrap();
@@ -576,7 +570,7 @@ fn pinned_maps_read_by_bpftool_and_adopted() {
             "{needle} missing in bpftool's dump: {text}"
         );
     }
-    assert!(text.contains(&format!("\"ifindex\":{}", s.vx0)), "{text}");
+    assert!(text.contains(&format!("\"ifindex\":{}", s.vx0.index())), "{text}");
     for name in [
         "rules_v6",
         "rule_stats",
@@ -601,9 +595,9 @@ fn pinned_maps_read_by_bpftool_and_adopted() {
         adopted.rules(),
         vec![vxlan_rule(&s, "10.200.0.0/16", 42).inner_src_mac(VX0_MAC)]
     );
-    let r0 = s.r0;
+    let r0 = s.r0.clone();
     let _tc =
-        s.r.run(|| TcAttach::new(r0, TcDirection::Ingress).attach(adopted.tc_program()))
+        s.r.run(|| TcAttach::new(&r0, TcDirection::Ingress).attach(adopted.tc_program()))
             .unwrap();
     assert_eq!(common::ping(&s.a, ipaddr("10.200.0.7"), 2).received, 2);
     drop(_tc);
@@ -625,7 +619,7 @@ fn refuses_targets_that_are_not_collect_md_tunnels() {
     let e = redirect
         .set_rule(
             &mut nl,
-            RedirectRule::new(prefix, s.r0, key).inner_dst_mac(VXB_MAC),
+            RedirectRule::new(prefix, &s.r0, key).inner_dst_mac(VXB_MAC),
         )
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
@@ -647,30 +641,41 @@ fn refuses_targets_that_are_not_collect_md_tunnels() {
             "4790",
         ],
     );
-    let plain =
-        s.r.run(|| Ok(Netlink::open()?.link_by_name("vxplain")?.index))
-            .unwrap();
+    let plain = common::device(&s.r, "vxplain");
     let e = redirect
         .set_rule(
             &mut nl,
-            RedirectRule::new(prefix, plain, key).inner_dst_mac(VXB_MAC),
+            RedirectRule::new(prefix, &plain, key).inner_dst_mac(VXB_MAC),
         )
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
     assert!(e.to_string().contains("without collect_md"), "{e}");
     // An Ethernet-carrying tunnel without an inner MAC.
     let e = redirect
-        .set_rule(&mut nl, RedirectRule::new(prefix, s.vx0, key))
+        .set_rule(&mut nl, RedirectRule::new(prefix, &s.vx0, key))
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
-    // An unknown device.
+    // A device deleted after it was looked up.
+    common::ip(&s.r, &["link", "add", "gone0", "type", "dummy"]);
+    let gone = common::device(&s.r, "gone0");
+    common::ip(&s.r, &["link", "del", "gone0"]);
     let e = redirect
         .set_rule(
             &mut nl,
-            RedirectRule::new(prefix, 999_999, key).inner_dst_mac(VXB_MAC),
+            RedirectRule::new(prefix, &gone, key).inner_dst_mac(VXB_MAC),
         )
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    // A device of another namespace than the netlink socket's.
+    let (_other, elsewhere) = vxlan_ns();
+    let e = redirect
+        .set_rule(
+            &mut nl,
+            RedirectRule::new(prefix, &elsewhere, key).inner_dst_mac(VXB_MAC),
+        )
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert!(e.to_string().contains("Netlink::open_in"), "{e}");
     assert!(redirect.rules().is_empty(), "no refused rule was kept");
 }
 
@@ -687,9 +692,9 @@ fn gre_and_ipip_external_targets() {
     });
     let (gre, ipip) = created.unwrap();
     let mut redirect = TunnelRedirect::load().unwrap();
-    let r0 = s.r0;
+    let r0 = s.r0.clone();
     let _tc =
-        s.r.run(|| TcAttach::new(r0, TcDirection::Ingress).attach(redirect.tc_program()))
+        s.r.run(|| TcAttach::new(&r0, TcDirection::Ingress).attach(redirect.tc_program()))
             .unwrap();
     // (kind, creation result, device in R, far device in B with its creation arguments, VIP net)
     let cases = [
@@ -718,13 +723,11 @@ fn gre_and_ipip_external_targets() {
             Err(e) => panic!("create {kind} external: {e}"),
             Ok(()) => {
                 common::ip(&s.r, &["link", "set", name, "up"]);
-                let idx =
-                    s.r.run(|| Ok(Netlink::open()?.link_by_name(name)?.index))
-                        .unwrap();
+                let idx = common::device(&s.r, name);
                 // L3 tunnels need no inner MAC; an IPv6 remote does not suit them.
                 let rule = RedirectRule::new(
                     format!("{net}.0.0/16").parse().unwrap(),
-                    idx,
+                    &idx,
                     TunnelKey::new(ipaddr("192.168.77.2"), 42),
                 );
                 redirect.set_rule(&mut nl, rule).unwrap();
@@ -777,7 +780,7 @@ fn lwt_xmit_route_redirects_into_vxlan_with_per_destination_keys() {
         .set_rule(&mut nl, vxlan_rule(&s, "10.201.0.8/32", 44))
         .unwrap();
     let _route = LwtRoute::new("10.201.0.0/24".parse().unwrap())
-        .device(s.vx0)
+        .device(&s.vx0)
         .program(Hook::Xmit, redirect.lwt_program())
         .install(&mut nl)
         .unwrap();
@@ -811,7 +814,7 @@ fn lwt_xmit_route_redirects_into_vxlan_with_per_destination_keys() {
         .set_rule(&mut nl, vxlan_rule(&s, "fd77:201::/64", 42))
         .unwrap();
     let _route6 = LwtRoute::new("fd77:201::/64".parse().unwrap())
-        .device(s.vx0)
+        .device(&s.vx0)
         .program(Hook::Xmit, redirect.lwt_program())
         .install(&mut nl)
         .unwrap();
@@ -839,18 +842,18 @@ fn redirect_to_the_tunnel_devices_ingress() {
     let mut redirect = TunnelRedirect::load().unwrap();
     let rule = RedirectRule::new(
         "10.210.0.1/32".parse().unwrap(),
-        s.vx0,
+        &s.vx0,
         TunnelKey::new(ipaddr("192.168.77.2"), 42),
     )
     .inner_dst_mac(VX0_MAC)
     .to_ingress();
     redirect.set_rule(&mut nl, rule).unwrap();
     let counter = lwtun::tc::TcCounter::load().unwrap();
-    let (r0, vx0) = (s.r0, s.vx0);
+    let (r0, vx0) = (s.r0.clone(), s.vx0.clone());
     let (_tc, _count) =
         s.r.run(|| {
-            let a = TcAttach::new(r0, TcDirection::Ingress).attach(redirect.tc_program())?;
-            let b = TcAttach::new(vx0, TcDirection::Ingress).attach(counter.program())?;
+            let a = TcAttach::new(&r0, TcDirection::Ingress).attach(redirect.tc_program())?;
+            let b = TcAttach::new(&vx0, TcDirection::Ingress).attach(counter.program())?;
             Ok((a, b))
         })
         .unwrap();
@@ -901,16 +904,16 @@ fn ipv6_underlay_remote() {
     let mut redirect = TunnelRedirect::load().unwrap();
     let rule = RedirectRule::new(
         "10.203.0.0/16".parse().unwrap(),
-        s.vx0,
+        &s.vx0,
         TunnelKey::new(ipaddr("fd78::2"), 46)
             .local(ipaddr("fd78::1"))
             .ttl(20),
     )
     .inner_dst_mac([0x02, 0, 0, 0, 0xb6, 0x01]);
     redirect.set_rule(&mut nl, rule).unwrap();
-    let r0 = s.r0;
+    let r0 = s.r0.clone();
     let _tc =
-        s.r.run(|| TcAttach::new(r0, TcDirection::Ingress).attach(redirect.tc_program()))
+        s.r.run(|| TcAttach::new(&r0, TcDirection::Ingress).attach(redirect.tc_program()))
             .unwrap();
     // Replies come back over the IPv4 tunnel (B's route to 10.77.0.0/24 is via vxb).
     let (lines, p) = common::tcpdump(

@@ -6,7 +6,7 @@ mod common;
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use common::{ifindex, ip, line, mac, netns, ping, tcp_stream, two_hosts};
+use common::{device, ip, line, mac, netns, ping, tcp_stream, two_hosts};
 use lwtun::netns::NetNs;
 use lwtun::xdp::{
     AttachVia, IcmpEcho, RedirectRule, Stage, XdpAction, XdpAttachment, XdpMode, XdpOptions,
@@ -135,8 +135,8 @@ fn redirect_forwards_inner_to_inner_and_passes_inner_to_outer() {
         return;
     }
     let (r, a, b, c) = star();
-    let mut fwd = XdpRedirect::load().unwrap();
-    let (ra, rb) = (ifindex(&r, "pa"), ifindex(&r, "pb"));
+    let fwd = XdpRedirect::load().unwrap();
+    let (ra, rb) = (device(&r, "pa"), device(&r, "pb"));
     let (a_mac, b_mac) = (mac(&a, "r"), mac(&b, "r"));
     let (ra_mac, rb_mac) = (mac(&r, "pa"), mac(&r, "pb"));
 
@@ -144,26 +144,26 @@ fn redirect_forwards_inner_to_inner_and_passes_inner_to_outer() {
     // redirected frames; port b also counts what leaves through its per-port program.
     let atts = r
         .run(|| {
-            fwd.set_port_with_receiver(0, ra, &a, "r")?;
-            fwd.set_port_with_receiver(1, rb, &b, "r")?;
-            fwd.ports().set(1, rb, Some(fwd.egress_program()))?;
+            fwd.set_port_with_receiver(0, &ra, &device(&a, "r"))?;
+            fwd.set_port_with_receiver(1, &rb, &device(&b, "r"))?;
+            fwd.ports().set(1, &rb, Some(fwd.egress_program()))?;
             fwd.set_rule(
                 b_mac,
                 RedirectRule {
                     port: 1,
-                    dst: b_mac,
-                    src: rb_mac,
+                    rewrite_dst: b_mac,
+                    rewrite_src: rb_mac,
                 },
             )?;
             fwd.set_rule(
                 a_mac,
                 RedirectRule {
                     port: 0,
-                    dst: a_mac,
-                    src: ra_mac,
+                    rewrite_dst: a_mac,
+                    rewrite_src: ra_mac,
                 },
             )?;
-            Ok(vec![fwd.attach(ra, native())?, fwd.attach(rb, native())?])
+            Ok(vec![fwd.attach(&ra, native())?, fwd.attach(&rb, native())?])
         })
         .unwrap();
     assert!(
@@ -217,15 +217,15 @@ fn router_forwards_ping_and_tcp_v4_and_v6() {
     let (left, mid, right) = (l.ns(0), l.ns(1), l.ns(2));
     common::tx_checksum_off(left, "to1");
     common::tx_checksum_off(right, "to1");
-    let mut router = XdpRouter::load().unwrap();
-    let (to0, to2) = (l.ifindex(1, "to0"), l.ifindex(1, "to2"));
+    let router = XdpRouter::load().unwrap();
+    let (to0, to2) = (l.device(1, "to0"), l.device(1, "to2"));
     let atts = mid
         .run(|| {
-            router.add_port_with_receiver(to0, left, "to1")?;
-            router.add_port_with_receiver(to2, right, "to1")?;
+            router.add_port_with_receiver(&to0, &device(left, "to1"))?;
+            router.add_port_with_receiver(&to2, &device(right, "to1"))?;
             Ok(vec![
-                router.attach(to0, native())?,
-                router.attach(to2, native())?,
+                router.attach(&to0, native())?,
+                router.attach(&to2, native())?,
             ])
         })
         .unwrap();
@@ -299,7 +299,7 @@ fn router_forwards_ping_and_tcp_v4_and_v6() {
     router.set_route_cache(None).unwrap();
 
     // Taking a port away sends that direction through the stack again; traffic still flows.
-    mid.run(|| router.remove_port(to2).map(|_| ())).unwrap();
+    mid.run(|| router.remove_port(&to2).map(|_| ())).unwrap();
     let r0 = router.stats().snapshot(Stage::Ingress).unwrap();
     let p = ping(left, IpAddr::V4(l.v4(2)), 3);
     assert_eq!(p.received, 3, "{}", p.output);
@@ -321,11 +321,11 @@ fn echo_answers_ping_in_xdp_and_the_stack_stays_silent() {
     let echo = IcmpEcho::load().unwrap();
     echo.add_address(IpAddr::V4(l.v4(1))).unwrap();
     echo.add_address(IpAddr::V6(l.v6(1))).unwrap();
-    let ifx = l.ifindex(1, "to0");
+    let ifx = l.device(1, "to0");
     // Replies with XDP_TX leave through to0 into its peer, which needs an XDP program too.
     let pass = XdpPass::load().unwrap();
-    let receiver = pass.attach_receiver(client, "to1").unwrap();
-    let att = server.run(|| echo.attach(ifx, native())).unwrap();
+    let receiver = pass.attach_receiver(&device(client, "to1")).unwrap();
+    let att = server.run(|| echo.attach(&ifx, native())).unwrap();
 
     let in4 = snmp(server, "Icmp", "InEchos");
     let in6 = snmp(server, "Icmp6", "InEchos");
@@ -362,69 +362,77 @@ fn attach_modes_query_replace_detach_and_pin() {
     let l = two_hosts();
     let ns = l.ns(0);
     let pass = XdpPass::load().unwrap();
-    let ifx = l.ifindex(0, "to1");
+    let ifx = l.device(0, "to1");
     let (pid, did) = (pass.program().id(), pass.drop_program().id());
     ns.run(|| {
-        assert!(XdpAttachment::query(ifx)?.is_empty());
-        // Refusals: loopback has no native XDP; an unknown interface is not found.
-        let err = XdpAttachment::attach(pass.program(), 1, native()).unwrap_err();
+        assert!(XdpAttachment::query(&ifx)?.is_empty());
+        // Refusals: loopback has no native XDP; a device deleted since it was looked up is not
+        // found; a program that is not an XDP program is refused before the kernel is asked.
+        let lo = device(ns, "lo");
+        let err = XdpAttachment::attach(pass.program(), &lo, native()).unwrap_err();
         assert_eq!(err.kind(), lwtun::ErrorKind::Unsupported, "{err}");
-        let err = XdpAttachment::attach(pass.program(), 999_999, native()).unwrap_err();
+        ip(ns, &["link", "add", "gone0", "type", "dummy"]);
+        let gone = device(ns, "gone0");
+        ip(ns, &["link", "del", "gone0"]);
+        let err = XdpAttachment::attach(pass.program(), &gone, native()).unwrap_err();
         assert_eq!(err.kind(), lwtun::ErrorKind::NotFound, "{err}");
+        let tc = lwtun::tc::TcCounter::load()?;
+        let err = XdpAttachment::attach(tc.program(), &ifx, native()).unwrap_err();
+        assert_eq!(err.kind(), lwtun::ErrorKind::InvalidInput, "{err}");
         // Native through a bpf_link, then replaced atomically, then a second attach refused.
-        let mut att = XdpAttachment::attach(pass.program(), ifx, native())?;
+        let mut att = XdpAttachment::attach(pass.program(), &ifx, native())?;
         assert_eq!(att.via(), AttachVia::Link);
-        assert_eq!(XdpAttachment::query(ifx)?.native, Some(pid));
+        assert_eq!(XdpAttachment::query(&ifx)?.native, Some(pid));
         att.replace(pass.drop_program())?;
-        assert_eq!(XdpAttachment::query(ifx)?.native, Some(did));
+        assert_eq!(XdpAttachment::query(&ifx)?.native, Some(did));
         assert_eq!(att.program_id(), did);
-        let err = XdpAttachment::attach(pass.program(), ifx, native()).unwrap_err();
+        let err = XdpAttachment::attach(pass.program(), &ifx, native()).unwrap_err();
         assert_eq!(err.kind(), lwtun::ErrorKind::Exists, "{err}");
         drop(att);
-        assert!(XdpAttachment::query(ifx)?.is_empty(), "dropping detaches");
+        assert!(XdpAttachment::query(&ifx)?.is_empty(), "dropping detaches");
 
         // Generic mode through a bpf_link.
         let generic = XdpOptions {
             mode: XdpMode::Generic,
             ..Default::default()
         };
-        let att = XdpAttachment::attach(pass.program(), ifx, generic)?;
+        let att = XdpAttachment::attach(pass.program(), &ifx, generic)?;
         assert_eq!(att.via(), AttachVia::Link);
-        let q = XdpAttachment::query(ifx)?;
+        let q = XdpAttachment::query(&ifx)?;
         assert_eq!((q.generic, q.native), (Some(pid), None));
         att.detach()?;
-        assert!(XdpAttachment::query(ifx)?.is_empty());
+        assert!(XdpAttachment::query(&ifx)?.is_empty());
 
         // Generic mode through netlink, replaced with XDP_FLAGS_REPLACE, detached explicitly.
         let opts = XdpOptions {
             mode: XdpMode::Generic,
             via: AttachVia::Netlink,
         };
-        let mut att = XdpAttachment::attach(pass.program(), ifx, opts)?;
+        let mut att = XdpAttachment::attach(pass.program(), &ifx, opts)?;
         assert_eq!(att.via(), AttachVia::Netlink);
-        let q = XdpAttachment::query(ifx)?;
+        let q = XdpAttachment::query(&ifx)?;
         assert_eq!((q.generic, q.native), (Some(pid), None));
         att.replace(pass.tx_program())?;
         assert_eq!(
-            XdpAttachment::query(ifx)?.generic,
+            XdpAttachment::query(&ifx)?.generic,
             Some(pass.tx_program().id())
         );
         att.detach()?;
-        assert!(XdpAttachment::query(ifx)?.is_empty());
+        assert!(XdpAttachment::query(&ifx)?.is_empty());
 
         // A persisted netlink attachment outlives its handle until detach_interface.
         let att = XdpAttachment::attach(
             pass.program(),
-            ifx,
+            &ifx,
             XdpOptions {
                 via: AttachVia::Netlink,
                 ..native()
             },
         )?;
         att.persist()?;
-        assert_eq!(XdpAttachment::query(ifx)?.native, Some(pid));
-        XdpAttachment::detach_interface(ifx, XdpMode::Auto)?;
-        assert!(XdpAttachment::query(ifx)?.is_empty());
+        assert_eq!(XdpAttachment::query(&ifx)?.native, Some(pid));
+        XdpAttachment::detach_interface(&ifx, XdpMode::Auto)?;
+        assert!(XdpAttachment::query(&ifx)?.is_empty());
         Ok(())
     })
     .unwrap();
@@ -433,7 +441,7 @@ fn attach_modes_query_replace_detach_and_pin() {
     let pin =
         std::path::PathBuf::from(format!("/sys/fs/bpf/lwtun-test-xdp-{}", std::process::id()));
     let _ = std::fs::remove_file(&pin);
-    ns.run(|| XdpAttachment::attach(pass.program(), ifx, native())?.pin(&pin))
+    ns.run(|| XdpAttachment::attach(pass.program(), &ifx, native())?.pin(&pin))
         .unwrap();
     assert!(
         ip(ns, &["link", "show", "dev", "to1"]).contains("xdp"),
@@ -441,7 +449,7 @@ fn attach_modes_query_replace_detach_and_pin() {
     );
     XdpAttachment::detach_pinned(&pin).unwrap();
     assert!(!pin.exists());
-    assert!(ns.run(|| XdpAttachment::query(ifx)).unwrap().is_empty());
+    assert!(ns.run(|| XdpAttachment::query(&ifx)).unwrap().is_empty());
 }
 
 #[test]
@@ -454,13 +462,13 @@ fn live_frames_through_tx_reach_the_peer() {
     let l = two_hosts();
     let gen = XdpPass::load().unwrap();
     let sink = XdpPass::load().unwrap();
-    let (g, s) = (l.ifindex(0, "to1"), l.ifindex(1, "to0"));
+    let (g, s) = (l.device(0, "to1"), l.device(1, "to0"));
     let sink_att = l
         .ns(1)
-        .run(|| XdpAttachment::attach(sink.drop_program(), s, native()))
+        .run(|| XdpAttachment::attach(sink.drop_program(), &s, native()))
         .unwrap();
     // The generating side needs an XDP program on its own device to transmit from it.
-    let gen_att = l.ns(0).run(|| gen.attach(g, native())).unwrap();
+    let gen_att = l.ns(0).run(|| gen.attach(&g, native())).unwrap();
     let frame = {
         let mut f = vec![0u8; 64];
         f[0..6].copy_from_slice(&mac(l.ns(1), "to0"));
@@ -469,12 +477,12 @@ fn live_frames_through_tx_reach_the_peer() {
         f
     };
     let live = lwtun::xdp::LiveFrames {
-        ifindex: g,
+        device: g.clone(),
         repeat: 10_000,
         batch_size: 0,
     };
     l.ns(0)
-        .run(|| gen.tx_program().run_live(&frame, live))
+        .run(|| gen.tx_program().run_live(&frame, &live))
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(100));
     // The sink also drops what ns 0's own stack sends meanwhile (IPv6 ND/MLD): a few frames.
@@ -526,32 +534,33 @@ fn traffic_gen_through_the_router_arrives_whole() {
     // generator recycles, so without the generator's template rewrite the TTL would run down
     // and frames would fall to the stack as expired. Every frame must arrive, none expire.
     let l = line(3);
-    let (gen_ns, mid, sink_ns) = (l.ns(0), l.ns(1), l.ns(2));
+    let (gen_ns, mid) = (l.ns(0), l.ns(1));
     let p = ping(mid, IpAddr::V4(l.v4(2)), 1); // resolve the router's neighbour first
     assert_eq!(p.received, 1, "{}", p.output);
     let router = XdpRouter::load().unwrap();
-    let (to0, to2) = (l.ifindex(1, "to0"), l.ifindex(1, "to2"));
+    let (to0, to2) = (l.device(1, "to0"), l.device(1, "to2"));
+    // The sink's XDP program goes on first: a veth takes redirected frames only while its peer
+    // runs one, and the router refuses a port that would drop them all.
+    let sink = XdpPass::load().unwrap();
+    let sink_att =
+        XdpAttachment::attach(sink.drop_program(), &l.device(2, "to1"), native()).unwrap();
     let r_att = mid
         .run(|| {
-            router.add_port(to2)?;
-            router.attach(to0, native())
+            router.add_port(&to2)?;
+            router.attach(&to0, native())
         })
         .unwrap();
-    let sink = XdpPass::load().unwrap();
-    let sink_att = sink_ns
-        .run(|| XdpAttachment::attach(sink.drop_program(), l.ifindex(2, "to1"), native()))
-        .unwrap();
     let own = XdpPass::load().unwrap();
-    let g = l.ifindex(0, "to1");
-    let own_att = gen_ns.run(|| own.attach(g, native())).unwrap();
+    let g = l.device(0, "to1");
+    let own_att = gen_ns.run(|| own.attach(&g, native())).unwrap();
 
     let gen = lwtun::xdp::TrafficGen::load().unwrap();
     let frame = udp_frame(mac(mid, "to0"), mac(gen_ns, "to1"), l.v4(0), l.v4(2));
     let short = gen_ns.run(|| {
         gen.send(
             &frame[..60],
-            lwtun::xdp::LiveFrames {
-                ifindex: g,
+            &lwtun::xdp::LiveFrames {
+                device: g.clone(),
                 repeat: 1,
                 batch_size: 0,
             },
@@ -559,11 +568,11 @@ fn traffic_gen_through_the_router_arrives_whole() {
     });
     assert_eq!(short.unwrap_err().kind(), lwtun::ErrorKind::InvalidInput);
     let live = lwtun::xdp::LiveFrames {
-        ifindex: g,
+        device: g.clone(),
         repeat: 50_000,
         batch_size: 64,
     };
-    gen_ns.run(|| gen.send(&frame, live)).unwrap();
+    gen_ns.run(|| gen.send(&frame, &live)).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(200));
 
     let sent = gen
@@ -589,7 +598,7 @@ fn traffic_gen_through_the_router_arrives_whole() {
         .set_route_cache(Some(std::time::Duration::from_secs(5)))
         .unwrap();
     let before = router.fib_stats().unwrap();
-    gen_ns.run(|| gen.send(&frame, live)).unwrap();
+    gen_ns.run(|| gen.send(&frame, &live)).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(200));
     let fib = router.fib_stats().unwrap();
     let cpus = std::thread::available_parallelism().map_or(64, |n| n.get() as u64);
