@@ -6,8 +6,10 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
+use lwtun::device::Device;
 use lwtun::xdp::{
-    DevMap, DevMapKind, IcmpEcho, RedirectRule, Stage, XdpAction, XdpPass, XdpRedirect, XdpRouter,
+    DevMap, DevMapKind, IcmpEcho, RedirectRule, Stage, XdpAction, XdpAttachment, XdpPass,
+    XdpRedirect, XdpRouter,
 };
 
 const A_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
@@ -488,8 +490,8 @@ fn redirect_rewrites_macs_only_when_the_port_exists() {
     let fwd = XdpRedirect::load().unwrap();
     let rule = RedirectRule {
         port: 3,
-        dst: B_MAC,
-        src: R_MAC,
+        rewrite_dst: B_MAC,
+        rewrite_src: R_MAC,
     };
     fwd.set_rule(B_MAC, rule).unwrap();
     assert_eq!(fwd.rule(B_MAC).unwrap(), Some(rule));
@@ -507,7 +509,8 @@ fn redirect_rewrites_macs_only_when_the_port_exists() {
     assert_eq!(out.data, frame);
 
     let ns = common::netns("xrd");
-    ns.run(|| fwd.ports().set(3, 1, None)).unwrap(); // that namespace's loopback
+    let (port, _receiver) = xdp_port(&ns);
+    fwd.ports().set(3, &port, None).unwrap();
     let out = ns.run(|| fwd.program().test_run(&frame)).unwrap();
     assert_eq!(out.action, XdpAction::Redirect);
     assert_eq!(&out.data[0..6], &B_MAC);
@@ -542,16 +545,23 @@ fn devmaps_set_get_remove_with_and_without_programs() {
     }
     // Devmap entries name devices of the namespace the update is made in: a fresh one here.
     let ns = common::netns("xdm");
+    let (port, _receiver) = xdp_port(&ns);
+    let lo = common::device(&ns, "lo");
     ns.run(|| {
         let fwd = XdpRedirect::load().unwrap();
         let ports = fwd.ports();
+        // Loopback cannot take redirected frames: refused, not accepted and then dropped.
+        let e = ports.set(5, &lo, None).unwrap_err();
+        assert_eq!(e.kind(), lwtun::ErrorKind::InvalidInput, "{e}");
+        assert!(e.to_string().contains("NDO_XMIT"), "{e}");
+        assert_eq!(ports.get(5).unwrap(), None);
         assert_eq!(ports.kind(), DevMapKind::Array);
         assert_eq!(ports.get(5).unwrap(), None);
-        ports.set(5, 1, Some(fwd.egress_program())).unwrap();
+        ports.set(5, &port, Some(fwd.egress_program())).unwrap();
         let p = ports.get(5).unwrap().unwrap();
-        assert_eq!(p.ifindex, 1);
+        assert_eq!(p.ifindex, port.index());
         assert_eq!(p.program_id, Some(fwd.egress_program().id()));
-        ports.set(6, 1, None).unwrap();
+        ports.set(6, &port, None).unwrap();
         assert_eq!(ports.get(6).unwrap().unwrap().program_id, None);
         let mut all = ports.ports().unwrap();
         all.sort_by_key(|p| p.0);
@@ -563,12 +573,12 @@ fn devmaps_set_get_remove_with_and_without_programs() {
             lwtun::ErrorKind::InvalidInput
         );
         // An ingress (non-devmap) program is refused as a per-port program.
-        assert!(ports.set(7, 1, Some(fwd.program())).is_err());
+        assert!(ports.set(7, &port, Some(fwd.program())).is_err());
         assert_eq!(ports.get(7).unwrap(), None);
 
         let hash = DevMap::create(DevMapKind::Hash, 8).unwrap();
-        hash.set(100_000, 1, None).unwrap();
-        assert_eq!(hash.get(100_000).unwrap().unwrap().ifindex, 1);
+        hash.set(100_000, &port, None).unwrap();
+        assert_eq!(hash.get(100_000).unwrap().unwrap().ifindex, port.index());
         assert!(hash.remove(100_000).unwrap());
         assert_eq!(hash.get(100_000).unwrap(), None);
         assert_eq!(
@@ -626,7 +636,9 @@ fn router_rewrites_ttl_checksum_and_macs_on_success() {
     let (ns, peer, in0, out0) = router_namespace("xrs", nb_mac);
     let out_mac = common::mac(&ns, "out0");
     let router = XdpRouter::load().unwrap();
-    ns.run(|| router.add_port(out0)).unwrap();
+    router
+        .add_port_with_receiver(&out0, &common::device(&peer, "p1"))
+        .unwrap();
 
     let v4 = eth(
         R_MAC,
@@ -635,7 +647,7 @@ fn router_rewrites_ttl_checksum_and_macs_on_success() {
         &ipv4(V4_A, Ipv4Addr::new(10, 2, 0, 2), 17, 64, 0, &[7; 20]),
     );
     let out = ns
-        .run(|| router.program().test_run_repeat(&v4, 1, Some(in0)))
+        .run(|| router.program().test_run_repeat(&v4, 1, Some(&in0)))
         .unwrap();
     assert_eq!(
         out.action,
@@ -661,7 +673,7 @@ fn router_rewrites_ttl_checksum_and_macs_on_success() {
         &ipv6(V6_A, dst6, 58, 64, &icmp6(V6_A, dst6, 128, b"x")),
     );
     let out = ns
-        .run(|| router.program().test_run_repeat(&v6, 1, Some(in0)))
+        .run(|| router.program().test_run_repeat(&v6, 1, Some(&in0)))
         .unwrap();
     assert_eq!(
         out.action,
@@ -680,7 +692,7 @@ fn router_rewrites_ttl_checksum_and_macs_on_success() {
         &ipv4(V4_A, Ipv4Addr::new(10, 2, 0, 3), 17, 64, 0, &[7; 20]),
     );
     let out = ns
-        .run(|| router.program().test_run_repeat(&v4_nn, 1, Some(in0)))
+        .run(|| router.program().test_run_repeat(&v4_nn, 1, Some(&in0)))
         .unwrap();
     assert_eq!(out.action, XdpAction::Pass);
     assert_eq!(out.data, v4_nn);
@@ -693,7 +705,7 @@ fn router_rewrites_ttl_checksum_and_macs_on_success() {
         &ipv4(V4_A, Ipv4Addr::new(10, 3, 0, 1), 17, 64, 0, &[7; 20]),
     );
     let out = ns
-        .run(|| router.program().test_run_repeat(&v4_bh, 1, Some(in0)))
+        .run(|| router.program().test_run_repeat(&v4_bh, 1, Some(&in0)))
         .unwrap();
     assert_eq!(out.action, XdpAction::Drop);
     // Unreachable route: passed so the stack answers with the ICMP error.
@@ -705,20 +717,20 @@ fn router_rewrites_ttl_checksum_and_macs_on_success() {
         &ipv4(V4_A, Ipv4Addr::new(10, 4, 0, 1), 17, 64, 0, &[7; 20]),
     );
     let out = ns
-        .run(|| router.program().test_run_repeat(&v4_un, 1, Some(in0)))
+        .run(|| router.program().test_run_repeat(&v4_un, 1, Some(&in0)))
         .unwrap();
     assert_eq!(out.action, XdpAction::Pass);
     // Egress not a port: passed untouched.
-    ns.run(|| router.remove_port(out0)).unwrap();
+    router.remove_port(&out0).unwrap();
     let out = ns
-        .run(|| router.program().test_run_repeat(&v4, 1, Some(in0)))
+        .run(|| router.program().test_run_repeat(&v4, 1, Some(&in0)))
         .unwrap();
     assert_eq!(out.action, XdpAction::Pass);
     assert_eq!(out.data, v4);
     // Forwarding off on the ingress device: FWD_DISABLED, passed.
     ns.set_sysctl("net.ipv4.conf.in0.forwarding", "0").unwrap();
     let out = ns
-        .run(|| router.program().test_run_repeat(&v4, 1, Some(in0)))
+        .run(|| router.program().test_run_repeat(&v4, 1, Some(&in0)))
         .unwrap();
     assert_eq!(out.action, XdpAction::Pass);
 
@@ -762,9 +774,10 @@ fn redirect_rule_changes_apply_to_the_next_frame_despite_the_rule_cache() {
     let payload = ipv4(V4_A, V4_ECHO, 17, 64, 0, &[0; 20]);
     let to_b = eth(B_MAC, A_MAC, 0x0800, &payload);
     let to_c = eth(C_MAC, A_MAC, 0x0800, &payload);
+    let (port, _receiver) = xdp_port(&ns);
+    fwd.ports().set(3, &port, None).unwrap();
     ns.run(|| {
         pin_to_one_cpu();
-        fwd.ports().set(3, 1, None)?; // that namespace's loopback
         let macs = |frame: &[u8]| -> lwtun::Result<(XdpAction, Vec<u8>)> {
             let out = fwd.program().test_run(frame)?;
             Ok((out.action, out.data[0..12].to_vec()))
@@ -774,8 +787,8 @@ fn redirect_rule_changes_apply_to_the_next_frame_despite_the_rule_cache() {
             B_MAC,
             RedirectRule {
                 port: 3,
-                dst: B_MAC,
-                src: R_MAC,
+                rewrite_dst: B_MAC,
+                rewrite_src: R_MAC,
             },
         )?;
         for _ in 0..3 {
@@ -787,8 +800,8 @@ fn redirect_rule_changes_apply_to_the_next_frame_despite_the_rule_cache() {
             B_MAC,
             RedirectRule {
                 port: 3,
-                dst: A_MAC,
-                src: R2_MAC,
+                rewrite_dst: A_MAC,
+                rewrite_src: R2_MAC,
             },
         )?;
         assert_eq!(macs(&to_b)?, (XdpAction::Redirect, want(A_MAC, R2_MAC)));
@@ -800,8 +813,8 @@ fn redirect_rule_changes_apply_to_the_next_frame_despite_the_rule_cache() {
             B_MAC,
             RedirectRule {
                 port: 3,
-                dst: B_MAC,
-                src: R_MAC,
+                rewrite_dst: B_MAC,
+                rewrite_src: R_MAC,
             },
         )?;
         assert_eq!(macs(&to_b)?, (XdpAction::Redirect, want(B_MAC, R_MAC)));
@@ -810,8 +823,8 @@ fn redirect_rule_changes_apply_to_the_next_frame_despite_the_rule_cache() {
             C_MAC,
             RedirectRule {
                 port: 3,
-                dst: C_MAC,
-                src: R2_MAC,
+                rewrite_dst: C_MAC,
+                rewrite_src: R2_MAC,
             },
         )?;
         for _ in 0..2 {
@@ -831,13 +844,25 @@ fn redirect_rule_changes_apply_to_the_next_frame_despite_the_rule_cache() {
     );
 }
 
+/// A veth `xp0` in `ns` whose peer `xp1` runs `xdp_pass`, so `xp0` takes redirected frames
+/// (a devmap refuses a port that cannot): the port and the receiver's attachment.
+fn xdp_port(ns: &lwtun::netns::NetNs) -> (Device, XdpAttachment) {
+    common::ip(ns, &["link", "add", "xp0", "type", "veth", "peer", "name", "xp1"]);
+    let pass = XdpPass::load().unwrap();
+    let receiver = pass
+        .attach_receiver(&common::device(ns, "xp1"))
+        .unwrap()
+        .expect("xp1 had no XDP program");
+    (common::device(ns, "xp0"), receiver)
+}
+
 /// A router namespace: `in0` (10.1.0.254/24, fd00::fe/64) and `out0` (10.2.0.1/24, fd02::1/64)
 /// with a permanent neighbour 10.2.0.2 / fd02::2 at `nb_mac`, forwarding on. Returns the
-/// namespace, the veth peers' namespace and the ifindexes of in0 and out0.
+/// namespace, the veth peers' namespace and the devices in0 and out0.
 fn router_namespace(
     prefix: &str,
     nb_mac: &str,
-) -> (lwtun::netns::NetNs, lwtun::netns::NetNs, u32, u32) {
+) -> (lwtun::netns::NetNs, lwtun::netns::NetNs, Device, Device) {
     let ns = common::netns(prefix);
     let peer = common::netns(&format!("{prefix}p"));
     for (dev, p) in [("in0", "p0"), ("out0", "p1")] {
@@ -899,7 +924,7 @@ fn router_namespace(
     );
     ns.set_sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
     ns.set_sysctl("net.ipv4.ip_forward", "1").unwrap();
-    let (in0, out0) = (common::ifindex(&ns, "in0"), common::ifindex(&ns, "out0"));
+    let (in0, out0) = (common::device(&ns, "in0"), common::device(&ns, "out0"));
     (ns, peer, in0, out0)
 }
 
@@ -917,7 +942,9 @@ fn router_route_cache_hits_ages_out_and_flushes() {
             lwtun::ErrorKind::InvalidInput
         );
     }
-    ns.run(|| router.add_port(out0)).unwrap();
+    router
+        .add_port_with_receiver(&out0, &common::device(&peer, "p1"))
+        .unwrap();
     let dst = Ipv4Addr::new(10, 2, 0, 2);
     let v4 = eth(R_MAC, A_MAC, 0x0800, &ipv4(V4_A, dst, 17, 64, 0, &[7; 20]));
     let nb = |last: u8| [2, 0, 0, 0, 0, last];
@@ -940,7 +967,7 @@ fn router_route_cache_hits_ages_out_and_flushes() {
     ns.run(|| {
         pin_to_one_cpu();
         let run = |frame: &[u8]| -> lwtun::Result<(XdpAction, [u8; 6], u64)> {
-            let out = router.program().test_run_repeat(frame, 1, Some(in0))?;
+            let out = router.program().test_run_repeat(frame, 1, Some(&in0))?;
             let hits = router.fib_stats()?.cache_hits;
             Ok((out.action, out.data[0..6].try_into().unwrap(), hits))
         };
@@ -953,7 +980,7 @@ fn router_route_cache_hits_ages_out_and_flushes() {
         assert_eq!(router.route_cache()?, Some(Duration::from_secs(30)));
         assert_eq!(run(&v4)?, (XdpAction::Redirect, nb(0x99), 0));
         assert_eq!(run(&v4)?, (XdpAction::Redirect, nb(0x99), 1));
-        let out = router.program().test_run_repeat(&v4, 1, Some(in0))?;
+        let out = router.program().test_run_repeat(&v4, 1, Some(&in0))?;
         assert_eq!(out.data[22], 63, "TTL decremented on a hit too");
         assert_eq!(fold(sum16(&out.data[14..34], 0)), 0, "IPv4 checksum valid");
         // The kernel does not tell XDP about neighbour changes: within the age the cached MAC
@@ -1013,7 +1040,7 @@ fn router_route_cache_hits_ages_out_and_flushes() {
             "{:?}",
             router.fib_stats()?
         );
-        let out = router.program().test_run_repeat(&v6, 1, Some(in0))?;
+        let out = router.program().test_run_repeat(&v6, 1, Some(&in0))?;
         assert_eq!(out.action, XdpAction::Redirect);
         assert_eq!(out.data[21], 63, "hop limit decremented on a hit");
         assert_eq!(router.fib_stats()?.cache_hits, hits + 1);
