@@ -240,27 +240,27 @@ fn main() {
         .unwrap_or(512usize)
         << 20;
     let t = topology();
-    let mut nl = t.r.run(Netlink::open).unwrap();
-    let vx0 = nl.link_by_name("vx0").unwrap().index;
-    let r0 = nl.link_by_name("r0").unwrap().index;
+    let mut nl = Netlink::open_in(&t.r).unwrap();
+    let vx0 = nl.device("vx0").unwrap();
+    let r0 = nl.device("r0").unwrap();
     let key = TunnelKey::new("192.168.77.2".parse().unwrap(), 42);
 
     let mut via_tc = TunnelRedirect::load().unwrap();
     via_tc
         .set_rule(
             &mut nl,
-            RedirectRule::new("10.200.0.0/16".parse().unwrap(), vx0, key).inner_dst_mac(VXB_MAC),
+            RedirectRule::new("10.200.0.0/16".parse().unwrap(), &vx0, key).inner_dst_mac(VXB_MAC),
         )
         .unwrap();
     let mut via_lwt = TunnelRedirect::load().unwrap();
     via_lwt
         .set_rule(
             &mut nl,
-            RedirectRule::new("10.201.0.0/16".parse().unwrap(), vx0, key).inner_dst_mac(VXB_MAC),
+            RedirectRule::new("10.201.0.0/16".parse().unwrap(), &vx0, key).inner_dst_mac(VXB_MAC),
         )
         .unwrap();
     let _route = LwtRoute::new("10.201.0.0/16".parse().unwrap())
-        .device(vx0)
+        .device(&vx0)
         .program(Hook::Xmit, via_lwt.lwt_program())
         .install(&mut nl)
         .unwrap();
@@ -286,9 +286,9 @@ fn main() {
     rows.push(("lwtun lwt_xmit redirect", lwt_pps, lwt_tcp));
 
     eprintln!("lwtun tc redirect:");
-    let attachment =
-        t.r.run(|| TcAttach::new(r0, TcDirection::Ingress).attach(via_tc.tc_program()))
-            .unwrap();
+    let attachment = TcAttach::new(&r0, TcDirection::Ingress)
+        .attach(via_tc.tc_program())
+        .unwrap();
     tcp_gbps(&t, tc, 1 << 20);
     let tc_pps = udp_pps(&t, tc, secs);
     let tc_tcp = tcp_gbps(&t, tc, tcp_bytes);
@@ -296,8 +296,9 @@ fn main() {
     rows.push(("lwtun tc redirect", tc_pps, tc_tcp));
 
     eprintln!("lwtun LWT encap (GRE key 42):");
-    let mut tunnel = Tunnel::load().unwrap();
-    let r1 = nl.link_by_name("r1").unwrap().index;
+    // R encapsulates what it forwards: its routes need no preferred source.
+    let mut tunnel = Tunnel::builder().forward_only(true).load().unwrap();
+    let r1 = nl.device("r1").unwrap();
     tunnel
         .peers_mut()
         .insert(
@@ -312,7 +313,7 @@ fn main() {
             ),
         )
         .unwrap();
-    let route = tunnel.route("10.206.0.0/16".parse().unwrap()).device(r1);
+    let route = tunnel.route("10.206.0.0/16".parse().unwrap()).device(&r1);
     tunnel.steer(&mut nl, route).unwrap();
     let encap: IpAddr = "10.206.0.7".parse().unwrap();
     let encap_pps = udp_pps(&t, encap, secs);

@@ -150,7 +150,7 @@ fn pair(mode: Mode) -> Pair {
             }
             Mode::Lwtun(encap, direct) => {
                 let mut nl = Netlink::open_in(ns).unwrap();
-                let ifindex = nl.link_by_name(dev).unwrap().index;
+                let underlay = nl.device(dev).unwrap();
                 let mut t = Tunnel::builder().direct(direct).load().unwrap();
                 t.peers_mut()
                     .insert(
@@ -160,17 +160,16 @@ fn pair(mode: Mode) -> Pair {
                     .unwrap();
                 let route = t
                     .route(prefix.parse().unwrap())
-                    .device(ifindex)
+                    .device(&underlay)
                     .source(addr(own));
                 t.steer(&mut nl, route).unwrap();
-                t.attach_underlay(ifindex, Some(ns)).unwrap();
                 let mut d = Decap::load().unwrap();
                 d.add_local(addr(l4)).unwrap();
                 d.add_peer(DecapPeer::host(addr(r4))).unwrap();
                 if let Encap::Udp { port } = encap {
                     d.add_udp_port(port).unwrap();
                 }
-                ns.run(|| d.attach(ifindex)).unwrap();
+                d.attach(&underlay).unwrap();
                 sides.push(Side {
                     _tunnel: Some(t),
                     _decap: Some(d),

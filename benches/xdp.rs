@@ -44,6 +44,7 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use lwtun::device::Device;
 use lwtun::netns::NetNs;
 use lwtun::xdp::{
     LiveFrames, RedirectRule, Stage, TrafficGen, XdpAction, XdpAttachment, XdpMode, XdpOptions,
@@ -60,14 +61,8 @@ fn ip(ns: &NetNs, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn ifindex(ns: &NetNs, dev: &str) -> u32 {
-    ip(ns, &["-o", "link", "show", "dev", dev])
-        .split(':')
-        .next()
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+fn device(ns: &NetNs, dev: &str) -> Device {
+    ns.device(dev).unwrap()
 }
 
 fn mac(ns: &NetNs, dev: &str) -> [u8; 6] {
@@ -128,7 +123,7 @@ struct Topology {
     s: NetNs,
     /// Device names (unique per run: NAPI kthreads are named after them, machine-wide).
     names: Names,
-    gen_ifindex: u32,
+    gen_dev: Device,
     frame: Vec<u8>,
 }
 
@@ -188,7 +183,7 @@ fn direct() -> Topology {
     veth(&g, &n.gen, &s, &n.sink);
     let frame = udp_frame(mac(&s, &n.sink), mac(&g, &n.gen), G_V4, S_V4);
     Topology {
-        gen_ifindex: ifindex(&g, &n.gen),
+        gen_dev: device(&g, &n.gen),
         g,
         r: None,
         s,
@@ -221,7 +216,7 @@ fn forward() -> Topology {
     r.set_sysctl("net.ipv4.ip_forward", "1").unwrap();
     let frame = udp_frame(mac(&r, &n.rin), mac(&g, &n.gen), G_V4, S_V4);
     Topology {
-        gen_ifindex: ifindex(&g, &n.gen),
+        gen_dev: device(&g, &n.gen),
         g,
         r: Some(r),
         s,
@@ -341,13 +336,13 @@ fn blast(t: &Topology, gen: &TrafficGen, sink: &XdpPass, frames: u32, batch: u32
             .packets
     };
     let live = |repeat| LiveFrames {
-        ifindex: t.gen_ifindex,
+        device: t.gen_dev.clone(),
         repeat,
         batch_size: batch,
     };
     // One frame first: it sets the generator's template; the measured run then goes straight to
     // the program, whose result carries the kernel's time per frame.
-    t.g.run(|| gen.send(&t.frame, live(1))).unwrap();
+    t.g.run(|| gen.send(&t.frame, &live(1))).unwrap();
     std::thread::sleep(Duration::from_millis(5));
     let before = count();
     let soft0 = ksoftirqd0_ms();
@@ -355,7 +350,7 @@ fn blast(t: &Topology, gen: &TrafficGen, sink: &XdpPass, frames: u32, batch: u32
         t.g.run(|| {
             pin(0, 0);
             let start = std::time::Instant::now();
-            let per_frame = gen.program().run_live(&t.frame, live(frames))?;
+            let per_frame = gen.program().run_live(&t.frame, &live(frames))?;
             Ok((start.elapsed(), per_frame))
         })
         .unwrap();
@@ -424,7 +419,7 @@ fn cost_samples(
     cases: &[CostCase],
     ns: &NetNs,
     frame: &[u8],
-    ingress: u32,
+    ingress: &Device,
     rounds: u32,
 ) -> Vec<Vec<f64>> {
     let mut frame = frame.to_vec();
@@ -503,28 +498,32 @@ fn main() {
     let t = forward();
     let n = t.names.clone();
     let r = t.r.as_ref().unwrap();
-    let (rin, rout) = (ifindex(r, &n.rin), ifindex(r, &n.rout));
+    let (rin, rout) = (device(r, &n.rin), device(r, &n.rout));
     let (s_mac, rout_mac) = (mac(&t.s, &n.sink), mac(r, &n.rout));
+    // The sink's program goes on first: a devmap port refuses a veth whose peer cannot take
+    // redirected frames.
+    let _sink_f =
+        XdpAttachment::attach(sink.drop_program(), &device(&t.s, &n.sink), native()).unwrap();
     let router = XdpRouter::load().unwrap();
     let fwd = XdpRedirect::load().unwrap();
     r.run(|| {
-        router.add_port(rout)?;
-        fwd.ports().set(0, rout, None)?;
+        router.add_port(&rout)?;
+        fwd.ports().set(0, &rout, None)?;
         // The second rule matches the rewritten frame, so repeated test runs stay on the path.
         fwd.set_rule(
             s_mac,
             RedirectRule {
                 port: 0,
-                dst: s_mac,
-                src: rout_mac,
+                rewrite_dst: s_mac,
+                rewrite_src: rout_mac,
             },
         )?;
         fwd.set_rule(
             mac(r, &n.rin),
             RedirectRule {
                 port: 0,
-                dst: s_mac,
-                src: rout_mac,
+                rewrite_dst: s_mac,
+                rewrite_src: rout_mac,
             },
         )
     })
@@ -595,7 +594,7 @@ fn main() {
                 }),
             ),
         ];
-        let samples = cost_samples(&cases, r, &t.frame, rin, rounds);
+        let samples = cost_samples(&cases, r, &t.frame, &rin, rounds);
         plain();
         // Above the floor: per round against the floor measured the same way, then the median.
         let above = |i: usize, floor: usize| {
@@ -635,16 +634,10 @@ fn main() {
     let d = direct();
     let dn = d.names.clone();
     let _sink_d =
-        d.s.run(|| XdpAttachment::attach(sink.drop_program(), ifindex(&d.s, &dn.sink), native()))
-            .unwrap();
-    let _gen_d = d.g.run(|| gen.attach(d.gen_ifindex, native())).unwrap();
-    let _sink_f =
-        t.s.run(|| XdpAttachment::attach(sink.drop_program(), ifindex(&t.s, &n.sink), native()))
-            .unwrap();
-    let _gen_f = t.g.run(|| gen.attach(t.gen_ifindex, native())).unwrap();
-    let mut on_rin = r
-        .run(|| XdpAttachment::attach(router.program(), rin, native()))
-        .unwrap();
+        XdpAttachment::attach(sink.drop_program(), &device(&d.s, &dn.sink), native()).unwrap();
+    let _gen_d = gen.attach(&d.gen_dev, native()).unwrap();
+    let _gen_f = gen.attach(&t.gen_dev, native()).unwrap();
+    let mut on_rin = XdpAttachment::attach(router.program(), &rin, native()).unwrap();
     let cases = [
         Case {
             name: "XDP router (fib + devmap)",
@@ -699,7 +692,7 @@ fn main() {
             placement_napi(r, &n.rin, placement);
             for (i, case) in cases.iter().enumerate() {
                 (case.setup)();
-                r.run(|| on_rin.replace(case.program)).unwrap();
+                on_rin.replace(case.program).unwrap();
                 let _ = blast(&t, &traffic, &sink, frames / 20, batch); // neighbours, caches
                 let one = blast(&d, &traffic, &sink, frames, batch);
                 let fwd = blast(&t, &traffic, &sink, frames, batch);

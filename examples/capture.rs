@@ -85,33 +85,12 @@ fn main() {
 }
 
 /// What keeps the chain attached; dropping it detaches (route removed, tc/XDP detached).
+/// What the capture hangs on; dropping it detaches.
+#[allow(dead_code)]
 enum Attached {
-    Route(#[allow(dead_code)] lwtun::route::InstalledRoute),
-    Tc(#[allow(dead_code)] lwtun::tc::TcAttachment),
-    Xdp(Option<NetNs>, u32, std::os::fd::OwnedFd),
-}
-
-/// Runs `f` inside `ns` (or here when there is none).
-fn in_ns<T>(ns: Option<&NetNs>, f: impl FnOnce() -> Result<T> + Send) -> Result<T>
-where
-    T: Send,
-{
-    match ns {
-        Some(ns) => ns.run(f),
-        None => f(),
-    }
-}
-
-impl Drop for Attached {
-    fn drop(&mut self) {
-        if let Attached::Xdp(ns, ifindex, fd) = self {
-            let xdp = libbpf_rs::Xdp::new(fd.as_fd());
-            let _ = in_ns(ns.as_ref(), || {
-                xdp.detach(*ifindex as i32, libbpf_rs::XdpFlags::DRV_MODE)
-                    .map_err(|e| Error::bpf("detach xdp", e))
-            });
-        }
-    }
+    Route(lwtun::route::InstalledRoute),
+    Tc(lwtun::tc::TcAttachment),
+    Xdp(lwtun::xdp::XdpAttachment),
 }
 
 fn run(args: Args) -> Result<()> {
@@ -131,7 +110,7 @@ fn run(args: Args) -> Result<()> {
         Some(ns) => Netlink::open_in(ns)?,
         None => Netlink::open()?,
     };
-    let ifindex = nl.link_by_name(&dev)?.index;
+    let device = nl.device(&dev)?;
     let hook = match args.hook.as_str() {
         "route" => ChainHook::LwtXmit,
         "tc-ingress" | "tc-egress" => ChainHook::Tc,
@@ -161,32 +140,27 @@ fn run(args: Args) -> Result<()> {
                 .map_err(|e| Error::invalid_input("capture", format!("--route {prefix}: {e}")))?;
             Attached::Route(
                 LwtRoute::new(dst)
-                    .device(ifindex)
-                    .program(Hook::Xmit, &chain.lwt_entry()?)
+                    .device(&device)
+                    .program(Hook::Xmit, chain.entry())
                     .install(&mut nl)?,
             )
         }
-        "xdp" => {
-            let fd = chain
-                .entry()
-                .try_clone_to_owned()
-                .map_err(|e| Error::io("duplicate program fd", e))?;
-            let xdp = libbpf_rs::Xdp::new(fd.as_fd());
-            in_ns(ns, || {
-                xdp.attach(ifindex as i32, libbpf_rs::XdpFlags::DRV_MODE)
-                    .map_err(|e| Error::bpf("attach xdp", e))
-            })?;
-            Attached::Xdp(ns.map(|n| NetNs::open(n.name())).transpose()?, ifindex, fd)
-        }
+        // The chain's entry attaches at every hook through the same calls as any program.
+        "xdp" => Attached::Xdp(lwtun::xdp::XdpAttachment::attach(
+            chain.entry(),
+            &device,
+            lwtun::xdp::XdpOptions {
+                mode: lwtun::xdp::XdpMode::Native,
+                ..Default::default()
+            },
+        )?),
         dir => {
             let direction = if dir == "tc-ingress" {
                 TcDirection::Ingress
             } else {
                 TcDirection::Egress
             };
-            Attached::Tc(in_ns(ns, || {
-                TcAttach::new(ifindex, direction).attach(chain.entry())
-            })?)
+            Attached::Tc(TcAttach::new(&device, direction).attach(chain.entry())?)
         }
     };
     let mut capture = Capture::attach(&mut chain, CaptureOptions::default())?;

@@ -93,16 +93,16 @@ fn run() -> Result<()> {
     let on_r = LwtCounter::load()?;
     let mut nla = nl(&a)?;
     let mut nlr = nl(&r)?;
-    let a_dev = nla.link_by_name("a-r")?.index;
-    let r_dev = nlr.link_by_name("r-b")?.index;
+    let a_dev = nla.device("a-r")?;
+    let r_dev = nlr.device("r-b")?;
     let route_a = LwtRoute::new("10.90.0.0/24".parse().unwrap())
-        .device(a_dev)
+        .device(&a_dev)
         .via("10.80.1.254".parse().unwrap())
         .program(Hook::Out, on_a.program(Hook::Out))
         .program(Hook::Xmit, on_a.program(Hook::Xmit))
         .install(&mut nla)?;
     let route_r = LwtRoute::new("10.90.0.0/24".parse().unwrap())
-        .device(r_dev)
+        .device(&r_dev)
         .via("10.80.2.1".parse().unwrap())
         .program(Hook::In, on_r.program(Hook::In))
         .program(Hook::Xmit, on_r.program(Hook::Xmit))

@@ -116,38 +116,30 @@ fn run() -> Result<()> {
     // The typed part: load, pin, set a rule, attach.
     let pins = PinFolder(format!("/sys/fs/bpf/lwtun-example-{}", std::process::id()).into());
     let mut redirect = TunnelRedirect::builder().pin(&pins.0).load()?;
-    let mut nl = router.run(Netlink::open)?;
-    let vx0 = nl.link_by_name("vx0")?;
-    let r0 = nl.link_by_name("r0")?;
+    let mut nl = Netlink::open_in(&router)?;
+    let vx0 = router.device("vx0")?;
+    let r0 = router.device("r0")?;
     let prefix = "10.200.0.0/16".parse().expect("a prefix");
     let rule = RedirectRule::new(
         prefix,
-        vx0.index,
+        &vx0,
         TunnelKey::new("192.168.77.2".parse().expect("an address"), 42).ttl(64),
     )
     .inner_dst_mac(VXB_MAC);
     redirect.set_rule(&mut nl, rule)?;
-    println!(
-        "rule: {prefix} → {} (ifindex {}), VNI 42, remote 192.168.77.2",
-        vx0.name, vx0.index
-    );
+    println!("rule: {prefix} → {vx0}, VNI 42, remote 192.168.77.2");
     // A veth is not a collect_md tunnel device: refused when configured, not at packet time.
     let refused = redirect.set_rule(
         &mut nl,
-        RedirectRule::new(
-            "10.201.0.0/16".parse().expect("a prefix"),
-            r0.index,
-            rule.key,
-        ),
+        RedirectRule::new("10.201.0.0/16".parse().expect("a prefix"), &r0, rule.key),
     );
     if let Err(e) = refused {
         println!("refused as expected: {e}");
     }
 
-    let attachment = router
-        .run(|| TcAttach::new(r0.index, TcDirection::Ingress).attach(redirect.tc_program()))?;
+    let attachment = TcAttach::new(&r0, TcDirection::Ingress).attach(redirect.tc_program())?;
     println!("attached: {attachment}");
-    for p in router.run(|| attached(r0.index, TcDirection::Ingress))? {
+    for p in attached(&r0, TcDirection::Ingress)? {
         println!(
             "  on r0 ingress: {:?} program {} ({})",
             p.mode,

@@ -69,8 +69,11 @@ fn host(
     src6: &str,
 ) -> Result<Host> {
     let mut nl = nl(ns)?;
-    let ifindex = nl.link_by_name(dev)?.index;
-    let mut tunnel = Tunnel::load()?;
+    let underlay = nl.device(dev)?;
+    let mut tunnel = Tunnel::builder()
+        .source(addr(src4))
+        .source(addr(src6))
+        .load()?;
     for (prefix, peer) in peers {
         tunnel
             .peers_mut()
@@ -78,11 +81,11 @@ fn host(
     }
     for (prefix, _) in peers {
         let prefix: ipnetwork::IpNetwork = prefix.parse().expect("a literal prefix");
-        let src = if prefix.is_ipv4() { src4 } else { src6 };
-        let route = tunnel.route(prefix).device(ifindex).source(addr(src));
+        // The route takes the tunnel's inner source of its family; steering it attaches the
+        // IP-in-IP GSO fix-up to the underlay device.
+        let route = tunnel.route(prefix).device(&underlay);
         tunnel.steer(&mut nl, route)?;
     }
-    tunnel.attach_underlay(ifindex, Some(ns))?;
     let mut decap = Decap::load()?;
     for l in locals {
         decap.add_local(addr(l))?;
@@ -91,7 +94,7 @@ fn host(
         decap.add_peer(DecapPeer::host(addr(r)))?;
     }
     decap.add_udp_port(FOU_PORT)?;
-    ns.run(|| decap.attach(ifindex))?;
+    decap.attach(&underlay)?;
     Ok(Host { tunnel, decap })
 }
 

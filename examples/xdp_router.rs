@@ -80,16 +80,6 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
-fn ifindex(name: &str) -> lwtun::Result<u32> {
-    let c = std::ffi::CString::new(name)
-        .map_err(|_| lwtun::Error::invalid_input("find interface", "NUL in name"))?;
-    // SAFETY: c is NUL-terminated.
-    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
-        0 => Err(lwtun::Error::not_found("find interface", name.to_string())),
-        i => Ok(i),
-    }
-}
-
 fn print_fib(now: &FibStats, before: &FibStats) {
     println!(
         "  fib: success {} no_neigh {} not_fwded {} fwd_disabled {} unsupp_lwt {} frag_needed {} \
@@ -190,19 +180,18 @@ fn demo(args: &Args) -> lwtun::Result<()> {
     ip(&right, &["route", "add", "default", "via", "10.88.1.1"])?;
     mid.set_sysctl("net.ipv4.ip_forward", "1")?;
 
-    let mut router = XdpRouter::load()?;
+    let router = XdpRouter::load()?;
     router.set_direct_lookup(args.direct)?;
     router.set_route_cache(args.route_cache)?;
-    let atts = mid.run(|| {
-        let (l, r) = (ifindex("left")?, ifindex("right")?);
-        router.add_port_with_receiver(l, &left, "eth0")?;
-        router.add_port_with_receiver(r, &right, "eth0")?;
-        let opts = XdpOptions {
-            mode: XdpMode::Native,
-            ..Default::default()
-        };
-        Ok(vec![router.attach(l, opts)?, router.attach(r, opts)?])
-    })?;
+    // Devices carry their namespace: no closure inside `mid` is needed.
+    let (l, r) = (mid.device("left")?, mid.device("right")?);
+    router.add_port_with_receiver(&l, &left.device("eth0")?)?;
+    router.add_port_with_receiver(&r, &right.device("eth0")?)?;
+    let opts = XdpOptions {
+        mode: XdpMode::Native,
+        ..Default::default()
+    };
+    let atts = vec![router.attach(&l, opts)?, router.attach(&r, opts)?];
     println!(
         "demo: {} -> router {} -> {}; flooding ping from left to right",
         left.name(),
@@ -248,10 +237,10 @@ fn main() {
             };
             let mut atts: Vec<XdpAttachment> = Vec::new();
             for name in &args.ifaces {
-                let index = ifindex(name)?;
-                router.add_port(index)?;
+                let device = lwtun::device::Device::current(name)?;
+                router.add_port(&device)?;
                 atts.push(router.attach(
-                    index,
+                    &device,
                     XdpOptions {
                         mode,
                         ..Default::default()

@@ -777,7 +777,10 @@ impl Decap {
 
     /// The devices the program is attached to.
     pub fn attached(&self) -> Vec<Device> {
-        self.attachments.iter().map(|a| a.device().clone()).collect()
+        self.attachments
+            .iter()
+            .map(|a| a.device().clone())
+            .collect()
     }
 
     /// The per-verdict counters, summed over CPUs.

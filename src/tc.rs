@@ -900,9 +900,13 @@ mod tests {
 
     #[test]
     fn clsact_settings_select_clsact_in_auto_mode() {
-        let a = TcAttach::new(1, TcDirection::Ingress).priority(3);
+        let lo = crate::netns::NetNs::current()
+            .unwrap()
+            .device("lo")
+            .unwrap();
+        let a = TcAttach::new(&lo, TcDirection::Ingress).priority(3);
         assert_eq!(a.resolved_mode(), TcMode::Clsact);
-        let a = TcAttach::new(1, TcDirection::Ingress).mode(TcMode::Clsact);
+        let a = TcAttach::new(&lo, TcDirection::Ingress).mode(TcMode::Clsact);
         assert_eq!(a.resolved_mode(), TcMode::Clsact);
     }
 }

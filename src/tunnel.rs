@@ -500,7 +500,11 @@ impl Tunnel {
         let route = LwtRoute::new(prefix)
             .program(Hook::Xmit, &self.xmit)
             .headroom(self.headroom());
-        match self.sources.iter().find(|s| s.is_ipv4() == prefix.is_ipv4()) {
+        match self
+            .sources
+            .iter()
+            .find(|s| s.is_ipv4() == prefix.is_ipv4())
+        {
             Some(src) => route.source(*src),
             None => route,
         }

@@ -46,10 +46,10 @@ use libbpf_rs::{MapCore, MapFlags, Object, ObjectBuilder};
 
 use crate::abi::{self, Pod};
 use crate::device::Device;
-use crate::netns::NetNsId;
 use crate::error::{Error, ErrorKind, Result};
 use crate::netlink::link::Link;
 use crate::netlink::{attr, Netlink};
+use crate::netns::NetNsId;
 use crate::program::{sum_percpu, Counter, LwtProgram};
 use crate::skel::tc_redirect::types::{
     lwtun_redirect_key4, lwtun_redirect_key6, lwtun_redirect_rule, lwtun_redirect_stats,

@@ -54,7 +54,7 @@ fn pings_through_an_lwt_route_are_captured_to_files_tcpdump_reads() {
     let dev = nl.device("to1").unwrap();
     let _route = LwtRoute::new(format!("{}/32", net.v4(1)).parse().unwrap())
         .device(&dev)
-        .program(Hook::Xmit, &chain.lwt_entry().unwrap())
+        .program(Hook::Xmit, chain.lwt_entry().unwrap())
         .install(&mut nl)
         .unwrap();
     let (src, dst) = (net.v4(0), net.v4(1));
@@ -176,7 +176,7 @@ fn ipv6_pings_are_captured_as_raw_ipv6() {
     let dev = nl.device("to1").unwrap();
     let _route = LwtRoute::new(format!("{}/128", net.v6(1)).parse().unwrap())
         .device(&dev)
-        .program(Hook::Xmit, &chain.lwt_entry().unwrap())
+        .program(Hook::Xmit, chain.lwt_entry().unwrap())
         .install(&mut nl)
         .unwrap();
     let mut capture = Capture::attach(&mut chain, CaptureOptions::default()).unwrap();

@@ -34,7 +34,7 @@ fn routed(d: &Dispatcher) -> (common::Line, InstalledRoute) {
     let dev = nl.device("to1").unwrap();
     let route = LwtRoute::new(format!("{}/32", net.v4(1)).parse().unwrap())
         .device(&dev)
-        .program(Hook::Xmit, &d.lwt_entry().unwrap())
+        .program(Hook::Xmit, d.lwt_entry().unwrap())
         .install(&mut nl)
         .unwrap();
     (net, route)

@@ -19,7 +19,7 @@ fn routed(chain: &ProgChain) -> (common::Line, InstalledRoute) {
     let dev = nl.device("to1").unwrap();
     let route = LwtRoute::new(format!("{}/32", net.v4(1)).parse().unwrap())
         .device(&dev)
-        .program(Hook::Xmit, &chain.lwt_entry().unwrap())
+        .program(Hook::Xmit, chain.lwt_entry().unwrap())
         .install(&mut nl)
         .unwrap();
     (net, route)

@@ -28,7 +28,7 @@ fn forwarding_table_swaps_whole_under_traffic_without_loss() {
     let dev = nl.device("to1").unwrap();
     let _route = LwtRoute::new(format!("{}/32", net.v4(1)).parse().unwrap())
         .device(&dev)
-        .program(Hook::Xmit, &chain.lwt_entry().unwrap())
+        .program(Hook::Xmit, chain.lwt_entry().unwrap())
         .install(&mut nl)
         .unwrap();
     let dst = net.v4(1);

@@ -653,8 +653,14 @@ fn tables_round_trip_and_refuse_nonsense() {
             .kind(),
         lwtun::ErrorKind::NotFound
     );
-    let lo = lwtun::netns::NetNs::current().unwrap().device("lo").unwrap();
-    assert_eq!(d.detach(&lo).unwrap_err().kind(), lwtun::ErrorKind::NotFound);
+    let lo = lwtun::netns::NetNs::current()
+        .unwrap()
+        .device("lo")
+        .unwrap();
+    assert_eq!(
+        d.detach(&lo).unwrap_err().kind(),
+        lwtun::ErrorKind::NotFound
+    );
 
     // Removing entries changes verdicts.
     let i4 = inner4();

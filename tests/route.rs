@@ -541,13 +541,20 @@ fn refusals_have_the_right_kind_and_leave_nothing() {
 
     // A device of another namespace (the host's loopback has index 1 here too): refused
     // before anything is sent, instead of routing through this namespace's device 1.
-    let host_lo = lwtun::netns::NetNs::current().unwrap().device("lo").unwrap();
+    let host_lo = lwtun::netns::NetNs::current()
+        .unwrap()
+        .device("lo")
+        .unwrap();
     let e = LwtRoute::new("10.73.0.0/24".parse().unwrap())
         .device(&host_lo)
         .program(Hook::Xmit, xmit)
         .install(&mut nl)
         .unwrap_err();
-    assert!(e.to_string().contains("not in this netlink socket's network namespace"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("not in this netlink socket's network namespace"),
+        "{e}"
+    );
     cases.push(("device of another namespace", ErrorKind::InvalidInput, e));
 
     // Family mismatch: an IPv6 gateway for an IPv4 route.

@@ -316,9 +316,7 @@ fn persisted_attachments_outlive_their_handles() {
     a.persist(None).unwrap();
     assert_eq!(listed(&net, 1, "to0", TcDirection::Ingress).len(), 1);
     assert_eq!(
-        net.ns(1)
-            .run(|| lwtun::tc::remove_leftovers(&dev))
-            .unwrap(),
+        net.ns(1).run(|| lwtun::tc::remove_leftovers(&dev)).unwrap(),
         1
     );
     assert!(listed(&net, 1, "to0", TcDirection::Ingress).is_empty());

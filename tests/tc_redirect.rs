@@ -18,8 +18,8 @@ use std::net::IpAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Duration;
 
-use lwtun::netlink::Netlink;
 use lwtun::device::Device;
+use lwtun::netlink::Netlink;
 use lwtun::netns::NetNs;
 use lwtun::program::Hook;
 use lwtun::route::LwtRoute;
@@ -570,7 +570,10 @@ fn pinned_maps_read_by_bpftool_and_adopted() {
             "{needle} missing in bpftool's dump: {text}"
         );
     }
-    assert!(text.contains(&format!("\"ifindex\":{}", s.vx0.index())), "{text}");
+    assert!(
+        text.contains(&format!("\"ifindex\":{}", s.vx0.index())),
+        "{text}"
+    );
     for name in [
         "rules_v6",
         "rule_stats",

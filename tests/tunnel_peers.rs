@@ -304,26 +304,31 @@ fn ipip_tcp_needs_the_underlay_fixup() {
         common::ip(line.ns(i), &["link", "set", "lo", "up"]);
         common::ip(line.ns(i), &["addr", "add", a, "dev", "lo"]);
     }
-    let mk =
-        |ns: &NetNs, dev: &lwtun::device::Device, prefix: &str, src: &str, remote: &str, local: &str, fix: bool| {
-            let mut nl = Netlink::open_in(ns).unwrap();
-            // The fix-up is attached where the route goes unless turned off: this test shows
-            // what happens without it.
-            let mut t = Tunnel::builder().auto_underlay_fixup(fix).load().unwrap();
-            t.peers_mut()
-                .insert(
-                    net(prefix),
-                    EncapPeer::new(addr(remote), addr(local), Encap::Ipip),
-                )
-                .unwrap();
-            let route = t.route(net(prefix)).device(dev).source(addr(src));
-            t.steer(&mut nl, route).unwrap();
-            let mut d = Decap::load().unwrap();
-            d.add_local(addr(local)).unwrap();
-            d.add_peer(DecapPeer::host(addr(remote))).unwrap();
-            d.attach(dev).unwrap();
-            (t, d, nl)
-        };
+    let mk = |ns: &NetNs,
+              dev: &lwtun::device::Device,
+              prefix: &str,
+              src: &str,
+              remote: &str,
+              local: &str,
+              fix: bool| {
+        let mut nl = Netlink::open_in(ns).unwrap();
+        // The fix-up is attached where the route goes unless turned off: this test shows
+        // what happens without it.
+        let mut t = Tunnel::builder().auto_underlay_fixup(fix).load().unwrap();
+        t.peers_mut()
+            .insert(
+                net(prefix),
+                EncapPeer::new(addr(remote), addr(local), Encap::Ipip),
+            )
+            .unwrap();
+        let route = t.route(net(prefix)).device(dev).source(addr(src));
+        t.steer(&mut nl, route).unwrap();
+        let mut d = Decap::load().unwrap();
+        d.add_local(addr(local)).unwrap();
+        d.add_peer(DecapPeer::host(addr(remote))).unwrap();
+        d.attach(dev).unwrap();
+        (t, d, nl)
+    };
     let a_dev = line.device(0, "to1");
     let b_dev = line.device(1, "to0");
     // A sends without the fix-up, B (the receiver's ACKs are small, not GSO) with it.

@@ -12,14 +12,12 @@
 mod common;
 
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use common::Capture;
 use ipnetwork::IpNetwork;
 use lwtun::decap::{Decap, DecapPeer};
 use lwtun::netlink::Netlink;
-use lwtun::netns::NetNs;
 use lwtun::peer::{Encap, EncapPeer};
 use lwtun::tunnel::Tunnel;
 

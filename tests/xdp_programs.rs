@@ -847,7 +847,10 @@ fn redirect_rule_changes_apply_to_the_next_frame_despite_the_rule_cache() {
 /// A veth `xp0` in `ns` whose peer `xp1` runs `xdp_pass`, so `xp0` takes redirected frames
 /// (a devmap refuses a port that cannot): the port and the receiver's attachment.
 fn xdp_port(ns: &lwtun::netns::NetNs) -> (Device, XdpAttachment) {
-    common::ip(ns, &["link", "add", "xp0", "type", "veth", "peer", "name", "xp1"]);
+    common::ip(
+        ns,
+        &["link", "add", "xp0", "type", "veth", "peer", "name", "xp1"],
+    );
     let pass = XdpPass::load().unwrap();
     let receiver = pass
         .attach_receiver(&common::device(ns, "xp1"))

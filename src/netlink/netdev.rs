@@ -133,7 +133,8 @@ impl GenlSocket {
         let mut buf = vec![0u8; 16384];
         loop {
             // SAFETY: buf is writable for its length.
-            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let n =
+                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n < 0 {
                 return Err(Error::io(op, std::io::Error::last_os_error()));
             }

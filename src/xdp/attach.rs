@@ -191,12 +191,7 @@ impl XdpAttachment {
         let flags = flags | libbpf_sys::XDP_FLAGS_UPDATE_IF_NOEXIST;
         // SAFETY: program fd is live; null opts are allowed.
         let rc = unsafe {
-            libbpf_sys::bpf_xdp_attach(
-                ifindex as i32,
-                program.as_raw_fd(),
-                flags,
-                std::ptr::null(),
-            )
+            libbpf_sys::bpf_xdp_attach(ifindex as i32, program.as_raw_fd(), flags, std::ptr::null())
         };
         if rc < 0 {
             return Err(attach_error(op, -rc, options.mode).with_object(object));
@@ -247,13 +242,7 @@ impl XdpAttachment {
                 opts.flags = libbpf_sys::BPF_F_REPLACE;
                 opts.old_prog_fd = old.as_raw_fd() as u32;
                 // SAFETY: fds are live for the call.
-                unsafe {
-                    libbpf_sys::bpf_link_update(
-                        link.as_raw_fd(),
-                        program.as_raw_fd(),
-                        &opts,
-                    )
-                }
+                unsafe { libbpf_sys::bpf_link_update(link.as_raw_fd(), program.as_raw_fd(), &opts) }
             }
             Handle::Netlink { flags } => {
                 // SAFETY: zeroed opts with sz set.
@@ -370,9 +359,7 @@ impl XdpAttachment {
                 let rc = unsafe { libbpf_sys::bpf_link_detach(fd.as_raw_fd()) };
                 drop(fd);
                 if rc < 0 && -rc != libc::ENOLINK {
-                    return Err(
-                        errno_error(op, -rc).with_object(self.device.to_string())
-                    );
+                    return Err(errno_error(op, -rc).with_object(self.device.to_string()));
                 }
                 Ok(())
             }
@@ -397,9 +384,7 @@ impl XdpAttachment {
                     )
                 };
                 if rc < 0 && -rc != libc::ENODEV {
-                    return Err(
-                        errno_error(op, -rc).with_object(self.device.to_string())
-                    );
+                    return Err(errno_error(op, -rc).with_object(self.device.to_string()));
                 }
                 Ok(())
             }

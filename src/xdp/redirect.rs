@@ -159,7 +159,12 @@ impl XdpRedirect {
     ///
     /// As [`DevMap::set`] and [`XdpPass::attach_receiver`](super::XdpPass::attach_receiver);
     /// on failure the port is left as it was.
-    pub fn set_port_with_receiver(&self, port: u32, device: &Device, receiver: &Device) -> Result<()> {
+    pub fn set_port_with_receiver(
+        &self,
+        port: u32,
+        device: &Device,
+        receiver: &Device,
+    ) -> Result<()> {
         self.receivers.ensure(receiver)?;
         self.ports.set(port, device, None)
     }
