@@ -103,7 +103,8 @@ fn pings_through_an_lwt_route_are_captured_to_files_tcpdump_reads() {
     let line = kept[0].summary();
     assert!(
         line.contains(&format!(
-            "lwt_xmit if{dev} verdict 0 IP {src} > {dst} ICMP: echo request"
+            "lwt_xmit if{} verdict 0 IP {src} > {dst} ICMP: echo request",
+            dev.index()
         )),
         "{line}"
     );

@@ -284,7 +284,12 @@ fn refuses_wrong_programs_and_settings() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
     // A device deleted after it was looked up.
-    common::ip(net.ns(1), &["link", "add", "gone0", "type", "dummy"]);
+    common::ip(
+        net.ns(1),
+        &[
+            "link", "add", "gone0", "type", "veth", "peer", "name", "gone1",
+        ],
+    );
     let gone = net.device(1, "gone0");
     common::ip(net.ns(1), &["link", "del", "gone0"]);
     let e = TcAttach::new(&gone, TcDirection::Ingress)

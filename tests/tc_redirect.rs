@@ -659,7 +659,12 @@ fn refuses_targets_that_are_not_collect_md_tunnels() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
     // A device deleted after it was looked up.
-    common::ip(&s.r, &["link", "add", "gone0", "type", "dummy"]);
+    common::ip(
+        &s.r,
+        &[
+            "link", "add", "gone0", "type", "veth", "peer", "name", "gone1",
+        ],
+    );
     let gone = common::device(&s.r, "gone0");
     common::ip(&s.r, &["link", "del", "gone0"]);
     let e = redirect

@@ -23,12 +23,12 @@ mod decode;
 mod filter;
 mod writer;
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt;
+use std::net::IpAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::rc::Rc;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use libbpf_rs::{MapCore, Object, RingBuffer, RingBufferBuilder};
 
@@ -91,14 +91,105 @@ impl Packet {
     pub fn dump(&self) -> String {
         decode::dump(self)
     }
+
+    /// The packet's headers as typed values (the `etherparse` crate's lax slicer, which also
+    /// reads packets cut short by the snap length): Ethernet at XDP and tc, IP at the LWT
+    /// hooks, then the transport header.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidInput`] when not even the first header can be read.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use lwtun::capture::Packet;
+    /// # fn check(p: &Packet) -> lwtun::Result<()> {
+    /// use etherparse::{LaxNetSlice, TransportSlice};
+    ///
+    /// let headers = p.headers()?;
+    /// if let Some(LaxNetSlice::Ipv4(ip)) = &headers.net {
+    ///     println!("from {}", ip.header().source_addr());
+    /// }
+    /// if let Some(TransportSlice::Udp(udp)) = &headers.transport {
+    ///     println!("to port {}", udp.destination_port());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn headers(&self) -> Result<etherparse::LaxSlicedPacket<'_>> {
+        let parsed = match self.link_type() {
+            LinkType::Raw => {
+                etherparse::LaxSlicedPacket::from_ip(&self.data).map_err(|e| e.to_string())
+            }
+            LinkType::Ethernet => {
+                etherparse::LaxSlicedPacket::from_ethernet(&self.data).map_err(|e| e.to_string())
+            }
+        };
+        parsed.map_err(|e| {
+            Error::invalid_input(
+                "decode captured packet",
+                format!("{e} ({} of {} bytes captured)", self.data.len(), self.len),
+            )
+        })
+    }
+
+    /// Source and destination of the outermost IP header, if the packet has one.
+    pub fn ip_addrs(&self) -> Option<(IpAddr, IpAddr)> {
+        match self.headers().ok()?.net? {
+            etherparse::LaxNetSlice::Ipv4(ip) => Some((
+                IpAddr::V4(ip.header().source_addr()),
+                IpAddr::V4(ip.header().destination_addr()),
+            )),
+            etherparse::LaxNetSlice::Ipv6(ip) => Some((
+                IpAddr::V6(ip.header().source_addr()),
+                IpAddr::V6(ip.header().destination_addr()),
+            )),
+            _ => None,
+        }
+    }
+
+    /// The ICMP or ICMPv6 echo request or reply this packet carries, if any.
+    pub fn echo(&self) -> Option<Echo> {
+        use etherparse::{Icmpv4Type, Icmpv6Type, TransportSlice};
+        let (request, h) = match self.headers().ok()?.transport? {
+            TransportSlice::Icmpv4(i) => match i.icmp_type() {
+                Icmpv4Type::EchoRequest(h) => (true, h),
+                Icmpv4Type::EchoReply(h) => (false, h),
+                _ => return None,
+            },
+            TransportSlice::Icmpv6(i) => match i.icmp_type() {
+                Icmpv6Type::EchoRequest(h) => (true, h),
+                Icmpv6Type::EchoReply(h) => (false, h),
+                _ => return None,
+            },
+            _ => return None,
+        };
+        Some(Echo {
+            request,
+            id: h.id,
+            seq: h.seq,
+        })
+    }
+}
+
+/// An ICMP / ICMPv6 echo, as [`Packet::echo`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Echo {
+    /// A request (ping) rather than a reply.
+    pub request: bool,
+    /// The identifier.
+    pub id: u16,
+    /// The sequence number.
+    pub seq: u16,
 }
 
 /// A capture program at a chain's exit hook, and the ring buffer it fills.
 ///
 /// [`Capture::attach`] loads it and attaches it; [`Capture::detach`] (or dropping the chain's exit
 /// with [`ProgChain::clear_exit`]) takes it off, after which the chain pays one failed tail call.
-/// A `Capture` is not `Send`: poll it from the thread that loaded it. Records are lost (counted
-/// by [`Capture::lost`]) when the 4 MiB ring fills faster than it is polled.
+/// A `Capture` is `Send`, so a reader thread can own it, but not `Sync`: one thread polls it at a
+/// time (libbpf's ring buffer consumer is single-threaded). Records are lost (counted by
+/// [`Capture::lost`]) when the 4 MiB ring fills faster than it is polled.
 ///
 /// # Examples
 ///
@@ -113,9 +204,13 @@ impl Packet {
 /// let filter = Filter::compile("icmp", capture.link_type())?;
 /// let file = std::fs::File::create("/tmp/out.pcap").unwrap();
 /// let mut out = CaptureWriter::new(file, CaptureFormat::Pcap, capture.link_type(), 1536)?;
-/// for p in capture.poll(Duration::from_secs(1))? {
+/// for p in capture.packets(Duration::from_secs(1)) {       // for one second
+///     let p = p?;
 ///     if filter.matches(&p) {
 ///         println!("{}", p.summary());
+///         if let Some(echo) = p.echo() {
+///             println!("  echo seq {} from {:?}", echo.seq, p.ip_addrs());
+///         }
 ///         out.write(&p)?;
 ///     }
 /// }
@@ -124,7 +219,7 @@ impl Packet {
 /// ```
 pub struct Capture {
     ring: RingBuffer<'static>,
-    queue: Rc<RefCell<VecDeque<std::result::Result<Packet, String>>>>,
+    queue: Arc<Mutex<VecDeque<std::result::Result<Packet, String>>>>,
     program: OwnedFd,
     object: Object,
     hook: ChainHook,
@@ -174,18 +269,20 @@ impl Capture {
         )?;
         let hook = chain.hook();
         let program = chain.member_program(&object, &format!("capture_{hook}"))?;
-        let queue = Rc::new(RefCell::new(VecDeque::new()));
+        let queue = Arc::new(Mutex::new(VecDeque::new()));
         let clock = ClockOffset::now();
         let ring = {
             let map = object
                 .maps()
                 .find(|m| m.name().to_str() == Some("capture_ring"))
                 .ok_or_else(|| Error::not_found("load capture", "map capture_ring"))?;
-            let sink = Rc::clone(&queue);
+            let sink = Arc::clone(&queue);
             let mut builder = RingBufferBuilder::new();
             builder
                 .add(&map, move |bytes: &[u8]| {
-                    sink.borrow_mut().push_back(parse_record(bytes, clock));
+                    sink.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push_back(parse_record(bytes, clock));
                     0
                 })
                 .map_err(|e| Error::bpf("open capture ring", e))?;
@@ -264,11 +361,42 @@ impl Capture {
         self.ring
             .consume()
             .map_err(|e| Error::bpf("read capture ring", e))?;
-        self.queue
-            .borrow_mut()
-            .drain(..)
-            .map(|r| r.map_err(|m| Error::other(ErrorKind::Kernel, "read capture record", m)))
-            .collect()
+        self.queued().drain(..).map(record_result).collect()
+    }
+
+    fn queued(&self) -> std::sync::MutexGuard<'_, VecDeque<std::result::Result<Packet, String>>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next packet, waiting up to `timeout` for one; `None` when none came.
+    ///
+    /// # Errors
+    ///
+    /// As [`Capture::poll`].
+    pub fn next_packet(&mut self, timeout: Duration) -> Result<Option<Packet>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(r) = self.queued().pop_front() {
+                return record_result(r).map(Some);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.ring
+                .poll(left)
+                .map_err(|e| Error::bpf("poll capture ring", e))?;
+            if self.queued().is_empty() && Instant::now() >= deadline {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The packets that arrive within `timeout` from now, one at a time as they come: the
+    /// iterator ends when the time is up (or at the first error, which it yields).
+    pub fn packets(&mut self, timeout: Duration) -> Packets<'_> {
+        Packets {
+            deadline: Instant::now() + timeout,
+            capture: self,
+            failed: false,
+        }
     }
 
     /// Records lost because the ring buffer was full (the reader fell behind).
@@ -292,6 +420,36 @@ impl Capture {
             .map(|b| u64::from_ne_bytes(b.try_into().expect("8 bytes")))
             .sum())
     }
+}
+
+/// The packets of [`Capture::packets`].
+#[derive(Debug)]
+pub struct Packets<'a> {
+    capture: &'a mut Capture,
+    deadline: Instant,
+    failed: bool,
+}
+
+impl Iterator for Packets<'_> {
+    type Item = Result<Packet>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        match self.capture.next_packet(left) {
+            Ok(p) => p.map(Ok),
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+fn record_result(r: std::result::Result<Packet, String>) -> Result<Packet> {
+    r.map_err(|m| Error::other(ErrorKind::Kernel, "read capture record", m))
 }
 
 /// Wall clock minus monotonic clock, to date records stamped with bpf_ktime_get_ns.
@@ -358,6 +516,64 @@ fn parse_record(bytes: &[u8], clock: ClockOffset) -> std::result::Result<Packet,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_capture_can_move_to_a_reader_thread() {
+        fn send<T: Send>() {}
+        send::<Capture>();
+        send::<Packet>();
+    }
+
+    fn packet(hook: ChainHook, data: Vec<u8>) -> Packet {
+        Packet {
+            time: SystemTime::UNIX_EPOCH,
+            hook,
+            ifindex: 1,
+            verdict: 0,
+            len: data.len() as u32,
+            protocol: 0x0800,
+            data,
+        }
+    }
+
+    #[test]
+    fn typed_headers_of_an_echo_request() {
+        // IPv4 10.0.0.1 -> 10.0.0.2, ICMP echo request id 0x1234 seq 7, 4 bytes of payload.
+        let mut ip = vec![
+            0x45, 0, 0, 32, 0, 0, 0x40, 0, 64, 1, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ];
+        ip.extend_from_slice(&[8, 0, 0, 0, 0x12, 0x34, 0, 7, 1, 2, 3, 4]);
+        let p = packet(ChainHook::LwtXmit, ip.clone());
+        assert_eq!(
+            p.ip_addrs(),
+            Some(("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()))
+        );
+        assert_eq!(
+            p.echo(),
+            Some(Echo {
+                request: true,
+                id: 0x1234,
+                seq: 7
+            })
+        );
+        // The same behind an Ethernet header, as XDP and tc capture it.
+        let mut eth = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+        eth.extend_from_slice(&ip);
+        let p = packet(ChainHook::Tc, eth);
+        assert_eq!(p.echo().map(|e| e.seq), Some(7));
+        // Cut short by the snap length: the IP header still reads.
+        let mut cut = packet(ChainHook::LwtXmit, ip[..24].to_vec());
+        cut.len = 32;
+        assert!(cut.ip_addrs().is_some());
+        // Hostile bytes: an error or None, never a panic.
+        for n in 0..ip.len() {
+            let mut bad = packet(ChainHook::LwtXmit, ip[..n].to_vec());
+            bad.data.iter_mut().for_each(|b| *b ^= 0xa5);
+            let _ = bad.headers();
+            let _ = (bad.ip_addrs(), bad.echo());
+        }
+        assert!(packet(ChainHook::LwtXmit, vec![]).headers().is_err());
+    }
 
     #[test]
     fn records_parse_and_malformed_ones_are_refused() {

@@ -1,5 +1,15 @@
 //! Per-CPU, per-action packet and byte counters of lwtun's XDP programs (the tutorial's
 //! `xdp_stats`), summed in user space, with rates over an interval.
+//!
+//! # Verdicts, not deliveries
+//!
+//! The counters count what the program *decided*: a frame counted under `XDP_REDIRECT` was
+//! handed to `bpf_redirect_map`, and `XDP_TX` to the device's transmit path. Whether it then
+//! left the machine is the target device's business: a full transmit queue, a veth whose peer
+//! went down or lost its XDP program, drop it there and count it there. Read those counters with
+//! [`Device::counters`](crate::device::Device::counters) (`ip -s link` and `ethtool -S`; veth
+//! has per-queue XDP counters, summed by
+//! [`DeviceCounters::xdp_drops`](crate::device::DeviceCounters::xdp_drops)), next to these.
 
 use std::time::{Duration, Instant};
 

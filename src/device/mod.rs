@@ -25,7 +25,7 @@
 //! use lwtun::netns::NetNs;
 //!
 //! let ns = NetNs::create_unique("dev")?;
-//! ns.output("ip", ["link", "add", "d0", "type", "dummy"])?;
+//! ns.output("ip", ["link", "add", "d0", "type", "veth", "peer", "name", "d1"])?;
 //! let d0 = ns.device("d0")?;
 //! assert!(d0.is_in(&ns)?);
 //! assert!(!d0.is_in(&NetNs::current()?)?);  // not the host's device of that index
@@ -36,6 +36,10 @@
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
+
+mod counters;
+
+pub use counters::DeviceCounters;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::netlink::link::{Link, MAX_NAME_LEN};
@@ -160,6 +164,32 @@ impl Device {
     pub fn link(&self) -> Result<Link> {
         self.enter(|| Netlink::open()?.link_by_index(self.index))
             .map_err(|e| not_found_in(e, "read device", &self.to_string(), &self.netns))
+    }
+
+    /// The device's own counters: the kernel's link statistics and the driver's (`ethtool -S`;
+    /// veth has XDP counters there), read in the device's namespace. lwtun's program counters
+    /// count verdicts; frames dropped after a redirect show here, on the target device.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotFound`] when the device is gone.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let veth1 = lwtun::netns::NetNs::open("router")?.device("veth1")?;
+    /// let before = veth1.counters()?;
+    /// // ... traffic redirected into veth1 ...
+    /// let d = veth1.counters()?.since(&before);
+    /// println!("sent {} dropped {} xdp drops {}", d.tx_packets, d.tx_dropped, d.xdp_drops());
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    pub fn counters(&self) -> Result<DeviceCounters> {
+        let link = self.link()?;
+        let mut c = DeviceCounters::default();
+        counters::link_stats(&link, &mut c);
+        c.driver = self.enter(|| counters::driver_stats(&link.name))?;
+        Ok(c)
     }
 
     /// Looks the device up again by name (after a rename, move or re-creation its index
