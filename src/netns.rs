@@ -363,6 +363,21 @@ impl NetNs {
         crate::device::Device::lookup_index(self, index)
     }
 
+    /// A value that holds this namespace by descriptor (so it outlives the name) and keeps its
+    /// name and path for messages and commands. Never owning.
+    pub(crate) fn held_copy(&self) -> Result<NetNs> {
+        let fd = match &self.held {
+            Some(fd) => Arc::clone(fd),
+            None => Arc::new(self.fd()?),
+        };
+        Ok(NetNs {
+            name: self.name.clone(),
+            path: self.path.clone(),
+            owned: false,
+            held: Some(fd),
+        })
+    }
+
     /// The descriptor a namespace without a name holds.
     pub(crate) fn held(&self) -> Option<Arc<OwnedFd>> {
         self.held.clone()

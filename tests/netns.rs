@@ -638,3 +638,73 @@ fn remove_stale_removes_only_dead_owners() {
         ErrorKind::InvalidInput
     );
 }
+
+#[test]
+fn devices_remember_their_namespace() {
+    if !common::privileged("devices_remember_their_namespace") {
+        return;
+    }
+    let ns = NetNs::create_unique("lwt-dev").unwrap();
+    common::ip(
+        &ns,
+        &["link", "add", "dv0", "type", "veth", "peer", "name", "dv1"],
+    );
+    let host_before = current_netns();
+
+    // One call from any thread: the device, bound to `ns`.
+    let dv0 = ns.device("dv0").unwrap();
+    assert_eq!(current_netns(), host_before, "the caller never moved");
+    assert_eq!(dv0.name(), "dv0");
+    assert_eq!(dv0.index(), common::ifindex(&ns, "dv0"));
+    assert!(dv0.is_in(&ns).unwrap());
+    let host = NetNs::current().unwrap();
+    assert!(!dv0.is_in(&host).unwrap());
+    assert_ne!(dv0.netns_id(), host.id().unwrap());
+    assert_eq!(format!("net:[{}]", host.id().unwrap().inode()), host_before);
+    assert!(dv0.to_string().contains(ns.name()), "{dv0}");
+    // The same device through a netlink socket of the namespace, and by index.
+    let mut nl = lwtun::netlink::Netlink::open_in(&ns).unwrap();
+    assert_eq!(nl.device("dv0").unwrap(), dv0);
+    assert_eq!(ns.device_by_index(dv0.index()).unwrap(), dv0);
+    assert_eq!(nl.netns_id().unwrap(), dv0.netns_id());
+    // Its state is read in its namespace, whatever thread asks.
+    assert_eq!(dv0.link().unwrap().kind.as_deref(), Some("veth"));
+    assert_eq!(current_netns(), host_before);
+
+    // Errors say which device and which namespace.
+    let e = ns.device("nope0").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    assert!(e.to_string().contains(ns.name()), "{e}");
+    for bad in ["", "a/b", "has space", "sixteen-chars-xx"] {
+        let e = ns.device(bad).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{bad:?}: {e}");
+    }
+    assert_eq!(
+        ns.device_by_index(0).unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+
+    // enter() runs on the calling thread inside the namespace and always comes back, also
+    // from a panic.
+    let inside = ns.enter(|| Ok(current_netns())).unwrap();
+    assert_ne!(inside, host_before);
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = ns.enter(|| -> lwtun::Result<()> { panic!("inside") });
+    }));
+    assert!(caught.is_err());
+    assert_eq!(current_netns(), host_before, "back home after a panic");
+
+    // A descriptor-held namespace outlives its name, as do devices bound to it.
+    let by_fd = NetNs::of_fd(ns.fd().unwrap()).unwrap();
+    assert_eq!(by_fd.id().unwrap(), dv0.netns_id());
+    let name = ns.name().to_string();
+    ns.delete().unwrap();
+    assert!(!listed(&name));
+    assert_eq!(
+        dv0.link().unwrap().name,
+        "dv0",
+        "the device's namespace is held"
+    );
+    drop(dv0);
+    drop(by_fd);
+}

@@ -909,3 +909,55 @@ fn adopted_table_hands_out_zeroed_counters() {
         );
     }
 }
+
+/// The easy-to-forget steps are defaults: a tunnel's route takes the tunnel's inner source,
+/// steering attaches the IP-in-IP fix-up where the route goes, and a route that would send
+/// locally made packets with the underlay address is refused with what to do.
+#[test]
+fn steer_defaults_source_and_fixup_and_refuses_a_sourceless_route() {
+    if !common::privileged("steer_defaults_source_and_fixup_and_refuses_a_sourceless_route") {
+        return;
+    }
+    let line = common::line(2);
+    let ns = line.ns(0);
+    let dev = line.device(0, "to1");
+    let mut nl = Netlink::open_in(ns).unwrap();
+
+    let mut bare = Tunnel::load().unwrap();
+    let route = bare.route(net("10.20.0.0/16")).device(&dev);
+    let e = bare.steer(&mut nl, route).unwrap_err();
+    assert_eq!(e.kind(), lwtun::ErrorKind::InvalidInput, "{e}");
+    assert!(e.to_string().contains("TunnelBuilder::source"), "{e}");
+    assert!(bare.routes().is_empty() && bare.underlay_fixups().is_empty());
+    assert!(!common::ip(ns, &["route", "show"]).contains("10.20.0.0"));
+
+    let mut t = Tunnel::builder()
+        .source(addr("10.30.0.1"))
+        .source(addr("fd30::1"))
+        .load()
+        .unwrap();
+    let v4 = t.route(net("10.20.0.0/16")).device(&dev);
+    assert_eq!(v4.spec().prefsrc, Some(addr("10.30.0.1")));
+    common::ip(ns, &["addr", "add", "10.30.0.1/32", "dev", "lo"]);
+    t.steer(&mut nl, v4).unwrap();
+    assert_eq!(
+        t.underlay_fixups().len(),
+        1,
+        "fix-up attached on the route's device"
+    );
+    assert_eq!(t.underlay_fixups()[0].device(), &dev);
+    let shown = common::ip(ns, &["route", "show", "10.20.0.0/16"]);
+    assert!(shown.contains("src 10.30.0.1"), "{shown}");
+    // A second route on the same device shares the fix-up; IPv6 routes need none.
+    t.steer(&mut nl, t.route(net("10.21.0.0/16")).device(&dev))
+        .unwrap();
+    common::ip(
+        ns,
+        &["-6", "addr", "add", "fd30::1/128", "dev", "lo", "nodad"],
+    );
+    t.steer(&mut nl, t.route(net("fd20::/16")).device(&dev))
+        .unwrap();
+    assert_eq!(t.underlay_fixups().len(), 1);
+    let tc = lwtun::tc::attached(&dev, lwtun::tc::TcDirection::Egress).unwrap();
+    assert_eq!(tc.len(), 1, "{tc:?}");
+}

@@ -219,16 +219,22 @@ fn router_forwards_ping_and_tcp_v4_and_v6() {
     common::tx_checksum_off(right, "to1");
     let router = XdpRouter::load().unwrap();
     let (to0, to2) = (l.device(1, "to0"), l.device(1, "to2"));
-    let atts = mid
-        .run(|| {
-            router.add_port_with_receiver(&to0, &device(left, "to1"))?;
-            router.add_port_with_receiver(&to2, &device(right, "to1"))?;
-            Ok(vec![
-                router.attach(&to0, native())?,
-                router.attach(&to2, native())?,
-            ])
-        })
+    // Called from the test's own thread, in the host's namespace: the devices carry theirs,
+    // so the ports name the router's to0/to2 and not whatever the host has at those indexes.
+    router
+        .add_port_with_receiver(&to0, &device(left, "to1"))
         .unwrap();
+    router
+        .add_port_with_receiver(&to2, &device(right, "to1"))
+        .unwrap();
+    let atts = vec![
+        router.attach(&to0, native()).unwrap(),
+        router.attach(&to2, native()).unwrap(),
+    ];
+    // A port from another namespace would send frames to an unrelated device: refused.
+    let e = router.add_port(&device(right, "to1")).unwrap_err();
+    assert_eq!(e.kind(), lwtun::ErrorKind::InvalidInput, "{e}");
+    assert!(e.to_string().contains("FIB lookup"), "{e}");
 
     let forw0 = snmp(mid, "Ip", "ForwDatagrams");
     let forw6_0 = snmp(mid, "Ip6", "OutForwDatagrams");

@@ -71,7 +71,7 @@ impl Device {
     pub fn lookup(netns: &NetNs, name: &str) -> Result<Device> {
         let op = "look up device";
         validate_name(op, name)?;
-        let held = NetNs::of_fd(netns.fd()?)?;
+        let held = netns.held_copy()?;
         let link = held
             .enter(|| Netlink::open()?.link_by_name(name))
             .map_err(|e| not_found_in(e, op, name, netns))?;
@@ -92,7 +92,7 @@ impl Device {
                 "interface index 0 names no device",
             ));
         }
-        let held = NetNs::of_fd(netns.fd()?)?;
+        let held = netns.held_copy()?;
         let link = held
             .enter(|| Netlink::open()?.link_by_index(index))
             .map_err(|e| not_found_in(e, op, &format!("ifindex {index}"), netns))?;
