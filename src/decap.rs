@@ -238,7 +238,8 @@ pub fn test_run(program: impl AsFd, frame: &[u8], repeat: u32) -> Result<TestRun
 /// decap.add_local("192.0.2.1".parse().unwrap())?;                 // our underlay address
 /// decap.add_peer(DecapPeer::host("192.0.2.2".parse().unwrap()))?;  // the other end
 /// decap.add_udp_port(5555)?;                                       // FOU
-/// decap.attach(2)?;                                                // tc ingress of ifindex 2
+/// let eth0 = lwtun::netns::NetNs::current()?.device("eth0")?;
+/// decap.attach(&eth0)?;                                            // tc ingress of eth0
 /// println!("{:?}", decap.counters()?);
 /// # Ok::<(), lwtun::Error>(())
 /// ```

@@ -20,18 +20,50 @@
 //! Everything lwtun installs is tagged: routes carry the protocol [`route::RTPROT_LWTUN`] and
 //! LWT program names start with `lwtun:`, so leftovers of a crashed process can be found.
 //!
+//! # Devices and namespaces
+//!
+//! An interface index means something only inside one network namespace. Every call that
+//! names a device takes a [`device::Device`], looked up once with [`netns::NetNs::device`]
+//! (or [`netlink::Netlink::device`]) and bound to its namespace: a route, a tc or XDP
+//! attachment, a devmap port or a redirect target made from it acts on that device whatever
+//! namespace the calling thread is in, and a device from the wrong namespace is an error, not a
+//! silently different device. [`netns::NetNs`] is the one namespace type: named ones
+//! (`ip netns`), [`netns::NetNs::current`] for the caller's own, [`netns::NetNs::of_fd`] for a
+//! descriptor.
+//!
+//! Every loaded program attaches through the same calls, whether it is a family's own program,
+//! a [`chain::ProgChain`]'s or [`chain::Dispatcher`]'s entry, or a skeleton's program: anything
+//! `AsFd` goes to [`tc::TcAttach::attach`], [`xdp::XdpAttachment::attach`] and
+//! [`route::LwtRoute::program`], which check its type.
+//!
+//! # Errors
+//!
+//! Every fallible call returns [`Error`]; match on [`Error::kind`] (an [`ErrorKind`]), never on
+//! the message text, which may improve between versions:
+//!
+//! ```no_run
+//! use lwtun::{netns::NetNs, ErrorKind};
+//!
+//! match NetNs::current()?.device("eth9") {
+//!     Ok(dev) => println!("{dev}"),
+//!     Err(e) if e.kind() == ErrorKind::NotFound => println!("no eth9 here"),
+//!     Err(e) => return Err(e),
+//! }
+//! # Ok::<(), lwtun::Error>(())
+//! ```
+//!
 //! # Example
 //!
 //! ```no_run
-//! use lwtun::{netlink::Netlink, program::LwtCounter, route::{LwtRoute, Hook}};
+//! use lwtun::{netns::NetNs, program::LwtCounter, route::{LwtRoute, Hook}};
 //!
 //! let counter = LwtCounter::load()?;                      // the lwt_count program family
-//! let mut nl = Netlink::open()?;
-//! let dev = nl.link_by_name("eth0")?;
+//! let ns = NetNs::open("lab")?;                           // made by `ip netns add lab`
+//! let dev = ns.device("eth0")?;                           // eth0 of `lab`, from any thread
 //! let route = LwtRoute::new("10.20.0.0/16".parse().unwrap())
-//!     .device(dev.index)
+//!     .device(&dev)
 //!     .program(Hook::Xmit, counter.program(Hook::Xmit))
-//!     .install(&mut nl)?;                                 // removed again when `route` drops
+//!     .install(&mut dev.netlink()?)?;                     // removed again when `route` drops
 //! println!("{route}");
 //! # Ok::<(), lwtun::Error>(())
 //! ```

@@ -806,7 +806,8 @@ impl TcVerdict {
 /// use lwtun::tc::{TcAttach, TcCounter, TcDirection, TcVerdict};
 ///
 /// let counter = TcCounter::load()?;
-/// let _a = TcAttach::new(2, TcDirection::Egress).attach(counter.program())?;
+/// let eth0 = lwtun::netns::NetNs::current()?.device("eth0")?;
+/// let _a = TcAttach::new(&eth0, TcDirection::Egress).attach(counter.program())?;
 /// counter.set_verdict(TcVerdict::Drop)?;           // now the device sends nothing
 /// println!("{:?}", counter.counter()?);
 /// # Ok::<(), lwtun::Error>(())

@@ -315,15 +315,15 @@ impl TunnelBuilder {
 /// use lwtun::tunnel::Tunnel;
 ///
 /// let mut nl = Netlink::open()?;
-/// let underlay = nl.link_by_name("eth0")?.index;
-/// let mut tunnel = Tunnel::load()?;
+/// let underlay = nl.device("eth0")?;
+/// // Routes into the tunnel take this host's inner address as their source.
+/// let mut tunnel = Tunnel::builder().source("10.30.0.1".parse().unwrap()).load()?;
 /// tunnel.peers_mut().insert(
 ///     "10.20.0.0/16".parse().unwrap(),
 ///     EncapPeer::new("192.0.2.2".parse().unwrap(), "192.0.2.1".parse().unwrap(), Encap::Gre { key: None, checksum: false }),
 /// )?;
-/// let route = tunnel.route("10.20.0.0/16".parse().unwrap()).device(underlay);
-/// tunnel.steer(&mut nl, route)?;
-/// tunnel.attach_underlay(underlay, None)?;
+/// let route = tunnel.route("10.20.0.0/16".parse().unwrap()).device(&underlay);
+/// tunnel.steer(&mut nl, route)?;          // also attaches the IP-in-IP fix-up on eth0
 /// // packets to 10.20.0.0/16 now leave GRE-encapsulated to 192.0.2.2
 /// # Ok::<(), lwtun::Error>(())
 /// ```

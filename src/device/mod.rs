@@ -16,7 +16,7 @@
 //!
 //! A `Device` is a snapshot of the name and index: a device renamed or deleted and re-created
 //! afterwards gets a new index, and calls with the old value fail with
-//! [`ErrorKind::NotFound`](crate::ErrorKind::NotFound) or act on whatever device holds the
+//! [`ErrorKind::NotFound`] or act on whatever device holds the
 //! index then, as the kernel's own interfaces do. [`Device::refresh`] looks it up again.
 //!
 //! # Examples
