@@ -26,7 +26,6 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -101,7 +100,7 @@ fn pair(mode: Mode) -> Pair {
     let b = NetNs::create_unique("bt-b").unwrap();
     Netlink::open_in(&a)
         .unwrap()
-        .add_veth("a-b", "b-a", Some(b.fd().unwrap().as_fd()))
+        .add_veth("a-b", "b-a", Some(&b))
         .unwrap();
     let ends = [
         (&a, "a-b", "10.80.0.1", "fd80::1", "10.70.0.1"),

@@ -13,7 +13,6 @@
 //! The filter is tcpdump syntax (RAW link type at the route hook, Ethernet at tc and XDP).
 //! Run as root.
 
-use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use lwtun::capture::{Capture, CaptureFormat, CaptureOptions, CaptureWriter, Filter};
@@ -232,7 +231,7 @@ impl Demo {
         let a = NetNs::create_unique("lwt-capture-a")?;
         let b = NetNs::create_unique("lwt-capture-b")?;
         let mut nl = Netlink::open_in(&a)?;
-        nl.add_veth("to-b", "to-a", Some(b.fd()?.as_fd()))?;
+        nl.add_veth("to-b", "to-a", Some(&b))?;
         let sh = |ns: &NetNs, cmd: &str| -> Result<()> {
             let st = ns
                 .command("ip")

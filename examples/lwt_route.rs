@@ -10,7 +10,6 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use lwtun::netlink::Netlink;
@@ -44,8 +43,8 @@ fn run() -> Result<()> {
     let a = NetNs::create_unique("demo-a")?;
     let r = NetNs::create_unique("demo-r")?;
     let b = NetNs::create_unique("demo-b")?;
-    nl(&a)?.add_veth("a-r", "r-a", Some(r.fd()?.as_fd()))?;
-    nl(&r)?.add_veth("r-b", "b-r", Some(b.fd()?.as_fd()))?;
+    nl(&a)?.add_veth("a-r", "r-a", Some(&r))?;
+    nl(&r)?.add_veth("r-b", "b-r", Some(&b))?;
     for (ns, cmds) in [
         (
             &a,

@@ -18,7 +18,6 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use lwtun::decap::{Decap, DecapPeer};
@@ -153,8 +152,8 @@ fn run() -> Result<()> {
     let a = NetNs::create_unique("tun-a")?;
     let r = NetNs::create_unique("tun-r")?;
     let b = NetNs::create_unique("tun-b")?;
-    nl(&a)?.add_veth("a-r", "r-a", Some(r.fd()?.as_fd()))?;
-    nl(&r)?.add_veth("r-b", "b-r", Some(b.fd()?.as_fd()))?;
+    nl(&a)?.add_veth("a-r", "r-a", Some(&r))?;
+    nl(&r)?.add_veth("r-b", "b-r", Some(&b))?;
     let setup: [(&NetNs, &[&str]); 3] = [
         (
             &a,

@@ -71,8 +71,7 @@ fn pair(prefix: &str) -> Pair {
     let b = NetNs::create_unique(prefix).unwrap();
     let mut nla = netlink_in(&a);
     let mut nlb = netlink_in(&b);
-    let bfd = b.fd().unwrap();
-    nla.add_veth("a0", "b0", Some(bfd.as_fd())).unwrap();
+    nla.add_veth("a0", "b0", Some(&b)).unwrap();
     let a0 = nla.link_by_name("a0").unwrap();
     let b0 = nlb.link_by_name("b0").unwrap();
     let nodad = AddressOptions::nodad();
@@ -231,8 +230,7 @@ fn move_link_to_another_namespace() {
     let mut nlb = netlink_in(&b);
     nla.add_veth("mv0", "mv1", None).unwrap();
     let mv1 = nla.link_by_name("mv1").unwrap();
-    nla.move_link_to_netns(mv1.index, b.fd().unwrap().as_fd())
-        .unwrap();
+    nla.move_link_to_netns(mv1.index, &b).unwrap();
     assert_eq!(
         nla.link_by_name("mv1").unwrap_err().kind(),
         ErrorKind::NotFound
@@ -242,9 +240,7 @@ fn move_link_to_another_namespace() {
     assert!(ip(&b, &["link", "show", "dev", "mv1"]).contains("mv1@"));
     // Moving back onto a taken name fails and leaves it where it was.
     nla.add_veth("mv1", "mv2", None).unwrap();
-    let e = nlb
-        .move_link_to_netns(moved.index, a.fd().unwrap().as_fd())
-        .unwrap_err();
+    let e = nlb.move_link_to_netns(moved.index, &a).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Exists, "{e}");
     assert!(nlb.link_by_name("mv1").is_ok());
 }

@@ -479,14 +479,12 @@ fn lwtun_netlink_builds_a_link_between_namespaces() {
         return;
     }
     use lwtun::netlink::{addr::AddressOptions, Netlink};
-    use std::os::fd::AsFd;
     let a = common::netns("nla");
     let b = common::netns("nlb");
-    let b_fd = b.fd().unwrap();
     let mut nl_a = a.run(Netlink::open).unwrap();
     let mut nl_b = b.run(Netlink::open).unwrap();
     // Used from this thread, the sockets still act in their own namespaces.
-    nl_a.add_veth("xa", "xb", Some(b_fd.as_fd())).unwrap();
+    nl_a.add_veth("xa", "xb", Some(&b)).unwrap();
     assert_eq!(
         nl_a.link_by_name("xb").unwrap_err().kind(),
         ErrorKind::NotFound

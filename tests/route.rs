@@ -30,14 +30,10 @@ impl Line {
         let a = NetNs::create_unique(&format!("rt{tag}a")).unwrap();
         let b = NetNs::create_unique(&format!("rt{tag}b")).unwrap();
         let c = NetNs::create_unique(&format!("rt{tag}c")).unwrap();
-        let bfd = b.fd().unwrap();
-        let cfd = c.fd().unwrap();
         let mut nl = Netlink::open_in(&a).unwrap();
-        nl.add_veth("ab", "ba", Some(std::os::fd::AsFd::as_fd(&bfd)))
-            .unwrap();
+        nl.add_veth("ab", "ba", Some(&b)).unwrap();
         let mut nlb = Netlink::open_in(&b).unwrap();
-        nlb.add_veth("bc", "cb", Some(std::os::fd::AsFd::as_fd(&cfd)))
-            .unwrap();
+        nlb.add_veth("bc", "cb", Some(&c)).unwrap();
         for (ns, cmds) in [
             (
                 &a,

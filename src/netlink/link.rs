@@ -33,6 +33,7 @@ use neli::types::{Buffer, RtBuffer};
 use super::attr::{self, Nest, NLA_TYPE_MASK};
 use super::{decode_body, encode_message, Answer, Netlink};
 use crate::error::{Error, ErrorKind, Result};
+use crate::netns::NetNs;
 
 /// The longest interface name the kernel takes, in bytes (`IFNAMSIZ - 1`).
 pub const MAX_NAME_LEN: usize = 15;
@@ -808,20 +809,20 @@ impl Netlink {
     /// # Examples
     ///
     /// ```no_run
-    /// use std::os::fd::AsFd;
-    /// use lwtun::netlink::Netlink;
+    /// use lwtun::{netlink::Netlink, netns::NetNs};
     ///
-    /// let ns = std::fs::File::open("/run/netns/blue").unwrap();
-    /// Netlink::open()?.add_veth("to-blue", "from-host", Some(ns.as_fd()))?;
+    /// let blue = NetNs::open("blue")?;
+    /// Netlink::open()?.add_veth("to-blue", "from-host", Some(&blue))?;
     /// # Ok::<(), lwtun::Error>(())
     /// ```
     pub fn add_veth(
         &mut self,
         name: &str,
         peer_name: &str,
-        peer_netns: Option<BorrowedFd<'_>>,
+        peer_netns: Option<&NetNs>,
     ) -> Result<()> {
-        let req = veth_request(name, peer_name, peer_netns.map(|fd| fd.as_raw_fd()))?;
+        let fd = peer_netns.map(NetNs::fd).transpose()?;
+        let req = veth_request(name, peer_name, fd.as_ref().map(|fd| fd.as_raw_fd()))?;
         let object = format!("'{name}' (peer '{peer_name}')");
         self.link_request("add veth pair", &object, req)
     }
@@ -838,7 +839,7 @@ impl Netlink {
             .map_err(|e| unknown_interface(e, "delete link", &Index(index)))
     }
 
-    /// Moves a link into the namespace `netns` (an open namespace file), like
+    /// Moves a link into the namespace `netns`, like
     /// `ip link set dev X netns NS`. The link keeps its name and goes down; its index in the new
     /// namespace may differ.
     ///
@@ -847,8 +848,9 @@ impl Netlink {
     /// [`ErrorKind::NotFound`] for an unknown index; [`ErrorKind::Exists`] when the target
     /// namespace has a link of that name already; [`ErrorKind::InvalidInput`] when the device
     /// cannot change namespace (`lo`, vxlan with a bound device...).
-    pub fn move_link_to_netns(&mut self, index: u32, netns: BorrowedFd<'_>) -> Result<()> {
-        let req = move_request(index, netns.as_raw_fd())?;
+    pub fn move_link_to_netns(&mut self, index: u32, netns: &NetNs) -> Result<()> {
+        let fd = netns.fd()?;
+        let req = move_request(index, fd.as_raw_fd())?;
         self.link_request("move link to namespace", &Index(index), req)
             .map_err(|e| unknown_interface(e, "move link to namespace", &Index(index)))
     }
