@@ -101,10 +101,21 @@ fn print_fib(now: &FibStats, before: &FibStats) {
 }
 
 /// Prints the counters every interval until `seconds` have passed (or forever).
-fn watch(router: &XdpRouter, interval: f64, seconds: Option<f64>) -> lwtun::Result<()> {
+/// Prints the router's verdicts, its FIB results and, next to them, what the ports' devices
+/// did with the frames (the verdicts count decisions; drops after a redirect show there).
+fn watch(
+    router: &XdpRouter,
+    ports: &[lwtun::device::Device],
+    interval: f64,
+    seconds: Option<f64>,
+) -> lwtun::Result<()> {
     let start = Instant::now();
     let mut prev = router.stats().snapshot(Stage::Ingress)?;
     let mut prev_fib = router.fib_stats()?;
+    let mut prev_dev = ports
+        .iter()
+        .map(|p| p.counters())
+        .collect::<lwtun::Result<Vec<_>>>()?;
     loop {
         std::thread::sleep(Duration::from_secs_f64(interval));
         let now = router.stats().snapshot(Stage::Ingress)?;
@@ -128,6 +139,18 @@ fn watch(router: &XdpRouter, interval: f64, seconds: Option<f64>) -> lwtun::Resu
             );
         }
         print_fib(&fib, &prev_fib);
+        for (port, before) in ports.iter().zip(prev_dev.iter_mut()) {
+            let c = port.counters()?;
+            let d = c.since(before);
+            println!(
+                "  port {:<9} sent {:>10} pkts  tx dropped {:>6}  xdp drops {:>6}",
+                port.name(),
+                d.tx_packets,
+                d.tx_dropped,
+                d.xdp_drops()
+            );
+            *before = c;
+        }
         prev = now;
         prev_fib = fib;
         if seconds.is_some_and(|s| start.elapsed().as_secs_f64() >= s) {
@@ -205,7 +228,12 @@ fn demo(args: &Args) -> lwtun::Result<()> {
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| lwtun::Error::io("start ping", e))?;
-    let result = watch(&router, args.interval, Some(args.seconds.unwrap_or(5.0)));
+    let result = watch(
+        &router,
+        &[l.clone(), r.clone()],
+        args.interval,
+        Some(args.seconds.unwrap_or(5.0)),
+    );
     let _ = flood.kill();
     let _ = flood.wait();
     drop(atts);
@@ -236,8 +264,10 @@ fn main() {
                 XdpMode::Auto
             };
             let mut atts: Vec<XdpAttachment> = Vec::new();
+            let mut ports = Vec::new();
             for name in &args.ifaces {
                 let device = lwtun::device::Device::current(name)?;
+                ports.push(device.clone());
                 router.add_port(&device)?;
                 atts.push(router.attach(
                     &device,
@@ -252,7 +282,7 @@ fn main() {
                     atts.last().unwrap().via()
                 );
             }
-            watch(&router, args.interval, args.seconds)
+            watch(&router, &ports, args.interval, args.seconds)
         })()
     };
     if let Err(e) = result {
