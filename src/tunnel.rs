@@ -204,8 +204,24 @@ impl TunnelBuilder {
                 .map_err(|e| Error::io(op, e).with_object(folder.display().to_string()))?;
             let existing = folder.join("peers_v4");
             if existing.exists() {
+                let op = "adopt pinned peer table";
                 let m = libbpf_rs::MapHandle::from_pinned_path(&existing)
-                    .map_err(|e| Error::bpf("adopt pinned peer table", e))?;
+                    .map_err(|e| Error::bpf(op, e).with_object(existing.display().to_string()))?;
+                // A folder of another program's pins: say so before libbpf refuses to reuse
+                // them with an unrelated errno.
+                if m.map_type() != libbpf_rs::MapType::LpmTrie || m.key_size() != 8 {
+                    return Err(Error::invalid_input(
+                        op,
+                        format!(
+                            "{} is a {:?} map with {}-byte keys, not lwtun's IPv4 peer trie: the \
+                             folder holds another program's pins; pin the tunnel elsewhere or \
+                             remove them",
+                            existing.display(),
+                            m.map_type(),
+                            m.key_size()
+                        ),
+                    ));
+                }
                 capacity = m.max_entries();
                 adopted = true;
             }
@@ -252,7 +268,11 @@ impl TunnelBuilder {
         let input = lwt_program(&object, "encap_in")?;
         let fixup = crate::program::program_fd(&object, "ipip_gso_fixup")?;
         let preview = crate::program::program_fd(&object, "encap_preview")?;
-        let mut peers = PeerTable::new(&object, capacity, adopted)?;
+        let mut peers =
+            PeerTable::new(&object, capacity, adopted).map_err(|e| match &self.pin {
+                Some(folder) if e.object().is_none() => e.with_object(folder.display().to_string()),
+                _ => e,
+            })?;
         if let Some(p) = self.miss_v4 {
             peers.set_miss_policy(false, p)?;
         }
