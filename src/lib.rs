@@ -79,6 +79,7 @@ pub mod error;
 pub mod netlink;
 pub mod netns;
 pub mod peer;
+mod pin_lock;
 pub mod probe;
 pub mod program;
 pub mod route;
