@@ -69,8 +69,11 @@
 //! ```
 #![deny(missing_docs)]
 #![warn(unsafe_op_in_unsafe_fn)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod abi;
+#[cfg(feature = "capture")]
+#[cfg_attr(docsrs, doc(cfg(feature = "capture")))]
 pub mod capture;
 pub mod chain;
 pub mod decap;
