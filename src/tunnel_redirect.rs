@@ -751,11 +751,13 @@ impl Drop for TunnelRedirect {
     }
 }
 
-fn normalize(prefix: IpNetwork) -> IpNetwork {
+pub(crate) fn normalize(prefix: IpNetwork) -> IpNetwork {
     IpNetwork::new(prefix.network(), prefix.prefix()).unwrap_or(prefix)
 }
 
-fn key_bytes(prefix: &IpNetwork) -> (&'static str, Vec<u8>) {
+/// The LPM key of `prefix` and the map it goes in (`rules_v4`, `rules_v6`); the LWT redirect
+/// family shares the layout.
+pub(crate) fn key_bytes(prefix: &IpNetwork) -> (&'static str, Vec<u8>) {
     match prefix {
         IpNetwork::V4(n) => {
             let k = lwtun_redirect_key4 {
