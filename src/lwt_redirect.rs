@@ -70,7 +70,7 @@
 //!
 //! let ns = NetNs::open("lab")?;
 //! let veth0 = ns.device("veth0")?;
-//! let d0 = ns.device("d0")?;                    // `ip link add d0 type dummy`: the route's device
+//! let d0 = ns.device("d0")?;                    // any device for the route: the rules decide
 //! let mut redirect = LwtRedirect::load()?;
 //! let header = L2Header::new([0x02, 0, 0, 0, 0, 1], [0x02, 0, 0, 0, 0, 2]); // src, dst
 //! redirect.set_rule("10.88.0.0/24".parse().unwrap(), RedirectTarget::egress(&veth0).l2_header(header))?;
@@ -871,7 +871,7 @@ impl LwtRedirect {
             .program(Hook::Xmit, &self.program))
     }
 
-    /// Installs a route to `dst` through `device` (any device: a dummy will do, the program
+    /// Installs a route to `dst` through `device` (any device that is up will do: the program
     /// decides where packets go) in `device`'s namespace, running the redirect program at
     /// `lwt_xmit`. The route is removed when the returned value drops.
     ///
@@ -892,7 +892,8 @@ impl LwtRedirect {
     ///
     /// # Errors
     ///
-    /// The kernel's error (for example for a packet larger than a page).
+    /// InvalidInput for an empty packet; the kernel's error (for example for a packet larger
+    /// than a page).
     ///
     /// # Examples
     ///
@@ -906,6 +907,13 @@ impl LwtRedirect {
     /// ```
     pub fn test_run(&self, protocol: u16, packet: &[u8]) -> Result<TestRun> {
         let op = "run LWT redirect program (BPF_PROG_TEST_RUN)";
+        if packet.is_empty() {
+            // The kernel refuses it too (EINVAL): an skb at an L3 hook has a network header.
+            return Err(Error::invalid_input(
+                op,
+                "an empty packet: give at least one byte after the Ethernet header",
+            ));
+        }
         // The kernel takes an Ethernet frame, sets skb->protocol from its EtherType and hands
         // an L3 program the packet after it; it puts 14 zero bytes back in front on output.
         let mut frame = vec![0u8; 12];
