@@ -253,7 +253,6 @@ fn ingress_of_a_veth_with_an_ethernet_header_seen_by_tcpdump() {
         Some(L2Header::new(lab.a0_mac, lab.a0_mac))
     );
     let _r = route(&lab, &mut redirect, "10.89.0.0/24");
-    let before = redirect.rule_stats(prefix).unwrap().device.unwrap();
     // The packets come in on a0 (A's stack has no route for them and drops them there);
     // b0 sees nothing.
     let cap_b = common::Capture::start(&lab.b, "b0", "icmp", 1);
@@ -271,8 +270,6 @@ fn ingress_of_a_veth_with_an_ethernet_header_seen_by_tcpdump() {
     assert!(cap_b.finish(Duration::from_millis(300)).is_empty());
     let s = redirect.rule_stats(prefix).unwrap();
     assert_eq!((s.packets, s.failed), (2, 0));
-    let dev = s.device.unwrap();
-    assert!(dev.rx_packets >= before.rx_packets + 2, "{before:?} → {dev:?}");
 }
 
 #[test]
@@ -321,9 +318,10 @@ fn tun_egress_and_ingress_without_a_header() {
         !stray.iter().any(|p| is_echo_to(p, [10, 91, 0, 9])),
         "an ingress packet reached the reader"
     );
+    // (A device counts what its driver receives: packets handed to its ingress by a redirect
+    // do not show in its rx_packets, only in tcpdump and the rule's counter.)
     let s = redirect.rule_stats(inp).unwrap();
     assert_eq!((s.packets, s.failed), (2, 0));
-    assert!(s.device.unwrap().rx_packets >= 2);
 
     // tun0 down (the kernel test's dev_down_nomac): dropped by tun0 and counted, no crash;
     // up again, packets flow.
