@@ -291,7 +291,9 @@ impl DeviceStats {
     /// `IFLA_STATS64`; `None` when it is shorter than its first 18 fields.
     fn decode(raw: &[u8]) -> Option<DeviceStats> {
         let field = |i: usize| -> Option<u64> {
-            Some(u64::from_ne_bytes(raw.get(i * 8..i * 8 + 8)?.try_into().ok()?))
+            Some(u64::from_ne_bytes(
+                raw.get(i * 8..i * 8 + 8)?.try_into().ok()?,
+            ))
         };
         Some(DeviceStats {
             rx_packets: field(0)?,
@@ -1208,8 +1210,7 @@ mod tests {
         for ty in [0xfffe, 0xffff, 768, 776, 778, 519] {
             let l3 = link(ty, None);
             assert_eq!(header_for(&l3, Direction::Egress, None).unwrap(), None);
-            let e = header_for(&l3, Direction::Ingress, Some(L2Header::new(MAC, MAC)))
-                .unwrap_err();
+            let e = header_for(&l3, Direction::Ingress, Some(L2Header::new(MAC, MAC))).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidInput, "{ty}");
             assert!(e.to_string().contains("L3 device"), "{e}");
         }
@@ -1232,7 +1233,10 @@ mod tests {
             assert_eq!(decode_prefix(&key), Some(prefix), "{p}");
         }
         assert_eq!(decode_prefix(&[1, 2, 3]), None);
-        assert_eq!(normalize("10.88.3.4/16".parse().unwrap()).to_string(), "10.88.0.0/16");
+        assert_eq!(
+            normalize("10.88.3.4/16".parse().unwrap()).to_string(),
+            "10.88.0.0/16"
+        );
     }
 
     #[test]

@@ -57,14 +57,26 @@ fn lab() -> Lab {
     ip(
         &a,
         &[
-            "link", "add", "a0", "type", "veth", "peer", "name", "b0", "netns", b.name(),
+            "link",
+            "add",
+            "a0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "b0",
+            "netns",
+            b.name(),
         ],
     );
     ip(&a, &["addr", "add", "10.77.0.1/24", "dev", "a0"]);
     ip(&a, &["addr", "add", "fd77::1/64", "dev", "a0", "nodad"]);
     ip(&a, &["link", "set", "a0", "up"]);
     // The routes' device (the kernel test uses a dummy; this kernel has no dummy driver).
-    ip(&a, &["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
+    ip(
+        &a,
+        &["link", "add", "d0", "type", "veth", "peer", "name", "d1"],
+    );
     ip(&a, &["link", "set", "d1", "up"]);
     ip(&a, &["link", "set", "d0", "up"]);
     ip(&b, &["addr", "add", "10.77.0.2/24", "dev", "b0"]);
@@ -97,7 +109,11 @@ impl Lab {
 /// Installs `dst` through d0 with the redirect program, with A's a0 address as the source.
 fn route(lab: &Lab, redirect: &mut LwtRedirect, dst: &str) -> lwtun::route::InstalledRoute {
     let dst = net(dst);
-    let src = if dst.is_ipv4() { "10.77.0.1" } else { "fd77::1" };
+    let src = if dst.is_ipv4() {
+        "10.77.0.1"
+    } else {
+        "fd77::1"
+    };
     let mut nl = lab.d0.netlink().unwrap();
     redirect
         .route(dst, &lab.d0)
@@ -218,12 +234,12 @@ fn egress_to_a_veth_with_an_ethernet_header_the_peer_answers() {
     let verbose = common::Capture::start_with(&lab.b, "b0", "icmp", 1, &["-e"]);
     common::ping(&lab.a, ipaddr("10.88.0.7"), 1);
     let e = verbose.finish(Duration::from_secs(3));
-    let macs = format!(
-        "{} > {}",
-        mac_s(lab.a0_mac),
-        mac_s(lab.b0_mac)
+    let macs = format!("{} > {}", mac_s(lab.a0_mac), mac_s(lab.b0_mac));
+    assert!(
+        e.iter()
+            .any(|l| l.contains(&macs) && l.contains("ethertype IPv4")),
+        "{e:?}"
     );
-    assert!(e.iter().any(|l| l.contains(&macs) && l.contains("ethertype IPv4")), "{e:?}");
 
     let p = common::ping(&lab.a, ipaddr("fd88::7"), 3);
     assert_eq!(p.received, 3, "{}", p.output);
@@ -232,7 +248,10 @@ fn egress_to_a_veth_with_an_ethernet_header_the_peer_answers() {
     assert_eq!((s.packets, s.failed), (4, 0), "{s:?}");
     assert_eq!(s.bytes, 4 * 84, "IP bytes of four 64-byte pings");
     let dev = s.device.unwrap();
-    assert!(dev.tx_packets >= before.tx_packets + 4, "{before:?} → {dev:?}");
+    assert!(
+        dev.tx_packets >= before.tx_packets + 4,
+        "{before:?} → {dev:?}"
+    );
     assert_eq!(redirect.rule_stats(v6).unwrap().packets, 3);
 }
 
@@ -288,8 +307,12 @@ fn tun_egress_and_ingress_without_a_header() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
     assert!(e.to_string().contains("L3 device"), "{e}");
-    redirect.set_rule(out, RedirectTarget::egress(&tun0)).unwrap();
-    redirect.set_rule(inp, RedirectTarget::ingress(&tun0)).unwrap();
+    redirect
+        .set_rule(out, RedirectTarget::egress(&tun0))
+        .unwrap();
+    redirect
+        .set_rule(inp, RedirectTarget::ingress(&tun0))
+        .unwrap();
     let _r1 = route(&lab, &mut redirect, "10.90.0.0/24");
     let _r2 = route(&lab, &mut redirect, "10.91.0.0/24");
 
@@ -330,7 +353,11 @@ fn tun_egress_and_ingress_without_a_header() {
     common::ping(&lab.a, ipaddr("10.90.0.9"), 3);
     common::ping(&lab.a, ipaddr("10.91.0.9"), 3);
     let after = redirect.rule_stats(out).unwrap();
-    assert_eq!(after.packets, before.packets + 3, "the program redirected them");
+    assert_eq!(
+        after.packets,
+        before.packets + 3,
+        "the program redirected them"
+    );
     let (d0, d1) = (before.device.unwrap(), after.device.unwrap());
     assert!(d1.tx_dropped >= d0.tx_dropped + 3, "{d0:?} → {d1:?}");
     assert!(d1.rx_dropped >= d0.rx_dropped + 3, "{d0:?} → {d1:?}");
@@ -464,7 +491,10 @@ fn test_run_hits_misses_and_malformed_packets() {
 
     // Misses: dropped by default, passed (BPF_OK, untouched) after a policy change.
     let miss = ipv4([10, 99, 0, 1]);
-    assert_eq!(redirect.test_run(0x0800, &miss).unwrap().verdict, Verdict::Drop);
+    assert_eq!(
+        redirect.test_run(0x0800, &miss).unwrap().verdict,
+        Verdict::Drop
+    );
     assert_eq!(
         redirect.test_run(0x86dd, &ipv6("fd99::1")).unwrap().verdict,
         Verdict::Drop
@@ -484,7 +514,11 @@ fn test_run_hits_misses_and_malformed_packets() {
     let mut v4_in_v6 = ipv4([10, 88, 0, 7]);
     v4_in_v6.resize(40, 0);
     let cases: Vec<(&str, u16, Vec<u8>)> = vec![
-        ("IPv4 header cut short (ihl 15, 28 bytes)", 0x0800, cut_options),
+        (
+            "IPv4 header cut short (ihl 15, 28 bytes)",
+            0x0800,
+            cut_options,
+        ),
         ("IPv4 ihl 4", 0x0800, bad_ihl),
         ("IPv4 total length below the header", 0x0800, short_total),
         ("IPv6 header in an IPv4 skb", 0x0800, ipv6("fd88::7")),
@@ -502,8 +536,16 @@ fn test_run_hits_misses_and_malformed_packets() {
     // older one runs the program, which must drop it. A real route's skb always has one.
     let mut refused_by_kernel = 0;
     for (what, proto, p) in [
-        ("IPv4 cut at 10 bytes", 0x0800, ipv4([10, 88, 0, 7])[..10].to_vec()),
-        ("IPv6 cut at 39 bytes", 0x86dd, ipv6("fd88::7")[..39].to_vec()),
+        (
+            "IPv4 cut at 10 bytes",
+            0x0800,
+            ipv4([10, 88, 0, 7])[..10].to_vec(),
+        ),
+        (
+            "IPv6 cut at 39 bytes",
+            0x86dd,
+            ipv6("fd88::7")[..39].to_vec(),
+        ),
     ] {
         match redirect.test_run(proto, &p) {
             Ok(run) => assert_eq!(run.verdict, Verdict::Drop, "{what}"),
@@ -521,7 +563,10 @@ fn test_run_hits_misses_and_malformed_packets() {
         ev.malformed.packets,
         cases.len() as u64 + 2 - refused_by_kernel
     );
-    assert_eq!((ev.missed_dropped.packets, ev.missed_passed.packets), (2, 1));
+    assert_eq!(
+        (ev.missed_dropped.packets, ev.missed_passed.packets),
+        (2, 1)
+    );
     let s = redirect.rule_stats(v4).unwrap();
     assert_eq!((s.packets, s.bytes, s.failed), (1, packet.len() as u64, 0));
     assert_eq!(redirect.rule_stats(narrow).unwrap().packets, 1);
@@ -573,7 +618,9 @@ fn refuses_bad_targets_and_other_namespaces_and_changes_nothing() {
     // A device that is gone.
     common::ip(
         &lab.a,
-        &["link", "add", "gone0", "type", "veth", "peer", "name", "gone1"],
+        &[
+            "link", "add", "gone0", "type", "veth", "peer", "name", "gone1",
+        ],
     );
     let gone = lab.a.device("gone0").unwrap();
     common::ip(&lab.a, &["link", "del", "gone0"]);
@@ -632,7 +679,14 @@ fn pinned_maps_adopted_with_their_rules_and_policy() {
     redirect
         .set_rule(inp, RedirectTarget::ingress(&lab.a0))
         .unwrap();
-    for name in ["rules_v4", "rules_v6", "rule_stats", "config", "events", "redirect_xmit"] {
+    for name in [
+        "rules_v4",
+        "rules_v6",
+        "rule_stats",
+        "config",
+        "events",
+        "redirect_xmit",
+    ] {
         assert!(pins.0.join(name).exists(), "{name} not pinned");
     }
     let dump = std::process::Command::new("bpftool")
@@ -650,7 +704,7 @@ fn pinned_maps_adopted_with_their_rules_and_policy() {
     drop(redirect);
 
     // The adopter resolves the rules' devices in A, keeps the maps' size and miss policy.
-    let adopted = LwtRedirect::builder()
+    let mut adopted = LwtRedirect::builder()
         .capacity(8)
         .netns(&lab.a)
         .pin(&pins.0)
@@ -659,15 +713,13 @@ fn pinned_maps_adopted_with_their_rules_and_policy() {
     assert_eq!(adopted.capacity(), DEFAULT_CAPACITY);
     assert_eq!(adopted.miss_policy(), MissPolicy::Pass);
     assert_eq!(adopted.rules(), rules);
-    let _r = {
-        let mut adopted = adopted;
-        let r = route(&lab, &mut adopted, "10.88.0.0/24");
-        assert_eq!(common::ping(&lab.a, ipaddr("10.88.0.7"), 2).received, 2);
-        assert_eq!(adopted.rule_stats(out).unwrap().packets, 2);
-        drop(r);
-        drop(adopted);
-        assert!(!pins.0.join("rules_v4").exists(), "pins removed on drop");
-    };
+    // The adopted rules work: the route's packets reach B, the counters count on.
+    let r = route(&lab, &mut adopted, "10.88.0.0/24");
+    assert_eq!(common::ping(&lab.a, ipaddr("10.88.0.7"), 2).received, 2);
+    assert_eq!(adopted.rule_stats(out).unwrap().packets, 2);
+    drop(r);
+    drop(adopted);
+    assert!(!pins.0.join("rules_v4").exists(), "pins removed on drop");
 }
 
 fn mac_s(m: [u8; 6]) -> String {
