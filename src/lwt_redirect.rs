@@ -91,6 +91,7 @@ use libbpf_rs::{MapCore, MapFlags, Object, ObjectBuilder};
 use crate::abi::{self, Pod};
 use crate::device::Device;
 use crate::error::{Error, ErrorKind, Result};
+use crate::family::{zero_percpu, PinFolder, Slots};
 use crate::netlink::link::Link;
 use crate::netns::NetNs;
 use crate::program::{sum_percpu, Counter, Hook, LwtProgram};
@@ -475,16 +476,11 @@ impl LwtRedirectBuilder {
             return Err(Error::invalid_input(op, "capacity 0 holds no rules"));
         }
         let netns = self.netns.transpose()?;
-        let mut created_folder = false;
-        let mut adopted = false;
-        if let Some(folder) = &self.pin {
-            if !folder.exists() {
-                std::fs::create_dir_all(folder)
-                    .map_err(|e| Error::io(op, e).with_object(folder.display().to_string()))?;
-                created_folder = true;
-            }
-            adopted = folder.join(MAPS[0]).exists();
-        }
+        let pin = self
+            .pin
+            .map(|folder| PinFolder::open(folder, MAPS[0], op))
+            .transpose()?;
+        let adopted = pin.as_ref().is_some_and(PinFolder::adopted);
         let mut open = ObjectBuilder::default()
             .name("lwt_redirect")
             .map_err(|e| Error::bpf(op, e))?
@@ -494,14 +490,11 @@ impl LwtRedirectBuilder {
             let name = map.name().to_string_lossy().into_owned();
             if matches!(name.as_str(), "rules_v4" | "rules_v6" | "rule_stats") {
                 map.set_max_entries(capacity)
-                    .map_err(|e| Error::bpf(op, e).with_object(name.clone()))?;
+                    .map_err(|e| Error::bpf(op, e).with_object(name))?;
             }
-            if let (true, Some(folder)) = (adopted, &self.pin) {
-                map.reuse_pinned_map(folder.join(&name)).map_err(|e| {
-                    Error::bpf("adopt pinned map", e)
-                        .with_object(folder.join(&name).display().to_string())
-                })?;
-            }
+        }
+        if let Some(pin) = &pin {
+            pin.reuse_maps(&mut open)?;
         }
         let object = crate::program::load_opened(open, op)?;
         let program = crate::program::lwt_program(&object, PROGRAM)?;
@@ -509,21 +502,13 @@ impl LwtRedirectBuilder {
             object,
             program,
             rules: BTreeMap::new(),
-            free_slots: Vec::new(),
-            next_slot: 0,
-            capacity,
+            slots: Slots::new(capacity),
             netns,
             miss: self.miss.unwrap_or_default(),
-            pin: self.pin.map(|folder| PinState {
-                folder,
-                created_folder,
-                keep: false,
-            }),
+            pin,
         };
         let setup = (|| {
             if adopted {
-                // Adopted maps keep the size their creator gave them.
-                family.capacity = family.map("rule_stats")?.max_entries();
                 let cfg = family.read_config()?;
                 if cfg.magic == LWTUN_MAGIC {
                     if cfg.version != LWTUN_ABI_VERSION {
@@ -547,7 +532,10 @@ impl LwtRedirectBuilder {
                 family.adopt_rules()?;
             }
             family.write_config(family.miss)?;
-            family.pin_all(adopted)
+            match &family.pin {
+                Some(pin) => pin.pin_all(&mut family.object, "pin LWT redirect"),
+                None => Ok(()),
+            }
         })();
         if let Err(e) = setup {
             if adopted {
@@ -558,13 +546,6 @@ impl LwtRedirectBuilder {
         }
         Ok(family)
     }
-}
-
-#[derive(Debug)]
-struct PinState {
-    folder: PathBuf,
-    created_folder: bool,
-    keep: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -602,22 +583,20 @@ pub struct LwtRedirect {
     object: Object,
     program: LwtProgram,
     rules: BTreeMap<IpNetwork, Installed>,
-    free_slots: Vec<u32>,
-    next_slot: u32,
-    capacity: u32,
+    slots: Slots,
     netns: Option<NetNs>,
     miss: MissPolicy,
-    pin: Option<PinState>,
+    pin: Option<PinFolder>,
 }
 
 impl fmt::Debug for LwtRedirect {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LwtRedirect")
             .field("rules", &self.rules.len())
-            .field("capacity", &self.capacity)
+            .field("capacity", &self.slots.capacity())
             .field("netns", &self.netns.as_ref().map(NetNs::name))
             .field("miss", &self.miss)
-            .field("pin", &self.pin.as_ref().map(|p| &p.folder))
+            .field("pin", &self.pin.as_ref().map(PinFolder::path))
             .finish()
     }
 }
@@ -650,20 +629,20 @@ impl LwtRedirect {
 
     /// The pin folder, when pinned.
     pub fn pin_folder(&self) -> Option<&Path> {
-        self.pin.as_ref().map(|p| p.folder.as_path())
+        self.pin.as_ref().map(PinFolder::path)
     }
 
     /// Leaves the pins in place when the family drops, so a later process (or bpftool, or
     /// `ip route ... encap bpf xmit pinned FOLDER/redirect_xmit`) finds them.
     pub fn keep_pinned(&mut self) {
         if let Some(p) = &mut self.pin {
-            p.keep = true;
+            p.keep();
         }
     }
 
     /// How many rules the maps hold (IPv4 and IPv6 together share the counter slots).
     pub fn capacity(&self) -> u32 {
-        self.capacity
+        self.slots.capacity()
     }
 
     /// The rules set, by prefix.
@@ -751,13 +730,14 @@ impl LwtRedirect {
         let slot = match existing {
             Some(s) => s,
             None => self
-                .take_slot()
+                .slots
+                .take(op)
                 .map_err(|e| e.with_object(object.clone()))?,
         };
         let value = encode_rule(&target, slot);
         let result = (|| {
             if existing.is_none() {
-                self.zero_stats(slot)?;
+                zero_percpu::<lwtun_lwt_redirect_stats>(&self.map("rule_stats")?, slot)?;
             }
             // The key layouts (and map names) are the tunnel redirect's.
             let (name, key) = key_bytes(&prefix);
@@ -775,7 +755,7 @@ impl LwtRedirect {
             }
             Err(e) => {
                 if existing.is_none() {
-                    self.free_slots.push(slot);
+                    self.slots.release(slot);
                 }
                 Err(e.with_object(object))
             }
@@ -801,7 +781,7 @@ impl LwtRedirect {
             .delete(&key)
             .map_err(|e| Error::bpf(op, e).with_object(prefix.to_string()))?;
         self.rules.remove(&prefix);
-        self.free_slots.push(slot);
+        self.slots.release(slot);
         Ok(())
     }
 
@@ -939,32 +919,6 @@ impl LwtRedirect {
         })
     }
 
-    fn take_slot(&mut self) -> Result<u32> {
-        if let Some(s) = self.free_slots.pop() {
-            return Ok(s);
-        }
-        if self.next_slot >= self.capacity {
-            return Err(Error::invalid_input(
-                "set LWT redirect rule",
-                format!(
-                    "all {} rule slots are in use; load the family with a larger capacity",
-                    self.capacity
-                ),
-            ));
-        }
-        self.next_slot += 1;
-        Ok(self.next_slot - 1)
-    }
-
-    fn zero_stats(&self, slot: u32) -> Result<()> {
-        let map = self.map("rule_stats")?;
-        let zero = abi::as_bytes(&lwtun_lwt_redirect_stats::default()).to_vec();
-        let values =
-            vec![zero; libbpf_rs::num_possible_cpus().map_err(|e| Error::bpf("count CPUs", e))?];
-        map.update_percpu(&slot.to_ne_bytes(), &values, MapFlags::ANY)
-            .map_err(|e| Error::bpf("reset rule counters", e))
-    }
-
     fn read_config(&self) -> Result<lwtun_lwt_redirect_config> {
         let op = "read LWT redirect config";
         let raw = self
@@ -989,27 +943,6 @@ impl LwtRedirect {
         self.map("config")?
             .update(&0u32.to_ne_bytes(), abi::as_bytes(&cfg), MapFlags::ANY)
             .map_err(|e| Error::bpf("write LWT redirect config", e))
-    }
-
-    fn pin_all(&mut self, adopted: bool) -> Result<()> {
-        let Some(pin) = &self.pin else { return Ok(()) };
-        let folder = pin.folder.clone();
-        let op = "pin LWT redirect";
-        if !adopted {
-            for mut map in self.object.maps_mut() {
-                let path = folder.join(map.name());
-                map.pin(&path)
-                    .map_err(|e| Error::bpf(op, e).with_object(path.display().to_string()))?;
-            }
-        }
-        for mut prog in self.object.progs_mut() {
-            let path = folder.join(prog.name());
-            // A previous owner's program pin is replaced by this process's program.
-            let _ = std::fs::remove_file(&path);
-            prog.pin(&path)
-                .map_err(|e| Error::bpf(op, e).with_object(path.display().to_string()))?;
-        }
-        Ok(())
     }
 
     /// Reads the rules found in adopted maps back into this family's bookkeeping, resolving
@@ -1042,11 +975,11 @@ impl LwtRedirect {
             }
         }
         for (prefix, target, slot) in found {
-            self.next_slot = self.next_slot.max(slot + 1);
             self.rules.insert(prefix, Installed { target, slot });
         }
+        // Adopted maps keep the size their creator gave them.
         let used: Vec<u32> = self.rules.values().map(|i| i.slot).collect();
-        self.free_slots = (0..self.next_slot).filter(|s| !used.contains(s)).collect();
+        self.slots = Slots::adopted(self.map("rule_stats")?.max_entries(), &used);
         self.netns = Some(netns);
         Ok(())
     }
@@ -1054,15 +987,8 @@ impl LwtRedirect {
 
 impl Drop for LwtRedirect {
     fn drop(&mut self) {
-        let Some(pin) = &self.pin else { return };
-        if pin.keep {
-            return;
-        }
-        for name in MAPS.iter().chain(std::iter::once(&PROGRAM)) {
-            let _ = std::fs::remove_file(pin.folder.join(name));
-        }
-        if pin.created_folder {
-            let _ = std::fs::remove_dir(&pin.folder);
+        if let Some(pin) = &self.pin {
+            pin.remove(MAPS.into_iter().chain([PROGRAM]));
         }
     }
 }
