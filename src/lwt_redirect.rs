@@ -849,7 +849,7 @@ impl LwtRedirect {
             self.netns = Some(ns);
         }
         Ok(LwtRoute::new(dst)
-            .device(device.index())
+            .device(device)
             .program(Hook::Xmit, &self.program))
     }
 
