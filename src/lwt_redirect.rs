@@ -574,9 +574,10 @@ struct Installed {
 ///
 /// # Minimum kernel version
 ///
-/// 4.11 (LPM tries, `bpf_redirect` and `bpf_skb_change_head` from lwt_xmit); a target that is
-/// down or loses its carrier is counted in its `tx_dropped` from 6.11 on (earlier kernels drop
-/// such packets uncounted).
+/// 4.11 (LPM tries, `bpf_redirect` and `bpf_skb_change_head` from lwt_xmit). An egress target
+/// that is down or without carrier counts what it drops in `tx_dropped` only on kernels whose
+/// noop qdisc counts its drops (a 2024 change; seen on 6.18); older ones drop such packets
+/// uncounted. Ingress drops are counted in `rx_dropped` on every kernel.
 #[doc(alias = "test_lwt_redirect")]
 #[doc(alias = "bpf_redirect")]
 pub struct LwtRedirect {
@@ -874,8 +875,10 @@ impl LwtRedirect {
     ///
     /// # Errors
     ///
-    /// InvalidInput for an empty packet; the kernel's error (for example for a packet larger
-    /// than a page).
+    /// InvalidInput for an empty packet, and (from the kernel, EINVAL) for an IPv4 or IPv6
+    /// `protocol` with a packet shorter than its fixed header on kernels that check it
+    /// (`net/bpf/test_run.c`, 2026 stable fix; a route's packets always have one); the
+    /// kernel's error otherwise (for example for a packet larger than a page).
     ///
     /// # Examples
     ///
