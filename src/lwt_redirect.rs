@@ -352,7 +352,9 @@ pub struct RuleStats {
     /// Their IP bytes (before the pushed Ethernet header).
     pub bytes: u64,
     /// Packets that matched but were dropped by the program: pushing the Ethernet header or
-    /// `bpf_redirect` failed.
+    /// `bpf_redirect` failed. In practice only when memory for the header runs out: on 6.18
+    /// `bpf_skb_change_head` does not hold a packet to the route device's MTU (tried: a
+    /// 1500-byte packet routed through a tun device and pushed to a veth's egress passes).
     pub failed: u64,
     /// The target device's counters now (`None` when the device is gone). A target that is
     /// down or without carrier counts the packets it dropped in `tx_dropped` (egress) or
@@ -571,6 +573,13 @@ struct Installed {
 /// println!("{route}: {:?}", redirect.rule_stats("10.90.0.0/24".parse().unwrap())?);
 /// # Ok::<(), lwtun::Error>(())
 /// ```
+///
+/// # Lifetime
+///
+/// Routes keep the program loaded by themselves, and the program keeps its maps: a route that
+/// outlives the family (persisted, or installed by iproute2 from the pinned program) goes on
+/// redirecting by the last rules set, which nothing can edit any more unless they are pinned
+/// ([`LwtRedirectBuilder::pin`], [`LwtRedirect::keep_pinned`]) for a later family to adopt.
 ///
 /// # Minimum kernel version
 ///
