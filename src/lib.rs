@@ -79,6 +79,8 @@ pub mod chain;
 pub mod decap;
 pub mod device;
 pub mod error;
+mod family;
+pub mod lwt_redirect;
 pub mod netlink;
 pub mod netns;
 pub mod peer;
