@@ -36,6 +36,8 @@ fn run() -> Result<()> {
         nl.add_veth("out0", "out1", None)?;
         let out0 = nl.link_by_name("out0")?.index;
         let out1 = nl.link_by_name("out1")?.index;
+        // A device bound to this namespace, as every lwtun call that names a device takes it.
+        let dev0 = nl.device("out0")?;
         nl.add_address(out0, "10.77.0.1/24".parse().unwrap())?;
         nl.add_address(out1, "10.77.0.2/24".parse().unwrap())?;
         for index in [out0, out1] {
@@ -44,7 +46,7 @@ fn run() -> Result<()> {
 
         let counter = LwtCounter::load()?;
         let route = LwtRoute::new("10.78.0.0/24".parse().unwrap())
-            .device(out0)
+            .device(&dev0)
             .via("10.77.0.2".parse().unwrap())
             .program(Hook::Xmit, counter.program(Hook::Xmit))
             .headroom(24)
