@@ -973,6 +973,14 @@ fn a_pin_folder_has_one_owner_at_a_time() {
     let folder =
         std::path::PathBuf::from(format!("/sys/fs/bpf/lwtun-owner-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&folder);
+    /// Removes the pins also when an assertion fails (the tunnels keep them on purpose).
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(folder.clone());
     let peer = EncapPeer::new(addr("10.77.0.2"), addr("10.77.0.1"), Encap::Ipip);
     let mut first = Tunnel::builder().pin(&folder).load().unwrap();
     first.peers_mut().insert(net("10.20.0.0/16"), peer).unwrap();
