@@ -18,6 +18,9 @@
 //! 10 million inputs). The seed of the pseudo-random mutations is printed, and
 //! `LWTUN_FUZZ_SEED` repeats a run.
 
+mod common;
+
+use common::hex;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::IpAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -157,19 +160,6 @@ struct Target {
     name: &'static str,
     seeds: Vec<Vec<u8>>,
     run: fn(&[u8]),
-}
-
-fn hex(s: &str) -> Vec<u8> {
-    let digits: Vec<u8> = s
-        .lines()
-        .filter(|l| !l.trim_start().starts_with('#'))
-        .flat_map(|l| l.bytes())
-        .filter(u8::is_ascii_hexdigit)
-        .collect();
-    digits
-        .chunks(2)
-        .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
-        .collect()
 }
 
 fn route_seeds() -> Vec<Vec<u8>> {
