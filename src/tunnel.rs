@@ -126,6 +126,23 @@ impl TunnelBuilder {
     /// folder while it lives (released by the kernel when the process dies, also on `SIGKILL`),
     /// and a second load with the same folder fails with [`ErrorKind::Exists`] naming the
     /// owner's pid. Two owners would each edit the maps from their own stale copy of the table.
+    ///
+    /// What a process killed at any point (`SIGKILL`) leaves, and what the next load does with
+    /// it:
+    ///
+    /// | killed during | pins afterwards | next load |
+    /// |---|---|---|
+    /// | the load (pinning) | none, or part of the set | a part is removed; loads fresh |
+    /// | [`PeerTable::insert_batch`] / [`PeerTable::remove_batch`] | the whole set | adopts: each peer written or not, none torn; the adopted table is exactly what the kernel holds |
+    /// | [`PeerTable::insert`], `replace`, `remove` | the whole set | adopts: the peer is old or new |
+    /// | the drop of a tunnel not kept | part of the set | a part is removed; loads fresh |
+    ///
+    /// The kernel writes each map element atomically, so a batch cut short holds part of its
+    /// items, each whole, and the adopter can finish it with the peers it lacks.
+    /// Routes and tc attachments of a killed process stay (each route keeps its program, so it
+    /// encapsulates with the old program until replaced): take them over with
+    /// [`Tunnel::steer_replace`] or delete them with [`crate::route::remove_leftovers`] and
+    /// [`crate::tc::remove_leftovers`].
     pub fn pin(mut self, folder: impl Into<PathBuf>) -> Self {
         self.pin = Some(folder.into());
         self
@@ -220,6 +237,7 @@ impl TunnelBuilder {
                 .map_err(|e| Error::io(op, e).with_object(folder.display().to_string()))?;
             // One owner at a time: taken before the pins are read, held while the tunnel lives.
             lock = Some(crate::pin_lock::PinLock::acquire(folder)?);
+            clear_incomplete_pins(folder)?;
             let existing = folder.join("peers_v4");
             if existing.exists() {
                 let op = "adopt pinned peer table";
@@ -386,6 +404,46 @@ pub struct Tunnel {
 /// The maps a pinned tunnel shares with later processes.
 const PINNED_MAPS: [&str; 5] = ["peers_v4", "peers_v6", "peer_stats", "events", "config"];
 
+/// Removes the pins of a set that is not complete: what a load killed while pinning, or an
+/// unload killed while unpinning, leaves. Neither is a table to adopt (a load pins fresh, empty
+/// maps; an unload was asked to drop the table), and reusing part of a set would pair adopted
+/// maps with fresh ones whose contents disagree (a fresh `config` over an adopted `peers_v6`
+/// would hide its peers from the table's copy). Each pin must be a map of that name, else the
+/// folder is another program's and is refused.
+fn clear_incomplete_pins(folder: &Path) -> Result<()> {
+    let present: Vec<&str> = PINNED_MAPS
+        .iter()
+        .copied()
+        .filter(|name| folder.join(name).exists())
+        .collect();
+    if present.is_empty() || present.len() == PINNED_MAPS.len() {
+        return Ok(());
+    }
+    let op = "clear incomplete tunnel pins";
+    for name in &present {
+        let path = folder.join(name);
+        let map = libbpf_rs::MapHandle::from_pinned_path(&path)
+            .map_err(|e| Error::bpf(op, e).with_object(path.display().to_string()))?;
+        if map.name().to_str() != Some(*name) {
+            return Err(Error::invalid_input(
+                op,
+                format!(
+                    "{} is map {:?}, not lwtun's {name}: the folder holds another program's \
+                     pins; pin the tunnel elsewhere or remove them",
+                    path.display(),
+                    map.name()
+                ),
+            ));
+        }
+    }
+    for name in present {
+        let path = folder.join(name);
+        std::fs::remove_file(&path)
+            .map_err(|e| Error::io(op, e).with_object(path.display().to_string()))?;
+    }
+    Ok(())
+}
+
 #[derive(Debug)]
 struct PinState {
     folder: PathBuf,
@@ -440,6 +498,42 @@ impl Tunnel {
         if let Some(p) = &mut self.pin {
             p.keep = true;
         }
+    }
+
+    /// Ends this process's ownership of a pinned tunnel without stopping its traffic: the pins
+    /// stay, and so do the routes installed with [`Tunnel::steer`] (each keeps the program it
+    /// runs, so packets are encapsulated from the pinned tables all along). The next owner
+    /// adopts the pins and takes the routes over with [`Tunnel::steer_replace`]. The underlay
+    /// fix-ups are detached: until the next owner attaches its own, IP-in-IP TCP over them
+    /// stalls (see the [module docs](self)); other encaps do not need them.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use lwtun::tunnel::Tunnel;
+    ///
+    /// let tunnel = Tunnel::builder().pin("/sys/fs/bpf/lwtun-demo").load()?;
+    /// // ... serve, then on SIGTERM before the new version starts:
+    /// tunnel.hand_over()?;
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// InvalidInput for a tunnel without a pin folder (there would be nothing to take over).
+    pub fn hand_over(mut self) -> Result<()> {
+        if self.pin.is_none() {
+            return Err(Error::invalid_input(
+                "hand over tunnel",
+                "the tunnel is not pinned, so no later process could adopt its tables: load it \
+                 with TunnelBuilder::pin",
+            ));
+        }
+        self.keep_pinned();
+        for route in self.routes.drain(..) {
+            let _ = route.persist();
+        }
+        Ok(())
     }
 
     /// The pin folder, when pinned.
@@ -566,6 +660,39 @@ impl Tunnel {
     /// [forward-only](TunnelBuilder::forward_only); the kernel's error attaching the fix-up or
     /// installing the route. On error nothing is left attached or installed.
     pub fn steer(&mut self, nl: &mut Netlink, route: LwtRoute) -> Result<()> {
+        self.steer_with(nl, route, false)
+    }
+
+    /// Like [`Tunnel::steer`], but replaces a route to the same destination (same table and
+    /// metric) in one netlink request (`NLM_F_REPLACE`): packets see the old route's program or
+    /// this tunnel's, never no route. This is how a new process takes over the routes of the
+    /// process it follows (an upgrade, or a restart after a crash): it adopts the pinned tables
+    /// and steers its routes with this. Without such a route it installs one, as `steer` does.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use lwtun::netlink::Netlink;
+    /// use lwtun::tunnel::Tunnel;
+    ///
+    /// // The new version of a daemon: the tables are the old process's, the routes become ours.
+    /// let mut tunnel = Tunnel::builder().pin("/sys/fs/bpf/lwtun-demo").load()?;
+    /// let mut nl = Netlink::open()?;
+    /// let eth0 = nl.device("eth0")?;
+    /// let route = tunnel.route("10.20.0.0/16".parse().unwrap()).device(&eth0);
+    /// tunnel.steer_replace(&mut nl, route.source("10.30.0.1".parse().unwrap()))?;
+    /// tunnel.keep_pinned();
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Tunnel::steer`]; on error the old route is as it was.
+    pub fn steer_replace(&mut self, nl: &mut Netlink, route: LwtRoute) -> Result<()> {
+        self.steer_with(nl, route, true)
+    }
+
+    fn steer_with(&mut self, nl: &mut Netlink, route: LwtRoute, replace: bool) -> Result<()> {
         let op = "steer route into tunnel";
         let dst = route.spec().dst;
         if route.spec().prefsrc.is_none() && !self.forward_only {
@@ -589,7 +716,12 @@ impl Tunnel {
                     .map_err(|e| e.with_object(format!("GSO fix-up for {dst} on {device}")))?;
             }
         }
-        match route.install(nl) {
+        let installed = if replace {
+            route.replace(nl)
+        } else {
+            route.install(nl)
+        };
+        match installed {
             Ok(installed) => {
                 self.routes.push(installed);
                 Ok(())
