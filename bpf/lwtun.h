@@ -185,6 +185,49 @@ LWTUN_ASSERT_SIZE(struct lwtun_redirect_stats, 24);
 #define LWTUN_REDIRECT_EV_NOT_IP 1  /* not IPv4/IPv6 (or truncated): passed on */
 #define LWTUN_REDIRECT_EV_MAX 2
 
+/* ---- LWT redirect to any device (bpf/lwt_redirect.bpf.c <-> src/lwt_redirect.rs) ---- */
+
+/* Rules are keyed by destination prefix with lwtun_redirect_key4 / lwtun_redirect_key6 (above). */
+
+/* lwtun_lwt_redirect_rule.flags */
+#define LWTUN_LWT_REDIRECT_INGRESS (1U << 0) /* to the device's ingress (BPF_F_INGRESS), not egress */
+#define LWTUN_LWT_REDIRECT_L2 (1U << 1)      /* push an Ethernet header (dst, src) first */
+
+/* Where a packet whose destination matched goes: a device's egress or ingress, with or without
+ * a pushed Ethernet header. */
+struct lwtun_lwt_redirect_rule {
+	__u32 ifindex; /* target device, in the namespace of the route's device */
+	__u32 flags;   /* LWTUN_LWT_REDIRECT_* */
+	__u32 slot;    /* index of this rule's counters in rule_stats */
+	__u8 dst[6];   /* LWTUN_LWT_REDIRECT_L2: destination MAC */
+	__u8 src[6];   /* LWTUN_LWT_REDIRECT_L2: source MAC */
+};
+LWTUN_ASSERT_SIZE(struct lwtun_lwt_redirect_rule, 24);
+
+/* Per-rule counters, one copy per CPU. Drops after the redirect (target down, no carrier, queue
+ * full) are counted by the target device itself (its tx_dropped / rx_dropped), not here. */
+struct lwtun_lwt_redirect_stats {
+	__u64 packets; /* redirected: bpf_redirect accepted the target */
+	__u64 bytes;   /* their IP bytes (before a pushed Ethernet header) */
+	__u64 failed;  /* matched but dropped: pushing the header or bpf_redirect failed */
+};
+LWTUN_ASSERT_SIZE(struct lwtun_lwt_redirect_stats, 24);
+
+/* The family's configuration (one entry, index 0). */
+struct lwtun_lwt_redirect_config {
+	__u32 magic;   /* LWTUN_MAGIC; until it is set, misses pass */
+	__u32 version; /* LWTUN_ABI_VERSION */
+	__u32 miss;    /* LWTUN_MISS_* (below): what a packet without a rule gets */
+	__u32 pad;
+};
+LWTUN_ASSERT_SIZE(struct lwtun_lwt_redirect_config, 16);
+
+/* Slots of the family's event counters (per CPU, packets and IP bytes). */
+#define LWTUN_LWT_REDIRECT_EV_MISS_PASS 0 /* no rule, passed on by the route (BPF_OK) */
+#define LWTUN_LWT_REDIRECT_EV_MISS_DROP 1 /* no rule, dropped */
+#define LWTUN_LWT_REDIRECT_EV_MALFORMED 2 /* not IPv4/IPv6, truncated or bad header: dropped */
+#define LWTUN_LWT_REDIRECT_EV_MAX 3
+
 /* ---- LWT tunnels (bpf/lwt_encap.bpf.c <-> src/peer.rs, bpf/tc_decap.bpf.c <-> src/decap.rs) ---- */
 
 /* The encapsulations lwtun pushes (lwt_encap) and strips (tc_decap). The outer header is IPv4 or

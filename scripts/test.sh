@@ -12,3 +12,7 @@ cargo clippy --all-targets -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
 cargo test --lib --bins --tests --examples
 cargo test --doc
+# the shipped BPF objects are what bpf/ compiles to (else: run ./scripts/bpf-objects.sh)
+./scripts/bpf-objects.sh --check
+# the packaged crate builds without clang and a crate depending on it runs an LWT route
+./scripts/package-check.sh

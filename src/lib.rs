@@ -69,16 +69,22 @@
 //! ```
 #![deny(missing_docs)]
 #![warn(unsafe_op_in_unsafe_fn)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod abi;
+#[cfg(feature = "capture")]
+#[cfg_attr(docsrs, doc(cfg(feature = "capture")))]
 pub mod capture;
 pub mod chain;
 pub mod decap;
 pub mod device;
 pub mod error;
+mod family;
+pub mod lwt_redirect;
 pub mod netlink;
 pub mod netns;
 pub mod peer;
+mod pin_lock;
 pub mod probe;
 pub mod program;
 pub mod route;

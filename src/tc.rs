@@ -234,7 +234,9 @@ impl TcAttach {
     /// - [`ErrorKind::NotFound`]: no such interface.
     pub fn attach(&self, program: impl AsFd) -> Result<TcAttachment> {
         let fd = program.as_fd();
-        self.device.enter(|| self.attach_here(fd))
+        self.device
+            .enter(|| self.attach_here(fd))
+            .map_err(|e| e.with_object(format!("{} {}", self.device, self.direction)))
     }
 
     /// [`attach`](Self::attach), with the thread in the device's namespace.

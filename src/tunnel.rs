@@ -121,6 +121,11 @@ impl TunnelBuilder {
     /// process can adopt them: when the folder holds pins already, the tunnel reuses those maps
     /// with their peers, counters, policies and capacity. The pins are removed when the tunnel
     /// drops unless [`Tunnel::keep_pinned`] was called.
+    ///
+    /// One process owns a pin folder at a time: the tunnel holds an exclusive `flock` on the
+    /// folder while it lives (released by the kernel when the process dies, also on `SIGKILL`),
+    /// and a second load with the same folder fails with [`ErrorKind::Exists`] naming the
+    /// owner's pid. Two owners would each edit the maps from their own stale copy of the table.
     pub fn pin(mut self, folder: impl Into<PathBuf>) -> Self {
         self.pin = Some(folder.into());
         self
@@ -185,6 +190,16 @@ impl TunnelBuilder {
     /// [`ErrorKind::InvalidInput`] for capacity 0 or above 2^30; Permission without
     /// CAP_BPF/CAP_NET_ADMIN; the verifier's error otherwise.
     pub fn load(self) -> Result<Tunnel> {
+        // A pin folder this call creates is removed again when the load fails.
+        let made = self.pin.clone().filter(|f| !f.exists());
+        let result = self.load_inner();
+        if let (Err(_), Some(folder)) = (&result, made) {
+            let _ = std::fs::remove_dir(folder);
+        }
+        result
+    }
+
+    fn load_inner(self) -> Result<Tunnel> {
         let op = "load tunnel";
         if self.capacity == 0 || self.capacity > 1 << 30 {
             return Err(Error::invalid_input(
@@ -199,13 +214,32 @@ impl TunnelBuilder {
             .map_err(|e| Error::bpf(op, e))?;
         let mut capacity = self.capacity;
         let mut adopted = false;
+        let mut lock = None;
         if let Some(folder) = &self.pin {
             std::fs::create_dir_all(folder)
                 .map_err(|e| Error::io(op, e).with_object(folder.display().to_string()))?;
+            // One owner at a time: taken before the pins are read, held while the tunnel lives.
+            lock = Some(crate::pin_lock::PinLock::acquire(folder)?);
             let existing = folder.join("peers_v4");
             if existing.exists() {
+                let op = "adopt pinned peer table";
                 let m = libbpf_rs::MapHandle::from_pinned_path(&existing)
-                    .map_err(|e| Error::bpf("adopt pinned peer table", e))?;
+                    .map_err(|e| Error::bpf(op, e).with_object(existing.display().to_string()))?;
+                // A folder of another program's pins: say so before libbpf refuses to reuse
+                // them with an unrelated errno.
+                if m.map_type() != libbpf_rs::MapType::LpmTrie || m.key_size() != 8 {
+                    return Err(Error::invalid_input(
+                        op,
+                        format!(
+                            "{} is a {:?} map with {}-byte keys, not lwtun's IPv4 peer trie: the \
+                             folder holds another program's pins; pin the tunnel elsewhere or \
+                             remove them",
+                            existing.display(),
+                            m.map_type(),
+                            m.key_size()
+                        ),
+                    ));
+                }
                 capacity = m.max_entries();
                 adopted = true;
             }
@@ -252,7 +286,11 @@ impl TunnelBuilder {
         let input = lwt_program(&object, "encap_in")?;
         let fixup = crate::program::program_fd(&object, "ipip_gso_fixup")?;
         let preview = crate::program::program_fd(&object, "encap_preview")?;
-        let mut peers = PeerTable::new(&object, capacity, adopted)?;
+        let mut peers =
+            PeerTable::new(&object, capacity, adopted).map_err(|e| match &self.pin {
+                Some(folder) if e.object().is_none() => e.with_object(folder.display().to_string()),
+                _ => e,
+            })?;
         if let Some(p) = self.miss_v4 {
             peers.set_miss_policy(false, p)?;
         }
@@ -282,9 +320,10 @@ impl TunnelBuilder {
             }
         }
         Ok(Tunnel {
-            pin: self.pin.map(|folder| PinState {
+            pin: self.pin.zip(lock).map(|(folder, lock)| PinState {
                 folder,
                 keep: false,
+                _lock: lock,
             }),
             adopted,
             sources: self.sources,
@@ -351,6 +390,8 @@ const PINNED_MAPS: [&str; 5] = ["peers_v4", "peers_v6", "peer_stats", "events", 
 struct PinState {
     folder: PathBuf,
     keep: bool,
+    /// The folder's owner lock, released after the pins are removed (fields drop last).
+    _lock: crate::pin_lock::PinLock,
 }
 
 impl Drop for Tunnel {

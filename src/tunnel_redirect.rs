@@ -47,6 +47,7 @@ use libbpf_rs::{MapCore, MapFlags, Object, ObjectBuilder};
 use crate::abi::{self, Pod};
 use crate::device::Device;
 use crate::error::{Error, ErrorKind, Result};
+use crate::family::{zero_percpu, PinFolder, Slots};
 use crate::netlink::link::Link;
 use crate::netlink::{attr, Netlink};
 use crate::netns::NetNsId;
@@ -338,16 +339,11 @@ impl TunnelRedirectBuilder {
         if capacity == 0 {
             return Err(Error::invalid_input(op, "capacity 0 holds no rules"));
         }
-        let mut created_folder = false;
-        let mut adopted = false;
-        if let Some(folder) = &self.pin {
-            if !folder.exists() {
-                std::fs::create_dir_all(folder)
-                    .map_err(|e| Error::io(op, e).with_object(folder.display().to_string()))?;
-                created_folder = true;
-            }
-            adopted = folder.join(MAPS[0]).exists();
-        }
+        let pin = self
+            .pin
+            .map(|folder| PinFolder::open(folder, MAPS[0], op))
+            .transpose()?;
+        let adopted = pin.as_ref().is_some_and(PinFolder::adopted);
         let mut open = ObjectBuilder::default()
             .name("tc_redirect")
             .map_err(|e| Error::bpf(op, e))?
@@ -357,16 +353,11 @@ impl TunnelRedirectBuilder {
             let name = map.name().to_string_lossy().into_owned();
             if name != "events" {
                 map.set_max_entries(capacity)
-                    .map_err(|e| Error::bpf(op, e).with_object(name.clone()))?;
+                    .map_err(|e| Error::bpf(op, e).with_object(name))?;
             }
-            if adopted {
-                if let Some(folder) = &self.pin {
-                    map.reuse_pinned_map(folder.join(&name)).map_err(|e| {
-                        Error::bpf("adopt pinned map", e)
-                            .with_object(folder.join(&name).display().to_string())
-                    })?;
-                }
-            }
+        }
+        if let Some(pin) = &pin {
+            pin.reuse_maps(&mut open)?;
         }
         let object = crate::program::load_opened(open, op)?;
         let tc_fd = crate::program::program_fd(&object, PROGRAMS[0])?;
@@ -376,19 +367,15 @@ impl TunnelRedirectBuilder {
             tc_fd,
             lwt,
             rules: BTreeMap::new(),
-            free_slots: Vec::new(),
-            next_slot: 0,
-            capacity,
-            pin: self.pin.map(|folder| PinState {
-                folder,
-                created_folder,
-                keep: false,
-            }),
+            slots: Slots::new(capacity),
+            pin,
         };
-        let setup = family.pin_all(adopted).and_then(|()| {
+        let pinned = match &family.pin {
+            Some(pin) => pin.pin_all(&mut family.object, "pin tunnel redirect"),
+            None => Ok(()),
+        };
+        let setup = pinned.and_then(|()| {
             if adopted {
-                // Adopted maps keep the size their creator gave them.
-                family.capacity = family.map("rule_stats")?.max_entries();
                 family.adopt_rules()
             } else {
                 Ok(())
@@ -403,13 +390,6 @@ impl TunnelRedirectBuilder {
         }
         Ok(family)
     }
-}
-
-#[derive(Debug)]
-struct PinState {
-    folder: PathBuf,
-    created_folder: bool,
-    keep: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -452,18 +432,16 @@ pub struct TunnelRedirect {
     tc_fd: OwnedFd,
     lwt: LwtProgram,
     rules: BTreeMap<IpNetwork, Installed>,
-    free_slots: Vec<u32>,
-    next_slot: u32,
-    capacity: u32,
-    pin: Option<PinState>,
+    slots: Slots,
+    pin: Option<PinFolder>,
 }
 
 impl fmt::Debug for TunnelRedirect {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TunnelRedirect")
             .field("rules", &self.rules.len())
-            .field("capacity", &self.capacity)
-            .field("pin", &self.pin.as_ref().map(|p| &p.folder))
+            .field("capacity", &self.slots.capacity())
+            .field("pin", &self.pin.as_ref().map(PinFolder::path))
             .finish()
     }
 }
@@ -496,20 +474,20 @@ impl TunnelRedirect {
 
     /// The pin folder, when pinned.
     pub fn pin_folder(&self) -> Option<&Path> {
-        self.pin.as_ref().map(|p| p.folder.as_path())
+        self.pin.as_ref().map(PinFolder::path)
     }
 
     /// Leaves the pins in place when the family drops, so a later process (or bpftool, or
     /// `ip route ... encap bpf xmit pinned FOLDER/redirect_lwt_xmit`) finds them.
     pub fn keep_pinned(&mut self) {
         if let Some(p) = &mut self.pin {
-            p.keep = true;
+            p.keep();
         }
     }
 
     /// How many rules the maps hold (IPv4 and IPv6 together share the counter slots).
     pub fn capacity(&self) -> u32 {
-        self.capacity
+        self.slots.capacity()
     }
 
     /// The rules set, by prefix.
@@ -565,13 +543,14 @@ impl TunnelRedirect {
         let slot = match existing {
             Some(s) => s,
             None => self
-                .take_slot()
+                .slots
+                .take("set redirect rule")
                 .map_err(|e| e.with_object(object.clone()))?,
         };
         let value = encode_rule(&rule, target.l2, slot);
         let result = (|| {
             if existing.is_none() {
-                self.zero_stats(slot)?;
+                zero_percpu::<lwtun_redirect_stats>(&self.map("rule_stats")?, slot)?;
             }
             self.update_rule_map(&rule.prefix, &value)
         })();
@@ -582,7 +561,7 @@ impl TunnelRedirect {
             }
             Err(e) => {
                 if existing.is_none() {
-                    self.free_slots.push(slot);
+                    self.slots.release(slot);
                 }
                 Err(e.with_object(object))
             }
@@ -605,7 +584,7 @@ impl TunnelRedirect {
             .delete(&key)
             .map_err(|e| Error::bpf("remove redirect rule", e).with_object(prefix.to_string()))?;
         self.rules.remove(&prefix);
-        self.free_slots.push(installed.slot);
+        self.slots.release(installed.slot);
         Ok(())
     }
 
@@ -652,58 +631,11 @@ impl TunnelRedirect {
         })
     }
 
-    fn take_slot(&mut self) -> Result<u32> {
-        if let Some(s) = self.free_slots.pop() {
-            return Ok(s);
-        }
-        if self.next_slot >= self.capacity {
-            return Err(Error::invalid_input(
-                "set redirect rule",
-                format!(
-                    "all {} rule slots are in use; load the family with a larger capacity",
-                    self.capacity
-                ),
-            ));
-        }
-        self.next_slot += 1;
-        Ok(self.next_slot - 1)
-    }
-
-    fn zero_stats(&self, slot: u32) -> Result<()> {
-        let map = self.map("rule_stats")?;
-        let zero = abi::as_bytes(&lwtun_redirect_stats::default()).to_vec();
-        let values =
-            vec![zero; libbpf_rs::num_possible_cpus().map_err(|e| Error::bpf("count CPUs", e))?];
-        map.update_percpu(&slot.to_ne_bytes(), &values, MapFlags::ANY)
-            .map_err(|e| Error::bpf("reset rule counters", e))
-    }
-
     fn update_rule_map(&self, prefix: &IpNetwork, value: &lwtun_redirect_rule) -> Result<()> {
         let (name, key) = key_bytes(prefix);
         self.map(name)?
             .update(&key, abi::as_bytes(value), MapFlags::ANY)
             .map_err(|e| Error::bpf("write redirect rule", e))
-    }
-
-    fn pin_all(&mut self, adopted: bool) -> Result<()> {
-        let Some(pin) = &self.pin else { return Ok(()) };
-        let folder = pin.folder.clone();
-        let op = "pin tunnel redirect";
-        if !adopted {
-            for mut map in self.object.maps_mut() {
-                let path = folder.join(map.name());
-                map.pin(&path)
-                    .map_err(|e| Error::bpf(op, e).with_object(path.display().to_string()))?;
-            }
-        }
-        for mut prog in self.object.progs_mut() {
-            let path = folder.join(prog.name());
-            // A previous owner's program pin is replaced by this process's program.
-            let _ = std::fs::remove_file(&path);
-            prog.pin(&path)
-                .map_err(|e| Error::bpf(op, e).with_object(path.display().to_string()))?;
-        }
-        Ok(())
     }
 
     /// Reads the rules found in adopted maps back into this family's bookkeeping.
@@ -727,35 +659,30 @@ impl TunnelRedirect {
             }
         }
         for (rule, slot) in found {
-            self.next_slot = self.next_slot.max(slot + 1);
             self.rules.insert(rule.prefix, Installed { rule, slot });
         }
+        // Adopted maps keep the size their creator gave them.
         let used: Vec<u32> = self.rules.values().map(|i| i.slot).collect();
-        self.free_slots = (0..self.next_slot).filter(|s| !used.contains(s)).collect();
+        self.slots = Slots::adopted(self.map("rule_stats")?.max_entries(), &used);
         Ok(())
     }
 }
 
 impl Drop for TunnelRedirect {
     fn drop(&mut self) {
-        let Some(pin) = &self.pin else { return };
-        if pin.keep {
-            return;
-        }
-        for name in MAPS.iter().chain(PROGRAMS.iter()) {
-            let _ = std::fs::remove_file(pin.folder.join(name));
-        }
-        if pin.created_folder {
-            let _ = std::fs::remove_dir(&pin.folder);
+        if let Some(pin) = &self.pin {
+            pin.remove(MAPS.into_iter().chain(PROGRAMS));
         }
     }
 }
 
-fn normalize(prefix: IpNetwork) -> IpNetwork {
+pub(crate) fn normalize(prefix: IpNetwork) -> IpNetwork {
     IpNetwork::new(prefix.network(), prefix.prefix()).unwrap_or(prefix)
 }
 
-fn key_bytes(prefix: &IpNetwork) -> (&'static str, Vec<u8>) {
+/// The LPM key of `prefix` and the map it goes in (`rules_v4`, `rules_v6`); the LWT redirect
+/// family shares the layout.
+pub(crate) fn key_bytes(prefix: &IpNetwork) -> (&'static str, Vec<u8>) {
     match prefix {
         IpNetwork::V4(n) => {
             let k = lwtun_redirect_key4 {

@@ -9,22 +9,11 @@
 use std::net::Ipv4Addr;
 
 use ipnetwork::IpNetwork;
+mod common;
+
+use common::hex;
 use lwtun::netlink::addr::{self, AddressOptions};
 use lwtun::netlink::link::{self, VxlanOptions, XdpAttachMode, XdpFlags};
-
-fn hex(s: &str) -> Vec<u8> {
-    let digits: Vec<u8> = s
-        .lines()
-        .filter(|l| !l.trim_start().starts_with('#'))
-        .flat_map(|l| l.bytes())
-        .filter(u8::is_ascii_hexdigit)
-        .collect();
-    assert_eq!(digits.len() % 2, 0, "odd number of hex digits");
-    digits
-        .chunks(2)
-        .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
-        .collect()
-}
 
 /// Zeroes nlmsg_seq and nlmsg_pid.
 fn anonymous(mut msg: Vec<u8>) -> Vec<u8> {

@@ -961,3 +961,85 @@ fn steer_defaults_source_and_fixup_and_refuses_a_sourceless_route() {
     let tc = lwtun::tc::attached(&dev, lwtun::tc::TcDirection::Egress).unwrap();
     assert_eq!(tc.len(), 1, "{tc:?}");
 }
+
+/// A pinned table has one owner at a time: a second tunnel on the folder, in this process or
+/// another (`flock` from util-linux takes the same lock), is refused naming the owner, and the
+/// lock goes with its owner, also when the owner is killed.
+#[test]
+fn a_pin_folder_has_one_owner_at_a_time() {
+    if !common::privileged("a_pin_folder_has_one_owner_at_a_time") {
+        return;
+    }
+    let folder =
+        std::path::PathBuf::from(format!("/sys/fs/bpf/lwtun-owner-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&folder);
+    /// Removes the pins also when an assertion fails (the tunnels keep them on purpose).
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(folder.clone());
+    let peer = EncapPeer::new(addr("10.77.0.2"), addr("10.77.0.1"), Encap::Ipip);
+    let mut first = Tunnel::builder().pin(&folder).load().unwrap();
+    first.peers_mut().insert(net("10.20.0.0/16"), peer).unwrap();
+    let e = Tunnel::builder().pin(&folder).load().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Exists, "{e}");
+    assert!(
+        e.to_string()
+            .contains(&format!("process {}", std::process::id())),
+        "{e}"
+    );
+    first.keep_pinned();
+    drop(first);
+
+    // Another process holds the folder: refused, naming it; killed with SIGKILL: free again.
+    // `-o`: the lock stays with flock itself, not with the sleep it runs; the group is killed.
+    use std::os::unix::process::CommandExt;
+    let mut holder = std::process::Command::new("flock")
+        .arg("-o")
+        .arg(&folder)
+        .args(["sleep", "30"])
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let e = loop {
+        match Tunnel::builder().pin(&folder).load() {
+            Err(e) => break e,
+            Ok(t) if std::time::Instant::now() < deadline => {
+                let mut t = t;
+                t.keep_pinned();
+                drop(t);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(_) => panic!("flock never took the folder"),
+        }
+    };
+    assert_eq!(e.kind(), ErrorKind::Exists, "{e}");
+    assert!(e.to_string().contains("owns the pinned data plane"), "{e}");
+    // SAFETY: kill(2) on the process group made above.
+    assert_eq!(
+        unsafe { libc::kill(-(holder.id() as i32), libc::SIGKILL) },
+        0
+    );
+    holder.wait().unwrap();
+    // The group's processes release the lock as they finish exiting, which may be just after
+    // flock itself has been reaped.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut adopted = loop {
+        match Tunnel::builder().pin(&folder).load() {
+            Ok(t) => break t,
+            Err(e) if e.kind() == ErrorKind::Exists && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("the killed owner's lock stayed: {e}"),
+        }
+    };
+    assert!(adopted.adopted());
+    assert_eq!(adopted.peers().get(net("10.20.0.0/16")), Some(&peer));
+    adopted.peers_mut().remove(net("10.20.0.0/16")).unwrap();
+    drop(adopted);
+    assert!(!folder.exists(), "the last owner removed the pins");
+}

@@ -513,6 +513,21 @@ fn parse_record(bytes: &[u8], clock: ClockOffset) -> std::result::Result<Packet,
     })
 }
 
+/// The ring-buffer record decoder, for fuzz tests. Not part of lwtun's API.
+#[doc(hidden)]
+pub mod wire {
+    use super::*;
+
+    /// Decodes one capture record as the capture program writes it into the ring buffer.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Kernel`] for a malformed record.
+    pub fn decode_record(bytes: &[u8]) -> Result<Packet> {
+        record_result(parse_record(bytes, ClockOffset::now()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,7 @@
 //! Routes over rtnetlink: add, replace, delete, dump and pipelined batches, IPv4 and IPv6, with
-//! the LWT BPF encap (`RTA_ENCAP_TYPE` = `LWTUNNEL_ENCAP_BPF`) and seg6local `End.BPF`.
+//! the LWT BPF encap (`RTA_ENCAP_TYPE` = `LWTUNNEL_ENCAP_BPF`), the kernel's SRv6 encap
+//! (`LWTUNNEL_ENCAP_SEG6`: push an SRH with a segment list) and seg6local functions (`End`,
+//! `End.X`, `End.T`, `End.DT6` and `End.BPF`).
 //!
 //! A [`Route`] is what one `RTM_NEWROUTE` carries. Attributes lwtun does not model are kept in
 //! [`Route::extra`] and other encap types in [`Encap::Other`], so a dump never drops information.
@@ -8,7 +10,7 @@
 //! domain type that owns programs and removes its route on drop.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::os::fd::RawFd;
 
 use ipnetwork::IpNetwork;
@@ -38,8 +40,22 @@ pub const RTN_UNICAST: u8 = 1;
 
 /// `LWTUNNEL_ENCAP_BPF`.
 pub const LWTUNNEL_ENCAP_BPF: u16 = 6;
+/// `LWTUNNEL_ENCAP_SEG6`: the kernel pushes an SRv6 header (`ip route ... encap seg6`).
+pub const LWTUNNEL_ENCAP_SEG6: u16 = 5;
 /// `LWTUNNEL_ENCAP_SEG6_LOCAL`.
 pub const LWTUNNEL_ENCAP_SEG6_LOCAL: u16 = 7;
+/// The most segments an SRH holds: its length field counts 8-byte units beyond the first 8 in
+/// one byte, and a segment is two units, so 127 segments (`hdrlen` 254).
+pub const MAX_SEG6_SEGMENTS: usize = 127;
+const SEG6_IPTUNNEL_SRH: u16 = 1;
+const SEG6_LOCAL_TABLE: u16 = 3;
+const SEG6_LOCAL_NH6: u16 = 5;
+const SEG6_LOCAL_ACTION_END: u32 = 1;
+const SEG6_LOCAL_ACTION_END_X: u32 = 2;
+const SEG6_LOCAL_ACTION_END_T: u32 = 3;
+const SEG6_LOCAL_ACTION_END_DT6: u32 = 7;
+/// `IPV6_SRCRT_TYPE_4`: the routing header type of an SRH.
+const SRH_TYPE: u8 = 4;
 const LWT_BPF_IN: u16 = 1;
 const LWT_BPF_OUT: u16 = 2;
 const LWT_BPF_XMIT: u16 = 3;
@@ -100,6 +116,11 @@ pub enum Encap {
     Bpf(BpfEncap),
     /// `encap seg6local action End.BPF endpoint ...`: an SRv6 End.BPF program (IPv6 only).
     Seg6LocalBpf(ProgRef),
+    /// `encap seg6 mode ... segs ...`: the kernel pushes an SRH with this segment list.
+    Seg6(Seg6Encap),
+    /// `encap seg6local action End|End.X|End.T|End.DT6 ...`: one of the kernel's own SRv6
+    /// functions (IPv6 only). Other actions decode as [`Encap::Other`].
+    Seg6Local(Seg6Local),
     /// Another encap type (mpls, ip, seg6, ...), kept as the raw `RTA_ENCAP` payload.
     Other {
         /// `RTA_ENCAP_TYPE`.
@@ -107,6 +128,199 @@ pub enum Encap {
         /// The `RTA_ENCAP` payload, as the kernel sent it.
         data: Vec<u8>,
     },
+}
+
+/// How the kernel's seg6 encap adds the SRH (`SEG6_IPTUN_MODE_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Seg6Mode {
+    /// `mode inline`: the SRH is inserted after the packet's own IPv6 header (IPv6 packets only).
+    /// The kernel keeps the original destination as the SRH's last segment.
+    Inline,
+    /// `mode encap`: an outer IPv6 header and the SRH in front of the packet (H.Encaps; IPv4 or
+    /// IPv6 packets).
+    Encap,
+    /// `mode encap.red`: as `Encap`, without the first segment in the SRH (H.Encaps.Red).
+    EncapReduced,
+}
+
+impl Seg6Mode {
+    fn code(self) -> u32 {
+        match self {
+            Seg6Mode::Inline => 0,
+            Seg6Mode::Encap => 1,
+            Seg6Mode::EncapReduced => 3,
+        }
+    }
+
+    fn of_code(code: u32) -> Option<Self> {
+        match code {
+            0 => Some(Seg6Mode::Inline),
+            1 => Some(Seg6Mode::Encap),
+            3 => Some(Seg6Mode::EncapReduced),
+            _ => None,
+        }
+    }
+
+    /// The word iproute2 uses for the mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Seg6Mode::Inline => "inline",
+            Seg6Mode::Encap => "encap",
+            Seg6Mode::EncapReduced => "encap.red",
+        }
+    }
+}
+
+/// The kernel's seg6 encap of a route: the mode and the segment list, in path order (the first
+/// segment is the first the packet visits).
+///
+/// # Examples
+///
+/// ```
+/// use lwtun::netlink::route::{Encap, Route, Seg6Encap, Seg6Mode};
+///
+/// let mut r = Route::new("2001:db8:9::/64".parse().unwrap());
+/// r.oif = Some(3);
+/// r.encap = Some(Encap::Seg6(Seg6Encap {
+///     mode: Seg6Mode::Encap,
+///     segments: vec!["fc00:1::1".parse().unwrap(), "fc00:2::2".parse().unwrap()],
+/// }));
+/// assert!(r.validate().is_ok());
+/// assert_eq!(
+///     r.to_string(),
+///     "2001:db8:9::/64 encap seg6 mode encap segs 2 [ fc00:1::1 fc00:2::2 ] dev#3"
+/// );
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Seg6Encap {
+    /// How the SRH is added.
+    pub mode: Seg6Mode,
+    /// The segments, first visited first (the SRH stores them in reverse).
+    pub segments: Vec<Ipv6Addr>,
+}
+
+impl Seg6Encap {
+    /// The SRH entries in the order the SRH stores them: reversed, and for inline mode with the
+    /// slot for the original destination (`::`, filled in by the kernel) at index 0.
+    fn srh_entries(&self) -> Vec<Ipv6Addr> {
+        let mut v: Vec<Ipv6Addr> = self.segments.iter().rev().copied().collect();
+        if self.mode == Seg6Mode::Inline {
+            v.insert(0, Ipv6Addr::UNSPECIFIED);
+        }
+        v
+    }
+
+    /// The `struct seg6_iptunnel_encap` the kernel takes: the mode (int) and an SRH whose
+    /// segments left and last entry point at the first segment, next header 0 (the kernel sets
+    /// it), no flags, tag or TLVs, as iproute2 builds it.
+    fn to_bytes(&self) -> Vec<u8> {
+        let entries = self.srh_entries();
+        let n = entries.len();
+        let mut b = Vec::with_capacity(4 + 8 + 16 * n);
+        b.extend_from_slice(&self.mode.code().to_ne_bytes());
+        b.extend_from_slice(&[
+            0,
+            (2 * n) as u8,
+            SRH_TYPE,
+            (n - 1) as u8,
+            (n - 1) as u8,
+            0,
+            0,
+            0,
+        ]);
+        for e in entries {
+            b.extend_from_slice(&e.octets());
+        }
+        b
+    }
+
+    /// Parses what [`Seg6Encap::to_bytes`] writes; `None` for SRHs this type does not model
+    /// (flags, a tag, TLVs, segments left not at the first segment, an unknown mode).
+    fn from_bytes(data: &[u8]) -> Option<Self> {
+        let mode = Seg6Mode::of_code(u32::from_ne_bytes(data.get(..4)?.try_into().ok()?))?;
+        let srh = data.get(4..)?;
+        let (hdrlen, ty, left, last) = (*srh.get(1)?, *srh.get(2)?, *srh.get(3)?, *srh.get(4)?);
+        let n = last as usize + 1;
+        if ty != SRH_TYPE
+            || left != last
+            || hdrlen as usize != 2 * n
+            || srh.len() != 8 + 16 * n
+            || srh[5..8] != [0, 0, 0]
+        {
+            return None;
+        }
+        let mut entries: Vec<Ipv6Addr> = srh[8..]
+            .chunks_exact(16)
+            .map(|c| Ipv6Addr::from(<[u8; 16]>::try_from(c).expect("16 bytes")))
+            .collect();
+        if mode == Seg6Mode::Inline {
+            entries.remove(0);
+        }
+        entries.reverse();
+        Some(Seg6Encap {
+            mode,
+            segments: entries,
+        })
+    }
+}
+
+/// One of the kernel's own seg6local functions (RFC 8986 behaviours), for a route whose
+/// destination is the SID.
+///
+/// # Examples
+///
+/// ```
+/// use lwtun::netlink::route::{Encap, Route, Seg6Local};
+///
+/// let mut r = Route::new("fc00:e::6/128".parse().unwrap());
+/// r.oif = Some(3);
+/// r.encap = Some(Encap::Seg6Local(Seg6Local::EndDt6 { table: 100 }));
+/// assert_eq!(r.to_string(), "fc00:e::6 encap seg6local action End.DT6 table 100 dev#3");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Seg6Local {
+    /// `End`: the next segment becomes the destination; routed by it.
+    End,
+    /// `End.X nh6 ADDR`: as End, then forwarded to this IPv6 next hop (layer-3 cross-connect).
+    EndX {
+        /// The next hop.
+        nh6: Ipv6Addr,
+    },
+    /// `End.T table N`: as End, the next segment looked up in table N.
+    EndT {
+        /// The routing table.
+        table: u32,
+    },
+    /// `End.DT6 table N`: at the last segment, the outer headers removed and the inner IPv6
+    /// packet looked up in table N.
+    EndDt6 {
+        /// The routing table.
+        table: u32,
+    },
+}
+
+impl Seg6Local {
+    /// The function's name as iproute2 writes it (`End.DT6`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Seg6Local::End => "End",
+            Seg6Local::EndX { .. } => "End.X",
+            Seg6Local::EndT { .. } => "End.T",
+            Seg6Local::EndDt6 { .. } => "End.DT6",
+        }
+    }
+}
+
+impl fmt::Display for Seg6Local {
+    /// iproute2's words: `End.X nh6 fc00::1`, `End.DT6 table 100`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())?;
+        match self {
+            Seg6Local::End => Ok(()),
+            Seg6Local::EndX { nh6 } => write!(f, " nh6 {nh6}"),
+            Seg6Local::EndT { table } | Seg6Local::EndDt6 { table } => write!(f, " table {table}"),
+        }
+    }
 }
 
 /// A route attribute lwtun does not model, kept as it came.
@@ -185,13 +399,16 @@ impl Route {
         }
     }
 
-    /// The scope this route is installed with.
+    /// The scope this route is installed with: as iproute2 picks it, universe for every IPv6
+    /// route (the kernel ignores IPv6 route scopes and reports universe), for IPv4 link without a
+    /// gateway and universe with one.
     pub fn effective_scope(&self) -> u8 {
-        self.scope.unwrap_or(if self.gateway.is_some() {
-            RT_SCOPE_UNIVERSE
-        } else {
-            RT_SCOPE_LINK
-        })
+        self.scope
+            .unwrap_or(if self.gateway.is_some() || self.dst.is_ipv6() {
+                RT_SCOPE_UNIVERSE
+            } else {
+                RT_SCOPE_LINK
+            })
     }
 
     /// The LWT BPF encap, if the route has one.
@@ -255,6 +472,35 @@ impl Route {
                     return bad("seg6local End.BPF routes are IPv6 only".into());
                 }
                 check_prog(p, "End.BPF").or_else(bad)?;
+            }
+            Some(Encap::Seg6(e)) => {
+                if e.mode == Seg6Mode::Inline && self.dst.is_ipv4() {
+                    return bad(
+                        "seg6 inline mode inserts an SRH into IPv6 packets; an IPv4 route needs \
+                         mode encap"
+                            .into(),
+                    );
+                }
+                let room = MAX_SEG6_SEGMENTS - usize::from(e.mode == Seg6Mode::Inline);
+                if e.segments.is_empty() || e.segments.len() > room {
+                    return bad(format!(
+                        "a seg6 {} encap takes 1 to {room} segments, got {}",
+                        e.mode.as_str(),
+                        e.segments.len()
+                    ));
+                }
+                if let Some(s) = e
+                    .segments
+                    .iter()
+                    .find(|s| s.is_unspecified() || s.is_multicast())
+                {
+                    return bad(format!("segment {s} is not a unicast address"));
+                }
+            }
+            Some(Encap::Seg6Local(_)) => {
+                if self.dst.is_ipv4() {
+                    return bad("seg6local routes are IPv6 only".into());
+                }
             }
             Some(Encap::Other { .. }) | None => {}
         }
@@ -441,8 +687,37 @@ impl Route {
 impl fmt::Display for Route {
     /// Roughly `ip route show`'s words: `10.1.0.0/16 via 10.0.0.1 dev#2 table 100 metric 7
     /// encap bpf xmit NAME headroom 20`.
+    ///
+    /// The kernel's SRv6 encaps come right after the destination, worded as `ip -6 route show`
+    /// prints them: `2001:db8::/64 encap seg6 mode encap segs 2 [ fc00:1::1 fc00:2::2 ] dev#3`,
+    /// `fc00::6 encap seg6local action End.DT6 table 100 dev#3` (a /128 without its length).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.dst)?;
+        match (&self.encap, self.dst) {
+            (Some(Encap::Seg6(_) | Encap::Seg6Local(_)), IpNetwork::V6(d)) if d.prefix() == 128 => {
+                write!(f, "{}", d.ip())?
+            }
+            _ => write!(f, "{}", self.dst)?,
+        }
+        match &self.encap {
+            Some(Encap::Seg6(e)) => {
+                write!(
+                    f,
+                    " encap seg6 mode {} segs {} [",
+                    e.mode.as_str(),
+                    e.srh_entries().len()
+                )?;
+                let mut shown = e.segments.clone();
+                if e.mode == Seg6Mode::Inline {
+                    shown.push(Ipv6Addr::UNSPECIFIED);
+                }
+                for s in shown {
+                    write!(f, " {s}")?;
+                }
+                f.write_str(" ]")?;
+            }
+            Some(Encap::Seg6Local(a)) => write!(f, " encap seg6local action {a}")?,
+            _ => {}
+        }
         if let Some(gw) = self.gateway {
             write!(f, " via {gw}")?;
         }
@@ -469,7 +744,7 @@ impl fmt::Display for Route {
             }
             Some(Encap::Seg6LocalBpf(p)) => write!(f, " encap seg6local End.BPF {}", p.name)?,
             Some(Encap::Other { kind, .. }) => write!(f, " encap type {kind}")?,
-            None => {}
+            Some(Encap::Seg6(_)) | Some(Encap::Seg6Local(_)) | None => {}
         }
         Ok(())
     }
@@ -530,7 +805,53 @@ fn encode_encap(encap: &Encap) -> (u16, Vec<u8>) {
             encode_prog(&mut n, SEG6_LOCAL_BPF, p);
             (LWTUNNEL_ENCAP_SEG6_LOCAL, n.into_bytes())
         }
+        Encap::Seg6(e) => {
+            n.put(SEG6_IPTUNNEL_SRH, &e.to_bytes());
+            (LWTUNNEL_ENCAP_SEG6, n.into_bytes())
+        }
+        Encap::Seg6Local(a) => {
+            let code = match a {
+                Seg6Local::End => SEG6_LOCAL_ACTION_END,
+                Seg6Local::EndX { .. } => SEG6_LOCAL_ACTION_END_X,
+                Seg6Local::EndT { .. } => SEG6_LOCAL_ACTION_END_T,
+                Seg6Local::EndDt6 { .. } => SEG6_LOCAL_ACTION_END_DT6,
+            };
+            n.u32(SEG6_LOCAL_ACTION, code);
+            match a {
+                Seg6Local::End => {}
+                Seg6Local::EndX { nh6 } => {
+                    n.put(SEG6_LOCAL_NH6, &nh6.octets());
+                }
+                Seg6Local::EndT { table } | Seg6Local::EndDt6 { table } => {
+                    n.u32(SEG6_LOCAL_TABLE, *table);
+                }
+            }
+            (LWTUNNEL_ENCAP_SEG6_LOCAL, n.into_bytes())
+        }
         Encap::Other { kind, data } => (*kind, data.clone()),
+    }
+}
+
+/// A kernel seg6local function from its attributes; `None` for actions (or attribute sets)
+/// [`Seg6Local`] does not model, which the caller keeps raw.
+fn decode_seg6local(data: &[u8]) -> Option<Seg6Local> {
+    let action = attr::find(data, SEG6_LOCAL_ACTION).and_then(attr::u32_of)?;
+    let known = |ty: u16| matches!(ty, SEG6_LOCAL_ACTION | SEG6_LOCAL_TABLE | SEG6_LOCAL_NH6);
+    if attr::iter(data).any(|(ty, _)| !known(ty)) {
+        return None; // counters, flavors, an oif...: keep every byte
+    }
+    let table = || attr::find(data, SEG6_LOCAL_TABLE).and_then(attr::u32_of);
+    match action {
+        SEG6_LOCAL_ACTION_END => Some(Seg6Local::End),
+        SEG6_LOCAL_ACTION_END_X => {
+            let nh: [u8; 16] = attr::find(data, SEG6_LOCAL_NH6)?.try_into().ok()?;
+            Some(Seg6Local::EndX {
+                nh6: Ipv6Addr::from(nh),
+            })
+        }
+        SEG6_LOCAL_ACTION_END_T => Some(Seg6Local::EndT { table: table()? }),
+        SEG6_LOCAL_ACTION_END_DT6 => Some(Seg6Local::EndDt6 { table: table()? }),
+        _ => None,
     }
 }
 
@@ -567,6 +888,20 @@ fn decode_encap(kind: u16, data: Vec<u8>) -> Encap {
                 None => Encap::Other { kind, data },
             }
         }
+        LWTUNNEL_ENCAP_SEG6 => {
+            let e = (attr::iter(&data).count() == 1)
+                .then(|| attr::find(&data, SEG6_IPTUNNEL_SRH))
+                .flatten()
+                .and_then(Seg6Encap::from_bytes);
+            match e {
+                Some(e) => Encap::Seg6(e),
+                None => Encap::Other { kind, data },
+            }
+        }
+        LWTUNNEL_ENCAP_SEG6_LOCAL => match decode_seg6local(&data) {
+            Some(a) => Encap::Seg6Local(a),
+            None => Encap::Other { kind, data },
+        },
         _ => Encap::Other { kind, data },
     }
 }

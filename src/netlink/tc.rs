@@ -13,7 +13,7 @@ use neli::rtnl::{RtattrBuilder, Tcmsg, TcmsgBuilder};
 use neli::types::{Buffer, RtBuffer};
 
 use super::attr::{self, Nest};
-use super::Netlink;
+use super::{encode_message, Netlink};
 use crate::error::{ErrorKind, Result};
 
 /// `TC_H_CLSACT`: the handle (and parent) of the clsact qdisc, `ffff:fff1`.
@@ -288,6 +288,40 @@ fn decode_filter(hdr: TcHeader, attrs: &[u8]) -> Option<BpfFilter> {
         program_id: attr::find(options, TCA_BPF_ID).and_then(attr::u32_of),
         direct_action: flags & TCA_BPF_FLAG_ACT_DIRECT != 0,
     })
+}
+
+/// The filter decoder, for golden-byte and fuzz tests. Not part of lwtun's API.
+#[doc(hidden)]
+pub mod wire {
+    use super::*;
+
+    /// The framed `tc filter add dev IFINDEX PARENT prio P handle H bpf da fd FD name NAME`
+    /// request lwtun sends, sequence 0.
+    pub fn bpf_filter(
+        ifindex: u32,
+        parent: u32,
+        priority: u16,
+        handle: u32,
+        fd: u32,
+        name: &str,
+    ) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_message(
+            &mut out,
+            Rtm::Newtfilter,
+            NlmF::REQUEST | NlmF::ACK | NlmF::CREATE | NlmF::EXCL,
+            0,
+            bpf_filter_body(ifindex, parent, priority, handle, fd, name),
+        );
+        out
+    }
+
+    /// Decodes one framed `RTM_NEWTFILTER` message (header included): the cls_bpf filter it
+    /// describes, `None` for other filters or malformed bytes.
+    pub fn decode_filter_message(msg: &[u8]) -> Option<BpfFilter> {
+        let (hdr, attrs) = parse_tc(msg.get(16..)?)?;
+        decode_filter(hdr, attrs)
+    }
 }
 
 #[cfg(test)]

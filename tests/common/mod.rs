@@ -938,3 +938,18 @@ pub fn tx_checksum_off(ns: &NetNs, dev: &str) {
     })
     .unwrap();
 }
+
+/// Bytes from a hex dump as tests/data keeps them: `#` comment lines, any layout.
+pub fn hex(s: &str) -> Vec<u8> {
+    let digits: Vec<u8> = s
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .flat_map(|l| l.bytes())
+        .filter(u8::is_ascii_hexdigit)
+        .collect();
+    assert_eq!(digits.len() % 2, 0, "odd number of hex digits");
+    digits
+        .chunks(2)
+        .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
+        .collect()
+}
