@@ -16,7 +16,8 @@ use lwtun::{Error, Result};
 const OP: &str = "parse tunnel peer";
 
 /// The usage line printed with parse errors.
-pub const USAGE: &str = "PREFIX remote ADDR local ADDR encap { ipip | gre [key N] [csum] | udp port N } \
+pub const USAGE: &str =
+    "PREFIX remote ADDR local ADDR encap { ipip | gre [key N] [csum] | udp port N } \
                          [ttl N|inherit] [tos N|inherit]";
 
 fn value<'a>(words: &mut impl Iterator<Item = &'a str>, key: &str) -> Result<&'a str> {
@@ -80,7 +81,10 @@ pub fn peer<'a>(words: impl IntoIterator<Item = &'a str>) -> Result<(IpNetwork, 
     let local = local.ok_or_else(|| missing("local ADDR"))?;
     let encap = match kind.ok_or_else(|| missing("encap KIND"))? {
         "ipip" => Encap::Ipip,
-        "gre" => Encap::Gre { key, checksum: csum },
+        "gre" => Encap::Gre {
+            key,
+            checksum: csum,
+        },
         "udp" => Encap::Udp {
             port: port.ok_or_else(|| missing("port N (for encap udp)"))?,
         },
@@ -92,7 +96,10 @@ pub fn peer<'a>(words: impl IntoIterator<Item = &'a str>) -> Result<(IpNetwork, 
         }
     };
     if !matches!(encap, Encap::Gre { .. }) && (key.is_some() || csum) {
-        return Err(Error::invalid_input(OP, "`key` and `csum` go with encap gre"));
+        return Err(Error::invalid_input(
+            OP,
+            "`key` and `csum` go with encap gre",
+        ));
     }
     if !matches!(encap, Encap::Udp { .. }) && port.is_some() {
         return Err(Error::invalid_input(OP, "`port` goes with encap udp"));
@@ -171,9 +178,18 @@ mod tests {
 
     #[test]
     fn parses_every_encap_and_option() {
-        let (p, g) = words("10.20.0.0/16 remote 10.77.0.2 local 10.77.0.1 encap gre key 5 csum ttl inherit tos 8").unwrap();
+        let (p, g) = words(
+            "10.20.0.0/16 remote 10.77.0.2 local 10.77.0.1 encap gre key 5 csum ttl inherit tos 8",
+        )
+        .unwrap();
         assert_eq!(p.to_string(), "10.20.0.0/16");
-        assert_eq!(g.encap, Encap::Gre { key: Some(5), checksum: true });
+        assert_eq!(
+            g.encap,
+            Encap::Gre {
+                key: Some(5),
+                checksum: true
+            }
+        );
         assert_eq!(g.ttl, OuterField::Inherit);
         assert_eq!(g.tos, OuterField::Fixed(8));
         let (_, u) = words("fd00::/64 encap udp port 5555 remote fd77::2 local fd77::1").unwrap();
@@ -189,12 +205,30 @@ mod tests {
             ("10.0.0.0/8 remote 1.1.1.1 encap ipip", "local"),
             ("10.0.0.0/8 remote 1.1.1.1 local 2.2.2.2", "encap"),
             ("10.0.0.0/8 remote 1.1.1.1 local 2.2.2.2 encap udp", "port"),
-            ("10.0.0.0/8 remote 1.1.1.1 local 2.2.2.2 encap ipip key 3", "gre"),
-            ("10.0.0.0/8 remote 1.1.1.1 local 2.2.2.2 encap vxlan", "vxlan"),
-            ("10.0.0.0/8 remote 1.1.1.1 local 2.2.2.2 encap ipip mtu 3", "unknown"),
-            ("10.0.0.0/8 remote 1.1.1.1 local fd00::1 encap ipip", "families"),
-            ("10.0.0.0/33 remote 1.1.1.1 local 2.2.2.2 encap ipip", "prefix"),
-            ("10.0.0.0/8 remote 1.1.1.1 local 2.2.2.2 encap gre key", "needs a value"),
+            (
+                "10.0.0.0/8 remote 1.1.1.1 local 2.2.2.2 encap ipip key 3",
+                "gre",
+            ),
+            (
+                "10.0.0.0/8 remote 1.1.1.1 local 2.2.2.2 encap vxlan",
+                "vxlan",
+            ),
+            (
+                "10.0.0.0/8 remote 1.1.1.1 local 2.2.2.2 encap ipip mtu 3",
+                "unknown",
+            ),
+            (
+                "10.0.0.0/8 remote 1.1.1.1 local fd00::1 encap ipip",
+                "families",
+            ),
+            (
+                "10.0.0.0/33 remote 1.1.1.1 local 2.2.2.2 encap ipip",
+                "prefix",
+            ),
+            (
+                "10.0.0.0/8 remote 1.1.1.1 local 2.2.2.2 encap gre key",
+                "needs a value",
+            ),
         ] {
             let e = words(line).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidInput, "{line}");

@@ -4,9 +4,9 @@
 use serde::Serialize;
 
 use ipnetwork::IpNetwork;
-use lwtun::netlink::{Encap as RouteEncap, Route};
+use lwtun::netlink::route::{Encap as RouteEncap, Route};
 use lwtun::peer::{Encap, EncapPeer, MissCounters, MissPolicy, OuterField, PeerStats};
-use lwtun::program::{id_of_route_name, Hook, ROUTE_NAME_PREFIX};
+use lwtun::program::{id_of_route_name, ROUTE_NAME_PREFIX};
 use lwtun::route::RTPROT_LWTUN;
 
 /// An outer TTL or TOS: a number, or the string `"inherit"`.
@@ -175,15 +175,6 @@ pub struct RouteView {
     pub src: Option<String>,
     pub metric: Option<u32>,
     pub hooks: Vec<HookView>,
-}
-
-pub fn hook_name(h: Hook) -> &'static str {
-    match h {
-        Hook::In => "in",
-        Hook::Out => "out",
-        Hook::Xmit => "xmit",
-        _ => "seg6local",
-    }
 }
 
 impl RouteView {
