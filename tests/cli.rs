@@ -126,9 +126,9 @@ fn bpftool_dump(map: &Path) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// Host A and B with their inner addresses, B decapsulating what comes from A, and B's
-/// answers to A's inner address routed back plainly.
-fn setup() -> (common::Line, Decap) {
+/// Host A and B with their inner addresses, and B's answers to A's inner address routed back
+/// plainly.
+fn hosts() -> common::Line {
     let net = common::two_hosts();
     common::ip(net.ns(0), &["addr", "add", "10.30.0.1/32", "dev", "lo"]);
     common::ip(net.ns(1), &["addr", "add", "10.20.0.2/32", "dev", "lo"]);
@@ -136,6 +136,12 @@ fn setup() -> (common::Line, Decap) {
         net.ns(1),
         &["route", "add", "10.30.0.1/32", "via", "10.77.0.1"],
     );
+    net
+}
+
+/// [`hosts`], B decapsulating what comes from A.
+fn setup() -> (common::Line, Decap) {
+    let net = hosts();
     let mut decap = Decap::load().unwrap();
     decap.add_local("10.77.0.2".parse().unwrap()).unwrap();
     decap
@@ -548,4 +554,81 @@ fn xdp_attach_stats_detach() {
     ok(&["-n", &b, "xdp", "detach", "to0"]);
     let err = fails(&["-n", &b, "xdp", "stats", "to0"], 1);
     assert!(err.contains("XDP program"), "{err}");
+}
+
+#[test]
+fn decap_attach_show_detach() {
+    if !common::privileged("decap_attach_show_detach") {
+        return;
+    }
+    let net = hosts();
+    let b = net.ns(1).name().to_string();
+    let pin = PinDir::new("decap");
+    let p = pin.s();
+    // B decapsulates through the command; A's tunnel is a library user's.
+    let attached = json(&[
+        "-n",
+        &b,
+        "decap",
+        "attach",
+        "to0",
+        "--pin",
+        p,
+        "--local",
+        "10.77.0.2",
+        "--peer",
+        "10.77.0.1",
+        "--peer",
+        "10.78.0.0/24,key=9",
+    ]);
+    assert_eq!(attached["locals"], json!(["10.77.0.2"]));
+    assert_eq!(
+        attached["peers"],
+        json!([{"prefix": "10.77.0.1/32", "gre_key": null}, {"prefix": "10.78.0.0/24", "gre_key": 9}])
+    );
+    assert_eq!(attached["links"].as_array().unwrap().len(), 1);
+    let err = fails(&["-n", &b, "decap", "attach", "to0", "--pin", p], 1);
+    assert!(err.contains("already"), "{err}");
+
+    let mut nl = lwtun::netlink::Netlink::open_in(net.ns(0)).unwrap();
+    let mut tunnel = Tunnel::builder()
+        .source("10.30.0.1".parse().unwrap())
+        .load()
+        .unwrap();
+    tunnel
+        .peers_mut()
+        .insert(
+            "10.20.0.0/16".parse().unwrap(),
+            EncapPeer::new(
+                "10.77.0.2".parse().unwrap(),
+                "10.77.0.1".parse().unwrap(),
+                Encap::Ipip,
+            ),
+        )
+        .unwrap();
+    let route = tunnel
+        .route("10.20.0.0/16".parse().unwrap())
+        .device(&net.device(0, "to1"));
+    tunnel.steer(&mut nl, route).unwrap();
+
+    let ping = ping_b(&net, 3);
+    assert_eq!(ping.received, 3, "{}", ping.output);
+    let show = json(&["decap", "show", "--pin", p]);
+    assert_eq!(show["decapsulated"], 3, "{show}");
+    assert_eq!(show["counters"]["ipip"]["packets"], 3, "{show}");
+    assert_eq!(show["dropped"], 0, "{show}");
+    let human = ok(&["decap", "show", "--pin", p]);
+    assert!(human.contains("decapsulated 3"), "{human}");
+
+    let detached = json(&["-n", &b, "decap", "detach", "to0", "--pin", p]);
+    assert_eq!(detached["removed_pins"], true);
+    assert!(!pin.0.exists(), "last detach removes the pins");
+    let tc = lwtun::tc::attached(&net.device(1, "to0"), lwtun::tc::TcDirection::Ingress).unwrap();
+    assert!(tc.is_empty(), "{tc:?}");
+    let ping = ping_b(&net, 2);
+    assert_eq!(
+        ping.received, 0,
+        "B no longer decapsulates: {}",
+        ping.output
+    );
 }
