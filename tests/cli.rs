@@ -632,3 +632,87 @@ fn decap_attach_show_detach() {
         ping.output
     );
 }
+
+/// The packets of a pcap file: (captured length, bytes) of each record.
+fn pcap_records(bytes: &[u8]) -> Vec<Vec<u8>> {
+    assert!(
+        bytes.len() >= 24,
+        "a pcap file starts with a 24-byte header"
+    );
+    let mut out = Vec::new();
+    let mut at = 24;
+    while at + 16 <= bytes.len() {
+        let incl = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
+        out.push(bytes[at + 16..at + 16 + incl].to_vec());
+        at += 16 + incl;
+    }
+    assert_eq!(at, bytes.len(), "whole records");
+    out
+}
+
+#[test]
+fn capture_to_pcap_with_a_filter() {
+    if !common::privileged("capture_to_pcap_with_a_filter") {
+        return;
+    }
+    use std::io::BufRead;
+    let net = common::two_hosts();
+    let b = net.ns(1).name().to_string();
+    let file = TempFile::new("capture.pcap", "");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lwtun"))
+        .args([
+            "-n",
+            &b,
+            "capture",
+            "--hook",
+            "tc-ingress",
+            "--dev",
+            "to0",
+            "-w",
+            file.s(),
+            "-c",
+            "3",
+            "--timeout",
+            "20",
+            "icmp",
+            "and",
+            "icmp[icmptype]",
+            "==",
+            "icmp-echo",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stderr = child.stderr.take().unwrap();
+    let mut child = Kill(child);
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.contains("capturing on to0"), "{first}");
+    // 5 requests; the capture stops at 3 (the replies leave B, so ingress sees none).
+    let ping = common::ping(net.ns(0), net.v4(1).into(), 5);
+    assert_eq!(ping.received, 5, "{}", ping.output);
+    let status = child.0.wait().unwrap();
+    let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
+    assert!(status.success(), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("3 packet(s) captured")),
+        "{rest:?}"
+    );
+    let records = pcap_records(&std::fs::read(&file.0).unwrap());
+    assert_eq!(records.len(), 3);
+    for r in &records {
+        assert_eq!(&r[12..14], &[0x08, 0x00], "IPv4 in Ethernet");
+        assert_eq!(r[14 + 9], 1, "ICMP");
+        assert_eq!(r[14 + 20], 8, "echo request");
+        assert_eq!(&r[14 + 16..14 + 20], &[10, 77, 0, 2], "to B");
+    }
+    let tc = lwtun::tc::attached(&net.device(1, "to0"), lwtun::tc::TcDirection::Ingress).unwrap();
+    assert!(tc.is_empty(), "the capture detached when it ended: {tc:?}");
+}

@@ -3,6 +3,8 @@
 //! (pinned peer tables, routes, underlay fix-ups, XDP programs) outlives it, and a library user
 //! adopts it with `Tunnel::builder().pin(DIR).load()`.
 
+#[cfg(feature = "capture")]
+mod capture;
 mod spec;
 mod view;
 
@@ -93,6 +95,9 @@ enum Command {
         #[command(subcommand)]
         command: DecapCommand,
     },
+    /// Capture packets at an XDP, tc or route hook to a pcap file, with a tcpdump filter.
+    #[cfg(feature = "capture")]
+    Capture(capture::CaptureArgs),
     /// What lwtun left: tunnel pin folders, routes, tc filters (and remove routes and filters).
     Leftovers {
         /// Remove the routes tagged proto 76 and the `lwtun:` tc filters (not tunnel pins: use
@@ -294,14 +299,14 @@ enum DecapCommand {
 }
 
 /// What every command gets: output options and the namespace to act in.
-struct Ctx {
+pub(crate) struct Ctx {
     json: bool,
     pretty: bool,
     netns: NetNs,
 }
 
 impl Ctx {
-    fn netlink(&self) -> Result<Netlink> {
+    pub(crate) fn netlink(&self) -> Result<Netlink> {
         Netlink::open_in(&self.netns)
     }
 
@@ -348,6 +353,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Route { command } => route(&ctx, command),
         Command::Xdp { command } => xdp(&ctx, command),
         Command::Decap { command } => decap(&ctx, command),
+        #[cfg(feature = "capture")]
+        Command::Capture(args) => capture::run(&ctx, args),
         Command::Leftovers { remove } => leftovers(&ctx, remove),
         Command::Completions { .. } => Ok(()),
     }
