@@ -716,3 +716,102 @@ fn capture_to_pcap_with_a_filter() {
     let tc = lwtun::tc::attached(&net.device(1, "to0"), lwtun::tc::TcDirection::Ingress).unwrap();
     assert!(tc.is_empty(), "the capture detached when it ended: {tc:?}");
 }
+
+#[test]
+fn route_del_and_leftovers() {
+    if !common::privileged("route_del_and_leftovers") {
+        return;
+    }
+    let net = hosts();
+    let a = net.ns(0).name().to_string();
+    let pin = PinDir::new("leftovers");
+    let p = pin.s();
+    let load = json(&["-n", &a, "tunnel", "load", "--pin", p, "--miss", "pass"]);
+    assert_eq!(load["miss_policy_v4"], "pass");
+    assert_eq!(load["miss_policy_v6"], "pass");
+    for prefix in ["10.20.0.0/16", "10.21.0.0/16"] {
+        ok(&[
+            "-n",
+            &a,
+            "route",
+            "add",
+            "--pin",
+            p,
+            prefix,
+            "--dev",
+            "to1",
+            "--src",
+            "10.30.0.1",
+        ]);
+    }
+    // Without a source the command refuses, as Tunnel::steer does.
+    let err = fails(
+        &[
+            "-n",
+            &a,
+            "route",
+            "add",
+            "--pin",
+            p,
+            "10.22.0.0/16",
+            "--dev",
+            "to1",
+        ],
+        1,
+    );
+    assert!(err.contains("--src"), "{err}");
+    // Miss policy pass: with no peer the packets leave unencapsulated and B answers.
+    let ping = ping_b(&net, 2);
+    assert_eq!(ping.received, 2, "{}", ping.output);
+    let stats = json(&["-n", &a, "peer", "stats", "--pin", p]);
+    assert_eq!(stats["misses"]["passed_v4"], 2, "{stats}");
+
+    ok(&["-n", &a, "route", "del", "10.21.0.0/16"]);
+    let err = fails(&["-n", &a, "route", "del", "10.21.0.0/16"], 1);
+    assert!(err.contains("no lwtun route"), "{err}");
+    let human = ok(&["-n", &a, "route", "show"]);
+    assert!(
+        human.contains("10.20.0.0/16") && !human.contains("10.21.0.0/16"),
+        "{human}"
+    );
+
+    let left = json(&["-n", &a, "leftovers"]);
+    assert!(
+        left["tunnel_pins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["pin"] == p && t["owner_pid"].is_null()),
+        "{left}"
+    );
+    let dsts: Vec<&str> = left["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["dst"].as_str().unwrap())
+        .collect();
+    assert_eq!(dsts, ["10.20.0.0/16"]);
+    // While a library user owns the folder, leftovers names it.
+    {
+        let mut owner = Tunnel::builder().pin(&pin.0).load().unwrap();
+        owner.keep_pinned();
+        let left = json(&["-n", &a, "leftovers"]);
+        let mine = left["tunnel_pins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["pin"] == p)
+            .unwrap()
+            .clone();
+        assert_eq!(
+            mine["owner_pid"].as_u64(),
+            Some(u64::from(std::process::id()))
+        );
+    }
+    let removed = json(&["-n", &a, "leftovers", "--remove"]);
+    assert_eq!(removed["removed_routes"], 1, "{removed}");
+    let left = json(&["-n", &a, "leftovers"]);
+    assert_eq!(left["routes"], json!([]));
+    ok(&["-n", &a, "tunnel", "unload", "--pin", p]);
+    assert!(!pin.0.exists());
+}
