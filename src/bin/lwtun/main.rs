@@ -42,8 +42,12 @@ JSON output (-j, stable field names):
                  misses: {dropped_v4, dropped_v6, passed_v4, passed_v6, not_ip}}
   route show:   [{dst, table, protocol, lwtun, dev, oif, gateway, src, metric,
                   hooks: [{hook (in|out|xmit|seg6local), name, program_id}]}]
+  route add:    one route object as in route show
   tunnel show:  {pin, capacity, peers_v4, peers_v6, miss_policy_v4, miss_policy_v6,
-                 misses, maps: [{name, id}], program_ids, routes, fixups}
+                 misses, maps: [{name, id}], program_ids, routes, fixups, adopted}
+                (tunnel load prints the same)
+  decap show:   {pin, locals, peers: [{prefix, gre_key}], decapsulated, dropped,
+                 counters: {VERDICT: {packets, bytes}}, links} (decap attach: the same)
   xdp stats:    one object per sample: {dev, program_id, interval_secs,
                  actions: [{action, packets, bytes, pps, bps}]}
   leftovers:    {tunnel_pins: [{pin, owner_pid}], routes, tc_filters: [{dev, direction, name}],
