@@ -815,3 +815,81 @@ fn route_del_and_leftovers() {
     ok(&["-n", &a, "tunnel", "unload", "--pin", p]);
     assert!(!pin.0.exists());
 }
+
+#[test]
+fn adopts_a_library_users_pins_and_large_batches() {
+    if !common::privileged("adopts_a_library_users_pins_and_large_batches") {
+        return;
+    }
+    let pin = PinDir::new("library");
+    let p = pin.s();
+    {
+        let mut tunnel = Tunnel::builder()
+            .pin(&pin.0)
+            .capacity(30_000)
+            .load()
+            .unwrap();
+        tunnel
+            .peers_mut()
+            .insert(
+                "fd20::/64".parse().unwrap(),
+                EncapPeer::new(
+                    "fd77::2".parse().unwrap(),
+                    "fd77::1".parse().unwrap(),
+                    Encap::Udp { port: 5555 },
+                )
+                .inherit_ttl(),
+            )
+            .unwrap();
+        tunnel.keep_pinned();
+    }
+    let show = json(&["tunnel", "show", "--pin", p]);
+    assert_eq!(show["adopted"], true);
+    assert_eq!(show["capacity"], 30_000);
+    assert_eq!(show["peers_v6"], 1);
+    assert_eq!(
+        json(&["peer", "show", "--pin", p]),
+        json!([{
+            "prefix": "fd20::/64", "remote": "fd77::2", "local": "fd77::1", "encap": "udp",
+            "gre_key": null, "gre_checksum": false, "udp_port": 5555, "ttl": "inherit", "tos": 0
+        }])
+    );
+    // 20 000 peers from one file in one batch.
+    let text: String = (0..20_000u32)
+        .map(|i| {
+            format!(
+                "10.{}.{}.{}/32 remote 192.0.2.{} local 192.0.2.254 encap gre key {i}\n",
+                64 + i / 65_536,
+                (i / 256) % 256,
+                i % 256,
+                i % 250 + 1
+            )
+        })
+        .collect();
+    let file = TempFile::new("large", &text);
+    let t = std::time::Instant::now();
+    assert_eq!(
+        json(&["peer", "add", "--pin", p, "-b", file.s()])["added"],
+        20_000
+    );
+    eprintln!("lwtun peer add -b with 20000 peers: {:?}", t.elapsed());
+    let show = json(&["tunnel", "show", "--pin", p]);
+    assert_eq!(show["peers_v4"], 20_000);
+    assert_eq!(show["peers_v6"], 1);
+    let peers = json(&["peer", "show", "--pin", p]);
+    let one = peers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["prefix"] == "10.64.1.7/32")
+        .unwrap();
+    assert_eq!(one["gre_key"], 263);
+    // The library adopts the command's batch.
+    {
+        let mut tunnel = Tunnel::builder().pin(&pin.0).load().unwrap();
+        assert_eq!(tunnel.peers().len(), 20_001);
+        tunnel.keep_pinned();
+    }
+    ok(&["tunnel", "unload", "--pin", p]);
+    assert!(!pin.0.exists());
+}
