@@ -440,6 +440,22 @@ fn batch_with_a_bad_line_applies_nothing() {
             .len(),
         5
     );
+    // `-b -` reads standard input.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lwtun"))
+        .args(["peer", "add", "--pin", p, "-b", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        b"10.9.0.0/16 remote 192.0.2.9 local 192.0.2.100 encap ipip\n",
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+    let peers = json(&["peer", "show", "--pin", p]);
+    assert_eq!(peers[0]["prefix"], "10.9.0.0/16", "address order: {peers}");
+    assert_eq!(peers.as_array().unwrap().len(), 6);
     ok(&["tunnel", "unload", "--pin", p]);
     assert!(!pin.0.exists());
 }

@@ -155,8 +155,9 @@ enum PeerCommand {
     Add {
         #[arg(long, value_name = "DIR")]
         pin: PathBuf,
-        /// Peers from FILE, one per line in the words above (`#` comments): every line is
-        /// checked first; a bad one is reported as FILE:LINE and nothing is applied.
+        /// Peers from FILE (`-`: standard input), one per line in the words above (`#`
+        /// comments): every line is checked first; a bad one is reported as FILE:LINE and
+        /// nothing is applied.
         #[arg(
             short = 'b',
             long = "batch",
@@ -647,7 +648,12 @@ fn peer(ctx: &Ctx, command: PeerCommand) -> Result<()> {
             let mut tunnel = adopt(&pin, false)?;
             let peers = match batch {
                 Some(file) => {
-                    let text = std::fs::read_to_string(&file).map_err(|e| {
+                    let text = if file.as_os_str() == "-" {
+                        std::io::read_to_string(std::io::stdin())
+                    } else {
+                        std::fs::read_to_string(&file)
+                    }
+                    .map_err(|e| {
                         Error::io("read batch file", e).with_object(file.display().to_string())
                     })?;
                     let bar = progress(ctx, text.len() as u64);
@@ -682,12 +688,9 @@ fn peer(ctx: &Ctx, command: PeerCommand) -> Result<()> {
         }
         PeerCommand::Show { pin } => {
             let tunnel = adopt(&pin, false)?;
-            let mut views: Vec<PeerView> = tunnel
-                .peers()
-                .iter()
-                .map(|(p, e)| PeerView::new(p, e))
-                .collect();
-            views.sort_by(|a, b| a.prefix.cmp(&b.prefix));
+            let mut peers: Vec<_> = tunnel.peers().iter().collect();
+            peers.sort_by_key(|(p, _)| prefix_order(*p));
+            let views: Vec<PeerView> = peers.iter().map(|(p, e)| PeerView::new(*p, e)).collect();
             if ctx.json {
                 return ctx.print_json(&views);
             }
@@ -724,7 +727,7 @@ fn peer(ctx: &Ctx, command: PeerCommand) -> Result<()> {
                 Some(p) => vec![spec::prefix(&p)?],
                 None => peers.iter().map(|(p, _)| p).collect(),
             };
-            prefixes.sort_by_key(|p| p.to_string());
+            prefixes.sort_by_key(|p| prefix_order(*p));
             let stats = StatsView {
                 peers: prefixes
                     .iter()
@@ -756,6 +759,11 @@ fn peer(ctx: &Ctx, command: PeerCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Prefixes in address order, IPv4 first, shorter prefixes before longer ones.
+fn prefix_order(p: IpNetwork) -> (bool, IpAddr, u8) {
+    (p.is_ipv6(), p.network(), p.prefix())
 }
 
 /// A progress bar over `bytes` on stderr: only for large files, on a terminal, without -j.
@@ -1362,11 +1370,17 @@ fn owner_of(folder: &Path) -> Option<u32> {
         return None;
     }
     let meta = file.metadata().ok()?;
-    let suffix = format!(":{}", meta.ino());
+    // "1: FLOCK  ADVISORY  WRITE 4242 00:2a:1234 0 EOF": major:minor (hex) and inode.
+    let id = format!(
+        "{:02x}:{:02x}:{}",
+        libc::major(meta.dev()),
+        libc::minor(meta.dev()),
+        meta.ino()
+    );
     let locks = std::fs::read_to_string("/proc/locks").ok()?;
     locks.lines().find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
-        (f.get(1) == Some(&"FLOCK") && f.get(5).is_some_and(|id| id.ends_with(&suffix)))
+        (f.get(1) == Some(&"FLOCK") && f.get(5) == Some(&id.as_str()))
             .then(|| f.get(4)?.parse().ok())
             .flatten()
     })
