@@ -129,9 +129,10 @@ enum TunnelCommand {
         /// The pin folder on bpffs (for example /sys/fs/bpf/lwtun/t0).
         #[arg(long, value_name = "DIR")]
         pin: PathBuf,
-        /// Peers per table (IPv4 and IPv6 each); fixed when the folder is first made.
-        #[arg(long, default_value_t = DEFAULT_CAPACITY)]
-        capacity: u32,
+        /// Peers per table (IPv4 and IPv6 each; default 4096); fixed when the folder is
+        /// first made.
+        #[arg(long)]
+        capacity: Option<u32>,
         /// What the encap does with packets that match no peer (both families).
         #[arg(long, value_enum)]
         miss: Option<Miss>,
@@ -583,7 +584,9 @@ fn tunnel(ctx: &Ctx, command: TunnelCommand) -> Result<()> {
             capacity,
             miss,
         } => {
-            let mut builder = Tunnel::builder().pin(&pin).capacity(capacity);
+            let mut builder = Tunnel::builder()
+                .pin(&pin)
+                .capacity(capacity.unwrap_or(DEFAULT_CAPACITY));
             if let Some(m) = miss {
                 builder = builder.miss_policy(match m {
                     Miss::Drop => MissPolicy::Drop,
@@ -592,6 +595,14 @@ fn tunnel(ctx: &Ctx, command: TunnelCommand) -> Result<()> {
             }
             let mut tunnel = builder.load()?;
             tunnel.keep_pinned();
+            let pinned = tunnel.peers().capacity();
+            if tunnel.adopted() && capacity.is_some_and(|c| c != pinned) {
+                eprintln!(
+                    "lwtun: {} was pinned with capacity {pinned}, which stays (unload it to \
+                     change the capacity)",
+                    pin.display()
+                );
+            }
             tunnel_show(ctx, &tunnel, &pin)
         }
         TunnelCommand::Show { pin } => tunnel_show(ctx, &adopt(&pin, false)?, &pin),
@@ -1483,4 +1494,72 @@ fn leftovers(ctx: &Ctx, remove: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn peer_words_follow_the_options() {
+        let cli = Cli::try_parse_from([
+            "lwtun",
+            "-j",
+            "-n",
+            "lab",
+            "peer",
+            "add",
+            "--pin",
+            "/sys/fs/bpf/t",
+            "10.0.0.0/8",
+            "remote",
+            "1.1.1.1",
+            "local",
+            "2.2.2.2",
+            "encap",
+            "gre",
+            "key",
+            "5",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        assert_eq!(cli.netns.as_deref(), Some("lab"));
+        let Command::Peer {
+            command: PeerCommand::Add { words, batch, .. },
+        } = cli.command
+        else {
+            panic!("not peer add");
+        };
+        assert!(batch.is_none());
+        assert_eq!(words.len(), 9);
+        assert!(spec::peer(words.iter().map(String::as_str)).is_ok());
+        // -b and words together are a usage error.
+        let e = Cli::try_parse_from([
+            "lwtun",
+            "peer",
+            "add",
+            "--pin",
+            "/x",
+            "-b",
+            "f",
+            "10.0.0.0/8",
+        ])
+        .err()
+        .unwrap();
+        assert_eq!(e.exit_code(), 2);
+    }
+
+    #[test]
+    fn decap_peers_take_an_optional_key() {
+        let p = decap_peer("192.0.2.0/24,key=7").unwrap();
+        assert_eq!(p.prefix.to_string(), "192.0.2.0/24");
+        assert_eq!(p.gre_key, Some(7));
+        assert_eq!(decap_peer("fd00::1").unwrap().gre_key, None);
+        assert!(decap_peer("192.0.2.1,key").is_err());
+    }
 }
