@@ -517,6 +517,13 @@ fn refusals_and_usage_errors() {
         1,
     );
     assert!(err.contains("local"), "{err}");
+    // -p pretty-prints JSON (and implies -j).
+    let pretty = ok(&["-p", "peer", "show", "--pin", good.s()]);
+    assert_eq!(pretty.trim(), "[]");
+    let pretty = ok(&["-p", "tunnel", "show", "--pin", good.s()]);
+    assert!(pretty.starts_with("{\n  \""), "{pretty}");
+    let v: Value = serde_json::from_str(&pretty).unwrap();
+    assert_eq!(v["capacity"], 4096);
     ok(&["tunnel", "unload", "--pin", good.s()]);
     // Completions.
     let script = ok(&["completions", "bash"]);

@@ -62,7 +62,7 @@ struct Cli {
     /// Print JSON (see the field names below).
     #[arg(short = 'j', long, global = true)]
     json: bool,
-    /// Pretty-print JSON.
+    /// Pretty-print JSON (implies -j, as in bpftool).
     #[arg(short = 'p', long, global = true)]
     pretty: bool,
     /// Act in the named network namespace (/run/netns/NAME), as `ip -n`.
@@ -349,7 +349,7 @@ fn run(cli: Cli) -> Result<()> {
         None => NetNs::current()?,
     };
     let ctx = Ctx {
-        json: cli.json,
+        json: cli.json || cli.pretty,
         pretty: cli.pretty,
         netns,
     };
