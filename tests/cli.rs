@@ -890,11 +890,40 @@ fn adopts_a_library_users_pins_and_large_batches() {
         })
         .collect();
     let file = TempFile::new("large", &text);
-    let t = std::time::Instant::now();
-    assert_eq!(
-        json(&["peer", "add", "--pin", p, "-b", file.s()])["added"],
-        20_000
+    // On a terminal (script(1) gives the command one) a large file shows a progress bar, also
+    // when its last line is bad; with -j it does not. Nothing is applied either way.
+    let bad = TempFile::new(
+        "large-bad",
+        &format!("{text}10.99.0.0/16 remote 192.0.2.1 local 192.0.2.254 encap gre key x\n"),
     );
+    let on_terminal = |json: bool| {
+        let out = std::process::Command::new("script")
+            .args(["-qec"])
+            .arg(format!(
+                "{} {} peer add --pin {p} -b {}",
+                env!("CARGO_BIN_EXE_lwtun"),
+                if json { "-j" } else { "" },
+                bad.s()
+            ))
+            .arg("/dev/null")
+            .output()
+            .expect("run script(1)");
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let shown = on_terminal(false);
+    assert!(shown.contains("checking peers"), "{shown:?}");
+    assert!(shown.contains(&format!("{}:20001", bad.s())), "{shown:?}");
+    let shown = on_terminal(true);
+    assert!(!shown.contains("checking peers"), "{shown:?}");
+    assert!(shown.contains(&format!("{}:20001", bad.s())), "{shown:?}");
+    assert_eq!(json(&["tunnel", "show", "--pin", p])["peers_v4"], 0);
+    let t = std::time::Instant::now();
+    let out = lwtun(&["-j", "peer", "add", "--pin", p, "-b", file.s()]);
+    assert!(out.status.success());
+    assert!(out.stderr.is_empty(), "no bar when stderr is no terminal");
+    let added: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(added["added"], 20_000);
     eprintln!("lwtun peer add -b with 20000 peers: {:?}", t.elapsed());
     let show = json(&["tunnel", "show", "--pin", p]);
     assert_eq!(show["peers_v4"], 20_000);
