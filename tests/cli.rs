@@ -287,8 +287,8 @@ fn load_peer_route_ping_show_adopt_unload() {
     assert_eq!(show["program_ids"], json!([program_id]));
     assert_eq!(show["routes"].as_array().unwrap().len(), 1, "{show}");
 
-    // A library user adopts what the command made; while it owns the folder the command is
-    // refused, naming the owner.
+    // A library user adopts what the command made; while it owns the folder the commands
+    // that change it are refused, naming the owner, and the show commands read the pins.
     {
         let mut tunnel = Tunnel::builder().pin(&pin.0).load().unwrap();
         assert!(tunnel.adopted());
@@ -301,11 +301,66 @@ fn load_peer_route_ping_show_adopt_unload() {
                 .encap,
             Encap::Ipip
         );
-        let err = fails(&["-n", &a, "peer", "show", "--pin", p], 1);
-        assert!(
-            err.contains(&format!("process {}", std::process::id())),
-            "{err}"
-        );
+        for edit in [
+            &["peer", "del", "--pin", p, "10.20.0.0/16"][..],
+            &[
+                "peer",
+                "add",
+                "--pin",
+                p,
+                "10.22.0.0/16",
+                "remote",
+                "10.77.0.2",
+                "local",
+                "10.77.0.1",
+                "encap",
+                "ipip",
+            ],
+            &["tunnel", "unload", "--pin", p],
+            &[
+                "route",
+                "add",
+                "--pin",
+                p,
+                "10.23.0.0/16",
+                "--dev",
+                "to1",
+                "--src",
+                "10.30.0.1",
+            ],
+        ] {
+            let mut args = vec!["-n", a.as_str()];
+            args.extend_from_slice(edit);
+            let err = fails(&args, 1);
+            assert!(
+                err.contains(&format!("process {}", std::process::id())),
+                "{edit:?}: {err}"
+            );
+        }
+        tunnel
+            .peers_mut()
+            .insert(
+                "10.24.0.0/16".parse().unwrap(),
+                EncapPeer::new(
+                    "10.77.0.2".parse().unwrap(),
+                    "10.77.0.1".parse().unwrap(),
+                    Encap::Ipip,
+                ),
+            )
+            .unwrap();
+        // The owner's change is visible to the show commands at once.
+        let peers = json(&["-n", &a, "peer", "show", "--pin", p]);
+        assert_eq!(peers.as_array().unwrap().len(), 2, "{peers}");
+        assert_eq!(peers[1]["prefix"], "10.24.0.0/16");
+        let stats = json(&["-n", &a, "peer", "stats", "--pin", p, "10.20.0.0/16"]);
+        assert_eq!(stats["peers"][0]["packets"], 3);
+        let show = json(&["-n", &a, "tunnel", "show", "--pin", p]);
+        assert_eq!(show["peers_v4"], 2);
+        assert_eq!(show["routes"].as_array().unwrap().len(), 1, "{show}");
+        tunnel
+            .peers_mut()
+            .remove("10.24.0.0/16".parse().unwrap())
+            .unwrap();
         tunnel
             .peers_mut()
             .insert(

@@ -27,7 +27,7 @@ use lwtun::netns::NetNs;
 use lwtun::peer::MissPolicy;
 use lwtun::route::{lwt_routes, RTPROT_LWTUN};
 use lwtun::tc::{TcAttach, TcDirection, TcMode};
-use lwtun::tunnel::{Tunnel, DEFAULT_CAPACITY};
+use lwtun::tunnel::{PinnedTunnel, Tunnel, DEFAULT_CAPACITY};
 use lwtun::xdp::{Stage, StatsMap, XdpAction, XdpAttachment, XdpMode, XdpOptions, XdpPass};
 use lwtun::{Error, ErrorKind, Result};
 
@@ -54,7 +54,8 @@ JSON output (-j, stable field names):
                  removed_routes, removed_tc_filters}
 Errors print the library's message and exit 1; usage errors exit 2.
 A pinned tunnel is owned by one process at a time (an flock on its folder): while a library
-process has it loaded, every lwtun command on that folder is refused naming the owner's pid.";
+process has it loaded, commands that change it are refused naming the owner's pid; the show
+and stats commands read the pins and work meanwhile.";
 
 #[derive(Parser)]
 #[command(name = "lwtun", version, about = "Look at and change lwtun data planes", after_help = JSON_FIELDS)]
@@ -400,7 +401,7 @@ fn open_pinned(pin: &Path, direct: bool) -> Result<Tunnel> {
 
 /// The id of a pinned tunnel's IPv4 peer trie: a route belongs to the tunnel when its program
 /// uses that map.
-fn peers_map_id(tunnel: &Tunnel) -> Result<u32> {
+fn peers_map_id(tunnel: &impl Tables) -> Result<u32> {
     tunnel
         .map_ids()
         .into_iter()
@@ -495,7 +496,38 @@ struct TunnelShow {
 
 const PINNED_MAPS: [&str; 5] = ["peers_v4", "peers_v6", "peer_stats", "events", "config"];
 
-fn tunnel_show(ctx: &Ctx, tunnel: &Tunnel, pin: &Path) -> Result<()> {
+/// What the show commands read: a loaded tunnel (`tunnel load`) or the pins alone.
+trait Tables {
+    fn peers(&self) -> &lwtun::peer::PeerTable;
+    fn map_ids(&self) -> Vec<(String, u32)>;
+    fn adopted(&self) -> bool;
+}
+
+impl Tables for Tunnel {
+    fn peers(&self) -> &lwtun::peer::PeerTable {
+        Tunnel::peers(self)
+    }
+    fn map_ids(&self) -> Vec<(String, u32)> {
+        Tunnel::map_ids(self)
+    }
+    fn adopted(&self) -> bool {
+        Tunnel::adopted(self)
+    }
+}
+
+impl Tables for PinnedTunnel {
+    fn peers(&self) -> &lwtun::peer::PeerTable {
+        PinnedTunnel::peers(self)
+    }
+    fn map_ids(&self) -> Vec<(String, u32)> {
+        PinnedTunnel::map_ids(self)
+    }
+    fn adopted(&self) -> bool {
+        true
+    }
+}
+
+fn tunnel_show(ctx: &Ctx, tunnel: &impl Tables, pin: &Path) -> Result<()> {
     let peers = tunnel.peers();
     let mut nl = ctx.netlink()?;
     let routes = tunnel_routes(&mut nl, peers_map_id(tunnel)?)?;
@@ -605,7 +637,7 @@ fn tunnel(ctx: &Ctx, command: TunnelCommand) -> Result<()> {
             }
             tunnel_show(ctx, &tunnel, &pin)
         }
-        TunnelCommand::Show { pin } => tunnel_show(ctx, &adopt(&pin, false)?, &pin),
+        TunnelCommand::Show { pin } => tunnel_show(ctx, &PinnedTunnel::open(&pin)?, &pin),
         TunnelCommand::Unload { pin } => {
             let tunnel = open_pinned(&pin, false)?;
             let mut nl = ctx.netlink()?;
@@ -698,7 +730,7 @@ fn peer(ctx: &Ctx, command: PeerCommand) -> Result<()> {
             Ok(())
         }
         PeerCommand::Show { pin } => {
-            let tunnel = adopt(&pin, false)?;
+            let tunnel = PinnedTunnel::open(&pin)?;
             let mut peers: Vec<_> = tunnel.peers().iter().collect();
             peers.sort_by_key(|(p, _)| prefix_order(*p));
             let views: Vec<PeerView> = peers.iter().map(|(p, e)| PeerView::new(*p, e)).collect();
@@ -732,7 +764,7 @@ fn peer(ctx: &Ctx, command: PeerCommand) -> Result<()> {
             Ok(())
         }
         PeerCommand::Stats { pin, prefix } => {
-            let tunnel = adopt(&pin, false)?;
+            let tunnel = PinnedTunnel::open(&pin)?;
             let peers = tunnel.peers();
             let mut prefixes: Vec<IpNetwork> = match prefix {
                 Some(p) => vec![spec::prefix(&p)?],
