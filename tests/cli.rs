@@ -886,10 +886,22 @@ fn route_del_and_leftovers() {
             Some(u64::from(std::process::id()))
         );
     }
+    // An XDP program of lwtun's left on a device.
+    let att = json(&["-n", &a, "xdp", "attach", "to1", "--mode", "generic"]);
+    let left = json(&["-n", &a, "leftovers"]);
+    assert_eq!(
+        left["xdp"],
+        json!([{"dev": "to1", "program_id": att["program_id"]}])
+    );
     let removed = json(&["-n", &a, "leftovers", "--remove"]);
     assert_eq!(removed["removed_routes"], 1, "{removed}");
+    assert_eq!(removed["removed_xdp"], 1, "{removed}");
     let left = json(&["-n", &a, "leftovers"]);
     assert_eq!(left["routes"], json!([]));
+    assert_eq!(left["xdp"], json!([]));
+    assert!(lwtun::xdp::XdpAttachment::query(&net.device(0, "to1"))
+        .unwrap()
+        .is_empty());
     ok(&["-n", &a, "tunnel", "unload", "--pin", p]);
     assert!(!pin.0.exists());
 }

@@ -51,7 +51,7 @@ JSON output (-j, stable field names):
   xdp stats:    one object per sample: {dev, program_id, interval_secs,
                  actions: [{action, packets, bytes, pps, bps}]}
   leftovers:    {tunnel_pins: [{pin, owner_pid}], routes, tc_filters: [{dev, direction, name}],
-                 removed_routes, removed_tc_filters}
+                 xdp: [{dev, program_id}], removed_routes, removed_tc_filters, removed_xdp}
 Errors print the library's message and exit 1; usage errors exit 2.
 A pinned tunnel is owned by one process at a time (an flock on its folder): while a library
 process has it loaded, commands that change it are refused naming the owner's pid; the show
@@ -103,10 +103,10 @@ enum Command {
     /// Capture packets at an XDP, tc or route hook to a pcap file, with a tcpdump filter.
     #[cfg(feature = "capture")]
     Capture(capture::CaptureArgs),
-    /// What lwtun left: tunnel pin folders, routes, tc filters (and remove routes and filters).
+    /// What lwtun left: tunnel pin folders, routes, tc filters, XDP programs (and remove them).
     Leftovers {
-        /// Remove the routes tagged proto 76 and the `lwtun:` tc filters (not tunnel pins: use
-        /// `lwtun tunnel unload`).
+        /// Remove the routes tagged proto 76, the `lwtun:` tc filters and lwtun's XDP programs
+        /// in this namespace (not tunnel pins: use `lwtun tunnel unload`).
         #[arg(long)]
         remove: bool,
     },
@@ -1392,12 +1392,29 @@ struct FilterView {
 }
 
 #[derive(Serialize)]
+struct XdpView {
+    dev: String,
+    program_id: u32,
+}
+
+#[derive(Serialize)]
 struct LeftoversView {
     tunnel_pins: Vec<PinView>,
     routes: Vec<RouteView>,
     tc_filters: Vec<FilterView>,
+    /// XDP programs of lwtun's families (they have an `xdp_stats` map) attached to devices.
+    xdp: Vec<XdpView>,
     removed_routes: usize,
     removed_tc_filters: usize,
+    removed_xdp: usize,
+}
+
+/// Whether program `id` is one of lwtun's XDP family programs (it uses an `xdp_stats` map).
+fn is_lwtun_xdp(id: u32) -> bool {
+    program_map_ids(id).is_ok_and(|maps| {
+        maps.iter()
+            .any(|m| libbpf_rs::MapHandle::from_map_id(*m).is_ok_and(|h| h.name() == "xdp_stats"))
+    })
 }
 
 /// Whether a process holds the flock of `folder` (a tunnel owned by a running process), and
@@ -1488,20 +1505,36 @@ fn leftovers(ctx: &Ctx, remove: bool) -> Result<()> {
             }
         }
     }
-    let (mut removed_routes, mut removed_tc_filters) = (0, 0);
+    let xdp: Vec<XdpView> = links
+        .iter()
+        .filter_map(|l| {
+            let id = l.xdp_prog_id?;
+            is_lwtun_xdp(id).then(|| XdpView {
+                dev: l.name.clone(),
+                program_id: id,
+            })
+        })
+        .collect();
+    let (mut removed_routes, mut removed_tc_filters, mut removed_xdp) = (0, 0, 0);
     if remove {
         removed_routes = lwtun::route::remove_leftovers(&mut nl)?;
         for link in &links {
             removed_tc_filters +=
                 lwtun::tc::remove_leftovers(&ctx.netns.device_by_index(link.index)?)?;
         }
+        for x in &xdp {
+            XdpAttachment::detach_interface(&ctx.netns.device(&x.dev)?, XdpMode::Auto)?;
+            removed_xdp += 1;
+        }
     }
     let view = LeftoversView {
         tunnel_pins,
         routes,
         tc_filters,
+        xdp,
         removed_routes,
         removed_tc_filters,
+        removed_xdp,
     };
     if ctx.json {
         return ctx.print_json(&view);
@@ -1519,10 +1552,14 @@ fn leftovers(ctx: &Ctx, remove: bool) -> Result<()> {
     for f in &view.tc_filters {
         println!("  {} {} {}", f.dev, f.direction, f.name);
     }
+    println!("XDP programs of lwtun's families:");
+    for x in &view.xdp {
+        println!("  {} program {}", x.dev, x.program_id);
+    }
     if remove {
         println!(
-            "removed {} route(s) and {} tc filter(s)",
-            view.removed_routes, view.removed_tc_filters
+            "removed {} route(s), {} tc filter(s), {} XDP program(s)",
+            view.removed_routes, view.removed_tc_filters, view.removed_xdp
         );
     }
     Ok(())
