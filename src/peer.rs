@@ -962,13 +962,71 @@ fn zero_stats_batch(stats: &MapHandle, slots: &[u32]) -> Result<()> {
 impl PeerTable {
     /// Wraps the maps of a loaded encap object (crate-internal: [`crate::tunnel::Tunnel`] does).
     pub(crate) fn new(object: &libbpf_rs::Object, capacity: u32, adopt: bool) -> Result<Self> {
-        let handle = |name: &str| -> Result<MapHandle> {
-            let map = object
-                .maps()
-                .find(|m| m.name() == name)
-                .ok_or_else(|| Error::not_found("open peer table", format!("map {name}")))?;
-            MapHandle::try_from(&map).map_err(|e| Error::bpf("open peer table", e))
+        Self::from_handles(
+            |name| {
+                let map = object
+                    .maps()
+                    .find(|m| m.name() == name)
+                    .ok_or_else(|| Error::not_found("open peer table", format!("map {name}")))?;
+                MapHandle::try_from(&map).map_err(|e| Error::bpf("open peer table", e))
+            },
+            capacity,
+            adopt,
+        )
+    }
+
+    /// Reads the tables pinned by a tunnel (crate-internal: [`crate::tunnel::PinnedTunnel`]
+    /// gives shared access only). Nothing is written; the pins must hold lwtun's config.
+    pub(crate) fn read_pinned(folder: &std::path::Path) -> Result<Self> {
+        let op = "read pinned peer table";
+        let open = |name: &str| -> Result<MapHandle> {
+            let path = folder.join(name);
+            MapHandle::from_pinned_path(&path)
+                .map_err(|e| Error::bpf(op, e).with_object(path.display().to_string()))
         };
+        let v4 = open("peers_v4")?;
+        if v4.map_type() != libbpf_rs::MapType::LpmTrie || v4.key_size() != 8 {
+            return Err(Error::invalid_input(
+                op,
+                format!(
+                    "{}/peers_v4 is a {:?} map with {}-byte keys, not lwtun's IPv4 peer trie: the \
+                     folder holds another program's pins",
+                    folder.display(),
+                    v4.map_type(),
+                    v4.key_size()
+                ),
+            ));
+        }
+        let capacity = v4.max_entries();
+        let mut v4 = Some(v4);
+        let mut table = PeerTable::from_handles(
+            |name| match (name, v4.take()) {
+                ("peers_v4", Some(m)) => Ok(m),
+                _ => open(name),
+            },
+            capacity,
+            None,
+        )?;
+        if table.read_config()?.magic != LWTUN_MAGIC {
+            return Err(Error::invalid_input(
+                op,
+                format!(
+                    "{}/config holds no lwtun tunnel config: the folder is not a tunnel's",
+                    folder.display()
+                ),
+            ));
+        }
+        table.adopt()?;
+        Ok(table)
+    }
+
+    /// `adopt`: `Some(true)` reads the tables back when they hold lwtun's config (else writes a
+    /// fresh config), `Some(false)` writes a fresh config, `None` touches nothing.
+    fn from_handles(
+        mut handle: impl FnMut(&str) -> Result<MapHandle>,
+        capacity: u32,
+        adopt: impl Into<Option<bool>>,
+    ) -> Result<Self> {
         let mut table = PeerTable {
             v4: handle("peers_v4")?,
             v6: handle("peers_v6")?,
@@ -985,10 +1043,10 @@ impl PeerTable {
             count_v4: 0,
             count_v6: 0,
         };
-        if adopt && table.read_config()?.magic == LWTUN_MAGIC {
-            table.adopt()?;
-        } else {
-            table.write_config(MissPolicy::Drop, MissPolicy::Drop)?;
+        match adopt.into() {
+            None => {}
+            Some(true) if table.read_config()?.magic == LWTUN_MAGIC => table.adopt()?,
+            Some(_) => table.write_config(MissPolicy::Drop, MissPolicy::Drop)?,
         }
         Ok(table)
     }

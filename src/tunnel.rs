@@ -789,3 +789,73 @@ impl Tunnel {
             .collect()
     }
 }
+
+/// A read-only look at the tables a tunnel pinned in a folder ([`TunnelBuilder::pin`]), for
+/// tools that show them: the peers, their counters, the miss policies and map ids, read from
+/// the pins without loading programs and without the folder's owner lock, so it works while
+/// another process owns the tunnel. Nothing can be changed through it (the owner's copy of the
+/// table would go stale); what it shows is the tables as they were when it was made.
+///
+/// # Examples
+///
+/// ```no_run
+/// use lwtun::tunnel::PinnedTunnel;
+///
+/// let pinned = PinnedTunnel::open("/sys/fs/bpf/lwtun/t0")?;
+/// for (prefix, peer) in pinned.peers().iter() {
+///     println!("{prefix} → {} ({:?})", peer.remote, pinned.peers().stats(prefix)?);
+/// }
+/// # Ok::<(), lwtun::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct PinnedTunnel {
+    folder: PathBuf,
+    peers: PeerTable,
+}
+
+impl PinnedTunnel {
+    /// Reads the tables pinned in `folder`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotFound`] when the folder holds no tunnel pins; [`ErrorKind::InvalidInput`]
+    /// for another program's pins or an older ABI's; the kernel's error reading them.
+    pub fn open(folder: impl AsRef<Path>) -> Result<Self> {
+        let folder = folder.as_ref();
+        if !folder.join("peers_v4").exists() {
+            return Err(Error::other(
+                ErrorKind::NotFound,
+                "read pinned tunnel",
+                format!(
+                    "{} holds no lwtun tunnel pins (peers_v4); pin one with TunnelBuilder::pin",
+                    folder.display()
+                ),
+            ));
+        }
+        Ok(PinnedTunnel {
+            folder: folder.to_path_buf(),
+            peers: PeerTable::read_pinned(folder)?,
+        })
+    }
+
+    /// The pin folder.
+    pub fn folder(&self) -> &Path {
+        &self.folder
+    }
+
+    /// The peer tables, to read (the counters and miss policy are read live from the maps).
+    pub fn peers(&self) -> &PeerTable {
+        &self.peers
+    }
+
+    /// Names and ids of the pinned maps (for `bpftool map dump id N`).
+    pub fn map_ids(&self) -> Vec<(String, u32)> {
+        PINNED_MAPS
+            .iter()
+            .filter_map(|name| {
+                let map = libbpf_rs::MapHandle::from_pinned_path(self.folder.join(name)).ok()?;
+                Some((name.to_string(), map.info().ok()?.info.id))
+            })
+            .collect()
+    }
+}

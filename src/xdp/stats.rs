@@ -162,6 +162,27 @@ pub struct StatsMap {
 }
 
 impl StatsMap {
+    /// Opens the `xdp_stats` map of a family loaded by another process (found by id, pin or
+    /// through the attached program's map ids), to read its counters.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidInput`] when the map's key or value size is not `xdp_stats`'s.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use lwtun::xdp::{Stage, StatsMap};
+    ///
+    /// let map = libbpf_rs::MapHandle::from_map_id(42).unwrap();
+    /// let stats = StatsMap::from_handle(map)?.snapshot(Stage::Ingress)?;
+    /// println!("{} frames", stats.total().packets);
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    pub fn from_handle(map: MapHandle) -> Result<Self> {
+        Self::new(map)
+    }
+
     pub(crate) fn new(map: MapHandle) -> Result<Self> {
         check_sizes(
             "open XDP stats map",

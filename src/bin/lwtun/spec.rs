@@ -1,0 +1,238 @@
+//! The `ip`-style peer words shared by `lwtun peer add` and its batch files:
+//!
+//! ```text
+//! PREFIX remote ADDR local ADDR encap { ipip | gre [key N] [csum] | udp port N }
+//!        [ttl { N | inherit }] [tos { N | inherit }]
+//! ```
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::Path;
+
+use ipnetwork::IpNetwork;
+use lwtun::peer::{Encap, EncapPeer, PeerTable};
+use lwtun::{Error, Result};
+
+const OP: &str = "parse tunnel peer";
+
+/// The usage line printed with parse errors.
+pub const USAGE: &str =
+    "PREFIX remote ADDR local ADDR encap { ipip | gre [key N] [csum] | udp port N } \
+                         [ttl N|inherit] [tos N|inherit]";
+
+fn value<'a>(words: &mut impl Iterator<Item = &'a str>, key: &str) -> Result<&'a str> {
+    words
+        .next()
+        .ok_or_else(|| Error::invalid_input(OP, format!("`{key}` needs a value; usage: {USAGE}")))
+}
+
+fn parse<T: std::str::FromStr>(text: &str, what: &str) -> Result<T> {
+    text.parse()
+        .map_err(|_| Error::invalid_input(OP, format!("{what} {text:?} is not valid")))
+}
+
+/// A prefix as `ip` writes it; a bare address is a host prefix.
+pub fn prefix(text: &str) -> Result<IpNetwork> {
+    parse::<IpNetwork>(text, "prefix")
+}
+
+/// Parses one peer from its words.
+pub fn peer<'a>(words: impl IntoIterator<Item = &'a str>) -> Result<(IpNetwork, EncapPeer)> {
+    let mut words = words.into_iter();
+    let dst = prefix(
+        words
+            .next()
+            .ok_or_else(|| Error::invalid_input(OP, format!("no prefix; usage: {USAGE}")))?,
+    )?;
+    let (mut remote, mut local, mut kind) = (None::<IpAddr>, None::<IpAddr>, None::<&str>);
+    let (mut key, mut csum, mut port) = (None::<u32>, false, None::<u16>);
+    let (mut ttl, mut tos) = (None::<Option<u8>>, None::<Option<u8>>);
+    while let Some(word) = words.next() {
+        match word {
+            "remote" => remote = Some(parse(value(&mut words, word)?, "remote address")?),
+            "local" => local = Some(parse(value(&mut words, word)?, "local address")?),
+            "encap" => kind = Some(value(&mut words, word)?),
+            "key" => key = Some(parse(value(&mut words, word)?, "GRE key")?),
+            "csum" => csum = true,
+            "port" => port = Some(parse(value(&mut words, word)?, "UDP port")?),
+            "ttl" | "tos" => {
+                let v = value(&mut words, word)?;
+                let field = if v == "inherit" {
+                    None
+                } else {
+                    Some(parse::<u8>(v, word)?)
+                };
+                if word == "ttl" {
+                    ttl = Some(field);
+                } else {
+                    tos = Some(field);
+                }
+            }
+            other => {
+                return Err(Error::invalid_input(
+                    OP,
+                    format!("unknown word {other:?}; usage: {USAGE}"),
+                ))
+            }
+        }
+    }
+    let missing = |what: &str| Error::invalid_input(OP, format!("no `{what}`; usage: {USAGE}"));
+    let remote = remote.ok_or_else(|| missing("remote ADDR"))?;
+    let local = local.ok_or_else(|| missing("local ADDR"))?;
+    let encap = match kind.ok_or_else(|| missing("encap KIND"))? {
+        "ipip" => Encap::Ipip,
+        "gre" => Encap::Gre {
+            key,
+            checksum: csum,
+        },
+        "udp" => Encap::Udp {
+            port: port.ok_or_else(|| missing("port N (for encap udp)"))?,
+        },
+        other => {
+            return Err(Error::invalid_input(
+                OP,
+                format!("encap {other:?}: use ipip, gre or udp"),
+            ))
+        }
+    };
+    if !matches!(encap, Encap::Gre { .. }) && (key.is_some() || csum) {
+        return Err(Error::invalid_input(
+            OP,
+            "`key` and `csum` go with encap gre",
+        ));
+    }
+    if !matches!(encap, Encap::Udp { .. }) && port.is_some() {
+        return Err(Error::invalid_input(OP, "`port` goes with encap udp"));
+    }
+    let mut peer = EncapPeer::new(remote, local, encap);
+    match ttl {
+        Some(Some(v)) => peer = peer.ttl(v),
+        Some(None) => peer = peer.inherit_ttl(),
+        None => {}
+    }
+    match tos {
+        Some(Some(v)) => peer = peer.tos(v),
+        Some(None) => peer = peer.inherit_tos(),
+        None => {}
+    }
+    peer.validate()
+        .map_err(|e| e.with_object(dst.to_string()))?;
+    Ok((dst, peer))
+}
+
+/// The table's key for a prefix: host bits cleared (the table ignores them).
+fn key(prefix: IpNetwork) -> IpNetwork {
+    IpNetwork::new(prefix.network(), prefix.prefix()).unwrap_or(prefix)
+}
+
+/// Parses a batch file: one peer per line in the words of [`peer`]; blank lines and lines
+/// starting with `#` are skipped. Every line is checked, also against `table` (a prefix that
+/// has a peer, or one twice in the file), before anything is applied; the first bad line is
+/// reported as `FILE:LINE`.
+pub fn batch(
+    file: &Path,
+    text: &str,
+    table: &PeerTable,
+    mut progress: impl FnMut(u64),
+) -> Result<Vec<(IpNetwork, EncapPeer)>> {
+    let mut peers = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, line) in text.lines().enumerate() {
+        progress(line.len() as u64 + 1);
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let at = format!("{}:{}", file.display(), i + 1);
+        let (prefix, peer) = peer(line.split_whitespace()).map_err(|e| e.with_object(&at))?;
+        let k = key(prefix);
+        if table.get(k).is_some() {
+            return Err(Error::other(
+                lwtun::ErrorKind::Exists,
+                "add tunnel peers (batch)",
+                format!("{k} has a peer already; delete it first (`lwtun peer del {k}`)"),
+            )
+            .with_object(at));
+        }
+        if !seen.insert(k) {
+            return Err(Error::invalid_input(
+                "add tunnel peers (batch)",
+                format!("{k} is in the file twice"),
+            )
+            .with_object(at));
+        }
+        peers.push((prefix, peer));
+    }
+    Ok(peers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lwtun::peer::OuterField;
+    use lwtun::ErrorKind;
+
+    fn words(s: &str) -> Result<(IpNetwork, EncapPeer)> {
+        peer(s.split_whitespace())
+    }
+
+    #[test]
+    fn parses_every_encap_and_option() {
+        let (p, g) = words(
+            "10.20.0.0/16 remote 10.77.0.2 local 10.77.0.1 encap gre key 5 csum ttl inherit tos 8",
+        )
+        .unwrap();
+        assert_eq!(p.to_string(), "10.20.0.0/16");
+        assert_eq!(
+            g.encap,
+            Encap::Gre {
+                key: Some(5),
+                checksum: true
+            }
+        );
+        assert_eq!(g.ttl, OuterField::Inherit);
+        assert_eq!(g.tos, OuterField::Fixed(8));
+        let (_, u) = words("fd00::/64 encap udp port 5555 remote fd77::2 local fd77::1").unwrap();
+        assert_eq!(u.encap, Encap::Udp { port: 5555 });
+        assert_eq!(u.ttl, OuterField::Fixed(64));
+        let (_, i) = words("10.1.2.3 remote 1.2.3.4 local 1.2.3.5 encap ipip").unwrap();
+        assert_eq!(i.encap, Encap::Ipip);
+    }
+
+    #[test]
+    fn refuses_bad_words_with_what_to_do() {
+        for (line, needle) in [
+            ("10.0.0.0/8 remote 1.1.1.1 encap ipip", "local"),
+            ("10.0.0.0/8 remote 1.1.1.1 local 2.2.2.2", "encap"),
+            ("10.0.0.0/8 remote 1.1.1.1 local 2.2.2.2 encap udp", "port"),
+            (
+                "10.0.0.0/8 remote 1.1.1.1 local 2.2.2.2 encap ipip key 3",
+                "gre",
+            ),
+            (
+                "10.0.0.0/8 remote 1.1.1.1 local 2.2.2.2 encap vxlan",
+                "vxlan",
+            ),
+            (
+                "10.0.0.0/8 remote 1.1.1.1 local 2.2.2.2 encap ipip mtu 3",
+                "unknown",
+            ),
+            (
+                "10.0.0.0/8 remote 1.1.1.1 local fd00::1 encap ipip",
+                "families",
+            ),
+            (
+                "10.0.0.0/33 remote 1.1.1.1 local 2.2.2.2 encap ipip",
+                "prefix",
+            ),
+            (
+                "10.0.0.0/8 remote 1.1.1.1 local 2.2.2.2 encap gre key",
+                "needs a value",
+            ),
+        ] {
+            let e = words(line).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidInput, "{line}");
+            assert!(e.to_string().contains(needle), "{line}: {e}");
+        }
+    }
+}
