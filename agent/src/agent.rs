@@ -8,7 +8,8 @@
 //!     │             ├ compacted ("required revision has been compacted"): Get + diff again
 //!     │             ├ own key deleted: put it again
 //!     │             └ keep-alive every TTL/3; lease gone: grant a new one, put again
-//!     └──── stream or connection lost: back off (100 ms doubling to 2 s), table kept as is
+//!     └──── stream or connection lost: back off (100 ms doubling to TTL/4, at most 2 s), table
+//!           kept as is
 //! ```
 //!
 //! The table is never flushed because etcd is unreachable: the data plane keeps forwarding
@@ -168,7 +169,9 @@ impl<S: PeerSink> Agent<S> {
                     Some(Control::Shutdown) | None => return Ok(()),
                 },
             }
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            // At most a quarter of the TTL, so the lease outlives an etcd restart.
+            let most = Duration::from_millis((self.config.lease_ttl.max(1) as u64 * 250).min(2000));
+            backoff = (backoff * 2).min(most);
         }
     }
 
