@@ -97,6 +97,8 @@ pub struct Agent<S: PeerSink> {
     lease: Option<i64>,
     /// The revision of the last event applied (0: no full sync yet).
     revision: i64,
+    /// The last sync failed: retried at every keep-alive tick until it succeeds.
+    retry: bool,
     status: Status,
 }
 
@@ -115,6 +117,7 @@ impl<S: PeerSink> Agent<S> {
             sink,
             lease: None,
             revision: 0,
+            retry: false,
             status,
         }
     }
@@ -179,7 +182,7 @@ impl<S: PeerSink> Agent<S> {
         let options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(1))
             .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2));
-        Ok(timed(Client::connect(&self.config.etcd, Some(options))).await?)
+        timed(Client::connect(&self.config.etcd, Some(options))).await
     }
 
     /// A live lease for this host's record: the previous one while etcd still has it.
@@ -227,7 +230,7 @@ impl<S: PeerSink> Agent<S> {
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(self.revision + 1);
-        Ok(timed(client.watch(prefix, Some(options))).await?)
+        timed(client.watch(prefix, Some(options))).await
     }
 
     async fn session(
@@ -243,6 +246,12 @@ impl<S: PeerSink> Agent<S> {
         }
         let mut watch = self.watch(client).await?;
         self.status.connected = true;
+        eprintln!(
+            "lwtun-agent {}: watching {} from revision {}",
+            self.config.host,
+            self.fleet.layout().hosts_prefix(),
+            self.revision + 1
+        );
         self.write_status()?;
         let period =
             Duration::from_millis((self.config.lease_ttl.max(1) as u64 * 1000 / 3).max(200));
@@ -270,15 +279,14 @@ impl<S: PeerSink> Agent<S> {
                     let mut own_gone = false;
                     for event in response.events() {
                         let Some(kv) = event.kv() else { continue };
-                        let change = match event.event_type() {
-                            EventType::Put => self.fleet.put(kv.key(), kv.value(), kv.create_revision()),
-                            EventType::Delete => {
-                                let c = self.fleet.delete(kv.key());
-                                own_gone |= c == Change::Own;
-                                c
+                        match event.event_type() {
+                            EventType::Put => {
+                                self.fleet.put(kv.key(), kv.value(), kv.create_revision());
                             }
-                        };
-                        let _ = change;
+                            EventType::Delete => {
+                                own_gone |= self.fleet.delete(kv.key()) == Change::Own;
+                            }
+                        }
                         self.revision = self.revision.max(kv.mod_revision());
                     }
                     if !response.events().is_empty() {
@@ -296,6 +304,10 @@ impl<S: PeerSink> Agent<S> {
                 _ = tick.tick() => {
                     if let Err(e) = keeper.keep_alive().await {
                         return Ok(Exit::Lost(format!("lease keep-alive: {e}")));
+                    }
+                    if self.retry {
+                        // the last sync failed (a full table, a kernel error): try again
+                        self.sync()?;
                     }
                 }
                 answer = alive.message() => match answer {
@@ -357,6 +369,7 @@ impl<S: PeerSink> Agent<S> {
             self.status.updated_at_us = now_us();
         }
         self.status.revision = self.revision;
+        self.retry = error.is_some();
         self.status.last_error = error;
         self.status.rejected = self.fleet.rejected().clone();
         self.write_status()

@@ -142,6 +142,7 @@ async fn run(args: Args) -> Result<(), AgentError> {
         EncapArg::Ipip => Encap::Ipip,
     };
     let record = own_record(&args, encap)?;
+    let started = std::time::Instant::now();
     let dataplane = DataPlane::open(&DataPlaneConfig {
         netns: args.netns.clone(),
         device: args.device.clone(),
@@ -152,6 +153,13 @@ async fn run(args: Args) -> Result<(), AgentError> {
         capacity: args.capacity,
         pin: args.pin.clone(),
     })?;
+    eprintln!(
+        "lwtun-agent {}: data plane loaded in {} ms ({} steered prefixes on {})",
+        args.host,
+        started.elapsed().as_millis(),
+        args.steer.len(),
+        args.device
+    );
     let fleet = Fleet::new(
         Layout::new(&args.root, &args.fleet)?,
         &args.host,

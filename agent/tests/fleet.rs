@@ -517,7 +517,7 @@ fn five_hosts_follow_the_fleet_in_etcd() {
         table(s) == want && s.decap_peers.len() == 4
     });
     figures.add(format!(
-        "start of 5 agents -> every table complete: {}",
+        "start of 5 agents (each loads and verifies its BPF programs, ~2 s here) -> every table complete: {}",
         ms(spread(&st, t0))
     ));
     common::ip(&f.hosts[1], &["addr", "add", "10.210.0.1/32", "dev", "lo"]);
