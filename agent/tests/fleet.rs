@@ -13,156 +13,20 @@
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, GetOptions, PutOptions};
 use lwtun::netns::NetNs;
 use lwtun_agent::status::{now_us, Status};
+use support::{runtime, Etcd, TempDir};
 
-const ETCD: &str = "/usr/bin/etcd";
 const TTL: u32 = 3;
 const PORT: &str = "6081";
-
-/// A private directory under /tmp, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("lwtun-agent-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A single-member etcd on loopback; killed when dropped (also on panic).
-struct Etcd {
-    child: Option<Child>,
-    dir: PathBuf,
-    client_port: u16,
-    peer_port: u16,
-}
-
-impl Etcd {
-    fn start(dir: &Path) -> Etcd {
-        let mut e = Etcd {
-            child: None,
-            dir: dir.to_path_buf(),
-            client_port: free_port(),
-            peer_port: free_port(),
-        };
-        e.spawn();
-        e
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
-    }
-
-    fn spawn(&mut self) {
-        let client = self.url();
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("etcd.log"))
-            .unwrap();
-        let child = Command::new(ETCD)
-            .args(["--name", "t", "--data-dir"])
-            .arg(self.dir.join("data"))
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &format!("t={peer}")])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {ETCD}: {e}"));
-        self.child = Some(child);
-        let rt = runtime();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let ok = rt.block_on(async {
-                let mut c = Client::connect([self.url()], None).await.ok()?;
-                tokio::time::timeout(Duration::from_secs(1), c.status())
-                    .await
-                    .ok()?
-                    .ok()
-            });
-            if ok.is_some() {
-                return;
-            }
-            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("etcd exited ({st}): {}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "etcd not healthy after 20 s: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default()
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Kill and start again on the same data dir and ports.
-    fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// One running agent; SIGKILLed when dropped.
 struct AgentProc {
@@ -485,12 +349,7 @@ fn five_hosts_follow_the_fleet_in_etcd() {
     if !common::privileged("five_hosts_follow_the_fleet_in_etcd") {
         return;
     }
-    if !Path::new(ETCD).exists() {
-        let why = format!("five_hosts_follow_the_fleet_in_etcd: {ETCD} missing (apt-get install etcd-server, see scripts/setup.sh)");
-        if common::privileges_required() {
-            panic!("{why}, and CI=true/LWTUN_REQUIRE_PRIV=1 forbids skipping");
-        }
-        eprintln!("SKIPPED {why}");
+    if !support::etcd_installed("five_hosts_follow_the_fleet_in_etcd") {
         return;
     }
     let rt = runtime();
