@@ -203,13 +203,15 @@ impl<S: PeerSink> Agent<S> {
     async fn publish(&mut self, client: &mut Client) -> Result<(), AgentError> {
         let lease = self.lease(client).await?;
         let value = self.config.record.encode();
+        // the moment the change is written (before the call: watchers may see it first)
+        let at = now_us();
         let put = client.put(
             self.key.clone(),
             value,
             Some(PutOptions::new().with_lease(lease)),
         );
         timed(put).await?;
-        self.status.published_at_us = now_us();
+        self.status.published_at_us = at;
         Ok(())
     }
 

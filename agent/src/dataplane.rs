@@ -8,9 +8,11 @@ use std::path::PathBuf;
 use ipnetwork::IpNetwork;
 use lwtun::decap::{Decap, DecapPeer};
 use lwtun::device::Device;
+use lwtun::netlink::route::{RouteFilter, RT_TABLE_MAIN};
 use lwtun::netlink::Netlink;
 use lwtun::netns::NetNs;
 use lwtun::peer::Encap;
+use lwtun::route::RTPROT_LWTUN;
 use lwtun::tunnel::{Tunnel, WORST_CASE_ENCAP};
 
 use crate::fleet::{Diff, PeerMap};
@@ -154,7 +156,8 @@ impl std::fmt::Debug for DataPlane {
 }
 
 impl DataPlane {
-    /// Loads the tunnel and the decap and installs the routes.
+    /// Loads the tunnel and the decap and installs the routes. lwtun routes for the steered
+    /// prefixes that are there already (left by an agent that died) are replaced.
     ///
     /// # Errors
     ///
@@ -175,6 +178,21 @@ impl DataPlane {
             builder = builder.pin(pin);
         }
         let mut tunnel = builder.load()?;
+        // An agent that died (SIGKILL, crash) leaves its routes behind, still running its old
+        // programs: the steered prefixes are this agent's, so lwtun routes for them go first.
+        let leftovers = nl.routes(&RouteFilter {
+            protocol: Some(RTPROT_LWTUN),
+            table: Some(RT_TABLE_MAIN),
+            ..RouteFilter::all()
+        })?;
+        for route in leftovers.iter().filter(|r| config.steer.contains(&r.dst)) {
+            nl.delete_route(route)?;
+            eprintln!(
+                "lwtun-agent: removed the leftover lwtun route {} in {}",
+                route.dst,
+                ns.name()
+            );
+        }
         for prefix in &config.steer {
             let route = tunnel
                 .route(*prefix)

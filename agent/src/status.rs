@@ -46,7 +46,8 @@ pub struct Status {
     /// When the agent last applied a change: the table, or the revision it reflects (µs since
     /// the Unix epoch).
     pub updated_at_us: u64,
-    /// When this host's own record was last written to etcd (µs since the Unix epoch).
+    /// When this host's own record was last written to etcd: the start of the put that
+    /// succeeded (µs since the Unix epoch).
     pub published_at_us: u64,
     /// Whether the agent is connected to etcd and watching.
     pub connected: bool,

@@ -497,9 +497,24 @@ fn five_hosts_follow_the_fleet_in_etcd() {
         p.output
     );
 
+    // --- the crashed host's agent starts again (its routes were left behind) and rejoins ---
+    f.start_agent(2, &[]);
+    let st = f.wait_all("host 2 back", Duration::from_secs(30), poll, |i, s| {
+        let t = table(s);
+        expected(i, &six).iter().all(|(p, r)| t.get(p) == Some(r))
+    });
+    let back_at = st[&2].published_at_us;
+    let others: BTreeMap<usize, Status> = st.into_iter().filter(|(i, _)| *i != 2).collect();
+    figures.add(format!(
+        "crashed host restarting: its record written -> last of 5 other tables: {}",
+        ms(spread(&others, back_at))
+    ));
+    let p = common::ping(&f.hosts[0], service(2).parse().unwrap(), 1);
+    assert_eq!(p.received, 1, "host 2 back: {}", p.output);
+
     // --- etcd restarting; host 0's agent is stopped meanwhile, and the history it would
     // resume from is compacted: it must resync with a full Get ---
-    let alive = [0, 1, 3, 4, 5];
+    let alive = [0, 1, 2, 3, 4, 5];
     let tables: BTreeMap<usize, _> = f
         .agents
         .iter()
