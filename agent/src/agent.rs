@@ -32,6 +32,10 @@ use crate::AgentError;
 /// How long one unary etcd call may take before the session counts as lost.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The largest etcd answer taken (a Get of the whole fleet): gRPC's default of 4 MiB would hold
+/// only a few large records (etcd takes values up to 1.5 MiB each).
+const MAX_MESSAGE: usize = 1 << 30;
+
 /// What the agent is asked to do from outside (signals).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {
@@ -216,9 +220,10 @@ impl<S: PeerSink> Agent<S> {
     }
 
     /// Get + diff: the fleet and the table from scratch, in one batch.
-    async fn full_sync(&mut self, client: &mut Client) -> Result<(), AgentError> {
+    async fn full_sync(&mut self, client: &Client) -> Result<(), AgentError> {
         let prefix = self.fleet.layout().hosts_prefix().to_string();
-        let got = timed(client.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
+        let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
+        let got = timed(kv.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
         self.fleet.clear();
         for kv in got.kvs() {
             self.fleet.put(kv.key(), kv.value(), kv.create_revision());
@@ -227,12 +232,13 @@ impl<S: PeerSink> Agent<S> {
         self.sync()
     }
 
-    async fn watch(&self, client: &mut Client) -> Result<WatchStream, AgentError> {
+    async fn watch(&self, client: &Client) -> Result<WatchStream, AgentError> {
         let prefix = self.fleet.layout().hosts_prefix().to_string();
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(self.revision + 1);
-        timed(client.watch(prefix, Some(options))).await
+        let mut watch = client.watch_client().max_decoding_message_size(MAX_MESSAGE);
+        timed(watch.watch(prefix, Some(options))).await
     }
 
     async fn session(

@@ -144,3 +144,59 @@ fn agent_follows_etcd_through_leases_bad_values_and_a_restart() {
     let got = rt.block_on(client.get(key("a"), None)).unwrap();
     assert!(got.kvs().is_empty(), "own record left after shutdown");
 }
+
+/// A fleet whose records add up to more than gRPC's default 4 MiB answer: four hosts of
+/// 60 000 prefixes each (about 1.2 MB per record, under etcd's 1.5 MiB request limit), put
+/// before the agent starts, so its first Get carries them all.
+#[test]
+fn a_fleet_larger_than_the_default_grpc_message_syncs_in_one_get() {
+    if !support::etcd_installed("a_fleet_larger_than_the_default_grpc_message_syncs_in_one_get") {
+        return;
+    }
+    let dir = TempDir::new("large");
+    let etcd = Etcd::start(&dir.0);
+    let layout = Layout::new("/lwtun/fleet", "large").unwrap();
+    let rt = runtime();
+    let mut client = rt.block_on(Client::connect([etcd.url()], None)).unwrap();
+    let mut bytes = 0;
+    for h in 0..4u32 {
+        let prefixes: Vec<String> = (0..60_000u32)
+            .map(|k| format!("\"10.{}.{}.{}/32\"", 100 + h, k / 256, k % 256))
+            .collect();
+        let value = format!(
+            r#"{{"endpoint":"10.99.1.{}","encap":"ipip","prefixes":[{}]}}"#,
+            h + 1,
+            prefixes.join(",")
+        );
+        bytes += value.len();
+        rt.block_on(client.put(layout.host_key(&format!("h{h}")).unwrap(), value, None))
+            .unwrap();
+    }
+    assert!(bytes > 4 << 20, "{bytes} bytes");
+    let status = dir.0.join("a.status");
+    let record =
+        HostRecord::decode(br#"{"endpoint":"10.99.0.1","encap":"ipip","prefixes":[]}"#).unwrap();
+    let config = AgentConfig {
+        etcd: vec![etcd.url()],
+        host: "a".into(),
+        record: record.clone(),
+        lease_ttl: 5,
+        status: Some(status.clone()),
+    };
+    let fleet = Fleet::new(layout, "a", record.endpoint);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let agent = std::thread::spawn(move || {
+        let mut agent = Agent::new(config, fleet, MemoryTable::default());
+        runtime()
+            .block_on(agent.run(rx))
+            .map(|()| agent.sink().clone())
+    });
+    let s = wait(&status, "240k peers", |s| {
+        s.peers.len() == 240_000 || s.reconnects > 0
+    });
+    assert_eq!(s.reconnects, 0, "{:?}", s.last_error);
+    rt.block_on(tx.send(Control::Shutdown)).unwrap();
+    let table = agent.join().unwrap().unwrap();
+    assert_eq!(table.peers.len(), 240_000);
+    assert_eq!(table.batches, 1, "the initial sync is one batch");
+}
