@@ -67,13 +67,24 @@ impl Drop for AgentProc {
 }
 
 /// The test's world: the underlay, the hosts, etcd and the agents.
+/// A pin folder on bpffs, removed when dropped (a SIGKILLed agent leaves its pins).
+struct PinDir(PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+// Field order is drop order: the agents stop before their namespaces and etcd go.
 struct Fleet {
-    dir: TempDir,
-    name: String,
-    etcd: Etcd,
-    underlay: NetNs,
-    hosts: Vec<NetNs>,
     agents: BTreeMap<usize, AgentProc>,
+    etcd: Etcd,
+    hosts: Vec<NetNs>,
+    underlay: NetNs,
+    dir: TempDir,
+    pins: PinDir,
+    name: String,
 }
 
 fn endpoint(i: usize) -> String {
@@ -102,6 +113,10 @@ impl Fleet {
             underlay,
             hosts: Vec::new(),
             agents: BTreeMap::new(),
+            pins: PinDir(PathBuf::from(format!(
+                "/sys/fs/bpf/lwtun-agent-test-{}",
+                std::process::id()
+            ))),
         };
         for _ in 0..n {
             f.add_host();
@@ -165,6 +180,8 @@ impl Fleet {
             .args(["--device", "ul0", "--netns", self.hosts[i].name()])
             .args(["--lease-ttl", &TTL.to_string(), "--status"])
             .arg(&status)
+            .arg("--pin")
+            .arg(self.pin(i))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -180,6 +197,27 @@ impl Fleet {
                 prefix_file,
             },
         );
+    }
+
+    /// Host `i`'s pin folder of its peer tables.
+    fn pin(&self, i: usize) -> PathBuf {
+        self.pins.0.join(format!("h{i}"))
+    }
+
+    /// The IPv4 peers in host `i`'s kernel table, as bpftool dumps the pinned map.
+    fn kernel_peers(&self, i: usize) -> usize {
+        let out = Command::new("bpftool")
+            .args(["-j", "map", "dump", "pinned"])
+            .arg(self.pin(i).join("peers_v4"))
+            .output()
+            .expect("run bpftool");
+        assert!(
+            out.status.success(),
+            "bpftool: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let entries: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        entries.len()
     }
 
     fn logs(&self) -> String {
@@ -619,6 +657,14 @@ fn five_hosts_follow_the_fleet_in_etcd() {
         Duration::from_millis(50),
         |i, s| s.peers.len() == base[&i] + 10_000,
     );
+    // the status is what the kernel holds: the pinned trie has the same entries
+    for (i, s) in &st {
+        assert_eq!(
+            f.kernel_peers(*i),
+            s.peers.len(),
+            "h{i}: kernel table vs status"
+        );
+    }
     figures.add(format!(
         "10 000 peers published at once: etcd write -> last of 5 tables: {}",
         ms(spread(&st, t0))
