@@ -8,10 +8,14 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
+# the fleet agent is a workspace member of its own (the commands above cover the root package)
+cargo clippy -p lwtun-agent --all-targets -- -D warnings
 # the API docs build without a warning (broken or redundant intra-doc links, bad HTML)
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
 cargo test --lib --bins --tests --examples
 cargo test --doc
+# the fleet agent: unit and doc tests, and the five-host test against a real etcd
+cargo test -p lwtun-agent
 # the shipped BPF objects are what bpf/ compiles to (else: run ./scripts/bpf-objects.sh)
 ./scripts/bpf-objects.sh --check
 # the packaged crate builds without clang and a crate depending on it runs an LWT route

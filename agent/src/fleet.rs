@@ -1,0 +1,456 @@
+//! The fleet as etcd holds it, and the peer table one host should have: [`Fleet`], [`diff`].
+//!
+//! A host's table maps every prefix published by the *other* hosts to the publisher's
+//! endpoint, encapsulated as the publisher asks, from this host's own endpoint.
+//!
+//! # Rules for hostile or conflicting values
+//!
+//! - A value that is not a valid [`HostRecord`] (bad JSON, bad prefix, bad endpoint, ...) is
+//!   refused whole and the host is treated as absent; the refusal and its reason are kept in
+//!   [`Fleet::rejected`] (the agent reports them in its status). Its previous good value is *not*
+//!   kept: a host that publishes garbage loses its peers, it does not freeze them.
+//! - A host whose endpoint is of the other address family than this host's endpoint, or is this
+//!   host's own endpoint, is refused too (this host cannot send to it).
+//! - Two hosts claiming the same prefix (exactly the same network and length): the claim whose
+//!   key was created first in etcd (lowest create revision; the host name breaks a tie, which
+//!   etcd never makes) wins; the later claimant gets no peer for that prefix until the earlier
+//!   one withdraws it. Every agent applies the same rule to the same data, so the fleet agrees.
+//! - A prefix this host publishes itself is never a peer in its own table, whoever else claims
+//!   it: its own traffic for it is local.
+//! - Overlapping but different prefixes (`10.1.0.0/16` and `10.1.2.0/24`) are no conflict: the
+//!   table is longest-prefix-match.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use lwtun::peer::EncapPeer;
+
+use crate::layout::Layout;
+use crate::record::HostRecord;
+
+/// One accepted host of the fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// What it published.
+    pub record: HostRecord,
+    /// The etcd create revision of its key (older claims win conflicts).
+    pub create_revision: i64,
+}
+
+/// The peer table a host should have: prefix → peer.
+pub type PeerMap = BTreeMap<IpNetwork, EncapPeer>;
+
+/// The fleet seen from one host: every accepted member, every refused value.
+///
+/// # Examples
+///
+/// ```
+/// use lwtun_agent::fleet::Fleet;
+/// use lwtun_agent::layout::Layout;
+///
+/// let layout = Layout::new("/lwtun/fleet", "f")?;
+/// let mut fleet = Fleet::new(layout, "a", "10.99.0.1".parse().unwrap());
+/// fleet.put(b"/lwtun/fleet/f/hosts/b",
+///     br#"{"endpoint":"10.99.0.2","encap":"ipip","prefixes":["10.200.2.0/24"]}"#, 5);
+/// let want = fleet.desired();
+/// assert_eq!(want.len(), 1);
+/// assert_eq!(want[&"10.200.2.0/24".parse().unwrap()].remote, "10.99.0.2".parse::<std::net::IpAddr>().unwrap());
+/// # Ok::<(), lwtun_agent::AgentError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    layout: Layout,
+    me: String,
+    endpoint: IpAddr,
+    members: BTreeMap<String, Member>,
+    rejected: BTreeMap<String, String>,
+}
+
+/// What a [`Fleet::put`] or [`Fleet::delete`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// The key is not a host of this fleet (ignored).
+    Ignored,
+    /// The key is this host's own.
+    Own,
+    /// Another host's member entry changed (added, replaced, refused or removed).
+    Other,
+}
+
+impl Fleet {
+    /// The fleet of `layout` seen from host `me`, whose tunnel endpoint is `endpoint`.
+    pub fn new(layout: Layout, me: &str, endpoint: IpAddr) -> Self {
+        Fleet {
+            layout,
+            me: me.to_string(),
+            endpoint,
+            members: BTreeMap::new(),
+            rejected: BTreeMap::new(),
+        }
+    }
+
+    /// The key layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// This host's name.
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    /// Forgets everything (before a full resync).
+    pub fn clear(&mut self) {
+        self.members.clear();
+        self.rejected.clear();
+    }
+
+    /// A key was put (from a Get or a watch event) with its create revision.
+    pub fn put(&mut self, key: &[u8], value: &[u8], create_revision: i64) -> Change {
+        let Some(host) = self.layout.host_of(key) else {
+            return Change::Ignored;
+        };
+        let host = host.to_string();
+        let checked = HostRecord::decode(value)
+            .map_err(|e| e.to_string())
+            .and_then(|r| self.check_member(&host, r));
+        match checked {
+            Ok(record) => {
+                self.rejected.remove(&host);
+                self.members.insert(
+                    host.clone(),
+                    Member {
+                        record,
+                        create_revision,
+                    },
+                );
+            }
+            Err(why) => {
+                self.members.remove(&host);
+                self.rejected.insert(host.clone(), why);
+            }
+        }
+        if host == self.me {
+            Change::Own
+        } else {
+            Change::Other
+        }
+    }
+
+    /// A key was deleted (or its lease expired).
+    pub fn delete(&mut self, key: &[u8]) -> Change {
+        let Some(host) = self.layout.host_of(key) else {
+            return Change::Ignored;
+        };
+        self.members.remove(host);
+        self.rejected.remove(host);
+        if host == self.me {
+            Change::Own
+        } else {
+            Change::Other
+        }
+    }
+
+    fn check_member(&self, host: &str, record: HostRecord) -> Result<HostRecord, String> {
+        if host == self.me {
+            return Ok(record);
+        }
+        if record.endpoint.is_ipv4() != self.endpoint.is_ipv4() {
+            return Err(format!(
+                "endpoint {} is not of the family of this host's endpoint {}",
+                record.endpoint, self.endpoint
+            ));
+        }
+        if record.endpoint == self.endpoint {
+            return Err(format!(
+                "endpoint {} is this host's own endpoint",
+                record.endpoint
+            ));
+        }
+        Ok(record)
+    }
+
+    /// The accepted members, this host's own entry included when present.
+    pub fn members(&self) -> &BTreeMap<String, Member> {
+        &self.members
+    }
+
+    /// Hosts whose value was refused, with the reason.
+    pub fn rejected(&self) -> &BTreeMap<String, String> {
+        &self.rejected
+    }
+
+    /// The endpoints of the other accepted members (the outer sources this host decapsulates
+    /// from).
+    pub fn remote_endpoints(&self) -> BTreeSet<IpAddr> {
+        self.members
+            .iter()
+            .filter(|(h, _)| **h != self.me)
+            .map(|(_, m)| m.record.endpoint)
+            .collect()
+    }
+
+    /// The peer table this host should have, by the rules in the module docs.
+    pub fn desired(&self) -> PeerMap {
+        let own: BTreeSet<IpNetwork> = self
+            .members
+            .get(&self.me)
+            .map(|m| m.record.prefixes.iter().copied().collect())
+            .unwrap_or_default();
+        // Oldest claim first, so the first writer of each prefix wins.
+        let mut others: Vec<(&String, &Member)> = self
+            .members
+            .iter()
+            .filter(|(h, _)| **h != self.me)
+            .collect();
+        others.sort_by(|a, b| (a.1.create_revision, a.0).cmp(&(b.1.create_revision, b.0)));
+        let mut want = PeerMap::new();
+        for (_, m) in others {
+            let peer = EncapPeer::new(m.record.endpoint, self.endpoint, m.record.encap);
+            for p in &m.record.prefixes {
+                if !own.contains(p) {
+                    want.entry(*p).or_insert(peer);
+                }
+            }
+        }
+        want
+    }
+}
+
+/// The edits that turn one peer table into another.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Diff {
+    /// Prefixes to add, with their peer.
+    pub insert: Vec<(IpNetwork, EncapPeer)>,
+    /// Prefixes whose peer changes, with the new peer.
+    pub replace: Vec<(IpNetwork, EncapPeer)>,
+    /// Prefixes to remove.
+    pub remove: Vec<IpNetwork>,
+}
+
+impl Diff {
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.insert.is_empty() && self.replace.is_empty() && self.remove.is_empty()
+    }
+
+    /// Edits in all.
+    pub fn len(&self) -> usize {
+        self.insert.len() + self.replace.len() + self.remove.len()
+    }
+}
+
+/// The edits from `current` (what the table holds) to `desired`, in prefix order.
+///
+/// # Examples
+///
+/// ```
+/// use lwtun::peer::{Encap, EncapPeer};
+/// use lwtun_agent::fleet::{diff, PeerMap};
+///
+/// let peer = |r: &str| EncapPeer::new(r.parse().unwrap(), "10.0.0.1".parse().unwrap(), Encap::Ipip);
+/// let mut current = PeerMap::new();
+/// current.insert("10.1.0.0/16".parse().unwrap(), peer("10.0.0.2"));
+/// current.insert("10.2.0.0/16".parse().unwrap(), peer("10.0.0.2"));
+/// let mut desired = PeerMap::new();
+/// desired.insert("10.2.0.0/16".parse().unwrap(), peer("10.0.0.3"));
+/// desired.insert("10.3.0.0/16".parse().unwrap(), peer("10.0.0.3"));
+/// let d = diff(current.iter().map(|(p, e)| (*p, e)), &desired);
+/// assert_eq!(d.remove, vec!["10.1.0.0/16".parse().unwrap()]);
+/// assert_eq!(d.replace.len(), 1);
+/// assert_eq!(d.insert.len(), 1);
+/// ```
+pub fn diff<'a>(
+    current: impl IntoIterator<Item = (IpNetwork, &'a EncapPeer)>,
+    desired: &PeerMap,
+) -> Diff {
+    let mut d = Diff::default();
+    let mut seen = BTreeSet::new();
+    for (prefix, peer) in current {
+        seen.insert(prefix);
+        match desired.get(&prefix) {
+            None => d.remove.push(prefix),
+            Some(want) if want != peer => d.replace.push((prefix, *want)),
+            Some(_) => {}
+        }
+    }
+    d.insert = desired
+        .iter()
+        .filter(|(p, _)| !seen.contains(*p))
+        .map(|(p, e)| (*p, *e))
+        .collect();
+    d.remove.sort();
+    d.replace.sort_by_key(|(p, _)| *p);
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lwtun::peer::Encap;
+
+    fn net(s: &str) -> IpNetwork {
+        s.parse().unwrap()
+    }
+
+    fn fleet() -> Fleet {
+        Fleet::new(
+            Layout::new("/lwtun/fleet", "f").unwrap(),
+            "me",
+            "10.99.0.1".parse().unwrap(),
+        )
+    }
+
+    fn key(h: &str) -> Vec<u8> {
+        format!("/lwtun/fleet/f/hosts/{h}").into_bytes()
+    }
+
+    fn rec(ep: &str, prefixes: &[&str]) -> Vec<u8> {
+        let p: Vec<String> = prefixes.iter().map(|p| format!("\"{p}\"")).collect();
+        format!(
+            r#"{{"endpoint":"{ep}","encap":"udp","udp_port":6081,"prefixes":[{}]}}"#,
+            p.join(",")
+        )
+        .into_bytes()
+    }
+
+    fn apply(table: &mut PeerMap, d: &Diff) {
+        for p in &d.remove {
+            table.remove(p);
+        }
+        for (p, e) in d.replace.iter().chain(&d.insert) {
+            table.insert(*p, *e);
+        }
+    }
+
+    #[test]
+    fn diff_turns_any_table_into_the_desired_one() {
+        let peer = |r: u8, port: u16| {
+            EncapPeer::new(
+                IpAddr::from([10, 99, 0, r]),
+                "10.99.0.1".parse().unwrap(),
+                Encap::Udp { port },
+            )
+        };
+        // a few shapes: empty → full, full → empty, mixed, identical
+        let a: PeerMap = (0..50u8)
+            .map(|i| (net(&format!("10.{i}.0.0/16")), peer(i % 5 + 2, 1)))
+            .collect();
+        let b: PeerMap = (25..80u8)
+            .map(|i| {
+                (
+                    net(&format!("10.{i}.0.0/16")),
+                    peer(i % 7 + 2, 1 + u16::from(i % 2)),
+                )
+            })
+            .collect();
+        for (from, to) in [
+            (&PeerMap::new(), &a),
+            (&a, &PeerMap::new()),
+            (&a, &b),
+            (&b, &a),
+            (&a, &a),
+        ] {
+            let d = diff(from.iter().map(|(p, e)| (*p, e)), to);
+            let mut t = from.clone();
+            apply(&mut t, &d);
+            assert_eq!(&t, to);
+            // minimal: one edit per prefix that differs, none for the others
+            let keys: BTreeSet<&IpNetwork> = from.keys().chain(to.keys()).collect();
+            let differ = keys.iter().filter(|p| from.get(p) != to.get(p)).count();
+            assert_eq!(d.len(), differ);
+        }
+        assert!(diff(a.iter().map(|(p, e)| (*p, e)), &a).is_empty());
+    }
+
+    #[test]
+    fn other_hosts_prefixes_become_peers_and_own_do_not() {
+        let mut f = fleet();
+        assert_eq!(
+            f.put(&key("me"), &rec("10.99.0.1", &["10.200.1.0/24"]), 2),
+            Change::Own
+        );
+        assert_eq!(
+            f.put(
+                &key("b"),
+                &rec("10.99.0.2", &["10.200.2.0/24", "10.200.1.0/24"]),
+                3
+            ),
+            Change::Other
+        );
+        assert_eq!(
+            f.put(b"/elsewhere/b", &rec("10.99.0.9", &["10.9.0.0/16"]), 4),
+            Change::Ignored
+        );
+        let want = f.desired();
+        assert_eq!(
+            want.keys().copied().collect::<Vec<_>>(),
+            vec![net("10.200.2.0/24")]
+        );
+        let p = want[&net("10.200.2.0/24")];
+        assert_eq!(p.remote, "10.99.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!(p.local, "10.99.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(p.encap, Encap::Udp { port: 6081 });
+        assert_eq!(f.remote_endpoints().len(), 1);
+        assert_eq!(f.delete(&key("b")), Change::Other);
+        assert!(f.desired().is_empty());
+    }
+
+    #[test]
+    fn the_oldest_claim_of_a_prefix_wins_whatever_the_order_seen() {
+        let shared = "10.210.0.0/24";
+        for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0]] {
+            let mut f = fleet();
+            let hosts = [
+                ("c", "10.99.0.3", 10),
+                ("b", "10.99.0.2", 20),
+                ("a", "10.99.0.4", 30),
+            ];
+            for i in order {
+                let (h, ep, rev) = hosts[i];
+                f.put(&key(h), &rec(ep, &[shared]), rev);
+            }
+            assert_eq!(
+                f.desired()[&net(shared)].remote,
+                "10.99.0.3".parse::<IpAddr>().unwrap()
+            );
+            // the winner withdraws: the next oldest takes over
+            f.put(&key("c"), &rec("10.99.0.3", &[]), 10);
+            assert_eq!(
+                f.desired()[&net(shared)].remote,
+                "10.99.0.2".parse::<IpAddr>().unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn hostile_values_remove_the_host_and_are_reported() {
+        let mut f = fleet();
+        f.put(&key("b"), &rec("10.99.0.2", &["10.200.2.0/24"]), 3);
+        assert_eq!(f.desired().len(), 1);
+        // garbage replaces a good value: the host's peers go, the reason is kept
+        f.put(&key("b"), b"{\"endpoint\":", 3);
+        assert!(f.desired().is_empty());
+        assert!(
+            f.rejected()["b"].contains("not a host record"),
+            "{:?}",
+            f.rejected()
+        );
+        // bad prefix, another family, this host's own endpoint
+        f.put(&key("c"), &rec("10.99.0.3", &["10.200.3.7/24"]), 4);
+        f.put(&key("d"), &rec("fd99::4", &["10.200.4.0/24"]), 5);
+        f.put(&key("e"), &rec("10.99.0.1", &["10.200.5.0/24"]), 6);
+        assert!(f.desired().is_empty());
+        assert_eq!(f.rejected().len(), 4);
+        assert!(f.rejected()["e"].contains("own endpoint"));
+        assert!(f.rejected()["d"].contains("family"));
+        // a good value again clears the refusal
+        f.put(&key("b"), &rec("10.99.0.2", &["10.200.2.0/24"]), 3);
+        assert_eq!(f.desired().len(), 1);
+        assert!(!f.rejected().contains_key("b"));
+        // a deleted key clears its refusal too
+        f.delete(&key("c"));
+        assert!(!f.rejected().contains_key("c"));
+    }
+}
