@@ -1,0 +1,909 @@
+//! SRv6 End.BPF functions that do work: [`Seg6Tag`], [`Seg6EndX`], [`Seg6EndDt6`].
+//!
+//! Each is an `lwt_seg6local` program for a seg6local `End.BPF` route (a SID), built on the
+//! kernel's seg6 helpers, with a rule table the control plane edits:
+//!
+//! ```text
+//!  packet to SID ─► seg6local End.BPF route (fc00:2::100/128)
+//!                     kernel End step: SRH checked, segments left - 1, dst = next segment
+//!                     ▼ rule lookup by the active segment (the new dst), LPM
+//!   Seg6Tag     bpf_lwt_seg6_store_bytes(tag) ─► BPF_OK: routed to the active segment
+//!   Seg6EndX    [tag] bpf_lwt_seg6_action(END_X, nh6) ─► BPF_REDIRECT: sent to nh6
+//!   Seg6EndDt6  bpf_lwt_seg6_action(END_DT6, table) ─► BPF_REDIRECT: the inner IPv6 packet,
+//!               decapsulated, is looked up in the rule's table
+//! ```
+//!
+//! Rules are keyed by a prefix of the *active segment*: the IPv6 destination the kernel's End
+//! step set, that is `segments[segments_left]` after the decrement (for a 2-segment list
+//! arriving at the first SID, the second SID). A packet without a rule follows the
+//! [`MissPolicy`]: [`MissPolicy::Pass`] returns `BPF_OK` (the kernel's plain End: forward to
+//! the active segment), [`MissPolicy::Drop`] (the default) drops it.
+//!
+//! # What the kernel allows (6.18)
+//!
+//! - The kernel drops a packet without an SRH, or with segments left 0, *before* the program
+//!   runs (its End step needs a next segment). So an End.BPF SID is never the last segment: a
+//!   [`Seg6EndDt6`] SID is the second-to-last, and the last segment names the service (its
+//!   rule's key, the table's name on the wire). The kernel's own `End.DT6`
+//!   ([`crate::netlink::route::Seg6Local::EndDt6`]) is the choice for a last-segment SID.
+//! - `bpf_lwt_seg6_action` accepts `END_X`, `END_T`, `END_DT6`, `END_B6` and `END_B6_ENCAP`
+//!   only: there is no End.DT4 from BPF, so [`Seg6EndDt6`] decapsulates inner IPv6 only and
+//!   counts (and drops) anything else as [`Seg6Event::InnerNotIpv6`].
+//! - After a successful action the program must return `BPF_REDIRECT`; the seg6 helpers work
+//!   in `lwt_seg6local` programs only, and `BPF_PROG_TEST_RUN` has no `lwt_seg6local` support.
+//!
+//! # Testing without routes: the twin
+//!
+//! The object holds, next to each function, a *twin* (`lwt_xmit`) of the same logic (the C
+//! header `bpf/seg6_end.h`) that `BPF_PROG_TEST_RUN` runs on crafted packets:
+//! [`Seg6End::test_run`] takes a packet as it arrives at the SID, does the kernel's End step
+//! (drop at segments left 0, decrement, destination), applies the same rules and writes the tag
+//! the same way, and reports what the End.BPF program would have done ([`Seg6Decision`]) instead
+//! of calling the seg6 helpers. The twin shares the function's maps and counters.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use lwtun::seg6::{CrossConnect, Seg6EndX};
+//! use lwtun::netns::NetNs;
+//!
+//! let ns = NetNs::open("transit")?;
+//! let to_egress = ns.device("to3")?;
+//! let mut end_x = Seg6EndX::load()?;
+//! // Packets whose next segment is in fc00:3::/64 go to fd77:2::2, tagged 7.
+//! end_x.set_next_hop(
+//!     "fc00:3::/64".parse().unwrap(),
+//!     CrossConnect::to("fd77:2::2".parse().unwrap()).tag(7),
+//! )?;
+//! let _sid = end_x.install_route("fc00:2::100/128".parse().unwrap(), &to_egress)?;
+//! println!("{:?}", end_x.events()?);
+//! # Ok::<(), lwtun::Error>(())
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::net::Ipv6Addr;
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use ipnetwork::{IpNetwork, Ipv6Network};
+use libbpf_rs::{MapCore, MapFlags, Object, ObjectBuilder};
+
+use crate::abi::{self, Pod};
+use crate::device::Device;
+use crate::error::{Error, ErrorKind, Result};
+use crate::program::{sum_percpu, Counter, Hook, LwtProgram};
+use crate::route::{InstalledRoute, LwtRoute};
+use crate::skel::seg6_end::types::{lwtun_seg6_config, lwtun_seg6_decision, lwtun_seg6_rule};
+use crate::tunnel_redirect::key_bytes;
+
+pub use crate::lwt_redirect::Verdict;
+pub use crate::peer::MissPolicy;
+
+// SAFETY: `struct lwtun_seg6_rule` is [u8; 16], three u32s... laid out without padding (32
+// bytes, asserted in lwtun.h: u8[16], u32, u32, u16, u16, u32).
+unsafe impl Pod for lwtun_seg6_rule {}
+// SAFETY: `struct lwtun_seg6_config` is four u32s (16 bytes, asserted).
+unsafe impl Pod for lwtun_seg6_config {}
+// SAFETY: `struct lwtun_seg6_decision` is u32s, a [u8; 16], a u16 and two u8s, without
+// padding (40 bytes, asserted).
+unsafe impl Pod for lwtun_seg6_decision {}
+
+const RULE_TAG: u32 = 1 << 0;
+const LWTUN_MAGIC: u32 = 0x4c57_544e;
+const LWTUN_ABI_VERSION: u32 = 1;
+const MISS_DROP: u32 = 0;
+const MISS_PASS: u32 = 1;
+const ACTION_END_X: u32 = 2;
+const ACTION_END_DT6: u32 = 7;
+/// Rules a function holds unless the builder says otherwise.
+pub const DEFAULT_CAPACITY: u32 = 1024;
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// One of the End.BPF functions of this module (a marker type for [`Seg6End`]).
+pub trait Seg6Function: sealed::Sealed + fmt::Debug {
+    /// The function's name, as in errors and docs (`End.X`).
+    const NAME: &'static str;
+    /// The `lwt_seg6local` program.
+    const PROGRAM: &'static str;
+    /// Its `lwt_xmit` twin for test runs.
+    const TWIN: &'static str;
+}
+
+/// The tagging function: writes the rule's tag into the SRH ([`Seg6Tag`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Tag {}
+/// The End.X cross-connect: sends to the rule's next hop ([`Seg6EndX`]).
+#[derive(Debug, Clone, Copy)]
+pub enum EndX {}
+/// The End.DT6-style decap into the rule's table ([`Seg6EndDt6`]).
+#[derive(Debug, Clone, Copy)]
+pub enum EndDt6 {}
+
+impl sealed::Sealed for Tag {}
+impl sealed::Sealed for EndX {}
+impl sealed::Sealed for EndDt6 {}
+
+impl Seg6Function for Tag {
+    const NAME: &'static str = "tag";
+    const PROGRAM: &'static str = "seg6_tag";
+    const TWIN: &'static str = "seg6_tag_twin";
+}
+impl Seg6Function for EndX {
+    const NAME: &'static str = "End.X";
+    const PROGRAM: &'static str = "seg6_end_x";
+    const TWIN: &'static str = "seg6_end_x_twin";
+}
+impl Seg6Function for EndDt6 {
+    const NAME: &'static str = "End.DT6";
+    const PROGRAM: &'static str = "seg6_end_dt6";
+    const TWIN: &'static str = "seg6_end_dt6_twin";
+}
+
+/// The tagging End.BPF function: writes a 16-bit tag into the SRH's tag field, then the
+/// kernel's End goes on (the packet is routed to its active segment).
+pub type Seg6Tag = Seg6End<Tag>;
+/// The End.X-style cross-connect: the next hop comes from the rule, optionally with a tag.
+pub type Seg6EndX = Seg6End<EndX>;
+/// The End.DT6-style decap: the inner IPv6 packet is looked up in the rule's table.
+pub type Seg6EndDt6 = Seg6End<EndDt6>;
+
+/// An End.X rule: the next hop, and optionally a tag written into the SRH first.
+///
+/// # Examples
+///
+/// ```
+/// use lwtun::seg6::CrossConnect;
+///
+/// let c = CrossConnect::to("fd77:2::2".parse().unwrap()).tag(7);
+/// assert_eq!(c.tag, Some(7));
+/// assert_eq!(c.to_string(), "nh6 fd77:2::2 tag 7");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CrossConnect {
+    /// The next hop (`SEG6_LOCAL_ACTION_END_X`'s `nh6`): a neighbour on a connected link.
+    pub next_hop: Ipv6Addr,
+    /// The tag written into the SRH before sending, if any.
+    pub tag: Option<u16>,
+}
+
+impl CrossConnect {
+    /// Sends to `next_hop`, untagged.
+    pub fn to(next_hop: Ipv6Addr) -> Self {
+        CrossConnect {
+            next_hop,
+            tag: None,
+        }
+    }
+
+    /// Writes `tag` into the SRH too.
+    pub fn tag(mut self, tag: u16) -> Self {
+        self.tag = Some(tag);
+        self
+    }
+}
+
+impl fmt::Display for CrossConnect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "nh6 {}", self.next_hop)?;
+        if let Some(t) = self.tag {
+            write!(f, " tag {t}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A rule as the program holds it, whatever the function (only the fields the function uses
+/// are set).
+///
+/// # Examples
+///
+/// ```no_run
+/// use lwtun::seg6::Seg6EndDt6;
+///
+/// let mut dt6 = Seg6EndDt6::load()?;
+/// dt6.set_table("fc00:3::100/128".parse().unwrap(), 100)?;
+/// let (_, rule) = dt6.rules()[0];
+/// assert_eq!(rule.table, Some(100));
+/// # Ok::<(), lwtun::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Seg6Rule {
+    /// The tag written (tag function; End.X when tagged).
+    pub tag: Option<u16>,
+    /// End.X: the next hop.
+    pub next_hop: Option<Ipv6Addr>,
+    /// End.DT6: the table.
+    pub table: Option<u32>,
+}
+
+/// The counter slots of a function (`events` in the object).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Seg6Event {
+    /// The function was applied (tagged, cross-connected, decapsulated).
+    Done,
+    /// No rule: passed on to the kernel's End (`BPF_OK`).
+    MissPassed,
+    /// No rule: dropped.
+    MissDropped,
+    /// Not IPv6, no SRH right after the IPv6 header, an SRH of another type, of a length that
+    /// does not hold its list or the packet, or segments left beyond the list: dropped.
+    Malformed,
+    /// Twin only: segments left 0 on arrival (the kernel drops these before an End.BPF
+    /// program runs): dropped.
+    SegmentsLeftZero,
+    /// End.DT6: the SRH is not followed by an IPv6 packet (no DT4 from BPF): dropped.
+    InnerNotIpv6,
+    /// The kernel refused the tag store or the action (End.X to an unreachable next hop,
+    /// End.DT6 into a table without a route): dropped.
+    HelperFailed,
+}
+
+impl Seg6Event {
+    const ALL: [Seg6Event; 7] = [
+        Seg6Event::Done,
+        Seg6Event::MissPassed,
+        Seg6Event::MissDropped,
+        Seg6Event::Malformed,
+        Seg6Event::SegmentsLeftZero,
+        Seg6Event::InnerNotIpv6,
+        Seg6Event::HelperFailed,
+    ];
+
+    fn slot(self) -> u32 {
+        self as u32
+    }
+
+    fn of(slot: u32) -> Option<Seg6Event> {
+        Self::ALL.get(slot as usize).copied()
+    }
+}
+
+/// A function's counters, summed over CPUs (IPv6 bytes as the program saw them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Seg6Events {
+    /// [`Seg6Event::Done`].
+    pub done: Counter,
+    /// [`Seg6Event::MissPassed`].
+    pub missed_passed: Counter,
+    /// [`Seg6Event::MissDropped`].
+    pub missed_dropped: Counter,
+    /// [`Seg6Event::Malformed`].
+    pub malformed: Counter,
+    /// [`Seg6Event::SegmentsLeftZero`] (test runs only).
+    pub segments_left_zero: Counter,
+    /// [`Seg6Event::InnerNotIpv6`].
+    pub inner_not_ipv6: Counter,
+    /// [`Seg6Event::HelperFailed`].
+    pub helper_failed: Counter,
+}
+
+impl Seg6Events {
+    /// Packets dropped, for any reason.
+    pub fn dropped(&self) -> u64 {
+        self.missed_dropped.packets
+            + self.malformed.packets
+            + self.segments_left_zero.packets
+            + self.inner_not_ipv6.packets
+            + self.helper_failed.packets
+    }
+}
+
+/// The seg6 action the End.BPF program would call for a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Seg6Action {
+    /// `SEG6_LOCAL_ACTION_END_X` to `next_hop`.
+    EndX {
+        /// The next hop.
+        next_hop: Ipv6Addr,
+    },
+    /// `SEG6_LOCAL_ACTION_END_DT6` into `table`; the inner packet starts at `inner_offset`.
+    EndDt6 {
+        /// The table.
+        table: u32,
+        /// The offset of the inner IPv6 header in the packet.
+        inner_offset: u32,
+    },
+}
+
+/// What the twin decided for a test-run packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Seg6Decision {
+    /// The counter the packet went to.
+    pub event: Seg6Event,
+    /// The action the End.BPF program would call (`None`: none, the packet was passed on or
+    /// dropped).
+    pub action: Option<Seg6Action>,
+    /// The tag written, if any.
+    pub tag: Option<u16>,
+    /// Segments left after the End step (0 when the packet did not get that far).
+    pub segments_left: u8,
+}
+
+/// The result of [`Seg6End::test_run`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seg6TestRun {
+    /// What the twin returned (what the End.BPF program returns: `Ok` for pass/tag,
+    /// `Redirect` after an action, `Drop`).
+    pub verdict: Verdict,
+    /// The packet after the End step and the tag.
+    pub packet: Vec<u8>,
+    /// The decision.
+    pub decision: Seg6Decision,
+    /// The kernel's time for the run.
+    pub duration: Duration,
+}
+
+/// Options for loading a [`Seg6End`] function.
+///
+/// # Examples
+///
+/// ```no_run
+/// use lwtun::seg6::{MissPolicy, Seg6Tag};
+///
+/// let tag = Seg6Tag::builder().capacity(64).miss_policy(MissPolicy::Pass).load()?;
+/// assert_eq!(tag.capacity(), 64);
+/// # Ok::<(), lwtun::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Seg6Builder<F: Seg6Function> {
+    capacity: Option<u32>,
+    miss: Option<MissPolicy>,
+    function: PhantomData<F>,
+}
+
+impl<F: Seg6Function> Default for Seg6Builder<F> {
+    fn default() -> Self {
+        Seg6Builder {
+            capacity: None,
+            miss: None,
+            function: PhantomData,
+        }
+    }
+}
+
+impl<F: Seg6Function> Seg6Builder<F> {
+    /// How many rules the table holds; default [`DEFAULT_CAPACITY`].
+    pub fn capacity(mut self, rules: u32) -> Self {
+        self.capacity = Some(rules);
+        self
+    }
+
+    /// What packets without a rule get (default [`MissPolicy::Drop`]).
+    pub fn miss_policy(mut self, policy: MissPolicy) -> Self {
+        self.miss = Some(policy);
+        self
+    }
+
+    /// Loads (verifies) the function and its twin and creates the maps.
+    ///
+    /// # Errors
+    ///
+    /// Permission without CAP_BPF/CAP_NET_ADMIN; InvalidInput for capacity 0; the verifier's
+    /// or kernel's error otherwise (a kernel without `CONFIG_IPV6_SEG6_BPF` has no seg6
+    /// helpers).
+    pub fn load(self) -> Result<Seg6End<F>> {
+        let op = format!("load SRv6 {} function", F::NAME);
+        let capacity = self.capacity.unwrap_or(DEFAULT_CAPACITY);
+        if capacity == 0 {
+            return Err(Error::invalid_input(op, "capacity 0 holds no rules"));
+        }
+        let mut open = ObjectBuilder::default()
+            .name("seg6_end")
+            .map_err(|e| Error::bpf(op.clone(), e))?
+            .open_memory(crate::skel::seg6_end::OBJECT)
+            .map_err(|e| Error::bpf(op.clone(), e))?;
+        for mut map in open.maps_mut() {
+            if map.name() == "rules" {
+                map.set_max_entries(capacity)
+                    .map_err(|e| Error::bpf(op.clone(), e).with_object("rules"))?;
+            }
+        }
+        // Only this function and its twin are loaded.
+        for mut prog in open.progs_mut() {
+            let name = prog.name().to_string_lossy().into_owned();
+            prog.set_autoload(name == F::PROGRAM || name == F::TWIN);
+        }
+        let object = crate::program::load_opened(open, &op)?;
+        let program = crate::program::lwt_program(&object, F::PROGRAM)?;
+        let twin = crate::program::lwt_program(&object, F::TWIN)?;
+        let family = Seg6End {
+            object,
+            program,
+            twin,
+            rules: BTreeMap::new(),
+            capacity,
+            miss: self.miss.unwrap_or_default(),
+            function: PhantomData,
+        };
+        family.write_config(family.miss)?;
+        Ok(family)
+    }
+}
+
+/// An SRv6 End.BPF function: its `lwt_seg6local` program, its twin, its rule table and
+/// counters. Use the aliases [`Seg6Tag`], [`Seg6EndX`] and [`Seg6EndDt6`].
+///
+/// # Examples
+///
+/// ```no_run
+/// use lwtun::seg6::Seg6Tag;
+/// use lwtun::netns::NetNs;
+///
+/// let ns = NetNs::open("transit")?;
+/// let dev = ns.device("to3")?;
+/// let mut tag = Seg6Tag::load()?;
+/// tag.set_tag("fc00:3::/64".parse().unwrap(), 42)?;
+/// let _sid = tag.install_route("fc00:2::1/128".parse().unwrap(), &dev)?;
+/// # Ok::<(), lwtun::Error>(())
+/// ```
+///
+/// # Lifetime
+///
+/// Routes keep the program (and with it the maps) loaded by themselves: a route that outlives
+/// the value goes on with the last rules set.
+///
+/// # Minimum kernel version
+///
+/// 4.18 (End.BPF and the seg6 helpers).
+#[doc(alias = "End.BPF")]
+#[doc(alias = "bpf_lwt_seg6_action")]
+pub struct Seg6End<F: Seg6Function> {
+    object: Object,
+    program: LwtProgram,
+    twin: LwtProgram,
+    rules: BTreeMap<Ipv6Network, Seg6Rule>,
+    capacity: u32,
+    miss: MissPolicy,
+    function: PhantomData<F>,
+}
+
+impl<F: Seg6Function> fmt::Debug for Seg6End<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Seg6End")
+            .field("function", &F::NAME)
+            .field("program", &self.program.id())
+            .field("rules", &self.rules.len())
+            .field("capacity", &self.capacity)
+            .field("miss", &self.miss)
+            .finish()
+    }
+}
+
+impl<F: Seg6Function> Seg6End<F> {
+    /// Options: capacity, miss policy.
+    pub fn builder() -> Seg6Builder<F> {
+        Seg6Builder::default()
+    }
+
+    /// Loads the function with default options (misses dropped).
+    ///
+    /// # Errors
+    ///
+    /// As [`Seg6Builder::load`].
+    pub fn load() -> Result<Self> {
+        Self::builder().load()
+    }
+
+    /// The `lwt_seg6local` program, for an End.BPF route ([`LwtRoute`] with
+    /// [`Hook::Seg6Local`]; [`Seg6End::route`] builds one).
+    pub fn program(&self) -> &LwtProgram {
+        &self.program
+    }
+
+    /// The `lwt_xmit` twin [`Seg6End::test_run`] runs.
+    pub fn twin(&self) -> &LwtProgram {
+        &self.twin
+    }
+
+    /// How many rules the table holds.
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// The miss policy in force.
+    pub fn miss_policy(&self) -> MissPolicy {
+        self.miss
+    }
+
+    /// Changes the miss policy; packets in flight see the old policy or the new one.
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error writing the config map (the old policy stays).
+    pub fn set_miss_policy(&mut self, policy: MissPolicy) -> Result<()> {
+        self.write_config(policy)?;
+        self.miss = policy;
+        Ok(())
+    }
+
+    /// The rules set, by active-segment prefix.
+    pub fn rules(&self) -> Vec<(Ipv6Network, Seg6Rule)> {
+        self.rules.iter().map(|(p, r)| (*p, *r)).collect()
+    }
+
+    /// Removes the rule for `segment`; its packets follow the miss policy (or a shorter
+    /// prefix's rule).
+    ///
+    /// # Errors
+    ///
+    /// NotFound when no rule has that prefix.
+    pub fn remove_rule(&mut self, segment: Ipv6Network) -> Result<()> {
+        let op = format!("remove SRv6 {} rule", F::NAME);
+        let segment = normalize6(segment);
+        if !self.rules.contains_key(&segment) {
+            return Err(Error::not_found(op, format!("rule {segment}")));
+        }
+        let (_, key) = key_bytes(&IpNetwork::V6(segment));
+        self.map("rules")?
+            .delete(&key)
+            .map_err(|e| Error::bpf(op, e).with_object(segment.to_string()))?;
+        self.rules.remove(&segment);
+        Ok(())
+    }
+
+    /// The function's counters, summed over CPUs.
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error reading the map.
+    pub fn events(&self) -> Result<Seg6Events> {
+        let map = self.map("events")?;
+        let op = format!("read SRv6 {} counters", F::NAME);
+        let c = |ev: Seg6Event| sum_percpu(&map, ev.slot(), &op);
+        Ok(Seg6Events {
+            done: c(Seg6Event::Done)?,
+            missed_passed: c(Seg6Event::MissPassed)?,
+            missed_dropped: c(Seg6Event::MissDropped)?,
+            malformed: c(Seg6Event::Malformed)?,
+            segments_left_zero: c(Seg6Event::SegmentsLeftZero)?,
+            inner_not_ipv6: c(Seg6Event::InnerNotIpv6)?,
+            helper_failed: c(Seg6Event::HelperFailed)?,
+        })
+    }
+
+    /// An End.BPF route for the SID `sid` through `device`, running this function, for the
+    /// caller to add options (table, metric) to and install. The device is where the
+    /// kernel's seg6local route sits; what the function does decides where packets go.
+    pub fn route(&self, sid: Ipv6Network, device: &Device) -> LwtRoute {
+        LwtRoute::new(IpNetwork::V6(sid))
+            .device(device)
+            .program(Hook::Seg6Local, &self.program)
+    }
+
+    /// Installs the End.BPF route for `sid` through `device` in `device`'s namespace; the
+    /// route is removed when the returned value drops.
+    ///
+    /// # Errors
+    ///
+    /// As [`LwtRoute::install`].
+    pub fn install_route(&self, sid: Ipv6Network, device: &Device) -> Result<InstalledRoute> {
+        self.route(sid, device).install(&mut device.netlink()?)
+    }
+
+    /// Runs the twin once on `packet` (an IPv6 packet as it arrives at the SID, from the IPv6
+    /// header) with BPF_PROG_TEST_RUN: the kernel's End step, then this function's decision.
+    /// Counters count it like a real packet.
+    ///
+    /// # Errors
+    ///
+    /// InvalidInput for an empty packet; the kernel's error otherwise (for example for a
+    /// packet larger than a page).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use lwtun::seg6::{Seg6Event, Seg6Tag, Verdict};
+    ///
+    /// let tag = Seg6Tag::load()?;
+    /// let run = tag.test_run(&[0x60, 0, 0, 0])?;    // a truncated IPv6 header
+    /// assert_eq!(run.verdict, Verdict::Drop);
+    /// assert_eq!(run.decision.event, Seg6Event::Malformed);
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    pub fn test_run(&self, packet: &[u8]) -> Result<Seg6TestRun> {
+        self.test_run_as(0x86dd, packet)
+    }
+
+    /// [`Seg6End::test_run`] with another `skb->protocol` (the EtherType), to see what the
+    /// function does with what is not IPv6.
+    ///
+    /// # Errors
+    ///
+    /// As [`Seg6End::test_run`].
+    pub fn test_run_as(&self, protocol: u16, packet: &[u8]) -> Result<Seg6TestRun> {
+        let op = format!("run SRv6 {} twin (BPF_PROG_TEST_RUN)", F::NAME);
+        if packet.is_empty() {
+            return Err(Error::invalid_input(
+                op,
+                "an empty packet: give at least one byte after the Ethernet header",
+            ));
+        }
+        let mut frame = vec![0u8; 12];
+        frame.extend_from_slice(&protocol.to_be_bytes());
+        frame.extend_from_slice(packet);
+        let run = crate::program::test_run_raw(
+            self.twin.as_fd(),
+            crate::program::TestRunArgs {
+                data: &frame,
+                out_room: Some(64),
+                repeat: 1,
+                ..Default::default()
+            },
+        )
+        .map_err(|errno| Error::io(op.clone(), std::io::Error::from_raw_os_error(errno)))?;
+        let raw = self
+            .map("decision")?
+            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|e| Error::bpf(op.clone(), e))?
+            .unwrap_or_default();
+        let d: lwtun_seg6_decision = abi::from_bytes(&raw).ok_or_else(|| {
+            Error::other(ErrorKind::Kernel, op.clone(), "decision of the wrong size")
+        })?;
+        Ok(Seg6TestRun {
+            verdict: verdict_of(run.retval),
+            packet: run.data.get(14..).unwrap_or_default().to_vec(),
+            decision: decode_decision(&d).ok_or_else(|| {
+                Error::other(
+                    ErrorKind::Kernel,
+                    op,
+                    format!("the twin recorded an unknown event {}", d.event),
+                )
+            })?,
+            duration: run.duration,
+        })
+    }
+
+    /// Measures the twin: `repeat` runs of `packet` in the kernel, the mean time per run.
+    ///
+    /// # Errors
+    ///
+    /// As [`Seg6End::test_run`].
+    pub fn time_twin(&self, packet: &[u8], repeat: u32) -> Result<Duration> {
+        let op = format!("time SRv6 {} twin", F::NAME);
+        let mut frame = vec![0u8; 12];
+        frame.extend_from_slice(&0x86ddu16.to_be_bytes());
+        frame.extend_from_slice(packet);
+        let run = crate::program::test_run_raw(
+            self.twin.as_fd(),
+            crate::program::TestRunArgs {
+                data: &frame,
+                out_room: None,
+                repeat: repeat.max(1),
+                ..Default::default()
+            },
+        )
+        .map_err(|errno| Error::io(op, std::io::Error::from_raw_os_error(errno)))?;
+        Ok(run.duration)
+    }
+
+    fn set_rule(&mut self, segment: Ipv6Network, rule: Seg6Rule) -> Result<()> {
+        let op = format!("set SRv6 {} rule", F::NAME);
+        let segment = normalize6(segment);
+        if !self.rules.contains_key(&segment) && self.rules.len() >= self.capacity as usize {
+            return Err(Error::invalid_input(
+                op,
+                format!(
+                    "all {} rules are in use; load the function with a larger capacity",
+                    self.capacity
+                ),
+            )
+            .with_object(segment.to_string()));
+        }
+        let value = encode_rule(&rule);
+        let (_, key) = key_bytes(&IpNetwork::V6(segment));
+        self.map("rules")?
+            .update(&key, abi::as_bytes(&value), MapFlags::ANY)
+            .map_err(|e| Error::bpf(op, e).with_object(segment.to_string()))?;
+        self.rules.insert(segment, rule);
+        Ok(())
+    }
+
+    fn map(&self, name: &str) -> Result<libbpf_rs::Map<'_>> {
+        self.object
+            .maps()
+            .find(|m| m.name() == name)
+            .ok_or_else(|| Error::not_found("find map", format!("map {name} in seg6_end")))
+    }
+
+    fn write_config(&self, miss: MissPolicy) -> Result<()> {
+        let cfg = lwtun_seg6_config {
+            magic: LWTUN_MAGIC,
+            version: LWTUN_ABI_VERSION,
+            miss: match miss {
+                MissPolicy::Drop => MISS_DROP,
+                MissPolicy::Pass => MISS_PASS,
+            },
+            pad: 0,
+        };
+        self.map("config")?
+            .update(&0u32.to_ne_bytes(), abi::as_bytes(&cfg), MapFlags::ANY)
+            .map_err(|e| Error::bpf(format!("write SRv6 {} config", F::NAME), e))
+    }
+}
+
+impl Seg6End<Tag> {
+    /// Tags packets whose active segment is in `segment` with `tag` (replacing a rule for
+    /// the same prefix atomically).
+    ///
+    /// # Errors
+    ///
+    /// InvalidInput when the table is full; the kernel's error writing the map.
+    pub fn set_tag(&mut self, segment: Ipv6Network, tag: u16) -> Result<()> {
+        self.set_rule(
+            segment,
+            Seg6Rule {
+                tag: Some(tag),
+                ..Default::default()
+            },
+        )
+    }
+}
+
+impl Seg6End<EndX> {
+    /// Sends packets whose active segment is in `segment` to the cross-connect's next hop
+    /// (and tags them when it has a tag).
+    ///
+    /// # Errors
+    ///
+    /// InvalidInput for a next hop that is not unicast or the table full; the kernel's error
+    /// writing the map.
+    pub fn set_next_hop(&mut self, segment: Ipv6Network, to: CrossConnect) -> Result<()> {
+        let nh = to.next_hop;
+        if nh.is_unspecified() || nh.is_multicast() || nh.is_loopback() {
+            return Err(Error::invalid_input(
+                "set SRv6 End.X rule",
+                format!("next hop {nh} is not a unicast neighbour address"),
+            )
+            .with_object(segment.to_string()));
+        }
+        self.set_rule(
+            segment,
+            Seg6Rule {
+                tag: to.tag,
+                next_hop: Some(nh),
+                table: None,
+            },
+        )
+    }
+}
+
+impl Seg6End<EndDt6> {
+    /// Decapsulates packets whose active segment (the last, service segment) is in `segment`
+    /// and looks the inner IPv6 packet up in `table`.
+    ///
+    /// # Errors
+    ///
+    /// InvalidInput for table 0 (`RT_TABLE_UNSPEC`) or the table full; the kernel's error
+    /// writing the map.
+    pub fn set_table(&mut self, segment: Ipv6Network, table: u32) -> Result<()> {
+        if table == 0 {
+            return Err(Error::invalid_input(
+                "set SRv6 End.DT6 rule",
+                "table 0 is RT_TABLE_UNSPEC; name a table (254 is main)",
+            )
+            .with_object(segment.to_string()));
+        }
+        self.set_rule(
+            segment,
+            Seg6Rule {
+                table: Some(table),
+                ..Default::default()
+            },
+        )
+    }
+}
+
+fn normalize6(n: Ipv6Network) -> Ipv6Network {
+    Ipv6Network::new(n.network(), n.prefix()).unwrap_or(n)
+}
+
+fn encode_rule(rule: &Seg6Rule) -> lwtun_seg6_rule {
+    lwtun_seg6_rule {
+        nh6: rule.next_hop.map(|a| a.octets()).unwrap_or_default(),
+        table: rule.table.unwrap_or(0),
+        flags: if rule.tag.is_some() { RULE_TAG } else { 0 },
+        tag: rule.tag.unwrap_or(0),
+        ..Default::default()
+    }
+}
+
+fn verdict_of(retval: u32) -> Verdict {
+    match retval as i32 {
+        0 => Verdict::Ok,
+        2 => Verdict::Drop,
+        7 => Verdict::Redirect,
+        v => Verdict::Other(v),
+    }
+}
+
+fn decode_decision(d: &lwtun_seg6_decision) -> Option<Seg6Decision> {
+    let action = match d.action {
+        ACTION_END_X => Some(Seg6Action::EndX {
+            next_hop: Ipv6Addr::from(d.nh6),
+        }),
+        ACTION_END_DT6 => Some(Seg6Action::EndDt6 {
+            table: d.table,
+            inner_offset: d.inner_offset,
+        }),
+        _ => None,
+    };
+    Some(Seg6Decision {
+        event: Seg6Event::of(d.event)?,
+        action,
+        tag: (d.tagged != 0).then_some(d.tag),
+        segments_left: d.segments_left,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_match_lwtun_h() {
+        assert_eq!(std::mem::size_of::<lwtun_seg6_rule>(), 32);
+        assert_eq!(std::mem::size_of::<lwtun_seg6_config>(), 16);
+        assert_eq!(std::mem::size_of::<lwtun_seg6_decision>(), 40);
+    }
+
+    #[test]
+    fn rules_encode_the_fields_their_function_uses() {
+        let r = encode_rule(&Seg6Rule {
+            tag: Some(0x1234),
+            next_hop: Some("fd77:2::2".parse().unwrap()),
+            table: None,
+        });
+        assert_eq!(r.flags, RULE_TAG);
+        assert_eq!(r.tag, 0x1234);
+        assert_eq!(
+            Ipv6Addr::from(r.nh6),
+            "fd77:2::2".parse::<Ipv6Addr>().unwrap()
+        );
+        let r = encode_rule(&Seg6Rule {
+            table: Some(100),
+            ..Default::default()
+        });
+        assert_eq!((r.flags, r.table), (0, 100));
+    }
+
+    #[test]
+    fn decisions_decode_and_unknown_events_are_refused() {
+        let d = lwtun_seg6_decision {
+            event: 0,
+            action: ACTION_END_DT6,
+            table: 100,
+            inner_offset: 88,
+            segments_left: 1,
+            ..Default::default()
+        };
+        let got = decode_decision(&d).unwrap();
+        assert_eq!(got.event, Seg6Event::Done);
+        assert_eq!(
+            got.action,
+            Some(Seg6Action::EndDt6 {
+                table: 100,
+                inner_offset: 88
+            })
+        );
+        assert_eq!(got.tag, None);
+        let bad = lwtun_seg6_decision {
+            event: 99,
+            ..Default::default()
+        };
+        assert!(decode_decision(&bad).is_none());
+        for (i, ev) in Seg6Event::ALL.iter().enumerate() {
+            assert_eq!(Seg6Event::of(i as u32), Some(*ev));
+        }
+    }
+
+    #[test]
+    fn prefixes_are_normalised() {
+        let n: Ipv6Network = "fc00:3::1/64".parse().unwrap();
+        assert_eq!(normalize6(n).to_string(), "fc00:3::/64");
+    }
+}
