@@ -507,9 +507,14 @@ struct lwtun_seg6_config {
 	__u32 magic;   /* LWTUN_MAGIC; until it is set, misses pass (End behaviour) */
 	__u32 version; /* LWTUN_ABI_VERSION */
 	__u32 miss;    /* LWTUN_MISS_*: what a packet without a rule gets */
-	__u32 pad;
+	__u32 function; /* LWTUN_SEG6_FN_* owning the maps (checked when pinned maps are adopted) */
 };
 LWTUN_ASSERT_SIZE(struct lwtun_seg6_config, 16);
+
+/* The functions (lwtun_seg6_config.function). */
+#define LWTUN_SEG6_FN_TAG 0
+#define LWTUN_SEG6_FN_END_X 1
+#define LWTUN_SEG6_FN_END_DT6 2
 
 /* Slots of a function's event counters (per CPU, packets and IPv6 bytes). */
 #define LWTUN_SEG6_EV_DONE 0          /* the function was applied */

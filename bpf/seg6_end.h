@@ -32,9 +32,9 @@
 #define SEG6_RULES_MAX 1024
 
 /* The function a program runs (selects the rule fields used). */
-#define SEG6_FN_TAG 0
-#define SEG6_FN_END_X 1
-#define SEG6_FN_END_DT6 2
+#define SEG6_FN_TAG LWTUN_SEG6_FN_TAG
+#define SEG6_FN_END_X LWTUN_SEG6_FN_END_X
+#define SEG6_FN_END_DT6 LWTUN_SEG6_FN_END_DT6
 
 /* SEG6_LOCAL_ACTION_* (linux/seg6_local.h, which pulls libc headers into a BPF build). */
 #define SEG6_ACTION_END_X 2

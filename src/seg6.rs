@@ -65,6 +65,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::net::Ipv6Addr;
 use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnetwork::{IpNetwork, Ipv6Network};
@@ -73,6 +74,7 @@ use libbpf_rs::{MapCore, MapFlags, Object, ObjectBuilder};
 use crate::abi::{self, Pod};
 use crate::device::Device;
 use crate::error::{Error, ErrorKind, Result};
+use crate::family::PinFolder;
 use crate::program::{sum_percpu, Counter, Hook, LwtProgram};
 use crate::route::{InstalledRoute, LwtRoute};
 use crate::skel::seg6_end::types::{lwtun_seg6_config, lwtun_seg6_decision, lwtun_seg6_rule};
@@ -81,8 +83,8 @@ use crate::tunnel_redirect::key_bytes;
 pub use crate::lwt_redirect::Verdict;
 pub use crate::peer::MissPolicy;
 
-// SAFETY: `struct lwtun_seg6_rule` is [u8; 16], three u32s... laid out without padding (32
-// bytes, asserted in lwtun.h: u8[16], u32, u32, u16, u16, u32).
+// SAFETY: `struct lwtun_seg6_rule` is a [u8; 16], two u32s, two u16s and a u32, without
+// padding (32 bytes, asserted in lwtun.h).
 unsafe impl Pod for lwtun_seg6_rule {}
 // SAFETY: `struct lwtun_seg6_config` is four u32s (16 bytes, asserted).
 unsafe impl Pod for lwtun_seg6_config {}
@@ -97,6 +99,7 @@ const MISS_DROP: u32 = 0;
 const MISS_PASS: u32 = 1;
 const ACTION_END_X: u32 = 2;
 const ACTION_END_DT6: u32 = 7;
+const MAPS: [&str; 4] = ["rules", "config", "events", "decision"];
 /// Rules a function holds unless the builder says otherwise.
 pub const DEFAULT_CAPACITY: u32 = 1024;
 
@@ -112,6 +115,10 @@ pub trait Seg6Function: sealed::Sealed + fmt::Debug {
     const PROGRAM: &'static str;
     /// Its `lwt_xmit` twin for test runs.
     const TWIN: &'static str;
+    /// `LWTUN_SEG6_FN_*`, recorded in the config map so that pinned maps are adopted by the
+    /// same function only.
+    #[doc(hidden)]
+    const ID: u32;
 }
 
 /// The tagging function: writes the rule's tag into the SRH ([`Seg6Tag`]).
@@ -132,16 +139,19 @@ impl Seg6Function for Tag {
     const NAME: &'static str = "tag";
     const PROGRAM: &'static str = "seg6_tag";
     const TWIN: &'static str = "seg6_tag_twin";
+    const ID: u32 = 0;
 }
 impl Seg6Function for EndX {
     const NAME: &'static str = "End.X";
     const PROGRAM: &'static str = "seg6_end_x";
     const TWIN: &'static str = "seg6_end_x_twin";
+    const ID: u32 = 1;
 }
 impl Seg6Function for EndDt6 {
     const NAME: &'static str = "End.DT6";
     const PROGRAM: &'static str = "seg6_end_dt6";
     const TWIN: &'static str = "seg6_end_dt6_twin";
+    const ID: u32 = 2;
 }
 
 /// The tagging End.BPF function: writes a 16-bit tag into the SRH's tag field, then the
@@ -353,6 +363,7 @@ pub struct Seg6TestRun {
 pub struct Seg6Builder<F: Seg6Function> {
     capacity: Option<u32>,
     miss: Option<MissPolicy>,
+    pin: Option<PathBuf>,
     function: PhantomData<F>,
 }
 
@@ -361,21 +372,33 @@ impl<F: Seg6Function> Default for Seg6Builder<F> {
         Seg6Builder {
             capacity: None,
             miss: None,
+            pin: None,
             function: PhantomData,
         }
     }
 }
 
 impl<F: Seg6Function> Seg6Builder<F> {
-    /// How many rules the table holds; default [`DEFAULT_CAPACITY`].
+    /// How many rules the table holds; default [`DEFAULT_CAPACITY`], or for adopted maps the
+    /// capacity they were made with.
     pub fn capacity(mut self, rules: u32) -> Self {
         self.capacity = Some(rules);
         self
     }
 
-    /// What packets without a rule get (default [`MissPolicy::Drop`]).
+    /// What packets without a rule get (default [`MissPolicy::Drop`]; an adopted function
+    /// keeps its policy unless this is called).
     pub fn miss_policy(mut self, policy: MissPolicy) -> Self {
         self.miss = Some(policy);
+        self
+    }
+
+    /// Pins the maps (`rules`, `config`, `events`, `decision`) and the two programs under
+    /// `folder` (on bpffs, created if missing). When the folder holds this function's pinned
+    /// maps already, they are reused with their rules (adopted). The pins are removed when the
+    /// function drops unless [`Seg6End::keep_pinned`] was called.
+    pub fn pin(mut self, folder: impl Into<PathBuf>) -> Self {
+        self.pin = Some(folder.into());
         self
     }
 
@@ -383,14 +406,41 @@ impl<F: Seg6Function> Seg6Builder<F> {
     ///
     /// # Errors
     ///
-    /// Permission without CAP_BPF/CAP_NET_ADMIN; InvalidInput for capacity 0; the verifier's
-    /// or kernel's error otherwise (a kernel without `CONFIG_IPV6_SEG6_BPF` has no seg6
+    /// Permission without CAP_BPF/CAP_NET_ADMIN; InvalidInput for capacity 0, a pin folder
+    /// outside bpffs, or pinned maps of another function, ABI version or capacity; the
+    /// verifier's or kernel's error otherwise (a kernel without `CONFIG_IPV6_SEG6_BPF` has no seg6
     /// helpers).
     pub fn load(self) -> Result<Seg6End<F>> {
         let op = format!("load SRv6 {} function", F::NAME);
         let capacity = self.capacity.unwrap_or(DEFAULT_CAPACITY);
         if capacity == 0 {
             return Err(Error::invalid_input(op, "capacity 0 holds no rules"));
+        }
+        let pin = self
+            .pin
+            .map(|folder| PinFolder::open(folder, MAPS[0], &op))
+            .transpose()?;
+        let adopted = pin.as_ref().is_some_and(PinFolder::adopted);
+        let mut capacity = capacity;
+        if let Some(pin) = pin.as_ref().filter(|p| p.adopted()) {
+            // Adopted maps keep the size they were made with.
+            let path = pin.path().join(MAPS[0]);
+            let pinned = libbpf_rs::MapHandle::from_pinned_path(&path)
+                .map_err(|e| Error::bpf(op.clone(), e).with_object(path.display().to_string()))?
+                .max_entries();
+            match self.capacity {
+                Some(c) if c != pinned => {
+                    return Err(Error::invalid_input(
+                        op,
+                        format!(
+                            "the pinned rules at {} hold {pinned} rules, not {c}: load without a \
+                             capacity to adopt them",
+                            path.display()
+                        ),
+                    ))
+                }
+                _ => capacity = pinned,
+            }
         }
         let mut open = ObjectBuilder::default()
             .name("seg6_end")
@@ -408,19 +458,36 @@ impl<F: Seg6Function> Seg6Builder<F> {
             let name = prog.name().to_string_lossy().into_owned();
             prog.set_autoload(name == F::PROGRAM || name == F::TWIN);
         }
+        if let Some(pin) = &pin {
+            pin.reuse_maps(&mut open)?;
+        }
         let object = crate::program::load_opened(open, &op)?;
         let program = crate::program::lwt_program(&object, F::PROGRAM)?;
         let twin = crate::program::lwt_program(&object, F::TWIN)?;
-        let family = Seg6End {
+        let mut family = Seg6End {
             object,
             program,
             twin,
             rules: BTreeMap::new(),
             capacity,
             miss: self.miss.unwrap_or_default(),
+            pin,
             function: PhantomData,
         };
-        family.write_config(family.miss)?;
+        let setup = (|| {
+            if adopted {
+                family.adopt(self.miss.is_none(), &op)?;
+            }
+            family.write_config(family.miss)?;
+            family.pin_all()
+        })();
+        if let Err(e) = setup {
+            if adopted {
+                // A failed adoption leaves the previous owner's pins as they were.
+                family.keep_pinned();
+            }
+            return Err(e);
+        }
         Ok(family)
     }
 }
@@ -459,7 +526,16 @@ pub struct Seg6End<F: Seg6Function> {
     rules: BTreeMap<Ipv6Network, Seg6Rule>,
     capacity: u32,
     miss: MissPolicy,
+    pin: Option<PinFolder>,
     function: PhantomData<F>,
+}
+
+impl<F: Seg6Function> Drop for Seg6End<F> {
+    fn drop(&mut self) {
+        if let Some(pin) = &self.pin {
+            pin.remove(MAPS.iter().copied().chain([F::PROGRAM, F::TWIN]));
+        }
+    }
 }
 
 impl<F: Seg6Function> fmt::Debug for Seg6End<F> {
@@ -470,6 +546,7 @@ impl<F: Seg6Function> fmt::Debug for Seg6End<F> {
             .field("rules", &self.rules.len())
             .field("capacity", &self.capacity)
             .field("miss", &self.miss)
+            .field("pin", &self.pin.as_ref().map(PinFolder::path))
             .finish()
     }
 }
@@ -503,6 +580,19 @@ impl<F: Seg6Function> Seg6End<F> {
     /// How many rules the table holds.
     pub fn capacity(&self) -> u32 {
         self.capacity
+    }
+
+    /// The pin folder, when pinned.
+    pub fn pin_folder(&self) -> Option<&Path> {
+        self.pin.as_ref().map(PinFolder::path)
+    }
+
+    /// Leaves the pins in place when the function drops, so a later process (or bpftool)
+    /// finds them and a later [`Seg6Builder::pin`] at the folder adopts the rules.
+    pub fn keep_pinned(&mut self) {
+        if let Some(p) = &mut self.pin {
+            p.keep();
+        }
     }
 
     /// The miss policy in force.
@@ -703,6 +793,86 @@ impl<F: Seg6Function> Seg6End<F> {
         Ok(())
     }
 
+    /// Pins the maps (unless adopted) and this function's two programs.
+    fn pin_all(&mut self) -> Result<()> {
+        let Some(pin) = &self.pin else {
+            return Ok(());
+        };
+        let op = format!("pin SRv6 {} function", F::NAME);
+        if !pin.adopted() {
+            for mut map in self.object.maps_mut() {
+                let path = pin.path().join(map.name());
+                map.pin(&path).map_err(|e| {
+                    Error::bpf(op.clone(), e).with_object(path.display().to_string())
+                })?;
+            }
+        }
+        for prog in [&self.program, &self.twin] {
+            let path = pin.path().join(match prog.hook() {
+                Hook::Seg6Local => F::PROGRAM,
+                _ => F::TWIN,
+            });
+            let _ = std::fs::remove_file(&path);
+            pin_fd(prog.as_fd(), &path)
+                .map_err(|e| Error::io(op.clone(), e).with_object(path.display().to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Takes over the rules of adopted maps, and their miss policy when `take_miss`.
+    fn adopt(&mut self, take_miss: bool, op: &str) -> Result<()> {
+        let raw = self
+            .map("config")?
+            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|e| Error::bpf(op.to_string(), e))?
+            .unwrap_or_default();
+        let cfg: lwtun_seg6_config = abi::from_bytes(&raw)
+            .ok_or_else(|| Error::other(ErrorKind::Kernel, op, "config value of the wrong size"))?;
+        if cfg.magic == LWTUN_MAGIC {
+            if cfg.version != LWTUN_ABI_VERSION || cfg.function != F::ID {
+                return Err(Error::invalid_input(
+                    op,
+                    format!(
+                        "the pinned maps belong to SRv6 function {} of lwtun ABI version {}, not \
+                         {} of version {LWTUN_ABI_VERSION}: pin each function in a folder of its \
+                         own, or remove the folder",
+                        cfg.function,
+                        cfg.version,
+                        F::ID
+                    ),
+                ));
+            }
+            if take_miss {
+                self.miss = if cfg.miss == MISS_PASS {
+                    MissPolicy::Pass
+                } else {
+                    MissPolicy::Drop
+                };
+            }
+        }
+        let map = self.map("rules")?;
+        let mut found = BTreeMap::new();
+        for key in map.keys() {
+            let Some(value) = map
+                .lookup(&key, MapFlags::ANY)
+                .map_err(|e| Error::bpf(op.to_string(), e))?
+            else {
+                continue;
+            };
+            let (Some(segment), Some(rule)) = (decode_key(&key), abi::from_bytes(&value)) else {
+                return Err(Error::other(
+                    ErrorKind::Kernel,
+                    op,
+                    "an adopted rule of the wrong size",
+                ));
+            };
+            found.insert(segment, decode_rule::<F>(&rule));
+        }
+        self.capacity = map.max_entries();
+        self.rules = found;
+        Ok(())
+    }
+
     fn map(&self, name: &str) -> Result<libbpf_rs::Map<'_>> {
         self.object
             .maps()
@@ -718,7 +888,7 @@ impl<F: Seg6Function> Seg6End<F> {
                 MissPolicy::Drop => MISS_DROP,
                 MissPolicy::Pass => MISS_PASS,
             },
-            pad: 0,
+            function: F::ID,
         };
         self.map("config")?
             .update(&0u32.to_ne_bytes(), abi::as_bytes(&cfg), MapFlags::ANY)
@@ -795,6 +965,35 @@ impl Seg6End<EndDt6> {
                 ..Default::default()
             },
         )
+    }
+}
+
+/// Pins a program fd at `path` (BPF_OBJ_PIN).
+fn pin_fd(fd: std::os::fd::BorrowedFd<'_>, path: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid fd and a NUL-terminated path that outlives the call.
+    let rc = unsafe { libbpf_sys::bpf_obj_pin(fd.as_raw_fd(), c.as_ptr()) };
+    if rc < 0 {
+        return Err(std::io::Error::from_raw_os_error(-rc));
+    }
+    Ok(())
+}
+
+/// The prefix of an LPM key (`struct lwtun_redirect_key6`).
+fn decode_key(key: &[u8]) -> Option<Ipv6Network> {
+    let len = u32::from_ne_bytes(key.get(..4)?.try_into().ok()?);
+    let addr: [u8; 16] = key.get(4..20)?.try_into().ok()?;
+    Ipv6Network::new(Ipv6Addr::from(addr), u8::try_from(len).ok()?).ok()
+}
+
+fn decode_rule<F: Seg6Function>(r: &lwtun_seg6_rule) -> Seg6Rule {
+    Seg6Rule {
+        tag: (r.flags & RULE_TAG != 0).then_some(r.tag),
+        next_hop: (F::ID == EndX::ID).then(|| Ipv6Addr::from(r.nh6)),
+        table: (F::ID == EndDt6::ID).then_some(r.table),
     }
 }
 

@@ -300,3 +300,81 @@ fn counters_add_up_by_reason() {
     assert_eq!(ev.dropped(), 3);
     assert_eq!(ev.helper_failed.packets, 0);
 }
+
+/// Removes a bpffs folder and what is pinned in it, also when the test fails.
+struct PinDir(std::path::PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(&self.0) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn pinned_functions_are_adopted_by_the_same_function_only() {
+    if !common::privileged("pinned_functions_are_adopted_by_the_same_function_only") {
+        return;
+    }
+    let dir = PinDir(std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/lwtun-test-seg6-{}",
+        std::process::id()
+    )));
+    let (t, e, _) = sids();
+    let mut first = Seg6EndX::builder()
+        .capacity(16)
+        .miss_policy(MissPolicy::Pass)
+        .pin(&dir.0)
+        .load()
+        .unwrap();
+    first
+        .set_next_hop(
+            "fc00:3::/64".parse().unwrap(),
+            CrossConnect::to(a("fd77:2::2")).tag(9),
+        )
+        .unwrap();
+    first.keep_pinned();
+    drop(first);
+    for name in [
+        "rules",
+        "config",
+        "events",
+        "decision",
+        "seg6_end_x",
+        "seg6_end_x_twin",
+    ] {
+        assert!(dir.0.join(name).exists(), "{name} not pinned");
+    }
+    // Another function refuses the folder and leaves it as it was.
+    let err = Seg6Tag::builder().pin(&dir.0).load().unwrap_err();
+    assert!(err.to_string().contains("folder of its own"), "{err}");
+    let err = Seg6EndX::builder()
+        .capacity(32)
+        .pin(&dir.0)
+        .load()
+        .unwrap_err();
+    assert_eq!(err.kind(), lwtun::ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("hold 16 rules"), "{err}");
+    assert_eq!(err.kind(), lwtun::ErrorKind::InvalidInput, "{err}");
+    assert!(dir.0.join("rules").exists());
+    // The same function adopts the rules, the capacity and the policy.
+    let second = Seg6EndX::builder().pin(&dir.0).load().unwrap();
+    assert_eq!(second.capacity(), 16);
+    assert_eq!(second.miss_policy(), MissPolicy::Pass);
+    let rules = second.rules();
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert_eq!(rules[0].0, "fc00:3::/64".parse().unwrap());
+    assert_eq!(rules[0].1.next_hop, Some(a("fd77:2::2")));
+    assert_eq!(rules[0].1.tag, Some(9));
+    let run = second
+        .test_run(&srv6(&[t, e], 1, 0, IPV6, &inner_v6()))
+        .unwrap();
+    assert_eq!(run.decision.tag, Some(9));
+    assert_eq!(second.pin_folder(), Some(dir.0.as_path()));
+    drop(second);
+    assert!(!dir.0.join("rules").exists(), "pins removed when not kept");
+}
