@@ -335,3 +335,95 @@ fn srv6_path_with_bpf_end_x_and_kernel_end_dt6() {
     }
     srv6_path(Egress::Kernel);
 }
+
+/// The End.BPF function's own drops on the real path, by reason: no rule (miss policy drop),
+/// and the kernel refusing the action (End.X to a next hop without a route); then the fixed rule
+/// delivers.
+#[test]
+fn end_x_drops_on_the_path_are_counted_by_reason() {
+    if !common::privileged("end_x_drops_on_the_path_are_counted_by_reason") {
+        return;
+    }
+    let line = common::line(5);
+    let (ingress, eg) = (line.ns(1), line.ns(3));
+    let host_b = IpAddr::V6(line.v6(4));
+    let path = vec![a("fc00:2::100"), a("fc00:3::6")];
+    common::ip(
+        ingress,
+        &[
+            "-6",
+            "route",
+            "add",
+            "fc00:2::/64",
+            "via",
+            "fd77:1::2",
+            "dev",
+            "to2",
+        ],
+    );
+    let to_transit = line.device(1, "to2");
+    let mut encap = Route::new("fd77:3::/64".parse().unwrap());
+    encap.oif = Some(to_transit.index());
+    encap.encap = Some(Encap::Seg6(Seg6Encap {
+        mode: Seg6Mode::Encap,
+        segments: path,
+    }));
+    to_transit.netlink().unwrap().replace_route(&encap).unwrap();
+    common::ip(
+        eg,
+        &[
+            "-6",
+            "route",
+            "add",
+            "fd77:3::/64",
+            "dev",
+            "to4",
+            "table",
+            "100",
+        ],
+    );
+    let at_egress = line.device(3, "to2");
+    let mut dt6 = Route::new("fc00:3::6/128".parse().unwrap());
+    dt6.oif = Some(at_egress.index());
+    dt6.encap = Some(Encap::Seg6Local(Seg6Local::EndDt6 { table: TABLE }));
+    at_egress.netlink().unwrap().add_route(&dt6).unwrap();
+
+    let mut end_x = Seg6EndX::load().unwrap();
+    end_x
+        .set_next_hop(
+            "fc00:4::/64".parse().unwrap(),
+            CrossConnect::to(line.v6_towards(3, 2)),
+        )
+        .unwrap();
+    let _sid = end_x
+        .install_route("fc00:2::100/128".parse().unwrap(), &line.device(2, "to3"))
+        .unwrap();
+    // No rule for the active segment fc00:3::6: dropped by the miss policy.
+    let p = common::ping(line.ns(0), host_b, 2);
+    assert_eq!(p.received, 0, "{}", p.output);
+    let ev = end_x.events().unwrap();
+    assert_eq!(ev.missed_dropped.packets, 2, "{ev:?}");
+    // A next hop the transit has no route to: the kernel refuses End.X.
+    end_x
+        .set_next_hop(
+            "fc00:3::/64".parse().unwrap(),
+            CrossConnect::to(a("fd99::1")),
+        )
+        .unwrap();
+    let p = common::ping(line.ns(0), host_b, 2);
+    assert_eq!(p.received, 0, "{}", p.output);
+    let ev = end_x.events().unwrap();
+    assert_eq!(ev.helper_failed.packets, 2, "{ev:?}");
+    // The right next hop delivers.
+    end_x
+        .set_next_hop(
+            "fc00:3::/64".parse().unwrap(),
+            CrossConnect::to(line.v6_towards(3, 2)),
+        )
+        .unwrap();
+    let p = common::ping(line.ns(0), host_b, 2);
+    assert_eq!(p.received, 2, "{}", p.output);
+    let ev = end_x.events().unwrap();
+    assert_eq!(ev.done.packets, 2, "{ev:?}");
+    assert_eq!(ev.dropped(), 4, "{ev:?}");
+}
