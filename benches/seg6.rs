@@ -408,6 +408,7 @@ fn main() {
         "{:<16} {:>12} {:>12} {:>14} {:>20}",
         "mode", "rx pkt/s", "tx ns/pkt", "over plain ns", "vs kernel (ns ratio)"
     );
+    let mut broken = Vec::new();
     for (i, &m) in MODES.iter().enumerate() {
         let vs = counterpart(m)
             .map(|k| {
@@ -431,17 +432,23 @@ fn main() {
         };
         if let Some(ev) = done {
             if ev.done.packets == 0 || ev.dropped() > 0 {
-                eprintln!("seg6 bench: {} did not run as set up: {ev:?}", name(m));
-                std::process::exit(1);
+                broken.push(format!("{} did not run as set up: {ev:?}", name(m)));
             }
         }
         if rate[i] == 0.0 {
-            eprintln!(
-                "seg6 bench: {} delivered nothing: the setup is broken",
+            broken.push(format!(
+                "{} delivered nothing: the setup is broken",
                 name(m)
-            );
-            std::process::exit(1);
+            ));
         }
+    }
+    // The namespaces go before exiting (process::exit runs no destructors).
+    drop(setups);
+    if !broken.is_empty() {
+        for b in &broken {
+            eprintln!("seg6 bench: {b}");
+        }
+        std::process::exit(1);
     }
     let repeat = if smoke { 100 } else { 1_000_000 };
     for (n, ns) in twin_ns(repeat) {
