@@ -13,6 +13,9 @@
 //!               decapsulated, is looked up in the rule's table
 //! ```
 //!
+//! The encapsulation side, [`Seg6Policies`], is a table of destination prefix → segment list
+//! installed as the kernel's seg6 encap routes through lwtun's typed netlink.
+//!
 //! Rules are keyed by a prefix of the *active segment*: the IPv6 destination the kernel's End
 //! step set, that is `segments[segments_left]` after the decrement (for a 2-segment list
 //! arriving at the first SID, the second SID). A packet without a rule follows the
@@ -75,6 +78,8 @@ use crate::abi::{self, Pod};
 use crate::device::Device;
 use crate::error::{Error, ErrorKind, Result};
 use crate::family::PinFolder;
+use crate::netlink::route::{Encap, Route, Seg6Encap, Seg6Mode};
+use crate::netlink::Netlink;
 use crate::program::{sum_percpu, Counter, Hook, LwtProgram};
 use crate::route::{InstalledRoute, LwtRoute};
 use crate::skel::seg6_end::types::{lwtun_seg6_config, lwtun_seg6_decision, lwtun_seg6_rule};
@@ -965,6 +970,124 @@ impl Seg6End<EndDt6> {
                 ..Default::default()
             },
         )
+    }
+}
+
+/// The encapsulation side: a table of destination prefix → segment list, each installed as the
+/// kernel's seg6 encap route (`ip route ... encap seg6 mode M segs ...`) through one device,
+/// made with lwtun's typed netlink. Setting a prefix again replaces its route atomically (the
+/// kernel swaps it); every route is removed when the table drops.
+///
+/// The routes carry the protocol [`crate::route::RTPROT_LWTUN`], so
+/// [`crate::route::remove_leftovers`] finds them after a crash.
+///
+/// # Examples
+///
+/// ```no_run
+/// use lwtun::netlink::route::Seg6Mode;
+/// use lwtun::netns::NetNs;
+/// use lwtun::seg6::Seg6Policies;
+///
+/// let ns = NetNs::open("ingress")?;
+/// let mut policies = Seg6Policies::new(&ns.device("to2")?, Seg6Mode::Encap)?;
+/// policies.set(
+///     "fd77:3::/64".parse().unwrap(),
+///     vec!["fc00:2::100".parse().unwrap(), "fc00:3::6".parse().unwrap()],
+/// )?;
+/// # Ok::<(), lwtun::Error>(())
+/// ```
+pub struct Seg6Policies {
+    nl: Netlink,
+    device: Device,
+    mode: Seg6Mode,
+    routes: BTreeMap<IpNetwork, Route>,
+}
+
+impl fmt::Debug for Seg6Policies {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Seg6Policies")
+            .field("device", &self.device.to_string())
+            .field("mode", &self.mode)
+            .field("routes", &self.routes.len())
+            .finish()
+    }
+}
+
+impl Seg6Policies {
+    /// An empty table whose routes go through `device` (in its namespace) with `mode`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Device::netlink`].
+    pub fn new(device: &Device, mode: Seg6Mode) -> Result<Self> {
+        Ok(Seg6Policies {
+            nl: device.netlink()?,
+            device: device.clone(),
+            mode,
+            routes: BTreeMap::new(),
+        })
+    }
+
+    /// Packets to `dst` get an SRH with `segments` (in path order: the first is visited
+    /// first). Adds the route, or replaces this table's route for `dst`.
+    ///
+    /// # Errors
+    ///
+    /// InvalidInput for a list the kernel would refuse (empty, too long, a segment that is not
+    /// unicast, inline mode for IPv4), nothing sent; the kernel's error otherwise (Exists when
+    /// a route for `dst` that is not this table's is there).
+    pub fn set(&mut self, dst: IpNetwork, segments: Vec<Ipv6Addr>) -> Result<()> {
+        let dst = IpNetwork::new(dst.network(), dst.prefix()).unwrap_or(dst);
+        let mut route = Route::new(dst);
+        route.protocol = crate::route::RTPROT_LWTUN;
+        route.oif = Some(self.device.index());
+        route.encap = Some(Encap::Seg6(Seg6Encap {
+            mode: self.mode,
+            segments,
+        }));
+        route.validate()?;
+        if self.routes.contains_key(&dst) {
+            self.nl.replace_route(&route)?;
+        } else {
+            self.nl.add_route(&route)?;
+        }
+        self.routes.insert(dst, route);
+        Ok(())
+    }
+
+    /// Removes the route for `dst`.
+    ///
+    /// # Errors
+    ///
+    /// NotFound when the table has no route for `dst`; the kernel's error deleting it.
+    pub fn remove(&mut self, dst: IpNetwork) -> Result<()> {
+        let dst = IpNetwork::new(dst.network(), dst.prefix()).unwrap_or(dst);
+        let route = self
+            .routes
+            .get(&dst)
+            .ok_or_else(|| Error::not_found("remove seg6 policy", format!("policy {dst}")))?;
+        self.nl.delete_route(route)?;
+        self.routes.remove(&dst);
+        Ok(())
+    }
+
+    /// The policies: destination and segment list.
+    pub fn policies(&self) -> Vec<(IpNetwork, Vec<Ipv6Addr>)> {
+        self.routes
+            .iter()
+            .filter_map(|(d, r)| match &r.encap {
+                Some(Encap::Seg6(e)) => Some((*d, e.segments.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl Drop for Seg6Policies {
+    fn drop(&mut self) {
+        for r in self.routes.values() {
+            let _ = self.nl.delete_route(r);
+        }
     }
 }
 

@@ -3,8 +3,8 @@
 //! ```text
 //!  host A ── ingress ─────────────── transit ──────────────── egress ── host B
 //!  ns 0      ns 1                    ns 2                     ns 3      ns 4
-//!  fd77:0::1 seg6 encap (lwtun       End.BPF fc00:2::100      decap     fd77:3::2
-//!            netlink, typed):        Seg6EndX: tag 42,        SID (BPF or kernel End.DT6)
+//!  fd77:0::1 Seg6Policies: kernel   End.BPF fc00:2::100      decap     fd77:3::2
+//!            seg6 encap (typed):     Seg6EndX: tag 42,        SID (BPF or kernel End.DT6)
 //!            segs [T, E(, S)]        nh6 fd77:2::2            into table 100
 //! ```
 //!
@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 use lwtun::netlink::route::{Encap, Route, Seg6Encap, Seg6Local, Seg6Mode};
-use lwtun::seg6::{CrossConnect, Seg6EndDt6, Seg6EndX};
+use lwtun::seg6::{CrossConnect, Seg6EndDt6, Seg6EndX, Seg6Policies};
 
 use common::{Capture, Line};
 
@@ -156,14 +156,15 @@ fn srv6_path(egress: Egress) {
         ],
     );
     let to_transit = line.device(1, "to2");
-    let mut nl = to_transit.netlink().unwrap();
-    let mut encap = Route::new(IpNetwork::V6(line.segments[3].v6_net.parse().unwrap()));
-    encap.oif = Some(to_transit.index());
-    encap.encap = Some(Encap::Seg6(Seg6Encap {
-        mode: Seg6Mode::Encap,
-        segments: path.clone(),
-    }));
-    nl.replace_route(&encap).unwrap();
+    let host_b_net: IpNetwork = line.segments[3].v6_net.parse().unwrap();
+    common::ip(ingress, &["-6", "route", "del", "fd77:3::/64"]);
+    let mut policies = Seg6Policies::new(&to_transit, Seg6Mode::Encap).unwrap();
+    // First a list that goes nowhere, then the real one: set replaces.
+    policies
+        .set(host_b_net, vec![a("fc00:9::1"), a("fc00:9::2")])
+        .unwrap();
+    policies.set(host_b_net, path.clone()).unwrap();
+    assert_eq!(policies.policies(), vec![(host_b_net, path.clone())]);
     let shown = common::ip(ingress, &["-6", "route", "show", "fd77:3::/64"]);
     let segs: Vec<String> = path.iter().map(Ipv6Addr::to_string).collect();
     assert!(
@@ -316,6 +317,10 @@ fn srv6_path(egress: Egress) {
     }
     drop(sid_route);
     assert!(common::ip(transit, &["-6", "route", "show", "fc00:2::100"])
+        .trim()
+        .is_empty());
+    drop(policies);
+    assert!(common::ip(ingress, &["-6", "route", "show", "fd77:3::/64"])
         .trim()
         .is_empty());
 }
