@@ -1224,6 +1224,32 @@ mod tests {
     }
 
     #[test]
+    fn adopted_keys_and_rules_decode() {
+        let (_, key) = key_bytes(&"fc00:3::/64".parse().unwrap());
+        assert_eq!(decode_key(&key), Some("fc00:3::/64".parse().unwrap()));
+        assert_eq!(decode_key(&key[..10]), None);
+        let mut bad = key.clone();
+        bad[..4].copy_from_slice(&200u32.to_ne_bytes());
+        assert_eq!(decode_key(&bad), None, "prefix length past 128");
+        let rule = Seg6Rule {
+            tag: Some(9),
+            next_hop: Some("fd77:2::2".parse().unwrap()),
+            table: None,
+        };
+        assert_eq!(decode_rule::<EndX>(&encode_rule(&rule)), rule);
+        let dt6 = Seg6Rule {
+            table: Some(100),
+            ..Default::default()
+        };
+        assert_eq!(decode_rule::<EndDt6>(&encode_rule(&dt6)), dt6);
+        let tag = Seg6Rule {
+            tag: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(decode_rule::<Tag>(&encode_rule(&tag)), tag);
+    }
+
+    #[test]
     fn prefixes_are_normalised() {
         let n: Ipv6Network = "fc00:3::1/64".parse().unwrap();
         assert_eq!(normalize6(n).to_string(), "fc00:3::/64");

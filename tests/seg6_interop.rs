@@ -9,7 +9,7 @@ use std::net::Ipv6Addr;
 use lwtun::netlink::route::{Encap, Route, RouteFilter, Seg6Encap, Seg6Local, Seg6Mode};
 use lwtun::netns::NetNs;
 use lwtun::route::{lwt_routes, program_of, Hook};
-use lwtun::seg6::{CrossConnect, Seg6EndDt6, Seg6EndX, Seg6Tag};
+use lwtun::seg6::{CrossConnect, Seg6EndDt6, Seg6EndX, Seg6Policies, Seg6Tag};
 use lwtun::ErrorKind;
 
 /// Removes the bpffs folders iproute2 creates on its first object load, if they were absent
@@ -286,4 +286,49 @@ fn kernel_seg6_routes_made_by_lwtun_and_by_iproute2_agree() {
         Some(Encap::Seg6Local(Seg6Local::EndDt6 { table: 100 }))
     );
     assert_eq!(find("fc00:e::5/128").encap, end_x.encap);
+}
+
+#[test]
+fn seg6_policies_refuse_lists_the_kernel_would_and_clean_up() {
+    if !common::privileged("seg6_policies_refuse_lists_the_kernel_would_and_clean_up") {
+        return;
+    }
+    let ns = veth_ns("s6pol");
+    let d0 = ns.device("d0").unwrap();
+    let mut policies = Seg6Policies::new(&d0, Seg6Mode::Encap).unwrap();
+    let dst = "fd77:5::/64".parse().unwrap();
+    for bad in [vec![], vec!["ff02::1".parse().unwrap()]] {
+        let e = policies.set(dst, bad).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    }
+    assert!(policies.policies().is_empty());
+    let segs: Vec<Ipv6Addr> = vec!["fc00:2::1".parse().unwrap()];
+    policies
+        .set("fd77:5::9/64".parse().unwrap(), segs.clone())
+        .unwrap();
+    assert_eq!(policies.policies(), vec![(dst, segs)]);
+    let shown = common::ip(&ns, &["-6", "route", "show", "fd77:5::/64"]);
+    assert!(
+        shown.contains("encap seg6 mode encap segs 1 [ fc00:2::1 ]"),
+        "{shown}"
+    );
+    assert!(shown.contains("proto 76"), "{shown}");
+    assert_eq!(
+        policies
+            .remove("fd77:6::/64".parse().unwrap())
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
+    policies.remove(dst).unwrap();
+    assert!(common::ip(&ns, &["-6", "route", "show", "fd77:5::/64"])
+        .trim()
+        .is_empty());
+    policies
+        .set(dst, vec!["fc00:2::1".parse().unwrap()])
+        .unwrap();
+    drop(policies);
+    assert!(common::ip(&ns, &["-6", "route", "show", "fd77:5::/64"])
+        .trim()
+        .is_empty());
 }
