@@ -432,3 +432,76 @@ fn end_x_drops_on_the_path_are_counted_by_reason() {
     assert_eq!(ev.done.packets, 2, "{ev:?}");
     assert_eq!(ev.dropped(), 4, "{ev:?}");
 }
+
+/// The kernel fact `Seg6EndDt6`'s design rests on: a packet arriving at an End.BPF SID with
+/// segments left 0 is dropped before the program runs, so a BPF decap SID cannot be the last
+/// segment (the 2-segment list [T, E] does not reach host B, and the function sees nothing).
+#[test]
+fn end_bpf_never_sees_segments_left_zero() {
+    if !common::privileged("end_bpf_never_sees_segments_left_zero") {
+        return;
+    }
+    let line = common::line(5);
+    let (ingress, eg) = (line.ns(1), line.ns(3));
+    common::ip(
+        ingress,
+        &[
+            "-6",
+            "route",
+            "add",
+            "fc00:2::/64",
+            "via",
+            "fd77:1::2",
+            "dev",
+            "to2",
+        ],
+    );
+    common::ip(ingress, &["-6", "route", "del", "fd77:3::/64"]);
+    let mut policies = Seg6Policies::new(&line.device(1, "to2"), Seg6Mode::Encap).unwrap();
+    policies
+        .set(
+            "fd77:3::/64".parse().unwrap(),
+            vec![a("fc00:2::100"), a("fc00:3::d")],
+        )
+        .unwrap();
+    let mut end_x = Seg6EndX::load().unwrap();
+    end_x
+        .set_next_hop(
+            "fc00:3::/64".parse().unwrap(),
+            CrossConnect::to(line.v6_towards(3, 2)),
+        )
+        .unwrap();
+    let _sid = end_x
+        .install_route("fc00:2::100/128".parse().unwrap(), &line.device(2, "to3"))
+        .unwrap();
+    common::ip(
+        eg,
+        &[
+            "-6",
+            "route",
+            "add",
+            "fd77:3::/64",
+            "dev",
+            "to4",
+            "table",
+            "100",
+        ],
+    );
+    let mut dt6 = Seg6EndDt6::builder()
+        .miss_policy(lwtun::seg6::MissPolicy::Pass)
+        .load()
+        .unwrap();
+    // A rule for every active segment: whatever the program saw, it would decap.
+    dt6.set_table("::/0".parse().unwrap(), TABLE).unwrap();
+    let _decap = dt6
+        .install_route("fc00:3::d/128".parse().unwrap(), &line.device(3, "to2"))
+        .unwrap();
+    let p = common::ping(line.ns(0), IpAddr::V6(line.v6(4)), 2);
+    assert_eq!(p.received, 0, "{}", p.output);
+    assert_eq!(end_x.events().unwrap().done.packets, 2, "the transit ran");
+    assert_eq!(
+        dt6.events().unwrap(),
+        lwtun::seg6::Seg6Events::default(),
+        "the End.BPF program at the last segment never ran"
+    );
+}
