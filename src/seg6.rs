@@ -682,7 +682,8 @@ impl<F: Seg6Function> Seg6End<F> {
 
     /// Runs the twin once on `packet` (an IPv6 packet as it arrives at the SID, from the IPv6
     /// header) with BPF_PROG_TEST_RUN: the kernel's End step, then this function's decision.
-    /// Counters count it like a real packet.
+    /// Counters count it like a real packet. The decision is read back from the object's
+    /// `decision` map, which holds the last run's: run one test at a time per function.
     ///
     /// # Errors
     ///
