@@ -483,4 +483,64 @@ struct lwtun_encap_preview {
 };
 LWTUN_ASSERT_SIZE(struct lwtun_encap_preview, 72);
 
+/* ---- SRv6 End.BPF functions (bpf/seg6_end.bpf.c, bpf/seg6_end.h <-> src/seg6.rs) ---- */
+
+/* Rules are keyed by lwtun_redirect_key6 (above): a prefix of the active segment, the IPv6
+ * destination the kernel's End step set (segments[segments_left] after the decrement). */
+
+/* lwtun_seg6_rule.flags */
+#define LWTUN_SEG6_RULE_TAG (1U << 0) /* write `tag` into the SRH's tag field */
+
+/* What a function does with a packet whose active segment matched. */
+struct lwtun_seg6_rule {
+	__u8 nh6[16];  /* End.X: the next hop (network byte order) */
+	__u32 table;   /* End.DT6: the table the inner IPv6 packet is looked up in */
+	__u32 flags;   /* LWTUN_SEG6_RULE_* */
+	__u16 tag;     /* LWTUN_SEG6_RULE_TAG: the SRH tag, host order (written in network order) */
+	__u16 pad;
+	__u32 pad2;
+};
+LWTUN_ASSERT_SIZE(struct lwtun_seg6_rule, 32);
+
+/* A function's configuration (one entry, index 0). */
+struct lwtun_seg6_config {
+	__u32 magic;   /* LWTUN_MAGIC; until it is set, misses pass (End behaviour) */
+	__u32 version; /* LWTUN_ABI_VERSION */
+	__u32 miss;    /* LWTUN_MISS_*: what a packet without a rule gets */
+	__u32 function; /* LWTUN_SEG6_FN_* owning the maps (checked when pinned maps are adopted) */
+};
+LWTUN_ASSERT_SIZE(struct lwtun_seg6_config, 16);
+
+/* The functions (lwtun_seg6_config.function). */
+#define LWTUN_SEG6_FN_TAG 0
+#define LWTUN_SEG6_FN_END_X 1
+#define LWTUN_SEG6_FN_END_DT6 2
+
+/* Slots of a function's event counters (per CPU, packets and IPv6 bytes). */
+#define LWTUN_SEG6_EV_DONE 0          /* the function was applied */
+#define LWTUN_SEG6_EV_MISS_PASS 1     /* no rule: the kernel's End behaviour goes on (BPF_OK) */
+#define LWTUN_SEG6_EV_MISS_DROP 2     /* no rule: dropped */
+#define LWTUN_SEG6_EV_MALFORMED 3     /* not IPv6, no SRH right after the IPv6 header, bad SRH
+				       * type or length, truncated: dropped */
+#define LWTUN_SEG6_EV_SL_ZERO 4       /* twin only: segments left 0 on arrival (the kernel drops
+				       * these before End.BPF runs): dropped */
+#define LWTUN_SEG6_EV_INNER_NOT_V6 5  /* End.DT6: the SRH is not followed by IPv6 (41): dropped */
+#define LWTUN_SEG6_EV_HELPER_FAILED 6 /* the kernel refused the tag store or the action: dropped */
+#define LWTUN_SEG6_EV_MAX 7
+
+/* The twin programs' record of their last decision (one entry, index 0): what the End.BPF
+ * program would have done with the packet. */
+struct lwtun_seg6_decision {
+	__u32 event;         /* LWTUN_SEG6_EV_* the packet was counted in */
+	__u32 action;        /* SEG6_LOCAL_ACTION_* the program calls (0: none) */
+	__u8 nh6[16];        /* END_X: the next hop */
+	__u32 table;         /* END_DT6: the table */
+	__u32 inner_offset;  /* END_DT6: where the inner IPv6 packet starts */
+	__u16 tag;           /* the tag written (host order), when `tagged` */
+	__u8 tagged;         /* 1: the tag was written */
+	__u8 segments_left;  /* after the End step */
+	__u32 pad;
+};
+LWTUN_ASSERT_SIZE(struct lwtun_seg6_decision, 40);
+
 #endif /* LWTUN_H */

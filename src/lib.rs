@@ -88,6 +88,7 @@ mod pin_lock;
 pub mod probe;
 pub mod program;
 pub mod route;
+pub mod seg6;
 pub mod table;
 pub mod tc;
 pub mod tunnel;
