@@ -62,7 +62,10 @@ fn forwarding_table_swaps_whole_under_traffic_without_loss() {
     const COUNT: u32 = 400;
     let ns0 = net.ns(0);
     let target = dst.to_string();
-    let (out, swaps) = std::thread::scope(|s| {
+    let ns1 = net.ns(1);
+    let (out, swaps, tcp) = std::thread::scope(|s| {
+        // A TCP stream of a known pattern alongside the pings, through the same route.
+        let tcp = s.spawn(|| common::tcp_stream(ns1, ns0, dst.into(), 32 << 20));
         let flow = s.spawn(|| {
             ns0.command("ping")
                 .args([
@@ -86,8 +89,13 @@ fn forwarding_table_swaps_whole_under_traffic_without_loss() {
             swaps += 1;
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
-        (flow.join().unwrap(), swaps)
+        (flow.join().unwrap(), swaps, tcp.join().unwrap())
     });
+    assert!(tcp.complete(), "TCP across the swaps: {tcp:?}");
+    eprintln!(
+        "{swaps} table swaps under {COUNT} pings and a 32 MB TCP stream ({:?}): nothing lost",
+        tcp.elapsed
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(swaps > 50, "only {swaps} swaps");
     assert!(
@@ -98,10 +106,9 @@ fn forwarding_table_swaps_whole_under_traffic_without_loss() {
         stage.hits(1).unwrap().packets,
         stage.hits(2).unwrap().packets,
     );
-    assert_eq!(
-        h1 + h2,
-        3 + u64::from(COUNT),
-        "every request hit one table: {h1} + {h2}"
+    assert!(
+        h1 + h2 > 3 + u64::from(COUNT),
+        "every request and the TCP segments hit one table: {h1} + {h2}"
     );
     assert!(h2 > 0 && h1 > 3, "both tables served traffic: {h1} {h2}");
     assert_eq!(
