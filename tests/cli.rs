@@ -244,6 +244,7 @@ fn load_peer_route_ping_show_adopt_unload() {
     assert!(human.contains("10.20.0.0/16  3"), "{human}");
 
     // route show: lwtun's route with its program, and one iproute2 made.
+    let _iproute2_state = common::Iproute2Bpffs::new();
     common::ip(
         net.ns(0),
         &[

@@ -224,33 +224,6 @@ fn programs_run_at_each_hook_v4_and_v6_and_show_in_iproute2() {
     drop(line.c);
 }
 
-/// Removes the bpffs folders iproute2 creates on its first object load, if they were absent.
-struct Iproute2BpffsGuard {
-    existed: bool,
-}
-
-impl Iproute2BpffsGuard {
-    fn new() -> Self {
-        Iproute2BpffsGuard {
-            existed: std::path::Path::new("/sys/fs/bpf/tc").exists(),
-        }
-    }
-}
-
-impl Drop for Iproute2BpffsGuard {
-    fn drop(&mut self) {
-        if self.existed {
-            return;
-        }
-        for link in ["/sys/fs/bpf/ip", "/sys/fs/bpf/xdp"] {
-            let _ = std::fs::remove_file(link);
-        }
-        // remove_dir only removes empty folders: anything pinned there in the meantime stays.
-        let _ = std::fs::remove_dir("/sys/fs/bpf/tc/globals");
-        let _ = std::fs::remove_dir("/sys/fs/bpf/tc");
-    }
-}
-
 #[test]
 fn iproute2_made_route_is_decoded() {
     if !common::privileged("iproute2_made_route_is_decoded") {
@@ -264,7 +237,7 @@ fn iproute2_made_route_is_decoded() {
     std::fs::write(&obj, lwtun::skel::lwt_count::OBJECT).unwrap();
     // Loading an object makes iproute2 create its bpffs folders (tc/globals, ip and xdp links);
     // remove them afterwards when they were not there before.
-    let _iproute2_state = Iproute2BpffsGuard::new();
+    let _iproute2_state = common::Iproute2Bpffs::new();
     ip(
         &ns,
         &format!(

@@ -12,33 +12,6 @@ use lwtun::route::{lwt_routes, program_of, Hook};
 use lwtun::seg6::{CrossConnect, Seg6EndDt6, Seg6EndX, Seg6Policies, Seg6Tag};
 use lwtun::ErrorKind;
 
-/// Removes the bpffs folders iproute2 creates on its first object load, if they were absent
-/// (the pattern of tests/route.rs).
-struct Iproute2BpffsGuard {
-    existed: bool,
-}
-
-impl Iproute2BpffsGuard {
-    fn new() -> Self {
-        Iproute2BpffsGuard {
-            existed: std::path::Path::new("/sys/fs/bpf/tc").exists(),
-        }
-    }
-}
-
-impl Drop for Iproute2BpffsGuard {
-    fn drop(&mut self) {
-        if self.existed {
-            return;
-        }
-        for link in ["/sys/fs/bpf/ip", "/sys/fs/bpf/xdp"] {
-            let _ = std::fs::remove_file(link);
-        }
-        let _ = std::fs::remove_dir("/sys/fs/bpf/tc/globals");
-        let _ = std::fs::remove_dir("/sys/fs/bpf/tc");
-    }
-}
-
 /// A temporary folder removed on drop.
 struct TempDir(std::path::PathBuf);
 
@@ -77,7 +50,7 @@ fn iproute2_end_bpf_route_from_an_object_decodes() {
     std::fs::create_dir_all(&dir.0).unwrap();
     let obj = dir.0.join("seg6_end.bpf.o");
     std::fs::write(&obj, lwtun::skel::seg6_end::OBJECT).unwrap();
-    let _iproute2_state = Iproute2BpffsGuard::new();
+    let _iproute2_state = common::Iproute2Bpffs::new();
     common::ip(
         &ns,
         &[

@@ -953,3 +953,44 @@ pub fn hex(s: &str) -> Vec<u8> {
         .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
         .collect()
 }
+
+// ---------------------------------------------------------------------------------------------
+// iproute2's bpffs folders
+// ---------------------------------------------------------------------------------------------
+
+/// How many [`Iproute2Bpffs`] guards of this test binary live, and whether iproute2's folders
+/// were there before the first.
+static IPROUTE2_BPFFS: Mutex<(usize, bool)> = Mutex::new((0, false));
+
+/// Hold one around `ip ... obj FILE` calls: iproute2 creates `/sys/fs/bpf/tc/globals` and the
+/// `ip` and `xdp` links the first time it loads an object. When the last guard of the test
+/// binary goes (tests run in parallel) and the folders were not there when the first came,
+/// they are removed (only if empty: anything pinned there meanwhile stays).
+pub struct Iproute2Bpffs(());
+
+impl Iproute2Bpffs {
+    /// Takes a guard.
+    pub fn new() -> Self {
+        let mut state = IPROUTE2_BPFFS.lock().unwrap_or_else(|e| e.into_inner());
+        if state.0 == 0 {
+            state.1 = std::path::Path::new("/sys/fs/bpf/tc").exists();
+        }
+        state.0 += 1;
+        Iproute2Bpffs(())
+    }
+}
+
+impl Drop for Iproute2Bpffs {
+    fn drop(&mut self) {
+        let mut state = IPROUTE2_BPFFS.lock().unwrap_or_else(|e| e.into_inner());
+        state.0 -= 1;
+        if state.0 > 0 || state.1 {
+            return;
+        }
+        for link in ["/sys/fs/bpf/ip", "/sys/fs/bpf/xdp"] {
+            let _ = std::fs::remove_file(link);
+        }
+        let _ = std::fs::remove_dir("/sys/fs/bpf/tc/globals");
+        let _ = std::fs::remove_dir("/sys/fs/bpf/tc");
+    }
+}
