@@ -229,6 +229,8 @@ pub fn test_run(program: impl AsFd, frame: &[u8], repeat: u32) -> Result<TestRun
 /// The decap program family: the program, its tables (local endpoints, known peers, UDP ports)
 /// and its attachments. Dropping it detaches the program from every device it was attached to.
 ///
+/// Kernel: Linux 5.17+ (`bpf_loop` in the GRE checksum check; `bpf_skb_adjust_room` with `BPF_ADJ_ROOM_MAC` 5.2, `bpf_csum_level` 5.8; tcx: 6.6+).
+///
 /// # Examples
 ///
 /// ```no_run

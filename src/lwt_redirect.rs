@@ -411,6 +411,8 @@ pub struct TestRun {
 
 /// Options for loading an [`LwtRedirect`].
 ///
+/// Kernel: Linux 4.11+ (LPM trie; LWT BPF 4.10).
+///
 /// # Examples
 ///
 /// ```no_run
@@ -557,6 +559,8 @@ struct Installed {
 }
 
 /// The LWT redirect program family: its `lwt_xmit` program, its rule maps and the rules set.
+///
+/// Kernel: Linux 4.11+ (LPM trie; LWT BPF and `bpf_redirect` from `lwt_xmit` 4.10).
 ///
 /// # Examples
 ///

@@ -304,6 +304,8 @@ struct Target {
 }
 
 /// Options for loading a [`TunnelRedirect`].
+///
+/// Kernel: Linux 4.11+ (LPM trie; `bpf_skb_set_tunnel_key` 4.3; tcx: 6.6+).
 #[derive(Debug, Clone, Default)]
 pub struct TunnelRedirectBuilder {
     capacity: Option<u32>,
@@ -399,6 +401,8 @@ struct Installed {
 }
 
 /// The tunnel redirect program family: its programs, its rule maps and the rules set in them.
+///
+/// Kernel: Linux 4.11+ (LPM trie; `bpf_skb_set_tunnel_key` 4.3; tcx: 6.6+).
 ///
 /// # Examples
 ///

@@ -9,6 +9,8 @@ use crate::netlink::netdev::{xdp_features, XdpFeatures};
 use std::os::fd::{AsFd, AsRawFd};
 
 /// Which kind of device map.
+///
+/// Kernel: Linux 4.14+ (`Hash`: 5.4+).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DevMapKind {
     /// `BPF_MAP_TYPE_DEVMAP`: keys are indexes `0..max_entries`.
@@ -31,6 +33,8 @@ pub struct EgressPort {
 /// A typed `BPF_MAP_TYPE_DEVMAP` / `BPF_MAP_TYPE_DEVMAP_HASH`: set, get and remove egress ports,
 /// each with an optional per-port program (an XDP program of attach type `BPF_XDP_DEVMAP`, such
 /// as [`XdpRedirect::egress_program`](super::XdpRedirect::egress_program)).
+///
+/// Kernel: Linux 4.14+ ([`DevMapKind::Hash`]: 5.4+; a program per port: 5.8+).
 ///
 /// # Minimum kernel version
 ///
