@@ -157,11 +157,13 @@
 //! | `BPF_OBJ_GET_INFO_BY_FD` | 4.13 | [`program::ProgramInfo`] |
 //! | devmap, `bpf_redirect_map` | 4.14 | [`xdp::DevMap`] |
 //! | seg6local | 4.14 | [`netlink::route::Seg6Local`] |
+//! | collect_md ip6gre devices | 4.16 | [`netlink::Netlink::add_ip6gre_external`] |
 //! | seg6local `End.BPF`, `bpf_lwt_seg6_*` | 4.18 | [`seg6::Seg6End`] |
 //! | `bpf_fib_lookup` | 4.18 | [`xdp::XdpRouter`] |
 //! | global data (`.rodata`) | 5.2 | [`chain::ProgChain`], [`chain::Dispatcher`] |
 //! | `bpf_lwt_push_encap(BPF_LWT_ENCAP_IP)`, `BPF_LWT_REROUTE` *probe* | 5.3 | [`tunnel::Tunnel`] |
 //! | `BPF_MAP_TYPE_DEVMAP_HASH` | 5.4 | [`xdp::DevMapKind::Hash`] |
+//! | `XDP_FLAGS_REPLACE` | 5.7 | [`netlink::Netlink::replace_xdp_fd`] |
 //! | devmap programs | 5.8 | [`xdp::XdpRedirect`] |
 //! | BPF ring buffer | 5.8 | `capture::Capture` |
 //! | XDP through a `bpf_link` *probe* | 5.9 | [`xdp::AttachVia`] |
@@ -169,6 +171,9 @@
 //! | batch operations on LPM tries *probe* | 5.13 | [`peer::PeerTable`] |
 //! | `bpf_loop` | 5.17 | [`tunnel::Tunnel`], [`peer::PeerTable`], [`decap::Decap`] |
 //! | `bpf_xdp_load_bytes`, XDP live-frame test runs | 5.18 | `capture::Capture`, [`xdp::TrafficGen`], [`xdp::LiveFrames`] |
+//! | outer source in `bpf_skb_set_tunnel_key` | 6.0 | [`tunnel_redirect::TunnelKey::local`] |
+//! | `BPF_F_NO_TUNNEL_KEY` | 6.2 | [`tunnel_redirect::TunnelKeyFlags::NO_TUNNEL_KEY`] |
+//! | `bpf_skb_adjust_room` with `BPF_F_ADJ_ROOM_DECAP_L3_*` | 6.3 | [`decap::Decap`] |
 //! | `netdev` generic netlink (XDP features) | 6.3 | [`netlink::netdev::xdp_features`] |
 //! | tcx (`BPF_TCX_INGRESS`/`EGRESS` links) *probe* | 6.6 | [`tc::TcMode`], [`tc::TcxOrder`] |
 #![deny(missing_docs)]

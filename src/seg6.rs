@@ -522,10 +522,6 @@ impl<F: Seg6Function> Seg6Builder<F> {
 ///
 /// Routes keep the program (and with it the maps) loaded by themselves: a route that outlives
 /// the value goes on with the last rules set.
-///
-/// # Minimum kernel version
-///
-/// 4.18 (End.BPF and the seg6 helpers).
 #[doc(alias = "End.BPF")]
 #[doc(alias = "bpf_lwt_seg6_action")]
 pub struct Seg6End<F: Seg6Function> {

@@ -227,9 +227,7 @@ impl TcAttach {
 
     /// Attaches `program` (a loaded `sched_cls` program) and returns the handle that detaches it.
     ///
-    /// # Minimum kernel version
-    ///
-    /// clsact with direct-action cls_bpf: 4.5; tcx: 6.6.
+    /// Kernel: Linux 4.10+ (clsact with direct-action cls_bpf 4.5; tcx: 6.6+).
     ///
     /// # Errors
     ///

@@ -36,10 +36,6 @@ pub struct EgressPort {
 ///
 /// Kernel: Linux 4.14+ ([`DevMapKind::Hash`]: 5.4+; a program per port: 5.8+).
 ///
-/// # Minimum kernel version
-///
-/// DEVMAP 4.14, DEVMAP_HASH 5.4, per-port programs 5.8.
-///
 /// # Examples
 ///
 /// ```no_run

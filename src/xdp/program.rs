@@ -149,9 +149,7 @@ impl XdpProgram {
     /// copy and its verdict is carried out (transmit, redirect, pass to the stack), which makes the
     /// program a traffic generator. Returns the kernel's measured time per frame.
     ///
-    /// # Minimum kernel version
-    ///
-    /// 5.18.
+    /// Kernel: Linux 5.18+ (`BPF_F_TEST_XDP_LIVE_FRAMES`).
     ///
     /// # Errors
     ///

@@ -24,10 +24,6 @@ pub const TEMPLATE_LEN: usize = 64;
 /// The sending interface transmits XDP frames only while it runs an XDP program itself (any:
 /// [`XdpPass`](super::XdpPass) will do), and a veth peer needs one to receive them.
 ///
-/// # Minimum kernel version
-///
-/// 5.18 (live frames).
-///
 /// # Examples
 ///
 /// ```no_run
