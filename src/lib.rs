@@ -31,8 +31,8 @@
 //!    ([`tunnel::Tunnel::adopted`] says so), then takes the routes over with
 //!    [`tunnel::Tunnel::steer_replace`] (one `NLM_F_REPLACE` request: no moment without a
 //!    route). A read-only observer opens the pins with [`tunnel::PinnedTunnel::open`].
-//! 7. **Drop / remove leftovers**: dropping the tunnel removes its routes, then its fix-ups,
-//!    then (unless kept) its pins, in that order. What a killed process leaves (routes tagged
+//! 7. **Drop / remove leftovers**: dropping the tunnel removes its pins (unless kept), its
+//!    routes and its underlay fix-ups; the programs and maps go with their last user. What a killed process leaves (routes tagged
 //!    [`route::RTPROT_LWTUN`], tc filters named `lwtun:`) is found and removed by
 //!    [`route::remove_leftovers`] and [`tc::remove_leftovers`].
 //!

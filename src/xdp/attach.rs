@@ -18,6 +18,8 @@ pub enum XdpMode {
     /// Native mode in the driver (`XDP_FLAGS_DRV_MODE`); fails on drivers without XDP.
     Native,
     /// Generic mode on the skb path (`XDP_FLAGS_SKB_MODE`): works on every device, slower.
+    ///
+    /// Kernel: Linux 4.12+.
     Generic,
 }
 
