@@ -24,7 +24,7 @@ python3 - "$root/Cargo.toml" "$work/Cargo.toml" <<'EOF'
 import re, sys
 text = open(sys.argv[1]).read()
 # drop the [workspace] table (up to the next table header)
-text = re.sub(r'(?ms)^\[workspace\]\n.*?(?=^\[)', '', text)
+text = re.sub(r'(?ms)^\[workspace\]\n.*?(?=^\[|\Z)', '', text)
 open(sys.argv[2], 'w').write(text)
 EOF
 for f in src build.rs bpf benches tests examples README.md; do
