@@ -20,3 +20,4 @@ cargo test -p lwtun-agent
 ./scripts/bpf-objects.sh --check
 # the packaged crate builds without clang and a crate depending on it runs an LWT route
 ./scripts/package-check.sh
+./scripts/msrv-check.sh

@@ -229,6 +229,8 @@ pub fn test_run(program: impl AsFd, frame: &[u8], repeat: u32) -> Result<TestRun
 /// The decap program family: the program, its tables (local endpoints, known peers, UDP ports)
 /// and its attachments. Dropping it detaches the program from every device it was attached to.
 ///
+/// Kernel: Linux 6.3+ (`bpf_skb_adjust_room` with `BPF_F_ADJ_ROOM_DECAP_L3_*`, used for every packet; `bpf_loop` 5.17, `bpf_csum_level` 5.8; tcx: 6.6+).
+///
 /// # Examples
 ///
 /// ```no_run
@@ -331,9 +333,7 @@ fn peer_key(prefix: &IpNetwork) -> (&'static str, Vec<u8>) {
 impl Decap {
     /// Loads the program and its maps (empty tables: nothing is decapsulated yet).
     ///
-    /// # Minimum kernel version
-    ///
-    /// 6.3 (`BPF_F_ADJ_ROOM_DECAP_L3_*`); `bpf_loop` needs 5.17.
+    /// Kernel: Linux 6.3+ (`BPF_F_ADJ_ROOM_DECAP_L3_*`; `bpf_loop` 5.17).
     ///
     /// # Errors
     ///

@@ -1,5 +1,75 @@
 //! # lwtun: own a BPF tunnel and packet-steering data plane
 //!
+//! # Lifecycle
+//!
+//! Every lwtun value that puts something into the kernel owns it (RAII): dropping the value
+//! takes it out again, so a process that ends normally leaves nothing behind. The stages, with
+//! [`tunnel::Tunnel`] as the example:
+//!
+//! 1. **Load**: [`tunnel::Tunnel::load`] (or [`tunnel::TunnelBuilder::load`],
+//!    [`program::LwtCounter::load`], [`xdp::XdpRouter`], [`decap::Decap`], ...) verifies the
+//!    BPF programs and creates their maps. The value owns the programs and maps; they live as
+//!    long as it does (or as long as something in the kernel still uses them).
+//! 2. **Configure**: fill the tables: peers ([`peer::PeerTable::insert`],
+//!    [`peer::PeerTable::insert_batch`]), rules of [`lwt_redirect::LwtRedirect`] or
+//!    [`xdp::XdpRedirect`], devmap ports. Table entries belong to the maps, not to a route.
+//! 3. **Attach / steer**: [`tunnel::Tunnel::steer`] installs routes ([`route::LwtRoute`] gives
+//!    an [`route::InstalledRoute`]), [`tc::TcAttach::attach`] gives a [`tc::TcAttachment`],
+//!    [`xdp::XdpAttachment::attach`] an [`xdp::XdpAttachment`]. Each handle removes its route
+//!    or detaches its program when dropped; a tunnel owns the routes and underlay fix-ups it
+//!    steered.
+//! 4. **Run**: packets flow; read counters and events, edit peers and rules while traffic
+//!    runs (the kernel writes each map element atomically).
+//! 5. **Pin / keep / hand over**: with [`tunnel::TunnelBuilder::pin`] the maps are pinned in a
+//!    bpffs folder (one owner at a time, held by a `flock`). [`tunnel::Tunnel::keep_pinned`]
+//!    leaves the pins when the tunnel drops (routes and fix-ups are still removed);
+//!    [`tunnel::Tunnel::hand_over`] leaves the pins *and* the routes, so traffic never stops.
+//!    A single handle can be left in the kernel with `persist`
+//!    ([`route::InstalledRoute::persist`], [`tc::TcAttachment::persist`],
+//!    [`xdp::XdpAttachment::persist`], [`netns::NetNs::persist`]).
+//! 6. **Adopt**: a later process loads with the same pin folder and gets the same tables
+//!    ([`tunnel::Tunnel::adopted`] says so), then takes the routes over with
+//!    [`tunnel::Tunnel::steer_replace`] (one `NLM_F_REPLACE` request: no moment without a
+//!    route). A read-only observer opens the pins with [`tunnel::PinnedTunnel::open`].
+//! 7. **Drop / remove leftovers**: dropping the tunnel removes its pins (unless kept), its
+//!    routes and its underlay fix-ups; the programs and maps go with their last user. What a killed process leaves (routes tagged
+//!    [`route::RTPROT_LWTUN`], tc filters named `lwtun:`) is found and removed by
+//!    [`route::remove_leftovers`] and [`tc::remove_leftovers`].
+//!
+//! ```no_run
+//! use lwtun::netlink::Netlink;
+//! use lwtun::peer::{Encap, EncapPeer};
+//! use lwtun::tunnel::Tunnel;
+//!
+//! // 1. load (adopts the tables when a previous process kept or handed over the pins)
+//! let mut tunnel = Tunnel::builder()
+//!     .pin("/sys/fs/bpf/lwtun-demo")
+//!     .source("10.30.0.1".parse().unwrap())
+//!     .load()?;
+//! // 2. configure
+//! if !tunnel.adopted() {
+//!     tunnel.peers_mut().insert(
+//!         "10.20.0.0/16".parse().unwrap(),
+//!         EncapPeer::new(
+//!             "192.0.2.2".parse().unwrap(),
+//!             "192.0.2.1".parse().unwrap(),
+//!             Encap::Gre { key: None, checksum: false },
+//!         ),
+//!     )?;
+//! }
+//! // 3. steer: replaces a route a previous owner left, else installs it
+//! let mut nl = Netlink::open()?;
+//! let eth0 = nl.device("eth0")?;
+//! let route = tunnel.route("10.20.0.0/16".parse().unwrap()).device(&eth0);
+//! tunnel.steer_replace(&mut nl, route)?;
+//! // 4. run ... then 5. leave pins and routes to the next version of this program
+//! tunnel.hand_over()?;
+//! // (or just drop `tunnel`: routes, fix-up and pins are removed)
+//! # Ok::<(), lwtun::Error>(())
+//! ```
+//!
+//! # Overview
+//!
 //! lwtun installs routes whose packets run BPF programs at the lightweight-tunnel hooks
 //! (`lwt_in`, `lwt_out`, `lwt_xmit`), edits the tables those programs read, and attaches tc and
 //! XDP programs, all through typed Rust values instead of `ip route ... encap bpf` and bpftool.
@@ -67,6 +137,45 @@
 //! println!("{route}");
 //! # Ok::<(), lwtun::Error>(())
 //! ```
+//!
+//! # Kernel versions
+//!
+//! The crate's baseline is **Linux 4.10** (LWT BPF routes, `CONFIG_LWTUNNEL_BPF`): the core
+//! types ([`route::LwtRoute`], [`program::LwtCounter`], [`netlink::Netlink`], [`netns::NetNs`])
+//! work there. Every public item that needs more says so in a line of its docs starting with
+//! "Kernel:", e.g. "Kernel: Linux 5.10+ (tcx: 6.6+)". A program family's line is the newest
+//! feature its BPF object uses: libbpf loads every program of an object, so one helper decides
+//! for the whole type. [`probe`] asks the running kernel for the features marked *probe*, with
+//! the same versions ([`probe::Feature::since`]).
+//!
+//! | feature | since | lwtun item |
+//! |---|---|---|
+//! | LWT BPF routes (`encap bpf`) *probe* | 4.10 | [`route::LwtRoute`], [`program::LwtCounter`] |
+//! | LPM trie maps | 4.11 | [`lwt_redirect::LwtRedirect`], [`tunnel_redirect::TunnelRedirect`] |
+//! | map-in-map (`ARRAY_OF_MAPS`, `HASH_OF_MAPS`) | 4.12 | [`table::MapOfMaps`], [`chain::TableStage`] |
+//! | generic (skb) XDP, XDP test runs | 4.12 | [`xdp::XdpAttachment`], [`xdp::XdpProgram`] |
+//! | `BPF_OBJ_GET_INFO_BY_FD` | 4.13 | [`program::ProgramInfo`] |
+//! | devmap, `bpf_redirect_map` | 4.14 | [`xdp::DevMap`] |
+//! | seg6local | 4.14 | [`netlink::route::Seg6Local`] |
+//! | collect_md ip6gre devices | 4.16 | [`netlink::Netlink::add_ip6gre_external`] |
+//! | seg6local `End.BPF`, `bpf_lwt_seg6_*` | 4.18 | [`seg6::Seg6End`] |
+//! | `bpf_fib_lookup` | 4.18 | [`xdp::XdpRouter`] |
+//! | global data (`.rodata`) | 5.2 | [`chain::ProgChain`], [`chain::Dispatcher`] |
+//! | `bpf_lwt_push_encap(BPF_LWT_ENCAP_IP)`, `BPF_LWT_REROUTE` *probe* | 5.3 | [`tunnel::Tunnel`] |
+//! | `BPF_MAP_TYPE_DEVMAP_HASH` | 5.4 | [`xdp::DevMapKind::Hash`] |
+//! | `XDP_FLAGS_REPLACE` | 5.7 | [`netlink::Netlink::replace_xdp_fd`] |
+//! | devmap programs | 5.8 | [`xdp::XdpRedirect`] |
+//! | BPF ring buffer | 5.8 | `capture::Capture` |
+//! | XDP through a `bpf_link` *probe* | 5.9 | [`xdp::AttachVia`] |
+//! | `bpf_ktime_get_coarse_ns` | 5.11 | [`xdp::XdpRouter`] |
+//! | batch operations on LPM tries *probe* | 5.13 | [`peer::PeerTable`] |
+//! | `bpf_loop` | 5.17 | [`tunnel::Tunnel`], [`peer::PeerTable`], [`decap::Decap`] |
+//! | `bpf_xdp_load_bytes`, XDP live-frame test runs | 5.18 | `capture::Capture`, [`xdp::TrafficGen`], [`xdp::LiveFrames`] |
+//! | outer source in `bpf_skb_set_tunnel_key` | 6.0 | [`tunnel_redirect::TunnelKey::local`] |
+//! | `BPF_F_NO_TUNNEL_KEY` | 6.2 | [`tunnel_redirect::TunnelKeyFlags::NO_TUNNEL_KEY`] |
+//! | `bpf_skb_adjust_room` with `BPF_F_ADJ_ROOM_DECAP_L3_*` | 6.3 | [`decap::Decap`] |
+//! | `netdev` generic netlink (XDP features) | 6.3 | [`netlink::netdev::xdp_features`] |
+//! | tcx (`BPF_TCX_INGRESS`/`EGRESS` links) *probe* | 6.6 | [`tc::TcMode`], [`tc::TcxOrder`] |
 #![deny(missing_docs)]
 #![warn(unsafe_op_in_unsafe_fn)]
 #![cfg_attr(docsrs, feature(doc_cfg))]

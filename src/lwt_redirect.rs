@@ -411,6 +411,8 @@ pub struct TestRun {
 
 /// Options for loading an [`LwtRedirect`].
 ///
+/// Kernel: Linux 4.11+ (LPM trie; LWT BPF 4.10).
+///
 /// # Examples
 ///
 /// ```no_run
@@ -558,6 +560,8 @@ struct Installed {
 
 /// The LWT redirect program family: its `lwt_xmit` program, its rule maps and the rules set.
 ///
+/// Kernel: Linux 4.11+ (LPM trie; LWT BPF and `bpf_redirect` from `lwt_xmit` 4.10).
+///
 /// # Examples
 ///
 /// ```no_run
@@ -581,9 +585,9 @@ struct Installed {
 /// redirecting by the last rules set, which nothing can edit any more unless they are pinned
 /// ([`LwtRedirectBuilder::pin`], [`LwtRedirect::keep_pinned`]) for a later family to adopt.
 ///
-/// # Minimum kernel version
+/// # Dropped packets
 ///
-/// 4.11 (LPM tries, `bpf_redirect` and `bpf_skb_change_head` from lwt_xmit). An egress target
+/// An egress target
 /// that is down or without carrier counts what it drops in `tx_dropped` only on kernels whose
 /// noop qdisc counts its drops (a 2024 change; seen on 6.18); older ones drop such packets
 /// uncounted. Ingress drops are counted in `rx_dropped` on every kernel.

@@ -374,6 +374,8 @@ pub struct MissCounters {
 /// The peer tables of a loaded tunnel: an IPv4 and an IPv6 LPM trie keyed by inner destination
 /// prefix, per-peer counters, and the miss policy.
 ///
+/// Kernel: Linux 5.17+ (its maps come with the programs of [`Tunnel`](crate::tunnel::Tunnel); LPM trie 4.11, batch operations on it 5.13).
+///
 /// The table keeps a copy of what it wrote, so [`PeerTable::get`] and [`PeerTable::iter`] do not
 /// read the kernel; writes go to the kernel first and are recorded only when they succeed.
 ///

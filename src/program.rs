@@ -95,6 +95,8 @@ pub fn id_of_route_name(name: &str) -> Option<u32> {
 }
 
 /// The kernel's facts about a loaded program.
+///
+/// Kernel: Linux 4.13+ (`BPF_OBJ_GET_INFO_BY_FD`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProgramInfo {
     /// Program id, unique while the program is loaded.

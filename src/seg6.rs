@@ -355,6 +355,8 @@ pub struct Seg6TestRun {
 
 /// Options for loading a [`Seg6End`] function.
 ///
+/// Kernel: Linux 4.18+ (seg6local `End.BPF`, `bpf_lwt_seg6_*` helpers).
+///
 /// # Examples
 ///
 /// ```no_run
@@ -500,6 +502,8 @@ impl<F: Seg6Function> Seg6Builder<F> {
 /// An SRv6 End.BPF function: its `lwt_seg6local` program, its twin, its rule table and
 /// counters. Use the aliases [`Seg6Tag`], [`Seg6EndX`] and [`Seg6EndDt6`].
 ///
+/// Kernel: Linux 4.18+ (seg6local `End.BPF`, `bpf_lwt_seg6_*` helpers).
+///
 /// # Examples
 ///
 /// ```no_run
@@ -518,10 +522,6 @@ impl<F: Seg6Function> Seg6Builder<F> {
 ///
 /// Routes keep the program (and with it the maps) loaded by themselves: a route that outlives
 /// the value goes on with the last rules set.
-///
-/// # Minimum kernel version
-///
-/// 4.18 (End.BPF and the seg6 helpers).
 #[doc(alias = "End.BPF")]
 #[doc(alias = "bpf_lwt_seg6_action")]
 pub struct Seg6End<F: Seg6Function> {
@@ -978,6 +978,8 @@ impl Seg6End<EndDt6> {
 /// kernel's seg6 encap route (`ip route ... encap seg6 mode M segs ...`) through one device,
 /// made with lwtun's typed netlink. Setting a prefix again replaces its route atomically (the
 /// kernel swaps it); every route is removed when the table drops.
+///
+/// Kernel: Linux 4.18+ (seg6local `End.BPF`).
 ///
 /// The routes carry the protocol [`crate::route::RTPROT_LWTUN`], so
 /// [`crate::route::remove_leftovers`] finds them after a crash.

@@ -193,6 +193,8 @@ pub enum OuterKind {
 
 /// An `ARRAY_OF_MAPS` or `HASH_OF_MAPS`: its values are tables, swapped in whole.
 ///
+/// Kernel: Linux 4.12+ (`BPF_MAP_TYPE_ARRAY_OF_MAPS` / `HASH_OF_MAPS`).
+///
 /// # Examples
 ///
 /// ```no_run

@@ -73,6 +73,8 @@ impl fmt::Display for TcDirection {
 }
 
 /// The attach mechanism.
+///
+/// Kernel: Linux 4.10+ (clsact 4.5; [`TcMode::Tcx`]: 6.6+).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum TcMode {
     /// tcx where the kernel has it, clsact otherwise (clsact also when a priority, handle or
@@ -86,6 +88,8 @@ pub enum TcMode {
 }
 
 /// Where a tcx program goes among the programs already attached to the same hook.
+///
+/// Kernel: Linux 6.6+ (tcx).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum TcxOrder {
     /// After every program already there.
@@ -124,6 +128,8 @@ fn program_name_by_id(id: u32) -> Option<String> {
 }
 
 /// How to attach a tc program: device, direction, mechanism and order.
+///
+/// Kernel: Linux 4.10+ (cls_bpf direct-action on clsact 4.5; tcx: 6.6+).
 ///
 /// # Examples
 ///
@@ -221,9 +227,7 @@ impl TcAttach {
 
     /// Attaches `program` (a loaded `sched_cls` program) and returns the handle that detaches it.
     ///
-    /// # Minimum kernel version
-    ///
-    /// clsact with direct-action cls_bpf: 4.5; tcx: 6.6.
+    /// Kernel: Linux 4.10+ (clsact with direct-action cls_bpf 4.5; tcx: 6.6+).
     ///
     /// # Errors
     ///
@@ -424,6 +428,8 @@ enum State {
 }
 
 /// An attached tc program. Dropping it detaches the program (also while a panic unwinds).
+///
+/// Kernel: Linux 4.10+ (cls_bpf on clsact 4.5; tcx links: 6.6+).
 ///
 /// - tcx: the link's file descriptor is closed, which detaches it; a process that dies
 ///   detaches its tcx programs with it.

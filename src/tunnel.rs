@@ -73,6 +73,8 @@ pub const MAX_HEADROOM: u32 = 256;
 pub const WORST_CASE_ENCAP: u32 = 48;
 
 /// Options of a [`Tunnel`]: capacity and miss policies.
+///
+/// Kernel: Linux 5.17+ (`bpf_loop` in the GRE checksum; `bpf_lwt_push_encap` and `BPF_LWT_REROUTE` 5.3, LPM trie 4.11; see [`Tunnel`]).
 #[derive(Debug, Clone)]
 pub struct TunnelBuilder {
     capacity: u32,
@@ -363,6 +365,8 @@ impl TunnelBuilder {
 /// tables, the routes installed through [`Tunnel::steer`] and the underlay fix-ups attached with
 /// [`Tunnel::attach_underlay`]. Dropping it removes the routes, detaches the fix-ups and
 /// unloads the programs, in that order.
+///
+/// Kernel: Linux 5.17+ (`bpf_loop` in the GRE checksum; `bpf_lwt_push_encap` and `BPF_LWT_REROUTE` 5.3, LPM trie 4.11; underlay fix-up through tcx: 6.6+, else cls_bpf).
 ///
 /// # Examples
 ///

@@ -89,7 +89,9 @@ bitflags::bitflags! {
         const DONT_FRAGMENT = 1 << 2;
         /// GRE: add sequence numbers (`BPF_F_SEQ_NUMBER`).
         const SEQ_NUMBER = 1 << 3;
-        /// GRE: send no key field (`BPF_F_NO_TUNNEL_KEY`, Linux 6.2).
+        /// GRE: send no key field (`BPF_F_NO_TUNNEL_KEY`).
+        ///
+        /// Kernel: Linux 6.2+.
         const NO_TUNNEL_KEY = 1 << 4;
     }
 }
@@ -139,6 +141,8 @@ impl TunnelKey {
     }
 
     /// Sets the outer source address.
+    ///
+    /// Kernel: Linux 6.0+ (`local_ipv4`/`local_ipv6` of `struct bpf_tunnel_key`).
     pub fn local(mut self, local: IpAddr) -> Self {
         self.local = Some(local);
         self
@@ -304,6 +308,8 @@ struct Target {
 }
 
 /// Options for loading a [`TunnelRedirect`].
+///
+/// Kernel: Linux 4.11+ (LPM trie; `bpf_skb_set_tunnel_key` 4.3; tcx: 6.6+).
 #[derive(Debug, Clone, Default)]
 pub struct TunnelRedirectBuilder {
     capacity: Option<u32>,
@@ -400,6 +406,10 @@ struct Installed {
 
 /// The tunnel redirect program family: its programs, its rule maps and the rules set in them.
 ///
+/// Kernel: Linux 4.11+ (LPM tries, `bpf_skb_set_tunnel_key` and `bpf_redirect` from tc and
+/// `lwt_xmit`; an outer source address, [`TunnelKey::local`]: 6.0+;
+/// [`TunnelKeyFlags::NO_TUNNEL_KEY`]: 6.2+; tcx: 6.6+).
+///
 /// # Examples
 ///
 /// ```no_run
@@ -420,11 +430,6 @@ struct Installed {
 /// println!("{:?}", redirect.rule_stats("10.9.0.0/16".parse().unwrap())?);
 /// # Ok::<(), lwtun::Error>(())
 /// ```
-///
-/// # Minimum kernel version
-///
-/// 4.11 (LPM tries, `bpf_skb_set_tunnel_key` and `bpf_redirect` from tc and lwt_xmit); an outer
-/// source address ([`TunnelKey::local`]) needs 6.0; [`TunnelKeyFlags::NO_TUNNEL_KEY`] 6.2.
 #[doc(alias = "bpf_skb_set_tunnel_key")]
 #[doc(alias = "tc_l2_redirect")]
 pub struct TunnelRedirect {

@@ -185,6 +185,8 @@ pub struct Echo {
 
 /// A capture program at a chain's exit hook, and the ring buffer it fills.
 ///
+/// Kernel: Linux 5.18+ (`bpf_xdp_load_bytes` in the XDP hook; BPF ring buffer 5.8, global data 5.2).
+///
 /// [`Capture::attach`] loads it and attaches it; [`Capture::detach`] (or dropping the chain's exit
 /// with [`ProgChain::clear_exit`]) takes it off, after which the chain pays one failed tail call.
 /// A `Capture` is `Send`, so a reader thread can own it, but not `Sync`: one thread polls it at a

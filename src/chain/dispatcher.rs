@@ -93,6 +93,8 @@ struct Member {
 /// A root program that runs up to 8 programs in slot order at one hook; each member's verdict
 /// decides, through the continue set it was attached with, whether the next member runs.
 ///
+/// Kernel: Linux 5.2+ (global data in `.rodata`; tail calls 4.2; tcx: 6.6+).
+///
 /// Members are programs of the hook's type. Dispatch-aware members come from BPF objects built on
 /// `bpf/dispatch.h` ([`attach`](Self::attach) loads them so they share the root's maps); their
 /// verdict `v` lets the next non-empty slot run when `v` is in their `continue_on` set, and

@@ -156,6 +156,8 @@ struct Stage {
 
 /// Programs of one type joined by tail calls, in the order the caller sets.
 ///
+/// Kernel: Linux 5.2+ (global data in `.rodata`; tail calls 4.2; tcx: 6.6+).
+///
 /// The chain owns its entry program and prog array, and holds a reference to every stage program,
 /// so nothing vanishes while the chain lives. Attach [`ProgChain::entry`] at the hook (an XDP or
 /// tc attach, or a route's program via [`ProgChain::lwt_entry`]). [`insert`](Self::insert),

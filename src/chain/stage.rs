@@ -33,6 +33,8 @@ impl StageStats {
 /// slots; it counts per slot, then goes on to the next stage or ends the chain with the verdict
 /// set for that slot ([`set_verdict`](Self::set_verdict)).
 ///
+/// Kernel: Linux 5.2+ (global data in `.rodata`).
+///
 /// # Examples
 ///
 /// ```no_run

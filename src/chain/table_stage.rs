@@ -63,6 +63,8 @@ impl ForwardTable {
 /// counts the entry's tag and goes on along the chain, a miss ends the chain with the drop
 /// verdict (counted under tag 0). Non-IPv4 packets at XDP and tc go on untouched.
 ///
+/// Kernel: Linux 5.2+ (global data in `.rodata`; array of maps 4.12).
+///
 /// # Examples
 ///
 /// ```no_run

@@ -859,9 +859,7 @@ impl Netlink {
     /// dstport 4789`: one device for every VNI and remote, chosen per packet by the tunnel key
     /// a BPF program sets (`bpf_skb_set_tunnel_key`). The device starts down.
     ///
-    /// # Minimum kernel version
-    ///
-    /// 4.3 (collect_md VXLAN).
+    /// Kernel: Linux 4.3+ (collect_md VXLAN), with `CONFIG_VXLAN`.
     ///
     /// # Errors
     ///
@@ -883,9 +881,7 @@ impl Netlink {
 
     /// Creates a collect_md ("external") GRE device, like `ip link add NAME type gre external`.
     ///
-    /// # Minimum kernel version
-    ///
-    /// 4.3, with `CONFIG_NET_IPGRE`.
+    /// Kernel: Linux 4.3+ (collect_md GRE), with `CONFIG_NET_IPGRE`.
     ///
     /// # Errors
     ///
@@ -901,9 +897,7 @@ impl Netlink {
 
     /// Creates a collect_md ("external") IPv6 GRE device (`type ip6gre external`).
     ///
-    /// # Minimum kernel version
-    ///
-    /// 4.10 or so (collect_md ip6gre), with `CONFIG_IPV6_GRE`.
+    /// Kernel: Linux 4.16+ (collect_md ip6gre), with `CONFIG_IPV6_GRE`.
     ///
     /// # Errors
     ///
@@ -915,9 +909,7 @@ impl Netlink {
 
     /// Creates a collect_md ("external") IPIP device (`type ipip external`).
     ///
-    /// # Minimum kernel version
-    ///
-    /// 4.9, with `CONFIG_NET_IPIP`.
+    /// Kernel: Linux 4.9+ (collect_md IPIP), with `CONFIG_NET_IPIP`.
     ///
     /// # Errors
     ///
@@ -934,9 +926,7 @@ impl Netlink {
     /// Creates a collect_md ("external") IPv6 tunnel device (`type ip6tnl external`), carrying
     /// IPv4 or IPv6 inside IPv6.
     ///
-    /// # Minimum kernel version
-    ///
-    /// 4.9, with `CONFIG_IPV6_TUNNEL`.
+    /// Kernel: Linux 4.9+ (collect_md ip6tnl), with `CONFIG_IPV6_TUNNEL`.
     ///
     /// # Errors
     ///
@@ -994,9 +984,7 @@ impl Netlink {
     /// Replaces the XDP program `expected` on a link with `fd`, atomically: fails with
     /// [`ErrorKind::Exists`] (EEXIST) if another program is attached by then.
     ///
-    /// # Minimum kernel version
-    ///
-    /// 5.7 (`XDP_FLAGS_REPLACE`).
+    /// Kernel: Linux 5.7+ (`XDP_FLAGS_REPLACE`).
     ///
     /// # Errors
     ///

@@ -46,6 +46,8 @@ bitflags! {
 /// The XDP features of device `ifindex` in the calling thread's namespace, or `None` when the
 /// kernel has no `netdev` family (before 6.3: nothing can be told).
 ///
+/// Kernel: Linux 6.3+ (`netdev` generic netlink family); `Ok(None)` before.
+///
 /// # Errors
 ///
 /// [`ErrorKind::NotFound`](crate::ErrorKind::NotFound) when there is no such device; the

@@ -267,6 +267,8 @@ impl Seg6Encap {
 /// One of the kernel's own seg6local functions (RFC 8986 behaviours), for a route whose
 /// destination is the SID.
 ///
+/// Kernel: Linux 4.14+ (seg6local; `End.BPF` 4.18+).
+///
 /// # Examples
 ///
 /// ```

@@ -18,6 +18,8 @@ pub enum XdpMode {
     /// Native mode in the driver (`XDP_FLAGS_DRV_MODE`); fails on drivers without XDP.
     Native,
     /// Generic mode on the skb path (`XDP_FLAGS_SKB_MODE`): works on every device, slower.
+    ///
+    /// Kernel: Linux 4.12+.
     Generic,
 }
 
@@ -32,6 +34,8 @@ impl XdpMode {
 }
 
 /// How an attachment was made.
+///
+/// Kernel: Linux 4.10+ (netlink); `bpf_link`: 5.9+.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AttachVia {
     /// A bpf_link where the kernel has XDP links (5.9+), netlink otherwise.
@@ -88,6 +92,8 @@ enum Handle {
 /// An XDP program attached to an interface. Dropping it detaches the program (errors ignored;
 /// call [`detach`](Self::detach) to see them) unless [`pin`](Self::pin) or
 /// [`persist`](Self::persist) kept it.
+///
+/// Kernel: Linux 4.10+ (native XDP 4.8, generic/skb mode 4.12; through a `bpf_link`: 5.9+).
 ///
 /// A link attachment lives as long as its fd: if the process dies, the kernel detaches it. A
 /// netlink attachment outlives the process when persisted.

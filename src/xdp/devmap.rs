@@ -9,6 +9,8 @@ use crate::netlink::netdev::{xdp_features, XdpFeatures};
 use std::os::fd::{AsFd, AsRawFd};
 
 /// Which kind of device map.
+///
+/// Kernel: Linux 4.14+ (`Hash`: 5.4+).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DevMapKind {
     /// `BPF_MAP_TYPE_DEVMAP`: keys are indexes `0..max_entries`.
@@ -32,9 +34,7 @@ pub struct EgressPort {
 /// each with an optional per-port program (an XDP program of attach type `BPF_XDP_DEVMAP`, such
 /// as [`XdpRedirect::egress_program`](super::XdpRedirect::egress_program)).
 ///
-/// # Minimum kernel version
-///
-/// DEVMAP 4.14, DEVMAP_HASH 5.4, per-port programs 5.8.
+/// Kernel: Linux 4.14+ ([`DevMapKind::Hash`]: 5.4+; a program per port: 5.8+).
 ///
 /// # Examples
 ///

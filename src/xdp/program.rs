@@ -12,6 +12,8 @@ use crate::error::{Error, ErrorKind, Result};
 /// One loaded XDP program, owned: it stays loaded while this value (or a clone, or an attachment
 /// of it) exists. Families such as [`XdpRouter`](super::XdpRouter) hand these out.
 ///
+/// Kernel: Linux 4.10+ (test runs 4.12; live frames: 5.18+).
+///
 /// # Examples
 ///
 /// ```no_run
@@ -41,6 +43,8 @@ pub struct TestRunOutput {
 }
 
 /// Settings of a live-frames run ([`XdpProgram::run_live`]).
+///
+/// Kernel: Linux 5.18+ (`BPF_F_TEST_XDP_LIVE_FRAMES`).
 #[derive(Clone, Debug)]
 pub struct LiveFrames {
     /// The device the frames appear to arrive on. Frames the program returns `XDP_TX` for
@@ -145,9 +149,7 @@ impl XdpProgram {
     /// copy and its verdict is carried out (transmit, redirect, pass to the stack), which makes the
     /// program a traffic generator. Returns the kernel's measured time per frame.
     ///
-    /// # Minimum kernel version
-    ///
-    /// 5.18.
+    /// Kernel: Linux 5.18+ (`BPF_F_TEST_XDP_LIVE_FRAMES`).
     ///
     /// # Errors
     ///

@@ -36,6 +36,8 @@ pub struct RedirectRule {
 /// whose destination MAC has a rule gets the rule's MACs and is redirected through a
 /// `BPF_MAP_TYPE_DEVMAP` port; every other frame goes to the stack untouched.
 ///
+/// Kernel: Linux 5.8+ (a devmap program per port; devmap and `bpf_redirect_map` 4.14).
+///
 /// # Rule cache
 ///
 /// The rules live in a hash table (up to 4096); in front of it every CPU keeps a small

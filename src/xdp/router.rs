@@ -56,6 +56,8 @@ pub struct FibStats {
 /// incremental checksum update, MAC rewrite and redirect through a `BPF_MAP_TYPE_DEVMAP_HASH` of
 /// ports; every lookup result the fast path cannot finish goes to the stack (see [`FibStats`]).
 ///
+/// Kernel: Linux 5.11+ (`bpf_ktime_get_coarse_ns`; `bpf_fib_lookup` 4.18, `BPF_MAP_TYPE_DEVMAP_HASH` 5.4, `bpf_jiffies64` 5.5).
+///
 /// Attach it to every interface that receives traffic to forward, add every interface that
 /// forwarded traffic may leave through as a port, and enable forwarding in the namespace
 /// (`net.ipv4.ip_forward`, `net.ipv6.conf.all.forwarding`): `bpf_fib_lookup` honours it.

@@ -14,6 +14,8 @@ pub const TEMPLATE_LEN: usize = 64;
 /// Sends copies of a frame out of an interface at line rate with BPF_PROG_TEST_RUN and
 /// `BPF_F_TEST_XDP_LIVE_FRAMES`: the kernel's own packet generator path, no socket, no skb.
 ///
+/// Kernel: Linux 5.18+ (`BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES`).
+///
 /// Live frames reuse their pages without re-initialising them, and a veth passes the same page
 /// to its peer, so changes made downstream (a router decrementing the TTL) would come back in
 /// later frames. `xdp_gen` therefore rewrites the first [`TEMPLATE_LEN`] bytes of every frame
@@ -21,10 +23,6 @@ pub const TEMPLATE_LEN: usize = 64;
 ///
 /// The sending interface transmits XDP frames only while it runs an XDP program itself (any:
 /// [`XdpPass`](super::XdpPass) will do), and a veth peer needs one to receive them.
-///
-/// # Minimum kernel version
-///
-/// 5.18 (live frames).
 ///
 /// # Examples
 ///
