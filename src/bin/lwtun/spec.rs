@@ -235,4 +235,66 @@ mod tests {
             assert!(e.to_string().contains(needle), "{line}: {e}");
         }
     }
+
+    /// Batch files are outside bytes: mutated lines (bytes flipped, cut, spliced from other
+    /// lines, words repeated) never panic the parser, and every line it accepts is a valid peer.
+    /// `LWTUN_FUZZ_ITERATIONS` sets the count (default 20 000).
+    #[test]
+    fn mutated_lines_never_panic() {
+        let seeds: Vec<&[u8]> = vec![
+            b"10.20.0.0/16 remote 10.77.0.2 local 10.77.0.1 encap gre key 5 csum ttl inherit tos 8",
+            b"fd00::/64 encap udp port 5555 remote fd77::2 local fd77::1",
+            b"10.1.2.3 remote 1.2.3.4 local 1.2.3.5 encap ipip ttl 3 tos inherit",
+            b"::/0 remote fd77::2 local fd77::1 encap gre",
+        ];
+        let n: usize = std::env::var("LWTUN_FUZZ_ITERATIONS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20_000);
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rand = move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_f491_4f6c_dd1d) as usize
+        };
+        let mut accepted = 0;
+        for _ in 0..n {
+            let mut v = seeds[rand() % seeds.len()].to_vec();
+            for _ in 0..1 + rand() % 4 {
+                let len = v.len();
+                match rand() % 5 {
+                    0 if len > 0 => v[rand() % len] ^= 1 << (rand() % 8),
+                    1 => v.truncate(rand() % (len + 1)),
+                    2 => {
+                        let other = seeds[rand() % seeds.len()];
+                        let at = rand() % (len + 1);
+                        let from = rand() % (other.len() + 1);
+                        v.splice(at..at, other[from..].iter().copied());
+                    }
+                    3 if len > 0 => {
+                        let at = rand() % len;
+                        v.insert(at, b"0123456789 /:.x"[rand() % 15]);
+                    }
+                    _ => {
+                        let text = String::from_utf8_lossy(&v).into_owned();
+                        let words: Vec<&str> = text.split_whitespace().collect();
+                        if let Some(w) = words.get(rand() % (words.len() + 1)) {
+                            v.extend_from_slice(format!(" {w}").as_bytes());
+                        }
+                    }
+                }
+            }
+            let line = String::from_utf8_lossy(&v);
+            if let Ok((_, p)) = words(&line) {
+                p.validate()
+                    .unwrap_or_else(|e| panic!("{line:?} accepted but invalid: {e}"));
+                accepted += 1;
+            }
+        }
+        assert!(
+            accepted > 0,
+            "no mutation was a valid line: the seeds are broken"
+        );
+    }
 }
