@@ -8,11 +8,9 @@ use std::path::PathBuf;
 use ipnetwork::IpNetwork;
 use lwtun::decap::{Decap, DecapPeer};
 use lwtun::device::Device;
-use lwtun::netlink::route::{RouteFilter, RT_TABLE_MAIN};
 use lwtun::netlink::Netlink;
 use lwtun::netns::NetNs;
 use lwtun::peer::Encap;
-use lwtun::route::RTPROT_LWTUN;
 use lwtun::tunnel::{Tunnel, WORST_CASE_ENCAP};
 
 use crate::fleet::{Diff, PeerMap};
@@ -156,8 +154,9 @@ impl std::fmt::Debug for DataPlane {
 }
 
 impl DataPlane {
-    /// Loads the tunnel and the decap and installs the routes. lwtun routes for the steered
-    /// prefixes that are there already (left by an agent that died) are replaced.
+    /// Loads the tunnel and the decap and installs the routes. Routes for the steered prefixes
+    /// that are there already (left by an agent that died) are replaced in place
+    /// ([`Tunnel::steer_replace`]), so traffic through them does not stop.
     ///
     /// # Errors
     ///
@@ -179,26 +178,14 @@ impl DataPlane {
         }
         let mut tunnel = builder.load()?;
         // An agent that died (SIGKILL, crash) leaves its routes behind, still running its old
-        // programs: the steered prefixes are this agent's, so lwtun routes for them go first.
-        let leftovers = nl.routes(&RouteFilter {
-            protocol: Some(RTPROT_LWTUN),
-            table: Some(RT_TABLE_MAIN),
-            ..RouteFilter::all()
-        })?;
-        for route in leftovers.iter().filter(|r| config.steer.contains(&r.dst)) {
-            nl.delete_route(route)?;
-            eprintln!(
-                "lwtun-agent: removed the leftover lwtun route {} in {}",
-                route.dst,
-                ns.name()
-            );
-        }
+        // programs and carrying traffic: each is taken over in one replace (never a moment
+        // without the route), and one this agent had not made is installed.
         for prefix in &config.steer {
             let route = tunnel
                 .route(*prefix)
                 .device(&device)
                 .headroom(WORST_CASE_ENCAP);
-            tunnel.steer(&mut nl, route)?;
+            tunnel.steer_replace(&mut nl, route)?;
         }
         let mut decap = Decap::load()?;
         decap.add_local(config.endpoint)?;
