@@ -396,42 +396,58 @@ impl Netlink {
         }
     }
 
-    /// Sends already framed requests, [`PIPELINE_WINDOW`] per `sendmsg`, and collects the
-    /// answers. Only the last request of each window carries `NLM_F_ACK` (see
-    /// [`pipeline_wants_ack`]): rtnetlink handles a window inside `sendmsg`, in order, and
-    /// answers every *failed* request whether or not it asked for an ACK, so the last request's
-    /// ACK is a barrier after which every failure of the window has arrived. One `recvmsg` per
-    /// window instead of one per request.
+    /// Sends `n` requests, [`PIPELINE_WINDOW`] per `sendmsg`, and collects the answers. Only
+    /// the last request of each window carries `NLM_F_ACK` (see [`pipeline_wants_ack`]):
+    /// rtnetlink handles a window inside `sendmsg`, in order, and answers every *failed*
+    /// request whether or not it asked for an ACK, so the last request's ACK is a barrier after
+    /// which every failure of the window has arrived. One `recvmsg` per window instead of one
+    /// per request.
     ///
-    /// `frames[i]` is request `i`'s sequence number and byte range in `bytes`. The result has
-    /// one entry per request, in order: `None` for success, or the errno and extended-ack text.
+    /// `encode(i, seq, ack, out)` appends request `i`, with sequence number `seq` and
+    /// `NLM_F_ACK` when `ack`, to `out`. A window is encoded right before it is sent, into one
+    /// buffer reused for every window: the bytes of a whole batch are never held at once, and
+    /// the buffer stays in the CPU's cache.
+    ///
+    /// The result has one entry per request, in order: `None` for success, or the errno and
+    /// extended-ack text.
     pub(crate) fn pipeline(
         &mut self,
         op: &str,
-        frames: &[(u32, std::ops::Range<usize>)],
-        bytes: &[u8],
+        n: usize,
+        mut encode: impl FnMut(usize, u32, bool, &mut Vec<u8>),
     ) -> Result<Vec<Failure>> {
-        let mut results: Vec<Failure> = vec![None; frames.len()];
-        let base_seq = frames.first().map(|f| f.0).unwrap_or(0);
-        for (chunk_index, chunk) in frames.chunks(PIPELINE_WINDOW).enumerate() {
-            let start = chunk[0].1.start;
-            let end = chunk[chunk.len() - 1].1.end;
-            let barrier = chunk[chunk.len() - 1].0;
-            self.send(op, &bytes[start..end])?;
-            let lo = chunk_index * PIPELINE_WINDOW;
+        let mut results: Vec<Failure> = vec![None; n];
+        let mut out = Vec::with_capacity(PIPELINE_WINDOW * 128);
+        let mut lo = 0;
+        while lo < n {
+            let hi = (lo + PIPELINE_WINDOW).min(n);
+            out.clear();
+            // Sequence numbers of a window are contiguous (next_seq skips 0 on wrapping).
+            if self.seq > u32::MAX - PIPELINE_WINDOW as u32 {
+                self.seq = 0;
+            }
+            let base_seq = self.seq + 1;
+            let mut barrier = 0;
+            for i in lo..hi {
+                let seq = self.next_seq();
+                barrier = seq;
+                encode(i, seq, pipeline_wants_ack(i, n), &mut out);
+            }
+            self.send(op, &out)?;
             let mut done = false;
             while !done {
                 self.recv_each(op, |a| {
                     if let Answer::Ack { seq, result } = a {
-                        let i = seq.wrapping_sub(base_seq) as usize;
-                        if i >= lo && i < lo + chunk.len() {
-                            results[i] = result.err();
+                        let k = seq.wrapping_sub(base_seq) as usize;
+                        if k < hi - lo {
+                            results[lo + k] = result.err();
                         }
                         done |= seq == barrier;
                     }
                     true
                 })?;
             }
+            lo = hi;
         }
         Ok(results)
     }
