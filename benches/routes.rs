@@ -29,7 +29,7 @@ use lwtun::program::{Hook, LwtCounter};
 
 const IP_BATCH_CHUNK: usize = 10_000;
 /// The pause before every timed phase (see the rounds loop).
-const QUIESCE: std::time::Duration = std::time::Duration::from_millis(300);
+const QUIESCE: std::time::Duration = std::time::Duration::from_millis(500);
 
 fn addr(i: usize) -> String {
     format!("10.{}.{}.{}/32", 64 + (i >> 16), (i >> 8) & 255, i & 255)

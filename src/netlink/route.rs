@@ -1133,8 +1133,8 @@ pub enum BatchOp {
     Delete,
 }
 
-/// Many route changes sent pipelined: up to 256 requests per `sendmsg`, one ACK per window,
-/// every failure reported by index.
+/// Many route changes sent pipelined: up to 256 requests (32 KiB) per `sendmsg`, one ACK per
+/// window, every failure reported by index.
 ///
 /// # Examples
 ///
@@ -1327,10 +1327,9 @@ impl Netlink {
                 })?;
             }
         }
-        const NLM_F_ACK: u16 = 0x4;
-        let answers = self.pipeline("apply route batch", batch.len(), |i, seq, ack, out| {
+        let answers = self.pipeline("apply route batch", batch.len(), |i, seq, out| {
             let (op, route) = &batch.items[i];
-            route.write_request(out, *op, if ack { NLM_F_ACK } else { 0 }, seq);
+            route.write_request(out, *op, 0, seq);
         })?;
         let mut report = BatchReport::default();
         for (i, answer) in answers.into_iter().enumerate() {
