@@ -1,8 +1,8 @@
 //! Route install/delete rate: lwtun's pipelined batch vs `ip -batch`, in one run.
 //!
 //! Both install N LWT xmit routes (one program, each route a /32 in its own table) into a fresh
-//! namespace, then delete them. lwtun sends up to 256 requests per `sendmsg` and reads the ACKs
-//! after; iproute2 reads a batch file and sends one request at a time, naming the program by a
+//! namespace, then delete them. lwtun sends up to 256 requests (32 KiB) per `sendmsg` and reads
+//! the ACK of the last after; iproute2 reads a batch file and sends one request at a time, naming the program by a
 //! bpffs pin (`encap bpf xmit pinned PATH`), entered with `nsenter --net=` (not `ip -n`, which
 //! remounts /sys and hides the pin). iproute2 6.1 leaks one fd per pinned-program route, and
 //! this machine's hard fd limit is 20000, so its batch is split into files of 10000 routes, one
