@@ -1001,7 +1001,7 @@ fn begin_nest(out: &mut Vec<u8>, ty: u16) -> usize {
     at
 }
 
-fn end_nest(out: &mut Vec<u8>, at: usize) {
+fn end_nest(out: &mut [u8], at: usize) {
     let len = (out.len() - at) as u16;
     out[at..at + 2].copy_from_slice(&len.to_ne_bytes());
 }
