@@ -214,7 +214,7 @@ fn main() {
     println!(
         "  install+delete ratio: min {:.2}, median {:.2}, max {:.2} (goal: at least 4 x ip -batch in every round)",
         sorted[0],
-        sorted[sorted.len() / 2],
+        (sorted[(sorted.len() - 1) / 2] + sorted[sorted.len() / 2]) / 2.0,
         sorted[sorted.len() - 1]
     );
 }
