@@ -39,8 +39,8 @@ const NLMSGERR_ATTR_MSG: u16 = 1;
 /// Requests sent in one `sendmsg` by the pipelined path, before their ACKs are read.
 pub(crate) const PIPELINE_WINDOW: usize = 256;
 /// The size at which the pipelined path closes a window early (bytes): a `sendmsg` above the
-/// socket's send buffer (212992 bytes by default) fails with `EMSGSIZE`, and the kernel copies a
-/// request buffer above 32 KiB into memory it may have to `vmalloc`.
+/// socket's send buffer (212992 bytes by default) fails with `EMSGSIZE`, and the kernel copies
+/// each `sendmsg` into one buffer, so larger windows need larger contiguous allocations there.
 pub(crate) const PIPELINE_BYTES: usize = 32 << 10;
 const RECV_BUF: usize = 1 << 20;
 
