@@ -13,6 +13,13 @@
 //! time (user + system: the kernel's work is the system part), so a slow round shows whether the
 //! time went to CPU or elsewhere.
 //!
+//! What varies between rounds (measured on the 2-vCPU machine, 20 rounds each, issue 14): the
+//! kernel, not lwtun. lwtun's own user time per 100k install + delete is 5-30 ms; its system
+//! time (the kernel's parse, `fib_create_info`, trie insert with its resizes, notification,
+//! RCU frees) is 694-918 ms, and its wall time 808-1410 ms: the rest is time the thread is off
+//! the CPU while the kernel's RCU callbacks and the trie's deferred frees run. `ip -batch`
+//! swings the same way (wall 3.9-5.3 s), so the ratio moves between about 3.5 and 5.2.
+//!
 //! Run as root: `cargo bench --bench routes` (`LWTUN_BENCH_ROUTES=N` to change N, default 100000;
 //! `LWTUN_BENCH_ROUTES=2000 LWTUN_BENCH_RUNS=1` for a short check).
 
