@@ -442,6 +442,72 @@ fn batch_of_10k_routes_installs_dumps_and_deletes() {
     assert_eq!(delete.items()[0].0, BatchOp::Delete);
 }
 
+/// Routes of about 870 bytes each (three hooks, names of 250 characters): 256 of them are more
+/// than a netlink socket's default send buffer, so a window of 256 requests in one `sendmsg`
+/// would fail with EMSGSIZE; the pipeline closes windows by size as well as by count.
+#[test]
+fn batch_of_large_requests_is_split_by_size() {
+    if !common::privileged("batch_of_large_requests_is_split_by_size") {
+        return;
+    }
+    let ns = NetNs::create_unique("rtbig").unwrap();
+    with_device(&ns);
+    let mut nl = Line::nl(&ns);
+    let d0 = nl.device("d0").unwrap();
+    let progs = LwtCounter::load().unwrap();
+    let long = |hook: &str, p: &lwtun::program::LwtProgram| {
+        let mut r = p.prog_ref();
+        r.name = format!("{hook}-{}", "n".repeat(250 - hook.len() - 1));
+        Some(r)
+    };
+    let route = |i: u32| {
+        let mut r = Route::new(
+            format!("10.{}.{}.0/24", 50 + i / 256, i % 256)
+                .parse()
+                .unwrap(),
+        );
+        r.oif = Some(d0.index());
+        r.table = 301;
+        r.encap = Some(Encap::Bpf(BpfEncap {
+            input: long("in", progs.program(Hook::In)),
+            output: long("out", progs.program(Hook::Out)),
+            xmit: long("xmit", progs.program(Hook::Xmit)),
+            headroom: None,
+        }));
+        r
+    };
+    let one = route(0).to_request(BatchOp::Add, 1).unwrap().len();
+    assert!(
+        one * 256 > 212_992,
+        "{one} bytes a request: not large enough to need a split"
+    );
+    let mut batch = RouteBatch::new();
+    for i in 0..600 {
+        batch.add(route(i));
+    }
+    batch.add(route(7)); // a duplicate: its failure is still reported by index
+    let report = nl.apply_batch(&batch).unwrap();
+    assert_eq!(report.applied, 600, "{report}");
+    assert_eq!(report.failures.len(), 1, "{report}");
+    assert_eq!(report.failures[0].0, 600);
+    assert_eq!(report.failures[0].1.kind(), ErrorKind::Exists);
+    let table = RouteFilter {
+        table: Some(301),
+        ..RouteFilter::all()
+    };
+    let routes = nl.routes(&table).unwrap();
+    assert_eq!(routes.len(), 600);
+    let names = routes[0].bpf_encap().unwrap();
+    assert_eq!(names.xmit.as_ref().unwrap().name.len(), 250);
+    let mut delete = RouteBatch::new();
+    for i in 0..600 {
+        delete.delete(route(i));
+    }
+    let report = nl.apply_batch(&delete).unwrap();
+    assert!(report.is_complete(), "{report}");
+    assert!(nl.routes(&table).unwrap().is_empty());
+}
+
 #[test]
 fn refusals_have_the_right_kind_and_leave_nothing() {
     if !common::privileged("refusals_have_the_right_kind_and_leave_nothing") {

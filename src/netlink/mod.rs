@@ -38,6 +38,10 @@ const NETLINK_CAP_ACK: libc::c_int = 10;
 const NLMSGERR_ATTR_MSG: u16 = 1;
 /// Requests sent in one `sendmsg` by the pipelined path, before their ACKs are read.
 pub(crate) const PIPELINE_WINDOW: usize = 256;
+/// The size at which the pipelined path closes a window early (bytes): a `sendmsg` above the
+/// socket's send buffer (212992 bytes by default) fails with `EMSGSIZE`, and the kernel copies
+/// each `sendmsg` into one buffer, so larger windows need larger contiguous allocations there.
+pub(crate) const PIPELINE_BYTES: usize = 32 << 10;
 const RECV_BUF: usize = 1 << 20;
 
 /// One rtnetlink socket.
@@ -396,55 +400,80 @@ impl Netlink {
         }
     }
 
-    /// Sends already framed requests, [`PIPELINE_WINDOW`] per `sendmsg`, and collects the
-    /// answers. Only the last request of each window carries `NLM_F_ACK` (see
-    /// [`pipeline_wants_ack`]): rtnetlink handles a window inside `sendmsg`, in order, and
-    /// answers every *failed* request whether or not it asked for an ACK, so the last request's
-    /// ACK is a barrier after which every failure of the window has arrived. One `recvmsg` per
-    /// window instead of one per request.
+    /// Sends `n` requests, at most [`PIPELINE_WINDOW`] and about [`PIPELINE_BYTES`] per
+    /// `sendmsg`, and collects the answers. Only the last request of each window carries
+    /// `NLM_F_ACK`: rtnetlink handles a window inside `sendmsg`, in order, and answers every
+    /// *failed* request whether or not it asked for an ACK, so the last request's ACK is a
+    /// barrier after which every failure of the window has arrived. One `recvmsg` per window
+    /// instead of one per request.
     ///
-    /// `frames[i]` is request `i`'s sequence number and byte range in `bytes`. The result has
-    /// one entry per request, in order: `None` for success, or the errno and extended-ack text.
+    /// `encode(i, seq, out)` appends request `i` with sequence number `seq`, without
+    /// `NLM_F_ACK`, to `out`; the ACK flag is set here on the request that closes a window. A
+    /// window is encoded right before it is sent, into one buffer reused for every window: the
+    /// bytes of a whole batch are never held at once, and the buffer stays in the CPU's cache.
+    /// A window closes after [`PIPELINE_WINDOW`] requests or at the first request that reaches
+    /// [`PIPELINE_BYTES`], whichever comes first, so large requests (long program names on three
+    /// hooks, long segment lists) never make a `sendmsg` larger than the socket's send buffer.
+    ///
+    /// The result has one entry per request, in order: `None` for success, or the errno and
+    /// extended-ack text.
     pub(crate) fn pipeline(
         &mut self,
         op: &str,
-        frames: &[(u32, std::ops::Range<usize>)],
-        bytes: &[u8],
+        n: usize,
+        mut encode: impl FnMut(usize, u32, &mut Vec<u8>),
     ) -> Result<Vec<Failure>> {
-        let mut results: Vec<Failure> = vec![None; frames.len()];
-        let base_seq = frames.first().map(|f| f.0).unwrap_or(0);
-        for (chunk_index, chunk) in frames.chunks(PIPELINE_WINDOW).enumerate() {
-            let start = chunk[0].1.start;
-            let end = chunk[chunk.len() - 1].1.end;
-            let barrier = chunk[chunk.len() - 1].0;
-            self.send(op, &bytes[start..end])?;
-            let lo = chunk_index * PIPELINE_WINDOW;
+        let mut results: Vec<Failure> = vec![None; n];
+        let mut out = Vec::with_capacity(PIPELINE_BYTES + 4096);
+        let mut lo = 0;
+        while lo < n {
+            out.clear();
+            // Sequence numbers of a window are contiguous (next_seq skips 0 on wrapping).
+            if self.seq > u32::MAX - PIPELINE_WINDOW as u32 {
+                self.seq = 0;
+            }
+            let base_seq = self.seq + 1;
+            let mut hi = lo;
+            let mut last = 0;
+            while hi < n && hi - lo < PIPELINE_WINDOW && out.len() < PIPELINE_BYTES {
+                last = out.len();
+                let seq = self.next_seq();
+                encode(hi, seq, &mut out);
+                hi += 1;
+            }
+            let barrier = self.seq;
+            set_ack(&mut out[last..]);
+            self.send(op, &out)?;
             let mut done = false;
             while !done {
                 self.recv_each(op, |a| {
                     if let Answer::Ack { seq, result } = a {
-                        let i = seq.wrapping_sub(base_seq) as usize;
-                        if i >= lo && i < lo + chunk.len() {
-                            results[i] = result.err();
+                        let k = seq.wrapping_sub(base_seq) as usize;
+                        if k < hi - lo {
+                            results[lo + k] = result.err();
                         }
                         done |= seq == barrier;
                     }
                     true
                 })?;
             }
+            lo = hi;
         }
         Ok(results)
+    }
+}
+
+/// Sets `NLM_F_ACK` in the header of the netlink message at the start of `msg`.
+fn set_ack(msg: &mut [u8]) {
+    if msg.len() >= NLMSG_HDRLEN {
+        let flags = u16::from_ne_bytes([msg[6], msg[7]]) | libc::NLM_F_ACK as u16;
+        msg[6..8].copy_from_slice(&flags.to_ne_bytes());
     }
 }
 
 /// What a pipelined request's answer says: `None` for success, or the errno and extended-ack
 /// text of its failure.
 pub(crate) type Failure = Option<(i32, Option<String>)>;
-
-/// Whether request `i` of `n` in a pipeline carries `NLM_F_ACK`: only the last of each window.
-pub(crate) fn pipeline_wants_ack(i: usize, n: usize) -> bool {
-    (i + 1) % PIPELINE_WINDOW == 0 || i + 1 == n
-}
 
 /// Frames one netlink message into `out`.
 pub(crate) fn encode_message<T, P>(out: &mut Vec<u8>, ty: T, flags: NlmF, seq: u32, body: P)
