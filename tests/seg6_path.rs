@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 use lwtun::netlink::route::{Encap, Route, Seg6Encap, Seg6Local, Seg6Mode};
+use lwtun::netns::NetNs;
 use lwtun::seg6::{CrossConnect, Seg6EndDt6, Seg6EndX, Seg6Policies};
 
 use common::{Capture, Line};
@@ -116,6 +117,48 @@ fn set_mtu(line: &Line, i: usize, dev: &str, mtu: u32) {
     );
 }
 
+/// Ingress: the transit's SIDs (fc00:2::/64) are reached through the transit.
+fn route_sids_through_transit(ingress: &NetNs) {
+    common::ip(
+        ingress,
+        &[
+            "-6",
+            "route",
+            "add",
+            "fc00:2::/64",
+            "via",
+            "fd77:1::2",
+            "dev",
+            "to2",
+        ],
+    );
+}
+
+/// Egress: table 100 (where End.DT6 looks up the inner packet) reaches host B's segment.
+fn egress_table_to_host_b(eg: &NetNs) {
+    common::ip(
+        eg,
+        &[
+            "-6",
+            "route",
+            "add",
+            "fd77:3::/64",
+            "dev",
+            "to4",
+            "table",
+            "100",
+        ],
+    );
+}
+
+/// The kernel's own End.DT6 at SID fc00:3::6 on `dev`, decapsulating into table 100.
+fn kernel_end_dt6(dev: &lwtun::device::Device) {
+    let mut r = Route::new("fc00:3::6/128".parse().unwrap());
+    r.oif = Some(dev.index());
+    r.encap = Some(Encap::Seg6Local(Seg6Local::EndDt6 { table: TABLE }));
+    dev.netlink().unwrap().add_route(&r).unwrap();
+}
+
 fn srv6_path(egress: Egress) {
     let line = common::line(5);
     let (ingress, transit, eg) = (line.ns(1), line.ns(2), line.ns(3));
@@ -142,19 +185,7 @@ fn srv6_path(egress: Egress) {
     common::tx_checksum_off(line.ns(0), "to1");
 
     // Ingress: the transit's SIDs are reached through it; host B's segment is pushed an SRH.
-    common::ip(
-        ingress,
-        &[
-            "-6",
-            "route",
-            "add",
-            "fc00:2::/64",
-            "via",
-            "fd77:1::2",
-            "dev",
-            "to2",
-        ],
-    );
+    route_sids_through_transit(ingress);
     let to_transit = line.device(1, "to2");
     let host_b_net: IpNetwork = line.segments[3].v6_net.parse().unwrap();
     common::ip(ingress, &["-6", "route", "del", "fd77:3::/64"]);
@@ -201,19 +232,7 @@ fn srv6_path(egress: Egress) {
     );
 
     // Egress: table 100 reaches host B; the decap SID.
-    common::ip(
-        eg,
-        &[
-            "-6",
-            "route",
-            "add",
-            "fd77:3::/64",
-            "dev",
-            "to4",
-            "table",
-            "100",
-        ],
-    );
+    egress_table_to_host_b(eg);
     let to_transit_at_egress = line.device(3, "to2");
     let mut dt6 = None;
     let _decap_route = match egress {
@@ -228,14 +247,7 @@ fn srv6_path(egress: Egress) {
             Some(r)
         }
         Egress::Kernel => {
-            let mut r = Route::new("fc00:3::6/128".parse().unwrap());
-            r.oif = Some(to_transit_at_egress.index());
-            r.encap = Some(Encap::Seg6Local(Seg6Local::EndDt6 { table: TABLE }));
-            to_transit_at_egress
-                .netlink()
-                .unwrap()
-                .add_route(&r)
-                .unwrap();
+            kernel_end_dt6(&to_transit_at_egress);
             None
         }
     };
@@ -353,19 +365,7 @@ fn end_x_drops_on_the_path_are_counted_by_reason() {
     let (ingress, eg) = (line.ns(1), line.ns(3));
     let host_b = IpAddr::V6(line.v6(4));
     let path = vec![a("fc00:2::100"), a("fc00:3::6")];
-    common::ip(
-        ingress,
-        &[
-            "-6",
-            "route",
-            "add",
-            "fc00:2::/64",
-            "via",
-            "fd77:1::2",
-            "dev",
-            "to2",
-        ],
-    );
+    route_sids_through_transit(ingress);
     let to_transit = line.device(1, "to2");
     let mut encap = Route::new("fd77:3::/64".parse().unwrap());
     encap.oif = Some(to_transit.index());
@@ -374,24 +374,9 @@ fn end_x_drops_on_the_path_are_counted_by_reason() {
         segments: path,
     }));
     to_transit.netlink().unwrap().replace_route(&encap).unwrap();
-    common::ip(
-        eg,
-        &[
-            "-6",
-            "route",
-            "add",
-            "fd77:3::/64",
-            "dev",
-            "to4",
-            "table",
-            "100",
-        ],
-    );
+    egress_table_to_host_b(eg);
     let at_egress = line.device(3, "to2");
-    let mut dt6 = Route::new("fc00:3::6/128".parse().unwrap());
-    dt6.oif = Some(at_egress.index());
-    dt6.encap = Some(Encap::Seg6Local(Seg6Local::EndDt6 { table: TABLE }));
-    at_egress.netlink().unwrap().add_route(&dt6).unwrap();
+    kernel_end_dt6(&at_egress);
 
     let mut end_x = Seg6EndX::load().unwrap();
     end_x
@@ -443,19 +428,7 @@ fn end_bpf_never_sees_segments_left_zero() {
     }
     let line = common::line(5);
     let (ingress, eg) = (line.ns(1), line.ns(3));
-    common::ip(
-        ingress,
-        &[
-            "-6",
-            "route",
-            "add",
-            "fc00:2::/64",
-            "via",
-            "fd77:1::2",
-            "dev",
-            "to2",
-        ],
-    );
+    route_sids_through_transit(ingress);
     common::ip(ingress, &["-6", "route", "del", "fd77:3::/64"]);
     let mut policies = Seg6Policies::new(&line.device(1, "to2"), Seg6Mode::Encap).unwrap();
     policies
@@ -474,19 +447,7 @@ fn end_bpf_never_sees_segments_left_zero() {
     let _sid = end_x
         .install_route("fc00:2::100/128".parse().unwrap(), &line.device(2, "to3"))
         .unwrap();
-    common::ip(
-        eg,
-        &[
-            "-6",
-            "route",
-            "add",
-            "fd77:3::/64",
-            "dev",
-            "to4",
-            "table",
-            "100",
-        ],
-    );
+    egress_table_to_host_b(eg);
     let mut dt6 = Seg6EndDt6::builder()
         .miss_policy(lwtun::seg6::MissPolicy::Pass)
         .load()
