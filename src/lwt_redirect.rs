@@ -904,33 +904,17 @@ impl LwtRedirect {
     /// # Ok::<(), lwtun::Error>(())
     /// ```
     pub fn test_run(&self, protocol: u16, packet: &[u8]) -> Result<TestRun> {
-        let op = "run LWT redirect program (BPF_PROG_TEST_RUN)";
-        if packet.is_empty() {
-            // The kernel refuses it too (EINVAL): an skb at an L3 hook has a network header.
-            return Err(Error::invalid_input(
-                op,
-                "an empty packet: give at least one byte after the Ethernet header",
-            ));
-        }
-        // The kernel takes an Ethernet frame, sets skb->protocol from its EtherType and hands
-        // an L3 program the packet after it; it puts 14 zero bytes back in front on output.
-        let mut frame = vec![0u8; 12];
-        frame.extend_from_slice(&protocol.to_be_bytes());
-        frame.extend_from_slice(packet);
-        let run = crate::program::test_run_raw(
+        let run = crate::program::test_run_l3(
             self.program.as_fd(),
-            crate::program::TestRunArgs {
-                data: &frame,
-                out_room: Some(64),
-                repeat: 1,
-                ..Default::default()
-            },
-        )
-        .map_err(|errno| Error::io(op, std::io::Error::from_raw_os_error(errno)))?;
-        let packet = run.data.get(14..).unwrap_or_default().to_vec();
+            "run LWT redirect program (BPF_PROG_TEST_RUN)",
+            protocol,
+            packet,
+            Some(64),
+            1,
+        )?;
         Ok(TestRun {
             verdict: Verdict::of(run.retval),
-            packet,
+            packet: run.data,
             duration: run.duration,
         })
     }

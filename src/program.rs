@@ -324,6 +324,47 @@ pub(crate) fn check_frame(op: &str, frame: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Runs an L3 program (LWT, seg6local twin) on `packet` as if `skb->protocol` were
+/// `protocol`, `repeat` times, with `out_room` bytes of room for the output (`None`: no output
+/// wanted). The kernel takes an Ethernet frame, sets `skb->protocol` from its EtherType and hands
+/// an L3 program the packet after it, putting 14 zero bytes back in front on output: the
+/// returned `data` is the packet without them.
+///
+/// # Errors
+///
+/// InvalidInput for an empty packet (the kernel refuses it too: an skb at an L3 hook has a
+/// network header); Io with the kernel's errno, under `op`.
+pub(crate) fn test_run_l3(
+    fd: BorrowedFd<'_>,
+    op: &str,
+    protocol: u16,
+    packet: &[u8],
+    out_room: Option<usize>,
+    repeat: u32,
+) -> Result<TestRunRaw> {
+    if packet.is_empty() {
+        return Err(Error::invalid_input(
+            op,
+            "an empty packet: give at least one byte after the Ethernet header",
+        ));
+    }
+    let mut frame = vec![0u8; 12];
+    frame.extend_from_slice(&protocol.to_be_bytes());
+    frame.extend_from_slice(packet);
+    let mut run = test_run_raw(
+        fd,
+        TestRunArgs {
+            data: &frame,
+            out_room,
+            repeat,
+            ..Default::default()
+        },
+    )
+    .map_err(|errno| Error::io(op, std::io::Error::from_raw_os_error(errno)))?;
+    run.data = run.data.get(14..).unwrap_or_default().to_vec();
+    Ok(run)
+}
+
 /// Runs `BPF_PROG_TEST_RUN` on `fd`; a failure is the positive errno, for the caller to word.
 pub(crate) fn test_run_raw(
     fd: BorrowedFd<'_>,

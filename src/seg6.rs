@@ -713,25 +713,8 @@ impl<F: Seg6Function> Seg6End<F> {
     /// As [`Seg6End::test_run`].
     pub fn test_run_as(&self, protocol: u16, packet: &[u8]) -> Result<Seg6TestRun> {
         let op = format!("run SRv6 {} twin (BPF_PROG_TEST_RUN)", F::NAME);
-        if packet.is_empty() {
-            return Err(Error::invalid_input(
-                op,
-                "an empty packet: give at least one byte after the Ethernet header",
-            ));
-        }
-        let mut frame = vec![0u8; 12];
-        frame.extend_from_slice(&protocol.to_be_bytes());
-        frame.extend_from_slice(packet);
-        let run = crate::program::test_run_raw(
-            self.twin.as_fd(),
-            crate::program::TestRunArgs {
-                data: &frame,
-                out_room: Some(64),
-                repeat: 1,
-                ..Default::default()
-            },
-        )
-        .map_err(|errno| Error::io(op.clone(), std::io::Error::from_raw_os_error(errno)))?;
+        let run =
+            crate::program::test_run_l3(self.twin.as_fd(), &op, protocol, packet, Some(64), 1)?;
         let raw = self
             .map("decision")?
             .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
@@ -742,7 +725,7 @@ impl<F: Seg6Function> Seg6End<F> {
         })?;
         Ok(Seg6TestRun {
             verdict: verdict_of(run.retval),
-            packet: run.data.get(14..).unwrap_or_default().to_vec(),
+            packet: run.data,
             decision: decode_decision(&d).ok_or_else(|| {
                 Error::other(
                     ErrorKind::Kernel,
@@ -761,19 +744,14 @@ impl<F: Seg6Function> Seg6End<F> {
     /// As [`Seg6End::test_run`].
     pub fn time_twin(&self, packet: &[u8], repeat: u32) -> Result<Duration> {
         let op = format!("time SRv6 {} twin", F::NAME);
-        let mut frame = vec![0u8; 12];
-        frame.extend_from_slice(&0x86ddu16.to_be_bytes());
-        frame.extend_from_slice(packet);
-        let run = crate::program::test_run_raw(
+        let run = crate::program::test_run_l3(
             self.twin.as_fd(),
-            crate::program::TestRunArgs {
-                data: &frame,
-                out_room: None,
-                repeat: repeat.max(1),
-                ..Default::default()
-            },
-        )
-        .map_err(|errno| Error::io(op, std::io::Error::from_raw_os_error(errno)))?;
+            &op,
+            0x86dd,
+            packet,
+            None,
+            repeat.max(1),
+        )?;
         Ok(run.duration)
     }
 
