@@ -30,12 +30,15 @@
  * (handle_gso_encap() in net/core/lwt_bpf.c). On Linux 6.18 that switch names `IPPROTO_IP` (0)
  * where IPPROTO_IPIP (4) belongs, so an IPv4-in-IPv4/IPv6 header refuses every GSO packet
  * (-EPROTONOSUPPORT): TCP stalls. The switch does accept next header 0 and then sets the right GSO
- * type (SKB_GSO_IPXIP4 / SKB_GSO_IPXIP6). So for a GSO packet with an inner IPv4 header encap_xmit
- * pushes the outer header with next header 0 (a placeholder), and ipip_gso_fixup, a tc egress
- * program on the underlay device, writes 4 there (fixing the IPv4 header checksum) before the
+ * type (SKB_GSO_IPXIP4 / SKB_GSO_IPXIP6). So for a GSO packet with an inner IPv4 header the encap
+ * pushes the outer header with next header 0 (a placeholder) and, once the push has set the GSO
+ * type, writes 4 there itself (fix_placeholder, fixing the IPv4 header checksum): the packet
+ * leaves the program with a true header, before the reroute's lookup or the segmentation read
+ * it. An lwt_in program may not write the packet, so encap_in leaves the placeholder to
+ * ipip_gso_fixup, a tc egress program on the underlay device, which writes 4 there before the
  * device segments the packet (segmentation happens after tc egress, in validate_xmit_skb). The
- * placeholder is unambiguous: protocol 0 is not used in IPv4, and an IPv6 packet with next header 0
- * (hop-by-hop) followed by a byte 0x45..0x4f cannot be a TCP GSO packet. Non-GSO packets get 4
+ * placeholder is unambiguous: protocol 0 is not used in IPv4, and an IPv6 packet with next header
+ * 0 (hop-by-hop) followed by a byte 0x45..0x4f cannot be a TCP GSO packet. Non-GSO packets get 4
  * directly. Inner IPv6 (next header 41) needs nothing: the kernel matches IPPROTO_IPV6.
  *
  * Counters: peer_stats (per peer slot, per CPU: packets, inner bytes, errors) and events (misses,
@@ -124,7 +127,7 @@ struct inner {
 	__u8 v6;
 	__u8 ttl;
 	__u8 tos;
-	__u32 hash; /* flow hash of the inner addresses, protocol and ports (flow_hash) */
+	__u32 hash; /* flow hash of the inner addresses, protocol and ports (inner_hash), UDP only */
 };
 
 /* murmur3's finaliser: every input bit moves about half of the output bits. */
@@ -139,7 +142,7 @@ static __always_inline __u32 mix32(__u32 h)
 }
 
 /*
- * The inner flow's hash for the UDP source port, from headers lookup() has already parsed: the
+ * The inner flow's hash for the UDP source port, from headers inner_hash() has parsed: the
  * addresses (`a` words of each), the protocol, and for TCP/UDP (not a later fragment) the two
  * ports at `l4`. One flow always gets one value, whatever skb->hash holds. It replaces
  * bpf_get_hash_recalc(), which runs the flow dissector for every packet of an unconnected
@@ -200,8 +203,6 @@ static __always_inline struct lwtun_peer *lookup(struct __sk_buff *skb, __u32 of
 		in->v6 = 0;
 		in->ttl = iph->ttl;
 		in->tos = iph->tos;
-		in->hash = flow_hash(&iph->saddr, &iph->daddr, 1, iph->protocol, nh.pos,
-				     !ip_is_fragment(iph), data_end);
 		__builtin_memcpy(k.addr, &iph->daddr, 4);
 		return bpf_map_lookup_elem(&peers_v4, &k);
 	}
@@ -216,14 +217,39 @@ static __always_inline struct lwtun_peer *lookup(struct __sk_buff *skb, __u32 of
 		in->v6 = 1;
 		in->ttl = ip6h->hop_limit;
 		in->tos = (ip6h->priority << 4) | (ip6h->flow_lbl[0] >> 4);
-		/* ports only right after the fixed header (no extension headers parsed here) */
-		in->hash = flow_hash((__u32 *)&ip6h->saddr, (__u32 *)&ip6h->daddr, 4, ip6h->nexthdr,
-				     nh.pos, 1, data_end);
 		__builtin_memcpy(k.addr, &ip6h->daddr, 16);
 		return bpf_map_lookup_elem(&peers_v6, &k);
 	}
 	*bad = 1;
 	return NULL;
+}
+
+/* The flow hash (flow_hash) of the inner packet `off` bytes into the packet, which lookup() has
+ * found to be a readable IPv4 or IPv6 header; 0 if it is not. Only the UDP encap needs it, so it
+ * is computed once the peer is known. */
+static __always_inline __u32 inner_hash(struct __sk_buff *skb, __u32 off)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct hdr_cursor nh = { .pos = data + off };
+
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct iphdr *iph;
+
+		if (parse_iphdr(&nh, data_end, &iph) < 0)
+			return 0;
+		return flow_hash(&iph->saddr, &iph->daddr, 1, iph->protocol, nh.pos,
+				 !ip_is_fragment(iph), data_end);
+	}
+	{
+		struct ipv6hdr *ip6h;
+
+		if (parse_ip6hdr(&nh, data_end, &ip6h) < 0)
+			return 0;
+		/* ports only right after the fixed header (no extension headers parsed here) */
+		return flow_hash((__u32 *)&ip6h->saddr, (__u32 *)&ip6h->daddr, 4, ip6h->nexthdr,
+				 nh.pos, 1, data_end);
+	}
 }
 
 /* BPF_OK (pass) or BPF_DROP for a miss, as the table's policy says; counted. */
@@ -362,16 +388,35 @@ static __always_inline int gre_csum(struct __sk_buff *skb, __u8 *hdr, __u32 ip_l
 	return 0;
 }
 
+/*
+ * After the push of a GSO packet with the next header 0 placeholder (see the file comment): the
+ * push has already marked the packet SKB_GSO_IPXIP4/IPXIP6, so the header can now say what it
+ * carries, IPPROTO_IPIP, before anything reads it (the reroute's lookup, netfilter, the
+ * segmentation). The IPv4 header checksum covers the protocol in the 16-bit word (ttl, protocol).
+ */
+static __always_inline int fix_placeholder(struct __sk_buff *skb, int outer_v6)
+{
+	__u8 ipip = IPPROTO_IPIP_;
+
+	if (outer_v6)
+		return bpf_skb_store_bytes(skb, __builtin_offsetof(struct ipv6hdr, nexthdr), &ipip, 1, 0);
+	if (bpf_l3_csum_replace(skb, __builtin_offsetof(struct iphdr, check), 0, bpf_htons(IPPROTO_IPIP_), 2))
+		return -1;
+	return bpf_skb_store_bytes(skb, __builtin_offsetof(struct iphdr, protocol), &ipip, 1, 0);
+}
+
 /* `direct`: return BPF_OK instead of BPF_LWT_REROUTE when the outer header is of the inner
- * packet's family (see encap_xmit_direct). */
-static __always_inline int encap(struct __sk_buff *skb, int direct)
+ * packet's family (see encap_xmit_direct). `xmit`: an lwt_xmit program, which may write the
+ * packet (fix_placeholder); an lwt_in program may not, and leaves the placeholder to
+ * ipip_gso_fixup. */
+static __always_inline int encap(struct __sk_buff *skb, int direct, int xmit)
 {
 	__u8 hdr[HDR_MAX] = {};
 	struct lwtun_peer_stats *st;
 	struct lwtun_peer *pp, p;
 	struct inner in = {};
 	__u32 len, slot, pkts, bytes;
-	int bad;
+	int bad, placeholder;
 
 	pp = lookup(skb, 0, &in, &bad);
 	if (!pp) {
@@ -382,18 +427,23 @@ static __always_inline int encap(struct __sk_buff *skb, int direct)
 		return miss(skb, in.v6);
 	}
 	p = *pp; /* a copy: user space may rewrite the entry meanwhile */
+	if (p.kind == LWTUN_ENCAP_UDP)
+		in.hash = inner_hash(skb, 0);
 	slot = p.slot;
 	st = bpf_map_lookup_elem(&peer_stats, &slot);
 	pkts = wire_packets(skb);
 	bytes = skb->len;
 
-	len = build(skb, &p, &in, hdr, !in.v6 && skb->gso_size, skb->len);
+	placeholder = p.kind == LWTUN_ENCAP_IPIP && !in.v6 && skb->gso_size;
+	len = build(skb, &p, &in, hdr, placeholder, skb->len);
 	if (len < 20 || len > HDR_MAX)
 		goto err;
 	if (p.kind == LWTUN_ENCAP_GRE && (p.flags & LWTUN_PEER_GRE_CSUM) && !skb->gso_size &&
 	    gre_csum(skb, hdr, (p.flags & LWTUN_PEER_OUTER_V6) ? 40 : 20, len, 0, skb->len))
 		goto err;
 	if (bpf_lwt_push_encap(skb, BPF_LWT_ENCAP_IP, hdr, len))
+		goto err;
+	if (xmit && placeholder && fix_placeholder(skb, p.flags & LWTUN_PEER_OUTER_V6))
 		goto err;
 	if (st) {
 		st->packets += pkts;
@@ -412,7 +462,7 @@ err:
 SEC("lwt_xmit")
 int encap_xmit(struct __sk_buff *skb)
 {
-	return encap(skb, 0);
+	return encap(skb, 0, 1);
 }
 
 /*
@@ -431,13 +481,13 @@ int encap_xmit(struct __sk_buff *skb)
 SEC("lwt_xmit")
 int encap_xmit_direct(struct __sk_buff *skb)
 {
-	return encap(skb, 1);
+	return encap(skb, 1, 1);
 }
 
 SEC("lwt_in")
 int encap_in(struct __sk_buff *skb)
 {
-	return encap(skb, 0);
+	return encap(skb, 0, 0);
 }
 
 /*
@@ -467,6 +517,8 @@ int encap_preview(struct __sk_buff *skb)
 	if (!pp)
 		return TC_ACT_SHOT;
 	p = *pp;
+	if (p.kind == LWTUN_ENCAP_UDP)
+		in.hash = inner_hash(skb, ETH_HLEN);
 	len = build(skb, &p, &in, pv->hdr, 0, skb->len - ETH_HLEN);
 	if (len < 20 || len > HDR_MAX)
 		return TC_ACT_SHOT;

@@ -138,29 +138,33 @@ struct outer {
 };
 
 /* Whether the GRE checksum of the packet is right: over GRE header and payload [gre_off, end),
- * whose inner packet starts at inner_off. First over the bytes. When that fails and the inner
- * packet is TCP or UDP whose checksum field holds exactly what CHECKSUM_PARTIAL leaves there (a
- * packet sent on this machine with checksum offload and looped through a veth: its transport
- * checksum was never finished), over the GRE header plus the inner packet's sum once finished
- * (csum.h). The GRE checksum then vouches for the headers only, so the stack is made to verify
- * the inner checksum itself where it would otherwise trust it (BPF_CSUM_LEVEL_RESET; a
- * CHECKSUM_PARTIAL packet stays trusted, as it never was on a wire). A packet damaged on the
- * way still fails: its checksum field is final, not the partial pattern. */
+ * whose inner packet starts at inner_off. A TCP or UDP inner packet whose checksum field holds
+ * exactly what CHECKSUM_PARTIAL leaves there (a packet sent on this machine with checksum offload
+ * and looped through a veth: its transport checksum was never finished) is checked first against
+ * the GRE header plus the inner packet's sum once finished (csum.h), from its headers, without
+ * reading the payload. The GRE checksum then vouches for the headers only, so the stack is made
+ * to verify the inner checksum itself where it would otherwise trust it
+ * (BPF_CSUM_LEVEL_RESET; a CHECKSUM_PARTIAL packet stays trusted, as it never was on a wire).
+ * Every other packet, and one whose field only happens to hold that pattern, is checked over its
+ * bytes. A packet damaged on the way still fails: its checksum field is final, not the partial
+ * pattern, and its bytes do not sum right. */
 static __always_inline int gre_csum_ok(struct __sk_buff *skb, __u32 gre_off, __u32 inner_off,
 				       __u32 end)
 {
-	__s64 hdr, inner, all = csum_range(skb, gre_off, end);
+	__s64 hdr, inner, all;
 
-	if (all >= 0 && csum_fold64(all) == 0xffff)
-		return 1;
-	if (inner_off <= gre_off)
-		return 0;
-	inner = csum_inner_final(skb, inner_off, end, 1);
-	hdr = csum_range(skb, gre_off, inner_off);
-	if (inner < 0 || hdr < 0 || csum_fold64((__u64)hdr + (__u64)inner) != 0xffff)
-		return 0;
-	bpf_csum_level(skb, BPF_CSUM_LEVEL_RESET);
-	return 1;
+	if (inner_off > gre_off) {
+		inner = csum_inner_final(skb, inner_off, end, 1);
+		if (inner >= 0) {
+			hdr = csum_range(skb, gre_off, inner_off);
+			if (hdr >= 0 && csum_fold64((__u64)hdr + (__u64)inner) == 0xffff) {
+				bpf_csum_level(skb, BPF_CSUM_LEVEL_RESET);
+				return 1;
+			}
+		}
+	}
+	all = csum_range(skb, gre_off, end);
+	return all >= 0 && csum_fold64(all) == 0xffff;
 }
 
 /* IPv4 header checksum over ihl words, straight from the packet. */
@@ -170,6 +174,15 @@ static __always_inline int ipv4_csum_ok(struct iphdr *iph, void *data_end)
 	__u32 sum = 0;
 	int i;
 
+	/* the usual header, without options: ten words, one bounds check */
+	if (iph->ihl == 5) {
+		if ((void *)(w + 10) > data_end)
+			return 0;
+#pragma unroll
+		for (i = 0; i < 10; i++)
+			sum += w[i];
+		return csum_fold_partial(sum) == 0xffff;
+	}
 #pragma unroll
 	for (i = 0; i < 30; i++) {
 		if (i >= iph->ihl * 2)

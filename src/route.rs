@@ -135,6 +135,11 @@ impl LwtRoute {
         &self.route
     }
 
+    /// Whether a program was given for `hook` (with [`LwtRoute::program`]).
+    pub(crate) fn has_program(&self, hook: Hook) -> bool {
+        self.programs.iter().any(|(h, _)| *h == hook)
+    }
+
     fn check_device(&self, nl: &Netlink) -> Result<()> {
         match &self.device {
             Some(d) => nl

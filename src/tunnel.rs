@@ -7,7 +7,7 @@
 //!   └► route 10.20.0.0/16 encap bpf xmit encap_xmit (LwtRoute, headroom = encap length)
 //!        └► PeerTable LPM: 10.20.0.0/16 → GRE to 192.0.2.2
 //!             └► bpf_lwt_push_encap([IPv4 192.0.2.1→192.0.2.2][GRE][packet]), BPF_LWT_REROUTE
-//!                  └► route to 192.0.2.2 ─► underlay device ── tc egress ipip_gso_fixup ──► B
+//!                  └► route to 192.0.2.2 ─► underlay device ──► B
 //! ```
 //!
 //! The receiving side strips the header with the BPF decap at tc ingress (`crate::decap`), so no
@@ -24,15 +24,22 @@
 //! `IPPROTO_IPIP` (4) belongs: an outer header announcing IPv4-in-IP is refused for every GSO
 //! packet and TCP stalls. The same switch *does* accept next header 0, and then marks the packet
 //! `SKB_GSO_IPXIP4`/`SKB_GSO_IPXIP6`, the right segmentation for IP-in-IP. So the encap program
-//! pushes GSO packets with an inner IPv4 header with next header 0, and `ipip_gso_fixup`, a tc
-//! egress program on the underlay device, writes 4 there (and fixes the IPv4 header checksum)
-//! before the device segments the packet: segmentation runs after tc egress, so every segment
-//! leaves with protocol 4 and full-size TCP flows at full speed. [`Tunnel::attach_underlay`]
-//! attaches the fix-up. Where IP-in-IP traffic leaves by a device without it, the device cannot
-//! segment a packet with next header 0 (there is no offload for protocol 0) and drops it, so TCP
-//! stalls as it would without the work-around, but nothing malformed reaches the wire
-//! (`tests/tunnel_peers.rs` shows both). Non-GSO packets and inner IPv6 (next header 41, which the
-//! kernel matches) need no fix-up.
+//! pushes GSO packets with an inner IPv4 header with next header 0, and then writes 4 there
+//! itself (fixing the IPv4 header checksum) once the push has chosen the segmentation: the
+//! packet leaves the program with a true header, and every segment carries protocol 4.
+//!
+//! An `lwt_in` program may not write the packet, so `encap_in` (an input route,
+//! [`Tunnel::input_program`]) leaves the placeholder to `ipip_gso_fixup`, a tc egress program
+//! on the underlay device that writes the 4 before the device segments the packet (segmentation
+//! runs after tc egress). [`Tunnel::steer`] attaches it for IPv4 input routes, and
+//! [`Tunnel::attach_underlay`] where such traffic leaves by another device. Where a placeholder
+//! packet leaves by a device without it, the device cannot segment a packet with next header 0
+//! (there is no offload for protocol 0) and drops it, so TCP stalls as it would without the
+//! work-around, but nothing malformed reaches the wire (`tests/tunnel_peers.rs` shows both).
+//! Routes with the xmit program (the default, [`Tunnel::route`]) need no program on the underlay
+//! at all: an egress program there would cost every packet the device sends, tunnelled or not
+//! (about 40 ns each here). Non-GSO packets and inner IPv6 (next header 41, which the kernel
+//! matches) need no fix-up.
 //!
 //! # What an encapsulated datagram costs
 //!
@@ -195,8 +202,9 @@ impl TunnelBuilder {
     }
 
     /// Whether [`Tunnel::steer`] attaches the IP-in-IP GSO fix-up to the device of each IPv4
-    /// route (default `true`). Turn it off only to manage the fix-up yourself with
-    /// [`Tunnel::attach_underlay`] (or to watch TCP stall without it).
+    /// route that runs the input program (default `true`; routes with the xmit program fix
+    /// their packets themselves, see the [module docs](self)). Turn it off only to manage the
+    /// fix-up yourself with [`Tunnel::attach_underlay`] (or to watch TCP stall without it).
     pub fn auto_underlay_fixup(mut self, on: bool) -> Self {
         self.auto_fixup = on;
         self
@@ -652,10 +660,11 @@ impl Tunnel {
     /// Installs `route` (from [`Tunnel::route`]) through `nl` and keeps it: it is removed when
     /// the tunnel drops, or with [`Tunnel::remove_routes`].
     ///
-    /// For an IPv4 prefix it also attaches the IP-in-IP GSO fix-up (see the
-    /// [module docs](self)) to the route's device, where encapsulated packets leave when the
-    /// underlay is reached through that device (always so with [`TunnelBuilder::direct`]).
-    /// Where the underlay leaves by another device, add it with [`Tunnel::attach_underlay`].
+    /// For an IPv4 route that runs the input program ([`Tunnel::input_program`] at
+    /// [`Hook::In`]) it also attaches the IP-in-IP GSO fix-up (see the [module docs](self)) to
+    /// the route's device, where encapsulated packets leave when the underlay is reached through
+    /// that device. Where the underlay leaves by another device, add it with
+    /// [`Tunnel::attach_underlay`]. Routes with the xmit program need none.
     ///
     /// # Errors
     ///
@@ -714,7 +723,7 @@ impl Tunnel {
             .with_object(dst.to_string()));
         }
         let fixed = self.fixups.len();
-        if dst.is_ipv4() && self.auto_fixup {
+        if dst.is_ipv4() && route.has_program(Hook::In) && self.auto_fixup {
             if let Some(device) = route.output_device().cloned() {
                 self.attach_underlay(&device)
                     .map_err(|e| e.with_object(format!("GSO fix-up for {dst} on {device}")))?;
@@ -761,8 +770,9 @@ impl Tunnel {
 
     /// Attaches the IP-in-IP GSO fix-up at tc egress of the underlay device `device` (in the
     /// device's namespace). Kept until the tunnel drops. Attaching it again to a device that
-    /// has it is a no-op. [`Tunnel::steer`] does this for the route's own device; call it for
-    /// an underlay device the routes do not name.
+    /// has it is a no-op. [`Tunnel::steer`] does this for the device of an IPv4 input route;
+    /// call it for an underlay device such routes do not name. Routes with the xmit program do
+    /// not need it.
     ///
     /// # Errors
     ///

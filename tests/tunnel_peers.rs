@@ -3,8 +3,9 @@
 //!   and removing the peer applies the miss policy;
 //! - a DF packet bigger than the path MTU minus the encap gets ICMP fragmentation-needed (IPv4)
 //!   or packet-too-big (IPv6) from the tunnel router, and one that fits is encapsulated;
-//! - IP-in-IP TCP with an inner IPv4 header needs the underlay fix-up (without it the kernel's
-//!   GSO path refuses the packets and the stream stalls), which is what `Tunnel` attaches;
+//! - IP-in-IP TCP with an inner IPv4 header runs over an xmit route with no program on the
+//!   underlay, and over an input route needs the underlay fix-up (without it the device cannot
+//!   segment the packets and the stream stalls), which is what `Tunnel` attaches there;
 //! - batch inserts and removals: peers from a large shuffled batch carry traffic, removing them
 //!   falls back to the shorter prefix; the input order does not change the table; a batch the
 //!   kernel refuses midway (insert or removal) leaves the table as it was; an adopted table
@@ -292,11 +293,12 @@ fn path_mtu_counts_the_encap() {
     assert_eq!((s6.packets, s6.bytes), (1, 1476), "{s6:?}");
 }
 
-/// IP-in-IP, inner IPv4: with the fix-up (what `Tunnel::attach_underlay` does) a TCP stream
-/// runs; without it the kernel refuses every GSO packet and the stream stalls.
+/// IP-in-IP, inner IPv4, over an xmit route (the default): the encap program writes the true
+/// next header itself once the push has chosen the segmentation, so a TCP stream runs with no
+/// program on the underlay, and every packet on the wire says protocol 4.
 #[test]
-fn ipip_tcp_needs_the_underlay_fixup() {
-    if !common::privileged("ipip_tcp_needs_the_underlay_fixup") {
+fn ipip_tcp_over_an_xmit_route_needs_no_underlay_program() {
+    if !common::privileged("ipip_tcp_over_an_xmit_route_needs_no_underlay_program") {
         return;
     }
     let line = common::two_hosts();
@@ -309,12 +311,9 @@ fn ipip_tcp_needs_the_underlay_fixup() {
               prefix: &str,
               src: &str,
               remote: &str,
-              local: &str,
-              fix: bool| {
+              local: &str| {
         let mut nl = Netlink::open_in(ns).unwrap();
-        // The fix-up is attached where the route goes unless turned off: this test shows
-        // what happens without it.
-        let mut t = Tunnel::builder().auto_underlay_fixup(fix).load().unwrap();
+        let mut t = Tunnel::load().unwrap();
         t.peers_mut()
             .insert(
                 net(prefix),
@@ -331,15 +330,13 @@ fn ipip_tcp_needs_the_underlay_fixup() {
     };
     let a_dev = line.device(0, "to1");
     let b_dev = line.device(1, "to0");
-    // A sends without the fix-up, B (the receiver's ACKs are small, not GSO) with it.
-    let mut a = mk(
+    let a = mk(
         line.ns(0),
         &a_dev,
         "10.20.0.0/16",
         "10.30.0.1",
         "10.77.0.2",
         "10.77.0.1",
-        false,
     );
     let _b = mk(
         line.ns(1),
@@ -348,26 +345,97 @@ fn ipip_tcp_needs_the_underlay_fixup() {
         "10.20.0.2",
         "10.77.0.1",
         "10.77.0.2",
-        true,
     );
-    let ping = common::ping_with(line.ns(0), addr("10.20.0.2"), 2, &["-I", "10.30.0.1"]);
-    assert_eq!(ping.received, 2, "ping needs no GSO: {}", ping.output);
-    let stalled = common::tcp_stream(line.ns(1), line.ns(0), addr("10.20.0.2"), 4 << 20);
+    assert!(a.0.underlay_fixups().is_empty(), "an xmit route needs none");
+    let egress = lwtun::tc::attached(&a_dev, lwtun::tc::TcDirection::Egress).unwrap();
+    assert!(egress.is_empty(), "a program on the underlay: {egress:?}");
+    let ipip = common::Capture::start(line.ns(1), "to0", "ip proto 4", 64);
+    let placeholder = common::Capture::start(line.ns(1), "to0", "ip proto 0", 1);
+    let t = common::tcp_stream(line.ns(1), line.ns(0), addr("10.20.0.2"), 4 << 20);
+    assert!(t.complete(), "{t:?}");
+    assert_eq!(
+        ipip.finish(Duration::from_secs(2)).len(),
+        64,
+        "IP-in-IP on B's underlay"
+    );
+    assert!(
+        placeholder.finish(Duration::from_secs(1)).is_empty(),
+        "placeholder packets on the wire"
+    );
+    let sent = a.0.peers().stats(net("10.20.0.0/16")).unwrap();
+    assert!(sent.packets > 64 && sent.bytes >= 4 << 20, "{sent:?}");
+}
+
+/// IP-in-IP, inner IPv4, over an input route (a router encapsulating forwarded TCP, whose
+/// packets arrive over the veth still aggregated, as GSO packets): an `lwt_in` program may not
+/// write the packet, so the next header 0 placeholder stays until `ipip_gso_fixup` at tc egress
+/// of the underlay writes 4. Without it the device cannot segment the packets and drops them
+/// (nothing malformed reaches the wire) and the stream stalls; with it (what `Tunnel::steer`
+/// attaches for an IPv4 input route) the stream runs.
+/// client (ns 0) — router R (ns 1, input route 10.20.0.0/16 → encap_in, IPIP to ns 2) — B (ns 2).
+#[test]
+fn ipip_tcp_through_an_input_route_needs_the_underlay_fixup() {
+    if !common::privileged("ipip_tcp_through_an_input_route_needs_the_underlay_fixup") {
+        return;
+    }
+    let line = common::line(3);
+    common::ip(line.ns(2), &["link", "set", "lo", "up"]);
+    common::ip(line.ns(2), &["addr", "add", "10.20.0.2/32", "dev", "lo"]);
+    common::ip(
+        line.ns(0),
+        &["route", "add", "10.20.0.0/16", "via", "10.77.0.2"],
+    );
+    // See input_route_encapsulates_forwarded_traffic: R re-routes its own outer source as input.
+    line.ns(1)
+        .set_sysctl("net.ipv4.conf.all.accept_local", "1")
+        .unwrap();
+    let mut t = Tunnel::builder()
+        .forward_only(true)
+        .auto_underlay_fixup(false)
+        .load()
+        .unwrap();
+    t.peers_mut()
+        .insert(
+            net("10.20.0.0/16"),
+            EncapPeer::new(addr("10.77.1.2"), addr("10.77.1.1"), Encap::Ipip),
+        )
+        .unwrap();
+    let mut nl = Netlink::open_in(line.ns(1)).unwrap();
+    let underlay = line.device(1, "to2");
+    let route = lwtun::route::LwtRoute::new(net("10.20.0.0/16"))
+        .device(&underlay)
+        .program(lwtun::route::Hook::In, t.input_program());
+    t.steer(&mut nl, route).unwrap();
+    assert!(t.underlay_fixups().is_empty(), "turned off");
+    let mut d = Decap::load().unwrap();
+    d.add_local(addr("10.77.1.2")).unwrap();
+    d.add_peer(DecapPeer::host(addr("10.77.1.1"))).unwrap();
+    d.attach(&line.device(2, "to1")).unwrap();
+    let p = common::ping(line.ns(0), addr("10.20.0.2"), 2);
+    assert_eq!(p.received, 2, "ping needs no GSO: {}", p.output);
+    let placeholder = common::Capture::start(line.ns(2), "to1", "ip proto 0", 1);
+    let stalled = common::tcp_stream(line.ns(2), line.ns(0), addr("10.20.0.2"), 4 << 20);
     assert!(
         !stalled.complete(),
-        "without the fix-up the kernel should refuse GSO: {stalled:?}"
+        "without the fix-up the device should refuse the GSO packets: {stalled:?}"
     );
-    // Without the fix-up the device cannot segment a packet with the placeholder next header 0
-    // (no offload for protocol 0) and drops it: nothing malformed reaches the wire.
-    let cap = common::Capture::start(line.ns(1), "to0", "ip proto 0", 1);
-    let _ = common::tcp_stream(line.ns(1), line.ns(0), addr("10.20.0.2"), 1 << 20);
     assert!(
-        cap.finish(Duration::from_secs(1)).is_empty(),
+        placeholder.finish(Duration::from_secs(1)).is_empty(),
         "placeholder packets leaked"
     );
-    a.0.attach_underlay(&a_dev).unwrap();
-    let t = common::tcp_stream(line.ns(1), line.ns(0), addr("10.20.0.2"), 4 << 20);
-    assert!(t.complete(), "with the fix-up: {t:?}");
+    t.attach_underlay(&underlay).unwrap();
+    let ok = common::tcp_stream(line.ns(2), line.ns(0), addr("10.20.0.2"), 4 << 20);
+    assert!(ok.complete(), "with the fix-up: {ok:?}");
+
+    // Tunnel::steer attaches it by itself for an IPv4 input route.
+    drop(t);
+    let mut t = Tunnel::builder().forward_only(true).load().unwrap();
+    let route = lwtun::route::LwtRoute::new(net("10.20.0.0/16"))
+        .device(&underlay)
+        .program(lwtun::route::Hook::In, t.input_program());
+    t.steer(&mut nl, route).unwrap();
+    assert_eq!(t.underlay_fixups().len(), 1);
+    assert_eq!(t.underlay_fixups()[0].device(), &underlay);
 }
 
 /// lwt_in: a router encapsulates forwarded traffic as it arrives (an input route running
@@ -911,8 +979,8 @@ fn adopted_table_hands_out_zeroed_counters() {
 }
 
 /// The easy-to-forget steps are defaults: a tunnel's route takes the tunnel's inner source,
-/// steering attaches the IP-in-IP fix-up where the route goes, and a route that would send
-/// locally made packets with the underlay address is refused with what to do.
+/// an xmit route needs (and gets) no IP-in-IP fix-up on the underlay, and a route that would
+/// send locally made packets with the underlay address is refused with what to do.
 #[test]
 fn steer_defaults_source_and_fixup_and_refuses_a_sourceless_route() {
     if !common::privileged("steer_defaults_source_and_fixup_and_refuses_a_sourceless_route") {
@@ -940,15 +1008,13 @@ fn steer_defaults_source_and_fixup_and_refuses_a_sourceless_route() {
     assert_eq!(v4.spec().prefsrc, Some(addr("10.30.0.1")));
     common::ip(ns, &["addr", "add", "10.30.0.1/32", "dev", "lo"]);
     t.steer(&mut nl, v4).unwrap();
-    assert_eq!(
-        t.underlay_fixups().len(),
-        1,
-        "fix-up attached on the route's device"
+    assert!(
+        t.underlay_fixups().is_empty(),
+        "an xmit route fixes its own packets: no fix-up on the underlay"
     );
-    assert_eq!(t.underlay_fixups()[0].device(), &dev);
     let shown = common::ip(ns, &["route", "show", "10.20.0.0/16"]);
     assert!(shown.contains("src 10.30.0.1"), "{shown}");
-    // A second route on the same device shares the fix-up; IPv6 routes need none.
+    // Neither does a second route, nor an IPv6 one; attach_underlay still attaches it, once.
     t.steer(&mut nl, t.route(net("10.21.0.0/16")).device(&dev))
         .unwrap();
     common::ip(
@@ -957,6 +1023,9 @@ fn steer_defaults_source_and_fixup_and_refuses_a_sourceless_route() {
     );
     t.steer(&mut nl, t.route(net("fd20::/16")).device(&dev))
         .unwrap();
+    assert!(t.underlay_fixups().is_empty());
+    t.attach_underlay(&dev).unwrap();
+    t.attach_underlay(&dev).unwrap();
     assert_eq!(t.underlay_fixups().len(), 1);
     let tc = lwtun::tc::attached(&dev, lwtun::tc::TcDirection::Egress).unwrap();
     assert_eq!(tc.len(), 1, "{tc:?}");

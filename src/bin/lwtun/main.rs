@@ -870,22 +870,9 @@ fn route(ctx: &Ctx, command: RouteCommand) -> Result<()> {
             if let Some(m) = metric {
                 spec = spec.metric(m);
             }
-            // The IP-in-IP GSO fix-up on the underlay device, as Tunnel::steer attaches it,
-            // pinned in the tunnel's folder so that it stays (one per device).
-            let fixup = pin.join(format!(
-                "fixup-{}-{}",
-                device.netns_id().inode(),
-                device.index()
-            ));
-            if prefix.is_ipv4() && !fixup.exists() {
-                let att = TcAttach::new(&device, TcDirection::Egress)
-                    .attach(tunnel.fixup_program())
-                    .map_err(|e| e.with_object(format!("GSO fix-up on {dev}")))?;
-                match att.mode() {
-                    TcMode::Tcx => att.persist(Some(&fixup))?,
-                    _ => att.persist(None)?,
-                }
-            }
+            // No IP-in-IP GSO fix-up on the underlay: the xmit program fixes its packets
+            // itself (see lwtun::tunnel); fix-ups pinned by older versions are still shown and
+            // removed with the tunnel.
             let installed = spec.install(&mut nl)?;
             let route = installed.persist();
             let view = route_view(&mut nl, &route);
