@@ -192,6 +192,7 @@ mod family;
 pub mod lwt_redirect;
 pub mod netlink;
 pub mod netns;
+pub mod nexthop;
 pub mod peer;
 mod pin_lock;
 pub mod probe;
