@@ -431,7 +431,7 @@ pub fn lwt_routes(nl: &mut Netlink) -> Result<Vec<Route>> {
             nl.nexthops()?.into_iter().map(|nh| (nh.id, nh)).collect();
         for r in routes.iter_mut().filter(|r| r.nexthop_encap.is_none()) {
             if let Some(nh) = r.nhid.and_then(|id| nexthops.get(&id)) {
-                r.nexthop_encap = nh.encap.clone();
+                r.nexthop_encap = nh.encap.clone().map(Box::new);
             }
         }
     }

@@ -387,7 +387,7 @@ pub struct Route {
     /// For a dumped route over a nexthop ([`Route::nhid`]): that nexthop's encap, as the kernel
     /// reports it in route dumps (`net.ipv4.nexthop_compat_mode=1`, the default) or as
     /// [`crate::route::lwt_routes`] looked it up. Never sent when installing.
-    pub nexthop_encap: Option<Encap>,
+    pub nexthop_encap: Option<Box<Encap>>,
     /// Attributes lwtun does not model, kept from dumps (not sent when installing). For a
     /// route over a nexthop, the device and gateway the kernel copies from the nexthop into
     /// the dump (`RTA_OIF`, `RTA_GATEWAY`) are kept here, not in [`Route::oif`] and
@@ -433,7 +433,7 @@ impl Route {
     /// The encap the route's packets get: its own, or for a dumped route over a nexthop
     /// object, the nexthop's ([`Route::nexthop_encap`]).
     pub fn effective_encap(&self) -> Option<&Encap> {
-        self.encap.as_ref().or(self.nexthop_encap.as_ref())
+        self.encap.as_ref().or(self.nexthop_encap.as_deref())
     }
 
     /// The LWT BPF encap, if the route has one.
@@ -790,7 +790,7 @@ impl Route {
         };
         if route.nhid.is_some() {
             // What the kernel copied from the nexthop object (nexthop_compat_mode).
-            route.nexthop_encap = encap;
+            route.nexthop_encap = encap.map(Box::new);
             route.extra.extend(oif_gw);
         } else {
             route.encap = encap;
@@ -1587,7 +1587,7 @@ mod tests {
         let d = Route::decode(&body).unwrap().unwrap();
         assert_eq!(d.nhid, Some(1));
         assert_eq!((d.oif, d.gateway, &d.encap), (None, None, &None));
-        assert!(matches!(&d.nexthop_encap, Some(Encap::Bpf(b)) if b.xmit.is_some()));
+        assert!(matches!(d.nexthop_encap.as_deref(), Some(Encap::Bpf(b)) if b.xmit.is_some()));
         assert_eq!(d.extra[0].kind, libc::RTA_OIF);
         assert_eq!(
             d.to_string(),
