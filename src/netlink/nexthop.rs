@@ -38,9 +38,24 @@ const NLM_F_CREATE: u16 = 0x400;
 const NHMSG_LEN: usize = 8;
 
 /// The first kernel with nexthop objects (and with an LWT encap on them).
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(lwtun::netlink::nexthop::NEXTHOP_SINCE, "5.3");
+/// ```
 pub const NEXTHOP_SINCE: &str = "5.3";
 
 /// What a nexthop request does.
+///
+/// # Examples
+///
+/// ```
+/// use lwtun::netlink::nexthop::{Nexthop, NexthopOp};
+///
+/// let del = Nexthop::new(7).to_request(NexthopOp::Delete, 1).unwrap();
+/// assert_eq!(u16::from_ne_bytes([del[4], del[5]]), 105); // RTM_DELNEXTHOP
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NexthopOp {
     /// `RTM_NEWNEXTHOP` with `NLM_F_CREATE | NLM_F_EXCL`: fails if the id is taken.
@@ -101,6 +116,15 @@ pub struct Nexthop {
 
 impl Nexthop {
     /// An IPv4 nexthop `id` (0: the kernel picks), protocol unspec, no device yet.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lwtun::netlink::nexthop::Nexthop;
+    ///
+    /// let nh = Nexthop::new(7);
+    /// assert_eq!((nh.id, nh.ipv6, nh.oif), (7, false, None));
+    /// ```
     pub fn new(id: u32) -> Self {
         Nexthop {
             id,
@@ -116,6 +140,14 @@ impl Nexthop {
     }
 
     /// The LWT BPF encap, if the nexthop has one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lwtun::netlink::nexthop::Nexthop;
+    ///
+    /// assert!(Nexthop::new(7).bpf_encap().is_none());
+    /// ```
     pub fn bpf_encap(&self) -> Option<&route::BpfEncap> {
         match &self.encap {
             Some(Encap::Bpf(b)) => Some(b),
@@ -129,6 +161,15 @@ impl Nexthop {
     /// # Errors
     ///
     /// [`ErrorKind::InvalidInput`], saying what is wrong.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lwtun::{netlink::nexthop::Nexthop, ErrorKind};
+    ///
+    /// let e = Nexthop::new(7).validate().unwrap_err(); // no device
+    /// assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    /// ```
     pub fn validate(&self) -> Result<()> {
         let bad = |why: String| {
             Err(Error::invalid_input("validate nexthop", why).with_object(self.to_string()))
@@ -158,6 +199,17 @@ impl Nexthop {
     /// # Errors
     ///
     /// InvalidInput for a nexthop [`Nexthop::validate`] refuses (adds and replaces).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lwtun::netlink::nexthop::{Nexthop, NexthopOp};
+    ///
+    /// // ip nexthop del id 7: header, struct nhmsg (AF_UNSPEC), NHA_ID 7
+    /// let bytes = Nexthop::new(7).to_request(NexthopOp::Delete, 1).unwrap();
+    /// assert_eq!(bytes.len(), 16 + 8 + 8);
+    /// assert_eq!(&bytes[24..], &[8, 0, 1, 0, 7, 0, 0, 0]);
+    /// ```
     pub fn to_request(&self, op: NexthopOp, seq: u32) -> Result<Vec<u8>> {
         if matches!(op, NexthopOp::Add | NexthopOp::Replace) {
             self.validate()?;
@@ -217,6 +269,17 @@ impl Nexthop {
     /// # Errors
     ///
     /// [`ErrorKind::Kernel`] for a body shorter than `struct nhmsg`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lwtun::netlink::nexthop::{Nexthop, NexthopOp};
+    ///
+    /// let mut nh = Nexthop::new(7);
+    /// nh.oif = Some(3);
+    /// let bytes = nh.to_request(NexthopOp::Add, 1).unwrap();
+    /// assert_eq!(Nexthop::decode(&bytes[16..]).unwrap(), Some(nh));
+    /// ```
     pub fn decode(body: &[u8]) -> Result<Option<Nexthop>> {
         if body.len() < NHMSG_LEN {
             return Err(Error::other(
@@ -310,6 +373,27 @@ impl Netlink {
     /// InvalidInput for a nexthop [`Nexthop::validate`] refuses (nothing is sent);
     /// Unsupported naming Linux 5.3 on kernels without nexthop objects; Exists when the id is
     /// taken; the kernel's error and ext-ack text otherwise.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use lwtun::netlink::{nexthop::Nexthop, route::{BpfEncap, Encap, Route}, Netlink};
+    /// use lwtun::program::{Hook, LwtCounter};
+    ///
+    /// let counter = LwtCounter::load()?;
+    /// let mut nl = Netlink::open()?;
+    /// let mut nh = Nexthop::new(0); // the kernel picks the id
+    /// nh.oif = Some(nl.device("veth0")?.index());
+    /// nh.encap = Some(Encap::Bpf(BpfEncap {
+    ///     xmit: Some(counter.program(Hook::Xmit).prog_ref()),
+    ///     ..Default::default()
+    /// }));
+    /// let id = nl.add_nexthop(&nh)?;
+    /// let mut r = Route::new("10.20.0.0/16".parse().unwrap());
+    /// r.nhid = Some(id);
+    /// nl.add_route(&r)?;
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
     pub fn add_nexthop(&mut self, nexthop: &Nexthop) -> Result<u32> {
         self.new_nexthop("add nexthop", nexthop, NexthopOp::Add)
     }
@@ -322,6 +406,24 @@ impl Netlink {
     /// # Errors
     ///
     /// As [`Netlink::add_nexthop`], but never Exists.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use lwtun::netlink::{nexthop::Nexthop, route::{BpfEncap, Encap}, Netlink};
+    /// use lwtun::program::{Hook, LwtCounter};
+    ///
+    /// let next = LwtCounter::load()?;
+    /// let mut nl = Netlink::open()?;
+    /// // A dump has program names, no fds: name the programs again to replace.
+    /// let mut nh = nl.nexthop(7)?;
+    /// nh.encap = Some(Encap::Bpf(BpfEncap {
+    ///     xmit: Some(next.program(Hook::Xmit).prog_ref()),
+    ///     ..Default::default()
+    /// }));
+    /// nl.replace_nexthop(&nh)?; // every route over nexthop 7 runs `next` now
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
     pub fn replace_nexthop(&mut self, nexthop: &Nexthop) -> Result<u32> {
         self.new_nexthop("replace nexthop", nexthop, NexthopOp::Replace)
     }
@@ -359,6 +461,19 @@ impl Netlink {
     /// # Errors
     ///
     /// NotFound for an unknown id; Unsupported naming Linux 5.3 without nexthop objects.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use lwtun::{netlink::Netlink, ErrorKind};
+    ///
+    /// let mut nl = Netlink::open()?;
+    /// match nl.delete_nexthop(7) {
+    ///     Err(e) if e.kind() == ErrorKind::NotFound => println!("no nexthop 7"),
+    ///     other => other?,
+    /// }
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
     pub fn delete_nexthop(&mut self, id: u32) -> Result<()> {
         let nh = Nexthop::new(id);
         self.request_raw("delete nexthop", &nh, |seq, out| {
@@ -375,6 +490,16 @@ impl Netlink {
     /// # Errors
     ///
     /// NotFound for an unknown id; Unsupported naming Linux 5.3 without nexthop objects.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use lwtun::netlink::Netlink;
+    ///
+    /// let mut nl = Netlink::open()?;
+    /// println!("{}", nl.nexthop(7)?); // id 7 encap bpf xmit ... dev#3
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
     pub fn nexthop(&mut self, id: u32) -> Result<Nexthop> {
         let nh = Nexthop::new(id);
         let answers = self
@@ -397,6 +522,18 @@ impl Netlink {
     /// # Errors
     ///
     /// Unsupported naming Linux 5.3 without nexthop objects; the kernel's error for the dump.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use lwtun::netlink::Netlink;
+    ///
+    /// let mut nl = Netlink::open()?;
+    /// for nh in nl.nexthops()? {
+    ///     println!("{nh}");
+    /// }
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
     pub fn nexthops(&mut self) -> Result<Vec<Nexthop>> {
         self.dump_raw(
             "dump nexthops",

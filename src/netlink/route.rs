@@ -432,6 +432,18 @@ impl Route {
 
     /// The encap the route's packets get: its own, or for a dumped route over a nexthop
     /// object, the nexthop's ([`Route::nexthop_encap`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lwtun::netlink::route::{Route, Encap, BpfEncap};
+    ///
+    /// let mut r = Route::new("10.1.0.0/16".parse().unwrap());
+    /// r.nhid = Some(7);
+    /// assert!(r.effective_encap().is_none());
+    /// r.nexthop_encap = Some(Box::new(Encap::Bpf(BpfEncap::default()))); // as a dump reports it
+    /// assert!(matches!(r.effective_encap(), Some(Encap::Bpf(_))));
+    /// ```
     pub fn effective_encap(&self) -> Option<&Encap> {
         self.encap.as_ref().or(self.nexthop_encap.as_deref())
     }
