@@ -66,6 +66,7 @@ use crate::route::{collect_programs, take_program, RTPROT_LWTUN};
 /// # Ok::<(), lwtun::Error>(())
 /// ```
 #[derive(Debug)]
+#[doc(alias = "ip nexthop")]
 pub struct LwtNexthop {
     nexthop: Nexthop,
     device: Option<Device>,

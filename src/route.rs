@@ -163,6 +163,8 @@ impl LwtRoute {
     /// println!("{a}, {b}"); // 10.20.0.0/16 nhid 1 ..., both counted by one program
     /// # Ok::<(), lwtun::Error>(())
     /// ```
+    #[doc(alias = "nhid")]
+    #[doc(alias = "RTA_NH_ID")]
     pub fn nexthop(mut self, nexthop: &crate::nexthop::InstalledNexthop) -> Self {
         self.route.nhid = Some(nexthop.id());
         self

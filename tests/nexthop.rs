@@ -142,6 +142,46 @@ fn routes_share_one_nexthop_its_program_counts_and_replaces_for_all() {
 }
 
 #[test]
+fn an_ipv6_nexthop_serves_ipv6_and_ipv4_routes() {
+    if !common::privileged("an_ipv6_nexthop_serves_ipv6_and_ipv4_routes") {
+        return;
+    }
+    let net = hosts();
+    ip(net.ns(1), "-6 addr add fd62::1/128 dev lo");
+    ip(net.ns(1), "-6 addr add fd63::1/128 dev lo");
+    let mut nl = Netlink::open_in(net.ns(0)).unwrap();
+    let counter = LwtCounter::load().unwrap();
+    let nh = LwtNexthop::new(Some(60))
+        .device(&net.device(0, "to1"))
+        .via(IpAddr::V6(net.v6(1)))
+        .program(Hook::Out, counter.program(Hook::Out))
+        .program(Hook::Xmit, counter.program(Hook::Xmit))
+        .install(&mut nl)
+        .unwrap();
+    assert!(nh.nexthop().ipv6);
+    let _routes: Vec<_> = ["fd62::/64", "fd63::/64", "10.62.0.0/24"]
+        .iter()
+        .map(|dst| {
+            LwtRoute::new(dst.parse().unwrap())
+                .nexthop(&nh)
+                .install(&mut nl)
+                .unwrap()
+        })
+        .collect();
+    pings(&net, "fd62::1", 2);
+    pings(&net, "fd63::1", 2);
+    pings(&net, "10.62.0.1", 2); // IPv4 over an IPv6 gateway
+    for hook in [Hook::Out, Hook::Xmit] {
+        let c = counter.counter(hook).unwrap();
+        assert_eq!(c.packets, 6, "{hook}");
+        assert_eq!(c.bytes, 4 * 104 + 2 * 84, "{hook}");
+    }
+    let shown = ip(net.ns(0), "-6 route show");
+    assert!(shown.contains("fd62::/64 nhid 60 "), "{shown}");
+    assert_eq!(lwt_routes(&mut nl).unwrap().len(), 3);
+}
+
+#[test]
 fn ten_thousand_routes_over_one_nexthop_in_a_batch() {
     if !common::privileged("ten_thousand_routes_over_one_nexthop_in_a_batch") {
         return;

@@ -91,6 +91,7 @@ pub enum NexthopOp {
 /// assert_eq!(u16::from_ne_bytes([bytes[4], bytes[5]]), 104); // RTM_NEWNEXTHOP
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[doc(alias = "nhmsg")]
 pub struct Nexthop {
     /// The id routes name it by (`NHA_ID`); 0 when installing lets the kernel pick one.
     pub id: u32,
@@ -175,7 +176,7 @@ impl Nexthop {
             Err(Error::invalid_input("validate nexthop", why).with_object(self.to_string()))
         };
         if self.oif.is_none() {
-            return bad("a nexthop with an encap needs a device".into());
+            return bad("a nexthop needs a device (groups and blackholes are not modelled)".into());
         }
         if let Some(gw) = self.gateway {
             if gw.is_ipv6() != self.ipv6 {
@@ -352,9 +353,12 @@ impl fmt::Display for Nexthop {
     }
 }
 
-/// Turns "no such message type" into an error naming the feature and Linux 5.3.
+/// Turns "no such message type" (`EOPNOTSUPP` without ext-ack text: rtnetlink has no handler
+/// for the type) into an error naming the feature and Linux 5.3. An `EOPNOTSUPP` with text,
+/// such as "LWT encapsulation type not supported" from a kernel without `CONFIG_LWTUNNEL_BPF`,
+/// keeps the kernel's words.
 fn unsupported_before_5_3(e: Error) -> Error {
-    if e.errno() == Some(libc::EOPNOTSUPP) {
+    if e.errno() == Some(libc::EOPNOTSUPP) && e.ext_ack().is_none() {
         let op = e.operation().to_string();
         Error::unsupported(op, "nexthop objects (RTM_NEWNEXTHOP)", Some(NEXTHOP_SINCE))
     } else {
@@ -394,6 +398,7 @@ impl Netlink {
     /// nl.add_route(&r)?;
     /// # Ok::<(), lwtun::Error>(())
     /// ```
+    #[doc(alias = "RTM_NEWNEXTHOP")]
     pub fn add_nexthop(&mut self, nexthop: &Nexthop) -> Result<u32> {
         self.new_nexthop("add nexthop", nexthop, NexthopOp::Add)
     }
@@ -424,6 +429,7 @@ impl Netlink {
     /// nl.replace_nexthop(&nh)?; // every route over nexthop 7 runs `next` now
     /// # Ok::<(), lwtun::Error>(())
     /// ```
+    #[doc(alias = "NLM_F_REPLACE")]
     pub fn replace_nexthop(&mut self, nexthop: &Nexthop) -> Result<u32> {
         self.new_nexthop("replace nexthop", nexthop, NexthopOp::Replace)
     }
@@ -474,6 +480,7 @@ impl Netlink {
     /// }
     /// # Ok::<(), lwtun::Error>(())
     /// ```
+    #[doc(alias = "RTM_DELNEXTHOP")]
     pub fn delete_nexthop(&mut self, id: u32) -> Result<()> {
         let nh = Nexthop::new(id);
         self.request_raw("delete nexthop", &nh, |seq, out| {
@@ -500,6 +507,7 @@ impl Netlink {
     /// println!("{}", nl.nexthop(7)?); // id 7 encap bpf xmit ... dev#3
     /// # Ok::<(), lwtun::Error>(())
     /// ```
+    #[doc(alias = "RTM_GETNEXTHOP")]
     pub fn nexthop(&mut self, id: u32) -> Result<Nexthop> {
         let nh = Nexthop::new(id);
         let answers = self
@@ -534,6 +542,7 @@ impl Netlink {
     /// }
     /// # Ok::<(), lwtun::Error>(())
     /// ```
+    #[doc(alias = "RTM_GETNEXTHOP")]
     pub fn nexthops(&mut self) -> Result<Vec<Nexthop>> {
         self.dump_raw(
             "dump nexthops",
@@ -635,6 +644,10 @@ mod tests {
         let e = unsupported_before_5_3(Error::netlink("add nexthop", libc::EOPNOTSUPP, None));
         assert_eq!(e.kind(), ErrorKind::Unsupported);
         assert!(e.to_string().contains("Linux 5.3"), "{e}");
+        let text = Some("LWT encapsulation type not supported".to_string());
+        let e = unsupported_before_5_3(Error::netlink("add nexthop", libc::EOPNOTSUPP, text));
+        assert_eq!(e.kind(), ErrorKind::Unsupported);
+        assert!(e.to_string().contains("LWT encapsulation type"), "{e}");
         let e = unsupported_before_5_3(Error::netlink("add nexthop", libc::ENOENT, None));
         assert_eq!(e.kind(), ErrorKind::NotFound);
     }
