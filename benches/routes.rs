@@ -8,10 +8,18 @@
 //! this machine's hard fd limit is 20000, so its batch is split into files of 10000 routes, one
 //! `ip -batch` process each (the per-process start-up is included: it is what a user pays).
 //!
-//! Both sides run in every round (`LWTUN_BENCH_RUNS`, default 4), which side goes first
-//! alternating, each phase after a pause; every round prints its own ratio and each side's CPU
-//! time (user + system: the kernel's work is the system part), so a slow round shows whether the
-//! time went to CPU or elsewhere.
+//! A third form runs beside them: the same N routes over one LWT nexthop object (`ip nexthop
+//! add id N encap bpf xmit ... dev d0`, Linux 5.3+), each route only `DST nhid N`, so the kernel
+//! parses the encap and builds its lightweight-tunnel state once instead of once per route.
+//! lwtun installs and deletes them in one batch each (table 102); `ip -batch` does the same
+//! with `route add DST nhid N table 103` lines, its fair peer for the same kernel work. The
+//! nexthop form is reported against both `ip -batch` sides: the per-route `encap bpf` routes
+//! (what users do today) and the `nhid` routes.
+//!
+//! All sides run in every round (`LWTUN_BENCH_RUNS`, default 4), the order rotating so that
+//! each side goes first in turn, each phase after a pause; every round prints its own ratios
+//! and each side's CPU time (user + system: the kernel's work is the system part), so a slow
+//! round shows whether the time went to CPU or elsewhere.
 //!
 //! What varies between rounds (measured on the 2-vCPU machine, 20 rounds each, issue 14): the
 //! kernel, not lwtun. lwtun's own user time per 100k install + delete is 5-30 ms; its system
@@ -29,6 +37,7 @@ use std::os::fd::AsFd;
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
+use lwtun::netlink::nexthop::Nexthop;
 use lwtun::netlink::route::{BpfEncap, Encap, Route, RouteBatch, RouteFilter};
 use lwtun::netlink::Netlink;
 use lwtun::netns::NetNs;
@@ -96,6 +105,28 @@ fn main() {
         adds.add(route(i));
         dels.delete(route(i));
     }
+    // The nexthop form: one LWT nexthop holding the encap, routes naming it, table 102.
+    const NHID: u32 = 7;
+    let mut nexthop = Nexthop::new(NHID);
+    nexthop.oif = Some(d0);
+    nexthop.encap = Some(Encap::Bpf(BpfEncap {
+        xmit: Some(xmit.prog_ref()),
+        ..Default::default()
+    }));
+    nl.add_nexthop(&nexthop)
+        .expect("an LWT nexthop (Linux 5.3+)");
+    let nh_route = |i: usize| {
+        let mut r = Route::new(addr(i).parse().unwrap());
+        r.nhid = Some(NHID);
+        r.table = 102;
+        r
+    };
+    let mut nh_adds = RouteBatch::new();
+    let mut nh_dels = RouteBatch::new();
+    for i in 0..n {
+        nh_adds.add(nh_route(i));
+        nh_dels.delete(nh_route(i));
+    }
     let table = |t| RouteFilter {
         table: Some(t),
         ..RouteFilter::all()
@@ -112,16 +143,18 @@ fn main() {
                 let path = dir.join(format!("{verb}-{k}.batch"));
                 let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
                 for i in start..(start + IP_BATCH_CHUNK).min(n) {
-                    if verb == "add" {
-                        writeln!(
+                    match verb {
+                        "add" => writeln!(
                             f,
                             "route add {} encap bpf xmit pinned {pin} dev d0 table 101",
                             addr(i)
-                        )
-                        .unwrap();
-                    } else {
-                        writeln!(f, "route del {} dev d0 table 101", addr(i)).unwrap();
+                        ),
+                        "del" => writeln!(f, "route del {} dev d0 table 101", addr(i)),
+                        // iproute2's routes over the same nexthop, table 103.
+                        "nhadd" => writeln!(f, "route add {} nhid {NHID} table 103", addr(i)),
+                        _ => writeln!(f, "route del {} table 103", addr(i)),
                     }
+                    .unwrap();
                 }
                 path
             })
@@ -129,6 +162,8 @@ fn main() {
     };
     let add_files = write_files("add");
     let del_files = write_files("del");
+    let nh_add_files = write_files("nhadd");
+    let nh_del_files = write_files("nhdel");
     let run_ip = |files: &[std::path::PathBuf]| -> Phase {
         let c = cpu(libc::RUSAGE_CHILDREN);
         let t = Instant::now();
@@ -154,51 +189,64 @@ fn main() {
         }
     };
 
-    // Rounds alternate which side goes first, and every phase starts after a pause: deleting
+    // Rounds rotate which side goes first, and every phase starts after a pause: deleting
     // 100k routes leaves the kernel RCU callbacks and trie frees that otherwise run during the
-    // next phase and slow whichever side comes second.
+    // next phase and slow whichever side comes next.
     let mut rounds_out = Vec::new();
     for round in 0..runs {
         let mut lw = (Phase::default(), Phase::default());
         let mut ipr = (Phase::default(), Phase::default());
-        for side in 0..2 {
-            let lwtun_turn = (side == 0) == (round % 2 == 0);
+        let mut lwn = (Phase::default(), Phase::default());
+        let mut ipn = (Phase::default(), Phase::default());
+        for k in 0..SIDES.len() {
+            let side = SIDES[(k + round) % SIDES.len()];
             std::thread::sleep(QUIESCE);
-            if lwtun_turn {
-                lw.0 = run_lwtun(&mut nl, &adds);
-                assert_eq!(nl.routes(&table(100)).unwrap().len(), n);
+            let (lwtun_side, t) = match side {
+                "lwtun" => (Some((&adds, &dels, &mut lw)), 100),
+                "lwtun-nh" => (Some((&nh_adds, &nh_dels, &mut lwn)), 102),
+                _ => (None, if side == "ip" { 101 } else { 103 }),
+            };
+            if let Some((a, d, out)) = lwtun_side {
+                out.0 = run_lwtun(&mut nl, a);
+                assert_eq!(nl.routes(&table(t)).unwrap().len(), n);
                 std::thread::sleep(QUIESCE);
-                lw.1 = run_lwtun(&mut nl, &dels);
+                out.1 = run_lwtun(&mut nl, d);
             } else {
-                ipr.0 = run_ip(&add_files);
+                let (a, d, out) = if side == "ip" {
+                    (&add_files, &del_files, &mut ipr)
+                } else {
+                    (&nh_add_files, &nh_del_files, &mut ipn)
+                };
+                out.0 = run_ip(a);
                 assert_eq!(
-                    nl.routes(&table(101)).unwrap().len(),
+                    nl.routes(&table(t)).unwrap().len(),
                     n,
                     "ip -batch installed them all"
                 );
                 std::thread::sleep(QUIESCE);
-                ipr.1 = run_ip(&del_files);
-                assert!(nl.routes(&table(101)).unwrap().is_empty());
+                out.1 = run_ip(d);
             }
+            assert!(nl.routes(&table(t)).unwrap().is_empty());
         }
-        rounds_out.push((lw, ipr, round % 2 == 0));
+        rounds_out.push((lw, ipr, SIDES[round % SIDES.len()], lwn, ipn));
     }
+    nl.delete_nexthop(NHID).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     std::fs::remove_file(&pin).unwrap();
     std::fs::remove_dir(&pin_dir).unwrap();
 
     println!(
-        "LWT xmit routes, {n} each, one program, in a namespace; {runs} rounds, sides alternating, {} ms pause before each phase:",
+        "LWT xmit routes, {n} each, one program, in a namespace; {runs} rounds, sides rotating, {} ms pause before each phase:",
         QUIESCE.as_millis()
     );
     println!("  wall rates (routes/s) and CPU (user+sys ms; ip: its processes) per phase:");
     let mut ratios = Vec::new();
-    for (k, (lw, ipr, lwtun_first)) in rounds_out.iter().enumerate() {
+    let mut nh_ratios = (Vec::new(), Vec::new());
+    for (k, (lw, ipr, first, lwn, ipn)) in rounds_out.iter().enumerate() {
         let ratio = (ipr.0.wall + ipr.1.wall) / (lw.0.wall + lw.1.wall);
         ratios.push(ratio);
         println!(
-            "  round {k} ({} first): install lwtun {:>7.0} ({:>4.0}+{:>4.0} ms) ip {:>7.0} ({:>4.0}+{:>4.0} ms) x{:.2} | delete lwtun {:>7.0} ({:>4.0}+{:>4.0} ms) ip {:>7.0} ({:>4.0}+{:>4.0} ms) x{:.2} | install+delete x{:.2}",
-            if *lwtun_first { "lwtun" } else { "ip" },
+            "  round {k} ({first} first): install lwtun {:>7.0} ({:>4.0}+{:>4.0} ms) ip {:>7.0} ({:>4.0}+{:>4.0} ms) x{:.2} | delete lwtun {:>7.0} ({:>4.0}+{:>4.0} ms) ip {:>7.0} ({:>4.0}+{:>4.0} ms) x{:.2} | install+delete x{:.2}",
             rate(n, lw.0.wall),
             lw.0.user * 1e3,
             lw.0.sys * 1e3,
@@ -215,15 +263,52 @@ fn main() {
             ipr.1.wall / lw.1.wall,
             ratio,
         );
+        let nh = lwn.0.wall + lwn.1.wall;
+        let (vs_encap, vs_nhid) = (
+            (ipr.0.wall + ipr.1.wall) / nh,
+            (ipn.0.wall + ipn.1.wall) / nh,
+        );
+        nh_ratios.0.push(vs_encap);
+        nh_ratios.1.push(vs_nhid);
+        println!(
+            "  round {k} nexthop: install lwtun-nh {:>7.0} ({:>4.0}+{:>4.0} ms) ip-nh {:>7.0} ({:>4.0}+{:>4.0} ms) | delete lwtun-nh {:>7.0} ({:>4.0}+{:>4.0} ms) ip-nh {:>7.0} ({:>4.0}+{:>4.0} ms) | install+delete x{vs_encap:.2} vs ip encap bpf, x{vs_nhid:.2} vs ip nhid",
+            rate(n, lwn.0.wall),
+            lwn.0.user * 1e3,
+            lwn.0.sys * 1e3,
+            rate(n, ipn.0.wall),
+            ipn.0.user * 1e3,
+            ipn.0.sys * 1e3,
+            rate(n, lwn.1.wall),
+            lwn.1.user * 1e3,
+            lwn.1.sys * 1e3,
+            rate(n, ipn.1.wall),
+            ipn.1.user * 1e3,
+            ipn.1.sys * 1e3,
+        );
     }
-    let mut sorted = ratios.clone();
-    sorted.sort_by(f64::total_cmp);
+    let (min, median, max) = spread(&ratios);
     println!(
-        "  install+delete ratio: min {:.2}, median {:.2}, max {:.2} (goal: at least 4 x ip -batch in every round)",
+        "  install+delete ratio: min {min:.2}, median {median:.2}, max {max:.2} (goal: at least 4 x ip -batch in every round)"
+    );
+    let (min, median, max) = spread(&nh_ratios.0);
+    let (min_n, median_n, max_n) = spread(&nh_ratios.1);
+    println!(
+        "  nexthop form (lwtun-nh) install+delete ratio: vs ip -batch encap bpf min {min:.2}, median {median:.2}, max {max:.2}; vs ip -batch nhid min {min_n:.2}, median {median_n:.2}, max {max_n:.2}"
+    );
+}
+
+/// The sides of a round, in the order of round 0; later rounds rotate it.
+const SIDES: [&str; 4] = ["lwtun", "ip", "lwtun-nh", "ip-nh"];
+
+/// Minimum, median and maximum.
+fn spread(v: &[f64]) -> (f64, f64, f64) {
+    let mut sorted = v.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    (
         sorted[0],
         (sorted[(sorted.len() - 1) / 2] + sorted[sorted.len() / 2]) / 2.0,
-        sorted[sorted.len() - 1]
-    );
+        sorted[sorted.len() - 1],
+    )
 }
 
 fn run_lwtun(nl: &mut Netlink, batch: &RouteBatch) -> Phase {

@@ -87,6 +87,10 @@
 //!           the kernel
 //! ```
 //!
+//! Many routes can share one encap: an LWT nexthop object ([`nexthop::LwtNexthop`], Linux 5.3)
+//! holds the device and programs once, routes name it by id ([`route::LwtRoute::nexthop`]),
+//! and one replace on the nexthop changes the program of all of them.
+//!
 //! Everything lwtun installs is tagged: routes carry the protocol [`route::RTPROT_LWTUN`] and
 //! LWT program names start with `lwtun:`, so leftovers of a crashed process can be found.
 //!
@@ -162,6 +166,7 @@
 //! | `bpf_fib_lookup` | 4.18 | [`xdp::XdpRouter`] |
 //! | global data (`.rodata`) | 5.2 | [`chain::ProgChain`], [`chain::Dispatcher`] |
 //! | `bpf_lwt_push_encap(BPF_LWT_ENCAP_IP)`, `BPF_LWT_REROUTE` *probe* | 5.3 | [`tunnel::Tunnel`] |
+//! | nexthop objects with an LWT encap (`ip nexthop ... encap bpf`, routes by `nhid`) | 5.3 | [`nexthop::LwtNexthop`], [`route::LwtRoute::nexthop`], [`netlink::nexthop`] |
 //! | `BPF_MAP_TYPE_DEVMAP_HASH` | 5.4 | [`xdp::DevMapKind::Hash`] |
 //! | `XDP_FLAGS_REPLACE` | 5.7 | [`netlink::Netlink::replace_xdp_fd`] |
 //! | devmap programs | 5.8 | [`xdp::XdpRedirect`] |
@@ -192,6 +197,7 @@ mod family;
 pub mod lwt_redirect;
 pub mod netlink;
 pub mod netns;
+pub mod nexthop;
 pub mod peer;
 mod pin_lock;
 pub mod probe;

@@ -112,12 +112,7 @@ impl LwtRoute {
     /// the three LWT hooks.
     pub fn program(mut self, hook: Hook, program: impl AsFd) -> Self {
         self.programs.retain(|(h, _)| *h != hook);
-        let taken = program
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|e| Error::io("take LWT program", e))
-            .and_then(LwtProgram::from_fd);
-        self.programs.push((hook, taken));
+        self.programs.push((hook, take_program(program)));
         self
     }
 
@@ -149,6 +144,37 @@ impl LwtRoute {
         }
     }
 
+    /// Routes the route's packets over `nexthop`, an LWT nexthop object whose device, gateway
+    /// and programs every route over it shares (`ip route add DST nhid N`). Excludes
+    /// [`LwtRoute::device`], [`LwtRoute::via`], [`LwtRoute::program`] and
+    /// [`LwtRoute::headroom`]: install refuses a route with both.
+    ///
+    /// Kernel: Linux 5.3+ (nexthop objects). See [`crate::nexthop`] for the trade-offs.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use lwtun::{netlink::Netlink, nexthop::LwtNexthop, program::LwtCounter, route::{Hook, LwtRoute}};
+    ///
+    /// let counter = LwtCounter::load()?;
+    /// let mut nl = Netlink::open()?;
+    /// let dev = nl.device("veth0")?;
+    /// let nh = LwtNexthop::new(None)
+    ///     .device(&dev)
+    ///     .program(Hook::Xmit, counter.program(Hook::Xmit))
+    ///     .install(&mut nl)?;
+    /// let a = LwtRoute::new("10.20.0.0/16".parse().unwrap()).nexthop(&nh).install(&mut nl)?;
+    /// let b = LwtRoute::new("10.21.0.0/16".parse().unwrap()).nexthop(&nh).install(&mut nl)?;
+    /// println!("{a}, {b}"); // 10.20.0.0/16 nhid 1 ..., both counted by one program
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    #[doc(alias = "nhid")]
+    #[doc(alias = "RTA_NH_ID")]
+    pub fn nexthop(mut self, nexthop: &crate::nexthop::InstalledNexthop) -> Self {
+        self.route.nhid = Some(nexthop.id());
+        self
+    }
+
     /// Checks the programs against their hooks and builds the netlink route.
     fn build(self) -> Result<(Route, Vec<LwtProgram>)> {
         let op = "build LWT route";
@@ -158,34 +184,23 @@ impl LwtRoute {
             ..
         } = self;
         let headroom = route.bpf_encap().and_then(|b| b.headroom);
-        let mut bpf = BpfEncap {
-            headroom,
-            ..Default::default()
-        };
-        let mut seg6 = None;
-        let mut owned = Vec::new();
-        for (hook, program) in programs {
-            let program = program?;
-            if program.hook() != hook {
+        if let Some(id) = route.nhid {
+            if !programs.is_empty() || headroom.is_some() {
                 return Err(Error::invalid_input(
                     op,
                     format!(
-                        "program {} is of type {}, but the {hook} hook runs only {hook} programs",
-                        program.name(),
-                        program.hook()
+                        "a route over nexthop {id} runs the nexthop's programs: give either \
+                         .nexthop() or .program()/.headroom(), not both"
                     ),
                 )
                 .with_object(route.dst.to_string()));
             }
-            let r = Some(program.prog_ref());
-            match hook {
-                Hook::In => bpf.input = r,
-                Hook::Out => bpf.output = r,
-                Hook::Xmit => bpf.xmit = r,
-                Hook::Seg6Local => seg6 = r,
-            }
-            owned.push(program);
+            route.encap = None;
+            route.validate()?;
+            return Ok((route, Vec::new()));
         }
+        let (mut bpf, seg6, owned) = collect_programs(programs, op, &route.dst.to_string())?;
+        bpf.headroom = headroom;
         let has_lwt = bpf.input.is_some() || bpf.output.is_some() || bpf.xmit.is_some();
         route.encap = match (seg6, has_lwt) {
             (Some(_), true) => {
@@ -239,6 +254,54 @@ impl LwtRoute {
     }
 }
 
+/// The programs a builder gathered, checked against their hooks: the LWT BPF encap they make
+/// (without headroom), the seg6local End.BPF program if one was given, and the programs.
+pub(crate) fn collect_programs(
+    programs: Vec<(Hook, Result<LwtProgram>)>,
+    op: &str,
+    object: &str,
+) -> Result<(
+    BpfEncap,
+    Option<crate::netlink::route::ProgRef>,
+    Vec<LwtProgram>,
+)> {
+    let mut bpf = BpfEncap::default();
+    let mut seg6 = None;
+    let mut owned = Vec::new();
+    for (hook, program) in programs {
+        let program = program?;
+        if program.hook() != hook {
+            return Err(Error::invalid_input(
+                op,
+                format!(
+                    "program {} is of type {}, but the {hook} hook runs only {hook} programs",
+                    program.name(),
+                    program.hook()
+                ),
+            )
+            .with_object(object));
+        }
+        let r = Some(program.prog_ref());
+        match hook {
+            Hook::In => bpf.input = r,
+            Hook::Out => bpf.output = r,
+            Hook::Xmit => bpf.xmit = r,
+            Hook::Seg6Local => seg6 = r,
+        }
+        owned.push(program);
+    }
+    Ok((bpf, seg6, owned))
+}
+
+/// Takes a reference of its own to `program` for a builder's program list.
+pub(crate) fn take_program(program: impl AsFd) -> Result<LwtProgram> {
+    program
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| Error::io("take LWT program", e))
+        .and_then(LwtProgram::from_fd)
+}
+
 /// A route lwtun installed. Dropping it deletes the route (best effort, errors ignored; use
 /// [`InstalledRoute::remove`] to see them) unless [`InstalledRoute::persist`] was called.
 ///
@@ -274,11 +337,14 @@ impl InstalledRoute {
     }
 
     /// Swaps the program at `hook` for `program` atomically (one replace): packets see either
-    /// the old program or the new one, never neither.
+    /// the old program or the new one, never neither. A route over a nexthop object runs the
+    /// nexthop's programs: change them with
+    /// [`InstalledNexthop::set_program`](crate::nexthop::InstalledNexthop::set_program).
     ///
     /// # Errors
     ///
-    /// As [`LwtRoute::install`]; on error the old program stays in place.
+    /// As [`LwtRoute::install`] (InvalidInput for a route over a nexthop); on error the old
+    /// program stays in place.
     pub fn set_program(&mut self, hook: Hook, program: impl AsFd) -> Result<()> {
         let mut next = LwtRoute {
             route: self.route.clone(),
@@ -347,21 +413,45 @@ impl fmt::Debug for InstalledRoute {
 /// Every route with an LWT BPF or seg6local End.BPF encap, IPv4 and IPv6, in every table but
 /// the local one, whoever made it (lwtun or iproute2).
 ///
+/// A route over an LWT nexthop object ([`Route::nhid`]) is one of them, with the nexthop's
+/// encap in [`Route::nexthop_encap`]: the kernel copies it into route dumps by default
+/// (`net.ipv4.nexthop_compat_mode=1`); where it does not, one `RTM_GETNEXTHOP` dump per
+/// listing (not one per route) fills it in.
+///
 /// # Errors
 ///
-/// The kernel's error for the dump.
+/// The kernel's error for the dumps.
 pub fn lwt_routes(nl: &mut Netlink) -> Result<Vec<Route>> {
-    nl.routes(&RouteFilter {
+    let filter = RouteFilter {
         bpf_only: true,
         ..RouteFilter::all()
-    })
+    };
+    let mut routes = nl.routes(&RouteFilter {
+        bpf_only: false,
+        ..filter.clone()
+    })?;
+    if routes
+        .iter()
+        .any(|r| r.nhid.is_some() && r.nexthop_encap.is_none())
+    {
+        let nexthops: std::collections::HashMap<u32, crate::netlink::nexthop::Nexthop> =
+            nl.nexthops()?.into_iter().map(|nh| (nh.id, nh)).collect();
+        for r in routes.iter_mut().filter(|r| r.nexthop_encap.is_none()) {
+            if let Some(nh) = r.nhid.and_then(|id| nexthops.get(&id)) {
+                r.nexthop_encap = nh.encap.clone().map(Box::new);
+            }
+        }
+    }
+    routes.retain(|r| filter.keeps(r));
+    Ok(routes)
 }
 
 /// The program a dumped route runs at `hook`, when lwtun named it: `None` when the route has
 /// no program there; an error when the name is not lwtun's (iproute2's `file.o:[sec]` names
-/// do not lead to a program) or the program is gone.
+/// do not lead to a program) or the program is gone. For a route over a nexthop object, the
+/// nexthop's program ([`Route::nexthop_encap`], as [`lwt_routes`] reports it).
 pub fn program_of(route: &Route, hook: Hook) -> Option<Result<LwtProgram>> {
-    let name = match (&route.encap, hook) {
+    let name = match (route.effective_encap(), hook) {
         (Some(Encap::Bpf(b)), Hook::In) => b.input.as_ref(),
         (Some(Encap::Bpf(b)), Hook::Out) => b.output.as_ref(),
         (Some(Encap::Bpf(b)), Hook::Xmit) => b.xmit.as_ref(),

@@ -14,8 +14,8 @@
 //!
 //! It is a test with its own `main` (`harness = false`), so `cargo test` runs a short pass
 //! (`LWTUN_FUZZ_ITERATIONS`, default 20 000 inputs per decoder); the long run is
-//! `LWTUN_FUZZ_ITERATIONS=1500000 cargo test --release --test fuzz_decoders` (7 decoders: over
-//! 10 million inputs). The seed of the pseudo-random mutations is printed, and
+//! `LWTUN_FUZZ_ITERATIONS=1500000 cargo test --release --test fuzz_decoders` (8 decoders: over
+//! 12 million inputs). The seed of the pseudo-random mutations is printed, and
 //! `LWTUN_FUZZ_SEED` repeats a run.
 
 mod common;
@@ -29,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use lwtun::capture::{CaptureFormat, CaptureWriter, LinkType, Packet};
 use lwtun::chain::ChainHook;
+use lwtun::netlink::nexthop::{Nexthop, NexthopOp};
 use lwtun::netlink::route::{BatchOp, BpfEncap, Encap, ProgRef, Route};
 
 /// The heap this process holds now, and the most it held since the last reset.
@@ -189,6 +190,35 @@ fn route_seeds() -> Vec<Vec<u8>> {
         let mut plain = Route::new(dst.parse().unwrap());
         plain.oif = Some(2);
         out.push(plain.to_request(BatchOp::Add, 1).unwrap()[16..].to_vec());
+        let mut over = Route::new(dst.parse().unwrap());
+        over.nhid = Some(7);
+        out.push(over.to_request(BatchOp::Add, 1).unwrap()[16..].to_vec());
+    }
+    out
+}
+
+fn nexthop_seeds() -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for gw in ["10.77.0.2", "fd77::2"] {
+        let gw: IpAddr = gw.parse().unwrap();
+        let mut nh = Nexthop::new(7);
+        nh.oif = Some(3);
+        nh.ipv6 = gw.is_ipv6();
+        nh.gateway = Some(gw);
+        nh.protocol = 76;
+        nh.encap = Some(Encap::Bpf(BpfEncap {
+            output: Some(ProgRef {
+                name: "lwtun:count_out:41".into(),
+                fd: Some(5),
+            }),
+            xmit: Some(ProgRef {
+                name: "lwtun:count_xmit:42".into(),
+                fd: Some(6),
+            }),
+            headroom: Some(24),
+            ..Default::default()
+        }));
+        out.push(nh.to_request(NexthopOp::Replace, 9).unwrap()[16..].to_vec());
     }
     out
 }
@@ -321,6 +351,13 @@ fn targets() -> Vec<Target> {
             seeds: route_seeds(),
             run: |b| {
                 let _ = Route::decode(b);
+            },
+        },
+        Target {
+            name: "netlink nexthop (RTM_NEWNEXTHOP, LWT BPF encap)",
+            seeds: nexthop_seeds(),
+            run: |b| {
+                let _ = Nexthop::decode(b);
             },
         },
         Target {

@@ -15,6 +15,7 @@ pub mod addr;
 pub mod attr;
 pub mod link;
 pub mod netdev;
+pub mod nexthop;
 pub mod route;
 pub mod tc;
 
@@ -352,6 +353,60 @@ impl Netlink {
         }
     }
 
+    /// Sends one request that `write(seq, out)` frames into `out` (lwtun's own encoders, for
+    /// messages neli has no type for), with `NLM_F_ACK` set here, and waits for its answer.
+    /// Returns the messages the kernel sent before the ACK (`NLM_F_ECHO` answers), as
+    /// `(type, body)`.
+    pub(crate) fn request_raw(
+        &mut self,
+        op: &str,
+        object: &dyn std::fmt::Display,
+        write: impl FnOnce(u32, &mut Vec<u8>),
+    ) -> Result<Vec<(u16, Vec<u8>)>> {
+        let mut out = Vec::with_capacity(256);
+        let seq = self.next_seq();
+        write(seq, &mut out);
+        set_ack(&mut out);
+        self.send(op, &out)?;
+        let mut result = None;
+        let mut echoed = Vec::new();
+        while result.is_none() {
+            self.recv_each(op, |a| match a {
+                Answer::Ack { seq: s, result: r } if s == seq => {
+                    result = Some(r);
+                    false
+                }
+                Answer::Payload { ty, body } => {
+                    echoed.push((ty, body.to_vec()));
+                    true
+                }
+                _ => true,
+            })?;
+        }
+        match result {
+            Some(Ok(())) => Ok(echoed),
+            Some(Err((errno, ext_ack))) => {
+                Err(Error::netlink(op.to_string(), errno, ext_ack).with_object(object.to_string()))
+            }
+            None => unreachable!("loop ends only with a result"),
+        }
+    }
+
+    /// Sends a dump request that `write(seq, out)` frames (with `NLM_F_DUMP`) and decodes every
+    /// answer with `decode`, as [`Netlink::dump`] does.
+    pub(crate) fn dump_raw<R>(
+        &mut self,
+        op: &str,
+        write: impl FnOnce(u32, &mut Vec<u8>),
+        decode: impl FnMut(u16, &[u8]) -> Result<Option<R>>,
+    ) -> Result<Vec<R>> {
+        let mut out = Vec::with_capacity(64);
+        let seq = self.next_seq();
+        write(seq, &mut out);
+        self.send(op, &out)?;
+        self.collect_dump(op, decode)
+    }
+
     /// Sends a dump request and decodes every answer with `decode`, which sees the message type
     /// and body and may skip a message by returning `None`.
     pub(crate) fn dump<T, P, R>(
@@ -359,7 +414,7 @@ impl Netlink {
         op: &str,
         ty: T,
         body: P,
-        mut decode: impl FnMut(u16, &[u8]) -> Result<Option<R>>,
+        decode: impl FnMut(u16, &[u8]) -> Result<Option<R>>,
     ) -> Result<Vec<R>>
     where
         T: NlType,
@@ -368,6 +423,15 @@ impl Netlink {
         let mut out = Vec::with_capacity(64);
         self.encode(&mut out, ty, NlmF::DUMP, body);
         self.send(op, &out)?;
+        self.collect_dump(op, decode)
+    }
+
+    /// Reads the answers of a dump request just sent, up to `NLMSG_DONE` or an error.
+    fn collect_dump<R>(
+        &mut self,
+        op: &str,
+        mut decode: impl FnMut(u16, &[u8]) -> Result<Option<R>>,
+    ) -> Result<Vec<R>> {
         let mut items = Vec::new();
         let mut done = false;
         let mut failure: Option<Error> = None;

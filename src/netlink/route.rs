@@ -67,6 +67,8 @@ const SEG6_LOCAL_BPF: u16 = 8;
 const SEG6_LOCAL_ACTION_END_BPF: u32 = 15;
 const RTA_ENCAP: u16 = libc::RTA_ENCAP;
 const RTA_ENCAP_TYPE: u16 = libc::RTA_ENCAP_TYPE;
+/// `RTA_NH_ID`: the id of the nexthop object a route uses.
+const RTA_NH_ID: u16 = 30;
 
 /// The kernel's limit on `LWT_BPF_XMIT_HEADROOM` (`LWT_BPF_MAX_HEADROOM`).
 pub const MAX_XMIT_HEADROOM: u32 = 256;
@@ -377,7 +379,19 @@ pub struct Route {
     pub prefsrc: Option<IpAddr>,
     /// The lightweight-tunnel encap.
     pub encap: Option<Encap>,
-    /// Attributes lwtun does not model, kept from dumps (not sent when installing).
+    /// The nexthop object the route forwards over (`RTA_NH_ID`, `ip route add ... nhid N`):
+    /// its device, gateway and encap are the nexthop's, so a route with one has no
+    /// [`Route::oif`], [`Route::gateway`] or [`Route::encap`] of its own ([`Route::validate`]
+    /// refuses them). Kernel: Linux 5.3+ (nexthop objects). See [`crate::nexthop`].
+    pub nhid: Option<u32>,
+    /// For a dumped route over a nexthop ([`Route::nhid`]): that nexthop's encap, as the kernel
+    /// reports it in route dumps (`net.ipv4.nexthop_compat_mode=1`, the default) or as
+    /// [`crate::route::lwt_routes`] looked it up. Never sent when installing.
+    pub nexthop_encap: Option<Box<Encap>>,
+    /// Attributes lwtun does not model, kept from dumps (not sent when installing). For a
+    /// route over a nexthop, the device and gateway the kernel copies from the nexthop into
+    /// the dump (`RTA_OIF`, `RTA_GATEWAY`) are kept here, not in [`Route::oif`] and
+    /// [`Route::gateway`]: a delete naming them would not match the route.
     pub extra: Vec<RawAttr>,
 }
 
@@ -397,20 +411,41 @@ impl Route {
             gateway: None,
             prefsrc: None,
             encap: None,
+            nhid: None,
+            nexthop_encap: None,
             extra: Vec::new(),
         }
     }
 
     /// The scope this route is installed with: as iproute2 picks it, universe for every IPv6
     /// route (the kernel ignores IPv6 route scopes and reports universe), for IPv4 link without a
-    /// gateway and universe with one.
+    /// gateway and universe with one; universe over a nexthop object ([`Route::nhid`]).
     pub fn effective_scope(&self) -> u8 {
-        self.scope
-            .unwrap_or(if self.gateway.is_some() || self.dst.is_ipv6() {
+        self.scope.unwrap_or(
+            if self.gateway.is_some() || self.nhid.is_some() || self.dst.is_ipv6() {
                 RT_SCOPE_UNIVERSE
             } else {
                 RT_SCOPE_LINK
-            })
+            },
+        )
+    }
+
+    /// The encap the route's packets get: its own, or for a dumped route over a nexthop
+    /// object, the nexthop's ([`Route::nexthop_encap`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lwtun::netlink::route::{Route, Encap, BpfEncap};
+    ///
+    /// let mut r = Route::new("10.1.0.0/16".parse().unwrap());
+    /// r.nhid = Some(7);
+    /// assert!(r.effective_encap().is_none());
+    /// r.nexthop_encap = Some(Box::new(Encap::Bpf(BpfEncap::default()))); // as a dump reports it
+    /// assert!(matches!(r.effective_encap(), Some(Encap::Bpf(_))));
+    /// ```
+    pub fn effective_encap(&self) -> Option<&Encap> {
+        self.encap.as_ref().or(self.nexthop_encap.as_deref())
     }
 
     /// The LWT BPF encap, if the route has one.
@@ -422,7 +457,8 @@ impl Route {
     }
 
     /// Checks everything the kernel would refuse, before anything is sent: families agree,
-    /// the prefix is canonical, programs have fds and names within limits, headroom within limit.
+    /// the prefix is canonical, programs have fds and names within limits, headroom within limit,
+    /// a route over a nexthop object has no device, gateway or encap of its own.
     ///
     /// # Errors
     ///
@@ -431,6 +467,26 @@ impl Route {
         let op = "validate route";
         let bad =
             |why: String| Err(Error::invalid_input(op, why).with_object(self.dst.to_string()));
+        if let Some(id) = self.nhid {
+            let own: Vec<&str> = [
+                ("an encap", self.encap.is_some()),
+                ("a gateway", self.gateway.is_some()),
+                ("a device", self.oif.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(what, set)| set.then_some(what))
+            .collect();
+            if !own.is_empty() {
+                return bad(format!(
+                    "a route over nexthop {id} takes its device, gateway and encap from the \
+                     nexthop object, but it has {} of its own too: give one or the other",
+                    own.join(" and ")
+                ));
+            }
+            if id == 0 {
+                return bad("nexthop id 0 names no nexthop".into());
+            }
+        }
         if self.dst.network() != self.dst.ip() {
             return bad(format!(
                 "prefix has host bits set: write {}/{}",
@@ -449,26 +505,7 @@ impl Route {
             }
         }
         match &self.encap {
-            Some(Encap::Bpf(b)) => {
-                if b.input.is_none() && b.output.is_none() && b.xmit.is_none() {
-                    return bad("a bpf encap needs a program on at least one hook".into());
-                }
-                for (hook, p) in [("in", &b.input), ("out", &b.output), ("xmit", &b.xmit)] {
-                    if let Some(p) = p {
-                        check_prog(p, hook).or_else(bad)?;
-                    }
-                }
-                if let Some(h) = b.headroom {
-                    if h > MAX_XMIT_HEADROOM {
-                        return bad(format!(
-                            "xmit headroom {h} is above the kernel's limit of {MAX_XMIT_HEADROOM}"
-                        ));
-                    }
-                    if b.xmit.is_none() {
-                        return bad("xmit headroom without an xmit program".into());
-                    }
-                }
-            }
+            Some(Encap::Bpf(b)) => check_bpf_encap(b).or_else(bad)?,
             Some(Encap::Seg6LocalBpf(p)) => {
                 if self.dst.is_ipv4() {
                     return bad("seg6local End.BPF routes are IPv6 only".into());
@@ -523,6 +560,12 @@ impl Route {
         self.validate()?;
         let mut attrs = RtBuffer::new();
         attrs.push(rtattr(Rta::Dst, ip_bytes(self.dst.ip())));
+        if let Some(id) = self.nhid {
+            attrs.push(rtattr(
+                Rta::UnrecognizedConst(RTA_NH_ID),
+                id.to_ne_bytes().to_vec(),
+            ));
+        }
         if let Some(gw) = self.gateway {
             attrs.push(rtattr(Rta::Gateway, ip_bytes(gw)));
         }
@@ -626,11 +669,14 @@ impl Route {
                 put_attr(out, libc::RTA_TABLE, &self.table.to_ne_bytes());
             }
         } else {
+            if let Some(id) = self.nhid {
+                put_attr(out, RTA_NH_ID, &id.to_ne_bytes());
+            }
             if let Some(gw) = self.gateway {
                 put_ip(out, libc::RTA_GATEWAY, gw);
             }
             if let Some(encap) = &self.encap {
-                let kind = write_encap(out, encap);
+                let kind = write_encap(out, RTA_ENCAP, encap);
                 put_attr(out, RTA_ENCAP_TYPE, &kind.to_ne_bytes());
             }
             if let Some(m) = self.metric {
@@ -722,6 +768,7 @@ impl Route {
         };
         let mut encap_type = None;
         let mut encap_data = None;
+        let mut oif_gw = Vec::new();
         for a in msg.rtattrs().iter() {
             let kind = u16::from(*a.rta_type()) & attr::NLA_TYPE_MASK;
             let data = a.rta_payload().as_ref();
@@ -731,8 +778,11 @@ impl Route {
                     route.table = attr::u32_of(data).ok_or_else(|| bad("bad RTA_TABLE"))?
                 }
                 libc::RTA_PRIORITY => route.metric = attr::u32_of(data),
-                libc::RTA_OIF => route.oif = attr::u32_of(data),
-                libc::RTA_GATEWAY => route.gateway = ip_of(data, v4),
+                RTA_NH_ID => route.nhid = attr::u32_of(data),
+                libc::RTA_OIF | libc::RTA_GATEWAY => oif_gw.push(RawAttr {
+                    kind,
+                    data: data.to_vec(),
+                }),
                 libc::RTA_PREFSRC => route.prefsrc = ip_of(data, v4),
                 RTA_ENCAP_TYPE if data.len() == 2 => {
                     encap_type = Some(u16::from_ne_bytes([data[0], data[1]]))
@@ -746,8 +796,22 @@ impl Route {
         }
         route.dst =
             IpNetwork::new(dst, *msg.rtm_dst_len()).map_err(|_| bad("bad prefix length"))?;
-        if let (Some(kind), Some(data)) = (encap_type, encap_data) {
-            route.encap = Some(decode_encap(kind, data));
+        let encap = match (encap_type, encap_data) {
+            (Some(kind), Some(data)) => Some(decode_encap(kind, data)),
+            _ => None,
+        };
+        if route.nhid.is_some() {
+            // What the kernel copied from the nexthop object (nexthop_compat_mode).
+            route.nexthop_encap = encap.map(Box::new);
+            route.extra.extend(oif_gw);
+        } else {
+            route.encap = encap;
+            for a in oif_gw {
+                match a.kind {
+                    libc::RTA_OIF => route.oif = attr::u32_of(&a.data),
+                    _ => route.gateway = ip_of(&a.data, v4),
+                }
+            }
         }
         Ok(Some(route))
     }
@@ -766,6 +830,9 @@ impl fmt::Display for Route {
                 write!(f, "{}", d.ip())?
             }
             _ => write!(f, "{}", self.dst)?,
+        }
+        if let Some(id) = self.nhid {
+            write!(f, " nhid {id}")?;
         }
         match &self.encap {
             Some(Encap::Seg6(e)) => {
@@ -799,7 +866,7 @@ impl fmt::Display for Route {
         if let Some(m) = self.metric {
             write!(f, " metric {m}")?;
         }
-        match &self.encap {
+        match self.effective_encap() {
             Some(Encap::Bpf(b)) => {
                 f.write_str(" encap bpf")?;
                 for (hook, p) in [("in", &b.input), ("out", &b.output), ("xmit", &b.xmit)] {
@@ -817,6 +884,29 @@ impl fmt::Display for Route {
         }
         Ok(())
     }
+}
+
+/// What the kernel would refuse in an LWT BPF encap (of a route or a nexthop object).
+pub(super) fn check_bpf_encap(b: &BpfEncap) -> std::result::Result<(), String> {
+    if b.input.is_none() && b.output.is_none() && b.xmit.is_none() {
+        return Err("a bpf encap needs a program on at least one hook".into());
+    }
+    for (hook, p) in [("in", &b.input), ("out", &b.output), ("xmit", &b.xmit)] {
+        if let Some(p) = p {
+            check_prog(p, hook)?;
+        }
+    }
+    if let Some(h) = b.headroom {
+        if h > MAX_XMIT_HEADROOM {
+            return Err(format!(
+                "xmit headroom {h} is above the kernel's limit of {MAX_XMIT_HEADROOM}"
+            ));
+        }
+        if b.xmit.is_none() {
+            return Err("xmit headroom without an xmit program".into());
+        }
+    }
+    Ok(())
 }
 
 fn check_prog(p: &ProgRef, hook: &str) -> std::result::Result<(), String> {
@@ -933,7 +1023,8 @@ fn decode_prog(data: &[u8]) -> ProgRef {
     }
 }
 
-fn decode_encap(kind: u16, data: Vec<u8>) -> Encap {
+/// An encap from its type and nest payload (of `RTA_ENCAP` or `NHA_ENCAP`).
+pub(super) fn decode_encap(kind: u16, data: Vec<u8>) -> Encap {
     match kind {
         LWTUNNEL_ENCAP_BPF => {
             let mut b = BpfEncap::default();
@@ -976,7 +1067,7 @@ fn decode_encap(kind: u16, data: Vec<u8>) -> Encap {
 }
 
 /// Appends one attribute (`u16 len, u16 type, value`, padded to 4 bytes) to `out`.
-fn put_attr(out: &mut Vec<u8>, ty: u16, value: &[u8]) {
+pub(super) fn put_attr(out: &mut Vec<u8>, ty: u16, value: &[u8]) {
     out.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
     out.extend_from_slice(&ty.to_ne_bytes());
     out.extend_from_slice(value);
@@ -988,7 +1079,7 @@ fn pad4(out: &mut Vec<u8>, len: usize) {
     out.extend_from_slice(&[0; 3][..super::align4(len) - len]);
 }
 
-fn put_ip(out: &mut Vec<u8>, ty: u16, ip: IpAddr) {
+pub(super) fn put_ip(out: &mut Vec<u8>, ty: u16, ip: IpAddr) {
     match ip {
         IpAddr::V4(a) => put_attr(out, ty, &a.octets()),
         IpAddr::V6(a) => put_attr(out, ty, &a.octets()),
@@ -1008,13 +1099,14 @@ fn end_nest(out: &mut [u8], at: usize) {
     out[at..at + 2].copy_from_slice(&len.to_ne_bytes());
 }
 
-/// Appends `RTA_ENCAP` for `encap` to `out` and returns its `RTA_ENCAP_TYPE`. The LWT BPF encap
+/// Appends the nest `ty` (`RTA_ENCAP` of a route, `NHA_ENCAP` of a nexthop object) for `encap`
+/// to `out` and returns its encap type (`RTA_ENCAP_TYPE`, `NHA_ENCAP_TYPE`). The LWT BPF encap
 /// (the one batches of many routes carry) is written in place; the others through
 /// [`encode_encap`].
-fn write_encap(out: &mut Vec<u8>, encap: &Encap) -> u16 {
+pub(super) fn write_encap(out: &mut Vec<u8>, ty: u16, encap: &Encap) -> u16 {
     match encap {
         Encap::Bpf(b) => {
-            let at = begin_nest(out, RTA_ENCAP);
+            let at = begin_nest(out, ty);
             for (ty, p) in [
                 (LWT_BPF_IN, &b.input),
                 (LWT_BPF_OUT, &b.output),
@@ -1044,7 +1136,7 @@ fn write_encap(out: &mut Vec<u8>, encap: &Encap) -> u16 {
         }
         other => {
             let (kind, payload) = encode_encap(other);
-            put_attr(out, RTA_ENCAP | attr::NLA_F_NESTED, &payload);
+            put_attr(out, ty | attr::NLA_F_NESTED, &payload);
             kind
         }
     }
@@ -1065,7 +1157,7 @@ fn ip_bytes(ip: IpAddr) -> Vec<u8> {
     }
 }
 
-fn ip_of(data: &[u8], v4: bool) -> Option<IpAddr> {
+pub(super) fn ip_of(data: &[u8], v4: bool) -> Option<IpAddr> {
     match (v4, data.len()) {
         (true, 4) => Some(IpAddr::from(<[u8; 4]>::try_from(data).ok()?)),
         (false, 16) => Some(IpAddr::from(<[u8; 16]>::try_from(data).ok()?)),
@@ -1094,7 +1186,9 @@ pub struct RouteFilter {
     pub table: Option<u32>,
     /// Only routes of this protocol.
     pub protocol: Option<u8>,
-    /// Only routes whose encap is LWT BPF or seg6local End.BPF.
+    /// Only routes whose encap is LWT BPF or seg6local End.BPF (for a route over a nexthop
+    /// object: whose nexthop's encap is, as far as the dump tells; see
+    /// [`crate::route::lwt_routes`]).
     pub bpf_only: bool,
 }
 
@@ -1108,7 +1202,8 @@ impl RouteFilter {
         }
     }
 
-    fn keeps(&self, r: &Route) -> bool {
+    /// Whether the filter selects `r`.
+    pub(crate) fn keeps(&self, r: &Route) -> bool {
         let fam = if r.dst.is_ipv4() {
             self.ipv4
         } else {
@@ -1118,8 +1213,11 @@ impl RouteFilter {
             Some(t) => r.table == t,
             None => r.table != RT_TABLE_LOCAL,
         };
-        let bpf =
-            !self.bpf_only || matches!(r.encap, Some(Encap::Bpf(_)) | Some(Encap::Seg6LocalBpf(_)));
+        let bpf = !self.bpf_only
+            || matches!(
+                r.effective_encap(),
+                Some(Encap::Bpf(_)) | Some(Encap::Seg6LocalBpf(_))
+            );
         fam && table && bpf && self.protocol.is_none_or(|p| p == r.protocol)
     }
 }
@@ -1459,6 +1557,63 @@ mod tests {
         assert!(r.validate().unwrap_err().to_string().contains("IPv6 only"));
     }
 
+    #[test]
+    fn a_route_over_a_nexthop_has_nothing_of_its_own() {
+        let mut r = Route::new("10.1.0.0/16".parse().unwrap());
+        r.nhid = Some(3);
+        assert!(r.validate().is_ok());
+        assert_eq!(r.effective_scope(), RT_SCOPE_UNIVERSE);
+        assert_eq!(r.to_string(), "10.1.0.0/16 nhid 3");
+        let both = xmit_route();
+        let mut both = Route {
+            nhid: Some(3),
+            ..both
+        };
+        let e = both.validate().unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("an encap and a device"), "{e}");
+        both.encap = None;
+        both.oif = None;
+        both.nhid = Some(0);
+        assert!(both.validate().unwrap_err().to_string().contains("id 0"));
+    }
+
+    #[test]
+    fn a_dumped_route_over_a_nexthop_keeps_the_nexthops_encap_apart() {
+        // What the kernel dumps for `ip route add 10.1.0.0/24 nhid 1` over
+        // `ip nexthop add id 1 encap bpf xmit ... dev #3` with nexthop_compat_mode=1: RTA_NH_ID
+        // plus copies of the nexthop's device and encap.
+        let mut r = Route::new("10.1.0.0/24".parse().unwrap());
+        r.nhid = Some(1);
+        let mut body = r.to_request(BatchOp::Add, 1).unwrap()[16..].to_vec();
+        put_attr(&mut body, libc::RTA_OIF, &3u32.to_ne_bytes());
+        let kind = write_encap(
+            &mut body,
+            RTA_ENCAP,
+            &Encap::Bpf(BpfEncap {
+                xmit: Some(ProgRef::new(8, "lwtun:count_xmit:9")),
+                ..Default::default()
+            }),
+        );
+        put_attr(&mut body, RTA_ENCAP_TYPE, &kind.to_ne_bytes());
+        let d = Route::decode(&body).unwrap().unwrap();
+        assert_eq!(d.nhid, Some(1));
+        assert_eq!((d.oif, d.gateway, &d.encap), (None, None, &None));
+        assert!(matches!(d.nexthop_encap.as_deref(), Some(Encap::Bpf(b)) if b.xmit.is_some()));
+        assert_eq!(d.extra[0].kind, libc::RTA_OIF);
+        assert_eq!(
+            d.to_string(),
+            "10.1.0.0/24 nhid 1 encap bpf xmit lwtun:count_xmit:9"
+        );
+        assert!(RouteFilter {
+            bpf_only: true,
+            ..RouteFilter::all()
+        }
+        .keeps(&d));
+        // A dumped route can be deleted as it came (no device to mismatch).
+        assert!(d.to_request(BatchOp::Delete, 2).is_ok());
+    }
+
     /// What neli writes for `op` on `r`: the reference the direct writer must match.
     fn neli_request(r: &Route, op: BatchOp, flags: NlmF, seq: u32) -> Vec<u8> {
         let mut out = Vec::new();
@@ -1565,7 +1720,18 @@ mod tests {
                 }
             }
         }
-        assert!(routes.len() >= 15, "{} routes", routes.len());
+        for (dst, table, metric) in [
+            ("10.9.0.0/16", 100, None),
+            ("2001:db8:1::/64", 1000, Some(5)),
+        ] {
+            let mut r = Route::new(dst.parse().unwrap());
+            r.nhid = Some(7);
+            r.table = table;
+            r.metric = metric;
+            r.validate().unwrap();
+            routes.push(r);
+        }
+        assert!(routes.len() >= 17, "{} routes", routes.len());
         for (n, r) in routes.iter().enumerate() {
             for op in [BatchOp::Add, BatchOp::Replace, BatchOp::Delete] {
                 for (flags, bits) in [(NlmF::empty(), 0u16), (NlmF::ACK, 4)] {
