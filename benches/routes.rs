@@ -26,7 +26,10 @@
 //! time (the kernel's parse, `fib_create_info`, trie insert with its resizes, notification,
 //! RCU frees) is 694-918 ms, and its wall time 808-1410 ms: the rest is time the thread is off
 //! the CPU while the kernel's RCU callbacks and the trie's deferred frees run. `ip -batch`
-//! swings the same way (wall 3.9-5.3 s), so the ratio moves between about 3.5 and 5.2.
+//! swings the same way (wall 3.9-5.3 s), so the ratio moves between about 3.5 and 5.2. With
+//! the four sides rotating (session 6, 4 runs x 4 rounds): per-route lwtun 4.30-4.82x `ip
+//! -batch` in every round, the nexthop form 6.12-6.89x `ip -batch` of `encap bpf` routes and
+//! 4.42-5.06x `ip -batch` of `nhid` routes; no round fell below 4.
 //!
 //! Run as root: `cargo bench --bench routes` (`LWTUN_BENCH_ROUTES=N` to change N, default 100000;
 //! `LWTUN_BENCH_ROUTES=2000 LWTUN_BENCH_RUNS=1` for a short check).
