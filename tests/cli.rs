@@ -894,12 +894,34 @@ fn route_del_and_leftovers() {
         left["xdp"],
         json!([{"dev": "to1", "program_id": att["program_id"]}])
     );
+    // An LWT nexthop object a library user persisted (its program stays loaded with it).
+    {
+        use lwtun::program::{Hook, LwtCounter};
+        let counter = LwtCounter::load().unwrap();
+        let mut nl = lwtun::netlink::Netlink::open_in(net.ns(0)).unwrap();
+        let kept = lwtun::nexthop::LwtNexthop::new(Some(4711))
+            .device(&net.device(0, "to1"))
+            .program(Hook::Xmit, counter.program(Hook::Xmit))
+            .install(&mut nl)
+            .unwrap()
+            .persist();
+        assert_eq!(kept.id, 4711);
+    }
+    let left = json(&["-n", &a, "leftovers"]);
+    assert_eq!(
+        left["nexthops"],
+        json!([{"id": 4711, "dev": "to1"}]),
+        "{left}"
+    );
     let removed = json(&["-n", &a, "leftovers", "--remove"]);
     assert_eq!(removed["removed_routes"], 1, "{removed}");
     assert_eq!(removed["removed_xdp"], 1, "{removed}");
+    assert_eq!(removed["removed_nexthops"], 1, "{removed}");
     let left = json(&["-n", &a, "leftovers"]);
     assert_eq!(left["routes"], json!([]));
     assert_eq!(left["xdp"], json!([]));
+    assert_eq!(left["nexthops"], json!([]));
+    assert!(!common::ip(net.ns(0), &["nexthop", "show"]).contains("4711"));
     assert!(lwtun::xdp::XdpAttachment::query(&net.device(0, "to1"))
         .unwrap()
         .is_empty());

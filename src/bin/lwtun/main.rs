@@ -51,7 +51,8 @@ JSON output (-j, stable field names):
   xdp stats:    one object per sample: {dev, program_id, interval_secs,
                  actions: [{action, packets, bytes, pps, bps}]}
   leftovers:    {tunnel_pins: [{pin, owner_pid}], routes, tc_filters: [{dev, direction, name}],
-                 xdp: [{dev, program_id}], removed_routes, removed_tc_filters, removed_xdp}
+                 xdp: [{dev, program_id}], nexthops: [{id, dev}], removed_routes,
+                 removed_tc_filters, removed_xdp, removed_nexthops}
 Errors print the library's message and exit 1; usage errors exit 2.
 A pinned tunnel is owned by one process at a time (an flock on its folder): while a library
 process has it loaded, commands that change it are refused naming the owner's pid; the show
@@ -1391,9 +1392,18 @@ struct LeftoversView {
     tc_filters: Vec<FilterView>,
     /// XDP programs of lwtun's families (they have an `xdp_stats` map) attached to devices.
     xdp: Vec<XdpView>,
+    /// Nexthop objects tagged proto 76 (routes share their LWT encap through them).
+    nexthops: Vec<NexthopView>,
     removed_routes: usize,
     removed_tc_filters: usize,
     removed_xdp: usize,
+    removed_nexthops: usize,
+}
+
+#[derive(Serialize)]
+struct NexthopView {
+    id: u32,
+    dev: Option<String>,
 }
 
 /// Whether program `id` is one of lwtun's XDP family programs (it uses an `xdp_stats` map).
@@ -1502,9 +1512,29 @@ fn leftovers(ctx: &Ctx, remove: bool) -> Result<()> {
             })
         })
         .collect();
+    let nexthops: Vec<NexthopView> = match nl.nexthops() {
+        Ok(all) => all
+            .into_iter()
+            .filter(|n| n.protocol == RTPROT_LWTUN)
+            .map(|n| NexthopView {
+                id: n.id,
+                dev: n.oif.and_then(|oif| {
+                    links
+                        .iter()
+                        .find(|l| l.index == oif)
+                        .map(|l| l.name.clone())
+                }),
+            })
+            .collect(),
+        // A kernel without nexthop objects (before Linux 5.3) has none to leave behind.
+        Err(e) if e.kind() == lwtun::ErrorKind::Unsupported => Vec::new(),
+        Err(e) => return Err(e),
+    };
     let (mut removed_routes, mut removed_tc_filters, mut removed_xdp) = (0, 0, 0);
+    let mut removed_nexthops = 0;
     if remove {
         removed_routes = lwtun::route::remove_leftovers(&mut nl)?;
+        removed_nexthops = lwtun::nexthop::remove_leftovers(&mut nl)?;
         for link in &links {
             removed_tc_filters +=
                 lwtun::tc::remove_leftovers(&ctx.netns.device_by_index(link.index)?)?;
@@ -1519,9 +1549,11 @@ fn leftovers(ctx: &Ctx, remove: bool) -> Result<()> {
         routes,
         tc_filters,
         xdp,
+        nexthops,
         removed_routes,
         removed_tc_filters,
         removed_xdp,
+        removed_nexthops,
     };
     if ctx.json {
         return ctx.print_json(&view);
@@ -1543,10 +1575,17 @@ fn leftovers(ctx: &Ctx, remove: bool) -> Result<()> {
     for x in &view.xdp {
         println!("  {} program {}", x.dev, x.program_id);
     }
+    println!("nexthops tagged proto {RTPROT_LWTUN}:");
+    for n in &view.nexthops {
+        match &n.dev {
+            Some(dev) => println!("  id {} dev {dev}", n.id),
+            None => println!("  id {}", n.id),
+        }
+    }
     if remove {
         println!(
-            "removed {} route(s), {} tc filter(s), {} XDP program(s)",
-            view.removed_routes, view.removed_tc_filters, view.removed_xdp
+            "removed {} route(s), {} tc filter(s), {} XDP program(s), {} nexthop(s)",
+            view.removed_routes, view.removed_tc_filters, view.removed_xdp, view.removed_nexthops
         );
     }
     Ok(())
