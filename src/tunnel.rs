@@ -54,6 +54,18 @@
 //! (seg6, MPLS) pay the same. With the second route lookup this is most of what separates a
 //! 64-byte UDP datagram through the tunnel from plain routing (`benches/tunnel.rs` prints the
 //! sender's CPU time per datagram for every mode); [`TunnelBuilder::direct`] removes the lookup.
+//!
+//! Measured on the 2-vCPU bench machine (Linux 6.18, `perf` over the sender's CPU, 64-byte
+//! datagrams, GRE, both ends tunnelled): plain routing costs about 3.4 µs per datagram and the
+//! tunnel about 1.0-1.1 µs more. Of that, the second lookup and output pass take about 0.3-0.5
+//! µs (the route lookup with its xfrm check, then `ip_output` again), the reallocation about
+//! 0.12 µs, the kernel's LWT hook itself (`lwtunnel_xmit`, `bpf_xmit`, the BH-disabled program
+//! run) about 0.1 µs, `bpf_lwt_push_encap` 0.07 µs, the encap program 0.06 µs and the receiving
+//! end's decap (program and `bpf_skb_adjust_room`) about 0.15 µs. The first three are the
+//! kernel's: no program can make an LWT `BPF_LWT_REROUTE` cheaper (LWT programs have neither
+//! `bpf_fib_lookup` nor a neighbour lookup, and the kernel keeps no dst cache for the reroute), so
+//! the default mode stays at about 0.76-0.83 of plain routing for such datagrams, and `direct`
+//! at about 0.85. TCP pays it per GSO packet of up to 64 KiB and runs at 0.94-1.0 of plain.
 
 use std::fmt;
 use std::net::IpAddr;
