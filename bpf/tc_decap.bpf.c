@@ -148,6 +148,25 @@ struct outer {
  * Every other packet, and one whose field only happens to hold that pattern, is checked over its
  * bytes. A packet damaged on the way still fails: its checksum field is final, not the partial
  * pattern, and its bytes do not sum right. */
+/* The partial sum of the GRE header [gre_off, gre_off + len): straight from the packet for the
+ * 8 and 12 byte headers (checksum, checksum and key) the checksum path sees, else through
+ * csum_range(). */
+static __always_inline __s64 gre_hdr_sum(struct __sk_buff *skb, __u32 gre_off, __u32 len)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	__be32 *g;
+
+	if (gre_off > PULL_LEN)
+		return -1;
+	g = data + gre_off;
+	if (len == 8 && (void *)(g + 2) <= data_end)
+		return (__u32)bpf_csum_diff(0, 0, g, 8, 0);
+	if (len == 12 && (void *)(g + 3) <= data_end)
+		return (__u32)bpf_csum_diff(0, 0, g, 12, 0);
+	return csum_range(skb, gre_off, gre_off + len);
+}
+
 static __always_inline int gre_csum_ok(struct __sk_buff *skb, __u32 gre_off, __u32 inner_off,
 				       __u32 end)
 {
@@ -156,7 +175,7 @@ static __always_inline int gre_csum_ok(struct __sk_buff *skb, __u32 gre_off, __u
 	if (inner_off > gre_off) {
 		inner = csum_inner_final(skb, inner_off, end, 1);
 		if (inner >= 0) {
-			hdr = csum_range(skb, gre_off, inner_off);
+			hdr = gre_hdr_sum(skb, gre_off, inner_off - gre_off);
 			if (hdr >= 0 && csum_fold64((__u64)hdr + (__u64)inner) == 0xffff) {
 				bpf_csum_level(skb, BPF_CSUM_LEVEL_RESET);
 				return 1;
