@@ -5,30 +5,13 @@
 //! -xx ip nexthop ...` (program fd 8, and 11 for a second one). iproute2 zeroed every padding
 //! byte here. No privileges needed.
 
+mod common;
+
+use common::{assert_bytes, unhex};
 use lwtun::netlink::nexthop::{Nexthop, NexthopOp};
 use lwtun::netlink::route::{BpfEncap, Encap, ProgRef};
 
-fn unhex(chunks: &[&str]) -> Vec<u8> {
-    let s: String = chunks.concat();
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
-
 const SEQ: u32 = 0x6b11_9bd8;
-
-/// Compares byte by byte, naming the first difference.
-fn assert_bytes(ours: &[u8], theirs: &[u8]) {
-    if let Some(i) = (0..ours.len().min(theirs.len())).find(|&i| ours[i] != theirs[i]) {
-        panic!(
-            "first difference at byte {i}: lwtun {:02x?} vs iproute2 {:02x?}",
-            &ours[i..(i + 8).min(ours.len())],
-            &theirs[i..(i + 8).min(theirs.len())]
-        );
-    }
-    assert_eq!(ours.len(), theirs.len(), "lengths differ");
-}
 
 #[test]
 fn xmit_nexthop_with_headroom_matches_iproute2() {

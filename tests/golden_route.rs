@@ -6,18 +6,13 @@
 //! some attribute padding; those are zeroed here (marked), since lwtun writes zeros.
 //! No privileges needed.
 
+mod common;
+
+use common::{assert_bytes, unhex};
 use lwtun::netlink::route::{
     BatchOp, BpfEncap, Encap, ProgRef, Route, LWTUNNEL_ENCAP_BPF, RTPROT_BOOT, RTPROT_STATIC,
     RT_TABLE_MAIN,
 };
-
-fn unhex(chunks: &[&str]) -> Vec<u8> {
-    let s: String = chunks.concat();
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
 
 const SEQ: u32 = 0x6b02_7390;
 const NAME: &str = "lwt_count.bpf.o:[lwt_xmit]";
@@ -28,18 +23,6 @@ fn xmit_encap(fd: i32, headroom: Option<u32>) -> Encap {
         headroom,
         ..Default::default()
     })
-}
-
-/// Compares byte by byte, naming the first difference.
-fn assert_bytes(ours: &[u8], theirs: &[u8]) {
-    if let Some(i) = (0..ours.len().min(theirs.len())).find(|&i| ours[i] != theirs[i]) {
-        panic!(
-            "first difference at byte {i}: lwtun {:02x?} vs iproute2 {:02x?}",
-            &ours[i..(i + 8).min(ours.len())],
-            &theirs[i..(i + 8).min(theirs.len())]
-        );
-    }
-    assert_eq!(ours.len(), theirs.len(), "lengths differ");
 }
 
 #[test]

@@ -7,31 +7,14 @@
 //! uninitialised bytes in some attribute padding; those are zeroed here (marked), since lwtun
 //! writes zeros. No privileges needed.
 
+mod common;
+
+use common::{assert_bytes, unhex};
 use std::net::Ipv6Addr;
 
 use lwtun::netlink::route::{
     BatchOp, Encap, ProgRef, Route, Seg6Encap, Seg6Local, Seg6Mode, RTPROT_BOOT,
 };
-
-fn unhex(chunks: &[&str]) -> Vec<u8> {
-    let s: String = chunks.concat();
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
-
-/// Compares byte by byte, naming the first difference.
-fn assert_bytes(ours: &[u8], theirs: &[u8]) {
-    if let Some(i) = (0..ours.len().min(theirs.len())).find(|&i| ours[i] != theirs[i]) {
-        panic!(
-            "first difference at byte {i}: lwtun {:02x?} vs iproute2 {:02x?}",
-            &ours[i..(i + 8).min(ours.len())],
-            &theirs[i..(i + 8).min(theirs.len())]
-        );
-    }
-    assert_eq!(ours.len(), theirs.len(), "lengths differ");
-}
 
 const SEQ: u32 = 0x6b11_3a9d;
 

@@ -43,6 +43,29 @@ fn xmit_nexthop(net: &common::Line, nl: &mut Netlink, counter: &LwtCounter) -> I
         .unwrap()
 }
 
+/// The two hosts of [`hosts`], a netlink socket in ns 0 and a counting program.
+fn host() -> (common::Line, Netlink, LwtCounter) {
+    let net = hosts();
+    let nl = Netlink::open_in(net.ns(0)).unwrap();
+    (net, nl, LwtCounter::load().unwrap())
+}
+
+/// A route to `dst` (in `table` when given) over `nh`, installed.
+fn route_over(
+    nl: &mut Netlink,
+    nh: &InstalledNexthop,
+    dst: &str,
+    table: Option<u32>,
+) -> lwtun::route::InstalledRoute {
+    let r = LwtRoute::new(dst.parse().unwrap()).nexthop(nh);
+    match table {
+        Some(t) => r.table(t),
+        None => r,
+    }
+    .install(nl)
+    .unwrap()
+}
+
 fn pings(net: &common::Line, to: &str, n: u32) {
     let p = common::ping(net.ns(0), to.parse().unwrap(), n);
     assert_eq!(p.received, n, "ping {to}: {}", p.output);
@@ -53,20 +76,13 @@ fn routes_share_one_nexthop_its_program_counts_and_replaces_for_all() {
     if !common::privileged("routes_share_one_nexthop_its_program_counts_and_replaces_for_all") {
         return;
     }
-    let net = hosts();
-    let mut nl = Netlink::open_in(net.ns(0)).unwrap();
-    let first = LwtCounter::load().unwrap();
+    let (net, mut nl, first) = host();
     let second = LwtCounter::load().unwrap();
     let mut nh = xmit_nexthop(&net, &mut nl, &first);
     assert_ne!(nh.id(), 0, "the kernel picked an id");
     let routes: Vec<_> = ["10.62.0.0/24", "10.63.0.0/24"]
         .iter()
-        .map(|dst| {
-            LwtRoute::new(dst.parse().unwrap())
-                .nexthop(&nh)
-                .install(&mut nl)
-                .unwrap()
-        })
+        .map(|dst| route_over(&mut nl, &nh, dst, None))
         .collect();
 
     pings(&net, "10.62.0.1", 3);
@@ -146,11 +162,9 @@ fn an_ipv6_nexthop_serves_ipv6_and_ipv4_routes() {
     if !common::privileged("an_ipv6_nexthop_serves_ipv6_and_ipv4_routes") {
         return;
     }
-    let net = hosts();
+    let (net, mut nl, counter) = host();
     ip(net.ns(1), "-6 addr add fd62::1/128 dev lo");
     ip(net.ns(1), "-6 addr add fd63::1/128 dev lo");
-    let mut nl = Netlink::open_in(net.ns(0)).unwrap();
-    let counter = LwtCounter::load().unwrap();
     let nh = LwtNexthop::new(Some(60))
         .device(&net.device(0, "to1"))
         .via(IpAddr::V6(net.v6(1)))
@@ -161,12 +175,7 @@ fn an_ipv6_nexthop_serves_ipv6_and_ipv4_routes() {
     assert!(nh.nexthop().ipv6);
     let _routes: Vec<_> = ["fd62::/64", "fd63::/64", "10.62.0.0/24"]
         .iter()
-        .map(|dst| {
-            LwtRoute::new(dst.parse().unwrap())
-                .nexthop(&nh)
-                .install(&mut nl)
-                .unwrap()
-        })
+        .map(|dst| route_over(&mut nl, &nh, dst, None))
         .collect();
     pings(&net, "fd62::1", 2);
     pings(&net, "fd63::1", 2);
@@ -186,9 +195,7 @@ fn ten_thousand_routes_over_one_nexthop_in_a_batch() {
     if !common::privileged("ten_thousand_routes_over_one_nexthop_in_a_batch") {
         return;
     }
-    let net = hosts();
-    let mut nl = Netlink::open_in(net.ns(0)).unwrap();
-    let counter = LwtCounter::load().unwrap();
+    let (net, mut nl, counter) = host();
     let nh = xmit_nexthop(&net, &mut nl, &counter);
     const N: usize = 10_000;
     let route = |i: usize| {
@@ -235,19 +242,10 @@ fn deleting_a_nexthop_in_use_deletes_its_routes() {
     if !common::privileged("deleting_a_nexthop_in_use_deletes_its_routes") {
         return;
     }
-    let net = hosts();
-    let mut nl = Netlink::open_in(net.ns(0)).unwrap();
-    let counter = LwtCounter::load().unwrap();
+    let (net, mut nl, counter) = host();
     let nh = xmit_nexthop(&net, &mut nl, &counter);
-    let a = LwtRoute::new("10.62.0.0/24".parse().unwrap())
-        .nexthop(&nh)
-        .install(&mut nl)
-        .unwrap();
-    let b = LwtRoute::new("10.63.0.0/24".parse().unwrap())
-        .table(100)
-        .nexthop(&nh)
-        .install(&mut nl)
-        .unwrap();
+    let a = route_over(&mut nl, &nh, "10.62.0.0/24", None);
+    let b = route_over(&mut nl, &nh, "10.63.0.0/24", Some(100));
     assert_eq!(
         ip(net.ns(0), "route show table all")
             .matches("nhid")
@@ -273,9 +271,7 @@ fn refusals_are_typed_and_leave_nothing() {
     if !common::privileged("refusals_are_typed_and_leave_nothing") {
         return;
     }
-    let net = hosts();
-    let mut nl = Netlink::open_in(net.ns(0)).unwrap();
-    let counter = LwtCounter::load().unwrap();
+    let (net, mut nl, counter) = host();
     let to1 = net.device(0, "to1");
     let nh = LwtNexthop::new(Some(4242))
         .device(&to1)
@@ -353,14 +349,9 @@ fn persisted_nexthops_and_their_routes_are_leftovers() {
     if !common::privileged("persisted_nexthops_and_their_routes_are_leftovers") {
         return;
     }
-    let net = hosts();
-    let mut nl = Netlink::open_in(net.ns(0)).unwrap();
-    let counter = LwtCounter::load().unwrap();
+    let (net, mut nl, counter) = host();
     let nh = xmit_nexthop(&net, &mut nl, &counter);
-    let r = LwtRoute::new("10.62.0.0/24".parse().unwrap())
-        .nexthop(&nh)
-        .install(&mut nl)
-        .unwrap();
+    let r = route_over(&mut nl, &nh, "10.62.0.0/24", None);
     let kept = r.persist();
     assert_eq!(kept.nhid, Some(nh.id()));
     let kept_nh = nh.persist();

@@ -366,6 +366,25 @@ fn ipip_tcp_over_an_xmit_route_needs_no_underlay_program() {
     assert!(sent.packets > 64 && sent.bytes >= 4 << 20, "{sent:?}");
 }
 
+/// client (ns 0) — router R (ns 1) — B (ns 2, answering on 10.20.0.2): the client routes
+/// 10.20.0.0/16 to R, and R accepts its own address as a source on input. After an encap at
+/// lwt_in the kernel routes the packet again as *input* (BPF_LWT_REROUTE): its outer source is
+/// R's own address, which input routing rejects as martian unless the receiving device accepts
+/// local sources.
+fn router_line() -> common::Line {
+    let line = common::line(3);
+    common::ip(line.ns(2), &["link", "set", "lo", "up"]);
+    common::ip(line.ns(2), &["addr", "add", "10.20.0.2/32", "dev", "lo"]);
+    common::ip(
+        line.ns(0),
+        &["route", "add", "10.20.0.0/16", "via", "10.77.0.2"],
+    );
+    line.ns(1)
+        .set_sysctl("net.ipv4.conf.all.accept_local", "1")
+        .unwrap();
+    line
+}
+
 /// IP-in-IP, inner IPv4, over an input route (a router encapsulating forwarded TCP, whose
 /// packets arrive over the veth still aggregated, as GSO packets): an `lwt_in` program may not
 /// write the packet, so the next header 0 placeholder stays until `ipip_gso_fixup` at tc egress
@@ -378,17 +397,7 @@ fn ipip_tcp_through_an_input_route_needs_the_underlay_fixup() {
     if !common::privileged("ipip_tcp_through_an_input_route_needs_the_underlay_fixup") {
         return;
     }
-    let line = common::line(3);
-    common::ip(line.ns(2), &["link", "set", "lo", "up"]);
-    common::ip(line.ns(2), &["addr", "add", "10.20.0.2/32", "dev", "lo"]);
-    common::ip(
-        line.ns(0),
-        &["route", "add", "10.20.0.0/16", "via", "10.77.0.2"],
-    );
-    // See input_route_encapsulates_forwarded_traffic: R re-routes its own outer source as input.
-    line.ns(1)
-        .set_sysctl("net.ipv4.conf.all.accept_local", "1")
-        .unwrap();
+    let line = router_line();
     let mut t = Tunnel::builder()
         .forward_only(true)
         .auto_underlay_fixup(false)
@@ -446,13 +455,7 @@ fn input_route_encapsulates_forwarded_traffic() {
     if !common::privileged("input_route_encapsulates_forwarded_traffic") {
         return;
     }
-    let line = common::line(3);
-    common::ip(line.ns(2), &["link", "set", "lo", "up"]);
-    common::ip(line.ns(2), &["addr", "add", "10.20.0.2/32", "dev", "lo"]);
-    common::ip(
-        line.ns(0),
-        &["route", "add", "10.20.0.0/16", "via", "10.77.0.2"],
-    );
+    let line = router_line();
     // B answers the client directly over the underlay (its line routes know 10.77.0.0/24).
     // R only forwards: its route needs no preferred source.
     let mut t = Tunnel::builder().forward_only(true).load().unwrap();
@@ -468,12 +471,6 @@ fn input_route_encapsulates_forwarded_traffic() {
                 },
             ),
         )
-        .unwrap();
-    // After an encap at lwt_in the kernel routes the packet again as *input* (BPF_LWT_REROUTE):
-    // its outer source is R's own address, which input routing rejects as martian unless the
-    // receiving device accepts local sources.
-    line.ns(1)
-        .set_sysctl("net.ipv4.conf.all.accept_local", "1")
         .unwrap();
     let mut nl = Netlink::open_in(line.ns(1)).unwrap();
     let route = lwtun::route::LwtRoute::new(net("10.20.0.0/16"))

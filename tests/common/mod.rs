@@ -954,6 +954,23 @@ pub fn hex(s: &str) -> Vec<u8> {
         .collect()
 }
 
+/// [`hex`] of chunks written one after the other (a captured message split over lines).
+pub fn unhex(chunks: &[&str]) -> Vec<u8> {
+    hex(&chunks.concat())
+}
+
+/// Compares two netlink messages byte by byte, naming the first difference.
+pub fn assert_bytes(ours: &[u8], theirs: &[u8]) {
+    if let Some(i) = (0..ours.len().min(theirs.len())).find(|&i| ours[i] != theirs[i]) {
+        panic!(
+            "first difference at byte {i}: lwtun {:02x?} vs iproute2 {:02x?}",
+            &ours[i..(i + 8).min(ours.len())],
+            &theirs[i..(i + 8).min(theirs.len())]
+        );
+    }
+    assert_eq!(ours.len(), theirs.len(), "lengths differ");
+}
+
 // ---------------------------------------------------------------------------------------------
 // iproute2's bpffs folders
 // ---------------------------------------------------------------------------------------------
