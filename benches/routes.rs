@@ -249,22 +249,13 @@ fn main() {
         let ratio = (ipr.0.wall + ipr.1.wall) / (lw.0.wall + lw.1.wall);
         ratios.push(ratio);
         println!(
-            "  round {k} ({first} first): install lwtun {:>7.0} ({:>4.0}+{:>4.0} ms) ip {:>7.0} ({:>4.0}+{:>4.0} ms) x{:.2} | delete lwtun {:>7.0} ({:>4.0}+{:>4.0} ms) ip {:>7.0} ({:>4.0}+{:>4.0} ms) x{:.2} | install+delete x{:.2}",
-            rate(n, lw.0.wall),
-            lw.0.user * 1e3,
-            lw.0.sys * 1e3,
-            rate(n, ipr.0.wall),
-            ipr.0.user * 1e3,
-            ipr.0.sys * 1e3,
+            "  round {k} ({first} first): install lwtun {} ip {} x{:.2} | delete lwtun {} ip {} x{:.2} | install+delete x{ratio:.2}",
+            shown(n, &lw.0),
+            shown(n, &ipr.0),
             ipr.0.wall / lw.0.wall,
-            rate(n, lw.1.wall),
-            lw.1.user * 1e3,
-            lw.1.sys * 1e3,
-            rate(n, ipr.1.wall),
-            ipr.1.user * 1e3,
-            ipr.1.sys * 1e3,
+            shown(n, &lw.1),
+            shown(n, &ipr.1),
             ipr.1.wall / lw.1.wall,
-            ratio,
         );
         let nh = lwn.0.wall + lwn.1.wall;
         let (vs_encap, vs_nhid) = (
@@ -274,19 +265,11 @@ fn main() {
         nh_ratios.0.push(vs_encap);
         nh_ratios.1.push(vs_nhid);
         println!(
-            "  round {k} nexthop: install lwtun-nh {:>7.0} ({:>4.0}+{:>4.0} ms) ip-nh {:>7.0} ({:>4.0}+{:>4.0} ms) | delete lwtun-nh {:>7.0} ({:>4.0}+{:>4.0} ms) ip-nh {:>7.0} ({:>4.0}+{:>4.0} ms) | install+delete x{vs_encap:.2} vs ip encap bpf, x{vs_nhid:.2} vs ip nhid",
-            rate(n, lwn.0.wall),
-            lwn.0.user * 1e3,
-            lwn.0.sys * 1e3,
-            rate(n, ipn.0.wall),
-            ipn.0.user * 1e3,
-            ipn.0.sys * 1e3,
-            rate(n, lwn.1.wall),
-            lwn.1.user * 1e3,
-            lwn.1.sys * 1e3,
-            rate(n, ipn.1.wall),
-            ipn.1.user * 1e3,
-            ipn.1.sys * 1e3,
+            "  round {k} nexthop: install lwtun-nh {} ip-nh {} | delete lwtun-nh {} ip-nh {} | install+delete x{vs_encap:.2} vs ip encap bpf, x{vs_nhid:.2} vs ip nhid",
+            shown(n, &lwn.0),
+            shown(n, &ipn.0),
+            shown(n, &lwn.1),
+            shown(n, &ipn.1),
         );
     }
     let (min, median, max) = spread(&ratios);
@@ -304,6 +287,16 @@ fn main() {
 const SIDES: [&str; 4] = ["lwtun", "ip", "lwtun-nh", "ip-nh"];
 
 /// Minimum, median and maximum.
+/// A phase as the round lines print it: its rate in routes/s and its CPU time (user+sys ms).
+fn shown(n: usize, p: &Phase) -> String {
+    format!(
+        "{:>7.0} ({:>4.0}+{:>4.0} ms)",
+        rate(n, p.wall),
+        p.user * 1e3,
+        p.sys * 1e3
+    )
+}
+
 fn spread(v: &[f64]) -> (f64, f64, f64) {
     let mut sorted = v.to_vec();
     sorted.sort_by(f64::total_cmp);
