@@ -362,6 +362,10 @@ fn main() {
         eprintln!("seg6 bench: SKIPPED, needs root (namespaces, BPF, routes)");
         return;
     }
+    if let Err(e) = lwtun::probe::seg6local() {
+        println!("seg6 bench: SKIPPED, the kernel cannot run End.BPF: {e}");
+        return;
+    }
     let smoke = std::env::var("LWTUN_BENCH_SMOKE").is_ok_and(|v| v == "1");
     let secs: f64 = if smoke {
         0.05

@@ -399,6 +399,20 @@ fn main() {
             .collect(),
         Err(_) => modes.to_vec(),
     };
+    // A comparison row the kernel cannot build is left out, with a line saying so.
+    let modes: Vec<Mode> = modes
+        .into_iter()
+        .filter(|&m| match m {
+            Mode::Seg6 => match lwtun::probe::seg6local() {
+                Ok(()) => true,
+                Err(e) => {
+                    println!("left out: {} ({e})", name(m));
+                    false
+                }
+            },
+            _ => true,
+        })
+        .collect();
     let udp_only = std::env::var("LWTUN_BENCH_UDP_ONLY").is_ok_and(|v| v == "1");
     let rounds: usize = std::env::var("LWTUN_BENCH_ROUNDS")
         .ok()

@@ -625,6 +625,10 @@ fn main() {
     if part != "all" && part != "live" {
         return;
     }
+    if let Err(e) = lwtun::probe::xdp_live_frames() {
+        println!("left out: the live-frame rows ({e})");
+        return;
+    }
 
     // ---- live frames ----
     println!(

@@ -49,6 +49,20 @@ static __always_inline struct lwtun_capture_record *reserve(void)
 	return rec;
 }
 
+_Static_assert(LWTUN_CAPTURE_MAX <= 2048, "load_len() masks with 2047");
+
+/* A capture length len in [1, LWTUN_CAPTURE_MAX], proven so to the verifier: the lower bound
+ * as arithmetic, hidden from the compiler first (verifiers before 6.3 lose a branch-checked
+ * lower bound and refuse a load that might be of size 0, as 6.1 did). */
+static __always_inline __u64 load_len(__u64 len)
+{
+	asm volatile("" : "+r"(len));
+	len = ((len - 1) & 2047) + 1;
+	if (len > LWTUN_CAPTURE_MAX)
+		len = LWTUN_CAPTURE_MAX;
+	return len;
+}
+
 static __always_inline __u64 clamp(__u64 len)
 {
 	__u64 cap = snaplen;
@@ -77,10 +91,11 @@ static __always_inline int capture_skb(struct __sk_buff *skb, int fallback)
 	rec->meta.verdict = verdict;
 	rec->meta.protocol = skb->protocol;
 	rec->meta.pad = 0;
-	/* The verifier wants the length it checked in the very register passed: keep it 64-bit. */
-	if (caplen < 1 || caplen > LWTUN_CAPTURE_MAX ||
-	    bpf_skb_load_bytes(skb, 0, rec->data, caplen) < 0)
-		caplen = 0;
+	if (caplen) {
+		caplen = load_len(caplen);
+		if (bpf_skb_load_bytes(skb, 0, rec->data, caplen) < 0)
+			caplen = 0;
+	}
 	rec->meta.caplen = caplen;
 	bpf_ringbuf_submit(rec, 0);
 	return verdict;
@@ -105,9 +120,11 @@ int capture_xdp(struct xdp_md *ctx)
 	rec->meta.verdict = verdict;
 	rec->meta.protocol = 0;
 	rec->meta.pad = 0;
-	if (caplen < 1 || caplen > LWTUN_CAPTURE_MAX ||
-	    bpf_xdp_load_bytes(ctx, 0, rec->data, caplen) < 0)
-		caplen = 0;
+	if (caplen) {
+		caplen = load_len(caplen);
+		if (bpf_xdp_load_bytes(ctx, 0, rec->data, caplen) < 0)
+			caplen = 0;
+	}
 	rec->meta.caplen = caplen;
 	bpf_ringbuf_submit(rec, 0);
 	return verdict;

@@ -58,11 +58,12 @@ static long csum_chunk(__u64 index, void *arg)
 	len = ctx->end - ctx->off;
 	if (len > CSUM_CHUNK)
 		len = CSUM_CHUNK;
-	/* keep the compiler from folding the bounds into a form the verifier cannot follow */
+	/* Keep the compiler from folding the bounds, then give them to the verifier as
+	 * arithmetic: len is in [1, CSUM_CHUNK] here (off < end), and ((len - 1) & (CHUNK - 1)) + 1
+	 * keeps it so while proving it. A branch-checked lower bound (len < 1) is lost by the
+	 * verifiers before 6.3 (6.1 refused the load below as "size=0"). */
 	asm volatile("" : "+r"(len));
-	len &= 0x1ff;
-	if (len < 1 || len > CSUM_CHUNK)
-		return 1;
+	len = ((len - 1) & (CSUM_CHUNK - 1)) + 1;
 	buf = bpf_map_lookup_elem(&csum_scratch, &zero);
 	if (!buf) {
 		ctx->sum = -1;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Ships the compiled BPF: compiles every bpf/*.bpf.c with this machine's clang (through build.rs,
-# with LWTUN_REBUILD_BPF=1, in a target folder of its own so the main one is not rebuilt) and
-# writes the objects and their records to bpf/obj/. Run it after changing anything in bpf/, and
+# Ships the compiled BPF: compiles every bpf/*.bpf.c with this machine's clang and generates its
+# skeleton with libbpf-cargo (through build.rs, with the rebuild-bpf feature, in a target folder
+# of its own so the main one is not rebuilt) and writes the objects, skeletons and their records
+# to bpf/obj/, so that a build of lwtun needs nothing but cargo. Run it after changing anything in bpf/, and
 # after a merge that touched bpf/ (on a conflict in bpf/obj/, take either side, then run it).
 #
 #   ./scripts/bpf-objects.sh           regenerate bpf/obj/
@@ -20,7 +21,7 @@ esac
 command -v clang >/dev/null || { echo "bpf-objects: clang not found (./scripts/setup.sh installs it)" >&2; exit 1; }
 
 # build.rs prints where it wrote the objects in the build-script-executed message.
-json=$(LWTUN_REBUILD_BPF=1 CARGO_TARGET_DIR=target/bpf-objects cargo check --lib --quiet --message-format=json)
+json=$(CARGO_TARGET_DIR=target/bpf-objects cargo check --lib --quiet --features rebuild-bpf --message-format=json)
 out=$(grep '"reason":"build-script-executed"' <<<"$json" | grep '#lwtun@' |
   sed -n 's/.*"out_dir":"\([^"]*\)".*/\1/p' | tail -1)
 [ -n "$out" ] && [ -d "$out" ] || { echo "bpf-objects: cargo did not report lwtun's OUT_DIR" >&2; exit 1; }
@@ -28,7 +29,7 @@ out=$(grep '"reason":"build-script-executed"' <<<"$json" | grep '#lwtun@' |
 wanted=()
 for src in bpf/*.bpf.c; do
   stem=$(basename "$src" .bpf.c)
-  wanted+=("$stem.bpf.o" "$stem.inputs")
+  wanted+=("$stem.bpf.o" "$stem.skel.rs" "$stem.inputs")
 done
 
 if [ "$mode" = check ]; then
@@ -52,7 +53,7 @@ if [ "$mode" = check ]; then
 fi
 
 mkdir -p bpf/obj
-rm -f bpf/obj/*.bpf.o bpf/obj/*.inputs
+rm -f bpf/obj/*.bpf.o bpf/obj/*.skel.rs bpf/obj/*.inputs
 for f in "${wanted[@]}"; do
   cp "$out/$f" "bpf/obj/$f"
 done

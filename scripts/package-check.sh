@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # lwtun as crates.io would ship it, built where no BPF toolchain is: with a PATH that has no
-# clang, llvm or lld, runs `cargo package` (which builds the packaged crate), `cargo publish
+# clang, llvm, lld or rustfmt, runs `cargo package` (which builds the packaged crate), `cargo publish
 # --dry-run`, then builds scripts/outside-crate, a crate with the unpacked package as its only
 # dependency, and runs it (as root: it creates a network namespace and installs an LWT route there).
 # Without root the run is skipped; with CI=true or LWTUN_REQUIRE_PRIV=1 that fails instead.
@@ -20,7 +20,7 @@ for dir in "${dirs[@]}"; do
   for f in "$dir"/*; do
     [ -f "$f" ] && [ -x "$f" ] || continue
     name=${f##*/}
-    case "$name" in clang* | llvm* | *lld* | bpftool) continue ;; esac
+    case "$name" in clang* | llvm* | *lld* | bpftool | rustfmt | cargo-fmt) continue ;; esac
     [ -e "$nobpf/$name" ] || ln -s "$f" "$nobpf/$name"
   done
 done
@@ -28,8 +28,8 @@ if PATH=$nobpf command -v clang >/dev/null; then
   echo "package-check: clang is still on the reduced PATH" >&2
   exit 1
 fi
-echo "package-check: building with PATH=$nobpf (no clang, llvm, lld or bpftool)"
-nobpf_env=(env -u LWTUN_REBUILD_BPF -u CLANG PATH="$nobpf")
+echo "package-check: building with PATH=$nobpf (no clang, llvm, lld, bpftool or rustfmt)"
+nobpf_env=(env -u CLANG PATH="$nobpf")
 
 # A fresh clone (CI) must package as it is; a work tree being edited may be dirty.
 dirty=()
@@ -42,7 +42,7 @@ version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 crate=target/package/lwtun-$version.crate
 tar -xzf "$crate" -C "$work"
 mv "$work/lwtun-$version" "$work/lwtun"
-for f in bpf/obj/lwt_count.bpf.o bpf/obj/lwt_count.inputs; do
+for f in bpf/obj/lwt_count.bpf.o bpf/obj/lwt_count.skel.rs bpf/obj/lwt_count.inputs; do
   [ -f "$work/lwtun/$f" ] || { echo "package-check: $f is not in $crate" >&2; exit 1; }
 done
 cp -r scripts/outside-crate "$work/outside"

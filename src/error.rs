@@ -35,6 +35,11 @@ pub enum ErrorKind {
     Kernel,
     /// A system call or I/O failure outside netlink (files, sockets, threads).
     Io,
+    /// The kernel's verifier refused a BPF program. The error carries the verifier's last
+    /// lines ([`Error::verifier_log`]). On a kernel older than the ones lwtun's programs were
+    /// verified on this usually means the kernel cannot run that program; it is never a
+    /// missing capability.
+    Verifier,
 }
 
 /// What went wrong, beneath the operation and the object.
@@ -53,6 +58,11 @@ enum Cause {
     },
     /// A missing capability.
     Permission { capability: &'static str },
+    /// The verifier refused a program: the libbpf error and the log's last lines.
+    Verifier {
+        err: libbpf_rs::Error,
+        log_tail: String,
+    },
     /// Any other reason, said in words.
     Message(String),
 }
@@ -77,6 +87,8 @@ pub struct Error {
     op: String,
     object: Option<String>,
     cause: Cause,
+    /// What to do instead (an alternative feature, a command), said after the cause.
+    hint: Option<String>,
 }
 
 /// The result type of lwtun operations.
@@ -89,6 +101,7 @@ impl Error {
             op: op.into(),
             object: None,
             cause,
+            hint: None,
         }
     }
 
@@ -171,6 +184,66 @@ impl Error {
         Self::new(kind, op, Cause::Bpf(err))
     }
 
+    /// A program load refused by the kernel's verifier: `err` is libbpf's error, `log` the
+    /// verifier's log (its last lines are kept).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lwtun::{Error, ErrorKind};
+    ///
+    /// let log = "0: R1=ctx() R10=fp0\n; len = bpf_skb_load_bytes(...)\n\
+    ///            invalid access to map value, value_size=260 off=0 size=0\n";
+    /// let e = Error::verifier(
+    ///     "load tunnel",
+    ///     libbpf_rs::Error::from(std::io::Error::from_raw_os_error(13)),
+    ///     log,
+    /// );
+    /// assert_eq!(e.kind(), ErrorKind::Verifier);
+    /// assert!(e.verifier_log().unwrap().contains("value_size=260"));
+    /// assert!(!e.to_string().contains("CAP_BPF"));
+    /// ```
+    pub fn verifier(op: impl Into<String>, err: libbpf_rs::Error, log: &str) -> Self {
+        Self::new(
+            ErrorKind::Verifier,
+            op,
+            Cause::Verifier {
+                err,
+                log_tail: log_tail(log, VERIFIER_LINES),
+            },
+        )
+    }
+
+    /// Adds what to do instead (an alternative, a command to run), shown after the cause.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lwtun::Error;
+    ///
+    /// let e = Error::unsupported("create gre device", "GRE devices (CONFIG_NET_IPGRE)", None)
+    ///     .with_hint("use a Tunnel peer with GRE encapsulation, which needs no device");
+    /// assert!(e.to_string().ends_with("which needs no device"));
+    /// ```
+    #[must_use]
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// What to do instead, where the error says.
+    pub fn hint(&self) -> Option<&str> {
+        self.hint.as_deref()
+    }
+
+    /// The last lines of the verifier's log, for a [`ErrorKind::Verifier`] error.
+    pub fn verifier_log(&self) -> Option<&str> {
+        match &self.cause {
+            Cause::Verifier { log_tail, .. } => Some(log_tail),
+            _ => None,
+        }
+    }
+
     /// Names the object the operation was about (an interface, a route, a map key).
     #[must_use]
     pub fn with_object(mut self, object: impl Into<String>) -> Self {
@@ -218,7 +291,7 @@ impl fmt::Display for Error {
             write!(f, " {object}")?;
         }
         f.write_str(": ")?;
-        match &self.cause {
+        let cause: fmt::Result = match &self.cause {
             Cause::Netlink { errno, ext_ack } => {
                 write!(f, "{} (errno {errno})", strerror(*errno))?;
                 if let Some(msg) = ext_ack {
@@ -250,9 +323,31 @@ impl fmt::Display for Error {
                     "permission denied: needs {capability} (run as root or grant it)"
                 )
             }
+            Cause::Verifier { err, log_tail } => {
+                write!(f, "the kernel's verifier refused the program ({err})")?;
+                if !log_tail.is_empty() {
+                    write!(f, "; the verifier's last lines:\n{log_tail}")?;
+                }
+                Ok(())
+            }
             Cause::Message(m) => f.write_str(m),
+        };
+        cause?;
+        if let Some(hint) = &self.hint {
+            write!(f, "; {hint}")?;
         }
+        Ok(())
     }
+}
+
+/// How many lines of a verifier log an error keeps.
+const VERIFIER_LINES: usize = 12;
+
+/// The last `lines` non-empty lines of `log`, without libbpf's trailing processing summary
+/// being cut.
+fn log_tail(log: &str, lines: usize) -> String {
+    let kept: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    kept[kept.len().saturating_sub(lines)..].join("\n")
 }
 
 /// The C library's text for `errno`, without std's " (os error N)" suffix.

@@ -18,6 +18,8 @@
 //! | [`xdp_link`] | XDP attached through a `bpf_link` | 5.9 |
 //! | [`lpm_batch`] | batch update/lookup on `BPF_MAP_TYPE_LPM_TRIE` | 5.13 |
 //! | [`tcx`] | tcx (`BPF_TCX_INGRESS`/`EGRESS` links) | 6.6 |
+//! | [`xdp_live_frames`] | `BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES` | 5.18 |
+//! | [`seg6local`] | `lwt_seg6local` programs, End.BPF routes (`CONFIG_IPV6_SEG6_BPF`) | 4.18 |
 //!
 //! # Examples
 //!
@@ -49,6 +51,7 @@ use crate::netlink::Netlink;
 
 /// A kernel feature lwtun can probe for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Feature {
     /// Routes whose packets run BPF programs at `lwt_in`/`lwt_out`/`lwt_xmit`.
     #[doc(alias = "CONFIG_LWTUNNEL_BPF")]
@@ -62,16 +65,29 @@ pub enum Feature {
     LpmBatch,
     /// tcx, the link-based tc attach points (`BPF_TCX_INGRESS`, `BPF_TCX_EGRESS`).
     Tcx,
+    /// SRv6 End.BPF: `BPF_PROG_TYPE_LWT_SEG6LOCAL` programs and the seg6local routes that run
+    /// them, built with `CONFIG_IPV6_SEG6_LWTUNNEL` and `CONFIG_IPV6_SEG6_BPF` (which also
+    /// bring the kernel's own seg6 encap and seg6local actions).
+    #[doc(alias = "CONFIG_IPV6_SEG6_BPF")]
+    #[doc(alias = "BPF_PROG_TYPE_LWT_SEG6LOCAL")]
+    Seg6Local,
+    /// XDP test runs that inject real frames (`BPF_F_TEST_XDP_LIVE_FRAMES`). A kernel may also
+    /// refuse them by policy (a security module answering EPERM to a caller that has
+    /// `CAP_BPF`, `CAP_NET_ADMIN` and `CAP_SYS_ADMIN`), which the probe reports as absent.
+    #[doc(alias = "BPF_F_TEST_XDP_LIVE_FRAMES")]
+    XdpLiveFrames,
 }
 
 impl Feature {
     /// Every feature, in the order [`Features`] prints them.
-    pub const ALL: [Feature; 5] = [
+    pub const ALL: [Feature; 7] = [
         Feature::LwtRoutes,
         Feature::LwtEncapIp,
         Feature::XdpLink,
         Feature::LpmBatch,
         Feature::Tcx,
+        Feature::Seg6Local,
+        Feature::XdpLiveFrames,
     ];
 
     /// What the feature is, in the words an error uses.
@@ -82,6 +98,39 @@ impl Feature {
             Feature::XdpLink => "XDP bpf_link attachments",
             Feature::LpmBatch => "batch operations on LPM trie maps",
             Feature::Tcx => "tcx (BPF_TCX_INGRESS/BPF_TCX_EGRESS links)",
+            Feature::Seg6Local => {
+                "SRv6 End.BPF: lwt_seg6local programs and seg6local routes \
+                 (CONFIG_IPV6_SEG6_LWTUNNEL and CONFIG_IPV6_SEG6_BPF)"
+            }
+            Feature::XdpLiveFrames => {
+                "XDP live-frame test runs (BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES)"
+            }
+        }
+    }
+
+    /// What to use where the feature is absent.
+    pub fn instead(self) -> &'static str {
+        match self {
+            Feature::LwtRoutes => {
+                "steer with tc (tc::TcProgram) or XDP on the devices instead of routes, or use a \
+                 kernel built with CONFIG_LWTUNNEL_BPF"
+            }
+            Feature::LwtEncapIp => {
+                "encapsulate through a collect_md tunnel device (tunnel_redirect) instead"
+            }
+            Feature::XdpLink => "lwtun attaches XDP through netlink instead where it can",
+            Feature::LpmBatch => "lwtun writes LPM entries one at a time instead (slower)",
+            Feature::Tcx => "attach through clsact (tc::TcProgram's netlink attach) instead",
+            Feature::Seg6Local => {
+                "use a kernel built with CONFIG_IPV6_SEG6_LWTUNNEL=y and CONFIG_IPV6_SEG6_BPF=y \
+                 (Debian's, Ubuntu's and RHEL's are); Seg6End::test_run logic is the same on \
+                 every kernel that loads it"
+            }
+            Feature::XdpLiveFrames => {
+                "send traffic from sockets instead (XdpProgram::test_run still checks verdicts); \
+                 on a 5.18+ kernel that refuses with EPERM, a security module (BPF LSM, \
+                 lockdown) forbids live frames to this process"
+            }
         }
     }
 
@@ -93,6 +142,8 @@ impl Feature {
             Feature::XdpLink => "5.9",
             Feature::LpmBatch => "5.13",
             Feature::Tcx => "6.6",
+            Feature::Seg6Local => "4.18",
+            Feature::XdpLiveFrames => "5.18",
         }
     }
 
@@ -117,6 +168,18 @@ impl Feature {
         }
     }
 
+    /// [`Feature::check`] for an operation that needs the feature: the Unsupported error names
+    /// `op` (for example `load SRv6 End function`) rather than the probe.
+    pub(crate) fn require(self, op: &str) -> Result<()> {
+        match self.check() {
+            Err(e) if e.kind() == ErrorKind::Unsupported => {
+                Err(Error::unsupported(op, self.name(), Some(self.since()))
+                    .with_hint(self.instead()))
+            }
+            other => other,
+        }
+    }
+
     fn op(self) -> &'static str {
         match self {
             Feature::LwtRoutes => "probe LWT BPF routes",
@@ -124,6 +187,8 @@ impl Feature {
             Feature::XdpLink => "probe XDP links",
             Feature::LpmBatch => "probe LPM trie batch operations",
             Feature::Tcx => "probe tcx",
+            Feature::Seg6Local => "probe lwt_seg6local programs",
+            Feature::XdpLiveFrames => "probe XDP live-frame test runs",
         }
     }
 }
@@ -144,16 +209,19 @@ impl Known {
     fn to_result(self, feature: Feature) -> Result<()> {
         match self {
             Known::Yes => Ok(()),
-            Known::No => Err(Error::unsupported(
-                feature.op(),
-                feature.name(),
-                Some(feature.since()),
-            )),
+            Known::No => {
+                Err(
+                    Error::unsupported(feature.op(), feature.name(), Some(feature.since()))
+                        .with_hint(feature.instead()),
+                )
+            }
         }
     }
 }
 
-static CACHE: [OnceLock<Known>; 5] = [
+static CACHE: [OnceLock<Known>; Feature::ALL.len()] = [
+    OnceLock::new(),
+    OnceLock::new(),
     OnceLock::new(),
     OnceLock::new(),
     OnceLock::new(),
@@ -215,6 +283,51 @@ pub fn lpm_batch() -> Result<()> {
     Feature::LpmBatch.check()
 }
 
+/// SRv6 End.BPF (`lwt_seg6local` programs, seg6local routes), Linux 4.18 with
+/// `CONFIG_IPV6_SEG6_LWTUNNEL` and `CONFIG_IPV6_SEG6_BPF`. Probed by asking whether an
+/// `lwt_seg6local` program may call `bpf_lwt_seg6_action`: a kernel built without them may know
+/// the program type but gives it no seg6 helper.
+///
+/// # Errors
+///
+/// [`ErrorKind::Unsupported`] when absent; see [`Feature::check`].
+///
+/// # Examples
+///
+/// ```no_run
+/// match lwtun::probe::seg6local() {
+///     Ok(()) => println!("End.BPF routes work here"),
+///     Err(e) if e.kind() == lwtun::ErrorKind::Unsupported => println!("{e}"),
+///     Err(e) => return Err(e),
+/// }
+/// # Ok::<(), lwtun::Error>(())
+/// ```
+#[doc(alias = "CONFIG_IPV6_SEG6_BPF")]
+pub fn seg6local() -> Result<()> {
+    Feature::Seg6Local.check()
+}
+
+/// XDP live-frame test runs (`BPF_F_TEST_XDP_LIVE_FRAMES`), Linux 5.18. Probed by injecting
+/// one frame with a program that drops it, on the loopback of a throwaway namespace. A refusal
+/// with EPERM while the caller has `CAP_BPF`, `CAP_NET_ADMIN` and `CAP_SYS_ADMIN` is a security
+/// policy of the kernel (seen on a 6.18 build with lockdown and the BPF LSM), reported as absent.
+///
+/// # Errors
+///
+/// [`ErrorKind::Unsupported`] when absent; see [`Feature::check`].
+///
+/// # Examples
+///
+/// ```no_run
+/// if lwtun::probe::xdp_live_frames().is_ok() {
+///     println!("TrafficGen can inject frames here");
+/// }
+/// ```
+#[doc(alias = "BPF_F_TEST_XDP_LIVE_FRAMES")]
+pub fn xdp_live_frames() -> Result<()> {
+    Feature::XdpLiveFrames.check()
+}
+
 /// Whether a probe found a feature, for printing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Support {
@@ -249,6 +362,10 @@ pub struct Features {
     pub lpm_batch: Support,
     /// [`tcx`].
     pub tcx: Support,
+    /// [`seg6local`].
+    pub seg6local: Support,
+    /// [`xdp_live_frames`].
+    pub xdp_live_frames: Support,
 }
 
 impl Features {
@@ -265,6 +382,8 @@ impl Features {
             xdp_link: get(Feature::XdpLink),
             lpm_batch: get(Feature::LpmBatch),
             tcx: get(Feature::Tcx),
+            seg6local: get(Feature::Seg6Local),
+            xdp_live_frames: get(Feature::XdpLiveFrames),
         }
     }
 
@@ -276,6 +395,8 @@ impl Features {
             Feature::XdpLink => &self.xdp_link,
             Feature::LpmBatch => &self.lpm_batch,
             Feature::Tcx => &self.tcx,
+            Feature::Seg6Local => &self.seg6local,
+            Feature::XdpLiveFrames => &self.xdp_live_frames,
         }
     }
 }
@@ -425,9 +546,21 @@ fn run_probe(feature: Feature) -> Result<bool> {
             sys::BPF_TCX_INGRESS,
         ),
         Feature::LpmBatch => probe_lpm_batch(op),
+        Feature::Seg6Local => {
+            // A kernel without CONFIG_IPV6_SEG6_BPF still knows the program type (seen on
+            // 6.18) but gives it no seg6 helper: ask for the helper End.BPF programs use.
+            if !prog_type_supported(op, ProgramType::LwtSeg6local)? {
+                return Ok(false);
+            }
+            ProgramType::LwtSeg6local
+                .is_helper_supported(sys::BPF_FUNC_lwt_seg6_action)
+                .map_err(|e| Error::bpf(op, e))
+        }
+        Feature::XdpLiveFrames => probe_xdp_live_frames(op),
     }
 }
 
+const XDP_DROP: i32 = 1;
 const XDP_PASS: i32 = 2;
 const TCX_NEXT: i32 = -1;
 const LWTUNNEL_ENCAP_BPF: u16 = 6;
@@ -555,6 +688,40 @@ fn probe_link(
         Err(e) => return Err(e),
     };
     link_loopback(op, &prog, attach)
+}
+
+/// Injects one frame, dropped by the program, into the loopback of a scratch namespace.
+fn probe_xdp_live_frames(op: &str) -> Result<bool> {
+    let prog = match load_trivial(op, sys::BPF_PROG_TYPE_XDP, XDP_DROP) {
+        Ok(p) => p,
+        Err(e) if means_unsupported(e.errno()) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    in_scratch_netns(op, || {
+        let frame = [0u8; 64];
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex (the loopback: 1), ...
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&1u32.to_ne_bytes());
+        let run = crate::program::test_run_raw(
+            std::os::fd::AsFd::as_fd(&prog),
+            crate::program::TestRunArgs {
+                data: &frame,
+                ctx_in: Some(&ctx),
+                repeat: 1,
+                flags: sys::BPF_F_TEST_XDP_LIVE_FRAMES,
+                ..Default::default()
+            },
+        );
+        match run {
+            Ok(_) => Ok(true),
+            Err(errno) if means_unsupported(Some(errno)) => Ok(false),
+            // run_probe checked CAP_BPF and CAP_NET_ADMIN; with CAP_SYS_ADMIN too, EPERM is
+            // the kernel's policy, not the caller's privileges.
+            Err(libc::EPERM) if Capability::SysAdmin.is_effective()? => Ok(false),
+            Err(errno) => Err(Error::io(op, io::Error::from_raw_os_error(errno))),
+        }
+    })
 }
 
 /// Attaches `prog` to the loopback of a scratch namespace through a `bpf_link`.
@@ -838,8 +1005,47 @@ mod tests {
         })
         .join()
         .unwrap();
+        // With the privileges back, every probe answers (yes or no, whatever this kernel has).
         for f in Feature::ALL {
-            assert!(run_probe(f).unwrap(), "{f}");
+            run_probe(f).unwrap_or_else(|e| panic!("{f}: {e}"));
+        }
+    }
+
+    /// The seg6local probe agrees with the kernel's own build configuration, where the kernel
+    /// shows it (`/proc/config.gz`; also read from `/boot/config-RELEASE`).
+    #[test]
+    fn seg6local_probe_agrees_with_the_kernel_config() {
+        if !root("seg6local_probe_agrees_with_the_kernel_config") {
+            return;
+        }
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let config = std::process::Command::new("zcat")
+            .arg("/proc/config.gz")
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .or_else(|| std::fs::read_to_string(format!("/boot/config-{}", release.trim())).ok());
+        let Some(config) = config else {
+            eprintln!("SKIPPED seg6local_probe_agrees_with_the_kernel_config: no kernel config");
+            return;
+        };
+        let built = config.lines().any(|l| l == "CONFIG_IPV6_SEG6_BPF=y");
+        assert_eq!(
+            run_probe(Feature::Seg6Local).unwrap(),
+            built,
+            "CONFIG_IPV6_SEG6_BPF=y is {} in the kernel config",
+            if built { "present" } else { "absent" }
+        );
+        match seg6local() {
+            Ok(()) => assert!(built),
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+                let text = e.to_string();
+                assert!(text.contains("CONFIG_IPV6_SEG6_BPF"), "{text}");
+                assert!(text.contains("Linux 4.18"), "{text}");
+                assert_eq!(e.hint(), Some(Feature::Seg6Local.instead()));
+            }
         }
     }
 
@@ -851,6 +1057,8 @@ mod tests {
             xdp_link: Support::Unknown("needs CAP_BPF".into()),
             lpm_batch: Support::Yes,
             tcx: Support::Yes,
+            seg6local: Support::No,
+            xdp_live_frames: Support::Yes,
         };
         let text = f.to_string();
         assert_eq!(text.lines().count(), Feature::ALL.len(), "{text}");

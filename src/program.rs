@@ -405,8 +405,35 @@ pub(crate) fn test_run_raw(
 }
 
 /// Loads (verifies) an opened object; a permission failure names the capabilities it needs.
-pub(crate) fn load_opened(open: libbpf_rs::OpenObject, op: &str) -> Result<Object> {
+pub(crate) fn load_opened(mut open: libbpf_rs::OpenObject, op: &str) -> Result<Object> {
+    // The verifier's log goes into this buffer instead of libbpf's stderr, so that a refusal
+    // reaches the caller inside the error. libbpf loads each program without a log first and
+    // fills the buffer only when retrying a program the kernel refused; the buffer is large
+    // because kernels before 6.4 keep the start of a log that overflows, not its end. Untouched
+    // pages of a zeroed allocation cost nothing.
+    let mut log = vec![0u8; VERIFIER_LOG_SIZE];
+    for prog in open.progs_mut() {
+        // SAFETY: the program pointer is valid while `open` lives; libbpf writes at most
+        // `log.len()` bytes into `log`, which outlives the load below (it is dropped after
+        // `open.load()` has returned, and libbpf forgets the buffer with the object).
+        unsafe {
+            libbpf_sys::bpf_program__set_log_buf(
+                libbpf_rs::AsRawLibbpf::as_libbpf_object(&prog).as_ptr(),
+                log.as_mut_ptr().cast(),
+                log.len() as _,
+            );
+        }
+    }
     open.load().map_err(|e| {
+        let text = CStr::from_bytes_until_nul(&log)
+            .map(|c| c.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !text.trim().is_empty() {
+            // A refusal with a verifier log is the verifier's, whatever the errno (EACCES for
+            // most refusals, EINVAL for an unknown helper or instruction, ENOSPC when the log
+            // filled up): never a missing capability.
+            return Error::verifier(op, e, &text);
+        }
         let err = Error::bpf(op, e);
         if err.kind() == ErrorKind::Permission {
             Error::permission(op, "CAP_BPF and CAP_NET_ADMIN")
@@ -415,6 +442,10 @@ pub(crate) fn load_opened(open: libbpf_rs::OpenObject, op: &str) -> Result<Objec
         }
     })
 }
+
+/// Bytes of verifier log kept for a refused program (8 MiB: enough for a level-1 log of
+/// lwtun's largest program; the kernel takes up to 16 MiB on every supported version).
+const VERIFIER_LOG_SIZE: usize = 8 << 20;
 
 /// An owned fd of program `name` in a loaded object (it keeps the program loaded on its own).
 pub(crate) fn program_fd(object: &Object, name: &str) -> Result<OwnedFd> {
@@ -544,5 +575,40 @@ impl LwtCounter {
             .find(|m| m.name() == "hook_counters")
             .ok_or_else(|| Error::not_found("read counters", "map hook_counters"))?;
         sum_percpu(&map, Self::index(hook) as u32, "read hook counters")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A program the verifier refuses (`tests/data/verifier_refuses.bpf.c`: a map value read
+    /// past its end) is a Verifier error carrying the log's last lines, never a missing
+    /// capability, although the kernel answers EACCES.
+    #[test]
+    fn a_verifier_refusal_is_the_verifiers_error_with_its_log() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                b"SKIPPED a_verifier_refusal_is_the_verifiers_error_with_its_log: needs root\n",
+            );
+            return;
+        }
+        let bytes: &'static [u8] = include_bytes!("../tests/data/verifier_refuses.bpf.o");
+        let e = load_object("verifier_refuses", bytes).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Verifier, "{e}");
+        let log = e.verifier_log().expect("a verifier log");
+        assert!(
+            log.contains("invalid access to map value"),
+            "the log ends with the refusal:\n{log}"
+        );
+        assert!(log.lines().count() <= 12, "{log}");
+        let text = e.to_string();
+        assert!(
+            text.starts_with("load BPF object verifier_refuses: "),
+            "{text}"
+        );
+        assert!(!text.contains("CAP_BPF"), "{text}");
     }
 }

@@ -286,7 +286,12 @@ pub(crate) fn collect_programs(
             Hook::In => bpf.input = r,
             Hook::Out => bpf.output = r,
             Hook::Xmit => bpf.xmit = r,
-            Hook::Seg6Local => seg6 = r,
+            Hook::Seg6Local => {
+                crate::probe::Feature::Seg6Local
+                    .require(op)
+                    .map_err(|e| e.with_object(object))?;
+                seg6 = r
+            }
         }
         owned.push(program);
     }

@@ -414,15 +414,16 @@ impl<F: Seg6Function> Seg6Builder<F> {
     /// # Errors
     ///
     /// Permission without CAP_BPF/CAP_NET_ADMIN; InvalidInput for capacity 0, a pin folder
-    /// outside bpffs, or pinned maps of another function, ABI version or capacity; the
-    /// verifier's or kernel's error otherwise (a kernel without `CONFIG_IPV6_SEG6_BPF` has no seg6
-    /// helpers).
+    /// outside bpffs, or pinned maps of another function, ABI version or capacity;
+    /// [`ErrorKind::Unsupported`] naming `CONFIG_IPV6_SEG6_BPF` on a kernel without seg6 helpers
+    /// ([`crate::probe::seg6local`]); the verifier's or kernel's error otherwise.
     pub fn load(self) -> Result<Seg6End<F>> {
         let op = format!("load SRv6 {} function", F::NAME);
         let capacity = self.capacity.unwrap_or(DEFAULT_CAPACITY);
         if capacity == 0 {
             return Err(Error::invalid_input(op, "capacity 0 holds no rules"));
         }
+        crate::probe::Feature::Seg6Local.require(&op)?;
         let pin = self
             .pin
             .map(|folder| PinFolder::open(folder, MAPS[0], &op))

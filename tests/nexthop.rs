@@ -26,10 +26,31 @@ fn ip(ns: &NetNs, args: &str) -> String {
 
 /// Two hosts; ns 1 answers on 10.62.0.1 and 10.63.0.1 (its loopback), which ns 0 reaches only
 /// through routes the test installs.
+///
+/// Each host knows the other's link-layer address (permanent neighbour entries, IPv4 and IPv6):
+/// these tests count every packet the programs see, and neighbour discovery under load once
+/// failed a ping (`+1 errors`: an unresolved IPv6 neighbour) while the route was right.
 fn hosts() -> common::Line {
     let net = common::two_hosts();
     ip(net.ns(1), "addr add 10.62.0.1/32 dev lo");
     ip(net.ns(1), "addr add 10.63.0.1/32 dev lo");
+    for (me, peer) in [(0, 1), (1, 0)] {
+        let dev = net.dev(me, peer);
+        let lladdr = common::mac(net.ns(peer), &net.dev(peer, me))
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        for addr in [
+            net.v4_towards(peer, me).to_string(),
+            net.v6_towards(peer, me).to_string(),
+        ] {
+            ip(
+                net.ns(me),
+                &format!("neigh replace {addr} lladdr {lladdr} dev {dev} nud permanent"),
+            );
+        }
+    }
     net
 }
 

@@ -1,30 +1,104 @@
-//! `lwtun::probe` against the running kernel (6.18 here and in CI: every feature is present),
-//! plus the capability check on a thread that dropped its capabilities.
+//! `lwtun::probe` against the running kernel, whichever it is: every probe answers, and each
+//! answer agrees with the kernel's version (for features that came with a version) or its build
+//! configuration (for features a build may leave out); plus the capability check on a thread
+//! that dropped its capabilities.
 
 mod common;
 
 use lwtun::probe::{self, Capability, Feature, Features, Support};
 use lwtun::ErrorKind;
 
-#[test]
-fn every_probe_passes_on_this_kernel() {
-    if !common::privileged("every_probe_passes_on_this_kernel") {
-        return;
-    }
-    probe::lwt_routes().expect("LWT BPF routes");
-    probe::lwt_encap_ip().expect("BPF_LWT_ENCAP_IP");
-    probe::xdp_link().expect("XDP links");
-    probe::lpm_batch().expect("LPM trie batch ops");
-    probe::tcx().expect("tcx");
-    // Cached answers agree.
-    for f in Feature::ALL {
-        f.check().unwrap_or_else(|e| panic!("{f}: {e}"));
+/// The running kernel's (major, minor).
+fn release() -> (u32, u32) {
+    let text = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut parts = text
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap(), parts.next().unwrap())
+}
+
+/// The running kernel's build configuration, where it shows it.
+fn config() -> Option<String> {
+    let out = std::process::Command::new("zcat")
+        .arg("/proc/config.gz")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    out.or_else(|| {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+        std::fs::read_to_string(format!("/boot/config-{}", release.trim())).ok()
+    })
+}
+
+/// What the kernel should answer for `f`: from the build configuration for features a build
+/// may leave out, from the version for the others. `None`: cannot tell here.
+fn expected(f: Feature, config: Option<&str>) -> Option<bool> {
+    let built = |option: &str| config.map(|c| c.lines().any(|l| l == format!("{option}=y")));
+    let since = |v: &str| {
+        let mut p = v.split('.').map(|x| x.parse::<u32>().unwrap());
+        release() >= (p.next().unwrap(), p.next().unwrap())
+    };
+    match f {
+        Feature::LwtRoutes => built("CONFIG_LWTUNNEL_BPF"),
+        Feature::Seg6Local => built("CONFIG_IPV6_SEG6_BPF"),
+        Feature::LwtEncapIp | Feature::XdpLink | Feature::LpmBatch | Feature::Tcx => {
+            Some(since(f.since()))
+        }
+        _ => None,
     }
 }
 
 #[test]
-fn features_printout_lists_every_feature_as_present() {
-    if !common::privileged("features_printout_lists_every_feature_as_present") {
+fn every_probe_answers_as_the_kernel_version_and_config_say() {
+    if !common::privileged("every_probe_answers_as_the_kernel_version_and_config_say") {
+        return;
+    }
+    let config = config();
+    for f in Feature::ALL {
+        let got = f.check();
+        match &got {
+            Ok(()) => {}
+            Err(e) => {
+                // A "no" is a typed answer naming the feature, its version and what to use.
+                assert_eq!(e.kind(), ErrorKind::Unsupported, "{f}: {e}");
+                let text = e.to_string();
+                assert!(text.contains(f.name()), "{text}");
+                assert!(text.contains(&format!("Linux {}", f.since())), "{text}");
+                assert_eq!(e.hint(), Some(f.instead()), "{text}");
+            }
+        }
+        if let Some(want) = expected(f, config.as_deref()) {
+            assert_eq!(got.is_ok(), want, "{f} on {:?}: {got:?}", release());
+        }
+        // The cached answer is the same.
+        assert_eq!(f.check().is_ok(), got.is_ok(), "{f}");
+    }
+    // The functions are the features' checks.
+    assert_eq!(
+        probe::lwt_routes().is_ok(),
+        Feature::LwtRoutes.check().is_ok()
+    );
+    assert_eq!(
+        probe::lwt_encap_ip().is_ok(),
+        Feature::LwtEncapIp.check().is_ok()
+    );
+    assert_eq!(probe::xdp_link().is_ok(), Feature::XdpLink.check().is_ok());
+    assert_eq!(
+        probe::lpm_batch().is_ok(),
+        Feature::LpmBatch.check().is_ok()
+    );
+    assert_eq!(probe::tcx().is_ok(), Feature::Tcx.check().is_ok());
+    assert_eq!(
+        probe::seg6local().is_ok(),
+        Feature::Seg6Local.check().is_ok()
+    );
+}
+
+#[test]
+fn features_printout_lists_every_feature_with_its_answer() {
+    if !common::privileged("features_printout_lists_every_feature_with_its_answer") {
         return;
     }
     let features = Features::detect();
@@ -32,12 +106,24 @@ fn features_printout_lists_every_feature_as_present() {
     println!("{text}");
     assert_eq!(text.lines().count(), Feature::ALL.len(), "{text}");
     for f in Feature::ALL {
-        assert_eq!(features.get(f), &Support::Yes, "{f}\n{text}");
+        let word = match f.check() {
+            Ok(()) => "yes ",
+            Err(_) => "no ",
+        };
+        assert_eq!(
+            features.get(f),
+            if f.check().is_ok() {
+                &Support::Yes
+            } else {
+                &Support::No
+            },
+            "{f}\n{text}"
+        );
         let line = text
             .lines()
             .find(|l| l.contains(f.name()))
             .unwrap_or_else(|| panic!("no line for {f}:\n{text}"));
-        assert!(line.starts_with("yes "), "{line}");
+        assert!(line.starts_with(word), "{line}");
         assert!(line.contains(&format!("(Linux {})", f.since())), "{line}");
     }
 }

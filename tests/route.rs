@@ -322,7 +322,12 @@ fn replace_swaps_the_program_and_delete_removes() {
 
 #[test]
 fn seg6local_end_bpf_route_installs_and_reads_back() {
-    if !common::privileged("seg6local_end_bpf_route_installs_and_reads_back") {
+    if !common::privileged("seg6local_end_bpf_route_installs_and_reads_back")
+        || !common::kernel_has(
+            "seg6local_end_bpf_route_installs_and_reads_back",
+            lwtun::probe::Feature::Seg6Local,
+        )
+    {
         return;
     }
     let ns = NetNs::create_unique("rtseg").unwrap();

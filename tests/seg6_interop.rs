@@ -8,6 +8,7 @@ use std::net::Ipv6Addr;
 
 use lwtun::netlink::route::{Encap, Route, RouteFilter, Seg6Encap, Seg6Local, Seg6Mode};
 use lwtun::netns::NetNs;
+use lwtun::probe::Feature;
 use lwtun::route::{lwt_routes, program_of, Hook};
 use lwtun::seg6::{CrossConnect, Seg6EndDt6, Seg6EndX, Seg6Policies, Seg6Tag};
 use lwtun::ErrorKind;
@@ -42,7 +43,12 @@ fn one_line(s: &str) -> String {
 
 #[test]
 fn iproute2_end_bpf_route_from_an_object_decodes() {
-    if !common::privileged("iproute2_end_bpf_route_from_an_object_decodes") {
+    if !common::privileged("iproute2_end_bpf_route_from_an_object_decodes")
+        || !common::kernel_has(
+            "iproute2_end_bpf_route_from_an_object_decodes",
+            Feature::Seg6Local,
+        )
+    {
         return;
     }
     let ns = veth_ns("s6ip");
@@ -111,7 +117,12 @@ fn iproute2_end_bpf_route_from_an_object_decodes() {
 
 #[test]
 fn lwtun_end_bpf_routes_print_as_iproute2_prints_them() {
-    if !common::privileged("lwtun_end_bpf_routes_print_as_iproute2_prints_them") {
+    if !common::privileged("lwtun_end_bpf_routes_print_as_iproute2_prints_them")
+        || !common::kernel_has(
+            "lwtun_end_bpf_routes_print_as_iproute2_prints_them",
+            Feature::Seg6Local,
+        )
+    {
         return;
     }
     let ns = veth_ns("s6show");
@@ -171,7 +182,12 @@ fn lwtun_end_bpf_routes_print_as_iproute2_prints_them() {
 
 #[test]
 fn kernel_seg6_routes_made_by_lwtun_and_by_iproute2_agree() {
-    if !common::privileged("kernel_seg6_routes_made_by_lwtun_and_by_iproute2_agree") {
+    if !common::privileged("kernel_seg6_routes_made_by_lwtun_and_by_iproute2_agree")
+        || !common::kernel_has(
+            "kernel_seg6_routes_made_by_lwtun_and_by_iproute2_agree",
+            Feature::Seg6Local,
+        )
+    {
         return;
     }
     let ns = veth_ns("s6k");
@@ -263,7 +279,12 @@ fn kernel_seg6_routes_made_by_lwtun_and_by_iproute2_agree() {
 
 #[test]
 fn seg6_policies_refuse_lists_the_kernel_would_and_clean_up() {
-    if !common::privileged("seg6_policies_refuse_lists_the_kernel_would_and_clean_up") {
+    if !common::privileged("seg6_policies_refuse_lists_the_kernel_would_and_clean_up")
+        || !common::kernel_has(
+            "seg6_policies_refuse_lists_the_kernel_would_and_clean_up",
+            Feature::Seg6Local,
+        )
+    {
         return;
     }
     let ns = veth_ns("s6pol");

@@ -24,6 +24,7 @@ use std::time::Duration;
 use ipnetwork::IpNetwork;
 use lwtun::netlink::route::{Encap, Route, Seg6Encap, Seg6Local, Seg6Mode};
 use lwtun::netns::NetNs;
+use lwtun::probe::Feature;
 use lwtun::seg6::{CrossConnect, Seg6EndDt6, Seg6EndX, Seg6Policies};
 
 use common::{Capture, Line};
@@ -339,7 +340,12 @@ fn srv6_path(egress: Egress) {
 
 #[test]
 fn srv6_path_with_bpf_end_x_and_bpf_end_dt6() {
-    if !common::privileged("srv6_path_with_bpf_end_x_and_bpf_end_dt6") {
+    if !common::privileged("srv6_path_with_bpf_end_x_and_bpf_end_dt6")
+        || !common::kernel_has(
+            "srv6_path_with_bpf_end_x_and_bpf_end_dt6",
+            Feature::Seg6Local,
+        )
+    {
         return;
     }
     srv6_path(Egress::Bpf);
@@ -347,7 +353,12 @@ fn srv6_path_with_bpf_end_x_and_bpf_end_dt6() {
 
 #[test]
 fn srv6_path_with_bpf_end_x_and_kernel_end_dt6() {
-    if !common::privileged("srv6_path_with_bpf_end_x_and_kernel_end_dt6") {
+    if !common::privileged("srv6_path_with_bpf_end_x_and_kernel_end_dt6")
+        || !common::kernel_has(
+            "srv6_path_with_bpf_end_x_and_kernel_end_dt6",
+            Feature::Seg6Local,
+        )
+    {
         return;
     }
     srv6_path(Egress::Kernel);
@@ -358,7 +369,12 @@ fn srv6_path_with_bpf_end_x_and_kernel_end_dt6() {
 /// delivers.
 #[test]
 fn end_x_drops_on_the_path_are_counted_by_reason() {
-    if !common::privileged("end_x_drops_on_the_path_are_counted_by_reason") {
+    if !common::privileged("end_x_drops_on_the_path_are_counted_by_reason")
+        || !common::kernel_has(
+            "end_x_drops_on_the_path_are_counted_by_reason",
+            Feature::Seg6Local,
+        )
+    {
         return;
     }
     let line = common::line(5);
@@ -423,7 +439,9 @@ fn end_x_drops_on_the_path_are_counted_by_reason() {
 /// segment (the 2-segment list [T, E] does not reach host B, and the function sees nothing).
 #[test]
 fn end_bpf_never_sees_segments_left_zero() {
-    if !common::privileged("end_bpf_never_sees_segments_left_zero") {
+    if !common::privileged("end_bpf_never_sees_segments_left_zero")
+        || !common::kernel_has("end_bpf_never_sees_segments_left_zero", Feature::Seg6Local)
+    {
         return;
     }
     let line = common::line(5);

@@ -7,6 +7,7 @@ mod seg6_common;
 
 use std::net::Ipv6Addr;
 
+use lwtun::probe::Feature;
 use lwtun::seg6::{
     CrossConnect, MissPolicy, Seg6Action, Seg6EndDt6, Seg6EndX, Seg6Event, Seg6Tag, Verdict,
 };
@@ -18,7 +19,12 @@ fn a(s: &str) -> Ipv6Addr {
 
 #[test]
 fn tag_does_the_end_step_and_writes_the_tag() {
-    if !common::privileged("tag_does_the_end_step_and_writes_the_tag") {
+    if !common::privileged("tag_does_the_end_step_and_writes_the_tag")
+        || !common::kernel_has(
+            "tag_does_the_end_step_and_writes_the_tag",
+            Feature::Seg6Local,
+        )
+    {
         return;
     }
     let (t, e, _) = sids();
@@ -49,7 +55,9 @@ fn tag_does_the_end_step_and_writes_the_tag() {
 
 #[test]
 fn misses_follow_the_policy() {
-    if !common::privileged("misses_follow_the_policy") {
+    if !common::privileged("misses_follow_the_policy")
+        || !common::kernel_has("misses_follow_the_policy", Feature::Seg6Local)
+    {
         return;
     }
     let (t, e, _) = sids();
@@ -95,7 +103,12 @@ fn misses_follow_the_policy() {
 
 #[test]
 fn end_x_chooses_the_next_hop_by_the_active_segment() {
-    if !common::privileged("end_x_chooses_the_next_hop_by_the_active_segment") {
+    if !common::privileged("end_x_chooses_the_next_hop_by_the_active_segment")
+        || !common::kernel_has(
+            "end_x_chooses_the_next_hop_by_the_active_segment",
+            Feature::Seg6Local,
+        )
+    {
         return;
     }
     let (t, e, _) = sids();
@@ -151,7 +164,12 @@ fn end_x_chooses_the_next_hop_by_the_active_segment() {
 
 #[test]
 fn end_dt6_decaps_inner_ipv6_into_the_table_and_refuses_inner_ipv4() {
-    if !common::privileged("end_dt6_decaps_inner_ipv6_into_the_table_and_refuses_inner_ipv4") {
+    if !common::privileged("end_dt6_decaps_inner_ipv6_into_the_table_and_refuses_inner_ipv4")
+        || !common::kernel_has(
+            "end_dt6_decaps_inner_ipv6_into_the_table_and_refuses_inner_ipv4",
+            Feature::Seg6Local,
+        )
+    {
         return;
     }
     let (t, e, svc) = sids();
@@ -188,7 +206,12 @@ fn end_dt6_decaps_inner_ipv6_into_the_table_and_refuses_inner_ipv4() {
 /// Every function drops and counts what is not a valid SRv6 packet, the same way.
 #[test]
 fn malformed_packets_are_dropped_and_counted() {
-    if !common::privileged("malformed_packets_are_dropped_and_counted") {
+    if !common::privileged("malformed_packets_are_dropped_and_counted")
+        || !common::kernel_has(
+            "malformed_packets_are_dropped_and_counted",
+            Feature::Seg6Local,
+        )
+    {
         return;
     }
     let (t, e, _) = sids();
@@ -273,7 +296,9 @@ fn malformed_packets_are_dropped_and_counted() {
 
 #[test]
 fn counters_add_up_by_reason() {
-    if !common::privileged("counters_add_up_by_reason") {
+    if !common::privileged("counters_add_up_by_reason")
+        || !common::kernel_has("counters_add_up_by_reason", Feature::Seg6Local)
+    {
         return;
     }
     let (t, e, _) = sids();
@@ -317,7 +342,12 @@ impl Drop for PinDir {
 
 #[test]
 fn pinned_functions_are_adopted_by_the_same_function_only() {
-    if !common::privileged("pinned_functions_are_adopted_by_the_same_function_only") {
+    if !common::privileged("pinned_functions_are_adopted_by_the_same_function_only")
+        || !common::kernel_has(
+            "pinned_functions_are_adopted_by_the_same_function_only",
+            Feature::Seg6Local,
+        )
+    {
         return;
     }
     let dir = PinDir(std::path::PathBuf::from(format!(

@@ -478,7 +478,12 @@ fn attach_modes_query_replace_detach_and_pin() {
 
 #[test]
 fn live_frames_through_tx_reach_the_peer() {
-    if !common::privileged("live_frames_through_tx_reach_the_peer") {
+    if !common::privileged("live_frames_through_tx_reach_the_peer")
+        || !common::kernel_has(
+            "live_frames_through_tx_reach_the_peer",
+            lwtun::probe::Feature::XdpLiveFrames,
+        )
+    {
         return;
     }
     // The traffic generator the benchmarks use: xdp_tx run with live frames on to1 sends every
@@ -551,7 +556,12 @@ fn udp_frame(dst_mac: [u8; 6], src_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr) -
 
 #[test]
 fn traffic_gen_through_the_router_arrives_whole() {
-    if !common::privileged("traffic_gen_through_the_router_arrives_whole") {
+    if !common::privileged("traffic_gen_through_the_router_arrives_whole")
+        || !common::kernel_has(
+            "traffic_gen_through_the_router_arrives_whole",
+            lwtun::probe::Feature::XdpLiveFrames,
+        )
+    {
         return;
     }
     // Live frames through the XDP router: the router decrements the TTL in the very page the

@@ -154,7 +154,8 @@ impl XdpProgram {
     /// # Errors
     ///
     /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) on kernels without live
-    /// frames; [`ErrorKind::NotFound`](crate::ErrorKind::NotFound) when the device is gone.
+    /// frames or whose policy refuses them ([`crate::probe::xdp_live_frames`]);
+    /// [`ErrorKind::NotFound`](crate::ErrorKind::NotFound) when the device is gone.
     pub fn run_live(&self, frame: &[u8], live: &LiveFrames) -> Result<Duration> {
         live.device.enter(|| self.run_live_here(frame, live))
     }
@@ -162,6 +163,7 @@ impl XdpProgram {
     fn run_live_here(&self, frame: &[u8], live: &LiveFrames) -> Result<Duration> {
         let op = "inject live XDP frames (BPF_F_TEST_XDP_LIVE_FRAMES)";
         crate::program::check_frame(op, frame)?;
+        crate::probe::Feature::XdpLiveFrames.require(op)?;
         let mut ctx = [0u8; XDP_MD_SIZE];
         ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
         ctx[12..16].copy_from_slice(&live.device.index().to_ne_bytes());
@@ -207,7 +209,7 @@ impl Loaded {
         let open = ObjectBuilder::default()
             .open_memory(object)
             .map_err(|e| Error::bpf(op.clone(), e))?;
-        let obj = open.load().map_err(|e| Error::bpf(op, e))?;
+        let obj = crate::program::load_opened(open, &op)?;
         Ok(Loaded { obj, family })
     }
 

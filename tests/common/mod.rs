@@ -60,6 +60,24 @@ pub fn privileged(test: &str) -> bool {
     false
 }
 
+/// Returns true when the running kernel has `feature`. When it lacks it (an
+/// [`lwtun::ErrorKind::Unsupported`] answer from the probe) the test prints why it is skipped and
+/// returns false, also with CI=true: a kernel feature is not a privilege, and the kernel matrix
+/// shows the test passing on a kernel that has it. Any other probe failure panics.
+pub fn kernel_has(test: &str, feature: lwtun::probe::Feature) -> bool {
+    match feature.check() {
+        Ok(()) => true,
+        Err(e) if e.kind() == lwtun::ErrorKind::Unsupported => {
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                format!("SKIPPED {test} (kernel lacks {})\n", feature.name()).as_bytes(),
+            );
+            false
+        }
+        Err(e) => panic!("{test}: probing {feature}: {e}"),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Namespaces and the `ip` command
 // ---------------------------------------------------------------------------------------------
