@@ -39,7 +39,8 @@
  * TTL). A bpf_redirect(BPF_F_INGRESS) to the same device would do the same at the price of a
  * backlog queue round trip and a second pass through tc. A v4<->v6 change of the network protocol
  * is made by the BPF_F_ADJ_ROOM_DECAP_L3_* flags (Linux 6.3), which also set skb->protocol; the
- * Ethernet header's type is rewritten to match.
+ * Ethernet header's type is rewritten to match. Without a change of family no flag is needed,
+ * so same-family decap runs on older kernels too.
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -464,7 +465,12 @@ int decap_tc(struct __sk_buff *skb)
 		}
 	}
 
-	flags = (inner_v6 ? DECAP_L3_IPV6 : DECAP_L3_IPV4) | BPF_F_ADJ_ROOM_FIXED_GSO;
+	/* Only a change of family needs the 6.3 flags: a same-family strip is the plain MAC-mode
+	 * shrink every kernel since 5.2 has, so 4in4 and 6in6 decap work on 5.10 and 6.1, where
+	 * the kernel refuses the flags (and so a 4in6 or 6in4 packet, counted as an error). */
+	flags = BPF_F_ADJ_ROOM_FIXED_GSO;
+	if (inner_v6 != o.v6)
+		flags |= inner_v6 ? DECAP_L3_IPV6 : DECAP_L3_IPV4;
 	if (bpf_skb_adjust_room(skb, -(__s32)(inner_off - sizeof(struct ethhdr)), BPF_ADJ_ROOM_MAC,
 				flags))
 		return DROP(LWTUN_DECAP_EV_ERROR);

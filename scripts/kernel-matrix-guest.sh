@@ -14,17 +14,32 @@ if [ "$column" != host ]; then
   cache=$(sed -n 's/^cache=//p' "$(dirname "$list")/env")
   mount | grep -q ' /sys/fs/bpf type bpf' || mount -t bpf bpf /sys/fs/bpf
   mkdir -p /run/netns
-  modprobe tun 2>/dev/null
   # ipip/gre modules would otherwise give every new namespace tunl0/gre0/erspan0.
   sysctl -qw net.core.fb_tunnels_only_for_init_net=1
+  # The kernel's modules from the unpacked package (virtme-ng's own link to them is not
+  # found by modprobe here), so that modprobe and the kernel's on-demand loading find them.
+  mods=/lib/modules/$(uname -r)
+  [ -e "$mods/modules.dep" ] || {
+    rm -f "$mods" 2>/dev/null
+    mkdir -p "$mods"
+    mount --bind "$cache/$column/lib/modules/$(uname -r)" "$mods"
+  }
+  # What the tests create, loaded up front.
+  for m in tun veth vxlan macvlan bridge sch_ingress cls_bpf ipip ip_gre ip6_tunnel ip6_gre \
+    fou fou6 sit dummy vrf; do
+    modprobe "$m" 2>/dev/null
+  done
   mount -t tmpfs tmpfs /boot
   cp "$cache/$column/boot/config-$(uname -r)" /boot/ 2>/dev/null
   {
     echo "kernel $(uname -r)"
-    nproc
+    echo "modules $(lsmod | awk 'NR > 1 {print $1}' | sort | tr '\n' ' ')"
   } >"$out/guest-info"
 fi
 export CI=true
+# Waits on the kernel may take this many times longer (qemu's TCG emulation runs 10-50x
+# slower than the host); tests assert what arrives, never how fast.
+[ "$column" = host ] || export LWTUN_TEST_TIME_SCALE=${LWTUN_TEST_TIME_SCALE:-10}
 # A binary gets this long before it is stopped (TCG runs everything many times slower).
 limit=${LWTUN_MATRIX_BINARY_TIMEOUT:-1500}
 while read -r name exe; do

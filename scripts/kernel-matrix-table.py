@@ -6,7 +6,8 @@
 For every test of every binary (from BIN.list, written by `BIN --list`) and every column:
 pass, FAIL, skipped (the reason the test printed: "SKIPPED NAME (kernel lacks ...)"),
 ignored, or FAIL (no result) when the binary ran but never reported the test (it crashed, the
-VM died or the time limit stopped it). A column whose binary did not run at all shows "-".
+VM died or the time limit stopped it), FAIL (not run) when the binary never started there (the
+VM did not boot: its console log says why).
 Prints the table, writes it to OUT/matrix.md, and ends with
     kernel-matrix: T tests x K kernels: F failed, U never passed on any kernel
 exiting 1 when F or U is not 0.
@@ -60,7 +61,7 @@ for binary in binaries:
         for col in columns:
             got = per_col[col]
             if got is None:
-                cells[col] = '-'
+                cells[col] = 'FAIL (not run: see %s/console.log)' % col
                 continue
             results, skips = got
             r = results.get(test)
@@ -79,7 +80,7 @@ for binary in binaries:
 lines = ['| test | ' + ' | '.join(columns) + ' |', '|---|' + '---|' * len(columns)]
 failed = never = counted = 0
 for binary, test, cells in rows:
-    if all(c in ('ignored', '-') for c in cells.values()):
+    if all(c == 'ignored' for c in cells.values()):
         lines.append('| %s::%s | %s |' % (binary, test, ' | '.join(cells[c] for c in columns)))
         continue
     counted += 1

@@ -14,7 +14,7 @@
 # python3-venv; virtme-ng from PyPI in a venv; Debian's own kernel images (bullseye's 5.10,
 # bookworm's 6.1 and 6.12), resolved to the newest ABI at run time, downloaded with apt-get and
 # unpacked with dpkg -x under the cache folder ($LWTUN_KERNEL_CACHE, default
-# /var/cache/lwtun-kernels). Nothing goes into /boot or the host's module tree.
+# /var/lib/lwtun-kernels). Nothing goes into /boot or the host's module tree.
 #
 # The VMs use qemu's TCG emulation (this machine's /dev/kvm cannot boot stock kernels), one
 # after another, 2 CPUs and 3 GiB each. The test binaries are built once, on the host; inside a
@@ -53,7 +53,8 @@ fi
 
 [ "$(id -u)" -eq 0 ] || { echo "kernel-matrix: needs root (it installs packages and runs privileged tests)" >&2; exit 1; }
 
-cache=${LWTUN_KERNEL_CACHE:-/var/cache/lwtun-kernels}
+# Not under /var/cache, /var/tmp or /tmp: virtme-ng gives the guest fresh tmpfs there.
+cache=${LWTUN_KERNEL_CACHE:-/var/lib/lwtun-kernels}
 mkdir -p "$cache"
 
 # ---- tools ----
@@ -167,7 +168,7 @@ for k in $kernels; do
   echo "kernel-matrix: booting $(basename "$image") (TCG)"
   start=$SECONDS
   # --exec travels on the kernel command line: a script and two paths, nothing long.
-  timeout 2400 "$venv/bin/vng" --disable-kvm --force-9p --run "$image" --cpus 2 --memory 3G \
+  PATH="$venv/bin:$PATH" timeout 2400 "$venv/bin/vng" --disable-kvm --force-9p --run "$image" --cpus 2 --memory 3G \
     --rwdir "$out" --overlay-rwdir "$root" \
     --exec "$root/scripts/kernel-matrix-guest.sh $list $out/$col $col" \
     >"$out/$col/console.log" 2>&1 || echo "kernel-matrix: the $col VM exited with $?" >>"$out/$col/console.log"

@@ -19,6 +19,7 @@
 //! | [`lpm_batch`] | batch update/lookup on `BPF_MAP_TYPE_LPM_TRIE` | 5.13 |
 //! | [`tcx`] | tcx (`BPF_TCX_INGRESS`/`EGRESS` links) | 6.6 |
 //! | [`xdp_live_frames`] | `BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES` | 5.18 |
+//! | [`decap_l3`] | `bpf_skb_adjust_room` with `BPF_F_ADJ_ROOM_DECAP_L3_*` | 6.3 |
 //! | [`seg6local`] | `lwt_seg6local` programs, End.BPF routes (`CONFIG_IPV6_SEG6_BPF`) | 4.18 |
 //!
 //! # Examples
@@ -76,11 +77,18 @@ pub enum Feature {
     /// `CAP_BPF`, `CAP_NET_ADMIN` and `CAP_SYS_ADMIN`), which the probe reports as absent.
     #[doc(alias = "BPF_F_TEST_XDP_LIVE_FRAMES")]
     XdpLiveFrames,
+    /// `bpf_skb_adjust_room`'s `BPF_F_ADJ_ROOM_DECAP_L3_IPV4`/`_IPV6` flags, which change the
+    /// network protocol of a packet while stripping its outer header: what [`Decap`] needs for
+    /// IPv4-in-IPv6 and IPv6-in-IPv4 (same-family decap needs no flag).
+    ///
+    /// [`Decap`]: crate::decap::Decap
+    #[doc(alias = "BPF_F_ADJ_ROOM_DECAP_L3_IPV4")]
+    DecapL3,
 }
 
 impl Feature {
     /// Every feature, in the order [`Features`] prints them.
-    pub const ALL: [Feature; 7] = [
+    pub const ALL: [Feature; 8] = [
         Feature::LwtRoutes,
         Feature::LwtEncapIp,
         Feature::XdpLink,
@@ -88,6 +96,7 @@ impl Feature {
         Feature::Tcx,
         Feature::Seg6Local,
         Feature::XdpLiveFrames,
+        Feature::DecapL3,
     ];
 
     /// What the feature is, in the words an error uses.
@@ -104,6 +113,10 @@ impl Feature {
             }
             Feature::XdpLiveFrames => {
                 "XDP live-frame test runs (BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES)"
+            }
+            Feature::DecapL3 => {
+                "decapsulation across families (bpf_skb_adjust_room with \
+                 BPF_F_ADJ_ROOM_DECAP_L3_IPV4/IPV6)"
             }
         }
     }
@@ -131,6 +144,10 @@ impl Feature {
                  on a 5.18+ kernel that refuses with EPERM, a security module (BPF LSM, \
                  lockdown) forbids live frames to this process"
             }
+            Feature::DecapL3 => {
+                "send IPv4 inside IPv4 and IPv6 inside IPv6 to this host (Decap strips those on \
+                 every kernel); a 4in6 or 6in4 packet is dropped and counted as an error"
+            }
         }
     }
 
@@ -144,6 +161,7 @@ impl Feature {
             Feature::Tcx => "6.6",
             Feature::Seg6Local => "4.18",
             Feature::XdpLiveFrames => "5.18",
+            Feature::DecapL3 => "6.3",
         }
     }
 
@@ -189,6 +207,7 @@ impl Feature {
             Feature::Tcx => "probe tcx",
             Feature::Seg6Local => "probe lwt_seg6local programs",
             Feature::XdpLiveFrames => "probe XDP live-frame test runs",
+            Feature::DecapL3 => "probe BPF_F_ADJ_ROOM_DECAP_L3",
         }
     }
 }
@@ -220,6 +239,7 @@ impl Known {
 }
 
 static CACHE: [OnceLock<Known>; Feature::ALL.len()] = [
+    OnceLock::new(),
     OnceLock::new(),
     OnceLock::new(),
     OnceLock::new(),
@@ -328,6 +348,25 @@ pub fn xdp_live_frames() -> Result<()> {
     Feature::XdpLiveFrames.check()
 }
 
+/// Decapsulation across families (`BPF_F_ADJ_ROOM_DECAP_L3_IPV4`/`_IPV6`), Linux 6.3. Probed
+/// by stripping the outer header of an IPv4-in-IPv6 frame in a test run.
+///
+/// # Errors
+///
+/// [`ErrorKind::Unsupported`] when absent; see [`Feature::check`].
+///
+/// # Examples
+///
+/// ```no_run
+/// if lwtun::probe::decap_l3().is_err() {
+///     println!("only 4in4 and 6in6 are decapsulated here");
+/// }
+/// ```
+#[doc(alias = "BPF_F_ADJ_ROOM_DECAP_L3_IPV6")]
+pub fn decap_l3() -> Result<()> {
+    Feature::DecapL3.check()
+}
+
 /// Whether a probe found a feature, for printing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Support {
@@ -366,6 +405,8 @@ pub struct Features {
     pub seg6local: Support,
     /// [`xdp_live_frames`].
     pub xdp_live_frames: Support,
+    /// [`decap_l3`].
+    pub decap_l3: Support,
 }
 
 impl Features {
@@ -384,6 +425,7 @@ impl Features {
             tcx: get(Feature::Tcx),
             seg6local: get(Feature::Seg6Local),
             xdp_live_frames: get(Feature::XdpLiveFrames),
+            decap_l3: get(Feature::DecapL3),
         }
     }
 
@@ -397,6 +439,7 @@ impl Features {
             Feature::Tcx => &self.tcx,
             Feature::Seg6Local => &self.seg6local,
             Feature::XdpLiveFrames => &self.xdp_live_frames,
+            Feature::DecapL3 => &self.decap_l3,
         }
     }
 }
@@ -557,6 +600,7 @@ fn run_probe(feature: Feature) -> Result<bool> {
                 .map_err(|e| Error::bpf(op, e))
         }
         Feature::XdpLiveFrames => probe_xdp_live_frames(op),
+        Feature::DecapL3 => probe_decap_l3(op),
     }
 }
 
@@ -580,17 +624,31 @@ fn prog_type_supported(op: &str, ty: ProgramType) -> Result<bool> {
     }
 }
 
-/// Loads `r0 = ret; exit` as a program of type `ty`.
-fn load_trivial(op: &str, ty: sys::bpf_prog_type, ret: i32) -> Result<OwnedFd> {
-    let insn = |code: u8, imm: i32| sys::bpf_insn {
+/// One BPF instruction: `code`, destination register, immediate.
+fn insn(code: u8, dst: u8, imm: i32) -> sys::bpf_insn {
+    sys::bpf_insn {
         code,
         _bitfield_align_1: [],
-        _bitfield_1: sys::bpf_insn::new_bitfield_1(0, 0),
+        _bitfield_1: sys::bpf_insn::new_bitfield_1(dst, 0),
         off: 0,
         imm,
-    };
-    // BPF_ALU64 | BPF_MOV | BPF_K into r0, then BPF_JMP | BPF_EXIT.
-    let insns = [insn(0xb7, ret), insn(0x95, 0)];
+    }
+}
+
+/// `BPF_ALU64 | BPF_MOV | BPF_K`: `dst = imm`.
+const MOV64_IMM: u8 = 0xb7;
+/// `BPF_JMP | BPF_CALL`: call helper `imm`.
+const CALL: u8 = 0x85;
+/// `BPF_JMP | BPF_EXIT`.
+const EXIT: u8 = 0x95;
+
+/// Loads `r0 = ret; exit` as a program of type `ty`.
+fn load_trivial(op: &str, ty: sys::bpf_prog_type, ret: i32) -> Result<OwnedFd> {
+    load_insns(op, ty, &[insn(MOV64_IMM, 0, ret), insn(EXIT, 0, 0)])
+}
+
+/// Loads `insns` as a program of type `ty`.
+fn load_insns(op: &str, ty: sys::bpf_prog_type, insns: &[sys::bpf_insn]) -> Result<OwnedFd> {
     let name: &CStr = c"lwtun_probe";
     let license: &CStr = c"GPL";
     // SAFETY: the pointers are valid for the call; insns holds insns.len() instructions; null
@@ -606,6 +664,46 @@ fn load_trivial(op: &str, ty: sys::bpf_prog_type, ret: i32) -> Result<OwnedFd> {
         )
     };
     owned_fd(op, fd)
+}
+
+/// Strips the outer IPv6 header of an IPv4-in-IPv6 frame with `bpf_skb_adjust_room(-40,
+/// BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_DECAP_L3_IPV4)` in a test run: kernels before 6.3 refuse
+/// the flag (-EINVAL), later ones strip the header (0).
+fn probe_decap_l3(op: &str) -> Result<bool> {
+    const DECAP_L3_IPV4: i32 = 1 << 7;
+    const ADJ_ROOM_MAC: i32 = 1;
+    let insns = [
+        // r1 is the skb already
+        insn(MOV64_IMM, 2, -40),
+        insn(MOV64_IMM, 3, ADJ_ROOM_MAC),
+        insn(MOV64_IMM, 4, DECAP_L3_IPV4),
+        insn(CALL, 0, sys::BPF_FUNC_skb_adjust_room as i32),
+        insn(EXIT, 0, 0),
+    ];
+    let prog = match load_insns(op, sys::BPF_PROG_TYPE_SCHED_CLS, &insns) {
+        Ok(p) => p,
+        Err(e) if means_unsupported(e.errno()) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    // Ethernet (IPv6), an IPv6 header (next header 4), an IPv4 header and 60 bytes: the
+    // packet left after the strip is longer than an IPv6 header, as the helper wants.
+    let mut frame = vec![0u8; 12];
+    frame.extend_from_slice(&[0x86, 0xdd]);
+    frame.extend_from_slice(&[0x60, 0, 0, 0, 0, 80, 4, 64]);
+    frame.extend_from_slice(&[0xfd; 32]);
+    frame.extend_from_slice(&[0x45, 0, 0, 80, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+    frame.extend_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2]);
+    frame.resize(frame.len() + 60, 0);
+    let run = crate::program::test_run_raw(
+        std::os::fd::AsFd::as_fd(&prog),
+        crate::program::TestRunArgs {
+            data: &frame,
+            repeat: 1,
+            ..Default::default()
+        },
+    )
+    .map_err(|errno| Error::io(op, io::Error::from_raw_os_error(errno)))?;
+    Ok(run.retval == 0)
 }
 
 /// Turns libbpf's `fd or -errno` into an owned fd or an error.
@@ -1059,6 +1157,7 @@ mod tests {
             tcx: Support::Yes,
             seg6local: Support::No,
             xdp_live_frames: Support::Yes,
+            decap_l3: Support::Yes,
         };
         let text = f.to_string();
         assert_eq!(text.lines().count(), Feature::ALL.len(), "{text}");

@@ -270,6 +270,7 @@ fn every_encap_reaches_the_application() {
         ("fou 4in6", None, true, false),
         ("fou 6in6", None, true, true),
     ];
+    let cross_family = lwtun::probe::decap_l3().is_ok();
     for (i, (what, proto, outer_v6, inner_v6)) in cases.iter().enumerate() {
         let payload = format!("{what} #{i}");
         let pkt = inner(*inner_v6, payload.as_bytes());
@@ -292,6 +293,12 @@ fn every_encap_reaches_the_application() {
             None => send_fou(peer, dst, &pkt),
         }
         let got = s.app.recv(*inner_v6);
+        if outer_v6 != inner_v6 && !cross_family {
+            // Before Linux 6.3 the kernel cannot change the family while stripping: dropped,
+            // counted as an error (checked below).
+            assert!(got.is_none(), "{what}: delivered without DECAP_L3");
+            continue;
+        }
         let (data, from) = got.unwrap_or_else(|| {
             panic!(
                 "{what}: nothing received; counters {:?}",
@@ -318,12 +325,14 @@ fn every_encap_reaches_the_application() {
         "IP-in-IP: {lines:#?}"
     );
     let c = d.counters().unwrap();
+    let per_kind = if cross_family { 4 } else { 2 };
     assert_eq!(
         (c.ipip.packets, c.gre.packets, c.udp.packets),
-        (4, 4, 4),
+        (per_kind, per_kind, per_kind),
         "{c:?}"
     );
-    assert_eq!(c.dropped(), 0, "{c:?}");
+    assert_eq!(c.dropped(), 12 - 3 * per_kind, "{c:?}");
+    assert_eq!(c.error.packets, 12 - 3 * per_kind, "{c:?}");
 
     // Plain traffic to the underlay address still passes (ping, and neighbour discovery
     // before it), counted as not for us.

@@ -94,9 +94,46 @@ fn packets(c: &DecapCounters) -> [u64; 12] {
     ]
 }
 
+/// Whether `frame` carries an inner packet of the other family (IPv4 in IPv6, IPv6 in IPv4),
+/// by IP-in-IP protocol, GRE protocol type or the version nibble after a UDP header.
+fn cross_family(frame: &[u8]) -> bool {
+    let at = |i: usize| frame.get(i).copied().unwrap_or(0);
+    let outer_v6 = at(12) == 0x86 && at(13) == 0xdd;
+    let (proto, l4) = if outer_v6 {
+        (at(14 + 6), 14 + 40)
+    } else {
+        (at(14 + 9), 14 + usize::from(at(14) & 0xf) * 4)
+    };
+    let inner_v6 = match proto {
+        4 => false,
+        41 => true,
+        47 => match (at(l4 + 2), at(l4 + 3)) {
+            (0x86, 0xdd) => true,
+            (0x08, 0x00) => false,
+            _ => return false,
+        },
+        17 => at(l4 + 8) >> 4 == 6,
+        _ => return false,
+    };
+    inner_v6 != outer_v6
+}
+
 /// Runs `frame`, checks the verdict and that exactly counter `counter` moved by one (and by the
 /// frame's length in bytes); returns the output packet.
+///
+/// Where the kernel cannot change a packet's family while stripping its outer header (before
+/// 6.3: [`lwtun::probe::decap_l3`]), a cross-family packet the test expects decapsulated must
+/// instead be dropped and counted as an error, and the output is empty.
 fn run(d: &Decap, what: &str, frame: &[u8], verdict: i32, counter: &str) -> Vec<u8> {
+    let fallback = verdict == TC_ACT_OK
+        && matches!(counter, "ipip" | "gre" | "udp")
+        && cross_family(frame)
+        && lwtun::probe::decap_l3().is_err();
+    let (verdict, counter) = if fallback {
+        (TC_ACT_SHOT, "error")
+    } else {
+        (verdict, counter)
+    };
     let before = d.counters().unwrap();
     let out = d
         .test_run(frame)
@@ -115,10 +152,16 @@ fn run(d: &Decap, what: &str, frame: &[u8], verdict: i32, counter: &str) -> Vec<
     );
     let i = NAMES.iter().position(|n| *n == counter).unwrap();
     assert_eq!(a[i] - b[i], 1, "{what}: {counter} packets");
+    if fallback {
+        return Vec::new();
+    }
     out.data
 }
 
 fn expect_inner(what: &str, out: &[u8], inner: &[u8], ethertype: u16) {
+    if out.is_empty() {
+        return; // dropped where the kernel cannot change the family (see `run`)
+    }
     assert_eq!(&out[0..6], &DST_MAC, "{what}: destination MAC kept");
     assert_eq!(&out[6..12], &SRC_MAC, "{what}: source MAC kept");
     assert_eq!(
@@ -284,12 +327,15 @@ fn decapsulates_every_kind_lwtun_sends() {
     let out = run(&d, "padded minimum frame", &frame, TC_ACT_OK, "ipip");
     assert_eq!(&out[14..34], &small[..], "inner header at the front");
 
+    // Cross-family cases the kernel cannot decapsulate were dropped as errors (see `run`).
+    let kept = |frame: &[u8]| !cross_family(frame) || lwtun::probe::decap_l3().is_ok();
+    let dropped = cases.iter().filter(|c| !kept(&c.1)).count() as u64;
     let c = d.counters().unwrap();
-    assert_eq!(c.decapsulated(), cases.len() as u64 + 2);
-    assert_eq!(c.dropped(), 0);
+    assert_eq!(c.decapsulated(), cases.len() as u64 + 2 - dropped);
+    assert_eq!(c.dropped(), dropped);
     let ipip_bytes: u64 = cases
         .iter()
-        .filter(|c| c.4 == "ipip")
+        .filter(|c| c.4 == "ipip" && kept(&c.1))
         .map(|c| c.1.len() as u64)
         .sum::<u64>()
         + (14 + p.len()) as u64
@@ -747,7 +793,9 @@ fn ecn_congestion_is_kept_rfc6040() {
                 TC_ACT_OK,
                 "ipip",
             );
-            assert_eq!(&out[14..], &want[..], "{what}: inner marked CE");
+            if !out.is_empty() {
+                assert_eq!(&out[14..], &want[..], "{what}: inner marked CE");
+            }
             // outer CE, inner ECT(1) -> CE
             let (f, _) = frame(3, 1);
             let out = run(
@@ -757,7 +805,9 @@ fn ecn_congestion_is_kept_rfc6040() {
                 TC_ACT_OK,
                 "ipip",
             );
-            assert_eq!(&out[14..], &want[..], "{what}: inner marked CE");
+            if !out.is_empty() {
+                assert_eq!(&out[14..], &want[..], "{what}: inner marked CE");
+            }
             // outer CE, inner not-ECT -> dropped
             let (f, _) = frame(3, 0);
             run(
@@ -770,11 +820,15 @@ fn ecn_congestion_is_kept_rfc6040() {
             // outer ECT(0), inner ECT(1) -> unchanged
             let (f, inner) = frame(2, 1);
             let out = run(&d, &format!("{what}: ECT over ECT"), &f, TC_ACT_OK, "ipip");
-            assert_eq!(&out[14..], &inner[..], "{what}: inner untouched");
+            if !out.is_empty() {
+                assert_eq!(&out[14..], &inner[..], "{what}: inner untouched");
+            }
             // outer not-ECT, inner CE -> unchanged
             let (f, inner) = frame(0, 3);
             let out = run(&d, &format!("{what}: inner CE kept"), &f, TC_ACT_OK, "ipip");
-            assert_eq!(&out[14..], &inner[..], "{what}: inner untouched");
+            if !out.is_empty() {
+                assert_eq!(&out[14..], &inner[..], "{what}: inner untouched");
+            }
         }
     }
 }

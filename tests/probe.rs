@@ -43,9 +43,11 @@ fn expected(f: Feature, config: Option<&str>) -> Option<bool> {
     match f {
         Feature::LwtRoutes => built("CONFIG_LWTUNNEL_BPF"),
         Feature::Seg6Local => built("CONFIG_IPV6_SEG6_BPF"),
-        Feature::LwtEncapIp | Feature::XdpLink | Feature::LpmBatch | Feature::Tcx => {
-            Some(since(f.since()))
-        }
+        Feature::LwtEncapIp
+        | Feature::XdpLink
+        | Feature::LpmBatch
+        | Feature::Tcx
+        | Feature::DecapL3 => Some(since(f.since())),
         _ => None,
     }
 }

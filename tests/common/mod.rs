@@ -78,6 +78,18 @@ pub fn kernel_has(test: &str, feature: lwtun::probe::Feature) -> bool {
     }
 }
 
+/// `d` stretched by `LWTUN_TEST_TIME_SCALE` (a whole number, default 1): how long a wait on
+/// the kernel may take. The kernel matrix sets it for its emulated VMs, where everything runs
+/// many times slower; the tests assert what arrives, never how fast.
+pub fn patient(d: Duration) -> Duration {
+    let scale = std::env::var("LWTUN_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(1)
+        .max(1);
+    d * scale
+}
+
 // ---------------------------------------------------------------------------------------------
 // Namespaces and the `ip` command
 // ---------------------------------------------------------------------------------------------
@@ -428,7 +440,7 @@ fn build_line(n: usize, routed: bool) -> Line {
 /// second; until then its qdisc drops every packet (measured: the first ping after set-up took
 /// 1 s). Waiting here keeps tests from measuring set-up.
 pub fn wait_oper_up(ns: &NetNs, devs: &[String]) {
-    let until = Instant::now() + Duration::from_secs(5);
+    let until = Instant::now() + patient(Duration::from_secs(5));
     loop {
         let out = ip(ns, &["-o", "link", "show"]);
         let is_up = |dev: &str| {
@@ -474,7 +486,8 @@ pub fn ping_with(ns: &NetNs, addr: IpAddr, count: u32, extra: &[&str]) -> Ping {
     let count_s = count.to_string();
     let addr_s = addr.to_string();
     // No -w: with a deadline, iputils ping keeps sending until it has `count` replies.
-    let mut args = vec!["-n", "-q", "-c", &count_s, "-i", "0.2", "-W", "1"];
+    let wait_s = patient(Duration::from_secs(1)).as_secs().to_string();
+    let mut args = vec!["-n", "-q", "-c", &count_s, "-i", "0.2", "-W", &wait_s];
     args.extend_from_slice(extra);
     args.push(&addr_s);
     let out = ns.command("ping").args(&args).output().expect("run ping");
@@ -551,8 +564,8 @@ pub fn tcp_stream(
         .unwrap_or_else(|e| panic!("listen on {server_addr} in {}: {e}", server.name()));
     let port = listener.local_addr().unwrap().port();
     let target = SocketAddr::new(server_addr, port);
-    let budget = Duration::from_secs(10 + (bytes / 10_000_000) as u64);
-    let stall = Duration::from_secs(10);
+    let budget = patient(Duration::from_secs(10 + (bytes / 10_000_000) as u64));
+    let stall = patient(Duration::from_secs(10));
 
     // The server: accept one connection, read to end of stream, check the pattern.
     let (tx, rx) = mpsc::channel();
@@ -668,7 +681,8 @@ pub fn udp_count(
         })
         .unwrap_or_else(|e| panic!("bind {server_addr} in {}: {e}", server.name()));
     let target = sock.local_addr().unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    sock.set_read_timeout(Some(patient(Duration::from_secs(2))))
+        .unwrap();
     // A starved receiver thread must not turn into drops: the default buffer (~212 KB) holds
     // only ~170 small datagrams (measured: 174 of 200 under parallel tests).
     force_rcvbuf(&sock, 16 << 20);
@@ -683,7 +697,7 @@ pub fn udp_count(
                 sender_done_at = Some(Instant::now());
             }
             if let Some(t) = sender_done_at {
-                if t.elapsed() > Duration::from_secs(2) {
+                if t.elapsed() > patient(Duration::from_secs(2)) {
                     break;
                 }
             }
@@ -834,7 +848,10 @@ impl Capture {
             reader: Some(reader),
             stderr: err_text,
         };
-        if ready_rx.recv_timeout(Duration::from_secs(5)).is_err() {
+        if ready_rx
+            .recv_timeout(patient(Duration::from_secs(5)))
+            .is_err()
+        {
             let err = cap.stderr.lock().unwrap().clone();
             cap.stop();
             panic!("tcpdump on {iface} in {} did not start: {err}", ns.name());
@@ -850,7 +867,7 @@ impl Capture {
     /// Waits up to `timeout` for tcpdump to reach its packet count, then stops it (SIGINT,
     /// so it flushes) and returns every packet line it printed.
     pub fn finish(mut self, timeout: Duration) -> Vec<String> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + patient(timeout);
         if let Some(child) = self.child.as_mut() {
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
