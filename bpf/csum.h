@@ -4,7 +4,9 @@
  * writes and the decap checks.
  *
  * Two ways to get the sum of an inner IP packet:
- *  - csum_range(): every byte, in 256-byte chunks through bpf_loop (any length, linear or not).
+ *  - csum_range(): every byte, in 256-byte chunks through bpf_loop (any length, linear or not);
+ *    built with LWTUN_NO_BPF_LOOP (the *_compat objects, for kernels before 5.17) the chunks
+ *    are walked by a bounded loop instead, which the verifier follows chunk by chunk.
  *  - csum_inner_final(): from the headers alone. When a TCP, UDP or ICMP packet's own checksum is
  *    right, its transport header and payload sum to the complement of its pseudo-header sum (zero
  *    for ICMPv4, which has none). So the inner packet sums to [IP header] + ~[pseudo header], and
@@ -26,6 +28,7 @@
 #include <bpf/bpf_endian.h>
 
 #define CSUM_CHUNK 256
+#define LWTUN_CSUM_CHUNKS_NO_LOOP 8
 
 /* Scratch space for csum_range(), one per CPU (one more word: the zero pad of an odd tail). */
 struct csum_buf {
@@ -46,8 +49,14 @@ struct csum_ctx {
 	__s64 sum;
 };
 
+#ifdef LWTUN_NO_BPF_LOOP
+#define CSUM_CHUNK_FN static __always_inline long
+#else
+#define CSUM_CHUNK_FN static long
+#endif
+
 /* bpf_loop callback: adds one chunk of [off, end) to the one's-complement sum. */
-static long csum_chunk(__u64 index, void *arg)
+CSUM_CHUNK_FN csum_chunk(__u64 index, void *arg)
 {
 	struct csum_ctx *ctx = arg;
 	__u32 zero = 0, len, size4;
@@ -92,7 +101,20 @@ static __always_inline __s64 csum_range(struct __sk_buff *skb, __u32 off, __u32 
 
 	if (end <= off || end - off > 0xffff)
 		return -1;
+#ifdef LWTUN_NO_BPF_LOOP
+	/* The verifier walks a bounded loop iteration by iteration, through every path of the
+	 * program before it: 256 chunks (64 KiB) went past the 1M-instruction limit on 5.10. So
+	 * without bpf_loop a byte-by-byte sum covers LWTUN_CSUM_CHUNKS_NO_LOOP chunks (2 KiB, a
+	 * full-size packet); a longer range sums to -1, which the callers treat as a failed sum. */
+	if (end - off > LWTUN_CSUM_CHUNKS_NO_LOOP * CSUM_CHUNK)
+		return -1;
+#pragma clang loop unroll(disable)
+	for (__u32 i = 0; i < LWTUN_CSUM_CHUNKS_NO_LOOP; i++)
+		if (csum_chunk(i, &ctx))
+			break;
+#else
 	bpf_loop((end - off + CSUM_CHUNK - 1) / CSUM_CHUNK, csum_chunk, &ctx, 0);
+#endif
 	if (ctx.sum < 0 || ctx.off != end)
 		return -1;
 	return (__u32)ctx.sum;

@@ -17,7 +17,8 @@ import re
 import sys
 
 out, columns = sys.argv[1], sys.argv[2:]
-RESULT = re.compile(r'^test (\S+) \.\.\. (ok|FAILED|ignored)')
+START = re.compile(r'^test (\S+) \.\.\. ?(.*)$')
+OUTCOME = re.compile(r'(?:^|\s)(ok|FAILED|ignored)\s*$')
 SKIP = re.compile(r'SKIPPED (\S+?):? \((kernel lacks .*)\)\s*$')
 
 binaries = []
@@ -48,13 +49,22 @@ for binary in binaries:
             continue
         text = open(log, errors='replace').read()
         results, skips = {}, {}
+        # "test NAME ... ok", or, when the test wrote to stderr meanwhile (a SKIPPED line),
+        # "test NAME ... " and the outcome at the end of a later line.
+        pending = None
         for line in text.splitlines():
-            m = RESULT.search(line)
-            if m:
-                results[m.group(1)] = m.group(2)
             m = SKIP.search(line)
             if m:
                 skips.setdefault(m.group(1), m.group(2))
+            m = START.match(line)
+            if m:
+                pending = m.group(1)
+                line = m.group(2)
+            if pending:
+                o = OUTCOME.search(line)
+                if o:
+                    results[pending] = o.group(1)
+                    pending = None
         per_col[col] = (results, skips)
     for test in tests:
         cells = {}
@@ -72,7 +82,8 @@ for binary in binaries:
             elif r == 'ignored':
                 cells[col] = 'ignored'
             elif test.split('::')[-1] in skips or test in skips:
-                cells[col] = 'skipped (%s)' % skips.get(test.split('::')[-1], skips.get(test))
+                reason = skips.get(test.split('::')[-1], skips.get(test)) or ''
+                cells[col] = 'skipped (%s)' % (reason if len(reason) <= 48 else reason[:47] + '…')
             else:
                 cells[col] = 'pass'
         rows.append((binary, test, cells))

@@ -42,7 +42,7 @@ done
 
 # The curated set: every test binary that verifies or test-runs programs (fast, where older
 # kernels differ most), and a few that send traffic through namespaces.
-curated="probe route tunnel_test_run decap_test_run seg6_test_run xdp_programs chain_table tc_attach"
+curated="probe route tunnel_test_run decap_test_run seg6_test_run xdp_programs tc_attach"
 if [ -n "$only" ]; then
   wanted=$only
 elif [ "$full" = 1 ]; then

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole check: set-up, format, lints, then every test (unit, golden bytes, privileged
-# end-to-end tests in their own network namespaces, doc tests).
+# end-to-end tests in their own network namespaces, doc tests), then the kernel matrix.
 # As root every privileged test runs; with CI=true or LWTUN_REQUIRE_PRIV=1 a privileged test that
 # cannot run fails instead of skipping.
 set -euo pipefail
@@ -21,3 +21,7 @@ cargo test -p lwtun-agent
 # the packaged crate builds without clang and a crate depending on it runs an LWT route
 ./scripts/package-check.sh
 ./scripts/msrv-check.sh
+# the privileged test binaries on Debian's 5.10, 6.1 and 6.12 kernels in VMs (a curated set;
+# --full runs them all) and the coverage table: fails when a test failed on any kernel or
+# passed on none
+./scripts/kernel-matrix.sh

@@ -229,7 +229,7 @@ pub fn test_run(program: impl AsFd, frame: &[u8], repeat: u32) -> Result<TestRun
 /// The decap program family: the program, its tables (local endpoints, known peers, UDP ports)
 /// and its attachments. Dropping it detaches the program from every device it was attached to.
 ///
-/// Kernel: Linux 6.3+ (`bpf_skb_adjust_room` with `BPF_F_ADJ_ROOM_DECAP_L3_*`, used for every packet; `bpf_loop` 5.17, `bpf_csum_level` 5.8; tcx: 6.6+).
+/// Kernel: Linux 5.8+ (`bpf_csum_level`; tcx: 6.6+). IPv4 in IPv6 and IPv6 in IPv4 need 6.3 (`BPF_F_ADJ_ROOM_DECAP_L3_*`, [`crate::probe::decap_l3`]): before, such packets are dropped and counted as errors. Before 5.17 (no `bpf_loop`) a variant whose byte-by-byte GRE checksum check covers up to 2 KiB is loaded. Its tests ran on 5.10 (test runs only), 6.1, 6.12 and 6.18 (`scripts/kernel-matrix.sh`).
 ///
 /// # Examples
 ///
@@ -330,16 +330,26 @@ fn peer_key(prefix: &IpNetwork) -> (&'static str, Vec<u8>) {
     }
 }
 
+/// The decap object for this kernel: with a bpf_loop checksum loop, or (before 5.17) the
+/// variant with a bounded one.
+fn decap_object() -> &'static [u8] {
+    if crate::probe::Feature::BpfLoop.present() {
+        crate::skel::tc_decap::OBJECT
+    } else {
+        crate::skel::tc_decap_compat::OBJECT
+    }
+}
+
 impl Decap {
     /// Loads the program and its maps (empty tables: nothing is decapsulated yet).
     ///
-    /// Kernel: Linux 6.3+ (`BPF_F_ADJ_ROOM_DECAP_L3_*`; `bpf_loop` 5.17).
+    /// Kernel: Linux 5.8+; see [`Decap`] for what 6.3 and 5.17 add.
     ///
     /// # Errors
     ///
     /// Permission without CAP_BPF and CAP_NET_ADMIN; the verifier's error otherwise.
     pub fn load() -> Result<Self> {
-        let object = load_object("tc_decap", crate::skel::tc_decap::OBJECT)?;
+        let object = load_object("tc_decap", decap_object())?;
         let prog = crate::program::program_fd(&object, PROGRAM)?;
         let baseline = crate::program::program_fd(&object, BASELINE)?;
         let decap = Decap {
@@ -392,7 +402,7 @@ impl Decap {
             let mut open = ObjectBuilder::default()
                 .name("tc_decap")
                 .map_err(|e| Error::bpf(op, e))?
-                .open_memory(crate::skel::tc_decap::OBJECT)
+                .open_memory(decap_object())
                 .map_err(|e| Error::bpf(op, e))?;
             if adopted {
                 for mut map in open.maps_mut() {

@@ -152,6 +152,11 @@
 //! for the whole type. [`probe`] asks the running kernel for the features marked *probe*, with
 //! the same versions ([`probe::Feature::since`]).
 //!
+//! Ran on: `scripts/kernel-matrix.sh` runs the probe, route, tunnel and decap test-run, SRv6,
+//! XDP program and tc attach tests on Debian's 5.10, 6.1 and 6.12 kernels and on the host
+//! (6.18) in every CI run, and everything with `--full`; its table says which test passed,
+//! failed or was skipped (with the missing feature) on which kernel.
+//!
 //! | feature | since | lwtun item |
 //! |---|---|---|
 //! | LWT BPF routes (`encap bpf`) *probe* | 4.10 | [`route::LwtRoute`], [`program::LwtCounter`] |
@@ -174,11 +179,11 @@
 //! | XDP through a `bpf_link` *probe* | 5.9 | [`xdp::AttachVia`] |
 //! | `bpf_ktime_get_coarse_ns` | 5.11 | [`xdp::XdpRouter`] |
 //! | batch operations on LPM tries *probe* | 5.13 | [`peer::PeerTable`] |
-//! | `bpf_loop` | 5.17 | [`tunnel::Tunnel`], [`peer::PeerTable`], [`decap::Decap`] |
+//! | `bpf_loop` *probe* (before it: bounded-loop object variants) | 5.17 | [`tunnel::Tunnel`], [`peer::PeerTable`], [`decap::Decap`] |
 //! | `bpf_xdp_load_bytes`, XDP live-frame test runs | 5.18 | `capture::Capture`, [`xdp::TrafficGen`], [`xdp::LiveFrames`] |
 //! | outer source in `bpf_skb_set_tunnel_key` | 6.0 | [`tunnel_redirect::TunnelKey::local`] |
 //! | `BPF_F_NO_TUNNEL_KEY` | 6.2 | [`tunnel_redirect::TunnelKeyFlags::NO_TUNNEL_KEY`] |
-//! | `bpf_skb_adjust_room` with `BPF_F_ADJ_ROOM_DECAP_L3_*` | 6.3 | [`decap::Decap`] |
+//! | `bpf_skb_adjust_room` with `BPF_F_ADJ_ROOM_DECAP_L3_*` *probe* (4in6, 6in4 decap) | 6.3 | [`decap::Decap`] |
 //! | `netdev` generic netlink (XDP features) | 6.3 | [`netlink::netdev::xdp_features`] |
 //! | tcx (`BPF_TCX_INGRESS`/`EGRESS` links) *probe* | 6.6 | [`tc::TcMode`], [`tc::TcxOrder`] |
 #![deny(missing_docs)]

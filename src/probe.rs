@@ -20,6 +20,8 @@
 //! | [`tcx`] | tcx (`BPF_TCX_INGRESS`/`EGRESS` links) | 6.6 |
 //! | [`xdp_live_frames`] | `BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES` | 5.18 |
 //! | [`decap_l3`] | `bpf_skb_adjust_room` with `BPF_F_ADJ_ROOM_DECAP_L3_*` | 6.3 |
+//! | [`bpf_loop`] | the `bpf_loop` helper (else bounded-loop object variants) | 5.17 |
+//! | [`Feature::XdpTestRunContext`] | XDP test runs with an `xdp_md` context | 5.15 |
 //! | [`seg6local`] | `lwt_seg6local` programs, End.BPF routes (`CONFIG_IPV6_SEG6_BPF`) | 4.18 |
 //!
 //! # Examples
@@ -84,11 +86,22 @@ pub enum Feature {
     /// [`Decap`]: crate::decap::Decap
     #[doc(alias = "BPF_F_ADJ_ROOM_DECAP_L3_IPV4")]
     DecapL3,
+    /// The `bpf_loop` helper. Where it is absent, [`Tunnel`] and [`Decap`] load a variant of
+    /// their object whose checksum loop is bounded instead (the same programs and maps).
+    ///
+    /// [`Tunnel`]: crate::tunnel::Tunnel
+    /// [`Decap`]: crate::decap::Decap
+    #[doc(alias = "bpf_loop")]
+    BpfLoop,
+    /// XDP test runs given an `xdp_md` context (the ingress device), which a router's FIB
+    /// lookup needs: [`XdpProgram::test_run_repeat`](crate::xdp::XdpProgram::test_run_repeat)
+    /// with an ingress device.
+    XdpTestRunContext,
 }
 
 impl Feature {
     /// Every feature, in the order [`Features`] prints them.
-    pub const ALL: [Feature; 8] = [
+    pub const ALL: [Feature; 10] = [
         Feature::LwtRoutes,
         Feature::LwtEncapIp,
         Feature::XdpLink,
@@ -97,6 +110,8 @@ impl Feature {
         Feature::Seg6Local,
         Feature::XdpLiveFrames,
         Feature::DecapL3,
+        Feature::BpfLoop,
+        Feature::XdpTestRunContext,
     ];
 
     /// What the feature is, in the words an error uses.
@@ -118,6 +133,8 @@ impl Feature {
                 "decapsulation across families (bpf_skb_adjust_room with \
                  BPF_F_ADJ_ROOM_DECAP_L3_IPV4/IPV6)"
             }
+            Feature::BpfLoop => "the bpf_loop helper",
+            Feature::XdpTestRunContext => "XDP test runs with an xdp_md context (ingress device)",
         }
     }
 
@@ -148,6 +165,12 @@ impl Feature {
                 "send IPv4 inside IPv4 and IPv6 inside IPv6 to this host (Decap strips those on \
                  every kernel); a 4in6 or 6in4 packet is dropped and counted as an error"
             }
+            Feature::BpfLoop => {
+                "nothing to do: Tunnel and Decap load their bounded-loop variants by themselves"
+            }
+            Feature::XdpTestRunContext => {
+                "test-run without an ingress device, or attach the program and send real traffic"
+            }
         }
     }
 
@@ -162,6 +185,8 @@ impl Feature {
             Feature::Seg6Local => "4.18",
             Feature::XdpLiveFrames => "5.18",
             Feature::DecapL3 => "6.3",
+            Feature::BpfLoop => "5.17",
+            Feature::XdpTestRunContext => "5.15",
         }
     }
 
@@ -186,6 +211,12 @@ impl Feature {
         }
     }
 
+    /// Whether the feature is present, for choosing between variants; a probe that cannot
+    /// decide (no privileges) answers yes, so that the load that follows reports the cause.
+    pub(crate) fn present(self) -> bool {
+        !matches!(self.check(), Err(e) if e.kind() == ErrorKind::Unsupported)
+    }
+
     /// [`Feature::check`] for an operation that needs the feature: the Unsupported error names
     /// `op` (for example `load SRv6 End function`) rather than the probe.
     pub(crate) fn require(self, op: &str) -> Result<()> {
@@ -208,6 +239,8 @@ impl Feature {
             Feature::Seg6Local => "probe lwt_seg6local programs",
             Feature::XdpLiveFrames => "probe XDP live-frame test runs",
             Feature::DecapL3 => "probe BPF_F_ADJ_ROOM_DECAP_L3",
+            Feature::BpfLoop => "probe bpf_loop",
+            Feature::XdpTestRunContext => "probe XDP test runs with a context",
         }
     }
 }
@@ -239,6 +272,8 @@ impl Known {
 }
 
 static CACHE: [OnceLock<Known>; Feature::ALL.len()] = [
+    OnceLock::new(),
+    OnceLock::new(),
     OnceLock::new(),
     OnceLock::new(),
     OnceLock::new(),
@@ -367,6 +402,23 @@ pub fn decap_l3() -> Result<()> {
     Feature::DecapL3.check()
 }
 
+/// The `bpf_loop` helper, Linux 5.17. Probed by verifying a `tc` program that calls it.
+///
+/// # Errors
+///
+/// [`ErrorKind::Unsupported`] when absent; see [`Feature::check`].
+///
+/// # Examples
+///
+/// ```no_run
+/// let variant = if lwtun::probe::bpf_loop().is_ok() { "bpf_loop" } else { "bounded loop" };
+/// println!("the tunnel's checksum loop: {variant}");
+/// ```
+#[doc(alias = "BPF_FUNC_loop")]
+pub fn bpf_loop() -> Result<()> {
+    Feature::BpfLoop.check()
+}
+
 /// Whether a probe found a feature, for printing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Support {
@@ -407,6 +459,10 @@ pub struct Features {
     pub xdp_live_frames: Support,
     /// [`decap_l3`].
     pub decap_l3: Support,
+    /// [`bpf_loop`].
+    pub bpf_loop: Support,
+    /// [`Feature::XdpTestRunContext`].
+    pub xdp_test_run_context: Support,
 }
 
 impl Features {
@@ -426,6 +482,8 @@ impl Features {
             seg6local: get(Feature::Seg6Local),
             xdp_live_frames: get(Feature::XdpLiveFrames),
             decap_l3: get(Feature::DecapL3),
+            bpf_loop: get(Feature::BpfLoop),
+            xdp_test_run_context: get(Feature::XdpTestRunContext),
         }
     }
 
@@ -440,6 +498,8 @@ impl Features {
             Feature::Seg6Local => &self.seg6local,
             Feature::XdpLiveFrames => &self.xdp_live_frames,
             Feature::DecapL3 => &self.decap_l3,
+            Feature::BpfLoop => &self.bpf_loop,
+            Feature::XdpTestRunContext => &self.xdp_test_run_context,
         }
     }
 }
@@ -599,8 +659,19 @@ fn run_probe(feature: Feature) -> Result<bool> {
                 .is_helper_supported(sys::BPF_FUNC_lwt_seg6_action)
                 .map_err(|e| Error::bpf(op, e))
         }
-        Feature::XdpLiveFrames => probe_xdp_live_frames(op),
+        Feature::XdpLiveFrames => {
+            probe_xdp_on_loopback(op, XDP_DROP, sys::BPF_F_TEST_XDP_LIVE_FRAMES)
+        }
         Feature::DecapL3 => probe_decap_l3(op),
+        Feature::XdpTestRunContext => probe_xdp_on_loopback(op, XDP_PASS, 0),
+        Feature::BpfLoop => {
+            if !prog_type_supported(op, ProgramType::SchedCls)? {
+                return Ok(false);
+            }
+            ProgramType::SchedCls
+                .is_helper_supported(sys::BPF_FUNC_loop)
+                .map_err(|e| Error::bpf(op, e))
+        }
     }
 }
 
@@ -788,9 +859,10 @@ fn probe_link(
     link_loopback(op, &prog, attach)
 }
 
-/// Injects one frame, dropped by the program, into the loopback of a scratch namespace.
-fn probe_xdp_live_frames(op: &str) -> Result<bool> {
-    let prog = match load_trivial(op, sys::BPF_PROG_TYPE_XDP, XDP_DROP) {
+/// Test-runs a program returning `ret` on one frame with the loopback of a scratch namespace as
+/// its ingress device (an `xdp_md` context) and `flags`: live frames when asked for.
+fn probe_xdp_on_loopback(op: &str, ret: i32, flags: u32) -> Result<bool> {
+    let prog = match load_trivial(op, sys::BPF_PROG_TYPE_XDP, ret) {
         Ok(p) => p,
         Err(e) if means_unsupported(e.errno()) => return Ok(false),
         Err(e) => return Err(e),
@@ -807,7 +879,7 @@ fn probe_xdp_live_frames(op: &str) -> Result<bool> {
                 data: &frame,
                 ctx_in: Some(&ctx),
                 repeat: 1,
-                flags: sys::BPF_F_TEST_XDP_LIVE_FRAMES,
+                flags,
                 ..Default::default()
             },
         );
@@ -1158,6 +1230,8 @@ mod tests {
             seg6local: Support::No,
             xdp_live_frames: Support::Yes,
             decap_l3: Support::Yes,
+            bpf_loop: Support::Yes,
+            xdp_test_run_context: Support::Yes,
         };
         let text = f.to_string();
         assert_eq!(text.lines().count(), Feature::ALL.len(), "{text}");

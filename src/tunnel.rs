@@ -93,7 +93,7 @@ pub const WORST_CASE_ENCAP: u32 = 48;
 
 /// Options of a [`Tunnel`]: capacity and miss policies.
 ///
-/// Kernel: Linux 5.17+ (`bpf_loop` in the GRE checksum; `bpf_lwt_push_encap` and `BPF_LWT_REROUTE` 5.3, LPM trie 4.11; see [`Tunnel`]).
+/// Kernel: Linux 5.3+ (`bpf_lwt_push_encap` and `BPF_LWT_REROUTE`, LPM trie 4.11; before 5.17 the object variant without `bpf_loop`, whose byte-by-byte GRE checksum covers 2 KiB; see [`Tunnel`]).
 #[derive(Debug, Clone)]
 pub struct TunnelBuilder {
     capacity: u32,
@@ -249,7 +249,11 @@ impl TunnelBuilder {
         let mut open = ObjectBuilder::default()
             .name("lwt_encap")
             .map_err(|e| Error::bpf(op, e))?
-            .open_memory(crate::skel::lwt_encap::OBJECT)
+            .open_memory(if crate::probe::Feature::BpfLoop.present() {
+                crate::skel::lwt_encap::OBJECT
+            } else {
+                crate::skel::lwt_encap_compat::OBJECT
+            })
             .map_err(|e| Error::bpf(op, e))?;
         let mut capacity = self.capacity;
         let mut adopted = false;
@@ -386,7 +390,7 @@ impl TunnelBuilder {
 /// [`Tunnel::attach_underlay`]. Dropping it removes the routes, detaches the fix-ups and
 /// unloads the programs, in that order.
 ///
-/// Kernel: Linux 5.17+ (`bpf_loop` in the GRE checksum; `bpf_lwt_push_encap` and `BPF_LWT_REROUTE` 5.3, LPM trie 4.11; underlay fix-up through tcx: 6.6+, else cls_bpf).
+/// Kernel: Linux 5.3+ (`bpf_lwt_push_encap` and `BPF_LWT_REROUTE`, LPM trie 4.11; underlay fix-up through tcx: 6.6+, else cls_bpf). Before 5.17 (no `bpf_loop`) it loads a variant whose byte-by-byte GRE checksum, needed only for packets that are not plain TCP, UDP or ICMP, covers up to 2 KiB ([`crate::probe::bpf_loop`]). Its tests ran on 5.10 (test runs only), 6.1, 6.12 and 6.18 (`scripts/kernel-matrix.sh`).
 ///
 /// # Examples
 ///

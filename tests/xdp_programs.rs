@@ -550,10 +550,22 @@ fn devmaps_set_get_remove_with_and_without_programs() {
     ns.run(|| {
         let fwd = XdpRedirect::load().unwrap();
         let ports = fwd.ports();
-        // Loopback cannot take redirected frames: refused, not accepted and then dropped.
-        let e = ports.set(5, &lo, None).unwrap_err();
-        assert_eq!(e.kind(), lwtun::ErrorKind::InvalidInput, "{e}");
-        assert!(e.to_string().contains("NDO_XMIT"), "{e}");
+        // Loopback cannot take redirected frames: refused, not accepted and then dropped, by
+        // kernels that check the device when the entry is written (6.18 does; 5.10 takes it,
+        // and the entry then reads back as written).
+        match ports.set(5, &lo, None) {
+            Err(e) => {
+                assert_eq!(e.kind(), lwtun::ErrorKind::InvalidInput, "{e}");
+                assert!(e.to_string().contains("NDO_XMIT"), "{e}");
+            }
+            Ok(()) => {
+                assert!(
+                    ports.get(5).unwrap().is_some(),
+                    "an accepted entry reads back"
+                );
+                ports.remove(5).unwrap();
+            }
+        }
         assert_eq!(ports.get(5).unwrap(), None);
         assert_eq!(ports.kind(), DevMapKind::Array);
         assert_eq!(ports.get(5).unwrap(), None);
@@ -626,7 +638,12 @@ fn router_test_run_counts_fib_outcome() {
 
 #[test]
 fn router_rewrites_ttl_checksum_and_macs_on_success() {
-    if !common::privileged("router_rewrites_ttl_checksum_and_macs_on_success") {
+    if !common::privileged("router_rewrites_ttl_checksum_and_macs_on_success")
+        || !common::kernel_has(
+            "router_rewrites_ttl_checksum_and_macs_on_success",
+            lwtun::probe::Feature::XdpTestRunContext,
+        )
+    {
         return;
     }
     // A namespace with two veths, forwarding on, and permanent neighbours behind `out0`: the
@@ -933,7 +950,12 @@ fn router_namespace(
 
 #[test]
 fn router_route_cache_hits_ages_out_and_flushes() {
-    if !common::privileged("router_route_cache_hits_ages_out_and_flushes") {
+    if !common::privileged("router_route_cache_hits_ages_out_and_flushes")
+        || !common::kernel_has(
+            "router_route_cache_hits_ages_out_and_flushes",
+            lwtun::probe::Feature::XdpTestRunContext,
+        )
+    {
         return;
     }
     let (ns, peer, in0, out0) = router_namespace("xrq", "02:00:00:00:00:99");

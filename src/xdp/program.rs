@@ -122,6 +122,9 @@ impl XdpProgram {
     ) -> Result<TestRunOutput> {
         let op = "run XDP program (BPF_PROG_TEST_RUN)";
         crate::program::check_frame(op, frame)?;
+        if ingress_ifindex.is_some() {
+            crate::probe::Feature::XdpTestRunContext.require(op)?;
+        }
         let mut ctx = [0u8; XDP_MD_SIZE];
         if let Some(ifindex) = ingress_ifindex {
             ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
