@@ -175,4 +175,9 @@ for k in $kernels; do
   echo "kernel-matrix: $col done in $((SECONDS - start)) s"
 done
 
-python3 "$root/scripts/kernel-matrix-table.py" "$out" "${columns[@]}"
+if python3 "$root/scripts/kernel-matrix-table.py" "$out" "${columns[@]}"; then
+  rm -rf "$out"
+else
+  echo "kernel-matrix: every binary's output and each VM's console log are in $out" >&2
+  exit 1
+fi
