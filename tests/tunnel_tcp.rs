@@ -134,6 +134,20 @@ impl Pair {
     }
 }
 
+/// Whether the receiving [`Decap`] can strip this combination: a change of family (4in6, 6in4)
+/// needs Linux 6.3 (`probe::decap_l3`); before, the case is skipped, saying so (the decap tests
+/// check that such packets are dropped and counted as errors there).
+fn decap_can(what: &str, outer_v6: bool, inner_v6: bool) -> bool {
+    if outer_v6 == inner_v6 || lwtun::probe::decap_l3().is_ok() {
+        return true;
+    }
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("SKIPPED case {what}: the kernel cannot decapsulate across families\n").as_bytes(),
+    );
+    false
+}
+
 fn outer_filter(encap: Encap, outer_v6: bool, inner_v6: bool) -> String {
     let fam = if outer_v6 { "ip6" } else { "ip" };
     match encap {
@@ -156,6 +170,9 @@ fn matrix(encaps: &[Encap], direct: bool) -> Pair {
                     if outer_v6 { "v6" } else { "v4" },
                     if inner_v6 { "v6" } else { "v4" }
                 );
+                if !decap_can(&what, outer_v6, inner_v6) {
+                    continue;
+                }
                 let table = if inner_v6 { INNER6 } else { INNER4 };
                 let before = [p.sent(0, inner_v6), p.sent(1, inner_v6)];
                 let filter = outer_filter(encap, outer_v6, inner_v6);
@@ -381,6 +398,9 @@ fn gre_checksums_on_the_wire_are_right() {
                 if outer_v6 { "v6" } else { "v4" },
                 if inner_v6 { "v6" } else { "v4" }
             );
+            if !decap_can(&what, outer_v6, inner_v6) {
+                continue;
+            }
             let table = if inner_v6 { INNER6 } else { INNER4 };
             let filter = if outer_v6 {
                 "ip6 proto 47"
