@@ -333,11 +333,10 @@ fn peer_key(prefix: &IpNetwork) -> (&'static str, Vec<u8>) {
 /// The decap object for this kernel: with a bpf_loop checksum loop, or (before 5.17) the
 /// variant with a bounded one.
 fn decap_object() -> &'static [u8] {
-    if crate::probe::Feature::BpfLoop.present() {
-        crate::skel::tc_decap::OBJECT
-    } else {
-        crate::skel::tc_decap_compat::OBJECT
-    }
+    crate::program::bpf_loop_variant(
+        crate::skel::tc_decap::OBJECT,
+        crate::skel::tc_decap_compat::OBJECT,
+    )
 }
 
 impl Decap {

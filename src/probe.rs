@@ -1181,44 +1181,6 @@ mod tests {
         }
     }
 
-    /// The seg6local probe agrees with the kernel's own build configuration, where the kernel
-    /// shows it (`/proc/config.gz`; also read from `/boot/config-RELEASE`).
-    #[test]
-    fn seg6local_probe_agrees_with_the_kernel_config() {
-        if !root("seg6local_probe_agrees_with_the_kernel_config") {
-            return;
-        }
-        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        let config = std::process::Command::new("zcat")
-            .arg("/proc/config.gz")
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .or_else(|| std::fs::read_to_string(format!("/boot/config-{}", release.trim())).ok());
-        let Some(config) = config else {
-            eprintln!("SKIPPED seg6local_probe_agrees_with_the_kernel_config: no kernel config");
-            return;
-        };
-        let built = config.lines().any(|l| l == "CONFIG_IPV6_SEG6_BPF=y");
-        assert_eq!(
-            run_probe(Feature::Seg6Local).unwrap(),
-            built,
-            "CONFIG_IPV6_SEG6_BPF=y is {} in the kernel config",
-            if built { "present" } else { "absent" }
-        );
-        match seg6local() {
-            Ok(()) => assert!(built),
-            Err(e) => {
-                assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
-                let text = e.to_string();
-                assert!(text.contains("CONFIG_IPV6_SEG6_BPF"), "{text}");
-                assert!(text.contains("Linux 4.18"), "{text}");
-                assert_eq!(e.hint(), Some(Feature::Seg6Local.instead()));
-            }
-        }
-    }
-
     #[test]
     fn features_print_one_line_each() {
         let f = Features {

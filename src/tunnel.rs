@@ -249,11 +249,10 @@ impl TunnelBuilder {
         let mut open = ObjectBuilder::default()
             .name("lwt_encap")
             .map_err(|e| Error::bpf(op, e))?
-            .open_memory(if crate::probe::Feature::BpfLoop.present() {
-                crate::skel::lwt_encap::OBJECT
-            } else {
-                crate::skel::lwt_encap_compat::OBJECT
-            })
+            .open_memory(crate::program::bpf_loop_variant(
+                crate::skel::lwt_encap::OBJECT,
+                crate::skel::lwt_encap_compat::OBJECT,
+            ))
             .map_err(|e| Error::bpf(op, e))?;
         let mut capacity = self.capacity;
         let mut adopted = false;
