@@ -1,6 +1,8 @@
 //! Tunnel throughput, in one run: plain routing vs lwtun GRE (without and with checksum), IP-in-IP
 //! and UDP encap (with the BPF decap) vs the kernel's seg6 encap (End.DX4 decap) vs a VXLAN
-//! collect_md device (`encap ip id 42`), each between two fresh namespaces joined by a veth pair:
+//! collect_md device (`encap ip id 42`) vs point-to-point kernel `gre` and `ipip` devices (what a
+//! user configures instead, one device per peer), each between two fresh namespaces joined by a
+//! veth pair:
 //!
 //! ```text
 //!  A (inner 10.70.0.1) ── a-b ═══ veth 10.80.0.0/24, fd80::/64 ═══ b-a ── B (service 10.90.0.1)
@@ -15,7 +17,11 @@
 //! rounds and the medians are reported, so that load from elsewhere falls on all modes alike.
 //! Beside the UDP rate: the sending thread's CPU time per datagram (`tx ns/pkt`, with the veth
 //! receive softirq that runs on the same CPU, decap included), and plain routing's figure over
-//! it as a ratio: a cost figure that load from other processes hardly moves.
+//! it as a ratio: a cost figure that load from other processes hardly moves. The last lines put
+//! lwtun's GRE and IP-in-IP beside the kernel device of the same encapsulation (goal: TCP ≥ 1.0,
+//! UDP64 ≥ 0.95). A row whose kernel lacks the feature (seg6, the gre or ipip module) is left
+//! out with a line saying so; `scripts/kernel-matrix.sh --bench tunnel` runs the bench in the
+//! VMs, whose kernels have them.
 //!
 //! Run as root: `cargo bench --bench tunnel` (`LWTUN_BENCH_SECS`, `LWTUN_BENCH_ROUNDS`,
 //! `LWTUN_BENCH_MODES`: a comma-separated list of mode names to run besides plain routing, and
@@ -43,6 +49,9 @@ enum Mode {
     Lwtun(Encap, bool),
     Seg6,
     Vxlan,
+    /// A point-to-point kernel tunnel device of this kind (`gre`, `ipip`) at each end: what a
+    /// user would set up instead of lwtun for one peer.
+    Device(&'static str),
 }
 
 fn name(m: Mode) -> String {
@@ -52,6 +61,7 @@ fn name(m: Mode) -> String {
         Mode::Lwtun(e, true) => format!("lwtun {e} direct"),
         Mode::Seg6 => "seg6 encap (End.DX4)".into(),
         Mode::Vxlan => "vxlan collect_md".into(),
+        Mode::Device(kind) => format!("kernel {kind} device"),
     }
 }
 
@@ -67,6 +77,30 @@ fn ip(ns: &NetNs, args: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Why the kernel cannot create a `kind` tunnel device (tried in a throwaway namespace), if
+/// it cannot.
+fn device_kind_missing(kind: &str) -> Option<String> {
+    let ns = NetNs::create_unique("bt-probe").unwrap();
+    let out = ns
+        .command("ip")
+        .args([
+            "link", "add", "kt", "type", kind, "remote", "10.0.0.1", "local", "10.0.0.2",
+        ])
+        .output()
+        .expect("run ip");
+    let config = if kind == "gre" {
+        "CONFIG_NET_IPGRE"
+    } else {
+        "CONFIG_NET_IPIP"
+    };
+    (!out.status.success()).then(|| {
+        format!(
+            "the kernel has no {kind} devices ({config}): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    })
 }
 
 fn addr(s: &str) -> IpAddr {
@@ -197,6 +231,14 @@ fn pair(mode: Mode) -> Pair {
                         "route add {prefix} encap seg6 mode encap segs fdff::{other} dev {dev} src {own}"
                     ),
                 );
+            }
+            Mode::Device(kind) => {
+                ip(
+                    ns,
+                    &format!("link add kt type {kind} remote {r4} local {l4}"),
+                );
+                ip(ns, "link set kt up");
+                ip(ns, &format!("route add {prefix} dev kt src {own}"));
             }
             Mode::Vxlan => {
                 ip(ns, "link add vx0 type vxlan external dstport 4789");
@@ -385,6 +427,8 @@ fn main() {
         Mode::Lwtun(udp_encap, true),
         Mode::Seg6,
         Mode::Vxlan,
+        Mode::Device("gre"),
+        Mode::Device("ipip"),
     ];
     // LWTUN_BENCH_MODES="lwtun gre,lwtun ipip" keeps those modes (by name) and plain routing;
     // LWTUN_BENCH_NO_PLAIN=1 leaves plain routing out (a profile of one mode alone; the ratios
@@ -407,6 +451,13 @@ fn main() {
                 Ok(()) => true,
                 Err(e) => {
                     println!("left out: {} ({e})", name(m));
+                    false
+                }
+            },
+            Mode::Device(kind) => match device_kind_missing(kind) {
+                None => true,
+                Some(why) => {
+                    println!("left out: {} ({why})", name(m));
                     false
                 }
             },
@@ -456,7 +507,7 @@ fn main() {
         "{:<24} {:>12} {:>8} {:>14} {:>8} {:>10} {:>8}   (medians of {rounds} interleaved rounds of {secs} s)",
         "mode", "TCP Mbit/s", "ratio", "UDP64 pkt/s", "ratio", "tx ns/pkt", "ratio"
     );
-    for (mode, (t, u, c)) in modes.iter().zip(results) {
+    for (mode, &(t, u, c)) in modes.iter().zip(&results) {
         println!(
             "{:<24} {:>12.0} {:>8.2} {:>14.0} {:>8.2} {:>10.0} {:>8.2}",
             name(*mode),
@@ -467,5 +518,22 @@ fn main() {
             c,
             base.2 / c
         );
+    }
+    // lwtun against the device a user would otherwise configure per peer, same encapsulation.
+    for (lwtun_mode, kind) in [
+        (Mode::Lwtun(gre, false), "gre"),
+        (Mode::Lwtun(Encap::Ipip, false), "ipip"),
+    ] {
+        let at = |m: Mode| modes.iter().position(|&x| x == m);
+        if let (Some(l), Some(d)) = (at(lwtun_mode), at(Mode::Device(kind))) {
+            println!(
+                "{} vs {}: TCP {:.2}, UDP64 {:.2}, tx CPU per datagram {:.2} (goal: TCP >= 1.00, UDP64 >= 0.95)",
+                name(lwtun_mode),
+                name(Mode::Device(kind)),
+                results[l].0 / results[d].0,
+                results[l].1 / results[d].1,
+                results[d].2 / results[l].2,
+            );
+        }
     }
 }

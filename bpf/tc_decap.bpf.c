@@ -16,7 +16,9 @@
  *      lwtun's encap sets DF and the route headroom, so a fragment means a broken path MTU; the
  *      stack could not decapsulate it here either. UDP fragments whose port cannot be seen
  *      (offset > 0) are passed, they may belong to any UDP socket.
- *   5. IPv6: no extension headers                                 else UNSUPPORTED (dropped)
+ *   5. IPv6: no extension headers but a Destination Options header with only the Tunnel
+ *      Encapsulation Limit (RFC 2473; the kernel's ip6tnl and ip6gre send it by default)
+ *                                                                 else UNSUPPORTED (dropped)
  *   6. IPv4: the header checksum is right                         else BAD_CSUM (dropped)
  *   7. the outer source is a known peer (LPM `peers_v4/v6`)       else UNKNOWN_PEER (dropped)
  *   8. GRE: version 0, only the C and K flags (RFC 2784/2890; no routing, no sequence numbers,
@@ -26,7 +28,9 @@
  *      (not for GSO aggregates, whose checksums the segmentation writes; not when the config
  *      says LWTUN_DECAP_NO_GRE_CSUM). A packet built on this machine with checksum offload and
  *      looped through a veth may arrive with its inner checksum still partial; gre_csum_ok()
- *      then checks the GRE checksum against the finished inner packet (csum.h);
+ *      then checks the GRE checksum against the finished inner packet (csum.h); a GRE checksum
+ *      field of 0 is one the sender's device was to finish (the kernel's gre devices with
+ *      `csum` send it so through a veth): accepted, the inner checksums left to the stack;
  *      the peer's key when the peer asks for one                  else KEY_MISMATCH (dropped)
  *   9. the inner header is whole and of the announced family      else MALFORMED (dropped)
  *  10. ECN (RFC 6040): outer CE turns an ECT inner packet CE      a not-ECT one: ECN (dropped)
@@ -168,6 +172,24 @@ static __always_inline __s64 gre_hdr_sum(struct __sk_buff *skb, __u32 gre_off, _
 	return csum_range(skb, gre_off, gre_off + len);
 }
 
+/* Whether the GRE checksum field is 0, as the kernel's own gre devices leave it when they hand
+ * the checksum to the device (CHECKSUM_PARTIAL starting at the GRE header): through a veth the
+ * packet arrives with it unfinished (seen from Debian's 6.12 ip_gre with `csum`: field 0, the
+ * bytes summing to anything). The receiving stack trusts such a packet; so does the decap, and
+ * the stack still verifies the inner packet's own checksums (a packet from a wire is never
+ * CHECKSUM_PARTIAL). A field damaged into exactly 0 on a wire gets through the same way. */
+static __always_inline int gre_csum_unfinished(struct __sk_buff *skb, __u32 gre_off)
+{
+	__u16 field;
+
+	if (bpf_skb_load_bytes(skb, gre_off + 4, &field, 2) < 0)
+		return 0;
+	if (field)
+		return 0;
+	bpf_csum_level(skb, BPF_CSUM_LEVEL_RESET);
+	return 1;
+}
+
 static __always_inline int gre_csum_ok(struct __sk_buff *skb, __u32 gre_off, __u32 inner_off,
 				       __u32 end)
 {
@@ -184,7 +206,9 @@ static __always_inline int gre_csum_ok(struct __sk_buff *skb, __u32 gre_off, __u
 		}
 	}
 	all = csum_range(skb, gre_off, end);
-	return all >= 0 && csum_fold64(all) == 0xffff;
+	if (all >= 0 && csum_fold64(all) == 0xffff)
+		return 1;
+	return gre_csum_unfinished(skb, gre_off);
 }
 
 /* IPv4 header checksum over ihl words, straight from the packet. */
@@ -212,6 +236,19 @@ static __always_inline int ipv4_csum_ok(struct iphdr *iph, void *data_end)
 		sum += w[i];
 	}
 	return csum_fold_partial(sum) == 0xffff;
+}
+
+/* Whether the 8-byte IPv6 extension header at h (in reach) is a Destination Options header
+ * holding only the Tunnel Encapsulation Limit option and padding (RFC 2473 4.1.1): what the
+ * kernel's own ip6tnl and ip6gre devices put before every packet unless configured with
+ * `encaplimit none`, as [next header, 0, 4, 1, limit, 1, 1, 0] (PadN) or with three Pad1.
+ * Such a header is skipped (the limit matters to a node that would encapsulate again); any other
+ * option is UNSUPPORTED, as the kernel's ip6_tnl would parse it. */
+static __always_inline int tunnel_limit_only(__u8 *h)
+{
+	if (h[1] != 0 || h[2] != 4 || h[3] != 1)
+		return 0;
+	return (h[5] == 1 && h[6] == 1 && h[7] == 0) || (h[5] == 0 && h[6] == 0 && h[7] == 0);
 }
 
 SEC("tc")
@@ -307,7 +344,8 @@ int decap_tc(struct __sk_buff *skb)
 				nh = h[0];
 				off += 8;
 			} else {
-				o.ext = 1;
+				if (!(nh == IPPROTO_DSTOPTS && tunnel_limit_only(h)))
+					o.ext = 1;
 				nh = h[0];
 				off += ((__u32)h[1] + 1) * 8;
 			}

@@ -6,9 +6,12 @@
 # to be: bpffs, /run/netns, /dev/net/tun, no fallback tunnel devices in new namespaces, and the
 # kernel's config where libbpf looks for it (/boot/config-RELEASE, on a tmpfs).
 #
-#   kernel-matrix-guest.sh LIST OUT COLUMN
+#   kernel-matrix-guest.sh LIST OUT COLUMN [bench]
+#
+# With "bench", LIST names bench binaries (harness = false): each runs once, without
+# arguments, with the LWTUN_BENCH_* variables of LIST's folder's bench.env.
 set -uo pipefail
-list=$1 out=$2 column=$3
+list=$1 out=$2 column=$3 mode=${4:-test}
 mkdir -p "$out"
 if [ "$column" != host ]; then
   cache=$(sed -n 's/^cache=//p' "$(dirname "$list")/env")
@@ -42,6 +45,16 @@ export CI=true
 [ "$column" = host ] || export LWTUN_TEST_TIME_SCALE=${LWTUN_TEST_TIME_SCALE:-10}
 # A binary gets this long before it is stopped (TCG runs everything many times slower).
 limit=${LWTUN_MATRIX_BINARY_TIMEOUT:-1500}
+if [ "$mode" = bench ]; then
+  # shellcheck disable=SC1091
+  . "$(dirname "$list")/bench.env"
+  while read -r name exe; do
+    timeout "$limit" "$exe" >"$out/$name.log" 2>&1
+    echo "exit $? " >>"$out/$name.log"
+  done <"$list"
+  sync
+  exit 0
+fi
 while read -r name exe; do
   [ -n "$name" ] || continue
   "$exe" --list >"$out/$name.list" 2>/dev/null

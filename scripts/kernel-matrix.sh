@@ -9,6 +9,10 @@
 #   ./scripts/kernel-matrix.sh --full     every test binary
 #   ./scripts/kernel-matrix.sh --kernels "6.1 6.12" --tests "probe tunnel_test_run"
 #   ./scripts/kernel-matrix.sh --prepare  only install the tools and unpack the kernels
+#   ./scripts/kernel-matrix.sh --bench tunnel --kernels 6.12
+#                                         runs benches/tunnel.rs in the VMs instead (its
+#                                         LWTUN_BENCH_* variables travel along) and prints
+#                                         its tables; no test runs, no coverage table
 #
 # What it installs by itself (Debian 12): qemu-system-x86, busybox-static, udev, kmod,
 # python3-venv; virtme-ng from PyPI in a venv; Debian's own kernel images (bullseye's 5.10,
@@ -29,20 +33,24 @@ full=0
 prepare=0
 kernels="5.10 6.1 6.12"
 only=""
+bench=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --full) full=1 ;;
     --prepare) prepare=1 ;;
     --kernels) kernels=$2; shift ;;
     --tests) only=$2; shift ;;
-    *) echo "usage: $0 [--full | --prepare] [--kernels \"5.10 6.1 6.12\"] [--tests \"BIN ...\"]" >&2; exit 2 ;;
+    --bench) bench=$2; shift ;;
+    *) echo "usage: $0 [--full | --prepare | --bench NAME] [--kernels \"5.10 6.1 6.12\"] [--tests \"BIN ...\"]" >&2; exit 2 ;;
   esac
   shift
 done
 
 # The curated set: every test binary that verifies or test-runs programs (fast, where older
-# kernels differ most), and a few that send traffic through namespaces.
-curated="probe route tunnel_test_run decap_test_run seg6_test_run xdp_programs tc_attach"
+# kernels differ most), a few that send traffic through namespaces, and those whose kernel
+# modules only the VMs have (interop with the kernel's own tunnels, redirects into collect_md
+# gre/ipip devices): they skip on a host without them, and must pass somewhere.
+curated="probe route tunnel_test_run decap_test_run seg6_test_run xdp_programs tc_attach interop tc_redirect"
 if [ -n "$only" ]; then
   wanted=$only
 elif [ "$full" = 1 ]; then
@@ -129,9 +137,8 @@ if [ "$prepare" = 1 ]; then
   exit 0
 fi
 
-# ---- test binaries, built once on the host ----
-echo "kernel-matrix: building the test binaries"
-bins=$(cargo test --no-run --tests --message-format=json 2>/dev/null |
+# "name path" of every executable of target kind KIND (test, bench) in cargo's JSON messages.
+executables() { # KIND
   python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -139,9 +146,39 @@ for line in sys.stdin:
         m = json.loads(line)
     except ValueError:
         continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == [sys.argv[1]]:
         print(m["target"]["name"], m["executable"])
-')
+' "$1"
+}
+
+# ---- a bench in the VMs ----
+if [ -n "$bench" ]; then
+  echo "kernel-matrix: building bench $bench"
+  exe=$(cargo bench --no-run --bench "$bench" --message-format=json 2>/dev/null | executables bench |
+    awk '{print $2}')
+  [ -n "$exe" ] || { echo "kernel-matrix: no bench named $bench" >&2; exit 1; }
+  out=$(mktemp -d /tmp/lwtun-bench.XXXXXX)
+  echo "cache=$cache" >"$out/env"
+  echo "$bench $exe" >"$out/bins"
+  for v in ${!LWTUN_BENCH_@}; do printf 'export %s=%q\n' "$v" "${!v}"; done >"$out/bench.env"
+  for k in $kernels; do
+    image=$(kernel_image "$k")
+    mkdir -p "$out/$k"
+    echo "kernel-matrix: bench $bench on $(basename "$image") (TCG)"
+    PATH="$venv/bin:$PATH" timeout 2400 "$venv/bin/vng" --disable-kvm --force-9p --run "$image" --cpus 2 --memory 3G \
+      --rwdir "$out" --overlay-rwdir "$root" \
+      --exec "$root/scripts/kernel-matrix-guest.sh $out/bins $out/$k $k bench" \
+      >"$out/$k/console.log" 2>&1 || echo "kernel-matrix: the $k VM exited with $?" >>"$out/$k/console.log"
+    echo "== $bench on Linux $(sed -n 's/^kernel //p' "$out/$k/guest-info" 2>/dev/null) (qemu TCG, 2 vCPUs) =="
+    cat "$out/$k/$bench.log" 2>/dev/null || { cat "$out/$k/console.log"; exit 1; }
+  done
+  rm -rf "$out"
+  exit 0
+fi
+
+# ---- test binaries, built once on the host ----
+echo "kernel-matrix: building the test binaries"
+bins=$(cargo test --no-run --tests --message-format=json 2>/dev/null | executables test)
 out=$(mktemp -d /tmp/lwtun-matrix.XXXXXX)
 echo "cache=$cache" >"$out/env"
 list=$out/bins

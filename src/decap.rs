@@ -22,8 +22,10 @@
 //! in [`DecapCounters`]. In short: outer fragments are dropped (lwtun's encap sets DF and the
 //! route headroom, so a fragment means a broken path MTU), GRE must be version 0 with at most the
 //! checksum and key flags, a GRE checksum is verified (also for locally sent packets whose inner
-//! checksum is still partial: see [`Decap::set_verify_gre_checksum`]), IPv6 extension headers on tunnel packets
-//! are refused. ECN follows RFC 6040 as the kernel's own tunnels do: an outer CE mark is copied
+//! checksum is still partial: see [`Decap::set_verify_gre_checksum`]), IPv6 extension headers on
+//! tunnel packets are refused but for the Tunnel Encapsulation Limit the kernel's ip6tnl and
+//! ip6gre send by default. `tests/interop.rs` runs it against the kernel's own ipip, sit, gre,
+//! ip6gre, ip6tnl and fou senders. ECN follows RFC 6040 as the kernel's own tunnels do: an outer CE mark is copied
 //! to an ECN-capable inner packet, and a not-ECN-capable inner packet under an outer CE is dropped.
 //!
 //! The inner packet continues up the stack from tc ingress (`TC_ACT_OK`): the kernel reads the
@@ -95,7 +97,9 @@ pub struct DecapCounters {
     /// GRE key missing or different from the one the peer must use: dropped.
     pub key_mismatch: Counter,
     /// What lwtun never sends (GRE version 1, routing, sequence numbers, other GRE protocol
-    /// types; outer IPv6 extension headers): dropped.
+    /// types; outer IPv6 extension headers, but for a Destination Options header holding only
+    /// the Tunnel Encapsulation Limit, which the kernel's ip6tnl and ip6gre send by default
+    /// and which is skipped): dropped.
     pub unsupported: Counter,
     /// The kernel refused to remove the header (`bpf_skb_adjust_room` failed): dropped.
     pub error: Counter,
@@ -734,6 +738,9 @@ impl Decap {
     /// through a veth arrives with its inner checksum still partial; for TCP, UDP and ICMP the
     /// decap then checks the GRE checksum against the finished inner packet and has the stack
     /// verify the inner checksum itself (`bpf/csum.h`), so such senders need no exception.
+    /// A GRE checksum field of 0 is one the sender left for its device to finish (the kernel's
+    /// own gre devices with `csum` do, and through a veth it arrives so): it is accepted, the
+    /// inner checksums left to the stack, as the kernel's own receiver does.
     /// Turning verification off saves the per-packet sum; the inner packet's own checksums are
     /// verified by the stack either way.
     ///

@@ -22,6 +22,8 @@
 //! | [`decap_l3`] | `bpf_skb_adjust_room` with `BPF_F_ADJ_ROOM_DECAP_L3_*` | 6.3 |
 //! | [`bpf_loop`] | the `bpf_loop` helper (else bounded-loop object variants) | 5.17 |
 //! | [`Feature::XdpTestRunContext`] | XDP test runs with an `xdp_md` context | 5.15 |
+//! | [`Feature::XdpLoadBytes`] | the `bpf_xdp_load_bytes` helper (XDP capture) | 5.18 |
+//! | [`Feature::TunnelKeyLocal`] | an outer source in `bpf_skb_set_tunnel_key` | 6.0 |
 //! | [`seg6local`] | `lwt_seg6local` programs, End.BPF routes (`CONFIG_IPV6_SEG6_BPF`) | 4.18 |
 //!
 //! # Examples
@@ -97,11 +99,20 @@ pub enum Feature {
     /// lookup needs: [`XdpProgram::test_run_repeat`](crate::xdp::XdpProgram::test_run_repeat)
     /// with an ingress device.
     XdpTestRunContext,
+    /// The `bpf_xdp_load_bytes` helper, with which a capture at an XDP chain's exit copies
+    /// the packet ([`Capture`](crate::capture::Capture) on [`ChainHook::Xdp`]).
+    ///
+    /// [`ChainHook::Xdp`]: crate::chain::ChainHook::Xdp
+    #[doc(alias = "bpf_xdp_load_bytes")]
+    XdpLoadBytes,
+    /// An outer source address in `bpf_skb_set_tunnel_key` (`local_ipv4`/`local_ipv6`), which
+    /// [`TunnelKey::local`](crate::tunnel_redirect::TunnelKey::local) needs.
+    TunnelKeyLocal,
 }
 
 impl Feature {
     /// Every feature, in the order [`Features`] prints them.
-    pub const ALL: [Feature; 10] = [
+    pub const ALL: [Feature; 12] = [
         Feature::LwtRoutes,
         Feature::LwtEncapIp,
         Feature::XdpLink,
@@ -112,6 +123,8 @@ impl Feature {
         Feature::DecapL3,
         Feature::BpfLoop,
         Feature::XdpTestRunContext,
+        Feature::XdpLoadBytes,
+        Feature::TunnelKeyLocal,
     ];
 
     /// What the feature is, in the words an error uses.
@@ -135,6 +148,10 @@ impl Feature {
             }
             Feature::BpfLoop => "the bpf_loop helper",
             Feature::XdpTestRunContext => "XDP test runs with an xdp_md context (ingress device)",
+            Feature::XdpLoadBytes => "the bpf_xdp_load_bytes helper",
+            Feature::TunnelKeyLocal => {
+                "an outer source address in bpf_skb_set_tunnel_key (local_ipv4/local_ipv6)"
+            }
         }
     }
 
@@ -171,6 +188,14 @@ impl Feature {
             Feature::XdpTestRunContext => {
                 "test-run without an ingress device, or attach the program and send real traffic"
             }
+            Feature::XdpLoadBytes => {
+                "capture on a tc chain (ChainHook::Tc) of the same device instead, or with \
+                 tcpdump"
+            }
+            Feature::TunnelKeyLocal => {
+                "leave TunnelKey::local unset: the route to the remote then chooses the outer \
+                 source (give the underlay device the address to use)"
+            }
         }
     }
 
@@ -187,6 +212,8 @@ impl Feature {
             Feature::DecapL3 => "6.3",
             Feature::BpfLoop => "5.17",
             Feature::XdpTestRunContext => "5.15",
+            Feature::XdpLoadBytes => "5.18",
+            Feature::TunnelKeyLocal => "6.0",
         }
     }
 
@@ -241,6 +268,8 @@ impl Feature {
             Feature::DecapL3 => "probe BPF_F_ADJ_ROOM_DECAP_L3",
             Feature::BpfLoop => "probe bpf_loop",
             Feature::XdpTestRunContext => "probe XDP test runs with a context",
+            Feature::XdpLoadBytes => "probe bpf_xdp_load_bytes",
+            Feature::TunnelKeyLocal => "probe bpf_skb_set_tunnel_key with a local address",
         }
     }
 }
@@ -272,6 +301,8 @@ impl Known {
 }
 
 static CACHE: [OnceLock<Known>; Feature::ALL.len()] = [
+    OnceLock::new(),
+    OnceLock::new(),
     OnceLock::new(),
     OnceLock::new(),
     OnceLock::new(),
@@ -463,6 +494,10 @@ pub struct Features {
     pub bpf_loop: Support,
     /// [`Feature::XdpTestRunContext`].
     pub xdp_test_run_context: Support,
+    /// [`Feature::XdpLoadBytes`].
+    pub xdp_load_bytes: Support,
+    /// [`Feature::TunnelKeyLocal`].
+    pub tunnel_key_local: Support,
 }
 
 impl Features {
@@ -484,6 +519,8 @@ impl Features {
             decap_l3: get(Feature::DecapL3),
             bpf_loop: get(Feature::BpfLoop),
             xdp_test_run_context: get(Feature::XdpTestRunContext),
+            xdp_load_bytes: get(Feature::XdpLoadBytes),
+            tunnel_key_local: get(Feature::TunnelKeyLocal),
         }
     }
 
@@ -500,6 +537,8 @@ impl Features {
             Feature::DecapL3 => &self.decap_l3,
             Feature::BpfLoop => &self.bpf_loop,
             Feature::XdpTestRunContext => &self.xdp_test_run_context,
+            Feature::XdpLoadBytes => &self.xdp_load_bytes,
+            Feature::TunnelKeyLocal => &self.tunnel_key_local,
         }
     }
 }
@@ -664,6 +703,15 @@ fn run_probe(feature: Feature) -> Result<bool> {
         }
         Feature::DecapL3 => probe_decap_l3(op),
         Feature::XdpTestRunContext => probe_xdp_on_loopback(op, XDP_PASS, 0),
+        Feature::TunnelKeyLocal => probe_tunnel_key_local(op),
+        Feature::XdpLoadBytes => {
+            if !prog_type_supported(op, ProgramType::Xdp)? {
+                return Ok(false);
+            }
+            ProgramType::Xdp
+                .is_helper_supported(sys::BPF_FUNC_xdp_load_bytes)
+                .map_err(|e| Error::bpf(op, e))
+        }
         Feature::BpfLoop => {
             if !prog_type_supported(op, ProgramType::SchedCls)? {
                 return Ok(false);
@@ -706,8 +754,25 @@ fn insn(code: u8, dst: u8, imm: i32) -> sys::bpf_insn {
     }
 }
 
+/// An instruction with every field given.
+fn insn_full(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> sys::bpf_insn {
+    sys::bpf_insn {
+        code,
+        _bitfield_align_1: [],
+        _bitfield_1: sys::bpf_insn::new_bitfield_1(dst, src),
+        off,
+        imm,
+    }
+}
+
 /// `BPF_ALU64 | BPF_MOV | BPF_K`: `dst = imm`.
 const MOV64_IMM: u8 = 0xb7;
+/// `BPF_ALU64 | BPF_MOV | BPF_X`: `dst = src`.
+const MOV64_REG: u8 = 0xbf;
+/// `BPF_ALU64 | BPF_ADD | BPF_K`: `dst += imm`.
+const ADD64_IMM: u8 = 0x07;
+/// `BPF_ST | BPF_MEM | BPF_DW`: `*(u64 *)(dst + off) = imm`.
+const ST_MEM_DW: u8 = 0x7a;
 /// `BPF_JMP | BPF_CALL`: call helper `imm`.
 const CALL: u8 = 0x85;
 /// `BPF_JMP | BPF_EXIT`.
@@ -751,10 +816,8 @@ fn probe_decap_l3(op: &str) -> Result<bool> {
         insn(CALL, 0, sys::BPF_FUNC_skb_adjust_room as i32),
         insn(EXIT, 0, 0),
     ];
-    let prog = match load_insns(op, sys::BPF_PROG_TYPE_SCHED_CLS, &insns) {
-        Ok(p) => p,
-        Err(e) if means_unsupported(e.errno()) => return Ok(false),
-        Err(e) => return Err(e),
+    let Some(prog) = load_tc_or_unknown(op, &insns)? else {
+        return Ok(false);
     };
     // Ethernet (IPv6), an IPv6 header (next header 4), an IPv4 header and 60 bytes: the
     // packet left after the strip is longer than an IPv6 header, as the helper wants.
@@ -765,16 +828,58 @@ fn probe_decap_l3(op: &str) -> Result<bool> {
     frame.extend_from_slice(&[0x45, 0, 0, 80, 0, 0, 0x40, 0, 64, 17, 0, 0]);
     frame.extend_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2]);
     frame.resize(frame.len() + 60, 0);
+    Ok(test_run_retval(op, &prog, &frame)? == 0)
+}
+
+/// Sets a tunnel key of the full 6.0 size (`struct bpf_tunnel_key` with `local_ipv6`, 44
+/// bytes) from a `tc` program in a test run: older kernels answer EINVAL for the size.
+fn probe_tunnel_key_local(op: &str) -> Result<bool> {
+    const KEY_SIZE: i32 = 44;
+    let mut insns = Vec::new();
+    // the key on the stack, zeroed: *(u64 *)(r10 - 8k) = 0 for k = 1..=6
+    for k in 1..=6i16 {
+        insns.push(insn_full(ST_MEM_DW, 10, 0, -8 * k, 0));
+    }
+    insns.extend([
+        insn_full(MOV64_REG, 2, 10, 0, 0),
+        insn(ADD64_IMM, 2, -48),
+        insn(MOV64_IMM, 3, KEY_SIZE),
+        insn(MOV64_IMM, 4, 0),
+        insn(CALL, 0, sys::BPF_FUNC_skb_set_tunnel_key as i32),
+        insn(EXIT, 0, 0),
+    ]);
+    let Some(prog) = load_tc_or_unknown(op, &insns)? else {
+        return Ok(false);
+    };
+    // Ethernet (IPv4) and an IPv4 header.
+    let mut frame = vec![0u8; 12];
+    frame.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 20, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+    frame.extend_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2]);
+    Ok(test_run_retval(op, &prog, &frame)? == 0)
+}
+
+/// Loads `insns` as a `tc` program; `None` when the kernel refuses it as unknown (a helper or
+/// size it does not have).
+fn load_tc_or_unknown(op: &str, insns: &[sys::bpf_insn]) -> Result<Option<OwnedFd>> {
+    match load_insns(op, sys::BPF_PROG_TYPE_SCHED_CLS, insns) {
+        Ok(p) => Ok(Some(p)),
+        Err(e) if means_unsupported(e.errno()) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// One test run of `prog` over `frame`; its return value.
+fn test_run_retval(op: &str, prog: &OwnedFd, frame: &[u8]) -> Result<u32> {
     let run = crate::program::test_run_raw(
-        std::os::fd::AsFd::as_fd(&prog),
+        std::os::fd::AsFd::as_fd(prog),
         crate::program::TestRunArgs {
-            data: &frame,
+            data: frame,
             repeat: 1,
             ..Default::default()
         },
     )
     .map_err(|errno| Error::io(op, io::Error::from_raw_os_error(errno)))?;
-    Ok(run.retval == 0)
+    Ok(run.retval)
 }
 
 /// Turns libbpf's `fd or -errno` into an owned fd or an error.
@@ -1194,6 +1299,8 @@ mod tests {
             decap_l3: Support::Yes,
             bpf_loop: Support::Yes,
             xdp_test_run_context: Support::Yes,
+            xdp_load_bytes: Support::No,
+            tunnel_key_local: Support::Yes,
         };
         let text = f.to_string();
         assert_eq!(text.lines().count(), Feature::ALL.len(), "{text}");

@@ -11,7 +11,7 @@
 //! (type, key and value size, entries): [`InnerSpec`] reads it from a map of the template's kind.
 
 use std::fmt;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd};
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapInfo, MapType};
 
@@ -30,6 +30,34 @@ pub struct InnerSpec {
     pub max_entries: u32,
     /// Map flags (BPF_F_NO_PREALLOC for LPM tries, for example).
     pub flags: u32,
+    /// The BTF types of keys and values, which new tables carry too: the kernel compares them
+    /// when a table is swapped in (6.1 refuses, with EINVAL, a table without BTF where the
+    /// template has it), and bpftool prints the entries by field.
+    pub btf: Option<InnerBtf>,
+}
+
+/// The BTF description of an inner table's keys and values: a loaded BTF object (by id) and the
+/// type ids in it, as `bpf_map_info` reports them for a map an object created.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::os::fd::AsFd;
+/// # let map: libbpf_rs::MapHandle = todo!();
+/// let spec = lwtun::table::InnerSpec::of(map.as_fd())?;
+/// if let Some(btf) = spec.btf {
+///     println!("values are type {} of BTF object {}", btf.value_type_id, btf.btf_id);
+/// }
+/// # Ok::<(), lwtun::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InnerBtf {
+    /// The BTF object's id.
+    pub btf_id: u32,
+    /// The key's type id in it (0: none).
+    pub key_type_id: u32,
+    /// The value's type id in it.
+    pub value_type_id: u32,
 }
 
 impl InnerSpec {
@@ -46,6 +74,11 @@ impl InnerSpec {
             value_size: info.info.value_size,
             max_entries: info.info.max_entries,
             flags: info.info.map_flags,
+            btf: (info.info.btf_id != 0 && info.info.btf_value_type_id != 0).then_some(InnerBtf {
+                btf_id: info.info.btf_id,
+                key_type_id: info.info.btf_key_type_id,
+                value_type_id: info.info.btf_value_type_id,
+            }),
         })
     }
 
@@ -55,10 +88,29 @@ impl InnerSpec {
     ///
     /// Permission without CAP_BPF; the kernel's error otherwise.
     pub fn create(&self, name: &str) -> Result<Table> {
-        let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
+        let mut opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
             sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
             map_flags: self.flags,
             ..Default::default()
+        };
+        // Held until the map exists (the kernel takes its own reference).
+        let btf_fd = match self.btf {
+            Some(btf) => {
+                // SAFETY: plain syscall wrapper; a negative return is an error, else a new fd.
+                let fd = unsafe { libbpf_rs::libbpf_sys::bpf_btf_get_fd_by_id(btf.btf_id) };
+                if fd < 0 {
+                    return Err(Error::io(
+                        format!("open BTF object {} for table {name}", btf.btf_id),
+                        std::io::Error::from_raw_os_error(-fd),
+                    ));
+                }
+                opts.btf_fd = fd as u32;
+                opts.btf_key_type_id = btf.key_type_id;
+                opts.btf_value_type_id = btf.value_type_id;
+                // SAFETY: fd is a new descriptor that nothing else owns.
+                Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+            }
+            None => None,
         };
         let handle = MapHandle::create(
             self.map_type,
@@ -69,6 +121,7 @@ impl InnerSpec {
             &opts,
         )
         .map_err(|e| Error::bpf("create table", e).with_object(name.to_string()))?;
+        drop(btf_fd);
         Ok(Table {
             handle,
             spec: *self,
@@ -201,7 +254,9 @@ pub enum OuterKind {
 /// use lwtun::table::{InnerSpec, MapOfMaps};
 /// use libbpf_rs::MapType;
 ///
-/// let spec = InnerSpec { map_type: MapType::Hash, key_size: 4, value_size: 8, max_entries: 1024, flags: 0 };
+/// let spec = InnerSpec {
+///     map_type: MapType::Hash, key_size: 4, value_size: 8, max_entries: 1024, flags: 0, btf: None,
+/// };
 /// let outer = MapOfMaps::create_array("fwd", &spec, 1)?;
 /// let next = spec.create("fwd_v2")?;
 /// next.insert(&[10, 0, 0, 1], &[1, 0, 0, 0, 0, 0, 0, 0])?;

@@ -87,9 +87,12 @@ use crate::tc::{TcAttach, TcAttachment, TcDirection};
 pub const DEFAULT_CAPACITY: u32 = 4096;
 /// The largest headroom an LWT route takes (`LWT_BPF_MAX_HEADROOM`).
 pub const MAX_HEADROOM: u32 = 256;
-/// The headroom of a route when the table has no peers yet: an IPv6 outer header with a keyed
-/// GRE header (the longest header lwtun pushes).
-pub const WORST_CASE_ENCAP: u32 = 48;
+/// The headroom of a route when the table has no peers yet: an IPv6 outer header (40 bytes)
+/// with a GRE header carrying checksum and key (12), the longest header lwtun pushes.
+///
+/// (It was 48 before 0.2, four bytes short for GRE with checksum and key over IPv6: on Linux 6.1
+/// full-size TCP segments of such a peer were then dropped after the encap.)
+pub const WORST_CASE_ENCAP: u32 = 52;
 
 /// Options of a [`Tunnel`]: capacity and miss policies.
 ///

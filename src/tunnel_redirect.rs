@@ -83,7 +83,13 @@ bitflags::bitflags! {
     /// Flags of a tunnel key (`bpf_skb_set_tunnel_key`'s `BPF_F_*`).
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
     pub struct TunnelKeyFlags: u32 {
-        /// Send the outer UDP checksum as zero (`BPF_F_ZERO_CSUM_TX`).
+        /// Send no outer checksum (`BPF_F_ZERO_CSUM_TX`): a zero UDP checksum for
+        /// VXLAN/Geneve/FOU, and no GRE checksum field for GRE.
+        ///
+        /// Without it the kernel adds one, and for GRE that must match the far end: a kernel
+        /// gre device configured without `csum` (the default of `ip link add ... type gre`)
+        /// drops GRE packets that carry a checksum (counting them as `rx_crc_errors`), and
+        /// one with `csum` drops those that do not. Set it towards such plain devices.
         const ZERO_CSUM_TX = 1 << 1;
         /// Set DF on the outer IPv4 header (`BPF_F_DONT_FRAGMENT`).
         const DONT_FRAGMENT = 1 << 2;
@@ -517,7 +523,10 @@ impl TunnelRedirect {
     ///
     /// InvalidInput for a target that is not a collect_md tunnel device (or is a tunnel of the
     /// other address family), a missing inner MAC, a TTL/label out of range, or a full family;
-    /// NotFound for an unknown device.
+    /// NotFound for an unknown device; Unsupported for a key with an outer source
+    /// ([`TunnelKey::local`]) on a kernel before 6.0 ([`Feature::TunnelKeyLocal`]).
+    ///
+    /// [`Feature::TunnelKeyLocal`]: crate::probe::Feature::TunnelKeyLocal
     pub fn set_rule(&mut self, nl: &mut Netlink, rule: RedirectRule) -> Result<()> {
         let mut rule = rule;
         rule.prefix = normalize(rule.prefix);
@@ -535,6 +544,11 @@ impl TunnelRedirect {
                 )
                 .with_object(object));
             }
+        }
+        if rule.key.local.is_some() {
+            crate::probe::Feature::TunnelKeyLocal
+                .require("set a redirect rule with an outer source")
+                .map_err(|e| e.with_object(object.clone()))?;
         }
         let link = nl
             .link_by_index(rule.device)

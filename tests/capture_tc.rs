@@ -128,7 +128,12 @@ fn tc_ingress_capture_shows_ethernet_and_icmp() {
 
 #[test]
 fn xdp_capture_records_the_verdict() {
-    if !common::privileged("xdp_capture_records_the_verdict") {
+    if !common::privileged("xdp_capture_records_the_verdict")
+        || !common::kernel_has(
+            "xdp_capture_records_the_verdict",
+            lwtun::probe::Feature::XdpLoadBytes,
+        )
+    {
         return;
     }
     let net = common::two_hosts();
@@ -179,4 +184,29 @@ fn xdp_capture_records_the_verdict() {
         .all(|p| p.verdict == 1));
     assert!(dropped.iter().filter(|p| icmp.matches(p)).count() >= 2);
     att.detach().unwrap();
+}
+
+/// Where the kernel has no `bpf_xdp_load_bytes` (before 5.18), an XDP capture is refused as
+/// Unsupported, naming the helper and what to do instead; elsewhere it loads.
+#[test]
+fn xdp_capture_is_unsupported_without_xdp_load_bytes() {
+    if !common::privileged("xdp_capture_is_unsupported_without_xdp_load_bytes") {
+        return;
+    }
+    let chain = ProgChain::new(ChainHook::Xdp).unwrap();
+    let loaded = Capture::load(&chain, CaptureOptions::default());
+    match lwtun::probe::Feature::XdpLoadBytes.check() {
+        Ok(()) => {
+            loaded.unwrap();
+        }
+        Err(_) => {
+            let e = loaded.unwrap_err();
+            assert_eq!(e.kind(), lwtun::ErrorKind::Unsupported, "{e}");
+            assert!(e.to_string().contains("bpf_xdp_load_bytes"), "{e}");
+            assert!(
+                e.hint().is_some_and(|h| h.contains("ChainHook::Tc")),
+                "{e:?}"
+            );
+        }
+    }
 }

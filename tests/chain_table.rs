@@ -47,6 +47,17 @@ fn forwarding_table_swaps_whole_under_traffic_without_loss() {
         t
     };
     let v1 = build(1);
+    // A new table carries the BTF of the one loaded in place (the kernel compares it at the
+    // swap; bpftool prints entries by field with it).
+    let shown = std::process::Command::new("bpftool")
+        .args(["-j", "map", "show", "id", &v1.id().unwrap().to_string()])
+        .output()
+        .unwrap();
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert!(
+        shown["btf_id"].as_u64().is_some_and(|id| id > 0),
+        "a new table has BTF: {shown}"
+    );
     let initial = stage.current().unwrap();
     assert_eq!(
         stage.swap(&v1).unwrap(),
@@ -141,6 +152,7 @@ fn maps_of_maps_are_typed_and_refuse_mismatches() {
         value_size: 8,
         max_entries: 16,
         flags: 0,
+        btf: None,
     };
     let by_peer = MapOfMaps::create_hash("lwtun_t_hom", 16, &spec, 8).unwrap();
     assert_eq!(by_peer.kind(), OuterKind::Hash);

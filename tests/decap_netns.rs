@@ -580,7 +580,7 @@ fn tcp_through_lwtun_encap_is_decapsulated_and_forwarded() {
         .route(prefix)
         .device(&underlay)
         .source(ov4(0).into())
-        .headroom(48);
+        .headroom(lwtun::tunnel::WORST_CASE_ENCAP);
     tunnel.steer(&mut nl, route).unwrap();
 
     for encap in [

@@ -99,11 +99,15 @@ fn packets(c: &DecapCounters) -> [u64; 12] {
 fn cross_family(frame: &[u8]) -> bool {
     let at = |i: usize| frame.get(i).copied().unwrap_or(0);
     let outer_v6 = at(12) == 0x86 && at(13) == 0xdd;
-    let (proto, l4) = if outer_v6 {
+    let (mut proto, mut l4) = if outer_v6 {
         (at(14 + 6), 14 + 40)
     } else {
         (at(14 + 9), 14 + usize::from(at(14) & 0xf) * 4)
     };
+    if outer_v6 && proto == 60 {
+        // a Destination Options header (the tunnel encapsulation limit) before the tunnel
+        (proto, l4) = (at(l4), l4 + (usize::from(at(l4 + 1)) + 1) * 8);
+    }
     let inner_v6 = match proto {
         4 => false,
         41 => true,
@@ -262,6 +266,36 @@ fn decapsulates_every_kind_lwtun_sends() {
                 LOCAL4,
                 IPPROTO_GRE,
                 &gre(0x0800, Some(KEY), true, &i4),
+            ),
+            &i4,
+            0x0800,
+            "gre",
+        ),
+        (
+            // what the kernel's ip6tnl sends by default: a Destination Options header with
+            // the Tunnel Encapsulation Limit (4) and PadN
+            "ipip 6in6 after a tunnel encapsulation limit",
+            outer6(
+                peer6(),
+                local6(),
+                60,
+                &[&[IPPROTO_IPV6, 0, 4, 1, 4, 1, 1, 0][..], &i6].concat(),
+            ),
+            &i6,
+            0x86dd,
+            "ipip",
+        ),
+        (
+            "gre 4in6 after a tunnel encapsulation limit (Pad1s)",
+            outer6(
+                peer6(),
+                local6(),
+                60,
+                &[
+                    &[IPPROTO_GRE, 0, 4, 1, 0, 0, 0, 0][..],
+                    &gre(0x0800, None, false, &i4),
+                ]
+                .concat(),
             ),
             &i4,
             0x0800,
@@ -1000,4 +1034,69 @@ fn gre_checksum_of_a_packet_with_a_partial_inner_checksum() {
         wrong[4] ^= 0x01;
         run(&d, &what, &frame(&wrong), TC_ACT_SHOT, "bad_checksum");
     }
+}
+
+/// The kernel's own gre device with `csum` (`ip link add kt type gre ... key 42 csum`) leaves the
+/// GRE checksum to the device, and through a veth it arrives unfinished: the field is 0 and the
+/// bytes do not sum right. This frame is one such packet as tcpdump saw it on Debian's 6.12 (an
+/// echo request 10.20.0.2 -> 10.30.0.1 inside 10.77.0.2 -> 10.77.0.1, key 42). The decap accepts
+/// it, as the kernel's own receiver does, while a nonzero wrong checksum is still dropped.
+#[test]
+fn an_unfinished_gre_checksum_from_a_kernel_gre_device_is_accepted() {
+    if !common::privileged("an_unfinished_gre_checksum_from_a_kernel_gre_device_is_accepted") {
+        return;
+    }
+    let frame = common::unhex(&[
+        "5647 8643 2635 361f d082 1b2b 0800 4500",
+        "0074 7a9d 4000 402f ab21 0a4d 0002 0a4d",
+        "0001 a000 0800 0000 0000 0000 002a 4500",
+        "0054 d295 4000 4001 53df 0a14 0002 0a1e",
+        "0001 0800 b866 0135 0001 32f3 156b 0000",
+        "0000 3032 0700 0000 0000 1011 1213 1415",
+        "1617 1819 1a1b 1c1d 1e1f 2021 2223 2425",
+        "2627 2829 2a2b 2c2d 2e2f 3031 3233 3435",
+        "3637",
+    ]);
+    let mut d = Decap::load().expect("load decap");
+    d.add_local("10.77.0.1".parse().unwrap()).unwrap();
+    d.add_peer(DecapPeer::host("10.77.0.2".parse().unwrap()).gre_key(42))
+        .unwrap();
+    let out = run(
+        &d,
+        "kernel gre, checksum unfinished",
+        &frame,
+        TC_ACT_OK,
+        "gre",
+    );
+    assert_eq!(&out[..14], &frame[..14], "the Ethernet header is kept");
+    assert_eq!(
+        &out[14..],
+        &frame[14 + 20 + 12..],
+        "the inner packet, untouched"
+    );
+
+    // The same packet with a checksum that is not 0 and not right: damaged, dropped.
+    let mut bad = frame.clone();
+    bad[14 + 20 + 4] = 0x12;
+    run(
+        &d,
+        "kernel gre, wrong checksum",
+        &bad,
+        TC_ACT_SHOT,
+        "bad_checksum",
+    );
+
+    // lwtun's own test frames: a right checksum zeroed is accepted the same way.
+    let d = decap();
+    let i4 = inner4();
+    let mut g = gre(0x0800, None, true, &i4);
+    g[4..6].copy_from_slice(&[0, 0]);
+    let out = run(
+        &d,
+        "GRE checksum field 0",
+        &outer4(PEER4, LOCAL4, IPPROTO_GRE, &g),
+        TC_ACT_OK,
+        "gre",
+    );
+    expect_inner("GRE checksum field 0", &out, &i4, 0x0800);
 }

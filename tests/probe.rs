@@ -47,7 +47,9 @@ fn expected(f: Feature, config: Option<&str>) -> Option<bool> {
         | Feature::XdpLink
         | Feature::LpmBatch
         | Feature::Tcx
-        | Feature::DecapL3 => Some(since(f.since())),
+        | Feature::DecapL3
+        | Feature::XdpLoadBytes
+        | Feature::TunnelKeyLocal => Some(since(f.since())),
         _ => None,
     }
 }

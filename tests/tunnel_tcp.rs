@@ -80,7 +80,7 @@ fn pair(direct: bool) -> Pair {
                 .route(prefix.parse().unwrap())
                 .device(&underlay)
                 .source(src.parse().unwrap())
-                .headroom(48);
+                .headroom(lwtun::tunnel::WORST_CASE_ENCAP);
             tunnel.steer(&mut nl, route).unwrap();
         }
         let mut decap = Decap::load().unwrap();
@@ -115,6 +115,20 @@ impl Pair {
                 peers.replace(prefix.parse().unwrap(), peer).unwrap();
             }
         }
+    }
+
+    /// Both hosts' decap counters and peer counters, for a failure's message.
+    fn counters(&self) -> String {
+        let mut out = String::new();
+        for (side, host) in self.hosts.iter().enumerate() {
+            out += &format!("host {side} decap: {:?}\n", host.decap.counters());
+            for prefix in PREFIX4.iter().chain(&PREFIX6) {
+                if let Ok(stats) = host.tunnel.peers().stats(prefix.parse().unwrap()) {
+                    out += &format!("host {side} peer {prefix}: {stats:?}\n");
+                }
+            }
+        }
+        out
     }
 
     fn sent(&self, side: usize, inner_v6: bool) -> u64 {
@@ -210,7 +224,11 @@ fn matrix(encaps: &[Encap], direct: bool) -> Pair {
                         table[server].parse().unwrap(),
                         TCP_BYTES,
                     );
-                    assert!(t.complete(), "{what}: TCP {client}->{server}: {t:?}");
+                    assert!(
+                        t.complete(),
+                        "{what}: TCP {client}->{server}: {t:?}\n{}",
+                        p.counters()
+                    );
                     // Every byte of the stream went through the sender's peer (plus headers).
                     let carried =
                         p.hosts[client].tunnel.peers().stats(prefix).unwrap().bytes - bytes_before;
@@ -422,7 +440,11 @@ fn gre_checksums_on_the_wire_are_right() {
                     table[server].parse().unwrap(),
                     256 << 10,
                 );
-                assert!(t.complete(), "{what}: TCP {client}->{server}: {t:?}");
+                assert!(
+                    t.complete(),
+                    "{what}: TCP {client}->{server}: {t:?}\n{}",
+                    p.counters()
+                );
             }
             let lines = cap.finish(Duration::from_secs(3));
             let packets = hex_packets(&lines);

@@ -241,13 +241,17 @@ impl Capture {
     ///
     /// # Errors
     ///
-    /// InvalidInput for a snap length of 0 or above [`MAX_SNAPLEN`]; Permission without CAP_BPF.
+    /// InvalidInput for a snap length of 0 or above [`MAX_SNAPLEN`]; Permission without CAP_BPF;
+    /// Unsupported for an XDP chain on a kernel without `bpf_xdp_load_bytes` (before 5.18).
     pub fn load(chain: &ProgChain, options: CaptureOptions) -> Result<Self> {
         if options.snaplen == 0 || options.snaplen > MAX_SNAPLEN {
             return Err(Error::invalid_input(
                 "load capture",
                 format!("snap length {}: use 1..={MAX_SNAPLEN}", options.snaplen),
             ));
+        }
+        if chain.hook() == ChainHook::Xdp {
+            crate::probe::Feature::XdpLoadBytes.require("load an XDP capture")?;
         }
         let snap_offset = std::mem::offset_of!(crate::skel::capture::types::rodata, snaplen);
         let object = chain.open_member(
