@@ -273,7 +273,16 @@ fn routes_and_fixups_go_with_the_tunnel() {
     s.steer();
     let shown = common::ip(s.net.ns(0), &["route", "show", "10.20.0.0/16"]);
     assert!(shown.contains("encap bpf xmit"), "{shown}");
-    assert_eq!(s.tunnel.headroom(), 48, "no peers yet: the worst case");
+    assert_eq!(
+        s.tunnel.headroom(),
+        lwtun::tunnel::WORST_CASE_ENCAP,
+        "no peers yet: the worst case"
+    );
+    assert_eq!(
+        lwtun::tunnel::WORST_CASE_ENCAP,
+        40 + 12,
+        "IPv6 + GRE with checksum and key"
+    );
     let Setup {
         net, nl, tunnel, ..
     } = s;
