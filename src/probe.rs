@@ -664,6 +664,15 @@ pub fn require_caps(op: &str) -> Result<()> {
 
 // ---- the probes themselves ----
 
+/// Whether programs of type `ty` exist and may call `helper`.
+fn helper_supported(op: &str, ty: ProgramType, helper: u32) -> Result<bool> {
+    if !prog_type_supported(op, ty)? {
+        return Ok(false);
+    }
+    ty.is_helper_supported(helper)
+        .map_err(|e| Error::bpf(op, e))
+}
+
 /// `Ok(true)` supported, `Ok(false)` absent, `Err` could not tell.
 fn run_probe(feature: Feature) -> Result<bool> {
     let op = feature.op();
@@ -673,12 +682,7 @@ fn run_probe(feature: Feature) -> Result<bool> {
     match feature {
         Feature::LwtRoutes => probe_lwt_routes(op),
         Feature::LwtEncapIp => {
-            if !prog_type_supported(op, ProgramType::LwtXmit)? {
-                return Ok(false);
-            }
-            ProgramType::LwtXmit
-                .is_helper_supported(sys::BPF_FUNC_lwt_push_encap)
-                .map_err(|e| Error::bpf(op, e))
+            helper_supported(op, ProgramType::LwtXmit, sys::BPF_FUNC_lwt_push_encap)
         }
         Feature::XdpLink => probe_link(op, sys::BPF_PROG_TYPE_XDP, XDP_PASS, sys::BPF_XDP),
         Feature::Tcx => probe_link(
@@ -691,12 +695,7 @@ fn run_probe(feature: Feature) -> Result<bool> {
         Feature::Seg6Local => {
             // A kernel without CONFIG_IPV6_SEG6_BPF still knows the program type (seen on
             // 6.18) but gives it no seg6 helper: ask for the helper End.BPF programs use.
-            if !prog_type_supported(op, ProgramType::LwtSeg6local)? {
-                return Ok(false);
-            }
-            ProgramType::LwtSeg6local
-                .is_helper_supported(sys::BPF_FUNC_lwt_seg6_action)
-                .map_err(|e| Error::bpf(op, e))
+            helper_supported(op, ProgramType::LwtSeg6local, sys::BPF_FUNC_lwt_seg6_action)
         }
         Feature::XdpLiveFrames => {
             probe_xdp_on_loopback(op, XDP_DROP, sys::BPF_F_TEST_XDP_LIVE_FRAMES)
@@ -705,21 +704,9 @@ fn run_probe(feature: Feature) -> Result<bool> {
         Feature::XdpTestRunContext => probe_xdp_on_loopback(op, XDP_PASS, 0),
         Feature::TunnelKeyLocal => probe_tunnel_key_local(op),
         Feature::XdpLoadBytes => {
-            if !prog_type_supported(op, ProgramType::Xdp)? {
-                return Ok(false);
-            }
-            ProgramType::Xdp
-                .is_helper_supported(sys::BPF_FUNC_xdp_load_bytes)
-                .map_err(|e| Error::bpf(op, e))
+            helper_supported(op, ProgramType::Xdp, sys::BPF_FUNC_xdp_load_bytes)
         }
-        Feature::BpfLoop => {
-            if !prog_type_supported(op, ProgramType::SchedCls)? {
-                return Ok(false);
-            }
-            ProgramType::SchedCls
-                .is_helper_supported(sys::BPF_FUNC_loop)
-                .map_err(|e| Error::bpf(op, e))
-        }
+        Feature::BpfLoop => helper_supported(op, ProgramType::SchedCls, sys::BPF_FUNC_loop),
     }
 }
 

@@ -25,6 +25,7 @@ use lwtun::decap::{Decap, DecapCounters, DecapPeer};
 use lwtun::netlink::Netlink;
 use lwtun::netns::NetNs;
 use lwtun::peer::{Encap, EncapPeer};
+use lwtun::probe::Feature;
 use lwtun::tunnel::Tunnel;
 
 const INNER4: [&str; 2] = ["10.30.0.1", "10.20.0.2"];
@@ -61,13 +62,6 @@ struct Case {
 
 fn ip(table: [&str; 2], side: usize) -> IpAddr {
     table[side].parse().unwrap()
-}
-
-fn skip(test: &str, why: &str) {
-    let _ = std::io::Write::write_all(
-        &mut std::io::stderr(),
-        format!("SKIPPED {test} ({why})\n").as_bytes(),
-    );
 }
 
 /// Whether `ip` failed because the kernel has no such device kind or no fou.
@@ -134,21 +128,7 @@ fn run(case: &Case) {
     let net = common::two_hosts();
     let (a, b) = (net.ns(0), net.ns(1));
     for (side, ns) in [a, b].into_iter().enumerate() {
-        common::ip(
-            ns,
-            &["addr", "add", &format!("{}/32", INNER4[side]), "dev", "lo"],
-        );
-        common::ip(
-            ns,
-            &[
-                "-6",
-                "addr",
-                "add",
-                &format!("{}/128", INNER6[side]),
-                "dev",
-                "lo",
-            ],
-        );
+        common::add_loopback_addresses(ns, INNER4[side], INNER6[side]);
     }
     let outer = if case.outer_v6 { OUTER6 } else { OUTER4 };
 
@@ -162,7 +142,7 @@ fn run(case: &Case) {
         }
         if let Err(e) = common::try_ip(b, &args) {
             assert!(kernel_lacks(&e), "{e}");
-            skip(case.test, "kernel lacks fou receive ports (CONFIG_NET_FOU)");
+            common::skipped_for_kernel(case.test, "fou receive ports (CONFIG_NET_FOU)");
             return;
         }
     }
@@ -171,10 +151,7 @@ fn run(case: &Case) {
     args.extend(link.split_whitespace());
     if let Err(e) = common::try_ip(b, &args) {
         assert!(kernel_lacks(&e), "{e}");
-        skip(
-            case.test,
-            &format!("kernel lacks {} devices ({})", args[4], case.config),
-        );
+        common::skipped_for_kernel(case.test, &format!("{} devices ({})", args[4], case.config));
         return;
     }
     common::ip(b, &["link", "set", DEV, "up"]);
@@ -207,13 +184,8 @@ fn run(case: &Case) {
             case.test,
             if inner_v6 { "IPv6" } else { "IPv4" }
         );
-        if inner_v6 != case.outer_v6 && lwtun::probe::decap_l3().is_err() {
-            // lwtun's decap of B's packets needs a change of family (Linux 6.3).
-            skip(
-                &what,
-                "kernel lacks decapsulation across families (bpf_skb_adjust_room with \
-                 BPF_F_ADJ_ROOM_DECAP_L3_IPV4/IPV6)",
-            );
+        // lwtun's decap of B's packets needs a change of family (Linux 6.3).
+        if inner_v6 != case.outer_v6 && !common::kernel_has(&what, Feature::DecapL3) {
             continue;
         }
         ran += 1;
@@ -314,7 +286,7 @@ fn run(case: &Case) {
     // Before Linux 6.3 what the kernel's device sends of the other family (its IPv6 link-local
     // chatter inside IPv4, for one) cannot be decapsulated: dropped and counted as errors.
     let c = decap.counters().unwrap();
-    let expected = if lwtun::probe::decap_l3().is_err() {
+    let expected = if Feature::DecapL3.check().is_err() {
         c.error.packets
     } else {
         0
@@ -326,11 +298,7 @@ fn run(case: &Case) {
         case.test
     );
     if ran == 0 {
-        skip(
-            case.test,
-            "kernel lacks decapsulation across families (bpf_skb_adjust_room with \
-             BPF_F_ADJ_ROOM_DECAP_L3_IPV4/IPV6)",
-        );
+        common::skipped_for_kernel(case.test, Feature::DecapL3.name());
     }
 }
 

@@ -52,21 +52,7 @@ fn pair(direct: bool) -> Pair {
     for side in 0..2 {
         let ns = net.ns(side);
         common::ip(ns, &["link", "set", "lo", "up"]);
-        common::ip(
-            ns,
-            &["addr", "add", &format!("{}/32", INNER4[side]), "dev", "lo"],
-        );
-        common::ip(
-            ns,
-            &[
-                "-6",
-                "addr",
-                "add",
-                &format!("{}/128", INNER6[side]),
-                "dev",
-                "lo",
-            ],
-        );
+        common::add_loopback_addresses(ns, INNER4[side], INNER6[side]);
         let dev = if side == 0 { "to1" } else { "to0" };
         let underlay = net.device(side, dev);
         let mut nl = Netlink::open_in(ns).unwrap();

@@ -68,14 +68,29 @@ pub fn kernel_has(test: &str, feature: lwtun::probe::Feature) -> bool {
     match feature.check() {
         Ok(()) => true,
         Err(e) if e.kind() == lwtun::ErrorKind::Unsupported => {
-            let _ = std::io::Write::write_all(
-                &mut std::io::stderr(),
-                format!("SKIPPED {test} (kernel lacks {})\n", feature.name()).as_bytes(),
-            );
+            skipped_for_kernel(test, feature.name());
             false
         }
         Err(e) => panic!("{test}: probing {feature}: {e}"),
     }
+}
+
+/// Prints `SKIPPED TEST (kernel lacks WHAT)`, the line the kernel matrix reads as a skip for
+/// a kernel feature, straight to stderr (libtest would hide `eprintln!` in a passing test).
+pub fn skipped_for_kernel(test: &str, what: &str) {
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("SKIPPED {test} (kernel lacks {what})\n").as_bytes(),
+    );
+}
+
+/// Adds the inner (overlay) addresses `v4`/32 and `v6`/128 to the loopback of `ns`.
+pub fn add_loopback_addresses(ns: &NetNs, v4: &str, v6: &str) {
+    ip(ns, &["addr", "add", &format!("{v4}/32"), "dev", "lo"]);
+    ip(
+        ns,
+        &["-6", "addr", "add", &format!("{v6}/128"), "dev", "lo"],
+    );
 }
 
 /// `d` stretched by `LWTUN_TEST_TIME_SCALE` (a whole number, default 1): how long a wait on
