@@ -99,7 +99,7 @@ LWTUN_ASSERT_SIZE(struct lwtun_ip_addr, 16);
 
 /* xdp_router: the route cache's settings (array of one). The cache is on while `gen` and
  * `max_age_ns` are both non-zero; user space bumps `gen` to drop every cached route and writes
- * `max_age_ticks` 0, which the program then sets to the age in jiffies (it knows CONFIG_HZ). */
+ * `max_age_ticks` 0, which the program then sets to the age in jiffies (it knows the tick rate). */
 struct lwtun_xdp_route_cache_cfg {
 	__u32 gen;
 	__u32 pad;
@@ -111,7 +111,7 @@ LWTUN_ASSERT_SIZE(struct lwtun_xdp_route_cache_cfg, 24);
 /* xdp_router: one successful bpf_fib_lookup, cached per CPU in a direct-mapped slot chosen by
  * the flow. Every input of the lookup is part of the key (ingress device, family, L4 protocol,
  * TOS / IPv6 flow info, addresses); the slot is valid while `gen` is the configuration's and for
- * the configured age after `filled` (jiffies; bpf_ktime_get_coarse_ns where CONFIG_HZ is unknown).
+ * the configured age after `filled` (jiffies; nanoseconds where CONFIG_HZ is unknown).
  * IPv4 addresses sit in src[0]/dst[0].
  * Bytes 8..56 (generation and key) are compared as 64-bit words, so `pad` stays zero. */
 struct lwtun_xdp_route_slot {

@@ -27,9 +27,10 @@
  * info, source and destination) matches a slot filled under the current generation less than
  * the maximum age ago, and whose length fits the cached MTU, is forwarded from the slot without
  * bpf_fib_lookup (counted as LWTUN_FIB_CACHE_HIT, which user space adds to SUCCESS). The age is
- * counted in jiffies where CONFIG_HZ is known (rounded down to whole ticks, at least one). Route,
- * rule and neighbour changes reach cached flows within the maximum age, or at once when user
- * space bumps the generation. Only SUCCESS is cached: every other outcome is looked up each time.
+ * counted in jiffies where the tick rate (CONFIG_HZ) is known (rounded down to whole ticks, at
+ * least one), else in nanoseconds. Route, rule and neighbour changes reach cached flows within
+ * the maximum age, or at once when user space bumps the generation. Only SUCCESS is cached:
+ * every other outcome is looked up each time.
  *
  * `fib_results` counts the outcomes per return code (LWTUN_FIB_*), per CPU. `router_fib_flags[0]`
  * holds the bpf_fib_lookup flags user space chose: 0 (full lookup through the FIB rules, like the
@@ -81,14 +82,22 @@ struct {
 	__type(value, struct lwtun_xdp_route_slot);
 } route_cache SEC(".maps");
 
-/* The kernel's tick rate, from its configuration (0 where libbpf cannot read it). */
-extern const unsigned int CONFIG_HZ __kconfig __weak;
+/* Set by user space before the load (read-only after it, so the verifier drops the branches
+ * not taken and never checks a helper the kernel lacks):
+ * tick_hz: the kernel's CONFIG_HZ, 0 where its configuration cannot be read (a __kconfig extern
+ * would make libbpf refuse the whole object there, as in containers without /boot);
+ * has_coarse_clock: 1 where the kernel has bpf_ktime_get_coarse_ns (5.11). */
+const volatile __u32 tick_hz = 0;
+const volatile __u8 has_coarse_clock = 1;
 
 /* The cache's clock: jiffies (an inlined load) where the tick rate is known, since
- * bpf_ktime_get_coarse_ns is a helper call that costs ~18 ns here; else coarse nanoseconds. */
+ * bpf_ktime_get_coarse_ns is a helper call that costs ~18 ns here; else coarse nanoseconds,
+ * and before 5.11 bpf_ktime_get_ns (the same unit, a few ns dearer). */
 static __always_inline __u64 cache_now(void)
 {
-	return CONFIG_HZ ? bpf_jiffies64() : bpf_ktime_get_coarse_ns();
+	if (tick_hz)
+		return bpf_jiffies64();
+	return has_coarse_clock ? bpf_ktime_get_coarse_ns() : bpf_ktime_get_ns();
 }
 
 /* The configured age in cache_now() units; in ticks it is rounded down, and at least one. */
@@ -96,11 +105,11 @@ static __always_inline __u64 cache_max_age(struct lwtun_xdp_route_cache_cfg *cfg
 {
 	__u64 ticks;
 
-	if (!CONFIG_HZ)
+	if (!tick_hz)
 		return cfg->max_age_ns;
 	ticks = cfg->max_age_ticks;
 	if (!ticks) {
-		ticks = cfg->max_age_ns * CONFIG_HZ / 1000000000ULL;
+		ticks = cfg->max_age_ns * tick_hz / 1000000000ULL;
 		if (!ticks)
 			ticks = 1;
 		cfg->max_age_ticks = ticks;

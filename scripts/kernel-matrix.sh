@@ -59,6 +59,10 @@ else
   wanted=$curated
 fi
 
+# A VM gets this long before it is stopped: the curated set takes 5-12 minutes a kernel
+# unloaded, every binary about 30 (more on a loaded machine).
+if [ "$full" = 1 ]; then vm_limit=${LWTUN_MATRIX_VM_TIMEOUT:-7200}; else vm_limit=${LWTUN_MATRIX_VM_TIMEOUT:-2400}; fi
+
 [ "$(id -u)" -eq 0 ] || { echo "kernel-matrix: needs root (it installs packages and runs privileged tests)" >&2; exit 1; }
 
 # Not under /var/cache, /var/tmp or /tmp: virtme-ng gives the guest fresh tmpfs there.
@@ -165,7 +169,7 @@ if [ -n "$bench" ]; then
     image=$(kernel_image "$k")
     mkdir -p "$out/$k"
     echo "kernel-matrix: bench $bench on $(basename "$image") (TCG)"
-    PATH="$venv/bin:$PATH" timeout 2400 "$venv/bin/vng" --disable-kvm --force-9p --run "$image" --cpus 2 --memory 3G \
+    PATH="$venv/bin:$PATH" timeout "$vm_limit" "$venv/bin/vng" --disable-kvm --force-9p --run "$image" --cpus 2 --memory 3G \
       --rwdir "$out" --overlay-rwdir "$root" \
       --exec "$root/scripts/kernel-matrix-guest.sh $out/bins $out/$k $k bench" \
       >"$out/$k/console.log" 2>&1 || echo "kernel-matrix: the $k VM exited with $?" >>"$out/$k/console.log"
@@ -205,7 +209,7 @@ for k in $kernels; do
   echo "kernel-matrix: booting $(basename "$image") (TCG)"
   start=$SECONDS
   # --exec travels on the kernel command line: a script and two paths, nothing long.
-  PATH="$venv/bin:$PATH" timeout 2400 "$venv/bin/vng" --disable-kvm --force-9p --run "$image" --cpus 2 --memory 3G \
+  PATH="$venv/bin:$PATH" timeout "$vm_limit" "$venv/bin/vng" --disable-kvm --force-9p --run "$image" --cpus 2 --memory 3G \
     --rwdir "$out" --overlay-rwdir "$root" \
     --exec "$root/scripts/kernel-matrix-guest.sh $list $out/$col $col" \
     >"$out/$col/console.log" 2>&1 || echo "kernel-matrix: the $col VM exited with $?" >>"$out/$col/console.log"

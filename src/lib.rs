@@ -170,7 +170,7 @@
 //! | seg6local | 4.14 | [`netlink::route::Seg6Local`] | 5.10, 6.1, 6.12; 6.18 typed (route) |
 //! | collect_md ip6gre devices | 4.16 | [`netlink::Netlink::add_ip6gre_external`] | 6.18 typed (link) |
 //! | seg6local `End.BPF`, `bpf_lwt_seg6_*` | 4.18 | [`seg6::Seg6End`] | 5.10, 6.1, 6.12; 6.18 typed (seg6_test_run) |
-//! | `bpf_fib_lookup` | 4.18 | [`xdp::XdpRouter`] | 6.1, 6.12, 6.18 (xdp_programs; the router needs 5.11) |
+//! | `bpf_fib_lookup` | 4.18 | [`xdp::XdpRouter`] | 5.10, 6.1, 6.12, 6.18 (xdp_programs, xdp_forwarding) |
 //! | global data (`.rodata`) | 5.2 | [`chain::ProgChain`], [`chain::Dispatcher`] | 5.10, 6.1, 6.18 (chain_table) |
 //! | `bpf_lwt_push_encap(BPF_LWT_ENCAP_IP)`, `BPF_LWT_REROUTE` *probe* | 5.3 | [`tunnel::Tunnel`] | 5.10, 6.1, 6.12, 6.18 (tunnel_test_run, interop); 5.10, 6.1, 6.18 (tunnel_tcp) |
 //! | nexthop objects with an LWT encap (`ip nexthop ... encap bpf`, routes by `nhid`) | 5.3 | [`nexthop::LwtNexthop`], [`route::LwtRoute::nexthop`], [`netlink::nexthop`] | 5.10, 6.1, 6.12, 6.18 (route) |
@@ -179,7 +179,7 @@
 //! | devmap programs | 5.8 | [`xdp::XdpRedirect`] | 5.10, 6.1, 6.12, 6.18 (xdp_programs) |
 //! | BPF ring buffer | 5.8 | `capture::Capture` | 5.10, 6.1, 6.18 (capture_tc) |
 //! | XDP through a `bpf_link` *probe* | 5.9 | [`xdp::AttachVia`] | 5.10, 6.1, 6.12, 6.18 (probe, xdp_programs) |
-//! | `bpf_ktime_get_coarse_ns` | 5.11 | [`xdp::XdpRouter`] | 6.1, 6.12, 6.18 (xdp_programs) |
+//! | `bpf_ktime_get_coarse_ns` *probe* (before it: `bpf_ktime_get_ns`) | 5.11 | [`xdp::XdpRouter`]'s route cache | 6.1, 6.12, 6.18 (xdp_programs); 5.10 `bpf_ktime_get_ns` (xdp_forwarding) |
 //! | batch operations on LPM tries *probe* | 5.13 | [`peer::PeerTable`] | 6.1, 6.12, 6.18; 5.10 typed (probe) |
 //! | `bpf_loop` *probe* (before it: bounded-loop object variants) | 5.17 | [`tunnel::Tunnel`], [`peer::PeerTable`], [`decap::Decap`] | 6.1, 6.12, 6.18; 5.10 bounded variant (tunnel_tcp, decap_test_run) |
 //! | `bpf_xdp_load_bytes`, XDP live-frame test runs | 5.18 | `capture::Capture`, [`xdp::TrafficGen`], [`xdp::LiveFrames`] | 6.1, 6.18; 5.10 typed (capture_tc) |

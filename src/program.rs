@@ -404,6 +404,39 @@ pub(crate) fn test_run_raw(
     })
 }
 
+/// Writes `value` at `offset` of an opened object's `.rodata` (a `const volatile` the program
+/// reads), before the load freezes it. `op` names the load in errors.
+pub(crate) fn set_rodata(
+    open: &mut libbpf_rs::OpenObject,
+    op: &str,
+    offset: usize,
+    value: &[u8],
+) -> Result<()> {
+    let mut rodata = open
+        .maps_mut()
+        .find(|m| m.name().to_string_lossy().ends_with(".rodata"))
+        .ok_or_else(|| Error::not_found(op.to_string(), "the object's .rodata"))?;
+    let mut bytes = rodata
+        .initial_value()
+        .ok_or_else(|| Error::not_found(op.to_string(), "the .rodata value"))?
+        .to_vec();
+    let end = offset + value.len();
+    if end > bytes.len() {
+        return Err(Error::other(
+            ErrorKind::Kernel,
+            op.to_string(),
+            format!(
+                ".rodata holds {} bytes, not {end} (mismatched BPF object?)",
+                bytes.len()
+            ),
+        ));
+    }
+    bytes[offset..end].copy_from_slice(value);
+    rodata
+        .set_initial_value(&bytes)
+        .map_err(|e| Error::bpf(op.to_string(), e))
+}
+
 /// Loads (verifies) an opened object; a permission failure names the capabilities it needs.
 pub(crate) fn load_opened(mut open: libbpf_rs::OpenObject, op: &str) -> Result<Object> {
     // The verifier's log goes into this buffer instead of libbpf's stderr, so that a refusal

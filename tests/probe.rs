@@ -49,7 +49,8 @@ fn expected(f: Feature, config: Option<&str>) -> Option<bool> {
         | Feature::Tcx
         | Feature::DecapL3
         | Feature::XdpLoadBytes
-        | Feature::TunnelKeyLocal => Some(since(f.since())),
+        | Feature::TunnelKeyLocal
+        | Feature::CoarseClock => Some(since(f.since())),
         _ => None,
     }
 }

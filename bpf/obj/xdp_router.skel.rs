@@ -35,7 +35,7 @@ mod imp {
             .map("xdp_stats", false)
             .map("ports", false)
             .map("fib_results", false)
-            .map("xdp_rou.kconfig", true)
+            .map("xdp_rout.rodata", true)
             .prog("xdp_router");
         builder.build()
     }
@@ -46,8 +46,8 @@ mod imp {
         pub xdp_stats: libbpf_rs::OpenMapMut<'obj>,
         pub ports: libbpf_rs::OpenMapMut<'obj>,
         pub fib_results: libbpf_rs::OpenMapMut<'obj>,
-        pub kconfig: libbpf_rs::OpenMapMut<'obj>,
-        pub kconfig_data: Option<&'obj mut types::kconfig>,
+        pub rodata: libbpf_rs::OpenMapMut<'obj>,
+        pub rodata_data: Option<&'obj mut types::rodata>,
         _phantom: std::marker::PhantomData<&'obj ()>,
     }
 
@@ -63,7 +63,7 @@ mod imp {
             let mut xdp_stats = None;
             let mut ports = None;
             let mut fib_results = None;
-            let mut kconfig = None;
+            let mut rodata = None;
             let object = unsafe {
                 std::mem::transmute::<&mut libbpf_rs::OpenObject, &'obj mut libbpf_rs::OpenObject>(
                     object,
@@ -85,7 +85,7 @@ mod imp {
                     "xdp_stats" => xdp_stats = Some(map),
                     "ports" => ports = Some(map),
                     "fib_results" => fib_results = Some(map),
-                    "xdp_rou.kconfig" => kconfig = Some(map),
+                    "xdp_rout.rodata" => rodata = Some(map),
                     _ => panic!("encountered unexpected map: `{name}`"),
                 }
             }
@@ -97,12 +97,12 @@ mod imp {
                 xdp_stats: xdp_stats.expect("map `xdp_stats` not present"),
                 ports: ports.expect("map `ports` not present"),
                 fib_results: fib_results.expect("map `fib_results` not present"),
-                kconfig: kconfig.expect("map `kconfig` not present"),
-                kconfig_data: unsafe {
+                rodata: rodata.expect("map `rodata` not present"),
+                rodata_data: unsafe {
                     config
                         .map_mmap_ptr(6)
-                        .expect("BPF map `kconfig` does not have mmap pointer")
-                        .cast::<types::kconfig>()
+                        .expect("BPF map `rodata` does not have mmap pointer")
+                        .cast::<types::rodata>()
                         .as_mut()
                 },
                 _phantom: std::marker::PhantomData,
@@ -117,8 +117,8 @@ mod imp {
         pub xdp_stats: libbpf_rs::MapMut<'obj>,
         pub ports: libbpf_rs::MapMut<'obj>,
         pub fib_results: libbpf_rs::MapMut<'obj>,
-        pub kconfig: libbpf_rs::MapMut<'obj>,
-        pub kconfig_data: Option<&'obj types::kconfig>,
+        pub rodata: libbpf_rs::MapMut<'obj>,
+        pub rodata_data: Option<&'obj types::rodata>,
         _phantom: std::marker::PhantomData<&'obj ()>,
     }
 
@@ -134,7 +134,7 @@ mod imp {
             let mut xdp_stats = None;
             let mut ports = None;
             let mut fib_results = None;
-            let mut kconfig = None;
+            let mut rodata = None;
             let object = unsafe {
                 std::mem::transmute::<&mut libbpf_rs::Object, &'obj mut libbpf_rs::Object>(object)
             };
@@ -154,7 +154,7 @@ mod imp {
                     "xdp_stats" => xdp_stats = Some(map),
                     "ports" => ports = Some(map),
                     "fib_results" => fib_results = Some(map),
-                    "xdp_rou.kconfig" => kconfig = Some(map),
+                    "xdp_rout.rodata" => rodata = Some(map),
                     _ => panic!("encountered unexpected map: `{name}`"),
                 }
             }
@@ -166,12 +166,12 @@ mod imp {
                 xdp_stats: xdp_stats.expect("map `xdp_stats` not present"),
                 ports: ports.expect("map `ports` not present"),
                 fib_results: fib_results.expect("map `fib_results` not present"),
-                kconfig: kconfig.expect("map `kconfig` not present"),
-                kconfig_data: unsafe {
+                rodata: rodata.expect("map `rodata` not present"),
+                rodata_data: unsafe {
                     config
                         .map_mmap_ptr(6)
-                        .expect("BPF map `kconfig` does not have mmap pointer")
-                        .cast::<types::kconfig>()
+                        .expect("BPF map `rodata` does not have mmap pointer")
+                        .cast::<types::rodata>()
                         .as_ref()
                 },
                 _phantom: std::marker::PhantomData,
@@ -538,6 +538,12 @@ mod imp {
         }
         #[derive(Debug, Copy, Clone)]
         #[repr(C)]
+        pub struct rodata {
+            pub tick_hz: u32,
+            pub has_coarse_clock: u8,
+        }
+        #[derive(Debug, Copy, Clone)]
+        #[repr(C)]
         pub struct maps {
             pub route_cache_cfg: __anon_1,
             pub route_cache: __anon_2,
@@ -550,11 +556,6 @@ mod imp {
         #[repr(C)]
         pub struct license {
             pub LICENSE: [i8; 13],
-        }
-        #[derive(Debug, Copy, Clone)]
-        #[repr(C)]
-        pub struct kconfig {
-            pub CONFIG_HZ: u32,
         }
     }
     pub struct OpenXdpRouterSkel<'obj> {
@@ -662,5 +663,5 @@ mod imp {
         }
     }
     #[unsafe(link_section = ".bpf.objs")]
-    static DATA: [u8; 23400] = *include_bytes!(concat!(env!("OUT_DIR"), "/xdp_router.bpf.o"));
+    static DATA: [u8; 24208] = *include_bytes!(concat!(env!("OUT_DIR"), "/xdp_router.bpf.o"));
 }

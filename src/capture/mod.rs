@@ -259,18 +259,12 @@ impl Capture {
             crate::skel::capture::OBJECT,
             std::mem::offset_of!(crate::skel::capture::types::rodata, lwtun_chain_abi),
             |open| {
-                let mut rodata = open
-                    .maps_mut()
-                    .find(|m| m.name().to_string_lossy().ends_with(".rodata"))
-                    .ok_or_else(|| Error::not_found("load capture", "its .rodata"))?;
-                let mut bytes = rodata
-                    .initial_value()
-                    .ok_or_else(|| Error::not_found("load capture", "the .rodata value"))?
-                    .to_vec();
-                bytes[snap_offset..snap_offset + 4].copy_from_slice(&options.snaplen.to_ne_bytes());
-                rodata
-                    .set_initial_value(&bytes)
-                    .map_err(|e| Error::bpf("set capture snap length", e))
+                crate::program::set_rodata(
+                    open,
+                    "set capture snap length",
+                    snap_offset,
+                    &options.snaplen.to_ne_bytes(),
+                )
             },
         )?;
         let hook = chain.hook();

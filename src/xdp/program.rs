@@ -208,10 +208,21 @@ pub(crate) struct Loaded {
 
 impl Loaded {
     pub(crate) fn load(family: &'static str, object: &[u8]) -> Result<Self> {
+        Self::load_configured(family, object, |_, _| Ok(()))
+    }
+
+    /// [`Loaded::load`], with `configure` setting the object's read-only values (given the
+    /// opened object and the operation's name) before the load.
+    pub(crate) fn load_configured(
+        family: &'static str,
+        object: &[u8],
+        configure: impl FnOnce(&mut libbpf_rs::OpenObject, &str) -> Result<()>,
+    ) -> Result<Self> {
         let op = format!("load XDP program family {family}");
-        let open = ObjectBuilder::default()
+        let mut open = ObjectBuilder::default()
             .open_memory(object)
             .map_err(|e| Error::bpf(op.clone(), e))?;
+        configure(&mut open, &op)?;
         let obj = crate::program::load_opened(open, &op)?;
         Ok(Loaded { obj, family })
     }

@@ -56,7 +56,9 @@ pub struct FibStats {
 /// incremental checksum update, MAC rewrite and redirect through a `BPF_MAP_TYPE_DEVMAP_HASH` of
 /// ports; every lookup result the fast path cannot finish goes to the stack (see [`FibStats`]).
 ///
-/// Kernel: Linux 5.11+ (`bpf_ktime_get_coarse_ns`; `bpf_fib_lookup` 4.18, `BPF_MAP_TYPE_DEVMAP_HASH` 5.4, `bpf_jiffies64` 5.5).
+/// Kernel: Linux 5.5+ (`bpf_fib_lookup` 4.18, `BPF_MAP_TYPE_DEVMAP_HASH` 5.4, `bpf_jiffies64`
+/// 5.5; the route cache keeps time with `bpf_ktime_get_coarse_ns` from 5.11 and
+/// `bpf_ktime_get_ns` before, see [`Feature::CoarseClock`](crate::probe::Feature::CoarseClock)).
 ///
 /// Attach it to every interface that receives traffic to forward, add every interface that
 /// forwarded traffic may leave through as a port, and enable forwarding in the namespace
@@ -70,7 +72,9 @@ pub struct FibStats {
 /// direct-mapped slots) keyed by every input of the lookup: ingress device, family, L4 protocol,
 /// TOS or IPv6 flow info, source and destination. A frame that matches is forwarded from the slot
 /// if the slot is younger than the chosen maximum age (counted in kernel ticks, rounded down, at
-/// least one: 4 ms at `CONFIG_HZ=250`) and the frame fits the cached MTU.
+/// least one: 4 ms at `CONFIG_HZ=250`; in nanoseconds where neither `/boot/config-RELEASE` nor
+/// `/proc/config.gz` tells the tick rate, as in many containers) and the frame fits the cached
+/// MTU.
 ///
 /// The kernel does not tell XDP programs when routes, rules or neighbours change, so a change
 /// reaches cached flows only when their slot ages out, at most `max_age` later, or at once after
@@ -120,7 +124,18 @@ impl XdpRouter {
     ///
     /// [`ErrorKind::Permission`](crate::ErrorKind::Permission) without CAP_BPF.
     pub fn load() -> Result<Self> {
-        let obj = Loaded::load("xdp_router", crate::skel::xdp_router::OBJECT)?;
+        // The route cache's clock (see bpf/xdp_router.bpf.c): jiffies where the tick rate is
+        // known, else coarse nanoseconds, and before 5.11 bpf_ktime_get_ns.
+        let coarse = u8::from(crate::probe::Feature::CoarseClock.present());
+        let hz = tick_rate().unwrap_or(0);
+        let obj =
+            Loaded::load_configured("xdp_router", crate::skel::xdp_router::OBJECT, |open, op| {
+                use crate::skel::xdp_router::types::rodata;
+                let offset = std::mem::offset_of!(rodata, has_coarse_clock);
+                crate::program::set_rodata(open, op, offset, &[coarse])?;
+                let offset = std::mem::offset_of!(rodata, tick_hz);
+                crate::program::set_rodata(open, op, offset, &hz.to_ne_bytes())
+            })?;
         let fib = obj.map("fib_results")?;
         check_sizes("open fib results", &fib, 4, 8)?;
         let fib_flags = obj.map("router_fib_flags")?;
@@ -394,5 +409,66 @@ impl XdpRouter {
             not_ip: slots[11],
             cache_hits: slots[12],
         })
+    }
+}
+
+/// The kernel's tick rate (`CONFIG_HZ`) from its configuration, where libbpf looks for it:
+/// `/boot/config-RELEASE` (where distributions install it), then `/proc/config.gz` (kernels
+/// built with `CONFIG_IKCONFIG_PROC`); `None` where neither tells (many containers).
+fn tick_rate() -> Option<u32> {
+    use std::io::Read;
+    let boot = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .ok()
+        .and_then(|release| {
+            std::fs::read_to_string(format!("/boot/config-{}", release.trim())).ok()
+        });
+    let config = boot.or_else(|| {
+        let file = std::fs::File::open("/proc/config.gz").ok()?;
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(file)
+            .read_to_string(&mut text)
+            .ok()?;
+        Some(text)
+    })?;
+    config_hz(&config)
+}
+
+/// `CONFIG_HZ` in a kernel configuration's text.
+fn config_hz(config: &str) -> Option<u32> {
+    config
+        .lines()
+        .find_map(|l| l.strip_prefix("CONFIG_HZ="))
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|&hz| hz > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{config_hz, tick_rate};
+
+    #[test]
+    fn the_tick_rate_is_read_where_the_kernel_shows_its_configuration() {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        let shown = std::path::Path::new("/proc/config.gz").exists()
+            || std::path::Path::new(&format!("/boot/config-{}", release.trim())).exists();
+        match tick_rate() {
+            Some(hz) => assert!([100, 250, 300, 1000].contains(&hz), "CONFIG_HZ={hz}"),
+            None => assert!(!shown, "the configuration is there but gave no CONFIG_HZ"),
+        }
+        if !shown {
+            println!("SKIPPED (this kernel shows no configuration: the router counts nanoseconds)");
+        }
+    }
+
+    #[test]
+    fn the_tick_rate_is_config_hz_and_nothing_else() {
+        let config =
+            "# CONFIG_HZ_100 is not set\nCONFIG_HZ_250=y\nCONFIG_HZ=250\nCONFIG_HZ_PERIODIC=n\n";
+        assert_eq!(config_hz(config), Some(250));
+        assert_eq!(config_hz("CONFIG_HZ_1000=y\nCONFIG_HZ=1000"), Some(1000));
+        assert_eq!(config_hz("CONFIG_HZ_250=y\n"), None);
+        assert_eq!(config_hz("CONFIG_HZ=\n"), None);
+        assert_eq!(config_hz("CONFIG_HZ=0\n"), None);
+        assert_eq!(config_hz(""), None);
     }
 }
