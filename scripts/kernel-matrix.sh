@@ -50,7 +50,7 @@ done
 # kernels differ most), a few that send traffic through namespaces, and those whose kernel
 # modules only the VMs have (interop with the kernel's own tunnels, redirects into collect_md
 # gre/ipip devices): they skip on a host without them, and must pass somewhere.
-curated="probe route tunnel_test_run decap_test_run seg6_test_run xdp_programs tc_attach interop tc_redirect"
+curated="probe route tunnel_test_run decap_test_run seg6_test_run xdp_programs tc_attach interop tc_redirect pin_protocol"
 if [ -n "$only" ]; then
   wanted=$only
 elif [ "$full" = 1 ]; then

@@ -46,6 +46,8 @@ use libbpf_rs::{MapCore, MapFlags, Object, ObjectBuilder};
 use crate::abi::{self, Pod};
 use crate::device::Device;
 use crate::error::{Error, ErrorKind, Result};
+use crate::family::pins::PinLayout;
+use crate::family::PinFolder;
 use crate::netns::NetNs;
 use crate::program::{load_object, sum_percpu, Counter};
 use crate::skel::tc_decap::types::{
@@ -255,41 +257,18 @@ pub struct Decap {
     baseline: OwnedFd,
     object: Object,
     flags: u32,
-    pin: Option<PinState>,
+    pin: Option<PinFolder>,
 }
 
-/// The maps a pin folder holds (the per-CPU checksum scratch space is not state).
-const PINNED_MAPS: [&str; 6] = [
-    "locals",
-    "peers_v4",
-    "peers_v6",
-    "udp_ports",
-    "config",
-    "counters",
-];
-
-#[derive(Debug)]
-struct PinState {
-    folder: PathBuf,
-    created_folder: bool,
-    keep: bool,
-}
+/// What a pinned [`Decap`] leaves in its folder (see [`crate::pins`]): its tables, settings
+/// and counters (the per-CPU checksum scratch space is not state), and its program.
+pub const PIN_LAYOUT: PinLayout = crate::family::pins::DECAP;
 
 impl Drop for Decap {
     fn drop(&mut self) {
         // Detach first (the attachments drop with the struct anyway; this keeps the order
-        // explicit), then remove the pins unless they are to outlive this value.
+        // explicit); the pins go after, with the folder's lock (the last field).
         self.attachments.clear();
-        let Some(pin) = &self.pin else { return };
-        if pin.keep {
-            return;
-        }
-        for name in PINNED_MAPS.iter().chain(std::iter::once(&PROGRAM)) {
-            let _ = std::fs::remove_file(pin.folder.join(name));
-        }
-        if pin.created_folder {
-            let _ = std::fs::remove_dir(&pin.folder);
-        }
     }
 }
 
@@ -337,7 +316,7 @@ fn peer_key(prefix: &IpNetwork) -> (&'static str, Vec<u8>) {
 /// The decap object for this kernel: with a bpf_loop checksum loop, or (before 5.17) the
 /// variant with a bounded one.
 fn decap_object() -> &'static [u8] {
-    crate::program::bpf_loop_variant(
+    crate::family::bpf_loop_variant(
         crate::skel::tc_decap::OBJECT,
         crate::skel::tc_decap_compat::OBJECT,
     )
@@ -393,118 +372,67 @@ impl Decap {
     /// ```
     pub fn load_pinned(folder: impl Into<PathBuf>) -> Result<Self> {
         let op = "load pinned decap";
-        let folder = folder.into();
-        let mut created_folder = false;
-        if !folder.exists() {
-            std::fs::create_dir_all(&folder)
-                .map_err(|e| Error::io(op, e).with_object(folder.display().to_string()))?;
-            created_folder = true;
-        }
-        let adopted = folder.join(PINNED_MAPS[0]).exists();
-        let result = (|| {
-            let mut open = ObjectBuilder::default()
-                .name("tc_decap")
+        let mut pin = PinFolder::open(folder.into(), &PIN_LAYOUT, op)?;
+        let adopted = pin.adopted();
+        let mut open = ObjectBuilder::default()
+            .name("tc_decap")
+            .map_err(|e| Error::bpf(op, e))?
+            .open_memory(decap_object())
+            .map_err(|e| Error::bpf(op, e))?;
+        pin.reuse_maps(&mut open)?;
+        let object = crate::program::load_opened(open, op)?;
+        let prog = crate::program::program_fd(&object, PROGRAM)?;
+        let baseline = crate::program::program_fd(&object, BASELINE)?;
+        let mut decap = Decap {
+            attachments: Vec::new(),
+            prog,
+            baseline,
+            object,
+            flags: 0,
+            pin: None,
+        };
+        if adopted {
+            let cfg = decap
+                .map("config")?
+                .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
                 .map_err(|e| Error::bpf(op, e))?
-                .open_memory(decap_object())
-                .map_err(|e| Error::bpf(op, e))?;
-            if adopted {
-                for mut map in open.maps_mut() {
-                    let name = map.name().to_string_lossy().into_owned();
-                    if PINNED_MAPS.contains(&name.as_str()) {
-                        let path = folder.join(&name);
-                        map.reuse_pinned_map(&path).map_err(|e| {
-                            Error::bpf("adopt pinned decap map", e)
-                                .with_object(path.display().to_string())
-                        })?;
-                    }
-                }
+                .and_then(|v| abi::from_bytes::<lwtun_decap_config>(&v))
+                .unwrap_or_default();
+            if cfg.magic != MAGIC || cfg.version != ABI_VERSION {
+                // Not ours: the folder stays as it was (nothing was pinned yet).
+                return Err(Error::invalid_input(
+                    op,
+                    format!(
+                        "the pinned config has magic {:#x} version {}, this lwtun writes \
+                         {MAGIC:#x} version {ABI_VERSION}; remove the folder or use another",
+                        cfg.magic, cfg.version
+                    ),
+                )
+                .with_object(pin.path().display().to_string()));
             }
-            let object = crate::program::load_opened(open, op)?;
-            let prog = crate::program::program_fd(&object, PROGRAM)?;
-            let baseline = crate::program::program_fd(&object, BASELINE)?;
-            let mut decap = Decap {
-                attachments: Vec::new(),
-                prog,
-                baseline,
-                object,
-                flags: 0,
-                pin: Some(PinState {
-                    folder: folder.clone(),
-                    created_folder,
-                    keep: false,
-                }),
-            };
-            if adopted {
-                let cfg = decap
-                    .map("config")?
-                    .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
-                    .map_err(|e| Error::bpf(op, e))?
-                    .and_then(|v| abi::from_bytes::<lwtun_decap_config>(&v))
-                    .unwrap_or_default();
-                if cfg.magic != MAGIC || cfg.version != ABI_VERSION {
-                    // not ours: leave the folder as it was
-                    decap.keep_pinned();
-                    return Err(Error::invalid_input(
-                        op,
-                        format!(
-                            "the pinned config has magic {:#x} version {}, this lwtun writes \
-                             {MAGIC:#x} version {ABI_VERSION}; remove the folder or use another",
-                            cfg.magic, cfg.version
-                        ),
-                    )
-                    .with_object(folder.display().to_string()));
-                }
-                decap.flags = cfg.flags;
-            } else {
-                decap.write_config()?;
-            }
-            decap.pin_all(adopted)?;
-            Ok(decap)
-        })();
-        if result.is_err() && created_folder {
-            let _ = std::fs::remove_dir(&folder);
+            decap.flags = cfg.flags;
         }
-        result
-    }
-
-    fn pin_all(&mut self, adopted: bool) -> Result<()> {
-        let Some(pin) = &self.pin else { return Ok(()) };
-        let folder = pin.folder.clone();
-        let op = "pin decap";
+        pin.pin_maps(&mut decap.object, "pin decap")?;
+        pin.pin_program(PROGRAM, decap.prog.as_fd(), "pin decap")?;
         if !adopted {
-            for mut map in self.object.maps_mut() {
-                let name = map.name().to_string_lossy().into_owned();
-                if PINNED_MAPS.contains(&name.as_str()) {
-                    let path = folder.join(&name);
-                    map.pin(&path)
-                        .map_err(|e| Error::bpf(op, e).with_object(path.display().to_string()))?;
-                }
-            }
+            decap.write_config()?;
         }
-        for mut prog in self.object.progs_mut() {
-            if prog.name() != PROGRAM {
-                continue;
-            }
-            let path = folder.join(PROGRAM);
-            // A previous owner's program pin is replaced by this process's program.
-            let _ = std::fs::remove_file(&path);
-            prog.pin(&path)
-                .map_err(|e| Error::bpf(op, e).with_object(path.display().to_string()))?;
-        }
-        Ok(())
+        pin.commit();
+        decap.pin = Some(pin);
+        Ok(decap)
     }
 
     /// Leaves the pins in place when this value drops, for a later [`Decap::load_pinned`] (or
     /// `bpftool map dump pinned FOLDER/counters`). No effect without a pin folder.
     pub fn keep_pinned(&mut self) {
         if let Some(p) = &mut self.pin {
-            p.keep = true;
+            p.keep();
         }
     }
 
     /// The pin folder, if any.
     pub fn pin_folder(&self) -> Option<&Path> {
-        self.pin.as_ref().map(|p| p.folder.as_path())
+        self.pin.as_ref().map(PinFolder::path)
     }
 
     /// As [`Decap::attach`], for the device with index `ifindex` in `netns`.

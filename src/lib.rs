@@ -21,7 +21,8 @@
 //! 4. **Run**: packets flow; read counters and events, edit peers and rules while traffic
 //!    runs (the kernel writes each map element atomically).
 //! 5. **Pin / keep / hand over**: with [`tunnel::TunnelBuilder::pin`] the maps are pinned in a
-//!    bpffs folder (one owner at a time, held by a `flock`). [`tunnel::Tunnel::keep_pinned`]
+//!    bpffs folder (one owner at a time, held by a `flock`; every pinned family follows the
+//!    same protocol, written down in [`pins`]). [`tunnel::Tunnel::keep_pinned`]
 //!    leaves the pins when the tunnel drops (routes and fix-ups are still removed);
 //!    [`tunnel::Tunnel::hand_over`] leaves the pins *and* the routes, so traffic never stops.
 //!    A single handle can be left in the kernel with `persist`
@@ -201,12 +202,12 @@ pub mod decap;
 pub mod device;
 pub mod error;
 mod family;
+pub use family::pins;
 pub mod lwt_redirect;
 pub mod netlink;
 pub mod netns;
 pub mod nexthop;
 pub mod peer;
-mod pin_lock;
 pub mod probe;
 pub mod program;
 pub mod route;

@@ -91,6 +91,7 @@ use libbpf_rs::{MapCore, MapFlags, Object, ObjectBuilder};
 use crate::abi::{self, Pod};
 use crate::device::Device;
 use crate::error::{Error, ErrorKind, Result};
+use crate::family::pins::PinLayout;
 use crate::family::{zero_percpu, PinFolder, Slots};
 use crate::netlink::link::Link;
 use crate::netns::NetNs;
@@ -127,8 +128,11 @@ const ARPHRD_L3: [u16; 10] = [512, 519, 768, 769, 776, 778, 779, 823, 0xffff, 0x
 const IFLA_STATS64: u16 = 23;
 /// Rules a family holds unless the builder says otherwise.
 pub const DEFAULT_CAPACITY: u32 = 1024;
-const MAPS: [&str; 5] = ["rules_v4", "rules_v6", "rule_stats", "config", "events"];
 const PROGRAM: &str = "redirect_xmit";
+
+/// What a pinned [`LwtRedirect`] leaves in its folder (see [`crate::pins`]): its rule tables,
+/// their counters, its settings and miss counters, and its program.
+pub const PIN_LAYOUT: PinLayout = crate::family::pins::LWT_REDIRECT;
 
 /// Where a redirected packet enters its device.
 ///
@@ -482,7 +486,7 @@ impl LwtRedirectBuilder {
         let netns = self.netns.transpose()?;
         let pin = self
             .pin
-            .map(|folder| PinFolder::open(folder, MAPS[0], op))
+            .map(|folder| PinFolder::open(folder, &PIN_LAYOUT, op))
             .transpose()?;
         let adopted = pin.as_ref().is_some_and(PinFolder::adopted);
         let mut open = ObjectBuilder::default()
@@ -536,17 +540,16 @@ impl LwtRedirectBuilder {
                 family.adopt_rules()?;
             }
             family.write_config(family.miss)?;
-            match &family.pin {
-                Some(pin) => pin.pin_all(&mut family.object, "pin LWT redirect"),
-                None => Ok(()),
+            if let Some(pin) = &mut family.pin {
+                pin.pin_maps(&mut family.object, "pin LWT redirect")?;
+                pin.pin_program(PROGRAM, family.program.as_fd(), "pin LWT redirect")?;
             }
+            Ok(())
         })();
-        if let Err(e) = setup {
-            if adopted {
-                // A failed adoption leaves the previous owner's pins as they were.
-                family.keep_pinned();
-            }
-            return Err(e);
+        // On error the folder is left as it was found (crate::pins): adopted pins stay.
+        setup?;
+        if let Some(pin) = &mut family.pin {
+            pin.commit();
         }
         Ok(family)
     }
@@ -982,14 +985,6 @@ impl LwtRedirect {
         self.slots = Slots::adopted(self.map("rule_stats")?.max_entries(), &used);
         self.netns = Some(netns);
         Ok(())
-    }
-}
-
-impl Drop for LwtRedirect {
-    fn drop(&mut self) {
-        if let Some(pin) = &self.pin {
-            pin.remove(MAPS.into_iter().chain([PROGRAM]));
-        }
     }
 }
 

@@ -476,16 +476,6 @@ pub(crate) fn load_opened(mut open: libbpf_rs::OpenObject, op: &str) -> Result<O
     })
 }
 
-/// The object to load for a family that ships a bounded-loop variant of itself: `main` where
-/// the kernel has `bpf_loop` (5.17), `without_loop` before ([`crate::probe::bpf_loop`]).
-pub(crate) fn bpf_loop_variant(main: &'static [u8], without_loop: &'static [u8]) -> &'static [u8] {
-    if crate::probe::Feature::BpfLoop.present() {
-        main
-    } else {
-        without_loop
-    }
-}
-
 /// Bytes of verifier log kept for a refused program (8 MiB: enough for a level-1 log of
 /// lwtun's largest program; the kernel takes up to 16 MiB on every supported version).
 const VERIFIER_LOG_SIZE: usize = 8 << 20;

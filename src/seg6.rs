@@ -77,6 +77,7 @@ use libbpf_rs::{MapCore, MapFlags, Object, ObjectBuilder};
 use crate::abi::{self, Pod};
 use crate::device::Device;
 use crate::error::{Error, ErrorKind, Result};
+use crate::family::pins::PinLayout;
 use crate::family::PinFolder;
 use crate::netlink::route::{Encap, Route, Seg6Encap, Seg6Mode};
 use crate::netlink::Netlink;
@@ -104,7 +105,10 @@ const MISS_DROP: u32 = 0;
 const MISS_PASS: u32 = 1;
 const ACTION_END_X: u32 = 2;
 const ACTION_END_DT6: u32 = 7;
-const MAPS: [&str; 4] = ["rules", "config", "events", "decision"];
+/// What a pinned SRv6 function ([`Seg6End`]) leaves in its folder (see [`crate::pins`]): its
+/// rule table, settings, counters and decision scratch map, and its program and twin (one
+/// function a folder).
+pub const PIN_LAYOUT: PinLayout = crate::family::pins::SEG6;
 /// Rules a function holds unless the builder says otherwise.
 pub const DEFAULT_CAPACITY: u32 = 1024;
 
@@ -426,16 +430,14 @@ impl<F: Seg6Function> Seg6Builder<F> {
         crate::probe::Feature::Seg6Local.require(&op)?;
         let pin = self
             .pin
-            .map(|folder| PinFolder::open(folder, MAPS[0], &op))
+            .map(|folder| PinFolder::open(folder, &PIN_LAYOUT, &op))
             .transpose()?;
         let adopted = pin.as_ref().is_some_and(PinFolder::adopted);
         let mut capacity = capacity;
         if let Some(pin) = pin.as_ref().filter(|p| p.adopted()) {
             // Adopted maps keep the size they were made with.
-            let path = pin.path().join(MAPS[0]);
-            let pinned = libbpf_rs::MapHandle::from_pinned_path(&path)
-                .map_err(|e| Error::bpf(op.clone(), e).with_object(path.display().to_string()))?
-                .max_entries();
+            let path = pin.path().join("rules");
+            let pinned = pin.adopted_map("rules", &op)?.max_entries();
             match self.capacity {
                 Some(c) if c != pinned => {
                     return Err(Error::invalid_input(
@@ -487,14 +489,17 @@ impl<F: Seg6Function> Seg6Builder<F> {
                 family.adopt(self.miss.is_none(), &op)?;
             }
             family.write_config(family.miss)?;
-            family.pin_all()
-        })();
-        if let Err(e) = setup {
-            if adopted {
-                // A failed adoption leaves the previous owner's pins as they were.
-                family.keep_pinned();
+            if let Some(pin) = &mut family.pin {
+                pin.pin_maps(&mut family.object, &op)?;
+                pin.pin_program(F::PROGRAM, family.program.as_fd(), &op)?;
+                pin.pin_program(F::TWIN, family.twin.as_fd(), &op)?;
             }
-            return Err(e);
+            Ok(())
+        })();
+        // On error the folder is left as it was found (crate::pins): adopted pins stay.
+        setup?;
+        if let Some(pin) = &mut family.pin {
+            pin.commit();
         }
         Ok(family)
     }
@@ -534,14 +539,6 @@ pub struct Seg6End<F: Seg6Function> {
     miss: MissPolicy,
     pin: Option<PinFolder>,
     function: PhantomData<F>,
-}
-
-impl<F: Seg6Function> Drop for Seg6End<F> {
-    fn drop(&mut self) {
-        if let Some(pin) = &self.pin {
-            pin.remove(MAPS.iter().copied().chain([F::PROGRAM, F::TWIN]));
-        }
-    }
 }
 
 impl<F: Seg6Function> fmt::Debug for Seg6End<F> {
@@ -775,32 +772,6 @@ impl<F: Seg6Function> Seg6End<F> {
             .update(&key, abi::as_bytes(&value), MapFlags::ANY)
             .map_err(|e| Error::bpf(op, e).with_object(segment.to_string()))?;
         self.rules.insert(segment, rule);
-        Ok(())
-    }
-
-    /// Pins the maps (unless adopted) and this function's two programs.
-    fn pin_all(&mut self) -> Result<()> {
-        let Some(pin) = &self.pin else {
-            return Ok(());
-        };
-        let op = format!("pin SRv6 {} function", F::NAME);
-        if !pin.adopted() {
-            for mut map in self.object.maps_mut() {
-                let path = pin.path().join(map.name());
-                map.pin(&path).map_err(|e| {
-                    Error::bpf(op.clone(), e).with_object(path.display().to_string())
-                })?;
-            }
-        }
-        for prog in [&self.program, &self.twin] {
-            let path = pin.path().join(match prog.hook() {
-                Hook::Seg6Local => F::PROGRAM,
-                _ => F::TWIN,
-            });
-            let _ = std::fs::remove_file(&path);
-            pin_fd(prog.as_fd(), &path)
-                .map_err(|e| Error::io(op.clone(), e).with_object(path.display().to_string()))?;
-        }
         Ok(())
     }
 
@@ -1071,20 +1042,6 @@ impl Drop for Seg6Policies {
             let _ = self.nl.delete_route(r);
         }
     }
-}
-
-/// Pins a program fd at `path` (BPF_OBJ_PIN).
-fn pin_fd(fd: std::os::fd::BorrowedFd<'_>, path: &Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    use std::os::fd::AsRawFd;
-    // SAFETY: a valid fd and a NUL-terminated path that outlives the call.
-    let rc = unsafe { libbpf_sys::bpf_obj_pin(fd.as_raw_fd(), c.as_ptr()) };
-    if rc < 0 {
-        return Err(std::io::Error::from_raw_os_error(-rc));
-    }
-    Ok(())
 }
 
 /// The prefix of an LPM key (`struct lwtun_redirect_key6`).

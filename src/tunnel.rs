@@ -77,6 +77,8 @@ use libbpf_rs::{MapCore, Object, ObjectBuilder};
 
 use crate::device::Device;
 use crate::error::{Error, ErrorKind, Result};
+use crate::family::pins::PinLayout;
+use crate::family::PinFolder;
 use crate::netlink::Netlink;
 use crate::peer::{MissPolicy, PeerTable};
 use crate::program::{lwt_program, Hook, LwtProgram};
@@ -252,43 +254,37 @@ impl TunnelBuilder {
         let mut open = ObjectBuilder::default()
             .name("lwt_encap")
             .map_err(|e| Error::bpf(op, e))?
-            .open_memory(crate::program::bpf_loop_variant(
+            .open_memory(crate::family::bpf_loop_variant(
                 crate::skel::lwt_encap::OBJECT,
                 crate::skel::lwt_encap_compat::OBJECT,
             ))
             .map_err(|e| Error::bpf(op, e))?;
         let mut capacity = self.capacity;
-        let mut adopted = false;
-        let mut lock = None;
-        if let Some(folder) = &self.pin {
-            std::fs::create_dir_all(folder)
-                .map_err(|e| Error::io(op, e).with_object(folder.display().to_string()))?;
-            // One owner at a time: taken before the pins are read, held while the tunnel lives.
-            lock = Some(crate::pin_lock::PinLock::acquire(folder)?);
-            clear_incomplete_pins(folder)?;
-            let existing = folder.join("peers_v4");
-            if existing.exists() {
-                let op = "adopt pinned peer table";
-                let m = libbpf_rs::MapHandle::from_pinned_path(&existing)
-                    .map_err(|e| Error::bpf(op, e).with_object(existing.display().to_string()))?;
-                // A folder of another program's pins: say so before libbpf refuses to reuse
-                // them with an unrelated errno.
-                if m.map_type() != libbpf_rs::MapType::LpmTrie || m.key_size() != 8 {
-                    return Err(Error::invalid_input(
-                        op,
-                        format!(
-                            "{} is a {:?} map with {}-byte keys, not lwtun's IPv4 peer trie: the \
-                             folder holds another program's pins; pin the tunnel elsewhere or \
-                             remove them",
-                            existing.display(),
-                            m.map_type(),
-                            m.key_size()
-                        ),
-                    ));
-                }
-                capacity = m.max_entries();
-                adopted = true;
+        // The pin protocol (crate::pins): folder, owner lock, complete set or none.
+        let mut pin = match &self.pin {
+            Some(folder) => Some(PinFolder::open(folder.clone(), &PIN_LAYOUT, op)?),
+            None => None,
+        };
+        let adopted = pin.as_ref().is_some_and(PinFolder::adopted);
+        if let Some(pin) = pin.as_ref().filter(|p| p.adopted()) {
+            let op = "adopt pinned peer table";
+            let m = pin.adopted_map("peers_v4", op)?;
+            // A folder of another program's pins: say so before libbpf refuses to reuse
+            // them with an unrelated errno.
+            if m.map_type() != libbpf_rs::MapType::LpmTrie || m.key_size() != 8 {
+                return Err(Error::invalid_input(
+                    op,
+                    format!(
+                        "{} is a {:?} map with {}-byte keys, not lwtun's IPv4 peer trie: the \
+                         folder holds another program's pins; pin the tunnel elsewhere or \
+                         remove them",
+                        pin.path().join("peers_v4").display(),
+                        m.map_type(),
+                        m.key_size()
+                    ),
+                ));
             }
+            capacity = m.max_entries();
         }
         for mut map in open.maps_mut() {
             let Some(name) = map.name().to_str().map(str::to_string) else {
@@ -303,13 +299,9 @@ impl TunnelBuilder {
                 map.set_max_entries(entries)
                     .map_err(|e| Error::bpf(op, e))?;
             }
-            if let Some(folder) = &self.pin {
-                let path = folder.join(&name);
-                if PINNED_MAPS.contains(&name.as_str()) && path.exists() {
-                    map.reuse_pinned_map(&path)
-                        .map_err(|e| Error::bpf("adopt pinned map", e).with_object(name))?;
-                }
-            }
+        }
+        if let Some(pin) = &pin {
+            pin.reuse_maps(&mut open)?;
         }
         // One of the two lwt_xmit variants is loaded (each costs a verification).
         let xmit_name = if self.direct {
@@ -332,45 +324,22 @@ impl TunnelBuilder {
         let input = lwt_program(&object, "encap_in")?;
         let fixup = crate::program::program_fd(&object, "ipip_gso_fixup")?;
         let preview = crate::program::program_fd(&object, "encap_preview")?;
-        let mut peers =
-            PeerTable::new(&object, capacity, adopted).map_err(|e| match &self.pin {
-                Some(folder) if e.object().is_none() => e.with_object(folder.display().to_string()),
-                _ => e,
-            })?;
+        let mut peers = PeerTable::new(&object, capacity, adopted).map_err(|e| match &pin {
+            Some(pin) if e.object().is_none() => e.with_object(pin.path().display().to_string()),
+            _ => e,
+        })?;
         if let Some(p) = self.miss_v4 {
             peers.set_miss_policy(false, p)?;
         }
         if let Some(p) = self.miss_v6 {
             peers.set_miss_policy(true, p)?;
         }
-        let mut pinned = Vec::new();
-        if let Some(folder) = &self.pin {
-            for name in PINNED_MAPS {
-                let path = folder.join(name);
-                if path.exists() {
-                    continue; // reused
-                }
-                let mut map = object
-                    .maps_mut()
-                    .find(|m| m.name() == name)
-                    .ok_or_else(|| Error::not_found(op, format!("map {name}")))?;
-                if let Err(e) = map.pin(&path) {
-                    for p in &pinned {
-                        let _ = std::fs::remove_file(p);
-                    }
-                    return Err(
-                        Error::bpf("pin tunnel map", e).with_object(path.display().to_string())
-                    );
-                }
-                pinned.push(path);
-            }
+        if let Some(pin) = &mut pin {
+            pin.pin_maps(&mut object, "pin tunnel map")?;
+            pin.commit();
         }
         Ok(Tunnel {
-            pin: self.pin.zip(lock).map(|(folder, lock)| PinState {
-                folder,
-                keep: false,
-                _lock: lock,
-            }),
+            pin,
             adopted,
             sources: self.sources,
             forward_only: self.forward_only,
@@ -415,8 +384,8 @@ impl TunnelBuilder {
 /// # Ok::<(), lwtun::Error>(())
 /// ```
 pub struct Tunnel {
-    // Field order is drop order: routes first, then the fix-ups, then maps and programs.
-    pin: Option<PinState>,
+    // Field order is drop order: routes first, then the fix-ups, then maps and programs, then
+    // the pins and the folder's owner lock.
     adopted: bool,
     sources: Vec<IpAddr>,
     forward_only: bool,
@@ -429,71 +398,12 @@ pub struct Tunnel {
     fixup: OwnedFd,
     preview: OwnedFd,
     object: Object,
+    pin: Option<PinFolder>,
 }
 
-/// The maps a pinned tunnel shares with later processes.
-const PINNED_MAPS: [&str; 5] = ["peers_v4", "peers_v6", "peer_stats", "events", "config"];
-
-/// Removes the pins of a set that is not complete: what a load killed while pinning, or an
-/// unload killed while unpinning, leaves. Neither is a table to adopt (a load pins fresh, empty
-/// maps; an unload was asked to drop the table), and reusing part of a set would pair adopted
-/// maps with fresh ones whose contents disagree (a fresh `config` over an adopted `peers_v6`
-/// would hide its peers from the table's copy). Each pin must be a map of that name, else the
-/// folder is another program's and is refused.
-fn clear_incomplete_pins(folder: &Path) -> Result<()> {
-    let present: Vec<&str> = PINNED_MAPS
-        .iter()
-        .copied()
-        .filter(|name| folder.join(name).exists())
-        .collect();
-    if present.is_empty() || present.len() == PINNED_MAPS.len() {
-        return Ok(());
-    }
-    let op = "clear incomplete tunnel pins";
-    for name in &present {
-        let path = folder.join(name);
-        let map = libbpf_rs::MapHandle::from_pinned_path(&path)
-            .map_err(|e| Error::bpf(op, e).with_object(path.display().to_string()))?;
-        if map.name().to_str() != Some(*name) {
-            return Err(Error::invalid_input(
-                op,
-                format!(
-                    "{} is map {:?}, not lwtun's {name}: the folder holds another program's \
-                     pins; pin the tunnel elsewhere or remove them",
-                    path.display(),
-                    map.name()
-                ),
-            ));
-        }
-    }
-    for name in present {
-        let path = folder.join(name);
-        std::fs::remove_file(&path)
-            .map_err(|e| Error::io(op, e).with_object(path.display().to_string()))?;
-    }
-    Ok(())
-}
-
-#[derive(Debug)]
-struct PinState {
-    folder: PathBuf,
-    keep: bool,
-    /// The folder's owner lock, released after the pins are removed (fields drop last).
-    _lock: crate::pin_lock::PinLock,
-}
-
-impl Drop for Tunnel {
-    fn drop(&mut self) {
-        if let Some(pin) = &self.pin {
-            if !pin.keep {
-                for name in PINNED_MAPS {
-                    let _ = std::fs::remove_file(pin.folder.join(name));
-                }
-                let _ = std::fs::remove_dir(&pin.folder);
-            }
-        }
-    }
-}
+/// What a pinned tunnel leaves in its folder (see [`crate::pins`]): the peer tables, their
+/// counters, the miss counters and the settings. Its programs are not pinned: routes hold them.
+pub const PIN_LAYOUT: PinLayout = crate::family::pins::TUNNEL;
 
 impl fmt::Debug for Tunnel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -526,7 +436,7 @@ impl Tunnel {
     /// and fix-ups are still removed: the later process installs its own).
     pub fn keep_pinned(&mut self) {
         if let Some(p) = &mut self.pin {
-            p.keep = true;
+            p.keep();
         }
     }
 
@@ -568,7 +478,7 @@ impl Tunnel {
 
     /// The pin folder, when pinned.
     pub fn pin_folder(&self) -> Option<&Path> {
-        self.pin.as_ref().map(|p| p.folder.as_path())
+        self.pin.as_ref().map(PinFolder::path)
     }
 
     /// Whether the tables were adopted from pins (see [`TunnelBuilder::pin`]).
@@ -882,7 +792,8 @@ impl PinnedTunnel {
 
     /// Names and ids of the pinned maps (for `bpftool map dump id N`).
     pub fn map_ids(&self) -> Vec<(String, u32)> {
-        PINNED_MAPS
+        PIN_LAYOUT
+            .maps()
             .iter()
             .filter_map(|name| {
                 let map = libbpf_rs::MapHandle::from_pinned_path(self.folder.join(name)).ok()?;

@@ -47,6 +47,7 @@ use libbpf_rs::{MapCore, MapFlags, Object, ObjectBuilder};
 use crate::abi::{self, Pod};
 use crate::device::Device;
 use crate::error::{Error, ErrorKind, Result};
+use crate::family::pins::PinLayout;
 use crate::family::{zero_percpu, PinFolder, Slots};
 use crate::netlink::link::Link;
 use crate::netlink::{attr, Netlink};
@@ -76,8 +77,11 @@ const IFLA_LINKINFO: u16 = 18;
 const IFLA_INFO_DATA: u16 = 2;
 /// Rules a family holds unless the builder says otherwise.
 pub const DEFAULT_CAPACITY: u32 = 1024;
-const MAPS: [&str; 4] = ["rules_v4", "rules_v6", "rule_stats", "events"];
 const PROGRAMS: [&str; 2] = ["redirect_tc", "redirect_lwt_xmit"];
+
+/// What a pinned [`TunnelRedirect`] leaves in its folder (see [`crate::pins`]): its rule
+/// tables, their counters, its miss counters, and its two programs.
+pub const PIN_LAYOUT: PinLayout = crate::family::pins::TUNNEL_REDIRECT;
 
 bitflags::bitflags! {
     /// Flags of a tunnel key (`bpf_skb_set_tunnel_key`'s `BPF_F_*`).
@@ -353,7 +357,7 @@ impl TunnelRedirectBuilder {
         }
         let pin = self
             .pin
-            .map(|folder| PinFolder::open(folder, MAPS[0], op))
+            .map(|folder| PinFolder::open(folder, &PIN_LAYOUT, op))
             .transpose()?;
         let adopted = pin.as_ref().is_some_and(PinFolder::adopted);
         let mut open = ObjectBuilder::default()
@@ -382,23 +386,17 @@ impl TunnelRedirectBuilder {
             slots: Slots::new(capacity),
             pin,
         };
-        let pinned = match &family.pin {
-            Some(pin) => pin.pin_all(&mut family.object, "pin tunnel redirect"),
-            None => Ok(()),
-        };
-        let setup = pinned.and_then(|()| {
-            if adopted {
-                family.adopt_rules()
-            } else {
-                Ok(())
-            }
-        });
-        if let Err(e) = setup {
-            if adopted {
-                // A failed adoption leaves the previous owner's pins as they were.
-                family.keep_pinned();
-            }
-            return Err(e);
+        // Adopted rules first, then the pins: on error the folder is left as it was found
+        // (crate::pins).
+        if adopted {
+            family.adopt_rules()?;
+        }
+        if let Some(pin) = &mut family.pin {
+            let op = "pin tunnel redirect";
+            pin.pin_maps(&mut family.object, op)?;
+            pin.pin_program(PROGRAMS[0], family.tc_fd.as_fd(), op)?;
+            pin.pin_program(PROGRAMS[1], family.lwt.as_fd(), op)?;
+            pin.commit();
         }
         Ok(family)
     }
@@ -684,14 +682,6 @@ impl TunnelRedirect {
         let used: Vec<u32> = self.rules.values().map(|i| i.slot).collect();
         self.slots = Slots::adopted(self.map("rule_stats")?.max_entries(), &used);
         Ok(())
-    }
-}
-
-impl Drop for TunnelRedirect {
-    fn drop(&mut self) {
-        if let Some(pin) = &self.pin {
-            pin.remove(MAPS.into_iter().chain(PROGRAMS));
-        }
     }
 }
 

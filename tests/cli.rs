@@ -13,7 +13,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use lwtun::decap::{Decap, DecapPeer};
 use lwtun::peer::{Encap, EncapPeer};
@@ -62,35 +61,6 @@ fn fails(args: &[&str], code: i32) -> String {
     String::from_utf8(out.stderr).unwrap()
 }
 
-/// A unique pin folder under /sys/fs/bpf, removed with everything in it when dropped.
-struct PinDir(PathBuf);
-
-impl PinDir {
-    fn new(name: &str) -> PinDir {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        PinDir(PathBuf::from(format!(
-            "/sys/fs/bpf/lwtun-cli-{name}-{}-{n}",
-            std::process::id()
-        )))
-    }
-
-    fn s(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        if let Ok(entries) = std::fs::read_dir(&self.0) {
-            for e in entries.flatten() {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 /// A file under the temp dir, removed when dropped.
 struct TempFile(PathBuf);
 
@@ -101,7 +71,7 @@ impl TempFile {
         TempFile(path)
     }
 
-    fn s(&self) -> &str {
+    fn arg(&self) -> &str {
         self.0.to_str().unwrap()
     }
 }
@@ -167,8 +137,8 @@ fn load_peer_route_ping_show_adopt_unload() {
     }
     let (net, decap) = setup();
     let a = net.ns(0).name().to_string();
-    let pin = PinDir::new("e2e");
-    let p = pin.s();
+    let pin = common::PinDir::new("e2e");
+    let p = pin.arg();
 
     let load = json(&["-n", &a, "tunnel", "load", "--pin", p, "--capacity", "64"]);
     assert_eq!(load["capacity"], 64);
@@ -421,8 +391,8 @@ fn batch_with_a_bad_line_applies_nothing() {
     if !common::privileged("batch_with_a_bad_line_applies_nothing") {
         return;
     }
-    let pin = PinDir::new("batch");
-    let p = pin.s();
+    let pin = common::PinDir::new("batch");
+    let p = pin.arg();
     ok(&["tunnel", "load", "--pin", p]);
     let good: Vec<String> = (0..5)
         .map(|i| format!("10.40.{i}.0/24 remote 192.0.2.{i} local 192.0.2.100 encap gre key {i}"))
@@ -434,8 +404,8 @@ fn batch_with_a_bad_line_applies_nothing() {
         "10.50.0.0/16 remote 192.0.2.9 local 192.0.2.100 encap udp".into(),
     );
     let file = TempFile::new("bad", &bad.join("\n"));
-    let err = fails(&["peer", "add", "--pin", p, "-b", file.s()], 1);
-    assert!(err.contains(&format!("{}:5", file.s())), "{err}");
+    let err = fails(&["peer", "add", "--pin", p, "-b", file.arg()], 1);
+    assert!(err.contains(&format!("{}:5", file.arg())), "{err}");
     assert!(err.contains("port"), "says what is missing: {err}");
     assert_eq!(json(&["peer", "show", "--pin", p]), json!([]));
     assert_eq!(bpftool_dump(&pin.0.join("peers_v4")), json!([]));
@@ -455,8 +425,8 @@ fn batch_with_a_bad_line_applies_nothing() {
         "ipip",
     ]);
     let file = TempFile::new("dup", &good.join("\n"));
-    let err = fails(&["peer", "add", "--pin", p, "-b", file.s()], 1);
-    assert!(err.contains(&format!("{}:4", file.s())), "{err}");
+    let err = fails(&["peer", "add", "--pin", p, "-b", file.arg()], 1);
+    assert!(err.contains(&format!("{}:4", file.arg())), "{err}");
     assert_eq!(
         json(&["peer", "show", "--pin", p])
             .as_array()
@@ -473,7 +443,7 @@ fn batch_with_a_bad_line_applies_nothing() {
     );
 
     ok(&["peer", "del", "--pin", p, "10.40.3.0/24"]);
-    let added = json(&["peer", "add", "--pin", p, "-b", file.s()]);
+    let added = json(&["peer", "add", "--pin", p, "-b", file.arg()]);
     assert_eq!(added["added"], 5);
     let peers = json(&["peer", "show", "--pin", p]);
     let got: Vec<(String, u64)> = peers
@@ -525,13 +495,13 @@ fn refusals_and_usage_errors() {
     fails(&["peer", "show"], 2);
     fails(&["frobnicate"], 2);
     // A folder that holds another program's pins is refused with the library's error.
-    let pin = PinDir::new("foreign");
+    let pin = common::PinDir::new("foreign");
     std::fs::create_dir_all(&pin.0).unwrap();
     let st = std::process::Command::new("bpftool")
         .args([
             "map",
             "create",
-            &format!("{}/peers_v4", pin.s()),
+            &format!("{}/peers_v4", pin.arg()),
             "type",
             "hash",
             "key",
@@ -546,24 +516,24 @@ fn refusals_and_usage_errors() {
         .status()
         .unwrap();
     assert!(st.success());
-    let err = fails(&["tunnel", "load", "--pin", pin.s()], 1);
+    let err = fails(&["tunnel", "load", "--pin", pin.arg()], 1);
     assert!(err.contains("another program's pins"), "{err}");
-    let err = fails(&["peer", "show", "--pin", pin.s()], 1);
+    let err = fails(&["peer", "show", "--pin", pin.arg()], 1);
     assert!(err.contains("another program's pins"), "{err}");
     // A folder without pins is not a tunnel (show does not make one).
-    let empty = PinDir::new("empty");
-    let err = fails(&["tunnel", "show", "--pin", empty.s()], 1);
+    let empty = common::PinDir::new("empty");
+    let err = fails(&["tunnel", "show", "--pin", empty.arg()], 1);
     assert!(err.contains("no lwtun tunnel pins"), "{err}");
     assert!(!empty.0.exists());
     // A bad peer on the command line.
-    let good = PinDir::new("words");
-    ok(&["tunnel", "load", "--pin", good.s()]);
+    let good = common::PinDir::new("words");
+    ok(&["tunnel", "load", "--pin", good.arg()]);
     let err = fails(
         &[
             "peer",
             "add",
             "--pin",
-            good.s(),
+            good.arg(),
             "10.0.0.0/8",
             "remote",
             "1.1.1.1",
@@ -574,13 +544,13 @@ fn refusals_and_usage_errors() {
     );
     assert!(err.contains("local"), "{err}");
     // -p pretty-prints JSON (and implies -j).
-    let pretty = ok(&["-p", "peer", "show", "--pin", good.s()]);
+    let pretty = ok(&["-p", "peer", "show", "--pin", good.arg()]);
     assert_eq!(pretty.trim(), "[]");
-    let pretty = ok(&["-p", "tunnel", "show", "--pin", good.s()]);
+    let pretty = ok(&["-p", "tunnel", "show", "--pin", good.arg()]);
     assert!(pretty.starts_with("{\n  \""), "{pretty}");
     let v: Value = serde_json::from_str(&pretty).unwrap();
     assert_eq!(v["capacity"], 4096);
-    ok(&["tunnel", "unload", "--pin", good.s()]);
+    ok(&["tunnel", "unload", "--pin", good.arg()]);
     // Completions.
     let script = ok(&["completions", "bash"]);
     assert!(script.contains("lwtun"), "{script}");
@@ -642,8 +612,8 @@ fn decap_attach_show_detach() {
     }
     let net = hosts();
     let b = net.ns(1).name().to_string();
-    let pin = PinDir::new("decap");
-    let p = pin.s();
+    let pin = common::PinDir::new("decap");
+    let p = pin.arg();
     // B decapsulates through the command; A's tunnel is a library user's.
     let attached = json(&[
         "-n",
@@ -748,7 +718,7 @@ fn capture_to_pcap_with_a_filter() {
             "--dev",
             "to0",
             "-w",
-            file.s(),
+            file.arg(),
             "-c",
             "3",
             "--timeout",
@@ -803,8 +773,8 @@ fn route_del_and_leftovers() {
     }
     let net = hosts();
     let a = net.ns(0).name().to_string();
-    let pin = PinDir::new("leftovers");
-    let p = pin.s();
+    let pin = common::PinDir::new("leftovers");
+    let p = pin.arg();
     let load = json(&["-n", &a, "tunnel", "load", "--pin", p, "--miss", "pass"]);
     assert_eq!(load["miss_policy_v4"], "pass");
     assert_eq!(load["miss_policy_v6"], "pass");
@@ -934,8 +904,8 @@ fn adopts_a_library_users_pins_and_large_batches() {
     if !common::privileged("adopts_a_library_users_pins_and_large_batches") {
         return;
     }
-    let pin = PinDir::new("library");
-    let p = pin.s();
+    let pin = common::PinDir::new("library");
+    let p = pin.arg();
     {
         let mut tunnel = Tunnel::builder()
             .pin(&pin.0)
@@ -993,7 +963,7 @@ fn adopts_a_library_users_pins_and_large_batches() {
                 "{} {} peer add --pin {p} -b {}",
                 env!("CARGO_BIN_EXE_lwtun"),
                 if json { "-j" } else { "" },
-                bad.s()
+                bad.arg()
             ))
             .arg("/dev/null")
             .output()
@@ -1003,13 +973,13 @@ fn adopts_a_library_users_pins_and_large_batches() {
     };
     let shown = on_terminal(false);
     assert!(shown.contains("checking peers"), "{shown:?}");
-    assert!(shown.contains(&format!("{}:20001", bad.s())), "{shown:?}");
+    assert!(shown.contains(&format!("{}:20001", bad.arg())), "{shown:?}");
     let shown = on_terminal(true);
     assert!(!shown.contains("checking peers"), "{shown:?}");
-    assert!(shown.contains(&format!("{}:20001", bad.s())), "{shown:?}");
+    assert!(shown.contains(&format!("{}:20001", bad.arg())), "{shown:?}");
     assert_eq!(json(&["tunnel", "show", "--pin", p])["peers_v4"], 0);
     let t = std::time::Instant::now();
-    let out = lwtun(&["-j", "peer", "add", "--pin", p, "-b", file.s()]);
+    let out = lwtun(&["-j", "peer", "add", "--pin", p, "-b", file.arg()]);
     assert!(out.status.success());
     assert!(out.stderr.is_empty(), "no bar when stderr is no terminal");
     let added: Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -10,7 +10,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -212,29 +212,6 @@ impl Drop for ChildProcess {
     }
 }
 
-/// A unique pin folder, removed at the end whatever happened.
-struct PinDir(PathBuf);
-
-impl PinDir {
-    fn new(tag: &str) -> PinDir {
-        let p = PathBuf::from(format!(
-            "/sys/fs/bpf/lwtun-crash-{tag}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        PinDir(p)
-    }
-    fn arg(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Loads the pinned tunnel once the killed owner's lock is gone.
 fn adopt(folder: &Path) -> Tunnel {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -282,7 +259,7 @@ fn killed_during_a_million_peer_batch() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = PinDir::new("peers");
+    let dir = common::PinDir::new("peers");
     let mut child = ChildProcess::spawn("peer-batch", &[("LWTUN_CRASH_DIR", dir.arg())]);
     child.wait_ready();
     // Kill as soon as the first peer is in the kernel's trie: the batch is under way.
@@ -395,7 +372,7 @@ fn killed_during_a_pinned_tunnel_load() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = PinDir::new("load");
+    let dir = common::PinDir::new("load");
     // How long a load takes here, to spread the kills over it.
     let start = Instant::now();
     drop(Tunnel::builder().capacity(4096).pin(&dir.0).load().unwrap());
@@ -473,7 +450,7 @@ fn killed_during_program_upgrades() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let hosts = common::two_hosts();
     let ns = hosts.ns(0);
-    let dir = PinDir::new("upgrade");
+    let dir = common::PinDir::new("upgrade");
     let mut nl = Netlink::open_in(ns).unwrap();
     {
         let mut t = Tunnel::builder()

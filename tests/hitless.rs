@@ -301,25 +301,6 @@ fn xdp_program_replaced_under_traffic() {
     }
 }
 
-struct PinDir(PathBuf);
-
-impl PinDir {
-    fn new(tag: &str) -> PinDir {
-        let p = PathBuf::from(format!(
-            "/sys/fs/bpf/lwtun-hitless-{tag}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        PinDir(p)
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn xmit_program_id(ns: &NetNs) -> u32 {
     let mut nl = Netlink::open_in(ns).unwrap();
     let routes = route::lwt_routes(&mut nl).unwrap();
@@ -339,7 +320,7 @@ fn encap_program_replaced_under_traffic() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let s = setup();
-    let dir = PinDir::new("program");
+    let dir = common::PinDir::new("program");
     let old = a_tunnel(&s, Some(&dir.0));
     let old_id = xmit_program_id(s.line.ns(0));
     let mut new = None;
@@ -411,7 +392,7 @@ fn controlling_process_restarts_under_traffic() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let s = setup();
-    let dir = PinDir::new("restart");
+    let dir = common::PinDir::new("restart");
     a_tunnel(&s, Some(&dir.0)).hand_over().unwrap();
     let ns0 = s.line.ns(0).name().to_string();
     let dir_s = dir.0.to_str().unwrap().to_string();

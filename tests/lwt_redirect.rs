@@ -645,28 +645,13 @@ fn refuses_bad_targets_and_other_namespaces_and_changes_nothing() {
     assert_eq!(small.netns().unwrap().id().unwrap(), lab.a.id().unwrap());
 }
 
-/// A unique bpffs folder for this test's pins, removed on drop.
-struct PinDir(std::path::PathBuf);
-
-impl PinDir {
-    fn new(tag: &str) -> PinDir {
-        PinDir(format!("/sys/fs/bpf/lwtun-test-{tag}-{}", std::process::id()).into())
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn pinned_maps_adopted_with_their_rules_and_policy() {
     if !common::privileged("pinned_maps_adopted_with_their_rules_and_policy") {
         return;
     }
     let lab = lab();
-    let pins = PinDir::new("lwtredir");
+    let pins = common::PinDir::new("lwtredir");
     let mut redirect = LwtRedirect::builder()
         .pin(&pins.0)
         .miss_policy(MissPolicy::Pass)

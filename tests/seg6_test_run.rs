@@ -326,20 +326,6 @@ fn counters_add_up_by_reason() {
     assert_eq!(ev.helper_failed.packets, 0);
 }
 
-/// Removes a bpffs folder and what is pinned in it, also when the test fails.
-struct PinDir(std::path::PathBuf);
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        if let Ok(entries) = std::fs::read_dir(&self.0) {
-            for e in entries.flatten() {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 #[test]
 fn pinned_functions_are_adopted_by_the_same_function_only() {
     if !common::privileged("pinned_functions_are_adopted_by_the_same_function_only")
@@ -350,10 +336,7 @@ fn pinned_functions_are_adopted_by_the_same_function_only() {
     {
         return;
     }
-    let dir = PinDir(std::path::PathBuf::from(format!(
-        "/sys/fs/bpf/lwtun-test-seg6-{}",
-        std::process::id()
-    )));
+    let dir = common::PinDir::new("seg6");
     let (t, e, _) = sids();
     let mut first = Seg6EndX::builder()
         .capacity(16)

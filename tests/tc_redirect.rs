@@ -373,23 +373,6 @@ fn seed() -> Seed {
     Seed { a, r, b, r0, vx0 }
 }
 
-/// A unique bpffs folder for this test's pins, removed on drop.
-struct PinDir(std::path::PathBuf);
-
-impl PinDir {
-    fn new(tag: &str) -> PinDir {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        PinDir(format!("/sys/fs/bpf/lwtun-test-{tag}-{}-{n}", std::process::id()).into())
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn vxlan_rule(seed: &Seed, prefix: &str, vni: u32) -> RedirectRule {
     RedirectRule::new(
         prefix.parse().unwrap(),
@@ -405,7 +388,7 @@ fn seed_scenario_ping_tcp_both_ways_through_vxlan() {
         return;
     }
     let s = seed();
-    let pins = PinDir::new("seed");
+    let pins = common::PinDir::new("seed");
     let mut nl = s.r.run(Netlink::open).unwrap();
     let mut redirect = TunnelRedirect::builder().pin(&pins.0).load().unwrap();
     redirect
@@ -538,7 +521,7 @@ fn pinned_maps_read_by_bpftool_and_adopted() {
         return;
     }
     let s = seed();
-    let pins = PinDir::new("bpftool");
+    let pins = common::PinDir::new("bpftool");
     let mut nl = s.r.run(Netlink::open).unwrap();
     let mut redirect = TunnelRedirect::builder().pin(&pins.0).load().unwrap();
     redirect

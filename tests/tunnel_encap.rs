@@ -403,10 +403,8 @@ fn pinned_tables_are_adopted() {
     if !common::privileged("pinned_tables_are_adopted") {
         return;
     }
-    let folder = std::path::PathBuf::from(format!(
-        "/sys/fs/bpf/lwtun-test-tunnel-{}",
-        std::process::id()
-    ));
+    let dir = common::PinDir::new("tunnel");
+    let folder = dir.0.clone();
     let local: IpAddr = "192.0.2.1".parse().unwrap();
     let v6local: IpAddr = "2001:db8::1".parse().unwrap();
     let peers = [

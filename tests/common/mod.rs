@@ -1061,3 +1061,32 @@ impl Drop for Iproute2Bpffs {
         let _ = std::fs::remove_dir("/sys/fs/bpf/tc");
     }
 }
+
+/// A unique folder on bpffs for a test's pins (`/sys/fs/bpf/lwtun-test-TAG-PID-N`, not made
+/// yet), removed with everything in it at the end, also when the test panics.
+pub struct PinDir(pub std::path::PathBuf);
+
+impl PinDir {
+    /// A fresh name, unique within this process and across processes.
+    pub fn new(tag: &str) -> PinDir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let p = std::path::PathBuf::from(format!(
+            "/sys/fs/bpf/lwtun-test-{tag}-{}-{n}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        PinDir(p)
+    }
+
+    /// The folder as a command-line argument.
+    pub fn arg(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 path")
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

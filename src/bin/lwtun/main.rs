@@ -382,13 +382,15 @@ fn adopt(pin: &Path, direct: bool) -> Result<Tunnel> {
 
 /// As [`adopt`], but the pins go when the value drops.
 fn open_pinned(pin: &Path, direct: bool) -> Result<Tunnel> {
-    if !pin.join("peers_v4").exists() {
+    let tunnel = &lwtun::tunnel::PIN_LAYOUT;
+    if !lwtun::pins::inspect(pin)?.is_some_and(|f| f.layout == tunnel) {
         return Err(Error::other(
             ErrorKind::NotFound,
             "open pinned tunnel",
             format!(
-                "{} holds no lwtun tunnel pins (peers_v4); load one with `lwtun tunnel load --pin {}`",
+                "{} holds no lwtun tunnel pins ({}); load one with `lwtun tunnel load --pin {}`",
                 pin.display(),
+                tunnel.maps().join(", "),
                 pin.display()
             ),
         ));
@@ -495,8 +497,6 @@ struct TunnelShow {
     adopted: bool,
 }
 
-const PINNED_MAPS: [&str; 5] = ["peers_v4", "peers_v6", "peer_stats", "events", "config"];
-
 /// What the show commands read: a loaded tunnel (`tunnel load`) or the pins alone.
 trait Tables {
     fn peers(&self) -> &lwtun::peer::PeerTable;
@@ -551,7 +551,7 @@ fn tunnel_show(ctx: &Ctx, tunnel: &impl Tables, pin: &Path) -> Result<()> {
             maps: tunnel
                 .map_ids()
                 .into_iter()
-                .filter(|(n, _)| PINNED_MAPS.contains(&n.as_str()))
+                .filter(|(n, _)| lwtun::tunnel::PIN_LAYOUT.maps().contains(&n.as_str()))
                 .map(|(name, id)| MapView { name, id })
                 .collect(),
         },
@@ -1316,11 +1316,9 @@ fn decap(ctx: &Ctx, command: DecapCommand) -> Result<()> {
             })?;
             let last = decap_links(&pin).is_empty();
             if last {
-                // Not kept: dropping it removes the maps and the program pin.
+                // Not kept: dropping it removes the maps, the program pin and the folder
+                // (once empty: these link pins were its last other entries).
                 drop(adopt_decap(&pin)?);
-                std::fs::remove_dir(&pin).map_err(|e| {
-                    Error::io("remove decap pin folder", e).with_object(pin.display().to_string())
-                })?;
             }
             if ctx.json {
                 return ctx.print_json(&serde_json::json!({ "dev": dev, "removed_pins": last }));
@@ -1414,65 +1412,14 @@ fn is_lwtun_xdp(id: u32) -> bool {
     })
 }
 
-/// Whether a process holds the flock of `folder` (a tunnel owned by a running process), and
-/// which, from /proc/locks.
-fn owner_of(folder: &Path) -> Option<u32> {
-    use std::os::unix::fs::MetadataExt;
-    let file = std::fs::File::open(folder).ok()?;
-    // SAFETY: flock on an fd we own; released again at once.
-    let free = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-    if free {
-        // SAFETY: as above.
-        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
-        return None;
-    }
-    let meta = file.metadata().ok()?;
-    // "1: FLOCK  ADVISORY  WRITE 4242 00:2a:1234 0 EOF": major:minor (hex) and inode.
-    let id = format!(
-        "{:02x}:{:02x}:{}",
-        libc::major(meta.dev()),
-        libc::minor(meta.dev()),
-        meta.ino()
-    );
-    let locks = std::fs::read_to_string("/proc/locks").ok()?;
-    locks.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.get(1) == Some(&"FLOCK") && f.get(5) == Some(&id.as_str()))
-            .then(|| f.get(4)?.parse().ok())
-            .flatten()
-    })
-}
-
-/// Tunnel pin folders under /sys/fs/bpf (two levels deep).
-fn tunnel_pin_folders() -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![(PathBuf::from("/sys/fs/bpf"), 0)];
-    while let Some((dir, depth)) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                if p.join("peers_v4").exists() && p.join("peer_stats").exists() {
-                    out.push(p);
-                } else if depth < 2 {
-                    stack.push((p, depth + 1));
-                }
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 fn leftovers(ctx: &Ctx, remove: bool) -> Result<()> {
     let mut nl = ctx.netlink()?;
-    let tunnel_pins = tunnel_pin_folders()
+    let tunnel_pins = lwtun::pins::discover("/sys/fs/bpf")?
         .into_iter()
-        .map(|p| PinView {
-            owner_pid: owner_of(&p),
-            pin: p.display().to_string(),
+        .filter(|f| f.layout == &lwtun::tunnel::PIN_LAYOUT)
+        .map(|f| PinView {
+            owner_pid: f.owner.map(|o| o.pid),
+            pin: f.path.display().to_string(),
         })
         .collect();
     let routes: Vec<RouteView> = lwt_routes(&mut nl)?

@@ -1,0 +1,533 @@
+//! The pin protocol: how a program family's state outlives its process on bpffs, and how
+//! another process finds it, reads it or takes it over. Every pinned family follows it
+//! ([`Tunnel`], [`Decap`], [`LwtRedirect`], [`TunnelRedirect`], [`Seg6End`]), and so do the
+//! `lwtun` command and the fleet agent, which read folders through this module.
+//!
+//! # A pin folder
+//!
+//! One folder on bpffs (under `/sys/fs/bpf`) holds one instance of one family:
+//!
+//! - its **state maps**, pinned under their own names ([`PinLayout::maps`]): made empty by the
+//!   first owner, taken over as they are by every later one;
+//! - its **programs** ([`PinLayout::programs`]), pinned by each owner in place of the previous
+//!   owner's, so that a tool attaching from the pins (`ip route … encap bpf pinned`,
+//!   `tc filter … pinned`, bpftool) gets the programs that read the state maps.
+//!
+//! Nothing else is pinned there. The layouts are the constants below ([`TUNNEL`], [`DECAP`],
+//! [`LWT_REDIRECT`], [`TUNNEL_REDIRECT`], [`SEG6`]), each also its family's `PIN_LAYOUT`.
+//!
+//! # One owner
+//!
+//! At most one process owns a folder: the one whose family value holds `flock(LOCK_EX)` on the
+//! folder. A load takes the lock before it reads a pin and the value keeps it until it has
+//! removed or kept its pins. A second owner's load fails with
+//! [`ErrorKind::Exists`](crate::ErrorKind::Exists) naming the process that holds the folder.
+//! The kernel drops the lock when the owner exits, also on `SIGKILL`, so a crashed owner never
+//! blocks the next one. [`owner`] tells who holds a folder without taking it. The lock is
+//! advisory: it orders lwtun processes and tools that take it (`flock FOLDER cmd`), not
+//! `bpftool map update`.
+//!
+//! # Loading with a folder
+//!
+//! 1. The folder is made when missing (and removed again when the load fails or the value
+//!    drops unkept).
+//! 2. The lock is taken.
+//! 3. Every pin the layout names must be a map of that name; anything else means the folder is
+//!    another program's, and the load fails with InvalidInput touching nothing.
+//! 4. A partial set of state maps (a load or an unload killed midway) is removed: it is not
+//!    state to take over, and pairing some old maps with fresh ones would make them disagree.
+//! 5. A complete set is **adopted**: the new object reuses the maps; the family checks its
+//!    configuration's magic and ABI version (`LWTUN_MAGIC`, `LWTUN_ABI_VERSION` in
+//!    `bpf/lwtun.h`; another version is InvalidInput and leaves the folder as it was) and
+//!    rebuilds its bookkeeping (rules, counter slots, capacity) from the maps.
+//! 6. Otherwise the fresh maps are pinned, then the programs.
+//!
+//! A load that fails leaves the folder as it found it: what it pinned is unpinned, what it
+//! adopted stays.
+//!
+//! # Dropping
+//!
+//! A family value that drops removes its pins, and the folder when it made it, unless it was
+//! told to keep them (`keep_pinned`, or `hand_over` for a tunnel): then everything stays for the
+//! next owner, and only the lock goes. What a family attached or installed (routes,
+//! attachments) follows the family's own rules.
+//!
+//! # Reading without owning
+//!
+//! [`inspect`] reports which family a folder holds, whether its set is complete and who owns
+//! it; [`discover`] lists the folders under a root. The maps can be read at any time without
+//! the lock (`MapHandle::from_pinned_path`, `bpftool map dump pinned FOLDER/NAME`). Writing
+//! behind a live owner's back is not supported: the owner keeps a copy of its tables and would
+//! overwrite the change; take the folder over when the owner has ended instead.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use lwtun::pins;
+//!
+//! for folder in pins::discover("/sys/fs/bpf")? {
+//!     let owner = folder.owner.map_or("none".to_string(), |o| o.to_string());
+//!     println!("{} {} complete={} owner={owner}", folder.path.display(),
+//!         folder.layout.family(), folder.complete);
+//! }
+//! # Ok::<(), lwtun::Error>(())
+//! ```
+//!
+//! [`Tunnel`]: crate::tunnel::Tunnel
+//! [`Decap`]: crate::decap::Decap
+//! [`LwtRedirect`]: crate::lwt_redirect::LwtRedirect
+//! [`TunnelRedirect`]: crate::tunnel_redirect::TunnelRedirect
+//! [`Seg6End`]: crate::seg6::Seg6End
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+
+use libbpf_rs::{MapCore, Object, OpenObject};
+
+pub use super::lock::Owner;
+use super::lock::PinLock;
+use crate::error::{Error, Result};
+
+/// What a family pins in its folder: the names of its state maps and of its programs.
+///
+/// # Examples
+///
+/// ```
+/// let layout = &lwtun::tunnel::PIN_LAYOUT;
+/// assert_eq!(layout.family(), "tunnel");
+/// assert!(layout.maps().contains(&"peers_v4"));
+/// ```
+#[derive(Debug, PartialEq, Eq)]
+pub struct PinLayout {
+    family: &'static str,
+    maps: &'static [&'static str],
+    programs: &'static [&'static str],
+}
+
+impl PinLayout {
+    pub(crate) const fn new(
+        family: &'static str,
+        maps: &'static [&'static str],
+        programs: &'static [&'static str],
+    ) -> PinLayout {
+        PinLayout {
+            family,
+            maps,
+            programs,
+        }
+    }
+
+    /// The family's name (`tunnel`, `decap`, `lwt_redirect`, `tunnel_redirect`, `seg6`).
+    pub fn family(&self) -> &'static str {
+        self.family
+    }
+
+    /// The state maps, each pinned under its own name; the first identifies the family.
+    pub fn maps(&self) -> &'static [&'static str] {
+        self.maps
+    }
+
+    /// The programs an owner may pin (a family that loads some of its programs pins those).
+    pub fn programs(&self) -> &'static [&'static str] {
+        self.programs
+    }
+
+    /// Every layout of lwtun's pinned families.
+    pub fn all() -> [&'static PinLayout; 5] {
+        [&TUNNEL, &DECAP, &LWT_REDIRECT, &TUNNEL_REDIRECT, &SEG6]
+    }
+
+    /// The state maps present in `folder`.
+    fn present(&self, folder: &Path) -> Vec<&'static str> {
+        self.maps
+            .iter()
+            .copied()
+            .filter(|m| folder.join(m).exists())
+            .collect()
+    }
+}
+
+/// A [`Tunnel`](crate::tunnel::Tunnel)'s folder: the peer tables, their counters, the miss
+/// counters and the settings. Its programs are not pinned: the routes hold them.
+pub const TUNNEL: PinLayout = PinLayout::new(
+    "tunnel",
+    &["peers_v4", "peers_v6", "peer_stats", "events", "config"],
+    &[],
+);
+
+/// A [`Decap`](crate::decap::Decap)'s folder: its tables, settings and counters (its per-CPU
+/// checksum scratch space is not state), and its program.
+pub const DECAP: PinLayout = PinLayout::new(
+    "decap",
+    &[
+        "locals",
+        "peers_v4",
+        "peers_v6",
+        "udp_ports",
+        "config",
+        "counters",
+    ],
+    &["decap_tc"],
+);
+
+/// An [`LwtRedirect`](crate::lwt_redirect::LwtRedirect)'s folder: its rule tables, their
+/// counters, its settings and miss counters, and its program.
+pub const LWT_REDIRECT: PinLayout = PinLayout::new(
+    "lwt_redirect",
+    &["rules_v4", "rules_v6", "rule_stats", "config", "events"],
+    &["redirect_xmit"],
+);
+
+/// A [`TunnelRedirect`](crate::tunnel_redirect::TunnelRedirect)'s folder: its rule tables,
+/// their counters, its miss counters, and its tc and `lwt_xmit` programs.
+pub const TUNNEL_REDIRECT: PinLayout = PinLayout::new(
+    "tunnel_redirect",
+    &["rules_v4", "rules_v6", "rule_stats", "events"],
+    &["redirect_tc", "redirect_lwt_xmit"],
+);
+
+/// An SRv6 function's ([`Seg6End`](crate::seg6::Seg6End)) folder, one function a folder: its
+/// rule table, settings, counters and decision scratch map, and its program and twin.
+pub const SEG6: PinLayout = PinLayout::new(
+    "seg6",
+    &["rules", "config", "events", "decision"],
+    &[
+        "seg6_tag",
+        "seg6_tag_twin",
+        "seg6_end_x",
+        "seg6_end_x_twin",
+        "seg6_end_dt6",
+        "seg6_end_dt6_twin",
+    ],
+);
+
+/// Who owns `folder` (holds its lock), without taking it: `None` when nobody does.
+///
+/// # Errors
+///
+/// The error opening the folder (NotFound when it does not exist).
+///
+/// # Examples
+///
+/// ```no_run
+/// if let Some(owner) = lwtun::pins::owner("/sys/fs/bpf/lwtun-demo")? {
+///     eprintln!("{owner} owns it: stop it first");
+/// }
+/// # Ok::<(), lwtun::Error>(())
+/// ```
+pub fn owner(folder: impl AsRef<Path>) -> Result<Option<Owner>> {
+    super::lock::owner(folder.as_ref())
+}
+
+/// What a pin folder holds, as [`inspect`] and [`discover`] find it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PinnedFolder {
+    /// The folder.
+    pub path: PathBuf,
+    /// The family whose state maps it holds.
+    pub layout: &'static PinLayout,
+    /// Whether every state map is there (an incomplete set is cleared by the next load).
+    pub complete: bool,
+    /// The process that owns it now, if any.
+    pub owner: Option<Owner>,
+}
+
+/// Which family's pins `folder` holds: `None` for a folder without any family's state maps.
+///
+/// # Errors
+///
+/// The error reading the folder's lock state.
+///
+/// # Examples
+///
+/// ```no_run
+/// match lwtun::pins::inspect("/sys/fs/bpf/lwtun-demo")? {
+///     Some(f) => println!("{} pins, complete: {}", f.layout.family(), f.complete),
+///     None => println!("no lwtun pins there"),
+/// }
+/// # Ok::<(), lwtun::Error>(())
+/// ```
+pub fn inspect(folder: impl AsRef<Path>) -> Result<Option<PinnedFolder>> {
+    let folder = folder.as_ref();
+    // Of the layouts whose first map is there, the one with the largest share of its maps
+    // present, then the most (the two redirect families share `rules_v4`, `rules_v6`,
+    // `rule_stats` and `events`; only the LWT one has `config`).
+    let best = PinLayout::all()
+        .into_iter()
+        .filter(|l| folder.join(l.maps[0]).exists())
+        .map(|l| (l, l.present(folder).len()))
+        .max_by_key(|(l, n)| (*n * 1000 / l.maps.len(), *n));
+    let Some((layout, n)) = best else {
+        return Ok(None);
+    };
+    Ok(Some(PinnedFolder {
+        path: folder.to_path_buf(),
+        layout,
+        complete: n == layout.maps.len(),
+        owner: owner(folder)?,
+    }))
+}
+
+/// The pin folders under `root` (itself and two levels down), sorted by path.
+///
+/// # Errors
+///
+/// The error reading `root`.
+///
+/// # Examples
+///
+/// ```no_run
+/// let folders = lwtun::pins::discover("/sys/fs/bpf")?;
+/// println!("{} lwtun pin folders", folders.len());
+/// # Ok::<(), lwtun::Error>(())
+/// ```
+pub fn discover(root: impl AsRef<Path>) -> Result<Vec<PinnedFolder>> {
+    let root = root.as_ref();
+    std::fs::read_dir(root)
+        .map_err(|e| Error::io("list pin folders", e).with_object(root.display().to_string()))?;
+    let mut out = Vec::new();
+    let mut stack = vec![(root.to_path_buf(), 0)];
+    while let Some((dir, depth)) = stack.pop() {
+        if let Some(found) = inspect(&dir).ok().flatten() {
+            out.push(found);
+            continue;
+        }
+        if depth == 2 {
+            continue;
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push((e.path(), depth + 1));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+/// An owner's pin folder: the lock, what it adopted, what it pinned, and the clean-up when the
+/// family drops (see the [module docs](self)).
+#[derive(Debug)]
+pub(crate) struct PinFolder {
+    folder: PathBuf,
+    layout: &'static PinLayout,
+    created: bool,
+    adopted: bool,
+    /// Set once the family's load has succeeded: from then on the pins are the family's to
+    /// remove on drop (before it, only what this load pinned is removed).
+    committed: bool,
+    keep: bool,
+    maps_pinned: bool,
+    programs_pinned: Vec<&'static str>,
+    // Last: released after the pins are removed.
+    _lock: PinLock,
+}
+
+impl PinFolder {
+    /// Steps 1 to 4 of a load: makes the folder when missing, takes its lock, checks that its
+    /// pins are the family's and clears an incomplete set. `op` names the load in errors.
+    pub(crate) fn open(folder: PathBuf, layout: &'static PinLayout, op: &str) -> Result<PinFolder> {
+        let object = folder.display().to_string();
+        let created = !folder.exists();
+        if created {
+            std::fs::create_dir_all(&folder)
+                .map_err(|e| Error::io(op, e).with_object(object.clone()))?;
+        }
+        let undo = |e: Error| {
+            if created {
+                let _ = std::fs::remove_dir(&folder);
+            }
+            e
+        };
+        let lock = PinLock::acquire(&folder).map_err(undo)?;
+        let present = layout.present(&folder);
+        for name in &present {
+            let path = folder.join(name);
+            let map = libbpf_rs::MapHandle::from_pinned_path(&path).map_err(|e| {
+                Error::bpf(op, e)
+                    .with_hint(
+                        "the folder holds another program's pins: pin elsewhere or remove them",
+                    )
+                    .with_object(path.display().to_string())
+            });
+            let map = match map {
+                Ok(m) => m,
+                Err(e) => {
+                    drop(lock);
+                    return Err(undo(e));
+                }
+            };
+            if map.name().to_str() != Some(*name) {
+                drop(lock);
+                return Err(undo(Error::invalid_input(
+                    op,
+                    format!(
+                        "{} is map {:?}, not lwtun's {name}: the folder holds another program's \
+                         pins; pin the {} elsewhere or remove them",
+                        path.display(),
+                        map.name(),
+                        layout.family
+                    ),
+                )));
+            }
+        }
+        let complete = present.len() == layout.maps.len();
+        if !present.is_empty() && !complete {
+            for name in &present {
+                let path = folder.join(name);
+                std::fs::remove_file(&path).map_err(|e| {
+                    Error::io("clear an incomplete set of pins", e)
+                        .with_object(path.display().to_string())
+                })?;
+            }
+        }
+        Ok(PinFolder {
+            folder,
+            layout,
+            created,
+            adopted: complete,
+            committed: false,
+            keep: false,
+            maps_pinned: false,
+            programs_pinned: Vec::new(),
+            _lock: lock,
+        })
+    }
+
+    /// The folder.
+    pub(crate) fn path(&self) -> &Path {
+        &self.folder
+    }
+
+    /// Whether the folder held the family's complete set of maps, which the family reuses.
+    pub(crate) fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// An adopted state map, before the object is loaded (to read the size it was made with).
+    pub(crate) fn adopted_map(&self, name: &str, op: &str) -> Result<libbpf_rs::MapHandle> {
+        let path = self.folder.join(name);
+        libbpf_rs::MapHandle::from_pinned_path(&path)
+            .map_err(|e| Error::bpf(op, e).with_object(path.display().to_string()))
+    }
+
+    /// Step 5: makes the state maps of `open` reuse the pinned ones, when adopting.
+    pub(crate) fn reuse_maps(&self, open: &mut OpenObject) -> Result<()> {
+        if !self.adopted {
+            return Ok(());
+        }
+        for mut map in open.maps_mut() {
+            let name = map.name().to_string_lossy().into_owned();
+            if !self.layout.maps.contains(&name.as_str()) {
+                continue;
+            }
+            let path = self.folder.join(&name);
+            map.reuse_pinned_map(&path).map_err(|e| {
+                Error::bpf(format!("adopt pinned {} map", self.layout.family), e)
+                    .with_object(path.display().to_string())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Step 6: pins the state maps of `object` (unless adopted: they are pinned already); a set
+    /// pinned halfway is unpinned again on error.
+    pub(crate) fn pin_maps(&mut self, object: &mut Object, op: &str) -> Result<()> {
+        if self.adopted {
+            return Ok(());
+        }
+        let mut pinned: Vec<PathBuf> = Vec::new();
+        for name in self.layout.maps {
+            let path = self.folder.join(name);
+            let result = match object.maps_mut().find(|m| m.name() == *name) {
+                Some(mut map) => map
+                    .pin(&path)
+                    .map_err(|e| Error::bpf(op, e).with_object(path.display().to_string())),
+                None => Err(Error::not_found(op, format!("map {name}"))),
+            };
+            if let Err(e) = result {
+                for p in &pinned {
+                    let _ = std::fs::remove_file(p);
+                }
+                return Err(e);
+            }
+            pinned.push(path);
+        }
+        self.maps_pinned = true;
+        Ok(())
+    }
+
+    /// Pins program `name` (one of the layout's) in place of a previous owner's.
+    pub(crate) fn pin_program(
+        &mut self,
+        name: &'static str,
+        fd: BorrowedFd<'_>,
+        op: &str,
+    ) -> Result<()> {
+        debug_assert!(
+            self.layout.programs.contains(&name),
+            "{name} not in the layout"
+        );
+        let path = self.folder.join(name);
+        let _ = std::fs::remove_file(&path);
+        obj_pin(fd, &path).map_err(|e| Error::io(op, e).with_object(path.display().to_string()))?;
+        if !self.programs_pinned.contains(&name) {
+            self.programs_pinned.push(name);
+        }
+        Ok(())
+    }
+
+    /// The family's load succeeded: from now on dropping removes all of its pins (unless kept).
+    pub(crate) fn commit(&mut self) {
+        self.committed = true;
+    }
+
+    /// Leaves the pins in place when the family drops.
+    pub(crate) fn keep(&mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for PinFolder {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        if self.committed || self.maps_pinned {
+            for name in self.layout.maps {
+                let _ = std::fs::remove_file(self.folder.join(name));
+            }
+        }
+        // A committed owner removes every program pin of its layout (a previous owner's of a
+        // program this one did not load too); a failed load only what it pinned.
+        let programs: Vec<&str> = if self.committed {
+            self.layout.programs.to_vec()
+        } else {
+            self.programs_pinned.clone()
+        };
+        for name in programs {
+            let _ = std::fs::remove_file(self.folder.join(name));
+        }
+        if self.created || self.committed {
+            // Only an empty folder goes (rmdir): a folder that holds anything else stays.
+            let _ = std::fs::remove_dir(&self.folder);
+        }
+    }
+}
+
+/// Pins a program or map fd at `path` (`BPF_OBJ_PIN`).
+fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: a valid fd and a NUL-terminated path that outlives the call.
+    let rc = unsafe { libbpf_rs::libbpf_sys::bpf_obj_pin(fd.as_raw_fd(), c.as_ptr()) };
+    if rc < 0 {
+        return Err(std::io::Error::from_raw_os_error(-rc));
+    }
+    Ok(())
+}
