@@ -38,7 +38,6 @@ use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 use libbpf_rs::{MapCore, MapFlags, Object, ObjectBuilder};
@@ -46,6 +45,7 @@ use libbpf_rs::{MapCore, MapFlags, Object, ObjectBuilder};
 use crate::abi::{self, Pod};
 use crate::device::Device;
 use crate::error::{Error, ErrorKind, Result};
+use crate::family::lpm::{normalize, table_key};
 use crate::family::pins::PinLayout;
 use crate::family::PinFolder;
 use crate::netns::NetNs;
@@ -161,76 +161,7 @@ impl DecapPeer {
     }
 }
 
-/// The result of one [`test_run`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TestRun {
-    /// The program's return value (`TC_ACT_OK` 0, `TC_ACT_SHOT` 2, ...).
-    pub retval: i32,
-    /// The packet after the program (with its Ethernet header).
-    pub data: Vec<u8>,
-    /// `skb->mark` after the program (see [`Decap::set_key_to_mark`]).
-    pub mark: u32,
-    /// The kernel's mean time per run.
-    pub duration: Duration,
-}
-
-/// Bytes handed to and read back from BPF_PROG_TEST_RUN as `struct __sk_buff`: more than the
-/// struct has (192 bytes on 6.18) and all zero, which the kernel accepts as a context with no
-/// field set; it writes the struct back, so a shorter output buffer would be refused (ENOSPC).
-const SKB_CTX_LEN: usize = 256;
-const SKB_MARK_OFFSET: usize = 8;
-
-/// `TC_ACT_OK`: the packet goes on.
-pub const TC_ACT_OK: i32 = 0;
-/// `TC_ACT_SHOT`: the packet is dropped.
-pub const TC_ACT_SHOT: i32 = 2;
-
-/// Runs a `sched_cls` program on `frame` (an Ethernet frame) with BPF_PROG_TEST_RUN, `repeat`
-/// times, and returns the verdict, the packet after the last run and the mean time per run.
-///
-/// # Errors
-///
-/// InvalidInput for a frame shorter than an Ethernet header; the kernel's error otherwise.
-///
-/// # Examples
-///
-/// ```no_run
-/// use lwtun::decap::{test_run, Decap};
-///
-/// let decap = Decap::load()?;
-/// let frame = [0u8; 64];
-/// let run = test_run(decap.program(), &frame, 1)?;
-/// println!("verdict {} after {:?}", run.retval, run.duration);
-/// # Ok::<(), lwtun::Error>(())
-/// ```
-pub fn test_run(program: impl AsFd, frame: &[u8], repeat: u32) -> Result<TestRun> {
-    let op = "run tc program (BPF_PROG_TEST_RUN)";
-    crate::program::check_frame(op, frame)?;
-    let ctx_in = [0u8; SKB_CTX_LEN];
-    let mut ctx_out = [0u8; SKB_CTX_LEN];
-    let run = crate::program::test_run_raw(
-        program.as_fd(),
-        crate::program::TestRunArgs {
-            data: frame,
-            out_room: Some(512),
-            ctx_in: Some(&ctx_in),
-            ctx_out: Some(&mut ctx_out),
-            repeat,
-            ..Default::default()
-        },
-    )
-    .map_err(|errno| Error::io(op, std::io::Error::from_raw_os_error(errno)))?;
-    Ok(TestRun {
-        retval: run.retval as i32,
-        data: run.data,
-        mark: u32::from_ne_bytes(
-            ctx_out[SKB_MARK_OFFSET..SKB_MARK_OFFSET + 4]
-                .try_into()
-                .expect("4 bytes"),
-        ),
-        duration: run.duration,
-    })
-}
+pub use crate::tc::{test_run, TestRun, TC_ACT_OK, TC_ACT_SHOT};
 
 /// The decap program family: the program, its tables (local endpoints, known peers, UDP ports)
 /// and its attachments. Dropping it detaches the program from every device it was attached to.
@@ -280,37 +211,12 @@ impl fmt::Debug for Decap {
     }
 }
 
-fn normalize(prefix: IpNetwork) -> IpNetwork {
-    IpNetwork::new(prefix.network(), prefix.prefix()).unwrap_or(prefix)
-}
-
 fn addr_key(addr: IpAddr) -> lwtun_ip_addr {
     let v6 = match addr {
         IpAddr::V4(a) => a.to_ipv6_mapped(),
         IpAddr::V6(a) => a,
     };
     lwtun_ip_addr { addr: v6.octets() }
-}
-
-fn peer_key(prefix: &IpNetwork) -> (&'static str, Vec<u8>) {
-    match prefix {
-        IpNetwork::V4(n) => (
-            "peers_v4",
-            abi::as_bytes(&lwtun_peer_key4 {
-                prefixlen: n.prefix() as u32,
-                addr: n.network().octets(),
-            })
-            .to_vec(),
-        ),
-        IpNetwork::V6(n) => (
-            "peers_v6",
-            abi::as_bytes(&lwtun_peer_key6 {
-                prefixlen: n.prefix() as u32,
-                addr: n.network().octets(),
-            })
-            .to_vec(),
-        ),
-    }
 }
 
 /// The decap object for this kernel: with a bpf_loop checksum loop, or (before 5.17) the
@@ -541,7 +447,7 @@ impl Decap {
     /// The kernel's error (the tables hold 65536 prefixes per family).
     pub fn add_peer(&mut self, peer: DecapPeer) -> Result<()> {
         let prefix = normalize(peer.prefix);
-        let (map, key) = peer_key(&prefix);
+        let (map, key) = table_key(&prefix, ["peers_v4", "peers_v6"]);
         let value = lwtun_decap_peer {
             flags: if peer.gre_key.is_some() {
                 PEER_GRE_KEY
@@ -562,7 +468,7 @@ impl Decap {
     /// NotFound when the prefix is not a known peer.
     pub fn remove_peer(&mut self, prefix: IpNetwork) -> Result<()> {
         let prefix = normalize(prefix);
-        let (map, key) = peer_key(&prefix);
+        let (map, key) = table_key(&prefix, ["peers_v4", "peers_v6"]);
         self.map(map)?.delete(&key).map_err(|e| {
             Error::other(ErrorKind::NotFound, "remove decap peer", e.to_string())
                 .with_object(prefix.to_string())

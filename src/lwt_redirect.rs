@@ -91,6 +91,7 @@ use libbpf_rs::{MapCore, MapFlags, Object, ObjectBuilder};
 use crate::abi::{self, Pod};
 use crate::device::Device;
 use crate::error::{Error, ErrorKind, Result};
+use crate::family::lpm::{decode as decode_prefix, normalize, table_key};
 use crate::family::pins::PinLayout;
 use crate::family::{zero_percpu, PinFolder, Slots};
 use crate::netlink::link::Link;
@@ -100,9 +101,8 @@ use crate::route::{InstalledRoute, LwtRoute};
 use crate::skel::lwt_redirect::types::{
     lwtun_lwt_redirect_config, lwtun_lwt_redirect_rule, lwtun_lwt_redirect_stats,
 };
-use crate::tunnel_redirect::{key_bytes, normalize};
 
-pub use crate::peer::MissPolicy;
+pub use crate::family::MissPolicy;
 
 // SAFETY: `struct lwtun_lwt_redirect_rule` is three u32s and two [u8; 6] (24 bytes, asserted in
 // lwtun.h, no padding).
@@ -129,6 +129,8 @@ const IFLA_STATS64: u16 = 23;
 /// Rules a family holds unless the builder says otherwise.
 pub const DEFAULT_CAPACITY: u32 = 1024;
 const PROGRAM: &str = "redirect_xmit";
+/// The rule tables, IPv4 and IPv6.
+const RULE_TABLES: [&str; 2] = ["rules_v4", "rules_v6"];
 
 /// What a pinned [`LwtRedirect`] leaves in its folder (see [`crate::pins`]): its rule tables,
 /// their counters, its settings and miss counters, and its program.
@@ -377,29 +379,7 @@ pub struct RedirectEvents {
     pub malformed: Counter,
 }
 
-/// What an `lwt_xmit` program returned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Verdict {
-    /// `BPF_OK`: the route sends the packet on as usual.
-    Ok,
-    /// `BPF_DROP`.
-    Drop,
-    /// `BPF_REDIRECT`: the packet goes to the device `bpf_redirect` named.
-    Redirect,
-    /// Any other value (the kernel drops the packet).
-    Other(i32),
-}
-
-impl Verdict {
-    fn of(retval: u32) -> Verdict {
-        match retval as i32 {
-            0 => Verdict::Ok,
-            2 => Verdict::Drop,
-            7 => Verdict::Redirect,
-            v => Verdict::Other(v),
-        }
-    }
-}
+pub use crate::program::Verdict;
 
 /// The result of [`LwtRedirect::test_run`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -757,7 +737,7 @@ impl LwtRedirect {
                 zero_percpu::<lwtun_lwt_redirect_stats>(&self.map("rule_stats")?, slot)?;
             }
             // The key layouts (and map names) are the tunnel redirect's.
-            let (name, key) = key_bytes(&prefix);
+            let (name, key) = table_key(&prefix, RULE_TABLES);
             self.map(name)?
                 .update(&key, abi::as_bytes(&value), MapFlags::ANY)
                 .map_err(|e| Error::bpf("write redirect rule", e))
@@ -793,7 +773,7 @@ impl LwtRedirect {
             .get(&prefix)
             .map(|i| i.slot)
             .ok_or_else(|| Error::not_found(op, format!("rule {prefix}")))?;
-        let (name, key) = key_bytes(&prefix);
+        let (name, key) = table_key(&prefix, RULE_TABLES);
         self.map(name)?
             .delete(&key)
             .map_err(|e| Error::bpf(op, e).with_object(prefix.to_string()))?;
@@ -1060,17 +1040,6 @@ fn encode_rule(target: &RedirectTarget, slot: u32) -> lwtun_lwt_redirect_rule {
     }
 }
 
-fn decode_prefix(key: &[u8]) -> Option<IpNetwork> {
-    let (len, addr) = key.split_at_checked(4)?;
-    let len = u32::from_ne_bytes(len.try_into().ok()?);
-    let addr: std::net::IpAddr = match addr.len() {
-        4 => <[u8; 4]>::try_from(addr).ok()?.into(),
-        16 => <[u8; 16]>::try_from(addr).ok()?.into(),
-        _ => return None,
-    };
-    IpNetwork::new(addr, u8::try_from(len).ok()?).ok()
-}
-
 fn decode_target(device: &Device, rule: &lwtun_lwt_redirect_rule) -> RedirectTarget {
     let direction = if rule.flags & RULE_INGRESS != 0 {
         Direction::Ingress
@@ -1150,7 +1119,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<lwtun_lwt_redirect_config>(), 16);
         for p in ["10.88.0.0/24", "fd88:1::/64", "0.0.0.0/0"] {
             let prefix: IpNetwork = p.parse().unwrap();
-            let (_, key) = key_bytes(&prefix);
+            let (_, key) = table_key(&prefix, RULE_TABLES);
             assert_eq!(decode_prefix(&key), Some(prefix), "{p}");
         }
         assert_eq!(decode_prefix(&[1, 2, 3]), None);

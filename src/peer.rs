@@ -30,6 +30,7 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use crate::abi::{self, Pod};
 use crate::error::{Error, ErrorKind, Result};
+use crate::family::lpm::{key as key_bytes, normalize};
 use crate::program::sum_percpu;
 use crate::skel::lwt_encap::types::{
     lwtun_encap_config, lwtun_peer, lwtun_peer_key4, lwtun_peer_key6, lwtun_peer_stats,
@@ -335,15 +336,7 @@ fn put_addr(dst: &mut [u8; 16], a: IpAddr) {
     }
 }
 
-/// What the encap does with a packet whose inner destination matches no peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum MissPolicy {
-    /// Drop it and count it (the default): nothing leaks unencapsulated.
-    #[default]
-    Drop,
-    /// Send it on unencapsulated, by the route it matched, and count it.
-    Pass,
-}
+pub use crate::family::MissPolicy;
 
 /// The counters of one peer, summed over CPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -425,32 +418,6 @@ impl fmt::Debug for PeerTable {
             .field("capacity", &self.capacity)
             .field("peers", &self.peers.len())
             .finish()
-    }
-}
-
-fn normalize(prefix: IpNetwork) -> IpNetwork {
-    // Host bits are cleared so that 10.20.3.4/16 and 10.20.0.0/16 name the same entry.
-    IpNetwork::new(prefix.network(), prefix.prefix()).unwrap_or(prefix)
-}
-
-fn key_bytes(prefix: &IpNetwork) -> Vec<u8> {
-    let mut v = Vec::with_capacity(20);
-    put_key(&mut v, prefix);
-    v
-}
-
-/// Appends the LPM key of `prefix` (`struct lwtun_peer_key4`/`key6`) to `out`, without
-/// allocating.
-fn put_key(out: &mut Vec<u8>, prefix: &IpNetwork) {
-    match prefix {
-        IpNetwork::V4(n) => out.extend_from_slice(abi::as_bytes(&lwtun_peer_key4 {
-            prefixlen: u32::from(n.prefix()),
-            addr: n.network().octets(),
-        })),
-        IpNetwork::V6(n) => out.extend_from_slice(abi::as_bytes(&lwtun_peer_key6 {
-            prefixlen: u32::from(n.prefix()),
-            addr: n.network().octets(),
-        })),
     }
 }
 
@@ -1725,6 +1692,7 @@ impl PeerTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::family::lpm::put_key;
 
     #[test]
     fn peers_round_trip_through_the_abi() {

@@ -611,6 +611,31 @@ impl LwtCounter {
     }
 }
 
+/// What an LWT program (`lwt_xmit`, `lwt_seg6local`, …) returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// `BPF_OK`: the route sends the packet on as usual.
+    Ok,
+    /// `BPF_DROP`.
+    Drop,
+    /// `BPF_REDIRECT`: the packet goes to the device `bpf_redirect` named.
+    Redirect,
+    /// Any other value (the kernel drops the packet).
+    Other(i32),
+}
+
+impl Verdict {
+    /// The verdict a program's return value stands for.
+    pub(crate) fn of(retval: u32) -> Verdict {
+        match retval as i32 {
+            0 => Verdict::Ok,
+            2 => Verdict::Drop,
+            7 => Verdict::Redirect,
+            v => Verdict::Other(v),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -77,6 +77,7 @@ use libbpf_rs::{MapCore, MapFlags, Object, ObjectBuilder};
 use crate::abi::{self, Pod};
 use crate::device::Device;
 use crate::error::{Error, ErrorKind, Result};
+use crate::family::lpm;
 use crate::family::pins::PinLayout;
 use crate::family::PinFolder;
 use crate::netlink::route::{Encap, Route, Seg6Encap, Seg6Mode};
@@ -84,10 +85,9 @@ use crate::netlink::Netlink;
 use crate::program::{sum_percpu, Counter, Hook, LwtProgram};
 use crate::route::{InstalledRoute, LwtRoute};
 use crate::skel::seg6_end::types::{lwtun_seg6_config, lwtun_seg6_decision, lwtun_seg6_rule};
-use crate::tunnel_redirect::key_bytes;
 
-pub use crate::lwt_redirect::Verdict;
-pub use crate::peer::MissPolicy;
+pub use crate::family::MissPolicy;
+pub use crate::program::Verdict;
 
 // SAFETY: `struct lwtun_seg6_rule` is a [u8; 16], two u32s, two u16s and a u32, without
 // padding (32 bytes, asserted in lwtun.h).
@@ -631,7 +631,7 @@ impl<F: Seg6Function> Seg6End<F> {
         if !self.rules.contains_key(&segment) {
             return Err(Error::not_found(op, format!("rule {segment}")));
         }
-        let (_, key) = key_bytes(&IpNetwork::V6(segment));
+        let key = lpm::key(&IpNetwork::V6(segment));
         self.map("rules")?
             .delete(&key)
             .map_err(|e| Error::bpf(op, e).with_object(segment.to_string()))?;
@@ -767,7 +767,7 @@ impl<F: Seg6Function> Seg6End<F> {
             .with_object(segment.to_string()));
         }
         let value = encode_rule(&rule);
-        let (_, key) = key_bytes(&IpNetwork::V6(segment));
+        let key = lpm::key(&IpNetwork::V6(segment));
         self.map("rules")?
             .update(&key, abi::as_bytes(&value), MapFlags::ANY)
             .map_err(|e| Error::bpf(op, e).with_object(segment.to_string()))?;
@@ -1046,9 +1046,10 @@ impl Drop for Seg6Policies {
 
 /// The prefix of an LPM key (`struct lwtun_redirect_key6`).
 fn decode_key(key: &[u8]) -> Option<Ipv6Network> {
-    let len = u32::from_ne_bytes(key.get(..4)?.try_into().ok()?);
-    let addr: [u8; 16] = key.get(4..20)?.try_into().ok()?;
-    Ipv6Network::new(Ipv6Addr::from(addr), u8::try_from(len).ok()?).ok()
+    match lpm::decode(key)? {
+        IpNetwork::V6(n) => Some(n),
+        IpNetwork::V4(_) => None,
+    }
 }
 
 fn decode_rule<F: Seg6Function>(r: &lwtun_seg6_rule) -> Seg6Rule {
@@ -1164,7 +1165,7 @@ mod tests {
 
     #[test]
     fn adopted_keys_and_rules_decode() {
-        let (_, key) = key_bytes(&"fc00:3::/64".parse().unwrap());
+        let key = lpm::key(&"fc00:3::/64".parse().unwrap());
         assert_eq!(decode_key(&key), Some("fc00:3::/64".parse().unwrap()));
         assert_eq!(decode_key(&key[..10]), None);
         let mut bad = key.clone();

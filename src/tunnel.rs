@@ -78,9 +78,10 @@ use libbpf_rs::{MapCore, Object, ObjectBuilder};
 use crate::device::Device;
 use crate::error::{Error, ErrorKind, Result};
 use crate::family::pins::PinLayout;
+use crate::family::MissPolicy;
 use crate::family::PinFolder;
 use crate::netlink::Netlink;
-use crate::peer::{MissPolicy, PeerTable};
+use crate::peer::PeerTable;
 use crate::program::{lwt_program, Hook, LwtProgram};
 use crate::route::{InstalledRoute, LwtRoute};
 use crate::tc::{TcAttach, TcAttachment, TcDirection};
@@ -533,7 +534,7 @@ impl Tunnel {
     /// InvalidInput for a frame shorter than an Ethernet header; the kernel's error otherwise.
     pub fn preview(&self, frame: &[u8]) -> Result<Option<Vec<u8>>> {
         let op = "preview encap";
-        let run = crate::decap::test_run(self.preview.as_fd(), frame, 1)?;
+        let run = crate::tc::test_run(self.preview.as_fd(), frame, 1)?;
         if run.retval != 0 {
             return Ok(None);
         }

@@ -47,6 +47,7 @@ use libbpf_rs::{MapCore, MapFlags, Object, ObjectBuilder};
 use crate::abi::{self, Pod};
 use crate::device::Device;
 use crate::error::{Error, ErrorKind, Result};
+use crate::family::lpm::{normalize, table_key};
 use crate::family::pins::PinLayout;
 use crate::family::{zero_percpu, PinFolder, Slots};
 use crate::netlink::link::Link;
@@ -78,6 +79,9 @@ const IFLA_INFO_DATA: u16 = 2;
 /// Rules a family holds unless the builder says otherwise.
 pub const DEFAULT_CAPACITY: u32 = 1024;
 const PROGRAMS: [&str; 2] = ["redirect_tc", "redirect_lwt_xmit"];
+
+/// The rule tables, IPv4 and IPv6 (the LWT redirect family's have the same names and keys).
+const RULE_TABLES: [&str; 2] = ["rules_v4", "rules_v6"];
 
 /// What a pinned [`TunnelRedirect`] leaves in its folder (see [`crate::pins`]): its rule
 /// tables, their counters, its miss counters, and its two programs.
@@ -596,7 +600,7 @@ impl TunnelRedirect {
             self.rules.get(&prefix).copied().ok_or_else(|| {
                 Error::not_found("remove redirect rule", format!("rule {prefix}"))
             })?;
-        let (name, key) = key_bytes(&prefix);
+        let (name, key) = table_key(&prefix, RULE_TABLES);
         self.map(name)?
             .delete(&key)
             .map_err(|e| Error::bpf("remove redirect rule", e).with_object(prefix.to_string()))?;
@@ -649,7 +653,7 @@ impl TunnelRedirect {
     }
 
     fn update_rule_map(&self, prefix: &IpNetwork, value: &lwtun_redirect_rule) -> Result<()> {
-        let (name, key) = key_bytes(prefix);
+        let (name, key) = table_key(prefix, RULE_TABLES);
         self.map(name)?
             .update(&key, abi::as_bytes(value), MapFlags::ANY)
             .map_err(|e| Error::bpf("write redirect rule", e))
@@ -682,31 +686,6 @@ impl TunnelRedirect {
         let used: Vec<u32> = self.rules.values().map(|i| i.slot).collect();
         self.slots = Slots::adopted(self.map("rule_stats")?.max_entries(), &used);
         Ok(())
-    }
-}
-
-pub(crate) fn normalize(prefix: IpNetwork) -> IpNetwork {
-    IpNetwork::new(prefix.network(), prefix.prefix()).unwrap_or(prefix)
-}
-
-/// The LPM key of `prefix` and the map it goes in (`rules_v4`, `rules_v6`); the LWT redirect
-/// family shares the layout.
-pub(crate) fn key_bytes(prefix: &IpNetwork) -> (&'static str, Vec<u8>) {
-    match prefix {
-        IpNetwork::V4(n) => {
-            let k = lwtun_redirect_key4 {
-                prefixlen: n.prefix() as u32,
-                addr: n.network().octets(),
-            };
-            ("rules_v4", abi::as_bytes(&k).to_vec())
-        }
-        IpNetwork::V6(n) => {
-            let k = lwtun_redirect_key6 {
-                prefixlen: n.prefix() as u32,
-                addr: n.network().octets(),
-            };
-            ("rules_v6", abi::as_bytes(&k).to_vec())
-        }
     }
 }
 
@@ -751,17 +730,7 @@ fn encode_rule(rule: &RedirectRule, l2: bool, slot: u32) -> lwtun_redirect_rule 
 }
 
 fn decode_rule(key: &[u8], r: &lwtun_redirect_rule) -> Option<RedirectRule> {
-    let prefix = match key.len() {
-        8 => {
-            let k: lwtun_redirect_key4 = abi::from_bytes(key)?;
-            IpNetwork::new(IpAddr::from(k.addr), k.prefixlen as u8).ok()?
-        }
-        20 => {
-            let k: lwtun_redirect_key6 = abi::from_bytes(key)?;
-            IpNetwork::new(IpAddr::from(k.addr), k.prefixlen as u8).ok()?
-        }
-        _ => return None,
-    };
+    let prefix = crate::family::lpm::decode(key)?;
     let v6 = r.flags & RULE_REMOTE_V6 != 0;
     let addr = |b: [u8; 16]| -> IpAddr {
         if v6 {
@@ -990,7 +959,7 @@ mod tests {
         let value = encode_rule(&rule, true, 3);
         assert_eq!(value.slot, 3);
         assert_eq!(std::mem::size_of::<lwtun_redirect_rule>(), 72);
-        let (map, k) = key_bytes(&rule.prefix);
+        let (map, k) = table_key(&rule.prefix, RULE_TABLES);
         assert_eq!(map, "rules_v6");
         assert_eq!(decode_rule(&k, &value), Some(rule));
 
@@ -1000,7 +969,7 @@ mod tests {
             TunnelKey::new("192.0.2.2".parse().unwrap(), 1),
         );
         assert_eq!(v4.prefix.to_string(), "10.1.0.0/16");
-        let (map, k) = key_bytes(&v4.prefix);
+        let (map, k) = table_key(&v4.prefix, RULE_TABLES);
         assert_eq!(map, "rules_v4");
         assert_eq!(k, [16, 0, 0, 0, 10, 1, 0, 0]);
         assert_eq!(decode_rule(&k, &encode_rule(&v4, false, 0)), Some(v4));

@@ -3,6 +3,7 @@
 //! adopts its state ([`pins`], with the owner [`lock`]) and hands out counter slots is here.
 
 pub(crate) mod lock;
+pub(crate) mod lpm;
 pub mod pins;
 
 use libbpf_rs::{MapCore, MapFlags};
@@ -11,6 +12,27 @@ use crate::abi::{self, Pod};
 use crate::error::{Error, Result};
 
 pub(crate) use pins::PinFolder;
+
+/// What a family does with a packet that matches none of its entries (a tunnel's peers, a
+/// redirect's or SRv6 function's rules).
+///
+/// # Examples
+///
+/// ```no_run
+/// use lwtun::peer::MissPolicy;
+/// use lwtun::tunnel::Tunnel;
+///
+/// let tunnel = Tunnel::builder().miss_policy(MissPolicy::Pass).load()?;
+/// # Ok::<(), lwtun::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum MissPolicy {
+    /// Drop it and count it (the default): nothing leaks unencapsulated.
+    #[default]
+    Drop,
+    /// Send it on unencapsulated, by the route it matched, and count it.
+    Pass,
+}
 
 /// The object to load for a family that ships a bounded-loop variant of itself: `main` where
 /// the kernel has `bpf_loop` (5.17), `without_loop` before ([`crate::probe::bpf_loop`]).
