@@ -204,6 +204,7 @@ pub mod error;
 mod family;
 pub use family::pins;
 pub mod lwt_redirect;
+mod lwt_spec;
 pub mod netlink;
 pub mod netns;
 pub mod nexthop;

@@ -331,38 +331,6 @@ impl NetNs {
         .map_err(|e| e.with_object(&self.name))
     }
 
-    /// The device `name` in this namespace, as a value that remembers the namespace: every
-    /// call that takes a [`Device`](crate::device::Device) resolves its index here, whatever
-    /// namespace the calling thread is in.
-    ///
-    /// # Errors
-    ///
-    /// [`ErrorKind::NotFound`] naming the device and the namespace when there is no such
-    /// device; [`ErrorKind::InvalidInput`] for a name longer than 15 bytes or with `/`.
-    ///
-    /// # Examples
-    ///
-    /// ```no_run
-    /// use lwtun::netns::NetNs;
-    ///
-    /// let ns = NetNs::create_unique("dev")?;
-    /// let lo = ns.device("lo")?;
-    /// println!("{lo}");                          // lo (ifindex 1, netns dev-4242-0)
-    /// # Ok::<(), lwtun::Error>(())
-    /// ```
-    pub fn device(&self, name: &str) -> Result<crate::device::Device> {
-        crate::device::Device::lookup(self, name)
-    }
-
-    /// The device with interface index `index` in this namespace.
-    ///
-    /// # Errors
-    ///
-    /// [`ErrorKind::NotFound`] when no device has that index here.
-    pub fn device_by_index(&self, index: u32) -> Result<crate::device::Device> {
-        crate::device::Device::lookup_index(self, index)
-    }
-
     /// A value that holds this namespace by descriptor (so it outlives the name) and keeps its
     /// name and path for messages and commands. Never owning.
     pub(crate) fn held_copy(&self) -> Result<NetNs> {

@@ -37,11 +37,11 @@ use std::os::fd::AsFd;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::lwt_spec::{collect_programs, take_program, RTPROT_LWTUN};
 use crate::netlink::nexthop::Nexthop;
 use crate::netlink::route::{Encap, RouteBatch};
 use crate::netlink::Netlink;
 use crate::program::{Hook, LwtProgram};
-use crate::route::{collect_programs, take_program, RTPROT_LWTUN};
 
 /// A nexthop object to install, with its programs.
 ///

@@ -304,3 +304,78 @@ fn not_found_in(e: Error, op: &str, what: &str, netns: &NetNs) -> Error {
     )
     .with_object(what)
 }
+
+// Device lookups on the lower layers' types live here, with `Device`, so that netns and netlink
+// need not know devices.
+
+impl NetNs {
+    /// The device `name` in this namespace, as a value that remembers the namespace: every
+    /// call that takes a [`Device`] resolves its index here, whatever
+    /// namespace the calling thread is in.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotFound`] naming the device and the namespace when there is no such
+    /// device; [`ErrorKind::InvalidInput`] for a name longer than 15 bytes or with `/`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use lwtun::netns::NetNs;
+    ///
+    /// let ns = NetNs::create_unique("dev")?;
+    /// let lo = ns.device("lo")?;
+    /// println!("{lo}");                          // lo (ifindex 1, netns dev-4242-0)
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    pub fn device(&self, name: &str) -> Result<Device> {
+        Device::lookup(self, name)
+    }
+
+    /// The device with interface index `index` in this namespace.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotFound`] when no device has that index here.
+    pub fn device_by_index(&self, index: u32) -> Result<Device> {
+        Device::lookup_index(self, index)
+    }
+}
+
+impl Netlink {
+    /// The device `name` in this socket's namespace, bound to that namespace.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotFound`] when there is no such device.
+    pub fn device(&mut self, name: &str) -> Result<Device> {
+        let link = self.link_by_name(name)?;
+        Device::from_link(&link, NetNs::of_fd(self.netns()?)?)
+    }
+
+    /// The device with index `index` in this socket's namespace.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotFound`] when no device has that index.
+    pub fn device_by_index(&mut self, index: u32) -> Result<Device> {
+        let link = self.link_by_index(index)?;
+        Device::from_link(&link, NetNs::of_fd(self.netns()?)?)
+    }
+
+    /// Fails unless `device` is in this socket's namespace: an index sent here names a device
+    /// of this namespace, so a device from another would silently be a different one.
+    pub(crate) fn check_device(&self, op: &str, device: &Device) -> Result<()> {
+        if self.netns_id()? == device.netns_id() {
+            return Ok(());
+        }
+        Err(Error::invalid_input(
+            op,
+            format!(
+                "{device} is not in this netlink socket's network namespace ({}); open the \
+                 socket with Netlink::open_in(device.netns()) or device.netlink()",
+                self.netns_id()?
+            ),
+        ))
+    }
+}

@@ -193,42 +193,6 @@ impl Netlink {
         Ok(*self.netns_id.get_or_init(|| id))
     }
 
-    /// The device `name` in this socket's namespace, bound to that namespace.
-    ///
-    /// # Errors
-    ///
-    /// [`ErrorKind::NotFound`] when there is no such device.
-    pub fn device(&mut self, name: &str) -> Result<crate::device::Device> {
-        let link = self.link_by_name(name)?;
-        crate::device::Device::from_link(&link, crate::netns::NetNs::of_fd(self.netns()?)?)
-    }
-
-    /// The device with index `index` in this socket's namespace.
-    ///
-    /// # Errors
-    ///
-    /// [`ErrorKind::NotFound`] when no device has that index.
-    pub fn device_by_index(&mut self, index: u32) -> Result<crate::device::Device> {
-        let link = self.link_by_index(index)?;
-        crate::device::Device::from_link(&link, crate::netns::NetNs::of_fd(self.netns()?)?)
-    }
-
-    /// Fails unless `device` is in this socket's namespace: an index sent here names a device
-    /// of this namespace, so a device from another would silently be a different one.
-    pub(crate) fn check_device(&self, op: &str, device: &crate::device::Device) -> Result<()> {
-        if self.netns_id()? == device.netns_id() {
-            return Ok(());
-        }
-        Err(Error::invalid_input(
-            op,
-            format!(
-                "{device} is not in this netlink socket's network namespace ({}); open the \
-                 socket with Netlink::open_in(device.netns()) or device.netlink()",
-                self.netns_id()?
-            ),
-        ))
-    }
-
     /// The network namespace this socket works in, as an fd (`SIOCGSKNS`).
     ///
     /// # Errors
