@@ -220,7 +220,9 @@ pub mod tunnel_redirect;
 pub mod xdp;
 
 /// The libbpf-cargo skeletons of `bpf/*.bpf.c`, one module each. Their `types` modules hold the
-/// Rust side of `bpf/lwtun.h`; their `OBJECT` constants the compiled objects.
+/// Rust side of `bpf/lwtun.h`; their `OBJECT` constants the compiled objects. Generated code,
+/// public for lwtun's own tests and benches: hidden from the docs, not part of the stable API.
+#[doc(hidden)]
 pub mod skel {
     include!(concat!(env!("OUT_DIR"), "/skeletons.rs"));
 }
