@@ -858,9 +858,7 @@ fn rows() -> Vec<Row> {
 
 #[test]
 fn bad_inputs_are_refused_and_change_nothing() {
-    if !common::privileged("bad_inputs_are_refused_and_change_nothing") {
-        return;
-    }
+    require!();
     let mut lab = Lab::new();
     let table = rows();
     assert!(table.len() >= 40, "{} rows", table.len());
@@ -909,9 +907,7 @@ fn bad_inputs_are_refused_and_change_nothing() {
 /// prefix with host bits set is stored as its network.
 #[test]
 fn edge_prefixes_are_taken_and_host_bits_cleared() {
-    if !common::privileged("edge_prefixes_are_taken_and_host_bits_cleared") {
-        return;
-    }
+    require!();
     let mut t = Tunnel::builder().capacity(16).load().unwrap();
     let v4 = EncapPeer::new(addr("10.77.0.2"), addr("10.77.0.1"), gre());
     let v6 = EncapPeer::new(addr("fd77::2"), addr("fd77::1"), Encap::Ipip);

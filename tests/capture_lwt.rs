@@ -43,9 +43,7 @@ fn tcpdump_read(path: &std::path::Path) -> String {
 
 #[test]
 fn pings_through_an_lwt_route_are_captured_to_files_tcpdump_reads() {
-    if !common::privileged("pings_through_an_lwt_route_are_captured_to_files_tcpdump_reads") {
-        return;
-    }
+    require!();
     let mut chain = ProgChain::new(ChainHook::LwtXmit).unwrap();
     let stage = CountingStage::load(&chain).unwrap();
     let id = chain.push(stage.program()).unwrap();
@@ -168,9 +166,7 @@ fn pings_through_an_lwt_route_are_captured_to_files_tcpdump_reads() {
 
 #[test]
 fn ipv6_pings_are_captured_as_raw_ipv6() {
-    if !common::privileged("ipv6_pings_are_captured_as_raw_ipv6") {
-        return;
-    }
+    require!();
     let mut chain = ProgChain::new(ChainHook::LwtXmit).unwrap();
     let net = common::two_hosts();
     let mut nl = Netlink::open_in(net.ns(0)).unwrap();

@@ -67,9 +67,7 @@ fn mac_of(net: &common::Line, i: usize, dev: &str) -> String {
 
 #[test]
 fn tc_ingress_capture_shows_ethernet_and_icmp() {
-    if !common::privileged("tc_ingress_capture_shows_ethernet_and_icmp") {
-        return;
-    }
+    require!();
     let net = common::two_hosts();
     let mut chain = ProgChain::new(ChainHook::Tc).unwrap();
     let stage = CountingStage::load(&chain).unwrap();
@@ -128,14 +126,7 @@ fn tc_ingress_capture_shows_ethernet_and_icmp() {
 
 #[test]
 fn xdp_capture_records_the_verdict() {
-    if !common::privileged("xdp_capture_records_the_verdict")
-        || !common::kernel_has(
-            "xdp_capture_records_the_verdict",
-            lwtun::probe::Feature::XdpLoadBytes,
-        )
-    {
-        return;
-    }
+    require!(lwtun::probe::Feature::XdpLoadBytes);
     let net = common::two_hosts();
     let mut chain = ProgChain::new(ChainHook::Xdp).unwrap();
     let dev = net.device(1, "to0");
@@ -190,9 +181,7 @@ fn xdp_capture_records_the_verdict() {
 /// Unsupported, naming the helper and what to do instead; elsewhere it loads.
 #[test]
 fn xdp_capture_is_unsupported_without_xdp_load_bytes() {
-    if !common::privileged("xdp_capture_is_unsupported_without_xdp_load_bytes") {
-        return;
-    }
+    require!();
     let chain = ProgChain::new(ChainHook::Xdp).unwrap();
     let loaded = Capture::load(&chain, CaptureOptions::default());
     match lwtun::probe::Feature::XdpLoadBytes.check() {

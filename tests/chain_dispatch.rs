@@ -50,9 +50,7 @@ fn slots(d: &Dispatcher) -> Vec<u32> {
 
 #[test]
 fn lwt_xmit_members_run_in_slot_order_and_verdicts_decide() {
-    if !common::privileged("lwt_xmit_members_run_in_slot_order_and_verdicts_decide") {
-        return;
-    }
+    require!();
     let mut d = Dispatcher::new(ChainHook::LwtXmit).unwrap();
     let (net, _route) = routed(&d);
     let ping = |n| common::ping(net.ns(0), net.v4(1).into(), n);
@@ -195,9 +193,7 @@ fn xdp_dispatcher() -> (common::Line, Dispatcher, XdpAttachment) {
 
 #[test]
 fn xdp_members_run_in_order_and_a_drop_stops_the_run() {
-    if !common::privileged("xdp_members_run_in_order_and_a_drop_stops_the_run") {
-        return;
-    }
+    require!();
     let (net, mut d, _att) = xdp_dispatcher();
     let ping = |n| common::ping(net.ns(0), net.v4(1).into(), n);
     let a = d.attach(1, MEMBER, "member_xdp", &[XDP_PASS]).unwrap();
@@ -250,9 +246,7 @@ fn xdp_members_run_in_order_and_a_drop_stops_the_run() {
 
 #[test]
 fn tc_members_run_in_order_and_a_shot_stops_the_run() {
-    if !common::privileged("tc_members_run_in_order_and_a_shot_stops_the_run") {
-        return;
-    }
+    require!();
     let net = common::two_hosts();
     let mut d = Dispatcher::new(ChainHook::Tc).unwrap();
     let dev = net.device(1, "to0");
@@ -380,9 +374,7 @@ const FLOW: u32 = 400;
 
 #[test]
 fn members_come_and_go_under_a_steady_flow_without_loss() {
-    if !common::privileged("members_come_and_go_under_a_steady_flow_without_loss") {
-        return;
-    }
+    require!();
     let mut d = Dispatcher::new(ChainHook::LwtXmit).unwrap();
     let (net, _route) = routed(&d);
     let (f, l) = flow_with_changes(&mut d, &net, "member_lwt_xmit", &[BPF_OK]);
@@ -392,9 +384,7 @@ fn members_come_and_go_under_a_steady_flow_without_loss() {
 
 #[test]
 fn xdp_members_come_and_go_under_a_steady_flow_without_loss() {
-    if !common::privileged("xdp_members_come_and_go_under_a_steady_flow_without_loss") {
-        return;
-    }
+    require!();
     let (net, mut d, _att) = xdp_dispatcher();
     let (f, l) = flow_with_changes(&mut d, &net, "member_xdp", &[XDP_PASS]);
     // ARP may cross the hook too: every frame ran both, at least the requests.
@@ -425,9 +415,7 @@ fn member_with_abi(magic: u32, version: u32, slots: u32) -> Vec<u8> {
 
 #[test]
 fn refusals_leave_the_dispatcher_as_it_was() {
-    if !common::privileged("refusals_leave_the_dispatcher_as_it_was") {
-        return;
-    }
+    require!();
     let mut d = Dispatcher::new(ChainHook::LwtXmit).unwrap();
     let a = d.attach(3, MEMBER, "member_lwt_xmit", &[BPF_OK]).unwrap();
     let before = d.members();
@@ -514,9 +502,7 @@ fn refusals_leave_the_dispatcher_as_it_was() {
 
 #[test]
 fn tc_verdicts_by_test_run() {
-    if !common::privileged("tc_verdicts_by_test_run") {
-        return;
-    }
+    require!();
     // BPF_PROG_TEST_RUN of the tc root on one frame: which verdict the dispatcher returns for
     // members' verdicts and continue sets (TC_ACT_UNSPEC is -1, bit 30 of a mask).
     let mut d = Dispatcher::new(ChainHook::Tc).unwrap();

@@ -31,9 +31,7 @@ fn ping(net: &common::Line, count: u32) -> common::Ping {
 
 #[test]
 fn stages_run_in_the_callers_order_and_verdicts_end_the_chain() {
-    if !common::privileged("stages_run_in_the_callers_order_and_verdicts_end_the_chain") {
-        return;
-    }
+    require!();
     let mut chain = ProgChain::new(ChainHook::LwtXmit).unwrap();
     let stages = CountingStage::load(&chain).unwrap();
     let (net, _route) = routed(&chain);
@@ -161,9 +159,7 @@ fn stages_run_in_the_callers_order_and_verdicts_end_the_chain() {
 
 #[test]
 fn stages_change_under_a_steady_flow_without_loss() {
-    if !common::privileged("stages_change_under_a_steady_flow_without_loss") {
-        return;
-    }
+    require!();
     let mut chain = ProgChain::new(ChainHook::LwtXmit).unwrap();
     let one = CountingStage::load(&chain).unwrap();
     let two = CountingStage::load(&chain).unwrap();

@@ -17,9 +17,7 @@ use lwtun::ErrorKind;
 
 #[test]
 fn forwarding_table_swaps_whole_under_traffic_without_loss() {
-    if !common::privileged("forwarding_table_swaps_whole_under_traffic_without_loss") {
-        return;
-    }
+    require!();
     let mut chain = ProgChain::new(ChainHook::LwtXmit).unwrap();
     let stage = TableStage::load(&chain).unwrap();
     chain.push(stage.program()).unwrap();
@@ -143,9 +141,7 @@ fn forwarding_table_swaps_whole_under_traffic_without_loss() {
 
 #[test]
 fn maps_of_maps_are_typed_and_refuse_mismatches() {
-    if !common::privileged("maps_of_maps_are_typed_and_refuse_mismatches") {
-        return;
-    }
+    require!();
     let spec = InnerSpec {
         map_type: MapType::Hash,
         key_size: 4,

@@ -132,9 +132,7 @@ fn ping_b(net: &common::Line, count: u32) -> common::Ping {
 
 #[test]
 fn load_peer_route_ping_show_adopt_unload() {
-    if !common::privileged("load_peer_route_ping_show_adopt_unload") {
-        return;
-    }
+    require!();
     let (net, decap) = setup();
     let a = net.ns(0).name().to_string();
     let pin = common::PinDir::new("e2e");
@@ -388,9 +386,7 @@ fn load_peer_route_ping_show_adopt_unload() {
 
 #[test]
 fn batch_with_a_bad_line_applies_nothing() {
-    if !common::privileged("batch_with_a_bad_line_applies_nothing") {
-        return;
-    }
+    require!();
     let pin = common::PinDir::new("batch");
     let p = pin.arg();
     ok(&["tunnel", "load", "--pin", p]);
@@ -488,9 +484,7 @@ fn batch_with_a_bad_line_applies_nothing() {
 
 #[test]
 fn refusals_and_usage_errors() {
-    if !common::privileged("refusals_and_usage_errors") {
-        return;
-    }
+    require!();
     // Usage errors exit 2, as clap does.
     fails(&["peer", "show"], 2);
     fails(&["frobnicate"], 2);
@@ -564,9 +558,7 @@ fn refusals_and_usage_errors() {
 
 #[test]
 fn xdp_attach_stats_detach() {
-    if !common::privileged("xdp_attach_stats_detach") {
-        return;
-    }
+    require!();
     let net = common::two_hosts();
     let b = net.ns(1).name().to_string();
     let att = json(&["-n", &b, "xdp", "attach", "to0", "--mode", "generic"]);
@@ -607,9 +599,7 @@ fn xdp_attach_stats_detach() {
 
 #[test]
 fn decap_attach_show_detach() {
-    if !common::privileged("decap_attach_show_detach") {
-        return;
-    }
+    require!();
     let net = hosts();
     let b = net.ns(1).name().to_string();
     let pin = common::PinDir::new("decap");
@@ -701,9 +691,7 @@ fn pcap_records(bytes: &[u8]) -> Vec<Vec<u8>> {
 
 #[test]
 fn capture_to_pcap_with_a_filter() {
-    if !common::privileged("capture_to_pcap_with_a_filter") {
-        return;
-    }
+    require!();
     use std::io::BufRead;
     let net = common::two_hosts();
     let b = net.ns(1).name().to_string();
@@ -768,9 +756,7 @@ fn capture_to_pcap_with_a_filter() {
 
 #[test]
 fn route_del_and_leftovers() {
-    if !common::privileged("route_del_and_leftovers") {
-        return;
-    }
+    require!();
     let net = hosts();
     let a = net.ns(0).name().to_string();
     let pin = common::PinDir::new("leftovers");
@@ -901,9 +887,7 @@ fn route_del_and_leftovers() {
 
 #[test]
 fn adopts_a_library_users_pins_and_large_batches() {
-    if !common::privileged("adopts_a_library_users_pins_and_large_batches") {
-        return;
-    }
+    require!();
     let pin = common::PinDir::new("library");
     let p = pin.arg();
     {

@@ -255,9 +255,7 @@ fn program_gone(id: u32) -> bool {
 /// finishes the batch with the ones it lacks.
 #[test]
 fn killed_during_a_million_peer_batch() {
-    if !common::privileged("killed_during_a_million_peer_batch") {
-        return;
-    }
+    require!();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = common::PinDir::new("peers");
     let mut child = ChildProcess::spawn("peer-batch", &[("LWTUN_CRASH_DIR", dir.arg())]);
@@ -318,9 +316,7 @@ fn killed_during_a_million_peer_batch() {
 /// which their program is gone too.
 #[test]
 fn killed_during_a_10k_route_batch() {
-    if !common::privileged("killed_during_a_10k_route_batch") {
-        return;
-    }
+    require!();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let hosts = common::two_hosts();
     let ns = hosts.ns(0);
@@ -368,9 +364,7 @@ fn killed_during_a_10k_route_batch() {
 /// leaves is loaded fresh, not half adopted.
 #[test]
 fn killed_during_a_pinned_tunnel_load() {
-    if !common::privileged("killed_during_a_pinned_tunnel_load") {
-        return;
-    }
+    require!();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = common::PinDir::new("load");
     // How long a load takes here, to spread the kills over it.
@@ -444,9 +438,7 @@ fn killed_during_a_pinned_tunnel_load() {
 /// the next owner takes both over; removing them leaves nothing.
 #[test]
 fn killed_during_program_upgrades() {
-    if !common::privileged("killed_during_program_upgrades") {
-        return;
-    }
+    require!();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let hosts = common::two_hosts();
     let ns = hosts.ns(0);

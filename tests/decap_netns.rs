@@ -231,9 +231,7 @@ fn load_decap(s: &Setup) -> Decap {
 
 #[test]
 fn every_encap_reaches_the_application() {
-    if !common::privileged("every_encap_reaches_the_application") {
-        return;
-    }
+    require!();
     let s = setup();
     let peer = s.net.ns(0);
     let (u4, u6): (IpAddr, IpAddr) = (s.net.v4(1).into(), s.net.v6(1).into());
@@ -343,9 +341,7 @@ fn every_encap_reaches_the_application() {
 
 #[test]
 fn unknown_peer_and_wrong_key_are_dropped_and_counted() {
-    if !common::privileged("unknown_peer_and_wrong_key_are_dropped_and_counted") {
-        return;
-    }
+    require!();
     let s = setup();
     let peer = s.net.ns(0);
     let stranger: IpAddr = "10.77.0.9".parse().unwrap();
@@ -396,9 +392,7 @@ fn unknown_peer_and_wrong_key_are_dropped_and_counted() {
 
 #[test]
 fn ping_through_an_ipip_tunnel() {
-    if !common::privileged("ping_through_an_ipip_tunnel") {
-        return;
-    }
+    require!();
     let s = setup();
     let peer = s.net.ns(0);
     let _d = load_decap(&s);
@@ -474,9 +468,7 @@ fn send_raw_here(proto: u8, dst: IpAddr, payload: &[u8]) {
 
 #[test]
 fn decapsulated_packets_are_forwarded() {
-    if !common::privileged("decapsulated_packets_are_forwarded") {
-        return;
-    }
+    require!();
     // ns 0 (peer) ── ns 1 (decap, forwarding) ── ns 2 (host behind the tunnel endpoint)
     let net = common::line(3);
     let (peer, router, host) = (net.ns(0), net.ns(1), net.ns(2));
@@ -541,9 +533,7 @@ fn decapsulated_packets_are_forwarded() {
 
 #[test]
 fn tcp_through_lwtun_encap_is_decapsulated_and_forwarded() {
-    if !common::privileged("tcp_through_lwtun_encap_is_decapsulated_and_forwarded") {
-        return;
-    }
+    require!();
     use lwtun::netlink::Netlink;
     use lwtun::peer::{Encap, EncapPeer};
     use lwtun::tunnel::Tunnel;

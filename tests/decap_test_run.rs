@@ -178,9 +178,7 @@ fn expect_inner(what: &str, out: &[u8], inner: &[u8], ethertype: u16) {
 
 #[test]
 fn decapsulates_every_kind_lwtun_sends() {
-    if !common::privileged("decapsulates_every_kind_lwtun_sends") {
-        return;
-    }
+    require!();
     let d = decap();
     let (i4, i6) = (inner4(), inner6());
     // (what, frame, inner packet expected, inner EtherType, counter)
@@ -379,9 +377,7 @@ fn decapsulates_every_kind_lwtun_sends() {
 
 #[test]
 fn malformed_foreign_and_refused_inputs() {
-    if !common::privileged("malformed_foreign_and_refused_inputs") {
-        return;
-    }
+    require!();
     let d = decap();
     let (i4, i6) = (inner4(), inner6());
     let mut cases: Vec<(&str, Vec<u8>, i32, &str)> = Vec::new();
@@ -697,9 +693,7 @@ fn malformed_foreign_and_refused_inputs() {
 
 #[test]
 fn tables_round_trip_and_refuse_nonsense() {
-    if !common::privileged("tables_round_trip_and_refuse_nonsense") {
-        return;
-    }
+    require!();
     let mut d = decap();
     assert_eq!(
         d.locals().unwrap(),
@@ -760,9 +754,7 @@ fn tables_round_trip_and_refuse_nonsense() {
 
 #[test]
 fn gre_key_to_mark() {
-    if !common::privileged("gre_key_to_mark") {
-        return;
-    }
+    require!();
     let mut d = decap();
     let i4 = inner4();
     let keyed = outer4(
@@ -797,9 +789,7 @@ fn set_ecn(ip: &mut [u8], ecn: u8) {
 
 #[test]
 fn ecn_congestion_is_kept_rfc6040() {
-    if !common::privileged("ecn_congestion_is_kept_rfc6040") {
-        return;
-    }
+    require!();
     let d = decap();
     for inner_v6 in [false, true] {
         for outer_v6 in [false, true] {
@@ -869,9 +859,7 @@ fn ecn_congestion_is_kept_rfc6040() {
 
 #[test]
 fn pinned_tables_are_adopted_by_a_later_load() {
-    if !common::privileged("pinned_tables_are_adopted_by_a_later_load") {
-        return;
-    }
+    require!();
     let dir = common::PinDir::new("decap");
     let i4 = inner4();
     let keyed = outer4(
@@ -957,9 +945,7 @@ fn pinned_tables_are_adopted_by_a_later_load() {
 
 #[test]
 fn gre_checksum_verification_can_be_turned_off() {
-    if !common::privileged("gre_checksum_verification_can_be_turned_off") {
-        return;
-    }
+    require!();
     let mut d = decap();
     let i4 = inner4();
     let mut g = gre(0x0800, None, true, &i4);
@@ -978,9 +964,7 @@ fn gre_checksum_verification_can_be_turned_off() {
 /// same packet damaged on the way (a final checksum that is wrong, or a wrong GRE checksum) is not.
 #[test]
 fn gre_checksum_of_a_packet_with_a_partial_inner_checksum() {
-    if !common::privileged("gre_checksum_of_a_packet_with_a_partial_inner_checksum") {
-        return;
-    }
+    require!();
     let d = decap();
     for (inner, ethertype) in [(inner4(), 0x0800u16), (inner6(), 0x86dd)] {
         let what = format!("inner {ethertype:#06x}");
@@ -1026,9 +1010,7 @@ fn gre_checksum_of_a_packet_with_a_partial_inner_checksum() {
 /// it, as the kernel's own receiver does, while a nonzero wrong checksum is still dropped.
 #[test]
 fn an_unfinished_gre_checksum_from_a_kernel_gre_device_is_accepted() {
-    if !common::privileged("an_unfinished_gre_checksum_from_a_kernel_gre_device_is_accepted") {
-        return;
-    }
+    require!();
     let frame = common::unhex(&[
         "5647 8643 2635 361f d082 1b2b 0800 4500",
         "0074 7a9d 4000 402f ab21 0a4d 0002 0a4d",

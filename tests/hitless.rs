@@ -240,9 +240,7 @@ fn steady_flow(
 /// set up aside) on both ports, atomically per port, under traffic.
 #[test]
 fn xdp_program_replaced_under_traffic() {
-    if !common::privileged("xdp_program_replaced_under_traffic") {
-        return;
-    }
+    require!();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let l = common::line(3);
     let (left, right) = (l.ns(0), l.ns(2));
@@ -315,9 +313,7 @@ fn xmit_program_id(ns: &NetNs) -> u32 {
 /// tables and swaps the route's program in one replace.
 #[test]
 fn encap_program_replaced_under_traffic() {
-    if !common::privileged("encap_program_replaced_under_traffic") {
-        return;
-    }
+    require!();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let s = setup();
     let dir = common::PinDir::new("program");
@@ -352,9 +348,7 @@ fn encap_program_replaced_under_traffic() {
 /// 10 000 peers move from B to C (each replaced in place), among them the flow's own.
 #[test]
 fn ten_thousand_peers_moved_under_traffic() {
-    if !common::privileged("ten_thousand_peers_moved_under_traffic") {
-        return;
-    }
+    require!();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let s = setup();
     let mut a = a_tunnel_sized(&s, None, 16_384);
@@ -387,9 +381,7 @@ fn ten_thousand_peers_moved_under_traffic() {
 /// SIGKILL; each time a new process adopts the pins and takes the route over.
 #[test]
 fn controlling_process_restarts_under_traffic() {
-    if !common::privileged("controlling_process_restarts_under_traffic") {
-        return;
-    }
+    require!();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let s = setup();
     let dir = common::PinDir::new("restart");

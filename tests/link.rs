@@ -96,9 +96,7 @@ fn pair(prefix: &str) -> Pair {
 
 #[test]
 fn veth_across_namespaces_carries_ping_both_ways_v4_and_v6() {
-    if !common::privileged("veth_across_namespaces_carries_ping_both_ways_v4_and_v6") {
-        return;
-    }
+    require!();
     let Pair {
         a,
         b,
@@ -186,9 +184,7 @@ fn veth_across_namespaces_carries_ping_both_ways_v4_and_v6() {
 
 #[test]
 fn mtu_up_down_and_delete() {
-    if !common::privileged("mtu_up_down_and_delete") {
-        return;
-    }
+    require!();
     let ns = NetNs::create_unique("lk-mtu").unwrap();
     let mut nl = netlink_in(&ns);
     nl.add_veth("m0", "m1", None).unwrap();
@@ -221,9 +217,7 @@ fn mtu_up_down_and_delete() {
 
 #[test]
 fn move_link_to_another_namespace() {
-    if !common::privileged("move_link_to_another_namespace") {
-        return;
-    }
+    require!();
     let a = NetNs::create_unique("lk-move").unwrap();
     let b = NetNs::create_unique("lk-move").unwrap();
     let mut nla = netlink_in(&a);
@@ -247,9 +241,7 @@ fn move_link_to_another_namespace() {
 
 #[test]
 fn vxlan_external_device_is_created() {
-    if !common::privileged("vxlan_external_device_is_created") {
-        return;
-    }
+    require!();
     let ns = NetNs::create_unique("lk-vxlan").unwrap();
     let mut nl = netlink_in(&ns);
     nl.add_vxlan_external("vx0", &VxlanOptions::default())
@@ -296,9 +288,7 @@ fn vxlan_external_device_is_created() {
 
 #[test]
 fn gre_and_ipip_external_are_created_or_unsupported() {
-    if !common::privileged("gre_and_ipip_external_are_created_or_unsupported") {
-        return;
-    }
+    require!();
     let ns = NetNs::create_unique("lk-tun").unwrap();
     let mut nl = netlink_in(&ns);
     type Add = fn(&mut Netlink, &str) -> lwtun::Result<()>;
@@ -342,9 +332,7 @@ fn gre_and_ipip_external_are_created_or_unsupported() {
 
 #[test]
 fn unknown_interfaces_are_not_found_with_their_name() {
-    if !common::privileged("unknown_interfaces_are_not_found_with_their_name") {
-        return;
-    }
+    require!();
     let ns = NetNs::create_unique("lk-nf").unwrap();
     let mut nl = netlink_in(&ns);
     let e = nl.link_by_name("eth9").unwrap_err();
@@ -368,9 +356,7 @@ fn unknown_interfaces_are_not_found_with_their_name() {
 
 #[test]
 fn duplicates_are_exists_and_create_nothing() {
-    if !common::privileged("duplicates_are_exists_and_create_nothing") {
-        return;
-    }
+    require!();
     let ns = NetNs::create_unique("lk-dup").unwrap();
     let mut nl = netlink_in(&ns);
     nl.add_veth("d0", "d1", None).unwrap();
@@ -391,9 +377,7 @@ fn duplicates_are_exists_and_create_nothing() {
 
 #[test]
 fn invalid_names_are_refused_and_create_nothing() {
-    if !common::privileged("invalid_names_are_refused_and_create_nothing") {
-        return;
-    }
+    require!();
     let ns = NetNs::create_unique("lk-inv").unwrap();
     let mut nl = netlink_in(&ns);
     let before = names(&nl.links().unwrap());
@@ -469,9 +453,7 @@ fn prog_id(fd: &OwnedFd) -> u32 {
 
 #[test]
 fn xdp_attach_replace_and_detach() {
-    if !common::privileged("xdp_attach_replace_and_detach") {
-        return;
-    }
+    require!();
     let Pair {
         a,
         b: _b,

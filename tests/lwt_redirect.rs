@@ -201,9 +201,7 @@ fn is_echo_to(p: &[u8], dst: [u8; 4]) -> bool {
 
 #[test]
 fn egress_to_a_veth_with_an_ethernet_header_the_peer_answers() {
-    if !common::privileged("egress_to_a_veth_with_an_ethernet_header_the_peer_answers") {
-        return;
-    }
+    require!();
     let lab = lab();
     let mut redirect = LwtRedirect::load().unwrap();
     let _r4 = route(&lab, &mut redirect, "10.88.0.0/24");
@@ -257,9 +255,7 @@ fn egress_to_a_veth_with_an_ethernet_header_the_peer_answers() {
 
 #[test]
 fn ingress_of_a_veth_with_an_ethernet_header_seen_by_tcpdump() {
-    if !common::privileged("ingress_of_a_veth_with_an_ethernet_header_seen_by_tcpdump") {
-        return;
-    }
+    require!();
     let lab = lab();
     let mut redirect = LwtRedirect::load().unwrap();
     let prefix = net("10.89.0.0/24");
@@ -293,9 +289,7 @@ fn ingress_of_a_veth_with_an_ethernet_header_seen_by_tcpdump() {
 
 #[test]
 fn tun_egress_and_ingress_without_a_header() {
-    if !common::privileged("tun_egress_and_ingress_without_a_header") {
-        return;
-    }
+    require!();
     let lab = lab();
     let mut tun = open_tun(&lab.a, "tun0");
     let tun0 = lab.a.device("tun0").unwrap();
@@ -372,9 +366,7 @@ fn tun_egress_and_ingress_without_a_header() {
 
 #[test]
 fn target_down_and_carrier_loss_are_dropped_counted_and_recovered() {
-    if !common::privileged("target_down_and_carrier_loss_are_dropped_counted_and_recovered") {
-        return;
-    }
+    require!();
     let lab = lab();
     let mut redirect = LwtRedirect::load().unwrap();
     let (out, inp) = (net("10.88.0.0/24"), net("10.89.0.0/24"));
@@ -446,9 +438,7 @@ fn ipv6(dst: &str) -> Vec<u8> {
 
 #[test]
 fn test_run_hits_misses_and_malformed_packets() {
-    if !common::privileged("test_run_hits_misses_and_malformed_packets") {
-        return;
-    }
+    require!();
     let ns = common::netns("lrt");
     common::ip(
         &ns,
@@ -588,9 +578,7 @@ fn test_run_hits_misses_and_malformed_packets() {
 
 #[test]
 fn refuses_bad_targets_and_other_namespaces_and_changes_nothing() {
-    if !common::privileged("refuses_bad_targets_and_other_namespaces_and_changes_nothing") {
-        return;
-    }
+    require!();
     let lab = lab();
     let mut redirect = LwtRedirect::builder().netns(&lab.a).load().unwrap();
     let prefix = net("10.88.0.0/24");
@@ -647,9 +635,7 @@ fn refuses_bad_targets_and_other_namespaces_and_changes_nothing() {
 
 #[test]
 fn pinned_maps_adopted_with_their_rules_and_policy() {
-    if !common::privileged("pinned_maps_adopted_with_their_rules_and_policy") {
-        return;
-    }
+    require!();
     let lab = lab();
     let pins = common::PinDir::new("lwtredir");
     let mut redirect = LwtRedirect::builder()

@@ -34,9 +34,7 @@ fn current_netns() -> String {
 
 #[test]
 fn create_is_listed_by_ip_and_removed_on_drop() {
-    if !common::privileged("create_is_listed_by_ip_and_removed_on_drop") {
-        return;
-    }
+    require!();
     let ns = NetNs::create_unique("lwt-ns").expect("create");
     let name = ns.name().to_string();
     assert!(ns.is_owned());
@@ -54,9 +52,7 @@ fn create_is_listed_by_ip_and_removed_on_drop() {
 
 #[test]
 fn create_twice_is_exists_and_open_does_not_own() {
-    if !common::privileged("create_twice_is_exists_and_open_does_not_own") {
-        return;
-    }
+    require!();
     let ns = NetNs::create_unique("lwt-ns").expect("create");
     let e = NetNs::create(ns.name()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Exists, "{e}");
@@ -74,9 +70,7 @@ fn create_twice_is_exists_and_open_does_not_own() {
 
 #[test]
 fn unique_names_differ_and_carry_the_pid() {
-    if !common::privileged("unique_names_differ_and_carry_the_pid") {
-        return;
-    }
+    require!();
     let a = NetNs::create_unique("lwt-u").unwrap();
     let b = NetNs::create_unique("lwt-u").unwrap();
     assert_ne!(a.name(), b.name());
@@ -89,9 +83,7 @@ fn unique_names_differ_and_carry_the_pid() {
 
 #[test]
 fn run_enters_the_namespace_and_leaves_the_caller_alone() {
-    if !common::privileged("run_enters_the_namespace_and_leaves_the_caller_alone") {
-        return;
-    }
+    require!();
     let ns = NetNs::create_unique("lwt-ns").unwrap();
     let before = current_netns();
     let inside = ns.run(|| Ok(current_netns())).unwrap();
@@ -134,9 +126,7 @@ fn run_enters_the_namespace_and_leaves_the_caller_alone() {
 
 #[test]
 fn run_turns_panics_and_errors_into_errors() {
-    if !common::privileged("run_turns_panics_and_errors_into_errors") {
-        return;
-    }
+    require!();
     let ns = NetNs::create_unique("lwt-ns").unwrap();
     let e = ns
         .run(|| -> lwtun::Result<()> { panic!("boom in the namespace") })
@@ -153,9 +143,7 @@ fn run_turns_panics_and_errors_into_errors() {
 
 #[test]
 fn two_namespaces_have_separate_loopbacks() {
-    if !common::privileged("two_namespaces_have_separate_loopbacks") {
-        return;
-    }
+    require!();
     let a = NetNs::create_unique("lwt-ns").unwrap();
     let b = NetNs::create_unique("lwt-ns").unwrap();
     let up = |ns: &NetNs| {
@@ -199,9 +187,7 @@ fn two_namespaces_have_separate_loopbacks() {
 
 #[test]
 fn drop_on_panic_removes_the_namespace() {
-    if !common::privileged("drop_on_panic_removes_the_namespace") {
-        return;
-    }
+    require!();
     let (tx, rx) = std::sync::mpsc::channel();
     let joined = std::thread::spawn(move || {
         let ns = NetNs::create_unique("lwt-panic").unwrap();
@@ -217,9 +203,7 @@ fn drop_on_panic_removes_the_namespace() {
 
 #[test]
 fn delete_reports_and_persist_keeps() {
-    if !common::privileged("delete_reports_and_persist_keeps") {
-        return;
-    }
+    require!();
     let ns = NetNs::create_unique("lwt-ns").unwrap();
     let name = ns.name().to_string();
     ns.delete().expect("delete");
@@ -243,9 +227,7 @@ fn delete_reports_and_persist_keeps() {
 
 #[test]
 fn namespace_made_by_iproute2_can_be_opened_and_used() {
-    if !common::privileged("namespace_made_by_iproute2_can_be_opened_and_used") {
-        return;
-    }
+    require!();
     let name = format!("lwt-ip-{}", std::process::id());
     let st = Command::new("ip")
         .args(["netns", "add", &name])
@@ -298,9 +280,7 @@ fn namespace_made_by_iproute2_can_be_opened_and_used() {
 
 #[test]
 fn sysctls_are_per_namespace_and_never_the_hosts() {
-    if !common::privileged("sysctls_are_per_namespace_and_never_the_hosts") {
-        return;
-    }
+    require!();
     let host_before = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
     let a = NetNs::create_unique("lwt-ns").unwrap();
     let b = NetNs::create_unique("lwt-ns").unwrap();
@@ -345,9 +325,7 @@ fn sysctls_are_per_namespace_and_never_the_hosts() {
 
 #[test]
 fn fd_keeps_a_deleted_namespace_alive() {
-    if !common::privileged("fd_keeps_a_deleted_namespace_alive") {
-        return;
-    }
+    require!();
     let ns = NetNs::create_unique("lwt-ns").unwrap();
     let id = ns.run(|| Ok(current_netns())).unwrap();
     let fd = ns.fd().unwrap();
@@ -369,9 +347,7 @@ fn fd_keeps_a_deleted_namespace_alive() {
 
 #[test]
 fn harness_two_hosts_ping_v4_and_v6() {
-    if !common::privileged("harness_two_hosts_ping_v4_and_v6") {
-        return;
-    }
+    require!();
     let net = common::two_hosts();
     let p = common::ping(net.ns(0), net.v4(1).into(), 3);
     assert_eq!((p.transmitted, p.received), (3, 3), "{}", p.output);
@@ -389,9 +365,7 @@ fn harness_two_hosts_ping_v4_and_v6() {
 
 #[test]
 fn harness_line_routes_end_to_end_and_unrouted_does_not() {
-    if !common::privileged("harness_line_routes_end_to_end_and_unrouted_does_not") {
-        return;
-    }
+    require!();
     let net = common::line(3);
     let p = common::ping(net.ns(0), net.v4(2).into(), 2);
     assert_eq!(p.received, 2, "{}", p.output);
@@ -415,9 +389,7 @@ fn harness_line_routes_end_to_end_and_unrouted_does_not() {
 
 #[test]
 fn harness_tcp_stream_counts_intact_bytes() {
-    if !common::privileged("harness_tcp_stream_counts_intact_bytes") {
-        return;
-    }
+    require!();
     let net = common::two_hosts();
     let bytes = 8 << 20;
     let t = common::tcp_stream(net.ns(1), net.ns(0), net.v4(1).into(), bytes);
@@ -436,9 +408,7 @@ fn harness_tcp_stream_counts_intact_bytes() {
 
 #[test]
 fn harness_udp_count_and_tcpdump_see_real_packets() {
-    if !common::privileged("harness_udp_count_and_tcpdump_see_real_packets") {
-        return;
-    }
+    require!();
     let net = common::two_hosts();
     let n = common::udp_count(net.ns(1), net.ns(0), net.v4(1).into(), 200, 512);
     assert_eq!(n, 200);
@@ -475,9 +445,7 @@ fn harness_udp_count_and_tcpdump_see_real_packets() {
 /// namespace; Netlink sockets opened in `run` stay in their namespace.
 #[test]
 fn lwtun_netlink_builds_a_link_between_namespaces() {
-    if !common::privileged("lwtun_netlink_builds_a_link_between_namespaces") {
-        return;
-    }
+    require!();
     use lwtun::netlink::{addr::AddressOptions, Netlink};
     let a = common::netns("nla");
     let b = common::netns("nlb");
@@ -512,9 +480,7 @@ fn lwtun_netlink_builds_a_link_between_namespaces() {
 /// A test that panics mid-way leaves neither namespaces nor tcpdump processes behind.
 #[test]
 fn harness_cleans_up_on_panic() {
-    if !common::privileged("harness_cleans_up_on_panic") {
-        return;
-    }
+    require!();
     let (tx, rx) = std::sync::mpsc::channel();
     let result = std::thread::spawn(move || {
         let net = common::line(3);
@@ -564,9 +530,7 @@ fn tcpdump_pid(ns: &str) -> Option<u32> {
 /// distinct namespace, and all are gone afterwards.
 #[test]
 fn concurrent_creation_gives_distinct_namespaces() {
-    if !common::privileged("concurrent_creation_gives_distinct_namespaces") {
-        return;
-    }
+    require!();
     let per_thread = 5;
     let threads: Vec<_> = (0..6)
         .map(|_| {
@@ -608,9 +572,7 @@ fn concurrent_creation_gives_distinct_namespaces() {
 /// Namespaces of dead processes (no destructor ran) are found by the pid in their name.
 #[test]
 fn remove_stale_removes_only_dead_owners() {
-    if !common::privileged("remove_stale_removes_only_dead_owners") {
-        return;
-    }
+    require!();
     // A pid that runs no process: a child that has exited and been reaped.
     let mut child = Command::new("true").spawn().unwrap();
     let dead = child.id();
@@ -639,9 +601,7 @@ fn remove_stale_removes_only_dead_owners() {
 
 #[test]
 fn devices_remember_their_namespace() {
-    if !common::privileged("devices_remember_their_namespace") {
-        return;
-    }
+    require!();
     let ns = NetNs::create_unique("lwt-dev").unwrap();
     common::ip(
         &ns,

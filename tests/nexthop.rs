@@ -94,9 +94,7 @@ fn pings(net: &common::Line, to: &str, n: u32) {
 
 #[test]
 fn routes_share_one_nexthop_its_program_counts_and_replaces_for_all() {
-    if !common::privileged("routes_share_one_nexthop_its_program_counts_and_replaces_for_all") {
-        return;
-    }
+    require!();
     let (net, mut nl, first) = host();
     let second = LwtCounter::load().unwrap();
     let mut nh = xmit_nexthop(&net, &mut nl, &first);
@@ -180,9 +178,7 @@ fn routes_share_one_nexthop_its_program_counts_and_replaces_for_all() {
 
 #[test]
 fn an_ipv6_nexthop_serves_ipv6_and_ipv4_routes() {
-    if !common::privileged("an_ipv6_nexthop_serves_ipv6_and_ipv4_routes") {
-        return;
-    }
+    require!();
     let (net, mut nl, counter) = host();
     ip(net.ns(1), "-6 addr add fd62::1/128 dev lo");
     ip(net.ns(1), "-6 addr add fd63::1/128 dev lo");
@@ -213,9 +209,7 @@ fn an_ipv6_nexthop_serves_ipv6_and_ipv4_routes() {
 
 #[test]
 fn ten_thousand_routes_over_one_nexthop_in_a_batch() {
-    if !common::privileged("ten_thousand_routes_over_one_nexthop_in_a_batch") {
-        return;
-    }
+    require!();
     let (net, mut nl, counter) = host();
     let nh = xmit_nexthop(&net, &mut nl, &counter);
     const N: usize = 10_000;
@@ -260,9 +254,7 @@ fn ten_thousand_routes_over_one_nexthop_in_a_batch() {
 
 #[test]
 fn deleting_a_nexthop_in_use_deletes_its_routes() {
-    if !common::privileged("deleting_a_nexthop_in_use_deletes_its_routes") {
-        return;
-    }
+    require!();
     let (net, mut nl, counter) = host();
     let nh = xmit_nexthop(&net, &mut nl, &counter);
     let a = route_over(&mut nl, &nh, "10.62.0.0/24", None);
@@ -289,9 +281,7 @@ fn deleting_a_nexthop_in_use_deletes_its_routes() {
 
 #[test]
 fn refusals_are_typed_and_leave_nothing() {
-    if !common::privileged("refusals_are_typed_and_leave_nothing") {
-        return;
-    }
+    require!();
     let (net, mut nl, counter) = host();
     let to1 = net.device(0, "to1");
     let nh = LwtNexthop::new(Some(4242))
@@ -367,9 +357,7 @@ fn refusals_are_typed_and_leave_nothing() {
 
 #[test]
 fn persisted_nexthops_and_their_routes_are_leftovers() {
-    if !common::privileged("persisted_nexthops_and_their_routes_are_leftovers") {
-        return;
-    }
+    require!();
     let (net, mut nl, counter) = host();
     let nh = xmit_nexthop(&net, &mut nl, &counter);
     let r = route_over(&mut nl, &nh, "10.62.0.0/24", None);

@@ -326,9 +326,7 @@ fn seg6_follows_the_pin_protocol() {
 
 #[test]
 fn an_incomplete_set_is_cleared_and_a_fresh_one_pinned() {
-    if !common::privileged("an_incomplete_set_is_cleared_and_a_fresh_one_pinned") {
-        return;
-    }
+    require!();
     let dir = common::PinDir::new("incomplete");
     let folder = dir.0.as_path();
     let mut t = Tunnel::builder().pin(folder).load().unwrap();
@@ -352,9 +350,7 @@ fn an_incomplete_set_is_cleared_and_a_fresh_one_pinned() {
 
 #[test]
 fn discover_finds_every_family_folder_under_a_root() {
-    if !common::privileged("discover_finds_every_family_folder_under_a_root") {
-        return;
-    }
+    require!();
     let root = common::PinDir::new("discover");
     std::fs::create_dir_all(&root.0).unwrap();
     let mut owners = Vec::new();

@@ -57,9 +57,7 @@ fn expected(f: Feature, config: Option<&str>) -> Option<bool> {
 
 #[test]
 fn every_probe_answers_as_the_kernel_version_and_config_say() {
-    if !common::privileged("every_probe_answers_as_the_kernel_version_and_config_say") {
-        return;
-    }
+    require!();
     let config = config();
     for f in Feature::ALL {
         let got = f.check();
@@ -103,9 +101,7 @@ fn every_probe_answers_as_the_kernel_version_and_config_say() {
 
 #[test]
 fn features_printout_lists_every_feature_with_its_answer() {
-    if !common::privileged("features_printout_lists_every_feature_with_its_answer") {
-        return;
-    }
+    require!();
     let features = Features::detect();
     let text = features.to_string();
     println!("{text}");
@@ -135,9 +131,7 @@ fn features_printout_lists_every_feature_with_its_answer() {
 
 #[test]
 fn probes_leave_no_routes_links_or_namespaces_behind() {
-    if !common::privileged("probes_leave_no_routes_links_or_namespaces_behind") {
-        return;
-    }
+    require!();
     let netns_before = lwtun::netns::NetNs::list().unwrap();
     let routes_before = std::process::Command::new("ip")
         .args(["route", "show", "192.0.2.0/24"])
@@ -191,9 +185,7 @@ fn drop_effective(caps: &[u32]) {
 
 #[test]
 fn require_caps_names_the_missing_capability() {
-    if !common::privileged("require_caps_names_the_missing_capability") {
-        return;
-    }
+    require!();
     probe::require_caps("install routes").expect("root has every capability");
     assert!(Capability::NetAdmin.is_effective().unwrap());
 

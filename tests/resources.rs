@@ -38,9 +38,7 @@ type Family<'a> = (&'static str, Box<dyn Fn() -> lwtun::Result<()> + 'a>);
 
 #[test]
 fn every_family_loads_and_drops_without_leaking() {
-    if !common::privileged("every_family_loads_and_drops_without_leaking") {
-        return;
-    }
+    require!();
     let rounds: u32 = std::env::var("LWTUN_RESOURCE_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())

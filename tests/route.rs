@@ -114,9 +114,7 @@ fn with_device(ns: &NetNs) {
 
 #[test]
 fn programs_run_at_each_hook_v4_and_v6_and_show_in_iproute2() {
-    if !common::privileged("programs_run_at_each_hook_v4_and_v6_and_show_in_iproute2") {
-        return;
-    }
+    require!();
     let line = Line::new("h");
     let at_a = LwtCounter::load().unwrap(); // A's out + xmit
     let at_b = LwtCounter::load().unwrap(); // B's in + xmit
@@ -226,9 +224,7 @@ fn programs_run_at_each_hook_v4_and_v6_and_show_in_iproute2() {
 
 #[test]
 fn iproute2_made_route_is_decoded() {
-    if !common::privileged("iproute2_made_route_is_decoded") {
-        return;
-    }
+    require!();
     let ns = NetNs::create_unique("rtip").unwrap();
     with_device(&ns);
     let dir = std::env::temp_dir().join(format!("lwtun-test-{}", std::process::id()));
@@ -273,9 +269,7 @@ fn iproute2_made_route_is_decoded() {
 
 #[test]
 fn replace_swaps_the_program_and_delete_removes() {
-    if !common::privileged("replace_swaps_the_program_and_delete_removes") {
-        return;
-    }
+    require!();
     let ns = NetNs::create_unique("rtrep").unwrap();
     with_device(&ns);
     let mut nl = Line::nl(&ns);
@@ -322,14 +316,7 @@ fn replace_swaps_the_program_and_delete_removes() {
 
 #[test]
 fn seg6local_end_bpf_route_installs_and_reads_back() {
-    if !common::privileged("seg6local_end_bpf_route_installs_and_reads_back")
-        || !common::kernel_has(
-            "seg6local_end_bpf_route_installs_and_reads_back",
-            lwtun::probe::Feature::Seg6Local,
-        )
-    {
-        return;
-    }
+    require!(lwtun::probe::Feature::Seg6Local);
     let ns = NetNs::create_unique("rtseg").unwrap();
     with_device(&ns);
     let mut nl = Line::nl(&ns);
@@ -371,9 +358,7 @@ fn seg6local_end_bpf_route_installs_and_reads_back() {
 
 #[test]
 fn batch_of_10k_routes_installs_dumps_and_deletes() {
-    if !common::privileged("batch_of_10k_routes_installs_dumps_and_deletes") {
-        return;
-    }
+    require!();
     let ns = NetNs::create_unique("rtbat").unwrap();
     with_device(&ns);
     let mut nl = Line::nl(&ns);
@@ -452,9 +437,7 @@ fn batch_of_10k_routes_installs_dumps_and_deletes() {
 /// would fail with EMSGSIZE; the pipeline closes windows by size as well as by count.
 #[test]
 fn batch_of_large_requests_is_split_by_size() {
-    if !common::privileged("batch_of_large_requests_is_split_by_size") {
-        return;
-    }
+    require!();
     let ns = NetNs::create_unique("rtbig").unwrap();
     with_device(&ns);
     let mut nl = Line::nl(&ns);
@@ -515,9 +498,7 @@ fn batch_of_large_requests_is_split_by_size() {
 
 #[test]
 fn refusals_have_the_right_kind_and_leave_nothing() {
-    if !common::privileged("refusals_have_the_right_kind_and_leave_nothing") {
-        return;
-    }
+    require!();
     let ns = NetNs::create_unique("rtneg").unwrap();
     with_device(&ns);
     ip(&ns, "addr add 10.72.0.1/24 dev d0");

@@ -43,14 +43,7 @@ fn one_line(s: &str) -> String {
 
 #[test]
 fn iproute2_end_bpf_route_from_an_object_decodes() {
-    if !common::privileged("iproute2_end_bpf_route_from_an_object_decodes")
-        || !common::kernel_has(
-            "iproute2_end_bpf_route_from_an_object_decodes",
-            Feature::Seg6Local,
-        )
-    {
-        return;
-    }
+    require!(Feature::Seg6Local);
     let ns = veth_ns("s6ip");
     let dir = TempDir(std::env::temp_dir().join(format!("lwtun-seg6-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0).unwrap();
@@ -117,14 +110,7 @@ fn iproute2_end_bpf_route_from_an_object_decodes() {
 
 #[test]
 fn lwtun_end_bpf_routes_print_as_iproute2_prints_them() {
-    if !common::privileged("lwtun_end_bpf_routes_print_as_iproute2_prints_them")
-        || !common::kernel_has(
-            "lwtun_end_bpf_routes_print_as_iproute2_prints_them",
-            Feature::Seg6Local,
-        )
-    {
-        return;
-    }
+    require!(Feature::Seg6Local);
     let ns = veth_ns("s6show");
     let d0 = ns.device("d0").unwrap();
     let mut tag = Seg6Tag::load().unwrap();
@@ -182,14 +168,7 @@ fn lwtun_end_bpf_routes_print_as_iproute2_prints_them() {
 
 #[test]
 fn kernel_seg6_routes_made_by_lwtun_and_by_iproute2_agree() {
-    if !common::privileged("kernel_seg6_routes_made_by_lwtun_and_by_iproute2_agree")
-        || !common::kernel_has(
-            "kernel_seg6_routes_made_by_lwtun_and_by_iproute2_agree",
-            Feature::Seg6Local,
-        )
-    {
-        return;
-    }
+    require!(Feature::Seg6Local);
     let ns = veth_ns("s6k");
     let d0 = ns.device("d0").unwrap();
     let mut nl = d0.netlink().unwrap();
@@ -279,14 +258,7 @@ fn kernel_seg6_routes_made_by_lwtun_and_by_iproute2_agree() {
 
 #[test]
 fn seg6_policies_refuse_lists_the_kernel_would_and_clean_up() {
-    if !common::privileged("seg6_policies_refuse_lists_the_kernel_would_and_clean_up")
-        || !common::kernel_has(
-            "seg6_policies_refuse_lists_the_kernel_would_and_clean_up",
-            Feature::Seg6Local,
-        )
-    {
-        return;
-    }
+    require!(Feature::Seg6Local);
     let ns = veth_ns("s6pol");
     let d0 = ns.device("d0").unwrap();
     let mut policies = Seg6Policies::new(&d0, Seg6Mode::Encap).unwrap();

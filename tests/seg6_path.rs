@@ -340,27 +340,13 @@ fn srv6_path(egress: Egress) {
 
 #[test]
 fn srv6_path_with_bpf_end_x_and_bpf_end_dt6() {
-    if !common::privileged("srv6_path_with_bpf_end_x_and_bpf_end_dt6")
-        || !common::kernel_has(
-            "srv6_path_with_bpf_end_x_and_bpf_end_dt6",
-            Feature::Seg6Local,
-        )
-    {
-        return;
-    }
+    require!(Feature::Seg6Local);
     srv6_path(Egress::Bpf);
 }
 
 #[test]
 fn srv6_path_with_bpf_end_x_and_kernel_end_dt6() {
-    if !common::privileged("srv6_path_with_bpf_end_x_and_kernel_end_dt6")
-        || !common::kernel_has(
-            "srv6_path_with_bpf_end_x_and_kernel_end_dt6",
-            Feature::Seg6Local,
-        )
-    {
-        return;
-    }
+    require!(Feature::Seg6Local);
     srv6_path(Egress::Kernel);
 }
 
@@ -369,14 +355,7 @@ fn srv6_path_with_bpf_end_x_and_kernel_end_dt6() {
 /// delivers.
 #[test]
 fn end_x_drops_on_the_path_are_counted_by_reason() {
-    if !common::privileged("end_x_drops_on_the_path_are_counted_by_reason")
-        || !common::kernel_has(
-            "end_x_drops_on_the_path_are_counted_by_reason",
-            Feature::Seg6Local,
-        )
-    {
-        return;
-    }
+    require!(Feature::Seg6Local);
     let line = common::line(5);
     let (ingress, eg) = (line.ns(1), line.ns(3));
     let host_b = IpAddr::V6(line.v6(4));
@@ -439,11 +418,7 @@ fn end_x_drops_on_the_path_are_counted_by_reason() {
 /// segment (the 2-segment list [T, E] does not reach host B, and the function sees nothing).
 #[test]
 fn end_bpf_never_sees_segments_left_zero() {
-    if !common::privileged("end_bpf_never_sees_segments_left_zero")
-        || !common::kernel_has("end_bpf_never_sees_segments_left_zero", Feature::Seg6Local)
-    {
-        return;
-    }
+    require!(Feature::Seg6Local);
     let line = common::line(5);
     let (ingress, eg) = (line.ns(1), line.ns(3));
     route_sids_through_transit(ingress);

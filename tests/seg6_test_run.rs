@@ -19,14 +19,7 @@ fn a(s: &str) -> Ipv6Addr {
 
 #[test]
 fn tag_does_the_end_step_and_writes_the_tag() {
-    if !common::privileged("tag_does_the_end_step_and_writes_the_tag")
-        || !common::kernel_has(
-            "tag_does_the_end_step_and_writes_the_tag",
-            Feature::Seg6Local,
-        )
-    {
-        return;
-    }
+    require!(Feature::Seg6Local);
     let (t, e, _) = sids();
     let mut tag = Seg6Tag::load().unwrap();
     tag.set_tag("fc00:3::/64".parse().unwrap(), 0x2a).unwrap();
@@ -55,11 +48,7 @@ fn tag_does_the_end_step_and_writes_the_tag() {
 
 #[test]
 fn misses_follow_the_policy() {
-    if !common::privileged("misses_follow_the_policy")
-        || !common::kernel_has("misses_follow_the_policy", Feature::Seg6Local)
-    {
-        return;
-    }
+    require!(Feature::Seg6Local);
     let (t, e, _) = sids();
     let mut tag = Seg6Tag::load().unwrap();
     tag.set_tag("fc00:9::/64".parse().unwrap(), 1).unwrap();
@@ -103,14 +92,7 @@ fn misses_follow_the_policy() {
 
 #[test]
 fn end_x_chooses_the_next_hop_by_the_active_segment() {
-    if !common::privileged("end_x_chooses_the_next_hop_by_the_active_segment")
-        || !common::kernel_has(
-            "end_x_chooses_the_next_hop_by_the_active_segment",
-            Feature::Seg6Local,
-        )
-    {
-        return;
-    }
+    require!(Feature::Seg6Local);
     let (t, e, _) = sids();
     let mut x = Seg6EndX::load().unwrap();
     x.set_next_hop(
@@ -164,14 +146,7 @@ fn end_x_chooses_the_next_hop_by_the_active_segment() {
 
 #[test]
 fn end_dt6_decaps_inner_ipv6_into_the_table_and_refuses_inner_ipv4() {
-    if !common::privileged("end_dt6_decaps_inner_ipv6_into_the_table_and_refuses_inner_ipv4")
-        || !common::kernel_has(
-            "end_dt6_decaps_inner_ipv6_into_the_table_and_refuses_inner_ipv4",
-            Feature::Seg6Local,
-        )
-    {
-        return;
-    }
+    require!(Feature::Seg6Local);
     let (t, e, svc) = sids();
     let mut dt6 = Seg6EndDt6::load().unwrap();
     dt6.set_table("fc00:3::100/128".parse().unwrap(), 100)
@@ -206,14 +181,7 @@ fn end_dt6_decaps_inner_ipv6_into_the_table_and_refuses_inner_ipv4() {
 /// Every function drops and counts what is not a valid SRv6 packet, the same way.
 #[test]
 fn malformed_packets_are_dropped_and_counted() {
-    if !common::privileged("malformed_packets_are_dropped_and_counted")
-        || !common::kernel_has(
-            "malformed_packets_are_dropped_and_counted",
-            Feature::Seg6Local,
-        )
-    {
-        return;
-    }
+    require!(Feature::Seg6Local);
     let (t, e, _) = sids();
     let good = srv6(&[t, e], 1, 0, IPV6, &inner_v6());
     let mut cases: Vec<(&str, u16, Vec<u8>, Seg6Event)> = Vec::new();
@@ -296,11 +264,7 @@ fn malformed_packets_are_dropped_and_counted() {
 
 #[test]
 fn counters_add_up_by_reason() {
-    if !common::privileged("counters_add_up_by_reason")
-        || !common::kernel_has("counters_add_up_by_reason", Feature::Seg6Local)
-    {
-        return;
-    }
+    require!(Feature::Seg6Local);
     let (t, e, _) = sids();
     let mut x = Seg6EndX::load().unwrap();
     x.set_next_hop(
@@ -328,14 +292,7 @@ fn counters_add_up_by_reason() {
 
 #[test]
 fn pinned_functions_are_adopted_by_the_same_function_only() {
-    if !common::privileged("pinned_functions_are_adopted_by_the_same_function_only")
-        || !common::kernel_has(
-            "pinned_functions_are_adopted_by_the_same_function_only",
-            Feature::Seg6Local,
-        )
-    {
-        return;
-    }
+    require!(Feature::Seg6Local);
     let dir = common::PinDir::new("seg6");
     let (t, e, _) = sids();
     let mut first = Seg6EndX::builder()

@@ -20,9 +20,7 @@ fn listed(
 
 #[test]
 fn clsact_ingress_counts_pings_lists_and_detaches() {
-    if !common::privileged("clsact_ingress_counts_pings_lists_and_detaches") {
-        return;
-    }
+    require!();
     let net = common::two_hosts();
     let counter = TcCounter::load().unwrap();
     let dev = net.device(1, "to0");
@@ -82,9 +80,7 @@ fn clsact_ingress_counts_pings_lists_and_detaches() {
 
 #[test]
 fn clsact_priority_orders_filters_and_drop_on_panic_detaches() {
-    if !common::privileged("clsact_priority_orders_filters_and_drop_on_panic_detaches") {
-        return;
-    }
+    require!();
     let net = common::two_hosts();
     let first = TcCounter::load().unwrap();
     let second = TcCounter::load().unwrap();
@@ -130,9 +126,7 @@ fn clsact_priority_orders_filters_and_drop_on_panic_detaches() {
 
 #[test]
 fn clsact_replace_takes_over_and_replace_program_swaps() {
-    if !common::privileged("clsact_replace_takes_over_and_replace_program_swaps") {
-        return;
-    }
+    require!();
     let net = common::two_hosts();
     let old = TcCounter::load().unwrap();
     let new = TcCounter::load().unwrap();
@@ -167,9 +161,7 @@ fn clsact_replace_takes_over_and_replace_program_swaps() {
 
 #[test]
 fn tcx_ingress_and_egress_order_and_detach() {
-    if !common::privileged("tcx_ingress_and_egress_order_and_detach") {
-        return;
-    }
+    require!();
     if !tcx_supported() {
         // Past libtest's capture, so the skip is visible.
         let _ = std::io::Write::write_all(
@@ -241,9 +233,7 @@ fn tcx_ingress_and_egress_order_and_detach() {
 
 #[test]
 fn refuses_wrong_programs_and_settings() {
-    if !common::privileged("refuses_wrong_programs_and_settings") {
-        return;
-    }
+    require!();
     let net = common::two_hosts();
     let dev = net.device(1, "to0");
     let lwt = LwtCounter::load().unwrap();
@@ -303,9 +293,7 @@ fn refuses_wrong_programs_and_settings() {
 
 #[test]
 fn persisted_attachments_outlive_their_handles() {
-    if !common::privileged("persisted_attachments_outlive_their_handles") {
-        return;
-    }
+    require!();
     let net = common::two_hosts();
     let counter = TcCounter::load().unwrap();
     let dev = net.device(1, "to0");
@@ -378,9 +366,7 @@ fn persisted_attachments_outlive_their_handles() {
 
 #[test]
 fn tcx_runs_before_clsact_and_listing_shows_that_order() {
-    if !common::privileged("tcx_runs_before_clsact_and_listing_shows_that_order") {
-        return;
-    }
+    require!();
     if !tcx_supported() {
         let _ = std::io::Write::write_all(
             &mut std::io::stderr(),

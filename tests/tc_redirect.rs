@@ -110,9 +110,7 @@ fn vxlan_ns() -> (NetNs, Device) {
 
 #[test]
 fn test_run_tc_lookup_redirects_rewrites_macs_and_counts() {
-    if !common::privileged("test_run_tc_lookup_redirects_rewrites_macs_and_counts") {
-        return;
-    }
+    require!();
     let (ns, vx0) = vxlan_ns();
     let mut nl = ns.run(Netlink::open).unwrap();
     let mut redirect = TunnelRedirect::load().unwrap();
@@ -192,9 +190,7 @@ fn test_run_tc_lookup_redirects_rewrites_macs_and_counts() {
 
 #[test]
 fn test_run_lwt_xmit_pushes_an_ethernet_header_for_vxlan() {
-    if !common::privileged("test_run_lwt_xmit_pushes_an_ethernet_header_for_vxlan") {
-        return;
-    }
+    require!();
     // This program never calls bpf_lwt_push_encap, so BPF_PROG_TEST_RUN is safe for it.
     let (ns, vx0) = vxlan_ns();
     let mut nl = ns.run(Netlink::open).unwrap();
@@ -384,9 +380,7 @@ fn vxlan_rule(seed: &Seed, prefix: &str, vni: u32) -> RedirectRule {
 
 #[test]
 fn seed_scenario_ping_tcp_both_ways_through_vxlan() {
-    if !common::privileged("seed_scenario_ping_tcp_both_ways_through_vxlan") {
-        return;
-    }
+    require!();
     let s = seed();
     let pins = common::PinDir::new("seed");
     let mut nl = s.r.run(Netlink::open).unwrap();
@@ -469,9 +463,7 @@ fn seed_scenario_ping_tcp_both_ways_through_vxlan() {
 
 #[test]
 fn rules_change_at_run_time() {
-    if !common::privileged("rules_change_at_run_time") {
-        return;
-    }
+    require!();
     let s = seed();
     let mut nl = s.r.run(Netlink::open).unwrap();
     let mut redirect = TunnelRedirect::load().unwrap();
@@ -517,9 +509,7 @@ fn rules_change_at_run_time() {
 
 #[test]
 fn pinned_maps_read_by_bpftool_and_adopted() {
-    if !common::privileged("pinned_maps_read_by_bpftool_and_adopted") {
-        return;
-    }
+    require!();
     let s = seed();
     let pins = common::PinDir::new("bpftool");
     let mut nl = s.r.run(Netlink::open).unwrap();
@@ -593,9 +583,7 @@ fn pinned_maps_read_by_bpftool_and_adopted() {
 
 #[test]
 fn refuses_targets_that_are_not_collect_md_tunnels() {
-    if !common::privileged("refuses_targets_that_are_not_collect_md_tunnels") {
-        return;
-    }
+    require!();
     let s = seed();
     let mut nl = s.r.run(Netlink::open).unwrap();
     let mut redirect = TunnelRedirect::load().unwrap();
@@ -672,9 +660,7 @@ fn refuses_targets_that_are_not_collect_md_tunnels() {
 
 #[test]
 fn gre_and_ipip_external_targets() {
-    if !common::privileged("gre_and_ipip_external_targets") {
-        return;
-    }
+    require!();
     let s = seed();
     let mut nl = s.r.run(Netlink::open).unwrap();
     let created = s.r.run(|| {
@@ -755,9 +741,7 @@ fn gre_and_ipip_external_targets() {
 
 #[test]
 fn lwt_xmit_route_redirects_into_vxlan_with_per_destination_keys() {
-    if !common::privileged("lwt_xmit_route_redirects_into_vxlan_with_per_destination_keys") {
-        return;
-    }
+    require!();
     let s = seed();
     let mut nl = s.r.run(Netlink::open).unwrap();
     let mut redirect = TunnelRedirect::load().unwrap();
@@ -822,9 +806,7 @@ fn lwt_xmit_route_redirects_into_vxlan_with_per_destination_keys() {
 
 #[test]
 fn redirect_to_the_tunnel_devices_ingress() {
-    if !common::privileged("redirect_to_the_tunnel_devices_ingress") {
-        return;
-    }
+    require!();
     // Packets for 10.210.0.1 (a router address) are handed to vx0's ingress with a tunnel key,
     // as if vx0 had decapsulated them: a tc counter on vx0 ingress sees them, the router answers.
     let s = seed();
@@ -860,9 +842,7 @@ fn redirect_to_the_tunnel_devices_ingress() {
 
 #[test]
 fn ipv6_underlay_remote() {
-    if !common::privileged("ipv6_underlay_remote") {
-        return;
-    }
+    require!();
     let s = seed();
     // A redirect skips the stack's MTU handling and an IPv6 outer header is never fragmented on
     // the way: inner packets must leave room for 70 bytes of VXLAN-over-IPv6 (1430 + 70 = 1500).

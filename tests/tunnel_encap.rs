@@ -157,9 +157,7 @@ fn encap_on_the_wire(encap: Encap, outer_v6: bool, inner_v6: bool, filter: &str,
 
 #[test]
 fn gre_4in4_on_the_wire() {
-    if !common::privileged("gre_4in4_on_the_wire") {
-        return;
-    }
+    require!();
     encap_on_the_wire(
         Encap::Gre {
             key: None,
@@ -174,9 +172,7 @@ fn gre_4in4_on_the_wire() {
 
 #[test]
 fn gre_key_6in6_on_the_wire() {
-    if !common::privileged("gre_key_6in6_on_the_wire") {
-        return;
-    }
+    require!();
     encap_on_the_wire(
         Encap::Gre {
             key: Some(0x1234),
@@ -191,27 +187,21 @@ fn gre_key_6in6_on_the_wire() {
 
 #[test]
 fn ipip_4in4_and_6in4_on_the_wire() {
-    if !common::privileged("ipip_4in4_and_6in4_on_the_wire") {
-        return;
-    }
+    require!();
     encap_on_the_wire(Encap::Ipip, false, false, "ip proto 4", "proto IPIP (4)");
     encap_on_the_wire(Encap::Ipip, false, true, "ip proto 41", "proto IPv6 (41)");
 }
 
 #[test]
 fn ipip_4in6_and_6in6_on_the_wire() {
-    if !common::privileged("ipip_4in6_and_6in6_on_the_wire") {
-        return;
-    }
+    require!();
     encap_on_the_wire(Encap::Ipip, true, false, "ip6 proto 4", "IPIP (4)");
     encap_on_the_wire(Encap::Ipip, true, true, "ip6 proto 41", "IPv6 (41)");
 }
 
 #[test]
 fn udp_4in4_and_4in6_on_the_wire() {
-    if !common::privileged("udp_4in4_and_4in6_on_the_wire") {
-        return;
-    }
+    require!();
     encap_on_the_wire(
         Encap::Udp { port: 5555 },
         false,
@@ -230,9 +220,7 @@ fn udp_4in4_and_4in6_on_the_wire() {
 
 #[test]
 fn miss_policy_drop_and_pass() {
-    if !common::privileged("miss_policy_drop_and_pass") {
-        return;
-    }
+    require!();
     let mut s = setup();
     s.steer(); // no peers: every packet misses
     let cap = Capture::start(s.net.ns(1), "to0", "icmp and host 10.20.0.2", 3);
@@ -266,9 +254,7 @@ fn miss_policy_drop_and_pass() {
 
 #[test]
 fn routes_and_fixups_go_with_the_tunnel() {
-    if !common::privileged("routes_and_fixups_go_with_the_tunnel") {
-        return;
-    }
+    require!();
     let mut s = setup();
     s.steer();
     let shown = common::ip(s.net.ns(0), &["route", "show", "10.20.0.0/16"]);
@@ -296,9 +282,7 @@ fn routes_and_fixups_go_with_the_tunnel() {
 
 #[test]
 fn peer_table_refusals() {
-    if !common::privileged("peer_table_refusals") {
-        return;
-    }
+    require!();
     let mut tunnel = Tunnel::builder().capacity(2).load().unwrap();
     let peers = tunnel.peers_mut();
     let v4: IpAddr = "192.0.2.2".parse().unwrap();
@@ -338,9 +322,7 @@ fn peer_table_refusals() {
 
 #[test]
 fn batch_insert_and_remove() {
-    if !common::privileged("batch_insert_and_remove") {
-        return;
-    }
+    require!();
     let mut tunnel = Tunnel::builder().capacity(20_000).load().unwrap();
     let local: IpAddr = "192.0.2.1".parse().unwrap();
     let batch: Vec<_> = (0..10_000u32)
@@ -400,9 +382,7 @@ fn bpftool_elements(id: u32) -> usize {
 /// the pins; the adopting tunnel removes the pins when it drops.
 #[test]
 fn pinned_tables_are_adopted() {
-    if !common::privileged("pinned_tables_are_adopted") {
-        return;
-    }
+    require!();
     let dir = common::PinDir::new("tunnel");
     let folder = dir.0.clone();
     let local: IpAddr = "192.0.2.1".parse().unwrap();

@@ -115,9 +115,7 @@ fn endpoint(
 /// applies.
 #[test]
 fn replaced_peer_moves_a_steady_flow_without_loss() {
-    if !common::privileged("replaced_peer_moves_a_steady_flow_without_loss") {
-        return;
-    }
+    require!();
     let line = common::line(3);
     for (i, a) in [
         (0, "10.30.0.1/32"),
@@ -222,9 +220,7 @@ fn replaced_peer_moves_a_steady_flow_without_loss() {
 /// packets that do not fit 1500 - 24 get ICMP back from R; those that fit are encapsulated.
 #[test]
 fn path_mtu_counts_the_encap() {
-    if !common::privileged("path_mtu_counts_the_encap") {
-        return;
-    }
+    require!();
     let line = common::line(3);
     common::ip(
         line.ns(0),
@@ -298,9 +294,7 @@ fn path_mtu_counts_the_encap() {
 /// program on the underlay, and every packet on the wire says protocol 4.
 #[test]
 fn ipip_tcp_over_an_xmit_route_needs_no_underlay_program() {
-    if !common::privileged("ipip_tcp_over_an_xmit_route_needs_no_underlay_program") {
-        return;
-    }
+    require!();
     let line = common::two_hosts();
     for (i, a) in [(0, "10.30.0.1/32"), (1, "10.20.0.2/32")] {
         common::ip(line.ns(i), &["link", "set", "lo", "up"]);
@@ -394,9 +388,7 @@ fn router_line() -> common::Line {
 /// client (ns 0) — router R (ns 1, input route 10.20.0.0/16 → encap_in, IPIP to ns 2) — B (ns 2).
 #[test]
 fn ipip_tcp_through_an_input_route_needs_the_underlay_fixup() {
-    if !common::privileged("ipip_tcp_through_an_input_route_needs_the_underlay_fixup") {
-        return;
-    }
+    require!();
     let line = router_line();
     let mut t = Tunnel::builder()
         .forward_only(true)
@@ -457,9 +449,7 @@ fn ipip_tcp_through_an_input_route_needs_the_underlay_fixup() {
 /// client (ns 0) — router R (ns 1, input route 10.20.0.0/16 → encap_in, GRE to ns 2) — B (ns 2).
 #[test]
 fn input_route_encapsulates_forwarded_traffic() {
-    if !common::privileged("input_route_encapsulates_forwarded_traffic") {
-        return;
-    }
+    require!();
     let line = router_line();
     // B answers the client directly over the underlay (its line routes know 10.77.0.0/24).
     // R only forwards: its route needs no preferred source.
@@ -629,9 +619,7 @@ fn preview_key(t: &Tunnel, dst: IpAddr) -> Option<u32> {
 /// finds the longest prefix for addresses across the batch.
 #[test]
 fn batch_insert_in_any_order_gives_the_same_table() {
-    if !common::privileged("batch_insert_in_any_order_gives_the_same_table") {
-        return;
-    }
+    require!();
     let prefixes = nested_prefixes();
     let sorted = keyed(&prefixes);
     let mut shuffled = sorted.clone();
@@ -709,9 +697,7 @@ fn batch_insert_in_any_order_gives_the_same_table() {
 /// foreign entries stay, and once there is room the same batch goes in.
 #[test]
 fn batch_insert_refused_midway_leaves_the_table_as_before() {
-    if !common::privileged("batch_insert_refused_midway_leaves_the_table_as_before") {
-        return;
-    }
+    require!();
     let mut t = Tunnel::builder().capacity(100_000).load().unwrap();
     let host = |a: u8, i: u32| {
         IpNetwork::new(
@@ -775,9 +761,7 @@ fn batch_insert_refused_midway_leaves_the_table_as_before() {
 /// the peers it had removed are written back, so the kernel holds what it held before.
 #[test]
 fn batch_remove_refused_midway_writes_back() {
-    if !common::privileged("batch_remove_refused_midway_writes_back") {
-        return;
-    }
+    require!();
     let mut t = Tunnel::builder().capacity(50_000).load().unwrap();
     let prefixes: Vec<IpNetwork> = (0..40_000u32)
         .map(|i| IpNetwork::new(IpAddr::from((0x0a00_0000 | i).to_be_bytes()), 32).unwrap())
@@ -814,9 +798,7 @@ fn batch_remove_refused_midway_writes_back() {
 /// twice, a full table.
 #[test]
 fn batch_insert_checks_everything_first() {
-    if !common::privileged("batch_insert_checks_everything_first") {
-        return;
-    }
+    require!();
     let mut t = Tunnel::builder().capacity(1_000).load().unwrap();
     t.peers_mut().insert_batch(&[]).unwrap();
     t.peers_mut().remove_batch(&[]).unwrap();
@@ -848,9 +830,7 @@ fn batch_insert_checks_everything_first() {
 /// count on the /16.
 #[test]
 fn batch_peers_carry_traffic_and_removal_falls_back() {
-    if !common::privileged("batch_peers_carry_traffic_and_removal_falls_back") {
-        return;
-    }
+    require!();
     let line = common::line(2);
     for (i, a) in [(0, "10.30.0.1/32"), (1, "10.20.0.2/32")] {
         common::ip(line.ns(i), &["link", "set", "lo", "up"]);
@@ -921,9 +901,7 @@ fn batch_peers_carry_traffic_and_removal_falls_back() {
 /// counters (written here directly, as traffic would have).
 #[test]
 fn adopted_table_hands_out_zeroed_counters() {
-    if !common::privileged("adopted_table_hands_out_zeroed_counters") {
-        return;
-    }
+    require!();
     let dir = common::PinDir::new("peers");
     let folder = dir.0.clone();
     let hosts: Vec<IpNetwork> = (0..10u32)
@@ -983,9 +961,7 @@ fn adopted_table_hands_out_zeroed_counters() {
 /// send locally made packets with the underlay address is refused with what to do.
 #[test]
 fn steer_defaults_source_and_fixup_and_refuses_a_sourceless_route() {
-    if !common::privileged("steer_defaults_source_and_fixup_and_refuses_a_sourceless_route") {
-        return;
-    }
+    require!();
     let line = common::line(2);
     let ns = line.ns(0);
     let dev = line.device(0, "to1");
@@ -1036,9 +1012,7 @@ fn steer_defaults_source_and_fixup_and_refuses_a_sourceless_route() {
 /// lock goes with its owner, also when the owner is killed.
 #[test]
 fn a_pin_folder_has_one_owner_at_a_time() {
-    if !common::privileged("a_pin_folder_has_one_owner_at_a_time") {
-        return;
-    }
+    require!();
     let folder =
         std::path::PathBuf::from(format!("/sys/fs/bpf/lwtun-owner-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&folder);

@@ -249,17 +249,13 @@ fn matrix(encaps: &[Encap], direct: bool) -> Pair {
 
 #[test]
 fn ipip_every_family_ping_and_tcp() {
-    if !common::privileged("ipip_every_family_ping_and_tcp") {
-        return;
-    }
+    require!();
     matrix(&[Encap::Ipip], false);
 }
 
 #[test]
 fn gre_every_family_ping_and_tcp() {
-    if !common::privileged("gre_every_family_ping_and_tcp") {
-        return;
-    }
+    require!();
     matrix(
         &[
             Encap::Gre {
@@ -280,9 +276,7 @@ fn gre_every_family_ping_and_tcp() {
 /// decap verifies every GRE checksum (no packet may be dropped as BAD_CSUM).
 #[test]
 fn gre_checksum_every_family_ping_and_tcp() {
-    if !common::privileged("gre_checksum_every_family_ping_and_tcp") {
-        return;
-    }
+    require!();
     matrix(
         &[Encap::Gre {
             key: Some(7),
@@ -298,9 +292,7 @@ fn gre_checksum_every_family_ping_and_tcp() {
 /// table, GRE 4in4 still gets through while 6in4, 6in6 and 4in6 (rerouted) do not.
 #[test]
 fn direct_every_encap_and_family_ping_and_tcp() {
-    if !common::privileged("direct_every_encap_and_family_ping_and_tcp") {
-        return;
-    }
+    require!();
     let gre = Encap::Gre {
         key: None,
         checksum: false,
@@ -384,9 +376,7 @@ fn hex_packets(lines: &[String]) -> Vec<Vec<u8>> {
 /// computes the GRE checksum for the finished packet.
 #[test]
 fn gre_checksums_on_the_wire_are_right() {
-    if !common::privileged("gre_checksums_on_the_wire_are_right") {
-        return;
-    }
+    require!();
     let mut p = pair(false);
     common::tx_checksum_off(p.net.ns(0), "to1");
     common::tx_checksum_off(p.net.ns(1), "to0");
@@ -491,8 +481,6 @@ fn independent_sum(data: &[u8]) -> u16 {
 
 #[test]
 fn udp_every_family_ping_and_tcp() {
-    if !common::privileged("udp_every_family_ping_and_tcp") {
-        return;
-    }
+    require!();
     matrix(&[Encap::Udp { port: FOU_PORT }], false);
 }

@@ -105,9 +105,7 @@ fn tunnel_with(outer_v6: bool, encap: Encap) -> Tunnel {
 
 #[test]
 fn every_encap_family_and_inner_family_byte_by_byte() {
-    if !common::privileged("every_encap_family_and_inner_family_byte_by_byte") {
-        return;
-    }
+    require!();
     let encaps = [
         Encap::Ipip,
         Encap::Gre {
@@ -201,9 +199,7 @@ fn every_encap_family_and_inner_family_byte_by_byte() {
 
 #[test]
 fn udp_source_port_follows_the_flow() {
-    if !common::privileged("udp_source_port_follows_the_flow") {
-        return;
-    }
+    require!();
     let t = tunnel_with(false, Encap::Udp { port: 5555 });
     let sport = |frame: &[u8]| {
         let h = t.preview(frame).unwrap().unwrap();
@@ -252,9 +248,7 @@ fn udp_source_port_follows_the_flow() {
 
 #[test]
 fn ttl_and_tos_fixed_or_inherited() {
-    if !common::privileged("ttl_and_tos_fixed_or_inherited") {
-        return;
-    }
+    require!();
     for outer_v6 in [false, true] {
         let mut t = Tunnel::load().unwrap();
         let p = peer(
@@ -300,9 +294,7 @@ fn ttl_and_tos_fixed_or_inherited() {
 
 #[test]
 fn longest_prefix_wins_and_changes_apply() {
-    if !common::privileged("longest_prefix_wins_and_changes_apply") {
-        return;
-    }
+    require!();
     let mut t = Tunnel::load().unwrap();
     let wide = peer(
         false,
@@ -353,9 +345,7 @@ fn longest_prefix_wins_and_changes_apply() {
 
 #[test]
 fn frames_that_match_nothing() {
-    if !common::privileged("frames_that_match_nothing") {
-        return;
-    }
+    require!();
     let t = tunnel_with(
         false,
         Encap::Gre {
@@ -422,9 +412,7 @@ fn tcp(payload: &[u8]) -> Vec<u8> {
 /// headers, other protocols, odd lengths, several 256-byte chunks).
 #[test]
 fn gre_checksum_is_right_for_the_finished_packet() {
-    if !common::privileged("gre_checksum_is_right_for_the_finished_packet") {
-        return;
-    }
+    require!();
     use decap_common::{ipv4_header, ipv6_header};
     let src4: std::net::Ipv4Addr = "10.30.0.1".parse().unwrap();
     let dst4 = std::net::Ipv4Addr::from(D4);

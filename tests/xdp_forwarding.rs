@@ -131,9 +131,7 @@ fn star() -> (NetNs, NetNs, NetNs, NetNs) {
 
 #[test]
 fn redirect_forwards_inner_to_inner_and_passes_inner_to_outer() {
-    if !common::privileged("redirect_forwards_inner_to_inner_and_passes_inner_to_outer") {
-        return;
-    }
+    require!();
     let (r, a, b, c) = star();
     let fwd = XdpRedirect::load().unwrap();
     let (ra, rb) = (device(&r, "pa"), device(&r, "pb"));
@@ -210,9 +208,7 @@ fn redirect_forwards_inner_to_inner_and_passes_inner_to_outer() {
 
 #[test]
 fn router_forwards_ping_and_tcp_v4_and_v6() {
-    if !common::privileged("router_forwards_ping_and_tcp_v4_and_v6") {
-        return;
-    }
+    require!();
     let l = line(3);
     let (left, mid, right) = (l.ns(0), l.ns(1), l.ns(2));
     common::tx_checksum_off(left, "to1");
@@ -332,9 +328,7 @@ fn router_forwards_ping_and_tcp_v4_and_v6() {
 
 #[test]
 fn echo_answers_ping_in_xdp_and_the_stack_stays_silent() {
-    if !common::privileged("echo_answers_ping_in_xdp_and_the_stack_stays_silent") {
-        return;
-    }
+    require!();
     let l = two_hosts();
     let (client, server) = (l.ns(0), l.ns(1));
     let echo = IcmpEcho::load().unwrap();
@@ -375,9 +369,7 @@ fn echo_answers_ping_in_xdp_and_the_stack_stays_silent() {
 
 #[test]
 fn attach_modes_query_replace_detach_and_pin() {
-    if !common::privileged("attach_modes_query_replace_detach_and_pin") {
-        return;
-    }
+    require!();
     let l = two_hosts();
     let ns = l.ns(0);
     let pass = XdpPass::load().unwrap();
@@ -478,14 +470,7 @@ fn attach_modes_query_replace_detach_and_pin() {
 
 #[test]
 fn live_frames_through_tx_reach_the_peer() {
-    if !common::privileged("live_frames_through_tx_reach_the_peer")
-        || !common::kernel_has(
-            "live_frames_through_tx_reach_the_peer",
-            lwtun::probe::Feature::XdpLiveFrames,
-        )
-    {
-        return;
-    }
+    require!(lwtun::probe::Feature::XdpLiveFrames);
     // The traffic generator the benchmarks use: xdp_tx run with live frames on to1 sends every
     // frame to the peer, where xdp_drop counts them.
     let l = two_hosts();
@@ -556,14 +541,7 @@ fn udp_frame(dst_mac: [u8; 6], src_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr) -
 
 #[test]
 fn traffic_gen_through_the_router_arrives_whole() {
-    if !common::privileged("traffic_gen_through_the_router_arrives_whole")
-        || !common::kernel_has(
-            "traffic_gen_through_the_router_arrives_whole",
-            lwtun::probe::Feature::XdpLiveFrames,
-        )
-    {
-        return;
-    }
+    require!(lwtun::probe::Feature::XdpLiveFrames);
     // Live frames through the XDP router: the router decrements the TTL in the very page the
     // generator recycles, so without the generator's template rewrite the TTL would run down
     // and frames would fall to the stack as expired. Every frame must arrive, none expire.

@@ -141,9 +141,7 @@ fn echo() -> IcmpEcho {
 
 #[test]
 fn echo_answers_ipv4_ping_with_valid_checksums() {
-    if !common::privileged("echo_answers_ipv4_ping_with_valid_checksums") {
-        return;
-    }
+    require!();
     let echo = echo();
     let frame = ping4(V4_ECHO);
     let out = echo.program().test_run(&frame).unwrap();
@@ -177,9 +175,7 @@ fn echo_answers_ipv4_ping_with_valid_checksums() {
 
 #[test]
 fn echo_answers_ipv6_ping_with_valid_checksum() {
-    if !common::privileged("echo_answers_ipv6_ping_with_valid_checksum") {
-        return;
-    }
+    require!();
     let echo = echo();
     let frame = ping6(V6_ECHO);
     let out = echo.program().test_run(&frame).unwrap();
@@ -201,9 +197,7 @@ fn echo_answers_ipv6_ping_with_valid_checksum() {
 
 #[test]
 fn echo_keeps_vlan_tag_and_address_set_is_typed() {
-    if !common::privileged("echo_keeps_vlan_tag_and_address_set_is_typed") {
-        return;
-    }
+    require!();
     let echo = echo();
     let inner = ipv4(V4_A, V4_ECHO, 1, 64, 0, &icmp(8, b"vlan"));
     let frame = eth(R_MAC, A_MAC, 0x8100, &vlan(42, 0x0800, &inner));
@@ -228,9 +222,7 @@ fn echo_keeps_vlan_tag_and_address_set_is_typed() {
 /// Malformed and foreign frames: every one gets the documented verdict, and none is changed.
 #[test]
 fn malformed_frames_get_the_right_action() {
-    if !common::privileged("malformed_frames_get_the_right_action") {
-        return;
-    }
+    require!();
     let echo = echo();
     let router = XdpRouter::load().unwrap();
     let fwd = XdpRedirect::load().unwrap();
@@ -472,9 +464,7 @@ fn malformed_frames_get_the_right_action() {
 
 #[test]
 fn too_short_frames_are_refused_before_the_kernel() {
-    if !common::privileged("too_short_frames_are_refused_before_the_kernel") {
-        return;
-    }
+    require!();
     let pass = XdpPass::load().unwrap();
     let err = pass.program().test_run(&[0u8; 10]).unwrap_err();
     assert_eq!(err.kind(), lwtun::ErrorKind::InvalidInput);
@@ -484,9 +474,7 @@ fn too_short_frames_are_refused_before_the_kernel() {
 
 #[test]
 fn redirect_rewrites_macs_only_when_the_port_exists() {
-    if !common::privileged("redirect_rewrites_macs_only_when_the_port_exists") {
-        return;
-    }
+    require!();
     let fwd = XdpRedirect::load().unwrap();
     let rule = RedirectRule {
         port: 3,
@@ -540,9 +528,7 @@ fn redirect_rewrites_macs_only_when_the_port_exists() {
 
 #[test]
 fn devmaps_set_get_remove_with_and_without_programs() {
-    if !common::privileged("devmaps_set_get_remove_with_and_without_programs") {
-        return;
-    }
+    require!();
     // Devmap entries name devices of the namespace the update is made in: a fresh one here.
     let ns = common::netns("xdm");
     let (port, _receiver) = xdp_port(&ns);
@@ -604,9 +590,7 @@ fn devmaps_set_get_remove_with_and_without_programs() {
 
 #[test]
 fn router_test_run_counts_fib_outcome() {
-    if !common::privileged("router_test_run_counts_fib_outcome") {
-        return;
-    }
+    require!();
     // test_run's ingress device is the loopback of the namespace the run happens in: a fresh one
     // here, with forwarding off, so the lookup answers FWD_DISABLED and the frame goes to the
     // stack unmodified.
@@ -638,14 +622,7 @@ fn router_test_run_counts_fib_outcome() {
 
 #[test]
 fn router_rewrites_ttl_checksum_and_macs_on_success() {
-    if !common::privileged("router_rewrites_ttl_checksum_and_macs_on_success")
-        || !common::kernel_has(
-            "router_rewrites_ttl_checksum_and_macs_on_success",
-            lwtun::probe::Feature::XdpTestRunContext,
-        )
-    {
-        return;
-    }
+    require!(lwtun::probe::Feature::XdpTestRunContext);
     // A namespace with two veths, forwarding on, and permanent neighbours behind `out0`: the
     // lookup succeeds and the router must decrement TTL / hop limit (IPv4 checksum still valid)
     // and write the neighbour's and the egress device's MACs.
@@ -780,9 +757,7 @@ fn pin_to_one_cpu() {
 
 #[test]
 fn redirect_rule_changes_apply_to_the_next_frame_despite_the_rule_cache() {
-    if !common::privileged("redirect_rule_changes_apply_to_the_next_frame_despite_the_rule_cache") {
-        return;
-    }
+    require!();
     // 02:00:00:00:01:0a falls into the same cache slot as B_MAC (02:00:00:00:00:0b).
     const C_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x0a];
     const R2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
@@ -950,14 +925,7 @@ fn router_namespace(
 
 #[test]
 fn router_route_cache_hits_ages_out_and_flushes() {
-    if !common::privileged("router_route_cache_hits_ages_out_and_flushes")
-        || !common::kernel_has(
-            "router_route_cache_hits_ages_out_and_flushes",
-            lwtun::probe::Feature::XdpTestRunContext,
-        )
-    {
-        return;
-    }
+    require!(lwtun::probe::Feature::XdpTestRunContext);
     let (ns, peer, in0, out0) = router_namespace("xrq", "02:00:00:00:00:99");
     let router = XdpRouter::load().unwrap();
     assert_eq!(router.route_cache().unwrap(), None);

@@ -10,7 +10,7 @@
 //! mod common;
 //! #[test]
 //! fn my_test() {
-//!     if !common::privileged("my_test") { return; }
+//!     require!();                                // root, or skip (fail under CI=true)
 //!     let net = common::two_hosts();             // ns 0 --veth-- ns 1, v4 + v6, up
 //!     let p = common::ping(net.ns(0), net.v4(1).into(), 3);
 //!     assert_eq!(p.received, 3, "{}", p.output);
@@ -35,6 +35,42 @@ pub fn privileges_required() -> bool {
         || std::env::var("LWTUN_REQUIRE_PRIV")
             .map(|v| v == "1")
             .unwrap_or(false)
+}
+
+/// The running test's name: libtest runs every test on a thread named after it.
+pub fn test_name() -> String {
+    std::thread::current()
+        .name()
+        .unwrap_or("unnamed test")
+        .to_string()
+}
+
+/// What a privileged test needs, declared in one line at its start: root (without it the test
+/// is skipped, or fails under CI=true or LWTUN_REQUIRE_PRIV=1, see [`privileged`]) and each kernel
+/// feature given (without one it is skipped saying which, also under CI=true, see
+/// [`kernel_has`]). Returns from the test when something is missing; the skip line names the
+/// test by itself.
+///
+/// ```ignore
+/// #[test]
+/// fn end_bpf_counts() {
+///     require!(Feature::Seg6Local);
+///     // ...
+/// }
+/// ```
+#[macro_export]
+macro_rules! require {
+    ($($feature:expr),* $(,)?) => {
+        let test = $crate::common::test_name();
+        if !$crate::common::privileged(&test) {
+            return;
+        }
+        $(
+            if !$crate::common::kernel_has(&test, $feature) {
+                return;
+            }
+        )*
+    };
 }
 
 /// Returns true when the test may run. Without root it prints why the test is skipped and
