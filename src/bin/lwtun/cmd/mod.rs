@@ -1,0 +1,8 @@
+//! One module per subcommand: its arguments, its handler, and what only it prints.
+
+pub(crate) mod decap;
+pub(crate) mod leftovers;
+pub(crate) mod peer;
+pub(crate) mod route;
+pub(crate) mod tunnel;
+pub(crate) mod xdp;

@@ -1,0 +1,353 @@
+//! `lwtun tunnel`: load, show and unload a pinned tunnel data plane.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use clap::Subcommand;
+use lwtun::netlink::route::Route;
+use lwtun::netlink::Netlink;
+use lwtun::peer::MissPolicy;
+use lwtun::route::lwt_routes;
+use lwtun::tunnel::{PinnedTunnel, Tunnel, DEFAULT_CAPACITY};
+use lwtun::{Error, ErrorKind, Result};
+use serde::Serialize;
+
+use crate::view::{opt, MapView, RouteView};
+use crate::{view, Ctx, Miss};
+
+#[derive(Subcommand)]
+pub(crate) enum TunnelCommand {
+    /// Load a tunnel pinned in DIR (adopts the pins already there) and leave it pinned.
+    Load {
+        /// The pin folder on bpffs (for example /sys/fs/bpf/lwtun/t0).
+        #[arg(long, value_name = "DIR")]
+        pin: PathBuf,
+        /// Peers per table (IPv4 and IPv6 each; default 4096); fixed when the folder is
+        /// first made.
+        #[arg(long)]
+        capacity: Option<u32>,
+        /// What the encap does with packets that match no peer (both families).
+        #[arg(long, value_enum)]
+        miss: Option<Miss>,
+    },
+    /// The maps, program ids, peer counts and routes of a pinned tunnel.
+    Show {
+        #[arg(long, value_name = "DIR")]
+        pin: PathBuf,
+    },
+    /// Remove the tunnel's routes (in this namespace), fix-ups, pins and folder.
+    Unload {
+        #[arg(long, value_name = "DIR")]
+        pin: PathBuf,
+    },
+}
+
+/// Adopts the tunnel pinned in `pin`, refusing a folder without a tunnel's pins (a plain load
+/// would make a new tunnel there). The pins are kept when the value drops.
+pub(crate) fn adopt(pin: &Path, direct: bool) -> Result<Tunnel> {
+    let mut tunnel = open_pinned(pin, direct)?;
+    tunnel.keep_pinned();
+    Ok(tunnel)
+}
+
+/// As [`adopt`], but the pins go when the value drops.
+pub(crate) fn open_pinned(pin: &Path, direct: bool) -> Result<Tunnel> {
+    let tunnel = &lwtun::tunnel::PIN_LAYOUT;
+    if !lwtun::pins::inspect(pin)?.is_some_and(|f| f.layout == tunnel) {
+        return Err(Error::other(
+            ErrorKind::NotFound,
+            "open pinned tunnel",
+            format!(
+                "{} holds no lwtun tunnel pins ({}); load one with `lwtun tunnel load --pin {}`",
+                pin.display(),
+                tunnel.maps().join(", "),
+                pin.display()
+            ),
+        ));
+    }
+    Tunnel::builder()
+        .pin(pin)
+        .direct(direct)
+        .forward_only(true)
+        .load()
+}
+
+/// The id of a pinned tunnel's IPv4 peer trie: a route belongs to the tunnel when its program
+/// uses that map.
+pub(crate) fn peers_map_id(tunnel: &impl Tables) -> Result<u32> {
+    tunnel
+        .map_ids()
+        .into_iter()
+        .find(|(n, _)| n == "peers_v4")
+        .map(|(_, id)| id)
+        .ok_or_else(|| Error::not_found("read tunnel maps", "map peers_v4"))
+}
+
+/// The ids of the maps program `id` uses.
+pub(crate) fn program_map_ids(id: u32) -> Result<Vec<u32>> {
+    let op = "read program info";
+    // SAFETY: plain syscall wrapper; a negative result is -errno.
+    let fd = unsafe { libbpf_sys::bpf_prog_get_fd_by_id(id) };
+    if fd < 0 {
+        return Err(Error::io(op, std::io::Error::from_raw_os_error(-fd))
+            .with_object(format!("program {id}")));
+    }
+    // SAFETY: fd is a new descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let info_of = |info: &mut libbpf_sys::bpf_prog_info| {
+        let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
+        // SAFETY: info is a valid bpf_prog_info of `len` bytes; its map_ids pointer, when set,
+        // points at nr_map_ids u32s.
+        let rc = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), info, &mut len) };
+        if rc != 0 {
+            Err(Error::io(op, std::io::Error::from_raw_os_error(-rc)))
+        } else {
+            Ok(())
+        }
+    };
+    let mut info = libbpf_sys::bpf_prog_info::default();
+    info_of(&mut info)?;
+    let n = info.nr_map_ids;
+    let mut ids = vec![0u32; n as usize];
+    let mut info = libbpf_sys::bpf_prog_info {
+        nr_map_ids: n,
+        map_ids: ids.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    info_of(&mut info)?;
+    ids.truncate(info.nr_map_ids.min(n) as usize);
+    Ok(ids)
+}
+
+/// The LWT routes in this namespace whose programs use the tunnel's peer table.
+pub(crate) fn tunnel_routes(nl: &mut Netlink, peers_id: u32) -> Result<Vec<Route>> {
+    let mut out = Vec::new();
+    for r in lwt_routes(nl)? {
+        let ours = RouteView::new(&r, None).hooks.iter().any(|h| {
+            h.program_id
+                .and_then(|id| program_map_ids(id).ok())
+                .is_some_and(|maps| maps.contains(&peers_id))
+        });
+        if ours {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+/// The pins of the underlay fix-ups `route add` attached (tcx links, one per device).
+pub(crate) fn fixup_pins(pin: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(pin)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("fixup-"))
+        .map(|e| e.path())
+        .collect();
+    out.sort();
+    out
+}
+
+pub(crate) fn route_view(nl: &mut Netlink, r: &Route) -> RouteView {
+    let dev = r
+        .oif
+        .and_then(|i| nl.device_by_index(i).ok())
+        .map(|d| d.name().to_string());
+    RouteView::new(r, dev)
+}
+
+#[derive(Serialize)]
+pub(crate) struct TunnelShow {
+    #[serde(flatten)]
+    tunnel: view::TunnelView,
+    /// The programs running in this tunnel's routes (the loaded copies of each `route add`).
+    program_ids: Vec<u32>,
+    routes: Vec<RouteView>,
+    fixups: Vec<String>,
+    adopted: bool,
+}
+
+/// What the show commands read: a loaded tunnel (`tunnel load`) or the pins alone.
+pub(crate) trait Tables {
+    fn peers(&self) -> &lwtun::peer::PeerTable;
+    fn map_ids(&self) -> Vec<(String, u32)>;
+    fn adopted(&self) -> bool;
+}
+
+impl Tables for Tunnel {
+    fn peers(&self) -> &lwtun::peer::PeerTable {
+        Tunnel::peers(self)
+    }
+    fn map_ids(&self) -> Vec<(String, u32)> {
+        Tunnel::map_ids(self)
+    }
+    fn adopted(&self) -> bool {
+        Tunnel::adopted(self)
+    }
+}
+
+impl Tables for PinnedTunnel {
+    fn peers(&self) -> &lwtun::peer::PeerTable {
+        PinnedTunnel::peers(self)
+    }
+    fn map_ids(&self) -> Vec<(String, u32)> {
+        PinnedTunnel::map_ids(self)
+    }
+    fn adopted(&self) -> bool {
+        true
+    }
+}
+
+pub(crate) fn tunnel_show(ctx: &Ctx, tunnel: &impl Tables, pin: &Path) -> Result<()> {
+    let peers = tunnel.peers();
+    let mut nl = ctx.netlink()?;
+    let routes = tunnel_routes(&mut nl, peers_map_id(tunnel)?)?;
+    let routes: Vec<RouteView> = routes.iter().map(|r| route_view(&mut nl, r)).collect();
+    let mut program_ids: Vec<u32> = routes
+        .iter()
+        .flat_map(|r| r.hooks.iter().filter_map(|h| h.program_id))
+        .collect();
+    program_ids.sort_unstable();
+    program_ids.dedup();
+    let show = TunnelShow {
+        tunnel: view::TunnelView {
+            pin: pin.display().to_string(),
+            capacity: peers.capacity(),
+            peers_v4: peers.iter().filter(|(p, _)| p.is_ipv4()).count(),
+            peers_v6: peers.iter().filter(|(p, _)| p.is_ipv6()).count(),
+            miss_policy_v4: view::policy_name(peers.miss_policy(false)?),
+            miss_policy_v6: view::policy_name(peers.miss_policy(true)?),
+            misses: peers.miss_counters()?.into(),
+            maps: tunnel
+                .map_ids()
+                .into_iter()
+                .filter(|(n, _)| lwtun::tunnel::PIN_LAYOUT.maps().contains(&n.as_str()))
+                .map(|(name, id)| MapView { name, id })
+                .collect(),
+        },
+        program_ids,
+        routes,
+        fixups: fixup_pins(pin)
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
+        adopted: tunnel.adopted(),
+    };
+    if ctx.json {
+        return ctx.print_json(&show);
+    }
+    let t = &show.tunnel;
+    println!(
+        "tunnel {}{}",
+        t.pin,
+        if show.adopted { "" } else { " (new)" }
+    );
+    println!(
+        "  peers: {} IPv4, {} IPv6 (capacity {} each)",
+        t.peers_v4, t.peers_v6, t.capacity
+    );
+    println!(
+        "  miss policy: IPv4 {}, IPv6 {}; misses dropped {}/{} passed {}/{} not IP {}",
+        t.miss_policy_v4,
+        t.miss_policy_v6,
+        t.misses.dropped_v4,
+        t.misses.dropped_v6,
+        t.misses.passed_v4,
+        t.misses.passed_v6,
+        t.misses.not_ip
+    );
+    let maps: Vec<String> = t
+        .maps
+        .iter()
+        .map(|m| format!("{} {}", m.name, m.id))
+        .collect();
+    println!("  maps: {}", maps.join(", "));
+    let ids: Vec<String> = show.program_ids.iter().map(u32::to_string).collect();
+    println!(
+        "  programs: {}",
+        if ids.is_empty() {
+            "-".to_string()
+        } else {
+            ids.join(", ")
+        }
+    );
+    for r in &show.routes {
+        println!("  route {} dev {}", r.dst, opt(&r.dev));
+    }
+    for f in &show.fixups {
+        println!("  fix-up {f}");
+    }
+    Ok(())
+}
+
+pub(crate) fn tunnel(ctx: &Ctx, command: TunnelCommand) -> Result<()> {
+    match command {
+        TunnelCommand::Load {
+            pin,
+            capacity,
+            miss,
+        } => {
+            let mut builder = Tunnel::builder()
+                .pin(&pin)
+                .capacity(capacity.unwrap_or(DEFAULT_CAPACITY));
+            if let Some(m) = miss {
+                builder = builder.miss_policy(match m {
+                    Miss::Drop => MissPolicy::Drop,
+                    Miss::Pass => MissPolicy::Pass,
+                });
+            }
+            let mut tunnel = builder.load()?;
+            tunnel.keep_pinned();
+            let pinned = tunnel.peers().capacity();
+            if tunnel.adopted() && capacity.is_some_and(|c| c != pinned) {
+                eprintln!(
+                    "lwtun: {} was pinned with capacity {pinned}, which stays (unload it to \
+                     change the capacity)",
+                    pin.display()
+                );
+            }
+            tunnel_show(ctx, &tunnel, &pin)
+        }
+        TunnelCommand::Show { pin } => tunnel_show(ctx, &PinnedTunnel::open(&pin)?, &pin),
+        TunnelCommand::Unload { pin } => {
+            let tunnel = open_pinned(&pin, false)?;
+            let mut nl = ctx.netlink()?;
+            let routes = tunnel_routes(&mut nl, peers_map_id(&tunnel)?)?;
+            for r in &routes {
+                nl.delete_route(r)
+                    .map_err(|e| e.with_object(r.dst.to_string()))?;
+            }
+            for f in fixup_pins(&pin) {
+                std::fs::remove_file(&f).map_err(|e| {
+                    Error::io("remove fix-up pin", e).with_object(f.display().to_string())
+                })?;
+            }
+            // Dropping a tunnel that is not kept removes its pins and the folder.
+            drop(tunnel);
+            if pin.exists() {
+                return Err(Error::other(
+                    ErrorKind::Exists,
+                    "remove pin folder",
+                    format!(
+                        "the tunnel's pins are gone but {} still holds other files; remove them \
+                         by hand",
+                        pin.display()
+                    ),
+                ));
+            }
+            if !ctx.json {
+                println!(
+                    "unloaded {}: {} route(s) removed, pins removed",
+                    pin.display(),
+                    routes.len()
+                );
+            } else {
+                ctx.print_json(&serde_json::json!({
+                    "pin": pin.display().to_string(),
+                    "removed_routes": routes.len(),
+                }))?;
+            }
+            Ok(())
+        }
+    }
+}
