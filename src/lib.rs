@@ -228,3 +228,17 @@ pub mod skel {
 }
 
 pub use error::{Error, ErrorKind, Result};
+
+/// The libbpf-rs lwtun is built with, whose types appear in some of lwtun's signatures
+/// (`libbpf_rs::Error` in [`Error::bpf`], `libbpf_rs::ProgramType` in
+/// [`program::Hook::program_type`], `MapHandle`s of tables): name them through this re-export
+/// to get the same version lwtun uses.
+///
+/// # Examples
+///
+/// ```
+/// use lwtun::libbpf_rs::ProgramType;
+///
+/// assert_eq!(lwtun::route::Hook::Xmit.program_type(), ProgramType::LwtXmit);
+/// ```
+pub use libbpf_rs;
