@@ -518,16 +518,29 @@ pub(super) fn zero_stats_batch(stats: &MapHandle, slots: &[u32]) -> Result<()> {
         for slot in part {
             keys.extend_from_slice(&slot.to_ne_bytes());
         }
-        batch_call(
+        match batch_call(
             stats.as_fd().as_raw_fd(),
             &keys,
             Some(&zeros[..part.len() * per_slot]),
             part.len(),
-        )
-        .map_err(|(_, e)| Error::bpf(op, libbpf_rs::Error::from(e)))?;
+        ) {
+            Ok(()) => {}
+            // Older kernels give per-CPU arrays no batch update (ENOTSUPP, seen on 5.10):
+            // one update a slot instead.
+            Err((_, e)) if matches!(e.raw_os_error(), Some(ENOTSUPP) | Some(libc::EOPNOTSUPP)) => {
+                for slot in part {
+                    crate::family::zero_percpu::<lwtun_peer_stats>(stats, *slot)
+                        .map_err(|e| e.with_object(format!("counter slot {slot}")))?;
+                }
+            }
+            Err((_, e)) => return Err(Error::bpf(op, libbpf_rs::Error::from(e))),
+        }
     }
     Ok(())
 }
+
+/// Linux's internal "operation not supported", which BPF map batch operations return.
+const ENOTSUPP: i32 = 524;
 
 #[cfg(test)]
 mod tests {
