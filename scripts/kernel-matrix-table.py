@@ -18,7 +18,8 @@ import sys
 
 out, columns = sys.argv[1], sys.argv[2:]
 START = re.compile(r'^test (\S+) \.\.\. ?(.*)$')
-OUTCOME = re.compile(r'(?:^|\s)(ok|FAILED|ignored)\s*$')
+# libtest prints an ignored test's reason after a comma: "ignored, REASON".
+OUTCOME = re.compile(r'(?:^|\s)(ok|FAILED|ignored)(?:, .*)?\s*$')
 SKIP = re.compile(r'SKIPPED (\S+?):? \((kernel lacks .*)\)\s*$')
 
 binaries = []

@@ -384,10 +384,51 @@ pub(super) fn batch_call(
     if ret == 0 {
         return Ok(());
     }
+    let errno = ret.saturating_neg();
+    if errno == ENOTSUPP || errno == libc::EOPNOTSUPP {
+        // A kernel without batch operations on this map type (LPM tries before 5.13, per-CPU
+        // arrays on 5.10): the same writes one element at a time (Feature::LpmBatch).
+        return one_by_one(fd, keys, values, count);
+    }
     // The kernel reports how many elements it applied before the one it refused; an error
     // before its loop (bad flags, no memory for the copy) leaves `n` as it was: none applied.
     let applied = if (n as usize) < count { n as usize } else { 0 };
-    Err((applied, io::Error::from_raw_os_error(ret.saturating_neg())))
+    Err((applied, io::Error::from_raw_os_error(errno)))
+}
+
+/// [`batch_call`] one `BPF_MAP_UPDATE_ELEM` / `BPF_MAP_DELETE_ELEM` at a time; on error, how
+/// many were applied before it.
+fn one_by_one(
+    fd: RawFd,
+    keys: &[u8],
+    values: Option<&[u8]>,
+    count: usize,
+) -> std::result::Result<(), (usize, io::Error)> {
+    if count == 0 {
+        return Ok(());
+    }
+    let key_size = keys.len() / count;
+    let value_size = values.map_or(0, |v| v.len() / count);
+    for i in 0..count {
+        let key = &keys[i * key_size..(i + 1) * key_size];
+        // SAFETY: `key` (and the value slice) hold one element of the map's key (value) size,
+        // as for the batch call; the kernel only reads them.
+        let ret = unsafe {
+            match values {
+                Some(v) => libbpf_sys::bpf_map_update_elem(
+                    fd,
+                    key.as_ptr().cast(),
+                    v[i * value_size..(i + 1) * value_size].as_ptr().cast(),
+                    0,
+                ),
+                None => libbpf_sys::bpf_map_delete_elem(fd, key.as_ptr().cast()),
+            }
+        };
+        if ret != 0 {
+            return Err((i, io::Error::from_raw_os_error(ret.saturating_neg())));
+        }
+    }
+    Ok(())
 }
 
 /// The error of the first share that failed, naming the entry the kernel refused.
@@ -518,23 +559,13 @@ pub(super) fn zero_stats_batch(stats: &MapHandle, slots: &[u32]) -> Result<()> {
         for slot in part {
             keys.extend_from_slice(&slot.to_ne_bytes());
         }
-        match batch_call(
+        batch_call(
             stats.as_fd().as_raw_fd(),
             &keys,
             Some(&zeros[..part.len() * per_slot]),
             part.len(),
-        ) {
-            Ok(()) => {}
-            // Older kernels give per-CPU arrays no batch update (ENOTSUPP, seen on 5.10):
-            // one update a slot instead.
-            Err((_, e)) if matches!(e.raw_os_error(), Some(ENOTSUPP) | Some(libc::EOPNOTSUPP)) => {
-                for slot in part {
-                    crate::family::zero_percpu::<lwtun_peer_stats>(stats, *slot)
-                        .map_err(|e| e.with_object(format!("counter slot {slot}")))?;
-                }
-            }
-            Err((_, e)) => return Err(Error::bpf(op, libbpf_rs::Error::from(e))),
-        }
+        )
+        .map_err(|(_, e)| Error::bpf(op, libbpf_rs::Error::from(e)))?;
     }
     Ok(())
 }
