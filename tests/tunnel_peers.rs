@@ -430,8 +430,17 @@ fn ipip_tcp_through_an_input_route_needs_the_underlay_fixup() {
         "placeholder packets leaked"
     );
     t.attach_underlay(&underlay).unwrap();
+    let before = underlay.counters().unwrap();
+    let decap_before = d.counters().unwrap();
     let ok = common::tcp_stream(line.ns(2), line.ns(0), addr("10.20.0.2"), 4 << 20);
-    assert!(ok.complete(), "with the fix-up: {ok:?}");
+    // Where packets went missing if it did not complete (seen rarely on a loaded machine).
+    assert!(
+        ok.complete(),
+        "with the fix-up: {ok:?}; underlay since the fix-up: {:?}; decap before: {decap_before:?}, \
+         after: {:?}",
+        underlay.counters().unwrap().since(&before),
+        d.counters().unwrap()
+    );
 
     // Tunnel::steer attaches it by itself for an IPv4 input route.
     drop(t);
