@@ -237,19 +237,21 @@ impl Decap {
     ///
     /// Permission without CAP_BPF and CAP_NET_ADMIN; the verifier's error otherwise.
     pub fn load() -> Result<Self> {
-        let object = load_object("tc_decap", decap_object())?;
-        let prog = crate::program::program_fd(&object, PROGRAM)?;
-        let baseline = crate::program::program_fd(&object, BASELINE)?;
-        let decap = Decap {
+        let decap = Decap::of_object(load_object("tc_decap", decap_object())?)?;
+        decap.write_config()?;
+        Ok(decap)
+    }
+
+    /// A decap of a loaded object: no attachment, no pins, flags 0.
+    fn of_object(object: Object) -> Result<Decap> {
+        Ok(Decap {
             attachments: Vec::new(),
-            prog,
-            baseline,
+            prog: crate::program::program_fd(&object, PROGRAM)?,
+            baseline: crate::program::program_fd(&object, BASELINE)?,
             object,
             flags: 0,
             pin: None,
-        };
-        decap.write_config()?;
-        Ok(decap)
+        })
     }
 
     /// Loads the family with its tables pinned under `folder` (on bpffs), or, when a previous
@@ -286,17 +288,7 @@ impl Decap {
             .open_memory(decap_object())
             .map_err(|e| Error::bpf(op, e))?;
         pin.reuse_maps(&mut open)?;
-        let object = crate::program::load_opened(open, op)?;
-        let prog = crate::program::program_fd(&object, PROGRAM)?;
-        let baseline = crate::program::program_fd(&object, BASELINE)?;
-        let mut decap = Decap {
-            attachments: Vec::new(),
-            prog,
-            baseline,
-            object,
-            flags: 0,
-            pin: None,
-        };
+        let mut decap = Decap::of_object(crate::program::load_opened(open, op)?)?;
         if adopted {
             let cfg = decap
                 .map("config")?

@@ -343,6 +343,10 @@ impl fmt::Display for Error {
 /// How many lines of a verifier log an error keeps.
 const VERIFIER_LINES: usize = 12;
 
+/// Linux's internal "operation not supported" (not in libc), which BPF map batch operations
+/// return on map types without them.
+pub(crate) const ENOTSUPP: i32 = 524;
+
 /// The last `lines` non-empty lines of `log`, without libbpf's trailing processing summary
 /// being cut.
 fn log_tail(log: &str, lines: usize) -> String {

@@ -51,7 +51,7 @@ use neli::consts::rtnl::{RtAddrFamily, RtScope, RtTable, Rta, Rtm, RtmF, Rtn, Rt
 use neli::rtnl::{RtattrBuilder, RtmsgBuilder};
 use neli::types::{Buffer, RtBuffer};
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result, ENOTSUPP};
 use crate::netlink::attr::Nest;
 use crate::netlink::Netlink;
 
@@ -739,8 +739,6 @@ const LWTUNNEL_ENCAP_BPF: u16 = 6;
 const LWT_BPF_XMIT: u16 = 3;
 const LWT_BPF_PROG_FD: u16 = 1;
 const LWT_BPF_PROG_NAME: u16 = 2;
-/// Linux's internal "operation not supported" (not in libc), which BPF map batch ops return.
-const ENOTSUPP: i32 = 524;
 
 /// Whether the kernel loads a trivial program of type `ty`. Unlike libbpf's probe, a refusal
 /// for lack of privileges is an error, not "unsupported".

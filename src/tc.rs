@@ -582,14 +582,8 @@ impl TcAttachment {
                 Ok(())
             }
             (State::Tcx { link }, Some(path)) => {
-                let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-                    .map_err(|_| Error::invalid_input(op, "the pin path contains a NUL byte"))?;
-                // SAFETY: an open link fd and a NUL-terminated path.
-                let rc = unsafe { libbpf_sys::bpf_obj_pin(link.as_raw_fd(), c.as_ptr()) };
-                if rc < 0 {
-                    return Err(Error::io(op, std::io::Error::from_raw_os_error(-rc))
-                        .with_object(path.display().to_string()));
-                }
+                crate::program::obj_pin(link.as_fd(), path)
+                    .map_err(|e| Error::io(op, e).with_object(path.display().to_string()))?;
                 self.state = State::Detached;
                 Ok(())
             }

@@ -79,7 +79,7 @@
 //! [`TunnelRedirect`]: crate::tunnel_redirect::TunnelRedirect
 //! [`Seg6End`]: crate::seg6::Seg6End
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 
 use libbpf_rs::{MapCore, Object, OpenObject};
@@ -344,47 +344,13 @@ impl PinFolder {
             e
         };
         let lock = PinLock::acquire(&folder).map_err(undo)?;
-        let present = layout.present(&folder);
-        for name in &present {
-            let path = folder.join(name);
-            let map = libbpf_rs::MapHandle::from_pinned_path(&path).map_err(|e| {
-                Error::bpf(op, e)
-                    .with_hint(
-                        "the folder holds another program's pins: pin elsewhere or remove them",
-                    )
-                    .with_object(path.display().to_string())
-            });
-            let map = match map {
-                Ok(m) => m,
-                Err(e) => {
-                    drop(lock);
-                    return Err(undo(e));
-                }
-            };
-            if map.name().to_str() != Some(*name) {
+        let complete = match checked_set(&folder, layout, op) {
+            Ok(complete) => complete,
+            Err(e) => {
                 drop(lock);
-                return Err(undo(Error::invalid_input(
-                    op,
-                    format!(
-                        "{} is map {:?}, not lwtun's {name}: the folder holds another program's \
-                         pins; pin the {} elsewhere or remove them",
-                        path.display(),
-                        map.name(),
-                        layout.family
-                    ),
-                )));
+                return Err(undo(e));
             }
-        }
-        let complete = present.len() == layout.maps.len();
-        if !present.is_empty() && !complete {
-            for name in &present {
-                let path = folder.join(name);
-                std::fs::remove_file(&path).map_err(|e| {
-                    Error::io("clear an incomplete set of pins", e)
-                        .with_object(path.display().to_string())
-                })?;
-            }
-        }
+        };
         Ok(PinFolder {
             folder,
             layout,
@@ -474,7 +440,8 @@ impl PinFolder {
         );
         let path = self.folder.join(name);
         let _ = std::fs::remove_file(&path);
-        obj_pin(fd, &path).map_err(|e| Error::io(op, e).with_object(path.display().to_string()))?;
+        crate::program::obj_pin(fd, &path)
+            .map_err(|e| Error::io(op, e).with_object(path.display().to_string()))?;
         if !self.programs_pinned.contains(&name) {
             self.programs_pinned.push(name);
         }
@@ -490,6 +457,43 @@ impl PinFolder {
     pub(crate) fn keep(&mut self) {
         self.keep = true;
     }
+}
+
+/// Steps 3 and 4 of a load, under the lock: every pin the layout names in `folder` must be a
+/// map of that name; a partial set is removed. Whether the set is complete (to adopt).
+fn checked_set(folder: &Path, layout: &PinLayout, op: &str) -> Result<bool> {
+    let present = layout.present(folder);
+    for name in &present {
+        let path = folder.join(name);
+        let map = libbpf_rs::MapHandle::from_pinned_path(&path).map_err(|e| {
+            Error::bpf(op, e)
+                .with_hint("the folder holds another program's pins: pin elsewhere or remove them")
+                .with_object(path.display().to_string())
+        })?;
+        if map.name().to_str() != Some(*name) {
+            return Err(Error::invalid_input(
+                op,
+                format!(
+                    "{} is map {:?}, not lwtun's {name}: the folder holds another program's \
+                     pins; pin the {} elsewhere or remove them",
+                    path.display(),
+                    map.name(),
+                    layout.family
+                ),
+            ));
+        }
+    }
+    let complete = present.len() == layout.maps.len();
+    if !complete {
+        for name in &present {
+            let path = folder.join(name);
+            std::fs::remove_file(&path).map_err(|e| {
+                Error::io("clear an incomplete set of pins", e)
+                    .with_object(path.display().to_string())
+            })?;
+        }
+    }
+    Ok(complete)
 }
 
 impl Drop for PinFolder {
@@ -517,17 +521,4 @@ impl Drop for PinFolder {
             let _ = std::fs::remove_dir(&self.folder);
         }
     }
-}
-
-/// Pins a program or map fd at `path` (`BPF_OBJ_PIN`).
-fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // SAFETY: a valid fd and a NUL-terminated path that outlives the call.
-    let rc = unsafe { libbpf_rs::libbpf_sys::bpf_obj_pin(fd.as_raw_fd(), c.as_ptr()) };
-    if rc < 0 {
-        return Err(std::io::Error::from_raw_os_error(-rc));
-    }
-    Ok(())
 }

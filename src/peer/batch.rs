@@ -385,7 +385,7 @@ pub(super) fn batch_call(
         return Ok(());
     }
     let errno = ret.saturating_neg();
-    if errno == ENOTSUPP || errno == libc::EOPNOTSUPP {
+    if errno == crate::error::ENOTSUPP || errno == libc::EOPNOTSUPP {
         // A kernel without batch operations on this map type (LPM tries before 5.13, per-CPU
         // arrays on 5.10): the same writes one element at a time (Feature::LpmBatch).
         return one_by_one(fd, keys, values, count);
@@ -569,9 +569,6 @@ pub(super) fn zero_stats_batch(stats: &MapHandle, slots: &[u32]) -> Result<()> {
     }
     Ok(())
 }
-
-/// Linux's internal "operation not supported", which BPF map batch operations return.
-const ENOTSUPP: i32 = 524;
 
 #[cfg(test)]
 mod tests {

@@ -434,12 +434,8 @@ impl XdpAttachment {
                 "netlink attachments have no link to pin; use XdpAttachment::persist",
             ));
         };
-        let c = cpath(op, path)?;
-        // SAFETY: c is a NUL-terminated path; fd is a live link fd.
-        let rc = unsafe { libbpf_sys::bpf_obj_pin(fd.as_raw_fd(), c.as_ptr()) };
-        if rc < 0 {
-            return Err(errno_error(op, -rc).with_object(path.display().to_string()));
-        }
+        crate::program::obj_pin(fd.as_fd(), path)
+            .map_err(|e| Error::io(op, e).with_object(path.display().to_string()))?;
         // The pin holds the link now; closing our fd leaves it attached.
         self.handle = Handle::Released;
         Ok(())
