@@ -437,7 +437,7 @@ impl<F: Seg6Function> Seg6Builder<F> {
         if let Some(pin) = pin.as_ref().filter(|p| p.adopted()) {
             // Adopted maps keep the size they were made with.
             let path = pin.path().join("rules");
-            let pinned = pin.adopted_map("rules", &op)?.max_entries();
+            let pinned = lpm::trie_capacity(pin.adopted_map("rules", &op)?.max_entries());
             match self.capacity {
                 Some(c) if c != pinned => {
                     return Err(Error::invalid_input(
@@ -459,7 +459,7 @@ impl<F: Seg6Function> Seg6Builder<F> {
             .map_err(|e| Error::bpf(op.clone(), e))?;
         for mut map in open.maps_mut() {
             if map.name() == "rules" {
-                map.set_max_entries(capacity)
+                map.set_max_entries(lpm::trie_entries(capacity))
                     .map_err(|e| Error::bpf(op.clone(), e).with_object("rules"))?;
             }
         }
@@ -824,7 +824,7 @@ impl<F: Seg6Function> Seg6End<F> {
             };
             found.insert(segment, decode_rule::<F>(&rule));
         }
-        self.capacity = map.max_entries();
+        self.capacity = lpm::trie_capacity(map.max_entries());
         self.rules = found;
         Ok(())
     }

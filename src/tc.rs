@@ -563,21 +563,58 @@ impl TcAttachment {
         Ok(())
     }
 
-    /// Leaves the program attached after this value is gone.
+    /// Leaves the program attached after this value is gone, recorded at `pin` when given.
     ///
-    /// - clsact: the filter stays until someone deletes it (`tc filter del`, or
-    ///   [`remove_leftovers`], which finds it by its `lwtun:` name); `link_pin` must be `None`.
-    /// - tcx: a link lives only while a file descriptor or a bpffs pin holds it, so `link_pin`
+    /// - clsact: the filter stays until someone deletes it. With a `pin` (a path on bpffs),
+    ///   a symbolic link there records which filter it is (`ls -l` shows
+    ///   `tc-clsact:ingress:prio=P:handle=H:prog=ID`), so [`detach_persisted`] later deletes
+    ///   exactly that filter. Without one, `tc filter del` or [`remove_leftovers`] (which finds
+    ///   it by its `lwtun:` name) removes it.
+    /// - tcx: a link lives only while a file descriptor or a bpffs pin holds it, so `pin`
     ///   names the pin to create (`bpftool link show` lists it; removing the pin file detaches).
+    ///
+    /// Either way, [`detach_persisted`] with the same path undoes it, so a caller that records
+    /// its attachments need not know which mechanism the kernel offered.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use lwtun::{netns::NetNs, tc::{TcAttach, TcCounter, TcDirection}};
+    ///
+    /// let eth0 = NetNs::current()?.device("eth0")?;
+    /// let counter = TcCounter::load()?;
+    /// let pin = std::path::Path::new("/sys/fs/bpf/eth0-counter");
+    /// TcAttach::new(&eth0, TcDirection::Ingress).attach(counter.program())?.persist(Some(pin))?;
+    /// // Later, from any process:
+    /// lwtun::tc::detach_persisted(&eth0, pin)?;
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
     ///
     /// # Errors
     ///
-    /// InvalidInput for a tcx attachment without a pin path or a clsact one with one; the
-    /// kernel's error when pinning fails (the attachment is detached then, as on drop).
-    pub fn persist(mut self, link_pin: Option<&std::path::Path>) -> Result<()> {
+    /// InvalidInput for a tcx attachment without a pin path; the kernel's error when the pin
+    /// cannot be made (the attachment is detached then, as on drop).
+    pub fn persist(mut self, pin: Option<&std::path::Path>) -> Result<()> {
         let op = "persist tc attachment";
-        match (&self.state, link_pin) {
+        match (&self.state, pin) {
             (State::Clsact { .. }, None) => {
+                self.state = State::Detached;
+                Ok(())
+            }
+            (
+                State::Clsact {
+                    priority, handle, ..
+                },
+                Some(path),
+            ) => {
+                let record = ClsactRecord {
+                    direction: self.direction,
+                    priority: *priority,
+                    handle: *handle,
+                    program_id: self.program_id,
+                };
+                std::os::unix::fs::symlink(record.to_string(), path)
+                    .map_err(|e| Error::io(op, e).with_object(path.display().to_string()))?;
                 self.state = State::Detached;
                 Ok(())
             }
@@ -590,10 +627,6 @@ impl TcAttachment {
             (State::Tcx { .. }, None) => Err(Error::invalid_input(
                 op,
                 "a tcx link is detached when its last fd closes: give a bpffs path to pin it at",
-            )),
-            (State::Clsact { .. }, Some(_)) => Err(Error::invalid_input(
-                op,
-                "a clsact filter needs no pin; pass None",
             )),
             (State::Detached, _) => Err(Error::invalid_input(op, "the attachment is detached")),
         }
@@ -652,6 +685,113 @@ impl Drop for TcAttachment {
         // An interface that is gone took its filters with it; nothing else can be done here.
         let _ = self.detach_inner();
     }
+}
+
+/// What the bpffs symbolic link of a persisted clsact filter records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ClsactRecord {
+    direction: TcDirection,
+    priority: u16,
+    handle: u32,
+    program_id: u32,
+}
+
+impl ClsactRecord {
+    const PREFIX: &'static str = "tc-clsact:";
+
+    fn parse(text: &str) -> Option<Self> {
+        let rest = text.strip_prefix(Self::PREFIX)?;
+        let mut parts = rest.split(':');
+        let direction = match parts.next()? {
+            "ingress" => TcDirection::Ingress,
+            "egress" => TcDirection::Egress,
+            _ => return None,
+        };
+        let mut field = |name: &str| -> Option<u64> {
+            parts
+                .next()?
+                .strip_prefix(name)?
+                .strip_prefix('=')?
+                .parse()
+                .ok()
+        };
+        let record = ClsactRecord {
+            direction,
+            priority: u16::try_from(field("prio")?).ok()?,
+            handle: u32::try_from(field("handle")?).ok()?,
+            program_id: u32::try_from(field("prog")?).ok()?,
+        };
+        parts.next().is_none().then_some(record)
+    }
+}
+
+impl fmt::Display for ClsactRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}{}:prio={}:handle={}:prog={}",
+            Self::PREFIX,
+            self.direction,
+            self.priority,
+            self.handle,
+            self.program_id
+        )
+    }
+}
+
+/// Undoes [`TcAttachment::persist`] with a pin: detaches the attachment recorded at `pin` on
+/// `device` and removes the pin.
+///
+/// - tcx: the link pin is removed; the kernel detaches the link once nothing else holds it
+///   (after an RCU grace period).
+/// - clsact: the filter the record names is deleted if it still runs the recorded program; one
+///   that someone replaced or deleted meanwhile is left alone. The clsact qdisc stays.
+///
+/// # Examples
+///
+/// ```no_run
+/// use lwtun::netns::NetNs;
+///
+/// let eth0 = NetNs::current()?.device("eth0")?;
+/// lwtun::tc::detach_persisted(&eth0, std::path::Path::new("/sys/fs/bpf/eth0-counter"))?;
+/// # Ok::<(), lwtun::Error>(())
+/// ```
+///
+/// # Errors
+///
+/// NotFound when nothing is at `pin`; InvalidInput when `pin` is a symbolic link lwtun did not
+/// write; the kernel's error deleting the filter or the pin (the pin stays then).
+pub fn detach_persisted(device: &Device, pin: &std::path::Path) -> Result<()> {
+    let op = "detach persisted tc attachment";
+    let object = || pin.display().to_string();
+    let meta =
+        std::fs::symlink_metadata(pin).map_err(|e| Error::io(op, e).with_object(object()))?;
+    if meta.file_type().is_symlink() {
+        let target = std::fs::read_link(pin).map_err(|e| Error::io(op, e).with_object(object()))?;
+        let text = target.to_string_lossy();
+        let record = ClsactRecord::parse(&text).ok_or_else(|| {
+            Error::invalid_input(
+                op,
+                format!(
+                    "{} points to {text:?}, which is no record of a persisted lwtun clsact                      filter; remove it by hand if it is not needed",
+                    pin.display()
+                ),
+            )
+        })?;
+        let parent = record.direction.clsact_parent();
+        let ifindex = device.index();
+        let mut nl = device.netlink()?;
+        let still_ours = nl.bpf_filters(ifindex, parent)?.iter().any(|f| {
+            f.priority == record.priority
+                && f.handle == record.handle
+                && f.program_id == Some(record.program_id)
+        });
+        if still_ours {
+            nl.del_bpf_filter(ifindex, parent, record.priority, record.handle)
+                .map_err(|e| e.with_object(object()))?;
+        }
+    }
+    std::fs::remove_file(pin).map_err(|e| Error::io(op, e).with_object(object()))
 }
 
 /// Deletes the clsact filters lwtun left on `device` (named `lwtun:...`, from a process that

@@ -77,6 +77,7 @@ use libbpf_rs::{MapCore, Object, ObjectBuilder};
 
 use crate::device::Device;
 use crate::error::{Error, ErrorKind, Result};
+use crate::family::lpm::{trie_capacity, trie_entries};
 use crate::family::pins::PinLayout;
 use crate::family::MissPolicy;
 use crate::family::PinFolder;
@@ -285,14 +286,14 @@ impl TunnelBuilder {
                     ),
                 ));
             }
-            capacity = m.max_entries();
+            capacity = trie_capacity(m.max_entries());
         }
         for mut map in open.maps_mut() {
             let Some(name) = map.name().to_str().map(str::to_string) else {
                 continue;
             };
             let entries = match name.as_str() {
-                "peers_v4" | "peers_v6" => Some(capacity),
+                "peers_v4" | "peers_v6" => Some(trie_entries(capacity)),
                 "peer_stats" => Some(capacity * 2),
                 _ => None,
             };

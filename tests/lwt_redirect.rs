@@ -353,7 +353,10 @@ fn tun_egress_and_ingress_without_a_header() {
         "the program redirected them"
     );
     let (d0, d1) = (before.device.unwrap(), after.device.unwrap());
-    assert!(d1.tx_dropped >= d0.tx_dropped + 3, "{d0:?} → {d1:?}");
+    assert_eq!(d1.tx_packets, d0.tx_packets, "a down device sends nothing");
+    if counts_down_drops() {
+        assert!(d1.tx_dropped >= d0.tx_dropped + 3, "{d0:?} → {d1:?}");
+    }
     assert!(d1.rx_dropped >= d0.rx_dropped + 3, "{d0:?} → {d1:?}");
     common::ip(&lab.a, &["link", "set", "tun0", "up"]);
     read_tun(&mut tun, Duration::from_millis(100), |_| false);
@@ -362,6 +365,14 @@ fn tun_egress_and_ingress_without_a_header() {
         is_echo_to(p, [10, 90, 0, 9])
     });
     assert!(got.iter().any(|p| is_echo_to(p, [10, 90, 0, 9])), "{got:?}");
+}
+
+/// Whether the kernel counts a packet sent to a device that is down, or has no carrier, in the
+/// device's `tx_dropped`. The packet meets the noop qdisc such a device has, which drops it; 6.12 and 6.18
+/// count that on the device, 5.10 and 6.1 do not count it on the device at all (seen in the
+/// kernel matrix; the versions between were not tried, so they are not checked).
+fn counts_down_drops() -> bool {
+    common::kernel_version() >= (6, 12)
 }
 
 #[test]
@@ -380,7 +391,8 @@ fn target_down_and_carrier_loss_are_dropped_counted_and_recovered() {
     let _r2 = route(&lab, &mut redirect, "10.89.0.0/24");
     assert_eq!(common::ping(&lab.a, ipaddr("10.88.0.7"), 2).received, 2);
 
-    // The target set down: egress packets counted in a0's tx_dropped, ingress in rx_dropped.
+    // The target set down: egress packets counted in a0's tx_dropped (see counts_down_drops),
+    // ingress in rx_dropped.
     let s0 = redirect.rule_stats(out).unwrap();
     common::ip(&lab.a, &["link", "set", "a0", "down"]);
     assert_eq!(common::ping(&lab.a, ipaddr("10.88.0.7"), 3).received, 0);
@@ -388,7 +400,10 @@ fn target_down_and_carrier_loss_are_dropped_counted_and_recovered() {
     let s1 = redirect.rule_stats(out).unwrap();
     assert_eq!((s1.packets, s1.failed), (s0.packets + 3, 0));
     let (d0, d1) = (s0.device.unwrap(), s1.device.unwrap());
-    assert!(d1.tx_dropped >= d0.tx_dropped + 3, "{d0:?} → {d1:?}");
+    assert_eq!(d1.tx_packets, d0.tx_packets, "a down device sends nothing");
+    if counts_down_drops() {
+        assert!(d1.tx_dropped >= d0.tx_dropped + 3, "{d0:?} → {d1:?}");
+    }
     assert!(d1.rx_dropped >= d0.rx_dropped + 3, "{d0:?} → {d1:?}");
     assert_eq!(redirect.rule_stats(inp).unwrap().packets, 3);
     // Back up: traffic resumes.
@@ -397,7 +412,8 @@ fn target_down_and_carrier_loss_are_dropped_counted_and_recovered() {
     let p = common::ping(&lab.a, ipaddr("10.88.0.7"), 2);
     assert_eq!(p.received, 2, "{}", p.output);
 
-    // The peer down: a0 is up without carrier; its qdisc drops and counts.
+    // The peer down: a0 is up without carrier, so the kernel gives it the noop qdisc too,
+    // which drops (and counts: see counts_down_drops).
     common::ip(&lab.b, &["link", "set", "b0", "down"]);
     let until = Instant::now() + Duration::from_secs(5);
     while !common::ip(&lab.a, &["-o", "link", "show", "a0"]).contains("NO-CARRIER") {
@@ -409,7 +425,13 @@ fn target_down_and_carrier_loss_are_dropped_counted_and_recovered() {
     let s3 = redirect.rule_stats(out).unwrap();
     assert_eq!((s3.packets, s3.failed), (s2.packets + 3, 0));
     let (d2, d3) = (s2.device.unwrap(), s3.device.unwrap());
-    assert!(d3.tx_dropped >= d2.tx_dropped + 3, "{d2:?} → {d3:?}");
+    assert_eq!(
+        d3.tx_packets, d2.tx_packets,
+        "a device without carrier sends nothing"
+    );
+    if counts_down_drops() {
+        assert!(d3.tx_dropped >= d2.tx_dropped + 3, "{d2:?} → {d3:?}");
+    }
     common::ip(&lab.b, &["link", "set", "b0", "up"]);
     common::wait_oper_up(&lab.a, &["a0".into()]);
     common::wait_oper_up(&lab.b, &["b0".into()]);

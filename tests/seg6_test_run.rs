@@ -46,6 +46,24 @@ fn tag_does_the_end_step_and_writes_the_tag() {
     assert_eq!(ev.dropped(), 0);
 }
 
+/// A function at its capacity still takes a new value for a segment it has a rule for (older
+/// kernels refuse to update a key of a full LPM trie: lwtun keeps one spare entry).
+#[test]
+fn a_full_function_replaces_rules_and_refuses_more() {
+    require!(Feature::Seg6Local);
+    let (t, e, _) = sids();
+    let mut tag = Seg6Tag::builder().capacity(1).load().unwrap();
+    tag.set_tag("fc00:3::/64".parse().unwrap(), 1).unwrap();
+    let err = tag.set_tag("fc00:4::/64".parse().unwrap(), 2).unwrap_err();
+    assert_eq!(err.kind(), lwtun::ErrorKind::InvalidInput, "{err}");
+    tag.set_tag("fc00:3::/64".parse().unwrap(), 0x2b).unwrap();
+    let run = tag
+        .test_run(&srv6(&[t, e], 1, 0, IPV6, &inner_v6()))
+        .unwrap();
+    assert_eq!(run.decision.tag, Some(0x2b), "{run:?}");
+    assert_eq!(tag.rules().len(), 1);
+}
+
 #[test]
 fn misses_follow_the_policy() {
     require!(Feature::Seg6Local);

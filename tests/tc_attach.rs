@@ -314,18 +314,72 @@ fn persisted_attachments_outlive_their_handles() {
     );
     assert!(listed(&net, 1, "to0", TcDirection::Ingress).is_empty());
 
-    if !tcx_supported() {
-        return;
-    }
-    // tcx: persisting needs a pin; the program runs until the pin is removed.
-    let pin =
-        std::path::PathBuf::from(format!("/sys/fs/bpf/lwtun-test-tcx-{}", std::process::id()));
     struct Unpin(std::path::PathBuf);
     impl Drop for Unpin {
         fn drop(&mut self) {
             let _ = std::fs::remove_file(&self.0);
         }
     }
+    // clsact with a pin: a record of the filter, which detach_persisted deletes exactly.
+    let record = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/lwtun-test-clsact-{}",
+        std::process::id()
+    ));
+    let _unrecord = Unpin(record.clone());
+    let other = net
+        .ns(1)
+        .run(|| {
+            TcAttach::new(&dev, TcDirection::Ingress)
+                .mode(TcMode::Clsact)
+                .priority(7)
+                .attach(counter.program())
+        })
+        .unwrap();
+    let a = net
+        .ns(1)
+        .run(|| {
+            TcAttach::new(&dev, TcDirection::Ingress)
+                .mode(TcMode::Clsact)
+                .priority(9)
+                .attach(counter.program())
+        })
+        .unwrap();
+    let (handle, id) = (a.handle().unwrap(), a.program_id());
+    a.persist(Some(&record)).unwrap();
+    let target = std::fs::read_link(&record).unwrap();
+    assert_eq!(
+        target.to_str().unwrap(),
+        format!("tc-clsact:ingress:prio=9:handle={handle}:prog={id}")
+    );
+    let before = counter.counter().unwrap();
+    common::ping(net.ns(0), net.v4(1).into(), 2);
+    assert!(
+        counter.counter().unwrap().packets >= before.packets + 4,
+        "both filters count"
+    );
+    lwtun::tc::detach_persisted(&dev, &record).unwrap();
+    assert!(
+        std::fs::symlink_metadata(&record).is_err(),
+        "the record is removed"
+    );
+    let left = listed(&net, 1, "to0", TcDirection::Ingress);
+    assert_eq!(left.len(), 1, "only the recorded filter goes: {left:?}");
+    assert_eq!(left[0].filter.as_ref().unwrap().priority, 7);
+    assert_eq!(
+        lwtun::tc::detach_persisted(&dev, &record)
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
+    drop(other);
+    assert!(listed(&net, 1, "to0", TcDirection::Ingress).is_empty());
+
+    if !tcx_supported() {
+        return;
+    }
+    // tcx: persisting needs a pin; the program runs until the pin is removed.
+    let pin =
+        std::path::PathBuf::from(format!("/sys/fs/bpf/lwtun-test-tcx-{}", std::process::id()));
     let _unpin = Unpin(pin.clone());
     let a = net
         .ns(1)
@@ -352,7 +406,7 @@ fn persisted_attachments_outlive_their_handles() {
     common::ping(net.ns(0), net.v4(1).into(), 2);
     assert!(counter.counter().unwrap().packets >= before.packets + 2);
     assert_eq!(listed(&net, 1, "to0", TcDirection::Ingress).len(), 1);
-    std::fs::remove_file(&pin).unwrap();
+    lwtun::tc::detach_persisted(&dev, &pin).unwrap();
     // The link goes once nothing holds it (the kernel frees it after an RCU grace period).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
     while !listed(&net, 1, "to0", TcDirection::Ingress).is_empty() {

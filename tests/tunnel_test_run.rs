@@ -343,6 +343,38 @@ fn longest_prefix_wins_and_changes_apply() {
     assert_eq!(key(&t, [10, 20, 0, 9]), Some(1));
 }
 
+/// A table at its capacity still takes a new peer for a prefix it holds (older kernels refuse
+/// to update a key of a full LPM trie: lwtun keeps one spare entry), and nothing more.
+#[test]
+fn a_full_table_replaces_peers_and_refuses_more() {
+    require!();
+    let mut t = Tunnel::builder().capacity(2).load().unwrap();
+    let gre = |key| Encap::Gre {
+        key: Some(key),
+        checksum: false,
+    };
+    t.peers_mut()
+        .insert("10.1.0.0/16".parse().unwrap(), peer(false, gre(1)))
+        .unwrap();
+    t.peers_mut()
+        .insert("10.2.0.0/16".parse().unwrap(), peer(false, gre(2)))
+        .unwrap();
+    let err = t
+        .peers_mut()
+        .insert("10.3.0.0/16".parse().unwrap(), peer(false, gre(3)))
+        .unwrap_err();
+    assert_eq!(err.kind(), lwtun::ErrorKind::InvalidInput, "{err}");
+    t.peers_mut()
+        .replace("10.2.0.0/16".parse().unwrap(), peer(false, gre(7)))
+        .unwrap();
+    let key = t
+        .preview(&frame4([10, 2, 0, 9]))
+        .unwrap()
+        .map(|h| u32::from_be_bytes([h[24], h[25], h[26], h[27]]));
+    assert_eq!(key, Some(7), "the replaced peer encapsulates");
+    assert_eq!(t.peers().len(), 2);
+}
+
 #[test]
 fn frames_that_match_nothing() {
     require!();

@@ -10,6 +10,22 @@ pub(crate) fn normalize(prefix: IpNetwork) -> IpNetwork {
     IpNetwork::new(prefix.network(), prefix.prefix()).unwrap_or(prefix)
 }
 
+/// The `max_entries` an LPM trie holding up to `capacity` prefixes is created with: one more.
+///
+/// Older kernels (seen on 5.10) check whether a trie is full before they look for the key an
+/// update writes, so giving a prefix already in a full trie a new value fails with ENOSPC. With
+/// one spare entry the trie is never full (lwtun enforces `capacity` itself), and replacing
+/// works on every kernel.
+pub(crate) fn trie_entries(capacity: u32) -> u32 {
+    capacity.saturating_add(1)
+}
+
+/// The capacity of an adopted trie: its `max_entries` less the spare entry of
+/// [`trie_entries`] (a trie pinned before the spare entry existed holds one prefix less).
+pub(crate) fn trie_capacity(max_entries: u32) -> u32 {
+    max_entries.saturating_sub(1).max(1)
+}
+
 /// Appends the key of `prefix` to `out` (no allocation when `out` has room: batch writes).
 pub(crate) fn put_key(out: &mut Vec<u8>, prefix: &IpNetwork) {
     out.extend_from_slice(&u32::from(prefix.prefix()).to_ne_bytes());

@@ -34,7 +34,7 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use crate::abi::{self, Pod};
 use crate::error::{Error, ErrorKind, Result};
-use crate::family::lpm::{key as key_bytes, normalize};
+use crate::family::lpm::{key as key_bytes, normalize, trie_capacity};
 use crate::program::sum_percpu;
 use crate::skel::lwt_encap::types::{
     lwtun_encap_config, lwtun_peer, lwtun_peer_key4, lwtun_peer_key6, lwtun_peer_stats,
@@ -184,7 +184,7 @@ impl PeerTable {
                 ),
             ));
         }
-        let capacity = v4.max_entries();
+        let capacity = trie_capacity(v4.max_entries());
         let mut v4 = Some(v4);
         let mut table = PeerTable::from_handles(
             |name| match (name, v4.take()) {

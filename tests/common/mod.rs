@@ -120,6 +120,18 @@ pub fn skipped_for_kernel(test: &str, what: &str) {
     );
 }
 
+/// The running kernel's (major, minor) version, from `/proc/sys/kernel/osrelease`
+/// ("6.1.0-27-amd64" is (6, 1)). Only for what the kernel does outside lwtun, where a test
+/// checks the kernel's own accounting and no probe can tell.
+pub fn kernel_version() -> (u32, u32) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
 /// Adds the inner (overlay) addresses `v4`/32 and `v6`/128 to the loopback of `ns`.
 pub fn add_loopback_addresses(ns: &NetNs, v4: &str, v6: &str) {
     ip(ns, &["addr", "add", &format!("{v4}/32"), "dev", "lo"]);

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 use lwtun::decap::{Decap, DecapPeer};
-use lwtun::tc::{TcAttach, TcDirection, TcMode};
+use lwtun::tc::{TcAttach, TcDirection};
 use lwtun::{Error, ErrorKind, Result};
 use serde::Serialize;
 
@@ -43,7 +43,8 @@ pub(crate) enum DecapCommand {
     },
 }
 
-/// The pin of the tcx link attaching the decap of a folder to `device`.
+/// The pin recording the decap of a folder attached to `device` (a tcx link pin, or before
+/// 6.6 a record of the clsact filter).
 pub(crate) fn decap_link_pin(pin: &Path, device: &lwtun::device::Device) -> PathBuf {
     pin.join(format!(
         "link-{}-{}",
@@ -188,7 +189,7 @@ pub(crate) fn decap(ctx: &Ctx, command: DecapCommand) -> Result<()> {
                 .map(|p| decap_peer(p))
                 .collect::<Result<Vec<_>>>()?;
             let link = decap_link_pin(&pin, &device);
-            if link.exists() {
+            if std::fs::symlink_metadata(&link).is_ok() {
                 return Err(Error::other(
                     ErrorKind::Exists,
                     "attach decap",
@@ -212,10 +213,8 @@ pub(crate) fn decap(ctx: &Ctx, command: DecapCommand) -> Result<()> {
             let att = TcAttach::new(&device, TcDirection::Ingress)
                 .attach(d.program())
                 .map_err(|e| e.with_object(format!("decap on {dev}")))?;
-            match att.mode() {
-                TcMode::Tcx => att.persist(Some(&link))?,
-                _ => att.persist(None)?,
-            }
+            // tcx: the link's pin; clsact (before 6.6): a record of the filter.
+            att.persist(Some(&link))?;
             let view = decap_view(&d, &pin)?;
             if ctx.json {
                 return ctx.print_json(&view);
@@ -226,16 +225,15 @@ pub(crate) fn decap(ctx: &Ctx, command: DecapCommand) -> Result<()> {
         DecapCommand::Detach { dev, pin } => {
             let device = ctx.netns.device(&dev)?;
             let link = decap_link_pin(&pin, &device);
-            if !link.exists() {
+            if std::fs::symlink_metadata(&link).is_err() {
                 return Err(Error::other(
                     ErrorKind::NotFound,
                     "detach decap",
                     format!("the decap of {} is not attached to {dev}", pin.display()),
                 ));
             }
-            std::fs::remove_file(&link).map_err(|e| {
-                Error::io("detach decap", e).with_object(link.display().to_string())
-            })?;
+            lwtun::tc::detach_persisted(&device, &link)
+                .map_err(|e| e.with_object(format!("decap on {dev}")))?;
             let last = decap_links(&pin).is_empty();
             if last {
                 // Not kept: dropping it removes the maps, the program pin and the folder
