@@ -127,6 +127,7 @@ struct inner {
 	__u8 v6;
 	__u8 ttl;
 	__u8 tos;
+	__u8 df; /* IPv4: Don't Fragment is set */
 	__u32 hash; /* flow hash of the inner addresses, protocol and ports (inner_hash), UDP only */
 };
 
@@ -203,6 +204,7 @@ static __always_inline struct lwtun_peer *lookup(struct __sk_buff *skb, __u32 of
 		in->v6 = 0;
 		in->ttl = iph->ttl;
 		in->tos = iph->tos;
+		in->df = !!(iph->frag_off & bpf_htons(IP_DF_));
 		__builtin_memcpy(k.addr, &iph->daddr, 4);
 		return bpf_map_lookup_elem(&peers_v4, &k);
 	}
@@ -405,6 +407,32 @@ static __always_inline int fix_placeholder(struct __sk_buff *skb, int outer_v6)
 	return bpf_skb_store_bytes(skb, __builtin_offsetof(struct iphdr, protocol), &ipip, 1, 0);
 }
 
+/*
+ * encap_in (forwarded packets): whether the packet, encapsulated with `len` bytes, would be
+ * larger than the underlay carries (config forward_mtu) while nobody may fragment it (IPv4 with
+ * DF, or IPv6). Encapsulated, it would be refused after the reroute with an ICMP error to the
+ * outer source, this router itself: a silent loss. It is dropped here instead, and counted
+ * (LWTUN_ENCAP_EV_TOO_BIG), so that the loss shows. The sender cannot be told: an lwt_in
+ * program may not write the packet (no ICMP error of its own), and handing the packet back
+ * unencapsulated (BPF_OK) to the input route's forwarding, which would answer with the route's
+ * MTU, is unreliable: the kernel keeps the forwarding function in the route's lwtunnel state,
+ * shared with output routes through the same route, and the first output route made through
+ * it (for instance by the ICMP error itself) replaces it with dst_discard (seen on 6.18). Senders
+ * behind an input route need the tunnel's MTU on their routes (Tunnel::forward_mtu). GSO packets
+ * are segmented to fit (their gso_size shrinks by the encap) and are never too big.
+ */
+static __always_inline int too_big(struct __sk_buff *skb, const struct inner *in, __u32 len)
+{
+	__u32 zero = 0;
+	struct lwtun_encap_config *cfg = bpf_map_lookup_elem(&config, &zero);
+
+	if (!cfg || !cfg->forward_mtu || skb->gso_size)
+		return 0;
+	if (!in->v6 && !in->df)
+		return 0;
+	return skb->len + len > cfg->forward_mtu;
+}
+
 /* `direct`: return BPF_OK instead of BPF_LWT_REROUTE when the outer header is of the inner
  * packet's family (see encap_xmit_direct). `xmit`: an lwt_xmit program, which may write the
  * packet (fix_placeholder); an lwt_in program may not, and leaves the placeholder to
@@ -438,6 +466,10 @@ static __always_inline int encap(struct __sk_buff *skb, int direct, int xmit)
 	len = build(skb, &p, &in, hdr, placeholder, skb->len);
 	if (len < 20 || len > HDR_MAX)
 		goto err;
+	if (!xmit && too_big(skb, &in, len)) {
+		count_event(LWTUN_ENCAP_EV_TOO_BIG, skb->len);
+		return BPF_DROP;
+	}
 	if (p.kind == LWTUN_ENCAP_GRE && (p.flags & LWTUN_PEER_GRE_CSUM) && !skb->gso_size &&
 	    gre_csum(skb, hdr, (p.flags & LWTUN_PEER_OUTER_V6) ? 40 : 20, len, 0, skb->len))
 		goto err;

@@ -17,7 +17,8 @@
 #define LWTUN_ASSERT_SIZE(type, size) _Static_assert(sizeof(type) == (size), #type " size is ABI")
 
 /* Magic and version carried by every versioned config map, so user space refuses a mismatched
- * object ("LWTN"). Bump LWTUN_ABI_VERSION whenever a struct here changes. */
+ * object ("LWTN"). Bump LWTUN_ABI_VERSION whenever the meaning of a struct's bytes here changes;
+ * a struct that only grows at its end is told apart by its size (the loaders check it). */
 #define LWTUN_MAGIC 0x4c57544eU
 #define LWTUN_ABI_VERSION 1
 
@@ -290,8 +291,11 @@ struct lwtun_encap_config {
 	__u32 version;  /* LWTUN_ABI_VERSION */
 	__u32 miss_v4;  /* LWTUN_MISS_* for inner IPv4 */
 	__u32 miss_v6;  /* LWTUN_MISS_* for inner IPv6 */
+	/* encap_in: the largest outer packet the underlay carries; a packet that would not fit,
+	 * unsegmented, with DF or IPv6, is dropped and counted (0: not checked) */
+	__u32 forward_mtu;
 };
-LWTUN_ASSERT_SIZE(struct lwtun_encap_config, 16);
+LWTUN_ASSERT_SIZE(struct lwtun_encap_config, 20);
 
 /* Slots of the encap family's event counters (per CPU). */
 #define LWTUN_ENCAP_EV_MISS_DROP_V4 0
@@ -299,7 +303,8 @@ LWTUN_ASSERT_SIZE(struct lwtun_encap_config, 16);
 #define LWTUN_ENCAP_EV_MISS_PASS_V4 2
 #define LWTUN_ENCAP_EV_MISS_PASS_V6 3
 #define LWTUN_ENCAP_EV_NOT_IP 4      /* not IPv4/IPv6 or truncated: dropped */
-#define LWTUN_ENCAP_EV_MAX 5
+#define LWTUN_ENCAP_EV_TOO_BIG 5     /* encap_in: too big for forward_mtu: dropped */
+#define LWTUN_ENCAP_EV_MAX 6
 
 /* ---- tc decap (bpf/tc_decap.bpf.c <-> src/decap.rs); peers keyed by lwtun_peer_key4/6 ---- */
 

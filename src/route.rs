@@ -19,7 +19,7 @@ use std::os::fd::AsFd;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::netlink::route::{BpfEncap, Encap, Route, RouteBatch, RouteFilter};
+use crate::netlink::route::{BpfEncap, Encap, Route, RouteBatch, RouteFilter, RouteMtu};
 use crate::netlink::Netlink;
 use crate::program::LwtProgram;
 
@@ -122,6 +122,25 @@ impl LwtRoute {
         let mut b = self.route.bpf_encap().cloned().unwrap_or_default();
         b.headroom = Some(bytes);
         self.route.encap = Some(Encap::Bpf(b));
+        self
+    }
+
+    /// The route's MTU (`ip route add … mtu [lock] N`). An input route into a
+    /// [`Tunnel`](crate::tunnel::Tunnel) gets a locked one from
+    /// [`Tunnel::steer`](crate::tunnel::Tunnel::steer).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lwtun::netlink::route::RouteMtu;
+    /// use lwtun::route::LwtRoute;
+    ///
+    /// let r = LwtRoute::new("10.20.0.0/16".parse().unwrap())
+    ///     .mtu(RouteMtu { bytes: 1448, locked: true });
+    /// assert_eq!(r.spec().mtu.unwrap().bytes, 1448);
+    /// ```
+    pub fn mtu(mut self, mtu: RouteMtu) -> Self {
+        self.route.mtu = Some(mtu);
         self
     }
 

@@ -98,6 +98,10 @@ pub const MAX_HEADROOM: u32 = 256;
 /// full-size TCP segments of such a peer were then dropped after the encap.)
 pub const WORST_CASE_ENCAP: u32 = 52;
 
+/// The smallest forward MTU a tunnel takes ([`TunnelBuilder::forward_mtu`]): IPv4's minimum
+/// datagram (68) plus [`WORST_CASE_ENCAP`].
+pub const MIN_FORWARD_MTU: u32 = 68 + WORST_CASE_ENCAP;
+
 /// Options of a [`Tunnel`]: capacity and miss policies.
 ///
 /// Kernel: Linux 5.3+ (`bpf_lwt_push_encap` and `BPF_LWT_REROUTE`, LPM trie 4.11; before 5.17 the object variant without `bpf_loop`, whose byte-by-byte GRE checksum covers 2 KiB; see [`Tunnel`]).
@@ -111,6 +115,7 @@ pub struct TunnelBuilder {
     sources: Vec<IpAddr>,
     forward_only: bool,
     auto_fixup: bool,
+    forward_mtu: Option<u32>,
 }
 
 impl Default for TunnelBuilder {
@@ -124,6 +129,7 @@ impl Default for TunnelBuilder {
             sources: Vec::new(),
             forward_only: false,
             auto_fixup: true,
+            forward_mtu: None,
         }
     }
 }
@@ -211,6 +217,23 @@ impl TunnelBuilder {
         self
     }
 
+    /// The largest outer packet the underlay carries for forwarded traffic (input routes, see
+    /// [`Tunnel::forward_mtu`]). Default: the smallest MTU of the devices of the input routes
+    /// [`Tunnel::steer`] installs. Set it when the underlay's path MTU is smaller than its
+    /// devices'.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let tunnel = lwtun::tunnel::Tunnel::builder().forward_only(true).forward_mtu(1400).load()?;
+    /// assert_eq!(tunnel.forward_mtu()?, Some(1400));
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    pub fn forward_mtu(mut self, bytes: u32) -> Self {
+        self.forward_mtu = Some(bytes);
+        self
+    }
+
     /// The tunnel only carries forwarded traffic (a gateway encapsulating for hosts behind
     /// it): [`Tunnel::steer`] then takes routes without a preferred source. Default `false`:
     /// a route without a source of its family is refused, since locally sent packets would
@@ -253,6 +276,15 @@ impl TunnelBuilder {
                 format!("capacity {} (1..=2^30 peers)", self.capacity),
             ));
         }
+        if let Some(mtu) = self
+            .forward_mtu
+            .filter(|m| !(MIN_FORWARD_MTU..=65_535).contains(m))
+        {
+            return Err(Error::invalid_input(
+                op,
+                format!("forward MTU {mtu} ({MIN_FORWARD_MTU}..=65535 bytes)"),
+            ));
+        }
         let mut open = ObjectBuilder::default()
             .name("lwt_encap")
             .map_err(|e| Error::bpf(op, e))?
@@ -287,6 +319,7 @@ impl TunnelBuilder {
                 ));
             }
             capacity = trie_capacity(m.max_entries());
+            crate::peer::check_config_size(&pin.adopted_map("config", op)?)?;
         }
         for mut map in open.maps_mut() {
             let Some(name) = map.name().to_str().map(str::to_string) else {
@@ -335,6 +368,9 @@ impl TunnelBuilder {
         }
         if let Some(p) = self.miss_v6 {
             peers.set_miss_policy(true, p)?;
+        }
+        if let Some(mtu) = self.forward_mtu {
+            peers.set_forward_mtu(mtu)?;
         }
         if let Some(pin) = &mut pin {
             pin.pin_maps(&mut object, "pin tunnel map")?;
@@ -652,6 +688,10 @@ impl Tunnel {
             )
             .with_object(dst.to_string()));
         }
+        if route.has_program(Hook::In) {
+            self.fit_forward_mtu(&route)
+                .map_err(|e| e.with_object(dst.to_string()))?;
+        }
         let fixed = self.fixups.len();
         if dst.is_ipv4() && route.has_program(Hook::In) && self.auto_fixup {
             if let Some(device) = route.output_device().cloned() {
@@ -673,6 +713,49 @@ impl Tunnel {
                 self.fixups.truncate(fixed);
                 Err(e)
             }
+        }
+    }
+
+    /// The largest outer packet the underlay carries for forwarded traffic, which the input
+    /// program checks packets against (`None` until set with [`TunnelBuilder::forward_mtu`] or
+    /// by [`Tunnel::steer`], which lowers it to the MTU of each input route's device).
+    ///
+    /// A forwarded packet that would not fit once encapsulated and may not be fragmented (IPv4
+    /// with DF, or IPv6) is dropped and counted in
+    /// [`MissCounters::too_big`](crate::peer::MissCounters::too_big). Encapsulated, the underlay
+    /// would refuse it with an ICMP error addressed to the outer source, this router, so it
+    /// would be lost without a trace. The sender is not told either way: an `lwt_in` program
+    /// cannot answer with an ICMP error, and handing the packet back to the kernel's forwarding
+    /// is not reliable (see `bpf/lwt_encap.bpf.c`). So hosts that send through an input route
+    /// need the tunnel's MTU on their route to it (forward MTU less the encap, for example
+    /// `ip route add … mtu 1480` for IP-in-IP over 1500 bytes); TCP from such hosts segments
+    /// to fit. GSO packets are segmented to fit by the router and are never too big.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let tunnel = lwtun::tunnel::Tunnel::builder().forward_only(true).load()?;
+    /// assert_eq!(tunnel.forward_mtu()?, None);
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error reading the config map.
+    pub fn forward_mtu(&self) -> Result<Option<u32>> {
+        Ok(Some(self.peers.forward_mtu()?).filter(|m| *m != 0))
+    }
+
+    /// Lowers the forward MTU to the MTU of the device of input route `route` (see
+    /// [`Tunnel::forward_mtu`]).
+    fn fit_forward_mtu(&mut self, route: &LwtRoute) -> Result<()> {
+        let Some(device) = route.output_device() else {
+            return Ok(()); // over a nexthop object or a gateway alone: nothing to measure
+        };
+        let device_mtu = device.link()?.mtu;
+        match self.forward_mtu()? {
+            Some(m) if m <= device_mtu => Ok(()),
+            _ => self.peers.set_forward_mtu(device_mtu),
         }
     }
 

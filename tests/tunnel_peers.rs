@@ -430,6 +430,21 @@ fn ipip_tcp_through_an_input_route_needs_the_underlay_fixup() {
         "placeholder packets leaked"
     );
     t.attach_underlay(&underlay).unwrap();
+    // The client's route carries the tunnel's MTU (see Tunnel::forward_mtu): its GSO packets
+    // are segmented to fit by the router, but a retransmission after a loss leaves unaggregated
+    // and would be too big without it.
+    common::ip(
+        line.ns(0),
+        &[
+            "route",
+            "change",
+            "10.20.0.0/16",
+            "via",
+            "10.77.0.2",
+            "mtu",
+            "1480",
+        ],
+    );
     let before = underlay.counters().unwrap();
     let decap_before = d.counters().unwrap();
     let ok = common::tcp_stream(line.ns(2), line.ns(0), addr("10.20.0.2"), 4 << 20);
@@ -437,9 +452,10 @@ fn ipip_tcp_through_an_input_route_needs_the_underlay_fixup() {
     assert!(
         ok.complete(),
         "with the fix-up: {ok:?}; underlay since the fix-up: {:?}; decap before: {decap_before:?}, \
-         after: {:?}",
+         after: {:?}; tunnel: {:?}",
         underlay.counters().unwrap().since(&before),
-        d.counters().unwrap()
+        d.counters().unwrap(),
+        t.peers().miss_counters()
     );
 
     // Tunnel::steer attaches it by itself for an IPv4 input route.
@@ -451,6 +467,92 @@ fn ipip_tcp_through_an_input_route_needs_the_underlay_fixup() {
     t.steer(&mut nl, route).unwrap();
     assert_eq!(t.underlay_fixups().len(), 1);
     assert_eq!(t.underlay_fixups()[0].device(), &underlay);
+}
+
+/// A router's input route meets a packet too big for the tunnel that may not be fragmented:
+/// encapsulated, the underlay would refuse it with an ICMP error to the router itself, a loss
+/// nobody sees. The input program drops it and counts it (the forward MTU is the underlay
+/// device's, set by `steer`). A sender whose route carries the tunnel's MTU (set here through
+/// lwtun's own route MTU) fits its packets, TCP without GSO (every segment full-size) included.
+/// client (ns 0) — router R (ns 1, input route 10.20.0.0/16 → encap_in, IPIP to ns 2) — B (ns 2).
+#[test]
+fn input_route_counts_packets_too_big_and_fitting_senders_pass() {
+    require!();
+    let line = router_line();
+    let mut t = Tunnel::builder().forward_only(true).load().unwrap();
+    assert_eq!(t.forward_mtu().unwrap(), None);
+    t.peers_mut()
+        .insert(
+            net("10.20.0.0/16"),
+            EncapPeer::new(addr("10.77.1.2"), addr("10.77.1.1"), Encap::Ipip),
+        )
+        .unwrap();
+    let mut nl = Netlink::open_in(line.ns(1)).unwrap();
+    let route = lwtun::route::LwtRoute::new(net("10.20.0.0/16"))
+        .device(&line.device(1, "to2"))
+        .program(lwtun::route::Hook::In, t.input_program());
+    t.steer(&mut nl, route).unwrap();
+    assert_eq!(
+        t.forward_mtu().unwrap(),
+        Some(1500),
+        "the underlay device's"
+    );
+    let mut d = Decap::load().unwrap();
+    d.add_local(addr("10.77.1.2")).unwrap();
+    d.add_peer(DecapPeer::host(addr("10.77.1.1"))).unwrap();
+    d.attach(&line.device(2, "to1")).unwrap();
+
+    let big = common::ping_with(
+        line.ns(0),
+        addr("10.20.0.2"),
+        1,
+        &["-M", "do", "-s", "1472"],
+    );
+    assert_eq!(big.received, 0, "{}", big.output);
+    assert_eq!(t.peers().miss_counters().unwrap().too_big, 1);
+    let small = common::ping_with(
+        line.ns(0),
+        addr("10.20.0.2"),
+        2,
+        &["-M", "do", "-s", "1452"],
+    );
+    assert_eq!(
+        small.received, 2,
+        "1480 bytes fit with IPIP's 20: {}",
+        small.output
+    );
+
+    // The client's route with the tunnel's MTU, written through lwtun's route MTU.
+    let mut client = Netlink::open_in(line.ns(0)).unwrap();
+    let mut to_b = lwtun::netlink::route::Route::new(net("10.20.0.0/16"));
+    to_b.gateway = Some(addr("10.77.0.2"));
+    to_b.oif = Some(common::ifindex(line.ns(0), "to1"));
+    client.delete_route(&to_b).unwrap();
+    to_b.mtu = Some(lwtun::netlink::route::RouteMtu {
+        bytes: 1480,
+        locked: false,
+    });
+    client.add_route(&to_b).unwrap();
+    let shown = common::ip(line.ns(0), &["route", "show", "10.20.0.0/16"]);
+    assert!(shown.contains("mtu 1480"), "{shown}");
+    // TCP from a sender without checksum offload (so without GSO): every segment full-size.
+    common::tx_checksum_off(line.ns(0), "to1");
+    let stream = common::tcp_stream(line.ns(2), line.ns(0), addr("10.20.0.2"), 2 << 20);
+    assert!(
+        stream.complete(),
+        "{stream:?}; tunnel: {:?}",
+        t.peers().miss_counters()
+    );
+    assert_eq!(
+        t.peers().miss_counters().unwrap().too_big,
+        1,
+        "nothing more was too big"
+    );
+    assert!(
+        d.counters().unwrap().ipip.packets > 1400,
+        "{:?}",
+        d.counters()
+    );
 }
 
 /// lwt_in: a router encapsulates forwarded traffic as it arrives (an input route running

@@ -550,7 +550,7 @@ mod imp {
         #[repr(C)]
         pub struct __anon_6 {
             pub r#type: *mut [i32; 6],
-            pub max_entries: *mut [i32; 5],
+            pub max_entries: *mut [i32; 6],
             pub key: *mut u32,
             pub value: *mut lwtun_counter,
         }
@@ -571,6 +571,7 @@ mod imp {
             pub version: u32,
             pub miss_v4: u32,
             pub miss_v6: u32,
+            pub forward_mtu: u32,
         }
         #[derive(Debug, Copy, Clone)]
         #[repr(C)]
@@ -796,5 +797,5 @@ mod imp {
         }
     }
     #[unsafe(link_section = ".bpf.objs")]
-    static DATA: [u8; 79096] = *include_bytes!(concat!(env!("OUT_DIR"), "/lwt_encap_compat.bpf.o"));
+    static DATA: [u8; 80104] = *include_bytes!(concat!(env!("OUT_DIR"), "/lwt_encap_compat.bpf.o"));
 }

@@ -67,6 +67,10 @@ const SEG6_LOCAL_BPF: u16 = 8;
 const SEG6_LOCAL_ACTION_END_BPF: u32 = 15;
 const RTA_ENCAP: u16 = libc::RTA_ENCAP;
 const RTA_ENCAP_TYPE: u16 = libc::RTA_ENCAP_TYPE;
+/// `RTA_METRICS` (nested `RTAX_*` values) and the two of them lwtun reads and writes.
+const RTA_METRICS: u16 = libc::RTA_METRICS;
+const RTAX_LOCK: u16 = 1;
+const RTAX_MTU: u16 = 2;
 /// `RTA_NH_ID`: the id of the nexthop object a route uses.
 const RTA_NH_ID: u16 = 30;
 
@@ -327,6 +331,27 @@ impl fmt::Display for Seg6Local {
     }
 }
 
+/// A route's path MTU (`RTAX_MTU` in `RTA_METRICS`): what `ip route add … mtu [lock] N` sets.
+///
+/// # Examples
+///
+/// ```
+/// use lwtun::netlink::route::{Route, RouteMtu};
+///
+/// let mut r = Route::new("10.20.0.0/16".parse().unwrap());
+/// r.mtu = Some(RouteMtu { bytes: 1448, locked: true });
+/// assert!(r.to_string().contains("mtu lock 1448"));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RouteMtu {
+    /// The MTU, in bytes.
+    pub bytes: u32,
+    /// Locked (`RTAX_LOCK`): path MTU discovery leaves it alone, and forwarding uses it on every
+    /// kernel (older ones, such as 5.10, check forwarded packets against the device's MTU
+    /// unless the route's is locked).
+    pub locked: bool,
+}
+
 /// A route attribute lwtun does not model, kept as it came.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RawAttr {
@@ -377,6 +402,8 @@ pub struct Route {
     pub gateway: Option<IpAddr>,
     /// Preferred source (`RTA_PREFSRC`), of the route's family.
     pub prefsrc: Option<IpAddr>,
+    /// The route's MTU (`RTA_METRICS`), when it sets one.
+    pub mtu: Option<RouteMtu>,
     /// The lightweight-tunnel encap.
     pub encap: Option<Encap>,
     /// The nexthop object the route forwards over (`RTA_NH_ID`, `ip route add ... nhid N`):
@@ -410,6 +437,7 @@ impl Route {
             oif: None,
             gateway: None,
             prefsrc: None,
+            mtu: None,
             encap: None,
             nhid: None,
             nexthop_encap: None,
@@ -554,8 +582,19 @@ impl Route {
         }
     }
 
+    /// The `RTA_METRICS` payload: the MTU and, when locked, `RTAX_LOCK` naming it.
+    fn metrics(&self) -> Option<Vec<u8>> {
+        let mtu = self.mtu?;
+        let mut out = Vec::new();
+        if mtu.locked {
+            put_attr(&mut out, RTAX_LOCK, &(1u32 << RTAX_MTU).to_ne_bytes());
+        }
+        put_attr(&mut out, RTAX_MTU, &mtu.bytes.to_ne_bytes());
+        Some(out)
+    }
+
     /// The `Rtmsg` for installing this route, attributes in the order iproute2 sends them
-    /// (dst, gateway, encap, encap type, metric, prefsrc, table above 255, oif).
+    /// (dst, gateway, encap, encap type, metric, prefsrc, metrics, table above 255, oif).
     pub(crate) fn to_rtmsg(&self) -> Result<Rtmsg> {
         self.validate()?;
         let mut attrs = RtBuffer::new();
@@ -582,6 +621,9 @@ impl Route {
         }
         if let Some(src) = self.prefsrc {
             attrs.push(rtattr(Rta::Prefsrc, ip_bytes(src)));
+        }
+        if let Some(metrics) = self.metrics() {
+            attrs.push(rtattr(Rta::UnrecognizedConst(RTA_METRICS), metrics));
         }
         if self.table > 255 {
             attrs.push(rtattr(Rta::Table, self.table.to_ne_bytes().to_vec()));
@@ -684,6 +726,9 @@ impl Route {
             }
             if let Some(src) = self.prefsrc {
                 put_ip(out, libc::RTA_PREFSRC, src);
+            }
+            if let Some(metrics) = self.metrics() {
+                put_attr(out, RTA_METRICS, &metrics);
             }
             if self.table > 255 {
                 put_attr(out, libc::RTA_TABLE, &self.table.to_ne_bytes());
@@ -788,6 +833,21 @@ impl Route {
                     encap_type = Some(u16::from_ne_bytes([data[0], data[1]]))
                 }
                 RTA_ENCAP => encap_data = Some(data.to_vec()),
+                RTA_METRICS => {
+                    route.mtu = attr::find(data, RTAX_MTU)
+                        .and_then(attr::u32_of)
+                        .map(|bytes| RouteMtu {
+                            bytes,
+                            locked: attr::find(data, RTAX_LOCK)
+                                .and_then(attr::u32_of)
+                                .is_some_and(|mask| mask & (1 << RTAX_MTU) != 0),
+                        });
+                    // Other metrics (advmss, window, ...) stay as they came.
+                    route.extra.push(RawAttr {
+                        kind,
+                        data: data.to_vec(),
+                    })
+                }
                 _ => route.extra.push(RawAttr {
                     kind,
                     data: data.to_vec(),
@@ -865,6 +925,10 @@ impl fmt::Display for Route {
         }
         if let Some(m) = self.metric {
             write!(f, " metric {m}")?;
+        }
+        if let Some(mtu) = self.mtu {
+            let lock = if mtu.locked { "lock " } else { "" };
+            write!(f, " mtu {lock}{}", mtu.bytes)?;
         }
         match self.effective_encap() {
             Some(Encap::Bpf(b)) => {

@@ -48,7 +48,7 @@ unsafe impl Pod for lwtun_peer_key6 {}
 unsafe impl Pod for lwtun_peer {}
 // SAFETY: `struct lwtun_peer_stats` is three u64s (24 bytes, asserted).
 unsafe impl Pod for lwtun_peer_stats {}
-// SAFETY: `struct lwtun_encap_config` is four u32s (16 bytes, asserted).
+// SAFETY: `struct lwtun_encap_config` is five u32s (20 bytes, asserted).
 unsafe impl Pod for lwtun_encap_config {}
 // SAFETY: `struct lwtun_encap_preview` is two u32s and a byte array (72 bytes, asserted).
 unsafe impl Pod for crate::skel::lwt_encap::types::lwtun_encap_preview {}
@@ -59,6 +59,7 @@ const EV_MISS_DROP_V4: u32 = 0;
 const EV_MISS_DROP_V6: u32 = 1;
 const EV_MISS_PASS_V4: u32 = 2;
 const EV_MISS_PASS_V6: u32 = 3;
+const EV_TOO_BIG: u32 = 5;
 const EV_NOT_IP: u32 = 4;
 
 pub use crate::family::MissPolicy;
@@ -87,6 +88,28 @@ pub struct MissCounters {
     pub passed_v6: u64,
     /// Packets that were not IP, or truncated: dropped.
     pub not_ip: u64,
+    /// Forwarded packets (input routes) too big for the tunnel's forward MTU once
+    /// encapsulated, and not to be fragmented: dropped (see
+    /// [`Tunnel::forward_mtu`](crate::tunnel::Tunnel::forward_mtu)).
+    pub too_big: u64,
+}
+
+/// Refuses a pinned config map of another size than this lwtun's `struct lwtun_encap_config`:
+/// tables pinned by an older lwtun, whose programs would read the config differently.
+pub(crate) fn check_config_size(config: &MapHandle) -> Result<()> {
+    let ours = std::mem::size_of::<lwtun_encap_config>() as u32;
+    if config.value_size() == ours {
+        return Ok(());
+    }
+    Err(Error::invalid_input(
+        "adopt pinned peer table",
+        format!(
+            "the pinned tunnel config holds {} bytes, this lwtun's {ours}: the tables were \
+             pinned by another lwtun version; unload them with that version (lwtun tunnel \
+             unload) or remove the pin folder",
+            config.value_size()
+        ),
+    ))
 }
 
 /// The peer tables of a loaded tunnel: an IPv4 and an IPv6 LPM trie keyed by inner destination
@@ -214,12 +237,14 @@ impl PeerTable {
         capacity: u32,
         adopt: impl Into<Option<bool>>,
     ) -> Result<Self> {
+        let config = handle("config")?;
+        check_config_size(&config)?;
         let mut table = PeerTable {
             v4: handle("peers_v4")?,
             v6: handle("peers_v6")?,
             stats: handle("peer_stats")?,
             events: handle("events")?,
-            config: handle("config")?,
+            config,
             capacity,
             peers: BTreeMap::new(),
             slot_peers: Vec::new(),
@@ -233,7 +258,7 @@ impl PeerTable {
         match adopt.into() {
             None => {}
             Some(true) if table.read_config()?.magic == LWTUN_MAGIC => table.adopt()?,
-            Some(_) => table.write_config(MissPolicy::Drop, MissPolicy::Drop)?,
+            Some(_) => table.write_config(MissPolicy::Drop, MissPolicy::Drop, 0)?,
         }
         Ok(table)
     }
@@ -300,7 +325,7 @@ impl PeerTable {
         Ok(())
     }
 
-    fn write_config(&self, v4: MissPolicy, v6: MissPolicy) -> Result<()> {
+    fn write_config(&self, v4: MissPolicy, v6: MissPolicy, forward_mtu: u32) -> Result<()> {
         let code = |p| match p {
             MissPolicy::Drop => 0,
             MissPolicy::Pass => 1,
@@ -310,6 +335,7 @@ impl PeerTable {
             version: LWTUN_ABI_VERSION,
             miss_v4: code(v4),
             miss_v6: code(v6),
+            forward_mtu,
         };
         self.config
             .update(&0u32.to_ne_bytes(), abi::as_bytes(&cfg), MapFlags::ANY)
@@ -344,7 +370,19 @@ impl PeerTable {
         } else {
             p4 = policy;
         }
-        self.write_config(p4, p6)
+        self.write_config(p4, p6, self.read_config()?.forward_mtu)
+    }
+
+    /// The forward MTU `encap_in` checks forwarded packets against (0: none), see
+    /// [`Tunnel::forward_mtu`](crate::tunnel::Tunnel::forward_mtu).
+    pub(crate) fn forward_mtu(&self) -> Result<u32> {
+        Ok(self.read_config()?.forward_mtu)
+    }
+
+    /// Sets the forward MTU; the next packet sees it.
+    pub(crate) fn set_forward_mtu(&mut self, mtu: u32) -> Result<()> {
+        let (p4, p6) = (self.miss_policy(false)?, self.miss_policy(true)?);
+        self.write_config(p4, p6, mtu)
     }
 
     /// The miss policy of the IPv4 (`v6 == false`) or IPv6 table.
@@ -903,6 +941,7 @@ impl PeerTable {
             passed_v4: get(EV_MISS_PASS_V4)?,
             passed_v6: get(EV_MISS_PASS_V6)?,
             not_ip: get(EV_NOT_IP)?,
+            too_big: get(EV_TOO_BIG)?,
         })
     }
 }
