@@ -47,7 +47,7 @@ use libbpf_rs::{MapCore, MapFlags, Object, ObjectBuilder};
 use crate::abi::{self, Pod};
 use crate::device::Device;
 use crate::error::{Error, ErrorKind, Result};
-use crate::family::lpm::{normalize, table_key, trie_entries};
+use crate::family::lpm::{normalize, size_rule_maps, table_key};
 use crate::family::pins::PinLayout;
 use crate::family::{zero_percpu, PinFolder, Slots};
 use crate::netlink::link::Link;
@@ -369,16 +369,7 @@ impl TunnelRedirectBuilder {
             .map_err(|e| Error::bpf(op, e))?
             .open_memory(crate::skel::tc_redirect::OBJECT)
             .map_err(|e| Error::bpf(op, e))?;
-        for mut map in open.maps_mut() {
-            let name = map.name().to_string_lossy().into_owned();
-            let entries = match name.as_str() {
-                "rules_v4" | "rules_v6" => trie_entries(capacity),
-                "events" => continue,
-                _ => capacity,
-            };
-            map.set_max_entries(entries)
-                .map_err(|e| Error::bpf(op, e).with_object(name))?;
-        }
+        size_rule_maps(&mut open, capacity, op)?;
         if let Some(pin) = &pin {
             pin.reuse_maps(&mut open)?;
         }

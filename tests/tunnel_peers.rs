@@ -379,6 +379,37 @@ fn router_line() -> common::Line {
     line
 }
 
+/// R's tunnel on a [`router_line`]: 10.20.0.0/16 encapsulated with `encap` to B (10.77.1.2, from
+/// 10.77.1.1) by an input route on R's `to2`, steered (netlink handle in R returned too).
+fn input_route_tunnel(
+    line: &common::Line,
+    builder: lwtun::tunnel::TunnelBuilder,
+    encap: Encap,
+) -> (Tunnel, Netlink) {
+    let mut t = builder.forward_only(true).load().unwrap();
+    t.peers_mut()
+        .insert(
+            net("10.20.0.0/16"),
+            EncapPeer::new(addr("10.77.1.2"), addr("10.77.1.1"), encap),
+        )
+        .unwrap();
+    let mut nl = Netlink::open_in(line.ns(1)).unwrap();
+    let route = lwtun::route::LwtRoute::new(net("10.20.0.0/16"))
+        .device(&line.device(1, "to2"))
+        .program(lwtun::route::Hook::In, t.input_program());
+    t.steer(&mut nl, route).unwrap();
+    (t, nl)
+}
+
+/// B's decap of R's tunnel packets on a [`router_line`] (from 10.77.1.1, on B's `to1`).
+fn decap_at_b(line: &common::Line) -> Decap {
+    let mut d = Decap::load().unwrap();
+    d.add_local(addr("10.77.1.2")).unwrap();
+    d.add_peer(DecapPeer::host(addr("10.77.1.1"))).unwrap();
+    d.attach(&line.device(2, "to1")).unwrap();
+    d
+}
+
 /// IP-in-IP, inner IPv4, over an input route (a router encapsulating forwarded TCP, whose
 /// packets arrive over the veth still aggregated, as GSO packets): an `lwt_in` program may not
 /// write the packet, so the next header 0 placeholder stays until `ipip_gso_fixup` at tc egress
@@ -390,28 +421,14 @@ fn router_line() -> common::Line {
 fn ipip_tcp_through_an_input_route_needs_the_underlay_fixup() {
     require!();
     let line = router_line();
-    let mut t = Tunnel::builder()
-        .forward_only(true)
-        .auto_underlay_fixup(false)
-        .load()
-        .unwrap();
-    t.peers_mut()
-        .insert(
-            net("10.20.0.0/16"),
-            EncapPeer::new(addr("10.77.1.2"), addr("10.77.1.1"), Encap::Ipip),
-        )
-        .unwrap();
-    let mut nl = Netlink::open_in(line.ns(1)).unwrap();
+    let (mut t, mut nl) = input_route_tunnel(
+        &line,
+        Tunnel::builder().auto_underlay_fixup(false),
+        Encap::Ipip,
+    );
     let underlay = line.device(1, "to2");
-    let route = lwtun::route::LwtRoute::new(net("10.20.0.0/16"))
-        .device(&underlay)
-        .program(lwtun::route::Hook::In, t.input_program());
-    t.steer(&mut nl, route).unwrap();
     assert!(t.underlay_fixups().is_empty(), "turned off");
-    let mut d = Decap::load().unwrap();
-    d.add_local(addr("10.77.1.2")).unwrap();
-    d.add_peer(DecapPeer::host(addr("10.77.1.1"))).unwrap();
-    d.attach(&line.device(2, "to1")).unwrap();
+    let d = decap_at_b(&line);
     let p = common::ping(line.ns(0), addr("10.20.0.2"), 2);
     assert_eq!(p.received, 2, "ping needs no GSO: {}", p.output);
     let placeholder = common::Capture::start(line.ns(2), "to1", "ip proto 0", 1);
@@ -479,28 +496,17 @@ fn ipip_tcp_through_an_input_route_needs_the_underlay_fixup() {
 fn input_route_counts_packets_too_big_and_fitting_senders_pass() {
     require!();
     let line = router_line();
-    let mut t = Tunnel::builder().forward_only(true).load().unwrap();
-    assert_eq!(t.forward_mtu().unwrap(), None);
-    t.peers_mut()
-        .insert(
-            net("10.20.0.0/16"),
-            EncapPeer::new(addr("10.77.1.2"), addr("10.77.1.1"), Encap::Ipip),
-        )
-        .unwrap();
-    let mut nl = Netlink::open_in(line.ns(1)).unwrap();
-    let route = lwtun::route::LwtRoute::new(net("10.20.0.0/16"))
-        .device(&line.device(1, "to2"))
-        .program(lwtun::route::Hook::In, t.input_program());
-    t.steer(&mut nl, route).unwrap();
+    assert_eq!(
+        Tunnel::builder().load().unwrap().forward_mtu().unwrap(),
+        None
+    );
+    let (t, _nl) = input_route_tunnel(&line, Tunnel::builder(), Encap::Ipip);
     assert_eq!(
         t.forward_mtu().unwrap(),
         Some(1500),
         "the underlay device's"
     );
-    let mut d = Decap::load().unwrap();
-    d.add_local(addr("10.77.1.2")).unwrap();
-    d.add_peer(DecapPeer::host(addr("10.77.1.1"))).unwrap();
-    d.attach(&line.device(2, "to1")).unwrap();
+    let d = decap_at_b(&line);
 
     let big = common::ping_with(
         line.ns(0),
@@ -564,29 +570,12 @@ fn input_route_encapsulates_forwarded_traffic() {
     let line = router_line();
     // B answers the client directly over the underlay (its line routes know 10.77.0.0/24).
     // R only forwards: its route needs no preferred source.
-    let mut t = Tunnel::builder().forward_only(true).load().unwrap();
-    t.peers_mut()
-        .insert(
-            net("10.20.0.0/16"),
-            EncapPeer::new(
-                addr("10.77.1.2"),
-                addr("10.77.1.1"),
-                Encap::Gre {
-                    key: None,
-                    checksum: false,
-                },
-            ),
-        )
-        .unwrap();
-    let mut nl = Netlink::open_in(line.ns(1)).unwrap();
-    let route = lwtun::route::LwtRoute::new(net("10.20.0.0/16"))
-        .device(&line.device(1, "to2"))
-        .program(lwtun::route::Hook::In, t.input_program());
-    t.steer(&mut nl, route).unwrap();
-    let mut d = Decap::load().unwrap();
-    d.add_local(addr("10.77.1.2")).unwrap();
-    d.add_peer(DecapPeer::host(addr("10.77.1.1"))).unwrap();
-    d.attach(&line.device(2, "to1")).unwrap();
+    let gre = Encap::Gre {
+        key: None,
+        checksum: false,
+    };
+    let (t, _nl) = input_route_tunnel(&line, Tunnel::builder(), gre);
+    let d = decap_at_b(&line);
     let cap = common::Capture::start(line.ns(2), "to1", "ip proto 47", 3);
     let p = common::ping(line.ns(0), addr("10.20.0.2"), 3);
     assert_eq!(p.received, 3, "{}", p.output);

@@ -3,6 +3,9 @@
 //! `u32`, then the network address (4 or 16 bytes), host bits cleared.
 
 use ipnetwork::IpNetwork;
+use libbpf_rs::OpenObject;
+
+use crate::error::{Error, Result};
 
 /// `prefix` with its host bits cleared, so that `10.20.3.4/16` and `10.20.0.0/16` name the same
 /// entry (the kernel's trie would treat them as one, a copy kept in user space must too).
@@ -18,6 +21,23 @@ pub(crate) fn normalize(prefix: IpNetwork) -> IpNetwork {
 /// works on every kernel.
 pub(crate) fn trie_entries(capacity: u32) -> u32 {
     capacity.saturating_add(1)
+}
+
+/// Sizes the maps of a rule family (LWT and tunnel redirects) before load, for `capacity`
+/// rules: the prefix tries `rules_v4` and `rules_v6` with the spare entry of [`trie_entries`],
+/// the per-rule counters `rule_stats` at `capacity`; other maps keep their size.
+pub(crate) fn size_rule_maps(open: &mut OpenObject, capacity: u32, op: &str) -> Result<()> {
+    for mut map in open.maps_mut() {
+        let name = map.name().to_string_lossy().into_owned();
+        let entries = match name.as_str() {
+            "rules_v4" | "rules_v6" => trie_entries(capacity),
+            "rule_stats" => capacity,
+            _ => continue,
+        };
+        map.set_max_entries(entries)
+            .map_err(|e| Error::bpf(op, e).with_object(name))?;
+    }
+    Ok(())
 }
 
 /// The capacity of an adopted trie: its `max_entries` less the spare entry of
