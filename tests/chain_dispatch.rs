@@ -297,10 +297,11 @@ fn tc_members_run_in_order_and_a_shot_stops_the_run() {
     assert_eq!(stats(&d, c).since(&c_before).packets, 0, "c not reached");
 }
 
-/// Sends 400 pings 5 ms apart from ns 0 to ns 1 while members come and go between `d`'s first
-/// (slot 0) and last (slot 7) members: each round inserts a member, replaces it, inserts a
-/// second and removes both, each change one prog array write (a removal waits for RCU grace
-/// periods, about 40 ms each here, so a round takes about 150 ms). Asserts that no ping was lost,
+/// Sends flows of 400 pings 5 ms apart from ns 0 to ns 1 while members come and go between
+/// `d`'s first (slot 0) and last (slot 7) members, until at least [`MIN_ROUNDS`] rounds ran: each
+/// round inserts a member, replaces it, inserts a second and removes both, each change one prog
+/// array write (a removal waits for RCU grace periods, about 40 ms each here, so a round takes
+/// about 150 ms; much longer under emulation). Asserts that no ping was lost,
 /// that the changing members ran for some packets, and returns the first and last members'
 /// counts.
 fn flow_with_changes(
@@ -314,45 +315,50 @@ fn flow_with_changes(
     let ns0 = net.ns(0);
     let target = net.v4(1).to_string();
     let mut middle = 0u64; // what the members that came and went counted
-    let (out, rounds) = std::thread::scope(|s| {
-        let flow = s.spawn(|| {
-            ns0.command("ping")
-                .args([
-                    "-n",
-                    "-q",
-                    "-c",
-                    &FLOW.to_string(),
-                    "-i",
-                    "0.005",
-                    "-W",
-                    "1",
-                ])
-                .arg(&target)
-                .output()
-                .unwrap()
+    let mut rounds = 0u32;
+    let mut flows = 0u32;
+    // However slow the machine (a round waits for RCU grace periods), flows go on until at
+    // least MIN_ROUNDS rounds of changes ran under them.
+    while rounds < MIN_ROUNDS {
+        let out = std::thread::scope(|s| {
+            let flow = s.spawn(|| {
+                ns0.command("ping")
+                    .args([
+                        "-n",
+                        "-q",
+                        "-c",
+                        &FLOW.to_string(),
+                        "-i",
+                        "0.005",
+                        "-W",
+                        "1",
+                    ])
+                    .arg(&target)
+                    .output()
+                    .unwrap()
+            });
+            while !flow.is_finished() {
+                let slot = 1 + rounds % 5;
+                let id = d.attach(slot, MEMBER, program, go_on).unwrap();
+                std::thread::sleep(Duration::from_millis(2));
+                let id = d.replace(id, MEMBER, program, go_on).unwrap();
+                let other = d.attach(slot + 1, MEMBER, program, go_on).unwrap();
+                std::thread::sleep(Duration::from_millis(2));
+                middle += stats(d, id).packets + stats(d, other).packets;
+                d.detach(id).unwrap();
+                d.detach(other).unwrap();
+                rounds += 1;
+            }
+            flow.join().unwrap()
         });
-        let mut rounds = 0u32;
-        while !flow.is_finished() {
-            let slot = 1 + rounds % 5;
-            let id = d.attach(slot, MEMBER, program, go_on).unwrap();
-            std::thread::sleep(Duration::from_millis(2));
-            let id = d.replace(id, MEMBER, program, go_on).unwrap();
-            let other = d.attach(slot + 1, MEMBER, program, go_on).unwrap();
-            std::thread::sleep(Duration::from_millis(2));
-            middle += stats(d, id).packets + stats(d, other).packets;
-            d.detach(id).unwrap();
-            d.detach(other).unwrap();
-            rounds += 1;
-        }
-        (flow.join().unwrap(), rounds)
-    });
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(rounds >= 5, "only {rounds} rounds of changes");
-    eprintln!("{program}: {FLOW} pings, {rounds} rounds of 5 changes, none lost");
-    assert!(
-        text.contains(&format!("{FLOW} packets transmitted, {FLOW} received")),
-        "no packet lost over {rounds} rounds of insert/replace/remove:\n{text}"
-    );
+        flows += 1;
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&format!("{FLOW} packets transmitted, {FLOW} received")),
+            "no packet lost over {rounds} rounds of insert/replace/remove:\n{text}"
+        );
+    }
+    eprintln!("{program}: {flows} x {FLOW} pings, {rounds} rounds of 5 changes, none lost");
     assert!(
         middle > 0,
         "the members that came and went ran for some packets"
@@ -371,6 +377,8 @@ fn flow_with_changes(
 }
 
 const FLOW: u32 = 400;
+/// The fewest rounds of changes [`flow_with_changes`] makes under its flows.
+const MIN_ROUNDS: u32 = 5;
 
 #[test]
 fn members_come_and_go_under_a_steady_flow_without_loss() {
