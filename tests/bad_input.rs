@@ -860,8 +860,15 @@ fn rows() -> Vec<Row> {
 fn bad_inputs_are_refused_and_change_nothing() {
     require!();
     let mut lab = Lab::new();
-    let table = rows();
+    let mut table = rows();
     assert!(table.len() >= 40, "{} rows", table.len());
+    // A devmap port that cannot receive is told from the device's XDP features, which kernels
+    // before 6.3 do not report: there the port is accepted (DevMap::set's docs), and the row
+    // has nothing to check.
+    if lwtun::netlink::netdev::xdp_features(1).unwrap().is_none() {
+        eprintln!("(no XDP features from this kernel: the devmap receiver row is left out)");
+        table.retain(|r| !r.what.starts_with("devmap port that drops every frame"));
+    }
     // Warm the process-wide caches (feature probes) so that they do not count as changes.
     let _ = lwtun::tc::tcx_supported();
     let mut failures = Vec::new();
