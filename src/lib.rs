@@ -164,26 +164,26 @@
 //! |---|---|---|---|
 //! | LWT BPF routes (`encap bpf`) *probe* | 4.10 | [`route::LwtRoute`], [`program::LwtCounter`] | 5.10, 6.1, 6.12, 6.18 (route) |
 //! | LPM trie maps | 4.11 | [`lwt_redirect::LwtRedirect`], [`tunnel_redirect::TunnelRedirect`] | 5.10, 6.1, 6.12, 6.18 (tc_redirect) |
-//! | map-in-map (`ARRAY_OF_MAPS`, `HASH_OF_MAPS`) | 4.12 | [`table::MapOfMaps`], [`chain::TableStage`] | 5.10, 6.1, 6.18 (chain_table) |
+//! | map-in-map (`ARRAY_OF_MAPS`, `HASH_OF_MAPS`) | 4.12 | [`table::MapOfMaps`], [`chain::TableStage`] | 5.10, 6.1, 6.12, 6.18 (chain_table) |
 //! | generic (skb) XDP, XDP test runs | 4.12 | [`xdp::XdpAttachment`], [`xdp::XdpProgram`] | 5.10, 6.1, 6.12, 6.18 (xdp_programs) |
 //! | `BPF_OBJ_GET_INFO_BY_FD` | 4.13 | [`program::ProgramInfo`] | 5.10, 6.1, 6.12, 6.18 (tunnel_test_run) |
 //! | devmap, `bpf_redirect_map` | 4.14 | [`xdp::DevMap`] | 5.10, 6.1, 6.12, 6.18 (xdp_programs) |
 //! | seg6local | 4.14 | [`netlink::route::Seg6Local`] | 5.10, 6.1, 6.12; 6.18 typed (route) |
-//! | collect_md ip6gre devices | 4.16 | [`netlink::Netlink::add_ip6gre_external`] | 6.18 typed (link) |
+//! | collect_md ip6gre devices | 4.16 | [`netlink::Netlink::add_ip6gre_external`] | 5.10, 6.1, 6.12; 6.18 typed (link) |
 //! | seg6local `End.BPF`, `bpf_lwt_seg6_*` | 4.18 | [`seg6::Seg6End`] | 5.10, 6.1, 6.12; 6.18 typed (seg6_test_run) |
 //! | `bpf_fib_lookup` | 4.18 | [`xdp::XdpRouter`] | 5.10, 6.1, 6.12, 6.18 (xdp_programs, xdp_forwarding) |
-//! | global data (`.rodata`) | 5.2 | [`chain::ProgChain`], [`chain::Dispatcher`] | 5.10, 6.1, 6.18 (chain_table) |
+//! | global data (`.rodata`) | 5.2 | [`chain::ProgChain`], [`chain::Dispatcher`] | 5.10, 6.1, 6.12, 6.18 (chain_table, chain_lwt) |
 //! | `bpf_lwt_push_encap(BPF_LWT_ENCAP_IP)`, `BPF_LWT_REROUTE` *probe* | 5.3 | [`tunnel::Tunnel`] | 5.10, 6.1, 6.12, 6.18 (tunnel_test_run, interop); 5.10, 6.1, 6.18 (tunnel_tcp) |
 //! | nexthop objects with an LWT encap (`ip nexthop ... encap bpf`, routes by `nhid`) | 5.3 | [`nexthop::LwtNexthop`], [`route::LwtRoute::nexthop`], [`netlink::nexthop`] | 5.10, 6.1, 6.12, 6.18 (route) |
 //! | `BPF_MAP_TYPE_DEVMAP_HASH` | 5.4 | [`xdp::DevMapKind::Hash`] | 5.10, 6.1, 6.12, 6.18 (xdp_programs) |
-//! | `XDP_FLAGS_REPLACE` | 5.7 | [`netlink::Netlink::replace_xdp_fd`] | 6.18 (link) |
+//! | `XDP_FLAGS_REPLACE` | 5.7 | [`netlink::Netlink::replace_xdp_fd`] | 5.10, 6.1, 6.12, 6.18 (link) |
 //! | devmap programs | 5.8 | [`xdp::XdpRedirect`] | 5.10, 6.1, 6.12, 6.18 (xdp_programs) |
-//! | BPF ring buffer | 5.8 | `capture::Capture` | 5.10, 6.1, 6.18 (capture_tc) |
+//! | BPF ring buffer | 5.8 | `capture::Capture` | 5.10, 6.1, 6.12, 6.18 (capture_tc) |
 //! | XDP through a `bpf_link` *probe* | 5.9 | [`xdp::AttachVia`] | 5.10, 6.1, 6.12, 6.18 (probe, xdp_programs) |
 //! | `bpf_ktime_get_coarse_ns` *probe* (before it: `bpf_ktime_get_ns`) | 5.11 | [`xdp::XdpRouter`]'s route cache | 6.1, 6.12, 6.18 (xdp_programs); 5.10 `bpf_ktime_get_ns` (xdp_forwarding) |
 //! | batch operations on LPM tries *probe* | 5.13 | [`peer::PeerTable`] | 6.1, 6.12, 6.18; 5.10 typed (probe) |
 //! | `bpf_loop` *probe* (before it: bounded-loop object variants) | 5.17 | [`tunnel::Tunnel`], [`peer::PeerTable`], [`decap::Decap`] | 6.1, 6.12, 6.18; 5.10 bounded variant (tunnel_tcp, decap_test_run) |
-//! | `bpf_xdp_load_bytes`, XDP live-frame test runs | 5.18 | `capture::Capture`, [`xdp::TrafficGen`], [`xdp::LiveFrames`] | 6.1, 6.18; 5.10 typed (capture_tc) |
+//! | `bpf_xdp_load_bytes`, XDP live-frame test runs | 5.18 | `capture::Capture`, [`xdp::TrafficGen`], [`xdp::LiveFrames`] | 6.1, 6.12, 6.18; 5.10 typed (capture_tc) |
 //! | outer source in `bpf_skb_set_tunnel_key` *probe* | 6.0 | [`tunnel_redirect::TunnelKey::local`] | 6.1, 6.12, 6.18; 5.10 typed (tc_redirect) |
 //! | `BPF_F_NO_TUNNEL_KEY` | 6.2 | [`tunnel_redirect::TunnelKeyFlags::NO_TUNNEL_KEY`] | not run |
 //! | `bpf_skb_adjust_room` with `BPF_F_ADJ_ROOM_DECAP_L3_*` *probe* (4in6, 6in4 decap) | 6.3 | [`decap::Decap`] | 6.12, 6.18; 5.10, 6.1 typed (decap_test_run, interop) |
