@@ -650,15 +650,13 @@ impl TcAttachment {
                 created_qdisc,
             } => {
                 let parent = self.direction.clsact_parent();
-                let filters = nl.bpf_filters(self.ifindex, parent)?;
-                let ours = filters.iter().any(|f| {
-                    f.priority == priority
-                        && f.handle == handle
-                        && f.program_id == Some(self.program_id)
-                });
-                if ours {
-                    nl.del_bpf_filter(self.ifindex, parent, priority, handle)?;
-                }
+                delete_filter_running(
+                    &mut nl,
+                    self.ifindex,
+                    parent,
+                    (priority, handle),
+                    self.program_id,
+                )?;
                 if created_qdisc
                     && nl.bpf_filters(self.ifindex, CLSACT_INGRESS)?.is_empty()
                     && nl.bpf_filters(self.ifindex, CLSACT_EGRESS)?.is_empty()
@@ -739,6 +737,25 @@ impl fmt::Display for ClsactRecord {
     }
 }
 
+/// Deletes the cls_bpf filter at (priority, handle) under `parent` if it still runs program
+/// `program_id`; a filter someone replaced or deleted meanwhile is left alone.
+fn delete_filter_running(
+    nl: &mut Netlink,
+    ifindex: u32,
+    parent: u32,
+    (priority, handle): (u16, u32),
+    program_id: u32,
+) -> Result<()> {
+    let runs = nl
+        .bpf_filters(ifindex, parent)?
+        .iter()
+        .any(|f| f.priority == priority && f.handle == handle && f.program_id == Some(program_id));
+    if runs {
+        nl.del_bpf_filter(ifindex, parent, priority, handle)?;
+    }
+    Ok(())
+}
+
 /// Undoes [`TcAttachment::persist`] with a pin: detaches the attachment recorded at `pin` on
 /// `device` and removes the pin.
 ///
@@ -773,23 +790,20 @@ pub fn detach_persisted(device: &Device, pin: &std::path::Path) -> Result<()> {
             Error::invalid_input(
                 op,
                 format!(
-                    "{} points to {text:?}, which is no record of a persisted lwtun clsact                      filter; remove it by hand if it is not needed",
+                    "{} points to {text:?}, which is no record of a persisted lwtun clsact \
+                     filter; remove it by hand if it is not needed",
                     pin.display()
                 ),
             )
         })?;
-        let parent = record.direction.clsact_parent();
-        let ifindex = device.index();
-        let mut nl = device.netlink()?;
-        let still_ours = nl.bpf_filters(ifindex, parent)?.iter().any(|f| {
-            f.priority == record.priority
-                && f.handle == record.handle
-                && f.program_id == Some(record.program_id)
-        });
-        if still_ours {
-            nl.del_bpf_filter(ifindex, parent, record.priority, record.handle)
-                .map_err(|e| e.with_object(object()))?;
-        }
+        delete_filter_running(
+            &mut device.netlink()?,
+            device.index(),
+            record.direction.clsact_parent(),
+            (record.priority, record.handle),
+            record.program_id,
+        )
+        .map_err(|e| e.with_object(object()))?;
     }
     std::fs::remove_file(pin).map_err(|e| Error::io(op, e).with_object(object()))
 }

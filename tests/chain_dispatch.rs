@@ -321,22 +321,7 @@ fn flow_with_changes(
     // least MIN_ROUNDS rounds of changes ran under them.
     while rounds < MIN_ROUNDS {
         let out = std::thread::scope(|s| {
-            let flow = s.spawn(|| {
-                ns0.command("ping")
-                    .args([
-                        "-n",
-                        "-q",
-                        "-c",
-                        &FLOW.to_string(),
-                        "-i",
-                        "0.005",
-                        "-W",
-                        "1",
-                    ])
-                    .arg(&target)
-                    .output()
-                    .unwrap()
-            });
+            let flow = s.spawn(|| common::ping_flow(ns0, &target, FLOW));
             while !flow.is_finished() {
                 let slot = 1 + rounds % 5;
                 let id = d.attach(slot, MEMBER, program, go_on).unwrap();

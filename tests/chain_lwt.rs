@@ -172,22 +172,7 @@ fn stages_change_under_a_steady_flow_without_loss() {
     let ns0 = net.ns(0);
     let target = net.v4(1).to_string();
     let flow = std::thread::scope(|s| {
-        let flow = s.spawn(|| {
-            ns0.command("ping")
-                .args([
-                    "-n",
-                    "-q",
-                    "-c",
-                    &COUNT.to_string(),
-                    "-i",
-                    "0.005",
-                    "-W",
-                    "1",
-                ])
-                .arg(&target)
-                .output()
-                .unwrap()
-        });
+        let flow = s.spawn(|| common::ping_flow(ns0, &target, COUNT));
         let mut changes = 0;
         let mut middle = None;
         while !flow.is_finished() {

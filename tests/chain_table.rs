@@ -75,22 +75,7 @@ fn forwarding_table_swaps_whole_under_traffic_without_loss() {
     let (out, swaps, tcp) = std::thread::scope(|s| {
         // A TCP stream of a known pattern alongside the pings, through the same route.
         let tcp = s.spawn(|| common::tcp_stream(ns1, ns0, dst.into(), 32 << 20));
-        let flow = s.spawn(|| {
-            ns0.command("ping")
-                .args([
-                    "-n",
-                    "-q",
-                    "-c",
-                    &COUNT.to_string(),
-                    "-i",
-                    "0.005",
-                    "-W",
-                    "1",
-                ])
-                .arg(&target)
-                .output()
-                .unwrap()
-        });
+        let flow = s.spawn(|| common::ping_flow(ns0, &target, COUNT));
         let mut swaps = 0u32;
         while !flow.is_finished() {
             let t = build(1 + swaps % 2);

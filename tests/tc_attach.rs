@@ -314,36 +314,23 @@ fn persisted_attachments_outlive_their_handles() {
     );
     assert!(listed(&net, 1, "to0", TcDirection::Ingress).is_empty());
 
-    struct Unpin(std::path::PathBuf);
-    impl Drop for Unpin {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
+    // Both kinds of pin in a folder of this test's own, removed with everything in it.
+    let pins = common::PinDir::new("tc");
+    std::fs::create_dir(&pins.0).unwrap();
     // clsact with a pin: a record of the filter, which detach_persisted deletes exactly.
-    let record = std::path::PathBuf::from(format!(
-        "/sys/fs/bpf/lwtun-test-clsact-{}",
-        std::process::id()
-    ));
-    let _unrecord = Unpin(record.clone());
-    let other = net
-        .ns(1)
-        .run(|| {
-            TcAttach::new(&dev, TcDirection::Ingress)
-                .mode(TcMode::Clsact)
-                .priority(7)
-                .attach(counter.program())
-        })
-        .unwrap();
-    let a = net
-        .ns(1)
-        .run(|| {
-            TcAttach::new(&dev, TcDirection::Ingress)
-                .mode(TcMode::Clsact)
-                .priority(9)
-                .attach(counter.program())
-        })
-        .unwrap();
+    let record = pins.0.join("clsact");
+    let clsact_at = |priority| {
+        net.ns(1)
+            .run(|| {
+                TcAttach::new(&dev, TcDirection::Ingress)
+                    .mode(TcMode::Clsact)
+                    .priority(priority)
+                    .attach(counter.program())
+            })
+            .unwrap()
+    };
+    let other = clsact_at(7);
+    let a = clsact_at(9);
     let (handle, id) = (a.handle().unwrap(), a.program_id());
     a.persist(Some(&record)).unwrap();
     let target = std::fs::read_link(&record).unwrap();
@@ -378,9 +365,7 @@ fn persisted_attachments_outlive_their_handles() {
         return;
     }
     // tcx: persisting needs a pin; the program runs until the pin is removed.
-    let pin =
-        std::path::PathBuf::from(format!("/sys/fs/bpf/lwtun-test-tcx-{}", std::process::id()));
-    let _unpin = Unpin(pin.clone());
+    let pin = pins.0.join("tcx");
     let a = net
         .ns(1)
         .run(|| {

@@ -95,7 +95,9 @@ pub struct MissCounters {
 }
 
 /// Refuses a pinned config map of another size than this lwtun's `struct lwtun_encap_config`:
-/// tables pinned by an older lwtun, whose programs would read the config differently.
+/// tables pinned by an older lwtun, whose programs would read the config differently. Checked
+/// before anything uses the pins: by `TunnelBuilder::load` before libbpf reuses them, and by
+/// [`PeerTable::read_pinned`].
 pub(crate) fn check_config_size(config: &MapHandle) -> Result<()> {
     let ours = std::mem::size_of::<lwtun_encap_config>() as u32;
     if config.value_size() == ours {
@@ -207,6 +209,7 @@ impl PeerTable {
                 ),
             ));
         }
+        check_config_size(&open("config")?)?;
         let capacity = trie_capacity(v4.max_entries());
         let mut v4 = Some(v4);
         let mut table = PeerTable::from_handles(
@@ -237,14 +240,12 @@ impl PeerTable {
         capacity: u32,
         adopt: impl Into<Option<bool>>,
     ) -> Result<Self> {
-        let config = handle("config")?;
-        check_config_size(&config)?;
         let mut table = PeerTable {
             v4: handle("peers_v4")?,
             v6: handle("peers_v6")?,
             stats: handle("peer_stats")?,
             events: handle("events")?,
-            config,
+            config: handle("config")?,
             capacity,
             peers: BTreeMap::new(),
             slot_peers: Vec::new(),
@@ -258,7 +259,8 @@ impl PeerTable {
         match adopt.into() {
             None => {}
             Some(true) if table.read_config()?.magic == LWTUN_MAGIC => table.adopt()?,
-            Some(_) => table.write_config(MissPolicy::Drop, MissPolicy::Drop, 0)?,
+            // Both miss policies drop (0), no forward MTU.
+            Some(_) => table.write_config(lwtun_encap_config::default(), |_| {})?,
         }
         Ok(table)
     }
@@ -325,20 +327,17 @@ impl PeerTable {
         Ok(())
     }
 
-    fn write_config(&self, v4: MissPolicy, v6: MissPolicy, forward_mtu: u32) -> Result<()> {
-        let code = |p| match p {
-            MissPolicy::Drop => 0,
-            MissPolicy::Pass => 1,
-        };
-        let cfg = lwtun_encap_config {
-            magic: LWTUN_MAGIC,
-            version: LWTUN_ABI_VERSION,
-            miss_v4: code(v4),
-            miss_v6: code(v6),
-            forward_mtu,
-        };
+    /// Writes the config with `change` applied to `base` (magic and version set).
+    fn write_config(
+        &self,
+        mut base: lwtun_encap_config,
+        change: impl FnOnce(&mut lwtun_encap_config),
+    ) -> Result<()> {
+        base.magic = LWTUN_MAGIC;
+        base.version = LWTUN_ABI_VERSION;
+        change(&mut base);
         self.config
-            .update(&0u32.to_ne_bytes(), abi::as_bytes(&cfg), MapFlags::ANY)
+            .update(&0u32.to_ne_bytes(), abi::as_bytes(&base), MapFlags::ANY)
             .map_err(|e| Error::bpf("write tunnel config", e))
     }
 
@@ -364,13 +363,17 @@ impl PeerTable {
     ///
     /// The kernel's error writing the config map.
     pub fn set_miss_policy(&mut self, v6: bool, policy: MissPolicy) -> Result<()> {
-        let (mut p4, mut p6) = (self.miss_policy(false)?, self.miss_policy(true)?);
-        if v6 {
-            p6 = policy;
-        } else {
-            p4 = policy;
-        }
-        self.write_config(p4, p6, self.read_config()?.forward_mtu)
+        let code = match policy {
+            MissPolicy::Drop => 0, // LWTUN_MISS_DROP
+            MissPolicy::Pass => 1, // LWTUN_MISS_PASS
+        };
+        self.write_config(self.read_config()?, |c| {
+            if v6 {
+                c.miss_v6 = code
+            } else {
+                c.miss_v4 = code
+            }
+        })
     }
 
     /// The forward MTU `encap_in` checks forwarded packets against (0: none), see
@@ -381,8 +384,7 @@ impl PeerTable {
 
     /// Sets the forward MTU; the next packet sees it.
     pub(crate) fn set_forward_mtu(&mut self, mtu: u32) -> Result<()> {
-        let (p4, p6) = (self.miss_policy(false)?, self.miss_policy(true)?);
-        self.write_config(p4, p6, mtu)
+        self.write_config(self.read_config()?, |c| c.forward_mtu = mtu)
     }
 
     /// The miss policy of the IPv4 (`v6 == false`) or IPv6 table.

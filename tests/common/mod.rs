@@ -579,6 +579,25 @@ pub fn ping_with(ns: &NetNs, addr: IpAddr, count: u32, extra: &[&str]) -> Ping {
     }
 }
 
+/// A steady flow for tests that change the data plane under traffic: `count` pings from `ns`
+/// to `target`, 5 ms apart, each waited for at most 1 s; returns ping's output once done.
+pub fn ping_flow(ns: &NetNs, target: &str, count: u32) -> std::process::Output {
+    ns.command("ping")
+        .args([
+            "-n",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.005",
+            "-W",
+            "1",
+        ])
+        .arg(target)
+        .output()
+        .unwrap()
+}
+
 /// The byte at `offset` of a [`tcp_stream`]: a position-dependent pattern, so that lost,
 /// repeated or reordered data shows up.
 pub fn pattern_byte(offset: usize) -> u8 {
