@@ -24,7 +24,7 @@ fn per_call(prog: BorrowedFd<'_>, frame: &[u8], expect: i32) -> f64 {
     let mut total = Duration::ZERO;
     for _ in 0..CALLS {
         let r = test_run(prog, frame, 1).expect("test_run");
-        assert_eq!(r.retval, expect);
+        assert_eq!(r.verdict, expect);
         total += r.duration;
     }
     total.as_nanos() as f64 / CALLS as f64
@@ -32,7 +32,7 @@ fn per_call(prog: BorrowedFd<'_>, frame: &[u8], expect: i32) -> f64 {
 
 fn repeated(prog: BorrowedFd<'_>, frame: &[u8], expect: i32) -> f64 {
     let r = test_run(prog, frame, REPEAT).expect("test_run");
-    assert_eq!(r.retval, expect);
+    assert_eq!(r.verdict, expect);
     r.duration.as_nanos() as f64
 }
 

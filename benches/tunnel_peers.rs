@@ -447,7 +447,7 @@ const REPEAT: u32 = 200_000;
 /// Mean ns per run of encap_preview (the encap's lookup and header code) on a frame to peer `i`.
 fn lookup_ns(t: &Tunnel, i: u32) -> f64 {
     let run = lwtun::decap::test_run(t.preview_program(), &frame_to(i), REPEAT).expect("test_run");
-    assert_eq!(run.retval, 0, "the frame matches a peer");
+    assert_eq!(run.verdict, 0, "the frame matches a peer");
     run.duration.as_nanos() as f64
 }
 

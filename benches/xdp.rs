@@ -439,7 +439,7 @@ fn cost_samples(
                     let out = case
                         .program
                         .test_run_repeat(&frame, repeat, Some(ingress))?;
-                    assert_eq!(out.action, case.want, "{}", case.name);
+                    assert_eq!(out.verdict, case.want, "{}", case.name);
                     total += out.duration;
                 }
                 samples[i].push(total.as_nanos() as f64 / case.calls as f64);

@@ -89,7 +89,7 @@ use ipnetwork::IpNetwork;
 use libbpf_rs::{MapCore, MapFlags, Object, ObjectBuilder};
 
 use crate::abi::{self, Pod};
-use crate::device::Device;
+use crate::device::{Device, DeviceCounters};
 use crate::error::{Error, ErrorKind, Result};
 use crate::family::lpm::{decode as decode_prefix, normalize, size_rule_maps, table_key};
 use crate::family::pins::PinLayout;
@@ -125,7 +125,6 @@ const ARPHRD_ETHER: u16 = 1;
 /// The link types the kernel sends without a MAC header (`dev_is_mac_header_xmit` is false):
 /// PPP, RAWIP, TUNNEL, TUNNEL6, SIT, IPGRE, PIMREG, IP6GRE, VOID, NONE.
 const ARPHRD_L3: [u16; 10] = [512, 519, 768, 769, 776, 778, 779, 823, 0xffff, 0xfffe];
-const IFLA_STATS64: u16 = 23;
 /// Rules a family holds unless the builder says otherwise.
 pub const DEFAULT_CAPACITY: u32 = 1024;
 const PROGRAM: &str = "redirect_xmit";
@@ -269,52 +268,9 @@ impl fmt::Display for RedirectTarget {
     }
 }
 
-/// A device's own counters (`struct rtnl_link_stats64`, the part a redirect's fate shows in).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct DeviceStats {
-    /// Packets received.
-    pub rx_packets: u64,
-    /// Packets transmitted.
-    pub tx_packets: u64,
-    /// Bytes received.
-    pub rx_bytes: u64,
-    /// Bytes transmitted.
-    pub tx_bytes: u64,
-    /// Receive errors.
-    pub rx_errors: u64,
-    /// Transmit errors.
-    pub tx_errors: u64,
-    /// Packets dropped on receive (an ingress redirect to a device that is down).
-    pub rx_dropped: u64,
-    /// Packets dropped on transmit (an egress redirect to a device that is down or has no
-    /// carrier).
-    pub tx_dropped: u64,
-    /// Transmit carrier errors.
-    pub tx_carrier_errors: u64,
-}
-
-impl DeviceStats {
-    /// Decodes `struct rtnl_link_stats64` (native byte order) as the kernel sends it in
-    /// `IFLA_STATS64`; `None` when it is shorter than its first 18 fields.
-    fn decode(raw: &[u8]) -> Option<DeviceStats> {
-        let field = |i: usize| -> Option<u64> {
-            Some(u64::from_ne_bytes(
-                raw.get(i * 8..i * 8 + 8)?.try_into().ok()?,
-            ))
-        };
-        Some(DeviceStats {
-            rx_packets: field(0)?,
-            tx_packets: field(1)?,
-            rx_bytes: field(2)?,
-            tx_bytes: field(3)?,
-            rx_errors: field(4)?,
-            tx_errors: field(5)?,
-            rx_dropped: field(6)?,
-            tx_dropped: field(7)?,
-            tx_carrier_errors: field(17)?,
-        })
-    }
-}
+/// The old name of [`DeviceCounters`], the one type for a device's counters.
+#[deprecated(since = "0.2.0", note = "use lwtun::device::DeviceCounters")]
+pub type DeviceStats = DeviceCounters;
 
 /// A device's counters, read through netlink in its namespace (`ip -s link show DEV`).
 ///
@@ -329,28 +285,36 @@ impl DeviceStats {
 /// use lwtun::netns::NetNs;
 ///
 /// let lo = NetNs::current()?.device("lo")?;
+/// #[allow(deprecated)]
 /// let s = lwtun::lwt_redirect::device_stats(&lo)?;
 /// println!("lo: {} packets sent, {} dropped", s.tx_packets, s.tx_dropped);
 /// # Ok::<(), lwtun::Error>(())
 /// ```
-pub fn device_stats(device: &Device) -> Result<DeviceStats> {
+#[deprecated(
+    since = "0.2.0",
+    note = "use Device::counters (the same link counters, and the driver's)"
+)]
+pub fn device_stats(device: &Device) -> Result<DeviceCounters> {
+    link_counters(device)
+}
+
+/// A device's link counters (no driver counters: a rule's stats read them for every rule).
+fn link_counters(device: &Device) -> Result<DeviceCounters> {
     stats_of_link(&device.link()?).map_err(|e| e.with_object(device.to_string()))
 }
 
-fn stats_of_link(link: &Link) -> Result<DeviceStats> {
-    link.attribute(IFLA_STATS64)
-        .and_then(DeviceStats::decode)
-        .ok_or_else(|| {
-            Error::other(
-                ErrorKind::Kernel,
-                "read device counters",
-                "the link message carries no IFLA_STATS64 of the expected size",
-            )
-        })
+fn stats_of_link(link: &Link) -> Result<DeviceCounters> {
+    crate::device::link_stats(link).ok_or_else(|| {
+        Error::other(
+            ErrorKind::Kernel,
+            "read device counters",
+            "the link message carries no IFLA_STATS64 of the expected size",
+        )
+    })
 }
 
 /// A rule's counters, summed over CPUs, with its target device's.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct RuleStats {
     /// Packets redirected (`bpf_redirect` accepted them; what became of them afterwards shows
     /// in [`RuleStats::device`]).
@@ -365,7 +329,7 @@ pub struct RuleStats {
     /// The target device's counters now (`None` when the device is gone). A target that is
     /// down or without carrier counts the packets it dropped in `tx_dropped` (egress) or
     /// `rx_dropped` (ingress).
-    pub device: Option<DeviceStats>,
+    pub device: Option<DeviceCounters>,
 }
 
 /// Packets no rule redirected, summed over CPUs.
@@ -803,7 +767,7 @@ impl LwtRedirect {
             total.bytes += s.bytes;
             total.failed += s.failed;
         }
-        total.device = match device_stats(&installed.target.device) {
+        total.device = match link_counters(&installed.target.device) {
             Ok(s) => Some(s),
             Err(e) if e.kind() == ErrorKind::NotFound => None,
             Err(e) => return Err(e),
@@ -1124,16 +1088,17 @@ mod tests {
     }
 
     #[test]
-    fn device_stats_decode_rtnl_link_stats64() {
+    fn rule_targets_read_the_link_counters() {
         let mut raw = Vec::new();
         for i in 0..24u64 {
             raw.extend_from_slice(&(i + 100).to_ne_bytes());
         }
-        let s = DeviceStats::decode(&raw).unwrap();
-        assert_eq!((s.rx_packets, s.tx_packets), (100, 101));
-        assert_eq!((s.rx_dropped, s.tx_dropped), (106, 107));
-        assert_eq!(s.tx_carrier_errors, 117);
-        assert_eq!(DeviceStats::decode(&raw[..100]), None);
+        let mut l = link(ARPHRD_ETHER, None);
+        l.attributes.push(crate::netlink::attr::RawAttribute {
+            kind: 23, // IFLA_STATS64
+            value: raw,
+        });
+        assert_eq!(stats_of_link(&l).unwrap().tx_carrier_errors, 117);
         let l = link(ARPHRD_ETHER, None);
         assert_eq!(stats_of_link(&l).unwrap_err().kind(), ErrorKind::Kernel);
     }

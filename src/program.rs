@@ -94,7 +94,7 @@ pub fn id_of_route_name(name: &str) -> Option<u32> {
     rest.rsplit_once(':')?.1.parse().ok()
 }
 
-/// The kernel's facts about a loaded program.
+/// The kernel's facts about a loaded program (what `bpftool prog show` prints of it).
 ///
 /// Kernel: Linux 4.13+ (`BPF_OBJ_GET_INFO_BY_FD`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,23 +105,54 @@ pub struct ProgramInfo {
     pub name: String,
     /// `BPF_PROG_TYPE_*`.
     pub prog_type: u32,
+    /// The ids of the maps the program uses: how a reader tells which table a program found on
+    /// a route or an interface serves.
+    pub map_ids: Vec<u32>,
 }
 
-/// Reads a program's id, name and type from its fd.
+/// Reads a program's id, name, type and map ids from its fd.
 ///
 /// # Errors
 ///
 /// The kernel's error (for example EINVAL when `fd` is not a BPF program).
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::os::fd::AsFd;
+/// use lwtun::program::{program_info, Hook, LwtCounter};
+///
+/// let family = LwtCounter::load()?;
+/// let info = program_info(family.program(Hook::Xmit).as_fd())?;
+/// println!("{} (id {}) uses maps {:?}", info.name, info.id, info.map_ids);
+/// # Ok::<(), lwtun::Error>(())
+/// ```
 pub fn program_info(fd: BorrowedFd<'_>) -> Result<ProgramInfo> {
+    let read = |info: &mut libbpf_sys::bpf_prog_info| -> Result<()> {
+        let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
+        // SAFETY: info is a valid bpf_prog_info of `len` bytes; its map_ids pointer, when set,
+        // points at nr_map_ids u32s; the fd is borrowed for the call.
+        let rc = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), info, &mut len) };
+        if rc != 0 {
+            return Err(Error::io(
+                "read program info",
+                std::io::Error::from_raw_os_error(-rc),
+            ));
+        }
+        Ok(())
+    };
     let mut info = libbpf_sys::bpf_prog_info::default();
-    let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
-    // SAFETY: info is a valid, zeroed bpf_prog_info of `len` bytes; the fd is borrowed for the call.
-    let rc = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) };
-    if rc != 0 {
-        return Err(Error::io(
-            "read program info",
-            std::io::Error::from_raw_os_error(-rc),
-        ));
+    read(&mut info)?;
+    let mut map_ids = vec![0u32; info.nr_map_ids as usize];
+    if !map_ids.is_empty() {
+        // A second call with room for the ids (a program's maps are fixed once it is loaded).
+        let mut with_ids = libbpf_sys::bpf_prog_info {
+            nr_map_ids: map_ids.len() as u32,
+            map_ids: map_ids.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        read(&mut with_ids)?;
+        map_ids.truncate(with_ids.nr_map_ids as usize);
     }
     // SAFETY: the kernel NUL-terminates the name within its 16 bytes.
     let name = unsafe { CStr::from_ptr(info.name.as_ptr()) }
@@ -131,7 +162,27 @@ pub fn program_info(fd: BorrowedFd<'_>) -> Result<ProgramInfo> {
         id: info.id,
         name,
         prog_type: info.type_,
+        map_ids,
     })
+}
+
+/// Reads the facts of the loaded program `id` (`bpftool prog show id ID`).
+///
+/// # Errors
+///
+/// NotFound when no program has that id; Permission without CAP_SYS_ADMIN/CAP_BPF.
+///
+/// # Examples
+///
+/// ```no_run
+/// let info = lwtun::program::program_info_by_id(42)?;
+/// println!("{} uses maps {:?}", info.name, info.map_ids);
+/// # Ok::<(), lwtun::Error>(())
+/// ```
+pub fn program_info_by_id(id: u32) -> Result<ProgramInfo> {
+    let fd = libbpf_rs::Program::fd_from_id(id)
+        .map_err(|e| Error::bpf("open program by id", e).with_object(format!("program {id}")))?;
+    program_info(fd.as_fd()).map_err(|e| e.with_object(format!("program {id}")))
 }
 
 /// A loaded program of an LWT hook type, owned by fd (the program stays loaded while this value

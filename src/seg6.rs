@@ -345,7 +345,7 @@ pub struct Seg6Decision {
 
 /// The result of [`Seg6End::test_run`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Seg6TestRun {
+pub struct TestRun {
     /// What the twin returned (what the End.BPF program returns: `Ok` for pass/tag,
     /// `Redirect` after an action, `Drop`).
     pub verdict: Verdict,
@@ -356,6 +356,10 @@ pub struct Seg6TestRun {
     /// The kernel's time for the run.
     pub duration: Duration,
 }
+
+/// The old name of [`TestRun`].
+#[deprecated(since = "0.2.0", note = "use lwtun::seg6::TestRun")]
+pub type Seg6TestRun = TestRun;
 
 /// Options for loading a [`Seg6End`] function.
 ///
@@ -699,7 +703,7 @@ impl<F: Seg6Function> Seg6End<F> {
     /// assert_eq!(run.decision.event, Seg6Event::Malformed);
     /// # Ok::<(), lwtun::Error>(())
     /// ```
-    pub fn test_run(&self, packet: &[u8]) -> Result<Seg6TestRun> {
+    pub fn test_run(&self, packet: &[u8]) -> Result<TestRun> {
         self.test_run_as(0x86dd, packet)
     }
 
@@ -709,7 +713,7 @@ impl<F: Seg6Function> Seg6End<F> {
     /// # Errors
     ///
     /// As [`Seg6End::test_run`].
-    pub fn test_run_as(&self, protocol: u16, packet: &[u8]) -> Result<Seg6TestRun> {
+    pub fn test_run_as(&self, protocol: u16, packet: &[u8]) -> Result<TestRun> {
         let op = format!("run SRv6 {} twin (BPF_PROG_TEST_RUN)", F::NAME);
         let run =
             crate::program::test_run_l3(self.twin.as_fd(), &op, protocol, packet, Some(64), 1)?;
@@ -721,7 +725,7 @@ impl<F: Seg6Function> Seg6End<F> {
         let d: lwtun_seg6_decision = abi::from_bytes(&raw).ok_or_else(|| {
             Error::other(ErrorKind::Kernel, op.clone(), "decision of the wrong size")
         })?;
-        Ok(Seg6TestRun {
+        Ok(TestRun {
             verdict: verdict_of(run.retval),
             packet: run.data,
             decision: decode_decision(&d).ok_or_else(|| {

@@ -1035,9 +1035,9 @@ impl TcCounter {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TestRun {
     /// The program's return value (`TC_ACT_OK` 0, `TC_ACT_SHOT` 2, ...).
-    pub retval: i32,
+    pub verdict: i32,
     /// The packet after the program (with its Ethernet header).
-    pub data: Vec<u8>,
+    pub packet: Vec<u8>,
     /// `skb->mark` after the program (see [`Decap::set_key_to_mark`](crate::decap::Decap::set_key_to_mark)).
     pub mark: u32,
     /// The kernel's mean time per run.
@@ -1071,7 +1071,7 @@ pub const TC_ACT_SHOT: i32 = 2;
 /// let decap = Decap::load()?;
 /// let frame = [0u8; 64];
 /// let run = test_run(decap.program(), &frame, 1)?;
-/// println!("verdict {} after {:?}", run.retval, run.duration);
+/// println!("verdict {} after {:?}", run.verdict, run.duration);
 /// # Ok::<(), lwtun::Error>(())
 /// ```
 pub fn test_run(program: impl AsFd, frame: &[u8], repeat: u32) -> Result<TestRun> {
@@ -1092,8 +1092,8 @@ pub fn test_run(program: impl AsFd, frame: &[u8], repeat: u32) -> Result<TestRun
     )
     .map_err(|errno| Error::io(op, std::io::Error::from_raw_os_error(errno)))?;
     Ok(TestRun {
-        retval: run.retval as i32,
-        data: run.data,
+        verdict: run.retval as i32,
+        packet: run.data,
         mark: u32::from_ne_bytes(
             ctx_out[SKB_MARK_OFFSET..SKB_MARK_OFFSET + 4]
                 .try_into()

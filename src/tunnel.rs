@@ -572,7 +572,7 @@ impl Tunnel {
     pub fn preview(&self, frame: &[u8]) -> Result<Option<Vec<u8>>> {
         let op = "preview encap";
         let run = crate::tc::test_run(self.preview.as_fd(), frame, 1)?;
-        if run.retval != 0 {
+        if run.verdict != 0 {
             return Ok(None);
         }
         let map = self

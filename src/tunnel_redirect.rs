@@ -884,7 +884,7 @@ mod tests {
             master: None,
             xdp_prog_id: None,
             xdp_attach_mode: None,
-            attributes: vec![crate::netlink::link::RawAttribute {
+            attributes: vec![crate::netlink::attr::RawAttribute {
                 kind: IFLA_LINKINFO,
                 value: info.into_bytes(),
             }],

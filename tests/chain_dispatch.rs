@@ -506,7 +506,11 @@ fn tc_verdicts_by_test_run() {
         ]);
         f
     };
-    let run = |d: &Dispatcher| lwtun::decap::test_run(d.entry(), &frame, 1).unwrap().retval;
+    let run = |d: &Dispatcher| {
+        lwtun::decap::test_run(d.entry(), &frame, 1)
+            .unwrap()
+            .verdict
+    };
     assert_eq!(run(&d), TC_ACT_UNSPEC, "no member: the hook's pass verdict");
     d.set_verdict(TC_ACT_SHOT).unwrap();
     assert_eq!(run(&d), TC_ACT_SHOT, "no member: the dispatcher's verdict");

@@ -143,7 +143,7 @@ fn run(d: &Decap, what: &str, frame: &[u8], verdict: i32, counter: &str) -> Vec<
         .test_run(frame)
         .unwrap_or_else(|e| panic!("{what}: test_run: {e}"));
     let after = d.counters().unwrap();
-    assert_eq!(out.retval, verdict, "{what}: verdict");
+    assert_eq!(out.verdict, verdict, "{what}: verdict");
     let (b, a) = (packets(&before), packets(&after));
     let moved: Vec<&str> = (0..12)
         .filter(|i| a[*i] != b[*i])
@@ -159,7 +159,7 @@ fn run(d: &Decap, what: &str, frame: &[u8], verdict: i32, counter: &str) -> Vec<
     if fallback {
         return Vec::new();
     }
-    out.data
+    out.packet
 }
 
 fn expect_inner(what: &str, out: &[u8], inner: &[u8], ethertype: u16) {
@@ -768,7 +768,7 @@ fn gre_key_to_mark() {
     d.set_key_to_mark(true).unwrap();
     let r = d.test_run(&keyed).unwrap();
     assert_eq!(
-        (r.retval, r.mark),
+        (r.verdict, r.mark),
         (TC_ACT_OK, 4242),
         "the key becomes the mark"
     );
@@ -912,7 +912,7 @@ fn pinned_tables_are_adopted_by_a_later_load() {
     assert_eq!(d.counters().unwrap().gre.packets, 1, "counters adopted");
     let r = d.test_run(&keyed).unwrap();
     assert_eq!(
-        (r.retval, r.mark),
+        (r.verdict, r.mark),
         (TC_ACT_OK, 5),
         "tables and settings adopted"
     );

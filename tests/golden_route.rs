@@ -147,7 +147,7 @@ fn kernel_dump_of_an_ipv6_route_keeps_unknown_attributes() {
     assert!(matches!(&r.encap, Some(Encap::Bpf(b)) if b.xmit.as_ref().unwrap().name == NAME));
     let kinds: Vec<u16> = r.extra.iter().map(|a| a.kind).collect();
     assert_eq!(kinds, vec![12, 20], "RTA_CACHEINFO and RTA_PREF kept");
-    assert_eq!(r.extra[1].data, vec![0]);
+    assert_eq!(r.extra[1].value, vec![0]);
 }
 
 #[test]

@@ -259,7 +259,7 @@ fn malformed_packets_are_dropped_and_counted() {
         .unwrap();
     let mut dt6 = Seg6EndDt6::load().unwrap();
     dt6.set_table("::/0".parse().unwrap(), 100).unwrap();
-    type Run = Box<dyn Fn(u16, &[u8]) -> lwtun::Result<lwtun::seg6::Seg6TestRun>>;
+    type Run = Box<dyn Fn(u16, &[u8]) -> lwtun::Result<lwtun::seg6::TestRun>>;
     let runs: Vec<(&str, Run)> = vec![
         ("tag", Box::new(move |p, b| tag.test_run_as(p, b))),
         ("End.X", Box::new(move |p, b| x.test_run_as(p, b))),

@@ -532,3 +532,36 @@ fn gre_checksum_is_right_for_the_finished_packet() {
         }
     }
 }
+
+/// What `bpftool prog show` tells of the maps a program uses is what the tunnel says it holds:
+/// the `lwtun` command finds a tunnel's routes this way.
+#[test]
+fn program_info_names_the_tables_a_program_reads() {
+    require!();
+    use lwtun::program::{program_info, program_info_by_id};
+    use std::os::fd::AsFd;
+    let t = tunnel_with(false, Encap::Ipip);
+    let xmit = t.xmit_program();
+    let info = program_info_by_id(xmit.id()).unwrap();
+    assert_eq!(info.id, xmit.id());
+    assert_eq!(info, program_info(xmit.as_fd()).unwrap());
+    let tables = t.map_ids();
+    let id_of = |name: &str| {
+        tables
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, id)| *id)
+            .unwrap_or_else(|| panic!("the tunnel holds no map {name}: {tables:?}"))
+    };
+    for name in ["peers_v4", "peers_v6"] {
+        assert!(
+            info.map_ids.contains(&id_of(name)),
+            "{name} (id {}) is not among the xmit program's maps {:?}",
+            id_of(name),
+            info.map_ids
+        );
+    }
+    assert!(info.map_ids.len() <= tables.len(), "{:?}", info.map_ids);
+    let gone = program_info_by_id(u32::MAX).unwrap_err();
+    assert_eq!(gone.kind(), lwtun::ErrorKind::NotFound, "{gone}");
+}

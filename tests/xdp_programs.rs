@@ -145,8 +145,8 @@ fn echo_answers_ipv4_ping_with_valid_checksums() {
     let echo = echo();
     let frame = ping4(V4_ECHO);
     let out = echo.program().test_run(&frame).unwrap();
-    assert_eq!(out.action, XdpAction::Tx);
-    let d = &out.data;
+    assert_eq!(out.verdict, XdpAction::Tx);
+    let d = &out.packet;
     assert_eq!(d.len(), frame.len());
     assert_eq!(&d[0..6], &A_MAC, "destination MAC is the requester's");
     assert_eq!(&d[6..12], &R_MAC);
@@ -179,8 +179,8 @@ fn echo_answers_ipv6_ping_with_valid_checksum() {
     let echo = echo();
     let frame = ping6(V6_ECHO);
     let out = echo.program().test_run(&frame).unwrap();
-    assert_eq!(out.action, XdpAction::Tx);
-    let d = &out.data;
+    assert_eq!(out.verdict, XdpAction::Tx);
+    let d = &out.packet;
     assert_eq!(&d[0..6], &A_MAC);
     let ip6 = &d[14..54];
     assert_eq!(&ip6[8..24], &V6_ECHO.octets());
@@ -202,9 +202,9 @@ fn echo_keeps_vlan_tag_and_address_set_is_typed() {
     let inner = ipv4(V4_A, V4_ECHO, 1, 64, 0, &icmp(8, b"vlan"));
     let frame = eth(R_MAC, A_MAC, 0x8100, &vlan(42, 0x0800, &inner));
     let out = echo.program().test_run(&frame).unwrap();
-    assert_eq!(out.action, XdpAction::Tx);
-    assert_eq!(&out.data[12..16], &[0x81, 0x00, 0, 42], "VLAN tag kept");
-    assert_eq!(fold(sum16(&out.data[38..], 0)), 0);
+    assert_eq!(out.verdict, XdpAction::Tx);
+    assert_eq!(&out.packet[12..16], &[0x81, 0x00, 0, 42], "VLAN tag kept");
+    assert_eq!(fold(sum16(&out.packet[38..], 0)), 0);
 
     let mut addrs = echo.addresses();
     addrs.sort();
@@ -212,7 +212,7 @@ fn echo_keeps_vlan_tag_and_address_set_is_typed() {
     assert!(echo.remove_address(IpAddr::V4(V4_ECHO)).unwrap());
     assert!(!echo.remove_address(IpAddr::V4(V4_ECHO)).unwrap());
     assert_eq!(
-        echo.program().test_run(&ping4(V4_ECHO)).unwrap().action,
+        echo.program().test_run(&ping4(V4_ECHO)).unwrap().verdict,
         XdpAction::Pass
     );
     let err = echo.add_address("224.0.0.1".parse().unwrap()).unwrap_err();
@@ -449,8 +449,8 @@ fn malformed_frames_get_the_right_action() {
         let out = prog
             .test_run(frame)
             .unwrap_or_else(|e| panic!("{what}: {e}"));
-        assert_eq!(out.action, *want, "{what}");
-        assert_eq!(&out.data, frame, "{what}: frame must be left untouched");
+        assert_eq!(out.verdict, *want, "{what}");
+        assert_eq!(&out.packet, frame, "{what}: frame must be left untouched");
     }
     // Every echo case was counted as a pass; the router counted why it did not look up.
     let s = echo.stats().snapshot(Stage::Ingress).unwrap();
@@ -493,17 +493,17 @@ fn redirect_rewrites_macs_only_when_the_port_exists() {
 
     // Port 3 is empty: the miss action is XDP_PASS and the frame is not modified.
     let out = fwd.program().test_run(&frame).unwrap();
-    assert_eq!(out.action, XdpAction::Pass);
-    assert_eq!(out.data, frame);
+    assert_eq!(out.verdict, XdpAction::Pass);
+    assert_eq!(out.packet, frame);
 
     let ns = common::netns("xrd");
     let (port, _receiver) = xdp_port(&ns);
     fwd.ports().set(3, &port, None).unwrap();
     let out = ns.run(|| fwd.program().test_run(&frame)).unwrap();
-    assert_eq!(out.action, XdpAction::Redirect);
-    assert_eq!(&out.data[0..6], &B_MAC);
-    assert_eq!(&out.data[6..12], &R_MAC);
-    assert_eq!(&out.data[12..], &frame[12..]);
+    assert_eq!(out.verdict, XdpAction::Redirect);
+    assert_eq!(&out.packet[0..6], &B_MAC);
+    assert_eq!(&out.packet[6..12], &R_MAC);
+    assert_eq!(&out.packet[12..], &frame[12..]);
     let s = fwd.stats().snapshot(Stage::Ingress).unwrap();
     assert_eq!(
         (
@@ -517,7 +517,7 @@ fn redirect_rewrites_macs_only_when_the_port_exists() {
     assert!(fwd.remove_rule(B_MAC).unwrap());
     assert!(!fwd.remove_rule(B_MAC).unwrap());
     assert_eq!(
-        fwd.program().test_run(&frame).unwrap().action,
+        fwd.program().test_run(&frame).unwrap().verdict,
         XdpAction::Pass
     );
     let err = fwd
@@ -603,8 +603,8 @@ fn router_test_run_counts_fib_outcome() {
         &ipv4(V4_A, Ipv4Addr::new(192, 0, 2, 1), 17, 64, 0, &[0; 20]),
     );
     let out = ns.run(|| router.program().test_run(&frame)).unwrap();
-    assert_eq!(out.action, XdpAction::Pass);
-    assert_eq!(out.data, frame);
+    assert_eq!(out.verdict, XdpAction::Pass);
+    assert_eq!(out.packet, frame);
     let fib = router.fib_stats().unwrap();
     assert_eq!(fib.forwarding_disabled, 1, "{fib:?}");
     let looked_up = fib.success
@@ -644,20 +644,20 @@ fn router_rewrites_ttl_checksum_and_macs_on_success() {
         .run(|| router.program().test_run_repeat(&v4, 1, Some(&in0)))
         .unwrap();
     assert_eq!(
-        out.action,
+        out.verdict,
         XdpAction::Redirect,
         "{:?}",
         router.fib_stats().unwrap()
     );
-    assert_eq!(&out.data[0..6], &[2, 0, 0, 0, 0, 0x99]);
-    assert_eq!(&out.data[6..12], &out_mac);
-    assert_eq!(out.data[22], 63, "TTL decremented");
+    assert_eq!(&out.packet[0..6], &[2, 0, 0, 0, 0, 0x99]);
+    assert_eq!(&out.packet[6..12], &out_mac);
+    assert_eq!(out.packet[22], 63, "TTL decremented");
     assert_eq!(
-        fold(sum16(&out.data[14..34], 0)),
+        fold(sum16(&out.packet[14..34], 0)),
         0,
         "IPv4 checksum still valid"
     );
-    assert_eq!(&out.data[34..], &v4[34..]);
+    assert_eq!(&out.packet[34..], &v4[34..]);
 
     let dst6: Ipv6Addr = "fd02::2".parse().unwrap();
     let v6 = eth(
@@ -670,13 +670,13 @@ fn router_rewrites_ttl_checksum_and_macs_on_success() {
         .run(|| router.program().test_run_repeat(&v6, 1, Some(&in0)))
         .unwrap();
     assert_eq!(
-        out.action,
+        out.verdict,
         XdpAction::Redirect,
         "{:?}",
         router.fib_stats().unwrap()
     );
-    assert_eq!(&out.data[0..6], &[2, 0, 0, 0, 0, 0x99]);
-    assert_eq!(out.data[21], 63, "hop limit decremented");
+    assert_eq!(&out.packet[0..6], &[2, 0, 0, 0, 0, 0x99]);
+    assert_eq!(out.packet[21], 63, "hop limit decremented");
 
     // No neighbour: passed to the stack untouched, counted as NO_NEIGH.
     let v4_nn = eth(
@@ -688,8 +688,8 @@ fn router_rewrites_ttl_checksum_and_macs_on_success() {
     let out = ns
         .run(|| router.program().test_run_repeat(&v4_nn, 1, Some(&in0)))
         .unwrap();
-    assert_eq!(out.action, XdpAction::Pass);
-    assert_eq!(out.data, v4_nn);
+    assert_eq!(out.verdict, XdpAction::Pass);
+    assert_eq!(out.packet, v4_nn);
     // Blackhole route: dropped.
     common::ip(&ns, &["route", "add", "blackhole", "10.3.0.0/24"]);
     let v4_bh = eth(
@@ -701,7 +701,7 @@ fn router_rewrites_ttl_checksum_and_macs_on_success() {
     let out = ns
         .run(|| router.program().test_run_repeat(&v4_bh, 1, Some(&in0)))
         .unwrap();
-    assert_eq!(out.action, XdpAction::Drop);
+    assert_eq!(out.verdict, XdpAction::Drop);
     // Unreachable route: passed so the stack answers with the ICMP error.
     common::ip(&ns, &["route", "add", "unreachable", "10.4.0.0/24"]);
     let v4_un = eth(
@@ -713,20 +713,20 @@ fn router_rewrites_ttl_checksum_and_macs_on_success() {
     let out = ns
         .run(|| router.program().test_run_repeat(&v4_un, 1, Some(&in0)))
         .unwrap();
-    assert_eq!(out.action, XdpAction::Pass);
+    assert_eq!(out.verdict, XdpAction::Pass);
     // Egress not a port: passed untouched.
     router.remove_port(&out0).unwrap();
     let out = ns
         .run(|| router.program().test_run_repeat(&v4, 1, Some(&in0)))
         .unwrap();
-    assert_eq!(out.action, XdpAction::Pass);
-    assert_eq!(out.data, v4);
+    assert_eq!(out.verdict, XdpAction::Pass);
+    assert_eq!(out.packet, v4);
     // Forwarding off on the ingress device: FWD_DISABLED, passed.
     ns.set_sysctl("net.ipv4.conf.in0.forwarding", "0").unwrap();
     let out = ns
         .run(|| router.program().test_run_repeat(&v4, 1, Some(&in0)))
         .unwrap();
-    assert_eq!(out.action, XdpAction::Pass);
+    assert_eq!(out.verdict, XdpAction::Pass);
 
     let fib = router.fib_stats().unwrap();
     assert_eq!(fib.success, 3, "{fib:?}");
@@ -772,7 +772,7 @@ fn redirect_rule_changes_apply_to_the_next_frame_despite_the_rule_cache() {
         pin_to_one_cpu();
         let macs = |frame: &[u8]| -> lwtun::Result<(XdpAction, Vec<u8>)> {
             let out = fwd.program().test_run(frame)?;
-            Ok((out.action, out.data[0..12].to_vec()))
+            Ok((out.verdict, out.packet[0..12].to_vec()))
         };
         let want = |dst: [u8; 6], src: [u8; 6]| [dst, src].concat();
         fwd.set_rule(
@@ -799,8 +799,8 @@ fn redirect_rule_changes_apply_to_the_next_frame_despite_the_rule_cache() {
         assert_eq!(macs(&to_b)?, (XdpAction::Redirect, want(A_MAC, R2_MAC)));
         // So does a removed one, and "no rule" cached is dropped when a rule appears.
         assert!(fwd.remove_rule(B_MAC)?);
-        assert_eq!(fwd.program().test_run(&to_b)?.action, XdpAction::Pass);
-        assert_eq!(fwd.program().test_run(&to_b)?.data, to_b);
+        assert_eq!(fwd.program().test_run(&to_b)?.verdict, XdpAction::Pass);
+        assert_eq!(fwd.program().test_run(&to_b)?.packet, to_b);
         fwd.set_rule(
             B_MAC,
             RedirectRule {
@@ -962,7 +962,7 @@ fn router_route_cache_hits_ages_out_and_flushes() {
         let run = |frame: &[u8]| -> lwtun::Result<(XdpAction, [u8; 6], u64)> {
             let out = router.program().test_run_repeat(frame, 1, Some(&in0))?;
             let hits = router.fib_stats()?.cache_hits;
-            Ok((out.action, out.data[0..6].try_into().unwrap(), hits))
+            Ok((out.verdict, out.packet[0..6].try_into().unwrap(), hits))
         };
         // Off by default: every frame is looked up.
         assert_eq!(run(&v4)?, (XdpAction::Redirect, nb(0x99), 0));
@@ -974,8 +974,12 @@ fn router_route_cache_hits_ages_out_and_flushes() {
         assert_eq!(run(&v4)?, (XdpAction::Redirect, nb(0x99), 0));
         assert_eq!(run(&v4)?, (XdpAction::Redirect, nb(0x99), 1));
         let out = router.program().test_run_repeat(&v4, 1, Some(&in0))?;
-        assert_eq!(out.data[22], 63, "TTL decremented on a hit too");
-        assert_eq!(fold(sum16(&out.data[14..34], 0)), 0, "IPv4 checksum valid");
+        assert_eq!(out.packet[22], 63, "TTL decremented on a hit too");
+        assert_eq!(
+            fold(sum16(&out.packet[14..34], 0)),
+            0,
+            "IPv4 checksum valid"
+        );
         // The kernel does not tell XDP about neighbour changes: within the age the cached MAC
         // stays (documented), a flush takes the new one at once.
         set_nb("02:00:00:00:00:98");
@@ -1034,8 +1038,8 @@ fn router_route_cache_hits_ages_out_and_flushes() {
             router.fib_stats()?
         );
         let out = router.program().test_run_repeat(&v6, 1, Some(&in0))?;
-        assert_eq!(out.action, XdpAction::Redirect);
-        assert_eq!(out.data[21], 63, "hop limit decremented on a hit");
+        assert_eq!(out.verdict, XdpAction::Redirect);
+        assert_eq!(out.packet[21], 63, "hop limit decremented on a hit");
         assert_eq!(router.fib_stats()?.cache_hits, hits + 1);
 
         // Off again: a change applies to the next frame.

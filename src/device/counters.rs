@@ -19,23 +19,32 @@ const ETH_GSTRING_LEN: usize = 32;
 const MAX_DRIVER_STATS: u32 = 4096;
 
 /// A device's counters at one moment ([`Device::counters`](super::Device::counters)).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct DeviceCounters {
     /// Packets received (`rx_packets` of `ip -s link`).
     pub rx_packets: u64,
     /// Packets sent.
     pub tx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
     /// Receive errors.
     pub rx_errors: u64,
     /// Transmit errors.
     pub tx_errors: u64,
-    /// Packets dropped on receive (no buffer, a full backlog, ...).
+    /// Packets dropped on receive (no buffer, a full backlog, an ingress redirect to a device
+    /// that is down, ...).
     pub rx_dropped: u64,
-    /// Packets dropped on transmit.
+    /// Packets dropped on transmit (an egress redirect to a device that is down or has no
+    /// carrier, ...).
     pub tx_dropped: u64,
+    /// Transmit carrier errors.
+    pub tx_carrier_errors: u64,
     /// The driver's own counters (`ethtool -S`), by name, in the driver's order; empty for
-    /// devices without them. veth has per-queue XDP counters here (`rx_queue_0_xdp_drops`,
-    /// `tx_queue_0_xdp_xmit_errors`, ...).
+    /// devices without them, and where only the link statistics were read (the target devices
+    /// of [`RuleStats`](crate::lwt_redirect::RuleStats)). veth has per-queue XDP counters here
+    /// (`rx_queue_0_xdp_drops`, `tx_queue_0_xdp_xmit_errors`, ...).
     pub driver: Vec<(String, u64)>,
 }
 
@@ -62,10 +71,13 @@ impl DeviceCounters {
         DeviceCounters {
             rx_packets: d(self.rx_packets, earlier.rx_packets),
             tx_packets: d(self.tx_packets, earlier.tx_packets),
+            rx_bytes: d(self.rx_bytes, earlier.rx_bytes),
+            tx_bytes: d(self.tx_bytes, earlier.tx_bytes),
             rx_errors: d(self.rx_errors, earlier.rx_errors),
             tx_errors: d(self.tx_errors, earlier.tx_errors),
             rx_dropped: d(self.rx_dropped, earlier.rx_dropped),
             tx_dropped: d(self.tx_dropped, earlier.tx_dropped),
+            tx_carrier_errors: d(self.tx_carrier_errors, earlier.tx_carrier_errors),
             driver: self
                 .driver
                 .iter()
@@ -75,25 +87,31 @@ impl DeviceCounters {
     }
 }
 
-/// Fills the link statistics from an `RTM_NEWLINK`'s `IFLA_STATS64`.
-pub(super) fn link_stats(link: &crate::netlink::link::Link, c: &mut DeviceCounters) {
-    let Some(raw) = link.attribute(IFLA_STATS64) else {
-        return;
-    };
-    let at = |i: usize| {
-        raw.get(i * 8..i * 8 + 8)
-            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            .map(u64::from_ne_bytes)
-            .unwrap_or(0)
+/// The link statistics of an `RTM_NEWLINK` (its `IFLA_STATS64`, `struct rtnl_link_stats64` in
+/// native byte order), without driver counters; `None` when the message has none or it is
+/// shorter than the first 18 fields.
+pub(crate) fn link_stats(link: &crate::netlink::link::Link) -> Option<DeviceCounters> {
+    let raw = link.attribute(IFLA_STATS64)?;
+    let field = |i: usize| -> Option<u64> {
+        Some(u64::from_ne_bytes(
+            raw.get(i * 8..i * 8 + 8)?.try_into().ok()?,
+        ))
     };
     // struct rtnl_link_stats64: rx_packets, tx_packets, rx_bytes, tx_bytes, rx_errors,
-    // tx_errors, rx_dropped, tx_dropped, ...
-    c.rx_packets = at(0);
-    c.tx_packets = at(1);
-    c.rx_errors = at(4);
-    c.tx_errors = at(5);
-    c.rx_dropped = at(6);
-    c.tx_dropped = at(7);
+    // tx_errors, rx_dropped, tx_dropped, multicast, collisions, rx_length_errors, ...,
+    // tx_aborted_errors (16), tx_carrier_errors (17), ...
+    Some(DeviceCounters {
+        rx_packets: field(0)?,
+        tx_packets: field(1)?,
+        rx_bytes: field(2)?,
+        tx_bytes: field(3)?,
+        rx_errors: field(4)?,
+        tx_errors: field(5)?,
+        rx_dropped: field(6)?,
+        tx_dropped: field(7)?,
+        tx_carrier_errors: field(17)?,
+        driver: Vec::new(),
+    })
 }
 
 /// The driver's counters of device `name` in the calling thread's namespace (`ethtool -S`);
@@ -193,5 +211,43 @@ mod tests {
         let d = later.since(&c);
         assert_eq!(d.rx_packets, 5);
         assert_eq!(d.driver_counter("rx_queue_0_xdp_drops"), Some(5));
+    }
+
+    #[test]
+    fn link_stats_decode_rtnl_link_stats64() {
+        let mut raw = Vec::new();
+        for i in 0..24u64 {
+            raw.extend_from_slice(&(i + 100).to_ne_bytes());
+        }
+        let with =
+            |attributes: Vec<crate::netlink::attr::RawAttribute>| crate::netlink::link::Link {
+                index: 5,
+                name: "t0".into(),
+                kind: None,
+                mtu: 1500,
+                up: true,
+                flags: 0,
+                link_type: 1,
+                mac: None,
+                link: None,
+                link_netnsid: None,
+                master: None,
+                xdp_prog_id: None,
+                xdp_attach_mode: None,
+                attributes,
+            };
+        let stats = |value: Vec<u8>| {
+            with(vec![crate::netlink::attr::RawAttribute {
+                kind: IFLA_STATS64,
+                value,
+            }])
+        };
+        let s = link_stats(&stats(raw.clone())).unwrap();
+        assert_eq!((s.rx_packets, s.tx_packets), (100, 101));
+        assert_eq!((s.rx_bytes, s.tx_bytes), (102, 103));
+        assert_eq!((s.rx_dropped, s.tx_dropped), (106, 107));
+        assert_eq!(s.tx_carrier_errors, 117);
+        assert_eq!(link_stats(&stats(raw[..100].to_vec())), None);
+        assert_eq!(link_stats(&with(Vec::new())), None);
     }
 }

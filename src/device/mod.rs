@@ -39,6 +39,7 @@ use std::sync::Arc;
 
 mod counters;
 
+pub(crate) use counters::link_stats;
 pub use counters::DeviceCounters;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -186,8 +187,7 @@ impl Device {
     /// ```
     pub fn counters(&self) -> Result<DeviceCounters> {
         let link = self.link()?;
-        let mut c = DeviceCounters::default();
-        counters::link_stats(&link, &mut c);
+        let mut c = counters::link_stats(&link).unwrap_or_default();
         c.driver = self.enter(|| counters::driver_stats(&link.name))?;
         Ok(c)
     }

@@ -24,8 +24,8 @@ use neli::consts::rtnl::{Ifa, IfaF, RtAddrFamily, RtScope, Rtm};
 use neli::rtnl::{Ifaddrmsg, IfaddrmsgBuilder, Rtattr, RtattrBuilder};
 use neli::types::{Buffer, RtBuffer};
 
+use super::attr::RawAttribute;
 use super::attr::{self, NLA_TYPE_MASK};
-use super::link::RawAttribute;
 use super::{decode_body, encode_message, Netlink};
 use crate::error::{Error, ErrorKind, Result};
 

@@ -6,6 +6,26 @@
 
 use super::align4;
 
+/// One attribute lwtun keeps as it came from the kernel, because it does not decode it (fully)
+/// into a typed field: the type (flag bits masked off) and the value bytes. Links, addresses,
+/// routes and nexthops keep what they do not model in a list of these, so a dump loses nothing.
+///
+/// # Examples
+///
+/// ```
+/// use lwtun::netlink::attr::RawAttribute;
+///
+/// let mtu = RawAttribute { kind: 4, value: 1500u32.to_ne_bytes().to_vec() };
+/// assert_eq!(lwtun::netlink::attr::u32_of(&mtu.value), Some(1500));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RawAttribute {
+    /// The attribute type without flag bits, such as `IFLA_STATS64` (23) or `RTA_METRICS` (8).
+    pub kind: u16,
+    /// The value, without header or padding.
+    pub value: Vec<u8>,
+}
+
 /// `NLA_F_NESTED`: set on nest headers, as iproute2 does; readers mask it off.
 pub const NLA_F_NESTED: u16 = 1 << 15;
 /// The bits of `nla_type` that hold the type.

@@ -65,15 +65,7 @@ const IFLA_GRE_COLLECT_METADATA: u16 = 18;
 const IFLA_IPTUN_COLLECT_METADATA: u16 = 19;
 const IFINFOMSG_LEN: usize = 16;
 
-/// One attribute lwtun keeps as it came from the kernel, because it does not decode it (fully)
-/// into a typed field: the type (flag bits masked off) and the value bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RawAttribute {
-    /// The attribute type, such as `IFLA_STATS64` (23).
-    pub kind: u16,
-    /// The value, without header or padding.
-    pub value: Vec<u8>,
-}
+pub use super::attr::RawAttribute;
 
 /// How an XDP program is attached to a link, as the kernel reports it (`IFLA_XDP_ATTACHED`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -16,7 +16,8 @@ use std::fmt;
 use std::net::IpAddr;
 
 use super::attr;
-use super::route::{self, Encap, RawAttr};
+use super::attr::RawAttribute;
+use super::route::{self, Encap};
 use super::Netlink;
 use crate::error::{Error, ErrorKind, Result};
 
@@ -112,7 +113,7 @@ pub struct Nexthop {
     /// The encap every route over this nexthop gets (`NHA_ENCAP`, `NHA_ENCAP_TYPE`).
     pub encap: Option<Encap>,
     /// Attributes lwtun does not model, kept from dumps (not sent when installing).
-    pub extra: Vec<RawAttr>,
+    pub extra: Vec<RawAttribute>,
 }
 
 impl Nexthop {
@@ -310,9 +311,9 @@ impl Nexthop {
                     encap_type = Some(u16::from_ne_bytes([data[0], data[1]]))
                 }
                 NHA_ENCAP => encap_data = Some(data.to_vec()),
-                _ => nh.extra.push(RawAttr {
+                _ => nh.extra.push(RawAttribute {
                     kind,
-                    data: data.to_vec(),
+                    value: data.to_vec(),
                 }),
             }
         }

@@ -19,7 +19,7 @@ use neli::consts::rtnl::{RtAddrFamily, RtScope, RtTable, Rta, Rtm, RtmF, Rtn, Rt
 use neli::rtnl::{Rtattr, RtattrBuilder, Rtmsg, RtmsgBuilder};
 use neli::types::{Buffer, RtBuffer};
 
-use super::attr::{self, Nest};
+use super::attr::{self, Nest, RawAttribute};
 use super::{decode_body, Netlink};
 use crate::error::{Error, Result};
 
@@ -352,14 +352,12 @@ pub struct RouteMtu {
     pub locked: bool,
 }
 
-/// A route attribute lwtun does not model, kept as it came.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RawAttr {
-    /// The attribute type (`RTA_*`).
-    pub kind: u16,
-    /// Its payload.
-    pub data: Vec<u8>,
-}
+/// The old name of [`RawAttribute`], the one type for an attribute kept as it came.
+#[deprecated(
+    since = "0.2.0",
+    note = "use lwtun::netlink::attr::RawAttribute (field `data` is now `value`)"
+)]
+pub type RawAttr = RawAttribute;
 
 /// One route, as `RTM_NEWROUTE` carries it.
 ///
@@ -419,7 +417,7 @@ pub struct Route {
     /// route over a nexthop, the device and gateway the kernel copies from the nexthop into
     /// the dump (`RTA_OIF`, `RTA_GATEWAY`) are kept here, not in [`Route::oif`] and
     /// [`Route::gateway`]: a delete naming them would not match the route.
-    pub extra: Vec<RawAttr>,
+    pub extra: Vec<RawAttribute>,
 }
 
 impl Route {
@@ -824,9 +822,9 @@ impl Route {
                 }
                 libc::RTA_PRIORITY => route.metric = attr::u32_of(data),
                 RTA_NH_ID => route.nhid = attr::u32_of(data),
-                libc::RTA_OIF | libc::RTA_GATEWAY => oif_gw.push(RawAttr {
+                libc::RTA_OIF | libc::RTA_GATEWAY => oif_gw.push(RawAttribute {
                     kind,
-                    data: data.to_vec(),
+                    value: data.to_vec(),
                 }),
                 libc::RTA_PREFSRC => route.prefsrc = ip_of(data, v4),
                 RTA_ENCAP_TYPE if data.len() == 2 => {
@@ -843,14 +841,14 @@ impl Route {
                                 .is_some_and(|mask| mask & (1 << RTAX_MTU) != 0),
                         });
                     // Other metrics (advmss, window, ...) stay as they came.
-                    route.extra.push(RawAttr {
+                    route.extra.push(RawAttribute {
                         kind,
-                        data: data.to_vec(),
+                        value: data.to_vec(),
                     })
                 }
-                _ => route.extra.push(RawAttr {
+                _ => route.extra.push(RawAttribute {
                     kind,
-                    data: data.to_vec(),
+                    value: data.to_vec(),
                 }),
             }
         }
@@ -868,8 +866,8 @@ impl Route {
             route.encap = encap;
             for a in oif_gw {
                 match a.kind {
-                    libc::RTA_OIF => route.oif = attr::u32_of(&a.data),
-                    _ => route.gateway = ip_of(&a.data, v4),
+                    libc::RTA_OIF => route.oif = attr::u32_of(&a.value),
+                    _ => route.gateway = ip_of(&a.value, v4),
                 }
             }
         }

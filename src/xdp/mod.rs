@@ -60,7 +60,9 @@ pub use attach::{AttachVia, XdpAttachment, XdpMode, XdpOptions, XdpQuery};
 pub use devmap::{DevMap, DevMapKind, EgressPort};
 pub use echo::IcmpEcho;
 pub use pass::XdpPass;
-pub use program::{LiveFrames, TestRunOutput, XdpProgram};
+#[allow(deprecated)]
+pub use program::TestRunOutput;
+pub use program::{LiveFrames, TestRun, XdpProgram};
 pub use redirect::{MacAddr, RedirectRule, XdpRedirect};
 pub use router::{FibStats, XdpRouter, ROUTE_CACHE_MAX_AGE_LIMIT};
 pub use stats::{Counter, Rate, Stage, StatsMap, XdpRates, XdpStats};

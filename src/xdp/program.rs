@@ -21,7 +21,7 @@ use crate::error::{Error, ErrorKind, Result};
 ///
 /// let pass = XdpPass::load()?;
 /// let out = pass.program().test_run(&[0u8; 64])?;
-/// assert_eq!(out.action, XdpAction::Pass);
+/// assert_eq!(out.verdict, XdpAction::Pass);
 /// # Ok::<(), lwtun::Error>(())
 /// ```
 #[derive(Clone, Debug)]
@@ -33,14 +33,18 @@ pub struct XdpProgram {
 
 /// What [`XdpProgram::test_run`] returned.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TestRunOutput {
+pub struct TestRun {
     /// The program's verdict.
-    pub action: XdpAction,
+    pub verdict: XdpAction,
     /// The frame as the program left it.
-    pub data: Vec<u8>,
+    pub packet: Vec<u8>,
     /// Average time of one run, as the kernel measured it.
     pub duration: Duration,
 }
+
+/// The old name of [`TestRun`] (fields `action` and `data` are now `verdict` and `packet`).
+#[deprecated(since = "0.2.0", note = "use lwtun::xdp::TestRun")]
+pub type TestRunOutput = TestRun;
 
 /// Settings of a live-frames run ([`XdpProgram::run_live`]).
 ///
@@ -91,7 +95,7 @@ impl XdpProgram {
     ///
     /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for a frame shorter than 14 bytes (the kernel refuses it),
     /// [`ErrorKind::Permission`](crate::ErrorKind::Permission) without CAP_BPF.
-    pub fn test_run(&self, frame: &[u8]) -> Result<TestRunOutput> {
+    pub fn test_run(&self, frame: &[u8]) -> Result<TestRun> {
         self.test_run_repeat(frame, 1, None)
     }
 
@@ -107,7 +111,7 @@ impl XdpProgram {
         frame: &[u8],
         repeat: u32,
         ingress: Option<&crate::device::Device>,
-    ) -> Result<TestRunOutput> {
+    ) -> Result<TestRun> {
         match ingress {
             Some(d) => d.enter(|| self.test_run_here(frame, repeat, Some(d.index()))),
             None => self.test_run_here(frame, repeat, None),
@@ -119,7 +123,7 @@ impl XdpProgram {
         frame: &[u8],
         repeat: u32,
         ingress_ifindex: Option<u32>,
-    ) -> Result<TestRunOutput> {
+    ) -> Result<TestRun> {
         let op = "run XDP program (BPF_PROG_TEST_RUN)";
         crate::program::check_frame(op, frame)?;
         if ingress_ifindex.is_some() {
@@ -141,9 +145,9 @@ impl XdpProgram {
             },
         )
         .map_err(|errno| errno_error(op, errno).with_object(self.name.clone()))?;
-        Ok(TestRunOutput {
-            action: XdpAction::from_code(run.retval),
-            data: run.data,
+        Ok(TestRun {
+            verdict: XdpAction::from_code(run.retval),
+            packet: run.data,
             duration: run.duration,
         })
     }

@@ -34,14 +34,9 @@ pub enum Stage {
     Egress,
 }
 
-/// Packets and bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counter {
-    /// Packets counted.
-    pub packets: u64,
-    /// Bytes counted (frame length as the program saw it).
-    pub bytes: u64,
-}
+/// Packets and bytes: the one counter type of every family (bytes here are the frame length
+/// as the XDP program saw it).
+pub use crate::program::Counter;
 
 /// Counters per XDP action, summed over all CPUs, at one moment.
 ///

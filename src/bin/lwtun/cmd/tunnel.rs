@@ -1,6 +1,5 @@
 //! `lwtun tunnel`: load, show and unload a pinned tunnel data plane.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
@@ -85,38 +84,7 @@ pub(crate) fn peers_map_id(tunnel: &impl Tables) -> Result<u32> {
 
 /// The ids of the maps program `id` uses.
 pub(crate) fn program_map_ids(id: u32) -> Result<Vec<u32>> {
-    let op = "read program info";
-    // SAFETY: plain syscall wrapper; a negative result is -errno.
-    let fd = unsafe { libbpf_sys::bpf_prog_get_fd_by_id(id) };
-    if fd < 0 {
-        return Err(Error::io(op, std::io::Error::from_raw_os_error(-fd))
-            .with_object(format!("program {id}")));
-    }
-    // SAFETY: fd is a new descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let info_of = |info: &mut libbpf_sys::bpf_prog_info| {
-        let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
-        // SAFETY: info is a valid bpf_prog_info of `len` bytes; its map_ids pointer, when set,
-        // points at nr_map_ids u32s.
-        let rc = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), info, &mut len) };
-        if rc != 0 {
-            Err(Error::io(op, std::io::Error::from_raw_os_error(-rc)))
-        } else {
-            Ok(())
-        }
-    };
-    let mut info = libbpf_sys::bpf_prog_info::default();
-    info_of(&mut info)?;
-    let n = info.nr_map_ids;
-    let mut ids = vec![0u32; n as usize];
-    let mut info = libbpf_sys::bpf_prog_info {
-        nr_map_ids: n,
-        map_ids: ids.as_mut_ptr() as u64,
-        ..Default::default()
-    };
-    info_of(&mut info)?;
-    ids.truncate(info.nr_map_ids.min(n) as usize);
-    Ok(ids)
+    Ok(lwtun::program::program_info_by_id(id)?.map_ids)
 }
 
 /// The LWT routes in this namespace whose programs use the tunnel's peer table.
