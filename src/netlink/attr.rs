@@ -65,7 +65,63 @@ pub fn u32_of(v: &[u8]) -> Option<u32> {
     Some(u32::from_ne_bytes(v.try_into().ok()?))
 }
 
-/// Writes attributes into a byte buffer, with nests.
+/// Appends one attribute (`u16 len, u16 type, value`, padded to 4 bytes) to `out`: the one
+/// attribute writer of lwtun's netlink layer ([`Nest`] and the route and nexthop encoders
+/// write through it).
+///
+/// # Examples
+///
+/// ```
+/// use lwtun::netlink::attr::{iter, put};
+///
+/// let mut out = Vec::new();
+/// put(&mut out, 4, &1500u32.to_ne_bytes());
+/// put(&mut out, 3, b"ab\0");
+/// assert_eq!(out.len(), 16);
+/// assert_eq!(iter(&out).nth(1), Some((3, &b"ab\0"[..])));
+/// ```
+pub fn put(out: &mut Vec<u8>, ty: u16, value: &[u8]) {
+    out.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
+    out.extend_from_slice(&ty.to_ne_bytes());
+    out.extend_from_slice(value);
+    out.extend_from_slice(&[0; 3][..align4(value.len()) - value.len()]);
+}
+
+/// Appends a NUL-terminated string attribute to `out` (no copy of the string is made).
+pub fn put_str(out: &mut Vec<u8>, ty: u16, s: &str) {
+    let len = s.len() + 1;
+    out.extend_from_slice(&((4 + len) as u16).to_ne_bytes());
+    out.extend_from_slice(&ty.to_ne_bytes());
+    out.extend_from_slice(s.as_bytes());
+    out.push(0);
+    out.extend_from_slice(&[0; 3][..align4(len) - len]);
+}
+
+/// Appends an IPv4 (4 bytes) or IPv6 (16 bytes) address attribute to `out`.
+pub fn put_ip(out: &mut Vec<u8>, ty: u16, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(a) => put(out, ty, &a.octets()),
+        std::net::IpAddr::V6(a) => put(out, ty, &a.octets()),
+    }
+}
+
+/// Opens a nest of type `ty` (with `NLA_F_NESTED`) at the end of `out`; [`end`] writes its
+/// length once its attributes are written.
+pub fn begin(out: &mut Vec<u8>, ty: u16) -> usize {
+    let at = out.len();
+    out.extend_from_slice(&0u16.to_ne_bytes());
+    out.extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
+    at
+}
+
+/// Closes the nest [`begin`] opened at `at`.
+pub fn end(out: &mut [u8], at: usize) {
+    let len = (out.len() - at) as u16;
+    out[at..at + 2].copy_from_slice(&len.to_ne_bytes());
+}
+
+/// Writes attributes into a byte buffer of its own, with nests (through [`put`], [`begin`] and
+/// [`end`]).
 ///
 /// # Examples
 ///
@@ -93,11 +149,7 @@ impl Nest {
 
     /// Adds one attribute with `value`, padded to 4 bytes.
     pub fn put(&mut self, ty: u16, value: &[u8]) -> &mut Self {
-        let len = 4 + value.len();
-        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(value);
-        self.buf.resize(align4(self.buf.len()), 0);
+        put(&mut self.buf, ty, value);
         self
     }
 
@@ -118,25 +170,18 @@ impl Nest {
 
     /// Adds a NUL-terminated string.
     pub fn str(&mut self, ty: u16, s: &str) -> &mut Self {
-        let mut v = Vec::with_capacity(s.len() + 1);
-        v.extend_from_slice(s.as_bytes());
-        v.push(0);
-        self.put(ty, &v)
+        put_str(&mut self.buf, ty, s);
+        self
     }
 
     /// Opens a nest of type `ty` (with `NLA_F_NESTED`); close it with [`Nest::end`].
     pub fn begin(&mut self, ty: u16) -> usize {
-        let at = self.buf.len();
-        self.buf.extend_from_slice(&0u16.to_ne_bytes());
-        self.buf
-            .extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
-        at
+        begin(&mut self.buf, ty)
     }
 
     /// Closes the nest opened at `at`, writing its length.
     pub fn end(&mut self, at: usize) {
-        let len = (self.buf.len() - at) as u16;
-        self.buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
+        end(&mut self.buf, at)
     }
 
     /// The bytes written so far.

@@ -247,18 +247,18 @@ impl Nexthop {
         // nh_family, nh_scope, nh_protocol, resvd, nh_flags
         out.extend_from_slice(&[family, 0, protocol, 0, 0, 0, 0, 0]);
         if self.id != 0 {
-            route::put_attr(out, NHA_ID, &self.id.to_ne_bytes());
+            attr::put(out, NHA_ID, &self.id.to_ne_bytes());
         }
         if new {
             if let Some(gw) = self.gateway {
-                route::put_ip(out, NHA_GATEWAY, gw);
+                attr::put_ip(out, NHA_GATEWAY, gw);
             }
             if let Some(encap) = &self.encap {
                 let kind = route::write_encap(out, NHA_ENCAP, encap);
-                route::put_attr(out, NHA_ENCAP_TYPE, &kind.to_ne_bytes());
+                attr::put(out, NHA_ENCAP_TYPE, &kind.to_ne_bytes());
             }
             if let Some(oif) = self.oif {
-                route::put_attr(out, NHA_OIF, &oif.to_ne_bytes());
+                attr::put(out, NHA_OIF, &oif.to_ne_bytes());
             }
         }
         let len = (out.len() - start) as u32;
