@@ -7,6 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 cargo fmt --all -- --check
+# imports only run down the crate's layers, and no program family imports another
+./scripts/layers.py
 cargo clippy --all-targets -- -D warnings
 # the fleet agent is a workspace member of its own (the commands above cover the root package)
 cargo clippy -p lwtun-agent --all-targets -- -D warnings

@@ -223,6 +223,7 @@ fn addr_key(addr: IpAddr) -> lwtun_ip_addr {
 /// variant with a bounded one.
 fn decap_object() -> &'static [u8] {
     crate::family::bpf_loop_variant(
+        crate::probe::Feature::BpfLoop.present(),
         crate::skel::tc_decap::OBJECT,
         crate::skel::tc_decap_compat::OBJECT,
     )

@@ -223,9 +223,7 @@ pub mod xdp;
 /// Rust side of `bpf/lwtun.h`; their `OBJECT` constants the compiled objects. Generated code,
 /// public for lwtun's own tests and benches: hidden from the docs, not part of the stable API.
 #[doc(hidden)]
-pub mod skel {
-    include!(concat!(env!("OUT_DIR"), "/skeletons.rs"));
-}
+pub mod skel;
 
 pub use error::{Error, ErrorKind, Result};
 

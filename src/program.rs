@@ -687,20 +687,6 @@ impl Verdict {
     }
 }
 
-/// Pins a program, map or link fd at `path` (`BPF_OBJ_PIN`); InvalidInput for a path with a
-/// NUL byte.
-pub(crate) fn obj_pin(fd: BorrowedFd<'_>, path: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // SAFETY: a valid fd and a NUL-terminated path that outlives the call.
-    let rc = unsafe { libbpf_sys::bpf_obj_pin(fd.as_raw_fd(), c.as_ptr()) };
-    if rc < 0 {
-        return Err(std::io::Error::from_raw_os_error(-rc));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -619,7 +619,7 @@ impl TcAttachment {
                 Ok(())
             }
             (State::Tcx { link }, Some(path)) => {
-                crate::program::obj_pin(link.as_fd(), path)
+                crate::family::pins::obj_pin(link.as_fd(), path)
                     .map_err(|e| Error::io(op, e).with_object(path.display().to_string()))?;
                 self.state = State::Detached;
                 Ok(())

@@ -289,6 +289,7 @@ impl TunnelBuilder {
             .name("lwt_encap")
             .map_err(|e| Error::bpf(op, e))?
             .open_memory(crate::family::bpf_loop_variant(
+                crate::probe::Feature::BpfLoop.present(),
                 crate::skel::lwt_encap::OBJECT,
                 crate::skel::lwt_encap_compat::OBJECT,
             ))

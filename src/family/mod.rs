@@ -35,9 +35,14 @@ pub enum MissPolicy {
 }
 
 /// The object to load for a family that ships a bounded-loop variant of itself: `main` where
-/// the kernel has `bpf_loop` (5.17), `without_loop` before ([`crate::probe::bpf_loop`]).
-pub(crate) fn bpf_loop_variant(main: &'static [u8], without_loop: &'static [u8]) -> &'static [u8] {
-    if crate::probe::Feature::BpfLoop.present() {
+/// the kernel has `bpf_loop` (5.17; the family asks `probe::Feature::BpfLoop`, which sits above
+/// the kit), `without_loop` before.
+pub(crate) fn bpf_loop_variant(
+    has_bpf_loop: bool,
+    main: &'static [u8],
+    without_loop: &'static [u8],
+) -> &'static [u8] {
+    if has_bpf_loop {
         main
     } else {
         without_loop

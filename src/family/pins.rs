@@ -440,8 +440,7 @@ impl PinFolder {
         );
         let path = self.folder.join(name);
         let _ = std::fs::remove_file(&path);
-        crate::program::obj_pin(fd, &path)
-            .map_err(|e| Error::io(op, e).with_object(path.display().to_string()))?;
+        obj_pin(fd, &path).map_err(|e| Error::io(op, e).with_object(path.display().to_string()))?;
         if !self.programs_pinned.contains(&name) {
             self.programs_pinned.push(name);
         }
@@ -521,4 +520,19 @@ impl Drop for PinFolder {
             let _ = std::fs::remove_dir(&self.folder);
         }
     }
+}
+/// Pins a program, map or link fd at `path` (`BPF_OBJ_PIN`); InvalidInput for a path with a
+/// NUL byte.
+pub(crate) fn obj_pin(fd: BorrowedFd<'_>, path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: a valid fd and a NUL-terminated path that outlives the call.
+    let rc = unsafe {
+        libbpf_rs::libbpf_sys::bpf_obj_pin(std::os::fd::AsRawFd::as_raw_fd(&fd), c.as_ptr())
+    };
+    if rc < 0 {
+        return Err(std::io::Error::from_raw_os_error(-rc));
+    }
+    Ok(())
 }

@@ -434,7 +434,7 @@ impl XdpAttachment {
                 "netlink attachments have no link to pin; use XdpAttachment::persist",
             ));
         };
-        crate::program::obj_pin(fd.as_fd(), path)
+        crate::family::pins::obj_pin(fd.as_fd(), path)
             .map_err(|e| Error::io(op, e).with_object(path.display().to_string()))?;
         // The pin holds the link now; closing our fd leaves it attached.
         self.handle = Handle::Released;
