@@ -562,6 +562,15 @@ fn program_info_names_the_tables_a_program_reads() {
         );
     }
     assert!(info.map_ids.len() <= tables.len(), "{:?}", info.map_ids);
+    assert!(
+        t.peers().serves(&info),
+        "the xmit program reads the tunnel's peers"
+    );
+    let other = tunnel_with(false, Encap::Ipip);
+    assert!(
+        !other.peers().serves(&info),
+        "another tunnel's tables are not this program's"
+    );
     let gone = program_info_by_id(u32::MAX).unwrap_err();
     assert_eq!(gone.kind(), lwtun::ErrorKind::NotFound, "{gone}");
 }

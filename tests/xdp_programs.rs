@@ -470,6 +470,30 @@ fn too_short_frames_are_refused_before_the_kernel() {
     assert_eq!(err.kind(), lwtun::ErrorKind::InvalidInput);
 }
 
+/// A reader that did not load the program (the `lwtun xdp stats` command) finds its counters
+/// by program id, and tells lwtun's XDP programs from others by them.
+#[test]
+fn counters_found_by_program_id() {
+    require!();
+    let pass = XdpPass::load().unwrap();
+    let frame = [0u8; 64];
+    for _ in 0..3 {
+        pass.program().test_run(&frame).unwrap();
+    }
+    let found = lwtun::xdp::StatsMap::of_program(pass.program().id())
+        .unwrap()
+        .expect("an lwtun XDP program has an xdp_stats map");
+    let seen = found.snapshot(Stage::Ingress).unwrap();
+    let own = pass.stats().snapshot(Stage::Ingress).unwrap();
+    assert_eq!(seen.total(), own.total());
+    assert_eq!(seen.get(XdpAction::Pass).packets, 3);
+    let counter = lwtun::program::LwtCounter::load().unwrap();
+    let not_xdp = counter.program(lwtun::program::Hook::Xmit).id();
+    assert!(lwtun::xdp::StatsMap::of_program(not_xdp).unwrap().is_none());
+    let gone = lwtun::xdp::StatsMap::of_program(u32::MAX).unwrap_err();
+    assert_eq!(gone.kind(), lwtun::ErrorKind::NotFound);
+}
+
 // ---- redirect and devmaps -------------------------------------------------------------------
 
 #[test]

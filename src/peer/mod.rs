@@ -407,6 +407,28 @@ impl PeerTable {
         self.capacity
     }
 
+    /// Whether a loaded program reads these tables (its maps include the IPv4 or the IPv6
+    /// trie): how a reader that did not load the tunnel tells its programs, on routes or
+    /// interfaces, from other programs.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use lwtun::program::program_info_by_id;
+    /// use lwtun::tunnel::PinnedTunnel;
+    ///
+    /// let tunnel = PinnedTunnel::open("/sys/fs/bpf/lwtun")?;
+    /// let program = program_info_by_id(42)?;
+    /// println!("program 42 is this tunnel's: {}", tunnel.peers().serves(&program));
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    pub fn serves(&self, program: &crate::program::ProgramInfo) -> bool {
+        [&self.v4, &self.v6]
+            .iter()
+            .filter_map(|m| m.info().ok())
+            .any(|info| program.map_ids.contains(&info.info.id))
+    }
+
     /// Peers in both tables.
     pub fn len(&self) -> usize {
         self.peers.len()

@@ -62,7 +62,7 @@ impl IcmpEcho {
         Ok(IcmpEcho {
             program: obj.program("xdp_echo")?,
             addrs,
-            stats: StatsMap::new(obj.map("xdp_stats")?)?,
+            stats: StatsMap::new(obj.map(super::stats::STATS_MAP)?)?,
             receivers: Receivers::default(),
         })
     }

@@ -48,7 +48,7 @@ impl XdpPass {
             drop: obj.program("xdp_drop")?,
             tx: obj.program("xdp_tx")?,
             nop: obj.program("xdp_nop")?,
-            stats: StatsMap::new(obj.map("xdp_stats")?)?,
+            stats: StatsMap::new(obj.map(super::stats::STATS_MAP)?)?,
         })
     }
 

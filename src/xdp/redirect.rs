@@ -92,7 +92,7 @@ impl XdpRedirect {
             ports: DevMap::from_handle(obj.map("ports")?)?,
             rules,
             rule_gen,
-            stats: StatsMap::new(obj.map("xdp_stats")?)?,
+            stats: StatsMap::new(obj.map(super::stats::STATS_MAP)?)?,
             receivers: Receivers::default(),
         };
         fwd.invalidate_cache("load XDP redirect")?; // generation 0 -> 1: the cache is on

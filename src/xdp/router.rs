@@ -154,7 +154,7 @@ impl XdpRouter {
             fib_flags,
             cache_cfg,
             cache_cfg_lock: std::sync::Mutex::new(()),
-            stats: StatsMap::new(obj.map("xdp_stats")?)?,
+            stats: StatsMap::new(obj.map(super::stats::STATS_MAP)?)?,
             receivers: Receivers::default(),
             netns: std::sync::Mutex::new(None),
         })

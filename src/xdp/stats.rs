@@ -21,6 +21,9 @@ use crate::abi::{self, Pod};
 use crate::error::{Error, ErrorKind, Result};
 use crate::skel::xdp_pass::types::lwtun_xdp_stats;
 
+/// The name of every XDP family's counter map.
+pub(crate) const STATS_MAP: &str = "xdp_stats";
+
 // SAFETY: `struct lwtun_xdp_stats` is five pairs of u64 (80 bytes, asserted in lwtun.h).
 unsafe impl Pod for lwtun_xdp_stats {}
 
@@ -176,6 +179,37 @@ impl StatsMap {
     /// ```
     pub fn from_handle(map: MapHandle) -> Result<Self> {
         Self::new(map)
+    }
+
+    /// The `xdp_stats` map of the loaded program `id` (an XDP program found on an interface, of
+    /// any process): `None` when the program has none, that is, when it is not one of lwtun's
+    /// XDP families.
+    ///
+    /// # Errors
+    ///
+    /// NotFound when no program has that id; as [`StatsMap::from_handle`] for a map of that
+    /// name with another layout.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use lwtun::xdp::{Stage, StatsMap};
+    ///
+    /// if let Some(stats) = StatsMap::of_program(42)? {
+    ///     println!("{} frames", stats.snapshot(Stage::Ingress)?.total().packets);
+    /// }
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    pub fn of_program(id: u32) -> Result<Option<Self>> {
+        for map_id in crate::program::program_info_by_id(id)?.map_ids {
+            let Ok(map) = MapHandle::from_map_id(map_id) else {
+                continue; // freed since the program info was read
+            };
+            if map.name() == STATS_MAP {
+                return Self::from_handle(map).map(Some);
+            }
+        }
+        Ok(None)
     }
 
     pub(crate) fn new(map: MapHandle) -> Result<Self> {

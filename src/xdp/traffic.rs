@@ -56,7 +56,7 @@ impl TrafficGen {
         Ok(TrafficGen {
             program: obj.program("xdp_gen")?,
             template,
-            stats: StatsMap::new(obj.map("xdp_stats")?)?,
+            stats: StatsMap::new(obj.map(super::stats::STATS_MAP)?)?,
         })
     }
 

@@ -1,6 +1,5 @@
 //! `lwtun leftovers`: what lwtun processes left behind, and its removal.
 
-use libbpf_rs::MapCore;
 use lwtun::route::{lwt_routes, RTPROT_LWTUN};
 use lwtun::tc::TcDirection;
 use lwtun::xdp::{XdpAttachment, XdpMode};
@@ -8,7 +7,7 @@ use lwtun::Result;
 use serde::Serialize;
 
 use crate::cmd::route::print_routes;
-use crate::cmd::tunnel::{program_map_ids, route_view};
+use crate::cmd::tunnel::route_view;
 use crate::view::RouteView;
 use crate::Ctx;
 
@@ -55,10 +54,7 @@ pub(crate) struct NexthopView {
 
 /// Whether program `id` is one of lwtun's XDP family programs (it uses an `xdp_stats` map).
 pub(crate) fn is_lwtun_xdp(id: u32) -> bool {
-    program_map_ids(id).is_ok_and(|maps| {
-        maps.iter()
-            .any(|m| libbpf_rs::MapHandle::from_map_id(*m).is_ok_and(|h| h.name() == "xdp_stats"))
-    })
+    matches!(lwtun::xdp::StatsMap::of_program(id), Ok(Some(_)))
 }
 
 pub(crate) fn leftovers(ctx: &Ctx, remove: bool) -> Result<()> {

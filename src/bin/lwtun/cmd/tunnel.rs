@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use clap::Subcommand;
 use lwtun::netlink::route::Route;
 use lwtun::netlink::Netlink;
-use lwtun::peer::MissPolicy;
+use lwtun::peer::{MissPolicy, PeerTable};
+use lwtun::program::program_info_by_id;
 use lwtun::route::lwt_routes;
 use lwtun::tunnel::{PinnedTunnel, Tunnel, DEFAULT_CAPACITY};
 use lwtun::{Error, ErrorKind, Result};
@@ -71,30 +72,14 @@ pub(crate) fn open_pinned(pin: &Path, direct: bool) -> Result<Tunnel> {
         .load()
 }
 
-/// The id of a pinned tunnel's IPv4 peer trie: a route belongs to the tunnel when its program
-/// uses that map.
-pub(crate) fn peers_map_id(tunnel: &impl Tables) -> Result<u32> {
-    tunnel
-        .map_ids()
-        .into_iter()
-        .find(|(n, _)| n == "peers_v4")
-        .map(|(_, id)| id)
-        .ok_or_else(|| Error::not_found("read tunnel maps", "map peers_v4"))
-}
-
-/// The ids of the maps program `id` uses.
-pub(crate) fn program_map_ids(id: u32) -> Result<Vec<u32>> {
-    Ok(lwtun::program::program_info_by_id(id)?.map_ids)
-}
-
 /// The LWT routes in this namespace whose programs use the tunnel's peer table.
-pub(crate) fn tunnel_routes(nl: &mut Netlink, peers_id: u32) -> Result<Vec<Route>> {
+pub(crate) fn tunnel_routes(nl: &mut Netlink, peers: &PeerTable) -> Result<Vec<Route>> {
     let mut out = Vec::new();
     for r in lwt_routes(nl)? {
         let ours = RouteView::new(&r, None).hooks.iter().any(|h| {
             h.program_id
-                .and_then(|id| program_map_ids(id).ok())
-                .is_some_and(|maps| maps.contains(&peers_id))
+                .and_then(|id| program_info_by_id(id).ok())
+                .is_some_and(|program| peers.serves(&program))
         });
         if ours {
             out.push(r);
@@ -169,7 +154,7 @@ impl Tables for PinnedTunnel {
 pub(crate) fn tunnel_show(ctx: &Ctx, tunnel: &impl Tables, pin: &Path) -> Result<()> {
     let peers = tunnel.peers();
     let mut nl = ctx.netlink()?;
-    let routes = tunnel_routes(&mut nl, peers_map_id(tunnel)?)?;
+    let routes = tunnel_routes(&mut nl, tunnel.peers())?;
     let routes: Vec<RouteView> = routes.iter().map(|r| route_view(&mut nl, r)).collect();
     let mut program_ids: Vec<u32> = routes
         .iter()
@@ -280,7 +265,7 @@ pub(crate) fn tunnel(ctx: &Ctx, command: TunnelCommand) -> Result<()> {
         TunnelCommand::Unload { pin } => {
             let tunnel = open_pinned(&pin, false)?;
             let mut nl = ctx.netlink()?;
-            let routes = tunnel_routes(&mut nl, peers_map_id(&tunnel)?)?;
+            let routes = tunnel_routes(&mut nl, tunnel.peers())?;
             for r in &routes {
                 nl.delete_route(r)
                     .map_err(|e| e.with_object(r.dst.to_string()))?;

@@ -4,12 +4,10 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use clap::{Subcommand, ValueEnum};
-use libbpf_rs::MapCore;
 use lwtun::xdp::{Stage, StatsMap, XdpAction, XdpAttachment, XdpMode, XdpOptions, XdpPass};
 use lwtun::{Error, ErrorKind, Result};
 use serde::Serialize;
 
-use crate::cmd::tunnel::program_map_ids;
 use crate::view::table;
 use crate::Ctx;
 
@@ -88,13 +86,8 @@ pub(crate) fn xdp_stats_map(device: &lwtun::device::Device) -> Result<(u32, Stat
     let id = XdpAttachment::query(device)?
         .program(XdpMode::Auto)
         .ok_or_else(|| Error::not_found(op, format!("an XDP program on {}", device.name())))?;
-    for map_id in program_map_ids(id)? {
-        let Ok(map) = libbpf_rs::MapHandle::from_map_id(map_id) else {
-            continue;
-        };
-        if map.name() == "xdp_stats" {
-            return Ok((id, StatsMap::from_handle(map)?));
-        }
+    if let Some(stats) = StatsMap::of_program(id)? {
+        return Ok((id, stats));
     }
     Err(Error::other(
         ErrorKind::NotFound,
