@@ -320,7 +320,6 @@ impl TunnelBuilder {
                 ));
             }
             capacity = trie_capacity(m.max_entries());
-            crate::peer::check_config_size(&pin.adopted_map("config", op)?)?;
         }
         for mut map in open.maps_mut() {
             let Some(name) = map.name().to_str().map(str::to_string) else {

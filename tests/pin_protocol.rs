@@ -1,7 +1,8 @@
 //! The pin protocol (`lwtun::pins`), the same for every pinned family: load with a folder →
 //! every state map and program pinned → a second owner refused, in this process and in another,
 //! naming the owner → kept pins adopted by a fresh process (the same maps, its own programs)
-//! → a failed load leaves the folder as it was → the last owner drops and leaves nothing.
+//! → a failed load (another program's map, another lwtun version's layout) leaves the folder as
+//! it was → the last owner drops and leaves nothing.
 
 mod common;
 
@@ -265,6 +266,40 @@ fn follows_the_pin_protocol(test: &str, layout: &'static PinLayout, needs: Optio
             entries(folder),
             after_child,
             "{family}: a refused load touched nothing"
+        );
+
+        // Another lwtun version's layout (the last state map with the same name but other
+        // key and value sizes) is refused by the kit's ABI check, and nothing is touched.
+        let e = {
+            let name = *layout.maps().last().unwrap();
+            let path = folder.join(name);
+            std::fs::rename(&path, folder.join("stray")).unwrap();
+            let out = Command::new("bpftool")
+                .args(["map", "create"])
+                .arg(&path)
+                .args([
+                    "type", "hash", "key", "3", "value", "5", "entries", "1", "name",
+                ])
+                .arg(name)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{family}: {out:?}");
+            let e = load(family, folder)
+                .err()
+                .expect("another version's layout refused");
+            std::fs::remove_file(&path).unwrap();
+            std::fs::rename(folder.join("stray"), &path).unwrap();
+            e
+        };
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{family}: {e}");
+        let message = e.to_string();
+        for part in ["3-byte keys and 5-byte values", "another lwtun version"] {
+            assert!(message.contains(part), "{family}: {message}");
+        }
+        assert_eq!(
+            entries(folder),
+            after_child,
+            "{family}: a refused adoption touched nothing"
         );
 
         // The last owner adopts and drops without keeping: nothing is left, not the folder.

@@ -381,7 +381,9 @@ impl PinFolder {
             .map_err(|e| Error::bpf(op, e).with_object(path.display().to_string()))
     }
 
-    /// Step 5: makes the state maps of `open` reuse the pinned ones, when adopting.
+    /// Step 5: makes the state maps of `open` reuse the pinned ones, when adopting; the ABI
+    /// check of every family: each pinned map must have the type, key size and value size the
+    /// object declares (another lwtun version's layout is refused, not misread).
     pub(crate) fn reuse_maps(&self, open: &mut OpenObject) -> Result<()> {
         if !self.adopted {
             return Ok(());
@@ -392,6 +394,29 @@ impl PinFolder {
                 continue;
             }
             let path = self.folder.join(&name);
+            let op = format!("adopt pinned {} map", self.layout.family);
+            let pinned = libbpf_rs::MapHandle::from_pinned_path(&path)
+                .map_err(|e| Error::bpf(op.clone(), e).with_object(path.display().to_string()))?;
+            let found = (pinned.map_type(), pinned.key_size(), pinned.value_size());
+            let ours = (map.map_type(), map.key_size(), map.value_size());
+            if found != ours {
+                return Err(Error::invalid_input(
+                    op,
+                    format!(
+                        "{} is a {:?} map of {}-byte keys and {}-byte values; this lwtun's {name} \
+                         is a {:?} map of {}-byte keys and {}-byte values: the folder was pinned \
+                         by another lwtun version; unload it with that version or remove the \
+                         folder",
+                        path.display(),
+                        found.0,
+                        found.1,
+                        found.2,
+                        ours.0,
+                        ours.1,
+                        ours.2
+                    ),
+                ));
+            }
             map.reuse_pinned_map(&path).map_err(|e| {
                 Error::bpf(format!("adopt pinned {} map", self.layout.family), e)
                     .with_object(path.display().to_string())
