@@ -79,6 +79,7 @@ const EVENTS: usize = 12;
 
 /// Packets (and their outer bytes, Ethernet header included) per decap verdict, summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DecapCounters {
     /// IP-in-IP (protocol 4 or 41) decapsulated.
     pub ipip: Counter,

@@ -315,6 +315,7 @@ fn stats_of_link(link: &Link) -> Result<DeviceCounters> {
 
 /// A rule's counters, summed over CPUs, with its target device's.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct RuleStats {
     /// Packets redirected (`bpf_redirect` accepted them; what became of them afterwards shows
     /// in [`RuleStats::device`]).
@@ -334,6 +335,7 @@ pub struct RuleStats {
 
 /// Packets no rule redirected, summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct RedirectEvents {
     /// No rule matched, and the miss policy passed them to the route's own device.
     pub missed_passed: Counter,
@@ -347,6 +349,7 @@ pub use crate::program::Verdict;
 
 /// The result of [`LwtRedirect::test_run`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TestRun {
     /// What the program returned.
     pub verdict: Verdict,

@@ -488,6 +488,7 @@ pub enum Support {
 /// }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Features {
     /// [`lwt_routes`].
     pub lwt_routes: Support,

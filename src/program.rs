@@ -98,6 +98,7 @@ pub fn id_of_route_name(name: &str) -> Option<u32> {
 ///
 /// Kernel: Linux 4.13+ (`BPF_OBJ_GET_INFO_BY_FD`).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ProgramInfo {
     /// Program id, unique while the program is loaded.
     pub id: u32,

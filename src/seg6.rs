@@ -242,6 +242,7 @@ pub struct Seg6Rule {
 
 /// The counter slots of a function (`events` in the object).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Seg6Event {
     /// The function was applied (tagged, cross-connected, decapsulated).
     Done,
@@ -284,6 +285,7 @@ impl Seg6Event {
 
 /// A function's counters, summed over CPUs (IPv6 bytes as the program saw them).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct Seg6Events {
     /// [`Seg6Event::Done`].
     pub done: Counter,
@@ -331,6 +333,7 @@ pub enum Seg6Action {
 
 /// What the twin decided for a test-run packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct Seg6Decision {
     /// The counter the packet went to.
     pub event: Seg6Event,
@@ -345,6 +348,7 @@ pub struct Seg6Decision {
 
 /// The result of [`Seg6End::test_run`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TestRun {
     /// What the twin returned (what the End.BPF program returns: `Ok` for pass/tag,
     /// `Redirect` after an action, `Drop`).

@@ -833,6 +833,7 @@ pub fn remove_leftovers(device: &Device) -> Result<usize> {
 
 /// One program attached to a device's tc hook, as [`attached`] reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TcProgramInfo {
     /// [`TcMode::Tcx`] or [`TcMode::Clsact`].
     pub mode: TcMode,
@@ -969,6 +970,7 @@ impl TcVerdict {
 /// println!("{:?}", counter.counter()?);
 /// # Ok::<(), lwtun::Error>(())
 /// ```
+#[non_exhaustive]
 pub struct TcCounter {
     object: libbpf_rs::Object,
     prog: OwnedFd,
@@ -1033,6 +1035,7 @@ impl TcCounter {
 
 /// The result of one [`test_run`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TestRun {
     /// The program's return value (`TC_ACT_OK` 0, `TC_ACT_SHOT` 2, ...).
     pub verdict: i32,

@@ -293,6 +293,7 @@ impl std::hash::Hash for RedirectRule {
 
 /// A rule's counters, summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct RuleStats {
     /// Packets redirected.
     pub packets: u64,
@@ -306,6 +307,7 @@ pub struct RuleStats {
 
 /// Packets the programs passed on without redirecting.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct RedirectEvents {
     /// IP packets no rule matched.
     pub missed: Counter,

@@ -595,6 +595,7 @@ fn tcp_through_lwtun_encap_is_decapsulated_and_forwarded() {
             Encap::Ipip => after.ipip.packets - before.ipip.packets,
             Encap::Gre { .. } => after.gre.packets - before.gre.packets,
             Encap::Udp { .. } => after.udp.packets - before.udp.packets,
+            other => panic!("no decap counter for {other:?}"),
         };
         assert!(moved > 0, "{encap:?}: decapsulated {moved}; {after:?}");
         assert_eq!(after.dropped(), 0, "{encap:?}: {after:?}");

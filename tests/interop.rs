@@ -118,6 +118,7 @@ fn decapsulated(c: &DecapCounters, encap: Encap) -> u64 {
         Encap::Ipip => c.ipip.packets,
         Encap::Gre { .. } => c.gre.packets,
         Encap::Udp { .. } => c.udp.packets,
+        other => panic!("no decap counter for {other:?}"),
     }
 }
 

@@ -154,6 +154,7 @@ fn outer_filter(encap: Encap, outer_v6: bool, inner_v6: bool) -> String {
         Encap::Ipip => format!("{fam} proto {}", if inner_v6 { 41 } else { 4 }),
         Encap::Gre { .. } => format!("{fam} proto 47"),
         Encap::Udp { port } => format!("{fam} and udp dst port {port}"),
+        other => panic!("no capture filter for {other:?}"),
     }
 }
 

@@ -147,6 +147,7 @@ fn every_encap_family_and_inner_family_byte_by_byte() {
                     Encap::Ipip => 4,
                     Encap::Gre { .. } => 47,
                     Encap::Udp { .. } => 17,
+                    other => panic!("{what}: no header check for {other:?}"),
                 };
                 if outer_v6 {
                     ipv6_checks(&h, inner_len, next, 40, 0);
@@ -191,6 +192,7 @@ fn every_encap_family_and_inner_family_byte_by_byte() {
                         );
                         assert_eq!(&l4[6..8], &[0, 0], "{what}: zero checksum");
                     }
+                    other => panic!("{what}: no header check for {other:?}"),
                 }
             }
         }

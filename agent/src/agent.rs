@@ -398,7 +398,7 @@ impl<S: PeerSink> Agent<S> {
                     lwtun::peer::Encap::Udp { port } => format!("udp:{port}"),
                     lwtun::peer::Encap::Gre { key: Some(k), .. } => format!("gre:{k}"),
                     lwtun::peer::Encap::Gre { key: None, .. } => "gre".into(),
-                    lwtun::peer::Encap::Ipip => "ipip".into(),
+                    other => other.name().into(),
                 },
             })
             .collect();

@@ -153,11 +153,12 @@ impl HostRecord {
 
     /// The JSON value to publish.
     pub fn encode(&self) -> String {
-        let (encap, udp_port, gre_key) = match self.encap {
-            Encap::Udp { port } => ("udp", Some(u32::from(port)), None),
-            Encap::Gre { key, .. } => ("gre", None, key.map(u64::from)),
-            Encap::Ipip => ("ipip", None, None),
+        let (udp_port, gre_key) = match self.encap {
+            Encap::Udp { port } => (Some(u32::from(port)), None),
+            Encap::Gre { key, .. } => (None, key.map(u64::from)),
+            _ => (None, None),
         };
+        let encap = self.encap.name();
         let wire = Wire {
             endpoint: self.endpoint.to_string(),
             encap: encap.into(),

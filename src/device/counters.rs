@@ -20,6 +20,7 @@ const MAX_DRIVER_STATS: u32 = 4096;
 
 /// A device's counters at one moment ([`Device::counters`](super::Device::counters)).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct DeviceCounters {
     /// Packets received (`rx_packets` of `ip -s link`).
     pub rx_packets: u64,

@@ -66,6 +66,7 @@ pub use crate::family::MissPolicy;
 
 /// The counters of one peer, summed over CPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub struct PeerStats {
     /// Packets encapsulated (wire packets: a GSO packet counts its segments).
     pub packets: u64,
@@ -77,6 +78,7 @@ pub struct PeerStats {
 
 /// The table-wide counters: misses by policy and family, and non-IP packets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub struct MissCounters {
     /// IPv4 packets without a peer, dropped.
     pub dropped_v4: u64,

@@ -18,6 +18,7 @@ const FLAG_TOS_INHERIT: u8 = 1 << 4;
 
 /// The header that follows the outer IP header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Encap {
     /// IP-in-IP: the inner packet directly (protocol 4 for inner IPv4, 41 for inner IPv6).
     Ipip,
@@ -45,6 +46,23 @@ pub enum Encap {
 }
 
 impl Encap {
+    /// The kind's name, as `ip … encap` and the `lwtun` command write it: `ipip`, `gre`, `udp`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lwtun::peer::Encap;
+    ///
+    /// assert_eq!(Encap::Udp { port: 4789 }.name(), "udp");
+    /// ```
+    pub fn name(&self) -> &'static str {
+        match self {
+            Encap::Ipip => "ipip",
+            Encap::Gre { .. } => "gre",
+            Encap::Udp { .. } => "udp",
+        }
+    }
+
     /// Bytes this encapsulation adds after the outer IP header.
     pub fn header_len(&self) -> u32 {
         match self {

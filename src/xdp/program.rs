@@ -33,6 +33,7 @@ pub struct XdpProgram {
 
 /// What [`XdpProgram::test_run`] returned.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TestRun {
     /// The program's verdict.
     pub verdict: XdpAction,

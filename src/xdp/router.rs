@@ -23,6 +23,7 @@ pub const ROUTE_CACHE_MAX_AGE_LIMIT: Duration = Duration::from_secs(60);
 
 /// How many frames got each outcome of the router's FIB lookup, summed over the CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FibStats {
     /// `BPF_FIB_LKUP_RET_SUCCESS`: forwarded (when the egress device is a port) .
     pub success: u64,

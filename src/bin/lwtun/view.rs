@@ -54,11 +54,12 @@ pub struct PeerView {
 
 impl PeerView {
     pub fn new(prefix: IpNetwork, p: &EncapPeer) -> Self {
-        let (encap, gre_key, gre_checksum, udp_port) = match p.encap {
-            Encap::Ipip => ("ipip", None, false, None),
-            Encap::Gre { key, checksum } => ("gre", key, checksum, None),
-            Encap::Udp { port } => ("udp", None, false, Some(port)),
+        let (gre_key, gre_checksum, udp_port) = match p.encap {
+            Encap::Gre { key, checksum } => (key, checksum, None),
+            Encap::Udp { port } => (None, false, Some(port)),
+            _ => (None, false, None),
         };
+        let encap = p.encap.name();
         PeerView {
             prefix: prefix.to_string(),
             remote: p.remote.to_string(),

@@ -95,6 +95,7 @@ impl RouteBatch {
 
 /// The outcome of [`Netlink::apply_batch`]: which items failed, and why.
 #[derive(Debug, Default)]
+#[non_exhaustive]
 pub struct BatchReport {
     /// Items the kernel applied.
     pub applied: usize,

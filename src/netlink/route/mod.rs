@@ -294,6 +294,7 @@ impl Seg6Encap {
 /// assert_eq!(r.to_string(), "fc00:e::6 encap seg6local action End.DT6 table 100 dev#3");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Seg6Local {
     /// `End`: the next segment becomes the destination; routed by it.
     End,
