@@ -1019,22 +1019,7 @@ mod tests {
     use super::*;
 
     fn link(link_type: u16, mac: Option<[u8; 6]>) -> Link {
-        Link {
-            index: 5,
-            name: "t0".into(),
-            kind: None,
-            mtu: 1500,
-            up: true,
-            flags: 0,
-            link_type,
-            mac,
-            link: None,
-            link_netnsid: None,
-            master: None,
-            xdp_prog_id: None,
-            xdp_attach_mode: None,
-            attributes: Vec::new(),
-        }
+        Link::for_tests(link_type, mac)
     }
 
     const MAC: [u8; 6] = [2, 0, 0, 0, 0, 5];

@@ -220,23 +220,10 @@ mod tests {
         for i in 0..24u64 {
             raw.extend_from_slice(&(i + 100).to_ne_bytes());
         }
-        let with =
-            |attributes: Vec<crate::netlink::attr::RawAttribute>| crate::netlink::link::Link {
-                index: 5,
-                name: "t0".into(),
-                kind: None,
-                mtu: 1500,
-                up: true,
-                flags: 0,
-                link_type: 1,
-                mac: None,
-                link: None,
-                link_netnsid: None,
-                master: None,
-                xdp_prog_id: None,
-                xdp_attach_mode: None,
-                attributes,
-            };
+        let with = |attributes| crate::netlink::link::Link {
+            attributes,
+            ..crate::netlink::link::Link::for_tests(1, None)
+        };
         let stats = |value: Vec<u8>| {
             with(vec![crate::netlink::attr::RawAttribute {
                 kind: IFLA_STATS64,

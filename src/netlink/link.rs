@@ -128,6 +128,29 @@ pub struct Link {
     pub attributes: Vec<RawAttribute>,
 }
 
+#[cfg(test)]
+impl Link {
+    /// An up link `t0` (index 5, MTU 1500) of `link_type`, for unit tests of what reads links.
+    pub(crate) fn for_tests(link_type: u16, mac: Option<[u8; 6]>) -> Link {
+        Link {
+            index: 5,
+            name: "t0".into(),
+            kind: None,
+            mtu: 1500,
+            up: true,
+            flags: 0,
+            link_type,
+            mac,
+            link: None,
+            link_netnsid: None,
+            master: None,
+            xdp_prog_id: None,
+            xdp_attach_mode: None,
+            attributes: Vec::new(),
+        }
+    }
+}
+
 impl Link {
     /// The first raw attribute of type `kind` (an `IFLA_*` number), if the kernel sent one and
     /// lwtun did not decode it into a field.
