@@ -40,7 +40,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use ipnetwork::IpNetwork;
-use libbpf_rs::{MapCore, MapFlags, Object, ObjectBuilder};
+use libbpf_rs::{MapCore, MapFlags, Object};
 
 use crate::abi::{self, Pod};
 use crate::device::Device;
@@ -284,11 +284,7 @@ impl Decap {
         let op = "load pinned decap";
         let mut pin = PinFolder::open(folder.into(), &PIN_LAYOUT, op)?;
         let adopted = pin.adopted();
-        let mut open = ObjectBuilder::default()
-            .name("tc_decap")
-            .map_err(|e| Error::bpf(op, e))?
-            .open_memory(decap_object())
-            .map_err(|e| Error::bpf(op, e))?;
+        let mut open = crate::program::open_object("tc_decap", decap_object(), op)?;
         pin.reuse_maps(&mut open)?;
         let mut decap = Decap::of_object(crate::program::load_opened(open, op)?)?;
         if adopted {

@@ -86,12 +86,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnetwork::IpNetwork;
-use libbpf_rs::{MapCore, MapFlags, Object, ObjectBuilder};
+use libbpf_rs::{MapCore, MapFlags, Object};
 
 use crate::abi::{self, Pod};
 use crate::device::{Device, DeviceCounters};
 use crate::error::{Error, ErrorKind, Result};
-use crate::family::lpm::{decode as decode_prefix, normalize, size_rule_maps, table_key};
+use crate::family::lpm::{
+    decode as decode_prefix, normalize, size_rule_maps, table_key, RULE_TABLES,
+};
 use crate::family::pins::PinLayout;
 use crate::family::{zero_percpu, PinFolder, Slots};
 use crate::netlink::link::Link;
@@ -128,8 +130,6 @@ const ARPHRD_L3: [u16; 10] = [512, 519, 768, 769, 776, 778, 779, 823, 0xffff, 0x
 /// Rules a family holds unless the builder says otherwise.
 pub const DEFAULT_CAPACITY: u32 = 1024;
 const PROGRAM: &str = "redirect_xmit";
-/// The rule tables, IPv4 and IPv6.
-const RULE_TABLES: [&str; 2] = ["rules_v4", "rules_v6"];
 
 /// What a pinned [`LwtRedirect`] leaves in its folder (see [`crate::pins`]): its rule tables,
 /// their counters, its settings and miss counters, and its program.
@@ -436,11 +436,8 @@ impl LwtRedirectBuilder {
             .map(|folder| PinFolder::open(folder, &PIN_LAYOUT, op))
             .transpose()?;
         let adopted = pin.as_ref().is_some_and(PinFolder::adopted);
-        let mut open = ObjectBuilder::default()
-            .name("lwt_redirect")
-            .map_err(|e| Error::bpf(op, e))?
-            .open_memory(crate::skel::lwt_redirect::OBJECT)
-            .map_err(|e| Error::bpf(op, e))?;
+        let mut open =
+            crate::program::open_object("lwt_redirect", crate::skel::lwt_redirect::OBJECT, op)?;
         size_rule_maps(&mut open, capacity, op)?;
         if let Some(pin) = &pin {
             pin.reuse_maps(&mut open)?;

@@ -325,12 +325,17 @@ impl AsFd for LwtProgram {
 /// Loads an embedded BPF object (a `crate::skel::NAME::OBJECT`) into an owned object.
 pub(crate) fn load_object(name: &str, bytes: &'static [u8]) -> Result<Object> {
     let op = format!("load BPF object {name}");
-    let open = ObjectBuilder::default()
+    load_opened(open_object(name, bytes, &op)?, &op)
+}
+
+/// Opens the embedded object `bytes` as `name` (libbpf's object name, which its maps' names
+/// are prefixed with), to be sized, given pinned maps and loaded; `op` names the load.
+pub(crate) fn open_object(name: &str, bytes: &[u8], op: &str) -> Result<libbpf_rs::OpenObject> {
+    ObjectBuilder::default()
         .name(name)
-        .map_err(|e| Error::bpf(op.clone(), e))?
+        .map_err(|e| Error::bpf(op.to_string(), e))?
         .open_memory(bytes)
-        .map_err(|e| Error::bpf(op.clone(), e))?;
-    crate::program::load_opened(open, &op)
+        .map_err(|e| Error::bpf(op.to_string(), e))
 }
 
 /// What `BPF_PROG_TEST_RUN` takes besides the program.

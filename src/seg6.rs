@@ -72,7 +72,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnetwork::{IpNetwork, Ipv6Network};
-use libbpf_rs::{MapCore, MapFlags, Object, ObjectBuilder};
+use libbpf_rs::{MapCore, MapFlags, Object};
 
 use crate::abi::{self, Pod};
 use crate::device::Device;
@@ -460,11 +460,7 @@ impl<F: Seg6Function> Seg6Builder<F> {
                 _ => capacity = pinned,
             }
         }
-        let mut open = ObjectBuilder::default()
-            .name("seg6_end")
-            .map_err(|e| Error::bpf(op.clone(), e))?
-            .open_memory(crate::skel::seg6_end::OBJECT)
-            .map_err(|e| Error::bpf(op.clone(), e))?;
+        let mut open = crate::program::open_object("seg6_end", crate::skel::seg6_end::OBJECT, &op)?;
         for mut map in open.maps_mut() {
             if map.name() == "rules" {
                 map.set_max_entries(lpm::trie_entries(capacity))

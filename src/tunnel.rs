@@ -73,7 +73,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use ipnetwork::IpNetwork;
-use libbpf_rs::{MapCore, Object, ObjectBuilder};
+use libbpf_rs::{MapCore, Object};
 
 use crate::device::Device;
 use crate::error::{Error, ErrorKind, Result};
@@ -285,15 +285,15 @@ impl TunnelBuilder {
                 format!("forward MTU {mtu} ({MIN_FORWARD_MTU}..=65535 bytes)"),
             ));
         }
-        let mut open = ObjectBuilder::default()
-            .name("lwt_encap")
-            .map_err(|e| Error::bpf(op, e))?
-            .open_memory(crate::family::bpf_loop_variant(
+        let mut open = crate::program::open_object(
+            "lwt_encap",
+            crate::family::bpf_loop_variant(
                 crate::probe::Feature::BpfLoop.present(),
                 crate::skel::lwt_encap::OBJECT,
                 crate::skel::lwt_encap_compat::OBJECT,
-            ))
-            .map_err(|e| Error::bpf(op, e))?;
+            ),
+            op,
+        )?;
         let mut capacity = self.capacity;
         // The pin protocol (crate::pins): folder, owner lock, complete set or none.
         let mut pin = match &self.pin {

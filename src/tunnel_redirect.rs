@@ -42,12 +42,12 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use ipnetwork::IpNetwork;
-use libbpf_rs::{MapCore, MapFlags, Object, ObjectBuilder};
+use libbpf_rs::{MapCore, MapFlags, Object};
 
 use crate::abi::{self, Pod};
 use crate::device::Device;
 use crate::error::{Error, ErrorKind, Result};
-use crate::family::lpm::{normalize, size_rule_maps, table_key};
+use crate::family::lpm::{normalize, size_rule_maps, table_key, RULE_TABLES};
 use crate::family::pins::PinLayout;
 use crate::family::{zero_percpu, PinFolder, Slots};
 use crate::netlink::link::Link;
@@ -79,9 +79,6 @@ const IFLA_INFO_DATA: u16 = 2;
 /// Rules a family holds unless the builder says otherwise.
 pub const DEFAULT_CAPACITY: u32 = 1024;
 const PROGRAMS: [&str; 2] = ["redirect_tc", "redirect_lwt_xmit"];
-
-/// The rule tables, IPv4 and IPv6 (the LWT redirect family's have the same names and keys).
-const RULE_TABLES: [&str; 2] = ["rules_v4", "rules_v6"];
 
 /// What a pinned [`TunnelRedirect`] leaves in its folder (see [`crate::pins`]): its rule
 /// tables, their counters, its miss counters, and its two programs.
@@ -366,11 +363,8 @@ impl TunnelRedirectBuilder {
             .map(|folder| PinFolder::open(folder, &PIN_LAYOUT, op))
             .transpose()?;
         let adopted = pin.as_ref().is_some_and(PinFolder::adopted);
-        let mut open = ObjectBuilder::default()
-            .name("tc_redirect")
-            .map_err(|e| Error::bpf(op, e))?
-            .open_memory(crate::skel::tc_redirect::OBJECT)
-            .map_err(|e| Error::bpf(op, e))?;
+        let mut open =
+            crate::program::open_object("tc_redirect", crate::skel::tc_redirect::OBJECT, op)?;
         size_rule_maps(&mut open, capacity, op)?;
         if let Some(pin) = &pin {
             pin.reuse_maps(&mut open)?;

@@ -32,12 +32,12 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use libbpf_rs::btf::types::{DataSec, Var};
 use libbpf_rs::btf::Btf;
-use libbpf_rs::{AsRawLibbpf, MapCore, MapFlags, Object, ObjectBuilder, OpenObject};
+use libbpf_rs::{AsRawLibbpf, MapCore, MapFlags, Object, OpenObject};
 
 use super::prog_chain::{ChainHook, MAGIC};
 use crate::abi;
 use crate::error::{Error, ErrorKind, Result};
-use crate::program::{program_info, LwtProgram, ProgramInfo};
+use crate::program::{open_object, program_info, LwtProgram, ProgramInfo};
 use crate::skel::dispatch::types::lwtun_dispatch_config;
 use crate::skel::dispatch_member::types::lwtun_dispatch_member_stats;
 
@@ -155,7 +155,7 @@ impl Dispatcher {
     /// match this library (a build problem).
     pub fn new(hook: ChainHook) -> Result<Self> {
         let op = "load dispatcher";
-        let mut open = open_object(op, "dispatch", crate::skel::dispatch::OBJECT)?;
+        let mut open = open_object("dispatch", crate::skel::dispatch::OBJECT, op)?;
         match read_abi(op, &open)? {
             Some(words) => check_abi_words(op, "dispatch", words)?,
             None => {
@@ -379,7 +379,7 @@ impl Dispatcher {
         program: &str,
         continue_on: &[i32],
     ) -> Result<(Object, OwnedFd, bool)> {
-        let mut open = open_object(op, "dispatch_member", bytes)?;
+        let mut open = open_object("dispatch_member", bytes, op)?;
         let mut found = None;
         let mut names = Vec::new();
         for mut p in open.progs_mut() {
@@ -572,14 +572,6 @@ fn continue_mask(op: &str, continue_on: &[i32]) -> Result<u32> {
     })
 }
 
-fn open_object(op: &str, name: &str, bytes: &[u8]) -> Result<OpenObject> {
-    ObjectBuilder::default()
-        .name(name)
-        .map_err(|e| Error::bpf(op.to_string(), e))?
-        .open_memory(bytes)
-        .map_err(|e| Error::bpf(op.to_string(), e))
-}
-
 /// The four words of the object's `lwtun_dispatch_abi`, found through the object's BTF;
 /// `None` when the object has no such variable (it is not dispatch-aware).
 fn read_abi(op: &str, open: &OpenObject) -> Result<Option<[u32; 4]>> {
@@ -742,11 +734,11 @@ mod tests {
             ("dispatch", crate::skel::dispatch::OBJECT),
             ("dispatch_member", crate::skel::dispatch_member::OBJECT),
         ] {
-            let open = open_object("t", name, bytes).unwrap();
+            let open = open_object(name, bytes, "t").unwrap();
             let words = read_abi("t", &open).unwrap().expect(name);
             check_abi_words("t", name, words).unwrap();
         }
-        let open = open_object("t", "lwt_count", crate::skel::lwt_count::OBJECT).unwrap();
+        let open = open_object("lwt_count", crate::skel::lwt_count::OBJECT, "t").unwrap();
         assert_eq!(read_abi("t", &open).unwrap(), None);
     }
 

@@ -3,10 +3,10 @@
 use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
-use libbpf_rs::{MapCore, MapFlags, Object, ObjectBuilder, OpenObject, ProgramType};
+use libbpf_rs::{MapCore, MapFlags, Object, OpenObject, ProgramType};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::program::{program_info, LwtProgram, ProgramInfo};
+use crate::program::{open_object, program_info, LwtProgram, ProgramInfo};
 use crate::skel::chain::types::{lwtun_chain_abi, lwtun_chain_config};
 
 /// Stage slots of a chain (`LWTUN_CHAIN_SLOTS` in `bpf/lwtun.h`).
@@ -216,7 +216,7 @@ impl ProgChain {
     ///
     /// Permission without CAP_BPF; Kernel when the chain object's ABI does not match this library.
     pub fn new(hook: ChainHook) -> Result<Self> {
-        let mut open = open_object("chain", crate::skel::chain::OBJECT)?;
+        let mut open = open_object("chain", crate::skel::chain::OBJECT, "open BPF object chain")?;
         check_abi(
             &open,
             "chain",
@@ -450,7 +450,7 @@ impl ProgChain {
         abi_offset: usize,
         configure: impl FnOnce(&mut OpenObject) -> Result<()>,
     ) -> Result<Object> {
-        let mut open = open_object(name, bytes)?;
+        let mut open = open_object(name, bytes, &format!("open BPF object {name}"))?;
         check_abi(&open, name, abi_offset)?;
         select_programs(&mut open, self.hook);
         for shared in SHARED_MAPS {
@@ -579,15 +579,6 @@ impl ProgChain {
     }
 }
 
-fn open_object(name: &str, bytes: &'static [u8]) -> Result<OpenObject> {
-    let op = format!("open BPF object {name}");
-    ObjectBuilder::default()
-        .name(name)
-        .map_err(|e| Error::bpf(op.clone(), e))?
-        .open_memory(bytes)
-        .map_err(|e| Error::bpf(op, e))
-}
-
 fn load(open: OpenObject, name: &str) -> Result<Object> {
     let op = format!("load BPF object {name}");
     crate::program::load_opened(open, &op)
@@ -682,7 +673,7 @@ mod tests {
                 std::mem::offset_of!(crate::skel::capture::types::rodata, lwtun_chain_abi),
             ),
         ] {
-            let open = open_object(name, bytes).unwrap();
+            let open = open_object(name, bytes, "t").unwrap();
             check_abi(&open, name, offset).unwrap();
         }
     }

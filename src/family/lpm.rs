@@ -30,7 +30,7 @@ pub(crate) fn size_rule_maps(open: &mut OpenObject, capacity: u32, op: &str) -> 
     for mut map in open.maps_mut() {
         let name = map.name().to_string_lossy().into_owned();
         let entries = match name.as_str() {
-            "rules_v4" | "rules_v6" => trie_entries(capacity),
+            n if RULE_TABLES.contains(&n) => trie_entries(capacity),
             "rule_stats" => capacity,
             _ => continue,
         };
@@ -61,6 +61,10 @@ pub(crate) fn key(prefix: &IpNetwork) -> Vec<u8> {
     put_key(&mut v, prefix);
     v
 }
+
+/// The rule tables of the families keyed by destination prefix alone (both redirect families):
+/// IPv4 and IPv6, in the order [`table_key`] takes them.
+pub(crate) const RULE_TABLES: [&str; 2] = ["rules_v4", "rules_v6"];
 
 /// The key of `prefix` and which of a family's two tables (`[IPv4, IPv6]`) holds it.
 pub(crate) fn table_key(prefix: &IpNetwork, tables: [&'static str; 2]) -> (&'static str, Vec<u8>) {
