@@ -17,6 +17,8 @@
 
 mod common;
 
+use common::packets;
+
 use std::fs::File;
 use std::io::Read;
 use std::net::IpAddr;
@@ -443,19 +445,21 @@ fn target_down_and_carrier_loss_are_dropped_counted_and_recovered() {
 // BPF_PROG_TEST_RUN
 // ---------------------------------------------------------------------------------------------
 
+/// The packets the redirect program is tried on: UDP 12345 -> 12345 from 10.77.0.1 / fd77::1.
 fn ipv4(dst: [u8; 4]) -> Vec<u8> {
-    let mut p = vec![0x45, 0, 0, 28, 0, 1, 0, 0, 64, 17, 0, 0, 10, 77, 0, 1];
-    p.extend_from_slice(&dst);
-    p.extend_from_slice(&[0x30, 0x39, 0x30, 0x39, 0, 8, 0, 0]); // UDP 12345 -> 12345
-    p
+    let udp = packets::udp(12345, 12345, &[]);
+    packets::ipv4([10, 77, 0, 1].into(), dst.into(), 17, 64, 0, &udp)
 }
 
 fn ipv6(dst: &str) -> Vec<u8> {
-    let mut p = vec![0x60, 0, 0, 0, 0, 8, 17, 64];
-    p.extend_from_slice(&"fd77::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
-    p.extend_from_slice(&dst.parse::<std::net::Ipv6Addr>().unwrap().octets());
-    p.extend_from_slice(&[0x30, 0x39, 0x30, 0x39, 0, 8, 0, 0]);
-    p
+    let udp = packets::udp(12345, 12345, &[]);
+    packets::ipv6(
+        "fd77::1".parse().unwrap(),
+        dst.parse().unwrap(),
+        17,
+        64,
+        &udp,
+    )
 }
 
 #[test]

@@ -14,6 +14,8 @@
 
 mod common;
 
+use common::packets;
+
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Duration;
@@ -72,27 +74,22 @@ fn test_run(prog: BorrowedFd<'_>, data: &[u8]) -> (i32, Vec<u8>) {
     (opts.retval as i32, out)
 }
 
+/// The frames the redirect program is tried on: UDP 12345 -> 12345 from 10.77.0.1 / fd77::1 to
+/// `dst`, from MAC 02:00:00:00:00:aa to ee:ee:ee:ee:ee:ee.
 fn ipv4_frame(dst: [u8; 4]) -> Vec<u8> {
-    let mut f = vec![
-        0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0x02, 0, 0, 0, 0, 0xaa, 0x08, 0x00,
-    ];
-    let mut ip = vec![0x45, 0, 0, 28, 0, 1, 0, 0, 64, 17, 0, 0, 10, 77, 0, 1];
-    ip.extend_from_slice(&dst);
-    ip.extend_from_slice(&[0x30, 0x39, 0x30, 0x39, 0, 8, 0, 0]); // UDP 12345 -> 12345
-    f.extend_from_slice(&ip);
-    f
+    let udp = packets::udp(12345, 12345, &[]);
+    let ip = packets::ipv4([10, 77, 0, 1].into(), dst.into(), 17, 64, 0, &udp);
+    packets::eth(MAC_EE, MAC_AA, 0x0800, &ip)
 }
 
 fn ipv6_frame(dst: [u8; 16]) -> Vec<u8> {
-    let mut f = vec![
-        0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0x02, 0, 0, 0, 0, 0xaa, 0x86, 0xdd,
-    ];
-    f.extend_from_slice(&[0x60, 0, 0, 0, 0, 8, 17, 64]);
-    f.extend_from_slice(&"fd77::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&[0x30, 0x39, 0x30, 0x39, 0, 8, 0, 0]);
-    f
+    let udp = packets::udp(12345, 12345, &[]);
+    let ip = packets::ipv6("fd77::1".parse().unwrap(), dst.into(), 17, 64, &udp);
+    packets::eth(MAC_EE, MAC_AA, 0x86dd, &ip)
 }
+
+const MAC_EE: [u8; 6] = [0xee; 6];
+const MAC_AA: [u8; 6] = [0x02, 0, 0, 0, 0, 0xaa];
 
 /// A namespace with one collect_md VXLAN device (`vx0`) to point rules at.
 fn vxlan_ns() -> (NetNs, Device) {

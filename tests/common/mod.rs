@@ -18,6 +18,8 @@
 //! ```
 #![allow(dead_code)]
 
+pub mod packets;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Child, Stdio};
