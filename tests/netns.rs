@@ -351,7 +351,18 @@ fn harness_two_hosts_ping_v4_and_v6() {
     let net = common::two_hosts();
     let p = common::ping(net.ns(0), net.v4(1).into(), 3);
     assert_eq!((p.transmitted, p.received), (3, 3), "{}", p.output);
+    // Through the harness's own socket, which waits for every reply (see common::ping).
+    assert!(p.output.contains("ICMP datagram socket"), "{}", p.output);
     let p = common::ping(net.ns(1), net.v6(0).into(), 2);
+    assert!(p.output.contains("ICMP datagram socket"), "{}", p.output);
+    assert_eq!(p.received, 2, "{}", p.output);
+    // A request nobody answers is counted as lost, not waited for forever (the peer drops
+    // IPv4 echo requests for a moment).
+    common::ip(net.ns(1), &["route", "add", "blackhole", "10.77.0.1/32"]);
+    let p = common::ping(net.ns(0), net.v4(1).into(), 2);
+    assert_eq!((p.transmitted, p.received), (2, 0), "{}", p.output);
+    common::ip(net.ns(1), &["route", "del", "blackhole", "10.77.0.1/32"]);
+    let p = common::ping(net.ns(0), net.v4(1).into(), 2);
     assert_eq!(p.received, 2, "{}", p.output);
     // The devices are where the harness says, with the addresses it says.
     let show = common::ip(net.ns(0), &["-o", "addr", "show", "dev", "to1"]);
