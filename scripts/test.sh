@@ -14,6 +14,8 @@ cargo clippy --all-targets -- -D warnings
 cargo clippy -p lwtun-agent --all-targets -- -D warnings
 # the API docs build without a warning (broken or redundant intra-doc links, bad HTML)
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
+# the public API keeps semver against the last release (the v0.2.0 tag)
+./scripts/semver-check.sh
 cargo test --lib --bins --tests --examples
 cargo test --doc
 # the fleet agent: unit and doc tests, and the five-host test against a real etcd
