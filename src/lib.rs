@@ -39,8 +39,7 @@
 //!
 //! ```no_run
 //! use lwtun::netlink::Netlink;
-//! use lwtun::peer::{Encap, EncapPeer};
-//! use lwtun::tunnel::Tunnel;
+//! use lwtun::{Encap, EncapPeer, Tunnel};
 //!
 //! // 1. load (adopts the tables when a previous process kept or handed over the pins)
 //! let mut tunnel = Tunnel::builder()
@@ -226,6 +225,16 @@ pub mod xdp;
 pub mod skel;
 
 pub use error::{Error, ErrorKind, Result};
+
+// The types most programs name, also at the crate root (each stays where it is documented):
+// `use lwtun::{EncapPeer, LwtRoute, Tunnel};`.
+pub use decap::Decap;
+pub use device::Device;
+pub use netns::NetNs;
+pub use peer::{Encap, EncapPeer, MissPolicy};
+pub use program::Hook;
+pub use route::LwtRoute;
+pub use tunnel::Tunnel;
 
 /// The libbpf-rs lwtun is built with, whose types appear in some of lwtun's signatures
 /// (`libbpf_rs::Error` in [`Error::bpf`], `libbpf_rs::ProgramType` in
