@@ -13,7 +13,11 @@ if ! cargo semver-checks --version 2>/dev/null | grep -qF "$tool"; then
   cargo install cargo-semver-checks --version "$tool" --locked
 fi
 if ! git rev-parse -q --verify "refs/tags/$release^{commit}" >/dev/null; then
-  echo "semver-check: this clone has no tag $release; fetch it (git fetch --tags)" >&2
+  # A shallow clone has only the tags of the commits it holds: fetch the release's.
+  git fetch -q --tags origin "refs/tags/$release:refs/tags/$release" 2>/dev/null || true
+fi
+if ! git rev-parse -q --verify "refs/tags/$release^{commit}" >/dev/null; then
+  echo "semver-check: this clone has no tag $release and cannot fetch it (git fetch --tags)" >&2
   exit 1
 fi
 cargo semver-checks check-release -p lwtun --baseline-rev "$release"
