@@ -632,19 +632,9 @@ fn echo(addr: IpAddr, count: u32) -> Option<Ping> {
         // SAFETY: buf is writable for its length.
         let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         if n < 0 {
-            errors += 1; // the error queue of an ICMP error: the request was not answered
-            let mut err = [0u8; 512];
-            // SAFETY: drains one error queue entry into a local buffer.
-            unsafe {
-                let mut iov = libc::iovec {
-                    iov_base: err.as_mut_ptr().cast(),
-                    iov_len: err.len(),
-                };
-                let mut msg: libc::msghdr = std::mem::zeroed();
-                msg.msg_iov = &mut iov;
-                msg.msg_iovlen = 1;
-                libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_ERRQUEUE);
-            }
+            // An ICMP error (unreachable, ...) for a request, reported once on the connected
+            // socket and cleared by this read (no IP_RECVERR: nothing is queued).
+            errors += 1;
             continue;
         }
         let n = n as usize;

@@ -10,20 +10,12 @@ pub const IPPROTO_GRE: u8 = 47;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_ICMP: u8 = 1;
 
-/// One's-complement sum (RFC 1071) of `data`, folded, not inverted.
-pub fn sum16(data: &[u8], mut acc: u32) -> u32 {
-    for c in data.chunks(2) {
-        let w = if c.len() == 2 {
-            u16::from_be_bytes([c[0], c[1]])
-        } else {
-            u16::from_be_bytes([c[0], 0])
-        };
-        acc += w as u32;
-    }
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc
+/// One's-complement sum (RFC 1071) of `data`, folded, not inverted (the shared harness's
+/// [`sum16`](crate::common::packets::sum16), folded).
+pub fn sum16(data: &[u8], acc: u32) -> u32 {
+    u32::from(!crate::common::packets::fold(
+        crate::common::packets::sum16(data, acc),
+    ))
 }
 
 pub fn checksum(data: &[u8]) -> u16 {
