@@ -9,6 +9,13 @@
 //! Run: `cargo bench --bench decap` (root: loads BPF).
 #[path = "../tests/decap_common/mod.rs"]
 mod decap_common;
+/// The tests' shared packet builders, which `decap_common` sums its checksums with.
+#[path = "../tests/common/packets.rs"]
+#[allow(dead_code)]
+pub mod packets;
+mod common {
+    pub use super::packets;
+}
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::BorrowedFd;
