@@ -2,6 +2,7 @@
 
 pub(crate) mod decap;
 pub(crate) mod leftovers;
+pub(crate) mod owners;
 pub(crate) mod peer;
 pub(crate) mod route;
 pub(crate) mod tunnel;
