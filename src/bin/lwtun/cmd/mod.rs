@@ -6,4 +6,5 @@ pub(crate) mod owners;
 pub(crate) mod peer;
 pub(crate) mod route;
 pub(crate) mod tunnel;
+pub(crate) mod unload;
 pub(crate) mod xdp;
