@@ -82,6 +82,53 @@ impl Holders {
         scan_root(Path::new("/proc"), Some(std::process::id()))
     }
 
+    /// Two [`scan`](Self::scan)s `gap` apart, keeping what both saw: a process that opens a
+    /// program or map by id only to read it (bpftool, the `lwtun` command looking at routes)
+    /// is not taken for its holder. What owns an object holds it for longer than a look.
+    ///
+    /// # Errors
+    ///
+    /// As [`scan`](Self::scan).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// let holders = lwtun::holders::Holders::scan_steady(Duration::from_millis(20))?;
+    /// println!("{:?}", holders.of_program(42));
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    pub fn scan_steady(gap: std::time::Duration) -> Result<Holders> {
+        let first = Holders::scan()?;
+        std::thread::sleep(gap);
+        Ok(first.in_both(&Holders::scan()?))
+    }
+
+    /// The holdings found in `self` and in `later`.
+    fn in_both(&self, later: &Holders) -> Holders {
+        let keep = |a: &BTreeMap<u32, Vec<Owner>>, b: &BTreeMap<u32, Vec<Owner>>| {
+            let mut out = BTreeMap::new();
+            for (id, owners) in a {
+                let Some(again) = b.get(id) else { continue };
+                let both: Vec<Owner> = owners
+                    .iter()
+                    .filter(|o| again.iter().any(|x| x.pid == o.pid))
+                    .cloned()
+                    .collect();
+                if !both.is_empty() {
+                    out.insert(*id, both);
+                }
+            }
+            out
+        };
+        Holders {
+            programs: keep(&self.programs, &later.programs),
+            maps: keep(&self.maps, &later.maps),
+            links: keep(&self.links, &later.links),
+        }
+    }
+
     /// The processes holding program `id`: by a program descriptor or by a link running it.
     ///
     /// # Examples
@@ -376,5 +423,13 @@ mod tests {
             "each process once"
         );
         assert_eq!(h.programs().collect::<Vec<_>>(), [412, 413]);
+
+        // A later scan without the agent's program (it only looked at it): the map stays.
+        let mut later = h.clone();
+        later.programs.remove(&412);
+        let steady = h.in_both(&later);
+        assert!(steady.of_program(412).is_empty());
+        assert_eq!(pids(steady.of_map(97)), [10]);
+        assert_eq!(pids(steady.of_link(31)), [20]);
     }
 }

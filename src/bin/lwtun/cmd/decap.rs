@@ -9,7 +9,7 @@ use lwtun::tc::{TcAttach, TcDirection};
 use lwtun::{Error, ErrorKind, Result};
 use serde::Serialize;
 
-use crate::cmd::owners::{netns_flag, pinned_map_ids, refuse};
+use crate::cmd::owners::{netns_flag, pinned_map_ids, refuse, steady_holders};
 use crate::view::{opt, table};
 use crate::{spec, Ctx};
 
@@ -168,7 +168,7 @@ fn decap_owners(pin: &Path) -> Result<Vec<lwtun::holders::Owner>> {
     let Some(folder) = lwtun::pins::inspect(pin)? else {
         return Ok(Vec::new());
     };
-    let holders = lwtun::holders::Holders::scan()?;
+    let holders = steady_holders()?;
     let mut owners: Vec<lwtun::holders::Owner> = folder.owner.clone().into_iter().collect();
     for id in pinned_map_ids(&folder) {
         for o in holders.of_map(id) {

@@ -32,7 +32,7 @@ impl Ownership {
             }
         }
         Ok(Ownership {
-            holders: Holders::scan()?,
+            holders: steady_holders()?,
             owned_maps,
             folders,
         })
@@ -72,6 +72,12 @@ impl Ownership {
     pub(crate) fn of_link(&self, id: u32) -> &[Owner] {
         self.holders.of_link(id)
     }
+}
+
+/// The processes holding BPF objects, two looks 20 ms apart: another command looking a
+/// program up by id at that moment is not taken for its owner.
+pub(crate) fn steady_holders() -> Result<Holders> {
+    Holders::scan_steady(std::time::Duration::from_millis(20))
 }
 
 /// The ids of the state maps pinned in `folder` (those that can be opened).

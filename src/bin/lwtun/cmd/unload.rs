@@ -16,7 +16,7 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use lwtun::holders::{programs_using_maps, Holders, Owner};
+use lwtun::holders::{programs_using_maps, Owner};
 use lwtun::netlink::route::Route;
 use lwtun::netlink::Netlink;
 use lwtun::netns::NetNs;
@@ -25,7 +25,7 @@ use lwtun::tunnel::PinnedTunnel;
 use lwtun::{Error, ErrorKind, Result};
 use serde::Serialize;
 
-use crate::cmd::owners::refuse;
+use crate::cmd::owners::{refuse, steady_holders};
 use crate::cmd::tunnel::{fixup_pins, open_pinned, route_view};
 use crate::Ctx;
 
@@ -120,7 +120,7 @@ pub(crate) fn unload(ctx: &Ctx, pin: &Path, force: bool) -> Result<()> {
         .filter(|(n, _)| lwtun::tunnel::PIN_LAYOUT.maps().contains(&n.as_str()))
         .map(|(_, id)| id)
         .collect();
-    let holders = Holders::scan()?;
+    let holders = steady_holders()?;
     let mut owners: Vec<Owner> = lwtun::pins::owner(pin)?.into_iter().collect();
     let mut add_owners = |list: &[Owner]| {
         for o in list {
