@@ -171,7 +171,7 @@ impl Holders {
     }
 
     /// The processes holding a program (`program` and its maps `map_ids`, as
-    /// [`ProgramInfo`](crate::program::ProgramInfo) lists them): whoever holds the program or
+    /// [`ProgramInfo`] lists them): whoever holds the program or
     /// any of its maps, each process once.
     ///
     /// # Examples
