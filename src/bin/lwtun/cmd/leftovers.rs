@@ -398,7 +398,10 @@ fn remove_tc(ctx: &Ctx, own: &Ownership, t: &TcFound) -> Result<()> {
 }
 
 fn print_text(view: &LeftoversView, remove: bool, force: bool) {
-    println!("lwtun pin folders (remove a tunnel's with `lwtun tunnel unload --pin DIR`, a decap's with `lwtun decap detach DEV --pin DIR`):");
+    println!(
+        "pin folders of lwtun's families (remove with `lwtun tunnel unload --pin DIR`, \
+         `lwtun decap detach DEV --pin DIR`):"
+    );
     for p in &view.pin_folders {
         let complete = if p.complete { "" } else { ", incomplete" };
         match p.owner_pid {
