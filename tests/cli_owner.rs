@@ -2,8 +2,9 @@
 //! pinned tunnel (its folder's lock), one holding an unpinned tunnel (only its descriptors tell),
 //! a process holding a pinned decap, and the fleet agent. `leftovers --remove`, `tunnel unload`
 //! and `decap detach` refuse them, naming the pid, while traffic keeps flowing through them;
-//! `--force` removes them. `tunnel unload` finds a tunnel's routes in every namespace it can see,
-//! and refuses when a program over the table runs somewhere it cannot see.
+//! `--force` removes them. `tunnel unload` finds a tunnel's routes in every namespace it can see
+//! (named, or entered by a process), and refuses when a program over the table runs somewhere
+//! it cannot see.
 //!
 //! ```text
 //!  A (10.30.0.1 on lo)  to1 ══ veth ══ to0  B (10.20.0.2 on lo)
@@ -468,15 +469,38 @@ fn unload_refuses_while_a_route_it_cannot_see_uses_the_table() {
     assert!(err.contains("--force"), "{err}");
     assert!(pin.0.join("peers_v4").exists(), "nothing was unpinned");
 
-    // Named again, the namespace is searched and its route removed with the pins.
+    // A process enters it: the namespace is found through the process, and its route is
+    // removed with the pins.
+    let mut inside = Command::new("nsenter")
+        .arg(format!("--net={}", hidden.0.display()))
+        .args(["sleep", "60"])
+        .spawn()
+        .expect("run nsenter");
+    let entered = Instant::now();
+    while std::fs::read_link(format!("/proc/{}/exe", inside.id()))
+        .is_ok_and(|exe| !exe.ends_with("sleep"))
+    {
+        assert!(
+            entered.elapsed() < Duration::from_secs(5),
+            "sleep never started"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let unload = json(&["tunnel", "unload", "--pin", p]);
+    let _ = inside.kill();
+    let _ = inside.wait();
+    assert_eq!(unload["removed_routes"], 1, "{unload}");
+    assert_eq!(
+        unload["routes"][0]["netns"],
+        format!("netns of process {}", inside.id()).as_str(),
+        "{unload}"
+    );
+    assert!(!pin.0.exists());
+    // And named again, the namespace shows the route gone.
     let again = format!("lwt-own-seen-{}", std::process::id());
     let revealed = hidden.reveal(&again);
-    let unload = json(&["tunnel", "unload", "--pin", p]);
-    assert_eq!(unload["removed_routes"], 1, "{unload}");
-    assert_eq!(unload["routes"][0]["netns"], again.as_str(), "{unload}");
     let ns = NetNs::open(&again).unwrap();
-    assert!(!has_route(&ns, "10.20.0.0/16"));
-    assert!(!pin.0.exists());
+    assert!(!has_route(&ns, "10.20.0.0/16"), "no route left live");
     drop(ns);
     drop(revealed);
 }
