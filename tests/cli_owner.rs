@@ -701,20 +701,24 @@ fn leftovers_keeps_a_live_agents_data_plane() {
             .args(["--initial-cluster", &format!("own={peer_url}")]),
     );
     let fleet = format!("own{}", std::process::id());
+    // A without --pin (only its descriptors tell it owns its data plane), B with --pin (its
+    // folder's lock tells too).
+    let pin_b = common::PinDir::new("own-agent");
     let agent = |i: usize, steer: &str, source: &str, prefix: &str, dev: &str| {
         let status = dir.join(format!("agent{i}.status"));
-        let daemon = Daemon::start(
-            &format!("agent{i}"),
-            Command::new(&agent_bin)
-                .args(["--etcd", &client_url, "--fleet", &fleet])
-                .args(["--host", &format!("h{i}")])
-                .args(["--endpoint", &net.v4(i).to_string(), "--encap", "ipip"])
-                .args(["--prefix", prefix, "--steer", steer, "--source", source])
-                .args(["--device", dev, "--netns", net.ns(i).name()])
-                .args(["--lease-ttl", "5", "--status"])
-                .arg(&status),
-        );
-        (daemon, status)
+        let mut command = Command::new(&agent_bin);
+        command
+            .args(["--etcd", &client_url, "--fleet", &fleet])
+            .args(["--host", &format!("h{i}")])
+            .args(["--endpoint", &net.v4(i).to_string(), "--encap", "ipip"])
+            .args(["--prefix", prefix, "--steer", steer, "--source", source])
+            .args(["--device", dev, "--netns", net.ns(i).name()])
+            .args(["--lease-ttl", "5", "--status"])
+            .arg(&status);
+        if i == 1 {
+            command.args(["--pin", pin_b.arg()]);
+        }
+        (Daemon::start(&format!("agent{i}"), &mut command), status)
     };
     let (agent_a, status_a) = agent(0, "10.20.0.0/16", "10.30.0.1", "10.30.0.1/32", "to1");
     let (agent_b, status_b) = agent(1, "10.30.0.0/16", "10.20.0.2", "10.20.0.2/32", "to0");
@@ -753,6 +757,17 @@ fn leftovers_keeps_a_live_agents_data_plane() {
         ping_b(&net, 3).received,
         3,
         "traffic still flows after leftovers --remove"
+    );
+    // B's pinned tunnel: unload refuses, naming the agent.
+    let err = refused(&["tunnel", "unload", "--pin", pin_b.arg()]);
+    assert!(
+        err.contains(&format!("process {} (lwtun-agent)", agent_b.child.id())),
+        "{err}"
+    );
+    assert_eq!(
+        ping_b(&net, 3).received,
+        3,
+        "traffic still flows after unload"
     );
     let status = wait_status(&status_a, &agent_a, |s| s["connected"] == true);
     assert_eq!(status["peers"].as_array().unwrap().len(), 1);
