@@ -628,6 +628,25 @@ impl Drop for Daemon {
     }
 }
 
+/// A private folder under /tmp (etcd's data, the agents' status files), removed when dropped,
+/// also when the test panics.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("lwtun-own-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -683,9 +702,8 @@ fn leftovers_keeps_a_live_agents_data_plane() {
     let net = common::two_hosts();
     common::ip(net.ns(0), &["addr", "add", "10.30.0.1/32", "dev", "lo"]);
     common::ip(net.ns(1), &["addr", "add", "10.20.0.2/32", "dev", "lo"]);
-    let dir = std::env::temp_dir().join(format!("lwtun-own-etcd-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("etcd");
+    let dir = &dir.0;
     let (client, peer) = (free_port(), free_port());
     let client_url = format!("http://127.0.0.1:{client}");
     let peer_url = format!("http://127.0.0.1:{peer}");
@@ -773,5 +791,4 @@ fn leftovers_keeps_a_live_agents_data_plane() {
     assert_eq!(status["peers"].as_array().unwrap().len(), 1);
     drop(agent_a);
     drop(agent_b);
-    let _ = std::fs::remove_dir_all(&dir);
 }
