@@ -50,6 +50,9 @@ pub struct CaptureArgs {
     /// Stop after SECS seconds.
     #[arg(long, value_name = "SECS")]
     timeout: Option<f64>,
+    /// Print every layer of each packet with its fields and a hex dump, not one line.
+    #[arg(short = 'v', long)]
+    verbose: bool,
     /// Bytes kept of each packet.
     #[arg(short = 's', long, default_value_t = MAX_SNAPLEN)]
     snaplen: u32,
@@ -163,12 +166,15 @@ pub fn run(ctx: &Ctx, args: CaptureArgs) -> Result<()> {
                 None if ctx.json => println!(
                     "{}",
                     serde_json::json!({
+                        "hook": p.hook.to_string(),
                         "ifindex": p.ifindex,
                         "len": p.len,
                         "verdict": p.verdict,
+                        "verdict_name": p.verdict_name(),
                         "summary": p.summary(),
                     })
                 ),
+                None if args.verbose => println!("{}", p.dump()),
                 None => println!("{}", p.summary()),
             }
             seen += 1;
