@@ -8,17 +8,20 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 use lwtun::capture::{Capture, CaptureFormat, CaptureOptions, CaptureWriter, Filter, MAX_SNAPLEN};
 use lwtun::chain::{ChainHook, ProgChain};
-use lwtun::program::Hook;
-use lwtun::route::LwtRoute;
 use lwtun::tc::{TcAttach, TcDirection};
 use lwtun::xdp::{XdpAttachment, XdpMode, XdpOptions};
 use lwtun::{Error, Result};
 
 use crate::Ctx;
 
+mod route_tap;
+use route_tap::RouteTap;
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum CaptureHook {
-    /// A route to --route PREFIX via DEV, its packets captured at lwt_xmit (raw IP).
+    /// The route that carries --route PREFIX (the exact prefix, else the longest one holding
+    /// it), its packets captured at the route's free lwt_out hook as they enter it (raw IP,
+    /// before a tunnel's encap); the route keeps its programs and is put back as it was.
     Route,
     /// tc ingress of DEV (Ethernet).
     TcIngress,
@@ -33,10 +36,10 @@ pub struct CaptureArgs {
     /// Where to capture.
     #[arg(long, value_enum)]
     hook: CaptureHook,
-    /// The device.
-    #[arg(long)]
-    dev: String,
-    /// With --hook route: the prefix of the route the capture installs (removed at the end).
+    /// The device (with --hook route: optional, the carrying route must leave through it).
+    #[arg(long, required_unless_present = "route")]
+    dev: Option<String>,
+    /// With --hook route: capture the packets of the route that carries PREFIX.
     #[arg(long, value_name = "PREFIX")]
     route: Option<String>,
     /// Write the matching packets to FILE (pcap; pcapng with --pcapng) instead of printing them.
@@ -66,20 +69,28 @@ extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-/// What holds the chain where it captures; dropping it detaches it (the route is removed).
-#[allow(dead_code)] // held only for its Drop
-enum Attached {
-    _Route(lwtun::route::InstalledRoute),
-    _Tc(lwtun::tc::TcAttachment),
-    _Xdp(XdpAttachment),
+/// What holds the chain where it captures; dropping it detaches it (the route is put back).
+enum Attached<'a> {
+    Route(RouteTap<'a>),
+    Tc(#[allow(dead_code)] lwtun::tc::TcAttachment), // held for its Drop
+    Xdp(#[allow(dead_code)] XdpAttachment),          // held for its Drop
 }
 
 pub fn run(ctx: &Ctx, args: CaptureArgs) -> Result<()> {
     let op = "capture";
-    let device = ctx.netns.device(&args.dev)?;
+    let device = match &args.dev {
+        Some(name) => Some(ctx.netns.device(name)?),
+        None => None,
+    };
+    let needs_device = || {
+        device.clone().ok_or_else(|| {
+            Error::invalid_input(op, "--dev DEV is required with this --hook")
+                .with_hint("name the device: lwtun capture --hook tc-ingress --dev DEV [FILTER]")
+        })
+    };
     let expression = args.filter.join(" ");
     let chain_hook = match args.hook {
-        CaptureHook::Route => ChainHook::LwtXmit,
+        CaptureHook::Route => ChainHook::LwtOut,
         CaptureHook::TcIngress | CaptureHook::TcEgress => ChainHook::Tc,
         CaptureHook::Xdp => ChainHook::Xdp,
     };
@@ -119,45 +130,51 @@ pub fn run(ctx: &Ctx, args: CaptureArgs) -> Result<()> {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
-    let _attached = match args.hook {
+    let attached = match args.hook {
         CaptureHook::Route => {
-            let prefix = args
-                .route
-                .as_deref()
-                .ok_or_else(|| Error::invalid_input(op, "--hook route needs --route PREFIX"))?;
-            let mut nl = ctx.netlink()?;
-            Attached::_Route(
-                LwtRoute::new(crate::spec::prefix(prefix)?)
-                    .device(&device)
-                    .program(Hook::Xmit, chain.entry())
-                    .install(&mut nl)?,
-            )
+            let prefix = args.route.as_deref().ok_or_else(|| {
+                Error::invalid_input(op, "--hook route needs --route PREFIX")
+                    .with_hint("lwtun capture --hook route --route 10.20.0.0/16 [FILTER]")
+            })?;
+            Attached::Route(RouteTap::hang(
+                &ctx.netns,
+                crate::spec::prefix(prefix)?,
+                device.as_ref(),
+                &chain.lwt_entry()?,
+            )?)
         }
-        CaptureHook::TcIngress => {
-            Attached::_Tc(TcAttach::new(&device, TcDirection::Ingress).attach(chain.entry())?)
-        }
-        CaptureHook::TcEgress => {
-            Attached::_Tc(TcAttach::new(&device, TcDirection::Egress).attach(chain.entry())?)
-        }
-        CaptureHook::Xdp => Attached::_Xdp(XdpAttachment::attach(
+        CaptureHook::TcIngress => Attached::Tc(
+            TcAttach::new(&needs_device()?, TcDirection::Ingress).attach(chain.entry())?,
+        ),
+        CaptureHook::TcEgress => Attached::Tc(
+            TcAttach::new(&needs_device()?, TcDirection::Egress).attach(chain.entry())?,
+        ),
+        CaptureHook::Xdp => Attached::Xdp(XdpAttachment::attach(
             chain.entry(),
-            &device,
+            &needs_device()?,
             XdpOptions {
                 mode: XdpMode::Generic,
                 ..Default::default()
             },
         )?),
     };
-    eprintln!(
-        "lwtun: capturing on {} ({}), filter '{}'",
-        args.dev, chain_hook, expression
-    );
+    let place = match &attached {
+        Attached::Route(tap) => format!("route {}", tap.route().dst),
+        _ => args.dev.clone().unwrap_or_default(),
+    };
+    eprintln!("lwtun: capturing on {place} ({chain_hook}), filter '{expression}'");
     let until = args
         .timeout
         .map(|t| Instant::now() + Duration::from_secs_f64(t));
     let mut seen = 0u64;
     'outer: while !INTERRUPTED.load(Ordering::SeqCst) && until.is_none_or(|u| Instant::now() < u) {
-        for p in capture.poll(Duration::from_millis(100))? {
+        let packets = match capture.poll(Duration::from_millis(100)) {
+            Ok(packets) => packets,
+            // Ctrl-C during the wait (EINTR): end as after it.
+            Err(_) if INTERRUPTED.load(Ordering::SeqCst) => break,
+            Err(e) => return Err(e),
+        };
+        for p in packets {
             if !filter.matches(&p) {
                 continue;
             }
@@ -182,6 +199,11 @@ pub fn run(ctx: &Ctx, args: CaptureArgs) -> Result<()> {
                 break 'outer;
             }
         }
+    }
+    if let Attached::Route(tap) = attached {
+        tap.restore()?;
+    } else {
+        drop(attached);
     }
     capture.detach(&mut chain)?;
     eprintln!(
