@@ -412,6 +412,7 @@ fn what_cannot_be_captured_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("another device than lo"), "{err}");
+    assert_eq!(routes(s.net.ns(0)), before, "nothing changed");
     // A route has one encap: one of the kernel's own (here ip) cannot take an LWT BPF hook.
     common::ip(
         s.net.ns(0),

@@ -71,7 +71,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 
 /// What holds the chain where it captures; dropping it detaches it (the route is put back).
 enum Attached<'a> {
-    Route(RouteTap<'a>),
+    Route(Box<RouteTap<'a>>),
     Tc(#[allow(dead_code)] lwtun::tc::TcAttachment), // held for its Drop
     Xdp(#[allow(dead_code)] XdpAttachment),          // held for its Drop
 }
@@ -136,12 +136,12 @@ pub fn run(ctx: &Ctx, args: CaptureArgs) -> Result<()> {
                 Error::invalid_input(op, "--hook route needs --route PREFIX")
                     .with_hint("lwtun capture --hook route --route 10.20.0.0/16 [FILTER]")
             })?;
-            Attached::Route(RouteTap::hang(
+            Attached::Route(Box::new(RouteTap::hang(
                 &ctx.netns,
                 crate::spec::prefix(prefix)?,
                 device.as_ref(),
                 &chain.lwt_entry()?,
-            )?)
+            )?))
         }
         CaptureHook::TcIngress => Attached::Tc(
             TcAttach::new(&needs_device()?, TcDirection::Ingress).attach(chain.entry())?,
