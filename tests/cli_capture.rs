@@ -269,11 +269,12 @@ fn capture_on_a_tunnel_route_keeps_the_encap_and_puts_the_route_back() {
     let (out, _) = cap.finish();
     let v: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["hook"], "lwt_out");
+    assert_eq!(v["dev"], "to1", "at lwt_out, the route's device");
     assert_eq!(v["verdict_name"], "BPF_OK");
     assert_eq!(v["len"], 84);
     let summary = v["summary"].as_str().unwrap();
     assert!(
-        summary.contains("BPF_OK IP 10.30.0.1 > 10.20.0.2: ICMP echo request")
+        summary.contains(" lwt_out to1 BPF_OK IP 10.30.0.1 > 10.20.0.2: ICMP echo request")
             && summary.ends_with("length 64"),
         "{summary}"
     );
@@ -305,7 +306,6 @@ fn capture_prints_the_gre_key_and_the_inner_packet() {
     require!();
     let s = setup("cap-gre");
     let a = s.net.ns(0).name().to_string();
-    let ifindex = s.net.ifindex(0, "to1");
     let cap = Running::start(&[
         "-n",
         &a,
@@ -329,11 +329,9 @@ fn capture_prints_the_gre_key_and_the_inner_packet() {
     assert_eq!(lines.len(), 2, "{out}");
     for (i, l) in lines.iter().enumerate() {
         // As tcpdump prints it, but for the key in decimal, as `peer add ... key 77` set it.
-        let want = format!(
-            " tc if{ifindex} next IP 10.77.0.1 > 10.77.0.2: GREv0, key=77, length 92: \
-             IP 10.30.0.1 > 10.20.0.2: ICMP echo request, id "
-        );
-        assert!(l.contains(&want), "{l}");
+        let want = " tc to1 next IP 10.77.0.1 > 10.77.0.2: GREv0, key=77, length 92: \
+                    IP 10.30.0.1 > 10.20.0.2: ICMP echo request, id ";
+        assert!(l.contains(want), "{l}");
         assert!(l.ends_with(&format!(", seq {}, length 64", i + 1)), "{l}");
     }
 
@@ -359,7 +357,7 @@ fn capture_prints_the_gre_key_and_the_inner_packet() {
     assert_eq!(ping.received, 1, "{}", ping.output);
     let (out, _) = cap.finish();
     for want in [
-        "verdict next length 126",
+        "hook tc dev to1 verdict next length 126",
         "  GRE\n",
         "    key             77 (0x4d)",
         "  IPv4 (inner)\n",

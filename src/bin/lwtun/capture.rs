@@ -163,6 +163,13 @@ pub fn run(ctx: &Ctx, args: CaptureArgs) -> Result<()> {
         _ => args.dev.clone().unwrap_or_default(),
     };
     eprintln!("lwtun: capturing on {place} ({chain_hook}), filter '{expression}'");
+    let devices = DeviceNames::new(
+        ctx,
+        match &attached {
+            Attached::Route(tap) => tap.route().oif,
+            _ => None,
+        },
+    );
     let until = args
         .timeout
         .map(|t| Instant::now() + Duration::from_secs_f64(t));
@@ -185,14 +192,15 @@ pub fn run(ctx: &Ctx, args: CaptureArgs) -> Result<()> {
                     serde_json::json!({
                         "hook": p.hook.to_string(),
                         "ifindex": p.ifindex,
+                        "dev": devices.of(&p),
                         "len": p.len,
                         "verdict": p.verdict,
                         "verdict_name": p.verdict_name(),
-                        "summary": p.summary(),
+                        "summary": devices.named(p.summary(), &p, "if"),
                     })
                 ),
-                None if args.verbose => println!("{}", p.dump()),
-                None => println!("{}", p.summary()),
+                None if args.verbose => println!("{}", devices.named(p.dump(), &p, "ifindex ")),
+                None => println!("{}", devices.named(p.summary(), &p, "if")),
             }
             seen += 1;
             if args.count.is_some_and(|c| seen >= c) {
@@ -215,4 +223,48 @@ pub fn run(ctx: &Ctx, args: CaptureArgs) -> Result<()> {
         capture.lost()?
     );
     Ok(())
+}
+
+/// The namespace's interface names, to print packets with the name of their device instead of
+/// its index. At an LWT hook a packet has no device yet (index 0): the route's is named.
+struct DeviceNames {
+    names: std::collections::HashMap<u32, String>,
+    route_device: Option<u32>,
+}
+
+impl DeviceNames {
+    fn new(ctx: &Ctx, route_device: Option<u32>) -> Self {
+        let names = ctx
+            .netlink()
+            .and_then(|mut nl| nl.links())
+            .map(|links| links.into_iter().map(|l| (l.index, l.name)).collect())
+            .unwrap_or_default();
+        DeviceNames {
+            names,
+            route_device,
+        }
+    }
+
+    /// The name of the packet's device, if known.
+    fn of(&self, p: &lwtun::capture::Packet) -> Option<&str> {
+        let index = match p.ifindex {
+            0 => self.route_device?,
+            i => i,
+        };
+        self.names.get(&index).map(String::as_str)
+    }
+
+    /// `text` with the packet's ` {label}{ifindex} ` (as `Packet::summary` and `Packet::dump`
+    /// write it) replaced by ` dev NAME ` (the summary: ` NAME `).
+    fn named(&self, text: String, p: &lwtun::capture::Packet, label: &str) -> String {
+        let Some(name) = self.of(p) else {
+            return text;
+        };
+        let with = if label == "if" {
+            format!(" {name} ")
+        } else {
+            format!(" dev {name} ")
+        };
+        text.replacen(&format!(" {label}{} ", p.ifindex), &with, 1)
+    }
 }
