@@ -657,7 +657,9 @@ impl Decap {
     }
 
     /// Runs the decap program on `frame` with BPF_PROG_TEST_RUN (see [`test_run`]); counters
-    /// count it like a real packet.
+    /// count it like a real packet. The verdict is [`TC_ACT_UNSPEC`] for a packet decap
+    /// handed on (decapsulated, or not a tunnel packet for this host) and [`TC_ACT_SHOT`] for
+    /// one it refused.
     ///
     /// # Errors
     ///
