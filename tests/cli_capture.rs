@@ -86,6 +86,13 @@ struct Setup {
 
 /// A and B as drawn above; A's tunnel made with the command.
 fn setup(tag: &str) -> Setup {
+    let mut s = setup_tunnel(tag);
+    s.decap.attach(&s.net.device(1, "to0")).unwrap();
+    s
+}
+
+/// [`setup`] but for B's decap: loaded, not attached.
+fn setup_tunnel(tag: &str) -> Setup {
     let net = common::two_hosts();
     common::ip(net.ns(0), &["addr", "add", "10.30.0.1/32", "dev", "lo"]);
     common::ip(net.ns(1), &["addr", "add", "10.20.0.2/32", "dev", "lo"]);
@@ -98,7 +105,6 @@ fn setup(tag: &str) -> Setup {
     decap
         .add_peer(DecapPeer::host("10.77.0.1".parse().unwrap()).gre_key(KEY))
         .unwrap();
-    decap.attach(&net.device(1, "to0")).unwrap();
     let pin = common::PinDir::new(tag);
     let a = net.ns(0).name().to_string();
     let p = pin.arg();
@@ -366,6 +372,68 @@ fn capture_prints_the_gre_key_and_the_inner_packet() {
     ] {
         assert!(out.contains(want), "{want:?} in\n{out}");
     }
+}
+
+/// The case: `lwtun decap attach to0`, then `lwtun capture --hook tc-ingress --dev to0`
+/// captured nothing, not even plain pings, because decap ended the hook (TC_ACT_OK). Now the
+/// capture after it sees the plain pings and the tunnel's pings, decapsulated.
+#[test]
+fn capture_behind_the_commands_decap_sees_plain_and_decapsulated_packets() {
+    require!();
+    let s = setup_tunnel("cap-decap");
+    let b = s.net.ns(1).name().to_string();
+    let pin = common::PinDir::new("cap-decap-b");
+    let peer = format!("10.77.0.1,key={KEY}");
+    ok(&[
+        "-n",
+        &b,
+        "decap",
+        "attach",
+        "to0",
+        "--pin",
+        pin.arg(),
+        "--local",
+        "10.77.0.2",
+        "--peer",
+        &peer,
+    ]);
+    let cap = Running::start(&[
+        "-n",
+        &b,
+        "capture",
+        "--hook",
+        "tc-ingress",
+        "--dev",
+        "to0",
+        "-c",
+        "4",
+        "--timeout",
+        "20",
+        "icmp[icmptype] == icmp-echo",
+    ]);
+    let tunnelled = ping_b(&s.net, 2);
+    assert_eq!(tunnelled.received, 2, "{}", tunnelled.output);
+    let plain = common::ping(s.net.ns(0), "10.77.0.2".parse().unwrap(), 2);
+    assert_eq!(plain.received, 2, "{}", plain.output);
+    let (out, _) = cap.finish();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    for l in &lines[..2] {
+        assert!(
+            l.contains(" tc to0 next IP 10.30.0.1 > 10.20.0.2: ICMP echo request"),
+            "decapsulated: {l}"
+        );
+    }
+    for l in &lines[2..] {
+        assert!(
+            l.contains(" tc to0 next IP 10.77.0.1 > 10.77.0.2: ICMP echo request"),
+            "plain: {l}"
+        );
+    }
+    let shown = ok(&["-j", "-n", &b, "decap", "show", "--pin", pin.arg()]);
+    let shown: Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(shown["decapsulated"], 2, "{shown}");
+    ok(&["-n", &b, "decap", "detach", "to0", "--pin", pin.arg()]);
 }
 
 #[test]
