@@ -22,7 +22,7 @@ use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
 use decap_common::*;
-use lwtun::decap::{test_run, Decap, DecapPeer};
+use lwtun::decap::{test_run, Decap, DecapPeer, TC_ACT_SHOT, TC_ACT_UNSPEC};
 
 const CALLS: u32 = 20_000;
 const REPEAT: u32 = 200_000;
@@ -110,17 +110,17 @@ fn main() {
         (
             "not for us (other dst)",
             outer4(peer4, Ipv4Addr::new(192, 0, 2, 50), IPPROTO_IPIP, &i4),
-            0,
+            TC_ACT_UNSPEC,
         ),
         (
             "unknown peer (drop)",
             outer4(Ipv4Addr::new(192, 0, 2, 99), local4, IPPROTO_IPIP, &i4),
-            2,
+            TC_ACT_SHOT,
         ),
     ];
 
-    let base_call = per_call(d.baseline_program(), &decaps[0].1, 0);
-    let base_rep = repeated(d.baseline_program(), &decaps[0].1, 0);
+    let base_call = per_call(d.baseline_program(), &decaps[0].1, TC_ACT_UNSPEC);
+    let base_rep = repeated(d.baseline_program(), &decaps[0].1, TC_ACT_UNSPEC);
     println!(
         "decap cost per packet (BPF_PROG_TEST_RUN, {} byte inner packets)",
         i4.len()
@@ -134,7 +134,7 @@ fn main() {
         "pass-only (per call)", base_call, 1.0, "-"
     );
     for (what, frame) in &decaps {
-        let ns = per_call(d.program(), frame, 0);
+        let ns = per_call(d.program(), frame, TC_ACT_UNSPEC);
         println!(
             "{:<26} {:>10.1} {:>10.2} {:>14.1}",
             what,

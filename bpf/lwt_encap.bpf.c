@@ -526,7 +526,8 @@ int encap_in(struct __sk_buff *skb)
  * A test_run-safe twin of encap_xmit for tc (the frame starts at the Ethernet header): looks the
  * inner destination up and builds the outer header exactly as encap_xmit would, but stores it in
  * `preview` instead of pushing it (bpf_lwt_push_encap must never run under BPF_PROG_TEST_RUN).
- * TC_ACT_OK when a peer matched, TC_ACT_SHOT otherwise. Counts nothing.
+ * TC_ACT_OK when a peer matched, TC_ACT_SHOT otherwise: a test result, never attached to a hook.
+ * Counts nothing.
  */
 SEC("tc")
 int encap_preview(struct __sk_buff *skb)
@@ -565,8 +566,9 @@ int encap_preview(struct __sk_buff *skb)
 
 /*
  * tc egress on the underlay: turn the GSO placeholder (next header 0 over an inner IPv4 packet, see
- * the file comment) into IPPROTO_IPIP before the device segments the packet. Everything else passes
- * untouched.
+ * the file comment) into IPPROTO_IPIP before the device segments the packet. Every packet, fixed
+ * or not, gets TC_ACT_UNSPEC (TCX_NEXT): the next program on the hook (a capture, a counter, a
+ * user's program) still runs, and after the last one the packet is sent.
  */
 SEC("tc")
 int ipip_gso_fixup(struct __sk_buff *skb)
@@ -579,7 +581,7 @@ int ipip_gso_fixup(struct __sk_buff *skb)
 	int proto;
 
 	if (!skb->gso_size)
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	proto = parse_ethhdr(&nh, data_end, &eth);
 	if (proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr *iph;
@@ -587,15 +589,15 @@ int ipip_gso_fixup(struct __sk_buff *skb)
 		__u32 off;
 
 		if (parse_iphdr(&nh, data_end, &iph) < 0)
-			return TC_ACT_OK;
+			return TC_ACT_UNSPEC;
 		inner = nh.pos;
 		if (iph->protocol != 0 || (void *)(inner + 1) > data_end || (*inner >> 4) != 4)
-			return TC_ACT_OK;
+			return TC_ACT_UNSPEC;
 		off = (void *)&iph->protocol - data;
 		/* The checksum covers protocol in the 16-bit word (ttl, protocol). */
 		bpf_l3_csum_replace(skb, (void *)&iph->check - data, 0, bpf_htons(IPPROTO_IPIP_), 2);
 		bpf_skb_store_bytes(skb, off, &ipip, 1, 0);
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	}
 	if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6h;
@@ -603,16 +605,16 @@ int ipip_gso_fixup(struct __sk_buff *skb)
 		__u32 off;
 
 		if (parse_ip6hdr(&nh, data_end, &ip6h) < 0)
-			return TC_ACT_OK;
+			return TC_ACT_UNSPEC;
 		inner = nh.pos;
 		if (ip6h->nexthdr != 0 || (void *)(inner + 1) > data_end || (*inner >> 4) != 4 ||
 		    (*inner & 0xf) < 5)
-			return TC_ACT_OK;
+			return TC_ACT_UNSPEC;
 		off = (void *)&ip6h->nexthdr - data;
 		bpf_skb_store_bytes(skb, off, &ipip, 1, 0);
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	}
-	return TC_ACT_OK;
+	return TC_ACT_UNSPEC;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -36,7 +36,16 @@
  *  10. ECN (RFC 6040): outer CE turns an ECT inner packet CE      a not-ECT one: ECN (dropped)
  * The outer UDP checksum is not verified: the inner packet's own checksums are, by the stack.
  *
- * After the strip the program returns TC_ACT_OK: the skb continues through the receive path,
+ * Verdicts: a packet that is not a tunnel packet for this host (NOT_FOR_US) and a packet it
+ * decapsulated both get TC_ACT_UNSPEC (-1, which tcx calls TCX_NEXT): "not decided, go on with the
+ * next program". The hook is shared: a capture, a counter or a user's program attached after decap
+ * still runs (with TC_ACT_OK, "pass and skip the rest", none of them would see a packet, not even a
+ * plain ping); after the last program the kernel passes the packet up as with TC_ACT_OK, for tcx
+ * links and for cls_bpf filters in direct-action mode (the clsact fallback before Linux 6.6) alike.
+ * A later program sees what the stack will see: the inner packet for a decapsulated one. Only the
+ * packets decap refuses end the hook (TC_ACT_SHOT, counted per reason).
+ *
+ * After the strip the skb continues through the receive path,
  * which reads skb->protocol again after tc ingress, so the inner packet enters ip_rcv/ipv6_rcv
  * on the underlay device as if it had arrived there. The stack then routes the inner destination:
  * local delivery and forwarding both work, with the stack's own checks (inner checksums, rp_filter,
@@ -127,7 +136,8 @@ static __always_inline int verdict(__u32 ev, __u32 len, int act)
 	return act;
 }
 
-#define PASS(ev) verdict(ev, pkt_len, TC_ACT_OK)
+/* Not decided here: the next program on the hook runs, then the stack (see the verdicts above). */
+#define PASS(ev) verdict(ev, pkt_len, TC_ACT_UNSPEC)
 #define DROP(ev) verdict(ev, pkt_len, TC_ACT_SHOT)
 
 /* What the outer parse found. */
@@ -521,11 +531,11 @@ int decap_tc(struct __sk_buff *skb)
 	return PASS(ev);
 }
 
-/* The baseline of benches/decap.rs: a program that passes everything and counts nothing. */
+/* The baseline of benches/decap.rs: a program that hands every packet on and counts nothing. */
 SEC("tc")
 int pass_tc(struct __sk_buff *skb)
 {
-	return TC_ACT_OK;
+	return TC_ACT_UNSPEC;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

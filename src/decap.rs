@@ -28,7 +28,12 @@
 //! ip6gre, ip6tnl and fou senders. ECN follows RFC 6040 as the kernel's own tunnels do: an outer CE mark is copied
 //! to an ECN-capable inner packet, and a not-ECN-capable inner packet under an outer CE is dropped.
 //!
-//! The inner packet continues up the stack from tc ingress (`TC_ACT_OK`): the kernel reads the
+//! Decap shares its hook: a packet that is not a tunnel packet for this host, and a packet it
+//! decapsulated, both get `TC_ACT_UNSPEC` (`TCX_NEXT`), so a capture, a counter or a user's program
+//! attached after decap still runs (and sees the inner packet of a decapsulated one); only the
+//! packets decap refuses end the hook (`TC_ACT_SHOT`).
+//!
+//! The inner packet continues up the stack from tc ingress: the kernel reads the
 //! (rewritten) protocol after the tc hook, so the inner packet enters `ip_rcv`/`ipv6_rcv` on the
 //! underlay device and is delivered locally or forwarded by the routing table, with the stack's own
 //! checks. Outer IPv4 with inner IPv6 and the reverse work too (Linux 6.3's
@@ -162,7 +167,7 @@ impl DecapPeer {
     }
 }
 
-pub use crate::tc::{test_run, TestRun, TC_ACT_OK, TC_ACT_SHOT};
+pub use crate::tc::{test_run, TestRun, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC};
 
 /// The decap program family: the program, its tables (local endpoints, known peers, UDP ports)
 /// and its attachments. Dropping it detaches the program from every device it was attached to.
@@ -652,7 +657,9 @@ impl Decap {
     }
 
     /// Runs the decap program on `frame` with BPF_PROG_TEST_RUN (see [`test_run`]); counters
-    /// count it like a real packet.
+    /// count it like a real packet. The verdict is [`TC_ACT_UNSPEC`] for a packet decap
+    /// handed on (decapsulated, or not a tunnel packet for this host) and [`TC_ACT_SHOT`] for
+    /// one it refused.
     ///
     /// # Errors
     ///

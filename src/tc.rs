@@ -1092,7 +1092,23 @@ pub struct TestRun {
 const SKB_CTX_LEN: usize = 256;
 const SKB_MARK_OFFSET: usize = 8;
 
-/// `TC_ACT_OK`: the packet goes on.
+/// `TC_ACT_UNSPEC` (`TCX_NEXT` for tcx): not decided, the next program on the hook runs; after
+/// the last one the packet goes on. What lwtun's own tc programs return for packets that are not
+/// theirs, so programs attached after them still see traffic.
+///
+/// # Examples
+///
+/// ```no_run
+/// use lwtun::tc::{test_run, TC_ACT_UNSPEC};
+/// # fn check(prog: std::os::fd::BorrowedFd<'_>, frame: &[u8]) -> lwtun::Result<()> {
+/// let run = test_run(prog, frame, 1)?;
+/// if run.verdict == TC_ACT_UNSPEC {
+///     println!("handed on to the next program");
+/// }
+/// # Ok(()) }
+/// ```
+pub const TC_ACT_UNSPEC: i32 = -1;
+/// `TC_ACT_OK`: the packet goes on, skipping the programs after this one.
 pub const TC_ACT_OK: i32 = 0;
 /// `TC_ACT_SHOT`: the packet is dropped.
 pub const TC_ACT_SHOT: i32 = 2;

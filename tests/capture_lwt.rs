@@ -101,7 +101,7 @@ fn pings_through_an_lwt_route_are_captured_to_files_tcpdump_reads() {
     let line = kept[0].summary();
     assert!(
         line.contains(&format!(
-            "lwt_xmit if{} verdict 0 IP {src} > {dst} ICMP: echo request",
+            "lwt_xmit if{} BPF_OK IP {src} > {dst}: ICMP echo request",
             dev.index()
         )),
         "{line}"
@@ -133,6 +133,7 @@ fn pings_through_an_lwt_route_are_captured_to_files_tcpdump_reads() {
         let text = tcpdump_read(&path);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3, "{name}:\n{text}");
+        same_as_tcpdump(&kept, &text);
         for l in lines {
             assert!(
                 l.contains(&format!("IP {src} > {dst}: ICMP echo request")),
@@ -216,4 +217,20 @@ fn ipv6_pings_are_captured_as_raw_ipv6() {
         2,
         "{text}"
     );
+    // lwtun's summary prints the packet as tcpdump does, lengths included (the 64-byte ICMPv6
+    // message, not the 104-byte packet).
+    same_as_tcpdump(&echo, &text);
+}
+
+/// Each packet's summary ends with what `tcpdump -n -r` printed for it after the timestamp.
+fn same_as_tcpdump(packets: &[&Packet], text: &str) {
+    assert_eq!(packets.len(), text.lines().count(), "{text}");
+    for (p, line) in packets.iter().zip(text.lines()) {
+        let theirs = line.split_once(' ').unwrap().1;
+        assert!(
+            p.summary().ends_with(theirs),
+            "lwtun: {}\ntcpdump: {line}",
+            p.summary()
+        );
+    }
 }

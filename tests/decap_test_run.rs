@@ -7,7 +7,7 @@ mod decap_common;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use decap_common::*;
-use lwtun::decap::{Decap, DecapCounters, DecapPeer, TC_ACT_OK, TC_ACT_SHOT};
+use lwtun::decap::{Decap, DecapCounters, DecapPeer, TC_ACT_SHOT, TC_ACT_UNSPEC};
 
 const LOCAL4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const PEER4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
@@ -129,7 +129,7 @@ fn cross_family(frame: &[u8]) -> bool {
 /// 6.3: [`lwtun::probe::decap_l3`]), a cross-family packet the test expects decapsulated must
 /// instead be dropped and counted as an error, and the output is empty.
 fn run(d: &Decap, what: &str, frame: &[u8], verdict: i32, counter: &str) -> Vec<u8> {
-    let fallback = verdict == TC_ACT_OK
+    let fallback = verdict == TC_ACT_UNSPEC
         && matches!(counter, "ipip" | "gre" | "udp")
         && cross_family(frame)
         && lwtun::probe::decap_l3().is_err();
@@ -329,7 +329,7 @@ fn decapsulates_every_kind_lwtun_sends() {
         ),
     ];
     for (what, frame, inner, ethertype, counter) in &cases {
-        let out = run(&d, what, frame, TC_ACT_OK, counter);
+        let out = run(&d, what, frame, TC_ACT_UNSPEC, counter);
         expect_inner(what, &out, inner, *ethertype);
     }
 
@@ -340,7 +340,7 @@ fn decapsulates_every_kind_lwtun_sends() {
         &d,
         "ipip with outer options",
         &eth(0x0800, &p),
-        TC_ACT_OK,
+        TC_ACT_UNSPEC,
         "ipip",
     );
     expect_inner("ipip with outer options", &out, &i4, 0x0800);
@@ -356,7 +356,7 @@ fn decapsulates_every_kind_lwtun_sends() {
     );
     let mut frame = outer4(PEER4, LOCAL4, IPPROTO_IPIP, &small);
     frame.resize(60, 0);
-    let out = run(&d, "padded minimum frame", &frame, TC_ACT_OK, "ipip");
+    let out = run(&d, "padded minimum frame", &frame, TC_ACT_UNSPEC, "ipip");
     assert_eq!(&out[14..34], &small[..], "inner header at the front");
 
     // Cross-family cases the kernel cannot decapsulate were dropped as errors (see `run`).
@@ -386,35 +386,35 @@ fn malformed_foreign_and_refused_inputs() {
     };
 
     // Not ours: passed untouched.
-    add("ARP", eth(0x0806, &[0u8; 28]), TC_ACT_OK, "not_for_us");
+    add("ARP", eth(0x0806, &[0u8; 28]), TC_ACT_UNSPEC, "not_for_us");
     add(
         "VLAN-tagged frame",
         eth(0x8100, &[0, 5, 0x08, 0x00]),
-        TC_ACT_OK,
+        TC_ACT_UNSPEC,
         "not_for_us",
     );
     add(
         "ipip to another address",
         outer4(PEER4, OTHER4, IPPROTO_IPIP, &i4),
-        TC_ACT_OK,
+        TC_ACT_UNSPEC,
         "not_for_us",
     );
     add(
         "ICMP to the endpoint",
         outer4(PEER4, LOCAL4, IPPROTO_ICMP, &[8, 0, 0xf7, 0xff, 0, 0, 0, 0]),
-        TC_ACT_OK,
+        TC_ACT_UNSPEC,
         "not_for_us",
     );
     add(
         "UDP to the endpoint on another port",
         outer4(PEER4, LOCAL4, IPPROTO_UDP, &udp(40000, 53, &i4)),
-        TC_ACT_OK,
+        TC_ACT_UNSPEC,
         "not_for_us",
     );
     add(
         "IPv6 to another address",
         outer6(peer6(), "2001:db8::77".parse().unwrap(), IPPROTO_IPV6, &i6),
-        TC_ACT_OK,
+        TC_ACT_UNSPEC,
         "not_for_us",
     );
     {
@@ -422,7 +422,7 @@ fn malformed_foreign_and_refused_inputs() {
         let mut f = outer4(PEER4, LOCAL4, IPPROTO_UDP, &[0u8; 64]);
         f[14 + 6..14 + 8].copy_from_slice(&100u16.to_be_bytes());
         fix_ipv4_checksum(&mut f[14..]);
-        add("later UDP fragment", f, TC_ACT_OK, "not_for_us");
+        add("later UDP fragment", f, TC_ACT_UNSPEC, "not_for_us");
     }
 
     // Broken outer headers: dropped.
@@ -683,7 +683,7 @@ fn malformed_foreign_and_refused_inputs() {
     assert!(cases.len() >= 20, "{} cases", cases.len());
     for (what, frame, verdict, counter) in &cases {
         let out = run(&d, what, frame, *verdict, counter);
-        if *verdict == TC_ACT_OK {
+        if *verdict == TC_ACT_UNSPEC {
             assert_eq!(&out, frame, "{what}: passed untouched");
         }
     }
@@ -739,16 +739,16 @@ fn tables_round_trip_and_refuse_nonsense() {
     // Removing entries changes verdicts.
     let i4 = inner4();
     let f = outer4(PEER4, LOCAL4, IPPROTO_IPIP, &i4);
-    run(&d, "before removal", &f, TC_ACT_OK, "ipip");
+    run(&d, "before removal", &f, TC_ACT_UNSPEC, "ipip");
     d.remove_peer(format!("{PEER4}/32").parse().unwrap())
         .unwrap();
     run(&d, "peer removed", &f, TC_ACT_SHOT, "unknown_peer");
     d.remove_local(LOCAL4.into()).unwrap();
-    run(&d, "endpoint removed", &f, TC_ACT_OK, "not_for_us");
+    run(&d, "endpoint removed", &f, TC_ACT_UNSPEC, "not_for_us");
     let u = outer6(peer6(), local6(), IPPROTO_UDP, &udp(1, PORT, &i4));
-    run(&d, "FOU port set", &u, TC_ACT_OK, "udp");
+    run(&d, "FOU port set", &u, TC_ACT_UNSPEC, "udp");
     d.remove_udp_port(PORT).unwrap();
-    run(&d, "FOU port removed", &u, TC_ACT_OK, "not_for_us");
+    run(&d, "FOU port removed", &u, TC_ACT_UNSPEC, "not_for_us");
     assert!(Decap::load().unwrap().test_run(&[0u8; 10]).is_err());
 }
 
@@ -769,7 +769,7 @@ fn gre_key_to_mark() {
     let r = d.test_run(&keyed).unwrap();
     assert_eq!(
         (r.verdict, r.mark),
-        (TC_ACT_OK, 4242),
+        (TC_ACT_UNSPEC, 4242),
         "the key becomes the mark"
     );
     assert_eq!(d.test_run(&keyless).unwrap().mark, 0, "no key, no mark");
@@ -814,7 +814,7 @@ fn ecn_congestion_is_kept_rfc6040() {
                 &d,
                 &format!("{what}: CE over ECT(0)"),
                 &f,
-                TC_ACT_OK,
+                TC_ACT_UNSPEC,
                 "ipip",
             );
             if !out.is_empty() {
@@ -826,7 +826,7 @@ fn ecn_congestion_is_kept_rfc6040() {
                 &d,
                 &format!("{what}: CE over ECT(1)"),
                 &f,
-                TC_ACT_OK,
+                TC_ACT_UNSPEC,
                 "ipip",
             );
             if !out.is_empty() {
@@ -843,13 +843,25 @@ fn ecn_congestion_is_kept_rfc6040() {
             );
             // outer ECT(0), inner ECT(1) -> unchanged
             let (f, inner) = frame(2, 1);
-            let out = run(&d, &format!("{what}: ECT over ECT"), &f, TC_ACT_OK, "ipip");
+            let out = run(
+                &d,
+                &format!("{what}: ECT over ECT"),
+                &f,
+                TC_ACT_UNSPEC,
+                "ipip",
+            );
             if !out.is_empty() {
                 assert_eq!(&out[14..], &inner[..], "{what}: inner untouched");
             }
             // outer not-ECT, inner CE -> unchanged
             let (f, inner) = frame(0, 3);
-            let out = run(&d, &format!("{what}: inner CE kept"), &f, TC_ACT_OK, "ipip");
+            let out = run(
+                &d,
+                &format!("{what}: inner CE kept"),
+                &f,
+                TC_ACT_UNSPEC,
+                "ipip",
+            );
             if !out.is_empty() {
                 assert_eq!(&out[14..], &inner[..], "{what}: inner untouched");
             }
@@ -874,7 +886,7 @@ fn pinned_tables_are_adopted_by_a_later_load() {
         d.add_peer(DecapPeer::host(PEER4.into())).unwrap();
         d.add_udp_port(PORT).unwrap();
         d.set_key_to_mark(true).unwrap();
-        run(&d, "first owner", &keyed, TC_ACT_OK, "gre");
+        run(&d, "first owner", &keyed, TC_ACT_UNSPEC, "gre");
         d.keep_pinned();
     }
     for name in [
@@ -913,11 +925,11 @@ fn pinned_tables_are_adopted_by_a_later_load() {
     let r = d.test_run(&keyed).unwrap();
     assert_eq!(
         (r.verdict, r.mark),
-        (TC_ACT_OK, 5),
+        (TC_ACT_UNSPEC, 5),
         "tables and settings adopted"
     );
     let u = outer4(PEER4, LOCAL4, IPPROTO_UDP, &udp(1, PORT, &i4));
-    run(&d, "adopted FOU port", &u, TC_ACT_OK, "udp");
+    run(&d, "adopted FOU port", &u, TC_ACT_UNSPEC, "udp");
     drop(d);
     // The pins go, and the folder with them (the pin protocol: an owner that drops unkept
     // leaves nothing).
@@ -953,7 +965,7 @@ fn gre_checksum_verification_can_be_turned_off() {
     let bad = outer4(PEER4, LOCAL4, IPPROTO_GRE, &g);
     run(&d, "verified", &bad, TC_ACT_SHOT, "bad_checksum");
     d.set_verify_gre_checksum(false).unwrap();
-    let out = run(&d, "not verified", &bad, TC_ACT_OK, "gre");
+    let out = run(&d, "not verified", &bad, TC_ACT_UNSPEC, "gre");
     expect_inner("not verified", &out, &i4, 0x0800);
     d.set_verify_gre_checksum(true).unwrap();
     run(&d, "verified again", &bad, TC_ACT_SHOT, "bad_checksum");
@@ -986,7 +998,7 @@ fn gre_checksum_of_a_packet_with_a_partial_inner_checksum() {
                 outer6(peer6(), local6(), IPPROTO_GRE, g)
             }
         };
-        let out = run(&d, &what, &frame(&g), TC_ACT_OK, "gre");
+        let out = run(&d, &what, &frame(&g), TC_ACT_UNSPEC, "gre");
         expect_inner(&what, &out, &partial, ethertype);
 
         // Damaged payload under a final (now wrong) checksum: the bytes do not add up, and the
@@ -1030,7 +1042,7 @@ fn an_unfinished_gre_checksum_from_a_kernel_gre_device_is_accepted() {
         &d,
         "kernel gre, checksum unfinished",
         &frame,
-        TC_ACT_OK,
+        TC_ACT_UNSPEC,
         "gre",
     );
     assert_eq!(&out[..14], &frame[..14], "the Ethernet header is kept");
@@ -1060,7 +1072,7 @@ fn an_unfinished_gre_checksum_from_a_kernel_gre_device_is_accepted() {
         &d,
         "GRE checksum field 0",
         &outer4(PEER4, LOCAL4, IPPROTO_GRE, &g),
-        TC_ACT_OK,
+        TC_ACT_UNSPEC,
         "gre",
     );
     expect_inner("GRE checksum field 0", &out, &i4, 0x0800);

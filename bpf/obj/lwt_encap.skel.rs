@@ -797,5 +797,5 @@ mod imp {
         }
     }
     #[unsafe(link_section = ".bpf.objs")]
-    static DATA: [u8; 78640] = *include_bytes!(concat!(env!("OUT_DIR"), "/lwt_encap.bpf.o"));
+    static DATA: [u8; 78648] = *include_bytes!(concat!(env!("OUT_DIR"), "/lwt_encap.bpf.o"));
 }

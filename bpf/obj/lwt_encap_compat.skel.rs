@@ -797,5 +797,5 @@ mod imp {
         }
     }
     #[unsafe(link_section = ".bpf.objs")]
-    static DATA: [u8; 80104] = *include_bytes!(concat!(env!("OUT_DIR"), "/lwt_encap_compat.bpf.o"));
+    static DATA: [u8; 80112] = *include_bytes!(concat!(env!("OUT_DIR"), "/lwt_encap_compat.bpf.o"));
 }

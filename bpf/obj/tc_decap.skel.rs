@@ -738,5 +738,5 @@ mod imp {
         }
     }
     #[unsafe(link_section = ".bpf.objs")]
-    static DATA: [u8; 43320] = *include_bytes!(concat!(env!("OUT_DIR"), "/tc_decap.bpf.o"));
+    static DATA: [u8; 43344] = *include_bytes!(concat!(env!("OUT_DIR"), "/tc_decap.bpf.o"));
 }

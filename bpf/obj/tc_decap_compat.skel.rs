@@ -738,5 +738,5 @@ mod imp {
         }
     }
     #[unsafe(link_section = ".bpf.objs")]
-    static DATA: [u8; 43656] = *include_bytes!(concat!(env!("OUT_DIR"), "/tc_decap_compat.bpf.o"));
+    static DATA: [u8; 43680] = *include_bytes!(concat!(env!("OUT_DIR"), "/tc_decap_compat.bpf.o"));
 }

@@ -82,9 +82,38 @@ impl Packet {
         LinkType::of(self.hook)
     }
 
-    /// One line, tcpdump-like: time, hook, interface, verdict and the decoded headers.
+    /// One line, tcpdump-like: time, hook, interface, verdict name and the decoded headers,
+    /// through lwtun's encapsulations (IP-in-IP, GRE with its key, FOU with its port) to the
+    /// inner packet, with the lengths tcpdump prints (the ICMP message, the TCP or UDP payload).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use lwtun::capture::Packet;
+    /// # fn show(p: &Packet) {
+    /// // 12:00:01.000042 tc if3 next IP 10.66.0.1 > 10.66.0.2: GREv0, key=77, length 92:
+    /// //   IP 10.30.0.1 > 10.20.0.9: ICMP echo request, id 25180, seq 1, length 64
+    /// println!("{}", p.summary());
+    /// # }
+    /// ```
     pub fn summary(&self) -> String {
         decode::summary(self)
+    }
+
+    /// The kernel's name of [`verdict`](Self::verdict) at the packet's hook: `XDP_PASS`,
+    /// `TC_ACT_SHOT`, `next` (tc's `TC_ACT_UNSPEC`, tcx's `TCX_NEXT`: the next program decides),
+    /// `BPF_OK`, ...; `unknown verdict N` for a code the hook does not define.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use lwtun::capture::Packet;
+    /// # fn show(p: &Packet) {
+    /// println!("{} at {}", p.verdict_name(), p.hook);
+    /// # }
+    /// ```
+    pub fn verdict_name(&self) -> String {
+        decode::verdict_text(self)
     }
 
     /// A layer-by-layer dump with every header field and a hex dump of the bytes.

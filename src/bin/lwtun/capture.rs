@@ -8,17 +8,20 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 use lwtun::capture::{Capture, CaptureFormat, CaptureOptions, CaptureWriter, Filter, MAX_SNAPLEN};
 use lwtun::chain::{ChainHook, ProgChain};
-use lwtun::program::Hook;
-use lwtun::route::LwtRoute;
 use lwtun::tc::{TcAttach, TcDirection};
 use lwtun::xdp::{XdpAttachment, XdpMode, XdpOptions};
 use lwtun::{Error, Result};
 
 use crate::Ctx;
 
+mod route_tap;
+use route_tap::RouteTap;
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum CaptureHook {
-    /// A route to --route PREFIX via DEV, its packets captured at lwt_xmit (raw IP).
+    /// The route that carries --route PREFIX (the exact prefix, else the longest one holding
+    /// it), its packets captured at the route's free lwt_out hook as they enter it (raw IP,
+    /// before a tunnel's encap); the route keeps its programs and is put back as it was.
     Route,
     /// tc ingress of DEV (Ethernet).
     TcIngress,
@@ -33,10 +36,10 @@ pub struct CaptureArgs {
     /// Where to capture.
     #[arg(long, value_enum)]
     hook: CaptureHook,
-    /// The device.
-    #[arg(long)]
-    dev: String,
-    /// With --hook route: the prefix of the route the capture installs (removed at the end).
+    /// The device (with --hook route: optional, the carrying route must leave through it).
+    #[arg(long, required_unless_present = "route")]
+    dev: Option<String>,
+    /// With --hook route: capture the packets of the route that carries PREFIX.
     #[arg(long, value_name = "PREFIX")]
     route: Option<String>,
     /// Write the matching packets to FILE (pcap; pcapng with --pcapng) instead of printing them.
@@ -50,6 +53,9 @@ pub struct CaptureArgs {
     /// Stop after SECS seconds.
     #[arg(long, value_name = "SECS")]
     timeout: Option<f64>,
+    /// Print every layer of each packet with its fields and a hex dump, not one line.
+    #[arg(short = 'v', long)]
+    verbose: bool,
     /// Bytes kept of each packet.
     #[arg(short = 's', long, default_value_t = MAX_SNAPLEN)]
     snaplen: u32,
@@ -63,20 +69,28 @@ extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-/// What holds the chain where it captures; dropping it detaches it (the route is removed).
-#[allow(dead_code)] // held only for its Drop
-enum Attached {
-    _Route(lwtun::route::InstalledRoute),
-    _Tc(lwtun::tc::TcAttachment),
-    _Xdp(XdpAttachment),
+/// What holds the chain where it captures; dropping it detaches it (the route is put back).
+enum Attached<'a> {
+    Route(Box<RouteTap<'a>>),
+    Tc(#[allow(dead_code)] lwtun::tc::TcAttachment), // held for its Drop
+    Xdp(#[allow(dead_code)] XdpAttachment),          // held for its Drop
 }
 
 pub fn run(ctx: &Ctx, args: CaptureArgs) -> Result<()> {
     let op = "capture";
-    let device = ctx.netns.device(&args.dev)?;
+    let device = match &args.dev {
+        Some(name) => Some(ctx.netns.device(name)?),
+        None => None,
+    };
+    let needs_device = || {
+        device.clone().ok_or_else(|| {
+            Error::invalid_input(op, "--dev DEV is required with this --hook")
+                .with_hint("name the device: lwtun capture --hook tc-ingress --dev DEV [FILTER]")
+        })
+    };
     let expression = args.filter.join(" ");
     let chain_hook = match args.hook {
-        CaptureHook::Route => ChainHook::LwtXmit,
+        CaptureHook::Route => ChainHook::LwtOut,
         CaptureHook::TcIngress | CaptureHook::TcEgress => ChainHook::Tc,
         CaptureHook::Xdp => ChainHook::Xdp,
     };
@@ -116,45 +130,58 @@ pub fn run(ctx: &Ctx, args: CaptureArgs) -> Result<()> {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
-    let _attached = match args.hook {
+    let attached = match args.hook {
         CaptureHook::Route => {
-            let prefix = args
-                .route
-                .as_deref()
-                .ok_or_else(|| Error::invalid_input(op, "--hook route needs --route PREFIX"))?;
-            let mut nl = ctx.netlink()?;
-            Attached::_Route(
-                LwtRoute::new(crate::spec::prefix(prefix)?)
-                    .device(&device)
-                    .program(Hook::Xmit, chain.entry())
-                    .install(&mut nl)?,
-            )
+            let prefix = args.route.as_deref().ok_or_else(|| {
+                Error::invalid_input(op, "--hook route needs --route PREFIX")
+                    .with_hint("lwtun capture --hook route --route 10.20.0.0/16 [FILTER]")
+            })?;
+            Attached::Route(Box::new(RouteTap::hang(
+                &ctx.netns,
+                crate::spec::prefix(prefix)?,
+                device.as_ref(),
+                &chain.lwt_entry()?,
+            )?))
         }
-        CaptureHook::TcIngress => {
-            Attached::_Tc(TcAttach::new(&device, TcDirection::Ingress).attach(chain.entry())?)
-        }
-        CaptureHook::TcEgress => {
-            Attached::_Tc(TcAttach::new(&device, TcDirection::Egress).attach(chain.entry())?)
-        }
-        CaptureHook::Xdp => Attached::_Xdp(XdpAttachment::attach(
+        CaptureHook::TcIngress => Attached::Tc(
+            TcAttach::new(&needs_device()?, TcDirection::Ingress).attach(chain.entry())?,
+        ),
+        CaptureHook::TcEgress => Attached::Tc(
+            TcAttach::new(&needs_device()?, TcDirection::Egress).attach(chain.entry())?,
+        ),
+        CaptureHook::Xdp => Attached::Xdp(XdpAttachment::attach(
             chain.entry(),
-            &device,
+            &needs_device()?,
             XdpOptions {
                 mode: XdpMode::Generic,
                 ..Default::default()
             },
         )?),
     };
-    eprintln!(
-        "lwtun: capturing on {} ({}), filter '{}'",
-        args.dev, chain_hook, expression
+    let place = match &attached {
+        Attached::Route(tap) => format!("route {}", tap.route().dst),
+        _ => args.dev.clone().unwrap_or_default(),
+    };
+    eprintln!("lwtun: capturing on {place} ({chain_hook}), filter '{expression}'");
+    let devices = DeviceNames::new(
+        ctx,
+        match &attached {
+            Attached::Route(tap) => tap.route().oif,
+            _ => None,
+        },
     );
     let until = args
         .timeout
         .map(|t| Instant::now() + Duration::from_secs_f64(t));
     let mut seen = 0u64;
     'outer: while !INTERRUPTED.load(Ordering::SeqCst) && until.is_none_or(|u| Instant::now() < u) {
-        for p in capture.poll(Duration::from_millis(100))? {
+        let packets = match capture.poll(Duration::from_millis(100)) {
+            Ok(packets) => packets,
+            // Ctrl-C during the wait (EINTR): end as after it.
+            Err(_) if INTERRUPTED.load(Ordering::SeqCst) => break,
+            Err(e) => return Err(e),
+        };
+        for p in packets {
             if !filter.matches(&p) {
                 continue;
             }
@@ -163,19 +190,28 @@ pub fn run(ctx: &Ctx, args: CaptureArgs) -> Result<()> {
                 None if ctx.json => println!(
                     "{}",
                     serde_json::json!({
+                        "hook": p.hook.to_string(),
                         "ifindex": p.ifindex,
+                        "dev": devices.of(&p),
                         "len": p.len,
                         "verdict": p.verdict,
-                        "summary": p.summary(),
+                        "verdict_name": p.verdict_name(),
+                        "summary": devices.named(p.summary(), &p, "if"),
                     })
                 ),
-                None => println!("{}", p.summary()),
+                None if args.verbose => println!("{}", devices.named(p.dump(), &p, "ifindex ")),
+                None => println!("{}", devices.named(p.summary(), &p, "if")),
             }
             seen += 1;
             if args.count.is_some_and(|c| seen >= c) {
                 break 'outer;
             }
         }
+    }
+    if let Attached::Route(tap) = attached {
+        tap.restore()?;
+    } else {
+        drop(attached);
     }
     capture.detach(&mut chain)?;
     eprintln!(
@@ -187,4 +223,48 @@ pub fn run(ctx: &Ctx, args: CaptureArgs) -> Result<()> {
         capture.lost()?
     );
     Ok(())
+}
+
+/// The namespace's interface names, to print packets with the name of their device instead of
+/// its index. At an LWT hook a packet has no device yet (index 0): the route's is named.
+struct DeviceNames {
+    names: std::collections::HashMap<u32, String>,
+    route_device: Option<u32>,
+}
+
+impl DeviceNames {
+    fn new(ctx: &Ctx, route_device: Option<u32>) -> Self {
+        let names = ctx
+            .netlink()
+            .and_then(|mut nl| nl.links())
+            .map(|links| links.into_iter().map(|l| (l.index, l.name)).collect())
+            .unwrap_or_default();
+        DeviceNames {
+            names,
+            route_device,
+        }
+    }
+
+    /// The name of the packet's device, if known.
+    fn of(&self, p: &lwtun::capture::Packet) -> Option<&str> {
+        let index = match p.ifindex {
+            0 => self.route_device?,
+            i => i,
+        };
+        self.names.get(&index).map(String::as_str)
+    }
+
+    /// `text` with the packet's ` {label}{ifindex} ` (as `Packet::summary` and `Packet::dump`
+    /// write it) replaced by ` dev NAME ` (the summary: ` NAME `).
+    fn named(&self, text: String, p: &lwtun::capture::Packet, label: &str) -> String {
+        let Some(name) = self.of(p) else {
+            return text;
+        };
+        let with = if label == "if" {
+            format!(" {name} ")
+        } else {
+            format!(" dev {name} ")
+        };
+        text.replacen(&format!(" {label}{} ", p.ifindex), &with, 1)
+    }
 }
