@@ -168,6 +168,33 @@ impl Netlink {
             route.write_request(out, op, 0, seq)
         })
         .map(drop)
+        .map_err(|e| self.explain(e, route))
+    }
+
+    /// A refused route change as a user reads it: the device by name (`dev veth0`, not
+    /// `dev#2`) and, for a route in the way or a missing one, the `ip` command that shows
+    /// what is there.
+    fn explain(&mut self, e: Error, route: &Route) -> Error {
+        let Some(errno) = e.errno() else {
+            return e;
+        };
+        let dev = route
+            .oif
+            .and_then(|index| self.link_by_index(index).ok())
+            .map(|link| link.name);
+        let e = e.with_object(route.describe(dev.as_deref()));
+        let show = match route.table {
+            super::RT_TABLE_MAIN => format!("ip route show {}", route.dst),
+            table => format!("ip route show {} table {table}", route.dst),
+        };
+        match errno {
+            libc::EEXIST => e.with_hint(format!(
+                "a route to {} is there already (`{show}`): replace it, or delete it first",
+                route.dst
+            )),
+            libc::ESRCH => e.with_hint(format!("no such route: `{show}` lists what is there")),
+            _ => e,
+        }
     }
 
     /// Applies a batch, pipelined. Every item is attempted; the report lists each failure by
