@@ -226,6 +226,18 @@ fn messages_name_devices_and_give_complete_commands() {
     );
     speaks_cli(&err);
 
+    // a device that is not there: the namespace by name and the ip command that lists them
+    let err = fails(&["-n", &n, "xdp", "stats", "nodev0"], 3);
+    assert!(
+        err.contains(&format!("no such device in network namespace {n}"))
+            && err.contains(&format!("`ip -n {n} link`")),
+        "{err}"
+    );
+    speaks_cli(&err);
+    // a route that is not there: the show command in the same namespace
+    let err = fails(&["-n", &n, "route", "del", "10.21.0.0/16"], 3);
+    assert!(err.contains(&format!("`lwtun -n {n} route show`")), "{err}");
+
     // a route in the way: named by device, with the ip command that shows it
     common::ip(&ns, &["route", "add", "10.20.0.0/16", "dev", "sc0"]);
     let pin = common::PinDir::new("script-route");

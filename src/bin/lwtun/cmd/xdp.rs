@@ -132,7 +132,15 @@ pub(crate) fn xdp(ctx: &Ctx, command: XdpCommand) -> Result<()> {
                 },
                 via: lwtun::xdp::AttachVia::Netlink,
             };
-            let att = XdpAttachment::attach(prog, &device, options)?;
+            let att = XdpAttachment::attach(prog, &device, options).map_err(|e| {
+                match (e.kind(), mode) {
+                    (ErrorKind::Unsupported, Mode::Native) => e.with_hint(format!(
+                        "attach in generic mode, which every driver has: `{}`",
+                        ctx.command(&format!("xdp attach {dev} --mode generic"))
+                    )),
+                    _ => e,
+                }
+            })?;
             let id = att.program_id();
             att.persist()?;
             if ctx.json {
