@@ -96,7 +96,7 @@ fn libbpf_said() -> Vec<String> {
 /// Reports `e` on stderr (a sentence, or JSON under `-j`) and returns the exit code of its kind;
 /// a write to a closed stdout ends quietly with success.
 pub(crate) fn fail(e: &Error, json: bool) -> ExitCode {
-    if e.errno() == Some(libc::EPIPE) {
+    if e.operation() == WRITE_STDOUT && e.errno() == Some(libc::EPIPE) {
         return ExitCode::SUCCESS;
     }
     let (kind, code) = kind_code(e.kind());
@@ -200,13 +200,16 @@ pub(crate) fn quiet_broken_pipes() {
     }));
 }
 
+/// The operation of a failed write to stdout, which [`fail`] recognises.
+const WRITE_STDOUT: &str = "write to standard output";
+
 /// Writes `text` to stdout; a closed stdout is an [`ErrorKind::Io`] error with errno `EPIPE`,
 /// which [`fail`] ends quietly.
 pub(crate) fn print(text: &str) -> lwtun::Result<()> {
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
-        .map_err(|e| Error::io("write to standard output", e))
+        .map_err(|e| Error::io(WRITE_STDOUT, e))
 }
 
 #[cfg(test)]
@@ -254,6 +257,18 @@ mod tests {
         assert!(!wants_json(&args(&["-n", "jp", "peer"])));
         assert!(!wants_json(&args(&["peer", "--", "-j"])));
         assert!(!wants_json(&args(&["peer", "10.0.0.0/8"])));
+    }
+
+    #[test]
+    fn libbpf_warnings_are_kept_for_the_error_not_printed() {
+        keep_libbpf_quiet();
+        let bytes = b"not an ELF object".to_vec();
+        let open = libbpf_rs::ObjectBuilder::default().open_memory(&bytes);
+        assert!(open.is_err());
+        let said = libbpf_said();
+        assert!(!said.is_empty(), "libbpf warned of the bad object");
+        assert!(said.len() <= LIBBPF_KEPT, "{said:?}");
+        assert!(said.iter().all(|l| !l.starts_with("libbpf: ")), "{said:?}");
     }
 
     #[test]
