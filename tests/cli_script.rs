@@ -151,6 +151,24 @@ fn failures_exit_with_their_kinds_code_and_json_errors() {
     let v = fails_json(&["tunnel", "load", "--pin", nested.to_str().unwrap()], 7);
     assert_eq!(v["error"]["kind"], "invalid_input", "{v}");
 
+    // permission: an unprivileged user loading a tunnel; no libbpf guesswork after the error
+    let perm = common::PinDir::new("script-perm");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_lwtun"))
+        .args(["tunnel", "load", "--pin", perm.arg()])
+        .output();
+    match out {
+        Ok(out) if !matches!(out.status.code(), Some(126 | 127)) => {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(5), "{err}");
+            assert!(err.contains("run as root"), "{err}");
+            assert!(!err.contains("libbpf"), "{err}");
+            assert!(!perm.0.exists(), "nothing made");
+        }
+        _ => eprintln!("SKIPPED the permission exit code: setpriv cannot run lwtun as nobody"),
+    }
+
     // invalid_input: a bad peer on the command line
     let pin = common::PinDir::new("script-codes");
     ok(&["tunnel", "load", "--pin", pin.arg()]);

@@ -28,7 +28,7 @@ Exit status (stable; under -j the error is also a JSON object on stderr):
 JSON error (-j, on stderr): {\"error\": {kind, exit_code, op, object, message, errno, kernel,
                  hint, libbpf}}: kind is a name above; object, errno, kernel (the kernel's
                  extended ack) and hint are null when absent; message is the whole sentence;
-                 libbpf lists what libbpf warned of (printed after the error otherwise).";
+                 libbpf lists what libbpf warned of (printed after a kernel or io error).";
 
 /// The stable name and exit code of an error kind.
 pub(crate) fn kind_code(kind: ErrorKind) -> (&'static str, u8) {
@@ -84,7 +84,8 @@ fn record_libbpf(_level: libbpf_rs::PrintLevel, message: String) {
 }
 
 /// Keeps libbpf's own warnings off the terminal: they are kept and reported with the error
-/// they led to (after it, or in its JSON), and dropped when the command succeeds.
+/// they led to (in its JSON; in text after a `kernel` or `io` error, where lwtun's message has
+/// only the kernel's answer), and dropped when the command succeeds.
 pub(crate) fn keep_libbpf_quiet() {
     libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Warn, record_libbpf)));
 }
@@ -118,8 +119,13 @@ pub(crate) fn fail(e: &Error, json: bool) -> ExitCode {
         let _ = writeln!(std::io::stderr(), "{text}");
     } else {
         let mut text = format!("lwtun: {e}\n");
-        for line in libbpf_said() {
-            text.push_str(&format!("  libbpf: {line}\n"));
+        // Where lwtun's error diagnoses the failure (a missing capability, feature, object,
+        // bad input) libbpf's guesses only mislead ("make sure your kernel supports BPF");
+        // they help where the kernel's answer is all there is.
+        if matches!(kind, "kernel" | "io" | "other") {
+            for line in libbpf_said() {
+                text.push_str(&format!("  libbpf: {line}\n"));
+            }
         }
         let _ = std::io::stderr().write_all(text.as_bytes());
     }
