@@ -275,7 +275,10 @@ fn messages_name_devices_and_give_complete_commands() {
     ];
     let err = fails(&add, 4);
     assert!(err.contains("dev sc0"), "the device by name: {err}");
-    assert!(err.contains("`ip route show 10.20.0.0/16`"), "{err}");
+    assert!(
+        err.contains(&format!("`ip -n {n} route show 10.20.0.0/16`")),
+        "in the namespace the command acted in: {err}"
+    );
     speaks_cli(&err);
     let v = fails_json(&add, 4);
     assert_eq!(v["error"]["errno"], libc::EEXIST, "{v}");

@@ -63,7 +63,7 @@ struct JsonErrorBody<'a> {
     message: String,
     errno: Option<i32>,
     kernel: Option<&'a str>,
-    hint: Option<&'a str>,
+    hint: Option<String>,
     libbpf: Vec<String>,
 }
 
@@ -94,9 +94,29 @@ fn libbpf_said() -> Vec<String> {
     LIBBPF_SAID.lock().map(|s| s.clone()).unwrap_or_default()
 }
 
+/// Puts `-n NAME` into the `ip` commands a message suggests (`` `ip route show D` `` becomes
+/// `` `ip -n NAME route show D` ``) when the command acts in the namespace NAME: the library
+/// words its advice for the namespace it was given, which the shell user named with `-n`.
+fn in_netns(text: &str, netns: Option<&str>) -> String {
+    let Some(name) = netns else {
+        return text.to_string();
+    };
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("`ip ") {
+        out.push_str(&rest[..at + 4]);
+        rest = &rest[at + 4..];
+        if !rest.starts_with("-n ") {
+            out.push_str(&format!("-n {name} "));
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Reports `e` on stderr (a sentence, or JSON under `-j`) and returns the exit code of its kind;
-/// a write to a closed stdout ends quietly with success.
-pub(crate) fn fail(e: &Error, json: bool) -> ExitCode {
+/// a write to a closed stdout ends quietly with success. `netns` is the name given with `-n`.
+pub(crate) fn fail(e: &Error, json: bool, netns: Option<&str>) -> ExitCode {
     if e.operation() == WRITE_STDOUT && e.errno() == Some(libc::EPIPE) {
         return ExitCode::SUCCESS;
     }
@@ -108,17 +128,17 @@ pub(crate) fn fail(e: &Error, json: bool) -> ExitCode {
                 exit_code: code,
                 op: e.operation(),
                 object: e.object(),
-                message: e.to_string(),
+                message: in_netns(&e.to_string(), netns),
                 errno: e.errno(),
                 kernel: e.ext_ack(),
-                hint: e.hint(),
+                hint: e.hint().map(|h| in_netns(h, netns)),
                 libbpf: libbpf_said(),
             },
         };
         let text = serde_json::to_string(&body).unwrap_or_else(|_| e.to_string());
         let _ = writeln!(std::io::stderr(), "{text}");
     } else {
-        let mut text = format!("lwtun: {e}\n");
+        let mut text = format!("lwtun: {}\n", in_netns(&e.to_string(), netns));
         // Where lwtun's error diagnoses the failure (a missing capability, feature, object,
         // bad input) libbpf's guesses only mislead ("make sure your kernel supports BPF");
         // they help where the kernel's answer is all there is.
@@ -155,7 +175,7 @@ pub(crate) fn usage(e: clap::Error, json: bool) -> ExitCode {
             message,
             errno: None,
             kernel: None,
-            hint: Some("see `lwtun --help`"),
+            hint: Some("see `lwtun --help`".to_string()),
             libbpf: Vec::new(),
         },
     };
@@ -275,6 +295,16 @@ mod tests {
         assert!(!said.is_empty(), "libbpf warned of the bad object");
         assert!(said.len() <= LIBBPF_KEPT, "{said:?}");
         assert!(said.iter().all(|l| !l.starts_with("libbpf: ")), "{said:?}");
+    }
+
+    #[test]
+    fn suggested_ip_commands_run_where_the_command_did() {
+        let text = "there already (`ip route show 10.0.0.0/8`); `ip -n lab link` lists them";
+        assert_eq!(
+            in_netns(text, Some("lab")),
+            "there already (`ip -n lab route show 10.0.0.0/8`); `ip -n lab link` lists them"
+        );
+        assert_eq!(in_netns(text, None), text);
     }
 
     #[test]

@@ -191,9 +191,10 @@ fn main() -> ExitCode {
     };
     exit::quiet_broken_pipes();
     exit::keep_libbpf_quiet();
+    let netns = cli.netns.clone();
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli))) {
         Ok(Ok(())) => ExitCode::SUCCESS,
-        Ok(Err(e)) => exit::fail(&e, json),
+        Ok(Err(e)) => exit::fail(&e, json, netns.as_deref()),
         Err(payload) if exit::is_broken_pipe(payload.as_ref()) => ExitCode::SUCCESS,
         Err(payload) => std::panic::resume_unwind(payload),
     }
