@@ -467,3 +467,53 @@ fn the_exit_status_table_is_in_help() {
         assert!(help.contains(row), "{row:?} in --help: {help}");
     }
 }
+
+#[test]
+fn a_capture_whose_reader_stops_detaches_and_ends_quietly() {
+    require!();
+    let net = common::two_hosts();
+    let b = net.ns(1).name().to_string();
+    // Summaries to stdout, read by a reader that stops after the first (as `| head -1`).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lwtun"))
+        .args(["-n", &b, "capture", "--hook", "tc-ingress", "--dev", "to0"])
+        .args(["--timeout", "20", "icmp"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Kill(child);
+    let mut errors = BufReader::new(stderr);
+    let mut started = String::new();
+    errors.read_line(&mut started).unwrap();
+    assert!(started.contains("capturing on to0"), "{started}");
+    let pinger = {
+        let ns = net.ns(0).name().to_string();
+        let to = net.v4(1).to_string();
+        std::thread::spawn(move || {
+            Command::new("ip")
+                .args(["netns", "exec", &ns, "ping", "-c", "20", "-i", "0.05", &to])
+                .output()
+        })
+    };
+    let mut first = String::new();
+    BufReader::new(stdout).read_line(&mut first).unwrap();
+    assert!(first.contains("ICMP") || first.contains("icmp"), "{first}");
+    // the reader is gone: the next summary meets a closed pipe
+    let status = child.0.wait().unwrap();
+    let _ = pinger.join();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut errors, &mut rest).unwrap();
+    assert!(status.success(), "ended with {status}: {rest}");
+    assert!(!rest.contains("panicked"), "{rest}");
+    let tc = lwtun::tc::attached(&net.device(1, "to0"), lwtun::tc::TcDirection::Ingress).unwrap();
+    assert!(tc.is_empty(), "the capture detached when it ended: {tc:?}");
+}
