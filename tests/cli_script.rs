@@ -468,6 +468,7 @@ fn the_exit_status_table_is_in_help() {
     }
 }
 
+#[cfg(feature = "capture")]
 #[test]
 fn a_capture_whose_reader_stops_detaches_and_ends_quietly() {
     require!();
