@@ -154,25 +154,31 @@ fn describe_etcd(e: &etcd_client::Error, at: &str) -> String {
             "etcd at {at} did not answer in time: is it running, and reachable from here?"
         );
     }
+    // A status with a source is the client's own: it could not connect (DNS, routing, TLS).
+    // One without is etcd's answer.
     if let etcd_client::Error::GRpcStatus(s) = e {
-        let code = format!("{:?}", s.code());
-        let hint = match code.as_str() {
-            "Unauthenticated" | "PermissionDenied" => "check the agent's etcd credentials and role",
-            "Unavailable" => "is the cluster up, with a leader elected?",
-            "ResourceExhausted" => "etcd refused the size: is its quota exceeded?",
-            _ => "see etcd's log",
-        };
-        return one_line(&format!(
-            "etcd at {at} refused the request ({code}: {}): {hint}",
-            s.message()
-        ));
+        if s.source().is_none() {
+            let code = format!("{:?}", s.code());
+            let hint = match code.as_str() {
+                "Unauthenticated" | "PermissionDenied" => {
+                    "check the agent's etcd credentials and role"
+                }
+                "Unavailable" => "is the cluster up, with a leader elected?",
+                "ResourceExhausted" => "etcd refused the size: is its quota exceeded?",
+                _ => "see etcd's log",
+            };
+            return one_line(&format!(
+                "etcd at {at} refused the request ({code}: {}): {hint}",
+                s.message()
+            ));
+        }
     }
     let innermost = chain(root)
         .last()
         .map(|e| e.to_string())
         .unwrap_or_default();
     one_line(&format!(
-        "cannot talk to etcd at {at} ({innermost}): check --etcd and the route to it"
+        "cannot reach etcd at {at} ({innermost}): check --etcd and the route to it"
     ))
 }
 
@@ -236,6 +242,32 @@ mod tests {
             line,
             format!("etcd at 127.0.0.1:{port} refused the connection: is it running?"),
             "from {raw}"
+        );
+    }
+
+    #[test]
+    fn a_name_that_does_not_resolve_is_a_connection_failure_not_etcds_answer() {
+        // .invalid never resolves (RFC 6761).
+        let url = "http://nosuchhost.invalid:2379".to_string();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let e = rt
+            .block_on(async {
+                let options =
+                    etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(1));
+                let mut client = etcd_client::Client::connect([url.clone()], Some(options)).await?;
+                client.get("k", None).await
+            })
+            .expect_err("the name does not resolve");
+        let raw = e.to_string();
+        let line = describe(&AgentError::Etcd(e), &[url]);
+        assert!(
+            line.starts_with("cannot reach etcd at nosuchhost.invalid:2379 (")
+                && line.ends_with("): check --etcd and the route to it")
+                && !line.contains("tonic"),
+            "{line} from {raw}"
         );
     }
 }
