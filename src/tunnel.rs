@@ -853,11 +853,10 @@ impl PinnedTunnel {
             return Err(Error::other(
                 ErrorKind::NotFound,
                 "read pinned tunnel",
-                format!(
-                    "{} holds no lwtun tunnel pins (peers_v4); pin one with TunnelBuilder::pin",
-                    folder.display()
-                ),
-            ));
+                "the folder holds no lwtun tunnel pins (peers_v4)",
+            )
+            .with_object(folder.display().to_string())
+            .with_hint("load a tunnel pinned in this folder first"));
         }
         Ok(PinnedTunnel {
             folder: folder.to_path_buf(),

@@ -300,7 +300,7 @@ fn load_peer_route_ping_show_adopt_unload() {
         ] {
             let mut args = vec!["-n", a.as_str()];
             args.extend_from_slice(edit);
-            let err = fails(&args, 1);
+            let err = fails(&args, 4);
             assert!(
                 err.contains(&format!("process {}", std::process::id())),
                 "{edit:?}: {err}"
@@ -380,7 +380,7 @@ fn load_peer_route_ping_show_adopt_unload() {
     assert!(tc.is_empty(), "fix-up detached: {tc:?}");
     let ping = ping_b(&net, 2);
     assert_eq!(ping.received, 0, "no tunnel any more: {}", ping.output);
-    let err = fails(&["-n", &a, "tunnel", "show", "--pin", p], 1);
+    let err = fails(&["-n", &a, "tunnel", "show", "--pin", p], 3);
     assert!(err.contains("no lwtun tunnel pins"), "{err}");
 }
 
@@ -400,7 +400,7 @@ fn batch_with_a_bad_line_applies_nothing() {
         "10.50.0.0/16 remote 192.0.2.9 local 192.0.2.100 encap udp".into(),
     );
     let file = TempFile::new("bad", &bad.join("\n"));
-    let err = fails(&["peer", "add", "--pin", p, "-b", file.arg()], 1);
+    let err = fails(&["peer", "add", "--pin", p, "-b", file.arg()], 7);
     assert!(err.contains(&format!("{}:5", file.arg())), "{err}");
     assert!(err.contains("port"), "says what is missing: {err}");
     assert_eq!(json(&["peer", "show", "--pin", p]), json!([]));
@@ -421,7 +421,7 @@ fn batch_with_a_bad_line_applies_nothing() {
         "ipip",
     ]);
     let file = TempFile::new("dup", &good.join("\n"));
-    let err = fails(&["peer", "add", "--pin", p, "-b", file.arg()], 1);
+    let err = fails(&["peer", "add", "--pin", p, "-b", file.arg()], 4);
     assert!(err.contains(&format!("{}:4", file.arg())), "{err}");
     assert_eq!(
         json(&["peer", "show", "--pin", p])
@@ -510,13 +510,13 @@ fn refusals_and_usage_errors() {
         .status()
         .unwrap();
     assert!(st.success());
-    let err = fails(&["tunnel", "load", "--pin", pin.arg()], 1);
+    let err = fails(&["tunnel", "load", "--pin", pin.arg()], 7);
     assert!(err.contains("another program's pins"), "{err}");
-    let err = fails(&["peer", "show", "--pin", pin.arg()], 1);
+    let err = fails(&["peer", "show", "--pin", pin.arg()], 7);
     assert!(err.contains("another program's pins"), "{err}");
     // A folder without pins is not a tunnel (show does not make one).
     let empty = common::PinDir::new("empty");
-    let err = fails(&["tunnel", "show", "--pin", empty.arg()], 1);
+    let err = fails(&["tunnel", "show", "--pin", empty.arg()], 3);
     assert!(err.contains("no lwtun tunnel pins"), "{err}");
     assert!(!empty.0.exists());
     // A bad peer on the command line.
@@ -534,7 +534,7 @@ fn refusals_and_usage_errors() {
             "encap",
             "ipip",
         ],
-        1,
+        7,
     );
     assert!(err.contains("local"), "{err}");
     // -p pretty-prints JSON (and implies -j).
@@ -593,7 +593,7 @@ fn xdp_attach_stats_detach() {
         "{human}"
     );
     ok(&["-n", &b, "xdp", "detach", "to0"]);
-    let err = fails(&["-n", &b, "xdp", "stats", "to0"], 1);
+    let err = fails(&["-n", &b, "xdp", "stats", "to0"], 3);
     assert!(err.contains("XDP program"), "{err}");
 }
 
@@ -626,7 +626,7 @@ fn decap_attach_show_detach() {
         json!([{"prefix": "10.77.0.1/32", "gre_key": null}, {"prefix": "10.78.0.0/24", "gre_key": 9}])
     );
     assert_eq!(attached["links"].as_array().unwrap().len(), 1);
-    let err = fails(&["-n", &b, "decap", "attach", "to0", "--pin", p], 1);
+    let err = fails(&["-n", &b, "decap", "attach", "to0", "--pin", p], 4);
     assert!(err.contains("already"), "{err}");
 
     let mut nl = lwtun::netlink::Netlink::open_in(net.ns(0)).unwrap();
@@ -792,7 +792,7 @@ fn route_del_and_leftovers() {
             "--dev",
             "to1",
         ],
-        1,
+        7,
     );
     assert!(err.contains("--src"), "{err}");
     // Miss policy pass: with no peer the packets leave unencapsulated and B answers.
@@ -802,7 +802,7 @@ fn route_del_and_leftovers() {
     assert_eq!(stats["misses"]["passed_v4"], 2, "{stats}");
 
     ok(&["-n", &a, "route", "del", "10.21.0.0/16"]);
-    let err = fails(&["-n", &a, "route", "del", "10.21.0.0/16"], 1);
+    let err = fails(&["-n", &a, "route", "del", "10.21.0.0/16"], 3);
     assert!(err.contains("no lwtun route"), "{err}");
     let human = ok(&["-n", &a, "route", "show"]);
     assert!(
@@ -952,7 +952,7 @@ fn adopts_a_library_users_pins_and_large_batches() {
             .arg("/dev/null")
             .output()
             .expect("run script(1)");
-        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(out.status.code(), Some(7), "invalid input: {out:?}");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let shown = on_terminal(false);

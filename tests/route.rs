@@ -479,6 +479,16 @@ fn batch_of_large_requests_is_split_by_size() {
     assert_eq!(report.failures.len(), 1, "{report}");
     assert_eq!(report.failures[0].0, 600);
     assert_eq!(report.failures[0].1.kind(), ErrorKind::Exists);
+    // The failure names the device (not `dev#N`) and the ip command that shows the route.
+    let failure = report.failures[0].1.to_string();
+    assert!(
+        failure.contains(" dev d0 ") && !failure.contains("dev#"),
+        "{failure}"
+    );
+    assert!(
+        failure.contains("`ip route show 10.50.7.0/24 table 301`"),
+        "{failure}"
+    );
     let table = RouteFilter {
         table: Some(301),
         ..RouteFilter::all()

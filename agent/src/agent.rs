@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use crate::dataplane::PeerSink;
 use crate::fleet::{diff, Change, Fleet};
 use crate::record::HostRecord;
+use crate::report::{self, Reporter};
 use crate::status::{now_us, Status, StatusPeer};
 use crate::AgentError;
 
@@ -104,6 +105,9 @@ pub struct Agent<S: PeerSink> {
     /// The last sync failed: retried at every keep-alive tick until it succeeds.
     retry: bool,
     status: Status,
+    /// Keeps a failure that repeats (etcd down, a full table) to one line per
+    /// [`report::QUIET`].
+    reporter: Reporter,
 }
 
 impl<S: PeerSink> Agent<S> {
@@ -123,6 +127,7 @@ impl<S: PeerSink> Agent<S> {
             revision: 0,
             retry: false,
             status,
+            reporter: Reporter::default(),
         }
     }
 
@@ -159,9 +164,14 @@ impl<S: PeerSink> Agent<S> {
                 Ok(Exit::Shutdown) => return Ok(()),
                 Ok(Exit::Lost(why)) => why,
                 Err(AgentError::Io { op, source }) => return Err(AgentError::Io { op, source }),
-                Err(e) => e.to_string(),
+                Err(e) => report::describe(&e, &self.config.etcd),
             };
-            eprintln!("lwtun-agent {}: etcd session lost: {why}", self.config.host);
+            let line = if self.status.connected {
+                format!("lost the etcd session: {why}")
+            } else {
+                why.clone()
+            };
+            self.say(&line);
             self.status.connected = false;
             self.status.reconnects += 1;
             self.status.last_error = Some(why);
@@ -270,7 +280,7 @@ impl<S: PeerSink> Agent<S> {
                     let response = match message {
                         Ok(Some(r)) => r,
                         Ok(None) => return Ok(Exit::Lost("watch stream ended".into())),
-                        Err(e) => return Ok(Exit::Lost(format!("watch: {e}"))),
+                        Err(e) => return Ok(Exit::Lost(format!("watch: {}", self.etcd_error(e)))),
                     };
                     if response.compact_revision() > 0 || response.canceled() {
                         // "required revision has been compacted" (or the server cancelled the
@@ -311,7 +321,7 @@ impl<S: PeerSink> Agent<S> {
                 }
                 _ = tick.tick() => {
                     if let Err(e) = keeper.keep_alive().await {
-                        return Ok(Exit::Lost(format!("lease keep-alive: {e}")));
+                        return Ok(Exit::Lost(format!("lease keep-alive: {}", self.etcd_error(e))));
                     }
                     if self.retry {
                         // the last sync failed (a full table, a kernel error): try again
@@ -325,7 +335,7 @@ impl<S: PeerSink> Agent<S> {
                     }
                     Ok(Some(_)) => {}
                     Ok(None) => return Ok(Exit::Lost("keep-alive stream ended".into())),
-                    Err(e) => return Ok(Exit::Lost(format!("keep-alive: {e}"))),
+                    Err(e) => return Ok(Exit::Lost(format!("keep-alive: {}", self.etcd_error(e)))),
                 },
                 c = control.recv() => match c {
                     Some(Control::Publish(record)) => {
@@ -371,7 +381,8 @@ impl<S: PeerSink> Agent<S> {
             }
         }
         if let Some(e) = &error {
-            eprintln!("lwtun-agent {}: {e}", self.config.host);
+            let line = format!("{e}; retrying");
+            self.say(&line);
         }
         if !d.is_empty() || error.is_some() || self.status.revision != self.revision {
             self.status.updated_at_us = now_us();
@@ -381,6 +392,19 @@ impl<S: PeerSink> Agent<S> {
         self.status.last_error = error;
         self.status.rejected = self.fleet.rejected().clone();
         self.write_status()
+    }
+
+    /// Prints a failure on stderr, one line, unless it repeats the last one within
+    /// [`report::QUIET`].
+    fn say(&mut self, line: &str) {
+        if let Some(text) = self.reporter.say(line, std::time::Instant::now()) {
+            eprintln!("lwtun-agent {}: {text}", self.config.host);
+        }
+    }
+
+    /// An etcd client error in one line, naming the endpoints.
+    fn etcd_error(&self, e: etcd_client::Error) -> String {
+        report::describe(&AgentError::Etcd(e), &self.config.etcd)
     }
 
     fn write_status(&mut self) -> Result<(), AgentError> {

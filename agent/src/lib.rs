@@ -31,6 +31,7 @@ pub mod dataplane;
 pub mod fleet;
 pub mod layout;
 pub mod record;
+pub mod report;
 pub mod status;
 
 /// What can go wrong in the agent.

@@ -288,21 +288,38 @@ fn validate_name(op: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Turns a lookup's NotFound into one naming the device and the namespace.
+/// Turns a lookup's NotFound into one naming the device and the namespace, with the `ip`
+/// command that lists the devices there: `ip -n NAME link` for a named namespace, `ip link`
+/// for the caller's own, `nsenter --net=PATH ip link` for one known by descriptor only.
 fn not_found_in(e: Error, op: &str, what: &str, netns: &NetNs) -> Error {
     if e.kind() != ErrorKind::NotFound {
         return e;
     }
-    Error::not_found(
+    let own = NetNs::current()
+        .and_then(|c| c.id())
+        .ok()
+        .zip(netns.id().ok())
+        .is_some_and(|(a, b)| a == b);
+    let (where_, list) = if netns.path().starts_with("/run/netns") {
+        (
+            format!("network namespace {}", netns.name()),
+            format!("ip -n {} link", netns.name()),
+        )
+    } else if own {
+        ("this network namespace".to_string(), "ip link".to_string())
+    } else {
+        (
+            format!("network namespace {}", netns.name()),
+            format!("nsenter --net={} ip link", netns.path().display()),
+        )
+    };
+    Error::other(
+        ErrorKind::NotFound,
         op,
-        format!(
-            "device {what} in network namespace {} (list them with `ip -n {0} link` or \
-             `nsenter --net={} ip link`)",
-            netns.name(),
-            netns.path().display()
-        ),
+        format!("no such device in {where_}"),
     )
     .with_object(what)
+    .with_hint(format!("`{list}` lists the devices there"))
 }
 
 // Device lookups on the lower layers' types live here, with `Device`, so that netns and netlink

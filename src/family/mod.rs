@@ -2,6 +2,7 @@
 //! is unique to its object (its builder, its tables' meaning, its counters); how it pins and
 //! adopts its state ([`pins`], with the owner [`lock`]) and hands out counter slots is here.
 
+pub(crate) mod bpffs;
 pub(crate) mod lock;
 pub(crate) mod lpm;
 pub mod pins;

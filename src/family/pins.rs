@@ -331,6 +331,7 @@ impl PinFolder {
     /// Steps 1 to 4 of a load: makes the folder when missing, takes its lock, checks that its
     /// pins are the family's and clears an incomplete set. `op` names the load in errors.
     pub(crate) fn open(folder: PathBuf, layout: &'static PinLayout, op: &str) -> Result<PinFolder> {
+        super::bpffs::require(&folder, op)?;
         let object = folder.display().to_string();
         let created = !folder.exists();
         if created {

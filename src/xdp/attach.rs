@@ -535,7 +535,8 @@ fn prog_fd_by_id(op: &str, id: u32) -> Result<OwnedFd> {
 fn attach_error(op: &str, errno: i32, mode: XdpMode) -> Error {
     match errno {
         libc::EOPNOTSUPP if mode == XdpMode::Native => {
-            Error::unsupported(op, "native XDP on this driver (use XdpMode::Generic)", None)
+            Error::unsupported(op, "native XDP on this driver", None)
+                .with_hint("attach in generic mode (XdpMode::Generic), which every driver has")
         }
         libc::EBUSY | libc::EEXIST => Error::other(
             ErrorKind::Exists,

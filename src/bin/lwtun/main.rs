@@ -6,9 +6,12 @@
 #[cfg(feature = "capture")]
 mod capture;
 mod cmd;
+mod exit;
+mod man;
 mod spec;
 mod view;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
@@ -50,15 +53,20 @@ JSON output (-j, stable field names):
                  removed_routes, removed_tc_filters, removed_xdp, removed_nexthops}
                 (routes, tc_filters, xdp, nexthops: what no live process owns)
   tunnel unload: {pin, removed_routes, routes: [{netns, dst, dev}], forced_past: [pid]}
-Errors print the library's message and exit 1; usage errors exit 2.
+  man --out:    {pages: [PATH]}
 A pinned tunnel is owned by one process at a time (an flock on its folder): while a library
 process has it loaded, commands that change it are refused naming the owner's pid; the show
 and stats commands read the pins and work meanwhile. `leftovers --remove`, `tunnel unload`
 and `decap detach` never remove what a live process owns (its pin folder's lock, or a
 program, map or link it holds) unless --force.";
 
+/// `lwtun --help`'s epilogue: the JSON field names and the exit status table.
+fn after_help() -> String {
+    format!("{JSON_FIELDS}\n\n{}", exit::EXIT_CODES)
+}
+
 #[derive(Parser)]
-#[command(name = "lwtun", version, about = "Look at and change lwtun data planes", after_help = JSON_FIELDS)]
+#[command(name = "lwtun", version, about = "Look at and change lwtun data planes", after_help = after_help())]
 struct Cli {
     /// Print JSON (see the field names below).
     #[arg(short = 'j', long, global = true)]
@@ -122,6 +130,14 @@ enum Command {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+    /// Write the manual pages (lwtun.1 and lwtun-SUB.1 for every subcommand); without --out,
+    /// print lwtun.1 (`lwtun man | man -l -`).
+    Man {
+        /// The folder to write the pages into (made if missing), such as
+        /// /usr/local/share/man/man1.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -135,9 +151,20 @@ pub(crate) struct Ctx {
     json: bool,
     pretty: bool,
     netns: NetNs,
+    /// The name given with `-n`, repeated in the commands that messages suggest.
+    netns_name: Option<String>,
 }
 
 impl Ctx {
+    /// `lwtun [-n NAME] ARGS`: a command line to suggest in a message, in the namespace this
+    /// one acts in.
+    pub(crate) fn command(&self, args: &str) -> String {
+        match &self.netns_name {
+            Some(name) => format!("lwtun -n {name} {args}"),
+            None => format!("lwtun {args}"),
+        }
+    }
+
     pub(crate) fn netlink(&self) -> Result<Netlink> {
         Netlink::open_in(&self.netns)
     }
@@ -149,26 +176,54 @@ impl Ctx {
             serde_json::to_string(value)
         }
         .map_err(|e| Error::other(ErrorKind::Kernel, "print JSON", e.to_string()))?;
-        println!("{text}");
-        Ok(())
+        exit::print(&format!("{text}\n"))
     }
 }
 
+/// Parses the command line, runs it, and ends with the exit code of what happened (see
+/// [`exit::EXIT_CODES`]).
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("lwtun: {e}");
-            ExitCode::from(1)
-        }
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let json = exit::wants_json(&args);
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => return exit::usage(e, json),
+    };
+    exit::quiet_broken_pipes();
+    exit::keep_libbpf_quiet();
+    let netns = cli.netns.clone();
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli))) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => exit::fail(&e, json, netns.as_deref()),
+        Err(payload) if exit::is_broken_pipe(payload.as_ref()) => ExitCode::SUCCESS,
+        Err(payload) => std::panic::resume_unwind(payload),
     }
 }
 
 fn run(cli: Cli) -> Result<()> {
-    if let Command::Completions { shell } = cli.command {
-        clap_complete::generate(shell, &mut Cli::command(), "lwtun", &mut std::io::stdout());
-        return Ok(());
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "lwtun", &mut script);
+            return exit::print(&String::from_utf8_lossy(&script));
+        }
+        Command::Man { out: Some(dir) } => {
+            let pages = man::write_pages(Cli::command(), dir, JSON_FIELDS)?;
+            if cli.json || cli.pretty {
+                return exit::print(&format!("{}\n", serde_json::json!({ "pages": pages })));
+            }
+            eprintln!(
+                "lwtun: wrote {} man pages to {}",
+                pages.len(),
+                dir.display()
+            );
+            return Ok(());
+        }
+        Command::Man { out: None } => {
+            let page = man::top(Cli::command(), JSON_FIELDS)?;
+            return exit::print(&String::from_utf8_lossy(&page));
+        }
+        _ => {}
     }
     let netns = match &cli.netns {
         Some(name) => NetNs::open(name)?,
@@ -178,6 +233,7 @@ fn run(cli: Cli) -> Result<()> {
         json: cli.json || cli.pretty,
         pretty: cli.pretty,
         netns,
+        netns_name: cli.netns.clone(),
     };
     match cli.command {
         Command::Tunnel { command } => tunnel(&ctx, command),
@@ -188,7 +244,7 @@ fn run(cli: Cli) -> Result<()> {
         #[cfg(feature = "capture")]
         Command::Capture(args) => capture::run(&ctx, args),
         Command::Leftovers { remove, force } => leftovers(&ctx, remove, force),
-        Command::Completions { .. } => Ok(()),
+        Command::Completions { .. } | Command::Man { .. } => Ok(()),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Changing routes: add, replace and delete one, and batches of many, pipelined (every item
 //! tried, failures reported by index) or all or nothing.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use super::Route;
@@ -168,6 +169,41 @@ impl Netlink {
             route.write_request(out, op, 0, seq)
         })
         .map(drop)
+        .map_err(|e| self.explain(e, route, &mut HashMap::new()))
+    }
+
+    /// A refused route change as a user reads it: the device by name (`dev veth0`, not
+    /// `dev#2`) and, for a route in the way or a missing one, the `ip` command that shows
+    /// what is there.
+    /// `names` caches device names by index across the failures of one batch.
+    fn explain(
+        &mut self,
+        e: Error,
+        route: &Route,
+        names: &mut HashMap<u32, Option<String>>,
+    ) -> Error {
+        let Some(errno) = e.errno() else {
+            return e;
+        };
+        let dev = route.oif.and_then(|index| {
+            names
+                .entry(index)
+                .or_insert_with(|| self.link_by_index(index).ok().map(|link| link.name))
+                .clone()
+        });
+        let e = e.with_object(route.describe(dev.as_deref()));
+        let show = match route.table {
+            super::RT_TABLE_MAIN => format!("ip route show {}", route.dst),
+            table => format!("ip route show {} table {table}", route.dst),
+        };
+        match errno {
+            libc::EEXIST => e.with_hint(format!(
+                "a route to {} is there already (`{show}`): replace it, or delete it first",
+                route.dst
+            )),
+            libc::ESRCH => e.with_hint(format!("no such route: `{show}` lists what is there")),
+            _ => e,
+        }
     }
 
     /// Applies a batch, pipelined. Every item is attempted; the report lists each failure by
@@ -192,15 +228,16 @@ impl Netlink {
             route.write_request(out, *op, 0, seq);
         })?;
         let mut report = BatchReport::default();
+        let mut names = HashMap::new();
         for (i, answer) in answers.into_iter().enumerate() {
             match answer {
                 None => report.applied += 1,
                 Some((errno, ext)) => {
                     let (op, route) = &batch.items[i];
-                    report.failures.push((
-                        i,
-                        Error::netlink(op.what(), errno, ext).with_object(route.to_string()),
-                    ));
+                    let e = Error::netlink(op.what(), errno, ext);
+                    report
+                        .failures
+                        .push((i, self.explain(e, route, &mut names)));
                 }
             }
         }

@@ -590,6 +590,24 @@ impl fmt::Display for Route {
     /// prints them: `2001:db8::/64 encap seg6 mode encap segs 2 [ fc00:1::1 fc00:2::2 ] dev#3`,
     /// `fc00::6 encap seg6local action End.DT6 table 100 dev#3` (a /128 without its length).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_words(f, None)
+    }
+}
+
+impl Route {
+    /// The route in `ip route` words as [`Display`](fmt::Display) says it, with the device
+    /// named `dev` (`dev veth0`) instead of by index (`dev#2`): what errors print.
+    pub(crate) fn describe(&self, dev: Option<&str>) -> String {
+        struct Words<'a>(&'a Route, Option<&'a str>);
+        impl fmt::Display for Words<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.write_words(f, self.1)
+            }
+        }
+        Words(self, dev).to_string()
+    }
+
+    fn write_words(&self, f: &mut fmt::Formatter<'_>, dev: Option<&str>) -> fmt::Result {
         match (&self.encap, self.dst) {
             (Some(Encap::Seg6(_) | Encap::Seg6Local(_)), IpNetwork::V6(d)) if d.prefix() == 128 => {
                 write!(f, "{}", d.ip())?
@@ -622,8 +640,10 @@ impl fmt::Display for Route {
         if let Some(gw) = self.gateway {
             write!(f, " via {gw}")?;
         }
-        if let Some(oif) = self.oif {
-            write!(f, " dev#{oif}")?;
+        match (dev, self.oif) {
+            (Some(name), _) => write!(f, " dev {name}")?,
+            (None, Some(oif)) => write!(f, " dev#{oif}")?,
+            (None, None) => {}
         }
         if self.table != RT_TABLE_MAIN {
             write!(f, " table {}", self.table)?;

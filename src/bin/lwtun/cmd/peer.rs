@@ -6,10 +6,9 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 use ipnetwork::IpNetwork;
-use lwtun::tunnel::PinnedTunnel;
 use lwtun::{Error, Result};
 
-use crate::cmd::tunnel::adopt;
+use crate::cmd::tunnel::{adopt, read_pinned};
 use crate::view::{table, PeerStatsView, PeerView, StatsView};
 use crate::{spec, Ctx};
 
@@ -104,7 +103,7 @@ pub(crate) fn peer(ctx: &Ctx, command: PeerCommand) -> Result<()> {
             Ok(())
         }
         PeerCommand::Show { pin } => {
-            let tunnel = PinnedTunnel::open(&pin)?;
+            let tunnel = read_pinned(&pin)?;
             let mut peers: Vec<_> = tunnel.peers().iter().collect();
             peers.sort_by_key(|(p, _)| prefix_order(*p));
             let views: Vec<PeerView> = peers.iter().map(|(p, e)| PeerView::new(*p, e)).collect();
@@ -138,7 +137,7 @@ pub(crate) fn peer(ctx: &Ctx, command: PeerCommand) -> Result<()> {
             Ok(())
         }
         PeerCommand::Stats { pin, prefix } => {
-            let tunnel = PinnedTunnel::open(&pin)?;
+            let tunnel = read_pinned(&pin)?;
             let peers = tunnel.peers();
             let mut prefixes: Vec<IpNetwork> = match prefix {
                 Some(p) => vec![spec::prefix(&p)?],

@@ -118,7 +118,10 @@ pub(crate) fn route(ctx: &Ctx, command: RouteCommand) -> Result<()> {
                 return Err(Error::other(
                     ErrorKind::NotFound,
                     "delete route",
-                    format!("no lwtun route to {prefix} (see `lwtun route show`)"),
+                    format!(
+                        "no lwtun route to {prefix} (see `{}`)",
+                        ctx.command("route show")
+                    ),
                 ));
             }
             for r in &found {

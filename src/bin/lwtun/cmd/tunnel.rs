@@ -56,6 +56,18 @@ pub(crate) fn adopt(pin: &Path, direct: bool) -> Result<Tunnel> {
     Ok(tunnel)
 }
 
+/// Reads the tunnel pinned in `pin` (for show and stats), telling a folder without one how to
+/// make it.
+pub(crate) fn read_pinned(pin: &Path) -> Result<PinnedTunnel> {
+    PinnedTunnel::open(pin).map_err(|e| match e.kind() {
+        ErrorKind::NotFound => e.with_hint(format!(
+            "load one with `lwtun tunnel load --pin {}`",
+            pin.display()
+        )),
+        _ => e,
+    })
+}
+
 /// As [`adopt`], but the pins go when the value drops.
 pub(crate) fn open_pinned(pin: &Path, direct: bool) -> Result<Tunnel> {
     let tunnel = &lwtun::tunnel::PIN_LAYOUT;
@@ -267,7 +279,7 @@ pub(crate) fn tunnel(ctx: &Ctx, command: TunnelCommand) -> Result<()> {
             }
             tunnel_show(ctx, &tunnel, &pin)
         }
-        TunnelCommand::Show { pin } => tunnel_show(ctx, &PinnedTunnel::open(&pin)?, &pin),
+        TunnelCommand::Show { pin } => tunnel_show(ctx, &read_pinned(&pin)?, &pin),
         TunnelCommand::Unload { pin, force } => crate::cmd::unload::unload(ctx, &pin, force),
     }
 }

@@ -81,11 +81,21 @@ pub(crate) fn action_name(a: XdpAction) -> &'static str {
 }
 
 /// The `xdp_stats` map of the program attached to `device`.
-pub(crate) fn xdp_stats_map(device: &lwtun::device::Device) -> Result<(u32, StatsMap)> {
+pub(crate) fn xdp_stats_map(ctx: &Ctx, device: &lwtun::device::Device) -> Result<(u32, StatsMap)> {
     let op = "read XDP stats";
+    let dev = device.name();
+    let attach = ctx.command(&format!("xdp attach {dev}"));
     let id = XdpAttachment::query(device)?
         .program(XdpMode::Auto)
-        .ok_or_else(|| Error::not_found(op, format!("an XDP program on {}", device.name())))?;
+        .ok_or_else(|| {
+            Error::other(
+                ErrorKind::NotFound,
+                op,
+                format!("no XDP program is attached to {dev}"),
+            )
+            .with_object(dev.to_string())
+            .with_hint(format!("attach lwtun's counting one with `{attach}`"))
+        })?;
     if let Some(stats) = StatsMap::of_program(id)? {
         return Ok((id, stats));
     }
@@ -93,10 +103,15 @@ pub(crate) fn xdp_stats_map(device: &lwtun::device::Device) -> Result<(u32, Stat
         ErrorKind::NotFound,
         op,
         format!(
-            "program {id} on {} has no xdp_stats map: it is not one of lwtun's XDP programs",
-            device.name()
+            "XDP program {id} on {dev} has no xdp_stats map: it is not one of lwtun's XDP \
+             programs, which count per action"
         ),
-    ))
+    )
+    .with_object(dev.to_string())
+    .with_hint(format!(
+        "`bpftool prog show id {id}` shows what it is; to count with lwtun's, detach it and run \
+         `{attach}`"
+    )))
 }
 
 pub(crate) fn xdp(ctx: &Ctx, command: XdpCommand) -> Result<()> {
@@ -117,7 +132,15 @@ pub(crate) fn xdp(ctx: &Ctx, command: XdpCommand) -> Result<()> {
                 },
                 via: lwtun::xdp::AttachVia::Netlink,
             };
-            let att = XdpAttachment::attach(prog, &device, options)?;
+            let att = XdpAttachment::attach(prog, &device, options).map_err(|e| {
+                match (e.kind(), mode) {
+                    (ErrorKind::Unsupported, Mode::Native) => e.with_hint(format!(
+                        "attach in generic mode, which every driver has: `{}`",
+                        ctx.command(&format!("xdp attach {dev} --mode generic"))
+                    )),
+                    _ => e,
+                }
+            })?;
             let id = att.program_id();
             att.persist()?;
             if ctx.json {
@@ -143,7 +166,7 @@ pub(crate) fn xdp(ctx: &Ctx, command: XdpCommand) -> Result<()> {
             interval,
         } => {
             let device = ctx.netns.device(&dev)?;
-            let (id, stats) = xdp_stats_map(&device)?;
+            let (id, stats) = xdp_stats_map(ctx, &device)?;
             let period = watch.unwrap_or(interval);
             if !(period > 0.0 && period.is_finite()) {
                 return Err(Error::invalid_input(
