@@ -9,7 +9,7 @@ use lwtun::tc::{TcAttach, TcDirection};
 use lwtun::{Error, ErrorKind, Result};
 use serde::Serialize;
 
-use crate::cmd::owners::{netns_flag, pinned_map_ids, refuse, steady_holders};
+use crate::cmd::owners::{pinned_map_ids, refuse, steady_holders};
 use crate::view::{opt, table};
 use crate::{spec, Ctx};
 
@@ -181,16 +181,15 @@ fn decap_owners(pin: &Path) -> Result<Vec<lwtun::holders::Owner>> {
 }
 
 /// Adopts the decap pinned in `pin`, refusing a folder without its pins.
-pub(crate) fn adopt_decap(pin: &Path) -> Result<Decap> {
+pub(crate) fn adopt_decap(ctx: &Ctx, pin: &Path) -> Result<Decap> {
     if !pin.join("locals").exists() {
         return Err(Error::other(
             ErrorKind::NotFound,
             "open pinned decap",
             format!(
-                "{} holds no lwtun decap pins (locals); make one with `lwtun decap attach DEV \
-                 --pin {}`",
+                "{} holds no lwtun decap pins (locals); make one with `{}`",
                 pin.display(),
-                pin.display()
+                ctx.command(&format!("decap attach DEV --pin {}", pin.display()))
             ),
         ));
     }
@@ -257,15 +256,14 @@ pub(crate) fn decap(ctx: &Ctx, command: DecapCommand) -> Result<()> {
             }
             let owners = decap_owners(&pin)?;
             if !owners.is_empty() && !force {
-                let n = netns_flag(ctx);
                 return Err(refuse(
                     "detach decap",
                     &format!("the decap pinned in {}", pin.display()),
                     &owners,
-                    &format!(
-                        "lwtun{n} decap detach {dev} --pin {} --force",
+                    &ctx.command(&format!(
+                        "decap detach {dev} --pin {} --force",
                         pin.display()
-                    ),
+                    )),
                 )
                 .with_object(pin.display().to_string()));
             }
@@ -276,7 +274,7 @@ pub(crate) fn decap(ctx: &Ctx, command: DecapCommand) -> Result<()> {
             if last {
                 // Not kept: dropping it removes the maps, the program pin and the folder
                 // (once empty: these link pins were its last other entries).
-                drop(adopt_decap(&pin)?);
+                drop(adopt_decap(ctx, &pin)?);
             }
             if ctx.json {
                 return ctx.print_json(&serde_json::json!({ "dev": dev, "removed_pins": last }));
@@ -288,7 +286,7 @@ pub(crate) fn decap(ctx: &Ctx, command: DecapCommand) -> Result<()> {
             Ok(())
         }
         DecapCommand::Show { pin } => {
-            let mut d = adopt_decap(&pin)?;
+            let mut d = adopt_decap(ctx, &pin)?;
             d.keep_pinned();
             let view = decap_view(&d, &pin)?;
             if ctx.json {

@@ -358,7 +358,7 @@ pub(crate) fn leftovers(ctx: &Ctx, remove: bool, force: bool) -> Result<()> {
     if ctx.json {
         return ctx.print_json(&view);
     }
-    print_text(&view, remove, force);
+    print_text(ctx, &view, remove, force);
     Ok(())
 }
 
@@ -397,10 +397,11 @@ fn remove_tc(ctx: &Ctx, own: &Ownership, t: &TcFound) -> Result<()> {
     Ok(())
 }
 
-fn print_text(view: &LeftoversView, remove: bool, force: bool) {
+fn print_text(ctx: &Ctx, view: &LeftoversView, remove: bool, force: bool) {
     println!(
-        "pin folders of lwtun's families (remove with `lwtun tunnel unload --pin DIR`, \
-         `lwtun decap detach DEV --pin DIR`):"
+        "pin folders of lwtun's families (remove with `{}`, `{}`):",
+        ctx.command("tunnel unload --pin DIR"),
+        ctx.command("decap detach DEV --pin DIR")
     );
     for p in &view.pin_folders {
         let complete = if p.complete { "" } else { ", incomplete" };
@@ -438,9 +439,12 @@ fn print_text(view: &LeftoversView, remove: bool, force: bool) {
         println!(
             "owned by live processes (not leftovers; {}):",
             if force {
-                "--force removes them"
+                "--force removes them".to_string()
             } else {
-                "kept; `lwtun leftovers --remove --force` removes them anyway"
+                format!(
+                    "kept; `{}` removes them anyway",
+                    ctx.command("leftovers --remove --force")
+                )
             }
         );
         for o in &view.owned {

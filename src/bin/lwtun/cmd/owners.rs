@@ -136,12 +136,3 @@ pub(crate) fn refuse(op: &str, what: &str, owners: &[Owner], force_command: &str
         ),
     )
 }
-
-/// ` -n NAME` when the command acts in a named namespace (to repeat it in a fix command).
-pub(crate) fn netns_flag(ctx: &crate::Ctx) -> String {
-    if ctx.netns.path().starts_with(lwtun::netns::NETNS_RUN_DIR) {
-        format!(" -n {}", ctx.netns.name())
-    } else {
-        String::new()
-    }
-}
