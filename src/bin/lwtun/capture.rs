@@ -10,7 +10,7 @@ use lwtun::capture::{Capture, CaptureFormat, CaptureOptions, CaptureWriter, Filt
 use lwtun::chain::{ChainHook, ProgChain};
 use lwtun::tc::{TcAttach, TcDirection};
 use lwtun::xdp::{XdpAttachment, XdpMode, XdpOptions};
-use lwtun::{Error, Result};
+use lwtun::{Error, ErrorKind, Result};
 
 use crate::Ctx;
 
@@ -108,7 +108,18 @@ pub fn run(ctx: &Ctx, args: CaptureArgs) -> Result<()> {
         CaptureOptions {
             snaplen: args.snaplen,
         },
-    )?;
+    )
+    .map_err(|e| match (args.hook, e.kind()) {
+        // The library's hint names its Rust API; a shell user gets the command.
+        (CaptureHook::Xdp, ErrorKind::Unsupported) => e.with_hint(format!(
+            "capture at tc ingress of the same device instead (`{}`), or with tcpdump",
+            ctx.command(&format!(
+                "capture --hook tc-ingress --dev {} ...",
+                args.dev.as_deref().unwrap_or("DEV")
+            ))
+        )),
+        _ => e,
+    })?;
     let filter = Filter::compile(&expression, capture.link_type())?;
     let mut out = match &args.write {
         Some(path) => Some(CaptureWriter::new(
