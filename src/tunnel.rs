@@ -374,6 +374,10 @@ impl TunnelBuilder {
         }
         if let Some(pin) = &mut pin {
             pin.pin_maps(&mut object, "pin tunnel map")?;
+            // The programs too, so that a route can be added from the pins alone
+            // (`TunnelTables::xmit_program`) without loading and verifying them again.
+            pin.pin_program(xmit_name, xmit.as_fd(), "pin tunnel program")?;
+            pin.pin_program("encap_in", input.as_fd(), "pin tunnel program")?;
             pin.commit();
         }
         Ok(Tunnel {
@@ -440,7 +444,8 @@ pub struct Tunnel {
 }
 
 /// What a pinned tunnel leaves in its folder (see [`crate::pins`]): the peer tables, their
-/// counters, the miss counters and the settings. Its programs are not pinned: routes hold them.
+/// counters, the miss counters and the settings, and its encap programs (the `lwt_xmit` variant
+/// it loaded and `encap_in`), which [`TunnelTables`] hands to new routes.
 pub const PIN_LAYOUT: PinLayout = crate::family::pins::TUNNEL;
 
 impl fmt::Debug for Tunnel {
@@ -885,5 +890,171 @@ impl PinnedTunnel {
                 Some((name.to_string(), map.info().ok()?.info.id))
             })
             .collect()
+    }
+}
+
+/// The tables of a tunnel pinned in a folder, opened for editing without loading its programs:
+/// what an operator's command does for one `peer add` or `route add` (a few map and netlink
+/// calls, about a millisecond, instead of loading and verifying the encap programs, a third of
+/// a second).
+///
+/// It takes the folder's owner lock ([`TunnelBuilder::pin`]) while it lives, so it is refused
+/// ([`ErrorKind::Exists`], naming the owner's pid) while a process has the tunnel loaded, and
+/// nobody else edits the tables meanwhile. The programs of new routes come from the folder:
+/// every load pins its encap programs there ([`PIN_LAYOUT`]); a folder pinned by lwtun 0.2.0 has
+/// none, and [`TunnelTables::xmit_program`] says so with `None` (load the tunnel once with
+/// [`TunnelBuilder::pin`] to pin them, or install the route from a loaded [`Tunnel`]).
+///
+/// # Examples
+///
+/// ```no_run
+/// use lwtun::netlink::Netlink;
+/// use lwtun::peer::{Encap, EncapPeer};
+/// use lwtun::tunnel::TunnelTables;
+///
+/// let mut tables = TunnelTables::open("/sys/fs/bpf/lwtun/t0")?;
+/// tables.peers_mut().replace(
+///     "10.20.0.0/16".parse().unwrap(),
+///     EncapPeer::new("192.0.2.2".parse().unwrap(), "192.0.2.1".parse().unwrap(), Encap::Ipip),
+/// )?;
+/// // A route into the tunnel, with the program its last load pinned:
+/// let mut nl = Netlink::open()?;
+/// let eth0 = nl.device("eth0")?;
+/// if let Some(route) = tables.route("10.20.0.0/16".parse().unwrap(), false)? {
+///     route.device(&eth0).source("10.30.0.1".parse().unwrap()).install(&mut nl)?.persist();
+/// }
+/// # Ok::<(), lwtun::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct TunnelTables {
+    folder: PathBuf,
+    peers: PeerTable,
+    // Last: released after everything else.
+    _lock: crate::family::lock::PinLock,
+}
+
+impl TunnelTables {
+    /// Opens the tables pinned in `folder` for editing, under the folder's owner lock.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotFound`] when the folder holds no complete set of tunnel pins;
+    /// [`ErrorKind::Exists`] while another process owns the folder (the error names it);
+    /// [`ErrorKind::InvalidInput`] for another program's pins or another lwtun version's.
+    pub fn open(folder: impl AsRef<Path>) -> Result<Self> {
+        let folder = folder.as_ref();
+        let op = "open pinned tunnel tables";
+        let found = crate::family::pins::inspect(folder)
+            .ok()
+            .flatten()
+            .filter(|f| f.layout == &PIN_LAYOUT && f.complete);
+        if found.is_none() {
+            return Err(Error::other(
+                ErrorKind::NotFound,
+                op,
+                format!(
+                    "{} holds no pinned tunnel (its maps {}): a tunnel loaded with \
+                     TunnelBuilder::pin pins them",
+                    folder.display(),
+                    PIN_LAYOUT.maps().join(", ")
+                ),
+            )
+            .with_object(folder.display().to_string()));
+        }
+        let lock = crate::family::lock::PinLock::acquire(folder)?;
+        let peers = PeerTable::read_pinned(folder)?;
+        Ok(TunnelTables {
+            folder: folder.to_path_buf(),
+            peers,
+            _lock: lock,
+        })
+    }
+
+    /// The pin folder.
+    pub fn folder(&self) -> &Path {
+        &self.folder
+    }
+
+    /// The peer tables.
+    pub fn peers(&self) -> &PeerTable {
+        &self.peers
+    }
+
+    /// The peer tables, to change peers (packets see each change at once).
+    pub fn peers_mut(&mut self) -> &mut PeerTable {
+        &mut self.peers
+    }
+
+    /// The headroom a route into this tunnel needs (as [`Tunnel::headroom`]).
+    pub fn headroom(&self) -> u32 {
+        self.peers.max_encap_len().unwrap_or(WORST_CASE_ENCAP)
+    }
+
+    /// The `lwt_xmit` encap program pinned in the folder (`encap_xmit`, or `encap_xmit_direct`
+    /// for `direct`, see [`TunnelBuilder::direct`]); `None` when no load pinned that variant
+    /// (a folder of lwtun 0.2.0, or `direct` for a tunnel never loaded with it).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidInput`] when the pin is not this tunnel's program (another type, or
+    /// a program that does not read the folder's peer tables).
+    pub fn xmit_program(&self, direct: bool) -> Result<Option<LwtProgram>> {
+        let name = if direct {
+            "encap_xmit_direct"
+        } else {
+            "encap_xmit"
+        };
+        self.pinned_program(name, Hook::Xmit)
+    }
+
+    /// The `lwt_in` encap program pinned in the folder ([`Tunnel::input_program`]); `None` for
+    /// a folder without it.
+    ///
+    /// # Errors
+    ///
+    /// As [`TunnelTables::xmit_program`].
+    pub fn input_program(&self) -> Result<Option<LwtProgram>> {
+        self.pinned_program("encap_in", Hook::In)
+    }
+
+    /// A route for `prefix` that runs the pinned `lwt_xmit` program (as [`Tunnel::route`],
+    /// without a source: set one with `.source(..)`); `None` when the folder has no such
+    /// program pinned (see [`TunnelTables::xmit_program`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`TunnelTables::xmit_program`].
+    pub fn route(&self, prefix: IpNetwork, direct: bool) -> Result<Option<LwtRoute>> {
+        Ok(self.xmit_program(direct)?.map(|program| {
+            LwtRoute::new(prefix)
+                .program(Hook::Xmit, &program)
+                .headroom(self.headroom())
+        }))
+    }
+
+    fn pinned_program(&self, name: &str, hook: Hook) -> Result<Option<LwtProgram>> {
+        let op = "open pinned tunnel program";
+        let path = self.folder.join(name);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let object = path.display().to_string();
+        let fd = libbpf_rs::Program::fd_from_pinned_path(&path)
+            .map_err(|e| Error::bpf(op, e).with_object(object.clone()))?;
+        let program = LwtProgram::from_fd(fd).map_err(|e| e.with_object(object.clone()))?;
+        let info = crate::program::program_info(program.as_fd())?;
+        if program.hook() != hook || !self.peers.serves(&info) {
+            return Err(Error::invalid_input(
+                op,
+                format!(
+                    "{object} is program {} (id {}), not this tunnel's {name}: it does not read \
+                     the folder's peer tables; load the tunnel again with TunnelBuilder::pin to \
+                     pin its programs",
+                    info.name, info.id
+                ),
+            )
+            .with_object(object));
+        }
+        Ok(Some(program))
     }
 }

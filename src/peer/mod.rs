@@ -576,7 +576,7 @@ impl PeerTable {
             return Err(Error::other(
                 ErrorKind::Exists,
                 op,
-                format!("{prefix} has a peer already: replace it instead"),
+                format!("{prefix} has a peer already; replace that peer, or remove it first"),
             ));
         }
         self.check_room(prefix.is_ipv6(), 1, op)?;
@@ -797,7 +797,10 @@ impl PeerTable {
             return Err(Error::other(
                 ErrorKind::Exists,
                 op,
-                format!("{} has a peer already: replace it instead", F::prefix(k)),
+                format!(
+                    "{} has a peer already; replace that peer, or remove it first",
+                    F::prefix(k)
+                ),
             ));
         }
         self.check_room(F::V6, keys.len(), op)

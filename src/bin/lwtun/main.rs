@@ -62,12 +62,19 @@ struct Cli {
     /// Act in the named network namespace (/run/netns/NAME), as `ip -n`.
     #[arg(short = 'n', long = "netns", value_name = "NAME", global = true)]
     netns: Option<String>,
+    /// Run the edit commands of FILE (`-`: standard input; also `-batch FILE`, as `ip -batch`):
+    /// one command a line without `lwtun` (`peer add|del|replace ...`, `route add|del|replace
+    /// ...`; `#` comments). Every line is parsed and checked against the tables before any is
+    /// applied (a bad one is reported as FILE:LINE and nothing is applied); then they are
+    /// applied in order, and a failure stops there, saying how many lines were applied.
+    #[arg(short = 'b', long = "batch", value_name = "FILE")]
+    batch: Option<std::path::PathBuf>,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
-enum Command {
+pub(crate) enum Command {
     /// Load, show and unload a pinned tunnel data plane.
     Tunnel {
         #[command(subcommand)]
@@ -140,8 +147,92 @@ impl Ctx {
     }
 }
 
+/// The arguments, with `ip`'s single-dash `-batch` spelled as clap reads it (`--batch`).
+fn args() -> impl Iterator<Item = std::ffi::OsString> {
+    std::env::args_os().map(|a| if a == "-batch" { "--batch".into() } else { a })
+}
+
+/// Parses one line of a batch file: a command without the program name.
+pub(crate) fn parse_line(words: impl IntoIterator<Item = String>) -> Result<Command> {
+    let cli =
+        Cli::try_parse_from(std::iter::once("lwtun".to_string()).chain(words)).map_err(|e| {
+            let text = e.to_string();
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("error: ");
+            Error::invalid_input("parse batch line", first.to_string())
+        })?;
+    if cli.batch.is_some() || cli.json || cli.pretty || cli.netns.is_some() {
+        return Err(Error::invalid_input(
+            "parse batch line",
+            "options of the whole run (-b, -j, -p, -n) go on the command line, not in the file",
+        ));
+    }
+    cli.command
+        .ok_or_else(|| Error::invalid_input("parse batch line", "no command"))
+}
+
+/// The edits of a batch file's lines (`lwtun -batch FILE`).
+fn batch_edits(ctx: &Ctx, file: &std::path::Path) -> Result<Vec<cmd::edit::Located>> {
+    let text = spec::read(file)?;
+    let mut out = Vec::new();
+    for (at, line) in spec::lines(file, &text, |_| {}) {
+        let command = parse_line(line.split_whitespace().map(str::to_string))
+            .map_err(|e| e.with_object(&at))?;
+        let edits =
+            match command {
+                Command::Peer {
+                    command:
+                        command @ (PeerCommand::Add(_)
+                        | PeerCommand::Replace(_)
+                        | PeerCommand::Del { .. }),
+                } => cmd::peer::peer_edits(ctx, command),
+                Command::Route {
+                    command:
+                        command @ (RouteCommand::Add(_)
+                        | RouteCommand::Replace(_)
+                        | RouteCommand::Del { .. }),
+                } => cmd::route::route_edits(command),
+                _ => Err(Error::invalid_input(
+                    "parse batch line",
+                    "not an edit command: a batch file holds `peer add|del|replace` and `route \
+                 add|del|replace` lines",
+                )),
+            }
+            .map_err(|e| e.with_object(&at))?;
+        for mut e in edits {
+            e.at.get_or_insert_with(|| at.clone());
+            out.push(e);
+        }
+    }
+    Ok(out)
+}
+
+fn run_batch(ctx: &Ctx, file: &std::path::Path) -> Result<()> {
+    let edits = batch_edits(ctx, file)?;
+    let mut editor = cmd::edit::Editor::new(ctx);
+    editor.check(&edits)?;
+    let done = editor.apply(&edits)?;
+    if ctx.json {
+        return ctx.print_json(&done);
+    }
+    println!(
+        "applied {} line(s): {} peer(s) added, {} replaced, {} deleted; {} route(s) added, {} \
+         deleted",
+        edits.len(),
+        done.peers_added,
+        done.peers_replaced,
+        done.peers_deleted,
+        done.routes_added,
+        done.routes_deleted
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(args());
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -152,7 +243,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    if let Command::Completions { shell } = cli.command {
+    if let Some(Command::Completions { shell }) = cli.command {
         clap_complete::generate(shell, &mut Cli::command(), "lwtun", &mut std::io::stdout());
         return Ok(());
     }
@@ -165,7 +256,25 @@ fn run(cli: Cli) -> Result<()> {
         pretty: cli.pretty,
         netns,
     };
-    match cli.command {
+    if cli.batch.is_some() && cli.command.is_some() {
+        return Err(Error::invalid_input(
+            "lwtun",
+            "-batch FILE runs the commands of FILE: give no command with it",
+        ));
+    }
+    let Some(command) = cli.command else {
+        return match &cli.batch {
+            Some(file) => run_batch(&ctx, file),
+            None => {
+                let _ = Cli::command().print_help();
+                Err(Error::invalid_input(
+                    "lwtun",
+                    "no command (see the usage above)",
+                ))
+            }
+        };
+    };
+    match command {
         Command::Tunnel { command } => tunnel(&ctx, command),
         Command::Peer { command } => peer(&ctx, command),
         Command::Route { command } => route(&ctx, command),
@@ -212,9 +321,9 @@ mod tests {
         .unwrap();
         assert!(cli.json);
         assert_eq!(cli.netns.as_deref(), Some("lab"));
-        let Command::Peer {
-            command: PeerCommand::Add { words, batch, .. },
-        } = cli.command
+        let Some(Command::Peer {
+            command: PeerCommand::Add(cmd::peer::PeerWords { words, batch, .. }),
+        }) = cli.command
         else {
             panic!("not peer add");
         };
