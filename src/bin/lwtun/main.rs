@@ -128,9 +128,17 @@ pub(crate) struct Ctx {
     json: bool,
     pretty: bool,
     netns: NetNs,
+    netns_name: Option<String>,
 }
 
 impl Ctx {
+    /// ` -n NAME` when the command acts in a named namespace (for the commands it suggests).
+    pub(crate) fn netns_flag(&self) -> String {
+        self.netns_name
+            .as_ref()
+            .map_or(String::new(), |n| format!(" -n {n}"))
+    }
+
     pub(crate) fn netlink(&self) -> Result<Netlink> {
         Netlink::open_in(&self.netns)
     }
@@ -255,6 +263,7 @@ fn run(cli: Cli) -> Result<()> {
         json: cli.json || cli.pretty,
         pretty: cli.pretty,
         netns,
+        netns_name: cli.netns.clone(),
     };
     if cli.batch.is_some() && cli.command.is_some() {
         return Err(Error::invalid_input(

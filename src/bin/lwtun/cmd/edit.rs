@@ -133,7 +133,7 @@ impl<'c> Editor<'c> {
     /// The tables pinned in `pin`, opened on first use.
     pub(crate) fn tables(&mut self, pin: &Path) -> Result<&mut TunnelTables> {
         if !self.tables.contains_key(pin) {
-            let tables = TunnelTables::open(pin).map_err(|e| cli_open_error(e, pin))?;
+            let tables = TunnelTables::open(pin).map_err(|e| open_error(e, pin))?;
             self.tables.insert(pin.to_path_buf(), tables);
         }
         Ok(self.tables.get_mut(pin).expect("inserted above"))
@@ -185,6 +185,7 @@ impl<'c> Editor<'c> {
         added_routes: &mut HashSet<(IpNetwork, Option<u32>)>,
         deleted_routes: &mut HashSet<(IpNetwork, Option<u32>)>,
     ) -> Result<()> {
+        let ns = self.ctx.netns_flag();
         match edit {
             Edit::PeerAdd(pin, prefix, _)
             | Edit::PeerReplace(pin, prefix, _)
@@ -242,7 +243,7 @@ impl<'c> Editor<'c> {
                                 "add tunnel peer",
                                 format!(
                                     "the {} table of {} is full ({capacity} peers); grow it with \
-                                     `lwtun tunnel resize --pin {} --capacity {}`",
+                                     `lwtun{ns} tunnel resize --pin {} --capacity {}`",
                                     if k.is_ipv6() { "IPv6" } else { "IPv4" },
                                     pin.display(),
                                     pin.display(),
@@ -292,16 +293,21 @@ impl<'c> Editor<'c> {
                             && self.routes(routes)?.iter().any(|x| {
                                 x.dst == r.prefix
                                     && x.table == r.table.unwrap_or(254)
-                                    && x.metric.unwrap_or(0) == r.metric.unwrap_or(0)
+                                    && x.metric.unwrap_or(0)
+                                        == r.metric.unwrap_or(if r.prefix.is_ipv6() {
+                                            1024 // the kernel's default IPv6 metric
+                                        } else {
+                                            0
+                                        })
                             }));
                     if exists {
                         return Err(Error::other(
                             ErrorKind::Exists,
                             "add route",
                             format!(
-                                "a route to {} is there already; change it with `lwtun route \
-                                 replace --pin {} {} --dev {} ...` or delete it with `ip route \
-                                 del {}`",
+                                "a route to {} is there already; change it with `lwtun{ns} \
+                                 route replace --pin {} {} --dev {} ...` or delete it with \
+                                 `ip{ns} route del {}`",
                                 r.prefix,
                                 r.pin.display(),
                                 r.prefix,
@@ -506,7 +512,7 @@ fn same_batch(a: &Edit, b: &Edit) -> bool {
 }
 
 /// The error of opening a tunnel's tables for editing, with the command to fix it.
-fn cli_open_error(e: Error, pin: &Path) -> Error {
+pub(crate) fn open_error(e: Error, pin: &Path) -> Error {
     match e.kind() {
         ErrorKind::NotFound => Error::other(
             ErrorKind::NotFound,
