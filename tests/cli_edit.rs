@@ -281,6 +281,33 @@ fn a_folder_without_program_pins_still_takes_routes() {
     assert_eq!(route_program(&a, "10.20.0.0/16"), Some(xmit));
     let ping = ping_b(&net, 3);
     assert_eq!(ping.received, 3, "{}", ping.output);
+    // --direct: no load pinned that variant yet, so this loads it once; then it is pinned.
+    assert!(!pin.0.join("encap_xmit_direct").exists());
+    let direct = [
+        "-n",
+        &a,
+        "route",
+        "replace",
+        "--pin",
+        p,
+        "10.20.0.0/16",
+        "--dev",
+        "to1",
+        "--src",
+        "10.30.0.1",
+        "--direct",
+    ];
+    ok(&direct);
+    let direct_id = pinned_program_id(&pin.0.join("encap_xmit_direct"));
+    assert_eq!(route_program(&a, "10.20.0.0/16"), Some(direct_id));
+    ok(&direct);
+    assert_eq!(
+        pinned_program_id(&pin.0.join("encap_xmit_direct")),
+        direct_id,
+        "the second --direct route took the pinned program"
+    );
+    let ping = ping_b(&net, 3);
+    assert_eq!(ping.received, 3, "direct: {}", ping.output);
     ok(&["-n", &a, "tunnel", "unload", "--pin", p]);
 }
 

@@ -34,7 +34,10 @@ JSON output (-j, stable field names):
                  misses: {dropped_v4, dropped_v6, passed_v4, passed_v6, not_ip}}
   route show:   [{dst, table, protocol, lwtun, dev, oif, gateway, src, metric,
                   hooks: [{hook (in|out|xmit|seg6local), name, program_id}]}]
-  route add:    one route object as in route show
+  route add:    one route object as in route show (route replace too; with -b a list)
+  peer add|replace|del, route del: {added|replaced|deleted: N}
+  -batch FILE:  {peers_added, peers_replaced, peers_deleted, routes_added, routes_deleted}
+  tunnel resize: {pin, capacity_before, capacity, routes_moved}
   tunnel show:  {pin, capacity, peers_v4, peers_v6, miss_policy_v4, miss_policy_v6,
                  misses, maps: [{name, id}], program_ids, routes, fixups, adopted}
                 (tunnel load prints the same)

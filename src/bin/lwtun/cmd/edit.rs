@@ -283,8 +283,7 @@ impl<'c> Editor<'c> {
                     )
                     .with_object(r.prefix.to_string()));
                 }
-                self.device(&r.dev)
-                    .map_err(|e| e.with_object(format!("device {}", r.dev)))?;
+                self.device(&r.dev)?;
                 self.program(&r.pin, r.direct)?;
                 let slot = (r.prefix, r.table);
                 if !r.replace {
