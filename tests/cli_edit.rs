@@ -431,6 +431,10 @@ fn a_mixed_batch_is_checked_whole_then_applied_in_order() {
             "local",
         ),
         ("route frobnicate".to_string(), "frobnicate"),
+        (
+            format!("route add --pin {p} 10.24.0.0/16 --dev to1 --src 10.31.0.9"),
+            "not an address of this host",
+        ),
     ] {
         let file = TempFile::new("bad", &format!("{good}{bad}\n"));
         let err = fails(&["-n", &a, "-batch", file.arg()]);
@@ -457,13 +461,13 @@ fn a_mixed_batch_is_checked_whole_then_applied_in_order() {
     let ping = ping_b(&net, 3);
     assert_eq!(ping.received, 3, "{}", ping.output);
 
-    // A failure while applying (an address this host does not have as the route's source)
-    // stops there and says how much was applied.
+    // A failure while applying (a gateway the kernel finds unreachable) stops there and says
+    // how much was applied.
     let file = TempFile::new(
         "late",
         &format!(
             "peer add --pin {p} 10.24.0.0/16 remote 10.77.0.2 local 10.77.0.1 encap ipip\n\
-             route add --pin {p} 10.24.0.0/16 --dev to1 --src 10.31.0.9\n\
+             route add --pin {p} 10.24.0.0/16 --dev to1 --via 10.99.0.1 --src 10.30.0.1\n\
              peer add --pin {p} 10.25.0.0/16 remote 10.77.0.2 local 10.77.0.1 encap ipip\n"
         ),
     );

@@ -111,6 +111,7 @@ pub(crate) struct Editor<'c> {
     tables: HashMap<PathBuf, TunnelTables>,
     nl: Option<Netlink>,
     devices: HashMap<String, Device>,
+    addresses: Option<HashSet<IpAddr>>,
 }
 
 /// The check's view of one tunnel: the prefixes the edits before have added or deleted, and
@@ -127,6 +128,7 @@ impl<'c> Editor<'c> {
             tables: HashMap::new(),
             nl: None,
             devices: HashMap::new(),
+            addresses: None,
         }
     }
 
@@ -284,6 +286,20 @@ impl<'c> Editor<'c> {
                     .with_object(r.prefix.to_string()));
                 }
                 self.device(&r.dev)?;
+                if let Some(src) = r.src {
+                    if !self.local_addresses()?.contains(&src) {
+                        return Err(Error::invalid_input(
+                            "steer route into tunnel",
+                            format!(
+                                "--src {src} is not an address of this host (the kernel takes \
+                                 only its own addresses as a route's source); add it first, for \
+                                 example `ip{ns} addr add {src}/{} dev lo`",
+                                if src.is_ipv4() { 32 } else { 128 }
+                            ),
+                        )
+                        .with_object(r.prefix.to_string()));
+                    }
+                }
                 self.program(&r.pin, r.direct)?;
                 let slot = (r.prefix, r.table);
                 if !r.replace {
@@ -342,6 +358,15 @@ impl<'c> Editor<'c> {
                 Ok(())
             }
         }
+    }
+
+    /// The addresses of the namespace, dumped once for the check.
+    fn local_addresses(&mut self) -> Result<&HashSet<IpAddr>> {
+        if self.addresses.is_none() {
+            let found = self.nl()?.addresses(None)?;
+            self.addresses = Some(found.iter().map(|a| a.network.ip()).collect());
+        }
+        Ok(self.addresses.as_ref().expect("set above"))
     }
 
     /// The routes of the namespace, dumped once for the check.
