@@ -10,6 +10,10 @@
 //! binary's `peer add`, `peer del`, `route add` and `route del` in the same rounds (commands it
 //! lacks are reported as such).
 //!
+//! An edit reads the table's copy (every peer: the kernel walks the trie, about 1 µs a peer
+//! with `BPF_MAP_LOOKUP_BATCH`), so its time grows with the table: `LWTUN_BENCH_PEERS=N` fills
+//! the table with N peers (from a `peer add -b` file) before the rounds.
+//!
 //! Run as root: `cargo bench --bench cli_edit` (`LWTUN_BENCH_EDITS=N` rounds, default 50).
 
 use std::process::Command;
@@ -99,6 +103,46 @@ fn main() {
         .expect("run lwtun");
     assert!(load.status.success(), "tunnel load: {load:?}");
 
+    let preload: usize = std::env::var("LWTUN_BENCH_PEERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if preload > 0 {
+        let file = std::env::temp_dir().join(format!("lwtun-bench-edit-{}", std::process::id()));
+        let text: String = (0..preload)
+            .map(|i| {
+                format!(
+                    "11.{}.{}.{}/32 remote 10.77.0.2 local 10.77.0.1 encap ipip\n",
+                    i >> 16,
+                    (i >> 8) & 255,
+                    i & 255
+                )
+            })
+            .collect();
+        std::fs::write(&file, text).unwrap();
+        let out = Command::new(&lwtun)
+            .args(["tunnel", "load", "--pin", &pin, "--capacity"])
+            .arg((preload + 1000).to_string())
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "a larger capacity than the load's is refused"
+        );
+        let out = Command::new(&lwtun)
+            .args(["tunnel", "resize", "--pin", &pin, "--capacity"])
+            .arg((preload + 1000).to_string())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "resize: {out:?}");
+        let out = Command::new(&lwtun)
+            .args(["peer", "add", "--pin", &pin, "-b"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_file(&file);
+        assert!(out.status.success(), "preload: {out:?}");
+    }
     let words = |bin: &str, args: &str| -> Vec<String> {
         std::iter::once(bin.to_string())
             .chain(
@@ -189,7 +233,10 @@ fn main() {
         }
     }
     let ip_add = sides[0].median().expect("ip route add ran");
-    println!("one edit, as a process (median of {rounds} rounds, in namespace {name}):");
+    println!(
+        "one edit, as a process (median of {rounds} rounds, {preload} other peers in the table, \
+         in namespace {name}):"
+    );
     println!(
         "  {:<22} {:>10} {:>14}",
         "command", "median ms", "x ip route add"
