@@ -121,7 +121,7 @@ fn main() {
             .collect();
         std::fs::write(&file, text).unwrap();
         let out = Command::new(&lwtun)
-            .args(["tunnel", "load", "--pin", &pin, "--capacity"])
+            .args(["-n", &name, "tunnel", "load", "--pin", &pin, "--capacity"])
             .arg((preload + 1000).to_string())
             .output()
             .unwrap();
@@ -130,7 +130,7 @@ fn main() {
             "a larger capacity than the load's is refused"
         );
         let out = Command::new(&lwtun)
-            .args(["tunnel", "resize", "--pin", &pin, "--capacity"])
+            .args(["-n", &name, "tunnel", "resize", "--pin", &pin, "--capacity"])
             .arg((preload + 1000).to_string())
             .output()
             .unwrap();
