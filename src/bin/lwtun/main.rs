@@ -359,6 +359,31 @@ mod tests {
     }
 
     #[test]
+    fn batch_lines_are_commands_without_run_options() {
+        let words = |s: &str| s.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+        assert!(matches!(
+            parse_line(words("route del 10.0.0.0/8 --table 7")),
+            Ok(Command::Route {
+                command: RouteCommand::Del { .. }
+            })
+        ));
+        for line in [
+            "-j peer del --pin /x 10.0.0.0/8",
+            "-n lab route del 10.0.0.0/8",
+            "-b f",
+        ] {
+            let e = parse_line(words(line)).err().expect(line);
+            assert!(e.to_string().contains("command line"), "{line}: {e}");
+        }
+        let e = parse_line(words("peer frob")).err().unwrap();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("frob"), "{e}");
+        // -batch and a command together are refused before anything runs.
+        let cli = Cli::try_parse_from(["lwtun", "--batch", "f", "route", "show"]).unwrap();
+        assert!(run(cli).is_err());
+    }
+
+    #[test]
     fn decap_peers_take_an_optional_key() {
         let p = decap_peer("192.0.2.0/24,key=7").unwrap();
         assert_eq!(p.prefix.to_string(), "192.0.2.0/24");
