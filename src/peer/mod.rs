@@ -513,8 +513,8 @@ impl PeerTable {
                 ErrorKind::InvalidInput,
                 op.to_string(),
                 format!(
-                    "the {} table is full ({} peers): grow the tables (a pinned tunnel's resize \
-                     keeps its routes and peers), or remove peers",
+                    "the {} table is full (capacity {} peers): grow its capacity (a pinned \
+                     tunnel's resize keeps its routes and peers), or remove peers",
                     if v6 { "IPv6" } else { "IPv4" },
                     self.capacity
                 ),
