@@ -148,11 +148,13 @@ impl PinLayout {
 }
 
 /// A [`Tunnel`](crate::tunnel::Tunnel)'s folder: the peer tables, their counters, the miss
-/// counters and the settings. Its programs are not pinned: the routes hold them.
+/// counters and the settings, and the encap programs of the last load (its `lwt_xmit` variant
+/// and `encap_in`), which `lwtun route add` puts on routes without loading programs. Folders
+/// made by lwtun 0.2.0 hold no programs; they are still adopted as they are.
 pub const TUNNEL: PinLayout = PinLayout::new(
     "tunnel",
     &["peers_v4", "peers_v6", "peer_stats", "events", "config"],
-    &[],
+    &["encap_xmit", "encap_xmit_direct", "encap_in"],
 );
 
 /// A [`Decap`](crate::decap::Decap)'s folder: its tables, settings and counters (its per-CPU

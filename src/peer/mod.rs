@@ -285,23 +285,36 @@ impl PeerTable {
         let mut found = Vec::new();
         for v6 in [false, true] {
             let map = if v6 { &self.v6 } else { &self.v4 };
-            for key in map.keys() {
-                let Some(value) = map
-                    .lookup(&key, MapFlags::ANY)
-                    .map_err(|e| Error::bpf(op, e))?
-                else {
-                    continue; // removed meanwhile
-                };
-                let v: lwtun_peer = abi::from_bytes(&value).ok_or_else(|| {
+            let entries = match read_entries(map).map_err(|e| Error::io(op, e))? {
+                Some(entries) => entries,
+                // No batch lookup on this kernel for the trie: two calls per peer.
+                None => {
+                    let mut entries = Entries::default();
+                    for key in map.keys() {
+                        let Some(value) = map
+                            .lookup(&key, MapFlags::ANY)
+                            .map_err(|e| Error::bpf(op, e))?
+                        else {
+                            continue; // removed meanwhile
+                        };
+                        entries.keys.extend_from_slice(&key);
+                        entries.values.extend_from_slice(&value);
+                    }
+                    entries
+                }
+            };
+            let (ks, vs) = (map.key_size() as usize, map.value_size() as usize);
+            for (key, value) in entries.keys.chunks(ks).zip(entries.values.chunks(vs)) {
+                let v: lwtun_peer = abi::from_bytes(value).ok_or_else(|| {
                     Error::other(ErrorKind::Kernel, op, "peer value of the wrong size")
                 })?;
                 let prefix = if v6 {
-                    let k: lwtun_peer_key6 = abi::from_bytes(&key).ok_or_else(|| {
+                    let k: lwtun_peer_key6 = abi::from_bytes(key).ok_or_else(|| {
                         Error::other(ErrorKind::Kernel, op, "IPv6 key of the wrong size")
                     })?;
                     IpNetwork::new(IpAddr::from(k.addr), k.prefixlen as u8)
                 } else {
-                    let k: lwtun_peer_key4 = abi::from_bytes(&key).ok_or_else(|| {
+                    let k: lwtun_peer_key4 = abi::from_bytes(key).ok_or_else(|| {
                         Error::other(ErrorKind::Kernel, op, "IPv4 key of the wrong size")
                     })?;
                     IpNetwork::new(IpAddr::from(k.addr), k.prefixlen as u8)
@@ -500,7 +513,8 @@ impl PeerTable {
                 ErrorKind::InvalidInput,
                 op.to_string(),
                 format!(
-                    "the {} table is full ({} peers): load the tunnel with a larger capacity",
+                    "the {} table is full (capacity {} peers): grow its capacity (a pinned \
+                     tunnel's resize keeps its routes and peers), or remove peers",
                     if v6 { "IPv6" } else { "IPv4" },
                     self.capacity
                 ),
@@ -576,7 +590,7 @@ impl PeerTable {
             return Err(Error::other(
                 ErrorKind::Exists,
                 op,
-                format!("{prefix} has a peer already: replace it instead"),
+                format!("{prefix} has a peer already; replace that peer, or remove it first"),
             ));
         }
         self.check_room(prefix.is_ipv6(), 1, op)?;
@@ -797,7 +811,10 @@ impl PeerTable {
             return Err(Error::other(
                 ErrorKind::Exists,
                 op,
-                format!("{} has a peer already: replace it instead", F::prefix(k)),
+                format!(
+                    "{} has a peer already; replace that peer, or remove it first",
+                    F::prefix(k)
+                ),
             ));
         }
         self.check_room(F::V6, keys.len(), op)
@@ -969,6 +986,64 @@ impl PeerTable {
             not_ip: get(EV_NOT_IP)?,
             too_big: get(EV_TOO_BIG)?,
         })
+    }
+}
+
+/// The keys and values of a map, each packed back to back.
+#[derive(Default)]
+struct Entries {
+    keys: Vec<u8>,
+    values: Vec<u8>,
+}
+
+/// Every entry of `map`, read with `BPF_MAP_LOOKUP_BATCH` a few thousand at a time (one system
+/// call per chunk, where a key walk takes two per entry: 100k peers read in a fraction of the
+/// 0.25 s the walk takes); `None` where the kernel has no batch lookup for the map (the caller
+/// walks the keys instead).
+fn read_entries(map: &MapHandle) -> std::io::Result<Option<Entries>> {
+    const CHUNK: u32 = 4096;
+    let (ks, vs) = (map.key_size() as usize, map.value_size() as usize);
+    let mut out = Entries::default();
+    let mut keys = vec![0u8; ks * CHUNK as usize];
+    let mut values = vec![0u8; vs * CHUNK as usize];
+    let mut token = vec![0u8; ks];
+    let mut prev: Option<Vec<u8>> = None;
+    let opts = libbpf_rs::libbpf_sys::bpf_map_batch_opts {
+        sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_batch_opts>() as _,
+        ..Default::default()
+    };
+    loop {
+        let mut count = CHUNK;
+        // SAFETY: the key and value buffers hold CHUNK entries, `token` and `prev` one key
+        // each; the fd is borrowed for the call.
+        let rc = unsafe {
+            libbpf_rs::libbpf_sys::bpf_map_lookup_batch(
+                map.as_fd().as_raw_fd(),
+                prev.as_mut()
+                    .map_or(std::ptr::null_mut(), |p| p.as_mut_ptr().cast()),
+                token.as_mut_ptr().cast(),
+                keys.as_mut_ptr().cast(),
+                values.as_mut_ptr().cast(),
+                &mut count,
+                &opts,
+            )
+        };
+        let errno = if rc < 0 { -rc } else { 0 };
+        if errno != 0 && errno != libc::ENOENT {
+            if prev.is_none()
+                && (errno == libc::EINVAL || errno == libc::EOPNOTSUPP || errno == 524)
+            {
+                return Ok(None); // 524: ENOTSUPP, the kernel's "no batch ops for this map"
+            }
+            return Err(std::io::Error::from_raw_os_error(errno));
+        }
+        let n = count as usize;
+        out.keys.extend_from_slice(&keys[..n * ks]);
+        out.values.extend_from_slice(&values[..n * vs]);
+        if errno == libc::ENOENT {
+            return Ok(Some(out));
+        }
+        prev = Some(token.clone());
     }
 }
 

@@ -37,7 +37,10 @@ JSON output (-j, stable field names):
                  misses: {dropped_v4, dropped_v6, passed_v4, passed_v6, not_ip}}
   route show:   [{dst, table, protocol, lwtun, dev, oif, gateway, src, metric,
                   hooks: [{hook (in|out|xmit|seg6local), name, program_id}]}]
-  route add:    one route object as in route show
+  route add:    one route object as in route show (route replace too; with -b a list)
+  peer add|replace|del, route del: {added|replaced|deleted: N}
+  -batch FILE:  {peers_added, peers_replaced, peers_deleted, routes_added, routes_deleted}
+  tunnel resize: {pin, capacity_before, capacity, routes_moved}
   tunnel show:  {pin, capacity, peers_v4, peers_v6, miss_policy_v4, miss_policy_v6,
                  misses, maps: [{name, id}], program_ids, routes, fixups, adopted}
                 (tunnel load prints the same)
@@ -77,12 +80,19 @@ struct Cli {
     /// Act in the named network namespace (/run/netns/NAME), as `ip -n`.
     #[arg(short = 'n', long = "netns", value_name = "NAME", global = true)]
     netns: Option<String>,
+    /// Run the edit commands of FILE (`-`: standard input; also `-batch FILE`, as `ip -batch`):
+    /// one command a line without `lwtun` (`peer add|del|replace ...`, `route add|del|replace
+    /// ...`; `#` comments). Every line is parsed and checked against the tables before any is
+    /// applied (a bad one is reported as FILE:LINE and nothing is applied); then they are
+    /// applied in order, and a failure stops there, saying how many lines were applied.
+    #[arg(short = 'b', long = "batch", value_name = "FILE")]
+    batch: Option<std::path::PathBuf>,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
-enum Command {
+pub(crate) enum Command {
     /// Load, show and unload a pinned tunnel data plane.
     Tunnel {
         #[command(subcommand)]
@@ -159,10 +169,15 @@ impl Ctx {
     /// `lwtun [-n NAME] ARGS`: a command line to suggest in a message, in the namespace this
     /// one acts in.
     pub(crate) fn command(&self, args: &str) -> String {
-        match &self.netns_name {
-            Some(name) => format!("lwtun -n {name} {args}"),
-            None => format!("lwtun {args}"),
-        }
+        format!("lwtun{} {args}", self.netns_flag())
+    }
+
+    /// ` -n NAME` when the command acts in a named namespace: what a suggested `lwtun` or `ip`
+    /// command repeats.
+    pub(crate) fn netns_flag(&self) -> String {
+        self.netns_name
+            .as_ref()
+            .map_or(String::new(), |n| format!(" -n {n}"))
     }
 
     pub(crate) fn netlink(&self) -> Result<Netlink> {
@@ -180,10 +195,94 @@ impl Ctx {
     }
 }
 
+/// The arguments, with `ip`'s single-dash `-batch` spelled as clap reads it (`--batch`).
+fn args() -> impl Iterator<Item = std::ffi::OsString> {
+    std::env::args_os().map(|a| if a == "-batch" { "--batch".into() } else { a })
+}
+
+/// Parses one line of a batch file: a command without the program name.
+pub(crate) fn parse_line(words: impl IntoIterator<Item = String>) -> Result<Command> {
+    let cli =
+        Cli::try_parse_from(std::iter::once("lwtun".to_string()).chain(words)).map_err(|e| {
+            let text = e.to_string();
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("error: ");
+            Error::invalid_input("parse batch line", first.to_string())
+        })?;
+    if cli.batch.is_some() || cli.json || cli.pretty || cli.netns.is_some() {
+        return Err(Error::invalid_input(
+            "parse batch line",
+            "options of the whole run (-b, -j, -p, -n) go on the command line, not in the file",
+        ));
+    }
+    cli.command
+        .ok_or_else(|| Error::invalid_input("parse batch line", "no command"))
+}
+
+/// The edits of a batch file's lines (`lwtun -batch FILE`).
+fn batch_edits(ctx: &Ctx, file: &std::path::Path) -> Result<Vec<cmd::edit::Located>> {
+    let text = spec::read(file)?;
+    let mut out = Vec::new();
+    for (at, line) in spec::lines(file, &text, |_| {}) {
+        let command = parse_line(line.split_whitespace().map(str::to_string))
+            .map_err(|e| e.with_object(&at))?;
+        let edits =
+            match command {
+                Command::Peer {
+                    command:
+                        command @ (PeerCommand::Add(_)
+                        | PeerCommand::Replace(_)
+                        | PeerCommand::Del { .. }),
+                } => cmd::peer::peer_edits(ctx, command),
+                Command::Route {
+                    command:
+                        command @ (RouteCommand::Add(_)
+                        | RouteCommand::Replace(_)
+                        | RouteCommand::Del { .. }),
+                } => cmd::route::route_edits(command),
+                _ => Err(Error::invalid_input(
+                    "parse batch line",
+                    "not an edit command: a batch file holds `peer add|del|replace` and `route \
+                 add|del|replace` lines",
+                )),
+            }
+            .map_err(|e| e.with_object(&at))?;
+        for mut e in edits {
+            e.at.get_or_insert_with(|| at.clone());
+            out.push(e);
+        }
+    }
+    Ok(out)
+}
+
+fn run_batch(ctx: &Ctx, file: &std::path::Path) -> Result<()> {
+    let edits = batch_edits(ctx, file)?;
+    let mut editor = cmd::edit::Editor::new(ctx);
+    editor.check(&edits)?;
+    let done = editor.apply(&edits)?;
+    if ctx.json {
+        return ctx.print_json(&done);
+    }
+    println!(
+        "applied {} line(s): {} peer(s) added, {} replaced, {} deleted; {} route(s) added, {} \
+         deleted",
+        edits.len(),
+        done.peers_added,
+        done.peers_replaced,
+        done.peers_deleted,
+        done.routes_added,
+        done.routes_deleted
+    );
+    Ok(())
+}
+
 /// Parses the command line, runs it, and ends with the exit code of what happened (see
 /// [`exit::EXIT_CODES`]).
 fn main() -> ExitCode {
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let args: Vec<std::ffi::OsString> = args().collect();
     let json = exit::wants_json(&args);
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
@@ -202,12 +301,12 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match &cli.command {
-        Command::Completions { shell } => {
+        Some(Command::Completions { shell }) => {
             let mut script = Vec::new();
             clap_complete::generate(*shell, &mut Cli::command(), "lwtun", &mut script);
             return exit::print(&String::from_utf8_lossy(&script));
         }
-        Command::Man { out: Some(dir) } => {
+        Some(Command::Man { out: Some(dir) }) => {
             let pages = man::write_pages(Cli::command(), dir, JSON_FIELDS)?;
             if cli.json || cli.pretty {
                 return exit::print(&format!("{}\n", serde_json::json!({ "pages": pages })));
@@ -219,7 +318,7 @@ fn run(cli: Cli) -> Result<()> {
             );
             return Ok(());
         }
-        Command::Man { out: None } => {
+        Some(Command::Man { out: None }) => {
             let page = man::top(Cli::command(), JSON_FIELDS)?;
             return exit::print(&String::from_utf8_lossy(&page));
         }
@@ -235,7 +334,25 @@ fn run(cli: Cli) -> Result<()> {
         netns,
         netns_name: cli.netns.clone(),
     };
-    match cli.command {
+    if cli.batch.is_some() && cli.command.is_some() {
+        return Err(Error::invalid_input(
+            "lwtun",
+            "-batch FILE runs the commands of FILE: give no command with it",
+        ));
+    }
+    let Some(command) = cli.command else {
+        return match &cli.batch {
+            Some(file) => run_batch(&ctx, file),
+            None => {
+                let _ = Cli::command().print_help();
+                Err(Error::invalid_input(
+                    "lwtun",
+                    "no command (see the usage above)",
+                ))
+            }
+        };
+    };
+    match command {
         Command::Tunnel { command } => tunnel(&ctx, command),
         Command::Peer { command } => peer(&ctx, command),
         Command::Route { command } => route(&ctx, command),
@@ -282,9 +399,9 @@ mod tests {
         .unwrap();
         assert!(cli.json);
         assert_eq!(cli.netns.as_deref(), Some("lab"));
-        let Command::Peer {
-            command: PeerCommand::Add { words, batch, .. },
-        } = cli.command
+        let Some(Command::Peer {
+            command: PeerCommand::Add(cmd::peer::PeerWords { words, batch, .. }),
+        }) = cli.command
         else {
             panic!("not peer add");
         };
@@ -305,6 +422,31 @@ mod tests {
         .err()
         .unwrap();
         assert_eq!(e.exit_code(), 2);
+    }
+
+    #[test]
+    fn batch_lines_are_commands_without_run_options() {
+        let words = |s: &str| s.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+        assert!(matches!(
+            parse_line(words("route del 10.0.0.0/8 --table 7")),
+            Ok(Command::Route {
+                command: RouteCommand::Del { .. }
+            })
+        ));
+        for line in [
+            "-j peer del --pin /x 10.0.0.0/8",
+            "-n lab route del 10.0.0.0/8",
+            "-b f",
+        ] {
+            let e = parse_line(words(line)).err().expect(line);
+            assert!(e.to_string().contains("command line"), "{line}: {e}");
+        }
+        let e = parse_line(words("peer frob")).err().unwrap();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("frob"), "{e}");
+        // -batch and a command together are refused before anything runs.
+        let cli = Cli::try_parse_from(["lwtun", "--batch", "f", "route", "show"]).unwrap();
+        assert!(run(cli).is_err());
     }
 
     #[test]

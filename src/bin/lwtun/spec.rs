@@ -5,12 +5,11 @@
 //!        [ttl { N | inherit }] [tos { N | inherit }]
 //! ```
 
-use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::Path;
 
 use ipnetwork::IpNetwork;
-use lwtun::peer::{Encap, EncapPeer, PeerTable};
+use lwtun::peer::{Encap, EncapPeer};
 use lwtun::{Error, Result};
 
 const OP: &str = "parse tunnel peer";
@@ -120,50 +119,45 @@ pub fn peer<'a>(words: impl IntoIterator<Item = &'a str>) -> Result<(IpNetwork, 
     Ok((dst, peer))
 }
 
-/// The table's key for a prefix: host bits cleared (the table ignores them).
-fn key(prefix: IpNetwork) -> IpNetwork {
-    IpNetwork::new(prefix.network(), prefix.prefix()).unwrap_or(prefix)
+/// Reads a batch file (`-`: standard input).
+pub fn read(file: &Path) -> Result<String> {
+    if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(file)
+    }
+    .map_err(|e| Error::io("read batch file", e).with_object(file.display().to_string()))
 }
 
-/// Parses a batch file: one peer per line in the words of [`peer`]; blank lines and lines
-/// starting with `#` are skipped. Every line is checked, also against `table` (a prefix that
-/// has a peer, or one twice in the file), before anything is applied; the first bad line is
-/// reported as `FILE:LINE`.
+/// The lines of a batch file that say something, each with its place (`FILE:LINE`): blank
+/// lines and lines starting with `#` are skipped. `progress` is told the bytes read.
+pub fn lines<'t>(
+    file: &Path,
+    text: &'t str,
+    mut progress: impl FnMut(u64) + 't,
+) -> impl Iterator<Item = (String, &'t str)> + 't {
+    let name = file.display().to_string();
+    text.lines().enumerate().filter_map(move |(i, line)| {
+        progress(line.len() as u64 + 1);
+        let line = line.trim();
+        (!line.is_empty() && !line.starts_with('#')).then(|| (format!("{name}:{}", i + 1), line))
+    })
+}
+
+/// Parses a batch file of peers: one per line in the words of [`peer`]. The first bad line is
+/// the error, reported as `FILE:LINE`; whether the peers fit the table is checked later, with
+/// the other edits.
 pub fn batch(
     file: &Path,
     text: &str,
-    table: &PeerTable,
-    mut progress: impl FnMut(u64),
-) -> Result<Vec<(IpNetwork, EncapPeer)>> {
-    let mut peers = Vec::new();
-    let mut seen = HashSet::new();
-    for (i, line) in text.lines().enumerate() {
-        progress(line.len() as u64 + 1);
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let at = format!("{}:{}", file.display(), i + 1);
-        let (prefix, peer) = peer(line.split_whitespace()).map_err(|e| e.with_object(&at))?;
-        let k = key(prefix);
-        if table.get(k).is_some() {
-            return Err(Error::other(
-                lwtun::ErrorKind::Exists,
-                "add tunnel peers (batch)",
-                format!("{k} has a peer already; delete it first (`lwtun peer del {k}`)"),
-            )
-            .with_object(at));
-        }
-        if !seen.insert(k) {
-            return Err(Error::invalid_input(
-                "add tunnel peers (batch)",
-                format!("{k} is in the file twice"),
-            )
-            .with_object(at));
-        }
-        peers.push((prefix, peer));
-    }
-    Ok(peers)
+    progress: impl FnMut(u64),
+) -> Result<Vec<(String, IpNetwork, EncapPeer)>> {
+    lines(file, text, progress)
+        .map(|(at, line)| {
+            let (prefix, peer) = peer(line.split_whitespace()).map_err(|e| e.with_object(&at))?;
+            Ok((at, prefix, peer))
+        })
+        .collect()
 }
 
 #[cfg(test)]

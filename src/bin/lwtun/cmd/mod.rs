@@ -1,6 +1,7 @@
 //! One module per subcommand: its arguments, its handler, and what only it prints.
 
 pub(crate) mod decap;
+pub(crate) mod edit;
 pub(crate) mod leftovers;
 pub(crate) mod owners;
 pub(crate) mod peer;

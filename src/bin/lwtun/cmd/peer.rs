@@ -6,42 +6,36 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 use ipnetwork::IpNetwork;
-use lwtun::{Error, Result};
+use lwtun::Result;
 
-use crate::cmd::tunnel::{adopt, read_pinned};
+use crate::cmd::edit::{Edit, Editor, Located};
+use crate::cmd::tunnel::read_pinned;
 use crate::view::{table, PeerStatsView, PeerView, StatsView};
 use crate::{spec, Ctx};
 
 #[derive(Subcommand)]
 pub(crate) enum PeerCommand {
     /// Add a peer: PREFIX remote ADDR local ADDR encap { ipip | gre [key N] [csum] | udp port N }
-    /// [ttl N|inherit] [tos N|inherit]; or every line of a file with -b.
-    Add {
+    /// [ttl N|inherit] [tos N|inherit]; or every line of a file with -b. Refused when the prefix
+    /// has a peer (use `peer replace`).
+    Add(PeerWords),
+    /// Add a peer or change the one its prefix has (counters kept; packets see the old or the
+    /// new peer, never none), in the words of `peer add`; or every line of a file with -b.
+    Replace(PeerWords),
+    /// Delete the peers of the given prefixes; or of every prefix in a file with -b.
+    Del {
         #[arg(long, value_name = "DIR")]
         pin: PathBuf,
-        /// Peers from FILE (`-`: standard input), one per line in the words above (`#`
-        /// comments): every line is checked first; a bad one is reported as FILE:LINE and
-        /// nothing is applied.
+        /// Prefixes from FILE (`-`: standard input), one per line (`#` comments): every line
+        /// is checked first; a bad one is reported as FILE:LINE and nothing is applied.
         #[arg(
             short = 'b',
             long = "batch",
             value_name = "FILE",
-            conflicts_with = "words"
+            conflicts_with = "prefixes"
         )]
         batch: Option<PathBuf>,
-        /// The peer's words.
-        #[arg(
-            value_name = "PEER",
-            trailing_var_arg = true,
-            required_unless_present = "batch"
-        )]
-        words: Vec<String>,
-    },
-    /// Delete the peers of the given prefixes.
-    Del {
-        #[arg(long, value_name = "DIR")]
-        pin: PathBuf,
-        #[arg(value_name = "PREFIX", required = true)]
+        #[arg(value_name = "PREFIX", required_unless_present = "batch")]
         prefixes: Vec<String>,
     },
     /// List the peers.
@@ -58,47 +52,102 @@ pub(crate) enum PeerCommand {
     },
 }
 
+/// The arguments of `peer add` and `peer replace`.
+#[derive(clap::Args)]
+pub(crate) struct PeerWords {
+    #[arg(long, value_name = "DIR")]
+    pub(crate) pin: PathBuf,
+    /// Peers from FILE (`-`: standard input), one per line in the words above (`#`
+    /// comments): every line is checked first; a bad one is reported as FILE:LINE and
+    /// nothing is applied.
+    #[arg(
+        short = 'b',
+        long = "batch",
+        value_name = "FILE",
+        conflicts_with = "words"
+    )]
+    pub(crate) batch: Option<PathBuf>,
+    /// The peer's words.
+    #[arg(
+        value_name = "PEER",
+        trailing_var_arg = true,
+        required_unless_present = "batch"
+    )]
+    pub(crate) words: Vec<String>,
+}
+
+/// The edits a `peer add|replace|del` command makes (its file's lines, with -b).
+pub(crate) fn peer_edits(ctx: &Ctx, command: PeerCommand) -> Result<Vec<Located>> {
+    let (replace, w) = match command {
+        PeerCommand::Add(w) => (false, w),
+        PeerCommand::Replace(w) => (true, w),
+        PeerCommand::Del {
+            pin,
+            batch,
+            prefixes,
+        } => {
+            return match batch {
+                Some(file) => {
+                    let text = spec::read(&file)?;
+                    spec::lines(&file, &text, |_| {})
+                        .map(|(at, line)| {
+                            let prefix = spec::prefix(line).map_err(|e| e.with_object(&at))?;
+                            Ok(Located {
+                                at: Some(at),
+                                edit: Edit::PeerDel(pin.clone(), prefix),
+                            })
+                        })
+                        .collect()
+                }
+                None => prefixes
+                    .iter()
+                    .map(|p| Ok(Located::here(Edit::PeerDel(pin.clone(), spec::prefix(p)?))))
+                    .collect(),
+            };
+        }
+        PeerCommand::Show { .. } | PeerCommand::Stats { .. } => return Ok(Vec::new()),
+    };
+    let make = |pin: PathBuf, prefix, peer| {
+        if replace {
+            Edit::PeerReplace(pin, prefix, peer)
+        } else {
+            Edit::PeerAdd(pin, prefix, peer)
+        }
+    };
+    let Some(file) = w.batch else {
+        let (prefix, peer) = spec::peer(w.words.iter().map(String::as_str))?;
+        return Ok(vec![Located::here(make(w.pin, prefix, peer))]);
+    };
+    let text = spec::read(&file)?;
+    let bar = progress(ctx, text.len() as u64);
+    let parsed = spec::batch(&file, &text, |n| bar.inc(n));
+    bar.finish_and_clear();
+    Ok(parsed?
+        .into_iter()
+        .map(|(at, prefix, peer)| Located {
+            at: Some(at),
+            edit: make(w.pin.clone(), prefix, peer),
+        })
+        .collect())
+}
+
 pub(crate) fn peer(ctx: &Ctx, command: PeerCommand) -> Result<()> {
     match command {
-        PeerCommand::Add { pin, batch, words } => {
-            let mut tunnel = adopt(&pin, false)?;
-            let peers = match batch {
-                Some(file) => {
-                    let text = if file.as_os_str() == "-" {
-                        std::io::read_to_string(std::io::stdin())
-                    } else {
-                        std::fs::read_to_string(&file)
-                    }
-                    .map_err(|e| {
-                        Error::io("read batch file", e).with_object(file.display().to_string())
-                    })?;
-                    let bar = progress(ctx, text.len() as u64);
-                    let parsed = spec::batch(&file, &text, tunnel.peers(), |n| bar.inc(n));
-                    bar.finish_and_clear();
-                    parsed?
-                }
-                None => vec![spec::peer(words.iter().map(String::as_str))?],
+        PeerCommand::Add(_) | PeerCommand::Replace(_) | PeerCommand::Del { .. } => {
+            let verb = match &command {
+                PeerCommand::Add(_) => "added",
+                PeerCommand::Replace(_) => "replaced",
+                _ => "deleted",
             };
-            let n = peers.len();
-            tunnel.peers_mut().insert_batch(&peers)?;
+            let edits = peer_edits(ctx, command)?;
+            let mut editor = Editor::new(ctx);
+            editor.check(&edits)?;
+            let done = editor.apply(&edits)?;
+            let n = done.peers_added + done.peers_replaced + done.peers_deleted;
             if !ctx.json {
-                println!("added {n} peer(s)");
+                println!("{verb} {n} peer(s)");
             } else {
-                ctx.print_json(&serde_json::json!({ "added": n }))?;
-            }
-            Ok(())
-        }
-        PeerCommand::Del { pin, prefixes } => {
-            let mut tunnel = adopt(&pin, false)?;
-            let prefixes = prefixes
-                .iter()
-                .map(|p| spec::prefix(p))
-                .collect::<Result<Vec<IpNetwork>>>()?;
-            tunnel.peers_mut().remove_batch(&prefixes)?;
-            if !ctx.json {
-                println!("deleted {} peer(s)", prefixes.len());
-            } else {
-                ctx.print_json(&serde_json::json!({ "deleted": prefixes.len() }))?;
+                ctx.print_json(&serde_json::json!({ verb: n }))?;
             }
             Ok(())
         }

@@ -8,7 +8,7 @@ use lwtun::netlink::Netlink;
 use lwtun::peer::{MissPolicy, PeerTable};
 use lwtun::program::program_info_by_id;
 use lwtun::route::lwt_routes;
-use lwtun::tunnel::{PinnedTunnel, Tunnel, DEFAULT_CAPACITY};
+use lwtun::tunnel::{PinnedTunnel, Tunnel, TunnelTables, DEFAULT_CAPACITY};
 use lwtun::{Error, ErrorKind, Result};
 use serde::Serialize;
 
@@ -22,13 +22,23 @@ pub(crate) enum TunnelCommand {
         /// The pin folder on bpffs (for example /sys/fs/bpf/lwtun/t0).
         #[arg(long, value_name = "DIR")]
         pin: PathBuf,
-        /// Peers per table (IPv4 and IPv6 each; default 4096); fixed when the folder is
-        /// first made.
+        /// Peers per table (IPv4 and IPv6 each; default 4096) for a new folder; a folder that
+        /// holds a tunnel of another capacity is refused (grow it with `tunnel resize`).
         #[arg(long)]
         capacity: Option<u32>,
         /// What the encap does with packets that match no peer (both families).
         #[arg(long, value_enum)]
         miss: Option<Miss>,
+    },
+    /// Grow a pinned tunnel's tables to CAPACITY peers each, without losing a packet: new
+    /// tables and programs get a copy of the peers and counters, the tunnel's routes in this
+    /// namespace switch to them (route replace), and they are pinned in place of the old ones.
+    Resize {
+        #[arg(long, value_name = "DIR")]
+        pin: PathBuf,
+        /// Peers per table (IPv4 and IPv6 each), at least the current capacity.
+        #[arg(long)]
+        capacity: u32,
     },
     /// The maps, program ids, peer counts and routes of a pinned tunnel.
     Show {
@@ -258,6 +268,32 @@ pub(crate) fn tunnel(ctx: &Ctx, command: TunnelCommand) -> Result<()> {
             capacity,
             miss,
         } => {
+            if let Some(wanted) = capacity {
+                let pinned = lwtun::pins::inspect(&pin)?
+                    .filter(|f| f.layout == &lwtun::tunnel::PIN_LAYOUT && f.complete)
+                    .map(|_| PinnedTunnel::open(&pin))
+                    .transpose()?
+                    .map(|t| t.peers().capacity());
+                if let Some(pinned) = pinned.filter(|p| *p != wanted) {
+                    let fix = if wanted > pinned {
+                        format!(
+                            "grow it without dropping a route with `lwtun{} tunnel resize --pin {} \
+                             --capacity {wanted}`",
+                            ctx.netns_flag(),
+                            pin.display()
+                        )
+                    } else {
+                        "tables do not shrink; load it without --capacity to keep it".to_string()
+                    };
+                    return Err(Error::invalid_input(
+                        "load tunnel",
+                        format!(
+                            "{} holds a tunnel of capacity {pinned}, not {wanted}: {fix}",
+                            pin.display()
+                        ),
+                    ));
+                }
+            }
             let mut builder = Tunnel::builder()
                 .pin(&pin)
                 .capacity(capacity.unwrap_or(DEFAULT_CAPACITY));
@@ -269,15 +305,27 @@ pub(crate) fn tunnel(ctx: &Ctx, command: TunnelCommand) -> Result<()> {
             }
             let mut tunnel = builder.load()?;
             tunnel.keep_pinned();
-            let pinned = tunnel.peers().capacity();
-            if tunnel.adopted() && capacity.is_some_and(|c| c != pinned) {
-                eprintln!(
-                    "lwtun: {} was pinned with capacity {pinned}, which stays (unload it to \
-                     change the capacity)",
-                    pin.display()
-                );
-            }
             tunnel_show(ctx, &tunnel, &pin)
+        }
+        TunnelCommand::Resize { pin, capacity } => {
+            let mut tables =
+                TunnelTables::open(&pin).map_err(|e| crate::cmd::edit::open_error(e, &pin))?;
+            let before = tables.peers().capacity();
+            let mut nl = ctx.netlink()?;
+            let moved = tables.resize(&mut nl, capacity)?;
+            if ctx.json {
+                return ctx.print_json(&serde_json::json!({
+                    "pin": pin.display().to_string(),
+                    "capacity_before": before,
+                    "capacity": capacity,
+                    "routes_moved": moved,
+                }));
+            }
+            println!(
+                "resized {} from {before} to {capacity} peers per table; {moved} route(s) moved",
+                pin.display()
+            );
+            Ok(())
         }
         TunnelCommand::Show { pin } => tunnel_show(ctx, &read_pinned(&pin)?, &pin),
         TunnelCommand::Unload { pin, force } => crate::cmd::unload::unload(ctx, &pin, force),
