@@ -703,3 +703,45 @@ pub(crate) fn obj_pin(fd: BorrowedFd<'_>, path: &std::path::Path) -> std::io::Re
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A load into `A/B/C` under a missing `A` makes three folders and, when it fails, removes
+    /// all three; a folder that holds something else stays, and so do its parents.
+    #[test]
+    fn the_folders_a_load_made_go_again() {
+        let top = std::env::temp_dir().join(format!("lwtun-pins-made-{}", std::process::id()));
+        let folder = top.join("b").join("c");
+        let made = missing_dirs(&folder);
+        assert_eq!(made, [folder.clone(), top.join("b"), top.clone()]);
+        std::fs::create_dir_all(&folder).unwrap();
+        remove_dirs(&made);
+        assert!(!top.exists());
+
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(top.join("b").join("other"), b"x").unwrap();
+        remove_dirs(&made);
+        assert!(!folder.exists());
+        assert!(top.join("b").join("other").exists(), "another's file stays");
+        std::fs::remove_dir_all(&top).unwrap();
+        assert!(missing_dirs(Path::new("/")).is_empty());
+    }
+
+    #[test]
+    fn abi_differences_name_each_field() {
+        use libbpf_rs::MapType::{Array, Hash};
+        assert!(abi_differences((Array, 4, 8, 0), (Array, 4, 8, 0)).is_empty());
+        let d = abi_differences((Hash, 3, 5, 0x80), (Array, 4, 8, 0));
+        assert_eq!(
+            d,
+            [
+                "type Hash (expected Array)",
+                "3-byte keys (expected 4)",
+                "5-byte values (expected 8)",
+                "flags 0x80 (expected 0x0)"
+            ]
+        );
+    }
+}
