@@ -1031,6 +1031,46 @@ fn rows() -> Vec<Row> {
                 r
             },
         ),
+        row(
+            "XDP chain verdict 99",
+            InvalidInput,
+            &["verdict 99", "xdp", "XDP_PASS"],
+            |_| {
+                let mut chain = ProgChain::new(ChainHook::Xdp)?;
+                chain.set_verdict(99)
+            },
+        ),
+        row(
+            "lwt_out chain verdict BPF_REDIRECT",
+            InvalidInput,
+            &["verdict 7", "lwt_out", "BPF_DROP"],
+            |_| {
+                let mut chain = ProgChain::new(ChainHook::LwtOut)?;
+                chain.set_verdict(7)
+            },
+        ),
+        row(
+            "counting stage verdict 1 at lwt_xmit",
+            InvalidInput,
+            &["verdict 1", "lwt_xmit", "BPF_LWT_REROUTE"],
+            |_| {
+                let mut chain = ProgChain::new(ChainHook::LwtXmit)?;
+                let counting = CountingStage::load(&chain)?;
+                let id = chain.push(counting.program())?;
+                counting.set_verdict(id, Some(1))
+            },
+        ),
+        row(
+            "tc dispatcher verdict 42",
+            InvalidInput,
+            &["verdict 42", "tc", "TC_ACT_SHOT"],
+            |_| {
+                let mut d = Dispatcher::new(ChainHook::Tc)?;
+                let r = d.set_verdict(42);
+                assert_eq!(d.verdict(), -1, "the verdict is unchanged");
+                r
+            },
+        ),
         // ---- a map where a program is expected, and the reverse ----
         row(
             "map fd given to tc attach",

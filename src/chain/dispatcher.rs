@@ -240,8 +240,12 @@ impl Dispatcher {
     ///
     /// # Errors
     ///
-    /// The kernel's error updating the config map (the verdict is unchanged then).
+    /// InvalidInput for a verdict the hook does not know (as [`ProgChain::set_verdict`]
+    /// lists them); the kernel's error updating the config map (the verdict is unchanged then).
+    ///
+    /// [`ProgChain::set_verdict`]: super::ProgChain::set_verdict
     pub fn set_verdict(&mut self, verdict: i32) -> Result<()> {
+        self.hook.check_verdict("set dispatcher verdict", verdict)?;
         let old = std::mem::replace(&mut self.verdict, verdict);
         self.write_config().inspect_err(|_| self.verdict = old)
     }

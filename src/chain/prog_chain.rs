@@ -99,6 +99,38 @@ impl ChainHook {
         }
     }
 
+    /// Refuses a verdict the hook does not know (the kernel would drop the packet, or abort
+    /// it at XDP): XDP 0..=4, tc -1..=8 (`TC_ACT_*`), `lwt_in` 0, 2, 128 (`BPF_OK`, `BPF_DROP`,
+    /// `BPF_LWT_REROUTE`), `lwt_out` 0, 2, `lwt_xmit` 0, 2, 7 (`BPF_REDIRECT`), 128.
+    pub(crate) fn check_verdict(self, op: &str, verdict: i32) -> Result<()> {
+        let (ok, known): (bool, &str) = match self {
+            ChainHook::Xdp => (
+                (0..=4).contains(&verdict),
+                "0..=4 (XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT)",
+            ),
+            ChainHook::Tc => (
+                (-1..=8).contains(&verdict),
+                "-1..=8 (TC_ACT_UNSPEC, TC_ACT_OK, …, TC_ACT_SHOT 2, …, TC_ACT_TRAP 8)",
+            ),
+            ChainHook::LwtIn => (
+                matches!(verdict, 0 | 2 | 128),
+                "0 (BPF_OK), 2 (BPF_DROP), 128 (BPF_LWT_REROUTE)",
+            ),
+            ChainHook::LwtOut => (matches!(verdict, 0 | 2), "0 (BPF_OK), 2 (BPF_DROP)"),
+            ChainHook::LwtXmit => (
+                matches!(verdict, 0 | 2 | 7 | 128),
+                "0 (BPF_OK), 2 (BPF_DROP), 7 (BPF_REDIRECT), 128 (BPF_LWT_REROUTE)",
+            ),
+        };
+        if ok {
+            return Ok(());
+        }
+        Err(Error::invalid_input(
+            op,
+            format!("verdict {verdict} is not one the {self} hook knows: give {known}"),
+        ))
+    }
+
     fn entry_name(self) -> &'static str {
         match self {
             ChainHook::Xdp => "chain_xdp",
@@ -279,8 +311,10 @@ impl ProgChain {
     ///
     /// # Errors
     ///
-    /// The kernel's error updating the config map.
+    /// InvalidInput for a verdict the hook does not know (XDP 0..=4, tc -1..=8, `lwt_in` 0, 2,
+    /// 128, `lwt_out` 0, 2, `lwt_xmit` 0, 2, 7, 128); the kernel's error updating the config map.
     pub fn set_verdict(&mut self, verdict: i32) -> Result<()> {
+        self.hook.check_verdict("set chain verdict", verdict)?;
         self.write_config(verdict)
     }
 
