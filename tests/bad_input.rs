@@ -1381,12 +1381,14 @@ fn rows() -> Vec<Row> {
         row(
             "adopting a look-alike config map (other flags)",
             InvalidInput,
-            &["config", "flags", "rm -r"],
+            &["config", "flags 0x80", "rm -r"],
             |l| {
                 let folder = l.folder.join("look-alike");
                 let mut t = Tunnel::builder().capacity(8).pin(&folder).load()?;
                 t.keep_pinned();
                 drop(t);
+                // Same name, type and sizes, other flags: libbpf's reuse would take the pinned
+                // map's definition over the object's.
                 look_alike(&folder.join("config"), 0x80 /* BPF_F_RDONLY_PROG */);
                 let before = pins(&folder);
                 let r = ok(Tunnel::builder().capacity(8).pin(&folder).load());
@@ -1407,6 +1409,48 @@ fn rows() -> Vec<Row> {
                 look_alike(&folder.join("counters"), 0x80 /* BPF_F_RDONLY_PROG */);
                 let before = pins(&folder);
                 let r = ok(Decap::load_pinned(&folder));
+                assert_eq!(pins(&folder), before, "a refused adoption leaves the pins");
+                let _ = std::fs::remove_dir_all(&folder);
+                r
+            },
+        ),
+        row(
+            "tunnel redirect adopting a look-alike rule trie (other flags)",
+            InvalidInput,
+            &["rules_v4", "flags"],
+            |l| {
+                let folder = l.folder.join("redirect-look-alike");
+                let mut r = TunnelRedirect::builder().capacity(8).pin(&folder).load()?;
+                r.keep_pinned();
+                drop(r);
+                look_alike(&folder.join("rules_v4"), 0x80 /* BPF_F_RDONLY_PROG */);
+                let before = pins(&folder);
+                let r = ok(TunnelRedirect::builder().pin(&folder).load());
+                assert_eq!(pins(&folder), before, "a refused adoption leaves the pins");
+                let _ = std::fs::remove_dir_all(&folder);
+                r
+            },
+        ),
+        row(
+            "LWT redirect adopting a look-alike rule counter map (other flags)",
+            InvalidInput,
+            &["rule_stats", "flags"],
+            |l| {
+                let folder = l.folder.join("lwt-redirect-look-alike");
+                let mut r = lwtun::lwt_redirect::LwtRedirect::builder()
+                    .capacity(8)
+                    .pin(&folder)
+                    .load()?;
+                r.keep_pinned();
+                drop(r);
+                look_alike(
+                    &folder.join("rule_stats"),
+                    0x80, /* BPF_F_RDONLY_PROG */
+                );
+                let before = pins(&folder);
+                let r = ok(lwtun::lwt_redirect::LwtRedirect::builder()
+                    .pin(&folder)
+                    .load());
                 assert_eq!(pins(&folder), before, "a refused adoption leaves the pins");
                 let _ = std::fs::remove_dir_all(&folder);
                 r
