@@ -16,6 +16,8 @@ cargo clippy -p lwtun-agent --all-targets -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
 # the public API keeps semver against the last release (the v0.2.0 tag)
 ./scripts/semver-check.sh
+# the agent binary tests/cli_owner.rs runs against a live agent (beside the lwtun binary)
+cargo build -p lwtun-agent --bin lwtun-agent
 cargo test --lib --bins --tests --examples
 cargo test --doc
 # the fleet agent: unit and doc tests, and the five-host test against a real etcd

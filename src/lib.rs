@@ -35,7 +35,9 @@
 //! 7. **Drop / remove leftovers**: dropping the tunnel removes its pins (unless kept), its
 //!    routes and its underlay fix-ups; the programs and maps go with their last user. What a killed process leaves (routes tagged
 //!    [`route::RTPROT_LWTUN`], tc filters named `lwtun:`) is found and removed by
-//!    [`route::remove_leftovers`] and [`tc::remove_leftovers`].
+//!    [`route::remove_leftovers`] and [`tc::remove_leftovers`]. Something is a leftover only
+//!    when no live process owns it: [`pins::owner`] names a pin folder's owner, and
+//!    [`holders::Holders`] the processes holding a program, map or link by a descriptor.
 //!
 //! ```no_run
 //! use lwtun::netlink::Netlink;
@@ -203,6 +205,7 @@ pub mod device;
 pub mod error;
 mod family;
 pub use family::pins;
+pub mod holders;
 pub mod lwt_redirect;
 mod lwt_spec;
 pub mod netlink;

@@ -860,6 +860,45 @@ pub fn remove_leftovers(device: &Device) -> Result<usize> {
     Ok(removed)
 }
 
+/// Detaches the BPF link `id` (a tcx attachment [`attached`] reports with its `link_id`)
+/// whatever holds it: the processes and pins that hold the link keep a defunct link, and the
+/// program stops running on the hook at once (`BPF_LINK_DETACH`, `bpftool link detach id ID`).
+///
+/// # Errors
+///
+/// NotFound when no link has that id; the kernel's error detaching it.
+///
+/// # Examples
+///
+/// ```no_run
+/// use lwtun::{netns::NetNs, tc::{attached, detach_link, TcDirection}};
+///
+/// let eth0 = NetNs::current()?.device("eth0")?;
+/// for p in attached(&eth0, TcDirection::Ingress)? {
+///     if let Some(link) = p.link_id {
+///         detach_link(link)?;
+///     }
+/// }
+/// # Ok::<(), lwtun::Error>(())
+/// ```
+pub fn detach_link(id: u32) -> Result<()> {
+    let op = "detach link";
+    let object = || format!("link {id}");
+    // SAFETY: a plain syscall wrapper; the fd it returns is ours.
+    let fd = unsafe { libbpf_sys::bpf_link_get_fd_by_id(id) };
+    if fd < 0 {
+        return Err(Error::io(op, std::io::Error::from_raw_os_error(-fd)).with_object(object()));
+    }
+    // SAFETY: a fresh fd nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: a valid link fd.
+    let rc = unsafe { libbpf_sys::bpf_link_detach(fd.as_raw_fd()) };
+    if rc < 0 {
+        return Err(Error::io(op, std::io::Error::from_raw_os_error(-rc)).with_object(object()));
+    }
+    Ok(())
+}
+
 /// One program attached to a device's tc hook, as [`attached`] reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

@@ -42,13 +42,20 @@ JSON output (-j, stable field names):
                  counters: {VERDICT: {packets, bytes}}, links} (decap attach: the same)
   xdp stats:    one object per sample: {dev, program_id, interval_secs,
                  actions: [{action, packets, bytes, pps, bps}]}
-  leftovers:    {tunnel_pins: [{pin, owner_pid}], routes, tc_filters: [{dev, direction, name}],
-                 xdp: [{dev, program_id}], nexthops: [{id, dev}], removed_routes,
-                 removed_tc_filters, removed_xdp, removed_nexthops}
+  leftovers:    {tunnel_pins: [{pin, owner_pid}],
+                 pin_folders: [{pin, family, complete, owner_pid, owner_command}],
+                 routes, tc_filters: [{dev, direction, name, mode (tcx|clsact), program_id,
+                 link_id}], xdp: [{dev, program_id}], nexthops: [{id, dev}],
+                 owned: [{kind (route|tc|xdp|nexthop), object, owners: [{pid, command}]}],
+                 removed_routes, removed_tc_filters, removed_xdp, removed_nexthops}
+                (routes, tc_filters, xdp, nexthops: what no live process owns)
+  tunnel unload: {pin, removed_routes, routes: [{netns, dst, dev}], forced_past: [pid]}
 Errors print the library's message and exit 1; usage errors exit 2.
 A pinned tunnel is owned by one process at a time (an flock on its folder): while a library
 process has it loaded, commands that change it are refused naming the owner's pid; the show
-and stats commands read the pins and work meanwhile.";
+and stats commands read the pins and work meanwhile. `leftovers --remove`, `tunnel unload`
+and `decap detach` never remove what a live process owns (its pin folder's lock, or a
+program, map or link it holds) unless --force.";
 
 #[derive(Parser)]
 #[command(name = "lwtun", version, about = "Look at and change lwtun data planes", after_help = JSON_FIELDS)]
@@ -96,12 +103,19 @@ enum Command {
     /// Capture packets at an XDP, tc or route hook to a pcap file, with a tcpdump filter.
     #[cfg(feature = "capture")]
     Capture(capture::CaptureArgs),
-    /// What lwtun left: tunnel pin folders, routes, tc filters, XDP programs (and remove them).
+    /// What lwtun left that no live process owns: pin folders of every family, routes,
+    /// nexthops, tc programs, XDP programs (and remove them); what a live process owns is
+    /// listed apart, with its pid.
     Leftovers {
-        /// Remove the routes tagged proto 76, the `lwtun:` tc filters and lwtun's XDP programs
-        /// in this namespace (not tunnel pins: use `lwtun tunnel unload`).
+        /// Remove the leftovers in this namespace: routes and nexthops tagged proto 76, lwtun's
+        /// tc programs (`lwtun:` filters, tcx links) and XDP programs that no live process owns
+        /// (not pin folders: use `lwtun tunnel unload` or `lwtun decap detach`).
         #[arg(long)]
         remove: bool,
+        /// With --remove: also remove what a live process owns (breaks that process's data
+        /// plane).
+        #[arg(long, requires = "remove")]
+        force: bool,
     },
     /// Print a shell completion script.
     Completions {
@@ -173,7 +187,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Decap { command } => decap(&ctx, command),
         #[cfg(feature = "capture")]
         Command::Capture(args) => capture::run(&ctx, args),
-        Command::Leftovers { remove } => leftovers(&ctx, remove),
+        Command::Leftovers { remove, force } => leftovers(&ctx, remove, force),
         Command::Completions { .. } => Ok(()),
     }
 }

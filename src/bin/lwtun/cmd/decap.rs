@@ -9,6 +9,7 @@ use lwtun::tc::{TcAttach, TcDirection};
 use lwtun::{Error, ErrorKind, Result};
 use serde::Serialize;
 
+use crate::cmd::owners::{netns_flag, pinned_map_ids, refuse, steady_holders};
 use crate::view::{opt, table};
 use crate::{spec, Ctx};
 
@@ -31,10 +32,14 @@ pub(crate) enum DecapCommand {
         udp_port: Vec<u16>,
     },
     /// Detach the decap of DIR from DEV; detaching the last one removes the pins and folder.
+    /// Refused while a live process owns the decap (its folder's lock or its maps).
     Detach {
         dev: String,
         #[arg(long, value_name = "DIR")]
         pin: PathBuf,
+        /// Detach even while a live process owns the decap (its pins stay with it).
+        #[arg(long)]
+        force: bool,
     },
     /// The decap's local endpoints, peers, counters and the devices it is attached to.
     Show {
@@ -157,6 +162,24 @@ pub(crate) fn decap_view(d: &Decap, pin: &Path) -> Result<DecapView> {
     })
 }
 
+/// The live owners of the decap pinned in `pin`: the folder's lock holder and the processes
+/// holding its maps.
+fn decap_owners(pin: &Path) -> Result<Vec<lwtun::holders::Owner>> {
+    let Some(folder) = lwtun::pins::inspect(pin)? else {
+        return Ok(Vec::new());
+    };
+    let holders = steady_holders()?;
+    let mut owners: Vec<lwtun::holders::Owner> = folder.owner.clone().into_iter().collect();
+    for id in pinned_map_ids(&folder) {
+        for o in holders.of_map(id) {
+            if !owners.iter().any(|x| x.pid == o.pid) {
+                owners.push(o.clone());
+            }
+        }
+    }
+    Ok(owners)
+}
+
 /// Adopts the decap pinned in `pin`, refusing a folder without its pins.
 pub(crate) fn adopt_decap(pin: &Path) -> Result<Decap> {
     if !pin.join("locals").exists() {
@@ -222,7 +245,7 @@ pub(crate) fn decap(ctx: &Ctx, command: DecapCommand) -> Result<()> {
             println!("decap of {} attached to {dev}", pin.display());
             Ok(())
         }
-        DecapCommand::Detach { dev, pin } => {
+        DecapCommand::Detach { dev, pin, force } => {
             let device = ctx.netns.device(&dev)?;
             let link = decap_link_pin(&pin, &device);
             if std::fs::symlink_metadata(&link).is_err() {
@@ -232,9 +255,24 @@ pub(crate) fn decap(ctx: &Ctx, command: DecapCommand) -> Result<()> {
                     format!("the decap of {} is not attached to {dev}", pin.display()),
                 ));
             }
+            let owners = decap_owners(&pin)?;
+            if !owners.is_empty() && !force {
+                let n = netns_flag(ctx);
+                return Err(refuse(
+                    "detach decap",
+                    &format!("the decap pinned in {}", pin.display()),
+                    &owners,
+                    &format!(
+                        "lwtun{n} decap detach {dev} --pin {} --force",
+                        pin.display()
+                    ),
+                )
+                .with_object(pin.display().to_string()));
+            }
             lwtun::tc::detach_persisted(&device, &link)
                 .map_err(|e| e.with_object(format!("decap on {dev}")))?;
-            let last = decap_links(&pin).is_empty();
+            // A live owner (--force) keeps its pins: they are its state.
+            let last = decap_links(&pin).is_empty() && owners.is_empty();
             if last {
                 // Not kept: dropping it removes the maps, the program pin and the folder
                 // (once empty: these link pins were its last other entries).

@@ -1,15 +1,43 @@
-//! `lwtun leftovers`: what lwtun processes left behind, and its removal.
+//! `lwtun leftovers`: what lwtun left behind that no live process owns, and its removal.
+//!
+//! Everything lwtun installs in a namespace is listed: LWT routes (proto 76), nexthops
+//! (proto 76), tc programs of every lwtun family (tcx links and `lwtun:` clsact filters, decap
+//! included), XDP programs of lwtun's families; and every lwtun pin folder on bpffs. Each is
+//! either a leftover (no live process holds it) or owned: a live process holds its program, one
+//! of the program's maps, its link, or the pin folder of its maps (see `cmd::owners`). Owned
+//! things are reported apart and `--remove` keeps them; `--force` removes them too.
 
+use lwtun::device::Device;
+use lwtun::holders::Owner;
+use lwtun::netlink::route::{Encap, Route};
+use lwtun::program::id_of_route_name;
 use lwtun::route::{lwt_routes, RTPROT_LWTUN};
-use lwtun::tc::TcDirection;
+use lwtun::tc::{TcDirection, TcMode, TcProgramInfo};
 use lwtun::xdp::{XdpAttachment, XdpMode};
 use lwtun::Result;
 use serde::Serialize;
 
+use crate::cmd::owners::{describe, owner_views, OwnerView, Ownership};
 use crate::cmd::route::print_routes;
 use crate::cmd::tunnel::route_view;
 use crate::view::RouteView;
 use crate::Ctx;
+
+/// The tc programs lwtun's objects define (kernel names: the first 15 bytes), how a tcx
+/// attachment, which carries no filter name, is known as lwtun's.
+const LWTUN_TC_PROGRAMS: &[&str] = &[
+    "capture_tc",
+    "chain_tc",
+    "count_tc",
+    "decap_tc",
+    "dispatch_tc",
+    "encap_preview",
+    "ipip_gso_fixup",
+    "pass_tc",
+    "redirect_tc",
+    "stage_tc",
+    "table_tc",
+];
 
 #[derive(Serialize)]
 pub(crate) struct PinView {
@@ -19,10 +47,25 @@ pub(crate) struct PinView {
 }
 
 #[derive(Serialize)]
+pub(crate) struct FolderView {
+    pin: String,
+    /// `tunnel`, `decap`, `lwt_redirect`, `tunnel_redirect` or `seg6`.
+    family: &'static str,
+    complete: bool,
+    owner_pid: Option<u32>,
+    owner_command: Option<String>,
+}
+
+#[derive(Serialize)]
 pub(crate) struct FilterView {
     dev: String,
     direction: &'static str,
+    /// The clsact filter's name (`lwtun:...`), or the program's name for a tcx link.
     name: String,
+    /// `tcx` or `clsact`.
+    mode: &'static str,
+    program_id: u32,
+    link_id: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -32,24 +75,40 @@ pub(crate) struct XdpView {
 }
 
 #[derive(Serialize)]
+pub(crate) struct NexthopView {
+    id: u32,
+    dev: Option<String>,
+}
+
+/// Something lwtun installed that a live process owns: kept by `--remove`.
+#[derive(Serialize)]
+pub(crate) struct OwnedView {
+    /// `route`, `tc`, `xdp` or `nexthop`.
+    kind: &'static str,
+    /// What it is, as the text output names it ("route 10.20.0.0/16 dev to1").
+    object: String,
+    owners: Vec<OwnerView>,
+}
+
+#[derive(Serialize)]
 pub(crate) struct LeftoversView {
+    /// Tunnel pin folders (kept for scripts that read them; `pin_folders` lists every family).
     tunnel_pins: Vec<PinView>,
+    /// Every lwtun pin folder, of any family, with its owner.
+    pin_folders: Vec<FolderView>,
     routes: Vec<RouteView>,
+    /// tc programs of lwtun's families: `lwtun:` clsact filters and tcx links.
     tc_filters: Vec<FilterView>,
     /// XDP programs of lwtun's families (they have an `xdp_stats` map) attached to devices.
     xdp: Vec<XdpView>,
     /// Nexthop objects tagged proto 76 (routes share their LWT encap through them).
     nexthops: Vec<NexthopView>,
+    /// What a live process owns (not leftovers): kept unless --force.
+    owned: Vec<OwnedView>,
     removed_routes: usize,
     removed_tc_filters: usize,
     removed_xdp: usize,
     removed_nexthops: usize,
-}
-
-#[derive(Serialize)]
-pub(crate) struct NexthopView {
-    id: u32,
-    dev: Option<String>,
 }
 
 /// Whether program `id` is one of lwtun's XDP family programs (it uses an `xdp_stats` map).
@@ -57,23 +116,81 @@ pub(crate) fn is_lwtun_xdp(id: u32) -> bool {
     matches!(lwtun::xdp::StatsMap::of_program(id), Ok(Some(_)))
 }
 
-pub(crate) fn leftovers(ctx: &Ctx, remove: bool) -> Result<()> {
+/// The program ids of an LWT encap (the ids lwtun writes into the names it gives).
+fn encap_programs(encap: Option<&Encap>) -> Vec<u32> {
+    match encap {
+        Some(Encap::Bpf(b)) => [&b.input, &b.output, &b.xmit]
+            .into_iter()
+            .flatten()
+            .filter_map(|p| id_of_route_name(&p.name))
+            .collect(),
+        Some(Encap::Seg6LocalBpf(p)) => id_of_route_name(&p.name).into_iter().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A found object: what it is, its live owners, and how to remove it.
+struct Found<T> {
+    item: T,
+    owners: Vec<Owner>,
+}
+
+struct TcFound {
+    view: FilterView,
+    device: Device,
+    info: TcProgramInfo,
+}
+
+fn is_lwtun_tc(p: &TcProgramInfo) -> bool {
+    match (&p.mode, &p.filter) {
+        (TcMode::Clsact, Some(f)) => f.name.starts_with(lwtun::tc::FILTER_NAME_PREFIX),
+        (TcMode::Tcx, _) => p
+            .program_name
+            .as_deref()
+            .is_some_and(|n| LWTUN_TC_PROGRAMS.contains(&n)),
+        _ => false,
+    }
+}
+
+pub(crate) fn leftovers(ctx: &Ctx, remove: bool, force: bool) -> Result<()> {
     let mut nl = ctx.netlink()?;
-    let tunnel_pins = lwtun::pins::discover("/sys/fs/bpf")?
-        .into_iter()
+    let own = Ownership::scan()?;
+    let pin_folders: Vec<FolderView> = own
+        .folders
+        .iter()
+        .map(|f| FolderView {
+            pin: f.path.display().to_string(),
+            family: f.layout.family(),
+            complete: f.complete,
+            owner_pid: f.owner.as_ref().map(|o| o.pid),
+            owner_command: f.owner.as_ref().and_then(|o| o.command.clone()),
+        })
+        .collect();
+    let tunnel_pins = own
+        .folders
+        .iter()
         .filter(|f| f.layout == &lwtun::tunnel::PIN_LAYOUT)
         .map(|f| PinView {
-            owner_pid: f.owner.map(|o| o.pid),
+            owner_pid: f.owner.as_ref().map(|o| o.pid),
             pin: f.path.display().to_string(),
         })
         .collect();
-    let routes: Vec<RouteView> = lwt_routes(&mut nl)?
-        .iter()
-        .map(|r| route_view(&mut nl, r))
-        .filter(|v| v.protocol == RTPROT_LWTUN)
-        .collect();
-    let mut tc_filters = Vec::new();
+
+    let mut routes: Vec<Found<(Route, RouteView)>> = Vec::new();
+    for r in lwt_routes(&mut nl)? {
+        let view = route_view(&mut nl, &r);
+        if view.protocol != RTPROT_LWTUN {
+            continue;
+        }
+        let owners = own.of_programs(encap_programs(r.encap.as_ref()));
+        routes.push(Found {
+            item: (r, view),
+            owners,
+        });
+    }
+
     let links = nl.links()?;
+    let mut tc: Vec<Found<TcFound>> = Vec::new();
     for link in &links {
         let device = ctx.netns.device_by_index(link.index)?;
         for (direction, name) in [
@@ -81,67 +198,158 @@ pub(crate) fn leftovers(ctx: &Ctx, remove: bool) -> Result<()> {
             (TcDirection::Egress, "egress"),
         ] {
             for p in lwtun::tc::attached(&device, direction)? {
-                if let Some(f) = p
-                    .filter
-                    .filter(|f| f.name.starts_with(lwtun::tc::FILTER_NAME_PREFIX))
-                {
-                    tc_filters.push(FilterView {
-                        dev: link.name.clone(),
-                        direction: name,
-                        name: f.name,
-                    });
+                if !is_lwtun_tc(&p) {
+                    continue;
                 }
+                let mut owners = own.of_program(p.program_id);
+                if let Some(l) = p.link_id {
+                    for o in own.of_link(l) {
+                        if !owners.iter().any(|x| x.pid == o.pid) {
+                            owners.push(o.clone());
+                        }
+                    }
+                }
+                let view = FilterView {
+                    dev: link.name.clone(),
+                    direction: name,
+                    name: match &p.filter {
+                        Some(f) => f.name.clone(),
+                        None => p.program_name.clone().unwrap_or_default(),
+                    },
+                    mode: match p.mode {
+                        TcMode::Tcx => "tcx",
+                        _ => "clsact",
+                    },
+                    program_id: p.program_id,
+                    link_id: p.link_id,
+                };
+                tc.push(Found {
+                    item: TcFound {
+                        view,
+                        device: device.clone(),
+                        info: p,
+                    },
+                    owners,
+                });
             }
         }
     }
-    let xdp: Vec<XdpView> = links
+
+    let xdp: Vec<Found<XdpView>> = links
         .iter()
         .filter_map(|l| {
             let id = l.xdp_prog_id?;
-            is_lwtun_xdp(id).then(|| XdpView {
-                dev: l.name.clone(),
-                program_id: id,
+            is_lwtun_xdp(id).then(|| Found {
+                item: XdpView {
+                    dev: l.name.clone(),
+                    program_id: id,
+                },
+                owners: own.of_program(id),
             })
         })
         .collect();
-    let nexthops: Vec<NexthopView> = match nl.nexthops() {
+
+    let nexthops: Vec<Found<NexthopView>> = match nl.nexthops() {
         Ok(all) => all
             .into_iter()
             .filter(|n| n.protocol == RTPROT_LWTUN)
-            .map(|n| NexthopView {
-                id: n.id,
-                dev: n.oif.and_then(|oif| {
-                    links
-                        .iter()
-                        .find(|l| l.index == oif)
-                        .map(|l| l.name.clone())
-                }),
+            .map(|n| Found {
+                owners: own.of_programs(encap_programs(n.encap.as_ref())),
+                item: NexthopView {
+                    id: n.id,
+                    dev: n.oif.and_then(|oif| {
+                        links
+                            .iter()
+                            .find(|l| l.index == oif)
+                            .map(|l| l.name.clone())
+                    }),
+                },
             })
             .collect(),
         // A kernel without nexthop objects (before Linux 5.3) has none to leave behind.
         Err(e) if e.kind() == lwtun::ErrorKind::Unsupported => Vec::new(),
         Err(e) => return Err(e),
     };
+
+    // What goes: the leftovers, and with --force the owned things too.
+    let goes = |owners: &[Owner]| remove && (owners.is_empty() || force);
     let (mut removed_routes, mut removed_tc_filters, mut removed_xdp) = (0, 0, 0);
     let mut removed_nexthops = 0;
-    if remove {
-        removed_routes = lwtun::route::remove_leftovers(&mut nl)?;
-        removed_nexthops = lwtun::nexthop::remove_leftovers(&mut nl)?;
-        for link in &links {
-            removed_tc_filters +=
-                lwtun::tc::remove_leftovers(&ctx.netns.device_by_index(link.index)?)?;
-        }
-        for x in &xdp {
-            XdpAttachment::detach_interface(&ctx.netns.device(&x.dev)?, XdpMode::Auto)?;
-            removed_xdp += 1;
+    for n in nexthops.iter().filter(|n| goes(&n.owners)) {
+        // The kernel removes the routes using the nexthop with it.
+        nl.delete_nexthop(n.item.id)
+            .map_err(|e| e.with_object(format!("nexthop {}", n.item.id)))?;
+        removed_nexthops += 1;
+    }
+    for r in routes.iter().filter(|r| goes(&r.owners)) {
+        match nl.delete_route(&r.item.0) {
+            Ok(()) => removed_routes += 1,
+            // Gone with a nexthop removed above.
+            Err(e) if e.kind() == lwtun::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.with_object(format!("route {}", r.item.1.dst))),
         }
     }
+    for t in tc.iter().filter(|t| goes(&t.owners)) {
+        remove_tc(ctx, &own, &t.item)?;
+        removed_tc_filters += 1;
+    }
+    for x in xdp.iter().filter(|x| goes(&x.owners)) {
+        XdpAttachment::detach_interface(&ctx.netns.device(&x.item.dev)?, XdpMode::Auto)?;
+        removed_xdp += 1;
+    }
+
+    let mut owned = Vec::new();
+    let mut owned_of = |kind: &'static str, object: String, owners: &[Owner]| {
+        if !owners.is_empty() {
+            owned.push(OwnedView {
+                kind,
+                object,
+                owners: owner_views(owners),
+            });
+        }
+    };
+    for r in &routes {
+        let v = &r.item.1;
+        let dev = v.dev.as_deref().unwrap_or("-");
+        owned_of("route", format!("route {} dev {dev}", v.dst), &r.owners);
+    }
+    for t in &tc {
+        let v = &t.item.view;
+        let object = format!("tc {} {} {} {}", v.dev, v.direction, v.mode, v.name);
+        owned_of("tc", object, &t.owners);
+    }
+    for x in &xdp {
+        let object = format!("xdp {} program {}", x.item.dev, x.item.program_id);
+        owned_of("xdp", object, &x.owners);
+    }
+    for n in &nexthops {
+        owned_of("nexthop", format!("nexthop id {}", n.item.id), &n.owners);
+    }
+    let left = |owners: &[Owner]| owners.is_empty();
     let view = LeftoversView {
         tunnel_pins,
-        routes,
-        tc_filters,
-        xdp,
-        nexthops,
+        pin_folders,
+        routes: routes
+            .into_iter()
+            .filter(|r| left(&r.owners))
+            .map(|r| r.item.1)
+            .collect(),
+        tc_filters: tc
+            .into_iter()
+            .filter(|t| left(&t.owners))
+            .map(|t| t.item.view)
+            .collect(),
+        xdp: xdp
+            .into_iter()
+            .filter(|x| left(&x.owners))
+            .map(|x| x.item)
+            .collect(),
+        nexthops: nexthops
+            .into_iter()
+            .filter(|n| left(&n.owners))
+            .map(|n| n.item)
+            .collect(),
+        owned,
         removed_routes,
         removed_tc_filters,
         removed_xdp,
@@ -150,18 +358,70 @@ pub(crate) fn leftovers(ctx: &Ctx, remove: bool) -> Result<()> {
     if ctx.json {
         return ctx.print_json(&view);
     }
-    println!("tunnel pin folders (remove with `lwtun tunnel unload --pin DIR`):");
-    for p in &view.tunnel_pins {
+    print_text(&view, remove, force);
+    Ok(())
+}
+
+/// Removes one tc program: deletes a clsact filter; detaches a tcx link and removes the decap
+/// link pins that recorded it (`DIR/link-NETNS-IFINDEX`).
+fn remove_tc(ctx: &Ctx, own: &Ownership, t: &TcFound) -> Result<()> {
+    let object = || format!("{} on {} {}", t.view.name, t.view.dev, t.view.direction);
+    if let Some(f) = &t.info.filter {
+        let mut nl = ctx.netlink()?;
+        return nl
+            .del_bpf_filter(f.ifindex, f.parent, f.priority, f.handle)
+            .map_err(|e| e.with_object(object()));
+    }
+    let Some(link) = t.info.link_id else {
+        return Err(lwtun::Error::other(
+            lwtun::ErrorKind::NotFound,
+            "remove tc program",
+            format!(
+                "{} runs without a link (attached by another tool); detach it with bpftool",
+                object()
+            ),
+        ));
+    };
+    lwtun::tc::detach_link(link).map_err(|e| e.with_object(object()))?;
+    let record = format!("link-{}-{}", t.device.netns_id().inode(), t.device.index());
+    for f in own
+        .folders
+        .iter()
+        .filter(|f| f.layout == &lwtun::decap::PIN_LAYOUT)
+    {
+        let pin = f.path.join(&record);
+        if std::fs::symlink_metadata(&pin).is_ok() {
+            let _ = std::fs::remove_file(&pin);
+        }
+    }
+    Ok(())
+}
+
+fn print_text(view: &LeftoversView, remove: bool, force: bool) {
+    println!(
+        "pin folders of lwtun's families (remove with `lwtun tunnel unload --pin DIR`, \
+         `lwtun decap detach DEV --pin DIR`):"
+    );
+    for p in &view.pin_folders {
+        let complete = if p.complete { "" } else { ", incomplete" };
         match p.owner_pid {
-            Some(pid) => println!("  {} (owned by process {pid})", p.pin),
-            None => println!("  {}", p.pin),
+            Some(pid) => println!(
+                "  {} ({}{complete}, owned by process {pid}{})",
+                p.pin,
+                p.family,
+                p.owner_command
+                    .as_ref()
+                    .map(|c| format!(" ({c})"))
+                    .unwrap_or_default()
+            ),
+            None => println!("  {} ({}{complete})", p.pin, p.family),
         }
     }
     println!("routes tagged proto {RTPROT_LWTUN}:");
     print_routes(&view.routes);
-    println!("tc filters named lwtun:*:");
+    println!("tc programs of lwtun's families (lwtun: filters, tcx links):");
     for f in &view.tc_filters {
-        println!("  {} {} {}", f.dev, f.direction, f.name);
+        println!("  {} {} {} {}", f.dev, f.direction, f.mode, f.name);
     }
     println!("XDP programs of lwtun's families:");
     for x in &view.xdp {
@@ -174,11 +434,31 @@ pub(crate) fn leftovers(ctx: &Ctx, remove: bool) -> Result<()> {
             None => println!("  id {}", n.id),
         }
     }
+    if !view.owned.is_empty() {
+        println!(
+            "owned by live processes (not leftovers; {}):",
+            if force {
+                "--force removes them"
+            } else {
+                "kept; `lwtun leftovers --remove --force` removes them anyway"
+            }
+        );
+        for o in &view.owned {
+            let owners: Vec<Owner> = o
+                .owners
+                .iter()
+                .map(|v| Owner {
+                    pid: v.pid,
+                    command: v.command.clone(),
+                })
+                .collect();
+            println!("  {} (in use by {})", o.object, describe(&owners));
+        }
+    }
     if remove {
         println!(
-            "removed {} route(s), {} tc filter(s), {} XDP program(s), {} nexthop(s)",
+            "removed {} route(s), {} tc program(s), {} XDP program(s), {} nexthop(s)",
             view.removed_routes, view.removed_tc_filters, view.removed_xdp, view.removed_nexthops
         );
     }
-    Ok(())
 }

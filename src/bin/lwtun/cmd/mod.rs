@@ -2,7 +2,9 @@
 
 pub(crate) mod decap;
 pub(crate) mod leftovers;
+pub(crate) mod owners;
 pub(crate) mod peer;
 pub(crate) mod route;
 pub(crate) mod tunnel;
+pub(crate) mod unload;
 pub(crate) mod xdp;

@@ -35,10 +35,16 @@ pub(crate) enum TunnelCommand {
         #[arg(long, value_name = "DIR")]
         pin: PathBuf,
     },
-    /// Remove the tunnel's routes (in this namespace), fix-ups, pins and folder.
+    /// Remove the tunnel's routes (in every namespace lwtun finds them: this one, the named
+    /// ones, those of running processes), fix-ups, pins and folder. Refused while a live
+    /// process owns the tunnel, or while programs lwtun cannot find a route for use its table.
     Unload {
         #[arg(long, value_name = "DIR")]
         pin: PathBuf,
+        /// Unload even while a live process owns the tunnel (breaks its data plane) or programs
+        /// without a route found use its table.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -262,45 +268,6 @@ pub(crate) fn tunnel(ctx: &Ctx, command: TunnelCommand) -> Result<()> {
             tunnel_show(ctx, &tunnel, &pin)
         }
         TunnelCommand::Show { pin } => tunnel_show(ctx, &PinnedTunnel::open(&pin)?, &pin),
-        TunnelCommand::Unload { pin } => {
-            let tunnel = open_pinned(&pin, false)?;
-            let mut nl = ctx.netlink()?;
-            let routes = tunnel_routes(&mut nl, tunnel.peers())?;
-            for r in &routes {
-                nl.delete_route(r)
-                    .map_err(|e| e.with_object(r.dst.to_string()))?;
-            }
-            for f in fixup_pins(&pin) {
-                std::fs::remove_file(&f).map_err(|e| {
-                    Error::io("remove fix-up pin", e).with_object(f.display().to_string())
-                })?;
-            }
-            // Dropping a tunnel that is not kept removes its pins and the folder.
-            drop(tunnel);
-            if pin.exists() {
-                return Err(Error::other(
-                    ErrorKind::Exists,
-                    "remove pin folder",
-                    format!(
-                        "the tunnel's pins are gone but {} still holds other files; remove them \
-                         by hand",
-                        pin.display()
-                    ),
-                ));
-            }
-            if !ctx.json {
-                println!(
-                    "unloaded {}: {} route(s) removed, pins removed",
-                    pin.display(),
-                    routes.len()
-                );
-            } else {
-                ctx.print_json(&serde_json::json!({
-                    "pin": pin.display().to_string(),
-                    "removed_routes": routes.len(),
-                }))?;
-            }
-            Ok(())
-        }
+        TunnelCommand::Unload { pin, force } => crate::cmd::unload::unload(ctx, &pin, force),
     }
 }
