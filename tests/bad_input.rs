@@ -1071,6 +1071,22 @@ fn rows() -> Vec<Row> {
                 r
             },
         ),
+        row(
+            "XDP dispatcher member going on after verdict 17",
+            InvalidInput,
+            &["verdict 17", "xdp"],
+            |_| {
+                let mut d = Dispatcher::new(ChainHook::Xdp)?;
+                let r = ok(d.attach(
+                    0,
+                    lwtun::skel::dispatch_member::OBJECT,
+                    "member_xdp",
+                    &[2, 17],
+                ));
+                assert!(d.members().is_empty());
+                r
+            },
+        ),
         // ---- a map where a program is expected, and the reverse ----
         row(
             "map fd given to tc attach",

@@ -261,11 +261,11 @@ impl Dispatcher {
     ///
     /// # Errors
     ///
-    /// InvalidInput for a slot out of range, a verdict that cannot go on, a program not of the
-    /// hook's type, a continue set for a program that is not dispatch-aware, or an object built
-    /// against another dispatcher ABI (magic, version or slot count); Exists when the slot is
-    /// taken; NotFound when the object has no program `program`; the verifier's or kernel's
-    /// error otherwise. Nothing changes when it fails.
+    /// InvalidInput for a slot out of range, a verdict that cannot go on (or that the hook does
+    /// not know), a program not of the hook's type, a continue set for a program that is not
+    /// dispatch-aware, or an object built against another dispatcher ABI (magic, version or
+    /// slot count); Exists when the slot is taken; NotFound when the object has no program
+    /// `program`; the verifier's or kernel's error otherwise. Nothing changes when it fails.
     pub fn attach(
         &mut self,
         slot: u32,
@@ -275,6 +275,9 @@ impl Dispatcher {
     ) -> Result<MemberId> {
         let op = "attach dispatcher member";
         self.free_slot(op, slot)?;
+        for &v in continue_on {
+            self.hook.check_verdict(op, v)?;
+        }
         let mask = continue_mask(op, continue_on)?;
         let (object, fd, aware) = self.load_member(op, object, program, continue_on)?;
         self.install(op, slot, Some(object), fd, aware, mask, continue_on)
@@ -315,6 +318,9 @@ impl Dispatcher {
     ) -> Result<MemberId> {
         let op = "replace dispatcher member";
         self.member(op, id)?;
+        for &v in continue_on {
+            self.hook.check_verdict(op, v)?;
+        }
         let mask = continue_mask(op, continue_on)?;
         let (object, fd, aware) = self.load_member(op, object, program, continue_on)?;
         let old = self.members.remove(&id.0).expect("checked above");
