@@ -20,7 +20,10 @@ pub(crate) fn check_endpoint(op: &str, what: &str, addr: std::net::IpAddr) -> Re
     match why {
         Some(why) => Err(Error::invalid_input(
             op,
-            format!("{what} {addr} is not a unicast address of a host ({why}): give the underlay address of a tunnel endpoint"),
+            format!(
+                "{what} {addr} is not a unicast address of a host ({why}): give the underlay \
+                 address of a tunnel endpoint"
+            ),
         )),
         None => Ok(()),
     }
