@@ -1194,6 +1194,17 @@ fn rows() -> Vec<Row> {
             },
         ),
         row(
+            "peer with an IPv4-mapped IPv6 remote",
+            InvalidInput,
+            &["::ffff:10.77.0.2", "IPv4-mapped"],
+            |l| {
+                l.tunnel.peers_mut().insert(
+                    net("fd21::/16"),
+                    EncapPeer::new(addr("::ffff:10.77.0.2"), addr("fd77::1"), Encap::Ipip),
+                )
+            },
+        ),
+        row(
             "batch with a broadcast remote in the middle",
             InvalidInput,
             &["10.43.2.0/24", "255.255.255.255"],

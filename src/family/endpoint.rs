@@ -5,8 +5,9 @@
 use crate::error::{Error, Result};
 
 /// Refuses an outer (underlay) address a tunnel endpoint cannot have: unspecified, multicast,
-/// the IPv4 limited broadcast, loopback (a packet to or from it never leaves the host), and the
-/// IPv4 "this network" block 0.0.0.0/8. `what` names the address's role ("remote", "local").
+/// the IPv4 limited broadcast, loopback (a packet to or from it never leaves the host), the IPv4
+/// "this network" block 0.0.0.0/8, and IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`). `what`
+/// names the address's role ("remote", "local").
 pub(crate) fn check_endpoint(op: &str, what: &str, addr: std::net::IpAddr) -> Result<()> {
     use std::net::IpAddr;
     let why = match addr {
@@ -15,6 +16,9 @@ pub(crate) fn check_endpoint(op: &str, what: &str, addr: std::net::IpAddr) -> Re
         a if a.is_loopback() => Some("loopback: packets to or from it never leave this host"),
         IpAddr::V4(a) if a.is_broadcast() => Some("the limited broadcast address"),
         IpAddr::V4(a) if a.octets()[0] == 0 => Some("in 0.0.0.0/8 (\"this network\")"),
+        IpAddr::V6(a) if a.to_ipv4_mapped().is_some() => {
+            Some("an IPv4-mapped IPv6 address, which no packet carries: give the IPv4 address")
+        }
         _ => None,
     };
     match why {
@@ -87,6 +91,7 @@ mod tests {
             "::",
             "::1",
             "ff02::1",
+            "::ffff:10.0.0.1",
         ] {
             let e = check_endpoint("t", "remote", bad.parse().unwrap()).unwrap_err();
             assert!(e.to_string().contains(bad), "{e}");
