@@ -17,6 +17,7 @@ import sys
 # Bottom to top. A module may name modules of lower layers only.
 LAYERS = [
     ("base", ["error", "skel"]),
+    ("raw BPF file descriptors", ["bpf_fd"]),
     ("byte layouts, namespaces, map-in-map tables", ["abi", "netns", "table"]),
     ("family kit, rtnetlink", ["family", "netlink"]),
     ("devices, programs", ["device", "program"]),

@@ -383,15 +383,22 @@ impl Decap {
     ///
     /// # Errors
     ///
-    /// The kernel's error (for example E2BIG when 256 endpoints are set).
+    /// InvalidInput for an address that is not a host's unicast address (unspecified,
+    /// multicast, broadcast, loopback) or when the endpoint table is full (256); the kernel's
+    /// error otherwise.
     pub fn add_local(&mut self, addr: IpAddr) -> Result<()> {
-        self.map("locals")?
-            .update(
-                abi::as_bytes(&addr_key(addr)),
-                &0u32.to_ne_bytes(),
-                MapFlags::ANY,
-            )
-            .map_err(|e| Error::bpf("add local tunnel endpoint", e).with_object(addr.to_string()))
+        let op = "add local tunnel endpoint";
+        crate::family::endpoint::check_endpoint(op, "local endpoint", addr)?;
+        let map = self.map("locals")?;
+        map.update(
+            abi::as_bytes(&addr_key(addr)),
+            &0u32.to_ne_bytes(),
+            MapFlags::ANY,
+        )
+        .map_err(|e| {
+            crate::family::table_write_error(op, e, "decap local endpoints", &map)
+                .with_object(addr.to_string())
+        })
     }
 
     /// Stops decapsulating for `addr`.
@@ -439,9 +446,13 @@ impl Decap {
     ///
     /// # Errors
     ///
-    /// The kernel's error (the tables hold 65536 prefixes per family).
+    /// InvalidInput for a prefix that holds only multicast or broadcast addresses (no tunnel
+    /// packet comes from one), or when the table is full (65536 prefixes per family); the
+    /// kernel's error otherwise.
     pub fn add_peer(&mut self, peer: DecapPeer) -> Result<()> {
+        let op = "add decap peer";
         let prefix = normalize(peer.prefix);
+        crate::family::endpoint::check_source_prefix(op, &prefix)?;
         let (map, key) = table_key(&prefix, ["peers_v4", "peers_v6"]);
         let value = lwtun_decap_peer {
             flags: if peer.gre_key.is_some() {
@@ -451,9 +462,12 @@ impl Decap {
             },
             gre_key: peer.gre_key.unwrap_or(0).to_be(),
         };
-        self.map(map)?
-            .update(&key, abi::as_bytes(&value), MapFlags::ANY)
-            .map_err(|e| Error::bpf("add decap peer", e).with_object(prefix.to_string()))
+        let map = self.map(map)?;
+        map.update(&key, abi::as_bytes(&value), MapFlags::ANY)
+            .map_err(|e| {
+                crate::family::table_write_error(op, e, "decap peers", &map)
+                    .with_object(prefix.to_string())
+            })
     }
 
     /// Stops accepting tunnel packets from `prefix`.
@@ -517,7 +531,8 @@ impl Decap {
                 "port 0 is not a destination port",
             ));
         }
-        // An array indexed by the port number (host order): 1 = FOU.
+        // An array indexed by the port number (host order): 1 = FOU; it has a slot for every
+        // port, so a write cannot find it full.
         self.map("udp_ports")?
             .update(
                 &u32::from(port).to_ne_bytes(),

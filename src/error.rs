@@ -175,9 +175,11 @@ impl Error {
             libbpf_rs::ErrorKind::NotFound => ErrorKind::NotFound,
             libbpf_rs::ErrorKind::PermissionDenied => ErrorKind::Permission,
             libbpf_rs::ErrorKind::AlreadyExists => ErrorKind::Exists,
-            libbpf_rs::ErrorKind::InvalidInput | libbpf_rs::ErrorKind::InvalidData => {
-                ErrorKind::InvalidInput
-            }
+            // E2BIG (a full table, a list past the kernel's limit) is the caller's input, as
+            // `kind_of_errno` sorts it for netlink.
+            libbpf_rs::ErrorKind::InvalidInput
+            | libbpf_rs::ErrorKind::InvalidData
+            | libbpf_rs::ErrorKind::TooBig => ErrorKind::InvalidInput,
             libbpf_rs::ErrorKind::Unsupported => ErrorKind::Unsupported,
             _ => ErrorKind::Kernel,
         };

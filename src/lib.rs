@@ -195,6 +195,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod abi;
+mod bpf_fd;
 #[cfg(feature = "capture")]
 #[cfg_attr(docsrs, doc(cfg(feature = "capture")))]
 pub mod capture;

@@ -696,9 +696,17 @@ impl LwtRedirect {
             }
             // The key layouts (and map names) are the tunnel redirect's.
             let (name, key) = table_key(&prefix, RULE_TABLES);
-            self.map(name)?
-                .update(&key, abi::as_bytes(&value), MapFlags::ANY)
-                .map_err(|e| Error::bpf("write redirect rule", e))
+            let map = self.map(name)?;
+            map.update(&key, abi::as_bytes(&value), MapFlags::ANY)
+                .map_err(|e| {
+                    crate::family::table_write_error(
+                        "write redirect rule",
+                        e,
+                        "LWT redirect rules",
+                        &map,
+                    )
+                    .with_object(prefix.to_string())
+                })
         })();
         match result {
             Ok(()) => {

@@ -115,7 +115,8 @@ pub struct ProgramInfo {
 ///
 /// # Errors
 ///
-/// The kernel's error (for example EINVAL when `fd` is not a BPF program).
+/// InvalidInput when `fd` holds something other than a BPF program (a map, a link), naming
+/// what it holds; the kernel's error otherwise.
 ///
 /// # Examples
 ///
@@ -129,6 +130,7 @@ pub struct ProgramInfo {
 /// # Ok::<(), lwtun::Error>(())
 /// ```
 pub fn program_info(fd: BorrowedFd<'_>) -> Result<ProgramInfo> {
+    crate::bpf_fd::expect_kind("read program info", fd, crate::bpf_fd::FdKind::Program)?;
     let read = |info: &mut libbpf_sys::bpf_prog_info| -> Result<()> {
         let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
         // SAFETY: info is a valid bpf_prog_info of `len` bytes; its map_ids pointer, when set,

@@ -65,8 +65,9 @@ impl InnerSpec {
     ///
     /// # Errors
     ///
-    /// The kernel's error when `map` is not a BPF map.
+    /// InvalidInput when `map` holds something other than a BPF map (a program, a link).
     pub fn of(map: BorrowedFd<'_>) -> Result<Self> {
+        crate::bpf_fd::expect_kind("read table shape", map, crate::bpf_fd::FdKind::Map)?;
         let info = MapInfo::new(map).map_err(|e| Error::bpf("read map info", e))?;
         Ok(InnerSpec {
             map_type: info.map_type(),
@@ -289,6 +290,7 @@ impl MapOfMaps {
     ///
     /// InvalidInput when the map is neither ARRAY_OF_MAPS nor HASH_OF_MAPS.
     pub fn from_map(map: BorrowedFd<'_>) -> Result<Self> {
+        crate::bpf_fd::expect_kind("take map of maps", map, crate::bpf_fd::FdKind::Map)?;
         let info = MapInfo::new(map).map_err(|e| Error::bpf("read map info", e))?;
         let kind = match info.map_type() {
             MapType::ArrayOfMaps => OuterKind::Array,

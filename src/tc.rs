@@ -593,8 +593,36 @@ impl TcAttachment {
     /// # Errors
     ///
     /// InvalidInput for a tcx attachment without a pin path; the kernel's error when the pin
-    /// cannot be made (the attachment is detached then, as on drop).
+    /// cannot be made (the attachment is detached then, as on drop:
+    /// [`try_persist`](Self::try_persist) keeps it).
     pub fn persist(mut self, pin: Option<&std::path::Path>) -> Result<()> {
+        self.try_persist(pin)
+    }
+
+    /// [`persist`](Self::persist) without giving the attachment up: when it fails, the
+    /// attachment is still the caller's, attached as before (to persist with a pin path, or to
+    /// detach); when it succeeds, dropping the value leaves the program attached.
+    ///
+    /// # Errors
+    ///
+    /// InvalidInput for a tcx attachment without a pin path, or a tcx pin path outside bpffs;
+    /// NotFound when the pin's folder is missing; Exists when something is at the pin path.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use lwtun::{netns::NetNs, tc::{TcAttach, TcCounter, TcDirection}};
+    ///
+    /// let eth0 = NetNs::current()?.device("eth0")?;
+    /// let counter = TcCounter::load()?;
+    /// let mut att = TcAttach::new(&eth0, TcDirection::Ingress).attach(counter.program())?;
+    /// if att.try_persist(None).is_err() {
+    ///     // A tcx link needs a pin; the attachment is still ours.
+    ///     att.try_persist(Some(std::path::Path::new("/sys/fs/bpf/eth0-counter")))?;
+    /// }
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    pub fn try_persist(&mut self, pin: Option<&std::path::Path>) -> Result<()> {
         let op = "persist tc attachment";
         match (&self.state, pin) {
             (State::Clsact { .. }, None) => {
@@ -619,6 +647,7 @@ impl TcAttachment {
                 Ok(())
             }
             (State::Tcx { link }, Some(path)) => {
+                crate::family::pins::check_pin_path(op, path)?;
                 crate::family::pins::obj_pin(link.as_fd(), path)
                     .map_err(|e| Error::io(op, e).with_object(path.display().to_string()))?;
                 self.state = State::Detached;

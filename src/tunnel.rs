@@ -508,6 +508,30 @@ impl Tunnel {
     ///
     /// InvalidInput for a tunnel without a pin folder (there would be nothing to take over).
     pub fn hand_over(mut self) -> Result<()> {
+        self.try_hand_over()
+    }
+
+    /// [`hand_over`](Self::hand_over) without giving the tunnel up: when it fails (the tunnel
+    /// is not pinned) the tunnel is still the caller's, its routes and tables as before; when it
+    /// succeeds, dropping the value leaves the pins and routes for the next owner (which can
+    /// adopt them once this value has dropped and its lock is gone).
+    ///
+    /// # Errors
+    ///
+    /// InvalidInput for a tunnel without a pin folder.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use lwtun::tunnel::Tunnel;
+    ///
+    /// let mut tunnel = Tunnel::builder().load()?;
+    /// if let Err(e) = tunnel.try_hand_over() {
+    ///     eprintln!("{e}: serving on"); // the tunnel still runs
+    /// }
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    pub fn try_hand_over(&mut self) -> Result<()> {
         if self.pin.is_none() {
             return Err(Error::invalid_input(
                 "hand over tunnel",

@@ -644,9 +644,12 @@ impl TunnelRedirect {
 
     fn update_rule_map(&self, prefix: &IpNetwork, value: &lwtun_redirect_rule) -> Result<()> {
         let (name, key) = table_key(prefix, RULE_TABLES);
-        self.map(name)?
-            .update(&key, abi::as_bytes(value), MapFlags::ANY)
-            .map_err(|e| Error::bpf("write redirect rule", e))
+        let map = self.map(name)?;
+        map.update(&key, abi::as_bytes(value), MapFlags::ANY)
+            .map_err(|e| {
+                crate::family::table_write_error("write redirect rule", e, "redirect rules", &map)
+                    .with_object(prefix.to_string())
+            })
     }
 
     /// Reads the rules found in adopted maps back into this family's bookkeeping.
@@ -805,6 +808,14 @@ fn check_rule(rule: &RedirectRule, target: &Target) -> Result<()> {
         target.kind.as_str(),
         "gre" | "gretap" | "erspan" | "ipip" | "sit"
     );
+    // A VXLAN or GENEVE remote may be a multicast group; no other tunnel sends to one.
+    let remote = rule.key.remote;
+    if !(remote.is_multicast() && matches!(target.kind.as_str(), "vxlan" | "geneve")) {
+        crate::family::endpoint::check_endpoint(op, "remote", remote)?;
+    }
+    if let Some(local) = rule.key.local {
+        crate::family::endpoint::check_endpoint(op, "local", local)?;
+    }
     if v6_only && rule.key.remote.is_ipv4() {
         return Err(Error::invalid_input(
             op,

@@ -20,13 +20,14 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::os::fd::AsFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 use lwtun::capture::{Capture, CaptureOptions, Filter, LinkType};
-use lwtun::chain::{ChainHook, Dispatcher, ProgChain};
+use lwtun::chain::{ChainHook, CountingStage, Dispatcher, ProgChain};
 use lwtun::decap::Decap;
 use lwtun::device::Device;
 use lwtun::netlink::Netlink;
@@ -295,6 +296,53 @@ fn row(
 /// Drops whatever a call returned: a bad call must not return a value at all.
 fn ok<T>(r: lwtun::Result<T>) -> lwtun::Result<()> {
     r.map(drop)
+}
+
+/// A second fd of `fd` (a call that borrows the value `fd` belongs to mutably needs its own).
+fn dup(fd: std::os::fd::BorrowedFd<'_>) -> std::os::fd::OwnedFd {
+    fd.try_clone_to_owned().unwrap()
+}
+
+/// A plain array map named `lwtun_bad_map`: what a caller passes by mistake for a program.
+fn a_map() -> lwtun::Result<libbpf_rs::MapHandle> {
+    let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
+        sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
+        ..Default::default()
+    };
+    libbpf_rs::MapHandle::create(
+        libbpf_rs::MapType::Array,
+        Some("lwtun_bad_map"),
+        4,
+        4,
+        1,
+        &opts,
+    )
+    .map_err(|e| Error::bpf("create map", e))
+}
+
+/// Replaces the map pinned at `pin` with a look-alike: same name, type, key and value size and
+/// entries, `extra_flags` added to its flags.
+fn look_alike(pin: &Path, extra_flags: u32) {
+    use libbpf_rs::MapCore;
+    let old = libbpf_rs::MapHandle::from_pinned_path(pin).unwrap();
+    let info = old.info().unwrap();
+    let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
+        sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
+        map_flags: info.info.map_flags | extra_flags,
+        ..Default::default()
+    };
+    let mut new = libbpf_rs::MapHandle::create(
+        old.map_type(),
+        Some(old.name().to_str().unwrap()),
+        old.key_size(),
+        old.value_size(),
+        old.max_entries(),
+        &opts,
+    )
+    .unwrap();
+    drop(old);
+    std::fs::remove_file(pin).unwrap();
+    new.pin(pin).unwrap();
 }
 
 fn rows() -> Vec<Row> {
@@ -825,6 +873,669 @@ fn rows() -> Vec<Row> {
                 r
             },
         ),
+        // ---- what belongs to a chain or a dispatcher ----
+        row(
+            "chain given its own entry as a stage",
+            InvalidInput,
+            &["chain_tc", "own entry"],
+            |_| {
+                let mut chain = ProgChain::new(ChainHook::Tc)?;
+                let entry = dup(chain.entry());
+                let r = ok(chain.push(&entry));
+                assert!(chain.stages().is_empty(), "{:?}", chain.stages());
+                r
+            },
+        ),
+        row(
+            "chain given its own entry at its exit",
+            InvalidInput,
+            &["chain_tc", "own entry"],
+            |_| {
+                let mut chain = ProgChain::new(ChainHook::Tc)?;
+                let entry = dup(chain.entry());
+                let r = chain.set_exit(&entry);
+                assert!(chain.exit().is_none());
+                r
+            },
+        ),
+        row(
+            "counting stage loaded for another chain as a stage",
+            InvalidInput,
+            &["stage_tc", "another chain", "CountingStage::load(&chain)"],
+            |l| {
+                let mut chain = ProgChain::new(ChainHook::Tc)?;
+                let first = chain.push(l.tc.program())?;
+                let other = ProgChain::new(ChainHook::Tc)?;
+                let foreign = CountingStage::load(&other)?;
+                let r = ok(chain.push(foreign.program()));
+                // The chain's own stage is still there, and alone.
+                let stages = chain.stages();
+                assert_eq!(stages.len(), 1, "{stages:?}");
+                assert_eq!(stages[0].id, first);
+                r
+            },
+        ),
+        row(
+            "capture loaded for another chain at the exit",
+            InvalidInput,
+            &["capture_tc", "another chain", "Capture::load(&chain"],
+            |_| {
+                let mut chain = ProgChain::new(ChainHook::Tc)?;
+                let own = Capture::load(&chain, CaptureOptions::default())?;
+                chain.set_exit(own.program())?;
+                let other = ProgChain::new(ChainHook::Tc)?;
+                let foreign = Capture::load(&other, CaptureOptions::default())?;
+                let r = chain.set_exit(foreign.program());
+                // The exit keeps the chain's own capture.
+                let kept = chain.exit().map(|p| p.id);
+                let own_id = lwtun::program::program_info(own.program())?.id;
+                assert_eq!(kept, Some(own_id));
+                r
+            },
+        ),
+        row(
+            "capture loaded for another XDP chain as a stage",
+            InvalidInput,
+            &["capture_xdp", "another chain"],
+            |_| {
+                let mut chain = ProgChain::new(ChainHook::Xdp)?;
+                let other = ProgChain::new(ChainHook::Xdp)?;
+                let foreign = Capture::load(&other, CaptureOptions::default())?;
+                ok(chain.push(foreign.program()))
+            },
+        ),
+        row(
+            "the chain's own capture as a stage",
+            InvalidInput,
+            &["capture_tc", "set_exit"],
+            |_| {
+                let mut chain = ProgChain::new(ChainHook::Tc)?;
+                let own = Capture::load(&chain, CaptureOptions::default())?;
+                ok(chain.push(own.program()))
+            },
+        ),
+        row(
+            "a chain-aware stage at the chain's exit",
+            InvalidInput,
+            &["stage_tc", "tail-call limit", "stage"],
+            |_| {
+                let mut chain = ProgChain::new(ChainHook::Tc)?;
+                let counting = CountingStage::load(&chain)?;
+                chain.set_exit(counting.program())
+            },
+        ),
+        row(
+            "a program that knows no chain, twice in one chain",
+            InvalidInput,
+            &["count_tc", "position 0", "never run"],
+            |l| {
+                let mut chain = ProgChain::new(ChainHook::Tc)?;
+                chain.push(l.tc.program())?;
+                let r = ok(chain.push(l.tc.program()));
+                assert_eq!(chain.stages().len(), 1);
+                r
+            },
+        ),
+        row(
+            "dispatcher given its own root as a member",
+            InvalidInput,
+            &["dispatch_tc", "own entry"],
+            |_| {
+                let mut d = Dispatcher::new(ChainHook::Tc)?;
+                let root = dup(d.entry());
+                let r = ok(d.attach_program(0, &root));
+                assert!(d.members().is_empty());
+                r
+            },
+        ),
+        row(
+            "a chain's stage as a dispatcher member",
+            InvalidInput,
+            &["stage_tc", "another chain"],
+            |_| {
+                let mut d = Dispatcher::new(ChainHook::Tc)?;
+                let chain = ProgChain::new(ChainHook::Tc)?;
+                let counting = CountingStage::load(&chain)?;
+                ok(d.attach_program(0, counting.program()))
+            },
+        ),
+        row(
+            "another dispatcher's member",
+            InvalidInput,
+            &["member_tc", "another dispatcher", "Dispatcher::attach"],
+            |_| {
+                let mut d = Dispatcher::new(ChainHook::Tc)?;
+                let mut other = Dispatcher::new(ChainHook::Tc)?;
+                let id =
+                    other.attach(0, lwtun::skel::dispatch_member::OBJECT, "member_tc", &[-1])?;
+                let member = other
+                    .member_object(id)
+                    .and_then(|o| {
+                        o.progs()
+                            .find(|p| p.name() == "member_tc")
+                            .map(|p| dup(p.as_fd()))
+                    })
+                    .expect("the member program");
+                ok(d.attach_program(0, &member))
+            },
+        ),
+        row(
+            "one program in two dispatcher slots",
+            InvalidInput,
+            &["count_tc", "slot 0", "never run"],
+            |l| {
+                let mut d = Dispatcher::new(ChainHook::Tc)?;
+                d.attach_program(0, l.tc.program())?;
+                let r = ok(d.attach_program(1, l.tc.program()));
+                assert_eq!(d.members().len(), 1);
+                r
+            },
+        ),
+        row(
+            "XDP chain verdict 99",
+            InvalidInput,
+            &["verdict 99", "xdp", "XDP_PASS"],
+            |_| {
+                let mut chain = ProgChain::new(ChainHook::Xdp)?;
+                chain.set_verdict(99)
+            },
+        ),
+        row(
+            "lwt_out chain verdict BPF_REDIRECT",
+            InvalidInput,
+            &["verdict 7", "lwt_out", "BPF_DROP"],
+            |_| {
+                let mut chain = ProgChain::new(ChainHook::LwtOut)?;
+                chain.set_verdict(7)
+            },
+        ),
+        row(
+            "counting stage verdict 1 at lwt_xmit",
+            InvalidInput,
+            &["verdict 1", "lwt_xmit", "BPF_LWT_REROUTE"],
+            |_| {
+                let mut chain = ProgChain::new(ChainHook::LwtXmit)?;
+                let counting = CountingStage::load(&chain)?;
+                let id = chain.push(counting.program())?;
+                counting.set_verdict(id, Some(1))
+            },
+        ),
+        row(
+            "tc dispatcher verdict 42",
+            InvalidInput,
+            &["verdict 42", "tc", "TC_ACT_SHOT"],
+            |_| {
+                let mut d = Dispatcher::new(ChainHook::Tc)?;
+                let r = d.set_verdict(42);
+                assert_eq!(d.verdict(), -1, "the verdict is unchanged");
+                r
+            },
+        ),
+        row(
+            "XDP dispatcher member going on after verdict 17",
+            InvalidInput,
+            &["verdict 17", "xdp"],
+            |_| {
+                let mut d = Dispatcher::new(ChainHook::Xdp)?;
+                let r = ok(d.attach(
+                    0,
+                    lwtun::skel::dispatch_member::OBJECT,
+                    "member_xdp",
+                    &[2, 17],
+                ));
+                assert!(d.members().is_empty());
+                r
+            },
+        ),
+        // ---- a map where a program is expected, and the reverse ----
+        row(
+            "map fd given to tc attach",
+            InvalidInput,
+            &["BPF map lwtun_bad_map", "not a BPF program"],
+            |l| {
+                let map = a_map()?;
+                ok(TcAttach::new(&l.peer_dev, TcDirection::Ingress).attach(map.as_fd()))
+            },
+        ),
+        row(
+            "map fd given to XDP attach",
+            InvalidInput,
+            &["BPF map lwtun_bad_map", "not a BPF program"],
+            |l| {
+                let map = a_map()?;
+                ok(XdpAttachment::attach(
+                    map.as_fd(),
+                    &l.peer_dev,
+                    XdpOptions::default(),
+                ))
+            },
+        ),
+        row(
+            "map fd given as a chain stage",
+            InvalidInput,
+            &["BPF map lwtun_bad_map", "not a BPF program"],
+            |_| {
+                let map = a_map()?;
+                let mut chain = ProgChain::new(ChainHook::Tc)?;
+                ok(chain.push(map.as_fd()))
+            },
+        ),
+        row(
+            "map fd given as an LWT program",
+            InvalidInput,
+            &["BPF map lwtun_bad_map", "not a BPF program"],
+            |_| {
+                let map = a_map()?;
+                let fd = dup(map.as_fd());
+                ok(lwtun::program::LwtProgram::from_fd(fd))
+            },
+        ),
+        row(
+            "map fd given to a route's hook",
+            InvalidInput,
+            &["BPF map lwtun_bad_map", "not a BPF program"],
+            |l| {
+                let map = a_map()?;
+                ok(LwtRoute::new(net("10.61.0.0/24"))
+                    .device(&l.dev)
+                    .program(Hook::Xmit, map.as_fd())
+                    .install(&mut l.nl))
+            },
+        ),
+        row(
+            "program fd given as a map of maps",
+            InvalidInput,
+            &["BPF program count_tc", "not a BPF map"],
+            |l| ok(lwtun::table::MapOfMaps::from_map(l.tc.program())),
+        ),
+        // ---- tunnel endpoints that cannot be one ----
+        row(
+            "peer with a broadcast remote",
+            InvalidInput,
+            &["255.255.255.255", "broadcast"],
+            |l| {
+                l.tunnel.peers_mut().insert(
+                    net("10.21.0.0/16"),
+                    EncapPeer::new(addr("255.255.255.255"), addr("10.77.0.1"), gre()),
+                )
+            },
+        ),
+        row(
+            "peer with a loopback local",
+            InvalidInput,
+            &["127.0.0.1", "loopback"],
+            |l| {
+                l.tunnel.peers_mut().insert(
+                    net("10.21.0.0/16"),
+                    EncapPeer::new(addr("10.77.0.2"), addr("127.0.0.1"), gre()),
+                )
+            },
+        ),
+        row(
+            "peer with an IPv6 loopback remote",
+            InvalidInput,
+            &["::1", "loopback"],
+            |l| {
+                l.tunnel.peers_mut().insert(
+                    net("fd21::/16"),
+                    EncapPeer::new(addr("::1"), addr("fd77::1"), Encap::Ipip),
+                )
+            },
+        ),
+        row(
+            "peer with a remote in 0.0.0.0/8",
+            InvalidInput,
+            &["0.1.2.3", "this network"],
+            |l| {
+                l.tunnel.peers_mut().insert(
+                    net("10.21.0.0/16"),
+                    EncapPeer::new(addr("0.1.2.3"), addr("10.77.0.1"), gre()),
+                )
+            },
+        ),
+        row(
+            "peer with an IPv4-mapped IPv6 remote",
+            InvalidInput,
+            &["::ffff:10.77.0.2", "IPv4-mapped"],
+            |l| {
+                l.tunnel.peers_mut().insert(
+                    net("fd21::/16"),
+                    EncapPeer::new(addr("::ffff:10.77.0.2"), addr("fd77::1"), Encap::Ipip),
+                )
+            },
+        ),
+        row(
+            "batch with a broadcast remote in the middle",
+            InvalidInput,
+            &["10.43.2.0/24", "255.255.255.255"],
+            |l| {
+                let batch: Vec<(IpNetwork, EncapPeer)> = (0..5)
+                    .map(|i| {
+                        let remote = if i == 2 {
+                            "255.255.255.255"
+                        } else {
+                            "10.77.0.2"
+                        };
+                        (
+                            net(&format!("10.43.{i}.0/24")),
+                            EncapPeer::new(addr(remote), addr("10.77.0.1"), gre()),
+                        )
+                    })
+                    .collect();
+                l.tunnel.peers_mut().insert_batch(&batch)
+            },
+        ),
+        row(
+            "decap local that is multicast",
+            InvalidInput,
+            &["224.0.0.5", "multicast"],
+            |l| l.decap.add_local(addr("224.0.0.5")),
+        ),
+        row(
+            "decap local that is loopback",
+            InvalidInput,
+            &["::1", "loopback"],
+            |l| l.decap.add_local(addr("::1")),
+        ),
+        row(
+            "decap peer prefix of multicast sources",
+            InvalidInput,
+            &["224.1.0.0/16", "multicast"],
+            |l| {
+                l.decap
+                    .add_peer(lwtun::decap::DecapPeer::new(net("224.1.0.0/16")))
+            },
+        ),
+        row(
+            "decap peer that is the broadcast address",
+            InvalidInput,
+            &["255.255.255.255/32", "broadcast"],
+            |l| {
+                l.decap
+                    .add_peer(lwtun::decap::DecapPeer::host(addr("255.255.255.255")))
+            },
+        ),
+        row(
+            "tunnel-key redirect to a broadcast remote",
+            InvalidInput,
+            &["255.255.255.255", "broadcast"],
+            |l| {
+                common::ip(
+                    &l.ns,
+                    &[
+                        "link", "add", "bvx0", "type", "vxlan", "external", "dstport", "4789",
+                    ],
+                );
+                let vx = l.ns.device("bvx0")?;
+                let rule = RedirectRule::new(
+                    net("10.50.0.0/16"),
+                    &vx,
+                    TunnelKey::new(addr("255.255.255.255"), 7),
+                )
+                .inner_dst_mac([2, 0, 0, 0, 0, 9]);
+                let r = l.redirect.set_rule(&mut l.nl, rule);
+                common::ip(&l.ns, &["link", "del", "bvx0"]);
+                r
+            },
+        ),
+        // ---- full tables are the caller's input ----
+        row(
+            "decap local endpoint past the table's 256",
+            InvalidInput,
+            &["decap local endpoints", "full", "256", "10.99.2.0"],
+            |_| {
+                let mut d = Decap::load()?;
+                for i in 0..256u32 {
+                    d.add_local(IpAddr::from(std::net::Ipv4Addr::from(
+                        u32::from_be_bytes([10, 99, 0, 0]) + i + 1,
+                    )))?;
+                }
+                let r = d.add_local(addr("10.99.2.0"));
+                assert_eq!(d.locals()?.len(), 256);
+                r
+            },
+        ),
+        // ---- handles that survive a failed consuming call ----
+        row(
+            "XDP link pinned into a missing folder",
+            NotFound,
+            &["no-such-folder", "mkdir -p"],
+            |l| {
+                let mut att = XdpAttachment::attach(
+                    l.pass.program(),
+                    &l.peer_dev,
+                    XdpOptions {
+                        via: lwtun::xdp::AttachVia::Link,
+                        ..Default::default()
+                    },
+                )?;
+                let r = att.try_pin(l.folder.join("no-such-folder").join("xdp"));
+                // Still ours, still attached.
+                assert_eq!(
+                    XdpAttachment::query(&l.peer_dev)?.program(att.mode()),
+                    Some(att.program_id())
+                );
+                att.detach()?;
+                r
+            },
+        ),
+        row(
+            "XDP link pinned outside bpffs",
+            InvalidInput,
+            &["bpffs", "/tmp"],
+            |l| {
+                let mut att = XdpAttachment::attach(
+                    l.pass.program(),
+                    &l.peer_dev,
+                    XdpOptions {
+                        via: lwtun::xdp::AttachVia::Link,
+                        ..Default::default()
+                    },
+                )?;
+                let r = att.try_pin(std::env::temp_dir().join("lwtun-bad-xdp-link"));
+                assert_eq!(
+                    XdpAttachment::query(&l.peer_dev)?.program(att.mode()),
+                    Some(att.program_id())
+                );
+                att.detach()?;
+                r
+            },
+        ),
+        row(
+            "tcx attachment persisted without a pin",
+            InvalidInput,
+            &["tcx", "pin"],
+            |l| {
+                if !lwtun::tc::tcx_supported() {
+                    return Err(Error::invalid_input(
+                        "persist tc attachment",
+                        "tcx pin (no tcx here)",
+                    ));
+                }
+                let mut att = TcAttach::new(&l.peer_dev, TcDirection::Egress)
+                    .mode(TcMode::Tcx)
+                    .attach(l.tc.program())?;
+                let r = att.try_persist(None);
+                let attached = lwtun::tc::attached(&l.peer_dev, TcDirection::Egress)?;
+                assert!(
+                    attached.iter().any(|p| p.program_id == att.program_id()),
+                    "{attached:?}"
+                );
+                att.detach()?;
+                r
+            },
+        ),
+        row(
+            "tcx attachment pinned into a missing folder",
+            NotFound,
+            &["no-such-folder"],
+            |l| {
+                if !lwtun::tc::tcx_supported() {
+                    return Err(Error::not_found(
+                        "persist tc attachment",
+                        "no-such-folder (no tcx here)",
+                    ));
+                }
+                let mut att = TcAttach::new(&l.peer_dev, TcDirection::Egress)
+                    .mode(TcMode::Tcx)
+                    .attach(l.tc.program())?;
+                let r = att.try_persist(Some(&l.folder.join("no-such-folder").join("tc")));
+                let attached = lwtun::tc::attached(&l.peer_dev, TcDirection::Egress)?;
+                assert!(
+                    attached.iter().any(|p| p.program_id == att.program_id()),
+                    "{attached:?}"
+                );
+                att.detach()?;
+                r
+            },
+        ),
+        row(
+            "unpinned tunnel handed over",
+            InvalidInput,
+            &["not pinned"],
+            |_| {
+                let mut t = Tunnel::builder().capacity(4).load()?;
+                let r = t.try_hand_over();
+                // The tunnel still takes peers.
+                t.peers_mut().insert(
+                    net("10.21.0.0/16"),
+                    EncapPeer::new(addr("10.77.0.2"), addr("10.77.0.1"), gre()),
+                )?;
+                r
+            },
+        ),
+        // ---- pin folders: look-alikes, nested folders ----
+        row(
+            "adopting a look-alike config map (other flags)",
+            InvalidInput,
+            &["config", "flags 0x80", "rm -r"],
+            |l| {
+                let folder = l.folder.join("look-alike");
+                let mut t = Tunnel::builder().capacity(8).pin(&folder).load()?;
+                t.keep_pinned();
+                drop(t);
+                // Same name, type and sizes, other flags: libbpf's reuse would take the pinned
+                // map's definition over the object's.
+                look_alike(&folder.join("config"), 0x80 /* BPF_F_RDONLY_PROG */);
+                let before = pins(&folder);
+                let r = ok(Tunnel::builder().capacity(8).pin(&folder).load());
+                assert_eq!(pins(&folder), before, "a refused adoption leaves the pins");
+                let _ = std::fs::remove_dir_all(&folder);
+                r
+            },
+        ),
+        row(
+            "decap adopting a look-alike counters map (other flags)",
+            InvalidInput,
+            &["counters", "flags"],
+            |l| {
+                let folder = l.folder.join("decap-look-alike");
+                let mut d = Decap::load_pinned(&folder)?;
+                d.keep_pinned();
+                drop(d);
+                look_alike(&folder.join("counters"), 0x80 /* BPF_F_RDONLY_PROG */);
+                let before = pins(&folder);
+                let r = ok(Decap::load_pinned(&folder));
+                assert_eq!(pins(&folder), before, "a refused adoption leaves the pins");
+                let _ = std::fs::remove_dir_all(&folder);
+                r
+            },
+        ),
+        row(
+            "tunnel redirect adopting a look-alike rule trie (other flags)",
+            InvalidInput,
+            &["rules_v4", "flags"],
+            |l| {
+                let folder = l.folder.join("redirect-look-alike");
+                let mut r = TunnelRedirect::builder().capacity(8).pin(&folder).load()?;
+                r.keep_pinned();
+                drop(r);
+                look_alike(&folder.join("rules_v4"), 0x80 /* BPF_F_RDONLY_PROG */);
+                let before = pins(&folder);
+                let r = ok(TunnelRedirect::builder().pin(&folder).load());
+                assert_eq!(pins(&folder), before, "a refused adoption leaves the pins");
+                let _ = std::fs::remove_dir_all(&folder);
+                r
+            },
+        ),
+        row(
+            "LWT redirect adopting a look-alike rule counter map (other flags)",
+            InvalidInput,
+            &["rule_stats", "flags"],
+            |l| {
+                let folder = l.folder.join("lwt-redirect-look-alike");
+                let mut r = lwtun::lwt_redirect::LwtRedirect::builder()
+                    .capacity(8)
+                    .pin(&folder)
+                    .load()?;
+                r.keep_pinned();
+                drop(r);
+                look_alike(
+                    &folder.join("rule_stats"),
+                    0x80, /* BPF_F_RDONLY_PROG */
+                );
+                let before = pins(&folder);
+                let r = ok(lwtun::lwt_redirect::LwtRedirect::builder()
+                    .pin(&folder)
+                    .load());
+                assert_eq!(pins(&folder), before, "a refused adoption leaves the pins");
+                let _ = std::fs::remove_dir_all(&folder);
+                r
+            },
+        ),
+        row(
+            "tunnel pinned into a folder whose name is too long, under missing ones",
+            InvalidInput,
+            &["nest"],
+            |l| {
+                let folder = l.folder.join("nest").join("deeper").join("x".repeat(300));
+                ok(Tunnel::builder().capacity(4).pin(&folder).load())
+            },
+        ),
+        row(
+            "decap pinned into a folder whose name is too long, under missing ones",
+            InvalidInput,
+            &["nest"],
+            |l| {
+                let folder = l.folder.join("nest").join("deeper").join("x".repeat(300));
+                ok(Decap::load_pinned(folder))
+            },
+        ),
+        row(
+            "tunnel redirect pinned into a folder whose name is too long, under missing ones",
+            InvalidInput,
+            &["nest"],
+            |l| {
+                let folder = l.folder.join("nest").join("deeper").join("x".repeat(300));
+                ok(TunnelRedirect::builder().pin(folder).load())
+            },
+        ),
+        row(
+            "LWT redirect pinned into a folder whose name is too long, under missing ones",
+            InvalidInput,
+            &["nest"],
+            |l| {
+                let folder = l.folder.join("nest").join("deeper").join("x".repeat(300));
+                ok(lwtun::lwt_redirect::LwtRedirect::builder()
+                    .pin(folder)
+                    .load())
+            },
+        ),
+        row(
+            "decap pinned outside bpffs",
+            InvalidInput,
+            &["bpffs", "/tmp"],
+            |_| {
+                let dir = std::env::temp_dir()
+                    .join(format!("lwtun-bad-decap-{}", std::process::id()))
+                    .join("nested");
+                let r = ok(Decap::load_pinned(&dir));
+                let left = dir.parent().unwrap().exists();
+                let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+                assert!(!left, "a refused load made {}", dir.display());
+                r
+            },
+        ),
         // ---- namespaces and devices ----
         row("namespace name with /", InvalidInput, &["/"], |_| {
             ok(NetNs::create("a/b"))
@@ -944,4 +1655,41 @@ fn edge_prefixes_are_taken_and_host_bits_cleared() {
         t.peers_mut().remove(net(p)).unwrap();
     }
     assert_eq!(t.peers().len(), 0);
+}
+
+/// The chain checks refuse only what cannot work: a chain-aware stage in two slots, another
+/// chain's entry as a stage (it runs its own chain and ends with its verdict) and a program that
+/// knows no chain moved to another position are taken, and a frame run through the chain (the
+/// kernel's BPF_PROG_TEST_RUN) goes through every stage that should see it.
+#[test]
+fn chains_still_take_what_works() {
+    require!();
+    let mut outer = ProgChain::new(ChainHook::Tc).unwrap();
+    let counting = CountingStage::load(&outer).unwrap();
+    let first = outer.push(counting.program()).unwrap();
+    let second = outer.push(counting.program()).unwrap();
+    let mut inner = ProgChain::new(ChainHook::Tc).unwrap();
+    let inner_counting = CountingStage::load(&inner).unwrap();
+    let inner_stage = inner.push(inner_counting.program()).unwrap();
+    let nested = outer.push(inner.entry()).unwrap();
+
+    let frame = [0u8; 64];
+    lwtun::tc::test_run(outer.entry(), &frame, 1).unwrap();
+    assert_eq!(counting.stats(first).unwrap().packets, 1);
+    assert_eq!(counting.stats(second).unwrap().packets, 1);
+    assert_eq!(inner_counting.stats(inner_stage).unwrap().packets, 1);
+
+    // A program that knows no chain, moved to the front: the move is not a duplicate.
+    let tc = lwtun::tc::TcCounter::load().unwrap();
+    let plain = outer.push(tc.program()).unwrap();
+    let moved = outer.move_to(plain, 0).unwrap();
+    let order: Vec<String> = outer
+        .stages()
+        .iter()
+        .map(|s| s.program.name.clone())
+        .collect();
+    assert_eq!(order, ["count_tc", "stage_tc", "stage_tc", "chain_tc"]);
+    // Replacing a stage with the program it holds is no duplicate either.
+    outer.replace(moved, tc.program()).unwrap();
+    let _ = nested;
 }

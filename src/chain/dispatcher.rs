@@ -34,6 +34,7 @@ use libbpf_rs::btf::types::{DataSec, Var};
 use libbpf_rs::btf::Btf;
 use libbpf_rs::{AsRawLibbpf, MapCore, MapFlags, Object, OpenObject};
 
+use super::membership;
 use super::prog_chain::{ChainHook, MAGIC};
 use crate::abi;
 use crate::error::{Error, ErrorKind, Result};
@@ -132,6 +133,9 @@ pub struct Dispatcher {
     masks: [u32; DISPATCH_SLOTS as usize],
     verdict: i32,
     serial: u64,
+    /// The ids of the shared maps ([`SHARED_MAPS`]), to tell this dispatcher's programs from
+    /// another's.
+    map_ids: Vec<(&'static str, u32)>,
 }
 
 impl fmt::Debug for Dispatcher {
@@ -173,6 +177,16 @@ impl Dispatcher {
         let object = crate::program::load_opened(open, op)?;
         let entry = crate::program::program_fd(&object, &format!("dispatch_{hook}"))?;
         let entry_info = program_info(entry.as_fd())?;
+        let mut map_ids = Vec::new();
+        for name in SHARED_MAPS {
+            let map = object
+                .maps()
+                .find(|m| m.name().to_str() == Some(name))
+                .ok_or_else(|| Error::not_found(op, format!("map {name} of the root object")))?;
+            let info =
+                libbpf_rs::MapInfo::new(map.as_fd()).map_err(|e| Error::bpf(op.to_string(), e))?;
+            map_ids.push((name, info.info.id));
+        }
         let d = Dispatcher {
             hook,
             object,
@@ -182,6 +196,7 @@ impl Dispatcher {
             masks: [0; DISPATCH_SLOTS as usize],
             verdict: hook.pass_verdict(),
             serial: 0,
+            map_ids,
         };
         d.write_config()?;
         Ok(d)
@@ -225,8 +240,12 @@ impl Dispatcher {
     ///
     /// # Errors
     ///
-    /// The kernel's error updating the config map (the verdict is unchanged then).
+    /// InvalidInput for a verdict the hook does not know (as [`ProgChain::set_verdict`]
+    /// lists them); the kernel's error updating the config map (the verdict is unchanged then).
+    ///
+    /// [`ProgChain::set_verdict`]: super::ProgChain::set_verdict
     pub fn set_verdict(&mut self, verdict: i32) -> Result<()> {
+        self.hook.check_verdict("set dispatcher verdict", verdict)?;
         let old = std::mem::replace(&mut self.verdict, verdict);
         self.write_config().inspect_err(|_| self.verdict = old)
     }
@@ -242,11 +261,11 @@ impl Dispatcher {
     ///
     /// # Errors
     ///
-    /// InvalidInput for a slot out of range, a verdict that cannot go on, a program not of the
-    /// hook's type, a continue set for a program that is not dispatch-aware, or an object built
-    /// against another dispatcher ABI (magic, version or slot count); Exists when the slot is
-    /// taken; NotFound when the object has no program `program`; the verifier's or kernel's
-    /// error otherwise. Nothing changes when it fails.
+    /// InvalidInput for a slot out of range, a verdict that cannot go on (or that the hook does
+    /// not know), a program not of the hook's type, a continue set for a program that is not
+    /// dispatch-aware, or an object built against another dispatcher ABI (magic, version or
+    /// slot count); Exists when the slot is taken; NotFound when the object has no program
+    /// `program`; the verifier's or kernel's error otherwise. Nothing changes when it fails.
     pub fn attach(
         &mut self,
         slot: u32,
@@ -256,6 +275,9 @@ impl Dispatcher {
     ) -> Result<MemberId> {
         let op = "attach dispatcher member";
         self.free_slot(op, slot)?;
+        for &v in continue_on {
+            self.hook.check_verdict(op, v)?;
+        }
         let mask = continue_mask(op, continue_on)?;
         let (object, fd, aware) = self.load_member(op, object, program, continue_on)?;
         self.install(op, slot, Some(object), fd, aware, mask, continue_on)
@@ -267,7 +289,10 @@ impl Dispatcher {
     ///
     /// # Errors
     ///
-    /// As [`attach`](Self::attach).
+    /// As [`attach`](Self::attach); also InvalidInput when `program` is not a BPF program, is
+    /// the dispatcher's own root (it would restart the run until the kernel's tail-call limit),
+    /// was loaded for another dispatcher or chain (a chain's stage or capture, another
+    /// dispatcher's member: they read state this dispatcher never sets), or is a member already.
     pub fn attach_program(&mut self, slot: u32, program: impl AsFd) -> Result<MemberId> {
         let op = "attach dispatcher member";
         self.free_slot(op, slot)?;
@@ -293,6 +318,9 @@ impl Dispatcher {
     ) -> Result<MemberId> {
         let op = "replace dispatcher member";
         self.member(op, id)?;
+        for &v in continue_on {
+            self.hook.check_verdict(op, v)?;
+        }
         let mask = continue_mask(op, continue_on)?;
         let (object, fd, aware) = self.load_member(op, object, program, continue_on)?;
         let old = self.members.remove(&id.0).expect("checked above");
@@ -462,6 +490,27 @@ impl Dispatcher {
                 ),
             ));
         }
+        let owner = membership::Owner {
+            what: "dispatcher",
+            hook: self.hook,
+            map_prefix: "dispatch_",
+            entry: &self.entry_info,
+            maps: &self.map_ids,
+        };
+        membership::check_stage(op, &owner, &info, false)?;
+        if let Some(m) = self.members.values().find(|m| m.info.program.id == info.id) {
+            return Err(Error::invalid_input(
+                op.to_string(),
+                format!(
+                    "program {} (id {}) is this dispatcher's member in slot {} already; given \
+                     as a program it ends the run with its own verdict, so a second copy would \
+                     never run (attach its object again for a second dispatch-aware instance)",
+                    info.name,
+                    info.id,
+                    m.info.id.slot()
+                ),
+            ));
+        }
         fd.try_clone_to_owned()
             .map_err(|e| Error::io("duplicate program fd", e))
     }
@@ -487,6 +536,18 @@ impl Dispatcher {
             return Err(e);
         }
         if let Err(e) = self.write_prog(op, slot, Some(fd.as_fd())) {
+            let e = match e.kind() {
+                ErrorKind::InvalidInput => Error::invalid_input(
+                    op.to_string(),
+                    format!(
+                        "the kernel refused program {} (id {}) in the prog array of root {} (id \
+                         {}): a tail-called program must match the root's type, expected attach \
+                         type, JIT state and XDP frags support ({e})",
+                        program.name, program.id, self.entry_info.name, self.entry_info.id
+                    ),
+                ),
+                _ => e,
+            };
             self.masks[slot as usize] = old_mask;
             let _ = self.write_config();
             return Err(e);

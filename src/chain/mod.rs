@@ -21,6 +21,7 @@
 //! why not freplace).
 
 mod dispatcher;
+mod membership;
 mod prog_chain;
 mod stage;
 mod table_stage;

@@ -5,6 +5,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use libbpf_rs::{MapCore, MapFlags, Object, OpenObject, ProgramType};
 
+use super::membership;
 use crate::error::{Error, ErrorKind, Result};
 use crate::program::{open_object, program_info, LwtProgram, ProgramInfo};
 use crate::skel::chain::types::{lwtun_chain_abi, lwtun_chain_config};
@@ -96,6 +97,38 @@ impl ChainHook {
             ChainHook::Tc => -1,
             _ => 0,
         }
+    }
+
+    /// Refuses a verdict the hook does not know (the kernel would drop the packet, or abort
+    /// it at XDP): XDP 0..=4, tc -1..=8 (`TC_ACT_*`), `lwt_in` 0, 2, 128 (`BPF_OK`, `BPF_DROP`,
+    /// `BPF_LWT_REROUTE`), `lwt_out` 0, 2, `lwt_xmit` 0, 2, 7 (`BPF_REDIRECT`), 128.
+    pub(crate) fn check_verdict(self, op: &str, verdict: i32) -> Result<()> {
+        let (ok, known): (bool, &str) = match self {
+            ChainHook::Xdp => (
+                (0..=4).contains(&verdict),
+                "0..=4 (XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT)",
+            ),
+            ChainHook::Tc => (
+                (-1..=8).contains(&verdict),
+                "-1..=8 (TC_ACT_UNSPEC, TC_ACT_OK, …, TC_ACT_SHOT 2, …, TC_ACT_TRAP 8)",
+            ),
+            ChainHook::LwtIn => (
+                matches!(verdict, 0 | 2 | 128),
+                "0 (BPF_OK), 2 (BPF_DROP), 128 (BPF_LWT_REROUTE)",
+            ),
+            ChainHook::LwtOut => (matches!(verdict, 0 | 2), "0 (BPF_OK), 2 (BPF_DROP)"),
+            ChainHook::LwtXmit => (
+                matches!(verdict, 0 | 2 | 7 | 128),
+                "0 (BPF_OK), 2 (BPF_DROP), 7 (BPF_REDIRECT), 128 (BPF_LWT_REROUTE)",
+            ),
+        };
+        if ok {
+            return Ok(());
+        }
+        Err(Error::invalid_input(
+            op,
+            format!("verdict {verdict} is not one the {self} hook knows: give {known}"),
+        ))
     }
 
     fn entry_name(self) -> &'static str {
@@ -195,6 +228,9 @@ pub struct ProgChain {
     order: Vec<u32>,
     exit: Option<Stage>,
     serial: u64,
+    /// The ids of the shared maps ([`SHARED_MAPS`]), to tell this chain's programs from
+    /// another chain's.
+    map_ids: Vec<(&'static str, u32)>,
 }
 
 impl fmt::Debug for ProgChain {
@@ -226,6 +262,7 @@ impl ProgChain {
         let object = load(open, "chain")?;
         let entry = crate::program::program_fd(&object, hook.entry_name())?;
         let entry_info = program_info(entry.as_fd())?;
+        let map_ids = shared_map_ids(&object)?;
         let chain = ProgChain {
             hook,
             object,
@@ -235,6 +272,7 @@ impl ProgChain {
             order: Vec::new(),
             exit: None,
             serial: 0,
+            map_ids,
         };
         chain.write_next(HEAD, END)?;
         chain.write_config(hook.pass_verdict())?;
@@ -273,8 +311,10 @@ impl ProgChain {
     ///
     /// # Errors
     ///
-    /// The kernel's error updating the config map.
+    /// InvalidInput for a verdict the hook does not know (XDP 0..=4, tc -1..=8, `lwt_in` 0, 2,
+    /// 128, `lwt_out` 0, 2, `lwt_xmit` 0, 2, 7, 128); the kernel's error updating the config map.
     pub fn set_verdict(&mut self, verdict: i32) -> Result<()> {
+        self.hook.check_verdict("set chain verdict", verdict)?;
         self.write_config(verdict)
     }
 
@@ -292,9 +332,26 @@ impl ProgChain {
     ///
     /// # Errors
     ///
-    /// InvalidInput when the program's type is not the chain's, the position is past the end or
-    /// the chain is full (32 stages); the kernel's error otherwise (nothing is changed then).
+    /// InvalidInput when `program` is not a BPF program, its type is not the chain's, it is the
+    /// chain's own entry, it was loaded for another chain or dispatcher (a [`CountingStage`] or
+    /// capture loaded with another chain), it is this chain's exit program, it is a program that
+    /// knows no chain and is in the chain already (its first copy ends the chain, so the second
+    /// would never run), the position is past the end or the chain is full (32 stages); the
+    /// kernel's error otherwise. Nothing is changed when it fails.
+    ///
+    /// [`CountingStage`]: super::CountingStage
     pub fn insert(&mut self, position: usize, program: impl AsFd) -> Result<StageId> {
+        self.insert_stage(position, program.as_fd(), None)
+    }
+
+    /// [`insert`](Self::insert), where the stage in slot `moving` (about to leave) is no
+    /// duplicate of the program.
+    fn insert_stage(
+        &mut self,
+        position: usize,
+        program: BorrowedFd<'_>,
+        moving: Option<u32>,
+    ) -> Result<StageId> {
         let op = "insert chain stage";
         if position > self.order.len() {
             return Err(Error::invalid_input(
@@ -308,7 +365,8 @@ impl ProgChain {
         let slot = self.slots.iter().position(Option::is_none).ok_or_else(|| {
             Error::invalid_input(op, format!("the chain is full ({SLOTS} stages)"))
         })? as u32;
-        let mut stage = self.stage_of(op, program.as_fd())?;
+        let mut stage = self.stage_of(op, program)?;
+        self.check_stage(op, &stage, moving)?;
         self.serial += 1;
         stage.serial = self.serial;
         let prev = self.before(position);
@@ -354,11 +412,13 @@ impl ProgChain {
     ///
     /// # Errors
     ///
-    /// NotFound when `id` is not in the chain; InvalidInput for a program of another type.
+    /// NotFound when `id` is not in the chain; InvalidInput for a program that cannot be a
+    /// stage (as [`insert`](Self::insert) says). The old program stays when it fails.
     pub fn replace(&mut self, id: StageId, program: impl AsFd) -> Result<()> {
         let op = "replace chain stage";
         self.position(id, op)?;
         let mut stage = self.stage_of(op, program.as_fd())?;
+        self.check_stage(op, &stage, Some(id.0))?;
         stage.serial = id.1;
         self.write_prog(id.0, Some(stage.fd.as_fd()))?;
         self.slots[id.0 as usize] = Some(stage);
@@ -379,7 +439,7 @@ impl ProgChain {
                 .try_clone()
                 .map_err(|e| Error::io("duplicate program fd", e))?
         };
-        let new = self.insert(position.min(self.order.len()), &fd)?;
+        let new = self.insert_stage(position.min(self.order.len()), fd.as_fd(), Some(id.0))?;
         self.remove(id)?;
         Ok(new)
     }
@@ -406,13 +466,18 @@ impl ProgChain {
     ///
     /// # Errors
     ///
-    /// InvalidInput for a program of another type; the kernel's error otherwise.
+    /// InvalidInput when `program` is not a BPF program, its type is not the chain's, it is the
+    /// chain's own entry or one of its chain-aware stages (either would call itself at the exit
+    /// until the kernel's tail-call limit), or it was loaded for another chain or dispatcher;
+    /// the kernel's error otherwise. The exit's program stays when it fails.
     pub fn set_exit(&mut self, program: impl AsFd) -> Result<()> {
-        let stage = self.stage_of("attach chain exit", program.as_fd())?;
+        let op = "attach chain exit";
+        let stage = self.stage_of(op, program.as_fd())?;
+        membership::check_exit(op, &self.owner(), &stage.info)?;
         let fd = stage.fd.as_raw_fd() as u32;
         self.map("chain_exit")?
             .update(&0u32.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
-            .map_err(|e| Error::bpf("attach chain exit", e))?;
+            .map_err(|e| membership::refused(op, e, &stage.info, &self.entry_info))?;
         self.exit = Some(stage);
         Ok(())
     }
@@ -511,6 +576,41 @@ impl ProgChain {
         })
     }
 
+    fn owner(&self) -> membership::Owner<'_> {
+        membership::Owner {
+            what: "chain",
+            hook: self.hook,
+            map_prefix: "chain_",
+            entry: &self.entry_info,
+            maps: &self.map_ids,
+        }
+    }
+
+    /// Refuses what cannot be a stage of this chain; `replacing` is the slot a replace writes
+    /// (its old program is no duplicate).
+    fn check_stage(&self, op: &str, stage: &Stage, replacing: Option<u32>) -> Result<()> {
+        let kind = membership::check_stage(op, &self.owner(), &stage.info, true)?;
+        if kind != membership::Kind::Plain && kind != membership::Kind::OtherEntry {
+            return Ok(());
+        }
+        let twin = self.order.iter().enumerate().find(|(_, &slot)| {
+            Some(slot) != replacing
+                && self.slots[slot as usize].as_ref().map(|s| s.info.id) == Some(stage.info.id)
+        });
+        if let Some((position, _)) = twin {
+            return Err(Error::invalid_input(
+                op.to_string(),
+                format!(
+                    "program {} (id {}) is this chain's stage at position {position} already; it \
+                     knows no chain and ends the chain with its own verdict, so a second copy \
+                     would never run",
+                    stage.info.name, stage.info.id
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn position(&self, id: StageId, op: &str) -> Result<usize> {
         self.order
             .iter()
@@ -550,7 +650,10 @@ impl ProgChain {
                     &(fd.as_raw_fd() as u32).to_ne_bytes(),
                     MapFlags::ANY,
                 )
-                .map_err(|e| Error::bpf("set chain stage", e)),
+                .map_err(|e| match program_info(fd) {
+                    Ok(info) => membership::refused("set chain stage", e, &info, &self.entry_info),
+                    Err(_) => Error::bpf("set chain stage", e),
+                }),
             None => match map.delete(&slot.to_ne_bytes()) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
@@ -577,6 +680,22 @@ impl ProgChain {
             .update(&0u32.to_ne_bytes(), bytes, MapFlags::ANY)
             .map_err(|e| Error::bpf("write chain config", e))
     }
+}
+
+/// The ids of the chain's shared maps.
+fn shared_map_ids(object: &Object) -> Result<Vec<(&'static str, u32)>> {
+    SHARED_MAPS
+        .iter()
+        .map(|&name| {
+            let map = object
+                .maps()
+                .find(|m| m.name().to_str() == Some(name))
+                .ok_or_else(|| Error::not_found("find chain map", name.to_string()))?;
+            let info = libbpf_rs::MapInfo::new(map.as_fd())
+                .map_err(|e| Error::bpf("read chain map info", e))?;
+            Ok((name, info.info.id))
+        })
+        .collect()
 }
 
 fn load(open: OpenObject, name: &str) -> Result<Object> {

@@ -49,6 +49,7 @@ impl StageStats {
 pub struct CountingStage {
     object: Object,
     program: OwnedFd,
+    hook: super::ChainHook,
 }
 
 impl fmt::Debug for CountingStage {
@@ -75,7 +76,11 @@ impl CountingStage {
         )?;
         let name = format!("stage_{}", chain.hook());
         let program = chain.member_program(&object, &name)?;
-        Ok(CountingStage { object, program })
+        Ok(CountingStage {
+            object,
+            program,
+            hook: chain.hook(),
+        })
     }
 
     /// The stage program, to give [`ProgChain::insert`] (as often as wanted).
@@ -117,8 +122,12 @@ impl CountingStage {
     ///
     /// # Errors
     ///
-    /// The kernel's error updating the map.
+    /// InvalidInput for a verdict the chain's hook does not know (as
+    /// [`ProgChain::set_verdict`] lists them); the kernel's error updating the map.
     pub fn set_verdict(&self, id: StageId, verdict: Option<i32>) -> Result<()> {
+        if let Some(v) = verdict {
+            self.hook.check_verdict("set stage verdict", v)?;
+        }
         let v = lwtun_chain_stage_verdict {
             end: u32::from(verdict.is_some()),
             verdict: verdict.unwrap_or(0),

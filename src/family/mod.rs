@@ -3,6 +3,7 @@
 //! adopts its state ([`pins`], with the owner [`lock`]) and hands out counter slots is here.
 
 pub(crate) mod bpffs;
+pub(crate) mod endpoint;
 pub(crate) mod lock;
 pub(crate) mod lpm;
 pub mod pins;
@@ -115,6 +116,27 @@ pub(crate) fn zero_percpu<T: Pod>(map: &dyn MapCore, slot: u32) -> Result<()> {
     let cpus = libbpf_rs::num_possible_cpus().map_err(|e| Error::bpf("count CPUs", e))?;
     map.update_percpu(&slot.to_ne_bytes(), &vec![zero; cpus], MapFlags::ANY)
         .map_err(|e| Error::bpf("reset rule counters", e))
+}
+
+/// The error of a write into a family's table: a full table (the kernel's E2BIG) is the
+/// caller's input, said with the table's name and size and what to do; anything else is
+/// libbpf's error. `table` names the table as a user knows it ("decap local endpoints").
+pub(crate) fn table_write_error(
+    op: &str,
+    e: libbpf_rs::Error,
+    table: &str,
+    map: &dyn MapCore,
+) -> Error {
+    if e.kind() == libbpf_rs::ErrorKind::TooBig {
+        return Error::invalid_input(
+            op,
+            format!(
+                "the {table} table is full ({} entries): remove an entry first",
+                map.max_entries()
+            ),
+        );
+    }
+    Error::bpf(op, e)
 }
 
 #[cfg(test)]

@@ -79,7 +79,7 @@
 //! [`TunnelRedirect`]: crate::tunnel_redirect::TunnelRedirect
 //! [`Seg6End`]: crate::seg6::Seg6End
 
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
 use libbpf_rs::{MapCore, Object, OpenObject};
@@ -318,6 +318,10 @@ pub(crate) struct PinFolder {
     folder: PathBuf,
     layout: &'static PinLayout,
     created: bool,
+    /// The folders this load made, the pin folder first and its outermost new parent last:
+    /// removed again (when empty) with the folder, so that a failed load of `A/B/C` into a
+    /// missing `A` leaves no `A/B`.
+    made: Vec<PathBuf>,
     adopted: bool,
     /// Set once the family's load has succeeded: from then on the pins are the family's to
     /// remove on drop (before it, only what this load pinned is removed).
@@ -335,15 +339,16 @@ impl PinFolder {
     pub(crate) fn open(folder: PathBuf, layout: &'static PinLayout, op: &str) -> Result<PinFolder> {
         super::bpffs::require(&folder, op)?;
         let object = folder.display().to_string();
-        let created = !folder.exists();
+        let made = missing_dirs(&folder);
+        let created = !made.is_empty();
         if created {
-            std::fs::create_dir_all(&folder)
-                .map_err(|e| Error::io(op, e).with_object(object.clone()))?;
+            if let Err(e) = std::fs::create_dir_all(&folder) {
+                remove_dirs(&made);
+                return Err(Error::io(op, e).with_object(object.clone()));
+            }
         }
         let undo = |e: Error| {
-            if created {
-                let _ = std::fs::remove_dir(&folder);
-            }
+            remove_dirs(&made);
             e
         };
         let lock = PinLock::acquire(&folder).map_err(undo)?;
@@ -358,6 +363,7 @@ impl PinFolder {
             folder,
             layout,
             created,
+            made,
             adopted: complete,
             committed: false,
             keep: false,
@@ -385,8 +391,11 @@ impl PinFolder {
     }
 
     /// Step 5: makes the state maps of `open` reuse the pinned ones, when adopting; the ABI
-    /// check of every family: each pinned map must have the type, key size and value size the
-    /// object declares (another lwtun version's layout is refused, not misread).
+    /// check of every family: each pinned map must have the type, key size, value size and
+    /// flags the object declares (a look-alike map of the same name, or another lwtun version's
+    /// layout, is refused as InvalidInput saying what differs, not adopted and misread: libbpf
+    /// would take the pinned map's definition over the object's). Its size is state, which the
+    /// family reads from the adopted map.
     pub(crate) fn reuse_maps(&self, open: &mut OpenObject) -> Result<()> {
         if !self.adopted {
             return Ok(());
@@ -400,25 +409,38 @@ impl PinFolder {
             let op = format!("adopt pinned {} map", self.layout.family);
             let pinned = libbpf_rs::MapHandle::from_pinned_path(&path)
                 .map_err(|e| Error::bpf(op.clone(), e).with_object(path.display().to_string()))?;
-            let found = (pinned.map_type(), pinned.key_size(), pinned.value_size());
-            let ours = (map.map_type(), map.key_size(), map.value_size());
-            if found != ours {
+            let flags = libbpf_rs::MapInfo::new(pinned.as_fd())
+                .map_err(|e| Error::bpf(op.clone(), e).with_object(path.display().to_string()))?
+                .info
+                .map_flags;
+            let differences = abi_differences(
+                (
+                    pinned.map_type(),
+                    pinned.key_size(),
+                    pinned.value_size(),
+                    flags,
+                ),
+                (
+                    map.map_type(),
+                    map.key_size(),
+                    map.value_size(),
+                    map.map_flags(),
+                ),
+            );
+            if !differences.is_empty() {
                 return Err(Error::invalid_input(
                     op,
                     format!(
-                        "{} is a {:?} map of {}-byte keys and {}-byte values; this lwtun's {name} \
-                         is a {:?} map of {}-byte keys and {}-byte values: the folder was pinned \
-                         by another lwtun version; unload it with that version or remove the \
-                         folder",
+                        "{} is not the map this lwtun's {} {name} is: {}; the folder holds \
+                         another program's pins or another lwtun version's; unload it with the \
+                         program that made it, or remove the folder (`rm -r {}`)",
                         path.display(),
-                        found.0,
-                        found.1,
-                        found.2,
-                        ours.0,
-                        ours.1,
-                        ours.2
+                        self.layout.family,
+                        differences.join(", "),
+                        self.folder.display()
                     ),
-                ));
+                )
+                .with_object(path.display().to_string()));
             }
             map.reuse_pinned_map(&path).map_err(|e| {
                 Error::bpf(format!("adopt pinned {} map", self.layout.family), e)
@@ -486,6 +508,28 @@ impl PinFolder {
     }
 }
 
+/// What differs between a pinned map `(type, key size, value size, flags)` and the one this
+/// lwtun declares, in words (empty when they agree).
+fn abi_differences(
+    pinned: (libbpf_rs::MapType, u32, u32, u32),
+    ours: (libbpf_rs::MapType, u32, u32, u32),
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if pinned.0 != ours.0 {
+        out.push(format!("type {:?} (expected {:?})", pinned.0, ours.0));
+    }
+    if pinned.1 != ours.1 {
+        out.push(format!("{}-byte keys (expected {})", pinned.1, ours.1));
+    }
+    if pinned.2 != ours.2 {
+        out.push(format!("{}-byte values (expected {})", pinned.2, ours.2));
+    }
+    if pinned.3 != ours.3 {
+        out.push(format!("flags {:#x} (expected {:#x})", pinned.3, ours.3));
+    }
+    out
+}
+
 /// Steps 3 and 4 of a load, under the lock: every pin the layout names in `folder` must be a
 /// map of that name; a partial set is removed. Whether the set is complete (to adopt).
 fn checked_set(folder: &Path, layout: &PinLayout, op: &str) -> Result<bool> {
@@ -546,9 +590,68 @@ impl Drop for PinFolder {
         if self.created || self.committed {
             // Only an empty folder goes (rmdir): a folder that holds anything else stays.
             let _ = std::fs::remove_dir(&self.folder);
+            // And the parents this owner made, while they are empty.
+            remove_dirs(&self.made);
         }
     }
 }
+/// Checks where a single object (a link, a program) is to be pinned: its folder exists and is
+/// on bpffs, and nothing is pinned at `path` yet. Nothing is made.
+pub(crate) fn check_pin_path(op: &str, path: &Path) -> Result<()> {
+    let object = path.display().to_string();
+    let folder = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !folder.is_dir() {
+        return Err(Error::not_found(
+            op,
+            format!(
+                "pin folder {} (make it first: `mkdir -p {}`)",
+                folder.display(),
+                folder.display()
+            ),
+        )
+        .with_object(object));
+    }
+    super::bpffs::require(path, op)?;
+    if path.exists() {
+        return Err(Error::other(
+            crate::error::ErrorKind::Exists,
+            op,
+            format!(
+                "{} is pinned already: remove it first (`rm {}`) or pin elsewhere",
+                path.display(),
+                path.display()
+            ),
+        )
+        .with_object(object));
+    }
+    Ok(())
+}
+
+/// The folders `create_dir_all(folder)` would make: `folder` and each missing parent, innermost
+/// first.
+fn missing_dirs(folder: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut dir = Some(folder);
+    while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        out.push(d.to_path_buf());
+        dir = d.parent();
+    }
+    out
+}
+
+/// Removes `dirs` (innermost first) while each is empty; stops at the first that is not (it
+/// holds something else's, and so do its parents).
+fn remove_dirs(dirs: &[PathBuf]) {
+    for d in dirs {
+        if std::fs::remove_dir(d).is_err() && d.exists() {
+            break;
+        }
+    }
+}
+
 /// Pins a program, map or link fd at `path` (`BPF_OBJ_PIN`); InvalidInput for a path with a
 /// NUL byte.
 pub(crate) fn obj_pin(fd: BorrowedFd<'_>, path: &std::path::Path) -> std::io::Result<()> {
@@ -563,4 +666,46 @@ pub(crate) fn obj_pin(fd: BorrowedFd<'_>, path: &std::path::Path) -> std::io::Re
         return Err(std::io::Error::from_raw_os_error(-rc));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A load into `A/B/C` under a missing `A` makes three folders and, when it fails, removes
+    /// all three; a folder that holds something else stays, and so do its parents.
+    #[test]
+    fn the_folders_a_load_made_go_again() {
+        let top = std::env::temp_dir().join(format!("lwtun-pins-made-{}", std::process::id()));
+        let folder = top.join("b").join("c");
+        let made = missing_dirs(&folder);
+        assert_eq!(made, [folder.clone(), top.join("b"), top.clone()]);
+        std::fs::create_dir_all(&folder).unwrap();
+        remove_dirs(&made);
+        assert!(!top.exists());
+
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(top.join("b").join("other"), b"x").unwrap();
+        remove_dirs(&made);
+        assert!(!folder.exists());
+        assert!(top.join("b").join("other").exists(), "another's file stays");
+        std::fs::remove_dir_all(&top).unwrap();
+        assert!(missing_dirs(Path::new("/")).is_empty());
+    }
+
+    #[test]
+    fn abi_differences_name_each_field() {
+        use libbpf_rs::MapType::{Array, Hash};
+        assert!(abi_differences((Array, 4, 8, 0), (Array, 4, 8, 0)).is_empty());
+        let d = abi_differences((Hash, 3, 5, 0x80), (Array, 4, 8, 0));
+        assert_eq!(
+            d,
+            [
+                "type Hash (expected Array)",
+                "3-byte keys (expected 4)",
+                "5-byte values (expected 8)",
+                "flags 0x80 (expected 0x0)"
+            ]
+        );
+    }
 }

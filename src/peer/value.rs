@@ -182,8 +182,8 @@ impl EncapPeer {
         (if self.outer_v6() { 40 } else { 20 }) + self.encap.header_len()
     }
 
-    /// Checks the peer: `remote` and `local` of one family, neither unspecified nor multicast,
-    /// a UDP port other than 0.
+    /// Checks the peer: `remote` and `local` of one family, each a host's unicast address (not
+    /// unspecified, multicast, broadcast, loopback or in 0.0.0.0/8), a UDP port other than 0.
     ///
     /// # Errors
     ///
@@ -200,12 +200,7 @@ impl EncapPeer {
             ));
         }
         for (what, a) in [("remote", self.remote), ("local", self.local)] {
-            if a.is_unspecified() || a.is_multicast() {
-                return Err(Error::invalid_input(
-                    op,
-                    format!("{what} {a} is not a unicast address"),
-                ));
-            }
+            crate::family::endpoint::check_endpoint(op, what, a)?;
         }
         if let Encap::Udp { port: 0 } = self.encap {
             return Err(Error::invalid_input(op, "UDP destination port 0"));

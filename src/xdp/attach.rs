@@ -406,6 +406,32 @@ impl XdpAttachment {
     /// [`ErrorKind::InvalidInput`] for a bpf_link attachment, which ends with its last fd: use
     /// [`pin`](Self::pin) for those. The attachment is then detached as it is dropped.
     pub fn persist(mut self) -> Result<()> {
+        self.try_persist()
+    }
+
+    /// [`persist`](Self::persist) without giving the attachment up: when it fails, the
+    /// attachment is still the caller's, attached as before; when it succeeds, dropping the
+    /// value leaves the program attached.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidInput`] for a bpf_link attachment (use [`try_pin`](Self::try_pin)).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use lwtun::{netns::NetNs, xdp::{XdpAttachment, XdpOptions, XdpPass}};
+    ///
+    /// let pass = XdpPass::load()?;
+    /// let veth0 = NetNs::open("lab")?.device("veth0")?;
+    /// let mut att = XdpAttachment::attach(pass.program(), &veth0, XdpOptions::default())?;
+    /// if let Err(e) = att.try_persist() {
+    ///     eprintln!("{e}; pinning the link instead");
+    ///     att.try_pin("/sys/fs/bpf/veth0-xdp")?;
+    /// }
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    pub fn try_persist(&mut self) -> Result<()> {
         match self.handle {
             Handle::Netlink { .. } => {
                 self.handle = Handle::Released;
@@ -413,7 +439,11 @@ impl XdpAttachment {
             }
             _ => Err(Error::invalid_input(
                 "persist XDP attachment",
-                "a bpf_link attachment ends when its fd closes; pin it with XdpAttachment::pin",
+                format!(
+                    "the XDP program on {} is attached by a bpf_link, which ends when its fd \
+                     closes; pin the link with XdpAttachment::try_pin",
+                    self.device.name()
+                ),
             )),
         }
     }
@@ -425,15 +455,49 @@ impl XdpAttachment {
     ///
     /// [`ErrorKind::InvalidInput`] for a netlink attachment (use [`persist`](Self::persist)),
     /// [`ErrorKind::Exists`] when `path` exists, [`ErrorKind::NotFound`] when its folder does not.
+    /// The attachment is detached then, as on drop: [`try_pin`](Self::try_pin) keeps it.
     pub fn pin(mut self, path: impl AsRef<Path>) -> Result<()> {
+        self.try_pin(path)
+    }
+
+    /// [`pin`](Self::pin) without giving the attachment up: when it fails, the attachment is
+    /// still the caller's, attached as before (to pin elsewhere, or to detach); when it
+    /// succeeds, the pin holds the link and dropping the value leaves the program attached.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidInput`] for a netlink attachment (use
+    /// [`try_persist`](Self::try_persist)) or a path outside bpffs; [`ErrorKind::Exists`] when
+    /// `path` exists; [`ErrorKind::NotFound`] when its folder does not.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use lwtun::{netns::NetNs, xdp::{AttachVia, XdpAttachment, XdpOptions, XdpPass}};
+    ///
+    /// let pass = XdpPass::load()?;
+    /// let veth0 = NetNs::open("lab")?.device("veth0")?;
+    /// let options = XdpOptions { via: AttachVia::Link, ..Default::default() };
+    /// let mut att = XdpAttachment::attach(pass.program(), &veth0, options)?;
+    /// if att.try_pin("/sys/fs/bpf/no-such-folder/xdp").is_err() {
+    ///     att.try_pin("/sys/fs/bpf/veth0-xdp")?; // still attached: pin it elsewhere
+    /// }
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    pub fn try_pin(&mut self, path: impl AsRef<Path>) -> Result<()> {
         let op = "pin XDP link";
         let path = path.as_ref();
         let Handle::Link(fd) = &self.handle else {
             return Err(Error::invalid_input(
                 op,
-                "netlink attachments have no link to pin; use XdpAttachment::persist",
+                format!(
+                    "the XDP program on {} is attached by netlink, which has no link to pin; keep \
+                     it with XdpAttachment::try_persist",
+                    self.device.name()
+                ),
             ));
         };
+        crate::family::pins::check_pin_path(op, path)?;
         crate::family::pins::obj_pin(fd.as_fd(), path)
             .map_err(|e| Error::io(op, e).with_object(path.display().to_string()))?;
         // The pin holds the link now; closing our fd leaves it attached.

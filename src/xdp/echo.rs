@@ -83,7 +83,7 @@ impl IcmpEcho {
     ///
     /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for unspecified, multicast or
     /// broadcast addresses (a reply from those would be wrong);
-    /// [`ErrorKind::Kernel`](crate::ErrorKind::Kernel) when the set (1024) is full.
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) when the set (1024) is full.
     pub fn add_address(&self, addr: IpAddr) -> Result<()> {
         let op = "add echo address";
         let bad = addr.is_unspecified()
@@ -97,7 +97,10 @@ impl IcmpEcho {
         }
         self.addrs
             .update(&key(addr), &1u32.to_ne_bytes(), MapFlags::ANY)
-            .map_err(|e| Error::bpf(op, e).with_object(addr.to_string()))
+            .map_err(|e| {
+                crate::family::table_write_error(op, e, "echo addresses", &self.addrs)
+                    .with_object(addr.to_string())
+            })
     }
 
     /// Stops answering for `addr`; returns whether it was configured.

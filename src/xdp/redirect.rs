@@ -196,7 +196,10 @@ impl XdpRedirect {
                 abi::as_bytes(&value),
                 MapFlags::ANY,
             )
-            .map_err(|e| Error::bpf(op, e).with_object(fmt_mac(&match_dst)))?;
+            .map_err(|e| {
+                crate::family::table_write_error(op, e, "XDP redirect rules", &self.rules)
+                    .with_object(fmt_mac(&match_dst))
+            })?;
         self.invalidate_cache(op)
     }
 
