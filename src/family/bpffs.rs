@@ -35,7 +35,7 @@ pub(crate) fn require(folder: &Path, op: &str) -> Result<()> {
         ErrorKind::InvalidInput,
         op,
         format!(
-            "the folder is not on a BPF filesystem ({} is on {}), and only a BPF filesystem \
+            "the folder is not on a BPF filesystem, bpffs ({} is on {}), and only a BPF filesystem \
              holds pins",
             at.display(),
             fs_name(magic)
