@@ -917,6 +917,32 @@ impl PinnedTunnel {
             })
             .collect()
     }
+
+    /// Names and ids of the programs pinned in the folder (the encap programs a load pins for
+    /// `route add`; none in a folder pinned by lwtun 0.2.0), for `bpftool prog show id N`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use lwtun::tunnel::PinnedTunnel;
+    ///
+    /// let pinned = PinnedTunnel::open("/sys/fs/bpf/lwtun/t0")?;
+    /// for (name, id) in pinned.program_ids() {
+    ///     println!("{name}: bpftool prog show id {id}");
+    /// }
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    pub fn program_ids(&self) -> Vec<(String, u32)> {
+        PIN_LAYOUT
+            .programs()
+            .iter()
+            .filter_map(|name| {
+                let fd = libbpf_rs::Program::fd_from_pinned_path(self.folder.join(name)).ok()?;
+                let info = crate::program::program_info(fd.as_fd()).ok()?;
+                Some((name.to_string(), info.id))
+            })
+            .collect()
+    }
 }
 
 /// The tables of a tunnel pinned in a folder, opened for editing without loading its programs:

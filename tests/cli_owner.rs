@@ -379,46 +379,23 @@ fn unload_without_a_namespace_finds_the_routes_where_they_are() {
     assert_eq!(ping_b(&net, 2).received, 0);
 }
 
-/// A namespace kept alive only by a bind mount outside /run/netns: no name, no process, so no
-/// one can find it by looking. Unmounted when dropped.
-struct HiddenNetns(PathBuf);
+/// A namespace bind-mounted outside /run/netns: it has no name, and no process is in it.
+struct MountedNetns(PathBuf);
 
-impl HiddenNetns {
-    /// Moves `ns` out of sight (its /run/netns name goes with `ns`).
-    fn hide(ns: NetNs) -> HiddenNetns {
+impl MountedNetns {
+    /// Mounts `ns` at a file in the temp folder (its /run/netns name goes with `ns`).
+    fn hide(ns: NetNs) -> MountedNetns {
         let path = std::env::temp_dir().join(format!("lwtun-hidden-ns-{}", std::process::id()));
         std::fs::write(&path, b"").unwrap();
-        let out = Command::new("mount")
-            .arg("--bind")
-            .arg(ns.path())
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bind_mount(ns.path(), &path);
         drop(ns);
-        HiddenNetns(path)
+        MountedNetns(path)
     }
+}
 
-    /// Names it again: a /run/netns entry bind-mounted on it, removed when dropped.
-    fn reveal(&self, name: &str) -> Revealed {
-        let path = Path::new(lwtun::netns::NETNS_RUN_DIR).join(name);
-        std::fs::write(&path, b"").unwrap();
-        let out = Command::new("mount")
-            .arg("--bind")
-            .arg(&self.0)
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Revealed(path)
+impl Drop for MountedNetns {
+    fn drop(&mut self) {
+        unmount(&self.0);
     }
 }
 
@@ -427,9 +404,77 @@ fn unmount(path: &Path) {
     let _ = std::fs::remove_file(path);
 }
 
-impl Drop for HiddenNetns {
+fn bind_mount(from: &Path, to: &Path) {
+    let out = Command::new("mount")
+        .arg("--bind")
+        .arg(from)
+        .arg(to)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A namespace only a thread of this process is in: no name, no mount, and no process's
+/// `/proc/PID/ns/net` (a process's is its main thread's), so nothing the command can find.
+struct ThreadNetns {
+    tid: i32,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ThreadNetns {
+    /// A thread enters `ns`, whose /run/netns name then goes with `ns`.
+    fn hide(ns: NetNs) -> ThreadNetns {
+        use std::os::fd::AsRawFd;
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (stop, stop_rx) = std::sync::mpsc::channel::<()>();
+        let path = ns.path().to_path_buf();
+        let thread = std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).unwrap();
+            // SAFETY: setns on an fd we own, for this thread only.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            drop(file);
+            // SAFETY: gettid has no preconditions.
+            tid_tx.send((rc, unsafe { libc::gettid() })).unwrap();
+            let _ = stop_rx.recv();
+        });
+        let (rc, tid) = tid_rx.recv().unwrap();
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        drop(ns);
+        ThreadNetns {
+            tid,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Names it again: a /run/netns entry bind-mounted on the thread's namespace, removed when
+    /// dropped.
+    fn reveal(&self, name: &str) -> Revealed {
+        let path = Path::new(lwtun::netns::NETNS_RUN_DIR).join(name);
+        std::fs::write(&path, b"").unwrap();
+        bind_mount(
+            Path::new(&format!(
+                "/proc/{}/task/{}/ns/net",
+                std::process::id(),
+                self.tid
+            )),
+            &path,
+        );
+        Revealed(path)
+    }
+}
+
+impl Drop for ThreadNetns {
     fn drop(&mut self) {
-        unmount(&self.0);
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -441,10 +486,9 @@ impl Drop for Revealed {
     }
 }
 
-#[test]
-fn unload_refuses_while_a_route_it_cannot_see_uses_the_table() {
-    require!();
-    let ns = common::netns("own-hid");
+/// A namespace with a tunnel route (10.20.0.0/16 by ul0) made with the command.
+fn namespace_with_a_route(tag: &str, pin: &common::PinDir) -> (NetNs, u64) {
+    let ns = common::netns(tag);
     common::ip(
         &ns,
         &["link", "add", "ul0", "type", "veth", "peer", "name", "ul1"],
@@ -453,12 +497,41 @@ fn unload_refuses_while_a_route_it_cannot_see_uses_the_table() {
     common::ip(&ns, &["link", "set", "ul0", "up"]);
     common::ip(&ns, &["addr", "add", "10.30.0.1/32", "dev", "lo"]);
     let name = ns.name().to_string();
-    let pin = common::PinDir::new("own-hid");
-    let p = pin.arg();
-    command_tunnel(&name, p, "ul0");
+    command_tunnel(&name, pin.arg(), "ul0");
     let route = json(&["-n", &name, "route", "show"]);
     let program = route[0]["hooks"][0]["program_id"].as_u64().unwrap();
-    let hidden = HiddenNetns::hide(ns);
+    (ns, program)
+}
+
+#[test]
+fn unload_finds_a_namespace_mounted_outside_run_netns() {
+    require!();
+    let pin = common::PinDir::new("own-mnt");
+    let (ns, _) = namespace_with_a_route("own-mnt", &pin);
+    let hidden = MountedNetns::hide(ns);
+    let unload = json(&["tunnel", "unload", "--pin", pin.arg()]);
+    assert_eq!(unload["removed_routes"], 1, "{unload}");
+    assert_eq!(
+        unload["routes"][0]["netns"],
+        format!("netns mounted at {}", hidden.0.display()).as_str(),
+        "{unload}"
+    );
+    assert!(!pin.0.exists());
+    let ns = NetNs::of_fd(std::fs::File::open(&hidden.0).unwrap().into()).unwrap();
+    assert!(!has_route(&ns, "10.20.0.0/16"), "no route left live");
+}
+
+#[test]
+fn unload_refuses_while_a_route_it_cannot_see_uses_the_table() {
+    require!();
+    let pin = common::PinDir::new("own-hid");
+    let p = pin.arg();
+    let (ns, program) = namespace_with_a_route("own-hid", &pin);
+    let name = ns.name().to_string();
+    // A second load pins programs of its own: the route's is no longer one of the folder's
+    // (those go with the folder, wherever routes run them).
+    json(&["-n", &name, "tunnel", "load", "--pin", p]);
+    let hidden = ThreadNetns::hide(ns);
 
     // The route runs over the table, but in no namespace the command can find.
     let err = refused(&["tunnel", "unload", "--pin", p]);
@@ -469,36 +542,13 @@ fn unload_refuses_while_a_route_it_cannot_see_uses_the_table() {
     assert!(err.contains("--force"), "{err}");
     assert!(pin.0.join("peers_v4").exists(), "nothing was unpinned");
 
-    // A process enters it: the namespace is found through the process, and its route is
-    // removed with the pins.
-    let mut inside = Command::new("nsenter")
-        .arg(format!("--net={}", hidden.0.display()))
-        .args(["sleep", "60"])
-        .spawn()
-        .expect("run nsenter");
-    let entered = Instant::now();
-    while std::fs::read_link(format!("/proc/{}/exe", inside.id()))
-        .is_ok_and(|exe| !exe.ends_with("sleep"))
-    {
-        assert!(
-            entered.elapsed() < Duration::from_secs(5),
-            "sleep never started"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let unload = json(&["tunnel", "unload", "--pin", p]);
-    let _ = inside.kill();
-    let _ = inside.wait();
-    assert_eq!(unload["removed_routes"], 1, "{unload}");
-    assert_eq!(
-        unload["routes"][0]["netns"],
-        format!("netns of process {}", inside.id()).as_str(),
-        "{unload}"
-    );
-    assert!(!pin.0.exists());
-    // And named again, the namespace shows the route gone.
+    // Named again, the namespace is found and its route removed with the pins.
     let again = format!("lwt-own-seen-{}", std::process::id());
     let revealed = hidden.reveal(&again);
+    let unload = json(&["tunnel", "unload", "--pin", p]);
+    assert_eq!(unload["removed_routes"], 1, "{unload}");
+    assert_eq!(unload["routes"][0]["netns"], again.as_str(), "{unload}");
+    assert!(!pin.0.exists());
     let ns = NetNs::open(&again).unwrap();
     assert!(!has_route(&ns, "10.20.0.0/16"), "no route left live");
     drop(ns);

@@ -46,7 +46,7 @@ pub(crate) enum TunnelCommand {
         pin: PathBuf,
     },
     /// Remove the tunnel's routes (in every namespace lwtun finds them: this one, the named
-    /// ones, those of running processes), fix-ups, pins and folder. Refused while a live
+    /// and mounted ones, those of running processes), fix-ups, pins and folder. Refused while a live
     /// process owns the tunnel, or while programs lwtun cannot find a route for use its table.
     Unload {
         #[arg(long, value_name = "DIR")]

@@ -4,11 +4,14 @@
 //! 1. The owner: a live process holding the folder's lock, the table's maps or a program that
 //!    uses them refuses the unload (naming it) unless `--force`.
 //! 2. The routes: every LWT route whose programs use the tunnel's peer tables, in this
-//!    namespace, the named ones (`/run/netns`) and those of running processes.
+//!    namespace, the named ones (`/run/netns`), those bind-mounted elsewhere and those of
+//!    running processes.
 //! 3. The check: every loaded program that uses the tables must be one of those routes'
-//!    programs; one that is not (a route in a namespace without a name or process, a nexthop,
-//!    a pin elsewhere) refuses the unload unless `--force`: unpinning would leave it running
-//!    over a table nobody can edit.
+//!    programs or one pinned in the folder; one that is not (a route in a namespace only a
+//!    thread or a socket holds, a nexthop, a pin elsewhere) refuses the unload unless
+//!    `--force`: unpinning would leave it running over a table nobody can edit. (The folder's
+//!    pinned programs are shared by the routes `route add` makes, so such a route running one
+//!    of them cannot be told apart: the kernel shows no program's users.)
 //! 4. The removal: the routes, the fix-up pins, then the pins and the folder.
 
 use std::collections::BTreeSet;
@@ -35,7 +38,8 @@ struct Place {
     netns: NetNs,
 }
 
-/// This namespace, the named ones and those of running processes, each once.
+/// This namespace, the named ones, the bind-mounted ones and those of running processes, each
+/// once.
 fn namespaces(ctx: &Ctx) -> Result<Vec<Place>> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
@@ -56,6 +60,26 @@ fn namespaces(ctx: &Ctx) -> Result<Vec<Place>> {
         }
     }
     use std::os::unix::fs::MetadataExt;
+    // Namespaces bind-mounted outside /run/netns (a container runtime's, a test's).
+    for point in netns_mounts(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
+    {
+        let Ok(meta) = std::fs::metadata(&point) else {
+            continue;
+        };
+        if !seen.insert(meta.ino()) {
+            continue;
+        }
+        let Ok(file) = std::fs::File::open(&point) else {
+            continue;
+        };
+        let Ok(ns) = NetNs::of_fd(OwnedFd::from(file)) else {
+            continue;
+        };
+        out.push(Place {
+            label: format!("netns mounted at {point}"),
+            netns: ns,
+        });
+    }
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = entry
             .file_name()
@@ -83,6 +107,40 @@ fn namespaces(ctx: &Ctx) -> Result<Vec<Place>> {
         });
     }
     Ok(out)
+}
+
+/// The mount points of network namespaces in the text of `/proc/self/mountinfo` (nsfs mounts
+/// whose root is `net:[INODE]`), with the kernel's octal escapes (`\040` for a space) undone.
+fn netns_mounts(mountinfo: &str) -> Vec<String> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (mount, fs) = line.split_once(" - ")?;
+            let fields: Vec<&str> = mount.split(' ').collect();
+            let root = fields.get(3)?;
+            (fs.split(' ').next() == Some("nsfs") && root.starts_with("net:["))
+                .then(|| unescape(fields.get(4)?))
+                .flatten()
+        })
+        .collect()
+}
+
+/// Undoes mountinfo's `\NNN` octal escapes.
+fn unescape(field: &str) -> Option<String> {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
+            let code = std::str::from_utf8(&bytes[i + 1..i + 4]).ok()?;
+            out.push(u8::from_str_radix(code, 8).ok()?);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// The program ids a route runs.
@@ -151,8 +209,9 @@ pub(crate) fn unload(ctx: &Ctx, pin: &Path, force: bool) -> Result<()> {
             op,
             format!(
                 "program(s) {} use the peer table of {} but run in no route lwtun finds in this \
-                 namespace, the named ones or those of running processes (a route in an \
-                 unnamed namespace, a nexthop, a pin elsewhere); unpinning would leave them \
+                 namespace, the named or mounted ones or those of running processes (a route \
+                 in a namespace only a thread or socket holds, a nexthop, a pin elsewhere); \
+                 unpinning would leave them \
                  running over a table nobody can edit. Find them with `bpftool prog show id \
                  ID` and remove them, or run `{force_command}`",
                 ids.join(", "),
@@ -254,7 +313,12 @@ fn find_routes(
                 });
             }
         }
-        let ran: BTreeSet<u32> = found.iter().flat_map(|f| f.programs.clone()).collect();
+        // The programs pinned in the folder go with it.
+        let ran: BTreeSet<u32> = found
+            .iter()
+            .flat_map(|f| f.programs.clone())
+            .chain(pinned.program_ids().into_iter().map(|(_, id)| id))
+            .collect();
         let unaccounted: Vec<u32> = programs_using_maps(maps)?
             .into_iter()
             .map(|p| p.id)
@@ -284,4 +348,19 @@ fn remove_pins(pin: &Path) -> Result<()> {
     }
     let _ = std::fs::remove_dir(pin);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::netns_mounts;
+
+    #[test]
+    fn netns_bind_mounts_are_read_from_mountinfo() {
+        let text = "\
+36 25 0:4 net:[4026532301] /run/netns/a rw shared:5 - nsfs nsfs rw
+37 25 0:4 net:[4026532302] /tmp/hidden\\040ns rw - nsfs nsfs rw
+38 25 0:4 mnt:[4026532303] /tmp/mnt-ns rw - nsfs nsfs rw
+22 1 0:21 / /sys rw,nosuid - sysfs sysfs rw";
+        assert_eq!(netns_mounts(text), ["/run/netns/a", "/tmp/hidden ns"]);
+    }
 }
