@@ -6,6 +6,12 @@
 //! either a leftover (no live process holds it) or owned: a live process holds its program, one
 //! of the program's maps, its link, or the pin folder of its maps (see `cmd::owners`). Owned
 //! things are reported apart and `--remove` keeps them; `--force` removes them too.
+//!
+//! A route that is not itself a leftover (not lwtun's, or owned) can still carry one: a program
+//! of lwtun's chain family at its `lwt_out` hook that no live process holds, which a
+//! `capture --hook route` killed with SIGKILL leaves there. Nothing can edit or read such a
+//! chain any more (chains have no pins); `--remove` puts the route back without it, everything
+//! else kept ([`RouteTap::adopt`]), or refuses when the route cannot be put back exactly.
 
 use lwtun::device::Device;
 use lwtun::holders::Owner;
@@ -20,6 +26,7 @@ use serde::Serialize;
 use crate::cmd::owners::{describe, owner_views, OwnerView, Ownership};
 use crate::cmd::route::print_routes;
 use crate::cmd::tunnel::route_view;
+use crate::route_tap::RouteTap;
 use crate::view::RouteView;
 use crate::Ctx;
 
@@ -37,6 +44,17 @@ const LWTUN_TC_PROGRAMS: &[&str] = &[
     "redirect_tc",
     "stage_tc",
     "table_tc",
+];
+
+/// The `lwt_out` programs of lwtun's chain family (kernel names: the first 15 bytes): what
+/// `capture --hook route` and a chain hang at a route's `lwt_out` hook, and a leftover there
+/// when no live process holds them.
+const LWTUN_LWT_OUT_TAPS: &[&str] = &[
+    "capture_lwt_out",
+    "chain_lwt_out",
+    "dispatch_lwt_ou",
+    "stage_lwt_out",
+    "table_lwt_out",
 ];
 
 #[derive(Serialize)]
@@ -74,6 +92,31 @@ pub(crate) struct XdpView {
     program_id: u32,
 }
 
+/// A chain-family program left at a route's `lwt_out` hook.
+#[derive(Serialize)]
+pub(crate) struct RouteHookView {
+    dst: String,
+    dev: Option<String>,
+    table: u32,
+    /// `lwt_out`.
+    hook: &'static str,
+    /// The program's name on the route (`lwtun:chain_lwt_out:ID`).
+    program: String,
+    program_id: u32,
+}
+
+impl RouteHookView {
+    fn object(&self) -> String {
+        format!(
+            "{} {} on route {} dev {}",
+            self.hook,
+            self.program,
+            self.dst,
+            self.dev.as_deref().unwrap_or("-")
+        )
+    }
+}
+
 #[derive(Serialize)]
 pub(crate) struct NexthopView {
     id: u32,
@@ -83,7 +126,7 @@ pub(crate) struct NexthopView {
 /// Something lwtun installed that a live process owns: kept by `--remove`.
 #[derive(Serialize)]
 pub(crate) struct OwnedView {
-    /// `route`, `tc`, `xdp` or `nexthop`.
+    /// `route`, `route_hook`, `tc`, `xdp` or `nexthop`.
     kind: &'static str,
     /// What it is, as the text output names it ("route 10.20.0.0/16 dev to1").
     object: String,
@@ -97,6 +140,9 @@ pub(crate) struct LeftoversView {
     /// Every lwtun pin folder, of any family, with its owner.
     pin_folders: Vec<FolderView>,
     routes: Vec<RouteView>,
+    /// Chain-family programs (a killed capture's) at the `lwt_out` hook of routes that are not
+    /// leftovers themselves; `--remove` puts those routes back without them.
+    route_hooks: Vec<RouteHookView>,
     /// tc programs of lwtun's families: `lwtun:` clsact filters and tcx links.
     tc_filters: Vec<FilterView>,
     /// XDP programs of lwtun's families (they have an `xdp_stats` map) attached to devices.
@@ -106,6 +152,7 @@ pub(crate) struct LeftoversView {
     /// What a live process owns (not leftovers): kept unless --force.
     owned: Vec<OwnedView>,
     removed_routes: usize,
+    removed_route_hooks: usize,
     removed_tc_filters: usize,
     removed_xdp: usize,
     removed_nexthops: usize,
@@ -127,6 +174,20 @@ fn encap_programs(encap: Option<&Encap>) -> Vec<u32> {
         Some(Encap::Seg6LocalBpf(p)) => id_of_route_name(&p.name).into_iter().collect(),
         _ => Vec::new(),
     }
+}
+
+/// The chain-family program at a route's `lwt_out` hook: its route name and id.
+fn lwt_out_tap(route: &Route) -> Option<(&str, u32)> {
+    let Some(Encap::Bpf(b)) = &route.encap else {
+        return None;
+    };
+    let name = b.output.as_ref()?.name.as_str();
+    let (program, id) = name
+        .strip_prefix(lwtun::program::ROUTE_NAME_PREFIX)?
+        .rsplit_once(':')?;
+    LWTUN_LWT_OUT_TAPS
+        .contains(&program)
+        .then_some((name, id.parse().ok()?))
 }
 
 /// A found object: what it is, its live owners, and how to remove it.
@@ -177,16 +238,38 @@ pub(crate) fn leftovers(ctx: &Ctx, remove: bool, force: bool) -> Result<()> {
         .collect();
 
     let mut routes: Vec<Found<(Route, RouteView)>> = Vec::new();
+    let mut hooks: Vec<Found<(Route, RouteHookView)>> = Vec::new();
     for r in lwt_routes(&mut nl)? {
         let view = route_view(&mut nl, &r);
-        if view.protocol != RTPROT_LWTUN {
-            continue;
+        let lwtuns = view.protocol == RTPROT_LWTUN;
+        let owners = match lwtuns {
+            true => own.of_programs(encap_programs(r.encap.as_ref())),
+            false => Vec::new(),
+        };
+        // A route that is a leftover itself goes whole, its hooks with it.
+        let whole = lwtuns && owners.is_empty();
+        if let Some((program, id)) = lwt_out_tap(&r).filter(|_| !whole) {
+            hooks.push(Found {
+                owners: own.of_program(id),
+                item: (
+                    r.clone(),
+                    RouteHookView {
+                        dst: view.dst.clone(),
+                        dev: view.dev.clone(),
+                        table: view.table,
+                        hook: "lwt_out",
+                        program: program.to_string(),
+                        program_id: id,
+                    },
+                ),
+            });
         }
-        let owners = own.of_programs(encap_programs(r.encap.as_ref()));
-        routes.push(Found {
-            item: (r, view),
-            owners,
-        });
+        if lwtuns {
+            routes.push(Found {
+                item: (r, view),
+                owners,
+            });
+        }
     }
 
     let links = nl.links()?;
@@ -273,6 +356,12 @@ pub(crate) fn leftovers(ctx: &Ctx, remove: bool, force: bool) -> Result<()> {
 
     // What goes: the leftovers, and with --force the owned things too.
     let goes = |owners: &[Owner]| remove && (owners.is_empty() || force);
+    // Every route to put back is checked first: a refusal leaves everything as it was.
+    let taps = hooks
+        .iter()
+        .filter(|h| goes(&h.owners))
+        .map(|h| RouteTap::adopt(&ctx.netns, &h.item.0))
+        .collect::<Result<Vec<_>>>()?;
     let (mut removed_routes, mut removed_tc_filters, mut removed_xdp) = (0, 0, 0);
     let mut removed_nexthops = 0;
     for n in nexthops.iter().filter(|n| goes(&n.owners)) {
@@ -288,6 +377,10 @@ pub(crate) fn leftovers(ctx: &Ctx, remove: bool, force: bool) -> Result<()> {
             Err(e) if e.kind() == lwtun::ErrorKind::NotFound => {}
             Err(e) => return Err(e.with_object(format!("route {}", r.item.1.dst))),
         }
+    }
+    let removed_route_hooks = taps.len();
+    for tap in taps {
+        tap.restore()?;
     }
     for t in tc.iter().filter(|t| goes(&t.owners)) {
         remove_tc(ctx, &own, &t.item)?;
@@ -313,6 +406,9 @@ pub(crate) fn leftovers(ctx: &Ctx, remove: bool, force: bool) -> Result<()> {
         let dev = v.dev.as_deref().unwrap_or("-");
         owned_of("route", format!("route {} dev {dev}", v.dst), &r.owners);
     }
+    for h in &hooks {
+        owned_of("route_hook", h.item.1.object(), &h.owners);
+    }
     for t in &tc {
         let v = &t.item.view;
         let object = format!("tc {} {} {} {}", v.dev, v.direction, v.mode, v.name);
@@ -334,6 +430,11 @@ pub(crate) fn leftovers(ctx: &Ctx, remove: bool, force: bool) -> Result<()> {
             .filter(|r| left(&r.owners))
             .map(|r| r.item.1)
             .collect(),
+        route_hooks: hooks
+            .into_iter()
+            .filter(|h| left(&h.owners))
+            .map(|h| h.item.1)
+            .collect(),
         tc_filters: tc
             .into_iter()
             .filter(|t| left(&t.owners))
@@ -351,6 +452,7 @@ pub(crate) fn leftovers(ctx: &Ctx, remove: bool, force: bool) -> Result<()> {
             .collect(),
         owned,
         removed_routes,
+        removed_route_hooks,
         removed_tc_filters,
         removed_xdp,
         removed_nexthops,
@@ -420,6 +522,10 @@ fn print_text(ctx: &Ctx, view: &LeftoversView, remove: bool, force: bool) {
     }
     println!("routes tagged proto {RTPROT_LWTUN}:");
     print_routes(&view.routes);
+    println!("captures and chains left at a route's lwt_out hook (no live process holds them):");
+    for h in &view.route_hooks {
+        println!("  {}", h.object());
+    }
     println!("tc programs of lwtun's families (lwtun: filters, tcx links):");
     for f in &view.tc_filters {
         println!("  {} {} {} {}", f.dev, f.direction, f.mode, f.name);
@@ -461,8 +567,13 @@ fn print_text(ctx: &Ctx, view: &LeftoversView, remove: bool, force: bool) {
     }
     if remove {
         println!(
-            "removed {} route(s), {} tc program(s), {} XDP program(s), {} nexthop(s)",
-            view.removed_routes, view.removed_tc_filters, view.removed_xdp, view.removed_nexthops
+            "removed {} route(s), {} tc program(s), {} XDP program(s), {} nexthop(s); put {} \
+             route(s) back without a leftover lwt_out program",
+            view.removed_routes,
+            view.removed_tc_filters,
+            view.removed_xdp,
+            view.removed_nexthops,
+            view.removed_route_hooks
         );
     }
 }
