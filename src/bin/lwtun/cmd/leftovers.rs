@@ -57,6 +57,11 @@ const LWTUN_LWT_OUT_TAPS: &[&str] = &[
     "table_lwt_out",
 ];
 
+/// The other `lwt_out` programs lwtun ships: a route's own (a counter), never taken off it
+/// (the tests check that every `lwt_out` program is in one list or the other).
+#[cfg(test)]
+const LWTUN_LWT_OUT_OWN: &[&str] = &["count_out"];
+
 #[derive(Serialize)]
 pub(crate) struct PinView {
     pin: String,
@@ -575,5 +580,105 @@ fn print_text(ctx: &Ctx, view: &LeftoversView, remove: bool, force: bool) {
             view.removed_nexthops,
             view.removed_route_hooks
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// The kernel names (first 15 bytes) of the programs in bpf/*.bpf.c whose `SEC("...")`
+    /// `section` accepts, read from the sources: a program added there is seen here.
+    fn programs_in_sources(section: impl Fn(&str) -> bool) -> BTreeSet<String> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bpf");
+        let mut out = BTreeSet::new();
+        let mut files = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if !path.to_string_lossy().ends_with(".bpf.c") {
+                continue;
+            }
+            files += 1;
+            let text = std::fs::read_to_string(&path).unwrap();
+            let mut lines = text.lines();
+            while let Some(line) = lines.next() {
+                let Some(sec) = line
+                    .trim()
+                    .strip_prefix("SEC(\"")
+                    .and_then(|r| r.strip_suffix("\")"))
+                else {
+                    continue;
+                };
+                if !section(sec) {
+                    continue;
+                }
+                let def = lines.by_ref().find(|l| !l.trim().is_empty()).unwrap();
+                let before_paren = def.split('(').next().unwrap();
+                let name = before_paren
+                    .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .rfind(|w| !w.is_empty())
+                    .unwrap_or_else(|| panic!("{}: no program after SEC: {def}", path.display()));
+                out.insert(name.chars().take(15).collect());
+            }
+        }
+        assert!(files > 10, "bpf/*.bpf.c read from {}", dir.display());
+        out
+    }
+
+    fn set(names: &[&str]) -> BTreeSet<String> {
+        let set: BTreeSet<String> = names.iter().map(|n| n.to_string()).collect();
+        assert_eq!(set.len(), names.len(), "no name twice: {names:?}");
+        set
+    }
+
+    #[test]
+    fn the_tc_program_list_is_every_tc_program_lwtun_ships() {
+        let shipped = programs_in_sources(|s| s == "tc" || s.starts_with("tcx/"));
+        assert!(shipped.contains("decap_tc"), "{shipped:?}");
+        assert_eq!(
+            set(LWTUN_TC_PROGRAMS),
+            shipped,
+            "LWTUN_TC_PROGRAMS must name every SEC(\"tc\")/SEC(\"tcx/...\") program in bpf/ \
+             (kernel names, 15 bytes)"
+        );
+    }
+
+    #[test]
+    fn every_lwt_out_program_lwtun_ships_is_a_tap_or_a_routes_own() {
+        let shipped = programs_in_sources(|s| s == "lwt_out");
+        let taps = set(LWTUN_LWT_OUT_TAPS);
+        let own = set(LWTUN_LWT_OUT_OWN);
+        assert!(taps.is_disjoint(&own));
+        assert_eq!(
+            taps.union(&own).cloned().collect::<BTreeSet<_>>(),
+            shipped,
+            "each SEC(\"lwt_out\") program in bpf/ is in LWTUN_LWT_OUT_TAPS (a chain or \
+             capture, a leftover when nobody holds it) or in LWTUN_LWT_OUT_OWN (a route's own)"
+        );
+        // The chain an `lwtun capture --hook route` hangs is recognised.
+        assert!(taps.contains("chain_lwt_out"));
+    }
+
+    #[test]
+    fn a_tap_is_known_by_its_route_name() {
+        let mut r = Route::new("10.20.0.0/16".parse().unwrap());
+        assert_eq!(lwt_out_tap(&r), None);
+        let prog = |name: &str| Some(lwtun::netlink::route::ProgRef::new(-1, name.to_string()));
+        let mut bpf = lwtun::netlink::route::BpfEncap {
+            xmit: prog("lwtun:encap_xmit:7"),
+            ..Default::default()
+        };
+        r.encap = Some(Encap::Bpf(bpf.clone()));
+        assert_eq!(lwt_out_tap(&r), None, "a route's own programs are not taps");
+        bpf.output = prog("lwtun:chain_lwt_out:9");
+        r.encap = Some(Encap::Bpf(bpf.clone()));
+        assert_eq!(lwt_out_tap(&r), Some(("lwtun:chain_lwt_out:9", 9)));
+        bpf.output = prog("lwtun:count_out:9");
+        r.encap = Some(Encap::Bpf(bpf.clone()));
+        assert_eq!(lwt_out_tap(&r), None, "a counter is the route's own");
+        bpf.output = prog("chain.o:[lwt_out]");
+        r.encap = Some(Encap::Bpf(bpf));
+        assert_eq!(lwt_out_tap(&r), None, "not a name lwtun gave");
     }
 }
