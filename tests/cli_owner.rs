@@ -600,14 +600,17 @@ fn route_capture(ns: &str, prefix: &str) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run lwtun capture");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut first = String::new();
-    BufReader::new(child.stderr.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
+    stderr.read_line(&mut first).unwrap();
     assert!(
         first.contains("capturing on"),
         "capture on {prefix}: {first}"
     );
+    // Keep reading what it says, so that it never writes to a closed pipe.
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut stderr, &mut std::io::sink());
+    });
     child
 }
 
@@ -785,6 +788,28 @@ fn a_route_that_cannot_be_put_back_exactly_is_refused_before_anything_goes() {
     common::ip(net.ns(0), &["route", "del", "10.98.0.0/24", "table", "100"]);
     let left = json(&["-n", &a, "leftovers", "--remove"]);
     assert_eq!(left["removed_route_hooks"], 1, "{left}");
+    assert_eq!(all_routes(net.ns(0)), before);
+
+    // A live capture's hook goes only with --force; the capture then ends as usual.
+    let capture = route_capture(&a, "10.99.0.0/24");
+    let pid = capture.id();
+    let during = all_routes(net.ns(0));
+    assert_ne!(during, before);
+    let left = json(&["-n", &a, "leftovers", "--remove"]);
+    assert_eq!(left["removed_route_hooks"], 0, "{left}");
+    assert_eq!(
+        owned_by(&left, "route_hook", "10.99.0.0/24"),
+        [u64::from(pid)],
+        "{left}"
+    );
+    assert_eq!(all_routes(net.ns(0)), during);
+    let left = json(&["-n", &a, "leftovers", "--remove", "--force"]);
+    assert_eq!(left["removed_route_hooks"], 1, "{left}");
+    assert_eq!(all_routes(net.ns(0)), before);
+    // SAFETY: a plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGINT) }, 0);
+    let out = capture.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
     assert_eq!(all_routes(net.ns(0)), before);
 }
 
