@@ -737,7 +737,8 @@ fn a_killed_route_capture_is_a_leftover_and_its_route_is_put_back() {
 
 /// A route whose leftover `lwt_out` program cannot be taken off exactly (in table 100, where
 /// lwtun cannot read its headroom back) makes `leftovers --remove` refuse, saying so, before it
-/// changes anything: the other leftover hook stays too. Without that route, it goes.
+/// changes anything: the other leftover hooks (IPv4 and IPv6 plain routes) stay too. Without
+/// that route, they go.
 #[cfg(feature = "capture")]
 #[test]
 fn a_route_that_cannot_be_put_back_exactly_is_refused_before_anything_goes() {
@@ -746,10 +747,16 @@ fn a_route_that_cannot_be_put_back_exactly_is_refused_before_anything_goes() {
     let net = hosts();
     let a = net.ns(0).name().to_string();
     common::ip(net.ns(0), &["route", "add", "10.99.0.0/24", "dev", "to1"]);
+    common::ip(
+        net.ns(0),
+        &["-6", "route", "add", "fd99::/64", "dev", "to1"],
+    );
     let before = all_routes(net.ns(0));
-    let mut capture = route_capture(&a, "10.99.0.0/24");
-    capture.kill().unwrap();
-    capture.wait().unwrap();
+    for prefix in ["10.99.0.0/24", "fd99::/64"] {
+        let mut capture = route_capture(&a, prefix);
+        capture.kill().unwrap();
+        capture.wait().unwrap();
+    }
     {
         // A chain hung at lwt_out of a table-100 route by a process that then ends.
         let chain = lwtun::chain::ProgChain::new(lwtun::chain::ChainHook::LwtOut).unwrap();
@@ -776,7 +783,7 @@ fn a_route_that_cannot_be_put_back_exactly_is_refused_before_anything_goes() {
         "{table_100}"
     );
     let left = json(&["-n", &a, "leftovers"]);
-    assert_eq!(left["route_hooks"].as_array().unwrap().len(), 2, "{left}");
+    assert_eq!(left["route_hooks"].as_array().unwrap().len(), 3, "{left}");
 
     let err = refused(&["-n", &a, "leftovers", "--remove"]);
     assert!(
@@ -787,7 +794,7 @@ fn a_route_that_cannot_be_put_back_exactly_is_refused_before_anything_goes() {
 
     common::ip(net.ns(0), &["route", "del", "10.98.0.0/24", "table", "100"]);
     let left = json(&["-n", &a, "leftovers", "--remove"]);
-    assert_eq!(left["removed_route_hooks"], 1, "{left}");
+    assert_eq!(left["removed_route_hooks"], 2, "{left}");
     assert_eq!(all_routes(net.ns(0)), before);
 
     // A live capture's hook goes only with --force; the capture then ends as usual.
