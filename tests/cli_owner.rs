@@ -635,6 +635,241 @@ fn decap_detach_and_leftovers_keep_a_live_decap_owner() {
     json(&["tunnel", "unload", "--pin", tunnel_pin.arg()]);
 }
 
+/// Every route of namespace `ns`, IPv4 and IPv6, as `ip route show` prints them.
+#[cfg(feature = "capture")]
+fn all_routes(ns: &NetNs) -> String {
+    common::ip(ns, &["route", "show"]) + &common::ip(ns, &["-6", "route", "show"])
+}
+
+/// `lwtun -n NS capture --hook route --route PREFIX`, once it says it captures.
+#[cfg(feature = "capture")]
+fn route_capture(ns: &str, prefix: &str) -> Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lwtun"))
+        .args(["-n", ns, "capture", "--hook", "route", "--route", prefix])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run lwtun capture");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    assert!(
+        first.contains("capturing on"),
+        "capture on {prefix}: {first}"
+    );
+    // Keep reading what it says, so that it never writes to a closed pipe.
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut stderr, &mut std::io::sink());
+    });
+    child
+}
+
+/// The `lwt_out` program (`lwtun:chain_lwt_out:ID`) of route `dst` in `routes`.
+#[cfg(feature = "capture")]
+fn lwt_out_of(routes: &str, dst: &str) -> Option<String> {
+    let line = routes.lines().find(|l| l.starts_with(&format!("{dst} ")))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "out")?;
+    Some(words[at + 1].to_string())
+}
+
+/// A `capture --hook route` killed with SIGKILL leaves its chain at the route's `lwt_out` hook:
+/// `leftovers` lists it (a live capture is listed as owned and kept), and `--remove` puts the
+/// routes back exactly as they were before the capture (an owned tunnel route, its encap and
+/// headroom kept, and a plain route), the tunnel still carrying traffic in IP-in-IP.
+#[cfg(feature = "capture")]
+#[test]
+fn a_killed_route_capture_is_a_leftover_and_its_route_is_put_back() {
+    require!();
+    let (net, decap) = setup();
+    let a = net.ns(0).name().to_string();
+    // The tunnel route belongs to a live library process; the plain route to nobody.
+    let owner = Owner::spawn(&["tunnel", &a, "-"]);
+    let owner_pid = u64::from(owner.pid());
+    common::ip(
+        net.ns(0),
+        &["route", "add", "10.99.0.0/24", "dev", "to1", "metric", "7"],
+    );
+    let before = all_routes(net.ns(0));
+    assert!(
+        before.contains("10.20.0.0/16") && before.contains("encap bpf xmit lwtun:encap_xmit"),
+        "{before}"
+    );
+    assert_eq!(ping_b(&net, 3).received, 3);
+
+    // A live capture is its process's: listed as owned, kept by --remove.
+    let mut tunnel_capture = route_capture(&a, "10.20.0.2/32");
+    let capture_pid = u64::from(tunnel_capture.id());
+    let during = all_routes(net.ns(0));
+    let tap = lwt_out_of(&during, "10.20.0.0/16").unwrap_or_else(|| panic!("{during}"));
+    assert!(tap.starts_with("lwtun:chain_lwt_out:"), "{during}");
+    let left = json(&["-n", &a, "leftovers", "--remove"]);
+    assert_eq!(left["removed_route_hooks"], 0, "{left}");
+    assert_eq!(left["route_hooks"], serde_json::json!([]), "{left}");
+    assert_eq!(
+        owned_by(&left, "route_hook", "10.20.0.0/16"),
+        [capture_pid],
+        "{left}"
+    );
+    assert_eq!(all_routes(net.ns(0)), during, "the live capture stays");
+
+    // Killed, the captures leave their chains on the routes; traffic is unharmed.
+    let mut plain_capture = route_capture(&a, "10.99.0.0/24");
+    let during = all_routes(net.ns(0));
+    let plain_tap = lwt_out_of(&during, "10.99.0.0/24").unwrap_or_else(|| panic!("{during}"));
+    for child in [&mut tunnel_capture, &mut plain_capture] {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    assert_eq!(
+        all_routes(net.ns(0)),
+        during,
+        "SIGKILL runs no destructor: the hooks stay"
+    );
+    assert_ne!(during, before);
+    assert_eq!(ping_b(&net, 3).received, 3);
+
+    // leftovers lists both hooks, not the owned tunnel route; text and JSON alike.
+    let left = json(&["-n", &a, "leftovers"]);
+    let hooks = left["route_hooks"].as_array().unwrap();
+    assert_eq!(hooks.len(), 2, "{left}");
+    for (dst, program) in [("10.20.0.0/16", &tap), ("10.99.0.0/24", &plain_tap)] {
+        let hook = hooks
+            .iter()
+            .find(|h| h["dst"] == dst)
+            .unwrap_or_else(|| panic!("{dst} in {left}"));
+        assert_eq!(hook["dev"], "to1");
+        assert_eq!(hook["hook"], "lwt_out");
+        assert_eq!(hook["program"], program.as_str());
+        assert_eq!(hook["table"], 254);
+    }
+    assert_eq!(left["routes"], serde_json::json!([]), "{left}");
+    assert_eq!(
+        owned_by(&left, "route", "10.20.0.0/16"),
+        [owner_pid],
+        "{left}"
+    );
+    let text = lwtun(&["-n", &a, "leftovers"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(&format!("lwt_out {tap} on route 10.20.0.0/16 dev to1"))
+            && text.contains(&format!(
+                "lwt_out {plain_tap} on route 10.99.0.0/24 dev to1"
+            )),
+        "{text}"
+    );
+
+    // --remove puts both routes back as they were before the captures; the owner's route stays.
+    let left = json(&["-n", &a, "leftovers", "--remove"]);
+    assert_eq!(left["removed_route_hooks"], 2, "{left}");
+    assert_eq!(left["removed_routes"], 0, "{left}");
+    assert_eq!(all_routes(net.ns(0)), before, "the routes are back");
+    let tap_id: u32 = tap.rsplit(':').next().unwrap().parse().unwrap();
+    let gone = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        lwtun::program::program_info_by_id(tap_id).is_err()
+    });
+    assert!(
+        gone,
+        "the chain {tap} is freed with the last route that ran it"
+    );
+    let ipip = decap.counters().unwrap().ipip.packets;
+    assert_eq!(ping_b(&net, 5).received, 5, "still carried");
+    assert_eq!(
+        decap.counters().unwrap().ipip.packets - ipip,
+        5,
+        "every request reached B in IP-in-IP"
+    );
+    let left = json(&["-n", &a, "leftovers"]);
+    assert_eq!(left["route_hooks"], serde_json::json!([]), "{left}");
+    owner.stop();
+}
+
+/// A route whose leftover `lwt_out` program cannot be taken off exactly (in table 100, where
+/// lwtun cannot read its headroom back) makes `leftovers --remove` refuse, saying so, before it
+/// changes anything: the other leftover hooks (IPv4 and IPv6 plain routes) stay too. Without
+/// that route, they go.
+#[cfg(feature = "capture")]
+#[test]
+fn a_route_that_cannot_be_put_back_exactly_is_refused_before_anything_goes() {
+    use lwtun::netlink::route::{BpfEncap, Encap as RouteEncap, Route};
+    require!();
+    let net = hosts();
+    let a = net.ns(0).name().to_string();
+    common::ip(net.ns(0), &["route", "add", "10.99.0.0/24", "dev", "to1"]);
+    common::ip(
+        net.ns(0),
+        &["-6", "route", "add", "fd99::/64", "dev", "to1"],
+    );
+    let before = all_routes(net.ns(0));
+    for prefix in ["10.99.0.0/24", "fd99::/64"] {
+        let mut capture = route_capture(&a, prefix);
+        capture.kill().unwrap();
+        capture.wait().unwrap();
+    }
+    {
+        // A chain hung at lwt_out of a table-100 route by a process that then ends.
+        let chain = lwtun::chain::ProgChain::new(lwtun::chain::ChainHook::LwtOut).unwrap();
+        let entry = chain.lwt_entry().unwrap();
+        let mut route = Route::new("10.98.0.0/24".parse().unwrap());
+        route.table = 100;
+        route.oif = Some(net.device(0, "to1").index());
+        route.encap = Some(RouteEncap::Bpf(BpfEncap {
+            output: Some(entry.prog_ref()),
+            ..Default::default()
+        }));
+        Netlink::open_in(net.ns(0))
+            .unwrap()
+            .add_route(&route)
+            .unwrap();
+    }
+    let leftover =
+        |ns: &NetNs| all_routes(ns) + &common::ip(ns, &["route", "show", "table", "100"]);
+    let during = leftover(net.ns(0));
+    let table_100 = common::ip(net.ns(0), &["route", "show", "table", "100"]);
+    assert!(
+        lwt_out_of(&table_100, "10.98.0.0/24")
+            .is_some_and(|p| p.starts_with("lwtun:chain_lwt_out:")),
+        "{table_100}"
+    );
+    let left = json(&["-n", &a, "leftovers"]);
+    assert_eq!(left["route_hooks"].as_array().unwrap().len(), 3, "{left}");
+
+    let err = refused(&["-n", &a, "leftovers", "--remove"]);
+    assert!(
+        err.contains("10.98.0.0/24") && err.contains("table 100") && err.contains("route replace"),
+        "says which route, why, and what to do: {err}"
+    );
+    assert_eq!(leftover(net.ns(0)), during, "nothing changed");
+
+    common::ip(net.ns(0), &["route", "del", "10.98.0.0/24", "table", "100"]);
+    let left = json(&["-n", &a, "leftovers", "--remove"]);
+    assert_eq!(left["removed_route_hooks"], 2, "{left}");
+    assert_eq!(all_routes(net.ns(0)), before);
+
+    // A live capture's hook goes only with --force; the capture then ends as usual.
+    let capture = route_capture(&a, "10.99.0.0/24");
+    let pid = capture.id();
+    let during = all_routes(net.ns(0));
+    assert_ne!(during, before);
+    let left = json(&["-n", &a, "leftovers", "--remove"]);
+    assert_eq!(left["removed_route_hooks"], 0, "{left}");
+    assert_eq!(
+        owned_by(&left, "route_hook", "10.99.0.0/24"),
+        [u64::from(pid)],
+        "{left}"
+    );
+    assert_eq!(all_routes(net.ns(0)), during);
+    let left = json(&["-n", &a, "leftovers", "--remove", "--force"]);
+    assert_eq!(left["removed_route_hooks"], 1, "{left}");
+    assert_eq!(all_routes(net.ns(0)), before);
+    // SAFETY: a plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGINT) }, 0);
+    let out = capture.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(all_routes(net.ns(0)), before);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The fleet agent.
 

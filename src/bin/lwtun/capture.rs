@@ -14,8 +14,7 @@ use lwtun::{Error, ErrorKind, Result};
 
 use crate::Ctx;
 
-mod route_tap;
-use route_tap::RouteTap;
+use crate::route_tap::RouteTap;
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum CaptureHook {

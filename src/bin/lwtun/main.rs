@@ -8,6 +8,7 @@ mod capture;
 mod cmd;
 mod exit;
 mod man;
+mod route_tap;
 mod spec;
 mod view;
 
@@ -122,12 +123,13 @@ pub(crate) enum Command {
     #[cfg(feature = "capture")]
     Capture(capture::CaptureArgs),
     /// What lwtun left that no live process owns: pin folders of every family, routes,
-    /// nexthops, tc programs, XDP programs (and remove them); what a live process owns is
-    /// listed apart, with its pid.
+    /// nexthops, tc programs, XDP programs, captures and chains left at a route's lwt_out hook
+    /// (and remove them); what a live process owns is listed apart, with its pid.
     Leftovers {
         /// Remove the leftovers in this namespace: routes and nexthops tagged proto 76, lwtun's
         /// tc programs (`lwtun:` filters, tcx links) and XDP programs that no live process owns
-        /// (not pin folders: use `lwtun tunnel unload` or `lwtun decap detach`).
+        /// (not pin folders: use `lwtun tunnel unload` or `lwtun decap detach`); a route with a
+        /// leftover capture or chain at lwt_out is put back without it, all else kept.
         #[arg(long)]
         remove: bool,
         /// With --remove: also remove what a live process owns (breaks that process's data

@@ -6,6 +6,12 @@
 //! either a leftover (no live process holds it) or owned: a live process holds its program, one
 //! of the program's maps, its link, or the pin folder of its maps (see `cmd::owners`). Owned
 //! things are reported apart and `--remove` keeps them; `--force` removes them too.
+//!
+//! A route that is not itself a leftover (not lwtun's, or owned) can still carry one: a program
+//! of lwtun's chain family at its `lwt_out` hook that no live process holds, which a
+//! `capture --hook route` killed with SIGKILL leaves there. Nothing can edit or read such a
+//! chain any more (chains have no pins); `--remove` puts the route back without it, everything
+//! else kept ([`RouteTap::adopt`]), or refuses when the route cannot be put back exactly.
 
 use lwtun::device::Device;
 use lwtun::holders::Owner;
@@ -20,6 +26,7 @@ use serde::Serialize;
 use crate::cmd::owners::{describe, owner_views, OwnerView, Ownership};
 use crate::cmd::route::print_routes;
 use crate::cmd::tunnel::route_view;
+use crate::route_tap::RouteTap;
 use crate::view::RouteView;
 use crate::Ctx;
 
@@ -38,6 +45,22 @@ const LWTUN_TC_PROGRAMS: &[&str] = &[
     "stage_tc",
     "table_tc",
 ];
+
+/// The `lwt_out` programs of lwtun's chain family (kernel names: the first 15 bytes): what
+/// `capture --hook route` and a chain hang at a route's `lwt_out` hook, and a leftover there
+/// when no live process holds them.
+const LWTUN_LWT_OUT_TAPS: &[&str] = &[
+    "capture_lwt_out",
+    "chain_lwt_out",
+    "dispatch_lwt_ou",
+    "stage_lwt_out",
+    "table_lwt_out",
+];
+
+/// The other `lwt_out` programs lwtun ships: a route's own (a counter), never taken off it
+/// (the tests check that every `lwt_out` program is in one list or the other).
+#[cfg(test)]
+const LWTUN_LWT_OUT_OWN: &[&str] = &["count_out"];
 
 #[derive(Serialize)]
 pub(crate) struct PinView {
@@ -74,6 +97,31 @@ pub(crate) struct XdpView {
     program_id: u32,
 }
 
+/// A chain-family program left at a route's `lwt_out` hook.
+#[derive(Serialize)]
+pub(crate) struct RouteHookView {
+    dst: String,
+    dev: Option<String>,
+    table: u32,
+    /// `lwt_out`.
+    hook: &'static str,
+    /// The program's name on the route (`lwtun:chain_lwt_out:ID`).
+    program: String,
+    program_id: u32,
+}
+
+impl RouteHookView {
+    fn object(&self) -> String {
+        format!(
+            "{} {} on route {} dev {}",
+            self.hook,
+            self.program,
+            self.dst,
+            self.dev.as_deref().unwrap_or("-")
+        )
+    }
+}
+
 #[derive(Serialize)]
 pub(crate) struct NexthopView {
     id: u32,
@@ -83,7 +131,7 @@ pub(crate) struct NexthopView {
 /// Something lwtun installed that a live process owns: kept by `--remove`.
 #[derive(Serialize)]
 pub(crate) struct OwnedView {
-    /// `route`, `tc`, `xdp` or `nexthop`.
+    /// `route`, `route_hook`, `tc`, `xdp` or `nexthop`.
     kind: &'static str,
     /// What it is, as the text output names it ("route 10.20.0.0/16 dev to1").
     object: String,
@@ -97,6 +145,9 @@ pub(crate) struct LeftoversView {
     /// Every lwtun pin folder, of any family, with its owner.
     pin_folders: Vec<FolderView>,
     routes: Vec<RouteView>,
+    /// Chain-family programs (a killed capture's) at the `lwt_out` hook of routes that are not
+    /// leftovers themselves; `--remove` puts those routes back without them.
+    route_hooks: Vec<RouteHookView>,
     /// tc programs of lwtun's families: `lwtun:` clsact filters and tcx links.
     tc_filters: Vec<FilterView>,
     /// XDP programs of lwtun's families (they have an `xdp_stats` map) attached to devices.
@@ -106,6 +157,7 @@ pub(crate) struct LeftoversView {
     /// What a live process owns (not leftovers): kept unless --force.
     owned: Vec<OwnedView>,
     removed_routes: usize,
+    removed_route_hooks: usize,
     removed_tc_filters: usize,
     removed_xdp: usize,
     removed_nexthops: usize,
@@ -127,6 +179,20 @@ fn encap_programs(encap: Option<&Encap>) -> Vec<u32> {
         Some(Encap::Seg6LocalBpf(p)) => id_of_route_name(&p.name).into_iter().collect(),
         _ => Vec::new(),
     }
+}
+
+/// The chain-family program at a route's `lwt_out` hook: its route name and id.
+fn lwt_out_tap(route: &Route) -> Option<(&str, u32)> {
+    let Some(Encap::Bpf(b)) = &route.encap else {
+        return None;
+    };
+    let name = b.output.as_ref()?.name.as_str();
+    let (program, id) = name
+        .strip_prefix(lwtun::program::ROUTE_NAME_PREFIX)?
+        .rsplit_once(':')?;
+    LWTUN_LWT_OUT_TAPS
+        .contains(&program)
+        .then_some((name, id.parse().ok()?))
 }
 
 /// A found object: what it is, its live owners, and how to remove it.
@@ -177,16 +243,38 @@ pub(crate) fn leftovers(ctx: &Ctx, remove: bool, force: bool) -> Result<()> {
         .collect();
 
     let mut routes: Vec<Found<(Route, RouteView)>> = Vec::new();
+    let mut hooks: Vec<Found<(Route, RouteHookView)>> = Vec::new();
     for r in lwt_routes(&mut nl)? {
         let view = route_view(&mut nl, &r);
-        if view.protocol != RTPROT_LWTUN {
-            continue;
+        let lwtuns = view.protocol == RTPROT_LWTUN;
+        let owners = match lwtuns {
+            true => own.of_programs(encap_programs(r.encap.as_ref())),
+            false => Vec::new(),
+        };
+        // A route that is a leftover itself goes whole, its hooks with it.
+        let whole = lwtuns && owners.is_empty();
+        if let Some((program, id)) = lwt_out_tap(&r).filter(|_| !whole) {
+            hooks.push(Found {
+                owners: own.of_program(id),
+                item: (
+                    r.clone(),
+                    RouteHookView {
+                        dst: view.dst.clone(),
+                        dev: view.dev.clone(),
+                        table: view.table,
+                        hook: "lwt_out",
+                        program: program.to_string(),
+                        program_id: id,
+                    },
+                ),
+            });
         }
-        let owners = own.of_programs(encap_programs(r.encap.as_ref()));
-        routes.push(Found {
-            item: (r, view),
-            owners,
-        });
+        if lwtuns {
+            routes.push(Found {
+                item: (r, view),
+                owners,
+            });
+        }
     }
 
     let links = nl.links()?;
@@ -273,6 +361,12 @@ pub(crate) fn leftovers(ctx: &Ctx, remove: bool, force: bool) -> Result<()> {
 
     // What goes: the leftovers, and with --force the owned things too.
     let goes = |owners: &[Owner]| remove && (owners.is_empty() || force);
+    // Every route to put back is checked first: a refusal leaves everything as it was.
+    let taps = hooks
+        .iter()
+        .filter(|h| goes(&h.owners))
+        .map(|h| RouteTap::adopt(&ctx.netns, &h.item.0))
+        .collect::<Result<Vec<_>>>()?;
     let (mut removed_routes, mut removed_tc_filters, mut removed_xdp) = (0, 0, 0);
     let mut removed_nexthops = 0;
     for n in nexthops.iter().filter(|n| goes(&n.owners)) {
@@ -288,6 +382,10 @@ pub(crate) fn leftovers(ctx: &Ctx, remove: bool, force: bool) -> Result<()> {
             Err(e) if e.kind() == lwtun::ErrorKind::NotFound => {}
             Err(e) => return Err(e.with_object(format!("route {}", r.item.1.dst))),
         }
+    }
+    let removed_route_hooks = taps.len();
+    for tap in taps {
+        tap.restore()?;
     }
     for t in tc.iter().filter(|t| goes(&t.owners)) {
         remove_tc(ctx, &own, &t.item)?;
@@ -313,6 +411,9 @@ pub(crate) fn leftovers(ctx: &Ctx, remove: bool, force: bool) -> Result<()> {
         let dev = v.dev.as_deref().unwrap_or("-");
         owned_of("route", format!("route {} dev {dev}", v.dst), &r.owners);
     }
+    for h in &hooks {
+        owned_of("route_hook", h.item.1.object(), &h.owners);
+    }
     for t in &tc {
         let v = &t.item.view;
         let object = format!("tc {} {} {} {}", v.dev, v.direction, v.mode, v.name);
@@ -334,6 +435,11 @@ pub(crate) fn leftovers(ctx: &Ctx, remove: bool, force: bool) -> Result<()> {
             .filter(|r| left(&r.owners))
             .map(|r| r.item.1)
             .collect(),
+        route_hooks: hooks
+            .into_iter()
+            .filter(|h| left(&h.owners))
+            .map(|h| h.item.1)
+            .collect(),
         tc_filters: tc
             .into_iter()
             .filter(|t| left(&t.owners))
@@ -351,6 +457,7 @@ pub(crate) fn leftovers(ctx: &Ctx, remove: bool, force: bool) -> Result<()> {
             .collect(),
         owned,
         removed_routes,
+        removed_route_hooks,
         removed_tc_filters,
         removed_xdp,
         removed_nexthops,
@@ -420,6 +527,10 @@ fn print_text(ctx: &Ctx, view: &LeftoversView, remove: bool, force: bool) {
     }
     println!("routes tagged proto {RTPROT_LWTUN}:");
     print_routes(&view.routes);
+    println!("captures and chains left at a route's lwt_out hook (no live process holds them):");
+    for h in &view.route_hooks {
+        println!("  {}", h.object());
+    }
     println!("tc programs of lwtun's families (lwtun: filters, tcx links):");
     for f in &view.tc_filters {
         println!("  {} {} {} {}", f.dev, f.direction, f.mode, f.name);
@@ -461,8 +572,113 @@ fn print_text(ctx: &Ctx, view: &LeftoversView, remove: bool, force: bool) {
     }
     if remove {
         println!(
-            "removed {} route(s), {} tc program(s), {} XDP program(s), {} nexthop(s)",
-            view.removed_routes, view.removed_tc_filters, view.removed_xdp, view.removed_nexthops
+            "removed {} route(s), {} tc program(s), {} XDP program(s), {} nexthop(s); put {} \
+             route(s) back without a leftover lwt_out program",
+            view.removed_routes,
+            view.removed_tc_filters,
+            view.removed_xdp,
+            view.removed_nexthops,
+            view.removed_route_hooks
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// The kernel names (first 15 bytes) of the programs in bpf/*.bpf.c whose `SEC("...")`
+    /// `section` accepts, read from the sources: a program added there is seen here.
+    fn programs_in_sources(section: impl Fn(&str) -> bool) -> BTreeSet<String> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bpf");
+        let mut out = BTreeSet::new();
+        let mut files = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if !path.to_string_lossy().ends_with(".bpf.c") {
+                continue;
+            }
+            files += 1;
+            let text = std::fs::read_to_string(&path).unwrap();
+            let mut lines = text.lines();
+            while let Some(line) = lines.next() {
+                let Some(sec) = line
+                    .trim()
+                    .strip_prefix("SEC(\"")
+                    .and_then(|r| r.strip_suffix("\")"))
+                else {
+                    continue;
+                };
+                if !section(sec) {
+                    continue;
+                }
+                let def = lines.by_ref().find(|l| !l.trim().is_empty()).unwrap();
+                let before_paren = def.split('(').next().unwrap();
+                let name = before_paren
+                    .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .rfind(|w| !w.is_empty())
+                    .unwrap_or_else(|| panic!("{}: no program after SEC: {def}", path.display()));
+                out.insert(name.chars().take(15).collect());
+            }
+        }
+        assert!(files > 10, "bpf/*.bpf.c read from {}", dir.display());
+        out
+    }
+
+    fn set(names: &[&str]) -> BTreeSet<String> {
+        let set: BTreeSet<String> = names.iter().map(|n| n.to_string()).collect();
+        assert_eq!(set.len(), names.len(), "no name twice: {names:?}");
+        set
+    }
+
+    #[test]
+    fn the_tc_program_list_is_every_tc_program_lwtun_ships() {
+        let shipped = programs_in_sources(|s| s == "tc" || s.starts_with("tcx/"));
+        assert!(shipped.contains("decap_tc"), "{shipped:?}");
+        assert_eq!(
+            set(LWTUN_TC_PROGRAMS),
+            shipped,
+            "LWTUN_TC_PROGRAMS must name every SEC(\"tc\")/SEC(\"tcx/...\") program in bpf/ \
+             (kernel names, 15 bytes)"
+        );
+    }
+
+    #[test]
+    fn every_lwt_out_program_lwtun_ships_is_a_tap_or_a_routes_own() {
+        let shipped = programs_in_sources(|s| s == "lwt_out");
+        let taps = set(LWTUN_LWT_OUT_TAPS);
+        let own = set(LWTUN_LWT_OUT_OWN);
+        assert!(taps.is_disjoint(&own));
+        assert_eq!(
+            taps.union(&own).cloned().collect::<BTreeSet<_>>(),
+            shipped,
+            "each SEC(\"lwt_out\") program in bpf/ is in LWTUN_LWT_OUT_TAPS (a chain or \
+             capture, a leftover when nobody holds it) or in LWTUN_LWT_OUT_OWN (a route's own)"
+        );
+        // The chain an `lwtun capture --hook route` hangs is recognised.
+        assert!(taps.contains("chain_lwt_out"));
+    }
+
+    #[test]
+    fn a_tap_is_known_by_its_route_name() {
+        let mut r = Route::new("10.20.0.0/16".parse().unwrap());
+        assert_eq!(lwt_out_tap(&r), None);
+        let prog = |name: &str| Some(lwtun::netlink::route::ProgRef::new(-1, name.to_string()));
+        let mut bpf = lwtun::netlink::route::BpfEncap {
+            xmit: prog("lwtun:encap_xmit:7"),
+            ..Default::default()
+        };
+        r.encap = Some(Encap::Bpf(bpf.clone()));
+        assert_eq!(lwt_out_tap(&r), None, "a route's own programs are not taps");
+        bpf.output = prog("lwtun:chain_lwt_out:9");
+        r.encap = Some(Encap::Bpf(bpf.clone()));
+        assert_eq!(lwt_out_tap(&r), Some(("lwtun:chain_lwt_out:9", 9)));
+        bpf.output = prog("lwtun:count_out:9");
+        r.encap = Some(Encap::Bpf(bpf.clone()));
+        assert_eq!(lwt_out_tap(&r), None, "a counter is the route's own");
+        bpf.output = prog("chain.o:[lwt_out]");
+        r.encap = Some(Encap::Bpf(bpf));
+        assert_eq!(lwt_out_tap(&r), None, "not a name lwtun gave");
     }
 }

@@ -1,6 +1,7 @@
 //! `capture --hook route`: a capture hung on the route that carries a prefix's traffic, at that
 //! route's free `lwt_out` hook, everything else about the route kept; the route is put back as it
-//! was when the capture ends.
+//! was when the capture ends. `leftovers --remove` puts back the same way a route whose capture
+//! was killed (SIGKILL leaves the program at `lwt_out`): [`RouteTap::adopt`].
 //!
 //! ```text
 //!  before   10.20.0.0/16 dev to1 src 10.30.0.1 encap bpf xmit lwtun:encap_xmit:7 headroom 28
@@ -141,23 +142,141 @@ fn refuse(prefix: IpNetwork, reason: String) -> Error {
 }
 
 /// Opens the program a route names at a hook, to give it back to the route.
-fn reopen(prefix: IpNetwork, hook: &str, p: &ProgRef) -> Result<(ProgRef, LwtProgram)> {
+fn reopen(
+    hook: &str,
+    p: &ProgRef,
+    refuse: &dyn Fn(String) -> Error,
+) -> Result<(ProgRef, LwtProgram)> {
     let prog = LwtProgram::from_route_name(&p.name).map_err(|e| {
-        refuse(
-            prefix,
-            format!(
-                "the route's {hook} program '{}' cannot be given back to it after the capture \
-                 ({e})",
-                p.name
-            ),
-        )
+        refuse(format!(
+            "the route's {hook} program '{}' cannot be given back to it ({e})",
+            p.name
+        ))
     })?;
     Ok((ProgRef::new(prog.as_fd().as_raw_fd(), p.name.clone()), prog))
+}
+
+/// A route as it is without its `lwt_out` program: its other programs reopened to be given
+/// back, its headroom read back from the path MTU.
+struct Bare {
+    /// The route without `lwt_out`, its programs as file descriptors.
+    route: Route,
+    /// The route's other programs (their fds are in `route`).
+    programs: Vec<LwtProgram>,
+    /// The path MTU into the route now, when it has LWT programs (the headroom is read from it).
+    path_mtu: Option<u32>,
+    probe: IpAddr,
+}
+
+/// `original` (one of `routes`) without its `lwt_out` program, everything else kept. `refuse`
+/// makes the error for a route that cannot be put back exactly so.
+fn bare(
+    nl: &mut Netlink,
+    netns: &NetNs,
+    routes: &[Route],
+    original: &Route,
+    refuse: &dyn Fn(String) -> Error,
+) -> Result<Bare> {
+    let shown = original.dst;
+    if let Some(id) = original.nhid {
+        return Err(refuse(format!(
+            "{shown} runs nexthop object {id}'s programs, not programs of its own"
+        )));
+    }
+    let mut programs = Vec::new();
+    let kept = match &original.encap {
+        None => None,
+        Some(Encap::Bpf(b)) => {
+            let mut keep = |hook, p: &Option<ProgRef>| -> Result<Option<ProgRef>> {
+                p.as_ref()
+                    .map(|p| {
+                        let (r, prog) = reopen(hook, p, refuse)?;
+                        programs.push(prog);
+                        Ok(r)
+                    })
+                    .transpose()
+            };
+            Some(BpfEncap {
+                input: keep("lwt_in", &b.input)?,
+                xmit: keep("lwt_xmit", &b.xmit)?,
+                ..Default::default()
+            })
+        }
+        Some(_) => {
+            return Err(refuse(format!(
+                "{shown} has an encap that is not LWT BPF, and a route has one encap only"
+            )))
+        }
+    };
+    let mut bare = Bare {
+        route: original.clone(),
+        programs,
+        path_mtu: None,
+        probe: probe_address(shown),
+    };
+    let Some(mut kept) = kept else {
+        return Ok(bare);
+    };
+    // The headroom, from the path MTU (see the module's comment), measured with an address the
+    // kernel sends through this very route.
+    if original.table != RT_TABLE_MAIN {
+        return Err(refuse(format!(
+            "{shown} is in table {}, and its LWT headroom (which a route dump does not report) \
+             can be read back from the main table's path MTU only",
+            original.table
+        )));
+    }
+    let host = IpNetwork::from(bare.probe);
+    let through = carrying_route(routes, host);
+    if through.map(|r| (r.dst, r.metric, r.tos)) != Some((shown, original.metric, original.tos)) {
+        return Err(refuse(format!(
+            "{} leaves through {} rather than {shown}, so {shown}'s LWT headroom (which a route \
+             dump does not report) cannot be read back from its path MTU",
+            bare.probe,
+            through.map_or("no route".to_string(), |r| r.dst.to_string())
+        )));
+    }
+    let mtu = path_mtu(netns, bare.probe)?;
+    let base = match (original.mtu, original.oif) {
+        (Some(m), _) => m.bytes,
+        (None, Some(oif)) => nl.link_by_index(oif)?.mtu,
+        (None, None) => mtu,
+    };
+    let headroom = base.saturating_sub(mtu);
+    if headroom > MAX_HEADROOM {
+        return Err(refuse(format!(
+            "the path MTU into it ({mtu}) is not the route's ({base}) minus an LWT headroom (a \
+             cached path MTU?), so the route could not be put back as it is"
+        )));
+    }
+    bare.path_mtu = Some(mtu);
+    if kept.input.is_none() && kept.xmit.is_none() {
+        // Only lwt_out ran: the route had no encap of its own, and so no headroom.
+        if headroom > 0 {
+            return Err(refuse(format!(
+                "{shown} runs a program at lwt_out only, yet {headroom} bytes of LWT headroom: \
+                 without the program it has no encap to keep that headroom in"
+            )));
+        }
+        bare.route.encap = None;
+        return Ok(bare);
+    }
+    kept.headroom = (headroom > 0).then_some(headroom);
+    bare.route.encap = Some(Encap::Bpf(kept));
+    Ok(bare)
+}
+
+/// The route `dst` (with the key fields of `like`) in `routes`.
+fn same_key<'r>(routes: &'r [Route], like: &Route) -> Option<&'r Route> {
+    routes.iter().find(|r| {
+        (r.dst, r.table, r.tos, r.metric) == (like.dst, like.table, like.tos, like.metric)
+    })
 }
 
 impl<'a> RouteTap<'a> {
     /// Finds the route that carries `prefix` in `netns` (on `device` when given) and gives it
     /// `capture` (an `lwt_out` program) at its `lwt_out` hook.
+    #[cfg_attr(not(feature = "capture"), allow(dead_code))]
     pub fn hang(
         netns: &'a NetNs,
         prefix: IpNetwork,
@@ -196,85 +315,32 @@ impl<'a> RouteTap<'a> {
                 ));
             }
         }
-        if let Some(id) = original.nhid {
+        if let Some(Encap::Bpf(BpfEncap {
+            output: Some(out), ..
+        })) = &original.encap
+        {
             return Err(refuse(
                 prefix,
-                format!("{shown} runs nexthop object {id}'s programs, not programs of its own"),
+                format!("{shown} runs '{}' at lwt_out already", out.name),
             ));
         }
-        let (bpf, programs) = match &original.encap {
-            None => (BpfEncap::default(), Vec::new()),
-            Some(Encap::Bpf(b)) => {
-                if let Some(out) = &b.output {
-                    return Err(refuse(
-                        prefix,
-                        format!("{shown} runs '{}' at lwt_out already", out.name),
-                    ));
-                }
-                let mut programs = Vec::new();
-                let mut keep = |hook, p: &Option<ProgRef>| -> Result<Option<ProgRef>> {
-                    p.as_ref()
-                        .map(|p| {
-                            let (r, prog) = reopen(prefix, hook, p)?;
-                            programs.push(prog);
-                            Ok(r)
-                        })
-                        .transpose()
-                };
-                let input = keep("lwt_in", &b.input)?;
-                let xmit = keep("lwt_xmit", &b.xmit)?;
-                (
-                    BpfEncap {
-                        input,
-                        xmit,
-                        ..Default::default()
-                    },
-                    programs,
-                )
-            }
-            Some(_) => {
-                return Err(refuse(
-                    prefix,
-                    format!(
-                        "{shown} has an encap that is not LWT BPF, and a route has one encap only"
-                    ),
-                ))
-            }
-        };
-        let probe = probe_address(prefix);
+        let bare = bare(&mut nl, netns, &routes, &original, &|reason| {
+            refuse(prefix, reason)
+        })?;
         let mut tap = RouteTap {
             nl,
             netns,
-            restore: original.clone(),
+            restore: bare.route,
             original,
-            _programs: programs,
-            path_mtu: None,
-            probe,
+            _programs: bare.programs,
+            path_mtu: bare.path_mtu,
+            probe: bare.probe,
             armed: false,
         };
-        let mut bpf = bpf;
-        if tap.original.encap.is_some() {
-            // The headroom, from the path MTU (see the module's comment).
-            let mtu = path_mtu(tap.netns, probe)?;
-            let base = match (tap.original.mtu, tap.original.oif) {
-                (Some(m), _) => m.bytes,
-                (None, Some(oif)) => tap.nl.link_by_index(oif)?.mtu,
-                (None, None) => mtu,
-            };
-            let headroom = base.saturating_sub(mtu);
-            if headroom > MAX_HEADROOM {
-                return Err(refuse(
-                    prefix,
-                    format!(
-                        "the path MTU into it ({mtu}) is not the route's ({base}) minus an LWT \
-                         headroom (a cached path MTU?), so the route could not be put back as it is"
-                    ),
-                ));
-            }
-            bpf.headroom = (headroom > 0).then_some(headroom);
-            tap.path_mtu = Some(mtu);
-            tap.restore.encap = Some(Encap::Bpf(bpf.clone()));
-        }
+        let mut bpf = match &tap.restore.encap {
+            Some(Encap::Bpf(b)) => b.clone(),
+            _ => BpfEncap::default(),
+        };
         let mut during = tap.restore.clone();
         bpf.output = Some(ProgRef::new(
             capture.as_fd().as_raw_fd(),
@@ -289,7 +355,62 @@ impl<'a> RouteTap<'a> {
         Ok(tap)
     }
 
+    /// Takes over `route` in `netns`, which runs a program at `lwt_out` that nobody will take off
+    /// (a capture whose process was killed): [`restore`](Self::restore) then puts the route back
+    /// without it, everything else kept. Nothing changes until then; dropping the tap changes
+    /// nothing either.
+    ///
+    /// Refuses (InvalidInput, saying why) a route that cannot be put back exactly: one over a
+    /// nexthop object, in another table than main (its headroom cannot be read back), whose other
+    /// programs lwtun did not name, or whose path MTU does not tell its headroom.
+    pub fn adopt(netns: &'a NetNs, route: &Route) -> Result<RouteTap<'a>> {
+        let (dst, table) = (route.dst, route.table);
+        let cannot = |reason: String| {
+            Error::other(
+                ErrorKind::InvalidInput,
+                "put a route back without its lwt_out program",
+                format!("{reason}; lwtun does not guess the rest of the route"),
+            )
+            .with_object(dst.to_string())
+            .with_hint(format!(
+                "see the route with `ip route show {dst} table {table}` and put it back without \
+                 its `encap bpf out` program with `ip route replace`, or delete it with \
+                 `ip route del {dst} table {table}`"
+            ))
+        };
+        let mut nl = Netlink::open_in(netns)?;
+        let routes = nl.routes(&RouteFilter {
+            ipv4: dst.is_ipv4(),
+            ipv6: dst.is_ipv6(),
+            ..RouteFilter::all()
+        })?;
+        let original = same_key(&routes, route)
+            .ok_or_else(|| Error::not_found(OP, "the route is gone").with_object(dst.to_string()))?
+            .clone();
+        if !matches!(
+            &original.encap,
+            Some(Encap::Bpf(BpfEncap {
+                output: Some(_),
+                ..
+            }))
+        ) {
+            return Err(cannot("it runs no program at lwt_out".to_string()));
+        }
+        let bare = bare(&mut nl, netns, &routes, &original, &cannot)?;
+        Ok(RouteTap {
+            nl,
+            netns,
+            restore: bare.route,
+            original,
+            _programs: bare.programs,
+            path_mtu: bare.path_mtu,
+            probe: bare.probe,
+            armed: false,
+        })
+    }
+
     /// The route the capture is on, as it was before.
+    #[cfg_attr(not(feature = "capture"), allow(dead_code))]
     pub fn route(&self) -> &Route {
         &self.original
     }
@@ -302,15 +423,7 @@ impl<'a> RouteTap<'a> {
             ipv6: self.original.dst.is_ipv6(),
             ..RouteFilter::all()
         })?;
-        let now = routes.iter().find(|r| {
-            (r.dst, r.table, r.tos, r.metric)
-                == (
-                    self.original.dst,
-                    self.original.table,
-                    self.original.tos,
-                    self.original.metric,
-                )
-        });
+        let now = same_key(&routes, &self.original);
         let mtu = match self.path_mtu {
             Some(_) => Some(path_mtu(self.netns, self.probe)?),
             None => None,
@@ -352,10 +465,10 @@ impl<'a> RouteTap<'a> {
             .map_err(|e| e.with_object(self.original.dst.to_string()))
     }
 
-    /// Puts the route back as it was, and checks that it is.
+    /// Puts the route back as it was (without the program at `lwt_out`), and checks that it is.
     pub fn restore(mut self) -> Result<()> {
         self.put_back()?;
-        self.check("after the capture")
+        self.check("put back")
     }
 }
 
