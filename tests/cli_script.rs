@@ -256,7 +256,8 @@ fn messages_name_devices_and_give_complete_commands() {
     let err = fails(&["-n", &n, "route", "del", "10.21.0.0/16"], 3);
     assert!(err.contains(&format!("`lwtun -n {n} route show`")), "{err}");
 
-    // a route in the way: named by device, with the ip command that shows it
+    // a route in the way (found by the check before anything is sent): named by device, with
+    // the ip command that shows it and the lwtun command that replaces it
     common::ip(&ns, &["route", "add", "10.20.0.0/16", "dev", "sc0"]);
     let pin = common::PinDir::new("script-route");
     ok(&["tunnel", "load", "--pin", pin.arg()]);
@@ -279,9 +280,12 @@ fn messages_name_devices_and_give_complete_commands() {
         err.contains(&format!("`ip -n {n} route show 10.20.0.0/16`")),
         "in the namespace the command acted in: {err}"
     );
+    assert!(
+        err.contains(&format!("`lwtun -n {n} route replace --pin {}", pin.arg())),
+        "{err}"
+    );
     speaks_cli(&err);
     let v = fails_json(&add, 4);
-    assert_eq!(v["error"]["errno"], libc::EEXIST, "{v}");
     assert_eq!(v["error"]["op"], "add route", "{v}");
     assert!(
         v["error"]["object"].as_str().unwrap().contains("dev sc0"),

@@ -320,9 +320,10 @@ impl<'c> Editor<'c> {
                             ErrorKind::Exists,
                             "add route",
                             format!(
-                                "a route to {} is there already; change it with `lwtun{ns} \
-                                 route replace --pin {} {} --dev {} ...` or delete it with \
-                                 `ip{ns} route del {}`",
+                                "a route to {} is there already (`ip{ns} route show {}`); \
+                                 change it with `lwtun{ns} route replace --pin {} {} --dev {} \
+                                 ...` or delete it with `ip{ns} route del {}`",
+                                r.prefix,
                                 r.prefix,
                                 r.pin.display(),
                                 r.prefix,
@@ -330,7 +331,7 @@ impl<'c> Editor<'c> {
                                 r.prefix
                             ),
                         )
-                        .with_object(r.prefix.to_string()));
+                        .with_object(format!("{} dev {}", r.prefix, r.dev)));
                     }
                 }
                 added_routes.insert(slot);
