@@ -1092,8 +1092,9 @@ impl TunnelTables {
     ///
     /// Counts made by the old tables between the copy and the switch of the routes (a
     /// millisecond or so) are not carried over. Routes into this tunnel in other namespaces
-    /// keep the old tables (and stop seeing peer changes): resize where the routes are.
-    /// A capacity equal to the current one changes nothing.
+    /// keep the old tables (and stop seeing peer changes): [`resize_in`](Self::resize_in)
+    /// moves the routes of several namespaces. A capacity equal to the current one changes
+    /// nothing.
     ///
     /// # Examples
     ///
@@ -1116,6 +1117,31 @@ impl TunnelTables {
     /// switched nothing is changed; a route that cannot be switched puts the ones switched
     /// before it back, and the folder stays as it was.
     pub fn resize(&mut self, nl: &mut Netlink, capacity: u32) -> Result<usize> {
+        self.resize_in(std::slice::from_mut(nl), capacity)
+    }
+
+    /// As [`resize`](Self::resize), moving the tunnel's routes in every namespace of
+    /// `namespaces` (a socket opened in each, [`Netlink::open_in`]): all of them switch to the
+    /// new tables, or, when one cannot, none does.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use lwtun::netlink::Netlink;
+    /// use lwtun::netns::NetNs;
+    /// use lwtun::tunnel::TunnelTables;
+    ///
+    /// let mut tables = TunnelTables::open("/sys/fs/bpf/lwtun/t0")?;
+    /// let mut sockets = vec![Netlink::open()?, Netlink::open_in(&NetNs::open("blue")?)?];
+    /// let moved = tables.resize_in(&mut sockets, 65_536)?;
+    /// println!("{moved} route(s) in two namespaces now use the larger tables");
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`resize`](Self::resize).
+    pub fn resize_in(&mut self, namespaces: &mut [Netlink], capacity: u32) -> Result<usize> {
         let op = "resize tunnel";
         let object = self.folder.display().to_string();
         let old_capacity = self.peers.capacity();
@@ -1133,8 +1159,15 @@ impl TunnelTables {
             .with_object(object));
         }
         // The routes to move, with the programs they run now (kept for a way back).
-        let mut moves: Vec<(crate::netlink::route::Route, Vec<LwtProgram>)> = Vec::new();
-        for route in crate::route::lwt_routes(nl)? {
+        let mut moves: Vec<(usize, crate::netlink::route::Route, Vec<LwtProgram>)> = Vec::new();
+        for (ns, route) in namespaces
+            .iter_mut()
+            .enumerate()
+            .map(|(ns, nl)| Ok((ns, crate::route::lwt_routes(nl)?)))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .flat_map(|(ns, routes)| routes.into_iter().map(move |r| (ns, r)))
+        {
             let programs: Vec<LwtProgram> = Hook::LWT
                 .iter()
                 .filter_map(|h| crate::route::program_of(&route, *h)?.ok())
@@ -1157,7 +1190,7 @@ impl TunnelTables {
                 )
                 .with_object(object));
             }
-            moves.push((route, programs));
+            moves.push((ns, route, programs));
         }
         // New tables and programs, filled with a copy of the old tables.
         let fresh = TunnelBuilder {
@@ -1203,31 +1236,33 @@ impl TunnelTables {
             next
         };
         // The routes `moves[..n]` back on their old programs (a failure after switching them).
-        let switch_back = |nl: &mut Netlink, n: usize| {
-            for (route, programs) in &moves[..n] {
+        let switch_back = |namespaces: &mut [Netlink], n: usize| {
+            for (ns, route, programs) in &moves[..n] {
                 let old: Vec<&LwtProgram> = programs.iter().collect();
                 let has_xmit = old.iter().any(|p| p.hook() == Hook::Xmit);
-                let _ = nl.replace_route(&rebuilt(
+                let _ = namespaces[*ns].replace_route(&rebuilt(
                     route,
                     &old,
                     has_xmit.then_some(WORST_CASE_ENCAP.max(headroom)),
                 ));
             }
         };
-        for (i, (route, programs)) in moves.iter().enumerate() {
+        for (i, (ns, route, programs)) in moves.iter().enumerate() {
             let new: Vec<&LwtProgram> = programs
                 .iter()
                 .map(|p| replacement(p).unwrap_or(p))
                 .collect();
             let has_xmit = new.iter().any(|p| p.hook() == Hook::Xmit);
-            if let Err(e) = nl.replace_route(&rebuilt(route, &new, has_xmit.then_some(headroom))) {
-                switch_back(nl, i);
+            if let Err(e) =
+                namespaces[*ns].replace_route(&rebuilt(route, &new, has_xmit.then_some(headroom)))
+            {
+                switch_back(namespaces, i);
                 return Err(e.with_object(format!("{object}: route to {}", route.dst)));
             }
         }
         // Pin the new maps and programs over the old ones, each renamed into place.
         if let Err(e) = self.pin_over(&fresh, &direct) {
-            switch_back(nl, moves.len());
+            switch_back(namespaces, moves.len());
             return Err(e);
         }
         self.peers = PeerTable::read_pinned(&self.folder)?;

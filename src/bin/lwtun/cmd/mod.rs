@@ -5,6 +5,7 @@ pub(crate) mod edit;
 pub(crate) mod leftovers;
 pub(crate) mod owners;
 pub(crate) mod peer;
+pub(crate) mod places;
 pub(crate) mod route;
 pub(crate) mod tunnel;
 pub(crate) mod unload;

@@ -31,8 +31,9 @@ pub(crate) enum TunnelCommand {
         miss: Option<Miss>,
     },
     /// Grow a pinned tunnel's tables to CAPACITY peers each, without losing a packet: new
-    /// tables and programs get a copy of the peers and counters, the tunnel's routes in this
-    /// namespace switch to them (route replace), and they are pinned in place of the old ones.
+    /// tables and programs get a copy of the peers and counters, the tunnel's routes switch to
+    /// them (route replace) in every namespace lwtun finds them (this one, the named and
+    /// mounted ones, those of running processes), and they are pinned in place of the old ones.
     Resize {
         #[arg(long, value_name = "DIR")]
         pin: PathBuf,
@@ -311,8 +312,12 @@ pub(crate) fn tunnel(ctx: &Ctx, command: TunnelCommand) -> Result<()> {
             let mut tables =
                 TunnelTables::open(&pin).map_err(|e| crate::cmd::edit::open_error(e, &pin))?;
             let before = tables.peers().capacity();
-            let mut nl = ctx.netlink()?;
-            let moved = tables.resize(&mut nl, capacity)?;
+            // The tunnel's routes move in every namespace they are found in, all or none.
+            let mut sockets = crate::cmd::places::namespaces(ctx)?
+                .iter()
+                .map(|place| lwtun::netlink::Netlink::open_in(&place.netns))
+                .collect::<Result<Vec<_>>>()?;
+            let moved = tables.resize_in(&mut sockets, capacity)?;
             if ctx.json {
                 return ctx.print_json(&serde_json::json!({
                     "pin": pin.display().to_string(),
