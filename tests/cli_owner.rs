@@ -457,15 +457,17 @@ impl ThreadNetns {
     fn reveal(&self, name: &str) -> Revealed {
         let path = Path::new(lwtun::netns::NETNS_RUN_DIR).join(name);
         std::fs::write(&path, b"").unwrap();
+        // Removed again also when the mount fails.
+        let revealed = Revealed(path);
         bind_mount(
             Path::new(&format!(
                 "/proc/{}/task/{}/ns/net",
                 std::process::id(),
                 self.tid
             )),
-            &path,
+            &revealed.0,
         );
-        Revealed(path)
+        revealed
     }
 }
 
