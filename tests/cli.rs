@@ -11,124 +11,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use common::cli::{bpftool_dump, fails_with, hosts, json, lwtun, ok, ping_b, setup, TempFile};
 
-use lwtun::decap::{Decap, DecapPeer};
 use lwtun::peer::{Encap, EncapPeer};
 use lwtun::tunnel::Tunnel;
 use serde_json::{json, Value};
-
-/// Runs `lwtun ARGS` and returns its output.
-fn lwtun(args: &[&str]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_lwtun"))
-        .args(args)
-        .output()
-        .expect("run lwtun")
-}
-
-/// Runs `lwtun ARGS`, which must succeed, and returns its stdout.
-fn ok(args: &[&str]) -> String {
-    let out = lwtun(args);
-    assert!(
-        out.status.success(),
-        "lwtun {args:?} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Runs `lwtun -j ARGS` and parses its stdout.
-fn json(args: &[&str]) -> Value {
-    let mut all = vec!["-j"];
-    all.extend_from_slice(args);
-    let out = ok(&all);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("lwtun {all:?}: {e}: {out}"))
-}
-
-/// Runs `lwtun ARGS`, which must fail with `code`, and returns its stderr.
-fn fails(args: &[&str], code: i32) -> String {
-    let out = lwtun(args);
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "lwtun {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stderr).unwrap()
-}
-
-/// A file under the temp dir, removed when dropped.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(name: &str, text: &str) -> TempFile {
-        let path = std::env::temp_dir().join(format!("lwtun-cli-{}-{name}", std::process::id()));
-        std::fs::write(&path, text).unwrap();
-        TempFile(path)
-    }
-
-    fn arg(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn bpftool_dump(map: &Path) -> Value {
-    let out = std::process::Command::new("bpftool")
-        .args(["-j", "map", "dump", "pinned"])
-        .arg(map)
-        .output()
-        .expect("run bpftool");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// Host A and B with their inner addresses, and B's answers to A's inner address routed back
-/// plainly.
-fn hosts() -> common::Line {
-    let net = common::two_hosts();
-    common::ip(net.ns(0), &["addr", "add", "10.30.0.1/32", "dev", "lo"]);
-    common::ip(net.ns(1), &["addr", "add", "10.20.0.2/32", "dev", "lo"]);
-    common::ip(
-        net.ns(1),
-        &["route", "add", "10.30.0.1/32", "via", "10.77.0.1"],
-    );
-    net
-}
-
-/// [`hosts`], B decapsulating what comes from A.
-fn setup() -> (common::Line, Decap) {
-    let net = hosts();
-    let mut decap = Decap::load().unwrap();
-    decap.add_local("10.77.0.2".parse().unwrap()).unwrap();
-    decap
-        .add_peer(DecapPeer::host("10.77.0.1".parse().unwrap()))
-        .unwrap();
-    decap.attach(&net.device(1, "to0")).unwrap();
-    (net, decap)
-}
-
-fn ping_b(net: &common::Line, count: u32) -> common::Ping {
-    common::ping_with(
-        net.ns(0),
-        "10.20.0.2".parse().unwrap(),
-        count,
-        &["-I", "10.30.0.1", "-i", "0.1", "-W", "1"],
-    )
-}
 
 #[test]
 fn load_peer_route_ping_show_adopt_unload() {
@@ -300,7 +187,7 @@ fn load_peer_route_ping_show_adopt_unload() {
         ] {
             let mut args = vec!["-n", a.as_str()];
             args.extend_from_slice(edit);
-            let err = fails(&args, 4);
+            let err = fails_with(&args, 4);
             assert!(
                 err.contains(&format!("process {}", std::process::id())),
                 "{edit:?}: {err}"
@@ -380,7 +267,7 @@ fn load_peer_route_ping_show_adopt_unload() {
     assert!(tc.is_empty(), "fix-up detached: {tc:?}");
     let ping = ping_b(&net, 2);
     assert_eq!(ping.received, 0, "no tunnel any more: {}", ping.output);
-    let err = fails(&["-n", &a, "tunnel", "show", "--pin", p], 3);
+    let err = fails_with(&["-n", &a, "tunnel", "show", "--pin", p], 3);
     assert!(err.contains("no lwtun tunnel pins"), "{err}");
 }
 
@@ -400,7 +287,7 @@ fn batch_with_a_bad_line_applies_nothing() {
         "10.50.0.0/16 remote 192.0.2.9 local 192.0.2.100 encap udp".into(),
     );
     let file = TempFile::new("bad", &bad.join("\n"));
-    let err = fails(&["peer", "add", "--pin", p, "-b", file.arg()], 7);
+    let err = fails_with(&["peer", "add", "--pin", p, "-b", file.arg()], 7);
     assert!(err.contains(&format!("{}:5", file.arg())), "{err}");
     assert!(err.contains("port"), "says what is missing: {err}");
     assert_eq!(json(&["peer", "show", "--pin", p]), json!([]));
@@ -421,7 +308,7 @@ fn batch_with_a_bad_line_applies_nothing() {
         "ipip",
     ]);
     let file = TempFile::new("dup", &good.join("\n"));
-    let err = fails(&["peer", "add", "--pin", p, "-b", file.arg()], 4);
+    let err = fails_with(&["peer", "add", "--pin", p, "-b", file.arg()], 4);
     assert!(err.contains(&format!("{}:4", file.arg())), "{err}");
     assert_eq!(
         json(&["peer", "show", "--pin", p])
@@ -486,8 +373,8 @@ fn batch_with_a_bad_line_applies_nothing() {
 fn refusals_and_usage_errors() {
     require!();
     // Usage errors exit 2, as clap does.
-    fails(&["peer", "show"], 2);
-    fails(&["frobnicate"], 2);
+    fails_with(&["peer", "show"], 2);
+    fails_with(&["frobnicate"], 2);
     // A folder that holds another program's pins is refused with the library's error.
     let pin = common::PinDir::new("foreign");
     std::fs::create_dir_all(&pin.0).unwrap();
@@ -510,19 +397,19 @@ fn refusals_and_usage_errors() {
         .status()
         .unwrap();
     assert!(st.success());
-    let err = fails(&["tunnel", "load", "--pin", pin.arg()], 7);
+    let err = fails_with(&["tunnel", "load", "--pin", pin.arg()], 7);
     assert!(err.contains("another program's pins"), "{err}");
-    let err = fails(&["peer", "show", "--pin", pin.arg()], 7);
+    let err = fails_with(&["peer", "show", "--pin", pin.arg()], 7);
     assert!(err.contains("another program's pins"), "{err}");
     // A folder without pins is not a tunnel (show does not make one).
     let empty = common::PinDir::new("empty");
-    let err = fails(&["tunnel", "show", "--pin", empty.arg()], 3);
+    let err = fails_with(&["tunnel", "show", "--pin", empty.arg()], 3);
     assert!(err.contains("no lwtun tunnel pins"), "{err}");
     assert!(!empty.0.exists());
     // A bad peer on the command line.
     let good = common::PinDir::new("words");
     ok(&["tunnel", "load", "--pin", good.arg()]);
-    let err = fails(
+    let err = fails_with(
         &[
             "peer",
             "add",
@@ -593,7 +480,7 @@ fn xdp_attach_stats_detach() {
         "{human}"
     );
     ok(&["-n", &b, "xdp", "detach", "to0"]);
-    let err = fails(&["-n", &b, "xdp", "stats", "to0"], 3);
+    let err = fails_with(&["-n", &b, "xdp", "stats", "to0"], 3);
     assert!(err.contains("XDP program"), "{err}");
 }
 
@@ -626,7 +513,7 @@ fn decap_attach_show_detach() {
         json!([{"prefix": "10.77.0.1/32", "gre_key": null}, {"prefix": "10.78.0.0/24", "gre_key": 9}])
     );
     assert_eq!(attached["links"].as_array().unwrap().len(), 1);
-    let err = fails(&["-n", &b, "decap", "attach", "to0", "--pin", p], 4);
+    let err = fails_with(&["-n", &b, "decap", "attach", "to0", "--pin", p], 4);
     assert!(err.contains("already"), "{err}");
 
     let mut nl = lwtun::netlink::Netlink::open_in(net.ns(0)).unwrap();
@@ -780,7 +667,7 @@ fn route_del_and_leftovers() {
         ]);
     }
     // Without a source the command refuses, as Tunnel::steer does.
-    let err = fails(
+    let err = fails_with(
         &[
             "-n",
             &a,
@@ -802,7 +689,7 @@ fn route_del_and_leftovers() {
     assert_eq!(stats["misses"]["passed_v4"], 2, "{stats}");
 
     ok(&["-n", &a, "route", "del", "10.21.0.0/16"]);
-    let err = fails(&["-n", &a, "route", "del", "10.21.0.0/16"], 3);
+    let err = fails_with(&["-n", &a, "route", "del", "10.21.0.0/16"], 3);
     assert!(err.contains("no lwtun route"), "{err}");
     let human = ok(&["-n", &a, "route", "show"]);
     assert!(

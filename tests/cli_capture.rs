@@ -12,32 +12,15 @@
 
 mod common;
 
+use common::cli::{lwtun, ok};
+
 use std::io::{BufRead, BufReader, Lines};
-use std::process::{Child, ChildStderr, Command, Output, Stdio};
+use std::process::{Child, ChildStderr, Command, Stdio};
 
 use lwtun::decap::{Decap, DecapPeer};
 use serde_json::Value;
 
 const KEY: u32 = 77;
-
-fn lwtun(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lwtun"))
-        .args(args)
-        .output()
-        .expect("run lwtun")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = lwtun(args);
-    assert!(
-        out.status.success(),
-        "lwtun {args:?} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// A running `lwtun capture`, killed when dropped.
 struct Running {

@@ -18,92 +18,19 @@
 
 mod common;
 
+use common::cli::{fails, hosts, json, lwtun, ping_b, setup};
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lwtun::decap::{Decap, DecapPeer};
+use lwtun::decap::Decap;
 use lwtun::netlink::Netlink;
 use lwtun::netns::NetNs;
 use lwtun::peer::{Encap, EncapPeer};
 use lwtun::tunnel::Tunnel;
 use serde_json::Value;
-
-/// Runs `lwtun ARGS` and returns its output.
-fn lwtun(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lwtun"))
-        .args(args)
-        .output()
-        .expect("run lwtun")
-}
-
-/// Runs `lwtun -j ARGS`, which must succeed, and parses its stdout.
-fn json(args: &[&str]) -> Value {
-    let mut all = vec!["-j"];
-    all.extend_from_slice(args);
-    let out = lwtun(&all);
-    assert!(
-        out.status.success(),
-        "lwtun {all:?} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "lwtun {all:?}: {e}: {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
-
-/// Runs `lwtun ARGS`, which must fail, and returns its stderr (the exit code is the command's
-/// table of error kinds; any failure will do here).
-fn refused(args: &[&str]) -> String {
-    let out = lwtun(args);
-    assert!(
-        !out.status.success(),
-        "lwtun {args:?} succeeded: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stderr).unwrap()
-}
-
-/// Host A and B with their inner addresses, and B's answers to A's inner address routed back
-/// plainly.
-fn hosts() -> common::Line {
-    let net = common::two_hosts();
-    common::ip(net.ns(0), &["addr", "add", "10.30.0.1/32", "dev", "lo"]);
-    common::ip(net.ns(1), &["addr", "add", "10.20.0.2/32", "dev", "lo"]);
-    common::ip(
-        net.ns(1),
-        &["route", "add", "10.30.0.1/32", "via", "10.77.0.1"],
-    );
-    net
-}
-
-/// [`hosts`], B decapsulating what comes from A (held by this test process, in B only).
-fn setup() -> (common::Line, Decap) {
-    let net = hosts();
-    let mut decap = Decap::load().unwrap();
-    decap.add_local("10.77.0.2".parse().unwrap()).unwrap();
-    decap
-        .add_peer(DecapPeer::host("10.77.0.1".parse().unwrap()))
-        .unwrap();
-    decap.attach(&net.device(1, "to0")).unwrap();
-    (net, decap)
-}
-
-/// Pings B's inner address from A's; how many of `count` answers came back.
-fn ping_b(net: &common::Line, count: u32) -> common::Ping {
-    common::ping_with(
-        net.ns(0),
-        "10.20.0.2".parse().unwrap(),
-        count,
-        &["-I", "10.30.0.1", "-i", "0.1", "-W", "1"],
-    )
-}
 
 fn has_route(ns: &NetNs, dst: &str) -> bool {
     common::ip(ns, &["route", "show"]).contains(dst)
@@ -280,7 +207,7 @@ fn a_library_process_owning_a_pinned_tunnel_is_never_broken() {
         vec!["tunnel", "unload", "--pin", p],
         vec!["-n", &a, "tunnel", "unload", "--pin", p],
     ] {
-        let err = refused(&args);
+        let err = fails(&args);
         assert!(err.contains(&format!("process {pid}")), "{args:?}: {err}");
         assert!(err.contains("--force"), "{args:?}: {err}");
     }
@@ -536,7 +463,7 @@ fn unload_refuses_while_a_route_it_cannot_see_uses_the_table() {
     let hidden = ThreadNetns::hide(ns);
 
     // The route runs over the table, but in no namespace the command can find.
-    let err = refused(&["tunnel", "unload", "--pin", p]);
+    let err = fails(&["tunnel", "unload", "--pin", p]);
     assert!(
         err.contains(&program.to_string()),
         "names the program: {err}"
@@ -601,7 +528,7 @@ fn decap_detach_and_leftovers_keep_a_live_decap_owner() {
     // A library process adopts the decap: now it is that process's.
     let owner = Owner::spawn(&["decap", d]);
     let pid = u64::from(owner.pid());
-    let err = refused(&["-n", &b, "decap", "detach", "to0", "--pin", d]);
+    let err = fails(&["-n", &b, "decap", "detach", "to0", "--pin", d]);
     assert!(err.contains(&format!("process {pid}")), "{err}");
     assert!(
         err.contains(&format!("-n {b} decap detach to0 --pin {d} --force")),
@@ -837,7 +764,7 @@ fn a_route_that_cannot_be_put_back_exactly_is_refused_before_anything_goes() {
     let left = json(&["-n", &a, "leftovers"]);
     assert_eq!(left["route_hooks"].as_array().unwrap().len(), 3, "{left}");
 
-    let err = refused(&["-n", &a, "leftovers", "--remove"]);
+    let err = fails(&["-n", &a, "leftovers", "--remove"]);
     assert!(
         err.contains("10.98.0.0/24") && err.contains("table 100") && err.contains("route replace"),
         "says which route, why, and what to do: {err}"
@@ -1064,7 +991,7 @@ fn leftovers_keeps_a_live_agents_data_plane() {
         "traffic still flows after leftovers --remove"
     );
     // B's pinned tunnel: unload refuses, naming the agent.
-    let err = refused(&["tunnel", "unload", "--pin", pin_b.arg()]);
+    let err = fails(&["tunnel", "unload", "--pin", pin_b.arg()]);
     assert!(
         err.contains(&format!("process {} (lwtun-agent)", agent_b.child.id())),
         "{err}"

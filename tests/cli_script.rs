@@ -6,31 +6,13 @@
 
 mod common;
 
+use common::cli::{lwtun, ok};
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
-
-/// Runs `lwtun ARGS`.
-fn lwtun(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lwtun"))
-        .args(args)
-        .output()
-        .expect("run lwtun")
-}
-
-/// Runs `lwtun ARGS`, which must succeed; its stdout.
-fn ok(args: &[&str]) -> String {
-    let out = lwtun(args);
-    assert!(
-        out.status.success(),
-        "lwtun {args:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// Runs `lwtun ARGS`, which must fail with `code`; its stderr, which must be one `lwtun: ...`
 /// sentence (and libbpf's lines after it, if any; clap's text for a usage error), never a

@@ -18,6 +18,8 @@
 //! ```
 #![allow(dead_code)]
 
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod packets;
 
 use std::io::{BufRead, BufReader, Read, Write};
