@@ -44,6 +44,22 @@ fn stats(d: &Dispatcher, id: MemberId) -> MemberStats {
     member_stats(d.member_object(id).unwrap()).unwrap()
 }
 
+/// The stats of `ids` once traffic has settled: read until two reads 50 ms apart agree (a
+/// device's own packets, IPv6 neighbour discovery say, reach a tc hook at any time, and one
+/// landing between the reads of two members would skew their comparison).
+fn settled<const N: usize>(d: &Dispatcher, ids: [MemberId; N]) -> [MemberStats; N] {
+    let mut last = ids.map(|id| stats(d, id));
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = ids.map(|id| stats(d, id));
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
 fn slots(d: &Dispatcher) -> Vec<u32> {
     d.members().iter().map(|m| m.id.slot()).collect()
 }
@@ -203,7 +219,7 @@ fn xdp_members_run_in_order_and_a_drop_stops_the_run() {
     assert_eq!(p.received, 3, "{}", p.output);
     // ARP and IPv6 control frames cross the hook too, so counts are at least the pings, equal
     // for the three members (each frame ran all of them), at positions 1, 2, 3 for every frame.
-    let s = [a, b, c].map(|id| stats(&d, id));
+    let s = settled(&d, [a, b, c]);
     assert!(s[0].packets >= 3, "{s:?}");
     for (i, st) in s.iter().enumerate() {
         assert_eq!(
@@ -261,7 +277,7 @@ fn tc_members_run_in_order_and_a_shot_stops_the_run() {
     let c = d.attach(6, MEMBER, "member_tc", &go_on).unwrap();
     let p = ping(3);
     assert_eq!(p.received, 3, "{}", p.output);
-    let s = [a, b, c].map(|id| stats(&d, id));
+    let s = settled(&d, [a, b, c]);
     assert!(s[0].packets >= 3, "{s:?}");
     for (i, st) in s.iter().enumerate() {
         assert_eq!(st.packets, s[0].packets, "{s:?}");
