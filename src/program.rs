@@ -501,9 +501,12 @@ pub(crate) fn load_opened(mut open: libbpf_rs::OpenObject, op: &str) -> Result<O
     // The verifier's log goes into this buffer instead of libbpf's stderr, so that a refusal
     // reaches the caller inside the error. libbpf loads each program without a log first and
     // fills the buffer only when retrying a program the kernel refused; the buffer is large
-    // because kernels before 6.4 keep the start of a log that overflows, not its end. Untouched
-    // pages of a zeroed allocation cost nothing.
-    let mut log = vec![0u8; VERIFIER_LOG_SIZE];
+    // because kernels before 6.4 keep the start of a log that overflows, not its end. It is an
+    // anonymous mapping of its own, so its untouched pages cost nothing (a heap allocation
+    // would not: once glibc has freed one buffer this size it serves the next from the heap
+    // and zeroes, so touches, all of it, and the pages stay resident after the free).
+    let mut buffer = LogBuffer::new(VERIFIER_LOG_SIZE);
+    let log = buffer.bytes_mut();
     for prog in open.progs_mut() {
         // SAFETY: the program pointer is valid while `open` lives; libbpf writes at most
         // `log.len()` bytes into `log`, which outlives the load below (it is dropped after
@@ -517,7 +520,7 @@ pub(crate) fn load_opened(mut open: libbpf_rs::OpenObject, op: &str) -> Result<O
         }
     }
     open.load().map_err(|e| {
-        let text = CStr::from_bytes_until_nul(&log)
+        let text = CStr::from_bytes_until_nul(log)
             .map(|c| c.to_string_lossy().into_owned())
             .unwrap_or_default();
         if !text.trim().is_empty() {
@@ -533,6 +536,56 @@ pub(crate) fn load_opened(mut open: libbpf_rs::OpenObject, op: &str) -> Result<O
             err
         }
     })
+}
+
+/// Zeroed memory mapped for one load's verifier log: the kernel's pages appear only where the
+/// log is written, and all go back when it drops.
+struct LogBuffer {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl LogBuffer {
+    fn new(len: usize) -> LogBuffer {
+        // SAFETY: an anonymous private mapping: no file, no fixed address.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            // No address space for the log: load without one (a refusal then carries
+            // libbpf's error alone).
+            return LogBuffer {
+                ptr: std::ptr::NonNull::dangling().as_ptr(),
+                len: 0,
+            };
+        }
+        LogBuffer {
+            ptr: ptr.cast(),
+            len,
+        }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: ptr is a live mapping of len bytes (or dangling with len 0), zero-filled by
+        // the kernel and only reachable through this borrow.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for LogBuffer {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: the mapping made in new, unmapped once.
+            unsafe { libc::munmap(self.ptr.cast(), self.len) };
+        }
+    }
 }
 
 /// Bytes of verifier log kept for a refused program (8 MiB: enough for a level-1 log of
