@@ -9,9 +9,11 @@
 //!  route 10.20.0.0/16 dev to1 src 10.30.0.1 encap bpf xmit (made by `lwtun route add`)
 //! ```
 
+#[path = "common/cli.rs"]
+mod cli;
 mod common;
 
-use common::cli::{bpftool_dump, fails_with, hosts, json, lwtun, ok, ping_b, setup, TempFile};
+use cli::{bpftool_dump, fails_with, hosts, json, lwtun, ok, ping_b, setup, TempFile};
 
 use lwtun::peer::{Encap, EncapPeer};
 use lwtun::tunnel::Tunnel;

@@ -10,9 +10,11 @@
 //! ```
 #![cfg(all(feature = "cli", feature = "capture"))]
 
+#[path = "common/cli.rs"]
+mod cli;
 mod common;
 
-use common::cli::{lwtun, ok};
+use cli::{lwtun, ok};
 
 use std::io::{BufRead, BufReader, Lines};
 use std::process::{Child, ChildStderr, Command, Stdio};

@@ -9,9 +9,11 @@
 //!     10.77.0.1                              10.77.0.2, decap at tc ingress of to0
 //! ```
 
+#[path = "common/cli.rs"]
+mod cli;
 mod common;
 
-use common::cli::{fails, json, ok, ping_b, pinned_program_id, setup, TempFile};
+use cli::{fails, json, ok, ping_b, pinned_program_id, setup, TempFile};
 
 use lwtun::tunnel::Tunnel;
 use serde_json::Value;

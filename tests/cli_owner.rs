@@ -16,9 +16,11 @@
 //! (the ignored test `owner_child` is their entry), so they are real, separate processes whose
 //! pid the command must name.
 
+#[path = "common/cli.rs"]
+mod cli;
 mod common;
 
-use common::cli::{fails, hosts, json, lwtun, ping_b, setup};
+use cli::{fails, hosts, json, lwtun, ping_b, setup};
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};

@@ -4,9 +4,11 @@
 //! man page that renders, and the messages name objects by name with the command that fixes
 //! them, and nothing of the Rust API.
 
+#[path = "common/cli.rs"]
+mod cli;
 mod common;
 
-use common::cli::{lwtun, ok};
+use cli::{lwtun, ok};
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -2,11 +2,18 @@
 //! files, and the two-host tunnel the command tests build on (A sends into the tunnel, B
 //! decapsulates and answers plainly).
 //!
+//! Not a module of `common` (the agent's tests include that harness, in a crate without the
+//! command): a command test includes it next to it.
+//!
 //! ```ignore
 //! mod common;
-//! use common::cli::{json, ok};
+//! #[path = "common/cli.rs"]
+//! mod cli;
+//! use cli::{json, ok};
 //! let peers = json(&["peer", "show", "--pin", "/sys/fs/bpf/t0"]);
 //! ```
+
+#![allow(dead_code)] // each command test uses part of it
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -117,13 +124,13 @@ fn bpftool(args: &[&str], path: &Path) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// Hosts A and B ([`super::two_hosts`]) with their inner addresses (A 10.30.0.1, B 10.20.0.2),
+/// Hosts A and B ([`crate::common::two_hosts`]) with their inner addresses (A 10.30.0.1, B 10.20.0.2),
 /// and B's answers to A's inner address routed back plainly.
-pub fn hosts() -> super::Line {
-    let net = super::two_hosts();
-    super::ip(net.ns(0), &["addr", "add", "10.30.0.1/32", "dev", "lo"]);
-    super::ip(net.ns(1), &["addr", "add", "10.20.0.2/32", "dev", "lo"]);
-    super::ip(
+pub fn hosts() -> crate::common::Line {
+    let net = crate::common::two_hosts();
+    crate::common::ip(net.ns(0), &["addr", "add", "10.30.0.1/32", "dev", "lo"]);
+    crate::common::ip(net.ns(1), &["addr", "add", "10.20.0.2/32", "dev", "lo"]);
+    crate::common::ip(
         net.ns(1),
         &["route", "add", "10.30.0.1/32", "via", "10.77.0.1"],
     );
@@ -131,7 +138,7 @@ pub fn hosts() -> super::Line {
 }
 
 /// [`hosts`], B decapsulating what comes from A (held by the test process, attached in B).
-pub fn setup() -> (super::Line, Decap) {
+pub fn setup() -> (crate::common::Line, Decap) {
     let net = hosts();
     let mut decap = Decap::load().unwrap();
     decap.add_local("10.77.0.2".parse().unwrap()).unwrap();
@@ -143,8 +150,8 @@ pub fn setup() -> (super::Line, Decap) {
 }
 
 /// Pings B's inner address from A's, `count` times 0.1 s apart.
-pub fn ping_b(net: &super::Line, count: u32) -> super::Ping {
-    super::ping_with(
+pub fn ping_b(net: &crate::common::Line, count: u32) -> crate::common::Ping {
+    crate::common::ping_with(
         net.ns(0),
         "10.20.0.2".parse().unwrap(),
         count,

@@ -18,11 +18,6 @@
 //! ```
 #![allow(dead_code)]
 
-// Only where the lwtun command is built (the agent's tests include this harness too, in a
-// crate without that feature).
-#[allow(unexpected_cfgs)]
-#[cfg(feature = "cli")]
-pub mod cli;
 pub mod packets;
 
 use std::io::{BufRead, BufReader, Read, Write};
