@@ -13,7 +13,9 @@
 mod cli;
 mod common;
 
-use cli::{bpftool_dump, fails_with, hosts, json, lwtun, ok, ping_b, setup, TempFile};
+use cli::{
+    bpftool_dump, fails_with, hosts, json, lwtun, ok, pcap_records, ping_b, setup, TempFile,
+};
 
 use lwtun::peer::{Encap, EncapPeer};
 use lwtun::tunnel::Tunnel;
@@ -561,23 +563,6 @@ fn decap_attach_show_detach() {
     );
 }
 
-/// The packets of a pcap file: (captured length, bytes) of each record.
-fn pcap_records(bytes: &[u8]) -> Vec<Vec<u8>> {
-    assert!(
-        bytes.len() >= 24,
-        "a pcap file starts with a 24-byte header"
-    );
-    let mut out = Vec::new();
-    let mut at = 24;
-    while at + 16 <= bytes.len() {
-        let incl = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
-        out.push(bytes[at + 16..at + 16 + incl].to_vec());
-        at += 16 + incl;
-    }
-    assert_eq!(at, bytes.len(), "whole records");
-    out
-}
-
 #[test]
 fn capture_to_pcap_with_a_filter() {
     require!();
@@ -631,7 +616,7 @@ fn capture_to_pcap_with_a_filter() {
         rest.iter().any(|l| l.contains("3 packet(s) captured")),
         "{rest:?}"
     );
-    let records = pcap_records(&std::fs::read(&file.0).unwrap());
+    let records = pcap_records(&std::fs::read(&file.0).unwrap(), None);
     assert_eq!(records.len(), 3);
     for r in &records {
         assert_eq!(&r[12..14], &[0x08, 0x00], "IPv4 in Ethernet");

@@ -97,6 +97,30 @@ impl Drop for TempFile {
     }
 }
 
+/// The records of a little-endian pcap file (what `lwtun capture -w` writes), after checking
+/// its link type when one is given.
+pub fn pcap_records(bytes: &[u8], link_type: Option<u32>) -> Vec<Vec<u8>> {
+    assert!(
+        bytes.len() >= 24,
+        "a pcap file starts with a 24-byte header"
+    );
+    if let Some(link_type) = link_type {
+        assert_eq!(
+            u32::from_le_bytes(bytes[20..24].try_into().unwrap()),
+            link_type
+        );
+    }
+    let mut out = Vec::new();
+    let mut at = 24;
+    while at + 16 <= bytes.len() {
+        let incl = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
+        out.push(bytes[at + 16..at + 16 + incl].to_vec());
+        at += 16 + incl;
+    }
+    assert_eq!(at, bytes.len(), "whole records");
+    out
+}
+
 /// `bpftool -j map dump pinned MAP`, parsed.
 pub fn bpftool_dump(map: &Path) -> Value {
     bpftool(&["map", "dump", "pinned"], map)

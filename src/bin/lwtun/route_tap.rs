@@ -327,16 +327,7 @@ impl<'a> RouteTap<'a> {
         let bare = bare(&mut nl, netns, &routes, &original, &|reason| {
             refuse(prefix, reason)
         })?;
-        let mut tap = RouteTap {
-            nl,
-            netns,
-            restore: bare.route,
-            original,
-            _programs: bare.programs,
-            path_mtu: bare.path_mtu,
-            probe: bare.probe,
-            armed: false,
-        };
+        let mut tap = RouteTap::of(nl, netns, original, bare);
         let mut bpf = match &tap.restore.encap {
             Some(Encap::Bpf(b)) => b.clone(),
             _ => BpfEncap::default(),
@@ -397,7 +388,12 @@ impl<'a> RouteTap<'a> {
             return Err(cannot("it runs no program at lwt_out".to_string()));
         }
         let bare = bare(&mut nl, netns, &routes, &original, &cannot)?;
-        Ok(RouteTap {
+        Ok(RouteTap::of(nl, netns, original, bare))
+    }
+
+    /// The tap of `original`, which is put back as `bare` is (nothing changed yet).
+    fn of(nl: Netlink, netns: &'a NetNs, original: Route, bare: Bare) -> RouteTap<'a> {
+        RouteTap {
             nl,
             netns,
             restore: bare.route,
@@ -406,7 +402,7 @@ impl<'a> RouteTap<'a> {
             path_mtu: bare.path_mtu,
             probe: bare.probe,
             armed: false,
-        })
+        }
     }
 
     /// The route the capture is on, as it was before.
