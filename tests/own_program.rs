@@ -6,6 +6,9 @@
 //! stats, the captured packets). Then the mistakes: a program of the wrong type for the hook, a
 //! map where a program belongs, a chain stage loaded without the chain's maps.
 mod common;
+// The example, run by the_example_runs: what `cargo run --example own_program` does.
+#[path = "../examples/own_program.rs"]
+mod example;
 
 use std::net::IpAddr;
 use std::os::fd::AsFd;
@@ -327,4 +330,12 @@ fn wrong_programs_and_fds_are_refused_naming_both_types() {
     let e = chain.share_maps(&mut plain).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
     assert!(e.to_string().contains("bpf/chain.h"), "{e}");
+}
+
+#[test]
+fn the_example_runs() {
+    require!();
+    let started = Instant::now();
+    example::run().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(60), "bounded");
 }
