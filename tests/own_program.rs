@@ -31,6 +31,7 @@ const XDP: u32 = 2;
 const STAGE: u32 = 3;
 const PROTOS: u32 = 5;
 const ICMP: usize = 0;
+const ICMPV6: usize = 1;
 const TCP: usize = 2;
 
 const BPF_OK: i32 = 0;
@@ -122,6 +123,20 @@ fn own_program_on_an_lwt_route_counts_pings_and_tcp() {
     let before = counts(&object, LWT_XMIT);
     assert_eq!(ping(&net, 2).received, 2);
     assert_eq!(counts(&object, LWT_XMIT), before);
+
+    // The same program on an IPv6 route: it counts ICMPv6 echo requests.
+    let mut nl = Netlink::open_in(net.ns(0)).unwrap();
+    let dev = nl.device("to1").unwrap();
+    let _v6 = LwtRoute::new(format!("{}/128", net.v6(1)).parse().unwrap())
+        .device(&dev)
+        .program(Hook::Xmit, &program)
+        .install(&mut nl)
+        .unwrap();
+    let p = common::ping(net.ns(0), net.v6(1).into(), 3);
+    assert_eq!(p.received, 3, "{}", p.output);
+    let after = counts(&object, LWT_XMIT);
+    assert_eq!(after[ICMPV6] - before[ICMPV6], 3, "{after:?}");
+    assert_eq!(after[ICMP], before[ICMP]);
 }
 
 #[test]
@@ -221,6 +236,15 @@ fn own_program_as_a_dispatcher_member() {
     let [frames_after, _] = settled(|| read(&d));
     assert!(frames_after >= frames + 2);
     assert_eq!(counts(&object, XDP)[ICMP], 3);
+
+    // The object's bytes to the dispatcher instead: it loads own_xdp itself and keeps the
+    // object, whose map counts what this member sees.
+    let bytes = std::fs::read(OWN_OBJECT).unwrap();
+    let loaded = d.attach(1, &bytes, "own_xdp", &[]).unwrap();
+    assert_eq!(ping(&net, 2).received, 2);
+    let theirs = d.member_object(loaded).expect("the dispatcher loaded it");
+    assert_eq!(counts(theirs, XDP)[ICMP], 2);
+    assert_eq!(counts(&object, XDP)[ICMP], 3, "a map of its own");
 }
 
 #[test]
