@@ -347,6 +347,21 @@ fn wrong_programs_and_fds_are_refused_naming_both_types() {
     assert!(e.to_string().contains("share_maps"), "{e}");
     assert!(chain.stages().is_empty());
 
+    // An object built against another chain ABI (its lwtun_chain_abi, the first 16 bytes of
+    // .rodata, says version 99) is refused, and saying to rebuild it.
+    let mut other = open_own();
+    let mut rodata = other
+        .maps_mut()
+        .find(|m| m.name().to_string_lossy().ends_with(".rodata"))
+        .expect(".rodata");
+    rodata.initial_value_mut().expect("initial value")[4..8].copy_from_slice(&99u32.to_ne_bytes());
+    let e = chain.share_maps(&mut other).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert!(
+        e.to_string().contains("version 99") && e.to_string().contains("rebuild"),
+        "{e}"
+    );
+
     // An object not built on bpf/chain.h cannot share a chain's maps.
     let mut plain = ObjectBuilder::default()
         .open_memory(lwtun::skel::lwt_count::OBJECT)
