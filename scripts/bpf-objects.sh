@@ -49,6 +49,8 @@ if [ "$mode" = check ]; then
     exit 1
   fi
   echo "bpf-objects: bpf/obj/ matches bpf/ (${#wanted[@]} files, $(clang --version | head -1))"
+  # The example user object (built on bpf/chain.h, so a change there can change it too).
+  examples/own/build.sh --check
   exit 0
 fi
 
@@ -58,3 +60,4 @@ for f in "${wanted[@]}"; do
   cp "$out/$f" "bpf/obj/$f"
 done
 echo "bpf-objects: wrote ${#wanted[@]} files to bpf/obj/ ($(clang --version | head -1)); commit them"
+examples/own/build.sh

@@ -95,6 +95,19 @@ pub(crate) fn map_name_by_id(id: u32) -> Option<(String, u32)> {
     Some((info.name().unwrap_or_default().to_string(), info.info.type_))
 }
 
+/// The name libbpf gives program type `raw` (`BPF_PROG_TYPE_*`): "xdp", "sched_cls",
+/// "lwt_xmit", ..., with the number; just the number for a type libbpf does not know.
+pub(crate) fn prog_type_name(raw: u32) -> String {
+    // SAFETY: libbpf returns a static NUL-terminated string, or NULL for an unknown type.
+    let name = unsafe { libbpf_sys::libbpf_bpf_prog_type_str(raw) };
+    if name.is_null() {
+        return format!("{raw}");
+    }
+    // SAFETY: non-null, static and NUL-terminated (above).
+    let name = unsafe { std::ffi::CStr::from_ptr(name) };
+    format!("{} ({raw})", name.to_string_lossy())
+}
+
 /// A program's kernel name and id, read from its fd.
 fn program_name_and_id(fd: BorrowedFd<'_>) -> Option<(String, u32)> {
     let mut info = libbpf_sys::bpf_prog_info::default();
@@ -113,6 +126,19 @@ fn program_name_and_id(fd: BorrowedFd<'_>) -> Option<(String, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn program_types_are_named() {
+        assert_eq!(
+            prog_type_name(libbpf_sys::BPF_PROG_TYPE_XDP),
+            format!("xdp ({})", libbpf_sys::BPF_PROG_TYPE_XDP)
+        );
+        assert_eq!(
+            prog_type_name(libbpf_sys::BPF_PROG_TYPE_LWT_XMIT),
+            format!("lwt_xmit ({})", libbpf_sys::BPF_PROG_TYPE_LWT_XMIT)
+        );
+        assert_eq!(prog_type_name(100_000), "100000");
+    }
 
     #[test]
     fn a_file_is_not_a_bpf_object() {

@@ -198,7 +198,7 @@ impl Error {
     ///            invalid access to map value, value_size=260 off=0 size=0\n";
     /// let e = Error::verifier(
     ///     "load tunnel",
-    ///     libbpf_rs::Error::from(std::io::Error::from_raw_os_error(13)),
+    ///     lwtun::libbpf_rs::Error::from(std::io::Error::from_raw_os_error(13)),
     ///     log,
     /// );
     /// assert_eq!(e.kind(), ErrorKind::Verifier);

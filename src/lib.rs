@@ -112,6 +112,111 @@
 //! `AsFd` goes to [`tc::TcAttach::attach`], [`xdp::XdpAttachment::attach`] and
 //! [`route::LwtRoute::program`], which check its type.
 //!
+//! # Your own programs
+//!
+//! A program you wrote and built into a `.bpf.o` goes where lwtun's own go: lwtun takes any
+//! loaded program by its file descriptor and checks its type against the hook (a program of the
+//! wrong type is an [`ErrorKind::InvalidInput`] naming both types, a map or any other fd is
+//! refused naming what it holds). Load your object with libbpf-rs named through
+//! [`lwtun::libbpf_rs`](crate::libbpf_rs), the version lwtun is built with, so that its types
+//! meet lwtun's signatures. The object below is `examples/own/own_count.bpf.c`, which counts
+//! packets by protocol into its map `own_counts`; `examples/own_program.rs` runs all four
+//! placements with traffic and reads the counts. Your programs stay yours: lwtun keeps a
+//! reference of its own to each program it is given, so dropping your `Object` while a route,
+//! chain or dispatcher holds one of its programs leaves that program running (and its maps
+//! alive) until lwtun's handle goes.
+//!
+//! **1. On an LWT route**, at the hook its section names (`SEC("lwt_xmit")` for
+//! [`Hook::Xmit`]); `ip route show` then shows `encap bpf xmit
+//! lwtun:own_lwt_xmit:ID`:
+//!
+//! ```no_run
+//! use lwtun::libbpf_rs::ObjectBuilder;
+//! use lwtun::{netns::NetNs, route::{Hook, LwtRoute}, Error};
+//!
+//! let object = ObjectBuilder::default()
+//!     .open_file("own_count.bpf.o")
+//!     .and_then(|open| open.load())
+//!     .map_err(|e| Error::bpf("load own_count.bpf.o", e))?;
+//! let xmit = object.progs().find(|p| p.name() == "own_lwt_xmit").expect("in the object");
+//! let ns = NetNs::open("lab")?;
+//! let dev = ns.device("eth0")?;
+//! let route = LwtRoute::new("10.20.0.0/16".parse().unwrap())
+//!     .device(&dev)
+//!     .program(Hook::Xmit, &xmit)                // any program fd of the hook's type
+//!     .install(&mut dev.netlink()?)?;            // removed when `route` drops
+//! # let _ = route;
+//! # Ok::<(), lwtun::Error>(())
+//! ```
+//!
+//! **2. As a chain stage** ([`chain::ProgChain`]): after lwtun's stages, or before them when your
+//! program is built on lwtun's `bpf/chain.h` (see 4). A program that knows no chain ends the
+//! chain with its own verdict.
+//!
+//! ```no_run
+//! use lwtun::chain::{ChainHook, CountingStage, ProgChain};
+//! # let object: lwtun::libbpf_rs::Object = todo!();
+//!
+//! let mut chain = ProgChain::new(ChainHook::LwtXmit)?;
+//! let counting = CountingStage::load(&chain)?;
+//! chain.push(counting.program())?;
+//! let own = object.progs().find(|p| p.name() == "own_lwt_xmit").expect("in the object");
+//! chain.push(&own)?;                              // the last stage: its verdict ends the chain
+//! // give chain.lwt_entry()? to a route as in 1.
+//! # Ok::<(), lwtun::Error>(())
+//! ```
+//!
+//! **3. As a dispatcher member** ([`chain::Dispatcher`]): in a slot of its own; members before it
+//! decide whether it runs. (Or hand the object's bytes to [`chain::Dispatcher::attach`], which
+//! loads the program itself and keeps the object for [`chain::Dispatcher::member_object`].)
+//!
+//! ```no_run
+//! use lwtun::chain::{ChainHook, Dispatcher};
+//! use lwtun::xdp::{XdpAttachment, XdpOptions};
+//! # let object: lwtun::libbpf_rs::Object = todo!();
+//! # let dev: lwtun::Device = todo!();
+//!
+//! let mut dispatcher = Dispatcher::new(ChainHook::Xdp)?;
+//! let _attachment = XdpAttachment::attach(dispatcher.entry(), &dev, XdpOptions::default())?;
+//! // lwtun's member in slot 0 lets XDP_PASS (2) go on to slot 1.
+//! dispatcher.attach(0, lwtun::skel::dispatch_member::OBJECT, "member_xdp", &[2])?;
+//! let own = object.progs().find(|p| p.name() == "own_xdp").expect("in the object");
+//! dispatcher.attach_program(1, &own)?;
+//! # Ok::<(), lwtun::Error>(())
+//! ```
+//!
+//! **4. With a capture behind it**: a program built on lwtun's `bpf/chain.h` that ends with
+//! `return lwtun_chain_next(ctx, verdict);` hands the packet on through the chain to its exit
+//! hook, where a [`capture::Capture`] records it with your program's verdict. It must share the
+//! chain's maps: [`chain::ProgChain::share_maps`] between opening and loading the object.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use lwtun::capture::{Capture, CaptureOptions};
+//! use lwtun::chain::{ChainHook, ProgChain};
+//! use lwtun::libbpf_rs::ObjectBuilder;
+//! use lwtun::Error;
+//!
+//! let mut chain = ProgChain::new(ChainHook::LwtXmit)?;
+//! let mut open = ObjectBuilder::default()
+//!     .open_file("own_count.bpf.o")
+//!     .map_err(|e| Error::bpf("open own_count.bpf.o", e))?;
+//! chain.share_maps(&mut open)?;
+//! let object = open.load().map_err(|e| Error::bpf("load own_count.bpf.o", e))?;
+//! let stage = object.progs().find(|p| p.name() == "own_stage").expect("in the object");
+//! chain.push(&stage)?;
+//! let mut capture = Capture::attach(&mut chain, CaptureOptions::default())?;
+//! // give chain.lwt_entry()? to a route as in 1, then:
+//! for packet in capture.poll(Duration::from_secs(1))? {
+//!     println!("{}", packet.summary());          // "... BPF_OK IP 10.81.0.1 > ..."
+//! }
+//! # Ok::<(), lwtun::Error>(())
+//! ```
+//!
+//! Read your maps with libbpf-rs as usual (`object.maps()`, [`libbpf_rs::MapCore::lookup`]).
+//! lwtun's own objects are not yours to load this way: use their families
+//! ([`program::LwtCounter`], [`chain::CountingStage`], ...).
+//!
 //! # Errors
 //!
 //! Every fallible call returns [`Error`]; match on [`Error::kind`] (an [`ErrorKind`]), never on
@@ -240,16 +345,30 @@ pub use program::Hook;
 pub use route::LwtRoute;
 pub use tunnel::Tunnel;
 
-/// The libbpf-rs lwtun is built with, whose types appear in some of lwtun's signatures
-/// (`libbpf_rs::Error` in [`Error::bpf`], `libbpf_rs::ProgramType` in
-/// [`program::Hook::program_type`], `MapHandle`s of tables): name them through this re-export
-/// to get the same version lwtun uses.
+/// libbpf-rs 0.27, the version lwtun is built with. Its types appear in lwtun's signatures:
+/// `Error` ([`Error::bpf`], [`Error::verifier`]), `ProgramType` ([`program::Hook::program_type`],
+/// [`chain::ChainHook::program_type`]), `Object` ([`chain::Dispatcher::member_object`],
+/// [`chain::member_stats`]), `OpenObject` ([`chain::ProgChain::share_maps`]) and `MapHandle`
+/// ([`xdp::StatsMap::from_handle`]); and any `AsFd` program you load with it goes to lwtun's
+/// routes, chains and dispatchers (see [Your own programs](crate#your-own-programs)).
+///
+/// Name libbpf-rs through this re-export (`use lwtun::libbpf_rs::ObjectBuilder;`) instead of a
+/// `libbpf-rs` dependency of your own: two versions of libbpf-rs are two sets of types, and an
+/// `OpenObject` of another version does not fit [`chain::ProgChain::share_maps`]. The re-export
+/// follows lwtun's dependency, so a new lwtun with a new libbpf-rs changes your code only where
+/// libbpf-rs changed.
 ///
 /// # Examples
 ///
 /// ```
-/// use lwtun::libbpf_rs::ProgramType;
+/// use lwtun::libbpf_rs::{Error, MapHandle, Object, OpenObject, ProgramType};
+/// use lwtun::chain::{MemberStats, ProgChain};
 ///
 /// assert_eq!(lwtun::route::Hook::Xmit.program_type(), ProgramType::LwtXmit);
+/// // Every libbpf-rs type in lwtun's API is the one this re-export names:
+/// let _: fn(&ProgChain, &mut OpenObject) -> lwtun::Result<()> = ProgChain::share_maps;
+/// let _: fn(&Object) -> lwtun::Result<MemberStats> = lwtun::chain::member_stats;
+/// let _: fn(MapHandle) -> lwtun::Result<lwtun::xdp::StatsMap> = lwtun::xdp::StatsMap::from_handle;
+/// let _ = |e: Error| lwtun::Error::bpf("load my object", e);
 /// ```
 pub use libbpf_rs;

@@ -55,11 +55,30 @@ pub(crate) fn collect_programs(
     Ok((bpf, seg6, owned))
 }
 
-/// Takes a reference of its own to `program` for a builder's program list.
-pub(crate) fn take_program(program: impl AsFd) -> Result<LwtProgram> {
-    program
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|e| Error::io("take LWT program", e))
+/// Takes a reference of its own to `program` for a builder's program list, refusing what is not
+/// an LWT program for `hook` by both types' names (a program of another LWT type is refused by
+/// [`collect_programs`], which names the object too).
+pub(crate) fn take_program(hook: Hook, program: impl AsFd) -> Result<LwtProgram> {
+    let op = "take LWT program";
+    let fd = program.as_fd();
+    let info = crate::program::program_info(fd)?;
+    let lwt = [Hook::In, Hook::Out, Hook::Xmit, Hook::Seg6Local]
+        .iter()
+        .any(|h| h.program_type() as u32 == info.prog_type);
+    if !lwt {
+        return Err(Error::invalid_input(
+            op,
+            format!(
+                "program {} (id {}) is of type {}, not an LWT type: the {hook} hook runs only \
+                 {} programs (section SEC(\"{hook}\"))",
+                info.name,
+                info.id,
+                crate::bpf_fd::prog_type_name(info.prog_type),
+                crate::bpf_fd::prog_type_name(hook.program_type() as u32),
+            ),
+        ));
+    }
+    fd.try_clone_to_owned()
+        .map_err(|e| Error::io(op, e))
         .and_then(LwtProgram::from_fd)
 }

@@ -163,7 +163,7 @@ impl LwtNexthop {
     /// ```
     pub fn program(mut self, hook: Hook, program: impl AsFd) -> Self {
         self.programs.retain(|(h, _)| *h != hook);
-        self.programs.push((hook, take_program(program)));
+        self.programs.push((hook, take_program(hook, program)));
         self
     }
 

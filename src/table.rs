@@ -43,7 +43,7 @@ pub struct InnerSpec {
 ///
 /// ```no_run
 /// use std::os::fd::AsFd;
-/// # let map: libbpf_rs::MapHandle = todo!();
+/// # let map: lwtun::libbpf_rs::MapHandle = todo!();
 /// let spec = lwtun::table::InnerSpec::of(map.as_fd())?;
 /// if let Some(btf) = spec.btf {
 ///     println!("values are type {} of BTF object {}", btf.value_type_id, btf.btf_id);
@@ -253,7 +253,7 @@ pub enum OuterKind {
 ///
 /// ```no_run
 /// use lwtun::table::{InnerSpec, MapOfMaps};
-/// use libbpf_rs::MapType;
+/// use lwtun::libbpf_rs::MapType;
 ///
 /// let spec = InnerSpec {
 ///     map_type: MapType::Hash, key_size: 4, value_size: 8, max_entries: 1024, flags: 0, btf: None,

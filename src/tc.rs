@@ -254,7 +254,8 @@ impl TcAttach {
                 op,
                 format!(
                     "program {} has type {}, not sched_cls (SEC(\"tc\"))",
-                    info.name, info.prog_type
+                    info.name,
+                    crate::bpf_fd::prog_type_name(info.prog_type)
                 ),
             )
             .with_object(object()));

@@ -160,7 +160,7 @@ impl Dispatcher {
     pub fn new(hook: ChainHook) -> Result<Self> {
         let op = "load dispatcher";
         let mut open = open_object("dispatch", crate::skel::dispatch::OBJECT, op)?;
-        match read_abi(op, &open)? {
+        match read_abi(op, &open, ABI_VAR)? {
             Some(words) => check_abi_words(op, "dispatch", words)?,
             None => {
                 return Err(Error::other(
@@ -438,7 +438,7 @@ impl Dispatcher {
                 ),
             ));
         }
-        let aware = match read_abi(op, &open)? {
+        let aware = match read_abi(op, &open, ABI_VAR)? {
             Some(words) => {
                 check_abi_words(op, program, words)?;
                 true
@@ -485,8 +485,12 @@ impl Dispatcher {
             return Err(Error::invalid_input(
                 op.to_string(),
                 format!(
-                    "program {} (id {}) has type {}, a {} dispatcher runs type {want}",
-                    info.name, info.id, info.prog_type, self.hook
+                    "program {} (id {}) has type {}, a {} dispatcher runs type {}",
+                    info.name,
+                    info.id,
+                    crate::bpf_fd::prog_type_name(info.prog_type),
+                    self.hook,
+                    crate::bpf_fd::prog_type_name(want)
                 ),
             ));
         }
@@ -633,9 +637,10 @@ fn continue_mask(op: &str, continue_on: &[i32]) -> Result<u32> {
     })
 }
 
-/// The four words of the object's `lwtun_dispatch_abi`, found through the object's BTF;
-/// `None` when the object has no such variable (it is not dispatch-aware).
-fn read_abi(op: &str, open: &OpenObject) -> Result<Option<[u32; 4]>> {
+/// The four words of the object's ABI variable `var` in `.rodata` (`lwtun_dispatch_abi`,
+/// `lwtun_chain_abi`), found through the object's BTF; `None` when the object has no such
+/// variable (it is not dispatch- or chain-aware).
+pub(super) fn read_abi(op: &str, open: &OpenObject, var: &str) -> Result<Option<[u32; 4]>> {
     // SAFETY: the pointer is the open object's, valid while `open` is borrowed.
     let btf = Btf::from_bpf_object(unsafe { open.as_libbpf_object().as_ref() })
         .map_err(|e| Error::bpf(op.to_string(), e))?;
@@ -646,8 +651,8 @@ fn read_abi(op: &str, open: &OpenObject) -> Result<Option<[u32; 4]>> {
         return Ok(None);
     };
     let Some(offset) = rodata.iter().find_map(|v| {
-        let var = btf.type_by_id::<Var<'_>>(v.ty)?;
-        (var.name()?.to_str()? == ABI_VAR).then_some(v.offset as usize)
+        let found = btf.type_by_id::<Var<'_>>(v.ty)?;
+        (found.name()?.to_str()? == var).then_some(v.offset as usize)
     }) else {
         return Ok(None);
     };
@@ -655,11 +660,9 @@ fn read_abi(op: &str, open: &OpenObject) -> Result<Option<[u32; 4]>> {
         .maps()
         .find(|m| m.name().to_string_lossy().ends_with(".rodata"))
         .and_then(|m| m.initial_value().map(<[u8]>::to_vec))
-        .ok_or_else(|| {
-            Error::invalid_input(op.to_string(), format!("{ABI_VAR} but no .rodata map"))
-        })?;
+        .ok_or_else(|| Error::invalid_input(op.to_string(), format!("{var} but no .rodata map")))?;
     let field = bytes.get(offset..offset + 16).ok_or_else(|| {
-        Error::invalid_input(op.to_string(), format!("{ABI_VAR} lies outside .rodata"))
+        Error::invalid_input(op.to_string(), format!("{var} lies outside .rodata"))
     })?;
     let word = |i: usize| u32::from_ne_bytes(field[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
     Ok(Some([word(0), word(1), word(2), word(3)]))
@@ -796,11 +799,11 @@ mod tests {
             ("dispatch_member", crate::skel::dispatch_member::OBJECT),
         ] {
             let open = open_object(name, bytes, "t").unwrap();
-            let words = read_abi("t", &open).unwrap().expect(name);
+            let words = read_abi("t", &open, ABI_VAR).unwrap().expect(name);
             check_abi_words("t", name, words).unwrap();
         }
         let open = open_object("lwt_count", crate::skel::lwt_count::OBJECT, "t").unwrap();
-        assert_eq!(read_abi("t", &open).unwrap(), None);
+        assert_eq!(read_abi("t", &open, ABI_VAR).unwrap(), None);
     }
 
     #[test]

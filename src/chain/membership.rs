@@ -203,7 +203,8 @@ fn foreign(op: &str, owner: &Owner<'_>, name: &str, map: &str, id: u32) -> Error
         .unwrap_or_default();
     let how = if owner.what == "chain" {
         "load it for this chain (CountingStage::load(&chain), Capture::load(&chain, ..), \
-         TableStage::load(&chain))"
+         TableStage::load(&chain); an object of your own: chain.share_maps(&mut open) before \
+         loading it)"
     } else {
         "load it for this dispatcher (Dispatcher::attach with the program's object)"
     };

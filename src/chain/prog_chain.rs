@@ -505,6 +505,86 @@ impl ProgChain {
         self.exit.as_ref().map(|s| &s.info)
     }
 
+    /// Makes an object the caller opened with libbpf-rs (not loaded yet) share this chain's maps,
+    /// so that its programs built on lwtun's `bpf/chain.h` are stages that know this chain: a
+    /// stage that ends with `return lwtun_chain_next(ctx, verdict);` hands the packet to the
+    /// stage after it, or through the exit hook (a [`Capture`](crate::capture::Capture) there
+    /// sees it) when it is the last. Without this, such a program walks a chain of its own that
+    /// nothing fills, and [`push`](Self::push) refuses it as another chain's stage.
+    ///
+    /// Call it between opening the object ([`libbpf_rs::ObjectBuilder::open_file`] or
+    /// `open_memory`) and [`libbpf_rs::OpenObject::load`]. The kernel lets only programs of the
+    /// chain's type use its prog arrays: turn off the autoload of the object's other programs
+    /// that call into the chain (programs that do not use the chain's maps load as usual). The
+    /// chain's maps live as long as the chain or the loaded object, whichever is longer.
+    ///
+    /// # Errors
+    ///
+    /// InvalidInput when the object has no `lwtun_chain_abi` (not built on `bpf/chain.h`), was
+    /// built against another chain ABI (magic, version or slot count: rebuild it against this
+    /// lwtun's `bpf/`), or lacks one of the chain's maps; the kernel's error when a map cannot be
+    /// shared. Maps already shared stay shared when it fails; drop the open object then.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use lwtun::capture::{Capture, CaptureOptions};
+    /// use lwtun::chain::{ChainHook, ProgChain};
+    /// use lwtun::libbpf_rs::ObjectBuilder;
+    ///
+    /// let mut chain = ProgChain::new(ChainHook::LwtXmit)?;
+    /// let mut open = ObjectBuilder::default()
+    ///     .open_file("own_count.bpf.o")
+    ///     .map_err(|e| lwtun::Error::bpf("open own_count.bpf.o", e))?;
+    /// chain.share_maps(&mut open)?;
+    /// let object = open.load().map_err(|e| lwtun::Error::bpf("load own_count.bpf.o", e))?;
+    /// let stage = object.progs().find(|p| p.name() == "own_stage").expect("own_stage");
+    /// chain.push(&stage)?;                 // goes on with lwtun_chain_next()
+    /// let capture = Capture::attach(&mut chain, CaptureOptions::default())?; // sees what it passes
+    /// # let _ = capture;
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    pub fn share_maps(&self, open: &mut OpenObject) -> Result<()> {
+        let op = "share chain maps";
+        let [magic, version, slots, _] = super::dispatcher::read_abi(op, open, "lwtun_chain_abi")?
+            .ok_or_else(|| {
+                Error::invalid_input(
+                    op,
+                    "the object has no lwtun_chain_abi in .rodata: build its chain stages on \
+                     lwtun's bpf/chain.h (#include \"chain.h\" with -I on lwtun's bpf/ folder)",
+                )
+            })?;
+        if magic != MAGIC || version != ABI_VERSION || slots != SLOTS {
+            return Err(Error::invalid_input(
+                op,
+                format!(
+                    "the object's lwtun_chain_abi is magic {magic:#x}, version {version}, {slots} \
+                     slots; this lwtun's chains are magic {MAGIC:#x}, version {ABI_VERSION}, \
+                     {SLOTS} slots: rebuild the object against this lwtun's bpf/chain.h"
+                ),
+            ));
+        }
+        for shared in SHARED_MAPS {
+            let ours = self.map(shared)?;
+            let mut theirs = open
+                .maps_mut()
+                .find(|m| m.name().to_str() == Some(shared))
+                .ok_or_else(|| {
+                    Error::invalid_input(
+                        op,
+                        format!(
+                            "the object carries lwtun_chain_abi but no map {shared}: build it on \
+                             lwtun's bpf/chain.h"
+                        ),
+                    )
+                })?;
+            theirs
+                .reuse_fd(ours.as_fd())
+                .map_err(|e| Error::bpf(format!("{op}: {shared}"), e))?;
+        }
+        Ok(())
+    }
+
     /// Opens a chain-aware object (built on `bpf/chain.h`) so it shares this chain's maps, loading
     /// only its programs of the chain's type. `abi_offset` is the offset of `lwtun_chain_abi` in
     /// the object's `.rodata`; `configure` may set other read-only values before the load.
@@ -561,8 +641,12 @@ impl ProgChain {
             return Err(Error::invalid_input(
                 op.to_string(),
                 format!(
-                    "program {} (id {}) has type {}, a {} chain takes type {want}",
-                    info.name, info.id, info.prog_type, self.hook
+                    "program {} (id {}) has type {}, a {} chain takes type {}",
+                    info.name,
+                    info.id,
+                    crate::bpf_fd::prog_type_name(info.prog_type),
+                    self.hook,
+                    crate::bpf_fd::prog_type_name(want)
                 ),
             ));
         }

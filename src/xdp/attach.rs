@@ -575,7 +575,9 @@ fn xdp_info(op: &str, fd: std::os::fd::BorrowedFd<'_>) -> Result<ProgramInfo> {
             op,
             format!(
                 "program {} (id {}) has type {}, not xdp (SEC(\"xdp\"))",
-                info.name, info.id, info.prog_type
+                info.name,
+                info.id,
+                crate::bpf_fd::prog_type_name(info.prog_type)
             ),
         ));
     }

@@ -172,7 +172,7 @@ impl StatsMap {
     /// ```no_run
     /// use lwtun::xdp::{Stage, StatsMap};
     ///
-    /// let map = libbpf_rs::MapHandle::from_map_id(42).unwrap();
+    /// let map = lwtun::libbpf_rs::MapHandle::from_map_id(42).unwrap();
     /// let stats = StatsMap::from_handle(map)?.snapshot(Stage::Ingress)?;
     /// println!("{} frames", stats.total().packets);
     /// # Ok::<(), lwtun::Error>(())
