@@ -428,9 +428,11 @@ fn a_flood_read_slowly_overruns_and_resyncs_without_losing_a_change() {
     let figures = format!(
         "monitor flood: {changes} route changes by ip -batch in {:.2?}; {received} events read \
          in {elapsed:.2?} (reader sleeping 200 µs every 16 events, receive buffer {} bytes); \
-         {resyncs} resync(s) delivering {missed} missed change(s); {} routes at the end",
+         {resyncs} resync(s) delivering {missed} missed change(s), {} events as they happened; {} \
+         routes at the end",
         writer_done.unwrap(),
         monitor.receive_buffer(),
+        received - resyncs - missed,
         ours(&kernel)
     );
     let _ = std::io::stderr().write_all(format!("{figures}\n").as_bytes());
@@ -450,6 +452,14 @@ fn a_flood_read_slowly_overruns_and_resyncs_without_losing_a_change() {
             .collect();
         panic!("the events' view differs from the kernel's: view has {only_view:?}, kernel has {only_kernel:?}");
     }
+}
+
+/// A monitor moves to a reader thread or an async task.
+#[test]
+fn a_monitor_is_send() {
+    fn send<T: Send>() {}
+    send::<Monitor>();
+    send::<Stamped<Event>>();
 }
 
 #[test]

@@ -189,6 +189,9 @@ impl MonitorBuilder {
 
 /// A stream of [`Event`]s from one network namespace (see the [module documentation](self)).
 ///
+/// A monitor is `Send`: open it in one thread and read it in another (or in an async task).
+/// It is not `Sync`, and need not be: every read takes `&mut self`.
+///
 /// # Examples
 ///
 /// ```no_run
