@@ -145,7 +145,7 @@ fn count_ends_the_monitor_and_lines_are_ip_monitor_words() {
     lines.extend(rx.iter());
     assert_eq!(lines.len(), 2, "{lines:#?}");
     assert!(
-        lines[0].starts_with("route add 10.89.0.0/24 dev#"),
+        lines[0].starts_with("route add 10.89.0.0/24 dev d0 metric "),
         "{lines:#?}"
     );
     assert!(lines[1].starts_with("route "), "{lines:#?}");

@@ -41,7 +41,7 @@ pub(crate) fn monitor(ctx: &Ctx, args: MonitorArgs) -> Result<()> {
                 .expect("a JSON value always serialises");
             format!("{text}\n")
         } else {
-            format!("{event}\n")
+            format!("{}\n", name_devices(&event.to_string(), &mut names))
         };
         exit::print(&line)?;
         printed += 1;
@@ -70,6 +70,29 @@ impl Names {
         self.known.insert(index, name.clone());
         Some(name)
     }
+}
+
+/// `dev#N` in an event's line as `ip monitor` says it, `dev NAME`, where the name is known.
+fn name_devices(line: &str, names: &mut Names) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(at) = rest.find("dev#") {
+        out.push_str(&rest[..at]);
+        let digits = rest[at + 4..]
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len() - at - 4);
+        let number = &rest[at + 4..at + 4 + digits];
+        match number.parse().ok().and_then(|i| names.of(i)) {
+            Some(name) => {
+                out.push_str("dev ");
+                out.push_str(&name);
+            }
+            None => out.push_str(&rest[at..at + 4 + digits]),
+        }
+        rest = &rest[at + 4 + digits..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn mac(bytes: &[u8]) -> String {
