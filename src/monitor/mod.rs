@@ -79,6 +79,12 @@ use state::{is_cloned, Change, Snapshot, State};
 
 /// The receive buffer a monitor asks for unless told otherwise: room for tens of thousands of
 /// route events.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(lwtun::monitor::DEFAULT_RECEIVE_BUFFER, 8 << 20);
+/// ```
 pub const DEFAULT_RECEIVE_BUFFER: usize = 8 << 20;
 /// The largest datagram read at once: rtnetlink event messages fit in a page or two.
 const DATAGRAM: usize = 64 << 10;
