@@ -20,6 +20,7 @@ LAYERS = [
     ("raw BPF file descriptors", ["bpf_fd"]),
     ("byte layouts, namespaces, map-in-map tables", ["abi", "netns", "table"]),
     ("family kit, rtnetlink", ["family", "netlink"]),
+    ("rtnetlink events", ["monitor"]),
     ("devices, programs", ["device", "program"]),
     ("probes, peers, chains, tc attachment, BPF object holders",
      ["probe", "peer", "chain", "tc", "holders"]),

@@ -313,6 +313,7 @@ pub use family::pins;
 pub mod holders;
 pub mod lwt_redirect;
 mod lwt_spec;
+pub mod monitor;
 pub mod netlink;
 pub mod netns;
 pub mod nexthop;

@@ -1,6 +1,6 @@
 //! Mutation fuzzing of every decoder that reads bytes from outside the process: netlink link,
-//! address, route and tc filter messages, capture ring-buffer records, the typed packet decoder,
-//! the text views and the pcap/pcapng writers.
+//! address, route, neighbour and tc filter messages, capture ring-buffer records, the typed
+//! packet decoder, the text views and the pcap/pcapng writers.
 //!
 //! Each decoder starts from golden inputs (the recorded kernel answers in `tests/data`, and
 //! messages lwtun's own encoders produce) and runs on mutated copies: bit flips, byte
@@ -14,8 +14,8 @@
 //!
 //! It is a test with its own `main` (`harness = false`), so `cargo test` runs a short pass
 //! (`LWTUN_FUZZ_ITERATIONS`, default 20 000 inputs per decoder); the long run is
-//! `LWTUN_FUZZ_ITERATIONS=1500000 cargo test --release --test fuzz_decoders` (8 decoders: over
-//! 12 million inputs). The seed of the pseudo-random mutations is printed, and
+//! `LWTUN_FUZZ_ITERATIONS=1500000 cargo test --release --test fuzz_decoders` (9 decoders: over
+//! 13 million inputs). The seed of the pseudo-random mutations is printed, and
 //! `LWTUN_FUZZ_SEED` repeats a run.
 
 mod common;
@@ -197,6 +197,31 @@ fn route_seeds() -> Vec<Vec<u8>> {
     out
 }
 
+/// `RTM_NEWNEIGH` bodies as `ip neigh add 10.0.0.2 lladdr 02:00:00:00:00:02 dev#3 nud
+/// permanent` and its IPv6 twin announce them: `struct ndmsg`, `NDA_DST`, `NDA_LLADDR`.
+fn neighbour_seeds() -> Vec<Vec<u8>> {
+    let body = |family: u8, ip: &[u8]| {
+        let mut b = vec![family, 0, 0, 0];
+        b.extend_from_slice(&3i32.to_ne_bytes());
+        b.extend_from_slice(&0x80u16.to_ne_bytes());
+        b.extend_from_slice(&[0, 1]);
+        for (ty, v) in [(1u16, ip), (2u16, &[2, 0, 0, 0, 0, 2][..])] {
+            b.extend_from_slice(&(4 + v.len() as u16).to_ne_bytes());
+            b.extend_from_slice(&ty.to_ne_bytes());
+            b.extend_from_slice(v);
+            b.resize(b.len().div_ceil(4) * 4, 0);
+        }
+        b
+    };
+    vec![
+        body(libc::AF_INET as u8, &[10, 0, 0, 2]),
+        body(
+            libc::AF_INET6 as u8,
+            &[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+        ),
+    ]
+}
+
 fn nexthop_seeds() -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for gw in ["10.77.0.2", "fd77::2"] {
@@ -358,6 +383,13 @@ fn targets() -> Vec<Target> {
             seeds: nexthop_seeds(),
             run: |b| {
                 let _ = Nexthop::decode(b);
+            },
+        },
+        Target {
+            name: "netlink neighbour (RTM_NEWNEIGH)",
+            seeds: neighbour_seeds(),
+            run: |b| {
+                let _ = lwtun::netlink::neigh::Neighbour::decode(b);
             },
         },
         Target {

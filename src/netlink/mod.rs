@@ -14,6 +14,7 @@
 pub mod addr;
 pub mod attr;
 pub mod link;
+pub mod neigh;
 pub mod netdev;
 pub mod nexthop;
 pub mod route;
@@ -74,8 +75,9 @@ impl std::fmt::Debug for Netlink {
     }
 }
 
-/// One parsed answer from the kernel: a payload (for dumps) or the result of an ACKed request.
-enum Answer<'a> {
+/// One parsed answer from the kernel: a payload (for dumps and events) or the result of an
+/// ACKed request.
+pub(crate) enum Answer<'a> {
     Payload {
         ty: u16,
         body: &'a [u8],
@@ -538,7 +540,7 @@ where
 }
 
 /// Splits a received datagram into messages. Malformed trailing bytes end the walk.
-fn split_messages(mut data: &[u8]) -> impl Iterator<Item = Answer<'_>> {
+pub(crate) fn split_messages(mut data: &[u8]) -> impl Iterator<Item = Answer<'_>> {
     std::iter::from_fn(move || loop {
         if data.len() < NLMSG_HDRLEN {
             return None;

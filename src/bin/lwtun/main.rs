@@ -57,6 +57,12 @@ JSON output (-j, stable field names):
                  removed_routes, removed_tc_filters, removed_xdp, removed_nexthops}
                 (routes, tc_filters, xdp, nexthops: what no live process owns)
   tunnel unload: {pin, removed_routes, routes: [{netns, dst, dev}], forced_past: [pid]}
+  monitor:      one object per line: {seq, time, kind (route|link|address|neigh|nexthop|
+                 resync), action (add|change|del|resync), ...}: a route's fields as in
+                 route show plus mtu, nhid; link {index, name, type, up, lower_up, mtu, mac,
+                 master, xdp_prog_id}; address {index, dev, address, peer, label}; neigh
+                 {index, dev, ip, lladdr, state}; nexthop {id, oif, dev, gateway, line};
+                 resync {reason, missed}
   man --out:    {pages: [PATH]}
 A pinned tunnel is owned by one process at a time (an flock on its folder): while a library
 process has it loaded, commands that change it are refused naming the owner's pid; the show
@@ -137,6 +143,11 @@ pub(crate) enum Command {
         #[arg(long, requires = "remove")]
         force: bool,
     },
+    /// Print what changes in the namespace as it happens, like `ip monitor`: routes (with
+    /// their LWT BPF programs), links, addresses, neighbours, nexthops; one line (or one JSON
+    /// object) per event. When the kernel drops events (a reader too slow), a `resync` line
+    /// says so and the changes a fresh dump shows follow it.
+    Monitor(cmd::monitor::MonitorArgs),
     /// Print a shell completion script.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -363,6 +374,7 @@ fn run(cli: Cli) -> Result<()> {
         #[cfg(feature = "capture")]
         Command::Capture(args) => capture::run(&ctx, args),
         Command::Leftovers { remove, force } => leftovers(&ctx, remove, force),
+        Command::Monitor(args) => cmd::monitor::monitor(&ctx, args),
         Command::Completions { .. } | Command::Man { .. } => Ok(()),
     }
 }

@@ -3,6 +3,7 @@
 pub(crate) mod decap;
 pub(crate) mod edit;
 pub(crate) mod leftovers;
+pub(crate) mod monitor;
 pub(crate) mod owners;
 pub(crate) mod peer;
 pub(crate) mod places;
