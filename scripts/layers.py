@@ -27,6 +27,7 @@ LAYERS = [
     ("LWT encap spec, capture", ["lwt_spec", "capture"]),
     ("nexthop objects", ["nexthop"]),
     ("LWT routes", ["route"]),
+    ("routes kept in place", ["keeper"]),
     ("program families", ["tunnel", "decap", "lwt_redirect", "tunnel_redirect", "seg6", "xdp"]),
 ]
 

@@ -311,6 +311,7 @@ pub mod error;
 mod family;
 pub use family::pins;
 pub mod holders;
+pub mod keeper;
 pub mod lwt_redirect;
 mod lwt_spec;
 pub mod monitor;

@@ -302,6 +302,27 @@ impl InstalledRoute {
         &self.route
     }
 
+    /// The network namespace the route lives in (that of the netlink socket it was installed
+    /// with), as a namespace fd (`NetNs::of_fd` takes it).
+    ///
+    /// # Errors
+    ///
+    /// [`crate::ErrorKind::Io`] when the kernel cannot give the socket's namespace (before
+    /// Linux 4.9, `SIOCGSKNS`).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use lwtun::netns::NetNs;
+    /// # fn f(route: &lwtun::route::InstalledRoute) -> lwtun::Result<()> {
+    /// let ns = NetNs::of_fd(route.netns()?)?;
+    /// println!("{} lives in {}", route, ns.name());
+    /// # Ok(()) }
+    /// ```
+    pub fn netns(&self) -> Result<std::os::fd::OwnedFd> {
+        self.nl.netns()
+    }
+
     /// The programs the route runs.
     pub fn programs(&self) -> &[LwtProgram] {
         &self.programs

@@ -209,6 +209,22 @@ pub enum Event {
     NeighbourChanged(Neighbour),
     /// A neighbour entry was removed.
     NeighbourRemoved(Neighbour),
+    /// A route a [`RouteKeeper`](crate::keeper::RouteKeeper) keeps was deleted by someone
+    /// else and the keeper added it again. Reported by the keeper, not by a [`super::Monitor`].
+    RouteRestored {
+        /// The route as it was when deleted.
+        route: Route,
+        /// From the deletion's event to the route being back.
+        after: std::time::Duration,
+    },
+    /// A route a [`RouteKeeper`](crate::keeper::RouteKeeper) keeps was deleted by someone
+    /// else and could not be added again (its device is gone, say). Reported by the keeper.
+    RouteNotRestored {
+        /// The route as it was when deleted.
+        route: Route,
+        /// The kernel's answer to the keeper's add.
+        error: String,
+    },
     /// The kernel dropped events; the monitor dumped the current state. The next `missed`
     /// events are the differences it found between what it knew and the dump.
     Resync {
@@ -234,6 +250,7 @@ impl Event {
         use Event::*;
         Some(match self {
             RouteAdded(_) | RouteChanged(_) | RouteRemoved(_) => EventKinds::ROUTE,
+            RouteRestored { .. } | RouteNotRestored { .. } => EventKinds::ROUTE,
             NexthopAdded(_) | NexthopChanged(_) | NexthopRemoved(_) => EventKinds::NEXTHOP,
             LinkAdded(_) | LinkChanged(_) | LinkRemoved(_) => EventKinds::LINK,
             AddressAdded(_) | AddressChanged(_) | AddressRemoved(_) => EventKinds::ADDRESS,
@@ -261,6 +278,8 @@ impl Event {
             | NeighbourChanged(_) => "change",
             RouteRemoved(_) | NexthopRemoved(_) | LinkRemoved(_) | AddressRemoved(_)
             | NeighbourRemoved(_) => "del",
+            RouteRestored { .. } => "restore",
+            RouteNotRestored { .. } => "lost",
             Resync { .. } => "resync",
         }
     }
@@ -279,6 +298,9 @@ impl Event {
     pub fn route(&self) -> Option<&Route> {
         match self {
             Event::RouteAdded(r) | Event::RouteChanged(r) | Event::RouteRemoved(r) => Some(r),
+            Event::RouteRestored { route, .. } | Event::RouteNotRestored { route, .. } => {
+                Some(route)
+            }
             _ => None,
         }
     }
@@ -327,6 +349,10 @@ impl fmt::Display for Event {
         write!(f, "{kind} {} ", self.action())?;
         match self {
             RouteAdded(r) | RouteChanged(r) | RouteRemoved(r) => write!(f, "{r}"),
+            RouteRestored { route, after } => {
+                write!(f, "{route} after {:.1} ms", after.as_secs_f64() * 1e3)
+            }
+            RouteNotRestored { route, error } => write!(f, "{route}: {error}"),
             NexthopAdded(n) | NexthopChanged(n) | NexthopRemoved(n) => write!(f, "{n}"),
             LinkAdded(l) | LinkChanged(l) | LinkRemoved(l) => write_link(f, l),
             AddressAdded(a) | AddressChanged(a) | AddressRemoved(a) => write_address(f, a),

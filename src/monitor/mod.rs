@@ -65,6 +65,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant, SystemTime};
 
 pub use event::{Event, EventKinds, ResyncReason, Stamped};
+pub(crate) use state::RouteKey;
 
 use crate::error::{Error, Result};
 use crate::netlink::addr::decode_address;

@@ -23,7 +23,7 @@ const RTA_CACHEINFO: u16 = 12;
 /// How the kernel tells routes apart: table, destination, TOS and metric (IPv4's fib alias;
 /// IPv6's fib6 node and metric).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(super) struct RouteKey {
+pub(crate) struct RouteKey {
     table: u32,
     dst: IpNetwork,
     tos: u8,
@@ -31,7 +31,7 @@ pub(super) struct RouteKey {
 }
 
 impl RouteKey {
-    pub(super) fn of(r: &Route) -> RouteKey {
+    pub(crate) fn of(r: &Route) -> RouteKey {
         RouteKey {
             table: r.table,
             dst: r.dst,

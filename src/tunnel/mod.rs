@@ -81,7 +81,10 @@ use crate::family::lpm::{trie_capacity, trie_entries};
 use crate::family::pins::PinLayout;
 use crate::family::MissPolicy;
 use crate::family::PinFolder;
+use crate::keeper::RouteKeeper;
+use crate::monitor::{Event, Stamped};
 use crate::netlink::Netlink;
+use crate::netns::NetNs;
 use crate::peer::PeerTable;
 use crate::program::{lwt_program, Hook, LwtProgram};
 use crate::route::{InstalledRoute, LwtRoute};
@@ -388,6 +391,8 @@ impl TunnelBuilder {
         }
         Ok(Tunnel {
             pin,
+            keepers: Vec::new(),
+            keeping: false,
             adopted,
             sources: self.sources,
             forward_only: self.forward_only,
@@ -433,7 +438,9 @@ impl TunnelBuilder {
 /// ```
 pub struct Tunnel {
     // Field order is drop order: routes first, then the fix-ups, then maps and programs, then
-    // the pins and the folder's owner lock.
+    // the pins and the folder's owner lock. The route keepers stop before the routes go.
+    keepers: Vec<RouteKeeper>,
+    keeping: bool,
     adopted: bool,
     sources: Vec<IpAddr>,
     forward_only: bool,
@@ -543,6 +550,7 @@ impl Tunnel {
             ));
         }
         self.keep_pinned();
+        self.stop_keeping();
         for route in self.routes.drain(..) {
             let _ = route.persist();
         }
@@ -741,8 +749,13 @@ impl Tunnel {
         };
         match installed {
             Ok(installed) => {
+                let kept = if self.keeping {
+                    self.keep(&installed)
+                } else {
+                    Ok(())
+                };
                 self.routes.push(installed);
-                Ok(())
+                kept
             }
             Err(e) => {
                 self.fixups.truncate(fixed);
@@ -805,6 +818,11 @@ impl Tunnel {
     ///
     /// The first error removing one; the others are still removed.
     pub fn remove_routes(&mut self) -> Result<()> {
+        for k in &self.keepers {
+            for r in &self.routes {
+                k.release(r.route());
+            }
+        }
         let mut first = Ok(());
         for r in self.routes.drain(..) {
             if let Err(e) = r.remove() {
@@ -814,6 +832,84 @@ impl Tunnel {
             }
         }
         first
+    }
+
+    /// Keeps the tunnel's routes in place from now on: a route installed with
+    /// [`Tunnel::steer`] (before or after this call) that someone else deletes is added again
+    /// at once, with the tunnel's programs, by a [`RouteKeeper`] per namespace the routes live
+    /// in. What the keepers did is in [`Tunnel::route_events`]. Routes the tunnel removes
+    /// itself ([`Tunnel::remove_routes`], drop) are not put back; a route replaced by someone
+    /// else (a new owner's [`Tunnel::steer_replace`]) is theirs. Calling it again is a no-op.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use lwtun::netlink::Netlink;
+    /// use lwtun::tunnel::Tunnel;
+    ///
+    /// let mut tunnel = Tunnel::builder().forward_only(true).load()?;
+    /// let mut nl = Netlink::open()?;
+    /// let eth0 = nl.device("eth0")?;
+    /// tunnel.steer(&mut nl, tunnel.route("10.20.0.0/16".parse().unwrap()).device(&eth0))?;
+    /// tunnel.keep_routes()?;
+    /// // `ip route del 10.20.0.0/16` elsewhere: the route is back within a millisecond.
+    /// for event in tunnel.route_events() {
+    ///     println!("{event}"); // route restore 10.20.0.0/16 ... after 0.2 ms
+    /// }
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`RouteKeeper::start_in`]; on error the tunnel keeps no route (as before the call).
+    pub fn keep_routes(&mut self) -> Result<()> {
+        if self.keeping {
+            return Ok(());
+        }
+        self.keeping = true;
+        let routes = std::mem::take(&mut self.routes);
+        let kept = routes.iter().try_for_each(|r| self.keep(r));
+        self.routes = routes;
+        if kept.is_err() {
+            self.stop_keeping();
+        }
+        kept
+    }
+
+    /// What the route keepers did since last asked ([`Event::RouteRestored`] and
+    /// [`Event::RouteNotRestored`]); empty unless [`Tunnel::keep_routes`] was called.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let mut tunnel = lwtun::tunnel::Tunnel::builder().forward_only(true).load()?;
+    /// tunnel.keep_routes()?;
+    /// assert!(tunnel.route_events().is_empty());
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    pub fn route_events(&self) -> Vec<Stamped<Event>> {
+        let mut events: Vec<_> = self.keepers.iter().flat_map(RouteKeeper::events).collect();
+        events.sort_by_key(|e| e.time);
+        events
+    }
+
+    /// Keeps `route` with the keeper of its namespace, started on first use.
+    fn keep(&mut self, route: &InstalledRoute) -> Result<()> {
+        let netns = NetNs::of_fd(route.netns()?)?;
+        let id = netns.id()?;
+        let at = match self.keepers.iter().position(|k| k.netns_id() == id) {
+            Some(at) => at,
+            None => {
+                self.keepers.push(RouteKeeper::start_in(&netns)?);
+                self.keepers.len() - 1
+            }
+        };
+        self.keepers[at].keep(route)
+    }
+
+    fn stop_keeping(&mut self) {
+        self.keeping = false;
+        self.keepers.clear();
     }
 
     /// Attaches the IP-in-IP GSO fix-up at tc egress of the underlay device `device` (in the
