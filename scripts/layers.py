@@ -27,6 +27,7 @@ LAYERS = [
     ("nexthop objects", ["nexthop"]),
     ("LWT routes", ["route"]),
     ("program families", ["tunnel", "decap", "lwt_redirect", "tunnel_redirect", "seg6", "xdp"]),
+    ("async adapters (tokio feature)", ["aio"]),
 ]
 
 SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")

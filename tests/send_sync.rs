@@ -57,6 +57,11 @@ fn handles_of_kernel_objects_are_send_and_sync() {
     send_sync::<lwtun::Error>();
     #[cfg(feature = "capture")]
     send_sync::<lwtun::capture::Capture>();
+    #[cfg(feature = "tokio")]
+    {
+        send_sync::<lwtun::aio::AsyncNetlink>();
+        send_sync::<lwtun::aio::AsyncCapture>();
+    }
 }
 
 /// The GRE key the data plane puts on a packet to `dst` (its own LPM lookup and header code, run
