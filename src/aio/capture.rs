@@ -1,23 +1,21 @@
 //! A capture read as a `futures` `Stream`, driven by the ring buffer's readiness.
 
-use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
 
+use super::readiness::{Readiness, Source};
 use crate::capture::{Capture, Packet};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
-/// What tokio's `AsyncFd` registers: the capture, by its ring buffer's epoll descriptor.
-#[derive(Debug)]
-struct Readiness(Capture);
+// SAFETY: a capture's descriptor is its ring buffer's epoll descriptor, which the ring (owned by
+// the capture) keeps open, unchanged, until the capture is dropped.
+unsafe impl Source for Capture {
+    type Item = Packet;
 
-impl AsRawFd for Readiness {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.as_raw_fd()
+    fn try_next(&mut self) -> Result<Option<Packet>> {
+        self.try_packet()
     }
 }
 
@@ -52,7 +50,7 @@ impl AsRawFd for Readiness {
 /// ```
 #[derive(Debug)]
 pub struct AsyncCapture {
-    fd: AsyncFd<Readiness>,
+    ring: Readiness<Capture>,
 }
 
 impl AsyncCapture {
@@ -73,13 +71,9 @@ impl AsyncCapture {
     ///
     /// See [`AsyncCapture`].
     pub fn new(capture: Capture) -> Result<Self> {
-        super::require_runtime("register capture ring with tokio")?;
-        // SAFETY: the descriptor is the ring buffer's epoll descriptor, owned by the ring inside
-        // the capture that the AsyncFd owns: it stays open, and `as_raw_fd` returns that same
-        // descriptor, until the AsyncFd is dropped or gives the capture back.
-        let fd = unsafe { AsyncFd::register_with_interest(Readiness(capture), Interest::READABLE) }
-            .map_err(|e| Error::io("register capture ring with tokio", e.into()))?;
-        Ok(AsyncCapture { fd })
+        Ok(AsyncCapture {
+            ring: Readiness::new(capture, "register capture ring with tokio")?,
+        })
     }
 
     /// The capture (for [`Capture::lost`], [`Capture::hook`], ...).
@@ -92,7 +86,7 @@ impl AsyncCapture {
     /// # Ok(()) }
     /// ```
     pub fn capture(&self) -> &Capture {
-        &self.fd.get_ref().0
+        self.ring.get_ref()
     }
 
     /// Deregisters the capture and gives it back; packets still in its ring stay there.
@@ -101,7 +95,7 @@ impl AsyncCapture {
     ///
     /// See [`AsyncCapture`].
     pub fn into_inner(self) -> Capture {
-        self.fd.into_inner().0
+        self.ring.into_inner()
     }
 
     /// The next packet, waiting for one without blocking the thread (the stream's next item,
@@ -117,25 +111,7 @@ impl AsyncCapture {
     ///
     /// See [`AsyncCapture`].
     pub async fn next_packet(&mut self) -> Result<Packet> {
-        std::future::poll_fn(|cx| self.poll_packet(cx)).await
-    }
-
-    fn poll_packet(&mut self, cx: &mut Context<'_>) -> Poll<Result<Packet>> {
-        loop {
-            let mut ready = match self.fd.poll_read_ready_mut(cx) {
-                Poll::Ready(Ok(ready)) => ready,
-                Poll::Ready(Err(e)) => {
-                    return Poll::Ready(Err(Error::io("wait for capture ring", e)))
-                }
-                Poll::Pending => return Poll::Pending,
-            };
-            match ready.get_inner_mut().0.try_packet() {
-                Ok(Some(p)) => return Poll::Ready(Ok(p)),
-                // Empty: forget the readiness (unless an event came since) and wait again.
-                Ok(None) => ready.clear_ready(),
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        std::future::poll_fn(|cx| self.ring.poll_next_item(cx)).await
     }
 }
 
@@ -143,6 +119,6 @@ impl Stream for AsyncCapture {
     type Item = Result<Packet>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.get_mut().poll_packet(cx).map(Some)
+        self.get_mut().ring.poll_next_item(cx).map(Some)
     }
 }

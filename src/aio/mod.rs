@@ -9,6 +9,8 @@
 //!   driven by readiness: tokio's `AsyncFd` watches the ring buffer's epoll descriptor and the
 //!   stream drains it with [`Capture::try_packet`](crate::capture::Capture::try_packet), which
 //!   never blocks. No thread waits for packets.
+//!   Every readiness-driven reader shares that one pattern (a descriptor readable while items
+//!   wait, a non-blocking read): the event monitor plugs into it the same way.
 //! - [`AsyncNetlink`] runs lwtun's netlink calls on tokio's blocking pool (`spawn_blocking`),
 //!   one at a time per socket. This is a choice, not an oversight: every call is one short
 //!   request/ACK exchange (a dump a few; a batch pipelines 256 requests per `sendmsg`), its
@@ -49,6 +51,8 @@
 #[cfg(feature = "capture")]
 mod capture;
 mod netlink;
+#[cfg_attr(not(feature = "capture"), allow(dead_code))]
+mod readiness;
 
 #[cfg(feature = "capture")]
 pub use capture::AsyncCapture;
