@@ -2,7 +2,8 @@
 //! and deleted through `AsyncNetlink` (checked with `ip route show`), a batch of routes, an LWT
 //! route installed and removed; an `AsyncCapture` stream that receives real pings on a
 //! single-threaded runtime; and cancellation: a `next_packet` future dropped mid-wait loses no
-//! packet, and a stream dropped mid-way leaves no descriptor and no program behind.
+//! packet, a stream dropped mid-way leaves no descriptor and no program behind, and a netlink
+//! call dropped mid-way still completes while the socket stays in step.
 // Each test holds SERIAL for its whole body, awaits included: every #[tokio::test] runs on a
 // runtime of its own thread, so the lock only keeps tests of this binary from overlapping.
 #![allow(clippy::await_holding_lock)]
@@ -267,6 +268,44 @@ async fn cancelled_reads_lose_nothing_and_a_dropped_stream_leaks_nothing() {
         "{gone:?}"
     );
     tap.remove().await;
+}
+
+/// A call whose future is dropped after it started still completes (a netlink request sent
+/// cannot be withdrawn), and the socket stays in step: the next calls get their own answers.
+#[tokio::test]
+async fn a_dropped_call_completes_and_the_socket_stays_usable() {
+    require!();
+    let _one = serial();
+    let net = common::two_hosts();
+    let ns = net.ns(0);
+    let nl = AsyncNetlink::open_in(ns).unwrap();
+    let to1 = nl.link_by_name("to1").await.unwrap();
+    let mut route = Route::new("10.96.0.0/24".parse().unwrap());
+    route.oif = Some(to1.index);
+    route.scope = Some(libc::RT_SCOPE_LINK);
+    {
+        let mut call = std::pin::pin!(nl.add_route(route.clone()));
+        let waker = std::task::Waker::noop();
+        // Polled once (the request is on its way to the blocking pool), then dropped.
+        let first = call
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(waker));
+        assert!(first.is_pending());
+    }
+    // The next call on the socket waits for the dropped one, then gets its own answer.
+    let until = std::time::Instant::now() + common::patient(Duration::from_secs(5));
+    while ip_routes(ns, "10.96.0.0/24").is_empty() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the dropped call never completed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(nl.link_by_name("to1").await.unwrap().index, to1.index);
+    let err = nl.add_route(route.clone()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Exists, "{err}");
+    nl.delete_route(route).await.unwrap();
+    assert!(ip_routes(ns, "10.96.0.0/24").is_empty());
 }
 
 #[test]
