@@ -29,6 +29,7 @@ LAYERS = [
     ("LWT routes", ["route"]),
     ("routes kept in place", ["keeper"]),
     ("program families", ["tunnel", "decap", "lwt_redirect", "tunnel_redirect", "seg6", "xdp"]),
+    ("async adapters (tokio feature)", ["aio"]),
 ]
 
 SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")

@@ -10,16 +10,21 @@ cargo fmt --all -- --check
 # imports only run down the crate's layers, and no program family imports another
 ./scripts/layers.py
 cargo clippy --all-targets -- -D warnings
+cargo clippy --all-targets --features tokio -- -D warnings
 # the fleet agent is a workspace member of its own (the commands above cover the root package)
 cargo clippy -p lwtun-agent --all-targets -- -D warnings
 # the API docs build without a warning (broken or redundant intra-doc links, bad HTML)
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --features tokio
 # the public API keeps semver against the last release (the v0.2.0 tag)
 ./scripts/semver-check.sh
 # the agent binary tests/cli_owner.rs runs against a live agent (beside the lwtun binary)
 cargo build -p lwtun-agent --bin lwtun-agent
 cargo test --lib --bins --tests --examples
-cargo test --doc
+# the async layer (tokio feature, off by default): its tests and the tokio example's self-test
+cargo test --features tokio --test async_api --test send_sync
+cargo run --quiet --features tokio --example tokio_peers -- --once
+cargo test --doc --features tokio
 # the fleet agent: unit and doc tests, and the five-host test against a real etcd
 cargo test -p lwtun-agent
 # the shipped BPF objects are what bpf/ compiles to (else: run ./scripts/bpf-objects.sh)

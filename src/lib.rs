@@ -300,6 +300,9 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod abi;
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub mod aio;
 mod bpf_fd;
 #[cfg(feature = "capture")]
 #[cfg_attr(docsrs, doc(cfg(feature = "capture")))]

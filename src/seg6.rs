@@ -486,6 +486,7 @@ impl<F: Seg6Function> Seg6Builder<F> {
             capacity,
             miss: self.miss.unwrap_or_default(),
             pin,
+            decision: std::sync::Mutex::new(()),
             function: PhantomData,
         };
         let setup = (|| {
@@ -542,6 +543,9 @@ pub struct Seg6End<F: Seg6Function> {
     capacity: u32,
     miss: MissPolicy,
     pin: Option<PinFolder>,
+    /// Held from a twin's test run to its read of the `decision` map (one slot), so that threads
+    /// sharing the function (`&self`) each read their own decision.
+    decision: std::sync::Mutex<()>,
     function: PhantomData<F>,
 }
 
@@ -715,6 +719,7 @@ impl<F: Seg6Function> Seg6End<F> {
     /// As [`Seg6End::test_run`].
     pub fn test_run_as(&self, protocol: u16, packet: &[u8]) -> Result<TestRun> {
         let op = format!("run SRv6 {} twin (BPF_PROG_TEST_RUN)", F::NAME);
+        let _one_at_a_time = self.decision.lock().unwrap_or_else(|p| p.into_inner());
         let run =
             crate::program::test_run_l3(self.twin.as_fd(), &op, protocol, packet, Some(64), 1)?;
         let raw = self

@@ -234,3 +234,57 @@ fn same_as_tcpdump(packets: &[&Packet], text: &str) {
         );
     }
 }
+
+/// `poll(2)` on the capture's descriptor says when packets wait: idle before traffic, readable
+/// after a ping, and `try_packet` then returns the echo requests without blocking and `None`
+/// once the ring is empty (the descriptor idle again), as an event loop would drive it.
+#[test]
+fn the_capture_descriptor_is_readable_when_packets_wait() {
+    use std::os::fd::{AsFd, AsRawFd};
+    require!();
+    let mut chain = ProgChain::new(ChainHook::LwtXmit).unwrap();
+    let net = common::two_hosts();
+    let mut nl = Netlink::open_in(net.ns(0)).unwrap();
+    let dev = nl.device("to1").unwrap();
+    let _route = LwtRoute::new(format!("{}/32", net.v4(1)).parse().unwrap())
+        .device(&dev)
+        .program(Hook::Xmit, chain.lwt_entry().unwrap())
+        .install(&mut nl)
+        .unwrap();
+    let mut capture = Capture::attach(&mut chain, CaptureOptions::default()).unwrap();
+    let readable = |capture: &Capture, ms: i32| {
+        let mut fds = [libc::pollfd {
+            fd: capture.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: one valid pollfd for the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) };
+        assert!(n >= 0, "poll: {}", std::io::Error::last_os_error());
+        n == 1 && fds[0].revents & libc::POLLIN != 0
+    };
+    assert!(!readable(&capture, 0), "idle before any traffic");
+    let started = Instant::now();
+    assert!(capture.try_packet().unwrap().is_none());
+    assert!(
+        started.elapsed() < Duration::from_millis(50),
+        "try_packet never waits"
+    );
+
+    let p = common::ping(net.ns(0), net.v4(1).into(), 3);
+    assert_eq!(p.received, 3, "{}", p.output);
+    assert!(readable(&capture, 5000), "readable once packets wait");
+    let mut seqs = Vec::new();
+    while let Some(p) = capture.try_packet().unwrap() {
+        if let Some(echo) = p.echo().filter(|e| e.request) {
+            seqs.push(echo.seq);
+        }
+    }
+    assert_eq!(seqs.len(), 3, "the three echo requests: {seqs:?}");
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "in order: {seqs:?}"
+    );
+    assert!(!readable(&capture, 0), "idle again once drained");
+    assert_eq!(capture.lost().unwrap(), 0);
+}

@@ -26,7 +26,7 @@ mod writer;
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::IpAddr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -218,9 +218,15 @@ pub struct Echo {
 ///
 /// [`Capture::attach`] loads it and attaches it; [`Capture::detach`] (or dropping the chain's exit
 /// with [`ProgChain::clear_exit`]) takes it off, after which the chain pays one failed tail call.
-/// A `Capture` is `Send`, so a reader thread can own it, but not `Sync`: one thread polls it at a
-/// time (libbpf's ring buffer consumer is single-threaded). Records are lost (counted by
-/// [`Capture::lost`]) when the 4 MiB ring fills faster than it is polled.
+/// A `Capture` is `Send + Sync`: a reader thread can own it, and threads can share it behind an
+/// `Arc` for what reads by `&self` ([`Capture::lost`], [`Capture::program`]). Reading packets takes
+/// `&mut self` (libbpf's ring buffer consumer is single-threaded), so one reader polls at a time.
+/// Records are lost (counted by [`Capture::lost`]) when the 4 MiB ring fills faster than it is
+/// polled.
+///
+/// An event loop drives it through its file descriptor ([`AsFd`]: the ring's epoll descriptor,
+/// readable when records wait) and [`Capture::try_packet`], which never blocks; with the `tokio`
+/// feature, `lwtun::aio::AsyncCapture` does that as a `futures` `Stream`.
 ///
 /// # Examples
 ///
@@ -249,7 +255,11 @@ pub struct Echo {
 /// # Ok::<(), lwtun::Error>(())
 /// ```
 pub struct Capture {
-    ring: RingBuffer<'static>,
+    /// Locked only through `&mut self` (`Mutex::get_mut`, no locking cost): the mutex is what makes
+    /// the ring, which libbpf-rs marks `Send` but not `Sync`, shareable.
+    ring: Mutex<RingBuffer<'static>>,
+    /// The ring's epoll descriptor, owned by `ring` (valid as long as `self`).
+    epoll: RawFd,
     queue: Arc<Mutex<VecDeque<std::result::Result<Packet, String>>>>,
     program: OwnedFd,
     object: Object,
@@ -319,8 +329,10 @@ impl Capture {
                 .build()
                 .map_err(|e| Error::bpf("open capture ring", e))?
         };
+        let epoll = ring.epoll_fd();
         Ok(Capture {
-            ring,
+            ring: Mutex::new(ring),
+            epoll,
             queue,
             program,
             object,
@@ -375,7 +387,7 @@ impl Capture {
     ///
     /// The kernel's error polling; Kernel for a malformed record.
     pub fn poll(&mut self, timeout: Duration) -> Result<Vec<Packet>> {
-        self.ring
+        self.ring()
             .poll(timeout)
             .map_err(|e| Error::bpf("poll capture ring", e))?;
         self.drain()
@@ -387,10 +399,54 @@ impl Capture {
     ///
     /// As [`Capture::poll`].
     pub fn drain(&mut self) -> Result<Vec<Packet>> {
-        self.ring
-            .consume()
-            .map_err(|e| Error::bpf("read capture ring", e))?;
+        self.consume()?;
         self.queued().drain(..).map(record_result).collect()
+    }
+
+    /// The next packet if one is waiting, without blocking: `Ok(None)` when the ring is empty.
+    /// With the descriptor ([`AsFd`]) in an event loop (epoll, mio, tokio's `AsyncFd`), call it
+    /// when the descriptor is readable until it returns `None`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Capture::poll`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::os::fd::AsFd;
+    /// use lwtun::capture::{Capture, CaptureOptions};
+    /// use lwtun::chain::{ChainHook, ProgChain};
+    ///
+    /// let mut chain = ProgChain::new(ChainHook::LwtXmit)?;
+    /// let mut capture = Capture::attach(&mut chain, CaptureOptions::default())?;
+    /// // Register capture.as_fd() with the event loop; when it is readable:
+    /// while let Some(p) = capture.try_packet()? {
+    ///     println!("{}", p.summary());
+    /// }
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    pub fn try_packet(&mut self) -> Result<Option<Packet>> {
+        if let Some(r) = self.queued().pop_front() {
+            return record_result(r).map(Some);
+        }
+        self.consume()?;
+        self.queued().pop_front().map(record_result).transpose()
+    }
+
+    /// Moves every record the ring holds into the queue, without waiting. The zero-timeout
+    /// `epoll_wait` also refreshes the epoll descriptor's ready list, so that a level-triggered
+    /// poller of [`AsFd`] sees it idle once the ring is empty.
+    fn consume(&mut self) -> Result<()> {
+        let ring = self.ring();
+        ring.poll(Duration::ZERO)
+            .map_err(|e| Error::bpf("read capture ring", e))?;
+        ring.consume()
+            .map_err(|e| Error::bpf("read capture ring", e))
+    }
+
+    fn ring(&mut self) -> &mut RingBuffer<'static> {
+        self.ring.get_mut().unwrap_or_else(|p| p.into_inner())
     }
 
     fn queued(&self) -> std::sync::MutexGuard<'_, VecDeque<std::result::Result<Packet, String>>> {
@@ -409,7 +465,7 @@ impl Capture {
                 return record_result(r).map(Some);
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            self.ring
+            self.ring()
                 .poll(left)
                 .map_err(|e| Error::bpf("poll capture ring", e))?;
             if self.queued().is_empty() && Instant::now() >= deadline {
@@ -448,6 +504,38 @@ impl Capture {
             .filter_map(|v| v.get(..8))
             .map(|b| u64::from_ne_bytes(b.try_into().expect("8 bytes")))
             .sum())
+    }
+}
+
+/// The ring buffer's epoll descriptor: readable while records wait in the ring. Poll it (epoll,
+/// mio, tokio's `AsyncFd`) and read with [`Capture::try_packet`] or [`Capture::drain`]; it is
+/// owned by the capture and valid as long as it.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::os::fd::AsFd;
+/// use lwtun::capture::{Capture, CaptureOptions};
+/// use lwtun::chain::{ChainHook, ProgChain};
+///
+/// let mut chain = ProgChain::new(ChainHook::LwtXmit)?;
+/// let capture = Capture::attach(&mut chain, CaptureOptions::default())?;
+/// let mut fds = [libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&capture.as_fd()), events: libc::POLLIN, revents: 0 }];
+/// // SAFETY: one valid pollfd.
+/// unsafe { libc::poll(fds.as_mut_ptr(), 1, 1000) };
+/// # Ok::<(), lwtun::Error>(())
+/// ```
+impl AsFd for Capture {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: `epoll` is the ring's epoll descriptor, which the ring (owned by `self`)
+        // closes only when it is dropped, so it stays open for the borrow's lifetime.
+        unsafe { BorrowedFd::borrow_raw(self.epoll) }
+    }
+}
+
+impl AsRawFd for Capture {
+    fn as_raw_fd(&self) -> RawFd {
+        self.epoll
     }
 }
 
@@ -562,9 +650,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_capture_can_move_to_a_reader_thread() {
+    fn a_capture_can_move_to_a_reader_thread_and_be_shared() {
         fn send<T: Send>() {}
-        send::<Capture>();
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Capture>();
         send::<Packet>();
     }
 

@@ -48,6 +48,10 @@ const RECV_BUF: usize = 1 << 20;
 
 /// One rtnetlink socket.
 ///
+/// `Send + Sync`; every call takes `&mut self` (one request at a time: the socket's sequence
+/// counter and receive buffer). To share one between threads or tasks, put it behind a `Mutex`
+/// (with the `tokio` feature, `lwtun::aio::AsyncNetlink` does), or open one per thread.
+///
 /// # Examples
 ///
 /// ```no_run
@@ -64,7 +68,7 @@ pub struct Netlink {
     seq: u32,
     buf: Vec<u8>,
     /// The namespace the socket works in, found once when first asked.
-    netns_id: std::cell::OnceCell<crate::netns::NetNsId>,
+    netns_id: std::sync::OnceLock<crate::netns::NetNsId>,
 }
 
 impl std::fmt::Debug for Netlink {
@@ -135,7 +139,7 @@ impl Netlink {
             sock,
             seq: 0,
             buf: vec![0; RECV_BUF],
-            netns_id: std::cell::OnceCell::new(),
+            netns_id: std::sync::OnceLock::new(),
         })
     }
 

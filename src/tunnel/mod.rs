@@ -404,6 +404,7 @@ impl TunnelBuilder {
             input,
             fixup,
             preview,
+            preview_result: std::sync::Mutex::new(()),
             object,
         })
     }
@@ -413,6 +414,10 @@ impl TunnelBuilder {
 /// tables, the routes installed through [`Tunnel::steer`] and the underlay fix-ups attached with
 /// [`Tunnel::attach_underlay`]. Dropping it removes the routes, detaches the fix-ups and
 /// unloads the programs, in that order.
+///
+/// A `Tunnel` is `Send + Sync`: what reads (peer lookups, counters, [`Tunnel::preview`]) takes
+/// `&self` and what edits takes `&mut self`, so threads or tasks can share one behind an
+/// `Arc<RwLock<Tunnel>>`, reading at once while one edits.
 ///
 /// Kernel: Linux 5.3+ (`bpf_lwt_push_encap` and `BPF_LWT_REROUTE`, LPM trie 4.11; underlay fix-up through tcx: 6.6+, else cls_bpf). Before 5.17 (no `bpf_loop`) it loads a variant whose byte-by-byte GRE checksum, needed only for packets that are not plain TCP, UDP or ICMP, covers up to 2 KiB ([`crate::probe::bpf_loop`]). Its tests ran on 5.10 (test runs only), 6.1, 6.12 and 6.18 (`scripts/kernel-matrix.sh`).
 ///
@@ -452,6 +457,9 @@ pub struct Tunnel {
     input: LwtProgram,
     fixup: OwnedFd,
     preview: OwnedFd,
+    /// Held from a preview's test run to its read of the `preview` map (one slot), so that
+    /// threads sharing the tunnel (`&self`) each read their own result.
+    preview_result: std::sync::Mutex<()>,
     object: Object,
     pin: Option<PinFolder>,
 }
@@ -614,6 +622,10 @@ impl Tunnel {
     /// InvalidInput for a frame shorter than an Ethernet header; the kernel's error otherwise.
     pub fn preview(&self, frame: &[u8]) -> Result<Option<Vec<u8>>> {
         let op = "preview encap";
+        let _one_at_a_time = self
+            .preview_result
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let run = crate::tc::test_run(self.preview.as_fd(), frame, 1)?;
         if run.verdict != 0 {
             return Ok(None);
