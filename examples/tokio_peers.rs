@@ -1,6 +1,7 @@
 //! `tokio_peers`: a tokio program that keeps a tunnel's peers in sync with a watched file and
-//! prints what happens as it happens: each peer change it applies, and each packet a capture sees
-//! leaving through the tunnel.
+//! prints what happens as it happens: each peer change it applies, each route and link event in
+//! its namespace (its own changes and anyone else's), and each packet a capture sees leaving
+//! through the tunnel.
 //!
 //! ```text
 //!  peers file ──(mtime, polled every 100 ms)──▶ diff ──▶ Tunnel peers + LWT routes (AsyncNetlink)
@@ -29,10 +30,11 @@ use std::process::Child;
 use std::time::{Duration, SystemTime};
 
 use ipnetwork::IpNetwork;
-use lwtun::aio::{AsyncCapture, AsyncNetlink};
+use lwtun::aio::{AsyncCapture, AsyncMonitor, AsyncNetlink};
 use lwtun::capture::{Capture, CaptureOptions};
 use lwtun::chain::{ChainHook, ProgChain};
 use lwtun::decap::{Decap, DecapPeer};
+use lwtun::monitor::{Event, EventKinds, Monitor};
 use lwtun::netlink::Netlink;
 use lwtun::netns::NetNs;
 use lwtun::peer::{Encap, EncapPeer};
@@ -242,6 +244,8 @@ struct SelfTest {
     steps: Vec<(&'static str, &'static str)>,
     ping: Option<Child>,
     exited: Option<(std::process::ExitStatus, std::time::Instant)>,
+    /// The route events seen, as `add PREFIX` / `del PREFIX`.
+    route_events: Vec<String>,
 }
 
 impl SelfTest {
@@ -259,6 +263,7 @@ impl SelfTest {
             ],
             ping: None,
             exited: None,
+            route_events: Vec::new(),
         }
     }
 }
@@ -290,6 +295,11 @@ async fn run(args: Args) -> Result<()> {
     let mut chain = ProgChain::new(ChainHook::Tc)?;
     let _egress = TcAttach::new(&underlay, TcDirection::Egress).attach(chain.entry())?;
     let mut packets = AsyncCapture::new(Capture::attach(&mut chain, CaptureOptions::default())?)?;
+    // The events: every route and link change in `a`, whoever makes it.
+    let mut events = AsyncMonitor::new(Monitor::open_in(
+        &lab.a,
+        EventKinds::ROUTE | EventKinds::LINK,
+    )?)?;
 
     let demo_file = std::env::temp_dir().join(format!("tokio_peers-{}.txt", std::process::id()));
     let path = args.peers.clone().unwrap_or_else(|| demo_file.clone());
@@ -309,6 +319,7 @@ async fn run(args: Args) -> Result<()> {
         &path,
         &mut synced,
         &mut packets,
+        &mut events,
         &lab,
         selftest.as_mut(),
     )
@@ -326,6 +337,7 @@ async fn watch(
     path: &Path,
     synced: &mut Synced,
     packets: &mut AsyncCapture,
+    events: &mut AsyncMonitor,
     lab: &Lab,
     mut selftest: Option<&mut SelfTest>,
 ) -> Result<()> {
@@ -382,9 +394,17 @@ async fn watch(
                 }
                 println!("packet  {}", p.summary());
             }
-            // EVENTS: the Monitor stream (routes, links, peers changed by others) goes here
-            // once lwtun::monitor lands:
-            //   e = events.next() => println!("event   {}", e?),
+            e = events.next_event() => {
+                let e = e?;
+                println!("event   {e}");
+                if let (Some(t), Some(r)) = (selftest.as_deref_mut(), e.route()) {
+                    match &*e {
+                        Event::RouteAdded(_) => t.route_events.push(format!("add {}", r.dst)),
+                        Event::RouteRemoved(_) => t.route_events.push(format!("del {}", r.dst)),
+                        _ => {}
+                    }
+                }
+            }
         }
     }
 }
@@ -438,6 +458,26 @@ fn step_done(t: &mut SelfTest, path: &Path, lab: &Lab, captured: usize) -> Resul
                 "the routes in a are not the file's",
             ));
         }
+        // Every route change made was an event, once.
+        for want in [
+            "add 10.91.1.0/24",
+            "add 10.91.3.0/24",
+            "del 10.91.1.0/24",
+            "add 10.91.2.0/24",
+        ] {
+            let seen = t.route_events.iter().filter(|e| *e == want).count();
+            if seen != 1 {
+                return Err(Error::other(
+                    ErrorKind::Kernel,
+                    "self-test",
+                    format!(
+                        "route event `{want}` seen {seen} times, want once: {:?}",
+                        t.route_events
+                    ),
+                ));
+            }
+        }
+        println!("route events: {}", t.route_events.join(", "));
         return Ok(true);
     };
     std::fs::write(path, next).map_err(|e| Error::io("rewrite the peers file", e))?;

@@ -330,3 +330,61 @@ fn outside_a_runtime_the_calls_say_so() {
         other => panic!("expected an error outside a runtime, got {other:?}"),
     }
 }
+
+/// An `AsyncMonitor` stream on a single-threaded runtime: route changes made by another process
+/// (`ip`) come once each, in order; a `next_event` future dropped mid-wait loses none.
+#[tokio::test(flavor = "current_thread")]
+async fn a_monitor_stream_sees_other_processes_route_changes_in_order() {
+    use lwtun::aio::AsyncMonitor;
+    use lwtun::monitor::{Event, EventKinds, Monitor};
+    require!();
+    let _one = serial();
+    let net = common::two_hosts();
+    let ns = net.ns(0);
+    let mut events = AsyncMonitor::new(Monitor::open_in(ns, EventKinds::ROUTE).unwrap()).unwrap();
+
+    // Nothing yet: a wait that times out drops its future.
+    let quiet = tokio::time::timeout(Duration::from_millis(100), events.next_event()).await;
+    assert!(quiet.is_err(), "an event before any change: {quiet:?}");
+
+    let ns_path = ns.name().to_string();
+    let changes = tokio::task::spawn_blocking(move || {
+        let ns = lwtun::NetNs::open(&ns_path).unwrap();
+        for args in [
+            "route add 10.96.1.0/24 dev to1",
+            "route add 10.96.2.0/24 dev to1",
+            "route replace 10.96.1.0/24 dev to1 mtu 1400",
+            "route del 10.96.2.0/24",
+        ] {
+            common::ip(&ns, &args.split(' ').collect::<Vec<_>>());
+        }
+    });
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let e = tokio::time::timeout(Duration::from_secs(5), events.next_event())
+            .await
+            .expect("the four changes as events within 5 s")
+            .unwrap();
+        let Some(r) = e.route() else { continue };
+        if !r.dst.to_string().starts_with("10.96.") {
+            continue;
+        }
+        seen.push(format!("{} {}", e.action(), r.dst));
+        if let Event::RouteChanged(r) = &*e {
+            assert_eq!(r.mtu.map(|m| m.bytes), Some(1400), "{r}");
+        }
+    }
+    changes.await.unwrap();
+    assert_eq!(
+        seen,
+        [
+            "add 10.96.1.0/24",
+            "add 10.96.2.0/24",
+            "change 10.96.1.0/24",
+            "del 10.96.2.0/24"
+        ]
+    );
+    assert_eq!(events.monitor().resyncs(), 0);
+    let mut monitor = events.into_inner();
+    assert!(monitor.try_next().unwrap().is_none(), "events left over");
+}

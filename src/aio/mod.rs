@@ -2,6 +2,7 @@
 //!
 //! ```text
 //!  Capture ──(AsFd: ring buffer epoll fd)──▶ AsyncFd ──▶ AsyncCapture: Stream<Item = Result<Packet>>
+//!  Monitor ──(AsFd: rtnetlink event socket)──▶ AsyncFd ──▶ AsyncMonitor: Stream<Item = Result<Stamped<Event>>>
 //!  Netlink ──(Arc<Mutex<_>>)──▶ spawn_blocking ──▶ AsyncNetlink: async fn routes / add_route / apply_batch ...
 //! ```
 //!
@@ -10,7 +11,8 @@
 //!   stream drains it with [`Capture::try_packet`](crate::capture::Capture::try_packet), which
 //!   never blocks. No thread waits for packets.
 //!   Every readiness-driven reader shares that one pattern (a descriptor readable while items
-//!   wait, a non-blocking read): the event monitor plugs into it the same way.
+//!   wait, a non-blocking read): [`AsyncMonitor`] reads a
+//!   [`Monitor`](crate::monitor::Monitor)'s events the same way.
 //! - [`AsyncNetlink`] runs lwtun's netlink calls on tokio's blocking pool (`spawn_blocking`),
 //!   one at a time per socket. This is a choice, not an oversight: every call is one short
 //!   request/ACK exchange (a dump a few; a batch pipelines 256 requests per `sendmsg`), its
@@ -50,12 +52,13 @@
 
 #[cfg(feature = "capture")]
 mod capture;
+mod monitor;
 mod netlink;
-#[cfg_attr(not(feature = "capture"), allow(dead_code))]
 mod readiness;
 
 #[cfg(feature = "capture")]
 pub use capture::AsyncCapture;
+pub use monitor::AsyncMonitor;
 pub use netlink::AsyncNetlink;
 
 use crate::error::{Error, Result};

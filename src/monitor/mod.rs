@@ -539,3 +539,10 @@ impl AsFd for Monitor {
         self.sock.as_fd()
     }
 }
+
+impl std::os::fd::AsRawFd for Monitor {
+    /// As [`AsFd::as_fd`].
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.sock.as_fd().as_raw_fd()
+    }
+}
