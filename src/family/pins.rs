@@ -70,9 +70,12 @@
 //!
 //! - **The map**: a `BPF_MAP_TYPE_ARRAY` made by user space with `BPF_F_MMAPABLE` (Linux 5.5),
 //!   named `peer_journal`, 160-byte values, `1 + capacity` entries (capacity 16384 records,
-//!   2.6 MB). Entry 0 is the header, entries `1..=capacity` the ring. Writers and readers
-//!   `mmap` it: an append is a few stores to shared memory, no system call. No BPF program
-//!   reads it, so its layout is a `#[repr(C)]` Rust struct, not part of `bpf/lwtun.h`.
+//!   2.6 MB). Entry 0 is the header, entries `1..=capacity` the ring. Readers `mmap` it
+//!   whole; a writer maps the header page and writes its first 63 records with map updates
+//!   (one `BPF_MAP_UPDATE_BATCH` per batch), then maps the ring whole and stores records in
+//!   place (a command's single edit does not pay for mapping 2.6 MB; a long-lived owner's
+//!   appends cost no system call). No BPF program reads it, so its layout is a `#[repr(C)]`
+//!   Rust struct, not part of `bpf/lwtun.h`.
 //! - **The header** (entry 0, native byte order): `u32 magic` (`LWTUN_MAGIC`), `u32 version`
 //!   (1), `u32 capacity`, `u32 record_size` (160), `u64 head` (the sequence number of the last
 //!   record written, 0 for none), `u64 writing` (the last sequence number a writer has begun
