@@ -6,8 +6,8 @@
 //!   that turns its old view into exactly the tables the kernel holds; a write behind lwtun's
 //!   back (a raw map update) is found by `verify`;
 //! - a folder without a journal (as lwtun 0.2.0 pinned them) is adopted and edited; its first
-//!   edit makes the journal, which a reader opened before reads from the first record; unloading
-//!   removes the journal with the rest.
+//!   edit makes the journal, which a reader opened before reads from the first record; a resize
+//!   keeps it; unloading removes the journal with the rest.
 
 #[path = "common/cli.rs"]
 mod cli;
@@ -19,8 +19,9 @@ use std::process::Command;
 
 use ipnetwork::IpNetwork;
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
+use lwtun::netlink::Netlink;
 use lwtun::peer::{Encap, EncapPeer, PeerChange, PeerJournal, ResyncReason};
-use lwtun::tunnel::{PinnedTunnel, Tunnel, PIN_LAYOUT};
+use lwtun::tunnel::{PinnedTunnel, Tunnel, TunnelTables, PIN_LAYOUT};
 
 fn net(s: &str) -> IpNetwork {
     s.parse().unwrap()
@@ -346,17 +347,32 @@ fn a_folder_without_journal_is_adopted_and_journaled_from_its_first_edit() {
     );
     assert_eq!(changes[0].origin().unwrap().seq, 1);
 
+    // Resizing the tables (new maps pinned over the old) keeps the journal going.
+    let ns = common::netns("journal");
+    let mut tables = TunnelTables::open(&pin.0).unwrap();
+    tables
+        .resize(&mut Netlink::open_in(&ns).unwrap(), 8192)
+        .unwrap();
+    tables.peers_mut().insert(net("10.3.0.0/16"), gre).unwrap();
+    drop(tables);
+    let changes = journal.poll().unwrap();
+    assert_eq!(
+        summary(&changes[0]),
+        ('+', net("10.3.0.0/16"), Some(gre), Some(std::process::id()))
+    );
+    assert_eq!(changes[0].origin().unwrap().seq, 2);
+
     // A library owner adopts the folder and its journal and goes on from there.
     let mut tunnel = Tunnel::builder().pin(&pin.0).load().unwrap();
     assert!(tunnel.adopted());
-    assert_eq!(tunnel.peers().len(), 2);
+    assert_eq!(tunnel.peers().len(), 3);
     tunnel.peers_mut().remove(net("10.1.0.0/16")).unwrap();
     let changes = journal.poll().unwrap();
     assert_eq!(
         summary(&changes[0]),
         ('-', net("10.1.0.0/16"), None, Some(std::process::id()))
     );
-    assert_eq!(changes[0].origin().unwrap().seq, 2);
+    assert_eq!(changes[0].origin().unwrap().seq, 3);
     assert_eq!(journal.peers(), &kernel_peers(&pin.0));
     drop(tunnel);
     assert!(!pin.0.exists(), "unloading removed the journal too");

@@ -999,6 +999,13 @@ mod tests {
     }
 
     #[test]
+    fn readers_and_tables_can_be_shared_between_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<PeerJournal>();
+        shared::<PeerTable>();
+    }
+
+    #[test]
     fn diff_names_each_kind_of_change() {
         let p = |s: &str| s.parse::<IpNetwork>().unwrap();
         let old = BTreeMap::from([(p("10.0.0.0/8"), via(2)), (p("10.1.0.0/16"), via(3))]);
