@@ -103,7 +103,8 @@
 //! **Older folders** (lwtun 0.2.0) have no journal: they are adopted as they are, and the first
 //! write under the lock makes it before it changes the tables. Changes by an older lwtun or
 //! behind lwtun's back (`bpftool map update`) are not journaled: a reader finds them only when
-//! it reads the tables whole ([`PeerJournal::verify`], and a resync). A [`Tunnel`] that is not
+//! it reads the tables whole ([`PeerJournal::verify`], and a resync), and so is a change whose
+//! writer was killed between its table write and its append. A [`Tunnel`] that is not
 //! pinned keeps no journal (nobody else could read it). The journal is removed with the state
 //! maps ([`PinLayout::optional`]); a reader holding it then reads nothing more.
 //!
