@@ -199,7 +199,8 @@ fn changes_from_two_processes_are_read_once_in_order_with_their_writers() {
     assert!(matches!(all[8], PeerChange::Removed { peer, .. } if peer == ipip));
 
     // The reader's view is the kernel's tables.
-    assert_eq!(journal.peers(), &kernel_peers(&pin.0));
+    let all_before_unload = kernel_peers(&pin.0);
+    assert_eq!(journal.peers(), &all_before_unload);
     assert!(
         journal.verify().unwrap().is_empty(),
         "nothing behind lwtun's back"
@@ -209,6 +210,24 @@ fn changes_from_two_processes_are_read_once_in_order_with_their_writers() {
     assert!(pin.0.join("peer_journal").exists());
     cli::ok(&["tunnel", "unload", "--pin", p]);
     assert!(!pin.0.exists(), "the folder and its journal are gone");
+    assert!(journal.poll().unwrap().is_empty(), "nothing more to read");
+
+    // A tunnel pinned anew in the folder has a new journal: the reader resyncs to it.
+    let mut tunnel = Tunnel::builder().pin(&pin.0).load().unwrap();
+    tunnel.peers_mut().insert(net("10.5.0.0/16"), gre).unwrap();
+    let changes = journal.poll().unwrap();
+    assert_eq!(changes[0], PeerChange::Resync(ResyncReason::Replaced));
+    let mut view = all_before_unload;
+    apply(&mut view, &changes[1..]);
+    assert_eq!(view, kernel_peers(&pin.0));
+    assert_eq!(view.len(), 1);
+    tunnel.peers_mut().remove(net("10.5.0.0/16")).unwrap();
+    let changes = journal.poll().unwrap();
+    assert_eq!(
+        summary(&changes[0]),
+        ('-', net("10.5.0.0/16"), None, Some(me))
+    );
+    assert_eq!(changes[0].origin().unwrap().seq, 2);
 }
 
 #[test]

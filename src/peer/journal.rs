@@ -184,8 +184,8 @@ struct Ring {
     capacity: u32,
     /// Records this writer appended.
     appended: usize,
-    /// The pin's inode when opened (a journal pinned anew in its place has another).
-    ino: u64,
+    /// The pin's identity when opened (a journal pinned anew in its place has another).
+    pin: Option<PinId>,
 }
 
 // SAFETY: the mapping is shared memory owned by the value; through &self it is only read (the
@@ -245,14 +245,14 @@ impl Ring {
         if base == libc::MAP_FAILED {
             return Err(Error::io(op, std::io::Error::last_os_error()).with_object(object));
         }
-        let ino = std::fs::metadata(path).map(|m| m.ino()).unwrap_or(0);
+        let pin = PinId::of(path);
         let mut ring = Ring {
             capacity: map.max_entries() - 1,
             appended: 0,
             map,
             base: base.cast(),
             len,
-            ino,
+            pin,
         };
         let h = ring.header();
         if h.magic == 0 && writable {
@@ -315,7 +315,7 @@ impl Ring {
         unsafe { std::ptr::write_volatile(ring.base.cast::<Header>(), header) };
         match crate::family::pins::obj_pin(ring.map.as_fd(), path) {
             Ok(()) => {
-                ring.ino = std::fs::metadata(path).map(|m| m.ino()).unwrap_or(0);
+                ring.pin = PinId::of(path);
                 Ok(ring)
             }
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ring::open(path, true, op)?
@@ -467,6 +467,25 @@ impl Ring {
 
     fn head(&self) -> u64 {
         self.counter(HEAD_OFFSET).load(Ordering::Acquire)
+    }
+}
+
+/// What tells a pin from another pinned in its place later: its inode number, which bpffs may
+/// hand out again, and the time it was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PinId {
+    ino: u64,
+    made: (i64, i64),
+}
+
+impl PinId {
+    /// The identity of what is pinned at `path`; `None` when nothing is.
+    fn of(path: &Path) -> Option<PinId> {
+        let m = std::fs::metadata(path).ok()?;
+        Some(PinId {
+            ino: m.ino(),
+            made: (m.ctime(), m.ctime_nsec()),
+        })
     }
 }
 
@@ -857,14 +876,15 @@ impl PeerJournal {
     pub fn poll(&mut self) -> Result<Vec<PeerChange>> {
         let op = "read peer journal";
         // The journal as pinned now: made since the open, or replaced.
-        let ino = std::fs::metadata(&self.path).map(|m| m.ino()).ok();
-        match (&self.ring, ino) {
+        let pin = PinId::of(&self.path);
+        match (&self.ring, pin) {
             (None, Some(_)) => {
                 // Made by the first write after the open: read from its first record.
                 self.ring = Ring::open(&self.path, false, op)?;
                 self.seen = 0;
             }
-            (Some(ring), Some(ino)) if ring.ino != ino => {
+            // Another journal pinned in its place (the tunnel unloaded and pinned anew).
+            (Some(ring), Some(pin)) if ring.pin != Some(pin) => {
                 self.ring = Ring::open(&self.path, false, op)?;
                 return self.resync(ResyncReason::Replaced);
             }
