@@ -8,7 +8,10 @@
 //!   (two contiguous halves), and shuffled on one;
 //! - `bpftool batch`: one `map update` command per peer from a batch file;
 //! - `insert loop`: `PeerTable::insert` per peer (one `BPF_MAP_UPDATE_ELEM` each);
-//! - removals: `PeerTable::remove_batch` vs one raw `BPF_MAP_DELETE_BATCH`.
+//! - removals: `PeerTable::remove_batch` vs one raw `BPF_MAP_DELETE_BATCH`;
+//! - `pinned, journaled`: the lwtun batch insert and removal and the insert loop into a pinned
+//!   tunnel, which records every change in its peer journal (made by the first write): the
+//!   journal's cost, against the same cases unpinned in the same rounds.
 //!
 //! The cases take turns over several rounds (this machine's load swings single runs by 2x) and
 //! the medians are reported, with rates relative to bpftool and to the raw one-thread floor, by
@@ -195,6 +198,22 @@ fn tunnel(n: u32) -> Tunnel {
     Tunnel::builder().capacity(n).load().expect("load tunnel")
 }
 
+/// A tunnel pinned in a folder of its own, so that its peer changes are journaled (the folder
+/// goes when it drops).
+fn pinned_tunnel(n: u32) -> Tunnel {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let folder = format!(
+        "/sys/fs/bpf/lwtun-bench-journal-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    Tunnel::builder()
+        .capacity(n)
+        .pin(folder)
+        .load()
+        .expect("load pinned tunnel")
+}
+
 /// Drops a filled table and waits until the kernel has freed it: a kernel worker frees the trie
 /// after the last reference goes, node by node, for most of a second at 1M peers, and would
 /// otherwise hold a CPU during the next case (the two-thread cases then gain nothing). Done when
@@ -226,9 +245,12 @@ enum Case {
     InsertLoop,
     LwtunRemove,
     RawRemove,
+    LwtunPinned,
+    LwtunRemovePinned,
+    InsertLoopPinned,
 }
 
-const CASES: [(Case, &str); 10] = [
+const CASES: [(Case, &str); 13] = [
     (Case::Lwtun, "lwtun insert_batch"),
     (Case::LwtunShuffled, "lwtun insert_batch, shuffled input"),
     (Case::LwtunOneWorker, "lwtun insert_batch, 1 worker"),
@@ -239,6 +261,15 @@ const CASES: [(Case, &str); 10] = [
     (Case::InsertLoop, "lwtun insert per peer"),
     (Case::LwtunRemove, "lwtun remove_batch"),
     (Case::RawRemove, "raw kernel delete batch"),
+    (Case::LwtunPinned, "lwtun insert_batch, pinned, journaled"),
+    (
+        Case::LwtunRemovePinned,
+        "lwtun remove_batch, pinned, journaled",
+    ),
+    (
+        Case::InsertLoopPinned,
+        "lwtun insert per peer, pinned, journaled",
+    ),
 ];
 
 struct Inputs {
@@ -291,8 +322,11 @@ fn raw_update(map: &MapHandle, keys: &[u8], values: &[u8]) {
 /// Runs `case` once for `n` peers.
 fn run_case(case: Case, n: u32, inp: &Inputs) -> Timing {
     match case {
-        Case::Lwtun | Case::LwtunShuffled | Case::LwtunOneWorker => {
-            let mut t = tunnel(n);
+        Case::Lwtun | Case::LwtunShuffled | Case::LwtunOneWorker | Case::LwtunPinned => {
+            let mut t = match case {
+                Case::LwtunPinned => pinned_tunnel(n),
+                _ => tunnel(n),
+            };
             let batch = if case == Case::LwtunShuffled {
                 &inp.shuffled
             } else {
@@ -306,8 +340,11 @@ fn run_case(case: Case, n: u32, inp: &Inputs) -> Timing {
             settle(t, n);
             secs
         }
-        Case::LwtunRemove => {
-            let mut t = tunnel(n);
+        Case::LwtunRemove | Case::LwtunRemovePinned => {
+            let mut t = match case {
+                Case::LwtunRemovePinned => pinned_tunnel(n),
+                _ => tunnel(n),
+            };
             t.peers_mut()
                 .insert_batch(&inp.sorted)
                 .expect("batch insert");
@@ -385,8 +422,11 @@ fn run_case(case: Case, n: u32, inp: &Inputs) -> Timing {
             settle(t, n);
             secs
         }
-        Case::InsertLoop => {
-            let mut t = tunnel(n);
+        Case::InsertLoop | Case::InsertLoopPinned => {
+            let mut t = match case {
+                Case::InsertLoopPinned => pinned_tunnel(n),
+                _ => tunnel(n),
+            };
             let secs = time(|| {
                 let peers = t.peers_mut();
                 for (p, e) in &inp.sorted {

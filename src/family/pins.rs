@@ -60,6 +60,59 @@
 //! behind a live owner's back is not supported: the owner keeps a copy of its tables and would
 //! overwrite the change; take the folder over when the owner has ended instead.
 //!
+//! # The peer journal
+//!
+//! A tunnel's folder also holds `peer_journal` once a peer changed: the changes lwtun's
+//! writers made to the peer tables, which [`PeerJournal`] reads from any process (a BPF map
+//! update notifies nobody, so the writers say what they did). Every write through lwtun
+//! ([`PeerTable`]'s insert, replace, remove and batches, from a [`Tunnel`], the `lwtun`
+//! command's [`TunnelTables`] or the fleet agent) appends one record per changed peer.
+//!
+//! - **The map**: a `BPF_MAP_TYPE_ARRAY` made by user space with `BPF_F_MMAPABLE` (Linux 5.5),
+//!   named `peer_journal`, 160-byte values, `1 + capacity` entries (capacity 16384 records,
+//!   2.6 MB). Entry 0 is the header, entries `1..=capacity` the ring. Readers `mmap` it
+//!   whole; a writer maps the header page and writes its first 63 records with map updates
+//!   (one `BPF_MAP_UPDATE_BATCH` per batch), then maps the ring whole and stores records in
+//!   place (a command's single edit does not pay for mapping 2.6 MB; a long-lived owner's
+//!   appends cost no system call). No BPF program reads it, so its layout is a `#[repr(C)]`
+//!   Rust struct, not part of `bpf/lwtun.h`.
+//! - **The header** (entry 0, native byte order): `u32 magic` (`LWTUN_MAGIC`), `u32 version`
+//!   (1), `u32 capacity`, `u32 record_size` (160), `u64 head` (the sequence number of the last
+//!   record written, 0 for none), `u64 writing` (the last sequence number a writer has begun
+//!   to write).
+//! - **A record** (160 bytes): `u64 seq` (1, 2, …; record `s` lives in entry
+//!   `1 + (s - 1) % capacity`), `u64 time_ns` (`CLOCK_REALTIME`, nanoseconds since the Unix
+//!   epoch: comparable between processes and with logs, but it follows the wall clock, so it
+//!   can step), `u32 op` (1 added, 2 removed, 3 changed), `u32 pid`, `u8 family` (4 or 6),
+//!   `u8 prefix_len`, 6 bytes of padding, `u8 addr[16]`, `char comm[16]` (the writer's
+//!   `/proc/self/comm` when it opened the tables), then the old and the new
+//!   `struct lwtun_peer` (48 bytes each, the tables' own value layout from `bpf/lwtun.h`; zero
+//!   where there is none). A replace that changes nothing is not recorded.
+//!
+//! **Writers** append only while they own the folder: every lwtun writer of pinned tables holds
+//! its owner lock ([one owner](self#one-owner)), so there is one writer at a time and the
+//! sequence needs no atomic read-modify-write (a BPF spin lock would serialise only BPF
+//! programs). A writer stores `writing` (the last sequence number of what it is about to
+//! append), then the records, then `head` (release order); a batch is appended in one go, and
+//! of a batch longer than the ring only its last `capacity` records are written. A reader
+//! copies the records it has not read, then reads `writing`: a record `s` it copied is intact
+//! when `s + capacity > writing` (no write to its entry had begun), as a seqlock. A reader that
+//! fell further behind than the ring holds reads the tables whole instead and reports the
+//! difference with what it knew (a resync).
+//!
+//! **Older folders** (lwtun 0.2.0) have no journal: they are adopted as they are, and the first
+//! write under the lock makes it before it changes the tables. Changes by an older lwtun or
+//! behind lwtun's back (`bpftool map update`) are not journaled: a reader finds them only when
+//! it reads the tables whole ([`PeerJournal::verify`], and a resync), and so is a change whose
+//! writer was killed between its table write and its append. A [`Tunnel`] that is not
+//! pinned keeps no journal (nobody else could read it). The journal is removed with the state
+//! maps ([`PinLayout::optional`]); a reader holding it then reads nothing more.
+//!
+//! [`PeerJournal::verify`]: crate::peer::PeerJournal::verify
+//! [`PeerJournal`]: crate::peer::PeerJournal
+//! [`PeerTable`]: crate::peer::PeerTable
+//! [`TunnelTables`]: crate::tunnel::TunnelTables
+//!
 //! # Examples
 //!
 //! ```no_run
@@ -102,6 +155,7 @@ pub struct PinLayout {
     family: &'static str,
     maps: &'static [&'static str],
     programs: &'static [&'static str],
+    optional: &'static [&'static str],
 }
 
 impl PinLayout {
@@ -114,7 +168,13 @@ impl PinLayout {
             family,
             maps,
             programs,
+            optional: &[],
         }
+    }
+
+    /// The layout with `optional` pins (see [`PinLayout::optional`]).
+    const fn with_optional(self, optional: &'static [&'static str]) -> PinLayout {
+        PinLayout { optional, ..self }
     }
 
     /// The family's name (`tunnel`, `decap`, `lwt_redirect`, `tunnel_redirect`, `seg6`).
@@ -130,6 +190,20 @@ impl PinLayout {
     /// The programs an owner may pin (a family that loads some of its programs pins those).
     pub fn programs(&self) -> &'static [&'static str] {
         self.programs
+    }
+
+    /// The pins an owner makes when it first needs them (a tunnel's `peer_journal`, made by
+    /// its first peer change): not part of a complete set (a folder without them is adopted
+    /// as it is), and removed with the state maps.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(lwtun::tunnel::PIN_LAYOUT.optional(), ["peer_journal"]);
+    /// assert!(lwtun::decap::PIN_LAYOUT.optional().is_empty());
+    /// ```
+    pub fn optional(&self) -> &'static [&'static str] {
+        self.optional
     }
 
     /// Every layout of lwtun's pinned families.
@@ -150,12 +224,15 @@ impl PinLayout {
 /// A [`Tunnel`](crate::tunnel::Tunnel)'s folder: the peer tables, their counters, the miss
 /// counters and the settings, and the encap programs of the last load (its `lwt_xmit` variant
 /// and `encap_in`), which `lwtun route add` puts on routes without loading programs. Folders
-/// made by lwtun 0.2.0 hold no programs; they are still adopted as they are.
+/// made by lwtun 0.2.0 hold no programs; they are still adopted as they are. The
+/// `peer_journal` (see [the peer journal](self#the-peer-journal)) is made by the first peer
+/// change of an owner of this version; folders of lwtun 0.2.0 have none until then.
 pub const TUNNEL: PinLayout = PinLayout::new(
     "tunnel",
     &["peers_v4", "peers_v6", "peer_stats", "events", "config"],
     &["encap_xmit", "encap_xmit_direct", "encap_in"],
-);
+)
+.with_optional(&["peer_journal"]);
 
 /// A [`Decap`](crate::decap::Decap)'s folder: its tables, settings and counters (its per-CPU
 /// checksum scratch space is not state), and its program.
@@ -573,7 +650,7 @@ impl Drop for PinFolder {
             return;
         }
         if self.committed || self.maps_pinned {
-            for name in self.layout.maps {
+            for name in self.layout.maps.iter().chain(self.layout.optional) {
                 let _ = std::fs::remove_file(self.folder.join(name));
             }
         }

@@ -19,9 +19,11 @@
 //! [`Tunnel::peers_mut`](crate::tunnel::Tunnel::peers_mut).
 
 mod batch;
+mod journal;
 mod value;
 
 use batch::*;
+pub use journal::{ChangeOrigin, PeerChange, PeerJournal, ResyncReason};
 pub use value::{Encap, EncapPeer, OuterField};
 
 use std::collections::BTreeMap;
@@ -162,6 +164,8 @@ pub struct PeerTable {
     count_v4: u32,
     count_v6: u32,
     batch_workers: usize,
+    /// The journal of pinned tables ([`PeerJournal`] reads it); `None` for unpinned ones.
+    journal: Option<journal::Sink>,
 }
 
 impl fmt::Debug for PeerTable {
@@ -235,6 +239,21 @@ impl PeerTable {
         Ok(table)
     }
 
+    /// Journals every change from now on in `folder`'s peer journal (the tables are pinned
+    /// there and the caller holds the folder's owner lock, which orders the journal's writers).
+    pub(crate) fn journal_into(&mut self, folder: &std::path::Path) {
+        self.journal = Some(journal::Sink::new(folder));
+    }
+
+    /// Opens (or makes) the journal before a change, so that one that cannot be had refuses
+    /// the change before anything is written.
+    fn journal_ready(&mut self, op: &str) -> Result<()> {
+        match &mut self.journal {
+            Some(j) => j.ready(op),
+            None => Ok(()),
+        }
+    }
+
     /// `adopt`: `Some(true)` reads the tables back when they hold lwtun's config (else writes a
     /// fresh config), `Some(false)` writes a fresh config, `None` touches nothing.
     fn from_handles(
@@ -257,6 +276,7 @@ impl PeerTable {
             batch_workers: default_batch_workers(),
             count_v4: 0,
             count_v6: 0,
+            journal: None,
         };
         match adopt.into() {
             None => {}
@@ -594,6 +614,7 @@ impl PeerTable {
             ));
         }
         self.check_room(prefix.is_ipv6(), 1, op)?;
+        self.journal_ready(op)?;
         let (slot, reused) = self.take_slot()?;
         let write = (|| {
             if reused {
@@ -614,6 +635,11 @@ impl PeerTable {
         self.peers.insert(prefix, slot);
         put_peer(&mut self.slot_peers, slot, peer);
         *self.count_of(&prefix) += 1;
+        if let Some(j) = &mut self.journal {
+            j.append(1, |_| {
+                journal::JournalRecord::added(prefix, &peer.to_abi(slot))
+            });
+        }
         Ok(())
     }
 
@@ -629,14 +655,22 @@ impl PeerTable {
             return self.insert(prefix, peer);
         };
         peer.validate()?;
+        let op = "replace tunnel peer";
+        self.journal_ready(op)?;
         self.map_of(&prefix)
             .update(
                 &key_bytes(&prefix),
                 abi::as_bytes(&peer.to_abi(slot)),
                 MapFlags::EXIST,
             )
-            .map_err(|e| Error::bpf("replace tunnel peer", e).with_object(prefix.to_string()))?;
+            .map_err(|e| Error::bpf(op, e).with_object(prefix.to_string()))?;
+        let old = self.peer_at(slot).copied();
         put_peer(&mut self.slot_peers, slot, peer);
+        if let (Some(j), Some(old)) = (&mut self.journal, old.filter(|o| *o != peer)) {
+            j.append(1, |_| {
+                journal::JournalRecord::changed(prefix, &old.to_abi(slot), &peer.to_abi(slot))
+            });
+        }
         Ok(())
     }
 
@@ -658,12 +692,18 @@ impl PeerTable {
                 format!("peer for {prefix}"),
             ));
         };
+        self.journal_ready("remove tunnel peer")?;
         self.map_of(&prefix)
             .delete(&key_bytes(&prefix))
             .map_err(|e| Error::bpf("remove tunnel peer", e).with_object(prefix.to_string()))?;
         self.peers.remove(&prefix);
         self.free_slots.push(slot);
         *self.count_of(&prefix) -= 1;
+        if let Some(j) = &mut self.journal {
+            j.append(1, |_| {
+                journal::JournalRecord::removed(prefix, &peer.to_abi(slot))
+            });
+        }
         Ok(peer)
     }
 
@@ -725,6 +765,7 @@ impl PeerTable {
         })?;
         self.check_new::<V4>(&v4, op)?;
         self.check_new::<V6>(&v6, op)?;
+        self.journal_ready(op)?;
 
         let slots = self.take_slots(peers.len(), op)?;
         let (s4, s6) = slots.split_at(v4.len());
@@ -792,6 +833,16 @@ impl PeerTable {
         }
         self.count_v4 += v4.len() as u32;
         self.count_v6 += v6.len() as u32;
+        if let Some(j) = &mut self.journal {
+            // In table order, as written: one record per peer, appended in one go.
+            j.append(slots.len(), |k| {
+                let (prefix, i) = match v4.get(k) {
+                    Some(&(key, i)) => (V4::prefix(key), i),
+                    None => (V6::prefix(v6[k - v4.len()].0), v6[k - v4.len()].1),
+                };
+                journal::JournalRecord::added(prefix, &peers[i as usize].1.to_abi(slots[k]))
+            });
+        }
         Ok(())
     }
 
@@ -867,6 +918,7 @@ impl PeerTable {
         let (v4, v6) = sorted_keys(prefixes.len(), self.batch_workers, &|i| Ok(prefixes[i]))?;
         self.check_present::<V4>(&v4, op)?;
         self.check_present::<V6>(&v6, op)?;
+        self.journal_ready(op)?;
 
         let fd4 = self.v4.as_fd().as_raw_fd();
         let fd6 = self.v6.as_fd().as_raw_fd();
@@ -910,6 +962,17 @@ impl PeerTable {
         self.free_slots.extend(taken.iter().map(|&(_, slot)| slot));
         self.count_v4 -= v4.len() as u32;
         self.count_v6 -= v6.len() as u32;
+        if let Some(j) = &mut self.journal {
+            // A freed slot keeps its last peer: the one removed.
+            let slot_peers = &self.slot_peers;
+            j.append(taken.len(), |k| {
+                let (prefix, slot) = taken[k];
+                let old = slot_peers
+                    .get(slot as usize)
+                    .map_or_else(lwtun_peer::default, |p| p.to_abi(slot));
+                journal::JournalRecord::removed(prefix, &old)
+            });
+        }
         Ok(())
     }
 

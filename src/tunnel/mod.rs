@@ -382,6 +382,7 @@ impl TunnelBuilder {
             peers.set_forward_mtu(mtu)?;
         }
         if let Some(pin) = &mut pin {
+            peers.journal_into(pin.path());
             pin.pin_maps(&mut object, "pin tunnel map")?;
             // The programs too, so that a route can be added from the pins alone
             // (`TunnelTables::xmit_program`) without loading and verifying them again.

@@ -179,7 +179,9 @@ impl TunnelTables {
             .with_object(folder.display().to_string()));
         }
         let lock = crate::family::lock::PinLock::acquire(folder)?;
-        let peers = PeerTable::read_pinned(folder)?;
+        let mut peers = PeerTable::read_pinned(folder)?;
+        // Under the lock: the edits are journaled (the journal is made by the first one).
+        peers.journal_into(folder);
         Ok(TunnelTables {
             folder: folder.to_path_buf(),
             peers,
@@ -432,6 +434,8 @@ impl TunnelTables {
             return Err(e);
         }
         self.peers = PeerTable::read_pinned(&self.folder)?;
+        // The journal stays pinned as it was (it is not one of the maps resized).
+        self.peers.journal_into(&self.folder);
         Ok(moves.len())
     }
 

@@ -222,7 +222,12 @@ fn find_routes(
 /// Removes the tunnel's pins and its folder (when then empty) without its lock.
 fn remove_pins(pin: &Path) -> Result<()> {
     let layout = &lwtun::tunnel::PIN_LAYOUT;
-    for name in layout.maps().iter().chain(layout.programs()) {
+    for name in layout
+        .maps()
+        .iter()
+        .chain(layout.programs())
+        .chain(layout.optional())
+    {
         let path = pin.join(name);
         match std::fs::remove_file(&path) {
             Ok(()) => {}
