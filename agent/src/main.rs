@@ -3,6 +3,7 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 
 use clap::{Parser, ValueEnum};
 use ipnetwork::IpNetwork;
@@ -10,7 +11,9 @@ use lwtun::peer::Encap;
 use lwtun_agent::agent::{Agent, AgentConfig, Control};
 use lwtun_agent::dataplane::{DataPlane, DataPlaneConfig};
 use lwtun_agent::fleet::Fleet;
+use lwtun_agent::http::Endpoint;
 use lwtun_agent::layout::{self, Layout};
+use lwtun_agent::metrics::Metrics;
 use lwtun_agent::record::HostRecord;
 use lwtun_agent::AgentError;
 use tokio::signal::unix::{signal, SignalKind};
@@ -84,6 +87,10 @@ struct Args {
     /// Write the status (JSON: table, revision, timings) to this file after every change
     #[arg(long)]
     status: Option<PathBuf>,
+    /// Serve Prometheus metrics (/metrics), /healthz and /readyz on this address, e.g.
+    /// 127.0.0.1:9464 (off when not given)
+    #[arg(long)]
+    metrics_address: Option<std::net::SocketAddr>,
 }
 
 fn read_prefix_file(path: &Path) -> Result<Vec<IpNetwork>, AgentError> {
@@ -172,6 +179,7 @@ async fn run(args: Args) -> Result<(), AgentError> {
         lease_ttl: args.lease_ttl,
         status: args.status.clone(),
     };
+    let args_metrics = args.metrics_address;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let io = |e: std::io::Error| AgentError::Io {
         op: "install signal handlers".into(),
@@ -198,7 +206,23 @@ async fn run(args: Args) -> Result<(), AgentError> {
         let _ = tx.send(Control::Shutdown).await;
     };
     tokio::spawn(signals);
-    let mut agent = Agent::new(config, fleet, dataplane);
+    let dataplane = Arc::new(Mutex::new(dataplane));
+    let metrics = Metrics::new(dataplane.clone());
+    if let Some(address) = args_metrics {
+        let endpoint = Endpoint::bind(address, metrics.clone(), dataplane.clone()).await?;
+        eprintln!(
+            "lwtun-agent {}: metrics on http://{}/metrics",
+            config.host,
+            endpoint.local_addr()?
+        );
+        let host = config.host.clone();
+        tokio::spawn(async move {
+            if let Err(e) = endpoint.serve().await {
+                eprintln!("lwtun-agent {host}: {e}");
+            }
+        });
+    }
+    let mut agent = Agent::new(config, fleet, dataplane).with_metrics(metrics);
     agent.run(rx).await
 }
 
