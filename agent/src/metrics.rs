@@ -187,8 +187,10 @@ pub fn rejection_reason(why: &str) -> &'static str {
     }
 }
 
-/// Prefixes claimed by more than one host of `fleet` (this host included): the later claims
-/// get no peer (see [`crate::fleet`]).
+/// Claims of other hosts that get no peer in this host's table because an older claim of the
+/// same prefix (or this host itself) holds it (see [`crate::fleet`]), given the table the fleet
+/// asks for: the claims counted, less the peers. It costs one step per host, not per prefix,
+/// so it runs at every sync.
 ///
 /// # Examples
 ///
@@ -200,19 +202,19 @@ pub fn rejection_reason(why: &str) -> &'static str {
 /// let mut f = Fleet::new(Layout::new("/lwtun/fleet", "f")?, "a", "10.99.0.1".parse().unwrap());
 /// let rec = |ep: &str| format!(r#"{{"endpoint":"{ep}","encap":"ipip","prefixes":["10.7.0.0/16"]}}"#);
 /// f.put(b"/lwtun/fleet/f/hosts/b", rec("10.99.0.2").as_bytes(), 2);
-/// assert_eq!(prefix_conflicts(&f), 0);
+/// assert_eq!(prefix_conflicts(&f, &f.desired()), 0);
 /// f.put(b"/lwtun/fleet/f/hosts/c", rec("10.99.0.3").as_bytes(), 3);
-/// assert_eq!(prefix_conflicts(&f), 1);
+/// assert_eq!(prefix_conflicts(&f, &f.desired()), 1, "c's claim loses to b's");
 /// # Ok::<(), lwtun_agent::AgentError>(())
 /// ```
-pub fn prefix_conflicts(fleet: &Fleet) -> usize {
-    let mut claims: HashMap<IpNetwork, u32> = HashMap::new();
-    for m in fleet.members().values() {
-        for p in &m.record.prefixes {
-            *claims.entry(*p).or_default() += 1;
-        }
-    }
-    claims.values().filter(|n| **n > 1).count()
+pub fn prefix_conflicts(fleet: &Fleet, desired: &PeerMap) -> usize {
+    let claims: usize = fleet
+        .members()
+        .iter()
+        .filter(|(h, _)| h.as_str() != fleet.me())
+        .map(|(_, m)| m.record.prefixes.len())
+        .sum();
+    claims.saturating_sub(desired.len())
 }
 
 /// What the last sync left: what readiness compares the table with.
@@ -528,7 +530,7 @@ impl Metrics {
         );
         r.register(
             "lwtun_agent_prefix_conflicts",
-            "Prefixes claimed by more than one host (the oldest claim wins)",
+            "Claims of other hosts that get no peer here: an older claim of the same prefix, or this host, holds it",
             m.conflicts.clone(),
         );
         r.register(
@@ -680,7 +682,7 @@ impl Metrics {
                 .inc();
         }
         s.rejected = refused.clone();
-        self.conflicts.set(prefix_conflicts(fleet) as i64);
+        self.conflicts.set(prefix_conflicts(fleet, &desired) as i64);
         self.revision.set(revision);
         self.desired.set(desired.len() as i64);
         s.hosts = fleet
@@ -764,6 +766,92 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert_eq!(rejection_reason(&why), "too_many_prefixes", "{why}");
+    }
+
+    #[test]
+    fn readiness_compares_the_table_with_the_last_sync_when_asked() {
+        use crate::dataplane::PeerSink;
+        let plane = Mutex::new(MemoryTable::default());
+        let m = Metrics::default();
+        let mut f = Fleet::new(
+            Layout::new("/lwtun/fleet", "f").unwrap(),
+            "a",
+            "10.99.0.1".parse().unwrap(),
+        );
+        f.put(
+            b"/lwtun/fleet/f/hosts/b",
+            br#"{"endpoint":"10.99.0.2","encap":"ipip","prefixes":["10.7.0.0/16"]}"#,
+            2,
+        );
+        m.connected(true, None);
+        assert_eq!(m.ready(Some(&plane)), Err("initial sync not done".into()));
+        m.synced(&f, f.desired(), 2, None);
+        assert_eq!(
+            m.ready(Some(&plane)),
+            Err("the table differs from the fleet: 1 to add, 0 to change, 0 to remove".into())
+        );
+        {
+            let mut t = lock(&plane);
+            t.apply(&diff([], &f.desired())).unwrap();
+            t.set_remote_endpoints(&f.remote_endpoints()).unwrap();
+        }
+        assert_eq!(m.ready(Some(&plane)), Ok(()));
+        // someone removes the peer behind the agent's back
+        lock(&plane).peers.clear();
+        assert!(m.ready(Some(&plane)).unwrap_err().contains("1 to add"));
+        m.connected(false, Some("etcd at x refused the connection"));
+        assert_eq!(
+            m.ready(None),
+            Err("not connected to etcd: etcd at x refused the connection".into())
+        );
+    }
+
+    #[test]
+    fn health_fails_when_the_loop_goes_silent() {
+        let m = Metrics::default();
+        assert!(m.healthy().unwrap_err().contains("not started"));
+        m.set_stale_after(Duration::from_millis(20));
+        m.beat();
+        assert_eq!(m.healthy(), Ok(()));
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(m.healthy().unwrap_err().contains("no sign of life"));
+    }
+
+    #[test]
+    fn conflicts_count_the_losing_claims_and_those_of_own_prefixes() {
+        let mut f = Fleet::new(
+            Layout::new("/lwtun/fleet", "f").unwrap(),
+            "a",
+            "10.99.0.1".parse().unwrap(),
+        );
+        let rec = |ep: &str, p: &str| {
+            format!(r#"{{"endpoint":"{ep}","encap":"ipip","prefixes":[{p}]}}"#).into_bytes()
+        };
+        f.put(
+            b"/lwtun/fleet/f/hosts/a",
+            &rec("10.99.0.1", "\"10.1.0.0/16\""),
+            1,
+        );
+        f.put(
+            b"/lwtun/fleet/f/hosts/b",
+            &rec("10.99.0.2", "\"10.1.0.0/16\",\"10.2.0.0/16\""),
+            2,
+        );
+        f.put(
+            b"/lwtun/fleet/f/hosts/c",
+            &rec("10.99.0.3", "\"10.2.0.0/16\""),
+            3,
+        );
+        f.put(
+            b"/lwtun/fleet/f/hosts/d",
+            &rec("10.99.0.4", "\"10.2.0.0/16\""),
+            4,
+        );
+        // b's 10.1/16 (own), c's and d's 10.2/16 (b's is older)
+        assert_eq!(prefix_conflicts(&f, &f.desired()), 3);
+        let m = Metrics::default();
+        m.synced(&f, f.desired(), 4, None);
+        assert!(m.encode().contains("lwtun_agent_prefix_conflicts 3\n"));
     }
 
     #[test]
