@@ -312,6 +312,39 @@ fn metrics_count_the_traffic_and_readyz_follows_the_sync() {
     );
     assert_eq!(get(port, "/readyz").unwrap().0, 200);
 
+    // a large host: one series per peer, all read at the scrape (timed)
+    let many: Vec<String> = (0..10_000u32)
+        .map(|k| format!("\"10.{}.{}.0/24\"", 210 + k / 256, k % 256))
+        .collect();
+    rt.block_on(client.put(
+        format!("/lwtun/fleet/{fleet}/hosts/big"),
+        format!(
+            r#"{{"endpoint":"10.99.0.50","encap":"ipip","prefixes":[{}]}}"#,
+            many.join(",")
+        ),
+        None,
+    ))
+    .unwrap();
+    wait_for("10 001 peers", &logs, || {
+        let (_, s) = scrape(port);
+        (s["lwtun_agent_peers{family=\"ipv4\"}"] == 10_001.0).then_some(())
+    });
+    let t = Instant::now();
+    let (text, s) = scrape(port);
+    let took = t.elapsed();
+    let series = s
+        .keys()
+        .filter(|k| k.starts_with("lwtun_agent_peer_packets_total{") && k.contains("host=\"big\""))
+        .count();
+    assert_eq!(series, 10_000);
+    eprintln!(
+        "figure: /metrics with 10 001 peers: {:.1} ms, {} KiB",
+        took.as_secs_f64() * 1e3,
+        text.len() / 1024
+    );
+    rt.block_on(client.delete(format!("/lwtun/fleet/{fleet}/hosts/big"), None))
+        .unwrap();
+
     // mh1 stops: mh0 is ready again once its table dropped mh1's prefix
     drop(agents.pop());
     let s = wait_for("mh1's peer gone", &logs, || {
