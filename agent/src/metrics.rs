@@ -224,8 +224,10 @@ struct SyncState {
     initial_done: bool,
     /// Connected to etcd and watching.
     connected: bool,
-    /// Why the last session ended or the last sync failed.
-    last_error: Option<String>,
+    /// Why the last etcd session ended (kept after a reconnect: it explains the past).
+    session_error: Option<String>,
+    /// Why the last sync failed (`None`: it succeeded).
+    sync_error: Option<String>,
     /// The table the last sync wanted, and the decap sources.
     desired: Arc<PeerMap>,
     endpoints: BTreeSet<IpAddr>,
@@ -618,7 +620,7 @@ impl Metrics {
         let (desired, endpoints) = {
             let s = lock(&self.state);
             if !s.initial_done {
-                return Err(match &s.last_error {
+                return Err(match s.sync_error.as_ref().or(s.session_error.as_ref()) {
                     Some(e) => format!("initial sync not done: {e}"),
                     None => "initial sync not done".into(),
                 });
@@ -626,10 +628,10 @@ impl Metrics {
             if !s.connected {
                 return Err(format!(
                     "not connected to etcd: {}",
-                    s.last_error.as_deref().unwrap_or("connecting")
+                    s.session_error.as_deref().unwrap_or("connecting")
                 ));
             }
-            if let Some(e) = &s.last_error {
+            if let Some(e) = &s.sync_error {
                 return Err(format!("last sync failed: {e}"));
             }
             (s.desired.clone(), s.endpoints.clone())
@@ -693,7 +695,7 @@ impl Metrics {
             .collect();
         s.endpoints = fleet.remote_endpoints();
         s.desired = Arc::new(desired);
-        s.last_error = error.map(str::to_string);
+        s.sync_error = error.map(str::to_string);
         s.initial_done |= error.is_none();
     }
 
@@ -703,7 +705,7 @@ impl Metrics {
         let mut s = lock(&self.state);
         if !up {
             self.reconnects.inc();
-            s.last_error = why.map(str::to_string);
+            s.session_error = why.map(str::to_string);
         }
         s.connected = up;
         s.beat = Some(Instant::now());
@@ -803,6 +805,14 @@ mod tests {
         assert_eq!(
             m.ready(None),
             Err("not connected to etcd: etcd at x refused the connection".into())
+        );
+        // the watch resumes without a change to apply: ready again at once
+        m.connected(true, None);
+        assert_eq!(m.ready(None), Ok(()));
+        m.synced(&f, f.desired(), 3, Some("apply 1 peer edits: table full"));
+        assert_eq!(
+            m.ready(None),
+            Err("last sync failed: apply 1 peer edits: table full".into())
         );
     }
 

@@ -312,6 +312,25 @@ fn metrics_count_the_traffic_and_readyz_follows_the_sync() {
     );
     assert_eq!(get(port, "/readyz").unwrap().0, 200);
 
+    // etcd goes away: not ready, the table kept; ready again as soon as the watch resumes
+    etcd.kill();
+    let (_, why) = wait_for("503 while etcd is down", &logs, || {
+        get(port, "/readyz").filter(|(c, _)| *c == 503)
+    });
+    assert!(
+        why.starts_with("not connected to etcd: ") && why.lines().count() == 1,
+        "{why}"
+    );
+    let (_, s) = scrape(port);
+    assert_eq!(s["lwtun_agent_etcd_connected"], 0.0);
+    assert_eq!(s["lwtun_agent_peers{family=\"ipv4\"}"], 1.0, "table kept");
+    assert_eq!(get(port, "/healthz").unwrap().0, 200);
+    etcd.restart();
+    wait_for("ready after etcd's restart", &logs, || {
+        get(port, "/readyz").filter(|(c, _)| *c == 200)
+    });
+    let mut client = rt.block_on(Client::connect([etcd.url()], None)).unwrap();
+
     // a large host: one series per peer, all read at the scrape (timed)
     let many: Vec<String> = (0..10_000u32)
         .map(|k| format!("\"10.{}.{}.0/24\"", 210 + k / 256, k % 256))
