@@ -40,6 +40,44 @@ struct Shared {
 }
 
 /// A bound listener, serving once [`Endpoint::serve`] runs.
+///
+/// # Examples
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use std::sync::{Arc, Mutex};
+/// use lwtun_agent::dataplane::MemoryTable;
+/// use lwtun_agent::http::Endpoint;
+/// use lwtun_agent::metrics::Metrics;
+///
+/// let plane = Arc::new(Mutex::new(MemoryTable::default()));
+/// let metrics = Metrics::new(plane.clone());
+/// let (tx, rx) = std::sync::mpsc::channel();
+/// let m = metrics.clone();
+/// std::thread::spawn(move || {
+///     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+///     rt.block_on(async {
+///         let endpoint = Endpoint::bind("127.0.0.1:0".parse().unwrap(), m, plane).await?;
+///         tx.send(endpoint.local_addr()?).unwrap();
+///         endpoint.serve().await
+///     })
+/// });
+/// let address = rx.recv().unwrap();
+/// let get = |path: &str| {
+///     let mut s = std::net::TcpStream::connect(address).unwrap();
+///     write!(s, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
+///     let mut answer = String::new();
+///     s.read_to_string(&mut answer).unwrap();
+///     answer
+/// };
+/// assert!(get("/healthz").starts_with("HTTP/1.0 503"), "the agent's loop has not started");
+/// metrics.beat();
+/// assert!(get("/healthz").starts_with("HTTP/1.0 200"));
+/// let readyz = get("/readyz");
+/// assert!(readyz.starts_with("HTTP/1.0 503") && readyz.ends_with("initial sync not done\n"), "{readyz}");
+/// assert!(get("/metrics").contains("lwtun_agent_peers{family=\"ipv6\"} 0"));
+/// # Ok::<(), lwtun_agent::AgentError>(())
+/// ```
 pub struct Endpoint {
     listener: TcpListener,
     shared: Shared,

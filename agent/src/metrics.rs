@@ -44,6 +44,23 @@ use crate::AgentError;
 type Labels = Vec<(&'static str, String)>;
 
 /// The counters of one peer, as a scrape shows them.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Mutex;
+/// use lwtun_agent::dataplane::{MemoryTable, PeerSink};
+/// use lwtun_agent::fleet::Diff;
+/// use lwtun_agent::metrics::Observed;
+/// use lwtun::peer::{Encap, EncapPeer};
+///
+/// let mut t = MemoryTable::default();
+/// let peer = EncapPeer::new("10.99.0.2".parse().unwrap(), "10.99.0.1".parse().unwrap(), Encap::Ipip);
+/// t.apply(&Diff { insert: vec![("10.7.0.0/16".parse().unwrap(), peer)], ..Diff::default() })?;
+/// let c = Mutex::new(t).counters()?;
+/// assert_eq!((c.peers[0].remote, c.peers[0].packets), (peer.remote, 0));
+/// # Ok::<(), lwtun_agent::AgentError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerCounters {
     /// The inner prefix.
@@ -59,6 +76,13 @@ pub struct PeerCounters {
 }
 
 /// The data plane's counters at one moment.
+///
+/// # Examples
+///
+/// ```
+/// let c = lwtun_agent::metrics::PlaneCounters::default();
+/// assert!(c.peers.is_empty() && c.misses.is_none() && c.decap.is_none());
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct PlaneCounters {
     /// Every peer of the table with its counters.
@@ -451,6 +475,16 @@ impl Collector for PlaneCollector {
 }
 
 /// What kind of reconcile ran: labels of `lwtun_agent_reconcile_runs`.
+///
+/// # Examples
+///
+/// ```
+/// use lwtun_agent::metrics::{Metrics, Run};
+///
+/// let m = Metrics::default();
+/// m.reconcile(Run::Watch);
+/// assert!(m.encode().contains("lwtun_agent_reconcile_runs_total{kind=\"watch\"} 1"));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Run {
     /// A Get of the whole fleet and its diff (start, compaction).
