@@ -11,8 +11,8 @@
 //! let plane = Arc::new(Mutex::new(MemoryTable::default()));
 //! let metrics = Metrics::new(plane.clone());
 //! tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-//!     let endpoint = Endpoint::bind("127.0.0.1:9464".parse().unwrap(), metrics, plane).await?;
-//!     endpoint.serve().await
+//!     let endpoint = Endpoint::bind("127.0.0.1:9464".parse().unwrap()).await?;
+//!     endpoint.serve(metrics, plane).await
 //! })?;
 //! # Ok::<(), lwtun_agent::AgentError>(())
 //! ```
@@ -57,9 +57,9 @@ struct Shared {
 /// std::thread::spawn(move || {
 ///     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
 ///     rt.block_on(async {
-///         let endpoint = Endpoint::bind("127.0.0.1:0".parse().unwrap(), m, plane).await?;
+///         let endpoint = Endpoint::bind("127.0.0.1:0".parse().unwrap()).await?;
 ///         tx.send(endpoint.local_addr()?).unwrap();
-///         endpoint.serve().await
+///         endpoint.serve(m, plane).await
 ///     })
 /// });
 /// let address = rx.recv().unwrap();
@@ -80,30 +80,23 @@ struct Shared {
 /// ```
 pub struct Endpoint {
     listener: TcpListener,
-    shared: Shared,
 }
 
 impl Endpoint {
-    /// Listens on `address` (port 0: any free port, see [`Endpoint::local_addr`]).
+    /// Listens on `address` (port 0: any free port, see [`Endpoint::local_addr`]); bind it
+    /// before loading anything, so a bad address fails at once.
     ///
     /// # Errors
     ///
     /// [`AgentError::Io`] naming the address (in use, not local, no permission).
-    pub async fn bind(
-        address: SocketAddr,
-        metrics: Metrics,
-        plane: Arc<dyn Observed>,
-    ) -> Result<Self, AgentError> {
+    pub async fn bind(address: SocketAddr) -> Result<Self, AgentError> {
         let listener = TcpListener::bind(address)
             .await
             .map_err(|e| AgentError::Io {
                 op: format!("listen on --metrics-address {address}"),
                 source: e,
             })?;
-        Ok(Endpoint {
-            listener,
-            shared: Shared { metrics, plane },
-        })
+        Ok(Endpoint { listener })
     }
 
     /// The address it listens on.
@@ -118,17 +111,18 @@ impl Endpoint {
         })
     }
 
-    /// Serves requests until the listener fails.
+    /// Serves requests until the listener fails: `metrics` and `plane`'s counters on
+    /// /metrics, `metrics`' health and readiness (checked against `plane`).
     ///
     /// # Errors
     ///
     /// [`AgentError::Io`] when accepting fails for good.
-    pub async fn serve(self) -> Result<(), AgentError> {
+    pub async fn serve(self, metrics: Metrics, plane: Arc<dyn Observed>) -> Result<(), AgentError> {
         let router = Router::new()
-            .route("/metrics", get(metrics))
+            .route("/metrics", get(scrape))
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
-            .with_state(self.shared);
+            .with_state(Shared { metrics, plane });
         axum::serve(self.listener, router)
             .await
             .map_err(|e| AgentError::Io {
@@ -138,7 +132,7 @@ impl Endpoint {
     }
 }
 
-async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
+async fn scrape(State(s): State<Shared>) -> impl IntoResponse {
     // Reading the counters is a few map lookups per peer: off the runtime's thread.
     let text = tokio::task::spawn_blocking(move || s.metrics.encode())
         .await

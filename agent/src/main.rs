@@ -149,6 +149,10 @@ async fn run(args: Args) -> Result<(), AgentError> {
         EncapArg::Ipip => Encap::Ipip,
     };
     let record = own_record(&args, encap)?;
+    let endpoint = match args.metrics_address {
+        Some(address) => Some(Endpoint::bind(address).await?),
+        None => None,
+    };
     let started = std::time::Instant::now();
     let dataplane = DataPlane::open(&DataPlaneConfig {
         netns: args.netns.clone(),
@@ -179,7 +183,6 @@ async fn run(args: Args) -> Result<(), AgentError> {
         lease_ttl: args.lease_ttl,
         status: args.status.clone(),
     };
-    let args_metrics = args.metrics_address;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let io = |e: std::io::Error| AgentError::Io {
         op: "install signal handlers".into(),
@@ -208,16 +211,16 @@ async fn run(args: Args) -> Result<(), AgentError> {
     tokio::spawn(signals);
     let dataplane = Arc::new(Mutex::new(dataplane));
     let metrics = Metrics::new(dataplane.clone());
-    if let Some(address) = args_metrics {
-        let endpoint = Endpoint::bind(address, metrics.clone(), dataplane.clone()).await?;
+    if let Some(endpoint) = endpoint {
         eprintln!(
             "lwtun-agent {}: metrics on http://{}/metrics",
             config.host,
             endpoint.local_addr()?
         );
         let host = config.host.clone();
+        let (m, plane) = (metrics.clone(), dataplane.clone());
         tokio::spawn(async move {
-            if let Err(e) = endpoint.serve().await {
+            if let Err(e) = endpoint.serve(m, plane).await {
                 eprintln!("lwtun-agent {host}: {e}");
             }
         });

@@ -373,3 +373,38 @@ fn metrics_count_the_traffic_and_readyz_follows_the_sync() {
     assert!(!s.contains_key(peer0), "{s:?}");
     assert_eq!(get(port, "/readyz").unwrap().0, 200);
 }
+
+/// A busy `--metrics-address` is a start error naming the flag, before the data plane loads (no
+/// privileges or etcd needed: the agent stops before using either).
+#[test]
+fn a_busy_metrics_address_fails_at_start_in_one_line() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = busy.local_addr().unwrap().to_string();
+    let t = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_lwtun-agent"))
+        .args([
+            "--etcd",
+            "http://127.0.0.1:1",
+            "--fleet",
+            "f",
+            "--host",
+            "h",
+        ])
+        .args(["--endpoint", "10.99.0.1", "--steer", "10.192.0.0/10"])
+        .args(["--source", "10.200.0.1", "--device", "nosuchdev0"])
+        .args(["--netns", "lwtun-no-such-namespace"])
+        .args(["--metrics-address", &address])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert_eq!(
+        err.lines().collect::<Vec<_>>(),
+        [format!(
+            "lwtun-agent: listen on --metrics-address {address}: Address already in use (os error 98)"
+        )],
+        "took {:?}",
+        t.elapsed()
+    );
+}
