@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 
 use crate::dataplane::PeerSink;
 use crate::fleet::{diff, Change, Fleet};
+use crate::metrics::{Metrics, Run};
 use crate::record::HostRecord;
 use crate::report::{self, Reporter};
 use crate::status::{now_us, Status, StatusPeer};
@@ -108,6 +109,7 @@ pub struct Agent<S: PeerSink> {
     /// Keeps a failure that repeats (etcd down, a full table) to one line per
     /// [`report::QUIET`].
     reporter: Reporter,
+    metrics: Metrics,
 }
 
 impl<S: PeerSink> Agent<S> {
@@ -128,7 +130,37 @@ impl<S: PeerSink> Agent<S> {
             retry: false,
             status,
             reporter: Reporter::default(),
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Records into `metrics` (see [`crate::metrics`]) instead of a private set.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lwtun_agent::agent::{Agent, AgentConfig};
+    /// use lwtun_agent::dataplane::MemoryTable;
+    /// use lwtun_agent::fleet::Fleet;
+    /// use lwtun_agent::layout::Layout;
+    /// use lwtun_agent::metrics::Metrics;
+    /// use lwtun_agent::record::HostRecord;
+    ///
+    /// let record = HostRecord::decode(br#"{"endpoint":"10.99.0.1","encap":"ipip","prefixes":[]}"#).unwrap();
+    /// let fleet = Fleet::new(Layout::new("/lwtun/fleet", "f")?, "h1", record.endpoint);
+    /// let config = AgentConfig { etcd: vec![], host: "h1".into(), record, lease_ttl: 10, status: None };
+    /// let metrics = Metrics::default();
+    /// let agent = Agent::new(config, fleet, MemoryTable::default()).with_metrics(metrics.clone());
+    /// assert!(metrics.ready(None).is_err(), "not synced yet");
+    /// # Ok::<(), lwtun_agent::AgentError>(())
+    /// ```
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        // Silent for longer than the longest wait between two beats (a keep-alive period, or a
+        // backoff plus a connect and a few calls) counts as stuck.
+        let ttl = Duration::from_secs(self.config.lease_ttl.max(1) as u64);
+        metrics.set_stale_after(ttl + 6 * CALL_TIMEOUT);
+        self.metrics = metrics;
+        self
     }
 
     /// The table.
@@ -155,6 +187,7 @@ impl<S: PeerSink> Agent<S> {
     pub async fn run(&mut self, mut control: mpsc::Receiver<Control>) -> Result<(), AgentError> {
         let mut backoff = Duration::from_millis(100);
         loop {
+            self.metrics.beat();
             let started = tokio::time::Instant::now();
             let exit = match self.connect().await {
                 Ok(mut client) => self.session(&mut client, &mut control).await,
@@ -172,6 +205,7 @@ impl<S: PeerSink> Agent<S> {
                 why.clone()
             };
             self.say(&line);
+            self.metrics.connected(false, Some(&why));
             self.status.connected = false;
             self.status.reconnects += 1;
             self.status.last_error = Some(why);
@@ -239,6 +273,7 @@ impl<S: PeerSink> Agent<S> {
             self.fleet.put(kv.key(), kv.value(), kv.create_revision());
         }
         self.revision = got.header().map(|h| h.revision()).unwrap_or(self.revision);
+        self.metrics.reconcile(Run::Full);
         self.sync()
     }
 
@@ -264,6 +299,7 @@ impl<S: PeerSink> Agent<S> {
         }
         let mut watch = self.watch(client).await?;
         self.status.connected = true;
+        self.metrics.connected(true, None);
         eprintln!(
             "lwtun-agent {}: watching {} from revision {}",
             self.config.host,
@@ -274,6 +310,9 @@ impl<S: PeerSink> Agent<S> {
         let period =
             Duration::from_millis((self.config.lease_ttl.max(1) as u64 * 1000 / 3).max(200));
         let mut tick = tokio::time::interval(period);
+        // A progress request sent at a tick: etcd answers (an empty response) once the watch
+        // has sent every event up to the store's revision, so the wait is the watch's lag.
+        let mut progress_asked: Option<std::time::Instant> = None;
         loop {
             tokio::select! {
                 message = watch.message() => {
@@ -282,6 +321,7 @@ impl<S: PeerSink> Agent<S> {
                         Ok(None) => return Ok(Exit::Lost("watch stream ended".into())),
                         Err(e) => return Ok(Exit::Lost(format!("watch: {}", self.etcd_error(e)))),
                     };
+                    let received = std::time::Instant::now();
                     if response.compact_revision() > 0 || response.canceled() {
                         // "required revision has been compacted" (or the server cancelled the
                         // watch): the events in between are gone, so start from a Get.
@@ -293,6 +333,11 @@ impl<S: PeerSink> Agent<S> {
                         self.full_sync(client).await?;
                         watch = self.watch(client).await?;
                         continue;
+                    }
+                    if response.events().is_empty() {
+                        if let Some(at) = progress_asked.take() {
+                            self.metrics.watch_lag(received - at);
+                        }
                     }
                     let mut own_gone = false;
                     for event in response.events() {
@@ -308,7 +353,11 @@ impl<S: PeerSink> Agent<S> {
                         self.revision = self.revision.max(kv.mod_revision());
                     }
                     if !response.events().is_empty() {
+                        self.metrics.reconcile(Run::Watch);
                         self.sync()?;
+                        if !self.retry {
+                            self.metrics.converged(received.elapsed());
+                        }
                     }
                     if own_gone {
                         // deleted by someone, or our lease expired while we were away
@@ -320,11 +369,16 @@ impl<S: PeerSink> Agent<S> {
                     }
                 }
                 _ = tick.tick() => {
+                    self.metrics.beat();
+                    if progress_asked.is_none() && watch.request_progress().await.is_ok() {
+                        progress_asked = Some(std::time::Instant::now());
+                    }
                     if let Err(e) = keeper.keep_alive().await {
                         return Ok(Exit::Lost(format!("lease keep-alive: {}", self.etcd_error(e))));
                     }
                     if self.retry {
                         // the last sync failed (a full table, a kernel error): try again
+                        self.metrics.reconcile(Run::Retry);
                         self.sync()?;
                     }
                 }
@@ -389,6 +443,8 @@ impl<S: PeerSink> Agent<S> {
         }
         self.status.revision = self.revision;
         self.retry = error.is_some();
+        self.metrics
+            .synced(&self.fleet, desired, self.revision, error.as_deref());
         self.status.last_error = error;
         self.status.rejected = self.fleet.rejected().clone();
         self.write_status()

@@ -253,3 +253,40 @@ impl PeerSink for DataPlane {
         self.endpoints.clone()
     }
 }
+
+/// A sink shared with whoever reads it while the agent writes it (the metrics endpoint): each
+/// call holds the lock for its own duration.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use lwtun_agent::dataplane::{MemoryTable, PeerSink};
+/// use lwtun_agent::fleet::Diff;
+///
+/// let mut shared = Arc::new(Mutex::new(MemoryTable::default()));
+/// shared.apply(&Diff::default())?;
+/// assert!(shared.current().is_empty());
+/// # Ok::<(), lwtun_agent::AgentError>(())
+/// ```
+impl<S: PeerSink> PeerSink for std::sync::Arc<std::sync::Mutex<S>> {
+    fn current(&self) -> PeerMap {
+        self.lock().unwrap_or_else(|e| e.into_inner()).current()
+    }
+
+    fn apply(&mut self, diff: &Diff) -> Result<(), AgentError> {
+        self.lock().unwrap_or_else(|e| e.into_inner()).apply(diff)
+    }
+
+    fn set_remote_endpoints(&mut self, endpoints: &BTreeSet<IpAddr>) -> Result<(), AgentError> {
+        self.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_remote_endpoints(endpoints)
+    }
+
+    fn remote_endpoints(&self) -> BTreeSet<IpAddr> {
+        self.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remote_endpoints()
+    }
+}

@@ -29,7 +29,9 @@
 pub mod agent;
 pub mod dataplane;
 pub mod fleet;
+pub mod http;
 pub mod layout;
+pub mod metrics;
 pub mod record;
 pub mod report;
 pub mod status;

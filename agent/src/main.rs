@@ -3,6 +3,7 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 
 use clap::{Parser, ValueEnum};
 use ipnetwork::IpNetwork;
@@ -10,7 +11,9 @@ use lwtun::peer::Encap;
 use lwtun_agent::agent::{Agent, AgentConfig, Control};
 use lwtun_agent::dataplane::{DataPlane, DataPlaneConfig};
 use lwtun_agent::fleet::Fleet;
+use lwtun_agent::http::Endpoint;
 use lwtun_agent::layout::{self, Layout};
+use lwtun_agent::metrics::Metrics;
 use lwtun_agent::record::HostRecord;
 use lwtun_agent::AgentError;
 use tokio::signal::unix::{signal, SignalKind};
@@ -84,6 +87,10 @@ struct Args {
     /// Write the status (JSON: table, revision, timings) to this file after every change
     #[arg(long)]
     status: Option<PathBuf>,
+    /// Serve Prometheus metrics (/metrics), /healthz and /readyz on this address, e.g.
+    /// 127.0.0.1:9464 (off when not given)
+    #[arg(long)]
+    metrics_address: Option<std::net::SocketAddr>,
 }
 
 fn read_prefix_file(path: &Path) -> Result<Vec<IpNetwork>, AgentError> {
@@ -142,6 +149,10 @@ async fn run(args: Args) -> Result<(), AgentError> {
         EncapArg::Ipip => Encap::Ipip,
     };
     let record = own_record(&args, encap)?;
+    let endpoint = match args.metrics_address {
+        Some(address) => Some(Endpoint::bind(address).await?),
+        None => None,
+    };
     let started = std::time::Instant::now();
     let dataplane = DataPlane::open(&DataPlaneConfig {
         netns: args.netns.clone(),
@@ -198,7 +209,23 @@ async fn run(args: Args) -> Result<(), AgentError> {
         let _ = tx.send(Control::Shutdown).await;
     };
     tokio::spawn(signals);
-    let mut agent = Agent::new(config, fleet, dataplane);
+    let dataplane = Arc::new(Mutex::new(dataplane));
+    let metrics = Metrics::new(dataplane.clone());
+    if let Some(endpoint) = endpoint {
+        eprintln!(
+            "lwtun-agent {}: metrics on http://{}/metrics",
+            config.host,
+            endpoint.local_addr()?
+        );
+        let host = config.host.clone();
+        let (m, plane) = (metrics.clone(), dataplane.clone());
+        tokio::spawn(async move {
+            if let Err(e) = endpoint.serve(m, plane).await {
+                eprintln!("lwtun-agent {host}: {e}");
+            }
+        });
+    }
+    let mut agent = Agent::new(config, fleet, dataplane).with_metrics(metrics);
     agent.run(rx).await
 }
 
