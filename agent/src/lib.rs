@@ -27,9 +27,12 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod config;
 pub mod dataplane;
 pub mod fleet;
 pub mod layout;
+pub mod logs;
+pub mod notify;
 pub mod record;
 pub mod report;
 pub mod status;
