@@ -9,7 +9,8 @@
 //! ```
 //!
 //! A list given as flags (`--prefix`, `--steer`, `--source`, `--etcd`) replaces the file's list;
-//! it is not appended to it. The file is checked key by key when read: an unknown key, or a
+//! it is not appended to it. (A flag counts as given when it is set: an empty list, or a
+//! boolean flag added later left false, leaves the file's key in force.) The file is checked key by key when read: an unknown key, or a
 //! value of the wrong type, is an error naming the file and the key; then the merged settings
 //! are validated ([`Config::load`]), again naming where a bad value came from.
 //!
@@ -233,7 +234,9 @@ impl Config {
             Some(path) => read_file(path)?,
             None => toml::Table::new(),
         };
-        let flag_table = flags.table()?;
+        let mut flag_table = flags.table()?;
+        // a plain `bool` flag left false was not given
+        flag_table.retain(|_, v| !matches!(v, toml::Value::Boolean(false)));
         let from_file = file_table.keys().cloned().collect();
         let from_flags = flag_table.keys().cloned().collect();
         let mut merged = file_table;
@@ -394,7 +397,11 @@ impl Config {
             return Err(self.bad("gre_key", "only with encap = \"gre\""));
         }
         for url in &o.etcd {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
+            let scheme_ok = match url.split_once("://") {
+                Some((scheme, rest)) => ["http", "https"].contains(&scheme) && !rest.is_empty(),
+                None => !url.trim().is_empty(),
+            };
+            if !scheme_ok {
                 return Err(self.bad(
                     "etcd",
                     format!("{url:?}: an URL such as \"http://10.0.0.9:2379\""),
@@ -474,7 +481,8 @@ impl Config {
         Ok((Config { options, ..new }, refused))
     }
 
-    /// Whether a value in the settings names what this key had (for refusal messages).
+    /// The value of `key` in the effective settings, as TOML says it, or `(unset)` (for the
+    /// messages that refuse a change).
     ///
     /// # Examples
     ///

@@ -263,7 +263,9 @@ fn main() -> ExitCode {
         "agent",
         host = %config.options().host.as_deref().unwrap_or_default()
     );
-    match runtime.block_on(run(config, logs).instrument(span)) {
+    let result = runtime.block_on(run(config, logs).instrument(span.clone()));
+    let _host = span.enter();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");

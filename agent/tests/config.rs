@@ -387,3 +387,41 @@ fn sighup_publishes_the_new_prefixes_refuses_a_fixed_key_and_systemd_hears_ready
     }
     etcd.kill();
 }
+
+#[test]
+fn the_log_filter_is_log_level_else_rust_log() {
+    // A namespace that does not exist: the agent fails at once, with an ERROR line, before
+    // touching anything (no etcd, no data plane).
+    let dir = TempDir::new("cfg-log");
+    let file = write(
+        &dir.0,
+        "agent.toml",
+        &format!(
+            "{GOOD}netns = \"lwtun-agent-nosuch-{}\"\n",
+            std::process::id()
+        ),
+    );
+    let run = |rust_log: Option<&str>, flags: &[&str]| {
+        let mut cmd = agent();
+        cmd.arg("--config").arg(&file).args(flags);
+        match rust_log {
+            Some(v) => cmd.env("RUST_LOG", v),
+            None => cmd.env_remove("RUST_LOG"),
+        };
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out).1);
+        text(&out).1
+    };
+    let said = run(None, &[]);
+    let line = said.lines().next().unwrap_or_default();
+    assert!(
+        line.contains(" ERROR agent{host=h1}: open network namespace lwtun-agent-nosuch-"),
+        "{said}"
+    );
+    assert_eq!(said.lines().count(), 1, "{said}");
+    assert_eq!(run(Some("off"), &[]), "", "RUST_LOG=off silences it");
+    assert!(
+        run(Some("off"), &["--log-level", "error"]).contains(" ERROR "),
+        "log_level wins over RUST_LOG"
+    );
+}
