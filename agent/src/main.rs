@@ -12,7 +12,7 @@ use lwtun_agent::dataplane::{DataPlane, DataPlaneConfig};
 use lwtun_agent::fleet::Fleet;
 use lwtun_agent::layout::Layout;
 use lwtun_agent::logs::Logs;
-use lwtun_agent::notify::{notify, READY, STOPPING};
+use lwtun_agent::notify::{notify, watchdog, READY, STOPPING, WATCHDOG};
 use lwtun_agent::record::HostRecord;
 use lwtun_agent::AgentError;
 use tokio::signal::unix::{signal, SignalKind};
@@ -133,6 +133,20 @@ fn reload(config: &Config, logs: &Logs) -> (Config, Option<HostRecord>) {
 }
 
 async fn run(config: Config, logs: Logs) -> Result<(), AgentError> {
+    if let Some(period) = watchdog() {
+        // On this single-threaded runtime the pings stop when the agent's loop blocks, which
+        // is what systemd's watchdog should catch.
+        let pings = async move {
+            let mut tick = tokio::time::interval(period / 2);
+            loop {
+                tick.tick().await;
+                if let Err(e) = notify(WATCHDOG) {
+                    warn!("tell systemd WATCHDOG=1: {e}");
+                }
+            }
+        };
+        tokio::spawn(pings.in_current_span());
+    }
     let o = config.options().clone();
     let encap = config.encap();
     let host = o.host.clone().unwrap_or_default();
@@ -216,8 +230,13 @@ async fn run(config: Config, logs: Logs) -> Result<(), AgentError> {
 }
 
 /// `check-config`: the effective settings on stdout (exit 0), or the error on stderr (exit 2).
+/// Checks what the start checks before touching the data plane: the settings, the prefix
+/// file, this host's record.
 fn check_config(with: &WithConfig) -> ExitCode {
-    match Config::load(with.config.as_deref(), &with.options) {
+    // the record too: it reads prefix_file and checks the prefixes as other hosts will
+    let checked = Config::load(with.config.as_deref(), &with.options)
+        .and_then(|c| own_record(&c, c.encap()).map(|_| c));
+    match checked {
         Ok(config) => {
             print!("{}", config.to_toml());
             ExitCode::SUCCESS

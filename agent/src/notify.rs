@@ -14,11 +14,40 @@
 use std::io;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::time::Duration;
 
 /// The service is up: the initial sync is done.
 pub const READY: &str = "READY=1";
 /// The service is stopping (withdrawing its record).
 pub const STOPPING: &str = "STOPPING=1";
+/// The service is alive (sent every half [`watchdog`] period when systemd asks for it).
+pub const WATCHDOG: &str = "WATCHDOG=1";
+
+/// The period within which systemd wants [`WATCHDOG`] (`WatchdogSec=`, passed as
+/// `$WATCHDOG_USEC`), or `None` when it does not ask this process (`$WATCHDOG_PID` names
+/// another one, or the variables are unset or not numbers).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use lwtun_agent::notify::watchdog;
+///
+/// std::env::set_var("WATCHDOG_USEC", "30000000");
+/// std::env::set_var("WATCHDOG_PID", std::process::id().to_string());
+/// assert_eq!(watchdog(), Some(Duration::from_secs(30)));
+/// std::env::set_var("WATCHDOG_PID", "1");
+/// assert_eq!(watchdog(), None, "for another process");
+/// ```
+pub fn watchdog() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.parse::<u32>().ok()? != std::process::id() {
+            return None;
+        }
+    }
+    (usec > 0).then(|| Duration::from_micros(usec))
+}
 
 /// Sends `state` (e.g. [`READY`], or `"STATUS=watching"`) to systemd. Returns whether it was
 /// sent: false when `$NOTIFY_SOCKET` is unset.

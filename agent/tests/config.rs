@@ -3,7 +3,7 @@
 //! key), and SIGHUP reloading the file while the agent runs against a real etcd: a new prefix
 //! list is published, a key that cannot change live is refused by name and the agent keeps
 //! running. The same run checks the systemd notifications (READY=1 once synced, STOPPING=1 on
-//! SIGTERM) through a fake `$NOTIFY_SOCKET`.
+//! SIGTERM, WATCHDOG=1 when `$WATCHDOG_USEC` asks) through a fake `$NOTIFY_SOCKET`.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -219,6 +219,20 @@ fn a_bad_value_is_refused_naming_file_and_key() {
         stderr.contains(&format!("config {}: line 2: not TOML", file.display())),
         "{stderr}"
     );
+    // a prefix file with a bad line: its path and line
+    let prefixes = write(&dir.0, "prefixes", "10.200.2.0/24\n10.200.3.0/33\n");
+    let file = write(
+        &dir.0,
+        "agent.toml",
+        &format!("{GOOD}prefix_file = \"{}\"\n", prefixes.display()),
+    );
+    let out = check_config(&file, &[]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:2: \"10.200.3.0/33\"", prefixes.display())),
+        "{stderr}"
+    );
     // a file that is not there
     let out = check_config(&dir.0.join("nope.toml"), &[]);
     assert_eq!(out.status.code(), Some(2));
@@ -296,6 +310,7 @@ fn sighup_publishes_the_new_prefixes_refuses_a_fixed_key_and_systemd_hears_ready
         .arg("--config")
         .arg(&file)
         .env("NOTIFY_SOCKET", &systemd_path)
+        .env("WATCHDOG_USEC", "300000")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -314,6 +329,7 @@ fn sighup_publishes_the_new_prefixes_refuses_a_fixed_key_and_systemd_hears_ready
         heard.extend(notifications(&systemd));
         heard.iter().any(|n| n == "READY=1")
     });
+    let ready_at = Instant::now();
     assert!(!has("10.200.9.0/24"));
 
     // new prefixes and log level (reloadable) and a new capacity (not): SIGHUP
@@ -357,6 +373,8 @@ fn sighup_publishes_the_new_prefixes_refuses_a_fixed_key_and_systemd_hears_ready
     assert!(has("10.200.9.0/24"), "the record stays");
     assert!(child.try_wait().unwrap().is_none(), "still running");
 
+    // running long enough for a few watchdog periods after the start
+    std::thread::sleep(Duration::from_millis(600).saturating_sub(ready_at.elapsed()));
     // SIGTERM: STOPPING=1, the record withdrawn, exit 0
     // SAFETY: as above.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -369,7 +387,19 @@ fn sighup_publishes_the_new_prefixes_refuses_a_fixed_key_and_systemd_hears_ready
         "the reloaded level (warn) silences the INFO line on SIGTERM: {text}"
     );
     heard.extend(notifications(&systemd));
+    // after READY=1 (the data plane's load blocks the loop, and so the pings, before it)
+    let pings = heard
+        .iter()
+        .skip_while(|n| *n != "READY=1")
+        .filter(|n| *n == "WATCHDOG=1")
+        .count();
+    heard.retain(|n| n != "WATCHDOG=1");
     assert_eq!(heard, ["READY=1", "STOPPING=1"], "{text}");
+    assert!(
+        pings >= 3,
+        "WATCHDOG=1 every 0.15 s over {:?} after READY=1: {pings}",
+        ready_at.elapsed()
+    );
     assert_eq!(published(&rt, &etcd.url(), key), None, "withdrawn at once");
     // every line a timestamped, levelled event
     for line in text.lines() {
