@@ -100,7 +100,10 @@ fn reload(config: &Config, logs: &Logs) -> (Config, Option<HostRecord>) {
     let (new, refused) = match config.reload() {
         Ok(r) => r,
         Err(e) => {
-            error!("SIGHUP: {e}; keeping the running settings");
+            error!(
+                "SIGHUP: {}; keeping the running settings",
+                settings_error(&e)
+            );
             return (config.clone(), None);
         }
     };
@@ -242,9 +245,18 @@ fn check_config(with: &WithConfig) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("lwtun-agent: {e}");
+            eprintln!("lwtun-agent: {}", settings_error(&e));
             ExitCode::from(2)
         }
+    }
+}
+
+/// A settings error as its one line: `config FILE: key "k": why` without the variant's
+/// "configuration:" in front (the line names the file already).
+fn settings_error(e: &AgentError) -> String {
+    match e {
+        AgentError::Config(line) => line.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -257,7 +269,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             // before the log exists: the one line a bad start says
-            eprintln!("lwtun-agent: {e}");
+            eprintln!("lwtun-agent: {}", settings_error(&e));
             return ExitCode::from(2);
         }
     };
