@@ -139,7 +139,10 @@ fn an_unknown_key_is_refused_by_name() {
         "config {}: key \"lease_tll\": unknown key; the keys are ",
         file.display()
     );
-    assert!(stderr.contains(&want), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("lwtun-agent: {want}")),
+        "{stderr}"
+    );
     assert!(
         stderr.contains("lease_ttl"),
         "the known keys are listed: {stderr}"
@@ -198,7 +201,10 @@ fn a_bad_value_is_refused_naming_file_and_key() {
         let (_, stderr) = text(&out);
         assert_eq!(out.status.code(), Some(2), "{to}: {stderr}");
         let want = format!("config {}: {says}", file.display());
-        assert!(stderr.contains(&want), "{to}: want {want:?} in {stderr}");
+        assert!(
+            stderr.starts_with(&format!("lwtun-agent: {want}")),
+            "{to}: want {want:?} in {stderr}"
+        );
     }
     // a missing required key names the key, its flag and the file
     let file = write(&dir.0, "agent.toml", &GOOD.replace("device = \"ul0\"", ""));
