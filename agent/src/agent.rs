@@ -22,6 +22,7 @@ use etcd_client::{
     Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions, WatchStream,
 };
 use tokio::sync::mpsc;
+use tracing::{info, warn};
 
 use crate::dataplane::PeerSink;
 use crate::fleet::{diff, Change, Fleet};
@@ -110,6 +111,9 @@ pub struct Agent<S: PeerSink> {
     /// [`report::QUIET`].
     reporter: Reporter,
     metrics: Metrics,
+    /// Called once, when the first session has synced the table and watches (see
+    /// [`Agent::on_ready`]).
+    ready: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl<S: PeerSink> Agent<S> {
@@ -131,6 +135,7 @@ impl<S: PeerSink> Agent<S> {
             status,
             reporter: Reporter::default(),
             metrics: Metrics::default(),
+            ready: None,
         }
     }
 
@@ -160,6 +165,30 @@ impl<S: PeerSink> Agent<S> {
         let ttl = Duration::from_secs(self.config.lease_ttl.max(1) as u64);
         metrics.set_stale_after(ttl + 6 * CALL_TIMEOUT);
         self.metrics = metrics;
+        self
+    }
+
+    /// Calls `ready` once, when the table first equals the fleet and the watch runs (the
+    /// initial sync is done): the moment to tell systemd `READY=1`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use lwtun_agent::agent::{Agent, AgentConfig};
+    /// # use lwtun_agent::dataplane::MemoryTable;
+    /// # use lwtun_agent::fleet::Fleet;
+    /// # use lwtun_agent::layout::Layout;
+    /// # use lwtun_agent::record::HostRecord;
+    /// # let record = HostRecord::decode(br#"{"endpoint":"10.99.0.1","encap":"ipip","prefixes":[]}"#).unwrap();
+    /// # let fleet = Fleet::new(Layout::new("/lwtun/fleet", "f")?, "h1", record.endpoint);
+    /// # let config = AgentConfig { etcd: vec!["http://127.0.0.1:2379".into()], host: "h1".into(),
+    /// #     record, lease_ttl: 10, status: None };
+    /// let agent = Agent::new(config, fleet, MemoryTable::default())
+    ///     .on_ready(|| { let _ = lwtun_agent::notify::notify(lwtun_agent::notify::READY); });
+    /// # Ok::<(), lwtun_agent::AgentError>(())
+    /// ```
+    pub fn on_ready(mut self, ready: impl FnOnce() + Send + 'static) -> Self {
+        self.ready = Some(Box::new(ready));
         self
     }
 
@@ -300,13 +329,15 @@ impl<S: PeerSink> Agent<S> {
         let mut watch = self.watch(client).await?;
         self.status.connected = true;
         self.metrics.connected(true, None);
-        eprintln!(
-            "lwtun-agent {}: watching {} from revision {}",
-            self.config.host,
+        info!(
+            "watching {} from revision {}",
             self.fleet.layout().hosts_prefix(),
             self.revision + 1
         );
         self.write_status()?;
+        if let Some(ready) = self.ready.take() {
+            ready();
+        }
         let period =
             Duration::from_millis((self.config.lease_ttl.max(1) as u64 * 1000 / 3).max(200));
         let mut tick = tokio::time::interval(period);
@@ -325,9 +356,9 @@ impl<S: PeerSink> Agent<S> {
                     if response.compact_revision() > 0 || response.canceled() {
                         // "required revision has been compacted" (or the server cancelled the
                         // watch): the events in between are gone, so start from a Get.
-                        eprintln!(
-                            "lwtun-agent {}: watch from revision {} cancelled ({}; compacted to {}): full resync",
-                            self.config.host, self.revision + 1, response.cancel_reason(), response.compact_revision()
+                        warn!(
+                            "watch from revision {} cancelled ({}; compacted to {}): full resync",
+                            self.revision + 1, response.cancel_reason(), response.compact_revision()
                         );
                         self.status.resyncs += 1;
                         self.full_sync(client).await?;
@@ -361,7 +392,7 @@ impl<S: PeerSink> Agent<S> {
                     }
                     if own_gone {
                         // deleted by someone, or our lease expired while we were away
-                        eprintln!("lwtun-agent {}: own record deleted: publishing again", self.config.host);
+                        warn!("own record deleted: publishing again");
                         self.publish(client).await?;
                         if self.lease != Some(lease) {
                             return Ok(Exit::Lost("lease replaced".into()));
@@ -417,9 +448,8 @@ impl<S: PeerSink> Agent<S> {
         let mut error = None;
         if !d.is_empty() {
             match self.sink.apply(&d) {
-                Ok(()) => eprintln!(
-                    "lwtun-agent {}: revision {}: +{} ~{} -{} peers, {} in all",
-                    self.config.host,
+                Ok(()) => info!(
+                    "revision {}: +{} ~{} -{} peers, {} in all",
                     self.revision,
                     d.insert.len(),
                     d.replace.len(),
@@ -450,11 +480,11 @@ impl<S: PeerSink> Agent<S> {
         self.write_status()
     }
 
-    /// Prints a failure on stderr, one line, unless it repeats the last one within
+    /// Logs a failure (a warning, one line) unless it repeats the last one within
     /// [`report::QUIET`].
     fn say(&mut self, line: &str) {
         if let Some(text) = self.reporter.say(line, std::time::Instant::now()) {
-            eprintln!("lwtun-agent {}: {text}", self.config.host);
+            warn!("{text}");
         }
     }
 

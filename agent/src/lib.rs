@@ -27,11 +27,14 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod config;
 pub mod dataplane;
 pub mod fleet;
 pub mod http;
 pub mod layout;
+pub mod logs;
 pub mod metrics;
+pub mod notify;
 pub mod record;
 pub mod report;
 pub mod status;

@@ -1,96 +1,54 @@
 //! `lwtun-agent`: one host's fleet agent (see the crate docs and README "Fleet agent").
 
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand};
 use ipnetwork::IpNetwork;
 use lwtun::peer::Encap;
 use lwtun_agent::agent::{Agent, AgentConfig, Control};
+use lwtun_agent::config::{Config, Options};
 use lwtun_agent::dataplane::{DataPlane, DataPlaneConfig};
 use lwtun_agent::fleet::Fleet;
 use lwtun_agent::http::Endpoint;
-use lwtun_agent::layout::{self, Layout};
+use lwtun_agent::layout::Layout;
+use lwtun_agent::logs::Logs;
 use lwtun_agent::metrics::Metrics;
+use lwtun_agent::notify::{notify, watchdog, READY, STOPPING, WATCHDOG};
 use lwtun_agent::record::HostRecord;
 use lwtun_agent::AgentError;
 use tokio::signal::unix::{signal, SignalKind};
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum EncapArg {
-    /// UDP (FOU) to --udp-port
-    Udp,
-    /// GRE (with --gre-key if given)
-    Gre,
-    /// IP-in-IP
-    Ipip,
-}
+use tracing::{error, info, warn, Instrument};
 
 /// Keeps this host's lwtun peer table equal to the fleet published in etcd, and publishes
 /// this host (endpoint, prefixes) under a lease.
+///
+/// Every flag is also a key of the --config file (`--lease-ttl` is `lease_ttl`, `--prefix`
+/// is `prefixes`); a flag overrides the file's key, which overrides the default.
 #[derive(Debug, Parser)]
-#[command(version)]
-struct Args {
-    /// etcd client URL (repeat for a cluster)
-    #[arg(long, default_value = "http://127.0.0.1:2379")]
-    etcd: Vec<String>,
-    /// Key root of all fleets
-    #[arg(long, default_value = layout::DEFAULT_ROOT)]
-    root: String,
-    /// Fleet name: keys live under ROOT/FLEET/hosts/
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: WithConfig,
+}
+
+#[derive(Debug, clap::Args)]
+struct WithConfig {
+    /// A TOML file of settings (keys: the flags' names in snake case); SIGHUP reads it again
     #[arg(long)]
-    fleet: String,
-    /// This host's name (its key is ROOT/FLEET/hosts/HOST)
-    #[arg(long)]
-    host: String,
-    /// This host's tunnel endpoint (outer address on the underlay)
-    #[arg(long)]
-    endpoint: IpAddr,
-    /// How the other hosts encapsulate towards this one
-    #[arg(long, value_enum, default_value = "udp")]
-    encap: EncapArg,
-    /// UDP port for --encap udp
-    #[arg(long, default_value_t = 6081)]
-    udp_port: u16,
-    /// GRE key for --encap gre
-    #[arg(long)]
-    gre_key: Option<u32>,
-    /// A prefix behind this host, published (repeatable)
-    #[arg(long = "prefix")]
-    prefixes: Vec<IpNetwork>,
-    /// A file of prefixes to publish too, one per line (# comments); read again on SIGHUP
-    #[arg(long)]
-    prefix_file: Option<PathBuf>,
-    /// A prefix routed into the tunnel, e.g. the fleet's service range (repeatable)
-    #[arg(long = "steer", required = true)]
-    steer: Vec<IpNetwork>,
-    /// This host's inner address, the source of routes into the tunnel (one per family)
-    #[arg(long = "source", required = true)]
-    sources: Vec<IpAddr>,
-    /// Underlay device of the data plane
-    #[arg(long)]
-    device: String,
-    /// Named network namespace of the data plane (the agent itself stays where it runs)
-    #[arg(long)]
-    netns: Option<String>,
-    /// Lease TTL of this host's record in seconds: a dead host disappears this long after
-    #[arg(long, default_value_t = 10)]
-    lease_ttl: i64,
-    /// Peers per table (IPv4 and IPv6 each)
-    #[arg(long, default_value_t = 65_536)]
-    capacity: u32,
-    /// Pin the peer tables in this bpffs folder
-    #[arg(long)]
-    pin: Option<PathBuf>,
-    /// Write the status (JSON: table, revision, timings) to this file after every change
-    #[arg(long)]
-    status: Option<PathBuf>,
-    /// Serve Prometheus metrics (/metrics), /healthz and /readyz on this address, e.g.
-    /// 127.0.0.1:9464 (off when not given)
-    #[arg(long)]
-    metrics_address: Option<std::net::SocketAddr>,
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    options: Options,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate the settings (file and flags) and print the effective ones as TOML; exit 0
+    /// when valid, 2 when not
+    CheckConfig(WithConfig),
 }
 
 fn read_prefix_file(path: &Path) -> Result<Vec<IpNetwork>, AgentError> {
@@ -111,10 +69,11 @@ fn read_prefix_file(path: &Path) -> Result<Vec<IpNetwork>, AgentError> {
     Ok(out)
 }
 
-/// This host's record from the arguments and the prefix file, checked as others will check it.
-fn own_record(args: &Args, encap: Encap) -> Result<HostRecord, AgentError> {
-    let mut prefixes = args.prefixes.clone();
-    if let Some(file) = &args.prefix_file {
+/// This host's record from the settings and the prefix file, checked as others will check it.
+fn own_record(config: &Config, encap: Encap) -> Result<HostRecord, AgentError> {
+    let o = config.options();
+    let mut prefixes = o.prefixes.clone();
+    if let Some(file) = &o.prefix_file {
         for p in read_prefix_file(file)? {
             if !prefixes.contains(&p) {
                 prefixes.push(p);
@@ -122,7 +81,7 @@ fn own_record(args: &Args, encap: Encap) -> Result<HostRecord, AgentError> {
         }
     }
     let record = HostRecord {
-        endpoint: args.endpoint,
+        endpoint: endpoint(config),
         encap,
         prefixes,
     };
@@ -130,58 +89,115 @@ fn own_record(args: &Args, encap: Encap) -> Result<HostRecord, AgentError> {
         .map_err(|e| AgentError::Config(format!("this host's record: {e}")))
 }
 
-async fn run(args: Args) -> Result<(), AgentError> {
-    layout::check_name("host", &args.host)?;
-    if args.lease_ttl < 1 {
-        return Err(AgentError::Config(format!(
-            "--lease-ttl {}: at least 1 second",
-            args.lease_ttl
-        )));
-    }
-    let encap = match args.encap {
-        EncapArg::Udp => Encap::Udp {
-            port: args.udp_port,
-        },
-        EncapArg::Gre => Encap::Gre {
-            key: args.gre_key,
-            checksum: false,
-        },
-        EncapArg::Ipip => Encap::Ipip,
+/// The endpoint of validated settings.
+fn endpoint(config: &Config) -> std::net::IpAddr {
+    config
+        .options()
+        .endpoint
+        .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into())
+}
+
+/// SIGHUP: the settings again; the reloadable keys applied, changes to the others refused by
+/// name. Returns the settings now in force and the record to publish, if it may have changed.
+fn reload(config: &Config, logs: &Logs) -> (Config, Option<HostRecord>) {
+    let (new, refused) = match config.reload() {
+        Ok(r) => r,
+        Err(e) => {
+            error!(
+                "SIGHUP: {}; keeping the running settings",
+                settings_error(&e)
+            );
+            return (config.clone(), None);
+        }
     };
-    let record = own_record(&args, encap)?;
-    let endpoint = match args.metrics_address {
+    for key in &refused {
+        warn!(
+            "SIGHUP: key \"{key}\" cannot change while the agent runs (restart it to apply): keeping {}",
+            config.value_of(key)
+        );
+    }
+    if new.options().log_level != config.options().log_level {
+        // said before the change, which may silence it
+        warn!(
+            "SIGHUP: log level {}",
+            new.options()
+                .log_level
+                .as_deref()
+                .unwrap_or("from RUST_LOG, else info")
+        );
+        if let Err(e) = logs.set_level(new.options().log_level.as_deref()) {
+            error!("SIGHUP: {e}; keeping the log level");
+        }
+    }
+    match own_record(&new, new.encap()) {
+        Ok(r) => (new, Some(r)),
+        Err(e) => {
+            error!("SIGHUP: {e}; keeping the published record");
+            (config.clone(), None)
+        }
+    }
+}
+
+async fn run(config: Config, logs: Logs) -> Result<(), AgentError> {
+    if let Some(period) = watchdog() {
+        // On this single-threaded runtime the pings stop when the agent's loop blocks, which
+        // is what systemd's watchdog should catch.
+        let pings = async move {
+            let mut tick = tokio::time::interval(period / 2);
+            loop {
+                tick.tick().await;
+                if let Err(e) = notify(WATCHDOG) {
+                    warn!("tell systemd WATCHDOG=1: {e}");
+                }
+            }
+        };
+        tokio::spawn(pings.in_current_span());
+    }
+    let o = config.options().clone();
+    let encap = config.encap();
+    let host = o.host.clone().unwrap_or_default();
+    let device = o.device.clone().unwrap_or_default();
+    let lease_ttl = o
+        .lease_ttl
+        .unwrap_or(lwtun_agent::config::DEFAULT_LEASE_TTL);
+    let record = own_record(&config, encap)?;
+    // Bound before the data plane loads, so a busy address fails at once.
+    let metrics_endpoint = match o.metrics_address {
         Some(address) => Some(Endpoint::bind(address).await?),
         None => None,
     };
     let started = std::time::Instant::now();
     let dataplane = DataPlane::open(&DataPlaneConfig {
-        netns: args.netns.clone(),
-        device: args.device.clone(),
-        endpoint: args.endpoint,
+        netns: o.netns.clone(),
+        device: device.clone(),
+        endpoint: endpoint(&config),
         encap,
-        sources: args.sources.clone(),
-        steer: args.steer.clone(),
-        capacity: args.capacity,
-        pin: args.pin.clone(),
+        sources: o.sources.clone(),
+        steer: o.steer.clone(),
+        capacity: o.capacity.unwrap_or(lwtun_agent::config::DEFAULT_CAPACITY),
+        pin: o.pin.clone(),
     })?;
-    eprintln!(
-        "lwtun-agent {}: data plane loaded in {} ms ({} steered prefixes on {})",
-        args.host,
+    info!(
+        "data plane loaded in {} ms ({} steered prefixes on {device})",
         started.elapsed().as_millis(),
-        args.steer.len(),
-        args.device
+        o.steer.len(),
     );
     let fleet = Fleet::new(
-        Layout::new(&args.root, &args.fleet)?,
-        &args.host,
-        args.endpoint,
+        Layout::new(
+            o.root
+                .as_deref()
+                .unwrap_or(lwtun_agent::layout::DEFAULT_ROOT),
+            o.fleet.as_deref().unwrap_or_default(),
+        )?,
+        &host,
+        endpoint(&config),
     );
-    let config = AgentConfig {
-        etcd: args.etcd.clone(),
-        host: args.host.clone(),
+    let agent_config = AgentConfig {
+        etcd: o.etcd.clone(),
+        host: host.clone(),
         record,
-        lease_ttl: args.lease_ttl,
-        status: args.status.clone(),
+        lease_ttl,
+        status: o.status.clone(),
     };
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let io = |e: std::io::Error| AgentError::Io {
@@ -192,59 +208,122 @@ async fn run(args: Args) -> Result<(), AgentError> {
     let mut int = signal(SignalKind::interrupt()).map_err(io)?;
     let mut hup = signal(SignalKind::hangup()).map_err(io)?;
     let signals = async move {
+        let mut config = config;
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
-                _ = hup.recv() => match own_record(&args, encap) {
-                    Ok(r) => {
+                _ = hup.recv() => {
+                    let (now, record) = reload(&config, &logs);
+                    config = now;
+                    if let Some(r) = record {
                         if tx.send(Control::Publish(r)).await.is_err() {
                             return;
                         }
                     }
-                    Err(e) => eprintln!("lwtun-agent {}: SIGHUP: {e}; keeping the published record", args.host),
-                },
+                }
             }
         }
+        if let Err(e) = notify(STOPPING) {
+            warn!("tell systemd STOPPING=1: {e}");
+        }
+        info!("stopping: withdrawing this host");
         let _ = tx.send(Control::Shutdown).await;
     };
-    tokio::spawn(signals);
+    tokio::spawn(signals.in_current_span());
     let dataplane = Arc::new(Mutex::new(dataplane));
     let metrics = Metrics::new(dataplane.clone());
-    if let Some(endpoint) = endpoint {
-        eprintln!(
-            "lwtun-agent {}: metrics on http://{}/metrics",
-            config.host,
-            endpoint.local_addr()?
-        );
-        let host = config.host.clone();
+    if let Some(endpoint) = metrics_endpoint {
+        info!("metrics on http://{}/metrics", endpoint.local_addr()?);
         let (m, plane) = (metrics.clone(), dataplane.clone());
-        tokio::spawn(async move {
-            if let Err(e) = endpoint.serve(m, plane).await {
-                eprintln!("lwtun-agent {host}: {e}");
+        tokio::spawn(
+            async move {
+                if let Err(e) = endpoint.serve(m, plane).await {
+                    error!("metrics endpoint: {e}");
+                }
+            }
+            .in_current_span(),
+        );
+    }
+    let mut agent = Agent::new(agent_config, fleet, dataplane)
+        .with_metrics(metrics)
+        .on_ready(|| {
+            info!("initial sync done");
+            if let Err(e) = notify(READY) {
+                warn!("tell systemd READY=1: {e}");
             }
         });
-    }
-    let mut agent = Agent::new(config, fleet, dataplane).with_metrics(metrics);
     agent.run(rx).await
 }
 
+/// `check-config`: the effective settings on stdout (exit 0), or the error on stderr (exit 2).
+/// Checks what the start checks before touching the data plane: the settings, the prefix
+/// file, this host's record.
+fn check_config(with: &WithConfig) -> ExitCode {
+    // the record too: it reads prefix_file and checks the prefixes as other hosts will
+    let checked = Config::load(with.config.as_deref(), &with.options)
+        .and_then(|c| own_record(&c, c.encap()).map(|_| c));
+    match checked {
+        Ok(config) => {
+            print!("{}", config.to_toml());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("lwtun-agent: {}", settings_error(&e));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// A settings error as its one line: `config FILE: key "k": why` without the variant's
+/// "configuration:" in front (the line names the file already).
+fn settings_error(e: &AgentError) -> String {
+    match e {
+        AgentError::Config(line) => line.clone(),
+        other => other.to_string(),
+    }
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let cli = Cli::parse();
+    if let Some(Command::CheckConfig(with)) = &cli.command {
+        return check_config(with);
+    }
+    let config = match Config::load(cli.run.config.as_deref(), &cli.run.options) {
+        Ok(c) => c,
+        Err(e) => {
+            // before the log exists: the one line a bad start says
+            eprintln!("lwtun-agent: {}", settings_error(&e));
+            return ExitCode::from(2);
+        }
+    };
+    let logs = match Logs::init(config.options().log_level.as_deref()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("lwtun-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("lwtun-agent: start the runtime: {e}");
+            error!("start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    let span = tracing::info_span!(
+        "agent",
+        host = %config.options().host.as_deref().unwrap_or_default()
+    );
+    let result = runtime.block_on(run(config, logs).instrument(span.clone()));
+    let _host = span.enter();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("lwtun-agent: {e}");
+            error!("{e}");
             ExitCode::FAILURE
         }
     }

@@ -1,8 +1,9 @@
 //! The agent binary with etcd down: its data plane loads, then every attempt to reach etcd
 //! fails (a loopback port nobody listens on). What an operator reads on stderr must be one line
-//! per failure naming the endpoint and what to check, never the transport's debug dump, and a
-//! failure that repeats (the agent retries every 0.1 to 2 s) is printed at most once per
-//! [`lwtun_agent::report::QUIET`].
+//! per failure, with an RFC 3339 timestamp and a level, naming the endpoint and what to check,
+//! never the transport's debug dump; a failure that repeats (the agent retries every 0.1 to
+//! 2 s) is printed at most once per [`lwtun_agent::report::QUIET`], the repeat saying how many
+//! times it happened meanwhile.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -51,8 +52,10 @@ fn a_down_etcd_is_one_line_naming_it_with_a_hint_and_rate_limited() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    // Long enough for a dozen retries (0.1 s doubling to at most 0.75 s with this TTL).
-    std::thread::sleep(Duration::from_secs(5));
+    // Long enough for a repeat after QUIET (retries: 0.1 s doubling to at most 0.75 s with
+    // this TTL, so a dozen or more are held back meanwhile).
+    let run = QUIET + Duration::from_secs(2);
+    std::thread::sleep(run);
     // SAFETY: a signal to the child we spawned.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
@@ -73,21 +76,48 @@ fn a_down_etcd_is_one_line_naming_it_with_a_hint_and_rate_limited() {
         .collect();
     assert!(!errors.is_empty(), "the failure is reported: {text}");
     for line in &errors {
+        let (stamp, rest) = line.split_once(' ').unwrap_or_default();
         assert!(
-            line.starts_with("lwtun-agent h1: etcd at ")
+            stamp.len() >= 20 && stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T',
+            "an RFC 3339 UTC timestamp first: {line:?}"
+        );
+        assert!(
+            rest.trim_start()
+                .starts_with("WARN agent{host=h1}: etcd at ")
                 && line.contains(&endpoint)
                 && line.contains("refused the connection: is it running?"),
-            "one line naming the endpoint with a hint: {line:?}"
+            "one warning naming the endpoint with a hint: {line:?}"
         );
     }
-    for raw in ["tonic", "ConnectError", "transport error", "Transport", "{"] {
+    for raw in [
+        "tonic",
+        "ConnectError",
+        "transport error",
+        "Transport",
+        "{\"",
+        "{ ",
+    ] {
         assert!(!text.contains(raw), "no debug dump ({raw}): {text}");
     }
-    // Five seconds of retries: the first line, then at most one repeat per QUIET.
-    let allowed = 1 + (5 / QUIET.as_secs()) as usize;
+    // The first line, then at most one repeat per QUIET.
+    let allowed = 1 + (run.as_secs() / QUIET.as_secs()) as usize;
     assert!(
         errors.len() <= allowed,
-        "{} lines in 5 s, at most {allowed}: {text}",
+        "{} lines in {run:?}, at most {allowed}: {text}",
         errors.len()
+    );
+    // The repeat after QUIET says how often the failure happened meanwhile.
+    let repeat = errors
+        .iter()
+        .find_map(|l| l.split(" (repeated ").nth(1))
+        .unwrap_or_else(|| panic!("a repeat line with its count: {text}"));
+    let count: u32 = repeat
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a count: {repeat}"));
+    assert!(
+        count >= 5 && repeat.contains(" times in 1"),
+        "held back retries counted ({count}) over about {QUIET:?}: {repeat}"
     );
 }
