@@ -9,6 +9,7 @@ use ipnetwork::IpNetwork;
 use lwtun::peer::Encap;
 use lwtun_agent::agent::{Agent, AgentConfig, Control};
 use lwtun_agent::dataplane::{DataPlane, DataPlaneConfig};
+use lwtun_agent::etcd::AccessConfig;
 use lwtun_agent::fleet::Fleet;
 use lwtun_agent::layout::{self, Layout};
 use lwtun_agent::record::HostRecord;
@@ -33,6 +34,24 @@ struct Args {
     /// etcd client URL (repeat for a cluster)
     #[arg(long, default_value = "http://127.0.0.1:2379")]
     etcd: Vec<String>,
+    /// PEM file of the CA that signed etcd's certificate (https:// endpoints need it)
+    #[arg(long)]
+    etcd_ca: Option<PathBuf>,
+    /// PEM file of this agent's client certificate, for etcd's --client-cert-auth
+    #[arg(long, requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    /// PEM file of the client certificate's private key
+    #[arg(long, requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
+    /// The name etcd's certificate carries, when not the host in --etcd
+    #[arg(long)]
+    etcd_server_name: Option<String>,
+    /// etcd user to authenticate as (password from --etcd-password-file or LWTUN_ETCD_PASSWORD)
+    #[arg(long)]
+    etcd_user: Option<String>,
+    /// File whose first line is --etcd-user's password
+    #[arg(long)]
+    etcd_password_file: Option<PathBuf>,
     /// Key root of all fleets
     #[arg(long, default_value = layout::DEFAULT_ROOT)]
     root: String,
@@ -142,6 +161,15 @@ async fn run(args: Args) -> Result<(), AgentError> {
         EncapArg::Ipip => Encap::Ipip,
     };
     let record = own_record(&args, encap)?;
+    let access = AccessConfig {
+        ca: args.etcd_ca.clone(),
+        cert: args.etcd_cert.clone(),
+        key: args.etcd_key.clone(),
+        server_name: args.etcd_server_name.clone(),
+        user: args.etcd_user.clone(),
+        password_file: args.etcd_password_file.clone(),
+    }
+    .load(&args.etcd)?;
     let started = std::time::Instant::now();
     let dataplane = DataPlane::open(&DataPlaneConfig {
         netns: args.netns.clone(),
@@ -198,9 +226,12 @@ async fn run(args: Args) -> Result<(), AgentError> {
         let _ = tx.send(Control::Shutdown).await;
     };
     tokio::spawn(signals);
-    let mut agent = Agent::new(config, fleet, dataplane);
+    let mut agent = Agent::new(config, fleet, dataplane).with_access(access);
     agent.run(rx).await
 }
+
+/// The exit code when etcd refuses the agent's TLS or credentials (sysexits.h EX_CONFIG).
+const EX_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -216,6 +247,11 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e @ AgentError::Access(_)) => {
+            // sysexits' EX_CONFIG: a unit can stop restarting on it (RestartPreventExitStatus)
+            eprintln!("lwtun-agent: {e}");
+            ExitCode::from(EX_CONFIG)
+        }
         Err(e) => {
             eprintln!("lwtun-agent: {e}");
             ExitCode::FAILURE
