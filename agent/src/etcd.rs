@@ -292,8 +292,9 @@ impl EtcdAccess {
         &self.config
     }
 
-    /// The client's connect options: TLS and credentials, with the agent's timeouts (connect
-    /// within 1 s; an HTTP/2 ping every second, the connection lost after 2 s without answer).
+    /// The client's connect options: TLS and credentials (an expired token renewed), with the
+    /// agent's timeouts (connect within 1 s; an HTTP/2 ping every second, the connection lost
+    /// after 2 s without answer).
     pub fn connect_options(&self) -> ConnectOptions {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(1))
@@ -302,7 +303,11 @@ impl EtcdAccess {
             options = options.with_tls(tls.clone());
         }
         if let (Some(user), Some(password)) = (&self.config.user, &self.password) {
-            options = options.with_user(user.clone(), password.clone());
+            // etcd's tokens expire (--auth-token-ttl, 5 min by default): a call refused for
+            // an expired token authenticates again and is retried, not a lost session
+            options = options
+                .with_user(user.clone(), password.clone())
+                .with_auto_token_refresh(true);
         }
         options
     }

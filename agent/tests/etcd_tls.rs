@@ -150,6 +150,8 @@ impl TlsEtcd {
             .arg("--trusted-ca-file")
             .arg(&pki.ca)
             .arg("--client-cert-auth")
+            // tokens expire within the test: the agents must renew theirs
+            .args(["--auth-token-ttl", "1"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -415,7 +417,27 @@ fn agents_converge_over_mutual_tls_and_auth_and_refusals_are_one_line() {
         c.user = Some(AGENT_USER.into());
         c.password_file = Some(password.clone());
     };
-    two_agents_converge(&dir.0, &url, "auth", || etcd.access(&pki, with_user));
+    let a = start_agent(&dir.0, &url, "auth", 1, etcd.access(&pki, with_user));
+    let b = start_agent(&dir.0, &url, "auth", 2, etcd.access(&pki, with_user));
+    let ta = wait_peer(&a, "10.200.2.0/24", "10.99.0.2");
+    let tb = wait_peer(&b, "10.200.1.0/24", "10.99.0.1");
+    eprintln!("auth: h1 saw h2 after {ta:?}, h2 saw h1 after {tb:?}");
+    // past the tokens' 1 s TTL, h1 publishes a new prefix: its put renews the token, and h2's
+    // watch, opened with the old one, still delivers
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut moved = record(1);
+    moved.prefixes.push("10.201.1.0/24".parse().unwrap());
+    a.tx.blocking_send(Control::Publish(moved)).unwrap();
+    let t = wait_peer(&b, "10.201.1.0/24", "10.99.0.1");
+    eprintln!("auth: h2 saw h1's new prefix {t:?} after the token expired");
+    for r in [&a, &b] {
+        let s = Status::read(&r.status).unwrap();
+        assert_eq!(s.reconnects, 0, "a session was lost: {s:?}");
+    }
+    for r in [a, b] {
+        r.tx.blocking_send(Control::Shutdown).unwrap();
+        r.thread.join().unwrap().expect("clean shutdown");
+    }
 
     let wrong = dir.0.join("wrong-password");
     std::fs::write(&wrong, "not-it\n").unwrap();
