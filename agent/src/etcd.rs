@@ -383,7 +383,10 @@ impl EtcdAccess {
             let why = if low.contains("unknownissuer") || low.contains("unknown issuer") {
                 format!("etcd's certificate is not signed by --etcd-ca {ca}: check that --etcd-ca is the CA of etcd's --cert-file")
             } else if low.contains("not valid for name") || low.contains("notvalidforname") {
-                "etcd's certificate is not made for the name in --etcd: use a name it carries, or --etcd-server-name".to_string()
+                match &self.config.server_name {
+                    Some(name) => format!("etcd's certificate is not made for --etcd-server-name {name}: give a name it carries"),
+                    None => "etcd's certificate is not made for the host in --etcd: use a name it carries, or --etcd-server-name".to_string(),
+                }
             } else if low.contains("expired") {
                 "etcd's certificate has expired: renew etcd's --cert-file".to_string()
             } else if low.contains("not valid yet") {

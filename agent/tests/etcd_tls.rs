@@ -25,7 +25,8 @@ use lwtun_agent::record::HostRecord;
 use lwtun_agent::status::Status;
 use lwtun_agent::AgentError;
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    date_time_ymd, BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair,
 };
 use support::{free_port, runtime, TempDir, ETCD};
 
@@ -63,11 +64,25 @@ impl Ca {
         names: &[&str],
         usage: ExtendedKeyUsagePurpose,
     ) -> (PathBuf, PathBuf) {
+        self.issue_with(dir, file, cn, names, usage, |_| {})
+    }
+
+    /// [`Ca::issue`] with the parameters changed by `edit` (validity).
+    fn issue_with(
+        &self,
+        dir: &Path,
+        file: &str,
+        cn: &str,
+        names: &[&str],
+        usage: ExtendedKeyUsagePurpose,
+        edit: impl FnOnce(&mut CertificateParams),
+    ) -> (PathBuf, PathBuf) {
         let key = KeyPair::generate().unwrap();
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         let mut params = CertificateParams::new(names).unwrap();
         params.distinguished_name.push(DnType::CommonName, cn);
         params.extended_key_usages = vec![usage];
+        edit(&mut params);
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         let (c, k) = (
             dir.join(format!("{file}.pem")),
@@ -86,6 +101,8 @@ struct Pki {
     client: (PathBuf, PathBuf),
     other_ca: PathBuf,
     stranger: (PathBuf, PathBuf),
+    /// Signed by etcd's CA, valid in 2020 only.
+    expired: (PathBuf, PathBuf),
 }
 
 fn pki(dir: &Path) -> Pki {
@@ -113,7 +130,19 @@ fn pki(dir: &Path) -> Pki {
         &[],
         ExtendedKeyUsagePurpose::ClientAuth,
     );
+    let expired = ca.issue_with(
+        dir,
+        "expired",
+        "agent-client",
+        &[],
+        ExtendedKeyUsagePurpose::ClientAuth,
+        |p| {
+            p.not_before = date_time_ymd(2020, 1, 1);
+            p.not_after = date_time_ymd(2020, 12, 31);
+        },
+    );
     Pki {
+        expired,
         ca: ca.pem.clone(),
         server,
         client,
@@ -372,8 +401,21 @@ fn agents_converge_over_mutual_tls_and_auth_and_refusals_are_one_line() {
     let url = etcd.url();
     let at = format!("etcd at 127.0.0.1:{}", etcd.port);
 
-    // mutual TLS, no auth yet
+    // mutual TLS, no auth yet (etcd's certificate names localhost and 127.0.0.1: the name
+    // checked can be either)
     two_agents_converge(&dir.0, &url, "mtls", || etcd.access(&pki, |_| {}));
+    two_agents_converge(&dir.0, &url, "mtls-named", || {
+        etcd.access(&pki, |c| c.server_name = Some("localhost".into()))
+    });
+    let (line, took) = refused(
+        &url,
+        etcd.access(&pki, |c| c.server_name = Some("etcd.invalid".into())),
+    );
+    assert_line(
+        &line,
+        took,
+        &[&at, "not made for --etcd-server-name etcd.invalid"],
+    );
 
     // refused TLS: etcd's certificate from another CA; no client certificate; one from
     // another CA
@@ -408,6 +450,15 @@ fn agents_converge_over_mutual_tls_and_auth_and_refusals_are_one_line() {
         took,
         &[&at, "refuse", "client certificate", &stranger],
     );
+    let (line, took) = refused(
+        &url,
+        etcd.access(&pki, |c| {
+            c.cert = Some(pki.expired.0.clone());
+            c.key = Some(pki.expired.1.clone());
+        }),
+    );
+    let expired = pki.expired.0.display().to_string();
+    assert_line(&line, took, &[&at, "client certificate", &expired]);
 
     // authentication on: the agents' user and password work; nothing else does
     etcd.enable_auth(&pki, "/lwtun/fleet/");
