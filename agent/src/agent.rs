@@ -36,8 +36,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// only a few large records (etcd takes values up to 1.5 MiB each).
 const MAX_MESSAGE: usize = 1 << 30;
 
-/// How many TLS connections closed by etcd right after the handshake, before the first session,
-/// make a refused client certificate (see [`EtcdAccess::closed_after_handshake`]).
+/// How many connections in a row etcd closes without a word before the first session make a
+/// TLS mismatch (see [`EtcdAccess::closed_early`]).
 const CLOSED_AT_START: u32 = 3;
 
 /// What the agent is asked to do from outside (signals).
@@ -216,18 +216,18 @@ impl<S: PeerSink> Agent<S> {
                     Some(line) if !self.started => return Err(AgentError::Access(line)),
                     Some(line) => line,
                     None => {
-                        if !self.started {
-                            if let Some(line) =
-                                self.access.closed_after_handshake(&e, &self.config.etcd)
-                            {
-                                // TLS 1.3: etcd's alert refusing the client certificate may be
-                                // lost with the connection; closed every time is that refusal.
+                        // closed without a word every time at start: a TLS mismatch (the
+                        // TLS 1.3 alert refusing a client certificate can be lost with the
+                        // connection); said once it is sure, not once per try
+                        match self.access.closed_early(&e, &self.config.etcd) {
+                            Some(line) if !self.started => {
                                 self.closed += 1;
                                 if self.closed >= CLOSED_AT_START {
                                     return Err(AgentError::Access(line));
                                 }
                                 quiet = true;
                             }
+                            _ => self.closed = 0,
                         }
                         report::describe(&e, &self.config.etcd)
                     }

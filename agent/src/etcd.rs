@@ -312,10 +312,16 @@ impl EtcdAccess {
         options
     }
 
-    /// When `e` is a TLS connection etcd closed without a word (no TLS alert, no gRPC status),
-    /// the line to say if that keeps happening: with TLS 1.3 etcd checks the client certificate
-    /// after the client's side of the handshake is done, and its alert refusing it may be lost
-    /// with the connection. `None` without TLS or for any other failure.
+    /// When `e` is a connection etcd closed without a word (no TLS alert, no gRPC status), the
+    /// line to say if that keeps happening, and which mismatch it points to:
+    /// - TLS, closed during the handshake: etcd serves plain http;
+    /// - TLS, closed after it: etcd refused the client certificate (with TLS 1.3 etcd checks
+    ///   it after the client's side of the handshake is done, and its alert may be lost with
+    ///   the connection);
+    /// - plain http, closed: etcd serves TLS only.
+    ///
+    /// `None` for any other failure. One such close can be an etcd going down; the agent
+    /// takes it for the mismatch only when it happens every time at start.
     ///
     /// # Examples
     ///
@@ -324,19 +330,28 @@ impl EtcdAccess {
     /// use lwtun_agent::AgentError;
     ///
     /// let e = AgentError::Timeout(std::time::Duration::from_secs(3));
-    /// assert_eq!(EtcdAccess::default().closed_after_handshake(&e, &["http://127.0.0.1:2379".into()]), None);
+    /// assert_eq!(EtcdAccess::default().closed_early(&e, &["http://127.0.0.1:2379".into()]), None);
     /// ```
-    pub fn closed_after_handshake(&self, e: &AgentError, endpoints: &[String]) -> Option<String> {
+    pub fn closed_early(&self, e: &AgentError, endpoints: &[String]) -> Option<String> {
         let AgentError::Etcd(e) = e else {
             return None;
         };
-        self.tls.as_ref()?;
         let low = report::error_text(e).to_lowercase();
+        let at = report::endpoints(endpoints);
+        if self.tls.is_some() && low.contains("tls handshake eof") {
+            return Some(format!(
+                "etcd at {at} closed every connection during the TLS handshake: does it serve plain http? use http:// endpoints without --etcd-ca"
+            ));
+        }
         let closed = ["connection closed", "connection reset", "broken pipe"];
         if !closed.iter().any(|c| low.contains(c)) {
             return None;
         }
-        let at = report::endpoints(endpoints);
+        if self.tls.is_none() {
+            return Some(format!(
+                "etcd at {at} closed every plain http connection: does it serve TLS only? use https:// endpoints with --etcd-ca"
+            ));
+        }
         let why = match &self.config.cert {
             None => "it likely requires a client certificate: give --etcd-cert and --etcd-key".to_string(),
             Some(cert) => format!(

@@ -615,3 +615,46 @@ fn the_agent_binary_exits_78_with_one_line_when_etcd_refuses_it() {
         assert!(took < Duration::from_secs(5), "{what}: took {took:?}");
     }
 }
+
+/// Endpoint schemes that do not match what etcd serves: https:// to a plain etcd, http:// to
+/// a TLS-only one. Both end at start with one line saying which.
+#[test]
+fn a_scheme_etcd_does_not_serve_is_one_line() {
+    if !support::etcd_installed("a_scheme_etcd_does_not_serve_is_one_line") {
+        return;
+    }
+    let dir = TempDir::new("tls-scheme");
+    let pki = pki(&dir.0);
+    let tls = TlsEtcd::start(&dir.0, &pki);
+    let plain_dir = dir.0.join("plain");
+    std::fs::create_dir_all(&plain_dir).unwrap();
+    let plain = support::Etcd::start(&plain_dir);
+
+    let url = format!("http://127.0.0.1:{}", tls.port);
+    let (line, took) = refused(&url, EtcdAccess::default());
+    assert_line(
+        &line,
+        took,
+        &[
+            &format!("etcd at 127.0.0.1:{}", tls.port),
+            "does it serve TLS only? use https://",
+        ],
+    );
+
+    let url = plain.url().replace("http://", "https://");
+    let access = AccessConfig {
+        ca: Some(pki.ca.clone()),
+        ..AccessConfig::default()
+    }
+    .load(std::slice::from_ref(&url))
+    .unwrap();
+    let (line, took) = refused(&url, access);
+    assert_line(
+        &line,
+        took,
+        &[
+            &url.replace("https://", "etcd at "),
+            "during the TLS handshake: does it serve plain http? use http://",
+        ],
+    );
+}
