@@ -152,6 +152,16 @@ impl AccessConfig {
     /// assert!(e.to_string().contains("use https://"), "{e}");
     /// ```
     pub fn load(&self, endpoints: &[String]) -> Result<EtcdAccess, AgentError> {
+        self.check(endpoints)?;
+        Ok(EtcdAccess {
+            config: self.clone(),
+            tls: self.tls_options()?,
+            password: self.password()?,
+        })
+    }
+
+    /// The flags against each other and the endpoints' schemes, before any file is read.
+    fn check(&self, endpoints: &[String]) -> Result<(), AgentError> {
         let config_error = |m: String| Err(AgentError::Config(m));
         for url in endpoints {
             if let Some((scheme, _)) = url.split_once("://") {
@@ -162,15 +172,9 @@ impl AccessConfig {
                 }
             }
         }
-        let secure: Vec<&String> = endpoints
-            .iter()
-            .filter(|u| https(u) == Some(true))
-            .collect();
-        let plain: Vec<&String> = endpoints
-            .iter()
-            .filter(|u| https(u) == Some(false))
-            .collect();
-        if let (Some(s), Some(p)) = (secure.first(), plain.first()) {
+        let secure = endpoints.iter().find(|u| https(u) == Some(true));
+        let plain = endpoints.iter().find(|u| https(u) == Some(false));
+        if let (Some(s), Some(p)) = (secure, plain) {
             return config_error(format!(
                 "--etcd {s} and --etcd {p}: all endpoints of one cluster are https:// or all http://"
             ));
@@ -184,7 +188,7 @@ impl AccessConfig {
         .into_iter()
         .find(|(_, given)| *given)
         .map(|(flag, _)| flag);
-        if let (Some(flag), Some(p)) = (tls_flag, plain.first()) {
+        if let (Some(flag), Some(p)) = (tls_flag, plain) {
             return config_error(format!(
                 "{flag} is given but --etcd {p} is plain http: use https:// endpoints for TLS"
             ));
@@ -202,77 +206,74 @@ impl AccessConfig {
             }
             _ => {}
         }
-        if self.ca.is_none() {
-            if let Some(flag) = tls_flag {
-                return config_error(format!(
-                    "{flag} needs --etcd-ca (the CA that signed etcd's certificate) and https:// endpoints"
-                ));
-            }
+        if let (None, Some(flag)) = (&self.ca, tls_flag) {
+            return config_error(format!(
+                "{flag} needs --etcd-ca (the CA that signed etcd's certificate) and https:// endpoints"
+            ));
         }
-        if let (None, Some(s)) = (&self.ca, secure.first()) {
+        if let (None, Some(s)) = (&self.ca, secure) {
             return config_error(format!(
                 "--etcd {s} is https:// but --etcd-ca is missing: give the PEM file of the CA that signed etcd's certificate"
             ));
         }
-        let tls =
-            match &self.ca {
-                None => None,
-                Some(ca) => {
-                    let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(
-                        read_pem("--etcd-ca", ca, "CERTIFICATE")?,
-                    ));
-                    if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
-                        tls = tls.identity(Identity::from_pem(
-                            read_pem("--etcd-cert", cert, "CERTIFICATE")?,
-                            read_pem("--etcd-key", key, "PRIVATE KEY")?,
-                        ));
-                    }
-                    if let Some(name) = &self.server_name {
-                        if name.is_empty() {
-                            return config_error("--etcd-server-name is empty".into());
-                        }
-                        tls = tls.domain_name(name.clone());
-                    }
-                    Some(tls)
-                }
-            };
-        let password = match (&self.user, &self.password_file) {
-            (None, Some(_)) => {
-                return config_error(
-                    "--etcd-password-file needs --etcd-user (the user it is the password of)"
-                        .into(),
-                )
-            }
-            (None, None) => None,
-            (Some(user), file) => {
-                if user.is_empty() {
-                    return config_error("--etcd-user is empty".into());
-                }
-                let password = match file {
-                    Some(path) => read("--etcd-password-file", path)?
-                        .lines()
-                        .next()
-                        .unwrap_or("")
-                        .to_string(),
-                    None => std::env::var(PASSWORD_ENV).map_err(|_| {
-                        AgentError::Config(format!(
-                            "--etcd-user {user} needs a password: give --etcd-password-file or set {PASSWORD_ENV}"
-                        ))
-                    })?,
-                };
-                if password.is_empty() {
-                    return config_error(format!(
-                        "--etcd-user {user}: the password is empty (--etcd-password-file or {PASSWORD_ENV})"
-                    ));
-                }
-                Some(password)
-            }
+        if self.server_name.as_deref() == Some("") {
+            return config_error("--etcd-server-name is empty".into());
+        }
+        match (&self.user, &self.password_file) {
+            (None, Some(_)) => config_error(
+                "--etcd-password-file needs --etcd-user (the user it is the password of)".into(),
+            ),
+            (Some(user), _) if user.is_empty() => config_error("--etcd-user is empty".into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The TLS settings with the certificates read, `None` without `--etcd-ca`.
+    fn tls_options(&self) -> Result<Option<TlsOptions>, AgentError> {
+        let Some(ca) = &self.ca else {
+            return Ok(None);
         };
-        Ok(EtcdAccess {
-            config: self.clone(),
-            tls,
-            password,
-        })
+        let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(read_pem(
+            "--etcd-ca",
+            ca,
+            "CERTIFICATE",
+        )?));
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            tls = tls.identity(Identity::from_pem(
+                read_pem("--etcd-cert", cert, "CERTIFICATE")?,
+                read_pem("--etcd-key", key, "PRIVATE KEY")?,
+            ));
+        }
+        if let Some(name) = &self.server_name {
+            tls = tls.domain_name(name.clone());
+        }
+        Ok(Some(tls))
+    }
+
+    /// `--etcd-user`'s password: the first line of `--etcd-password-file`, else
+    /// [`PASSWORD_ENV`]; `None` without a user.
+    fn password(&self) -> Result<Option<String>, AgentError> {
+        let Some(user) = &self.user else {
+            return Ok(None);
+        };
+        let password = match &self.password_file {
+            Some(path) => read("--etcd-password-file", path)?
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string(),
+            None => std::env::var(PASSWORD_ENV).map_err(|_| {
+                AgentError::Config(format!(
+                    "--etcd-user {user} needs a password: give --etcd-password-file or set {PASSWORD_ENV}"
+                ))
+            })?,
+        };
+        if password.is_empty() {
+            return Err(AgentError::Config(format!(
+                "--etcd-user {user}: the password is empty (--etcd-password-file or {PASSWORD_ENV})"
+            )));
+        }
+        Ok(Some(password))
     }
 }
 
