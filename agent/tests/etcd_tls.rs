@@ -3,7 +3,9 @@
 //! (rcgen): two agents publish and see each other's peers over mutual TLS, then again with
 //! etcd's authentication enabled (a user whose role may read and write the fleet's keys only).
 //! What no retry can fix — etcd's certificate from another CA, no client certificate, a client
-//! certificate from another CA, a wrong password, no user while auth is on — ends the agent
+//! certificate from another CA or expired, a server name the certificate does not carry, a
+//! wrong password, no user while auth is on, a user whose role does not cover the fleet's
+//! keys, an endpoint scheme etcd does not serve — ends the agent
 //! within seconds with one line saying what to check; the binary prints that line once and
 //! exits with EX_CONFIG (78).
 
@@ -252,6 +254,12 @@ impl TlsEtcd {
                 .await?;
             c.user_add(AGENT_USER, AGENT_PASSWORD, None).await?;
             c.user_grant_role(AGENT_USER, AGENT_USER).await?;
+            // a user of another application: its role covers /other/ only
+            c.role_add("other").await?;
+            c.role_grant_permission("other", Permission::read_write("/other/").with_prefix())
+                .await?;
+            c.user_add("other", AGENT_PASSWORD, None).await?;
+            c.user_grant_role("other", "other").await?;
             c.auth_enable().await?;
             Ok::<(), etcd_client::Error>(())
         })
@@ -507,6 +515,18 @@ fn agents_converge_over_mutual_tls_and_auth_and_refusals_are_one_line() {
     );
     let (line, took) = refused(&url, etcd.access(&pki, |_| {}));
     assert_line(&line, took, &[&at, "--etcd-user"]);
+    let (line, took) = refused(
+        &url,
+        etcd.access(&pki, |c| {
+            c.user = Some("other".into());
+            c.password_file = Some(password.clone());
+        }),
+    );
+    assert_line(
+        &line,
+        took,
+        &[&at, "denied user other access to the fleet's keys"],
+    );
 }
 
 /// The binary: data plane up, then a refused CA or password ends it with one line and
