@@ -468,10 +468,20 @@ fn agents_converge_over_mutual_tls_and_auth_and_refusals_are_one_line() {
     let expired = pki.expired.0.display().to_string();
     assert_line(&line, took, &[&at, "client certificate", &expired]);
 
-    // authentication on: the agents' user and password work; nothing else does
-    etcd.enable_auth(&pki, "/lwtun/fleet/");
+    // a user for an etcd without authentication: the client cannot get a token
     let password = dir.0.join("password");
     std::fs::write(&password, format!("{AGENT_PASSWORD}\n")).unwrap();
+    let (line, took) = refused(
+        &url,
+        etcd.access(&pki, |c| {
+            c.user = Some(AGENT_USER.into());
+            c.password_file = Some(password.clone());
+        }),
+    );
+    assert_line(&line, took, &[&at, "does not have authentication enabled"]);
+
+    // authentication on: the agents' user and password work; nothing else does
+    etcd.enable_auth(&pki, "/lwtun/fleet/");
     let with_user = |c: &mut AccessConfig| {
         c.user = Some(AGENT_USER.into());
         c.password_file = Some(password.clone());
