@@ -338,15 +338,24 @@ impl EtcdAccess {
             return None;
         };
         let low = report::error_text(e).to_lowercase();
+        let closed = [
+            "tls handshake eof",
+            "connection closed",
+            "connection reset",
+            "broken pipe",
+        ];
+        if !closed.iter().any(|c| low.contains(c)) {
+            return None;
+        }
         let at = report::endpoints(endpoints);
-        if self.tls.is_some() && low.contains("tls handshake eof") {
+        // The client maps a failure to connect (TCP and TLS handshake) to Unavailable, a
+        // failure of the HTTP/2 connection after it to Unknown ("transport error").
+        let connecting = matches!(e, etcd_client::Error::GRpcStatus(s)
+            if format!("{:?}", s.code()) == "Unavailable");
+        if self.tls.is_some() && connecting {
             return Some(format!(
                 "etcd at {at} closed every connection during the TLS handshake: does it serve plain http? use http:// endpoints without --etcd-ca"
             ));
-        }
-        let closed = ["connection closed", "connection reset", "broken pipe"];
-        if !closed.iter().any(|c| low.contains(c)) {
-            return None;
         }
         if self.tls.is_none() {
             return Some(format!(
