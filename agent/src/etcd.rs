@@ -577,6 +577,25 @@ mod tests {
     }
 
     #[test]
+    fn the_password_comes_from_the_environment_without_a_file() {
+        // the only test that touches this variable
+        let user = AccessConfig {
+            user: Some("agent".into()),
+            ..AccessConfig::default()
+        };
+        std::env::remove_var(PASSWORD_ENV);
+        let m = refused(&user, &["http://a:2379"]);
+        assert_eq!(
+            m,
+            format!("--etcd-user agent needs a password: give --etcd-password-file or set {PASSWORD_ENV}")
+        );
+        std::env::set_var(PASSWORD_ENV, "from-env");
+        let access = user.load(&["http://a:2379".to_string()]);
+        std::env::remove_var(PASSWORD_ENV);
+        assert_eq!(access.unwrap().password.as_deref(), Some("from-env"));
+    }
+
+    #[test]
     fn a_user_needs_a_password_and_debug_hides_it() {
         let password = File::new("password", "s3cret\nignored\n");
         let no_user = AccessConfig {
