@@ -18,13 +18,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use etcd_client::{
-    Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions, WatchStream,
-};
+use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions, WatchStream};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::dataplane::PeerSink;
+use crate::etcd::EtcdAccess;
 use crate::fleet::{diff, Change, Fleet};
 use crate::metrics::{Metrics, Run};
 use crate::record::HostRecord;
@@ -38,6 +37,10 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// The largest etcd answer taken (a Get of the whole fleet): gRPC's default of 4 MiB would hold
 /// only a few large records (etcd takes values up to 1.5 MiB each).
 const MAX_MESSAGE: usize = 1 << 30;
+
+/// How many connections in a row etcd closes without a word before the first session make a
+/// TLS mismatch (see [`EtcdAccess::closed_early`]).
+const CLOSED_AT_START: u32 = 3;
 
 /// What the agent is asked to do from outside (signals).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +117,12 @@ pub struct Agent<S: PeerSink> {
     /// Called once, when the first session has synced the table and watches (see
     /// [`Agent::on_ready`]).
     ready: Option<Box<dyn FnOnce() + Send>>,
+    /// TLS and credentials (see [`crate::etcd`]).
+    access: EtcdAccess,
+    /// A session has started once: failures from then on are retried, whatever they are.
+    started: bool,
+    /// TLS connections etcd closed right after the handshake, before the first session.
+    closed: u32,
 }
 
 impl<S: PeerSink> Agent<S> {
@@ -136,6 +145,9 @@ impl<S: PeerSink> Agent<S> {
             reporter: Reporter::default(),
             metrics: Metrics::default(),
             ready: None,
+            access: EtcdAccess::default(),
+            started: false,
+            closed: 0,
         }
     }
 
@@ -192,6 +204,38 @@ impl<S: PeerSink> Agent<S> {
         self
     }
 
+    /// Reaches etcd with `access` (TLS, user and password) instead of plain http without
+    /// credentials.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use lwtun_agent::agent::{Agent, AgentConfig};
+    /// use lwtun_agent::dataplane::MemoryTable;
+    /// use lwtun_agent::etcd::AccessConfig;
+    /// use lwtun_agent::fleet::Fleet;
+    /// use lwtun_agent::layout::Layout;
+    /// use lwtun_agent::record::HostRecord;
+    ///
+    /// let etcd = vec!["https://10.0.0.9:2379".to_string()];
+    /// let access = AccessConfig {
+    ///     ca: Some("/etc/lwtun/etcd-ca.pem".into()),
+    ///     cert: Some("/etc/lwtun/agent.pem".into()),
+    ///     key: Some("/etc/lwtun/agent-key.pem".into()),
+    ///     ..AccessConfig::default()
+    /// }
+    /// .load(&etcd)?;
+    /// let record = HostRecord::decode(br#"{"endpoint":"10.99.0.1","encap":"ipip","prefixes":[]}"#).unwrap();
+    /// let fleet = Fleet::new(Layout::new("/lwtun/fleet", "f")?, "h1", record.endpoint);
+    /// let config = AgentConfig { etcd, host: "h1".into(), record, lease_ttl: 10, status: None };
+    /// let agent = Agent::new(config, fleet, MemoryTable::default()).with_access(access);
+    /// # Ok::<(), lwtun_agent::AgentError>(())
+    /// ```
+    pub fn with_access(mut self, access: EtcdAccess) -> Self {
+        self.access = access;
+        self
+    }
+
     /// The table.
     pub fn sink(&self) -> &S {
         &self.sink
@@ -212,9 +256,12 @@ impl<S: PeerSink> Agent<S> {
     ///
     /// # Errors
     ///
-    /// Only errors that retrying cannot fix: writing the status file.
+    /// Only errors that retrying cannot fix: writing the status file, and
+    /// [`AgentError::Access`] when etcd refuses the agent's TLS or credentials before the first
+    /// session started (see [`EtcdAccess::refusal`]); later the same failures are retried.
     pub async fn run(&mut self, mut control: mpsc::Receiver<Control>) -> Result<(), AgentError> {
         let mut backoff = Duration::from_millis(100);
+        let mut quiet = false;
         loop {
             self.metrics.beat();
             let started = tokio::time::Instant::now();
@@ -226,14 +273,36 @@ impl<S: PeerSink> Agent<S> {
                 Ok(Exit::Shutdown) => return Ok(()),
                 Ok(Exit::Lost(why)) => why,
                 Err(AgentError::Io { op, source }) => return Err(AgentError::Io { op, source }),
-                Err(e) => report::describe(&e, &self.config.etcd),
+                // TLS or credentials refused: fatal at start, retried once a session ran
+                Err(e) => match self.access.refusal(&e, &self.config.etcd) {
+                    Some(line) if !self.started => return Err(AgentError::Access(line)),
+                    Some(line) => line,
+                    None => {
+                        // closed without a word every time at start: a TLS mismatch (the
+                        // TLS 1.3 alert refusing a client certificate can be lost with the
+                        // connection); said once it is sure, not once per try
+                        match self.access.closed_early(&e, &self.config.etcd) {
+                            Some(line) if !self.started => {
+                                self.closed += 1;
+                                if self.closed >= CLOSED_AT_START {
+                                    return Err(AgentError::Access(line));
+                                }
+                                quiet = true;
+                            }
+                            _ => self.closed = 0,
+                        }
+                        report::describe(&e, &self.config.etcd)
+                    }
+                },
             };
             let line = if self.status.connected {
                 format!("lost the etcd session: {why}")
             } else {
                 why.clone()
             };
-            self.say(&line);
+            if !std::mem::take(&mut quiet) {
+                self.say(&line);
+            }
             self.metrics.connected(false, Some(&why));
             self.status.connected = false;
             self.status.reconnects += 1;
@@ -256,9 +325,7 @@ impl<S: PeerSink> Agent<S> {
     }
 
     async fn connect(&self) -> Result<Client, AgentError> {
-        let options = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(1))
-            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2));
+        let options = self.access.connect_options();
         timed(Client::connect(&self.config.etcd, Some(options))).await
     }
 
@@ -327,6 +394,7 @@ impl<S: PeerSink> Agent<S> {
             self.full_sync(client).await?;
         }
         let mut watch = self.watch(client).await?;
+        self.started = true;
         self.status.connected = true;
         self.metrics.connected(true, None);
         info!(

@@ -165,6 +165,26 @@ pub struct Options {
     /// [default: RUST_LOG, else info]; reloaded on SIGHUP
     #[arg(long)]
     pub log_level: Option<String>,
+    /// PEM file of the CA that signed etcd's certificate (https:// endpoints need it)
+    #[arg(long)]
+    pub etcd_ca: Option<PathBuf>,
+    /// PEM file of this agent's client certificate, for etcd's --client-cert-auth (with
+    /// --etcd-key)
+    #[arg(long)]
+    pub etcd_cert: Option<PathBuf>,
+    /// PEM file of the client certificate's private key
+    #[arg(long)]
+    pub etcd_key: Option<PathBuf>,
+    /// The name etcd's certificate carries, when not the host in --etcd
+    #[arg(long)]
+    pub etcd_server_name: Option<String>,
+    /// etcd user to authenticate as (password from --etcd-password-file or
+    /// LWTUN_ETCD_PASSWORD)
+    #[arg(long)]
+    pub etcd_user: Option<String>,
+    /// File whose first line is --etcd-user's password
+    #[arg(long)]
+    pub etcd_password_file: Option<PathBuf>,
     /// Serve Prometheus metrics (/metrics), /healthz and /readyz on this address, e.g.
     /// 127.0.0.1:9464 (off when not given)
     #[arg(long)]

@@ -29,6 +29,7 @@
 pub mod agent;
 pub mod config;
 pub mod dataplane;
+pub mod etcd;
 pub mod fleet;
 pub mod http;
 pub mod layout;
@@ -51,6 +52,10 @@ pub enum AgentError {
     /// An etcd request failed.
     #[error("etcd: {0}")]
     Etcd(#[from] etcd_client::Error),
+    /// etcd refused this agent's TLS or credentials at start (a wrong CA, client certificate,
+    /// user or password): retrying cannot help; the message says what to check.
+    #[error("{0}")]
+    Access(String),
     /// An etcd request took too long (etcd down or unreachable).
     #[error("etcd did not answer within {0:?}")]
     Timeout(std::time::Duration),

@@ -10,6 +10,7 @@ use lwtun::peer::Encap;
 use lwtun_agent::agent::{Agent, AgentConfig, Control};
 use lwtun_agent::config::{Config, Options};
 use lwtun_agent::dataplane::{DataPlane, DataPlaneConfig};
+use lwtun_agent::etcd::AccessConfig;
 use lwtun_agent::fleet::Fleet;
 use lwtun_agent::http::Endpoint;
 use lwtun_agent::layout::Layout;
@@ -166,6 +167,15 @@ async fn run(config: Config, logs: Logs) -> Result<(), AgentError> {
         Some(address) => Some(Endpoint::bind(address).await?),
         None => None,
     };
+    let access = AccessConfig {
+        ca: o.etcd_ca.clone(),
+        cert: o.etcd_cert.clone(),
+        key: o.etcd_key.clone(),
+        server_name: o.etcd_server_name.clone(),
+        user: o.etcd_user.clone(),
+        password_file: o.etcd_password_file.clone(),
+    }
+    .load(&o.etcd)?;
     let started = std::time::Instant::now();
     let dataplane = DataPlane::open(&DataPlaneConfig {
         netns: o.netns.clone(),
@@ -247,6 +257,7 @@ async fn run(config: Config, logs: Logs) -> Result<(), AgentError> {
     }
     let mut agent = Agent::new(agent_config, fleet, dataplane)
         .with_metrics(metrics)
+        .with_access(access)
         .on_ready(|| {
             info!("initial sync done");
             if let Err(e) = notify(READY) {
@@ -283,6 +294,9 @@ fn settings_error(e: &AgentError) -> String {
         other => other.to_string(),
     }
 }
+
+/// The exit code when etcd refuses the agent's TLS or credentials (sysexits.h EX_CONFIG).
+const EX_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -322,6 +336,11 @@ fn main() -> ExitCode {
     let _host = span.enter();
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e @ AgentError::Access(_)) => {
+            // sysexits' EX_CONFIG: a unit can stop restarting on it (RestartPreventExitStatus)
+            eprintln!("lwtun-agent: {e}");
+            ExitCode::from(EX_CONFIG)
+        }
         Err(e) => {
             error!("{e}");
             ExitCode::FAILURE

@@ -185,6 +185,39 @@ fn describe_etcd(e: &etcd_client::Error, at: &str) -> String {
     ))
 }
 
+/// The root of an etcd client error: the transport's, the status', the I/O error's.
+fn root(e: &etcd_client::Error) -> &(dyn StdError + 'static) {
+    match e {
+        etcd_client::Error::TransportError(t) => t,
+        etcd_client::Error::GRpcStatus(s) => s,
+        etcd_client::Error::IoError(i) => i,
+        other => other,
+    }
+}
+
+/// Every message in `e` (a gRPC status' message, then each error of its source chain), joined
+/// by ` / `, for telling failures apart.
+pub(crate) fn error_text(e: &etcd_client::Error) -> String {
+    let mut texts = Vec::new();
+    if let etcd_client::Error::GRpcStatus(s) = e {
+        texts.push(s.message().to_string());
+    }
+    texts.extend(chain(root(e)).iter().map(|l| l.to_string()));
+    one_line(&texts.join(" / "))
+}
+
+/// The innermost error of `e`'s source chain (the TLS library's or the server's own words).
+pub(crate) fn innermost(e: &etcd_client::Error) -> String {
+    let text = match e {
+        etcd_client::Error::GRpcStatus(s) if s.source().is_none() => s.message().to_string(),
+        _ => chain(root(e))
+            .last()
+            .map(|e| e.to_string())
+            .unwrap_or_default(),
+    };
+    one_line(&text)
+}
+
 /// `text` on one line.
 fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
