@@ -399,12 +399,14 @@ fn a_busy_metrics_address_fails_at_start_in_one_line() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
-    assert_eq!(
-        err.lines().collect::<Vec<_>>(),
-        [format!(
-            "lwtun-agent: listen on --metrics-address {address}: Address already in use (os error 98)"
-        )],
-        "took {:?}",
+    // One line, as every log line: timestamp, level, host, then the error naming the flag.
+    let lines: Vec<_> = err.lines().collect();
+    let want = format!(
+        "ERROR agent{{host=h}}: listen on --metrics-address {address}: Address already in use (os error 98)"
+    );
+    assert!(
+        lines.len() == 1 && lines[0].ends_with(&want) && lines[0].starts_with("20"),
+        "took {:?}; want one line ending `{want}`, got:\n{err}",
         t.elapsed()
     );
 }
