@@ -336,6 +336,14 @@ impl RouteKeeper {
     }
 }
 
+// A keeper is as unwind-safe as the tunnel that holds it was before it had one: the routes kept
+// are a map behind a mutex that is used whole after a panic (inserts and removes only, poison
+// ignored), the event channel loses nothing a panic could leave half-written, and the thread
+// handle is only joined on drop. Without these, `JoinHandle` and `Receiver` would take
+// `UnwindSafe` away from `Tunnel`, which had it in 0.2.0.
+impl std::panic::UnwindSafe for RouteKeeper {}
+impl std::panic::RefUnwindSafe for RouteKeeper {}
+
 impl Drop for RouteKeeper {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
