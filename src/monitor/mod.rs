@@ -570,8 +570,8 @@ impl Monitor {
                 }));
             }
             if self.wake.expired()? {
-                let read = self.peers.poll(SystemTime::now(), &mut self.pending);
-                self.resyncs += read?;
+                let now = SystemTime::now();
+                self.peers.poll(now, &mut self.pending, &mut self.resyncs)?;
                 if !self.pending.is_empty() {
                     continue;
                 }

@@ -28,22 +28,22 @@ impl Watched {
         self.journals.iter().map(PeerJournal::folder)
     }
 
-    /// Reads every journal, folder by folder, queueing its changes as events read at `time`;
-    /// returns how many resyncs they held. A journal that fails stops the round with its error
+    /// Reads every journal, folder by folder, queueing its changes as events read at `time`
+    /// and counting their resyncs in `resyncs`. A journal that fails stops the round with its error
     /// (the changes read before it stay queued; the next round reads it again).
     pub(super) fn poll(
         &mut self,
         time: SystemTime,
         out: &mut VecDeque<(Event, SystemTime)>,
-    ) -> Result<u64> {
-        let mut resyncs = 0;
+        resyncs: &mut u64,
+    ) -> Result<()> {
         for journal in &mut self.journals {
             let changes = journal.poll()?;
             let folder = journal.folder();
             for (i, change) in changes.iter().enumerate() {
                 let event = match change {
                     PeerChange::Resync(reason) => {
-                        resyncs += 1;
+                        *resyncs += 1;
                         let missed = changes[i + 1..]
                             .iter()
                             .take_while(|c| !matches!(c, PeerChange::Resync(_)))
@@ -61,7 +61,7 @@ impl Watched {
                 out.push_back((event, time));
             }
         }
-        Ok(resyncs)
+        Ok(())
     }
 }
 
