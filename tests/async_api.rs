@@ -388,3 +388,54 @@ async fn a_monitor_stream_sees_other_processes_route_changes_in_order() {
     let mut monitor = events.into_inner();
     assert!(monitor.try_next().unwrap().is_none(), "events left over");
 }
+
+/// An `AsyncMonitor` of a pinned tunnel's peers on a single-threaded runtime: its descriptor
+/// (the socket and the journals' timer) wakes the task for peer changes, which carry no socket
+/// message; nothing wakes it into an event before a change.
+#[tokio::test(flavor = "current_thread")]
+async fn a_monitor_stream_wakes_for_peer_changes() {
+    use lwtun::aio::AsyncMonitor;
+    use lwtun::monitor::{Event, EventKinds, Monitor};
+    use lwtun::peer::{Encap, EncapPeer};
+    use lwtun::tunnel::Tunnel;
+    require!();
+    let _one = serial();
+    let pin = common::PinDir::new("async-peers");
+    let mut tunnel = Tunnel::builder().pin(&pin.0).load().unwrap();
+    let mut monitor = Monitor::open(EventKinds::PEER).unwrap();
+    monitor.watch_peers(&pin.0).unwrap();
+    let mut events = AsyncMonitor::new(monitor).unwrap();
+    let quiet = tokio::time::timeout(Duration::from_millis(100), events.next_event()).await;
+    assert!(quiet.is_err(), "an event before any change: {quiet:?}");
+
+    let prefix: ipnetwork::IpNetwork = "10.97.0.0/16".parse().unwrap();
+    let peer = EncapPeer::new(
+        "192.0.2.2".parse().unwrap(),
+        "192.0.2.1".parse().unwrap(),
+        Encap::Ipip,
+    );
+    let start = std::time::Instant::now();
+    tunnel.peers_mut().insert(prefix, peer).unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(2), events.next_event())
+        .await
+        .expect("the peer change as an event within 2 s")
+        .unwrap();
+    let took = start.elapsed();
+    assert!(
+        matches!(&*e, Event::PeerAdded { prefix: p, peer: q, origin: Some(o), .. }
+            if *p == prefix && *q == peer && o.writer.pid == std::process::id()),
+        "{e:?}"
+    );
+    println!(
+        "peer change -> async event: {:.2} ms",
+        took.as_secs_f64() * 1e3
+    );
+    tunnel.peers_mut().remove(prefix).unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(2), events.next_event())
+        .await
+        .expect("the removal as an event")
+        .unwrap();
+    assert_eq!(e.action(), "del", "{e:?}");
+    let mut monitor = events.into_inner();
+    assert!(monitor.try_next().unwrap().is_none(), "events left over");
+}

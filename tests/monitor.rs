@@ -478,9 +478,13 @@ fn no_kinds_is_refused_and_nexthops_are_typed_when_missing() {
         }
     }
     assert_eq!(
-        EventKinds::from_names(["route", "peer"])
+        EventKinds::from_names(["route", "tunnel"])
             .unwrap_err()
             .kind(),
         ErrorKind::InvalidInput
+    );
+    assert_eq!(
+        EventKinds::from_names(["route", "peer"]).unwrap(),
+        EventKinds::ROUTE | EventKinds::PEER
     );
 }

@@ -1,4 +1,4 @@
-//! The event monitor read as a `futures` `Stream`, driven by its socket's readiness.
+//! The event monitor read as a `futures` `Stream`, driven by its descriptor's readiness.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -9,8 +9,9 @@ use super::readiness::{Readiness, Source};
 use crate::error::Result;
 use crate::monitor::{Event, Monitor, Stamped};
 
-// SAFETY: a monitor's descriptor is its event socket, which the monitor owns and keeps open,
-// unchanged, until it is dropped (a resync dumps on a second socket).
+// SAFETY: a monitor's descriptor is its epoll instance (the event socket and the peer
+// journals' timer), which the monitor owns and keeps open, unchanged, until it is dropped (a
+// resync dumps on a second socket; watching peers adds the timer to the same instance).
 unsafe impl Source for Monitor {
     type Item = Stamped<Event>;
 
@@ -20,7 +21,8 @@ unsafe impl Source for Monitor {
 }
 
 /// A [`Monitor`] as a `Stream` of events, for tokio programs: tokio's `AsyncFd` watches the
-/// event socket and the stream reads with [`Monitor::try_next`], so no thread blocks waiting
+/// monitor's descriptor (the event socket, and the timer of the peer journals it watches, see
+/// [`Monitor::watch_peers`]) and the stream reads with [`Monitor::try_next`], so no thread blocks waiting
 /// for changes. The stream does not end by itself; an error (a resync whose dump failed) is
 /// yielded and the stream goes on (the monitor tries the resync again).
 ///

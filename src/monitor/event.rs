@@ -2,9 +2,11 @@
 //! the [`Stamped`] wrapper with the monitor's sequence number and the time of arrival.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 use bitflags::bitflags;
+use ipnetwork::IpNetwork;
 
 use crate::error::{Error, Result};
 use crate::netlink::addr::Address;
@@ -12,10 +14,11 @@ use crate::netlink::link::Link;
 use crate::netlink::neigh::Neighbour;
 use crate::netlink::nexthop::Nexthop;
 use crate::netlink::route::Route;
+use crate::peer::{ChangeOrigin, EncapPeer};
 
 bitflags! {
-    /// Which changes a [`super::Monitor`] subscribes to; each kind is one or two rtnetlink
-    /// multicast groups.
+    /// Which changes a [`super::Monitor`] subscribes to; each kind but `PEER` is one or two
+    /// rtnetlink multicast groups.
     ///
     /// | kind | groups | events |
     /// |------|--------|--------|
@@ -24,6 +27,7 @@ bitflags! {
     /// | `ADDRESS` | `RTNLGRP_IPV4_IFADDR`, `RTNLGRP_IPV6_IFADDR` | `Address*` |
     /// | `NEIGH` | `RTNLGRP_NEIGH` | `Neighbour*` |
     /// | `NEXTHOP` | `RTNLGRP_NEXTHOP` (Linux 5.3+) | `Nexthop*` |
+    /// | `PEER` | the peer journals of [`Monitor::watch_peers`](super::Monitor::watch_peers) | `Peer*` |
     ///
     /// # Examples
     ///
@@ -48,21 +52,26 @@ bitflags! {
         const NEIGH = 1 << 3;
         /// Nexthop objects (Linux 5.3+).
         const NEXTHOP = 1 << 4;
+        /// The peers of pinned tunnels, from their peer journals: only for the folders given
+        /// to [`Monitor::watch_peers`](super::Monitor::watch_peers).
+        const PEER = 1 << 5;
     }
 }
 
 /// The names [`EventKinds::from_names`] reads, with their kinds.
-const NAMES: [(&str, EventKinds); 5] = [
+const NAMES: [(&str, EventKinds); 6] = [
     ("route", EventKinds::ROUTE),
     ("link", EventKinds::LINK),
     ("address", EventKinds::ADDRESS),
     ("neigh", EventKinds::NEIGH),
     ("nexthop", EventKinds::NEXTHOP),
+    ("peer", EventKinds::PEER),
 ];
 
 impl EventKinds {
     /// The kinds named by words as `ip monitor` spells them: `route`, `link`, `address`
-    /// (also `addr`), `neigh` (also `neighbour`), `nexthop`, and `all`. No words: all kinds.
+    /// (also `addr`), `neigh` (also `neighbour`), `nexthop`, lwtun's `peer` (also `peers`),
+    /// and `all`. No words: all kinds.
     ///
     /// # Errors
     ///
@@ -91,6 +100,7 @@ impl EventKinds {
                 "all" => EventKinds::all(),
                 "addr" => EventKinds::ADDRESS,
                 "neighbour" | "neighbor" => EventKinds::NEIGH,
+                "peers" => EventKinds::PEER,
                 _ => NAMES
                     .iter()
                     .find(|(n, _)| *n == name)
@@ -100,7 +110,7 @@ impl EventKinds {
                             "choose event kinds",
                             format!(
                                 "unknown event kind '{name}': use route, link, address, neigh, \
-                                 nexthop or all"
+                                 nexthop, peer or all"
                             ),
                         )
                     })?,
@@ -110,8 +120,8 @@ impl EventKinds {
         Ok(if any { kinds } else { EventKinds::all() })
     }
 
-    /// The name of a single kind (`route`, `link`, `address`, `neigh`, `nexthop`); `None` for
-    /// several kinds or none.
+    /// The name of a single kind (`route`, `link`, `address`, `neigh`, `nexthop`, `peer`);
+    /// `None` for several kinds or none.
     ///
     /// # Examples
     ///
@@ -132,8 +142,11 @@ impl EventKinds {
 ///
 /// ```
 /// use lwtun::monitor::ResyncReason;
+/// use lwtun::peer::ResyncReason as JournalReason;
 ///
 /// assert_eq!(ResyncReason::Overrun.to_string(), "overrun");
+/// let lost = ResyncReason::Journal(JournalReason::Overflow { missed: 12 });
+/// assert_eq!(lost.to_string(), "peer journal overflow, 12 records lost");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -141,13 +154,26 @@ pub enum ResyncReason {
     /// The kernel dropped events because the socket's receive buffer was full (`recvmsg`
     /// answered `ENOBUFS`): the consumer read too slowly for the rate of changes.
     Overrun,
+    /// A watched tunnel's peer journal could not say every change (it overflowed, was pinned
+    /// anew, or the tables were written behind lwtun's back): the monitor read that tunnel's
+    /// peer tables whole, and the `Peer*` events that follow (all of that folder) are the
+    /// difference with what it knew. See [`crate::peer::ResyncReason`].
+    Journal(crate::peer::ResyncReason),
 }
 
 impl fmt::Display for ResyncReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ResyncReason::Overrun => "overrun",
-        })
+        use crate::peer::ResyncReason as Journal;
+        match self {
+            ResyncReason::Overrun => f.write_str("overrun"),
+            ResyncReason::Journal(Journal::Overflow { missed }) => {
+                write!(f, "peer journal overflow, {missed} records lost")
+            }
+            ResyncReason::Journal(Journal::Replaced) => f.write_str("peer journal replaced"),
+            ResyncReason::Journal(Journal::Untracked) => {
+                f.write_str("peer tables written behind lwtun's back")
+            }
+        }
     }
 }
 
@@ -209,6 +235,41 @@ pub enum Event {
     NeighbourChanged(Neighbour),
     /// A neighbour entry was removed.
     NeighbourRemoved(Neighbour),
+    /// A peer was added to a watched tunnel's tables ([`EventKinds::PEER`]).
+    PeerAdded {
+        /// The tunnel's pin folder, as given to [`Monitor::watch_peers`](super::Monitor::watch_peers).
+        folder: PathBuf,
+        /// The destination prefix the peer serves.
+        prefix: IpNetwork,
+        /// The peer.
+        peer: EncapPeer,
+        /// Who wrote it and when; `None` for a change a resync found.
+        origin: Option<ChangeOrigin>,
+    },
+    /// A peer of a watched tunnel was replaced by a different one (`lwtun peer replace`).
+    PeerChanged {
+        /// The tunnel's pin folder.
+        folder: PathBuf,
+        /// The destination prefix.
+        prefix: IpNetwork,
+        /// The peer before.
+        old: EncapPeer,
+        /// The peer now.
+        new: EncapPeer,
+        /// Who wrote it and when; `None` for a change a resync found.
+        origin: Option<ChangeOrigin>,
+    },
+    /// A peer was removed from a watched tunnel's tables.
+    PeerRemoved {
+        /// The tunnel's pin folder.
+        folder: PathBuf,
+        /// The destination prefix.
+        prefix: IpNetwork,
+        /// The peer as it was.
+        peer: EncapPeer,
+        /// Who removed it and when; `None` for a change a resync found.
+        origin: Option<ChangeOrigin>,
+    },
     /// A route a [`RouteKeeper`](crate::keeper::RouteKeeper) keeps was deleted by someone
     /// else and the keeper added it again. Reported by the keeper, not by a [`super::Monitor`].
     RouteRestored {
@@ -225,8 +286,10 @@ pub enum Event {
         /// The kernel's answer to the keeper's add.
         error: String,
     },
-    /// The kernel dropped events; the monitor dumped the current state. The next `missed`
-    /// events are the differences it found between what it knew and the dump.
+    /// The kernel dropped events, or a peer journal could not say every change
+    /// ([`ResyncReason::Journal`]); the monitor dumped the current state (the rtnetlink kinds,
+    /// or that one tunnel's peers). The next `missed` events are the differences it found
+    /// between what it knew and the dump.
     Resync {
         /// Why the monitor resynchronised.
         reason: ResyncReason,
@@ -255,6 +318,7 @@ impl Event {
             LinkAdded(_) | LinkChanged(_) | LinkRemoved(_) => EventKinds::LINK,
             AddressAdded(_) | AddressChanged(_) | AddressRemoved(_) => EventKinds::ADDRESS,
             NeighbourAdded(_) | NeighbourChanged(_) | NeighbourRemoved(_) => EventKinds::NEIGH,
+            PeerAdded { .. } | PeerChanged { .. } | PeerRemoved { .. } => EventKinds::PEER,
             Resync { .. } => return None,
         })
     }
@@ -272,12 +336,24 @@ impl Event {
     pub fn action(&self) -> &'static str {
         use Event::*;
         match self {
-            RouteAdded(_) | NexthopAdded(_) | LinkAdded(_) | AddressAdded(_)
-            | NeighbourAdded(_) => "add",
-            RouteChanged(_) | NexthopChanged(_) | LinkChanged(_) | AddressChanged(_)
-            | NeighbourChanged(_) => "change",
-            RouteRemoved(_) | NexthopRemoved(_) | LinkRemoved(_) | AddressRemoved(_)
-            | NeighbourRemoved(_) => "del",
+            RouteAdded(_)
+            | NexthopAdded(_)
+            | LinkAdded(_)
+            | AddressAdded(_)
+            | NeighbourAdded(_)
+            | PeerAdded { .. } => "add",
+            RouteChanged(_)
+            | NexthopChanged(_)
+            | LinkChanged(_)
+            | AddressChanged(_)
+            | NeighbourChanged(_)
+            | PeerChanged { .. } => "change",
+            RouteRemoved(_)
+            | NexthopRemoved(_)
+            | LinkRemoved(_)
+            | AddressRemoved(_)
+            | NeighbourRemoved(_)
+            | PeerRemoved { .. } => "del",
             RouteRestored { .. } => "restore",
             RouteNotRestored { .. } => "lost",
             Resync { .. } => "resync",
@@ -303,6 +379,28 @@ impl Event {
             }
             _ => None,
         }
+    }
+}
+
+/// A peer in one line: `10.20.0.0/16 via 10.77.0.2 gre key 7 (pid 1234 lwtun)`, the peer it
+/// replaced after `was`.
+fn write_peer(
+    f: &mut fmt::Formatter<'_>,
+    prefix: &IpNetwork,
+    peer: &EncapPeer,
+    old: Option<&EncapPeer>,
+    origin: &Option<ChangeOrigin>,
+) -> fmt::Result {
+    write!(f, "{prefix} via {} {}", peer.remote, peer.encap)?;
+    if let Some(old) = old {
+        write!(f, " was via {} {}", old.remote, old.encap)?;
+    }
+    match origin {
+        Some(o) => match &o.writer.command {
+            Some(c) => write!(f, " (pid {} {c})", o.writer.pid),
+            None => write!(f, " (pid {})", o.writer.pid),
+        },
+        None => Ok(()),
     }
 }
 
@@ -357,6 +455,25 @@ impl fmt::Display for Event {
             LinkAdded(l) | LinkChanged(l) | LinkRemoved(l) => write_link(f, l),
             AddressAdded(a) | AddressChanged(a) | AddressRemoved(a) => write_address(f, a),
             NeighbourAdded(n) | NeighbourChanged(n) | NeighbourRemoved(n) => write!(f, "{n}"),
+            PeerAdded {
+                prefix,
+                peer,
+                origin,
+                ..
+            }
+            | PeerRemoved {
+                prefix,
+                peer,
+                origin,
+                ..
+            } => write_peer(f, prefix, peer, None, origin),
+            PeerChanged {
+                prefix,
+                old,
+                new,
+                origin,
+                ..
+            } => write_peer(f, prefix, new, Some(old), origin),
             Resync { .. } => Ok(()),
         }
     }

@@ -174,40 +174,6 @@ impl Subscription {
             }
         }
     }
-
-    /// Waits until a datagram (or an error) is queued, at most `timeout` (`None`: forever).
-    /// Returns whether the socket became readable.
-    pub(super) fn wait(&self, timeout: Option<std::time::Duration>) -> Result<bool> {
-        let deadline = timeout.map(|t| std::time::Instant::now() + t);
-        loop {
-            let ms = match deadline {
-                None => -1,
-                Some(d) => {
-                    let left = d.saturating_duration_since(std::time::Instant::now());
-                    // Round up, so a wait never ends before its time.
-                    libc::c_int::try_from(left.as_micros().div_ceil(1000))
-                        .unwrap_or(libc::c_int::MAX)
-                }
-            };
-            let mut pfd = libc::pollfd {
-                fd: self.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-            if rc > 0 {
-                return Ok(true);
-            }
-            if rc == 0 {
-                return Ok(false);
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(Error::io("wait for rtnetlink events", err));
-            }
-        }
-    }
 }
 
 impl AsFd for Subscription {

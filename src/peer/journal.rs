@@ -596,7 +596,7 @@ pub struct ChangeOrigin {
 /// let reason = ResyncReason::Overflow { missed: 12 };
 /// assert!(matches!(reason, ResyncReason::Overflow { missed } if missed > 0));
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ResyncReason {
     /// The reader fell behind by more than the journal holds: `missed` records were

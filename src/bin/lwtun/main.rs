@@ -58,11 +58,13 @@ JSON output (-j, stable field names):
                 (routes, tc_filters, xdp, nexthops: what no live process owns)
   tunnel unload: {pin, removed_routes, routes: [{netns, dst, dev}], forced_past: [pid]}
   monitor:      one object per line: {seq, time, kind (route|link|address|neigh|nexthop|
-                 resync), action (add|change|del|resync), ...}: a route's fields as in
+                 peer|resync), action (add|change|del|resync), ...}: a route's fields as in
                  route show plus mtu, nhid; link {index, name, type, up, lower_up, mtu, mac,
                  master, xdp_prog_id}; address {index, dev, address, peer, label}; neigh
                  {index, dev, ip, lladdr, state}; nexthop {id, oif, dev, gateway, line};
-                 resync {reason, missed}
+                 peer {pin, a peer's fields as in peer show, old: {...} (change), pid, comm,
+                 journal_seq, written (null for a change a resync found)};
+                 resync {reason, missed, journal (true: a peer journal's)}
   man --out:    {pages: [PATH]}
 A pinned tunnel is owned by one process at a time (an flock on its folder): while a library
 process has it loaded, commands that change it are refused naming the owner's pid; the show
@@ -144,9 +146,10 @@ pub(crate) enum Command {
         force: bool,
     },
     /// Print what changes in the namespace as it happens, like `ip monitor`: routes (with
-    /// their LWT BPF programs), links, addresses, neighbours, nexthops; one line (or one JSON
-    /// object) per event. When the kernel drops events (a reader too slow), a `resync` line
-    /// says so and the changes a fresh dump shows follow it.
+    /// their LWT BPF programs), links, addresses, neighbours, nexthops, and with --pin the
+    /// peers of pinned tunnels (with the writer's pid); one line (or one JSON object) per
+    /// event. When events are lost (a reader too slow), a `resync` line says so and the
+    /// changes a fresh dump shows follow it.
     Monitor(cmd::monitor::MonitorArgs),
     /// Print a shell completion script.
     Completions {

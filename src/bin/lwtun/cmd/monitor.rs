@@ -3,22 +3,28 @@
 //! written, so a pipe or a test reads events as they happen.
 
 use std::collections::HashMap;
-use std::time::UNIX_EPOCH;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use lwtun::monitor::{Event, EventKinds, Monitor, Stamped};
+use lwtun::monitor::{Event, EventKinds, Monitor, ResyncReason, Stamped};
 use lwtun::netlink::Netlink;
-use lwtun::Result;
+use lwtun::peer::ChangeOrigin;
+use lwtun::{Error, ErrorKind, Result};
 use serde_json::{json, Value};
 
-use crate::view::RouteView;
+use crate::view::{PeerView, RouteView};
 use crate::{exit, Ctx};
 
 /// `lwtun monitor`'s arguments.
 #[derive(clap::Args)]
 pub(crate) struct MonitorArgs {
-    /// The kinds of events: route, link, address, neigh, nexthop or all (default: all).
+    /// The kinds of events: route, link, address, neigh, nexthop, peer or all (default: all;
+    /// peer and all include peers only with --pin).
     #[arg(value_name = "KIND")]
     kinds: Vec<String>,
+    /// The pin folder of a tunnel whose peers to watch (repeatable).
+    #[arg(long, value_name = "DIR")]
+    pin: Vec<PathBuf>,
     /// Exit after N events (for scripts and tests).
     #[arg(long, value_name = "N")]
     count: Option<u64>,
@@ -26,8 +32,29 @@ pub(crate) struct MonitorArgs {
 
 /// Prints events until `--count` is reached (or forever).
 pub(crate) fn monitor(ctx: &Ctx, args: MonitorArgs) -> Result<()> {
-    let kinds = EventKinds::from_names(&args.kinds)?;
+    let mut kinds = EventKinds::from_names(&args.kinds)?;
+    if args.pin.is_empty() {
+        if args.kinds.iter().any(|k| k == "peer" || k == "peers") {
+            return Err(Error::invalid_input(
+                "monitor peers",
+                "peer events need the tunnel's pin folder: lwtun monitor peer --pin DIR",
+            ));
+        }
+        kinds.remove(EventKinds::PEER);
+    }
     let mut monitor = Monitor::open_in(&ctx.netns, kinds)?;
+    if kinds.contains(EventKinds::PEER) {
+        for pin in &args.pin {
+            monitor.watch_peers(pin).map_err(|e| match e.kind() {
+                ErrorKind::NotFound => e.with_hint(format!(
+                    "load one with `lwtun tunnel load --pin {}`",
+                    pin.display()
+                )),
+                _ => e,
+            })?;
+        }
+    }
+    let many_pins = args.pin.len() > 1;
     let mut names = Names {
         nl: ctx.netlink()?,
         known: HashMap::new(),
@@ -41,12 +68,70 @@ pub(crate) fn monitor(ctx: &Ctx, args: MonitorArgs) -> Result<()> {
                 .expect("a JSON value always serialises");
             format!("{text}\n")
         } else {
-            format!("{}\n", name_devices(&event.to_string(), &mut names))
+            let mut line = name_devices(&event.to_string(), &mut names);
+            if let (true, Some(folder)) = (many_pins, peer_folder(&event)) {
+                line.push_str(&format!(" pin {}", folder.display()));
+            }
+            format!("{line}\n")
         };
         exit::print(&line)?;
         printed += 1;
     }
     Ok(())
+}
+
+/// The pin folder of a peer event.
+fn peer_folder(e: &Event) -> Option<&Path> {
+    match e {
+        Event::PeerAdded { folder, .. }
+        | Event::PeerChanged { folder, .. }
+        | Event::PeerRemoved { folder, .. } => Some(folder),
+        _ => None,
+    }
+}
+
+fn seconds(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// A peer event's fields: the pin, the peer as `peer show -j` has it, the old one of a change,
+/// and who wrote it.
+fn peer_json(e: &Event) -> Value {
+    let (folder, prefix, peer, old, origin) = match e {
+        Event::PeerAdded {
+            folder,
+            prefix,
+            peer,
+            origin,
+        }
+        | Event::PeerRemoved {
+            folder,
+            prefix,
+            peer,
+            origin,
+        } => (folder, prefix, peer, None, origin),
+        Event::PeerChanged {
+            folder,
+            prefix,
+            old,
+            new,
+            origin,
+        } => (folder, prefix, new, Some(old), origin),
+        _ => return json!({}),
+    };
+    let mut v = serde_json::to_value(PeerView::new(*prefix, peer)).expect("a peer serialises");
+    v["pin"] = json!(folder.display().to_string());
+    if let Some(old) = old {
+        v["old"] = serde_json::to_value(PeerView::new(*prefix, old)).expect("a peer serialises");
+    }
+    let o: Option<&ChangeOrigin> = origin.as_ref();
+    v["pid"] = json!(o.map(|o| o.writer.pid));
+    v["comm"] = json!(o.and_then(|o| o.writer.command.clone()));
+    v["journal_seq"] = json!(o.map(|o| o.seq));
+    v["written"] = json!(o.map(|o| seconds(o.time)));
+    v
 }
 
 /// Interface names by index: from link events, else asked once.
@@ -106,11 +191,7 @@ fn mac(bytes: &[u8]) -> String {
 /// One event as the JSON object `-j` prints: `seq`, `time` (seconds since the epoch), `kind`,
 /// `action` and the object's fields.
 fn event_json(e: &Stamped<Event>, names: &mut Names) -> Value {
-    let time = e
-        .time
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
+    let time = seconds(e.time);
     let kind = e.kind().and_then(EventKinds::name).unwrap_or("resync");
     let mut v = json!({ "seq": e.seq, "time": time, "kind": kind, "action": e.action() });
     let fields = match &e.event {
@@ -156,8 +237,12 @@ fn event_json(e: &Stamped<Event>, names: &mut Names) -> Value {
             "gateway": n.gateway.map(|g| g.to_string()),
             "line": n.to_string(),
         }),
+        Event::PeerAdded { .. } | Event::PeerChanged { .. } | Event::PeerRemoved { .. } => {
+            peer_json(e)
+        }
         Event::Resync { reason, missed } => {
-            json!({ "reason": reason.to_string(), "missed": missed })
+            let journal = matches!(reason, ResyncReason::Journal(_));
+            json!({ "reason": reason.to_string(), "missed": missed, "journal": journal })
         }
         other => json!({ "line": other.to_string() }),
     };
