@@ -31,6 +31,7 @@ pub mod dataplane;
 pub mod fleet;
 pub mod layout;
 pub mod record;
+pub mod repair;
 pub mod report;
 pub mod status;
 

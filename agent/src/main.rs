@@ -84,6 +84,10 @@ struct Args {
     /// Write the status (JSON: table, revision, timings) to this file after every change
     #[arg(long)]
     status: Option<PathBuf>,
+    /// How often the table is compared with the fleet and the decap checked, putting back
+    /// what someone else changed (bpftool edits): 500ms, 10s, 1m (routes are put back at once)
+    #[arg(long, default_value = "10s", value_parser = lwtun_agent::repair::parse_interval)]
+    reconcile_interval: std::time::Duration,
 }
 
 fn read_prefix_file(path: &Path) -> Result<Vec<IpNetwork>, AgentError> {
@@ -172,6 +176,7 @@ async fn run(args: Args) -> Result<(), AgentError> {
         lease_ttl: args.lease_ttl,
         status: args.status.clone(),
     };
+    let reconcile_interval = args.reconcile_interval;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let io = |e: std::io::Error| AgentError::Io {
         op: "install signal handlers".into(),
@@ -198,7 +203,8 @@ async fn run(args: Args) -> Result<(), AgentError> {
         let _ = tx.send(Control::Shutdown).await;
     };
     tokio::spawn(signals);
-    let mut agent = Agent::new(config, fleet, dataplane);
+    let mut agent =
+        Agent::new(config, fleet, dataplane).with_reconcile_interval(reconcile_interval);
     agent.run(rx).await
 }
 
