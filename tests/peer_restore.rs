@@ -34,7 +34,11 @@ fn key4(prefix: &str) -> Vec<u8> {
 fn restore_puts_back_what_was_written_behind_lwtuns_back() {
     require!();
     let pin = common::PinDir::new("peer-restore");
-    let mut tunnel = Tunnel::builder().capacity(64).pin(&pin.0).load().unwrap();
+    let mut tunnel = Tunnel::builder()
+        .capacity(16_384)
+        .pin(&pin.0)
+        .load()
+        .unwrap();
     let peer = |r: &str| {
         EncapPeer::new(
             r.parse().unwrap(),
@@ -75,4 +79,26 @@ fn restore_puts_back_what_was_written_behind_lwtuns_back() {
     assert_eq!(kernel_peers(&pin.0), want);
     assert_eq!(tunnel.peers().len(), 3);
     assert_eq!(tunnel.peers_mut().restore().unwrap(), 0, "restored already");
+
+    // What a periodic check costs: 10 000 peers, nothing to do.
+    let many: Vec<(IpNetwork, EncapPeer)> = (0..10_000u32)
+        .map(|i| {
+            let p = IpNetwork::new(
+                [10, 100 + (i >> 16) as u8, (i >> 8) as u8, i as u8].into(),
+                32,
+            );
+            (p.unwrap(), peer("192.0.2.14"))
+        })
+        .collect();
+    tunnel.peers_mut().insert_batch(&many).unwrap();
+    let t = std::time::Instant::now();
+    assert_eq!(tunnel.peers_mut().restore().unwrap(), 0);
+    let took = t.elapsed();
+    v4.delete(&key4("10.100.0.7/32")).unwrap();
+    assert_eq!(tunnel.peers_mut().restore().unwrap(), 1);
+    assert_eq!(kernel_peers(&pin.0).len(), 10_003);
+    eprintln!(
+        "figure: restore() over 10 003 peers with nothing to put back: {:.1} ms",
+        took.as_secs_f64() * 1e3
+    );
 }

@@ -8,6 +8,8 @@
 //! - a peer deleted with `bpftool map delete` (unjournaled) is put back by the reconcile;
 //! - its decap detached (`bpftool link detach`, or `tc filter del` without tcx) is attached
 //!   again by the reconcile;
+//! - an accepted source deleted from its decap table (`bpftool map delete id`) is added again
+//!   by the reconcile;
 //!
 //! and after each, the hosts reach each other through the tunnel again (ping between their
 //! inner addresses). Restore times are measured and printed; the only bound asserted is a
@@ -405,4 +407,41 @@ fn the_agent_puts_back_its_route_peers_and_decap() {
     // h0 → h1 needs h1's decap (the request), h1 → h0 h0's (the reply)
     w.ping(0, 1);
     w.ping(1, 0);
+
+    // --- the decap's accepted sources: h0's endpoint deleted from h1's decap table ---
+    let info = lwtun::program::program_info_by_id(before.program_id).unwrap();
+    let table = info
+        .map_ids
+        .iter()
+        .find(|id| {
+            let out = bpftool(&["-j", "map", "show", "id", &id.to_string()]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            v["name"] == "peers_v4"
+        })
+        .expect("the decap's peers_v4 map")
+        .to_string();
+    let mut key = vec!["32".to_string(), "0".into(), "0".into(), "0".into()];
+    key.extend(endpoint(0).split('.').map(String::from));
+    let mut del = vec!["map", "delete", "id", &table, "key"];
+    del.extend(key.iter().map(String::as_str));
+    let out = bpftool(&del);
+    assert!(
+        out.status.success(),
+        "bpftool map delete: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lookup = vec!["map", "lookup", "id", &table, "key"];
+    lookup.extend(key.iter().map(String::as_str));
+    let gone = !bpftool(&lookup).status.success();
+    let took = time_until("decap source back", || bpftool(&lookup).status.success());
+    figure(format!(
+        "h1's decap source {} deleted with `bpftool map delete` (gone right after: {gone}), \
+         back after {}",
+        endpoint(0),
+        ms(took)
+    ));
+    w.wait_status(1, "decap source re-added in the status", BOUND, |s| {
+        s.repairs.decap_peers_restored == 1
+    });
+    w.ping(0, 1);
 }
