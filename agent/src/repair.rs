@@ -121,7 +121,10 @@ impl fmt::Display for Repair {
 }
 
 /// What the agent repaired since it started: part of the status file (`"repairs"`), and what
-/// a metrics exporter reads ([`crate::agent::Agent::repair_stats`]).
+/// a metrics exporter reads ([`crate::agent::Agent::repair_stats`], always current). The
+/// status file is written after each repair and each table change, not after a reconcile
+/// that found nothing, so its `reconcile_runs` and `last_reconcile_us` are as of its last
+/// write.
 ///
 /// # Examples
 ///
