@@ -16,6 +16,7 @@ use lwtun::monitor::Event;
 use lwtun::netlink::Netlink;
 use lwtun::netns::NetNs;
 use lwtun::peer::Encap;
+use lwtun::route::lwt_routes;
 use lwtun::tc::{self, TcDirection};
 use lwtun::tunnel::{Tunnel, WORST_CASE_ENCAP};
 
@@ -171,8 +172,10 @@ pub struct DataPlane {
     /// The kernel id of the decap program (to tell whether it is still on the device's tc
     /// ingress); `None` when it could not be read after attaching.
     decap_id: Option<u32>,
-    _nl: Netlink,
+    nl: Netlink,
     device: Device,
+    /// The steered prefixes (re-steered by [`PeerSink::check`] when their route is gone).
+    steer: Vec<IpNetwork>,
     endpoints: BTreeSet<IpAddr>,
 }
 
@@ -231,8 +234,9 @@ impl DataPlane {
             tunnel,
             decap,
             decap_id,
-            _nl: nl,
+            nl,
             device,
+            steer: config.steer.clone(),
             endpoints: BTreeSet::new(),
         })
     }
@@ -246,6 +250,51 @@ impl DataPlane {
         Ok(tc::attached(&self.device, TcDirection::Ingress)?
             .iter()
             .any(|p| p.program_id == id))
+    }
+
+    /// Steers again the prefixes whose route is gone without the route keeper seeing it (IPv4
+    /// routes the kernel flushes silently when their device goes down), or that it could not
+    /// put back then (the device was down).
+    fn resteer(&mut self) -> Vec<Repair> {
+        let present = match lwt_routes(&mut self.nl) {
+            Ok(routes) => routes,
+            Err(e) => {
+                return vec![Repair::RouteNotRestored {
+                    route: "(steered routes)".into(),
+                    error: format!("list routes: {e}"),
+                }]
+            }
+        };
+        let mut done = Vec::new();
+        for prefix in self.steer.clone() {
+            let table = self
+                .tunnel
+                .routes()
+                .iter()
+                .rev()
+                .find(|r| r.route().dst == prefix)
+                .map(|r| r.route().table);
+            if present
+                .iter()
+                .any(|r| r.dst == prefix && Some(r.table) == table)
+            {
+                continue;
+            }
+            let route = self
+                .tunnel
+                .route(prefix)
+                .device(&self.device)
+                .headroom(WORST_CASE_ENCAP);
+            let name = format!("{prefix} dev {}", self.device);
+            done.push(match self.tunnel.steer_replace(&mut self.nl, route) {
+                Ok(()) => Repair::RouteResteered { route: name },
+                Err(e) => Repair::RouteNotRestored {
+                    route: name,
+                    error: e.to_string(),
+                },
+            });
+        }
+        done
     }
 
     /// The decap re-attached, after someone detached it.
@@ -327,7 +376,7 @@ impl PeerSink for DataPlane {
     }
 
     fn check(&mut self) -> Vec<Repair> {
-        let mut done = Vec::new();
+        let mut done = self.resteer();
         // The kernel tables against the tunnel's copy: bpftool edits (no event says so).
         match self.tunnel.peers_mut().restore() {
             Ok(0) => {}

@@ -5,7 +5,7 @@
 //!
 //! | what                        | changed by (e.g.)                          | noticed by                                  | put back by |
 //! |-----------------------------|--------------------------------------------|---------------------------------------------|-------------|
-//! | routes of the steered prefixes | `ip route del`, a script flushing routes | rtnetlink events ([`lwtun::keeper`])       | the route keeper, at once (sub-millisecond) |
+//! | routes of the steered prefixes | `ip route del`, a script flushing routes | rtnetlink events ([`lwtun::keeper`]); the reconcile for routes flushed without an event (device down) | the route keeper, at once (sub-millisecond); the reconcile steers again |
 //! | peers of the tunnel tables  | `bpftool map delete/update pinned …`       | the periodic reconcile (kernel tables vs. what was written) | [`lwtun::peer::PeerTable::restore`] |
 //! | decap (tc ingress program, its accepted sources) | `bpftool link detach`, `tc filter del`, `bpftool map delete` | the periodic reconcile | re-attached / re-added |
 //!
@@ -56,6 +56,12 @@ pub enum Repair {
         /// From the deletion's event to the route being back.
         after: Duration,
     },
+    /// A steered route found gone by the reconcile (flushed without an event, e.g. IPv4
+    /// routes when their device went down) was installed again.
+    RouteResteered {
+        /// The route.
+        route: String,
+    },
     /// A steered route deleted from outside could not be added again.
     RouteNotRestored {
         /// The route.
@@ -100,6 +106,9 @@ impl fmt::Display for Repair {
                 "route {route} restored {:.1} ms after its deletion",
                 after.as_secs_f64() * 1e3
             ),
+            Repair::RouteResteered { route } => {
+                write!(f, "route {route} was gone: steered again by the reconcile")
+            }
             Repair::RouteNotRestored { route, error } => {
                 write!(f, "route {route} deleted and not restored: {error}")
             }
@@ -159,7 +168,9 @@ impl RepairStats {
     /// Counts `repair`, made at `at_us` (µs since the Unix epoch).
     pub fn count(&mut self, repair: &Repair, at_us: u64) {
         match repair {
-            Repair::RouteRestored { .. } => self.routes_restored += 1,
+            Repair::RouteRestored { .. } | Repair::RouteResteered { .. } => {
+                self.routes_restored += 1
+            }
             Repair::RouteNotRestored { .. } => self.routes_not_restored += 1,
             Repair::PeersRestored { edits } => self.peers_restored += *edits as u64,
             Repair::DecapReattached { .. } => self.decap_reattached += 1,

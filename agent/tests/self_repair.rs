@@ -10,6 +10,8 @@
 //!   again by the reconcile;
 //! - an accepted source deleted from its decap table (`bpftool map delete id`) is added again
 //!   by the reconcile;
+//! - its route flushed without an event (the underlay device down and up) is steered again by
+//!   the reconcile;
 //!
 //! and after each, the hosts reach each other through the tunnel again (ping between their
 //! inner addresses). Restore times are measured and printed; the only bound asserted is a
@@ -443,5 +445,30 @@ fn the_agent_puts_back_its_route_peers_and_decap() {
     w.wait_status(1, "decap source re-added in the status", BOUND, |s| {
         s.repairs.decap_peers_restored == 1
     });
+    w.ping(0, 1);
+
+    // --- the device flaps: IPv4 routes flushed without an event, steered again ---
+    let restored = w.status(0).unwrap().repairs.routes_restored;
+    common::ip(&w.hosts[0], &["link", "set", "ul0", "down"]);
+    let flushed = common::ip(&w.hosts[0], &["route", "show", STEER]);
+    assert!(
+        !flushed.contains("encap bpf"),
+        "route kept on a down device: {flushed}"
+    );
+    common::ip(&w.hosts[0], &["link", "set", "ul0", "up"]);
+    common::wait_oper_up(&w.hosts[0], &["ul0".to_string()]);
+    let took = time_until("route back after the flap", || {
+        common::try_ip(&w.hosts[0], &["route", "show", STEER])
+            .map(|s| s.contains("encap bpf"))
+            .unwrap_or(false)
+    });
+    let s = w.wait_status(0, "re-steer in the status", BOUND, |s| {
+        s.repairs.routes_restored > restored
+    });
+    figure(format!(
+        "ul0 down/up on h0: route {STEER} back {} after the link came up; status: {:?}",
+        ms(took),
+        s.repairs.last_repair
+    ));
     w.ping(0, 1);
 }
