@@ -20,6 +20,8 @@
 //! reconcile interval ([`Agent::with_reconcile_interval`], default
 //! [`DEFAULT_RECONCILE_INTERVAL`]) it compares the table with the fleet and checks the decap,
 //! putting back what differs. Each repair is one log line and counted in [`RepairStats`].
+//! While etcd is away the data plane is still repaired (routes at once by the keeper, the
+//! reconcile towards the fleet last seen, between reconnection attempts), and reported.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -117,6 +119,8 @@ pub struct Agent<S: PeerSink> {
     reporter: Reporter,
     /// How often the table is compared with the fleet and the decap checked.
     reconcile_every: Duration,
+    /// When the last reconcile ran (also between sessions, with the fleet last seen).
+    reconciled_at: std::time::Instant,
 }
 
 impl<S: PeerSink> Agent<S> {
@@ -138,6 +142,7 @@ impl<S: PeerSink> Agent<S> {
             status,
             reporter: Reporter::default(),
             reconcile_every: DEFAULT_RECONCILE_INTERVAL,
+            reconciled_at: std::time::Instant::now(),
         }
     }
 
@@ -228,6 +233,18 @@ impl<S: PeerSink> Agent<S> {
             self.status.reconnects += 1;
             self.status.last_error = Some(why);
             self.write_status()?;
+            // etcd away: the data plane is still repaired, towards the fleet last seen.
+            let done = self.sink.route_repairs();
+            self.repaired(done)?;
+            if self.revision > 0 && self.reconciled_at.elapsed() >= self.reconcile_every {
+                // its sync must not make the status forget that etcd is away
+                let why = self.status.last_error.clone();
+                self.reconcile()?;
+                if self.status.last_error.is_none() {
+                    self.status.last_error = why;
+                    self.write_status()?;
+                }
+            }
             if started.elapsed() > Duration::from_secs(5) {
                 backoff = Duration::from_millis(100);
             }
@@ -475,6 +492,7 @@ impl<S: PeerSink> Agent<S> {
             }
         }
         self.status.repairs.reconciled(started.elapsed());
+        self.reconciled_at = std::time::Instant::now();
         if done.is_empty() {
             return Ok(());
         }

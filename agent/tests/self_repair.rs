@@ -12,6 +12,8 @@
 //!   by the reconcile;
 //! - its route flushed without an event (the underlay device down and up) is steered again by
 //!   the reconcile;
+//! - with etcd down, a deleted route is still put back and the status says so (still
+//!   disconnected);
 //!
 //! and after each, the hosts reach each other through the tunnel again (ping between their
 //! inner addresses). Restore times are measured and printed; the only bound asserted is a
@@ -268,7 +270,7 @@ fn the_agent_puts_back_its_route_peers_and_decap() {
     if !common::privileged(test) || !support::etcd_installed(test) {
         return;
     }
-    let w = World::new(2);
+    let mut w = World::new(2);
     for i in 0..2 {
         w.wait_status(i, "the other host's peer", Duration::from_secs(20), |s| {
             s.connected && s.peers.len() == 1 && s.decap_peers.len() == 1
@@ -467,6 +469,28 @@ fn the_agent_puts_back_its_route_peers_and_decap() {
     });
     figure(format!(
         "ul0 down/up on h0: route {STEER} back {} after the link came up; status: {:?}",
+        ms(took),
+        s.repairs.last_repair
+    ));
+    w.ping(0, 1);
+
+    // --- etcd away: still repaired, and said so ---
+    let restored = w.status(0).unwrap().repairs.routes_restored;
+    w.etcd.kill();
+    w.wait_status(0, "etcd seen away", BOUND, |s| !s.connected);
+    common::ip(&w.hosts[0], &["route", "del", STEER]);
+    let took = time_until("route back with etcd away", || {
+        common::try_ip(&w.hosts[0], &["route", "show", STEER])
+            .map(|s| s.contains("encap bpf"))
+            .unwrap_or(false)
+    });
+    let s = w.wait_status(0, "restore reported with etcd away", BOUND, |s| {
+        s.repairs.routes_restored > restored
+    });
+    assert!(!s.connected);
+    assert!(s.last_error.is_some(), "etcd's absence forgotten: {s:?}");
+    figure(format!(
+        "etcd down: route deleted, back after {}, reported while disconnected ({:?})",
         ms(took),
         s.repairs.last_repair
     ));
