@@ -14,6 +14,14 @@
 //!
 //! The table is never flushed because etcd is unreachable: the data plane keeps forwarding
 //! with what it had, and converges again when the watch resumes.
+//!
+//! While watching, the agent also repairs what someone else changed ([`crate::repair`]):
+//! every [`ROUTE_REPAIR_POLL`] it reports the routes its data plane put back, and every
+//! reconcile interval ([`Agent::with_reconcile_interval`], default
+//! [`DEFAULT_RECONCILE_INTERVAL`]) it compares the table with the fleet and checks the decap,
+//! putting back what differs. Each repair is one log line and counted in [`RepairStats`].
+//! While etcd is away the data plane is still repaired (routes at once by the keeper, the
+//! reconcile towards the fleet last seen, between reconnection attempts), and reported.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,11 +30,12 @@ use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions, Watch
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::dataplane::PeerSink;
+use crate::dataplane::{PeerSink, ROUTE_REPAIR_POLL};
 use crate::etcd::EtcdAccess;
 use crate::fleet::{diff, Change, Fleet};
 use crate::metrics::{Metrics, Run};
 use crate::record::HostRecord;
+use crate::repair::{Repair, RepairStats, DEFAULT_RECONCILE_INTERVAL};
 use crate::report::{self, Reporter};
 use crate::status::{now_us, Status, StatusPeer};
 use crate::AgentError;
@@ -123,6 +132,10 @@ pub struct Agent<S: PeerSink> {
     started: bool,
     /// TLS connections etcd closed right after the handshake, before the first session.
     closed: u32,
+    /// How often the table is compared with the fleet and the decap checked.
+    reconcile_every: Duration,
+    /// When the last reconcile ran (also between sessions, with the fleet last seen).
+    reconciled_at: std::time::Instant,
 }
 
 impl<S: PeerSink> Agent<S> {
@@ -148,6 +161,8 @@ impl<S: PeerSink> Agent<S> {
             access: EtcdAccess::default(),
             started: false,
             closed: 0,
+            reconcile_every: DEFAULT_RECONCILE_INTERVAL,
+            reconciled_at: std::time::Instant::now(),
         }
     }
 
@@ -236,6 +251,48 @@ impl<S: PeerSink> Agent<S> {
         self
     }
 
+    /// Sets how often the agent compares its table with the fleet and checks its decap, putting
+    /// back what someone else changed (default [`DEFAULT_RECONCILE_INTERVAL`]; at least 1 ms).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lwtun_agent::agent::{Agent, AgentConfig};
+    /// use lwtun_agent::dataplane::MemoryTable;
+    /// use lwtun_agent::fleet::Fleet;
+    /// use lwtun_agent::layout::Layout;
+    /// use lwtun_agent::record::HostRecord;
+    ///
+    /// let record = HostRecord::decode(br#"{"endpoint":"10.99.0.1","encap":"ipip","prefixes":[]}"#).unwrap();
+    /// let fleet = Fleet::new(Layout::new("/lwtun/fleet", "f")?, "h1", record.endpoint);
+    /// let config = AgentConfig {
+    ///     etcd: vec!["http://127.0.0.1:2379".into()],
+    ///     host: "h1".into(),
+    ///     record,
+    ///     lease_ttl: 10,
+    ///     status: None,
+    /// };
+    /// let agent = Agent::new(config, fleet, MemoryTable::default())
+    ///     .with_reconcile_interval(Duration::from_secs(2));
+    /// assert_eq!(agent.reconcile_interval(), Duration::from_secs(2));
+    /// # Ok::<(), lwtun_agent::AgentError>(())
+    /// ```
+    pub fn with_reconcile_interval(mut self, every: Duration) -> Self {
+        self.reconcile_every = every.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How often the agent reconciles (see [`Agent::with_reconcile_interval`]).
+    pub fn reconcile_interval(&self) -> Duration {
+        self.reconcile_every
+    }
+
+    /// What the agent repaired since it started (also in the status file, `"repairs"`).
+    pub fn repair_stats(&self) -> &RepairStats {
+        &self.status.repairs
+    }
+
     /// The table.
     pub fn sink(&self) -> &S {
         &self.sink
@@ -308,6 +365,18 @@ impl<S: PeerSink> Agent<S> {
             self.status.reconnects += 1;
             self.status.last_error = Some(why);
             self.write_status()?;
+            // etcd away: the data plane is still repaired, towards the fleet last seen.
+            let done = self.sink.route_repairs();
+            self.repaired(done)?;
+            if self.revision > 0 && self.reconciled_at.elapsed() >= self.reconcile_every {
+                // its sync must not make the status forget that etcd is away
+                let why = self.status.last_error.clone();
+                self.reconcile()?;
+                if self.status.last_error.is_none() {
+                    self.status.last_error = why;
+                    self.write_status()?;
+                }
+            }
             if started.elapsed() > Duration::from_secs(5) {
                 backoff = Duration::from_millis(100);
             }
@@ -412,8 +481,19 @@ impl<S: PeerSink> Agent<S> {
         // A progress request sent at a tick: etcd answers (an empty response) once the watch
         // has sent every event up to the store's revision, so the wait is the watch's lag.
         let mut progress_asked: Option<std::time::Instant> = None;
+        let mut repairs = tokio::time::interval(ROUTE_REPAIR_POLL);
+        let mut reconcile = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.reconcile_every,
+            self.reconcile_every,
+        );
+        reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = repairs.tick() => {
+                    let done = self.sink.route_repairs();
+                    self.repaired(done)?;
+                }
+                _ = reconcile.tick() => self.reconcile()?,
                 message = watch.message() => {
                     let response = match message {
                         Ok(Some(r)) => r,
@@ -545,6 +625,46 @@ impl<S: PeerSink> Agent<S> {
             .synced(&self.fleet, desired, self.revision, error.as_deref());
         self.status.last_error = error;
         self.status.rejected = self.fleet.rejected().clone();
+        self.write_status()
+    }
+
+    /// The full reconcile: the decap checked, then the table compared with the fleet and put
+    /// back where it differs (nothing changed in the fleet since the last sync, so any
+    /// difference was made from outside, or is an edit that failed and is retried).
+    fn reconcile(&mut self) -> Result<(), AgentError> {
+        let started = std::time::Instant::now();
+        self.metrics.reconcile(Run::Repair);
+        let mut done = self.sink.check();
+        let desired = self.fleet.desired();
+        let current = self.sink.current();
+        let drift = diff(current.iter().map(|(p, e)| (*p, e)), &desired).len();
+        let endpoints_drift = self.fleet.remote_endpoints() != self.sink.remote_endpoints();
+        if drift > 0 || endpoints_drift || !done.is_empty() || self.retry {
+            let failed_before = self.retry;
+            self.sync()?;
+            if drift > 0 && !failed_before && !self.retry {
+                done.push(Repair::PeersRestored { edits: drift });
+            }
+        }
+        self.status.repairs.reconciled(started.elapsed());
+        self.reconciled_at = std::time::Instant::now();
+        if done.is_empty() {
+            return Ok(());
+        }
+        self.repaired(done)
+    }
+
+    /// Logs and counts what was repaired, and writes the status when anything was.
+    fn repaired(&mut self, done: Vec<Repair>) -> Result<(), AgentError> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let at = now_us();
+        for r in &done {
+            info!("repaired: {r}");
+            self.metrics.repaired(r.kind());
+            self.status.repairs.count(r, at);
+        }
         self.write_status()
     }
 

@@ -66,6 +66,8 @@ pub const DEFAULT_LEASE_TTL: i64 = 10;
 pub const DEFAULT_UDP_PORT: u16 = 6081;
 /// The default number of peers per table.
 pub const DEFAULT_CAPACITY: u32 = 65_536;
+/// The default reconcile interval (`reconcile_interval`).
+pub const DEFAULT_RECONCILE_INTERVAL: &str = "10s";
 /// The default log level (when neither `log_level` nor `RUST_LOG` says one).
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 
@@ -185,6 +187,11 @@ pub struct Options {
     /// File whose first line is --etcd-user's password
     #[arg(long)]
     pub etcd_password_file: Option<PathBuf>,
+    /// How often the table is compared with the fleet and the decap checked, putting back
+    /// what someone else changed (bpftool edits): 500ms, 10s, 1m (routes are put back at once)
+    /// [default: 10s]
+    #[arg(long)]
+    pub reconcile_interval: Option<String>,
     /// Serve Prometheus metrics (/metrics), /healthz and /readyz on this address, e.g.
     /// 127.0.0.1:9464 (off when not given)
     #[arg(long)]
@@ -432,6 +439,10 @@ impl Config {
                 ));
             }
         }
+        if let Some(every) = &o.reconcile_interval {
+            crate::repair::parse_interval(every)
+                .map_err(|why| self.bad("reconcile_interval", why))?;
+        }
         if let Some(level) = &o.log_level {
             // A bare word is a target in RUST_LOG's syntax ("all levels of target verbose"):
             // here it is more likely a mistyped level, so it must be one.
@@ -543,6 +554,8 @@ fn with_defaults(mut o: Options) -> Options {
     }
     o.lease_ttl.get_or_insert(DEFAULT_LEASE_TTL);
     o.capacity.get_or_insert(DEFAULT_CAPACITY);
+    o.reconcile_interval
+        .get_or_insert_with(|| DEFAULT_RECONCILE_INTERVAL.to_string());
     o
 }
 

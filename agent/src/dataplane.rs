@@ -1,5 +1,9 @@
 //! Where the agent writes the table: [`PeerSink`], implemented by the lwtun data plane
 //! ([`DataPlane`]) and by a table in memory ([`MemoryTable`], for tests and dry runs).
+//!
+//! A [`DataPlane`] keeps its routes in place (a route deleted from outside is added again at
+//! once, [`Tunnel::keep_routes`]) and checks on demand that its decap is still attached
+//! ([`PeerSink::check`]); see [`crate::repair`].
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -8,12 +12,16 @@ use std::path::PathBuf;
 use ipnetwork::IpNetwork;
 use lwtun::decap::{Decap, DecapPeer};
 use lwtun::device::Device;
+use lwtun::monitor::Event;
 use lwtun::netlink::Netlink;
 use lwtun::netns::NetNs;
 use lwtun::peer::Encap;
+use lwtun::route::lwt_routes;
+use lwtun::tc::{self, TcDirection};
 use lwtun::tunnel::{Tunnel, WORST_CASE_ENCAP};
 
 use crate::fleet::{Diff, PeerMap};
+use crate::repair::Repair;
 use crate::AgentError;
 
 /// A peer table the agent keeps equal to the fleet.
@@ -37,7 +45,25 @@ pub trait PeerSink {
 
     /// The endpoints set last.
     fn remote_endpoints(&self) -> BTreeSet<IpAddr>;
+
+    /// What was put back at once since last asked (routes deleted from outside and added
+    /// again). Cheap: the agent asks often (every [`ROUTE_REPAIR_POLL`]). None by default.
+    fn route_repairs(&mut self) -> Vec<Repair> {
+        Vec::new()
+    }
+
+    /// Looks at what only a full check shows (the kernel's peer tables equal to what was
+    /// written, the decap still attached, its accepted sources still there), puts back what it
+    /// can, and says what it did. What it cannot put back
+    /// itself (decap sources) it forgets, so the next [`PeerSink::set_remote_endpoints`] adds
+    /// it again. The agent calls it at every reconcile. Nothing by default.
+    fn check(&mut self) -> Vec<Repair> {
+        Vec::new()
+    }
 }
+
+/// How often the agent asks [`PeerSink::route_repairs`].
+pub const ROUTE_REPAIR_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A peer table in memory: what a [`DataPlane`] would hold, without the kernel.
 ///
@@ -117,6 +143,10 @@ pub struct DataPlaneConfig {
 /// underlay device, and a [`Decap`] at the device's tc ingress, all in the configured
 /// namespace. Dropping it removes the routes and detaches the programs.
 ///
+/// The routes are kept in place ([`Tunnel::keep_routes`]): one deleted by someone else is
+/// added again at once, and reported by [`PeerSink::route_repairs`]. [`PeerSink::check`]
+/// re-attaches a decap detached from outside.
+///
 /// # Examples
 ///
 /// ```no_run
@@ -139,8 +169,13 @@ pub struct DataPlane {
     // Drop order: the tunnel (its routes) before the decap and the netlink socket.
     tunnel: Tunnel,
     decap: Decap,
-    _nl: Netlink,
-    _device: Device,
+    /// The kernel id of the decap program (to tell whether it is still on the device's tc
+    /// ingress); `None` when it could not be read after attaching.
+    decap_id: Option<u32>,
+    nl: Netlink,
+    device: Device,
+    /// The steered prefixes (re-steered by [`PeerSink::check`] when their route is gone).
+    steer: Vec<IpNetwork>,
     endpoints: BTreeSet<IpAddr>,
 }
 
@@ -187,19 +222,88 @@ impl DataPlane {
                 .headroom(WORST_CASE_ENCAP);
             tunnel.steer_replace(&mut nl, route)?;
         }
+        // From here on a route deleted from outside is added again at once.
+        tunnel.keep_routes()?;
         let mut decap = Decap::load()?;
         decap.add_local(config.endpoint)?;
         if let Encap::Udp { port } = config.encap {
             decap.add_udp_port(port)?;
         }
-        decap.attach(&device)?;
+        let decap_id = attach_decap(&mut decap, &device)?;
         Ok(DataPlane {
             tunnel,
             decap,
-            _nl: nl,
-            _device: device,
+            decap_id,
+            nl,
+            device,
+            steer: config.steer.clone(),
             endpoints: BTreeSet::new(),
         })
+    }
+
+    /// Whether the decap program is still on the device's tc ingress (true when its id is
+    /// unknown: then it cannot be told).
+    fn decap_attached(&self) -> Result<bool, AgentError> {
+        let Some(id) = self.decap_id else {
+            return Ok(true);
+        };
+        Ok(tc::attached(&self.device, TcDirection::Ingress)?
+            .iter()
+            .any(|p| p.program_id == id))
+    }
+
+    /// Steers again the prefixes whose route is gone without the route keeper seeing it (IPv4
+    /// routes the kernel flushes silently when their device goes down), or that it could not
+    /// put back then (the device was down).
+    fn resteer(&mut self) -> Vec<Repair> {
+        let present = match lwt_routes(&mut self.nl) {
+            Ok(routes) => routes,
+            Err(e) => {
+                return vec![Repair::RouteNotRestored {
+                    route: "(steered routes)".into(),
+                    error: format!("list routes: {e}"),
+                }]
+            }
+        };
+        let mut done = Vec::new();
+        for prefix in self.steer.clone() {
+            let table = self
+                .tunnel
+                .routes()
+                .iter()
+                .rev()
+                .find(|r| r.route().dst == prefix)
+                .map(|r| r.route().table);
+            if present
+                .iter()
+                .any(|r| r.dst == prefix && Some(r.table) == table)
+            {
+                continue;
+            }
+            let route = self
+                .tunnel
+                .route(prefix)
+                .device(&self.device)
+                .headroom(WORST_CASE_ENCAP);
+            let name = format!("{prefix} dev {}", self.device);
+            done.push(match self.tunnel.steer_replace(&mut self.nl, route) {
+                Ok(()) => Repair::RouteResteered { route: name },
+                Err(e) => Repair::RouteNotRestored {
+                    route: name,
+                    error: e.to_string(),
+                },
+            });
+        }
+        done
+    }
+
+    /// The decap re-attached, after someone detached it.
+    fn reattach_decap(&mut self) -> Result<(), AgentError> {
+        // The stale attachment (its link detached, its filter deleted) goes first, whatever
+        // the kernel says of it: it no longer attaches anything.
+        let _ = self.decap.detach(&self.device);
+        self.decap_id = attach_decap(&mut self.decap, &self.device)?;
+        Ok(())
     }
 
     /// The tunnel (its peer table, routes, map ids).
@@ -252,6 +356,86 @@ impl PeerSink for DataPlane {
     fn remote_endpoints(&self) -> BTreeSet<IpAddr> {
         self.endpoints.clone()
     }
+
+    fn route_repairs(&mut self) -> Vec<Repair> {
+        self.tunnel
+            .route_events()
+            .into_iter()
+            .filter_map(|e| match e.event {
+                Event::RouteRestored { route, after } => Some(Repair::RouteRestored {
+                    route: route.to_string(),
+                    after,
+                }),
+                Event::RouteNotRestored { route, error } => Some(Repair::RouteNotRestored {
+                    route: route.to_string(),
+                    error,
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn check(&mut self) -> Vec<Repair> {
+        let mut done = self.resteer();
+        // The kernel tables against the tunnel's copy: bpftool edits (no event says so).
+        match self.tunnel.peers_mut().restore() {
+            Ok(0) => {}
+            Ok(edits) => done.push(Repair::PeersRestored { edits }),
+            Err(e) => done.push(Repair::PeersNotRestored {
+                error: e.to_string(),
+            }),
+        }
+        match self.decap_attached() {
+            Ok(true) => {}
+            Ok(false) => match self.reattach_decap() {
+                Ok(()) => done.push(Repair::DecapReattached {
+                    device: self.device.to_string(),
+                }),
+                Err(e) => done.push(Repair::DecapNotRepaired {
+                    error: format!("re-attach at tc ingress of {}: {e}", self.device),
+                }),
+            },
+            Err(e) => done.push(Repair::DecapNotRepaired {
+                error: format!("list tc ingress programs of {}: {e}", self.device),
+            }),
+        }
+        match self.decap.peers() {
+            Ok(peers) => {
+                let have: BTreeSet<IpAddr> = peers
+                    .iter()
+                    .filter(|p| p.prefix == DecapPeer::host(p.prefix.ip()).prefix)
+                    .map(|p| p.prefix.ip())
+                    .collect();
+                let missing = self.endpoints.difference(&have).count();
+                if missing > 0 {
+                    self.endpoints.retain(|e| have.contains(e));
+                    done.push(Repair::DecapPeersRestored { missing });
+                }
+            }
+            Err(e) => done.push(Repair::DecapNotRepaired {
+                error: format!("read decap sources: {e}"),
+            }),
+        }
+        done
+    }
+}
+
+/// Attaches `decap` at `device`'s tc ingress and returns the kernel id of its program there:
+/// the program that was not on the hook before (`None` when that cannot be told).
+fn attach_decap(decap: &mut Decap, device: &Device) -> Result<Option<u32>, AgentError> {
+    let before: BTreeSet<u32> = tc::attached(device, TcDirection::Ingress)
+        .map(|ps| ps.iter().map(|p| p.program_id).collect())
+        .unwrap_or_default();
+    decap.attach(device)?;
+    let after = tc::attached(device, TcDirection::Ingress).unwrap_or_default();
+    let mut new = after
+        .iter()
+        .map(|p| p.program_id)
+        .filter(|id| !before.contains(id));
+    Ok(match (new.next(), new.next()) {
+        (Some(id), None) => Some(id),
+        _ => None,
+    })
 }
 
 /// A sink shared with whoever reads it while the agent writes it (the metrics endpoint): each
@@ -288,5 +472,16 @@ impl<S: PeerSink> PeerSink for std::sync::Arc<std::sync::Mutex<S>> {
         self.lock()
             .unwrap_or_else(|e| e.into_inner())
             .remote_endpoints()
+    }
+
+    // Every method, defaulted ones too: a default here would hide the shared sink's own.
+    fn route_repairs(&mut self) -> Vec<Repair> {
+        self.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .route_repairs()
+    }
+
+    fn check(&mut self) -> Vec<Repair> {
+        self.lock().unwrap_or_else(|e| e.into_inner()).check()
     }
 }

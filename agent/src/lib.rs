@@ -37,6 +37,7 @@ pub mod logs;
 pub mod metrics;
 pub mod notify;
 pub mod record;
+pub mod repair;
 pub mod report;
 pub mod status;
 

@@ -176,6 +176,12 @@ async fn run(config: Config, logs: Logs) -> Result<(), AgentError> {
         password_file: o.etcd_password_file.clone(),
     }
     .load(&o.etcd)?;
+    let reconcile_interval = lwtun_agent::repair::parse_interval(
+        o.reconcile_interval
+            .as_deref()
+            .unwrap_or(lwtun_agent::config::DEFAULT_RECONCILE_INTERVAL),
+    )
+    .map_err(AgentError::Config)?;
     let started = std::time::Instant::now();
     let dataplane = DataPlane::open(&DataPlaneConfig {
         netns: o.netns.clone(),
@@ -258,6 +264,7 @@ async fn run(config: Config, logs: Logs) -> Result<(), AgentError> {
     let mut agent = Agent::new(agent_config, fleet, dataplane)
         .with_metrics(metrics)
         .with_access(access)
+        .with_reconcile_interval(reconcile_interval)
         .on_ready(|| {
             info!("initial sync done");
             if let Err(e) = notify(READY) {

@@ -288,6 +288,7 @@ pub struct Metrics {
     sync_errors: Counter,
     rejected_total: Family<Labels, Counter>,
     rejected_now: Family<Labels, Gauge>,
+    repairs: Family<Labels, Counter>,
     conflicts: Gauge,
     connected: Gauge,
     reconnects: Counter,
@@ -493,6 +494,8 @@ pub enum Run {
     Watch,
     /// A retry of a sync that failed.
     Retry,
+    /// The periodic reconcile of self-repair (table and decap against the fleet).
+    Repair,
 }
 
 impl Run {
@@ -501,6 +504,7 @@ impl Run {
             Run::Full => "full",
             Run::Watch => "watch",
             Run::Retry => "retry",
+            Run::Repair => "repair",
         }
     }
 }
@@ -535,6 +539,7 @@ impl Metrics {
             sync_errors: Counter::default(),
             rejected_total: Family::default(),
             rejected_now: Family::default(),
+            repairs: Family::default(),
             conflicts: Gauge::default(),
             connected: Gauge::default(),
             reconnects: Counter::default(),
@@ -548,6 +553,11 @@ impl Metrics {
             "lwtun_agent_reconcile_runs",
             "Syncs of the table with the fleet, by kind: full (Get + diff), watch (one watch response), retry (after a failed sync)",
             m.runs.clone(),
+        );
+        r.register(
+            "lwtun_agent_repairs",
+            "What self-repair put back (or could not), by what: route_restored, route_resteered, route_not_restored, peers_restored, peers_not_restored, decap_reattached, decap_peers_restored, decap_not_repaired",
+            m.repairs.clone(),
         );
         r.register(
             "lwtun_agent_reconcile_errors",
@@ -690,6 +700,19 @@ impl Metrics {
             }
         }
         Ok(())
+    }
+
+    /// Self-repair did `what` (a [`crate::repair::Repair::kind`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let m = lwtun_agent::metrics::Metrics::default();
+    /// m.repaired("route_restored");
+    /// assert!(m.encode().contains("lwtun_agent_repairs_total{what=\"route_restored\"} 1"));
+    /// ```
+    pub fn repaired(&self, what: &'static str) {
+        self.repairs.get_or_create(&l1("what", what)).inc();
     }
 
     /// A reconcile of `kind` starts.

@@ -301,7 +301,75 @@ impl PeerTable {
                 ),
             ));
         }
-        let mut used = std::collections::HashSet::new();
+        let found = self.kernel_entries(op)?;
+        let used: std::collections::HashSet<u32> = found.iter().map(|(_, _, s)| *s).collect();
+        for (prefix, peer, slot) in found {
+            self.peers.insert(prefix, slot);
+            put_peer(&mut self.slot_peers, slot, peer);
+            *self.count_of(&prefix) += 1;
+        }
+        self.next_slot = used.iter().max().map_or(0, |m| m + 1);
+        self.free_slots = (0..self.next_slot).filter(|s| !used.contains(s)).collect();
+        self.fresh_slots_dirty = true;
+        Ok(())
+    }
+
+    /// Writes the kernel tables back to this table's copy where someone else changed them
+    /// without lwtun (`bpftool map delete|update` on the pinned or open maps): a peer deleted
+    /// or changed there is written again, one added there is deleted. Returns how many
+    /// entries it rewrote (0: the kernel held what this table wrote). It reads both tables
+    /// whole (one batch lookup each where the kernel has it), so call it as a periodic check,
+    /// not per packet. The rewrites are not journaled: for the journal's readers nothing
+    /// changed.
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error reading or writing a table; what was rewritten before stays.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let mut tunnel = lwtun::tunnel::Tunnel::builder().pin("/sys/fs/bpf/lwtun/t0").load()?;
+    /// // `bpftool map delete pinned /sys/fs/bpf/lwtun/t0/peers_v4 key ...` elsewhere
+    /// let rewritten = tunnel.peers_mut().restore()?;
+    /// println!("{rewritten} peer(s) put back");
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    pub fn restore(&mut self) -> Result<usize> {
+        let op = "restore tunnel peers";
+        let kernel: BTreeMap<IpNetwork, (EncapPeer, u32)> = self
+            .kernel_entries(op)?
+            .into_iter()
+            .map(|(p, peer, slot)| (p, (peer, slot)))
+            .collect();
+        let mut rewritten = 0;
+        for (prefix, &slot) in &self.peers {
+            let Some(want) = self.peer_at(slot) else {
+                continue;
+            };
+            if kernel.get(prefix) == Some(&(*want, slot)) {
+                continue;
+            }
+            self.map_of(prefix)
+                .update(
+                    &key_bytes(prefix),
+                    abi::as_bytes(&want.to_abi(slot)),
+                    MapFlags::ANY,
+                )
+                .map_err(|e| Error::bpf(op, e).with_object(prefix.to_string()))?;
+            rewritten += 1;
+        }
+        for prefix in kernel.keys().filter(|p| !self.peers.contains_key(p)) {
+            self.map_of(prefix)
+                .delete(&key_bytes(prefix))
+                .map_err(|e| Error::bpf(op, e).with_object(prefix.to_string()))?;
+            rewritten += 1;
+        }
+        Ok(rewritten)
+    }
+
+    /// Every entry of the kernel tables: prefix, peer, counter slot.
+    fn kernel_entries(&self, op: &str) -> Result<Vec<(IpNetwork, EncapPeer, u32)>> {
         let mut found = Vec::new();
         for v6 in [false, true] {
             let map = if v6 { &self.v6 } else { &self.v4 };
@@ -347,19 +415,10 @@ impl PeerTable {
                         format!("{prefix}: unknown encap kind {}", v.kind),
                     )
                 })?;
-                used.insert(v.slot);
                 found.push((prefix, peer, v.slot));
             }
         }
-        for (prefix, peer, slot) in found {
-            self.peers.insert(prefix, slot);
-            put_peer(&mut self.slot_peers, slot, peer);
-            *self.count_of(&prefix) += 1;
-        }
-        self.next_slot = used.iter().max().map_or(0, |m| m + 1);
-        self.free_slots = (0..self.next_slot).filter(|s| !used.contains(s)).collect();
-        self.fresh_slots_dirty = true;
-        Ok(())
+        Ok(found)
     }
 
     /// Writes the config with `change` applied to `base` (magic and version set).
