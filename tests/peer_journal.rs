@@ -269,6 +269,15 @@ fn a_reader_left_behind_resyncs_to_the_real_table() {
         tunnel.peers_mut().replace(prefix, peer).unwrap();
     }
 
+    // A resync whose read of the tables fails (the table's pin gone for a moment) is not
+    // lost: the next poll starts with it again.
+    let v4_pin = pin.0.join("peers_v4");
+    let mut held = MapHandle::from_pinned_path(&v4_pin).unwrap();
+    std::fs::remove_file(&v4_pin).unwrap();
+    let failed = journal.poll();
+    held.pin(&v4_pin).unwrap();
+    assert_eq!(failed.unwrap_err().kind(), lwtun::ErrorKind::NotFound);
+
     let changes = journal.poll().unwrap();
     let PeerChange::Resync(ResyncReason::Overflow { missed }) = changes[0] else {
         panic!("no resync first: {:?}", &changes[..1]);

@@ -773,6 +773,9 @@ pub struct PeerJournal {
     /// The last sequence number read.
     seen: u64,
     view: BTreeMap<IpNetwork, EncapPeer>,
+    /// A resync whose dump failed: the next poll starts with it again, so what it was to
+    /// report is not lost.
+    resync_due: Option<ResyncReason>,
 }
 
 impl PeerJournal {
@@ -805,6 +808,7 @@ impl PeerJournal {
             ring,
             seen,
             view: BTreeMap::new(),
+            resync_due: None,
         };
         journal.view = journal.dump()?;
         Ok(journal)
@@ -890,18 +894,26 @@ impl PeerJournal {
             }
             _ => {}
         }
+        if let Some(reason) = self.resync_due {
+            return self.resync(reason);
+        }
         let Some(ring) = &self.ring else {
             return Ok(Vec::new());
         };
         match ring.read_after(self.seen) {
             Ok(records) => {
-                let mut out = Vec::with_capacity(records.len());
-                for r in &records {
+                // A record this lwtun cannot read: the tables will say, before any of the
+                // batch is applied to the view (the diff then carries them all).
+                let parsed: Option<Vec<_>> = records
+                    .iter()
+                    .map(|r| Some((r, r.prefix()?, r.after().ok()?)))
+                    .collect();
+                let Some(parsed) = parsed else {
+                    return self.resync(ResyncReason::Overflow { missed: 1 });
+                };
+                let mut out = Vec::with_capacity(parsed.len());
+                for (r, prefix, after) in parsed {
                     self.seen = r.seq;
-                    let (Some(prefix), Ok(after)) = (r.prefix(), r.after()) else {
-                        // A record this lwtun cannot read: the tables will say.
-                        return self.resync(ResyncReason::Overflow { missed: 1 });
-                    };
                     let before = match after {
                         Some(peer) => self.view.insert(prefix, peer),
                         None => self.view.remove(&prefix),
@@ -950,8 +962,14 @@ impl PeerJournal {
 
     /// Reads the tables whole, from the journal's head as it is now.
     fn resync(&mut self, reason: ResyncReason) -> Result<Vec<PeerChange>> {
-        self.seen = self.ring.as_ref().map_or(0, Ring::head);
+        // Until a dump succeeds, every poll starts with this resync again.
+        self.resync_due = Some(reason);
+        // The head before the dump: a change written while the tables are read is read again
+        // by the next poll, and not reported twice (the view holds it).
+        let head = self.ring.as_ref().map_or(0, Ring::head);
         let actual = self.dump()?;
+        self.seen = head;
+        self.resync_due = None;
         let mut out = vec![PeerChange::Resync(reason)];
         out.extend(diff(&self.view, &actual));
         self.view = actual;
