@@ -22,17 +22,17 @@
 #[path = "../../tests/common/mod.rs"]
 mod common;
 mod support;
+#[path = "support/world.rs"]
+mod world;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use lwtun::netns::NetNs;
 use lwtun::tc::{self, TcDirection, TcMode};
 use lwtun::tunnel::TunnelTables;
 use lwtun::ErrorKind;
-use lwtun_agent::status::Status;
-use support::{Etcd, TempDir};
+use support::Etcd;
+use world::{endpoint, figure, ms, prefix, service};
 
 const PORT: &str = "6081";
 const STEER: &str = "10.192.0.0/10";
@@ -41,230 +41,60 @@ const RECONCILE: &str = "300ms";
 /// The generous bound on every repair.
 const BOUND: Duration = Duration::from_secs(5);
 
-fn endpoint(i: usize) -> String {
-    format!("10.99.0.{}", i + 1)
+type World = world::World<Etcd>;
+
+/// `n` hosts, each running `lwtun-agent` with flags: its own pin folder, status file and
+/// metrics address, the fleet's steered range, a reconcile every [`RECONCILE`].
+fn start(n: usize) -> World {
+    let mut w = World::new("repair", n, Etcd::start);
+    for i in 0..n {
+        let args: Vec<std::ffi::OsString> = [
+            "--metrics-address".to_string(),
+            format!("127.0.0.1:{}", w.metrics[i]),
+            "--etcd".into(),
+            w.etcd.url(),
+            "--fleet".into(),
+            "repair".into(),
+            "--host".into(),
+            format!("h{i}"),
+            "--endpoint".into(),
+            endpoint(i),
+            "--encap".into(),
+            "udp".into(),
+            "--udp-port".into(),
+            PORT.into(),
+            "--prefix".into(),
+            prefix(i),
+            "--steer".into(),
+            STEER.into(),
+            "--source".into(),
+            service(i),
+            "--device".into(),
+            "ul0".into(),
+            "--netns".into(),
+            w.hosts[i].name().to_string(),
+            "--lease-ttl".into(),
+            "3".into(),
+            "--reconcile-interval".into(),
+            RECONCILE.into(),
+        ]
+        .into_iter()
+        .map(Into::into)
+        .chain([
+            "--status".into(),
+            w.status_path(i).into(),
+            "--pin".into(),
+            w.pin(i).into(),
+        ])
+        .collect();
+        w.spawn(args);
+    }
+    w
 }
 
-fn service(i: usize) -> String {
-    format!("10.200.{i}.1")
-}
-
-fn prefix(i: usize) -> String {
-    format!("10.200.{i}.0/24")
-}
-
-/// A running agent, SIGKILLed when dropped.
-struct AgentProc(Child);
-
-impl Drop for AgentProc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A pin folder on bpffs, removed when dropped.
-struct PinDir(PathBuf);
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-// Field order is drop order: the agents stop before their namespaces, pins and etcd go.
-struct World {
-    agents: Vec<AgentProc>,
-    /// Each agent's --metrics-address port (127.0.0.1).
-    metrics: Vec<u16>,
-    hosts: Vec<NetNs>,
-    _underlay: NetNs,
-    pins: PinDir,
-    etcd: Etcd,
-    dir: TempDir,
-}
-
-impl World {
-    fn new(n: usize) -> World {
-        let dir = TempDir::new("repair");
-        let etcd = Etcd::start(&dir.0);
-        let underlay = common::netns("rul");
-        common::ip(&underlay, &["link", "add", "br0", "type", "bridge"]);
-        common::ip(&underlay, &["link", "set", "br0", "up"]);
-        let mut hosts = Vec::new();
-        for i in 0..n {
-            let ns = common::netns(&format!("rh{i}"));
-            let port = format!("rh{i}");
-            common::ip(
-                &ns,
-                &[
-                    "link",
-                    "add",
-                    "ul0",
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    &port,
-                    "netns",
-                    underlay.name(),
-                ],
-            );
-            common::ip(&underlay, &["link", "set", &port, "master", "br0", "up"]);
-            common::ip(
-                &ns,
-                &["addr", "add", &format!("{}/24", endpoint(i)), "dev", "ul0"],
-            );
-            common::ip(&ns, &["link", "set", "ul0", "up"]);
-            common::ip(
-                &ns,
-                &["addr", "add", &format!("{}/32", service(i)), "dev", "lo"],
-            );
-            common::wait_oper_up(&ns, &["ul0".to_string()]);
-            common::wait_oper_up(&underlay, &[port]);
-            hosts.push(ns);
-        }
-        let pins = PinDir(PathBuf::from(format!(
-            "/sys/fs/bpf/lwtun-agent-repair-{}",
-            std::process::id()
-        )));
-        let mut w = World {
-            agents: Vec::new(),
-            metrics: Vec::new(),
-            hosts,
-            _underlay: underlay,
-            pins,
-            etcd,
-            dir,
-        };
-        for i in 0..n {
-            // A port nothing listens on now (the agent binds it a moment later).
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            w.metrics.push(port);
-            let child = Command::new(env!("CARGO_BIN_EXE_lwtun-agent"))
-                .args(["--metrics-address", &format!("127.0.0.1:{port}")])
-                .args(["--etcd", &w.etcd.url(), "--fleet", "repair"])
-                .args(["--host", &format!("h{i}"), "--endpoint", &endpoint(i)])
-                .args(["--encap", "udp", "--udp-port", PORT])
-                .args(["--prefix", &prefix(i)])
-                .args(["--steer", STEER, "--source", &service(i)])
-                .args(["--device", "ul0", "--netns", w.hosts[i].name()])
-                .args(["--lease-ttl", "3", "--reconcile-interval", RECONCILE])
-                .arg("--status")
-                .arg(w.status_path(i))
-                .arg("--pin")
-                .arg(w.pin(i))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(w.log_path(i)).unwrap())
-                .spawn()
-                .unwrap();
-            w.agents.push(AgentProc(child));
-        }
-        w
-    }
-
-    /// The value of the sample `series` (`name{labels}`) in agent `i`'s /metrics, 0 when absent.
-    fn metric(&self, i: usize, series: &str) -> f64 {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics[i])).unwrap();
-        write!(s, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0)
-    }
-
-    fn pin(&self, i: usize) -> PathBuf {
-        self.pins.0.join(format!("h{i}"))
-    }
-
-    fn status_path(&self, i: usize) -> PathBuf {
-        self.dir.0.join(format!("h{i}.status"))
-    }
-
-    fn log_path(&self, i: usize) -> PathBuf {
-        self.dir.0.join(format!("h{i}.log"))
-    }
-
-    fn status(&self, i: usize) -> Option<Status> {
-        Status::read(&self.status_path(i)).ok()
-    }
-
-    fn logs(&self) -> String {
-        (0..self.agents.len())
-            .map(|i| {
-                format!(
-                    "--- h{i} ---\n{}",
-                    std::fs::read_to_string(self.log_path(i)).unwrap_or_default()
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// Waits (up to `timeout`) until `done` holds for host `i`'s status.
-    fn wait_status(
-        &self,
-        i: usize,
-        what: &str,
-        timeout: Duration,
-        done: impl Fn(&Status) -> bool,
-    ) -> Status {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let s = self.status(i);
-            if let Some(s) = s.as_ref().filter(|s| done(s)) {
-                return s.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "h{i}: {what}: not reached after {timeout:?}; status {s:?}\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Host `a` pings host `b`'s inner address through the tunnel; answered.
-    fn ping(&self, a: usize, b: usize) {
-        let p = common::ping(&self.hosts[a], service(b).parse().unwrap(), 1);
-        assert_eq!(
-            p.received,
-            1,
-            "h{a} -> {}: {}\n{}",
-            service(b),
-            p.output,
-            self.logs()
-        );
-    }
-}
-
-/// Polls `check` every millisecond or so until it is true; the time it took. Panics after
-/// [`BOUND`].
-fn time_until(what: &str, mut check: impl FnMut() -> bool) -> Duration {
-    let t = Instant::now();
-    while !check() {
-        assert!(t.elapsed() < BOUND, "{what}: not within {BOUND:?}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    t.elapsed()
-}
-
-fn figure(line: String) {
-    let _ = std::io::Write::write_all(
-        &mut std::io::stderr(),
-        format!("figure: {line}\n").as_bytes(),
-    );
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+/// Polls `check` until it is true; the time it took. Panics after [`BOUND`].
+fn time_until(what: &str, check: impl FnMut() -> bool) -> Duration {
+    world::time_until(what, BOUND, check)
 }
 
 /// bpftool's words for the IPv4 peer key of `prefix` (`struct lwtun_peer_key4`: prefix length
@@ -293,7 +123,7 @@ fn the_agent_puts_back_its_route_peers_and_decap() {
     if !common::privileged(test) || !support::etcd_installed(test) {
         return;
     }
-    let mut w = World::new(2);
+    let mut w = start(2);
     for i in 0..2 {
         w.wait_status(i, "the other host's peer", Duration::from_secs(20), |s| {
             s.connected && s.peers.len() == 1 && s.decap_peers.len() == 1

@@ -1,7 +1,10 @@
 //! What the agent's tests share: a real etcd on free loopback ports in a temporary data dir,
 //! killed when dropped (also on panic), and the gate that skips (or, with CI=true or
-//! LWTUN_REQUIRE_PRIV=1, fails) a test when /usr/bin/etcd is missing.
+//! LWTUN_REQUIRE_PRIV=1, fails) a test when /usr/bin/etcd is missing; [`tls`]: certificates
+//! and an etcd serving TLS with client certificates and authentication.
 #![allow(dead_code)]
+
+pub mod tls;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
