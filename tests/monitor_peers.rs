@@ -12,16 +12,13 @@
 mod cli;
 mod common;
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ipnetwork::IpNetwork;
 use lwtun::monitor::{Event, EventKinds, Monitor, ResyncReason, Stamped};
 use lwtun::peer::{Encap, EncapPeer, ResyncReason as JournalReason};
-use lwtun::tunnel::{PinnedTunnel, Tunnel};
+use lwtun::tunnel::Tunnel;
 use lwtun::ErrorKind;
 
 fn net(s: &str) -> IpNetwork {
@@ -30,22 +27,6 @@ fn net(s: &str) -> IpNetwork {
 
 fn peer(remote: &str, encap: Encap) -> EncapPeer {
     EncapPeer::new(remote.parse().unwrap(), "192.0.2.1".parse().unwrap(), encap)
-}
-
-/// Runs `lwtun ARGS` to success and returns the pid it ran as.
-fn lwtun_pid(args: &[&str]) -> u32 {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lwtun"))
-        .args(args)
-        .spawn()
-        .expect("run lwtun");
-    let pid = child.id();
-    assert!(child.wait().unwrap().success(), "lwtun {args:?} failed");
-    pid
-}
-
-fn kernel_peers(folder: &Path) -> BTreeMap<IpNetwork, EncapPeer> {
-    let pinned = PinnedTunnel::open(folder).unwrap();
-    pinned.peers().iter().map(|(p, peer)| (p, *peer)).collect()
 }
 
 /// A peer event as (action, prefix, new peer, writer pid).
@@ -156,7 +137,7 @@ fn peer_changes_from_two_processes_come_once_in_order_with_their_writers() {
     let words = ["remote", "10.77.0.4", "local", "192.0.2.1", "encap", "ipip"];
     let mut add = vec!["peer", "add", "--pin", p, "10.30.0.0/16"];
     add.extend(words);
-    let cli_add = lwtun_pid(&add);
+    let cli_add = cli::lwtun_pid(&add);
     let udp_words = [
         "remote",
         "10.77.0.5",
@@ -169,8 +150,8 @@ fn peer_changes_from_two_processes_come_once_in_order_with_their_writers() {
     ];
     let mut replace = vec!["peer", "replace", "--pin", p, "10.30.0.0/16"];
     replace.extend(udp_words);
-    let cli_replace = lwtun_pid(&replace);
-    let cli_del = lwtun_pid(&["peer", "del", "--pin", p, "10.20.0.0/16"]);
+    let cli_replace = cli::lwtun_pid(&replace);
+    let cli_del = cli::lwtun_pid(&["peer", "del", "--pin", p, "10.20.0.0/16"]);
 
     let got = events(&mut monitor, 100, Duration::from_millis(300));
     let (routes, peer_events): (Vec<_>, Vec<_>) = got
@@ -263,7 +244,7 @@ fn peer_changes_from_two_processes_come_once_in_order_with_their_writers() {
         "median latency {:?} far above the 10 ms interval",
         took[25]
     );
-    assert_eq!(kernel_peers(&pin.0).len(), 53);
+    assert_eq!(common::kernel_peers(&pin.0).len(), 53);
 }
 
 #[test]
@@ -296,7 +277,7 @@ fn a_monitor_left_behind_resyncs_then_diffs_to_the_real_tables() {
         .open()
         .unwrap();
     monitor.watch_peers(&pin.0).unwrap();
-    let mut view = kernel_peers(&pin.0);
+    let mut view = common::kernel_peers(&pin.0);
 
     // More changes than the ring holds (16384) before the monitor reads: 20000 added, 100
     // removed, 50 changed.
@@ -353,7 +334,7 @@ fn a_monitor_left_behind_resyncs_then_diffs_to_the_real_tables() {
     }
     assert_eq!(
         view,
-        kernel_peers(&pin.0),
+        common::kernel_peers(&pin.0),
         "the diff leads to the kernel's tables"
     );
     assert_eq!(monitor.resyncs(), 1);

@@ -15,13 +15,12 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::process::Command;
 
 use ipnetwork::IpNetwork;
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use lwtun::netlink::Netlink;
 use lwtun::peer::{Encap, EncapPeer, PeerChange, PeerJournal, ResyncReason};
-use lwtun::tunnel::{PinnedTunnel, Tunnel, TunnelTables, PIN_LAYOUT};
+use lwtun::tunnel::{Tunnel, TunnelTables, PIN_LAYOUT};
 
 fn net(s: &str) -> IpNetwork {
     s.parse().unwrap()
@@ -29,23 +28,6 @@ fn net(s: &str) -> IpNetwork {
 
 fn peer(remote: &str, encap: Encap) -> EncapPeer {
     EncapPeer::new(remote.parse().unwrap(), "192.0.2.1".parse().unwrap(), encap)
-}
-
-/// Runs `lwtun ARGS` to success and returns the pid it ran as.
-fn lwtun_pid(args: &[&str]) -> u32 {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lwtun"))
-        .args(args)
-        .spawn()
-        .expect("run lwtun");
-    let pid = child.id();
-    assert!(child.wait().unwrap().success(), "lwtun {args:?} failed");
-    pid
-}
-
-/// The peers as the kernel's pinned tables hold them.
-fn kernel_peers(folder: &std::path::Path) -> BTreeMap<IpNetwork, EncapPeer> {
-    let pinned = PinnedTunnel::open(folder).unwrap();
-    pinned.peers().iter().map(|(p, peer)| (p, *peer)).collect()
 }
 
 /// A change as (kind, prefix, new peer, writer pid) for comparing sequences.
@@ -130,7 +112,7 @@ fn changes_from_two_processes_are_read_once_in_order_with_their_writers() {
     let words = ["remote", "192.0.2.4", "local", "192.0.2.1", "encap", "ipip"];
     let mut add = vec!["peer", "add", "--pin", p, "10.9.0.0/16"];
     add.extend(words);
-    let cli_add = lwtun_pid(&add);
+    let cli_add = cli::lwtun_pid(&add);
     let mut replace = vec!["peer", "replace", "--pin", p, "10.1.0.0/16"];
     replace.extend([
         "remote",
@@ -142,14 +124,14 @@ fn changes_from_two_processes_are_read_once_in_order_with_their_writers() {
         "port",
         "5555",
     ]);
-    let cli_replace = lwtun_pid(&replace);
-    let cli_del = lwtun_pid(&["peer", "del", "--pin", p, "10.2.0.0/16"]);
+    let cli_replace = cli::lwtun_pid(&replace);
+    let cli_del = cli::lwtun_pid(&["peer", "del", "--pin", p, "10.2.0.0/16"]);
     let file = cli::TempFile::new(
         "journal-batch",
         "10.11.0.0/16 remote 192.0.2.6 local 192.0.2.1 encap ipip\n\
          10.10.0.0/16 remote 192.0.2.6 local 192.0.2.1 encap ipip\n",
     );
-    let cli_batch = lwtun_pid(&["peer", "add", "--pin", p, "-b", file.arg()]);
+    let cli_batch = cli::lwtun_pid(&["peer", "add", "--pin", p, "-b", file.arg()]);
     let second = journal.poll().unwrap();
     assert!(journal.poll().unwrap().is_empty(), "each change once");
 
@@ -199,7 +181,7 @@ fn changes_from_two_processes_are_read_once_in_order_with_their_writers() {
     assert!(matches!(all[8], PeerChange::Removed { peer, .. } if peer == ipip));
 
     // The reader's view is the kernel's tables.
-    let all_before_unload = kernel_peers(&pin.0);
+    let all_before_unload = common::kernel_peers(&pin.0);
     assert_eq!(journal.peers(), &all_before_unload);
     assert!(
         journal.verify().unwrap().is_empty(),
@@ -219,7 +201,7 @@ fn changes_from_two_processes_are_read_once_in_order_with_their_writers() {
     assert_eq!(changes[0], PeerChange::Resync(ResyncReason::Replaced));
     let mut view = all_before_unload;
     apply(&mut view, &changes[1..]);
-    assert_eq!(view, kernel_peers(&pin.0));
+    assert_eq!(view, common::kernel_peers(&pin.0));
     assert_eq!(view.len(), 1);
     tunnel.peers_mut().remove(net("10.5.0.0/16")).unwrap();
     let changes = journal.poll().unwrap();
@@ -292,7 +274,7 @@ fn a_reader_left_behind_resyncs_to_the_real_table() {
     // The diff turns the old view into the tables the kernel holds.
     let mut view = before;
     apply(&mut view, &changes[1..]);
-    let kernel = kernel_peers(&pin.0);
+    let kernel = common::kernel_peers(&pin.0);
     assert_eq!(kernel.len(), 20_200);
     assert_eq!(view, kernel);
     assert_eq!(journal.peers(), &kernel);
@@ -360,7 +342,7 @@ fn a_folder_without_journal_is_adopted_and_journaled_from_its_first_edit() {
     // The command's first edit makes it, under the folder's lock.
     let mut add = vec!["peer", "add", "--pin", p, "10.2.0.0/16"];
     add.extend(["remote", "192.0.2.3", "local", "192.0.2.1", "encap", "ipip"]);
-    let cli = lwtun_pid(&add);
+    let cli = cli::lwtun_pid(&add);
     assert!(pin.0.join("peer_journal").exists());
     let changes = journal.poll().unwrap();
     assert_eq!(changes.len(), 1, "{changes:?}");
@@ -401,7 +383,7 @@ fn a_folder_without_journal_is_adopted_and_journaled_from_its_first_edit() {
         ('-', net("10.1.0.0/16"), None, Some(std::process::id()))
     );
     assert_eq!(changes[0].origin().unwrap().seq, 3);
-    assert_eq!(journal.peers(), &kernel_peers(&pin.0));
+    assert_eq!(journal.peers(), &common::kernel_peers(&pin.0));
     drop(tunnel);
     assert!(!pin.0.exists(), "unloading removed the journal too");
 }
@@ -481,7 +463,7 @@ fn a_reader_polling_while_a_writer_writes_sees_each_record_intact_or_resyncs() {
     }
     let tunnel = writer.join().unwrap();
     poll(&mut journal, &mut view);
-    let kernel = kernel_peers(&pin.0);
+    let kernel = common::kernel_peers(&pin.0);
     assert_eq!(kernel.len(), 2000);
     assert_eq!(view, kernel, "the changes read add up to the tables");
     assert_eq!(journal.peers(), &kernel);

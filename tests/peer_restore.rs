@@ -10,16 +10,10 @@ use std::collections::BTreeMap;
 use ipnetwork::IpNetwork;
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use lwtun::peer::{Encap, EncapPeer};
-use lwtun::tunnel::{PinnedTunnel, Tunnel};
+use lwtun::tunnel::Tunnel;
 
 fn net(s: &str) -> IpNetwork {
     s.parse().unwrap()
-}
-
-/// The peers as the kernel's pinned tables hold them.
-fn kernel_peers(folder: &std::path::Path) -> BTreeMap<IpNetwork, EncapPeer> {
-    let pinned = PinnedTunnel::open(folder).unwrap();
-    pinned.peers().iter().map(|(p, peer)| (p, *peer)).collect()
 }
 
 /// `struct lwtun_peer_key4` of an IPv4 prefix.
@@ -53,7 +47,7 @@ fn restore_puts_back_what_was_written_behind_lwtuns_back() {
     ];
     tunnel.peers_mut().insert_batch(&written).unwrap();
     let want: BTreeMap<IpNetwork, EncapPeer> = written.iter().copied().collect();
-    assert_eq!(kernel_peers(&pin.0), want);
+    assert_eq!(common::kernel_peers(&pin.0), want);
     assert_eq!(
         tunnel.peers_mut().restore().unwrap(),
         0,
@@ -71,12 +65,12 @@ fn restore_puts_back_what_was_written_behind_lwtuns_back() {
         .unwrap();
     v4.update(&key4("10.9.0.0/16"), &other, MapFlags::NO_EXIST)
         .unwrap();
-    let changed = kernel_peers(&pin.0);
+    let changed = common::kernel_peers(&pin.0);
     assert_ne!(changed, want);
     assert_eq!(changed.len(), 3);
 
     assert_eq!(tunnel.peers_mut().restore().unwrap(), 3);
-    assert_eq!(kernel_peers(&pin.0), want);
+    assert_eq!(common::kernel_peers(&pin.0), want);
     assert_eq!(tunnel.peers().len(), 3);
     assert_eq!(tunnel.peers_mut().restore().unwrap(), 0, "restored already");
 
@@ -96,7 +90,7 @@ fn restore_puts_back_what_was_written_behind_lwtuns_back() {
     let took = t.elapsed();
     v4.delete(&key4("10.100.0.7/32")).unwrap();
     assert_eq!(tunnel.peers_mut().restore().unwrap(), 1);
-    assert_eq!(kernel_peers(&pin.0).len(), 10_003);
+    assert_eq!(common::kernel_peers(&pin.0).len(), 10_003);
     eprintln!(
         "figure: restore() over 10 003 peers with nothing to put back: {:.1} ms",
         took.as_secs_f64() * 1e3

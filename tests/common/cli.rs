@@ -182,3 +182,14 @@ pub fn ping_b(net: &crate::common::Line, count: u32) -> crate::common::Ping {
         &["-I", "10.30.0.1", "-i", "0.1", "-W", "1"],
     )
 }
+
+/// Runs `lwtun ARGS` to success and returns the pid it ran as (the writer a peer journal names).
+pub fn lwtun_pid(args: &[&str]) -> u32 {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lwtun"))
+        .args(args)
+        .spawn()
+        .expect("run lwtun");
+    let pid = child.id();
+    assert!(child.wait().unwrap().success(), "lwtun {args:?} failed");
+    pid
+}

@@ -1311,3 +1311,11 @@ impl Drop for PinDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// The peers a pinned tunnel's tables hold in the kernel, by prefix.
+pub fn kernel_peers(
+    folder: &std::path::Path,
+) -> std::collections::BTreeMap<ipnetwork::IpNetwork, lwtun::peer::EncapPeer> {
+    let pinned = lwtun::tunnel::PinnedTunnel::open(folder).unwrap();
+    pinned.peers().iter().map(|(p, peer)| (p, *peer)).collect()
+}
