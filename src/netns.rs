@@ -498,15 +498,34 @@ impl NetNs {
     {
         let op = "run in network namespace";
         let fd = self.fd()?;
+        // The calling thread's own namespace: run here, without setns (which needs
+        // CAP_SYS_ADMIN even to enter the namespace one is in).
+        let here = File::open(thread_netns_path()).map_err(|e| Error::io(op, e))?;
+        if NetNsId::of(here.as_fd())? == NetNsId::of(fd.as_fd())? {
+            return std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(
+                |panic| {
+                    Err(Error::other(
+                        ErrorKind::Io,
+                        op,
+                        format!("the closure panicked: {}", panic_message(&*panic)),
+                    )
+                    .with_object(&self.name))
+                },
+            );
+        }
         std::thread::scope(|scope| {
             let handle = std::thread::Builder::new()
                 .name(format!("lwtun-in-{}", self.name))
                 .spawn_scoped(scope, move || -> Result<T> {
                     // SAFETY: fd is an open namespace file; setns only changes this thread.
                     if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                        return Err(
-                            Error::io(op, io::Error::last_os_error()).with_object(&self.name)
-                        );
+                        let e = io::Error::last_os_error();
+                        return Err(if e.raw_os_error() == Some(libc::EPERM) {
+                            Error::permission(op, "CAP_SYS_ADMIN")
+                        } else {
+                            Error::io(op, e)
+                        }
+                        .with_object(&self.name));
                     }
                     drop(fd);
                     f()
