@@ -256,20 +256,7 @@ fn a_monitor_left_behind_resyncs_then_diffs_to_the_real_tables() {
         .pin(&pin.0)
         .load()
         .unwrap();
-    let local: IpAddr = "192.0.2.1".parse().unwrap();
-    let host = |i: u32, key: u32| {
-        (
-            IpNetwork::new([10, 41, (i >> 8) as u8, i as u8].into(), 32).unwrap(),
-            EncapPeer::new(
-                [192, 0, 2, (i % 200 + 2) as u8].into(),
-                local,
-                Encap::Gre {
-                    key: Some(key),
-                    checksum: false,
-                },
-            ),
-        )
-    };
+    let host = |i: u32, key: u32| common::flood_host(41, i, key);
     let start: Vec<_> = (0..300).map(|i| host(i, 0)).collect();
     tunnel.peers_mut().insert_batch(&start).unwrap();
     let mut monitor = Monitor::builder(EventKinds::PEER)

@@ -221,20 +221,7 @@ fn a_reader_left_behind_resyncs_to_the_real_table() {
         .pin(&pin.0)
         .load()
         .unwrap();
-    let local: IpAddr = "192.0.2.1".parse().unwrap();
-    let host = |i: u32, key: u32| {
-        (
-            IpNetwork::new([10, 40, (i >> 8) as u8, i as u8].into(), 32).unwrap(),
-            EncapPeer::new(
-                [192, 0, 2, (i % 200 + 2) as u8].into(),
-                local,
-                Encap::Gre {
-                    key: Some(key),
-                    checksum: false,
-                },
-            ),
-        )
-    };
+    let host = |i: u32, key: u32| common::flood_host(40, i, key);
     let start: Vec<_> = (0..300).map(|i| host(i, 0)).collect();
     tunnel.peers_mut().insert_batch(&start).unwrap();
     let mut journal = PeerJournal::open(&pin.0).unwrap();

@@ -1319,3 +1319,19 @@ pub fn kernel_peers(
     let pinned = lwtun::tunnel::PinnedTunnel::open(folder).unwrap();
     pinned.peers().iter().map(|(p, peer)| (p, *peer)).collect()
 }
+
+/// Host `i` of a flood of /32 peers under `10.NET.0.0/16`: a GRE peer with `key` towards one
+/// of 200 remotes in 192.0.2.0/24, from 192.0.2.1 (the journal and monitor overflow tests).
+pub fn flood_host(net: u8, i: u32, key: u32) -> (ipnetwork::IpNetwork, lwtun::peer::EncapPeer) {
+    (
+        ipnetwork::IpNetwork::new([10, net, (i >> 8) as u8, i as u8].into(), 32).unwrap(),
+        lwtun::peer::EncapPeer::new(
+            [192, 0, 2, (i % 200 + 2) as u8].into(),
+            [192, 0, 2, 1].into(),
+            lwtun::peer::Encap::Gre {
+                key: Some(key),
+                checksum: false,
+            },
+        ),
+    )
+}
