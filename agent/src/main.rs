@@ -116,6 +116,7 @@ fn own_record(args: &Args, encap: Encap) -> Result<HostRecord, AgentError> {
     }
     let record = HostRecord {
         endpoint: args.endpoint,
+        other_endpoint: None,
         encap,
         prefixes,
     };
