@@ -24,7 +24,7 @@ use etcd_client::{
 use tokio::sync::mpsc;
 
 use crate::dataplane::PeerSink;
-use crate::fleet::{diff, Change, Fleet};
+use crate::fleet::{diff, Change, Diff, Fleet, PeerMap};
 use crate::record::HostRecord;
 use crate::report::{self, Reporter};
 use crate::status::{now_us, Status, StatusPeer};
@@ -104,6 +104,9 @@ pub struct Agent<S: PeerSink> {
     revision: i64,
     /// The last sync failed: retried at every keep-alive tick until it succeeds.
     retry: bool,
+    /// What the table holds, as this agent wrote it (`None`: read it from the sink at the next
+    /// sync). Lets a change be applied as the diff of the prefixes it touched only.
+    table: Option<PeerMap>,
     status: Status,
     /// Keeps a failure that repeats (etcd down, a full table) to one line per
     /// [`report::QUIET`].
@@ -126,6 +129,7 @@ impl<S: PeerSink> Agent<S> {
             lease: None,
             revision: 0,
             retry: false,
+            table: None,
             status,
             reporter: Reporter::default(),
         }
@@ -354,13 +358,46 @@ impl<S: PeerSink> Agent<S> {
         }
     }
 
+    /// The edits that bring the table to the fleet, and the table they make: the diff of the
+    /// prefixes the fleet changed since the last sync when the table is known, else of all.
+    fn edits(&mut self) -> (Diff, PeerMap) {
+        let changed = self.fleet.take_changed();
+        match (changed, self.table.take()) {
+            (Some(changed), Some(mut table)) if !self.retry => {
+                let mut d = Diff::default();
+                for p in changed {
+                    match (table.get(&p), self.fleet.desired_of(&p)) {
+                        (Some(_), None) => d.remove.push(p),
+                        (None, Some(want)) => d.insert.push((p, want)),
+                        (Some(have), Some(want)) if *have != want => d.replace.push((p, want)),
+                        _ => {}
+                    }
+                }
+                for p in &d.remove {
+                    table.remove(p);
+                }
+                for (p, e) in d.replace.iter().chain(&d.insert) {
+                    table.insert(*p, *e);
+                }
+                (d, table)
+            }
+            _ => {
+                let desired = self.fleet.desired();
+                let current = self.sink.current();
+                (
+                    diff(current.iter().map(|(p, e)| (*p, e)), &desired),
+                    desired,
+                )
+            }
+        }
+    }
+
     /// Applies the difference between the fleet and the table, and writes the status.
     fn sync(&mut self) -> Result<(), AgentError> {
-        let desired = self.fleet.desired();
-        let current = self.sink.current();
-        let d = diff(current.iter().map(|(p, e)| (*p, e)), &desired);
+        let (d, table) = self.edits();
         let endpoints = self.fleet.remote_endpoints();
         let mut error = None;
+        let mut known = Some(table);
         if !d.is_empty() {
             match self.sink.apply(&d) {
                 Ok(()) => eprintln!(
@@ -370,11 +407,16 @@ impl<S: PeerSink> Agent<S> {
                     d.insert.len(),
                     d.replace.len(),
                     d.remove.len(),
-                    desired.len()
+                    known.as_ref().map_or(0, |t| t.len())
                 ),
-                Err(e) => error = Some(format!("apply {} peer edits: {e}", d.len())),
+                Err(e) => {
+                    // part of it may be applied: read the table again next time
+                    known = None;
+                    error = Some(format!("apply {} peer edits: {e}", d.len()));
+                }
             }
         }
+        self.table = known;
         if endpoints != self.sink.remote_endpoints() {
             if let Err(e) = self.sink.set_remote_endpoints(&endpoints) {
                 error.get_or_insert(format!("decap peers: {e}"));
