@@ -10,7 +10,7 @@ use lwtun::decap::{Decap, DecapPeer};
 use lwtun::device::Device;
 use lwtun::netlink::Netlink;
 use lwtun::netns::NetNs;
-use lwtun::peer::Encap;
+use lwtun::peer::{Encap, PeerTable};
 use lwtun::tunnel::{Tunnel, WORST_CASE_ENCAP};
 
 use crate::fleet::{Diff, PeerMap};
@@ -90,6 +90,20 @@ impl PeerSink for MemoryTable {
     }
 }
 
+/// Applies `diff` to a tunnel's peer table: removals, replacements, additions, in batches.
+pub(crate) fn apply_to(peers: &mut PeerTable, diff: &Diff) -> Result<(), AgentError> {
+    if !diff.remove.is_empty() {
+        peers.remove_batch(&diff.remove)?;
+    }
+    for (p, e) in &diff.replace {
+        peers.replace(*p, *e)?;
+    }
+    if !diff.insert.is_empty() {
+        peers.insert_batch(&diff.insert)?;
+    }
+    Ok(())
+}
+
 /// What the data plane of one host is made of.
 #[derive(Debug, Clone)]
 pub struct DataPlaneConfig {
@@ -120,7 +134,7 @@ pub struct DataPlaneConfig {
 /// # Examples
 ///
 /// ```no_run
-/// use lwtun::peer::Encap;
+/// use lwtun::peer::{Encap, PeerTable};
 /// use lwtun_agent::dataplane::{DataPlane, DataPlaneConfig};
 ///
 /// let dp = DataPlane::open(&DataPlaneConfig {
@@ -202,6 +216,25 @@ impl DataPlane {
         })
     }
 
+    /// Decapsulates for `addr` too: a second endpoint of this host, of the other address family
+    /// than [`DataPlaneConfig::endpoint`] (see [`crate::fleet::Fleet::with_endpoint`]).
+    ///
+    /// # Errors
+    ///
+    /// [`AgentError::DataPlane`] when the decap refuses the address.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn f(dp: &mut lwtun_agent::dataplane::DataPlane) -> Result<(), lwtun_agent::AgentError> {
+    /// dp.add_endpoint("fd99::1".parse().unwrap())?;
+    /// # Ok(()) }
+    /// ```
+    pub fn add_endpoint(&mut self, addr: IpAddr) -> Result<(), AgentError> {
+        self.decap.add_local(addr)?;
+        Ok(())
+    }
+
     /// The tunnel (its peer table, routes, map ids).
     pub fn tunnel(&self) -> &Tunnel {
         &self.tunnel
@@ -219,17 +252,7 @@ impl PeerSink for DataPlane {
     }
 
     fn apply(&mut self, diff: &Diff) -> Result<(), AgentError> {
-        let peers = self.tunnel.peers_mut();
-        if !diff.remove.is_empty() {
-            peers.remove_batch(&diff.remove)?;
-        }
-        for (p, e) in &diff.replace {
-            peers.replace(*p, *e)?;
-        }
-        if !diff.insert.is_empty() {
-            peers.insert_batch(&diff.insert)?;
-        }
-        Ok(())
+        apply_to(self.tunnel.peers_mut(), diff)
     }
 
     fn set_remote_endpoints(&mut self, endpoints: &BTreeSet<IpAddr>) -> Result<(), AgentError> {

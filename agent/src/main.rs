@@ -42,9 +42,11 @@ struct Args {
     /// This host's name (its key is ROOT/FLEET/hosts/HOST)
     #[arg(long)]
     host: String,
-    /// This host's tunnel endpoint (outer address on the underlay)
-    #[arg(long)]
-    endpoint: IpAddr,
+    /// This host's tunnel endpoint (outer address on the underlay); give an IPv4 and an IPv6
+    /// one (repeat) when the underlay has both: at most one per family, the first is the one
+    /// agents before 0.2 use
+    #[arg(long, required = true)]
+    endpoint: Vec<IpAddr>,
     /// How the other hosts encapsulate towards this one
     #[arg(long, value_enum, default_value = "udp")]
     encap: EncapArg,
@@ -114,14 +116,30 @@ fn own_record(args: &Args, encap: Encap) -> Result<HostRecord, AgentError> {
             }
         }
     }
+    let (endpoint, other_endpoint) = endpoints(&args.endpoint)?;
     let record = HostRecord {
-        endpoint: args.endpoint,
-        other_endpoint: None,
+        endpoint,
+        other_endpoint,
         encap,
         prefixes,
     };
     HostRecord::decode(record.encode().as_bytes())
         .map_err(|e| AgentError::Config(format!("this host's record: {e}")))
+}
+
+/// The first `--endpoint` and the one of the other family, if given.
+fn endpoints(list: &[IpAddr]) -> Result<(IpAddr, Option<IpAddr>), AgentError> {
+    match list {
+        [first] => Ok((*first, None)),
+        [first, other] if first.is_ipv4() != other.is_ipv4() => Ok((*first, Some(*other))),
+        _ => Err(AgentError::Config(format!(
+            "--endpoint {}: give one, or one IPv4 and one IPv6",
+            list.iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(" --endpoint ")
+        ))),
+    }
 }
 
 async fn run(args: Args) -> Result<(), AgentError> {
@@ -143,17 +161,22 @@ async fn run(args: Args) -> Result<(), AgentError> {
         EncapArg::Ipip => Encap::Ipip,
     };
     let record = own_record(&args, encap)?;
+    let (endpoint, other_endpoint) = (record.endpoint, record.other_endpoint);
     let started = std::time::Instant::now();
     let dataplane = DataPlane::open(&DataPlaneConfig {
         netns: args.netns.clone(),
         device: args.device.clone(),
-        endpoint: args.endpoint,
+        endpoint,
         encap,
         sources: args.sources.clone(),
         steer: args.steer.clone(),
         capacity: args.capacity,
         pin: args.pin.clone(),
     })?;
+    let mut dataplane = dataplane;
+    if let Some(other) = other_endpoint {
+        dataplane.add_endpoint(other)?;
+    }
     eprintln!(
         "lwtun-agent {}: data plane loaded in {} ms ({} steered prefixes on {})",
         args.host,
@@ -161,11 +184,10 @@ async fn run(args: Args) -> Result<(), AgentError> {
         args.steer.len(),
         args.device
     );
-    let fleet = Fleet::new(
-        Layout::new(&args.root, &args.fleet)?,
-        &args.host,
-        args.endpoint,
-    );
+    let mut fleet = Fleet::new(Layout::new(&args.root, &args.fleet)?, &args.host, endpoint);
+    if let Some(other) = other_endpoint {
+        fleet = fleet.with_endpoint(other);
+    }
     let config = AgentConfig {
         etcd: args.etcd.clone(),
         host: args.host.clone(),
