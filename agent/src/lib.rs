@@ -33,6 +33,7 @@ pub mod layout;
 pub mod record;
 pub mod report;
 pub mod status;
+pub mod tables;
 
 /// What can go wrong in the agent.
 #[derive(Debug, thiserror::Error)]
