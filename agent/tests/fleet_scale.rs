@@ -1,5 +1,6 @@
-//! The fleet at scale: many agents in one process, each the real [`Agent`] with its own etcd
-//! session and lease against one real etcd, each writing its own real BPF peer tables
+//! The fleet at scale: many agents in one process, each the real [`Agent`] on a thread of its
+//! own (its own runtime, as a process would have) with its own etcd session and lease against
+//! one real etcd, each writing its own real BPF peer tables
 //! ([`TablesOnly`]: a loaded, pinned tunnel without routes or decap, so 100 hosts fit on a
 //! small machine). Host `i` publishes `P` prefixes (10.0.0.0/8 cut in /28s) behind endpoint
 //! 172.16.0.(i+1); every table must end up holding the other hosts' prefixes.
@@ -10,7 +11,8 @@
 //!   holds (N-1)×P peers;
 //! - one change: one host publishes one more prefix (and withdraws it) → the last table has it;
 //! - one host dying (its task killed: no more keep-alives, no revoke) → its prefixes gone from
-//!   every table after its lease (TTL 2 s) ends.
+//!   every table after its lease ends (TTL 3 s in the small test, 10 s, the agent's default,
+//!   in the measurement).
 //!
 //! After each, the pinned kernel tables are read back (prefix → endpoint, every entry).
 //!
@@ -22,7 +24,8 @@
 //! cargo test --release -p lwtun-agent --test fleet_scale -- --ignored --nocapture
 //! ```
 //!
-//! `LWTUN_FLEET_HOSTS` and `LWTUN_FLEET_PREFIXES` change its size.
+//! `LWTUN_FLEET_HOSTS` and `LWTUN_FLEET_PREFIXES` change its size, `LWTUN_FLEET_TTL` the
+//! lease.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -45,18 +48,20 @@ use lwtun_agent::record::HostRecord;
 use lwtun_agent::status::now_us;
 use lwtun_agent::tables::TablesOnly;
 use lwtun_agent::AgentError;
+use std::thread::JoinHandle;
 use support::{Etcd, TempDir};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-
-const TTL: i64 = 2;
+use tokio::sync::{mpsc, oneshot};
 
 /// What the test sees of one agent's table without asking the agent: its size after the last
-/// write and when that write returned.
+/// write, when that write returned, and how many peers it removed in all (a fleet that only
+/// grows removes none: more means churn, such as a lease lost under load).
 #[derive(Default)]
 struct Probe {
     peers: AtomicUsize,
     applied_at_us: AtomicU64,
+    removed: AtomicUsize,
+    /// Time spent in table writes (the kernel's LPM inserts and removals), in µs.
+    writing_us: AtomicU64,
 }
 
 /// The agent's sink: real tables, and the probe updated after every write.
@@ -71,7 +76,14 @@ impl PeerSink for Observed {
     }
 
     fn apply(&mut self, diff: &Diff) -> Result<(), AgentError> {
+        let started = Instant::now();
         let r = self.tables.apply(diff);
+        self.probe
+            .writing_us
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::SeqCst);
+        self.probe
+            .removed
+            .fetch_add(diff.remove.len() + diff.replace.len(), Ordering::SeqCst);
         self.probe
             .peers
             .store(self.tables.tunnel().peers().len(), Ordering::SeqCst);
@@ -105,19 +117,21 @@ fn slot(n: usize) -> IpNetwork {
 
 struct Running {
     control: mpsc::Sender<Control>,
-    task: JoinHandle<Result<(), AgentError>>,
+    /// Dropping it (or sending) kills the agent: its future is dropped mid-flight, no revoke.
+    kill: oneshot::Sender<()>,
+    thread: JoinHandle<Result<(), AgentError>>,
 }
 
 // Field order is drop order: the agents (and their tables) before etcd and the folders.
 struct Sim {
     agents: Vec<Option<Running>>,
     probes: Vec<Arc<Probe>>,
-    rt: tokio::runtime::Runtime,
     etcd: Etcd,
     pins: common::PinDir,
     _dir: TempDir,
     hosts: usize,
     prefixes: usize,
+    ttl: i64,
     layout: Layout,
 }
 
@@ -140,7 +154,7 @@ impl Sim {
     }
 
     /// Loads every host's tables (not started yet).
-    fn new(hosts: usize, prefixes: usize) -> (Sim, Vec<TablesOnly>, Duration) {
+    fn new(hosts: usize, prefixes: usize, ttl: i64) -> (Sim, Vec<TablesOnly>, Duration) {
         let dir = TempDir::new("scale");
         let etcd = Etcd::start(&dir.0);
         let pins = common::PinDir::new("agent-scale");
@@ -154,20 +168,15 @@ impl Sim {
             })
             .collect();
         let load = started.elapsed();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
         let sim = Sim {
             agents: Vec::new(),
             probes: (0..hosts).map(|_| Arc::default()).collect(),
-            rt,
             etcd,
             pins,
             _dir: dir,
             hosts,
             prefixes,
+            ttl,
             layout: Layout::new("/lwtun/fleet", &format!("scale{}", std::process::id())).unwrap(),
         };
         (sim, tables, load)
@@ -181,7 +190,7 @@ impl Sim {
                 etcd: vec![self.etcd.url()],
                 host: format!("h{i}"),
                 record,
-                lease_ttl: TTL,
+                lease_ttl: self.ttl,
                 status: None,
             };
             let sink = Observed {
@@ -189,11 +198,28 @@ impl Sim {
                 probe: self.probes[i].clone(),
             };
             let (control, rx) = mpsc::channel(4);
-            let task = self.rt.spawn(async move {
-                let mut agent = Agent::new(config, fleet, sink);
-                agent.run(rx).await
-            });
-            self.agents.push(Some(Running { control, task }));
+            let (kill, killed) = oneshot::channel::<()>();
+            let thread = std::thread::Builder::new()
+                .name(format!("agent-h{i}"))
+                .spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    rt.block_on(async move {
+                        let mut agent = Agent::new(config, fleet, sink);
+                        tokio::select! {
+                            r = agent.run(rx) => r,
+                            _ = killed => Ok(()),
+                        }
+                    })
+                })
+                .unwrap();
+            self.agents.push(Some(Running {
+                control,
+                kill,
+                thread,
+            }));
         }
     }
 
@@ -226,7 +252,7 @@ impl Sim {
                 return Duration::from_micros(last.saturating_sub(t0_us));
             }
             for i in self.alive() {
-                if self.agents[i].as_ref().unwrap().task.is_finished() {
+                if self.agents[i].as_ref().unwrap().thread.is_finished() {
                     panic!("{what}: agent h{i} stopped");
                 }
             }
@@ -274,19 +300,53 @@ impl Sim {
     }
 
     fn publish(&self, i: usize, record: HostRecord) {
-        let control = self.agents[i].as_ref().unwrap().control.clone();
-        self.rt
-            .block_on(control.send(Control::Publish(record)))
-            .unwrap();
+        let control = &self.agents[i].as_ref().unwrap().control;
+        control.blocking_send(Control::Publish(record)).unwrap();
     }
 
     fn stop(&mut self) {
         for r in self.agents.iter_mut().filter_map(Option::take) {
-            let _ = self.rt.block_on(r.control.send(Control::Shutdown));
-            let result = self.rt.block_on(r.task).unwrap();
-            result.unwrap();
+            let _ = r.control.blocking_send(Control::Shutdown);
+            r.thread.join().unwrap().unwrap();
         }
     }
+
+    /// Peers removed by every running agent so far.
+    fn removed(&self) -> usize {
+        self.alive()
+            .map(|i| self.probes[i].removed.load(Ordering::SeqCst))
+            .sum()
+    }
+}
+
+/// CPU time (user + system) used so far by process `pid` ("self": this one).
+fn cpu(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // after the command name in parentheses: state is field 3, utime 14, stime 15
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let fields: Vec<u64> = rest.split(' ').map(|f| f.parse().unwrap_or(0)).collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let ticks = fields.get(11).unwrap_or(&0) + fields.get(12).unwrap_or(&0);
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+/// The pid of the etcd whose data dir is under `dir`.
+fn etcd_pid(dir: &std::path::Path) -> String {
+    let want = dir.to_string_lossy().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| {
+                    let c = String::from_utf8_lossy(&c);
+                    c.starts_with(support::ETCD) && c.contains(&want)
+                })
+                .unwrap_or(false)
+        })
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .expect("etcd's pid")
 }
 
 fn ms(d: Duration) -> String {
@@ -299,9 +359,9 @@ fn say(line: &str) {
 
 /// Runs the three moments on `hosts` × `prefixes`, checks the kernel tables after each, and
 /// returns the figures as printable lines.
-fn scale(hosts: usize, prefixes: usize, samples: usize) -> Vec<String> {
+fn scale(hosts: usize, prefixes: usize, samples: usize, ttl: i64) -> Vec<String> {
     let mut figures = Vec::new();
-    let (mut sim, tables, load) = Sim::new(hosts, prefixes);
+    let (mut sim, tables, load) = Sim::new(hosts, prefixes, ttl);
     figures.push(format!(
         "load {hosts} tunnels (BPF load + verify, tables pinned), before the agents start: {} ({} each)",
         ms(load),
@@ -310,14 +370,31 @@ fn scale(hosts: usize, prefixes: usize, samples: usize) -> Vec<String> {
     let full = (hosts - 1) * prefixes;
 
     // --- initial convergence ---
+    let etcd = etcd_pid(&sim._dir.0);
+    let (agents_cpu, etcd_cpu) = (cpu("self"), cpu(&etcd));
     let t0 = now_us();
     sim.start(tables);
     let initial = sim.wait("initial convergence", t0, Duration::from_secs(300), |_| {
         full
     });
+    let (agents_cpu, etcd_cpu) = (cpu("self") - agents_cpu, cpu(&etcd) - etcd_cpu);
+    let writing: u64 = sim
+        .probes
+        .iter()
+        .map(|p| p.writing_us.load(Ordering::SeqCst))
+        .sum();
     figures.push(format!(
-        "initial convergence: {hosts} agents start at once -> every table holds {full} peers: {}",
-        ms(initial)
+        "initial convergence: {hosts} agents start at once -> every table holds {full} peers: {} \
+         ({} peers removed on the way: churn)",
+        ms(initial),
+        sim.removed()
+    ));
+    say(&figures[figures.len() - 1]);
+    figures.push(format!(
+        "  CPU meanwhile: agents {} (of which table writes {}), etcd {}",
+        ms(agents_cpu),
+        ms(Duration::from_micros(writing)),
+        ms(etcd_cpu)
     ));
     say(&figures[figures.len() - 1]);
     let publishers: Vec<(usize, Vec<IpNetwork>)> = (0..hosts)
@@ -367,14 +444,13 @@ fn scale(hosts: usize, prefixes: usize, samples: usize) -> Vec<String> {
     let dead = hosts - 1;
     let running = sim.agents[dead].take().unwrap();
     let t0 = now_us();
-    running.task.abort();
-    let _ = sim.rt.block_on(running.task);
-    let gone = sim.wait("dead host removed", t0, Duration::from_secs(30), |_| {
-        full - prefixes
-    });
+    drop(running.kill);
+    let _ = running.thread.join().unwrap();
+    let patience = Duration::from_secs(ttl as u64 + 30);
+    let gone = sim.wait("dead host removed", t0, patience, |_| full - prefixes);
     let first = sim.first_write(dead);
     figures.push(format!(
-        "one host dies (lease TTL {TTL} s) -> its {prefixes} prefixes gone from every table: {} \
+        "one host dies (lease TTL {ttl} s) -> its {prefixes} prefixes gone from every table: {} \
          (first table -> last table: {})",
         ms(gone),
         ms(Duration::from_micros(
@@ -406,7 +482,7 @@ fn ten_agents_converge_on_real_tables() {
     {
         return;
     }
-    let figures = scale(10, 200, 2);
+    let figures = scale(10, 200, 2, 3);
     print(10, 200, &figures);
 }
 
@@ -426,6 +502,9 @@ fn fleet_scale_100_agents_x_1000_prefixes() {
     };
     let hosts = size("LWTUN_FLEET_HOSTS", 100).max(2);
     let prefixes = size("LWTUN_FLEET_PREFIXES", 1000).max(1);
-    let figures = scale(hosts, prefixes, 10);
+    // The production default: 100 agents' work squeezed onto a few shared cores can delay a
+    // keep-alive by seconds, which a short lease turns into churn (counted in the figures).
+    let ttl = size("LWTUN_FLEET_TTL", 10) as i64;
+    let figures = scale(hosts, prefixes, 10, ttl);
     print(hosts, prefixes, &figures);
 }
