@@ -18,12 +18,15 @@
 //! While watching, the agent also repairs what someone else changed ([`crate::repair`]):
 //! every [`ROUTE_REPAIR_POLL`] it reports the routes its data plane put back, and every
 //! reconcile interval ([`Agent::with_reconcile_interval`], default
-//! [`DEFAULT_RECONCILE_INTERVAL`]) it compares the table with the fleet and checks the decap,
-//! putting back what differs. Each repair is one log line and counted in [`RepairStats`].
+//! [`DEFAULT_RECONCILE_INTERVAL`]) it checks the data plane (the kernel's tables against what
+//! the agent wrote, the decap, the routes), putting back what differs; one reconcile in six
+//! (and every one while the table is unknown or a sync failed) also compares the whole table
+//! with the fleet. Each repair is one log line and counted in [`RepairStats`].
 //! While etcd is away the data plane is still repaired (routes at once by the keeper, the
 //! reconcile towards the fleet last seen, between reconnection attempts), and reported.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions, WatchStream};
@@ -32,7 +35,8 @@ use tracing::{info, warn};
 
 use crate::dataplane::{PeerSink, ROUTE_REPAIR_POLL};
 use crate::etcd::EtcdAccess;
-use crate::fleet::{diff, Change, Fleet};
+use crate::fleet::{diff, Change, Diff, Fleet, PeerMap};
+use crate::lease::{LeaseEnd, LeaseKeeper};
 use crate::metrics::{Metrics, Run};
 use crate::record::HostRecord;
 use crate::repair::{Repair, RepairStats, DEFAULT_RECONCILE_INTERVAL};
@@ -42,6 +46,10 @@ use crate::AgentError;
 
 /// How long one unary etcd call may take before the session counts as lost.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One reconcile in this many compares the whole table with the fleet (see
+/// [`Agent::with_reconcile_interval`]); the others check the data plane only.
+const FULL_COMPARE_EVERY: u32 = 6;
 
 /// The largest etcd answer taken (a Get of the whole fleet): gRPC's default of 4 MiB would hold
 /// only a few large records (etcd takes values up to 1.5 MiB each).
@@ -118,6 +126,11 @@ pub struct Agent<S: PeerSink> {
     revision: i64,
     /// The last sync failed: retried at every keep-alive tick until it succeeds.
     retry: bool,
+    /// What the table holds, as this agent wrote it (`None`: read it from the sink at the next
+    /// sync). Lets a change be applied as the diff of the prefixes it touched only.
+    table: Option<Arc<PeerMap>>,
+    /// Reconciles since the last full compare of the table with the fleet.
+    compares_skipped: u32,
     status: Status,
     /// Keeps a failure that repeats (etcd down, a full table) to one line per
     /// [`report::QUIET`].
@@ -154,6 +167,8 @@ impl<S: PeerSink> Agent<S> {
             lease: None,
             revision: 0,
             retry: false,
+            table: None,
+            compares_skipped: 0,
             status,
             reporter: Reporter::default(),
             metrics: Metrics::default(),
@@ -458,7 +473,13 @@ impl<S: PeerSink> Agent<S> {
     ) -> Result<Exit, AgentError> {
         self.publish(client).await?;
         let lease = self.lease.unwrap_or_default();
-        let (mut keeper, mut alive) = timed(client.lease_keep_alive(lease)).await?;
+        // on its own thread: a long table write here does not starve it
+        let mut keeper = LeaseKeeper::start(
+            self.config.etcd.clone(),
+            self.access.connect_options(),
+            lease,
+            self.config.lease_ttl,
+        );
         if self.revision == 0 {
             self.full_sync(client).await?;
         }
@@ -552,24 +573,21 @@ impl<S: PeerSink> Agent<S> {
                     if progress_asked.is_none() && watch.request_progress().await.is_ok() {
                         progress_asked = Some(std::time::Instant::now());
                     }
-                    if let Err(e) = keeper.keep_alive().await {
-                        return Ok(Exit::Lost(format!("lease keep-alive: {}", self.etcd_error(e))));
-                    }
                     if self.retry {
                         // the last sync failed (a full table, a kernel error): try again
                         self.metrics.reconcile(Run::Retry);
                         self.sync()?;
                     }
                 }
-                answer = alive.message() => match answer {
-                    Ok(Some(r)) if r.ttl() <= 0 => {
+                end = keeper.ended() => return Ok(Exit::Lost(match end {
+                    LeaseEnd::Expired => {
                         self.lease = None;
-                        return Ok(Exit::Lost(format!("lease {lease:x} expired")));
+                        format!("lease {lease:x} expired")
                     }
-                    Ok(Some(_)) => {}
-                    Ok(None) => return Ok(Exit::Lost("keep-alive stream ended".into())),
-                    Err(e) => return Ok(Exit::Lost(format!("keep-alive: {}", self.etcd_error(e)))),
-                },
+                    LeaseEnd::Failed(e) => format!("lease keep-alive: {}", self.etcd_error(e)),
+                    LeaseEnd::StreamEnded => "keep-alive stream ended".into(),
+                    LeaseEnd::Stopped(why) => format!("lease keep-alive: {why}"),
+                })),
                 c = control.recv() => match c {
                     Some(Control::Publish(record)) => {
                         self.config.record = record;
@@ -587,13 +605,48 @@ impl<S: PeerSink> Agent<S> {
         }
     }
 
+    /// The edits that bring the table to the fleet, and the table they make: the diff of the
+    /// prefixes the fleet changed since the last sync when the table is known, else of all.
+    fn edits(&mut self) -> (Diff, Arc<PeerMap>) {
+        let changed = self.fleet.take_changed();
+        match (changed, self.table.take()) {
+            (Some(changed), Some(mut shared)) if !self.retry => {
+                // the metrics hold a weak reference only: no copy
+                let table = Arc::make_mut(&mut shared);
+                let mut d = Diff::default();
+                for p in changed {
+                    match (table.get(&p), self.fleet.desired_of(&p)) {
+                        (Some(_), None) => d.remove.push(p),
+                        (None, Some(want)) => d.insert.push((p, want)),
+                        (Some(have), Some(want)) if *have != want => d.replace.push((p, want)),
+                        _ => {}
+                    }
+                }
+                for p in &d.remove {
+                    table.remove(p);
+                }
+                for (p, e) in d.replace.iter().chain(&d.insert) {
+                    table.insert(*p, *e);
+                }
+                (d, shared)
+            }
+            _ => {
+                let desired = self.fleet.desired();
+                let current = self.sink.current();
+                (
+                    diff(current.iter().map(|(p, e)| (*p, e)), &desired),
+                    Arc::new(desired),
+                )
+            }
+        }
+    }
+
     /// Applies the difference between the fleet and the table, and writes the status.
     fn sync(&mut self) -> Result<(), AgentError> {
-        let desired = self.fleet.desired();
-        let current = self.sink.current();
-        let d = diff(current.iter().map(|(p, e)| (*p, e)), &desired);
+        let (d, table) = self.edits();
         let endpoints = self.fleet.remote_endpoints();
         let mut error = None;
+        let mut known = true;
         if !d.is_empty() {
             match self.sink.apply(&d) {
                 Ok(()) => info!(
@@ -602,11 +655,16 @@ impl<S: PeerSink> Agent<S> {
                     d.insert.len(),
                     d.replace.len(),
                     d.remove.len(),
-                    desired.len()
+                    table.len()
                 ),
-                Err(e) => error = Some(format!("apply {} peer edits: {e}", d.len())),
+                Err(e) => {
+                    // part of it may be applied: read the table again next time
+                    known = false;
+                    error = Some(format!("apply {} peer edits: {e}", d.len()));
+                }
             }
         }
+        self.table = known.then(|| table.clone());
         if endpoints != self.sink.remote_endpoints() {
             if let Err(e) = self.sink.set_remote_endpoints(&endpoints) {
                 error.get_or_insert(format!("decap peers: {e}"));
@@ -622,7 +680,7 @@ impl<S: PeerSink> Agent<S> {
         self.status.revision = self.revision;
         self.retry = error.is_some();
         self.metrics
-            .synced(&self.fleet, desired, self.revision, error.as_deref());
+            .synced_shared(&self.fleet, &table, self.revision, error.as_deref());
         self.status.last_error = error;
         self.status.rejected = self.fleet.rejected().clone();
         self.write_status()
@@ -635,9 +693,27 @@ impl<S: PeerSink> Agent<S> {
         let started = std::time::Instant::now();
         self.metrics.reconcile(Run::Repair);
         let mut done = self.sink.check();
-        let desired = self.fleet.desired();
-        let current = self.sink.current();
-        let drift = diff(current.iter().map(|(p, e)| (*p, e)), &desired).len();
+        // The sink's table changes only by this agent's edits (`check` has just put back the
+        // kernel's copy), so while the agent knows what it wrote the fleet-vs-table compare —
+        // O(table), a rebuild of the whole desired table — is a safety net against this
+        // agent's own mistakes: run every FULL_COMPARE_EVERY reconciles, and always when the
+        // table is unknown or the last sync failed.
+        self.compares_skipped += 1;
+        let full =
+            self.table.is_none() || self.retry || self.compares_skipped >= FULL_COMPARE_EVERY;
+        let drift = if full {
+            self.compares_skipped = 0;
+            let desired = self.fleet.desired();
+            let current = self.sink.current();
+            let drift = diff(current.iter().map(|(p, e)| (*p, e)), &desired).len();
+            if drift > 0 {
+                // what it wrote is not what the table holds: start again from the table
+                self.table = None;
+            }
+            drift
+        } else {
+            0
+        };
         let endpoints_drift = self.fleet.remote_endpoints() != self.sink.remote_endpoints();
         if drift > 0 || endpoints_drift || !done.is_empty() || self.retry {
             let failed_before = self.retry;

@@ -119,9 +119,12 @@ pub struct Options {
     /// This host's name (its key is ROOT/FLEET/hosts/HOST) (required)
     #[arg(long)]
     pub host: Option<String>,
-    /// This host's tunnel endpoint (outer address on the underlay) (required)
+    /// This host's tunnel endpoint (outer address on the underlay) (required); repeat it for an
+    /// IPv4 and an IPv6 one when the underlay has both (the first is the one agents before 0.2
+    /// read). In the file, an address or a list: `endpoint = ["10.0.0.17", "fd00::17"]`
     #[arg(long)]
-    pub endpoint: Option<IpAddr>,
+    #[serde(deserialize_with = "one_or_many")]
+    pub endpoint: Vec<IpAddr>,
     /// How the other hosts encapsulate towards this one [default: udp]
     #[arg(long, value_enum)]
     pub encap: Option<EncapKind>,
@@ -208,6 +211,33 @@ impl Options {
     }
 }
 
+/// `endpoint = "10.0.0.17"` or `endpoint = ["10.0.0.17", "fd00::17"]`: one address or a list.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<IpAddr>, D::Error> {
+    struct OneOrMany;
+    impl<'de> serde::de::Visitor<'de> for OneOrMany {
+        type Value = Vec<IpAddr>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an IP address or a list of IP addresses")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            v.parse()
+                .map(|a| vec![a])
+                .map_err(|e| E::custom(format!("{v:?}: {e}")))
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut all = Vec::new();
+            while let Some(a) = seq.next_element()? {
+                all.push(a);
+            }
+            Ok(all)
+        }
+    }
+    d.deserialize_any(OneOrMany)
+}
+
 /// The long flag of a key (`lease_ttl` → `--lease-ttl`, `prefixes` → `--prefix`).
 fn flag_of(key: &str) -> String {
     let cmd = <Options as clap::Args>::augment_args(clap::Command::new("lwtun-agent"));
@@ -227,7 +257,7 @@ fn flag_of(key: &str) -> String {
 /// use lwtun_agent::config::{Config, Options};
 ///
 /// let flags = Options {
-///     fleet: Some("f".into()), host: Some("h1".into()), endpoint: Some("10.99.0.1".parse().unwrap()),
+///     fleet: Some("f".into()), host: Some("h1".into()), endpoint: vec!["10.99.0.1".parse().unwrap()],
 ///     device: Some("eth0".into()), steer: vec!["10.192.0.0/10".parse().unwrap()],
 ///     sources: vec!["10.200.1.1".parse().unwrap()], ..Options::default()
 /// };
@@ -293,7 +323,7 @@ impl Config {
     /// ```
     /// # use lwtun_agent::config::{Config, Options};
     /// # let flags = Options { fleet: Some("f".into()), host: Some("h1".into()),
-    /// #     endpoint: Some("10.99.0.1".parse().unwrap()), device: Some("eth0".into()),
+    /// #     endpoint: vec!["10.99.0.1".parse().unwrap()], device: Some("eth0".into()),
     /// #     steer: vec!["10.192.0.0/10".parse().unwrap()], sources: vec!["10.200.1.1".parse().unwrap()],
     /// #     ..Options::default() };
     /// let config = Config::load(None, &flags)?;
@@ -311,7 +341,7 @@ impl Config {
     /// ```
     /// # use lwtun_agent::config::{Config, Options};
     /// # let flags = Options { fleet: Some("f".into()), host: Some("h1".into()),
-    /// #     endpoint: Some("10.99.0.1".parse().unwrap()), device: Some("eth0".into()),
+    /// #     endpoint: vec!["10.99.0.1".parse().unwrap()], device: Some("eth0".into()),
     /// #     steer: vec!["10.192.0.0/10".parse().unwrap()], sources: vec!["10.200.1.1".parse().unwrap()],
     /// #     ..Options::default() };
     /// assert!(Config::load(None, &flags)?.file().is_none());
@@ -328,7 +358,7 @@ impl Config {
     /// ```
     /// # use lwtun_agent::config::{Config, Options};
     /// # let flags = Options { fleet: Some("f".into()), host: Some("h1".into()),
-    /// #     endpoint: Some("10.99.0.1".parse().unwrap()), device: Some("eth0".into()),
+    /// #     endpoint: vec!["10.99.0.1".parse().unwrap()], device: Some("eth0".into()),
     /// #     steer: vec!["10.192.0.0/10".parse().unwrap()], sources: vec!["10.200.1.1".parse().unwrap()],
     /// #     ..Options::default() };
     /// let text = Config::load(None, &flags)?.to_toml();
@@ -346,7 +376,7 @@ impl Config {
     /// ```
     /// # use lwtun_agent::config::{Config, Options};
     /// # let flags = Options { fleet: Some("f".into()), host: Some("h1".into()),
-    /// #     endpoint: Some("10.99.0.1".parse().unwrap()), device: Some("eth0".into()),
+    /// #     endpoint: vec!["10.99.0.1".parse().unwrap()], device: Some("eth0".into()),
     /// #     steer: vec!["10.192.0.0/10".parse().unwrap()], sources: vec!["10.200.1.1".parse().unwrap()],
     /// #     ..Options::default() };
     /// let config = Config::load(None, &flags)?;
@@ -390,7 +420,7 @@ impl Config {
         let required: [(&str, bool); 6] = [
             ("fleet", o.fleet.is_none()),
             ("host", o.host.is_none()),
-            ("endpoint", o.endpoint.is_none()),
+            ("endpoint", o.endpoint.is_empty()),
             ("device", o.device.is_none()),
             ("steer", o.steer.is_empty()),
             ("sources", o.sources.is_empty()),
@@ -405,6 +435,22 @@ impl Config {
                     "key \"{key}\" (flag {}) is required{whence}",
                     flag_of(key)
                 )));
+            }
+        }
+        match o.endpoint.as_slice() {
+            [] | [_] => {}
+            [a, b] if a.is_ipv4() != b.is_ipv4() => {}
+            list => {
+                return Err(self.bad(
+                    "endpoint",
+                    format!(
+                        "{}: give one address, or one IPv4 and one IPv6",
+                        list.iter()
+                            .map(|a| a.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ))
             }
         }
         if let Some(host) = &o.host {
@@ -484,7 +530,7 @@ impl Config {
     /// ```
     /// # use lwtun_agent::config::{Config, Options};
     /// # let flags = Options { fleet: Some("f".into()), host: Some("h1".into()),
-    /// #     endpoint: Some("10.99.0.1".parse().unwrap()), device: Some("eth0".into()),
+    /// #     endpoint: vec!["10.99.0.1".parse().unwrap()], device: Some("eth0".into()),
     /// #     steer: vec!["10.192.0.0/10".parse().unwrap()], sources: vec!["10.200.1.1".parse().unwrap()],
     /// #     ..Options::default() };
     /// let config = Config::load(None, &flags)?;
@@ -524,7 +570,7 @@ impl Config {
     /// ```
     /// # use lwtun_agent::config::{Config, Options};
     /// # let flags = Options { fleet: Some("f".into()), host: Some("h1".into()),
-    /// #     endpoint: Some("10.99.0.1".parse().unwrap()), device: Some("eth0".into()),
+    /// #     endpoint: vec!["10.99.0.1".parse().unwrap()], device: Some("eth0".into()),
     /// #     steer: vec!["10.192.0.0/10".parse().unwrap()], sources: vec!["10.200.1.1".parse().unwrap()],
     /// #     ..Options::default() };
     /// let config = Config::load(None, &flags)?;

@@ -15,7 +15,7 @@ use lwtun::device::Device;
 use lwtun::monitor::Event;
 use lwtun::netlink::Netlink;
 use lwtun::netns::NetNs;
-use lwtun::peer::Encap;
+use lwtun::peer::{Encap, PeerTable};
 use lwtun::route::lwt_routes;
 use lwtun::tc::{self, TcDirection};
 use lwtun::tunnel::{Tunnel, WORST_CASE_ENCAP};
@@ -116,6 +116,20 @@ impl PeerSink for MemoryTable {
     }
 }
 
+/// Applies `diff` to a tunnel's peer table: removals, replacements, additions, in batches.
+pub(crate) fn apply_to(peers: &mut PeerTable, diff: &Diff) -> Result<(), AgentError> {
+    if !diff.remove.is_empty() {
+        peers.remove_batch(&diff.remove)?;
+    }
+    for (p, e) in &diff.replace {
+        peers.replace(*p, *e)?;
+    }
+    if !diff.insert.is_empty() {
+        peers.insert_batch(&diff.insert)?;
+    }
+    Ok(())
+}
+
 /// What the data plane of one host is made of.
 #[derive(Debug, Clone)]
 pub struct DataPlaneConfig {
@@ -150,7 +164,7 @@ pub struct DataPlaneConfig {
 /// # Examples
 ///
 /// ```no_run
-/// use lwtun::peer::Encap;
+/// use lwtun::peer::{Encap, PeerTable};
 /// use lwtun_agent::dataplane::{DataPlane, DataPlaneConfig};
 ///
 /// let dp = DataPlane::open(&DataPlaneConfig {
@@ -177,6 +191,8 @@ pub struct DataPlane {
     /// The steered prefixes (re-steered by [`PeerSink::check`] when their route is gone).
     steer: Vec<IpNetwork>,
     endpoints: BTreeSet<IpAddr>,
+    /// This host's own endpoints: the decap's local addresses.
+    locals: BTreeSet<IpAddr>,
 }
 
 impl std::fmt::Debug for DataPlane {
@@ -238,6 +254,7 @@ impl DataPlane {
             device,
             steer: config.steer.clone(),
             endpoints: BTreeSet::new(),
+            locals: BTreeSet::from([config.endpoint]),
         })
     }
 
@@ -306,6 +323,26 @@ impl DataPlane {
         Ok(())
     }
 
+    /// Decapsulates for `addr` too: a second endpoint of this host, of the other address family
+    /// than [`DataPlaneConfig::endpoint`] (see [`crate::fleet::Fleet::with_endpoint`]).
+    ///
+    /// # Errors
+    ///
+    /// [`AgentError::DataPlane`] when the decap refuses the address.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn f(dp: &mut lwtun_agent::dataplane::DataPlane) -> Result<(), lwtun_agent::AgentError> {
+    /// dp.add_endpoint("fd99::1".parse().unwrap())?;
+    /// # Ok(()) }
+    /// ```
+    pub fn add_endpoint(&mut self, addr: IpAddr) -> Result<(), AgentError> {
+        self.decap.add_local(addr)?;
+        self.locals.insert(addr);
+        Ok(())
+    }
+
     /// The tunnel (its peer table, routes, map ids).
     pub fn tunnel(&self) -> &Tunnel {
         &self.tunnel
@@ -323,17 +360,7 @@ impl PeerSink for DataPlane {
     }
 
     fn apply(&mut self, diff: &Diff) -> Result<(), AgentError> {
-        let peers = self.tunnel.peers_mut();
-        if !diff.remove.is_empty() {
-            peers.remove_batch(&diff.remove)?;
-        }
-        for (p, e) in &diff.replace {
-            peers.replace(*p, *e)?;
-        }
-        if !diff.insert.is_empty() {
-            peers.insert_batch(&diff.insert)?;
-        }
-        Ok(())
+        apply_to(self.tunnel.peers_mut(), diff)
     }
 
     fn set_remote_endpoints(&mut self, endpoints: &BTreeSet<IpAddr>) -> Result<(), AgentError> {
@@ -414,6 +441,31 @@ impl PeerSink for DataPlane {
             }
             Err(e) => done.push(Repair::DecapNotRepaired {
                 error: format!("read decap sources: {e}"),
+            }),
+        }
+        match self.decap.locals() {
+            Ok(have) => {
+                let missing: Vec<IpAddr> = self
+                    .locals
+                    .iter()
+                    .filter(|a| !have.contains(a))
+                    .copied()
+                    .collect();
+                let mut back = Vec::new();
+                for addr in missing {
+                    match self.decap.add_local(addr) {
+                        Ok(()) => back.push(addr),
+                        Err(e) => done.push(Repair::DecapNotRepaired {
+                            error: format!("add local address {addr} again: {e}"),
+                        }),
+                    }
+                }
+                if !back.is_empty() {
+                    done.push(Repair::DecapLocalsRestored { addresses: back });
+                }
+            }
+            Err(e) => done.push(Repair::DecapNotRepaired {
+                error: format!("read decap local addresses: {e}"),
             }),
         }
         done

@@ -9,8 +9,13 @@
 //!   refused whole and the host is treated as absent; the refusal and its reason are kept in
 //!   [`Fleet::rejected`] (the agent reports them in its status). Its previous good value is *not*
 //!   kept: a host that publishes garbage loses its peers, it does not freeze them.
-//! - A host whose endpoint is of the other address family than this host's endpoint, or is this
-//!   host's own endpoint, is refused too (this host cannot send to it).
+//! - A host with no endpoint of a family this host has an endpoint of, or with one of this
+//!   host's own endpoints, is refused too (this host cannot send to it).
+//! - Endpoints by family: a host may publish an IPv4 and an IPv6 endpoint, and this host may
+//!   have both too ([`Fleet::with_endpoint`]). A prefix's peer uses the outer family of the
+//!   prefix when both hosts have it (IPv4 prefixes in IPv4, IPv6 prefixes in IPv6), else the
+//!   family both have (an IPv6 prefix rides IPv4 to a host reachable only by IPv4, and the
+//!   reverse); the outer source is this host's endpoint of that family.
 //! - Two hosts claiming the same prefix (exactly the same network and length): the claim whose
 //!   key was created first in etcd (lowest create revision; the host name breaks a tie, which
 //!   etcd never makes) wins; the later claimant gets no peer for that prefix until the earlier
@@ -20,7 +25,7 @@
 //! - Overlapping but different prefixes (`10.1.0.0/16` and `10.1.2.0/24`) are no conflict: the
 //!   table is longest-prefix-match.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
@@ -62,9 +67,17 @@ pub type PeerMap = BTreeMap<IpNetwork, EncapPeer>;
 pub struct Fleet {
     layout: Layout,
     me: String,
-    endpoint: IpAddr,
+    /// This host's endpoints, at most one per family.
+    endpoints: Vec<IpAddr>,
     members: BTreeMap<String, Member>,
     rejected: BTreeMap<String, String>,
+    /// Who claims each prefix, oldest claim first (the other hosts' accepted members only).
+    claims: BTreeMap<IpNetwork, BTreeSet<(i64, String)>>,
+    /// The prefixes this host publishes itself (never peers).
+    own: BTreeSet<IpNetwork>,
+    /// Prefixes whose peer may have changed since [`Fleet::take_changed`]; `None`: all of them
+    /// (after [`Fleet::clear`]).
+    changed: Option<BTreeSet<IpNetwork>>,
 }
 
 /// What a [`Fleet::put`] or [`Fleet::delete`] did.
@@ -84,10 +97,51 @@ impl Fleet {
         Fleet {
             layout,
             me: me.to_string(),
-            endpoint,
+            endpoints: vec![endpoint],
             members: BTreeMap::new(),
             rejected: BTreeMap::new(),
+            claims: BTreeMap::new(),
+            own: BTreeSet::new(),
+            changed: None,
         }
+    }
+
+    /// The fleet seen from a host that has `other` as a second endpoint, of the other address
+    /// family than the first: hosts reachable only by that family are accepted, and prefixes of
+    /// that family go in it where the publisher has it too (see the module docs). An address of
+    /// a family this host has already replaces that endpoint.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lwtun_agent::fleet::Fleet;
+    /// use lwtun_agent::layout::Layout;
+    ///
+    /// let mut fleet = Fleet::new(Layout::new("/lwtun/fleet", "f")?, "a", "10.99.0.1".parse().unwrap())
+    ///     .with_endpoint("fd99::1".parse().unwrap());
+    /// fleet.put(b"/lwtun/fleet/f/hosts/b",
+    ///     br#"{"endpoint":"fd99::2","encap":"ipip","prefixes":["10.200.2.0/24"]}"#, 5);
+    /// let peer = fleet.desired()[&"10.200.2.0/24".parse().unwrap()];
+    /// assert_eq!(peer.local, "fd99::1".parse::<std::net::IpAddr>().unwrap(), "4in6: b has only IPv6");
+    /// # Ok::<(), lwtun_agent::AgentError>(())
+    /// ```
+    pub fn with_endpoint(mut self, other: IpAddr) -> Self {
+        self.endpoints.retain(|e| e.is_ipv4() != other.is_ipv4());
+        self.endpoints.push(other);
+        self
+    }
+
+    /// This host's endpoints (one per family).
+    pub fn endpoints(&self) -> &[IpAddr] {
+        &self.endpoints
+    }
+
+    /// This host's endpoint of `addr`'s family.
+    fn local_for(&self, addr: IpAddr) -> Option<IpAddr> {
+        self.endpoints
+            .iter()
+            .copied()
+            .find(|e| e.is_ipv4() == addr.is_ipv4())
     }
 
     /// The key layout.
@@ -104,6 +158,61 @@ impl Fleet {
     pub fn clear(&mut self) {
         self.members.clear();
         self.rejected.clear();
+        self.claims.clear();
+        self.own.clear();
+        self.changed = None;
+    }
+
+    /// The prefixes whose peer may have changed since the last call (`None`: any prefix may
+    /// have, as after [`Fleet::clear`]); the next call starts from none.
+    ///
+    /// An agent that applied [`Fleet::desired`] once then needs only
+    /// [`Fleet::desired_of`] of these: with 100 hosts of 1 000 prefixes, one host's change
+    /// costs 1 000 look-ups instead of a diff of 99 000 peers.
+    pub fn take_changed(&mut self) -> Option<BTreeSet<IpNetwork>> {
+        self.changed.replace(BTreeSet::new())
+    }
+
+    /// Marks `host`'s prefixes (as its member entry has them now) changed, and adds or
+    /// withdraws its claims.
+    fn touch(&mut self, host: &str, claim: bool) {
+        let Some(m) = self.members.get(host) else {
+            return;
+        };
+        let prefixes = m.record.prefixes.clone();
+        let create_revision = m.create_revision;
+        self.claim(host, create_revision, &prefixes, claim);
+    }
+
+    /// Marks `prefixes` changed, and adds or withdraws `host`'s claims on them.
+    fn claim(&mut self, host: &str, create_revision: i64, prefixes: &[IpNetwork], claim: bool) {
+        let own = host == self.me;
+        let id = (create_revision, host.to_string());
+        for p in prefixes {
+            if let Some(changed) = &mut self.changed {
+                changed.insert(*p);
+            }
+            if own {
+                if claim {
+                    self.own.insert(*p);
+                } else {
+                    self.own.remove(p);
+                }
+            } else if claim {
+                self.claims.entry(*p).or_default().insert(id.clone());
+            } else if let Some(c) = self.claims.get_mut(p) {
+                c.remove(&id);
+                if c.is_empty() {
+                    self.claims.remove(p);
+                }
+            }
+        }
+    }
+
+    /// Removes `host`'s member entry (and its claims).
+    fn remove_member(&mut self, host: &str) {
+        self.touch(host, false);
+        self.members.remove(host);
     }
 
     /// A key was put (from a Get or a watch event) with its create revision.
@@ -115,6 +224,27 @@ impl Fleet {
         let checked = HostRecord::decode(value)
             .map_err(|e| e.to_string())
             .and_then(|r| self.check_member(&host, r));
+        let same = match &checked {
+            Ok(record) => self.prefixes_only(&host, record, create_revision),
+            Err(_) => false,
+        };
+        if let (true, Ok(record), Some(m)) = (same, &checked, self.members.get_mut(&host)) {
+            // The same host, endpoints and encap: only the prefixes it added or withdrew
+            // change (a host republishing 1 000 prefixes with one more touches one).
+            let before: HashSet<IpNetwork> = m.record.prefixes.iter().copied().collect();
+            let after: HashSet<IpNetwork> = record.prefixes.iter().copied().collect();
+            let gone: Vec<IpNetwork> = before.difference(&after).copied().collect();
+            let added: Vec<IpNetwork> = after.difference(&before).copied().collect();
+            m.record.prefixes.clone_from(&record.prefixes);
+            self.claim(&host, create_revision, &gone, false);
+            self.claim(&host, create_revision, &added, true);
+            return if host == self.me {
+                Change::Own
+            } else {
+                Change::Other
+            };
+        }
+        self.remove_member(&host);
         match checked {
             Ok(record) => {
                 self.rejected.remove(&host);
@@ -125,9 +255,9 @@ impl Fleet {
                         create_revision,
                     },
                 );
+                self.touch(&host, true);
             }
             Err(why) => {
-                self.members.remove(&host);
                 self.rejected.insert(host.clone(), why);
             }
         }
@@ -143,7 +273,7 @@ impl Fleet {
         let Some(host) = self.layout.host_of(key) else {
             return Change::Ignored;
         };
-        self.members.remove(host);
+        self.remove_member(host);
         self.rejected.remove(host);
         if host == self.me {
             Change::Own
@@ -152,20 +282,35 @@ impl Fleet {
         }
     }
 
+    /// Whether `record` differs from `host`'s accepted entry of the same creation only in its
+    /// prefixes.
+    fn prefixes_only(&self, host: &str, record: &HostRecord, create_revision: i64) -> bool {
+        self.members.get(host).is_some_and(|m| {
+            m.create_revision == create_revision
+                && m.record.endpoint == record.endpoint
+                && m.record.other_endpoint == record.other_endpoint
+                && m.record.encap == record.encap
+        })
+    }
+
     fn check_member(&self, host: &str, record: HostRecord) -> Result<HostRecord, String> {
         if host == self.me {
             return Ok(record);
         }
-        if record.endpoint.is_ipv4() != self.endpoint.is_ipv4() {
+        if let Some(e) = record.endpoints().find(|e| self.endpoints.contains(e)) {
+            return Err(format!("endpoint {e} is this host's own endpoint"));
+        }
+        if !record.endpoints().any(|e| self.local_for(e).is_some()) {
+            let list = |v: Vec<IpAddr>| {
+                v.iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
             return Err(format!(
                 "endpoint {} is not of the family of this host's endpoint {}",
-                record.endpoint, self.endpoint
-            ));
-        }
-        if record.endpoint == self.endpoint {
-            return Err(format!(
-                "endpoint {} is this host's own endpoint",
-                record.endpoint
+                list(record.endpoints().collect()),
+                list(self.endpoints.clone())
             ));
         }
         Ok(record)
@@ -181,37 +326,53 @@ impl Fleet {
         &self.rejected
     }
 
-    /// The endpoints of the other accepted members (the outer sources this host decapsulates
-    /// from).
+    /// The endpoints of the other accepted members of the families this host has (the outer
+    /// sources this host decapsulates from).
     pub fn remote_endpoints(&self) -> BTreeSet<IpAddr> {
         self.members
             .iter()
             .filter(|(h, _)| **h != self.me)
-            .map(|(_, m)| m.record.endpoint)
+            .flat_map(|(_, m)| m.record.endpoints())
+            .filter(|e| self.local_for(*e).is_some())
             .collect()
+    }
+
+    /// The peer towards `record`'s host for `prefix`: outer family of the prefix when both
+    /// hosts have it, else the first family both have.
+    fn peer(&self, record: &HostRecord, prefix: &IpNetwork) -> Option<EncapPeer> {
+        let reachable = || {
+            record
+                .endpoints()
+                .filter_map(|r| Some((r, self.local_for(r)?)))
+        };
+        let (remote, local) = reachable()
+            .find(|(r, _)| r.is_ipv4() == prefix.is_ipv4())
+            .or_else(|| reachable().next())?;
+        Some(EncapPeer::new(remote, local, record.encap))
+    }
+
+    /// The peer `prefix` should have (by the rules in the module docs), if any.
+    pub fn desired_of(&self, prefix: &IpNetwork) -> Option<EncapPeer> {
+        if self.own.contains(prefix) {
+            return None;
+        }
+        let (_, host) = self.claims.get(prefix)?.first()?;
+        self.peer(&self.members.get(host)?.record, prefix)
     }
 
     /// The peer table this host should have, by the rules in the module docs.
     pub fn desired(&self) -> PeerMap {
-        let own: BTreeSet<IpNetwork> = self
-            .members
-            .get(&self.me)
-            .map(|m| m.record.prefixes.iter().copied().collect())
-            .unwrap_or_default();
-        // Oldest claim first, so the first writer of each prefix wins.
-        let mut others: Vec<(&String, &Member)> = self
-            .members
-            .iter()
-            .filter(|(h, _)| **h != self.me)
-            .collect();
-        others.sort_by(|a, b| (a.1.create_revision, a.0).cmp(&(b.1.create_revision, b.0)));
         let mut want = PeerMap::new();
-        for (_, m) in others {
-            let peer = EncapPeer::new(m.record.endpoint, self.endpoint, m.record.encap);
-            for p in &m.record.prefixes {
-                if !own.contains(p) {
-                    want.entry(*p).or_insert(peer);
-                }
+        for (p, claimants) in &self.claims {
+            if self.own.contains(p) {
+                continue;
+            }
+            // the oldest claim wins
+            let Some((_, host)) = claimants.first() else {
+                continue;
+            };
+            if let Some(peer) = self.members.get(host).and_then(|m| self.peer(&m.record, p)) {
+                want.insert(*p, peer);
             }
         }
         want
@@ -452,5 +613,130 @@ mod tests {
         // a deleted key clears its refusal too
         f.delete(&key("c"));
         assert!(!f.rejected().contains_key("c"));
+    }
+
+    fn rec2(eps: &[&str], prefixes: &[&str]) -> Vec<u8> {
+        let q = |v: &[&str]| {
+            v.iter()
+                .map(|p| format!("\"{p}\""))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        format!(
+            r#"{{"endpoint":"{}","endpoints":[{}],"encap":"ipip","prefixes":[{}]}}"#,
+            eps[0],
+            q(eps),
+            q(prefixes)
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn each_prefix_rides_the_outer_family_both_hosts_have() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let both = || fleet().with_endpoint(ip("fd99::1"));
+        // b has both families: v4 prefixes in v4, v6 prefixes in v6
+        let mut f = both();
+        f.put(
+            &key("b"),
+            &rec2(&["10.99.0.2", "fd99::2"], &["10.200.2.0/24", "fd20:2::/64"]),
+            3,
+        );
+        let want = f.desired();
+        let v4 = want[&net("10.200.2.0/24")];
+        let v6 = want[&net("fd20:2::/64")];
+        assert_eq!((v4.remote, v4.local), (ip("10.99.0.2"), ip("10.99.0.1")));
+        assert_eq!((v6.remote, v6.local), (ip("fd99::2"), ip("fd99::1")));
+        assert_eq!(f.remote_endpoints().len(), 2);
+        // c has IPv4 only: its IPv6 prefix rides IPv4 (6in4)
+        f.put(&key("c"), &rec("10.99.0.3", &["fd20:3::/64"]), 4);
+        let p = f.desired()[&net("fd20:3::/64")];
+        assert_eq!((p.remote, p.local), (ip("10.99.0.3"), ip("10.99.0.1")));
+        // a host with IPv4 only sees b by IPv4 for both prefixes, and decapsulates IPv4 only
+        let mut g = fleet();
+        g.put(
+            &key("b"),
+            &rec2(&["fd99::2", "10.99.0.2"], &["10.200.2.0/24", "fd20:2::/64"]),
+            3,
+        );
+        assert!(g.desired().values().all(|p| p.remote == ip("10.99.0.2")));
+        assert_eq!(g.remote_endpoints().len(), 1);
+        // a host publishing one of this host's endpoints, as its second, is refused
+        g.put(&key("d"), &rec2(&["fd99::4", "10.99.0.1"], &[]), 5);
+        assert!(
+            g.rejected()["d"].contains("own endpoint"),
+            "{:?}",
+            g.rejected()
+        );
+    }
+
+    #[test]
+    fn changed_prefixes_are_exactly_those_whose_peer_may_differ() {
+        let mut f = fleet();
+        assert_eq!(f.take_changed(), None, "nothing applied yet: everything");
+        assert_eq!(f.take_changed(), Some(BTreeSet::new()));
+        f.put(
+            &key("b"),
+            &rec("10.99.0.2", &["10.1.0.0/16", "10.2.0.0/16"]),
+            3,
+        );
+        f.put(&key("c"), &rec("10.99.0.3", &["10.3.0.0/16"]), 4);
+        let mut table = PeerMap::new();
+        // replay the changes as an agent does: desired_of each changed prefix
+        let replay = |f: &mut Fleet, table: &mut PeerMap| {
+            for p in f.take_changed().unwrap() {
+                match f.desired_of(&p) {
+                    Some(e) => table.insert(p, e),
+                    None => table.remove(&p),
+                };
+            }
+            assert_eq!(*table, f.desired());
+        };
+        replay(&mut f, &mut table);
+        assert_eq!(table.len(), 3);
+        // b drops a prefix, c claims b's other one (older claim b keeps it), own claims one
+        f.put(&key("b"), &rec("10.99.0.2", &["10.2.0.0/16"]), 3);
+        f.put(
+            &key("c"),
+            &rec("10.99.0.3", &["10.3.0.0/16", "10.2.0.0/16"]),
+            4,
+        );
+        f.put(&key("me"), &rec("10.99.0.1", &["10.3.0.0/16"]), 5);
+        replay(&mut f, &mut table);
+        assert_eq!(table.len(), 1);
+        assert_eq!(
+            table[&net("10.2.0.0/16")].remote,
+            "10.99.0.2".parse::<IpAddr>().unwrap()
+        );
+        // b goes (deleted) and garbage replaces c: c's claim passes, then nothing is left
+        f.delete(&key("b"));
+        replay(&mut f, &mut table);
+        assert_eq!(
+            table[&net("10.2.0.0/16")].remote,
+            "10.99.0.3".parse::<IpAddr>().unwrap()
+        );
+        f.put(&key("c"), b"garbage", 4);
+        replay(&mut f, &mut table);
+        assert!(table.is_empty());
+        // a host republishing its prefixes with one more: that one changed, not the others
+        let many: Vec<String> = (0..50).map(|i| format!("10.50.{i}.0/24")).collect();
+        fn refs(v: &[String]) -> Vec<&str> {
+            v.iter().map(String::as_str).collect()
+        }
+        f.put(&key("d"), &rec("10.99.0.4", &refs(&many)), 9);
+        replay(&mut f, &mut table);
+        let mut more = many.clone();
+        more.push("10.51.0.0/24".into());
+        f.put(&key("d"), &rec("10.99.0.4", &refs(&more)), 9);
+        assert_eq!(f.changed.as_ref().map(|c| c.len()), Some(1));
+        replay(&mut f, &mut table);
+        assert_eq!(table.len(), 51);
+        // ... and a new endpoint: every prefix of the host changed
+        f.put(&key("d"), &rec("10.99.0.5", &refs(&more)), 9);
+        assert_eq!(f.changed.as_ref().map(|c| c.len()), Some(51));
+        replay(&mut f, &mut table);
+        assert!(table
+            .values()
+            .all(|e| e.remote == "10.99.0.5".parse::<IpAddr>().unwrap()));
     }
 }

@@ -33,6 +33,7 @@ pub mod etcd;
 pub mod fleet;
 pub mod http;
 pub mod layout;
+pub mod lease;
 pub mod logs;
 pub mod metrics;
 pub mod notify;
@@ -40,6 +41,7 @@ pub mod record;
 pub mod repair;
 pub mod report;
 pub mod status;
+pub mod tables;
 
 /// What can go wrong in the agent.
 #[derive(Debug, thiserror::Error)]

@@ -81,8 +81,10 @@ fn own_record(config: &Config, encap: Encap) -> Result<HostRecord, AgentError> {
             }
         }
     }
+    let (endpoint, other_endpoint) = endpoints(config);
     let record = HostRecord {
-        endpoint: endpoint(config),
+        endpoint,
+        other_endpoint,
         encap,
         prefixes,
     };
@@ -90,12 +92,15 @@ fn own_record(config: &Config, encap: Encap) -> Result<HostRecord, AgentError> {
         .map_err(|e| AgentError::Config(format!("this host's record: {e}")))
 }
 
-/// The endpoint of validated settings.
-fn endpoint(config: &Config) -> std::net::IpAddr {
-    config
-        .options()
-        .endpoint
-        .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into())
+/// The endpoints of validated settings: the first, and the one of the other family if given.
+fn endpoints(config: &Config) -> (std::net::IpAddr, Option<std::net::IpAddr>) {
+    let list = &config.options().endpoint;
+    (
+        list.first()
+            .copied()
+            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
+        list.get(1).copied(),
+    )
 }
 
 /// SIGHUP: the settings again; the reloadable keys applied, changes to the others refused by
@@ -183,22 +188,26 @@ async fn run(config: Config, logs: Logs) -> Result<(), AgentError> {
     )
     .map_err(AgentError::Config)?;
     let started = std::time::Instant::now();
-    let dataplane = DataPlane::open(&DataPlaneConfig {
+    let (endpoint, other_endpoint) = endpoints(&config);
+    let mut dataplane = DataPlane::open(&DataPlaneConfig {
         netns: o.netns.clone(),
         device: device.clone(),
-        endpoint: endpoint(&config),
+        endpoint,
         encap,
         sources: o.sources.clone(),
         steer: o.steer.clone(),
         capacity: o.capacity.unwrap_or(lwtun_agent::config::DEFAULT_CAPACITY),
         pin: o.pin.clone(),
     })?;
+    if let Some(other) = other_endpoint {
+        dataplane.add_endpoint(other)?;
+    }
     info!(
         "data plane loaded in {} ms ({} steered prefixes on {device})",
         started.elapsed().as_millis(),
         o.steer.len(),
     );
-    let fleet = Fleet::new(
+    let mut fleet = Fleet::new(
         Layout::new(
             o.root
                 .as_deref()
@@ -206,8 +215,11 @@ async fn run(config: Config, logs: Logs) -> Result<(), AgentError> {
             o.fleet.as_deref().unwrap_or_default(),
         )?,
         &host,
-        endpoint(&config),
+        endpoint,
     );
+    if let Some(other) = other_endpoint {
+        fleet = fleet.with_endpoint(other);
+    }
     let agent_config = AgentConfig {
         etcd: o.etcd.clone(),
         host: host.clone(),

@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use ipnetwork::IpNetwork;
@@ -252,8 +252,11 @@ struct SyncState {
     session_error: Option<String>,
     /// Why the last sync failed (`None`: it succeeded).
     sync_error: Option<String>,
-    /// The table the last sync wanted, and the decap sources.
-    desired: Arc<PeerMap>,
+    /// The table the last sync wanted (`None` while the agent edits it: a sync is under way),
+    /// and the decap sources.
+    desired: Weak<PeerMap>,
+    /// The table given by value to [`Metrics::synced`] (kept here; `desired` points at it).
+    owned: Option<Arc<PeerMap>>,
     endpoints: BTreeSet<IpAddr>,
     /// Remote endpoint → host name, for the per-peer `host` label.
     hosts: HashMap<IpAddr, String>,
@@ -556,7 +559,7 @@ impl Metrics {
         );
         r.register(
             "lwtun_agent_repairs",
-            "What self-repair put back (or could not), by what: route_restored, route_resteered, route_not_restored, peers_restored, peers_not_restored, decap_reattached, decap_peers_restored, decap_not_repaired",
+            "What self-repair put back (or could not), by what: route_restored, route_resteered, route_not_restored, peers_restored, peers_not_restored, decap_reattached, decap_peers_restored, decap_locals_restored, decap_not_repaired",
             m.repairs.clone(),
         );
         r.register(
@@ -678,7 +681,10 @@ impl Metrics {
             if let Some(e) = &s.sync_error {
                 return Err(format!("last sync failed: {e}"));
             }
-            (s.desired.clone(), s.endpoints.clone())
+            match s.desired.upgrade() {
+                Some(desired) => (desired, s.endpoints.clone()),
+                None => return Err("a sync is under way".into()),
+            }
         };
         if let Some(plane) = plane {
             let (current, sources) = plane.table();
@@ -722,6 +728,37 @@ impl Metrics {
 
     /// A sync ended: the fleet it applied, the table it wanted, and its error if any.
     pub fn synced(&self, fleet: &Fleet, desired: PeerMap, revision: i64, error: Option<&str>) {
+        let desired = Arc::new(desired);
+        self.synced_shared(fleet, &desired, revision, error);
+        lock(&self.state).owned = Some(desired);
+    }
+
+    /// [`Metrics::synced`] for a table the agent keeps and edits in place: only a weak
+    /// reference is kept, so the agent's next edit (`Arc::make_mut`) does not copy it, and a
+    /// readiness check made during that edit says a sync is under way.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use lwtun_agent::fleet::{Fleet, PeerMap};
+    /// use lwtun_agent::layout::Layout;
+    /// use lwtun_agent::metrics::Metrics;
+    ///
+    /// let f = Fleet::new(Layout::new("/lwtun/fleet", "f").unwrap(), "a", "10.99.0.1".parse().unwrap());
+    /// let m = Metrics::default();
+    /// let mut table = Arc::new(PeerMap::default());
+    /// m.synced_shared(&f, &table, 1, None);
+    /// assert!(m.ready(None).is_err(), "not connected to etcd yet");
+    /// Arc::make_mut(&mut table).clear(); // no copy: the metrics hold a weak reference
+    /// ```
+    pub fn synced_shared(
+        &self,
+        fleet: &Fleet,
+        desired: &Arc<PeerMap>,
+        revision: i64,
+        error: Option<&str>,
+    ) {
         if error.is_some() {
             self.sync_errors.inc();
         }
@@ -741,17 +778,18 @@ impl Metrics {
                 .inc();
         }
         s.rejected = refused.clone();
-        self.conflicts.set(prefix_conflicts(fleet, &desired) as i64);
+        self.conflicts.set(prefix_conflicts(fleet, desired) as i64);
         self.revision.set(revision);
         self.desired.set(desired.len() as i64);
         s.hosts = fleet
             .members()
             .iter()
             .filter(|(h, _)| h.as_str() != fleet.me())
-            .map(|(h, m)| (m.record.endpoint, h.clone()))
+            .flat_map(|(h, m)| m.record.endpoints().map(move |e| (e, h.clone())))
             .collect();
         s.endpoints = fleet.remote_endpoints();
-        s.desired = Arc::new(desired);
+        s.desired = Arc::downgrade(desired);
+        s.owned = None;
         s.sync_error = error.map(str::to_string);
         s.initial_done |= error.is_none();
     }

@@ -4,10 +4,17 @@
 //! {"endpoint":"10.99.0.1","encap":"udp","udp_port":6081,"prefixes":["10.200.1.0/24"]}
 //! {"endpoint":"10.99.0.2","encap":"gre","gre_key":7,"prefixes":["10.200.2.0/24","fd20::/64"]}
 //! {"endpoint":"10.99.0.3","encap":"ipip","prefixes":[]}
+//! {"endpoint":"10.99.0.4","endpoints":["10.99.0.4","fd99::4"],"encap":"udp","udp_port":6081,"prefixes":["fd20:4::/64"]}
 //! ```
 //!
 //! - `endpoint`: the outer destination other hosts send to (IPv4 or IPv6, unicast, not
 //!   loopback or unspecified).
+//! - `endpoints` (optional, since agent 0.2): every endpoint of the host, at most one per
+//!   address family, `endpoint` among them. A host with an IPv4 and an IPv6 underlay publishes
+//!   both; another host sends to the one of a family it has an endpoint of itself (the family of
+//!   the inner prefix when it has both, see `crate::fleet`). The encoder writes `endpoint` (the
+//!   first) too, so an agent that knows only `endpoint` still reads the record and uses that
+//!   one.
 //! - `encap`: `udp` (FOU: UDP to `udp_port`, 1..=65535, required), `gre` (optional `gre_key`)
 //!   or `ipip`. All three are decapsulated in BPF at tc ingress, so they need no kernel tunnel
 //!   module.
@@ -36,6 +43,9 @@ pub enum RecordError {
     /// The endpoint is not a usable unicast address.
     #[error("endpoint {0:?}: {1}")]
     Endpoint(String, &'static str),
+    /// `endpoints` breaks its rules (more than one per family, or without `endpoint`).
+    #[error("endpoints: {0}")]
+    Endpoints(String),
     /// The encapsulation or its options.
     #[error("encap: {0}")]
     Encap(String),
@@ -50,6 +60,8 @@ pub enum RecordError {
 #[derive(Serialize, Deserialize)]
 struct Wire {
     endpoint: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    endpoints: Option<Vec<String>>,
     encap: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     udp_port: Option<u32>,
@@ -71,12 +83,19 @@ struct Wire {
 /// assert_eq!(r.encap, Encap::Udp { port: 6081 });
 /// assert_eq!(HostRecord::decode(r.encode().as_bytes())?, r);
 /// assert!(HostRecord::decode(br#"{"endpoint":"10.99.0.1","encap":"udp","prefixes":[]}"#).is_err());
+///
+/// let both = HostRecord::decode(br#"{"endpoint":"10.99.0.1","endpoints":["10.99.0.1","fd99::1"],"encap":"ipip"}"#)?;
+/// assert_eq!(both.other_endpoint, Some("fd99::1".parse().unwrap()));
+/// assert_eq!(both.endpoints().count(), 2);
 /// # Ok::<(), lwtun_agent::record::RecordError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostRecord {
-    /// The outer address other hosts send to.
+    /// The outer address other hosts send to (the first published; the only one agents before
+    /// 0.2 read).
     pub endpoint: IpAddr,
+    /// An endpoint of the other address family, for hosts that reach this one only by it.
+    pub other_endpoint: Option<IpAddr>,
     /// How other hosts encapsulate towards it (no GRE checksum).
     pub encap: Encap,
     /// The inner prefixes behind the host, in the order published.
@@ -98,6 +117,10 @@ impl HostRecord {
             .map_err(|_| RecordError::Endpoint(wire.endpoint.clone(), "not an IP address"))?;
         check_endpoint(endpoint)
             .map_err(|why| RecordError::Endpoint(wire.endpoint.clone(), why))?;
+        let other_endpoint = match &wire.endpoints {
+            None => None,
+            Some(list) => other_endpoint(endpoint, list)?,
+        };
         let encap = match wire.encap.as_str() {
             "udp" => match wire.udp_port {
                 Some(p @ 1..=65535) => Encap::Udp { port: p as u16 },
@@ -146,9 +169,15 @@ impl HostRecord {
         }
         Ok(HostRecord {
             endpoint,
+            other_endpoint,
             encap,
             prefixes,
         })
+    }
+
+    /// Every endpoint: [`HostRecord::endpoint`], then [`HostRecord::other_endpoint`].
+    pub fn endpoints(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        std::iter::once(self.endpoint).chain(self.other_endpoint)
     }
 
     /// The JSON value to publish.
@@ -161,6 +190,9 @@ impl HostRecord {
         let encap = self.encap.name();
         let wire = Wire {
             endpoint: self.endpoint.to_string(),
+            endpoints: self
+                .other_endpoint
+                .map(|_| self.endpoints().map(|a| a.to_string()).collect()),
             encap: encap.into(),
             udp_port,
             gre_key,
@@ -168,6 +200,34 @@ impl HostRecord {
         };
         serde_json::to_string(&wire).unwrap_or_default()
     }
+}
+
+/// The endpoint of `list` other than `first`: `list` holds `first` and at most one usable
+/// address of the other family.
+fn other_endpoint(first: IpAddr, list: &[String]) -> Result<Option<IpAddr>, RecordError> {
+    let mut other = None;
+    let mut has_first = false;
+    for text in list {
+        let addr: IpAddr = text
+            .parse()
+            .map_err(|_| RecordError::Endpoint(text.clone(), "not an IP address"))?;
+        check_endpoint(addr).map_err(|why| RecordError::Endpoint(text.clone(), why))?;
+        if addr == first && !has_first {
+            has_first = true;
+        } else if addr.is_ipv4() == first.is_ipv4() || other.is_some() {
+            return Err(RecordError::Endpoints(format!(
+                "{text}: a second endpoint of its family; publish at most one IPv4 and one IPv6"
+            )));
+        } else {
+            other = Some(addr);
+        }
+    }
+    if !has_first {
+        return Err(RecordError::Endpoints(format!(
+            "endpoint {first} is not among them; list it too"
+        )));
+    }
+    Ok(other)
 }
 
 /// Checks that `addr` can be a tunnel endpoint: unicast, not loopback, not unspecified.
@@ -247,6 +307,20 @@ mod tests {
             ),
             RecordError::Prefix(..)
         ));
+        for eps in [
+            r#"["10.0.0.1","10.0.0.2"]"#,
+            r#"["10.0.0.1","fd00::1","fd00::2"]"#,
+            r#"["fd00::1"]"#,
+            r#"["10.0.0.1","10.0.0.1"]"#,
+            r#"[]"#,
+        ] {
+            let v = format!(r#"{{"endpoint":"10.0.0.1","endpoints":{eps},"encap":"ipip"}}"#);
+            assert!(matches!(err(&v), RecordError::Endpoints(_)), "{eps}");
+        }
+        assert!(matches!(
+            err(r#"{"endpoint":"10.0.0.1","endpoints":["10.0.0.1","::1"],"encap":"ipip"}"#),
+            RecordError::Endpoint(..)
+        ));
         // the message says what to publish instead
         let msg =
             err(r#"{"endpoint":"10.0.0.1","encap":"ipip","prefixes":["10.1.2.3/16"]}"#).to_string();
@@ -270,5 +344,34 @@ mod tests {
         assert_eq!(HostRecord::decode(r.encode().as_bytes()).unwrap(), r);
         let empty = HostRecord::decode(br#"{"endpoint":"10.0.0.1","encap":"ipip"}"#).unwrap();
         assert!(empty.prefixes.is_empty());
+        assert!(
+            !empty.encode().contains("endpoints"),
+            "one endpoint: the 0.1 format"
+        );
+        let both = HostRecord::decode(
+            br#"{"endpoint":"fd99::1","endpoints":["10.0.0.1","fd99::1"],"encap":"ipip"}"#,
+        )
+        .unwrap();
+        assert_eq!(both.endpoint, "fd99::1".parse::<IpAddr>().unwrap());
+        assert_eq!(both.other_endpoint, Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(HostRecord::decode(both.encode().as_bytes()).unwrap(), both);
+    }
+
+    /// What an agent before 0.2 (which knew only `endpoint`) reads from a record with two
+    /// endpoints: the same record with the first endpoint.
+    #[test]
+    fn an_agent_that_knows_only_endpoint_reads_the_first() {
+        #[derive(Deserialize)]
+        struct Old {
+            endpoint: String,
+        }
+        let r = HostRecord {
+            endpoint: "10.0.0.1".parse().unwrap(),
+            other_endpoint: Some("fd99::1".parse().unwrap()),
+            encap: Encap::Ipip,
+            prefixes: vec![],
+        };
+        let old: Old = serde_json::from_str(&r.encode()).unwrap();
+        assert_eq!(old.endpoint, "10.0.0.1");
     }
 }

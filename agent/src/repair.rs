@@ -91,6 +91,12 @@ pub enum Repair {
         /// How many were missing.
         missing: usize,
     },
+    /// This host's own endpoints were removed from the decap's local addresses from outside
+    /// (the decap would drop what other hosts send them); added again.
+    DecapLocalsRestored {
+        /// The addresses put back.
+        addresses: Vec<std::net::IpAddr>,
+    },
     /// A decap check or re-attach failed (retried at the next reconcile).
     DecapNotRepaired {
         /// What failed.
@@ -117,6 +123,7 @@ impl Repair {
             Repair::PeersNotRestored { .. } => "peers_not_restored",
             Repair::DecapReattached { .. } => "decap_reattached",
             Repair::DecapPeersRestored { .. } => "decap_peers_restored",
+            Repair::DecapLocalsRestored { .. } => "decap_locals_restored",
             Repair::DecapNotRepaired { .. } => "decap_not_repaired",
         }
     }
@@ -148,6 +155,15 @@ impl fmt::Display for Repair {
             Repair::DecapPeersRestored { missing } => {
                 write!(f, "decap: {missing} accepted source(s) put back")
             }
+            Repair::DecapLocalsRestored { addresses } => write!(
+                f,
+                "decap: local address(es) {} put back",
+                addresses
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             Repair::DecapNotRepaired { error } => write!(f, "decap not repaired: {error}"),
         }
     }
@@ -178,6 +194,8 @@ pub struct RepairStats {
     pub decap_reattached: u64,
     /// Accepted decap sources put back.
     pub decap_peers_restored: u64,
+    /// This host's endpoints put back among the decap's local addresses.
+    pub decap_locals_restored: u64,
     /// Full reconciles run (table vs. fleet, decap attached).
     pub reconcile_runs: u64,
     /// How long the last full reconcile took (µs).
@@ -199,6 +217,9 @@ impl RepairStats {
             Repair::PeersRestored { edits } => self.peers_restored += *edits as u64,
             Repair::DecapReattached { .. } => self.decap_reattached += 1,
             Repair::DecapPeersRestored { missing } => self.decap_peers_restored += *missing as u64,
+            Repair::DecapLocalsRestored { addresses } => {
+                self.decap_locals_restored += addresses.len() as u64
+            }
             Repair::DecapNotRepaired { .. } | Repair::PeersNotRestored { .. } => {}
         }
         self.last_repair_at_us = at_us;

@@ -73,6 +73,23 @@ fn a_good_file_checks_and_prints_the_effective_settings() {
     // the printed settings are themselves a good file
     let again = write(&dir.0, "again.toml", &stdout);
     assert_eq!(check_config(&again, &[]).status.code(), Some(0));
+    // an IPv4 and an IPv6 endpoint: a list in the file, the same list printed
+    let both = GOOD.replace(
+        "endpoint = \"10.99.0.1\"",
+        "endpoint = [\"10.99.0.1\", \"fd99::1\"]",
+    );
+    let file = write(&dir.0, "both.toml", &both);
+    let (stdout, stderr) = text(&check_config(&file, &[]));
+    let printed: toml::Table = stdout
+        .parse()
+        .unwrap_or_else(|e| panic!("the output is TOML ({e}): {stdout} {stderr}"));
+    let listed: Vec<_> = printed["endpoint"]
+        .as_array()
+        .expect("endpoint is printed as a list")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(listed, ["10.99.0.1", "fd99::1"], "{stdout}");
 }
 
 #[test]
@@ -172,6 +189,11 @@ fn a_bad_value_is_refused_naming_file_and_key() {
             "endpoint = \"10.99.0.1\"",
             "endpoint = \"10.99.0\"",
             "key \"endpoint\": ",
+        ),
+        (
+            "endpoint = \"10.99.0.1\"",
+            "endpoint = [\"10.99.0.1\", \"10.99.0.2\"]",
+            "key \"endpoint\": 10.99.0.1, 10.99.0.2: give one address, or one IPv4 and one IPv6",
         ),
         ("host = \"h1\"", "host = \"h/1\"", "key \"host\": "),
         (

@@ -18,11 +18,14 @@ impl Rng {
     }
 }
 
-const SEEDS: [&str; 4] = [
+const SEEDS: [&str; 6] = [
     r#"{"endpoint":"10.99.0.1","encap":"udp","udp_port":6081,"prefixes":["10.200.1.0/24","10.201.0.0/16"]}"#,
     r#"{"endpoint":"fd99::1","encap":"gre","gre_key":7,"prefixes":["fd20::/64","::/0"]}"#,
     r#"{"endpoint":"10.99.0.2","encap":"ipip","prefixes":["0.0.0.0/0"],"extra":[1,{"a":null}]}"#,
     r#"{"endpoint":"10.99.0.3","encap":"gre","prefixes":[]}"#,
+    // two endpoints (agent 0.2): `endpoints` lists both, `endpoint` is one of them
+    r#"{"endpoint":"10.99.0.4","endpoints":["10.99.0.4","fd99::4"],"encap":"udp","udp_port":6081,"prefixes":["fd20:4::/64"]}"#,
+    r#"{"endpoint":"fd99::5","endpoints":["10.99.0.5","fd99::5"],"encap":"ipip","prefixes":["10.200.5.0/24"]}"#,
 ];
 
 /// Bytes JSON cares about, to make mutations that stay close to JSON.
@@ -70,7 +73,7 @@ fn iterations() -> usize {
 #[test]
 fn mutated_records_never_panic_and_accepted_ones_round_trip() {
     let mut rng = Rng(0x5eed_1234_abcd_ef01);
-    let (mut accepted, n) = (0, iterations());
+    let (mut accepted, mut two, n) = (0, 0, iterations());
     for _ in 0..n {
         let seed = SEEDS[rng.next() % SEEDS.len()].as_bytes();
         let other = SEEDS[rng.next() % SEEDS.len()].as_bytes();
@@ -84,9 +87,11 @@ fn mutated_records_never_panic_and_accepted_ones_round_trip() {
             });
             assert_eq!(again, r, "{:?}", String::from_utf8_lossy(&value));
             accepted += 1;
+            two += usize::from(r.other_endpoint.is_some());
         }
     }
     assert!(accepted > 0, "no mutation decoded: the seeds are broken");
+    assert!(two > 0, "no mutation with two endpoints decoded");
     eprintln!("{n} mutated records: {accepted} accepted, the rest refused, none panicked");
 }
 

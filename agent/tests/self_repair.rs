@@ -10,6 +10,8 @@
 //!   again by the reconcile;
 //! - an accepted source deleted from its decap table (`bpftool map delete id`) is added again
 //!   by the reconcile;
+//! - its own endpoint deleted from its decap's local addresses is added again by the
+//!   reconcile;
 //! - its route flushed without an event (the underlay device down and up) is steered again by
 //!   the reconcile;
 //! - with etcd down, a deleted route is still put back and the status says so (still
@@ -108,6 +110,20 @@ fn peer_key(prefix: &str) -> Vec<String> {
         .collect();
     words.extend(net.network().octets().iter().map(|b| b.to_string()));
     words
+}
+
+/// The id of the map named `name` used by program `program`.
+fn map_of(program: u32, name: &str) -> String {
+    let info = lwtun::program::program_info_by_id(program).unwrap();
+    info.map_ids
+        .iter()
+        .find(|id| {
+            let out = bpftool(&["-j", "map", "show", "id", &id.to_string()]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            v["name"] == name
+        })
+        .unwrap_or_else(|| panic!("the program's {name} map"))
+        .to_string()
 }
 
 fn bpftool(args: &[&str]) -> std::process::Output {
@@ -266,17 +282,7 @@ fn the_agent_puts_back_its_route_peers_and_decap() {
     w.ping(1, 0);
 
     // --- the decap's accepted sources: h0's endpoint deleted from h1's decap table ---
-    let info = lwtun::program::program_info_by_id(before.program_id).unwrap();
-    let table = info
-        .map_ids
-        .iter()
-        .find(|id| {
-            let out = bpftool(&["-j", "map", "show", "id", &id.to_string()]);
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            v["name"] == "peers_v4"
-        })
-        .expect("the decap's peers_v4 map")
-        .to_string();
+    let table = map_of(before.program_id, "peers_v4");
     let mut key = vec!["32".to_string(), "0".into(), "0".into(), "0".into()];
     key.extend(endpoint(0).split('.').map(String::from));
     let mut del = vec!["map", "delete", "id", &table, "key"];
@@ -299,6 +305,35 @@ fn the_agent_puts_back_its_route_peers_and_decap() {
     ));
     w.wait_status(1, "decap source re-added in the status", BOUND, |s| {
         s.repairs.decap_peers_restored == 1
+    });
+    w.ping(0, 1);
+
+    // --- the decap's own address: h1's endpoint deleted from its decap's locals ---
+    let locals = map_of(before.program_id, "locals");
+    // `struct lwtun_ip_addr`: 16 bytes, an IPv4 address mapped (::ffff:a.b.c.d)
+    let mut key: Vec<String> = ["0"; 10].iter().map(|s| s.to_string()).collect();
+    key.extend(["255".to_string(), "255".to_string()]);
+    key.extend(endpoint(1).split('.').map(String::from));
+    let mut del = vec!["map", "delete", "id", &locals, "key"];
+    del.extend(key.iter().map(String::as_str));
+    let out = bpftool(&del);
+    assert!(
+        out.status.success(),
+        "bpftool map delete (locals): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lookup = vec!["map", "lookup", "id", &locals, "key"];
+    lookup.extend(key.iter().map(String::as_str));
+    let gone = !bpftool(&lookup).status.success();
+    let took = time_until("decap local back", || bpftool(&lookup).status.success());
+    figure(format!(
+        "h1's own endpoint {} deleted from its decap's locals (gone right after: {gone}), \
+         back after {}",
+        endpoint(1),
+        ms(took)
+    ));
+    w.wait_status(1, "decap local re-added in the status", BOUND, |s| {
+        s.repairs.decap_locals_restored == 1
     });
     w.ping(0, 1);
 
@@ -355,6 +390,7 @@ fn the_agent_puts_back_its_route_peers_and_decap() {
         (0, "peers_restored", 1.0),
         (1, "decap_reattached", 1.0),
         (1, "decap_peers_restored", 1.0),
+        (1, "decap_locals_restored", 1.0),
     ] {
         let series = format!("lwtun_agent_repairs_total{{what=\"{what}\"}}");
         let v = w.metric(host, &series);
