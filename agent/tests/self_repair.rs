@@ -112,6 +112,26 @@ fn peer_key(prefix: &str) -> Vec<String> {
     words
 }
 
+/// Deletes `key` from map `map` with bpftool; returns whether it was gone right after, and how
+/// long until it was back.
+fn delete_until_back(map: &str, key: &[String], what: &str) -> (bool, Duration) {
+    let mut del = vec!["map", "delete", "id", map, "key"];
+    del.extend(key.iter().map(String::as_str));
+    let out = bpftool(&del);
+    assert!(
+        out.status.success(),
+        "bpftool map delete ({what}): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lookup = vec!["map", "lookup", "id", map, "key"];
+    lookup.extend(key.iter().map(String::as_str));
+    let gone = !bpftool(&lookup).status.success();
+    let took = time_until(&format!("{what} back"), || {
+        bpftool(&lookup).status.success()
+    });
+    (gone, took)
+}
+
 /// The id of the map named `name` used by program `program`.
 fn map_of(program: u32, name: &str) -> String {
     let info = lwtun::program::program_info_by_id(program).unwrap();
@@ -285,18 +305,7 @@ fn the_agent_puts_back_its_route_peers_and_decap() {
     let table = map_of(before.program_id, "peers_v4");
     let mut key = vec!["32".to_string(), "0".into(), "0".into(), "0".into()];
     key.extend(endpoint(0).split('.').map(String::from));
-    let mut del = vec!["map", "delete", "id", &table, "key"];
-    del.extend(key.iter().map(String::as_str));
-    let out = bpftool(&del);
-    assert!(
-        out.status.success(),
-        "bpftool map delete: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut lookup = vec!["map", "lookup", "id", &table, "key"];
-    lookup.extend(key.iter().map(String::as_str));
-    let gone = !bpftool(&lookup).status.success();
-    let took = time_until("decap source back", || bpftool(&lookup).status.success());
+    let (gone, took) = delete_until_back(&table, &key, "decap source");
     figure(format!(
         "h1's decap source {} deleted with `bpftool map delete` (gone right after: {gone}), \
          back after {}",
@@ -314,18 +323,7 @@ fn the_agent_puts_back_its_route_peers_and_decap() {
     let mut key: Vec<String> = ["0"; 10].iter().map(|s| s.to_string()).collect();
     key.extend(["255".to_string(), "255".to_string()]);
     key.extend(endpoint(1).split('.').map(String::from));
-    let mut del = vec!["map", "delete", "id", &locals, "key"];
-    del.extend(key.iter().map(String::as_str));
-    let out = bpftool(&del);
-    assert!(
-        out.status.success(),
-        "bpftool map delete (locals): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut lookup = vec!["map", "lookup", "id", &locals, "key"];
-    lookup.extend(key.iter().map(String::as_str));
-    let gone = !bpftool(&lookup).status.success();
-    let took = time_until("decap local back", || bpftool(&lookup).status.success());
+    let (gone, took) = delete_until_back(&locals, &key, "decap local address");
     figure(format!(
         "h1's own endpoint {} deleted from its decap's locals (gone right after: {gone}), \
          back after {}",
