@@ -1,7 +1,8 @@
 //! The agent's etcd loop against a real etcd, without privileges: an [`Agent`] writing a
 //! [`MemoryTable`], watched through its status file. It publishes itself under a lease (gone
 //! at once on shutdown), follows puts and deletes of other hosts, drops a host whose lease
-//! expires, reports hostile values, and keeps its table and catches up across an etcd restart.
+//! expires, reports hostile values, and keeps its table and catches up across an etcd restart;
+//! its lease outlives a table write that blocks its loop for longer than the TTL.
 
 mod support;
 
@@ -199,4 +200,101 @@ fn a_fleet_larger_than_the_default_grpc_message_syncs_in_one_get() {
     let table = agent.join().unwrap().unwrap();
     assert_eq!(table.peers.len(), 240_000);
     assert_eq!(table.batches, 1, "the initial sync is one batch");
+}
+
+/// A table whose first write of a peer blocks the agent's loop for `stall`, as a large initial
+/// sync or a host short of CPU does.
+struct SlowTable {
+    table: MemoryTable,
+    stall: Option<Duration>,
+}
+
+impl lwtun_agent::dataplane::PeerSink for SlowTable {
+    fn current(&self) -> lwtun_agent::fleet::PeerMap {
+        self.table.current()
+    }
+
+    fn apply(&mut self, diff: &lwtun_agent::fleet::Diff) -> Result<(), lwtun_agent::AgentError> {
+        if !diff.insert.is_empty() {
+            if let Some(stall) = self.stall.take() {
+                // a blocking call, as the kernel's table writes are: the runtime cannot run
+                // anything else on this thread meanwhile
+                std::thread::sleep(stall);
+            }
+        }
+        self.table.apply(diff)
+    }
+
+    fn set_remote_endpoints(
+        &mut self,
+        endpoints: &std::collections::BTreeSet<std::net::IpAddr>,
+    ) -> Result<(), lwtun_agent::AgentError> {
+        self.table.set_remote_endpoints(endpoints)
+    }
+
+    fn remote_endpoints(&self) -> std::collections::BTreeSet<std::net::IpAddr> {
+        self.table.remote_endpoints()
+    }
+}
+
+#[test]
+fn the_lease_outlives_a_table_write_longer_than_its_ttl() {
+    if !support::etcd_installed("the_lease_outlives_a_table_write_longer_than_its_ttl") {
+        return;
+    }
+    let dir = TempDir::new("slow");
+    let etcd = Etcd::start(&dir.0);
+    let status = dir.0.join("a.status");
+    let layout = Layout::new("/lwtun/fleet", "slow").unwrap();
+    let record = HostRecord::decode(
+        br#"{"endpoint":"10.99.0.1","encap":"ipip","prefixes":["10.200.1.0/24"]}"#,
+    )
+    .unwrap();
+    // the write stalls for 2.5 TTLs
+    let (ttl, stall) = (2, Duration::from_secs(5));
+    let config = AgentConfig {
+        etcd: vec![etcd.url()],
+        host: "a".into(),
+        record: record.clone(),
+        lease_ttl: ttl,
+        status: Some(status.clone()),
+    };
+    let fleet = Fleet::new(layout.clone(), "a", record.endpoint);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let agent = std::thread::spawn(move || {
+        let sink = SlowTable {
+            table: MemoryTable::default(),
+            stall: Some(stall),
+        };
+        let mut agent = Agent::new(config, fleet, sink);
+        runtime().block_on(agent.run(rx))
+    });
+    let rt = runtime();
+    let mut client = rt.block_on(Client::connect([etcd.url()], None)).unwrap();
+    let key = |h: &str| layout.host_key(h).unwrap();
+    wait(&status, "connected", |s| s.connected);
+    let lease = rt.block_on(client.get(key("a"), None)).unwrap().kvs()[0].lease();
+
+    // b arrives: a's loop is stuck in the table write for `stall`
+    let b = r#"{"endpoint":"10.99.0.2","encap":"ipip","prefixes":["10.200.2.0/24"]}"#;
+    rt.block_on(client.put(key("b"), b, None)).unwrap();
+    let started = Instant::now();
+    let mut checks = 0;
+    while started.elapsed() < stall + Duration::from_millis(500) {
+        let got = rt.block_on(client.get(key("a"), None)).unwrap();
+        assert_eq!(
+            got.kvs().first().map(|kv| kv.lease()),
+            Some(lease),
+            "a's record (lease {lease:x}) gone {:?} into a {stall:?} stall of its loop, TTL {ttl} s",
+            started.elapsed()
+        );
+        checks += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let s = wait(&status, "b's peer written", |s| s.peers.len() == 1);
+    assert_eq!(s.reconnects, 0, "the session was lost: {s:?}");
+    assert!(s.connected);
+    assert!(checks > 30, "a's record checked {checks} times only");
+    tx.blocking_send(Control::Shutdown).unwrap();
+    agent.join().unwrap().unwrap();
 }
