@@ -64,7 +64,9 @@ pub use pass::XdpPass;
 pub use program::TestRunOutput;
 pub use program::{LiveFrames, TestRun, XdpProgram};
 pub use redirect::{MacAddr, RedirectRule, XdpRedirect};
-pub use router::{FibStats, XdpRouter, ROUTE_CACHE_MAX_AGE_LIMIT};
+pub use router::{
+    FibStats, RouteCacheStatus, XdpRouter, ROUTE_CACHE_DEFAULT_AGE, ROUTE_CACHE_MAX_AGE_LIMIT,
+};
 pub use stats::{Counter, Rate, Stage, StatsMap, XdpRates, XdpStats};
 pub use traffic::{TrafficGen, TEMPLATE_LEN};
 
