@@ -1,7 +1,8 @@
 //! The XDP router's route cache follows the kernel's changes: on by default once the router
 //! knows its namespace, and dropped by the namespace's own change notifications, so a route
-//! replaced, a neighbour's MAC replaced or a link taken down mid-stream moves the traffic
-//! within 10 ms (the bound), although cached slots would live for a second.
+//! replaced, a neighbour's MAC replaced, a link taken down or a policy rule added mid-stream
+//! moves the traffic within 10 ms (the bound), although cached slots would live for a
+//! second.
 //!
 //! Topology: sender S ─ router R ─┬─ sink A (10.62.0.2)
 //!                                └─ sink B (10.63.0.2)
@@ -249,7 +250,7 @@ fn report(what: &str, m: &Moved) {
 }
 
 #[test]
-fn route_neighbour_and_link_changes_move_cached_traffic_within_10_ms() {
+fn route_neighbour_link_and_rule_changes_move_cached_traffic_within_10_ms() {
     require!();
     let lab = lab();
     let router = XdpRouter::load().unwrap();
@@ -358,6 +359,48 @@ fn route_neighbour_and_link_changes_move_cached_traffic_within_10_ms() {
         },
     );
     report("link down", &m);
+
+    // 4. A policy rule sends the destination to another table, through B again (only the rule
+    // message tells: the routes of table 100 are in place before the stream).
+    ip(&lab.r, &["link", "set", "rb", "up"]);
+    common::wait_oper_up(&lab.r, &["rb".to_string()]);
+    let p = common::ping(&lab.r, "10.63.0.2".parse().unwrap(), 1);
+    assert_eq!(p.received, 1, "{}", p.output);
+    ip(
+        &lab.r,
+        &[
+            "route",
+            "add",
+            "10.64.0.1/32",
+            "via",
+            "10.63.0.2",
+            "table",
+            "100",
+        ],
+    );
+    let m = stream_through(
+        &lab,
+        &router,
+        (&sink_a, &sink_b),
+        3_000_000,
+        || {},
+        || {
+            ip(
+                &lab.r,
+                &[
+                    "rule",
+                    "add",
+                    "to",
+                    "10.64.0.1",
+                    "lookup",
+                    "100",
+                    "pref",
+                    "100",
+                ],
+            );
+        },
+    );
+    report("policy rule added", &m);
     let status = router.route_cache_status().unwrap();
     assert!(status.follows_changes, "{status:?}");
     println!("{status:?}");
