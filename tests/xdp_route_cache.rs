@@ -430,15 +430,94 @@ fn an_explicit_choice_wins_over_the_default() {
     router.add_port_with_receiver(&co0, &co1).unwrap();
     let status = router.route_cache_status().unwrap();
     assert_eq!(status.max_age, Some(Duration::from_millis(200)));
-    // A change in the namespace drops the cache (the generation moves on).
-    let before = status.invalidations;
-    ip(&r, &["link", "set", "co0", "up"]);
-    let deadline = Instant::now() + common::patient(Duration::from_secs(2));
-    while router.route_cache_status().unwrap().invalidations == before {
-        assert!(
-            Instant::now() < deadline,
-            "no invalidation after a link change"
-        );
-        std::thread::sleep(Duration::from_millis(5));
+    // Every kind of change a lookup depends on drops the cache (the generation moves on):
+    // one change of each subscribed group, each waited for.
+    let changes: &[(&str, &[&str])] = &[
+        ("link up", &["link", "set", "co0", "up"]),
+        (
+            "IPv4 address",
+            &["addr", "add", "10.65.0.1/24", "dev", "co0"],
+        ),
+        (
+            "IPv6 address",
+            &["-6", "addr", "add", "fd65::1/64", "dev", "co0", "nodad"],
+        ),
+        (
+            "IPv4 route",
+            &["route", "add", "10.66.0.0/24", "via", "10.65.0.2"],
+        ),
+        (
+            "IPv6 route",
+            &["-6", "route", "add", "fd66::/64", "via", "fd65::2"],
+        ),
+        (
+            "IPv4 rule",
+            &["rule", "add", "to", "10.66.0.0/24", "lookup", "100"],
+        ),
+        (
+            "IPv6 rule",
+            &["-6", "rule", "add", "to", "fd66::/64", "lookup", "100"],
+        ),
+        (
+            "neighbour",
+            &[
+                "neigh",
+                "add",
+                "10.65.0.2",
+                "lladdr",
+                "02:65:00:00:00:02",
+                "dev",
+                "co0",
+            ],
+        ),
+    ];
+    let count = || router.route_cache_status().unwrap().invalidations;
+    // Waits for the invalidation `what` causes, then until none has come for 50 ms, so a late
+    // message of one change cannot pass for the next one.
+    let wait_for_invalidation = |what: &str, before: u64| {
+        let deadline = Instant::now() + common::patient(Duration::from_secs(2));
+        while count() == before {
+            assert!(Instant::now() < deadline, "no invalidation after: {what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let mut settled = count();
+        loop {
+            std::thread::sleep(Duration::from_millis(50));
+            match count() {
+                n if n == settled => return n,
+                n => settled = n,
+            }
+        }
+    };
+    let mut seen = status.invalidations;
+    for (what, args) in changes {
+        ip(&r, args);
+        seen = wait_for_invalidation(what, seen);
+    }
+    // Forwarding turned off and on (netconf).
+    for (key, value) in [
+        ("net.ipv4.ip_forward", "1"),
+        ("net.ipv6.conf.all.forwarding", "1"),
+    ] {
+        r.set_sysctl(key, value).unwrap();
+        seen = wait_for_invalidation(key, seen);
+    }
+    // Nexthop objects, where the kernel has them.
+    if common::try_ip(
+        &r,
+        &[
+            "nexthop",
+            "add",
+            "id",
+            "65",
+            "via",
+            "10.65.0.2",
+            "dev",
+            "co0",
+        ],
+    )
+    .is_ok()
+    {
+        wait_for_invalidation("nexthop object", seen);
     }
 }
