@@ -521,3 +521,47 @@ fn an_explicit_choice_wins_over_the_default() {
         wait_for_invalidation("nexthop object", seen);
     }
 }
+
+/// The `route_cache_cfg` map of the XDP program `prog_id`, as bpftool dumps it (JSON).
+fn cache_cfg_of(prog_id: u32) -> serde_json::Value {
+    let run = |args: &[&str]| -> serde_json::Value {
+        let out = std::process::Command::new("bpftool")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "bpftool {args:?}: {out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let prog = run(&["-j", "prog", "show", "id", &prog_id.to_string()]);
+    for id in prog["map_ids"].as_array().unwrap() {
+        let id = id.to_string();
+        let map = run(&["-j", "map", "show", "id", &id]);
+        if map["name"] == "route_cache_cfg" {
+            let dump = run(&["-j", "map", "dump", "id", &id]);
+            return dump[0]["formatted"]["value"].clone();
+        }
+    }
+    panic!("program {prog_id} has no route_cache_cfg map: {prog}");
+}
+
+#[test]
+fn a_dropped_router_leaves_its_attachments_without_the_cache_it_turned_on() {
+    require!();
+    let r = netns("xcd");
+    ip(
+        &r,
+        &["link", "add", "cd0", "type", "veth", "peer", "name", "cd1"],
+    );
+    let router = XdpRouter::load().unwrap();
+    let att = router
+        .attach(&device(&r, "cd0"), XdpOptions::default())
+        .unwrap();
+    let on = cache_cfg_of(att.program_id());
+    assert_eq!(on["max_age_ns"], 1_000_000_000u64, "on by default: {on}");
+    drop(router);
+    // The attachment keeps the program running; nobody follows changes any more, so the
+    // cache is off and every frame is looked up.
+    let off = cache_cfg_of(att.program_id());
+    assert_eq!(off["max_age_ns"], 0, "off after the router dropped: {off}");
+    drop(att);
+}

@@ -137,7 +137,8 @@ pub struct FibStats {
 /// Without the thread a change reaches cached flows only when their slot ages out, or at once
 /// after [`flush_route_cache`](Self::flush_route_cache). Taking a port away
 /// ([`remove_port`](Self::remove_port)) applies at once, cached or not. Lookups that do not
-/// succeed are never cached.
+/// succeed are never cached. Attachments may outlive the router; when it drops, its watch stops
+/// and a cache it turned on itself goes off (an age chosen by the caller stays).
 ///
 /// # Examples
 ///
@@ -606,6 +607,31 @@ impl RouteCache {
                     }
                 });
             }
+        }
+    }
+}
+
+impl Drop for XdpRouter {
+    /// Stops the change watch; a cache the router turned on itself goes off with it, so
+    /// attachments that outlive the router look every frame up instead of trusting slots that
+    /// nobody keeps right any more.
+    fn drop(&mut self) {
+        let watch = self
+            .fib_watch
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if watch.is_none() {
+            return;
+        }
+        drop(watch); // joins the thread
+        let state = self.cache.lock_state();
+        if !state.chosen {
+            let _ = self
+                .cache
+                .write(&state, "turn off the XDP router route cache", |c| {
+                    c.max_age_ns = 0
+                });
         }
     }
 }
