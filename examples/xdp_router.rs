@@ -10,8 +10,10 @@
 //! outcomes every interval until Ctrl-C (or `--seconds`). Forwarding must be enabled
 //! (`sysctl net.ipv4.ip_forward=1`, `net.ipv6.conf.all.forwarding=1`).
 //!
-//! `--route-cache MS` turns on the router's route cache with that maximum age (see
-//! `XdpRouter::set_route_cache`); the FIB line then shows the cache hits among the successes.
+//! The router's route cache is on by default (invalidated by every route, rule, neighbour or
+//! link change in the namespace, see `XdpRouter`'s "Route cache"); `--route-cache MS` sets its
+//! maximum age instead, `--route-cache 0` turns it off (`XdpRouter::set_route_cache`). The FIB
+//! line shows the cache hits among the successes.
 //!
 //! `--demo` builds three namespaces `left ── router ── right` (removed at exit), routes a ping
 //! flood through the router and shows the counters move. Run as root.
@@ -27,7 +29,8 @@ struct Args {
     ifaces: Vec<String>,
     generic: bool,
     direct: bool,
-    route_cache: Option<Duration>,
+    /// `None`: the router's default; `Some(None)`: off.
+    route_cache: Option<Option<Duration>>,
     interval: f64,
     seconds: Option<f64>,
     demo: bool,
@@ -53,9 +56,8 @@ fn parse_args() -> Result<Args, String> {
                 let ms: u64 = it
                     .next()
                     .and_then(|v| v.parse().ok())
-                    .filter(|v: &u64| *v > 0)
-                    .ok_or("--route-cache needs a positive number of milliseconds")?;
-                a.route_cache = Some(Duration::from_millis(ms));
+                    .ok_or("--route-cache needs a number of milliseconds (0: off)")?;
+                a.route_cache = Some((ms > 0).then(|| Duration::from_millis(ms)));
             }
             "--interval" | "--seconds" => {
                 let v: f64 = it
@@ -205,7 +207,9 @@ fn demo(args: &Args) -> lwtun::Result<()> {
 
     let router = XdpRouter::load()?;
     router.set_direct_lookup(args.direct)?;
-    router.set_route_cache(args.route_cache)?;
+    if let Some(choice) = args.route_cache {
+        router.set_route_cache(choice)?;
+    }
     // Devices carry their namespace: no closure inside `mid` is needed.
     let (l, r) = (mid.device("left")?, mid.device("right")?);
     router.add_port_with_receiver(&l, &left.device("eth0")?)?;
@@ -215,6 +219,7 @@ fn demo(args: &Args) -> lwtun::Result<()> {
         ..Default::default()
     };
     let atts = vec![router.attach(&l, opts)?, router.attach(&r, opts)?];
+    println!("route cache: {:?}", router.route_cache_status()?);
     println!(
         "demo: {} -> router {} -> {}; flooding ping from left to right",
         left.name(),
@@ -257,7 +262,9 @@ fn main() {
         (|| {
             let router = XdpRouter::load()?;
             router.set_direct_lookup(args.direct)?;
-            router.set_route_cache(args.route_cache)?;
+            if let Some(choice) = args.route_cache {
+                router.set_route_cache(choice)?;
+            }
             let mode = if args.generic {
                 XdpMode::Generic
             } else {
@@ -282,6 +289,7 @@ fn main() {
                     atts.last().unwrap().via()
                 );
             }
+            println!("route cache: {:?}", router.route_cache_status()?);
             watch(&router, &ports, args.interval, args.seconds)
         })()
     };

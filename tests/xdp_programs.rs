@@ -9,7 +9,7 @@ use std::time::Duration;
 use lwtun::device::Device;
 use lwtun::xdp::{
     DevMap, DevMapKind, IcmpEcho, RedirectRule, Stage, XdpAction, XdpAttachment, XdpPass,
-    XdpRedirect, XdpRouter,
+    XdpRedirect, XdpRouter, ROUTE_CACHE_DEFAULT_AGE,
 };
 
 const A_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
@@ -906,15 +906,22 @@ fn router_route_cache_hits_ages_out_and_flushes() {
             let hits = router.fib_stats()?.cache_hits;
             Ok((out.verdict, out.packet[0..6].try_into().unwrap(), hits))
         };
-        // Off by default: every frame is looked up.
+        // On by default once the router has a port (it follows the namespace's changes): the
+        // first frame fills the slot, the next one hits it.
+        assert_eq!(router.route_cache()?, Some(ROUTE_CACHE_DEFAULT_AGE));
+        assert!(router.route_cache_status()?.follows_changes);
         assert_eq!(run(&v4)?, (XdpAction::Redirect, nb(0x99), 0));
-        assert_eq!(run(&v4)?, (XdpAction::Redirect, nb(0x99), 0));
+        assert_eq!(run(&v4)?, (XdpAction::Redirect, nb(0x99), 1));
+        // Off: every frame is looked up.
+        router.set_route_cache(None)?;
+        assert_eq!(run(&v4)?, (XdpAction::Redirect, nb(0x99), 1));
+        assert_eq!(run(&v4)?, (XdpAction::Redirect, nb(0x99), 1));
 
         // On, with a long age: the first frame fills the slot, the next ones hit it.
         router.set_route_cache(Some(Duration::from_secs(30)))?;
         assert_eq!(router.route_cache()?, Some(Duration::from_secs(30)));
-        assert_eq!(run(&v4)?, (XdpAction::Redirect, nb(0x99), 0));
         assert_eq!(run(&v4)?, (XdpAction::Redirect, nb(0x99), 1));
+        assert_eq!(run(&v4)?, (XdpAction::Redirect, nb(0x99), 2));
         let out = router.program().test_run_repeat(&v4, 1, Some(&in0))?;
         assert_eq!(out.packet[22], 63, "TTL decremented on a hit too");
         assert_eq!(
@@ -922,13 +929,21 @@ fn router_route_cache_hits_ages_out_and_flushes() {
             0,
             "IPv4 checksum valid"
         );
-        // The kernel does not tell XDP about neighbour changes: within the age the cached MAC
-        // stays (documented), a flush takes the new one at once.
+        // A neighbour change reaches the cached flow without a flush, long before the age:
+        // the router's watch of the namespace's changes drops the cache.
+        let invalidations = router.route_cache_status()?.invalidations;
         set_nb("02:00:00:00:00:98");
-        assert_eq!(run(&v4)?, (XdpAction::Redirect, nb(0x99), 3));
-        router.flush_route_cache()?;
+        let deadline = std::time::Instant::now() + common::patient(Duration::from_secs(5));
+        while router.route_cache_status()?.invalidations == invalidations {
+            assert!(std::time::Instant::now() < deadline, "no invalidation");
+            std::thread::sleep(Duration::from_millis(1));
+        }
         assert_eq!(run(&v4)?, (XdpAction::Redirect, nb(0x98), 3));
         assert_eq!(run(&v4)?, (XdpAction::Redirect, nb(0x98), 4));
+        // A flush drops it as well.
+        router.flush_route_cache()?;
+        assert_eq!(run(&v4)?, (XdpAction::Redirect, nb(0x98), 4));
+        assert_eq!(run(&v4)?, (XdpAction::Redirect, nb(0x98), 5));
 
         // A frame longer than the cached MTU is looked up (FRAG_NEEDED, passed), not forwarded.
         let mut big = v4.clone();

@@ -88,6 +88,7 @@
 //! ```
 
 mod event;
+mod fib_changes;
 mod peers;
 mod socket;
 mod state;
@@ -99,6 +100,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 pub use event::{Event, EventKinds, ResyncReason, Stamped};
+pub(crate) use fib_changes::{FibChanges, FibNotice};
 pub(crate) use state::RouteKey;
 
 use crate::error::{Error, Result};

@@ -8,13 +8,17 @@ use super::EventKinds;
 use crate::error::{Error, Result};
 use crate::netlink::nexthop::NEXTHOP_SINCE;
 
-const RTNLGRP_LINK: u32 = 1;
-const RTNLGRP_NEIGH: u32 = 3;
-const RTNLGRP_IPV4_IFADDR: u32 = 5;
-const RTNLGRP_IPV4_ROUTE: u32 = 7;
-const RTNLGRP_IPV6_IFADDR: u32 = 9;
-const RTNLGRP_IPV6_ROUTE: u32 = 11;
-const RTNLGRP_NEXTHOP: u32 = 32;
+pub(super) const RTNLGRP_LINK: u32 = 1;
+pub(super) const RTNLGRP_NEIGH: u32 = 3;
+pub(super) const RTNLGRP_IPV4_IFADDR: u32 = 5;
+pub(super) const RTNLGRP_IPV4_ROUTE: u32 = 7;
+pub(super) const RTNLGRP_IPV4_RULE: u32 = 8;
+pub(super) const RTNLGRP_IPV6_IFADDR: u32 = 9;
+pub(super) const RTNLGRP_IPV6_ROUTE: u32 = 11;
+pub(super) const RTNLGRP_IPV6_RULE: u32 = 19;
+pub(super) const RTNLGRP_IPV4_NETCONF: u32 = 24;
+pub(super) const RTNLGRP_IPV6_NETCONF: u32 = 25;
+pub(super) const RTNLGRP_NEXTHOP: u32 = 32;
 const NETLINK_ADD_MEMBERSHIP: libc::c_int = 1;
 
 /// The multicast groups of each kind.
@@ -69,6 +73,18 @@ impl Subscription {
     /// the receive buffer to `rcvbuf` bytes (`SO_RCVBUFFORCE`, else `SO_RCVBUF`, capped by
     /// `net.core.rmem_max`).
     pub(super) fn open(kinds: EventKinds, rcvbuf: usize) -> Result<Subscription> {
+        let groups: Vec<u32> = groups(kinds).into_iter().map(|(_, g)| g).collect();
+        Subscription::open_groups(&groups, false, rcvbuf)
+    }
+
+    /// [`open`](Self::open) for raw multicast group numbers; with `skip_absent_nexthop` a
+    /// kernel without the nexthop group (`EINVAL` on joining group 32) is no error: the socket
+    /// goes without it.
+    pub(super) fn open_groups(
+        groups: &[u32],
+        skip_absent_nexthop: bool,
+        rcvbuf: usize,
+    ) -> Result<Subscription> {
         let op = "open rtnetlink event socket";
         // SAFETY: plain socket(2); the result is checked.
         let raw = unsafe {
@@ -97,14 +113,16 @@ impl Subscription {
         if rc != 0 {
             return Err(Error::io(op, io::Error::last_os_error()));
         }
-        for (_, group) in groups(kinds) {
-            if let Err(errno) = setsockopt(
+        for &group in groups {
+            match setsockopt(
                 &fd,
                 libc::SOL_NETLINK,
                 NETLINK_ADD_MEMBERSHIP,
                 group as libc::c_int,
             ) {
-                return Err(membership_error(group, errno));
+                Ok(()) => {}
+                Err(libc::EINVAL) if skip_absent_nexthop && group == RTNLGRP_NEXTHOP => {}
+                Err(errno) => return Err(membership_error(group, errno)),
             }
         }
         let size = libc::c_int::try_from(rcvbuf / 2).unwrap_or(libc::c_int::MAX);

@@ -6,7 +6,8 @@
 //!  ───────────────────────────────────────────────────      ─────────────────────────────────────
 //!  XdpPass      xdp_pass / xdp_drop / xdp_tx                receiver for veth peers, sink, reflector
 //!  XdpRedirect  xdp_redirect + xdp_egress, DevMap (array)   L2 forwarding with a MAC rewrite table
-//!  XdpRouter    xdp_router, DevMap (hash, by ifindex)       bpf_fib_lookup IPv4/IPv6 router
+//!  XdpRouter    xdp_router, DevMap (hash, by ifindex)       bpf_fib_lookup IPv4/IPv6 router, route
+//!                                                          cache dropped on every rtnetlink change
 //!  IcmpEcho     xdp_echo                                    XDP_TX ping responder (v4 and v6)
 //!  TrafficGen   xdp_gen                                     live-frames traffic generator
 //!        │
@@ -64,7 +65,9 @@ pub use pass::XdpPass;
 pub use program::TestRunOutput;
 pub use program::{LiveFrames, TestRun, XdpProgram};
 pub use redirect::{MacAddr, RedirectRule, XdpRedirect};
-pub use router::{FibStats, XdpRouter, ROUTE_CACHE_MAX_AGE_LIMIT};
+pub use router::{
+    FibStats, RouteCacheStatus, XdpRouter, ROUTE_CACHE_DEFAULT_AGE, ROUTE_CACHE_MAX_AGE_LIMIT,
+};
 pub use stats::{Counter, Rate, Stage, StatsMap, XdpRates, XdpStats};
 pub use traffic::{TrafficGen, TEMPLATE_LEN};
 

@@ -1,5 +1,7 @@
 //! IPv4 and IPv6 forwarding in XDP with the kernel's FIB (`bpf/xdp_router.bpf.c`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
@@ -12,7 +14,8 @@ use super::stats::StatsMap;
 use crate::abi::{self, Pod};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::netns::NetNsId;
+use crate::monitor::{FibChanges, FibNotice};
+use crate::netns::{NetNs, NetNsId};
 use crate::skel::xdp_router::types::lwtun_xdp_route_cache_cfg;
 
 // SAFETY: u32 + u32 + u64, no padding (asserted in lwtun.h).
@@ -20,6 +23,45 @@ unsafe impl Pod for lwtun_xdp_route_cache_cfg {}
 
 /// The longest [`XdpRouter::set_route_cache`] accepts.
 pub const ROUTE_CACHE_MAX_AGE_LIMIT: Duration = Duration::from_secs(60);
+
+/// The maximum age of the route cache that a router turns on by itself once it follows its
+/// namespace's change notifications (see [Route cache](XdpRouter#route-cache)): a safety net
+/// for changes the kernel announces to nobody.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(lwtun::xdp::ROUTE_CACHE_DEFAULT_AGE.as_secs(), 1);
+/// ```
+pub const ROUTE_CACHE_DEFAULT_AGE: Duration = Duration::from_secs(1);
+
+/// Whether the route cache is on, and whether it follows the namespace's changes
+/// ([`XdpRouter::route_cache_status`]).
+///
+/// # Examples
+///
+/// ```no_run
+/// let router = lwtun::xdp::XdpRouter::load()?;
+/// let status = router.route_cache_status()?;
+/// if status.max_age.is_none() {
+///     println!("route cache off: {}", status.reason.as_deref().unwrap_or("turned off"));
+/// }
+/// # Ok::<(), lwtun::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RouteCacheStatus {
+    /// The cached slots' maximum age; `None` while the cache is off.
+    pub max_age: Option<Duration>,
+    /// Whether a thread follows the namespace's route, rule, neighbour, address, link, nexthop
+    /// and forwarding changes and drops the cache on each.
+    pub follows_changes: bool,
+    /// Why changes are not followed (no port or attachment yet, or the error that stopped the
+    /// watch), when they are not.
+    pub reason: Option<String>,
+    /// How often a change notification dropped the cache so far.
+    pub invalidations: u64,
+}
 
 /// How many frames got each outcome of the router's FIB lookup, summed over the CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -77,12 +119,26 @@ pub struct FibStats {
 /// `/proc/config.gz` tells the tick rate, as in many containers) and the frame fits the cached
 /// MTU.
 ///
-/// The kernel does not tell XDP programs when routes, rules or neighbours change, so a change
-/// reaches cached flows only when their slot ages out, at most `max_age` later, or at once after
-/// [`flush_route_cache`](Self::flush_route_cache) (which a program that changes routes itself
-/// should call). Until then frames of a cached flow keep the old egress device and MACs; taking a
-/// port away ([`remove_port`](Self::remove_port)) applies at once, cached or not.
-/// Lookups that do not succeed are never cached. The cache is off by default.
+/// The kernel does not tell XDP programs when routes, rules or neighbours change, but it tells
+/// user space: once the router knows its namespace (its first port or attachment), it starts a
+/// thread holding a `NETLINK_ROUTE` socket there, subscribed to every change a lookup depends
+/// on (links, IPv4/IPv6 addresses, routes and policy rules, neighbours, nexthop objects where
+/// the kernel has them, forwarding settings). Any message, or an overrun of the socket, drops
+/// every CPU's cache at once (one generation bump per wake-up), typically well under a
+/// millisecond after the change. The subscription is made before the cache is turned on, so no
+/// change slips between. The thread stops when the router drops.
+///
+/// **On by default, where it is safe:** when that thread starts, the cache turns on with
+/// [`ROUTE_CACHE_DEFAULT_AGE`] (1 s) as a safety net for changes nobody announces, unless the
+/// caller chose with [`set_route_cache`](Self::set_route_cache) before (`None` keeps it off;
+/// an age is kept, now also invalidated by changes). When the thread cannot start (no right to
+/// enter the namespace, the socket refused) or its socket fails later, a cache the router
+/// turned on itself goes off again; [`route_cache_status`](Self::route_cache_status) says why.
+/// Without the thread a change reaches cached flows only when their slot ages out, or at once
+/// after [`flush_route_cache`](Self::flush_route_cache). Taking a port away
+/// ([`remove_port`](Self::remove_port)) applies at once, cached or not. Lookups that do not
+/// succeed are never cached. Attachments may outlive the router; when it drops, its watch stops
+/// and a cache it turned on itself goes off (an age chosen by the caller stays).
 ///
 /// # Examples
 ///
@@ -92,7 +148,6 @@ pub struct FibStats {
 ///
 /// let ns = lwtun::netns::NetNs::open("router")?;
 /// let router = XdpRouter::load()?;
-/// router.set_route_cache(Some(Duration::from_millis(100)))?; // optional: see "Route cache"
 /// let mut atts = Vec::new();
 /// for name in ["veth0", "veth1"] {
 ///     let dev = ns.device(name)?;
@@ -100,6 +155,8 @@ pub struct FibStats {
 ///     atts.push(router.attach(&dev, XdpOptions::default())?);
 /// }
 /// println!("{:?}", router.fib_stats()?);
+/// // The route cache is on now, following the namespace's changes (see "Route cache").
+/// println!("{:?}", router.route_cache_status()?);
 /// # Ok::<(), lwtun::Error>(())
 /// ```
 #[derive(Debug)]
@@ -108,9 +165,9 @@ pub struct XdpRouter {
     ports: DevMap,
     fib: MapHandle,
     fib_flags: MapHandle,
-    cache_cfg: MapHandle,
-    /// Serialises read-modify-writes of `cache_cfg` (a flush must not undo a new age).
-    cache_cfg_lock: std::sync::Mutex<()>,
+    cache: Arc<RouteCache>,
+    /// The thread that drops the cache on every change in the router's namespace.
+    fib_watch: Mutex<Option<FibChanges>>,
     stats: StatsMap,
     receivers: Receivers,
     /// The namespace of the first port or attachment: the FIB the program asks returns
@@ -153,8 +210,19 @@ impl XdpRouter {
             ports: DevMap::from_handle(obj.map("ports")?)?,
             fib,
             fib_flags,
-            cache_cfg,
-            cache_cfg_lock: std::sync::Mutex::new(()),
+            cache: Arc::new(RouteCache {
+                map: cache_cfg,
+                state: Mutex::new(CacheState {
+                    chosen: false,
+                    watch: Err(
+                        "the router has no port or attachment yet, so it does not know \
+                                which namespace to watch"
+                            .into(),
+                    ),
+                }),
+                invalidations: AtomicU64::new(0),
+            }),
+            fib_watch: Mutex::new(None),
             stats: StatsMap::new(obj.map(super::stats::STATS_MAP)?)?,
             receivers: Receivers::default(),
             netns: std::sync::Mutex::new(None),
@@ -182,6 +250,7 @@ impl XdpRouter {
         match *bound {
             None => {
                 *bound = Some(device.netns_id());
+                self.follow_changes(device.netns());
                 Ok(())
             }
             Some(id) if id == device.netns_id() => Ok(()),
@@ -194,6 +263,39 @@ impl XdpRouter {
                 ),
             )
             .with_object(device.to_string())),
+        }
+    }
+
+    /// Starts the thread that drops the route cache on every change in `netns`, then turns the
+    /// cache on with the default age unless the caller chose; on failure records why and
+    /// leaves the cache as it is.
+    fn follow_changes(&self, netns: &NetNs) {
+        let cache = Arc::clone(&self.cache);
+        let started = FibChanges::start_in(netns, move |notice| cache.notice(notice));
+        let mut watch = self.fib_watch.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.cache.lock_state();
+        match started {
+            Ok(w) => {
+                *watch = Some(w);
+                state.watch = Ok(());
+                if !state.chosen {
+                    let age = ROUTE_CACHE_DEFAULT_AGE.as_nanos() as u64;
+                    let on = self
+                        .cache
+                        .write(&state, "turn on the XDP router route cache", |c| {
+                            c.max_age_ns = age
+                        });
+                    if let Err(e) = on {
+                        state.watch = Err(format!("the cache could not be turned on: {e}"));
+                    }
+                }
+            }
+            Err(e) => {
+                state.watch = Err(format!(
+                    "the change notifications of namespace {} could not be followed: {e}",
+                    netns.name()
+                ))
+            }
         }
     }
 
@@ -261,12 +363,13 @@ impl XdpRouter {
             .update(&0u32.to_ne_bytes(), &flags.to_ne_bytes(), MapFlags::ANY)
             .map_err(|e| Error::bpf(op, e))?;
         // Cached routes were looked up the other way.
-        self.write_cache_cfg(op, |_| {})
+        self.cache.write(&self.cache.lock_state(), op, |_| {})
     }
 
-    /// Turns the route cache on with slots valid for `max_age` after their lookup (`None`: off,
-    /// the default). See [Route cache](Self#route-cache) for what it trades. Every change of the
-    /// setting also drops what was cached.
+    /// Turns the route cache on with slots valid for `max_age` after their lookup, or off with
+    /// `None`. This choice wins over the default (on with [`ROUTE_CACHE_DEFAULT_AGE`] once the
+    /// router follows its namespace's changes); see [Route cache](Self#route-cache). Every
+    /// change of the setting also drops what was cached.
     ///
     /// # Errors
     ///
@@ -300,7 +403,11 @@ impl XdpRouter {
             }
             Some(age) => age.as_nanos() as u64,
         };
-        self.write_cache_cfg(op, |cfg| cfg.max_age_ns = max_age_ns)
+        let mut state = self.cache.lock_state();
+        self.cache
+            .write(&state, op, |cfg| cfg.max_age_ns = max_age_ns)?;
+        state.chosen = true;
+        Ok(())
     }
 
     /// The route cache's maximum age, `None` while it is off.
@@ -309,8 +416,42 @@ impl XdpRouter {
     ///
     /// [`ErrorKind::Kernel`](crate::ErrorKind::Kernel) when the setting cannot be read.
     pub fn route_cache(&self) -> Result<Option<Duration>> {
-        let cfg = self.read_cache_cfg("read XDP router route cache")?;
+        let cfg = self.cache.read("read XDP router route cache")?;
         Ok((cfg.max_age_ns != 0).then(|| Duration::from_nanos(cfg.max_age_ns)))
+    }
+
+    /// Whether the route cache is on and follows the namespace's changes, and if not, why
+    /// (see [Route cache](Self#route-cache)).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Kernel`](crate::ErrorKind::Kernel) when the setting cannot be read.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use lwtun::xdp::{XdpOptions, XdpRouter};
+    ///
+    /// let ns = lwtun::netns::NetNs::open("router")?;
+    /// let router = XdpRouter::load()?;
+    /// assert!(router.route_cache_status()?.max_age.is_none()); // no namespace yet
+    /// let _att = router.attach(&ns.device("veth0")?, XdpOptions::default())?;
+    /// let status = router.route_cache_status()?;
+    /// println!(
+    ///     "cache {:?}, following changes: {} ({:?}), {} invalidations",
+    ///     status.max_age, status.follows_changes, status.reason, status.invalidations
+    /// );
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    pub fn route_cache_status(&self) -> Result<RouteCacheStatus> {
+        let state = self.cache.lock_state();
+        let max_age = self.route_cache()?;
+        Ok(RouteCacheStatus {
+            max_age,
+            follows_changes: state.watch.is_ok(),
+            reason: state.watch.clone().err(),
+            invalidations: self.cache.invalidations.load(Ordering::Relaxed),
+        })
     }
 
     /// Drops every CPU's cached routes: the next frame of every flow is looked up again. Call it
@@ -321,41 +462,9 @@ impl XdpRouter {
     ///
     /// [`ErrorKind::Kernel`](crate::ErrorKind::Kernel) when the generation cannot be written.
     pub fn flush_route_cache(&self) -> Result<()> {
-        self.write_cache_cfg("flush XDP router route cache", |_| {})
-    }
-
-    fn read_cache_cfg(&self, op: &str) -> Result<lwtun_xdp_route_cache_cfg> {
-        Ok(self
-            .cache_cfg
-            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
-            .map_err(|e| Error::bpf(op.to_string(), e))?
-            .and_then(|b| abi::from_bytes::<lwtun_xdp_route_cache_cfg>(&b))
-            .unwrap_or_default())
-    }
-
-    /// Rewrites the cache settings with `change` applied and the generation moved on (never to
-    /// 0), so nothing cached before applies after.
-    fn write_cache_cfg(
-        &self,
-        op: &str,
-        change: impl FnOnce(&mut lwtun_xdp_route_cache_cfg),
-    ) -> Result<()> {
-        // A poisoned lock only means another thread panicked between read and write: the map
-        // holds a complete value either way.
-        let _guard = self
-            .cache_cfg_lock
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut cfg = self.read_cache_cfg(op)?;
-        change(&mut cfg);
-        cfg.max_age_ticks = 0; // the program converts the age to ticks again
-        cfg.r#gen = match cfg.r#gen.wrapping_add(1) {
-            0 => 1,
-            n => n,
-        };
-        self.cache_cfg
-            .update(&0u32.to_ne_bytes(), abi::as_bytes(&cfg), MapFlags::ANY)
-            .map_err(|e| Error::bpf(op.to_string(), e))
+        let state = self.cache.lock_state();
+        self.cache
+            .write(&state, "flush XDP router route cache", |_| {})
     }
 
     /// Whether lookups skip the policy rules ([`set_direct_lookup`](Self::set_direct_lookup)).
@@ -410,6 +519,120 @@ impl XdpRouter {
             not_ip: slots[11],
             cache_hits: slots[12],
         })
+    }
+}
+
+/// The route cache's settings map and what decides them.
+#[derive(Debug)]
+struct RouteCache {
+    map: MapHandle,
+    /// Held across every read-modify-write of `map` (a flush must not undo a new age).
+    state: Mutex<CacheState>,
+    invalidations: AtomicU64,
+}
+
+#[derive(Debug)]
+struct CacheState {
+    /// The caller chose with `set_route_cache`: the router does not turn the cache on or off.
+    chosen: bool,
+    /// Whether the change watch runs, or why not.
+    watch: std::result::Result<(), String>,
+}
+
+impl RouteCache {
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, CacheState> {
+        // A poisoned lock only means another thread panicked between read and write: the map
+        // holds a complete value either way.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self, op: &str) -> Result<lwtun_xdp_route_cache_cfg> {
+        Ok(self
+            .map
+            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|e| Error::bpf(op.to_string(), e))?
+            .and_then(|b| abi::from_bytes::<lwtun_xdp_route_cache_cfg>(&b))
+            .unwrap_or_default())
+    }
+
+    /// Rewrites the settings with `change` applied and the generation moved on (never to 0),
+    /// so nothing cached before applies after. `_state` proves the caller holds the lock.
+    fn write(
+        &self,
+        _state: &CacheState,
+        op: &str,
+        change: impl FnOnce(&mut lwtun_xdp_route_cache_cfg),
+    ) -> Result<()> {
+        let mut cfg = self.read(op)?;
+        change(&mut cfg);
+        cfg.max_age_ticks = 0; // the program converts the age to ticks again
+        cfg.r#gen = match cfg.r#gen.wrapping_add(1) {
+            0 => 1,
+            n => n,
+        };
+        self.map
+            .update(&0u32.to_ne_bytes(), abi::as_bytes(&cfg), MapFlags::ANY)
+            .map_err(|e| Error::bpf(op.to_string(), e))
+    }
+
+    /// The change watch's callback: a change drops the cache; a lost watch turns off a cache
+    /// the router turned on itself.
+    fn notice(&self, notice: FibNotice) {
+        let mut state = self.lock_state();
+        match notice {
+            FibNotice::Changed => {
+                if self
+                    .write(
+                        &state,
+                        "drop the XDP router route cache after a change",
+                        |_| {},
+                    )
+                    .is_ok()
+                {
+                    self.invalidations.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            FibNotice::Lost(e) => {
+                let off = if state.chosen {
+                    Ok(())
+                } else {
+                    self.write(&state, "turn off the XDP router route cache", |c| {
+                        c.max_age_ns = 0
+                    })
+                };
+                state.watch = Err(match off {
+                    Ok(()) => format!("the change watch stopped: {e}"),
+                    Err(w) => {
+                        format!("the change watch stopped: {e}; turning the cache off failed: {w}")
+                    }
+                });
+            }
+        }
+    }
+}
+
+impl Drop for XdpRouter {
+    /// Stops the change watch; a cache the router turned on itself goes off with it, so
+    /// attachments that outlive the router look every frame up instead of trusting slots that
+    /// nobody keeps right any more.
+    fn drop(&mut self) {
+        let watch = self
+            .fib_watch
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if watch.is_none() {
+            return;
+        }
+        drop(watch); // joins the thread
+        let state = self.cache.lock_state();
+        if !state.chosen {
+            let _ = self
+                .cache
+                .write(&state, "turn off the XDP router route cache", |c| {
+                    c.max_age_ns = 0
+                });
+        }
     }
 }
 
