@@ -23,6 +23,9 @@
 //! Run as root on a quiet machine: `cargo bench --bench peer_table_drop`
 //! (`LWTUN_BENCH_PEERS=N` for one size).
 
+#[path = "support/meminfo.rs"]
+mod meminfo;
+
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,6 +34,7 @@ use std::time::{Duration, Instant};
 use ipnetwork::IpNetwork;
 use lwtun::peer::{Encap, EncapPeer};
 use lwtun::tunnel::Tunnel;
+use meminfo::kernel_memory;
 
 fn prefix(i: u32) -> IpNetwork {
     IpNetwork::new(IpAddr::from((0x0a00_0000 | i).to_be_bytes()), 32).unwrap()
@@ -48,26 +52,6 @@ fn peers(n: u32) -> Vec<(IpNetwork, EncapPeer)> {
             (prefix(i), EncapPeer::new(remote, local, encap))
         })
         .collect()
-}
-
-/// A field of /proc/meminfo, in KiB.
-fn meminfo_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))?
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
-}
-
-/// The kernel's slab and per-CPU memory, in bytes (what BPF map elements come from).
-fn kernel_memory() -> u64 {
-    (meminfo_kib("Slab:") + meminfo_kib("Percpu:")) * 1024
 }
 
 /// Lines of `dmesg` that say a CPU was held: soft lockups and RCU stalls.

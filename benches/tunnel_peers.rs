@@ -37,6 +37,9 @@
 //! `LWTUN_BENCH_ROUNDS=R` for R rounds (default 5), `LWTUN_BENCH_CASE=NAME` for one case
 //! (`NAME|NAME` for several, taking turns: an A/B against the raw floor in the same minutes).
 
+#[path = "support/meminfo.rs"]
+mod meminfo;
+
 use std::io::Write;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -45,6 +48,7 @@ use ipnetwork::IpNetwork;
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use lwtun::peer::{Encap, EncapPeer};
 use lwtun::tunnel::Tunnel;
+use meminfo::{kernel_memory, kib};
 
 fn prefix(i: u32) -> IpNetwork {
     IpNetwork::new(IpAddr::from((0x0a00_0000 | i).to_be_bytes()), 32).unwrap()
@@ -134,26 +138,6 @@ fn memlock(id: u32) -> u64 {
                 .ok()
         })
         .unwrap_or(0)
-}
-
-/// A field of /proc/self/status or /proc/meminfo, in KiB.
-fn kib(file: &str, field: &str) -> u64 {
-    std::fs::read_to_string(file)
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))?
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
-}
-
-/// The kernel's slab and per-CPU memory, in bytes (what BPF map elements come from).
-fn kernel_memory() -> u64 {
-    (kib("/proc/meminfo", "Slab:") + kib("/proc/meminfo", "Percpu:")) * 1024
 }
 
 fn hex(bytes: &[u8]) -> String {
