@@ -45,7 +45,7 @@ use crate::status::{now_us, Status, StatusPeer};
 use crate::AgentError;
 
 /// How long one unary etcd call may take before the session counts as lost.
-const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// One reconcile in this many compares the whole table with the fleet (see
 /// [`Agent::with_reconcile_interval`]); the others check the data plane only.

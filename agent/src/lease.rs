@@ -18,6 +18,8 @@ use std::time::Duration;
 use etcd_client::{Client, ConnectOptions};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::agent::CALL_TIMEOUT;
+
 /// How the keep-alive ended: the agent's session ends with it.
 #[derive(Debug)]
 pub enum LeaseEnd {
@@ -106,8 +108,18 @@ impl LeaseKeeper {
     }
 }
 
-/// Each call of the keep-alive is bounded by this.
-const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// `call`, bounded by the agent's [`CALL_TIMEOUT`]; its error or the timeout as how the
+/// keep-alive ends.
+async fn within<T>(
+    call: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, LeaseEnd> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(r) => r.map_err(LeaseEnd::Failed),
+        Err(_) => Err(LeaseEnd::Stopped(format!(
+            "no answer from etcd in {CALL_TIMEOUT:?}"
+        ))),
+    }
+}
 
 /// Keeps the lease alive until it is gone. A failed connection or stream is retried (every
 /// 200 ms) for as long as the lease can still be alive — `ttl` since the last answer — so a
@@ -146,28 +158,22 @@ async fn session(
     period: Duration,
     answered: &mut tokio::time::Instant,
 ) -> LeaseEnd {
-    let timed_out = || LeaseEnd::Stopped(format!("no answer from etcd in {CALL_TIMEOUT:?}"));
     let connect = Client::connect(etcd, Some(options.clone()));
-    let mut client = match tokio::time::timeout(CALL_TIMEOUT, connect).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return LeaseEnd::Failed(e),
-        Err(_) => return timed_out(),
+    let mut client = match within(connect).await {
+        Ok(c) => c,
+        Err(end) => return end,
     };
-    let (mut keeper, mut alive) =
-        match tokio::time::timeout(CALL_TIMEOUT, client.lease_keep_alive(lease)).await {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(e)) => return LeaseEnd::Failed(e),
-            Err(_) => return timed_out(),
-        };
+    let (mut keeper, mut alive) = match within(client.lease_keep_alive(lease)).await {
+        Ok(pair) => pair,
+        Err(end) => return end,
+    };
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                match tokio::time::timeout(CALL_TIMEOUT, keeper.keep_alive()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return LeaseEnd::Failed(e),
-                    Err(_) => return timed_out(),
+                if let Err(end) = within(keeper.keep_alive()).await {
+                    return end;
                 }
             }
             answer = alive.message() => match answer {
