@@ -26,34 +26,18 @@
 
 #[path = "support/meminfo.rs"]
 mod meminfo;
+#[path = "support/peers.rs"]
+mod peers;
 
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnetwork::IpNetwork;
-use lwtun::peer::{Encap, EncapPeer};
+use lwtun::peer::EncapPeer;
 use lwtun::tunnel::Tunnel;
 use meminfo::kernel_memory;
-
-fn prefix(i: u32) -> IpNetwork {
-    IpNetwork::new(IpAddr::from((0x0a00_0000 | i).to_be_bytes()), 32).unwrap()
-}
-
-fn peers(n: u32) -> Vec<(IpNetwork, EncapPeer)> {
-    let local: IpAddr = "192.0.2.1".parse().unwrap();
-    (0..n)
-        .map(|i| {
-            let remote = IpAddr::from([192, 0, 2, (i % 250 + 2) as u8]);
-            let encap = Encap::Gre {
-                key: Some(i),
-                checksum: false,
-            };
-            (prefix(i), EncapPeer::new(remote, local, encap))
-        })
-        .collect()
-}
+use peers::{baseline_ns, lookup_ns, peers};
 
 /// Lines of `dmesg` that say a CPU was held: soft lockups and RCU stalls.
 fn stall_lines() -> usize {
@@ -200,17 +184,6 @@ fn drop_case(n: u32, input: &[(IpNetwork, EncapPeer)], way: Way) -> Dropped {
     }
 }
 
-/// Mean ns per `BPF_PROG_TEST_RUN` of the encap's preview program on a frame to peer `i`.
-fn lookup_ns(t: &Tunnel, i: u32) -> f64 {
-    let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
-    f.extend_from_slice(&[0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 30, 0, 1]);
-    f.extend_from_slice(&(0x0a00_0000u32 | i).to_be_bytes());
-    f.extend_from_slice(&[0x12, 0x34, 0x56, 0x78, 0, 8, 0, 0]);
-    let run = lwtun::decap::test_run(t.preview_program(), &f, 200_000).expect("test_run");
-    assert_eq!(run.verdict, 0, "the frame matches a peer");
-    run.duration.as_nanos() as f64
-}
-
 /// Per-peer costs at `n`: batch insert, one-by-one insert (a sample), lookup, batch remove,
 /// one-by-one remove (a sample), in ns.
 fn per_peer(n: u32, input: &[(IpNetwork, EncapPeer)], floor_ns: f64) -> [f64; 5] {
@@ -263,12 +236,7 @@ fn main() {
         Some(n) => vec![n],
         None => vec![10_000, 1_000_000, 4_000_000],
     };
-    let floor_ns = {
-        let d = lwtun::decap::Decap::load().expect("load decap");
-        let f = [0u8; 64];
-        let run = lwtun::decap::test_run(d.baseline_program(), &f, 200_000).expect("test_run");
-        run.duration.as_nanos() as f64
-    };
+    let floor_ns = baseline_ns();
     println!(
         "per peer, ns (lookup: BPF_PROG_TEST_RUN minus the pass-only floor of {floor_ns:.0} ns)"
     );
