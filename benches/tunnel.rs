@@ -8,8 +8,11 @@
 //!  A (inner 10.70.0.1) ── a-b ═══ veth 10.80.0.0/24, fd80::/64 ═══ b-a ── B (service 10.90.0.1)
 //! ```
 //!
-//! The lwtun modes run with the default second route lookup after the encap and, marked
-//! `direct`, with `TunnelBuilder::direct` (the outer packet takes the inner route's next hop).
+//! The lwtun modes run in the default mode (`DirectMode::Checked`: the outer packet takes the
+//! inner route's next hop where the tunnel has checked that the outer route lookup would pick
+//! it, as it does here), marked `reroute` with `TunnelBuilder::direct(false)` (the second route
+//! lookup after the encap, the default before 0.3) and marked `direct` with
+//! `TunnelBuilder::direct(true)` (unchecked).
 //!
 //! For each mode: TCP goodput of one stream A→B for 1 s, and UDP 64-byte datagrams per second
 //! received by B while A sends for 0.5 s; both as ratios to plain routing measured in the same
@@ -40,13 +43,13 @@ use lwtun::decap::{Decap, DecapPeer};
 use lwtun::netlink::Netlink;
 use lwtun::netns::NetNs;
 use lwtun::peer::{Encap, EncapPeer};
-use lwtun::tunnel::Tunnel;
+use lwtun::tunnel::{DirectMode, Tunnel};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
     Plain,
-    /// The encap, and whether the tunnel is loaded with `TunnelBuilder::direct`.
-    Lwtun(Encap, bool),
+    /// The encap, and the tunnel's `DirectMode`.
+    Lwtun(Encap, DirectMode),
     Seg6,
     Vxlan,
     /// A point-to-point kernel tunnel device of this kind (`gre`, `ipip`) at each end: what a
@@ -57,8 +60,9 @@ enum Mode {
 fn name(m: Mode) -> String {
     match m {
         Mode::Plain => "plain routing".into(),
-        Mode::Lwtun(e, false) => format!("lwtun {e}"),
-        Mode::Lwtun(e, true) => format!("lwtun {e} direct"),
+        Mode::Lwtun(e, DirectMode::Checked) => format!("lwtun {e}"),
+        Mode::Lwtun(e, DirectMode::Never) => format!("lwtun {e} reroute"),
+        Mode::Lwtun(e, DirectMode::Always) => format!("lwtun {e} direct"),
         Mode::Seg6 => "seg6 encap (End.DX4)".into(),
         Mode::Vxlan => "vxlan collect_md".into(),
         Mode::Device(kind) => format!("kernel {kind} device"),
@@ -184,7 +188,7 @@ fn pair(mode: Mode) -> Pair {
             Mode::Lwtun(encap, direct) => {
                 let mut nl = Netlink::open_in(ns).unwrap();
                 let underlay = nl.device(dev).unwrap();
-                let mut t = Tunnel::builder().direct(direct).load().unwrap();
+                let mut t = Tunnel::builder().direct_mode(direct).load().unwrap();
                 t.peers_mut()
                     .insert(
                         prefix.parse().unwrap(),
@@ -418,13 +422,15 @@ fn main() {
     let udp_encap = Encap::Udp { port: 5555 };
     let modes = [
         Mode::Plain,
-        Mode::Lwtun(gre, false),
-        Mode::Lwtun(gre_csum, false),
-        Mode::Lwtun(Encap::Ipip, false),
-        Mode::Lwtun(udp_encap, false),
-        Mode::Lwtun(gre, true),
-        Mode::Lwtun(Encap::Ipip, true),
-        Mode::Lwtun(udp_encap, true),
+        Mode::Lwtun(gre, DirectMode::Checked),
+        Mode::Lwtun(gre_csum, DirectMode::Checked),
+        Mode::Lwtun(Encap::Ipip, DirectMode::Checked),
+        Mode::Lwtun(udp_encap, DirectMode::Checked),
+        Mode::Lwtun(gre, DirectMode::Never),
+        Mode::Lwtun(gre_csum, DirectMode::Never),
+        Mode::Lwtun(Encap::Ipip, DirectMode::Never),
+        Mode::Lwtun(udp_encap, DirectMode::Never),
+        Mode::Lwtun(gre, DirectMode::Always),
         Mode::Seg6,
         Mode::Vxlan,
         Mode::Device("gre"),
@@ -521,8 +527,8 @@ fn main() {
     }
     // lwtun against the device a user would otherwise configure per peer, same encapsulation.
     for (lwtun_mode, kind) in [
-        (Mode::Lwtun(gre, false), "gre"),
-        (Mode::Lwtun(Encap::Ipip, false), "ipip"),
+        (Mode::Lwtun(gre, DirectMode::Checked), "gre"),
+        (Mode::Lwtun(Encap::Ipip, DirectMode::Checked), "ipip"),
     ] {
         let at = |m: Mode| modes.iter().position(|&x| x == m);
         if let (Some(l), Some(d)) = (at(lwtun_mode), at(Mode::Device(kind))) {

@@ -102,6 +102,31 @@ struct {
 	__type(value, struct lwtun_encap_config);
 } config SEC(".maps");
 
+/* The checked direct path (encap_xmit): which IPv4 remotes may leave by the inner route's next
+ * hop, the underlay generation and the checker's lease. Never pinned: they belong to the process
+ * whose checker fills them; when it is gone the lease runs out and every packet is rerouted. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PEERS_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct lwtun_direct_path);
+} direct_paths SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LWTUN_DIRECT_STATE_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} direct_state SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LWTUN_DIRECT_EV_MAX);
+	__type(key, __u32);
+	__type(value, struct lwtun_counter);
+} direct_events SEC(".maps");
+
 /* Not per CPU: a test_run may move between CPUs; the verdict says whether the entry is fresh. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -174,6 +199,37 @@ static __always_inline void count_event(__u32 ev, __u32 len)
 		c->packets++;
 		c->bytes += len;
 	}
+}
+
+static __always_inline void count_path(__u32 ev, __u32 pkts, __u32 len)
+{
+	struct lwtun_counter *c = bpf_map_lookup_elem(&direct_events, &ev);
+
+	if (c) {
+		c->packets += pkts;
+		c->bytes += len;
+	}
+}
+
+/* Whether user space's checker has found, within its lease and since the last underlay change
+ * it heard of, that `remote` is reached through the next hop of the tunnel routes on the device
+ * this packet is leaving by. */
+static __always_inline int direct_checked(struct __sk_buff *skb, const __u8 *remote)
+{
+	__u32 k = LWTUN_DIRECT_VALID_UNTIL, key;
+	struct lwtun_direct_path *d;
+	__u64 *until, *gen;
+
+	until = bpf_map_lookup_elem(&direct_state, &k);
+	if (!until || !*until || bpf_ktime_get_ns() > *until)
+		return 0;
+	k = LWTUN_DIRECT_GENERATION;
+	gen = bpf_map_lookup_elem(&direct_state, &k);
+	if (!gen)
+		return 0;
+	__builtin_memcpy(&key, remote, 4);
+	d = bpf_map_lookup_elem(&direct_paths, &key);
+	return d && d->ifindex == skb->ifindex && d->generation == (__u32)*gen;
 }
 
 static __always_inline __u32 wire_packets(struct __sk_buff *skb)
@@ -434,9 +490,13 @@ static __always_inline int too_big(struct __sk_buff *skb, const struct inner *in
 }
 
 /* `direct`: return BPF_OK instead of BPF_LWT_REROUTE when the outer header is of the inner
- * packet's family (see encap_xmit_direct). `xmit`: an lwt_xmit program, which may write the
- * packet (fix_placeholder); an lwt_in program may not, and leaves the placeholder to
- * ipip_gso_fixup. */
+ * packet's family (see encap_xmit_direct): DIRECT_ALWAYS for every such packet, DIRECT_CHECKED
+ * where the checker vouches for the peer's remote (direct_checked), DIRECT_NEVER for none.
+ * `xmit`: an lwt_xmit program, which may write the packet (fix_placeholder); an lwt_in program
+ * may not, and leaves the placeholder to ipip_gso_fixup. */
+#define DIRECT_NEVER 0
+#define DIRECT_ALWAYS 1
+#define DIRECT_CHECKED 2
 static __always_inline int encap(struct __sk_buff *skb, int direct, int xmit)
 {
 	__u8 hdr[HDR_MAX] = {};
@@ -482,8 +542,13 @@ static __always_inline int encap(struct __sk_buff *skb, int direct, int xmit)
 		st->bytes += bytes;
 	}
 	/* IPv4 in IPv4 only: see encap_xmit_direct. */
-	if (direct && !(p.flags & LWTUN_PEER_OUTER_V6) && !in.v6)
+	if (direct && !(p.flags & LWTUN_PEER_OUTER_V6) && !in.v6 &&
+	    (direct == DIRECT_ALWAYS || direct_checked(skb, p.remote))) {
+		count_path(LWTUN_DIRECT_EV_DIRECT, pkts, bytes);
 		return BPF_OK;
+	}
+	if (xmit)
+		count_path(LWTUN_DIRECT_EV_REROUTED, pkts, bytes);
 	return BPF_LWT_REROUTE;
 err:
 	if (st)
@@ -491,10 +556,17 @@ err:
 	return BPF_DROP;
 }
 
+/*
+ * The default: encap_xmit_direct's shortcut for the IPv4-in-IPv4 peers user space's checker has
+ * vouched for (direct_checked: their remote is reached through this route's next hop, checked
+ * since the last underlay change and within the checker's lease), BPF_LWT_REROUTE for every other
+ * packet. With the checker off (TunnelBuilder::direct(false)) direct_state stays 0: always
+ * rerouted.
+ */
 SEC("lwt_xmit")
 int encap_xmit(struct __sk_buff *skb)
 {
-	return encap(skb, 0, 1);
+	return encap(skb, DIRECT_CHECKED, 1);
 }
 
 /*
@@ -513,13 +585,13 @@ int encap_xmit(struct __sk_buff *skb)
 SEC("lwt_xmit")
 int encap_xmit_direct(struct __sk_buff *skb)
 {
-	return encap(skb, 1, 1);
+	return encap(skb, DIRECT_ALWAYS, 1);
 }
 
 SEC("lwt_in")
 int encap_in(struct __sk_buff *skb)
 {
-	return encap(skb, 0, 0);
+	return encap(skb, DIRECT_NEVER, 0);
 }
 
 /*

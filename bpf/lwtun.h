@@ -488,6 +488,27 @@ struct lwtun_encap_preview {
 };
 LWTUN_ASSERT_SIZE(struct lwtun_encap_preview, 72);
 
+/* ---- the checked direct path (bpf/lwt_encap.bpf.c <-> src/tunnel/direct.rs) ---- */
+
+/* direct_paths value, keyed by an IPv4 peer's remote (network byte order): the device through
+ * whose tunnel routes the remote may be sent directly (their next hop is where the outer route
+ * lookup would send it), and the underlay generation that was checked against. */
+struct lwtun_direct_path {
+	__u32 ifindex;    /* the inner route's device (skb->ifindex at lwt_xmit) the check holds for */
+	__u32 generation; /* direct_state[LWTUN_DIRECT_GENERATION] when it was checked */
+};
+LWTUN_ASSERT_SIZE(struct lwtun_direct_path, 8);
+
+/* Slots of direct_state (__u64 each). */
+#define LWTUN_DIRECT_GENERATION 0  /* bumped by user space on every underlay change it hears of */
+#define LWTUN_DIRECT_VALID_UNTIL 1 /* bpf_ktime_get_ns() deadline of the checker's lease; 0: off */
+#define LWTUN_DIRECT_STATE_MAX 2
+
+/* Slots of direct_events (per CPU, lwtun_counter): how encap_xmit sent its packets. */
+#define LWTUN_DIRECT_EV_DIRECT 0   /* BPF_OK: the inner route's device and next hop */
+#define LWTUN_DIRECT_EV_REROUTED 1 /* BPF_LWT_REROUTE: routed again by the outer destination */
+#define LWTUN_DIRECT_EV_MAX 2
+
 /* ---- SRv6 End.BPF functions (bpf/seg6_end.bpf.c, bpf/seg6_end.h <-> src/seg6.rs) ---- */
 
 /* Rules are keyed by lwtun_redirect_key6 (above): a prefix of the active segment, the IPv6

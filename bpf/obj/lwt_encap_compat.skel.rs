@@ -36,6 +36,9 @@ mod imp {
             .map("peer_stats", false)
             .map("events", false)
             .map("config", false)
+            .map("direct_paths", false)
+            .map("direct_state", false)
+            .map("direct_events", false)
             .prog("encap_xmit")
             .prog("encap_xmit_direct")
             .prog("encap_in")
@@ -51,6 +54,9 @@ mod imp {
         pub peer_stats: libbpf_rs::OpenMapMut<'obj>,
         pub events: libbpf_rs::OpenMapMut<'obj>,
         pub config: libbpf_rs::OpenMapMut<'obj>,
+        pub direct_paths: libbpf_rs::OpenMapMut<'obj>,
+        pub direct_state: libbpf_rs::OpenMapMut<'obj>,
+        pub direct_events: libbpf_rs::OpenMapMut<'obj>,
         _phantom: std::marker::PhantomData<&'obj ()>,
     }
 
@@ -67,6 +73,9 @@ mod imp {
             let mut peer_stats = None;
             let mut events = None;
             let mut config = None;
+            let mut direct_paths = None;
+            let mut direct_state = None;
+            let mut direct_events = None;
             let object = unsafe {
                 std::mem::transmute::<&mut libbpf_rs::OpenObject, &'obj mut libbpf_rs::OpenObject>(
                     object,
@@ -89,6 +98,9 @@ mod imp {
                     "peer_stats" => peer_stats = Some(map),
                     "events" => events = Some(map),
                     "config" => config = Some(map),
+                    "direct_paths" => direct_paths = Some(map),
+                    "direct_state" => direct_state = Some(map),
+                    "direct_events" => direct_events = Some(map),
                     _ => panic!("encountered unexpected map: `{name}`"),
                 }
             }
@@ -101,6 +113,9 @@ mod imp {
                 peer_stats: peer_stats.expect("map `peer_stats` not present"),
                 events: events.expect("map `events` not present"),
                 config: config.expect("map `config` not present"),
+                direct_paths: direct_paths.expect("map `direct_paths` not present"),
+                direct_state: direct_state.expect("map `direct_state` not present"),
+                direct_events: direct_events.expect("map `direct_events` not present"),
                 _phantom: std::marker::PhantomData,
             };
             Ok(slf)
@@ -114,6 +129,9 @@ mod imp {
         pub peer_stats: libbpf_rs::MapMut<'obj>,
         pub events: libbpf_rs::MapMut<'obj>,
         pub config: libbpf_rs::MapMut<'obj>,
+        pub direct_paths: libbpf_rs::MapMut<'obj>,
+        pub direct_state: libbpf_rs::MapMut<'obj>,
+        pub direct_events: libbpf_rs::MapMut<'obj>,
         _phantom: std::marker::PhantomData<&'obj ()>,
     }
 
@@ -130,6 +148,9 @@ mod imp {
             let mut peer_stats = None;
             let mut events = None;
             let mut config = None;
+            let mut direct_paths = None;
+            let mut direct_state = None;
+            let mut direct_events = None;
             let object = unsafe {
                 std::mem::transmute::<&mut libbpf_rs::Object, &'obj mut libbpf_rs::Object>(object)
             };
@@ -150,6 +171,9 @@ mod imp {
                     "peer_stats" => peer_stats = Some(map),
                     "events" => events = Some(map),
                     "config" => config = Some(map),
+                    "direct_paths" => direct_paths = Some(map),
+                    "direct_state" => direct_state = Some(map),
+                    "direct_events" => direct_events = Some(map),
                     _ => panic!("encountered unexpected map: `{name}`"),
                 }
             }
@@ -162,6 +186,9 @@ mod imp {
                 peer_stats: peer_stats.expect("map `peer_stats` not present"),
                 events: events.expect("map `events` not present"),
                 config: config.expect("map `config` not present"),
+                direct_paths: direct_paths.expect("map `direct_paths` not present"),
+                direct_state: direct_state.expect("map `direct_state` not present"),
+                direct_events: direct_events.expect("map `direct_events` not present"),
                 _phantom: std::marker::PhantomData,
             };
             Ok(slf)
@@ -593,6 +620,68 @@ mod imp {
         }
         #[derive(Debug, Default, Copy, Clone)]
         #[repr(C)]
+        pub struct lwtun_direct_path {
+            pub ifindex: u32,
+            pub generation: u32,
+        }
+        #[derive(Debug, Copy, Clone)]
+        #[repr(C)]
+        pub struct __anon_8 {
+            pub r#type: *mut [i32; 1],
+            pub max_entries: *mut [i32; 1024],
+            pub map_flags: *mut [i32; 1],
+            pub key: *mut u32,
+            pub value: *mut lwtun_direct_path,
+        }
+        impl Default for __anon_8 {
+            fn default() -> Self {
+                Self {
+                    r#type: std::ptr::null_mut(),
+                    max_entries: std::ptr::null_mut(),
+                    map_flags: std::ptr::null_mut(),
+                    key: std::ptr::null_mut(),
+                    value: std::ptr::null_mut(),
+                }
+            }
+        }
+        #[derive(Debug, Copy, Clone)]
+        #[repr(C)]
+        pub struct __anon_9 {
+            pub r#type: *mut [i32; 2],
+            pub max_entries: *mut [i32; 2],
+            pub key: *mut u32,
+            pub value: *mut u64,
+        }
+        impl Default for __anon_9 {
+            fn default() -> Self {
+                Self {
+                    r#type: std::ptr::null_mut(),
+                    max_entries: std::ptr::null_mut(),
+                    key: std::ptr::null_mut(),
+                    value: std::ptr::null_mut(),
+                }
+            }
+        }
+        #[derive(Debug, Copy, Clone)]
+        #[repr(C)]
+        pub struct __anon_10 {
+            pub r#type: *mut [i32; 6],
+            pub max_entries: *mut [i32; 2],
+            pub key: *mut u32,
+            pub value: *mut lwtun_counter,
+        }
+        impl Default for __anon_10 {
+            fn default() -> Self {
+                Self {
+                    r#type: std::ptr::null_mut(),
+                    max_entries: std::ptr::null_mut(),
+                    key: std::ptr::null_mut(),
+                    value: std::ptr::null_mut(),
+                }
+            }
+        }
+        #[derive(Debug, Default, Copy, Clone)]
+        #[repr(C)]
         pub struct __sk_buff {
             pub len: u32,
             pub pkt_type: u32,
@@ -673,6 +762,9 @@ mod imp {
             pub peer_stats: __anon_5,
             pub events: __anon_6,
             pub config: __anon_7,
+            pub direct_paths: __anon_8,
+            pub direct_state: __anon_9,
+            pub direct_events: __anon_10,
         }
         #[derive(Debug, Copy, Clone)]
         #[repr(C)]
@@ -797,5 +889,5 @@ mod imp {
         }
     }
     #[unsafe(link_section = ".bpf.objs")]
-    static DATA: [u8; 80112] = *include_bytes!(concat!(env!("OUT_DIR"), "/lwt_encap_compat.bpf.o"));
+    static DATA: [u8; 83248] = *include_bytes!(concat!(env!("OUT_DIR"), "/lwt_encap_compat.bpf.o"));
 }

@@ -13,10 +13,11 @@ use super::socket::{self, Recv, Subscription};
 use crate::error::{Error, Result};
 use crate::netns::NetNs;
 
-/// Every multicast group whose messages can change what `bpf_fib_lookup` answers.
-const GROUPS: [u32; 11] = [
+/// Every change an output route lookup's answer (device, gateway)
+/// depends on. A neighbour entry decides the next hop's MAC, never which next hop, and ARP
+/// refreshes arrive all the time.
+pub(crate) const ROUTING_GROUPS: [u32; 10] = [
     socket::RTNLGRP_LINK,
-    socket::RTNLGRP_NEIGH,
     socket::RTNLGRP_IPV4_IFADDR,
     socket::RTNLGRP_IPV4_ROUTE,
     socket::RTNLGRP_IPV4_RULE,
@@ -27,6 +28,20 @@ const GROUPS: [u32; 11] = [
     socket::RTNLGRP_IPV6_NETCONF,
     socket::RTNLGRP_NEXTHOP,
 ];
+
+/// Every multicast group whose messages can change what `bpf_fib_lookup` answers: the routing
+/// groups and neighbours (a cached answer holds the next hop's MAC).
+const GROUPS: [u32; 11] = with_neighbours(ROUTING_GROUPS);
+
+const fn with_neighbours(routing: [u32; 10]) -> [u32; 11] {
+    let mut all = [socket::RTNLGRP_NEIGH; 11];
+    let mut i = 0;
+    while i < routing.len() {
+        all[i + 1] = routing[i];
+        i += 1;
+    }
+    all
+}
 
 /// The socket's receive buffer: an overrun is only another "something changed", so a small
 /// buffer loses nothing that matters.
@@ -55,9 +70,19 @@ impl FibChanges {
     /// complete when this returns, so a change made afterwards always reaches `notice`.
     pub(crate) fn start_in(
         netns: &NetNs,
+        notice: impl FnMut(FibNotice) + Send + 'static,
+    ) -> Result<FibChanges> {
+        Self::start_groups_in(netns, &GROUPS, notice)
+    }
+
+    /// [`FibChanges::start_in`] for the given `RTNLGRP_*` groups only (such as
+    /// [`ROUTING_GROUPS`]).
+    pub(crate) fn start_groups_in(
+        netns: &NetNs,
+        groups: &[u32],
         mut notice: impl FnMut(FibNotice) + Send + 'static,
     ) -> Result<FibChanges> {
-        let socket = netns.enter(|| Subscription::open_groups(&GROUPS, true, RECEIVE_BUFFER))?;
+        let socket = netns.enter(|| Subscription::open_groups(groups, true, RECEIVE_BUFFER))?;
         // SAFETY: plain eventfd(2); the result is checked.
         let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if raw < 0 {

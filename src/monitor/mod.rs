@@ -100,7 +100,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 pub use event::{Event, EventKinds, ResyncReason, Stamped};
-pub(crate) use fib_changes::{FibChanges, FibNotice};
+pub(crate) use fib_changes::{FibChanges, FibNotice, ROUTING_GROUPS};
 pub(crate) use state::RouteKey;
 
 use crate::error::{Error, Result};

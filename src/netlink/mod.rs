@@ -14,6 +14,7 @@
 pub mod addr;
 pub mod attr;
 pub mod link;
+pub(crate) mod lookup;
 pub mod neigh;
 pub mod netdev;
 pub mod nexthop;

@@ -166,6 +166,9 @@ pub struct PeerTable {
     batch_workers: usize,
     /// The journal of pinned tables ([`PeerJournal`] reads it); `None` for unpinned ones.
     journal: Option<journal::Sink>,
+    /// Bumped after every write that reached the kernel: the tunnel's direct-path checker reads
+    /// the remotes again when it moved.
+    revision: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl fmt::Debug for PeerTable {
@@ -239,6 +242,23 @@ impl PeerTable {
         Ok(table)
     }
 
+    /// Notes a write that reached the kernel (see `revision`).
+    fn written(&self) {
+        self.revision
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The counter bumped after every write (crate-internal: the direct-path checker).
+    pub(crate) fn revision(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        std::sync::Arc::clone(&self.revision)
+    }
+
+    /// A second handle on the IPv4 table (crate-internal: the direct-path checker reads the
+    /// remotes from its own thread).
+    pub(crate) fn v4_handle(&self, op: &str) -> Result<MapHandle> {
+        MapHandle::try_from(&self.v4).map_err(|e| Error::bpf(op, e))
+    }
+
     /// Journals every change from now on in `folder`'s peer journal (the tables are pinned
     /// there and the caller holds the folder's owner lock, which orders the journal's writers).
     pub(crate) fn journal_into(&mut self, folder: &std::path::Path) {
@@ -277,6 +297,7 @@ impl PeerTable {
             count_v4: 0,
             count_v6: 0,
             journal: None,
+            revision: Default::default(),
         };
         match adopt.into() {
             None => {}
@@ -694,6 +715,7 @@ impl PeerTable {
         self.peers.insert(prefix, slot);
         put_peer(&mut self.slot_peers, slot, peer);
         *self.count_of(&prefix) += 1;
+        self.written();
         if let Some(j) = &mut self.journal {
             j.append(1, |_| {
                 journal::JournalRecord::added(prefix, &peer.to_abi(slot))
@@ -725,6 +747,7 @@ impl PeerTable {
             .map_err(|e| Error::bpf(op, e).with_object(prefix.to_string()))?;
         let old = self.peer_at(slot).copied();
         put_peer(&mut self.slot_peers, slot, peer);
+        self.written();
         if let (Some(j), Some(old)) = (&mut self.journal, old.filter(|o| *o != peer)) {
             j.append(1, |_| {
                 journal::JournalRecord::changed(prefix, &old.to_abi(slot), &peer.to_abi(slot))
@@ -758,6 +781,7 @@ impl PeerTable {
         self.peers.remove(&prefix);
         self.free_slots.push(slot);
         *self.count_of(&prefix) -= 1;
+        self.written();
         if let Some(j) = &mut self.journal {
             j.append(1, |_| {
                 journal::JournalRecord::removed(prefix, &peer.to_abi(slot))
@@ -892,6 +916,7 @@ impl PeerTable {
         }
         self.count_v4 += v4.len() as u32;
         self.count_v6 += v6.len() as u32;
+        self.written();
         if let Some(j) = &mut self.journal {
             // In table order, as written: one record per peer, appended in one go.
             j.append(slots.len(), |k| {
@@ -1021,6 +1046,7 @@ impl PeerTable {
         self.free_slots.extend(taken.iter().map(|&(_, slot)| slot));
         self.count_v4 -= v4.len() as u32;
         self.count_v6 -= v6.len() as u32;
+        self.written();
         if let Some(j) = &mut self.journal {
             // A freed slot keeps its last peer: the one removed.
             let slot_peers = &self.slot_peers;
@@ -1113,16 +1139,16 @@ impl PeerTable {
 
 /// The keys and values of a map, each packed back to back.
 #[derive(Default)]
-struct Entries {
-    keys: Vec<u8>,
-    values: Vec<u8>,
+pub(crate) struct Entries {
+    pub(crate) keys: Vec<u8>,
+    pub(crate) values: Vec<u8>,
 }
 
 /// Every entry of `map`, read with `BPF_MAP_LOOKUP_BATCH` a few thousand at a time (one system
 /// call per chunk, where a key walk takes two per entry: 100k peers read in a fraction of the
 /// 0.25 s the walk takes); `None` where the kernel has no batch lookup for the map (the caller
 /// walks the keys instead).
-fn read_entries(map: &MapHandle) -> std::io::Result<Option<Entries>> {
+pub(crate) fn read_entries(map: &MapHandle) -> std::io::Result<Option<Entries>> {
     const CHUNK: u32 = 4096;
     let (ks, vs) = (map.key_size() as usize, map.value_size() as usize);
     let mut out = Entries::default();

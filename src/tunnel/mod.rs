@@ -90,7 +90,9 @@ use crate::program::{lwt_program, Hook, LwtProgram};
 use crate::route::{InstalledRoute, LwtRoute};
 use crate::tc::{TcAttach, TcAttachment, TcDirection};
 
+mod direct;
 mod pinned;
+pub use direct::{DirectMode, DirectStatus, PathCounters, LEASE as DIRECT_LEASE};
 pub use pinned::{PinnedTunnel, TunnelTables};
 
 /// Peers per table (IPv4 and IPv6 each) unless the builder says otherwise.
@@ -117,7 +119,7 @@ pub struct TunnelBuilder {
     miss_v4: Option<MissPolicy>,
     miss_v6: Option<MissPolicy>,
     pin: Option<PathBuf>,
-    direct: bool,
+    direct: DirectMode,
     sources: Vec<IpAddr>,
     forward_only: bool,
     auto_fixup: bool,
@@ -133,7 +135,7 @@ impl Default for TunnelBuilder {
             miss_v4: None,
             miss_v6: None,
             pin: None,
-            direct: false,
+            direct: DirectMode::Checked,
             sources: Vec::new(),
             forward_only: false,
             auto_fixup: true,
@@ -191,12 +193,14 @@ impl TunnelBuilder {
         self
     }
 
-    /// Encapsulated packets leave by the inner route's own device and next hop, instead of being
-    /// routed again by their outer destination (default: routed again).
+    /// Encapsulated packets leave by the inner route's own device and next hop
+    /// ([`DirectMode::Always`]) or are always routed again by their outer destination
+    /// ([`DirectMode::Never`]), instead of the default [`DirectMode::Checked`]: direct for the
+    /// peers the tunnel has checked, see [`TunnelBuilder::direct_mode`].
     ///
     /// By default the `lwt_xmit` program returns `BPF_LWT_REROUTE` after the encap, and the
     /// kernel looks the outer destination up (`ip_route_output_key`) and sends the packet
-    /// through `ip_output` a second time. With `direct(true)` it returns `BPF_OK` instead for
+    /// through `ip_output` a second time. Direct, it returns `BPF_OK` instead for
     /// IPv4 in IPv4 (IP-in-IP, GRE or UDP with an IPv4 outer header over an inner IPv4 packet),
     /// and the transmission goes on with the inner route: its gateway, or for a route without
     /// one the outer destination resolved on-link on the route's device. That saves the second
@@ -205,13 +209,44 @@ impl TunnelBuilder {
     /// `BPF_OK` packet whose protocol changed (4in6, 6in4), and IPv6 output picks the neighbour
     /// from the destination it read before the program ran (the inner one).
     ///
-    /// Use it when every IPv4 peer is reached through the next hop of the routes that steer
-    /// into the tunnel (for example a route `10.20.0.0/16 dev eth0` whose peers are on eth0's
-    /// link, or `via` the underlay's gateway to them). The outer packet then does not see the
-    /// routing table, policy rules or marks, and netfilter's POSTROUTING sees only the inner
-    /// packet. Only the `lwt_xmit` program changes; `lwt_in` always reroutes.
+    /// `direct(true)` is right only while every IPv4 peer is reached through the next hop of
+    /// the routes that steer into the tunnel (for example a route `10.20.0.0/16 dev eth0` whose
+    /// peers are on eth0's link, or `via` the underlay's gateway to them). The outer packet then
+    /// does not see the routing table, policy rules or marks, and netfilter's POSTROUTING sees
+    /// only the inner packet. Only the `lwt_xmit` program changes; `lwt_in` always reroutes.
     pub fn direct(mut self, direct: bool) -> Self {
-        self.direct = direct;
+        self.direct = if direct {
+            DirectMode::Always
+        } else {
+            DirectMode::Never
+        };
+        self
+    }
+
+    /// How IPv4-in-IPv4 packets leave after the encap (default [`DirectMode::Checked`]).
+    ///
+    /// Checked, the tunnel asks the kernel, for every IPv4 peer's remote, where the outer route
+    /// lookup would send it (`ip route get REMOTE from LOCAL ipproto P`, in the VRF of the
+    /// route's device), and lets the peer's packets go direct by a device only when that is
+    /// the device and next hop of the tunnel's routes there. A netlink watch of the namespace's
+    /// links, addresses, routes, rules, nexthops and forwarding settings makes every packet
+    /// rerouted the moment anything changes, until the check has run again; a check also runs
+    /// every 10 s, and after the peers change. The answers hold for [`DIRECT_LEASE`]
+    /// unless renewed, so a process that stops leaves everything rerouted. The check runs in
+    /// the namespace of the first [`Tunnel::steer`] (or [`Tunnel::check_direct`]); see
+    /// [`Tunnel::direct_status`] and [`Tunnel::path_counters`] for what it decided.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use lwtun::tunnel::{DirectMode, Tunnel};
+    ///
+    /// let tunnel = Tunnel::builder().direct_mode(DirectMode::Never).load()?;
+    /// assert!(!tunnel.direct_status().checking);
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    pub fn direct_mode(mut self, mode: DirectMode) -> Self {
+        self.direct = mode;
         self
     }
 
@@ -348,13 +383,14 @@ impl TunnelBuilder {
             pin.reuse_maps(&mut open)?;
         }
         // One of the two lwt_xmit variants is loaded (each costs a verification).
-        let xmit_name = if self.direct {
+        let always = self.direct == DirectMode::Always;
+        let xmit_name = if always {
             "encap_xmit_direct"
         } else {
             "encap_xmit"
         };
         for mut p in open.progs_mut() {
-            let other = if self.direct {
+            let other = if always {
                 "encap_xmit"
             } else {
                 "encap_xmit_direct"
@@ -391,6 +427,9 @@ impl TunnelBuilder {
             pin.commit();
         }
         Ok(Tunnel {
+            direct_check: None,
+            direct_mode: self.direct,
+            direct_failure: None,
             pin,
             keepers: Vec::new(),
             keeping: false,
@@ -444,7 +483,12 @@ impl TunnelBuilder {
 /// ```
 pub struct Tunnel {
     // Field order is drop order: routes first, then the fix-ups, then maps and programs, then
-    // the pins and the folder's owner lock. The route keepers stop before the routes go.
+    // the pins and the folder's owner lock. The direct-path check ends (its lease with it)
+    // and the route keepers stop before the routes go.
+    direct_check: Option<direct::DirectChecker>,
+    direct_mode: DirectMode,
+    /// Why the check could not start, for [`Tunnel::direct_status`].
+    direct_failure: Option<String>,
     keepers: Vec<RouteKeeper>,
     keeping: bool,
     adopted: bool,
@@ -762,6 +806,13 @@ impl Tunnel {
         };
         match installed {
             Ok(installed) => {
+                if self.direct_mode == DirectMode::Checked && self.direct_check.is_none() {
+                    // A check that cannot start leaves every packet rerouted: correct, and
+                    // direct_status says why.
+                    if let Err(e) = self.check_direct(nl) {
+                        self.direct_failure = Some(e.to_string());
+                    }
+                }
                 let kept = if self.keeping {
                     self.keep(&installed)
                 } else {
@@ -818,6 +869,98 @@ impl Tunnel {
             Some(m) if m <= device_mtu => Ok(()),
             _ => self.peers.set_forward_mtu(device_mtu),
         }
+    }
+
+    /// Starts (or moves) the direct-path check into `nl`'s namespace, for a
+    /// [`DirectMode::Checked`] tunnel whose routes were installed there without
+    /// [`Tunnel::steer`] (which starts it by itself). Returns once the first check has run.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use lwtun::netlink::Netlink;
+    /// use lwtun::tunnel::Tunnel;
+    ///
+    /// let mut tunnel = Tunnel::load()?;
+    /// let nl = Netlink::open()?;
+    /// // ... routes installed with tunnel.route(..).install(..) ...
+    /// tunnel.check_direct(&nl)?;
+    /// println!("{:?}", tunnel.direct_status());
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// InvalidInput for a tunnel of another [`DirectMode`]; the kernel's error opening the
+    /// namespace's netlink sockets or reading the maps. On error no check runs and every
+    /// packet is rerouted.
+    pub fn check_direct(&mut self, nl: &Netlink) -> Result<()> {
+        let op = "check the tunnel's direct path";
+        if self.direct_mode != DirectMode::Checked {
+            return Err(Error::invalid_input(
+                op,
+                format!(
+                    "the tunnel was loaded with DirectMode::{:?}; only a Checked tunnel checks                      its peers (TunnelBuilder::direct_mode)",
+                    self.direct_mode
+                ),
+            ));
+        }
+        self.direct_check = None; // ends the old lease first
+        let netns = NetNs::of_fd(nl.netns()?)?;
+        let checker = direct::DirectChecker::start(
+            &netns,
+            &self.object,
+            &self.peers,
+            self.xmit.route_name().to_string(),
+        )?;
+        self.direct_check = Some(checker);
+        self.direct_failure = None;
+        Ok(())
+    }
+
+    /// What the direct-path check decided (see [`TunnelBuilder::direct_mode`]).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let tunnel = lwtun::tunnel::Tunnel::load()?;
+    /// assert!(!tunnel.direct_status().checking); // until a route is steered
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    pub fn direct_status(&self) -> DirectStatus {
+        match &self.direct_check {
+            Some(c) => c.status(),
+            None => DirectStatus {
+                mode: self.direct_mode,
+                reason: match self.direct_mode {
+                    DirectMode::Checked => Some(self.direct_failure.clone().unwrap_or_else(|| {
+                        "no check runs yet: steer a route (Tunnel::steer) or call \
+                         Tunnel::check_direct"
+                            .to_string()
+                    })),
+                    _ => None,
+                },
+                ..Default::default()
+            },
+        }
+    }
+
+    /// How the `lwt_xmit` program sent packets on: direct or routed again, summed over CPUs.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let tunnel = lwtun::tunnel::Tunnel::load()?;
+    /// let c = tunnel.path_counters()?;
+    /// assert_eq!(c.direct_packets + c.rerouted_packets, 0);
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error reading the counters.
+    pub fn path_counters(&self) -> Result<PathCounters> {
+        direct::path_counters(&self.object)
     }
 
     /// The routes installed with [`Tunnel::steer`].
