@@ -4,12 +4,16 @@
 //! Freeing a multi-million-entry LPM trie is the kernel's work: the map's last reference goes
 //! (the `Tunnel` drops, or its pins are removed), and a kernel worker frees the trie node by
 //! node. Cloudflare reported that freeing such tries held a CPU for more than 10 s (soft-lockup
-//! warnings). Two ways of dropping are measured here, each for a freshly filled table:
+//! warnings). The ways of dropping measured here, each for a freshly filled table:
 //!
-//! - **drop**: the `Tunnel` dropped as it is (the kernel frees the full trie);
+//! - **kernel free**: the `Tunnel` dropped with `drain_on_drop(false)` (the kernel frees the
+//!   full trie; what every drop did before 0.3);
 //! - **remove, then drop**: `PeerTable::remove_batch` of every peer first (batched deletes from
 //!   this process), then the drop of an empty trie;
-//! - **paced**: `remove_batch` of 65 536 peers at a time, 10 ms apart, then the drop.
+//! - **paced**: `remove_batch` of 65 536 peers at a time, 10 ms apart, then the drop;
+//! - **drop (default)**: the `Tunnel` dropped as it is: it deletes the peers 4 096 at a time,
+//!   2 ms apart, on a thread of its own (`TunnelBuilder::drain_on_drop`);
+//! - **close**: `Tunnel::close`, the same deletes before it returns.
 //!
 //! For each: how long the call takes, when the kernel's slab and per-CPU memory are back to
 //! where they were before the table was filled ("freed after"), the longest a thread pinned to
@@ -129,8 +133,12 @@ struct Dropped {
 /// How a filled table goes.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Way {
-    /// Dropped whole.
+    /// Dropped whole, left to the kernel (`drain_on_drop(false)`).
     Drop,
+    /// Dropped as it is: the default background drain.
+    DrainOnDrop,
+    /// `Tunnel::close`.
+    Close,
     /// Emptied by one `remove_batch`, then dropped.
     RemoveAll,
     /// Emptied by `remove_batch` of [`PACED_CHUNK`] peers at a time, [`PACED_PAUSE`] apart.
@@ -139,7 +147,7 @@ enum Way {
 
 impl Way {
     fn removes(self) -> bool {
-        self != Way::Drop
+        matches!(self, Way::RemoveAll | Way::Paced)
     }
 }
 
@@ -149,7 +157,11 @@ const PACED_PAUSE: Duration = Duration::from_millis(10);
 /// Fills a table of `n` peers and lets it go the `way` given.
 fn drop_case(n: u32, input: &[(IpNetwork, EncapPeer)], way: Way) -> Dropped {
     let floor = kernel_memory();
-    let mut t = Tunnel::builder().capacity(n).load().expect("load tunnel");
+    let mut t = Tunnel::builder()
+        .capacity(n)
+        .drain_on_drop(way == Way::DrainOnDrop)
+        .load()
+        .expect("load tunnel");
     t.peers_mut().insert_batch(input).expect("fill");
     let table_bytes = kernel_memory().saturating_sub(floor);
     let stalls = stall_lines();
@@ -170,7 +182,11 @@ fn drop_case(n: u32, input: &[(IpNetwork, EncapPeer)], way: Way) -> Dropped {
         t0.elapsed()
     });
     let t0 = Instant::now();
-    drop(t);
+    if way == Way::Close {
+        t.close();
+    } else {
+        drop(t);
+    }
     let call = t0.elapsed();
     let freed = freed_after(start, floor, table_bytes);
     // a moment more: a stall that starts late is seen too
@@ -254,7 +270,13 @@ fn main() {
             c[0], c[1], c[2], c[3], c[4]
         );
         if n >= 1_000_000 {
-            for way in [Way::Drop, Way::RemoveAll, Way::Paced] {
+            for way in [
+                Way::Drop,
+                Way::RemoveAll,
+                Way::Paced,
+                Way::DrainOnDrop,
+                Way::Close,
+            ] {
                 drops.push((n, way, drop_case(n, &input, way)));
             }
         }
@@ -270,7 +292,9 @@ fn main() {
     for (n, way, d) in drops {
         let removal = d.removal.unwrap_or_default().as_secs_f64() * 1e3;
         let way = match way {
-            Way::Drop => "drop".to_string(),
+            Way::Drop => "kernel free (drain_on_drop(false))".to_string(),
+            Way::DrainOnDrop => "drop (default: drained in the background)".to_string(),
+            Way::Close => "close (drained before it returns)".to_string(),
             Way::RemoveAll => format!("remove_batch ({removal:.0} ms), then drop"),
             Way::Paced => format!(
                 "remove_batch of {PACED_CHUNK}, {PACED_PAUSE:?} apart ({removal:.0} ms), then drop"

@@ -583,6 +583,11 @@ impl PinFolder {
     pub(crate) fn keep(&mut self) {
         self.keep = true;
     }
+
+    /// Whether the pins stay when the family drops ([`PinFolder::keep`]).
+    pub(crate) fn kept(&self) -> bool {
+        self.keep
+    }
 }
 
 /// What differs between a pinned map `(type, key size, value size, flags)` and the one this

@@ -19,6 +19,8 @@
 //! [`Tunnel::peers_mut`](crate::tunnel::Tunnel::peers_mut).
 
 mod batch;
+mod drain;
+pub(crate) use drain::Drain;
 mod journal;
 mod value;
 
