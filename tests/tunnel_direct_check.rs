@@ -405,3 +405,41 @@ fn without_a_checker_everything_is_rerouted() {
     let status = w.tunnel.direct_status();
     assert!(!status.checking && status.reason.is_none(), "{status:?}");
 }
+
+/// Many peers with distinct remotes (4 000, one kernel lookup each): all checked direct, then
+/// all rerouted at once when their covering route moves to link 2. Prints how long a check took.
+#[test]
+fn thousands_of_distinct_remotes_are_each_checked() {
+    require!();
+    const N: u32 = 4_000; // the default capacity is 4 096
+    let mut w = world(DirectMode::Checked, &[(1, 10)], &[(1, 10)]);
+    common::ip(
+        &w.a,
+        &["route", "add", "10.70.0.0/16", "via", GW1, "dev", "a0"],
+    );
+    let peers: Vec<_> = (0..N)
+        .map(|i| {
+            let inner = std::net::Ipv4Addr::from(0x0a15_0000u32 | i); // 10.21.x.y
+            let remote = std::net::Ipv4Addr::from(0x0a46_0000u32 | i); // 10.70.x.y
+            (
+                ipnetwork::IpNetwork::new(IpAddr::V4(inner), 32).unwrap(),
+                EncapPeer::new(IpAddr::V4(remote), addr(LOCAL), Encap::Ipip),
+            )
+        })
+        .collect();
+    w.tunnel.peers_mut().insert_batch(&peers).unwrap();
+    wait_direct_remotes(&w, N as usize + 1);
+    let took = w.tunnel.direct_status().last_check;
+    common::ip(
+        &w.a,
+        &["route", "replace", "10.70.0.0/16", "via", GW2, "dev", "a1"],
+    );
+    wait_direct_remotes(&w, 1);
+    let s = w.tunnel.direct_status();
+    assert_eq!(s.rerouted_remotes, N as usize, "{s:?}");
+    eprintln!(
+        "a check of {} remotes took {took:?}; after the move: {:?}",
+        N + 1,
+        s.last_check
+    );
+}

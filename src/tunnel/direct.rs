@@ -53,9 +53,12 @@ unsafe impl Pod for lwtun_direct_path {}
 pub const LEASE: Duration = Duration::from_secs(2);
 /// How often the checker renews its lease and looks for new remotes.
 const TICK: Duration = Duration::from_millis(500);
-/// Every this many ticks the checker checks every remote again even without a change it heard
-/// of (a safety net for changes nobody announces, and for peers written by other processes).
-const FULL_CHECK_EVERY: u64 = 20;
+/// How often the checker checks every remote again without a change it heard of (a safety net
+/// for changes nobody announces, and for peers written by other processes)...
+const FULL_CHECK_EVERY: Duration = Duration::from_secs(10);
+/// ... but never more often than this many times the last check's length, so that a table of
+/// many distinct remotes (one kernel lookup each) costs at most about 2% of a CPU.
+const FULL_CHECK_SPACING: u32 = 50;
 
 const GENERATION: u32 = 0;
 const VALID_UNTIL: u32 = 1;
@@ -123,6 +126,8 @@ pub struct DirectStatus {
     pub checks: u64,
     /// Underlay changes heard of (each made every packet rerouted until the next check).
     pub underlay_changes: u64,
+    /// How long the last check took (one kernel route lookup per IPv4 remote and device).
+    pub last_check: Option<Duration>,
     /// Why nothing goes direct, when something besides the routes decided it (a
     /// packet-dependent policy rule, the watch's socket failing, no check running yet).
     pub reason: Option<String>,
@@ -272,6 +277,8 @@ impl DirectChecker {
             direct: BTreeMap::new(),
             remotes: None,
             last_revision: u64::MAX,
+            last_full: None,
+            leased: false,
         };
         // The first check here, so the caller sees its result at once.
         checker.tick(&shared, true);
@@ -383,11 +390,14 @@ struct Checker {
     /// The remotes (network-order IPv4 as stored) and their flows, as last read.
     remotes: Option<BTreeMap<u32, BTreeSet<Flow>>>,
     last_revision: u64,
+    /// When the last full check ended, and how long it took.
+    last_full: Option<(Instant, Duration)>,
+    /// Whether the last tick granted a lease (a long check renews it as it goes).
+    leased: bool,
 }
 
 impl Checker {
     fn run(&mut self, shared: &Shared) {
-        let mut ticks = 0u64;
         let mut next = Instant::now() + TICK;
         loop {
             let dirty = {
@@ -408,10 +418,12 @@ impl Checker {
                 std::mem::take(&mut s.dirty)
             };
             if Instant::now() >= next {
-                ticks += 1;
                 next = Instant::now() + TICK;
             }
-            self.tick(shared, dirty || ticks % FULL_CHECK_EVERY == 0);
+            let due = self.last_full.is_none_or(|(ended, took)| {
+                ended.elapsed() >= FULL_CHECK_EVERY.max(took * FULL_CHECK_SPACING)
+            });
+            self.tick(shared, dirty || due);
         }
     }
 
@@ -421,11 +433,20 @@ impl Checker {
         let peers_changed = revision != self.last_revision;
         let mut result = None;
         if full || peers_changed || self.remotes.is_none() {
-            if full || self.remotes.is_none() {
-                self.remotes = None; // read again: other processes may write pinned tables
+            if full || peers_changed {
+                // Read again (a full check too: other processes may write pinned tables).
+                self.remotes = None;
             }
             self.last_revision = revision;
-            result = Some(self.check());
+            let started = Instant::now();
+            result = Some(self.check(shared));
+            let took = started.elapsed();
+            if full {
+                self.last_full = Some((Instant::now(), took));
+            }
+            if let Ok(mut s) = shared.state.lock() {
+                s.status.last_check = Some(took);
+            }
         }
         let mut s = match shared.state.lock() {
             Ok(s) => s,
@@ -458,11 +479,26 @@ impl Checker {
             monotonic_ns() + LEASE.as_nanos() as u64
         };
         s.status.checking = write_slot(&self.inputs.state, VALID_UNTIL, until).is_ok();
+        self.leased = s.status.checking && until != 0;
+    }
+
+    /// Renews a lease the last tick granted, unless the watch was lost since (a check of many
+    /// remotes outlasts the lease).
+    fn renew(&self, shared: &Shared) {
+        if !self.leased {
+            return;
+        }
+        if let Ok(s) = shared.state.lock() {
+            if s.lost.is_none() {
+                let until = monotonic_ns() + LEASE.as_nanos() as u64;
+                let _ = write_slot(&self.inputs.state, VALID_UNTIL, until);
+            }
+        }
     }
 
     /// One check: which remotes may go direct by which device, written to `direct_paths` at the
     /// generation read before the routes were. `Err` names why nothing may.
-    fn check(&mut self) -> std::result::Result<(usize, usize), String> {
+    fn check(&mut self, shared: &Shared) -> std::result::Result<(usize, usize), String> {
         let generation = read_slot(&self.inputs.state, GENERATION).map_err(|e| e.to_string())?;
         let rules = self
             .nl
@@ -480,7 +516,12 @@ impl Checker {
         }
         let remotes = self.remotes.clone().unwrap_or_default();
         let mut wanted: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut renewed = Instant::now();
         for (&remote, flows) in &remotes {
+            if renewed.elapsed() >= TICK {
+                self.renew(shared);
+                renewed = Instant::now();
+            }
             let dst = Ipv4Addr::from(remote.to_ne_bytes());
             if let Some(dev) = self.direct_device(dst, flows, &devices) {
                 wanted.insert(remote, dev);

@@ -13,9 +13,14 @@
 //! The receiving side strips the header with the BPF decap at tc ingress (`crate::decap`), so no
 //! kernel tunnel device (ipip/gre modules) is needed at either end.
 //!
-//! After the encap the kernel routes the packet again by its outer destination
-//! (`BPF_LWT_REROUTE`). A tunnel built with [`TunnelBuilder::direct`] skips that second lookup
-//! for IPv4 in IPv4: the outer packet leaves by the inner route's own next hop.
+//! After the encap the packet either leaves by the inner route's own device and next hop
+//! (`BPF_OK`, IPv4 in IPv4 only) or the kernel routes it again by its outer destination
+//! (`BPF_LWT_REROUTE`, a second lookup and output pass). By default ([`DirectMode::Checked`])
+//! the tunnel takes the first way for exactly the peers whose remote the outer lookup would
+//! send through that same next hop: it asks the kernel for each remote, and any change to the
+//! namespace's routing sends every packet the second way until it has asked again (see
+//! [`TunnelBuilder::direct_mode`], [`Tunnel::direct_status`], [`Tunnel::path_counters`]).
+//! [`TunnelBuilder::direct`] forces either way.
 //!
 //! # TCP over IP-in-IP on Linux 6.18
 //!
@@ -53,7 +58,7 @@
 //! arrive with the receiving driver's headroom, so neither pays it. The kernel's own LWT encaps
 //! (seg6, MPLS) pay the same. With the second route lookup this is most of what separates a
 //! 64-byte UDP datagram through the tunnel from plain routing (`benches/tunnel.rs` prints the
-//! sender's CPU time per datagram for every mode); [`TunnelBuilder::direct`] removes the lookup.
+//! sender's CPU time per datagram for every mode); the direct path removes the lookup.
 //!
 //! Measured on the 2-vCPU bench machine (Linux 6.18, `perf` over the sender's CPU, 64-byte
 //! datagrams, GRE, both ends tunnelled): plain routing costs about 3.4 µs per datagram and the
@@ -64,8 +69,10 @@
 //! end's decap (program and `bpf_skb_adjust_room`) about 0.15 µs. The first three are the
 //! kernel's: no program can make an LWT `BPF_LWT_REROUTE` cheaper (LWT programs have neither
 //! `bpf_fib_lookup` nor a neighbour lookup, and the kernel keeps no dst cache for the reroute), so
-//! the default mode stays at about 0.76-0.83 of plain routing for such datagrams, and `direct`
-//! at about 0.85. TCP pays it per GSO packet of up to 64 KiB and runs at 0.94-1.0 of plain.
+//! the rerouted path stays at about 0.72-0.79 of plain routing for such datagrams, and the
+//! direct one at about 0.83-0.84 (0.78 for GRE with checksum, whose checksum over the inner
+//! packet costs the rest). TCP pays it per GSO packet of up to 64 KiB and runs at 0.95-1.0 of
+//! plain.
 
 use std::fmt;
 use std::net::IpAddr;
