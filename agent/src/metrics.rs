@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use ipnetwork::IpNetwork;
 use lwtun::decap::DecapCounters;
 use lwtun::peer::MissCounters;
+use lwtun::tunnel::{DirectStatus, PathCounters};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -91,6 +92,9 @@ pub struct PlaneCounters {
     pub misses: Option<MissCounters>,
     /// The decap's verdict counters (`None`: no decap).
     pub decap: Option<DecapCounters>,
+    /// How the tunnel sent its packets on (direct or rerouted), and what its direct-path check
+    /// decided (`None`: a table without a tunnel behind it).
+    pub paths: Option<(PathCounters, DirectStatus)>,
 }
 
 /// The data plane as a scrape or a readiness check sees it, read when asked.
@@ -138,6 +142,10 @@ impl Observed for Mutex<DataPlane> {
             peers: Vec::with_capacity(peers.len()),
             misses: Some(peers.miss_counters()?),
             decap: Some(plane.decap().counters()?),
+            paths: Some((
+                plane.tunnel().path_counters()?,
+                plane.tunnel().direct_status(),
+            )),
         };
         for (prefix, peer) in peers.iter() {
             let s = peers.stats(prefix)?;
@@ -176,6 +184,7 @@ impl Observed for Mutex<MemoryTable> {
                 .collect(),
             misses: None,
             decap: None,
+            paths: None,
         })
     }
 }
@@ -441,6 +450,32 @@ impl Collector for PlaneCollector {
                     (l1("reason", "not_ip"), m.not_ip),
                     (l1("reason", "too_big"), m.too_big),
                 ],
+            )?;
+        }
+        if let Some((paths, direct)) = &c.paths {
+            counters(
+                &mut enc,
+                "lwtun_agent_tunnel_path_packets",
+                "Encapsulated packets by how they left: direct (the inner route's next hop, checked) or rerouted (a second route lookup by the outer destination)",
+                vec![
+                    (l1("path", "direct"), paths.direct_packets),
+                    (l1("path", "rerouted"), paths.rerouted_packets),
+                ],
+            )?;
+            gauges(
+                &mut enc,
+                "lwtun_agent_direct_remotes",
+                "IPv4 peer remotes the tunnel's last direct-path check let go direct, and those it left rerouted",
+                vec![
+                    (l1("state", "direct"), direct.direct_remotes as i64),
+                    (l1("state", "rerouted"), direct.rerouted_remotes as i64),
+                ],
+            )?;
+            gauge(
+                &mut enc,
+                "lwtun_agent_direct_checking",
+                "1 while the tunnel's direct-path check runs and holds its lease",
+                i64::from(direct.checking),
             )?;
         }
         if let Some(d) = c.decap {

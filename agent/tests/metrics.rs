@@ -271,6 +271,24 @@ fn metrics_count_the_traffic_and_readyz_follows_the_sync() {
         after0["lwtun_agent_peer_errors_total{prefix=\"10.200.1.0/24\",host=\"mh1\"}"],
         0.0
     );
+    // Every encapsulated request left either direct or rerouted, and the check reports.
+    let path = |s: &BTreeMap<String, f64>, p: &str| {
+        s[&format!("lwtun_agent_tunnel_path_packets_total{{path=\"{p}\"}}")]
+    };
+    assert_eq!(
+        path(&after0, "direct") + path(&after0, "rerouted")
+            - path(&before0, "direct")
+            - path(&before0, "rerouted"),
+        f64::from(N),
+        "direct + rerouted = the {N} requests"
+    );
+    assert_eq!(after0["lwtun_agent_direct_checking"], 1.0, "{after0:?}");
+    assert_eq!(
+        after0["lwtun_agent_direct_remotes{state=\"direct\"}"]
+            + after0["lwtun_agent_direct_remotes{state=\"rerouted\"}"],
+        1.0,
+        "mh1's one endpoint"
+    );
     for k in [
         "lwtun_agent_tunnel_misses_total{family=\"ipv4\",verdict=\"dropped\"}",
         "lwtun_agent_tunnel_drops_total{reason=\"not_ip\"}",
