@@ -159,8 +159,14 @@ fn route_remote(a: &NetNs, verb: &str, link: u8, metric: u32) {
 }
 
 /// Pings P's inner address from A's, 100 per second, `count` of them, in the background.
+///
+/// With a deadline well past the last request: without one, iputils ping waits for the last
+/// replies only about twice the round trip (here well under 1 ms), and a loaded machine's late
+/// reply would count as lost. (With a deadline ping sends on until it has `count` replies, so a
+/// real loss still shows as received < transmitted.)
 fn start_pings(a: &NetNs, count: u32) -> Child {
-    start_pings_with(a, count, &[])
+    let deadline = (count / 100 + 5).to_string();
+    start_pings_with(a, count, &["-w", &deadline])
 }
 
 fn start_pings_with(a: &NetNs, count: u32, extra: &[&str]) -> Child {
