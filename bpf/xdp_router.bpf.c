@@ -233,7 +233,7 @@ int xdp_router(struct xdp_md *ctx)
 	struct ipv6hdr *ip6h = NULL;
 	struct iphdr *iph = NULL;
 	__u32 zero = 0, idx, ports;
-	__u16 tot_len;
+	__u32 tot_len; /* the whole IP packet, as bpf_fib_lookup's MTU check wants it */
 	__u64 now = 0;
 	int rc;
 
@@ -303,7 +303,8 @@ int xdp_router(struct xdp_md *ctx)
 		key.ports = l4_ports(nh.pos, data_end, ip6h->nexthdr);
 		__builtin_memcpy(key.src, &ip6h->saddr, sizeof(key.src));
 		__builtin_memcpy(key.dst, &ip6h->daddr, sizeof(key.dst));
-		tot_len = bpf_ntohs(ip6h->payload_len);
+		/* The MTU counts the fixed header too (the stack compares the whole packet). */
+		tot_len = bpf_ntohs(ip6h->payload_len) + sizeof(*ip6h);
 	} else {
 		count_fib(LWTUN_FIB_NOT_IP);
 		return verdict(ctx, XDP_PASS);
@@ -330,7 +331,7 @@ int xdp_router(struct xdp_md *ctx)
 	fib.l4_protocol = key.proto;
 	/* sport and dport, adjacent in both: what a multipath route's hash (policy 1) reads. */
 	__builtin_memcpy(&fib.sport, &key.ports, sizeof(key.ports));
-	fib.tot_len = tot_len;
+	fib.tot_len = tot_len > 0xffff ? 0xffff : tot_len;
 	fib.ifindex = key.ifindex;
 	if (iph) {
 		fib.tos = iph->tos;

@@ -1020,6 +1020,22 @@ fn router_route_cache_hits_ages_out_and_flushes() {
         assert_eq!(out.verdict, XdpAction::Redirect);
         assert_eq!(out.packet[21], 63, "hop limit decremented on a hit");
         assert_eq!(router.fib_stats()?.cache_hits, hits + 1);
+        // The MTU check counts the IPv6 header, as the stack does: a packet of exactly the
+        // MTU is forwarded (from the cache), one byte more is passed for the stack's "packet too
+        // big".
+        let sized = |payload_len: u16| {
+            let mut f = v6.clone();
+            f[18..20].copy_from_slice(&payload_len.to_be_bytes());
+            f
+        };
+        assert_eq!(
+            run(&sized(1460))?,
+            (XdpAction::Redirect, nb(0x99), hits + 2)
+        );
+        let before = router.fib_stats()?;
+        assert_eq!(run(&sized(1461))?.0, XdpAction::Pass);
+        assert_eq!(router.fib_stats()?.frag_needed, before.frag_needed + 1);
+        let hits = hits + 1;
         // Another UDP source port is another IPv6 flow.
         let flow6 = |sport: u16| {
             let datagram = udp(sport, 9, b"x");

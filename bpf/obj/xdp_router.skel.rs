@@ -665,5 +665,5 @@ mod imp {
         }
     }
     #[unsafe(link_section = ".bpf.objs")]
-    static DATA: [u8; 25680] = *include_bytes!(concat!(env!("OUT_DIR"), "/xdp_router.bpf.o"));
+    static DATA: [u8; 25696] = *include_bytes!(concat!(env!("OUT_DIR"), "/xdp_router.bpf.o"));
 }
