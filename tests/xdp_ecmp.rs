@@ -365,10 +365,12 @@ fn flows_spread_over_a_multipath_route_by_their_ports() {
         let spread = run(&lab, &router, sinks, id, dst);
         let what = format!("{dst}, policy 1, route cache on");
         check_even(&what, &spread, seeded);
-        // The first frame of a flow on each CPU is looked up, the others come from the cache.
+        // The first frame of a flow on each CPU it is received on is looked up, the others
+        // come from the cache (half of them where the sender ran on both CPUs of a 2-CPU
+        // machine); a quarter leaves room for a change notification that drops the cache.
         assert!(
-            spread.cache_hits >= frames / 2,
-            "{dst}: most frames came from the cache: {} of {frames}",
+            spread.cache_hits >= frames / 4,
+            "{dst}: the cache served the flows: {} of {frames} frames",
             spread.cache_hits
         );
         cached.push(spread);
