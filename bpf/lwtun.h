@@ -111,10 +111,11 @@ LWTUN_ASSERT_SIZE(struct lwtun_xdp_route_cache_cfg, 24);
 
 /* xdp_router: one successful bpf_fib_lookup, cached per CPU in a direct-mapped slot chosen by
  * the flow. Every input of the lookup is part of the key (ingress device, family, L4 protocol,
- * TOS / IPv6 flow info, addresses); the slot is valid while `gen` is the configuration's and for
- * the configured age after `filled` (jiffies; nanoseconds where CONFIG_HZ is unknown).
- * IPv4 addresses sit in src[0]/dst[0].
- * Bytes 8..56 (generation and key) are compared as 64-bit words, so `pad` stays zero. */
+ * TOS / IPv6 flow info, L4 ports, addresses): with a multipath route the answer depends on the
+ * ports (fib_multipath_hash_policy 1), so it is cached per flow. The slot is valid while `gen`
+ * is the configuration's and for the configured age after `filled` (jiffies; nanoseconds where
+ * CONFIG_HZ is unknown). IPv4 addresses sit in src[0]/dst[0].
+ * Bytes 8..64 (generation and key) are compared as 64-bit words, so the pads stay zero. */
 struct lwtun_xdp_route_slot {
 	__u64 filled;       /* jiffies, or ns where CONFIG_HZ is unknown */
 	__u32 gen;
@@ -123,6 +124,8 @@ struct lwtun_xdp_route_slot {
 	__u8 family;
 	__u8 proto;
 	__u8 pad[2];
+	__u32 ports;        /* source and destination port as in the L4 header; 0 without ports */
+	__u32 pad1;
 	__u32 src[4];
 	__u32 dst[4];
 	__u32 egress;       /* egress ifindex from the lookup */
@@ -131,7 +134,7 @@ struct lwtun_xdp_route_slot {
 	__u8 dmac[6];
 	__u8 pad2[6];
 };
-LWTUN_ASSERT_SIZE(struct lwtun_xdp_route_slot, 80);
+LWTUN_ASSERT_SIZE(struct lwtun_xdp_route_slot, 88);
 
 /* ---- tc/lwt tunnel redirect (bpf/tc_redirect.bpf.c <-> src/tunnel_redirect.rs) ---- */
 

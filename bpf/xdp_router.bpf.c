@@ -24,13 +24,22 @@
  * Route cache (off unless user space turns it on in `route_cache_cfg`): successful lookups are
  * remembered per CPU in a direct-mapped table (`route_cache`, ROUTE_CACHE_SLOTS slots chosen by
  * the flow). A frame whose every lookup input (ingress device, family, L4 protocol, TOS / flow
- * info, source and destination) matches a slot filled under the current generation less than
- * the maximum age ago, and whose length fits the cached MTU, is forwarded from the slot without
- * bpf_fib_lookup (counted as LWTUN_FIB_CACHE_HIT, which user space adds to SUCCESS). The age is
- * counted in jiffies where the tick rate (CONFIG_HZ) is known (rounded down to whole ticks, at
- * least one), else in nanoseconds. Route, rule and neighbour changes reach cached flows within
- * the maximum age, or at once when user space bumps the generation. Only SUCCESS is cached:
- * every other outcome is looked up each time.
+ * info, L4 ports, source and destination) matches a slot filled under the current generation
+ * less than the maximum age ago, and whose length fits the cached MTU, is forwarded from the
+ * slot without bpf_fib_lookup (counted as LWTUN_FIB_CACHE_HIT, which user space adds to
+ * SUCCESS). The age is counted in jiffies where the tick rate (CONFIG_HZ) is known (rounded
+ * down to whole ticks, at least one), else in nanoseconds. Route, rule and neighbour changes
+ * reach cached flows within the maximum age, or at once when user space bumps the generation.
+ * Only SUCCESS is cached: every other outcome is looked up each time.
+ *
+ * Multipath (ECMP) routes: the lookup is given the L4 protocol and ports (TCP, UDP, UDP-Lite,
+ * SCTP, DCCP; 0 for other protocols, IPv4 fragments and IPv6 extension headers), so with
+ * net.ipv4/ipv6.fib_multipath_hash_policy 1 the kernel spreads flows over the next hops by
+ * 5-tuple, as it does for the packets it forwards itself (policy 0, the default, hashes the
+ * addresses only, for IPv6 also the flow label and next header). The ports are part of the
+ * cache key, so every flow keeps the next hop its own lookup chose: a cached answer is never
+ * reused for another flow of the same pair of addresses. The cost is one slot per flow instead
+ * of one per pair of addresses.
  *
  * `fib_results` counts the outcomes per return code (LWTUN_FIB_*), per CPU. `router_fib_flags[0]`
  * holds the bpf_fib_lookup flags user space chose: 0 (full lookup through the FIB rules, like the
@@ -141,15 +150,47 @@ static __always_inline __u32 fib_fallback(int rc)
 	return XDP_PASS;
 }
 
-/* Whether `slot` holds the lookup for this frame's key under the same generation: bytes 8..56
- * (generation, ingress device, flow info, family, protocol, addresses) as 64-bit words. */
+/* Whether `slot` holds the lookup for this frame's key under the same generation: bytes 8..64
+ * (generation, ingress device, flow info, family, protocol, ports, addresses) as 64-bit words. */
 static __always_inline int slot_matches(const struct lwtun_xdp_route_slot *slot,
 					const struct lwtun_xdp_route_slot *key)
 {
 	const __u64 *a = (const __u64 *)&slot->gen, *b = (const __u64 *)&key->gen;
 
 	return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) |
-		(a[5] ^ b[5])) == 0;
+		(a[5] ^ b[5]) | (a[6] ^ b[6])) == 0;
+}
+
+/* The L4 ports of a packet whose L4 header starts at `l4`, as the header holds them (source
+ * then destination, network byte order) in one word, for the protocols whose header opens with
+ * them (the kernel's flow dissector reads ports for these too); 0 for every other protocol,
+ * ICMP included, and for a header cut short. */
+static __always_inline __u32 l4_ports(void *l4, void *data_end, __u8 proto)
+{
+	__u32 *ports = l4;
+
+	switch (proto) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+	case IPPROTO_UDPLITE:
+	case IPPROTO_SCTP:
+	case IPPROTO_DCCP:
+		break;
+	default:
+		return 0;
+	}
+	if ((void *)(ports + 1) > data_end)
+		return 0;
+	return *ports;
+}
+
+/* The ports of an IPv4 packet: 0 for every fragment (only the first has them), so the fragments
+ * of one datagram take one path, as the kernel's flow dissector does. */
+static __always_inline __u32 ipv4_ports(const struct iphdr *iph, void *l4, void *data_end)
+{
+	if (ip_is_fragment(iph))
+		return 0;
+	return l4_ports(l4, data_end, iph->protocol);
 }
 
 /* Redirects the frame through the port `egress` with the TTL / hop limit decremented and the
@@ -172,7 +213,8 @@ static __always_inline __u32 forward(struct xdp_md *ctx, struct ethhdr *eth, str
 	return verdict(ctx, action);
 }
 
-/* The slot index of a flow (IPv4 addresses are in word 0, the other words are zero). */
+/* The slot index of a flow: its addresses, ingress device and ports folded (IPv4 addresses are
+ * in word 0, the other words are zero). */
 static __always_inline __u32 slot_index(__u32 x)
 {
 	return (x ^ (x >> 10) ^ (x >> 20) ^ (x >> 30)) & (ROUTE_CACHE_SLOTS - 1);
@@ -190,8 +232,8 @@ int xdp_router(struct xdp_md *ctx)
 	struct hdr_cursor nh = { .pos = data };
 	struct ipv6hdr *ip6h = NULL;
 	struct iphdr *iph = NULL;
-	__u32 zero = 0, idx;
-	__u16 tot_len;
+	__u32 zero = 0, idx, ports;
+	__u32 tot_len; /* the whole IP packet, as bpf_fib_lookup's MTU check wants it */
 	__u64 now = 0;
 	int rc;
 
@@ -209,23 +251,24 @@ int xdp_router(struct xdp_md *ctx)
 			count_fib(LWTUN_FIB_TTL_EXPIRED);
 			return verdict(ctx, XDP_PASS);
 		}
+		ports = ipv4_ports(iph, nh.pos, data_end);
 #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-		/* IPv4 cache probe, straight from the header: the slot's words 8..56 as this CPU
+		/* IPv4 cache probe, straight from the header: the slot's words 8..64 as this CPU
 		 * lays them out (generation | ingress << 32, tos | family << 32 | protocol << 40,
-		 * source, 0, destination, 0). A miss falls through to the general path. */
+		 * ports, source, 0, destination, 0). A miss falls through to the general path. */
 		cfg = bpf_map_lookup_elem(&route_cache_cfg, &zero);
 		if (cfg && cfg->gen && cfg->max_age_ns) {
 			__u32 in = ctx->ingress_ifindex, saddr = iph->saddr, daddr = iph->daddr;
 
-			idx = slot_index(saddr ^ daddr ^ in);
+			idx = slot_index(saddr ^ daddr ^ in ^ ports);
 			slot = bpf_map_lookup_elem(&route_cache, &idx);
 			if (slot) {
 				const __u64 *w = (const __u64 *)&slot->gen;
 				__u64 w0 = cfg->gen | (__u64)in << 32;
 				__u64 w1 = iph->tos | (__u64)AF_INET << 32 | (__u64)iph->protocol << 40;
 
-				if (((w[0] ^ w0) | (w[1] ^ w1) | (w[2] ^ saddr) | w[3] | (w[4] ^ daddr) |
-				     w[5]) == 0 &&
+				if (((w[0] ^ w0) | (w[1] ^ w1) | (w[2] ^ ports) | (w[3] ^ saddr) | w[4] |
+				     (w[5] ^ daddr) | w[6]) == 0 &&
 				    cache_now() - slot->filled < cache_max_age(cfg) &&
 				    bpf_ntohs(iph->tot_len) <= slot->mtu) {
 					count_fib(LWTUN_FIB_CACHE_HIT);
@@ -239,6 +282,7 @@ int xdp_router(struct xdp_md *ctx)
 		key.family = AF_INET;
 		key.flowinfo = iph->tos;
 		key.proto = iph->protocol;
+		key.ports = ports;
 		key.src[0] = iph->saddr;
 		key.dst[0] = iph->daddr;
 		tot_len = bpf_ntohs(iph->tot_len);
@@ -254,9 +298,13 @@ int xdp_router(struct xdp_md *ctx)
 		key.family = AF_INET6;
 		key.flowinfo = *(__be32 *)ip6h & IPV6_FLOWINFO_MASK;
 		key.proto = ip6h->nexthdr;
+		/* Extension headers are not walked: behind one the ports stay 0 (nexthdr is the
+		 * extension's), so such flows are spread by their addresses only. */
+		key.ports = l4_ports(nh.pos, data_end, ip6h->nexthdr);
 		__builtin_memcpy(key.src, &ip6h->saddr, sizeof(key.src));
 		__builtin_memcpy(key.dst, &ip6h->daddr, sizeof(key.dst));
-		tot_len = bpf_ntohs(ip6h->payload_len);
+		/* The MTU counts the fixed header too (the stack compares the whole packet). */
+		tot_len = bpf_ntohs(ip6h->payload_len) + sizeof(*ip6h);
 	} else {
 		count_fib(LWTUN_FIB_NOT_IP);
 		return verdict(ctx, XDP_PASS);
@@ -266,7 +314,8 @@ int xdp_router(struct xdp_md *ctx)
 	cfg = bpf_map_lookup_elem(&route_cache_cfg, &zero);
 	if (cfg && cfg->gen && cfg->max_age_ns) {
 		key.gen = cfg->gen;
-		idx = slot_index(key.dst[3] ^ key.src[3] ^ key.dst[0] ^ key.src[0] ^ key.ifindex);
+		idx = slot_index(key.dst[3] ^ key.src[3] ^ key.dst[0] ^ key.src[0] ^ key.ifindex ^
+				 key.ports);
 		slot = bpf_map_lookup_elem(&route_cache, &idx);
 		now = cache_now();
 		if (slot && slot_matches(slot, &key) && now - slot->filled < cache_max_age(cfg) &&
@@ -280,7 +329,9 @@ int xdp_router(struct xdp_md *ctx)
 	__builtin_memset(&fib, 0, sizeof(fib));
 	fib.family = key.family;
 	fib.l4_protocol = key.proto;
-	fib.tot_len = tot_len;
+	/* sport and dport, adjacent in both: what a multipath route's hash (policy 1) reads. */
+	__builtin_memcpy(&fib.sport, &key.ports, sizeof(key.ports));
+	fib.tot_len = tot_len > 0xffff ? 0xffff : tot_len;
 	fib.ifindex = key.ifindex;
 	if (iph) {
 		fib.tos = iph->tos;

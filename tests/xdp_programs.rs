@@ -22,7 +22,7 @@ const V6_ECHO: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 
 // ---- frame building -------------------------------------------------------------------------
 
-use common::packets::{eth, fold, icmp, icmp6, ipv4, ipv6, sum16, v6_pseudo, vlan};
+use common::packets::{eth, fold, icmp, icmp6, ipv4, ipv6, sum16, udp, v6_pseudo, vlan};
 
 fn ping4(dst: Ipv4Addr) -> Vec<u8> {
     eth(
@@ -971,6 +971,28 @@ fn router_route_cache_hits_ages_out_and_flushes() {
         assert_eq!(run(&v4)?, (XdpAction::Redirect, nb(0x98), hits));
         router.set_direct_lookup(false)?;
 
+        // The ports are part of the flow (a multipath route hashes them, see tests/xdp_ecmp.rs):
+        // another source port is looked up before it hits. The fragments of a datagram are one
+        // flow whatever their first bytes: only the first one holds the ports.
+        let flow = |sport: u16, frag: u16| {
+            let datagram = udp(sport, 9, &[7; 12]);
+            eth(
+                R_MAC,
+                A_MAC,
+                0x0800,
+                &ipv4(V4_A, dst, 17, 64, frag, &datagram),
+            )
+        };
+        let hits = router.fib_stats()?.cache_hits;
+        let redirected = |hits| (XdpAction::Redirect, nb(0x98), hits);
+        assert_eq!(run(&flow(1000, 0))?, redirected(hits));
+        assert_eq!(run(&flow(1000, 0))?, redirected(hits + 1));
+        assert_eq!(run(&flow(1001, 0))?, redirected(hits + 1));
+        assert_eq!(run(&flow(1001, 0))?, redirected(hits + 2));
+        const MORE_FRAGMENTS: u16 = 0x2000;
+        assert_eq!(run(&flow(1002, MORE_FRAGMENTS))?, redirected(hits + 2));
+        assert_eq!(run(&flow(1003, MORE_FRAGMENTS))?, redirected(hits + 3));
+
         // A short age: a change reaches the flow once its slot is older than the age.
         router.set_route_cache(Some(Duration::from_millis(40)))?;
         assert_eq!(run(&v4)?.1, nb(0x98));
@@ -998,6 +1020,32 @@ fn router_route_cache_hits_ages_out_and_flushes() {
         assert_eq!(out.verdict, XdpAction::Redirect);
         assert_eq!(out.packet[21], 63, "hop limit decremented on a hit");
         assert_eq!(router.fib_stats()?.cache_hits, hits + 1);
+        // The MTU check counts the IPv6 header, as the stack does: a packet of exactly the
+        // MTU is forwarded (from the cache), one byte more is passed for the stack's "packet too
+        // big".
+        let sized = |payload_len: u16| {
+            let mut f = v6.clone();
+            f[18..20].copy_from_slice(&payload_len.to_be_bytes());
+            f
+        };
+        assert_eq!(
+            run(&sized(1460))?,
+            (XdpAction::Redirect, nb(0x99), hits + 2)
+        );
+        let before = router.fib_stats()?;
+        assert_eq!(run(&sized(1461))?.0, XdpAction::Pass);
+        assert_eq!(router.fib_stats()?.frag_needed, before.frag_needed + 1);
+        let hits = hits + 1;
+        // Another UDP source port is another IPv6 flow.
+        let flow6 = |sport: u16| {
+            let datagram = udp(sport, 9, b"x");
+            eth(R_MAC, A_MAC, 0x86dd, &ipv6(V6_A, dst6, 17, 64, &datagram))
+        };
+        let redirected = |hits| (XdpAction::Redirect, nb(0x99), hits);
+        assert_eq!(run(&flow6(1000))?, redirected(hits + 1));
+        assert_eq!(run(&flow6(1000))?, redirected(hits + 2));
+        assert_eq!(run(&flow6(1001))?, redirected(hits + 2));
+        assert_eq!(run(&flow6(1001))?, redirected(hits + 3));
 
         // Off again: a change applies to the next frame.
         router.set_route_cache(None)?;

@@ -395,6 +395,8 @@ mod imp {
             pub family: u8,
             pub proto: u8,
             pub pad: [u8; 2],
+            pub ports: u32,
+            pub pad1: u32,
             pub src: [u32; 4],
             pub dst: [u32; 4],
             pub egress: u32,
@@ -663,5 +665,5 @@ mod imp {
         }
     }
     #[unsafe(link_section = ".bpf.objs")]
-    static DATA: [u8; 24208] = *include_bytes!(concat!(env!("OUT_DIR"), "/xdp_router.bpf.o"));
+    static DATA: [u8; 25696] = *include_bytes!(concat!(env!("OUT_DIR"), "/xdp_router.bpf.o"));
 }

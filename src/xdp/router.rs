@@ -113,11 +113,11 @@ pub struct FibStats {
 /// a frame with the lookup, 90 from the cache, 26 for a program that does nothing). With
 /// [`set_route_cache`](Self::set_route_cache) every CPU remembers successful lookups (1024
 /// direct-mapped slots) keyed by every input of the lookup: ingress device, family, L4 protocol,
-/// TOS or IPv6 flow info, source and destination. A frame that matches is forwarded from the slot
-/// if the slot is younger than the chosen maximum age (counted in kernel ticks, rounded down, at
-/// least one: 4 ms at `CONFIG_HZ=250`; in nanoseconds where neither `/boot/config-RELEASE` nor
-/// `/proc/config.gz` tells the tick rate, as in many containers) and the frame fits the cached
-/// MTU.
+/// TOS or IPv6 flow info, L4 ports (see [Multipath routes](#multipath-routes-ecmp)), source and
+/// destination. A frame that matches is forwarded from the slot if the slot is younger than the
+/// chosen maximum age (counted in kernel ticks, rounded down, at least one: 4 ms at
+/// `CONFIG_HZ=250`; in nanoseconds where neither `/boot/config-RELEASE` nor `/proc/config.gz`
+/// tells the tick rate, as in many containers) and the frame fits the cached MTU.
 ///
 /// The kernel does not tell XDP programs when routes, rules or neighbours change, but it tells
 /// user space: once the router knows its namespace (its first port or attachment), it starts a
@@ -139,6 +139,34 @@ pub struct FibStats {
 /// ([`remove_port`](Self::remove_port)) applies at once, cached or not. Lookups that do not
 /// succeed are never cached. Attachments may outlive the router; when it drops, its watch stops
 /// and a cache it turned on itself goes off (an age chosen by the caller stays).
+///
+/// # Multipath routes (ECMP)
+///
+/// Every lookup carries the frame's L4 protocol and ports (TCP, UDP, UDP-Lite, SCTP and DCCP;
+/// 0 for ICMP and other protocols, IPv4 fragments and IPv6 packets with extension headers), so a
+/// route with several next hops (`ip route add PREFIX nexthop via A dev X nexthop via B dev Y`,
+/// or a nexthop group) spreads flows over them the way the namespace's
+/// `net.ipv4.fib_multipath_hash_policy` and `net.ipv6.fib_multipath_hash_policy` say, and each
+/// flow takes the next hop the kernel itself routes it through (`ip route get DST from SRC
+/// iif DEV ipproto udp sport S dport D`). **For spreading by L4 ports set the policy to 1**:
+/// the default, 0, hashes the addresses only (and for IPv6 the flow label), so all flows
+/// between two hosts take one next hop. The router reads these settings, it never changes them.
+///
+/// The route cache keys by the ports too: a flow's cached next hop is never reused for another
+/// flow between the same addresses, so multipath routes spread with the cache on as with it
+/// off. It costs a slot per flow instead of one per pair of addresses (1024 slots per CPU).
+/// The kernel announces no change of the hash policy or of `fib_multipath_hash_seed`: cached
+/// flows follow such a change within the cache's maximum age, or at once after
+/// [`flush_route_cache`](Self::flush_route_cache).
+///
+/// ```no_run
+/// let router = lwtun::xdp::XdpRouter::load()?;
+/// let ns = lwtun::netns::NetNs::open("router")?;
+/// ns.set_sysctl("net.ipv4.fib_multipath_hash_policy", "1")?; // spread by L4 ports
+/// ns.set_sysctl("net.ipv6.fib_multipath_hash_policy", "1")?;
+/// router.flush_route_cache()?; // flows cached under the old policy are looked up again
+/// # Ok::<(), lwtun::Error>(())
+/// ```
 ///
 /// # Examples
 ///
