@@ -14,10 +14,8 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{device, ip, netns};
@@ -40,64 +38,27 @@ const DST4: Ipv4Addr = Ipv4Addr::new(10, 94, 0, 1);
 const S6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x91, 0, 0, 0, 0, 0, 1);
 const DST6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x94, 0, 0, 0, 0, 0, 1);
 
-/// One sent datagram as a sink reads it: run, flow, round.
-type Receipt = (u8, u16, u8);
-
-/// A sink: a thread that records what reaches its (dual-stack) socket.
-struct Sink {
-    got: Arc<Mutex<BTreeSet<Receipt>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
+/// A sink: every datagram (run, flow, sequence: 4 bytes) that reaches its socket.
+struct Sink(common::UdpSink);
 
 impl Sink {
     fn start(ns: &NetNs) -> Sink {
-        let socket = ns
-            .enter(|| {
-                UdpSocket::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, PORT)))
-                    .map_err(|e| lwtun::Error::io("bind", e))
-            })
-            .unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(20)))
-            .unwrap();
-        let got = Arc::new(Mutex::new(BTreeSet::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (g, s) = (got.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let mut buf = [0u8; 64];
-            while !s.load(Ordering::Relaxed) {
-                if let Ok(4) = socket.recv(&mut buf) {
-                    let flow = u16::from_be_bytes([buf[1], buf[2]]);
-                    g.lock().unwrap().insert((buf[0], flow, buf[3]));
-                }
-            }
-        });
-        Sink {
-            got,
-            stop,
-            thread: Some(thread),
-        }
+        Sink(common::UdpSink::start(
+            ns,
+            SocketAddr::from((Ipv6Addr::UNSPECIFIED, PORT)),
+            4,
+        ))
     }
 
     /// The flows of `run` that reached this sink, with how many of their datagrams did.
     fn flows(&self, run: u8) -> BTreeMap<u16, usize> {
         let mut flows = BTreeMap::new();
-        for &(r, flow, _) in self.got.lock().unwrap().iter() {
-            if r == run {
-                *flows.entry(flow).or_default() += 1;
+        for d in self.0.received() {
+            if d[0] == run {
+                *flows.entry(u16::from_be_bytes([d[1], d[2]])).or_default() += 1;
             }
         }
         flows
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,52 +34,20 @@ fn udp_in(ns: &NetNs, addr: SocketAddr) -> UdpSocket {
         .unwrap()
 }
 
-/// A sink: a thread that records the sequence numbers that reach its socket.
-struct Sink {
-    got: Arc<Mutex<BTreeSet<u64>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
+/// A sink: the sequence numbers (the first 8 bytes) of the datagrams that reach its socket.
+struct Sink(common::UdpSink);
 
 impl Sink {
     fn start(ns: &NetNs) -> Sink {
-        let socket = udp_in(ns, SocketAddr::from((Ipv4Addr::UNSPECIFIED, PORT)));
-        socket
-            .set_read_timeout(Some(Duration::from_millis(20)))
-            .unwrap();
-        let got = Arc::new(Mutex::new(BTreeSet::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (g, s) = (got.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let mut buf = [0u8; 64];
-            while !s.load(Ordering::Relaxed) {
-                if let Ok(n) = socket.recv(&mut buf) {
-                    if n >= 8 {
-                        g.lock()
-                            .unwrap()
-                            .insert(u64::from_be_bytes(buf[..8].try_into().unwrap()));
-                    }
-                }
-            }
-        });
-        Sink {
-            got,
-            stop,
-            thread: Some(thread),
-        }
+        Sink(common::UdpSink::start(
+            ns,
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, PORT)),
+            8,
+        ))
     }
 
     fn has(&self, seq: u64) -> bool {
-        self.got.lock().unwrap().contains(&seq)
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.0.has(&seq.to_be_bytes())
     }
 }
 

@@ -1335,3 +1335,61 @@ pub fn flood_host(net: u8, i: u32, key: u32) -> (ipnetwork::IpNetwork, lwtun::pe
         ),
     )
 }
+
+/// A UDP receiver in a namespace: a thread that records the first `prefix` bytes of every
+/// datagram (of at least that length) reaching its socket, until it drops (the thread is
+/// stopped and joined then, also on panic).
+pub struct UdpSink {
+    got: Arc<Mutex<std::collections::BTreeSet<Vec<u8>>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl UdpSink {
+    /// Binds `addr` inside `ns` (the IPv6 wildcard also receives IPv4) and starts recording.
+    pub fn start(ns: &NetNs, addr: SocketAddr, prefix: usize) -> UdpSink {
+        let socket = ns
+            .enter(|| UdpSocket::bind(addr).map_err(|e| lwtun::Error::io("bind", e)))
+            .unwrap_or_else(|e| panic!("bind {addr} in {}: {e}", ns.name()));
+        socket
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let got = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (g, s) = (got.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !s.load(Ordering::Relaxed) {
+                if let Ok(n) = socket.recv(&mut buf) {
+                    if n >= prefix {
+                        g.lock().unwrap().insert(buf[..prefix].to_vec());
+                    }
+                }
+            }
+        });
+        UdpSink {
+            got,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Whether a datagram starting with `prefix` arrived.
+    pub fn has(&self, prefix: &[u8]) -> bool {
+        self.got.lock().unwrap().contains(prefix)
+    }
+
+    /// The recorded prefixes so far, in order.
+    pub fn received(&self) -> Vec<Vec<u8>> {
+        self.got.lock().unwrap().iter().cloned().collect()
+    }
+}
+
+impl Drop for UdpSink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
