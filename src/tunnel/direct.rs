@@ -22,8 +22,9 @@
 //!
 //! Packet-dependent routing cannot be checked per remote: a policy rule on a firewall mark, a
 //! user id range or a TOS/DSCP turns the check off (everything rerouted, the reason in
-//! [`DirectStatus::reason`]). A tunnel route over a nexthop group, or a multipath route, leaves
-//! its device rerouted.
+//! [`DirectStatus::reason`]), and so does a tunnel route over a nexthop group or with several
+//! next hops (the kernel picks each flow's next hop). A tunnel route's device that is a bond or
+//! bridge port stays rerouted.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
@@ -608,11 +609,29 @@ impl Checker {
                             d.gateways.insert(nh.gateway);
                         }
                         // A group: each flow's member decides the device and next hop.
-                        _ => return Ok(BTreeMap::new()),
+                        _ => {
+                            return Err(Error::invalid_input(
+                                "check the tunnel's direct path",
+                                format!(
+                                    "tunnel route {} is over nexthop group {id}: the kernel \
+                                     picks each flow's next hop, so every packet is routed again",
+                                    r.dst
+                                ),
+                            ))
+                        }
                     }
                 }
                 // Multipath (RTA_MULTIPATH): no single device and next hop.
-                _ => return Ok(BTreeMap::new()),
+                _ => {
+                    return Err(Error::invalid_input(
+                        "check the tunnel's direct path",
+                        format!(
+                            "tunnel route {} has several next hops: the kernel picks each \
+                             flow's, so every packet is routed again",
+                            r.dst
+                        ),
+                    ))
+                }
             }
         }
         if !devices.is_empty() {
