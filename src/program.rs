@@ -592,6 +592,15 @@ impl Drop for LogBuffer {
 /// lwtun's largest program; the kernel takes up to 16 MiB on every supported version).
 const VERIFIER_LOG_SIZE: usize = 8 << 20;
 
+/// A handle of its own on map `name` of a loaded object (it keeps the map alive on its own).
+pub(crate) fn map_handle(object: &Object, name: &str, op: &str) -> Result<libbpf_rs::MapHandle> {
+    let map = object
+        .maps()
+        .find(|m| m.name() == name)
+        .ok_or_else(|| Error::not_found(op.to_string(), format!("map {name}")))?;
+    libbpf_rs::MapHandle::try_from(&map).map_err(|e| Error::bpf(op.to_string(), e))
+}
+
 /// An owned fd of program `name` in a loaded object (it keeps the program loaded on its own).
 pub(crate) fn program_fd(object: &Object, name: &str) -> Result<OwnedFd> {
     object

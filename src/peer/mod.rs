@@ -186,13 +186,7 @@ impl PeerTable {
     /// Wraps the maps of a loaded encap object (crate-internal: [`crate::tunnel::Tunnel`] does).
     pub(crate) fn new(object: &libbpf_rs::Object, capacity: u32, adopt: bool) -> Result<Self> {
         Self::from_handles(
-            |name| {
-                let map = object
-                    .maps()
-                    .find(|m| m.name() == name)
-                    .ok_or_else(|| Error::not_found("open peer table", format!("map {name}")))?;
-                MapHandle::try_from(&map).map_err(|e| Error::bpf("open peer table", e))
-            },
+            |name| crate::program::map_handle(object, name, "open peer table"),
             capacity,
             adopt,
         )

@@ -44,6 +44,7 @@ use crate::netlink::route::Encap;
 use crate::netlink::Netlink;
 use crate::netns::NetNs;
 use crate::peer::PeerTable;
+use crate::program::map_handle;
 use crate::skel::lwt_encap::types::{lwtun_direct_path, lwtun_peer};
 
 // SAFETY: plain C structs of integers and byte arrays, no padding (LWTUN_ASSERT_SIZE).
@@ -174,14 +175,6 @@ pub(crate) fn path_counters(object: &Object) -> Result<PathCounters> {
         rerouted_packets,
         rerouted_bytes,
     })
-}
-
-fn map_handle(object: &Object, name: &str, op: &str) -> Result<MapHandle> {
-    let map = object
-        .maps()
-        .find(|m| m.name() == name)
-        .ok_or_else(|| Error::not_found(op, format!("map {name}")))?;
-    MapHandle::try_from(&map).map_err(|e| Error::bpf(op, e))
 }
 
 /// What the checker thread and the watch share.

@@ -244,12 +244,7 @@ impl Loaded {
 
     pub(crate) fn map(&self, name: &str) -> Result<MapHandle> {
         let op = format!("take map {name} from {}", self.family);
-        let map = self
-            .obj
-            .maps()
-            .find(|m| m.name() == name)
-            .ok_or_else(|| Error::not_found(op.clone(), format!("map {name}")))?;
-        MapHandle::try_from(&map).map_err(|e| Error::bpf(op, e))
+        crate::program::map_handle(&self.obj, name, &op)
     }
 }
 
