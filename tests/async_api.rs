@@ -286,11 +286,15 @@ async fn a_dropped_call_completes_and_the_socket_stays_usable() {
     {
         let mut call = std::pin::pin!(nl.add_route(route.clone()));
         let waker = std::task::Waker::noop();
-        // Polled once (the request is on its way to the blocking pool), then dropped.
+        // Polled once (the request is on its way to the blocking pool), then dropped. On a
+        // loaded machine the blocking thread can finish before the first poll looks at it:
+        // then the call is simply done, and must have succeeded.
         let first = call
             .as_mut()
             .poll(&mut std::task::Context::from_waker(waker));
-        assert!(first.is_pending());
+        if let std::task::Poll::Ready(done) = first {
+            done.unwrap();
+        }
     }
     // The next call on the socket waits for the dropped one, then gets its own answer.
     let until = std::time::Instant::now() + common::patient(Duration::from_secs(5));
