@@ -309,6 +309,71 @@ LWTUN_ASSERT_SIZE(struct lwtun_encap_config, 20);
 #define LWTUN_ENCAP_EV_TOO_BIG 5     /* encap_in: too big for forward_mtu: dropped */
 #define LWTUN_ENCAP_EV_MAX 6
 
+/* ---- services (bpf/lwt_service.bpf.c <-> src/service/): a prefix served by weighted backends ---- */
+
+/* A service: the prefix (a VIP, /32 or /128, or a wider one) its LPM entry names, served by the
+ * table of rows at service_tables[table] (an inner array of `rows` backend indexes, filled by
+ * user space's Maglev). Keys: lwtun_peer_key4 / lwtun_peer_key6. */
+struct lwtun_service {
+	__u32 table; /* index of its row table in service_tables, and of its counters */
+	__u32 rows;  /* rows in that table (a prime); the flow hash modulo rows picks one */
+};
+LWTUN_ASSERT_SIZE(struct lwtun_service, 8);
+
+/* lwtun_backend.state */
+#define LWTUN_BACKEND_GONE 0 /* not in service: flows remembered to it pick a row again */
+#define LWTUN_BACKEND_UP 1   /* in service */
+
+/* A backend: where a flow's packets are encapsulated to (peer.slot: its counters in
+ * backend_stats), whether flows remembered to it may stay, and which holder of the index it is. */
+struct lwtun_backend {
+	struct lwtun_peer peer;
+	__u32 state;      /* LWTUN_BACKEND_* */
+	__u32 generation; /* bumped each time the index is given to a backend: a flow remembered to
+			   * an earlier holder of the index is not sent to this one */
+};
+LWTUN_ASSERT_SIZE(struct lwtun_backend, 56);
+
+/* A flow as the service's flow table remembers it: the inner addresses, protocol and ports (for
+ * an ICMP error, those of the flow it is about, turned round: it follows that flow). */
+struct lwtun_flow_key {
+	__u8 src[16];
+	__u8 dst[16];
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 v6;
+	__u8 pad[2];
+};
+LWTUN_ASSERT_SIZE(struct lwtun_flow_key, 40);
+
+/* The backend a flow was sent to: an index of backends and that backend's generation. */
+struct lwtun_flow {
+	__u32 backend;
+	__u32 generation;
+};
+LWTUN_ASSERT_SIZE(struct lwtun_flow, 8);
+
+/* Indexes of the service family's event counters (per CPU). */
+#define LWTUN_SERVICE_EV_MISS 0       /* no service for the destination: dropped */
+#define LWTUN_SERVICE_EV_NOT_IP 1     /* not IPv4/IPv6 or unreadable: dropped */
+#define LWTUN_SERVICE_EV_NO_BACKEND 2 /* the service's table is empty or names no backend: dropped */
+#define LWTUN_SERVICE_EV_FLOW_HIT 3   /* sent to the backend the flow table remembered */
+#define LWTUN_SERVICE_EV_FLOW_NEW 4   /* a row picked the backend (new flow, or its backend gone) */
+#define LWTUN_SERVICE_EV_MAX 5
+
+/* What encap_preview-like service_pick found for one frame (BPF_PROG_TEST_RUN): the row and the
+ * backend a new flow gets. */
+struct lwtun_service_pick {
+	__u32 found;   /* 1 when a service and a backend were found */
+	__u32 table;
+	__u32 row;
+	__u32 backend;
+	__u32 hash;
+	__u32 pad;
+};
+LWTUN_ASSERT_SIZE(struct lwtun_service_pick, 24);
+
 /* ---- tc decap (bpf/tc_decap.bpf.c <-> src/decap.rs); peers keyed by lwtun_peer_key4/6 ---- */
 
 /* A known peer (outer source prefix) the decap accepts tunnel packets from. */

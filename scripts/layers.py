@@ -28,7 +28,7 @@ LAYERS = [
     ("nexthop objects", ["nexthop"]),
     ("LWT routes", ["route"]),
     ("routes kept in place", ["keeper"]),
-    ("program families", ["tunnel", "decap", "lwt_redirect", "tunnel_redirect", "seg6", "xdp"]),
+    ("program families", ["tunnel", "decap", "lwt_redirect", "tunnel_redirect", "seg6", "service", "xdp"]),
     ("async adapters (tokio feature)", ["aio"]),
 ]
 

@@ -326,6 +326,7 @@ pub mod probe;
 pub mod program;
 pub mod route;
 pub mod seg6;
+pub mod service;
 pub mod table;
 pub mod tc;
 pub mod tunnel;

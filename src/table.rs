@@ -177,6 +177,61 @@ impl Table {
             .map_err(|e| Error::bpf("insert table entry", e))
     }
 
+    /// Inserts or updates `count` entries at once: `keys` and `values` hold them back to back
+    /// (one `BPF_MAP_UPDATE_BATCH` call; entry by entry where the kernel has no batch update for
+    /// the table's type).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # let table: lwtun::table::Table = todo!();
+    /// // rows 0..3 of an array table of u32 -> u32
+    /// let keys: Vec<u8> = (0u32..3).flat_map(u32::to_ne_bytes).collect();
+    /// let values: Vec<u8> = [7u32, 8, 9].iter().flat_map(|v| v.to_ne_bytes()).collect();
+    /// table.insert_batch(&keys, &values, 3)?;
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// InvalidInput when the lengths are not `count` keys and values of the table's sizes; the
+    /// kernel's error otherwise.
+    pub fn insert_batch(&self, keys: &[u8], values: &[u8], count: u32) -> Result<()> {
+        let op = "insert table entries";
+        let (k, v) = (self.spec.key_size as usize, self.spec.value_size as usize);
+        if count == 0 {
+            return Ok(());
+        }
+        if keys.len() != k * count as usize || values.len() != v * count as usize {
+            return Err(Error::invalid_input(
+                op,
+                format!(
+                    "{count} entries of {k}-byte keys and {v}-byte values, got {} and {} bytes",
+                    keys.len(),
+                    values.len()
+                ),
+            ));
+        }
+        match self
+            .handle
+            .update_batch(keys, values, count, MapFlags::ANY, MapFlags::ANY)
+        {
+            Ok(()) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    libbpf_rs::ErrorKind::Unsupported | libbpf_rs::ErrorKind::InvalidInput
+                ) =>
+            {
+                for (key, value) in keys.chunks_exact(k).zip(values.chunks_exact(v)) {
+                    self.insert(key, value)?;
+                }
+                Ok(())
+            }
+            Err(e) => Err(Error::bpf(op, e)),
+        }
+    }
+
     /// Removes one entry; `false` when it was not there.
     ///
     /// # Errors

@@ -889,5 +889,5 @@ mod imp {
         }
     }
     #[unsafe(link_section = ".bpf.objs")]
-    static DATA: [u8; 83248] = *include_bytes!(concat!(env!("OUT_DIR"), "/lwt_encap_compat.bpf.o"));
+    static DATA: [u8; 83256] = *include_bytes!(concat!(env!("OUT_DIR"), "/lwt_encap_compat.bpf.o"));
 }

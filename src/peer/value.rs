@@ -208,7 +208,7 @@ impl EncapPeer {
         Ok(())
     }
 
-    pub(super) fn to_abi(self, slot: u32) -> lwtun_peer {
+    pub(crate) fn to_abi(self, slot: u32) -> lwtun_peer {
         let mut v = lwtun_peer {
             slot,
             ..Default::default()

@@ -1,0 +1,405 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * lwt_service: a prefix (a VIP) served by a weighted set of backends, each an encapsulation to
+ * its own remote, the flow choosing one (glb-director's forwarding table, Katran's ring).
+ *
+ *   inner ─► services_vN (LPM) ─► service {table, rows}
+ *         ─► flows (LRU): the backend this flow was sent to, if it is still up ─┐
+ *         ─► else service_tables[table] (ARRAY_OF_MAPS) [flow hash % rows] ─► backend index
+ *         ─► backends[index] (an lwtun_peer) ─► outer header (encap.h) ─► BPF_LWT_REROUTE
+ *
+ * User space fills each service's rows with Maglev from its weighted backend list and swaps a
+ * whole new row table into service_tables[table] when the list changes: a packet sees the old
+ * table or the new one. The flow table (an LRU hash, Katran's connection table) keeps a flow on
+ * its backend across such a swap as long as that backend stays up; a backend taken out of
+ * service (state LWTUN_BACKEND_GONE) loses its flows to the rows.
+ *
+ * The flow hash covers the inner addresses, protocol and TCP/UDP ports. An ICMP error (IPv4
+ * destination unreachable, source quench, time exceeded, parameter problem; ICMPv6 1..4) is
+ * hashed as the flow it is about, turned round (its quoted packet went the other way), so it
+ * reaches the backend of that flow: a "fragmentation needed" for a backend's connection goes to
+ * that backend.
+ *
+ * Counters: backend_stats (per backend slot, per CPU: packets, inner bytes, errors) and events
+ * (LWTUN_SERVICE_EV_*). service_pick is a tc twin for BPF_PROG_TEST_RUN: the row and backend a
+ * new flow would get, without pushing anything (bpf_lwt_push_encap must not run under test_run).
+ */
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "lwtun.h"
+#include "parse.h"
+#include "csum.h"
+#include "encap.h"
+
+/* Capacities; user space sets max_entries before loading. */
+#define SERVICES_MAX 64
+#define BACKENDS_MAX 1024
+#define FLOWS_MAX 65536
+
+#define IPPROTO_ICMPV6_ 58
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, SERVICES_MAX);
+	__type(key, struct lwtun_peer_key4);
+	__type(value, struct lwtun_service);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} services_v4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, SERVICES_MAX);
+	__type(key, struct lwtun_peer_key6);
+	__type(value, struct lwtun_service);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} services_v6 SEC(".maps");
+
+/* A service's rows: row -> backend index. BPF_F_INNER_MAP lets each service's table have its own
+ * number of rows (5.10+). */
+struct rows {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_INNER_MAP);
+};
+
+struct rows rows_template SEC(".maps"); /* the shape user space creates row tables in */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, SERVICES_MAX);
+	__type(key, __u32);
+	__array(values, struct rows);
+} service_tables SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, BACKENDS_MAX);
+	__type(key, __u32);
+	__type(value, struct lwtun_backend);
+} backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, BACKENDS_MAX);
+	__type(key, __u32);
+	__type(value, struct lwtun_peer_stats);
+} backend_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, FLOWS_MAX);
+	__type(key, struct lwtun_flow_key);
+	__type(value, struct lwtun_flow);
+} flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LWTUN_SERVICE_EV_MAX);
+	__type(key, __u32);
+	__type(value, struct lwtun_counter);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lwtun_service_pick);
+} pick SEC(".maps");
+
+static __always_inline void count_event(__u32 ev, __u32 len)
+{
+	struct lwtun_counter *c = bpf_map_lookup_elem(&events, &ev);
+
+	if (c) {
+		c->packets++;
+		c->bytes += len;
+	}
+}
+
+/* The two ports at `l4`, if they are there. */
+static __always_inline void read_ports(const void *l4, void *data_end, __u16 *sport, __u16 *dport)
+{
+	const __u16 *p = l4;
+
+	if ((void *)(p + 2) > data_end)
+		return;
+	*sport = p[0];
+	*dport = p[1];
+}
+
+/* IPv4 ICMP errors that quote the packet they are about. */
+static __always_inline int icmp_is_error(__u8 type)
+{
+	return type == 3 || type == 4 || type == 5 || type == 11 || type == 12;
+}
+
+/*
+ * Reads the flow of the inner packet `off` bytes into skb into *k and its TTL, TOS and DF into
+ * *in. Returns 0, or -1 when it is not a readable IPv4 or IPv6 packet.
+ */
+static __always_inline int parse_flow(struct __sk_buff *skb, __u32 off, struct lwtun_flow_key *k,
+				      struct inner *in)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct hdr_cursor nh = { .pos = data + off };
+
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct iphdr *iph, *q;
+		int proto;
+
+		proto = parse_iphdr(&nh, data_end, &iph);
+		if (proto < 0)
+			return -1;
+		in->v6 = 0;
+		in->ttl = iph->ttl;
+		in->tos = iph->tos;
+		in->df = !!(iph->frag_off & bpf_htons(IP_DF_));
+		__builtin_memcpy(k->src, &iph->saddr, 4);
+		__builtin_memcpy(k->dst, &iph->daddr, 4);
+		k->proto = proto;
+		if (ip_is_fragment(iph))
+			return 0;
+		if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
+			read_ports(nh.pos, data_end, &k->sport, &k->dport);
+			return 0;
+		}
+		if (proto != IPPROTO_ICMP)
+			return 0;
+		{
+			struct hdr_cursor qc = { .pos = nh.pos + 8 };
+			__u8 *type = nh.pos;
+			int qproto;
+
+			if ((void *)(type + 1) > data_end || !icmp_is_error(*type))
+				return 0;
+			qproto = parse_iphdr(&qc, data_end, &q);
+			if (qproto < 0)
+				return 0; /* too little quoted: hashed as the ICMP packet itself */
+			/* the quoted packet went from the service's side: turn it round */
+			__builtin_memcpy(k->src, &q->daddr, 4);
+			__builtin_memcpy(k->dst, &q->saddr, 4);
+			k->proto = qproto;
+			if ((qproto == IPPROTO_TCP || qproto == IPPROTO_UDP) && !ip_is_fragment(q))
+				read_ports(qc.pos, data_end, &k->dport, &k->sport);
+		}
+		return 0;
+	}
+	if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6h, *q;
+		int next;
+
+		next = parse_ip6hdr(&nh, data_end, &ip6h);
+		if (next < 0)
+			return -1;
+		in->v6 = 1;
+		in->ttl = ip6h->hop_limit;
+		in->tos = (ip6h->priority << 4) | (ip6h->flow_lbl[0] >> 4);
+		k->v6 = 1;
+		__builtin_memcpy(k->src, &ip6h->saddr, 16);
+		__builtin_memcpy(k->dst, &ip6h->daddr, 16);
+		k->proto = next;
+		/* ports only right after the fixed header (extension headers are not walked) */
+		if (next == IPPROTO_TCP || next == IPPROTO_UDP) {
+			read_ports(nh.pos, data_end, &k->sport, &k->dport);
+			return 0;
+		}
+		if (next != IPPROTO_ICMPV6_)
+			return 0;
+		{
+			struct hdr_cursor qc = { .pos = nh.pos + 8 };
+			__u8 *type = nh.pos;
+			int qnext;
+
+			if ((void *)(type + 1) > data_end || *type < 1 || *type > 4)
+				return 0;
+			qnext = parse_ip6hdr(&qc, data_end, &q);
+			if (qnext < 0)
+				return 0;
+			__builtin_memcpy(k->src, &q->daddr, 16);
+			__builtin_memcpy(k->dst, &q->saddr, 16);
+			k->proto = qnext;
+			if (qnext == IPPROTO_TCP || qnext == IPPROTO_UDP)
+				read_ports(qc.pos, data_end, &k->dport, &k->sport);
+		}
+		return 0;
+	}
+	return -1;
+}
+
+/* The flow's hash: every address word, the protocol and the ports, each through mix32. The
+ * same flow always hashes the same, on every host (no per-boot seed), so hosts behind one ECMP
+ * group pick the same backend for it. */
+static __always_inline __u32 flow_key_hash(const struct lwtun_flow_key *k)
+{
+	const __u32 *s = (const __u32 *)k->src, *d = (const __u32 *)k->dst;
+	__u32 h = k->proto;
+	int i;
+
+#pragma unroll
+	for (i = 0; i < 4; i++)
+		h = mix32(h ^ s[i]) ^ d[i];
+	h = mix32(h ^ (((__u32)k->sport << 16) | k->dport));
+	return mix32(h);
+}
+
+/* The service serving the packet's destination, or NULL. */
+static __always_inline struct lwtun_service *service_of(struct __sk_buff *skb,
+						       const struct lwtun_flow_key *k, __u32 off)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+
+	/* the packet's own destination (for an ICMP error k->dst is the quoted source, the same VIP) */
+	if (!k->v6) {
+		struct lwtun_peer_key4 key = { .prefixlen = 32 };
+		struct iphdr *iph = data + off;
+
+		if ((void *)(iph + 1) > data_end)
+			return NULL;
+		__builtin_memcpy(key.addr, &iph->daddr, 4);
+		return bpf_map_lookup_elem(&services_v4, &key);
+	}
+	{
+		struct lwtun_peer_key6 key = { .prefixlen = 128 };
+		struct ipv6hdr *ip6h = data + off;
+
+		if ((void *)(ip6h + 1) > data_end)
+			return NULL;
+		__builtin_memcpy(key.addr, &ip6h->daddr, 16);
+		return bpf_map_lookup_elem(&services_v6, &key);
+	}
+}
+
+/* The row table's pick for hash h: the backend index in *backend and the row in *row; 0, or -1
+ * when the table is missing or the row empty. */
+static __always_inline int row_pick(const struct lwtun_service *svc, __u32 h, __u32 *row,
+				    __u32 *backend)
+{
+	__u32 table = svc->table, *b;
+	void *rows;
+
+	if (!svc->rows)
+		return -1;
+	rows = bpf_map_lookup_elem(&service_tables, &table);
+	if (!rows)
+		return -1;
+	*row = h % svc->rows;
+	b = bpf_map_lookup_elem(rows, row);
+	if (!b)
+		return -1;
+	*backend = *b;
+	return 0;
+}
+
+SEC("lwt_xmit")
+int service_xmit(struct __sk_buff *skb)
+{
+	struct lwtun_flow_key k = {};
+	struct lwtun_peer_stats *st;
+	struct lwtun_service *svc;
+	struct lwtun_backend *be;
+	struct lwtun_flow *known;
+	__u8 hdr[HDR_MAX] = {};
+	__u32 idx = 0, row, len, pkts, bytes;
+	struct inner in = {};
+	struct lwtun_peer p;
+	int placeholder;
+
+	if (parse_flow(skb, 0, &k, &in) < 0) {
+		count_event(LWTUN_SERVICE_EV_NOT_IP, skb->len);
+		return BPF_DROP;
+	}
+	svc = service_of(skb, &k, 0);
+	if (!svc) {
+		count_event(LWTUN_SERVICE_EV_MISS, skb->len);
+		return BPF_DROP;
+	}
+	in.hash = flow_key_hash(&k);
+	be = NULL;
+	known = bpf_map_lookup_elem(&flows, &k);
+	if (known) {
+		idx = known->backend;
+		be = bpf_map_lookup_elem(&backends, &idx);
+		if (be && (be->state != LWTUN_BACKEND_UP || be->generation != known->generation))
+			be = NULL;
+	}
+	if (be) {
+		count_event(LWTUN_SERVICE_EV_FLOW_HIT, skb->len);
+	} else {
+		struct lwtun_flow remember = {};
+
+		if (row_pick(svc, in.hash, &row, &idx) < 0)
+			goto no_backend;
+		be = bpf_map_lookup_elem(&backends, &idx);
+		if (!be || be->state != LWTUN_BACKEND_UP)
+			goto no_backend;
+		remember.backend = idx;
+		remember.generation = be->generation;
+		bpf_map_update_elem(&flows, &k, &remember, BPF_ANY);
+		count_event(LWTUN_SERVICE_EV_FLOW_NEW, skb->len);
+	}
+	p = be->peer; /* a copy: user space may rewrite the entry meanwhile */
+	st = bpf_map_lookup_elem(&backend_stats, &p.slot);
+	pkts = wire_packets(skb);
+	bytes = skb->len;
+	placeholder = p.kind == LWTUN_ENCAP_IPIP && !in.v6 && skb->gso_size;
+	len = build(skb, &p, &in, hdr, placeholder, skb->len);
+	if (len < 20 || len > HDR_MAX)
+		goto err;
+	if (p.kind == LWTUN_ENCAP_GRE && (p.flags & LWTUN_PEER_GRE_CSUM) && !skb->gso_size &&
+	    gre_csum(skb, hdr, (p.flags & LWTUN_PEER_OUTER_V6) ? 40 : 20, len, 0, skb->len))
+		goto err;
+	if (bpf_lwt_push_encap(skb, BPF_LWT_ENCAP_IP, hdr, len))
+		goto err;
+	if (placeholder && fix_placeholder(skb, p.flags & LWTUN_PEER_OUTER_V6))
+		goto err;
+	if (st) {
+		st->packets += pkts;
+		st->bytes += bytes;
+	}
+	return BPF_LWT_REROUTE;
+err:
+	if (st)
+		st->errors += pkts;
+	return BPF_DROP;
+no_backend:
+	count_event(LWTUN_SERVICE_EV_NO_BACKEND, skb->len);
+	return BPF_DROP;
+}
+
+/* For BPF_PROG_TEST_RUN on an Ethernet frame: the row and backend a new flow gets (the flow
+ * table is neither read nor written), in `pick`. */
+SEC("tc")
+int service_pick(struct __sk_buff *skb)
+{
+	struct lwtun_service_pick *out;
+	struct lwtun_flow_key k = {};
+	struct lwtun_service *svc;
+	struct inner in = {};
+	__u32 zero = 0, row = 0, idx = 0;
+
+	out = bpf_map_lookup_elem(&pick, &zero);
+	if (!out)
+		return TC_ACT_SHOT;
+	__builtin_memset(out, 0, sizeof(*out));
+	if (parse_flow(skb, ETH_HLEN, &k, &in) < 0)
+		return TC_ACT_SHOT;
+	out->hash = flow_key_hash(&k);
+	svc = service_of(skb, &k, ETH_HLEN);
+	if (!svc)
+		return TC_ACT_SHOT;
+	out->table = svc->table;
+	if (row_pick(svc, out->hash, &row, &idx) < 0)
+		return TC_ACT_SHOT;
+	out->row = row;
+	out->backend = idx;
+	out->found = 1;
+	return TC_ACT_OK;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,555 @@
+//! Services end to end: a VIP served by weighted backends (glb-director's forwarding table,
+//! Katran's ring). A client namespace sends UDP flows to the VIP through a [`Services`] route;
+//! each backend namespace decapsulates (lwtun's [`Decap`]) and receives them on the VIP. The
+//! tests check which backend got each flow, that the data plane's own pick (test_run) agrees,
+//! that a swapped table keeps established flows, that a drained backend's flows move and no
+//! others, and the consistency figures over 100 000 synthetic flows.
+//!
+//! ```text
+//!                 ┌── b0 ═══ veth 10.78.0.0/24 ═══ c ── B0 (VIP 10.96.0.10 on lo, decap)
+//!  C (10.30.0.1) ─┼── b1 ═══ veth 10.78.1.0/24 ═══ c ── B1
+//!                 └── bN ...
+//! ```
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use lwtun::decap::{Decap, DecapPeer};
+use lwtun::netlink::Netlink;
+use lwtun::netns::NetNs;
+use lwtun::peer::{Encap, EncapPeer};
+use lwtun::route::InstalledRoute;
+use lwtun::service::{Backend, Services};
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 30, 0, 1);
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const PORT: u16 = 7000;
+
+/// Synthetic flows the consistency figures are measured over.
+const FLOWS: u32 = 200_000;
+
+fn vip_net() -> ipnetwork::IpNetwork {
+    "10.96.0.10/32".parse().unwrap()
+}
+
+fn client_side(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 78, i as u8, 1)
+}
+
+fn backend_side(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 78, i as u8, 2)
+}
+
+struct BackendHost {
+    sink: common::UdpSink,
+    _decap: Decap,
+    _ns: NetNs,
+}
+
+struct Star {
+    // Field order is drop order: the route before the program, the hosts' sinks and decaps
+    // before their namespaces.
+    _route: InstalledRoute,
+    services: Services,
+    _nl: Netlink,
+    backends: Vec<BackendHost>,
+    client: NetNs,
+}
+
+fn backend(i: usize, encap: Encap) -> Backend {
+    Backend::new(EncapPeer::new(
+        IpAddr::V4(backend_side(i)),
+        IpAddr::V4(client_side(i)),
+        encap,
+    ))
+}
+
+/// A client and `n` backend hosts; the VIP's service has backends `0..serving`.
+fn star(n: usize, serving: usize) -> Star {
+    let client = common::netns("svc-c");
+    client
+        .set_sysctl("net.ipv4.conf.all.rp_filter", "0")
+        .unwrap();
+    common::ip(
+        &client,
+        &["addr", "add", &format!("{CLIENT}/32"), "dev", "lo"],
+    );
+    let mut hosts = Vec::new();
+    let mut devs = Vec::new();
+    for i in 0..n {
+        let ns = common::netns(&format!("svc-b{i}"));
+        let dev = format!("b{i}");
+        common::ip(
+            &client,
+            &[
+                "link",
+                "add",
+                &dev,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "c",
+                "netns",
+                ns.name(),
+            ],
+        );
+        common::ip(
+            &client,
+            &[
+                "addr",
+                "add",
+                &format!("{}/24", client_side(i)),
+                "dev",
+                &dev,
+            ],
+        );
+        common::ip(&client, &["link", "set", &dev, "up"]);
+        common::ip(
+            &ns,
+            &[
+                "addr",
+                "add",
+                &format!("{}/24", backend_side(i)),
+                "dev",
+                "c",
+            ],
+        );
+        common::ip(&ns, &["link", "set", "c", "up"]);
+        common::ip(&ns, &["addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
+        common::ip(
+            &ns,
+            &[
+                "route",
+                "add",
+                &format!("{CLIENT}/32"),
+                "via",
+                &client_side(i).to_string(),
+            ],
+        );
+        common::wait_oper_up(&ns, &["c".to_string()]);
+        devs.push(dev);
+        let decap = ns
+            .enter(|| {
+                let mut d = Decap::load()?;
+                d.add_local(IpAddr::V4(backend_side(i)))?;
+                d.add_peer(DecapPeer::host(IpAddr::V4(client_side(i))))?;
+                let mut nl = Netlink::open()?;
+                d.attach(&nl.device("c")?)?;
+                Ok(d)
+            })
+            .unwrap();
+        let sink = common::UdpSink::start(&ns, SocketAddr::new(IpAddr::V4(VIP), PORT), 5);
+        hosts.push(BackendHost {
+            sink,
+            _decap: decap,
+            _ns: ns,
+        });
+    }
+    common::wait_oper_up(&client, &devs);
+    let mut services = Services::builder().rows(4_099).load().unwrap();
+    let list: Vec<Backend> = (0..serving).map(|i| backend(i, Encap::Ipip)).collect();
+    services.set(vip_net(), &list).unwrap();
+    let mut nl = Netlink::open_in(&client).unwrap();
+    let b0 = nl.device("b0").unwrap();
+    let route = services
+        .route(vip_net())
+        .device(&b0)
+        .source(IpAddr::V4(CLIENT))
+        .install(&mut nl)
+        .unwrap();
+    Star {
+        _route: route,
+        services,
+        _nl: nl,
+        backends: hosts,
+        client,
+    }
+}
+
+/// UDP flows from the client: one socket (one source port) per flow, kept for later rounds.
+struct Flows {
+    sockets: Vec<UdpSocket>,
+}
+
+impl Flows {
+    fn open(ns: &NetNs, n: usize) -> Flows {
+        let sockets = ns
+            .enter(|| {
+                (0..n)
+                    .map(|_| {
+                        UdpSocket::bind(SocketAddr::new(IpAddr::V4(CLIENT), 0))
+                            .map_err(|e| lwtun::Error::io("bind", e))
+                    })
+                    .collect::<lwtun::Result<Vec<_>>>()
+            })
+            .unwrap();
+        Flows { sockets }
+    }
+
+    /// Sends one datagram per flow in `range`: the flow's number (4 bytes) and `round`.
+    fn send(&self, range: std::ops::Range<usize>, round: u8) {
+        for f in range {
+            let mut msg = (f as u32).to_be_bytes().to_vec();
+            msg.push(round);
+            msg.extend_from_slice(&[0u8; 27]);
+            // A packet the data plane drops fails its send with EPERM: loss shows at the
+            // backends (where_they_went) and in the counters instead.
+            if let Err(e) = self.sockets[f].send_to(&msg, SocketAddr::new(IpAddr::V4(VIP), PORT)) {
+                assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}");
+            }
+        }
+    }
+
+    fn port(&self, f: usize) -> u16 {
+        self.sockets[f].local_addr().unwrap().port()
+    }
+}
+
+impl Star {
+    /// Which backend got each flow of `range` in `round`, once all arrived (panics after 5 s).
+    fn where_they_went(&self, range: std::ops::Range<usize>, round: u8) -> BTreeMap<usize, usize> {
+        let until = Instant::now() + common::patient(Duration::from_secs(5));
+        loop {
+            let mut got = BTreeMap::new();
+            for (b, host) in self.backends.iter().enumerate() {
+                for p in host.sink.received() {
+                    let f = u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize;
+                    if p[4] == round && range.contains(&f) {
+                        assert!(
+                            got.insert(f, b).is_none(),
+                            "flow {f} of round {round} reached two backends"
+                        );
+                    }
+                }
+            }
+            if got.len() == range.len() {
+                return got;
+            }
+            assert!(
+                Instant::now() < until,
+                "round {round}: {} of {} flows arrived; counters {:?}, backends {:?}",
+                got.len(),
+                range.len(),
+                self.services.counters(),
+                self.services.backend_stats(vip_net())
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// An Ethernet frame carrying an IPv4 UDP packet (checksums left 0: the pick reads addresses
+/// and ports only).
+fn udp_frame(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+    let mut f = vec![0u8; 12];
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let total = 20u16 + 8 + 4;
+    f.extend_from_slice(&[0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+    f[16..18].copy_from_slice(&total.to_be_bytes());
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&12u16.to_be_bytes());
+    f.extend_from_slice(&[0, 0, 1, 2, 3, 4]);
+    f
+}
+
+/// An ICMP "fragmentation needed" to `vip` about a UDP packet the VIP sent to `client`.
+fn icmp_error_frame(vip: Ipv4Addr, client: Ipv4Addr, vport: u16, cport: u16) -> Vec<u8> {
+    let quoted = udp_frame(vip, client, vport, cport)[14..14 + 28].to_vec();
+    let mut f = vec![0u8; 12];
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let total = (20 + 8 + quoted.len()) as u16;
+    f.extend_from_slice(&[0x45, 0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0]);
+    f[16..18].copy_from_slice(&total.to_be_bytes());
+    f.extend_from_slice(&Ipv4Addr::new(10, 99, 0, 1).octets());
+    f.extend_from_slice(&vip.octets());
+    f.extend_from_slice(&[3, 4, 0, 0, 0, 0, 0x05, 0xdc]);
+    f.extend_from_slice(&quoted);
+    f
+}
+
+#[test]
+fn flows_spread_over_the_backends_and_the_pick_agrees_with_the_wire() {
+    require!();
+    let s = star(3, 3);
+    let flows = Flows::open(&s.client, 60);
+    flows.send(0..60, 1);
+    let went = s.where_they_went(0..60, 1);
+    let mut per = [0usize; 3];
+    for &b in went.values() {
+        per[b] += 1;
+    }
+    assert!(
+        per.iter().all(|&n| n >= 5),
+        "60 flows over 3 backends: {per:?}"
+    );
+    // The counters of each backend count exactly its flows' datagrams.
+    for (b, (backend, stats)) in s
+        .services
+        .backend_stats(vip_net())
+        .unwrap()
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(backend.peer.remote, IpAddr::V4(backend_side(b)));
+        assert_eq!(stats.packets, per[b] as u64, "backend {b}: {stats:?}");
+        assert_eq!(stats.errors, 0);
+    }
+    let c = s.services.counters().unwrap();
+    assert_eq!((c.flow_picks, c.flow_hits, c.missed), (60, 0, 0), "{c:?}");
+    // The data plane's own pick, under test_run, names the backend the wire saw.
+    for (f, &b) in &went {
+        let frame = udp_frame(CLIENT, VIP, flows.port(*f), PORT);
+        let pick = s.services.pick(&frame).unwrap().expect("a backend");
+        assert_eq!(pick.backend.remote, IpAddr::V4(backend_side(b)), "flow {f}");
+        // An ICMP error about the flow (quoting the VIP's packet to the client) follows it.
+        let err = icmp_error_frame(VIP, CLIENT, PORT, flows.port(*f));
+        assert_eq!(
+            s.services.pick(&err).unwrap().map(|p| p.backend),
+            Some(pick.backend)
+        );
+    }
+    // A destination no service has: no pick.
+    let other = udp_frame(CLIENT, Ipv4Addr::new(10, 96, 0, 11), 1000, PORT);
+    assert_eq!(s.services.pick(&other).unwrap(), None);
+}
+
+#[test]
+fn a_swapped_table_keeps_flows_and_a_drained_backend_loses_only_its_own() {
+    require!();
+    let mut s = star(4, 3);
+    let flows = Flows::open(&s.client, 120);
+    flows.send(0..60, 1);
+    let first = s.where_they_went(0..60, 1);
+    assert!(first.values().all(|&b| b < 3));
+
+    // A fourth backend: a new table swapped in; the 60 flows stay where they were (the flow
+    // table), new flows reach the new backend too.
+    let four: Vec<Backend> = (0..4).map(|i| backend(i, Encap::Ipip)).collect();
+    s.services.set(vip_net(), &four).unwrap();
+    flows.send(0..60, 2);
+    assert_eq!(
+        s.where_they_went(0..60, 2),
+        first,
+        "established flows kept their backend"
+    );
+    flows.send(60..120, 2);
+    let fresh = s.where_they_went(60..120, 2);
+    let to_new = fresh.values().filter(|&&b| b == 3).count();
+    assert!(to_new >= 3, "60 new flows, {to_new} to the added backend");
+
+    // Drain backend 0: its flows move, nobody else's.
+    s.services
+        .drain(vip_net(), IpAddr::V4(backend_side(0)))
+        .unwrap();
+    assert_eq!(s.services.backends(vip_net()).unwrap()[0], (four[0], false));
+    flows.send(0..120, 3);
+    let after = s.where_they_went(0..120, 3);
+    let before: BTreeMap<usize, usize> = first.into_iter().chain(fresh).collect();
+    for (f, b) in &after {
+        assert_ne!(*b, 0, "flow {f} still reached the drained backend");
+        if before[f] != 0 {
+            assert_eq!(before[f], *b, "flow {f} of a surviving backend moved");
+        }
+    }
+    assert!(
+        before.values().any(|&b| b == 0),
+        "some flows were on backend 0"
+    );
+
+    // Restored, it takes new flows again.
+    s.services
+        .restore(vip_net(), IpAddr::V4(backend_side(0)))
+        .unwrap();
+    let more = Flows::open(&s.client, 60);
+    more.send(0..60, 4);
+    // (these flows' numbers repeat 0..60 with round 4: a distinct round keeps them apart)
+    let back = s.where_they_went(0..60, 4);
+    assert!(
+        back.values().any(|&b| b == 0),
+        "the restored backend takes new flows"
+    );
+
+    // Removing the service: its packets are missed and counted.
+    let missed = s.services.counters().unwrap().missed;
+    let removed = s.services.remove(vip_net()).unwrap();
+    assert_eq!(removed.len(), 4);
+    flows.send(0..10, 5);
+    let until = Instant::now() + common::patient(Duration::from_secs(2));
+    while s.services.counters().unwrap().missed < missed + 10 {
+        assert!(Instant::now() < until, "{:?}", s.services.counters());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn tables_swapped_under_traffic_lose_nothing() {
+    require!();
+    let mut s = star(4, 4);
+    let flows = Flows::open(&s.client, 32);
+    let ping = {
+        let ns = &s.client;
+        std::thread::scope(|scope| {
+            let pinger = scope.spawn(|| {
+                common::ping_with(
+                    ns,
+                    IpAddr::V4(VIP),
+                    300,
+                    &[
+                        "-I",
+                        &CLIENT.to_string(),
+                        "-i",
+                        "0.01",
+                        "-W",
+                        "1",
+                        "-w",
+                        "10",
+                    ],
+                )
+            });
+            let mut members = vec![vec![], vec![0, 1, 2, 3]]; // serving in round r (from 1)
+            for (round, swap) in (1u8..).zip(0..10) {
+                // Weights and membership change; backend 3 always serves (it keeps some flows).
+                let mut list: Vec<Backend> = (0..4)
+                    .map(|i| backend(i, Encap::Ipip).weight(1 + (i as u32 + swap) % 3))
+                    .collect();
+                if swap % 2 == 1 {
+                    list.remove(swap as usize % 3);
+                }
+                flows.send(0..32, round);
+                s.services.set(vip_net(), &list).unwrap();
+                members.push(
+                    list.iter()
+                        .map(|b| {
+                            (0..4)
+                                .position(|i| b.peer.remote == IpAddr::V4(backend_side(i)))
+                                .unwrap()
+                        })
+                        .collect(),
+                );
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            (pinger.join().unwrap(), members)
+        })
+    };
+    let (ping, members) = ping;
+    assert_eq!(
+        ping.received, 300,
+        "pings lost while tables were swapped: {ping:?}"
+    );
+    // Every round of datagrams arrived, each flow at one backend per round, and a flow moved
+    // only when its backend left the service.
+    let mut last = s.where_they_went(0..32, 1);
+    for round in 2..=10u8 {
+        let now = s.where_they_went(0..32, round);
+        for (f, b) in &now {
+            if members[round as usize].contains(&last[f]) {
+                assert_eq!(
+                    last[f], *b,
+                    "flow {f} moved in round {round} though its backend stayed"
+                );
+            }
+        }
+        last = now;
+    }
+}
+
+#[test]
+fn consistency_and_weights_over_200k_flows_through_test_run() {
+    require!();
+    let mut services = Services::load().unwrap();
+    let ten: Vec<Backend> = (0..10).map(|i| backend(i, Encap::Ipip)).collect();
+    services.set(vip_net(), &ten).unwrap();
+    let frames: Vec<Vec<u8>> = (0..FLOWS)
+        .map(|i| {
+            let src = Ipv4Addr::from(0x0a00_0000 | (i.wrapping_mul(2_654_435_761) >> 8));
+            udp_frame(src, VIP, 1024 + (i % 60_000) as u16, 80)
+        })
+        .collect();
+    let picks = |services: &Services| -> Vec<IpAddr> {
+        frames
+            .iter()
+            .map(|f| services.pick(f).unwrap().expect("a backend").backend.remote)
+            .collect()
+    };
+    let before = picks(&services);
+    // One of ten removed: only its flows move (Maglev's bound: 1/10 + 1%).
+    let gone = ten[4].peer.remote;
+    services
+        .set(vip_net(), &[&ten[..4], &ten[5..]].concat())
+        .unwrap();
+    let after = picks(&services);
+    let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count() as f64 / f64::from(FLOWS);
+    let bystanders = before
+        .iter()
+        .zip(&after)
+        .filter(|(b, a)| **b != gone && b != a)
+        .count() as f64
+        / f64::from(FLOWS);
+    eprintln!(
+        "remove 1 of 10: {:.2}% of flows moved, {:.2}% of them not the removed backend's",
+        moved * 100.0,
+        bystanders * 100.0
+    );
+    assert!(moved <= 0.11, "{moved}");
+    // Added back: again at most 1/10 + 1% move.
+    services.set(vip_net(), &ten).unwrap();
+    let back = picks(&services);
+    let moved = after.iter().zip(&back).filter(|(b, a)| b != a).count() as f64 / f64::from(FLOWS);
+    eprintln!("add 1 to 9: {:.2}% of flows moved", moved * 100.0);
+    assert!(moved <= 0.11, "{moved}");
+    // Weights 1..=4 (total 25 over 10 backends): each share within 2% of its weight's.
+    let weighted: Vec<Backend> = ten
+        .iter()
+        .enumerate()
+        .map(|(i, b)| b.weight(1 + i as u32 % 4))
+        .collect();
+    let total: u32 = weighted.iter().map(|b| b.weight).sum();
+    services.set(vip_net(), &weighted).unwrap();
+    let shares = picks(&services);
+    for b in &weighted {
+        let got = shares.iter().filter(|r| **r == b.peer.remote).count() as f64 / f64::from(FLOWS);
+        let want = f64::from(b.weight) / f64::from(total);
+        eprintln!("weight {}: share {:.4}, want {:.4}", b.weight, got, want);
+        // 2% of the share, plus what sampling FLOWS flows adds (3 standard deviations).
+        let sigma = (want * (1.0 - want) / f64::from(FLOWS)).sqrt();
+        assert!(
+            (got - want).abs() <= 0.02 * want + 3.0 * sigma,
+            "{}: {got} vs {want}",
+            b.peer.remote
+        );
+    }
+}
+
+#[test]
+fn bad_service_input_is_refused_and_changes_nothing() {
+    require!();
+    let mut services = Services::builder().rows(251).backends(4).load().unwrap();
+    let b = backend(0, Encap::Ipip);
+    let err = services.set(vip_net(), &[b, b]).unwrap_err();
+    assert_eq!(err.kind(), lwtun::ErrorKind::InvalidInput, "{err}");
+    let err = Services::builder().rows(65_536).load().unwrap_err();
+    assert!(err.to_string().contains("prime"), "{err}");
+    services.set(vip_net(), &[b]).unwrap();
+    // Five backends on a data plane of four: refused, the service as it was.
+    let five: Vec<Backend> = (0..5).map(|i| backend(i, Encap::Ipip)).collect();
+    let err = services.set(vip_net(), &five).unwrap_err();
+    assert!(err.to_string().contains("backends"), "{err}");
+    assert_eq!(services.backends(vip_net()).unwrap(), vec![(b, true)]);
+    // ...and the backends it took are free again: four fit.
+    services.set(vip_net(), &five[..4]).unwrap();
+    let err = services
+        .drain(vip_net(), "192.0.2.99".parse().unwrap())
+        .unwrap_err();
+    assert_eq!(err.kind(), lwtun::ErrorKind::NotFound, "{err}");
+    let err = services
+        .remove("10.96.0.99/32".parse().unwrap())
+        .unwrap_err();
+    assert_eq!(err.kind(), lwtun::ErrorKind::NotFound, "{err}");
+}
