@@ -12,7 +12,11 @@
  * whole new row table into service_tables[table] when the list changes: a packet sees the old
  * table or the new one. The flow table (an LRU hash, Katran's connection table) keeps a flow on
  * its backend across such a swap as long as that backend stays up; a backend taken out of
- * service (state LWTUN_BACKEND_GONE) loses its flows to the rows.
+ * service (drained by a health check, or removed) loses its flows to the rows.
+ *
+ * Health probes: a packet marked as the config map says (skb->mark) goes to the backend the
+ * mark names, drained or not, with that backend's encap (so the probe takes the data's path and
+ * outer source, Katran's lesson), and is not remembered.
  *
  * The flow hash covers the inner addresses, protocol and TCP/UDP ports. An ICMP error (IPv4
  * destination unreachable, source quench, time exceeded, parameter problem; ICMPv6 1..4) is
@@ -109,6 +113,29 @@ struct {
 	__type(key, __u32);
 	__type(value, struct lwtun_service_pick);
 } pick SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lwtun_service_config);
+} config SEC(".maps");
+
+/* The backend a health probe's mark names, or NULL when the packet is not a probe. *idx is set
+ * for a probe. */
+static __always_inline struct lwtun_backend *probe_target(struct __sk_buff *skb, __u32 *idx,
+							  int *probe)
+{
+	__u32 zero = 0;
+	struct lwtun_service_config *cfg = bpf_map_lookup_elem(&config, &zero);
+
+	*probe = 0;
+	if (!cfg || !cfg->probe_mask || (skb->mark & cfg->probe_mask) != cfg->probe_value)
+		return NULL;
+	*probe = 1;
+	*idx = skb->mark & ~cfg->probe_mask;
+	return bpf_map_lookup_elem(&backends, idx);
+}
 
 static __always_inline void count_event(__u32 ev, __u32 len)
 {
@@ -308,7 +335,7 @@ int service_xmit(struct __sk_buff *skb)
 	__u32 idx = 0, row, len, pkts, bytes;
 	struct inner in = {};
 	struct lwtun_peer p;
-	int placeholder;
+	int placeholder, probe;
 
 	if (parse_flow(skb, 0, &k, &in) < 0) {
 		count_event(LWTUN_SERVICE_EV_NOT_IP, skb->len);
@@ -320,17 +347,25 @@ int service_xmit(struct __sk_buff *skb)
 		return BPF_DROP;
 	}
 	in.hash = flow_key_hash(&k);
-	be = NULL;
+	be = probe_target(skb, &idx, &probe);
+	if (probe) {
+		/* a health probe: the backend its mark names, in service or drained (so that it is
+		 * seen coming back), with the encap its data gets; not remembered */
+		if (!be || be->state == LWTUN_BACKEND_GONE)
+			goto no_backend;
+		count_event(LWTUN_SERVICE_EV_PROBE, skb->len);
+		goto send;
+	}
 	known = bpf_map_lookup_elem(&flows, &k);
 	if (known) {
 		idx = known->backend;
 		be = bpf_map_lookup_elem(&backends, &idx);
-		if (be && (be->state != LWTUN_BACKEND_UP || be->generation != known->generation))
-			be = NULL;
+		if (be && be->state == LWTUN_BACKEND_UP && be->generation == known->generation) {
+			count_event(LWTUN_SERVICE_EV_FLOW_HIT, skb->len);
+			goto send;
+		}
 	}
-	if (be) {
-		count_event(LWTUN_SERVICE_EV_FLOW_HIT, skb->len);
-	} else {
+	{
 		struct lwtun_flow remember = {};
 
 		if (row_pick(svc, in.hash, &row, &idx) < 0)
@@ -343,6 +378,7 @@ int service_xmit(struct __sk_buff *skb)
 		bpf_map_update_elem(&flows, &k, &remember, BPF_ANY);
 		count_event(LWTUN_SERVICE_EV_FLOW_NEW, skb->len);
 	}
+send:
 	p = be->peer; /* a copy: user space may rewrite the entry meanwhile */
 	st = bpf_map_lookup_elem(&backend_stats, &p.slot);
 	pkts = wire_packets(skb);

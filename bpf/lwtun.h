@@ -321,8 +321,10 @@ struct lwtun_service {
 LWTUN_ASSERT_SIZE(struct lwtun_service, 8);
 
 /* lwtun_backend.state */
-#define LWTUN_BACKEND_GONE 0 /* not in service: flows remembered to it pick a row again */
-#define LWTUN_BACKEND_UP 1   /* in service */
+#define LWTUN_BACKEND_GONE 0    /* a free index: no backend */
+#define LWTUN_BACKEND_UP 1      /* in service */
+#define LWTUN_BACKEND_DRAINED 2 /* out of service (health): its flows pick a row again; probes
+				 * still reach it */
 
 /* A backend: where a flow's packets are encapsulated to (peer.slot: its counters in
  * backend_stats), whether flows remembered to it may stay, and which holder of the index it is. */
@@ -360,7 +362,20 @@ LWTUN_ASSERT_SIZE(struct lwtun_flow, 8);
 #define LWTUN_SERVICE_EV_NO_BACKEND 2 /* the service's table is empty or names no backend: dropped */
 #define LWTUN_SERVICE_EV_FLOW_HIT 3   /* sent to the backend the flow table remembered */
 #define LWTUN_SERVICE_EV_FLOW_NEW 4   /* a row picked the backend (new flow, or its backend gone) */
-#define LWTUN_SERVICE_EV_MAX 5
+
+#define LWTUN_SERVICE_EV_PROBE 5      /* a health probe, sent to the backend its mark names */
+#define LWTUN_SERVICE_EV_MAX 6
+
+/* The service family's configuration (one entry, index 0). A packet whose mark has
+ * (mark & probe_mask) == probe_value is a health probe: it goes to backend (mark & ~probe_mask),
+ * whatever the rows say and whether or not that backend is in service, and is not remembered. */
+struct lwtun_service_config {
+	__u32 magic;       /* LWTUN_MAGIC */
+	__u32 version;     /* LWTUN_ABI_VERSION */
+	__u32 probe_mask;  /* 0: no probes */
+	__u32 probe_value;
+};
+LWTUN_ASSERT_SIZE(struct lwtun_service_config, 16);
 
 /* What encap_preview-like service_pick found for one frame (BPF_PROG_TEST_RUN): the row and the
  * backend a new flow gets. */

@@ -15,6 +15,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lwtun::decap::{Decap, DecapPeer};
@@ -22,7 +23,7 @@ use lwtun::netlink::Netlink;
 use lwtun::netns::NetNs;
 use lwtun::peer::{Encap, EncapPeer};
 use lwtun::route::InstalledRoute;
-use lwtun::service::{Backend, Services};
+use lwtun::service::{Backend, HealthChange, HealthCheck, HealthConfig, Services};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 30, 0, 1);
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -45,8 +46,21 @@ fn backend_side(i: usize) -> Ipv4Addr {
 
 struct BackendHost {
     sink: common::UdpSink,
-    _decap: Decap,
-    _ns: NetNs,
+    decap: Option<Decap>,
+    ns: NetNs,
+}
+
+/// Backend `i`'s decapsulation of the client's packets, on its device `c`.
+fn decap(ns: &NetNs, i: usize) -> Decap {
+    ns.enter(|| {
+        let mut d = Decap::load()?;
+        d.add_local(IpAddr::V4(backend_side(i)))?;
+        d.add_peer(DecapPeer::host(IpAddr::V4(client_side(i))))?;
+        let mut nl = Netlink::open()?;
+        d.attach(&nl.device("c")?)?;
+        Ok(d)
+    })
+    .unwrap()
 }
 
 struct Star {
@@ -132,21 +146,12 @@ fn star(n: usize, serving: usize) -> Star {
         );
         common::wait_oper_up(&ns, &["c".to_string()]);
         devs.push(dev);
-        let decap = ns
-            .enter(|| {
-                let mut d = Decap::load()?;
-                d.add_local(IpAddr::V4(backend_side(i)))?;
-                d.add_peer(DecapPeer::host(IpAddr::V4(client_side(i))))?;
-                let mut nl = Netlink::open()?;
-                d.attach(&nl.device("c")?)?;
-                Ok(d)
-            })
-            .unwrap();
+        let decap = decap(&ns, i);
         let sink = common::UdpSink::start(&ns, SocketAddr::new(IpAddr::V4(VIP), PORT), 5);
         hosts.push(BackendHost {
             sink,
-            _decap: decap,
-            _ns: ns,
+            decap: Some(decap),
+            ns,
         });
     }
     common::wait_oper_up(&client, &devs);
@@ -209,36 +214,52 @@ impl Flows {
     }
 }
 
-impl Star {
-    /// Which backend got each flow of `range` in `round`, once all arrived (panics after 5 s).
-    fn where_they_went(&self, range: std::ops::Range<usize>, round: u8) -> BTreeMap<usize, usize> {
-        let until = Instant::now() + common::patient(Duration::from_secs(5));
-        loop {
-            let mut got = BTreeMap::new();
-            for (b, host) in self.backends.iter().enumerate() {
-                for p in host.sink.received() {
-                    let f = u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize;
-                    if p[4] == round && range.contains(&f) {
-                        assert!(
-                            got.insert(f, b).is_none(),
-                            "flow {f} of round {round} reached two backends"
-                        );
-                    }
+/// Which backend got each flow of `range` in `round`, once all arrived (panics after 5 s,
+/// with `why` for the message).
+fn where_they_went(
+    backends: &[BackendHost],
+    range: std::ops::Range<usize>,
+    round: u8,
+    why: &dyn Fn() -> String,
+) -> BTreeMap<usize, usize> {
+    let until = Instant::now() + common::patient(Duration::from_secs(5));
+    loop {
+        let mut got = BTreeMap::new();
+        for (b, host) in backends.iter().enumerate() {
+            for p in host.sink.received() {
+                let f = u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize;
+                if p[4] == round && range.contains(&f) {
+                    assert!(
+                        got.insert(f, b).is_none(),
+                        "flow {f} of round {round} reached two backends"
+                    );
                 }
             }
-            if got.len() == range.len() {
-                return got;
-            }
-            assert!(
-                Instant::now() < until,
-                "round {round}: {} of {} flows arrived; counters {:?}, backends {:?}",
-                got.len(),
-                range.len(),
+        }
+        if got.len() == range.len() {
+            return got;
+        }
+        assert!(
+            Instant::now() < until,
+            "round {round}: {} of {} flows arrived; {}",
+            got.len(),
+            range.len(),
+            why()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Star {
+    /// [`where_they_went`] with the data plane's counters for a failure's message.
+    fn where_they_went(&self, range: std::ops::Range<usize>, round: u8) -> BTreeMap<usize, usize> {
+        where_they_went(&self.backends, range, round, &|| {
+            format!(
+                "counters {:?}, backends {:?}",
                 self.services.counters(),
                 self.services.backend_stats(vip_net())
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            )
+        })
     }
 }
 
@@ -552,4 +573,135 @@ fn bad_service_input_is_refused_and_changes_nothing() {
         .remove("10.96.0.99/32".parse().unwrap())
         .unwrap_err();
     assert_eq!(err.kind(), lwtun::ErrorKind::NotFound, "{err}");
+}
+
+/// An Ethernet frame carrying an ICMP echo request from `src` to `dst`.
+fn echo_frame(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+    let mut f = vec![0u8; 12];
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    f.extend_from_slice(&[0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 1, 0, 0]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(&[8, 0, 0, 0, 0, 1, 0, 1]);
+    f
+}
+
+#[test]
+fn a_backend_that_stops_answering_probes_is_drained_and_comes_back() {
+    require!();
+    let Star {
+        _route: route,
+        services,
+        _nl: nl,
+        mut backends,
+        client,
+    } = star(3, 3);
+    let services = Arc::new(Mutex::new(services));
+    // The backend the client's pings go to (the echo flow has no ports: one backend).
+    let victim = {
+        let s = services.lock().unwrap();
+        let remote = s
+            .pick(&echo_frame(CLIENT, VIP))
+            .unwrap()
+            .expect("a backend")
+            .backend
+            .remote;
+        (0..3)
+            .find(|&i| remote == IpAddr::V4(backend_side(i)))
+            .unwrap()
+    };
+    let flows = Flows::open(&client, 60);
+    flows.send(0..60, 1);
+    let first = where_they_went(&backends, 0..60, 1, &|| String::new());
+    let config = HealthConfig {
+        interval: Duration::from_millis(100),
+        timeout: Duration::from_millis(80),
+        fall: 2,
+        rise: 2,
+    };
+    let watch = client
+        .enter(|| HealthCheck::new(config))
+        .unwrap()
+        .spawn(services.clone());
+    let state = |services: &Mutex<Services>| -> bool {
+        services.lock().unwrap().backends(vip_net()).unwrap()[victim].1
+    };
+    let wait_for = |up: bool, what: &str| {
+        let until = Instant::now() + common::patient(Duration::from_secs(3));
+        while state(&services) != up {
+            assert!(
+                Instant::now() < until,
+                "{what}: {:?}, rounds {}, error {:?}",
+                services.lock().unwrap().counters(),
+                watch.rounds(),
+                watch.last_error()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let ping = std::thread::scope(|scope| {
+        let pinger = scope.spawn(|| {
+            common::ping_with(
+                &client,
+                IpAddr::V4(VIP),
+                400,
+                &[
+                    "-I",
+                    &CLIENT.to_string(),
+                    "-i",
+                    "0.01",
+                    "-W",
+                    "1",
+                    "-w",
+                    "15",
+                ],
+            )
+        });
+        std::thread::sleep(Duration::from_millis(800));
+        assert!(state(&services), "all backends answer at first");
+        // The backend's decap goes: the client's packets reach it still encapsulated, and
+        // nothing answers, neither the pings nor the probes.
+        drop(backends[victim].decap.take());
+        wait_for(false, "the silent backend was not drained");
+        // Meanwhile the flows of the other backends stay where they were; its own move.
+        flows.send(0..60, 2);
+        let second = where_they_went(&backends, 0..60, 2, &|| String::new());
+        for (f, b) in &second {
+            assert_ne!(*b, victim, "flow {f} reached the drained backend");
+            if first[f] != victim {
+                assert_eq!(first[f], *b, "flow {f} of a healthy backend moved");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        backends[victim].decap = Some(decap(&backends[victim].ns, victim));
+        wait_for(true, "the backend answering again was not restored");
+        pinger.join().unwrap()
+    });
+    let lost = ping.transmitted - ping.received;
+    assert!(
+        lost <= 100,
+        "{lost} pings lost while the backend failed over: {ping:?}"
+    );
+    eprintln!("{lost} of {} pings lost over the failure", ping.transmitted);
+    let changes = watch.take_changes();
+    let remote = IpAddr::V4(backend_side(victim));
+    assert_eq!(
+        changes,
+        vec![
+            HealthChange {
+                service: vip_net(),
+                remote,
+                up: false
+            },
+            HealthChange {
+                service: vip_net(),
+                remote,
+                up: true
+            },
+        ]
+    );
+    assert!(services.lock().unwrap().counters().unwrap().probes > 0);
+    drop(watch);
+    drop(route);
+    drop(nl);
 }

@@ -39,6 +39,7 @@ mod imp {
             .map("rows_template", false)
             .map("service_tables", false)
             .map("events", false)
+            .map("config", false)
             .prog("service_xmit")
             .prog("service_pick");
         builder.build()
@@ -54,6 +55,7 @@ mod imp {
         pub rows_template: libbpf_rs::OpenMapMut<'obj>,
         pub service_tables: libbpf_rs::OpenMapMut<'obj>,
         pub events: libbpf_rs::OpenMapMut<'obj>,
+        pub config: libbpf_rs::OpenMapMut<'obj>,
         _phantom: std::marker::PhantomData<&'obj ()>,
     }
 
@@ -73,6 +75,7 @@ mod imp {
             let mut rows_template = None;
             let mut service_tables = None;
             let mut events = None;
+            let mut config = None;
             let object = unsafe {
                 std::mem::transmute::<&mut libbpf_rs::OpenObject, &'obj mut libbpf_rs::OpenObject>(
                     object,
@@ -98,6 +101,7 @@ mod imp {
                     "rows_template" => rows_template = Some(map),
                     "service_tables" => service_tables = Some(map),
                     "events" => events = Some(map),
+                    "config" => config = Some(map),
                     _ => panic!("encountered unexpected map: `{name}`"),
                 }
             }
@@ -113,6 +117,7 @@ mod imp {
                 rows_template: rows_template.expect("map `rows_template` not present"),
                 service_tables: service_tables.expect("map `service_tables` not present"),
                 events: events.expect("map `events` not present"),
+                config: config.expect("map `config` not present"),
                 _phantom: std::marker::PhantomData,
             };
             Ok(slf)
@@ -129,6 +134,7 @@ mod imp {
         pub rows_template: libbpf_rs::MapMut<'obj>,
         pub service_tables: libbpf_rs::MapMut<'obj>,
         pub events: libbpf_rs::MapMut<'obj>,
+        pub config: libbpf_rs::MapMut<'obj>,
         _phantom: std::marker::PhantomData<&'obj ()>,
     }
 
@@ -148,6 +154,7 @@ mod imp {
             let mut rows_template = None;
             let mut service_tables = None;
             let mut events = None;
+            let mut config = None;
             let object = unsafe {
                 std::mem::transmute::<&mut libbpf_rs::Object, &'obj mut libbpf_rs::Object>(object)
             };
@@ -171,6 +178,7 @@ mod imp {
                     "rows_template" => rows_template = Some(map),
                     "service_tables" => service_tables = Some(map),
                     "events" => events = Some(map),
+                    "config" => config = Some(map),
                     _ => panic!("encountered unexpected map: `{name}`"),
                 }
             }
@@ -186,6 +194,7 @@ mod imp {
                 rows_template: rows_template.expect("map `rows_template` not present"),
                 service_tables: service_tables.expect("map `service_tables` not present"),
                 events: events.expect("map `events` not present"),
+                config: config.expect("map `config` not present"),
                 _phantom: std::marker::PhantomData,
             };
             Ok(slf)
@@ -644,11 +653,37 @@ mod imp {
         #[repr(C)]
         pub struct __anon_9 {
             pub r#type: *mut [i32; 6],
-            pub max_entries: *mut [i32; 5],
+            pub max_entries: *mut [i32; 6],
             pub key: *mut u32,
             pub value: *mut lwtun_counter,
         }
         impl Default for __anon_9 {
+            fn default() -> Self {
+                Self {
+                    r#type: std::ptr::null_mut(),
+                    max_entries: std::ptr::null_mut(),
+                    key: std::ptr::null_mut(),
+                    value: std::ptr::null_mut(),
+                }
+            }
+        }
+        #[derive(Debug, Default, Copy, Clone)]
+        #[repr(C)]
+        pub struct lwtun_service_config {
+            pub magic: u32,
+            pub version: u32,
+            pub probe_mask: u32,
+            pub probe_value: u32,
+        }
+        #[derive(Debug, Copy, Clone)]
+        #[repr(C)]
+        pub struct __anon_10 {
+            pub r#type: *mut [i32; 2],
+            pub max_entries: *mut [i32; 1],
+            pub key: *mut u32,
+            pub value: *mut lwtun_service_config,
+        }
+        impl Default for __anon_10 {
             fn default() -> Self {
                 Self {
                     r#type: std::ptr::null_mut(),
@@ -743,6 +778,7 @@ mod imp {
             pub rows_template: rows,
             pub service_tables: __anon_8,
             pub events: __anon_9,
+            pub config: __anon_10,
         }
         #[derive(Debug, Copy, Clone)]
         #[repr(C)]
@@ -858,5 +894,5 @@ mod imp {
         }
     }
     #[unsafe(link_section = ".bpf.objs")]
-    static DATA: [u8; 42800] = *include_bytes!(concat!(env!("OUT_DIR"), "/lwt_service.bpf.o"));
+    static DATA: [u8; 44136] = *include_bytes!(concat!(env!("OUT_DIR"), "/lwt_service.bpf.o"));
 }

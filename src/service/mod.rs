@@ -13,13 +13,17 @@
 //! and swaps it in whole (one update of the outer map: a packet sees the old table or the new
 //! one). The flow table keeps an established flow on its backend across such a swap as long
 //! as that backend stays in service; [`Services::drain`] takes one out (its flows pick rows
-//! again) and [`Services::restore`] brings it back. ICMP errors about a flow follow it (see
+//! again) and [`Services::restore`] brings it back; [`HealthCheck`] does both by probes that
+//! take the data's path. ICMP errors about a flow follow it (see
 //! `bpf/lwt_service.bpf.c`). [`Services::pick`] asks the data plane's own code, under
 //! `BPF_PROG_TEST_RUN`, which backend a new flow gets.
 //!
 //! Kernel: Linux 5.10+ (`BPF_F_INNER_MAP`: row tables of any size in one outer map).
 
+mod health;
 mod maglev;
+
+pub use health::{HealthChange, HealthCheck, HealthConfig, HealthWatch};
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -36,7 +40,8 @@ use crate::peer::{EncapPeer, PeerStats};
 use crate::program::{Hook, LwtProgram};
 use crate::route::LwtRoute;
 use crate::skel::lwt_service::types::{
-    lwtun_backend, lwtun_peer, lwtun_peer_stats, lwtun_service, lwtun_service_pick,
+    lwtun_backend, lwtun_peer, lwtun_peer_stats, lwtun_service, lwtun_service_config,
+    lwtun_service_pick,
 };
 use crate::table::{InnerSpec, MapOfMaps};
 
@@ -48,6 +53,8 @@ unsafe impl Pod for lwtun_backend {}
 unsafe impl Pod for lwtun_peer {}
 // SAFETY: `struct lwtun_peer_stats` is three u64s (24 bytes).
 unsafe impl Pod for lwtun_peer_stats {}
+// SAFETY: `struct lwtun_service_config` is four u32s (16 bytes).
+unsafe impl Pod for lwtun_service_config {}
 // SAFETY: `struct lwtun_service_pick` is six u32s (24 bytes).
 unsafe impl Pod for lwtun_service_pick {}
 
@@ -67,8 +74,15 @@ const EV_NOT_IP: u32 = 1;
 const EV_NO_BACKEND: u32 = 2;
 const EV_FLOW_HIT: u32 = 3;
 const EV_FLOW_NEW: u32 = 4;
-const BACKEND_GONE: u32 = 0;
+const EV_PROBE: u32 = 5;
 const BACKEND_UP: u32 = 1;
+const BACKEND_DRAINED: u32 = 2;
+const MAGIC: u32 = 0x4c57_544e;
+const ABI_VERSION: u32 = 1;
+
+/// The mark (value, mask) of health probes unless [`ServicesBuilder::probe_mark`] says
+/// otherwise: marks `0x4cXXXXXX`, the low 24 bits naming the backend.
+pub const DEFAULT_PROBE_MARK: (u32, u32) = (0x4c00_0000, 0xff00_0000);
 
 /// One backend of a service: where its flows are encapsulated to, and its share of new flows.
 ///
@@ -138,6 +152,8 @@ pub struct ServiceCounters {
     pub flow_hits: u64,
     /// Packets whose backend a row picked (a new flow, or one whose backend went).
     pub flow_picks: u64,
+    /// Health probes sent to the backend their mark named ([`HealthCheck`]).
+    pub probes: u64,
 }
 
 /// What the data plane picks for a new flow ([`Services::pick`]).
@@ -178,6 +194,7 @@ pub struct ServicesBuilder {
     backends: u32,
     flows: u32,
     rows: u32,
+    probe_mark: (u32, u32),
 }
 
 impl Default for ServicesBuilder {
@@ -187,6 +204,7 @@ impl Default for ServicesBuilder {
             backends: 1024,
             flows: 65_536,
             rows: DEFAULT_ROWS,
+            probe_mark: DEFAULT_PROBE_MARK,
         }
     }
 }
@@ -218,6 +236,14 @@ impl ServicesBuilder {
         self
     }
 
+    /// The packet marks that make a packet a health probe ([`HealthCheck`]): `mark & mask ==
+    /// value`, the bits outside `mask` naming the backend (default [`DEFAULT_PROBE_MARK`]).
+    /// Choose bits no other fwmark user of the host sets; `mask` 0 turns probes off.
+    pub fn probe_mark(mut self, value: u32, mask: u32) -> Self {
+        self.probe_mark = (value, mask);
+        self
+    }
+
     /// Loads the data plane (no service yet).
     ///
     /// # Errors
@@ -242,6 +268,17 @@ impl ServicesBuilder {
                     "{} rows: a service's table has a prime number of rows up to {MAX_ROWS} \
                      (Maglev's permutations need it), such as 65537 or 4099",
                     self.rows
+                ),
+            ));
+        }
+        let (value, mask) = self.probe_mark;
+        if value & !mask != 0 || (mask != 0 && u64::from(!mask) + 1 < u64::from(self.backends)) {
+            return Err(Error::invalid_input(
+                op,
+                format!(
+                    "probe mark {value:#x}/{mask:#x}: the value must lie inside the mask, and \
+                     the bits outside it must number {} backends",
+                    self.backends
                 ),
             ));
         }
@@ -273,7 +310,17 @@ impl ServicesBuilder {
         let template = map("rows_template")?;
         let mut rows_spec = InnerSpec::of(template.as_fd())?;
         rows_spec.max_entries = self.rows;
+        let config = lwtun_service_config {
+            magic: MAGIC,
+            version: ABI_VERSION,
+            probe_mask: mask,
+            probe_value: value,
+        };
+        map("config")?
+            .update(&0u32.to_ne_bytes(), abi::as_bytes(&config), MapFlags::ANY)
+            .map_err(|e| Error::bpf(op, e).with_object("config"))?;
         Ok(Services {
+            probe_mark: self.probe_mark,
             tables: MapOfMaps::from_map(map("service_tables")?.as_fd())?,
             services_v4: map("services_v4")?,
             services_v6: map("services_v6")?,
@@ -336,6 +383,7 @@ struct Held {
 /// ```
 pub struct Services {
     entries: BTreeMap<IpNetwork, Entry>,
+    probe_mark: (u32, u32),
     tables: MapOfMaps,
     services_v4: MapHandle,
     services_v6: MapHandle,
@@ -556,7 +604,7 @@ impl Services {
             .ok_or_else(|| Error::other(ErrorKind::Kernel, "write backend", "peer layout"))?;
         let v = lwtun_backend {
             peer,
-            state: if h.up { BACKEND_UP } else { BACKEND_GONE },
+            state: if h.up { BACKEND_UP } else { BACKEND_DRAINED },
             generation: self.generations[h.index as usize],
         };
         self.backends
@@ -787,6 +835,7 @@ impl Services {
             no_backend: get(EV_NO_BACKEND)?,
             flow_hits: get(EV_FLOW_HIT)?,
             flow_picks: get(EV_FLOW_NEW)?,
+            probes: get(EV_PROBE)?,
         })
     }
 
