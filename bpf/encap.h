@@ -64,9 +64,8 @@ static __always_inline __u32 wire_packets(struct __sk_buff *skb)
  * Writes the outer header for peer p into hdr and returns its length (0 when the peer is
  * malformed). `gso_placeholder` asks for next header 0 instead of 4 (lwt_encap.bpf.c's file comment).
  */
-static __always_inline __u32 build(struct __sk_buff *skb, const struct lwtun_peer *p,
-				   const struct inner *in, __u8 *hdr, int gso_placeholder,
-				   __u32 inner_len)
+static __always_inline __u32 build(const struct lwtun_peer *p, const struct inner *in, __u8 *hdr,
+				   int gso_placeholder, __u32 inner_len)
 {
 	__u32 ip_len = (p->flags & LWTUN_PEER_OUTER_V6) ? 40 : 20;
 	__u32 l4_len = 0;

@@ -340,7 +340,7 @@ static __always_inline int encap(struct __sk_buff *skb, int direct, int xmit)
 	bytes = skb->len;
 
 	placeholder = p.kind == LWTUN_ENCAP_IPIP && !in.v6 && skb->gso_size;
-	len = build(skb, &p, &in, hdr, placeholder, skb->len);
+	len = build(&p, &in, hdr, placeholder, skb->len);
 	if (len < 20 || len > HDR_MAX)
 		goto err;
 	if (!xmit && too_big(skb, &in, len)) {
@@ -441,7 +441,7 @@ int encap_preview(struct __sk_buff *skb)
 	p = *pp;
 	if (p.kind == LWTUN_ENCAP_UDP)
 		in.hash = inner_hash(skb, ETH_HLEN);
-	len = build(skb, &p, &in, pv->hdr, 0, skb->len - ETH_HLEN);
+	len = build(&p, &in, pv->hdr, 0, skb->len - ETH_HLEN);
 	if (len < 20 || len > HDR_MAX)
 		return TC_ACT_SHOT;
 	if (p.kind == LWTUN_ENCAP_GRE && (p.flags & LWTUN_PEER_GRE_CSUM) &&

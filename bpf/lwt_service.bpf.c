@@ -24,11 +24,14 @@
  * reaches the backend of that flow: a "fragmentation needed" for a backend's connection goes to
  * that backend.
  *
+ * service_director runs the same choice at XDP on an interface (glb-director's shape: see it).
+ *
  * Counters: backend_stats (per backend slot, per CPU: packets, inner bytes, errors) and events
  * (LWTUN_SERVICE_EV_*). service_pick is a tc twin for BPF_PROG_TEST_RUN: the row and backend a
  * new flow would get, without pushing anything (bpf_lwt_push_encap must not run under test_run).
  */
 #include <linux/bpf.h>
+#include <linux/if_ether.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
@@ -165,17 +168,16 @@ static __always_inline int icmp_is_error(__u8 type)
 }
 
 /*
- * Reads the flow of the inner packet `off` bytes into skb into *k and its TTL, TOS and DF into
- * *in. Returns 0, or -1 when it is not a readable IPv4 or IPv6 packet.
+ * Reads the flow of the packet `off` bytes into [data, data_end) (of EtherType `protocol`) into
+ * *k and its TTL, TOS and DF into *in. Returns 0, or -1 when it is not a readable IPv4 or IPv6
+ * packet.
  */
-static __always_inline int parse_flow(struct __sk_buff *skb, __u32 off, struct lwtun_flow_key *k,
-				      struct inner *in)
+static __always_inline int parse_flow(void *data, void *data_end, __be16 protocol, __u32 off,
+				      struct lwtun_flow_key *k, struct inner *in)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
 	struct hdr_cursor nh = { .pos = data + off };
 
-	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+	if (protocol == bpf_htons(ETH_P_IP)) {
 		struct iphdr *iph, *q;
 		int proto;
 
@@ -216,7 +218,7 @@ static __always_inline int parse_flow(struct __sk_buff *skb, __u32 off, struct l
 		}
 		return 0;
 	}
-	if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+	if (protocol == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6h, *q;
 		int next;
 
@@ -275,12 +277,9 @@ static __always_inline __u32 flow_key_hash(const struct lwtun_flow_key *k)
 }
 
 /* The service serving the packet's destination, or NULL. */
-static __always_inline struct lwtun_service *service_of(struct __sk_buff *skb,
+static __always_inline struct lwtun_service *service_of(void *data, void *data_end,
 						       const struct lwtun_flow_key *k, __u32 off)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-
 	/* the packet's own destination (for an ICMP error k->dst is the quoted source, the same VIP) */
 	if (!k->v6) {
 		struct lwtun_peer_key4 key = { .prefixlen = 32 };
@@ -323,25 +322,60 @@ static __always_inline int row_pick(const struct lwtun_service *svc, __u32 h, __
 	return 0;
 }
 
+/*
+ * The backend for a new packet of flow k (hash h) of service svc: the one the flow table
+ * remembers while it is in service and the same holder of its index, else the one the row
+ * names, which the flow table then remembers. NULL when the service has none. Counted.
+ */
+static __always_inline struct lwtun_backend *choose(const struct lwtun_service *svc,
+						    const struct lwtun_flow_key *k, __u32 h, __u32 len)
+{
+	struct lwtun_flow remember = {};
+	struct lwtun_backend *be;
+	struct lwtun_flow *known;
+	__u32 idx, row;
+
+	known = bpf_map_lookup_elem(&flows, k);
+	if (known) {
+		idx = known->backend;
+		be = bpf_map_lookup_elem(&backends, &idx);
+		if (be && be->state == LWTUN_BACKEND_UP && be->generation == known->generation) {
+			count_event(LWTUN_SERVICE_EV_FLOW_HIT, len);
+			return be;
+		}
+	}
+	if (row_pick(svc, h, &row, &idx) < 0)
+		return NULL;
+	be = bpf_map_lookup_elem(&backends, &idx);
+	if (!be || be->state != LWTUN_BACKEND_UP)
+		return NULL;
+	remember.backend = idx;
+	remember.generation = be->generation;
+	bpf_map_update_elem(&flows, k, &remember, BPF_ANY);
+	count_event(LWTUN_SERVICE_EV_FLOW_NEW, len);
+	return be;
+}
+
 SEC("lwt_xmit")
 int service_xmit(struct __sk_buff *skb)
 {
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
 	struct lwtun_flow_key k = {};
 	struct lwtun_peer_stats *st;
 	struct lwtun_service *svc;
 	struct lwtun_backend *be;
-	struct lwtun_flow *known;
 	__u8 hdr[HDR_MAX] = {};
-	__u32 idx = 0, row, len, pkts, bytes;
+	__u32 idx = 0, len, pkts, bytes;
 	struct inner in = {};
 	struct lwtun_peer p;
 	int placeholder, probe;
 
-	if (parse_flow(skb, 0, &k, &in) < 0) {
+	if (parse_flow(data, data_end, skb->protocol, 0, &k, &in) < 0) {
 		count_event(LWTUN_SERVICE_EV_NOT_IP, skb->len);
 		return BPF_DROP;
 	}
-	svc = service_of(skb, &k, 0);
+	svc = service_of(data, data_end, &k, 0);
 	if (!svc) {
 		count_event(LWTUN_SERVICE_EV_MISS, skb->len);
 		return BPF_DROP;
@@ -354,37 +388,17 @@ int service_xmit(struct __sk_buff *skb)
 		if (!be || be->state == LWTUN_BACKEND_GONE)
 			goto no_backend;
 		count_event(LWTUN_SERVICE_EV_PROBE, skb->len);
-		goto send;
-	}
-	known = bpf_map_lookup_elem(&flows, &k);
-	if (known) {
-		idx = known->backend;
-		be = bpf_map_lookup_elem(&backends, &idx);
-		if (be && be->state == LWTUN_BACKEND_UP && be->generation == known->generation) {
-			count_event(LWTUN_SERVICE_EV_FLOW_HIT, skb->len);
-			goto send;
-		}
-	}
-	{
-		struct lwtun_flow remember = {};
-
-		if (row_pick(svc, in.hash, &row, &idx) < 0)
+	} else {
+		be = choose(svc, &k, in.hash, skb->len);
+		if (!be)
 			goto no_backend;
-		be = bpf_map_lookup_elem(&backends, &idx);
-		if (!be || be->state != LWTUN_BACKEND_UP)
-			goto no_backend;
-		remember.backend = idx;
-		remember.generation = be->generation;
-		bpf_map_update_elem(&flows, &k, &remember, BPF_ANY);
-		count_event(LWTUN_SERVICE_EV_FLOW_NEW, skb->len);
 	}
-send:
 	p = be->peer; /* a copy: user space may rewrite the entry meanwhile */
 	st = bpf_map_lookup_elem(&backend_stats, &p.slot);
 	pkts = wire_packets(skb);
 	bytes = skb->len;
 	placeholder = p.kind == LWTUN_ENCAP_IPIP && !in.v6 && skb->gso_size;
-	len = build(skb, &p, &in, hdr, placeholder, skb->len);
+	len = build(&p, &in, hdr, placeholder, skb->len);
 	if (len < 20 || len > HDR_MAX)
 		goto err;
 	if (p.kind == LWTUN_ENCAP_GRE && (p.flags & LWTUN_PEER_GRE_CSUM) && !skb->gso_size &&
@@ -423,10 +437,11 @@ int service_pick(struct __sk_buff *skb)
 	if (!out)
 		return TC_ACT_SHOT;
 	__builtin_memset(out, 0, sizeof(*out));
-	if (parse_flow(skb, ETH_HLEN, &k, &in) < 0)
+	if (parse_flow((void *)(long)skb->data, (void *)(long)skb->data_end, skb->protocol, ETH_HLEN,
+		       &k, &in) < 0)
 		return TC_ACT_SHOT;
 	out->hash = flow_key_hash(&k);
-	svc = service_of(skb, &k, ETH_HLEN);
+	svc = service_of((void *)(long)skb->data, (void *)(long)skb->data_end, &k, ETH_HLEN);
 	if (!svc)
 		return TC_ACT_SHOT;
 	out->table = svc->table;
@@ -436,6 +451,132 @@ int service_pick(struct __sk_buff *skb)
 	out->backend = idx;
 	out->found = 1;
 	return TC_ACT_OK;
+}
+
+/* AF_INET / AF_INET6 for bpf_fib_lookup (from linux/socket.h, which BPF programs do not include) */
+#define AF_INET_ 2
+#define AF_INET6_ 10
+
+/*
+ * The XDP director (glb-director's shape): a frame to a service's address arriving on the
+ * interface is encapsulated to the backend its flow picks, in place (bpf_xdp_adjust_head), and
+ * sent on by the route to the backend: back out of the same interface (XDP_TX) or redirected to
+ * the route's device, with the next hop's MAC from bpf_fib_lookup. Where the next hop has no
+ * neighbour entry yet, the frame goes to the stack as it came (XDP_PASS): with forwarding on and
+ * the service's LWT route (service_xmit) on this host, the stack encapsulates it to the same
+ * backend and resolves the neighbour; the next frames go by XDP. Frames to other addresses pass
+ * untouched. Shares every table with service_xmit: the same flow reaches the
+ * same backend by either path.
+ */
+SEC("xdp")
+int service_director(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct hdr_cursor nh = { .pos = data };
+	struct bpf_fib_lookup fib = {};
+	struct lwtun_flow_key k = {};
+	struct lwtun_peer_stats *st;
+	struct lwtun_service *svc;
+	struct lwtun_backend *be;
+	__u8 hdr[HDR_MAX] = {};
+	struct ethhdr *eth;
+	struct inner in = {};
+	struct lwtun_peer p;
+	__u32 len, inner_len, i;
+	int proto, rc;
+
+	proto = parse_ethhdr(&nh, data_end, &eth);
+	if (proto < 0 || nh.pos != data + ETH_HLEN)
+		return XDP_PASS; /* short, or VLAN-tagged: not ours to read */
+	if (proto != bpf_htons(ETH_P_IP) && proto != bpf_htons(ETH_P_IPV6))
+		return XDP_PASS;
+	if (parse_flow(data, data_end, proto, ETH_HLEN, &k, &in) < 0)
+		return XDP_PASS;
+	svc = service_of(data, data_end, &k, ETH_HLEN);
+	if (!svc)
+		return XDP_PASS;
+	inner_len = data_end - data - ETH_HLEN;
+	in.hash = flow_key_hash(&k);
+	be = choose(svc, &k, in.hash, inner_len);
+	if (!be) {
+		count_event(LWTUN_SERVICE_EV_NO_BACKEND, inner_len);
+		return XDP_DROP;
+	}
+	p = be->peer;
+	st = bpf_map_lookup_elem(&backend_stats, &p.slot);
+	if (p.kind == LWTUN_ENCAP_GRE && (p.flags & LWTUN_PEER_GRE_CSUM))
+		goto drop;
+	len = build(&p, &in, hdr, 0, inner_len);
+	if (len < 20 || len > HDR_MAX || (len & 3))
+		goto drop;
+	/* the route to the backend, before the frame is touched */
+	fib.ifindex = ctx->ingress_ifindex;
+	fib.tot_len = inner_len + len;
+	if (p.flags & LWTUN_PEER_OUTER_V6) {
+		fib.family = AF_INET6_;
+		__builtin_memcpy(fib.ipv6_src, p.local, 16);
+		__builtin_memcpy(fib.ipv6_dst, p.remote, 16);
+	} else {
+		fib.family = AF_INET_;
+		__builtin_memcpy(&fib.ipv4_src, p.local, 4);
+		__builtin_memcpy(&fib.ipv4_dst, p.remote, 4);
+	}
+	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		/* The stack resolves the next hop: it gets the frame as it came, and its route to
+		 * the service (Services::route: service_xmit, the same tables, the flow now
+		 * remembered) encapsulates it. An encapsulated frame would not do: its source is
+		 * this host's own address, which the stack refuses on input (a martian). */
+		count_event(LWTUN_SERVICE_EV_DIRECTOR_PASS, inner_len);
+		return XDP_PASS;
+	}
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+		goto drop;
+	if (!(p.flags & LWTUN_PEER_OUTER_V6)) {
+		struct iphdr *o = (void *)hdr;
+
+		o->check = 0;
+		o->check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)hdr, 20, 0));
+	}
+	if (bpf_xdp_adjust_head(ctx, -(int)len))
+		goto drop;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > data_end)
+		goto drop;
+	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+	eth->h_proto = (p.flags & LWTUN_PEER_OUTER_V6) ? bpf_htons(ETH_P_IPV6) : bpf_htons(ETH_P_IP);
+	/* the outer header, a word at a time (its length is a multiple of 4) */
+#pragma unroll
+	for (i = 0; i < HDR_MAX / 4; i++) {
+		__u32 *w = data + ETH_HLEN + i * 4;
+
+		if (i * 4 >= len)
+			break;
+		if ((void *)(w + 1) > data_end)
+			goto drop;
+		*w = *(__u32 *)(hdr + i * 4);
+	}
+	if (fib.ifindex == ctx->ingress_ifindex) {
+		count_event(LWTUN_SERVICE_EV_DIRECTOR_TX, inner_len);
+		rc = XDP_TX;
+	} else {
+		count_event(LWTUN_SERVICE_EV_DIRECTOR_REDIRECT, inner_len);
+		rc = bpf_redirect(fib.ifindex, 0);
+	}
+	if (st) {
+		st->packets++;
+		st->bytes += inner_len;
+	}
+	return rc;
+drop:
+	count_event(LWTUN_SERVICE_EV_DIRECTOR_DROP, inner_len);
+	if (st)
+		st->errors++;
+	return XDP_DROP;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -364,7 +364,15 @@ LWTUN_ASSERT_SIZE(struct lwtun_flow, 8);
 #define LWTUN_SERVICE_EV_FLOW_NEW 4   /* a row picked the backend (new flow, or its backend gone) */
 
 #define LWTUN_SERVICE_EV_PROBE 5      /* a health probe, sent to the backend its mark names */
-#define LWTUN_SERVICE_EV_MAX 6
+#define LWTUN_SERVICE_EV_DIRECTOR_TX 6       /* XDP director: encapsulated, sent back out (XDP_TX) */
+#define LWTUN_SERVICE_EV_DIRECTOR_REDIRECT 7 /* XDP director: encapsulated, redirected to the
+					      * device the route to the backend names */
+#define LWTUN_SERVICE_EV_DIRECTOR_PASS 8     /* XDP director: encapsulated, handed to the stack
+					      * (no neighbour entry yet: it resolves and forwards) */
+#define LWTUN_SERVICE_EV_DIRECTOR_DROP 9     /* XDP director: no route to the backend, too big
+					      * for its path, or a GRE checksum peer (not built in
+					      * XDP): dropped */
+#define LWTUN_SERVICE_EV_MAX 10
 
 /* The service family's configuration (one entry, index 0). A packet whose mark has
  * (mark & probe_mask) == probe_value is a health probe: it goes to backend (mark & ~probe_mask),

@@ -889,5 +889,5 @@ mod imp {
         }
     }
     #[unsafe(link_section = ".bpf.objs")]
-    static DATA: [u8; 81896] = *include_bytes!(concat!(env!("OUT_DIR"), "/lwt_encap.bpf.o"));
+    static DATA: [u8; 81888] = *include_bytes!(concat!(env!("OUT_DIR"), "/lwt_encap.bpf.o"));
 }

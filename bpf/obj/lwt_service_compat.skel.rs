@@ -29,8 +29,6 @@ mod imp {
         let mut builder = libbpf_rs::__internal_skel::ObjectSkeletonConfigBuilder::new(&DATA);
         builder
             .name("lwt_service_compat_bpf")
-            .map("flows", false)
-            .map("backends", false)
             .map("backend_stats", false)
             .map("pick", false)
             .map("csum_scratch", false)
@@ -38,15 +36,16 @@ mod imp {
             .map("services_v6", false)
             .map("rows_template", false)
             .map("service_tables", false)
+            .map("backends", false)
+            .map("flows", false)
             .map("events", false)
             .map("config", false)
             .prog("service_xmit")
-            .prog("service_pick");
+            .prog("service_pick")
+            .prog("service_director");
         builder.build()
     }
     pub struct OpenLwtServiceCompatMaps<'obj> {
-        pub flows: libbpf_rs::OpenMapMut<'obj>,
-        pub backends: libbpf_rs::OpenMapMut<'obj>,
         pub backend_stats: libbpf_rs::OpenMapMut<'obj>,
         pub pick: libbpf_rs::OpenMapMut<'obj>,
         pub csum_scratch: libbpf_rs::OpenMapMut<'obj>,
@@ -54,6 +53,8 @@ mod imp {
         pub services_v6: libbpf_rs::OpenMapMut<'obj>,
         pub rows_template: libbpf_rs::OpenMapMut<'obj>,
         pub service_tables: libbpf_rs::OpenMapMut<'obj>,
+        pub backends: libbpf_rs::OpenMapMut<'obj>,
+        pub flows: libbpf_rs::OpenMapMut<'obj>,
         pub events: libbpf_rs::OpenMapMut<'obj>,
         pub config: libbpf_rs::OpenMapMut<'obj>,
         _phantom: std::marker::PhantomData<&'obj ()>,
@@ -65,8 +66,6 @@ mod imp {
             config: &libbpf_rs::__internal_skel::ObjectSkeletonConfig<'_>,
             object: &mut libbpf_rs::OpenObject,
         ) -> libbpf_rs::Result<Self> {
-            let mut flows = None;
-            let mut backends = None;
             let mut backend_stats = None;
             let mut pick = None;
             let mut csum_scratch = None;
@@ -74,6 +73,8 @@ mod imp {
             let mut services_v6 = None;
             let mut rows_template = None;
             let mut service_tables = None;
+            let mut backends = None;
+            let mut flows = None;
             let mut events = None;
             let mut config = None;
             let object = unsafe {
@@ -91,8 +92,6 @@ mod imp {
                 })?;
                 #[allow(clippy::match_single_binding)]
                 match name {
-                    "flows" => flows = Some(map),
-                    "backends" => backends = Some(map),
                     "backend_stats" => backend_stats = Some(map),
                     "pick" => pick = Some(map),
                     "csum_scratch" => csum_scratch = Some(map),
@@ -100,6 +99,8 @@ mod imp {
                     "services_v6" => services_v6 = Some(map),
                     "rows_template" => rows_template = Some(map),
                     "service_tables" => service_tables = Some(map),
+                    "backends" => backends = Some(map),
+                    "flows" => flows = Some(map),
                     "events" => events = Some(map),
                     "config" => config = Some(map),
                     _ => panic!("encountered unexpected map: `{name}`"),
@@ -107,8 +108,6 @@ mod imp {
             }
 
             let slf = Self {
-                flows: flows.expect("map `flows` not present"),
-                backends: backends.expect("map `backends` not present"),
                 backend_stats: backend_stats.expect("map `backend_stats` not present"),
                 pick: pick.expect("map `pick` not present"),
                 csum_scratch: csum_scratch.expect("map `csum_scratch` not present"),
@@ -116,6 +115,8 @@ mod imp {
                 services_v6: services_v6.expect("map `services_v6` not present"),
                 rows_template: rows_template.expect("map `rows_template` not present"),
                 service_tables: service_tables.expect("map `service_tables` not present"),
+                backends: backends.expect("map `backends` not present"),
+                flows: flows.expect("map `flows` not present"),
                 events: events.expect("map `events` not present"),
                 config: config.expect("map `config` not present"),
                 _phantom: std::marker::PhantomData,
@@ -124,8 +125,6 @@ mod imp {
         }
     }
     pub struct LwtServiceCompatMaps<'obj> {
-        pub flows: libbpf_rs::MapMut<'obj>,
-        pub backends: libbpf_rs::MapMut<'obj>,
         pub backend_stats: libbpf_rs::MapMut<'obj>,
         pub pick: libbpf_rs::MapMut<'obj>,
         pub csum_scratch: libbpf_rs::MapMut<'obj>,
@@ -133,6 +132,8 @@ mod imp {
         pub services_v6: libbpf_rs::MapMut<'obj>,
         pub rows_template: libbpf_rs::MapMut<'obj>,
         pub service_tables: libbpf_rs::MapMut<'obj>,
+        pub backends: libbpf_rs::MapMut<'obj>,
+        pub flows: libbpf_rs::MapMut<'obj>,
         pub events: libbpf_rs::MapMut<'obj>,
         pub config: libbpf_rs::MapMut<'obj>,
         _phantom: std::marker::PhantomData<&'obj ()>,
@@ -144,8 +145,6 @@ mod imp {
             config: &libbpf_rs::__internal_skel::ObjectSkeletonConfig<'_>,
             object: &mut libbpf_rs::Object,
         ) -> libbpf_rs::Result<Self> {
-            let mut flows = None;
-            let mut backends = None;
             let mut backend_stats = None;
             let mut pick = None;
             let mut csum_scratch = None;
@@ -153,6 +152,8 @@ mod imp {
             let mut services_v6 = None;
             let mut rows_template = None;
             let mut service_tables = None;
+            let mut backends = None;
+            let mut flows = None;
             let mut events = None;
             let mut config = None;
             let object = unsafe {
@@ -168,8 +169,6 @@ mod imp {
                 })?;
                 #[allow(clippy::match_single_binding)]
                 match name {
-                    "flows" => flows = Some(map),
-                    "backends" => backends = Some(map),
                     "backend_stats" => backend_stats = Some(map),
                     "pick" => pick = Some(map),
                     "csum_scratch" => csum_scratch = Some(map),
@@ -177,6 +176,8 @@ mod imp {
                     "services_v6" => services_v6 = Some(map),
                     "rows_template" => rows_template = Some(map),
                     "service_tables" => service_tables = Some(map),
+                    "backends" => backends = Some(map),
+                    "flows" => flows = Some(map),
                     "events" => events = Some(map),
                     "config" => config = Some(map),
                     _ => panic!("encountered unexpected map: `{name}`"),
@@ -184,8 +185,6 @@ mod imp {
             }
 
             let slf = Self {
-                flows: flows.expect("map `flows` not present"),
-                backends: backends.expect("map `backends` not present"),
                 backend_stats: backend_stats.expect("map `backend_stats` not present"),
                 pick: pick.expect("map `pick` not present"),
                 csum_scratch: csum_scratch.expect("map `csum_scratch` not present"),
@@ -193,6 +192,8 @@ mod imp {
                 services_v6: services_v6.expect("map `services_v6` not present"),
                 rows_template: rows_template.expect("map `rows_template` not present"),
                 service_tables: service_tables.expect("map `service_tables` not present"),
+                backends: backends.expect("map `backends` not present"),
+                flows: flows.expect("map `flows` not present"),
                 events: events.expect("map `events` not present"),
                 config: config.expect("map `config` not present"),
                 _phantom: std::marker::PhantomData,
@@ -203,6 +204,7 @@ mod imp {
     pub struct OpenLwtServiceCompatProgs<'obj> {
         pub service_xmit: libbpf_rs::OpenProgramMut<'obj>,
         pub service_pick: libbpf_rs::OpenProgramMut<'obj>,
+        pub service_director: libbpf_rs::OpenProgramMut<'obj>,
         _phantom: std::marker::PhantomData<&'obj ()>,
     }
 
@@ -210,6 +212,7 @@ mod imp {
         unsafe fn new(object: &mut libbpf_rs::OpenObject) -> libbpf_rs::Result<Self> {
             let mut service_xmit = None;
             let mut service_pick = None;
+            let mut service_director = None;
             let object = unsafe {
                 std::mem::transmute::<&mut libbpf_rs::OpenObject, &'obj mut libbpf_rs::OpenObject>(
                     object,
@@ -225,6 +228,7 @@ mod imp {
                 match name {
                     "service_xmit" => service_xmit = Some(prog),
                     "service_pick" => service_pick = Some(prog),
+                    "service_director" => service_director = Some(prog),
                     _ => panic!("encountered unexpected prog: `{name}`"),
                 }
             }
@@ -232,6 +236,7 @@ mod imp {
             let slf = Self {
                 service_xmit: service_xmit.expect("prog `service_xmit` not present"),
                 service_pick: service_pick.expect("prog `service_pick` not present"),
+                service_director: service_director.expect("prog `service_director` not present"),
                 _phantom: std::marker::PhantomData,
             };
             Ok(slf)
@@ -240,6 +245,7 @@ mod imp {
     pub struct LwtServiceCompatProgs<'obj> {
         pub service_xmit: libbpf_rs::ProgramMut<'obj>,
         pub service_pick: libbpf_rs::ProgramMut<'obj>,
+        pub service_director: libbpf_rs::ProgramMut<'obj>,
         _phantom: std::marker::PhantomData<&'obj ()>,
     }
 
@@ -255,6 +261,11 @@ mod imp {
                 service_pick: unsafe {
                     libbpf_rs::ProgramMut::new_mut(
                         open_progs.service_pick.as_libbpf_object().as_mut(),
+                    )
+                },
+                service_director: unsafe {
+                    libbpf_rs::ProgramMut::new_mut(
+                        open_progs.service_director.as_libbpf_object().as_mut(),
                     )
                 },
                 _phantom: std::marker::PhantomData,
@@ -392,80 +403,6 @@ mod imp {
         use super::*;
         #[derive(Debug, Default, Copy, Clone)]
         #[repr(C)]
-        pub struct lwtun_flow_key {
-            pub src: [u8; 16],
-            pub dst: [u8; 16],
-            pub sport: u16,
-            pub dport: u16,
-            pub proto: u8,
-            pub v6: u8,
-            pub pad: [u8; 2],
-        }
-        #[derive(Debug, Default, Copy, Clone)]
-        #[repr(C)]
-        pub struct lwtun_flow {
-            pub backend: u32,
-            pub generation: u32,
-        }
-        #[derive(Debug, Copy, Clone)]
-        #[repr(C)]
-        pub struct __anon_1 {
-            pub r#type: *mut [i32; 9],
-            pub max_entries: *mut [i32; 65536],
-            pub key: *mut lwtun_flow_key,
-            pub value: *mut lwtun_flow,
-        }
-        impl Default for __anon_1 {
-            fn default() -> Self {
-                Self {
-                    r#type: std::ptr::null_mut(),
-                    max_entries: std::ptr::null_mut(),
-                    key: std::ptr::null_mut(),
-                    value: std::ptr::null_mut(),
-                }
-            }
-        }
-        #[derive(Debug, Default, Copy, Clone)]
-        #[repr(C)]
-        pub struct lwtun_backend {
-            pub peer: lwtun_peer,
-            pub state: u32,
-            pub generation: u32,
-        }
-        #[derive(Debug, Default, Copy, Clone)]
-        #[repr(C)]
-        pub struct lwtun_peer {
-            pub remote: [u8; 16],
-            pub local: [u8; 16],
-            pub kind: u8,
-            pub flags: u8,
-            pub ttl: u8,
-            pub tos: u8,
-            pub gre_key: u32,
-            pub udp_dport: u16,
-            pub pad: u16,
-            pub slot: u32,
-        }
-        #[derive(Debug, Copy, Clone)]
-        #[repr(C)]
-        pub struct __anon_2 {
-            pub r#type: *mut [i32; 2],
-            pub max_entries: *mut [i32; 1024],
-            pub key: *mut u32,
-            pub value: *mut lwtun_backend,
-        }
-        impl Default for __anon_2 {
-            fn default() -> Self {
-                Self {
-                    r#type: std::ptr::null_mut(),
-                    max_entries: std::ptr::null_mut(),
-                    key: std::ptr::null_mut(),
-                    value: std::ptr::null_mut(),
-                }
-            }
-        }
-        #[derive(Debug, Default, Copy, Clone)]
-        #[repr(C)]
         pub struct lwtun_peer_stats {
             pub packets: u64,
             pub bytes: u64,
@@ -473,13 +410,13 @@ mod imp {
         }
         #[derive(Debug, Copy, Clone)]
         #[repr(C)]
-        pub struct __anon_3 {
+        pub struct __anon_1 {
             pub r#type: *mut [i32; 6],
             pub max_entries: *mut [i32; 1024],
             pub key: *mut u32,
             pub value: *mut lwtun_peer_stats,
         }
-        impl Default for __anon_3 {
+        impl Default for __anon_1 {
             fn default() -> Self {
                 Self {
                     r#type: std::ptr::null_mut(),
@@ -501,13 +438,13 @@ mod imp {
         }
         #[derive(Debug, Copy, Clone)]
         #[repr(C)]
-        pub struct __anon_4 {
+        pub struct __anon_2 {
             pub r#type: *mut [i32; 2],
             pub max_entries: *mut [i32; 1],
             pub key: *mut u32,
             pub value: *mut lwtun_service_pick,
         }
-        impl Default for __anon_4 {
+        impl Default for __anon_2 {
             fn default() -> Self {
                 Self {
                     r#type: std::ptr::null_mut(),
@@ -531,13 +468,13 @@ mod imp {
         }
         #[derive(Debug, Copy, Clone)]
         #[repr(C)]
-        pub struct __anon_5 {
+        pub struct __anon_3 {
             pub r#type: *mut [i32; 6],
             pub max_entries: *mut [i32; 1],
             pub key: *mut u32,
             pub value: *mut csum_buf,
         }
-        impl Default for __anon_5 {
+        impl Default for __anon_3 {
             fn default() -> Self {
                 Self {
                     r#type: std::ptr::null_mut(),
@@ -561,14 +498,14 @@ mod imp {
         }
         #[derive(Debug, Copy, Clone)]
         #[repr(C)]
-        pub struct __anon_6 {
+        pub struct __anon_4 {
             pub r#type: *mut [i32; 11],
             pub max_entries: *mut [i32; 64],
             pub key: *mut lwtun_peer_key4,
             pub value: *mut lwtun_service,
             pub map_flags: *mut [i32; 1],
         }
-        impl Default for __anon_6 {
+        impl Default for __anon_4 {
             fn default() -> Self {
                 Self {
                     r#type: std::ptr::null_mut(),
@@ -587,14 +524,14 @@ mod imp {
         }
         #[derive(Debug, Copy, Clone)]
         #[repr(C)]
-        pub struct __anon_7 {
+        pub struct __anon_5 {
             pub r#type: *mut [i32; 11],
             pub max_entries: *mut [i32; 64],
             pub key: *mut lwtun_peer_key6,
             pub value: *mut lwtun_service,
             pub map_flags: *mut [i32; 1],
         }
-        impl Default for __anon_7 {
+        impl Default for __anon_5 {
             fn default() -> Self {
                 Self {
                     r#type: std::ptr::null_mut(),
@@ -627,11 +564,85 @@ mod imp {
         }
         #[derive(Debug, Copy, Clone)]
         #[repr(C)]
-        pub struct __anon_8 {
+        pub struct __anon_6 {
             pub r#type: *mut [i32; 12],
             pub max_entries: *mut [i32; 64],
             pub key: *mut u32,
             pub values: [*mut rows; 0],
+        }
+        impl Default for __anon_6 {
+            fn default() -> Self {
+                Self {
+                    r#type: std::ptr::null_mut(),
+                    max_entries: std::ptr::null_mut(),
+                    key: std::ptr::null_mut(),
+                    values: [std::ptr::null_mut(); 0],
+                }
+            }
+        }
+        #[derive(Debug, Default, Copy, Clone)]
+        #[repr(C)]
+        pub struct lwtun_backend {
+            pub peer: lwtun_peer,
+            pub state: u32,
+            pub generation: u32,
+        }
+        #[derive(Debug, Default, Copy, Clone)]
+        #[repr(C)]
+        pub struct lwtun_peer {
+            pub remote: [u8; 16],
+            pub local: [u8; 16],
+            pub kind: u8,
+            pub flags: u8,
+            pub ttl: u8,
+            pub tos: u8,
+            pub gre_key: u32,
+            pub udp_dport: u16,
+            pub pad: u16,
+            pub slot: u32,
+        }
+        #[derive(Debug, Copy, Clone)]
+        #[repr(C)]
+        pub struct __anon_7 {
+            pub r#type: *mut [i32; 2],
+            pub max_entries: *mut [i32; 1024],
+            pub key: *mut u32,
+            pub value: *mut lwtun_backend,
+        }
+        impl Default for __anon_7 {
+            fn default() -> Self {
+                Self {
+                    r#type: std::ptr::null_mut(),
+                    max_entries: std::ptr::null_mut(),
+                    key: std::ptr::null_mut(),
+                    value: std::ptr::null_mut(),
+                }
+            }
+        }
+        #[derive(Debug, Default, Copy, Clone)]
+        #[repr(C)]
+        pub struct lwtun_flow_key {
+            pub src: [u8; 16],
+            pub dst: [u8; 16],
+            pub sport: u16,
+            pub dport: u16,
+            pub proto: u8,
+            pub v6: u8,
+            pub pad: [u8; 2],
+        }
+        #[derive(Debug, Default, Copy, Clone)]
+        #[repr(C)]
+        pub struct lwtun_flow {
+            pub backend: u32,
+            pub generation: u32,
+        }
+        #[derive(Debug, Copy, Clone)]
+        #[repr(C)]
+        pub struct __anon_8 {
+            pub r#type: *mut [i32; 9],
+            pub max_entries: *mut [i32; 65536],
+            pub key: *mut lwtun_flow_key,
+            pub value: *mut lwtun_flow,
         }
         impl Default for __anon_8 {
             fn default() -> Self {
@@ -639,7 +650,7 @@ mod imp {
                     r#type: std::ptr::null_mut(),
                     max_entries: std::ptr::null_mut(),
                     key: std::ptr::null_mut(),
-                    values: [std::ptr::null_mut(); 0],
+                    value: std::ptr::null_mut(),
                 }
             }
         }
@@ -653,7 +664,7 @@ mod imp {
         #[repr(C)]
         pub struct __anon_9 {
             pub r#type: *mut [i32; 6],
-            pub max_entries: *mut [i32; 6],
+            pub max_entries: *mut [i32; 10],
             pub key: *mut u32,
             pub value: *mut lwtun_counter,
         }
@@ -765,18 +776,28 @@ mod imp {
                 }
             }
         }
+        #[derive(Debug, Default, Copy, Clone)]
+        #[repr(C)]
+        pub struct xdp_md {
+            pub data: u32,
+            pub data_end: u32,
+            pub data_meta: u32,
+            pub ingress_ifindex: u32,
+            pub rx_queue_index: u32,
+            pub egress_ifindex: u32,
+        }
         #[derive(Debug, Copy, Clone)]
         #[repr(C)]
         pub struct maps {
-            pub flows: __anon_1,
-            pub backends: __anon_2,
-            pub backend_stats: __anon_3,
-            pub pick: __anon_4,
-            pub csum_scratch: __anon_5,
-            pub services_v4: __anon_6,
-            pub services_v6: __anon_7,
+            pub backend_stats: __anon_1,
+            pub pick: __anon_2,
+            pub csum_scratch: __anon_3,
+            pub services_v4: __anon_4,
+            pub services_v6: __anon_5,
             pub rows_template: rows,
-            pub service_tables: __anon_8,
+            pub service_tables: __anon_6,
+            pub backends: __anon_7,
+            pub flows: __anon_8,
             pub events: __anon_9,
             pub config: __anon_10,
         }
@@ -846,6 +867,7 @@ mod imp {
     pub struct LwtServiceCompatLinks {
         pub service_xmit: Option<libbpf_rs::Link>,
         pub service_pick: Option<libbpf_rs::Link>,
+        pub service_director: Option<libbpf_rs::Link>,
     }
     pub struct LwtServiceCompatSkel<'obj> {
         obj: OwnedRef<'obj, libbpf_rs::Object>,
@@ -879,6 +901,8 @@ mod imp {
                     .map(|ptr| unsafe { libbpf_rs::Link::from_ptr(ptr) }),
                 service_pick: core::ptr::NonNull::new(self.skel_config.prog_link_ptr(1)?)
                     .map(|ptr| unsafe { libbpf_rs::Link::from_ptr(ptr) }),
+                service_director: core::ptr::NonNull::new(self.skel_config.prog_link_ptr(2)?)
+                    .map(|ptr| unsafe { libbpf_rs::Link::from_ptr(ptr) }),
             };
 
             Ok(())
@@ -894,5 +918,5 @@ mod imp {
         }
     }
     #[unsafe(link_section = ".bpf.objs")]
-    static DATA: [u8; 43448] = *include_bytes!(concat!(env!("OUT_DIR"), "/lwt_service_compat.bpf.o"));
+    static DATA: [u8; 63840] = *include_bytes!(concat!(env!("OUT_DIR"), "/lwt_service_compat.bpf.o"));
 }

@@ -75,6 +75,10 @@ const EV_NO_BACKEND: u32 = 2;
 const EV_FLOW_HIT: u32 = 3;
 const EV_FLOW_NEW: u32 = 4;
 const EV_PROBE: u32 = 5;
+const EV_DIRECTOR_TX: u32 = 6;
+const EV_DIRECTOR_REDIRECT: u32 = 7;
+const EV_DIRECTOR_PASS: u32 = 8;
+const EV_DIRECTOR_DROP: u32 = 9;
 const BACKEND_UP: u32 = 1;
 const BACKEND_DRAINED: u32 = 2;
 const MAGIC: u32 = 0x4c57_544e;
@@ -154,6 +158,16 @@ pub struct ServiceCounters {
     pub flow_picks: u64,
     /// Health probes sent to the backend their mark named ([`HealthCheck`]).
     pub probes: u64,
+    /// XDP director: frames encapsulated and sent back out of their interface (`XDP_TX`).
+    pub director_tx: u64,
+    /// XDP director: frames encapsulated and redirected to the device of the backend's route.
+    pub director_redirected: u64,
+    /// XDP director: frames encapsulated and handed to the stack (the next hop had no
+    /// neighbour entry yet).
+    pub director_passed: u64,
+    /// XDP director: frames dropped (no route to the backend, too big for its path, or a
+    /// backend with a GRE checksum, which the director does not build).
+    pub director_dropped: u64,
 }
 
 /// What the data plane picks for a new flow ([`Services::pick`]).
@@ -306,6 +320,7 @@ impl ServicesBuilder {
         let object = crate::program::load_opened(open, op)?;
         let xmit = crate::program::lwt_program(&object, "service_xmit")?;
         let pick = crate::program::program_fd(&object, "service_pick")?;
+        let director = crate::program::program_fd(&object, "service_director")?;
         let map = |name| crate::program::map_handle(&object, name, op);
         let template = map("rows_template")?;
         let mut rows_spec = InnerSpec::of(template.as_fd())?;
@@ -337,6 +352,7 @@ impl ServicesBuilder {
             pick_lock: std::sync::Mutex::new(()),
             xmit,
             pick,
+            director,
             object,
         })
     }
@@ -399,6 +415,7 @@ pub struct Services {
     pick_lock: std::sync::Mutex<()>,
     xmit: LwtProgram,
     pick: OwnedFd,
+    director: OwnedFd,
     // Last: the maps and programs above are handles on what it loaded.
     #[allow(dead_code)]
     object: Object,
@@ -433,6 +450,26 @@ impl Services {
     /// The `lwt_xmit` program a route to a service runs.
     pub fn xmit_program(&self) -> &LwtProgram {
         &self.xmit
+    }
+
+    /// The XDP director: attached to an interface (with [`crate::xdp::XdpAttachment`]), it
+    /// encapsulates frames to a service's address arriving there to the backend their flow
+    /// picks, from the same tables as the route's program, and sends them on by the route to
+    /// the backend: back out (`XDP_TX`, glb-director's shape), redirected to the route's
+    /// device, or, while the next hop has no neighbour entry, through the stack (which must
+    /// forward). Frames to other addresses pass. Backends with a GRE checksum are not built
+    /// here (dropped, counted in [`ServiceCounters::director_dropped`]).
+    ///
+    /// ```no_run
+    /// use lwtun::xdp::{XdpAttachment, XdpOptions};
+    /// # let services = lwtun::service::Services::load()?;
+    /// # let mut nl = lwtun::netlink::Netlink::open()?;
+    /// let eth0 = nl.device("eth0")?;
+    /// let _director = XdpAttachment::attach(services.director_program(), &eth0, XdpOptions::default())?;
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    pub fn director_program(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.director.as_fd()
     }
 
     /// A route for `prefix` (a service's, or a wider one holding several) running the
@@ -836,6 +873,10 @@ impl Services {
             flow_hits: get(EV_FLOW_HIT)?,
             flow_picks: get(EV_FLOW_NEW)?,
             probes: get(EV_PROBE)?,
+            director_tx: get(EV_DIRECTOR_TX)?,
+            director_redirected: get(EV_DIRECTOR_REDIRECT)?,
+            director_passed: get(EV_DIRECTOR_PASS)?,
+            director_dropped: get(EV_DIRECTOR_DROP)?,
         })
     }
 
