@@ -14,6 +14,11 @@
 //! lookup after the encap, the default before 0.3) and marked `direct` with
 //! `TunnelBuilder::direct(true)` (unchecked).
 //!
+//! `lwtun service IPIP x4` / `GRE x4`: A sends through a `Services` prefix of 4 backends (all
+//! B's addresses; one flow, so one backend, remembered in the flow table) with the per-packet
+//! LPM, flow-table and row work of a multipath encap, compared with the one-peer tunnel of the
+//! same encap, rerouted as the services always are.
+//!
 //! For each mode: TCP goodput of one stream A→B for 1 s, and UDP 64-byte datagrams per second
 //! received by B while A sends for 0.5 s; both as ratios to plain routing measured in the same
 //! run. Both ends run the tunnel (B's ACKs go back through it too). The modes take turns over 5
@@ -43,6 +48,7 @@ use lwtun::decap::{Decap, DecapPeer};
 use lwtun::netlink::Netlink;
 use lwtun::netns::NetNs;
 use lwtun::peer::{Encap, EncapPeer};
+use lwtun::service::{Backend, Services};
 use lwtun::tunnel::{DirectMode, Tunnel};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -55,7 +61,13 @@ enum Mode {
     /// A point-to-point kernel tunnel device of this kind (`gre`, `ipip`) at each end: what a
     /// user would set up instead of lwtun for one peer.
     Device(&'static str),
+    /// A's side a `Services` VIP prefix of [`SERVICE_BACKENDS`] backends (B's addresses) with
+    /// this encap; B's side the tunnel back (rerouted).
+    Service(Encap),
 }
+
+/// Backends of the `Service` mode's prefix.
+const SERVICE_BACKENDS: u8 = 4;
 
 fn name(m: Mode) -> String {
     match m {
@@ -66,6 +78,7 @@ fn name(m: Mode) -> String {
         Mode::Seg6 => "seg6 encap (End.DX4)".into(),
         Mode::Vxlan => "vxlan collect_md".into(),
         Mode::Device(kind) => format!("kernel {kind} device"),
+        Mode::Service(e) => format!("lwtun service {e} x{SERVICE_BACKENDS}"),
     }
 }
 
@@ -122,6 +135,8 @@ fn mac(ns: &NetNs, dev: &str) -> String {
 
 /// What keeps a mode's data plane alive.
 struct Side {
+    _route: Option<lwtun::route::InstalledRoute>,
+    _services: Option<Services>,
     _tunnel: Option<Tunnel>,
     _decap: Option<Decap>,
     _nl: Option<Netlink>,
@@ -185,7 +200,47 @@ fn pair(mode: Mode) -> Pair {
             Mode::Plain => {
                 ip(ns, &format!("route add {prefix} via {r4} src {own}"));
             }
-            Mode::Lwtun(encap, direct) => {
+            Mode::Service(encap) if i == 0 => {
+                // The VIP prefix is B's inner prefix; its backends are B's outer addresses.
+                let mut nl = Netlink::open_in(ns).unwrap();
+                let underlay = nl.device(dev).unwrap();
+                let mut services = Services::builder().rows(4_099).load().unwrap();
+                let backends: Vec<Backend> = (0..SERVICE_BACKENDS)
+                    .map(|k| {
+                        Backend::new(EncapPeer::new(
+                            addr(&format!("10.80.0.{}", 2 + k)),
+                            addr(l4),
+                            encap,
+                        ))
+                    })
+                    .collect();
+                services.set(prefix.parse().unwrap(), &backends).unwrap();
+                let route = services
+                    .route(prefix.parse().unwrap())
+                    .device(&underlay)
+                    .source(addr(own))
+                    .install(&mut nl)
+                    .unwrap();
+                let mut d = Decap::load().unwrap();
+                d.add_local(addr(l4)).unwrap();
+                d.add_peer(DecapPeer::host(addr(r4))).unwrap();
+                if let Encap::Udp { port } = encap {
+                    d.add_udp_port(port).unwrap();
+                }
+                d.attach(&underlay).unwrap();
+                sides.push(Side {
+                    _route: Some(route),
+                    _services: Some(services),
+                    _tunnel: None,
+                    _decap: Some(d),
+                    _nl: Some(nl),
+                });
+            }
+            Mode::Lwtun(encap, _) | Mode::Service(encap) => {
+                let direct = match mode {
+                    Mode::Lwtun(_, direct) => direct,
+                    _ => DirectMode::Never,
+                };
                 let mut nl = Netlink::open_in(ns).unwrap();
                 let underlay = nl.device(dev).unwrap();
                 let mut t = Tunnel::builder().direct_mode(direct).load().unwrap();
@@ -202,12 +257,22 @@ fn pair(mode: Mode) -> Pair {
                 t.steer(&mut nl, route).unwrap();
                 let mut d = Decap::load().unwrap();
                 d.add_local(addr(l4)).unwrap();
+                if matches!(mode, Mode::Service(_)) {
+                    // B is every backend of A's service.
+                    for k in 1..SERVICE_BACKENDS {
+                        let extra = format!("10.80.0.{}", 2 + k);
+                        ip(ns, &format!("addr add {extra}/24 dev {dev}"));
+                        d.add_local(addr(&extra)).unwrap();
+                    }
+                }
                 d.add_peer(DecapPeer::host(addr(r4))).unwrap();
                 if let Encap::Udp { port } = encap {
                     d.add_udp_port(port).unwrap();
                 }
                 d.attach(&underlay).unwrap();
                 sides.push(Side {
+                    _route: None,
+                    _services: None,
                     _tunnel: Some(t),
                     _decap: Some(d),
                     _nl: Some(nl),
@@ -249,6 +314,8 @@ fn pair(mode: Mode) -> Pair {
                 ip(ns, "link set vx0 up");
                 let _ = (l4, l6, r6);
                 sides.push(Side {
+                    _route: None,
+                    _services: None,
                     _tunnel: None,
                     _decap: None,
                     _nl: None,
@@ -435,6 +502,8 @@ fn main() {
         Mode::Vxlan,
         Mode::Device("gre"),
         Mode::Device("ipip"),
+        Mode::Service(Encap::Ipip),
+        Mode::Service(gre),
     ];
     // LWTUN_BENCH_MODES="lwtun gre,lwtun ipip" keeps those modes (by name) and plain routing;
     // LWTUN_BENCH_NO_PLAIN=1 leaves plain routing out (a profile of one mode alone; the ratios
@@ -524,6 +593,29 @@ fn main() {
             c,
             base.2 / c
         );
+    }
+    // A multipath service against the one-peer tunnel of the same encap (both rerouted) and
+    // against plain routing.
+    for (service, single) in [
+        (
+            Mode::Service(Encap::Ipip),
+            Mode::Lwtun(Encap::Ipip, DirectMode::Never),
+        ),
+        (Mode::Service(gre), Mode::Lwtun(gre, DirectMode::Never)),
+    ] {
+        let at = |m: Mode| modes.iter().position(|&x| x == m);
+        if let (Some(sv), Some(one)) = (at(service), at(single)) {
+            println!(
+                "{} vs {}: UDP64 {:.2}, tx CPU per datagram {:.2} (ns/pkt {:.0} vs {:.0}); vs plain routing: UDP64 {:.2}",
+                name(service),
+                name(single),
+                results[sv].1 / results[one].1,
+                results[one].2 / results[sv].2,
+                results[sv].2,
+                results[one].2,
+                results[sv].1 / base.1,
+            );
+        }
     }
     // lwtun against the device a user would otherwise configure per peer, same encapsulation.
     for (lwtun_mode, kind) in [

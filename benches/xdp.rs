@@ -1,4 +1,5 @@
-//! XDP benchmarks: program cost through BPF_PROG_TEST_RUN, and live-frames traffic
+//! XDP benchmarks: program cost through BPF_PROG_TEST_RUN (with the services' XDP director
+//! against `xdp_redirect`), and live-frames traffic
 //! (BPF_F_TEST_XDP_LIVE_FRAMES) through veth → forwarder → veth, compared in the same run with
 //! the one-hop direct case and with kernel forwarding.
 //!
@@ -42,12 +43,14 @@
 //! report shows how much ksoftirqd/0 ran). Every case is measured right after a one-hop
 //! measurement, the ratio is taken within that pair, and the median over rounds is reported.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use lwtun::device::Device;
 use lwtun::netns::NetNs;
+use lwtun::peer::{Encap, EncapPeer};
+use lwtun::service::{Backend, Services};
 use lwtun::xdp::{
     LiveFrames, RedirectRule, Stage, TrafficGen, XdpAction, XdpAttachment, XdpMode, XdpOptions,
     XdpPass, XdpProgram, XdpRedirect, XdpRouter,
@@ -482,6 +485,91 @@ struct Case<'a> {
     setup: Box<dyn Fn() + 'a>,
 }
 
+/// The services' XDP director (glb-director's shape: a frame to a VIP encapsulated in place to
+/// its flow's backend, next hop by `bpf_fib_lookup`) against `xdp_redirect` and the no-op floor,
+/// in R with S as the one backend. One frame per call for all three: the director's output is no
+/// longer a frame to the VIP, so a repeat would measure its pass branch. Kernel-timed ns per
+/// call, the median of 2 000 calls per round, the median over rounds.
+fn director_cost(
+    t: &Topology,
+    r: &NetNs,
+    rin: &Device,
+    fwd: &XdpRedirect,
+    gen: &XdpPass,
+    rounds: u32,
+) {
+    const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+    let mut services = Services::builder().rows(4_099).load().unwrap();
+    services
+        .set(
+            "10.96.0.10/32".parse().unwrap(),
+            &[Backend::new(EncapPeer::new(
+                IpAddr::V4(S_V4),
+                IpAddr::V4(Ipv4Addr::new(10, 66, 1, 1)),
+                Encap::Ipip,
+            ))],
+        )
+        .unwrap();
+    let director = XdpProgram::from_program(services.director_program()).unwrap();
+    let n = &t.names;
+    let vip_frame = udp_frame(mac(r, &n.rin), mac(&t.g, &n.gen), G_V4, VIP);
+    let cases: [(&str, &XdpProgram, &[u8], XdpAction); 3] = [
+        (
+            "xdp_nop (floor)",
+            gen.nop_program(),
+            &t.frame,
+            XdpAction::Pass,
+        ),
+        (
+            "xdp_redirect: devmap forward + MAC rewrite",
+            fwd.program(),
+            &t.frame,
+            XdpAction::Redirect,
+        ),
+        (
+            "service director: flow, encap, fib, redirect",
+            &director,
+            &vip_frame,
+            XdpAction::Redirect,
+        ),
+    ];
+    let samples: Vec<Vec<f64>> = r
+        .run(|| {
+            pin(0, 0);
+            let mut samples = vec![Vec::new(); cases.len()];
+            for _ in 0..rounds {
+                for (i, (name, program, frame, want)) in cases.iter().enumerate() {
+                    let mut calls = Vec::with_capacity(2_000);
+                    for _ in 0..2_000 {
+                        let out = program.test_run_repeat(frame, 1, Some(rin))?;
+                        assert_eq!(out.verdict, *want, "{name}");
+                        calls.push(out.duration.as_nanos() as f64);
+                    }
+                    samples[i].push(median(&calls));
+                }
+            }
+            Ok(samples)
+        })
+        .unwrap();
+    println!("XDP director cost (BPF_PROG_TEST_RUN one frame per call, kernel-timed ns, median of {rounds} rounds):");
+    let floor = median(&samples[0]);
+    for (i, (name, ..)) in cases.iter().enumerate() {
+        println!(
+            "  {:<44} {:>6.1}   {:>6.1} above the floor",
+            name,
+            median(&samples[i]),
+            median(&samples[i]) - floor
+        );
+    }
+    let (redirect, dir) = (median(&samples[1]) - floor, median(&samples[2]) - floor);
+    println!(
+        "  director / xdp_redirect above the floor: {:.2} ({:.1} ns more per frame); {:?}",
+        dir / redirect.max(1.0),
+        dir - redirect,
+        services.counters().unwrap()
+    );
+}
+
 fn main() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -634,6 +722,9 @@ fn main() {
             "  devmap forward with MAC rewrite: {fwd_ns:.1} ns (goal <= 60 ns: {})",
             if fwd_ns <= 60.0 { "met" } else { "NOT met" }
         );
+    }
+    if part == "all" || part == "cost" {
+        director_cost(&t, r, &rin, &fwd, &gen, rounds);
     }
     if part != "all" && part != "live" {
         return;

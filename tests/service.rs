@@ -14,7 +14,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,17 @@ fn vip_net() -> ipnetwork::IpNetwork {
     "10.96.0.10/32".parse().unwrap()
 }
 
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd30, 0, 0, 0, 0, 0, 0, 1);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd96, 0, 0, 0, 0, 0, 0, 0x10);
+
+fn client_side6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd78, i as u16, 0, 0, 0, 0, 0, 1)
+}
+
+fn backend_side6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd78, i as u16, 0, 0, 0, 0, 0, 2)
+}
+
 fn client_side(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 78, i as u8, 1)
 }
@@ -55,7 +66,9 @@ fn decap(ns: &NetNs, i: usize) -> Decap {
     ns.enter(|| {
         let mut d = Decap::load()?;
         d.add_local(IpAddr::V4(backend_side(i)))?;
+        d.add_local(IpAddr::V6(backend_side6(i)))?;
         d.add_peer(DecapPeer::host(IpAddr::V4(client_side(i))))?;
+        d.add_peer(DecapPeer::host(IpAddr::V6(client_side6(i))))?;
         let mut nl = Netlink::open()?;
         d.attach(&nl.device("c")?)?;
         Ok(d)
@@ -68,7 +81,7 @@ struct Star {
     // before their namespaces.
     _route: InstalledRoute,
     services: Services,
-    _nl: Netlink,
+    nl: Netlink,
     backends: Vec<BackendHost>,
     client: NetNs,
 }
@@ -90,6 +103,10 @@ fn star(n: usize, serving: usize) -> Star {
     common::ip(
         &client,
         &["addr", "add", &format!("{CLIENT}/32"), "dev", "lo"],
+    );
+    common::ip(
+        &client,
+        &["-6", "addr", "add", &format!("{CLIENT6}/128"), "dev", "lo"],
     );
     let mut hosts = Vec::new();
     let mut devs = Vec::new();
@@ -121,6 +138,18 @@ fn star(n: usize, serving: usize) -> Star {
                 &dev,
             ],
         );
+        common::ip(
+            &client,
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{}/64", client_side6(i)),
+                "dev",
+                &dev,
+                "nodad",
+            ],
+        );
         common::ip(&client, &["link", "set", &dev, "up"]);
         common::ip(
             &ns,
@@ -132,7 +161,34 @@ fn star(n: usize, serving: usize) -> Star {
                 "c",
             ],
         );
+        common::ip(
+            &ns,
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{}/64", backend_side6(i)),
+                "dev",
+                "c",
+                "nodad",
+            ],
+        );
+        common::ip(
+            &ns,
+            &["-6", "addr", "add", &format!("{VIP6}/128"), "dev", "lo"],
+        );
         common::ip(&ns, &["link", "set", "c", "up"]);
+        common::ip(
+            &ns,
+            &[
+                "-6",
+                "route",
+                "add",
+                &format!("{CLIENT6}/128"),
+                "via",
+                &client_side6(i).to_string(),
+            ],
+        );
         common::ip(&ns, &["addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
         common::ip(
             &ns,
@@ -147,7 +203,12 @@ fn star(n: usize, serving: usize) -> Star {
         common::wait_oper_up(&ns, &["c".to_string()]);
         devs.push(dev);
         let decap = decap(&ns, i);
-        let sink = common::UdpSink::start(&ns, SocketAddr::new(IpAddr::V4(VIP), PORT), 5);
+        // The IPv6 wildcard: the IPv4 VIP's datagrams and the IPv6 one's.
+        let sink = common::UdpSink::start(
+            &ns,
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), PORT),
+            5,
+        );
         hosts.push(BackendHost {
             sink,
             decap: Some(decap),
@@ -169,7 +230,7 @@ fn star(n: usize, serving: usize) -> Star {
     Star {
         _route: route,
         services,
-        _nl: nl,
+        nl,
         backends: hosts,
         client,
     }
@@ -178,21 +239,30 @@ fn star(n: usize, serving: usize) -> Star {
 /// UDP flows from the client: one socket (one source port) per flow, kept for later rounds.
 struct Flows {
     sockets: Vec<UdpSocket>,
+    to: SocketAddr,
 }
 
 impl Flows {
+    /// `n` flows from the client's IPv4 address to the IPv4 VIP.
     fn open(ns: &NetNs, n: usize) -> Flows {
+        Flows::between(ns, n, IpAddr::V4(CLIENT), IpAddr::V4(VIP))
+    }
+
+    fn between(ns: &NetNs, n: usize, from: IpAddr, to: IpAddr) -> Flows {
         let sockets = ns
             .enter(|| {
                 (0..n)
                     .map(|_| {
-                        UdpSocket::bind(SocketAddr::new(IpAddr::V4(CLIENT), 0))
+                        UdpSocket::bind(SocketAddr::new(from, 0))
                             .map_err(|e| lwtun::Error::io("bind", e))
                     })
                     .collect::<lwtun::Result<Vec<_>>>()
             })
             .unwrap();
-        Flows { sockets }
+        Flows {
+            sockets,
+            to: SocketAddr::new(to, PORT),
+        }
     }
 
     /// Sends one datagram per flow in `range`: the flow's number (4 bytes) and `round`.
@@ -203,7 +273,7 @@ impl Flows {
             msg.extend_from_slice(&[0u8; 27]);
             // A packet the data plane drops fails its send with EPERM: loss shows at the
             // backends (where_they_went) and in the counters instead.
-            if let Err(e) = self.sockets[f].send_to(&msg, SocketAddr::new(IpAddr::V4(VIP), PORT)) {
+            if let Err(e) = self.sockets[f].send_to(&msg, self.to) {
                 assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}");
             }
         }
@@ -592,7 +662,7 @@ fn a_backend_that_stops_answering_probes_is_drained_and_comes_back() {
     let Star {
         _route: route,
         services,
-        _nl: nl,
+        nl,
         mut backends,
         client,
     } = star(3, 3);
@@ -704,4 +774,99 @@ fn a_backend_that_stops_answering_probes_is_drained_and_comes_back() {
     drop(watch);
     drop(route);
     drop(nl);
+}
+
+/// An Ethernet frame carrying an IPv6 UDP packet.
+fn udp6_frame(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16) -> Vec<u8> {
+    let mut f = vec![0u8; 12];
+    f.extend_from_slice(&0x86ddu16.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0, 0, 12, 17, 64]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&[0, 12, 0, 0, 1, 2, 3, 4]);
+    f
+}
+
+/// An ICMPv6 "packet too big" to `vip` about a UDP packet the VIP sent to `client`.
+fn icmp6_error_frame(vip: Ipv6Addr, client: Ipv6Addr, vport: u16, cport: u16) -> Vec<u8> {
+    let quoted = udp6_frame(vip, client, vport, cport)[14..14 + 48].to_vec();
+    let mut f = vec![0u8; 12];
+    f.extend_from_slice(&0x86ddu16.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0, 0, (8 + quoted.len()) as u8, 58, 64]);
+    f.extend_from_slice(&"fd99::1".parse::<Ipv6Addr>().unwrap().octets());
+    f.extend_from_slice(&vip.octets());
+    f.extend_from_slice(&[2, 0, 0, 0, 0, 0, 0x05, 0x00]);
+    f.extend_from_slice(&quoted);
+    f
+}
+
+#[test]
+fn an_ipv6_vip_over_ipv6_and_ipv4_outer_headers() {
+    require!();
+    let mut s = star(3, 3);
+    let vip6: ipnetwork::IpNetwork = format!("{VIP6}/128").parse().unwrap();
+    // Two backends over IPv6 (IP-in-IP, GRE with key), one over IPv4 with a GRE checksum (6in4).
+    let list = [
+        Backend::new(EncapPeer::new(
+            IpAddr::V6(backend_side6(0)),
+            IpAddr::V6(client_side6(0)),
+            Encap::Ipip,
+        )),
+        Backend::new(EncapPeer::new(
+            IpAddr::V6(backend_side6(1)),
+            IpAddr::V6(client_side6(1)),
+            Encap::Gre {
+                key: Some(9),
+                checksum: false,
+            },
+        )),
+        Backend::new(EncapPeer::new(
+            IpAddr::V4(backend_side(2)),
+            IpAddr::V4(client_side(2)),
+            Encap::Gre {
+                key: None,
+                checksum: true,
+            },
+        )),
+    ];
+    s.services.set(vip6, &list).unwrap();
+    let b0 = s.nl.device("b0").unwrap();
+    let _route6 = s
+        .services
+        .route(vip6)
+        .device(&b0)
+        .source(IpAddr::V6(CLIENT6))
+        .install(&mut s.nl)
+        .unwrap();
+    let flows = Flows::between(&s.client, 60, IpAddr::V6(CLIENT6), IpAddr::V6(VIP6));
+    flows.send(0..60, 1);
+    let went = s.where_they_went(0..60, 1);
+    let mut per = [0usize; 3];
+    for &b in went.values() {
+        per[b] += 1;
+    }
+    assert!(
+        per.iter().all(|&n| n >= 5),
+        "60 flows over 3 backends: {per:?}"
+    );
+    for (f, &b) in &went {
+        let pick = s
+            .services
+            .pick(&udp6_frame(CLIENT6, VIP6, flows.port(*f), PORT))
+            .unwrap()
+            .expect("a backend");
+        assert_eq!(pick.backend, list[b].peer, "flow {f}");
+        let err = icmp6_error_frame(VIP6, CLIENT6, PORT, flows.port(*f));
+        assert_eq!(
+            s.services.pick(&err).unwrap().map(|p| p.backend),
+            Some(pick.backend),
+            "the ICMPv6 error about flow {f} follows it"
+        );
+    }
+    let stats = s.services.backend_stats(vip6).unwrap();
+    for (b, (_, st)) in stats.iter().enumerate() {
+        assert_eq!((st.packets, st.errors), (per[b] as u64, 0), "backend {b}");
+    }
 }

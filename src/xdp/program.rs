@@ -78,6 +78,39 @@ impl XdpProgram {
         })
     }
 
+    /// Any loaded XDP program, by descriptor (a copy is kept): another family's (such as
+    /// [`crate::service::Services::director_program`]) or the caller's own, to test-run it or
+    /// run it on live frames like lwtun's.
+    ///
+    /// ```no_run
+    /// use lwtun::xdp::XdpProgram;
+    /// # let services = lwtun::service::Services::load()?;
+    /// let director = XdpProgram::from_program(services.director_program())?;
+    /// let out = director.test_run(&[0u8; 64])?;
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// InvalidInput when `program` is not an XDP program; the kernel's error reading it.
+    pub fn from_program(program: impl AsFd) -> Result<Self> {
+        let op = "use XDP program";
+        let info = crate::program::program_info(program.as_fd())?;
+        if info.prog_type != libbpf_rs::libbpf_sys::BPF_PROG_TYPE_XDP {
+            return Err(Error::invalid_input(
+                op,
+                format!(
+                    "program {} ({}) is of type {}, not XDP ({})",
+                    info.id,
+                    info.name,
+                    info.prog_type,
+                    libbpf_rs::libbpf_sys::BPF_PROG_TYPE_XDP
+                ),
+            ));
+        }
+        XdpProgram::from_fd(op, program.as_fd(), &info.name)
+    }
+
     /// The program's name in the object (as `bpftool prog` shows it, cut to 15 characters).
     pub fn name(&self) -> &str {
         &self.name
