@@ -14,7 +14,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,7 +31,7 @@ const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const PORT: u16 = 7000;
 
 /// Synthetic flows the consistency figures are measured over.
-const FLOWS: u32 = 200_000;
+const FLOWS: u32 = 100_000;
 
 fn vip_net() -> ipnetwork::IpNetwork {
     "10.96.0.10/32".parse().unwrap()
@@ -480,13 +481,34 @@ fn a_swapped_table_keeps_flows_and_a_drained_backend_loses_only_its_own() {
 }
 
 #[test]
-fn tables_swapped_under_traffic_lose_nothing() {
+fn tables_swapped_under_tcp_udp_and_ping_lose_nothing() {
     require!();
-    let mut s = star(4, 4);
+    let mut s = star(5, 4);
     let flows = Flows::open(&s.client, 32);
+    // Every backend listens for TCP on the VIP; four streams, each landing on one of them.
+    let listeners: Vec<TcpListener> = s
+        .backends
+        .iter()
+        .map(|b| {
+            b.ns.run(|| {
+                TcpListener::bind(SocketAddr::new(IpAddr::V4(VIP), TCP_PORT))
+                    .map_err(|e| lwtun::Error::io("listen", e))
+            })
+            .unwrap()
+        })
+        .collect();
     let ping = {
         let ns = &s.client;
+        let listeners = &listeners;
+        let accepted = &std::sync::atomic::AtomicUsize::new(0);
         std::thread::scope(|scope| {
+            let servers: Vec<_> = listeners
+                .iter()
+                .map(|l| scope.spawn(move || tcp_server(l, accepted, Duration::from_secs(8))))
+                .collect();
+            let streams: Vec<_> = (0..STREAMS)
+                .map(|_| scope.spawn(move || tcp_client(ns)))
+                .collect();
             let pinger = scope.spawn(|| {
                 common::ping_with(
                     ns,
@@ -506,19 +528,19 @@ fn tables_swapped_under_traffic_lose_nothing() {
             });
             let mut members = vec![vec![], vec![0, 1, 2, 3]]; // serving in round r (from 1)
             for (round, swap) in (1u8..).zip(0..10) {
-                // Weights and membership change; backend 3 always serves (it keeps some flows).
-                let mut list: Vec<Backend> = (0..4)
+                // Weights change every time; a fifth backend comes and goes. The four that
+                // stay keep every established flow, TCP included (a flow whose backend leaves
+                // must move, and its TCP connection with it: tested with drain above).
+                let count = 4 + swap as usize % 2;
+                let list: Vec<Backend> = (0..count)
                     .map(|i| backend(i, Encap::Ipip).weight(1 + (i as u32 + swap) % 3))
                     .collect();
-                if swap % 2 == 1 {
-                    list.remove(swap as usize % 3);
-                }
                 flows.send(0..32, round);
                 s.services.set(vip_net(), &list).unwrap();
                 members.push(
                     list.iter()
                         .map(|b| {
-                            (0..4)
+                            (0..5)
                                 .position(|i| b.peer.remote == IpAddr::V4(backend_side(i)))
                                 .unwrap()
                         })
@@ -526,10 +548,21 @@ fn tables_swapped_under_traffic_lose_nothing() {
                 );
                 std::thread::sleep(Duration::from_millis(250));
             }
-            (pinger.join().unwrap(), members)
+            for c in streams {
+                c.join().unwrap();
+            }
+            let received: Vec<Vec<(usize, usize)>> =
+                servers.into_iter().map(|t| t.join().unwrap()).collect();
+            (pinger.join().unwrap(), members, received)
         })
     };
-    let (ping, members) = ping;
+    let (ping, members, received) = ping;
+    // Each stream arrived whole and intact at one backend (its flow stayed through 10 swaps).
+    let all: Vec<(usize, usize)> = received.into_iter().flatten().collect();
+    assert_eq!(all.len(), STREAMS, "streams accepted: {all:?}");
+    for (got, intact) in &all {
+        assert_eq!((*got, *intact), (STREAM_BYTES, STREAM_BYTES), "{all:?}");
+    }
     assert_eq!(
         ping.received, 300,
         "pings lost while tables were swapped: {ping:?}"
@@ -551,8 +584,72 @@ fn tables_swapped_under_traffic_lose_nothing() {
     }
 }
 
+const TCP_PORT: u16 = 7100;
+const STREAMS: usize = 4;
+const STREAM_BYTES: usize = 3 << 20;
+
+/// Accepts streams on `listener` until all STREAMS were accepted by the backends (`accepted`
+/// counts them) or `within` has passed, each read to its end: (bytes, bytes before the first
+/// that differs from the pattern) per stream.
+fn tcp_server(
+    listener: &TcpListener,
+    accepted: &std::sync::atomic::AtomicUsize,
+    within: Duration,
+) -> Vec<(usize, usize)> {
+    use std::sync::atomic::Ordering;
+    listener.set_nonblocking(true).unwrap();
+    let until = Instant::now() + common::patient(within);
+    let mut out = Vec::new();
+    // Until every stream was accepted somewhere (or the time is up).
+    while Instant::now() < until && accepted.load(Ordering::SeqCst) < STREAMS {
+        match listener.accept() {
+            Ok((mut c, _)) => {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                c.set_nonblocking(false).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let (mut got, mut intact, mut buf) = (0usize, 0usize, vec![0u8; 64 << 10]);
+                loop {
+                    match c.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            for (k, &b) in buf[..n].iter().enumerate() {
+                                if intact == got + k && b == common::pattern_byte(got + k) {
+                                    intact += 1;
+                                }
+                            }
+                            got += n;
+                        }
+                    }
+                }
+                out.push((got, intact));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    out
+}
+
+/// Streams STREAM_BYTES of the pattern from the client to the VIP over about 2.5 s.
+fn tcp_client(ns: &NetNs) {
+    let mut c = ns
+        .run(|| {
+            TcpStream::connect_timeout(
+                &SocketAddr::new(IpAddr::V4(VIP), TCP_PORT),
+                Duration::from_secs(3),
+            )
+            .map_err(|e| lwtun::Error::io("connect", e))
+        })
+        .unwrap();
+    let data: Vec<u8> = (0..STREAM_BYTES).map(common::pattern_byte).collect();
+    for chunk in data.chunks(STREAM_BYTES / 50) {
+        c.write_all(chunk).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+}
+
 #[test]
-fn consistency_and_weights_over_200k_flows_through_test_run() {
+fn consistency_and_weights_over_100k_flows_through_test_run() {
     require!();
     let mut services = Services::load().unwrap();
     let ten: Vec<Backend> = (0..10).map(|i| backend(i, Encap::Ipip)).collect();
