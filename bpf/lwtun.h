@@ -333,8 +333,10 @@ struct lwtun_backend {
 	__u32 state;      /* LWTUN_BACKEND_* */
 	__u32 generation; /* bumped each time the index is given to a backend: a flow remembered to
 			   * an earlier holder of the index is not sent to this one */
+	__u32 table;      /* the service it serves (lwtun_service.table): for an adopting owner */
+	__u32 weight;     /* its weight in that service's rows: for an adopting owner */
 };
-LWTUN_ASSERT_SIZE(struct lwtun_backend, 56);
+LWTUN_ASSERT_SIZE(struct lwtun_backend, 64);
 
 /* A flow as the service's flow table remembers it: the inner addresses, protocol and ports (for
  * an ICMP error, those of the flow it is about, turned round: it follows that flow). */

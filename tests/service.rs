@@ -97,6 +97,11 @@ fn backend(i: usize, encap: Encap) -> Backend {
 
 /// A client and `n` backend hosts; the VIP's service has backends `0..serving`.
 fn star(n: usize, serving: usize) -> Star {
+    star_with(n, serving, Services::builder().rows(4_099))
+}
+
+/// [`star`] with the services loaded by `builder`.
+fn star_with(n: usize, serving: usize, builder: lwtun::service::ServicesBuilder) -> Star {
     let client = common::netns("svc-c");
     client
         .set_sysctl("net.ipv4.conf.all.rp_filter", "0")
@@ -217,7 +222,7 @@ fn star(n: usize, serving: usize) -> Star {
         });
     }
     common::wait_oper_up(&client, &devs);
-    let mut services = Services::builder().rows(4_099).load().unwrap();
+    let mut services = builder.load().unwrap();
     let list: Vec<Backend> = (0..serving).map(|i| backend(i, Encap::Ipip)).collect();
     services.set(vip_net(), &list).unwrap();
     let mut nl = Netlink::open_in(&client).unwrap();
@@ -966,4 +971,67 @@ fn an_ipv6_vip_over_ipv6_and_ipv4_outer_headers() {
     for (b, (_, st)) in stats.iter().enumerate() {
         assert_eq!((st.packets, st.errors), (per[b] as u64, 0), "backend {b}");
     }
+}
+
+#[test]
+fn a_new_owner_adopts_the_services_and_keeps_every_established_flow() {
+    require!();
+    let dir = common::PinDir::new("svc");
+    let Star {
+        _route: route,
+        mut services,
+        nl,
+        backends,
+        client,
+    } = star_with(4, 3, Services::builder().rows(4_099).pin(&dir.0));
+    let three: Vec<Backend> = (0..3)
+        .map(|i| backend(i, Encap::Ipip).weight(1 + i as u32))
+        .collect();
+    services.set(vip_net(), &three).unwrap();
+    let went = |range: std::ops::Range<usize>, round: u8| {
+        where_they_went(&backends, range, round, &|| String::new())
+    };
+    let flows = Flows::open(&client, 120);
+    flows.send(0..60, 1);
+    let first = went(0..60, 1);
+    // A second owner while the first lives is refused: nothing changes under a live owner.
+    let err = Services::builder().pin(&dir.0).load().unwrap_err();
+    assert_eq!(err.kind(), lwtun::ErrorKind::Exists, "{err}");
+    let before = services.backend_stats(vip_net()).unwrap();
+    // The owner hands over: its pins stay, the route's program goes on with the same tables.
+    services.keep_pinned();
+    drop(services);
+    flows.send(0..60, 2);
+    assert_eq!(went(0..60, 2), first, "flows while nobody owned the tables");
+    let mut adopted = Services::builder().pin(&dir.0).load().unwrap();
+    assert!(adopted.adopted());
+    assert_eq!(
+        adopted.backends(vip_net()).unwrap(),
+        three.iter().map(|b| (*b, true)).collect::<Vec<_>>(),
+        "services, backends and weights adopted"
+    );
+    for ((b, old), (_, now)) in before.iter().zip(adopted.backend_stats(vip_net()).unwrap()) {
+        assert!(
+            now.packets >= old.packets,
+            "{}: counters kept",
+            b.peer.remote
+        );
+    }
+    // The new owner changes the service: the flows remembered before the handover stay.
+    let four: Vec<Backend> = (0..4).map(|i| backend(i, Encap::Ipip)).collect();
+    adopted.set(vip_net(), &four).unwrap();
+    flows.send(0..120, 3);
+    let third = went(0..120, 3);
+    for f in 0..60 {
+        assert_eq!(third[&f], first[&f], "flow {f} moved after the handover");
+    }
+    assert!(
+        (60..120).any(|f| third[&f] == 3),
+        "new flows reach the backend the new owner added"
+    );
+    // Dropped without keeping: the pins go.
+    drop(adopted);
+    assert!(!dir.0.join("backends").exists(), "pins removed");
+    drop(route);
+    drop(nl);
 }

@@ -586,6 +586,8 @@ mod imp {
             pub peer: lwtun_peer,
             pub state: u32,
             pub generation: u32,
+            pub table: u32,
+            pub weight: u32,
         }
         #[derive(Debug, Default, Copy, Clone)]
         #[repr(C)]
@@ -918,5 +920,5 @@ mod imp {
         }
     }
     #[unsafe(link_section = ".bpf.objs")]
-    static DATA: [u8; 64488] = *include_bytes!(concat!(env!("OUT_DIR"), "/lwt_service.bpf.o"));
+    static DATA: [u8; 64520] = *include_bytes!(concat!(env!("OUT_DIR"), "/lwt_service.bpf.o"));
 }

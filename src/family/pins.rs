@@ -177,7 +177,8 @@ impl PinLayout {
         PinLayout { optional, ..self }
     }
 
-    /// The family's name (`tunnel`, `decap`, `lwt_redirect`, `tunnel_redirect`, `seg6`).
+    /// The family's name (`tunnel`, `decap`, `lwt_redirect`, `tunnel_redirect`, `seg6`,
+    /// `service`).
     pub fn family(&self) -> &'static str {
         self.family
     }
@@ -206,9 +207,29 @@ impl PinLayout {
         self.optional
     }
 
-    /// Every layout of lwtun's pinned families.
+    /// The layouts of the pinned families of lwtun 0.2.0 (tunnel, decap, both redirects,
+    /// seg6); [`PinLayout::layouts`] lists every family's.
     pub fn all() -> [&'static PinLayout; 5] {
         [&TUNNEL, &DECAP, &LWT_REDIRECT, &TUNNEL_REDIRECT, &SEG6]
+    }
+
+    /// Every layout of lwtun's pinned families, the services' included.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lwtun::pins::PinLayout;
+    /// assert!(PinLayout::layouts().iter().any(|l| l.family() == "service"));
+    /// ```
+    pub fn layouts() -> &'static [&'static PinLayout] {
+        &[
+            &TUNNEL,
+            &DECAP,
+            &LWT_REDIRECT,
+            &TUNNEL_REDIRECT,
+            &SEG6,
+            &SERVICE,
+        ]
     }
 
     /// The state maps present in `folder`.
@@ -280,6 +301,25 @@ pub const SEG6: PinLayout = PinLayout::new(
     ],
 );
 
+/// A [`Services`](crate::service::Services) folder: the service tries, the outer map of row
+/// tables (which holds the row tables themselves), the backends and their counters, the flow
+/// table (so that a new owner keeps every established flow where it was), the counters and
+/// settings, and the route and director programs.
+pub const SERVICE: PinLayout = PinLayout::new(
+    "service",
+    &[
+        "services_v4",
+        "services_v6",
+        "service_tables",
+        "backends",
+        "backend_stats",
+        "flows",
+        "events",
+        "config",
+    ],
+    &["service_xmit", "service_director"],
+);
+
 /// Who owns `folder` (holds its lock), without taking it: `None` when nobody does.
 ///
 /// # Errors
@@ -332,8 +372,9 @@ pub fn inspect(folder: impl AsRef<Path>) -> Result<Option<PinnedFolder>> {
     // Of the layouts whose first map is there, the one with the largest share of its maps
     // present, then the most (the two redirect families share `rules_v4`, `rules_v6`,
     // `rule_stats` and `events`; only the LWT one has `config`).
-    let best = PinLayout::all()
-        .into_iter()
+    let best = PinLayout::layouts()
+        .iter()
+        .copied()
         .filter(|l| folder.join(l.maps[0]).exists())
         .map(|l| (l, l.present(folder).len()))
         .max_by_key(|(l, n)| (*n * 1000 / l.maps.len(), *n));

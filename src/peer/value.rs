@@ -249,7 +249,7 @@ impl EncapPeer {
 
 impl EncapPeer {
     /// Decodes a peer the data plane holds (an adopted table); `None` for an unknown kind.
-    pub(super) fn from_abi(v: &lwtun_peer) -> Option<EncapPeer> {
+    pub(crate) fn from_abi(v: &lwtun_peer) -> Option<EncapPeer> {
         let addr = |b: &[u8; 16]| -> IpAddr {
             if v.flags & FLAG_OUTER_V6 != 0 {
                 IpAddr::from(*b)

@@ -35,8 +35,9 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle, Object};
 use crate::abi::{self, Pod};
 use crate::error::{Error, ErrorKind, Result};
 use crate::family::lpm::{self, normalize};
-use crate::family::Slots;
+use crate::family::{PinFolder, Slots};
 use crate::peer::{EncapPeer, PeerStats};
+use crate::pins::PinLayout;
 use crate::program::{Hook, LwtProgram};
 use crate::route::LwtRoute;
 use crate::skel::lwt_service::types::{
@@ -57,6 +58,9 @@ unsafe impl Pod for lwtun_peer_stats {}
 unsafe impl Pod for lwtun_service_config {}
 // SAFETY: `struct lwtun_service_pick` is six u32s (24 bytes).
 unsafe impl Pod for lwtun_service_pick {}
+
+/// What a pinned services data plane keeps in its folder ([`ServicesBuilder::pin`]).
+pub const PIN_LAYOUT: PinLayout = crate::family::pins::SERVICE;
 
 /// Rows of a service's table unless [`ServicesBuilder::rows`] says otherwise: a prime well
 /// above 100 × the backends of a service (Katran's default ring size).
@@ -209,6 +213,7 @@ pub struct ServicesBuilder {
     flows: u32,
     rows: u32,
     probe_mark: (u32, u32),
+    pin: Option<std::path::PathBuf>,
 }
 
 impl Default for ServicesBuilder {
@@ -219,6 +224,7 @@ impl Default for ServicesBuilder {
             flows: 65_536,
             rows: DEFAULT_ROWS,
             probe_mark: DEFAULT_PROBE_MARK,
+            pin: None,
         }
     }
 }
@@ -258,13 +264,40 @@ impl ServicesBuilder {
         self
     }
 
-    /// Loads the data plane (no service yet).
+    /// Pins the state in `folder` (on a BPF filesystem), or adopts what a previous owner
+    /// left there: its services, backends, counters and flow table, so that every established
+    /// flow stays where it was across a restart of the control plane (see [`crate::pins`]:
+    /// the folder's owner lock refuses a second live owner). Sizes, rows and the probe mark
+    /// are then the folder's, whatever this builder says. The pins go with the data plane
+    /// unless [`Services::keep_pinned`].
+    ///
+    /// ```no_run
+    /// let services = lwtun::service::Services::builder().pin("/sys/fs/bpf/lwtun-lb").load()?;
+    /// println!("{} services adopted", services.iter().count());
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    pub fn pin(mut self, folder: impl Into<std::path::PathBuf>) -> Self {
+        self.pin = Some(folder.into());
+        self
+    }
+
+    /// Loads the data plane (no service yet, or the pinned folder's).
     ///
     /// # Errors
     ///
     /// InvalidInput for a size of 0, or rows that are not a prime up to [`MAX_ROWS`];
     /// Permission without CAP_BPF and CAP_NET_ADMIN; the kernel's error otherwise.
     pub fn load(self) -> Result<Services> {
+        // A pin folder this call creates is removed again when the load fails.
+        let made = self.pin.clone().filter(|f| !f.exists());
+        let result = self.load_inner();
+        if let (Err(_), Some(folder)) = (&result, made) {
+            let _ = std::fs::remove_dir(folder);
+        }
+        result
+    }
+
+    fn load_inner(mut self) -> Result<Services> {
         let op = "load services";
         for (what, n) in [
             ("services", self.services),
@@ -296,6 +329,38 @@ impl ServicesBuilder {
                 ),
             ));
         }
+        // The pin protocol (crate::pins): folder, owner lock, complete set or none.
+        let mut pin = match &self.pin {
+            Some(folder) => Some(PinFolder::open(folder.clone(), &PIN_LAYOUT, op)?),
+            None => None,
+        };
+        let mut adopted_config = None;
+        if let Some(pin) = pin.as_ref().filter(|p| p.adopted()) {
+            let op = "adopt pinned services";
+            let bytes = pin
+                .adopted_map("config", op)?
+                .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+                .map_err(|e| Error::bpf(op, e))?
+                .unwrap_or_default();
+            let cfg: lwtun_service_config = abi::from_bytes(&bytes)
+                .filter(|c: &lwtun_service_config| c.magic == MAGIC && c.version == ABI_VERSION)
+                .ok_or_else(|| {
+                    Error::invalid_input(
+                        op,
+                        format!(
+                            "{} holds services of another lwtun version (config magic/version): \
+                             unload it with that version, or remove the folder",
+                            pin.path().display()
+                        ),
+                    )
+                })?;
+            self.services = lpm::trie_capacity(pin.adopted_map("services_v4", op)?.max_entries());
+            self.backends = pin.adopted_map("backends", op)?.max_entries();
+            self.flows = pin.adopted_map("flows", op)?.max_entries();
+            self.probe_mark = (cfg.probe_value, cfg.probe_mask);
+            adopted_config = Some(cfg);
+        }
+        let (value, mask) = self.probe_mark;
         let mut open = crate::program::open_object(
             "lwt_service",
             crate::family::bpf_loop_variant(
@@ -317,24 +382,34 @@ impl ServicesBuilder {
             map.set_max_entries(entries)
                 .map_err(|e| Error::bpf(op, e).with_object(name))?;
         }
-        let object = crate::program::load_opened(open, op)?;
+        if let Some(pin) = &pin {
+            pin.reuse_maps(&mut open)?;
+        }
+        let mut object = crate::program::load_opened(open, op)?;
         let xmit = crate::program::lwt_program(&object, "service_xmit")?;
         let pick = crate::program::program_fd(&object, "service_pick")?;
         let director = crate::program::program_fd(&object, "service_director")?;
+        if let Some(pin) = &mut pin {
+            pin.pin_maps(&mut object, "pin service map")?;
+            pin.pin_program("service_xmit", xmit.as_fd(), "pin service program")?;
+            pin.pin_program("service_director", director.as_fd(), "pin service program")?;
+        }
         let map = |name| crate::program::map_handle(&object, name, op);
         let template = map("rows_template")?;
         let mut rows_spec = InnerSpec::of(template.as_fd())?;
         rows_spec.max_entries = self.rows;
-        let config = lwtun_service_config {
-            magic: MAGIC,
-            version: ABI_VERSION,
-            probe_mask: mask,
-            probe_value: value,
-        };
-        map("config")?
-            .update(&0u32.to_ne_bytes(), abi::as_bytes(&config), MapFlags::ANY)
-            .map_err(|e| Error::bpf(op, e).with_object("config"))?;
-        Ok(Services {
+        if adopted_config.is_none() {
+            let config = lwtun_service_config {
+                magic: MAGIC,
+                version: ABI_VERSION,
+                probe_mask: mask,
+                probe_value: value,
+            };
+            map("config")?
+                .update(&0u32.to_ne_bytes(), abi::as_bytes(&config), MapFlags::ANY)
+                .map_err(|e| Error::bpf(op, e).with_object("config"))?;
+        }
+        let mut services = Services {
             probe_mark: self.probe_mark,
             tables: MapOfMaps::from_map(map("service_tables")?.as_fd())?,
             services_v4: map("services_v4")?,
@@ -354,7 +429,16 @@ impl ServicesBuilder {
             pick,
             director,
             object,
-        })
+            pin: None,
+        };
+        if adopted_config.is_some() {
+            services.adopt()?;
+        }
+        if let Some(mut pin) = pin {
+            pin.commit();
+            services.pin = Some(pin);
+        }
+        Ok(services)
     }
 }
 
@@ -416,9 +500,11 @@ pub struct Services {
     xmit: LwtProgram,
     pick: OwnedFd,
     director: OwnedFd,
-    // Last: the maps and programs above are handles on what it loaded.
+    // The maps and programs above are handles on what it loaded.
     #[allow(dead_code)]
     object: Object,
+    // Last: the pins go (unless kept) and the owner lock is released after everything else.
+    pin: Option<PinFolder>,
 }
 
 impl std::fmt::Debug for Services {
@@ -445,6 +531,107 @@ impl Services {
     /// As [`ServicesBuilder::load`].
     pub fn load() -> Result<Services> {
         ServicesBuilder::default().load()
+    }
+
+    /// Leaves the pins in place when the data plane drops: a next owner
+    /// ([`ServicesBuilder::pin`]) adopts every service, backend and remembered flow, while the
+    /// routes' programs (which hold the same tables) go on forwarding meanwhile.
+    ///
+    /// ```no_run
+    /// let mut services = lwtun::service::Services::builder().pin("/sys/fs/bpf/lwtun-lb").load()?;
+    /// services.keep_pinned();
+    /// drop(services); // the pins stay; a restarted process adopts them
+    /// # Ok::<(), lwtun::Error>(())
+    /// ```
+    pub fn keep_pinned(&mut self) {
+        if let Some(pin) = &mut self.pin {
+            pin.keep();
+        }
+    }
+
+    /// The pin folder, if the data plane is pinned.
+    pub fn pin_folder(&self) -> Option<&std::path::Path> {
+        self.pin.as_ref().map(PinFolder::path)
+    }
+
+    /// Whether the load adopted a previous owner's pins.
+    pub fn adopted(&self) -> bool {
+        self.pin.as_ref().is_some_and(PinFolder::adopted)
+    }
+
+    /// Rebuilds what user space keeps from adopted tables: the services (tries), their
+    /// backends (`backends`, by their `table`), the indexes in use and their generations.
+    fn adopt(&mut self) -> Result<()> {
+        let op = "adopt pinned services";
+        let mut tables = BTreeMap::new();
+        for map in [&self.services_v4, &self.services_v6] {
+            for key in map.keys() {
+                let (Some(prefix), Some(value)) = (
+                    lpm::decode(&key),
+                    map.lookup(&key, MapFlags::ANY)
+                        .map_err(|e| Error::bpf(op, e))?,
+                ) else {
+                    continue;
+                };
+                let svc: lwtun_service = abi::from_bytes(&value).ok_or_else(|| {
+                    Error::other(ErrorKind::Kernel, op, "service entry of the wrong size")
+                })?;
+                self.rows = svc.rows;
+                tables.insert(svc.table, prefix);
+            }
+        }
+        self.rows_spec.max_entries = self.rows;
+        let mut held: BTreeMap<u32, Vec<Held>> = BTreeMap::new();
+        let mut used = Vec::new();
+        for index in 0..self.generations.len() as u32 {
+            let Some(bytes) = self
+                .backends
+                .lookup(&index.to_ne_bytes(), MapFlags::ANY)
+                .map_err(|e| Error::bpf(op, e))?
+            else {
+                continue;
+            };
+            let b: lwtun_backend = abi::from_bytes(&bytes).ok_or_else(|| {
+                Error::other(ErrorKind::Kernel, op, "backend entry of the wrong size")
+            })?;
+            self.generations[index as usize] = b.generation;
+            if b.state != BACKEND_UP && b.state != BACKEND_DRAINED {
+                continue;
+            }
+            let peer = abi::from_bytes::<crate::skel::lwt_encap::types::lwtun_peer>(abi::as_bytes(
+                &b.peer,
+            ))
+            .and_then(|p| EncapPeer::from_abi(&p))
+            .ok_or_else(|| {
+                Error::other(
+                    ErrorKind::Kernel,
+                    op,
+                    format!("backend {index}: unknown encap"),
+                )
+            })?;
+            used.push(index);
+            held.entry(b.table).or_default().push(Held {
+                backend: Backend {
+                    peer,
+                    weight: b.weight,
+                },
+                index,
+                up: b.state == BACKEND_UP,
+            });
+        }
+        for (table, prefix) in &tables {
+            self.entries.insert(
+                *prefix,
+                Entry {
+                    table: *table,
+                    backends: held.remove(table).unwrap_or_default(),
+                },
+            );
+        }
+        let in_use: Vec<u32> = tables.keys().copied().collect();
+        self.table_slots = Slots::adopted(self.table_slots.capacity(), &in_use);
+        self.backend_slots = Slots::adopted(self.backend_slots.capacity(), &used);
+        Ok(())
     }
 
     /// The `lwt_xmit` program a route to a service runs.
@@ -586,15 +773,6 @@ impl Services {
         old: &[Held],
     ) -> Result<()> {
         let op = "set service";
-        for h in held {
-            let fresh = taken.contains(&h.index);
-            if fresh {
-                self.generations[h.index as usize] =
-                    self.generations[h.index as usize].wrapping_add(1);
-                crate::family::zero_percpu::<lwtun_peer_stats>(&self.backend_stats, h.index)?;
-            }
-            self.write_backend(h)?;
-        }
         let new_service = !self.entries.contains_key(&prefix);
         let table = match self.entries.get(&prefix) {
             Some(e) => e.table,
@@ -605,6 +783,26 @@ impl Services {
                 ))
             })?,
         };
+        let mut written_backends = Ok(());
+        for h in held {
+            let fresh = taken.contains(&h.index);
+            if fresh {
+                self.generations[h.index as usize] =
+                    self.generations[h.index as usize].wrapping_add(1);
+                written_backends =
+                    crate::family::zero_percpu::<lwtun_peer_stats>(&self.backend_stats, h.index);
+            }
+            written_backends = written_backends.and_then(|()| self.write_backend(h, table));
+            if written_backends.is_err() {
+                break;
+            }
+        }
+        if let Err(e) = written_backends {
+            if new_service {
+                self.table_slots.release(table);
+            }
+            return Err(e);
+        }
         let swapped = self.swap_rows(prefix, table, held);
         let written = swapped.and_then(|()| {
             if new_service {
@@ -636,13 +834,15 @@ impl Services {
         Ok(())
     }
 
-    fn write_backend(&self, h: &Held) -> Result<()> {
+    fn write_backend(&self, h: &Held, table: u32) -> Result<()> {
         let peer: lwtun_peer = abi::from_bytes(abi::as_bytes(&h.backend.peer.to_abi(h.index)))
             .ok_or_else(|| Error::other(ErrorKind::Kernel, "write backend", "peer layout"))?;
         let v = lwtun_backend {
             peer,
             state: if h.up { BACKEND_UP } else { BACKEND_DRAINED },
             generation: self.generations[h.index as usize],
+            table,
+            weight: h.backend.weight,
         };
         self.backends
             .update(&h.index.to_ne_bytes(), abi::as_bytes(&v), MapFlags::ANY)
@@ -811,13 +1011,13 @@ impl Services {
         let table = entry.table;
         if up {
             // In service before its rows name it.
-            self.write_backend(&held[i])?;
+            self.write_backend(&held[i], table)?;
             self.swap_rows(prefix, table, &held)?;
         } else {
             // Out of the rows before it is out of service: no packet finds a row naming a
             // backend that refuses it.
             self.swap_rows(prefix, table, &held)?;
-            self.write_backend(&held[i])?;
+            self.write_backend(&held[i], table)?;
         }
         if let Some(e) = self.entries.get_mut(&prefix) {
             e.backends = held;
