@@ -22,8 +22,11 @@
 
 mod health;
 mod maglev;
+mod pinned;
+mod tables;
 
 pub use health::{HealthChange, HealthCheck, HealthConfig, HealthWatch};
+pub use pinned::PinnedServices;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -73,16 +76,6 @@ pub const MAX_ROWS: u32 = 1 << 24;
 /// checksum: 52 bytes), since a service's backends change after the route is made.
 pub const SERVICE_HEADROOM: u32 = 52;
 
-const EV_MISS: u32 = 0;
-const EV_NOT_IP: u32 = 1;
-const EV_NO_BACKEND: u32 = 2;
-const EV_FLOW_HIT: u32 = 3;
-const EV_FLOW_NEW: u32 = 4;
-const EV_PROBE: u32 = 5;
-const EV_DIRECTOR_TX: u32 = 6;
-const EV_DIRECTOR_REDIRECT: u32 = 7;
-const EV_DIRECTOR_PASS: u32 = 8;
-const EV_DIRECTOR_DROP: u32 = 9;
 const BACKEND_UP: u32 = 1;
 const BACKEND_DRAINED: u32 = 2;
 const MAGIC: u32 = 0x4c57_544e;
@@ -562,73 +555,26 @@ impl Services {
     /// Rebuilds what user space keeps from adopted tables: the services (tries), their
     /// backends (`backends`, by their `table`), the indexes in use and their generations.
     fn adopt(&mut self) -> Result<()> {
-        let op = "adopt pinned services";
-        let mut tables = BTreeMap::new();
-        for map in [&self.services_v4, &self.services_v6] {
-            for key in map.keys() {
-                let (Some(prefix), Some(value)) = (
-                    lpm::decode(&key),
-                    map.lookup(&key, MapFlags::ANY)
-                        .map_err(|e| Error::bpf(op, e))?,
-                ) else {
-                    continue;
-                };
-                let svc: lwtun_service = abi::from_bytes(&value).ok_or_else(|| {
-                    Error::other(ErrorKind::Kernel, op, "service entry of the wrong size")
-                })?;
-                self.rows = svc.rows;
-                tables.insert(svc.table, prefix);
-            }
+        let read = tables::read(
+            &self.services_v4,
+            &self.services_v6,
+            &self.backends,
+            self.generations.len() as u32,
+        )?;
+        if let Some(rows) = read.rows {
+            self.rows = rows;
+            self.rows_spec.max_entries = rows;
         }
-        self.rows_spec.max_entries = self.rows;
-        let mut held: BTreeMap<u32, Vec<Held>> = BTreeMap::new();
-        let mut used = Vec::new();
-        for index in 0..self.generations.len() as u32 {
-            let Some(bytes) = self
-                .backends
-                .lookup(&index.to_ne_bytes(), MapFlags::ANY)
-                .map_err(|e| Error::bpf(op, e))?
-            else {
-                continue;
-            };
-            let b: lwtun_backend = abi::from_bytes(&bytes).ok_or_else(|| {
-                Error::other(ErrorKind::Kernel, op, "backend entry of the wrong size")
-            })?;
-            self.generations[index as usize] = b.generation;
-            if b.state != BACKEND_UP && b.state != BACKEND_DRAINED {
-                continue;
-            }
-            let peer = abi::from_bytes::<crate::skel::lwt_encap::types::lwtun_peer>(abi::as_bytes(
-                &b.peer,
-            ))
-            .and_then(|p| EncapPeer::from_abi(&p))
-            .ok_or_else(|| {
-                Error::other(
-                    ErrorKind::Kernel,
-                    op,
-                    format!("backend {index}: unknown encap"),
-                )
-            })?;
-            used.push(index);
-            held.entry(b.table).or_default().push(Held {
-                backend: Backend {
-                    peer,
-                    weight: b.weight,
-                },
-                index,
-                up: b.state == BACKEND_UP,
-            });
+        self.generations = read.generations;
+        let used: Vec<u32> = read
+            .services
+            .values()
+            .flat_map(|(_, held)| held.iter().map(|h| h.index))
+            .collect();
+        let in_use: Vec<u32> = read.services.keys().copied().collect();
+        for (table, (prefix, backends)) in read.services {
+            self.entries.insert(prefix, Entry { table, backends });
         }
-        for (table, prefix) in &tables {
-            self.entries.insert(
-                *prefix,
-                Entry {
-                    table: *table,
-                    backends: held.remove(table).unwrap_or_default(),
-                },
-            );
-        }
-        let in_use: Vec<u32> = tables.keys().copied().collect();
         self.table_slots = Slots::adopted(self.table_slots.capacity(), &in_use);
         self.backend_slots = Slots::adopted(self.backend_slots.capacity(), &used);
         Ok(())
@@ -1037,25 +983,16 @@ impl Services {
             .entries
             .get(&prefix)
             .ok_or_else(|| Error::not_found(op, format!("service {prefix}")))?;
-        let mut out = Vec::with_capacity(entry.backends.len());
-        for h in &entry.backends {
-            let values = self
-                .backend_stats
-                .lookup_percpu(&h.index.to_ne_bytes(), MapFlags::ANY)
-                .map_err(|e| Error::bpf(op, e))?
-                .unwrap_or_default();
-            let mut total = PeerStats::default();
-            for v in values {
-                let s: lwtun_peer_stats = abi::from_bytes(&v).ok_or_else(|| {
-                    Error::other(ErrorKind::Kernel, op, "counter value of the wrong size")
-                })?;
-                total.packets += s.packets;
-                total.bytes += s.bytes;
-                total.errors += s.errors;
-            }
-            out.push((h.backend, total));
-        }
-        Ok(out)
+        entry
+            .backends
+            .iter()
+            .map(|h| {
+                Ok((
+                    h.backend,
+                    tables::backend_counters(&self.backend_stats, h.index)?,
+                ))
+            })
+            .collect()
     }
 
     /// The table-wide counters.
@@ -1064,20 +1001,7 @@ impl Services {
     ///
     /// The kernel's error reading the map.
     pub fn counters(&self) -> Result<ServiceCounters> {
-        let op = "read service counters";
-        let get = |i| crate::program::sum_percpu(&self.events, i, op).map(|c| c.packets);
-        Ok(ServiceCounters {
-            missed: get(EV_MISS)?,
-            not_ip: get(EV_NOT_IP)?,
-            no_backend: get(EV_NO_BACKEND)?,
-            flow_hits: get(EV_FLOW_HIT)?,
-            flow_picks: get(EV_FLOW_NEW)?,
-            probes: get(EV_PROBE)?,
-            director_tx: get(EV_DIRECTOR_TX)?,
-            director_redirected: get(EV_DIRECTOR_REDIRECT)?,
-            director_passed: get(EV_DIRECTOR_PASS)?,
-            director_dropped: get(EV_DIRECTOR_DROP)?,
-        })
+        tables::counters(&self.events)
     }
 
     /// The backend a new flow of `frame` (an Ethernet frame carrying the IPv4 or IPv6 packet)

@@ -65,6 +65,11 @@ JSON output (-j, stable field names):
                  peer {pin, a peer's fields as in peer show, old: {...} (change), pid, comm,
                  journal_seq, written (null for a change a resync found)};
                  resync {reason, missed, journal (true: a peer journal's)}
+  service show: {pin, services: [{prefix, backends: [{remote, local, encap, weight, state
+                 (up|drained), packets, bytes, errors}]}], counters: {missed, not_ip,
+                 no_backend, flow_hits, flow_picks, probes}} (service set|drain|restore|del|
+                 route: the same, after the change)
+  service unload: {pin, routes_removed}
   man --out:    {pages: [PATH]}
 A pinned tunnel is owned by one process at a time (an flock on its folder): while a library
 process has it loaded, commands that change it are refused naming the owner's pid; the show
@@ -121,6 +126,12 @@ pub(crate) enum Command {
     Xdp {
         #[command(subcommand)]
         command: XdpCommand,
+    },
+    /// A prefix (a VIP) served by weighted backends: Maglev tables swapped whole, flows kept
+    /// (tables pinned in a folder).
+    Service {
+        #[command(subcommand)]
+        command: cmd::service::ServiceCommand,
     },
     /// Decapsulate tunnel packets at tc ingress of a device (tables pinned in a folder).
     Decap {
@@ -374,6 +385,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Route { command } => route(&ctx, command),
         Command::Xdp { command } => xdp(&ctx, command),
         Command::Decap { command } => decap(&ctx, command),
+        Command::Service { command } => cmd::service::service(&ctx, command),
         #[cfg(feature = "capture")]
         Command::Capture(args) => capture::run(&ctx, args),
         Command::Leftovers { remove, force } => leftovers(&ctx, remove, force),

@@ -8,6 +8,7 @@ pub(crate) mod owners;
 pub(crate) mod peer;
 pub(crate) mod places;
 pub(crate) mod route;
+pub(crate) mod service;
 pub(crate) mod tunnel;
 pub(crate) mod unload;
 pub(crate) mod xdp;
