@@ -14,6 +14,8 @@
 
 mod common;
 
+use common::packets;
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -257,16 +259,15 @@ impl Glb {
     }
 }
 
+/// An Ethernet frame carrying an IPv4 UDP packet (for the pick: addresses and ports).
 fn udp_frame(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
-    let mut f = vec![0u8; 12];
-    f.extend_from_slice(&0x0800u16.to_be_bytes());
-    f.extend_from_slice(&[0x45, 0, 0, 32, 0, 0, 0x40, 0, 64, 17, 0, 0]);
-    f.extend_from_slice(&src.octets());
-    f.extend_from_slice(&dst.octets());
-    f.extend_from_slice(&sport.to_be_bytes());
-    f.extend_from_slice(&dport.to_be_bytes());
-    f.extend_from_slice(&[0, 12, 0, 0, 1, 2, 3, 4]);
-    f
+    let udp = packets::udp(sport, dport, &[1, 2, 3, 4]);
+    packets::eth(
+        [0; 6],
+        [0; 6],
+        0x0800,
+        &packets::ipv4(src, dst, 17, 64, 0x4000, &udp),
+    )
 }
 
 fn flows_through_the_director(encap: Encap) {

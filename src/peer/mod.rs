@@ -1097,21 +1097,7 @@ impl PeerTable {
             .peers
             .get(&prefix)
             .ok_or_else(|| Error::not_found(op, format!("peer for {prefix}")))?;
-        let values = self
-            .stats
-            .lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY)
-            .map_err(|e| Error::bpf(op, e))?
-            .unwrap_or_default();
-        let mut total = PeerStats::default();
-        for v in values {
-            let s: lwtun_peer_stats = abi::from_bytes(&v).ok_or_else(|| {
-                Error::other(ErrorKind::Kernel, op, "counter value of the wrong size")
-            })?;
-            total.packets += s.packets;
-            total.bytes += s.bytes;
-            total.errors += s.errors;
-        }
-        Ok(total)
+        sum_stats(&self.stats, slot, op)
     }
 
     /// The miss and non-IP counters.
@@ -1131,6 +1117,25 @@ impl PeerTable {
             too_big: get(EV_TOO_BIG)?,
         })
     }
+}
+
+/// Slot `slot` of a per-CPU map of `struct lwtun_peer_stats` (a tunnel's peer counters, a
+/// service's backend counters), summed over CPUs. `op` names the read in errors.
+pub(crate) fn sum_stats(map: &dyn MapCore, slot: u32, op: &str) -> Result<PeerStats> {
+    let values = map
+        .lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY)
+        .map_err(|e| Error::bpf(op, e))?
+        .unwrap_or_default();
+    let mut total = PeerStats::default();
+    for v in values {
+        let s: lwtun_peer_stats = abi::from_bytes(&v).ok_or_else(|| {
+            Error::other(ErrorKind::Kernel, op, "counter value of the wrong size")
+        })?;
+        total.packets += s.packets;
+        total.bytes += s.bytes;
+        total.errors += s.errors;
+    }
+    Ok(total)
 }
 
 /// The keys and values of a map, each packed back to back.

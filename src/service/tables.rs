@@ -12,7 +12,7 @@ use crate::abi;
 use crate::error::{Error, ErrorKind, Result};
 use crate::family::lpm;
 use crate::peer::{EncapPeer, PeerStats};
-use crate::skel::lwt_service::types::{lwtun_backend, lwtun_peer_stats, lwtun_service};
+use crate::skel::lwt_service::types::{lwtun_backend, lwtun_service};
 
 const EV_MISS: u32 = 0;
 const EV_NOT_IP: u32 = 1;
@@ -106,21 +106,7 @@ pub(super) fn read(
 
 /// Backend `index`'s counters, summed over CPUs.
 pub(super) fn backend_counters(stats: &MapHandle, index: u32) -> Result<PeerStats> {
-    let op = "read backend counters";
-    let values = stats
-        .lookup_percpu(&index.to_ne_bytes(), MapFlags::ANY)
-        .map_err(|e| Error::bpf(op, e))?
-        .unwrap_or_default();
-    let mut total = PeerStats::default();
-    for v in values {
-        let s: lwtun_peer_stats = abi::from_bytes(&v).ok_or_else(|| {
-            Error::other(ErrorKind::Kernel, op, "counter value of the wrong size")
-        })?;
-        total.packets += s.packets;
-        total.bytes += s.bytes;
-        total.errors += s.errors;
-    }
-    Ok(total)
+    crate::peer::sum_stats(stats, index, "read backend counters")
 }
 
 /// The table-wide counters in `events`.
