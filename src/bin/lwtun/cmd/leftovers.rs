@@ -42,6 +42,7 @@ const LWTUN_TC_PROGRAMS: &[&str] = &[
     "ipip_gso_fixup",
     "pass_tc",
     "redirect_tc",
+    "service_pick",
     "stage_tc",
     "table_tc",
 ];
