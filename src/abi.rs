@@ -5,6 +5,14 @@
 //! that are plain old data, so [`from_bytes`] and [`as_bytes`] can convert with a size check instead of
 //! a hand-kept copy of the layout.
 
+/// `LWTUN_MAGIC` of `bpf/lwtun.h` ("LWTN"): the first word of every versioned config map, by
+/// which a family knows its own object's maps.
+pub(crate) const MAGIC: u32 = 0x4c57_544e;
+
+/// `LWTUN_ABI_VERSION` of `bpf/lwtun.h`: bumped whenever the meaning of a struct's bytes there
+/// changes; a family refuses adopted maps of another version.
+pub(crate) const ABI_VERSION: u32 = 1;
+
 /// Plain old data: every byte pattern is a valid value, there are no pointers and no padding the
 /// kernel would leave undefined (`bpf/lwtun.h` asserts every layout's size).
 ///

@@ -47,7 +47,7 @@ use std::path::{Path, PathBuf};
 use ipnetwork::IpNetwork;
 use libbpf_rs::{MapCore, MapFlags, Object};
 
-use crate::abi::{self, Pod};
+use crate::abi::{self, Pod, ABI_VERSION, MAGIC};
 use crate::device::Device;
 use crate::error::{Error, ErrorKind, Result};
 use crate::family::lpm::{normalize, table_key};
@@ -71,8 +71,6 @@ unsafe impl Pod for lwtun_decap_peer {}
 // SAFETY: `struct lwtun_decap_config` is four u32s (16 bytes, asserted).
 unsafe impl Pod for lwtun_decap_config {}
 
-const MAGIC: u32 = 0x4c57_544e;
-const ABI_VERSION: u32 = 1;
 const PEER_GRE_KEY: u32 = 1 << 0;
 const KEY_TO_MARK: u32 = 1 << 0;
 const NO_GRE_CSUM: u32 = 1 << 1;

@@ -88,7 +88,7 @@ use std::time::Duration;
 use ipnetwork::IpNetwork;
 use libbpf_rs::{MapCore, MapFlags, Object};
 
-use crate::abi::{self, Pod};
+use crate::abi::{self, Pod, ABI_VERSION as LWTUN_ABI_VERSION, MAGIC as LWTUN_MAGIC};
 use crate::device::{Device, DeviceCounters};
 use crate::error::{Error, ErrorKind, Result};
 use crate::family::lpm::{
@@ -119,8 +119,6 @@ const RULE_L2: u32 = 1 << 1;
 const EV_MISS_PASS: u32 = 0;
 const EV_MISS_DROP: u32 = 1;
 const EV_MALFORMED: u32 = 2;
-const LWTUN_MAGIC: u32 = 0x4c57_544e;
-const LWTUN_ABI_VERSION: u32 = 1;
 const MISS_DROP: u32 = 0;
 const MISS_PASS: u32 = 1;
 const ARPHRD_ETHER: u16 = 1;

@@ -74,7 +74,7 @@ use std::time::Duration;
 use ipnetwork::{IpNetwork, Ipv6Network};
 use libbpf_rs::{MapCore, MapFlags, Object};
 
-use crate::abi::{self, Pod};
+use crate::abi::{self, Pod, ABI_VERSION as LWTUN_ABI_VERSION, MAGIC as LWTUN_MAGIC};
 use crate::device::Device;
 use crate::error::{Error, ErrorKind, Result};
 use crate::family::lpm;
@@ -99,8 +99,6 @@ unsafe impl Pod for lwtun_seg6_config {}
 unsafe impl Pod for lwtun_seg6_decision {}
 
 const RULE_TAG: u32 = 1 << 0;
-const LWTUN_MAGIC: u32 = 0x4c57_544e;
-const LWTUN_ABI_VERSION: u32 = 1;
 const MISS_DROP: u32 = 0;
 const MISS_PASS: u32 = 1;
 const ACTION_END_X: u32 = 2;

@@ -6,6 +6,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use libbpf_rs::{MapCore, MapFlags, Object, OpenObject, ProgramType};
 
 use super::membership;
+pub(crate) use crate::abi::{ABI_VERSION, MAGIC};
 use crate::error::{Error, ErrorKind, Result};
 use crate::program::{open_object, program_info, LwtProgram, ProgramInfo};
 use crate::skel::chain::types::{lwtun_chain_abi, lwtun_chain_config};
@@ -16,10 +17,6 @@ pub const SLOTS: u32 = 32;
 const HEAD: u32 = SLOTS;
 /// "No next stage".
 const END: u32 = u32::MAX;
-/// `LWTUN_MAGIC`.
-pub(crate) const MAGIC: u32 = 0x4c57_544e;
-/// `LWTUN_ABI_VERSION`.
-pub(crate) const ABI_VERSION: u32 = 1;
 
 /// The maps every chain object shares with the entry's (declared in `bpf/chain.h`).
 const SHARED_MAPS: [&str; 5] = [

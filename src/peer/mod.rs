@@ -36,7 +36,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use ipnetwork::IpNetwork;
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
-use crate::abi::{self, Pod};
+use crate::abi::{self, Pod, ABI_VERSION as LWTUN_ABI_VERSION, MAGIC as LWTUN_MAGIC};
 use crate::error::{Error, ErrorKind, Result};
 use crate::family::lpm::{key as key_bytes, normalize, trie_capacity};
 use crate::program::sum_percpu;
@@ -57,8 +57,6 @@ unsafe impl Pod for lwtun_encap_config {}
 // SAFETY: `struct lwtun_encap_preview` is two u32s and a byte array (72 bytes, asserted).
 unsafe impl Pod for crate::skel::lwt_encap::types::lwtun_encap_preview {}
 
-const LWTUN_MAGIC: u32 = 0x4c57_544e;
-const LWTUN_ABI_VERSION: u32 = 1;
 const EV_MISS_DROP_V4: u32 = 0;
 const EV_MISS_DROP_V6: u32 = 1;
 const EV_MISS_PASS_V4: u32 = 2;

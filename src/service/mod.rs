@@ -35,7 +35,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use ipnetwork::IpNetwork;
 use libbpf_rs::{MapCore, MapFlags, MapHandle, Object};
 
-use crate::abi::{self, Pod};
+use crate::abi::{self, Pod, ABI_VERSION, MAGIC};
 use crate::error::{Error, ErrorKind, Result};
 use crate::family::lpm::{self, normalize};
 use crate::family::{PinFolder, Slots};
@@ -78,8 +78,6 @@ pub const SERVICE_HEADROOM: u32 = 52;
 
 const BACKEND_UP: u32 = 1;
 const BACKEND_DRAINED: u32 = 2;
-const MAGIC: u32 = 0x4c57_544e;
-const ABI_VERSION: u32 = 1;
 
 /// The mark (value, mask) of health probes unless [`ServicesBuilder::probe_mark`] says
 /// otherwise: marks `0x4cXXXXXX`, the low 24 bits naming the backend.

@@ -225,12 +225,7 @@ pub(crate) fn service(ctx: &Ctx, command: ServiceCommand) -> Result<()> {
             let (prefix, backends) = parse_set(&words)?;
             let mut s = own(&pin)?;
             s.set(prefix, &backends)?;
-            print_or_json(
-                ctx,
-                &s,
-                &pin,
-                &format!("{prefix}: {} backends", backends.len()),
-            )
+            print_or_json(ctx, &pin, &format!("{prefix}: {} backends", backends.len()))
         }
         ServiceCommand::Route {
             pin,
@@ -253,7 +248,6 @@ pub(crate) fn service(ctx: &Ctx, command: ServiceCommand) -> Result<()> {
             route.install(&mut nl)?.persist();
             print_or_json(
                 ctx,
-                &s,
                 &pin,
                 &format!("route {prefix} dev {dev} into the services"),
             )
@@ -266,7 +260,7 @@ pub(crate) fn service(ctx: &Ctx, command: ServiceCommand) -> Result<()> {
             let prefix = spec::prefix(&prefix)?;
             let mut s = own(&pin)?;
             s.drain(prefix, backend)?;
-            print_or_json(ctx, &s, &pin, &format!("{backend} of {prefix} drained"))
+            print_or_json(ctx, &pin, &format!("{backend} of {prefix} drained"))
         }
         ServiceCommand::Restore {
             pin,
@@ -276,18 +270,13 @@ pub(crate) fn service(ctx: &Ctx, command: ServiceCommand) -> Result<()> {
             let prefix = spec::prefix(&prefix)?;
             let mut s = own(&pin)?;
             s.restore(prefix, backend)?;
-            print_or_json(
-                ctx,
-                &s,
-                &pin,
-                &format!("{backend} of {prefix} back in service"),
-            )
+            print_or_json(ctx, &pin, &format!("{backend} of {prefix} back in service"))
         }
         ServiceCommand::Del { pin, prefix } => {
             let prefix = spec::prefix(&prefix)?;
             let mut s = own(&pin)?;
             s.remove(prefix)?;
-            print_or_json(ctx, &s, &pin, &format!("{prefix} no longer served"))
+            print_or_json(ctx, &pin, &format!("{prefix} no longer served"))
         }
         ServiceCommand::Show { pin } => {
             // Read without the owner lock: it works while an agent or a library owns them.
@@ -371,7 +360,8 @@ fn pinned_map_id(path: &std::path::Path) -> Result<u32> {
     Ok(info.info.id)
 }
 
-fn print_or_json(ctx: &Ctx, _owned: &Services, pin: &std::path::Path, line: &str) -> Result<()> {
+/// The command's line, or with -j the folder's services as `show` prints them.
+fn print_or_json(ctx: &Ctx, pin: &std::path::Path, line: &str) -> Result<()> {
     if ctx.json {
         return ctx.print_json(&view(pin)?);
     }
